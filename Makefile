@@ -1,0 +1,66 @@
+# ringblk — see README.md. `make` alone lists the targets.
+GO        ?= go
+PKGS      ?= ./...
+PKG       ?= ./...
+FUZZTIME  ?= 30s
+STRESSTIME ?= 5m
+BIN       := bin
+
+.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench plugin deps clean
+
+help:
+	@echo "ringblk make targets:"
+	@echo "  make run        the main job: a benchmark on a default image in a temporary directory"
+	@echo "  make test       installs test tools if missing, then vet, format check, unit tests (-tags invariants) and -race tests"
+	@echo "  make build      builds bin/ringblk"
+	@echo "  make race       go test -race on all packages"
+	@echo "  make stress     long randomized stress tests (PKG=./block STRESSTIME=5m)"
+	@echo "  make fuzz       runs every fuzz target for FUZZTIME each (FUZZ=Name to pick one)"
+	@echo "  make lint       vet, gofmt and the import-policy test"
+	@echo "  make bench      Go benchmarks of the hot paths (-benchmem)"
+	@echo "  make ringbench  our ring against fio's io_uring engine, side by side (scripts/ringbench-vs-fio.sh)"
+	@echo "  make plugin     builds the Go plugin (bin/ringblk.so)"
+
+build:
+	$(GO) build -o $(BIN)/ringblk ./cmd/ringblk
+
+run: build
+	@./scripts/run.sh $(BIN)/ringblk
+
+deps:
+	@./scripts/deps.sh
+
+fmtcheck:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+lint: vet fmtcheck
+	$(GO) test -count=1 ./internal/lint/
+
+test: deps fmtcheck vet
+	$(GO) test -tags invariants -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
+
+race:
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+stress:
+	RINGBLK_STRESS=1 RINGBLK_STRESSTIME=$(STRESSTIME) $(GO) test -tags invariants -race -count=1 -timeout 0 -run 'Stress' $(PKG)
+
+fuzz:
+	@./scripts/fuzz.sh "$(FUZZ)" "$(FUZZTIME)"
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS)
+
+ringbench: build
+	./scripts/ringbench-vs-fio.sh
+
+plugin:
+	$(GO) build -buildmode=plugin -o $(BIN)/ringblk.so ./plugin
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,422 @@
+package aio
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/internal/invariants"
+	"github.com/ringblk/ringblk/uring"
+)
+
+// NoCPU in Options.CPU leaves the owner thread unpinned.
+const NoCPU = -1
+
+// Defaults for Options fields left zero.
+const (
+	DefaultEntries     = 256
+	DefaultArenaSize   = 4 << 20
+	DefaultStopTimeout = 5 * time.Second
+	// DefaultPollTime is zero: a Context does not spin before sleeping
+	// unless asked to. See Options.PollTime for why.
+	DefaultPollTime = 0
+)
+
+// Options configure a Context. The zero value is usable except for CPU,
+// whose zero value pins to CPU 0: set it to NoCPU (-1) for no pinning.
+type Options struct {
+	// Name labels the Context in errors, reports and panics.
+	Name string
+	// Entries is the SQ size of the Context's ring (default 256). The CQ is
+	// twice as large (the kernel's default).
+	Entries int
+	// Slots is the number of op slots preallocated (default 4×Entries). Ops
+	// beyond it grow the table by a chunk of 256 slots: one allocation per
+	// new high-water mark, never in steady state.
+	Slots int
+	// CPU is the logical CPU the owner thread is pinned to; NoCPU (-1): no
+	// pinning.
+	CPU int
+	// PollTime bounds the adaptive busy-poll before a blocking wait: the loop
+	// spins on the CQ and the cross-goroutine queue for up to the current
+	// poll window (which adapts between 0 and PollTime, as QEMU's
+	// poll-max-ns does) before it sleeps in the kernel. Zero (the default)
+	// never spins: on a machine whose cores are shared with other Contexts
+	// and goroutines, a spinning Context steals the CPU that would complete
+	// its own I/O. Set it (e.g. 20–50µs) when a core is dedicated.
+	PollTime time.Duration
+	// Queue injects the ring, e.g. a uringtest.Ring; the Context owns it and
+	// closes it at Stop. Nil creates a kernel ring on the owner thread at
+	// Start.
+	Queue uring.Queue
+	// ArenaSize is the size of the mmap'd, registered buffer arena (default
+	// 4 MiB, rounded up to a power of two pages); negative: no arena.
+	ArenaSize int
+	// Main marks the main Context: the one that may wait for conditions
+	// driven by other Contexts (WaitWhile woken by Kick).
+	Main bool
+	// StopTimeout bounds how long Stop waits for cancelled ops to return
+	// from the kernel (default 5s); ops still there are abandoned and
+	// reported.
+	StopTimeout time.Duration
+}
+
+// Context lifecycle states (Context.state).
+const (
+	stateNew int32 = iota
+	stateStarting
+	stateRunning
+	stateStopping
+	stateStopped
+)
+
+// A Context is one event loop: an owner goroutine locked to its OS thread,
+// with one io_uring ring as its completion source. See the package
+// documentation for the threading rule and the loop iteration.
+//
+// Fields are grouped by who may touch them. Shared fields are atomics, each
+// on its own cache line (padded), because other goroutines write them.
+// Everything else belongs to the owner — or to a coroutine while it holds
+// the run token — and is never locked.
+type Context struct {
+	name string
+	main bool
+	opts Options
+
+	// ---- shared with other goroutines ----
+
+	// bhHead is the MPSC stack of scheduled BHs: producers push with CAS,
+	// the owner takes the whole stack with Swap and reverses it.
+	bhHead *atomic.Pointer[BH]
+	// notifyMe is non-zero while the owner is in, or about to enter, a
+	// blocking wait (QEMU's notify_me). Producers write the eventfd only then.
+	// INVARIANT: the owner sets it before its last check for work and clears
+	// it after the wait; producers publish work before reading it. Go atomics
+	// are sequentially consistent, so one side always sees the other.
+	notifyMe *atomic.Int32
+	// notified is true from a producer's eventfd write until the owner reaps
+	// the eventfd read: further producers need not write again.
+	notified *atomic.Bool
+	// waiters counts WaitWhile callers polling this Context; Kick schedules
+	// a wake-up BH only when it is non-zero.
+	waiters *atomic.Int32
+	// extDisabled is the DisableExternal nesting count.
+	extDisabled *atomic.Int32
+	// holder is the coroutine holding the run token, nil while the owner
+	// goroutine holds it.
+	holder *atomic.Pointer[Co]
+	// tid is the owner thread's id while the loop runs, 0 otherwise.
+	tid   atomic.Int32
+	state atomic.Int32
+	// wakeups counts eventfd writes (for tests and the wake benchmark).
+	wakeups atomic.Int64
+	// efdRef guards the eventfd against a producer writing to it while the
+	// owner closes it (the number could be reused by another file): the low
+	// bits count writers in progress, efdClosed is set once, at close.
+	efdRef atomic.Int64
+
+	exited chan struct{} // closed when the owner goroutine has finished
+
+	// ---- owner only ----
+
+	q        uring.Queue
+	ownQueue bool // the Context created q and must create it on the owner thread
+	efd      int  // eventfd for cross-goroutine wake-ups
+	efdBuf   *[8]byte
+	efdSlot  uint32 // slot of the armed eventfd read; noSlot when not armed
+
+	ops      opTable
+	cqes     []uring.CQE
+	plug     int // Plug nesting depth
+	prepared int // SQEs prepared and not yet consumed by the kernel
+	stats Stats
+
+	// BH run queue: a FIFO of BHs taken from bhHead, each stamped with a
+	// sequence number so that nested Polls run older BHs first.
+	runqHead, runqTail *BH
+	bhSeq              uint64
+
+	timers  timerHeap
+	expired []*Timer
+
+	fdh     []*FDHandler // registered fd handlers
+	fdReady []*FDHandler // fired, waiting for dispatch
+	fdSpare []*FDHandler // spare backing array for fdReady
+
+	// adaptive polling
+	pollMax, pollWindow time.Duration
+
+	stopping  bool // set by the stop BH; the top-level loop exits
+	cancelAll bool // shutdown: new ops complete with ECANCELED at once
+	stopBH    *BH  // scheduled by Stop
+	kickBH    *BH  // scheduled by Kick
+	coMu      sync.Mutex
+	coSet     map[*Co]struct{} // coroutines not yet returned (guarded by coMu)
+	depth     int              // Poll nesting depth
+	report    StopReport
+	stopErr   error
+	arena     *Arena
+}
+
+// New creates a Context. It does not start the owner goroutine; call Start.
+func New(opts Options) (*Context, error) {
+	if opts.Entries <= 0 {
+		opts.Entries = DefaultEntries
+	}
+	if opts.Slots <= 0 {
+		opts.Slots = 4 * opts.Entries
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = DefaultStopTimeout
+	}
+	if opts.ArenaSize == 0 {
+		opts.ArenaSize = DefaultArenaSize
+	}
+	if opts.Name == "" {
+		if opts.Main {
+			opts.Name = "main"
+		} else {
+			opts.Name = "iothread"
+		}
+	}
+	c := &Context{
+		name:        opts.Name,
+		main:        opts.Main,
+		opts:        opts,
+		bhHead:      padded[atomic.Pointer[BH]](),
+		notifyMe:    padded[atomic.Int32](),
+		notified:    padded[atomic.Bool](),
+		waiters:     padded[atomic.Int32](),
+		extDisabled: padded[atomic.Int32](),
+		holder:      padded[atomic.Pointer[Co]](),
+		exited:      make(chan struct{}),
+		q:           opts.Queue,
+		ownQueue:    opts.Queue == nil,
+		efd:         -1,
+		efdBuf:      new([8]byte),
+		efdSlot:     noSlot,
+		cqes:        make([]uring.CQE, 128),
+		pollMax:     opts.PollTime,
+	}
+	c.ops.init(opts.Slots)
+	c.stopBH = c.NewBH(func() { c.stopping = true })
+	c.kickBH = c.NewBH(func() {})
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, &OpError{Op: "eventfd", Off: -1, Err: err}
+	}
+	c.efd = fd
+	if opts.ArenaSize > 0 {
+		a, err := newArena(c, opts.ArenaSize)
+		if err != nil {
+			unix.Close(c.efd)
+			return nil, err
+		}
+		c.arena = a
+	}
+	return c, nil
+}
+
+// Name returns Options.Name.
+func (c *Context) Name() string { return c.name }
+
+// IsMain reports whether c is a main Context.
+func (c *Context) IsMain() bool { return c.main }
+
+// Start starts the owner goroutine, locks it to its OS thread, pins it if
+// Options.CPU asks for it, creates the ring (unless one was injected) and
+// registers the arena. It returns once the loop runs, or the setup error.
+func (c *Context) Start() error {
+	if !c.state.CompareAndSwap(stateNew, stateStarting) {
+		return ErrStarted
+	}
+	errc := make(chan error, 1)
+	go c.ownerMain(errc)
+	if err := <-errc; err != nil {
+		<-c.exited
+		return err
+	}
+	return nil
+}
+
+// ownerMain is the owner goroutine.
+func (c *Context) ownerMain(errc chan<- error) {
+	runtime.LockOSThread()
+	pinned := false
+	if err := c.setup(&pinned); err != nil {
+		c.closeResources()
+		c.state.Store(stateStopped)
+		close(c.exited)
+		if !pinned {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+		return
+	}
+	register(c)
+	c.state.Store(stateRunning)
+	errc <- nil
+
+	for !c.stopping {
+		c.Poll(true)
+	}
+	c.shutdown()
+
+	unregister(c)
+	c.tid.Store(0)
+	c.state.Store(stateStopped)
+	close(c.exited)
+	// A pinned thread ends with this goroutine (a locked goroutine that
+	// exits takes its thread with it), so its affinity never leaks into
+	// Go's thread pool.
+	if !pinned {
+		runtime.UnlockOSThread()
+	}
+}
+
+func (c *Context) setup(pinned *bool) error {
+	if c.opts.CPU >= 0 {
+		var set unix.CPUSet
+		set.Set(c.opts.CPU)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			return &OpError{Op: "pin to cpu " + itoa(c.opts.CPU), Off: -1, Err: err}
+		}
+		*pinned = true
+	}
+	c.tid.Store(int32(unix.Gettid()))
+	if c.q == nil {
+		// The kernel ring is created on the owner thread: with
+		// IORING_SETUP_SINGLE_ISSUER the creating task is the only one
+		// allowed to submit.
+		q, err := newKernelRing(c.opts.Entries)
+		if err != nil {
+			return &OpError{Op: "ring setup", Off: -1, Err: err}
+		}
+		c.q = q
+	}
+	if c.arena != nil {
+		c.arena.register(c.q)
+	}
+	c.armEventfd()
+	c.submitPending()
+	return nil
+}
+
+// closeResources releases what New and setup acquired.
+func (c *Context) closeResources() {
+	if c.q != nil {
+		if err := c.q.Close(); err != nil && c.stopErr == nil {
+			c.stopErr = &OpError{Op: "ring close", Off: -1, Err: err}
+		}
+	}
+	c.closeEventfd()
+}
+
+const efdClosed = int64(1) << 62
+
+// closeEventfd closes the eventfd once no producer is writing to it; later
+// producers see efdClosed and skip the write.
+func (c *Context) closeEventfd() {
+	if c.efd < 0 || c.efdRef.Or(efdClosed)&efdClosed != 0 {
+		return
+	}
+	for c.efdRef.Load() != efdClosed {
+		runtime.Gosched() // a producer is inside its write(2)
+	}
+	unix.Close(c.efd)
+}
+
+// InContext reports whether the caller may touch c's owner-only state: it is
+// c's owner goroutine while that holds the run token, or the coroutine that
+// holds it. It costs one gettid system call, plus a stack read when a
+// coroutine holds the token; hot paths check it only under invariants.
+func (c *Context) InContext() bool {
+	if co := c.holder.Load(); co != nil {
+		return co.goid.Load() == curGoid()
+	}
+	tid := c.tid.Load()
+	return tid != 0 && tid == int32(unix.Gettid())
+}
+
+// assertOwner panics under invariants when the caller is not in c.
+func (c *Context) assertOwner(what string) {
+	if invariants.Enabled {
+		invariants.Check(c.InContext(), "aio: %s on Context %q outside its owner", what, c.name)
+	}
+}
+
+// registry maps running owner threads to their Contexts, so that Run and
+// WaitWhile can tell a main Context's owner from an IOThread's. It is
+// copy-on-write: lookups are one atomic load.
+var registry struct {
+	mu   sync.Mutex
+	list atomic.Pointer[[]*Context]
+}
+
+func register(c *Context) {
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	var next []*Context
+	if old := registry.list.Load(); old != nil {
+		next = append(next, *old...)
+	}
+	next = append(next, c)
+	registry.list.Store(&next)
+}
+
+func unregister(c *Context) {
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	old := registry.list.Load()
+	if old == nil {
+		return
+	}
+	var next []*Context
+	for _, x := range *old {
+		if x != c {
+			next = append(next, x)
+		}
+	}
+	registry.list.Store(&next)
+}
+
+// callerContext returns the running Context whose owner thread is the
+// calling thread and which currently holds its own token, or nil.
+func callerContext() *Context {
+	l := registry.list.Load()
+	if l == nil {
+		return nil
+	}
+	tid := int32(unix.Gettid())
+	for _, c := range *l {
+		if c.tid.Load() == tid && c.holder.Load() == nil {
+			return c
+		}
+	}
+	return nil
+}
+
+func itoa(i int) string {
+	var b [20]byte
+	n := len(b)
+	neg := i < 0
+	if neg {
+		i = -i
+	}
+	for {
+		n--
+		b[n] = byte('0' + i%10)
+		i /= 10
+		if i == 0 {
+			break
+		}
+	}
+	if neg {
+		n--
+		b[n] = '-'
+	}
+	return string(b[n:])
+}

@@ -1,0 +1,493 @@
+package aio
+
+import (
+	"syscall"
+	"time"
+
+	"github.com/ringblk/ringblk/internal/invariants"
+	"github.com/ringblk/ringblk/uring"
+)
+
+// Done receives the completion of an op. Implement it on the caller's
+// preallocated request struct (pointer receiver): passing a pointer as an
+// interface does not allocate.
+//
+// OpDone runs on the Context's owner goroutine, from the loop (never from
+// inside the call that issued the op). res is the byte count for reads and
+// writes — the full length after short transfers were resubmitted, with the
+// tail of a read past EOF zero-filled — the revents mask for PollAdd, and
+// the kernel's result for the others. err is nil or a syscall.Errno; on
+// error res holds the bytes transferred before it. A write that makes no
+// progress fails with ENOSPC. ECANCELED means the Context stopped first.
+type Done interface {
+	OpDone(tag uint64, res int, err error)
+}
+
+// DoneFunc adapts a function to Done. A func value converts to an interface
+// without allocating, but a closure that captures variables is allocated
+// where it is created: keep DoneFuncs out of per-request paths.
+type DoneFunc func(tag uint64, res int, err error)
+
+// OpDone calls fn.
+func (fn DoneFunc) OpDone(tag uint64, res int, err error) { fn(tag, res, err) }
+
+// opKind says what a slot's SQE is.
+type opKind uint8
+
+const (
+	opNop opKind = iota
+	opRead
+	opWrite
+	opReadFixed
+	opWriteFixed
+	opReadv
+	opWritev
+	opFsync
+	opFallocate
+	opPollAdd
+	// internal ops: their CQEs are handled during reap and never reach a
+	// Done.
+	opEventfd
+	opFDPoll
+	opCancel
+)
+
+var opNames = [...]string{
+	opNop: "nop", opRead: "read", opWrite: "write", opReadFixed: "read_fixed",
+	opWriteFixed: "write_fixed", opReadv: "readv", opWritev: "writev",
+	opFsync: "fsync", opFallocate: "fallocate", opPollAdd: "poll_add",
+	opEventfd: "eventfd_read", opFDPoll: "fd_poll", opCancel: "async_cancel",
+}
+
+func (k opKind) String() string { return opNames[k] }
+
+func (k opKind) isRead() bool  { return k == opRead || k == opReadFixed || k == opReadv }
+func (k opKind) isWrite() bool { return k == opWrite || k == opWriteFixed || k == opWritev }
+func (k opKind) internal() bool {
+	return k >= opEventfd
+}
+
+// maxRetries bounds transparent resubmission of EAGAIN/EINTR results for one
+// op, so a device that refuses forever surfaces an error instead of a
+// silent loop.
+const maxRetries = 1000
+
+// maxChunk bounds the bytes one SQE asks for: SQE lengths are 32-bit and the
+// kernel caps one transfer near 2 GiB anyway; the rest goes out as a short
+// transfer's remainder.
+const maxChunk = 1 << 30
+
+// Stats are counters of one Context, for tests and monitoring.
+type Stats struct {
+	Enters      int64 // io_uring_enter calls (SubmitAndWait) made by the loop
+	Submitted   int64 // SQEs the kernel accepted
+	Waits       int64 // blocking waits
+	Completed   int64 // user ops whose Done ran
+	Resubmitted int64 // remainders of short transfers and EAGAIN/EINTR retries
+	StaleCQEs   int64 // CQEs rejected by the generation check
+	Overflowed  int64 // ops that waited in the overflow queue for an SQE
+	Busy        int64 // submissions the kernel refused until completions were reaped
+	BHsRun      int64 // BH callbacks run (one-shot and reusable)
+	Wakeups     int64 // eventfd wake-ups reaped
+	SpinHits    int64 // adaptive polls that found work before sleeping
+	SlotsGrown  int64 // slot chunks added beyond Options.Slots
+}
+
+// Stats returns the Context's counters. Owner only.
+func (c *Context) Stats() Stats {
+	c.assertOwner("Stats")
+	st := c.stats
+	st.SlotsGrown = c.ops.grown
+	return st
+}
+
+// Nop issues a no-op; its completion still runs on the loop.
+func (c *Context) Nop(d Done, tag uint64) {
+	c.assertOwner("Nop")
+	idx, _ := c.newOp(opNop, nil, d, tag)
+	c.start(idx)
+}
+
+// Read reads len(buf) bytes at off into buf. A buf inside c's arena goes
+// out as READ_FIXED.
+func (c *Context) Read(f *File, buf []byte, off int64, d Done, tag uint64) {
+	c.assertOwner("Read")
+	c.rw(opRead, f, buf, off, d, tag)
+}
+
+// Write writes buf at off. A buf inside c's arena goes out as WRITE_FIXED.
+func (c *Context) Write(f *File, buf []byte, off int64, d Done, tag uint64) {
+	c.assertOwner("Write")
+	c.rw(opWrite, f, buf, off, d, tag)
+}
+
+func (c *Context) rw(op opKind, f *File, buf []byte, off int64, d Done, tag uint64) {
+	if c.arena != nil && c.arena.fixed && c.arena.contains(buf) {
+		op += opReadFixed - opRead
+	}
+	idx, s := c.newOp(op, f, d, tag)
+	s.buf = buf
+	s.off = off
+	s.length = int64(len(buf))
+	c.start(idx)
+}
+
+// Readv reads into bufs, in order, starting at off. The slot keeps bufs
+// referenced until the op completes.
+func (c *Context) Readv(f *File, bufs [][]byte, off int64, d Done, tag uint64) {
+	c.assertOwner("Readv")
+	c.rwv(opReadv, f, bufs, off, d, tag)
+}
+
+// Writev writes bufs, in order, starting at off.
+func (c *Context) Writev(f *File, bufs [][]byte, off int64, d Done, tag uint64) {
+	c.assertOwner("Writev")
+	c.rwv(opWritev, f, bufs, off, d, tag)
+}
+
+func (c *Context) rwv(op opKind, f *File, bufs [][]byte, off int64, d Done, tag uint64) {
+	idx, s := c.newOp(op, f, d, tag)
+	s.bufs = bufs
+	s.off = off
+	var n int64
+	for _, b := range bufs {
+		n += int64(len(b))
+	}
+	s.length = n
+	c.start(idx)
+}
+
+// Fsync flushes f (fdatasync when datasync).
+func (c *Context) Fsync(f *File, datasync bool, d Done, tag uint64) {
+	c.assertOwner("Fsync")
+	idx, s := c.newOp(opFsync, f, d, tag)
+	if datasync {
+		s.flags = 1
+	}
+	c.start(idx)
+}
+
+// Fallocate runs fallocate(f, mode, off, length); mode is a FALLOC_FL_*
+// combination such as uring.FALLOC_FL_PUNCH_HOLE|uring.FALLOC_FL_KEEP_SIZE
+// or uring.FALLOC_FL_ZERO_RANGE.
+func (c *Context) Fallocate(f *File, mode uint32, off, length int64, d Done, tag uint64) {
+	c.assertOwner("Fallocate")
+	idx, s := c.newOp(opFallocate, f, d, tag)
+	s.flags = mode
+	s.off = off
+	s.length = length
+	c.start(idx)
+}
+
+// PollAdd waits once for events (unix.POLLIN, …) on f; res is the revents
+// mask. For long-lived readiness callbacks use SetFDHandler.
+func (c *Context) PollAdd(f *File, events uint32, d Done, tag uint64) {
+	c.assertOwner("PollAdd")
+	idx, s := c.newOp(opPollAdd, f, d, tag)
+	s.flags = events
+	c.start(idx)
+}
+
+// newOp takes a free slot and fills the fields every op has.
+func (c *Context) newOp(op opKind, f *File, d Done, tag uint64) (uint32, *slot) {
+	if invariants.Enabled {
+		invariants.Check(d != nil || op.internal(), "aio: %s with a nil Done", op)
+	}
+	if f != nil {
+		f.acquire() // first: a panic here must not strand a slot
+	}
+	idx := c.ops.alloc()
+	s := c.ops.slot(idx)
+	s.op = op
+	s.done = d
+	s.tag = tag
+	s.fd = -1
+	if f != nil {
+		s.file = f
+		s.fd = f.fd
+	}
+	if !op.internal() {
+		c.ops.user++
+	}
+	return idx, s
+}
+
+// start hands a new op to the ring, or — during shutdown — completes it
+// with ECANCELED without submitting.
+func (c *Context) start(idx uint32) {
+	if c.cancelAll {
+		s := c.ops.slot(idx)
+		s.errno = int32(syscall.ECANCELED)
+		c.ops.pushReady(idx)
+		return
+	}
+	c.enqueue(idx)
+}
+
+// enqueue puts slot idx into the SQ, or at the tail of the overflow queue
+// when the SQ is full or older ops are already waiting there (order is
+// kept). Unless plugged it submits at once.
+func (c *Context) enqueue(idx uint32) {
+	if c.ops.ovLen == 0 {
+		if sqe := c.getSQE(); sqe != nil {
+			c.prep(sqe, idx)
+			if c.plug == 0 {
+				c.submitPending()
+			}
+			return
+		}
+	}
+	c.ops.slot(idx).state = slotOverflow
+	c.ops.pushOverflow(idx)
+	c.stats.Overflowed++
+}
+
+// getSQE returns a free SQE. When the SQ is full it first hands the
+// prepared SQEs to the kernel — even inside a plugged section, since a full
+// SQ is the batch (drain.md R7) — and tries once more.
+func (c *Context) getSQE() *uring.SQE {
+	if sqe := c.q.GetSQE(); sqe != nil {
+		return sqe
+	}
+	if c.submitPending() {
+		return c.q.GetSQE()
+	}
+	return nil
+}
+
+// flushOverflow moves waiting ops into the SQ, oldest first, and submits
+// unless plugged.
+func (c *Context) flushOverflow() {
+	for c.ops.ovLen > 0 {
+		sqe := c.getSQE()
+		if sqe == nil {
+			break
+		}
+		c.prep(sqe, c.ops.popOverflow())
+	}
+	if c.plug == 0 {
+		c.submitPending()
+	}
+}
+
+// prep fills sqe from slot idx; it is used for first submissions and for
+// resubmitting remainders and retries (offset and buffers advance by the
+// bytes already transferred).
+func (c *Context) prep(sqe *uring.SQE, idx uint32) {
+	s := c.ops.slot(idx)
+	ud := userData(idx, s.gen)
+	off := uint64(s.off + s.nbytes)
+	switch s.op {
+	case opNop:
+		sqe.PrepNop(ud)
+	case opRead:
+		sqe.PrepRead(s.fd, chunk(s.buf[s.nbytes:]), off, ud)
+	case opWrite:
+		sqe.PrepWrite(s.fd, chunk(s.buf[s.nbytes:]), off, ud)
+	case opReadFixed:
+		sqe.PrepReadFixed(s.fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
+	case opWriteFixed:
+		sqe.PrepWriteFixed(s.fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
+	case opReadv:
+		sqe.PrepReadv(s.fd, s.remainderIov(), off, ud)
+	case opWritev:
+		sqe.PrepWritev(s.fd, s.remainderIov(), off, ud)
+	case opFsync:
+		sqe.PrepFsync(s.fd, s.flags != 0, ud)
+	case opFallocate:
+		sqe.PrepFallocate(s.fd, s.flags, uint64(s.off), uint64(s.length), ud)
+	case opPollAdd, opFDPoll:
+		sqe.PrepPollAdd(s.fd, s.flags, ud)
+	case opEventfd:
+		sqe.PrepEventfdRead(int32(c.efd), c.efdBuf, ud)
+	case opCancel:
+		sqe.PrepCancel(s.target, ud)
+	}
+	s.state = slotSubmitted
+	c.ops.inKernel++
+	c.prepared++
+}
+
+func chunk(b []byte) []byte {
+	if len(b) > maxChunk {
+		return b[:maxChunk]
+	}
+	return b
+}
+
+// submitPending hands every prepared SQE to the kernel with one
+// io_uring_enter. While a coroutine holds the run token it does nothing:
+// the ring may only be entered from the owner thread (SINGLE_ISSUER), which
+// submits when the token comes back. It reports whether it submitted.
+func (c *Context) submitPending() bool {
+	if c.prepared == 0 || c.holder.Load() != nil {
+		return false
+	}
+	return c.enter(0, 0)
+}
+
+// enter is the one place the loop calls SubmitAndWait.
+func (c *Context) enter(minComplete int, timeout time.Duration) bool {
+	n, err := c.q.SubmitAndWait(minComplete, timeout)
+	c.stats.Enters++
+	c.stats.Submitted += int64(n)
+	if c.prepared > 0 {
+		c.prepared = c.q.Pending() // what the kernel left in the SQ
+	}
+	switch {
+	case err == nil:
+	case err == uring.ErrBusy:
+		// The kernel wants completions reaped before it takes more; the
+		// SQEs stay in the SQ and the next iteration retries after reaping.
+		c.stats.Busy++
+	default:
+		panic("assertion failed: aio: io_uring_enter on Context " + c.name + ": " + err.Error())
+	}
+	return n > 0
+}
+
+// reap moves every available CQE into the ready queue (or handles it, for
+// internal ops). It never runs a Done: callbacks run from runReady, so a
+// callback that polls again re-enters reap safely (drain.md R8).
+func (c *Context) reap() {
+	for {
+		n := c.q.Reap(c.cqes)
+		for i := 0; i < n; i++ {
+			c.complete(&c.cqes[i])
+		}
+		if n < len(c.cqes) {
+			return
+		}
+	}
+}
+
+// complete handles one CQE.
+func (c *Context) complete(cqe *uring.CQE) {
+	idx, gen := uint32(cqe.UserData), uint32(cqe.UserData>>32)
+	if idx >= c.ops.n {
+		c.stats.StaleCQEs++
+		return
+	}
+	s := c.ops.slot(idx)
+	if s.gen != gen || s.state != slotSubmitted {
+		// A duplicate, or a CQE for a slot that was released and reused:
+		// the generation check is what makes user_data safe to trust.
+		c.stats.StaleCQEs++
+		return
+	}
+	c.ops.inKernel--
+	res := cqe.Res
+	switch s.op {
+	case opEventfd:
+		c.eventfdDone(idx, res)
+		return
+	case opFDPoll:
+		c.fdPollDone(idx, res)
+		return
+	case opCancel:
+		c.ops.release(idx)
+		return
+	}
+	if (res == -int32(syscall.EAGAIN) || res == -int32(syscall.EINTR)) && !s.cancelled && s.retries < maxRetries {
+		s.retries++
+		c.stats.Resubmitted++
+		c.enqueue(idx)
+		return
+	}
+	if res < 0 {
+		s.errno = -res
+		s.res = int(s.nbytes)
+		c.ops.pushReady(idx)
+		return
+	}
+	switch {
+	case s.op.isRead():
+		if invariants.Enabled {
+			invariants.Check(int64(res) <= s.length-s.nbytes, "aio: %s returned %d bytes, %d asked", s.op, res, s.length-s.nbytes)
+		}
+		if res == 0 && s.nbytes < s.length {
+			s.zeroTail() // EOF: the rest of the buffer reads as zeros
+		} else {
+			s.nbytes += int64(res)
+		}
+		if s.nbytes < s.length && !s.cancelled {
+			c.stats.Resubmitted++
+			c.enqueue(idx)
+			return
+		}
+		s.res = int(s.nbytes)
+	case s.op.isWrite():
+		if res == 0 && s.nbytes < s.length {
+			s.errno = int32(syscall.ENOSPC) // no progress: the device is full
+			s.res = int(s.nbytes)
+			break
+		}
+		s.nbytes += int64(res)
+		if s.nbytes < s.length && !s.cancelled {
+			c.stats.Resubmitted++
+			c.enqueue(idx)
+			return
+		}
+		s.res = int(s.nbytes)
+	default:
+		s.res = int(res)
+	}
+	c.ops.pushReady(idx)
+}
+
+// runReady runs the callbacks of completed ops, oldest first. A callback
+// may issue ops (they are batched: the loop holds a plug around reap and
+// runReady) and may run a nested Poll, which continues with the next entry.
+func (c *Context) runReady() bool {
+	if c.ops.rdHead == noSlot {
+		return false
+	}
+	for c.ops.rdHead != noSlot {
+		idx := c.ops.popReady()
+		s := c.ops.slot(idx)
+		d, tag, res, errno, f := s.done, s.tag, s.res, s.errno, s.file
+		c.ops.user--
+		c.ops.release(idx)
+		if f != nil {
+			f.release()
+		}
+		c.stats.Completed++
+		if c.cancelAll {
+			if errno == int32(syscall.ECANCELED) {
+				c.report.OpsCancelled++
+			} else {
+				c.report.OpsCompleted++
+			}
+		}
+		d.OpDone(tag, res, errnoErr(errno))
+	}
+	return true
+}
+
+// Plug starts (or nests) a batch: ops prepared until the matching outermost
+// Unplug stay in the SQ, and that Unplug submits them with one
+// io_uring_enter. A full SQ is submitted early (it is the batch), and a
+// blocking wait always submits first, so a nested wait inside a plugged
+// section cannot hang on its own unsubmitted SQEs (drain.md D18, U7).
+func (c *Context) Plug() {
+	c.assertOwner("Plug")
+	c.plug++
+}
+
+// Unplug ends a Plug; the outermost one submits.
+// REQUIRES: a matching Plug.
+func (c *Context) Unplug() {
+	c.assertOwner("Unplug")
+	assertf(c.plug > 0, "aio: Unplug without Plug")
+	c.plug--
+	if c.plug == 0 {
+		c.flushOverflow()
+	}
+}
+
+// Plugged reports the Plug nesting depth. Owner only.
+func (c *Context) Plugged() int { return c.plug }
+
+// Outstanding reports the user ops issued on c whose Done has not yet run.
+// Owner only.
+func (c *Context) Outstanding() int { return c.ops.user }

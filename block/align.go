@@ -1,0 +1,331 @@
+package block
+
+import "sync"
+
+// Alignment, splitting and request serialisation: the slow path of Submit,
+// taken only on nodes opened with Align > 1 or MaxTransfer > 0.
+//
+//   - A read or write whose offset or length is not a multiple of Align is
+//     padded: a read reads the aligned range into a bounce buffer and copies
+//     out; a write reads the aligned range, merges the data, and writes the
+//     aligned range back (read-modify-write).
+//   - Anything longer than MaxTransfer goes to the driver in pieces of at
+//     most MaxTransfer bytes, issued together; the request completes when the
+//     last piece does, with the first error.
+//   - RMW writes are serialising: on a node that needs alignment every read
+//     and write is tracked, an RMW write waits for every earlier overlapping
+//     request, and every request waits for earlier overlapping RMW writes.
+//     Waiting only for earlier requests means the waits cannot form a cycle.
+//     Nodes without alignment track nothing (seed 003: serialise only where
+//     RMW needs it).
+//
+// Each piece is a request of its own on the node and holds the node's
+// in-flight count like any other; the padded or split request holds its own
+// count until its last piece completed.
+
+// alignDown and alignUp round to a power-of-two alignment.
+func alignDown(x, align int64) int64 { return x &^ (align - 1) }
+func alignUp(x, align int64) int64   { return (x + align - 1) &^ (align - 1) }
+
+// pieceLen returns the length of the piece starting at off in a range that
+// ends at end, with at most max bytes per piece (max 0: no limit).
+func pieceLen(off, end, max int64) int64 {
+	n := end - off
+	if max > 0 && n > max {
+		n = max
+	}
+	return n
+}
+
+// iovSlice returns the n bytes of iov starting skip bytes in. It reuses dst
+// when the range lies in one buffer (the common case); otherwise it
+// allocates a new vector.
+func iovSlice(dst *[1][]byte, iov [][]byte, skip, n int64) [][]byte {
+	for len(iov) > 0 && skip >= int64(len(iov[0])) {
+		skip -= int64(len(iov[0]))
+		iov = iov[1:]
+	}
+	if len(iov) == 0 || n == 0 {
+		dst[0] = nil
+		return dst[:0]
+	}
+	if skip+n <= int64(len(iov[0])) {
+		dst[0] = iov[0][skip : skip+n]
+		return dst[:]
+	}
+	var out [][]byte
+	for n > 0 && len(iov) > 0 {
+		b := iov[0][skip:]
+		skip = 0
+		if int64(len(b)) > n {
+			b = b[:n]
+		}
+		out = append(out, b)
+		n -= int64(len(b))
+		iov = iov[1:]
+	}
+	return out
+}
+
+// iovCopyIn copies src into iov starting at byte skip of iov.
+func iovCopyIn(iov [][]byte, skip int64, src []byte) {
+	for _, b := range iov {
+		if len(src) == 0 {
+			return
+		}
+		if skip >= int64(len(b)) {
+			skip -= int64(len(b))
+			continue
+		}
+		k := copy(b[skip:], src)
+		src = src[k:]
+		skip = 0
+	}
+}
+
+// iovGather copies len(dst) bytes of iov into dst.
+func iovGather(dst []byte, iov [][]byte) {
+	for _, b := range iov {
+		k := copy(dst, b)
+		dst = dst[k:]
+		if len(dst) == 0 {
+			return
+		}
+	}
+}
+
+type slowPhase uint8
+
+const (
+	phaseSplit       slowPhase = iota + 1 // pieces of the request itself
+	phaseAlignedRead                      // padded read into the bounce buffer
+	phaseRMWRead                          // RMW: read of the padded range
+	phaseRMWWrite                         // RMW: write of the merged range
+)
+
+// slowState is the side structure of a request on the slow path. A pool
+// request keeps it once allocated, so unaligned I/O stops allocating once the
+// pool is warm (bounce buffers aside).
+type slowState struct {
+	phase    slowPhase
+	pending  int32
+	firstErr error
+	bounce   []byte
+	aoff     int64 // aligned range
+	aend     int64
+
+	// Serialisation (node.tracked).
+	tracked     bool
+	serialising bool
+	waiters     *Request // requests waiting for this one to finish
+	waitNext    *Request
+}
+
+// tracker holds a node's tracked requests in registration order.
+type tracker struct {
+	mu   sync.Mutex
+	list []*Request
+}
+
+// startSlow takes r over if it needs padding, splitting or tracking, and
+// reports whether it did.
+func (n *Node) startSlow(r *Request) bool {
+	align := int64(n.opts.Align)
+	rw := r.Op == OpRead || r.Op == OpWrite
+	unaligned := rw && (r.Off|r.Len)&(align-1) != 0
+	splits := r.Op != OpFlush && r.Op != OpBlockStatus && r.Op != OpTruncate &&
+		n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer
+	track := align > 1 && (rw || r.Op == OpWriteZeroes)
+	if !unaligned && !splits && !track {
+		return false
+	}
+	if r.slow == nil {
+		r.slow = new(slowState)
+	}
+	s := r.slow
+	s.aoff, s.aend = r.Off, r.Off+r.Len
+	if unaligned {
+		s.aoff, s.aend = alignDown(r.Off, align), alignUp(r.Off+r.Len, align)
+	}
+	if track {
+		s.serialising = unaligned && r.Op == OpWrite
+		if n.track(r) {
+			return true // runSlow runs when the blocker finishes
+		}
+	}
+	n.runSlow(r)
+	return true
+}
+
+func (n *Node) runSlow(r *Request) {
+	s := r.slow
+	align := int64(n.opts.Align)
+	unaligned := (r.Op == OpRead || r.Op == OpWrite) && (r.Off|r.Len)&(align-1) != 0
+	switch {
+	case unaligned:
+		if int64(cap(s.bounce)) >= s.aend-s.aoff {
+			s.bounce = s.bounce[:s.aend-s.aoff]
+		} else {
+			s.bounce = make([]byte, s.aend-s.aoff)
+		}
+		s.phase = phaseAlignedRead
+		if r.Op == OpWrite {
+			s.phase = phaseRMWRead
+		}
+		n.issue(r, OpRead, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
+	case n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer:
+		s.phase = phaseSplit
+		n.issue(r, r.Op, r.Off, r.Len, r.Iov)
+	default:
+		n.dispatch(r)
+	}
+}
+
+// issue sends [off, off+length) of op to the driver in pieces of at most
+// MaxTransfer bytes, on behalf of r; pieceDone counts them back.
+func (n *Node) issue(r *Request, op Op, off, length int64, iov [][]byte) {
+	s := r.slow
+	s.pending = 1 // guard: inline completions cannot finish r mid-loop
+	s.firstErr = nil
+	end := off + length
+	var first, last *Request
+	for pos := off; pos < end || (length == 0 && first == nil); {
+		k := pieceLen(pos, end, n.opts.MaxTransfer)
+		p := r.pool.Get()
+		p.Op, p.Flags, p.Off, p.Len = op, r.Flags, pos, k
+		if op == OpRead || op == OpWrite {
+			p.Iov = iovSlice(&p.iov1, iov, pos-off, k)
+		}
+		p.Parent = r
+		p.node = n
+		p.done = pieceDone{}
+		s.pending++
+		n.inFlight.inc()
+		if last == nil {
+			first = p
+		} else {
+			last.next = p
+		}
+		last = p
+		pos += k
+	}
+	for p := first; p != nil; {
+		next := p.next
+		p.next = nil
+		n.dispatch(p)
+		p = next
+	}
+	s.pending-- // drop the guard
+	if s.pending == 0 {
+		n.slowPhaseDone(r)
+	}
+}
+
+// pieceDone counts the pieces of a slow-path request back in.
+type pieceDone struct{}
+
+func (pieceDone) RequestDone(p *Request, err error) {
+	r := p.Parent
+	s := r.slow
+	if err != nil && s.firstErr == nil {
+		s.firstErr = err
+	}
+	s.pending--
+	if s.pending == 0 {
+		r.node.slowPhaseDone(r)
+	}
+}
+
+func (n *Node) slowPhaseDone(r *Request) {
+	s := r.slow
+	err := s.firstErr
+	switch s.phase {
+	case phaseAlignedRead:
+		if err == nil {
+			iovCopyIn(r.Iov, 0, s.bounce[r.Off-s.aoff:r.Off-s.aoff+r.Len])
+		}
+	case phaseRMWRead:
+		if err == nil {
+			iovGather(s.bounce[r.Off-s.aoff:r.Off-s.aoff+r.Len], r.Iov)
+			s.phase = phaseRMWWrite
+			n.issue(r, OpWrite, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
+			return
+		}
+	}
+	r.Complete(err)
+}
+
+// track registers r and reports whether it must wait for an earlier
+// conflicting request; if so it is queued on that request.
+func (n *Node) track(r *Request) (wait bool) {
+	t := &n.tracked
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r.slow.tracked = true
+	t.list = append(t.list, r)
+	if b := t.conflict(r, len(t.list)-1); b != nil {
+		r.slow.waitNext = b.slow.waiters
+		b.slow.waiters = r
+		return true
+	}
+	return false
+}
+
+// conflict returns an earlier request (index < upto) that r must wait for.
+func (t *tracker) conflict(r *Request, upto int) *Request {
+	rs := r.slow
+	for _, o := range t.list[:upto] {
+		os := o.slow
+		if (os.serialising || rs.serialising) && os.aoff < rs.aend && rs.aoff < os.aend {
+			return o
+		}
+	}
+	return nil
+}
+
+// untrack removes r and restarts the requests that waited for it and no
+// longer conflict with anything earlier, each on its own Context.
+func (n *Node) untrack(r *Request) {
+	t := &n.tracked
+	var ready *Request
+	t.mu.Lock()
+	idx := -1
+	for i, o := range t.list {
+		if o == r {
+			idx = i
+			break
+		}
+	}
+	copy(t.list[idx:], t.list[idx+1:])
+	t.list[len(t.list)-1] = nil
+	t.list = t.list[:len(t.list)-1]
+	w := r.slow.waiters
+	r.slow.waiters = nil
+	r.slow.tracked = false
+	for w != nil {
+		next := w.slow.waitNext
+		w.slow.waitNext = nil
+		pos := 0
+		for i, o := range t.list {
+			if o == w {
+				pos = i
+				break
+			}
+		}
+		if b := t.conflict(w, pos); b != nil {
+			w.slow.waitNext = b.slow.waiters
+			b.slow.waiters = w
+		} else {
+			w.slow.waitNext = ready
+			ready = w
+		}
+		w = next
+	}
+	t.mu.Unlock()
+	for ready != nil {
+		w := ready
+		ready = w.slow.waitNext
+		w.slow.waitNext = nil
+		w.ctx.Schedule(func() { n.runSlow(w) })
+	}
+}

@@ -1,0 +1,212 @@
+package block
+
+import (
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/internal/invariants"
+)
+
+// Phase 1 of every drain: quiesce. It never polls, never waits and never
+// changes the graph (D6), so plain iteration over the edge lists is safe.
+
+// quiesceBegin adds one drained section to n. On 0→1 it quiesces every
+// parent through its edge (parents first: "stop in parent-to-child order"),
+// then calls the driver hook (D2, D5).
+func (n *Node) quiesceBegin() {
+	if n.quiesce.Add(1) != 1 {
+		return
+	}
+	for _, c := range n.parents {
+		c.parentQuiesceBegin()
+	}
+	if !n.closed {
+		n.drv.DrainBegin(n)
+	}
+}
+
+// quiesceEnd removes one drained section. On 1→0 it calls the driver hook
+// first, then unquiesces the parents ("re-enable in child-to-parent
+// order"). It never polls (D7): whatever the callbacks re-enable runs in a
+// later poll of its Context.
+func (n *Node) quiesceEnd() {
+	q := n.quiesce.Add(-1)
+	if q < 0 {
+		panic("assertion failed: block: drained end without begin on node " + n.name) // D1
+	}
+	if q != 0 {
+		return
+	}
+	if !n.closed {
+		n.drv.DrainEnd(n)
+	}
+	for i := 0; i < len(n.parents); i++ {
+		c := n.parents[i]
+		if c.quiescedParent {
+			c.parentQuiesceEnd()
+		}
+	}
+}
+
+// pending is phase 2's condition for one node: it or any owner above it is
+// still busy. It is evaluated from the live graph every time (D8) and
+// recurses up through node parents.
+func (n *Node) pending() bool {
+	if n.inFlight.load() > 0 {
+		return true
+	}
+	for _, c := range n.parents {
+		if c.class.DrainedPoll(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitWhile is the single polling point of a drain (phase 2). Batching is
+// off while it waits, so Contexts hand deferred submissions to the ring
+// instead of holding them for a batch end (D18).
+func (g *Graph) waitWhile(cond func() bool) {
+	g.assertMain()
+	if !cond() {
+		return // idle: no poll at all
+	}
+	g.drainWaiters.Add(1)
+	g.main.WaitWhile(cond)
+	g.drainWaiters.Add(-1)
+}
+
+// DrainedBegin opens a drained section on n: afterwards no request is in
+// flight on n or any node or front end above it, front ends above it queue
+// new requests, jobs above it are paused, and that stays so until the
+// matching DrainedEnd (D3, D4). Children of n are not drained. Marshalled to
+// the main Context; from a request goroutine use DrainedBeginCo.
+func (n *Node) DrainedBegin() { n.g.Control(n.drainedBegin) }
+
+// DrainedEnd closes one drained section of n. It never polls (D7).
+func (n *Node) DrainedEnd() { n.g.Control(n.drainedEnd) }
+
+// Drain is DrainedBegin followed by DrainedEnd.
+func (n *Node) Drain() {
+	n.g.Control(func() {
+		n.drainedBegin()
+		n.drainedEnd()
+	})
+}
+
+func (n *Node) drainedBegin() {
+	n.g.assertMain()
+	n.quiesceBegin()
+	n.g.waitWhile(n.pendingFn)
+	if invariants.Enabled {
+		n.checkDrained()
+	}
+}
+
+func (n *Node) drainedEnd() {
+	n.g.assertMain()
+	n.quiesceEnd()
+}
+
+// DrainAllBegin drains every node of the graph: each node is quiesced once
+// (and through its child edges once per drained child), then a single wait
+// runs until no node and no front end or job is busy. Nodes opened during
+// the section are born quiesced; nodes deleted during it release their
+// quiesces (D12).
+func (g *Graph) DrainAllBegin() { g.Control(g.drainAllBegin) }
+
+// DrainAllEnd ends one DrainAllBegin.
+func (g *Graph) DrainAllEnd() { g.Control(g.drainAllEnd) }
+
+func (g *Graph) drainAllBegin() {
+	g.assertMain()
+	g.drainAllCount++
+	for n := g.first; n != nil; n = n.allNext {
+		n.quiesceBegin()
+	}
+	g.waitWhile(g.pendingAllFn)
+	if invariants.Enabled {
+		for n := g.first; n != nil; n = n.allNext {
+			invariants.Check(n.inFlight.load() == 0, "block: node %s busy after drain-all", n.name)
+		}
+	}
+}
+
+func (g *Graph) drainAllEnd() {
+	g.assertMain()
+	if g.drainAllCount <= 0 {
+		panic("assertion failed: block: drain-all end without begin")
+	}
+	for n := g.first; n != nil; n = n.allNext {
+		n.quiesceEnd()
+	}
+	g.drainAllCount--
+}
+
+// pendingAll is drain-all's condition. It checks each node's own count and
+// only its non-node owners: node parents are in the list themselves, so the
+// evaluation is O(nodes + edges), not a walk up from every node.
+func (g *Graph) pendingAll() bool {
+	for n := g.first; n != nil; n = n.allNext {
+		if n.inFlight.load() > 0 {
+			return true
+		}
+		for _, c := range n.parents {
+			if c.class.Kind() != NodeParent && c.class.DrainedPoll(c) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// DrainAllCount returns the number of active drain-all sections.
+func (g *Graph) DrainAllCount() (k int) {
+	g.Control(func() { k = g.drainAllCount })
+	return k
+}
+
+// checkDrained asserts D3 for n: it and every ancestor idle, every parent
+// edge quiescing its parent.
+func (n *Node) checkDrained() {
+	invariants.Check(n.quiesce.Load() > 0, "block: node %s not quiesced inside its drained section", n.name)
+	invariants.Check(n.inFlight.load() == 0, "block: node %s has %d requests in flight after drained begin", n.name, n.inFlight.load())
+	for _, c := range n.parents {
+		invariants.Check(c.quiescedParent, "block: parent edge %s not quiesced", c)
+		invariants.Check(!c.class.DrainedPoll(c), "block: parent of %s still busy after drained begin", n.name)
+	}
+}
+
+// Drains from a request goroutine (a coroutine holding a Context's run
+// token) hand over to the main Context (D11): the coroutine raises n's
+// in-flight count for the hand-over, schedules the drain on the main
+// Context and parks; the main Context drops the count, runs the drain, and
+// wakes the coroutine, which nothing else may resume.
+
+// DrainedBeginCo is DrainedBegin for a coroutine.
+func (n *Node) DrainedBeginCo(co *aio.Co) { n.g.handOver(co, n, n.drainedBegin) }
+
+// DrainedEndCo is DrainedEnd for a coroutine.
+func (n *Node) DrainedEndCo(co *aio.Co) { n.g.handOver(co, n, n.drainedEnd) }
+
+// SubtreeDrainedBeginCo is SubtreeDrainedBegin for a coroutine.
+func (n *Node) SubtreeDrainedBeginCo(co *aio.Co) { n.g.handOver(co, n, n.subtreeDrainedBegin) }
+
+// SubtreeDrainedEndCo is SubtreeDrainedEnd for a coroutine.
+func (n *Node) SubtreeDrainedEndCo(co *aio.Co) { n.g.handOver(co, n, n.subtreeDrainedEnd) }
+
+// DrainAllBeginCo is DrainAllBegin for a coroutine.
+func (g *Graph) DrainAllBeginCo(co *aio.Co) { g.handOver(co, nil, g.drainAllBegin) }
+
+// DrainAllEndCo is DrainAllEnd for a coroutine.
+func (g *Graph) DrainAllEndCo(co *aio.Co) { g.handOver(co, nil, g.drainAllEnd) }
+
+func (g *Graph) handOver(co *aio.Co, n *Node, fn func()) {
+	if n != nil {
+		n.inFlight.inc() // a drain starting meanwhile waits for this one
+	}
+	co.RunOn(g.main, func() {
+		if n != nil {
+			n.inFlight.dec() // on main, about to drain: no kick needed
+		}
+		fn()
+	})
+}

@@ -1,0 +1,140 @@
+package block
+
+import (
+	"sync/atomic"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/internal/invariants"
+)
+
+// Node is a vertex of the block graph (QEMU's BlockDriverState): a driver,
+// its options, a home Context, an in-flight count, a quiesce count, and the
+// edges to its parents and children.
+//
+// Ownership: the graph fields (parents, children, refs, subtreeOwn, closed,
+// the registry links) belong to the main Context. inFlight and quiesce are
+// atomics that any Context reads; ctx is an atomic pointer because drivers
+// read it from request Contexts while the main Context moves the node.
+type Node struct {
+	inFlight inFlight // first: it gets its own cache line
+
+	// INVARIANT: quiesce >= 0; it counts the drained sections covering the
+	// node (its own, one per child edge through which a drained child
+	// quiesces it, and those inherited from subtree drains).
+	quiesce atomic.Int32
+
+	g    *Graph
+	drv  Driver
+	name string
+	opts Options
+	ctx  atomic.Pointer[aio.Context]
+
+	refs     int
+	parents  []*Child // edges whose child is this node; newest first
+	children []*Child // edges this node owns; newest first
+	// subtreeOwn counts active subtree drains started on this node.
+	subtreeOwn int
+	closed     bool
+
+	allPrev, allNext *Node // registry list, creation order
+
+	pendingFn func() bool // n.pending, bound once so drains do not allocate
+
+	tracked tracker // serialised requests; used only when Align > 1
+
+	// Aux is the driver's or owner's; block never touches it.
+	Aux any
+}
+
+// Name returns the node name (unique in its graph).
+func (n *Node) Name() string { return n.name }
+
+// Graph returns the graph the node belongs to.
+func (n *Node) Graph() *Graph { return n.g }
+
+// Driver returns the node's driver.
+func (n *Node) Driver() Driver { return n.drv }
+
+// Options returns the options the node was opened with.
+func (n *Node) Options() Options { return n.opts }
+
+// ReadOnly reports whether writes are refused.
+func (n *Node) ReadOnly() bool { return n.opts.ReadOnly }
+
+// Context returns the node's home Context: where its timers, BHs and
+// driver-internal work run. Requests run on the Context that submitted them.
+func (n *Node) Context() *aio.Context { return n.ctx.Load() }
+
+// InFlight returns the number of requests in progress on the node.
+func (n *Node) InFlight() int64 { return n.inFlight.load() }
+
+// Quiesce returns the number of drained sections covering the node.
+func (n *Node) Quiesce() int { return int(n.quiesce.Load()) }
+
+// IncInFlight makes the node look busy to drain until DecInFlight: for
+// driver-internal work (a timer that will issue I/O, a BH hop) that a drain
+// must wait for. Any Context may call it.
+func (n *Node) IncInFlight() { n.inFlight.inc() }
+
+// DecInFlight ends what IncInFlight began and wakes a waiting main Context.
+func (n *Node) DecInFlight() {
+	n.inFlight.dec()
+	n.g.main.Kick()
+}
+
+// Length asks the driver for the node's size (main Context or any Context
+// the driver allows).
+func (n *Node) Length() (int64, error) { return n.drv.Length(n) }
+
+// Refs returns the reference count (main Context).
+func (n *Node) Refs() int { return n.refs }
+
+// Ref takes a reference (main Context).
+func (n *Node) Ref() {
+	n.g.assertMain()
+	invariants.Check(n.refs > 0, "block: ref of dead node %s", n.name)
+	n.refs++
+}
+
+// Unref drops a reference; the last one deletes the node: close inside a
+// drained section, children detached, registry entry removed. Marshalled to
+// the main Context.
+func (n *Node) Unref() { n.g.Control(n.unref) }
+
+func (n *Node) unref() {
+	n.g.assertMain()
+	invariants.Check(n.refs > 0, "block: unref of dead node %s", n.name)
+	n.refs--
+	if n.refs == 0 {
+		n.g.delete(n)
+	}
+}
+
+// Parents returns the node's parent edges, newest first (main Context).
+func (n *Node) Parents() []*Child { return append([]*Child(nil), n.parents...) }
+
+// Children returns the node's child edges, newest first (main Context).
+func (n *Node) Children() []*Child { return append([]*Child(nil), n.children...) }
+
+// Child returns the first child edge with role r, or nil.
+func (n *Node) Child(r Role) *Child {
+	for _, c := range n.children {
+		if c.role&r != 0 {
+			return c
+		}
+	}
+	return nil
+}
+
+// ChildNamed returns the child edge with the given name, or nil.
+func (n *Node) ChildNamed(name string) *Child {
+	for _, c := range n.children {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Closed reports whether the node was deleted.
+func (n *Node) Closed() bool { return n.closed }

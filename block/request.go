@@ -1,0 +1,358 @@
+package block
+
+import (
+	"strconv"
+	"syscall"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/internal/invariants"
+)
+
+// Op is a request's operation.
+type Op uint8
+
+const (
+	OpRead Op = iota + 1
+	OpWrite
+	OpFlush
+	OpDiscard
+	OpWriteZeroes
+	OpBlockStatus
+	OpTruncate
+	// Control operations, named in errors only.
+	OpOpen
+	OpClose
+	OpAttach
+	OpLength
+	OpMove
+)
+
+var opNames = [...]string{
+	OpRead: "read", OpWrite: "write", OpFlush: "flush", OpDiscard: "discard",
+	OpWriteZeroes: "write-zeroes", OpBlockStatus: "block-status", OpTruncate: "truncate",
+	OpOpen: "open", OpClose: "close", OpAttach: "attach", OpLength: "length", OpMove: "move",
+}
+
+func (o Op) String() string {
+	if int(o) < len(opNames) && opNames[o] != "" {
+		return opNames[o]
+	}
+	return "op(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Flags modify a request.
+type Flags uint16
+
+const (
+	// FUA: the write is durable when it completes.
+	FUA Flags = 1 << iota
+	// MayUnmap: write-zeroes may deallocate the range.
+	MayUnmap
+)
+
+// Done receives a request's completion, on the request's Context. The
+// request belongs to the block layer again once RequestDone returns: read
+// what you need from it (Tag, Status, Pnum) inside the call.
+type Done interface {
+	RequestDone(r *Request, err error)
+}
+
+// Request is one operation on a node. Requests come from a Context's Pool,
+// are filled in by the caller (or by a Queue helper), submitted with
+// Node.Submit, Child.Submit or a Queue, and go back to the pool after their
+// Done callback returns. No allocation happens on that path.
+//
+// Lifecycle (all on the submitting Context's owner):
+//
+//	free ──Get──▶ filled ──Submit──▶ counted (node.inFlight+1)
+//	  ▲                                  │ validate, align/split, driver
+//	  │                                  ▼
+//	  └──put◀── Done returned ◀── completed (node.inFlight−1, Kick)
+//
+// A driver completes with Complete, or with CompleteLater when the
+// completion must not run inside its caller (the count stays raised until
+// the bottom half has really completed it).
+type Request struct {
+	Op     Op
+	Flags  Flags
+	Off    int64    // byte offset; for OpTruncate the new length
+	Len    int64    // byte count; for reads and writes len(Iov) summed
+	Iov    [][]byte // data buffers of reads and writes
+	Status Status   // OpBlockStatus result
+	Pnum   int64    // OpBlockStatus: bytes from Off that Status describes
+	Tag    uint64   // the submitter's
+	Aux    any      // the driver's scratch (store a pointer: no allocation)
+
+	// Parent is the request a driver issued this one for, if any.
+	Parent *Request
+
+	node *Node
+	ctx  *aio.Context
+	pool *Pool
+	done Done
+	next *Request // free list, deferred list, queues
+	iov1 [1][]byte
+	err  error // carried through a deferred completion
+
+	// Front-end layer (see Queue).
+	q          *Queue
+	userDone   Done
+	submitting bool // inside Queue.dispatch: defer an inline completion
+	deferFE    bool // the deferred entry finishes the front-end layer
+
+	// Alignment, splitting and serialisation (align.go).
+	slow *slowState
+}
+
+// Node returns the node the request runs on.
+func (r *Request) Node() *Node { return r.node }
+
+// Context returns the Context the request runs on (its submitter's).
+func (r *Request) Context() *aio.Context { return r.ctx }
+
+// Pool returns the pool the request came from.
+func (r *Request) Pool() *Pool { return r.pool }
+
+// SetBuf makes buf the request's only data buffer without allocating.
+func (r *Request) SetBuf(buf []byte) {
+	r.iov1[0] = buf
+	r.Iov = r.iov1[:]
+	r.Len = int64(len(buf))
+}
+
+func (r *Request) unsupported() error {
+	return newError(Unsupported, r.Op, r.node, r.Off, syscall.ENOTSUP)
+}
+
+// Sub returns a request for a driver to send to a child on behalf of r:
+// same Context, Parent set to r.
+func (r *Request) Sub() *Request {
+	s := r.pool.Get()
+	s.Parent = r
+	return s
+}
+
+// Complete finishes r: the node's in-flight count drops (and the main
+// Context is kicked, D10), then the submitter's Done runs. REQUIRES: on
+// r.Context()'s owner, exactly once per submission.
+func (r *Request) Complete(err error) {
+	n := r.node
+	if r.slow != nil && r.slow.tracked {
+		n.untrack(r)
+	}
+	done := r.done
+	n.inFlight.dec()
+	n.g.main.Kick()
+	done.RequestDone(r, err)
+	if r.q == nil {
+		r.pool.put(r)
+	}
+}
+
+// CompleteLater finishes r from a bottom half of its Context (seed 003: a
+// request whose completion needs a BH is still in flight until the BH ran).
+func (r *Request) CompleteLater(err error) {
+	r.err = err
+	r.pool.pushDeferred(r)
+}
+
+// Submit starts r on n and calls done when it completes (possibly before
+// Submit returns, if the driver completes inline). REQUIRES: on r.Context()'s
+// owner.
+func (n *Node) Submit(r *Request, done Done) {
+	r.node = n
+	r.done = done
+	n.inFlight.inc()
+	if err := n.validate(r); err != nil {
+		if err == errEarlySuccess {
+			err = nil
+		}
+		r.CompleteLater(err)
+		return
+	}
+	if n.opts.Align > 1 || n.opts.MaxTransfer > 0 {
+		if n.startSlow(r) {
+			return
+		}
+	}
+	n.dispatch(r)
+}
+
+// Submit sends r to the edge's child on behalf of its parent.
+func (c *Child) Submit(r *Request, done Done) {
+	n := c.node.Load()
+	if n == nil {
+		invariants.Check(false, "block: request through detached edge %s", c)
+	}
+	n.Submit(r, done)
+}
+
+func (n *Node) dispatch(r *Request) {
+	switch r.Op {
+	case OpRead:
+		n.drv.Read(r)
+	case OpWrite:
+		n.drv.Write(r)
+	case OpFlush:
+		n.drv.Flush(r)
+	case OpDiscard:
+		n.drv.Discard(r)
+	case OpWriteZeroes:
+		n.drv.WriteZeroes(r)
+	case OpBlockStatus:
+		n.drv.BlockStatus(r)
+	case OpTruncate:
+		n.drv.Truncate(r)
+	default:
+		panic("assertion failed: block: unknown op " + r.Op.String())
+	}
+}
+
+// errEarlySuccess marks requests that validation completes successfully
+// without the driver (flush of a read-only node, zero-length status).
+var errEarlySuccess = &Error{Kind: Io}
+
+func (n *Node) validate(r *Request) error {
+	if invariants.Enabled && (r.Op == OpRead || r.Op == OpWrite) {
+		invariants.Check(iovLen(r.Iov) == r.Len, "block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
+	}
+	switch r.Op {
+	case OpTruncate:
+		if r.Off < 0 {
+			return newError(OutOfBounds, r.Op, n, r.Off, syscall.EINVAL)
+		}
+		if n.opts.ReadOnly {
+			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
+		}
+		return nil
+	case OpFlush:
+		if n.opts.ReadOnly {
+			return errEarlySuccess
+		}
+		return nil
+	}
+	if r.Off < 0 || r.Len < 0 {
+		return newError(OutOfBounds, r.Op, n, r.Off, syscall.EIO)
+	}
+	if r.Off+r.Len < r.Off {
+		return newError(Overflow, r.Op, n, r.Off, syscall.EIO)
+	}
+	switch r.Op {
+	case OpWrite, OpWriteZeroes:
+		if n.opts.ReadOnly {
+			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
+		}
+	case OpDiscard:
+		if n.opts.ReadOnly {
+			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
+		}
+		if n.opts.IgnoreDiscard {
+			return errEarlySuccess
+		}
+	case OpBlockStatus:
+		r.Status, r.Pnum = 0, 0
+		if r.Len == 0 {
+			return errEarlySuccess
+		}
+		if size, err := n.drv.Length(n); err == nil {
+			if r.Off >= size {
+				return errEarlySuccess
+			}
+			if r.Off+r.Len > size {
+				r.Len = size - r.Off
+			}
+		}
+	}
+	return nil
+}
+
+func iovLen(iov [][]byte) int64 {
+	var s int64
+	for _, b := range iov {
+		s += int64(len(b))
+	}
+	return s
+}
+
+// Pool hands out the requests of one Context and runs their deferred
+// completions from one reusable bottom half. Only the Context's owner uses
+// it; it needs no lock.
+type Pool struct {
+	g         *Graph
+	ctx       *aio.Context
+	free      *Request
+	head      *Request // deferred completions, FIFO
+	tail      *Request
+	bh        *aio.BH
+	allocated int
+}
+
+func newPool(g *Graph, ctx *aio.Context) *Pool {
+	p := &Pool{g: g, ctx: ctx}
+	p.bh = ctx.NewBH(p.runDeferred)
+	return p
+}
+
+// Context returns the pool's Context.
+func (p *Pool) Context() *aio.Context { return p.ctx }
+
+// Allocated returns how many requests the pool ever created (its high-water
+// mark: requests are recycled, never freed).
+func (p *Pool) Allocated() int { return p.allocated }
+
+// Get returns a zeroed request bound to the pool's Context.
+func (p *Pool) Get() *Request {
+	r := p.free
+	if r == nil {
+		p.allocated++
+		r = &Request{pool: p, ctx: p.ctx}
+		return r
+	}
+	p.free = r.next
+	r.next = nil
+	return r
+}
+
+func (p *Pool) put(r *Request) {
+	slow := r.slow
+	*r = Request{pool: p, ctx: p.ctx}
+	if slow != nil {
+		*slow = slowState{}
+		r.slow = slow // keep the side structure: unaligned I/O reuses it
+	}
+	r.next = p.free
+	p.free = r
+}
+
+func (p *Pool) pushDeferred(r *Request) {
+	r.next = nil
+	if p.tail == nil {
+		p.head = r
+		p.tail = r
+		p.bh.Schedule()
+		return
+	}
+	p.tail.next = r
+	p.tail = r
+}
+
+// runDeferred completes every request deferred so far; ones deferred by
+// these completions wait for the next run, so a completion that resubmits
+// cannot starve the loop.
+func (p *Pool) runDeferred() {
+	r := p.head
+	p.head, p.tail = nil, nil
+	for r != nil {
+		next := r.next
+		r.next = nil
+		err := r.err
+		r.err = nil
+		if r.deferFE {
+			r.deferFE = false
+			r.q.finish(r, err)
+		} else {
+			r.Complete(err)
+		}
+		r = next
+	}
+}

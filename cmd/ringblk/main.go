@@ -1,0 +1,51 @@
+// Command ringblk is the operator's tool for ringblk: benchmarks today, and
+// qemu-img/qemu-io style image commands as the drivers land.
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+)
+
+type command struct {
+	summary string
+	run     func(args []string) int
+}
+
+var commands = map[string]command{
+	"ring-bench": {"random reads through ringblk's own io_uring ring (fio-style figures)", ringBenchMain},
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: ringblk <command> [options]\n\ncommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(os.Stderr, "  %-12s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(os.Stderr, "\nRun 'ringblk <command> --help' for the options of a command.")
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	name := os.Args[1]
+	switch name {
+	case "-h", "--help", "help":
+		usage()
+		os.Exit(0)
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "ringblk: unknown command %q\n", name)
+		usage()
+		os.Exit(2)
+	}
+	os.Exit(cmd.run(os.Args[2:]))
+}

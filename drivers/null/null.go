@@ -1,0 +1,74 @@
+// Package null is a block driver that stores nothing (QEMU's null-co): reads
+// return zeroes or leave the buffer alone, writes vanish, every request
+// completes from a bottom half of its Context — or after a fixed latency.
+// It measures the overhead of the block layer itself.
+package null
+
+import (
+	"time"
+
+	"github.com/ringblk/ringblk/block"
+)
+
+// Options configure a null node.
+type Options struct {
+	// ReadZeroes clears the read buffers (null-co's read-zeroes); without it
+	// reads do not touch the buffer, which is what overhead benchmarks want.
+	ReadZeroes bool
+	// Latency delays every completion by a timer on the request's Context
+	// (null-co's latency-ns). Zero completes from a bottom half; a request
+	// with latency allocates its timer.
+	Latency time.Duration
+}
+
+// Driver is the null driver for one node.
+type Driver struct {
+	block.DriverBase
+	size int64
+	opts Options
+}
+
+// New returns a null driver for a node of size bytes.
+func New(size int64, opts Options) *Driver { return &Driver{size: size, opts: opts} }
+
+// Length reports the configured size.
+func (d *Driver) Length(*block.Node) (int64, error) { return d.size, nil }
+
+func (d *Driver) complete(r *block.Request) {
+	if d.opts.Latency > 0 {
+		r.Context().AfterFunc(d.opts.Latency, func() { r.Complete(nil) })
+		return
+	}
+	r.CompleteLater(nil)
+}
+
+// Read completes at once; with ReadZeroes it clears the buffers first.
+func (d *Driver) Read(r *block.Request) {
+	if d.opts.ReadZeroes {
+		for _, b := range r.Iov {
+			clear(b)
+		}
+	}
+	d.complete(r)
+}
+
+func (d *Driver) Write(r *block.Request)       { d.complete(r) }
+func (d *Driver) Flush(r *block.Request)       { d.complete(r) }
+func (d *Driver) Discard(r *block.Request)     { d.complete(r) }
+func (d *Driver) WriteZeroes(r *block.Request) { d.complete(r) }
+
+// BlockStatus reports zeroes when reads return zeroes, data otherwise.
+func (d *Driver) BlockStatus(r *block.Request) {
+	r.Status = block.StatusData | block.StatusAllocated
+	if d.opts.ReadZeroes {
+		r.Status |= block.StatusZero
+	}
+	r.Pnum = r.Len
+	d.complete(r)
+}
+
+// Truncate sets the size.
+func (d *Driver) Truncate(r *block.Request) {
+	d.size = r.Off
+	d.complete(r)
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ringblk's tests and benchmarks compare against
+# (qemu-img/qemu-io from qemu-utils, fio) when they are missing. Needs root for
+# apt-get; otherwise it names what is missing and fails.
+set -euo pipefail
+
+need=()
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+command -v fio >/dev/null 2>&1 || need+=(fio)
+
+if [ ${#need[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	echo "deps: missing ${need[*]}; run 'apt-get install -y ${need[*]}' as root (or run make test as root)" >&2
+	exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "deps: missing ${need[*]} and apt-get is not available; install them with your package manager" >&2
+	exit 1
+fi
+echo "deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+for c in qemu-img fio; do
+	command -v "$c" >/dev/null 2>&1 || { echo "deps: $c still missing after apt-get install" >&2; exit 1; }
+done
