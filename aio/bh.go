@@ -70,7 +70,7 @@ func (b *BH) Schedule() {
 
 // ScheduleIdle makes b run when the Context next goes idle: it does not
 // count as progress and a blocking Poll still sleeps (up to 10ms) before
-// running it. It does not wake a sleeping owner.
+// running it. A sleeping owner is woken only to shorten its timeout.
 func (b *BH) ScheduleIdle() {
 	for {
 		old := b.flags.Load()
@@ -80,6 +80,7 @@ func (b *BH) ScheduleIdle() {
 		if b.flags.CompareAndSwap(old, old|bhPending|bhScheduled|bhIdle) {
 			if old&bhPending == 0 {
 				b.c.push(b)
+				b.c.notify()
 			}
 			return
 		}

@@ -544,11 +544,12 @@ func TestU10MainWaitsForIOThreadOps(t *testing.T) {
 		onOwner(t, main, hang, func() {
 			outstanding.Store(n)
 			waited = io.WaitWhile(func() bool {
+				busy := outstanding.Load() > 0
 				if !started { // start the I/O only once main is registered as a waiter
 					started = true
 					io.Schedule(work)
 				}
-				return outstanding.Load() > 0
+				return busy
 			})
 		})
 		onOwner(t, io, hang, func() { ioLeft = io.Outstanding() })

@@ -5,6 +5,7 @@ package aio
 // equivalents and say how they map.
 
 import (
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -194,6 +195,49 @@ func TestW5NestedWaitsOnOneIOThread(t *testing.T) {
 		})
 		if n1.Load() != 0 || n2.Load() != 0 || maxDepth != 2 {
 			t.Fatalf("left n1=%d n2=%d, max wait depth %d (want 0 0 2)", n1.Load(), n2.Load(), maxDepth)
+		}
+	})
+}
+
+// Lost-wakeup stress for the eventfd protocol itself (complements W1):
+// several goroutines schedule onto a Context that is mostly asleep, with
+// jitter so pushes land at every point of the owner's sleep decision. Each
+// scheduled function must run within a second.
+func TestScheduleWakeupStress(t *testing.T) {
+	forEachRing(t, func(t *testing.T, e *env) {
+		c := e.start(Options{}, nil)
+		per := 20000
+		if testing.Short() || raceEnabled {
+			per = 3000
+		}
+		var wg sync.WaitGroup
+		var stalls atomic.Int64
+		for g := 0; g < 3; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ch := make(chan struct{}, 1)
+				fn := func() { ch <- struct{}{} }
+				timer := time.NewTimer(time.Hour)
+				for i := 0; i < per; i++ {
+					for j := 0; j < i%7; j++ {
+						runtime.Gosched()
+					}
+					c.Schedule(fn)
+					timer.Reset(time.Second)
+					select {
+					case <-ch:
+					case <-timer.C:
+						stalls.Add(1)
+						c.Schedule(func() {}) // nudge the sleeper so the test fails instead of hanging
+						<-ch
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if stalls.Load() != 0 {
+			t.Fatalf("%d scheduled functions waited over a second: lost wake-up", stalls.Load())
 		}
 	})
 }

@@ -122,17 +122,16 @@ type Context struct {
 
 	// ---- owner only ----
 
-	q        uring.Queue
-	ownQueue bool // the Context created q and must create it on the owner thread
-	efd      int  // eventfd for cross-goroutine wake-ups
-	efdBuf   *[8]byte
-	efdSlot  uint32 // slot of the armed eventfd read; noSlot when not armed
+	q       uring.Queue
+	efd     int // eventfd for cross-goroutine wake-ups
+	efdBuf  *[8]byte
+	efdSlot uint32 // slot of the eventfd read; noSlot when not armed
 
 	ops      opTable
 	cqes     []uring.CQE
 	plug     int // Plug nesting depth
 	prepared int // SQEs prepared and not yet consumed by the kernel
-	stats Stats
+	stats    Stats
 
 	// BH run queue: a FIFO of BHs taken from bhHead, each stamped with a
 	// sequence number so that nested Polls run older BHs first.
@@ -155,7 +154,6 @@ type Context struct {
 	kickBH    *BH  // scheduled by Kick
 	coMu      sync.Mutex
 	coSet     map[*Co]struct{} // coroutines not yet returned (guarded by coMu)
-	depth     int              // Poll nesting depth
 	report    StopReport
 	stopErr   error
 	arena     *Arena
@@ -194,7 +192,6 @@ func New(opts Options) (*Context, error) {
 		holder:      padded[atomic.Pointer[Co]](),
 		exited:      make(chan struct{}),
 		q:           opts.Queue,
-		ownQueue:    opts.Queue == nil,
 		efd:         -1,
 		efdBuf:      new([8]byte),
 		efdSlot:     noSlot,
@@ -248,6 +245,9 @@ func (c *Context) ownerMain(errc chan<- error) {
 	pinned := false
 	if err := c.setup(&pinned); err != nil {
 		c.closeResources()
+		if c.arena != nil {
+			c.arena.unmap()
+		}
 		c.state.Store(stateStopped)
 		close(c.exited)
 		if !pinned {
@@ -288,9 +288,9 @@ func (c *Context) setup(pinned *bool) error {
 	}
 	c.tid.Store(int32(unix.Gettid()))
 	if c.q == nil {
-		// The kernel ring is created on the owner thread: with
-		// IORING_SETUP_SINGLE_ISSUER the creating task is the only one
-		// allowed to submit.
+		// Created here, on the locked owner thread: a SINGLE_ISSUER ring
+		// binds to the thread of its first enter (the eventfd arm below),
+		// and registrations must come from that thread too.
 		q, err := newKernelRing(c.opts.Entries)
 		if err != nil {
 			return &OpError{Op: "ring setup", Off: -1, Err: err}
@@ -344,7 +344,9 @@ func (c *Context) InContext() bool {
 // assertOwner panics under invariants when the caller is not in c.
 func (c *Context) assertOwner(what string) {
 	if invariants.Enabled {
-		invariants.Check(c.InContext(), "aio: %s on Context %q outside its owner", what, c.name)
+		if !c.InContext() { // format only on failure: Check's arguments would allocate
+			invariants.Check(false, "aio: %s on Context %q outside its owner", what, c.name)
+		}
 	}
 }
 

@@ -40,6 +40,12 @@
 //  5. Dispatch fired fd handlers (external ones only while enabled).
 //  6. Run expired timers.
 //
+// A non-blocking Poll enters the ring only to submit; it reaps what the
+// ring has already posted (a kernel ring with DEFER_TASKRUN posts pending
+// completions from Ready/Reap when the kernel flags task work; the uringtest
+// fake completes operations only inside enters). Code that waits for a
+// completion uses WaitWhile, never a loop of non-blocking polls.
+//
 // Progress means a callback, a non-idle BH, an fd handler or a timer ran.
 // Callbacks never run from inside the call that issued an op, and reaping
 // is re-entrant: a callback may start a nested WaitWhile on the same

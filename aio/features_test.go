@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -588,5 +589,49 @@ func TestOwnerCheck(t *testing.T) {
 	}
 	if msg := panicMsg(func() { c.Poll(false) }); !strings.HasPrefix(msg, "assertion failed") {
 		t.Fatalf("Poll from a foreign goroutine: %q", msg)
+	}
+}
+
+// One-shot BHs scheduled concurrently by several goroutines each run
+// exactly once, also while main drains the Context with nested non-blocking
+// polls from a run-and-wait task (the B7 detach shape).
+func TestOneShotRunsExactlyOnce(t *testing.T) {
+	e := newEnv(t, "kernel")
+	c := e.start(Options{}, nil)
+	main := e.start(Options{Main: true}, nil)
+	n := int64(200000)
+	if raceEnabled {
+		n = 20000
+	}
+	ran := make([]atomic.Int32, n)
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for g := 0; g < 2; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				id := next.Add(1)
+				if id >= n {
+					return
+				}
+				c.Schedule(func() { ran[id].Add(1) })
+			}
+		}()
+	}
+	onOwner(t, main, hang, func() {
+		for next.Load() < n {
+			c.Run(func() {
+				for i := 0; i < 100 && c.Poll(false); i++ {
+				}
+			})
+		}
+	})
+	wg.Wait()
+	onOwner(t, c, hang, func() { c.Poll(false) })
+	for i := int64(1); i < n; i++ {
+		if ran[i].Load() != 1 {
+			t.Fatalf("id %d ran %d", i, ran[i].Load())
+		}
 	}
 }

@@ -31,9 +31,10 @@ import (
 func (c *Context) Poll(blocking bool) bool {
 	c.assertOwner("Poll")
 	if invariants.Enabled {
-		invariants.Check(c.holder.Load() == nil, "aio: Poll from a coroutine of %q; coroutines Yield", c.name)
+		if c.holder.Load() != nil {
+			invariants.Check(false, "aio: Poll from a coroutine of %q; coroutines Yield", c.name)
+		}
 	}
-	c.depth++
 	if c.ops.ovLen > 0 {
 		c.flushOverflow()
 	}
@@ -60,7 +61,6 @@ func (c *Context) Poll(blocking bool) bool {
 	if len(c.timers) > 0 {
 		progress = c.runTimers() || progress
 	}
-	c.depth--
 	return progress
 }
 
@@ -90,15 +90,32 @@ func (c *Context) wait() {
 	if len(c.timers) > 0 {
 		timeout = max(0, time.Duration(c.timers[0].when-nanotime()))
 	}
+	// head is the snapshot the sleep decision is made on: a BH pushed
+	// after it changes bhHead, which the re-check below notices. One pushed
+	// before it (after hasWork looked) is found by bhWork, which walks the
+	// stack from a head at least as new, so it is never slept on.
 	head := c.bhHead.Load()
 	if head != nil || c.runqHead != nil {
-		if _, idle := c.bhWork(); idle && (timeout < 0 || timeout > idleTimeout) {
+		urgent, idle := c.bhWork()
+		if urgent {
+			c.submitPending()
+			return
+		}
+		if idle && (timeout < 0 || timeout > idleTimeout) {
 			timeout = idleTimeout
 		}
 	}
 	if timeout == 0 {
 		c.submitPending()
 		return
+	}
+	if c.efdSlot == noSlot || c.ops.slot(c.efdSlot).state != slotSubmitted {
+		// The eventfd read is not on the ring (still in the overflow queue,
+		// or gone while stopping): a producer's write could not end this
+		// wait, so bound it.
+		if timeout < 0 || timeout > time.Millisecond {
+			timeout = time.Millisecond
+		}
 	}
 	if c.pollMax > 0 && c.spin(head) {
 		return
@@ -271,7 +288,9 @@ func (c *Context) Waiters() int { return int(c.waiters.Load()) }
 //     go via the main Context, or from a coroutine use Co.RunOn).
 //
 // It allocates (a closure and, when blocking, a channel): it is for control
-// paths, not per-request work.
+// paths, not per-request work. Run on a Context that stops first panics
+// from a plain goroutine; from main it would wait forever, so stop
+// IOThreads only when main no longer runs work on them.
 func (c *Context) Run(fn func()) {
 	if c.InContext() {
 		fn()
@@ -298,5 +317,13 @@ func (c *Context) Run(fn func()) {
 		defer close(ch)
 		fn()
 	})
-	<-ch
+	select {
+	case <-ch:
+	case <-c.exited:
+		select {
+		case <-ch: // it ran during the stop
+		default:
+			panic("assertion failed: aio: Context " + c.name + " stopped before a Run function ran")
+		}
+	}
 }

@@ -123,6 +123,11 @@ func (t *opTable) init(n int) {
 	for int(t.n) < n {
 		t.grow()
 	}
+	// Hand out the lowest indices first (grow stacked later chunks on top).
+	t.free = t.free[:0]
+	for i := int(t.n) - 1; i >= 0; i-- {
+		t.free = append(t.free, uint32(i))
+	}
 }
 
 func (t *opTable) grow() {
@@ -132,8 +137,8 @@ func (t *opTable) grow() {
 	ch := t.chunks[len(t.chunks)-1]
 	for i := range ch {
 		ch[i].gen = 1
+		ch[i].next = noSlot
 	}
-	// Push in reverse so the lowest index is handed out first.
 	for i := slotChunk - 1; i >= 0; i-- {
 		t.free = append(t.free, base+uint32(i))
 	}

@@ -128,7 +128,13 @@ func (c *Context) shutdown() {
 	rep.OpsAbandoned = len(abandoned)
 	rep.BHsRun = int(c.stats.BHsRun - bhBefore)
 
+	stuck := c.ops.inKernel > 0 // the kernel may still write into what these ops point at
 	c.closeResources()
+	if stuck {
+		graveyard.Lock()
+		graveyard.keep = append(graveyard.keep, c.efdBuf)
+		graveyard.Unlock()
+	}
 	if len(abandoned) > 0 {
 		// The kernel may still write into their buffers while it tears the
 		// ring down: keep them (and the arena) referenced forever.

@@ -109,10 +109,10 @@ type nodeClass struct{}
 // parent's drain callbacks (as the detach/driver_cb test does).
 var NodeClass ChildClass = nodeClass{}
 
-func (nodeClass) Kind() ParentKind            { return NodeParent }
-func (nodeClass) DrainedBegin(c *Child)       { c.parentNode.quiesceBegin() }
-func (nodeClass) DrainedPoll(c *Child) bool   { return c.parentNode.pending() }
-func (nodeClass) DrainedEnd(c *Child)         { c.parentNode.quiesceEnd() }
+func (nodeClass) Kind() ParentKind                    { return NodeParent }
+func (nodeClass) DrainedBegin(c *Child)               { c.parentNode.quiesceBegin() }
+func (nodeClass) DrainedPoll(c *Child) bool           { return c.parentNode.pending() }
+func (nodeClass) DrainedEnd(c *Child)                 { c.parentNode.quiesceEnd() }
 func (nodeClass) MoveContext(c *Child, m *Move) error { m.AddNode(c.parentNode); return nil }
 
 // ChildSpec describes a new edge.
@@ -129,7 +129,10 @@ var errCycle = errors.New("block: edge would create a cycle")
 // nil) and takes a reference on child. If child is drained, the parent
 // becomes quiesced through the new edge before the edge is visible (D13);
 // nodes under a subtree-drained parent are quiesced likewise. Attach never
-// polls. New edges go to the head of both edge lists.
+// polls — except that a child in another Context than its parent is first
+// moved (with its component) to the parent's Context, or else the parent to
+// the child's, which drains them. New edges go to the head of both edge
+// lists.
 func (g *Graph) Attach(parent, child *Node, spec ChildSpec) (c *Child, err error) {
 	g.Control(func() { c, err = g.attach(parent, child, spec) })
 	return c, err
@@ -145,6 +148,15 @@ func (g *Graph) attach(parent, child *Node, spec ChildSpec) (*Child, error) {
 	}
 	if parent != nil && (parent == child || isAncestor(child, parent)) {
 		return nil, newError(InvalidFormat, OpAttach, child, 0, errCycle)
+	}
+	if parent != nil && parent.Context() != child.Context() {
+		// Parent and child share a Context: move the child (and what is
+		// connected to it) to the parent, or else the parent to the child.
+		if err := g.move(child, parent.Context(), nil); err != nil {
+			if err2 := g.move(parent, child.Context(), nil); err2 != nil {
+				return nil, err
+			}
+		}
 	}
 	c := &Child{name: spec.Name, role: spec.Role, class: spec.Class, parentNode: parent, owner: spec.Owner}
 	child.Ref()

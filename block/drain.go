@@ -79,10 +79,10 @@ func (g *Graph) waitWhile(cond func() bool) {
 // new requests, jobs above it are paused, and that stays so until the
 // matching DrainedEnd (D3, D4). Children of n are not drained. Marshalled to
 // the main Context; from a request goroutine use DrainedBeginCo.
-func (n *Node) DrainedBegin() { n.g.Control(n.drainedBegin) }
+func (n *Node) DrainedBegin() { n.g.Control(n.drainedBeginFn) }
 
 // DrainedEnd closes one drained section of n. It never polls (D7).
-func (n *Node) DrainedEnd() { n.g.Control(n.drainedEnd) }
+func (n *Node) DrainedEnd() { n.g.Control(n.drainedEndFn) }
 
 // Drain is DrainedBegin followed by DrainedEnd.
 func (n *Node) Drain() {

@@ -75,11 +75,13 @@ func (DriverBase) BlockStatus(r *Request) {
 	r.Pnum = r.Len
 	r.Complete(nil)
 }
-func (DriverBase) Truncate(r *Request)                { r.Complete(r.unsupported()) }
-func (DriverBase) Length(n *Node) (int64, error)      { return 0, newError(Unsupported, OpLength, n, 0, syscall.ENOTSUP) }
-func (DriverBase) DrainBegin(*Node)                   {}
-func (DriverBase) DrainEnd(*Node)                     {}
-func (DriverBase) DetachContext(*Node)                {}
+func (DriverBase) Truncate(r *Request) { r.Complete(r.unsupported()) }
+func (DriverBase) Length(n *Node) (int64, error) {
+	return 0, newError(Unsupported, OpLength, n, 0, syscall.ENOTSUP)
+}
+func (DriverBase) DrainBegin(*Node)                  {}
+func (DriverBase) DrainEnd(*Node)                    {}
+func (DriverBase) DetachContext(*Node)               {}
 func (DriverBase) AttachContext(*Node, *aio.Context) {}
 
 // Status describes a range for OpBlockStatus.

@@ -132,6 +132,8 @@ func (g *Graph) open(drv Driver, opts Options) (*Node, error) {
 	}
 	n.ctx.Store(ctx)
 	n.pendingFn = n.pending
+	n.drainedBeginFn = n.drainedBegin
+	n.drainedEndFn = n.drainedEnd
 	g.nodeCount++
 	g.names[n.name] = n
 	g.link(n)

@@ -150,11 +150,16 @@ func containsCtx(s []*aio.Context, c *aio.Context) bool {
 	return false
 }
 
+// maxSettlePolls bounds runUntilIdle: a Context that other front ends keep
+// busy always makes progress. Every Poll runs all BHs scheduled before it,
+// so the bound only limits chains of BHs that schedule BHs.
+const maxSettlePolls = 64
+
 // runUntilIdle polls c from its own owner, non-blocking, until an iteration
-// makes no progress.
+// makes no progress (at most maxSettlePolls times).
 func runUntilIdle(g *Graph, c *aio.Context) {
 	spin := func() {
-		for c.Poll(false) {
+		for i := 0; i < maxSettlePolls && c.Poll(false); i++ {
 		}
 	}
 	if c == g.main {

@@ -38,7 +38,10 @@ type Node struct {
 
 	allPrev, allNext *Node // registry list, creation order
 
-	pendingFn func() bool // n.pending, bound once so drains do not allocate
+	// Bound once, so that drains and control calls do not allocate.
+	pendingFn      func() bool
+	drainedBeginFn func()
+	drainedEndFn   func()
 
 	tracked tracker // serialised requests; used only when Align > 1
 

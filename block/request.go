@@ -102,6 +102,8 @@ type Request struct {
 
 	// Alignment, splitting and serialisation (align.go).
 	slow *slowState
+
+	free bool // on the pool's free list (double-release check)
 }
 
 // Node returns the node the request runs on.
@@ -141,10 +143,13 @@ func (r *Request) Complete(err error) {
 		n.untrack(r)
 	}
 	done := r.done
+	// A front-end request goes back to the pool in Queue.finish, which may
+	// run inside done: decide before calling it.
+	recycle := r.q == nil
 	n.inFlight.dec()
 	n.g.main.Kick()
 	done.RequestDone(r, err)
-	if r.q == nil {
+	if recycle {
 		r.pool.put(r)
 	}
 }
@@ -213,8 +218,9 @@ func (n *Node) dispatch(r *Request) {
 var errEarlySuccess = &Error{Kind: Io}
 
 func (n *Node) validate(r *Request) error {
-	if invariants.Enabled && (r.Op == OpRead || r.Op == OpWrite) {
-		invariants.Check(iovLen(r.Iov) == r.Len, "block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
+	if invariants.Enabled && (r.Op == OpRead || r.Op == OpWrite) && iovLen(r.Iov) != r.Len {
+		// Formatting arguments box (allocate): only on the failure path.
+		invariants.Check(false, "block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
 	}
 	switch r.Op {
 	case OpTruncate:
@@ -310,10 +316,14 @@ func (p *Pool) Get() *Request {
 	}
 	p.free = r.next
 	r.next = nil
+	r.free = false
 	return r
 }
 
 func (p *Pool) put(r *Request) {
+	if r.free {
+		panic("assertion failed: block: request released twice")
+	}
 	slow := r.slow
 	*r = Request{pool: p, ctx: p.ctx}
 	if slow != nil {
@@ -321,6 +331,7 @@ func (p *Pool) put(r *Request) {
 		r.slow = slow // keep the side structure: unaligned I/O reuses it
 	}
 	r.next = p.free
+	r.free = true
 	p.free = r
 }
 
@@ -356,3 +367,9 @@ func (p *Pool) runDeferred() {
 		r = next
 	}
 }
+
+// OpDone makes a request an aio.Done: a driver that issues one ring
+// operation for a request passes the request itself, and the operation's
+// completion completes the request (res is ignored: aio reports short
+// transfers it could not finish as errors).
+func (r *Request) OpDone(_ uint64, _ int, err error) { r.Complete(err) }

@@ -13,7 +13,8 @@
 #   -b BIN      a built ringblk binary (default: go build ./cmd/ringblk)
 #
 # Needs fio (installed with apt-get when missing and run as root), python3
-# and GNU time (/usr/bin/time).
+# and GNU time (/usr/bin/time). The data file (DIR/ringbench-1g.dat) is kept
+# for the next run; remove it by hand when done.
 set -euo pipefail
 
 dir=/var/tmp

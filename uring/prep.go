@@ -65,7 +65,9 @@ func (s *SQE) PrepFallocate(fd int32, mode uint32, off, length uint64, userData 
 // PrepPollAdd prepares a one-shot poll for events (POLLIN, POLLOUT…) on fd.
 func (s *SQE) PrepPollAdd(fd int32, events uint32, userData uint64) {
 	s.prepRW(IORING_OP_POLL_ADD, fd, 0, 0, 0, userData)
-	s.OpFlags = events // poll32_events; little-endian layout as the kernel expects
+	// poll32_events. On big-endian machines the kernel expects the two
+	// 16-bit halves swapped; ringblk builds for little-endian Linux only.
+	s.OpFlags = events
 }
 
 // PrepPollRemove prepares removal of the poll whose user_data is target.
@@ -75,12 +77,16 @@ func (s *SQE) PrepPollRemove(target uint64, userData uint64) {
 
 // PrepEventfdRead prepares an 8-byte read of an eventfd counter into buf.
 func (s *SQE) PrepEventfdRead(fd int32, buf *[8]byte, userData uint64) {
+	// SAFETY: the caller keeps *buf alive and off the Go stack until the CQE.
 	s.prepRW(IORING_OP_READ, fd, uint64(uintptr(unsafe.Pointer(buf))), 8, 0, userData)
 }
 
 // PrepTimeout prepares a timeout that completes with -ETIME after ts, or with
 // 0 once count other completions have arrived (count 0: time only).
 func (s *SQE) PrepTimeout(ts *Timespec, count uint64, flags uint32, userData uint64) {
+	// SAFETY: the kernel reads *ts when it consumes the SQE (and, for
+	// IORING_TIMEOUT_ABS-less timeouts, only then); the caller keeps it alive
+	// and off the Go stack until the CQE.
 	s.prepRW(IORING_OP_TIMEOUT, -1, uint64(uintptr(unsafe.Pointer(ts))), 1, count, userData)
 	s.OpFlags = flags
 }

@@ -28,6 +28,10 @@ type Queue interface {
 	// io_uring_enter, waits until at least minComplete CQEs are ready or
 	// timeout has passed. timeout < 0 waits without limit; minComplete 0 or
 	// timeout 0 does not wait. It returns how many SQEs the kernel consumed.
+	// minComplete is capped at the CQ size: a wait never asks for more CQEs
+	// than the CQ can hold. A link chain is submitted whole only if its SQEs
+	// were all obtained before the call: callers check that SQEntries() -
+	// Pending() leaves room for the chain before preparing it.
 	// A timeout is not an error, and neither is EINTR: both return with
 	// err == nil and the caller re-checks its state. ErrBusy means the kernel
 	// could not take more work until completions are reaped (EAGAIN, EBUSY):
@@ -56,9 +60,13 @@ type Queue interface {
 	// gets index i. The memory must not be in the Go heap (mmap it).
 	RegisterBuffers(bufs [][]byte) error
 
-	// Close releases the ring. Operations still in flight are cancelled by
-	// the kernel; calling any method after Close returns ErrClosed (or nil
-	// from GetSQE).
+	// Close releases the ring; calling any other method after it returns
+	// ErrClosed (or nil from GetSQE, 0 from the counters), and a second
+	// Close returns nil. Close does not wait for operations in
+	// flight: the kernel cancels them in the background and may still write
+	// their buffers after Close returns. Owners reap every outstanding
+	// operation (or cancel and reap it) before closing, and only then free
+	// the memory those operations named.
 	Close() error
 }
 

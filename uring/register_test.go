@@ -142,6 +142,27 @@ func TestSQPoll(t *testing.T) {
 			time.Sleep(idle)
 		}
 	}
+	// A full SQ: SubmitAndWait(0, 0) returns once the (sleeping) SQ thread
+	// has made room, so GetSQE succeeds right after it.
+	for i := 0; i < 8; i++ {
+		getSQE(t, r).PrepNop(uint64(50 + i))
+	}
+	if _, err := r.SubmitAndWait(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if sqe := r.GetSQE(); sqe == nil {
+		t.Fatalf("GetSQE after SubmitAndWait(0, 0) on a full SQPOLL SQ: still full (Pending %d)", r.Pending())
+	} else {
+		sqe.PrepNop(58)
+	}
+	waitCQEs(t, r, 9)
+	for deadline := time.Now().Add(2 * time.Second); r.SQFlags()&uring.IORING_SQ_NEED_WAKEUP == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("SQ thread never went idle (sq flags %#x)", r.SQFlags())
+		}
+		time.Sleep(idle)
+	}
+
 	// Submitting without waiting still reaches a sleeping SQ thread.
 	getSQE(t, r).PrepNop(99)
 	if n, err := r.SubmitAndWait(0, 0); err != nil || n != 1 {

@@ -108,7 +108,10 @@ var ErrWrongThread = errors.New("uring: ring used from an OS thread other than i
 const waitTimeoutUserData = ReservedUserData | 1
 
 // GetSQE returns the next free SQE, zeroed, or nil when the SQ is full or the
-// ring is closed. It never blocks and never enters the kernel.
+// ring is closed. It never blocks and never enters the kernel. On an SQPOLL
+// ring the SQ can still look full just after its CQEs were reaped (the SQ
+// thread moves the head after a whole batch); SubmitAndWait(0, 0) then waits
+// for room.
 func (r *Ring) GetSQE() *SQE {
 	if r.closed {
 		return nil
@@ -168,6 +171,10 @@ func (r *Ring) CQEntries() int {
 // is how an event loop that has nothing to submit lets finished I/O post its
 // CQEs without blocking.
 //
+// In SQPOLL mode the kernel thread consumes the SQ on its own; when the SQ is
+// full, SubmitAndWait first waits until the thread has made room
+// (IORING_ENTER_SQ_WAIT), so GetSQE succeeds afterwards.
+//
 // A timeout or an interrupted wait (EINTR) returns err == nil. ErrBusy means
 // the kernel refused new work until completions are reaped.
 func (r *Ring) SubmitAndWait(minComplete int, timeout time.Duration) (int, error) {
@@ -201,6 +208,13 @@ func (r *Ring) SubmitAndWait(minComplete int, timeout time.Duration) (int, error
 		// flag; the ring flag only tells us it is needed.
 		if r.sqFlags.Load()&IORING_SQ_NEED_WAKEUP != 0 {
 			flags |= IORING_ENTER_SQ_WAKEUP
+		}
+		// The SQ thread commits the SQ head only after it has issued a
+		// whole batch, so the CQEs of a batch can be reaped while GetSQE
+		// still sees a full SQ. Rather than return to a caller that may
+		// then have nothing in flight to wait for, wait for room.
+		if toSubmit == r.sqEntries {
+			flags |= IORING_ENTER_SQ_WAIT
 		}
 	}
 	if wait || r.deferTaskrun || r.cqNeedsFlush() {

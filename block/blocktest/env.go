@@ -26,6 +26,9 @@ type EnvOptions struct {
 	// Queue, if set, builds the ring of each Context (for example a
 	// uringtest ring); nil uses the kernel ring.
 	Queue func(name string) uring.Queue
+	// MainPollTime is the main Context's adaptive busy-poll window (see
+	// aio.Options.PollTime); zero never spins.
+	MainPollTime time.Duration
 }
 
 // NewEnv starts a main Context and n IOThreads.
@@ -39,6 +42,9 @@ func NewEnvOpts(t testing.TB, o EnvOptions) *Env {
 	e := &Env{T: t}
 	mk := func(name string, main bool) *aio.Context {
 		opts := aio.Options{Name: name, CPU: aio.NoCPU, Main: main, ArenaSize: -1, Entries: 64}
+		if main {
+			opts.PollTime = o.MainPollTime
+		}
 		if o.Queue != nil {
 			opts.Queue = o.Queue(name)
 		}

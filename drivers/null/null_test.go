@@ -12,6 +12,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/null"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 type env struct {
@@ -148,8 +149,8 @@ func BenchmarkQD32Read4K(b *testing.B) {
 
 // TestQD32ZeroAllocs: the steady-state request path allocates nothing.
 func TestQD32ZeroAllocs(t *testing.T) {
-	if testing.Short() && raceEnabled {
-		t.Skip("allocation counts are not meaningful under -race")
+	if raceEnabled || invariants.Enabled {
+		t.Skip("allocation budgets hold for production builds (no -race, no invariants tag)")
 	}
 	e := newEnv(t)
 	n, _ := e.g.Open(null.New(1<<30, null.Options{}), block.Options{Name: "null"})

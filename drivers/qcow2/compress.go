@@ -24,7 +24,7 @@ func DecompressCluster(dst, src []byte, compressionType uint8) error {
 		fr.Close()
 		if err != nil {
 			return &FormatError{Field: "compressed_cluster", Value: uint64(len(src)),
-				Reason: errShortCluster.Error() + ": " + err.Error(), Err: ErrCorrupt}
+				Reason: "compressed data does not inflate to a full cluster: " + err.Error(), Err: ErrCorrupt}
 		}
 		return nil
 	case CompressionZstd:

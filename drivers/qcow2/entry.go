@@ -334,10 +334,6 @@ func (g *Geometry) DecodeL2Entry(e, bitmap uint64) (L2Entry, error) {
 	if !g.aligned(off) {
 		return L2Entry{}, corrupt("l2_entry", e, "host cluster offset not cluster aligned")
 	}
-	if off != 0 && off < uint64(g.ClusterSize()) {
-		// Unreachable: an aligned nonzero offset is at least one cluster.
-		return L2Entry{}, corrupt("l2_entry", e, "host cluster offset inside the header")
-	}
 	if off != 0 && g.pastEOF(off) {
 		return L2Entry{}, corrupt("l2_entry", e, "host cluster offset past end of file")
 	}

@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -574,6 +573,3 @@ func (im *Image) ReadAt(p []byte, off int64, backing io.ReaderAt) (int, error) {
 	}
 	return int(n), nil
 }
-
-// errShortCluster is wrapped when compressed data ends before a cluster.
-var errShortCluster = errors.New("compressed data ends before a full cluster")

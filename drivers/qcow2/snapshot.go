@@ -172,8 +172,8 @@ func AppendSnapshotTable(dst []byte, snaps []Snapshot) ([]byte, error) {
 
 // ValidateSnapshot checks snapshot i's L1 table fields against the image:
 // size within MaxL1Bytes (or maxL1Bytes if lower), cluster aligned, and
-// inside a file of fileSize bytes (0: unchecked). Overlaps with other
-// metadata are checked by ReadImage, which knows all of it.
+// inside the file (g.FileSize; 0: unchecked). Overlaps with other metadata
+// are checked by ReadImage, which knows all of it.
 func ValidateSnapshot(s *Snapshot, i int, g *Geometry, maxL1Bytes int64) error {
 	field := indexed("snapshot", uint64(i))
 	if maxL1Bytes <= 0 || maxL1Bytes > MaxL1Bytes {

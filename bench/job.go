@@ -1,0 +1,291 @@
+package bench
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// RW is a job's I/O pattern (fio's rw=).
+type RW uint8
+
+const (
+	RWRead RW = iota
+	RWWrite
+	RWRandRead
+	RWRandWrite
+	RWMixed     // rw, readwrite: sequential mix
+	RWRandMixed // randrw
+)
+
+var rwNames = [...]string{"read", "write", "randread", "randwrite", "rw", "randrw"}
+
+func (r RW) String() string { return rwNames[r] }
+
+// Random reports whether offsets are random.
+func (r RW) Random() bool { return r == RWRandRead || r == RWRandWrite || r == RWRandMixed }
+
+// Reads and Writes report which directions the pattern issues.
+func (r RW) Reads() bool  { return r == RWRead || r == RWRandRead || r == RWMixed || r == RWRandMixed }
+func (r RW) Writes() bool { return r == RWWrite || r == RWRandWrite || r == RWMixed || r == RWRandMixed }
+
+// Direction indexes (fio's ddir): read, write.
+const (
+	DirRead  = 0
+	DirWrite = 1
+)
+
+// BSSplit is one bssplit entry: blocks of Size bytes for Percent of the I/Os.
+type BSSplit struct {
+	Size    int
+	Percent int
+}
+
+// Distribution is random_distribution.
+type Distribution uint8
+
+const (
+	DistRandom Distribution = iota
+	DistZipf
+	DistPareto
+)
+
+// VerifyKind is verify=.
+type VerifyKind uint8
+
+const (
+	VerifyNone VerifyKind = iota
+	VerifyCRC32C
+	VerifyMD5
+	VerifyPattern
+)
+
+var verifyNames = [...]string{"0", "crc32c", "md5", "pattern"}
+
+func (v VerifyKind) String() string { return verifyNames[v] }
+
+// Loc is where an option was set: a job file and line, or the command line.
+type Loc struct {
+	File string // "" for the command line
+	Line int
+}
+
+func (l Loc) String() string {
+	if l.File == "" {
+		return "command line"
+	}
+	return fmt.Sprintf("%s:%d", l.File, l.Line)
+}
+
+// Option is one key=value as written, for error messages and fio's
+// "job options" JSON map.
+type Option struct {
+	Key, Value string
+	Bare       bool // written without "=": a boolean switched on
+	Loc        Loc
+}
+
+// Job is one fio job after parsing: every option applied, defaults filled
+// in. Sizes are bytes, times durations. A job with NumJobs > 1 runs as that
+// many clones, each on its own thread.
+type Job struct {
+	Name     string
+	Loc      Loc // the section (or --name) that started the job
+	Filename string
+	Directory string
+	Size     int64 // bytes of I/O per clone and the region size; 0: the file's size
+	Offset   int64
+
+	RW             RW
+	RWMixRead      int       // percent of reads in mixed patterns
+	BS             [2]int    // per direction, when no range or split
+	BSRange        [2][2]int // per direction min, max (0: unset)
+	BSSplit        [2][]BSSplit
+	IODepth        int
+	IODepthBatch   int // iodepth_batch_submit
+	NumJobs        int
+	Runtime        time.Duration
+	TimeBased      bool
+	RampTime       time.Duration
+	Direct         bool
+	IOEngine       string // ringblk, io_uring, psync
+	Format         string // ringblk engine: raw, qcow2, null ("" = probe)
+	NoRandomMap    bool
+	RandRepeat     bool
+	RandSeed       uint64
+	Dist           Distribution
+	DistParam      float64
+	Verify         VerifyKind
+	VerifyPattern  []byte
+	VerifyFatal    bool
+	DoVerify       bool
+	GroupReporting bool
+	Thread         bool
+	Stonewall      bool
+	NewGroup       bool
+	Invalidate     bool
+	Description    string
+
+	// Options are this job's own options in the order given (fio's "job
+	// options"); globals are the [global] options in effect for it.
+	Options []Option
+	globals []Option
+
+	set map[string]Loc // canonical option name → where it was set last
+}
+
+func newJob(name string, loc Loc) *Job {
+	return &Job{
+		Name: name, Loc: loc,
+		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
+		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
+		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true,
+		set: map[string]Loc{},
+	}
+}
+
+// MinBS and MaxBS report the smallest and largest block a direction issues.
+func (j *Job) MinBS(dir int) int {
+	switch {
+	case len(j.BSSplit[dir]) > 0:
+		m := j.BSSplit[dir][0].Size
+		for _, s := range j.BSSplit[dir] {
+			m = min(m, s.Size)
+		}
+		return m
+	case j.BSRange[dir][0] > 0:
+		return j.BSRange[dir][0]
+	}
+	return j.BS[dir]
+}
+
+func (j *Job) MaxBS(dir int) int {
+	switch {
+	case len(j.BSSplit[dir]) > 0:
+		m := 0
+		for _, s := range j.BSSplit[dir] {
+			m = max(m, s.Size)
+		}
+		return m
+	case j.BSRange[dir][0] > 0:
+		return j.BSRange[dir][1]
+	}
+	return j.BS[dir]
+}
+
+// SetOption applies key=value to the job as if it were written at loc (an
+// override from code, the command line or a test).
+func (j *Job) SetOption(key, value string, loc Loc) error {
+	return j.apply(Option{Key: key, Value: value, Loc: loc}, true)
+}
+
+// apply sets one option; record adds it to the job's "job options".
+func (j *Job) apply(o Option, record bool) error {
+	name := strings.ToLower(o.Key)
+	if alias, ok := optionAliases[name]; ok {
+		name = alias
+	}
+	spec, ok := optionTable[name]
+	if !ok {
+		if _, known := fioOnlyOptions[name]; known {
+			return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q is a fio option that ringblk bench does not implement", o.Key)}
+		}
+		return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("unknown option %q", o.Key)}
+	}
+	val := o.Value
+	if o.Bare {
+		if !spec.bool {
+			return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q needs a value (%s=…)", o.Key, o.Key)}
+		}
+		val = "1"
+	}
+	if err := spec.set(j, strings.TrimSpace(val)); err != nil {
+		return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("%s=%s: %v", o.Key, o.Value, err)}
+	}
+	j.set[name] = o.Loc
+	if record {
+		j.Options = append(j.Options, o)
+	}
+	return nil
+}
+
+// ParseError is an error in a job file or on the command line.
+type ParseError struct {
+	Loc Loc
+	Msg string
+}
+
+func (e *ParseError) Error() string { return e.Loc.String() + ": " + e.Msg }
+
+// validate checks what single options cannot: conflicts and requirements.
+func (j *Job) validate() error {
+	bad := func(loc Loc, format string, a ...any) error {
+		return &ParseError{Loc: loc, Msg: fmt.Sprintf("job %q: ", j.Name) + fmt.Sprintf(format, a...)}
+	}
+	at := func(name string) Loc {
+		if l, ok := j.set[name]; ok {
+			return l
+		}
+		return j.Loc
+	}
+	_, hasRange := j.set["bsrange"]
+	_, hasSplit := j.set["bssplit"]
+	if hasRange && hasSplit {
+		return bad(at("bssplit"), "bssplit conflicts with bsrange (set at %s)", at("bsrange"))
+	}
+	if j.TimeBased && j.Runtime == 0 {
+		return bad(at("time_based"), "time_based needs a runtime")
+	}
+	switch j.IOEngine {
+	case "ringblk":
+		if j.Format == "qcow2" {
+			return bad(at("format"), "format=qcow2: qcow2 driver not available yet")
+		}
+	default:
+		if _, ok := j.set["format"]; ok {
+			return bad(at("format"), "format= applies to ioengine=ringblk only (ioengine=%s)", j.IOEngine)
+		}
+	}
+	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
+		return bad(j.Loc, "missing filename (set filename=, or use ioengine=ringblk with format=null)")
+	}
+	if j.Format == "null" && j.Size == 0 {
+		return bad(at("format"), "format=null needs a size")
+	}
+	if j.Verify == VerifyPattern && len(j.VerifyPattern) == 0 {
+		return bad(at("verify"), "verify=pattern needs verify_pattern")
+	}
+	if j.Verify != VerifyNone && j.NoRandomMap && j.RW.Random() && j.RW.Writes() {
+		return bad(at("norandommap"), "norandommap conflicts with verify=%s on random writes (a block written twice could not be checked against its last write)", j.Verify)
+	}
+	if j.Verify != VerifyNone && j.Dist != DistRandom && j.RW.Writes() {
+		return bad(at("random_distribution"), "random_distribution conflicts with verify on writes")
+	}
+	if j.Verify != VerifyNone && j.RW.Writes() && j.RW.Reads() {
+		return bad(at("verify"), "verify with a mixed pattern (rw=%s) is not supported: use a write job, then a read job with verify", j.RW)
+	}
+	for d := 0; d < 2; d++ {
+		if j.MinBS(d) <= 0 {
+			return bad(at("bs"), "block size must be positive")
+		}
+		if j.Direct && j.MinBS(d)%512 != 0 {
+			return bad(at("bs"), "direct=1 needs block sizes that are multiples of 512 (got %d)", j.MinBS(d))
+		}
+		if j.Verify != VerifyNone && j.Verify != VerifyPattern && j.MinBS(d) < verifyHeaderSize {
+			return bad(at("bs"), "verify=%s needs blocks of at least %d bytes", j.Verify, verifyHeaderSize)
+		}
+	}
+	if j.Size > 0 && int64(j.MaxBS(DirRead)) > j.Size || j.Size > 0 && int64(j.MaxBS(DirWrite)) > j.Size {
+		return bad(at("size"), "size %d is smaller than one block", j.Size)
+	}
+	if j.IODepth < 1 || j.IODepth > 4096 {
+		return bad(at("iodepth"), "iodepth %d out of range 1..4096", j.IODepth)
+	}
+	if j.IODepthBatch < 1 || j.IODepthBatch > j.IODepth {
+		j.IODepthBatch = min(max(j.IODepthBatch, 1), j.IODepth)
+	}
+	if j.NumJobs < 1 || j.NumJobs > 1024 {
+		return bad(at("numjobs"), "numjobs %d out of range 1..1024", j.NumJobs)
+	}
+	return nil
+}

@@ -1,0 +1,489 @@
+package bench
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// optionSpec is one implemented option.
+type optionSpec struct {
+	bool bool // may be written bare
+	help string
+	set  func(j *Job, v string) error
+}
+
+var optionAliases = map[string]string{
+	"readwrite":       "rw",
+	"blocksize":       "bs",
+	"blocksize_range": "bsrange",
+	"iodepth_batch":   "iodepth_batch_submit",
+}
+
+// optionTable holds every option bench implements. Help texts feed
+// --help and docs.
+var optionTable map[string]optionSpec
+
+func init() {
+	optionTable = map[string]optionSpec{
+		"name": {help: "job name (starts a new job on the command line)", set: func(j *Job, v string) error { j.Name = v; return nil }},
+		"description": {help: "free text, reported only", set: func(j *Job, v string) error {
+			j.Description = v
+			return nil
+		}},
+		"filename":  {help: "file or block device (image for ioengine=ringblk)", set: func(j *Job, v string) error { j.Filename = v; return nil }},
+		"directory": {help: "directory prefixed to a relative filename", set: func(j *Job, v string) error { j.Directory = v; return nil }},
+		"size":      {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024)", set: sizeSetter(func(j *Job, n int64) { j.Size = n })},
+		"offset":    {help: "start of the region in bytes", set: sizeSetter(func(j *Job, n int64) { j.Offset = n })},
+		"rw": {help: "read, write, randread, randwrite, rw/readwrite, randrw", set: func(j *Job, v string) error {
+			if k := strings.IndexByte(v, ':'); k >= 0 {
+				return errors.New("rw suffixes (rw=…:N) are not implemented")
+			}
+			for i, n := range rwNames {
+				if v == n {
+					j.RW = RW(i)
+					return nil
+				}
+			}
+			if v == "readwrite" {
+				j.RW = RWMixed
+				return nil
+			}
+			if strings.Contains(v, "trim") {
+				return errors.New("trim workloads are not implemented")
+			}
+			return errors.New("want read, write, randread, randwrite, rw, readwrite or randrw")
+		}},
+		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
+		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
+		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {
+			return perDir(v, func(d int, s string) error {
+				n, err := parseSize(s)
+				if err != nil {
+					return err
+				}
+				if n <= 0 || n > 1<<30 {
+					return fmt.Errorf("block size %d out of range", n)
+				}
+				j.BS[d] = int(n)
+				j.BSRange[d] = [2]int{}
+				return nil
+			})
+		}},
+		"bsrange": {help: "block size range min-max[,min-max]; sizes are multiples of min", set: func(j *Job, v string) error {
+			return perDir(v, func(d int, s string) error {
+				lo, hi, ok := strings.Cut(s, "-")
+				if !ok {
+					return fmt.Errorf("want min-max, got %q", s)
+				}
+				a, err := parseSize(lo)
+				if err != nil {
+					return err
+				}
+				b, err := parseSize(hi)
+				if err != nil {
+					return err
+				}
+				if a <= 0 || b < a || b > 1<<30 {
+					return fmt.Errorf("bad range %d-%d", a, b)
+				}
+				j.BSRange[d] = [2]int{int(a), int(b)}
+				return nil
+			})
+		}},
+		"bssplit": {help: "weighted sizes: 4k/50:64k/50[,read-split:…]", set: func(j *Job, v string) error {
+			return perDir(v, func(d int, s string) error {
+				var split []BSSplit
+				total := 0
+				for _, e := range strings.Split(s, ":") {
+					sz, pct, hasPct := strings.Cut(e, "/")
+					n, err := parseSize(sz)
+					if err != nil {
+						return err
+					}
+					if n <= 0 || n > 1<<30 {
+						return fmt.Errorf("block size %d out of range", n)
+					}
+					p := -1
+					if hasPct && pct != "" {
+						if p, err = strconv.Atoi(pct); err != nil || p < 0 || p > 100 {
+							return fmt.Errorf("bad percentage %q", pct)
+						}
+						total += p
+					}
+					split = append(split, BSSplit{Size: int(n), Percent: p})
+				}
+				// Entries without a percentage share what is left equally.
+				var open int
+				for _, e := range split {
+					if e.Percent < 0 {
+						open++
+					}
+				}
+				if total > 100 || (open == 0 && total != 100) {
+					return fmt.Errorf("percentages add up to %d, want 100", total)
+				}
+				for i := range split {
+					if split[i].Percent < 0 {
+						split[i].Percent = (100 - total) / open
+					}
+				}
+				j.BSSplit[d] = split
+				return nil
+			})
+		}},
+		"iodepth":              {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
+		"iodepth_batch_submit": {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
+		"numjobs":              {help: "clones of the job, each on its own thread (one per core)", set: intSetter(1, 1024, func(j *Job, n int) { j.NumJobs = n })},
+		"runtime":              {help: "run time cap (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.Runtime = d })},
+		"time_based":           {bool: true, help: "run for runtime even when size is done", set: boolSetter(func(j *Job, b bool) { j.TimeBased = b })},
+		"ramp_time":            {help: "run this long before measuring", set: timeSetter(func(j *Job, d time.Duration) { j.RampTime = d })},
+		"direct":               {bool: true, help: "O_DIRECT", set: boolSetter(func(j *Job, b bool) { j.Direct = b })},
+		"buffered":             {bool: true, help: "the opposite of direct", set: boolSetter(func(j *Job, b bool) { j.Direct = !b })},
+		"ioengine": {help: "ringblk (block layer), io_uring (direct ring, no block layer), psync", set: func(j *Job, v string) error {
+			switch v {
+			case "ringblk", "io_uring", "psync":
+				j.IOEngine = v
+				return nil
+			case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "io_uring_cmd", "splice", "net", "rbd", "windowsaio", "solarisaio", "vsync", "pvsync2", "xnvme", "dev-dax", "libpmem", "http", "rdma", "e4defrag", "falloc", "filecreate", "filestat", "ftruncate", "cpuio", "sg", "exec":
+				return fmt.Errorf("ioengine %s is a fio engine that ringblk bench does not implement (use ringblk, io_uring or psync)", v)
+			}
+			if strings.HasPrefix(v, "external:") {
+				return errors.New("external engines are not implemented")
+			}
+			return fmt.Errorf("unknown ioengine %q (ringblk, io_uring, psync)", v)
+		}},
+		"format": {help: "ringblk engine image format: raw, qcow2, null (default: probe the image)", set: func(j *Job, v string) error {
+			switch v {
+			case "raw", "qcow2", "null":
+				j.Format = v
+				return nil
+			}
+			return errors.New("want raw, qcow2 or null")
+		}},
+		"norandommap": {bool: true, help: "random offsets may repeat (no coverage map)", set: boolSetter(func(j *Job, b bool) { j.NoRandomMap = b })},
+		"randrepeat":  {bool: true, help: "seed the generators reproducibly (default 1)", set: boolSetter(func(j *Job, b bool) { j.RandRepeat = b })},
+		"randseed": {help: "seed of the generators", set: func(j *Job, v string) error {
+			n, err := strconv.ParseUint(v, 0, 64)
+			if err != nil {
+				return errors.New("want an unsigned integer")
+			}
+			j.RandSeed = n
+			j.RandRepeat = true
+			return nil
+		}},
+		"random_distribution": {help: "random, zipf:theta, pareto:h", set: func(j *Job, v string) error {
+			kind, param, hasParam := strings.Cut(v, ":")
+			if kind == "random" {
+				j.Dist, j.DistParam = DistRandom, 0
+				return nil
+			}
+			if kind != "zipf" && kind != "pareto" {
+				if kind == "normal" || kind == "zoned" || kind == "zoned_abs" {
+					return fmt.Errorf("distribution %s is not implemented (random, zipf, pareto)", kind)
+				}
+				return errors.New("want random, zipf:theta or pareto:h")
+			}
+			if !hasParam {
+				return fmt.Errorf("%s needs a parameter (%s:0.5)", kind, kind)
+			}
+			if c := strings.IndexByte(param, ':'); c >= 0 {
+				return errors.New("a distribution seed offset is not implemented")
+			}
+			f, err := strconv.ParseFloat(param, 64)
+			if err != nil || math.IsNaN(f) {
+				return fmt.Errorf("bad parameter %q", param)
+			}
+			if kind == "zipf" {
+				if f <= 0 || f == 1 {
+					return errors.New("zipf theta must be > 0 and != 1")
+				}
+				j.Dist = DistZipf
+			} else {
+				if f <= 0 || f >= 1 {
+					return errors.New("pareto h must be in (0, 1)")
+				}
+				j.Dist = DistPareto
+			}
+			j.DistParam = f
+			return nil
+		}},
+		"verify": {help: "crc32c, md5, pattern (0: off)", set: func(j *Job, v string) error {
+			switch v {
+			case "0", "", "none":
+				j.Verify = VerifyNone
+			case "crc32c", "crc32c-intel":
+				j.Verify = VerifyCRC32C
+			case "md5":
+				j.Verify = VerifyMD5
+			case "pattern":
+				j.Verify = VerifyPattern
+			case "crc64", "crc32", "crc16", "crc7", "xxhash", "sha1", "sha256", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512", "meta", "null":
+				return fmt.Errorf("verify=%s is a fio method that ringblk bench does not implement (crc32c, md5, pattern)", v)
+			default:
+				return errors.New("want crc32c, md5 or pattern")
+			}
+			return nil
+		}},
+		"verify_pattern": {help: "pattern for verify=pattern: 0xHEX, \"text\" or a decimal byte", set: func(j *Job, v string) error {
+			p, err := parsePattern(v)
+			if err != nil {
+				return err
+			}
+			j.VerifyPattern = p
+			return nil
+		}},
+		"verify_fatal":    {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
+		"do_verify":       {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
+		"group_reporting": {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
+		"thread":          {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
+		"stonewall":       {bool: true, help: "wait for earlier jobs; starts a new group", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
+		"wait_for_previous": {bool: true, help: "alias of stonewall", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
+		"new_group":       {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
+		"invalidate":      {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
+	}
+}
+
+// fioOnlyOptions are options fio accepts that bench does not implement: a
+// job naming one fails with that said, instead of running something else.
+var fioOnlyOptions = func() map[string]struct{} {
+	m := map[string]struct{}{}
+	for _, n := range strings.Fields(`fsync fdatasync end_fsync fsync_on_close sync write_barrier
+		iodepth_batch_complete iodepth_batch_complete_min iodepth_batch_complete_max iodepth_low
+		write_bw_log write_iops_log write_lat_log write_hist_log log_avg_msec log_hist_msec per_job_logs
+		rate rate_iops rate_min rate_iops_min ratemin rate_process rate_cycle thinktime thinktime_spin
+		thinktime_blocks nrfiles openfiles file_service_type fallocate fadvise_hint zero_buffers
+		refill_buffers scramble_buffers buffer_compress_percentage buffer_compress_chunk buffer_pattern
+		dedupe_percentage overwrite loops startdelay cpus_allowed cpus_allowed_policy cpumask nice prio
+		prioclass iomem mem iomem_align mem_align hugepage-size lockmem create_serialize create_fsync
+		create_on_open create_only pre_read unlink unlink_each_loop zonesize zonerange zoneskip zonemode
+		percentage_random percentage_sequential random_generator allrandrepeat bs_unaligned ba blockalign
+		bs_is_seq_rand verify_interval verify_offset verify_backlog verify_backlog_batch verify_async
+		verify_async_cpus verify_only verify_state_save verify_state_load verify_dump trim_percentage
+		trim_verify_zero trim_backlog experimental_verify lat_percentiles clat_percentiles
+		slat_percentiles percentile_list disable_lat disable_clat disable_slat disable_bw_measurement
+		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize
+		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri fixedbufs
+		registerfiles sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
+		cmdprio_class cmdprio cmdprio_bssplit filename_format unique_filename lockfile latency_target
+		latency_window latency_percentile latency_run max_latency steadystate ss ss_dur ss_ramp
+		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
+		flow_sleep offset_increment offset_align uri allow_file_create allow_mounted_write fill_device
+		fill_fs readonly replay_no_stall replay_redirect replay_align replay_scale read_iolog write_iolog
+		iolog exec_prerun exec_postrun ioscheduler disk_util bwavgtime iopsavgtime log_offset log_compression
+		log_store_compressed log_unix_epoch log_alternate_epoch log_max_value block_error_percentiles
+		significant_figures thread_cpu per_job_logs skip_bad zone_reset_threshold zone_reset_frequency
+		max_open_zones job_max_open_zones ignore_zone_limits dedupe_mode dedupe_working_set_percentage
+		dedupe_global buffer_compress_percentage inplace atomic userspace_reap sqthread_poll registerfiles
+		cgroup cgroup_weight cgroup_nodelete uid gid rate_ignore_thinktime trim_verify_zero
+		continue_on_error pre_read size_increment io_submit_mode verifysort verifysort_nr
+		ioengine_options hugepage-size clat_percentiles steadystate_duration steadystate_ramp_time
+		bwavgtime exitall_on_error create_serialize kb_base`) {
+		m[n] = struct{}{}
+	}
+	return m
+}()
+
+func sizeSetter(f func(*Job, int64)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		n, err := parseSize(v)
+		if err != nil {
+			return err
+		}
+		f(j, n)
+		return nil
+	}
+}
+
+func timeSetter(f func(*Job, time.Duration)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		d, err := parseTime(v)
+		if err != nil {
+			return err
+		}
+		f(j, d)
+		return nil
+	}
+}
+
+func intSetter(lo, hi int, f func(*Job, int)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errors.New("want an integer")
+		}
+		if n < lo || n > hi {
+			return fmt.Errorf("%d out of range %d..%d", n, lo, hi)
+		}
+		f(j, n)
+		return nil
+	}
+}
+
+func pctSetter(f func(*Job, int)) func(*Job, string) error { return intSetter(0, 100, f) }
+
+func boolSetter(f func(*Job, bool)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		switch strings.ToLower(v) {
+		case "1", "true", "yes", "on":
+			f(j, true)
+		case "0", "false", "no", "off":
+			f(j, false)
+		default:
+			return errors.New("want 0 or 1")
+		}
+		return nil
+	}
+}
+
+// perDir applies "a" to both directions and "a,b" to read and write (a
+// third, trim, value is accepted when empty or equal to the write's).
+func perDir(v string, f func(dir int, s string) error) error {
+	parts := strings.Split(v, ",")
+	if len(parts) > 3 {
+		return errors.New("at most read,write,trim values")
+	}
+	if len(parts) == 3 && parts[2] != "" && parts[2] != parts[1] {
+		return errors.New("trim values are not implemented")
+	}
+	if err := f(DirRead, parts[0]); err != nil {
+		return err
+	}
+	w := parts[0]
+	if len(parts) >= 2 && parts[1] != "" {
+		w = parts[1]
+	}
+	return f(DirWrite, w)
+}
+
+// parseSize reads a byte count the way fio does with kb_base=1024: an
+// integer (decimal or 0x hex) with an optional suffix k, m, g, t, p (any
+// case, optionally followed by "i" and/or "b"), all powers of 1024.
+func parseSize(s string) (int64, error) {
+	orig := s
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, errors.New("empty size")
+	}
+	if strings.HasSuffix(s, "%") {
+		return 0, fmt.Errorf("percentage sizes (%q) are not implemented", orig)
+	}
+	if strings.HasPrefix(s, "0x") || strings.HasPrefix(s, "0X") {
+		n, err := strconv.ParseInt(s[2:], 16, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("bad size %q", orig)
+		}
+		return n, nil
+	}
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("bad size %q", orig)
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad size %q", orig)
+	}
+	suf := strings.ToLower(s[i:])
+	shift := 0
+	if suf != "" {
+		switch suf[0] {
+		case 'k':
+			shift = 10
+		case 'm':
+			shift = 20
+		case 'g':
+			shift = 30
+		case 't':
+			shift = 40
+		case 'p':
+			shift = 50
+		case 'b':
+		default:
+			return 0, fmt.Errorf("bad size suffix in %q (want k, m, g, t, p)", orig)
+		}
+		rest := suf
+		if shift != 0 {
+			rest = suf[1:]
+		}
+		if rest != "" && rest != "b" && rest != "i" && rest != "ib" {
+			return 0, fmt.Errorf("bad size suffix in %q (want k, m, g, t, p)", orig)
+		}
+	}
+	if n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("size %q overflows", orig)
+	}
+	return n << shift, nil
+}
+
+// parseTime reads a duration: a bare number is seconds; suffixes us/usec,
+// ms/msec, s/sec, m/min, h, d.
+func parseTime(s string) (time.Duration, error) {
+	orig := s
+	s = strings.ToLower(strings.TrimSpace(s))
+	i := 0
+	for i < len(s) && (s[i] >= '0' && s[i] <= '9' || s[i] == '.') {
+		i++
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("bad time %q", orig)
+	}
+	f, err := strconv.ParseFloat(s[:i], 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("bad time %q", orig)
+	}
+	var unit time.Duration
+	switch s[i:] {
+	case "", "s", "sec":
+		unit = time.Second
+	case "us", "usec":
+		unit = time.Microsecond
+	case "ms", "msec":
+		unit = time.Millisecond
+	case "m", "min":
+		unit = time.Minute
+	case "h":
+		unit = time.Hour
+	case "d":
+		unit = 24 * time.Hour
+	default:
+		return 0, fmt.Errorf("bad time unit in %q (want us, ms, s, m, h, d)", orig)
+	}
+	if f*float64(unit) > math.MaxInt64/2 {
+		return 0, fmt.Errorf("time %q overflows", orig)
+	}
+	return time.Duration(f * float64(unit)), nil
+}
+
+// parsePattern reads verify_pattern: 0x hex bytes, a quoted string, or a
+// decimal byte value.
+func parsePattern(v string) ([]byte, error) {
+	switch {
+	case strings.HasPrefix(v, "0x") || strings.HasPrefix(v, "0X"):
+		h := v[2:]
+		if len(h)%2 == 1 {
+			h = "0" + h
+		}
+		b, err := hex.DecodeString(h)
+		if err != nil || len(b) == 0 {
+			return nil, fmt.Errorf("bad hex pattern %q", v)
+		}
+		return b, nil
+	case len(v) >= 2 && (v[0] == '"' && v[len(v)-1] == '"' || v[0] == '\'' && v[len(v)-1] == '\''):
+		if len(v) == 2 {
+			return nil, errors.New("empty pattern")
+		}
+		return []byte(v[1 : len(v)-1]), nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 255 {
+		return nil, fmt.Errorf("bad pattern %q (0xHEX, \"text\" or 0..255)", v)
+	}
+	return []byte{byte(n)}, nil
+}

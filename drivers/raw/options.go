@@ -1,0 +1,152 @@
+package raw
+
+import "strconv"
+
+// Cache selects how the file is opened (QEMU's cache= modes for a file).
+type Cache uint8
+
+const (
+	// CacheWriteback is buffered I/O through the page cache; durability
+	// needs a flush. The default.
+	CacheWriteback Cache = iota
+	// CacheNone is O_DIRECT: I/O bypasses the page cache, so requests and
+	// buffers must meet the file's DIO alignment (the node's Align and
+	// bounce buffers take care of that). Durability still needs a flush.
+	CacheNone
+	// CacheWritethrough is buffered I/O with O_DSYNC: every write is
+	// durable when it completes.
+	CacheWritethrough
+)
+
+var cacheNames = [...]string{CacheWriteback: "writeback", CacheNone: "none", CacheWritethrough: "writethrough"}
+
+func (c Cache) String() string { return enumName(cacheNames[:], int(c)) }
+
+// ParseCache parses "writeback", "none" or "writethrough".
+func ParseCache(s string) (Cache, bool) {
+	i, ok := parseEnum(cacheNames[:], s)
+	return Cache(i), ok
+}
+
+// Discard selects what a discard request does (QEMU's discard=).
+type Discard uint8
+
+const (
+	// DiscardIgnore completes discards without touching the file. The
+	// default, as in QEMU.
+	DiscardIgnore Discard = iota
+	// DiscardUnmap punches a hole (regular files) or issues BLKDISCARD
+	// (block devices); it also lets write-zeroes deallocate.
+	DiscardUnmap
+)
+
+var discardNames = [...]string{DiscardIgnore: "ignore", DiscardUnmap: "unmap"}
+
+func (d Discard) String() string { return enumName(discardNames[:], int(d)) }
+
+// ParseDiscard parses "ignore" or "unmap".
+func ParseDiscard(s string) (Discard, bool) {
+	i, ok := parseEnum(discardNames[:], s)
+	return Discard(i), ok
+}
+
+// DetectZeroes selects whether writes of zero buffers become write-zeroes
+// (QEMU's detect-zeroes=).
+type DetectZeroes uint8
+
+const (
+	DetectZeroesOff DetectZeroes = iota
+	// DetectZeroesOn turns an all-zero write into a write-zeroes.
+	DetectZeroesOn
+	// DetectZeroesUnmap also allows it to deallocate (when Discard is
+	// DiscardUnmap).
+	DetectZeroesUnmap
+)
+
+var detectNames = [...]string{DetectZeroesOff: "off", DetectZeroesOn: "on", DetectZeroesUnmap: "unmap"}
+
+func (d DetectZeroes) String() string { return enumName(detectNames[:], int(d)) }
+
+// ParseDetectZeroes parses "off", "on" or "unmap".
+func ParseDetectZeroes(s string) (DetectZeroes, bool) {
+	i, ok := parseEnum(detectNames[:], s)
+	return DetectZeroes(i), ok
+}
+
+// Prealloc selects how new space is backed when a file is created or grown
+// (QEMU's preallocation=).
+type Prealloc uint8
+
+const (
+	// PreallocOff extends the file sparsely (ftruncate).
+	PreallocOff Prealloc = iota
+	// PreallocFalloc reserves the blocks with fallocate.
+	PreallocFalloc
+	// PreallocFull writes zeroes over the new range.
+	PreallocFull
+)
+
+var preallocNames = [...]string{PreallocOff: "off", PreallocFalloc: "falloc", PreallocFull: "full"}
+
+func (p Prealloc) String() string { return enumName(preallocNames[:], int(p)) }
+
+// ParsePrealloc parses "off", "falloc" or "full".
+func ParsePrealloc(s string) (Prealloc, bool) {
+	i, ok := parseEnum(preallocNames[:], s)
+	return Prealloc(i), ok
+}
+
+// Locking selects image locking (QEMU's locking=).
+type Locking uint8
+
+const (
+	// LockingAuto takes QEMU-compatible OFD locks, and opens without them
+	// when the filesystem does not support OFD locks. The default.
+	LockingAuto Locking = iota
+	// LockingOn takes the locks and fails the open when it cannot.
+	LockingOn
+	// LockingOff takes no lock and checks none.
+	LockingOff
+)
+
+var lockingNames = [...]string{LockingAuto: "auto", LockingOn: "on", LockingOff: "off"}
+
+func (l Locking) String() string { return enumName(lockingNames[:], int(l)) }
+
+// ParseLocking parses "auto", "on" or "off".
+func ParseLocking(s string) (Locking, bool) {
+	i, ok := parseEnum(lockingNames[:], s)
+	return Locking(i), ok
+}
+
+// Options configure a raw driver. The zero value opens read-write, cached
+// (writeback), discards ignored, no zero detection, QEMU-compatible locks.
+type Options struct {
+	ReadOnly     bool
+	Cache        Cache
+	Discard      Discard
+	DetectZeroes DetectZeroes
+	// Prealloc applies to growth through Truncate.
+	Prealloc Prealloc
+	Locking  Locking
+	// ShareRW lets other processes write (and resize) the image while it is
+	// open (QEMU's share-rw=on); without it the driver refuses writers, as
+	// a QEMU guest device does.
+	ShareRW bool
+}
+
+func enumName(names []string, i int) string {
+	if i < len(names) && names[i] != "" {
+		return names[i]
+	}
+	return "unknown(" + strconv.Itoa(i) + ")"
+}
+
+func parseEnum(names []string, s string) (int, bool) {
+	for i, n := range names {
+		if n == s {
+			return i, true
+		}
+	}
+	return 0, false
+}
