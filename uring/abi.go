@@ -70,7 +70,7 @@ const (
 	IORING_OP_READ           = 22
 	IORING_OP_WRITE          = 23
 	IORING_OP_URING_CMD      = 46
-	IORING_OP_LAST           = 58 // Linux 6.8's count; the probe reads the kernel's own last opcode (6.18: 62)
+	IORING_OP_LAST           = 58 // a floor for tables only; the probe reads the kernel's own last opcode (62 on 6.18)
 )
 
 // SQE flags (IOSQE_*).

@@ -84,9 +84,8 @@ func (s *SQE) PrepEventfdRead(fd int32, buf *[8]byte, userData uint64) {
 // PrepTimeout prepares a timeout that completes with -ETIME after ts, or with
 // 0 once count other completions have arrived (count 0: time only).
 func (s *SQE) PrepTimeout(ts *Timespec, count uint64, flags uint32, userData uint64) {
-	// SAFETY: the kernel reads *ts when it consumes the SQE (and, for
-	// IORING_TIMEOUT_ABS-less timeouts, only then); the caller keeps it alive
-	// and off the Go stack until the CQE.
+	// SAFETY: the kernel reads *ts when it takes the SQE; the caller keeps it
+	// alive and off the Go stack until the CQE.
 	s.prepRW(IORING_OP_TIMEOUT, -1, uint64(uintptr(unsafe.Pointer(ts))), 1, count, userData)
 	s.OpFlags = flags
 }

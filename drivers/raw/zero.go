@@ -185,7 +185,7 @@ const zeroBufSize = 1 << 20
 // zeroes returns the shared zero buffer (aligned for O_DIRECT). Writes
 // only read it, so every Context may use it at once.
 func (d *Driver) zeroes() []byte {
-	d.zeroOnce.Do(func() { d.zeroBuf = alignedBuf(zeroBufSize, 4096) })
+	d.zeroOnce.Do(func() { d.zeroBuf = alignedBuf(zeroBufSize, max(4096, d.memAlign)) })
 	return d.zeroBuf
 }
 
