@@ -26,8 +26,10 @@ func (r RW) String() string { return rwNames[r] }
 func (r RW) Random() bool { return r == RWRandRead || r == RWRandWrite || r == RWRandMixed }
 
 // Reads and Writes report which directions the pattern issues.
-func (r RW) Reads() bool  { return r == RWRead || r == RWRandRead || r == RWMixed || r == RWRandMixed }
-func (r RW) Writes() bool { return r == RWWrite || r == RWRandWrite || r == RWMixed || r == RWRandMixed }
+func (r RW) Reads() bool { return r == RWRead || r == RWRandRead || r == RWMixed || r == RWRandMixed }
+func (r RW) Writes() bool {
+	return r == RWWrite || r == RWRandWrite || r == RWMixed || r == RWRandMixed
+}
 
 // Direction indexes (fio's ddir): read, write.
 const (
@@ -89,12 +91,12 @@ type Option struct {
 // in. Sizes are bytes, times durations. A job with NumJobs > 1 runs as that
 // many clones, each on its own thread.
 type Job struct {
-	Name     string
-	Loc      Loc // the section (or --name) that started the job
-	Filename string
+	Name      string
+	Loc       Loc // the section (or --name) that started the job
+	Filename  string
 	Directory string
-	Size     int64 // bytes of I/O per clone and the region size; 0: the file's size
-	Offset   int64
+	Size      int64 // bytes of I/O per clone and the region size; 0: the file's size
+	Offset    int64
 
 	RW             RW
 	RWMixRead      int       // percent of reads in mixed patterns
@@ -235,6 +237,9 @@ func (j *Job) validate() error {
 	}
 	if j.TimeBased && j.Runtime == 0 {
 		return bad(at("time_based"), "time_based needs a runtime")
+	}
+	if err := checkEngine(j.IOEngine); err != nil {
+		return bad(at("ioengine"), "ioengine=%s: %v", j.IOEngine, err)
 	}
 	switch j.IOEngine {
 	case "ringblk":

@@ -145,17 +145,13 @@ func init() {
 		"direct":               {bool: true, help: "O_DIRECT", set: boolSetter(func(j *Job, b bool) { j.Direct = b })},
 		"buffered":             {bool: true, help: "the opposite of direct", set: boolSetter(func(j *Job, b bool) { j.Direct = !b })},
 		"ioengine": {help: "ringblk (block layer), io_uring (direct ring, no block layer), psync", set: func(j *Job, v string) error {
-			switch v {
-			case "ringblk", "io_uring", "psync":
-				j.IOEngine = v
-				return nil
-			case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "io_uring_cmd", "splice", "net", "rbd", "windowsaio", "solarisaio", "vsync", "pvsync2", "xnvme", "dev-dax", "libpmem", "http", "rdma", "e4defrag", "falloc", "filecreate", "filestat", "ftruncate", "cpuio", "sg", "exec":
-				return fmt.Errorf("ioengine %s is a fio engine that ringblk bench does not implement (use ringblk, io_uring or psync)", v)
+			// Checked in validate, so that an override can replace an
+			// engine bench does not have.
+			if v == "" {
+				return errors.New("empty engine name")
 			}
-			if strings.HasPrefix(v, "external:") {
-				return errors.New("external engines are not implemented")
-			}
-			return fmt.Errorf("unknown ioengine %q (ringblk, io_uring, psync)", v)
+			j.IOEngine = v
+			return nil
 		}},
 		"format": {help: "ringblk engine image format: raw, qcow2, null (default: probe the image)", set: func(j *Job, v string) error {
 			switch v {
@@ -237,15 +233,31 @@ func init() {
 			j.VerifyPattern = p
 			return nil
 		}},
-		"verify_fatal":    {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
-		"do_verify":       {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
-		"group_reporting": {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
-		"thread":          {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
-		"stonewall":       {bool: true, help: "wait for earlier jobs; starts a new group", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
+		"verify_fatal":      {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
+		"do_verify":         {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
+		"group_reporting":   {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
+		"thread":            {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
+		"stonewall":         {bool: true, help: "wait for earlier jobs; starts a new group", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
 		"wait_for_previous": {bool: true, help: "alias of stonewall", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
-		"new_group":       {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
-		"invalidate":      {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
+		"new_group":         {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
+		"invalidate":        {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
 	}
+}
+
+// checkEngine says whether bench implements engine.
+func checkEngine(v string) error {
+	switch v {
+	case "ringblk", "io_uring", "psync":
+		return nil
+	case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "io_uring_cmd", "splice", "net", "rbd",
+		"windowsaio", "solarisaio", "vsync", "pvsync2", "xnvme", "dev-dax", "libpmem", "http", "rdma", "e4defrag",
+		"falloc", "filecreate", "filestat", "ftruncate", "cpuio", "sg", "exec", "netsplice", "rados", "gfapi", "gfapi_async":
+		return fmt.Errorf("ioengine %s is a fio engine that ringblk bench does not implement (use ringblk, io_uring or psync)", v)
+	}
+	if strings.HasPrefix(v, "external:") {
+		return errors.New("external engines are not implemented")
+	}
+	return fmt.Errorf("unknown ioengine %q (ringblk, io_uring, psync)", v)
 }
 
 // fioOnlyOptions are options fio accepts that bench does not implement: a

@@ -147,7 +147,9 @@ func (v *verifier) check(buf []byte, off int64) bool {
 			return false
 		}
 	default:
-		v.fail(off, len(buf), func() string { return fmt.Sprintf("unknown verify method %d in the header", binary.LittleEndian.Uint32(buf[16:])) })
+		v.fail(off, len(buf), func() string {
+			return fmt.Sprintf("unknown verify method %d in the header", binary.LittleEndian.Uint32(buf[16:]))
+		})
 		return false
 	}
 	return true

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages ringblk's tests and benchmarks compare against
-# (qemu-img/qemu-io from qemu-utils, fio) when they are missing. Needs root for
-# apt-get; otherwise it names what is missing and fails.
+# Installs the Debian packages that ringblk's tests and benchmarks compare
+# against when they are missing: qemu-utils (qemu-img, qemu-io), fio and
+# fio-examples (fio's own job files). Needs root for apt-get; otherwise it
+# names what is missing and fails.
 set -euo pipefail
 
 need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v fio >/dev/null 2>&1 || need+=(fio)
+[ -d /usr/share/doc/fio/examples ] || need+=(fio-examples)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0

@@ -14,6 +14,7 @@ type command struct {
 }
 
 var commands = map[string]command{
+	"bench":      {"fio-compatible benchmark through the block layer (fio job files, fio JSON, --compare)", benchMain},
 	"ring-bench": {"random reads through ringblk's own io_uring ring (fio-style figures)", ringBenchMain},
 }
 

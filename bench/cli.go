@@ -1,0 +1,301 @@
+package bench
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Config is a parsed command line.
+type Config struct {
+	Spec         *Spec
+	Output       string // --output: write the report there instead of stdout
+	Format       string // normal, json
+	ETA          string // auto, always, never
+	Compare      bool
+	Repeats      int
+	CompareWith  []string // compare rows to run (default: all available)
+	JobFiles     []string
+	CommandLine  []Option // job options given as flags
+	KeepFiles    bool
+	ShowCommands bool
+}
+
+var commandFlags = map[string]bool{ // flag → takes a value
+	"output": true, "output-format": true, "eta": true, "compare": false, "repeats": true,
+	"compare-with": true, "help": false, "h": false, "version": false, "show-commands": false,
+}
+
+// ParseArgs reads ringblk bench's command line: command flags, fio job
+// options as --opt=value (--name=… starts a job) and job files.
+func ParseArgs(args []string) (*Config, error) {
+	cfg := &Config{Format: "normal", ETA: "auto", Repeats: 3}
+	src := &jobSource{}
+	var pre []Option
+	var cur *section
+	var cmdSecs []*section
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			cfg.JobFiles = append(cfg.JobFiles, a)
+			continue
+		}
+		key, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if takes, ok := commandFlags[key]; ok {
+			if takes && !hasVal {
+				if i+1 >= len(args) {
+					return nil, fmt.Errorf("--%s needs a value", key)
+				}
+				i++
+				val = args[i]
+			}
+			if err := cfg.setFlag(key, val, hasVal); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		o := Option{Key: key, Value: val, Bare: !hasVal, Loc: Loc{}}
+		if key == "name" {
+			if !hasVal || val == "" {
+				return nil, errors.New("command line: --name needs a value")
+			}
+			cur = &section{name: val, loc: Loc{}}
+			cmdSecs = append(cmdSecs, cur)
+			if val != "global" {
+				cur.opts = append(cur.opts, o)
+			}
+			continue
+		}
+		if cur == nil {
+			pre = append(pre, o)
+		} else {
+			cur.opts = append(cur.opts, o)
+		}
+		cfg.CommandLine = append(cfg.CommandLine, o)
+	}
+	for _, f := range cfg.JobFiles {
+		if err := readJobFile(f, src); err != nil {
+			return nil, err
+		}
+	}
+	overrides := pre
+	if len(cfg.JobFiles) == 0 && len(pre) > 0 {
+		src.addSection(&section{name: "global", opts: pre})
+		overrides = nil
+	}
+	for _, s := range cmdSecs {
+		src.addSection(s)
+	}
+	spec, err := src.build(overrides)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Spec = spec
+	return cfg, nil
+}
+
+var errHelp = errors.New("help requested")
+var errVersion = errors.New("version requested")
+
+func (cfg *Config) setFlag(key, val string, hasVal bool) error {
+	switch key {
+	case "help", "h":
+		return errHelp
+	case "version":
+		return errVersion
+	case "output":
+		cfg.Output = val
+	case "output-format":
+		switch val {
+		case "normal", "json":
+			cfg.Format = val
+		case "json+", "terse":
+			return fmt.Errorf("--output-format=%s is a fio format that ringblk bench does not implement (normal, json)", val)
+		default:
+			return fmt.Errorf("--output-format=%s: want normal or json", val)
+		}
+	case "eta":
+		switch val {
+		case "auto", "always", "never":
+			cfg.ETA = val
+		default:
+			return fmt.Errorf("--eta=%s: want auto, always or never", val)
+		}
+	case "compare":
+		cfg.Compare = !hasVal || val == "1" || val == "true"
+	case "repeats":
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 1 || n > 100 {
+			return fmt.Errorf("--repeats=%s: want 1..100", val)
+		}
+		cfg.Repeats = n
+	case "compare-with":
+		for _, r := range strings.Split(val, ",") {
+			if _, ok := compareRows[r]; !ok {
+				return fmt.Errorf("--compare-with: unknown row %q (%s)", r, strings.Join(compareRowNames(), ", "))
+			}
+			cfg.CompareWith = append(cfg.CompareWith, r)
+		}
+	case "show-commands":
+		cfg.ShowCommands = true
+	}
+	return nil
+}
+
+// Usage is ringblk bench's --help text.
+func Usage() string {
+	var b strings.Builder
+	b.WriteString(`usage: ringblk bench [flags] [--opt=value ...] [--name=job --opt=value ...] [jobfile ...]
+
+A fio-compatible benchmark. Jobs come from fio job files (INI: [global] and
+[job] sections, ${VAR}, $ncpus, ((arithmetic)), include) and from fio-style
+flags: options before the first --name apply to every job (with job files,
+they override the files' values); --name=NAME starts a job whose options
+follow. Each clone of a job (numjobs) runs on its own thread, pinned to a
+core; with ioengine=ringblk each clone is an aio.Context (IOThread) that
+drives the block layer.
+
+Command flags:
+  --output=FILE           write the report to FILE instead of stdout
+  --output-format=FMT     normal (fio's human report) or json (fio 3.33's JSON)
+  --eta=WHEN              live status line: auto (when stdout is a terminal),
+                          always (on stderr when stdout is not a terminal), never
+  --compare               run the job with ringblk and, where installed, fio
+                          (io_uring, libaio) and qemu-img bench (io_uring,
+                          native), interleaved; print each row's median with
+                          min/max and the ratios to ringblk
+  --repeats=N             compare: repeats per row (default 3)
+  --compare-with=ROWS     compare: rows to run, comma-separated (default: all)
+  --show-commands         compare: print the command line of every run
+  --version               print the version
+  --help                  this text
+
+Job options (fio's names and units: sizes take k/m/g/t, base 1024; times
+take us/ms/s/m/h, bare numbers are seconds):
+`)
+	names := make([]string, 0, len(optionTable))
+	for n := range optionTable {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		sw := ""
+		if optionTable[n].bool {
+			sw = " (switch)"
+		}
+		fmt.Fprintf(&b, "  %-22s %s%s\n", n, optionTable[n].help, sw)
+	}
+	b.WriteString(`
+Aliases: readwrite=rw, blocksize=bs, blocksize_range=bsrange,
+iodepth_batch=iodepth_batch_submit. Any other fio option is an error that
+names it. ioengine=ringblk needs format=null with a size, or a raw image
+(format=raw or probed); format=qcow2 is not available yet. ioengine=io_uring
+is ringblk's own ring without the block layer; psync is pread/pwrite.
+
+Examples:
+  ringblk bench --name=rr --filename=/var/tmp/f --size=1g --rw=randread \
+      --bs=4k --iodepth=32 --ioengine=ringblk --runtime=10 --time_based
+  ringblk bench --output-format=json --output=r.json job.fio
+  ringblk bench --compare --repeats=3 job.fio
+`)
+	return b.String()
+}
+
+// Main runs ringblk bench with args (without the command name) and returns
+// the exit status: 0, or 1 with a one-line error on stderr.
+func Main(args []string, stdout, stderr io.Writer) int {
+	fail := func(err error) int {
+		msg := strings.ReplaceAll(err.Error(), "\n", " ")
+		fmt.Fprintf(stderr, "ringblk bench: %s\n", msg)
+		return 1
+	}
+	cfg, err := ParseArgs(args)
+	switch {
+	case errors.Is(err, errHelp):
+		fmt.Fprint(stdout, Usage())
+		return 0
+	case errors.Is(err, errVersion):
+		fmt.Fprintln(stdout, Version)
+		return 0
+	case err != nil:
+		return fail(err)
+	}
+	out := stdout
+	var outFile *os.File
+	if cfg.Output != "" {
+		if outFile, err = os.Create(cfg.Output); err != nil {
+			return fail(err)
+		}
+		defer outFile.Close()
+		out = outFile
+	}
+	if cfg.Compare {
+		if err := RunCompare(cfg, out, stderr); err != nil {
+			return fail(err)
+		}
+		return 0
+	}
+	var status io.Writer
+	stdoutTTY := isTTY(stdout)
+	switch cfg.ETA {
+	case "auto":
+		if stdoutTTY && outFile == nil {
+			status = stdout
+		}
+	case "always":
+		status = stderr
+		if stdoutTTY && outFile == nil {
+			status = stdout
+		}
+	}
+	var buf bytes.Buffer
+	if cfg.Format == "normal" {
+		WriteHeader(&buf, cfg.Spec)
+		out.Write(buf.Bytes())
+		buf.Reset()
+	}
+	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: stderr})
+	if err != nil {
+		return fail(err)
+	}
+	if cfg.Format == "json" {
+		err = WriteJSON(out, res)
+		writeMismatches(stderr, res)
+	} else {
+		WriteNormal(out, res)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if outFile != nil {
+		if err := outFile.Close(); err != nil {
+			return fail(err)
+		}
+	}
+	return 0
+}
+
+// writeMismatches reports verification failures where JSON has no room.
+func writeMismatches(w io.Writer, res *Result) {
+	for _, jr := range res.Jobs {
+		for _, c := range jr.Clones {
+			if c.ver == nil || c.ver.mismatches == 0 {
+				continue
+			}
+			fmt.Fprintf(w, "ringblk bench: job %q: verify: %d mismatches of %d blocks checked\n", jr.Job.Name, c.ver.mismatches, c.ver.checked)
+			for _, m := range c.ver.first {
+				fmt.Fprintf(w, "ringblk bench: job %q: verify: %s\n", jr.Job.Name, m)
+			}
+		}
+	}
+}
+
+func isTTY(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && IsTerminal(int(f.Fd()))
+}

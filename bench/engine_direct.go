@@ -1,0 +1,218 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"runtime"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/uring"
+)
+
+// The baseline engines run a clone's loop on one goroutine locked to its
+// thread (pinned like the ringblk engine's Contexts), without the block
+// layer: io_uring prepares SQEs on its own ring, psync calls pread/pwrite.
+
+// threadClone is a clone of a baseline engine.
+type threadClone struct {
+	w      *worker
+	f      *os.File
+	mem    []byte
+	ring   *uring.Ring
+	cpu    int
+	engine string
+	done   chan<- *worker
+}
+
+func openJobFile(j *Job) (*os.File, error) {
+	flags := os.O_RDONLY
+	if j.RW.Writes() {
+		flags = os.O_RDWR
+	}
+	if j.Direct {
+		flags |= syscall.O_DIRECT
+	}
+	return os.OpenFile(j.Filename, flags, 0)
+}
+
+func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, error) {
+	f, err := openJobFile(w.job)
+	if err != nil {
+		return nil, err
+	}
+	page := 4096
+	per := (w.maxBlock() + page - 1) / page * page
+	mem, err := unix.Mmap(-1, 0, per*len(w.units), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE|unix.MAP_POPULATE)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("buffers: %w", err)
+	}
+	bufs := make([][]byte, len(w.units))
+	for i := range bufs {
+		bufs[i] = mem[i*per : i*per+w.maxBlock()]
+	}
+	w.setBuffers(bufs)
+	c := &threadClone{w: w, f: f, mem: mem, cpu: cpu, engine: w.job.IOEngine, done: done}
+	if c.engine == "io_uring" {
+		entries := 1 << bits.Len(uint(max(w.job.IODepth, 1)-1))
+		if c.ring, err = uring.New(entries); err != nil {
+			c.close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *threadClone) start() {
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if c.cpu >= 0 {
+			var set unix.CPUSet
+			set.Set(c.cpu)
+			_ = unix.SchedSetaffinity(0, &set) // best effort, like fio's cpus_allowed
+		}
+		c.w.start()
+		if c.ring != nil {
+			c.runRing()
+			// The ring is bound to this thread: close it here, after every
+			// operation was reaped.
+			c.ring.Close()
+			c.ring = nil
+		} else {
+			c.runSync()
+		}
+		c.done <- c.w
+	}()
+}
+
+func (c *threadClone) runSync() {
+	w := c.w
+	fd := int(c.f.Fd())
+	one := make([]*unit, 1)
+	for {
+		now := w.now()
+		w.tick(now)
+		u := w.take()
+		if !w.fill(u, now) {
+			w.untake(u)
+			if w.idle(now) {
+				return
+			}
+			continue
+		}
+		one[0] = u
+		w.submitted(one, now) // sync engines have no submission latency (noSlat)
+		var n int
+		var err error
+		if u.dir == DirRead {
+			n, err = unix.Pread(fd, u.buf[:u.n], u.off)
+		} else {
+			n, err = unix.Pwrite(fd, u.buf[:u.n], u.off)
+		}
+		if err == nil && n != u.n {
+			err = fmt.Errorf("short %s: %d of %d bytes", dirName(int(u.dir)), n, u.n)
+		}
+		w.completed(u, w.now(), err)
+	}
+}
+
+func (c *threadClone) runRing() {
+	w := c.w
+	r := c.ring
+	fd := int32(c.f.Fd())
+	batch := make([]*unit, 0, len(w.units))
+	cqes := make([]uring.CQE, 2*len(w.units))
+	for {
+		now := w.now()
+		w.tick(now)
+		batch = batch[:0]
+		for {
+			if len(batch) == w.job.IODepthBatch {
+				now = c.submit(batch) // the next batch is issued after it
+				batch = batch[:0]
+			}
+			u := w.take()
+			if u == nil {
+				break
+			}
+			if !w.fill(u, now) {
+				w.untake(u)
+				break
+			}
+			sqe := r.GetSQE()
+			if sqe == nil { // cannot happen: the SQ holds iodepth entries
+				w.untake(u)
+				break
+			}
+			if u.dir == DirRead {
+				sqe.PrepRead(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
+			} else {
+				sqe.PrepWrite(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
+			}
+			batch = append(batch, u)
+		}
+		c.submit(batch)
+		if w.busy == 0 {
+			if w.idle(now) {
+				return
+			}
+			continue
+		}
+		if _, err := r.SubmitAndWait(1, -1); err != nil && !errors.Is(err, uring.ErrBusy) {
+			// The ring failed: stop issuing and reap what is still in
+			// flight before its buffers go away.
+			if w.err == nil {
+				w.err = err
+			}
+			w.stopIssuing = true
+			if _, err := r.SubmitAndWait(w.busy, time.Second); err != nil {
+				return
+			}
+		}
+		k := r.Reap(cqes)
+		t := w.now()
+		for _, cq := range cqes[:k] {
+			u := &w.units[cq.UserData]
+			var err error
+			if e := cq.Err(); e != nil {
+				err = e
+			} else if int(cq.Res) != u.n {
+				err = fmt.Errorf("short %s: %d of %d bytes", dirName(int(u.dir)), cq.Res, u.n)
+			}
+			w.completed(u, t, err)
+		}
+	}
+}
+
+// submit hands the prepared SQEs of batch to the kernel (no waiting) and
+// stamps their submit time.
+func (c *threadClone) submit(batch []*unit) int64 {
+	if len(batch) == 0 {
+		return c.w.now()
+	}
+	for {
+		_, err := c.ring.SubmitAndWait(0, 0)
+		if err == nil || !errors.Is(err, uring.ErrBusy) {
+			break
+		}
+	}
+	t := c.w.now()
+	c.w.submitted(batch, t)
+	return t
+}
+
+func (c *threadClone) close() {
+	if c.ring != nil {
+		c.ring.Close()
+	}
+	if c.mem != nil {
+		unix.Munmap(c.mem)
+	}
+	c.f.Close()
+}

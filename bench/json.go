@@ -1,0 +1,240 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+)
+
+// obj is a JSON object that keeps its key order (fio's order), so the
+// output reads like fio's. Values: int64, uint64, int, float64 (written
+// with six decimals, as fio's "%f"), string, obj.
+type obj []kv
+
+type kv struct {
+	k string
+	v any
+}
+
+func (o obj) write(b *bytes.Buffer, indent string) {
+	b.WriteString("{\n")
+	in := indent + "  "
+	for i, e := range o {
+		b.WriteString(in)
+		writeJSONString(b, e.k)
+		b.WriteString(" : ")
+		switch v := e.v.(type) {
+		case obj:
+			v.write(b, in)
+		case []obj:
+			b.WriteString("[\n")
+			for k, x := range v {
+				b.WriteString(in + "  ")
+				x.write(b, in+"  ")
+				if k < len(v)-1 {
+					b.WriteByte(',')
+				}
+				b.WriteByte('\n')
+			}
+			b.WriteString(in + "]")
+		case string:
+			writeJSONString(b, v)
+		case int:
+			b.WriteString(strconv.Itoa(v))
+		case int64:
+			b.WriteString(strconv.FormatInt(v, 10))
+		case uint64:
+			b.WriteString(strconv.FormatUint(v, 10))
+		case float64:
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				v = 0
+			}
+			b.WriteString(strconv.FormatFloat(v, 'f', 6, 64))
+		default:
+			panic(fmt.Sprintf("assertion failed: bench: JSON value of type %T", v))
+		}
+		if i < len(o)-1 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('\n')
+	}
+	b.WriteString(indent + "}")
+}
+
+func writeJSONString(b *bytes.Buffer, s string) {
+	q, _ := json.Marshal(s)
+	b.Write(q)
+}
+
+// WriteJSON writes res as fio 3.33's --output-format=json: the same keys,
+// the same units (bw in KiB/s, runtime in ms, latencies in ns, percentile
+// keys "%f"), option values as strings.
+func WriteJSON(out io.Writer, res *Result) error {
+	es := entries(res)
+	var jobs []obj
+	for _, e := range es {
+		jobs = append(jobs, jsonEntry(e))
+	}
+	top := obj{
+		{"fio version", "fio-3.33"},
+		{"timestamp", res.End.Unix()},
+		{"timestamp_ms", res.End.UnixMilli()},
+		{"time", res.End.Format("Mon Jan _2 15:04:05 2006")},
+	}
+	if g := optionsObj(res.Spec.Globals); len(res.Spec.Globals) > 0 {
+		top = append(top, kv{"global options", g})
+	}
+	top = append(top, kv{"jobs", jobs})
+	if du := res.diskUtil(); len(du) > 0 {
+		top = append(top, kv{"disk_util", du})
+	}
+	var b bytes.Buffer
+	top.write(&b, "")
+	b.WriteByte('\n')
+	_, err := out.Write(b.Bytes())
+	return err
+}
+
+// optionsObj renders options fio-style: strings, the last value of a key
+// wins, bare switches are left out (fio stores no value for them).
+func optionsObj(opts []Option) obj {
+	var o obj
+	idx := map[string]int{}
+	for _, op := range opts {
+		if op.Bare {
+			continue
+		}
+		if i, ok := idx[op.Key]; ok {
+			o[i].v = op.Value
+			continue
+		}
+		idx[op.Key] = len(o)
+		o = append(o, kv{op.Key, op.Value})
+	}
+	if o == nil {
+		o = obj{}
+	}
+	return o
+}
+
+func jsonEntry(e *entry) obj {
+	var jobRuntime int64
+	for _, w := range e.clones {
+		jobRuntime += (w.measureEnd - w.measureStart) / 1e6
+	}
+	o := obj{
+		{"jobname", e.name},
+		{"groupid", e.groupID},
+		{"error", errnoOf(e.err)},
+		{"eta", 0},
+		{"elapsed", int64(math.Round(e.elapsed.Seconds()))},
+		{"job options", optionsObj(e.job.Options)},
+		{"read", jsonDir(e, DirRead)},
+		{"write", jsonDir(e, DirWrite)},
+		{"trim", jsonDir(e, -1)},
+		{"sync", obj{{"total_ios", 0}, {"lat_ns", latObj(nil, false)}}},
+		{"job_runtime", jobRuntime},
+		{"usr_cpu", e.usrPct},
+		{"sys_cpu", e.sysPct},
+		{"ctx", e.ctx},
+		{"majf", e.majf},
+		{"minf", e.minf},
+		{"iodepth_level", distObj(levelLabels[:], e.depth[:])},
+		{"iodepth_submit", distObj(batchLabels[:], e.submit[:])},
+		{"iodepth_complete", distObj(batchLabels[:], e.complete[:])},
+		{"latency_ns", bucketObj(latNsBounds[:], e.latNs[:])},
+		{"latency_us", bucketObj(latNsBounds[:], e.latUs[:])},
+		{"latency_ms", bucketObj(latMsBounds[:], e.latMs[:])},
+		{"latency_depth", e.job.IODepth},
+		{"latency_target", 0},
+		{"latency_percentile", 100.0},
+		{"latency_window", 0},
+	}
+	return o
+}
+
+func distObj(labels []string, pcts []float64) obj {
+	o := make(obj, len(labels))
+	for i, l := range labels {
+		o[i] = kv{l, pcts[i]}
+	}
+	return o
+}
+
+func bucketObj(bounds []int64, pcts []float64) obj {
+	o := make(obj, len(bounds))
+	for i, b := range bounds {
+		l := strconv.FormatInt(b, 10)
+		if b == 1<<62 {
+			l = ">=2000"
+		}
+		o[i] = kv{l, pcts[i]}
+	}
+	return o
+}
+
+// latObj is {min, max, mean, stddev, N[, percentile]}.
+func latObj(s *latStat, withPct bool) obj {
+	if s == nil || s.n == 0 {
+		return obj{{"min", 0}, {"max", 0}, {"mean", 0.0}, {"stddev", 0.0}, {"N", 0}}
+	}
+	o := obj{{"min", s.min}, {"max", s.max}, {"mean", s.mean}, {"stddev", s.stddev()}, {"N", s.n}}
+	if withPct {
+		vals := percentiles(s)
+		p := make(obj, len(vals))
+		for i, v := range vals {
+			p[i] = kv{strconv.FormatFloat(percentileList[i], 'f', 6, 64), v}
+		}
+		o = append(o, kv{"percentile", p})
+	}
+	return o
+}
+
+// jsonDir is one direction; d < 0 is the (always empty) trim.
+func jsonDir(e *entry, d int) obj {
+	var ds *dirStats
+	var bwBytes, iops float64
+	var runtime int64
+	if d >= 0 {
+		ds = &e.dirs[d]
+		bwBytes, iops = e.bwBytes(d), e.iops(d)
+		if ds.ios > 0 {
+			runtime = e.runtimeMs
+		}
+	} else {
+		empty := newDirStats()
+		ds = &empty
+	}
+	agg := 0.0
+	if ds.bw.n > 0 {
+		agg = 100
+	}
+	return obj{
+		{"io_bytes", ds.bytes},
+		{"io_kbytes", ds.bytes / 1024},
+		{"bw_bytes", uint64(bwBytes)},
+		{"bw", uint64(bwBytes / 1024)},
+		{"iops", iops},
+		{"runtime", runtime},
+		{"total_ios", ds.ios},
+		{"short_ios", 0},
+		{"drop_ios", 0},
+		{"slat_ns", latObj(&ds.slat, false)},
+		{"clat_ns", latObj(&ds.clat, true)},
+		{"lat_ns", latObj(&ds.lat, false)},
+		{"bw_min", uint64(ds.bw.min)},
+		{"bw_max", uint64(ds.bw.max)},
+		{"bw_agg", agg},
+		{"bw_mean", ds.bw.mean},
+		{"bw_dev", ds.bw.stddev()},
+		{"bw_samples", ds.bw.n},
+		{"iops_min", uint64(ds.iops.min)},
+		{"iops_max", uint64(ds.iops.max)},
+		{"iops_mean", ds.iops.mean},
+		{"iops_stddev", ds.iops.stddev()},
+		{"iops_samples", ds.iops.n},
+	}
+}

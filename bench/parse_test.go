@@ -1,0 +1,203 @@
+package bench
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, dir, name, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestParseJobFile(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("BENCH_SIZE", "64m")
+	writeFile(t, dir, "common.fio", "bs=8k\niodepth=((2*4))\n")
+	p := writeFile(t, dir, "jobs.fio", `; comment
+# another
+[global]
+include common.fio
+size=${BENCH_SIZE}
+filename=/var/tmp/x	; trailing comment
+time_based
+runtime=2
+
+[a]
+rw=randread
+numjobs=$ncpus
+
+[global]
+ioengine=io_uring
+
+[b]
+rw=randrw
+rwmixwrite=30
+bssplit=4k/50:64k/50
+random_distribution=zipf:1.2
+stonewall
+`)
+	spec, err := ParseJobFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Jobs) != 2 {
+		t.Fatalf("%d jobs", len(spec.Jobs))
+	}
+	a, b := spec.Jobs[0], spec.Jobs[1]
+	if a.Name != "a" || a.Size != 64<<20 || a.BS != [2]int{8192, 8192} || a.IODepth != 8 || !a.TimeBased ||
+		a.Runtime != 2*time.Second || a.RW != RWRandRead || a.NumJobs != runtime.NumCPU() || a.Filename != "/var/tmp/x" {
+		t.Errorf("job a: %+v", a)
+	}
+	if a.IOEngine != "psync" || b.IOEngine != "io_uring" {
+		t.Errorf("a later [global] applied to an earlier job: a=%s b=%s", a.IOEngine, b.IOEngine)
+	}
+	if b.RWMixRead != 70 || len(b.BSSplit[0]) != 2 || b.Dist != DistZipf || b.DistParam != 1.2 || !b.Stonewall {
+		t.Errorf("job b: %+v", b)
+	}
+	if got := len(groups(spec.Jobs)); got != 2 {
+		t.Errorf("stonewall: %d groups", got)
+	}
+	if len(spec.Globals) != 7 {
+		t.Errorf("globals: %v", spec.Globals)
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	cfg, err := ParseArgs([]string{"--rw=randread", "--size=1m", "--ioengine=ringblk", "--format=null",
+		"--name=one", "--bs=64k", "--name=two", "--time_based", "--runtime=200ms", "--output-format=json", "--output", "x.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Spec.Jobs) != 2 || cfg.Format != "json" || cfg.Output != "x.json" {
+		t.Fatalf("%+v", cfg)
+	}
+	one, two := cfg.Spec.Jobs[0], cfg.Spec.Jobs[1]
+	if one.BS[0] != 65536 || two.BS[0] != 4096 || !two.TimeBased || two.Runtime != 200*time.Millisecond || one.RW != RWRandRead || two.Size != 1<<20 {
+		t.Errorf("one=%+v two=%+v", one, two)
+	}
+	if len(cfg.Spec.Globals) != 4 {
+		t.Errorf("options before --name are the global section: %v", cfg.Spec.Globals)
+	}
+}
+
+func TestParseSizesAndTimes(t *testing.T) {
+	for s, want := range map[string]int64{"4k": 4096, "4K": 4096, "4KiB": 4096, "4kb": 4096, "1m": 1 << 20, "2g": 2 << 30, "512": 512, "0x1000": 4096, "1t": 1 << 40, "7b": 7} {
+		if got, err := parseSize(s); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"4x", "k", "", "4kk", "-1", "10%", "4kx"} {
+		if _, err := parseSize(s); err == nil {
+			t.Errorf("parseSize(%q) succeeded", s)
+		}
+	}
+	for s, want := range map[string]time.Duration{"10": 10 * time.Second, "200ms": 200 * time.Millisecond, "1m": time.Minute, "5s": 5 * time.Second, "100us": 100 * time.Microsecond, "1h": time.Hour} {
+		if got, err := parseTime(s); err != nil || got != want {
+			t.Errorf("parseTime(%q) = %v, %v; want %v", s, got, err, want)
+		}
+	}
+}
+
+// TestBadJobFiles: every error names the file and line and says what is
+// wrong.
+func TestBadJobFiles(t *testing.T) {
+	cases := []struct {
+		name, text, want string
+		line             int
+	}{
+		{"unknown", "[j]\nfilename=/tmp/x\nfrobnicate=3\n", `unknown option "frobnicate"`, 3},
+		{"fio-only", "[j]\nfilename=/tmp/x\nrate_iops=100\n", `option "rate_iops" is a fio option that ringblk bench does not implement`, 3},
+		{"fio-engine", "[j]\nfilename=/tmp/x\nioengine=libaio\n", "ioengine libaio is a fio engine that ringblk bench does not implement", 3},
+		{"size-suffix", "[j]\nfilename=/tmp/x\nsize=10x\n", `bad size suffix in "10x"`, 3},
+		{"bs-suffix", "[global]\nbs=4q\n[j]\nfilename=/tmp/x\n", `bad size suffix in "4q"`, 2},
+		{"missing-filename", "[global]\nsize=1m\n\n[lonely]\nrw=read\n", "missing filename", 4},
+		{"bsrange-bssplit", "[j]\nfilename=/tmp/x\nbsrange=4k-16k\nbssplit=4k/50:8k/50\n", "bssplit conflicts with bsrange (set at", 4},
+		{"time-based", "[j]\nfilename=/tmp/x\ntime_based\n", "time_based needs a runtime", 3},
+		{"qcow2", "[j]\nfilename=/tmp/x\nioengine=ringblk\nformat=qcow2\n", "qcow2 driver not available yet", 4},
+		{"format-engine", "[j]\nfilename=/tmp/x\nformat=raw\n", "format= applies to ioengine=ringblk only", 3},
+		{"verify-pattern", "[j]\nfilename=/tmp/x\nverify=pattern\n", "verify=pattern needs verify_pattern", 3},
+		{"verify-sha", "[j]\nfilename=/tmp/x\nverify=sha256\n", "verify=sha256 is a fio method", 3},
+		{"rw", "[j]\nfilename=/tmp/x\nrw=sideways\n", "rw=sideways: want read", 3},
+		{"iodepth", "[j]\nfilename=/tmp/x\niodepth=0\n", "0 out of range", 3},
+		{"outside", "size=1m\n[j]\n", "outside a section", 1},
+		{"header", "[j\n", "bad section header", 1},
+		{"value", "[j]\nfilename=/tmp/x\nsize\n", `option "size" needs a value`, 3},
+		{"norandommap-verify", "[j]\nfilename=/tmp/x\nrw=randwrite\nverify=crc32c\nnorandommap\n", "norandommap conflicts with verify", 5},
+		{"include", "[j]\ninclude nothere.fio\n", "nothere.fio", 2},
+	}
+	dir := t.TempDir()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := writeFile(t, dir, c.name+".fio", c.text)
+			_, err := ParseJobFile(p)
+			if err == nil {
+				t.Fatal("parsed")
+			}
+			prefix := p + ":" + strconv.Itoa(c.line) + ": "
+			if !strings.HasPrefix(err.Error(), prefix) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q\nwant prefix %q containing %q", err, prefix, c.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("multi-line error %q", err)
+			}
+		})
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--name=x", "--filename=/tmp/x", "--bogus=1"}, `command line: unknown option "bogus"`},
+		{[]string{"--name=x", "--filename=/tmp/x", "--size=1z"}, `command line: size=1z: bad size suffix`},
+		{[]string{"--output-format=json+", "--name=x", "--filename=/tmp/x"}, "json+ is a fio format"},
+		{[]string{"--rw=read"}, "no jobs defined"},
+	} {
+		_, err := ParseArgs(c.args)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want %q", c.args, err, c.want)
+		}
+	}
+}
+
+func TestMainErrorsAreOneLine(t *testing.T) {
+	var out, errb strings.Builder
+	code := Main([]string{"--name=x", "--ioengine=ringblk", "--filename=/nonexistent/dir/f"}, &out, &errb)
+	if code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	if lines := strings.Count(errb.String(), "\n"); lines != 1 || !strings.HasPrefix(errb.String(), "ringblk bench: ") {
+		t.Errorf("stderr %q", errb.String())
+	}
+	out.Reset()
+	if code := Main([]string{"--help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "random_distribution") || !strings.Contains(out.String(), "--compare") {
+		t.Errorf("--help: exit %d, %q", code, out.String())
+	}
+}
+
+func TestNum2str(t *testing.T) {
+	for _, c := range []struct {
+		n    float64
+		max  int
+		pow2 bool
+		want string
+	}{
+		{27655, 4, false, "27.6k"}, {24769378, 6, false, "24769k"}, {1422600, 6, false, "1422.6k"},
+		{113246208, 4, true, "108Mi"}, {48442163, 4, true, "46.1Mi"}, {861, 6, false, "861"}, {0, 4, false, "0"},
+	} {
+		if got := num2str(c.n, c.max, c.pow2); got != c.want {
+			t.Errorf("num2str(%v, %d, %v) = %q, want %q", c.n, c.max, c.pow2, got, c.want)
+		}
+	}
+}

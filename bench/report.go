@@ -1,0 +1,261 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Version is what reports name as the producing tool.
+const Version = "ringblk-bench (fio-3.33 format)"
+
+// num2str renders n in at most maxlen digits with a unit prefix (base 1000,
+// or 1024 with "i" when pow2), keeping as many decimals as fit — the
+// compact numbers of fio's reports ("27.6k", "1422.6k", "108Mi").
+func num2str(n float64, maxlen int, pow2 bool) string {
+	prefixes := []string{"", "k", "M", "G", "T", "P", "E"}
+	thousand := uint64(1000)
+	if pow2 {
+		prefixes = []string{"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
+		thousand = 1024
+	}
+	if n < 0 || math.IsNaN(n) {
+		n = 0
+	}
+	num := uint64(n)
+	idx := 0
+	modulo := uint64(math.MaxUint64)
+	for idx < len(prefixes)-1 && len(strconv.FormatUint(num, 10)) > maxlen {
+		modulo = num % thousand
+		num /= thousand
+		idx++
+	}
+	s := strconv.FormatUint(num, 10)
+	if modulo == math.MaxUint64 {
+		return s + prefixes[idx]
+	}
+	dec := maxlen - len(s) - 1
+	if dec <= 0 {
+		return s + prefixes[idx]
+	}
+	frac := modulo
+	scale := uint64(1)
+	for i := 0; i < dec; i++ {
+		scale *= 10
+	}
+	frac = frac * scale / thousand
+	return fmt.Sprintf("%s.%0*d%s", s, dec, frac, prefixes[idx])
+}
+
+// bwStr is "108MiB/s (113MB/s)".
+func bwStr(bytesPerSec float64) string {
+	return num2str(bytesPerSec, 4, true) + "B/s (" + num2str(bytesPerSec, 4, false) + "B/s)"
+}
+
+// WriteNormal writes fio's human-readable report of res.
+func WriteNormal(out io.Writer, res *Result) {
+	es := entries(res)
+	for _, e := range es {
+		writeEntry(out, e)
+	}
+	for _, g := range groupTotals(es) {
+		fmt.Fprintf(out, "\nRun status group %d (all jobs):\n", g.id)
+		for d, label := range []string{"   READ", "  WRITE"} {
+			if g.maxRun[d] <= 0 && g.bytes[d] == 0 {
+				continue
+			}
+			fmt.Fprintf(out, "%s: bw=%s, %sB/s-%sB/s (%sB/s-%sB/s), io=%sB (%sB), run=%d-%dmsec\n",
+				label, bwStr(g.bw(d)),
+				num2str(g.minBW[d], 4, true), num2str(g.maxBW[d], 4, true),
+				num2str(g.minBW[d], 4, false), num2str(g.maxBW[d], 4, false),
+				num2str(float64(g.bytes[d]), 4, true), num2str(float64(g.bytes[d]), 4, false),
+				g.minRun[d], g.maxRun[d])
+		}
+	}
+}
+
+// WriteHeader writes the lines fio prints before a run.
+func WriteHeader(out io.Writer, spec *Spec) {
+	threads := 0
+	for _, gj := range groups(spec.Jobs) {
+		for _, j := range gj {
+			threads += j.NumJobs
+		}
+	}
+	gid := 0
+	for i, gj := range groups(spec.Jobs) {
+		gid = i
+		for _, j := range gj {
+			bs := func(d int) string { return fmt.Sprintf("%dB-%dB", j.MinBS(d), j.MaxBS(d)) }
+			eng := j.IOEngine
+			if eng == "ringblk" {
+				f := j.Format
+				if f == "" {
+					f = "auto"
+				}
+				eng += "(" + f + ")"
+			}
+			fmt.Fprintf(out, "%s: (g=%d): rw=%s, bs=(R) %s, (W) %s, (T) %s, ioengine=%s, iodepth=%d\n",
+				j.Name, gid, j.RW, bs(DirRead), bs(DirWrite), bs(DirWrite), eng, j.IODepth)
+		}
+	}
+	fmt.Fprintln(out, Version)
+	plural := "s"
+	if threads == 1 {
+		plural = ""
+	}
+	fmt.Fprintf(out, "Starting %d thread%s\n", threads, plural)
+}
+
+func writeEntry(out io.Writer, e *entry) {
+	errno := errnoOf(e.err)
+	fmt.Fprintf(out, "%s: (groupid=%d, jobs=%d): err=%2d: pid=%d: %s\n", e.name, e.groupID, len(e.clones), errno,
+		os.Getpid(), time.Now().Format("Mon Jan _2 15:04:05 2006"))
+	if e.err != nil {
+		fmt.Fprintf(out, "  error: %v\n", e.err)
+	}
+	for d, label := range []string{"read", "write"} {
+		ds := &e.dirs[d]
+		if ds.ios == 0 {
+			continue
+		}
+		fmt.Fprintf(out, "  %s: IOPS=%s, BW=%s(%sB/%dmsec)\n", label, num2str(e.iops(d), 4, false),
+			bwStr(e.bwBytes(d)), num2str(float64(ds.bytes), 4, true), e.runtimeMs)
+		if ds.slat.n > 0 {
+			writeLat(out, "    slat", &ds.slat)
+		}
+		writeLat(out, "    clat", &ds.clat)
+		writeLat(out, "     lat", &ds.lat)
+		writePercentiles(out, "clat", &ds.clat)
+		if ds.bw.n > 0 {
+			per := 100.0
+			fmt.Fprintf(out, "   bw (  KiB/s): min=%d, max=%d, per=%.2f%%, avg=%.2f, stdev=%.2f, samples=%d\n",
+				int64(ds.bw.min), int64(ds.bw.max), per, ds.bw.mean, ds.bw.stddev(), ds.bw.n)
+			fmt.Fprintf(out, "   iops        : min=%d, max=%d, avg=%.2f, stdev=%.2f, samples=%d\n",
+				int64(ds.iops.min), int64(ds.iops.max), ds.iops.mean, ds.iops.stddev(), ds.iops.n)
+		}
+	}
+	writeLatDist(out, "nsec", latNsBounds[:], e.latNs[:])
+	writeLatDist(out, "usec", latNsBounds[:], e.latUs[:])
+	writeLatDist(out, "msec", latMsBounds[:], e.latMs[:])
+	fmt.Fprintf(out, "  cpu          : usr=%.2f%%, sys=%.2f%%, ctx=%d, majf=%d, minf=%d\n", e.usrPct, e.sysPct, e.ctx, e.majf, e.minf)
+	fmt.Fprintf(out, "  IO depths    : %s\n", distStr(levelLabels[:], e.depth[:]))
+	fmt.Fprintf(out, "     submit    : %s\n", distStr(batchLabels[:], e.submit[:]))
+	fmt.Fprintf(out, "     complete  : %s\n", distStr(batchLabels[:], e.complete[:]))
+	fmt.Fprintf(out, "     issued rwts: total=%d,%d,0,0 short=0,0,0,0 dropped=0,0,0,0\n", e.dirs[0].ios, e.dirs[1].ios)
+	fmt.Fprintf(out, "     latency   : target=0, window=0, percentile=100.00%%, depth=%d\n", e.job.IODepth)
+	if e.verify.enabled {
+		fmt.Fprintf(out, "  verify       : method=%s, checked=%d, mismatches=%d\n", e.job.Verify, e.verify.checked, e.verify.mismatches)
+		for _, m := range e.verify.first {
+			fmt.Fprintf(out, "     mismatch  : %s\n", m)
+		}
+	}
+}
+
+var (
+	levelLabels = [7]string{"1", "2", "4", "8", "16", "32", ">=64"}
+	batchLabels = [7]string{"0", "4", "8", "16", "32", "64", ">=64"}
+)
+
+func distStr(labels []string, pcts []float64) string {
+	parts := make([]string, len(labels))
+	for i, l := range labels {
+		parts[i] = fmt.Sprintf("%s=%.1f%%", l, pcts[i])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// writeLat writes "clat (usec): min=…, max=…, avg=…, stdev=…", scaling to
+// usec or msec when every figure is large enough, as fio does.
+func writeLat(out io.Writer, name string, s *latStat) {
+	mn, mx, mean, dev := float64(s.minOrZero()), float64(s.max), s.mean, s.stddev()
+	unit := "nsec"
+	for _, u := range []struct {
+		div  float64
+		name string
+	}{{1e6, "msec"}, {1e3, "usec"}} {
+		if mn > u.div && mx > u.div && mean > u.div && dev > u.div {
+			mn, mx, mean, dev, unit = mn/u.div, mx/u.div, mean/u.div, dev/u.div, u.name
+			break
+		}
+	}
+	fmt.Fprintf(out, "%s (%s): min=%s, max=%s, avg=%5.02f, stdev=%5.02f\n", name, unit,
+		num2str(math.Floor(mn), 6, false), num2str(math.Floor(mx), 6, false), mean, dev)
+}
+
+// percentileList is fio's default percentile_list.
+var percentileList = []float64{1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99}
+
+func percentiles(s *latStat) []int64 {
+	out := make([]int64, len(percentileList))
+	if s.h == nil || s.n == 0 {
+		return out
+	}
+	for i, p := range percentileList {
+		out[i] = s.h.ValueAtQuantile(p)
+	}
+	return out
+}
+
+func writePercentiles(out io.Writer, name string, s *latStat) {
+	if s.n == 0 {
+		return
+	}
+	vals := percentiles(s)
+	minv, maxv := vals[0], vals[0]
+	for _, v := range vals {
+		minv, maxv = min(minv, v), max(maxv, v)
+	}
+	div, unit, scale := int64(1), "nsec", 0
+	switch {
+	case minv > 2_000_000 && maxv > 99_999_999:
+		div, unit, scale = 1_000_000, "msec", 2
+	case minv > 2000 && maxv > 99_999:
+		div, unit, scale = 1000, "usec", 1
+	}
+	width := max(5, int(math.Log10(float64(max(maxv/div, 1))))+1)
+	perLine := (80 - 7) / (2 + 10 + width)
+	fmt.Fprintf(out, "    %s percentiles (%s):\n     |", name, unit)
+	for i, p := range percentileList {
+		if i != 0 && i%perLine == 0 {
+			fmt.Fprint(out, "     |")
+		}
+		v := vals[i]
+		for k := 0; k < scale; k++ {
+			v = (v + 999) / 1000
+		}
+		sep := ","
+		if i == len(percentileList)-1 {
+			sep = "\n"
+		}
+		fmt.Fprintf(out, " %5.2fth=[%*d]%s", p, width, v, sep)
+		if i != len(percentileList)-1 && i%perLine == perLine-1 {
+			fmt.Fprintln(out)
+		}
+	}
+}
+
+// writeLatDist writes the non-empty buckets of one latency unit, five per
+// line.
+func writeLatDist(out io.Writer, unit string, bounds []int64, pcts []float64) {
+	var items []string
+	for i, p := range pcts {
+		if p <= 0 {
+			continue
+		}
+		label := strconv.FormatInt(bounds[i], 10)
+		if bounds[i] == 1<<62 {
+			label = ">=2000"
+		}
+		items = append(items, fmt.Sprintf("%s=%.2f%%", label, math.Max(p, 0.01)))
+	}
+	for len(items) > 0 {
+		n := min(5, len(items))
+		fmt.Fprintf(out, "  lat (%s)   : %s\n", unit, strings.Join(items[:n], ", "))
+		items = items[n:]
+	}
+}

@@ -1,0 +1,314 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// RunOptions configure Run.
+type RunOptions struct {
+	// Status, if set, receives fio's live status line (rewritten with \r)
+	// about once a second.
+	Status io.Writer
+	// Log receives progress notes such as file lay-out ("" lines); nil
+	// discards them.
+	Log io.Writer
+	// CPUs is how many cores clones are pinned over; 0: runtime.NumCPU().
+	CPUs int
+}
+
+// Result is a finished run.
+type Result struct {
+	Spec  *Spec
+	Jobs  []*JobResult
+	Start time.Time
+	End   time.Time
+
+	diskBefore, diskAfter []diskSnap
+}
+
+// JobResult is one job: its clones' workers, after they finished.
+type JobResult struct {
+	Job     *Job
+	GroupID int
+	Clones  []*worker
+	Err     error // the first clone error
+	Elapsed time.Duration
+}
+
+// group is jobs that run at the same time and are reported together.
+func groups(jobs []*Job) [][]*Job {
+	var out [][]*Job
+	for i, j := range jobs {
+		if i == 0 || j.Stonewall || j.NewGroup {
+			out = append(out, nil)
+		}
+		out[len(out)-1] = append(out[len(out)-1], j)
+	}
+	return out
+}
+
+// Run runs the jobs of spec, group after group (stonewall and new_group
+// start a group), and returns their results. Set-up failures (a file that
+// cannot be opened, a driver error) are returned; I/O errors end their job
+// and are reported in its result.
+func Run(spec *Spec, opts RunOptions) (*Result, error) {
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	cpus := opts.CPUs
+	if cpus <= 0 {
+		cpus = runtime.NumCPU()
+	}
+	res := &Result{Spec: spec, Start: time.Now()}
+	regions := make(map[*Job][2]int64)
+	for _, j := range spec.Jobs {
+		off, n, err := prepareFile(j, opts.Log)
+		if err != nil {
+			return nil, err
+		}
+		regions[j] = [2]int64{off, n}
+	}
+	res.diskBefore = snapDisks(spec.Jobs)
+	var env *ringblkEnv
+	defer func() {
+		if env != nil {
+			env.close()
+		}
+	}()
+	for gid, grp := range groups(spec.Jobs) {
+		for _, j := range grp {
+			if j.IOEngine == "ringblk" && env == nil {
+				var err error
+				if env, err = newRingblkEnv(); err != nil {
+					return nil, err
+				}
+			}
+		}
+		jr, err := runGroup(env, grp, gid, regions, cpus, opts)
+		if err != nil {
+			return nil, err
+		}
+		res.Jobs = append(res.Jobs, jr...)
+	}
+	res.End = time.Now()
+	for _, b := range res.diskBefore {
+		if a, ok := readDiskSnap(b.name); ok {
+			res.diskAfter = append(res.diskAfter, a)
+		}
+	}
+	return res, nil
+}
+
+// stopper is a started clone that must be torn down.
+type stopper interface{ stop() error }
+
+func (c *threadClone) stop() error { c.close(); return nil }
+
+func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, cpus int, opts RunOptions) (out []*JobResult, err error) {
+	total := 0
+	for _, j := range grp {
+		total += j.NumJobs
+	}
+	done := make(chan *worker, total)
+	var starts []func()
+	var clones []stopper
+	var rjobs []*ringblkJob
+	defer func() {
+		for _, c := range clones {
+			if e := c.stop(); e != nil && err == nil {
+				err = e
+			}
+		}
+		for _, rj := range rjobs {
+			rj.close()
+		}
+	}()
+	cloneIdx := 0
+	for _, j := range grp {
+		if j.Invalidate && j.Filename != "" {
+			invalidate(j.Filename)
+		}
+		jr := &JobResult{Job: j, GroupID: gid}
+		out = append(out, jr)
+		reg := regions[j]
+		var rj *ringblkJob
+		if j.IOEngine == "ringblk" {
+			if rj, err = env.openJob(j, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
+				return nil, fmt.Errorf("job %q: %w", j.Name, err)
+			}
+			rjobs = append(rjobs, rj)
+		}
+		for k := 0; k < j.NumJobs; k++ {
+			w := newWorker(j, k, reg[0], reg[1])
+			jr.Clones = append(jr.Clones, w)
+			cpu := cloneIdx % cpus
+			cloneIdx++
+			if rj != nil {
+				c, err := newRingblkClone(rj, w, cpu, done)
+				if err != nil {
+					return nil, fmt.Errorf("job %q: %w", j.Name, err)
+				}
+				clones = append(clones, c)
+				starts = append(starts, c.start)
+			} else {
+				c, err := newThreadClone(w, cpu, done)
+				if err != nil {
+					return nil, fmt.Errorf("job %q: %w", j.Name, err)
+				}
+				clones = append(clones, c)
+				starts = append(starts, c.start)
+			}
+		}
+	}
+	began := time.Now()
+	live.Store(&out)
+	defer live.Store(nil)
+	for _, s := range starts {
+		s()
+	}
+	var stopStatus func()
+	if opts.Status != nil {
+		stopStatus = startStatus(opts.Status, out, began)
+	}
+	for i := 0; i < total; i++ {
+		<-done
+	}
+	if stopStatus != nil {
+		stopStatus()
+	}
+	elapsed := time.Since(began)
+	for _, jr := range out {
+		jr.Elapsed = elapsed
+		for _, w := range jr.Clones {
+			if w.err != nil && jr.Err == nil {
+				jr.Err = w.err
+			}
+		}
+	}
+	return out, nil
+}
+
+// live is the group running now, for tests that watch progress.
+var live atomic.Pointer[[]*JobResult]
+
+// liveIOs counts the I/Os completed so far by the running group.
+func liveIOs() uint64 {
+	p := live.Load()
+	if p == nil {
+		return 0
+	}
+	var n uint64
+	for _, jr := range *p {
+		for _, w := range jr.Clones {
+			n += w.prog.ios[0].Load() + w.prog.ios[1].Load()
+		}
+	}
+	return n
+}
+
+// prepareFile makes sure the job's file exists and covers its region,
+// laying it out with data like fio does, and returns the region.
+func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
+	if j.IOEngine == "ringblk" && j.Format == "null" {
+		return j.Offset, j.Size, nil
+	}
+	if j.IOEngine == "ringblk" && j.Format == "" {
+		if f, err := probeFormat(j.Filename); err == nil && f == "qcow2" {
+			return 0, 0, fmt.Errorf("job %q: %s is a qcow2 image: qcow2 driver not available yet", j.Name, j.Filename)
+		}
+	}
+	st, err := os.Stat(j.Filename)
+	switch {
+	case err == nil && st.Mode()&os.ModeDevice != 0:
+		f, err := os.Open(j.Filename)
+		if err != nil {
+			return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+		}
+		size, err := f.Seek(0, io.SeekEnd)
+		f.Close()
+		if err != nil {
+			return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+		}
+		return regionOf(j, size)
+	case err == nil && !st.Mode().IsRegular():
+		return 0, 0, fmt.Errorf("job %q: %s is neither a regular file nor a block device", j.Name, j.Filename)
+	case err != nil && !os.IsNotExist(err):
+		return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+	}
+	var size int64
+	if err == nil {
+		size = st.Size()
+	}
+	want := j.Offset + j.Size
+	if j.Size == 0 {
+		if size == 0 {
+			return 0, 0, fmt.Errorf("job %q: %s does not exist or is empty and no size= is given", j.Name, j.Filename)
+		}
+		return regionOf(j, size)
+	}
+	if size < want {
+		fmt.Fprintf(log, "%s: Laying out IO file (1 file / %dMiB)\n", j.Name, want>>20)
+		if err := layOut(j.Filename, size, want); err != nil {
+			return 0, 0, fmt.Errorf("job %q: laying out %s: %w", j.Name, j.Filename, err)
+		}
+	}
+	return regionOf(j, want)
+}
+
+func regionOf(j *Job, size int64) (int64, int64, error) {
+	n := size - j.Offset
+	if j.Size > 0 {
+		n = min(n, j.Size)
+	}
+	if n < int64(max(j.MaxBS(DirRead), j.MaxBS(DirWrite))) {
+		return 0, 0, fmt.Errorf("job %q: region of %d bytes at offset %d of %s is smaller than one block", j.Name, max(n, 0), j.Offset, j.Filename)
+	}
+	return j.Offset, n, nil
+}
+
+// layOut extends path from have to want bytes with non-zero data.
+func layOut(path string, have, want int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := range buf {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		buf[i] = byte(x)
+	}
+	for off := have; off < want; {
+		n := min(int64(len(buf)), want-off)
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			f.Close()
+			return err
+		}
+		off += n
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// invalidate drops the file's pages from the page cache (fio's
+// invalidate=1), best effort.
+func invalidate(path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+}

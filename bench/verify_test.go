@@ -1,0 +1,166 @@
+package bench
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func verifyEntry(t *testing.T, res *Result) *entry {
+	t.Helper()
+	es := entries(res)
+	if len(es) != 1 {
+		t.Fatalf("%d entries", len(es))
+	}
+	return es[0]
+}
+
+// TestVerifyWriteThenRead: a write job with verify reads every block back
+// and finds no mismatch, for every method and engine.
+func TestVerifyWriteThenRead(t *testing.T) {
+	dir := benchDir(t)
+	for _, eng := range []string{"ringblk", "io_uring", "psync"} {
+		for _, method := range []string{"crc32c", "md5", "pattern"} {
+			t.Run(eng+"/"+method, func(t *testing.T) {
+				file := filepath.Join(dir, eng+"-"+method)
+				args := []string{"--name=v", "--ioengine=" + eng, "--filename=" + file, "--size=1m", "--rw=randwrite",
+					"--bs=4k", "--iodepth=4", "--verify=" + method, "--verify_pattern=0xdeadbeef"}
+				res := mustRun(t, mustParse(t, args...))
+				e := verifyEntry(t, res)
+				if e.verify.checked != 256 || e.verify.mismatches != 0 {
+					t.Errorf("checked %d blocks, %d mismatches: %v", e.verify.checked, e.verify.mismatches, e.verify.first)
+				}
+			})
+		}
+	}
+}
+
+// TestVerifyFindsCorruption: write a file with verify headers, corrupt one
+// block behind the tool's back, read it with verify: the block is found
+// and reported with its offset.
+func TestVerifyFindsCorruption(t *testing.T) {
+	dir := benchDir(t)
+	for _, method := range []string{"crc32c", "md5"} {
+		t.Run(method, func(t *testing.T) {
+			file := filepath.Join(dir, "c-"+method)
+			mustRun(t, mustParse(t, "--name=w", "--ioengine=ringblk", "--filename="+file, "--size=256k", "--rw=write",
+				"--bs=4k", "--iodepth=4", "--verify="+method, "--do_verify=0"))
+			const bad = 40960 + 100 // a payload byte of block 10
+			f, err := os.OpenFile(file, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b [1]byte
+			f.ReadAt(b[:], bad)
+			b[0] ^= 0xff
+			f.WriteAt(b[:], bad)
+			f.Close()
+
+			var out, errb bytes.Buffer
+			code := Main([]string{"--name=r", "--ioengine=ringblk", "--filename=" + file, "--size=256k", "--rw=read",
+				"--bs=4k", "--iodepth=4", "--verify=" + method}, &out, &errb)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errb.String())
+			}
+			want := "mismatch  : offset 40960, length 4096: bad " + method
+			if !strings.Contains(out.String(), "checked=64, mismatches=1") || !strings.Contains(out.String(), want) {
+				t.Errorf("report does not name the corrupt block (%q):\n%s", want, out.String())
+			}
+
+			// verify_fatal stops the job with fio's EILSEQ.
+			spec := mustParse(t, "--name=r", "--ioengine=ringblk", "--filename="+file, "--size=256k", "--rw=read",
+				"--bs=4k", "--verify="+method, "--verify_fatal=1")
+			res, err := Run(spec, RunOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e := verifyEntry(t, res); errnoOf(e.err) != 84 || !strings.Contains(e.err.Error(), "offset 40960") {
+				t.Errorf("verify_fatal: err %v (errno %d)", e.err, errnoOf(e.err))
+			}
+		})
+	}
+}
+
+// TestVerifyPatternMismatch: verify=pattern names the first differing byte.
+func TestVerifyPatternMismatch(t *testing.T) {
+	j := newJob("p", Loc{})
+	j.Verify, j.VerifyPattern = VerifyPattern, []byte{0xaa, 0x55}
+	v := newVerifier(j, 4096, 0, 1<<20, 4096, false)
+	buf := make([]byte, 4096)
+	v.stamp(buf, 8192)
+	if !v.check(buf, 8192) {
+		t.Fatal("clean block failed")
+	}
+	buf[7] = 0
+	if v.check(buf, 8192) || v.mismatches != 1 || !strings.Contains(v.first[0].String(), "offset 8192, length 4096: pattern mismatch at byte 7 (offset 8199)") {
+		t.Errorf("mismatch: %v", v.first)
+	}
+}
+
+// TestHotPathZeroAllocs: the worker's per-I/O calls allocate nothing, and
+// the ringblk engine's whole submit/complete loop (block layer, null
+// driver, aio Context) allocates nothing per I/O once warm.
+func TestHotPathZeroAllocs(t *testing.T) {
+	j := newJob("a", Loc{})
+	j.RW, j.IODepth, j.Verify, j.TimeBased, j.Runtime = RWRandRead, 4, VerifyNone, true, time.Hour
+	w := newWorker(j, 0, 0, 1<<30)
+	bufs := make([][]byte, 4)
+	for i := range bufs {
+		bufs[i] = make([]byte, 4096)
+	}
+	w.setBuffers(bufs)
+	w.start()
+	batch := make([]*unit, 0, 4)
+	allocs := testing.AllocsPerRun(1000, func() {
+		now := w.now()
+		w.tick(now)
+		batch = batch[:0]
+		for u := w.take(); u != nil; u = w.take() {
+			w.fill(u, now)
+			batch = append(batch, u)
+		}
+		w.submitted(batch, w.now())
+		for _, u := range batch {
+			w.completed(u, w.now(), nil)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("worker: %v allocations per batch", allocs)
+	}
+
+	// The engine over the block layer: count every allocation of the
+	// process while one clone runs flat out, per I/O.
+	spec := mustParse(t, "--name=z", "--ioengine=ringblk", "--format=null", "--size=1g", "--rw=randread",
+		"--bs=4k", "--iodepth=32", "--iodepth_batch_submit=8", "--runtime=1500ms", "--time_based")
+	done := make(chan *Result, 1)
+	go func() {
+		res, err := Run(spec, RunOptions{})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	time.Sleep(500 * time.Millisecond) // warm: pools, arena, histograms
+	var ios0, ios1 uint64
+	var perRun float64
+	perRun = testing.AllocsPerRun(1, func() {
+		ios0 = liveIOs()
+		time.Sleep(500 * time.Millisecond)
+		ios1 = liveIOs()
+	})
+	res := <-done
+	if res == nil {
+		return
+	}
+	ios := ios1 - ios0
+	if ios < 10_000 {
+		t.Skipf("only %d I/Os in the window: machine too busy to judge", ios)
+	}
+	t.Logf("ringblk engine, null driver: %v allocations over %d I/Os (the test process's total, GC and runtime included)", perRun, ios)
+	if perRun/float64(ios) > 0.001 {
+		t.Errorf("%v allocations over %d I/Os: the I/O path allocates", perRun, ios)
+	}
+}

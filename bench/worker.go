@@ -1,0 +1,381 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// unit is one I/O slot of a clone: preallocated with its buffer, reused
+// for every I/O it carries. Times are nanoseconds since the worker's base.
+type unit struct {
+	idx    int32
+	dir    uint8
+	verify bool // a read of the verify phase
+	n      int
+	off    int64
+	issue  int64
+	submit int64
+	buf    []byte // capacity: the largest block
+}
+
+// phase of a clone.
+const (
+	phaseRamp = iota
+	phaseRun
+	phaseVerify
+	phaseDone
+)
+
+// progress is what the status line reads from other goroutines.
+type progress struct {
+	ios   [2]atomic.Uint64
+	bytes [2]atomic.Uint64
+	state atomic.Int32 // a status character, see statusChar
+	_     [64]byte
+}
+
+// worker is one clone of a job: generator, units, statistics and phase
+// machine. Every method runs on the clone's thread; engines call fill,
+// submitted and completed, and tick once per batch.
+type worker struct {
+	job   *Job
+	clone int
+	gen   *generator
+	ver   *verifier // nil without verify
+	units []unit
+	free  []int32 // free unit indexes (stack)
+	busy  int     // units in flight
+
+	base          time.Time
+	phase         int
+	rampEnd       int64 // ns
+	deadline      int64 // ns; 0: none
+	measureStart  int64
+	measureEnd    int64
+	verifyStart   int64
+	verifyEnd     int64
+	verifyNext    int
+	nextSample    int64
+	lastSample    int64
+	stopIssuing   bool
+	err           error
+	stats         [2]dirStats
+	depthLevel    [7]uint64
+	submitDist    [7]uint64
+	completeDist  [7]uint64
+	submitCalls   uint64
+	completeCalls uint64
+	pendingDone   int // completions since the last batch (completeDist)
+	ru0, ru1      unix.Rusage
+	prog          progress
+	noSlat        bool // sync engines: submission is the I/O itself
+}
+
+// sampleWindow is fio's bwavgtime/iopsavgtime default.
+const sampleWindow = 500 * time.Millisecond
+
+func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
+	w := &worker{job: j, clone: clone, gen: newGenerator(j, clone, regionOff, regionLen)}
+	for d := range w.stats {
+		w.stats[d] = newDirStats()
+	}
+	if j.Verify != VerifyNone {
+		track := j.RW.Writes() && j.DoVerify
+		w.ver = newVerifier(j, max(j.MaxBS(DirRead), j.MaxBS(DirWrite)), regionOff, regionLen, w.gen.align, track)
+	}
+	depth := j.IODepth
+	if j.IOEngine == "psync" {
+		depth = 1
+		w.noSlat = true
+	}
+	w.units = make([]unit, depth)
+	w.free = make([]int32, 0, depth)
+	for i := depth - 1; i >= 0; i-- {
+		w.units[i].idx = int32(i)
+		w.free = append(w.free, int32(i))
+	}
+	w.prog.state.Store('P')
+	return w
+}
+
+// maxBlock is the buffer size every unit needs.
+func (w *worker) maxBlock() int { return max(w.job.MaxBS(DirRead), w.job.MaxBS(DirWrite)) }
+
+// setBuffers gives the units their buffers and fills them with random
+// bytes (what writes carry when not verifying).
+func (w *worker) setBuffers(bufs [][]byte) {
+	x := uint64(0x2545f4914f6cdd1d) + uint64(w.clone)
+	for i := range w.units {
+		b := bufs[i]
+		for k := 0; k+8 <= len(b); k += 8 {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			b[k], b[k+1], b[k+2], b[k+3] = byte(x), byte(x>>8), byte(x>>16), byte(x>>24)
+			b[k+4], b[k+5], b[k+6], b[k+7] = byte(x>>32), byte(x>>40), byte(x>>48), byte(x>>56)
+		}
+		w.units[i].buf = b
+	}
+}
+
+// now reads the monotonic clock (one vDSO call).
+func (w *worker) now() int64 { return int64(time.Since(w.base)) }
+
+// start begins the run; call on the clone's thread.
+func (w *worker) start() {
+	w.base = time.Now()
+	j := w.job
+	w.phase = phaseRun
+	if j.RampTime > 0 {
+		w.phase = phaseRamp
+		w.rampEnd = int64(j.RampTime)
+		w.prog.state.Store('/')
+	} else {
+		w.beginMeasuring(0)
+	}
+	if j.Runtime > 0 {
+		w.deadline = int64(j.RampTime + j.Runtime)
+	}
+}
+
+func (w *worker) beginMeasuring(now int64) {
+	w.phase = phaseRun
+	for d := range w.stats {
+		w.stats[d].reset()
+	}
+	w.depthLevel, w.submitDist, w.completeDist = [7]uint64{}, [7]uint64{}, [7]uint64{}
+	w.submitCalls, w.completeCalls = 0, 0
+	w.measureStart = now
+	w.lastSample = now
+	w.nextSample = now + int64(sampleWindow)
+	_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru0)
+	w.prog.state.Store(int32(statusChar(w.job)))
+}
+
+// tick advances the phase machine; engines call it once per batch with a
+// fresh clock reading.
+func (w *worker) tick(now int64) {
+	switch w.phase {
+	case phaseRamp:
+		if now >= w.rampEnd {
+			w.beginMeasuring(now)
+		}
+	case phaseRun:
+		if now >= w.nextSample {
+			w.sample(now)
+		}
+	}
+	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
+		w.stopIssuing = true
+	}
+}
+
+// sample closes a bw/iops window.
+func (w *worker) sample(now int64) {
+	secs := float64(now-w.lastSample) / 1e9
+	for d := range w.stats {
+		s := &w.stats[d]
+		if s.ios == s.winIOs && !w.job.RW.writesOrReads(d) {
+			continue
+		}
+		s.bw.add(float64(s.bytes-s.winBytes) / 1024 / secs)
+		s.iops.add(float64(s.ios-s.winIOs) / secs)
+		s.winIOs, s.winBytes = s.ios, s.bytes
+	}
+	w.lastSample = now
+	w.nextSample = now + int64(sampleWindow)
+}
+
+func (r RW) writesOrReads(dir int) bool {
+	if dir == DirRead {
+		return r.Reads()
+	}
+	return r.Writes()
+}
+
+// fill puts the next I/O on unit u, issued at now. It returns false when
+// nothing more is to be issued in this phase.
+func (w *worker) fill(u *unit, now int64) bool {
+	if w.phase == phaseVerify {
+		next, off, n, ok := w.ver.nextWritten(w.verifyNext)
+		w.verifyNext = next
+		if !ok {
+			return false
+		}
+		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
+		return true
+	}
+	if w.stopIssuing {
+		return false
+	}
+	dir, off, n, ok := w.gen.next()
+	if !ok {
+		w.stopIssuing = true
+		return false
+	}
+	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
+	if dir == DirWrite && w.ver != nil {
+		w.ver.stamp(u.buf[:n], off)
+	}
+	return true
+}
+
+// take pops a free unit, or nil.
+func (w *worker) take() *unit {
+	k := len(w.free)
+	if k == 0 {
+		return nil
+	}
+	u := &w.units[w.free[k-1]]
+	w.free = w.free[:k-1]
+	w.busy++
+	return u
+}
+
+// untake returns a unit that fill did not use.
+func (w *worker) untake(u *unit) {
+	w.free = append(w.free, u.idx)
+	w.busy--
+}
+
+// submitted records a batch of count units (the last count taken) handed
+// to the kernel or block layer at t.
+func (w *worker) submitted(batch []*unit, t int64) {
+	if len(batch) == 0 {
+		return
+	}
+	measuring := w.phase == phaseRun
+	for _, u := range batch {
+		u.submit = t
+		if measuring && !u.verify && !w.noSlat {
+			w.stats[u.dir].slat.record(t - u.issue)
+		}
+	}
+	if measuring {
+		w.submitCalls++
+		w.submitDist[batchBucket(len(batch))]++
+		w.depthLevel[levelBucket(w.busy)] += uint64(len(batch))
+		if w.pendingDone > 0 {
+			w.completeCalls++
+			w.completeDist[batchBucket(w.pendingDone)]++
+		}
+	}
+	w.pendingDone = 0
+}
+
+// completed accounts unit u finished at now with err (nil, or the I/O
+// error) and frees it.
+func (w *worker) completed(u *unit, now int64, err error) {
+	w.free = append(w.free, u.idx)
+	w.busy--
+	w.pendingDone++
+	if err != nil {
+		if w.err == nil {
+			w.err = fmt.Errorf("%s of %d bytes at offset %d: %w", dirName(int(u.dir)), u.n, u.off, err)
+		}
+		w.stopIssuing = true
+		return
+	}
+	buf := u.buf[:u.n]
+	if u.verify {
+		if !w.ver.check(buf, u.off) && w.job.VerifyFatal {
+			w.verifyFatal()
+		}
+		return
+	}
+	if u.dir == DirRead && w.ver != nil {
+		if !w.ver.check(buf, u.off) && w.job.VerifyFatal {
+			w.verifyFatal()
+		}
+	}
+	w.prog.ios[u.dir].Add(1)
+	w.prog.bytes[u.dir].Add(uint64(u.n))
+	if w.phase != phaseRun {
+		return
+	}
+	s := &w.stats[u.dir]
+	s.ios++
+	s.bytes += uint64(u.n)
+	s.clat.record(now - u.submit)
+	s.lat.record(now - u.issue)
+}
+
+// errVerify is the job error of a verify_fatal stop (fio reports EILSEQ).
+var errVerify = errors.New("verify failed")
+
+func (w *worker) verifyFatal() {
+	if w.err == nil {
+		w.err = fmt.Errorf("%w: %s", errVerify, w.ver.first[len(w.ver.first)-1])
+	}
+	w.stopIssuing = true
+	w.verifyNext = len(w.ver.written)
+}
+
+// idle is called when nothing is in flight and fill returned false: it
+// ends the run phase (moving to verify if asked) and reports whether the
+// clone is finished.
+func (w *worker) idle(now int64) bool {
+	switch w.phase {
+	case phaseRamp, phaseRun:
+		if w.phase == phaseRamp { // the run ended inside the ramp
+			w.beginMeasuring(now)
+		}
+		w.measureEnd = now
+		_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru1)
+		if w.ver != nil && w.ver.written != nil && w.err == nil {
+			w.phase = phaseVerify
+			w.verifyStart = now
+			w.prog.state.Store('V')
+			return false
+		}
+	case phaseVerify:
+		w.verifyEnd = now
+	}
+	w.phase = phaseDone
+	w.prog.state.Store('_')
+	return true
+}
+
+func dirName(d int) string {
+	if d == DirRead {
+		return "read"
+	}
+	return "write"
+}
+
+// statusChar is the job's letter in fio's status line.
+func statusChar(j *Job) byte {
+	switch j.RW {
+	case RWRead:
+		return 'R'
+	case RWRandRead:
+		return 'r'
+	case RWWrite:
+		return 'W'
+	case RWRandWrite:
+		return 'w'
+	case RWMixed:
+		return 'M'
+	}
+	return 'm'
+}
+
+// errnoOf extracts the errno fio would print for a job error.
+func errnoOf(err error) int {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, errVerify) {
+		return int(syscall.EILSEQ)
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return int(e)
+	}
+	return int(syscall.EIO)
+}
