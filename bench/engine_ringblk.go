@@ -244,9 +244,14 @@ func (c *ringblkClone) refill() {
 	}
 }
 
-// stop ends the clone's Context (after it finished).
+// stop ends the clone's Context (after it finished) and makes the graph
+// forget it, so a run of many groups does not keep every clone's pool and
+// queue.
 func (c *ringblkClone) stop() error {
 	_, err := c.ctx.Stop()
+	if ferr := c.q.FrontEnd().Graph().ForgetContext(c.ctx); err == nil {
+		err = ferr
+	}
 	if c.mapped != nil {
 		unix.Munmap(c.mapped)
 	}

@@ -133,9 +133,10 @@ func (n *Node) startSlow(r *Request) bool {
 	align := int64(n.opts.Align)
 	rw := r.Op == OpRead || r.Op == OpWrite
 	unaligned := rw && (r.Off|r.Len)&(align-1) != 0
-	splits := r.Op != OpFlush && r.Op != OpBlockStatus && r.Op != OpTruncate &&
-		n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer
-	track := align > 1 && (rw || r.Op == OpWriteZeroes)
+	splits := splittable(r.Op) && n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer
+	// A compressed write is never padded or split (the driver takes whole
+	// clusters), but it is tracked so it waits for overlapping RMW writes.
+	track := align > 1 && (rw || r.Op == OpWriteZeroes || r.Op == OpWriteCompressed)
 	if !unaligned && !splits && !track {
 		return false
 	}
@@ -173,7 +174,7 @@ func (n *Node) runSlow(r *Request) {
 			s.phase = phaseRMWRead
 		}
 		n.issue(r, OpRead, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
-	case n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer:
+	case splittable(r.Op) && n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer:
 		s.phase = phaseSplit
 		n.issue(r, r.Op, r.Off, r.Len, r.Iov)
 	default:
@@ -219,6 +220,11 @@ func (n *Node) issue(r *Request, op Op, off, length int64, iov [][]byte) {
 	if s.pending == 0 {
 		n.slowPhaseDone(r)
 	}
+}
+
+// splittable reports whether op goes to the driver in MaxTransfer pieces.
+func splittable(op Op) bool {
+	return op == OpRead || op == OpWrite || op == OpDiscard || op == OpWriteZeroes
 }
 
 // pieceDone counts the pieces of a slow-path request back in.

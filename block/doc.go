@@ -39,6 +39,36 @@
 // Context, which is how a drain waiting there learns that an IOThread made
 // progress (D10).
 //
+// Reads, writes and compressed writes of a front end in a throttle group
+// pass the group's token buckets first. Members take turns: once one has
+// to wait, every member that wants to send joins the group's ring, only
+// the member holding the turn takes tokens, and the turn moves on after
+// each admitted request, so a busy front end cannot starve another one
+// (QEMU's throttle-groups round robin). The holder waits on a timer of its
+// own Context; the turn reaches a member on another Context through that
+// member's bottom half. While a front end is quiesced its throttling is
+// off: its waiting requests go at once and it leaves the ring (seed 003).
+//
+// # Optional operations
+//
+// Compressed writes (CompressedWriter), VM state (VMStateDriver), the
+// consistency check (Checker, with qemu-img check's CheckResult) and
+// activation for migration (Activator) are requests like the others: a
+// driver offers them by implementing the interface, and one that does not
+// fails them with an Unsupported *Error wrapping ENOTSUP after validation
+// (so a negative offset is still EIO) — except activation, which without a
+// hook only flips the node's flag. They count in the node's in-flight, and
+// their synchronous wrappers (WriteCompressed on a node or a front end;
+// LoadVMState, SaveVMState, Check, Activate and Inactivate on a node) run
+// them on the node's Context and wake a waiting main Context with Kick —
+// on the early-return paths as well, which complete from the pool's bottom
+// half (drain.md §2.4, I7–I16). An inactive node refuses writes,
+// compressed writes, write-zeroes, discards, truncation and VM-state saves
+// with EPERM; Activate on an active node returns at once. Activate walks
+// children before parents; Inactivate drains the node, then walks parents
+// before children (a child another active parent still uses stays active).
+// Both walk the graph on the main Context and send one request per node.
+//
 // # Drain
 //
 // A drained section on a node guarantees that nothing is in flight on the
@@ -78,6 +108,16 @@
 // Context's run token) hands over to the main Context (D11): it raises the
 // node's in-flight count, schedules the drain there, and parks until the
 // main Context wakes it.
+//
+// Operations that may poll while they rewrite edges run inside a drained
+// section that covers everything they touch (drain.md §1.10.6).
+// DropIntermediate (QEMU's bdrv_drop_intermediate) drains the new base,
+// which quiesces the dropped top node, every parent of it and every job
+// above them; it re-points top's backing edges to base without polling,
+// then calls each edge class's optional FilenameUpdater, which may poll or
+// do synchronous I/O: no job can complete and delete one of those edges in
+// the middle (T29). It holds its own references to top and base, so top
+// is deleted only after the drained section ended.
 //
 // # Context moves
 //

@@ -81,6 +81,9 @@ func (g *Graph) NewFrontEnd(opts FrontEndOptions) *FrontEnd {
 // Name returns the front end's name ("" if anonymous).
 func (fe *FrontEnd) Name() string { return fe.name }
 
+// Graph returns the graph the front end belongs to.
+func (fe *FrontEnd) Graph() *Graph { return fe.g }
+
 // Context returns the front end's home Context.
 func (fe *FrontEnd) Context() *aio.Context { return fe.ctx.Load() }
 
@@ -316,6 +319,7 @@ type Queue struct {
 	thrHead, thrTail *Request
 	thrTimer         *aio.Timer
 	thrBH            *aio.BH
+	thrGroup         *ThrottleGroup // whose ring q is in (nil: none)
 
 	plugDepth int
 	plugged   bool
@@ -421,16 +425,8 @@ func (q *Queue) Submit(r *Request, done Done) {
 
 func (q *Queue) dispatch(r *Request) {
 	fe := q.fe
-	if tg := fe.throttle.Load(); tg != nil && (r.Op == OpRead || r.Op == OpWrite) && fe.quiesce.Load() == 0 {
-		if q.thrHead != nil {
-			q.pushThrottled(r) // behind earlier throttled requests
-			return
-		}
-		if wait := tg.Admit(r.Op == OpWrite, r.Len); wait > 0 {
-			q.pushThrottled(r)
-			q.armThrottle(wait)
-			return
-		}
+	if tg := fe.throttle.Load(); tg != nil && throttledOp(r.Op) && fe.quiesce.Load() == 0 && q.throttle(tg, r) {
+		return
 	}
 	q.toNode(r)
 }

@@ -36,6 +36,11 @@ type Node struct {
 	subtreeOwn int
 	closed     bool
 
+	// inactive: the node was handed over (migration) and refuses writes
+	// with EPERM until Activate (ops.go). Written on the node's Context by
+	// the activation requests, read by validation on any Context.
+	inactive atomic.Bool
+
 	allPrev, allNext *Node // registry list, creation order
 
 	// Bound once, so that drains and control calls do not allocate.

@@ -25,12 +25,26 @@ const (
 	OpAttach
 	OpLength
 	OpMove
+
+	// Requests added later (values kept after the control operations so
+	// existing values do not change). See ops.go.
+	OpWriteCompressed // compressed write of whole clusters (CompressedWriter)
+	OpLoadVMState     // read VM state at r.Off (VMStateDriver)
+	OpSaveVMState     // write VM state at r.Off (VMStateDriver)
+	OpCheck           // consistency check (Checker); r.CheckResult() holds the result
+	OpActivate        // leave the inactive state (Activator)
+	OpInactivate      // enter the inactive state (Activator)
+	// Control operation, named in errors only.
+	OpDropIntermediate
 )
 
 var opNames = [...]string{
 	OpRead: "read", OpWrite: "write", OpFlush: "flush", OpDiscard: "discard",
 	OpWriteZeroes: "write-zeroes", OpBlockStatus: "block-status", OpTruncate: "truncate",
 	OpOpen: "open", OpClose: "close", OpAttach: "attach", OpLength: "length", OpMove: "move",
+	OpWriteCompressed: "write-compressed", OpLoadVMState: "load-vmstate", OpSaveVMState: "save-vmstate",
+	OpCheck: "check", OpActivate: "activate", OpInactivate: "inactivate",
+	OpDropIntermediate: "drop-intermediate",
 }
 
 func (o Op) String() string {
@@ -102,6 +116,9 @@ type Request struct {
 
 	// Alignment, splitting and serialisation (align.go).
 	slow *slowState
+
+	// OpCheck's mode and result (ops.go); nil for every other op.
+	check *checkState
 
 	free bool // on the pool's free list (double-release check)
 }
@@ -208,6 +225,8 @@ func (n *Node) dispatch(r *Request) {
 		n.drv.BlockStatus(r)
 	case OpTruncate:
 		n.drv.Truncate(r)
+	case OpWriteCompressed, OpLoadVMState, OpSaveVMState, OpCheck, OpActivate, OpInactivate:
+		n.dispatchOptional(r)
 	default:
 		panic("assertion failed: block: unknown op " + r.Op.String())
 	}
@@ -218,7 +237,7 @@ func (n *Node) dispatch(r *Request) {
 var errEarlySuccess = &Error{Kind: Io}
 
 func (n *Node) validate(r *Request) error {
-	if invariants.Enabled && (r.Op == OpRead || r.Op == OpWrite) && iovLen(r.Iov) != r.Len {
+	if invariants.Enabled && carriesData(r.Op) && iovLen(r.Iov) != r.Len {
 		// Formatting arguments box (allocate): only on the failure path.
 		invariants.Check(false, "block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
 	}
@@ -230,12 +249,17 @@ func (n *Node) validate(r *Request) error {
 		if n.opts.ReadOnly {
 			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
 		}
+		if n.inactive.Load() {
+			return newError(Io, r.Op, n, r.Off, syscall.EPERM)
+		}
 		return nil
 	case OpFlush:
 		if n.opts.ReadOnly {
 			return errEarlySuccess
 		}
 		return nil
+	case OpCheck, OpActivate, OpInactivate:
+		return n.validateControl(r)
 	}
 	if r.Off < 0 || r.Len < 0 {
 		return newError(OutOfBounds, r.Op, n, r.Off, syscall.EIO)
@@ -244,13 +268,21 @@ func (n *Node) validate(r *Request) error {
 		return newError(Overflow, r.Op, n, r.Off, syscall.EIO)
 	}
 	switch r.Op {
-	case OpWrite, OpWriteZeroes:
+	case OpWrite, OpWriteZeroes, OpSaveVMState:
 		if n.opts.ReadOnly {
 			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
 		}
+		if n.inactive.Load() {
+			return newError(Io, r.Op, n, r.Off, syscall.EPERM)
+		}
+	case OpWriteCompressed:
+		return n.validateCompressed(r)
 	case OpDiscard:
 		if n.opts.ReadOnly {
 			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
+		}
+		if n.inactive.Load() {
+			return newError(Io, r.Op, n, r.Off, syscall.EPERM)
 		}
 		if n.opts.IgnoreDiscard {
 			return errEarlySuccess

@@ -62,6 +62,17 @@ func (b *bucket) wait(cost float64) time.Duration {
 // ThrottleGroup is a set of token buckets shared by several front ends (on
 // any Contexts). A front end consults it before sending a read or write to
 // its root node; while the front end is quiesced it does not.
+//
+// Members take turns (QEMU's throttle-groups): once any member's request
+// has to wait, every member that wants to send joins the group's ring of
+// waiting queues, and only the queue holding the turn may take tokens.
+// When its head request has been admitted the turn passes to the next
+// waiting queue in the ring, so a member with a long backlog gets one
+// request per round and cannot starve the others, even one whose requests
+// are larger than the burst. The holder waits for its tokens on a timer of
+// its own Context; the turn passes to a queue on another Context through
+// that queue's bottom half. Members are Queues: a front end that submits
+// from several Contexts takes one turn per Context.
 type ThrottleGroup struct {
 	name string
 	now  func() time.Time
@@ -70,6 +81,12 @@ type ThrottleGroup struct {
 		sync.Mutex
 		b    [bktCount]bucket
 		last time.Time
+		// ring holds the queues with throttled requests, in the order they
+		// started waiting; turn is the one that may take tokens (nil iff
+		// the ring is empty). INVARIANT: turn has a timer armed or its
+		// bottom half scheduled, so the ring always makes progress.
+		ring []*Queue
+		turn *Queue
 	}
 }
 
@@ -109,10 +126,14 @@ func (tg *ThrottleGroup) SetLimits(l ThrottleLimits) {
 
 // Admit charges a read or write of n bytes if every bucket that applies has
 // room and returns 0; otherwise it charges nothing and returns how long to
-// wait before asking again.
+// wait before asking again. It ignores turns (front ends go through them).
 func (tg *ThrottleGroup) Admit(write bool, n int64) time.Duration {
 	tg.mu.Lock()
 	defer tg.mu.Unlock()
+	return tg.admitLocked(write, n)
+}
+
+func (tg *ThrottleGroup) admitLocked(write bool, n int64) time.Duration {
 	now := tg.now()
 	if el := now.Sub(tg.mu.last); el > 0 {
 		for i := range tg.mu.b {
@@ -147,6 +168,102 @@ func (tg *ThrottleGroup) Admit(write bool, n int64) time.Duration {
 	return 0
 }
 
+// enter is a new request of q's that has nothing queued before it on q. If
+// others are waiting, q joins the ring behind them (queued, no wait: the
+// turn will come to it). Otherwise the request is admitted at once, or q
+// joins an empty ring holding the turn and must wait d on its timer.
+func (tg *ThrottleGroup) enter(q *Queue, write bool, n int64) (queued bool, d time.Duration) {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	if tg.mu.turn != nil {
+		tg.mu.ring = append(tg.mu.ring, q)
+		return true, 0
+	}
+	if d = tg.admitLocked(write, n); d == 0 {
+		return false, 0
+	}
+	tg.mu.ring = append(tg.mu.ring, q)
+	tg.mu.turn = q
+	return true, d
+}
+
+// take admits q's head request if q holds the turn and the buckets have
+// room. ok=false with d=0: not q's turn (a stale timer or bottom half).
+func (tg *ThrottleGroup) take(q *Queue, write bool, n int64) (ok bool, d time.Duration) {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	if tg.mu.turn != q {
+		return false, 0
+	}
+	if d = tg.admitLocked(write, n); d > 0 {
+		return false, d
+	}
+	return true, 0
+}
+
+// pass ends q's turn after one admitted request. q stays in the ring if it
+// has more (more), else it leaves. It returns the next holder (nil: the
+// ring is empty), which the caller must start.
+func (tg *ThrottleGroup) pass(q *Queue, more bool) *Queue {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	i := tg.indexLocked(q)
+	if !more {
+		tg.removeLocked(i)
+		i-- // the next one moved into slot i
+	}
+	if len(tg.mu.ring) == 0 {
+		tg.mu.turn = nil
+		return nil
+	}
+	tg.mu.turn = tg.mu.ring[(i+1)%len(tg.mu.ring)]
+	return tg.mu.turn
+}
+
+// leave takes q out of the ring (its requests were released). If q held
+// the turn, the next queue gets it and is returned for the caller to start.
+func (tg *ThrottleGroup) leave(q *Queue) *Queue {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	i := tg.indexLocked(q)
+	if i < 0 {
+		return nil
+	}
+	tg.removeLocked(i)
+	if tg.mu.turn != q {
+		return nil
+	}
+	if len(tg.mu.ring) == 0 {
+		tg.mu.turn = nil
+		return nil
+	}
+	tg.mu.turn = tg.mu.ring[i%len(tg.mu.ring)]
+	return tg.mu.turn
+}
+
+func (tg *ThrottleGroup) indexLocked(q *Queue) int {
+	for i, x := range tg.mu.ring {
+		if x == q {
+			return i
+		}
+	}
+	return -1
+}
+
+func (tg *ThrottleGroup) removeLocked(i int) {
+	r := tg.mu.ring
+	copy(r[i:], r[i+1:])
+	r[len(r)-1] = nil
+	tg.mu.ring = r[:len(r)-1]
+}
+
+// Waiting returns the number of member queues waiting for their turn.
+func (tg *ThrottleGroup) Waiting() int {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return len(tg.mu.ring)
+}
+
 func (q *Queue) pushThrottled(r *Request) {
 	r.next = nil
 	if q.thrTail == nil {
@@ -165,26 +282,83 @@ func (q *Queue) armThrottle(wait time.Duration) {
 	q.thrTimer.Reset(wait)
 }
 
-// runThrottled releases throttled requests in order while the group admits
-// them — all of them at once if the front end is quiesced — and re-arms
-// the timer for the first one that still has to wait.
+// throttledOp reports whether r goes through the throttle group.
+func throttledOp(op Op) bool {
+	return op == OpRead || op == OpWrite || op == OpWriteCompressed
+}
+
+// throttle holds r back if the group says so and reports whether it did.
+// Owner of q only, with the front end not quiesced.
+func (q *Queue) throttle(tg *ThrottleGroup, r *Request) bool {
+	if q.thrHead != nil {
+		q.pushThrottled(r) // behind earlier throttled requests
+		return true
+	}
+	queued, d := tg.enter(q, r.Op != OpRead, r.Len)
+	if !queued {
+		return false
+	}
+	q.thrGroup = tg
+	q.pushThrottled(r)
+	if d > 0 {
+		q.armThrottle(d) // q holds the turn
+	}
+	return true
+}
+
+// runThrottled is the queue's throttle timer and bottom half. Holding the
+// turn, it sends its head request once the group admits it and passes the
+// turn on (continuing itself if it is the only one waiting). If the front
+// end is quiesced or left the group, throttling is off: it sends every
+// queued request now (seed 003) and leaves the ring.
 func (q *Queue) runThrottled() {
 	fe := q.fe
-	for q.thrHead != nil {
-		r := q.thrHead
-		if tg := fe.throttle.Load(); tg != nil && fe.quiesce.Load() == 0 {
-			if wait := tg.Admit(r.Op == OpWrite, r.Len); wait > 0 {
-				q.armThrottle(wait)
-				return
-			}
-		}
-		q.thrHead = r.next
-		if q.thrHead == nil {
-			q.thrTail = nil
-		}
-		r.next = nil
-		q.toNode(r)
+	tg := q.thrGroup
+	if tg == nil {
+		return // nothing queued: a stale timer or bottom half
 	}
+	if fe.quiesce.Load() != 0 || fe.throttle.Load() != tg {
+		q.thrGroup = nil
+		if next := tg.leave(q); next != nil {
+			next.thrBH.Schedule()
+		}
+		for q.thrHead != nil {
+			q.toNode(q.popThrottled())
+		}
+		return
+	}
+	for {
+		r := q.thrHead
+		ok, d := tg.take(q, r.Op != OpRead, r.Len)
+		if !ok {
+			if d > 0 {
+				q.armThrottle(d)
+			}
+			return
+		}
+		q.popThrottled()
+		next := tg.pass(q, q.thrHead != nil)
+		if q.thrHead == nil {
+			q.thrGroup = nil
+		}
+		if next != nil && next != q {
+			next.thrBH.Schedule()
+		}
+		q.toNode(r)
+		if next != q {
+			return
+		}
+	}
+}
+
+func (q *Queue) popThrottled() *Request {
+	r := q.thrHead
+	q.thrHead = r.next
+	if q.thrHead == nil {
+		q.thrTail = nil
+	}
+	r.next = nil
+	return r
 }
 
 // Throttled returns the number of requests waiting for the throttle (owner

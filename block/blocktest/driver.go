@@ -24,7 +24,9 @@ const DefaultReadDelay = 100 * time.Microsecond
 //     Context and, with ReadHop, bounces through a bottom half on that other
 //     Context before it completes on its own (a cross-Context hop).
 //   - Every other operation succeeds at once; block status reports "not
-//     allocated" for the whole range.
+//     allocated" for the whole range. ChangeBackingFile (for
+//     Graph.DropIntermediate) records the name and succeeds; the optional
+//     operations (compressed writes, VM state, check) are unsupported.
 //
 // Counters are atomics: the main Context writes them, tests read them.
 type Driver struct {
@@ -46,6 +48,11 @@ type Driver struct {
 	OnDrainBegin func(n *block.Node)
 	// OnClose runs inside Close.
 	OnClose func(n *block.Node)
+
+	// BackingFile is the last name ChangeBackingFile recorded (main
+	// Context); BackingFileChanges counts the calls.
+	BackingFile        string
+	BackingFileChanges atomic.Int32
 }
 
 // NewDriver returns a test driver for a node of size bytes.
@@ -80,6 +87,14 @@ func (d *Driver) Close(n *block.Node) {
 }
 
 func (d *Driver) Length(*block.Node) (int64, error) { return d.Size, nil }
+
+// ChangeBackingFile records the new backing file name and succeeds (like
+// QEMU's test driver, so DropIntermediate works on its nodes).
+func (d *Driver) ChangeBackingFile(_ *block.Node, backingFile string, _ *block.Node) error {
+	d.BackingFile = backingFile
+	d.BackingFileChanges.Add(1)
+	return nil
+}
 
 func (d *Driver) Read(r *block.Request) {
 	d.HasRead.Store(true)
@@ -204,6 +219,10 @@ func (d *Forward) Flush(r *block.Request)       { d.forward(r) }
 func (d *Forward) Discard(r *block.Request)     { d.forward(r) }
 func (d *Forward) WriteZeroes(r *block.Request) { d.forward(r) }
 func (d *Forward) BlockStatus(r *block.Request) { d.forward(r) }
+
+// WriteCompressed passes compressed writes through (the child decides
+// whether it supports them).
+func (d *Forward) WriteCompressed(r *block.Request) { d.forward(r) }
 
 // Forwarded sends a copy of r through c and completes r when it completes.
 func Forwarded(c *block.Child, r *block.Request) {
