@@ -14,9 +14,9 @@ import (
 // Every lookup carries the generation the caller's authoritative state
 // (qcow2: the per-table generation array) holds for the table now; an entry
 // filed under another generation is a miss. Generations of one Key must
-// never repeat: draw them from one counter per image, not from per-table
-// increments, so a table freed and reallocated at the same offset cannot
-// match an old copy.
+// never repeat and must only grow: draw them from one counter per image, not
+// from per-table increments, so a table freed and reallocated at the same
+// offset cannot match an old copy.
 //
 // Returned slices are shared and immutable: callers must not modify them,
 // and implementations never recycle them (the garbage collector frees them

@@ -52,9 +52,12 @@ func (l *LRU) Get(key Key, gen uint64) ([]byte, bool) {
 		return nil, false
 	}
 	if e.gen != gen {
-		// Generations never repeat, so the entry is dead: free its
-		// budget now.
-		l.removeLocked(e)
+		// Generations of a key only grow: an older entry is dead, so
+		// free its budget now. A newer one stays: the caller is the
+		// stale one.
+		if e.gen < gen {
+			l.removeLocked(e)
+		}
 		l.mu.Unlock()
 		l.stale.Add(1)
 		l.misses.Add(1)

@@ -267,14 +267,21 @@ func (s *Set) takeSlotLocked() (t *Table, victim Key, evicted bool) {
 		return nil, Key{}, false
 	}
 	t = &s.tables[s.mu.tail]
-	if invariants.Enabled {
-		invariants.Check(t.state == stateReady && !t.dirty && t.pins == 0,
-			"cache: LRU victim %+v is state %d dirty %t pins %d", t.key, t.state, t.dirty, t.pins)
+	if invariants.Enabled && (t.state != stateReady || t.dirty || t.pins != 0) {
+		s.failLocked("cache: LRU victim %+v is state %d dirty %t pins %d", t.key, t.state, t.dirty, t.pins)
 	}
 	s.unlinkLocked(t)
 	delete(s.mu.index, t.key)
 	s.mu.evictions++
 	return t, t.key, true
+}
+
+// failLocked reports a broken invariant. It releases s.mu first, so a test
+// (or a recover in the caller) does not deadlock on the set afterwards.
+// REQUIRES: s.mu held.
+func (s *Set) failLocked(format string, args ...any) {
+	s.mu.Unlock()
+	invariants.Check(false, format, args...)
 }
 
 // pinLocked adds a pin. REQUIRES: s.mu held.
@@ -292,7 +299,7 @@ func (s *Set) pinLocked(t *Table) {
 // most recently used. REQUIRES: s.mu held.
 func (s *Set) unpinLocked(t *Table) {
 	if t.pins <= 0 {
-		invariants.Check(false, "cache: Unpin of unpinned table %+v", t.key)
+		s.failLocked("cache: Unpin of unpinned table %+v", t.key)
 	}
 	t.pins--
 	if t.pins == 0 {
@@ -358,7 +365,7 @@ func (s *Set) Discard(key Key) bool {
 	}
 	t := &s.tables[i]
 	if t.pins != 0 {
-		invariants.Check(false, "cache: Discard of pinned table %+v", key)
+		s.failLocked("cache: Discard of pinned table %+v", key)
 	}
 	if t.dirty {
 		t.dirty = false
@@ -509,7 +516,7 @@ func (t *Table) Pin() {
 	s := t.set
 	s.mu.Lock()
 	if t.pins <= 0 {
-		invariants.Check(false, "cache: Pin of unpinned table %+v", t.key)
+		s.failLocked("cache: Pin of unpinned table %+v", t.key)
 	}
 	t.pins++
 	s.mu.Unlock()
@@ -533,10 +540,10 @@ func (t *Table) MarkDirty(level Level) {
 	s := t.set
 	s.mu.Lock()
 	if t.pins <= 0 {
-		invariants.Check(false, "cache: MarkDirty of unpinned table %+v", t.key)
+		s.failLocked("cache: MarkDirty of unpinned table %+v", t.key)
 	}
 	if invariants.Enabled && s.mu.flushing {
-		invariants.Check(false, "cache: MarkDirty of %+v during Flush", t.key)
+		s.failLocked("cache: MarkDirty of %+v during Flush", t.key)
 	}
 	if !t.dirty {
 		t.dirty = true

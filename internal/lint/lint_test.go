@@ -48,6 +48,7 @@ var external = map[string][]string{
 	"uring":           {"golang.org/x/sys"},
 	"uring/uringtest": {"golang.org/x/sys"},
 	"aio":             {"golang.org/x/sys", "github.com/klauspost/cpuid/v2"},
+	"cache":           {"github.com/dgraph-io/ristretto/v2"},
 	"plugin/contract": {},
 }
 
