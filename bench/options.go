@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ringblk/ringblk/internal/units"
 	"math"
 	"strconv"
 	"strings"
@@ -62,7 +63,7 @@ func init() {
 		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {
 			return perDir(v, func(d int, s string) error {
-				n, err := parseSize(s)
+				n, err := units.ParseSize(s)
 				if err != nil {
 					return err
 				}
@@ -80,11 +81,11 @@ func init() {
 				if !ok {
 					return fmt.Errorf("want min-max, got %q", s)
 				}
-				a, err := parseSize(lo)
+				a, err := units.ParseSize(lo)
 				if err != nil {
 					return err
 				}
-				b, err := parseSize(hi)
+				b, err := units.ParseSize(hi)
 				if err != nil {
 					return err
 				}
@@ -101,7 +102,7 @@ func init() {
 				total := 0
 				for _, e := range strings.Split(s, ":") {
 					sz, pct, hasPct := strings.Cut(e, "/")
-					n, err := parseSize(sz)
+					n, err := units.ParseSize(sz)
 					if err != nil {
 						return err
 					}
@@ -302,7 +303,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {
 	return func(j *Job, v string) error {
-		n, err := parseSize(v)
+		n, err := units.ParseSize(v)
 		if err != nil {
 			return err
 		}
@@ -370,68 +371,6 @@ func perDir(v string, f func(dir int, s string) error) error {
 		w = parts[1]
 	}
 	return f(DirWrite, w)
-}
-
-// parseSize reads a byte count the way fio does with kb_base=1024: an
-// integer (decimal or 0x hex) with an optional suffix k, m, g, t, p (any
-// case, optionally followed by "i" and/or "b"), all powers of 1024.
-func parseSize(s string) (int64, error) {
-	orig := s
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, errors.New("empty size")
-	}
-	if strings.HasSuffix(s, "%") {
-		return 0, fmt.Errorf("percentage sizes (%q) are not implemented", orig)
-	}
-	if strings.HasPrefix(s, "0x") || strings.HasPrefix(s, "0X") {
-		n, err := strconv.ParseInt(s[2:], 16, 64)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("bad size %q", orig)
-		}
-		return n, nil
-	}
-	i := 0
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		return 0, fmt.Errorf("bad size %q", orig)
-	}
-	n, err := strconv.ParseInt(s[:i], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("bad size %q", orig)
-	}
-	suf := strings.ToLower(s[i:])
-	shift := 0
-	if suf != "" {
-		switch suf[0] {
-		case 'k':
-			shift = 10
-		case 'm':
-			shift = 20
-		case 'g':
-			shift = 30
-		case 't':
-			shift = 40
-		case 'p':
-			shift = 50
-		case 'b':
-		default:
-			return 0, fmt.Errorf("bad size suffix in %q (want k, m, g, t, p)", orig)
-		}
-		rest := suf
-		if shift != 0 {
-			rest = suf[1:]
-		}
-		if rest != "" && rest != "b" && rest != "i" && rest != "ib" {
-			return 0, fmt.Errorf("bad size suffix in %q (want k, m, g, t, p)", orig)
-		}
-	}
-	if n > math.MaxInt64>>shift {
-		return 0, fmt.Errorf("size %q overflows", orig)
-	}
-	return n << shift, nil
 }
 
 // parseTime reads a duration: a bare number is seconds; suffixes us/usec,

@@ -90,17 +90,7 @@ func TestParseArgs(t *testing.T) {
 	}
 }
 
-func TestParseSizesAndTimes(t *testing.T) {
-	for s, want := range map[string]int64{"4k": 4096, "4K": 4096, "4KiB": 4096, "4kb": 4096, "1m": 1 << 20, "2g": 2 << 30, "512": 512, "0x1000": 4096, "1t": 1 << 40, "7b": 7} {
-		if got, err := parseSize(s); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", s, got, err, want)
-		}
-	}
-	for _, s := range []string{"4x", "k", "", "4kk", "-1", "10%", "4kx"} {
-		if _, err := parseSize(s); err == nil {
-			t.Errorf("parseSize(%q) succeeded", s)
-		}
-	}
+func TestParseTimes(t *testing.T) {
 	for s, want := range map[string]time.Duration{"10": 10 * time.Second, "200ms": 200 * time.Millisecond, "1m": time.Minute, "5s": 5 * time.Second, "100us": 100 * time.Microsecond, "1h": time.Hour} {
 		if got, err := parseTime(s); err != nil || got != want {
 			t.Errorf("parseTime(%q) = %v, %v; want %v", s, got, err, want)

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/ringblk/ringblk/internal/units"
 	"io"
 	"math/rand/v2"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -102,13 +102,13 @@ func ringBenchMain(args []string) int {
 	if cfg.path == "" {
 		return usageErr("-file is required")
 	}
-	if bs, err := parseSize(bsArg); err != nil || bs <= 0 || bs > 1<<30 {
+	if bs, err := units.ParseSize(bsArg); err != nil || bs <= 0 || bs > 1<<30 {
 		return usageErr("bad -bs %q", bsArg)
 	} else {
 		cfg.bs = int(bs)
 	}
 	if sizeArg != "" {
-		if cfg.size, err = parseSize(sizeArg); err != nil || cfg.size <= 0 {
+		if cfg.size, err = units.ParseSize(sizeArg); err != nil || cfg.size <= 0 {
 			return usageErr("bad -size %q", sizeArg)
 		}
 	}
@@ -455,31 +455,4 @@ func cpuResult(cfg *ringBenchConfig, ios uint64, elapsed time.Duration, ru0, ru1
 		res.SysNsPerIO = sys / float64(ios)
 	}
 	return res
-}
-
-// parseSize reads a byte count with an optional binary suffix: 4k, 1g, 512.
-func parseSize(s string) (int64, error) {
-	s = strings.ToLower(strings.TrimSpace(s))
-	s = strings.TrimSuffix(strings.TrimSuffix(s, "b"), "i")
-	shift := 0
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'k':
-			shift = 10
-		case 'm':
-			shift = 20
-		case 'g':
-			shift = 30
-		case 't':
-			shift = 40
-		}
-		if shift != 0 {
-			s = s[:n-1]
-		}
-	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || v < 0 || v > (1<<62)>>shift {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return v << shift, nil
 }

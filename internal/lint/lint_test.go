@@ -19,6 +19,7 @@ const module = "github.com/ringblk/ringblk"
 // with a design note, never to make the build pass.
 var layer = map[string]int{
 	"internal/invariants": 0,
+	"internal/units":      0,
 	"uring":               1,
 	"uring/uringtest":     2,
 	"aio":                 3,
