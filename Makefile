@@ -11,7 +11,7 @@ BIN       := bin
 help:
 	@echo "ringblk make targets:"
 	@echo "  make run        the main job: a benchmark on a default image in a temporary directory"
-	@echo "  make test       installs test tools if missing, then vet, format check, unit tests (-tags invariants) and -race tests"
+	@echo "  make test       installs test tools if missing, then vet, format check, unit tests (-tags invariants), -race tests and allocation budgets"
 	@echo "  make build      builds bin/ringblk"
 	@echo "  make race       go test -race on all packages"
 	@echo "  make stress     long randomized stress tests (PKG=./block STRESSTIME=5m)"
@@ -40,9 +40,13 @@ vet:
 lint: vet fmtcheck
 	$(GO) test -count=1 ./internal/lint/
 
+# Three passes: everything with assertions on (-tags invariants); everything
+# under the race detector; and the allocation budgets (tests named *Alloc*),
+# which hold only in a production build, so the first two passes skip them.
 test: deps fmtcheck vet
 	$(GO) test -tags invariants -count=1 -timeout 20m $(PKGS)
 	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
+	$(GO) test -count=1 -timeout 10m -run Alloc $(PKGS)
 
 race:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)

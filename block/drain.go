@@ -111,10 +111,10 @@ func (n *Node) drainedEnd() {
 // runs until no node and no front end or job is busy. Nodes opened during
 // the section are born quiesced; nodes deleted during it release their
 // quiesces (D12).
-func (g *Graph) DrainAllBegin() { g.Control(g.drainAllBegin) }
+func (g *Graph) DrainAllBegin() { g.Control(g.drainAllBeginFn) }
 
 // DrainAllEnd ends one DrainAllBegin.
-func (g *Graph) DrainAllEnd() { g.Control(g.drainAllEnd) }
+func (g *Graph) DrainAllEnd() { g.Control(g.drainAllEndFn) }
 
 func (g *Graph) drainAllBegin() {
 	g.assertMain()

@@ -26,6 +26,9 @@ type Graph struct {
 	names         map[string]*Node
 
 	pendingAllFn func() bool // g.pendingAll, bound once
+	// drainAllBeginFn and drainAllEndFn are the method values, bound once
+	// so that DrainAllBegin/End do not allocate a closure per call.
+	drainAllBeginFn, drainAllEndFn func()
 
 	// drainWaiters counts drains in their wait phase; batching (Queue.Plug)
 	// is off while it is non-zero. Read by any Context.
@@ -44,6 +47,7 @@ func NewGraph(main *aio.Context) *Graph {
 	g := &Graph{main: main, names: make(map[string]*Node)}
 	g.pools.m = make(map[*aio.Context]*Pool)
 	g.pendingAllFn = g.pendingAll
+	g.drainAllBeginFn, g.drainAllEndFn = g.drainAllBegin, g.drainAllEnd
 	return g
 }
 

@@ -124,6 +124,16 @@ func (n *Node) Parents() []*Child { return append([]*Child(nil), n.parents...) }
 // Children returns the node's child edges, newest first (main Context).
 func (n *Node) Children() []*Child { return append([]*Child(nil), n.children...) }
 
+// OldestChild returns the child edge attached first, or nil. Unlike
+// Children it copies nothing, so a driver may call it on its request path:
+// edges change only inside drained sections, when no request is in flight.
+func (n *Node) OldestChild() *Child {
+	if len(n.children) == 0 {
+		return nil
+	}
+	return n.children[len(n.children)-1]
+}
+
 // Child returns the first child edge with role r, or nil.
 func (n *Node) Child(r Role) *Child {
 	for _, c := range n.children {

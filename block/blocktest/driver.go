@@ -184,11 +184,7 @@ func (d *Forward) edge(n *block.Node) *block.Child {
 	if d.ChildName != "" {
 		return n.ChildNamed(d.ChildName)
 	}
-	ch := n.Children()
-	if len(ch) == 0 {
-		return nil
-	}
-	return ch[len(ch)-1]
+	return n.OldestChild()
 }
 
 func (d *Forward) Length(n *block.Node) (int64, error) {
