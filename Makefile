@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 STRESSTIME ?= 5m
 BIN       := bin
 
-.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench plugin deps clean
+.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench plugin deps clean
 
 help:
 	@echo "ringblk make targets:"
@@ -19,6 +19,7 @@ help:
 	@echo "  make lint       vet, gofmt and the import-policy test"
 	@echo "  make bench      Go benchmarks of the hot paths (-benchmem)"
 	@echo "  make ringbench  our ring against fio's io_uring engine, side by side (scripts/ringbench-vs-fio.sh)"
+	@echo "  make rawbench   the raw driver through the block layer against fio and qemu-img bench (scripts/raw-vs-fio.sh)"
 	@echo "  make plugin     builds the Go plugin (bin/ringblk.so)"
 
 build:
@@ -62,6 +63,9 @@ bench:
 
 ringbench: build
 	./scripts/ringbench-vs-fio.sh
+
+rawbench:
+	./scripts/raw-vs-fio.sh
 
 plugin:
 	$(GO) build -buildmode=plugin -o $(BIN)/ringblk.so ./plugin

@@ -261,8 +261,9 @@ func (c *Context) ownerMain(errc chan<- error) {
 	errc <- nil
 
 	for !c.stopping {
-		c.Poll(true)
+		c.poll(true, true)
 	}
+	c.flushDeferred()
 	c.shutdown()
 
 	unregister(c)

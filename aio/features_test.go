@@ -635,3 +635,79 @@ func TestOneShotRunsExactlyOnce(t *testing.T) {
 		}
 	}
 }
+
+// readChain issues one O_DIRECT read from each completion until left runs
+// out: a chain of dependent I/O at queue depth 1 whose completions arrive
+// asynchronously (from the device, not inline in the submitting enter).
+type readChain struct {
+	c    *Context
+	f    *File
+	buf  []byte
+	left int
+	done bool
+	err  error
+}
+
+func (ch *readChain) OpDone(tag uint64, res int, err error) {
+	if err != nil && ch.err == nil {
+		ch.err = err
+	}
+	if ch.left == 0 || err != nil {
+		ch.done = true
+		return
+	}
+	ch.left--
+	ch.c.Read(ch.f, ch.buf, int64(ch.left%256)*4096, ch, 0)
+}
+
+// TestDependentOpsOneEnterEach: an op issued from a completion callback is
+// submitted by the next wait's io_uring_enter, the one that also waits for
+// it, so a chain of dependent reads costs one enter per read instead of two
+// (a submit, then a wait). Kernel ring only: it needs completions that do
+// not arrive inside the submitting enter (O_DIRECT on a disk filesystem).
+func TestDependentOpsOneEnterEach(t *testing.T) {
+	e := newEnv(t, "kernel")
+	dir, err := os.MkdirTemp("/var/tmp", "aio-chain-")
+	if err != nil {
+		t.Skipf("no /var/tmp for an O_DIRECT file: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "data")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	osf, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Skipf("O_DIRECT unsupported under /var/tmp: %v", err)
+	}
+	f := NewFile(osf)
+	t.Cleanup(func() { f.Close() })
+	c := e.start(Options{Name: "chain", ArenaSize: 1 << 20}, nil)
+	const n = 500
+	var enters, waits int64
+	var chErr error
+	onOwner(t, c, 30*time.Second, func() {
+		buf, err := c.Arena().Alloc(4096)
+		if err != nil {
+			chErr = err
+			return
+		}
+		ch := &readChain{c: c, f: f, buf: buf, left: n}
+		before := c.Stats()
+		c.Read(f, buf, 0, ch, 0)
+		c.WaitWhile(func() bool { return !ch.done })
+		after := c.Stats()
+		enters, waits = after.Enters-before.Enters, after.Waits-before.Waits
+		chErr = ch.err
+		c.Arena().Free(buf)
+	})
+	if chErr != nil {
+		t.Fatalf("read chain: %v", chErr)
+	}
+	t.Logf("%d enters (%d waits) for %d dependent O_DIRECT reads", enters, waits, n+1)
+	// Reads that happened to complete before the loop slept cost no wait;
+	// every other read must share its enter with the wait.
+	if enters > n+1+16 {
+		t.Errorf("%d io_uring_enter calls for %d dependent reads: want about one per read", enters, n+1)
+	}
+}

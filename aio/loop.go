@@ -29,6 +29,17 @@ import (
 //  5. dispatch ready fd handlers (external ones only while enabled)
 //  6. run expired timers
 func (c *Context) Poll(blocking bool) bool {
+	return c.poll(blocking, false)
+}
+
+// poll is one iteration. again says the caller will poll (blocking) again
+// at once — the owner's main loop and WaitWhile do — so SQEs that completion
+// callbacks prepared need not be submitted here: the next iteration's wait
+// submits them in the same io_uring_enter that waits for their completions
+// (QEMU's "submit at the next wait"). That makes a chain of dependent I/O
+// (queue depth 1) cost one enter per op instead of two. Whoever stops
+// calling poll(…, true) submits what is left (see WaitWhile, ownerMain).
+func (c *Context) poll(blocking, again bool) bool {
 	c.assertOwner("Poll")
 	if invariants.Enabled {
 		if c.holder.Load() != nil {
@@ -48,7 +59,7 @@ func (c *Context) Poll(blocking bool) bool {
 	c.reap()
 	progress := c.runReady()
 	c.plug--
-	if c.plug == 0 && (c.prepared > 0 || c.ops.ovLen > 0) {
+	if c.plug == 0 && (c.ops.ovLen > 0 || (c.prepared > 0 && !(again && blocking))) {
 		c.flushOverflow()
 	}
 
@@ -62,6 +73,15 @@ func (c *Context) Poll(blocking bool) bool {
 		progress = c.runTimers() || progress
 	}
 	return progress
+}
+
+// flushDeferred submits SQEs that poll(…, true) left prepared, for a caller
+// that stops polling: nothing may stay unsubmitted once the loop returns to
+// code that might not poll again soon.
+func (c *Context) flushDeferred() {
+	if c.plug == 0 && c.prepared > 0 {
+		c.submitPending()
+	}
 }
 
 // hasWork reports whether the next iteration has something to do without
@@ -260,9 +280,10 @@ func (c *Context) WaitWhile(cond func() bool) bool {
 	waited := false
 	for cond() {
 		waited = true
-		loop.Poll(true)
+		loop.poll(true, true)
 	}
 	loop.waiters.Add(-1)
+	loop.flushDeferred()
 	return waited
 }
 

@@ -12,8 +12,9 @@
 # fixed buffers, registered file) for reference; qemu-img bench -i io_uring
 # and -i native where qemu-img bench can run the row (it has no random mode;
 # native needs O_DIRECT; one job only).
-# Every row runs every side once per repeat, repeats interleaved, medians
-# reported. CPU per I/O is each process's user+sys (GNU time) divided by
+# Every row runs every side once per repeat (ours, fio and fio-batch in an
+# order that rotates with the repeat), repeats interleaved, medians
+# reported; before each run, sync writes back what earlier rows dirtied. CPU per I/O is each process's user+sys (GNU time) divided by
 # the I/Os it did (ours counts its 2000 warm-up requests too).
 #
 # usage: scripts/raw-vs-fio.sh [-d DIR] [-t SECONDS] [-r REPEATS] [-R ROWS]
@@ -106,17 +107,22 @@ for rep in $(seq 1 "$reps"); do
 	for row in "${rows[@]}"; do
 		IFS='|' read -r name rw bs qd direct jobs <<<"$row"
 		if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then continue; fi
-		warm() { [ "$direct" = 1 ] || cat "$file" >/dev/null; }
-
-		# ours
-		warm
-		d=false
-		[ "$direct" = 1 ] && d=true
-		timed "$work/ours.out" "$work/ours.time" "$work/raw.test" -test.run '^TestRawBench$' \
-			-rawbench.file="$file" -rawbench.rw="$rw" -rawbench.bs="$bs" -rawbench.qd="$qd" \
-			-rawbench.runtime="${secs}s" -rawbench.direct="$d" -rawbench.jobs="$jobs" ||
-			{ cat "$work/ours.out" >&2; die "ringblk run failed ($name)"; }
-		read -r ours_iops ours_cpu < <(python3 - "$work/ours.out" "$work/ours.time" <<'EOF'
+		# Before every run: write back what earlier write rows left dirty
+		# (or its writeback would compete with whoever runs next), and for
+		# buffered rows make sure the whole file is in the page cache.
+		warm() {
+			sync
+			[ "$direct" = 1 ] || cat "$file" >/dev/null
+		}
+		run_ours() {
+			warm
+			local d=false
+			[ "$direct" = 1 ] && d=true
+			timed "$work/ours.out" "$work/ours.time" "$work/raw.test" -test.run '^TestRawBench$' \
+				-rawbench.file="$file" -rawbench.rw="$rw" -rawbench.bs="$bs" -rawbench.qd="$qd" \
+				-rawbench.runtime="${secs}s" -rawbench.direct="$d" -rawbench.jobs="$jobs" ||
+				{ cat "$work/ours.out" >&2; die "ringblk run failed ($name)"; }
+			read -r ours_iops ours_cpu < <(python3 - "$work/ours.out" "$work/ours.time" <<'EOF'
 import json, sys
 line = [l for l in open(sys.argv[1]) if l.startswith("RAWBENCH ")][0]
 r = json.loads(line.split(" ", 1)[1])
@@ -124,10 +130,19 @@ _, u, s = (float(x) for x in open(sys.argv[2]).read().split()[-3:])
 print(r["iops"], (u + s) * 1e9 / (r["ios"] + r["warm_ios"]))
 EOF
 )
-		record "$name" "$rep" ours "$ours_iops" "$ours_cpu"
+			record "$name" "$rep" ours "$ours_iops" "$ours_cpu"
+		}
 
-		# fio, default and tuned
-		for side in fio fio-batch; do
+		# The order of ours, fio and fio-batch rotates with the repeat, so
+		# no side always runs first (right after another row's writes).
+		sides=(ours fio fio-batch)
+		k=$(((rep - 1) % 3))
+		sides=("${sides[@]:k}" "${sides[@]:0:k}")
+		for side in "${sides[@]}"; do
+			if [ "$side" = ours ]; then
+				run_ours
+				continue
+			fi
 			warm
 			args=(fio --name="$name" --filename="$file" --ioengine=io_uring --rw="$rw" --bs="$bs"
 				--iodepth="$qd" --direct="$direct" --runtime="$secs" --time_based --norandommap

@@ -14,6 +14,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/uring"
 )
 
 // The benchmark engine: one job per Context keeps qd requests in flight
@@ -105,6 +106,8 @@ type benchSpec struct {
 	runtime time.Duration
 	direct  bool
 	jobs    int
+	nodefer bool // experiment: a kernel ring without SINGLE_ISSUER/DEFER_TASKRUN
+	heap    bool // experiment: aligned heap buffers (plain READ/WRITE) instead of the arena
 }
 
 type benchResult struct {
@@ -120,6 +123,9 @@ type benchResult struct {
 	// slot warm-up); a harness that measures the whole process's CPU
 	// divides by IOs+WarmIOs.
 	WarmIOs int64 `json:"warm_ios"`
+	// Ring activity per I/O, summed over the jobs' Contexts.
+	EntersPerIO float64 `json:"enters_per_io"`
+	WaitsPerIO  float64 `json:"waits_per_io"`
 }
 
 // benchSetup is a graph on one IOThread per job with a raw node and a
@@ -153,7 +159,15 @@ func newBench(tb testing.TB, s benchSpec) *benchSetup {
 		if s.jobs > 1 {
 			cpu = i // one Context per core
 		}
-		b.io = append(b.io, start(aio.Options{Name: fmt.Sprintf("io%d", i), CPU: cpu, ArenaSize: arena}))
+		o := aio.Options{Name: fmt.Sprintf("io%d", i), CPU: cpu, ArenaSize: arena}
+		if s.nodefer {
+			r, err := uring.New(256, uring.WithoutSetupFlags(uring.IORING_SETUP_SINGLE_ISSUER))
+			if err != nil {
+				tb.Fatal(err)
+			}
+			o.Queue = r
+		}
+		b.io = append(b.io, start(o))
 	}
 	b.g = block.NewGraph(b.main)
 	cache := raw.CacheWriteback
@@ -184,6 +198,9 @@ func newBench(tb testing.TB, s benchSpec) *benchSetup {
 				if err != nil {
 					tb.Fatal(err)
 				}
+				if s.heap {
+					buf = alignedHeap(int(s.bs))
+				}
 				copy(buf, pattern(int(s.bs), uint64(k+1)))
 				j.bufs = append(j.bufs, buf)
 			}
@@ -197,6 +214,10 @@ func newBench(tb testing.TB, s benchSpec) *benchSetup {
 func (b *benchSetup) runFor(d time.Duration, count int64) benchResult {
 	var stop atomic.Bool
 	var ru0, ru1 syscall.Rusage
+	var st0, st1 aio.Stats
+	for _, j := range b.jobs {
+		j.ctx.Run(func() { st := j.ctx.Stats(); st0.Enters += st.Enters; st0.Waits += st.Waits })
+	}
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	t0 := time.Now()
 	var wg sync.WaitGroup
@@ -220,6 +241,11 @@ func (b *benchSetup) runFor(d time.Duration, count int64) benchResult {
 		res.IOs += j.done
 		res.Errors += j.errs
 	}
+	for _, j := range b.jobs {
+		j.ctx.Run(func() { st := j.ctx.Stats(); st1.Enters += st.Enters; st1.Waits += st.Waits })
+	}
+	res.EntersPerIO = float64(st1.Enters-st0.Enters) / float64(res.IOs)
+	res.WaitsPerIO = float64(st1.Waits-st0.Waits) / float64(res.IOs)
 	res.Secs = el.Seconds()
 	res.UserSecs = tv(ru1.Utime) - tv(ru0.Utime)
 	res.SysSecs = tv(ru1.Stime) - tv(ru0.Stime)
@@ -239,6 +265,8 @@ var (
 	benchRuntime = flag.Duration("rawbench.runtime", 5*time.Second, "run time")
 	benchDirect  = flag.Bool("rawbench.direct", false, "O_DIRECT (cache=none)")
 	benchJobs    = flag.Int("rawbench.jobs", 1, "jobs, one Context each (pinned to CPU i when > 1)")
+	benchHeap    = flag.Bool("rawbench.heap", false, "experiment: heap buffers, not fixed arena buffers")
+	benchNoDefer = flag.Bool("rawbench.nodefer", false, "experiment: rings without SINGLE_ISSUER/DEFER_TASKRUN")
 )
 
 // TestRawBench is the ringblk side of scripts/raw-vs-fio.sh: with
@@ -249,7 +277,7 @@ func TestRawBench(t *testing.T) {
 	if *benchFile == "" {
 		t.Skip("benchmark runner: pass -rawbench.file (see scripts/raw-vs-fio.sh)")
 	}
-	s := benchSpec{file: *benchFile, rw: *benchRW, bs: *benchBS, qd: *benchQD, runtime: *benchRuntime, direct: *benchDirect, jobs: *benchJobs}
+	s := benchSpec{file: *benchFile, rw: *benchRW, bs: *benchBS, qd: *benchQD, runtime: *benchRuntime, direct: *benchDirect, jobs: *benchJobs, nodefer: *benchNoDefer, heap: *benchHeap}
 	b := newBench(t, s)
 	warm := b.runFor(0, 2000) // warm the pools and the slot tables
 	res := b.runFor(s.runtime, 0)
@@ -277,4 +305,17 @@ func BenchmarkQD32Read4K(b *testing.B) {
 			b.ReportMetric(res.CPUNsIO, "cpu-ns/io")
 		})
 	}
+}
+
+// alignedHeap returns n bytes of 4096-aligned heap memory (a page-sized
+// allocation of a power-of-two size class is page aligned; over-allocate
+// and trim otherwise).
+func alignedHeap(n int) []byte {
+	b := make([]byte, n+4096)
+	for i := 0; i < 4096; i++ {
+		if raw.AddrAligned(b[i:], 4096) {
+			return b[i : i+n : i+n]
+		}
+	}
+	panic("unreachable")
 }

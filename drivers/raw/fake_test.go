@@ -360,3 +360,18 @@ func TestFakeBounceODirect(t *testing.T) {
 		t.Fatal("unreachable")
 	}
 }
+
+// TestFakeWriteZeroesFUA: a write-zeroes with FUA is followed by an
+// fdatasync (fallocate alone does not make it durable).
+func TestFakeWriteZeroesFUA(t *testing.T) {
+	e, n, q, _, _ := fakeFE(t, uringtest.Options{}, 64<<10, raw.Options{Cache: raw.CacheWritethrough})
+	e.on(e.ring.ResetLog)
+	c := e.batch(q, 1, func(d block.Done) { q.WriteZeroes(0, 8192, block.FUA, d, 0) })
+	if len(c.errs) != 0 {
+		t.Fatal(c.errs)
+	}
+	ops, log := e.fileOps(n)
+	if ops[uring.IORING_OP_FALLOCATE] != 1 || ops[uring.IORING_OP_FSYNC] != 1 || log[len(log)-1].Opcode != uring.IORING_OP_FSYNC {
+		t.Fatalf("write-zeroes with FUA issued %v; want a fallocate then an fsync", ops)
+	}
+}

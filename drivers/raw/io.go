@@ -47,7 +47,9 @@ func (q *rawReq) OpDone(tag uint64, _ int, err error) {
 		r.Complete(d.opError(r.Node(), r.Op, r.Off, err))
 		return
 	}
-	if tag == tagWriteFUA {
+	// FUA: a write (or a write-zeroes, which fallocate does not make
+	// durable even on O_DSYNC files) is followed by an fdatasync.
+	if tag == tagWriteFUA || (tag >= tagZeroPunch && r.Flags&block.FUA != 0) {
 		r.Context().Fsync(d.file, true, q, tagDone)
 		return
 	}

@@ -4,9 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 

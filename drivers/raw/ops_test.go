@@ -233,3 +233,34 @@ func TestOptionNames(t *testing.T) {
 		t.Error("unknown cache mode parsed")
 	}
 }
+
+// TestDrainWaitsForWorkerOps: a truncate with full preallocation runs on a
+// worker goroutine; a drain started while it runs returns only after it
+// completed, because the request stays in flight across the hop.
+func TestDrainWaitsForWorkerOps(t *testing.T) {
+	e := newEnv(t, nil, 0)
+	path := filepath.Join(dataDir(t), "img.raw")
+	if err := raw.Create(path, 1<<20, raw.PreallocOff); err != nil {
+		t.Fatal(err)
+	}
+	n := e.node(path, raw.Options{Prealloc: raw.PreallocFull})
+	fe := e.g.NewFrontEnd(block.FrontEndOptions{Name: "fe"})
+	if err := fe.Insert(n); err != nil {
+		t.Fatal(err)
+	}
+	defer fe.Close()
+	q := fe.Queue(e.main)
+	c := &counter{}
+	e.on(func() {
+		r := q.Get()
+		r.Op, r.Off = block.OpTruncate, 64<<20
+		q.Submit(r, c)
+	})
+	fe.Drain()
+	if c.n != 1 || len(c.errs) != 0 {
+		t.Fatalf("drain returned with the truncate not completed (%d completions, %v)", c.n, c.errs)
+	}
+	if st, _ := os.Stat(path); st.Size() != 64<<20 || allocated(t, path) < 60<<20 {
+		t.Fatalf("after the drain: size %d, %d bytes allocated", st.Size(), allocated(t, path))
+	}
+}

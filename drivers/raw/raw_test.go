@@ -38,10 +38,10 @@ func TestReadWriteEveryCacheMode(t *testing.T) {
 			}
 			write(0, pattern(4096, 2))
 			write(65536, pattern(128<<10, 3))
-			write(1000, pattern(3000, 4))           // unaligned offset and length
-			write(8191, pattern(1, 5))              // one byte
-			odd := pattern(4096+7, 6)[7:]           // an address that is not aligned
-			write(12288, odd)                       // aligned range, misaligned buffer
+			write(1000, pattern(3000, 4)) // unaligned offset and length
+			write(8191, pattern(1, 5))    // one byte
+			odd := pattern(4096+7, 6)[7:] // an address that is not aligned
+			write(12288, odd)             // aligned range, misaligned buffer
 			if err := n.Writev([][]byte{pattern(512, 7), pattern(1536, 8), pattern(2048, 9)}, 20480, 0); err != nil {
 				t.Fatal(err)
 			}

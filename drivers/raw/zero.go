@@ -177,7 +177,7 @@ func (z *zeroWriter) OpDone(_ uint64, _ int, err error) {
 		z.next()
 		return
 	}
-	z.r.Complete(nil)
+	(*rawReq)(z.r).OpDone(tagZeroRange, 0, nil) // FUA, if asked, follows
 }
 
 const zeroBufSize = 1 << 20
