@@ -1,29 +1,89 @@
-// Package qcow2 is the pure format layer of ringblk's qcow2 support: it
+// Package qcow2 is ringblk's qcow2 support: a pure format layer that
 // decodes, validates and encodes qcow2 metadata and maps guest ranges to
-// host extents, without doing any I/O of its own beyond an io.ReaderAt.
+// host extents, and the block driver built on it, which turns guest
+// requests on a node into requests to the node's "file" (and "backing")
+// children.
 //
 // # Layering
 //
-//	driver (later)     block.Driver: requests, allocation, COW, refcount
-//	                   updates, crash ordering, metadata cache, aio ops
+//	driver             block.Driver (driver.go, read.go, write.go, alloc.go,
+//	                   flush.go, discard.go, resize.go, create.go): requests,
+//	                   allocation, COW, refcount updates, crash ordering,
+//	                   L2 cache, coroutines for slow paths
 //	       │ uses
-//	format (this)      Header, entry codecs, Map, snapshot table,
+//	format             Header, entry codecs, Map, snapshot table, Check,
 //	                   ReadImage: pure functions plus reads through io.ReaderAt
 //
-// The driver, built later on top of this package, owns every write and the
-// ordering rules of qcow2.md §2. This layer imports only the standard
-// library, so each rule of the format is testable without a ring: header
-// parsing (ParseHeader, MarshalBinary), entry codecs (Geometry.DecodeL1Entry,
-// DecodeL2Entry, DecodeCompressed, RefcountGet/RefcountSet), guest-to-host
-// mapping (Map, style B2 "qcow2 as mapping then I/O"), the snapshot table
-// (ParseSnapshotTable, AppendSnapshotTable) and a validated read-only model
-// of an image's metadata (ReadImage → *Image).
+// The format layer imports only the standard library, so each rule of the
+// format is testable without a ring: header parsing (ParseHeader,
+// MarshalBinary), entry codecs (Geometry.DecodeL1Entry, DecodeL2Entry,
+// DecodeCompressed, RefcountGet/RefcountSet), guest-to-host mapping (Map,
+// style B2 "qcow2 as mapping then I/O"), the snapshot table
+// (ParseSnapshotTable, AppendSnapshotTable), a validated read-only model of
+// an image's metadata (ReadImage → *Image) and a consistency check with
+// qemu-img check's counts (Image.Check).
 //
 // Map turns a guest range into a short list of extents: unallocated (read
 // the backing file, or zeros), zero, data at a host offset, or compressed.
 // It takes the L1 table and a callback that returns raw L2 tables, so the
 // driver can serve them from its cache; it appends to a caller slice and
 // does not allocate when that slice has room.
+//
+// # The driver
+//
+// NewNode (or New + Graph.Open) opens an image on a file node: the file
+// node becomes the "file" child, ReadImage validates the metadata through
+// it, and a backing file is opened by the caller's BackingOpener with an
+// explicit format (raw or qcow2; never probed), a depth cap
+// (MaxBackingDepth) and cycle detection by file ID. Create writes a new
+// image with QEMU's layout (byte-identical to qemu-img create for the
+// supported options).
+//
+// Hot paths run on the request's Context without allocating: a read whose
+// L2 tables are cached maps the range under the driver's mutex and sends
+// one child read per data extent and one backing-node read per
+// unallocated extent (zero-filling the rest); a write whose
+// clusters are all allocated with COPIED set goes straight to the data
+// clusters; a flush with nothing dirty is a child flush. Everything else
+// runs as a coroutine (aio.Co) that issues child requests one at a time:
+// L2 misses, compressed clusters (inflated through a one-cluster cache),
+// and every metadata change, serialised by one coroutine mutex
+// (metaLock). Allocating writes release it while their data goes out;
+// the guest clusters stay marked in flight so that no other request
+// allocates or changes them meanwhile (R8).
+//
+// Crash ordering follows qcow2.md §2.9: metadata changes are made in
+// memory (refcount blocks, L2 tables, refcount table and L1 entries, each
+// with a dirty mark) and written back by flushMetadata in dependency order
+// with an fsync after each stage — refcount blocks (R1), refcount table
+// entries (R3), L2 tables (R1, R3, R4), L1 entries (R3) — with frees
+// deferred until the pointer removals are durable (R2) and until requests
+// that mapped the old clusters have finished their I/O. Each rule is
+// documented at the code that keeps it. Dirty L2 tables are pinned in the
+// cache and written back when they reach half of it.
+//
+// The refcount table grows (a self-describing area at the end of the
+// image, then one header write) when allocation outgrows it; Truncate
+// grows the disk (moving the L1 table to a larger one when needed, then
+// one header write of the size). Whole-cluster allocating writes are
+// batched: the clusters are allocated together and written with one child
+// write per host-contiguous run. Discard and write-zeroes follow QEMU 7.2
+// (zero flag on version 3, deallocation on version 2). Block status
+// reports the mapping; it does not ask the file for holes under data.
+// Driver.Check (block.Checker) and Image.Check count leaks and
+// corruptions as qemu-img check does.
+//
+// Not yet: shrinking; writes to extended-L2 images (refused at a
+// read-write open); packing several compressed clusters into one host
+// cluster (WriteCompressed gives each its own, Huffman-only deflate so
+// QEMU's 4 KiB window reads it); zstd; lazy refcounts (the dirty bit
+// is refused read-write); internal snapshot create/apply/delete (writes
+// after a snapshot made by QEMU do copy the shared tables and clusters);
+// bitmaps (the autoclear bit is cleared before the first write, R10);
+// repair in Check (repair modes are refused). With cache=none the 8-byte
+// pointer writes are padded by the block layer (a read-modify-write of
+// the sector under the file node's request serialisation), not from the
+// in-memory copy as QEMU does.
 //
 // # Hostile images
 //

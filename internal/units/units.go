@@ -71,4 +71,3 @@ func ParseSize(s string) (int64, error) {
 	}
 	return n << shift, nil
 }
-
