@@ -252,15 +252,18 @@ func TestFDHandlerExternal(t *testing.T) {
 		defer unix.Close(pe[1])
 		defer unix.Close(pi[0])
 		defer unix.Close(pi[1])
-		var ext, internal int
+		// The counters are written by handlers on the owner and read here:
+		// atomics, because the owner's own loop may dispatch a handler at
+		// any time, not only inside poll below.
+		var ext, internal atomic.Int32
 		drain := func(fd int) {
 			var b [64]byte
 			unix.Read(fd, b[:])
 		}
 		var hExt *FDHandler
 		onOwner(t, c, hang, func() {
-			hExt = c.SetFDHandler(pe[0], unix.POLLIN, func(uint32) { ext++; drain(pe[0]) }, true)
-			c.SetFDHandler(pi[0], unix.POLLIN, func(uint32) { internal++; drain(pi[0]) }, false)
+			hExt = c.SetFDHandler(pe[0], unix.POLLIN, func(uint32) { ext.Add(1); drain(pe[0]) }, true)
+			c.SetFDHandler(pi[0], unix.POLLIN, func(uint32) { internal.Add(1); drain(pi[0]) }, false)
 		})
 		c.DisableExternal()
 		c.DisableExternal()
@@ -268,31 +271,35 @@ func TestFDHandlerExternal(t *testing.T) {
 		unix.Write(pi[1], []byte{1})
 		poll := func() {
 			onOwner(t, c, hang, func() {
+				// Blocking polls, each bounded by a 1ms timer: a blocking
+				// poll enters the ring, which is where the fake completes
+				// the armed POLL_ADDs (non-blocking polls may not enter).
 				deadline := time.Now().Add(50 * time.Millisecond)
 				for time.Now().Before(deadline) {
-					c.Poll(false)
-					time.Sleep(time.Millisecond)
+					tm := c.AfterFunc(time.Millisecond, func() {})
+					c.Poll(true)
+					tm.Stop()
 				}
 			})
 		}
 		poll()
-		if ext != 0 || internal != 1 {
-			t.Fatalf("while disabled: external ran %d times (want 0), internal %d (want 1)", ext, internal)
+		if ext.Load() != 0 || internal.Load() != 1 {
+			t.Fatalf("while disabled: external ran %d times (want 0), internal %d (want 1)", ext.Load(), internal.Load())
 		}
 		c.EnableExternal()
 		poll()
-		if ext != 0 {
+		if ext.Load() != 0 {
 			t.Fatalf("external ran after the inner EnableExternal")
 		}
 		c.EnableExternal()
 		poll()
-		if ext != 1 {
-			t.Fatalf("external ran %d times after the outermost EnableExternal, want 1", ext)
+		if ext.Load() != 1 {
+			t.Fatalf("external ran %d times after the outermost EnableExternal, want 1", ext.Load())
 		}
 		onOwner(t, c, hang, func() { hExt.Remove() })
 		unix.Write(pe[1], []byte{1})
 		poll()
-		if ext != 1 {
+		if ext.Load() != 1 {
 			t.Fatal("handler ran after Remove")
 		}
 	})
