@@ -241,3 +241,51 @@ func TestScheduleWakeupStress(t *testing.T) {
 		}
 	})
 }
+
+// TestRunFromMainOnStoppingContext: main's Run on an IOThread that stops
+// meanwhile either runs the function or panics saying the Context stopped
+// first; it never hangs (the exiting Context kicks main, and Run's wait
+// ends when its target has exited).
+func TestRunFromMainOnStoppingContext(t *testing.T) {
+	e := newEnv(t, "kernel")
+	rounds := 60
+	if testing.Short() {
+		rounds = 20
+	}
+	m := e.start(Options{Name: "main", Main: true}, nil)
+	ran, stopped := 0, 0
+	for i := 0; i < rounds; i++ {
+		io, err := New(Options{Name: "io", CPU: NoCPU})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := io.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			time.Sleep(time.Duration(i%7) * 100 * time.Microsecond)
+			io.Stop()
+		}()
+		onOwner(t, m, 10*time.Second, func() {
+			for {
+				msg := panicMsg(func() { io.Run(func() {}) })
+				switch {
+				case msg == "":
+					ran++
+					continue
+				case strings.Contains(msg, "stopped before a Run function ran"),
+					strings.Contains(msg, "that is not running"):
+					stopped++
+				default:
+					panic(msg)
+				}
+				return
+			}
+		})
+		<-io.Stopped()
+	}
+	if stopped != rounds {
+		t.Fatalf("%d of %d rounds ended with the stop reported", stopped, rounds)
+	}
+	t.Logf("%d Runs completed, %d ended by the stop, no hang", ran, stopped)
+}

@@ -270,6 +270,7 @@ func (c *Context) ownerMain(errc chan<- error) {
 	c.tid.Store(0)
 	c.state.Store(stateStopped)
 	close(c.exited)
+	kickMains() // a main Context may be waiting in Run for c
 	// A pinned thread ends with this goroutine (a locked goroutine that
 	// exits takes its thread with it), so its affinity never leaks into
 	// Go's thread pool.
@@ -388,6 +389,17 @@ func unregister(c *Context) {
 
 // callerContext returns the running Context whose owner thread is the
 // calling thread and which currently holds its own token, or nil.
+// kickMains kicks every running main Context.
+func kickMains() {
+	if l := registry.list.Load(); l != nil {
+		for _, m := range *l {
+			if m.main {
+				m.Kick()
+			}
+		}
+	}
+}
+
 func callerContext() *Context {
 	l := registry.list.Load()
 	if l == nil {

@@ -287,6 +287,16 @@ func (c *Context) WaitWhile(cond func() bool) bool {
 	return waited
 }
 
+// exitedNow reports whether c's owner goroutine has finished.
+func (c *Context) exitedNow() bool {
+	select {
+	case <-c.exited:
+		return true
+	default:
+		return false
+	}
+}
+
 // Kick wakes a WaitWhile that polls c (normally the main Context): if
 // anyone waits, it schedules an empty BH on c, which ends c's blocking wait
 // so the waiter re-evaluates its condition. Any goroutine; one atomic load
@@ -330,7 +340,17 @@ func (c *Context) Run(fn func()) {
 			fn()
 			caller.Schedule(func() { done = true })
 		})
-		caller.WaitWhile(func() bool { return !done })
+		// An exiting Context kicks every main Context (see ownerMain), so
+		// a target that stops before running fn ends this wait too.
+		caller.WaitWhile(func() bool { return !done && !c.exitedNow() })
+		if !done {
+			// fn may have run during the stop, its done BH already pushed
+			// to us before the exit: run our BHs once to see it.
+			caller.Poll(false)
+		}
+		if !done {
+			panic("assertion failed: aio: Context " + c.name + " stopped before a Run function ran")
+		}
 		return
 	}
 	ch := make(chan struct{})
