@@ -39,18 +39,20 @@
 // image with QEMU's layout (byte-identical to qemu-img create for the
 // supported options).
 //
-// Hot paths run on the request's Context without allocating: a read whose
-// L2 tables are cached maps the range under the driver's mutex and sends
-// one child read per data extent and one backing-node read per
-// unallocated extent (zero-filling the rest); a write whose
-// clusters are all allocated with COPIED set goes straight to the data
-// clusters; a flush with nothing dirty is a child flush. Everything else
-// runs as a coroutine (aio.Co) that issues child requests one at a time:
-// L2 misses, compressed clusters (inflated through a one-cluster cache),
-// and every metadata change, serialised by one coroutine mutex
-// (metaLock). Allocating writes release it while their data goes out;
-// the guest clusters stay marked in flight so that no other request
-// allocates or changes them meanwhile (R8).
+// Hot paths run on the request's Context without allocating: a read
+// whose L2 tables are cached maps the range under the driver's mutex and
+// sends one child read per data extent and one backing-node read per
+// unallocated extent (zero-filling the rest); a write whose clusters are
+// all allocated with COPIED set goes straight to the data clusters; a
+// flush with nothing dirty is a child flush. Everything else runs as a
+// coroutine (aio.Co) that issues child requests one at a time: L2 misses,
+// compressed clusters (inflated through a one-cluster cache), and every
+// metadata change, serialised by one coroutine mutex (metaLock).
+// Allocating writes release it while their data goes out; the guest
+// clusters stay marked in flight so that no other request allocates or
+// changes them meanwhile (R8). L2 tables live in a small bounded per-image
+// cache (l2cache.go, whole tables, no slices) used through a few methods
+// (get, put, markDirty, drop), so the shared cache package can replace it.
 //
 // Crash ordering follows qcow2.md §2.9: metadata changes are made in
 // memory (refcount blocks, L2 tables, refcount table and L1 entries, each
