@@ -1,0 +1,394 @@
+package qcow2
+
+import (
+	"encoding/binary"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// Allocation and refcounts. Everything here REQUIRES metaLock (the
+// coroutine mutex that serialises metadata changes) and runs in a
+// coroutine; mu is taken only around in-memory updates.
+//
+// Refcount increments are made in the cached refcount block and marked
+// dirty; the block reaches the disk in stage A of flushMetadata, before
+// any L2 table or L1 entry that points at the new cluster (R1). Frees are
+// deferred (R2): pendingFrees is applied only after a flush made the
+// removal of the pointers durable.
+
+// hostFree is a host byte range whose clusters each lose one reference
+// once the pointer removal is durable.
+type hostFree struct{ off, n int64 }
+
+// refcountBlock returns the refcount block covering host cluster index
+// idx, loading it if needed, or nil when the refcount table has no block
+// there. errNoSpace when idx lies beyond what the refcount table covers.
+func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64, err error) {
+	cs := d.geo.ClusterSize()
+	ti, bi = d.geo.RefcountIndex(idx * cs)
+	d.mu.Lock()
+	if ti >= int64(len(d.rt)) {
+		d.mu.Unlock()
+		return nil, ti, bi, errNoSpace
+	}
+	off := int64(d.rt[ti])
+	rb = d.rb[off]
+	d.mu.Unlock()
+	if off == 0 || rb != nil {
+		return rb, ti, bi, nil
+	}
+	buf := make([]byte, cs)
+	if err := d.fileRead(co, nil, buf, off); err != nil {
+		return nil, ti, bi, err
+	}
+	d.mu.Lock()
+	if d.rb[off] == nil {
+		d.rb[off] = &refBlock{buf: buf}
+	}
+	rb = d.rb[off]
+	d.mu.Unlock()
+	return rb, ti, bi, nil
+}
+
+// allocCluster finds a free host cluster, gives it refcount 1 and returns
+// its offset. A missing refcount block is created on the way, describing
+// itself (it covers its own cluster), like QEMU's alloc_refcount_block.
+func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
+	cs := d.geo.ClusterSize()
+	order := d.geo.RefcountOrder
+	for {
+		idx := max(d.freeIdx, 1) // R5: never cluster 0
+		rb, ti, bi, err := d.refcountBlock(co, idx)
+		if err == errNoSpace {
+			if err := d.growRefcountTable(co); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if rb == nil {
+			// No refcount block: every cluster it would cover is free.
+			// Put the new block in the first of them, idx itself, so its
+			// own refcount lives in it. Stage A writes the block, stage B
+			// the table entry (R3: block durable before the pointer).
+			off := idx * cs
+			if d.overlapsMetadata(off, cs) {
+				return 0, d.markCorrupt(co, off, "refcount block allocation")
+			}
+			buf := make([]byte, cs)
+			if err := RefcountSet(buf, order, bi, 1); err != nil {
+				return 0, err
+			}
+			d.mu.Lock()
+			d.rb[off] = &refBlock{buf: buf, dirty: true}
+			d.rt[ti] = uint64(off)
+			d.metaClusters[off] = struct{}{}
+			d.dirtyRT[ti] = true
+			d.growFile(off + cs)
+			d.freeIdx = idx + 1
+			d.mu.Unlock()
+			continue
+		}
+		d.mu.Lock()
+		rc, err := RefcountGet(rb.buf, order, bi)
+		if err != nil {
+			d.mu.Unlock()
+			return 0, err
+		}
+		if rc != 0 {
+			d.freeIdx = idx + 1
+			d.mu.Unlock()
+			continue
+		}
+		off := idx * cs
+		if d.overlapsMetadataLocked(off, cs) {
+			d.mu.Unlock()
+			return 0, d.markCorrupt(co, off, "allocation")
+		}
+		if err := RefcountSet(rb.buf, order, bi, 1); err != nil {
+			d.mu.Unlock()
+			return 0, err
+		}
+		rb.dirty = true
+		d.freeIdx = idx + 1
+		d.growFile(off + cs)
+		d.mu.Unlock()
+		return off, nil
+	}
+}
+
+// growFile records that the image now ends at least at end, so entries
+// pointing there decode (Geometry.FileSize is the end-of-file check).
+// REQUIRES: mu held.
+func (d *Driver) growFile(end int64) {
+	if end > d.geo.FileSize {
+		d.geo.FileSize = end
+	}
+}
+
+// applyFrees decrements the refcount of every cluster in pendingFrees.
+// REQUIRES: the pointer removals they stand for are durable (R2).
+func (d *Driver) applyFrees(co *aio.Co) error {
+	d.mu.Lock()
+	frees := d.pendingFrees
+	d.pendingFrees = nil
+	d.mu.Unlock()
+	if len(frees) == 0 {
+		return nil
+	}
+	// Requests that mapped a cluster before its pointer went away may
+	// still be using it: let them finish before it can be reused.
+	d.waitIOEpoch(co)
+	cs := d.geo.ClusterSize()
+	for _, f := range frees {
+		for c := f.off &^ (cs - 1); c < f.off+f.n; c += cs {
+			if err := d.decref(co, c); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (d *Driver) decref(co *aio.Co, off int64) error {
+	cs := d.geo.ClusterSize()
+	rb, _, bi, err := d.refcountBlock(co, off/cs)
+	if err != nil {
+		return err
+	}
+	if rb == nil {
+		return corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rc, err := RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	if err != nil {
+		return err
+	}
+	if rc == 0 {
+		return corrupt("refcount", uint64(off), "freeing a cluster whose refcount is already 0")
+	}
+	if err := RefcountSet(rb.buf, d.geo.RefcountOrder, bi, rc-1); err != nil {
+		return err
+	}
+	rb.dirty = true
+	if rc == 1 {
+		d.l2.drop(off)
+		d.zcache.buf = nil
+		if off/cs < d.freeIdx {
+			d.freeIdx = off / cs
+		}
+	}
+	return nil
+}
+
+// l2ForWrite returns the cached, pinned (unpin with l2Unpin) L2 table for L1 index l1i, allocating a
+// new one when the entry is empty and copying a shared one (COPIED clear,
+// after a snapshot) — in both cases the new table is dirty and the L1
+// entry is updated in memory and queued for stage D.
+func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Table, int64, error) {
+	d.mu.Lock()
+	if l1i >= int64(len(d.l1)) {
+		d.mu.Unlock()
+		return nil, 0, corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
+	}
+	l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
+	var t *l2Table
+	if err == nil && l2Off != 0 {
+		t = d.l2.get(l2Off)
+	}
+	d.mu.Unlock()
+	if err != nil {
+		return nil, 0, withField(err, indexed("l1_table", uint64(l1i)))
+	}
+	for tries := 0; l2Off != 0 && t == nil && tries < 4; tries++ {
+		if err := d.loadL2(co, parent, l2Off); err != nil {
+			return nil, 0, err
+		}
+		d.mu.Lock()
+		t = d.l2.get(l2Off)
+		d.mu.Unlock()
+	}
+	if l2Off != 0 && t == nil {
+		if t == nil {
+			return nil, 0, &FormatError{Field: "l2_cache", Reason: "L2 table evicted while loading", Err: ErrLimit}
+		}
+	}
+	if l2Off != 0 && copied {
+		d.mu.Lock()
+		t.pins++
+		d.mu.Unlock()
+		return t, l2Off, nil
+	}
+	// New table (zeros), or a copy of a shared one.
+	newOff, err := d.allocCluster(co)
+	if err != nil {
+		return nil, 0, err
+	}
+	buf := make([]byte, d.geo.ClusterSize())
+	d.mu.Lock()
+	if t != nil {
+		// t is not pinned: copy it while mu is held.
+		copy(buf, t.buf)
+		// The old table stays referenced by a snapshot; the active L1
+		// drops its reference once the new L1 entry is durable.
+		d.pendingFrees = append(d.pendingFrees, hostFree{l2Off, 1})
+	}
+	nt := d.l2.put(newOff, buf)
+	d.l2.markDirty(nt)
+	nt.pins++
+	e, _ := d.geo.EncodeL1Entry(newOff, true)
+	d.l1[l1i] = e
+	d.metaClusters[newOff] = struct{}{}
+	if t != nil {
+		delete(d.metaClusters, l2Off) // now only a snapshot's (inactive) table
+	}
+	d.dirtyL1[l1i] = true
+	d.mu.Unlock()
+	return nt, newOff, nil
+}
+
+// setL2Entry stores entry e at index i of table t. REQUIRES: mu held.
+func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
+	binary.BigEndian.PutUint64(t.buf[i*d.geo.L2EntrySize():], e)
+	d.l2.markDirty(t)
+}
+
+func (d *Driver) l2Unpin(t *l2Table) {
+	d.mu.Lock()
+	t.pins--
+	d.mu.Unlock()
+}
+
+// growRefcountTable replaces the refcount table with a larger one (QEMU's
+// qcow2_refcount_area, simplified), when an allocation reaches a cluster
+// the current table cannot describe. The new table and any refcount blocks
+// it needs go at the end of the image, in an area that describes itself:
+//
+//  1. flushMetadata, so nothing else is dirty;
+//  2. refcounts of the area's clusters set to 1, in existing blocks or in
+//     new blocks placed right after the new table; blocks written, new
+//     table written; fsync (R3: the new structures are durable first);
+//  3. one 12-byte header write of refcount_table_offset and
+//     refcount_table_clusters (R6); fsync;
+//  4. the old table's clusters are freed after that (R2).
+//
+// REQUIRES: metaLock held.
+func (d *Driver) growRefcountTable(co *aio.Co) error {
+	if err := d.flushMetadata(co, nil); err != nil {
+		return err
+	}
+	cs := d.geo.ClusterSize()
+	perBlock := d.geo.RefcountBlockEntries()
+	d.mu.Lock()
+	oldRT := d.rt
+	oldOff, oldClusters := int64(d.hdr.RefcountTableOffset), int64(d.hdr.RefcountTableClusters)
+	start := (d.geo.FileSize + cs - 1) / cs
+	d.mu.Unlock()
+	has := func(ti int64) bool { return ti < int64(len(oldRT)) && oldRT[ti] != 0 }
+
+	// Fixed point: table clusters t and new blocks b so that the table
+	// holds an entry for every block covering [start, start+t+b).
+	t, b := max(oldClusters*2, 1), int64(0)
+	for i := 0; ; i++ {
+		if i > 64 {
+			return limit("refcount_table_clusters", uint64(t), "refcount table growth does not converge")
+		}
+		end := start + t + b
+		nb := int64(0)
+		for ti := start / perBlock; ti <= (end-1)/perBlock; ti++ {
+			if !has(ti) {
+				nb++
+			}
+		}
+		nt := max(t, ((end-1)/perBlock+1)*8/cs+1)
+		if nb == b && nt == t {
+			break
+		}
+		b, t = nb, nt
+	}
+	if t*cs > MaxRefcountTableBytes {
+		return limit("refcount_table_clusters", uint64(t), "refcount table would exceed its limit")
+	}
+	tableOff := start * cs
+	end := start + t + b
+	newRT := make([]uint64, t*cs/8)
+	copy(newRT, oldRT)
+	blocks := make(map[int64][]byte)
+	next := start + t
+	for ti := start / perBlock; ti <= (end-1)/perBlock; ti++ {
+		if !has(ti) {
+			newRT[ti] = uint64(next * cs)
+			blocks[next*cs] = make([]byte, cs)
+			next++
+		}
+	}
+	// Refcount 1 for every cluster of the area.
+	for c := start; c < end; c++ {
+		ti, bi := c/perBlock, c%perBlock
+		var buf []byte
+		if has(ti) {
+			rb, _, _, err := d.refcountBlock(co, c)
+			if err != nil {
+				return err
+			}
+			d.mu.Lock()
+			rb.dirty = true
+			buf = rb.buf
+			d.mu.Unlock()
+		} else {
+			buf = blocks[int64(newRT[ti])]
+		}
+		d.mu.Lock()
+		err := RefcountSet(buf, d.geo.RefcountOrder, bi, 1)
+		d.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	// Step 2: existing blocks (stage A of a flush) and the new structures.
+	if err := d.flushStages(co, nil); err != nil {
+		return err
+	}
+	for off, buf := range blocks {
+		if err := d.fileWrite(co, nil, buf, off); err != nil {
+			return err
+		}
+	}
+	tb := make([]byte, t*cs)
+	for i, e := range newRT {
+		putU64(tb[i*8:], e)
+	}
+	if err := d.fileWrite(co, nil, tb, tableOff); err != nil {
+		return err
+	}
+	if err := d.fileSync(co, nil); err != nil {
+		return err
+	}
+	// Step 3: switch.
+	var hb [12]byte
+	putU64(hb[:], uint64(tableOff))
+	hb[8], hb[9], hb[10], hb[11] = byte(t>>24), byte(t>>16), byte(t>>8), byte(t)
+	if err := d.fileWrite(co, nil, hb[:], 48); err != nil {
+		return err
+	}
+	if err := d.fileSync(co, nil); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.rt = newRT
+	d.hdr.RefcountTableOffset = uint64(tableOff)
+	d.hdr.RefcountTableClusters = uint32(t)
+	for off, buf := range blocks {
+		d.rb[off] = &refBlock{buf: buf}
+		d.metaClusters[off] = struct{}{}
+	}
+	d.growFile(end * cs)
+	// Step 4: the old table is unreachable and durable so: free it.
+	d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldClusters * cs})
+	d.mu.Unlock()
+	return nil
+}

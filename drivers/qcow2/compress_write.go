@@ -1,0 +1,118 @@
+package qcow2
+
+import (
+	"bytes"
+	"compress/flate"
+	"syscall"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// WriteCompressed writes whole clusters compressed (block.CompressedWriter,
+// QEMU's write -c / convert -c). r.Off must be cluster aligned and r.Len a
+// multiple of the cluster size (or reach the end of the disk); anything
+// else is EINVAL, as in QEMU.
+//
+// The encoder is compress/flate with HuffmanOnly: QEMU inflates with a
+// 4 KiB window, and Go's LZ77 matcher may refer up to 32 KiB back, which
+// QEMU rejects ("invalid distance too far back", qcow2.md §0 item 6).
+// Huffman-only streams have no back-references at all, so they are valid
+// for any window; they compress less. A cluster that does not shrink is
+// written as a normal cluster, like QEMU does.
+//
+// Each compressed cluster gets a host cluster of its own (QEMU packs
+// several into one; both are valid, ours wastes the tail): refcount 1,
+// the L2 entry written after the data like any allocation (R1, R4 via the
+// flush stages), the old cluster freed after the flush (R2).
+func (d *Driver) WriteCompressed(r *block.Request) {
+	cs := d.geo.ClusterSize()
+	d.mu.Lock()
+	size := d.geo.Size
+	d.mu.Unlock()
+	if r.Off%cs != 0 || (r.Len%cs != 0 && r.Off+r.Len != size) || r.Off+r.Len > size {
+		r.Complete(&block.Error{Kind: block.OutOfBounds, Op: r.Op, Node: d.nodeName(), Offset: r.Off, Err: syscall.EINVAL})
+		return
+	}
+	r.Context().Go(func(co *aio.Co) {
+		d.metaLock.lock(co)
+		err := d.writeCompressedLocked(co, r)
+		d.metaLock.unlock()
+		r.CompleteLater(d.formatErr(block.OpWrite, r.Off, err))
+	})
+}
+
+func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
+	if err := d.prepareWrite(co, r); err != nil {
+		return err
+	}
+	cs := d.geo.ClusterSize()
+	plain := make([]byte, cs)
+	var out bytes.Buffer
+	for skip := int64(0); skip < r.Len; skip += cs {
+		off := r.Off + skip
+		k := min(cs, r.Len-skip)
+		clear(plain)
+		iovCopyOut(plain[:k], r.Iov, skip)
+		out.Reset()
+		w, err := flate.NewWriter(&out, flate.HuffmanOnly)
+		if err != nil {
+			return err
+		}
+		w.Write(plain) // a whole cluster: QEMU inflates exactly cluster_size bytes
+		if err := w.Close(); err != nil {
+			return err
+		}
+		if int64(out.Len()) >= cs {
+			win := iovSlice(nil, r.Iov, skip, k)
+			if err := d.writeCluster(co, r, win, off, k); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := d.writeCompressedCluster(co, r, off, out.Bytes()); err != nil {
+			return err
+		}
+	}
+	if d.needFlush() {
+		return d.flushMetadata(co, r)
+	}
+	return nil
+}
+
+func (d *Driver) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, data []byte) error {
+	l1i, l2i, _ := d.geo.Split(off)
+	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+	t, _, err := d.l2ForWrite(co, r, l1i)
+	if err != nil {
+		return err
+	}
+	defer d.l2Unpin(t)
+	host, err := d.allocCluster(co)
+	if err != nil {
+		return err
+	}
+	ne, err := d.geo.EncodeCompressed(host, int64(len(data)))
+	if err != nil {
+		return d.abortAlloc(host, err)
+	}
+	if err := d.fileWrite(co, r, data, host); err != nil {
+		return d.abortAlloc(host, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
+	le, err := d.geo.DecodeL2Entry(e, bm)
+	if err != nil {
+		return err
+	}
+	d.cowPending = true
+	d.setL2EntryLocked(t, l2i, ne)
+	switch le.Type {
+	case Normal, ZeroAlloc:
+		d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+	case Compressed:
+		d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+	}
+	return nil
+}

@@ -1,0 +1,210 @@
+package qcow2
+
+import (
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// Discard and write-zeroes (qcow2.md §2.5), in a coroutine under
+// metaLock. Whole clusters change their L2 entry only; the entry reaches
+// the disk in stage C of the next flush and the old host cluster is freed
+// after that (R2). Host ranges are never punched (so R9, "never punch a
+// reused cluster", holds trivially).
+//
+//	                      v3                           v2, no backing   v2 + backing
+//	discard, whole       ZERO_PLAIN, free old          entry 0, free    Unsupported
+//	zeroes, whole        COPIED normal → ZERO_ALLOC    entry 0, free    real zeros
+//	                     (MayUnmap: ZERO_PLAIN, free)
+//	discard, partial     ignored
+//	zeroes, partial      real zeros, unless the cluster already reads as
+//	                     zero (v3 unallocated: the whole cluster gets ZERO_PLAIN)
+//	zeroes, unallocated  v3: ZERO_PLAIN (QEMU's zero_in_l2_slice does too)
+
+type zeroMode uint8
+
+const (
+	modeDiscard zeroMode = iota
+	modeZero
+	modeZeroUnmap
+)
+
+// Discard drops whole clusters of the range.
+func (d *Driver) Discard(r *block.Request) {
+	d.runZero(r, modeDiscard, block.OpDiscard)
+}
+
+// WriteZeroes makes the range read as zeros.
+func (d *Driver) WriteZeroes(r *block.Request) {
+	m := modeZero
+	if r.Flags&block.MayUnmap != 0 {
+		m = modeZeroUnmap
+	}
+	d.runZero(r, m, block.OpWriteZeroes)
+}
+
+func (d *Driver) runZero(r *block.Request, m zeroMode, op block.Op) {
+	r.Context().Go(func(co *aio.Co) {
+		err := d.zeroRange(co, r, m)
+		if err == nil && r.Flags&block.FUA != 0 {
+			d.metaLock.lock(co)
+			err = d.flushMetadata(co, r)
+			d.metaLock.unlock()
+			if err == nil {
+				err = d.fileSync(co, r)
+			}
+		}
+		r.CompleteLater(d.formatErr(op, r.Off, err))
+	})
+}
+
+func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
+	d.mu.Lock()
+	size := d.geo.Size
+	d.mu.Unlock()
+	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
+		return outOfRange("guest_offset", uint64(max(r.Off, 0)), "request outside the virtual disk")
+	}
+	d.metaLock.lock(co)
+	defer d.metaLock.unlock()
+	if err := d.prepareWrite(co, r); err != nil {
+		return err
+	}
+	cs := d.geo.ClusterSize()
+	off, end := r.Off, r.Off+r.Len
+	var zeros []byte
+	for off < end {
+		in := off & (cs - 1)
+		k := min(end-off, cs-in)
+		whole := in == 0 && (k == cs || off+k == size)
+		var err error
+		switch {
+		case whole:
+			err = d.zeroCluster(co, r, off, m)
+		case m != modeDiscard:
+			if zeros == nil {
+				zeros = make([]byte, cs)
+			}
+			err = d.zeroPartial(co, r, off, zeros[:k])
+		}
+		if err != nil {
+			return err
+		}
+		off += k
+	}
+	if d.needFlush() {
+		return d.flushMetadata(co, r)
+	}
+	return nil
+}
+
+// peekEntry returns the L2 entry of guest offset off without allocating
+// anything; ok is false when the L1 entry is empty.
+func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le L2Entry, ok bool, err error) {
+	if _, err := d.mapRange(co, r, nil, off, 1); err != nil {
+		return le, false, err
+	}
+	l1i, l2i, _ := d.geo.Split(off)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l2Off := int64(d.l1[l1i] & offsetMask)
+	if l2Off == 0 {
+		return le, false, nil
+	}
+	t := d.l2.get(l2Off)
+	if t == nil { // evicted since mapRange: the caller takes the general path
+		return le, true, errMiss
+	}
+	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
+	le, err = d.geo.DecodeL2Entry(e, bm)
+	return le, true, err
+}
+
+func readsZero(t ClusterType, backing bool) bool {
+	return t == ZeroPlain || t == ZeroAlloc || (t == Unallocated && !backing)
+}
+
+func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byte) error {
+	le, _, err := d.peekEntry(co, r, off)
+	if err != nil && err != errMiss {
+		return err
+	}
+	if err == nil && readsZero(le.Type, d.backing != nil) {
+		// The whole cluster reads as zero already. Like QEMU, a version 3
+		// image records that with the zero flag (so qemu-img map shows
+		// the same); a version 2 image needs nothing.
+		if d.geo.ZeroFlag && le.Type == Unallocated {
+			cs := d.geo.ClusterSize()
+			return d.zeroCluster(co, r, off&^(cs-1), modeZero)
+		}
+		return nil
+	}
+	return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
+}
+
+func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode) error {
+	hasBacking := d.backing != nil
+	le, mapped, err := d.peekEntry(co, r, off)
+	if err != nil && err != errMiss {
+		return err
+	}
+	// An unallocated cluster with nothing below reads as zero already.
+	// Discard leaves it so; write-zeroes on version 3 sets the zero flag
+	// anyway (allocating the L2 table if needed), as QEMU 7.2 does.
+	skipUnallocated := m == modeDiscard || !d.geo.ZeroFlag
+	if err == nil && !mapped && !hasBacking && skipUnallocated {
+		return nil
+	}
+	if err == nil && (le.Type == ZeroPlain || (le.Type == Unallocated && !hasBacking && skipUnallocated)) {
+		return nil
+	}
+	if !d.geo.ZeroFlag && hasBacking {
+		if m == modeDiscard {
+			return unsupported("version", 2, "discard in a version 2 image with a backing file")
+		}
+		zeros := make([]byte, min(d.geo.ClusterSize(), d.geo.Size-off))
+		return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
+	}
+	l1i, l2i, _ := d.geo.Split(off)
+	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+	t, _, err := d.l2ForWrite(co, r, l1i)
+	if err != nil {
+		return err
+	}
+	defer d.l2Unpin(t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
+	le, err = d.geo.DecodeL2Entry(e, bm)
+	if err != nil {
+		return err
+	}
+	var ne uint64
+	free := true
+	switch {
+	case !d.geo.ZeroFlag:
+		ne = 0
+	case m == modeZero && le.Type == Normal && le.Copied:
+		ne, err = d.geo.EncodeL2Entry(ZeroAlloc, le.HostOff, true)
+		free = false
+	case m == modeZero && le.Type == ZeroAlloc:
+		return nil
+	default:
+		ne, err = d.geo.EncodeL2Entry(ZeroPlain, 0, false)
+	}
+	if err != nil {
+		return err
+	}
+	if ne == e {
+		return nil
+	}
+	d.setL2EntryLocked(t, l2i, ne)
+	if free {
+		switch le.Type {
+		case Normal, ZeroAlloc:
+			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+		case Compressed:
+			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		}
+	}
+	return nil
+}

@@ -1,0 +1,342 @@
+package qcow2
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// MaxBackingDepth caps the backing chain below an image: a deeper chain is
+// refused at open (style B5: "limits are errors"), whatever the opener does.
+const MaxBackingDepth = 16
+
+// BackingRequest asks a BackingOpener for the backing node of an image.
+// The format is always explicit ("raw" or "qcow2", from the image's backing
+// format extension): nothing is probed, because the image is untrusted.
+type BackingRequest struct {
+	Name   string // backing_file as stored in the image (not resolved)
+	Format string // "raw" or "qcow2"
+	// Depth is the depth the backing node will have (1 for the backing
+	// file of the top image). A qcow2 opener passes Depth and Chain on to
+	// the backing qcow2 driver's DriverOptions.
+	Depth int
+	// Chain lists the IDs of every image above the backing node, top
+	// first, for cycle detection.
+	Chain []string
+}
+
+// BackingOpener opens the backing node of an image. It is supplied by the
+// caller (block never imports a driver, and this package does not open
+// files by name). The returned node's reference passes to the driver.
+type BackingOpener func(req BackingRequest) (*block.Node, error)
+
+// DriverOptions configure a qcow2 driver.
+type DriverOptions struct {
+	// Backing opens the backing file. Nil: an image with a backing file
+	// fails to open (Unsupported) unless IgnoreBacking is set.
+	Backing BackingOpener
+	// IgnoreBacking reads unallocated clusters as zeros even when the
+	// image names a backing file (qemu-img's -U-less "no backing" mode).
+	IgnoreBacking bool
+	// ID identifies the image file for cycle detection (for example
+	// "dev:inode"); Chain and Depth are where the image sits in a backing
+	// chain (see BackingRequest). An image whose ID is in Chain is refused.
+	ID    string
+	Chain []string
+	Depth int
+	// L2CacheBytes bounds the clean L2 tables kept in memory (default
+	// 8 MiB, at least 4 tables). Dirty tables are flushed when they reach
+	// half of it.
+	L2CacheBytes int64
+	// Image tightens the open-time limits of ReadImage (ReadWrite is set
+	// from the node's read-only option).
+	Image Options
+}
+
+// Driver is the qcow2 block.Driver: one image on a "file" child node.
+//
+// Threading: Open, Close and Length run on the main Context; request
+// methods run on any Context. mu guards every piece of in-memory metadata
+// (L1 copy, L2 cache, refcount blocks, dirty sets, geometry) and is never
+// held across I/O or a coroutine yield. Everything that changes metadata
+// runs in a coroutine holding metaLock, a coroutine mutex held across
+// metadata I/O: flushes, discards, zero writes, resizes and the
+// allocation and linking steps of allocating writes. An allocating write
+// drops metaLock while it writes the new cluster's data, with the guest
+// clusters marked in flight (inflight); anything else that would change
+// their L2 entries waits for it (rule R8). Reads and in-place writes to
+// COPIED clusters take neither.
+type Driver struct {
+	block.DriverBase
+	opts DriverOptions
+
+	node    *block.Node
+	file    *block.Child
+	backing *block.Child
+	// backingSize is the backing node's length, read at open.
+	backingSize int64
+
+	readOnly bool
+
+	mu     sync.Mutex
+	hdr    *Header
+	geo    Geometry // FileSize tracks the end of allocated space
+	l1     []uint64
+	rt     []uint64 // refcount table
+	snaps  []Snapshot
+	snapSz int64
+	l2     *l2Cache
+	rb     map[int64]*refBlock // loaded refcount blocks, by host offset
+	// metaClusters holds the offsets of every refcount block and active
+	// L2 table, for the overlap check (R5) of data writes.
+	metaClusters map[int64]struct{}
+	// dirty state, flushed in dependency order (flush.go)
+	dirtyRT      map[int64]bool // refcount table indexes to write
+	dirtyL1      map[int64]bool // L1 indexes to write
+	pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
+	cowPending   bool           // data or COW written since the last fsync (R4)
+	freeIdx      int64          // first cluster index that may be free
+	corruptErr   error          // set once an overlap check fired: every request fails
+	headerReady  bool           // R10 done: autoclear bits cleared before the first write
+
+	metaLock coMutex
+	// inflight maps guest cluster indexes to the allocating write that is
+	// writing their new host cluster without metaLock (write.go).
+	inflight map[int64]*inflightAlloc
+
+	// I/O epochs (read.go): requests in flight per epoch parity, and the
+	// one coroutine (under metaLock) waiting for a parity to drain.
+	ioEpoch    uint32
+	ioActive   [2]int64
+	freeWaiter *aio.Co
+	freeParity uint32
+
+	states  stateFreeList
+	l2HitFn L2Func // bound once: no allocation per Map call
+	missOff int64  // set by l2Hit under mu: the table that missed
+	// zcache holds the last inflated compressed cluster. Dropped when a
+	// cluster is freed (its host bytes may be reused).
+	zcache struct {
+		desc CompressedDescriptor
+		buf  []byte
+	}
+
+	pendingFile *block.Node // between New and Open
+}
+
+// New returns a driver for the image on file. The node built around it
+// (Graph.Open) attaches file as its "file" child; the caller's reference
+// on file passes to the driver, which drops it once the edge holds its
+// own, or when Open fails. If Graph.Open fails before it calls Open (bad
+// options, duplicate name), call Release to drop it.
+func New(file *block.Node, opts DriverOptions) *Driver {
+	d := &Driver{opts: opts}
+	d.pendingFile = file
+	return d
+}
+
+// Release drops the file reference of a driver whose Open never ran.
+func (d *Driver) Release() {
+	if f := d.pendingFile; f != nil {
+		d.pendingFile = nil
+		f.Unref()
+	}
+}
+
+// NewNode opens a qcow2 node over file in g, taking over the caller's
+// reference on file (dropped on failure). nopts.ReadOnly decides a
+// read-only or read-write open. The caller holds the node's reference.
+func NewNode(g *block.Graph, file *block.Node, opts DriverOptions, nopts block.Options) (*block.Node, error) {
+	d := New(file, opts)
+	n, err := g.Open(d, nopts)
+	if err != nil {
+		d.Release()
+	}
+	return n, err
+}
+
+// errMiss reports an L2 table that is not in the cache (fast path only).
+var errMiss = errors.New("qcow2: l2 cache miss")
+
+// Open attaches the file child, reads and validates the image's metadata
+// through it, and opens the backing chain.
+func (d *Driver) Open(n *block.Node) error {
+	d.node = n
+	d.readOnly = n.ReadOnly()
+	file := d.pendingFile
+	d.pendingFile = nil
+	if file == nil {
+		return d.openErr(block.InvalidFormat, errors.New("qcow2: no file node"))
+	}
+	for _, id := range d.opts.Chain {
+		if d.opts.ID != "" && id == d.opts.ID {
+			file.Unref()
+			return d.openErr(block.InvalidFormat, errors.New("qcow2: backing chain loops back to "+id))
+		}
+	}
+	c, err := n.Graph().Attach(n, file, block.ChildSpec{Name: "file", Role: block.RoleFile | block.RolePrimary})
+	// Attach took its own reference; drop the one handed to us.
+	file.Unref()
+	if err != nil {
+		return err
+	}
+	d.file = c
+	size, err := file.Length()
+	if err != nil {
+		return err
+	}
+	iopts := d.opts.Image
+	iopts.ReadWrite = !d.readOnly
+	im, err := ReadImage(nodeReader{file}, size, iopts)
+	if err != nil {
+		return d.formatErr(block.OpOpen, 0, err)
+	}
+	if !d.readOnly && im.Geometry.ExtendedL2 {
+		return d.openErr(block.Unsupported, errors.New("qcow2: writing images with extended L2 entries is not supported; open read-only"))
+	}
+	d.hdr, d.geo, d.l1, d.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
+	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	// The L1 table may be longer than the disk needs; never map past it.
+	d.l2 = newL2Cache(d.geo.ClusterSize(), d.opts.L2CacheBytes)
+	d.rb = make(map[int64]*refBlock)
+	d.dirtyRT = make(map[int64]bool)
+	d.dirtyL1 = make(map[int64]bool)
+	d.l2HitFn = d.l2Hit
+	d.inflight = make(map[int64]*inflightAlloc)
+	d.metaClusters = make(map[int64]struct{})
+	for _, e := range d.l1 {
+		if off := int64(e & offsetMask); off != 0 {
+			d.metaClusters[off] = struct{}{}
+		}
+	}
+	for _, e := range d.rt {
+		if e != 0 {
+			d.metaClusters[int64(e)] = struct{}{}
+		}
+	}
+	d.freeIdx = 0
+	if err := d.openBacking(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (d *Driver) openBacking() error {
+	h := d.hdr
+	if h.BackingFile == "" || d.opts.IgnoreBacking {
+		return nil
+	}
+	if d.opts.Backing == nil {
+		return d.openErr(block.Unsupported, errors.New("qcow2: image has a backing file ("+h.BackingFile+") and no backing opener was given"))
+	}
+	switch h.BackingFormat {
+	case "raw", "qcow2":
+	case "":
+		return d.openErr(block.Unsupported, errors.New("qcow2: backing file without a backing format; refusing to probe an untrusted image"))
+	default:
+		return d.openErr(block.Unsupported, errors.New("qcow2: unsupported backing format "+h.BackingFormat))
+	}
+	if d.opts.Depth+1 > MaxBackingDepth {
+		return d.openErr(block.Overflow, errors.New("qcow2: backing chain deeper than the limit"))
+	}
+	chain := append(append([]string(nil), d.opts.Chain...), d.opts.ID)
+	bn, err := d.opts.Backing(BackingRequest{Name: h.BackingFile, Format: h.BackingFormat, Depth: d.opts.Depth + 1, Chain: chain})
+	if err != nil {
+		return d.formatErr(block.OpOpen, 0, err)
+	}
+	c, err := d.node.Graph().Attach(d.node, bn, block.ChildSpec{Name: "backing", Role: block.RoleBacking})
+	bn.Unref()
+	if err != nil {
+		return err
+	}
+	// The backing node is read-only under us: its length is fixed.
+	if d.backingSize, err = bn.Length(); err != nil {
+		return err
+	}
+	d.backing = c
+	return nil
+}
+
+// Close writes back dirty metadata (a read-write image) and lets block
+// detach the children.
+func (d *Driver) Close(n *block.Node) {
+	if d.readOnly || d.file == nil || d.hdr == nil {
+		return
+	}
+	// Close runs on the main Context inside a drained section: run a flush
+	// as a coroutine and wait for it there.
+	var done atomic.Bool
+	main := n.Graph().Main()
+	n.Context().Go(func(co *aio.Co) {
+		d.metaLock.lock(co)
+		d.flushMetadata(co, nil)
+		d.metaLock.unlock()
+		done.Store(true)
+		main.Kick()
+	})
+	main.WaitWhile(func() bool { return !done.Load() })
+}
+
+// Length reports the virtual disk size.
+func (d *Driver) Length(*block.Node) (int64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.geo.Size, nil
+}
+
+// Header returns a copy of the image header as last read or written.
+func (d *Driver) Header() Header {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return *d.hdr
+}
+
+func (d *Driver) nodeName() string {
+	if d.node == nil {
+		return ""
+	}
+	return d.node.Name()
+}
+
+func (d *Driver) openErr(k block.Kind, err error) error {
+	return &block.Error{Kind: k, Op: block.OpOpen, Node: d.nodeName(), Err: err}
+}
+
+// formatErr wraps an error of this package or of I/O in a *block.Error,
+// choosing the Kind from the format sentinel.
+func (d *Driver) formatErr(op block.Op, off int64, err error) error {
+	if err == nil {
+		return nil
+	}
+	var be *block.Error
+	if errors.As(err, &be) {
+		return err
+	}
+	k := block.Io
+	switch {
+	case errors.Is(err, ErrCorrupt):
+		k = block.Corrupt
+	case errors.Is(err, ErrNotQcow2):
+		k = block.InvalidFormat
+	case errors.Is(err, ErrUnsupported):
+		k = block.Unsupported
+	case errors.Is(err, ErrLimit):
+		k = block.Overflow
+	case errors.Is(err, ErrRange):
+		k = block.OutOfBounds
+	}
+	return &block.Error{Kind: k, Op: op, Node: d.nodeName(), Offset: off, Err: err}
+}
+
+// errNoSpace tells allocCluster that the refcount table does not cover
+// the cluster it looked at: the table must grow first.
+var errNoSpace = &FormatError{Field: "refcount_table_clusters", Reason: "refcount table too small", Err: ErrLimit}
+
+// nodeReader reads a node synchronously (open time only, on the main
+// Context).
+type nodeReader struct{ n *block.Node }
+
+func (r nodeReader) ReadAt(p []byte, off int64) (int, error) { return r.n.ReadAt(p, off) }

@@ -1,0 +1,280 @@
+package qcow2
+
+import (
+	"slices"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// flushMetadata writes every dirty piece of metadata in dependency order,
+// with an fsync of the file after each non-empty stage (R12):
+//
+//	A  refcount blocks (and any data/COW written since the last fsync)
+//	   ─▶ fsync   R1: refcounts durable before pointers to the clusters;
+//	              R4: COW data durable before the L2 entries naming it
+//	B  refcount table entries (8-byte writes, R6) ─▶ fsync
+//	              R3: a new refcount block is durable before its entry
+//	C  L2 tables ─▶ fsync
+//	              R1/R3: after the refcounts and table entries they rely on
+//	D  L1 entries (8-byte writes, R6) ─▶ fsync
+//	              R3: a new L2 table is durable before the L1 entry
+//	then apply the deferred frees (R2: pointer removals are durable now);
+//	their decremented refcount blocks go out in a second round's stage A.
+//
+// REQUIRES: metaLock held (nothing else changes metadata meanwhile, so
+// the buffers are written in place without copies).
+func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
+	d.mu.Lock()
+	err := d.corruptErr
+	d.mu.Unlock()
+	if err != nil {
+		return err // R5: nothing more is written to a corrupt image
+	}
+	for round := 0; round < 2; round++ {
+		if err := d.flushStages(co, parent); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		frees := len(d.pendingFrees)
+		d.mu.Unlock()
+		if frees == 0 {
+			break
+		}
+		if err := d.applyFrees(co); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
+	// Stage A: refcount blocks.
+	d.mu.Lock()
+	var rbs []int64
+	for off, b := range d.rb {
+		if b.dirty {
+			rbs = append(rbs, off)
+		}
+	}
+	sync := d.cowPending
+	d.mu.Unlock()
+	slices.Sort(rbs)
+	for _, off := range rbs {
+		d.mu.Lock()
+		b := d.rb[off]
+		d.mu.Unlock()
+		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
+			return err
+		}
+	}
+	if len(rbs) > 0 || sync {
+		if err := d.fileSync(co, parent); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		for _, off := range rbs {
+			d.rb[off].dirty = false
+		}
+		d.cowPending = false
+		d.mu.Unlock()
+	}
+
+	// Stage B: refcount table entries.
+	d.mu.Lock()
+	rts := sortedKeys(d.dirtyRT)
+	d.mu.Unlock()
+	for _, ti := range rts {
+		var b [8]byte
+		d.mu.Lock()
+		putU64(b[:], d.rt[ti])
+		at := int64(d.hdr.RefcountTableOffset) + ti*8
+		d.mu.Unlock()
+		if err := d.writeMeta(co, parent, b[:], at); err != nil {
+			return err
+		}
+	}
+	if len(rts) > 0 {
+		if err := d.fileSync(co, parent); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		for _, ti := range rts {
+			delete(d.dirtyRT, ti)
+		}
+		d.mu.Unlock()
+	}
+
+	// Stage C: L2 tables.
+	d.mu.Lock()
+	var l2s []int64
+	for off, t := range d.l2.tables {
+		if t.dirty {
+			l2s = append(l2s, off)
+		}
+	}
+	d.mu.Unlock()
+	slices.Sort(l2s)
+	for _, off := range l2s {
+		d.mu.Lock()
+		t := d.l2.tables[off]
+		d.mu.Unlock()
+		if err := d.writeMeta(co, parent, t.buf, off); err != nil {
+			return err
+		}
+	}
+	if len(l2s) > 0 {
+		if err := d.fileSync(co, parent); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		for _, off := range l2s {
+			if t := d.l2.tables[off]; t != nil {
+				d.l2.markClean(t)
+			}
+		}
+		d.mu.Unlock()
+	}
+
+	// Stage D: L1 entries.
+	d.mu.Lock()
+	l1s := sortedKeys(d.dirtyL1)
+	d.mu.Unlock()
+	for _, i := range l1s {
+		var b [8]byte
+		d.mu.Lock()
+		putU64(b[:], d.l1[i])
+		at := int64(d.hdr.L1Offset) + i*8
+		d.mu.Unlock()
+		if err := d.writeMeta(co, parent, b[:], at); err != nil {
+			return err
+		}
+	}
+	if len(l1s) > 0 {
+		if err := d.fileSync(co, parent); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		for _, i := range l1s {
+			delete(d.dirtyL1, i)
+		}
+		d.mu.Unlock()
+	}
+	return nil
+}
+
+func sortedKeys(m map[int64]bool) []int64 {
+	ks := make([]int64, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// writeMeta writes one metadata buffer. The targets are our own tables at
+// offsets taken from our own validated structures; they are not run
+// through the data overlap check (QEMU ignores the table's own kind too).
+func (d *Driver) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int64) error {
+	return d.fileWrite(co, parent, buf, off)
+}
+
+// Flush writes back dirty metadata in order and flushes the file. With
+// nothing dirty it is a plain child flush (no coroutine, no allocation).
+func (d *Driver) Flush(r *block.Request) {
+	d.mu.Lock()
+	clean := d.corruptErr == nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
+		len(d.pendingFrees) == 0 && !d.cowPending && !d.anyDirtyRefblockLocked()
+	d.mu.Unlock()
+	if clean {
+		s := d.states.get(d)
+		s.r, s.pending = r, 2
+		sub := r.Sub()
+		sub.Op = block.OpFlush
+		d.file.Submit(sub, s)
+		s.release()
+		return
+	}
+	r.Context().Go(func(co *aio.Co) {
+		d.metaLock.lock(co)
+		err := d.flushMetadata(co, r)
+		d.metaLock.unlock()
+		if err == nil {
+			err = d.fileSync(co, r)
+		}
+		r.CompleteLater(d.formatErr(block.OpFlush, 0, err))
+	})
+}
+
+func (d *Driver) anyDirtyRefblockLocked() bool {
+	for _, b := range d.rb {
+		if b.dirty {
+			return true
+		}
+	}
+	return false
+}
+
+// overlapsMetadata reports whether [off, off+n) touches the header, an L1
+// table, the refcount table, a refcount block, an active L2 table or the
+// snapshot table (QEMU's default "cached" overlap-check level).
+func (d *Driver) overlapsMetadata(off, n int64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.overlapsMetadataLocked(off, n)
+}
+
+// REQUIRES: mu held. No allocation.
+func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
+	cs := d.geo.ClusterSize()
+	h := d.hdr
+	hit := func(start, length int64) bool {
+		if length <= 0 {
+			return false
+		}
+		s := start &^ (cs - 1)
+		e := (start + length + cs - 1) &^ (cs - 1)
+		return off < e && s < off+n
+	}
+	if off < cs || hit(int64(h.L1Offset), int64(len(d.l1))*8) ||
+		hit(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
+		hit(int64(h.SnapshotsOffset), d.snapSz) {
+		return true
+	}
+	for i := range d.snaps {
+		if hit(int64(d.snaps[i].L1Offset), int64(d.snaps[i].L1Entries)*8) {
+			return true
+		}
+	}
+	// Single clusters (refcount blocks, active L2 tables): one set lookup
+	// per cluster of the range.
+	for c := off &^ (cs - 1); c < off+n; c += cs {
+		if _, ok := d.metaClusters[c]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// markCorrupt handles an overlap-check hit (R5): the image gets the
+// corrupt bit (an 8-byte synced header write, R6), every later request
+// fails, and the request gets an I/O error.
+func (d *Driver) markCorrupt(co *aio.Co, off int64, what string) error {
+	err := corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
+	d.mu.Lock()
+	first := d.corruptErr == nil
+	if first {
+		d.corruptErr = err
+	}
+	incompat := d.hdr.IncompatibleFeatures | IncompatCorrupt
+	v3 := d.hdr.Version >= 3
+	d.mu.Unlock()
+	if first && v3 {
+		var b [8]byte
+		putU64(b[:], incompat)
+		if d.fileWrite(co, nil, b[:], 72) == nil {
+			d.fileSync(co, nil)
+		}
+	}
+	return err
+}

@@ -1,0 +1,429 @@
+package qcow2
+
+import (
+	"sync"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// Read path.
+//
+//	Read ─▶ Map under mu with cached L2 tables only
+//	   all tables cached, no compressed cluster
+//	        ─▶ one file-child read per data extent, one backing read per
+//	           unallocated extent (zeros past the backing end), zero-fill
+//	           the rest; complete when the last child read completes: no
+//	           allocation
+//	   otherwise (L2 miss, compressed cluster)
+//	        ─▶ coroutine: readGuest, one L2 table's range at a time
+
+// reqState is the per-request state of the fast paths. It comes from the
+// driver's free list, so a steady stream of requests allocates nothing.
+//
+// INVARIANT: pending counts the child requests in flight plus one guard
+// held while they are being issued; r completes when it drops to 0. All
+// fields are touched only on r's Context.
+type reqState struct {
+	d       *Driver
+	r       *block.Request
+	ext     []Extent
+	iov     [][]byte
+	pending int
+	err     error
+	next    *reqState
+	held    bool   // holds an I/O epoch (see Driver.ioActive)
+	epoch   uint32 // the epoch held
+}
+
+// stateFreeList recycles reqStates across Contexts.
+type stateFreeList struct {
+	mu   sync.Mutex
+	free *reqState
+}
+
+func (l *stateFreeList) get(d *Driver) *reqState {
+	l.mu.Lock()
+	s := l.free
+	if s != nil {
+		l.free = s.next
+		s.next = nil
+	}
+	l.mu.Unlock()
+	if s == nil {
+		s = &reqState{d: d, ext: make([]Extent, 0, 16), iov: make([][]byte, 0, 16)}
+	}
+	return s
+}
+
+func (l *stateFreeList) put(s *reqState) {
+	s.r, s.err, s.pending, s.held = nil, nil, 0, false
+	s.ext = s.ext[:0]
+	clear(s.iov)
+	s.iov = s.iov[:0]
+	l.mu.Lock()
+	s.next = l.free
+	l.free = s
+	l.mu.Unlock()
+}
+
+// RequestDone collects one child request of a fast-path request.
+func (s *reqState) RequestDone(_ *block.Request, err error) {
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	s.release()
+}
+
+func (s *reqState) release() {
+	s.pending--
+	if s.pending > 0 {
+		return
+	}
+	r, err, d := s.r, s.err, s.d
+	if s.held {
+		d.unhold(s.epoch)
+	}
+	d.states.put(s)
+	r.Complete(err)
+}
+
+// l2Hit is the fast path's L2Func: cached tables only. REQUIRES: d.mu held.
+func (d *Driver) l2Hit(off int64) ([]byte, error) {
+	t := d.l2.get(off)
+	if t == nil {
+		d.missOff = off
+		return nil, errMiss
+	}
+	return t.buf, nil
+}
+
+// Read reads r.Len bytes at r.Off.
+func (d *Driver) Read(r *block.Request) {
+	s := d.states.get(d)
+	d.mu.Lock()
+	err := d.corruptErr
+	fast := err == nil
+	if fast {
+		s.ext, err = Map(s.ext[:0], &d.geo, d.l1, d.l2HitFn, r.Off, r.Len)
+		if err == errMiss {
+			err, fast = nil, false
+		}
+	}
+	if fast && err == nil {
+		for i := range s.ext {
+			if s.ext[i].Kind == ExtentCompressed {
+				fast = false
+				break
+			}
+		}
+	}
+	if fast && err == nil {
+		s.epoch, s.held = d.holdLocked(), true
+	}
+	d.mu.Unlock()
+	if err != nil {
+		d.states.put(s)
+		r.Complete(d.formatErr(block.OpRead, r.Off, err))
+		return
+	}
+	if !fast {
+		d.states.put(s)
+		r.Context().Go(func(co *aio.Co) {
+			d.mu.Lock()
+			ep := d.holdLocked()
+			d.mu.Unlock()
+			err := d.readGuest(co, r, r.Iov, r.Off, r.Len)
+			d.unhold(ep)
+			r.CompleteLater(d.formatErr(block.OpRead, r.Off, err))
+		})
+		return
+	}
+	s.r = r
+	s.pending = 1
+	var skip int64
+	for i := range s.ext {
+		x := &s.ext[i]
+		switch {
+		case x.Kind == ExtentData:
+			d.subRead(s, r, d.file, x.HostOff, skip, x.Len)
+		case x.Kind == ExtentUnallocated && d.backing != nil:
+			// The backing node's guest bytes, zeros past its end.
+			have := min(x.Len, max(d.backingSize-x.GuestOff, 0))
+			if have > 0 {
+				d.subRead(s, r, d.backing, x.GuestOff, skip, have)
+			}
+			if have < x.Len {
+				iovZero(r.Iov, skip+have, x.Len-have)
+			}
+		default:
+			iovZero(r.Iov, skip, x.Len)
+		}
+		skip += x.Len
+	}
+	s.release()
+}
+
+// subRead reads n bytes at off of child c into r.Iov at skip, as one
+// child request counted in s.
+func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, skip, n int64) {
+	start := len(s.iov)
+	s.iov = iovSlice(s.iov, r.Iov, skip, n)
+	sub := r.Sub()
+	sub.Op, sub.Off, sub.Len = block.OpRead, off, n
+	sub.Iov = s.iov[start:len(s.iov):len(s.iov)]
+	s.pending++
+	c.Submit(sub, s)
+}
+
+// mapRange maps [off, off+n) where n stays inside one L2 table's range,
+// loading the L2 table through the file child on a miss.
+func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, n int64) ([]Extent, error) {
+	for tries := 0; ; tries++ {
+		d.mu.Lock()
+		if err := d.corruptErr; err != nil {
+			d.mu.Unlock()
+			return dst, err
+		}
+		ext, err := Map(dst[:0], &d.geo, d.l1, d.l2HitFn, off, n)
+		miss := d.missOff
+		d.mu.Unlock()
+		if err != errMiss {
+			return ext, err
+		}
+		if tries > 4 {
+			return ext, &FormatError{Field: "l2_cache", Reason: "L2 table evicted repeatedly", Err: ErrLimit}
+		}
+		if err := d.loadL2(co, parent, miss); err != nil {
+			return ext, err
+		}
+	}
+}
+
+// loadL2 reads the L2 table at off into the cache.
+func (d *Driver) loadL2(co *aio.Co, parent *block.Request, off int64) error {
+	buf := make([]byte, d.geo.ClusterSize())
+	if err := d.fileRead(co, parent, buf, off); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.l2.put(off, buf)
+	d.mu.Unlock()
+	return nil
+}
+
+// readGuest reads the guest range [off, off+n) into iov in a coroutine:
+// data extents from the file, compressed clusters inflated, unallocated
+// ranges from the backing node (zeros past its end) or zeros.
+func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, n int64) error {
+	var ext []Extent
+	var win [][]byte
+	var cbuf []byte
+	var skip int64
+	cov := d.geo.L1Coverage()
+	for n > 0 {
+		chunk := min(n, (off/cov+1)*cov-off)
+		var err error
+		ext, err = d.mapRange(co, parent, ext, off, chunk)
+		if err != nil {
+			return err
+		}
+		for _, x := range ext {
+			switch x.Kind {
+			case ExtentData:
+				win = iovSlice(win[:0], iov, skip, x.Len)
+				if err := d.childIO(co, parent, d.file, block.OpRead, x.HostOff, win, x.Len); err != nil {
+					return err
+				}
+			case ExtentCompressed:
+				if cbuf == nil {
+					cbuf = make([]byte, d.geo.ClusterSize())
+				}
+				if err := d.inflateCached(co, parent, cbuf, x.Compressed); err != nil {
+					return err
+				}
+				in := x.GuestOff & (d.geo.ClusterSize() - 1)
+				iovCopyIn(iov, skip, cbuf[in:in+x.Len])
+			case ExtentUnallocated:
+				if err := d.readBacking(co, parent, iov, skip, x.GuestOff, x.Len); err != nil {
+					return err
+				}
+			default:
+				iovZero(iov, skip, x.Len)
+			}
+			skip += x.Len
+		}
+		off += chunk
+		n -= chunk
+	}
+	return nil
+}
+
+// inflateCached inflates the compressed cluster c into dst, through a
+// one-cluster cache of the last cluster inflated (sequential readers of a
+// compressed cluster would otherwise inflate it once per request).
+func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c CompressedDescriptor) error {
+	d.mu.Lock()
+	hit := d.zcache.buf != nil && d.zcache.desc == c
+	if hit {
+		copy(dst, d.zcache.buf)
+	}
+	d.mu.Unlock()
+	if hit {
+		return nil
+	}
+	if err := d.readCompressed(co, parent, dst, c); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if d.zcache.buf == nil {
+		d.zcache.buf = make([]byte, len(dst))
+	}
+	copy(d.zcache.buf, dst)
+	d.zcache.desc = c
+	d.mu.Unlock()
+	return nil
+}
+
+// readCompressed inflates the compressed cluster described by c into dst.
+func (d *Driver) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c CompressedDescriptor) error {
+	size := c.Size()
+	if size <= 0 || size > 2*d.geo.ClusterSize() {
+		return corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
+	}
+	src := make([]byte, size)
+	if err := d.fileRead(co, parent, src, c.HostOff); err != nil {
+		return err
+	}
+	return DecompressCluster(dst, src, d.hdr.CompressionType)
+}
+
+// readBacking fills [skip, skip+n) of iov with the backing node's bytes at
+// guest offset off, zeros past its end, or zeros without a backing node.
+func (d *Driver) readBacking(co *aio.Co, parent *block.Request, iov [][]byte, skip, off, n int64) error {
+	if d.backing == nil {
+		iovZero(iov, skip, n)
+		return nil
+	}
+	have := min(n, max(d.backingSize-off, 0))
+	if have > 0 {
+		win := iovSlice(nil, iov, skip, have)
+		if err := d.childIO(co, parent, d.backing, block.OpRead, off, win, have); err != nil {
+			return err
+		}
+	}
+	if have < n {
+		iovZero(iov, skip+have, n-have)
+	}
+	return nil
+}
+
+// BlockStatus reports the status of the extent at r.Off, merged with the
+// following extents of the same status, within one L2 table's range.
+func (d *Driver) BlockStatus(r *block.Request) {
+	s := d.states.get(d)
+	d.mu.Lock()
+	end := min(r.Off+r.Len, d.geo.Size)
+	cov := d.geo.L1Coverage()
+	n := min(end, (r.Off/cov+1)*cov) - r.Off
+	var err error
+	miss := false
+	if n <= 0 {
+		d.mu.Unlock()
+		d.states.put(s)
+		r.Complete(nil)
+		return
+	}
+	s.ext, err = Map(s.ext[:0], &d.geo, d.l1, d.l2HitFn, r.Off, n)
+	if err == errMiss {
+		miss, err = true, nil
+	}
+	if !miss && err == nil {
+		d.setStatus(r, s.ext)
+	}
+	d.mu.Unlock()
+	d.states.put(s)
+	if !miss {
+		r.Complete(d.formatErr(block.OpBlockStatus, r.Off, err))
+		return
+	}
+	r.Context().Go(func(co *aio.Co) {
+		ext, err := d.mapRange(co, r, nil, r.Off, n)
+		if err == nil {
+			d.setStatus(r, ext)
+		}
+		r.CompleteLater(d.formatErr(block.OpBlockStatus, r.Off, err))
+	})
+}
+
+func (d *Driver) extStatus(k ExtentKind) block.Status {
+	switch k {
+	case ExtentData, ExtentCompressed:
+		return block.StatusData | block.StatusAllocated
+	case ExtentZero:
+		return block.StatusZero | block.StatusAllocated
+	}
+	if d.backing == nil {
+		return block.StatusZero
+	}
+	return 0
+}
+
+func (d *Driver) setStatus(r *block.Request, ext []Extent) {
+	if len(ext) == 0 {
+		return
+	}
+	st := d.extStatus(ext[0].Kind)
+	var pnum int64
+	for _, x := range ext {
+		if d.extStatus(x.Kind) != st {
+			break
+		}
+		pnum += x.Len
+	}
+	r.Status, r.Pnum = st, pnum
+}
+
+// I/O epochs keep a freed host cluster from being reused while a request
+// that mapped it before the free may still read or write it: requests that
+// map outside metaLock (fast reads and writes, slow reads) hold the
+// current epoch until their data I/O completed, and applyFrees starts a
+// new epoch and waits until the old one has no holder before it
+// decrements any refcount (QEMU gets the same from its request tracking).
+
+// holdLocked enters the current epoch. REQUIRES: mu held.
+func (d *Driver) holdLocked() uint32 {
+	e := d.ioEpoch
+	d.ioActive[e&1]++
+	return e
+}
+
+// unhold leaves epoch e, waking a free waiting for it to drain.
+func (d *Driver) unhold(e uint32) {
+	d.mu.Lock()
+	d.ioActive[e&1]--
+	var w *aio.Co
+	if d.ioActive[e&1] == 0 && d.freeWaiter != nil && d.freeParity == e&1 {
+		w, d.freeWaiter = d.freeWaiter, nil
+	}
+	d.mu.Unlock()
+	if w != nil {
+		w.Wake()
+	}
+}
+
+// waitIOEpoch starts a new epoch and parks co until every request of the
+// previous one has finished its I/O. REQUIRES: metaLock held (one waiter).
+func (d *Driver) waitIOEpoch(co *aio.Co) {
+	d.mu.Lock()
+	old := d.ioEpoch
+	d.ioEpoch++
+	for d.ioActive[old&1] > 0 {
+		d.freeWaiter, d.freeParity = co, old&1
+		d.mu.Unlock()
+		co.Yield()
+		d.mu.Lock()
+	}
+	d.freeWaiter = nil
+	d.mu.Unlock()
+}

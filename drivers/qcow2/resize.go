@@ -1,0 +1,162 @@
+package qcow2
+
+import (
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// Truncate grows the virtual disk to r.Off bytes (QEMU's qcow2_co_truncate
+// with preallocation=off). Shrinking is refused (Unsupported): it would
+// have to free clusters past the new end, which is not implemented. The
+// new size must be a multiple of 512, as in QEMU.
+//
+//  1. flushMetadata: nothing dirty is left behind;
+//  2. if the L1 table is too small, growL1 (R3);
+//  3. one 8-byte synced header write of size (R6), after the metadata it
+//     needs is durable.
+func (d *Driver) Truncate(r *block.Request) {
+	r.Context().Go(func(co *aio.Co) {
+		d.metaLock.lock(co)
+		err := d.truncateLocked(co, r, r.Off)
+		d.metaLock.unlock()
+		r.CompleteLater(d.formatErr(block.OpTruncate, r.Off, err))
+	})
+}
+
+func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error {
+	d.mu.Lock()
+	old := d.geo.Size
+	d.mu.Unlock()
+	switch {
+	case size%512 != 0:
+		return outOfRange("size", uint64(size), "the new size must be a multiple of 512")
+	case size > MaxImageSize:
+		return limit("size", uint64(size), "virtual size above 2^61")
+	case size < old:
+		return unsupported("size", uint64(size), "shrinking a qcow2 image is not supported")
+	case size == old:
+		return nil
+	}
+	need := L1EntriesFor(uint64(size), d.geo.ClusterBits, d.geo.ExtendedL2)
+	if need*8 > MaxL1Bytes {
+		return limit("l1_size", need, "image size is too large for this cluster size")
+	}
+	if err := d.prepareWrite(co, r); err != nil {
+		return err
+	}
+	if err := d.flushMetadata(co, r); err != nil {
+		return err
+	}
+	if need > uint64(len(d.l1)) {
+		if err := d.growL1(co, r, int64(need)); err != nil {
+			return err
+		}
+	}
+	var b [8]byte
+	putU64(b[:], uint64(size))
+	if err := d.fileWrite(co, r, b[:], 24); err != nil {
+		return err
+	}
+	if err := d.fileSync(co, r); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.geo.Size = size
+	d.hdr.Size = uint64(size)
+	d.mu.Unlock()
+	return nil
+}
+
+// growL1 moves the active L1 table to n entries at the end of the image:
+// allocate contiguous clusters, write the whole new table and fsync (R3),
+// then one 12-byte synced header write of l1_size and l1_table_offset
+// (R6), then free the old table's clusters (R2: after the switch is
+// durable). REQUIRES: metaLock held, no dirty metadata.
+func (d *Driver) growL1(co *aio.Co, r *block.Request, n int64) error {
+	cs := d.geo.ClusterSize()
+	clusters := (n*8 + cs - 1) / cs
+	start, err := d.allocContiguous(co, clusters)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	oldOff, oldLen := int64(d.hdr.L1Offset), int64(len(d.l1))
+	tb := make([]byte, n*8)
+	for i, e := range d.l1 {
+		putU64(tb[i*8:], e)
+	}
+	d.mu.Unlock()
+	// The allocation is refcounted in memory only: stage A first (R1).
+	if err := d.flushMetadata(co, r); err != nil {
+		return err
+	}
+	if err := d.fileWrite(co, r, tb, start); err != nil {
+		return err
+	}
+	if err := d.fileSync(co, r); err != nil {
+		return err
+	}
+	var hb [12]byte
+	hb[0], hb[1], hb[2], hb[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+	putU64(hb[4:], uint64(start))
+	if err := d.fileWrite(co, r, hb[:], 36); err != nil {
+		return err
+	}
+	if err := d.fileSync(co, r); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	l1 := make([]uint64, n)
+	copy(l1, d.l1)
+	d.l1 = l1
+	d.hdr.L1Offset, d.hdr.L1Entries = uint64(start), uint32(n)
+	if oldLen > 0 {
+		d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldLen * 8})
+	}
+	d.mu.Unlock()
+	return nil
+}
+
+// allocContiguous allocates n contiguous clusters at the end of the image
+// and returns the first one's offset. allocCluster hands out the end of
+// the file in order unless it has to create a refcount block on the way;
+// then the run is given back (a leak at worst, if we crash) and tried
+// again further on.
+func (d *Driver) allocContiguous(co *aio.Co, n int64) (int64, error) {
+	cs := d.geo.ClusterSize()
+	d.mu.Lock()
+	saved := d.freeIdx
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.freeIdx = min(d.freeIdx, saved)
+		d.mu.Unlock()
+	}()
+	for try := 0; try < 4; try++ {
+		d.mu.Lock()
+		d.freeIdx = (d.geo.FileSize + cs - 1) / cs
+		d.mu.Unlock()
+		var got []int64
+		ok := true
+		for i := int64(0); i < n; i++ {
+			off, err := d.allocCluster(co)
+			if err != nil {
+				for _, g := range got {
+					d.abortAlloc(g, nil)
+				}
+				return 0, err
+			}
+			if i > 0 && off != got[i-1]+cs {
+				ok = false
+			}
+			got = append(got, off)
+		}
+		if ok {
+			return got[0], nil
+		}
+		for _, g := range got {
+			d.abortAlloc(g, nil)
+		}
+	}
+	return 0, &FormatError{Field: "l1_table", Reason: "no contiguous space for the L1 table", Err: ErrLimit}
+}
