@@ -243,9 +243,6 @@ func (j *Job) validate() error {
 	}
 	switch j.IOEngine {
 	case "ringblk":
-		if j.Format == "qcow2" {
-			return bad(at("format"), "format=qcow2: qcow2 driver not available yet")
-		}
 	default:
 		if _, ok := j.set["format"]; ok {
 			return bad(at("format"), "format= applies to ioengine=ringblk only (ioengine=%s)", j.IOEngine)

@@ -113,7 +113,6 @@ func TestBadJobFiles(t *testing.T) {
 		{"missing-filename", "[global]\nsize=1m\n\n[lonely]\nrw=read\n", "missing filename", 4},
 		{"bsrange-bssplit", "[j]\nfilename=/tmp/x\nbsrange=4k-16k\nbssplit=4k/50:8k/50\n", "bssplit conflicts with bsrange (set at", 4},
 		{"time-based", "[j]\nfilename=/tmp/x\ntime_based\n", "time_based needs a runtime", 3},
-		{"qcow2", "[j]\nfilename=/tmp/x\nioengine=ringblk\nformat=qcow2\n", "qcow2 driver not available yet", 4},
 		{"format-engine", "[j]\nfilename=/tmp/x\nformat=raw\n", "format= applies to ioengine=ringblk only", 3},
 		{"verify-pattern", "[j]\nfilename=/tmp/x\nverify=pattern\n", "verify=pattern needs verify_pattern", 3},
 		{"verify-sha", "[j]\nfilename=/tmp/x\nverify=sha256\n", "verify=sha256 is a fio method", 3},

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"fmt"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -219,9 +221,21 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	if j.IOEngine == "ringblk" && j.Format == "null" {
 		return j.Offset, j.Size, nil
 	}
-	if j.IOEngine == "ringblk" && j.Format == "" {
-		if f, err := probeFormat(j.Filename); err == nil && f == "qcow2" {
-			return 0, 0, fmt.Errorf("job %q: %s is a qcow2 image: qcow2 driver not available yet", j.Name, j.Filename)
+	if j.IOEngine == "ringblk" {
+		format := j.Format
+		if format == "" {
+			if f, err := probeFormat(j.Filename); err == nil {
+				format = f
+			}
+		}
+		if format == "qcow2" {
+			// The job's region is the image's virtual disk; the file is
+			// never laid out or extended (that would corrupt the image).
+			size, err := qcow2VirtualSize(j.Filename)
+			if err != nil {
+				return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+			}
+			return regionOf(j, size)
 		}
 	}
 	st, err := os.Stat(j.Filename)
@@ -271,6 +285,31 @@ func regionOf(j *Job, size int64) (int64, int64, error) {
 		return 0, 0, fmt.Errorf("job %q: region of %d bytes at offset %d of %s is smaller than one block", j.Name, max(n, 0), j.Offset, j.Filename)
 	}
 	return j.Offset, n, nil
+}
+
+// qcow2VirtualSize reads the virtual disk size from a qcow2 image's header.
+func qcow2VirtualSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return 0, fmt.Errorf("%s does not exist: create the qcow2 image first (qemu-img create -f qcow2 %s SIZE)", path, path)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	n, err := f.ReadAt(buf, 0)
+	if n == 0 && err != nil {
+		return 0, fmt.Errorf("reading the qcow2 header of %s: %w", path, err)
+	}
+	h, err := qcow2.ParseHeader(buf[:n])
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	if h.Size > math.MaxInt64 {
+		return 0, fmt.Errorf("%s: virtual size %d is too large", path, h.Size)
+	}
+	return int64(h.Size), nil
 }
 
 // layOut extends path from have to want bytes with non-zero data.
