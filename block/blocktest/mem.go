@@ -85,3 +85,11 @@ func (d *Mem) WriteZeroes(r *block.Request) {
 }
 
 func (d *Mem) Flush(r *block.Request) { d.done(r) }
+
+// Snapshot returns a copy of Data, taken under the driver's lock (safe
+// while requests run on other Contexts).
+func (d *Mem) Snapshot() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]byte(nil), d.Data...)
+}
