@@ -67,22 +67,6 @@ func iovSlice(dst *[1][]byte, iov [][]byte, skip, n int64) [][]byte {
 	return out
 }
 
-// iovCopyIn copies src into iov starting at byte skip of iov.
-func iovCopyIn(iov [][]byte, skip int64, src []byte) {
-	for _, b := range iov {
-		if len(src) == 0 {
-			return
-		}
-		if skip >= int64(len(b)) {
-			skip -= int64(len(b))
-			continue
-		}
-		k := copy(b[skip:], src)
-		src = src[k:]
-		skip = 0
-	}
-}
-
 // iovGather copies len(dst) bytes of iov into dst.
 func iovGather(dst []byte, iov [][]byte) {
 	for _, b := range iov {
@@ -248,7 +232,7 @@ func (n *Node) slowPhaseDone(r *Request) {
 	switch s.phase {
 	case phaseAlignedRead:
 		if err == nil {
-			iovCopyIn(r.Iov, 0, s.bounce[r.Off-s.aoff:r.Off-s.aoff+r.Len])
+			CopyToIov(r.Iov, 0, s.bounce[r.Off-s.aoff:r.Off-s.aoff+r.Len])
 		}
 	case phaseRMWRead:
 		if err == nil {

@@ -48,9 +48,9 @@ func TestIovHelpers(t *testing.T) {
 		}
 	}
 	dst := [][]byte{make([]byte, 2), make([]byte, 3)}
-	iovCopyIn(dst, 1, []byte("xyz"))
+	CopyToIov(dst, 1, []byte("xyz"))
 	if got := string(dst[0]) + string(dst[1]); got != "\x00xyz\x00" {
-		t.Errorf("iovCopyIn: %q", got)
+		t.Errorf("CopyToIov: %q", got)
 	}
 	g := make([]byte, 5)
 	iovGather(g, iov)

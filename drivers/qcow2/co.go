@@ -149,35 +149,3 @@ func iovZero(iov [][]byte, skip, n int64) {
 		n -= int64(len(piece))
 	}
 }
-
-// iovCopyOut copies [skip, skip+len(dst)) of iov into dst.
-func iovCopyOut(dst []byte, iov [][]byte, skip int64) {
-	for _, b := range iov {
-		if len(dst) == 0 {
-			return
-		}
-		if skip >= int64(len(b)) {
-			skip -= int64(len(b))
-			continue
-		}
-		c := copy(dst, b[skip:])
-		dst = dst[c:]
-		skip = 0
-	}
-}
-
-// iovCopyIn copies src into iov at skip.
-func iovCopyIn(iov [][]byte, skip int64, src []byte) {
-	for _, b := range iov {
-		if len(src) == 0 {
-			return
-		}
-		if skip >= int64(len(b)) {
-			skip -= int64(len(b))
-			continue
-		}
-		c := copy(b[skip:], src)
-		src = src[c:]
-		skip = 0
-	}
-}

@@ -53,7 +53,7 @@ func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
 		off := r.Off + skip
 		k := min(cs, r.Len-skip)
 		clear(plain)
-		iovCopyOut(plain[:k], r.Iov, skip)
+		block.CopyFromIov(plain[:k], r.Iov, skip)
 		out.Reset()
 		w, err := flate.NewWriter(&out, flate.HuffmanOnly)
 		if err != nil {

@@ -243,7 +243,7 @@ func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off,
 					return err
 				}
 				in := x.GuestOff & (d.geo.ClusterSize() - 1)
-				iovCopyIn(iov, skip, cbuf[in:in+x.Len])
+				block.CopyToIov(iov, skip, cbuf[in:in+x.Len])
 			case ExtentUnallocated:
 				if err := d.readBacking(co, parent, iov, skip, x.GuestOff, x.Len); err != nil {
 					return err

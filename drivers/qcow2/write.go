@@ -258,7 +258,7 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 			err = d.readGuest(co, r, [][]byte{buf}, start, valid)
 		}
 		if err == nil {
-			iovCopyOut(buf[in:in+k], win, 0)
+			block.CopyFromIov(buf[in:in+k], win, 0)
 			err = d.fileWrite(co, r, buf, newOff)
 		}
 	}
