@@ -15,6 +15,9 @@ type command struct {
 
 var commands = map[string]command{
 	"bench":      {"fio-compatible benchmark through the block layer (fio job files, fio JSON, --compare)", benchMain},
+	"create":     {"create a raw or qcow2 image (qemu-img create)", createMain},
+	"info":       {"show an image's format, sizes, backing file and snapshots (qemu-img info)", infoMain},
+	"check":      {"check a qcow2 image's metadata for leaks and corruptions (qemu-img check)", checkMain},
 	"ring-bench": {"random reads through ringblk's own io_uring ring (fio-style figures)", ringBenchMain},
 }
 

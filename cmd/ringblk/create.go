@@ -1,0 +1,300 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math/bits"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/internal/units"
+)
+
+const createHelp = `usage: ringblk create [-f fmt] [-o key=value[,...]] [-b backing -F backing_fmt] [-q] FILE [SIZE]
+
+Create a new raw or qcow2 image (replacing FILE if it exists), as
+qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
+1024); with -b it defaults to the backing file's virtual size.
+
+  -f fmt           raw (default) or qcow2
+  -o options       comma-separated key=value list:
+                     raw:   size, preallocation=off|falloc|full
+                     qcow2: size, cluster_size (512..2M, default 64k),
+                            compat=0.10|1.1|v2|v3, refcount_bits (1..64),
+                            backing_file, backing_fmt, preallocation=off,
+                            lazy_refcounts=off, extended_l2=off,
+                            compression_type=zlib
+  -b backing       backing file (qcow2), relative to FILE's directory
+  -F backing_fmt   backing file format (raw or qcow2); required with -b
+  -q, --quiet      do not print the "Formatting ..." line
+  -h, --help       this help
+`
+
+var createSpec = optSpec{
+	short: map[byte]bool{'f': true, 'o': true, 'b': true, 'F': true, 'q': false, 'u': false, 'h': false},
+	long:  map[string]bool{"quiet": false, "help": false},
+}
+
+func createMain(args []string) int { return createCmd(args, os.Stdout, os.Stderr) }
+
+// createReq is a parsed create command line.
+type createReq struct {
+	file, format string
+	size         int64
+	hasSize      bool
+	kv           map[string]string // -o options (last one wins)
+	quiet        bool
+}
+
+func parseSize(s string) (int64, error) {
+	n, err := units.ParseSize(s)
+	if err != nil || n < 0 {
+		return 0, usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
+	}
+	return n, nil
+}
+
+func createCmd(args []string, stdout, stderr io.Writer) int {
+	return runImg(createHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := parseOpts(args, createSpec)
+		if err != nil {
+			return 1, err
+		}
+		r := &createReq{format: "raw", kv: map[string]string{}}
+		var olist []string
+		for _, o := range opts {
+			switch o.name {
+			case "f":
+				r.format = o.val
+			case "o":
+				olist = append(olist, o.val)
+			case "b":
+				olist = append(olist, "backing_file="+o.val)
+			case "F":
+				olist = append(olist, "backing_fmt="+o.val)
+			case "q", "quiet":
+				r.quiet = true
+			}
+		}
+		if r.format != "raw" && r.format != "qcow2" {
+			return 1, usagef("Unknown file format '%s' (supported: raw, qcow2)", r.format)
+		}
+		for _, l := range olist {
+			if l == "help" || l == "?" {
+				fmt.Fprint(stdout, createHelp)
+				return 0, nil
+			}
+			for _, kv := range strings.Split(l, ",") {
+				if kv == "" {
+					continue
+				}
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return 1, usagef("Invalid parameter '%s' in -o (expected key=value)", kv)
+				}
+				r.kv[k] = v
+			}
+		}
+		switch len(operands) {
+		case 0:
+			return 1, usagef("Expecting image file name (see 'ringblk create --help')")
+		case 1, 2:
+		default:
+			return 1, usagef("Unexpected argument '%s' (see 'ringblk create --help')", operands[2])
+		}
+		r.file = operands[0]
+		if s, ok := r.kv["size"]; ok {
+			if r.size, err = parseSize(s); err != nil {
+				return 1, err
+			}
+			r.hasSize = true
+			delete(r.kv, "size")
+		}
+		if len(operands) == 2 {
+			if r.size, err = parseSize(operands[1]); err != nil {
+				return 1, err
+			}
+			r.hasSize = true
+		}
+		var line string
+		if r.format == "raw" {
+			line, err = createRaw(r)
+		} else {
+			line, err = createQcow2(r)
+		}
+		if err != nil {
+			return 1, err
+		}
+		if !r.quiet {
+			fmt.Fprintln(stdout, line)
+		}
+		return 0, nil
+	})
+}
+
+func createRaw(r *createReq) (string, error) {
+	line := fmt.Sprintf("Formatting '%s', fmt=raw size=%d", r.file, r.size)
+	pre := raw.PreallocOff
+	for k, v := range r.kv {
+		switch k {
+		case "preallocation":
+			p, ok := raw.ParsePrealloc(v)
+			if !ok {
+				return "", usagef("%s: Invalid parameter value for 'preallocation': '%s' (off, falloc, full)", r.file, v)
+			}
+			pre = p
+		default:
+			return "", usagef("%s: Invalid parameter '%s' for format raw", r.file, k)
+		}
+	}
+	if !r.hasSize {
+		return "", usagef("%s: Image creation needs a size parameter", r.file)
+	}
+	if v, ok := r.kv["preallocation"]; ok {
+		line += " preallocation=" + v
+	}
+	if err := raw.Create(r.file, r.size, pre); err != nil {
+		return "", fmt.Errorf("%s: %v", r.file, err)
+	}
+	return line, nil
+}
+
+func createQcow2(r *createReq) (string, error) {
+	var co qcow2.CreateOptions
+	var compatStr string
+	var err error
+	for k, v := range r.kv {
+		switch k {
+		case "cluster_size":
+			n, perr := units.ParseSize(v)
+			if perr != nil || n < 512 || n > 2<<20 || bits.OnesCount64(uint64(n)) != 1 {
+				return "", usagef("%s: Cluster size must be a power of two between 512 and 2048k (got '%s')", r.file, v)
+			}
+			co.ClusterSize = n
+		case "compat":
+			switch v {
+			case "0.10", "v2":
+				co.Version = 2
+			case "1.1", "v3":
+				co.Version = 3
+			default:
+				return "", usagef("%s: Invalid parameter value for 'compat': '%s' (0.10, 1.1, v2, v3)", r.file, v)
+			}
+			compatStr = v
+		case "refcount_bits":
+			n, perr := strconv.Atoi(v)
+			if perr != nil || n < 1 || n > 64 || bits.OnesCount(uint(n)) != 1 {
+				return "", usagef("%s: Refcount width must be a power of two and may not exceed 64 bits (got '%s')", r.file, v)
+			}
+			co.RefcountBits = n
+		case "backing_file":
+			co.BackingFile = v
+		case "backing_fmt":
+			if v != "raw" && v != "qcow2" {
+				return "", usagef("%s: Unsupported backing format '%s' (raw or qcow2)", r.file, v)
+			}
+			co.BackingFormat = v
+		case "preallocation":
+			if v != "off" {
+				return "", usagef("%s: preallocation=%s is not supported yet for qcow2 (only off)", r.file, v)
+			}
+		case "lazy_refcounts", "extended_l2":
+			if v != "off" {
+				return "", usagef("%s: %s=%s is not supported yet (only off)", r.file, k, v)
+			}
+		case "compression_type":
+			if v != "zlib" {
+				return "", usagef("%s: compression_type=%s is not supported yet (only zlib)", r.file, v)
+			}
+		default:
+			return "", usagef("%s: Invalid parameter '%s' for format qcow2", r.file, k)
+		}
+	}
+	if co.Version == 2 && co.RefcountBits != 0 && co.RefcountBits != 16 {
+		return "", usagef("%s: Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)", r.file)
+	}
+	if co.BackingFile != "" && co.BackingFormat == "" {
+		return "", usagef("%s: Backing file specified without backing format (add -F raw or -F qcow2)", r.file)
+	}
+	if co.BackingFile == "" && co.BackingFormat != "" {
+		return "", usagef("%s: Backing format specified without backing file", r.file)
+	}
+	if !r.hasSize {
+		if co.BackingFile == "" {
+			return "", usagef("%s: Image creation needs a size parameter", r.file)
+		}
+		bimg, berr := openImage(combinePath(r.file, co.BackingFile), co.BackingFormat)
+		if berr != nil {
+			return "", fmt.Errorf("%s: backing file: %v", r.file, berr)
+		}
+		if bimg.qcow != nil {
+			r.size = int64(bimg.qcow.Header.Size)
+		} else {
+			r.size = bimg.size
+		}
+		bimg.Close()
+	}
+	if _, err = qcow2.Layout(r.size, co); err != nil {
+		return "", fmt.Errorf("%s: %v", r.file, err)
+	}
+
+	cs := co.ClusterSize
+	if cs == 0 {
+		cs = 65536
+	}
+	rb := co.RefcountBits
+	if rb == 0 {
+		rb = 16
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=off", r.file, cs)
+	if v, ok := r.kv["preallocation"]; ok {
+		b.WriteString(" preallocation=" + v)
+	}
+	fmt.Fprintf(&b, " compression_type=zlib size=%d", r.size)
+	if compatStr != "" {
+		b.WriteString(" compat=" + compatStr)
+	}
+	if co.BackingFile != "" {
+		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", co.BackingFile, co.BackingFormat)
+	}
+	fmt.Fprintf(&b, " lazy_refcounts=off refcount_bits=%d", rb)
+
+	if err := writeQcow2(r.file, r.size, co); err != nil {
+		return "", fmt.Errorf("%s: %v", r.file, err)
+	}
+	return b.String(), nil
+}
+
+// writeQcow2 runs qcow2.Create on a raw node over a new file: a main
+// Context, a graph with the one node, then everything closed again.
+func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		return unwrapPathErr(err)
+	}
+	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: 1 << 20})
+	if err != nil {
+		return err
+	}
+	if err := c.Start(); err != nil {
+		return fmt.Errorf("cannot start an io_uring Context: %v", err)
+	}
+	defer func() {
+		if _, serr := c.Stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	g := block.NewGraph(c)
+	file, err := raw.NewNode(g, path, raw.Options{}, block.Options{})
+	if err != nil {
+		return err
+	}
+	err = qcow2.Create(file, size, co)
+	file.Unref()
+	return err
+}
