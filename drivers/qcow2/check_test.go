@@ -61,20 +61,7 @@ func TestQcow2CheckMatchesQemu(t *testing.T) {
 	dir := t.TempDir()
 	for i, opts := range []string{"", "compat=0.10", "cluster_size=512", "cluster_size=4096,refcount_bits=1", "cluster_size=2M", "extended_l2=on"} {
 		img := filepath.Join(dir, fmt.Sprintf("c%d.qcow2", i))
-		args := []string{"create", "-q", "-f", "qcow2"}
-		if opts != "" {
-			args = append(args, "-o", opts)
-		}
-		qemuImg(t, append(args, img, "40M")...)
-		im, err := openFile(t, img, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var cmds []string
-		for _, o := range opsFor(&im.Geometry, opts == "" || opts == "cluster_size=512") {
-			cmds = append(cmds, o.qemu())
-		}
-		qemuIO(t, img, cmds...)
+		qemuPopulated(t, img, opts, 40<<20, opts == "" || opts == "cluster_size=512")
 		compareCheck(t, img)
 	}
 	// A snapshot shares clusters.

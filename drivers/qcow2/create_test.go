@@ -75,11 +75,7 @@ func TestQcow2DriverCreate(t *testing.T) {
 			if err := e.create(ours, tc.size, tc.o); err != nil {
 				t.Fatal(err)
 			}
-			args := []string{"create", "-q", "-f", "qcow2"}
-			if tc.qopt != "" {
-				args = append(args, "-o", tc.qopt)
-			}
-			qemuImg(t, append(args, theirs, fmt.Sprint(tc.size))...)
+			qemuCreate(t, theirs, tc.qopt, int64(tc.size))
 			qemuCheck(t, ours)
 			a, b := qemuInfo(t, ours), qemuInfo(t, theirs)
 			ja, _ := json.Marshal(a)

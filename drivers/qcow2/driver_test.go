@@ -149,20 +149,7 @@ func TestQcow2DriverReadInterop(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			img := filepath.Join(dir, "x.qcow2")
-			args := []string{"create", "-q", "-f", "qcow2"}
-			if tc.opts != "" {
-				args = append(args, "-o", tc.opts)
-			}
-			qemuImg(t, append(args, img, fmt.Sprint(tc.size))...)
-			im, err := openFile(t, img, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var cmds []string
-			for _, o := range opsFor(&im.Geometry, tc.compress) {
-				cmds = append(cmds, o.qemu())
-			}
-			qemuIO(t, img, cmds...)
+			im := qemuPopulated(t, img, tc.opts, int64(tc.size), tc.compress)
 			want := convertRaw(t, img)
 
 			e := newTestEnv(t)
@@ -345,20 +332,7 @@ func TestQcow2DriverWriteInterop(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			img := filepath.Join(dir, "x.qcow2")
-			args := []string{"create", "-q", "-f", "qcow2"}
-			if tc.opts != "" {
-				args = append(args, "-o", tc.opts)
-			}
-			qemuImg(t, append(args, img, fmt.Sprint(tc.size))...)
-			im, err := openFile(t, img, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var cmds []string
-			for _, o := range opsFor(&im.Geometry, tc.compress) {
-				cmds = append(cmds, o.qemu())
-			}
-			qemuIO(t, img, cmds...)
+			im := qemuPopulated(t, img, tc.opts, int64(tc.size), tc.compress)
 			ref := convertRaw(t, img)
 
 			e := newTestEnv(t)

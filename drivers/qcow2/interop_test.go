@@ -48,6 +48,33 @@ func qemuIO(t *testing.T, img string, cmds ...string) {
 	}
 }
 
+// qemuCreate makes a qcow2 image at img with qemu-img create -o opts.
+func qemuCreate(t *testing.T, img, opts string, size int64) {
+	t.Helper()
+	args := []string{"create", "-q", "-f", "qcow2"}
+	if opts != "" {
+		args = append(args, "-o", opts)
+	}
+	qemuImg(t, append(args, img, fmt.Sprint(size))...)
+}
+
+// qemuPopulated makes a qcow2 image with qemu-img create -o opts, writes
+// opsFor's workload into it with qemu-io, and returns its parsed metadata.
+func qemuPopulated(t *testing.T, img, opts string, size int64, compress bool) *Image {
+	t.Helper()
+	qemuCreate(t, img, opts, size)
+	im, err := openFile(t, img, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmds []string
+	for _, o := range opsFor(&im.Geometry, compress) {
+		cmds = append(cmds, o.qemu())
+	}
+	qemuIO(t, img, cmds...)
+	return im
+}
+
 func openFile(t *testing.T, path string, opts Options) (*Image, error) {
 	t.Helper()
 	f, err := os.Open(path)
