@@ -1,6 +1,10 @@
 package block
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/ringblk/ringblk/aio"
+)
 
 // Alignment, splitting and request serialisation: the slow path of Submit,
 // taken only on nodes opened with Align > 1 or MaxTransfer > 0.
@@ -88,15 +92,20 @@ const (
 )
 
 // slowState is the side structure of a request on the slow path. A pool
-// request keeps it once allocated, so unaligned I/O stops allocating once the
-// pool is warm (bounce buffers aside).
+// request keeps it once allocated, and bounce buffers come from the
+// Context's arena, so unaligned I/O stops allocating once the pool is warm
+// (a heap bounce buffer only when the arena is absent or full).
 type slowState struct {
 	phase    slowPhase
 	pending  int32
 	firstErr error
 	bounce   []byte
-	aoff     int64 // aligned range
-	aend     int64
+	// arena is where bounce came from when it is a block of the Context's
+	// arena (aligned for O_DIRECT, registered as a fixed buffer, no heap
+	// allocation); it goes back before the request completes.
+	arena *aio.Arena
+	aoff  int64 // aligned range
+	aend  int64
 
 	// Serialisation (node.tracked).
 	tracked     bool
@@ -148,11 +157,7 @@ func (n *Node) runSlow(r *Request) {
 	unaligned := (r.Op == OpRead || r.Op == OpWrite) && (r.Off|r.Len)&(align-1) != 0
 	switch {
 	case unaligned:
-		if int64(cap(s.bounce)) >= s.aend-s.aoff {
-			s.bounce = s.bounce[:s.aend-s.aoff]
-		} else {
-			s.bounce = make([]byte, s.aend-s.aoff)
-		}
+		s.bounce = bounceBuf(r, s, s.aend-s.aoff)
 		s.phase = phaseAlignedRead
 		if r.Op == OpWrite {
 			s.phase = phaseRMWRead
@@ -242,7 +247,42 @@ func (n *Node) slowPhaseDone(r *Request) {
 			return
 		}
 	}
+	releaseBounce(r, s)
 	r.Complete(err)
+}
+
+// bounceBuf returns size bytes for a padded request: a block of the arena
+// of the Context r runs on when there is room (4096-aligned, so O_DIRECT
+// takes it as it is, and sent as a fixed buffer), else the heap.
+func bounceBuf(r *Request, s *slowState, size int64) []byte {
+	if c := r.ctx; c != nil && c.InContext() {
+		if a := c.Arena(); a != nil && size <= int64(a.Size())/4 {
+			if b, err := a.Alloc(int(size)); err == nil {
+				s.arena = a
+				return b
+			}
+		}
+	}
+	if int64(cap(s.bounce)) >= size {
+		return s.bounce[:size]
+	}
+	return make([]byte, size)
+}
+
+// releaseBounce gives an arena bounce buffer back; the arena is owner-only,
+// so from any other goroutine the release is scheduled on its Context.
+func releaseBounce(r *Request, s *slowState) {
+	a := s.arena
+	if a == nil {
+		return
+	}
+	b := s.bounce
+	s.arena, s.bounce = nil, nil
+	if c := r.ctx; c != nil && c.InContext() {
+		a.Free(b)
+		return
+	}
+	r.ctx.Schedule(func() { a.Free(b) })
 }
 
 // track registers r and reports whether it must wait for an earlier

@@ -29,6 +29,9 @@ type EnvOptions struct {
 	// MainPollTime is the main Context's adaptive busy-poll window (see
 	// aio.Options.PollTime); zero never spins.
 	MainPollTime time.Duration
+	// ArenaSize is each Context's buffer arena (aio.Options.ArenaSize);
+	// zero: none.
+	ArenaSize int
 }
 
 // NewEnv starts a main Context and n IOThreads.
@@ -42,6 +45,9 @@ func NewEnvOpts(t testing.TB, o EnvOptions) *Env {
 	e := &Env{T: t}
 	mk := func(name string, main bool) *aio.Context {
 		opts := aio.Options{Name: name, CPU: aio.NoCPU, Main: main, ArenaSize: -1, Entries: 64}
+		if o.ArenaSize > 0 {
+			opts.ArenaSize = o.ArenaSize
+		}
 		if main {
 			opts.PollTime = o.MainPollTime
 		}
