@@ -29,12 +29,13 @@ var layer = map[string]int{
 	"drivers/null":        5,
 	"drivers/raw":         5,
 	"drivers/qcow2":       6,
-	"bench":               7,
-	"nbd":                 7,
-	"job":                 7,
-	"plugin":              8,
+	"drivers/chain":       7,
+	"bench":               8,
+	"nbd":                 8,
+	"job":                 8,
+	"plugin":              9,
 	"plugin/contract":     0,
-	"cmd/ringblk":         9,
+	"cmd/ringblk":         10,
 }
 
 // testSupport packages may be imported only from _test files and from other

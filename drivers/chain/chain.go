@@ -1,0 +1,210 @@
+// Package chain opens an image file by name as a node stack: a raw file
+// node, and for qcow2 a qcow2 node over it with its whole backing chain.
+// It is the one place that turns a path and a format into nodes, shared by
+// the operator commands, the benchmark and embedders that want qemu-img's
+// way of opening images without writing the backing opener themselves.
+//
+// Policy (docs/design/chain-open.md): the top image's format may be probed
+// when the caller asks for it (Format ""), because the operator named that
+// file; a backing file is always opened with the format its overlay
+// records, read-only, and never probed. Relative backing names resolve
+// against the directory of the image that names them, as QEMU does.
+package chain
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/null"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
+)
+
+// Options say how to open an image.
+type Options struct {
+	// Format is "raw", "qcow2" or "null"; "" probes the top image (the
+	// qcow2 magic means qcow2, anything else raw).
+	Format   string
+	ReadOnly bool
+	// Cache, Discard and DetectZeroes apply to the top image's file node.
+	Cache        raw.Cache
+	Discard      raw.Discard
+	DetectZeroes raw.DetectZeroes
+	// ForceShare is qemu-img's -U: open read-only without claiming the
+	// image against writers, so it works beside a running VM. Implies
+	// ReadOnly.
+	ForceShare bool
+	// Locking is the locking mode of every file node (default auto).
+	Locking raw.Locking
+	// NoBacking opens the top image alone: unallocated clusters read as
+	// zeros (qemu-img's backing-less opens, e.g. rebase -u, info).
+	NoBacking bool
+	// NullSize is the size of a "null" image.
+	NullSize int64
+	// Name is the top node's name; backing nodes get Name+"-backing-N".
+	Name string
+	// QcowOptions is passed to every qcow2 driver of the chain (its
+	// Backing, ID, Chain and Depth fields are set here).
+	QcowOptions qcow2.DriverOptions
+}
+
+// Image is an opened image: the caller holds one reference on Node.
+type Image struct {
+	Node   *block.Node
+	Path   string
+	Format string
+	// Qcow2 is the top node's driver when Format is "qcow2".
+	Qcow2 *qcow2.Driver
+}
+
+// Probe decides the format of a local image the user named: "qcow2" when
+// it starts with the qcow2 magic, "raw" otherwise. Never use it on backing
+// files or on images from untrusted sources.
+func Probe(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var b [4]byte
+	n, err := f.ReadAt(b[:], 0)
+	if err != nil && err != io.EOF {
+		return "", err
+	}
+	if n == 4 && string(b[:]) == "QFI\xfb" {
+		return "qcow2", nil
+	}
+	return "raw", nil
+}
+
+// FileID identifies a file for backing-chain cycle detection
+// ("dev:inode"); the path when it cannot be stat'ed.
+func FileID(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return path
+	}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return fmt.Sprintf("%d:%d", s.Dev, s.Ino)
+	}
+	return path
+}
+
+// ResolveBacking returns where a backing name recorded in the image at
+// imagePath points: absolute names as they are, relative ones against the
+// image's directory.
+func ResolveBacking(imagePath, name string) string {
+	if name == "" || filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(filepath.Dir(imagePath), name)
+}
+
+// Open opens path as nodes of g. Call it from outside g's Contexts (it
+// waits for the main Context), like raw.NewNode.
+func Open(g *block.Graph, path string, o Options) (*Image, error) {
+	if o.ForceShare {
+		o.ReadOnly = true
+	}
+	format := o.Format
+	if format == "" {
+		var err error
+		if format, err = Probe(path); err != nil {
+			return nil, fmt.Errorf("Could not open '%s': %w", path, unwrapPath(err))
+		}
+	}
+	if o.Name == "" {
+		o.Name = filepath.Base(path)
+	}
+	img := &Image{Path: path, Format: format}
+	switch format {
+	case "null":
+		if o.NullSize <= 0 {
+			return nil, errors.New("null: a size is required (for example -o size=1G)")
+		}
+		n, err := g.Open(null.New(o.NullSize, null.Options{}), block.Options{Name: o.Name, ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		img.Node = n
+	case "raw":
+		n, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name, ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		img.Node = n
+	case "qcow2":
+		n, drv, err := openQcow2(g, path, o, o.Name, 0, nil, true)
+		if err != nil {
+			return nil, err
+		}
+		img.Node, img.Qcow2 = n, drv
+	default:
+		return nil, fmt.Errorf("Unknown file format '%s'", format)
+	}
+	return img, nil
+}
+
+// Close drops the caller's reference on the image's node.
+func (i *Image) Close() {
+	if i.Node != nil {
+		i.Node.Unref()
+		i.Node = nil
+	}
+}
+
+func fileOptions(o Options, top bool) raw.Options {
+	fo := raw.Options{ReadOnly: o.ReadOnly || !top, Locking: o.Locking}
+	if top {
+		fo.Cache, fo.Discard, fo.DetectZeroes = o.Cache, o.Discard, o.DetectZeroes
+	} else if o.Cache == raw.CacheNone {
+		fo.Cache = raw.CacheNone
+	}
+	if o.ForceShare {
+		fo.ShareRW = true
+	}
+	return fo
+}
+
+// openQcow2 opens one qcow2 image of the chain; depth 0 is the top.
+func openQcow2(g *block.Graph, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
+	file, err := raw.NewNode(g, path, fileOptions(o, top), block.Options{Name: name + "-file", ReadOnly: o.ReadOnly || !top})
+	if err != nil {
+		return nil, nil, err
+	}
+	dopts := o.QcowOptions
+	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
+	dopts.IgnoreBacking = o.NoBacking
+	dopts.Backing = func(req qcow2.BackingRequest) (*block.Node, error) {
+		p := ResolveBacking(path, req.Name)
+		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
+		switch req.Format {
+		case "raw":
+			return raw.NewNode(g, p, fileOptions(o, false), block.Options{Name: bname, ReadOnly: true})
+		case "qcow2":
+			n, _, err := openQcow2(g, p, o, bname, req.Depth, req.Chain, false)
+			return n, err
+		}
+		return nil, fmt.Errorf("backing file '%s': unsupported format '%s'", p, req.Format)
+	}
+	drv := qcow2.New(file, dopts)
+	n, err := g.Open(drv, block.Options{Name: name, ReadOnly: o.ReadOnly || !top})
+	if err != nil {
+		drv.Release()
+		return nil, nil, err
+	}
+	return n, drv, nil
+}
+
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
