@@ -1,7 +1,7 @@
 package aio
 
 import (
-	"runtime"
+	"iter"
 	"sync/atomic"
 	"time"
 )
@@ -11,21 +11,30 @@ import (
 // timers) as if it were the owner. The loop lends the token and waits until
 // the coroutine yields or returns; at most one goroutine of a Context runs
 // at a time. Coroutines are for slow paths (a qcow2 metadata miss, an
-// allocation): each hand-off is two channel operations between threads.
+// allocation).
+//
+// A coroutine is a runtime coroutine (iter.Pull): entering it and yielding
+// are direct goroutine switches on the owner's OS thread, which the
+// runtime donates to the coroutine along with the owner's LockOSThread, so
+// a switch costs no futex, no thread wake-up and no scheduler round trip
+// (the first version used two channels and cost four thread switches per
+// enter/yield pair; docs/design/event-loop.md). The runtime requires every
+// switch of a coroutine to happen on the thread that created it: the
+// coroutine is created at its first entry, which always runs on the owner
+// thread (the owner, or a coroutine of the same Context).
 //
 // A coroutine must not Poll or WaitWhile (it yields instead), and it never
 // enters the ring itself: ops it issues are prepared while it runs and
-// submitted by the owner thread when the token comes back (a ring set up
-// with SINGLE_ISSUER accepts submissions from its owner thread only).
+// submitted by the owner when the token comes back.
 type Co struct {
 	c      *Context
 	fn     func(*Co)
-	goid   atomic.Int64
-	resume chan bool     // token to the coroutine; false: the Context stops, exit
-	back   chan struct{} // token back to whoever lent it
-	bh     *BH           // Wake schedules it; it lends the token
-	state  coState       // written by the token holder only
-	caller *Co           // token holder that lent it the token (nil: the owner)
+	next   func() (struct{}, bool) // enter: runs the coroutine until it yields or returns
+	stop   func()                  // ends a parked coroutine (Yield panics errCoStopped)
+	yield  func(struct{}) bool
+	bh     *BH     // Wake schedules it; it lends the token
+	state  coState // written by the token holder only
+	caller *Co     // token holder that lent it the token (nil: the owner)
 
 	// result of the op a synchronous helper waits for
 	opDone bool
@@ -42,12 +51,17 @@ const (
 	coDone
 )
 
+// coStopped unwinds a coroutine that is ended while parked (the Context
+// stops): Yield panics with it, deferred calls run, and the coroutine's
+// base recovers it.
+type coStopped struct{}
+
 // Go starts fn as a coroutine of c. Called by c's owner (or a coroutine of
 // c), fn runs at once until its first Yield or return; from any other
 // goroutine its first run is scheduled like a Wake. It allocates (the
-// goroutine, two channels and a BH).
+// coroutine, its closures and a BH).
 func (c *Context) Go(fn func(co *Co)) *Co {
-	co := &Co{c: c, fn: fn, resume: make(chan bool), back: make(chan struct{})}
+	co := &Co{c: c, fn: fn}
 	co.bh = c.NewBH(co.wakeBH)
 	c.coMu.Lock()
 	if c.coSet == nil {
@@ -55,7 +69,6 @@ func (c *Context) Go(fn func(co *Co)) *Co {
 	}
 	c.coSet[co] = struct{}{}
 	c.coMu.Unlock()
-	go co.main()
 	if c.InContext() {
 		c.lend(co)
 	} else {
@@ -64,36 +77,41 @@ func (c *Context) Go(fn func(co *Co)) *Co {
 	return co
 }
 
-func (co *Co) main() {
-	co.goid.Store(curGoid())
-	if !<-co.resume {
-		co.finish()
-		return
-	}
+// body is the coroutine's goroutine.
+func (co *Co) body(yield func(struct{}) bool) {
+	co.yield = yield
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(coStopped); !ok {
+				panic(r)
+			}
+		}
+	}()
 	defer co.finish()
 	co.fn(co)
 }
 
-// finish runs as the coroutine ends (return or Goexit) and hands the token
-// back for the last time.
+// finish runs as the coroutine ends (return, or unwinding after a stop).
 func (co *Co) finish() {
 	co.state = coDone
 	c := co.c
 	c.coMu.Lock()
 	delete(c.coSet, co)
 	c.coMu.Unlock()
-	co.back <- struct{}{}
 }
 
-// lend hands c's run token to co and waits until it comes back. The caller
-// holds the token (the owner, or a coroutine entering another).
+// lend hands c's run token to co and runs it until it yields or returns.
+// The caller holds the token (the owner, or a coroutine entering another)
+// and so runs on c's owner thread.
 func (c *Context) lend(co *Co) {
 	prev := c.holder.Load()
 	co.caller = prev
 	co.state = coRunning
 	c.holder.Store(co)
-	co.resume <- true
-	<-co.back
+	if co.next == nil {
+		co.next, co.stop = iter.Pull(co.body)
+	}
+	co.next()
 	c.holder.Store(prev)
 	if prev == nil && c.plug == 0 {
 		c.flushOverflow() // submit what the coroutine prepared
@@ -114,14 +132,14 @@ func (co *Co) Context() *Context { return co.c }
 // the coroutine is entered again — by a Wake, which may be spurious with
 // respect to what the caller waits for: loop on your own condition. When
 // the Context stops while the coroutine is parked, Yield does not return:
-// the goroutine ends with runtime.Goexit (deferred calls run) and is counted
-// in StopReport.Coroutines.
+// it panics with a private value that unwinds the coroutine (deferred calls
+// run; a recover in the coroutine must re-panic values it does not know)
+// and is counted in StopReport.Coroutines.
 func (co *Co) Yield() {
 	assertf(co.c.holder.Load() == co, "aio: Yield from a coroutine that does not hold the run token")
 	co.state = coParked
-	co.back <- struct{}{}
-	if !<-co.resume {
-		runtime.Goexit()
+	if !co.yield(struct{}{}) {
+		panic(coStopped{})
 	}
 }
 
@@ -219,8 +237,8 @@ func (co *Co) RunOn(target *Context, fn func()) {
 }
 
 // stopCoroutines ends every coroutine that has not returned: parked ones
-// leave Yield through runtime.Goexit, never-entered ones exit before fn.
-// It returns how many it ended. Owner only, at shutdown.
+// unwind out of Yield, never-entered ones end without running fn. It
+// returns how many it ended. Owner only, at shutdown.
 func (c *Context) stopCoroutines() int {
 	c.coMu.Lock()
 	var live []*Co
@@ -228,35 +246,14 @@ func (c *Context) stopCoroutines() int {
 		live = append(live, co)
 	}
 	c.coMu.Unlock()
-	n := 0
 	for _, co := range live {
-		n++
-		for i := 0; i < 100 && co.state != coDone; i++ {
-			c.holder.Store(co)
-			co.resume <- false
-			<-co.back
-			c.holder.Store(nil)
+		if co.next == nil { // never entered
+			co.finish()
+			continue
 		}
+		c.holder.Store(co)
+		co.stop()
+		c.holder.Store(nil)
 	}
-	return n
-}
-
-// curGoid returns the calling goroutine's id, parsed from the first line of
-// its stack trace ("goroutine 123 [running]:"). It costs about a
-// microsecond: only coroutine checks use it.
-func curGoid() int64 {
-	var buf [64]byte
-	b := buf[:runtime.Stack(buf[:], false)]
-	const prefix = "goroutine "
-	if len(b) < len(prefix) {
-		return -1
-	}
-	var id int64
-	for _, ch := range b[len(prefix):] {
-		if ch < '0' || ch > '9' {
-			break
-		}
-		id = id*10 + int64(ch-'0')
-	}
-	return id
+	return len(live)
 }

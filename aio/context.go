@@ -333,12 +333,11 @@ func (c *Context) closeEventfd() {
 
 // InContext reports whether the caller may touch c's owner-only state: it is
 // c's owner goroutine while that holds the run token, or the coroutine that
-// holds it. It costs one gettid system call, plus a stack read when a
-// coroutine holds the token; hot paths check it only under invariants.
+// holds it. Both run on the owner's locked OS thread (a coroutine gets the
+// thread donated while it runs, and the owner is parked meanwhile), and a
+// locked thread runs no other goroutine, so one gettid system call decides;
+// hot paths check it only under invariants.
 func (c *Context) InContext() bool {
-	if co := c.holder.Load(); co != nil {
-		return co.goid.Load() == curGoid()
-	}
 	tid := c.tid.Load()
 	return tid != 0 && tid == int32(unix.Gettid())
 }
