@@ -30,6 +30,11 @@ type Clean interface {
 	// load. The loaded table is offered to the cache; load must return a
 	// slice nobody modifies afterwards.
 	Fill(key Key, gen uint64, load func(Key) ([]byte, error)) ([]byte, error)
+	// Contains reports whether key is cached under gen, and counts as a
+	// use of the entry for the replacement policy, but not as a lookup in
+	// Stats. A caller about to Offer a copy asks it first, to skip the
+	// copy of a table the cache already has. It does not allocate.
+	Contains(key Key, gen uint64) bool
 	// Offer adds a clean table the caller already holds, for example one
 	// just written back. It is best effort: the cache may refuse or drop
 	// it. data must not be modified afterwards.

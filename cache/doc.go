@@ -23,6 +23,12 @@
 // that one load). Pinned and dirty tables are never evicted; when every slot
 // is one or the other, Get fails with ErrFull and the driver flushes.
 //
+// A caller that does its own I/O and must never block on the set (the qcow2
+// driver, whose loads run in coroutines) uses Peek (a lookup that neither
+// pins nor waits), Insert (a miss filled from the caller's bytes, evicting
+// like Get) and Pin instead of Get. Discard of a pinned table orphans it:
+// it leaves the index at once and its slot is freed at the last Unpin.
+//
 // A modified table is marked dirty at a Level. Flush writes the dirty
 // tables one level at a time with a caller barrier (fdatasync) after each
 // level, so every table of level n is durable before any table of level n+1

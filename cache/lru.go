@@ -73,6 +73,21 @@ func (l *LRU) Get(key Key, gen uint64) ([]byte, bool) {
 	return data, true
 }
 
+// Contains implements Clean.
+func (l *LRU) Contains(key Key, gen uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.mu.index[key]
+	if !ok || e.gen != gen {
+		return false
+	}
+	if l.mu.head != e {
+		l.unlinkLocked(e)
+		l.pushFrontLocked(e)
+	}
+	return true
+}
+
 // Fill implements Clean.
 func (l *LRU) Fill(key Key, gen uint64, load func(Key) ([]byte, error)) ([]byte, error) {
 	if data, ok := l.Get(key, gen); ok {

@@ -3,6 +3,7 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -49,7 +50,9 @@ type Config struct {
 // Entry states, all changed under mu:
 //
 //	free ──Get miss──▶ loading ──Load ok──▶ ready ──Discard / evicted──▶ free
-//	                      └──Load error──▶ free
+//	  │                   └──Load error──▶ free       │
+//	  └──Insert (filled from the caller's bytes)──▶ ready
+//	                                                   └─Discard while pinned─▶ orphan ──last Unpin──▶ free
 //
 // A ready entry is on the LRU list exactly when it is clean and unpinned;
 // only entries on that list are eviction victims. Dirty entries become
@@ -76,7 +79,10 @@ type Set struct {
 		// INVARIANT: dirty == number of ready entries with dirty set.
 		dirty int64
 		// INVARIANT: pinned == number of entries with pins > 0.
-		pinned   int64
+		pinned int64
+		// INVARIANT: lruLen == number of entries on the LRU list (ready,
+		// clean, unpinned).
+		lruLen   int64
 		flushing bool
 		// barrier is set by RequireBarrier and cleared when a Flush's
 		// opening barrier succeeds.
@@ -92,6 +98,9 @@ const (
 	stateFree tableState = iota
 	stateLoading
 	stateReady
+	// stateOrphan: discarded while pinned. The entry is out of the index
+	// and never written back; its slot becomes free at the last Unpin.
+	stateOrphan
 )
 
 // Table is one slot of a Set: a fixed-size buffer and the state that governs
@@ -196,9 +205,16 @@ func (s *Set) Get(key Key) (*Table, error) {
 			return t, nil
 		}
 		// Loading: wait for the loader, then look again (the entry may
-		// have failed, or even been loaded and evicted meanwhile).
+		// have failed, or even been loaded and evicted meanwhile). An
+		// Insert in progress has no flight: it finishes without I/O, so
+		// yield and look again.
 		fl := t.flight
 		s.mu.Unlock()
+		if fl == nil {
+			runtime.Gosched()
+			s.mu.Lock()
+			continue
+		}
 		<-fl.done
 		if fl.err != nil {
 			return nil, fl.err
@@ -304,13 +320,18 @@ func (s *Set) unpinLocked(t *Table) {
 	t.pins--
 	if t.pins == 0 {
 		s.mu.pinned--
-		if !t.dirty {
+		switch {
+		case t.state == stateOrphan:
+			t.state = stateFree
+			s.mu.free = append(s.mu.free, t.slot)
+		case !t.dirty:
 			s.pushFrontLocked(t)
 		}
 	}
 }
 
 func (s *Set) pushFrontLocked(t *Table) {
+	s.mu.lruLen++
 	t.prev = -1
 	t.next = s.mu.head
 	if s.mu.head >= 0 {
@@ -322,6 +343,7 @@ func (s *Set) pushFrontLocked(t *Table) {
 }
 
 func (s *Set) unlinkLocked(t *Table) {
+	s.mu.lruLen--
 	if t.prev >= 0 {
 		s.tables[t.prev].next = t.next
 	} else {
@@ -351,11 +373,143 @@ func (s *Set) Lookup(key Key) (*Table, bool) {
 	return t, true
 }
 
+// Peek returns the table for key if it is resident and loaded, without
+// pinning it, and makes it the most recently used. It never loads, evicts
+// or waits. Hits and misses are counted as for Get.
+//
+// The table is not pinned: its bytes stay the key's only while the caller
+// keeps every Insert, Get and Discard of the set from running (a driver
+// that makes all of them under its own lock, and reads under that lock).
+// A hit does not allocate.
+func (s *Set) Peek(key Key) (*Table, bool) {
+	return s.peek(key, true)
+}
+
+// Resident is Peek without the counters, for a caller looking again at a
+// table it has just counted (a retry after Insert).
+func (s *Set) Resident(key Key) (*Table, bool) {
+	return s.peek(key, false)
+}
+
+func (s *Set) peek(key Key, count bool) (*Table, bool) {
+	s.mu.Lock()
+	i, ok := s.mu.index[key]
+	if !ok || s.tables[i].state != stateReady {
+		if count {
+			s.mu.misses++
+		}
+		s.mu.Unlock()
+		return nil, false
+	}
+	t := &s.tables[i]
+	if t.pins == 0 && !t.dirty && s.mu.head != t.slot {
+		s.unlinkLocked(t)
+		s.pushFrontLocked(t)
+	}
+	if count {
+		s.mu.hits++
+	}
+	s.mu.Unlock()
+	return t, true
+}
+
+// Pin pins t if it is still resident, for a caller that found it with
+// Peek and has kept Insert, Get and Discard from running since; it reports
+// false (and pins nothing) if t left the set. Not counted as a lookup.
+func (s *Set) Pin(t *Table) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.set != s || t.state != stateReady {
+		return false
+	}
+	s.pinLocked(t)
+	return true
+}
+
+// ErrLoading is returned by Insert when a Get is loading the same key.
+var ErrLoading = errors.New("cache: table is being loaded")
+
+// Insert makes key resident with the bytes of src (the rest of the table
+// zeroed; src may be nil) and returns it pinned; the caller must Unpin it.
+// It is Get for a caller that does its own I/O and must never block on the
+// set: it takes a free slot or evicts the least recently used clean,
+// unpinned table (calling Config.Evicted on this goroutine, outside the
+// lock) and copies src, never running Load. If key is already resident the
+// resident table wins: it is pinned and returned, and src is ignored. With
+// no slot to take it returns ErrFull; with a Get loading key, ErrLoading.
+// It counts a fill, not a miss (the lookup that missed counted that). It
+// does not allocate.
+// REQUIRES: len(src) <= TableSize; src is not the bytes of a slot that
+// this Insert may evict (a pinned table's bytes are safe).
+func (s *Set) Insert(key Key, src []byte) (*Table, error) {
+	if len(src) > s.cfg.TableSize {
+		return nil, fmt.Errorf("cache: Insert of %d bytes into %d-byte tables", len(src), s.cfg.TableSize)
+	}
+	s.mu.Lock()
+	if i, ok := s.mu.index[key]; ok {
+		t := &s.tables[i]
+		if t.state != stateReady {
+			s.mu.Unlock()
+			return nil, ErrLoading
+		}
+		s.pinLocked(t)
+		s.mu.Unlock()
+		return t, nil
+	}
+	t, victim, evicted := s.takeSlotLocked()
+	if t == nil {
+		s.mu.full++
+		s.mu.Unlock()
+		return nil, ErrFull
+	}
+	// Loading until the bytes are in: lookups miss it, Flush skips it and
+	// nothing evicts it (it is pinned and off the LRU list).
+	t.key = key
+	t.state = stateLoading
+	t.flight = nil
+	t.dirty = false
+	t.level = 0
+	s.pinLocked(t)
+	s.mu.index[key] = t.slot
+	s.mu.fills++
+	s.mu.Unlock()
+
+	if evicted && s.cfg.Evicted != nil {
+		s.cfg.Evicted(victim, t.data)
+	}
+	n := copy(t.data, src)
+	clear(t.data[n:])
+
+	s.mu.Lock()
+	t.state = stateReady
+	s.mu.Unlock()
+	return t, nil
+}
+
+// Available returns how many tables a miss could take now: free slots plus
+// clean, unpinned tables. Only pins and MarkDirty lower it.
+func (s *Set) Available() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.mu.free) + int(s.mu.lruLen)
+}
+
+// Slot returns the table in slot i, in [0, Capacity), whatever it holds
+// now: for a caller that keeps per-slot state beside the set (see
+// Table.Slot). Its key and bytes are the caller's to use only under the
+// rules of Table.
+func (s *Set) Slot(i int) *Table { return &s.tables[i] }
+
+// Capacity returns Config.Tables.
+func (s *Set) Capacity() int { return len(s.tables) }
+
 // Discard removes key without writing it back, dirty or not: QEMU's
 // qcow2_cache_discard, for a table whose cluster has just been freed. It
 // reports whether an entry was removed. A table that is loading is left
-// alone (false).
-// REQUIRES: the table is not pinned.
+// alone (false). A pinned table leaves the index at once (lookups miss, a
+// new table may be inserted under the same key) but keeps its bytes for
+// its holders; its slot is freed at the last Unpin, and a MarkDirty of it
+// meanwhile is ignored: the table is gone.
 func (s *Set) Discard(key Key) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -364,16 +518,17 @@ func (s *Set) Discard(key Key) bool {
 		return false
 	}
 	t := &s.tables[i]
-	if t.pins != 0 {
-		s.failLocked("cache: Discard of pinned table %+v", key)
-	}
 	if t.dirty {
 		t.dirty = false
 		s.mu.dirty--
-	} else {
+	} else if t.pins == 0 {
 		s.unlinkLocked(t)
 	}
 	delete(s.mu.index, key)
+	if t.pins != 0 {
+		t.state = stateOrphan
+		return true
+	}
 	t.state = stateFree
 	s.mu.free = append(s.mu.free, t.slot)
 	return true
@@ -500,6 +655,10 @@ func (s *Set) Stats() Stats {
 // Key returns the table's key.
 func (t *Table) Key() Key { return t.key }
 
+// Slot returns the table's index in its set, in [0, Capacity): stable for
+// the set's life, so a caller may keep per-slot state beside the set.
+func (t *Table) Slot() int { return int(t.slot) }
+
 // Data returns the table's bytes (len Config.TableSize). See Table for the
 // locking rules.
 func (t *Table) Data() []byte { return t.data }
@@ -545,6 +704,11 @@ func (t *Table) MarkDirty(level Level) {
 	if invariants.Enabled && s.mu.flushing {
 		s.failLocked("cache: MarkDirty of %+v during Flush", t.key)
 	}
+	t.dirtySeq++
+	if t.state != stateReady {
+		s.mu.Unlock() // discarded while pinned: nothing to write back
+		return
+	}
 	if !t.dirty {
 		t.dirty = true
 		t.level = level
@@ -552,7 +716,6 @@ func (t *Table) MarkDirty(level Level) {
 	} else if level > t.level {
 		t.level = level
 	}
-	t.dirtySeq++
 	s.mu.Unlock()
 }
 

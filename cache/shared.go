@@ -95,6 +95,13 @@ func (s *Shared) Get(key Key, gen uint64) ([]byte, bool) {
 	return e.data, true
 }
 
+// Contains implements Clean. Ristretto counts the access in its frequency
+// sketch, which is the point.
+func (s *Shared) Contains(key Key, gen uint64) bool {
+	e, ok := s.c.Get(s.keyOf(key))
+	return ok && e.key == key && e.gen == gen
+}
+
 // Fill implements Clean.
 func (s *Shared) Fill(key Key, gen uint64, load func(Key) ([]byte, error)) ([]byte, error) {
 	if data, ok := s.Get(key, gen); ok {
