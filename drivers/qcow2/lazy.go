@@ -1,0 +1,138 @@
+package qcow2
+
+import (
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// Lazy refcounts (compatible feature bit 0, version 3 only).
+//
+// With lazy refcounts an image may be left with stale refcounts as long as
+// the dirty bit (incompatible bit 0) is set on disk: whoever opens it
+// read-write next rebuilds them from the references (openRepair). The
+// driver uses that the way QEMU does: a flush writes L2 tables and L1
+// entries but not the refcount blocks, so a guest flush costs one fsync
+// stage less (R1's "refcount block before pointer" ordering is replaced
+// by the dirty bit). Before the first flush that skips a dirty refcount
+// block, the dirty bit is written and synced (R10); a clean close writes
+// every refcount block, syncs, and only then clears the bit.
+//
+// Refcount blocks are still written eagerly when a refcount table entry
+// is dirty (a new block must be on disk before the entry that points at it,
+// R3), when the table grows, and before a check or repair reads them.
+
+// lazyState is the lazy refcount state of a read-write driver. Guarded by
+// Driver.mu; changed only under metaLock.
+type lazyState struct {
+	on          bool // the image has lazy refcounts and is open read-write
+	dirtyOnDisk bool // the dirty bit is set in the file
+	ownDirty    bool // this driver set it (a clean close clears it)
+	force       bool // the running flush must write refcount blocks
+	// needRepair is set for a dirty or corrupt image opened with
+	// DriverOptions.CheckOpen: writes fail until a repair succeeds.
+	needRepair bool
+}
+
+// initLazy sets the lazy state after the header is read at open.
+func (d *Driver) initLazy() {
+	d.lazy.on = !d.readOnly && d.hdr.Version >= 3 && d.hdr.CompatibleFeatures&CompatLazyRefcounts != 0
+	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&IncompatDirty != 0
+}
+
+// lazySkipsLocked reports whether a flush may leave dirty refcount blocks
+// in memory: lazy mode, the dirty bit durable, no forced write, and no
+// refcount table entry waiting for its block. REQUIRES: mu held.
+func (d *Driver) lazySkipsLocked() bool {
+	return d.lazy.on && d.lazy.dirtyOnDisk && !d.lazy.force && len(d.dirtyRT) == 0
+}
+
+// lazySkipRefblocks decides, at stage A of a flush with dirty refcount
+// blocks, whether they may stay in memory; in lazy mode it first makes
+// the dirty bit durable (R10). REQUIRES: metaLock held.
+func (d *Driver) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, error) {
+	d.mu.Lock()
+	can := d.lazy.on && !d.lazy.force && len(d.dirtyRT) == 0
+	set := d.lazy.dirtyOnDisk
+	d.mu.Unlock()
+	if !can {
+		return false, nil
+	}
+	if !set {
+		if err := d.writeIncompat(co, parent, IncompatDirty, 0); err != nil {
+			return false, err
+		}
+		d.mu.Lock()
+		d.lazy.dirtyOnDisk, d.lazy.ownDirty = true, true
+		d.mu.Unlock()
+	}
+	return true, nil
+}
+
+// writeIncompat sets and clears bits of the incompatible features field
+// with one synced 8-byte header write (R6).
+func (d *Driver) writeIncompat(co *aio.Co, parent *block.Request, set, clr uint64) error {
+	d.mu.Lock()
+	v := (d.hdr.IncompatibleFeatures | set) &^ clr
+	d.mu.Unlock()
+	var b [8]byte
+	putU64(b[:], v)
+	if err := d.fileWrite(co, parent, b[:], 72); err != nil {
+		return err
+	}
+	if err := d.fileSync(co, parent); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.hdr.IncompatibleFeatures = v
+	d.mu.Unlock()
+	return nil
+}
+
+// flushAllMetadata is flushMetadata with every refcount block written,
+// lazy mode or not (checks and clean closes). REQUIRES: metaLock held.
+func (d *Driver) flushAllMetadata(co *aio.Co, parent *block.Request) error {
+	d.mu.Lock()
+	d.lazy.force = true
+	d.mu.Unlock()
+	err := d.flushMetadata(co, parent)
+	d.mu.Lock()
+	d.lazy.force = false
+	d.mu.Unlock()
+	return err
+}
+
+// closeMetadata is the clean close: everything written and synced, then
+// the dirty bit this driver set is cleared (R10: only after every refcount
+// block is durable). A dirty bit found at open (CheckOpen without a
+// repair) is left alone. REQUIRES: metaLock held.
+func (d *Driver) closeMetadata(co *aio.Co) error {
+	if err := d.flushAllMetadata(co, nil); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	clearBit := d.lazy.ownDirty && d.lazy.dirtyOnDisk && !d.lazy.needRepair
+	d.mu.Unlock()
+	if !clearBit {
+		return nil
+	}
+	if err := d.writeIncompat(co, nil, 0, IncompatDirty); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.lazy.dirtyOnDisk, d.lazy.ownDirty = false, false
+	d.mu.Unlock()
+	return nil
+}
+
+// errNeedsRepair refuses writes to a dirty or corrupt image opened for a
+// check (DriverOptions.CheckOpen) until a repair succeeded.
+var errNeedsRepair = &FormatError{Field: "incompatible_features", Reason: "image is dirty or corrupt and was opened for checking; repair it (check -r all) before writing", Err: ErrCorrupt}
+
+// repairPending returns errNeedsRepair while writes must wait for a
+// repair. REQUIRES: mu held.
+func (d *Driver) repairPendingLocked() error {
+	if d.lazy.needRepair {
+		return errNeedsRepair
+	}
+	return nil
+}
