@@ -18,6 +18,18 @@ type CreateOptions struct {
 	// file; both or neither (qemu-img 7.2 refuses -b without -F).
 	BackingFile   string
 	BackingFormat string
+	// Preallocation is qemu-img's preallocation option (PreallocOff,
+	// PreallocMetadata, PreallocFalloc or PreallocFull). With a backing
+	// file it needs ExtendedL2, as in qemu-img 7.2.
+	Preallocation Prealloc
+	// ExtendedL2 makes 128-bit L2 entries with 32 subclusters per cluster
+	// (incompatible feature bit 4). Version 3 and clusters of at least
+	// 16 KiB only.
+	ExtendedL2 bool
+	// LazyRefcounts sets compatible feature bit 0 (version 3 only): the
+	// driver may then leave refcount blocks unwritten behind the dirty bit
+	// (lazy.go).
+	LazyRefcounts bool
 }
 
 // Layout computes the metadata of a new image: the header, and where the
@@ -69,13 +81,27 @@ func layout(size int64, o CreateOptions) (*Header, []int64, error) {
 	if size < 0 || size > MaxImageSize {
 		return nil, nil, limit("size", uint64(max(size, 0)), "virtual size out of range")
 	}
+	// qemu-img rounds the size up to whole sectors.
+	size = (size + 511) &^ 511
 	if (o.BackingFile == "") != (o.BackingFormat == "") {
 		return nil, nil, unsupported("backing_file", 0, "a backing file needs an explicit backing format, and vice versa")
 	}
 	if o.BackingFormat != "" && o.BackingFormat != "raw" && o.BackingFormat != "qcow2" {
 		return nil, nil, unsupported("backing_format", 0, "backing format must be raw or qcow2")
 	}
-	l1 := L1EntriesFor(uint64(size), bits, false)
+	if o.ExtendedL2 && ver != 3 {
+		return nil, nil, unsupported("extended_l2", 1, "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)")
+	}
+	if o.ExtendedL2 && bits < MinClusterBitsExtendedL2 {
+		return nil, nil, unsupported("extended_l2", uint64(cs), "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+	}
+	if o.Preallocation > PreallocFull {
+		return nil, nil, unsupported("preallocation", uint64(o.Preallocation), "preallocation must be off, metadata, falloc or full")
+	}
+	if o.BackingFile != "" && o.Preallocation != PreallocOff && !o.ExtendedL2 {
+		return nil, nil, unsupported("preallocation", uint64(o.Preallocation), "Backing file and preallocation can only be used at the same time if extended_l2 is on")
+	}
+	l1 := L1EntriesFor(uint64(size), bits, o.ExtendedL2)
 	if l1*8 > MaxL1Bytes {
 		return nil, nil, limit("l1_size", l1, "image size is too large for this cluster size")
 	}
@@ -83,6 +109,15 @@ func layout(size int64, o CreateOptions) (*Header, []int64, error) {
 		Version: uint32(ver), ClusterBits: bits, Size: uint64(size),
 		L1Entries: uint32(l1), RefcountOrder: order,
 		BackingFile: o.BackingFile, BackingFormat: o.BackingFormat,
+	}
+	if o.ExtendedL2 {
+		h.IncompatibleFeatures |= IncompatExtendedL2
+	}
+	if o.LazyRefcounts {
+		if ver != 3 {
+			return nil, nil, unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)")
+		}
+		h.CompatibleFeatures |= CompatLazyRefcounts
 	}
 	if ver == 3 {
 		h.HeaderLength = 112
@@ -137,6 +172,9 @@ func Create(file *block.Node, size int64, o CreateOptions) error {
 	hb, err := h.MarshalBinary()
 	if err != nil {
 		return &block.Error{Kind: kindOf(err), Op: block.OpOpen, Node: file.Name(), Err: err}
+	}
+	if o.Preallocation != PreallocOff && h.L1Entries > 0 {
+		return createPrealloc(file, h, offs, o.Preallocation)
 	}
 	cs := int64(1) << h.ClusterBits
 	rtClusters := int64(h.RefcountTableClusters)
@@ -193,4 +231,365 @@ func kindOf(err error) block.Kind {
 		return block.Unsupported
 	}
 	return block.InvalidFormat
+}
+
+// Prealloc is qemu-img's preallocation mode for a new image.
+type Prealloc uint8
+
+const (
+	// PreallocOff allocates nothing: every cluster is unallocated.
+	PreallocOff Prealloc = iota
+	// PreallocMetadata allocates every L2 table and data cluster and maps
+	// them (refcounts set, data not written), and sets the file length.
+	PreallocMetadata
+	// PreallocFalloc is PreallocMetadata plus an fallocate of the data.
+	PreallocFalloc
+	// PreallocFull is PreallocMetadata with the data written as zeros.
+	PreallocFull
+)
+
+var preallocNames = [...]string{"off", "metadata", "falloc", "full"}
+
+func (p Prealloc) String() string {
+	if int(p) < len(preallocNames) {
+		return preallocNames[p]
+	}
+	return "invalid"
+}
+
+// ParsePrealloc parses qemu-img's preallocation values.
+func ParsePrealloc(s string) (Prealloc, bool) {
+	for i, n := range preallocNames {
+		if s == n {
+			return Prealloc(i), true
+		}
+	}
+	return 0, false
+}
+
+// preallocPlan is where a preallocated image puts its clusters. Offsets
+// are cluster indexes. Every cluster below end has refcount 1 except the
+// holes (clusters freed while the layout was built).
+type preallocPlan struct {
+	l2    []int64 // per L1 index: the L2 table
+	data  []int64 // per L1 index: the first data cluster of the table's contiguous run
+	rb    []int64 // per refcount table index: the refcount block (0: none)
+	holes []int64
+	end   int64 // clusters in use (the last one included)
+	// rtOff and rtClusters move when the refcount area (falloc, full)
+	// replaces the table.
+	rtOff, rtClusters int64
+	// fileLen is the file length QEMU leaves.
+	fileLen int64
+}
+
+// errTableFull stops the metadata-mode simulation when QEMU would grow
+// the refcount table (a path whose placement we do not reproduce).
+var errTableFull = limit("refcount_table_clusters", 0, "preallocation outgrows the refcount table")
+
+// initialClusters is the number of clusters the image written by Create
+// without preallocation occupies (the file is not cluster aligned at its
+// end; QEMU rounds it up before allocating after it).
+func initialClusters(h *Header, offs []int64) int64 {
+	cs := int64(1) << h.ClusterBits
+	end := offs[0] + cs
+	if h.L1Entries > 0 {
+		end = max(end, int64(h.L1Offset)+int64(h.L1Entries)*8)
+	}
+	if last := offs[len(offs)-1] + cs; last > end {
+		end = last
+	}
+	return (end + cs - 1) / cs
+}
+
+// planMetadata reproduces QEMU 7.2's metadata preallocation (the loop of
+// cluster allocations that preallocate_co makes): table by table, the L2
+// table goes to the first free cluster and the table's data clusters right
+// after it; a refcount block that is missing when a refcount is set goes
+// to the next free cluster (self-describing when it falls in the range it
+// covers). QEMU's allocator is first-fit and nothing is freed, so the next
+// free cluster is always the end.
+func planMetadata(h *Header, offs []int64) (*preallocPlan, error) {
+	g := h.Geometry(0)
+	cs := g.ClusterSize()
+	perBlock := g.RefcountBlockEntries()
+	tableEntries := int64(h.RefcountTableClusters) * cs / 8
+	p := &preallocPlan{rtOff: int64(h.RefcountTableOffset) / cs, rtClusters: int64(h.RefcountTableClusters)}
+	p.rb = make([]int64, len(offs), tableEntries)
+	for i, o := range offs {
+		p.rb[i] = o / cs
+	}
+	next := initialClusters(h, offs)
+	var ensure func(c int64) error
+	ensure = func(c int64) error {
+		b := c / perBlock
+		if b >= tableEntries {
+			return errTableFull
+		}
+		for int64(len(p.rb)) <= b {
+			p.rb = append(p.rb, 0)
+		}
+		if p.rb[b] != 0 {
+			return nil
+		}
+		x := next
+		next++
+		p.rb[b] = x
+		if x/perBlock != b {
+			return ensure(x)
+		}
+		return nil
+	}
+	alloc := func(n int64) (int64, error) {
+		start := next
+		next += n
+		for c := start; c < start+n; c = (c/perBlock + 1) * perBlock {
+			if err := ensure(c); err != nil {
+				return 0, err
+			}
+		}
+		return start, nil
+	}
+	clusters := (int64(h.Size) + cs - 1) / cs
+	per := g.L2Entries()
+	n := int64(h.L1Entries)
+	p.l2 = make([]int64, n)
+	p.data = make([]int64, n)
+	var dataEnd int64
+	for i := int64(0); i < n; i++ {
+		var err error
+		if p.l2[i], err = alloc(1); err != nil {
+			return nil, err
+		}
+		k := min(per, clusters-i*per)
+		if p.data[i], err = alloc(k); err != nil {
+			return nil, err
+		}
+		// QEMU extends the file to the end of the last data cluster.
+		dataEnd = (p.data[i] + k) * cs
+	}
+	p.end = next
+	last := dataEnd
+	for _, c := range p.rb {
+		last = max(last, (c+1)*cs)
+	}
+	for _, c := range p.l2 {
+		last = max(last, (c+1)*cs)
+	}
+	p.fileLen = max(last, int64(h.L1Offset)+int64(h.L1Entries)*8)
+	return p, nil
+}
+
+// planArea reproduces QEMU 7.2's falloc/full preallocation: a refcount
+// area after the current end of the file (refcount blocks for every index
+// that lacks one, then a new refcount table sized exactly), the data
+// clusters contiguous after it, the old refcount table freed, and the L2
+// tables allocated first-fit (into the old table's clusters first, then
+// after the data). It is also the fallback for metadata mode when QEMU's
+// path would grow the refcount table.
+func planArea(h *Header, offs []int64) *preallocPlan {
+	g := h.Geometry(0)
+	cs := g.ClusterSize()
+	perBlock := g.RefcountBlockEntries()
+	perTableCluster := cs / 8
+	start := initialClusters(h, offs)
+	clusters := (int64(h.Size) + cs - 1) / cs
+	n := int64(h.L1Entries)
+	// qcow2_refcount_metadata_size's fixed point, without the generous
+	// increase.
+	total := start + clusters + n
+	var blocks, table, last, cnt int64
+	for {
+		blocks = (total + table + blocks + perBlock - 1) / perBlock
+		table = (blocks + perTableCluster - 1) / perTableCluster
+		cnt = total + blocks + table
+		if cnt == last {
+			break
+		}
+		last = cnt
+	}
+	p := &preallocPlan{}
+	p.rb = make([]int64, max(blocks, int64(len(offs))))
+	for i, o := range offs {
+		p.rb[i] = o / cs
+	}
+	next := start
+	for i := range p.rb {
+		if p.rb[i] == 0 {
+			p.rb[i] = next
+			next++
+		}
+	}
+	oldRT, oldRTClusters := int64(h.RefcountTableOffset)/cs, int64(h.RefcountTableClusters)
+	p.rtOff, p.rtClusters = next, max(table, oldRTClusters)
+	next += p.rtClusters
+	dataStart := next
+	next += clusters
+	p.l2 = make([]int64, n)
+	p.data = make([]int64, n)
+	per := g.L2Entries()
+	free := oldRTClusters // old table clusters not yet reused
+	for i := int64(0); i < n; i++ {
+		p.data[i] = dataStart + i*per
+		if i < free {
+			p.l2[i] = oldRT + i
+		} else {
+			p.l2[i] = next
+			next++
+		}
+	}
+	for i := n; i < free; i++ {
+		p.holes = append(p.holes, oldRT+i)
+	}
+	p.end = next
+	p.fileLen = next * cs
+	return p
+}
+
+// createPrealloc writes a new image with every cluster preallocated. Only
+// metadata is held in memory, one cluster at a time, besides the plan
+// (two offsets per L2 table and one per refcount block).
+func createPrealloc(file *block.Node, h *Header, offs []int64, mode Prealloc) error {
+	g := h.Geometry(0)
+	cs := g.ClusterSize()
+	var p *preallocPlan
+	if mode == PreallocMetadata {
+		var err error
+		if p, err = planMetadata(h, offs); err == errTableFull {
+			p = planArea(h, offs)
+		} else if err != nil {
+			return err
+		}
+	} else {
+		p = planArea(h, offs)
+	}
+	if p.rtClusters*cs > MaxRefcountTableBytes {
+		return limit("refcount_table_clusters", uint64(p.rtClusters), "refcount table too large")
+	}
+	h.RefcountTableOffset = uint64(p.rtOff * cs)
+	h.RefcountTableClusters = uint32(p.rtClusters)
+	hb, err := h.MarshalBinary()
+	if err != nil {
+		return &block.Error{Kind: kindOf(err), Op: block.OpOpen, Node: file.Name(), Err: err}
+	}
+	if err := file.Truncate(0); err != nil && !block.IsKind(err, block.Unsupported) {
+		return err
+	}
+	buf := make([]byte, cs)
+	// Refcount table.
+	rt := make([]byte, p.rtClusters*cs)
+	for i, c := range p.rb {
+		if c != 0 {
+			putU64(rt[i*8:], uint64(c*cs))
+		}
+	}
+	if _, err := file.WriteAt(rt, p.rtOff*cs); err != nil {
+		return err
+	}
+	// Refcount blocks: 1 for every cluster below end but the holes.
+	perBlock := g.RefcountBlockEntries()
+	for b, c := range p.rb {
+		if c == 0 {
+			continue
+		}
+		clear(buf)
+		for i := int64(0); i < perBlock; i++ {
+			x := int64(b)*perBlock + i
+			if x >= p.end {
+				break
+			}
+			if isHole(p.holes, x) {
+				continue
+			}
+			if err := RefcountSet(buf, h.RefcountOrder, i, 1); err != nil {
+				return err
+			}
+		}
+		if _, err := file.WriteAt(buf, c*cs); err != nil {
+			return err
+		}
+	}
+	// L1 table and L2 tables. Extended L2 bitmaps stay 0: every
+	// subcluster is unallocated in an allocated cluster, so reads still go
+	// to the backing file (which is why qemu-img allows this combination).
+	l1 := make([]byte, int64(h.L1Entries)*8)
+	clusters := (int64(h.Size) + cs - 1) / cs
+	per, esz := g.L2Entries(), g.L2EntrySize()
+	for i := range p.l2 {
+		e, err := g.EncodeL1Entry(p.l2[i]*cs, true)
+		if err != nil {
+			return err
+		}
+		putU64(l1[i*8:], e)
+		clear(buf)
+		k := min(per, clusters-int64(i)*per)
+		for j := int64(0); j < k; j++ {
+			le, err := g.EncodeL2Entry(Normal, (p.data[i]+j)*cs, true)
+			if err != nil {
+				return err
+			}
+			putU64(buf[j*esz:], le)
+		}
+		if _, err := file.WriteAt(buf, p.l2[i]*cs); err != nil {
+			return err
+		}
+	}
+	if _, err := file.WriteAt(l1, int64(h.L1Offset)); err != nil {
+		return err
+	}
+	// Data: runs of host-contiguous clusters.
+	if mode != PreallocMetadata {
+		for i := 0; i < len(p.data); {
+			j := i + 1
+			for j < len(p.data) && p.data[j] == p.data[j-1]+per {
+				j++
+			}
+			start := p.data[i] * cs
+			n := (min(int64(j)*per, clusters) - int64(i)*per) * cs
+			if err := preallocData(file, mode, start, n); err != nil {
+				return err
+			}
+			i = j
+		}
+	}
+	if err := file.Truncate(p.fileLen); err != nil && !block.IsKind(err, block.Unsupported) {
+		return err
+	}
+	if err := file.Flush(); err != nil {
+		return err
+	}
+	// Header last, as in Create.
+	clear(buf)
+	copy(buf, hb)
+	if _, err := file.WriteAt(buf, 0); err != nil {
+		return err
+	}
+	return file.Flush()
+}
+
+func isHole(holes []int64, c int64) bool {
+	for _, h := range holes {
+		if h == c {
+			return true
+		}
+	}
+	return false
+}
+
+// preallocData allocates the data clusters at [off, off+n) in the file:
+// fallocate (a write-zeroes that may not unmap) or written zeros.
+func preallocData(file *block.Node, mode Prealloc, off, n int64) error {
+	if mode == PreallocFalloc {
+		return file.WriteZeroes(off, n, 0)
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(zero)))
+		if _, err := file.WriteAt(zero[:k], off); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
@@ -143,5 +144,188 @@ func TestQcow2DriverCreateThenWrite(t *testing.T) {
 			checkSame(t, readAll(t, n, 1<<20), ref)
 			n.Unref()
 		})
+	}
+}
+
+// sameFiles compares two files chunk by chunk (they may be large and
+// sparse) and reports the first differing offset.
+func sameFiles(t *testing.T, a, b string) {
+	t.Helper()
+	fa, err := os.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	sa, _ := fa.Stat()
+	sb, _ := fb.Stat()
+	if sa.Size() != sb.Size() {
+		t.Errorf("file length %d, qemu-img's %d", sa.Size(), sb.Size())
+		return
+	}
+	x, y := make([]byte, 1<<20), make([]byte, 1<<20)
+	for off := int64(0); off < sa.Size(); off += int64(len(x)) {
+		n, _ := fa.ReadAt(x, off)
+		m, _ := fb.ReadAt(y, off)
+		if n != m || !bytes.Equal(x[:n], y[:m]) {
+			t.Errorf("file differs from qemu-img create's at %d", off+int64(firstDiff(x[:n], y[:m])))
+			return
+		}
+	}
+}
+
+// qemuMapNoOffsets is qemu-img map's classification of img (see
+// normalizeQemu) without host offsets.
+func qemuMapNoOffsets(t *testing.T, img string) string {
+	t.Helper()
+	var rs []run
+	for _, r := range normalizeQemu(parseQemuMap(t, qemuImg(t, "map", "--output=json", img))) {
+		r.off = -1
+		rs = appendRun(rs, r)
+	}
+	return runsString(rs)
+}
+
+// allocatedBytes is the file's allocated size (st_blocks).
+func allocatedBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// TestQcow2DriverCreatePrealloc: preallocation=metadata|falloc|full and
+// extended_l2=on produce the file qemu-img create produces (same bytes,
+// hence the same header, mapping and length) wherever QEMU's placement
+// is reproduced; qemu-img check accepts every result; falloc and full
+// allocate the data in the file, metadata does not.
+func TestQcow2DriverCreatePrealloc(t *testing.T) {
+	needQemu(t)
+	type tc struct {
+		size  int64
+		o     CreateOptions
+		qopt  string
+		exact bool // byte-identical to qemu-img's file
+	}
+	var cases []tc
+	for _, m := range []Prealloc{PreallocMetadata, PreallocFalloc, PreallocFull} {
+		p := "preallocation=" + m.String()
+		cases = append(cases,
+			tc{3 << 20, CreateOptions{Preallocation: m}, p, true},
+			tc{3<<20 + 1000, CreateOptions{Preallocation: m}, p, true},
+			tc{300 << 10, CreateOptions{Preallocation: m, ClusterSize: 512}, p + ",cluster_size=512", true},
+			tc{300<<10 + 100, CreateOptions{Preallocation: m, ClusterSize: 512, RefcountBits: 64}, p + ",cluster_size=512,refcount_bits=64", true},
+			tc{10 << 20, CreateOptions{Preallocation: m, ClusterSize: 4096}, p + ",cluster_size=4096", true},
+			tc{5 << 20, CreateOptions{Preallocation: m, ClusterSize: 2 << 20}, p + ",cluster_size=2M", true},
+			tc{2 << 20, CreateOptions{Preallocation: m, Version: 2}, p + ",compat=0.10", true},
+			tc{3 << 20, CreateOptions{Preallocation: m, ExtendedL2: true, ClusterSize: 16384}, p + ",extended_l2=on,cluster_size=16k", true},
+			tc{1 << 20, CreateOptions{Preallocation: m, ExtendedL2: true, ClusterSize: 32768, BackingFile: "base.raw", BackingFormat: "raw"},
+				p + ",extended_l2=on,cluster_size=32k,backing_file=base.raw,backing_fmt=raw", true},
+		)
+	}
+	// QEMU grows the refcount table while it preallocates metadata here;
+	// we lay the image out like falloc instead (same mapping, different
+	// host offsets).
+	cases = append(cases, tc{9 << 20, CreateOptions{Preallocation: PreallocMetadata, ClusterSize: 512}, "preallocation=metadata,cluster_size=512", false})
+	cases = append(cases, tc{9 << 20, CreateOptions{Preallocation: PreallocFalloc, ClusterSize: 512}, "preallocation=falloc,cluster_size=512", true})
+	if !testing.Short() {
+		cases = append(cases, tc{600 << 20, CreateOptions{Preallocation: PreallocMetadata}, "preallocation=metadata", true})
+	}
+	e := newTestEnv(t)
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%d-%s", c.size, c.qopt), func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "base.raw"), bytes.Repeat([]byte{0x42}, 1<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ours := filepath.Join(dir, "ours.qcow2")
+			theirs := filepath.Join(dir, "theirs.qcow2")
+			if err := e.create(ours, c.size, c.o); err != nil {
+				t.Fatal(err)
+			}
+			qemuCreate(t, theirs, c.qopt, c.size)
+			qemuCheck(t, ours)
+			a, b := qemuInfo(t, ours), qemuInfo(t, theirs)
+			ja, _ := json.Marshal(a)
+			jb, _ := json.Marshal(b)
+			if !bytes.Equal(ja, jb) {
+				t.Errorf("qemu-img info differs:\nours   %s\ntheirs %s", ja, jb)
+			}
+			if c.exact {
+				sameFiles(t, ours, theirs)
+				// qemu-img map also reports holes in the file under data
+				// (a file-system property); normalizeQemu drops that.
+				ma := runsString(normalizeQemu(parseQemuMap(t, qemuImg(t, "map", "--output=json", ours))))
+				mb := runsString(normalizeQemu(parseQemuMap(t, qemuImg(t, "map", "--output=json", theirs))))
+				if ma != mb {
+					t.Errorf("qemu-img map differs:\nours   %s\ntheirs %s", ma, mb)
+				}
+			} else if ma, mb := qemuMapNoOffsets(t, ours), qemuMapNoOffsets(t, theirs); ma != mb {
+				t.Errorf("qemu-img map differs:\nours   %s\ntheirs %s", ma, mb)
+			}
+			// Every cluster of the disk is allocated in the image.
+			im, err := openFile(t, ours, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			exts, err := im.Map(nil, 0, im.Geometry.Size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range exts {
+				wantKind := ExtentData
+				if c.o.ExtendedL2 {
+					wantKind = ExtentUnallocated // allocated clusters, unallocated subclusters
+				}
+				if x.Kind != wantKind {
+					t.Fatalf("extent %+v: want %v everywhere", x, wantKind)
+				}
+			}
+			// Data allocated in the file: falloc and full, not metadata.
+			st, _ := os.Stat(ours)
+			cs := int64(im.Geometry.ClusterSize())
+			data := (c.size + cs - 1) / cs * cs
+			got := allocatedBytes(t, ours)
+			if c.o.Preallocation == PreallocMetadata && got > st.Size()-data/2 {
+				t.Errorf("metadata: %d bytes allocated in a file of %d with %d data bytes", got, st.Size(), data)
+			}
+			if c.o.Preallocation != PreallocMetadata && got < data {
+				t.Errorf("%v: %d bytes allocated, want at least the %d data bytes", c.o.Preallocation, got, data)
+			}
+		})
+	}
+}
+
+// TestQcow2DriverCreateRefusals: the option combinations qemu-img 7.2
+// refuses are refused, with its reason.
+func TestQcow2DriverCreateRefusals(t *testing.T) {
+	e := newTestEnv(t)
+	for _, c := range []struct {
+		o    CreateOptions
+		want string
+	}{
+		{CreateOptions{ExtendedL2: true, Version: 2}, "Extended L2 entries are only supported with compatibility level 1.1 and above"},
+		{CreateOptions{ExtendedL2: true, ClusterSize: 8192}, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"},
+		{CreateOptions{Preallocation: PreallocMetadata, BackingFile: "b", BackingFormat: "raw"}, "Backing file and preallocation can only be used at the same time if extended_l2 is on"},
+		{CreateOptions{Preallocation: PreallocFull + 1}, "preallocation must be"},
+	} {
+		err := e.create(filepath.Join(t.TempDir(), "bad.qcow2"), 1<<20, c.o)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: err = %v, want %q", c.o, err, c.want)
+		}
+	}
+	for _, s := range []string{"off", "metadata", "falloc", "full"} {
+		if p, ok := ParsePrealloc(s); !ok || p.String() != s {
+			t.Errorf("ParsePrealloc(%q) = %v, %v", s, p, ok)
+		}
+	}
+	if _, ok := ParsePrealloc("bogus"); ok {
+		t.Error("ParsePrealloc accepted bogus")
 	}
 }

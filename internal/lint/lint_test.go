@@ -51,6 +51,7 @@ var external = map[string][]string{
 	"uring/uringtest": {"golang.org/x/sys"},
 	"aio":             {"golang.org/x/sys", "github.com/klauspost/cpuid/v2"},
 	"cache":           {"github.com/dgraph-io/ristretto/v2"},
+	"drivers/qcow2":   {"github.com/klauspost/compress"},
 	"plugin/contract": {},
 }
 

@@ -1,0 +1,413 @@
+package qcow2
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// AmendOptions are the changes of `qemu-img amend -o`. The zero value
+// changes nothing; every field names one -o key.
+type AmendOptions struct {
+	// Version is compat: 2 (compat=0.10) or 3 (compat=1.1); 0 keeps it.
+	Version int
+	// LazyRefcounts is lazy_refcounts=on|off; nil keeps it.
+	LazyRefcounts *bool
+	// Size is the new virtual size in bytes (size=); 0 keeps it. Growing
+	// only: shrinking is refused.
+	Size int64
+	// BackingFile and BackingFormat are backing_file= and backing_fmt=;
+	// nil keeps the current value, a pointer to "" removes it. Only the
+	// header changes (like `qemu-img rebase -u`): the driver keeps the
+	// backing node it opened, and the new chain is used at the next open.
+	BackingFile   *string
+	BackingFormat *string
+	// RefcountBits is refcount_bits=; 0 keeps it. Only the current width
+	// (or 16 when downgrading) is accepted: changing the width is not
+	// implemented.
+	RefcountBits int
+}
+
+// CreateOnlyAmendKeys are the -o keys qemu-img 7.2 accepts at create but
+// refuses in amend ("This option is only supported for image creation").
+// A command-line front end reports them with AmendKeyError.
+var CreateOnlyAmendKeys = []string{"cluster_size", "preallocation", "extended_l2", "compression_type", "encrypt.format", "encryption"}
+
+// AmendKeyError returns qemu-img's refusal for an -o key amend does not
+// take: create-only keys and unknown ones.
+func AmendKeyError(key string) error {
+	for _, k := range CreateOnlyAmendKeys {
+		if key == k || strings.HasPrefix(key, "encrypt.") {
+			return unsupported(key, 0, "Invalid parameter '"+key+"'\nThis option is only supported for image creation")
+		}
+	}
+	return unsupported(key, 0, "Invalid parameter '"+key+"'")
+}
+
+// Amend applies o to the image of a read-write qcow2 node, with the
+// semantics of `qemu-img amend -f qcow2 -o ...` in QEMU 7.2:
+//
+//   - compat=1.1 upgrades a version 2 image: 112-byte header, the feature
+//     name table (clusters above 4 KiB, as qemu-img create writes it).
+//   - compat=0.10 downgrades: refused with qemu-img's messages when the
+//     image uses something version 2 cannot express (refcount_bits other
+//     than 16, extended L2, an external data file, zstd compression, and
+//     lazy_refcounts=on in the same command); the dirty bit is cleaned
+//     first (every refcount block written), lazy refcounts and the
+//     autoclear bits are dropped, and zero clusters are expanded: without
+//     a backing file a plain zero cluster becomes unallocated, otherwise
+//     (and for preallocated zero clusters) zeros are written to a data
+//     cluster. Zero clusters in internal snapshots are refused.
+//   - lazy_refcounts=on sets compatible bit 0 (version 3 only);
+//     lazy_refcounts=off first writes every refcount block and clears a
+//     dirty bit this driver set (an image still needing a repair is
+//     refused: run check -r first).
+//   - size grows the disk through the driver's resize (shrinking is
+//     refused; QEMU 7.2 can shrink).
+//   - backing_file / backing_fmt rewrite the header's backing name and
+//     backing format extension (see AmendOptions.BackingFile).
+//
+// Every change is made under the driver's metadata lock: dirty metadata
+// is written and synced, then the header cluster is rewritten as one
+// write and synced (R6). A failed option check changes nothing.
+//
+// Call it from a control goroutine or the main Context (it waits), with
+// no other requests on the node: like qemu-img amend, it expects to be
+// the image's only user (a running guest would see the zero-flag
+// semantics change under it).
+func Amend(n *block.Node, o AmendOptions) error {
+	d, ok := n.Driver().(*Driver)
+	if !ok {
+		return &block.Error{Kind: block.Unsupported, Op: block.OpOpen, Node: n.Name(), Err: errors.New("qcow2: amend needs a qcow2 node")}
+	}
+	if d.readOnly {
+		return &block.Error{Kind: block.Unsupported, Op: block.OpWrite, Node: n.Name(), Err: errors.New("qcow2: amend needs a read-write node")}
+	}
+	ctx := n.Context()
+	main := n.Graph().Main()
+	var err error
+	done := make(chan struct{})
+	run := func() {
+		ctx.Go(func(co *aio.Co) {
+			d.metaLock.lock(co)
+			err = d.amendLocked(co, o)
+			d.metaLock.unlock()
+			close(done)
+			main.Kick()
+			ctx.Kick()
+		})
+	}
+	notDone := func() bool {
+		select {
+		case <-done:
+			return false
+		default:
+			return true
+		}
+	}
+	switch {
+	case ctx.InContext():
+		run()
+		ctx.WaitWhile(notDone)
+	case main.InContext():
+		ctx.Schedule(run)
+		main.WaitWhile(notDone)
+	default:
+		ctx.Schedule(run)
+		<-done
+	}
+	return d.formatErr(block.OpWrite, 0, err)
+}
+
+// amendLocked checks o against the image, then applies it. REQUIRES:
+// metaLock held.
+func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
+	d.mu.Lock()
+	h := *d.hdr
+	size := d.geo.Size
+	d.mu.Unlock()
+	ver := int(h.Version)
+	if o.Version != 0 && o.Version != 2 && o.Version != 3 {
+		return unsupported("compat", uint64(o.Version), "Unknown compatibility level")
+	}
+	newVer := ver
+	if o.Version != 0 {
+		newVer = o.Version
+	}
+	lazy := h.CompatibleFeatures&CompatLazyRefcounts != 0
+	if o.LazyRefcounts != nil {
+		lazy = *o.LazyRefcounts
+	}
+	if o.RefcountBits != 0 {
+		if newVer == 2 && o.RefcountBits != 16 {
+			return unsupported("refcount_bits", uint64(o.RefcountBits), "compat=0.10 requires refcount_bits=16")
+		}
+		if o.RefcountBits != 1<<h.RefcountOrder {
+			return unsupported("refcount_bits", uint64(o.RefcountBits), "changing the refcount width is not supported")
+		}
+	}
+	if newVer == 2 && lazy && o.LazyRefcounts != nil {
+		return unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+	}
+	if newVer == 2 && ver == 3 {
+		if h.RefcountOrder != 4 {
+			return unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
+		}
+		// Dirty is cleaned below; corrupt images are not opened read-write.
+		if rest := h.IncompatibleFeatures &^ IncompatDirty; rest != 0 {
+			return unsupported("incompatible_features", rest, "Cannot downgrade an image with incompatible features "+hexString(rest)+" set")
+		}
+		if h.Bitmaps != nil {
+			return unsupported("bitmaps", 0, "Cannot downgrade an image with persistent bitmaps")
+		}
+	}
+	if o.Size != 0 && o.Size < size {
+		return unsupported("size", uint64(o.Size), "shrinking a qcow2 image is not supported")
+	}
+	bf, bfmt := h.BackingFile, h.BackingFormat
+	if o.BackingFile != nil {
+		bf = *o.BackingFile
+		if bf == "" {
+			bfmt = ""
+		}
+	}
+	if o.BackingFormat != nil {
+		bfmt = *o.BackingFormat
+	}
+	if bf == "" && bfmt != "" {
+		return unsupported("backing_fmt", 0, "backing format specified without a backing file")
+	}
+	if bf != "" {
+		if len(bf) > MaxBackingNameLen {
+			return limit("backing_file", uint64(len(bf)), "backing file name too long")
+		}
+		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
+			return unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
+		}
+	}
+	if d.lazy.needRepair {
+		return errNeedsRepair
+	}
+
+	// Checks done; apply. The size first (it rewrites only the size
+	// field), then the data changes a downgrade needs, then one header.
+	if o.Size != 0 && o.Size != size {
+		if err := d.truncateLocked(co, nil, (o.Size+511)&^511); err != nil {
+			return err
+		}
+	}
+	if newVer == 2 && ver == 3 {
+		// Data writes follow: R10 first (a header-only amend keeps the
+		// autoclear bits, and with them any bitmaps, as QEMU does).
+		if err := d.prepareWrite(co, nil); err != nil {
+			return err
+		}
+		if err := d.expandZeroClusters(co); err != nil {
+			return err
+		}
+	}
+	// Everything (refcount blocks included) durable before the header
+	// stops announcing a dirty image or lazy refcounts.
+	if err := d.flushAllMetadata(co, nil); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	nh := *d.hdr
+	d.mu.Unlock()
+	nh.BackingFile, nh.BackingFormat = bf, bfmt
+	switch {
+	case newVer == 2 && ver == 3:
+		nh.Version, nh.HeaderLength, nh.HeaderTail = 2, HeaderLengthV2, nil
+		nh.IncompatibleFeatures, nh.CompatibleFeatures, nh.AutoclearFeatures = 0, 0, 0
+		nh.CompressionType, nh.FeatureNames = 0, nil
+	case newVer == 3 && ver == 2:
+		nh.Version, nh.HeaderLength, nh.HeaderTail = 3, 112, make([]byte, 112-105)
+		nh.RefcountOrder = 4
+		if nh.ClusterSize() > 4096 {
+			nh.FeatureNames = DefaultFeatureNames()
+		}
+	}
+	if nh.Version >= 3 {
+		nh.CompatibleFeatures &^= CompatLazyRefcounts
+		if lazy {
+			nh.CompatibleFeatures |= CompatLazyRefcounts
+		} else {
+			nh.IncompatibleFeatures &^= IncompatDirty
+		}
+	}
+	if err := d.rewriteHeader(co, &nh); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.geo.ZeroFlag = nh.Version >= 3 && !nh.ExtendedL2()
+	d.lazy.on = nh.Version >= 3 && lazy
+	if nh.IncompatibleFeatures&IncompatDirty == 0 {
+		d.lazy.dirtyOnDisk, d.lazy.ownDirty = false, false
+	}
+	d.mu.Unlock()
+	return nil
+}
+
+// rewriteHeader writes nh as the whole header cluster and syncs (R6),
+// then makes it the driver's header. REQUIRES: metaLock held.
+func (d *Driver) rewriteHeader(co *aio.Co, nh *Header) error {
+	hb, err := nh.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	cs := d.geo.ClusterSize()
+	if int64(len(hb)) > cs {
+		return limit("header_length", uint64(len(hb)), "header and extensions do not fit in the first cluster")
+	}
+	parsed, err := ParseHeader(hb)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, cs)
+	copy(buf, hb)
+	if err := d.fileWrite(co, nil, buf, 0); err != nil {
+		return err
+	}
+	if err := d.fileSync(co, nil); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.hdr = parsed
+	d.mu.Unlock()
+	return nil
+}
+
+// expandZeroClusters removes the zero flag from every active L2 entry
+// before a downgrade to version 2 (QEMU's qcow2_expand_zero_clusters):
+// without a backing file a plain zero cluster becomes unallocated (which
+// reads as zero too); otherwise zeros are written to a data cluster (the
+// preallocated one when there is one). Snapshot tables with zero
+// clusters are refused. REQUIRES: metaLock held.
+func (d *Driver) expandZeroClusters(co *aio.Co) error {
+	if err := d.refuseSnapshotZeros(co); err != nil {
+		return err
+	}
+	cs := d.geo.ClusterSize()
+	d.mu.Lock()
+	size, l1n := d.geo.Size, int64(len(d.l1))
+	d.mu.Unlock()
+	var zeros []byte
+	for l1i := int64(0); l1i < l1n; l1i++ {
+		d.mu.Lock()
+		mapped := d.l1[l1i]&offsetMask != 0
+		d.mu.Unlock()
+		if !mapped {
+			continue
+		}
+		first := l1i * d.geo.L1Coverage()
+		for off := first; off < min(size, first+d.geo.L1Coverage()); off += cs {
+			le, _, err := d.peekEntry(co, nil, off)
+			if err == errMiss {
+				le, err = d.entryForWrite(co, nil, off)
+			}
+			if err != nil {
+				return err
+			}
+			switch {
+			case le.Type == ZeroPlain && d.backing == nil:
+				err = d.updateEntry(co, off, func(le L2Entry, e uint64) uint64 {
+					if le.Type == ZeroPlain {
+						return 0
+					}
+					return e
+				})
+			case le.Type == ZeroPlain || le.Type == ZeroAlloc:
+				if zeros == nil {
+					zeros = make([]byte, cs)
+				}
+				k := min(cs, size-off)
+				err = d.writeCluster(co, nil, [][]byte{zeros[:k]}, off, k)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// updateEntry replaces the standard L2 entry of the cluster at off by f's
+// result (no host cluster changes hands). REQUIRES: metaLock held.
+func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le L2Entry, e uint64) uint64) error {
+	l1i, l2i, _ := d.geo.Split(off)
+	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+	t, _, err := d.l2ForWrite(co, nil, l1i)
+	if err != nil {
+		return err
+	}
+	defer d.l2Unpin(t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
+	le, err := d.geo.DecodeL2Entry(e, bm)
+	if err != nil {
+		return err
+	}
+	if ne := f(le, e); ne != e {
+		d.setL2EntryLocked(t, l2i, ne)
+	}
+	return nil
+}
+
+// refuseSnapshotZeros fails when an internal snapshot's L2 tables hold
+// zero clusters (expanding them would mean rewriting shared tables, which
+// is not implemented).
+func (d *Driver) refuseSnapshotZeros(co *aio.Co) error {
+	d.mu.Lock()
+	snaps := d.snaps
+	fileSize := d.geo.FileSize
+	d.mu.Unlock()
+	if len(snaps) == 0 {
+		return nil
+	}
+	g := d.geo
+	g.FileSize = fileSize
+	cs := g.ClusterSize()
+	buf := make([]byte, cs)
+	for _, s := range snaps {
+		l1 := make([]byte, int64(s.L1Entries)*8)
+		if len(l1) > 0 {
+			if err := d.fileRead(co, nil, l1, int64(s.L1Offset)); err != nil {
+				return err
+			}
+		}
+		for i := 0; i+8 <= len(l1); i += 8 {
+			l2Off, _, err := g.DecodeL1Entry(getU64(l1[i:]))
+			if err != nil {
+				return err
+			}
+			if l2Off == 0 {
+				continue
+			}
+			if err := d.fileRead(co, nil, buf, l2Off); err != nil {
+				return err
+			}
+			for j := int64(0); j < g.L2Entries(); j++ {
+				e, bm, _ := g.L2EntryAt(buf, j)
+				le, err := g.DecodeL2Entry(e, bm)
+				if err != nil {
+					return err
+				}
+				if le.Type == ZeroPlain || le.Type == ZeroAlloc {
+					return unsupported("snapshot", 0, "cannot downgrade: internal snapshot '"+s.Name+"' has zero clusters")
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func getU64(b []byte) uint64 {
+	var v uint64
+	for i := 0; i < 8; i++ {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}

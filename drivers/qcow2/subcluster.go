@@ -1,0 +1,310 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"math/bits"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// Writes, write-zeroes and discards on images with extended L2 entries
+// (32 subclusters per cluster), following QEMU 7.2.
+//
+// A write touches subclusters sc0..sc1 of one cluster:
+//
+//	cluster                           what happens
+//	NORMAL+COPIED, sc0..sc1 allocated in place, no metadata (the fast path)
+//	NORMAL+COPIED, some not allocated in place; the unallocated touched
+//	                                  subclusters are completed from their
+//	                                  current content (backing or zeros) and
+//	                                  marked allocated
+//	no host cluster                   new host cluster; only sc0..sc1 are
+//	                                  written (partial ones completed from
+//	                                  backing or zeros) and marked
+//	                                  allocated; the other subclusters keep
+//	                                  their state, so unallocated ones still
+//	                                  read from the backing file
+//	NORMAL, shared (no COPIED)        new host cluster; the span from the
+//	                                  first to the last allocated or touched
+//	                                  subcluster is copied and marked
+//	                                  allocated; the old cluster is released
+//	COMPRESSED                        new host cluster, whole cluster copied
+//
+// Write-zeroes: whole subclusters get the zero bit (allocated bit
+// cleared; the host cluster stays). A whole cluster gets an all-zero
+// bitmap, and loses its host cluster with MayUnmap (or when compressed).
+// A partial subcluster that already reads as zero is marked zero as a
+// whole; other partial subclusters get real zeros written. A compressed
+// cluster that is not zeroed whole gets real zeros (QEMU's -ENOTSUP
+// fallback). Discard: whole clusters only; the entry becomes 0 with an
+// all-zero bitmap (the old host cluster is freed), unless the cluster has
+// no host cluster and there is no backing file.
+//
+// Crash ordering is the one of ordinary allocating writes: data and COW
+// bytes are written (and, through cowPending, synced before any L2 table
+// goes out: R4) before the bitmap or entry that makes them visible; an
+// in-place completion of unallocated subclusters is such a case too,
+// because the bytes under an unallocated subcluster are stale.
+
+// scMask returns the allocation bits of subclusters first..last.
+func scMask(first, last int64) uint64 {
+	return (uint64(1)<<uint(last+1) - 1) &^ (uint64(1)<<uint(first) - 1)
+}
+
+// subclustersAllocated reports whether every subcluster that [in, in+k)
+// (offsets inside one cluster, k > 0) touches is allocated in bitmap.
+func (g *Geometry) subclustersAllocated(bitmap uint64, in, k int64) bool {
+	sb := g.ClusterBits - 5
+	m := scMask(in>>sb, (in+k-1)>>sb)
+	return bitmap&m == m
+}
+
+// setL2BitmapLocked stores the subcluster bitmap of entry i of table t.
+// REQUIRES: mu held, extended L2.
+func (d *Driver) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
+	binary.BigEndian.PutUint64(t.buf[i*16+8:], bitmap)
+	d.l2.markDirty(t)
+}
+
+// writeSubclusters writes win (k bytes) at guest offset off, inside one
+// cluster of an extended-L2 image. REQUIRES: metaLock held (released
+// around the data I/O, the guest cluster in flight: R8).
+func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+	cs, scs := d.geo.ClusterSize(), d.geo.SubclusterSize()
+	l1i, l2i, in := d.geo.Split(off)
+	gc := off / cs
+	d.waitInflight(co, gc, 1)
+	t, _, err := d.l2ForWrite(co, r, l1i)
+	if err != nil {
+		return err
+	}
+	defer d.l2Unpin(t)
+	start := off - in
+	d.mu.Lock()
+	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
+	le, err := d.geo.DecodeL2Entry(e, bm)
+	valid := min(cs, d.geo.Size-start) // the last cluster may be partial
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	sc0, sc1 := in/scs, (in+k-1)/scs
+	touched := scMask(sc0, sc1)
+	inPlace := le.Type == Normal && le.Copied
+	if inPlace && bm&touched == touched {
+		// R7: in place only into COPIED clusters.
+		host := le.HostOff + in
+		if d.overlapsMetadata(host, k) {
+			return d.markCorrupt(co, host, "data write")
+		}
+		return d.childIO(co, r, d.file, block.OpWrite, host, win, k)
+	}
+	// [lo, hi) is the part of the cluster written: the data plus what
+	// completes the subclusters that become allocated.
+	lo, hi := in, in+k
+	switch {
+	case inPlace:
+		if bm&scMask(sc0, sc0) == 0 {
+			lo = sc0 * scs
+		}
+		if bm&scMask(sc1, sc1) == 0 {
+			hi = min((sc1+1)*scs, valid)
+		}
+	case le.Type == Compressed:
+		lo, hi = 0, valid
+	default:
+		lo, hi = sc0*scs, min((sc1+1)*scs, valid)
+		if alloc := bm & bitmapAllocMask; le.Type == Normal && alloc != 0 {
+			first, last := int64(bits.TrailingZeros64(alloc)), int64(63-bits.LeadingZeros64(alloc))
+			lo, hi = min(lo, first*scs), max(hi, min((last+1)*scs, valid))
+		}
+	}
+	var host int64
+	if inPlace {
+		host = le.HostOff
+		if d.overlapsMetadata(host+lo, hi-lo) {
+			return d.markCorrupt(co, host+lo, "data write")
+		}
+	} else if host, err = d.allocCluster(co); err != nil {
+		return err
+	}
+	fl := d.markInflight(gc, 1)
+	d.metaLock.unlock()
+	if lo == in && hi == in+k {
+		err = d.childIO(co, r, d.file, block.OpWrite, host+in, win, k)
+	} else {
+		buf := make([]byte, hi-lo)
+		if lo < in {
+			err = d.readGuest(co, r, [][]byte{buf[:in-lo]}, start+lo, in-lo)
+		}
+		if err == nil && in+k < hi {
+			err = d.readGuest(co, r, [][]byte{buf[in+k-lo:]}, start+in+k, hi-in-k)
+		}
+		if err == nil {
+			block.CopyFromIov(buf[in-lo:in-lo+k], win, 0)
+			err = d.fileWrite(co, r, buf, host+lo)
+		}
+	}
+	d.metaLock.lock(co)
+	defer d.finishInflight(fl, gc, 1)
+	if err != nil {
+		if inPlace {
+			return err
+		}
+		return d.abortAlloc(host, err)
+	}
+	wm := scMask(lo/scs, (hi-1)/scs)
+	nbm := (bm | wm) &^ (wm << 32)
+	if le.Type == Compressed {
+		nbm = wm
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cowPending = true
+	if !inPlace {
+		ne, err := d.geo.EncodeL2Entry(Normal, host, true)
+		if err != nil {
+			return err
+		}
+		d.setL2EntryLocked(t, l2i, ne)
+		switch le.Type {
+		case Normal:
+			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+		case Compressed:
+			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		}
+	}
+	d.setL2BitmapLocked(t, l2i, nbm)
+	return nil
+}
+
+// subclusterReadsZero reports whether subcluster sc of le reads as zero.
+func (d *Driver) subclusterReadsZero(le L2Entry, sc int64) bool {
+	switch d.geo.SubclusterType(le, int(sc)) {
+	case ZeroPlain, ZeroAlloc:
+		return true
+	case Unallocated, UnallocatedAlloc:
+		return d.backing == nil
+	}
+	return false
+}
+
+// zeroSubclusters is zeroRange for the part [off, off+k) of one cluster of
+// an extended-L2 image. REQUIRES: metaLock held.
+func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m zeroMode) error {
+	cs, scs := d.geo.ClusterSize(), d.geo.SubclusterSize()
+	in := off & (cs - 1)
+	d.mu.Lock()
+	size := d.geo.Size
+	d.mu.Unlock()
+	whole := in == 0 && (k == cs || off+k == size)
+	le, _, err := d.peekEntry(co, r, off)
+	if err == errMiss {
+		// Evicted meanwhile: load it again (allocating the table if needed).
+		if le, err = d.entryForWrite(co, r, off); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	if m == modeDiscard {
+		if !whole || (le.HostOff == 0 && le.Type != Compressed && d.backing == nil) {
+			return nil
+		}
+		return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
+			return 0, bitmapZeroMask, true
+		})
+	}
+	if whole {
+		return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
+			if le.Type == Compressed || (m == modeZeroUnmap && le.HostOff != 0) {
+				return 0, bitmapZeroMask, true
+			}
+			return e, bitmapZeroMask, false
+		})
+	}
+	if le.Type == Compressed {
+		zeros := make([]byte, k)
+		return d.writeSubclusters(co, r, [][]byte{zeros}, off, k)
+	}
+	start := off - in
+	var zm uint64
+	var zeros []byte
+	for sc := in / scs; sc*scs < in+k; sc++ {
+		a, b := max(in, sc*scs), min(in+k, (sc+1)*scs)
+		full := a == sc*scs && (b == (sc+1)*scs || start+b == size)
+		if full || d.subclusterReadsZero(le, sc) {
+			zm |= scMask(sc, sc)
+			continue
+		}
+		if zeros == nil {
+			zeros = make([]byte, scs)
+		}
+		if err := d.writeSubclusters(co, r, [][]byte{zeros[:b-a]}, start+a, b-a); err != nil {
+			return err
+		}
+	}
+	if zm == 0 {
+		return nil
+	}
+	return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
+		if le.Type == Compressed { // cannot happen: checked above under metaLock
+			return e, bm, false
+		}
+		return e, (bm | zm<<32) &^ zm, false
+	})
+}
+
+// entryForWrite returns the entry of the cluster at off, loading its L2
+// table (allocating it if needed). REQUIRES: metaLock held.
+func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (L2Entry, error) {
+	l1i, l2i, _ := d.geo.Split(off)
+	t, _, err := d.l2ForWrite(co, r, l1i)
+	if err != nil {
+		return L2Entry{}, err
+	}
+	defer d.l2Unpin(t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
+	return d.geo.DecodeL2Entry(e, bm)
+}
+
+// updateSubclusters replaces the entry and bitmap of the cluster at off
+// by what f returns for the current ones, once no allocation of that
+// cluster is in flight; when f says so the old host cluster is released
+// after the next flush (R2). REQUIRES: metaLock held.
+func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
+	l1i, l2i, _ := d.geo.Split(off)
+	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+	t, _, err := d.l2ForWrite(co, r, l1i)
+	if err != nil {
+		return err
+	}
+	defer d.l2Unpin(t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
+	le, err := d.geo.DecodeL2Entry(e, bm)
+	if err != nil {
+		return err
+	}
+	ne, nbm, free := f(le, e, bm)
+	if ne == e && nbm == bm {
+		return nil
+	}
+	if ne != e {
+		d.setL2EntryLocked(t, l2i, ne)
+	}
+	d.setL2BitmapLocked(t, l2i, nbm)
+	if free && ne&offsetMask != e&offsetMask || free && le.Type == Compressed {
+		switch le.Type {
+		case Normal:
+			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+		case Compressed:
+			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		}
+	}
+	return nil
+}
