@@ -6,7 +6,7 @@ FUZZTIME  ?= 30s
 STRESSTIME ?= 5m
 BIN       := bin
 
-.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench plugin deps clean
+.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench qcow2bench plugin deps clean
 
 help:
 	@echo "ringblk make targets:"
@@ -20,6 +20,7 @@ help:
 	@echo "  make bench      Go benchmarks of the hot paths (-benchmem)"
 	@echo "  make ringbench  our ring against fio's io_uring engine, side by side (scripts/ringbench-vs-fio.sh)"
 	@echo "  make rawbench   the raw driver through the block layer against fio and qemu-img bench (scripts/raw-vs-fio.sh)"
+	@echo "  make qcow2bench the qcow2 driver against the raw driver and qemu-img bench (scripts/qcow2-vs-qemu.sh)"
 	@echo "  make plugin     builds the Go plugin (bin/ringblk.so)"
 
 build:
@@ -66,6 +67,9 @@ ringbench: build
 
 rawbench:
 	./scripts/raw-vs-fio.sh
+
+qcow2bench:
+	./scripts/qcow2-vs-qemu.sh
 
 plugin:
 	$(GO) build -buildmode=plugin -o $(BIN)/ringblk.so ./plugin
