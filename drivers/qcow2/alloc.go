@@ -196,54 +196,46 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 		return nil, 0, corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
 	}
 	l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
-	var t *l2Table
-	if err == nil && l2Off != 0 {
-		t = d.l2.get(l2Off)
-	}
 	d.mu.Unlock()
 	if err != nil {
 		return nil, 0, withField(err, indexed("l1_table", uint64(l1i)))
 	}
-	for tries := 0; l2Off != 0 && t == nil && tries < 4; tries++ {
-		if err := d.loadL2(co, parent, l2Off); err != nil {
+	var old []byte
+	if l2Off != 0 {
+		t, err := d.l2Acquire(co, parent, l2Off)
+		if err != nil {
 			return nil, 0, err
 		}
-		d.mu.Lock()
-		t = d.l2.get(l2Off)
-		d.mu.Unlock()
-	}
-	if l2Off != 0 && t == nil {
-		if t == nil {
-			return nil, 0, &FormatError{Field: "l2_cache", Reason: "L2 table evicted while loading", Err: ErrLimit}
+		if copied {
+			return t, l2Off, nil
 		}
-	}
-	if l2Off != 0 && copied {
+		// Shared with a snapshot: copy it and let it go, so no pin is
+		// held while the new table takes a slot.
+		old = make([]byte, d.geo.ClusterSize())
 		d.mu.Lock()
-		t.pins++
+		copy(old, t.buf)
 		d.mu.Unlock()
-		return t, l2Off, nil
+		d.l2Unpin(t)
 	}
 	// New table (zeros), or a copy of a shared one.
 	newOff, err := d.allocCluster(co)
 	if err != nil {
 		return nil, 0, err
 	}
-	buf := make([]byte, d.geo.ClusterSize())
+	nt, err := d.l2Create(co, parent, newOff, old)
+	if err != nil {
+		return nil, 0, d.abortAlloc(newOff, err)
+	}
 	d.mu.Lock()
-	if t != nil {
-		// t is not pinned: copy it while mu is held.
-		copy(buf, t.buf)
+	if old != nil {
 		// The old table stays referenced by a snapshot; the active L1
 		// drops its reference once the new L1 entry is durable.
 		d.pendingFrees = append(d.pendingFrees, hostFree{l2Off, 1})
 	}
-	nt := d.l2.put(newOff, buf)
-	d.l2.markDirty(nt)
-	nt.pins++
 	e, _ := d.geo.EncodeL1Entry(newOff, true)
 	d.l1[l1i] = e
 	d.metaClusters[newOff] = struct{}{}
-	if t != nil {
+	if old != nil {
 		delete(d.metaClusters, l2Off) // now only a snapshot's (inactive) table
 	}
 	d.dirtyL1[l1i] = true
@@ -258,9 +250,7 @@ func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
 }
 
 func (d *Driver) l2Unpin(t *l2Table) {
-	d.mu.Lock()
-	t.pins--
-	d.mu.Unlock()
+	d.l2Release(t)
 }
 
 // growRefcountTable replaces the refcount table with a larger one (QEMU's

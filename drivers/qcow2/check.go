@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"strconv"
-	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -73,28 +72,7 @@ func (im *Image) Check() (*CheckResult, error) {
 	}
 	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
 	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
-
-	c.ref(0, cs, "header")
-	c.ref(int64(h.L1Offset), int64(h.L1Entries)*8, "l1_table")
-	c.ref(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs, "refcount_table")
-	c.ref(int64(h.SnapshotsOffset), im.SnapshotTableSize, "snapshot_table")
-	c.walkL1(im.L1, true)
-	for i := range im.Snapshots {
-		s := &im.Snapshots[i]
-		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
-		snap, err := im.Snapshot(i)
-		if err != nil {
-			res.corrupt("snapshot " + strconv.Itoa(i) + ": " + err.Error())
-			continue
-		}
-		c.walkL1(snap.L1, false)
-	}
-	for i, e := range im.RefcountTable {
-		if e == 0 {
-			continue
-		}
-		c.ref(int64(e), cs, "refcount_block["+strconv.Itoa(i)+"]")
-	}
+	c.countReferences()
 
 	// Compare, and find the end of the used part of the file.
 	var highest int64 = -1
@@ -122,6 +100,33 @@ func (im *Image) Check() (*CheckResult, error) {
 	// COPIED must equal "refcount == 1" in the active tables.
 	c.checkCopied()
 	return res, nil
+}
+
+// countReferences fills c.refs with the references every host cluster
+// gets from the image's metadata, and counts damaged entries in c.res.
+func (c *checker) countReferences() {
+	im, h, cs := c.im, c.im.Header, c.im.Geometry.ClusterSize()
+	c.ref(0, cs, "header")
+	c.ref(int64(h.L1Offset), int64(h.L1Entries)*8, "l1_table")
+	c.ref(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs, "refcount_table")
+	c.ref(int64(h.SnapshotsOffset), im.SnapshotTableSize, "snapshot_table")
+	c.walkL1(im.L1, true)
+	for i := range im.Snapshots {
+		s := &im.Snapshots[i]
+		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
+		snap, err := im.Snapshot(i)
+		if err != nil {
+			c.res.corrupt("snapshot " + strconv.Itoa(i) + ": " + err.Error())
+			continue
+		}
+		c.walkL1(snap.L1, false)
+	}
+	for i, e := range im.RefcountTable {
+		if e == 0 {
+			continue
+		}
+		c.ref(int64(e), cs, "refcount_block["+strconv.Itoa(i)+"]")
+	}
 }
 
 // ref adds one reference to every host cluster of [off, off+n).
@@ -219,7 +224,7 @@ func (c *checker) checkCopied() {
 			continue
 		}
 		if copied != (rc == 1) {
-			c.res.corrupt(indexed("l1_table", uint64(i)) + ": OFLAG_COPIED L2 cluster refcount=" + strconv.FormatUint(rc, 10))
+			c.res.corrupt("OFLAG_COPIED L2 cluster: l1_index=" + strconv.Itoa(i) + " l1_entry=" + strconv.FormatUint(e, 16) + " refcount=" + strconv.FormatUint(rc, 10))
 		}
 		table, err := im.ReadL2(l2Off)
 		if err != nil {
@@ -237,7 +242,7 @@ func (c *checker) checkCopied() {
 				continue
 			}
 			if le.Copied != (rc == 1) {
-				c.res.corrupt("l2_table@" + hexString(uint64(l2Off)) + indexed("", int64ToU(j)) + ": OFLAG_COPIED data cluster refcount=" + strconv.FormatUint(rc, 10))
+				c.res.corrupt("OFLAG_COPIED data cluster: l2_entry=" + strconv.FormatUint(e, 16) + " refcount=" + strconv.FormatUint(rc, 10))
 			}
 		}
 	}
@@ -248,16 +253,17 @@ func int64ToU(v int64) uint64 { return uint64(v) }
 // Check runs Image.Check on the open image (block.Checker): dirty metadata
 // is written back first (read-write nodes), then the metadata is read and
 // checked through the file child in a coroutine, under metaLock so no
-// allocation runs meanwhile. Repair is not implemented: a request with a
-// repair mode fails as Unsupported without checking.
+// allocation runs meanwhile. A repair mode runs a repair instead
+// (repair.go). Messages go to DriverOptions.CheckLog.
 func (d *Driver) Check(r *block.Request) {
-	if r.CheckMode() != 0 {
-		r.Complete(&block.Error{Kind: block.Unsupported, Op: r.Op, Node: d.nodeName(), Err: syscall.ENOTSUP})
-		return
-	}
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := d.checkLocked(co, r)
+		var err error
+		if r.CheckMode() != 0 {
+			err = d.repair(co, r)
+		} else {
+			err = d.checkLocked(co, r)
+		}
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(r.Op, 0, err))
 	})
@@ -265,7 +271,7 @@ func (d *Driver) Check(r *block.Request) {
 
 func (d *Driver) checkLocked(co *aio.Co, r *block.Request) error {
 	if !d.readOnly {
-		if err := d.flushMetadata(co, r); err != nil {
+		if err := d.flushAllMetadata(co, r); err != nil {
 			return err
 		}
 	}
@@ -280,6 +286,9 @@ func (d *Driver) checkLocked(co *aio.Co, r *block.Request) error {
 	res, err := im.Check()
 	if err != nil {
 		return err
+	}
+	for _, m := range res.Messages {
+		d.checkLog(m)
 	}
 	out := r.CheckResult()
 	*out = block.CheckResult{

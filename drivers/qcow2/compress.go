@@ -15,7 +15,7 @@ import (
 // zlib clusters are raw deflate streams (no zlib header). QEMU writes them
 // with a 4 KiB window; Go's reader accepts any window, so it reads QEMU's
 // output, but Go's writer must not be used to produce clusters for QEMU
-// (qcow2.md §0 item 6). zstd is not in the standard library: ErrUnsupported.
+// (qcow2.md §0 item 6). zstd clusters are zstd frames (zstd.go).
 func DecompressCluster(dst, src []byte, compressionType uint8) error {
 	switch compressionType {
 	case CompressionZlib:
@@ -28,7 +28,7 @@ func DecompressCluster(dst, src []byte, compressionType uint8) error {
 		}
 		return nil
 	case CompressionZstd:
-		return unsupported("compression_type", CompressionZstd, "zstd decompression not available (standard library only)")
+		return decompressZstd(dst, src) // zstd.go
 	}
 	return unsupported("compression_type", uint64(compressionType), "unknown compression type")
 }

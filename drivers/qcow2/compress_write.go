@@ -43,6 +43,10 @@ func (d *Driver) WriteCompressed(r *block.Request) {
 }
 
 func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
+	if d.hdr.CompressionType != CompressionZlib {
+		// The encoder below writes deflate only (zstd.go reads zstd).
+		return unsupported("compression_type", uint64(d.hdr.CompressionType), "compressed writes to a zstd image are not supported")
+	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
@@ -108,6 +112,9 @@ func (d *Driver) writeCompressedCluster(co *aio.Co, r *block.Request, off int64,
 	}
 	d.cowPending = true
 	d.setL2EntryLocked(t, l2i, ne)
+	if d.geo.ExtendedL2 { // compressed clusters have no subclusters
+		d.setL2BitmapLocked(t, l2i, 0)
+	}
 	switch le.Type {
 	case Normal, ZeroAlloc:
 		d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})

@@ -78,6 +78,8 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 		whole := in == 0 && (k == cs || off+k == size)
 		var err error
 		switch {
+		case d.geo.ExtendedL2:
+			err = d.zeroSubclusters(co, r, off, k, m) // subcluster.go
 		case whole:
 			err = d.zeroCluster(co, r, off, m)
 		case m != modeDiscard:
@@ -124,6 +126,12 @@ func readsZero(t ClusterType, backing bool) bool {
 }
 
 func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byte) error {
+	// An allocating write to another part of this cluster may be in
+	// flight: until it links its cluster the entry still reads
+	// Unallocated, and zeroing the whole cluster on that evidence would
+	// wipe the write's data. Wait for it first (metaLock keeps new
+	// allocations out from here on).
+	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
 	le, _, err := d.peekEntry(co, r, off)
 	if err != nil && err != errMiss {
 		return err

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/cache"
 )
 
 // MaxBackingDepth caps the backing chain below an image: a deeper chain is
@@ -47,13 +48,28 @@ type DriverOptions struct {
 	ID    string
 	Chain []string
 	Depth int
-	// L2CacheBytes bounds the clean L2 tables kept in memory (default
-	// 8 MiB, at least 4 tables). Dirty tables are flushed when they reach
-	// half of it.
+	// L2CacheBytes bounds this image's own L2 tables (tier 1: every
+	// dirty or pinned table, plus recently used clean ones), allocated at
+	// open: default 8 MiB, at most twice the tables the L1 table can point
+	// at plus 8, at least 4 tables. Dirty tables are flushed when they
+	// reach half of it.
 	L2CacheBytes int64
+	// SharedCache receives the clean L2 tables this image evicts and is
+	// looked up on a miss (tier 2). It may be shared by any number of
+	// images: keys carry a per-open image ID and a per-table generation.
+	// Nil: the process-wide DefaultSharedCache (DefaultSharedCacheBytes
+	// unless SetDefaultSharedCacheBytes said otherwise).
+	SharedCache cache.Clean
 	// Image tightens the open-time limits of ReadImage (ReadWrite is set
 	// from the node's read-only option).
 	Image Options
+	// CheckOpen opens the image for `check -r` (QEMU's BDRV_O_CHECK): a
+	// dirty or corrupt image opens read-write without the automatic
+	// repair, and refuses writes until a repair (Check) succeeds.
+	CheckOpen bool
+	// CheckLog receives the messages of checks and repairs, one line each
+	// (qemu-img check prints them on stderr). Nil drops them.
+	CheckLog func(msg string)
 }
 
 // Driver is the qcow2 block.Driver: one image on a "file" child node.
@@ -101,6 +117,7 @@ type Driver struct {
 	freeIdx      int64          // first cluster index that may be free
 	corruptErr   error          // set once an overlap check fired: every request fails
 	headerReady  bool           // R10 done: autoclear bits cleared before the first write
+	lazy         lazyState      // lazy refcounts and the dirty bit (lazy.go)
 
 	metaLock coMutex
 	// inflight maps guest cluster indexes to the allocating write that is
@@ -125,6 +142,9 @@ type Driver struct {
 	}
 
 	pendingFile *block.Node // between New and Open
+	// noFileZeroes: the file node answered a write-zeroes with
+	// Unsupported once; partial allocating writes copy zeros instead.
+	noFileZeroes atomic.Bool
 }
 
 // New returns a driver for the image on file. The node built around it
@@ -190,17 +210,30 @@ func (d *Driver) Open(n *block.Node) error {
 	}
 	iopts := d.opts.Image
 	iopts.ReadWrite = !d.readOnly
+	if !d.readOnly {
+		// A dirty image is repaired first (lazy.go, repair.go).
+		relaxed, err := d.openRepair(file)
+		if err != nil {
+			return err
+		}
+		if relaxed {
+			iopts.ReadWrite = false
+		}
+		if size, err = file.Length(); err != nil {
+			return err
+		}
+	}
 	im, err := ReadImage(nodeReader{file}, size, iopts)
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}
-	if !d.readOnly && im.Geometry.ExtendedL2 {
-		return d.openErr(block.Unsupported, errors.New("qcow2: writing images with extended L2 entries is not supported; open read-only"))
-	}
 	d.hdr, d.geo, d.l1, d.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
 	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.initLazy()
 	// The L1 table may be longer than the disk needs; never map past it.
-	d.l2 = newL2Cache(d.geo.ClusterSize(), d.opts.L2CacheBytes)
+	if err := d.initL2(); err != nil {
+		return err
+	}
 	d.rb = make(map[int64]*refBlock)
 	d.dirtyRT = make(map[int64]bool)
 	d.dirtyL1 = make(map[int64]bool)
@@ -272,7 +305,7 @@ func (d *Driver) Close(n *block.Node) {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		d.flushMetadata(co, nil)
+		d.closeMetadata(co)
 		d.metaLock.unlock()
 		done.Store(true)
 		main.Kick()

@@ -59,6 +59,16 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 	}
 	sync := d.cowPending
 	d.mu.Unlock()
+	if len(rbs) > 0 {
+		// Lazy refcounts: the blocks may stay dirty behind the dirty bit.
+		skip, err := d.lazySkipRefblocks(co, parent)
+		if err != nil {
+			return err
+		}
+		if skip {
+			rbs = nil
+		}
+	}
 	slices.Sort(rbs)
 	for _, off := range rbs {
 		d.mu.Lock()
@@ -105,35 +115,9 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 		d.mu.Unlock()
 	}
 
-	// Stage C: L2 tables.
-	d.mu.Lock()
-	var l2s []int64
-	for off, t := range d.l2.tables {
-		if t.dirty {
-			l2s = append(l2s, off)
-		}
-	}
-	d.mu.Unlock()
-	slices.Sort(l2s)
-	for _, off := range l2s {
-		d.mu.Lock()
-		t := d.l2.tables[off]
-		d.mu.Unlock()
-		if err := d.writeMeta(co, parent, t.buf, off); err != nil {
-			return err
-		}
-	}
-	if len(l2s) > 0 {
-		if err := d.fileSync(co, parent); err != nil {
-			return err
-		}
-		d.mu.Lock()
-		for _, off := range l2s {
-			if t := d.l2.tables[off]; t != nil {
-				d.l2.markClean(t)
-			}
-		}
-		d.mu.Unlock()
+	// Stage C: L2 tables, written and synced by the image's cache.Set.
+	if err := d.flushL2(co, parent); err != nil {
+		return err
 	}
 
 	// Stage D: L1 entries.
@@ -184,7 +168,7 @@ func (d *Driver) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off in
 func (d *Driver) Flush(r *block.Request) {
 	d.mu.Lock()
 	clean := d.corruptErr == nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
-		len(d.pendingFrees) == 0 && !d.cowPending && !d.anyDirtyRefblockLocked()
+		len(d.pendingFrees) == 0 && !d.cowPending && (d.lazySkipsLocked() || !d.anyDirtyRefblockLocked())
 	d.mu.Unlock()
 	if clean {
 		s := d.states.get(d)

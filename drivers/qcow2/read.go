@@ -88,14 +88,15 @@ func (s *reqState) release() {
 	r.Complete(err)
 }
 
-// l2Hit is the fast path's L2Func: cached tables only. REQUIRES: d.mu held.
+// l2Hit is the fast path's L2Func: cached tables only (this image's, then
+// the shared clean cache; l2cache.go). REQUIRES: d.mu held.
 func (d *Driver) l2Hit(off int64) ([]byte, error) {
-	t := d.l2.get(off)
-	if t == nil {
+	b := d.l2.lookup(off)
+	if b == nil {
 		d.missOff = off
 		return nil, errMiss
 	}
-	return t.buf, nil
+	return b, nil
 }
 
 // Read reads r.Len bytes at r.Off.
@@ -177,15 +178,16 @@ func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, ski
 }
 
 // mapRange maps [off, off+n) where n stays inside one L2 table's range,
-// loading the L2 table through the file child on a miss.
+// bringing the L2 table into the cache on a miss (l2Fetch).
 func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, n int64) ([]Extent, error) {
+	var priv l2Private
 	for tries := 0; ; tries++ {
 		d.mu.Lock()
 		if err := d.corruptErr; err != nil {
 			d.mu.Unlock()
 			return dst, err
 		}
-		ext, err := Map(dst[:0], &d.geo, d.l1, d.l2HitFn, off, n)
+		ext, err := Map(dst[:0], &d.geo, d.l1, priv.mapFn(d), off, n)
 		miss := d.missOff
 		d.mu.Unlock()
 		if err != errMiss {
@@ -194,22 +196,10 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, 
 		if tries > 4 {
 			return ext, &FormatError{Field: "l2_cache", Reason: "L2 table evicted repeatedly", Err: ErrLimit}
 		}
-		if err := d.loadL2(co, parent, miss); err != nil {
+		if priv, err = d.l2Fetch(co, parent, miss); err != nil {
 			return ext, err
 		}
 	}
-}
-
-// loadL2 reads the L2 table at off into the cache.
-func (d *Driver) loadL2(co *aio.Co, parent *block.Request, off int64) error {
-	buf := make([]byte, d.geo.ClusterSize())
-	if err := d.fileRead(co, parent, buf, off); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	d.l2.put(off, buf)
-	d.mu.Unlock()
-	return nil
 }
 
 // readGuest reads the guest range [off, off+n) into iov in a coroutine:

@@ -26,8 +26,12 @@ func (d *Driver) Truncate(r *block.Request) {
 func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error {
 	d.mu.Lock()
 	old := d.geo.Size
+	v2Snaps := d.hdr.Version < 3 && len(d.snaps) > 0
 	d.mu.Unlock()
 	switch {
+	case v2Snaps && size != old:
+		// As QEMU: a version 2 snapshot entry may lack its disk size.
+		return unsupported("version", 2, "can't resize a version 2 image which has snapshots")
 	case size%512 != 0:
 		return outOfRange("size", uint64(size), "the new size must be a multiple of 512")
 	case size > MaxImageSize:

@@ -58,6 +58,9 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 			return false
 		}
 		k := min(end-off, cs-in)
+		if d.geo.ExtendedL2 && !d.geo.subclustersAllocated(le.Bitmap, in, k) {
+			return false
+		}
 		host := le.HostOff + in
 		if d.overlapsMetadataLocked(host, k) {
 			return false
@@ -164,6 +167,9 @@ func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	err, ready := d.corruptErr, d.headerReady
 	clr := d.hdr.AutoclearToClear(0)
+	if err == nil {
+		err = d.repairPendingLocked() // CheckOpen of a dirty image (lazy.go)
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return err
@@ -200,6 +206,9 @@ func putU64(b []byte, v uint64) {
 // writeCluster writes win (k bytes) at guest offset off, inside one
 // cluster. REQUIRES: metaLock held.
 func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+	if d.geo.ExtendedL2 {
+		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
+	}
 	cs := d.geo.ClusterSize()
 	l1i, l2i, in := d.geo.Split(off)
 	gc := off / cs
@@ -230,13 +239,23 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 	// no refcount changes.
 	reuse := le.Type == ZeroAlloc && le.Copied
 	var newOff int64
+	fresh := false
 	if reuse {
 		newOff = le.HostOff
 		if d.overlapsMetadata(newOff, cs) {
 			return d.markCorrupt(co, newOff, "data write")
 		}
-	} else if newOff, err = d.allocCluster(co); err != nil {
-		return err
+	} else {
+		d.mu.Lock()
+		fileEnd := d.geo.FileSize
+		d.mu.Unlock()
+		if newOff, err = d.allocCluster(co); err != nil {
+			return err
+		}
+		// A cluster at or past FileSize (the file's length at open, grown
+		// by every allocation since) has never been written: it reads as
+		// zeros (holes, or past EOF, which reads zero-fill).
+		fresh = newOff >= fileEnd
 	}
 	start := off - in
 	d.mu.Lock()
@@ -250,17 +269,28 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 	// R11: the whole host cluster (up to the end of the disk) is written
 	// before anything points at it, so every referenced cluster starts
 	// inside the file.
-	if in == 0 && k == valid {
+	zeroSrc := le.Type == ZeroPlain || le.Type == ZeroAlloc ||
+		(le.Type == Unallocated && (d.backing == nil || start >= d.backingSize))
+	switch {
+	case in == 0 && k == valid:
 		err = d.childIO(co, r, d.file, block.OpWrite, newOff, win, k)
-	} else {
-		buf := make([]byte, valid)
-		if le.Type != ZeroPlain && le.Type != ZeroAlloc {
-			err = d.readGuest(co, r, [][]byte{buf}, start, valid)
+	case zeroSrc && fresh:
+		// Nothing to zero: only the guest bytes go out. The cluster
+		// starts inside the file once they are written (R11).
+		err = d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
+	case zeroSrc && !d.noFileZeroes.Load():
+		// The rest of the cluster reads as zeros: have the file zero the
+		// host cluster (ZERO_RANGE: no data copied) and write only the
+		// guest bytes, as QEMU does, instead of a cluster-sized buffer.
+		err = d.childIO(co, r, d.file, block.OpWriteZeroes, newOff, nil, valid)
+		if block.IsKind(err, block.Unsupported) {
+			d.noFileZeroes.Store(true)
+			err = d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
+		} else if err == nil {
+			err = d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
 		}
-		if err == nil {
-			block.CopyFromIov(buf[in:in+k], win, 0)
-			err = d.fileWrite(co, r, buf, newOff)
-		}
+	default:
+		err = d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
 	}
 	d.metaLock.lock(co)
 	defer d.finishInflight(fl, gc, 1)
@@ -286,6 +316,20 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 	}
 	d.mu.Unlock()
 	return nil
+}
+
+// cowWrite writes a partial cluster the general way: the cluster's current
+// content (old cluster, compressed, backing or zeros) read into a buffer,
+// the guest bytes laid over it, the whole cluster written to newOff.
+func (d *Driver) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le L2Entry, start, in, k, valid, newOff int64) error {
+	buf := make([]byte, valid)
+	if le.Type != ZeroPlain && le.Type != ZeroAlloc {
+		if err := d.readGuest(co, r, [][]byte{buf}, start, valid); err != nil {
+			return err
+		}
+	}
+	block.CopyFromIov(buf[in:in+k], win, 0)
+	return d.fileWrite(co, r, buf, newOff)
 }
 
 // abortAlloc gives back a cluster that was allocated but never linked
@@ -394,6 +438,9 @@ func (d *Driver) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) 
 			return 0, err
 		}
 		d.setL2EntryLocked(t, l2i+int64(i), ne)
+		if d.geo.ExtendedL2 { // every subcluster written
+			d.setL2BitmapLocked(t, l2i+int64(i), bitmapAllocMask)
+		}
 		switch le.Type {
 		case Normal, ZeroAlloc:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
@@ -414,7 +461,8 @@ type inflightAlloc struct {
 }
 
 // waitInflight parks co until none of the guest clusters [first,
-// first+n) is in flight. REQUIRES: metaLock held; it is released while
+// first+n) is in flight and the L2 cache has a slot for l2ForWrite
+// (l2MakeRoom). REQUIRES: metaLock held; it is released while
 // waiting and held again on return.
 func (d *Driver) waitInflight(co *aio.Co, first, n int64) {
 	for {
@@ -430,6 +478,9 @@ func (d *Driver) waitInflight(co *aio.Co, first, n int64) {
 		}
 		if w == nil {
 			d.mu.Unlock()
+			if d.l2MakeRoom(co) {
+				continue // waited without metaLock: look again
+			}
 			return
 		}
 		w.waiters = append(w.waiters, co)
