@@ -26,6 +26,10 @@ type blkOptions struct {
 	NullSize   int64
 	// QcowOptions is handed to every qcow2 driver of the chain.
 	QcowOptions qcow2.DriverOptions
+
+	// Discard is what the top image's file node does with discards
+	// (qemu-io's -d; the zero value ignores them).
+	Discard raw.Discard
 }
 
 // blkImage is an image opened for a command, with the Context and graph
@@ -77,6 +81,7 @@ func openBlkIn(c *aio.Context, g *block.Graph, path string, o blkOptions) (*blkI
 		ForceShare:  o.ForceShare,
 		NoBacking:   o.NoBacking,
 		NullSize:    o.NullSize,
+		Discard:     o.Discard,
 		QcowOptions: o.QcowOptions,
 		Name:        nodeNameFor(g, path),
 	}

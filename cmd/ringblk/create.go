@@ -26,8 +26,9 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
                      raw:   size, preallocation=off|falloc|full
                      qcow2: size, cluster_size (512..2M, default 64k),
                             compat=0.10|1.1|v2|v3, refcount_bits (1..64),
-                            backing_file, backing_fmt, preallocation=off,
-                            lazy_refcounts=off, extended_l2=off,
+                            backing_file, backing_fmt,
+                            preallocation=off|metadata|falloc|full,
+                            lazy_refcounts=off|on, extended_l2=off|on,
                             compression_type=zlib
   -b backing       backing file (qcow2), relative to FILE's directory
   -F backing_fmt   backing file format (raw or qcow2); required with -b
@@ -200,12 +201,26 @@ func createQcow2(r *createReq) (string, error) {
 			}
 			co.BackingFormat = v
 		case "preallocation":
-			if v != "off" {
-				return "", usagef("%s: preallocation=%s is not supported yet for qcow2 (only off)", r.file, v)
+			p, ok := qcow2.ParsePrealloc(v)
+			if !ok {
+				return "", usagef("%s: Parameter 'preallocation' does not accept value '%s'", r.file, v)
 			}
-		case "lazy_refcounts", "extended_l2":
-			if v != "off" {
-				return "", usagef("%s: %s=%s is not supported yet (only off)", r.file, k, v)
+			co.Preallocation = p
+		case "extended_l2":
+			switch v {
+			case "on":
+				co.ExtendedL2 = true
+			case "off":
+			default:
+				return "", usagef("%s: Parameter 'extended_l2' expects 'on' or 'off'", r.file)
+			}
+		case "lazy_refcounts":
+			switch v {
+			case "on", "yes", "true", "y":
+				co.LazyRefcounts = true
+			case "off", "no", "false", "n":
+			default:
+				return "", usagef("%s: Parameter 'lazy_refcounts' expects 'on' or 'off'", r.file)
 			}
 		case "compression_type":
 			if v != "zlib" {
@@ -217,6 +232,18 @@ func createQcow2(r *createReq) (string, error) {
 	}
 	if co.Version == 2 && co.RefcountBits != 0 && co.RefcountBits != 16 {
 		return "", usagef("%s: Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)", r.file)
+	}
+	if co.LazyRefcounts && co.Version == 2 {
+		return "", usagef("%s: Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
+	}
+	if co.ExtendedL2 && co.Version == 2 {
+		return "", usagef("%s: Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
+	}
+	if co.ExtendedL2 && co.ClusterSize != 0 && co.ClusterSize < 16384 {
+		return "", usagef("%s: Extended L2 entries are only supported with cluster sizes of at least 16384 bytes", r.file)
+	}
+	if co.BackingFile != "" && co.Preallocation != qcow2.PreallocOff && !co.ExtendedL2 {
+		return "", usagef("%s: Backing file and preallocation can only be used at the same time if extended_l2 is on", r.file)
 	}
 	if co.BackingFile != "" && co.BackingFormat == "" {
 		return "", usagef("%s: Backing file specified without backing format (add -F raw or -F qcow2)", r.file)
@@ -252,7 +279,11 @@ func createQcow2(r *createReq) (string, error) {
 		rb = 16
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=off", r.file, cs)
+	ext := "off"
+	if co.ExtendedL2 {
+		ext = "on"
+	}
+	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=%s", r.file, cs, ext)
 	if v, ok := r.kv["preallocation"]; ok {
 		b.WriteString(" preallocation=" + v)
 	}
@@ -263,7 +294,11 @@ func createQcow2(r *createReq) (string, error) {
 	if co.BackingFile != "" {
 		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", co.BackingFile, co.BackingFormat)
 	}
-	fmt.Fprintf(&b, " lazy_refcounts=off refcount_bits=%d", rb)
+	lazy := "off"
+	if v, ok := r.kv["lazy_refcounts"]; ok {
+		lazy = v
+	}
+	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", lazy, rb)
 
 	if err := writeQcow2(r.file, r.size, co); err != nil {
 		return "", fmt.Errorf("%s: %v", r.file, err)

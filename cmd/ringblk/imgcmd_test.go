@@ -371,7 +371,7 @@ func TestBadArguments(t *testing.T) {
 		{"info", infoCmd, []string{"--backing-chain", "loop.qcow2"}, "loop"},
 		{"info", infoCmd, []string{"r.raw", "r.raw"}, "one image"},
 		{"check", checkCmd, []string{"missing.qcow2"}, "'missing.qcow2'"},
-		{"check", checkCmd, []string{"-r", "all", "bad.qcow2"}, "not supported yet"},
+		{"check", checkCmd, []string{"-r", "all", "bad.qcow2"}, "'bad.qcow2'"},
 		{"check", checkCmd, []string{"-r", "bogus", "bad.qcow2"}, "bogus"},
 		{"check", checkCmd, []string{"--output", "yaml", "r.raw"}, "--output"},
 		{"check", checkCmd, []string{"bad.qcow2"}, "'bad.qcow2'"},
