@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -43,8 +44,12 @@ func TestConvertMatchesQemu(t *testing.T) {
 					t.Errorf("convert %v: qemu-img check: exit %d: %s", args, code, out)
 				}
 				// Same allocation (data, zero, unallocated runs) as
-				// qemu-img's output; host offsets may differ.
-				if got, want := allocation(t, "ours.qcow2"), allocation(t, "theirs.qcow2"); got != want {
+				// qemu-img's output; host offsets may differ, and so may
+				// file-level holes inside an allocated cluster (a cluster
+				// the driver allocated past the end of the file gets only
+				// the guest bytes written; the rest is a hole that
+				// qemu-img map shows as data+zero).
+				if got, want := clusterAllocation(t, "ours.qcow2"), clusterAllocation(t, "theirs.qcow2"); got != want {
 					t.Errorf("convert %v: allocation differs from qemu-img's:\n got:\n%s\nwant:\n%s", args, got, want)
 				}
 			} else {
@@ -227,4 +232,28 @@ func TestConvertBadArguments(t *testing.T) {
 	if out, code := qemu(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", "r.raw", "r.copy"); code != 0 {
 		t.Errorf("a failed convert changed its source: %s", out)
 	}
+}
+
+// clusterAllocation is allocation with allocated data runs merged whether
+// or not the file reads as zero under them.
+func clusterAllocation(t *testing.T, img string) string {
+	t.Helper()
+	var out []string
+	for _, line := range strings.Split(allocation(t, img), "\n") {
+		line = strings.Replace(line, "present=true zero=true data=true", "present=true zero=false data=true", 1)
+		if n := len(out); n > 0 && line != "" && strings.HasSuffix(line, "present=true zero=false data=true") && strings.HasSuffix(out[n-1], "present=true zero=false data=true") {
+			// Merge with the previous data run: sum the lengths.
+			var s1, l1, s2, l2 float64
+			var rest string
+			fmt.Sscanf(strings.Fields(out[n-1])[0], "%g+%g", &s1, &l1)
+			fmt.Sscanf(strings.Fields(line)[0], "%g+%g", &s2, &l2)
+			if s1+l1 == s2 {
+				rest = strings.Join(strings.Fields(line)[1:], " ")
+				out[n-1] = fmt.Sprintf("%v+%v %s", s1, l1+l2, rest)
+				continue
+			}
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n")
 }

@@ -7,14 +7,17 @@
 // # Layering
 //
 //	driver             block.Driver (driver.go, read.go, write.go, alloc.go,
-//	                   flush.go, discard.go, resize.go, create.go): requests,
-//	                   allocation, COW, refcount updates, crash ordering,
-//	                   L2 cache, coroutines for slow paths
+//	                   flush.go, discard.go, resize.go, create.go,
+//	                   subcluster.go, snapshot_ops.go, repair.go, lazy.go,
+//	                   amend.go): requests, allocation, COW, refcount
+//	                   updates, crash ordering, L2 cache, coroutines for
+//	                   slow paths
 //	       │ uses
 //	format             Header, entry codecs, Map, snapshot table, Check,
 //	                   ReadImage: pure functions plus reads through io.ReaderAt
 //
-// The format layer imports only the standard library, so each rule of the
+// The format layer imports only the standard library (plus
+// github.com/klauspost/compress/zstd for zstd clusters, zstd.go), so each rule of the
 // format is testable without a ring: header parsing (ParseHeader,
 // MarshalBinary), entry codecs (Geometry.DecodeL1Entry, DecodeL2Entry,
 // DecodeCompressed, RefcountGet/RefcountSet), guest-to-host mapping (Map,
@@ -50,9 +53,15 @@
 // metadata change, serialised by one coroutine mutex (metaLock).
 // Allocating writes release it while their data goes out; the guest
 // clusters stay marked in flight so that no other request allocates or
-// changes them meanwhile (R8). L2 tables live in a small bounded per-image
-// cache (l2cache.go, whole tables, no slices) used through a few methods
-// (get, put, markDirty, drop), so the shared cache package can replace it.
+// changes them meanwhile (R8). L2 tables live in the cache package
+// (l2cache.go): a bounded per-image cache.Set holds every dirty or pinned
+// table plus recently used clean ones and writes them back in stage C of
+// flushMetadata; clean tables it evicts go to one cache.Clean shared by all
+// open images (DriverOptions.SharedCache, default DefaultSharedCache), keyed
+// by a per-open image ID and checked against a per-table generation that
+// every change, free and reuse moves forward. Lookups on the fast paths run
+// under mu without I/O or allocation, including hits in the shared cache.
+// Driver.CacheStats exposes the counters.
 //
 // Crash ordering follows qcow2.md §2.9: metadata changes are made in
 // memory (refcount blocks, L2 tables, refcount table and L1 entries, each
@@ -72,17 +81,59 @@
 // write per host-contiguous run. Discard and write-zeroes follow QEMU 7.2
 // (zero flag on version 3, deallocation on version 2). Block status
 // reports the mapping; it does not ask the file for holes under data.
-// Driver.Check (block.Checker) and Image.Check count leaks and
-// corruptions as qemu-img check does.
+// A partial allocating write whose cluster otherwise reads as zeros does
+// not build a cluster-sized buffer: a cluster past the old end of the file
+// gets only the guest bytes, any other has the file zero it (ZERO_RANGE)
+// first, as QEMU does.
 //
-// Not yet: shrinking; writes to extended-L2 images (refused at a
-// read-write open); packing several compressed clusters into one host
-// cluster (WriteCompressed gives each its own, Huffman-only deflate so
-// QEMU's 4 KiB window reads it); zstd; lazy refcounts (the dirty bit
-// is refused read-write); internal snapshot create/apply/delete (writes
-// after a snapshot made by QEMU do copy the shared tables and clusters);
-// bitmaps (the autoclear bit is cleared before the first write, R10);
-// repair in Check (repair modes are refused). With cache=none the 8-byte
+// Driver.Check (block.Checker) and Image.Check count leaks and corruptions
+// as qemu-img check does; with a repair mode Driver.Check repairs like
+// qemu-img check -r leaks|all (lower leaked refcounts, raise low ones,
+// rebuild the refcount structure in QEMU's placement when a referenced
+// cluster has refcount 0, fix COPIED flags, then clear the dirty and
+// corrupt bits), and refuses images with damaged entries
+// (docs/design/qcow2-repair.md). Lazy refcounts: a flush may leave refcount
+// blocks in memory once the dirty bit is durable (R10); a clean close
+// writes them and clears it; a read-write open of a dirty image repairs it
+// first (DriverOptions.CheckOpen opens it unrepaired, writes refused until
+// a repair).
+//
+// Create also preallocates (metadata, falloc, full) with QEMU 7.2's
+// cluster placement (docs/design/qcow2-preallocation.md) and makes
+// extended-L2 images. Writes to extended-L2 images allocate per subcluster
+// (subcluster.go): partial writes complete only the touched subclusters,
+// and write-zeroes/discard use the zero bitmap as QEMU 7.2 does. Amend
+// (amend.go) applies qemu-img amend's compat, lazy_refcounts, size and
+// backing changes to an open read-write node.
+//
+// Internal snapshots (snapshot_ops.go): CreateSnapshot, ApplySnapshot and
+// DeleteSnapshot do what qemu-img snapshot -c/-a/-d do, on a drained
+// read-write node, in a coroutine under metaLock. Refcounts count paths: a
+// data cluster in an L2 table shared by k L1 tables counts k times. COPIED
+// is recomputed over the whole active tree after each operation (R7).
+// Every new table (a snapshot's L1 copy, the snapshot table, the active L1
+// of an apply) goes to fresh clusters, durable with its refcounts, and is
+// switched in by one small header write (R3, R6); decrements come only
+// after the switch is durable (R2). docs/design/qcow2-snapshots.md has the
+// crash windows and the differences from qemu-img.
+//
+// Crash consistency is tested two ways. TestQcow2KillNine re-executes the
+// test binary as a child that runs random writes, write-zeroes, discards,
+// flushes and a resize on a real image file, several requests in flight,
+// and logs after every flush how far its durable prefix reaches; the parent
+// kills it with SIGKILL, then requires qemu-img check to find at most
+// leaks, every sector to hold a value the durable prefix allows (read
+// through ringblk and through qemu-img convert), and a finished resize to
+// be in the header. TestQcow2DriverCrashStates records every write and
+// flush at the file node and checks power-loss states: whole writes, and
+// writes torn at 512-byte sectors, relying on sector-atomic writes as QEMU
+// does.
+//
+// Not yet: shrinking; amend of refcount_bits; zstd compressed writes
+// (refused); packing several compressed clusters into one host cluster
+// (WriteCompressed gives each its own, Huffman-only deflate so QEMU's
+// 4 KiB window reads it); bitmaps (the autoclear bit is cleared before the
+// first write, R10); repair of damaged L1/L2 entries. With cache=none the 8-byte
 // pointer writes are padded by the block layer (a read-modify-write of
 // the sector under the file node's request serialisation), not from the
 // in-memory copy as QEMU does.
@@ -106,8 +157,9 @@
 // image's feature table), encryption (crypt_method or the full disk
 // encryption extension), external data files, unknown compression types,
 // and backing file names with json: or any other protocol prefix. The dirty
-// and corrupt bits are fine for reading; Header.CheckWritable refuses them
-// for read-write use, and Header.AutoclearToClear tells a writer which
+// and corrupt bits are fine for reading; the driver repairs a dirty image
+// at a read-write open and refuses a corrupt one (Header.CheckWritable is
+// the format layer's check), and Header.AutoclearToClear tells a writer which
 // autoclear bits to clear before its first write. Unknown header
 // extensions and header bytes beyond the known fields are kept and written
 // back unchanged by MarshalBinary.

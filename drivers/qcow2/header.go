@@ -522,7 +522,7 @@ func (h *Header) CheckWritable() error {
 		return corrupt("incompatible_features", h.IncompatibleFeatures, "image is marked corrupt; cannot be opened read/write")
 	}
 	if h.IncompatibleFeatures&IncompatDirty != 0 {
-		return unsupported("incompatible_features", h.IncompatibleFeatures, "image is dirty (lazy refcounts); refcount rebuild is not supported, open read-only")
+		return unsupported("incompatible_features", h.IncompatibleFeatures, "image is dirty (lazy refcounts): its refcounts must be repaired before read/write use (the driver does this at a read-write open; qemu-img check -r all does it offline)")
 	}
 	return nil
 }
