@@ -10,8 +10,9 @@
 #                the qcow2; ringblk on the raw file it was converted from
 #                (target qcow2/raw >= 0.9); qemu-img bench -f qcow2 -i
 #                io_uring (target qcow2/qemu >= 2 on the buffered row).
-#   randwrite    allocating writes to a fresh 1 GiB qcow2 image (qemu-img
-#                create, recreated before every run). Sides: ringblk;
+#   randwrite    allocating writes to a fresh 64 GiB qcow2 image (qemu-img
+#                create, recreated before every run; so large that nearly
+#                every write of a few-second run allocates). Sides: ringblk;
 #                qemu-img bench -w -f qcow2 -i io_uring (target >= 1.5).
 # qemu-img bench has no random mode: its rows are sequential (4 KiB step),
 # and its write runs stop after one pass over the fresh image, so it
@@ -72,6 +73,11 @@ trap 'rm -rf "$work" "$fresh"' EXIT
 (cd "$root" && go build -o "$work/ringblk" ./cmd/ringblk) || die "building ringblk failed"
 
 size=$((1 << 30))
+# The write rows use a fresh 64 GiB (virtual) image: in a few seconds both
+# sides write a few tens of thousands of 4 KiB blocks into about a million
+# clusters, so (nearly) every write allocates, on both sides, for the
+# whole run. The file only holds what was written.
+wsize=$((64 << 30))
 rawf=$dir/qcow2bench-1g.raw
 qcow=$dir/qcow2bench-1g.qcow2
 if [ ! -f "$rawf" ] || [ "$(stat -c %s "$rawf")" -ne "$size" ]; then
@@ -122,7 +128,7 @@ for rep in $(seq 1 "$reps"); do
 			local side=$1 file=$2 format=$3
 			if [ "$rw" = randwrite ]; then
 				rm -f "$fresh"
-				qemu-img create -q -f qcow2 "$fresh" "$size"
+				qemu-img create -q -f qcow2 "$fresh" "$wsize"
 				file=$fresh
 			fi
 			warm "$file"
@@ -178,9 +184,9 @@ EOF
 			file=$qcow
 			side=qemu
 			if [ "$rw" = randwrite ]; then
-				count=$((count < size / step ? count : size / step))
+				count=$((count < wsize / step ? count : wsize / step))
 				rm -f "$fresh"
-				qemu-img create -q -f qcow2 "$fresh" "$size"
+				qemu-img create -q -f qcow2 "$fresh" "$wsize"
 				file=$fresh
 				qargs+=(-w --pattern=90) # non-zero data, like ringblk's
 				[ "$step" = 4096 ] || side=qemu-alloc

@@ -99,6 +99,9 @@ func amendCmd(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
+		if format != "" && format != "qcow2" && format != "raw" {
+			return 1, usagef("Unknown file format '%s' (amend supports qcow2)", format)
+		}
 		if _, err := os.Stat(path); err != nil {
 			return 1, fmt.Errorf("Could not open '%s': %v", path, unwrapPathErr(err))
 		}
@@ -120,13 +123,15 @@ func amendCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		ao, err := amendOptions(kv, img.Qcow2.Header())
 		if err == nil {
-			if progress && !quiet {
-				fmt.Fprint(stdout, "    (0.00/100%)\r")
-			}
+			// The same progress line as convert and compare; the driver's
+			// amend reports no steps, so it goes from 0 to 100.
+			bar := newProgress(stdout, progress && !quiet, 1)
+			bar.Set(0)
 			if err = qcow2.Amend(img.Node, ao); err != nil {
 				err = fmt.Errorf("Could not amend '%s': %v", path, amendCause(err))
-			} else if progress && !quiet {
-				fmt.Fprint(stdout, "    (100.00/100%)\r\n")
+			} else {
+				bar.Set(100)
+				bar.End()
 			}
 		}
 		if cerr := img.Close(); err == nil && cerr != nil {

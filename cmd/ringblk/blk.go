@@ -6,7 +6,10 @@ package main
 // from the command's goroutine.
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/ringblk/ringblk/aio"
@@ -75,6 +78,9 @@ func openBlk(path string, o blkOptions) (*blkImage, error) {
 // openBlkIn opens path as another image of an existing graph (convert and
 // compare open two images in one graph). Close drops only the node.
 func openBlkIn(c *aio.Context, g *block.Graph, path string, o blkOptions) (*blkImage, error) {
+	if err := resolveNull(path, &o); err != nil {
+		return nil, err
+	}
 	co := chain.Options{
 		Format:      o.Format,
 		ReadOnly:    o.ReadOnly,
@@ -99,6 +105,80 @@ func openBlkIn(c *aio.Context, g *block.Graph, path string, o blkOptions) (*blkI
 	return &blkImage{Ctx: c, Graph: g, Node: img.Node, Path: path, Format: img.Format, Qcow2: img.Qcow2}, nil
 }
 
+// defaultNullSize is the size of a null image nobody gave a size: 1 GiB,
+// as QEMU's null-co driver.
+const defaultNullSize = 1 << 30
+
+// nullFilename parses the one json: filename we understand, QEMU's way of
+// naming a null image with its size: json:{"driver":"null-co","size":N}
+// (size a number or a string with a suffix, "4M"). ok is false when path
+// is not a json: filename.
+func nullFilename(path string) (size int64, ok bool, err error) {
+	rest, ok := strings.CutPrefix(path, "json:")
+	if !ok {
+		return 0, false, nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(rest), &m); err != nil {
+		return 0, true, fmt.Errorf("Could not open '%s': bad JSON: %v", path, err)
+	}
+	switch m["driver"] {
+	case "null-co", "null-aio", "null":
+	default:
+		return 0, true, fmt.Errorf("Could not open '%s': ringblk reads json: filenames for the null-co driver only", path)
+	}
+	size = defaultNullSize
+	for k, v := range m {
+		switch k {
+		case "driver":
+		case "size":
+			switch v := v.(type) {
+			case float64:
+				size = int64(v)
+			case string:
+				if size, err = parseSize(v); err != nil {
+					return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
+				}
+			default:
+				return 0, true, fmt.Errorf("Could not open '%s': size must be a number", path)
+			}
+		default:
+			return 0, true, fmt.Errorf("Could not open '%s': the null driver has no option '%s'", path, k)
+		}
+	}
+	if size < 0 {
+		return 0, true, fmt.Errorf("Could not open '%s': size must not be negative", path)
+	}
+	return size, true, nil
+}
+
+// resolveNull turns the ways of naming a null image into blkOptions:
+// -f null or -f null-co (any name; the size is NullSize, or 1 GiB), or a
+// json: null-co filename (which then needs no -f).
+func resolveNull(path string, o *blkOptions) error {
+	if o.Format == "null-co" {
+		o.Format = "null"
+	}
+	size, ok, err := nullFilename(path)
+	switch {
+	case err != nil:
+		return err
+	case ok && o.Format != "" && o.Format != "null":
+		return fmt.Errorf("Could not open '%s': a null-co filename with -f %s", path, o.Format)
+	case ok:
+		o.Format, o.NullSize = "null", size
+	case o.Format == "" && (strings.HasPrefix(path, "null-co://") || strings.HasPrefix(path, "null-aio://")):
+		// QEMU's protocol names for the null driver; never a local file.
+		o.Format = "null"
+		if o.NullSize <= 0 {
+			o.NullSize = defaultNullSize
+		}
+	case o.Format == "null" && o.NullSize <= 0:
+		o.NullSize = defaultNullSize
+	}
+	return nil
+}
+
 // nodeNameFor gives each image of a graph its own node name.
 func nodeNameFor(g *block.Graph, path string) string {
 	_ = g
@@ -109,13 +189,31 @@ func nodeNameFor(g *block.Graph, path string) string {
 var blkSeq int
 
 // openError words an open failure as qemu-img does: "Could not open
-// 'FILE': cause", unless the cause already names the file.
+// 'FILE': cause", unless the cause already names the file. A missing or
+// unreadable file and a -f qcow2 on something else are reported in
+// qemu-img's words, without the block layer's context.
 func openError(path string, err error) error {
+	if cause := openCause(err); cause != "" {
+		return fmt.Errorf("Could not open '%s': %s", path, cause)
+	}
 	msg := err.Error()
 	if strings.HasPrefix(msg, "Could not open") || strings.HasPrefix(msg, "Unknown file format") {
 		return err
 	}
 	return fmt.Errorf("Could not open '%s': %w", path, err)
+}
+
+// openCause returns qemu-img's wording for the commonest open failures, or
+// "" to keep the error as it is.
+func openCause(err error) string {
+	var pe *os.PathError
+	switch {
+	case errors.Is(err, qcow2.ErrNotQcow2):
+		return "Image is not in qcow2 format"
+	case errors.As(err, &pe):
+		return unwrapPathErr(pe).Error()
+	}
+	return ""
 }
 
 // Close drops the node and, for an image that owns them, stops the

@@ -11,9 +11,10 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
 )
 
-const checkHelp = `usage: ringblk check [-f fmt] [--output=human|json] [-q] [-r leaks|all] FILE
+const checkHelp = `usage: ringblk check [-f fmt] [--output=human|json] [-q] [-r leaks|all] [-T cache] [-U] FILE
 
 Check a qcow2 image's metadata for consistency, with qemu-img check's
 counts, output and exit codes:
@@ -32,16 +33,19 @@ counts, output and exit codes:
                    that are too low (rebuilding the refcount structure when
                    needed) and wrong COPIED flags. The image is then
                    checked again and that result is reported.
+  -T cache         cache mode for the image file (none, writeback,
+                   writethrough, …); it matters with -r
   -U, --force-share
-                   accepted for compatibility (the image is only read);
-                   refused with -r
+                   check an image another process has open for writing
+                   (no locks taken; the result may be stale); refused
+                   with -r
   -h, --help       this help
 
 The problems found are listed on stderr, one per line, in qemu-img's words.
 `
 
 var checkSpec = optSpec{
-	short: map[byte]bool{'f': true, 'q': false, 'r': true, 'U': false, 'h': false},
+	short: map[byte]bool{'f': true, 'q': false, 'r': true, 'T': true, 'U': false, 'h': false},
 	long:  map[string]bool{"output": true, "quiet": false, "repair": true, "force-share": false, "help": false},
 }
 
@@ -84,9 +88,11 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		format, output, quiet, repair, share := "", "human", false, "", false
+		format, output, quiet, repair, share, cache := "", "human", false, "", false, ""
 		for _, o := range opts {
 			switch o.name {
+			case "T":
+				cache = o.val
 			case "f":
 				format = o.val
 			case "output":
@@ -102,8 +108,17 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		if err := checkOutput(output); err != nil {
 			return 1, err
 		}
+		if format == "null" || format == "null-co" {
+			// A format without metadata: qemu-img's answer and exit code.
+			return 63, fmt.Errorf("This image format does not support checks")
+		}
 		if err := checkFormat(format); err != nil {
 			return 1, err
+		}
+		if cache != "" {
+			if _, ok := raw.ParseCache(cache); !ok {
+				return 1, usagef("Invalid source cache option: %s", cache)
+			}
 		}
 		var mode block.CheckMode
 		switch repair {
@@ -122,13 +137,16 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 			if share {
 				return 1, fmt.Errorf("Could not open '%s': force-share=on can only be used with read-only images", files[0])
 			}
-			return checkRepair(files[0], format, mode, output, quiet, stdout, stderr)
+			return checkRepair(files[0], format, cache, mode, output, quiet, stdout, stderr)
 		}
 		img, err := openImage(files[0], format)
 		if err != nil {
 			return 1, err
 		}
 		defer img.Close()
+		if err := img.lockForRead(share); err != nil {
+			return 1, err
+		}
 		if img.qcow == nil {
 			return 63, fmt.Errorf("This image format does not support checks")
 		}
@@ -154,10 +172,10 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 // block layer's check operation, and, when something was fixed, checked
 // again; qemu-img reports that second check with the fixed counts of the
 // first.
-func checkRepair(path, format string, mode block.CheckMode, output string, quiet bool, stdout, stderr io.Writer) (int, error) {
+func checkRepair(path, format, cache string, mode block.CheckMode, output string, quiet bool, stdout, stderr io.Writer) (int, error) {
 	logf := func(m string) { fmt.Fprintf(stderr, "%s\n", m) }
 	img, err := openBlk(path, blkOptions{
-		Format: format, NoBacking: true,
+		Format: format, NoBacking: true, Cache: cache,
 		QcowOptions: qcow2.DriverOptions{CheckOpen: true, CheckLog: logf},
 	})
 	if err != nil {

@@ -19,14 +19,15 @@ beyond the smaller one's end (unless -s).
 Exit status: 0 identical, 1 different, 2 an image could not be opened,
 3 block status failed, 4 a read failed. Command-line mistakes exit 1.
 
-  -f fmt            format of FILE1 (raw or qcow2; probed when absent)
+  -f fmt            format of FILE1 (raw, qcow2 or null; probed when absent)
   -F fmt            format of FILE2
   -T src_cache      cache mode of both images (none, writeback, writethrough)
   -p                show progress
   -q                quiet: print nothing, the exit status says it all
   -s                strict: images of different sizes or with a different
                     allocation status differ
-  -U, --force-share open read-only without locking (images in use)
+  -U, --force-share read images another process has open for writing
+                    (no locks taken)
   -h, --help        this help
 `
 
@@ -67,11 +68,13 @@ func compareCmd(args []string, stdout, stderr io.Writer) int {
 				forceShare = true
 			}
 		}
-		if err := checkFormat(fmt1); err != nil {
-			return 1, err
+		// qemu-img compare finds an unknown format when it opens the image,
+		// and every open failure exits 2 (its 1 means "images differ").
+		if err := checkSourceFormat(fmt1); err != nil {
+			return 2, err
 		}
-		if err := checkFormat(fmt2); err != nil {
-			return 1, err
+		if err := checkSourceFormat(fmt2); err != nil {
+			return 2, err
 		}
 		if len(operands) != 2 {
 			return 1, usagef("Expecting two image file names (see 'ringblk compare --help')")

@@ -22,7 +22,7 @@ Copy the guest contents of SRC (with its backing chain) into DST, as
 qemu-img convert does. DST is created (replaced) with SRC's size unless -n.
 Ranges that read as zeroes are not written (sparse output).
 
-  -f fmt          SRC's format: raw or qcow2 (probed when absent)
+  -f fmt          SRC's format: raw, qcow2 or null (probed when absent)
   -O fmt          DST's format: raw (default) or qcow2
   -o options      creation options of DST, as for 'ringblk create'
                   (cluster_size, compat, refcount_bits, preallocation…)
@@ -36,7 +36,8 @@ Ranges that read as zeroes are not written (sparse output).
   -B backing      DST gets this backing file; only what SRC's top image
                   allocates is copied
   -F backing_fmt  format of the backing file (required with -B)
-  -U              open SRC read-only without locking (image in use)
+  -U              read SRC even if another process has it open for
+                  writing (no locks taken)
   -t cache        DST's cache mode: none, writeback (default: flushed at
                   the end), writethrough, unsafe (writeback, no final flush;
                   qemu-img's default)
@@ -135,11 +136,11 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.outOfOrder = true
 		}
 	}
-	if err := checkFormat(r.srcFmt); err != nil {
+	if err := checkSourceFormat(r.srcFmt); err != nil {
 		return nil, err
 	}
-	if r.dstFmt != "raw" && r.dstFmt != "qcow2" {
-		return nil, usagef("Unknown file format '%s' (supported: raw, qcow2)", r.dstFmt)
+	if err := checkOutputFormat(r.dstFmt); err != nil {
+		return nil, err
 	}
 	switch {
 	case len(operands) < 2:

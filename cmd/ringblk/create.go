@@ -82,8 +82,8 @@ func createCmd(args []string, stdout, stderr io.Writer) int {
 				r.quiet = true
 			}
 		}
-		if r.format != "raw" && r.format != "qcow2" {
-			return 1, usagef("Unknown file format '%s' (supported: raw, qcow2)", r.format)
+		if err := checkOutputFormat(r.format); err != nil {
+			return 1, err
 		}
 		for _, l := range olist {
 			if l == "help" || l == "?" {

@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
 )
 
 // usageError is a command-line mistake: reported in one line, exit 1.
@@ -125,10 +126,25 @@ func checkOutput(v string) error {
 	return nil
 }
 
-// checkFormat validates a -f value against the formats we know.
+// checkFormat validates a -f value against the formats we know, for the
+// commands that work on image files (create, check, resize, snapshot, …).
+// The null format has no file: they refuse it in so many words.
 func checkFormat(f string) error {
 	switch f {
 	case "", "raw", "qcow2":
+		return nil
+	case "null", "null-co":
+		return usagef("The null format has no image file to work on; this command takes raw or qcow2")
+	}
+	return usagef("Unknown file format '%s'", f)
+}
+
+// checkSourceFormat validates a -f value for a command that only reads
+// the image (info, map, compare, convert's source, measure's source):
+// those take the null format as well ("null" or qemu's "null-co").
+func checkSourceFormat(f string) error {
+	switch f {
+	case "", "raw", "qcow2", "null", "null-co":
 		return nil
 	}
 	return usagef("Unknown file format '%s'", f)
@@ -185,11 +201,27 @@ func openImage(path, format string) (*openedImage, error) {
 		im, err := qcow2.ReadImage(f, o.size, qcow2.Options{})
 		if err != nil {
 			f.Close()
-			return nil, fmt.Errorf("Could not open '%s': %v", path, err)
+			return nil, openError(path, err)
 		}
 		o.qcow = im
 	}
 	return o, nil
+}
+
+// lockForRead takes on an image a read-only command opened (info, check
+// without -r) the locks qemu-img's read-only open takes: it holds
+// "consistent read" and refuses to share "write" and "resize", so an image
+// another process has open read-write is refused with QEMU's `Failed to
+// get shared "write" lock`. With -U (share) nothing is locked. The locks
+// go with the image's Close.
+func (o *openedImage) lockForRead(share bool) error {
+	if share {
+		return nil
+	}
+	if err := raw.LockFile(o.f, o.path, raw.Options{ReadOnly: true}); err != nil {
+		return fmt.Errorf("Could not open '%s': %v", o.path, err)
+	}
+	return nil
 }
 
 func unwrapPathErr(err error) error {
@@ -274,4 +306,16 @@ func writeJSON(w io.Writer, v any) error {
 	}
 	_, err = fmt.Fprintf(w, "%s\n", b)
 	return err
+}
+
+// checkOutputFormat validates the format of an image a command creates
+// (create's -f, convert's -O): raw or qcow2.
+func checkOutputFormat(f string) error {
+	switch f {
+	case "raw", "qcow2":
+		return nil
+	case "null", "null-co":
+		return usagef("The null format stores nothing: it cannot be created (use raw or qcow2)")
+	}
+	return usagef("Unknown file format '%s' (supported: raw, qcow2)", f)
 }

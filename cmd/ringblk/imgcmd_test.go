@@ -111,6 +111,11 @@ func TestInfoMatchesQemu(t *testing.T) {
 	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "snap.qcow2", "1536M")
 	mustQemu(t, "qemu-img", "snapshot", "-c", "first", "snap.qcow2")
 	mustQemu(t, "qemu-img", "snapshot", "-c", "second", "snap.qcow2")
+	// A name longer than the TAG column pushes the rest of its row right.
+	mustQemu(t, "qemu-img", "snapshot", "-c", "a-snapshot-name-longer-than-the-column", "snap.qcow2")
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "prealloc.qcow2", "40M")
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2snap.qcow2", "1G")
+	mustQemu(t, "qemu-img", "snapshot", "-c", "old-style", "v2snap.qcow2")
 	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "lazy.qcow2", "1M")
 	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "xl2.qcow2", "1M")
 	imgs := []string{"lazy.qcow2", "xl2.qcow2"}
@@ -126,7 +131,7 @@ func TestInfoMatchesQemu(t *testing.T) {
 	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "overraw.qcow2", "-F", "qcow2", "chainraw.qcow2")
 	imgs = append(imgs, "chain3.qcow2", "chainraw.qcow2")
 
-	imgs = append(imgs, "def.qcow2", "c512.qcow2", "v2.qcow2", "rc1.qcow2", "top.qcow2", "r.raw", "overraw.qcow2", "snap.qcow2", "sub/top.qcow2")
+	imgs = append(imgs, "def.qcow2", "c512.qcow2", "v2.qcow2", "rc1.qcow2", "top.qcow2", "r.raw", "overraw.qcow2", "snap.qcow2", "sub/top.qcow2", "prealloc.qcow2", "v2snap.qcow2")
 	for _, img := range imgs {
 		for _, withF := range []bool{false, true} {
 			args := []string{"--output=json"}
@@ -149,6 +154,11 @@ func TestInfoMatchesQemu(t *testing.T) {
 			got, _, _ = ours(infoCmd, img)
 			if got != want {
 				t.Errorf("info %s (human):\n%s\nqemu-img info:\n%s", img, got, want)
+			}
+			want = mustQemu(t, "qemu-img", "info", "-U", img)
+			got, _, _ = ours(infoCmd, "-U", img)
+			if got != want {
+				t.Errorf("info -U %s (human):\n%s\nqemu-img info -U:\n%s", img, got, want)
 			}
 		}
 		// --backing-chain: a JSON array, top first, and blocks of text.

@@ -1,28 +1,32 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/ringblk/ringblk/drivers/qcow2"
 )
 
-const infoHelp = `usage: ringblk info [-f fmt] [--output=human|json] [-U] FILE
+const infoHelp = `usage: ringblk info [-f fmt] [--output=human|json] [--backing-chain] [-U] FILE
 
 Show what a raw or qcow2 image is: virtual size, disk size, format,
 cluster size, backing file, snapshots and qcow2 details. The output
 matches qemu-img info (7.2), including --output=json.
 
-  -f fmt           image format (raw, qcow2); without it the file is probed
-                   (qcow2 magic, else raw)
+  -f fmt           image format (raw, qcow2, null); without it the file is
+                   probed (qcow2 magic, else raw). A null image is named
+                   null-co:// or json:{"driver":"null-co","size":N}
+                   (1 GiB unless a size is given)
   --output=FMT     human (default) or json
   --backing-chain  show the whole backing chain, top first (JSON: an array)
   -U, --force-share
-                   accepted for compatibility (the image is only read)
+                   read the image even if another process has it open for
+                   writing (no locks taken; the figures may be stale)
   -h, --help       this help
 `
 
@@ -39,9 +43,11 @@ func infoCmd(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		format, output, chain := "", "human", false
+		format, output, chain, share := "", "human", false, false
 		for _, o := range opts {
 			switch o.name {
+			case "U", "force-share":
+				share = true
 			case "backing-chain":
 				chain = true
 			case "f":
@@ -53,11 +59,16 @@ func infoCmd(args []string, stdout, stderr io.Writer) int {
 		if err := checkOutput(output); err != nil {
 			return 1, err
 		}
-		if err := checkFormat(format); err != nil {
+		if err := checkSourceFormat(format); err != nil {
 			return 1, err
 		}
 		if len(files) != 1 {
 			return 1, usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
+		}
+		if done, err := infoNull(files[0], format, output, stdout); err != nil {
+			return 1, err
+		} else if done {
+			return 0, nil
 		}
 		var imgs []*openedImage
 		defer func() {
@@ -73,6 +84,9 @@ func infoCmd(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			imgs = append(imgs, img)
+			if err := img.lockForRead(share); err != nil {
+				return 1, err
+			}
 			if id, ok := fileID(img.f); ok {
 				if seen[id] {
 					return 1, fmt.Errorf("Backing file '%s' creates a loop in the backing chain", path)
@@ -188,7 +202,8 @@ func imageInfo(img *openedImage) *object {
 
 func snapshotInfo(s *qcow2.Snapshot) *object {
 	o := newObject()
-	if s.ExtraDataSize >= 24 {
+	// An icount of all ones means "not recorded": qemu-img leaves it out.
+	if s.ExtraDataSize >= 24 && s.Icount != ^uint64(0) {
 		o.set("icount", s.Icount)
 	}
 	o.set("vm-clock-nsec", s.VMClockNsec%1e9)
@@ -227,20 +242,10 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	if h.IncompatibleFeatures&qcow2.IncompatDirty != 0 {
 		b.WriteString("dirty flag: yes\n")
 	}
-	if len(img.qcow.Snapshots) > 0 {
-		b.WriteString("Snapshot list:\n")
-		fmt.Fprintf(&b, "%-10s%-18s%7s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
-		for i := range img.qcow.Snapshots {
-			s := &img.qcow.Snapshots[i]
-			date := time.Unix(int64(s.DateSec), 0).Format("2006-01-02 15:04:05")
-			ns := s.VMClockNsec
-			clock := fmt.Sprintf("%02d:%02d:%02d.%03d", ns/3600e9, ns/60e9%60, ns/1e9%60, ns/1e6%1000)
-			icount := ""
-			if s.ExtraDataSize >= 24 {
-				icount = fmt.Sprint(s.Icount)
-			}
-			fmt.Fprintf(&b, "%-10s%-18s%7s%20s%13s%11s\n", s.ID, s.Name, sizeToStr(int64(s.VMStateSize)), date, clock, icount)
-		}
+	// The snapshot table is the one "snapshot -l" prints (qemu-img info
+	// and qemu-img snapshot -l share it).
+	if err := printSnapshotList(&b, img.qcow.Snapshots); err != nil {
+		return err
 	}
 	b.WriteString("Format specific information:\n")
 	data := info.vals["format-specific"].(*object).vals["data"].(*object)
@@ -249,4 +254,72 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// infoNull shows a null image (-f null, -f null-co, a null-co:// name or a
+// json: null-co filename) as qemu-img does: size, name, format and no
+// file. done is false when the image is not a null image.
+func infoNull(path, format, output string, w io.Writer) (done bool, err error) {
+	bo := blkOptions{Format: format}
+	if err := resolveNull(path, &bo); err != nil {
+		return true, err
+	}
+	if bo.Format != "null" {
+		return false, nil
+	}
+	shown := "null-co"
+	if format == "" && !strings.HasPrefix(path, "json:") {
+		// A null-co:// name without -f: QEMU puts its raw format on the
+		// null-co protocol driver.
+		shown = "raw"
+	}
+	name := qemuJSONName(path)
+	o := newObject()
+	o.set("virtual-size", bo.NullSize)
+	o.set("filename", name)
+	o.set("format", shown)
+	o.set("actual-size", int64(0))
+	if output == "json" {
+		return true, writeJSON(w, o)
+	}
+	_, err = fmt.Fprintf(w, "image: %s\nfile format: %s\nvirtual size: %s (%d bytes)\ndisk size: 0 B\n",
+		name, shown, sizeToStr(bo.NullSize), bo.NullSize)
+	return true, err
+}
+
+// qemuJSONName spells a json: filename the way qemu-img prints it (driver
+// first, ": " and ", " separators); other names are returned as they are.
+func qemuJSONName(path string) string {
+	rest, ok := strings.CutPrefix(path, "json:")
+	if !ok {
+		return path
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(rest), &m); err != nil {
+		return path
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		if k != "driver" {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	if _, ok := m["driver"]; ok {
+		keys = append([]string{"driver"}, keys...)
+	}
+	var b strings.Builder
+	b.WriteString("json:{")
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		kb, _ := json.Marshal(k)
+		var v any
+		json.Unmarshal(m[k], &v)
+		vb, _ := json.Marshal(v)
+		fmt.Fprintf(&b, "%s: %s", kb, vb)
+	}
+	b.WriteString("}")
+	return b.String()
 }

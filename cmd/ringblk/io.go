@@ -142,6 +142,10 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if bo.ForceShare && !bo.ReadOnly {
 			return 1, fmt.Errorf("can't open device %s: force-share=on can only be used with read-only images", path)
 		}
+		// A json: null-co filename or a null-co:// name is a null image.
+		if err := resolveNull(path, &bo); err != nil {
+			return 1, fmt.Errorf("can't open device %s: %v", path, err)
+		}
 		if bo.Format != "null" {
 			if _, err := os.Stat(path); err != nil {
 				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, unwrapPathErr(err))

@@ -19,11 +19,12 @@ as qemu-img map does: one entry per run of ranges with the same status
 (depth in the chain, present, zero, data, and the host offset where the
 data lives in a file).
 
-  -f fmt               raw or qcow2 (probed from FILE when absent; backing
-                       files are never probed)
+  -f fmt               raw, qcow2 or null (probed from FILE when absent;
+                       backing files are never probed)
   --output=human|json  human: a table of the ranges with data and their host
                        offsets; json: every range (default human)
-  -U, --force-share    open read-only without locking (image in use)
+  -U, --force-share    read an image another process has open for writing
+                       (no locks taken)
   --start-offset=N     begin at guest offset N (k, M, G… suffixes)
   --max-length=N       stop after N bytes
   -h, --help           this help
@@ -66,7 +67,7 @@ func imgMapCmd(args []string, stdout, stderr io.Writer) int {
 		if err := checkOutput(output); err != nil {
 			return 1, err
 		}
-		if err := checkFormat(format); err != nil {
+		if err := checkSourceFormat(format); err != nil {
 			return 1, err
 		}
 		if len(operands) != 1 {

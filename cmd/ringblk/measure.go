@@ -27,8 +27,9 @@ is what persistent dirty bitmaps would add.
                        refcount_bits, extended_l2, preallocation,
                        backing_file… (see 'ringblk create --help')
   --size N             size of a new image (k, M, G… suffixes)
-  -f fmt               FILE's format (probed when absent)
-  -U, --force-share    open FILE read-only without locking (image in use)
+  -f fmt               FILE's format: raw, qcow2 or null (probed when absent)
+  -U, --force-share    read FILE even if another process has it open for
+                       writing (no locks taken)
   --output=human|json  output format (default human)
   -h, --help           this help
 `
@@ -79,7 +80,7 @@ func measureCmd(args []string, stdout, stderr io.Writer) int {
 		if err := checkOutput(output); err != nil {
 			return 1, err
 		}
-		if err := checkFormat(srcFmt); err != nil {
+		if err := checkSourceFormat(srcFmt); err != nil {
 			return 1, err
 		}
 		if outFmt != "raw" && outFmt != "qcow2" {

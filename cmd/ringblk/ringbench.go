@@ -68,7 +68,12 @@ type ringBenchResult struct {
 
 func ringBenchMain(args []string) int {
 	fs := flag.NewFlagSet("ring-bench", flag.ContinueOnError)
-	fs.Usage = func() {
+	// Help goes to stdout; a parse error is reported below in one line
+	// (the flag package would print it followed by the whole usage).
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	help := func() {
+		fs.SetOutput(os.Stdout)
 		fmt.Fprint(fs.Output(), "usage: ringblk ring-bench -file FILE [options]\n\n"+
 			"Uniform random reads through ringblk's own io_uring ring (or a pread baseline).\n\n")
 		fs.PrintDefaults()
@@ -90,13 +95,15 @@ func ringBenchMain(args []string) int {
 	fs.DurationVar(&cfg.sqpoll, "sqpoll", 0, "use an SQPOLL thread with this idle time (0: no SQPOLL)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			help()
 			return 0
 		}
-		return 2
+		fmt.Fprintf(os.Stderr, "ringblk: ring-bench: %v\n", err)
+		return 1
 	}
 	usageErr := func(format string, a ...any) int {
-		fmt.Fprintf(os.Stderr, "ring-bench: "+format+"\n", a...)
-		return 2
+		fmt.Fprintf(os.Stderr, "ringblk: ring-bench: "+format+"\n", a...)
+		return 1
 	}
 	var err error
 	if cfg.path == "" {
@@ -147,7 +154,7 @@ func ringBenchMain(args []string) int {
 		return usageErr("unknown -engine %q (ring, pread)", cfg.engine)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ring-bench: %v\n", err)
+		fmt.Fprintf(os.Stderr, "ringblk: ring-bench: %v\n", err)
 		return 1
 	}
 	if *jsonOut {

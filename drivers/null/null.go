@@ -57,11 +57,13 @@ func (d *Driver) Flush(r *block.Request)       { d.complete(r) }
 func (d *Driver) Discard(r *block.Request)     { d.complete(r) }
 func (d *Driver) WriteZeroes(r *block.Request) { d.complete(r) }
 
-// BlockStatus reports zeroes when reads return zeroes, data otherwise.
+// BlockStatus reports what QEMU's null-co does: nothing is stored, so no
+// range holds data or is allocated; with ReadZeroes the ranges read as
+// zeroes.
 func (d *Driver) BlockStatus(r *block.Request) {
-	r.Status = block.StatusData | block.StatusAllocated
+	r.Status = 0
 	if d.opts.ReadZeroes {
-		r.Status |= block.StatusZero
+		r.Status = block.StatusZero
 	}
 	r.Pnum = r.Len
 	d.complete(r)

@@ -2,6 +2,7 @@ package raw
 
 import (
 	"errors"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -129,6 +130,25 @@ func applyLocks(fd int, path string, held, unshared int) error {
 		}
 	}
 	return nil
+}
+
+// LockFile takes on f the locks a Driver opened with opts (ReadOnly,
+// ShareRW, Locking) takes, and checks everyone else's, for a tool that
+// reads an image file without a Driver (ringblk info and check read the
+// metadata directly, as qemu-img's do through a locked open). A conflict is
+// the *LockError an open would return; with LockingAuto a filesystem
+// without OFD locks is not an error. The locks last as long as f's open
+// file description.
+func LockFile(f *os.File, path string, opts Options) error {
+	if opts.Locking == LockingOff {
+		return nil
+	}
+	held, unshared := lockPerms(opts.ReadOnly, opts.ShareRW)
+	err := applyLocks(int(f.Fd()), path, held, unshared)
+	if errors.Is(err, errLockUnsupported) && opts.Locking == LockingAuto {
+		return nil
+	}
+	return err
 }
 
 func lockByte(fd int, b int64) error {
