@@ -195,8 +195,8 @@ Aliases: readwrite=rw, blocksize=bs, blocksize_range=bsrange,
 iodepth_batch=iodepth_batch_submit. Any other fio option is an error that
 names it. ioengine=ringblk needs format=null with a size, or an image:
 raw or qcow2 (format=, or probed from the file; a qcow2 job's region is the
-image's virtual disk, which must exist — the file is never laid out; images
-with a backing file are refused). ioengine=io_uring is ringblk's own ring
+image's virtual disk, which must exist — the file is never laid out; a
+backing chain is opened with the formats the images record, never probed). ioengine=io_uring is ringblk's own ring
 without the block layer; psync is pread/pwrite.
 
 Examples:

@@ -2,15 +2,14 @@ package bench
 
 import (
 	"fmt"
-	"github.com/ringblk/ringblk/drivers/qcow2"
 	"math/bits"
-	"os"
 	"runtime"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
@@ -38,22 +37,9 @@ func (e *ringblkEnv) close() error {
 	return err
 }
 
-// qcow2Magic starts every qcow2 image.
-var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
-
-// probeFormat reads the image's first bytes: qcow2 or raw.
-func probeFormat(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	var b [4]byte
-	if n, _ := f.ReadAt(b[:], 0); n == 4 && string(b[:]) == string(qcow2Magic) {
-		return "qcow2", nil
-	}
-	return "raw", nil
-}
+// probeFormat decides the format of the image the user named: qcow2 or
+// raw (chain.Probe; never used on backing files).
+func probeFormat(path string) (string, error) { return chain.Probe(path) }
 
 // ringblkJob is one job's node and front end; its clones each get a Queue.
 type ringblkJob struct {
@@ -82,19 +68,16 @@ func (e *ringblkEnv) openJob(j *Job, name string) (*ringblkJob, error) {
 		}
 		n, err = raw.NewNode(e.g, j.Filename, opts, block.Options{Name: name})
 	case "qcow2":
-		// A raw file node under a qcow2 node. Backing files are not
-		// opened by the benchmark: an image with one is refused by the
-		// driver, which never probes a backing file's format.
-		fopts := raw.Options{ReadOnly: !j.RW.Writes(), Locking: raw.LockingOff, ShareRW: true}
+		// The image and its backing chain, each backing file opened with
+		// the format its overlay records (never probed), read-only.
+		co := chain.Options{Format: "qcow2", ReadOnly: !j.RW.Writes(), Locking: raw.LockingOff, Name: name}
 		if j.Direct {
-			fopts.Cache = raw.CacheNone
+			co.Cache = raw.CacheNone
 		}
-		var file *block.Node
-		file, err = raw.NewNode(e.g, j.Filename, fopts, block.Options{Name: name + "-file"})
-		if err != nil {
-			return nil, err
+		var img *chain.Image
+		if img, err = chain.Open(e.g, j.Filename, co); err == nil {
+			n = img.Node
 		}
-		n, err = qcow2.NewNode(e.g, file, qcow2.DriverOptions{}, block.Options{Name: name, ReadOnly: !j.RW.Writes()})
 	default:
 		return nil, fmt.Errorf("unknown format %q", format)
 	}

@@ -71,7 +71,7 @@
 // deferred until the pointer removals are durable (R2) and until requests
 // that mapped the old clusters have finished their I/O. Each rule is
 // documented at the code that keeps it. Dirty L2 tables are pinned in the
-// cache and written back when they reach half of it.
+// cache and written back at a flush or when they fill 7/8 of it.
 //
 // The refcount table grows (a self-describing area at the end of the
 // image, then one header write) when allocation outgrows it; Truncate

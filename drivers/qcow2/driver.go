@@ -50,9 +50,9 @@ type DriverOptions struct {
 	Depth int
 	// L2CacheBytes bounds this image's own L2 tables (tier 1: every
 	// dirty or pinned table, plus recently used clean ones), allocated at
-	// open: default 8 MiB, at most twice the tables the L1 table can point
-	// at plus 8, at least 4 tables. Dirty tables are flushed when they
-	// reach half of it.
+	// open: default 32 MiB (QEMU's default maximum), at most twice the
+	// tables the L1 table can point at plus 8, at least 4 tables. Dirty
+	// tables are written back at a flush, or when they fill 7/8 of it.
 	L2CacheBytes int64
 	// SharedCache receives the clean L2 tables this image evicts and is
 	// looked up on a miss (tier 2). It may be shared by any number of

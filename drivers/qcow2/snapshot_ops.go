@@ -878,7 +878,7 @@ func (d *Driver) fixActiveCopied(co *aio.Co) error {
 // fixCopied sets COPIED exactly where the in-memory refcount is 1 in the
 // entries of l1 (queued for stage D when l1 is the active table) and in
 // the L2 tables they name. Changed L2 tables are dirty in the cache (stage C);
-// dirty tables are written back when they reach half the cache.
+// dirty tables are written back when they fill 7/8 of the cache.
 // REQUIRES: metaLock held; for an inactive l1, its tables are checked by
 // readSnapshotL1.
 func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {

@@ -347,7 +347,11 @@ func (d *Driver) abortAlloc(off int64, err error) error {
 func (d *Driver) needFlush() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.l2.dirty > d.l2.capacity/2 || len(d.pendingFrees) > 1024
+	// Dirty tables are written back when they fill 7/8 of the cache (the
+	// rest keeps room for the tables in-flight requests pin; l2MakeRoom
+	// flushes if even that runs out), not earlier: every early write-back
+	// of a table that is dirtied again is write amplification.
+	return d.l2.dirty > d.l2.capacity-max(d.l2.capacity/8, 2) || len(d.pendingFrees) > 1024
 }
 
 // maxRunClusters bounds one batched allocating write.
