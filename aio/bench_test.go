@@ -199,3 +199,38 @@ func BenchmarkWakeLatency(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCoSwitch: one enter/yield round trip of a coroutine, driven by
+// the owner (Wake schedules its BH; the non-blocking Poll runs the BH,
+// which enters the coroutine until it yields again). The cost of every
+// slow-path step of a driver (a qcow2 L2 miss, an allocation).
+func BenchmarkCoSwitch(b *testing.B) {
+	for _, kind := range ringKinds {
+		b.Run(kind, func(b *testing.B) {
+			c := benchCtx(b, kind)
+			runOnOwner(c, func() {
+				stop := false
+				n := 0
+				co := c.Go(func(co *Co) {
+					for !stop {
+						n++
+						co.Yield()
+					}
+				})
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					co.Wake()
+					c.Poll(false)
+				}
+				b.StopTimer()
+				stop = true
+				co.Wake()
+				c.Poll(false)
+				if n < b.N {
+					b.Fatalf("coroutine ran %d times for %d wakes", n, b.N)
+				}
+			})
+		})
+	}
+}
