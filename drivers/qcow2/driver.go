@@ -239,6 +239,18 @@ func (d *Driver) Open(n *block.Node) error {
 	d.dirtyL1 = make(map[int64]bool)
 	d.l2HitFn = d.l2Hit
 	d.inflight = make(map[int64]*inflightAlloc)
+	d.resetMetaClusters()
+	d.freeIdx = 0
+	if err := d.openBacking(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// resetMetaClusters rebuilds the set of refcount blocks and active L2
+// tables the overlap check (R5) protects, from the L1 and refcount tables.
+// REQUIRES: mu held, or the driver not yet shared (Open).
+func (d *Driver) resetMetaClusters() {
 	d.metaClusters = make(map[int64]struct{})
 	for _, e := range d.l1 {
 		if off := int64(e & offsetMask); off != 0 {
@@ -250,11 +262,6 @@ func (d *Driver) Open(n *block.Node) error {
 			d.metaClusters[int64(e)] = struct{}{}
 		}
 	}
-	d.freeIdx = 0
-	if err := d.openBacking(); err != nil {
-		return err
-	}
-	return nil
 }
 
 func (d *Driver) openBacking() error {

@@ -690,17 +690,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 	d.geo.FileSize = fs
 	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
 	d.rb = make(map[int64]*refBlock)
-	d.metaClusters = make(map[int64]struct{})
-	for _, e := range d.l1 {
-		if off := int64(e & offsetMask); off != 0 {
-			d.metaClusters[off] = struct{}{}
-		}
-	}
-	for _, e := range d.rt {
-		if e != 0 {
-			d.metaClusters[int64(e)] = struct{}{}
-		}
-	}
+	d.resetMetaClusters()
 	for _, off := range l2Fixed {
 		d.l2.drop(off)
 	}
