@@ -66,6 +66,10 @@ type killConfig struct {
 	Opts        string // qemu-img create -o (cluster_size is added)
 	Size        int64  // initial virtual size (a multiple of ClusterSize)
 	Backing     bool   // a qcow2 backing file with qemu-io data in it
+	// Snapshot: qemu-io data in the image and an internal snapshot of it
+	// (qemu-img snapshot -c) before the child starts, so its writes COW
+	// clusters and L2 tables the snapshot shares (refcount 2, no COPIED).
+	Snapshot bool
 	Fill        int64  // sequential 64 KiB writes first (refcount table growth)
 	GrowAt      int    // op index of a resize to GrowTo (0: none)
 	GrowTo      int64
@@ -83,6 +87,7 @@ var killConfigs = []killConfig{
 	{Name: "c4k-backing", ClusterSize: 4096, Size: 8 << 20, Backing: true, L2Cache: 4 * 4096, MaxOps: 2000, QD: 8},
 	{Name: "c64k", ClusterSize: 65536, Size: 16 << 20, MaxOps: 1500, QD: 8},
 	{Name: "c4k", ClusterSize: 4096, Size: 8 << 20, MaxOps: 2000, QD: 16},
+	{Name: "c4k-snapshot", ClusterSize: 4096, Size: 8 << 20, Snapshot: true, L2Cache: 4 * 4096, MaxOps: 2000, QD: 8},
 }
 
 type killOpKind int
@@ -445,6 +450,14 @@ func killRound(t *testing.T, self string, cfg killConfig, seed uint64, tr killTr
 	} else {
 		qemuCreate(t, img, opts, cfg.Size)
 	}
+	if cfg.Snapshot {
+		qemuIO(t, img,
+			"write -P 0x5a 0 1M",
+			fmt.Sprintf("write -P 0xa5 %d 512k", cfg.Size/2+4096),
+			fmt.Sprintf("write -P 0x33 %d 64k", cfg.Size-64<<10))
+		qemuImg(t, "snapshot", "-c", "s1", img)
+		base = convertRaw(t, img)
+	}
 
 	im0, err := openFile(t, img, Options{})
 	if err != nil {
@@ -597,6 +610,18 @@ func killRound(t *testing.T, self string, cfg killConfig, seed uint64, tr killTr
 	durable := killVerify(t, got, base, ops, w, seed)
 	// And through QEMU: the same bytes.
 	checkSame(t, convertRaw(t, img), got)
+	if cfg.Snapshot {
+		// The snapshot still holds what it held before the child ran.
+		out := filepath.Join(t.TempDir(), "s1.raw")
+		qemuImg(t, "convert", "-l", "snapshot.name=s1", "-O", "raw", img, out)
+		snap, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(snap, base[:min(len(base), len(snap))]) || len(snap) != len(base) {
+			t.Errorf("snapshot s1 changed under the child's writes")
+		}
+	}
 	t.Logf("killed %v after %+v (resized %v): %d ops durable of %d, %d sectors hold durable data, %d leaked clusters",
 		killed, tr, prog.resized, w, len(ops), durable, q.Leaks)
 	return durable
