@@ -70,12 +70,12 @@ type killConfig struct {
 	// (qemu-img snapshot -c) before the child starts, so its writes COW
 	// clusters and L2 tables the snapshot shares (refcount 2, no COPIED).
 	Snapshot bool
-	Fill        int64  // sequential 64 KiB writes first (refcount table growth)
-	GrowAt      int    // op index of a resize to GrowTo (0: none)
-	GrowTo      int64
-	L2Cache     int64 // DriverOptions.L2CacheBytes in the child (dirty evictions)
-	MaxOps      int
-	QD          int
+	Fill     int64 // sequential 64 KiB writes first (refcount table growth)
+	GrowAt   int   // op index of a resize to GrowTo (0: none)
+	GrowTo   int64
+	L2Cache  int64 // DriverOptions.L2CacheBytes in the child (dirty evictions)
+	MaxOps   int
+	QD       int
 }
 
 var killConfigs = []killConfig{
