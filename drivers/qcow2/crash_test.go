@@ -3,6 +3,7 @@ package qcow2
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/raw"
 )
 
 // recFile is an in-memory file driver that records every write and flush
@@ -141,11 +143,16 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 		size int64
 		fill int64 // written sequentially first (refcount table growth)
 		grow int64 // Truncate to this size half-way (L1 growth), 0: none
+		// backing: a raw backing file with data under the whole disk, so
+		// partial allocating writes copy from it (COW from the backing
+		// file must be durable before the L2 entry that exposes it, R4).
+		backing bool
 	}{
-		{"c512-rc64", CreateOptions{ClusterSize: 512, RefcountBits: 64}, 3 << 20, 5 << 19, 6 << 20},
-		{"c4k", CreateOptions{ClusterSize: 4096}, 4 << 20, 0, 0},
-		{"c64k-v2", CreateOptions{Version: 2}, 4 << 20, 0, 0},
-		{"c64k-compressed", CreateOptions{}, 4 << 20, 0, 0},
+		{"c512-rc64", CreateOptions{ClusterSize: 512, RefcountBits: 64}, 3 << 20, 5 << 19, 6 << 20, false},
+		{"c4k", CreateOptions{ClusterSize: 4096}, 4 << 20, 0, 0, false},
+		{"c64k-v2", CreateOptions{Version: 2}, 4 << 20, 0, 0, false},
+		{"c64k-compressed", CreateOptions{}, 4 << 20, 0, 0, false},
+		{"c4k-backing", CreateOptions{ClusterSize: 4096}, 4 << 20, 0, 0, true},
 	}
 	for ci, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -155,12 +162,29 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			var base []byte // the backing file's bytes (nil: no backing file)
+			dopts := DriverOptions{}
+			if tc.backing {
+				base = make([]byte, tc.size)
+				brng := rand.New(rand.NewPCG(uint64(ci), 77))
+				for i := range base {
+					base[i] = byte(brng.Uint32())
+				}
+				bpath := filepath.Join(t.TempDir(), "base.raw")
+				if err := os.WriteFile(bpath, base, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				tc.o.BackingFile, tc.o.BackingFormat = bpath, "raw"
+				dopts.Backing = func(BackingRequest) (*block.Node, error) {
+					return raw.NewNode(e.g, bpath, raw.Options{ReadOnly: true, Locking: raw.LockingOff}, block.Options{ReadOnly: true})
+				}
+			}
 			if err := Create(fn, tc.size, tc.o); err != nil {
 				t.Fatal(err)
 			}
 			start := append([]byte(nil), f.data...)
 			f.log = nil
-			n, err := NewNode(e.g, fn, DriverOptions{}, block.Options{})
+			n, err := NewNode(e.g, fn, dopts, block.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -180,6 +204,7 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 			full := max(tc.size, tc.grow) // the largest the disk gets
 			cur := tc.size
 			ref := make([]byte, full)
+			copy(ref, base)
 			lastTouch := make([]int32, full)
 			var flushes []gflush
 			var opIdx int32
@@ -258,7 +283,7 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 			}
 			n.Unref()
 			log := f.log
-			if f.zeroes == 0 && tc.o.ClusterSize != 512 { // 512-byte clusters: no write is partial
+			if f.zeroes == 0 && tc.o.ClusterSize != 512 && !tc.backing { // 512-byte clusters: no partial write; a backing file: COW copies from it
 				t.Error("no partial allocating write zeroed its host cluster: the ZERO_RANGE path went untested")
 			}
 			blockMax := make([]int32, full/4096)
@@ -409,7 +434,11 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 					}
 					// The disk size of this state (before or after a grow).
 					got := make([]byte, im.Geometry.Size)
-					if _, err := im.ReadAt(got, 0, nil); err != nil {
+					var br io.ReaderAt
+					if base != nil {
+						br = zeroPadReader(base)
+					}
+					if _, err := im.ReadAt(got, 0, br); err != nil {
 						t.Fatalf("state %d: read: %v", s, err)
 					}
 					for b := int64(0); b+4096 <= int64(len(got)); b += 4096 {
@@ -450,4 +479,15 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 				len(log), len(bounds), grown, l1Moved, states, tornStates)
 		})
 	}
+}
+
+// zeroPadReader reads a backing file's bytes, zeros past their end.
+type zeroPadReader []byte
+
+func (z zeroPadReader) ReadAt(p []byte, off int64) (int, error) {
+	clear(p)
+	if off < int64(len(z)) {
+		copy(p, z[off:])
+	}
+	return len(p), nil
 }
