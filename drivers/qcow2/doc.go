@@ -132,10 +132,13 @@
 // Not yet: shrinking; amend of refcount_bits; zstd compressed writes
 // (refused); packing several compressed clusters into one host cluster
 // (WriteCompressed gives each its own, Huffman-only deflate so QEMU's
-// 4 KiB window reads it); bitmaps (the autoclear bit is cleared before the
-// first write, R10, but the bitmap directory and tables are not freed, so
-// qemu-img check counts them as leaks, exit 3, until check -r leaks);
-// repair of damaged L1/L2 entries. With cache=none the 8-byte
+// 4 KiB window reads it); bitmaps (they are not maintained: before the
+// first write the driver clears autoclear bit 0, R10, then removes the
+// bitmaps extension and frees the bitmap directory, tables and data
+// clusters after the next flush, R2, so qemu-img check stays clean; when
+// the directory does not parse, overlaps our metadata or the image has a
+// backing file, the extension is kept with the bit clear and the clusters
+// leak until check -r leaks); repair of damaged L1/L2 entries. With cache=none the 8-byte
 // pointer writes are padded by the block layer (a read-modify-write of
 // the sector under the file node's request serialisation), not from the
 // in-memory copy as QEMU does.
@@ -150,7 +153,10 @@
 // anything proportional to it is allocated, so open-time memory is bounded
 // by the tables' limits plus one cluster. Every L1, L2 and refcount table
 // entry is validated when decoded; damaged metadata is an error, never a
-// panic or a wrong mapping. Errors are *FormatError values naming the
+// panic or a wrong mapping. The bitmap directory (BitmapClusters) is
+// bounded by nb_bitmaps ≤ 65535, a directory ≤ 64 MiB, names ≤ 1023 bytes,
+// granularity 2^9..2^31 and table sizes that must match the disk size;
+// tables are read one cluster at a time. Errors are *FormatError values naming the
 // spec field and value, wrapping one of ErrNotQcow2, ErrUnsupported,
 // ErrCorrupt, ErrLimit or ErrRange for errors.Is; the block layer wraps
 // them in its own error type.

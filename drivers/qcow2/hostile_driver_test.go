@@ -145,8 +145,8 @@ func TestQcow2DriverClearsBitmapsAutoclear(t *testing.T) {
 		t.Fatalf("autoclear_features %#x after a write", v)
 	}
 	q := qemuCheckResult(t, path)
-	if q.Corruptions != 0 || q.CheckErrors != 0 {
-		t.Fatalf("qemu-img check %+v", q)
+	if q.Corruptions != 0 || q.CheckErrors != 0 || q.Leaks != 0 {
+		t.Fatalf("qemu-img check %+v; the bitmaps' clusters must be freed", q)
 	}
 	compareCheck(t, path)
 }

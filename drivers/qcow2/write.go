@@ -162,7 +162,8 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 // prepareWrite fails writes to a corrupt image and, before the first
 // write of the session, clears the autoclear bits we do not maintain
 // (R10: bitmaps become inconsistent for QEMU instead of stale) with a
-// synced 8-byte header write (R6).
+// synced 8-byte header write (R6); when bit 0 was set it then drops the
+// bitmaps extension and frees the bitmaps' clusters (dropBitmaps).
 func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	err, ready := d.corruptErr, d.headerReady
@@ -190,6 +191,11 @@ func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 		d.mu.Lock()
 		d.hdr.AutoclearFeatures = v
 		d.mu.Unlock()
+		if clr&AutoclearBitmaps != 0 {
+			if err := d.dropBitmaps(co, r); err != nil {
+				return err
+			}
+		}
 	}
 	d.mu.Lock()
 	d.headerReady = true

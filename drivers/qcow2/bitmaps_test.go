@@ -1,0 +1,372 @@
+package qcow2
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/ringblk/ringblk/block"
+)
+
+// seedBitmaps returns the testdata image made by qemu-img bitmap --add
+// plus a qemu-io write (so the bitmap has a data cluster), its header and
+// its file path.
+func seedBitmaps(t *testing.T) ([]byte, *Header, string) {
+	t.Helper()
+	b := loadImage(t, "bitmap")
+	h, err := ParseHeader(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.BitmapsConsistent() {
+		t.Fatal("seed image has no consistent bitmaps")
+	}
+	path := filepath.Join(t.TempDir(), "bm.qcow2")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b, h, path
+}
+
+// TestBitmapClustersQemuImage: on a qemu-made image the parser returns
+// the directory cluster, the table cluster and the data cluster, sorted,
+// aligned and distinct, and as many as the independent count in
+// matrix_test.go.
+func TestBitmapClustersQemuImage(t *testing.T) {
+	b, h, path := seedBitmaps(t)
+	owned, err := BitmapClusters(bytes.NewReader(b), h, int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := bitmapClusters(t, path); int64(len(owned)) != want || want < 3 {
+		t.Fatalf("BitmapClusters = %v, want %d clusters (at least 3)", owned, want)
+	}
+	cs := h.ClusterSize()
+	for i, c := range owned {
+		if c < cs || c%cs != 0 || c >= int64(len(b)) || (i > 0 && c <= owned[i-1]) {
+			t.Fatalf("cluster %d = %#x in %v", i, c, owned)
+		}
+	}
+	if !slices.Contains(owned, int64(h.Bitmaps.DirectoryOffset)) {
+		t.Fatalf("directory cluster %#x missing from %v", h.Bitmaps.DirectoryOffset, owned)
+	}
+}
+
+// TestBitmapClustersHostile: damaged directories, tables and extension
+// fields are *FormatError values of the right class, never panics or a
+// cluster list.
+func TestBitmapClustersHostile(t *testing.T) {
+	b, h, _ := seedBitmaps(t)
+	dir := int64(h.Bitmaps.DirectoryOffset)
+	table := int64(binary.BigEndian.Uint64(b[dir:]))
+	cs := uint64(h.ClusterSize())
+	put64 := func(off int64, v uint64) func([]byte) {
+		return func(c []byte) { binary.BigEndian.PutUint64(c[off:], v) }
+	}
+	put32 := func(off int64, v uint32) func([]byte) {
+		return func(c []byte) { binary.BigEndian.PutUint32(c[off:], v) }
+	}
+	cases := []struct {
+		name string
+		img  func([]byte)
+		ext  func(*BitmapsExtension)
+		want error
+	}{
+		{"zero bitmaps", nil, func(e *BitmapsExtension) { e.Count = 0 }, ErrCorrupt},
+		{"too many bitmaps", nil, func(e *BitmapsExtension) { e.Count = MaxBitmaps + 1 }, ErrLimit},
+		{"reserved", nil, func(e *BitmapsExtension) { e.Reserved = 1 }, ErrCorrupt},
+		{"huge directory", nil, func(e *BitmapsExtension) { e.DirectorySize = 1 << 40 }, ErrLimit},
+		{"directory too small", nil, func(e *BitmapsExtension) { e.DirectorySize = 16 }, ErrCorrupt},
+		{"directory size mismatch", nil, func(e *BitmapsExtension) { e.DirectorySize += 8 }, ErrCorrupt},
+		{"directory unaligned", nil, func(e *BitmapsExtension) { e.DirectoryOffset += 512 }, ErrCorrupt},
+		{"directory in header cluster", nil, func(e *BitmapsExtension) { e.DirectoryOffset = 0 }, ErrCorrupt},
+		{"directory past EOF", nil, func(e *BitmapsExtension) { e.DirectoryOffset = 1 << 40 }, ErrRange},
+		{"second bitmap missing", nil, func(e *BitmapsExtension) { e.Count = 2 }, ErrCorrupt},
+		{"table unaligned", put64(dir, uint64(table)+8), nil, ErrCorrupt},
+		{"table past EOF", put64(dir, 1<<40), nil, ErrRange},
+		{"table size zero", put32(dir+8, 0), nil, ErrLimit},
+		{"table size mismatch", put32(dir+8, 2), nil, ErrCorrupt},
+		{"table size huge", put32(dir+8, 1<<31), nil, ErrLimit},
+		{"reserved flags", put32(dir+12, 1<<7), nil, ErrCorrupt},
+		{"unknown type", func(c []byte) { c[dir+16] = 2 }, nil, ErrUnsupported},
+		{"granularity", func(c []byte) { c[dir+17] = 40 }, nil, ErrCorrupt},
+		{"empty name", func(c []byte) { c[dir+18], c[dir+19] = 0, 0 }, nil, ErrCorrupt},
+		{"extra data past directory", put32(dir+20, 1<<20), nil, ErrCorrupt},
+		{"entry reserved bits", put64(table, 1<<60), nil, ErrCorrupt},
+		{"entry offset and all-ones", func(c []byte) { c[table+7] |= 1 }, nil, ErrCorrupt},
+		{"entry unaligned", put64(table, cs+512), nil, ErrCorrupt},
+		{"entry in header cluster", put64(table, 512), nil, ErrCorrupt},
+		{"entry past EOF", put64(table, 1<<50), nil, ErrRange},
+		{"entry is the directory", put64(table, uint64(dir)), nil, ErrCorrupt},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			// One zero cluster more, so the directory can grow in place.
+			img := append(append([]byte(nil), b...), make([]byte, cs)...)
+			if c.img != nil {
+				c.img(img)
+			}
+			hh := *h
+			ext := *h.Bitmaps
+			hh.Bitmaps = &ext
+			if c.ext != nil {
+				c.ext(&ext)
+			}
+			owned, err := BitmapClusters(bytes.NewReader(img), &hh, int64(len(img)))
+			var fe *FormatError
+			if !errors.As(err, &fe) || !errors.Is(err, c.want) {
+				t.Fatalf("BitmapClusters = %v, %v; want a *FormatError wrapping %v", owned, err, c.want)
+			}
+		})
+	}
+	// An all-ones entry (bit 0, no offset) owns no cluster.
+	img := append([]byte(nil), b...)
+	binary.BigEndian.PutUint64(img[table:], 1)
+	owned, err := BitmapClusters(bytes.NewReader(img), h, int64(len(img)))
+	if err != nil || len(owned) != 2 {
+		t.Fatalf("all-ones entry: %v, %v; want the directory and table clusters", owned, err)
+	}
+}
+
+// FuzzBitmapDirectory: for any file, BitmapClusters either fails with a
+// *FormatError or returns sorted, distinct, cluster-aligned offsets inside
+// the file and outside the header cluster. The seed corpus
+// (testdata/fuzz/FuzzBitmapDirectory) holds a qemu-img image with 512-byte
+// clusters, a bitmap and a data cluster.
+func FuzzBitmapDirectory(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := ParseHeader(data)
+		if err != nil || h.Bitmaps == nil {
+			return
+		}
+		owned, err := BitmapClusters(bytes.NewReader(data), h, int64(len(data)))
+		if err != nil {
+			var fe *FormatError
+			if !errors.As(err, &fe) {
+				t.Fatalf("error %v is not a *FormatError", err)
+			}
+			return
+		}
+		cs := h.ClusterSize()
+		if int64(len(owned)) > int64(len(data))/cs {
+			t.Fatalf("%d clusters in a %d-byte file", len(owned), len(data))
+		}
+		for i, c := range owned {
+			if c < cs || c%cs != 0 || c >= int64(len(data)) || (i > 0 && c <= owned[i-1]) {
+				t.Fatalf("cluster %d = %#x in %v", i, c, owned)
+			}
+		}
+	})
+}
+
+// TestQcow2DriverBitmapsDroppedAndFreed: the first write drops the
+// bitmaps extension and, after the flush, every bitmap cluster is free:
+// qemu-img check is clean, and the format layer's check agrees.
+func TestQcow2DriverBitmapsDroppedAndFreed(t *testing.T) {
+	needQemu(t)
+	_, _, path := seedBitmaps(t)
+	e := newTestEnv(t)
+	n := e.mustOpen(path, false)
+	if _, err := n.WriteAt(fill(0x5a, 4096), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	h, err := ParseHeader(headerCluster(t, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Bitmaps != nil || h.AutoclearFeatures&AutoclearBitmaps != 0 {
+		t.Fatalf("after the first write: bitmaps %+v, autoclear %#x", h.Bitmaps, h.AutoclearFeatures)
+	}
+	n.Unref()
+	qemuCheckClean(t, path)
+	compareCheck(t, path)
+	if bm := mQemuInfo(t, path).FormatSpecific.Data.Bitmaps; len(bm) != 0 {
+		t.Fatalf("qemu-img info still lists bitmaps %+v", bm)
+	}
+}
+
+// TestQcow2DriverBitmapsDamagedKept: when the bitmap directory does not
+// parse, or a bitmap cluster is also our metadata, the driver clears the
+// autoclear bit but keeps the extension and frees nothing: qemu-img check
+// finds leaks at most (exactly the bitmaps' clusters), no corruption.
+func TestQcow2DriverBitmapsDamagedKept(t *testing.T) {
+	needQemu(t)
+	b, h, _ := seedBitmaps(t)
+	dir := int64(h.Bitmaps.DirectoryOffset)
+	table := int64(binary.BigEndian.Uint64(b[dir:]))
+	cases := []struct {
+		name string
+		mod  func([]byte)
+	}{
+		{"unknown bitmap type", func(c []byte) { c[dir+16] = 7 }},
+		{"data cluster is the L1 table", func(c []byte) { binary.BigEndian.PutUint64(c[table:], h.L1Offset) }},
+		{"data cluster is a refcount block", func(c []byte) {
+			binary.BigEndian.PutUint64(c[table:], binary.BigEndian.Uint64(c[h.RefcountTableOffset:]))
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			img := append([]byte(nil), b...)
+			c.mod(img)
+			path := filepath.Join(t.TempDir(), "d.qcow2")
+			if err := os.WriteFile(path, img, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			e := newTestEnv(t)
+			n := e.mustOpen(path, false)
+			if _, err := n.WriteAt(fill(0x5a, 4096), 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			n.Unref()
+			after, err := ParseHeader(headerCluster(t, path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.AutoclearFeatures&AutoclearBitmaps != 0 || after.Bitmaps == nil || *after.Bitmaps != *h.Bitmaps {
+				t.Fatalf("autoclear %#x, bitmaps %+v; want bit 0 clear and the extension unchanged", after.AutoclearFeatures, after.Bitmaps)
+			}
+			q := qemuCheckResult(t, path)
+			// The seed's bitmap owns 3 clusters (directory, table, data);
+			// with the data entry redirected to our metadata, the old data
+			// cluster has no reference at all: 3 leaks either way.
+			want := int64(3)
+			if q.Corruptions != 0 || q.CheckErrors != 0 || q.Leaks != want {
+				t.Fatalf("qemu-img check %+v; want %d leaks and nothing else", q, want)
+			}
+		})
+	}
+}
+
+// TestQcow2DriverBitmapsCrashStates replays the file writes of a first
+// write plus flush onto the qemu-made image, stopping after each one,
+// whole or torn at 512-byte sectors. Every state passes qemu-img check
+// with at most leaks. And explicitly: the autoclear bit is durably clear
+// before the extension is removed, and no bitmap cluster's refcount
+// changes before the removal is durable (R2), so no state has a trusted
+// extension or a live reference to a freed bitmap cluster.
+func TestQcow2DriverBitmapsCrashStates(t *testing.T) {
+	needQemu(t)
+	b, h, _ := seedBitmaps(t)
+	owned, err := BitmapClusters(bytes.NewReader(b), h, int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t)
+	f := &recFile{data: append([]byte(nil), b...)}
+	fn, err := e.g.Open(f, block.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := NewNode(e.g, fn, DriverOptions{}, block.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WriteAt(fill(0x5a, 4096), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	log := append([]recOp(nil), f.log...)
+	f.mu.Unlock()
+	n.Unref()
+
+	geo := h.Geometry(0)
+	refcounts := func(img []byte) []uint64 {
+		rcs := make([]uint64, len(owned))
+		for i, c := range owned {
+			ti, bi := geo.RefcountIndex(c)
+			rb := int64(binary.BigEndian.Uint64(img[int64(h.RefcountTableOffset)+ti*8:]))
+			v, err := RefcountGet(img[rb:rb+h.ClusterSize()], h.RefcountOrder, bi)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rcs[i] = v
+		}
+		return rcs
+	}
+	parse := func(img []byte) *Header {
+		hh, err := ParseHeader(img)
+		if err != nil {
+			t.Fatalf("header: %v", err)
+		}
+		return hh
+	}
+	base := refcounts(b)
+	cur := append([]byte(nil), b...)
+	durable := append([]byte(nil), b...) // cur as of the last flush
+	sawRemoval, sawFree := false, false
+	dir := t.TempDir()
+	states := 0
+	check := func(img []byte, what string) {
+		t.Helper()
+		states++
+		p := filepath.Join(dir, "s.qcow2")
+		if err := os.WriteFile(p, img, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if code, out := qemuExit(t, "check", p); code != 0 && code != 3 {
+			t.Fatalf("%s: qemu-img check exit %d\n%s", what, code, out)
+		}
+		if q := qemuCheckResult(t, p); q.Corruptions != 0 || q.CheckErrors != 0 {
+			t.Fatalf("%s: qemu-img check %+v", what, q)
+		}
+	}
+	check(cur, "before the write")
+	for i, op := range log {
+		if op.flush {
+			durable = append(durable[:0], cur...)
+			continue
+		}
+		// Torn variants of this write on top of the state before it.
+		sectors := (op.off+int64(len(op.b))+511)/512 - op.off/512
+		if sectors > 1 && sectors <= 4 {
+			for mask := 1; mask < 1<<sectors-1; mask++ {
+				img := append([]byte(nil), cur...)
+				for s := int64(0); s < sectors; s++ {
+					if mask&(1<<s) == 0 {
+						continue
+					}
+					lo := max(op.off, (op.off/512+s)*512)
+					hi := min(op.off+int64(len(op.b)), (op.off/512+s+1)*512)
+					copy(img[lo:], op.b[lo-op.off:hi-op.off])
+				}
+				check(img, "torn write "+strconv.Itoa(i))
+			}
+		}
+		if end := op.off + int64(len(op.b)); end > int64(len(cur)) {
+			cur = append(cur, make([]byte, end-int64(len(cur)))...)
+		}
+		copy(cur[op.off:], op.b)
+		ch, dh := parse(cur), parse(durable)
+		if ch.Bitmaps == nil && !sawRemoval {
+			sawRemoval = true
+			if dh.AutoclearFeatures&AutoclearBitmaps != 0 {
+				t.Fatalf("write %d removes the bitmaps extension before the cleared autoclear bit is durable", i)
+			}
+		}
+		if rcs := refcounts(cur); !slices.Equal(rcs, base) {
+			sawFree = true
+			if dh.Bitmaps != nil {
+				t.Fatalf("write %d changes bitmap cluster refcounts %v -> %v before the extension's removal is durable", i, base, rcs)
+			}
+		}
+		check(cur, "after write "+strconv.Itoa(i))
+	}
+	if !sawRemoval || !sawFree {
+		t.Fatalf("removal %v, frees %v: the write did not drop and free the bitmaps", sawRemoval, sawFree)
+	}
+	if rcs := refcounts(cur); !slices.Equal(rcs, make([]uint64, len(owned))) {
+		t.Fatalf("bitmap cluster refcounts at the end %v, want all 0", rcs)
+	}
+	t.Logf("%d file ops, %d states checked", len(log), states)
+}
