@@ -31,8 +31,13 @@
 // reads the clock once, records clat and lat into per-direction HDR
 // histograms (allocation-free) and frees the unit; one bottom half per
 // completion batch refills every free unit: it reads the clock once (the
-// issue time), submits the batch under Plug/Unplug (one io_uring_enter per
-// iodepth_batch_submit units) and reads the clock again (the submit time).
+// issue time), queues iodepth_batch_submit units at a time to the front
+// end and reads the clock again after each batch (the submit time). The
+// ringblk engine then hands everything the refill queued to the kernel in
+// one io_uring_enter (an outer Context Plug: ringblk's batched submission;
+// with iodepth_batch_submit=1 fio would enter once per unit), so slat ends
+// when a batch is in the ring's submission queue, a few hundred
+// nanoseconds before the enter that sends it.
 // fio's definitions hold: slat = submit − issue, clat = completion − submit,
 // lat = completion − issue. Nothing on that path allocates
 // (TestRingblkEngineZeroAllocs).

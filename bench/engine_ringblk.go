@@ -200,6 +200,12 @@ func (c *ringblkClone) refill() {
 	now := w.now()
 	w.tick(now)
 	batchSize := w.job.IODepthBatch
+	// Every batch this refill issues goes to the kernel in one
+	// io_uring_enter: the outer plug of the Context (ringblk's batched
+	// submission). iodepth_batch_submit still bounds how many units are
+	// filled and timestamped together, as in fio.
+	c.ctx.Plug()
+	defer c.ctx.Unplug()
 	for {
 		c.batch = c.batch[:0]
 		c.q.Plug()
