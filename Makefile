@@ -3,7 +3,7 @@ GO        ?= go
 PKGS      ?= ./...
 PKG       ?= ./...
 FUZZTIME  ?= 30s
-TESTFUZZTIME ?= 5s
+TESTFUZZTIME ?= 300x
 STRESSTIME ?= 5m
 BIN       := bin
 
@@ -12,7 +12,7 @@ BIN       := bin
 help:
 	@echo "ringblk make targets:"
 	@echo "  make run        the main job: a benchmark on a default image in a temporary directory"
-	@echo "  make test       installs test tools if missing, then vet, format check, unit tests (-tags invariants), -race tests, allocation budgets and a short run of every fuzz target (TESTFUZZTIME each)"
+	@echo "  make test       installs test tools if missing, then vet, format check, unit tests (-tags invariants), -race tests, allocation budgets and a short run of every fuzz target (TESTFUZZTIME executions each)"
 	@echo "  make build      builds bin/ringblk"
 	@echo "  make race       go test -race on all packages"
 	@echo "  make stress     long randomized stress tests (PKG=./block STRESSTIME=5m)"
@@ -50,7 +50,7 @@ test: deps fmtcheck vet
 	$(GO) test -tags invariants -count=1 -timeout 20m $(PKGS)
 	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -timeout 10m -run Alloc $(PKGS)
-	./scripts/fuzz.sh "" $(TESTFUZZTIME)
+	FUZZMINTIME=1s ./scripts/fuzz.sh "" $(TESTFUZZTIME)
 
 race:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
