@@ -14,7 +14,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
-const checkHelp = `usage: ringblk check [-f fmt] [--output=human|json] [-q] [-r leaks|all] [-T cache] [-U] FILE
+const checkHelp = `usage: ringblk check [-f fmt] [--output=human|json] [-p] [-q] [-r leaks|all] [-T cache] [-U] FILE
 
 Check a qcow2 image's metadata for consistency, with qemu-img check's
 counts, output and exit codes:
@@ -27,6 +27,9 @@ counts, output and exit codes:
 
   -f fmt           image format (raw, qcow2); without it the file is probed
   --output=FMT     human (default) or json
+  -p               show progress on stderr (qemu-img check has no -p; the
+                   check of a large image reads every L2 table); quiet
+                   with -q
   -q, --quiet      print nothing on stdout; the exit code tells the result
   -r leaks|all     repair (opens the image read-write): 'leaks' lowers the
                    refcounts of leaked clusters; 'all' also fixes refcounts
@@ -45,7 +48,7 @@ The problems found are listed on stderr, one per line, in qemu-img's words.
 `
 
 var checkSpec = optSpec{
-	short: map[byte]bool{'f': true, 'q': false, 'r': true, 'T': true, 'U': false, 'h': false},
+	short: map[byte]bool{'f': true, 'p': false, 'q': false, 'r': true, 'T': true, 'U': false, 'h': false},
 	long:  map[string]bool{"output": true, "quiet": false, "repair": true, "force-share": false, "help": false},
 }
 
@@ -89,8 +92,11 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		format, output, quiet, repair, share, cache := "", "human", false, "", false, ""
+		progress := false
 		for _, o := range opts {
 			switch o.name {
+			case "p":
+				progress = true
 			case "T":
 				cache = o.val
 			case "f":
@@ -150,7 +156,12 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		if img.qcow == nil {
 			return 63, fmt.Errorf("This image format does not support checks")
 		}
+		prog := newProgress(stderr, progress && !quiet, 1)
+		if progress && !quiet {
+			img.qcow.Progress = func(done, total int64) { prog.Set(100 * float64(done) / float64(total)) }
+		}
 		res, err := img.qcow.Check()
+		prog.End()
 		if err != nil {
 			return 1, fmt.Errorf("%s: check failed: %v", img.path, err)
 		}

@@ -52,6 +52,20 @@ type checker struct {
 	refs   []uint32 // references found, per host cluster
 	nextOf int64    // next contiguous host offset in this L2 table (fragmentation)
 	rc     refblockCache
+
+	done, total, step, next int64 // progress (Image.Progress)
+}
+
+// tick counts n units of work and reports progress every step units.
+func (c *checker) tick(n int64) {
+	if c.im.Progress == nil {
+		return
+	}
+	c.done += n
+	if c.done >= c.next || c.done >= c.total {
+		c.next = c.done + c.step
+		c.im.Progress(min(c.done, c.total), c.total)
+	}
 }
 
 // Check recomputes every cluster's reference count from the image's
@@ -72,11 +86,17 @@ func (im *Image) Check() (*CheckResult, error) {
 	}
 	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
 	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
+	c.total = int64(len(im.L1)) + nb
+	for i := range im.Snapshots {
+		c.total += int64(im.Snapshots[i].L1Entries)
+	}
+	c.step = max(c.total/200, 1)
 	c.countReferences()
 
 	// Compare, and find the end of the used part of the file.
 	var highest int64 = -1
 	for i := int64(0); i < nb; i++ {
+		c.tick(1)
 		stored, err := im.refcount(i*cs, &c.rc)
 		if err != nil {
 			res.CheckErrors++
@@ -153,6 +173,7 @@ func (c *checker) ref(off, n int64, what string) {
 func (c *checker) walkL1(l1 []uint64, active bool) {
 	g := &c.im.Geometry
 	for i, e := range l1 {
+		c.tick(1)
 		l2Off, _, err := g.DecodeL1Entry(e)
 		if err != nil {
 			c.res.corrupt(indexed("l1_table", uint64(i)) + ": " + err.Error())

@@ -50,6 +50,10 @@ type Image struct {
 	SnapshotTableSize int64
 
 	r io.ReaderAt
+	// Progress, when set, is called by Check as it goes with the work
+	// done and the total (L1 entries walked, then clusters compared), at
+	// most a few hundred times per check.
+	Progress func(done, total int64)
 }
 
 // readAt fills p from off, reading bytes past the end of the file as zeros
