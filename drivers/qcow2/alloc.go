@@ -243,6 +243,28 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 	return nt, newOff, nil
 }
 
+// lockEntry waits until no allocation of the guest cluster at off is in
+// flight, brings its L2 table in pinned for writing, takes mu and decodes
+// the cluster's entry (e, and the subcluster bitmap bm on extended-L2
+// images). On success the caller holds mu and the pin and releases them
+// with `defer d.l2Unpin(t)` then `defer d.mu.Unlock()`; on error it holds
+// neither. REQUIRES: metaLock held.
+func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le L2Entry, e, bm uint64, err error) {
+	l1i, l2i, _ := d.geo.Split(off)
+	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+		return nil, 0, le, 0, 0, err
+	}
+	d.mu.Lock()
+	e, bm, _ = d.geo.L2EntryAt(t.buf, l2i)
+	if le, err = d.geo.DecodeL2Entry(e, bm); err != nil {
+		d.mu.Unlock()
+		d.l2Unpin(t)
+		return nil, 0, le, 0, 0, err
+	}
+	return t, l2i, le, e, bm, nil
+}
+
 // setL2Entry stores entry e at index i of table t. REQUIRES: mu held.
 func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
 	binary.BigEndian.PutUint64(t.buf[i*d.geo.L2EntrySize():], e)

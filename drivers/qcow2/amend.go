@@ -336,20 +336,12 @@ func (d *Driver) expandZeroClusters(co *aio.Co) error {
 // updateEntry replaces the standard L2 entry of the cluster at off by f's
 // result (no host cluster changes hands). REQUIRES: metaLock held.
 func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le L2Entry, e uint64) uint64) error {
-	l1i, l2i, _ := d.geo.Split(off)
-	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
-	t, _, err := d.l2ForWrite(co, nil, l1i)
+	t, l2i, le, e, _, err := d.lockEntry(co, nil, off)
 	if err != nil {
 		return err
 	}
 	defer d.l2Unpin(t)
-	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err := d.geo.DecodeL2Entry(e, bm)
-	if err != nil {
-		return err
-	}
 	if ne := f(le, e); ne != e {
 		d.setL2EntryLocked(t, l2i, ne)
 	}

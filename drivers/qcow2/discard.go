@@ -172,20 +172,12 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 		zeros := make([]byte, min(d.geo.ClusterSize(), d.geo.Size-off))
 		return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
 	}
-	l1i, l2i, _ := d.geo.Split(off)
-	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
-	t, _, err := d.l2ForWrite(co, r, l1i)
+	t, l2i, le, e, _, err := d.lockEntry(co, r, off)
 	if err != nil {
 		return err
 	}
 	defer d.l2Unpin(t)
-	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err = d.geo.DecodeL2Entry(e, bm)
-	if err != nil {
-		return err
-	}
 	var ne uint64
 	free := true
 	switch {

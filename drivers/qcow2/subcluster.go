@@ -276,20 +276,12 @@ func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (L2Entry
 // cluster is in flight; when f says so the old host cluster is released
 // after the next flush (R2). REQUIRES: metaLock held.
 func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
-	l1i, l2i, _ := d.geo.Split(off)
-	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
-	t, _, err := d.l2ForWrite(co, r, l1i)
+	t, l2i, le, e, bm, err := d.lockEntry(co, r, off)
 	if err != nil {
 		return err
 	}
 	defer d.l2Unpin(t)
-	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err := d.geo.DecodeL2Entry(e, bm)
-	if err != nil {
-		return err
-	}
 	ne, nbm, free := f(le, e, bm)
 	if ne == e && nbm == bm {
 		return nil
