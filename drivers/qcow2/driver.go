@@ -127,13 +127,20 @@ type Driver struct {
 	// I/O epochs (read.go): requests in flight per epoch parity, and the
 	// one coroutine (under metaLock) waiting for a parity to drain.
 	ioEpoch    uint32
-	ioActive   [2]int64
+	ioActive   [2]epochCount
 	freeWaiter *aio.Co
 	freeParity uint32
 
 	states  stateFreeList
-	l2HitFn L2Func // bound once: no allocation per Map call
-	missOff int64  // set by l2Hit under mu: the table that missed
+	oneDone oneDone  // completes single-extent fast reads (read.go)
+	rext    []Extent // Read's mapping scratch, owned by the holder of mu
+	// onceOff/onceBuf: the L2 table mapData found, for the Map after it
+	// (l2Once, bound once in l2OnceFn); valid under the same hold of mu.
+	onceOff  int64
+	onceBuf  []byte
+	l2OnceFn L2Func
+	l2HitFn  L2Func // bound once: no allocation per Map call
+	missOff  int64  // set by l2Hit under mu: the table that missed
 	// zcache holds the last inflated compressed cluster. Dropped when a
 	// cluster is freed (its host bytes may be reused).
 	zcache struct {
@@ -238,6 +245,9 @@ func (d *Driver) Open(n *block.Node) error {
 	d.dirtyRT = make(map[int64]bool)
 	d.dirtyL1 = make(map[int64]bool)
 	d.l2HitFn = d.l2Hit
+	d.oneDone.d = d
+	d.l2OnceFn = d.l2Once
+	d.rext = make([]Extent, 0, 16)
 	d.inflight = make(map[int64]*inflightAlloc)
 	d.resetMetaClusters()
 	d.freeIdx = 0

@@ -147,8 +147,10 @@ func (d *Driver) CacheStats() CacheStats {
 	if c == nil {
 		return CacheStats{}
 	}
+	l2 := c.set.Stats()
+	l2.Hits += c.hintHits
 	return CacheStats{
-		L2:           c.set.Stats(),
+		L2:           l2,
 		SharedHits:   c.sharedHits,
 		SharedMisses: c.sharedMisses,
 		SharedOffers: c.offers,
@@ -184,7 +186,31 @@ type l2Cache struct {
 	unpins  uint64
 	waiters []*aio.Co
 
+	// hints is a direct-mapped index from a table's offset to its tier-1
+	// slot in front of the set, so that a fast-path hit takes neither the
+	// set's lock nor its map (a hash of the key, a probe, a lock pair: a
+	// tenth of a cached read's CPU). An entry is written when a table
+	// becomes resident (insert, or a Peek that found it) and cleared when it
+	// leaves (evicted, drop); every one of those runs under Driver.mu, so an
+	// entry whose off matches names a resident, ready slot. Empty: off -1.
+	hints     []l2Hint
+	hintMask  int64
+	hintShift uint
+	// A hint hit does not reorder the set's LRU list; it marks the slot
+	// referenced and queues it once in touched (capacity: every slot, so
+	// appending never allocates). syncLRU hands the queue to Set.Touch
+	// before anything that may evict, so recency still decides victims.
+	refd     []bool
+	touched  []int32
+	hintHits uint64
+
 	sharedHits, sharedMisses, offers, fileLoads, privateLoads, roomWaits uint64
+}
+
+// l2Hint is one entry of l2Cache.hints.
+type l2Hint struct {
+	off  int64
+	slot int32
 }
 
 // l2Table is a handle on one tier-1 slot. buf is the slot's bytes: they
@@ -211,12 +237,28 @@ func (d *Driver) initL2() error {
 	if shared == nil {
 		shared = DefaultSharedCache()
 	}
+	// Twice as many hint entries as slots (a power of two, so the index
+	// is a mask) keeps collisions between resident tables rare; the cap
+	// bounds the array for huge sets of tiny tables, which then fall back
+	// to the set's own index more often.
+	nh := int64(1)
+	for nh < 2*n && nh < 1<<16 {
+		nh <<= 1
+	}
 	c := &l2Cache{
-		capacity: int(n),
-		image:    cache.NewImageID(),
-		shared:   shared,
-		gens:     make(map[int64]uint64),
-		tabs:     make([]l2Table, n),
+		capacity:  int(n),
+		image:     cache.NewImageID(),
+		shared:    shared,
+		gens:      make(map[int64]uint64),
+		tabs:      make([]l2Table, n),
+		hints:     make([]l2Hint, nh),
+		hintMask:  nh - 1,
+		hintShift: uint(d.geo.ClusterBits),
+		refd:      make([]bool, n),
+		touched:   make([]int32, 0, n),
+	}
+	for i := range c.hints {
+		c.hints[i].off = -1
 	}
 	set, err := cache.NewSet(cache.Config{
 		Tables:    int(n),
@@ -246,13 +288,50 @@ func (c *l2Cache) key(off int64) cache.Key {
 }
 
 // get returns the tier-1 table at off, unpinned, counting the lookup. No
-// allocation.
+// allocation; on a hint hit no lock and no map either.
 func (c *l2Cache) get(off int64) *l2Table {
+	h := &c.hints[(off>>c.hintShift)&c.hintMask]
+	if h.off == off {
+		c.hintHits++
+		if i := h.slot; !c.refd[i] {
+			c.refd[i] = true
+			c.touched = append(c.touched, i)
+		}
+		return &c.tabs[h.slot]
+	}
 	t, ok := c.set.Peek(c.key(off))
 	if !ok {
 		return nil
 	}
+	c.remember(off, t.Slot())
 	return &c.tabs[t.Slot()]
+}
+
+// remember records that the table at off is resident in slot i.
+func (c *l2Cache) remember(off int64, i int) {
+	c.hints[(off>>c.hintShift)&c.hintMask] = l2Hint{off: off, slot: int32(i)}
+}
+
+// forget clears the hint of the table at off, if it has one: the table is
+// leaving tier 1.
+func (c *l2Cache) forget(off int64) {
+	if h := &c.hints[(off>>c.hintShift)&c.hintMask]; h.off == off {
+		h.off = -1
+	}
+}
+
+// syncLRU moves the tables hit through hints since the last call to the
+// front of the set's LRU list, in the order they were first hit. Called
+// before every Insert, the only set call that evicts.
+func (c *l2Cache) syncLRU() {
+	if len(c.touched) == 0 {
+		return
+	}
+	c.set.Touch(c.touched)
+	for _, i := range c.touched {
+		c.refd[i] = false
+	}
+	c.touched = c.touched[:0]
 }
 
 // lookup returns the bytes of the table at off from tier 1, else from
@@ -287,6 +366,7 @@ func (c *l2Cache) nextGen() uint64 {
 // evicted is the set's Evicted hook: offer the clean table leaving tier 1
 // to tier 2. It runs inside an Insert, hence under Driver.mu.
 func (c *l2Cache) evicted(key cache.Key, data []byte) {
+	c.forget(key.Off)
 	gen, ok := c.gens[key.Off]
 	if !ok {
 		gen = c.nextGen()
@@ -302,6 +382,7 @@ func (c *l2Cache) evicted(key cache.Key, data []byte) {
 // insert makes the table at off resident with the bytes of src (zeros when
 // nil) and returns it pinned; a resident table wins over src.
 func (c *l2Cache) insert(off int64, src []byte) (*l2Table, error) {
+	c.syncLRU()
 	t, err := c.set.Insert(c.key(off), src)
 	if err != nil {
 		if err == cache.ErrFull {
@@ -309,6 +390,7 @@ func (c *l2Cache) insert(off int64, src []byte) (*l2Table, error) {
 		}
 		return nil, err
 	}
+	c.remember(off, t.Slot())
 	return &c.tabs[t.Slot()], nil
 }
 
@@ -353,6 +435,7 @@ func (c *l2Cache) unpin(t *l2Table) []*aio.Co {
 // a new table). A dirty copy is not written back. Tier-2 copies are hidden
 // by the generation step.
 func (c *l2Cache) drop(off int64) {
+	c.forget(off)
 	if c.set.Discard(c.key(off)) {
 		c.dirty = c.dirtyCount()
 	}
@@ -450,9 +533,11 @@ func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Privat
 // copy when tier 1 is full. REQUIRES: mu held; src immutable.
 func (d *Driver) l2KeepLocked(off int64, src []byte) (l2Private, error) {
 	c := d.l2
+	c.syncLRU()
 	t, err := c.set.Insert(c.key(off), src)
 	switch err {
 	case nil:
+		c.remember(off, t.Slot())
 		t.Unpin()
 		return l2Private{}, nil
 	case cache.ErrFull:

@@ -452,3 +452,61 @@ func TestQcow2L2CountersColdAndWarm(t *testing.T) {
 			s2.L2.Hits-s1.L2.Hits, s2.L2.Misses-s1.L2.Misses, s2.FileLoads-s1.FileLoads)
 	}
 }
+
+// TestL2HintHitsKeepRecency: reads that hit through the hint index (no set
+// lookup) still count as uses for eviction. With a 4-table tier 1 holding
+// tables 0-3, rereading table 0 and then bringing in table 4 must evict
+// table 1, the least recently used, not table 0; and every read returns
+// its own data, before and after the eviction.
+func TestL2HintHitsKeepRecency(t *testing.T) {
+	e := newTestEnv(t)
+	path, cov := l2SpreadImage(t, e, 5)
+	// A shared cache too small for any table: every table read comes
+	// from the file into tier 1, so residency there is all there is.
+	n, d := l2OpenWith(t, e, path, DriverOptions{L2CacheBytes: 4 * 4096, SharedCache: cache.NewLRU(1)})
+	for i := range 5 {
+		l2MustWrite(t, n, l2Pattern(byte(i), 4096), int64(i)*cov)
+	}
+	if err := n.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	tableOff := func(i int) int64 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return int64(d.l1[int64(i)*cov/d.geo.L1Coverage()] & offsetMask)
+	}
+	resident := func(i int) bool {
+		off := tableOff(i)
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, ok := d.l2.set.Resident(d.l2.key(off))
+		return ok
+	}
+	for i := range 4 {
+		l2MustRead(t, n, l2Pattern(byte(i), 4096), int64(i)*cov)
+	}
+	// Table 4 went in last while writing; make 0..3 the residents, in
+	// order, then use table 0 again through the hints.
+	for i := range 4 {
+		if !resident(i) {
+			t.Fatalf("table %d not resident after its read", i)
+		}
+	}
+	st0 := d.CacheStats()
+	for range 10 {
+		l2MustRead(t, n, l2Pattern(0, 4096), 0)
+	}
+	if st := d.CacheStats(); st.L2.Hits-st0.L2.Hits < 10 {
+		t.Fatalf("10 rereads of a resident table counted %d hits", st.L2.Hits-st0.L2.Hits)
+	}
+	l2MustRead(t, n, l2Pattern(4, 4096), 4*cov)
+	if !resident(0) {
+		t.Errorf("table 0, used most recently through hints, was evicted")
+	}
+	if resident(1) {
+		t.Errorf("table 1, the least recently used, is still resident")
+	}
+	for i := range 5 {
+		l2MustRead(t, n, l2Pattern(byte(i), 4096), int64(i)*cov)
+	}
+}

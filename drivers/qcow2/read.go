@@ -1,7 +1,9 @@
 package qcow2
 
 import (
+	"encoding/binary"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -101,35 +103,50 @@ func (d *Driver) l2Hit(off int64) ([]byte, error) {
 
 // Read reads r.Len bytes at r.Off.
 func (d *Driver) Read(r *block.Request) {
-	s := d.states.get(d)
 	d.mu.Lock()
 	err := d.corruptErr
 	fast := err == nil
+	var ext []Extent
 	if fast {
-		s.ext, err = Map(s.ext[:0], &d.geo, d.l1, d.l2HitFn, r.Off, r.Len)
-		if err == errMiss {
-			err, fast = nil, false
+		switch host, how := d.mapData(r.Off, r.Len); how {
+		case mapHit:
+			// One host extent inside one cluster: the child reads straight
+			// into r's buffers and its completion completes r; no
+			// per-request state.
+			epoch := d.holdLocked()
+			d.mu.Unlock()
+			sub := r.Sub()
+			sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
+			sub.Tag = uint64(epoch)
+			d.file.Submit(sub, &d.oneDone)
+			return
+		case mapMiss:
+			fast = false
+		default:
+			// d.rext is scratch owned by whoever holds mu: the extents
+			// are used or copied out before it is released.
+			ext, err = Map(d.rext[:0], &d.geo, d.l1, d.l2OnceFn, r.Off, r.Len)
+			d.rext = ext[:0]
+			if err == errMiss {
+				err, fast = nil, false
+			}
 		}
 	}
 	if fast && err == nil {
-		for i := range s.ext {
-			if s.ext[i].Kind == ExtentCompressed {
+		for i := range ext {
+			if ext[i].Kind == ExtentCompressed {
 				fast = false
 				break
 			}
 		}
 	}
-	if fast && err == nil {
-		s.epoch, s.held = d.holdLocked(), true
-	}
-	d.mu.Unlock()
 	if err != nil {
-		d.states.put(s)
+		d.mu.Unlock()
 		r.Complete(d.formatErr(block.OpRead, r.Off, err))
 		return
 	}
 	if !fast {
-		d.states.put(s)
+		d.mu.Unlock()
 		r.Context().Go(func(co *aio.Co) {
 			d.mu.Lock()
 			ep := d.holdLocked()
@@ -140,6 +157,22 @@ func (d *Driver) Read(r *block.Request) {
 		})
 		return
 	}
+	epoch := d.holdLocked()
+	if len(ext) == 1 && ext[0].Kind == ExtentData {
+		// One host extent over several clusters (contiguous on the host):
+		// as in the mapHit case above.
+		host := ext[0].HostOff
+		d.mu.Unlock()
+		sub := r.Sub()
+		sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
+		sub.Tag = uint64(epoch)
+		d.file.Submit(sub, &d.oneDone)
+		return
+	}
+	s := d.states.get(d)
+	s.ext = append(s.ext[:0], ext...)
+	s.epoch, s.held = epoch, true
+	d.mu.Unlock()
 	s.r = r
 	s.pending = 1
 	var skip int64
@@ -163,6 +196,98 @@ func (d *Driver) Read(r *block.Request) {
 		skip += x.Len
 	}
 	s.release()
+}
+
+// mapData's verdicts.
+const (
+	mapHit   = iota // plain data: the host offset is valid
+	mapMiss         // the L2 table is in no cache (d.missOff names it)
+	mapOther        // anything else: Map decides (and reports errors)
+)
+
+// mapData is the read fast path's mapping for the common case, a request
+// inside one cluster of a standard-L2 image whose cluster is allocated
+// data: it returns the host offset without building extents. Anything
+// else — another cluster type, an entry or L1 entry that would not decode
+// cleanly, extended L2, a range across clusters — is mapOther, and the
+// caller runs Map, which handles and reports it. A table it found is left
+// in d.onceOff/d.onceBuf for that Map, so the lookup is counted once.
+// No allocation. REQUIRES: mu held.
+func (d *Driver) mapData(off, n int64) (int64, int) {
+	d.onceOff = -1
+	l2Off, ok := oneClusterL2(&d.geo, d.l1, off, n)
+	if !ok {
+		return 0, mapOther
+	}
+	table := d.l2.lookup(l2Off)
+	if table == nil {
+		d.missOff = l2Off
+		return 0, mapMiss
+	}
+	d.onceOff, d.onceBuf = l2Off, table
+	host, ok := dataHost(&d.geo, table, off)
+	if !ok {
+		return 0, mapOther
+	}
+	return host, mapHit
+}
+
+// oneClusterL2 returns the offset of the L2 table that maps [off, off+n)
+// when that range lies inside one cluster of a standard-L2 image and Map
+// would find the table through a clean L1 entry; otherwise false.
+func oneClusterL2(g *Geometry, l1 []uint64, off, n int64) (int64, bool) {
+	cb := g.ClusterBits
+	cs := int64(1) << cb
+	if g.ExtendedL2 || !g.valid() || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
+		return 0, false
+	}
+	l1i := uint64(off) >> (2*cb - 3)
+	if l1i >= uint64(len(l1)) {
+		return 0, false
+	}
+	e := l1[l1i]
+	l2Off := e & offsetMask
+	if e&l1Reserved != 0 || l2Off == 0 || !g.aligned(l2Off) || g.pastEOF(l2Off) {
+		return 0, false
+	}
+	return int64(l2Off), true
+}
+
+// dataHost returns the host offset of guest offset off when its entry in
+// the standard L2 table is allocated data that DecodeL2Entry would accept
+// as Normal; otherwise false.
+func dataHost(g *Geometry, table []byte, off int64) (int64, bool) {
+	cb := g.ClusterBits
+	cs := int64(1) << cb
+	if int64(len(table)) != cs {
+		return 0, false
+	}
+	i := int64(uint64(off)>>cb) & (cs/8 - 1)
+	e := binary.BigEndian.Uint64(table[i*8:])
+	host := e & offsetMask
+	if e&(EntryCompressed|EntryZero|l2Reserved) != 0 || host == 0 || !g.aligned(host) || g.pastEOF(host) {
+		return 0, false
+	}
+	return int64(host) + off&(cs-1), true
+}
+
+// l2Once is the L2Func of Map after mapData: the table mapData found, not
+// looked up (or counted) again, else l2Hit. REQUIRES: mu held.
+func (d *Driver) l2Once(off int64) ([]byte, error) {
+	if off == d.onceOff {
+		return d.onceBuf, nil
+	}
+	return d.l2Hit(off)
+}
+
+// oneDone completes a fast-path read that was one child request (Read):
+// the child's Parent is the guest request and its Tag the epoch held.
+type oneDone struct{ d *Driver }
+
+func (o *oneDone) RequestDone(sub *block.Request, err error) {
+	r := sub.Parent
+	o.d.unhold(uint32(sub.Tag))
+	r.Complete(err)
 }
 
 // subRead reads n bytes at off of child c into r.Iov at skip, as one
@@ -384,16 +509,21 @@ func (d *Driver) setStatus(r *block.Request, ext []Extent) {
 // holdLocked enters the current epoch. REQUIRES: mu held.
 func (d *Driver) holdLocked() uint32 {
 	e := d.ioEpoch
-	d.ioActive[e&1]++
+	d.ioActive[e&1].n.Add(1)
 	return e
 }
 
-// unhold leaves epoch e, waking a free waiting for it to drain.
+// unhold leaves epoch e, waking a free waiting for it to drain. Only the
+// holder that brings the count to zero takes mu: waitIOEpoch reads the
+// count and parks under mu, so a drop to zero either happens before its
+// look (it does not park) or is followed by this look at freeWaiter.
 func (d *Driver) unhold(e uint32) {
+	if d.ioActive[e&1].n.Add(-1) != 0 {
+		return
+	}
 	d.mu.Lock()
-	d.ioActive[e&1]--
 	var w *aio.Co
-	if d.ioActive[e&1] == 0 && d.freeWaiter != nil && d.freeParity == e&1 {
+	if d.ioActive[e&1].n.Load() == 0 && d.freeWaiter != nil && d.freeParity == e&1 {
 		w, d.freeWaiter = d.freeWaiter, nil
 	}
 	d.mu.Unlock()
@@ -408,7 +538,7 @@ func (d *Driver) waitIOEpoch(co *aio.Co) {
 	d.mu.Lock()
 	old := d.ioEpoch
 	d.ioEpoch++
-	for d.ioActive[old&1] > 0 {
+	for d.ioActive[old&1].n.Load() > 0 {
 		d.freeWaiter, d.freeParity = co, old&1
 		d.mu.Unlock()
 		co.Yield()
@@ -416,4 +546,12 @@ func (d *Driver) waitIOEpoch(co *aio.Co) {
 	}
 	d.freeWaiter = nil
 	d.mu.Unlock()
+}
+
+// epochCount is the number of requests holding one epoch parity. Every
+// Context that reads or writes the image changes it, so each count has a
+// cache line to itself.
+type epochCount struct {
+	n atomic.Int64
+	_ [56]byte
 }
