@@ -131,7 +131,11 @@ type Context struct {
 	cqes     []uring.CQE
 	plug     int // Plug nesting depth
 	prepared int // SQEs prepared and not yet consumed by the kernel
-	stats    Stats
+	// deferred is the work Defer queued for the end of the plugged
+	// section, in order; runDeferred empties it.
+	deferred  [maxDeferred]Deferred
+	ndeferred int
+	stats     Stats
 
 	// BH run queue: a FIFO of BHs taken from bhHead, each stamped with a
 	// sequence number so that nested Polls run older BHs first.

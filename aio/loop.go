@@ -46,6 +46,11 @@ func (c *Context) poll(blocking, again bool) bool {
 			invariants.Check(false, "aio: Poll from a coroutine of %q; coroutines Yield", c.name)
 		}
 	}
+	if c.ndeferred > 0 {
+		// Only a Poll nested in a plugged section finds deferred work
+		// here: run it before waiting, as prepared SQEs are submitted.
+		c.runDeferred()
+	}
 	if c.ops.ovLen > 0 {
 		c.flushOverflow()
 	}
@@ -58,6 +63,9 @@ func (c *Context) poll(blocking, again bool) bool {
 	c.plug++ // batch ops issued by completion callbacks
 	c.reap()
 	progress := c.runReady()
+	if c.plug == 1 && c.ndeferred > 0 {
+		c.runDeferred() // what the callbacks deferred joins their batch
+	}
 	c.plug--
 	if c.plug == 0 && (c.ops.ovLen > 0 || (c.prepared > 0 && !(again && blocking))) {
 		c.flushOverflow()

@@ -478,15 +478,71 @@ func (c *Context) Plug() {
 	c.plug++
 }
 
-// Unplug ends a Plug; the outermost one submits.
+// Unplug ends a Plug; the outermost one runs the deferred work (Defer),
+// still plugged so that what it issues joins the batch, then submits.
 // REQUIRES: a matching Plug.
 func (c *Context) Unplug() {
 	c.assertOwner("Unplug")
 	assertf(c.plug > 0, "aio: Unplug without Plug")
+	if c.plug == 1 && c.ndeferred > 0 {
+		c.runDeferred()
+	}
 	c.plug--
 	if c.plug == 0 {
 		c.flushOverflow()
 	}
+}
+
+// maxDeferred bounds a Context's deferred work: a deferral past it is
+// refused and the caller does its work at once.
+const maxDeferred = 16
+
+// Deferred is work that a driver postpones to the end of the current
+// plugged section (QEMU's defer_call): a driver that receives a burst of
+// requests under one Plug can treat them as one batch (the qcow2 driver
+// prefetches every request's mapping before it maps any).
+type Deferred interface {
+	// RunDeferred runs on the Context's owner, inside the plugged
+	// section's end (still plugged: ops it issues are submitted with the
+	// rest), or before a blocking wait of the Context's loop. It must not
+	// block or yield; it may call Defer again, which queues it to run
+	// once more after the work already queued.
+	RunDeferred(c *Context)
+}
+
+// Defer queues d to run when the outermost Plug of c ends, once however
+// many times it is deferred before that. It reports false, and queues
+// nothing, when c is not plugged or already holds maxDeferred entries: the
+// caller then does the work now. A blocking wait of c's loop (a nested
+// Poll or WaitWhile inside the plugged section) runs deferred work first,
+// as it submits prepared SQEs first, so a wait never hangs on work its own
+// section deferred. Owner only; no allocation.
+func (c *Context) Defer(d Deferred) bool {
+	if c.plug == 0 {
+		return false
+	}
+	for i := 0; i < c.ndeferred; i++ {
+		if c.deferred[i] == d {
+			return true
+		}
+	}
+	if c.ndeferred == maxDeferred {
+		return false
+	}
+	c.deferred[c.ndeferred] = d
+	c.ndeferred++
+	return true
+}
+
+// runDeferred runs the deferred work in order, including work deferred
+// while it runs. REQUIRES: owner.
+func (c *Context) runDeferred() {
+	for i := 0; i < c.ndeferred; i++ {
+		d := c.deferred[i]
+		c.deferred[i] = nil // a Defer of d from its own run queues it again
+		d.RunDeferred(c)
+	}
+	c.ndeferred = 0
 }
 
 // Plugged reports the Plug nesting depth. Owner only.

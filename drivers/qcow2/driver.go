@@ -133,6 +133,7 @@ type Driver struct {
 
 	states  stateFreeList
 	oneDone oneDone  // completes single-extent fast reads (read.go)
+	batches batches  // per-Context read batches (batch.go)
 	rext    []Extent // Read's mapping scratch, owned by the holder of mu
 	// onceOff/onceBuf: the L2 table mapData found, for the Map after it
 	// (l2Once, bound once in l2OnceFn); valid under the same hold of mu.

@@ -307,6 +307,16 @@ func (c *l2Cache) get(off int64) *l2Table {
 	return &c.tabs[t.Slot()]
 }
 
+// hinted returns the bytes of the table at off if the hints know it as
+// resident, without counting a lookup or touching recency: for a prefetch
+// that the real lookup follows.
+func (c *l2Cache) hinted(off int64) []byte {
+	if h := &c.hints[(off>>c.hintShift)&c.hintMask]; h.off == off {
+		return c.tabs[h.slot].buf
+	}
+	return nil
+}
+
 // remember records that the table at off is resident in slot i.
 func (c *l2Cache) remember(off int64, i int) {
 	c.hints[(off>>c.hintShift)&c.hintMask] = l2Hint{off: off, slot: int32(i)}

@@ -101,9 +101,19 @@ func (d *Driver) l2Hit(off int64) ([]byte, error) {
 	return b, nil
 }
 
-// Read reads r.Len bytes at r.Off.
+// Read reads r.Len bytes at r.Off. Inside a plugged section of its
+// Context the read joins the Context's batch (batch.go) and starts when the
+// section ends.
 func (d *Driver) Read(r *block.Request) {
+	if ctx := r.Context(); ctx.Plugged() > 0 && d.queueRead(ctx, r) {
+		return
+	}
 	d.mu.Lock()
+	d.readLocked(r)
+}
+
+// readLocked maps r and starts it. REQUIRES: mu held; it is released.
+func (d *Driver) readLocked(r *block.Request) {
 	err := d.corruptErr
 	fast := err == nil
 	var ext []Extent

@@ -20,6 +20,7 @@ const module = "github.com/ringblk/ringblk"
 var layer = map[string]int{
 	"internal/invariants": 0,
 	"internal/units":      0,
+	"internal/prefetch":   0,
 	"uring":               1,
 	"uring/uringtest":     2,
 	"aio":                 3,
