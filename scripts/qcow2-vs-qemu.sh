@@ -10,6 +10,9 @@
 #                the qcow2; ringblk on the raw file it was converted from
 #                (target qcow2/raw >= 0.9); qemu-img bench -f qcow2 -i
 #                io_uring (target qcow2/qemu >= 2 on the buffered row).
+#   read         (buffered only) the same image read sequentially by every
+#                side: qemu-img bench's own pattern, for a like-for-like
+#                qcow2/qemu ratio.
 #   randwrite    allocating writes to a fresh 64 GiB qcow2 image (qemu-img
 #                create, recreated before every run; so large that nearly
 #                every write of a few-second run allocates). Sides: ringblk;
@@ -24,7 +27,9 @@
 # that rotates with the repeat), repeats interleaved, medians reported;
 # before each run, sync writes back what earlier runs dirtied. CPU per I/O
 # is each process's user+sys (GNU time) divided by the I/Os it did. After
-# each ringblk write run the image must pass qemu-img check.
+# each ringblk write run the image must pass qemu-img check. "qcow2/raw
+# paired" is the median over repeats of the ratio within one repeat (runs
+# adjacent in time), which the machine's drift moves less.
 #
 # usage: scripts/qcow2-vs-qemu.sh [-d DIR] [-t SECONDS] [-r REPEATS] [-R ROWS]
 #   -d DIR      where the images live (default /var/tmp; never tmpfs)
@@ -47,8 +52,8 @@ while getopts "d:t:r:R:h" opt; do
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
 	R) only=$OPTARG ;;
-	h) sed -n '2,36p' "$0"; exit 0 ;;
-	*) sed -n '28,32p' "$0" >&2; exit 2 ;;
+	h) sed -n '2,41p' "$0"; exit 0 ;;
+	*) sed -n '34,39p' "$0" >&2; exit 2 ;;
 	esac
 done
 
@@ -94,6 +99,7 @@ fi
 rows=(
 	"randread-4k-qd32-buffered|randread|0"
 	"randread-4k-qd32-direct|randread|1"
+	"read-4k-qd32-buffered|read|0"
 	"randwrite-alloc-4k-qd32-buffered|randwrite|0"
 	"randwrite-alloc-4k-qd32-direct|randwrite|1"
 )
@@ -122,7 +128,7 @@ for rep in $(seq 1 "$reps"); do
 		# for buffered reads make sure the file is in the page cache.
 		warm() { # warm FILE
 			sync
-			[ "$direct" = 1 ] || [ "$rw" != randread ] || {
+			[ "$direct" = 1 ] || [ "$rw" = randwrite ] || {
 				# Evict, then read the file once sequentially, so every side
 				# finds it cached the same way (readahead's large folios):
 				# the page cache a previous write or copy left behind costs
@@ -163,7 +169,7 @@ EOF
 		}
 
 		sides=(qcow2)
-		[ "$rw" = randread ] && sides=(qcow2 raw)
+		[ "$rw" != randwrite ] && sides=(qcow2 raw)
 		k=$(((rep - 1) % ${#sides[@]}))
 		sides=("${sides[@]:k}" "${sides[@]:0:k}")
 		qcow2_iops=
@@ -188,6 +194,7 @@ EOF
 		# random reads do, without sequential reads' page-cache locality.
 		steps=(4096 $((4096 * 4099)))
 		[ "$rw" = randwrite ] && steps=(4096 65536)
+		[ "$rw" = read ] && steps=(4096) # the same pattern as ringblk's
 		for step in "${steps[@]}"; do
 			count=$(python3 -c "print(max(2000, int($qcow2_iops * $secs)))")
 			qargs=(qemu-img bench -f qcow2 -t "$cache" -i io_uring -d 32 -s 4096 -S "$step")
@@ -229,6 +236,13 @@ for line in open(sys.argv[1]):
     if row not in runs:
         order.append(row)
     runs.setdefault(row, {}).setdefault(side, []).append((float(iops), float(cpu)))
+def paired(row):
+    # qcow2/raw of the runs of one repeat (adjacent in time), median over
+    # repeats: less exposed to the machine's drift than a ratio of medians.
+    q, r = runs[row].get("qcow2"), runs[row].get("raw")
+    if not q or not r:
+        return None
+    return statistics.median(a[0] / b[0] for a, b in zip(q, r))
 def med(row, side, i):
     v = runs[row].get(side)
     return statistics.median(x[i] for x in v) if v else None
@@ -247,13 +261,14 @@ targets = {  # row: (qcow2/raw, qcow2/qemu), the qcow2 issue's targets
 def tgt(x):
     return f" (≥{x})" if x else ""
 print()
-print("| row | qcow2 IOPS | raw IOPS | qcow2/raw (target) | qemu-img bench IOPS (4 KiB step) | qcow2/qemu (target) | qemu-img bench IOPS, other step (reads: strided; writes: 64 KiB) | qcow2/that | qcow2 CPU ns/IO | raw CPU ns/IO | qemu CPU ns/IO | qcow2 IOPS per rep |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| row | qcow2 IOPS | raw IOPS | qcow2/raw (target) | qcow2/raw paired | qemu-img bench IOPS (4 KiB step) | qcow2/qemu (target) | qemu-img bench IOPS, other step (reads: strided; writes: 64 KiB) | qcow2/that | qcow2 CPU ns/IO | raw CPU ns/IO | qemu CPU ns/IO | qcow2 IOPS per rep |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for row in order:
     q2, r, qe = med(row, "qcow2", 0), med(row, "raw", 0), med(row, "qemu", 0)
     qa = med(row, "qemu-alloc", 0) if row.startswith("randwrite") else med(row, "qemu-strided", 0)
     tr, tq = targets.get(row, (None, None))
     per = ", ".join(k(x[0]) for x in runs[row]["qcow2"])
-    print(f"| {row} | {k(q2)} | {k(r)} | {ratio(q2, r)}{tgt(tr)} | {k(qe)} | {ratio(q2, qe)}{tgt(tq)} | {k(qa)} | {ratio(q2, qa)} | "
+    pr = paired(row)
+    print(f"| {row} | {k(q2)} | {k(r)} | {ratio(q2, r)}{tgt(tr)} | {'–' if pr is None else f'{pr:.2f}'} | {k(qe)} | {ratio(q2, qe)}{tgt(tq)} | {k(qa)} | {ratio(q2, qa)} | "
           f"{ns(med(row, 'qcow2', 1))} | {ns(med(row, 'raw', 1))} | {ns(med(row, 'qemu', 1))} | {per} |")
 EOF
