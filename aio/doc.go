@@ -91,6 +91,11 @@
 // sleeps while it holds unsubmitted SQEs, not even in a nested wait inside a
 // plugged section (drain.md D18, U7).
 //
+// Defer postpones a driver's work to the end of the plugged section (QEMU's
+// defer_call): it runs once however often it was deferred, still plugged, so
+// what it issues joins the batch; a nested wait runs it first, as it
+// submits prepared SQEs first.
+//
 // # Ops and memory
 //
 // Each op occupies a slot of a preallocated table; user_data is the slot

@@ -120,15 +120,7 @@ func (d *Driver) readLocked(r *block.Request) {
 	if fast {
 		switch host, how := d.mapData(r.Off, r.Len); how {
 		case mapHit:
-			// One host extent inside one cluster: the child reads straight
-			// into r's buffers and its completion completes r; no
-			// per-request state.
-			epoch := d.holdLocked()
-			d.mu.Unlock()
-			sub := r.Sub()
-			sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
-			sub.Tag = uint64(epoch)
-			d.file.Submit(sub, &d.oneDone)
+			d.readOne(r, host)
 			return
 		case mapMiss:
 			fast = false
@@ -167,18 +159,12 @@ func (d *Driver) readLocked(r *block.Request) {
 		})
 		return
 	}
-	epoch := d.holdLocked()
 	if len(ext) == 1 && ext[0].Kind == ExtentData {
-		// One host extent over several clusters (contiguous on the host):
-		// as in the mapHit case above.
-		host := ext[0].HostOff
-		d.mu.Unlock()
-		sub := r.Sub()
-		sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
-		sub.Tag = uint64(epoch)
-		d.file.Submit(sub, &d.oneDone)
+		// Several clusters, contiguous on the host.
+		d.readOne(r, ext[0].HostOff)
 		return
 	}
+	epoch := d.holdLocked()
 	s := d.states.get(d)
 	s.ext = append(s.ext[:0], ext...)
 	s.epoch, s.held = epoch, true
@@ -206,6 +192,18 @@ func (d *Driver) readLocked(r *block.Request) {
 		skip += x.Len
 	}
 	s.release()
+}
+
+// readOne starts a read that is one host extent: the child reads straight
+// into r's buffers and its completion (oneDone) completes r, with no
+// per-request state. REQUIRES: mu held; it is released.
+func (d *Driver) readOne(r *block.Request, host int64) {
+	epoch := d.holdLocked()
+	d.mu.Unlock()
+	sub := r.Sub()
+	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
+	sub.Tag = uint64(epoch)
+	d.file.Submit(sub, &d.oneDone)
 }
 
 // mapData's verdicts.
