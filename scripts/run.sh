@@ -16,6 +16,14 @@
 #     io_uring engine (and qemu-img bench -f raw where installed);
 #  5. removes the temporary files, also on failure or Ctrl-C.
 #
+# The side-by-side runs read the image from the page cache on every side:
+# it is read once (cat) and every side runs with --invalidate=0. With fio's
+# default invalidate=1 each side would start cold from a shared disk, and
+# fio (which also advises the kernel that random reads are random, turning
+# readahead off) would read from the disk for its whole run while ringblk's
+# reads warm the cache: a ratio about the disk and readahead, not about
+# the I/O path.
+#
 # RINGBLK_RUN_SECONDS (default 4) sets each run's length; with the default
 # the whole job takes about a minute.
 set -euo pipefail
@@ -63,8 +71,9 @@ echo "== 2. the default job through the qcow2 driver (ringblk bench ${job[*]})"
 echo
 if command -v qemu-img >/dev/null 2>&1; then
 	echo "== 3. side by side on the qcow2 image: ringblk and qemu-img bench -f qcow2"
+	cat "$qcow" >/dev/null
 	"$bin" bench --compare --repeats=2 --compare-with=ringblk,qemu-io_uring \
-		--name=randread-qcow2 --filename="$qcow" \
+		--name=randread-qcow2 --filename="$qcow" --invalidate=0 \
 		--rw=randread --bs=4k --iodepth=32 --runtime="$secs" --time_based
 else
 	echo "== 3. skipped: qemu-img is not installed (make deps installs qemu-utils)"
@@ -78,8 +87,9 @@ if command -v fio >/dev/null 2>&1; then
 	"$bin" bench --eta=never --name=fill --filename="$raw" --format=raw \
 		--ioengine=ringblk --rw=write --bs=1M --iodepth=8 --size="$size" | summary
 	sync "$raw"
+	cat "$raw" >/dev/null
 	"$bin" bench --compare --repeats=2 --compare-with=ringblk,fio-io_uring,qemu-io_uring \
-		--name=randread-raw --filename="$raw" \
+		--name=randread-raw --filename="$raw" --invalidate=0 \
 		--rw=randread --bs=4k --iodepth=32 --runtime="$secs" --time_based
 else
 	echo "== 4. skipped: fio is not installed (make deps installs it)"
