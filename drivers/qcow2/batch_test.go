@@ -10,7 +10,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
 )
@@ -195,18 +194,7 @@ func TestQcow2BatchedReadsIOThreads(t *testing.T) {
 	if err := n.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	var ctxs []*aio.Context
-	for i := 0; i < 2; i++ {
-		c, err := aio.New(aio.Options{Name: fmt.Sprintf("io%d", i), CPU: aio.NoCPU, Entries: 64})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Start(); err != nil {
-			t.Skip(err)
-		}
-		t.Cleanup(func() { c.Stop() })
-		ctxs = append(ctxs, c)
-	}
+	ctxs := startIOThreads(t, 2)
 	rounds := 40
 	if testing.Short() {
 		rounds = 15

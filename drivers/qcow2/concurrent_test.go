@@ -95,18 +95,7 @@ func TestQcow2DriverConcurrentAllocations(t *testing.T) {
 func TestQcow2DriverIOThreads(t *testing.T) {
 	needQemu(t)
 	e := newTestEnv(t)
-	var ctxs = []*aio.Context{e.main}
-	for i := 0; i < 2; i++ {
-		c, err := aio.New(aio.Options{Name: fmt.Sprintf("io%d", i), CPU: aio.NoCPU, Entries: 64})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Start(); err != nil {
-			t.Skip(err)
-		}
-		t.Cleanup(func() { c.Stop() })
-		ctxs = append(ctxs, c)
-	}
+	ctxs := append([]*aio.Context{e.main}, startIOThreads(t, 2)...)
 	img := filepath.Join(t.TempDir(), "x.qcow2")
 	size := int64(4 << 20)
 	if err := e.create(img, size, CreateOptions{ClusterSize: 4096}); err != nil {
@@ -185,6 +174,25 @@ func TestQcow2DriverIOThreads(t *testing.T) {
 }
 
 var mu sync.Mutex
+
+// startIOThreads starts n IOThread Contexts (io0, io1, …), stopped at the
+// end of the test.
+func startIOThreads(t *testing.T, n int) []*aio.Context {
+	t.Helper()
+	var ctxs []*aio.Context
+	for i := 0; i < n; i++ {
+		c, err := aio.New(aio.Options{Name: fmt.Sprintf("io%d", i), CPU: aio.NoCPU, Entries: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(); err != nil {
+			t.Skip(err)
+		}
+		t.Cleanup(func() { c.Stop() })
+		ctxs = append(ctxs, c)
+	}
+	return ctxs
+}
 
 // TestQcow2DriverFreeWaitsForIO: a cluster whose pointer is gone is not
 // freed (and so cannot be reused) while a request that mapped it before
