@@ -516,7 +516,8 @@ type Deferred interface {
 // caller then does the work now. A blocking wait of c's loop (a nested
 // Poll or WaitWhile inside the plugged section) runs deferred work first,
 // as it submits prepared SQEs first, so a wait never hangs on work its own
-// section deferred. Owner only; no allocation.
+// section deferred. d is compared with ==, so pass a pointer (a value of
+// an incomparable type would panic). Owner only; no allocation.
 func (c *Context) Defer(d Deferred) bool {
 	if c.plug == 0 {
 		return false
