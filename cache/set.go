@@ -227,28 +227,13 @@ func (s *Set) Get(key Key) (*Table, error) {
 // loadLocked handles a miss. REQUIRES: s.mu held; it is released on return.
 func (s *Set) loadLocked(key Key) (*Table, error) {
 	s.mu.misses++
-	t, victim, evicted := s.takeSlotLocked()
+	t := s.claimLocked(key, true)
 	if t == nil {
-		s.mu.full++
-		s.mu.Unlock()
 		return nil, ErrFull
 	}
-	fl := &flight{done: make(chan struct{})}
-	t.key = key
-	t.state = stateLoading
-	t.flight = fl
-	t.dirty = false
-	t.level = 0
-	s.pinLocked(t)
-	s.mu.index[key] = t.slot
-	s.mu.fills++
-	s.mu.Unlock()
-
+	fl := t.flight
 	// The slot is ours alone now: it is out of the LRU list, pinned and
 	// loading, so nobody else reads or writes its bytes.
-	if evicted && s.cfg.Evicted != nil {
-		s.cfg.Evicted(victim, t.data)
-	}
 	err := s.cfg.Load(key, t.data)
 
 	s.mu.Lock()
@@ -268,6 +253,36 @@ func (s *Set) loadLocked(key Key) (*Table, error) {
 	s.mu.Unlock()
 	close(fl.done)
 	return t, nil
+}
+
+// claimLocked makes a slot key's entry: taken (takeSlotLocked), pinned,
+// loading, in the index, with a flight for Gets to wait on when
+// withFlight. It then releases s.mu and hands the evicted victim, if any,
+// to Config.Evicted. With no slot to take it counts Full, releases s.mu
+// and returns nil. REQUIRES: s.mu held; it is released on return.
+func (s *Set) claimLocked(key Key, withFlight bool) *Table {
+	t, victim, evicted := s.takeSlotLocked()
+	if t == nil {
+		s.mu.full++
+		s.mu.Unlock()
+		return nil
+	}
+	t.key = key
+	t.state = stateLoading
+	t.flight = nil
+	if withFlight {
+		t.flight = &flight{done: make(chan struct{})}
+	}
+	t.dirty = false
+	t.level = 0
+	s.pinLocked(t)
+	s.mu.index[key] = t.slot
+	s.mu.fills++
+	s.mu.Unlock()
+	if evicted && s.cfg.Evicted != nil {
+		s.cfg.Evicted(victim, t.data)
+	}
+	return t
 }
 
 // takeSlotLocked returns a slot for a new entry: a free one, else the LRU
@@ -477,26 +492,11 @@ func (s *Set) Insert(key Key, src []byte) (*Table, error) {
 		s.mu.Unlock()
 		return t, nil
 	}
-	t, victim, evicted := s.takeSlotLocked()
-	if t == nil {
-		s.mu.full++
-		s.mu.Unlock()
-		return nil, ErrFull
-	}
 	// Loading until the bytes are in: lookups miss it, Flush skips it and
 	// nothing evicts it (it is pinned and off the LRU list).
-	t.key = key
-	t.state = stateLoading
-	t.flight = nil
-	t.dirty = false
-	t.level = 0
-	s.pinLocked(t)
-	s.mu.index[key] = t.slot
-	s.mu.fills++
-	s.mu.Unlock()
-
-	if evicted && s.cfg.Evicted != nil {
-		s.cfg.Evicted(victim, t.data)
+	t := s.claimLocked(key, false)
+	if t == nil {
+		return nil, ErrFull
 	}
 	n := copy(t.data, src)
 	clear(t.data[n:])
