@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -285,6 +286,11 @@ func createTarget(r *convertReq, size int64) error {
 		_, err = createRaw(cr)
 	} else {
 		_, err = createQcow2(cr)
+	}
+	var le *raw.LockError
+	if errors.As(err, &le) {
+		// qemu-img's words; the target is untouched (create locks first).
+		return fmt.Errorf("%s: error while converting %s: %v", r.dst, cr.format, le)
 	}
 	return err
 }

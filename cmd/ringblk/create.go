@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -128,11 +129,13 @@ func createCmd(args []string, stdout, stderr io.Writer) int {
 		} else {
 			line, err = createQcow2(r)
 		}
+		// qemu-img prints the "Formatting" line before it touches the
+		// file, so it is there when the creation then fails.
+		if !r.quiet && line != "" {
+			fmt.Fprintln(stdout, line)
+		}
 		if err != nil {
 			return 1, err
-		}
-		if !r.quiet {
-			fmt.Fprintln(stdout, line)
 		}
 		return 0, nil
 	})
@@ -160,7 +163,7 @@ func createRaw(r *createReq) (string, error) {
 		line += " preallocation=" + v
 	}
 	if err := raw.Create(r.file, r.size, pre); err != nil {
-		return "", fmt.Errorf("%s: %v", r.file, err)
+		return line, fmt.Errorf("%s: %w", r.file, plainErr(err))
 	}
 	return line, nil
 }
@@ -301,7 +304,7 @@ func createQcow2(r *createReq) (string, error) {
 	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", lazy, rb)
 
 	if err := writeQcow2(r.file, r.size, co); err != nil {
-		return "", fmt.Errorf("%s: %v", r.file, err)
+		return b.String(), fmt.Errorf("%s: %w", r.file, plainErr(err))
 	}
 	return b.String(), nil
 }
@@ -309,9 +312,14 @@ func createQcow2(r *createReq) (string, error) {
 // writeQcow2 runs qcow2.Create on a raw node over a new file: a main
 // Context, a graph with the one node, then everything closed again.
 func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
+	// Make sure the file exists, without O_TRUNC: the raw node below
+	// takes the image locks first, and qcow2.Create truncates only then,
+	// so an image another process holds is refused untouched.
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+	if err != nil {
 		return unwrapPathErr(err)
 	}
+	f.Close()
 	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: 1 << 20})
 	if err != nil {
 		return err

@@ -297,16 +297,29 @@ func (d *Driver) opError(n *block.Node, op block.Op, off int64, err error) error
 }
 
 // Create makes a raw image of size bytes at path (replacing a file there),
-// backed as prealloc says.
+// backed as prealloc says. An existing file is opened without O_TRUNC and
+// locked as a read-write Driver locks it (locking=auto) before a byte of it
+// changes: an image another process holds (a running VM, qemu-io, another
+// ringblk) is refused with a *LockError and left as it was. QEMU's create
+// takes fewer locks (write and resize, refusing only resize) and so
+// truncates a raw image a raw qemu-io holds read-write; we refuse that
+// too.
 func Create(path string, size int64, prealloc Prealloc) error {
 	if size < 0 {
 		return &block.Error{Kind: block.OutOfBounds, Op: block.OpOpen, Node: path, Offset: size, Err: syscall.EINVAL}
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return openError(path, err)
 	}
-	err = grow(f, path, 0, size, prealloc)
+	defer f.Close()
+	if err := LockFile(f, path, Options{}); err != nil {
+		return openError(path, err)
+	}
+	err = unix.Ftruncate(int(f.Fd()), 0)
+	if err == nil {
+		err = grow(f, path, 0, size, prealloc)
+	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
 	}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/ringblk/ringblk/drivers/raw"
+)
+
+const writeLock = `Failed to get "write" lock`
+
+// refuseHeld runs create and convert onto target, an image someone holds,
+// and checks each is refused as qemu-img refuses it (exit 1, one line
+// naming the file and the lock) with every byte of the file unchanged.
+func refuseHeld(t *testing.T, holder, target string) {
+	t.Helper()
+	before, err := os.ReadFile(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"create", "-f", "qcow2", target, "1M"},
+		{"create", "-f", "raw", target, "1M"},
+		{"create", "-f", "raw", "-o", "preallocation=full", target, "1M"},
+		{"convert", "-f", "raw", "-O", "raw", "src.raw", target},
+		{"convert", "-f", "raw", "-O", "qcow2", "src.raw", target},
+	} {
+		what := "ringblk " + strings.Join(args, " ") + " while " + holder + " holds it"
+		_, stderr, code := runRingblk(t, nil, args...)
+		if code != 1 {
+			t.Errorf("%s: exit %d, want 1 (stderr %q)", what, code, stderr)
+		}
+		if !strings.HasPrefix(stderr, "ringblk: "+target+": ") || !strings.Contains(stderr, "lock") ||
+			!strings.Contains(stderr, "["+target+"]") || strings.Count(stderr, "\n") != 1 ||
+			strings.Contains(stderr, "block:") {
+			t.Errorf("%s: stderr %q; want one line 'ringblk: %s: … lock … [%s]?' without the block layer's context", what, stderr, target, target)
+		}
+		if args[0] == "convert" && !strings.Contains(stderr, "error while converting "+args[4]+": ") {
+			t.Errorf("%s: stderr %q; want qemu-img's 'error while converting %s:'", what, stderr, args[4])
+		}
+		after, err := os.ReadFile(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(before, after) {
+			t.Fatalf("%s: the held image changed (%d bytes before, %d after)", what, len(before), len(after))
+		}
+	}
+}
+
+// TestCreateConvertRefuseHeldImage: create and convert take the image
+// locks before they truncate, so an image held by qemu-io, by another
+// ringblk process or by a second open in this process is refused and left
+// byte for byte as it was (issue 14, item 1).
+func TestCreateConvertRefuseHeldImage(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("src.raw", bytes.Repeat([]byte{0x5a}, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range []string{"ours.qcow2", "self.qcow2", "q.qcow2"} {
+		if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", img, "1M"); code != 0 {
+			t.Fatalf("create %s: exit %d: %s", img, code, stderr)
+		}
+	}
+
+	t.Run("ringblk-process", func(t *testing.T) {
+		holdReadWrite(t, "ours.qcow2")
+		refuseHeld(t, "ringblk io", "ours.qcow2")
+	})
+
+	t.Run("second-open", func(t *testing.T) {
+		// A read-only open of this process: the child processes of
+		// refuseHeld see its locks as another user's.
+		d, err := raw.Open("self.qcow2", raw.Options{ReadOnly: true, Locking: raw.LockingOn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Release()
+		refuseHeld(t, "a read-only raw.Open", "self.qcow2")
+		// And in-process: raw.Create itself refuses before truncating.
+		before, _ := os.ReadFile("self.qcow2")
+		err = raw.Create("self.qcow2", 4096, raw.PreallocOff)
+		if err == nil || !strings.Contains(err.Error(), writeLock) {
+			t.Errorf("raw.Create on a held file: %v, want %q", err, writeLock)
+		}
+		if after, _ := os.ReadFile("self.qcow2"); !bytes.Equal(before, after) {
+			t.Errorf("raw.Create on a held file changed it")
+		}
+	})
+
+	t.Run("qemu-io", func(t *testing.T) {
+		if _, err := exec.LookPath("qemu-io"); err != nil {
+			t.Skip("qemu-io not installed")
+		}
+		holdWith(t, exec.Command("qemu-io", "-f", "qcow2", "q.qcow2"))
+		refuseHeld(t, "qemu-io", "q.qcow2")
+		// qemu-img agrees: the same refusal, exit 1.
+		if _, err := exec.LookPath("qemu-img"); err != nil {
+			t.Skip("qemu-img not installed")
+		}
+		before, _ := os.ReadFile("q.qcow2")
+		out, err := exec.Command("qemu-img", "create", "-f", "qcow2", "q.qcow2", "1M").CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), writeLock) {
+			t.Errorf("qemu-img create on the held image: %v %q; want exit 1 and %q", err, out, writeLock)
+		}
+		if after, _ := os.ReadFile("q.qcow2"); !bytes.Equal(before, after) {
+			t.Errorf("qemu-img create changed the held image")
+		}
+	})
+
+	// Once nobody holds them, the same commands work.
+	for _, img := range []string{"ours.qcow2", "self.qcow2", "q.qcow2"} {
+		if _, stderr, code := runRingblk(t, nil, "convert", "-f", "raw", "-O", "qcow2", "src.raw", img); code != 0 {
+			t.Errorf("convert onto %s after release: exit %d: %s", img, code, stderr)
+		}
+	}
+}
