@@ -220,7 +220,7 @@ func runSelf(j *Job, engine string) (sample, error) {
 // fioArgs renders the job as fio command-line options.
 func fioArgs(j *Job, engine string) []string {
 	args := []string{"--name=" + j.Name}
-	skip := map[string]bool{"name": true, "ioengine": true, "format": true, "description": true}
+	skip := map[string]bool{"name": true, "ioengine": true, "format": true, "description": true, "share_rw": true, "locking": true}
 	seen := map[string]int{}
 	var opts []string
 	for _, o := range append(append([]Option(nil), j.globals...), j.Options...) {

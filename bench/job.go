@@ -112,6 +112,12 @@ type Job struct {
 	Direct         bool
 	IOEngine       string // ringblk, io_uring, psync
 	Format         string // ringblk engine: raw, qcow2, null ("" = probe)
+	// ShareRW and Locking are the ringblk engine's image locking: by
+	// default the job takes the locks "ringblk io" takes (QEMU's) and
+	// refuses an image another process writes; ShareRW lets others write
+	// (QEMU's share-rw=on), Locking "off" takes no lock at all.
+	ShareRW bool
+	Locking string // "auto" (default), "on", "off"
 	NoRandomMap    bool
 	RandRepeat     bool
 	RandSeed       uint64
@@ -141,7 +147,7 @@ func newJob(name string, loc Loc) *Job {
 		Name: name, Loc: loc,
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
-		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true,
+		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto",
 		set: map[string]Loc{},
 	}
 }
@@ -244,8 +250,10 @@ func (j *Job) validate() error {
 	switch j.IOEngine {
 	case "ringblk":
 	default:
-		if _, ok := j.set["format"]; ok {
-			return bad(at("format"), "format= applies to ioengine=ringblk only (ioengine=%s)", j.IOEngine)
+		for _, o := range []string{"format", "share_rw", "locking"} {
+			if _, ok := j.set[o]; ok {
+				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
+			}
 		}
 	}
 	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {

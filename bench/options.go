@@ -162,6 +162,15 @@ func init() {
 			}
 			return errors.New("want raw, qcow2 or null")
 		}},
+		"share_rw": {bool: true, help: "ringblk engine: let other processes write the image during the job (QEMU's share-rw=on; default 0: refuse an image in use, as ringblk io does)", set: boolSetter(func(j *Job, b bool) { j.ShareRW = b })},
+		"locking": {help: "ringblk engine: QEMU-compatible image locks: auto (default), on, off", set: func(j *Job, v string) error {
+			switch v {
+			case "auto", "on", "off":
+				j.Locking = v
+				return nil
+			}
+			return errors.New("want auto, on or off")
+		}},
 		"norandommap": {bool: true, help: "random offsets may repeat (no coverage map)", set: boolSetter(func(j *Job, b bool) { j.NoRandomMap = b })},
 		"randrepeat":  {bool: true, help: "seed the generators reproducibly (default 1)", set: boolSetter(func(j *Job, b bool) { j.RandRepeat = b })},
 		"randseed": {help: "seed of the generators", set: func(j *Job, v string) error {

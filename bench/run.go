@@ -88,7 +88,7 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 		for _, j := range grp {
 			if j.IOEngine == "ringblk" && env == nil {
 				var err error
-				if env, err = newRingblkEnv(); err != nil {
+				if env, err = newRingblkEnv(spec.Jobs); err != nil {
 					return nil, err
 				}
 			}

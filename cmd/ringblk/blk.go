@@ -207,7 +207,10 @@ func openError(path string, err error) error {
 // "" to keep the error as it is.
 func openCause(err error) string {
 	var pe *os.PathError
+	var le *raw.LockError
 	switch {
+	case errors.As(err, &le):
+		return le.Error()
 	case errors.Is(err, qcow2.ErrNotQcow2):
 		return "Image is not in qcow2 format"
 	case errors.As(err, &pe):

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
@@ -163,7 +164,7 @@ func createRaw(r *createReq) (string, error) {
 		line += " preallocation=" + v
 	}
 	if err := raw.Create(r.file, r.size, pre); err != nil {
-		return line, fmt.Errorf("%s: %w", r.file, plainErr(err))
+		return line, createErr(r.file, err)
 	}
 	return line, nil
 }
@@ -304,7 +305,7 @@ func createQcow2(r *createReq) (string, error) {
 	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", lazy, rb)
 
 	if err := writeQcow2(r.file, r.size, co); err != nil {
-		return b.String(), fmt.Errorf("%s: %w", r.file, plainErr(err))
+		return b.String(), createErr(r.file, err)
 	}
 	return b.String(), nil
 }
@@ -317,7 +318,7 @@ func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
 	// so an image another process holds is refused untouched.
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
 	if err != nil {
-		return unwrapPathErr(err)
+		return err
 	}
 	f.Close()
 	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: 1 << 20})
@@ -340,4 +341,15 @@ func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
 	err = qcow2.Create(file, size, co)
 	file.Unref()
 	return err
+}
+
+// createErr words a failed creation as qemu-img does: "FILE: cause", and
+// "FILE: Could not create 'FILE': cause" when the file could not be opened
+// or made.
+func createErr(file string, err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) && pe.Op == "open" {
+		return fmt.Errorf("%s: Could not create '%s': %w", file, file, unwrapPathErr(pe))
+	}
+	return fmt.Errorf("%s: %w", file, plainErr(err))
 }

@@ -169,6 +169,11 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			if errors.As(err, &ue) {
 				return 1, err
 			}
+			var le *raw.LockError
+			if errors.As(err, &le) {
+				// qemu-io's words: the lock sentence, no "Could not open".
+				return 1, fmt.Errorf("can't open device %s: %v", path, le)
+			}
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
 		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr}

@@ -39,6 +39,10 @@ type Options struct {
 	// image against writers, so it works beside a running VM. Implies
 	// ReadOnly.
 	ForceShare bool
+	// ShareRW lets other processes write and resize the top image while
+	// it is open (QEMU's share-rw=on; raw.Options.ShareRW). Backing files
+	// never share writes.
+	ShareRW bool
 	// Locking is the locking mode of every file node (default auto).
 	Locking raw.Locking
 	// NoBacking opens the top image alone: unallocated clusters read as
@@ -165,7 +169,7 @@ func fileOptions(o Options, top bool) raw.Options {
 	} else if o.Cache == raw.CacheNone {
 		fo.Cache = raw.CacheNone
 	}
-	if o.ForceShare {
+	if o.ForceShare || (top && o.ShareRW) {
 		fo.ShareRW = true
 	}
 	return fo
