@@ -3,8 +3,8 @@ package bench
 import (
 	"errors"
 	"fmt"
-	"os"
 	"math/bits"
+	"os"
 	"runtime"
 
 	"golang.org/x/sys/unix"

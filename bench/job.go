@@ -98,26 +98,26 @@ type Job struct {
 	Size      int64 // bytes of I/O per clone and the region size; 0: the file's size
 	Offset    int64
 
-	RW             RW
-	RWMixRead      int       // percent of reads in mixed patterns
-	BS             [2]int    // per direction, when no range or split
-	BSRange        [2][2]int // per direction min, max (0: unset)
-	BSSplit        [2][]BSSplit
-	IODepth        int
-	IODepthBatch   int // iodepth_batch_submit
-	NumJobs        int
-	Runtime        time.Duration
-	TimeBased      bool
-	RampTime       time.Duration
-	Direct         bool
-	IOEngine       string // ringblk, io_uring, psync
-	Format         string // ringblk engine: raw, qcow2, null ("" = probe)
+	RW           RW
+	RWMixRead    int       // percent of reads in mixed patterns
+	BS           [2]int    // per direction, when no range or split
+	BSRange      [2][2]int // per direction min, max (0: unset)
+	BSSplit      [2][]BSSplit
+	IODepth      int
+	IODepthBatch int // iodepth_batch_submit
+	NumJobs      int
+	Runtime      time.Duration
+	TimeBased    bool
+	RampTime     time.Duration
+	Direct       bool
+	IOEngine     string // ringblk, io_uring, psync
+	Format       string // ringblk engine: raw, qcow2, null ("" = probe)
 	// ShareRW and Locking are the ringblk engine's image locking: by
 	// default the job takes the locks "ringblk io" takes (QEMU's) and
 	// refuses an image another process writes; ShareRW lets others write
 	// (QEMU's share-rw=on), Locking "off" takes no lock at all.
-	ShareRW bool
-	Locking string // "auto" (default), "on", "off"
+	ShareRW        bool
+	Locking        string // "auto" (default), "on", "off"
 	NoRandomMap    bool
 	RandRepeat     bool
 	RandSeed       uint64
