@@ -279,7 +279,22 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 	}
-	return 0
+	return jobStatus(stderr, res)
+}
+
+// jobStatus is fio's exit status after a run: 1 when any job failed (an
+// I/O error, a verify failure), 0 otherwise. Each failed job gets a line
+// on stderr with its errno, as fio's "fio: pid=…, err=N/…" line.
+func jobStatus(stderr io.Writer, res *Result) int {
+	code := 0
+	for _, jr := range res.Jobs {
+		if jr.Err == nil {
+			continue
+		}
+		code = 1
+		fmt.Fprintf(stderr, "ringblk bench: job %q: err=%d (error=%s): %v\n", jr.Job.Name, errnoOf(jr.Err), errnoText(errnoOf(jr.Err)), jr.Err)
+	}
+	return code
 }
 
 // writeMismatches reports verification failures where JSON has no room.
