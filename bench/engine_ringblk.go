@@ -37,6 +37,7 @@ type imageKey struct {
 	direct       bool
 	shareRW      bool
 	locking      string
+	fadvise      raw.Fadvise
 }
 
 func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
@@ -90,7 +91,8 @@ func lockingOf(j *Job) raw.Locking {
 // process holds, a read-only one an image another process writes, with
 // QEMU's lock error. Only share_rw=1 or locking=off relax that.
 func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error) {
-	key := imageKey{file: chain.FileID(j.Filename), format: format, direct: j.Direct, shareRW: j.ShareRW, locking: j.Locking}
+	key := imageKey{file: chain.FileID(j.Filename), format: format, direct: j.Direct, shareRW: j.ShareRW, locking: j.Locking,
+		fadvise: fadviseOf(j)}
 	if n, ok := e.images[key]; ok {
 		return n, nil
 	}
@@ -99,7 +101,7 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 	var err error
 	switch format {
 	case "raw":
-		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW}
+		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: key.fadvise}
 		if j.Direct {
 			opts.Cache = raw.CacheNone
 		}
@@ -107,7 +109,7 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 	case "qcow2":
 		// The image and its backing chain, each backing file opened with
 		// the format its overlay records (never probed), read-only.
-		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name}
+		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: key.fadvise}
 		if j.Direct {
 			co.Cache = raw.CacheNone
 		}

@@ -116,8 +116,12 @@ type Job struct {
 	// default the job takes the locks "ringblk io" takes (QEMU's) and
 	// refuses an image another process writes; ShareRW lets others write
 	// (QEMU's share-rw=on), Locking "off" takes no lock at all.
-	ShareRW        bool
-	Locking        string // "auto" (default), "on", "off"
+	ShareRW bool
+	Locking string // "auto" (default), "on", "off"
+	// FadviseHint is fio's fadvise_hint: "1" (default: random for random
+	// patterns, sequential otherwise), "0", "random" or "sequential",
+	// given for each file a job opens.
+	FadviseHint    string
 	NoRandomMap    bool
 	RandRepeat     bool
 	RandSeed       uint64
@@ -147,7 +151,7 @@ func newJob(name string, loc Loc) *Job {
 		Name: name, Loc: loc,
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
-		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto",
+		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		set: map[string]Loc{},
 	}
 }

@@ -43,6 +43,8 @@ type Options struct {
 	// it is open (QEMU's share-rw=on; raw.Options.ShareRW). Backing files
 	// never share writes.
 	ShareRW bool
+	// Fadvise is the access-pattern hint of the top image's file node.
+	Fadvise raw.Fadvise
 	// Locking is the locking mode of every file node (default auto).
 	Locking raw.Locking
 	// NoBacking opens the top image alone: unallocated clusters read as
@@ -165,7 +167,7 @@ func (i *Image) Close() {
 func fileOptions(o Options, top bool) raw.Options {
 	fo := raw.Options{ReadOnly: o.ReadOnly || !top, Locking: o.Locking}
 	if top {
-		fo.Cache, fo.Discard, fo.DetectZeroes = o.Cache, o.Discard, o.DetectZeroes
+		fo.Cache, fo.Discard, fo.DetectZeroes, fo.Fadvise = o.Cache, o.Discard, o.DetectZeroes, o.Fadvise
 	} else if o.Cache == raw.CacheNone {
 		fo.Cache = raw.CacheNone
 	}

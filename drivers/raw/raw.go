@@ -81,6 +81,10 @@ func Open(path string, opts Options) (*Driver, error) {
 		f.Close()
 		return nil, openError(path, err)
 	}
+	if err := fadvise(d.fd, opts.Fadvise); err != nil {
+		f.Close()
+		return nil, openError(path, &os.PathError{Op: "fadvise", Path: path, Err: err})
+	}
 	if opts.Locking != LockingOff {
 		held, unshared := lockPerms(opts.ReadOnly, opts.ShareRW)
 		err := applyLocks(d.fd, path, held, unshared)
@@ -146,6 +150,25 @@ func (d *Driver) probe() error {
 		d.logical = max(d.logical, d.reqAlign)
 	}
 	return nil
+}
+
+// fadvise gives the kernel the access-pattern hint h for the open file fd
+// (the whole file: Linux keeps RANDOM and SEQUENTIAL per open file).
+func fadvise(fd int, h Fadvise) error {
+	var advice int
+	switch h {
+	case FadviseNone:
+		return nil
+	case FadviseNormal:
+		advice = unix.FADV_NORMAL
+	case FadviseSequential:
+		advice = unix.FADV_SEQUENTIAL
+	case FadviseRandom:
+		advice = unix.FADV_RANDOM
+	default:
+		return fmt.Errorf("unknown fadvise hint %d", h)
+	}
+	return unix.Fadvise(fd, 0, 0, advice)
 }
 
 func openError(path string, err error) error {
