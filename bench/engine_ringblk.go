@@ -21,10 +21,11 @@ import (
 type ringblkEnv struct {
 	main *aio.Context
 	g    *block.Graph
-	// images are the image nodes opened so far, one per file and open
-	// mode, each with the env's reference: jobs naming the same image
-	// share its node (and so one set of locks, which two opens of one
-	// file in this process would not), as fio's jobs share a file.
+	// images are the image nodes the running group opened, one per file
+	// and open mode, each with the env's reference: jobs naming the same
+	// image share its node (and so one set of locks, which two opens of
+	// one file in this process would not), as fio's jobs share a file.
+	// They are closed after the group (releaseImages).
 	images map[imageKey]*block.Node
 	// writers are the files (chain.FileID) some ringblk job of the run
 	// writes: every job on such a file opens it read-write.
@@ -37,7 +38,6 @@ type imageKey struct {
 	direct       bool
 	shareRW      bool
 	locking      string
-	fadvise      raw.Fadvise
 }
 
 func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
@@ -57,11 +57,17 @@ func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 	return e, nil
 }
 
-func (e *ringblkEnv) close() error {
+// releaseImages drops the env's references on the images of the group
+// that ended (its front ends are closed), closing them.
+func (e *ringblkEnv) releaseImages() {
 	for k, n := range e.images {
 		n.Unref()
 		delete(e.images, k)
 	}
+}
+
+func (e *ringblkEnv) close() error {
+	e.releaseImages()
 	_, err := e.main.Stop()
 	return err
 }
@@ -91,8 +97,9 @@ func lockingOf(j *Job) raw.Locking {
 // process holds, a read-only one an image another process writes, with
 // QEMU's lock error. Only share_rw=1 or locking=off relax that.
 func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error) {
-	key := imageKey{file: chain.FileID(j.Filename), format: format, direct: j.Direct, shareRW: j.ShareRW, locking: j.Locking,
-		fadvise: fadviseOf(j)}
+	// The fadvise hint is not part of the key: jobs of one group on one
+	// image share its open file, and the first job's hint is the file's.
+	key := imageKey{file: chain.FileID(j.Filename), format: format, direct: j.Direct, shareRW: j.ShareRW, locking: j.Locking}
 	if n, ok := e.images[key]; ok {
 		return n, nil
 	}
@@ -101,7 +108,7 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 	var err error
 	switch format {
 	case "raw":
-		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: key.fadvise}
+		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j)}
 		if j.Direct {
 			opts.Cache = raw.CacheNone
 		}
@@ -109,7 +116,7 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 	case "qcow2":
 		// The image and its backing chain, each backing file opened with
 		// the format its overlay records (never probed), read-only.
-		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: key.fadvise}
+		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: fadviseOf(j)}
 		if j.Direct {
 			co.Cache = raw.CacheNone
 		}

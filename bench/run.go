@@ -132,6 +132,9 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		for _, rj := range rjobs {
 			rj.close()
 		}
+		if env != nil {
+			env.releaseImages()
+		}
 	}()
 	cloneIdx := 0
 	for _, j := range grp {
