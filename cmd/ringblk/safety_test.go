@@ -118,3 +118,41 @@ func TestCreateConvertRefuseHeldImage(t *testing.T) {
 		}
 	}
 }
+
+// TestPartialSectorMatchesQemu: a raw file of 1000 bytes is what QEMU
+// makes of it: info says 1024 bytes, the tail reads as zeroes, a write in
+// the last sector extends the file to 1024 bytes, a write past that fails
+// with EIO — qemu-img and qemu-io on a copy of the same file agree
+// (issue 14, item 10).
+func TestPartialSectorMatchesQemu(t *testing.T) {
+	needQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	data := bytes.Repeat([]byte{0x5a}, 1000)
+	for _, f := range []string{"ours.raw", "qemu.raw"} {
+		if err := os.WriteFile(f, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ourInfo, _, code := ours(infoCmd, "-f", "raw", "--output=json", "ours.raw")
+	qemuInfo := mustQemu(t, "qemu-img", "info", "-f", "raw", "--output=json", "qemu.raw")
+	if code != 0 {
+		t.Fatalf("info: exit %d", code)
+	}
+	if g, w := parseJSON(t, "ours", ourInfo)["virtual-size"], parseJSON(t, "qemu", qemuInfo)["virtual-size"]; g != w {
+		t.Errorf("virtual-size %v, qemu-img says %v", g, w)
+	}
+	for _, cmd := range []string{"read -P 0 1000 24", "read -P 0x5a 512 488", "write -P 0xab 512 512", "read -P 0xab 512 512", "write -P 0xcd 1024 512"} {
+		_, stderr, code := runRingblk(t, nil, "io", "-f", "raw", "-c", cmd, "ours.raw")
+		qout, qcode := qemu(t, "qemu-io", "-f", "raw", "-c", cmd, "qemu.raw")
+		ourFailed := code != 0 || strings.Contains(stderr, "failed")
+		qemuFailed := qcode != 0 || strings.Contains(qout, "failed")
+		if ourFailed != qemuFailed {
+			t.Errorf("io -c %q: ours failed=%v (%q), qemu-io failed=%v (%q)", cmd, ourFailed, stderr, qemuFailed, qout)
+		}
+		a, _ := os.ReadFile("ours.raw")
+		b, _ := os.ReadFile("qemu.raw")
+		if !bytes.Equal(a, b) {
+			t.Errorf("after %q: our file has %d bytes, qemu-io's %d (or they differ)", cmd, len(a), len(b))
+		}
+	}
+}

@@ -295,8 +295,15 @@ func (d *Driver) length() (int64, error) {
 	if err := unix.Fstat(d.fd, &st); err != nil {
 		return 0, err
 	}
-	return st.Size, nil
+	// QEMU counts images in 512-byte sectors: a file whose size is not a
+	// multiple of 512 is an image rounded up, whose tail reads as zeroes
+	// (a read reaching EOF is zero-filled) and which a write in the tail
+	// extends to the whole sector.
+	return (st.Size + sectorSize - 1) &^ (sectorSize - 1), nil
 }
+
+// sectorSize is QEMU's BDRV_SECTOR_SIZE, the unit of image lengths.
+const sectorSize = 512
 
 // opError builds the typed error of a failed operation: kind, op, node,
 // offset, and the cause wrapped with the image path. Failure path only.
