@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"os"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -58,16 +59,26 @@ func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 }
 
 // releaseImages drops the env's references on the images of the group
-// that ended (its front ends are closed), closing them.
-func (e *ringblkEnv) releaseImages() {
+// that ended (its front ends are closed), closing them. A failed close (a
+// qcow2 metadata write-back, the file's own close) fails every job of
+// rjobs that used the image, as fio fails a job whose file close fails.
+func (e *ringblkEnv) releaseImages(rjobs []*ringblkJob) {
 	for k, n := range e.images {
-		n.Unref()
+		err := n.Unref()
 		delete(e.images, k)
+		if err == nil {
+			continue
+		}
+		for _, rj := range rjobs {
+			if rj.node == n && rj.res != nil && rj.res.Err == nil {
+				rj.res.Err = &closeError{file: rj.res.Job.Filename, err: err}
+			}
+		}
 	}
 }
 
 func (e *ringblkEnv) close() error {
-	e.releaseImages()
+	e.releaseImages(nil)
 	_, err := e.main.Stop()
 	return err
 }
@@ -350,3 +361,23 @@ func (c *ringblkClone) stop() error {
 	runtime.KeepAlive(c.bufs)
 	return err
 }
+
+// closeError is a job's image that failed to close (a metadata
+// write-back that could not be written), worded as fio words its errors:
+// the file and the errno's text, the block layer's context left to
+// errors.As.
+type closeError struct {
+	file string
+	err  error
+}
+
+func (e *closeError) Error() string {
+	cause := e.err.Error()
+	var errno syscall.Errno
+	if errors.As(e.err, &errno) {
+		cause = errnoText(int(errno))
+	}
+	return fmt.Sprintf("error closing file %s: %s", e.file, cause)
+}
+
+func (e *closeError) Unwrap() error { return e.err }

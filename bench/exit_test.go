@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -135,5 +136,45 @@ func TestIOErrorExitStatus(t *testing.T) {
 	file := filepath.Join(dir, "fio")
 	if code, jobErr := fioRun(t, "--name=w", "--filename="+file, "--size=4m", "--bs=4k", "--rw=write"); code != 1 || jobErr != 28 {
 		t.Errorf("fio on a full disk: exit %d, error %d; this test expects fio's 1 and 28", code, jobErr)
+	}
+}
+
+// TestCloseErrorFailsJob: a qcow2 image whose metadata write-back fails
+// when the run closes it (the file system filled up with data first)
+// fails every job that used it: exit 1, err=28 and "error": 28, as fio
+// fails a job whose file close fails. The jobs share one open of the
+// image, which closes after the group.
+func TestCloseErrorFailsJob(t *testing.T) {
+	dir := t.TempDir()
+	// Room for the data clusters the jobs write, not for the 100 L2
+	// tables the qcow2 driver writes back on close.
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=600k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs to fill (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, 0) })
+	img := filepath.Join(dir, "q.qcow2")
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed")
+	}
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "256M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	job := filepath.Join(t.TempDir(), "many.fio")
+	var b strings.Builder
+	b.WriteString("[global]\nioengine=ringblk\nfilename=" + img + "\nrw=write\nbs=4k\nsize=4k\n")
+	for i := 0; i < 100; i++ {
+		// One 4 KiB write per 2 MiB: each in its own L2 table.
+		b.WriteString("[j" + strconv.Itoa(i) + "]\noffset=" + strconv.Itoa(2*i) + "m\n")
+	}
+	if err := os.WriteFile(job, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := Main([]string{"--output-format=json", job}, &out, &errb)
+	if code != 1 || firstJobError(t, out.Bytes()) != int(syscall.ENOSPC) {
+		t.Fatalf("exit %d, JSON error %d; want 1 and 28 (stderr %q)", code, firstJobError(t, out.Bytes()), errb.String())
+	}
+	if s := errb.String(); !strings.Contains(s, "error closing file "+img+": No space left on device") || strings.Contains(s, "block:") {
+		t.Errorf("stderr %q; want the close failure named in fio's words, without the block layer's context", s)
 	}
 }

@@ -137,7 +137,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			}
 		}
 		if env != nil {
-			env.releaseImages()
+			env.releaseImages(rjobs)
 		}
 	}()
 	cloneIdx := 0
