@@ -214,7 +214,7 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 	}
 	defer func() {
 		if cerr := dst.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("%s: %v", r.dst, cerr)
+			err = fmt.Errorf("%s: %v", r.dst, plainErr(cerr))
 		}
 	}()
 	if r.skipCreate {

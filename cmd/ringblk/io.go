@@ -192,7 +192,7 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		s.aioFlush()
 		if err := img.Close(); err != nil {
-			return 1, fmt.Errorf("closing '%s': %v", path, err)
+			return 1, fmt.Errorf("closing '%s': %v", path, plainErr(err))
 		}
 		if failed {
 			return 1, nil

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ringblk/ringblk/drivers/raw"
@@ -154,5 +157,30 @@ func TestPartialSectorMatchesQemu(t *testing.T) {
 		if !bytes.Equal(a, b) {
 			t.Errorf("after %q: our file has %d bytes, qemu-io's %d (or they differ)", cmd, len(a), len(b))
 		}
+	}
+}
+
+// TestCloseErrorExitStatus: when the metadata write-back at close fails
+// (a full file system), ringblk io exits 1 with one line naming the image
+// and the errno, without the block layer's context.
+func TestCloseErrorExitStatus(t *testing.T) {
+	dir := t.TempDir()
+	// Room for 100 data clusters, not for the 100 L2 tables written back
+	// on close.
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=600k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs to fill (needs root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, 0) })
+	img := filepath.Join(dir, "q.qcow2")
+	if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "256M"); code != 0 {
+		t.Fatalf("create: exit %d: %s", code, stderr)
+	}
+	args := []string{"io"}
+	for i := 0; i < 100; i++ {
+		args = append(args, "-c", fmt.Sprintf("write %dM 4k", 2*i))
+	}
+	_, stderr, code := runRingblk(t, nil, append(args, img)...)
+	if code != 1 || stderr != "ringblk: closing '"+img+"': No space left on device\n" {
+		t.Errorf("io with a failing close: exit %d, stderr %q; want 1 and one line naming the image and ENOSPC", code, stderr)
 	}
 }
