@@ -152,7 +152,11 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 // conflict reads as QEMU's sentence).
 func openErr(path string, err error) error {
 	var le *raw.LockError
-	if errors.As(err, &le) {
+	var be *chain.BackingError
+	switch {
+	case errors.As(err, &be):
+		return fmt.Errorf("Could not open '%s': %w", path, be)
+	case errors.As(err, &le):
 		return fmt.Errorf("Could not open '%s': %w", path, le)
 	}
 	var pe *os.PathError

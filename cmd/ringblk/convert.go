@@ -220,7 +220,7 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 	if r.skipCreate {
 		dsize, err := dst.Node.Length()
 		if err != nil {
-			return fmt.Errorf("Could not get the size of '%s': %v", r.dst, err)
+			return fmt.Errorf("Could not get the size of '%s': %v", r.dst, plainErr(err))
 		}
 		if dsize < size {
 			return fmt.Errorf("output file '%s' is smaller than input file '%s' (%d < %d bytes)", r.dst, r.src, dsize, size)
@@ -246,7 +246,7 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return nil
 	}
 	if err := dst.Node.Flush(); err != nil {
-		return fmt.Errorf("error while flushing '%s': %v", r.dst, err)
+		return fmt.Errorf("error while flushing '%s': %v", r.dst, plainErr(err))
 	}
 	return nil
 }
@@ -366,7 +366,7 @@ func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
 	for off := int64(0); off < c.size; {
 		s, err := c.src.statusAbove(off, c.size-off, c.topOnly)
 		if err != nil {
-			return fmt.Errorf("error while reading block status at offset %d: %v", off, err)
+			return fmt.Errorf("error while reading block status at offset %d: %v", off, plainErr(err))
 		}
 		n, k := s.pnum, c.classify(s)
 		if cs := c.clusterSize; cs > 0 {
@@ -505,7 +505,7 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 		return c.writeZeroes(it.off, it.n)
 	}
 	if _, err := c.src.levels[0].node.ReadAt(buf, it.off); err != nil {
-		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, err)
+		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, plainErr(err))
 	}
 	if !c.waitTurn(it.seq) {
 		return nil
@@ -570,14 +570,14 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 
 func (c *converter) write(p []byte, off int64) error {
 	if _, err := c.dst.WriteAt(p, off); err != nil {
-		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, err)
+		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, plainErr(err))
 	}
 	return nil
 }
 
 func (c *converter) writeZeroes(off, n int64) error {
 	if err := c.dst.WriteZeroes(off, n, block.MayUnmap); err != nil {
-		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, err)
+		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, plainErr(err))
 	}
 	return nil
 }

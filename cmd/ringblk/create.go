@@ -119,10 +119,18 @@ func createCmd(args []string, stdout, stderr io.Writer) int {
 			delete(r.kv, "size")
 		}
 		if len(operands) == 2 {
+			if r.hasSize {
+				// qemu-img refuses -o size= with a SIZE operand, even
+				// when they agree.
+				return 1, usagef("%s: The image size must be specified only once", r.file)
+			}
 			if r.size, err = parseSize(operands[1]); err != nil {
 				return 1, err
 			}
 			r.hasSize = true
+		}
+		if b, ok := r.kv["backing_file"]; ok && b == "" {
+			return 1, usagef("%s: Expected backing file name, got empty string", r.file)
 		}
 		var line string
 		if r.format == "raw" {

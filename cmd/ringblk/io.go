@@ -170,8 +170,12 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			var le *raw.LockError
-			if errors.As(err, &le) {
-				// qemu-io's words: the lock sentence, no "Could not open".
+			var be *chain.BackingError
+			switch {
+			case errors.As(err, &be):
+				// qemu-io's words: the cause, no "Could not open".
+				return 1, fmt.Errorf("can't open device %s: %v", path, be)
+			case errors.As(err, &le):
 				return 1, fmt.Errorf("can't open device %s: %v", path, le)
 			}
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)

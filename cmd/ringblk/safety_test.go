@@ -184,3 +184,74 @@ func TestCloseErrorExitStatus(t *testing.T) {
 		t.Errorf("io with a failing close: exit %d, stderr %q; want 1 and one line naming the image and ENOSPC", code, stderr)
 	}
 }
+
+// qemuStderr runs a qemu tool and returns its exit code and its stderr
+// without the "tool: " prefix, on one line.
+func qemuStderr(t *testing.T, tool string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(tool, args...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, strings.TrimPrefix(strings.TrimSpace(errb.String()), tool+": ")
+}
+
+// TestMessagesMatchQemu: where qemu-img and qemu-io refuse, ringblk
+// refuses with their exit status and their words after "ringblk: ": sizes
+// given twice and an empty backing name to create; an overlay whose
+// backing file is missing names that file; a corrupt image's error has no
+// block-layer context or node names.
+func TestMessagesMatchQemu(t *testing.T) {
+	needQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "1M")
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2")
+	if err := os.Rename("base.qcow2", "moved.qcow2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{
+		{"qemu-img", "create", "-f", "qcow2", "-o", "size=10M", "c.qcow2", "20M"},
+		{"qemu-img", "create", "-f", "qcow2", "-o", "size=10M", "c.qcow2", "10M"},
+		{"qemu-img", "create", "-f", "raw", "-o", "size=1M", "c.raw", "1M"},
+		{"qemu-img", "create", "-f", "qcow2", "-b", "", "c.qcow2", "10M"},
+		{"qemu-img", "create", "-f", "qcow2", "-b", "", "-F", "qcow2", "c.qcow2", "10M"},
+		{"qemu-img", "map", "ov.qcow2"},
+		{"qemu-img", "convert", "-O", "raw", "ov.qcow2", "out.raw"},
+		{"qemu-img", "compare", "ov.qcow2", "moved.qcow2"},
+		{"qemu-io", "-c", "read 0 512", "ov.qcow2"},
+	} {
+		qcode, qmsg := qemuStderr(t, c[0], c[1:]...)
+		_, stderr, code := runRingblk(t, nil, append([]string{map[string]string{"qemu-img": c[1], "qemu-io": "io"}[c[0]]}, c[map[string]int{"qemu-img": 2, "qemu-io": 1}[c[0]]:]...)...)
+		if code != qcode || stderr != "ringblk: "+qmsg+"\n" {
+			t.Errorf("%v: ours exit %d %q; %s exit %d %q", c, code, stderr, c[0], qcode, qmsg)
+		}
+		for _, f := range []string{"c.qcow2", "c.raw", "out.raw"} {
+			if _, err := os.Stat(f); err == nil {
+				t.Errorf("%v: %s was created", c, f)
+				os.Remove(f)
+			}
+		}
+	}
+
+	// A corrupt image: the cause, in the user's terms.
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "bad.qcow2", "1M")
+	f, err := os.OpenFile("bad.qcow2", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0}, 40) // l1_table_offset
+	f.Close()
+	for _, args := range [][]string{{"map", "bad.qcow2"}, {"convert", "-O", "raw", "bad.qcow2", "out.raw"}, {"io", "-c", "read 0 512", "bad.qcow2"}} {
+		_, stderr, code := runRingblk(t, nil, args...)
+		if code != 1 || strings.Contains(stderr, "block:") || strings.Contains(stderr, "img1") ||
+			!strings.Contains(stderr, "Could not open 'bad.qcow2': ") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%v on a corrupt image: exit %d, %q; want one line 'Could not open 'bad.qcow2': cause' without block-layer context", args, code, stderr)
+		}
+	}
+}
