@@ -102,6 +102,10 @@ func ParseArgs(args []string) (*Config, error) {
 var errHelp = errors.New("help requested")
 var errVersion = errors.New("version requested")
 
+// BuildVersion is the embedding tool's version line (release and commit),
+// printed by --version after Version; ringblk sets it.
+var BuildVersion string
+
 func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 	switch key {
 	case "help", "h":
@@ -223,6 +227,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errVersion):
 		fmt.Fprintln(stdout, Version)
+		if BuildVersion != "" {
+			fmt.Fprintln(stdout, BuildVersion)
+		}
 		return 0
 	case err != nil:
 		return fail(err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -252,6 +253,85 @@ func TestMessagesMatchQemu(t *testing.T) {
 		if code != 1 || strings.Contains(stderr, "block:") || strings.Contains(stderr, "img1") ||
 			!strings.Contains(stderr, "Could not open 'bad.qcow2': ") || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("%v on a corrupt image: exit %d, %q; want one line 'Could not open 'bad.qcow2': cause' without block-layer context", args, code, stderr)
+		}
+	}
+}
+
+// TestReadmeBenchExamples runs the README's bench examples as written,
+// shortened: the image path is a temporary one, sizes are 8m and runs
+// 300ms, optional [..] parts are left out, --compare runs one repeat.
+// Each must exit 0 on a machine where the file does not exist yet.
+func TestReadmeBenchExamples(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("/var/tmp", "readme-")
+	if err != nil {
+		dir = t.TempDir()
+	} else {
+		t.Cleanup(func() { os.RemoveAll(dir) })
+	}
+	img := filepath.Join(dir, "disk.img")
+	shorten := strings.NewReplacer("/var/tmp/disk.img", img, "size=1g", "size=8m", "runtime=10", "runtime=300ms",
+		"runtime=5", "runtime=300ms", "> job.fio", "> "+filepath.Join(dir, "job.fio"), " job.fio", " "+filepath.Join(dir, "job.fio"))
+	optional := regexp.MustCompile(`\s*\[[^\]]*\]`)
+	text := strings.ReplaceAll(string(readme), "\\\n", " ")
+	ran := 0
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "bin/ringblk bench") && !strings.HasPrefix(line, "printf ") {
+			continue
+		}
+		if strings.HasPrefix(line, "bin/") {
+			line = optional.ReplaceAllString(line, "")
+		}
+		line = shorten.Replace(line)
+		if strings.HasPrefix(line, "printf ") {
+			if out, err := exec.Command("sh", "-c", line).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v: %s", line, err, out)
+			}
+			continue
+		}
+		args := strings.Fields(strings.TrimPrefix(line, "bin/ringblk "))
+		if slicesContains(args, "--compare") {
+			args = append(args, "--repeats=1")
+		}
+		ran++
+		if _, stderr, code := runRingblk(t, nil, args...); code != 0 {
+			t.Errorf("README example %q: exit %d: %s", line, code, stderr)
+		}
+	}
+	if ran < 4 {
+		t.Errorf("found %d bench examples in README.md, want at least 4", ran)
+	}
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TestTopLevelCommandLine: --version names the release, the commit and
+// Go; bench --version adds it to fio's format line; an unknown command or
+// none is one "ringblk: …" line and exit 1, as the README promises.
+func TestTopLevelCommandLine(t *testing.T) {
+	out, stderr, code := runRingblk(t, nil, "--version")
+	if code != 0 || !regexp.MustCompile(`^ringblk version \S+ \(commit \S+, go\S+\)\n$`).MatchString(out) {
+		t.Errorf("--version: exit %d, %q %q", code, out, stderr)
+	}
+	bout, _, code := runRingblk(t, nil, "bench", "--version")
+	if code != 0 || !strings.Contains(bout, "fio-3.33") || !strings.Contains(bout, out) {
+		t.Errorf("bench --version: exit %d, %q; want fio's format and %q", code, bout, out)
+	}
+	for _, args := range [][]string{{"frobnicate"}, {}} {
+		_, stderr, code := runRingblk(t, nil, args...)
+		if code != 1 || !strings.HasPrefix(stderr, "ringblk: ") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("ringblk %v: exit %d, stderr %q; want one line and exit 1", args, code, stderr)
 		}
 	}
 }
