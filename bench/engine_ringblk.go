@@ -185,7 +185,7 @@ func (e *ringblkEnv) openJob(j *Job, name string) (*ringblkJob, error) {
 		if n, err = e.openImage(j, format, name); err != nil {
 			return nil, err
 		}
-		n.Ref() // the front end's; the env keeps its own
+		e.g.Control(n.Ref) // the front end's; the env keeps its own
 	}
 	fe := e.g.NewFrontEnd(block.FrontEndOptions{Name: name, DisableQueuing: true})
 	if err := fe.Insert(n); err != nil {
