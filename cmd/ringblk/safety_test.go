@@ -115,6 +115,20 @@ func TestCreateConvertRefuseHeldImage(t *testing.T) {
 		}
 	})
 
+	t.Run("qemu-io-raw", func(t *testing.T) {
+		// A raw qemu-io takes only the write permission's lock (byte
+		// 101) and refuses nothing; qemu-img create -f raw would truncate
+		// the image under it. We refuse: it is in use for writing.
+		if _, err := exec.LookPath("qemu-io"); err != nil {
+			t.Skip("qemu-io not installed")
+		}
+		if err := os.WriteFile("r.raw", bytes.Repeat([]byte{0xa5}, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		holdWith(t, exec.Command("qemu-io", "-f", "raw", "r.raw"))
+		refuseHeld(t, "a raw qemu-io", "r.raw")
+	})
+
 	// Once nobody holds them, the same commands work.
 	for _, img := range []string{"ours.qcow2", "self.qcow2", "q.qcow2"} {
 		if _, stderr, code := runRingblk(t, nil, "convert", "-f", "raw", "-O", "qcow2", "src.raw", img); code != 0 {
