@@ -27,9 +27,10 @@ import (
 // classes, and a "B<n>" heading (with numbered items) in docs/STYLE.md.
 //
 // What counts as a citation (kept tight to avoid false positives):
-//   - in .go files only comments and the names of Test/Benchmark/Fuzz
-//     functions (TestT01…, TestI22…); string literals and identifiers such
-//     as unix.R1 are never citations;
+//   - in .go files comments, the names of Test/Benchmark/Fuzz functions
+//     (TestT01…, TestI22…) and a parenthesised id closing a string literal
+//     (a panic message "… (D14)"); other string contents and identifiers
+//     such as unix.R1 are never citations;
 //   - in docs/*.md and docs/design/*.md the whole text; docs/spec itself is
 //     where ids are defined and is not scanned;
 //   - bare ids: D, T, I, Q, U, B, W mean drain.md, R means qcow2.md;
@@ -74,6 +75,7 @@ var (
 	seedRef   = regexp.MustCompile(`\b[Ss]eeds? ([0-9]{3})\b(?:[–-]([0-9]{3})\b)?`)
 	bugRef    = regexp.MustCompile(`\bbug class(?:es)? ([0-9]+)(?:[–-]([0-9]+))?`)
 	styleRef  = regexp.MustCompile(`\bstyle (B[0-9]+)(?:\.([0-9]+))?\b`)
+	stringID  = regexp.MustCompile(`\(([DTIQUBWR][0-9]{1,2})\)"$`)
 	testIDRef = regexp.MustCompile(`^(?:Test|Benchmark|Fuzz)([TIQUBW])0?([0-9]{1,2})(?:[A-Z_]|$)`)
 )
 
@@ -279,6 +281,23 @@ func scanGo(t *testing.T, root, path string, out []citation) []citation {
 			}
 		}
 	}
+	// A string literal cites only an id in parentheses at the end of a
+	// message, as in panic("… closed outside a drained section (D14)").
+	ast.Inspect(f, func(n ast.Node) bool {
+		lit, ok := n.(*ast.BasicLit)
+		if !ok || lit.Kind != token.STRING {
+			return true
+		}
+		for _, m := range stringID.FindAllStringSubmatch(lit.Value, -1) {
+			pos := fmt.Sprintf("%s:%d", rel, fset.Position(lit.Pos()).Line)
+			file := "drain.md"
+			if m[1][0] == 'R' {
+				file = "qcow2.md"
+			}
+			out = append(out, citation{pos, "id", file, m[1]})
+		}
+		return true
+	})
 	for _, decl := range f.Decls {
 		fn, ok := decl.(*ast.FuncDecl)
 		if !ok || fn.Recv != nil {
