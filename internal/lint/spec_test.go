@@ -474,3 +474,52 @@ func TestSpecScannerCases(t *testing.T) {
 		}
 	}
 }
+
+// TestArchitectureRules checks the claims of docs/ARCHITECTURE.md that the
+// layer table of TestImportPolicy does not encode: drivers reach the ring
+// only through aio, and the package table lists exactly the packages that
+// exist.
+func TestArchitectureRules(t *testing.T) {
+	pkgs := listPackages(t)
+	exists := map[string]bool{}
+	for _, p := range pkgs {
+		exists[p.path] = true
+		if !strings.HasPrefix(p.path, "drivers/") {
+			continue
+		}
+		for _, imp := range p.imports {
+			if to := rel(imp); to == "uring" || strings.HasPrefix(to, "uring/") {
+				t.Errorf("%s imports %s; drivers do I/O through aio (docs/ARCHITECTURE.md §Layers)", p.path, to)
+			}
+		}
+	}
+	listed := map[string]bool{}
+	inTable := false
+	cell := regexp.MustCompile("`([a-z][a-z0-9/]*)`")
+	for _, l := range readLines(t, filepath.Join(repoRoot(t), "docs", "ARCHITECTURE.md")) {
+		if anyHeading.MatchString(l) {
+			inTable = strings.TrimSpace(strings.TrimLeft(l, "#")) == "Packages"
+			continue
+		}
+		if !inTable || !strings.HasPrefix(l, "|") {
+			continue
+		}
+		first := strings.Split(l, "|")[1]
+		for _, m := range cell.FindAllStringSubmatch(first, -1) {
+			listed[m[1]] = true
+		}
+	}
+	if len(listed) == 0 {
+		t.Fatal("docs/ARCHITECTURE.md has no package table under \"## Packages\"")
+	}
+	for p := range exists {
+		if !listed[p] && p != "." {
+			t.Errorf("package %s exists but docs/ARCHITECTURE.md §Packages does not list it", p)
+		}
+	}
+	for p := range listed {
+		if !exists[p] {
+			t.Errorf("docs/ARCHITECTURE.md §Packages lists %s, which does not exist", p)
+		}
+	}
+}
