@@ -31,7 +31,7 @@ import (
 //     (TestT01…, TestI22…) and a parenthesised id closing a string literal
 //     (a panic message "… (D14)"); other string contents and identifiers
 //     such as unix.R1 are never citations;
-//   - in docs/*.md and docs/design/*.md the whole text; docs/spec itself is
+//   - in README.md, docs/*.md and docs/design/*.md the whole text; docs/spec itself is
 //     where ids are defined and is not scanned;
 //   - bare ids: D, T, I, Q, U, B, W mean drain.md, R means qcow2.md;
 //     K and L (L1/L2 are also qcow2 tables) count only after "drain.md";
@@ -72,7 +72,7 @@ var (
 	refItem = regexp.MustCompile(`^(?:§([0-9]+(?:\.[0-9]+)*)|([A-Z][0-9]{1,2})\b)`)
 
 	bareID    = regexp.MustCompile(`\b([DTIQUBWR])([0-9]{1,2})\b`)
-	seedRef   = regexp.MustCompile(`\b[Ss]eeds? ([0-9]{3})\b(?:[–-]([0-9]{3})\b)?`)
+	seedRef   = regexp.MustCompile(`\b[Ss]eeds? ([0-9]{3})\b(?:(?:[–-]|\.\.)([0-9]{3})\b)?`)
 	bugRef    = regexp.MustCompile(`\bbug class(?:es)? ([0-9]+)(?:[–-]([0-9]+))?`)
 	styleRef  = regexp.MustCompile(`\bstyle (B[0-9]+)(?:\.([0-9]+))?\b`)
 	stringID  = regexp.MustCompile(`\(([DTIQUBWR][0-9]{1,2})\)"$`)
@@ -337,7 +337,7 @@ func collectCitations(t *testing.T, root string) []citation {
 	}
 	docs, _ := filepath.Glob(filepath.Join(root, "docs", "*.md"))
 	design, _ := filepath.Glob(filepath.Join(root, "docs", "design", "*.md"))
-	for _, p := range append(docs, design...) {
+	for _, p := range append(append(docs, design...), filepath.Join(root, "README.md")) {
 		rel, _ := filepath.Rel(root, p)
 		for i, l := range readLines(t, p) {
 			if rel == filepath.Join("docs", "STYLE.md") && styleHeading.MatchString(l) {
@@ -462,6 +462,7 @@ func TestSpecScannerCases(t *testing.T) {
 		{"(style B5: limits are errors)", []string{"style STYLE.md B5"}},
 		{"style B6.9", []string{"style STYLE.md B6.9"}},
 		{"seed 003 and seeds 000–004", []string{"seed README.md 003", "seed README.md 000", "seed README.md 004"}},
+		{"seed 000..004", []string{"seed README.md 000", "seed README.md 004"}},
 		{"bug classes 11–13", []string{"bug drain.md 11", "bug drain.md 13"}},
 		{"RINGBLK_SEED replays a seed", nil},
 	} {
