@@ -31,8 +31,8 @@ import (
 //     (TestT01…, TestI22…) and a parenthesised id closing a string literal
 //     (a panic message "… (D14)"); other string contents and identifiers
 //     such as unix.R1 are never citations;
-//   - in README.md, docs/*.md and docs/design/*.md the whole text; docs/spec itself is
-//     where ids are defined and is not scanned;
+//   - in README.md, docs/*.md and docs/design/*.md the whole text;
+//     docs/spec itself is where ids are defined and is not scanned;
 //   - bare ids: D, T, I, Q, U, B, W mean drain.md, R means qcow2.md;
 //     K and L (L1/L2 are also qcow2 tables) count only after "drain.md";
 //   - "drain.md"/"qcow2.md"/"peers.md" followed by a list of ids and §
