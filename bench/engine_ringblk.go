@@ -141,6 +141,14 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 		return nil, fmt.Errorf("unknown format %q", format)
 	}
 	if err != nil {
+		if errors.Is(err, raw.ErrLocked) {
+			for k := range e.images {
+				if k.file == key.file {
+					// Our own other open of the file holds the lock.
+					return nil, fmt.Errorf("%s is opened by another job of this group with other direct=, format=, share_rw= or locking= values: jobs that run together share one open of an image, so these must agree", j.Filename)
+				}
+			}
+		}
 		return nil, openErr(j.Filename, err)
 	}
 	e.images[key] = n

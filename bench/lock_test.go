@@ -110,6 +110,12 @@ func TestRingblkEngineTakesLocks(t *testing.T) {
 		t.Errorf("a writer and a reader on one file: exit %d: %s", code, stderr)
 	}
 
+	// Jobs that run together must agree on how the image is opened.
+	mixed := append(two[:len(two):len(two)], "--direct=1")
+	if code, _, stderr := runMain(t, mixed...); code == 0 || !strings.Contains(stderr, "another job of this group") {
+		t.Errorf("a buffered and a direct job on one file: exit %d: %s; want them told to agree", code, stderr)
+	}
+
 	t.Run("qemu-io", func(t *testing.T) {
 		if _, err := exec.LookPath("qemu-io"); err != nil {
 			t.Skip("qemu-io not installed")
