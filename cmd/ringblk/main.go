@@ -77,8 +77,8 @@ func versionLine() string {
 	if rev == "" {
 		rev = "unknown"
 	}
-	if len(rev) > 12 {
-		rev = rev[:12]
+	if len(rev) > 12 && rev != commit {
+		rev = rev[:12] // a full vcs.revision; a stamped commit is used as given
 	}
 	return fmt.Sprintf("ringblk version %s (commit %s%s, %s)", version, rev, dirty, goVersion)
 }
