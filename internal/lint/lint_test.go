@@ -34,8 +34,10 @@ var layer = map[string]int{
 	"bench":               8,
 	"nbd":                 8,
 	"job":                 8,
+	"host":                8,
 	"plugin":              9,
 	"plugin/contract":     0,
+	"plugin/loader":       1,
 	"cmd/ringblk":         10,
 }
 
@@ -54,6 +56,7 @@ var external = map[string][]string{
 	"cache":           {"github.com/dgraph-io/ristretto/v2"},
 	"drivers/qcow2":   {"github.com/klauspost/compress"},
 	"plugin/contract": {},
+	"plugin/loader":   {},
 }
 
 type pkg struct {

@@ -1,0 +1,698 @@
+package host
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/plugin/contract"
+)
+
+// Device is an open image behind a front end (QEMU's BlockBackend). It
+// implements contract.Device.
+type Device struct {
+	h      *Host
+	name   string
+	path   string
+	format string
+	fe     *block.FrontEnd
+	qcow   *qcow2.Driver
+	file   *raw.Driver // the top image's file (nil for null)
+
+	rerror, werror ErrorPolicy
+	cbs            DeviceCallbacks
+	wce            atomic.Bool
+	status         atomic.Uint32
+	drains         atomic.Int32 // drained sections begun through the Device
+
+	mu       sync.Mutex
+	queues   []*Queue
+	retired  Stats // accounting of closed queues
+	closed   bool
+	statErr  error
+	syncQ    *Queue
+	sem      chan struct{}
+	throttle *block.ThrottleGroup
+}
+
+var _ contract.Device = (*Device)(nil)
+
+// Open opens an image as a device (contract.Host).
+func (h *Host) Open(path string, o OpenOptions) (contract.Device, error) {
+	d, err := h.OpenDevice(path, o)
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// OpenDevice opens an image as a device: the image and its backing chain
+// (each backing file with the format its overlay records, read-only),
+// QEMU's image locks, the cache mode and the error policies of o.
+func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
+	if h.isClosed() {
+		return nil, ErrClosed
+	}
+	co := chain.Options{Format: o.Format, ReadOnly: o.ReadOnly, ForceShare: o.ForceShare, ShareRW: o.ShareRW,
+		NoBacking: o.NoBacking, NullSize: o.Size}
+	if o.Cache != "" {
+		c, ok := raw.ParseCache(o.Cache)
+		if !ok {
+			return nil, fmt.Errorf("ringblk: open %s: cache mode %q (writeback, writethrough, none)", path, o.Cache)
+		}
+		co.Cache = c
+	}
+	if o.Locking != "" {
+		l, ok := raw.ParseLocking(o.Locking)
+		if !ok {
+			return nil, fmt.Errorf("ringblk: open %s: locking %q (auto, on, off)", path, o.Locking)
+		}
+		co.Locking = l
+	}
+	if o.Discard != "" {
+		dc, ok := raw.ParseDiscard(o.Discard)
+		if !ok {
+			return nil, fmt.Errorf("ringblk: open %s: discard %q (ignore, unmap)", path, o.Discard)
+		}
+		co.Discard = dc
+	}
+	for _, p := range []ErrorPolicy{o.ReadError, o.WriteError} {
+		if p > contract.ErrorStopOnNoSpace {
+			return nil, fmt.Errorf("ringblk: open %s: unknown error policy %d", path, p)
+		}
+	}
+	name := o.Name
+	if name == "" {
+		name = filepath.Base(path)
+		if name == "." || name == "/" || name == "" {
+			name = "device"
+		}
+	}
+	name = h.uniqueName(name)
+	co.Name = name
+	img, err := chain.Open(h.g, path, co)
+	if err != nil {
+		return nil, err
+	}
+	d := &Device{h: h, name: name, path: path, format: img.Format, qcow: img.Qcow2,
+		rerror: o.ReadError, werror: o.WriteError, cbs: o.Callbacks, sem: make(chan struct{}, 64)}
+	d.wce.Store(!o.WriteThrough)
+	d.file = findRaw(h.g, img.Node)
+	fe := h.g.NewFrontEnd(block.FrontEndOptions{Name: name, DevOps: devOps{d}})
+	if err := fe.Insert(img.Node); err != nil {
+		return nil, errors.Join(err, img.Close(), fe.Close())
+	}
+	if err := img.Close(); err != nil { // the front end holds the node now
+		return nil, errors.Join(err, fe.Close())
+	}
+	d.fe = fe
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, errors.Join(ErrClosed, fe.Close())
+	}
+	h.devices = append(h.devices, d)
+	h.mu.Unlock()
+	return d, nil
+}
+
+// findRaw returns the raw driver of the file under n (n itself, or its
+// primary/file child), or nil.
+func findRaw(g *block.Graph, n *block.Node) (rd *raw.Driver) {
+	g.Control(func() {
+		for n != nil {
+			if r, ok := n.Driver().(*raw.Driver); ok {
+				rd = r
+				return
+			}
+			var next *block.Node
+			for _, c := range n.Children() {
+				if c.Role() != block.RoleBacking {
+					next = c.Node()
+					break
+				}
+			}
+			n = next
+		}
+	})
+	return rd
+}
+
+// devOps forwards the front end's drain callbacks to the host's.
+type devOps struct{ d *Device }
+
+func (o devOps) DrainedBegin() {
+	if f := o.d.cbs.DrainedBegin; f != nil {
+		f()
+	}
+}
+
+func (o devOps) DrainedPoll() bool {
+	if f := o.d.cbs.DrainedPoll; f != nil {
+		return f()
+	}
+	return false
+}
+
+func (o devOps) DrainedEnd() {
+	if f := o.d.cbs.DrainedEnd; f != nil {
+		f()
+	}
+}
+
+// Name returns the device's name (its node's name).
+func (d *Device) Name() string { return d.name }
+
+// FrontEnd returns the device's block front end (for embedders).
+func (d *Device) FrontEnd() *block.FrontEnd { return d.fe }
+
+func (d *Device) isClosed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
+func (d *Device) addQueue(q *Queue) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed && q != d.syncQ {
+		return false
+	}
+	d.queues = append(d.queues, q)
+	return true
+}
+
+func (d *Device) removeQueue(q *Queue) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, x := range d.queues {
+		if x == q {
+			d.queues = append(d.queues[:i], d.queues[i+1:]...)
+			q.stats.addTo(&d.retired)
+			return
+		}
+	}
+}
+
+// Close drains the device, closes its queues (requests held by a stop
+// policy complete with their errors), ends drained sections begun through
+// the device, and closes the image. Errors of the image's close (a failed
+// metadata write-back, the file's close) are returned; the device is
+// closed either way.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	qs := append([]*Queue(nil), d.queues...)
+	d.mu.Unlock()
+	// Requests parked by our own drained sections would never complete.
+	for d.drains.Load() > 0 {
+		d.endDrain()
+	}
+	var errs []error
+	for _, q := range qs {
+		if err := q.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.fe.SetThrottle(nil)
+	d.fe.Drain()
+	if err := d.fe.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("ringblk: close %s: %w", d.name, err))
+	}
+	d.h.removeDevice(d)
+	return errors.Join(errs...)
+}
+
+// ---- synchronous I/O ----
+
+type waiter struct {
+	ch  chan struct{}
+	err error
+}
+
+var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }}
+
+func (d *Device) syncQueue() (*Queue, error) {
+	d.mu.Lock()
+	q := d.syncQ
+	d.mu.Unlock()
+	if q != nil {
+		return q, nil
+	}
+	q, err := d.Queue(QueueOptions{Depth: cap(d.sem), Context: -1})
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.syncQ != nil { // another goroutine won
+		go q.Close()
+		return d.syncQ, nil
+	}
+	d.syncQ = q
+	return q, nil
+}
+
+// ErrInContext is returned by synchronous calls made on one of the
+// host's Contexts (from a completion callback): waiting there would
+// deadlock.
+var ErrInContext = errors.New("ringblk: synchronous call from a completion callback (a Context's own goroutine) would deadlock; use a Queue")
+
+func (d *Device) inContext() bool {
+	if d.h.main.InContext() {
+		return true
+	}
+	for _, c := range d.h.ctxs {
+		if c.InContext() {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Device) do(op Op, flags Flags, off, n int64, buf []byte) error {
+	if d.inContext() {
+		return ErrInContext
+	}
+	q, err := d.syncQueue()
+	if err != nil {
+		return err
+	}
+	d.sem <- struct{}{}
+	defer func() { <-d.sem }()
+	w := waiters.Get().(*waiter)
+	defer waiters.Put(w)
+	if err := q.submitWait(op, flags, off, n, buf, w); err != nil {
+		return err
+	}
+	<-w.ch
+	return w.err
+}
+
+// submitWait is submit for a synchronous caller: the completion goes to w.
+func (q *Queue) submitWait(op Op, flags Flags, off, n int64, buf []byte, w *waiter) error {
+	q.submitted.Add(1)
+	if q.closed.Load() {
+		q.submitted.Add(-1)
+		return ErrClosed
+	}
+	i, ok := q.free.pop()
+	if !ok {
+		q.submitted.Add(-1)
+		return ErrQueueFull
+	}
+	s := &q.slots[i]
+	s.op, s.flags, s.off, s.n, s.ud, s.waiter = op, block.Flags(flags), off, n, 0, w
+	s.buf1[0] = buf
+	s.iov = nil
+	if op == contract.OpRead || op == contract.OpWrite {
+		s.iov = s.buf1[:]
+	}
+	q.sub.push(i)
+	q.submitBH.Schedule()
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off (io.ReaderAt), from any goroutine.
+func (d *Device) ReadAt(p []byte, off int64) (int, error) {
+	if err := d.do(contract.OpRead, 0, off, int64(len(p)), p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// WriteAt writes p at off (io.WriterAt), from any goroutine.
+func (d *Device) WriteAt(p []byte, off int64) (int, error) {
+	if err := d.do(contract.OpWrite, 0, off, int64(len(p)), p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Flush makes completed writes durable.
+func (d *Device) Flush() error { return d.do(contract.OpFlush, 0, 0, 0, nil) }
+
+// Discard discards [off, off+length).
+func (d *Device) Discard(off, length int64) error {
+	return d.do(contract.OpDiscard, 0, off, length, nil)
+}
+
+// WriteZeroes zeroes [off, off+length).
+func (d *Device) WriteZeroes(off, length int64, flags Flags) error {
+	return d.do(contract.OpWriteZeroes, flags, off, length, nil)
+}
+
+// ---- geometry and topology ----
+
+// Geometry reports the device's size and limits.
+func (d *Device) Geometry() (Geometry, error) {
+	n := d.fe.Root()
+	if n == nil {
+		return Geometry{}, ErrClosed
+	}
+	var size int64
+	var err error
+	d.h.g.Control(func() { size, err = n.Length() })
+	if err != nil {
+		return Geometry{}, err
+	}
+	g := Geometry{Size: size, LogicalBlockSize: 512, PhysicalBlockSize: 512, RequestAlignment: n.Options().Align,
+		MemoryAlignment: 1, MaxTransfer: n.Options().MaxTransfer, MaxIov: 1024,
+		CanDiscard: true, CanWriteZeroes: true, CanUnmapZeroes: d.format != "raw",
+		ReadOnly: n.ReadOnly(), Format: d.format}
+	if f := d.file; f != nil {
+		g.LogicalBlockSize = max(f.LogicalBlockSize(), 512)
+		g.PhysicalBlockSize = g.LogicalBlockSize
+		g.MemoryAlignment = max(f.MemAlign(), 1)
+		if g.RequestAlignment < f.RequestAlign() {
+			g.RequestAlignment = f.RequestAlign()
+		}
+		unmap := f.Options().Discard == raw.DiscardUnmap
+		if d.format == "raw" {
+			g.CanDiscard, g.CanUnmapZeroes = unmap, unmap
+		}
+		if f.BlockDevice() {
+			if fd, err := os.Open(f.Path()); err == nil {
+				if v, err := unix.IoctlGetInt(int(fd.Fd()), unix.BLKPBSZGET); err == nil && v > 0 {
+					g.PhysicalBlockSize = v
+				}
+				fd.Close()
+			}
+		}
+	}
+	return g, nil
+}
+
+// Resize sets the image's size; Callbacks.Resized runs afterwards.
+func (d *Device) Resize(size int64) error {
+	if d.inContext() {
+		return ErrInContext
+	}
+	if err := d.fe.Truncate(size); err != nil {
+		return err
+	}
+	if f := d.cbs.Resized; f != nil {
+		d.h.g.Control(func() { f(size) })
+	}
+	return nil
+}
+
+// BlockStatus describes the range at off.
+func (d *Device) BlockStatus(off, length int64) (BlockStatus, int64, error) {
+	n := d.fe.Root()
+	if n == nil {
+		return 0, 0, ErrClosed
+	}
+	st, pnum, err := n.BlockStatus(off, length)
+	var bs BlockStatus
+	if st&block.StatusData != 0 {
+		bs |= contract.StatusData
+	}
+	if st&block.StatusZero != 0 {
+		bs |= contract.StatusZero
+	}
+	if st&block.StatusAllocated != 0 {
+		bs |= contract.StatusAllocated
+	}
+	return bs, pnum, err
+}
+
+// ---- drained sections and Contexts ----
+
+// drains counts the device's open sections: plain ones in the low 16
+// bits, subtree ones above.
+const subtreeDrain = 1 << 16
+
+// DrainedBegin starts a drained section of the device's node: it returns
+// when nothing is in flight on the node; requests submitted meanwhile
+// wait in their queues until DrainedEnd.
+func (d *Device) DrainedBegin() {
+	if n := d.fe.Root(); n != nil {
+		d.drains.Add(1)
+		n.DrainedBegin()
+	}
+}
+
+// DrainedEnd ends a section DrainedBegin started (an unmatched call does
+// nothing).
+func (d *Device) DrainedEnd() {
+	if n := d.fe.Root(); n != nil && d.drains.Load()&(subtreeDrain-1) > 0 {
+		d.drains.Add(-1)
+		n.DrainedEnd()
+	}
+}
+
+// SubtreeDrainedBegin drains the node and everything below it.
+func (d *Device) SubtreeDrainedBegin() {
+	if n := d.fe.Root(); n != nil {
+		d.drains.Add(subtreeDrain)
+		n.SubtreeDrainedBegin()
+	}
+}
+
+// SubtreeDrainedEnd ends a subtree section.
+func (d *Device) SubtreeDrainedEnd() {
+	if n := d.fe.Root(); n != nil && d.drains.Load() >= subtreeDrain {
+		d.drains.Add(-subtreeDrain)
+		n.SubtreeDrainedEnd()
+	}
+}
+
+func (d *Device) endDrain() {
+	if d.drains.Load() >= subtreeDrain {
+		d.SubtreeDrainedEnd()
+	} else {
+		d.DrainedEnd()
+	}
+	if d.fe.Root() == nil {
+		d.drains.Store(0)
+	}
+}
+
+// SetContext makes I/O Context i the device's home Context (-1: main).
+func (d *Device) SetContext(i int) error {
+	ctx := d.h.main
+	if i >= 0 {
+		if _, err := d.h.ctxIndex(i); err != nil {
+			return err
+		}
+		ctx = d.h.ctxs[i]
+	}
+	d.fe.AllowContextChange(true)
+	return d.fe.SetContext(ctx)
+}
+
+// ---- accounting and error policy ----
+
+// Stats returns the device's I/O accounting; any goroutine, I/O keeps
+// running.
+func (d *Device) Stats() Stats {
+	d.mu.Lock()
+	s := d.retired
+	qs := append([]*Queue(nil), d.queues...)
+	d.mu.Unlock()
+	for _, q := range qs {
+		q.stats.addTo(&s)
+		s.InFlight += q.submitted.Load() - q.completed.Load() - q.held.Load()
+		s.Held += q.held.Load()
+	}
+	if s.InFlight < 0 {
+		s.InFlight = 0
+	}
+	return s
+}
+
+func (d *Device) action(op Op, err error) ErrorPolicy {
+	p := d.werror
+	switch op {
+	case contract.OpRead:
+		p = d.rerror
+	case contract.OpDiscard:
+		return contract.ErrorReport
+	}
+	if p == contract.ErrorStopOnNoSpace {
+		if errors.Is(err, syscall.ENOSPC) {
+			return contract.ErrorStop
+		}
+		return contract.ErrorReport
+	}
+	return p
+}
+
+// stop records the I/O status of a request held by a stop policy.
+func (d *Device) stop(op Op, err error) {
+	st := contract.IOStatusFailed
+	if errors.Is(err, syscall.ENOSPC) {
+		st = contract.IOStatusNoSpace
+	}
+	if d.status.CompareAndSwap(uint32(contract.IOStatusOK), uint32(st)) {
+		d.mu.Lock()
+		d.statErr = err
+		d.mu.Unlock()
+	}
+	if f := d.cbs.Stopped; f != nil {
+		d.h.main.Schedule(func() { f(op, err) })
+	}
+}
+
+// IOStatus returns the I/O status and the error that set it.
+func (d *Device) IOStatus() (IOStatus, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return IOStatus(d.status.Load()), d.statErr
+}
+
+// ResetIOStatus sets the status back to OK.
+func (d *Device) ResetIOStatus() {
+	d.mu.Lock()
+	d.status.Store(uint32(contract.IOStatusOK))
+	d.statErr = nil
+	d.mu.Unlock()
+}
+
+// Resume resets the status and resubmits the held requests.
+func (d *Device) Resume() {
+	d.ResetIOStatus()
+	d.mu.Lock()
+	qs := append([]*Queue(nil), d.queues...)
+	d.mu.Unlock()
+	for _, q := range qs {
+		q.resumeBH.Schedule()
+	}
+}
+
+// ---- throttling and write cache ----
+
+// SetThrottle sets the device's limits, alone (group "") or shared with
+// the devices of a named group.
+func (d *Device) SetThrottle(group string, l ThrottleLimits) error {
+	bl := block.ThrottleLimits(l)
+	if group == "" {
+		if l == (ThrottleLimits{}) {
+			d.fe.SetThrottle(nil)
+			d.mu.Lock()
+			d.throttle = nil
+			d.mu.Unlock()
+			return nil
+		}
+		d.mu.Lock()
+		tg := d.throttle
+		if tg == nil || tg.Name() != "device:"+d.name {
+			tg = block.NewThrottleGroup("device:"+d.name, bl, nil)
+			d.throttle = tg
+		} else {
+			tg.SetLimits(bl)
+		}
+		d.mu.Unlock()
+		d.fe.SetThrottle(tg)
+		return nil
+	}
+	h := d.h
+	h.mu.Lock()
+	tg := h.groups[group]
+	if tg == nil {
+		tg = block.NewThrottleGroup(group, bl, nil)
+		h.groups[group] = tg
+	} else {
+		tg.SetLimits(bl)
+	}
+	h.mu.Unlock()
+	d.mu.Lock()
+	d.throttle = tg
+	d.mu.Unlock()
+	d.fe.SetThrottle(tg)
+	return nil
+}
+
+// SetWriteCache enables or disables the write cache (disabled: every
+// write and write-zeroes is FUA).
+func (d *Device) SetWriteCache(enabled bool) { d.wce.Store(enabled) }
+
+// WriteCache reports whether the write cache is enabled.
+func (d *Device) WriteCache() bool { return d.wce.Load() }
+
+// ---- snapshots and migration ----
+
+func (d *Device) qcow2() (*qcow2.Driver, error) {
+	if d.qcow == nil {
+		return nil, fmt.Errorf("ringblk: %s: internal snapshots need a qcow2 image (this is %s): %w", d.name, d.format, ErrUnsupported)
+	}
+	return d.qcow, nil
+}
+
+// Snapshots lists the internal snapshots.
+func (d *Device) Snapshots() ([]Snapshot, error) {
+	q, err := d.qcow2()
+	if err != nil {
+		return nil, err
+	}
+	var out []Snapshot
+	for _, s := range q.Snapshots() {
+		out = append(out, Snapshot{ID: s.ID, Name: s.Name, Date: time.Unix(int64(s.DateSec), int64(s.DateNsec)), VMSize: int64(s.VMStateSize)})
+	}
+	return out, nil
+}
+
+// CreateSnapshot records the current content as an internal snapshot.
+func (d *Device) CreateSnapshot(name string) error {
+	q, err := d.qcow2()
+	if err != nil {
+		return err
+	}
+	_, err = q.CreateSnapshot(qcow2.SnapshotCreateOptions{Name: name})
+	return err
+}
+
+// ApplySnapshot reverts the content to an internal snapshot.
+func (d *Device) ApplySnapshot(name string) error {
+	q, err := d.qcow2()
+	if err != nil {
+		return err
+	}
+	return q.ApplySnapshot(name)
+}
+
+// DeleteSnapshot deletes an internal snapshot.
+func (d *Device) DeleteSnapshot(name string) error {
+	q, err := d.qcow2()
+	if err != nil {
+		return err
+	}
+	return q.DeleteSnapshot(name)
+}
+
+// Inactivate hands the image over (migration): writes fail until
+// Activate.
+func (d *Device) Inactivate() error {
+	n := d.fe.Root()
+	if n == nil {
+		return ErrClosed
+	}
+	return n.Inactivate()
+}
+
+// Activate takes the image back.
+func (d *Device) Activate() error {
+	n := d.fe.Root()
+	if n == nil {
+		return ErrClosed
+	}
+	return n.Activate()
+}
+
+func resolve(image, backing string) string { return chain.ResolveBacking(image, backing) }

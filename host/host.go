@@ -1,0 +1,347 @@
+package host
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/plugin/contract"
+)
+
+// The API's types are the contract's, so that an embedder and a plugin
+// host program against the same names.
+type (
+	Options         = contract.HostOptions
+	OpenOptions     = contract.OpenOptions
+	CreateOptions   = contract.CreateOptions
+	QueueOptions    = contract.QueueOptions
+	Completion      = contract.Completion
+	Geometry        = contract.Geometry
+	Stats           = contract.Stats
+	OpStats         = contract.OpStats
+	Op              = contract.Op
+	Flags           = contract.Flags
+	ErrorPolicy     = contract.ErrorPolicy
+	IOStatus        = contract.IOStatus
+	ThrottleLimits  = contract.ThrottleLimits
+	Snapshot        = contract.Snapshot
+	BlockStatus     = contract.BlockStatus
+	DeviceCallbacks = contract.DeviceCallbacks
+)
+
+// Flags, policies and errors, as in the contract.
+const (
+	FUA      = contract.FUA
+	MayUnmap = contract.MayUnmap
+
+	ErrorReport        = contract.ErrorReport
+	ErrorIgnore        = contract.ErrorIgnore
+	ErrorStop          = contract.ErrorStop
+	ErrorStopOnNoSpace = contract.ErrorStopOnNoSpace
+)
+
+var (
+	ErrQueueFull   = contract.ErrQueueFull
+	ErrClosed      = contract.ErrClosed
+	ErrUnsupported = contract.ErrUnsupported
+)
+
+// Host is one ringblk instance: a main Context for control work, the I/O
+// Contexts, a block graph and the devices open on it. It implements
+// contract.Host.
+type Host struct {
+	main   *aio.Context
+	g      *block.Graph
+	ctxs   []*aio.Context
+	pinned []bool
+	// affinity is the calling thread's CPU set at New: pinned Contexts get
+	// it back before they stop, so their threads leave no mask behind.
+	affinity unix.CPUSet
+	rr       atomic.Uint32
+	drainAll atomic.Int32 // DrainAllBegin sections open
+
+	mu      sync.Mutex
+	devices []*Device
+	groups  map[string]*block.ThrottleGroup
+	names   map[string]int
+	closed  bool
+}
+
+var _ contract.Host = (*Host)(nil)
+
+// New starts a host: the main Context and opts.Contexts I/O Contexts,
+// each pinned to its CPU set if one is given.
+func New(opts Options) (h *Host, err error) {
+	n := opts.Contexts
+	if n <= 0 {
+		n = 1
+	}
+	if len(opts.CPUSets) > n {
+		return nil, fmt.Errorf("ringblk: %d CPU sets for %d Contexts", len(opts.CPUSets), n)
+	}
+	sets := make([]unix.CPUSet, n)
+	for i, cpus := range opts.CPUSets {
+		for _, c := range cpus {
+			if c < 0 || c >= len(sets[i])*64 {
+				return nil, fmt.Errorf("ringblk: Context %d: CPU %d out of range", i, c)
+			}
+			sets[i].Set(c)
+		}
+	}
+	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}}
+	if err := unix.SchedGetaffinity(0, &h.affinity); err != nil {
+		return nil, fmt.Errorf("ringblk: sched_getaffinity: %w", err)
+	}
+	h.main, err = aio.New(aio.Options{Name: "ringblk-main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: -1})
+	if err != nil {
+		return nil, fmt.Errorf("ringblk: main Context: %w", err)
+	}
+	if err := h.main.Start(); err != nil {
+		return nil, fmt.Errorf("ringblk: main Context: %w", err)
+	}
+	h.g = block.NewGraph(h.main)
+	defer func() {
+		if err != nil {
+			h.stopContexts()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		ctx, err := aio.New(aio.Options{Name: fmt.Sprintf("ringblk-io%d", i), CPU: aio.NoCPU, Entries: opts.RingEntries, ArenaSize: -1})
+		if err != nil {
+			return nil, fmt.Errorf("ringblk: Context %d: %w", i, err)
+		}
+		if err := ctx.Start(); err != nil {
+			return nil, fmt.Errorf("ringblk: Context %d: %w", i, err)
+		}
+		h.ctxs = append(h.ctxs, ctx)
+		h.pinned = append(h.pinned, false)
+		if i < len(opts.CPUSets) && len(opts.CPUSets[i]) > 0 {
+			var perr error
+			set := sets[i]
+			ctx.Run(func() { perr = unix.SchedSetaffinity(0, &set) })
+			if perr != nil {
+				return nil, fmt.Errorf("ringblk: Context %d: pin to CPUs %v: %w", i, opts.CPUSets[i], perr)
+			}
+			h.pinned[i] = true
+		}
+	}
+	return h, nil
+}
+
+// Contexts returns the number of I/O Contexts.
+func (h *Host) Contexts() int { return len(h.ctxs) }
+
+// Context returns I/O Context i (for embedders that drive aio directly).
+func (h *Host) Context(i int) *aio.Context { return h.ctxs[i] }
+
+// Graph returns the host's block graph (for embedders that build their
+// own nodes).
+func (h *Host) Graph() *block.Graph { return h.g }
+
+// CPUSet returns the CPUs I/O Context i may run on, read from its thread.
+func (h *Host) CPUSet(i int) ([]int, error) {
+	var set unix.CPUSet
+	var err error
+	h.ctxs[i].Run(func() { err = unix.SchedGetaffinity(0, &set) })
+	if err != nil {
+		return nil, err
+	}
+	var cpus []int
+	for c := 0; c < len(set)*64; c++ {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	return cpus, nil
+}
+
+func (h *Host) ctxIndex(i int) (int, error) {
+	if i < 0 || i >= len(h.ctxs) {
+		return 0, fmt.Errorf("ringblk: no I/O Context %d (the host has %d)", i, len(h.ctxs))
+	}
+	return i, nil
+}
+
+// DrainAllBegin starts a drained section over everything in the graph:
+// it returns when no request is in flight on any node; requests submitted
+// meanwhile wait in their queues until DrainAllEnd. Sections nest.
+func (h *Host) DrainAllBegin() {
+	h.drainAll.Add(1)
+	h.g.DrainAllBegin()
+}
+
+// DrainAllEnd ends a section DrainAllBegin started (an unmatched call does
+// nothing).
+func (h *Host) DrainAllEnd() {
+	for {
+		v := h.drainAll.Load()
+		if v <= 0 {
+			return
+		}
+		if h.drainAll.CompareAndSwap(v, v-1) {
+			h.g.DrainAllEnd()
+			return
+		}
+	}
+}
+
+// Close closes every open device (draining each first), then stops the
+// I/O Contexts and the main Context. Every error is returned, joined.
+// Closing twice returns nil.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	devs := append([]*Device(nil), h.devices...)
+	h.mu.Unlock()
+	// Requests parked by an open section would never complete.
+	for h.drainAll.Load() > 0 {
+		h.DrainAllEnd()
+	}
+	var errs []error
+	for _, d := range devs {
+		if err := d.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, h.stopContexts())
+	return errors.Join(errs...)
+}
+
+func (h *Host) stopContexts() error {
+	var errs []error
+	for i, ctx := range h.ctxs {
+		if h.pinned[i] {
+			ctx.Run(func() { _ = unix.SchedSetaffinity(0, &h.affinity) })
+		}
+		if _, err := ctx.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("ringblk: stop Context %d: %w", i, err))
+		}
+		if err := h.g.ForgetContext(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	h.ctxs = nil
+	if _, err := h.main.Stop(); err != nil {
+		errs = append(errs, fmt.Errorf("ringblk: stop main Context: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Create creates an image file: raw (a sparse file of Size bytes, or
+// preallocated) or qcow2 (optionally over a backing file). An existing
+// image another process holds is refused untouched (the file is locked
+// before it is truncated).
+func (h *Host) Create(path string, o CreateOptions) error {
+	if h.isClosed() {
+		return ErrClosed
+	}
+	switch o.Format {
+	case "raw":
+		if o.BackingFile != "" {
+			return fmt.Errorf("ringblk: create %s: a raw image cannot have a backing file", path)
+		}
+		if o.Size <= 0 {
+			return fmt.Errorf("ringblk: create %s: a raw image needs a size", path)
+		}
+		pre := raw.PreallocOff
+		if o.Preallocation != "" {
+			p, ok := raw.ParsePrealloc(o.Preallocation)
+			if !ok {
+				return fmt.Errorf("ringblk: create %s: preallocation %q (off, falloc, full)", path, o.Preallocation)
+			}
+			pre = p
+		}
+		return raw.Create(path, o.Size, pre)
+	case "qcow2":
+		co := qcow2.CreateOptions{ClusterSize: o.ClusterSize, BackingFile: o.BackingFile, BackingFormat: o.BackingFormat}
+		if o.Preallocation != "" {
+			p, ok := qcow2.ParsePrealloc(o.Preallocation)
+			if !ok {
+				return fmt.Errorf("ringblk: create %s: preallocation %q (off, metadata, falloc, full)", path, o.Preallocation)
+			}
+			co.Preallocation = p
+		}
+		if co.BackingFile != "" && co.BackingFormat == "" {
+			return fmt.Errorf("ringblk: create %s: a backing file needs its format (raw or qcow2)", path)
+		}
+		size := o.Size
+		if size == 0 && co.BackingFile != "" {
+			d, err := h.OpenDevice(resolve(path, co.BackingFile), OpenOptions{Format: co.BackingFormat, ForceShare: true, Name: "create-backing"})
+			if err != nil {
+				return fmt.Errorf("ringblk: create %s: backing file: %w", path, err)
+			}
+			g, gerr := d.Geometry()
+			if err := errors.Join(gerr, d.Close()); err != nil {
+				return fmt.Errorf("ringblk: create %s: backing file: %w", path, err)
+			}
+			size = g.Size
+		}
+		if size <= 0 {
+			return fmt.Errorf("ringblk: create %s: a qcow2 image needs a size", path)
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		file, err := raw.NewNode(h.g, path, raw.Options{}, block.Options{Name: h.uniqueName("create")})
+		if err != nil {
+			return err
+		}
+		err = qcow2.Create(file, size, co)
+		return errors.Join(err, file.Unref())
+	case "":
+		return fmt.Errorf("ringblk: create %s: no format (raw or qcow2)", path)
+	default:
+		return fmt.Errorf("ringblk: create %s: unknown format %q (raw or qcow2)", path, o.Format)
+	}
+}
+
+func (h *Host) isClosed() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closed
+}
+
+// uniqueName returns base, or base-N if a node of that name was made.
+func (h *Host) uniqueName(base string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := h.names[base]
+	h.names[base] = k + 1
+	if k == 0 && h.g.NodeByName(base) == nil {
+		return base
+	}
+	for {
+		k++
+		name := fmt.Sprintf("%s-%d", base, k)
+		if h.g.NodeByName(name) == nil {
+			h.names[base] = k + 1
+			return name
+		}
+	}
+}
+
+func (h *Host) removeDevice(d *Device) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, x := range h.devices {
+		if x == d {
+			h.devices = append(h.devices[:i], h.devices[i+1:]...)
+			return
+		}
+	}
+}

@@ -1,0 +1,467 @@
+package host
+
+import (
+	"errors"
+	"math/bits"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/plugin/contract"
+)
+
+// DefaultDepth is a queue's depth when QueueOptions.Depth is zero.
+const DefaultDepth = 128
+
+// slot is one request of a Queue, from submission until its completion is
+// taken back. The submitting goroutine fills it before publishing its index
+// on the submission ring; the Context's owner then owns it until it
+// publishes the index on the completion ring (or calls the callback).
+type slot struct {
+	op     Op
+	flags  block.Flags
+	off    int64
+	n      int64
+	iov    [][]byte
+	buf1   [1][]byte
+	ud     uint64
+	start  int64
+	err    error
+	waiter *waiter // a synchronous call waiting for this slot
+}
+
+type paddedInt64 struct {
+	atomic.Int64
+	_ [cacheLine - 8]byte
+}
+
+// Queue submits requests to a device from any goroutine, runs them on one
+// I/O Context's ring and hands their completions back: to a callback, or
+// to Next with the queue's eventfd as the signal. A request costs no
+// allocation, channel, map or mutex: slots are preallocated, and the
+// submission, completion and free lists are lock-free rings of slot
+// indices. It implements contract.Queue.
+type Queue struct {
+	_         [cacheLine]byte
+	plug      atomic.Int32
+	closed    atomic.Bool
+	_         [cacheLine - 8]byte
+	submitted paddedInt64 // accepted by submit (host goroutines)
+	completed paddedInt64 // completed (owner)
+	held      paddedInt64 // held by a stop policy (owner)
+
+	dev   *Device
+	index int
+	ctx   *aio.Context
+	bq    *block.Queue
+	slots []slot
+	free  *idxRing
+	sub   *idxRing
+	done  *idxRing
+	cb    func(Completion)
+
+	submitBH, notifyBH, resumeBH *aio.BH
+	efd                          int
+	one                          [8]byte
+
+	// owner only
+	notifyPending bool
+	heldList      []uint32
+
+	stats queueStats
+}
+
+var _ contract.Queue = (*Queue)(nil)
+
+// NewQueue creates a queue (contract.Device).
+func (d *Device) NewQueue(o QueueOptions) (contract.Queue, error) {
+	q, err := d.Queue(o)
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// Queue creates a queue on the device: a *Queue rather than the contract's
+// interface.
+func (d *Device) Queue(o QueueOptions) (*Queue, error) {
+	if d.isClosed() {
+		return nil, ErrClosed
+	}
+	depth := o.Depth
+	if depth <= 0 {
+		depth = DefaultDepth
+	}
+	if depth > 1<<20 {
+		return nil, errors.New("ringblk: queue depth above 1M")
+	}
+	h := d.h
+	ci := o.Context
+	if ci < 0 {
+		ci = int(h.rr.Add(1)-1) % len(h.ctxs)
+	}
+	ci, err := h.ctxIndex(ci)
+	if err != nil {
+		return nil, err
+	}
+	ctx := h.ctxs[ci]
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, &opError{op: "eventfd", err: err}
+	}
+	q := &Queue{
+		dev: d, index: ci, ctx: ctx, bq: d.fe.Queue(ctx),
+		slots: make([]slot, depth),
+		free:  newIdxRing(depth), sub: newIdxRing(depth), done: newIdxRing(depth),
+		cb: o.OnComplete, efd: efd, heldList: make([]uint32, 0, depth),
+	}
+	q.one[0] = 1
+	for i := range q.slots {
+		q.free.push(uint32(i))
+	}
+	q.submitBH = ctx.NewBH(q.runSubmit)
+	q.notifyBH = ctx.NewBH(q.runNotify)
+	q.resumeBH = ctx.NewBH(q.runResume)
+	if !d.addQueue(q) {
+		unix.Close(efd)
+		return nil, ErrClosed
+	}
+	return q, nil
+}
+
+// Depth returns the queue's depth.
+func (q *Queue) Depth() int { return len(q.slots) }
+
+// Context returns the I/O Context index the queue runs on.
+func (q *Queue) Context() int { return q.index }
+
+// EventFD returns the queue's completion eventfd (non-blocking).
+func (q *Queue) EventFD() int { return q.efd }
+
+// Read reads len(buf) bytes at off.
+func (q *Queue) Read(buf []byte, off int64, userData uint64) error {
+	return q.submit(contract.OpRead, 0, off, int64(len(buf)), nil, buf, userData)
+}
+
+// Readv reads into iov at off.
+func (q *Queue) Readv(iov [][]byte, off int64, userData uint64) error {
+	return q.submit(contract.OpRead, 0, off, iovLen(iov), iov, nil, userData)
+}
+
+// Write writes buf at off.
+func (q *Queue) Write(buf []byte, off int64, flags Flags, userData uint64) error {
+	return q.submit(contract.OpWrite, flags, off, int64(len(buf)), nil, buf, userData)
+}
+
+// Writev writes iov at off.
+func (q *Queue) Writev(iov [][]byte, off int64, flags Flags, userData uint64) error {
+	return q.submit(contract.OpWrite, flags, off, iovLen(iov), iov, nil, userData)
+}
+
+// Flush makes completed writes durable.
+func (q *Queue) Flush(userData uint64) error {
+	return q.submit(contract.OpFlush, 0, 0, 0, nil, nil, userData)
+}
+
+// Discard discards [off, off+length).
+func (q *Queue) Discard(off, length int64, userData uint64) error {
+	return q.submit(contract.OpDiscard, 0, off, length, nil, nil, userData)
+}
+
+// WriteZeroes zeroes [off, off+length); MayUnmap lets it deallocate.
+func (q *Queue) WriteZeroes(off, length int64, flags Flags, userData uint64) error {
+	return q.submit(contract.OpWriteZeroes, flags, off, length, nil, nil, userData)
+}
+
+func iovLen(iov [][]byte) int64 {
+	var n int64
+	for _, b := range iov {
+		n += int64(len(b))
+	}
+	return n
+}
+
+func (q *Queue) submit(op Op, flags Flags, off, n int64, iov [][]byte, buf []byte, ud uint64) error {
+	// Counted before the closed check: Close, after setting closed, waits
+	// for every submission it did not refuse (sequentially consistent
+	// atomics on both sides).
+	q.submitted.Add(1)
+	if q.closed.Load() {
+		q.submitted.Add(-1)
+		return ErrClosed
+	}
+	i, ok := q.free.pop()
+	if !ok {
+		q.submitted.Add(-1)
+		return ErrQueueFull
+	}
+	s := &q.slots[i]
+	s.op, s.flags, s.off, s.n, s.ud = op, block.Flags(flags), off, n, ud
+	if buf != nil || (iov == nil && (op == contract.OpRead || op == contract.OpWrite)) {
+		s.buf1[0] = buf
+		s.iov = s.buf1[:]
+	} else {
+		s.iov = iov
+	}
+	q.sub.push(i)
+	if q.plug.Load() == 0 {
+		q.submitBH.Schedule()
+	}
+	return nil
+}
+
+// Plug starts a burst: submissions wait until the outermost Unplug, which
+// hands them to the Context at once (one io_uring_enter for the burst).
+func (q *Queue) Plug() { q.plug.Add(1) }
+
+// Unplug ends a burst.
+func (q *Queue) Unplug() {
+	if q.plug.Add(-1) == 0 {
+		q.submitBH.Schedule()
+	}
+}
+
+// runSubmit runs on the Context: it issues every submitted slot inside
+// one plugged section of the block queue.
+func (q *Queue) runSubmit() {
+	q.bq.Plug()
+	for {
+		i, ok := q.sub.pop()
+		if !ok {
+			break
+		}
+		q.issue(i)
+	}
+	q.bq.Unplug()
+}
+
+var blockOps = [...]block.Op{
+	contract.OpRead: block.OpRead, contract.OpWrite: block.OpWrite, contract.OpFlush: block.OpFlush,
+	contract.OpDiscard: block.OpDiscard, contract.OpWriteZeroes: block.OpWriteZeroes,
+}
+
+func (q *Queue) issue(i uint32) {
+	s := &q.slots[i]
+	r := q.bq.Get()
+	r.Op, r.Off, r.Tag, r.Flags = blockOps[s.op], s.off, uint64(i), s.flags
+	switch s.op {
+	case contract.OpRead, contract.OpWrite:
+		r.Iov, r.Len = s.iov, s.n
+	case contract.OpDiscard, contract.OpWriteZeroes:
+		r.Len = s.n
+	}
+	if (s.op == contract.OpWrite || s.op == contract.OpWriteZeroes) && !q.dev.wce.Load() {
+		r.Flags |= block.FUA
+	}
+	s.start = nanotime()
+	q.bq.Submit(r, q)
+}
+
+// RequestDone is the block layer's completion (block.Done), on the
+// queue's Context.
+func (q *Queue) RequestDone(r *block.Request, err error) {
+	i := uint32(r.Tag)
+	s := &q.slots[i]
+	q.stats.account(s.op, s.n, nanotime()-s.start, err)
+	if err != nil {
+		switch q.dev.action(s.op, err) {
+		case contract.ErrorIgnore:
+			err = nil
+		case contract.ErrorStop:
+			s.err = err
+			q.heldList = append(q.heldList, i)
+			q.held.Add(1)
+			q.dev.stop(s.op, err)
+			return
+		}
+	}
+	q.complete(i, err)
+}
+
+func (q *Queue) complete(i uint32, err error) {
+	s := &q.slots[i]
+	s.err = err
+	q.completed.Add(1)
+	if w := s.waiter; w != nil {
+		s.waiter = nil
+		w.err = err
+		s.iov, s.buf1[0] = nil, nil
+		q.free.push(i)
+		w.ch <- struct{}{}
+		return
+	}
+	if q.cb != nil {
+		c := q.completion(s)
+		s.iov, s.buf1[0], s.err = nil, nil, nil
+		q.free.push(i)
+		q.cb(c)
+		return
+	}
+	q.done.push(i)
+	if !q.notifyPending {
+		q.notifyPending = true
+		q.notifyBH.Schedule()
+	}
+}
+
+func (q *Queue) completion(s *slot) Completion {
+	c := Completion{UserData: s.ud, Op: s.op, Err: s.err}
+	if s.err == nil && (s.op == contract.OpRead || s.op == contract.OpWrite) {
+		c.Bytes = s.n
+	}
+	return c
+}
+
+// runNotify signals the eventfd once per batch of completions.
+func (q *Queue) runNotify() {
+	q.notifyPending = false
+	for {
+		_, err := unix.Write(q.efd, q.one[:])
+		if err != unix.EINTR {
+			return // EAGAIN: the counter is saturated, the host is signalled anyway
+		}
+	}
+}
+
+// runResume resubmits the requests a stop policy held.
+func (q *Queue) runResume() {
+	held := q.heldList
+	q.heldList = q.heldList[:0:cap(q.heldList)]
+	q.bq.Plug()
+	for _, i := range held {
+		q.held.Add(-1)
+		q.issue(i)
+	}
+	q.bq.Unplug()
+}
+
+// failHeld completes the held requests with their errors (Close).
+func (q *Queue) failHeld() {
+	for _, i := range q.heldList {
+		q.held.Add(-1)
+		q.complete(i, q.slots[i].err)
+	}
+	q.heldList = q.heldList[:0]
+}
+
+// Next returns the next completion, without blocking. It is for queues
+// without OnComplete.
+func (q *Queue) Next() (Completion, bool) {
+	i, ok := q.done.pop()
+	if !ok {
+		return Completion{}, false
+	}
+	s := &q.slots[i]
+	c := q.completion(s)
+	s.iov, s.buf1[0], s.err = nil, nil, nil
+	q.free.push(i)
+	return c, true
+}
+
+// Wait blocks until the queue's eventfd is readable or the timeout passes
+// (negative: no limit), then resets it; it reports whether it was
+// readable. Completions are then taken with Next.
+func (q *Queue) Wait(timeout time.Duration) bool {
+	ms := -1
+	if timeout >= 0 {
+		ms = int((timeout + time.Millisecond - 1) / time.Millisecond)
+	}
+	var buf [8]byte
+	for {
+		if _, err := unix.Read(q.efd, buf[:]); err == nil {
+			return true
+		}
+		fds := [1]unix.PollFd{{Fd: int32(q.efd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds[:], ms)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return false
+		}
+	}
+}
+
+// Close refuses new submissions, waits until every accepted request has
+// completed (requests held by a stop policy complete with their errors),
+// and releases the queue. Completions not yet taken with Next are
+// dropped.
+func (q *Queue) Close() error {
+	if q.closed.Swap(true) {
+		return nil
+	}
+	q.submitBH.Schedule()
+	q.ctx.Run(q.failHeld)
+	for q.submitted.Load() != q.completed.Load() {
+		time.Sleep(50 * time.Microsecond)
+	}
+	q.dev.removeQueue(q)
+	q.submitBH.Delete()
+	q.notifyBH.Delete()
+	q.resumeBH.Delete()
+	return unix.Close(q.efd)
+}
+
+// queueStats are written by the queue's Context and read by any goroutine.
+type queueStats struct {
+	_   [cacheLine]byte
+	ops [contract.OpWriteZeroes + 1]opCounters
+}
+
+type opCounters struct {
+	ops, bytes, errors, totalNs atomic.Uint64
+	lat                         [contract.LatencyBuckets]atomic.Uint64
+}
+
+func (st *queueStats) account(op Op, n, ns int64, err error) {
+	c := &st.ops[op]
+	c.ops.Add(1)
+	if err != nil {
+		c.errors.Add(1)
+	} else if op == contract.OpRead || op == contract.OpWrite {
+		c.bytes.Add(uint64(n))
+	}
+	if ns < 0 {
+		ns = 0
+	}
+	c.totalNs.Add(uint64(ns))
+	b := bits.Len64(uint64(ns))
+	if b > 0 {
+		b--
+	}
+	if b >= contract.LatencyBuckets {
+		b = contract.LatencyBuckets - 1
+	}
+	c.lat[b].Add(1)
+}
+
+func (st *queueStats) addTo(s *Stats) {
+	for op, dst := range map[Op]*OpStats{contract.OpRead: &s.Read, contract.OpWrite: &s.Write, contract.OpFlush: &s.Flush, contract.OpDiscard: &s.Discard, contract.OpWriteZeroes: &s.WriteZeroes} {
+		c := &st.ops[op]
+		dst.Ops += c.ops.Load()
+		dst.Bytes += c.bytes.Load()
+		dst.Errors += c.errors.Load()
+		dst.TotalNs += c.totalNs.Load()
+		for i := range dst.Latency {
+			dst.Latency[i] += c.lat[i].Load()
+		}
+	}
+}
+
+var epoch = time.Now()
+
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+type opError struct {
+	op  string
+	err error
+}
+
+func (e *opError) Error() string { return "ringblk: " + e.op + ": " + e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
+
+var _ = syscall.ENOSPC
