@@ -184,7 +184,16 @@ func moduleMismatches(p, h *debug.BuildInfo) []Mismatch {
 			continue
 		}
 		pv, hv := describe(pm), describe(hm)
-		if pv != hv {
+		if pv == hv {
+			continue
+		}
+		if pm == &p.Main {
+			pv += " (the plugin's main module)"
+		}
+		if hm == &hmain {
+			hv += " (the host's main module)"
+		}
+		{
 			out = append(out, Mismatch{"module " + pm.Path, pv, hv})
 		}
 	}
