@@ -64,7 +64,11 @@ func TestCompareReportsEveryMismatch(t *testing.T) {
 	if err := loader.Compare("x.so", p2, h); err == nil || !strings.Contains(err.Error(), "not ringblk's plugin (its main package is example.com/other/plugin") {
 		t.Fatalf("foreign plugin: %v", err)
 	}
-	p2.Settings[0].Value = "exe"
+	for i := range p2.Settings {
+		if p2.Settings[i].Key == "-buildmode" {
+			p2.Settings[i].Value = "exe"
+		}
+	}
 	if err := loader.Compare("x.so", p2, h); err == nil || !strings.Contains(err.Error(), "not a Go plugin (built with -buildmode=exe)") {
 		t.Fatalf("executable: %v", err)
 	}
