@@ -230,6 +230,9 @@ func (d *Device) Close() error {
 		}
 	}
 	d.fe.SetThrottle(nil)
+	// The device model is going away: its callbacks are not called for
+	// the close's own drain.
+	d.fe.SetDevOps(nil)
 	d.fe.Drain()
 	if err := d.fe.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("ringblk: close %s: %w", d.name, err))
