@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# host-vs-bench.sh — the host API (package host) against
+# `ringblk bench --ioengine=ringblk` on one cached raw file: 4 KiB random
+# reads at queue depth 32, one I/O Context each. Ours submits from a host
+# goroutine through a host.Queue with eventfd completions
+# (BenchmarkRandRead4kQD32); bench runs its loop on the Context itself.
+# Runs alternate (bench, host, bench, host, ...) and the medians are
+# compared. Also prints BenchmarkQueueOverhead: the eventfd mode's cost per
+# request against callback mode on the null driver.
+#
+# usage: scripts/host-vs-bench.sh [-d DIR] [-t SECONDS] [-r REPEATS]
+#   -d DIR      where the data file lives (default /var/tmp; never tmpfs)
+#   -t SECONDS  run time of each run (default 5)
+#   -r REPEATS  alternations (default 3)
+set -euo pipefail
+
+dir=/var/tmp
+secs=5
+reps=3
+while getopts "d:t:r:h" opt; do
+	case $opt in
+	d) dir=$OPTARG ;;
+	t) secs=$OPTARG ;;
+	r) reps=$OPTARG ;;
+	h) sed -n '2,15p' "$0"; exit 0 ;;
+	*) sed -n '12,15p' "$0" >&2; exit 2 ;;
+	esac
+done
+die() { echo "host-vs-bench: $*" >&2; exit 1; }
+[[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]] || die "-t wants whole seconds, got '$secs'"
+[[ $reps =~ ^[0-9]+$ && $reps -gt 0 ]] || die "-r wants a positive count, got '$reps'"
+command -v python3 >/dev/null || die "python3 is required"
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+(cd "$root" && go build -o "$work/ringblk" ./cmd/ringblk && go test -c -o "$work/host.test" ./host) || die "build failed"
+
+file=$dir/hostbench-1g.dat
+size=$((1 << 30))
+if [ ! -f "$file" ] || [ "$(stat -c %s "$file")" -ne "$size" ]; then
+	echo "creating $file (1 GiB of random data)" >&2
+	head -c "$size" /dev/urandom >"$file.tmp" && mv "$file.tmp" "$file"
+fi
+cat "$file" >/dev/null # into the page cache
+
+bench=()
+ours=()
+for ((i = 0; i < reps; i++)); do
+	"$work/ringblk" bench --name=rr --filename="$file" --size=1g --ioengine=ringblk --rw=randread \
+		--bs=4k --iodepth=32 --runtime="$secs" --time_based --invalidate=0 --output-format=json >"$work/b.json"
+	bench+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"])' "$work/b.json")")
+	# b.N is sized for about $secs seconds from the bench side's rate.
+	n=$(python3 -c "print(int(float('${bench[-1]}') * $secs))")
+	RINGBLK_BENCH_FILE=$file "$work/host.test" -test.run '^$' -test.bench 'RandRead4kQD32' \
+		-test.benchtime="${n}x" -test.count=1 >"$work/h.txt"
+	ours+=("$(awk '/BenchmarkRandRead4kQD32/ { for (i = 1; i < NF; i++) if ($(i+1) == "IOPS") print $i }' "$work/h.txt")")
+	grep -q ' 0 allocs/op' "$work/h.txt" || { cat "$work/h.txt"; die "the host API allocated per request"; }
+done
+python3 - "${bench[*]}" "${ours[*]}" <<'PY'
+import statistics, sys
+b = [float(x) for x in sys.argv[1].split()]
+o = [float(x) for x in sys.argv[2].split()]
+mb, mo = statistics.median(b), statistics.median(o)
+print(f"ringblk bench --ioengine=ringblk: {mb:,.0f} IOPS (runs {', '.join(f'{x:,.0f}' for x in b)})")
+print(f"host API, eventfd mode:           {mo:,.0f} IOPS (runs {', '.join(f'{x:,.0f}' for x in o)})")
+print(f"ratio host/bench: {mo / mb:.3f}")
+PY
+"$work/host.test" -test.run '^$' -test.bench 'QueueOverhead' -test.benchtime=200000x | grep Benchmark
