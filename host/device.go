@@ -105,15 +105,47 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{h: h, name: name, path: path, format: img.Format, qcow: img.Qcow2,
+	return h.newDevice(img.Node, path, name, img.Format, img.Qcow2, o)
+}
+
+// NewDevice makes a device of a node the caller built on the host's graph
+// (Host.Graph), e.g. with its own driver; it takes over the caller's
+// reference on n. Of o, the error policies, WriteThrough, Callbacks and
+// Name are used.
+func (h *Host) NewDevice(n *block.Node, o OpenOptions) (*Device, error) {
+	if h.isClosed() {
+		return nil, errors.Join(ErrClosed, n.Unref())
+	}
+	name := o.Name
+	if name == "" {
+		name = n.Name()
+	}
+	qc, _ := n.Driver().(*qcow2.Driver)
+	format := "node"
+	switch n.Driver().(type) {
+	case *qcow2.Driver:
+		format = "qcow2"
+	case *raw.Driver:
+		format = "raw"
+	}
+	return h.newDevice(n, "", name, format, qc, o)
+}
+
+func (h *Host) newDevice(n *block.Node, path, name, format string, qc *qcow2.Driver, o OpenOptions) (*Device, error) {
+	for _, p := range []ErrorPolicy{o.ReadError, o.WriteError} {
+		if p > contract.ErrorStopOnNoSpace {
+			return nil, errors.Join(fmt.Errorf("ringblk: %s: unknown error policy %d", name, p), n.Unref())
+		}
+	}
+	d := &Device{h: h, name: name, path: path, format: format, qcow: qc,
 		rerror: o.ReadError, werror: o.WriteError, cbs: o.Callbacks, sem: make(chan struct{}, 64)}
 	d.wce.Store(!o.WriteThrough)
-	d.file = findRaw(h.g, img.Node)
+	d.file = findRaw(h.g, n)
 	fe := h.g.NewFrontEnd(block.FrontEndOptions{Name: name, DevOps: devOps{d}})
-	if err := fe.Insert(img.Node); err != nil {
-		return nil, errors.Join(err, img.Close(), fe.Close())
+	if err := fe.Insert(n); err != nil {
+		return nil, errors.Join(err, n.Unref(), fe.Close())
 	}
-	if err := img.Close(); err != nil { // the front end holds the node now
+	if err := n.Unref(); err != nil { // the front end holds the node now
 		return nil, errors.Join(err, fe.Close())
 	}
 	d.fe = fe
