@@ -403,14 +403,17 @@ func (d *Device) Geometry() (Geometry, error) {
 	var size int64
 	var err error
 	d.h.g.Control(func() { size, err = n.Length() })
+	d.mu.Lock()
+	format, file := d.format, d.file
+	d.mu.Unlock()
 	if err != nil {
 		return Geometry{}, err
 	}
 	g := Geometry{Size: size, LogicalBlockSize: 512, PhysicalBlockSize: 512, RequestAlignment: n.Options().Align,
 		MemoryAlignment: 1, MaxTransfer: n.Options().MaxTransfer, MaxIov: 1024,
-		CanDiscard: true, CanWriteZeroes: true, CanUnmapZeroes: d.format != "raw",
-		ReadOnly: n.ReadOnly(), Format: d.format}
-	if f := d.file; f != nil {
+		CanDiscard: true, CanWriteZeroes: true, CanUnmapZeroes: format != "raw",
+		ReadOnly: n.ReadOnly(), Format: format}
+	if f := file; f != nil {
 		g.LogicalBlockSize = max(f.LogicalBlockSize(), 512)
 		g.PhysicalBlockSize = g.LogicalBlockSize
 		g.MemoryAlignment = max(f.MemAlign(), 1)
@@ -418,7 +421,7 @@ func (d *Device) Geometry() (Geometry, error) {
 			g.RequestAlignment = f.RequestAlign()
 		}
 		unmap := f.Options().Discard == raw.DiscardUnmap
-		if d.format == "raw" {
+		if format == "raw" {
 			g.CanDiscard, g.CanUnmapZeroes = unmap, unmap
 		}
 		if f.BlockDevice() {
@@ -664,6 +667,8 @@ func (d *Device) WriteCache() bool { return d.wce.Load() }
 // ---- snapshots and migration ----
 
 func (d *Device) qcow2() (*qcow2.Driver, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.qcow == nil {
 		return nil, fmt.Errorf("ringblk: %s: internal snapshots need a qcow2 image (this is %s): %w", d.name, d.format, ErrUnsupported)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/host"
 	"github.com/ringblk/ringblk/internal/invariants"
 )
@@ -734,5 +735,96 @@ func TestQueueZeroAllocs(t *testing.T) {
 	cround()
 	if a := testing.AllocsPerRun(50, cround); a != 0 {
 		t.Fatalf("callback mode: %.1f allocations per 32 requests, want 0", a)
+	}
+}
+
+// TestLiveSnapshot: while a goroutine keeps reading, the device switches
+// to a qcow2 overlay over its raw image; later writes land in the overlay,
+// the old image keeps the content of the snapshot instant, and the device
+// is now qcow2 (internal snapshots work).
+func TestLiveSnapshot(t *testing.T) {
+	h := newHost(t, host.Options{Contexts: 2})
+	base := image(t, h, "raw", 1<<20)
+	d, err := h.OpenDevice(base, host.OpenOptions{Format: "raw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := pattern(make([]byte, 4096), 1), pattern(make([]byte, 4096), 2)
+	d.WriteAt(a, 0)
+	var failed atomic.Int64
+	var done atomic.Int64
+	q, _ := d.Queue(host.QueueOptions{Depth: 8, OnComplete: func(c host.Completion) {
+		if c.Err != nil {
+			failed.Add(1)
+		}
+		done.Add(1)
+	}})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 4096)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if q.Read(buf, 0, 0) != nil {
+				runtime_Gosched()
+			}
+		}
+	}()
+	for done.Load() < 50 {
+		time.Sleep(time.Millisecond)
+	}
+	top := base + ".top.qcow2"
+	if err := d.LiveSnapshot(top); err != nil {
+		t.Fatal(err)
+	}
+	for target := done.Load() + 50; done.Load() < target; {
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if n := failed.Load(); n != 0 {
+		t.Fatalf("%d reads failed around the snapshot", n)
+	}
+	if _, err := d.WriteAt(b, 4096); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	d.ReadAt(got, 0)
+	mustEqual(t, "snapshot content through the overlay", got, a)
+	d.ReadAt(got, 4096)
+	mustEqual(t, "new write", got, b)
+	if g, _ := d.Geometry(); g.Format != "qcow2" || g.Size != 1<<20 {
+		t.Fatalf("geometry after the snapshot %+v", g)
+	}
+	if err := d.CreateSnapshot("internal"); err != nil {
+		t.Fatalf("internal snapshot on the overlay: %v", err)
+	}
+	backing := d.FrontEnd().Root().Child(block.RoleBacking).Node()
+	if _, err := backing.WriteAt(b, 0); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("write to the old image: %v, want EPERM (read-only)", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	old, err := h.OpenDevice(base, host.OpenOptions{Format: "raw", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.ReadAt(got, 4096)
+	mustEqual(t, "old image after the snapshot", got, make([]byte, 4096))
+	old.ReadAt(got, 0)
+	mustEqual(t, "old image before the snapshot", got, a)
+	r, err := h.OpenDevice(image(t, h, "qcow2", 1<<20), host.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.LiveSnapshot(top + "2"); err == nil {
+		t.Fatal("live snapshot of a read-only device")
 	}
 }

@@ -236,6 +236,10 @@ type Device interface {
 	CreateSnapshot(name string) error
 	ApplySnapshot(name string) error
 	DeleteSnapshot(name string) error
+	// LiveSnapshot creates a qcow2 overlay at path over the device's
+	// image and, in a drained section, makes the image read-only and
+	// swaps the overlay in as the device's image (an external snapshot).
+	LiveSnapshot(path string) error
 
 	// Inactivate hands the image over (migration source): writes fail
 	// until Activate; caches are written back.
