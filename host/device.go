@@ -436,12 +436,19 @@ func (d *Device) Geometry() (Geometry, error) {
 	return g, nil
 }
 
-// Resize sets the image's size; Callbacks.Resized runs afterwards.
+// Resize sets the image's size; Callbacks.Resized runs afterwards. It may
+// be called inside a drained section of the device.
 func (d *Device) Resize(size int64) error {
 	if d.inContext() {
 		return ErrInContext
 	}
-	if err := d.fe.Truncate(size); err != nil {
+	n := d.fe.Root()
+	if n == nil {
+		return ErrClosed
+	}
+	// On the node, not through the front end: a resize inside the
+	// device's own drained section must not wait for that section.
+	if err := n.Truncate(size); err != nil {
 		return err
 	}
 	if f := d.cbs.Resized; f != nil {

@@ -447,6 +447,14 @@ func TestGeometryResizeStatus(t *testing.T) {
 	if g, _ := d.Geometry(); g.Size != 2<<20 {
 		t.Fatalf("size after resize %d", g.Size)
 	}
+	// Inside a drained section (a device model reconfiguring): no wait
+	// for the section itself.
+	d.DrainedBegin()
+	err = d.Resize(3 << 20)
+	d.DrainedEnd()
+	if err != nil || <-resized != 3<<20 {
+		t.Fatalf("resize inside a drained section: %v", err)
+	}
 }
 
 // TestInternalSnapshots: create, list, apply and delete on qcow2; a raw
