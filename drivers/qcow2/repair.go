@@ -83,6 +83,14 @@ type repairer struct {
 	cur     refblockCache
 	dirty   map[int64][]byte
 	l2Fixed []int64 // L2 tables rewritten with fixed COPIED flags
+
+	// checkSnapshots makes the first scan count incomplete snapshot
+	// table entries (incompleteSnapshots) as corruptions; the caller
+	// (Driver.repair) rewrites the table after the refcount repair, as
+	// QEMU's qcow2_check_fix_snapshot_table does, and settles the counts.
+	checkSnapshots bool
+	snapIncomplete int64
+	scanned        bool
 }
 
 func newRepairer(f repairFile, mode block.CheckMode, log func(string)) *repairer {
@@ -132,6 +140,18 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	r.im = im
 	r.cur = refblockCache{}
 	clear(r.dirty)
+	if r.checkSnapshots && !r.scanned {
+		word := "ERROR"
+		if r.fixErrors {
+			word = "Repairing"
+		}
+		for _, i := range im.incompleteSnapshots() {
+			r.logf(word, " snapshot table entry ", strconv.Itoa(i), " is incomplete")
+			r.snapIncomplete++
+		}
+		r.res.Corruptions += r.snapIncomplete
+	}
+	r.scanned = true
 	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
 	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
 	c.countReferences()
@@ -357,6 +377,12 @@ func (r *repairer) run() error {
 		return r.markClean()
 	}
 	return nil
+}
+
+// snapshotsPending reports whether the snapshot table still needs the
+// rewrite that a repair of all errors does (see checkSnapshots).
+func (r *repairer) snapshotsPending() bool {
+	return r.fixErrors && r.snapIncomplete > 0
 }
 
 // fixCopied compares COPIED in the active L1 and L2 tables with the
@@ -642,9 +668,31 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 		return errors.Join(cerr, errors.New("qcow2: cannot repair an image with unwritten metadata after an overlap check fired; close and repair it offline"))
 	}
 	rp := newRepairer(coFile{coReader{d, co, r}}, r.CheckMode(), d.checkLog)
+	rp.checkSnapshots = true
 	rerr := rp.run()
 	lerr := d.reloadMetadata(co, r, rp.l2Fixed)
 	res := &rp.res
+	if rerr == nil && lerr == nil && rp.snapshotsPending() {
+		// The refcounts are right now, so allocating is safe: write the
+		// snapshot table back in the full form (QEMU 7.2 does this after
+		// the refcount repair too), then mark the image clean if that
+		// was all that was wrong.
+		d.mu.Lock()
+		snaps, size := d.snaps, d.geo.Size
+		d.mu.Unlock()
+		if err := d.writeSnapshotTable(co, normalizedSnapshots(snaps, size)); err != nil {
+			res.CheckErrors++
+			d.checkLog("ERROR failed to update the snapshot table: " + err.Error())
+			rerr = err
+		} else {
+			res.Corruptions -= rp.snapIncomplete
+			res.CorruptionsFixed += rp.snapIncomplete
+			if res.CheckErrors == 0 && res.Corruptions == 0 {
+				rerr = rp.markClean()
+			}
+			lerr = d.reloadMetadata(co, r, nil)
+		}
+	}
 	*r.CheckResult() = block.CheckResult{
 		Corruptions: int(res.Corruptions), Leaks: int(res.Leaks), CheckErrors: int(res.CheckErrors),
 		CorruptionsFixed: int(res.CorruptionsFixed), LeaksFixed: int(res.LeaksFixed),
