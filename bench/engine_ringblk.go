@@ -46,6 +46,7 @@ type ringblkJob struct {
 	env  *ringblkEnv
 	node *block.Node
 	fe   *block.FrontEnd
+	res  *JobResult // the job's result, which a failed close fails
 }
 
 func (e *ringblkEnv) openJob(j *Job, name string) (*ringblkJob, error) {
@@ -94,9 +95,11 @@ func (e *ringblkEnv) openJob(j *Job, name string) (*ringblkJob, error) {
 	return &ringblkJob{env: e, node: n, fe: fe}, nil
 }
 
-func (rj *ringblkJob) close() {
+// close drains and closes the job's front end, returning what the close of
+// its nodes reported (a failed metadata write-back).
+func (rj *ringblkJob) close() error {
 	rj.fe.Drain()
-	rj.fe.Close()
+	return rj.fe.Close()
 }
 
 // ringblkClone runs one clone's I/O loop as callbacks on its own Context:

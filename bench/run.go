@@ -128,8 +128,12 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 				err = e
 			}
 		}
+		// A failed write-back on close (qcow2 metadata, the file's own
+		// close) fails the job, as fio fails a job whose file close fails.
 		for _, rj := range rjobs {
-			rj.close()
+			if e := rj.close(); e != nil && rj.res != nil && rj.res.Err == nil {
+				rj.res.Err = e
+			}
 		}
 	}()
 	cloneIdx := 0
@@ -145,6 +149,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			if rj, err = env.openJob(j, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
 				return nil, fmt.Errorf("job %q: %w", j.Name, err)
 			}
+			rj.res = jr
 			rjobs = append(rjobs, rj)
 		}
 		for k := 0; k < j.NumJobs; k++ {

@@ -218,17 +218,19 @@ func openCause(err error) string {
 
 // Close drops the node and, for an image that owns them, stops the
 // Context. Dirty metadata is written back by the drivers' Close.
+// A failed write-back is returned (and so reaches the exit status).
 func (b *blkImage) Close() error {
+	var err error
 	if b.Node != nil {
-		b.Node.Unref()
+		err = b.Node.Unref()
 		b.Node = nil
 	}
 	if !b.owned {
-		return nil
-	}
-	b.owned = false
-	if _, err := b.Ctx.Stop(); err != nil {
 		return err
 	}
-	return nil
+	b.owned = false
+	if _, serr := b.Ctx.Stop(); serr != nil && err == nil {
+		err = serr
+	}
+	return err
 }

@@ -330,6 +330,8 @@ func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
 		return err
 	}
 	err = qcow2.Create(file, size, co)
-	file.Unref()
+	if cerr := file.Unref(); err == nil {
+		err = cerr
+	}
 	return err
 }

@@ -150,12 +150,15 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	return img, nil
 }
 
-// Close drops the caller's reference on the image's node.
-func (i *Image) Close() {
-	if i.Node != nil {
-		i.Node.Unref()
-		i.Node = nil
+// Close drops the caller's reference on the image's node and returns the
+// errors of the node closes that caused (a failed metadata write-back).
+func (i *Image) Close() error {
+	if i.Node == nil {
+		return nil
 	}
+	err := i.Node.Unref()
+	i.Node = nil
+	return err
 }
 
 func fileOptions(o Options, top bool) raw.Options {

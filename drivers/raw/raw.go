@@ -241,16 +241,21 @@ func (d *Driver) Open(n *block.Node) error {
 	return nil
 }
 
-// Close closes the file (and so drops the locks). The block layer calls
-// it inside a drained section: nothing is in flight.
-func (d *Driver) Close(*block.Node) {
+// Close closes the file (and so drops the locks) and returns the close's
+// error (on NFS and FUSE, close can report a failed write-back). The block
+// layer calls it inside a drained section: nothing is in flight.
+func (d *Driver) Close(n *block.Node) error {
 	if d.closed {
-		return
+		return nil
 	}
 	d.closed = true
-	if d.file.Close() == nil {
-		d.file.Wait()
+	if err := d.file.Close(); err != nil {
+		return err
 	}
+	if err := d.file.Wait(); err != nil {
+		return &os.PathError{Op: "close", Path: d.path, Err: err}
+	}
+	return nil
 }
 
 // Length reports the image size: the file size, or the device size.
