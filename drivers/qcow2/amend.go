@@ -190,6 +190,12 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 	if d.lazy.needRepair {
 		return errNeedsRepair
 	}
+	d.mu.Lock()
+	derr := d.damagedLocked()
+	d.mu.Unlock()
+	if derr != nil {
+		return derr
+	}
 
 	// Checks done; apply. The size first (it rewrites only the size
 	// field), then the data changes a downgrade needs, then one header.

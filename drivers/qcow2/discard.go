@@ -69,6 +69,9 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
+	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
+		return err
+	}
 	if err := d.zeroRangeLocked(co, r, r.Off, r.Len, m); err != nil {
 		return err
 	}

@@ -116,6 +116,9 @@ type Driver struct {
 	cowPending   bool           // data or COW written since the last fsync (R4)
 	freeIdx      int64          // first cluster index that may be free
 	corruptErr   error          // set once an overlap check fired: every request fails
+	// damage describes the L1 and refcount table entries found damaged at
+	// open (nil: none); see damage.go.
+	damage *Image
 	headerReady  bool           // R10 done: autoclear bits cleared before the first write
 	lazy         lazyState      // lazy refcounts and the dirty bit (lazy.go)
 
@@ -237,6 +240,7 @@ func (d *Driver) Open(n *block.Node) error {
 	}
 	d.hdr, d.geo, d.l1, d.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
 	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.setDamage(im)
 	d.initLazy()
 	// The L1 table may be longer than the disk needs; never map past it.
 	if err := d.initL2(); err != nil {

@@ -91,6 +91,7 @@ type repairer struct {
 	checkSnapshots bool
 	snapIncomplete int64
 	scanned        bool
+	signalled      bool // the unaligned-refcount-block event was logged
 }
 
 func newRepairer(f repairFile, mode block.CheckMode, log func(string)) *repairer {
@@ -153,23 +154,15 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	}
 	r.scanned = true
 	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
-	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
+	c := &checker{im: im, res: res, refs: make([]uint32, nb), fixErrors: r.fixErrors}
 	c.countReferences()
-	damaged = res.Corruptions
+	damaged = c.l2Damaged
+	rebuild = c.rebuild
 	rmax := RefcountMax(g.RefcountOrder)
 	for i, n := range c.refs {
 		if uint64(n) > rmax {
 			res.corrupt("overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
 			damaged++
-		}
-	}
-	for i, e := range im.RefcountTable {
-		if e == 0 {
-			continue
-		}
-		if n := c.refs[int64(e)/cs]; n != 1 {
-			res.corrupt("refcount block " + strconv.Itoa(i) + " refcount=" + decUint(uint64(n)))
-			rebuild = true
 		}
 	}
 	for _, m := range res.Messages {
@@ -254,7 +247,16 @@ func (r *repairer) compare(refs []uint32, fixLeaks, fixErrors bool) (highest int
 	for i := int64(0); i < int64(len(refs)); i++ {
 		stored, err := r.refcount(i)
 		if err != nil {
-			r.logf("Can't get refcount for cluster ", decInt(i), ": ", err.Error())
+			msg := err.Error()
+			var ue *RefblockUnalignedError
+			if errors.As(err, &ue) {
+				if !r.signalled {
+					r.signalled = true
+					r.log(qemuCorruptEvent(ue))
+				}
+				msg = "Input/output error"
+			}
+			r.logf("Can't get refcount for cluster ", decInt(i), ": ", msg)
 			r.res.CheckErrors++
 			continue
 		}
@@ -307,7 +309,7 @@ func (r *repairer) run() error {
 	}
 	if damaged > 0 {
 		r.res.CheckErrors++
-		return corrupt("image", uint64(damaged), "damaged metadata entries found (see the messages); repair fixes only refcounts and COPIED flags")
+		return corrupt("image", uint64(damaged), "damaged L2 entries or refcount overflows found (see the messages); their clusters cannot be counted, so nothing is repaired")
 	}
 	cs := r.im.Geometry.ClusterSize()
 	pre := r.res
@@ -399,21 +401,23 @@ func (r *repairer) fixCopied() error {
 	wrote := false
 	var table []byte
 	for i, e := range im.L1 {
-		l2Off, copied, err := g.DecodeL1Entry(e)
-		if err != nil || l2Off == 0 {
+		// As QEMU: the offset bits of the entry, whatever else is wrong
+		// with it (reserved bits, an unaligned or past-EOF table).
+		l2Off := int64(e & offsetMask)
+		if l2Off == 0 {
 			continue
 		}
 		rc, err := r.refcount(l2Off / cs)
 		if err != nil {
 			continue
 		}
-		if copied != (rc == 1) {
+		if (e&EntryCopied != 0) != (rc == 1) {
 			r.res.Corruptions++
 			r.logf(word, " OFLAG_COPIED L2 cluster: l1_index=", strconv.Itoa(i), " l1_entry=", strconv.FormatUint(e, 16), " refcount=", decUint(rc))
 			if repair {
-				ne, err := g.EncodeL1Entry(l2Off, rc == 1)
-				if err != nil {
-					return err
+				ne := e &^ EntryCopied
+				if rc == 1 {
+					ne |= EntryCopied
 				}
 				var b [8]byte
 				putU64(b[:], ne)
@@ -424,6 +428,9 @@ func (r *repairer) fixCopied() error {
 				r.res.Corruptions--
 				r.res.CorruptionsFixed++
 			}
+		}
+		if l2Off&(cs-1) != 0 || l2Off >= im.FileSize {
+			continue // not a table we read or write (checker.walkL1)
 		}
 		if table == nil {
 			table = make([]byte, cs)
@@ -737,6 +744,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 	d.geo = im.Geometry
 	d.geo.FileSize = fs
 	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.setDamage(im)
 	d.rb = make(map[int64]*refBlock)
 	d.resetMetaClusters()
 	for _, off := range l2Fixed {

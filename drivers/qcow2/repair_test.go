@@ -428,7 +428,7 @@ func TestRepairRefusesDamagedEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	rr := driverRepair(t, img, block.CheckFixLeaks|block.CheckFixErrors)
-	if rr.err == nil || !errors.Is(rr.err, ErrCorrupt) || !strings.Contains(rr.err.Error(), "damaged metadata entries") {
+	if rr.err == nil || !errors.Is(rr.err, ErrCorrupt) || !strings.Contains(rr.err.Error(), "damaged L2 entries") {
 		t.Errorf("repair of a damaged image: %v", rr.err)
 	}
 	after, _ := os.ReadFile(img)

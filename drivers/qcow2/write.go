@@ -44,6 +44,9 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 		if l1i >= int64(len(d.l1)) {
 			return false
 		}
+		if d.damage != nil && d.damage.DamagedL1.Has(l1i) {
+			return false
+		}
 		l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
 		if err != nil || l2Off == 0 || !copied {
 			return false
@@ -119,6 +122,9 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
 	if err := d.prepareWrite(co, r); err != nil {
+		return err
+	}
+	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
 		return err
 	}
 	cs := d.geo.ClusterSize()
