@@ -109,7 +109,7 @@ func (im *Image) Check() (*CheckResult, error) {
 	c.countReferences()
 
 	// Compare, and find the end of the used part of the file.
-	var highest int64 // QEMU starts at cluster 0 too (an image whose refcounts cannot be read ends at one cluster)
+	var highest int64       // QEMU starts at cluster 0 too (an image whose refcounts cannot be read ends at one cluster)
 	nb = int64(len(c.refs)) // a reference within a cluster past EOF may have added one
 	for i := int64(0); i < nb; i++ {
 		c.tick(1)

@@ -118,9 +118,9 @@ type Driver struct {
 	corruptErr   error          // set once an overlap check fired: every request fails
 	// damage describes the L1 and refcount table entries found damaged at
 	// open (nil: none); see damage.go.
-	damage *Image
-	headerReady  bool           // R10 done: autoclear bits cleared before the first write
-	lazy         lazyState      // lazy refcounts and the dirty bit (lazy.go)
+	damage      *Image
+	headerReady bool      // R10 done: autoclear bits cleared before the first write
+	lazy        lazyState // lazy refcounts and the dirty bit (lazy.go)
 
 	metaLock coMutex
 	// inflight maps guest cluster indexes to the allocating write that is
