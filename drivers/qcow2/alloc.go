@@ -42,7 +42,7 @@ func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int6
 	if derr != nil {
 		// Allocating or freeing here would trust (or write) a refcount
 		// block that is not one.
-		return nil, ti, bi, d.markDamaged(co, derr)
+		return nil, ti, bi, d.markDamaged(co, derr, false)
 	}
 	if off == 0 || rb != nil {
 		return rb, ti, bi, nil
@@ -211,7 +211,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 	l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
 	d.mu.Unlock()
 	if derr != nil {
-		return nil, 0, d.markDamaged(co, derr)
+		return nil, 0, d.markDamaged(co, derr, true)
 	}
 	if err != nil {
 		return nil, 0, withField(err, indexed("l1_table", uint64(l1i)))

@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -83,15 +84,29 @@ func (d *Driver) refuseDamagedWrite(co *aio.Co, off, n int64) error {
 	err := d.damageInRangeLocked(off, n)
 	d.mu.Unlock()
 	if err != nil {
-		return d.markDamaged(co, err)
+		return d.markDamaged(co, err, true)
 	}
 	return nil
 }
 
 // markDamaged is markCorrupt for a write that would use damaged metadata:
 // the image gets the corrupt bit (once, version 3) and every request
-// fails from now on, with an error naming the damage.
-func (d *Driver) markDamaged(co *aio.Co, cause error) error {
+// fails from now on, with an error naming the damage. Unlike an overlap
+// hit, nothing wrong was written: with flush set, the metadata of the
+// writes that did succeed is written back first, so they are not lost
+// (the refcount path cannot: it may run inside a flush).
+// REQUIRES: metaLock held.
+func (d *Driver) markDamaged(co *aio.Co, cause error, flush bool) error {
+	if flush {
+		d.mu.Lock()
+		marked := d.corruptErr != nil
+		d.mu.Unlock()
+		if !marked {
+			if ferr := d.flushMetadata(co, nil); ferr != nil {
+				cause = errors.Join(cause, ferr)
+			}
+		}
+	}
 	err := fmt.Errorf("qcow2: marking image as corrupt: a write would use damaged metadata (%w); repair it with check -r all", cause)
 	d.mu.Lock()
 	first := d.corruptErr == nil
