@@ -78,6 +78,10 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
+		if _, bogus := d.damageTargets[idx*cs]; bogus {
+			d.freeIdx = idx + 1 // pointed at by a damaged entry: never handed out
+			continue
+		}
 		if rb == nil {
 			// No refcount block: every cluster it would cover is free.
 			// Put the new block in the first of them, idx itself, so its

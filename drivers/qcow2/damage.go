@@ -32,9 +32,30 @@ import (
 // setDamage records im's damaged entries. REQUIRES: mu held, or the
 // driver not yet shared (Open).
 func (d *Driver) setDamage(im *Image) {
+	d.damageTargets = nil
 	if im.DamagedL1.Len() == 0 && im.DamagedRT.Len() == 0 {
 		d.damage = nil
 		return
+	}
+	// The clusters the damaged entries point into are never allocated:
+	// once the file grew over one, a later open would take the entry as
+	// valid and read whatever was put there as a table.
+	d.damageTargets = make(map[int64]struct{})
+	cs := im.Geometry.ClusterSize()
+	target := func(off uint64) {
+		if o := int64(off) &^ (cs - 1); o > 0 {
+			d.damageTargets[o] = struct{}{}
+		}
+	}
+	for i, e := range im.L1 {
+		if im.DamagedL1.Has(int64(i)) {
+			target(e & offsetMask)
+		}
+	}
+	for i, e := range im.RefcountTable {
+		if im.DamagedRT.Has(int64(i)) {
+			target(e &^ reftableReserved)
+		}
 	}
 	// A copy, for messages: the driver's tables change, the damaged
 	// entries in the copy do not.

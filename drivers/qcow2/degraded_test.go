@@ -194,3 +194,45 @@ func TestQcow2DegradedReadWrite(t *testing.T) {
 		})
 	}
 }
+
+// TestQcow2DegradedNeverAllocatesBogusTarget: the cluster a damaged L1
+// entry points at past the end of the file is never handed out when
+// allocations grow the file over it (else a later open would take the
+// entry as valid and read guest data as an L2 table).
+func TestQcow2DegradedNeverAllocatesBogusTarget(t *testing.T) {
+	needQemu(t)
+	const target = 0x100000
+	img := degradedImage(t, func(p string) { patchU64(t, p, 0x30010, EntryCopied|target) })
+	e := newTestEnv(t)
+	n := e.mustOpen(img, false)
+	data := bytes.Repeat([]byte{7}, 1<<20)
+	if _, err := n.WriteAt(data, 400<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Unref(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) <= target {
+		t.Fatalf("the file did not grow over the target (%#x bytes)", len(b))
+	}
+	im, err := ReadImage(bytes.NewReader(b), int64(len(b)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc, err := im.Refcount(target); err != nil || rc != 0 {
+		t.Errorf("refcount of the bogus target: %d %v", rc, err)
+	}
+	ext, err := im.Map(nil, 400<<20, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range ext {
+		if x.Kind == ExtentData && x.HostOff <= target && target < x.HostOff+x.Len {
+			t.Errorf("guest %#x was put in the cluster the damaged entry points at", x.GuestOff)
+		}
+	}
+}
