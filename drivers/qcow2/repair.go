@@ -42,9 +42,13 @@ import (
 // nothing references. A crash part-way leaves leaks or the old structure,
 // never a referenced cluster with refcount 0 that was not already one.
 //
-// Not repaired (the repair refuses and changes nothing): damaged L1/L2
-// entries, references past the end of the file, refcount overflows, and
-// images with persistent bitmaps. Freed clusters are not discarded in the
+// Damaged L1 and refcount table entries are counted as QEMU counts them
+// (checker.walkL1, checkRefblocks): what qemu-img repairs around them is
+// repaired, the damage itself stays (a damaged refcount table entry goes
+// away with the rebuild it forces). Not repaired (the repair refuses and
+// changes nothing): L2 entries the decoder rejects, refcount overflows,
+// and images with persistent bitmaps. The file is never grown to reach a
+// bogus offset. Freed clusters are not discarded in the
 // file (QEMU punches them; the difference is only allocated file space).
 
 // RepairResult is what a repair found and fixed. The embedded CheckResult
