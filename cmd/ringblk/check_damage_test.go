@@ -68,6 +68,14 @@ func putU64At(off int64, v uint64) func(*testing.T, string) {
 	}
 }
 
+func truncateAt(size int64) func(*testing.T, string) {
+	return func(t *testing.T, p string) {
+		if err := os.Truncate(p, size); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 var damageCases = []struct {
 	name   string
 	damage func(*testing.T, string)
@@ -81,7 +89,15 @@ var damageCases = []struct {
 			t.Fatal(err)
 		}
 	}},
+	// Truncated elsewhere: data clusters (and an L2 table) past EOF.
+	{name: "truncated-data", damage: truncateAt(0x60000)},
+	{name: "truncated-l2-data", damage: truncateAt(0x80000)},
+	{name: "truncated-all-data", damage: truncateAt(0x50000)},
 	{name: "l1-past-eof", damage: putU64At(0x30010, 1<<63|0x100000)},
+	{name: "l2-reserved-bit", damage: putU64At(0x40008, 1<<63|0x60002)},
+	{name: "l2-unaligned", damage: putU64At(0x40008, 1<<63|0x60200)},
+	{name: "l2-past-eof", damage: putU64At(0x40008, 1<<63|0x1000000)},
+	{name: "l2-shared-data", damage: putU64At(0x40010, 1<<63|0x60000)},
 	{name: "l1-reserved-bit", damage: putU64At(0x30010, 1<<63|0x70001)},
 	{name: "reftable-unaligned-unused", damage: putU64At(0x10008, 0x20200)},
 	// QEMU's -r all grows the file to 16 MiB to put a zeroed refcount

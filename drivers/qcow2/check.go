@@ -63,6 +63,9 @@ type checker struct {
 	// l2Damaged counts L2 entries that could not be decoded: their
 	// clusters got no reference, so a repair must not free anything.
 	l2Damaged int64
+	// pastEOF counts references a cluster or more past the end of the
+	// file (not counted in refs).
+	pastEOF int64
 	signalled bool // the unaligned-refcount-block event was reported
 
 	done, total, step, next int64 // progress (Image.Progress)
@@ -256,6 +259,7 @@ func (c *checker) ref(off, n int64, what string) {
 		return
 	}
 	if off+n-c.im.FileSize >= cs {
+		c.pastEOF++
 		c.res.Corruptions++
 		c.res.note("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x" +
 			strconv.FormatInt(off, 16) + " size 0x" + strconv.FormatInt(n, 16))
@@ -318,6 +322,10 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 		e, bm, _ := g.L2EntryAt(table, j)
 		le, err := g.DecodeL2Entry(e, bm)
 		if err != nil {
+			if !g.ExtendedL2 && e&EntryCompressed == 0 && (g.ZeroFlag || e&EntryZero == 0) {
+				c.damagedStandard(e, active)
+				continue
+			}
 			c.res.corrupt("l2_table@" + hexString(uint64(l2Off)) + indexed("", uint64(j)) + ": " + err.Error())
 			c.l2Damaged++
 			continue
@@ -347,6 +355,53 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 	}
 }
 
+// damagedStandard counts a standard L2 entry the decoder rejected
+// (reserved bits, an unaligned offset, a cluster past the end of the
+// file, as in a truncated copy) the way QEMU's check_refcounts_l2 does: the
+// cluster its offset bits name is referenced (ref reports one past EOF),
+// so a repair around it never frees what it points at. Unlike QEMU, an
+// unaligned preallocated zero cluster is reported but not rewritten.
+func (c *checker) damagedStandard(e uint64, active bool) {
+	cs := c.im.Geometry.ClusterSize()
+	if e&l2Reserved != 0 {
+		c.res.corrupt("found l2 entry with reserved bits set: " + strconv.FormatUint(e, 16))
+	}
+	off := int64(e & offsetMask)
+	if off == 0 {
+		return
+	}
+	if off&(cs-1) != 0 {
+		if e&EntryZero != 0 {
+			c.res.corrupt("offset=" + strconv.FormatInt(off, 16) + ": Preallocated cluster is not properly aligned; L2 entry corrupted.")
+		} else {
+			c.res.corrupt("offset=" + strconv.FormatInt(off, 16) + ": Data cluster is not properly aligned; L2 entry corrupted.")
+		}
+	}
+	if active {
+		c.res.AllocatedClusters++
+		if c.nextOf != 0 && off != c.nextOf {
+			c.res.FragmentedClusters++
+		}
+		c.nextOf = off + cs
+	}
+	c.ref(off, cs, "data cluster")
+}
+
+// copiedChecked reports whether QEMU's check_oflag_copied looks at L2
+// entry e (a normal or preallocated zero cluster, damaged or not) and the
+// host offset whose refcount it compares COPIED with.
+func (g *Geometry) copiedChecked(e, bm uint64) (int64, bool) {
+	if !g.ExtendedL2 {
+		off := int64(e & offsetMask)
+		return off, e&EntryCompressed == 0 && off != 0
+	}
+	le, err := g.DecodeL2Entry(e, bm)
+	if err != nil || (le.Type != Normal && le.Type != ZeroAlloc) {
+		return 0, false
+	}
+	return le.HostOff, true
+}
+
 // checkCopied compares COPIED in the active L1 and L2 tables with the
 // stored refcounts, as qemu-img check does (refcounts that cannot be read
 // are skipped silently, as in QEMU).
@@ -374,15 +429,15 @@ func (c *checker) checkCopied() {
 		}
 		for j := int64(0); j < g.L2Entries(); j++ {
 			e, bm, _ := g.L2EntryAt(table, j)
-			le, err := g.DecodeL2Entry(e, bm)
-			if err != nil || (le.Type != Normal && le.Type != ZeroAlloc) {
+			host, ok := g.copiedChecked(e, bm)
+			if !ok {
 				continue
 			}
-			rc, err := im.refcount(le.HostOff, &c.rc)
+			rc, err := im.refcount(host, &c.rc)
 			if err != nil {
 				continue
 			}
-			if le.Copied != (rc == 1) {
+			if (e&EntryCopied != 0) != (rc == 1) {
 				c.res.corrupt("OFLAG_COPIED data cluster: l2_entry=" + strconv.FormatUint(e, 16) + " refcount=" + strconv.FormatUint(rc, 10))
 			}
 		}

@@ -96,6 +96,7 @@ type repairer struct {
 	snapIncomplete int64
 	scanned        bool
 	signalled      bool // the unaligned-refcount-block event was logged
+	pastEOF        int64
 }
 
 func newRepairer(f repairFile, mode block.CheckMode, log func(string)) *repairer {
@@ -162,6 +163,7 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	c.countReferences()
 	damaged = c.l2Damaged
 	rebuild = c.rebuild
+	r.pastEOF = c.pastEOF
 	rmax := RefcountMax(g.RefcountOrder)
 	for i, n := range c.refs {
 		if uint64(n) > rmax {
@@ -320,6 +322,13 @@ func (r *repairer) run() error {
 	highest, rb := r.compare(refs, false, false)
 	rebuild = rebuild || rb
 
+	if rebuild && r.fixErrors && r.pastEOF > 0 {
+		// A rebuilt structure goes into clusters nothing references,
+		// which may be past the end of the file, where these damaged
+		// references point: the entries would then name live metadata.
+		r.res.CheckErrors++
+		return corrupt("image", uint64(r.pastEOF), "references past the end of the file (see the messages): not rebuilding the refcount structure where they point")
+	}
 	switch {
 	case rebuild && r.fixErrors:
 		old := r.res
@@ -447,15 +456,15 @@ func (r *repairer) fixCopied() error {
 		esz := g.L2EntrySize()
 		for j := int64(0); j < g.L2Entries(); j++ {
 			e, bm, _ := g.L2EntryAt(table, j)
-			le, err := g.DecodeL2Entry(e, bm)
-			if err != nil || (le.Type != Normal && le.Type != ZeroAlloc) {
+			host, ok := g.copiedChecked(e, bm)
+			if !ok {
 				continue
 			}
-			rc, err := r.refcount(le.HostOff / cs)
+			rc, err := r.refcount(host / cs)
 			if err != nil {
 				continue
 			}
-			if le.Copied == (rc == 1) {
+			if (e&EntryCopied != 0) == (rc == 1) {
 				continue
 			}
 			r.res.Corruptions++

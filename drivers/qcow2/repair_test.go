@@ -414,15 +414,16 @@ func TestRepairRebuildGeometries(t *testing.T) {
 	}
 }
 
-// TestRepairRefusesDamagedEntries: an image with a damaged L2 entry (an
-// unaligned data offset) is not repaired: the repair fails naming the
+// TestRepairRefusesDamagedEntries: an image with an L2 entry the checker
+// cannot count (a compressed descriptor past the end of the file) is not
+// repaired: the repair fails naming the
 // problem and the file is unchanged. A read-only node cannot repair.
 func TestRepairRefusesDamagedEntries(t *testing.T) {
 	needQemu(t)
 	dir := t.TempDir()
 	img := makeRepairBase(t, dir, false)
 	setRefcount16(5, 2)(t, img)                      // a leak it would fix
-	setU64(0x40000+16*8, 0x8000000000060200)(t, img) // unaligned
+	setU64(0x40000+16*8, EntryCompressed|0x100000000)(t, img) // compressed, past EOF
 	before, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)
