@@ -65,7 +65,7 @@ type checker struct {
 	l2Damaged int64
 	// pastEOF counts references a cluster or more past the end of the
 	// file (not counted in refs).
-	pastEOF int64
+	pastEOF   int64
 	signalled bool // the unaligned-refcount-block event was reported
 
 	done, total, step, next int64 // progress (Image.Progress)

@@ -422,7 +422,7 @@ func TestRepairRefusesDamagedEntries(t *testing.T) {
 	needQemu(t)
 	dir := t.TempDir()
 	img := makeRepairBase(t, dir, false)
-	setRefcount16(5, 2)(t, img)                      // a leak it would fix
+	setRefcount16(5, 2)(t, img)                               // a leak it would fix
 	setU64(0x40000+16*8, EntryCompressed|0x100000000)(t, img) // compressed, past EOF
 	before, err := os.ReadFile(img)
 	if err != nil {
