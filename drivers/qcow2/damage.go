@@ -21,6 +21,8 @@ import (
 //     damaged refcount table entry, marks the image corrupt (the header's
 //     corrupt bit, on version 3) and fails; from then on every request
 //     fails, as after an overlap-check hit;
+//   - a write that meets a damaged L2 entry (damagedWriteErr) marks the
+//     image corrupt too (L2 tables are not read at open);
 //   - snapshot operations and amend refuse to run on a damaged image;
 //   - the damaged entries are never followed: nothing reads or writes at
 //     their offsets and the file never grows to reach them.
@@ -108,6 +110,24 @@ func (d *Driver) refuseDamagedWrite(co *aio.Co, off, n int64) error {
 		return d.markDamaged(co, err, true)
 	}
 	return nil
+}
+
+// damagedWriteErr turns a corrupt-metadata error met by a write (an L2
+// entry with reserved bits, an unaligned offset, a cluster past the end of
+// the file...) into the corrupt mark, as QEMU does for invalid entries
+// found at run time on a read-write image. Other errors, and images already
+// marked, pass through. REQUIRES: metaLock held, no L2 table pinned.
+func (d *Driver) damagedWriteErr(co *aio.Co, err error) error {
+	if !errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	d.mu.Lock()
+	marked := d.corruptErr != nil
+	d.mu.Unlock()
+	if marked {
+		return err
+	}
+	return d.markDamaged(co, err, true)
 }
 
 // markDamaged is markCorrupt for a write that would use damaged metadata:

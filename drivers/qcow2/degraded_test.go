@@ -236,3 +236,43 @@ func TestQcow2DegradedNeverAllocatesBogusTarget(t *testing.T) {
 		}
 	}
 }
+
+// TestQcow2DegradedL2EntryWrite: in a copy truncated inside the data
+// (guest 64k's cluster, 0x60000, is gone), reading that guest cluster
+// fails, and writing it — which would write in place past the end of the
+// file — fails and marks the image corrupt instead, as QEMU does for
+// invalid entries met at run time; the file does not grow.
+func TestQcow2DegradedL2EntryWrite(t *testing.T) {
+	needQemu(t)
+	img := degradedImage(t, func(p string) {
+		if err := os.Truncate(p, 0x60000); err != nil {
+			t.Fatal(err)
+		}
+	})
+	e := newTestEnv(t)
+	n := e.mustOpen(img, false)
+	buf := make([]byte, 4096)
+	if _, err := n.ReadAt(buf, 0); err != nil || buf[0] != 0x5a {
+		t.Fatalf("read before the damage: %v", err)
+	}
+	if _, err := n.ReadAt(buf, 65536); !block.IsKind(err, block.Corrupt) {
+		t.Errorf("read of the truncated cluster: %v", err)
+	}
+	_, err := n.WriteAt(bytes.Repeat([]byte{4}, 4096), 65536+4096)
+	if !block.IsKind(err, block.Corrupt) || !strings.Contains(err.Error(), "past end of file") {
+		t.Errorf("write into the truncated cluster: %v", err)
+	}
+	if err := n.Unref(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 0x60000 {
+		t.Errorf("file size %#x after the refused write", len(b))
+	}
+	if binary.BigEndian.Uint64(b[72:])&IncompatCorrupt == 0 {
+		t.Error("corrupt bit not set")
+	}
+}

@@ -73,7 +73,7 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 		return err
 	}
 	if err := d.zeroRangeLocked(co, r, r.Off, r.Len, m); err != nil {
-		return err
+		return d.damagedWriteErr(co, err)
 	}
 	if d.needFlush() {
 		return d.flushMetadata(co, r)

@@ -135,7 +135,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
 			n, err := d.writeFullRun(co, r, skip, off, end-off)
 			if err != nil {
-				return err
+				return d.damagedWriteErr(co, err)
 			}
 			if n > 0 {
 				off += n
@@ -146,7 +146,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 		k := min(end-off, cs-off&(cs-1))
 		win = iovSlice(win[:0], r.Iov, skip, k)
 		if err := d.writeCluster(co, r, win, off, k); err != nil {
-			return err
+			return d.damagedWriteErr(co, err)
 		}
 		off += k
 		skip += k
