@@ -1,0 +1,118 @@
+package block_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/block/blocktest"
+)
+
+// Adversarial drain scenarios (issue 13): graph changes, drains and waits
+// made from the callbacks of in-flight requests. A scenario that hung before
+// its fix runs under hangWatchdog, so the suite fails instead of hanging.
+
+// hangWatchdog waits until done is closed. After limit it crashes the test
+// binary with a message naming the scenario: the Context that hangs cannot
+// be stopped, so a test failure (whose cleanup stops the Contexts) would
+// hang too. The panic is raised on a fresh goroutine because the testing
+// package runs cleanups for a panicking test goroutine.
+func hangWatchdog(t *testing.T, done <-chan struct{}, limit time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(limit):
+		msg := fmt.Sprintf("%s: %s did not finish within %v (hang)", t.Name(), what, limit)
+		go panic(msg)
+		select {}
+	}
+}
+
+// doneFn adapts a func to block.Done.
+type doneFn func(r *block.Request, err error)
+
+func (f doneFn) RequestDone(r *block.Request, err error) { f(r, err) }
+
+// recovered runs fn and returns the panic message it raised, or "".
+func recovered(fn func()) (msg string) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg = fmt.Sprint(r)
+		}
+	}()
+	fn()
+	return ""
+}
+
+func wantPanic(t *testing.T, what, msg string, words ...string) {
+	t.Helper()
+	if msg == "" {
+		t.Fatalf("%s: no panic", what)
+	}
+	for _, w := range words {
+		if !strings.Contains(msg, w) {
+			t.Fatalf("%s: panic %q does not mention %q", what, msg, w)
+		}
+	}
+}
+
+// Item 1: a completion callback run by the pool's deferred-completion bottom
+// half waits for a request whose completion was deferred behind it in the
+// same batch: the nested wait must run that completion.
+func TestAttackNestedWaitInDeferredCompletion(t *testing.T) {
+	t.Run("main-drain", func(t *testing.T) {
+		e := blocktest.NewEnv(t, 0)
+		d := blocktest.NewDriver(64 << 10)
+		d.ReadDelay = -1 // CompleteLater
+		n := e.Open(d, block.Options{Name: "n"})
+		done := make(chan struct{})
+		var inFlightAfter int64 = -1
+		var bDone bool
+		e.OnMain(func() {
+			p := e.G.Pool(e.Main)
+			a, b := p.Get(), p.Get()
+			a.Op, b.Op = block.OpRead, block.OpRead
+			a.SetBuf(make([]byte, 512))
+			b.SetBuf(make([]byte, 512))
+			n.Submit(a, doneFn(func(*block.Request, error) {
+				n.DrainedBegin() // B is still counted on n
+				inFlightAfter = n.InFlight()
+				n.DrainedEnd()
+				close(done)
+			}))
+			n.Submit(b, doneFn(func(*block.Request, error) { bDone = true }))
+		})
+		hangWatchdog(t, done, 5*time.Second, "DrainedBegin inside a deferred completion")
+		e.OnMain(func() {
+			if inFlightAfter != 0 || !bDone {
+				t.Errorf("after the nested drain: in flight %d, B done %v; want 0, true", inFlightAfter, bDone)
+			}
+		})
+		n.Unref()
+	})
+	t.Run("iothread-waitwhile", func(t *testing.T) {
+		e := blocktest.NewEnv(t, 1)
+		io := e.IO[0]
+		d := blocktest.NewDriver(64 << 10)
+		d.ReadDelay = -1
+		n := e.Open(d, block.Options{Name: "n"})
+		done := make(chan struct{})
+		e.On(io, func() {
+			p := e.G.Pool(io)
+			a, b := p.Get(), p.Get()
+			a.Op, b.Op = block.OpRead, block.OpRead
+			a.SetBuf(make([]byte, 512))
+			b.SetBuf(make([]byte, 512))
+			bDone := false
+			n.Submit(a, doneFn(func(*block.Request, error) {
+				io.WaitWhile(func() bool { return !bDone })
+				close(done)
+			}))
+			n.Submit(b, doneFn(func(*block.Request, error) { bDone = true }))
+		})
+		hangWatchdog(t, done, 5*time.Second, "WaitWhile for a sibling inside a deferred completion")
+		n.Unref()
+	})
+}
