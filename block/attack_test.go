@@ -116,3 +116,32 @@ func TestAttackNestedWaitInDeferredCompletion(t *testing.T) {
 		n.Unref()
 	})
 }
+
+// Item 2: removing a filter with ReplaceNode(filter, leaf) when the
+// front end's edge is the filter's only reference. The filter is deleted
+// once the replacement is done, and the front end reads from the leaf.
+func TestAttackReplaceNodeLastReference(t *testing.T) {
+	e := blocktest.NewEnv(t, 0)
+	leaf := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "leaf"})
+	fd := &blocktest.Forward{Size: 64 << 10}
+	filter := e.Open(fd, block.Options{Name: "filter"})
+	e.Attach(filter, leaf, "file", block.RoleFiltered)
+	fe := e.FrontEnd("fe", filter, block.FrontEndOptions{})
+	filter.Unref() // the front end's edge is its only reference now
+	// Before the fix this panicked on the main Context ("drained end
+	// without begin on node filter"), which ends the test binary.
+	if err := e.G.ReplaceNode(filter, leaf); err != nil {
+		t.Fatalf("ReplaceNode: %v", err)
+	}
+	if fe.Root() != leaf || !filter.Closed() {
+		t.Fatalf("after ReplaceNode: root %v, filter closed %v; want leaf, true", fe.Root().Name(), filter.Closed())
+	}
+	if q := leaf.Quiesce(); q != 0 || fe.Quiesce() != 0 {
+		t.Fatalf("after ReplaceNode: leaf quiesce %d, front end quiesce %d; want 0, 0", q, fe.Quiesce())
+	}
+	if _, err := fe.ReadAt(make([]byte, 512), 0); err != nil {
+		t.Fatalf("read through the front end: %v", err)
+	}
+	leaf.Unref()
+	fe.Close()
+}

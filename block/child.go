@@ -199,14 +199,24 @@ func (g *Graph) detach(c *Child) {
 // ReplaceNode points every parent edge of old (node parents and front ends,
 // not jobs) at new instead. Both nodes are drained around the switch, so
 // requests in flight to old finish first and none reaches a drained node;
-// a parent drained through both is never undrained in between.
+// a parent drained through both is never undrained in between. If the
+// moved edges held the last references to old, old is deleted after the
+// drained sections end.
 func (g *Graph) ReplaceNode(old, new *Node) (err error) {
 	g.Control(func() {
+		// Our own references for the whole operation (as QEMU's
+		// bdrv_replace_node does): when the edges being moved are old's
+		// only users, the last one moving away would otherwise delete old
+		// inside its drained section.
+		old.Ref()
+		new.Ref()
 		old.drainedBegin()
 		new.drainedBegin()
 		err = g.replaceNoDrain(old, new)
 		new.drainedEnd()
 		old.drainedEnd()
+		new.unref()
+		old.unref()
 	})
 	return err
 }
