@@ -145,3 +145,76 @@ func TestAttackReplaceNodeLastReference(t *testing.T) {
 	leaf.Unref()
 	fe.Close()
 }
+
+// Item 3: a Context move whose drain runs a completion callback that edits
+// the component: the move must switch the component as it is after the
+// wait, not the one it computed before.
+func TestAttackMoveStaleComponent(t *testing.T) {
+	// setup: front end fe (main, may move) → n (test driver: reads finish
+	// after a 100µs timer) —backing→ b, whose only reference is the edge.
+	setup := func(t *testing.T) (*blocktest.Env, *block.FrontEnd, *block.Node, *block.Node, *block.Child) {
+		e := blocktest.NewEnv(t, 1)
+		n := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "n"})
+		b := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "b"})
+		c := e.Attach(n, b, "backing", block.RoleBacking)
+		b.Unref()
+		fe := e.FrontEnd("fe", n, block.FrontEndOptions{AllowContextChange: true})
+		n.Unref()
+		return e, fe, n, b, c
+	}
+	// moveWithCallback submits a read through fe and moves fe to the
+	// IOThread at once, so the move's drain runs cb (the read's callback).
+	moveWithCallback := func(t *testing.T, e *blocktest.Env, fe *block.FrontEnd, cb func()) error {
+		var err error
+		ran := false
+		e.OnMain(func() {
+			fe.Queue(e.Main).Read(make([]byte, 512), 0, doneFn(func(*block.Request, error) { ran = true; cb() }), 0)
+			err = fe.SetContext(e.IO[0])
+		})
+		if !ran {
+			t.Fatalf("the read's callback did not run inside the move's drain")
+		}
+		return err
+	}
+	t.Run("node-deleted", func(t *testing.T) {
+		e, fe, n, b, c := setup(t)
+		// Before the fix: the move quiesced b, the callback deleted b
+		// (which ends its quiesces), and the move's own end panicked with
+		// "drained end without begin on node b", on the main Context.
+		err := moveWithCallback(t, e, fe, func() { e.G.Detach(c) })
+		if err != nil {
+			t.Fatalf("SetContext: %v", err)
+		}
+		if !b.Closed() {
+			t.Fatalf("b is not deleted after the move released it")
+		}
+		if n.Context() != e.IO[0] || n.Quiesce() != 0 || fe.Quiesce() != 0 {
+			t.Fatalf("n on %s, quiesce n=%d fe=%d; want iothread0, 0, 0", n.Context().Name(), n.Quiesce(), fe.Quiesce())
+		}
+		if err := fe.SetContext(e.Main); err != nil {
+			t.Fatal(err)
+		}
+		fe.Close()
+	})
+	t.Run("node-attached", func(t *testing.T) {
+		e, fe, n, b, _ := setup(t)
+		var x *block.Node
+		err := moveWithCallback(t, e, fe, func() {
+			x = e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "x"})
+			e.Attach(n, x, "extra", block.RoleFile)
+			x.Unref()
+		})
+		if err != nil {
+			t.Fatalf("SetContext: %v", err)
+		}
+		for _, y := range []*block.Node{n, b, x} {
+			if y.Context() != e.IO[0] || y.Quiesce() != 0 {
+				t.Errorf("%s: on %s with quiesce %d; want iothread0, 0 (the component must not split)", y.Name(), y.Context().Name(), y.Quiesce())
+			}
+		}
+		if err := fe.SetContext(e.Main); err != nil {
+			t.Fatal(err)
+		}
+		fe.Close()
+	})
+}

@@ -1,6 +1,9 @@
 package block
 
 import (
+	"fmt"
+	"time"
+
 	"github.com/ringblk/ringblk/aio"
 )
 
@@ -59,8 +62,78 @@ func (fe *FrontEnd) SetContext(ctx *aio.Context) (err error) {
 	return err
 }
 
+// move switches start's component to ctx. The component is recomputed
+// after every poll, never reused across one (drain.md, "moves drain first,
+// then look"): draining and settling the old Contexts poll, and callbacks
+// and bottom halves run there may attach nodes to the component, detach
+// them, or delete them. So a round computes the component from the live
+// graph (asking every owner for its veto), quiesces the nodes not yet held
+// (taking a reference on each, so none is deleted under the move), and
+// waits and settles; the switch happens in the first round that finds no
+// new node and nothing in flight, with no poll between that computation
+// and the switch.
 func (g *Graph) move(start *Node, ctx *aio.Context, ignore *Child) error {
 	g.assertMain()
+	g.checkNotQuiescing("a Context move")
+	var held []*Node // quiesced by this move, each with a reference
+	release := func() {
+		for _, x := range held {
+			x.quiesceEnd()
+		}
+		for _, x := range held {
+			x.unref()
+		}
+	}
+	for round := 0; ; round++ {
+		m, err := g.component(start, ctx, ignore)
+		if err != nil {
+			release()
+			return err
+		}
+		if round == 0 && !m.moving() {
+			for _, fn := range m.commits {
+				fn()
+			}
+			return nil
+		}
+		g.checkSelfWait(m.nodes, "a Context move")
+		added := false
+		for _, x := range m.nodes {
+			if !containsNode(held, x) {
+				x.Ref()
+				x.quiesceBegin()
+				held = append(held, x)
+				added = true
+			}
+		}
+		if !added && !anyPending(held) {
+			// Computed after the last poll: this is the component.
+			m.switchTo()
+			release()
+			return nil
+		}
+		g.waitWhile(func() bool { return anyPending(held) })
+		// Nothing for these nodes may stay pending on an old Context: run
+		// each old Context until it makes no more progress, on its own
+		// owner (seed 004; a marker BH would not be a barrier).
+		var olds []*aio.Context
+		for _, x := range held {
+			if old := x.Context(); old != ctx && !containsCtx(olds, old) {
+				olds = append(olds, old)
+			}
+		}
+		for _, old := range olds {
+			if err := settle(g, old, start); err != nil {
+				release()
+				return err
+			}
+		}
+	}
+}
+
+// component computes the nodes that must move with start, asking each
+// owner on the way for its veto. It never polls.
+func (g *Graph) component(start *Node, ctx *aio.Context, ignore *Child) (*Move, error) {
 	m := &Move{g: g, target: ctx, ignore: ignore, seen: map[*Node]bool{}, edges: map[*Child]bool{}}
 	if ignore != nil {
 		m.edges[ignore] = true
@@ -74,7 +147,7 @@ func (g *Graph) move(start *Node, ctx *aio.Context, ignore *Child) error {
 			}
 			m.edges[c] = true
 			if err := c.class.MoveContext(c, m); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		for _, c := range x.children {
@@ -82,43 +155,23 @@ func (g *Graph) move(start *Node, ctx *aio.Context, ignore *Child) error {
 			m.AddNode(c.node.Load())
 		}
 	}
-	moving := false
-	for _, x := range m.nodes {
-		if x.Context() != ctx {
-			moving = true
-		}
-	}
-	if !moving {
-		for _, fn := range m.commits {
-			fn()
-		}
-		return nil
-	}
+	return m, nil
+}
 
-	// Drain the component under the old Contexts.
+func (m *Move) moving() bool {
 	for _, x := range m.nodes {
-		x.quiesceBegin()
-	}
-	g.waitWhile(func() bool {
-		for _, x := range m.nodes {
-			if x.pending() {
-				return true
-			}
-		}
-		return false
-	})
-	// Nothing for these nodes may stay pending on an old Context: run each
-	// old Context until it makes no more progress, on its own owner
-	// (seed 004; a marker BH would not be a barrier).
-	var olds []*aio.Context
-	for _, x := range m.nodes {
-		if old := x.Context(); old != ctx && !containsCtx(olds, old) {
-			olds = append(olds, old)
+		if x.Context() != m.target {
+			return true
 		}
 	}
-	for _, old := range olds {
-		runUntilIdle(g, old)
-	}
+	return false
+}
+
+// switchTo detaches the nodes from their old Contexts, switches them and
+// attaches them to the new one, then runs the owners' commits. The nodes
+// are quiesced and idle; nothing here polls.
+func (m *Move) switchTo() {
+	ctx := m.target
 	for _, x := range m.nodes {
 		if x.Context() != ctx && !x.closed {
 			x.drv.DetachContext(x)
@@ -135,10 +188,24 @@ func (g *Graph) move(start *Node, ctx *aio.Context, ignore *Child) error {
 	for _, fn := range m.commits {
 		fn()
 	}
-	for _, x := range m.nodes {
-		x.quiesceEnd()
+}
+
+func anyPending(nodes []*Node) bool {
+	for _, x := range nodes {
+		if x.pending() {
+			return true
+		}
 	}
-	return nil
+	return false
+}
+
+func containsNode(s []*Node, n *Node) bool {
+	for _, x := range s {
+		if x == n {
+			return true
+		}
+	}
+	return false
 }
 
 func containsCtx(s []*aio.Context, c *aio.Context) bool {
@@ -150,21 +217,35 @@ func containsCtx(s []*aio.Context, c *aio.Context) bool {
 	return false
 }
 
-// maxSettlePolls bounds runUntilIdle: a Context that other front ends keep
-// busy always makes progress. Every Poll runs all BHs scheduled before it,
-// so the bound only limits chains of BHs that schedule BHs.
-const maxSettlePolls = 64
+// settleLimit is the settle watchdog: how long an old Context may keep
+// making progress before the move gives up and reports it.
+var settleLimit = 10 * time.Second
 
-// runUntilIdle polls c from its own owner, non-blocking, until an iteration
-// makes no progress (at most maxSettlePolls times).
-func runUntilIdle(g *Graph, c *aio.Context) {
+// settle polls c from its own owner, non-blocking, until an iteration makes
+// no progress (seed 004: every BH scheduled for the moving nodes, and every
+// BH those schedule, has run there). Every Poll runs all BHs scheduled
+// before it, so only a chain of BHs that schedule BHs (or other work that
+// keeps c busy) needs more than one. A Context still making progress after
+// settleLimit is reported as an error naming it: the move is abandoned
+// rather than leaving work for the nodes behind on the old Context.
+func settle(g *Graph, c *aio.Context, n *Node) error {
+	busy := false
 	spin := func() {
-		for i := 0; i < maxSettlePolls && c.Poll(false); i++ {
+		deadline := time.Now().Add(settleLimit)
+		for i := 0; c.Poll(false); i++ {
+			if i&63 == 63 && time.Now().After(deadline) {
+				busy = true
+				return
+			}
 		}
 	}
 	if c == g.main {
 		spin()
-		return
+	} else {
+		c.Run(spin)
 	}
-	c.Run(spin)
+	if busy {
+		return newError(Io, OpMove, n, 0, fmt.Errorf("old Context %s still making progress after %v of settling (a chain of bottom halves that never ends?); move abandoned", c.Name(), settleLimit))
+	}
+	return nil
 }
