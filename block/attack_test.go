@@ -3,6 +3,7 @@ package block_test
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,5 +217,75 @@ func TestAttackMoveStaleComponent(t *testing.T) {
 			t.Fatal(err)
 		}
 		fe.Close()
+	})
+}
+
+// Item 7: a move settles the old Context until it makes no progress, so a
+// chain of bottom halves scheduled for the node before the switch runs
+// entirely on the old Context; a chain that never ends is reported by the
+// settle watchdog, and the move goes on.
+func TestAttackMoveSettleChain(t *testing.T) {
+	// The node starts on the IOThread; its drain-begin hook (which runs
+	// when the move quiesces it) starts a chain of BHs on the old Context.
+	setup := func(t *testing.T, steps int64) (*blocktest.Env, *block.Node, *atomic.Int64, *atomic.Int64, *atomic.Bool) {
+		e := blocktest.NewEnv(t, 1)
+		io := e.IO[0]
+		var ran, after atomic.Int64
+		var stop atomic.Bool
+		d := blocktest.NewDriver(64 << 10)
+		var n *block.Node
+		d.OnDrainBegin = func(*block.Node) {
+			var step func()
+			step = func() {
+				if n.Context() != io {
+					after.Add(1)
+				}
+				for t0 := time.Now(); time.Since(t0) < 5*time.Microsecond; {
+				}
+				if ran.Add(1) != steps && !stop.Load() {
+					io.Schedule(step)
+				}
+			}
+			io.Schedule(step)
+		}
+		n = e.Open(d, block.Options{Name: "n", Context: io})
+		t.Cleanup(func() { stop.Store(true) })
+		return e, n, &ran, &after, &stop
+	}
+	t.Run("200-steps", func(t *testing.T) {
+		e, n, ran, after, _ := setup(t, 200)
+		if err := n.SetContext(e.Main); err != nil {
+			t.Fatal(err)
+		}
+		e.WaitFor("the chain", func() bool { return ran.Load() == 200 })
+		if a := after.Load(); a != 0 {
+			t.Fatalf("%d of 200 chain steps ran on the old Context after the node had switched", a)
+		}
+		if k, _ := e.G.SettleOverruns(); k != 0 {
+			t.Fatalf("settle watchdog fired %d times for a chain that ends", k)
+		}
+		n.Unref()
+	})
+	t.Run("never-ends", func(t *testing.T) {
+		e, n, _, _, stop := setup(t, -1)
+		var reports []error
+		e.G.SetSettleWatchdog(50*time.Millisecond, func(err error) { reports = append(reports, err) })
+		t0 := time.Now()
+		if err := n.SetContext(e.Main); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(t0)
+		stop.Store(true)
+		k, last := e.G.SettleOverruns()
+		if k != 1 || len(reports) != 1 || last != reports[0] {
+			t.Fatalf("settle watchdog: %d overruns, %d reports; want 1, 1", k, len(reports))
+		}
+		if msg := last.Error(); !strings.Contains(msg, "settle watchdog") || !strings.Contains(msg, "iothread0") {
+			t.Fatalf("watchdog report %q does not name the watchdog and the old Context", msg)
+		}
+		if n.Context() != e.Main || took < 50*time.Millisecond {
+			t.Fatalf("after the watchdog: node on %s after %v; want main after at least 50ms", n.Context().Name(), took)
+		}
+		n.Unref()
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/internal/invariants"
@@ -24,6 +25,12 @@ type Graph struct {
 	subtreeOwners int // nodes with subtreeOwn > 0; 0 skips coverage work
 	frontEnds     []*FrontEnd
 	names         map[string]*Node
+
+	// Settle watchdog of Context moves (move.go).
+	settleLimit    time.Duration
+	settleReport   func(error)
+	settleOverruns int
+	settleLast     error
 
 	pendingAllFn func() bool // g.pendingAll, bound once
 	// drainAllBeginFn and drainAllEndFn are the method values, bound once

@@ -123,10 +123,7 @@ func (g *Graph) move(start *Node, ctx *aio.Context, ignore *Child) error {
 			}
 		}
 		for _, old := range olds {
-			if err := settle(g, old, start); err != nil {
-				release()
-				return err
-			}
+			settle(g, old, start)
 		}
 	}
 }
@@ -217,23 +214,50 @@ func containsCtx(s []*aio.Context, c *aio.Context) bool {
 	return false
 }
 
-// settleLimit is the settle watchdog: how long an old Context may keep
-// making progress before the move gives up and reports it.
-var settleLimit = 10 * time.Second
+// DefaultSettleLimit is the settle watchdog's default bound (see
+// Graph.SetSettleWatchdog).
+const DefaultSettleLimit = 250 * time.Millisecond
+
+// SetSettleWatchdog configures how a Context move settles an old Context.
+// The move polls the old Context until an iteration makes no progress; if it
+// is still making progress after limit (a chain of bottom halves that never
+// ends, or other users keeping that Context busy without a gap), the
+// watchdog reports an error naming the Context to report (nil: only
+// counted, see SettleOverruns) and the move goes on: its nodes are drained
+// and idle, and the watchdog judged what still runs not to be theirs.
+// limit <= 0 restores DefaultSettleLimit. Any goroutine.
+func (g *Graph) SetSettleWatchdog(limit time.Duration, report func(error)) {
+	if limit <= 0 {
+		limit = DefaultSettleLimit
+	}
+	g.Control(func() { g.settleLimit, g.settleReport = limit, report })
+}
+
+// SettleOverruns returns how many times the settle watchdog fired, and the
+// last report.
+func (g *Graph) SettleOverruns() (n int, last error) {
+	g.Control(func() { n, last = g.settleOverruns, g.settleLast })
+	return n, last
+}
 
 // settle polls c from its own owner, non-blocking, until an iteration makes
 // no progress (seed 004: every BH scheduled for the moving nodes, and every
 // BH those schedule, has run there). Every Poll runs all BHs scheduled
 // before it, so only a chain of BHs that schedule BHs (or other work that
-// keeps c busy) needs more than one. A Context still making progress after
-// settleLimit is reported as an error naming it: the move is abandoned
-// rather than leaving work for the nodes behind on the old Context.
-func settle(g *Graph, c *aio.Context, n *Node) error {
+// keeps c busy) needs more than one. The watchdog (SetSettleWatchdog)
+// bounds it and reports when it fires.
+func settle(g *Graph, c *aio.Context, n *Node) {
+	limit := g.settleLimit
+	if limit <= 0 {
+		limit = DefaultSettleLimit
+	}
 	busy := false
+	polls := 0
 	spin := func() {
-		deadline := time.Now().Add(settleLimit)
-		for i := 0; c.Poll(false); i++ {
-			if i&63 == 63 && time.Now().After(deadline) {
+		deadline := time.Now().Add(limit)
+		for c.Poll(false) {
+			polls++
+			if polls&63 == 0 && time.Now().After(deadline) {
 				busy = true
 				return
 			}
@@ -245,7 +269,11 @@ func settle(g *Graph, c *aio.Context, n *Node) error {
 		c.Run(spin)
 	}
 	if busy {
-		return newError(Io, OpMove, n, 0, fmt.Errorf("old Context %s still making progress after %v of settling (a chain of bottom halves that never ends?); move abandoned", c.Name(), settleLimit))
+		err := newError(Io, OpMove, n, 0, fmt.Errorf("settle watchdog: old Context %s still making progress after %v (%d polls): a chain of bottom halves that never ends, or other work keeping it busy; the move went on", c.Name(), limit, polls))
+		g.settleOverruns++
+		g.settleLast = err
+		if g.settleReport != nil {
+			g.settleReport(err)
+		}
 	}
-	return nil
 }
