@@ -240,7 +240,7 @@ func TestAttackMoveSettleChain(t *testing.T) {
 				if n.Context() != io {
 					after.Add(1)
 				}
-				for t0 := time.Now(); time.Since(t0) < 5*time.Microsecond; {
+				for t0 := time.Now(); time.Since(t0) < 50*time.Microsecond; {
 				}
 				if ran.Add(1) != steps && !stop.Load() {
 					io.Schedule(step)
