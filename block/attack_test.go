@@ -289,3 +289,44 @@ func TestAttackMoveSettleChain(t *testing.T) {
 		n.Unref()
 	})
 }
+
+// Item 4: a drain called from a front end's completion callback on the main
+// Context would wait for the callback's own request. It is refused with a
+// panic naming the front end, before anything is quiesced.
+func TestAttackDrainInFrontEndCallback(t *testing.T) {
+	for _, kind := range []string{"node", "subtree", "all", "frontend", "move"} {
+		t.Run(kind, func(t *testing.T) {
+			e := blocktest.NewEnv(t, 1)
+			x := newG1(t, e)
+			done := make(chan struct{})
+			var msg string
+			e.OnMain(func() {
+				x.fe.Queue(e.Main).Read(make([]byte, 512), 0, doneFn(func(*block.Request, error) {
+					defer close(done)
+					msg = recovered(func() {
+						switch kind {
+						case "node":
+							x.b.DrainedBegin() // b is below the front end
+						case "subtree":
+							x.n.SubtreeDrainedBegin()
+						case "all":
+							e.G.DrainAllBegin()
+						case "frontend":
+							x.fe.Drain()
+						case "move":
+							_ = x.n.SetContext(e.IO[0])
+						}
+					})
+				}), 0)
+			})
+			hangWatchdog(t, done, 5*time.Second, "a "+kind+" drain in a front-end completion callback")
+			wantPanic(t, kind+" drain in a completion callback", msg, `front end "fe"`, "callback")
+			if x.n.Quiesce() != 0 || x.b.Quiesce() != 0 || x.fe.Quiesce() != 0 {
+				t.Fatalf("after the refused drain: quiesce n=%d b=%d fe=%d; want 0", x.n.Quiesce(), x.b.Quiesce(), x.fe.Quiesce())
+			}
+			// A drain after the callback returned works.
+			x.n.Drain()
+			x.fe.Drain()
+		})
+	}
+}

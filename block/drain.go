@@ -94,6 +94,10 @@ func (n *Node) Drain() {
 
 func (n *Node) drainedBegin() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a drain")
+	if n.g.feCallbacks > 0 {
+		n.g.checkSelfWait([]*Node{n}, "a drain of node "+n.name)
+	}
 	n.quiesceBegin()
 	n.g.waitWhile(n.pendingFn)
 	if invariants.Enabled {
@@ -118,6 +122,14 @@ func (g *Graph) DrainAllEnd() { g.Control(g.drainAllEndFn) }
 
 func (g *Graph) drainAllBegin() {
 	g.assertMain()
+	g.checkNotQuiescing("a drain-all")
+	if g.feCallbacks > 0 {
+		for _, fe := range g.frontEnds {
+			if fe.root.Load() != nil {
+				fe.checkSelfWait("a drain-all")
+			}
+		}
+	}
 	g.drainAllCount++
 	for n := g.first; n != nil; n = n.allNext {
 		n.quiesceBegin()
@@ -211,6 +223,49 @@ func (g *Graph) handOver(co *aio.Co, n *Node, fn func()) {
 	})
 }
 
-// checkNotQuiescing and checkSelfWait are filled in below (items 5 and 4).
-func (g *Graph) checkNotQuiescing(what string)        {}
-func (g *Graph) checkSelfWait(nodes []*Node, what string) {}
+// checkNotQuiescing is filled in below (item 5).
+func (g *Graph) checkNotQuiescing(what string) {}
+
+// A drain called from a front end's completion callback on the main
+// Context would wait for that callback's own request: the front end counts
+// a request until its callback has returned, and the callback cannot
+// return while the drain waits on the same thread. That is bug class 1 of
+// the spec (a wait for oneself); it is refused with a panic, before
+// anything was quiesced, as the IOThread variant is (Control from an
+// IOThread panics). Queue.finish counts the callbacks running on main in
+// FrontEnd.mainCallbacks and Graph.feCallbacks; both belong to the main
+// Context, and the checks cost nothing while no such callback runs.
+
+// checkSelfWait panics if a drain of nodes (and their ancestors) would wait
+// for a front end whose completion callback is running below the caller.
+func (g *Graph) checkSelfWait(nodes []*Node, what string) {
+	if g.feCallbacks == 0 {
+		return
+	}
+	seen := map[*Node]bool{}
+	stack := append([]*Node(nil), nodes...)
+	for len(stack) > 0 {
+		x := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[x] {
+			continue
+		}
+		seen[x] = true
+		for _, c := range x.parents {
+			if c.parentNode != nil {
+				stack = append(stack, c.parentNode)
+			} else if fe, ok := c.owner.(*FrontEnd); ok && c.class.Kind() == FrontEndParent {
+				fe.checkSelfWait(what)
+			}
+		}
+	}
+}
+
+// checkSelfWait panics if fe's completion callback is running on the main
+// Context below the caller.
+func (fe *FrontEnd) checkSelfWait(what string) {
+	if fe.mainCallbacks > 0 {
+		panic("assertion failed: block: " + what + " from a completion callback of front end " + quote(fe.name) +
+			" on the main Context would wait for that callback's own request forever; drain from a bottom half or after the callback returned")
+	}
+}

@@ -25,6 +25,9 @@ type Graph struct {
 	subtreeOwners int // nodes with subtreeOwn > 0; 0 skips coverage work
 	frontEnds     []*FrontEnd
 	names         map[string]*Node
+	// feCallbacks counts front-end completion callbacks running on the
+	// main Context (drain.go, checkSelfWait).
+	feCallbacks int
 
 	// Settle watchdog of Context moves (move.go).
 	settleLimit    time.Duration

@@ -107,6 +107,10 @@ func (n *Node) SubtreeDrainedEnd() { n.g.Control(n.subtreeDrainedEnd) }
 
 func (n *Node) subtreeDrainedBegin() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a subtree drain")
+	if n.g.feCallbacks > 0 {
+		n.g.checkSelfWait(n.subtree(), "a subtree drain of node "+n.name)
+	}
 	if n.subtreeOwn == 0 {
 		n.g.subtreeOwners++
 	}
