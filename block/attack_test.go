@@ -330,3 +330,55 @@ func TestAttackDrainInFrontEndCallback(t *testing.T) {
 		})
 	}
 }
+
+// Item 5: the quiesce-phase rule. A drain-begin hook that changes the
+// graph, drains or moves is refused with a panic naming the rule (before:
+// a nil-pointer dereference while the edge list was walked, a misleading
+// assertion, or silent acceptance).
+func TestAttackQuiescePhaseRule(t *testing.T) {
+	// b has two parents p1 and p2 (p1's edge first in b's parent list);
+	// p1's drain-begin hook runs while b's parent list is walked.
+	cases := []struct {
+		name string
+		op   func(e *blocktest.Env, p2 *block.Node, c2 *block.Child, x *block.Node)
+		word string
+	}{
+		{"detach", func(e *blocktest.Env, p2 *block.Node, c2 *block.Child, x *block.Node) { e.G.Detach(c2) }, "detaching an edge"},
+		{"delete-parent", func(e *blocktest.Env, p2 *block.Node, c2 *block.Child, x *block.Node) { p2.Unref() }, "dropping a node reference"},
+		{"attach", func(e *blocktest.Env, p2 *block.Node, c2 *block.Child, x *block.Node) {
+			_, _ = e.G.Attach(x, c2.Node(), block.ChildSpec{Name: "late", Role: block.RoleFile})
+		}, "attaching an edge"},
+		{"drain", func(e *blocktest.Env, p2 *block.Node, c2 *block.Child, x *block.Node) { x.DrainedBegin() }, "a drain"},
+		{"move", func(e *blocktest.Env, p2 *block.Node, c2 *block.Child, x *block.Node) { _ = x.SetContext(e.IO[0]) }, "a Context move"},
+		{"sync-read", func(e *blocktest.Env, p2 *block.Node, c2 *block.Child, x *block.Node) {
+			_, _ = x.ReadAt(make([]byte, 512), 0)
+		}, "a synchronous request"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := blocktest.NewEnv(t, 1)
+			d1 := blocktest.NewDriver(64 << 10)
+			p1 := e.Open(d1, block.Options{Name: "p1"})
+			p2 := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "p2"})
+			b := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "b"})
+			x := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "x"})
+			c2 := e.Attach(p2, b, "file", block.RoleFile)
+			e.Attach(p1, b, "file", block.RoleFile)
+			armed := true
+			d1.OnDrainBegin = func(*block.Node) {
+				if armed {
+					armed = false
+					tc.op(e, p2, c2, x)
+				}
+			}
+			var msg string
+			e.OnMain(func() { msg = recovered(b.DrainedBegin) })
+			wantPanic(t, tc.name+" in a drain-begin hook", msg, tc.word, "quiesce-phase rule")
+			// The rule's bookkeeping survived the recovered panic: graph
+			// changes work again outside callbacks.
+			if err := onMainErr(e, func() error { _, err := e.G.Attach(x, p2, block.ChildSpec{Name: "after", Role: block.RoleFile}); return err }); err != nil {
+				t.Fatalf("attach after the refused callback: %v", err)
+			}
+		})
+	}
+}

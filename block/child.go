@@ -53,6 +53,7 @@ type Child struct {
 	role  Role
 	class ChildClass
 
+	g          *Graph
 	parentNode *Node // owner when the class is a node parent
 	owner      any   // owner otherwise (front end, job)
 
@@ -140,6 +141,7 @@ func (g *Graph) Attach(parent, child *Node, spec ChildSpec) (c *Child, err error
 
 func (g *Graph) attach(parent, child *Node, spec ChildSpec) (*Child, error) {
 	g.assertMain()
+	g.checkNotQuiescing("attaching an edge")
 	if spec.Class == nil {
 		spec.Class = NodeClass
 	}
@@ -158,7 +160,7 @@ func (g *Graph) attach(parent, child *Node, spec ChildSpec) (*Child, error) {
 			}
 		}
 	}
-	c := &Child{name: spec.Name, role: spec.Role, class: spec.Class, parentNode: parent, owner: spec.Owner}
+	c := &Child{g: g, name: spec.Name, role: spec.Role, class: spec.Class, parentNode: parent, owner: spec.Owner}
 	child.Ref()
 	if parent != nil {
 		parent.children = prepend(parent.children, c)
@@ -187,6 +189,7 @@ func (g *Graph) Detach(c *Child) { g.Control(func() { g.detach(c) }) }
 
 func (g *Graph) detach(c *Child) {
 	g.assertMain()
+	g.checkNotQuiescing("detaching an edge")
 	old := c.node.Load()
 	invariants.Check(old != nil, "block: detach of a detached edge %s", c)
 	g.setChild(c, nil)
@@ -204,6 +207,7 @@ func (g *Graph) detach(c *Child) {
 // drained sections end.
 func (g *Graph) ReplaceNode(old, new *Node) (err error) {
 	g.Control(func() {
+		g.checkNotQuiescing("replacing a node")
 		// Our own references for the whole operation (as QEMU's
 		// bdrv_replace_node does): when the edges being moved are old's
 		// only users, the last one moving away would otherwise delete old
@@ -248,6 +252,7 @@ func (g *Graph) replaceNoDrain(old, new *Node) error {
 // edge object). The caller keeps both nodes drained as ReplaceNode does.
 func (g *Graph) ReplaceChild(c *Child, new *Node) {
 	g.Control(func() {
+		g.checkNotQuiescing("replacing a child")
 		old := c.node.Load()
 		if new != nil {
 			new.Ref()
@@ -294,31 +299,44 @@ func (g *Graph) setChild(c *Child, new *Node) {
 	}
 }
 
+// parentQuiesceBegin and parentQuiesceEnd run the owner's callbacks as
+// quiesce-phase callbacks (drain.go: they must not change the graph).
 func (c *Child) parentQuiesceBegin() {
 	invariants.Check(!c.quiescedParent, "block: edge %s already quiesces its parent", c)
 	c.quiescedParent = true
+	g := c.graph()
+	g.quiescing++
+	defer func() { g.quiescing-- }()
 	c.class.DrainedBegin(c)
 }
 
 func (c *Child) parentQuiesceEnd() {
 	invariants.Check(c.quiescedParent, "block: edge %s does not quiesce its parent", c)
 	c.quiescedParent = false
+	g := c.graph()
+	g.quiescing++
+	defer func() { g.quiescing-- }()
 	c.class.DrainedEnd(c)
 }
 
+// graph returns the edge's graph (through its child, or its parent node).
+func (c *Child) graph() *Graph { return c.g }
+
+// prepend and remove return new slices (copy on write): a walk over the old
+// list, in a drain's quiesce phase, never sees it change under it.
 func prepend(s []*Child, c *Child) []*Child {
-	s = append(s, nil)
-	copy(s[1:], s)
-	s[0] = c
-	return s
+	out := make([]*Child, len(s)+1)
+	out[0] = c
+	copy(out[1:], s)
+	return out
 }
 
 func remove(s []*Child, c *Child) []*Child {
 	for i, x := range s {
 		if x == c {
-			copy(s[i:], s[i+1:])
-			s[len(s)-1] = nil
-			return s[:len(s)-1]
+			out := make([]*Child, 0, len(s)-1)
+			out = append(out, s[:i]...)
+			return append(out, s[i+1:]...)
 		}
 	}
 	invariants.Check(false, "block: edge %s not in list", c)

@@ -6,7 +6,14 @@ import (
 )
 
 // Phase 1 of every drain: quiesce. It never polls, never waits and never
-// changes the graph (D6), so plain iteration over the edge lists is safe.
+// changes the graph (D6, D7): the callbacks it runs (the driver's drain
+// hooks, the parents' DrainedBegin/DrainedEnd, device ops) must not either.
+// That rule is asserted in every build: while a quiesce-phase callback runs
+// (Graph.quiescing > 0), every graph change, drain, move, wait and
+// synchronous call panics with a message naming the rule
+// (checkNotQuiescing). The walks are safe even so: edge lists are
+// copy-on-write (prepend, remove), and an edge that left the list during
+// the walk is skipped.
 
 // quiesceBegin adds one drained section to n. On 0→1 it quiesces every
 // parent through its edge (parents first: "stop in parent-to-child order"),
@@ -15,11 +22,46 @@ func (n *Node) quiesceBegin() {
 	if n.quiesce.Add(1) != 1 {
 		return
 	}
-	for _, c := range n.parents {
+	n.quiesceBeginCallbacks()
+}
+
+func (n *Node) quiesceBeginCallbacks() {
+	g := n.g
+	g.quiescing++
+	defer func() { g.quiescing-- }()
+	ps := n.parents
+	for _, c := range ps {
+		if edgeLeft(n, ps, c) {
+			continue
+		}
 		c.parentQuiesceBegin()
 	}
 	if !n.closed {
 		n.drv.DrainBegin(n)
+	}
+}
+
+// edgeLeft reports whether c, taken from the snapshot ps of n's parent
+// list, is no longer a parent edge of n (the list was replaced meanwhile).
+func edgeLeft(n *Node, ps []*Child, c *Child) bool {
+	cur := n.parents
+	if len(cur) == len(ps) && (len(cur) == 0 || &cur[0] == &ps[0]) {
+		return false
+	}
+	for _, x := range cur {
+		if x == c {
+			return false
+		}
+	}
+	return true
+}
+
+// checkNotQuiescing panics if a quiesce-phase callback is running: what
+// (a graph change, a drain, a move, a wait) is forbidden there.
+func (g *Graph) checkNotQuiescing(what string) {
+	if g.quiescing > 0 {
+		panic("assertion failed: block: " + what + " inside a drained begin/end callback; " +
+			"quiesce-phase rule: drain hooks, parent drain callbacks and device ops must not change the graph, drain, move, wait or poll (drain.md D6, D7)")
 	}
 }
 
@@ -35,12 +77,19 @@ func (n *Node) quiesceEnd() {
 	if q != 0 {
 		return
 	}
+	n.quiesceEndCallbacks()
+}
+
+func (n *Node) quiesceEndCallbacks() {
+	g := n.g
+	g.quiescing++
+	defer func() { g.quiescing-- }()
 	if !n.closed {
 		n.drv.DrainEnd(n)
 	}
-	for i := 0; i < len(n.parents); i++ {
-		c := n.parents[i]
-		if c.quiescedParent {
+	ps := n.parents
+	for _, c := range ps {
+		if c.quiescedParent && !edgeLeft(n, ps, c) {
 			c.parentQuiesceEnd()
 		}
 	}
@@ -66,6 +115,7 @@ func (n *Node) pending() bool {
 // instead of holding them for a batch end (D18).
 func (g *Graph) waitWhile(cond func() bool) {
 	g.assertMain()
+	g.checkNotQuiescing("a drain's wait")
 	if !cond() {
 		return // idle: no poll at all
 	}
@@ -107,6 +157,7 @@ func (n *Node) drainedBegin() {
 
 func (n *Node) drainedEnd() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a drained end")
 	n.quiesceEnd()
 }
 
@@ -144,6 +195,7 @@ func (g *Graph) drainAllBegin() {
 
 func (g *Graph) drainAllEnd() {
 	g.assertMain()
+	g.checkNotQuiescing("a drain-all end")
 	if g.drainAllCount <= 0 {
 		panic("assertion failed: block: drain-all end without begin")
 	}
@@ -222,9 +274,6 @@ func (g *Graph) handOver(co *aio.Co, n *Node, fn func()) {
 		fn()
 	})
 }
-
-// checkNotQuiescing is filled in below (item 5).
-func (g *Graph) checkNotQuiescing(what string) {}
 
 // A drain called from a front end's completion callback on the main
 // Context would wait for that callback's own request: the front end counts

@@ -25,6 +25,8 @@ type Graph struct {
 	subtreeOwners int // nodes with subtreeOwn > 0; 0 skips coverage work
 	frontEnds     []*FrontEnd
 	names         map[string]*Node
+	// quiescing > 0 while a quiesce-phase callback runs (drain.go).
+	quiescing int
 	// feCallbacks counts front-end completion callbacks running on the
 	// main Context (drain.go, checkSelfWait).
 	feCallbacks int
@@ -133,6 +135,7 @@ func (g *Graph) Open(drv Driver, opts Options) (n *Node, err error) {
 
 func (g *Graph) open(drv Driver, opts Options) (*Node, error) {
 	g.assertMain()
+	g.checkNotQuiescing("opening a node")
 	n := &Node{g: g, drv: drv, name: opts.Name, opts: opts, refs: 1}
 	if n.name == "" {
 		n.name = fmt.Sprintf("#node%d", g.nodeCount)

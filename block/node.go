@@ -111,6 +111,7 @@ func (n *Node) Unref() { n.g.Control(n.unref) }
 
 func (n *Node) unref() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("dropping a node reference")
 	invariants.Check(n.refs > 0, "block: unref of dead node %s", n.name)
 	n.refs--
 	if n.refs == 0 {

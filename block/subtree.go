@@ -130,6 +130,7 @@ func (n *Node) subtreeDrainedBegin() {
 
 func (n *Node) subtreeDrainedEnd() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a subtree drained end")
 	if n.subtreeOwn <= 0 {
 		panic("assertion failed: block: subtree drained end without begin on " + n.name)
 	}

@@ -37,6 +37,9 @@ func (s *syncWait) RequestDone(r *Request, err error) {
 }
 
 func (g *Graph) runSync(ctx *aio.Context, submit func(p *Pool, d Done)) *syncWait {
+	if g.main.InContext() {
+		g.checkNotQuiescing("a synchronous request")
+	}
 	s := &syncWait{g: g}
 	notDone := func() bool { return !s.done.Load() }
 	switch {
