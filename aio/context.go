@@ -105,6 +105,9 @@ type Context struct {
 	waiters *atomic.Int32
 	// extDisabled is the DisableExternal nesting count.
 	extDisabled *atomic.Int32
+	// noBatch is the DisableBatching nesting count: while it is non-zero
+	// the loop submits prepared SQEs every iteration, plugged or not.
+	noBatch *atomic.Int32
 	// holder is the coroutine holding the run token, nil while the owner
 	// goroutine holds it.
 	holder *atomic.Pointer[Co]
@@ -193,6 +196,7 @@ func New(opts Options) (*Context, error) {
 		notified:    padded[atomic.Bool](),
 		waiters:     padded[atomic.Int32](),
 		extDisabled: padded[atomic.Int32](),
+		noBatch:     padded[atomic.Int32](),
 		holder:      padded[atomic.Pointer[Co]](),
 		exited:      make(chan struct{}),
 		q:           opts.Queue,

@@ -56,7 +56,7 @@ func (c *Context) poll(blocking, again bool) bool {
 	}
 	if blocking && !c.hasWork() {
 		c.wait()
-	} else if c.plug == 0 {
+	} else if c.plug == 0 || (c.prepared > 0 && c.noBatch.Load() > 0) {
 		c.submitPending()
 	}
 

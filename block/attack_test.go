@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/block/blocktest"
 )
@@ -376,9 +377,68 @@ func TestAttackQuiescePhaseRule(t *testing.T) {
 			wantPanic(t, tc.name+" in a drain-begin hook", msg, tc.word, "quiesce-phase rule")
 			// The rule's bookkeeping survived the recovered panic: graph
 			// changes work again outside callbacks.
-			if err := onMainErr(e, func() error { _, err := e.G.Attach(x, p2, block.ChildSpec{Name: "after", Role: block.RoleFile}); return err }); err != nil {
+			if err := onMainErr(e, func() error {
+				_, err := e.G.Attach(x, p2, block.ChildSpec{Name: "after", Role: block.RoleFile})
+				return err
+			}); err != nil {
 				t.Fatalf("attach after the refused callback: %v", err)
 			}
 		})
 	}
+}
+
+// nopDriver completes every read with a ring no-op on the request's
+// Context, so the read waits for its SQE to be submitted.
+type nopDriver struct{ block.DriverBase }
+
+func (nopDriver) Length(*block.Node) (int64, error) { return 64 << 10, nil }
+func (nopDriver) Read(r *block.Request)             { r.Context().Nop(r, 0) }
+
+// Item 6: a drain while an IOThread holds a plugged section open and its
+// loop never sleeps (a bottom half that reschedules itself): the request
+// prepared in the section must be submitted while the drain waits, not when
+// the owner finally unplugs.
+func TestAttackDrainSubmitsOpenPluggedSection(t *testing.T) {
+	e := blocktest.NewEnv(t, 1)
+	io := e.IO[0]
+	n := e.Open(nopDriver{}, block.Options{Name: "n"})
+	fe := e.FrontEnd("fe", n, block.FrontEndOptions{Context: io})
+	n.Unref()
+	q := fe.Queue(io)
+	var stop atomic.Bool
+	var busy *aio.BH
+	res := blocktest.NewResult()
+	e.On(io, func() {
+		busy = io.NewBH(func() {
+			if stop.Load() {
+				q.Unplug()
+				return
+			}
+			busy.Schedule()
+		})
+		q.Plug()
+		q.Read(make([]byte, 512), 0, res, 0)
+		busy.Schedule()
+	})
+	drained := make(chan struct{})
+	go func() {
+		n.DrainedBegin()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(2 * time.Second):
+		fin := res.Finished()
+		stop.Store(true) // unplug: the drain can finish now
+		<-drained
+		n.DrainedEnd()
+		t.Fatalf("the drain waited 2s for the owner to unplug its open section (read completed meanwhile: %v)", fin)
+	}
+	if !res.Finished() {
+		t.Fatalf("drained begin returned before the read completed")
+	}
+	n.DrainedEnd()
+	stop.Store(true)
+	e.WaitFor("the section to end", func() bool { return !busy.Scheduled() })
+	fe.Close()
 }

@@ -120,8 +120,29 @@ func (g *Graph) waitWhile(cond func() bool) {
 		return // idle: no poll at all
 	}
 	g.drainWaiters.Add(1)
+	// Batching is off on every Context with requests in this graph while
+	// the drain waits, including plugged sections opened before it began
+	// (seed 003): what they prepared is submitted, not held until their
+	// owner unplugs.
+	ctxs := g.disableBatching()
 	g.main.WaitWhile(cond)
+	for _, c := range ctxs {
+		c.EnableBatching()
+	}
 	g.drainWaiters.Add(-1)
+}
+
+// disableBatching calls DisableBatching on the Context of every request
+// pool of the graph and returns them (for the matching EnableBatching).
+func (g *Graph) disableBatching() []*aio.Context {
+	g.pools.Lock()
+	defer g.pools.Unlock()
+	ctxs := make([]*aio.Context, 0, len(g.pools.m))
+	for c := range g.pools.m {
+		c.DisableBatching()
+		ctxs = append(ctxs, c)
+	}
+	return ctxs
 }
 
 // DrainedBegin opens a drained section on n: afterwards no request is in
