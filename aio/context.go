@@ -407,6 +407,26 @@ func kickMains() {
 	}
 }
 
+// CallerContext returns the running Context whose owner thread is the
+// calling thread — its owner goroutine or a coroutine holding its run
+// token — or nil for any other goroutine. It lets a library refuse a
+// blocking wait that would stall that Context (for example a synchronous
+// call from one IOThread to another, which can deadlock). One gettid system
+// call and a scan of the running Contexts: control paths only.
+func CallerContext() *Context {
+	l := registry.list.Load()
+	if l == nil {
+		return nil
+	}
+	tid := int32(unix.Gettid())
+	for _, c := range *l {
+		if c.tid.Load() == tid {
+			return c
+		}
+	}
+	return nil
+}
+
 func callerContext() *Context {
 	l := registry.list.Load()
 	if l == nil {

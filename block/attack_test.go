@@ -1,6 +1,7 @@
 package block_test
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -441,4 +442,55 @@ func TestAttackDrainSubmitsOpenPluggedSection(t *testing.T) {
 	stop.Store(true)
 	e.WaitFor("the section to end", func() bool { return !busy.Scheduled() })
 	fe.Close()
+}
+
+// Issue 14 item 7: synchronous calls that used to hang silently. On a
+// stopped IOThread they return an error naming it; from one IOThread to
+// another they panic naming both Contexts.
+func TestSyncCallStoppedContext(t *testing.T) {
+	e := blocktest.NewEnv(t, 1)
+	io := e.IO[0]
+	n := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "n", Context: io})
+	fe := e.FrontEnd("fe", nil, block.FrontEndOptions{Context: io})
+	if _, err := io.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	buf := make([]byte, 512)
+	check := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, aio.ErrStopped) || !strings.Contains(err.Error(), "iothread0") {
+			t.Fatalf("%s on a stopped IOThread: %v; want an error wrapping aio.ErrStopped naming iothread0", what, err)
+		}
+	}
+	for _, from := range []string{"goroutine", "main"} {
+		done := make(chan struct{})
+		var errN, errFE error
+		go func() {
+			defer close(done)
+			call := func() {
+				_, errN = n.ReadAt(buf, 0)
+				_, errFE = fe.ReadAt(buf, 0)
+			}
+			if from == "main" {
+				e.OnMain(call)
+			} else {
+				call()
+			}
+		}()
+		hangWatchdog(t, done, 5*time.Second, "a synchronous read on a stopped IOThread from "+from)
+		check("node read from "+from, errN)
+		check("front-end read from "+from, errFE)
+	}
+	n.Unref()
+}
+
+func TestSyncCallBetweenIOThreadsPanics(t *testing.T) {
+	e := blocktest.NewEnv(t, 2)
+	n := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "n", Context: e.IO[1]})
+	var msg string
+	e.On(e.IO[0], func() {
+		msg = recovered(func() { _, _ = n.ReadAt(make([]byte, 512), 0) })
+	})
+	wantPanic(t, "synchronous read from iothread0 on iothread1", msg, "iothread0", "iothread1")
+	n.Unref()
 }
