@@ -75,12 +75,18 @@ func (fe *FrontEnd) SetContext(ctx *aio.Context) (err error) {
 func (g *Graph) move(start *Node, ctx *aio.Context, ignore *Child) error {
 	g.assertMain()
 	g.checkNotQuiescing("a Context move")
-	var held []*Node // quiesced by this move, each with a reference
+	var held []*Node // quiesced by this move
+	var refd []*Node // the held nodes this move took a reference on
 	release := func() {
 		for _, x := range held {
-			x.quiesceEnd()
+			// A node whose deletion was already under way (refs 0, its
+			// close polling) may have finished meanwhile: deletion ends
+			// every quiesce the node still holds, ours included.
+			if !x.closed {
+				x.quiesceEnd()
+			}
 		}
-		for _, x := range held {
+		for _, x := range refd {
 			x.unref()
 		}
 	}
@@ -100,7 +106,10 @@ func (g *Graph) move(start *Node, ctx *aio.Context, ignore *Child) error {
 		added := false
 		for _, x := range m.nodes {
 			if !containsNode(held, x) {
-				x.Ref()
+				if x.refs > 0 {
+					x.Ref()
+					refd = append(refd, x)
+				}
 				x.quiesceBegin()
 				held = append(held, x)
 				added = true
