@@ -146,7 +146,10 @@ type Context struct {
 	bhSeq              uint64
 
 	timers  timerHeap
-	expired []*Timer
+	expired []*Timer // due timers collected by runTimers, run from expiredPos
+	// expiredPos is the next entry of expired to run; timerDepth counts
+	// runTimers calls in progress (nested through a waiting callback).
+	expiredPos, timerDepth int
 
 	fdh     []*FDHandler // registered fd handlers
 	fdReady []*FDHandler // fired, waiting for dispatch

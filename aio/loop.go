@@ -77,7 +77,7 @@ func (c *Context) poll(blocking, again bool) bool {
 	if len(c.fdReady) > 0 {
 		progress = c.runFDHandlers() || progress
 	}
-	if len(c.timers) > 0 {
+	if len(c.timers) > 0 || c.expiredPos < len(c.expired) {
 		progress = c.runTimers() || progress
 	}
 	return progress
@@ -105,6 +105,9 @@ func (c *Context) hasWork() bool {
 	}
 	if len(c.fdReady) > 0 && c.fdDispatchable() {
 		return true
+	}
+	if c.expiredPos < len(c.expired) {
+		return true // due timers collected by a runTimers this wait is nested in
 	}
 	return len(c.timers) > 0 && c.timers[0].when <= nanotime()
 }
