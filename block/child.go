@@ -32,7 +32,9 @@ const (
 // parents use NodeClass; front ends theirs; jobs implement their own.
 //
 // DrainedBegin and DrainedEnd must not poll, wait or change the graph (D6,
-// D7); DrainedPoll must be cheap and side-effect free (D8).
+// D7): graph changes, drains, moves and synchronous calls made from them
+// panic, naming the quiesce-phase rule. DrainedPoll must be cheap and
+// side-effect free (D8).
 type ChildClass interface {
 	Kind() ParentKind
 	DrainedBegin(c *Child)
@@ -41,7 +43,9 @@ type ChildClass interface {
 	// MoveContext is asked, on the main Context, whether the owner allows
 	// c's child to move to m.Target(); to allow it, it adds to m whatever
 	// must move along (m.AddNode for other nodes, m.OnCommit for its own
-	// Context pointer). Returning an error vetoes the whole move.
+	// Context pointer). Returning an error vetoes the whole move. A move
+	// asks again after each of its polls (it recomputes the component), so
+	// MoveContext must do nothing but answer and add to m.
 	MoveContext(c *Child, m *Move) error
 }
 

@@ -149,7 +149,11 @@ func (g *Graph) disableBatching() []*aio.Context {
 // flight on n or any node or front end above it, front ends above it queue
 // new requests, jobs above it are paused, and that stays so until the
 // matching DrainedEnd (D3, D4). Children of n are not drained. Marshalled to
-// the main Context; from a request goroutine use DrainedBeginCo.
+// the main Context; from a request goroutine use DrainedBeginCo. Called
+// from a completion callback of a front end above n running on the main
+// Context it panics (it would wait for that callback's own request), as it
+// does from a quiesce-phase callback (drain hooks, DrainedBegin/End of a
+// ChildClass, device ops).
 func (n *Node) DrainedBegin() { n.g.Control(n.drainedBeginFn) }
 
 // DrainedEnd closes one drained section of n. It never polls (D7).
