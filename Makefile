@@ -24,8 +24,11 @@ help:
 	@echo "  make qcow2bench the qcow2 driver against the raw driver and qemu-img bench (scripts/qcow2-vs-qemu.sh)"
 	@echo "  make plugin     builds the Go plugin (bin/ringblk.so)"
 
+# The commit is stamped at link time: GOFLAGS may carry -buildvcs=false.
+COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+
 build:
-	$(GO) build -o $(BIN)/ringblk ./cmd/ringblk
+	$(GO) build -ldflags "-X main.commit=$(COMMIT)" -o $(BIN)/ringblk ./cmd/ringblk
 
 run: build
 	@./scripts/run.sh $(BIN)/ringblk

@@ -95,6 +95,9 @@ func (e *entry) add(w *worker, jr *JobResult) {
 	if w.err != nil && e.err == nil {
 		e.err = w.err
 	}
+	if jr.Err != nil && e.err == nil {
+		e.err = jr.Err // a job-level error: its image's close failed
+	}
 	if jr.Elapsed > e.elapsed {
 		e.elapsed = jr.Elapsed
 	}

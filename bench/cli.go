@@ -102,6 +102,10 @@ func ParseArgs(args []string) (*Config, error) {
 var errHelp = errors.New("help requested")
 var errVersion = errors.New("version requested")
 
+// BuildVersion is the embedding tool's version line (release and commit),
+// printed by --version after Version; ringblk sets it.
+var BuildVersion string
+
 func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 	switch key {
 	case "help", "h":
@@ -223,6 +227,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errVersion):
 		fmt.Fprintln(stdout, Version)
+		if BuildVersion != "" {
+			fmt.Fprintln(stdout, BuildVersion)
+		}
 		return 0
 	case err != nil:
 		return fail(err)
@@ -279,7 +286,22 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 	}
-	return 0
+	return jobStatus(stderr, res)
+}
+
+// jobStatus is fio's exit status after a run: 1 when any job failed (an
+// I/O error, a verify failure), 0 otherwise. Each failed job gets a line
+// on stderr with its errno, as fio's "fio: pid=…, err=N/…" line.
+func jobStatus(stderr io.Writer, res *Result) int {
+	code := 0
+	for _, jr := range res.Jobs {
+		if jr.Err == nil {
+			continue
+		}
+		code = 1
+		fmt.Fprintf(stderr, "ringblk bench: job %q: err=%d (error=%s): %v\n", jr.Job.Name, errnoOf(jr.Err), errnoText(errnoOf(jr.Err)), jr.Err)
+	}
+	return code
 }
 
 // writeMismatches reports verification failures where JSON has no room.

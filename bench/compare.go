@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/drivers/raw"
 )
 
 // Compare mode runs one job several ways, interleaved over repeats (rep 1:
@@ -220,7 +222,7 @@ func runSelf(j *Job, engine string) (sample, error) {
 // fioArgs renders the job as fio command-line options.
 func fioArgs(j *Job, engine string) []string {
 	args := []string{"--name=" + j.Name}
-	skip := map[string]bool{"name": true, "ioengine": true, "format": true, "description": true}
+	skip := map[string]bool{"name": true, "ioengine": true, "format": true, "description": true, "share_rw": true, "locking": true}
 	seen := map[string]int{}
 	var opts []string
 	for _, o := range append(append([]Option(nil), j.globals...), j.Options...) {
@@ -460,6 +462,9 @@ func writeCompare(out io.Writer, cfg *Config, j *Job, format string, rows []*com
 		fmt.Fprintf(out, "  %-14s %s\n", r.name, strings.Join(parts, ", "))
 	}
 	fmt.Fprintln(out, "\nCPU ns/IO: the process's user+system time over its I/Os (fio and qemu-img: the child's rusage, start-up included).")
+	if fadviseOf(j) != raw.FadviseNone && !j.Direct && format != "null" {
+		fmt.Fprintf(out, "fadvise_hint=%s: every ringblk, io_uring and fio row hints the kernel (%s); qemu-img bench gives no hint, so on a cold page cache its rows may get readahead the others do not.\n", j.FadviseHint, fadviseOf(j))
+	}
 	if j.RW.Random() {
 		fmt.Fprintf(out, "qemu-img bench has no random pattern: its rows stride by %d blocks modulo the image (\"strided\").\n", qemuStride)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/uring"
 )
 
@@ -37,7 +38,44 @@ func openJobFile(j *Job) (*os.File, error) {
 	if j.Direct {
 		flags |= syscall.O_DIRECT
 	}
-	return os.OpenFile(j.Filename, flags, 0)
+	f, err := os.OpenFile(j.Filename, flags, 0)
+	if err != nil {
+		return nil, err
+	}
+	// fio's fadvise_hint, on each open, advisory: a failure is ignored
+	// as fio ignores it (after a warning).
+	if a, ok := fadviseAdvice(fadviseOf(j)); ok {
+		_ = unix.Fadvise(int(f.Fd()), 0, 0, a)
+	}
+	return f, nil
+}
+
+// fadviseOf is the hint fadvise_hint gives a job's files.
+func fadviseOf(j *Job) raw.Fadvise {
+	switch j.FadviseHint {
+	case "0":
+		return raw.FadviseNone
+	case "random":
+		return raw.FadviseRandom
+	case "sequential":
+		return raw.FadviseSequential
+	}
+	if j.RW.Random() {
+		return raw.FadviseRandom
+	}
+	return raw.FadviseSequential
+}
+
+func fadviseAdvice(h raw.Fadvise) (int, bool) {
+	switch h {
+	case raw.FadviseRandom:
+		return unix.FADV_RANDOM, true
+	case raw.FadviseSequential:
+		return unix.FADV_SEQUENTIAL, true
+	case raw.FadviseNormal:
+		return unix.FADV_NORMAL, true
+	}
+	return 0, false
 }
 
 func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, error) {

@@ -1,9 +1,12 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"math/bits"
+	"os"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -19,9 +22,26 @@ import (
 type ringblkEnv struct {
 	main *aio.Context
 	g    *block.Graph
+	// images are the image nodes the running group opened, one per file
+	// and open mode, each with the env's reference: jobs naming the same
+	// image share its node (and so one set of locks, which two opens of
+	// one file in this process would not), as fio's jobs share a file.
+	// They are closed after the group (releaseImages).
+	images map[imageKey]*block.Node
+	// writers are the files (chain.FileID) some ringblk job of the run
+	// writes: every job on such a file opens it read-write.
+	writers map[string]bool
 }
 
-func newRingblkEnv() (*ringblkEnv, error) {
+// imageKey is what makes two jobs' opens of an image the same open.
+type imageKey struct {
+	file, format string
+	direct       bool
+	shareRW      bool
+	locking      string
+}
+
+func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 	m, err := aio.New(aio.Options{Name: "bench-main", Main: true, CPU: aio.NoCPU, ArenaSize: -1, Entries: 64})
 	if err != nil {
 		return nil, fmt.Errorf("ringblk engine: %w", err)
@@ -29,10 +49,36 @@ func newRingblkEnv() (*ringblkEnv, error) {
 	if err := m.Start(); err != nil {
 		return nil, fmt.Errorf("ringblk engine: %w", err)
 	}
-	return &ringblkEnv{main: m, g: block.NewGraph(m)}, nil
+	e := &ringblkEnv{main: m, g: block.NewGraph(m), images: map[imageKey]*block.Node{}, writers: map[string]bool{}}
+	for _, j := range jobs {
+		if j.IOEngine == "ringblk" && j.Format != "null" && j.RW.Writes() {
+			e.writers[chain.FileID(j.Filename)] = true
+		}
+	}
+	return e, nil
+}
+
+// releaseImages drops the env's references on the images of the group
+// that ended (its front ends are closed), closing them. A failed close (a
+// qcow2 metadata write-back, the file's own close) fails every job of
+// rjobs that used the image, as fio fails a job whose file close fails.
+func (e *ringblkEnv) releaseImages(rjobs []*ringblkJob) {
+	for k, n := range e.images {
+		err := n.Unref()
+		delete(e.images, k)
+		if err == nil {
+			continue
+		}
+		for _, rj := range rjobs {
+			if rj.node == n && rj.res != nil && rj.res.Err == nil {
+				rj.res.Err = &closeError{file: rj.res.Job.Filename, err: err}
+			}
+		}
+	}
 }
 
 func (e *ringblkEnv) close() error {
+	e.releaseImages(nil)
 	_, err := e.main.Stop()
 	return err
 }
@@ -46,6 +92,86 @@ type ringblkJob struct {
 	env  *ringblkEnv
 	node *block.Node
 	fe   *block.FrontEnd
+	res  *JobResult // the job's result, which a failed close fails
+}
+
+// lockingOf maps a job's locking= to the raw driver's mode.
+func lockingOf(j *Job) raw.Locking {
+	l, ok := raw.ParseLocking(j.Locking)
+	if !ok {
+		return raw.LockingAuto
+	}
+	return l
+}
+
+// openImage opens (or finds already open) the image a job names, with the
+// locks "ringblk io" takes: a read-write open refuses an image another
+// process holds, a read-only one an image another process writes, with
+// QEMU's lock error. Only share_rw=1 or locking=off relax that.
+func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error) {
+	// The fadvise hint is not part of the key: jobs of one group on one
+	// image share its open file, and the first job's hint is the file's.
+	key := imageKey{file: chain.FileID(j.Filename), format: format, direct: j.Direct, shareRW: j.ShareRW, locking: j.Locking}
+	if n, ok := e.images[key]; ok {
+		return n, nil
+	}
+	readOnly := !e.writers[key.file]
+	var n *block.Node
+	var err error
+	switch format {
+	case "raw":
+		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j)}
+		if j.Direct {
+			opts.Cache = raw.CacheNone
+		}
+		n, err = raw.NewNode(e.g, j.Filename, opts, block.Options{Name: name})
+	case "qcow2":
+		// The image and its backing chain, each backing file opened with
+		// the format its overlay records (never probed), read-only.
+		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: fadviseOf(j)}
+		if j.Direct {
+			co.Cache = raw.CacheNone
+		}
+		co.ShareRW = j.ShareRW // the top file only; backing files never share writes
+		var img *chain.Image
+		if img, err = chain.Open(e.g, j.Filename, co); err == nil {
+			n = img.Node
+		}
+	default:
+		return nil, fmt.Errorf("unknown format %q", format)
+	}
+	if err != nil {
+		if errors.Is(err, raw.ErrLocked) {
+			for k := range e.images {
+				if k.file == key.file {
+					// Our own other open of the file holds the lock.
+					return nil, fmt.Errorf("%s is opened by another job of this group with other direct=, format=, share_rw= or locking= values: jobs that run together share one open of an image, so these must agree", j.Filename)
+				}
+			}
+		}
+		return nil, openErr(j.Filename, err)
+	}
+	e.images[key] = n
+	return n, nil
+}
+
+// openErr words an open failure for the report: qemu-img's "Could not
+// open 'FILE': cause", the cause without the block layer's context (a lock
+// conflict reads as QEMU's sentence).
+func openErr(path string, err error) error {
+	var le *raw.LockError
+	var be *chain.BackingError
+	switch {
+	case errors.As(err, &be):
+		return fmt.Errorf("Could not open '%s': %w", path, be)
+	case errors.As(err, &le):
+		return fmt.Errorf("Could not open '%s': %w", path, le)
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("Could not open '%s': %w", path, pe.Err)
+	}
+	return err
 }
 
 func (e *ringblkEnv) openJob(j *Job, name string) (*ringblkJob, error) {
@@ -58,31 +184,16 @@ func (e *ringblkEnv) openJob(j *Job, name string) (*ringblkJob, error) {
 	}
 	var n *block.Node
 	var err error
-	switch format {
-	case "null":
+	if format == "null" {
 		n, err = e.g.Open(null.New(j.Offset+j.Size, null.Options{}), block.Options{Name: name})
-	case "raw":
-		opts := raw.Options{ReadOnly: !j.RW.Writes(), Locking: raw.LockingOff, ShareRW: true}
-		if j.Direct {
-			opts.Cache = raw.CacheNone
+		if err != nil {
+			return nil, err
 		}
-		n, err = raw.NewNode(e.g, j.Filename, opts, block.Options{Name: name})
-	case "qcow2":
-		// The image and its backing chain, each backing file opened with
-		// the format its overlay records (never probed), read-only.
-		co := chain.Options{Format: "qcow2", ReadOnly: !j.RW.Writes(), Locking: raw.LockingOff, Name: name}
-		if j.Direct {
-			co.Cache = raw.CacheNone
+	} else {
+		if n, err = e.openImage(j, format, name); err != nil {
+			return nil, err
 		}
-		var img *chain.Image
-		if img, err = chain.Open(e.g, j.Filename, co); err == nil {
-			n = img.Node
-		}
-	default:
-		return nil, fmt.Errorf("unknown format %q", format)
-	}
-	if err != nil {
-		return nil, err
+		e.g.Control(n.Ref) // the front end's; the env keeps its own
 	}
 	fe := e.g.NewFrontEnd(block.FrontEndOptions{Name: name, DisableQueuing: true})
 	if err := fe.Insert(n); err != nil {
@@ -94,9 +205,11 @@ func (e *ringblkEnv) openJob(j *Job, name string) (*ringblkJob, error) {
 	return &ringblkJob{env: e, node: n, fe: fe}, nil
 }
 
-func (rj *ringblkJob) close() {
+// close drains and closes the job's front end, returning what the close of
+// its nodes reported (a failed metadata write-back).
+func (rj *ringblkJob) close() error {
 	rj.fe.Drain()
-	rj.fe.Close()
+	return rj.fe.Close()
 }
 
 // ringblkClone runs one clone's I/O loop as callbacks on its own Context:
@@ -260,3 +373,23 @@ func (c *ringblkClone) stop() error {
 	runtime.KeepAlive(c.bufs)
 	return err
 }
+
+// closeError is a job's image that failed to close (a metadata
+// write-back that could not be written), worded as fio words its errors:
+// the file and the errno's text, the block layer's context left to
+// errors.As.
+type closeError struct {
+	file string
+	err  error
+}
+
+func (e *closeError) Error() string {
+	cause := e.err.Error()
+	var errno syscall.Errno
+	if errors.As(e.err, &errno) {
+		cause = errnoText(int(errno))
+	}
+	return fmt.Sprintf("error closing file %s: %s", e.file, cause)
+}
+
+func (e *closeError) Unwrap() error { return e.err }

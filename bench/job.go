@@ -98,20 +98,30 @@ type Job struct {
 	Size      int64 // bytes of I/O per clone and the region size; 0: the file's size
 	Offset    int64
 
-	RW             RW
-	RWMixRead      int       // percent of reads in mixed patterns
-	BS             [2]int    // per direction, when no range or split
-	BSRange        [2][2]int // per direction min, max (0: unset)
-	BSSplit        [2][]BSSplit
-	IODepth        int
-	IODepthBatch   int // iodepth_batch_submit
-	NumJobs        int
-	Runtime        time.Duration
-	TimeBased      bool
-	RampTime       time.Duration
-	Direct         bool
-	IOEngine       string // ringblk, io_uring, psync
-	Format         string // ringblk engine: raw, qcow2, null ("" = probe)
+	RW           RW
+	RWMixRead    int       // percent of reads in mixed patterns
+	BS           [2]int    // per direction, when no range or split
+	BSRange      [2][2]int // per direction min, max (0: unset)
+	BSSplit      [2][]BSSplit
+	IODepth      int
+	IODepthBatch int // iodepth_batch_submit
+	NumJobs      int
+	Runtime      time.Duration
+	TimeBased    bool
+	RampTime     time.Duration
+	Direct       bool
+	IOEngine     string // ringblk, io_uring, psync
+	Format       string // ringblk engine: raw, qcow2, null ("" = probe)
+	// ShareRW and Locking are the ringblk engine's image locking: by
+	// default the job takes the locks "ringblk io" takes (QEMU's) and
+	// refuses an image another process writes; ShareRW lets others write
+	// (QEMU's share-rw=on), Locking "off" takes no lock at all.
+	ShareRW bool
+	Locking string // "auto" (default), "on", "off"
+	// FadviseHint is fio's fadvise_hint: "1" (default: random for random
+	// patterns, sequential otherwise), "0", "random" or "sequential",
+	// given for each file a job opens.
+	FadviseHint    string
 	NoRandomMap    bool
 	RandRepeat     bool
 	RandSeed       uint64
@@ -141,7 +151,7 @@ func newJob(name string, loc Loc) *Job {
 		Name: name, Loc: loc,
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
-		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true,
+		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		set: map[string]Loc{},
 	}
 }
@@ -244,8 +254,10 @@ func (j *Job) validate() error {
 	switch j.IOEngine {
 	case "ringblk":
 	default:
-		if _, ok := j.set["format"]; ok {
-			return bad(at("format"), "format= applies to ioengine=ringblk only (ioengine=%s)", j.IOEngine)
+		for _, o := range []string{"format", "share_rw", "locking"} {
+			if _, ok := j.set[o]; ok {
+				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
+			}
 		}
 	}
 	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {

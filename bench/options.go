@@ -162,6 +162,26 @@ func init() {
 			}
 			return errors.New("want raw, qcow2 or null")
 		}},
+		"share_rw": {bool: true, help: "ringblk engine: let other processes write the image during the job (QEMU's share-rw=on; default 0: refuse an image in use, as ringblk io does)", set: boolSetter(func(j *Job, b bool) { j.ShareRW = b })},
+		"locking": {help: "ringblk engine: QEMU-compatible image locks: auto (default), on, off", set: func(j *Job, v string) error {
+			switch v {
+			case "auto", "on", "off":
+				j.Locking = v
+				return nil
+			}
+			return errors.New("want auto, on or off")
+		}},
+		"fadvise_hint": {help: "posix_fadvise hint on each file opened: 1 (default: random or sequential after rw), 0, random, sequential", set: func(j *Job, v string) error {
+			switch v {
+			case "1", "true", "0", "false", "random", "sequential":
+				j.FadviseHint = map[string]string{"true": "1", "false": "0"}[v]
+				if j.FadviseHint == "" {
+					j.FadviseHint = v
+				}
+				return nil
+			}
+			return errors.New("want 0, 1, random or sequential")
+		}},
 		"norandommap": {bool: true, help: "random offsets may repeat (no coverage map)", set: boolSetter(func(j *Job, b bool) { j.NoRandomMap = b })},
 		"randrepeat":  {bool: true, help: "seed the generators reproducibly (default 1)", set: boolSetter(func(j *Job, b bool) { j.RandRepeat = b })},
 		"randseed": {help: "seed of the generators", set: func(j *Job, v string) error {
@@ -269,7 +289,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		iodepth_batch_complete iodepth_batch_complete_min iodepth_batch_complete_max iodepth_low
 		write_bw_log write_iops_log write_lat_log write_hist_log log_avg_msec log_hist_msec per_job_logs
 		rate rate_iops rate_min rate_iops_min ratemin rate_process rate_cycle thinktime thinktime_spin
-		thinktime_blocks nrfiles openfiles file_service_type fallocate fadvise_hint zero_buffers
+		thinktime_blocks nrfiles openfiles file_service_type fallocate zero_buffers
 		refill_buffers scramble_buffers buffer_compress_percentage buffer_compress_chunk buffer_pattern
 		dedupe_percentage overwrite loops startdelay cpus_allowed cpus_allowed_policy cpumask nice prio
 		prioclass iomem mem iomem_align mem_align hugepage-size lockmem create_serialize create_fsync

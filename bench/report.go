@@ -113,7 +113,13 @@ func WriteHeader(out io.Writer, spec *Spec) {
 
 func writeEntry(out io.Writer, e *entry) {
 	errno := errnoOf(e.err)
-	fmt.Fprintf(out, "%s: (groupid=%d, jobs=%d): err=%2d: pid=%d: %s\n", e.name, e.groupID, len(e.clones), errno,
+	errText := ""
+	if errno != 0 {
+		// fio: "err=84 (file:io_u.c:2152, func=…, error=…)"; we have no
+		// source location to give.
+		errText = " (error=" + errnoText(errno) + ")"
+	}
+	fmt.Fprintf(out, "%s: (groupid=%d, jobs=%d): err=%2d%s: pid=%d: %s\n", e.name, e.groupID, len(e.clones), errno, errText,
 		os.Getpid(), time.Now().Format("Mon Jan _2 15:04:05 2006"))
 	if e.err != nil {
 		fmt.Fprintf(out, "  error: %v\n", e.err)

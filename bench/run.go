@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
 	"io"
 	"math"
 	"os"
@@ -88,7 +89,7 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 		for _, j := range grp {
 			if j.IOEngine == "ringblk" && env == nil {
 				var err error
-				if env, err = newRingblkEnv(); err != nil {
+				if env, err = newRingblkEnv(spec.Jobs); err != nil {
 					return nil, err
 				}
 			}
@@ -128,8 +129,15 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 				err = e
 			}
 		}
+		// A failed write-back on close (qcow2 metadata, the file's own
+		// close) fails the job, as fio fails a job whose file close fails.
 		for _, rj := range rjobs {
-			rj.close()
+			if e := rj.close(); e != nil && rj.res != nil && rj.res.Err == nil {
+				rj.res.Err = e
+			}
+		}
+		if env != nil {
+			env.releaseImages(rjobs)
 		}
 	}()
 	cloneIdx := 0
@@ -145,6 +153,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			if rj, err = env.openJob(j, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
 				return nil, fmt.Errorf("job %q: %w", j.Name, err)
 			}
+			rj.res = jr
 			rjobs = append(rjobs, rj)
 		}
 		for k := 0; k < j.NumJobs; k++ {
@@ -269,7 +278,7 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	}
 	if size < want {
 		fmt.Fprintf(log, "%s: Laying out IO file (1 file / %dMiB)\n", j.Name, want>>20)
-		if err := layOut(j.Filename, size, want); err != nil {
+		if err := layOut(j, size, want); err != nil {
 			return 0, 0, fmt.Errorf("job %q: laying out %s: %w", j.Name, j.Filename, err)
 		}
 	}
@@ -312,11 +321,29 @@ func qcow2VirtualSize(path string) (int64, error) {
 	return int64(h.Size), nil
 }
 
-// layOut extends path from have to want bytes with non-zero data.
-func layOut(path string, have, want int64) error {
+// layOut extends the job's file from have to want bytes: with data when
+// the job reads (fio lays reads out with data, so they are not reads of
+// holes), sparsely (ftruncate) for a job that only writes, as fio does
+// without overwrite=1. A ringblk job takes the image locks first, so a
+// file another process holds is refused, not grown.
+func layOut(j *Job, have, want int64) error {
+	path := j.Filename
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
+	}
+	if j.IOEngine == "ringblk" {
+		if err := raw.LockFile(f, path, raw.Options{Locking: lockingOf(j), ShareRW: j.ShareRW}); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if !j.RW.Reads() {
+		if err := f.Truncate(want); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
 	}
 	buf := make([]byte, 1<<20)
 	x := uint64(0x9e3779b97f4a7c15)

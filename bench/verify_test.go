@@ -87,8 +87,8 @@ func TestVerifyFindsCorruption(t *testing.T) {
 			var out, errb bytes.Buffer
 			code := Main([]string{"--name=r", "--ioengine=ringblk", "--filename=" + file, "--size=256k", "--rw=read",
 				"--bs=4k", "--iodepth=4", "--verify=" + method}, &out, &errb)
-			if code != 0 {
-				t.Fatalf("exit %d: %s", code, errb.String())
+			if code != 1 || !strings.Contains(errb.String(), "err=84") {
+				t.Fatalf("exit %d, stderr %q; want 1 and err=84 (a verify failure fails the job, as in fio)", code, errb.String())
 			}
 			want := "mismatch  : offset 40960, length 4096: bad " + method
 			if !strings.Contains(out.String(), "checked=64, mismatches=1") || !strings.Contains(out.String(), want) {

@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -276,21 +277,21 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	w.pendingDone++
 	if err != nil {
 		if w.err == nil {
-			w.err = fmt.Errorf("%s of %d bytes at offset %d: %w", dirName(int(u.dir)), u.n, u.off, err)
+			w.err = &ioError{file: w.job.Filename, dir: dirName(int(u.dir)), off: u.off, n: u.n, err: err}
 		}
 		w.stopIssuing = true
 		return
 	}
 	buf := u.buf[:u.n]
 	if u.verify {
-		if !w.ver.check(buf, u.off) && w.job.VerifyFatal {
-			w.verifyFatal()
+		if !w.ver.check(buf, u.off) {
+			w.verifyFailed()
 		}
 		return
 	}
 	if u.dir == DirRead && w.ver != nil {
-		if !w.ver.check(buf, u.off) && w.job.VerifyFatal {
-			w.verifyFatal()
+		if !w.ver.check(buf, u.off) {
+			w.verifyFailed()
 		}
 	}
 	w.prog.ios[u.dir].Add(1)
@@ -305,12 +306,19 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	s.lat.record(now - u.issue)
 }
 
-// errVerify is the job error of a verify_fatal stop (fio reports EILSEQ).
+// errVerify is the job error of a verify failure (fio reports EILSEQ,
+// err=84).
 var errVerify = errors.New("verify failed")
 
-func (w *worker) verifyFatal() {
+// verifyFailed makes the first mismatch the job's error, as fio does
+// (err=84, a non-zero exit). With verify_fatal the job stops there;
+// without, it goes on checking and counting the rest.
+func (w *worker) verifyFailed() {
 	if w.err == nil {
 		w.err = fmt.Errorf("%w: %s", errVerify, w.ver.first[len(w.ver.first)-1])
+	}
+	if !w.job.VerifyFatal {
+		return
 	}
 	w.stopIssuing = true
 	w.verifyNext = len(w.ver.written)
@@ -379,3 +387,37 @@ func errnoOf(err error) int {
 	}
 	return int(syscall.EIO)
 }
+
+// errnoText is strerror as glibc words it (capitalised), for err= lines.
+func errnoText(errno int) string {
+	s := syscall.Errno(errno).Error()
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// ioError is a job's failed I/O, in fio's words: "io_u error on file F:
+// No space left on device: write offset=N, buflen=N". The cause (with
+// the block layer's context) stays reachable for errors.Is/As.
+type ioError struct {
+	file, dir string
+	off       int64
+	n         int
+	err       error
+}
+
+func (e *ioError) Error() string {
+	cause := e.err.Error()
+	var errno syscall.Errno
+	if errors.As(e.err, &errno) {
+		cause = errnoText(int(errno))
+	}
+	file := e.file
+	if file == "" {
+		file = "(null image)"
+	}
+	return fmt.Sprintf("io_u error on file %s: %s: %s offset=%d, buflen=%d", file, cause, e.dir, e.off, e.n)
+}
+
+func (e *ioError) Unwrap() error { return e.err }

@@ -188,8 +188,12 @@ func isAncestor(a, n *Node) bool {
 // Detach removes the edge and drops its reference on the child (which may
 // delete the child). If the edge held a quiesce of its parent, the parent is
 // unquiesced at once (D13). Never polls, except that deleting the child
-// drains it for its close.
-func (g *Graph) Detach(c *Child) { g.Control(func() { g.detach(c) }) }
+// drains it for its close. It returns the errors of the Close calls of
+// the nodes it deleted.
+func (g *Graph) Detach(c *Child) (err error) {
+	g.Control(func() { err = g.collectClose(func() { g.detach(c) }) })
+	return err
+}
 
 func (g *Graph) detach(c *Child) {
 	g.assertMain()
@@ -212,19 +216,22 @@ func (g *Graph) detach(c *Child) {
 func (g *Graph) ReplaceNode(old, new *Node) (err error) {
 	g.Control(func() {
 		g.checkNotQuiescing("replacing a node")
-		// Our own references for the whole operation (as QEMU's
-		// bdrv_replace_node does): when the edges being moved are old's
-		// only users, the last one moving away would otherwise delete old
-		// inside its drained section.
-		old.Ref()
-		new.Ref()
-		old.drainedBegin()
-		new.drainedBegin()
-		err = g.replaceNoDrain(old, new)
-		new.drainedEnd()
-		old.drainedEnd()
-		new.unref()
-		old.unref()
+		cerr := g.collectClose(func() {
+			// Our own references for the whole operation (as QEMU's
+			// bdrv_replace_node does): when the edges being moved are
+			// old's only users, the last one moving away would otherwise
+			// delete old inside its drained section.
+			old.Ref()
+			new.Ref()
+			old.drainedBegin()
+			new.drainedBegin()
+			err = g.replaceNoDrain(old, new)
+			new.drainedEnd()
+			old.drainedEnd()
+			new.unref()
+			old.unref()
+		})
+		err = errors.Join(err, cerr)
 	})
 	return err
 }
@@ -254,18 +261,22 @@ func (g *Graph) replaceNoDrain(old, new *Node) error {
 
 // ReplaceChild points edge c at new (nil detaches it without dropping the
 // edge object). The caller keeps both nodes drained as ReplaceNode does.
-func (g *Graph) ReplaceChild(c *Child, new *Node) {
+// It returns the errors of the Close calls of the nodes it deleted.
+func (g *Graph) ReplaceChild(c *Child, new *Node) (err error) {
 	g.Control(func() {
 		g.checkNotQuiescing("replacing a child")
-		old := c.node.Load()
-		if new != nil {
-			new.Ref()
-		}
-		g.setChild(c, new)
-		if old != nil {
-			old.unref()
-		}
+		err = g.collectClose(func() {
+			old := c.node.Load()
+			if new != nil {
+				new.Ref()
+			}
+			g.setChild(c, new)
+			if old != nil {
+				old.unref()
+			}
+		})
 	})
+	return err
 }
 
 // setChild is the one place an edge changes its child (QEMU's

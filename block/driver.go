@@ -27,8 +27,12 @@ type Driver interface {
 	Open(n *Node) error
 	// Close is called exactly once, inside a drained section that the close
 	// path opened itself (D14): n.Quiesce() > 0 and no request is in flight.
-	// Children still attached afterwards are detached by block.
-	Close(n *Node)
+	// Children still attached afterwards are detached by block. An error
+	// (write-back of cached metadata failed, the file's close failed) is
+	// returned to whoever dropped the last reference: Node.Unref,
+	// Graph.Detach, FrontEnd.Remove or Close, ReplaceNode. The node is
+	// gone either way; the driver frees what it holds before returning.
+	Close(n *Node) error
 
 	Read(r *Request)        // vectored read of r.Len bytes into r.Iov at r.Off
 	Write(r *Request)       // vectored write; r.Flags may carry FUA
@@ -62,11 +66,11 @@ type Driver interface {
 // allocated data, the hooks do nothing.
 type DriverBase struct{}
 
-func (DriverBase) Open(*Node) error { return nil }
-func (DriverBase) Close(*Node)      {}
-func (DriverBase) Read(r *Request)  { r.Complete(r.unsupported()) }
-func (DriverBase) Write(r *Request) { r.Complete(r.unsupported()) }
-func (DriverBase) Flush(r *Request) { r.Complete(nil) }
+func (DriverBase) Open(*Node) error  { return nil }
+func (DriverBase) Close(*Node) error { return nil }
+func (DriverBase) Read(r *Request)   { r.Complete(r.unsupported()) }
+func (DriverBase) Write(r *Request)  { r.Complete(r.unsupported()) }
+func (DriverBase) Flush(r *Request)  { r.Complete(nil) }
 func (DriverBase) Discard(r *Request) {
 	r.Complete(nil)
 }

@@ -45,7 +45,10 @@ var errNotInChain = errors.New("base is not below top in the backing chain")
 // began, since the graph may change while the drain waits. Marshalled to
 // the main Context.
 func (g *Graph) DropIntermediate(top, base *Node, backingFile string) (err error) {
-	g.Control(func() { err = g.dropIntermediate(top, base, backingFile) })
+	g.Control(func() {
+		cerr := g.collectClose(func() { err = g.dropIntermediate(top, base, backingFile) })
+		err = errors.Join(err, cerr)
+	})
 	return err
 }
 

@@ -142,8 +142,9 @@ func (fe *FrontEnd) Insert(n *Node) (err error) {
 	return err
 }
 
-// Remove detaches the root node (dropping the front end's reference).
-func (fe *FrontEnd) Remove() {
+// Remove detaches the root node (dropping the front end's reference). It
+// returns the errors of the Close calls of the nodes that deletes.
+func (fe *FrontEnd) Remove() (err error) {
 	fe.g.Control(func() {
 		c := fe.root.Load()
 		if c == nil {
@@ -151,19 +152,22 @@ func (fe *FrontEnd) Remove() {
 		}
 		n := c.node.Load()
 		fe.root.Store(nil)
-		fe.g.detach(c)
+		err = fe.g.collectClose(func() { fe.g.detach(c) })
 		// A node nobody else uses goes back to the main Context, so the
 		// front end's Context can stop without stranding it (I19).
 		if n != nil && n.refs > 0 && len(n.parents) == 0 && n.Context() != fe.g.main {
 			_ = fe.g.move(n, fe.g.main, nil)
 		}
 	})
+	return err
 }
 
 // Close removes the root node and unregisters the front end. Requests must
-// have completed (drain first).
-func (fe *FrontEnd) Close() {
-	fe.Remove()
+// have completed (drain first). It returns the errors of the Close calls of
+// the nodes the removal deleted (a failed metadata write-back): the front
+// end is closed either way.
+func (fe *FrontEnd) Close() error {
+	err := fe.Remove()
 	fe.g.Control(func() {
 		invariants.Check(fe.inFlight.load() == 0, "block: closing front end %q with %d requests in flight", fe.name, fe.inFlight.load())
 		fe.closed = true
@@ -174,6 +178,7 @@ func (fe *FrontEnd) Close() {
 			}
 		}
 	})
+	return err
 }
 
 // Drain drains the root node and also waits for requests of the front end

@@ -1,6 +1,7 @@
 package block
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,9 @@ type Graph struct {
 	settleReport   func(error)
 	settleOverruns int
 	settleLast     error
+	// closeErr gathers the errors of driver Close calls made by node
+	// deletions since the innermost collectClose began.
+	closeErr error
 
 	pendingAllFn func() bool // g.pendingAll, bound once
 	// drainAllBeginFn and drainAllEndFn are the method values, bound once
@@ -192,6 +196,20 @@ func (g *Graph) unlink(n *Node) {
 	n.allPrev, n.allNext = nil, nil
 }
 
+// collectClose runs fn (main Context) and returns the errors of the driver
+// Close calls made by the node deletions fn caused. Every exported call that
+// can drop a last reference goes through it, so a failed write-back on close
+// reaches the caller that closed, never just a log.
+func (g *Graph) collectClose(fn func()) error {
+	g.assertMain()
+	outer := g.closeErr
+	g.closeErr = nil
+	fn()
+	err := g.closeErr
+	g.closeErr = outer
+	return err
+}
+
 // delete closes n inside its own drained section (D14), detaches its
 // children, releases the quiesces it still holds from drain-all sections
 // and drops it from the registry.
@@ -201,7 +219,9 @@ func (g *Graph) delete(n *Node) {
 	invariants.Check(n.subtreeOwn == 0, "block: deleting node %s inside its own subtree drain", n.name)
 	if !n.closed {
 		n.drainedBegin()
-		n.drv.Close(n)
+		if err := n.drv.Close(n); err != nil {
+			g.closeErr = errors.Join(g.closeErr, newError(Io, OpClose, n, 0, err))
+		}
 		for len(n.children) > 0 {
 			g.detach(n.children[0])
 		}

@@ -1,6 +1,7 @@
 package block
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -40,9 +41,14 @@ func (m *Move) OnCommit(fn func()) { m.commits = append(m.commits, fn) }
 // is drained under the old Contexts, the old Contexts run the bottom halves
 // already scheduled for it (seed 004), the drivers detach and attach, and
 // the drains end under the new Context (D17). A parent that forbids the
-// move vetoes it with an error and nothing changes.
+// move vetoes it with an error and nothing changes. A node that left the
+// component while the move waited, and whose last reference was the
+// move's own, is deleted at the end; its driver's Close error is returned.
 func (n *Node) SetContext(ctx *aio.Context) (err error) {
-	n.g.Control(func() { err = n.g.move(n, ctx, nil) })
+	n.g.Control(func() {
+		cerr := n.g.collectClose(func() { err = n.g.move(n, ctx, nil) })
+		err = errors.Join(err, cerr)
+	})
 	return err
 }
 
@@ -55,9 +61,11 @@ func (fe *FrontEnd) SetContext(ctx *aio.Context) (err error) {
 			fe.ctx.Store(ctx)
 			return
 		}
-		if err = fe.g.move(c.node.Load(), ctx, c); err == nil {
+		cerr := fe.g.collectClose(func() { err = fe.g.move(c.node.Load(), ctx, c) })
+		if err == nil {
 			fe.ctx.Store(ctx)
 		}
+		err = errors.Join(err, cerr)
 	})
 	return err
 }

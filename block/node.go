@@ -105,9 +105,13 @@ func (n *Node) Ref() {
 }
 
 // Unref drops a reference; the last one deletes the node: close inside a
-// drained section, children detached, registry entry removed. Marshalled to
-// the main Context.
-func (n *Node) Unref() { n.g.Control(n.unref) }
+// drained section, children detached, registry entry removed. It returns
+// the errors of the Close calls of the nodes deleted (n and children whose
+// last reference n held). Marshalled to the main Context.
+func (n *Node) Unref() (err error) {
+	n.g.Control(func() { err = n.g.collectClose(n.unref) })
+	return err
+}
 
 func (n *Node) unref() {
 	n.g.assertMain()

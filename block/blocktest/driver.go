@@ -48,6 +48,8 @@ type Driver struct {
 	OnDrainBegin func(n *block.Node)
 	// OnClose runs inside Close.
 	OnClose func(n *block.Node)
+	// CloseErr is what Close returns (a failed write-back on close).
+	CloseErr error
 
 	// BackingFile is the last name ChangeBackingFile recorded (main
 	// Context); BackingFileChanges counts the calls.
@@ -76,7 +78,7 @@ func (d *Driver) DrainEnd(n *block.Node) {
 	}
 }
 
-func (d *Driver) Close(n *block.Node) {
+func (d *Driver) Close(n *block.Node) error {
 	if n.Quiesce() <= 0 || d.DrainCount.Load() <= 0 {
 		panic("assertion failed: blocktest: node " + n.Name() + " closed outside a drained section (D14)")
 	}
@@ -84,6 +86,7 @@ func (d *Driver) Close(n *block.Node) {
 	if d.OnClose != nil {
 		d.OnClose(n)
 	}
+	return d.CloseErr
 }
 
 func (d *Driver) Length(*block.Node) (int64, error) { return d.Size, nil }

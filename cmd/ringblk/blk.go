@@ -194,20 +194,38 @@ var blkSeq int
 // qemu-img's words, without the block layer's context.
 func openError(path string, err error) error {
 	if cause := openCause(err); cause != "" {
-		return fmt.Errorf("Could not open '%s': %s", path, cause)
+		return &wordedError{msg: fmt.Sprintf("Could not open '%s': %s", path, cause), err: err}
 	}
 	msg := err.Error()
 	if strings.HasPrefix(msg, "Could not open") || strings.HasPrefix(msg, "Unknown file format") {
 		return err
 	}
-	return fmt.Errorf("Could not open '%s': %w", path, err)
+	// The cause without the block layer's context (operation, node
+	// name, offset, kind): the user named a file, not a node.
+	return &wordedError{msg: fmt.Sprintf("Could not open '%s': %v", path, plainErr(err)), err: err}
 }
+
+// wordedError is an error reworded for the user that keeps its cause for
+// errors.Is and errors.As.
+type wordedError struct {
+	msg string
+	err error
+}
+
+func (e *wordedError) Error() string { return e.msg }
+func (e *wordedError) Unwrap() error { return e.err }
 
 // openCause returns qemu-img's wording for the commonest open failures, or
 // "" to keep the error as it is.
 func openCause(err error) string {
 	var pe *os.PathError
+	var le *raw.LockError
+	var be *chain.BackingError
 	switch {
+	case errors.As(err, &be):
+		return be.Error()
+	case errors.As(err, &le):
+		return le.Error()
 	case errors.Is(err, qcow2.ErrNotQcow2):
 		return "Image is not in qcow2 format"
 	case errors.As(err, &pe):
@@ -218,17 +236,19 @@ func openCause(err error) string {
 
 // Close drops the node and, for an image that owns them, stops the
 // Context. Dirty metadata is written back by the drivers' Close.
+// A failed write-back is returned (and so reaches the exit status).
 func (b *blkImage) Close() error {
+	var err error
 	if b.Node != nil {
-		b.Node.Unref()
+		err = b.Node.Unref()
 		b.Node = nil
 	}
 	if !b.owned {
-		return nil
-	}
-	b.owned = false
-	if _, err := b.Ctx.Stop(); err != nil {
 		return err
 	}
-	return nil
+	b.owned = false
+	if _, serr := b.Ctx.Stop(); serr != nil && err == nil {
+		err = serr
+	}
+	return err
 }

@@ -147,11 +147,11 @@ func (c *comparer) run() (int, error) {
 	for off := int64(0); off < total; {
 		s1, err := c.ch1.statusAbove(off, size1-off, false)
 		if err != nil {
-			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name1, err)
+			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name1, plainErr(err))
 		}
 		s2, err := c.ch2.statusAbove(off, size2-off, false)
 		if err != nil {
-			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name2, err)
+			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name2, plainErr(err))
 		}
 		chunk := min(s1.pnum, s2.pnum)
 		if c.strict && (s1.st != s2.st || s1.hasOff != s2.hasOff) {
@@ -201,7 +201,7 @@ func (c *comparer) run() (int, error) {
 		for off := total; off < end; {
 			s, err := over.statusAbove(off, end-off, false)
 			if err != nil {
-				return 3, fmt.Errorf("Sector allocation test failed for %s: %v", name, err)
+				return 3, fmt.Errorf("Sector allocation test failed for %s: %v", name, plainErr(err))
 			}
 			chunk := s.pnum
 			if s.st&block.StatusAllocated != 0 && s.st&block.StatusZero == 0 {
@@ -220,7 +220,7 @@ func (c *comparer) run() (int, error) {
 
 func (c *comparer) read(ch *imageChain, name string, p []byte, off int64) (int, error) {
 	if _, err := ch.levels[0].node.ReadAt(p, off); err != nil {
-		return 4, fmt.Errorf("Error while reading offset %d of %s: %v", off, name, err)
+		return 4, fmt.Errorf("Error while reading offset %d of %s: %v", off, name, plainErr(err))
 	}
 	return 0, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -213,13 +214,13 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 	}
 	defer func() {
 		if cerr := dst.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("%s: %v", r.dst, cerr)
+			err = fmt.Errorf("%s: %v", r.dst, plainErr(cerr))
 		}
 	}()
 	if r.skipCreate {
 		dsize, err := dst.Node.Length()
 		if err != nil {
-			return fmt.Errorf("Could not get the size of '%s': %v", r.dst, err)
+			return fmt.Errorf("Could not get the size of '%s': %v", r.dst, plainErr(err))
 		}
 		if dsize < size {
 			return fmt.Errorf("output file '%s' is smaller than input file '%s' (%d < %d bytes)", r.dst, r.src, dsize, size)
@@ -245,7 +246,7 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return nil
 	}
 	if err := dst.Node.Flush(); err != nil {
-		return fmt.Errorf("error while flushing '%s': %v", r.dst, err)
+		return fmt.Errorf("error while flushing '%s': %v", r.dst, plainErr(err))
 	}
 	return nil
 }
@@ -285,6 +286,11 @@ func createTarget(r *convertReq, size int64) error {
 		_, err = createRaw(cr)
 	} else {
 		_, err = createQcow2(cr)
+	}
+	var le *raw.LockError
+	if errors.As(err, &le) {
+		// qemu-img's words; the target is untouched (create locks first).
+		return fmt.Errorf("%s: error while converting %s: %v", r.dst, cr.format, le)
 	}
 	return err
 }
@@ -360,7 +366,7 @@ func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
 	for off := int64(0); off < c.size; {
 		s, err := c.src.statusAbove(off, c.size-off, c.topOnly)
 		if err != nil {
-			return fmt.Errorf("error while reading block status at offset %d: %v", off, err)
+			return fmt.Errorf("error while reading block status at offset %d: %v", off, plainErr(err))
 		}
 		n, k := s.pnum, c.classify(s)
 		if cs := c.clusterSize; cs > 0 {
@@ -499,7 +505,7 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 		return c.writeZeroes(it.off, it.n)
 	}
 	if _, err := c.src.levels[0].node.ReadAt(buf, it.off); err != nil {
-		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, err)
+		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, plainErr(err))
 	}
 	if !c.waitTurn(it.seq) {
 		return nil
@@ -564,14 +570,14 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 
 func (c *converter) write(p []byte, off int64) error {
 	if _, err := c.dst.WriteAt(p, off); err != nil {
-		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, err)
+		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, plainErr(err))
 	}
 	return nil
 }
 
 func (c *converter) writeZeroes(off, n int64) error {
 	if err := c.dst.WriteZeroes(off, n, block.MayUnmap); err != nil {
-		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, err)
+		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, plainErr(err))
 	}
 	return nil
 }

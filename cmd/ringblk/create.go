@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -117,10 +119,18 @@ func createCmd(args []string, stdout, stderr io.Writer) int {
 			delete(r.kv, "size")
 		}
 		if len(operands) == 2 {
+			if r.hasSize {
+				// qemu-img refuses -o size= with a SIZE operand, even
+				// when they agree.
+				return 1, usagef("%s: The image size must be specified only once", r.file)
+			}
 			if r.size, err = parseSize(operands[1]); err != nil {
 				return 1, err
 			}
 			r.hasSize = true
+		}
+		if b, ok := r.kv["backing_file"]; ok && b == "" {
+			return 1, usagef("%s: Expected backing file name, got empty string", r.file)
 		}
 		var line string
 		if r.format == "raw" {
@@ -128,11 +138,13 @@ func createCmd(args []string, stdout, stderr io.Writer) int {
 		} else {
 			line, err = createQcow2(r)
 		}
+		// qemu-img prints the "Formatting" line before it touches the
+		// file, so it is there when the creation then fails.
+		if !r.quiet && line != "" {
+			fmt.Fprintln(stdout, line)
+		}
 		if err != nil {
 			return 1, err
-		}
-		if !r.quiet {
-			fmt.Fprintln(stdout, line)
 		}
 		return 0, nil
 	})
@@ -160,7 +172,7 @@ func createRaw(r *createReq) (string, error) {
 		line += " preallocation=" + v
 	}
 	if err := raw.Create(r.file, r.size, pre); err != nil {
-		return "", fmt.Errorf("%s: %v", r.file, err)
+		return line, createErr(r.file, err)
 	}
 	return line, nil
 }
@@ -301,7 +313,7 @@ func createQcow2(r *createReq) (string, error) {
 	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", lazy, rb)
 
 	if err := writeQcow2(r.file, r.size, co); err != nil {
-		return "", fmt.Errorf("%s: %v", r.file, err)
+		return b.String(), createErr(r.file, err)
 	}
 	return b.String(), nil
 }
@@ -309,9 +321,14 @@ func createQcow2(r *createReq) (string, error) {
 // writeQcow2 runs qcow2.Create on a raw node over a new file: a main
 // Context, a graph with the one node, then everything closed again.
 func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
-		return unwrapPathErr(err)
+	// Make sure the file exists, without O_TRUNC: the raw node below
+	// takes the image locks first, and qcow2.Create truncates only then,
+	// so an image another process holds is refused untouched.
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+	if err != nil {
+		return err
 	}
+	f.Close()
 	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: 1 << 20})
 	if err != nil {
 		return err
@@ -330,6 +347,19 @@ func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
 		return err
 	}
 	err = qcow2.Create(file, size, co)
-	file.Unref()
+	if cerr := file.Unref(); err == nil {
+		err = cerr
+	}
 	return err
+}
+
+// createErr words a failed creation as qemu-img does: "FILE: cause", and
+// "FILE: Could not create 'FILE': cause" when the file could not be opened
+// or made.
+func createErr(file string, err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) && pe.Op == "open" {
+		return fmt.Errorf("%s: Could not create '%s': %w", file, file, unwrapPathErr(pe))
+	}
+	return fmt.Errorf("%s: %w", file, plainErr(err))
 }

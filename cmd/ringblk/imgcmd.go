@@ -204,6 +204,11 @@ func openImage(path, format string) (*openedImage, error) {
 			return nil, openError(path, err)
 		}
 		o.qcow = im
+	} else {
+		// A raw image's size in whole 512-byte sectors, as QEMU (and the
+		// raw driver) count it: the tail of a partial sector reads as
+		// zeroes.
+		o.size = (o.size + 511) &^ 511
 	}
 	return o, nil
 }

@@ -169,6 +169,15 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			if errors.As(err, &ue) {
 				return 1, err
 			}
+			var le *raw.LockError
+			var be *chain.BackingError
+			switch {
+			case errors.As(err, &be):
+				// qemu-io's words: the cause, no "Could not open".
+				return 1, fmt.Errorf("can't open device %s: %v", path, be)
+			case errors.As(err, &le):
+				return 1, fmt.Errorf("can't open device %s: %v", path, le)
+			}
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
 		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr}
@@ -187,7 +196,7 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		s.aioFlush()
 		if err := img.Close(); err != nil {
-			return 1, fmt.Errorf("closing '%s': %v", path, err)
+			return 1, fmt.Errorf("closing '%s': %v", path, plainErr(err))
 		}
 		if failed {
 			return 1, nil

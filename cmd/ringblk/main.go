@@ -5,6 +5,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"sort"
 )
 
@@ -42,22 +44,67 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "\nRun 'ringblk <command> --help' for the options of a command.")
 }
 
-func main() {
-	if len(os.Args) < 2 {
-		usage()
-		os.Exit(2)
+// version is ringblk's release; the commit comes from the build
+// (versionLine). Keep it equal to plugin.Version.
+const version = "0.1.0-dev"
+
+// commit may be set at link time (-ldflags "-X main.commit=$(git
+// rev-parse --short=12 HEAD)") where the go command does not stamp the
+// build with its VCS revision (-buildvcs=false, a worktree it cannot read).
+var commit string
+
+// versionLine is what --version prints: the release, the commit the
+// binary was built from (with "-dirty" for uncommitted changes), and the
+// Go release, from the build information the go command records.
+func versionLine() string {
+	rev, dirty := commit, ""
+	goVersion := runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		goVersion = bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				if rev == "" {
+					rev = s.Value
+				}
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "-dirty"
+				}
+			}
+		}
 	}
-	name := os.Args[1]
+	if rev == "" {
+		rev = "unknown"
+	}
+	if len(rev) > 12 && rev != commit {
+		rev = rev[:12] // a full vcs.revision; a stamped commit is used as given
+	}
+	return fmt.Sprintf("ringblk version %s (commit %s%s, %s)", version, rev, dirty, goVersion)
+}
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+// run is the command line: a command and its arguments, --help or
+// --version. A mistake is one "ringblk: …" line and exit 1.
+func run(args []string) int {
+	if len(args) < 1 {
+		fmt.Fprintln(os.Stderr, "ringblk: no command given (see 'ringblk --help')")
+		return 1
+	}
+	name := args[0]
 	switch name {
 	case "-h", "--help", "help":
 		usage()
-		os.Exit(0)
+		return 0
+	case "-V", "--version", "version":
+		fmt.Println(versionLine())
+		return 0
 	}
 	cmd, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "ringblk: unknown command %q\n", name)
-		usage()
-		os.Exit(2)
+		fmt.Fprintf(os.Stderr, "ringblk: unknown command '%s' (see 'ringblk --help')\n", name)
+		return 1
 	}
-	os.Exit(cmd.run(os.Args[2:]))
+	return cmd.run(args[1:])
 }

@@ -114,7 +114,7 @@ func newImageChain(img *blkImage, withOffsets bool) (*imageChain, error) {
 		size, err := n.Length()
 		if err != nil {
 			ch.Close()
-			return nil, fmt.Errorf("Could not get the size of '%s': %v", path, err)
+			return nil, fmt.Errorf("Could not get the size of '%s': %v", path, plainErr(err))
 		}
 		l := chainLevel{node: n, path: path, format: format, size: size}
 		var next *block.Node
@@ -156,7 +156,7 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 	l := &ch.levels[i]
 	st, pnum, err = l.node.BlockStatus(off, n)
 	if err != nil {
-		return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, err)
+		return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, plainErr(err))
 	}
 	if pnum <= 0 || pnum > n {
 		return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: block status covered %d of %d bytes", l.path, off, pnum, n)
@@ -167,7 +167,7 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 	case l.qimg != nil && st&block.StatusAllocated != 0:
 		ext, err := l.qimg.qcow.Map(nil, off, min(pnum, l.qimg.qcow.Geometry.Size-off))
 		if err != nil || len(ext) == 0 {
-			return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, err)
+			return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, plainErr(err))
 		}
 		x := ext[0]
 		pnum = min(pnum, x.Len)

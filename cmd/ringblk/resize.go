@@ -131,10 +131,13 @@ func resizeCmd(args []string, stdout, stderr io.Writer) int {
 
 // openResize opens the image writable. A raw image gets a raw node of its
 // own so that growth is preallocated as asked; a qcow2 image is opened
-// without its backing chain (resizing never reads it).
+// with its backing chain, as qemu-img does: growing over a backing file
+// longer than the old size must hide that file's bytes in the new area
+// (the driver's Truncate zeroes it), and the driver needs the backing
+// file's length and content (for a partial last cluster) to do so.
 func openResize(path, format string, prealloc raw.Prealloc) (*blkImage, error) {
 	if format == "qcow2" {
-		return openBlk(path, blkOptions{Format: "qcow2", NoBacking: true})
+		return openBlk(path, blkOptions{Format: "qcow2"})
 	}
 	c, g, err := newBlkEnv()
 	if err != nil {

@@ -81,7 +81,7 @@ func snapshotCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		code, err := snapshotRun(img, action, name, stdout)
 		if cerr := img.Close(); err == nil && cerr != nil {
-			code, err = 1, fmt.Errorf("%s: %v", file, cerr)
+			code, err = 1, fmt.Errorf("%s: %v", file, plainErr(cerr))
 		}
 		return code, err
 	})

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
@@ -39,6 +40,12 @@ type Options struct {
 	// image against writers, so it works beside a running VM. Implies
 	// ReadOnly.
 	ForceShare bool
+	// ShareRW lets other processes write and resize the top image while
+	// it is open (QEMU's share-rw=on; raw.Options.ShareRW). Backing files
+	// never share writes.
+	ShareRW bool
+	// Fadvise is the access-pattern hint of the top image's file node.
+	Fadvise raw.Fadvise
 	// Locking is the locking mode of every file node (default auto).
 	Locking raw.Locking
 	// NoBacking opens the top image alone: unallocated clusters read as
@@ -150,22 +157,25 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	return img, nil
 }
 
-// Close drops the caller's reference on the image's node.
-func (i *Image) Close() {
-	if i.Node != nil {
-		i.Node.Unref()
-		i.Node = nil
+// Close drops the caller's reference on the image's node and returns the
+// errors of the node closes that caused (a failed metadata write-back).
+func (i *Image) Close() error {
+	if i.Node == nil {
+		return nil
 	}
+	err := i.Node.Unref()
+	i.Node = nil
+	return err
 }
 
 func fileOptions(o Options, top bool) raw.Options {
 	fo := raw.Options{ReadOnly: o.ReadOnly || !top, Locking: o.Locking}
 	if top {
-		fo.Cache, fo.Discard, fo.DetectZeroes = o.Cache, o.Discard, o.DetectZeroes
+		fo.Cache, fo.Discard, fo.DetectZeroes, fo.Fadvise = o.Cache, o.Discard, o.DetectZeroes, o.Fadvise
 	} else if o.Cache == raw.CacheNone {
 		fo.Cache = raw.CacheNone
 	}
-	if o.ForceShare {
+	if o.ForceShare || (top && o.ShareRW) {
 		fo.ShareRW = true
 	}
 	return fo
@@ -180,17 +190,24 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
-	dopts.Backing = func(req qcow2.BackingRequest) (*block.Node, error) {
+	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
 		switch req.Format {
 		case "raw":
-			return raw.NewNode(g, p, fileOptions(o, false), block.Options{Name: bname, ReadOnly: true})
+			n, err = raw.NewNode(g, p, fileOptions(o, false), block.Options{Name: bname, ReadOnly: true})
 		case "qcow2":
-			n, _, err := openQcow2(g, p, o, bname, req.Depth, req.Chain, false)
-			return n, err
+			n, _, err = openQcow2(g, p, o, bname, req.Depth, req.Chain, false)
+		default:
+			return nil, fmt.Errorf("backing file '%s': unsupported format '%s'", p, req.Format)
 		}
-		return nil, fmt.Errorf("backing file '%s': unsupported format '%s'", p, req.Format)
+		if err != nil {
+			var be *BackingError
+			if !errors.As(err, &be) { // a deeper level already says which
+				err = &BackingError{Path: p, Err: err}
+			}
+		}
+		return n, err
 	}
 	drv := qcow2.New(file, dopts)
 	n, err := g.Open(drv, block.Options{Name: name, ReadOnly: o.ReadOnly || !top})
@@ -207,4 +224,41 @@ func unwrapPath(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// BackingError is a backing file of the chain that could not be opened:
+// the overlay is unopenable because of it. Its message is QEMU's: "Could
+// not open backing file: Could not open 'PATH': cause", naming the file
+// that failed (missing, unreadable, locked, not the recorded format).
+type BackingError struct {
+	Path string // as resolved against the overlay's directory
+	Err  error
+}
+
+func (e *BackingError) Error() string {
+	return "Could not open backing file: Could not open '" + e.Path + "': " + causeText(e.Err)
+}
+
+func (e *BackingError) Unwrap() error { return e.Err }
+
+// causeText is err as qemu-img words an open failure: an errno as
+// strerror (capitalised), a lock conflict as QEMU's sentence, anything
+// else without the block layer's context.
+func causeText(err error) string {
+	var le *raw.LockError
+	if errors.As(err, &le) {
+		return le.Error()
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		s := errno.Error()
+		return strings.ToUpper(s[:1]) + s[1:]
+	}
+	for {
+		be, ok := err.(*block.Error)
+		if !ok || be.Err == nil {
+			return err.Error()
+		}
+		err = be.Err
+	}
 }

@@ -69,8 +69,24 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
+	if err := d.zeroRangeLocked(co, r, r.Off, r.Len, m); err != nil {
+		return err
+	}
+	if d.needFlush() {
+		return d.flushMetadata(co, r)
+	}
+	return nil
+}
+
+// zeroRangeLocked zeroes or discards guest bytes [off, off+n), which the
+// caller has checked against the disk size. REQUIRES: metaLock held,
+// prepareWrite done.
+func (d *Driver) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m zeroMode) error {
+	d.mu.Lock()
+	size := d.geo.Size
+	d.mu.Unlock()
 	cs := d.geo.ClusterSize()
-	off, end := r.Off, r.Off+r.Len
+	end := off + n
 	var zeros []byte
 	for off < end {
 		in := off & (cs - 1)
@@ -92,9 +108,6 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 			return err
 		}
 		off += k
-	}
-	if d.needFlush() {
-		return d.flushMetadata(co, r)
 	}
 	return nil
 }

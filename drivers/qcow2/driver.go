@@ -312,23 +312,26 @@ func (d *Driver) openBacking() error {
 }
 
 // Close writes back dirty metadata (a read-write image) and lets block
-// detach the children.
-func (d *Driver) Close(n *block.Node) {
+// detach the children. A failed write-back is returned: the caller that
+// closed without a flush first must learn that the mapping is not on disk.
+func (d *Driver) Close(n *block.Node) error {
 	if d.readOnly || d.file == nil || d.hdr == nil {
-		return
+		return nil
 	}
 	// Close runs on the main Context inside a drained section: run a flush
 	// as a coroutine and wait for it there.
 	var done atomic.Bool
+	var err error
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		d.closeMetadata(co)
+		err = d.closeMetadata(co)
 		d.metaLock.unlock()
 		done.Store(true)
 		main.Kick()
 	})
 	main.WaitWhile(func() bool { return !done.Load() })
+	return err
 }
 
 // Length reports the virtual disk size.

@@ -52,7 +52,7 @@ func l2OpenWith(t testing.TB, e *testEnv, path string, opts DriverOptions) (*blo
 	if err != nil {
 		t.Fatalf("open %s: %v", path, err)
 	}
-	t.Cleanup(n.Unref)
+	t.Cleanup(func() { n.Unref() })
 	return n, n.Driver().(*Driver)
 }
 

@@ -45,6 +45,14 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	if need*8 > MaxL1Bytes {
 		return limit("l1_size", need, "image size is too large for this cluster size")
 	}
+	// A backing file longer than the old size would show through the new
+	// area: it must read as zeros (QEMU's bdrv_co_truncate asks for a
+	// zeroing truncate then). Version 2 has no zero flag, and QEMU 7.2
+	// refuses rather than write real zeros; so do we, before any change.
+	hide := d.backing != nil && d.backingSize > old
+	if hide && !d.geo.ZeroFlag && !d.geo.ExtendedL2 {
+		return unsupported("version", 2, "Failed to zero out new clusters: a version 2 image cannot hide its backing file past the old size (upgrade with amend -o compat=1.1)")
+	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
@@ -53,6 +61,11 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	}
 	if need > uint64(len(d.l1)) {
 		if err := d.growL1(co, r, int64(need)); err != nil {
+			return err
+		}
+	}
+	if hide {
+		if err := d.hideBacking(co, r, old, size); err != nil {
 			return err
 		}
 	}
@@ -69,6 +82,32 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	d.hdr.Size = uint64(size)
 	d.mu.Unlock()
 	return nil
+}
+
+// hideBacking makes guest bytes [old, size) read as zeros whatever the
+// backing file holds there, as QEMU 7.2's zeroing truncate does: the
+// part of the last old cluster (subcluster with extended L2) past old
+// gets real zeros (a copy-on-write of the rest from the backing file),
+// everything from the next (sub)cluster boundary on gets the zero flag.
+// The entries are durable before the header announces the new size, so
+// a crash leaves the old size with harmless zero entries past it, never
+// the new size with the backing file showing. REQUIRES: metaLock held,
+// L1 large enough for size.
+func (d *Driver) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
+	d.mu.Lock()
+	d.geo.Size = size // the zeroing works on the grown disk
+	d.mu.Unlock()
+	defer func() {
+		if err != nil {
+			d.mu.Lock()
+			d.geo.Size = old
+			d.mu.Unlock()
+		}
+	}()
+	if err := d.zeroRangeLocked(co, r, old, size-old, modeZero); err != nil {
+		return err
+	}
+	return d.flushMetadata(co, r)
 }
 
 // growL1 moves the active L1 table to n entries at the end of the image:

@@ -187,7 +187,7 @@ func newBench(tb testing.TB, s benchSpec) *benchSetup {
 		tb.Fatal(err)
 	}
 	n.Unref()
-	tb.Cleanup(b.fe.Close)
+	tb.Cleanup(func() { b.fe.Close() })
 	for i, c := range b.io {
 		j := &job{ctx: c, q: b.fe.Queue(c), write: s.rw == "randwrite" || s.rw == "write",
 			seq: s.rw == "read" || s.rw == "write", bs: s.bs, blocks: size / s.bs,

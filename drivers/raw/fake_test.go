@@ -29,7 +29,7 @@ func fakeFE(t *testing.T, opts uringtest.Options, size int64, ropts raw.Options)
 	if err := fe.Insert(n); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(fe.Close)
+	t.Cleanup(func() { fe.Close() })
 	return e, n, fe.Queue(e.main), path, model
 }
 

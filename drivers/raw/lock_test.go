@@ -180,3 +180,34 @@ func TestLockWriterNextToQemuReader(t *testing.T) {
 		t.Fatalf("writer next to a read-only qemu: %v", err)
 	}
 }
+
+// TestCreateLocksBeforeTruncate: Create on a file another open holds
+// (read-only here, which refuses writers) fails with the lock error and
+// leaves every byte; once released, Create replaces the file.
+func TestCreateLocksBeforeTruncate(t *testing.T) {
+	path, _ := image(t, 65536, 1)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := raw.Open(path, raw.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []raw.Prealloc{raw.PreallocOff, raw.PreallocFalloc, raw.PreallocFull} {
+		err = raw.Create(path, 4096, p)
+		wantLocked(t, err, `Failed to get "write" lock`)
+		if after, _ := os.ReadFile(path); string(after) != string(before) {
+			t.Fatalf("Create(%v) on a held file changed it: %d bytes, was %d", p, len(after), len(before))
+		}
+	}
+	if err := d.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Create(path, 4096, raw.PreallocOff); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != 4096 {
+		t.Fatalf("after Create: %v, %v; want 4096 bytes", st, err)
+	}
+}

@@ -119,6 +119,35 @@ func ParseLocking(s string) (Locking, bool) {
 	return Locking(i), ok
 }
 
+// Fadvise is an access-pattern hint given to the kernel for the driver's
+// open file (posix_fadvise), fio's fadvise_hint. Linux keeps RANDOM and
+// SEQUENTIAL per open file: RANDOM turns readahead off for it,
+// SEQUENTIAL doubles the readahead window. Another open of the same file
+// keeps its own.
+type Fadvise uint8
+
+const (
+	// FadviseNone gives no hint (the kernel's default readahead), as QEMU
+	// does. The default.
+	FadviseNone Fadvise = iota
+	// FadviseNormal is POSIX_FADV_NORMAL.
+	FadviseNormal
+	// FadviseSequential is POSIX_FADV_SEQUENTIAL.
+	FadviseSequential
+	// FadviseRandom is POSIX_FADV_RANDOM: no readahead.
+	FadviseRandom
+)
+
+var fadviseNames = [...]string{FadviseNone: "none", FadviseNormal: "normal", FadviseSequential: "sequential", FadviseRandom: "random"}
+
+func (f Fadvise) String() string { return enumName(fadviseNames[:], int(f)) }
+
+// ParseFadvise parses "none", "normal", "sequential" or "random".
+func ParseFadvise(s string) (Fadvise, bool) {
+	i, ok := parseEnum(fadviseNames[:], s)
+	return Fadvise(i), ok
+}
+
 // Options configure a raw driver. The zero value opens read-write, cached
 // (writeback), discards ignored, no zero detection, QEMU-compatible locks.
 type Options struct {
@@ -133,6 +162,9 @@ type Options struct {
 	// open (QEMU's share-rw=on); without it the driver refuses writers, as
 	// a QEMU guest device does.
 	ShareRW bool
+	// Fadvise is the access-pattern hint for this open of the file
+	// (regular files and block devices), applied at Open.
+	Fadvise Fadvise
 }
 
 func enumName(names []string, i int) string {

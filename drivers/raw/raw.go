@@ -81,6 +81,10 @@ func Open(path string, opts Options) (*Driver, error) {
 		f.Close()
 		return nil, openError(path, err)
 	}
+	if err := fadvise(d.fd, opts.Fadvise); err != nil {
+		f.Close()
+		return nil, openError(path, &os.PathError{Op: "fadvise", Path: path, Err: err})
+	}
 	if opts.Locking != LockingOff {
 		held, unshared := lockPerms(opts.ReadOnly, opts.ShareRW)
 		err := applyLocks(d.fd, path, held, unshared)
@@ -146,6 +150,25 @@ func (d *Driver) probe() error {
 		d.logical = max(d.logical, d.reqAlign)
 	}
 	return nil
+}
+
+// fadvise gives the kernel the access-pattern hint h for the open file fd
+// (the whole file: Linux keeps RANDOM and SEQUENTIAL per open file).
+func fadvise(fd int, h Fadvise) error {
+	var advice int
+	switch h {
+	case FadviseNone:
+		return nil
+	case FadviseNormal:
+		advice = unix.FADV_NORMAL
+	case FadviseSequential:
+		advice = unix.FADV_SEQUENTIAL
+	case FadviseRandom:
+		advice = unix.FADV_RANDOM
+	default:
+		return fmt.Errorf("unknown fadvise hint %d", h)
+	}
+	return unix.Fadvise(fd, 0, 0, advice)
 }
 
 func openError(path string, err error) error {
@@ -241,16 +264,21 @@ func (d *Driver) Open(n *block.Node) error {
 	return nil
 }
 
-// Close closes the file (and so drops the locks). The block layer calls
-// it inside a drained section: nothing is in flight.
-func (d *Driver) Close(*block.Node) {
+// Close closes the file (and so drops the locks) and returns the close's
+// error (on NFS and FUSE, close can report a failed write-back). The block
+// layer calls it inside a drained section: nothing is in flight.
+func (d *Driver) Close(n *block.Node) error {
 	if d.closed {
-		return
+		return nil
 	}
 	d.closed = true
-	if d.file.Close() == nil {
-		d.file.Wait()
+	if err := d.file.Close(); err != nil {
+		return err
 	}
+	if err := d.file.Wait(); err != nil {
+		return &os.PathError{Op: "close", Path: d.path, Err: err}
+	}
+	return nil
 }
 
 // Length reports the image size: the file size, or the device size.
@@ -272,8 +300,15 @@ func (d *Driver) length() (int64, error) {
 	if err := unix.Fstat(d.fd, &st); err != nil {
 		return 0, err
 	}
-	return st.Size, nil
+	// QEMU counts images in 512-byte sectors: a file whose size is not a
+	// multiple of 512 is an image rounded up, whose tail reads as zeroes
+	// (a read reaching EOF is zero-filled) and which a write in the tail
+	// extends to the whole sector.
+	return (st.Size + sectorSize - 1) &^ (sectorSize - 1), nil
 }
+
+// sectorSize is QEMU's BDRV_SECTOR_SIZE, the unit of image lengths.
+const sectorSize = 512
 
 // opError builds the typed error of a failed operation: kind, op, node,
 // offset, and the cause wrapped with the image path. Failure path only.
@@ -297,16 +332,29 @@ func (d *Driver) opError(n *block.Node, op block.Op, off int64, err error) error
 }
 
 // Create makes a raw image of size bytes at path (replacing a file there),
-// backed as prealloc says.
+// backed as prealloc says. An existing file is opened without O_TRUNC and
+// locked as a read-write Driver locks it (locking=auto) before a byte of it
+// changes: an image another process holds (a running VM, qemu-io, another
+// ringblk) is refused with a *LockError and left as it was. QEMU's create
+// takes fewer locks (write and resize, refusing only resize) and so
+// truncates a raw image a raw qemu-io holds read-write; we refuse that
+// too.
 func Create(path string, size int64, prealloc Prealloc) error {
 	if size < 0 {
 		return &block.Error{Kind: block.OutOfBounds, Op: block.OpOpen, Node: path, Offset: size, Err: syscall.EINVAL}
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return openError(path, err)
 	}
-	err = grow(f, path, 0, size, prealloc)
+	defer f.Close()
+	if err := LockFile(f, path, Options{}); err != nil {
+		return openError(path, err)
+	}
+	err = unix.Ftruncate(int(f.Fd()), 0)
+	if err == nil {
+		err = grow(f, path, 0, size, prealloc)
+	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
