@@ -153,7 +153,11 @@ type Context struct {
 
 	fdh     []*FDHandler // registered fd handlers
 	fdReady []*FDHandler // fired, waiting for dispatch
-	fdSpare []*FDHandler // spare backing array for fdReady
+	// fdRun is the batch runFDHandlers dispatches, from fdRunPos; fdDepth
+	// counts runFDHandlers calls in progress (nested through a handler
+	// that waits).
+	fdRun             []*FDHandler
+	fdRunPos, fdDepth int
 
 	// adaptive polling
 	pollMax, pollWindow time.Duration

@@ -2,7 +2,6 @@ package aio
 
 import (
 	"testing"
-	"time"
 
 	"github.com/ringblk/ringblk/uring/uringtest"
 )
@@ -161,32 +160,4 @@ func joinNames(s []string) string {
 		out += x
 	}
 	return out
-}
-
-// TestTimerCallbackWaitsForSibling: a timer callback that waits (a nested
-// WaitWhile) for the timer expiring right behind it in the same batch: the
-// nested poll must run that timer (completion paths are re-entrant).
-func TestTimerCallbackWaitsForSibling(t *testing.T) {
-	forEachRing(t, func(t *testing.T, e *env) {
-		c := e.start(Options{}, nil)
-		done := make(chan struct{})
-		c.Schedule(func() {
-			second := false
-			c.AfterFunc(time.Millisecond, func() {
-				c.WaitWhile(func() bool { return !second })
-				close(done)
-			})
-			c.AfterFunc(time.Millisecond, func() { second = true })
-			// Both expire before the loop looks again: one batch.
-			for t0 := time.Now(); time.Since(t0) < 3*time.Millisecond; {
-			}
-		})
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			msg := t.Name() + ": a timer callback waiting for its sibling did not finish within 5s (hang)"
-			go panic(msg)
-			select {}
-		}
-	})
 }

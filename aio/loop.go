@@ -74,7 +74,7 @@ func (c *Context) poll(blocking, again bool) bool {
 	if c.bhHead.Load() != nil || c.runqHead != nil {
 		progress = c.runBHs() || progress
 	}
-	if len(c.fdReady) > 0 {
+	if len(c.fdReady) > 0 || c.fdRunPos < len(c.fdRun) {
 		progress = c.runFDHandlers() || progress
 	}
 	if len(c.timers) > 0 || c.expiredPos < len(c.expired) {
@@ -105,6 +105,9 @@ func (c *Context) hasWork() bool {
 	}
 	if len(c.fdReady) > 0 && c.fdDispatchable() {
 		return true
+	}
+	if c.fdRunPos < len(c.fdRun) {
+		return true // a batch this wait is nested in (runFDHandlers)
 	}
 	if c.expiredPos < len(c.expired) {
 		return true // due timers collected by a runTimers this wait is nested in
