@@ -481,18 +481,27 @@ func (q *Queue) RequestDone(r *Request, err error) {
 // callback runs first, so a drain cannot return while it runs).
 func (q *Queue) finish(r *Request, err error) {
 	if q.onMain {
-		fe := q.fe
-		fe.mainCallbacks++
-		fe.g.feCallbacks++
-		r.userDone.RequestDone(r, err)
-		fe.mainCallbacks--
-		fe.g.feCallbacks--
+		q.callbackOnMain(r, err)
 	} else {
 		r.userDone.RequestDone(r, err)
 	}
 	q.fe.inFlight.dec()
 	q.fe.g.main.Kick()
 	q.pool.put(r)
+}
+
+// callbackOnMain runs the user's callback on the main Context, counted as
+// running there (Graph.checkSelfWait refuses drains that would wait for
+// it); the count is dropped even if the callback panics.
+func (q *Queue) callbackOnMain(r *Request, err error) {
+	fe := q.fe
+	fe.mainCallbacks++
+	fe.g.feCallbacks++
+	defer func() {
+		fe.mainCallbacks--
+		fe.g.feCallbacks--
+	}()
+	r.userDone.RequestDone(r, err)
 }
 
 func (q *Queue) runResumed() {
