@@ -105,6 +105,9 @@ type Context struct {
 	waiters *atomic.Int32
 	// extDisabled is the DisableExternal nesting count.
 	extDisabled *atomic.Int32
+	// noBatch is the DisableBatching nesting count: while it is non-zero
+	// the loop submits prepared SQEs every iteration, plugged or not.
+	noBatch *atomic.Int32
 	// holder is the coroutine holding the run token, nil while the owner
 	// goroutine holds it.
 	holder *atomic.Pointer[Co]
@@ -143,11 +146,18 @@ type Context struct {
 	bhSeq              uint64
 
 	timers  timerHeap
-	expired []*Timer
+	expired []*Timer // due timers collected by runTimers, run from expiredPos
+	// expiredPos is the next entry of expired to run; timerDepth counts
+	// runTimers calls in progress (nested through a waiting callback).
+	expiredPos, timerDepth int
 
 	fdh     []*FDHandler // registered fd handlers
 	fdReady []*FDHandler // fired, waiting for dispatch
-	fdSpare []*FDHandler // spare backing array for fdReady
+	// fdRun is the batch runFDHandlers dispatches, from fdRunPos; fdDepth
+	// counts runFDHandlers calls in progress (nested through a handler
+	// that waits).
+	fdRun             []*FDHandler
+	fdRunPos, fdDepth int
 
 	// adaptive polling
 	pollMax, pollWindow time.Duration
@@ -193,6 +203,7 @@ func New(opts Options) (*Context, error) {
 		notified:    padded[atomic.Bool](),
 		waiters:     padded[atomic.Int32](),
 		extDisabled: padded[atomic.Int32](),
+		noBatch:     padded[atomic.Int32](),
 		holder:      padded[atomic.Pointer[Co]](),
 		exited:      make(chan struct{}),
 		q:           opts.Queue,
@@ -401,6 +412,26 @@ func kickMains() {
 			}
 		}
 	}
+}
+
+// CallerContext returns the running Context whose owner thread is the
+// calling thread — its owner goroutine or a coroutine holding its run
+// token — or nil for any other goroutine. It lets a library refuse a
+// blocking wait that would stall that Context (for example a synchronous
+// call from one IOThread to another, which can deadlock). One gettid system
+// call and a scan of the running Contexts: control paths only.
+func CallerContext() *Context {
+	l := registry.list.Load()
+	if l == nil {
+		return nil
+	}
+	tid := int32(unix.Gettid())
+	for _, c := range *l {
+		if c.tid.Load() == tid {
+			return c
+		}
+	}
+	return nil
 }
 
 func callerContext() *Context {

@@ -117,22 +117,27 @@ func (c *Context) fdDispatchable() bool {
 }
 
 // runFDHandlers dispatches fired handlers, keeping external ones while
-// external sources are disabled, and re-arms each after its call.
+// external sources are disabled, and re-arms each after its call. It is
+// re-entrant, like runTimers: the batch waits in a Context-owned queue
+// (fdRun, from fdRunPos), so a handler that waits (a nested Poll or
+// WaitWhile) dispatches the handlers queued behind it, and the outer call
+// then finds them gone.
 func (c *Context) runFDHandlers() bool {
-	// The spare slice becomes the new ready list; a nested Poll from a
-	// handler finds no spare and allocates, so no two loops ever share a
-	// backing array.
-	list := c.fdReady
-	c.fdReady = c.fdSpare[:0]
-	c.fdSpare = nil
+	c.fdRun = append(c.fdRun, c.fdReady...)
+	clear(c.fdReady)
+	c.fdReady = c.fdReady[:0]
+	limit := len(c.fdRun)
 	progress := false
-	for i, h := range list {
-		list[i] = nil
+	c.fdDepth++
+	for c.fdRunPos < limit {
+		h := c.fdRun[c.fdRunPos]
+		c.fdRun[c.fdRunPos] = nil
+		c.fdRunPos++
 		switch {
 		case h.removed:
 			h.queued = false
 		case h.external && c.extDisabled.Load() > 0:
-			c.fdReady = append(c.fdReady, h)
+			c.fdReady = append(c.fdReady, h) // still queued: held
 		default:
 			h.queued = false
 			rev := h.revents
@@ -144,7 +149,10 @@ func (c *Context) runFDHandlers() bool {
 			}
 		}
 	}
-	c.fdSpare = list[:0]
+	c.fdDepth--
+	if c.fdDepth == 0 && c.fdRunPos == len(c.fdRun) {
+		c.fdRun, c.fdRunPos = c.fdRun[:0], 0
+	}
 	return progress
 }
 

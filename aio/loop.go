@@ -56,7 +56,7 @@ func (c *Context) poll(blocking, again bool) bool {
 	}
 	if blocking && !c.hasWork() {
 		c.wait()
-	} else if c.plug == 0 {
+	} else if c.plug == 0 || (c.prepared > 0 && c.noBatch.Load() > 0) {
 		c.submitPending()
 	}
 
@@ -74,10 +74,10 @@ func (c *Context) poll(blocking, again bool) bool {
 	if c.bhHead.Load() != nil || c.runqHead != nil {
 		progress = c.runBHs() || progress
 	}
-	if len(c.fdReady) > 0 {
+	if len(c.fdReady) > 0 || c.fdRunPos < len(c.fdRun) {
 		progress = c.runFDHandlers() || progress
 	}
-	if len(c.timers) > 0 {
+	if len(c.timers) > 0 || c.expiredPos < len(c.expired) {
 		progress = c.runTimers() || progress
 	}
 	return progress
@@ -105,6 +105,12 @@ func (c *Context) hasWork() bool {
 	}
 	if len(c.fdReady) > 0 && c.fdDispatchable() {
 		return true
+	}
+	if c.fdRunPos < len(c.fdRun) {
+		return true // a batch this wait is nested in (runFDHandlers)
+	}
+	if c.expiredPos < len(c.expired) {
+		return true // due timers collected by a runTimers this wait is nested in
 	}
 	return len(c.timers) > 0 && c.timers[0].when <= nanotime()
 }

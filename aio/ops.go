@@ -468,6 +468,22 @@ func (c *Context) runReady() bool {
 	return true
 }
 
+// DisableBatching makes c's loop submit prepared SQEs at every iteration,
+// even inside a plugged section that is still open, until the matching
+// EnableBatching; the calls nest. A drain holds it while it waits (seed 003:
+// batching is off while a drain waits), so that requests prepared in a
+// section whose owner does not unplug yet (its loop never sleeps, so no
+// wait submits them) still reach the kernel. Any goroutine; c's loop sees
+// it at its next iteration.
+func (c *Context) DisableBatching() { c.noBatch.Add(1) }
+
+// EnableBatching ends one DisableBatching.
+func (c *Context) EnableBatching() {
+	if c.noBatch.Add(-1) < 0 {
+		panic("assertion failed: aio: EnableBatching without DisableBatching on Context " + c.name)
+	}
+}
+
 // Plug starts (or nests) a batch: ops prepared until the matching outermost
 // Unplug stay in the SQ, and that Unplug submits them with one
 // io_uring_enter. A full SQ is submitted early (it is the batch), and a

@@ -64,19 +64,27 @@ func (t *Timer) Reset(d time.Duration) bool {
 }
 
 // runTimers runs every timer due now. It collects them first, so that
-// timers armed by these callbacks wait for the next iteration.
+// a timer a callback arms runs in a later iteration even when its deadline
+// has passed. It is re-entrant: the collected timers wait in a queue that
+// belongs to the Context (expired, from expiredPos), so a callback that
+// waits (a nested Poll or WaitWhile, for example for a sibling request
+// whose completion is the next timer of the same batch) runs the timers
+// queued behind it; the outer call then finds them gone.
 func (c *Context) runTimers() bool {
 	now := nanotime()
-	c.expired = c.expired[:0]
 	for len(c.timers) > 0 && c.timers[0].when <= now {
 		t := c.timers[0]
 		c.timers.remove(0)
 		t.firing = true
 		c.expired = append(c.expired, t)
 	}
+	limit := len(c.expired)
 	progress := false
-	for i, t := range c.expired {
-		c.expired[i] = nil
+	c.timerDepth++
+	for c.expiredPos < limit {
+		t := c.expired[c.expiredPos]
+		c.expired[c.expiredPos] = nil
+		c.expiredPos++
 		// A callback earlier in this batch may have stopped or re-armed t.
 		if !t.firing {
 			continue
@@ -84,6 +92,10 @@ func (c *Context) runTimers() bool {
 		t.firing = false
 		progress = true
 		t.fn()
+	}
+	c.timerDepth--
+	if c.timerDepth == 0 && c.expiredPos == len(c.expired) {
+		c.expired, c.expiredPos = c.expired[:0], 0
 	}
 	return progress
 }

@@ -32,7 +32,9 @@ const (
 // parents use NodeClass; front ends theirs; jobs implement their own.
 //
 // DrainedBegin and DrainedEnd must not poll, wait or change the graph (D6,
-// D7); DrainedPoll must be cheap and side-effect free (D8).
+// D7): graph changes, drains, moves and synchronous calls made from them
+// panic, naming the quiesce-phase rule. DrainedPoll must be cheap and
+// side-effect free (D8).
 type ChildClass interface {
 	Kind() ParentKind
 	DrainedBegin(c *Child)
@@ -41,7 +43,9 @@ type ChildClass interface {
 	// MoveContext is asked, on the main Context, whether the owner allows
 	// c's child to move to m.Target(); to allow it, it adds to m whatever
 	// must move along (m.AddNode for other nodes, m.OnCommit for its own
-	// Context pointer). Returning an error vetoes the whole move.
+	// Context pointer). Returning an error vetoes the whole move. A move
+	// asks again after each of its polls (it recomputes the component), so
+	// MoveContext must do nothing but answer and add to m.
 	MoveContext(c *Child, m *Move) error
 }
 
@@ -53,6 +57,7 @@ type Child struct {
 	role  Role
 	class ChildClass
 
+	g          *Graph
 	parentNode *Node // owner when the class is a node parent
 	owner      any   // owner otherwise (front end, job)
 
@@ -140,6 +145,7 @@ func (g *Graph) Attach(parent, child *Node, spec ChildSpec) (c *Child, err error
 
 func (g *Graph) attach(parent, child *Node, spec ChildSpec) (*Child, error) {
 	g.assertMain()
+	g.checkNotQuiescing("attaching an edge")
 	if spec.Class == nil {
 		spec.Class = NodeClass
 	}
@@ -158,7 +164,7 @@ func (g *Graph) attach(parent, child *Node, spec ChildSpec) (*Child, error) {
 			}
 		}
 	}
-	c := &Child{name: spec.Name, role: spec.Role, class: spec.Class, parentNode: parent, owner: spec.Owner}
+	c := &Child{g: g, name: spec.Name, role: spec.Role, class: spec.Class, parentNode: parent, owner: spec.Owner}
 	child.Ref()
 	if parent != nil {
 		parent.children = prepend(parent.children, c)
@@ -191,6 +197,7 @@ func (g *Graph) Detach(c *Child) (err error) {
 
 func (g *Graph) detach(c *Child) {
 	g.assertMain()
+	g.checkNotQuiescing("detaching an edge")
 	old := c.node.Load()
 	invariants.Check(old != nil, "block: detach of a detached edge %s", c)
 	g.setChild(c, nil)
@@ -203,15 +210,26 @@ func (g *Graph) detach(c *Child) {
 // ReplaceNode points every parent edge of old (node parents and front ends,
 // not jobs) at new instead. Both nodes are drained around the switch, so
 // requests in flight to old finish first and none reaches a drained node;
-// a parent drained through both is never undrained in between.
+// a parent drained through both is never undrained in between. If the
+// moved edges held the last references to old, old is deleted after the
+// drained sections end.
 func (g *Graph) ReplaceNode(old, new *Node) (err error) {
 	g.Control(func() {
+		g.checkNotQuiescing("replacing a node")
 		cerr := g.collectClose(func() {
+			// Our own references for the whole operation (as QEMU's
+			// bdrv_replace_node does): when the edges being moved are
+			// old's only users, the last one moving away would otherwise
+			// delete old inside its drained section.
+			old.Ref()
+			new.Ref()
 			old.drainedBegin()
 			new.drainedBegin()
 			err = g.replaceNoDrain(old, new)
 			new.drainedEnd()
 			old.drainedEnd()
+			new.unref()
+			old.unref()
 		})
 		err = errors.Join(err, cerr)
 	})
@@ -246,6 +264,7 @@ func (g *Graph) replaceNoDrain(old, new *Node) error {
 // It returns the errors of the Close calls of the nodes it deleted.
 func (g *Graph) ReplaceChild(c *Child, new *Node) (err error) {
 	g.Control(func() {
+		g.checkNotQuiescing("replacing a child")
 		err = g.collectClose(func() {
 			old := c.node.Load()
 			if new != nil {
@@ -295,31 +314,44 @@ func (g *Graph) setChild(c *Child, new *Node) {
 	}
 }
 
+// parentQuiesceBegin and parentQuiesceEnd run the owner's callbacks as
+// quiesce-phase callbacks (drain.go: they must not change the graph).
 func (c *Child) parentQuiesceBegin() {
 	invariants.Check(!c.quiescedParent, "block: edge %s already quiesces its parent", c)
 	c.quiescedParent = true
+	g := c.graph()
+	g.quiescing++
+	defer func() { g.quiescing-- }()
 	c.class.DrainedBegin(c)
 }
 
 func (c *Child) parentQuiesceEnd() {
 	invariants.Check(c.quiescedParent, "block: edge %s does not quiesce its parent", c)
 	c.quiescedParent = false
+	g := c.graph()
+	g.quiescing++
+	defer func() { g.quiescing-- }()
 	c.class.DrainedEnd(c)
 }
 
+// graph returns the edge's graph (through its child, or its parent node).
+func (c *Child) graph() *Graph { return c.g }
+
+// prepend and remove return new slices (copy on write): a walk over the old
+// list, in a drain's quiesce phase, never sees it change under it.
 func prepend(s []*Child, c *Child) []*Child {
-	s = append(s, nil)
-	copy(s[1:], s)
-	s[0] = c
-	return s
+	out := make([]*Child, len(s)+1)
+	out[0] = c
+	copy(out[1:], s)
+	return out
 }
 
 func remove(s []*Child, c *Child) []*Child {
 	for i, x := range s {
 		if x == c {
-			copy(s[i:], s[i+1:])
-			s[len(s)-1] = nil
-			return s[:len(s)-1]
+			out := make([]*Child, 0, len(s)-1)
+			out = append(out, s[:i]...)
+			return append(out, s[i+1:]...)
 		}
 	}
 	invariants.Check(false, "block: edge %s not in list", c)

@@ -6,7 +6,14 @@ import (
 )
 
 // Phase 1 of every drain: quiesce. It never polls, never waits and never
-// changes the graph (D6), so plain iteration over the edge lists is safe.
+// changes the graph (D6, D7): the callbacks it runs (the driver's drain
+// hooks, the parents' DrainedBegin/DrainedEnd, device ops) must not either.
+// That rule is asserted in every build: while a quiesce-phase callback runs
+// (Graph.quiescing > 0), every graph change, drain, move, wait and
+// synchronous call panics with a message naming the rule
+// (checkNotQuiescing). The walks are safe even so: edge lists are
+// copy-on-write (prepend, remove), and an edge that left the list during
+// the walk is skipped.
 
 // quiesceBegin adds one drained section to n. On 0→1 it quiesces every
 // parent through its edge (parents first: "stop in parent-to-child order"),
@@ -15,11 +22,46 @@ func (n *Node) quiesceBegin() {
 	if n.quiesce.Add(1) != 1 {
 		return
 	}
-	for _, c := range n.parents {
+	n.quiesceBeginCallbacks()
+}
+
+func (n *Node) quiesceBeginCallbacks() {
+	g := n.g
+	g.quiescing++
+	defer func() { g.quiescing-- }()
+	ps := n.parents
+	for _, c := range ps {
+		if edgeLeft(n, ps, c) {
+			continue
+		}
 		c.parentQuiesceBegin()
 	}
 	if !n.closed {
 		n.drv.DrainBegin(n)
+	}
+}
+
+// edgeLeft reports whether c, taken from the snapshot ps of n's parent
+// list, is no longer a parent edge of n (the list was replaced meanwhile).
+func edgeLeft(n *Node, ps []*Child, c *Child) bool {
+	cur := n.parents
+	if len(cur) == len(ps) && (len(cur) == 0 || &cur[0] == &ps[0]) {
+		return false
+	}
+	for _, x := range cur {
+		if x == c {
+			return false
+		}
+	}
+	return true
+}
+
+// checkNotQuiescing panics if a quiesce-phase callback is running: what
+// (a graph change, a drain, a move, a wait) is forbidden there.
+func (g *Graph) checkNotQuiescing(what string) {
+	if g.quiescing > 0 {
+		panic("assertion failed: block: " + what + " inside a drained begin/end callback; " +
+			"quiesce-phase rule: drain hooks, parent drain callbacks and device ops must not change the graph, drain, move, wait or poll (drain.md D6, D7)")
 	}
 }
 
@@ -35,12 +77,19 @@ func (n *Node) quiesceEnd() {
 	if q != 0 {
 		return
 	}
+	n.quiesceEndCallbacks()
+}
+
+func (n *Node) quiesceEndCallbacks() {
+	g := n.g
+	g.quiescing++
+	defer func() { g.quiescing-- }()
 	if !n.closed {
 		n.drv.DrainEnd(n)
 	}
-	for i := 0; i < len(n.parents); i++ {
-		c := n.parents[i]
-		if c.quiescedParent {
+	ps := n.parents
+	for _, c := range ps {
+		if c.quiescedParent && !edgeLeft(n, ps, c) {
 			c.parentQuiesceEnd()
 		}
 	}
@@ -66,19 +115,45 @@ func (n *Node) pending() bool {
 // instead of holding them for a batch end (D18).
 func (g *Graph) waitWhile(cond func() bool) {
 	g.assertMain()
+	g.checkNotQuiescing("a drain's wait")
 	if !cond() {
 		return // idle: no poll at all
 	}
 	g.drainWaiters.Add(1)
+	// Batching is off on every Context with requests in this graph while
+	// the drain waits, including plugged sections opened before it began
+	// (seed 003): what they prepared is submitted, not held until their
+	// owner unplugs.
+	ctxs := g.disableBatching()
 	g.main.WaitWhile(cond)
+	for _, c := range ctxs {
+		c.EnableBatching()
+	}
 	g.drainWaiters.Add(-1)
+}
+
+// disableBatching calls DisableBatching on the Context of every request
+// pool of the graph and returns them (for the matching EnableBatching).
+func (g *Graph) disableBatching() []*aio.Context {
+	g.pools.Lock()
+	defer g.pools.Unlock()
+	ctxs := make([]*aio.Context, 0, len(g.pools.m))
+	for c := range g.pools.m {
+		c.DisableBatching()
+		ctxs = append(ctxs, c)
+	}
+	return ctxs
 }
 
 // DrainedBegin opens a drained section on n: afterwards no request is in
 // flight on n or any node or front end above it, front ends above it queue
 // new requests, jobs above it are paused, and that stays so until the
 // matching DrainedEnd (D3, D4). Children of n are not drained. Marshalled to
-// the main Context; from a request goroutine use DrainedBeginCo.
+// the main Context; from a request goroutine use DrainedBeginCo. Called
+// from a completion callback of a front end above n running on the main
+// Context it panics (it would wait for that callback's own request), as it
+// does from a quiesce-phase callback (drain hooks, DrainedBegin/End of a
+// ChildClass, device ops).
 func (n *Node) DrainedBegin() { n.g.Control(n.drainedBeginFn) }
 
 // DrainedEnd closes one drained section of n. It never polls (D7).
@@ -94,6 +169,10 @@ func (n *Node) Drain() {
 
 func (n *Node) drainedBegin() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a drain")
+	if n.g.feCallbacks > 0 {
+		n.g.checkSelfWait([]*Node{n}, "a drain of node "+n.name)
+	}
 	n.quiesceBegin()
 	n.g.waitWhile(n.pendingFn)
 	if invariants.Enabled {
@@ -103,6 +182,7 @@ func (n *Node) drainedBegin() {
 
 func (n *Node) drainedEnd() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a drained end")
 	n.quiesceEnd()
 }
 
@@ -118,6 +198,14 @@ func (g *Graph) DrainAllEnd() { g.Control(g.drainAllEndFn) }
 
 func (g *Graph) drainAllBegin() {
 	g.assertMain()
+	g.checkNotQuiescing("a drain-all")
+	if g.feCallbacks > 0 {
+		for _, fe := range g.frontEnds {
+			if fe.root.Load() != nil {
+				fe.checkSelfWait("a drain-all")
+			}
+		}
+	}
 	g.drainAllCount++
 	for n := g.first; n != nil; n = n.allNext {
 		n.quiesceBegin()
@@ -132,6 +220,7 @@ func (g *Graph) drainAllBegin() {
 
 func (g *Graph) drainAllEnd() {
 	g.assertMain()
+	g.checkNotQuiescing("a drain-all end")
 	if g.drainAllCount <= 0 {
 		panic("assertion failed: block: drain-all end without begin")
 	}
@@ -209,4 +298,48 @@ func (g *Graph) handOver(co *aio.Co, n *Node, fn func()) {
 		}
 		fn()
 	})
+}
+
+// A drain called from a front end's completion callback on the main
+// Context would wait for that callback's own request: the front end counts
+// a request until its callback has returned, and the callback cannot
+// return while the drain waits on the same thread. That is bug class 1 of
+// the spec (a wait for oneself); it is refused with a panic, before
+// anything was quiesced, as the IOThread variant is (Control from an
+// IOThread panics). Queue.finish counts the callbacks running on main in
+// FrontEnd.mainCallbacks and Graph.feCallbacks; both belong to the main
+// Context, and the checks cost nothing while no such callback runs.
+
+// checkSelfWait panics if a drain of nodes (and their ancestors) would wait
+// for a front end whose completion callback is running below the caller.
+func (g *Graph) checkSelfWait(nodes []*Node, what string) {
+	if g.feCallbacks == 0 {
+		return
+	}
+	seen := map[*Node]bool{}
+	stack := append([]*Node(nil), nodes...)
+	for len(stack) > 0 {
+		x := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[x] {
+			continue
+		}
+		seen[x] = true
+		for _, c := range x.parents {
+			if c.parentNode != nil {
+				stack = append(stack, c.parentNode)
+			} else if fe, ok := c.owner.(*FrontEnd); ok && c.class.Kind() == FrontEndParent {
+				fe.checkSelfWait(what)
+			}
+		}
+	}
+}
+
+// checkSelfWait panics if fe's completion callback is running on the main
+// Context below the caller.
+func (fe *FrontEnd) checkSelfWait(what string) {
+	if fe.mainCallbacks > 0 {
+		panic("assertion failed: block: " + what + " from a completion callback of front end " + quote(fe.name) +
+			" on the main Context would wait for that callback's own request forever; drain from a bottom half or after the callback returned")
+	}
 }

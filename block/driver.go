@@ -47,8 +47,9 @@ type Driver interface {
 
 	// DrainBegin and DrainEnd run on the 0→1 and 1→0 transitions of the
 	// node's quiesce count (D2). They must not poll, wait or change the
-	// graph (D6); they may start asynchronous work that holds the node's
-	// in-flight count (Node.IncInFlight), which the drain then waits for.
+	// graph (D6; block panics naming the quiesce-phase rule if they try);
+	// they may start asynchronous work that holds the node's in-flight
+	// count (Node.IncInFlight), which the drain then waits for.
 	DrainBegin(n *Node)
 	DrainEnd(n *Node)
 

@@ -54,6 +54,7 @@ func (g *Graph) DropIntermediate(top, base *Node, backingFile string) (err error
 
 func (g *Graph) dropIntermediate(top, base *Node, backingFile string) error {
 	g.assertMain()
+	g.checkNotQuiescing("dropping intermediate nodes")
 	// The caller's references may be the edges we are about to move; hold
 	// our own until the end, so top (and the chain under it) is deleted
 	// only after the drained section, never in the middle of it.

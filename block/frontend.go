@@ -63,6 +63,9 @@ type FrontEnd struct {
 		queues     []*Queue
 	}
 	closed bool
+	// mainCallbacks counts this front end's completion callbacks running
+	// on the main Context (main Context only; see Graph.checkSelfWait).
+	mainCallbacks int
 }
 
 // NewFrontEnd creates a front end without a root node.
@@ -182,6 +185,7 @@ func (fe *FrontEnd) Close() error {
 // that have no node to run on (QEMU's blk_drain).
 func (fe *FrontEnd) Drain() {
 	fe.g.Control(func() {
+		fe.checkSelfWait("FrontEnd.Drain")
 		n := fe.Root()
 		if n != nil {
 			n.drainedBegin()
@@ -217,7 +221,13 @@ func (feClass) DrainedBegin(c *Child) {
 
 func (feClass) DrainedPoll(c *Child) bool {
 	fe := c.owner.(*FrontEnd)
-	return fe.inFlight.load() > 0 || (fe.dev != nil && fe.dev.DrainedPoll())
+	if fe.inFlight.load() > 0 {
+		// A graph change during the wait may have put fe above the
+		// drained nodes after the upfront check: never wait for oneself.
+		fe.checkSelfWait("a drain")
+		return true
+	}
+	return fe.dev != nil && fe.dev.DrainedPoll()
 }
 
 func (feClass) DrainedEnd(c *Child) {
@@ -328,6 +338,7 @@ type Queue struct {
 
 	plugDepth int
 	plugged   bool
+	onMain    bool // ctx is the main Context (finish counts callbacks)
 }
 
 // Queue returns ctx's queue on the front end, creating it on first use.
@@ -340,7 +351,7 @@ func (fe *FrontEnd) Queue(ctx *aio.Context) *Queue {
 			return q
 		}
 	}
-	q := &Queue{fe: fe, ctx: ctx, pool: fe.g.Pool(ctx)}
+	q := &Queue{fe: fe, ctx: ctx, pool: fe.g.Pool(ctx), onMain: ctx == fe.g.main}
 	q.resumeBH = ctx.NewBH(q.runResumed)
 	q.thrBH = ctx.NewBH(q.runThrottled)
 	fe.mu.queues = append(fe.mu.queues, q)
@@ -469,10 +480,28 @@ func (q *Queue) RequestDone(r *Request, err error) {
 // finish runs the user's callback, then drops the front end's count (the
 // callback runs first, so a drain cannot return while it runs).
 func (q *Queue) finish(r *Request, err error) {
-	r.userDone.RequestDone(r, err)
+	if q.onMain {
+		q.callbackOnMain(r, err)
+	} else {
+		r.userDone.RequestDone(r, err)
+	}
 	q.fe.inFlight.dec()
 	q.fe.g.main.Kick()
 	q.pool.put(r)
+}
+
+// callbackOnMain runs the user's callback on the main Context, counted as
+// running there (Graph.checkSelfWait refuses drains that would wait for
+// it); the count is dropped even if the callback panics.
+func (q *Queue) callbackOnMain(r *Request, err error) {
+	fe := q.fe
+	fe.mainCallbacks++
+	fe.g.feCallbacks++
+	defer func() {
+		fe.mainCallbacks--
+		fe.g.feCallbacks--
+	}()
+	r.userDone.RequestDone(r, err)
 }
 
 func (q *Queue) runResumed() {

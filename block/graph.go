@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/internal/invariants"
@@ -25,6 +26,17 @@ type Graph struct {
 	subtreeOwners int // nodes with subtreeOwn > 0; 0 skips coverage work
 	frontEnds     []*FrontEnd
 	names         map[string]*Node
+	// quiescing > 0 while a quiesce-phase callback runs (drain.go).
+	quiescing int
+	// feCallbacks counts front-end completion callbacks running on the
+	// main Context (drain.go, checkSelfWait).
+	feCallbacks int
+
+	// Settle watchdog of Context moves (move.go).
+	settleLimit    time.Duration
+	settleReport   func(error)
+	settleOverruns int
+	settleLast     error
 	// closeErr gathers the errors of driver Close calls made by node
 	// deletions since the innermost collectClose began.
 	closeErr error
@@ -127,6 +139,7 @@ func (g *Graph) Open(drv Driver, opts Options) (n *Node, err error) {
 
 func (g *Graph) open(drv Driver, opts Options) (*Node, error) {
 	g.assertMain()
+	g.checkNotQuiescing("opening a node")
 	n := &Node{g: g, drv: drv, name: opts.Name, opts: opts, refs: 1}
 	if n.name == "" {
 		n.name = fmt.Sprintf("#node%d", g.nodeCount)

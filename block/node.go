@@ -115,6 +115,7 @@ func (n *Node) Unref() (err error) {
 
 func (n *Node) unref() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("dropping a node reference")
 	invariants.Check(n.refs > 0, "block: unref of dead node %s", n.name)
 	n.refs--
 	if n.refs == 0 {

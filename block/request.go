@@ -323,6 +323,9 @@ type Pool struct {
 	tail      *Request
 	bh        *aio.BH
 	allocated int
+	// pushed and popped count deferred entries in and out; runDeferred
+	// stops at the count it started with.
+	pushed, popped uint64
 }
 
 func newPool(g *Graph, ctx *aio.Context) *Pool {
@@ -369,6 +372,7 @@ func (p *Pool) put(r *Request) {
 
 func (p *Pool) pushDeferred(r *Request) {
 	r.next = nil
+	p.pushed++
 	if p.tail == nil {
 		p.head = r
 		p.tail = r
@@ -379,14 +383,28 @@ func (p *Pool) pushDeferred(r *Request) {
 	p.tail = r
 }
 
-// runDeferred completes every request deferred so far; ones deferred by
-// these completions wait for the next run, so a completion that resubmits
-// cannot starve the loop.
+// runDeferred completes the requests deferred before it started; ones
+// deferred by these completions wait for the next run, so a completion that
+// resubmits cannot starve the loop.
+//
+// It is re-entrant (drain.md, "completion paths are re-entrant"): the list
+// stays in the pool and entries are taken one at a time, and before a
+// callback runs with more entries behind it the bottom half is scheduled
+// again. A callback that waits (a drain, a graph change that drains, a
+// WaitWhile for a sibling request) polls the Context, and that poll runs
+// this bottom half again, which completes the entries queued behind the
+// waiting one. The outer run then finds them gone and stops.
 func (p *Pool) runDeferred() {
-	r := p.head
-	p.head, p.tail = nil, nil
-	for r != nil {
-		next := r.next
+	limit := p.pushed // entries deferred from here on wait for the next run
+	for p.head != nil && p.popped < limit {
+		r := p.head
+		p.head = r.next
+		if p.head == nil {
+			p.tail = nil
+		} else if !p.bh.Scheduled() {
+			p.bh.Schedule() // for a nested wait in the callback below
+		}
+		p.popped++
 		r.next = nil
 		err := r.err
 		r.err = nil
@@ -396,7 +414,11 @@ func (p *Pool) runDeferred() {
 		} else {
 			r.Complete(err)
 		}
-		r = next
+	}
+	if p.head == nil {
+		p.bh.Cancel() // nothing left: skip the run scheduled above
+	} else if !p.bh.Scheduled() {
+		p.bh.Schedule()
 	}
 }
 

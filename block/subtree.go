@@ -107,6 +107,10 @@ func (n *Node) SubtreeDrainedEnd() { n.g.Control(n.subtreeDrainedEnd) }
 
 func (n *Node) subtreeDrainedBegin() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a subtree drain")
+	if n.g.feCallbacks > 0 {
+		n.g.checkSelfWait(n.subtree(), "a subtree drain of node "+n.name)
+	}
 	if n.subtreeOwn == 0 {
 		n.g.subtreeOwners++
 	}
@@ -126,6 +130,7 @@ func (n *Node) subtreeDrainedBegin() {
 
 func (n *Node) subtreeDrainedEnd() {
 	n.g.assertMain()
+	n.g.checkNotQuiescing("a subtree drained end")
 	if n.subtreeOwn <= 0 {
 		panic("assertion failed: block: subtree drained end without begin on " + n.name)
 	}

@@ -1,6 +1,7 @@
 package block
 
 import (
+	"fmt"
 	"sync/atomic"
 
 	"github.com/ringblk/ringblk/aio"
@@ -36,26 +37,71 @@ func (s *syncWait) RequestDone(r *Request, err error) {
 	s.g.main.Kick()
 }
 
-func (g *Graph) runSync(ctx *aio.Context, submit func(p *Pool, d Done)) *syncWait {
+// runSync runs one request on ctx and waits for it (see above). Two
+// mistakes are refused instead of hanging:
+//
+//   - ctx has stopped (or stops before the request completes): the call
+//     returns an error wrapping aio.ErrStopped and naming the Context;
+//   - the caller runs on another IOThread (its owner, or one of its
+//     coroutines): it panics naming both Contexts, because blocking there
+//     stops that IOThread, and two IOThreads doing it to each other
+//     deadlock. Use the asynchronous calls (Queue) or go via the main
+//     Context.
+func (g *Graph) runSync(ctx *aio.Context, n *Node, fill func(r *Request), submit func(p *Pool, d Done)) *syncWait {
+	if g.main.InContext() {
+		g.checkNotQuiescing("a synchronous request")
+	}
 	s := &syncWait{g: g}
 	notDone := func() bool { return !s.done.Load() }
 	switch {
 	case ctx.InContext():
 		submit(g.Pool(ctx), s)
 		ctx.WaitWhile(notDone)
+		return s
+	case stopped(ctx):
+		return s.stoppedErr(ctx, n, fill)
 	case g.main.InContext():
 		ctx.Schedule(func() { submit(g.Pool(ctx), s) })
-		g.main.WaitWhile(notDone)
+		// An exiting Context kicks every main Context, so a ctx that
+		// stops before it ran the request ends this wait too.
+		g.main.WaitWhile(func() bool { return !s.done.Load() && !stopped(ctx) })
 	default:
+		if cc := aio.CallerContext(); cc != nil {
+			panic("assertion failed: block: synchronous request to Context " + ctx.Name() + " from Context " + cc.Name() +
+				" (its owner or a coroutine): an IOThread must not block waiting for another Context (two doing so deadlock); use the asynchronous Queue calls or go via the main Context")
+		}
 		s.ch = make(chan struct{})
 		ctx.Schedule(func() { submit(g.Pool(ctx), s) })
-		<-s.ch
+		select {
+		case <-s.ch:
+		case <-ctx.Stopped():
+		}
+	}
+	if !s.done.Load() {
+		return s.stoppedErr(ctx, n, fill)
 	}
 	return s
 }
 
+func stopped(ctx *aio.Context) bool {
+	select {
+	case <-ctx.Stopped():
+		return true
+	default:
+		return false
+	}
+}
+
+// stoppedErr makes s report that ctx stopped before the request ran.
+func (s *syncWait) stoppedErr(ctx *aio.Context, n *Node, fill func(r *Request)) *syncWait {
+	var r Request // only to learn the operation and offset
+	fill(&r)
+	out := &syncWait{g: s.g, err: newError(Io, r.Op, n, r.Off, fmt.Errorf("Context %s has stopped: %w", ctx.Name(), aio.ErrStopped))}
+	return out
+}
+
 func (n *Node) syncReq(fill func(r *Request)) *syncWait {
-	return n.g.runSync(n.Context(), func(p *Pool, d Done) {
+	return n.g.runSync(n.Context(), n, fill, func(p *Pool, d Done) {
 		r := p.Get()
 		fill(r)
 		n.Submit(r, d)
@@ -125,7 +171,7 @@ func (n *Node) IsAllocated(off, length int64) (bool, int64, error) {
 func (fe *FrontEnd) syncReq(fill func(r *Request)) *syncWait {
 	ctx := fe.Context()
 	q := fe.Queue(ctx)
-	return fe.g.runSync(ctx, func(p *Pool, d Done) {
+	return fe.g.runSync(ctx, fe.Root(), fill, func(p *Pool, d Done) {
 		r := p.Get()
 		fill(r)
 		q.Submit(r, d)
