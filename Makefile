@@ -7,7 +7,7 @@ TESTFUZZTIME ?= 300x
 STRESSTIME ?= 5m
 BIN       := bin
 
-.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench qcow2bench plugin deps clean
+.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench qcow2bench hostbench plugin deps clean
 
 help:
 	@echo "ringblk make targets:"
@@ -22,7 +22,8 @@ help:
 	@echo "  make ringbench  our ring against fio's io_uring engine, side by side (scripts/ringbench-vs-fio.sh)"
 	@echo "  make rawbench   the raw driver through the block layer against fio and qemu-img bench (scripts/raw-vs-fio.sh)"
 	@echo "  make qcow2bench the qcow2 driver against the raw driver and qemu-img bench (scripts/qcow2-vs-qemu.sh)"
-	@echo "  make plugin     builds the Go plugin (bin/ringblk.so)"
+	@echo "  make hostbench  the host API from a host goroutine against ringblk bench (scripts/host-vs-bench.sh)"
+	@echo "  make plugin     builds the Go plugin (bin/ringblk.so); hosts in their own module: docs/plugin.md"
 
 # The commit is stamped at link time: GOFLAGS may carry -buildvcs=false.
 COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
@@ -75,6 +76,9 @@ rawbench:
 
 qcow2bench:
 	./scripts/qcow2-vs-qemu.sh
+
+hostbench:
+	./scripts/host-vs-bench.sh
 
 plugin:
 	$(GO) build -buildmode=plugin -o $(BIN)/ringblk.so ./plugin
