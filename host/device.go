@@ -35,6 +35,7 @@ type Device struct {
 	wce            atomic.Bool
 	status         atomic.Uint32
 	drains         atomic.Int32 // drained sections begun through the Device
+	unsafe         bool         // cache=unsafe: flushes complete at once
 
 	mu       sync.Mutex
 	queues   []*Queue
@@ -66,10 +67,10 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 	}
 	co := chain.Options{Format: o.Format, ReadOnly: o.ReadOnly, ForceShare: o.ForceShare, ShareRW: o.ShareRW,
 		NoBacking: o.NoBacking, NullSize: o.Size}
-	if o.Cache != "" {
+	if o.Cache != "" && o.Cache != "unsafe" {
 		c, ok := raw.ParseCache(o.Cache)
 		if !ok {
-			return nil, fmt.Errorf("ringblk: open %s: cache mode %q (writeback, writethrough, none)", path, o.Cache)
+			return nil, fmt.Errorf("ringblk: open %s: cache mode %q (writeback, writethrough, none, unsafe)", path, o.Cache)
 		}
 		co.Cache = c
 	}
@@ -110,8 +111,8 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 
 // NewDevice makes a device of a node the caller built on the host's graph
 // (Host.Graph), e.g. with its own driver; it takes over the caller's
-// reference on n. Of o, the error policies, WriteThrough, Callbacks and
-// Name are used.
+// reference on n. Of o, the error policies, WriteThrough, Callbacks,
+// Name and Cache "unsafe" are used.
 func (h *Host) NewDevice(n *block.Node, o OpenOptions) (*Device, error) {
 	if h.isClosed() {
 		return nil, errors.Join(ErrClosed, n.Unref())
@@ -140,6 +141,7 @@ func (h *Host) newDevice(n *block.Node, path, name, format string, qc *qcow2.Dri
 	d := &Device{h: h, name: name, path: path, format: format, qcow: qc,
 		rerror: o.ReadError, werror: o.WriteError, cbs: o.Callbacks, sem: make(chan struct{}, 64)}
 	d.wce.Store(!o.WriteThrough)
+	d.unsafe = o.Cache == "unsafe"
 	d.file = findRaw(h.g, n)
 	fe := h.g.NewFrontEnd(block.FrontEndOptions{Name: name, DevOps: devOps{d}})
 	if err := fe.Insert(n); err != nil {
@@ -243,6 +245,9 @@ func (d *Device) removeQueue(q *Queue) {
 // metadata write-back, the file's close) are returned; the device is
 // closed either way.
 func (d *Device) Close() error {
+	if d.inContext() {
+		return ErrInContext
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -308,17 +313,7 @@ func (d *Device) syncQueue() (*Queue, error) {
 // deadlock.
 var ErrInContext = errors.New("ringblk: synchronous call from a completion callback (a Context's own goroutine) would deadlock; use a Queue")
 
-func (d *Device) inContext() bool {
-	if d.h.main.InContext() {
-		return true
-	}
-	for _, c := range d.h.ctxs {
-		if c.InContext() {
-			return true
-		}
-	}
-	return false
-}
+func (d *Device) inContext() bool { return d.h.inContext() }
 
 func (d *Device) do(op Op, flags Flags, off, n int64, buf []byte) error {
 	if d.inContext() {

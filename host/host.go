@@ -198,6 +198,9 @@ func (h *Host) DrainAllEnd() {
 // I/O Contexts and the main Context. Every error is returned, joined.
 // Closing twice returns nil.
 func (h *Host) Close() error {
+	if h.inContext() {
+		return ErrInContext
+	}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -308,6 +311,20 @@ func (h *Host) Create(path string, o CreateOptions) error {
 	default:
 		return fmt.Errorf("ringblk: create %s: unknown format %q (raw or qcow2)", path, o.Format)
 	}
+}
+
+// inContext reports whether the caller runs on one of the host's Contexts
+// (a callback), where waiting for them would deadlock.
+func (h *Host) inContext() bool {
+	if h.main.InContext() {
+		return true
+	}
+	for _, c := range h.ctxs {
+		if c.InContext() {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *Host) isClosed() bool {

@@ -1,7 +1,9 @@
 package host_test
 
 import (
+	"errors"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -219,5 +221,104 @@ func TestSetContext(t *testing.T) {
 	}
 	if err := d.SetContext(-1); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// flushCounter counts the flushes its driver gets.
+type flushCounter struct {
+	blocktest.Null
+	n atomic.Int64
+}
+
+func (f *flushCounter) Flush(r *block.Request) { f.n.Add(1); f.Null.Flush(r) }
+
+// TestCacheUnsafe: cache=unsafe completes flushes without the image.
+func TestCacheUnsafe(t *testing.T) {
+	h := newHost(t, host.Options{})
+	p := image(t, h, "raw", 1<<20)
+	d, err := h.OpenDevice(p, host.OpenOptions{Cache: "unsafe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same option through NewDevice on a counting node.
+	fc := &flushCounter{Null: blocktest.Null{Size: 1 << 20}}
+	n, _ := h.Graph().Open(fc, block.Options{Name: "fc"})
+	d2, err := h.NewDevice(n, host.OpenOptions{Cache: "unsafe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []*host.Device{d, d2} {
+		if err := dev.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if dev.Stats().Flush.Ops != 1 {
+			t.Fatal("unsafe flush not counted")
+		}
+	}
+	if fc.n.Load() != 0 {
+		t.Fatalf("%d flushes reached the image under cache=unsafe", fc.n.Load())
+	}
+	if _, err := h.OpenDevice(p, host.OpenOptions{Cache: "directsync"}); err == nil {
+		t.Fatal("cache=directsync accepted")
+	}
+}
+
+// TestThrottleGroup: two devices in one named group share its IOPS.
+func TestThrottleGroup(t *testing.T) {
+	h := newHost(t, host.Options{})
+	var qs []*host.Queue
+	for i := 0; i < 2; i++ {
+		d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20, Name: "n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.SetThrottle("shared", host.ThrottleLimits{IOPSTotal: 200, IOPSTotalBurst: 1}); err != nil {
+			t.Fatal(err)
+		}
+		q, _ := d.Queue(host.QueueOptions{Depth: 32})
+		qs = append(qs, q)
+	}
+	buf := make([]byte, 512)
+	start := time.Now()
+	for i := 0; i < 20; i++ {
+		for _, q := range qs {
+			q.Read(buf, 0, 0)
+		}
+	}
+	for _, q := range qs {
+		for n := 0; n < 20; {
+			q.Wait(time.Second)
+			for _, ok := q.Next(); ok; _, ok = q.Next() {
+				n++
+			}
+		}
+	}
+	// 40 requests at 200 IOPS shared: about 200ms; each alone would
+	// take 100ms.
+	if el := time.Since(start); el < 170*time.Millisecond {
+		t.Fatalf("40 reads in a 200-IOPS group took %v", el)
+	}
+}
+
+// TestCloseFromCallback: closing from a completion callback is refused
+// instead of deadlocking.
+func TestCloseFromCallback(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 3)
+	var q *host.Queue
+	q, _ = d.Queue(host.QueueOptions{OnComplete: func(host.Completion) {
+		errs <- q.Close()
+		errs <- d.Close()
+		errs <- h.Close()
+	}})
+	q.Read(make([]byte, 512), 0, 0)
+	for i := 0; i < 3; i++ {
+		if err := <-errs; !errors.Is(err, host.ErrInContext) {
+			t.Fatalf("close %d from a callback: %v", i, err)
+		}
 	}
 }

@@ -48,7 +48,9 @@ type OpenOptions struct {
 	Format   string
 	ReadOnly bool
 	// Cache is QEMU's cache mode of the image's file: "writeback" (the
-	// default), "writethrough" (O_DSYNC) or "none" (O_DIRECT).
+	// default), "writethrough" (O_DSYNC), "none" (O_DIRECT) or "unsafe"
+	// (writeback, and flushes complete at once without reaching the
+	// image: for scratch disks).
 	Cache string
 	// Locking is "auto" (default), "on" or "off": QEMU's image locks.
 	Locking string
