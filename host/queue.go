@@ -291,7 +291,7 @@ func (q *Queue) RequestDone(r *block.Request, err error) {
 func (q *Queue) complete(i uint32, err error) {
 	s := &q.slots[i]
 	s.err = err
-	q.completed.Add(1)
+	q.completed.Store(q.completed.Load() + 1) // the Context is the only writer
 	if w := s.waiter; w != nil {
 		s.waiter = nil
 		w.err = err
@@ -428,16 +428,16 @@ type opCounters struct {
 
 func (st *queueStats) account(op Op, n, ns int64, err error) {
 	c := &st.ops[op]
-	c.ops.Add(1)
+	inc(&c.ops, 1)
 	if err != nil {
-		c.errors.Add(1)
+		inc(&c.errors, 1)
 	} else if op == contract.OpRead || op == contract.OpWrite {
-		c.bytes.Add(uint64(n))
+		inc(&c.bytes, uint64(n))
 	}
 	if ns < 0 {
 		ns = 0
 	}
-	c.totalNs.Add(uint64(ns))
+	inc(&c.totalNs, uint64(ns))
 	b := bits.Len64(uint64(ns))
 	if b > 0 {
 		b--
@@ -445,8 +445,12 @@ func (st *queueStats) account(op Op, n, ns int64, err error) {
 	if b >= contract.LatencyBuckets {
 		b = contract.LatencyBuckets - 1
 	}
-	c.lat[b].Add(1)
+	inc(&c.lat[b], 1)
 }
+
+// inc adds v to a counter only the queue's Context writes: a load and a
+// store, no locked read-modify-write; readers see each value whole.
+func inc(x *atomic.Uint64, v uint64) { x.Store(x.Load() + v) }
 
 func (st *queueStats) addTo(s *Stats) {
 	for op, dst := range map[Op]*OpStats{contract.OpRead: &s.Read, contract.OpWrite: &s.Write, contract.OpFlush: &s.Flush, contract.OpDiscard: &s.Discard, contract.OpWriteZeroes: &s.WriteZeroes} {
