@@ -526,6 +526,9 @@ func (d *Device) endDrain() {
 
 // SetContext makes I/O Context i the device's home Context (-1: main).
 func (d *Device) SetContext(i int) error {
+	if d.isClosed() {
+		return ErrClosed
+	}
 	ctx := d.h.main
 	if i >= 0 {
 		if _, err := d.h.ctxIndex(i); err != nil {
@@ -671,6 +674,9 @@ func (d *Device) WriteCache() bool { return d.wce.Load() }
 func (d *Device) qcow2() (*qcow2.Driver, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
 	if d.qcow == nil {
 		return nil, fmt.Errorf("ringblk: %s: internal snapshots need a qcow2 image (this is %s): %w", d.name, d.format, ErrUnsupported)
 	}

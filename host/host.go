@@ -149,6 +149,12 @@ func (h *Host) Graph() *block.Graph { return h.g }
 
 // CPUSet returns the CPUs I/O Context i may run on, read from its thread.
 func (h *Host) CPUSet(i int) ([]int, error) {
+	if h.isClosed() {
+		return nil, ErrClosed
+	}
+	if _, err := h.ctxIndex(i); err != nil {
+		return nil, err
+	}
 	var set unix.CPUSet
 	var err error
 	h.ctxs[i].Run(func() { err = unix.SchedGetaffinity(0, &set) })
@@ -175,6 +181,9 @@ func (h *Host) ctxIndex(i int) (int, error) {
 // it returns when no request is in flight on any node; requests submitted
 // meanwhile wait in their queues until DrainAllEnd. Sections nest.
 func (h *Host) DrainAllBegin() {
+	if h.isClosed() {
+		return
+	}
 	h.drainAll.Add(1)
 	h.g.DrainAllBegin()
 }

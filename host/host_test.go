@@ -836,3 +836,64 @@ func TestLiveSnapshot(t *testing.T) {
 		t.Fatal("live snapshot of a read-only device")
 	}
 }
+
+// TestUseAfterClose: every method of a closed host, device and queue
+// returns ErrClosed (or does nothing) instead of panicking on a stopped
+// Context.
+func TestUseAfterClose(t *testing.T) {
+	h, err := host.New(host.Options{Contexts: 1})
+	if err != nil {
+		t.Skipf("host: %v", err)
+	}
+	p := filepath_(t)
+	if err := h.Create(p, host.CreateOptions{Format: "qcow2", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := h.OpenDevice(p, host.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := d.Queue(host.QueueOptions{})
+	d.ReadAt(make([]byte, 512), 0) // creates the synchronous queue
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 512)
+	checks := map[string]error{
+		"queue read":     q.Read(buf, 0, 0),
+		"queue close":    q.Close(),
+		"new queue":      func() error { _, err := d.Queue(host.QueueOptions{}); return err }(),
+		"read at":        func() error { _, err := d.ReadAt(buf, 0); return err }(),
+		"geometry":       func() error { _, err := d.Geometry(); return err }(),
+		"resize":         d.Resize(2 << 20),
+		"block status":   func() error { _, _, err := d.BlockStatus(0, 512); return err }(),
+		"set context":    d.SetContext(0),
+		"snapshot":       d.CreateSnapshot("x"),
+		"live snapshot":  d.LiveSnapshot(p + ".top"),
+		"inactivate":     d.Inactivate(),
+		"open":           func() error { _, err := h.OpenDevice(p, host.OpenOptions{}); return err }(),
+		"create":         h.Create(p+".2", host.CreateOptions{Format: "raw", Size: 512}),
+		"cpu set":        func() error { _, err := h.CPUSet(0); return err }(),
+		"device close":   d.Close(),
+		"host close":     h.Close(),
+		"queue close(2)": q.Close(),
+	}
+	for what, err := range checks {
+		switch what {
+		case "queue close", "device close", "host close", "queue close(2)":
+			if err != nil {
+				t.Errorf("%s after close: %v, want nil", what, err)
+			}
+		default:
+			if !isClosed(err) {
+				t.Errorf("%s after close: %v, want ErrClosed", what, err)
+			}
+		}
+	}
+	d.DrainedBegin()
+	d.DrainedEnd()
+	h.DrainAllBegin()
+	h.DrainAllEnd()
+	d.Resume()
+	_ = d.Stats()
+}
