@@ -260,6 +260,13 @@ func (n *Node) checkDrained() {
 	invariants.Check(n.inFlight.load() == 0, "block: node %s has %d requests in flight after drained begin", n.name, n.inFlight.load())
 	for _, c := range n.parents {
 		invariants.Check(c.quiescedParent, "block: parent edge %s not quiesced", c)
+		if c.class.Kind() == FrontEndParent {
+			// A front end's count may be raised for an instant by a
+			// submitter on another Context that then parks its request
+			// (Queue.Submit counts before it checks the quiesce): not
+			// work in flight. The node's own count above covers that.
+			continue
+		}
 		invariants.Check(!c.class.DrainedPoll(c), "block: parent of %s still busy after drained begin", n.name)
 	}
 }
