@@ -368,9 +368,10 @@ func (q *Queue) Next() (Completion, bool) {
 	return c, true
 }
 
-// Wait blocks until the queue's eventfd is readable or the timeout passes
-// (negative: no limit), then resets it; it reports whether it was
-// readable. Completions are then taken with Next.
+// Wait blocks until completions are ready for Next or the timeout passes
+// (negative: no limit), and reports whether they are. It resets the
+// eventfd on the way, and makes no system call while completions are
+// already waiting.
 func (q *Queue) Wait(timeout time.Duration) bool {
 	ms := -1
 	if timeout >= 0 {
@@ -378,8 +379,14 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 	}
 	var buf [8]byte
 	for {
-		if _, err := unix.Read(q.efd, buf[:]); err == nil {
+		// The Context pushes a completion before it writes the eventfd,
+		// so either the ring shows it here, or the read or the poll below
+		// sees the write.
+		if q.done.ready() {
 			return true
+		}
+		if _, err := unix.Read(q.efd, buf[:]); err == nil {
+			continue // reset; look at the ring again
 		}
 		fds := [1]unix.PollFd{{Fd: int32(q.efd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds[:], ms)
@@ -387,7 +394,7 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 			continue
 		}
 		if err != nil || n == 0 {
-			return false
+			return q.done.ready()
 		}
 	}
 }

@@ -80,3 +80,9 @@ func (r *idxRing) pop() (uint32, bool) {
 		}
 	}
 }
+
+// ready reports whether pop would find a value now.
+func (r *idxRing) ready() bool {
+	pos := r.deq.Load()
+	return int64(r.cell[pos&r.mask].seq.Load())-int64(pos+1) >= 0
+}

@@ -290,8 +290,9 @@ type Queue interface {
 	// completions are ready for Next; read it to reset it, then call Next
 	// until it returns false.
 	EventFD() int
-	// Wait blocks until the eventfd is readable or timeout passes (< 0:
-	// no limit), and resets it; true when it was readable.
+	// Wait blocks until completions are ready for Next or timeout passes
+	// (< 0: no limit), resetting the eventfd on the way; true when they
+	// are ready.
 	Wait(timeout time.Duration) bool
 
 	Depth() int
