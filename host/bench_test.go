@@ -52,14 +52,22 @@ func benchReads(b *testing.B, q *host.Queue, n, qd int, bs, size int64) {
 // BenchmarkRandRead4kQD32 is the host API's side of docs/performance.md's
 // comparison with `ringblk bench --ioengine=ringblk`: 4 KiB random reads
 // at queue depth 32 from one host goroutine on the raw file
-// RINGBLK_BENCH_FILE (read into the page cache first), one I/O Context.
+// RINGBLK_BENCH_FILE (read into the page cache first), one I/O Context;
+// RINGBLK_BENCH_POLLTIME sets HostOptions.PollTime (default 0, as bench).
 // scripts/host-vs-bench.sh runs both sides on one file.
 func BenchmarkRandRead4kQD32(b *testing.B) {
 	path := os.Getenv("RINGBLK_BENCH_FILE")
 	if path == "" {
 		b.Skip("set RINGBLK_BENCH_FILE to a raw image (scripts/host-vs-bench.sh does)")
 	}
-	h := newHost(b, host.Options{Contexts: 1})
+	var poll time.Duration
+	if v := os.Getenv("RINGBLK_BENCH_POLLTIME"); v != "" {
+		var err error
+		if poll, err = time.ParseDuration(v); err != nil {
+			b.Fatalf("RINGBLK_BENCH_POLLTIME: %v", err)
+		}
+	}
+	h := newHost(b, host.Options{Contexts: 1, PollTime: poll})
 	d, err := h.OpenDevice(path, host.OpenOptions{Format: "raw", ReadOnly: true})
 	if err != nil {
 		b.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -68,6 +69,7 @@ type Host struct {
 	affinity unix.CPUSet
 	rr       atomic.Uint32
 	drainAll atomic.Int32 // DrainAllBegin sections open
+	pollTime time.Duration
 
 	mu      sync.Mutex
 	devices []*Device
@@ -97,7 +99,10 @@ func New(opts Options) (h *Host, err error) {
 			sets[i].Set(c)
 		}
 	}
-	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}}
+	if opts.PollTime < 0 {
+		return nil, fmt.Errorf("ringblk: negative PollTime %v", opts.PollTime)
+	}
+	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}, pollTime: opts.PollTime}
 	if err := unix.SchedGetaffinity(0, &h.affinity); err != nil {
 		return nil, fmt.Errorf("ringblk: sched_getaffinity: %w", err)
 	}
@@ -115,7 +120,7 @@ func New(opts Options) (h *Host, err error) {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		ctx, err := aio.New(aio.Options{Name: fmt.Sprintf("ringblk-io%d", i), CPU: aio.NoCPU, Entries: opts.RingEntries, ArenaSize: -1})
+		ctx, err := aio.New(aio.Options{Name: fmt.Sprintf("ringblk-io%d", i), CPU: aio.NoCPU, Entries: opts.RingEntries, ArenaSize: -1, PollTime: opts.PollTime})
 		if err != nil {
 			return nil, fmt.Errorf("ringblk: Context %d: %w", i, err)
 		}

@@ -899,3 +899,33 @@ func TestUseAfterClose(t *testing.T) {
 	d.Resume()
 	_ = d.Stats()
 }
+
+// TestPollTime: with busy-polling on, I/O still completes and Wait
+// still times out when nothing comes.
+func TestPollTime(t *testing.T) {
+	h := newHost(t, host.Options{PollTime: 50 * time.Microsecond})
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := d.Queue(host.QueueOptions{})
+	start := time.Now()
+	if q.Wait(2 * time.Millisecond) {
+		t.Fatal("Wait reported completions on an idle queue")
+	}
+	if time.Since(start) < time.Millisecond {
+		t.Fatal("Wait returned before its timeout")
+	}
+	for i := 0; i < 100; i++ {
+		q.Read(make([]byte, 512), 0, uint64(i))
+		if !q.Wait(5 * time.Second) {
+			t.Fatal("no completion")
+		}
+		if c, ok := q.Next(); !ok || c.UserData != uint64(i) {
+			t.Fatalf("completion %d: %+v %v", i, c, ok)
+		}
+	}
+	if _, err := host.New(host.Options{PollTime: -1}); err == nil {
+		t.Fatal("negative PollTime accepted")
+	}
+}

@@ -377,6 +377,17 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 	if timeout >= 0 {
 		ms = int((timeout + time.Millisecond - 1) / time.Millisecond)
 	}
+	if spin := q.dev.h.pollTime; spin > 0 && !q.done.ready() {
+		end := nanotime() + int64(min(spin, max(timeout, 0)))
+		if timeout < 0 {
+			end = nanotime() + int64(spin)
+		}
+		for i := 0; !q.done.ready(); i++ {
+			if i&63 == 63 && nanotime() >= end {
+				break
+			}
+		}
+	}
 	var buf [8]byte
 	for {
 		// The Context pushes a completion before it writes the eventfd,

@@ -19,6 +19,12 @@ type HostOptions struct {
 	// RingEntries is each I/O Context's submission queue size (default
 	// 256).
 	RingEntries int
+	// PollTime bounds busy-polling before a sleep: each I/O Context
+	// spins on its ring for up to this long (adaptively, as QEMU's
+	// poll-max-ns) and Queue.Wait spins on its completions as long before
+	// it blocks. Zero, the default, never spins: right when cores are
+	// shared; set it (e.g. 20–50µs) when they are dedicated.
+	PollTime time.Duration
 }
 
 // Host is one ringblk instance: Contexts, a block graph and the devices
