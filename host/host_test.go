@@ -929,3 +929,34 @@ func TestPollTime(t *testing.T) {
 		t.Fatal("negative PollTime accepted")
 	}
 }
+
+// TestCloseWakesWait: a goroutine blocked in Wait without a timeout
+// returns when the queue (here: the whole host) is closed.
+func TestCloseWakesWait(t *testing.T) {
+	h, err := host.New(host.Options{})
+	if err != nil {
+		t.Skipf("host: %v", err)
+	}
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := d.Queue(host.QueueOptions{})
+	woke := make(chan bool)
+	go func() { woke <- q.Wait(-1) }()
+	time.Sleep(20 * time.Millisecond)
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ok := <-woke:
+		if ok {
+			t.Fatal("Wait reported completions on a closed idle queue")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait still blocked after the host closed")
+	}
+	if q.Wait(0) {
+		t.Fatal("Wait on a closed queue")
+	}
+}

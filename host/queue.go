@@ -67,6 +67,7 @@ type Queue struct {
 	submitBH, notifyBH, resumeBH *aio.BH
 	efd                          int
 	one                          [8]byte
+	waiters                      atomic.Int32 // goroutines inside Wait
 
 	// owner only
 	notifyPending bool
@@ -373,6 +374,11 @@ func (q *Queue) Next() (Completion, bool) {
 // eventfd on the way, and makes no system call while completions are
 // already waiting.
 func (q *Queue) Wait(timeout time.Duration) bool {
+	q.waiters.Add(1)
+	defer q.waiters.Add(-1)
+	if q.closed.Load() {
+		return false // the eventfd may be closed already
+	}
 	ms := -1
 	if timeout >= 0 {
 		ms = int((timeout + time.Millisecond - 1) / time.Millisecond)
@@ -396,6 +402,9 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 		if q.done.ready() {
 			return true
 		}
+		if q.closed.Load() {
+			return false // Close woke us
+		}
 		if _, err := unix.Read(q.efd, buf[:]); err == nil {
 			continue // reset; look at the ring again
 		}
@@ -412,7 +421,8 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 
 // Close refuses new submissions, waits until every accepted request has
 // completed (requests held by a stop policy complete with their errors),
-// and releases the queue. Completions not yet taken with Next are
+// wakes goroutines blocked in Wait (which return false) and releases the
+// queue, closing its eventfd. Completions not yet taken with Next are
 // dropped.
 func (q *Queue) Close() error {
 	if q.dev.inContext() {
@@ -430,6 +440,12 @@ func (q *Queue) Close() error {
 	q.submitBH.Delete()
 	q.notifyBH.Delete()
 	q.resumeBH.Delete()
+	// Wake goroutines blocked in Wait, and close the eventfd only once
+	// they have left it.
+	for q.waiters.Load() > 0 {
+		unix.Write(q.efd, q.one[:])
+		time.Sleep(50 * time.Microsecond)
+	}
 	return unix.Close(q.efd)
 }
 
