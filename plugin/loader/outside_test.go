@@ -140,6 +140,25 @@ func TestOutsideHost(t *testing.T) {
 			t.Errorf("host output lacks %q", want)
 		}
 	}
+	// The recipe of docs/plugin.md in a fresh module: require, replace,
+	// tool, tidy, build. Without the tool line tidy drops go.sum entries
+	// the plugin needs.
+	fresh := filepath.Join(tmp, "fresh")
+	os.Mkdir(fresh, 0o755)
+	os.WriteFile(filepath.Join(fresh, "main.go"), []byte("package main\n\nimport _ \"github.com/ringblk/ringblk/plugin/loader\"\n\nfunc main() {}\n"), 0o644)
+	for _, args := range [][]string{
+		{"mod", "init", "example.com/fresh"},
+		{"mod", "edit", "-require", "github.com/ringblk/ringblk@v0.0.0-00010101000000-000000000000", "-replace", "github.com/ringblk/ringblk=" + root, "-tool", "github.com/ringblk/ringblk/plugin"},
+		{"mod", "tidy"},
+		{"build", "-buildmode=plugin", "-o", filepath.Join(tmp, "fresh.so"), "github.com/ringblk/ringblk/plugin"},
+	} {
+		if err := goIn(fresh, args...); err != nil {
+			if args[1] == "tidy" {
+				t.Skipf("all else passed; go mod tidy in a fresh module needs the module proxy (or a warm module cache), which failed: %v", err)
+			}
+			t.Fatalf("fresh module: %v", err)
+		}
+	}
 	if sysErr != nil {
 		t.Skipf("all else passed; the x/sys version case needs the module proxy, which failed: %v", sysErr)
 	}
