@@ -86,14 +86,80 @@ func BenchmarkRandRead4kQD32(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "IOPS")
 }
 
+// BenchmarkRandRead4kQD32Callback is the same workload in callback mode:
+// each completion resubmits from the queue's Context (the way the bench
+// engine's loop runs), the host goroutine only starts and waits.
+func BenchmarkRandRead4kQD32Callback(b *testing.B) {
+	path := os.Getenv("RINGBLK_BENCH_FILE")
+	if path == "" {
+		b.Skip("set RINGBLK_BENCH_FILE to a raw image (scripts/host-vs-bench.sh does)")
+	}
+	h := newHost(b, host.Options{Contexts: 1})
+	d, err := h.OpenDevice(path, host.OpenOptions{Format: "raw", ReadOnly: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	g, _ := d.Geometry()
+	blocks := uint64(g.Size / 4096)
+	bufs := make([][]byte, 32)
+	for i := range bufs {
+		bufs[i] = make([]byte, 4096)
+	}
+	x := uint64(88172645463325252)
+	next := func() int64 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		return int64(x%blocks) * 4096
+	}
+	var q *host.Queue
+	issued, remaining := 0, b.N
+	finished := make(chan struct{})
+	q, _ = d.Queue(host.QueueOptions{Depth: 32, Context: 0, OnComplete: func(c host.Completion) {
+		if c.Err != nil {
+			b.Error(c.Err)
+		}
+		remaining--
+		if issued < b.N {
+			issued++
+			q.Read(bufs[c.UserData], next(), c.UserData)
+		} else if remaining == 0 {
+			close(finished)
+		}
+	}})
+	b.ReportAllocs()
+	start := time.Now()
+	b.ResetTimer()
+	q.Plug()
+	for i := 0; i < min(32, b.N); i++ {
+		issued++
+		q.Read(bufs[i], next(), uint64(i))
+	}
+	q.Unplug()
+	<-finished
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "IOPS")
+}
+
 // BenchmarkQueueOverhead measures the host API's per-request cost on the
 // null driver (no I/O), at queue depth 32: eventfd mode from a host
 // goroutine against callback mode, where completions resubmit on the
 // Context and no eventfd is involved. The difference is the eventfd
-// completion mode's overhead per request.
+// completion mode's overhead per request; eventfd-poll50us is the same
+// with HostOptions.PollTime (both sides spin before sleeping).
 func BenchmarkQueueOverhead(b *testing.B) {
 	b.Run("eventfd", func(b *testing.B) {
 		h := newHost(b, host.Options{Contexts: 1})
+		d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 30})
+		if err != nil {
+			b.Fatal(err)
+		}
+		q, _ := d.Queue(host.QueueOptions{Depth: 32, Context: 0})
+		b.ReportAllocs()
+		benchReads(b, q, b.N, 32, 4096, 1<<30)
+	})
+	b.Run("eventfd-poll50us", func(b *testing.B) {
+		h := newHost(b, host.Options{Contexts: 1, PollTime: 50 * time.Microsecond})
 		d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 30})
 		if err != nil {
 			b.Fatal(err)

@@ -3,7 +3,9 @@
 # `ringblk bench --ioengine=ringblk` on one cached raw file: 4 KiB random
 # reads at queue depth 32, one I/O Context each. Ours submits from a host
 # goroutine through a host.Queue with eventfd completions
-# (BenchmarkRandRead4kQD32); bench runs its loop on the Context itself.
+# (BenchmarkRandRead4kQD32), and in callback mode, resubmitting from the
+# Context (BenchmarkRandRead4kQD32Callback); bench runs its loop on the
+# Context itself.
 # Runs alternate (bench, host, bench, host, ...) and the medians are
 # compared. Also prints BenchmarkQueueOverhead: the eventfd mode's cost per
 # request against callback mode on the null driver.
@@ -46,6 +48,7 @@ cat "$file" >/dev/null # into the page cache
 
 bench=()
 ours=()
+cb=()
 for ((i = 0; i < reps; i++)); do
 	"$work/ringblk" bench --name=rr --filename="$file" --size=1g --ioengine=ringblk --rw=randread \
 		--bs=4k --iodepth=32 --runtime="$secs" --time_based --invalidate=0 --output-format=json >"$work/b.json"
@@ -56,14 +59,17 @@ for ((i = 0; i < reps; i++)); do
 		-test.benchtime="${n}x" -test.count=1 >"$work/h.txt"
 	ours+=("$(awk '/BenchmarkRandRead4kQD32/ { for (i = 1; i < NF; i++) if ($(i+1) == "IOPS") print $i }' "$work/h.txt")")
 	grep -q ' 0 allocs/op' "$work/h.txt" || { cat "$work/h.txt"; die "the host API allocated per request"; }
+	RINGBLK_BENCH_FILE=$file "$work/host.test" -test.run '^$' -test.bench 'RandRead4kQD32Callback' \
+		-test.benchtime="${n}x" -test.count=1 >"$work/c.txt"
+	cb+=("$(awk '/BenchmarkRandRead4kQD32Callback/ { for (i = 1; i < NF; i++) if ($(i+1) == "IOPS") print $i }' "$work/c.txt")")
 done
-python3 - "${bench[*]}" "${ours[*]}" <<'PY'
+python3 - "${bench[*]}" "${ours[*]}" "${cb[*]}" <<'PY'
 import statistics, sys
-b = [float(x) for x in sys.argv[1].split()]
-o = [float(x) for x in sys.argv[2].split()]
-mb, mo = statistics.median(b), statistics.median(o)
-print(f"ringblk bench --ioengine=ringblk: {mb:,.0f} IOPS (runs {', '.join(f'{x:,.0f}' for x in b)})")
-print(f"host API, eventfd mode:           {mo:,.0f} IOPS (runs {', '.join(f'{x:,.0f}' for x in o)})")
-print(f"ratio host/bench: {mo / mb:.3f}")
+b, o, c = ([float(x) for x in a.split()] for a in sys.argv[1:4])
+mb, mo, mc = statistics.median(b), statistics.median(o), statistics.median(c)
+runs = lambda v: ', '.join(f'{x:,.0f}' for x in v)
+print(f"ringblk bench --ioengine=ringblk:      {mb:,.0f} IOPS (runs {runs(b)})")
+print(f"host API, eventfd mode (host goroutine): {mo:,.0f} IOPS (runs {runs(o)})  ratio {mo / mb:.3f}")
+print(f"host API, callback mode:                {mc:,.0f} IOPS (runs {runs(c)})  ratio {mc / mb:.3f}")
 PY
 "$work/host.test" -test.run '^$' -test.bench 'QueueOverhead' -test.benchtime=200000x | grep Benchmark
