@@ -44,6 +44,7 @@ type Device struct {
 	statErr  error
 	syncQ    *Queue
 	sem      chan struct{}
+	closing  chan struct{} // closed when Close has finished
 	throttle *block.ThrottleGroup
 }
 
@@ -139,7 +140,8 @@ func (h *Host) newDevice(n *block.Node, path, name, format string, qc *qcow2.Dri
 		}
 	}
 	d := &Device{h: h, name: name, path: path, format: format, qcow: qc,
-		rerror: o.ReadError, werror: o.WriteError, cbs: o.Callbacks, sem: make(chan struct{}, 64)}
+		rerror: o.ReadError, werror: o.WriteError, cbs: o.Callbacks, sem: make(chan struct{}, 64),
+		closing: make(chan struct{})}
 	d.wce.Store(!o.WriteThrough)
 	d.unsafe = o.Cache == "unsafe"
 	d.file = findRaw(h.g, n)
@@ -243,7 +245,7 @@ func (d *Device) removeQueue(q *Queue) {
 // policy complete with their errors), ends drained sections begun through
 // the device, and closes the image. Errors of the image's close (a failed
 // metadata write-back, the file's close) are returned; the device is
-// closed either way.
+// closed either way. A second Close returns nil once the first is done.
 func (d *Device) Close() error {
 	if d.inContext() {
 		return ErrInContext
@@ -251,11 +253,13 @@ func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
+		<-d.closing // a concurrent Close: return once it is done
 		return nil
 	}
 	d.closed = true
 	qs := append([]*Queue(nil), d.queues...)
 	d.mu.Unlock()
+	defer close(d.closing)
 	// Requests parked by our own drained sections would never complete.
 	for d.drains.Load() > 0 {
 		d.endDrain()

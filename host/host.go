@@ -71,6 +71,7 @@ type Host struct {
 	drainAll atomic.Int32 // DrainAllBegin sections open
 	pollTime time.Duration
 
+	closing chan struct{} // closed when Close has finished
 	mu      sync.Mutex
 	devices []*Device
 	groups  map[string]*block.ThrottleGroup
@@ -102,7 +103,8 @@ func New(opts Options) (h *Host, err error) {
 	if opts.PollTime < 0 {
 		return nil, fmt.Errorf("ringblk: negative PollTime %v", opts.PollTime)
 	}
-	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}, pollTime: opts.PollTime}
+	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}, pollTime: opts.PollTime,
+		closing: make(chan struct{})}
 	if err := unix.SchedGetaffinity(0, &h.affinity); err != nil {
 		return nil, fmt.Errorf("ringblk: sched_getaffinity: %w", err)
 	}
@@ -210,7 +212,7 @@ func (h *Host) DrainAllEnd() {
 
 // Close closes every open device (draining each first), then stops the
 // I/O Contexts and the main Context. Every error is returned, joined.
-// Closing twice returns nil.
+// Closing twice returns nil (once the first Close is done).
 func (h *Host) Close() error {
 	if h.inContext() {
 		return ErrInContext
@@ -218,11 +220,13 @@ func (h *Host) Close() error {
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
+		<-h.closing // a concurrent Close: return once it is done
 		return nil
 	}
 	h.closed = true
 	devs := append([]*Device(nil), h.devices...)
 	h.mu.Unlock()
+	defer close(h.closing)
 	// Requests parked by an open section would never complete.
 	for h.drainAll.Load() > 0 {
 		h.DrainAllEnd()

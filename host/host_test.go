@@ -960,3 +960,50 @@ func TestCloseWakesWait(t *testing.T) {
 		t.Fatal("Wait on a closed queue")
 	}
 }
+
+// TestConcurrentClose: device and host closes racing each other (and
+// submitters) all return, without touching stopped Contexts.
+func TestConcurrentClose(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		h, err := host.New(host.Options{Contexts: 2})
+		if err != nil {
+			t.Skipf("host: %v", err)
+		}
+		var devs []*host.Device
+		for i := 0; i < 3; i++ {
+			d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			devs = append(devs, d)
+		}
+		var wg sync.WaitGroup
+		for _, d := range devs {
+			q, _ := d.Queue(host.QueueOptions{Context: -1})
+			wg.Add(3)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 512)
+				for q.Read(buf, 0, 0) == nil || true {
+					if _, err := d.ReadAt(buf, 0); err != nil {
+						return
+					}
+					for _, ok := q.Next(); ok; _, ok = q.Next() {
+					}
+				}
+			}()
+			go func() { defer wg.Done(); d.Close() }()
+			go func() { defer wg.Done(); q.Close() }()
+		}
+		wg.Add(2)
+		go func() { defer wg.Done(); h.Close() }()
+		go func() { defer wg.Done(); h.Close() }()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("concurrent closes hang")
+		}
+	}
+}

@@ -67,7 +67,8 @@ type Queue struct {
 	submitBH, notifyBH, resumeBH *aio.BH
 	efd                          int
 	one                          [8]byte
-	waiters                      atomic.Int32 // goroutines inside Wait
+	waiters                      atomic.Int32  // goroutines inside Wait
+	closing                      chan struct{} // closed when Close has finished
 
 	// owner only
 	notifyPending bool
@@ -119,6 +120,7 @@ func (d *Device) Queue(o QueueOptions) (*Queue, error) {
 		slots: make([]slot, depth),
 		free:  newIdxRing(depth), sub: newIdxRing(depth), done: newIdxRing(depth),
 		cb: o.OnComplete, efd: efd, heldList: make([]uint32, 0, depth),
+		closing: make(chan struct{}),
 	}
 	q.one[0] = 1
 	for i := range q.slots {
@@ -429,8 +431,10 @@ func (q *Queue) Close() error {
 		return ErrInContext
 	}
 	if q.closed.Swap(true) {
+		<-q.closing // a concurrent Close: return once it is done
 		return nil
 	}
+	defer close(q.closing)
 	q.submitBH.Schedule()
 	q.ctx.Run(q.failHeld)
 	for q.submitted.Load() != q.completed.Load() {
