@@ -656,6 +656,19 @@ func TestOpenErrors(t *testing.T) {
 	if _, err := h.OpenDevice(p, host.OpenOptions{}); err == nil {
 		t.Error("a second read-write open of a held image succeeded")
 	}
+	// Creating over an image in use is refused, and leaves it untouched.
+	d.WriteAt(pattern(make([]byte, 512), 7), 0)
+	for _, f := range []string{"raw", "qcow2"} {
+		if err := h.Create(p, host.CreateOptions{Format: f, Size: 4096}); err == nil {
+			t.Errorf("create %s over a held image succeeded", f)
+		}
+	}
+	got := make([]byte, 512)
+	d.ReadAt(got, 0)
+	mustEqual(t, "held image after refused creates", got, pattern(make([]byte, 512), 7))
+	if g, _ := d.Geometry(); g.Size != 1<<20 {
+		t.Errorf("held image resized to %d by a refused create", g.Size)
+	}
 	if err := h.Create(p+".x", host.CreateOptions{Format: "vmdk", Size: 1}); err == nil {
 		t.Error("vmdk created")
 	}
