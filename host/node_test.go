@@ -322,3 +322,34 @@ func TestCloseFromCallback(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseReportsWriteBack: a driver whose close fails (a metadata
+// write-back) makes Device.Close, and Host.Close for a device left open,
+// return that error.
+func TestCloseReportsWriteBack(t *testing.T) {
+	h, err := host.New(host.Options{})
+	if err != nil {
+		t.Skipf("host: %v", err)
+	}
+	wb := errors.New("write-back of 3 dirty tables failed: EIO")
+	for i := 0; i < 2; i++ {
+		drv := blocktest.NewDriver(1 << 20)
+		drv.CloseErr = wb
+		n, err := h.Graph().Open(drv, block.Options{Name: "wb"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := h.NewDevice(n, host.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := d.Close(); !errors.Is(err, wb) {
+				t.Fatalf("device close: %v, want the write-back error", err)
+			}
+		}
+	}
+	if err := h.Close(); !errors.Is(err, wb) {
+		t.Fatalf("host close with a device left open: %v, want the write-back error", err)
+	}
+}
