@@ -37,6 +37,9 @@ type Host interface {
 	Create(path string, o CreateOptions) error
 	// Contexts returns the number of I/O Contexts.
 	Contexts() int
+	// CPUSet returns the CPUs I/O Context i may run on, read back from
+	// its thread.
+	CPUSet(i int) ([]int, error)
 	// DrainAllBegin starts a drained section over every device and node:
 	// it returns when no request is in flight anywhere; requests
 	// submitted meanwhile wait until DrainAllEnd.
@@ -186,6 +189,8 @@ func (s IOStatus) String() string {
 // goroutine, except where a method says otherwise; none may be called from
 // a completion callback.
 type Device interface {
+	// Name is the device's name (unique in its host).
+	Name() string
 	// io.ReaderAt and io.WriterAt: synchronous I/O, safe from any
 	// goroutine (they allocate; use a Queue for the fast path).
 	io.ReaderAt
