@@ -254,7 +254,6 @@ func (h *Host) stopContexts() error {
 			errs = append(errs, err)
 		}
 	}
-	h.ctxs = nil
 	if _, err := h.main.Stop(); err != nil {
 		errs = append(errs, fmt.Errorf("ringblk: stop main Context: %w", err))
 	}
