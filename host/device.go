@@ -30,7 +30,7 @@ type Device struct {
 	qcow   *qcow2.Driver
 	file   *raw.Driver // the top image's file (nil for null)
 
-	rerror, werror ErrorPolicy
+	rerror, werror atomic.Uint32 // ErrorPolicy values; read on the Contexts
 	cbs            DeviceCallbacks
 	wce            atomic.Bool
 	status         atomic.Uint32
@@ -140,8 +140,10 @@ func (h *Host) newDevice(n *block.Node, path, name, format string, qc *qcow2.Dri
 		}
 	}
 	d := &Device{h: h, name: name, path: path, format: format, qcow: qc,
-		rerror: o.ReadError, werror: o.WriteError, cbs: o.Callbacks, sem: make(chan struct{}, 64),
+		cbs: o.Callbacks, sem: make(chan struct{}, 64),
 		closing: make(chan struct{})}
+	d.rerror.Store(uint32(o.ReadError))
+	d.werror.Store(uint32(o.WriteError))
 	d.wce.Store(!o.WriteThrough)
 	d.unsafe = o.Cache == "unsafe"
 	d.file = findRaw(h.g, n)
@@ -565,10 +567,10 @@ func (d *Device) Stats() Stats {
 }
 
 func (d *Device) action(op Op, err error) ErrorPolicy {
-	p := d.werror
+	p := ErrorPolicy(d.werror.Load())
 	switch op {
 	case contract.OpRead:
-		p = d.rerror
+		p = ErrorPolicy(d.rerror.Load())
 	case contract.OpDiscard:
 		return contract.ErrorReport
 	}
@@ -595,6 +597,19 @@ func (d *Device) stop(op Op, err error) {
 	if f := d.cbs.Stopped; f != nil {
 		d.h.main.Schedule(func() { f(op, err) })
 	}
+}
+
+// SetErrorPolicy changes the read and write error policies; requests that
+// fail from then on follow them (held requests stay held until Resume).
+func (d *Device) SetErrorPolicy(read, write ErrorPolicy) error {
+	for _, p := range []ErrorPolicy{read, write} {
+		if p > contract.ErrorStopOnNoSpace {
+			return fmt.Errorf("ringblk: %s: unknown error policy %d", d.name, p)
+		}
+	}
+	d.rerror.Store(uint32(read))
+	d.werror.Store(uint32(write))
+	return nil
 }
 
 // IOStatus returns the I/O status and the error that set it.

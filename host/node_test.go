@@ -129,6 +129,22 @@ func TestReadErrorPolicies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Changed at run time: report, then ignore.
+	d, dbg, _ := debugDevice(t, h, host.OpenOptions{})
+	dbg.AddRule(blocktest.Rule{Op: block.OpRead, Err: syscall.EIO})
+	buf := make([]byte, 512)
+	if _, err := d.ReadAt(buf, 0); err == nil {
+		t.Fatal("failed read reported success under report")
+	}
+	if err := d.SetErrorPolicy(host.ErrorIgnore, host.ErrorReport); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ReadAt(buf, 0); err != nil {
+		t.Fatalf("failed read under ignore: %v", err)
+	}
+	if err := d.SetErrorPolicy(9, 0); err == nil {
+		t.Fatal("policy 9 accepted")
+	}
 }
 
 // flagRecorder records the flags of the writes it gets.

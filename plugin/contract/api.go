@@ -226,6 +226,8 @@ type Device interface {
 	// Stats returns the device's I/O accounting, from any goroutine,
 	// without stopping I/O.
 	Stats() Stats
+	// SetErrorPolicy changes the read and write error policies.
+	SetErrorPolicy(read, write ErrorPolicy) error
 	// IOStatus returns the I/O status and the error that set it.
 	IOStatus() (IOStatus, error)
 	// ResetIOStatus sets the status back to OK (held requests stay held).
