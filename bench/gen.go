@@ -23,6 +23,10 @@ type generator struct {
 	limit, issued int64
 	// cumulative bssplit weights per direction
 	splitCum [2][]int
+	// rw=…:N: the end of the last I/O per direction (relative) and the
+	// I/Os left before a new random offset.
+	lastEnd [2]int64
+	seqLeft int
 }
 
 func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
@@ -56,6 +60,10 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 	}
 	if !j.TimeBased {
 		g.limit = regionLen
+		if j.IOSize > 0 {
+			g.limit = j.IOSize
+		}
+		g.limit *= int64(max(j.Loops, 1))
 	}
 	for d := 0; d < 2; d++ {
 		sum := 0
@@ -89,7 +97,12 @@ func (g *generator) next() (dir int, off int64, n int, ok bool) {
 		n = int(max(g.limit-g.issued, g.align))
 		n = int(int64(n) / g.align * g.align)
 	}
-	if j.RW.Random() {
+	if j.RW.Random() && j.SeqNr > 1 && g.seqLeft > 0 && g.lastEnd[dir]+int64(n) <= g.regionLen {
+		// rw=randread:N: the I/Os after a random one follow it.
+		g.seqLeft--
+		off = g.lastEnd[dir]
+	} else if j.RW.Random() {
+		g.seqLeft = j.SeqNr - 1
 		var b uint64
 		switch {
 		case j.Dist != DistRandom:
@@ -110,11 +123,26 @@ func (g *generator) next() (dir int, off int64, n int, ok bool) {
 		}
 	} else {
 		off = g.seqOff[dir]
+		if add := j.SeqAdd; add != 0 && g.lastEnd[dir] != 0 {
+			// rw=read:N, as fio: N bytes after the end of the last I/O;
+			// past either end, wrap to the start (N > 0) or to N before
+			// the end (N < 0: backwards).
+			off = g.lastEnd[dir] + add
+			if off < 0 || off >= g.regionLen {
+				if add > 0 {
+					off = 0
+				} else {
+					off = g.regionLen + add
+				}
+			}
+			off = max(off, 0)
+		}
 		if off+int64(n) > g.regionLen {
 			off = 0
 		}
 		g.seqOff[dir] = off + int64(n)
 	}
+	g.lastEnd[dir] = off + int64(n)
 	g.issued += int64(n)
 	return dir, g.regionOff + off, n, true
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -138,6 +139,23 @@ type Job struct {
 	Invalidate     bool
 	Description    string
 
+	// IOSize is fio's io_size (io_limit): bytes of I/O per loop, 0: the
+	// region's size. Loops repeats that many times (loops=).
+	IOSize int64
+	Loops  int
+	// SeqAdd is rw=…:N on a sequential pattern: N bytes skipped (a
+	// negative N goes backwards) after each I/O. SeqNr is rw=…:N on a
+	// random pattern: N I/Os (sequential after the first) per new random
+	// offset.
+	SeqAdd int64
+	SeqNr  int
+	// Latency switches (disable_lat, disable_clat, disable_slat,
+	// disable_bw_measurement; gtod_reduce sets all four and turns
+	// clat_percentiles off) and the percentiles reported.
+	DisableLat, DisableClat, DisableSlat, DisableBW bool
+	ClatPercentiles, LatPercentiles                 bool
+	PercentileList                                  []float64
+
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
 	Options []Option
@@ -152,6 +170,7 @@ func newJob(name string, loc Loc) *Job {
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
+		Loops: 1, ClatPercentiles: true,
 		set: map[string]Loc{},
 	}
 }
@@ -200,9 +219,9 @@ func (j *Job) apply(o Option, record bool) error {
 	spec, ok := optionTable[name]
 	if !ok {
 		if _, known := fioOnlyOptions[name]; known {
-			return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q is a fio option that ringblk bench does not implement", o.Key)}
+			return &unsupportedError{ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q is a fio option that ringblk bench does not implement", o.Key)}, o.Key, true}
 		}
-		return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("unknown option %q", o.Key)}
+		return &unsupportedError{ParseError{Loc: o.Loc, Msg: fmt.Sprintf("unknown option %q", o.Key)}, o.Key, false}
 	}
 	val := o.Value
 	if o.Bare {
@@ -228,6 +247,50 @@ type ParseError struct {
 }
 
 func (e *ParseError) Error() string { return e.Loc.String() + ": " + e.Msg }
+
+// unsupportedError is an option bench does not have: a fio option it does
+// not implement (fio true) or a name neither knows. Parsing goes on past
+// these, so that one error names them all (unsupportedList).
+type unsupportedError struct {
+	ParseError
+	key string
+	fio bool
+}
+
+func (e *unsupportedError) Unwrap() error { return &e.ParseError }
+
+// unsupportedList is every unsupported option of a run, each once (a
+// [global] option is applied to every job), in one error that starts at
+// the first one's location.
+type unsupportedList []*unsupportedError
+
+func (l unsupportedList) add(e *unsupportedError) unsupportedList {
+	for _, x := range l {
+		if x.Loc == e.Loc && x.key == e.key {
+			return l
+		}
+	}
+	return append(l, e)
+}
+
+func (l unsupportedList) Error() string {
+	if len(l) == 1 {
+		return l[0].Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d options that ringblk bench does not implement or know: ", l[0].Loc, len(l))
+	for i, e := range l {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		what := "unknown"
+		if e.fio {
+			what = "fio option"
+		}
+		fmt.Fprintf(&b, "%q (%s, %s)", e.key, what, e.Loc)
+	}
+	return b.String()
+}
 
 // validate checks what single options cannot: conflicts and requirements.
 func (j *Job) validate() error {
@@ -261,7 +324,15 @@ func (j *Job) validate() error {
 		}
 	}
 	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
-		return bad(j.Loc, "missing filename (set filename=, or use ioengine=ringblk with format=null)")
+		// fio's default file: jobname.clone.file in directory=, one per
+		// clone.
+		if j.NumJobs > 1 {
+			return bad(at("numjobs"), "numjobs=%d without filename= (fio's one file per clone, %s.N.0) is not implemented: set filename=", j.NumJobs, j.Name)
+		}
+		j.Filename = j.Name + ".0.0"
+		if j.Directory != "" {
+			j.Filename = filepath.Join(j.Directory, j.Filename)
+		}
 	}
 	if j.Format == "null" && j.Size == 0 {
 		return bad(at("format"), "format=null needs a size")

@@ -135,7 +135,7 @@ func jsonEntry(e *entry) obj {
 		{"read", jsonDir(e, DirRead)},
 		{"write", jsonDir(e, DirWrite)},
 		{"trim", jsonDir(e, -1)},
-		{"sync", obj{{"total_ios", 0}, {"lat_ns", latObj(nil, false)}}},
+		{"sync", obj{{"total_ios", 0}, {"lat_ns", latObj(nil, nil)}}},
 		{"job_runtime", jobRuntime},
 		{"usr_cpu", e.usrPct},
 		{"sys_cpu", e.sysPct},
@@ -177,20 +177,27 @@ func bucketObj(bounds []int64, pcts []float64) obj {
 }
 
 // latObj is {min, max, mean, stddev, N[, percentile]}.
-func latObj(s *latStat, withPct bool) obj {
+func latObj(s *latStat, pcts []float64) obj {
 	if s == nil || s.n == 0 {
 		return obj{{"min", 0}, {"max", 0}, {"mean", 0.0}, {"stddev", 0.0}, {"N", 0}}
 	}
 	o := obj{{"min", s.min}, {"max", s.max}, {"mean", s.mean}, {"stddev", s.stddev()}, {"N", s.n}}
-	if withPct {
-		vals := percentiles(s)
+	if len(pcts) > 0 {
+		vals := percentiles(s, pcts)
 		p := make(obj, len(vals))
 		for i, v := range vals {
-			p[i] = kv{strconv.FormatFloat(percentileList[i], 'f', 6, 64), v}
+			p[i] = kv{strconv.FormatFloat(pcts[i], 'f', 6, 64), v}
 		}
 		o = append(o, kv{"percentile", p})
 	}
 	return o
+}
+
+func pctsIf(on bool, j *Job) []float64 {
+	if !on {
+		return nil
+	}
+	return jobPercentiles(j)
 }
 
 // jsonDir is one direction; d < 0 is the (always empty) trim.
@@ -222,9 +229,9 @@ func jsonDir(e *entry, d int) obj {
 		{"total_ios", ds.ios},
 		{"short_ios", 0},
 		{"drop_ios", 0},
-		{"slat_ns", latObj(&ds.slat, false)},
-		{"clat_ns", latObj(&ds.clat, true)},
-		{"lat_ns", latObj(&ds.lat, false)},
+		{"slat_ns", latObj(&ds.slat, nil)},
+		{"clat_ns", latObj(&ds.clat, pctsIf(e.job.ClatPercentiles, e.job))},
+		{"lat_ns", latObj(&ds.lat, pctsIf(e.job.LatPercentiles, e.job))},
 		{"bw_min", uint64(ds.bw.min)},
 		{"bw_max", uint64(ds.bw.max)},
 		{"bw_agg", agg},

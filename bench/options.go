@@ -23,6 +23,9 @@ var optionAliases = map[string]string{
 	"blocksize":       "bs",
 	"blocksize_range": "bsrange",
 	"iodepth_batch":   "iodepth_batch_submit",
+	"timeout":         "runtime",
+	"threads":         "thread",
+	"io_limit":        "io_size",
 }
 
 // optionTable holds every option bench implements. Help texts feed
@@ -41,8 +44,35 @@ func init() {
 		"size":      {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024)", set: sizeSetter(func(j *Job, n int64) { j.Size = n })},
 		"offset":    {help: "start of the region in bytes", set: sizeSetter(func(j *Job, n int64) { j.Offset = n })},
 		"rw": {help: "read, write, randread, randwrite, rw/readwrite, randrw", set: func(j *Job, v string) error {
-			if k := strings.IndexByte(v, ':'); k >= 0 {
-				return errors.New("rw suffixes (rw=…:N) are not implemented")
+			j.SeqAdd, j.SeqNr = 0, 0
+			v, suffix, hasSuffix := strings.Cut(v, ":")
+			defer func() {
+				if !hasSuffix {
+					return
+				}
+				// fio: a count of I/Os per random offset for random
+				// patterns, a byte skip (negative: backwards) for
+				// sequential ones.
+				if j.RW.Random() {
+					n, err := strconv.Atoi(suffix)
+					if err == nil && n >= 1 {
+						j.SeqNr = n
+					}
+					return
+				}
+				neg := strings.HasPrefix(suffix, "-")
+				n, err := units.ParseSize(strings.TrimPrefix(suffix, "-"))
+				if err == nil {
+					if neg {
+						n = -n
+					}
+					j.SeqAdd = n
+				}
+			}()
+			if hasSuffix {
+				if err := checkRWSuffix(v, suffix); err != nil {
+					return err
+				}
 			}
 			for i, n := range rwNames {
 				if v == n {
@@ -58,6 +88,33 @@ func init() {
 				return errors.New("trim workloads are not implemented")
 			}
 			return errors.New("want read, write, randread, randwrite, rw, readwrite or randrw")
+		}},
+		"io_size": {help: "bytes of I/O per loop (io_limit; default: size)", set: sizeSetter(func(j *Job, n int64) { j.IOSize = n })},
+		"loops":   {help: "repeat the job's I/O this many times", set: intSetter(1, 1<<30, func(j *Job, n int) { j.Loops = n })},
+		"gtod_reduce": {bool: true, help: "disable_lat, disable_clat, disable_slat and disable_bw_measurement at once (clat percentiles off)", set: boolSetter(func(j *Job, b bool) {
+			j.DisableLat, j.DisableClat, j.DisableSlat, j.DisableBW = b, b, b, b
+			j.ClatPercentiles = !b
+		})},
+		"disable_lat":            {bool: true, help: "do not measure total latency (lat)", set: boolSetter(func(j *Job, b bool) { j.DisableLat = b })},
+		"disable_clat":           {bool: true, help: "do not measure completion latency (clat)", set: boolSetter(func(j *Job, b bool) { j.DisableClat = b })},
+		"disable_slat":           {bool: true, help: "do not measure submission latency (slat)", set: boolSetter(func(j *Job, b bool) { j.DisableSlat = b })},
+		"disable_bw_measurement": {bool: true, help: "take no bandwidth/IOPS samples (disable_bw)", set: boolSetter(func(j *Job, b bool) { j.DisableBW = b })},
+		"clat_percentiles":       {bool: true, help: "report completion latency percentiles (default 1)", set: boolSetter(func(j *Job, b bool) { j.ClatPercentiles = b })},
+		"lat_percentiles":        {bool: true, help: "report total latency percentiles (default 0)", set: boolSetter(func(j *Job, b bool) { j.LatPercentiles = b })},
+		"percentile_list": {help: "percentiles reported, colon-separated (default fio's 17)", set: func(j *Job, v string) error {
+			var l []float64
+			for _, f := range strings.Split(v, ":") {
+				p, err := strconv.ParseFloat(f, 64)
+				if err != nil || p < 0 || p > 100 {
+					return fmt.Errorf("bad percentile %q (0..100)", f)
+				}
+				l = append(l, p)
+			}
+			if len(l) > 20 {
+				return errors.New("at most 20 percentiles")
+			}
+			j.PercentileList = l
+			return nil
 		}},
 		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
 		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
@@ -320,6 +377,22 @@ var fioOnlyOptions = func() map[string]struct{} {
 	}
 	return m
 }()
+
+// checkRWSuffix checks rw=PATTERN:N: an I/O count for random patterns, a
+// byte offset (k/m/g suffixes, may be negative) for sequential ones.
+func checkRWSuffix(pattern, suffix string) error {
+	switch pattern {
+	case "randread", "randwrite", "randrw":
+		if n, err := strconv.Atoi(suffix); err != nil || n < 1 {
+			return fmt.Errorf("rw=%s:%s: want a count of I/Os per random offset (1 or more)", pattern, suffix)
+		}
+	default:
+		if _, err := units.ParseSize(strings.TrimPrefix(suffix, "-")); err != nil {
+			return fmt.Errorf("rw=%s:%s: want a byte offset: %v", pattern, suffix, err)
+		}
+	}
+	return nil
+}
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {
 	return func(j *Job, v string) error {

@@ -134,9 +134,18 @@ func writeEntry(out io.Writer, e *entry) {
 		if ds.slat.n > 0 {
 			writeLat(out, "    slat", &ds.slat)
 		}
-		writeLat(out, "    clat", &ds.clat)
-		writeLat(out, "     lat", &ds.lat)
-		writePercentiles(out, "clat", &ds.clat)
+		if ds.clat.n > 0 {
+			writeLat(out, "    clat", &ds.clat)
+		}
+		if ds.lat.n > 0 {
+			writeLat(out, "     lat", &ds.lat)
+		}
+		if e.job.ClatPercentiles {
+			writePercentiles(out, "clat", &ds.clat, jobPercentiles(e.job))
+		}
+		if e.job.LatPercentiles {
+			writePercentiles(out, " lat", &ds.lat, jobPercentiles(e.job))
+		}
 		if ds.bw.n > 0 {
 			per := 100.0
 			fmt.Fprintf(out, "   bw (  KiB/s): min=%d, max=%d, per=%.2f%%, avg=%.2f, stdev=%.2f, samples=%d\n",
@@ -196,22 +205,31 @@ func writeLat(out io.Writer, name string, s *latStat) {
 // percentileList is fio's default percentile_list.
 var percentileList = []float64{1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99}
 
-func percentiles(s *latStat) []int64 {
-	out := make([]int64, len(percentileList))
+// jobPercentiles is the job's percentile_list, or fio's default.
+func jobPercentiles(j *Job) []float64 {
+	if len(j.PercentileList) > 0 {
+		return j.PercentileList
+	}
+	return percentileList
+}
+
+func percentiles(s *latStat, list []float64) []int64 {
+	out := make([]int64, len(list))
 	if s.h == nil || s.n == 0 {
 		return out
 	}
-	for i, p := range percentileList {
+	for i, p := range list {
 		out[i] = s.h.ValueAtQuantile(p)
 	}
 	return out
 }
 
-func writePercentiles(out io.Writer, name string, s *latStat) {
-	if s.n == 0 {
+func writePercentiles(out io.Writer, name string, s *latStat, list []float64) {
+	if s.n == 0 || len(list) == 0 {
 		return
 	}
-	vals := percentiles(s)
+	percentileList := list
+	vals := percentiles(s, list)
 	minv, maxv := vals[0], vals[0]
 	for _, v := range vals {
 		minv, maxv = min(minv, v), max(maxv, v)

@@ -167,7 +167,7 @@ func (w *worker) tick(now int64) {
 			w.beginMeasuring(now)
 		}
 	case phaseRun:
-		if now >= w.nextSample {
+		if now >= w.nextSample && !w.job.DisableBW {
 			w.sample(now)
 		}
 	}
@@ -253,7 +253,7 @@ func (w *worker) submitted(batch []*unit, t int64) {
 	measuring := w.phase == phaseRun
 	for _, u := range batch {
 		u.submit = t
-		if measuring && !u.verify && !w.noSlat {
+		if measuring && !u.verify && !w.noSlat && !w.job.DisableSlat {
 			w.stats[u.dir].slat.record(t - u.issue)
 		}
 	}
@@ -302,8 +302,12 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	s := &w.stats[u.dir]
 	s.ios++
 	s.bytes += uint64(u.n)
-	s.clat.record(now - u.submit)
-	s.lat.record(now - u.issue)
+	if !w.job.DisableClat {
+		s.clat.record(now - u.submit)
+	}
+	if !w.job.DisableLat {
+		s.lat.record(now - u.issue)
+	}
 }
 
 // errVerify is the job error of a verify failure (fio reports EILSEQ,

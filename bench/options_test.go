@@ -1,0 +1,164 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestUnsupportedOptionsOneError: every option bench lacks, in every job
+// and [global], is named in one error with its line — not the first only.
+func TestUnsupportedOptionsOneError(t *testing.T) {
+	text := "[global]\nrate=1m\n[a]\nfilename=/tmp/x\nflow=2\nfrobnicate=1\n[b]\nfilename=/tmp/y\nwrite_lat_log=lat\n"
+	_, err := ParseJobText("j.fio", text)
+	if err == nil {
+		t.Fatal("parsed")
+	}
+	msg := err.Error()
+	for _, want := range []string{`"rate" (fio option, j.fio:2)`, `"flow" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"write_lat_log" (fio option, j.fio:9)`, "4 options"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q lacks %q", msg, want)
+		}
+	}
+	if strings.Count(msg, `"rate"`) != 1 || strings.Contains(msg, "\n") {
+		t.Errorf("error %q: a [global] option must be named once, on one line", msg)
+	}
+}
+
+// TestAliases: fio's other names for options.
+func TestAliases(t *testing.T) {
+	spec, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\ntimeout=3\nthreads\nio_limit=8k\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := spec.Jobs[0]
+	if j.Runtime.Seconds() != 3 || !j.Thread || j.IOSize != 8192 {
+		t.Errorf("runtime %v thread %v io_size %d", j.Runtime, j.Thread, j.IOSize)
+	}
+}
+
+// TestDefaultFilename: without filename=, a job's file is fio's
+// jobname.0.0 in directory=; with numjobs > 1 (one file per clone in
+// fio) it is refused by name.
+func TestDefaultFilename(t *testing.T) {
+	spec, err := ParseJobText("j.fio", "[global]\ndirectory=/var/tmp/d\n[job1]\nsize=1m\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := spec.Jobs[0].Filename; got != "/var/tmp/d/job1.0.0" {
+		t.Errorf("filename %q", got)
+	}
+	_, err = ParseJobText("j.fio", "[job1]\nsize=1m\nnumjobs=2\n")
+	if err == nil || !strings.Contains(err.Error(), "numjobs=2 without filename=") {
+		t.Errorf("numjobs without filename: %v", err)
+	}
+}
+
+func genOffsets(t *testing.T, text string, n int) (offs []int64, total int64) {
+	t.Helper()
+	spec, err := ParseJobText("j.fio", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := spec.Jobs[0]
+	g := newGenerator(j, 0, 0, j.Size)
+	for {
+		_, off, sz, ok := g.next()
+		if !ok {
+			break
+		}
+		total += int64(sz)
+		if len(offs) < n {
+			offs = append(offs, off)
+		}
+	}
+	return offs, total
+}
+
+// TestIOSizeAndLoops: io_size bounds the bytes of one loop, loops repeats.
+func TestIOSizeAndLoops(t *testing.T) {
+	if _, total := genOffsets(t, "[j]\nfilename=/tmp/x\nsize=64k\nbs=4k\nio_size=16k\n", 0); total != 16<<10 {
+		t.Errorf("io_size=16k: %d bytes", total)
+	}
+	if _, total := genOffsets(t, "[j]\nfilename=/tmp/x\nsize=64k\nbs=4k\nloops=3\nrw=randread\n", 0); total != 3*64<<10 {
+		t.Errorf("loops=3: %d bytes", total)
+	}
+	if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\nloops=0\n"); err == nil || !strings.Contains(err.Error(), "j.fio:3") {
+		t.Errorf("loops=0: %v", err)
+	}
+}
+
+// TestRWSuffix: rw=read:-8k reads backwards (fio's backwards-read
+// example), rw=write:4k leaves 4k holes, rw=randread:4 issues runs of
+// four sequential I/Os from each random offset.
+func TestRWSuffix(t *testing.T) {
+	offs, _ := genOffsets(t, "[j]\nfilename=/tmp/x\nsize=64k\nbs=4k\nrw=read:-8k\n", 4)
+	want := []int64{0, 56 << 10, 52 << 10, 48 << 10}
+	for i := range want {
+		if offs[i] != want[i] {
+			t.Fatalf("read:-8k offsets %v, want %v", offs, want)
+		}
+	}
+	offs, _ = genOffsets(t, "[j]\nfilename=/tmp/x\nsize=64k\nbs=4k\nrw=write:4k\n", 3)
+	if offs[1] != 8<<10 || offs[2] != 16<<10 {
+		t.Errorf("write:4k offsets %v", offs)
+	}
+	offs, _ = genOffsets(t, "[j]\nfilename=/tmp/x\nsize=1m\nbs=4k\nrw=randread:4\nnorandommap\n", 8)
+	for i := 0; i < 8; i++ {
+		if i%4 != 0 && offs[i] != offs[i-1]+4096 && offs[i-1]+8192 <= 1<<20 {
+			t.Errorf("randread:4 offsets %v: I/O %d does not follow", offs, i)
+		}
+	}
+	for _, bad := range []string{"randread:0", "read:x"} {
+		if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\nrw="+bad+"\n"); err == nil || !strings.Contains(err.Error(), "j.fio:3") {
+			t.Errorf("rw=%s: %v", bad, err)
+		}
+	}
+}
+
+// TestLatencySwitches: disable_* and gtod_reduce leave their series
+// empty; clat_percentiles=0 drops the percentiles from the JSON, and
+// percentile_list replaces fio's default list.
+func TestLatencySwitches(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	run := func(extra ...string) map[string]any {
+		args := append([]string{"--name=j", "--filename=" + file, "--size=1m", "--bs=4k", "--ioengine=io_uring", "--iodepth=4"}, extra...)
+		res := mustRun(t, mustParse(t, args...))
+		var b bytes.Buffer
+		if err := WriteJSON(&b, res); err != nil {
+			t.Fatal(err)
+		}
+		var top map[string]any
+		if err := json.Unmarshal(b.Bytes(), &top); err != nil {
+			t.Fatal(err)
+		}
+		return top["jobs"].([]any)[0].(map[string]any)["read"].(map[string]any)
+	}
+	n := func(rd map[string]any, k string) float64 { return rd[k].(map[string]any)["N"].(float64) }
+	rd := run("--disable_clat", "--disable_lat=1")
+	if n(rd, "clat_ns") != 0 || n(rd, "lat_ns") != 0 || n(rd, "slat_ns") == 0 {
+		t.Errorf("disable_clat+disable_lat: %v", rd)
+	}
+	rd = run("--gtod_reduce=1")
+	if n(rd, "clat_ns") != 0 || n(rd, "lat_ns") != 0 || n(rd, "slat_ns") != 0 || rd["total_ios"].(float64) != 256 {
+		t.Errorf("gtod_reduce: %v", rd)
+	}
+	if _, ok := rd["clat_ns"].(map[string]any)["percentile"]; ok {
+		t.Errorf("gtod_reduce: clat percentiles reported")
+	}
+	rd = run("--percentile_list=50:99.5")
+	p := rd["clat_ns"].(map[string]any)["percentile"].(map[string]any)
+	if len(p) != 2 || p["50.000000"] == nil || p["99.500000"] == nil {
+		t.Errorf("percentile_list: %v", p)
+	}
+	rd = run("--lat_percentiles=1", "--clat_percentiles=0")
+	if _, ok := rd["lat_ns"].(map[string]any)["percentile"]; !ok {
+		t.Errorf("lat_percentiles=1: no lat percentiles")
+	}
+	if _, ok := rd["clat_ns"].(map[string]any)["percentile"]; ok {
+		t.Errorf("clat_percentiles=0: clat percentiles reported")
+	}
+}
