@@ -155,6 +155,13 @@ type Job struct {
 	DisableLat, DisableClat, DisableSlat, DisableBW bool
 	ClatPercentiles, LatPercentiles                 bool
 	PercentileList                                  []float64
+	// Log files in fio's format (logs.go): the prefixes of
+	// write_bw_log, write_iops_log and write_lat_log (nil: no log; a bare
+	// option: the job's name), log_avg_msec, log_offset, per_job_logs.
+	BWLog, IOPSLog, LatLog *string
+	LogAvgMsec             int
+	LogOffset              bool
+	PerJobLogs             bool
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
@@ -170,7 +177,7 @@ func newJob(name string, loc Loc) *Job {
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
-		Loops: 1, ClatPercentiles: true,
+		Loops: 1, ClatPercentiles: true, PerJobLogs: true,
 		set: map[string]Loc{},
 	}
 }
@@ -229,6 +236,9 @@ func (j *Job) apply(o Option, record bool) error {
 			return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q needs a value (%s=…)", o.Key, o.Key)}
 		}
 		val = "1"
+		if spec.bareEmpty {
+			val = ""
+		}
 	}
 	if err := spec.set(j, strings.TrimSpace(val)); err != nil {
 		return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("%s=%s: %v", o.Key, o.Value, err)}
@@ -368,6 +378,9 @@ func (j *Job) validate() error {
 	}
 	if j.IODepthBatch < 1 || j.IODepthBatch > j.IODepth {
 		j.IODepthBatch = min(max(j.IODepthBatch, 1), j.IODepth)
+	}
+	if !j.PerJobLogs && j.NumJobs > 1 && (j.BWLog != nil || j.IOPSLog != nil || j.LatLog != nil) {
+		return bad(at("per_job_logs"), "per_job_logs=0 with numjobs=%d (clones sharing one log file) is not implemented", j.NumJobs)
 	}
 	if j.NumJobs < 1 || j.NumJobs > 1024 {
 		return bad(at("numjobs"), "numjobs %d out of range 1..1024", j.NumJobs)

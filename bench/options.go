@@ -13,7 +13,8 @@ import (
 
 // optionSpec is one implemented option.
 type optionSpec struct {
-	bool bool // may be written bare
+	bool      bool // may be written bare
+	bareEmpty bool // bare: set gets "" (not "1")
 	help string
 	set  func(j *Job, v string) error
 }
@@ -116,6 +117,12 @@ func init() {
 			j.PercentileList = l
 			return nil
 		}},
+		"write_bw_log":   {bool: true, bareEmpty: true, help: "bandwidth log PREFIX_bw.N.log in fio's format (bare: the job's name)", set: logSetter(func(j *Job) **string { return &j.BWLog })},
+		"write_iops_log": {bool: true, bareEmpty: true, help: "IOPS log PREFIX_iops.N.log in fio's format", set: logSetter(func(j *Job) **string { return &j.IOPSLog })},
+		"write_lat_log":  {bool: true, bareEmpty: true, help: "latency logs PREFIX_{lat,clat,slat}.N.log in fio's format (ns)", set: logSetter(func(j *Job) **string { return &j.LatLog })},
+		"log_avg_msec":   {help: "average log entries over windows of N ms (0: an entry per I/O)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.LogAvgMsec = n })},
+		"log_offset":     {bool: true, help: "log each I/O's offset (per-I/O logs)", set: boolSetter(func(j *Job, b bool) { j.LogOffset = b })},
+		"per_job_logs":   {bool: true, help: "one log per clone, PREFIX_bw.N.log (default 1); 0: PREFIX_bw.log", set: boolSetter(func(j *Job, b bool) { j.PerJobLogs = b })},
 		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
 		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {
@@ -392,6 +399,18 @@ func checkRWSuffix(pattern, suffix string) error {
 		}
 	}
 	return nil
+}
+
+// logSetter sets a log prefix; "" (a bare option) is the job's name.
+func logSetter(field func(*Job) **string) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		p := v
+		if p == "" {
+			p = j.Name
+		}
+		*field(j) = &p
+		return nil
+	}
 }
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -160,5 +161,60 @@ func TestLatencySwitches(t *testing.T) {
 	}
 	if _, ok := rd["clat_ns"].(map[string]any)["percentile"]; ok {
 		t.Errorf("clat_percentiles=0: clat percentiles reported")
+	}
+}
+
+// TestLogs: write_bw_log, write_iops_log and write_lat_log write fio's
+// log format, an entry per I/O; with log_avg_msec an entry per window
+// with block size 0; per_job_logs=0 drops the clone number.
+func TestLogs(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	p := filepath.Join(dir, "l")
+	mustRun(t, mustParse(t, "--name=j", "--filename="+file, "--size=1m", "--bs=4k", "--ioengine=io_uring", "--iodepth=4",
+		"--rw=randwrite", "--write_bw_log="+p, "--write_iops_log="+p, "--write_lat_log="+p, "--log_offset=1"))
+	offs := map[string]bool{}
+	for _, kind := range []string{"bw", "iops", "lat", "clat", "slat"} {
+		data, err := os.ReadFile(p + "_" + kind + ".1.log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		if len(lines) != 256 {
+			t.Errorf("%s log: %d entries, want 256 (one per I/O)", kind, len(lines))
+		}
+		for _, l := range lines {
+			f := strings.Split(l, ", ")
+			if len(f) != 5 || f[2] != "1" || f[3] != "4096" {
+				t.Fatalf("%s log line %q: want time, value, 1, 4096, offset", kind, l)
+			}
+			if kind == "iops" && f[1] != "1" {
+				t.Fatalf("iops log line %q", l)
+			}
+			if kind == "lat" {
+				offs[f[4]] = true
+			}
+		}
+	}
+	if len(offs) != 256 {
+		t.Errorf("log_offset=1: %d distinct offsets, want 256", len(offs))
+	}
+	mustRun(t, mustParse(t, "--name=w", "--filename="+file, "--size=1m", "--bs=4k", "--ioengine=psync", "--rw=read",
+		"--runtime=350ms", "--time_based", "--write_bw_log="+p+"w", "--log_avg_msec=100", "--per_job_logs=0"))
+	data, err := os.ReadFile(p + "w_bw.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) < 3 || len(lines) > 5 {
+		t.Errorf("log_avg_msec=100 over 350ms: %d entries %q", len(lines), lines)
+	}
+	for _, l := range lines {
+		if f := strings.Split(l, ", "); len(f) != 5 || f[2] != "0" || f[3] != "0" || f[1] == "0" {
+			t.Errorf("windowed line %q", l)
+		}
+	}
+	if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\nnumjobs=2\nwrite_bw_log=x\nper_job_logs=0\n"); err == nil {
+		t.Error("per_job_logs=0 with numjobs=2 parsed")
 	}
 }

@@ -123,7 +123,19 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	var starts []func()
 	var clones []stopper
 	var rjobs []*ringblkJob
+	type loggedWorker struct {
+		w  *worker
+		jr *JobResult
+	}
+	var logged []loggedWorker
 	defer func() {
+		// The logs are closed after every clone stopped; a log that could
+		// not be written fails its job.
+		for _, lw := range logged {
+			if e := lw.w.logs.close(); e != nil && lw.jr.Err == nil {
+				lw.jr.Err = fmt.Errorf("log: %w", e)
+			}
+		}
 		for _, c := range clones {
 			if e := c.stop(); e != nil && err == nil {
 				err = e
@@ -159,6 +171,12 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		for k := 0; k < j.NumJobs; k++ {
 			w := newWorker(j, k, reg[0], reg[1])
 			jr.Clones = append(jr.Clones, w)
+			if w.logs, err = openLogs(j, k); err != nil {
+				return nil, fmt.Errorf("job %q: %w", j.Name, err)
+			}
+			if w.logs != nil {
+				logged = append(logged, loggedWorker{w, jr})
+			}
 			cpu := cloneIdx % cpus
 			cloneIdx++
 			if rj != nil {

@@ -75,6 +75,7 @@ type worker struct {
 	ru0, ru1      unix.Rusage
 	prog          progress
 	noSlat        bool // sync engines: submission is the I/O itself
+	logs          *cloneLogs // write_*_log files; nil: none
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
@@ -154,6 +155,9 @@ func (w *worker) beginMeasuring(now int64) {
 	w.measureStart = now
 	w.lastSample = now
 	w.nextSample = now + int64(sampleWindow)
+	if w.logs != nil {
+		w.logs.start = now
+	}
 	_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru0)
 	w.prog.state.Store(int32(statusChar(w.job)))
 }
@@ -169,6 +173,9 @@ func (w *worker) tick(now int64) {
 	case phaseRun:
 		if now >= w.nextSample && !w.job.DisableBW {
 			w.sample(now)
+		}
+		if w.logs != nil {
+			w.logs.tick(now)
 		}
 	}
 	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
@@ -255,6 +262,9 @@ func (w *worker) submitted(batch []*unit, t int64) {
 		u.submit = t
 		if measuring && !u.verify && !w.noSlat && !w.job.DisableSlat {
 			w.stats[u.dir].slat.record(t - u.issue)
+			if w.logs != nil {
+				w.logs.slat(t, int(u.dir), u.n, u.off, t-u.issue)
+			}
 		}
 	}
 	if measuring {
@@ -308,6 +318,16 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	if !w.job.DisableLat {
 		s.lat.record(now - u.issue)
 	}
+	if w.logs != nil {
+		clat, lat := now-u.submit, now-u.issue
+		if w.job.DisableClat {
+			clat = -1
+		}
+		if w.job.DisableLat {
+			lat = -1
+		}
+		w.logs.io(now, int(u.dir), u.n, u.off, clat, lat)
+	}
 }
 
 // errVerify is the job error of a verify failure (fio reports EILSEQ,
@@ -338,6 +358,9 @@ func (w *worker) idle(now int64) bool {
 			w.beginMeasuring(now)
 		}
 		w.measureEnd = now
+		if w.logs != nil {
+			w.logs.finish(now)
+		}
 		_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru1)
 		if w.ver != nil && w.ver.written != nil && w.err == nil {
 			w.phase = phaseVerify
