@@ -15,8 +15,8 @@ import (
 type optionSpec struct {
 	bool      bool // may be written bare
 	bareEmpty bool // bare: set gets "" (not "1")
-	help string
-	set  func(j *Job, v string) error
+	help      string
+	set       func(j *Job, v string) error
 }
 
 var optionAliases = map[string]string{
@@ -123,8 +123,8 @@ func init() {
 		"log_avg_msec":   {help: "average log entries over windows of N ms (0: an entry per I/O)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.LogAvgMsec = n })},
 		"log_offset":     {bool: true, help: "log each I/O's offset (per-I/O logs)", set: boolSetter(func(j *Job, b bool) { j.LogOffset = b })},
 		"per_job_logs":   {bool: true, help: "one log per clone, PREFIX_bw.N.log (default 1); 0: PREFIX_bw.log", set: boolSetter(func(j *Job, b bool) { j.PerJobLogs = b })},
-		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
-		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
+		"rwmixread":      {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
+		"rwmixwrite":     {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {
 			return perDir(v, func(d int, s string) error {
 				n, err := units.ParseSize(s)

@@ -12,13 +12,13 @@ import (
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
 // and [global], is named in one error with its line — not the first only.
 func TestUnsupportedOptionsOneError(t *testing.T) {
-	text := "[global]\nrate=1m\n[a]\nfilename=/tmp/x\nflow=2\nfrobnicate=1\n[b]\nfilename=/tmp/y\nwrite_lat_log=lat\n"
+	text := "[global]\nrate=1m\n[a]\nfilename=/tmp/x\nflow=2\nfrobnicate=1\n[b]\nfilename=/tmp/y\nthinktime=10\n"
 	_, err := ParseJobText("j.fio", text)
 	if err == nil {
 		t.Fatal("parsed")
 	}
 	msg := err.Error()
-	for _, want := range []string{`"rate" (fio option, j.fio:2)`, `"flow" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"write_lat_log" (fio option, j.fio:9)`, "4 options"} {
+	for _, want := range []string{`"rate" (fio option, j.fio:2)`, `"flow" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"thinktime" (fio option, j.fio:9)`, "4 options"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}

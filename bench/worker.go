@@ -74,7 +74,7 @@ type worker struct {
 	pendingDone   int // completions since the last batch (completeDist)
 	ru0, ru1      unix.Rusage
 	prog          progress
-	noSlat        bool // sync engines: submission is the I/O itself
+	noSlat        bool       // sync engines: submission is the I/O itself
 	logs          *cloneLogs // write_*_log files; nil: none
 }
 
