@@ -40,7 +40,23 @@ func init() {
 			j.Description = v
 			return nil
 		}},
-		"filename":  {help: "file or block device (image for ioengine=ringblk)", set: func(j *Job, v string) error { j.Filename = v; return nil }},
+		"filename": {help: "file or block device (image for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
+			// fio: unescaped colons separate several files; "\:" is a colon.
+			var b strings.Builder
+			for i := 0; i < len(v); i++ {
+				switch {
+				case v[i] == '\\' && i+1 < len(v) && v[i+1] == ':':
+					b.WriteByte(':')
+					i++
+				case v[i] == ':':
+					return fmt.Errorf("several files in one job (filename=a:b) are not implemented: give each file its own job, or escape a colon in a name as \\:")
+				default:
+					b.WriteByte(v[i])
+				}
+			}
+			j.Filename = b.String()
+			return nil
+		}},
 		"directory": {help: "directory prefixed to a relative filename", set: func(j *Job, v string) error { j.Directory = v; return nil }},
 		"size":      {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024)", set: sizeSetter(func(j *Job, n int64) { j.Size = n })},
 		"offset":    {help: "start of the region in bytes", set: sizeSetter(func(j *Job, n int64) { j.Offset = n })},

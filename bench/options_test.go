@@ -218,3 +218,33 @@ func TestLogs(t *testing.T) {
 		t.Error("per_job_logs=0 with numjobs=2 parsed")
 	}
 }
+
+// TestVerifyReadsAreReads: the reads of a write job's verify phase are
+// reported as the job's reads, as fio reports them.
+func TestVerifyReadsAreReads(t *testing.T) {
+	dir := benchDir(t)
+	res := mustRun(t, mustParse(t, "--name=v", "--filename="+filepath.Join(dir, "f"), "--size=256k", "--bs=4k",
+		"--ioengine=psync", "--rw=write", "--verify=crc32c"))
+	e := entries(res)[0]
+	if e.dirs[DirWrite].ios != 64 || e.dirs[DirRead].ios != 64 || e.dirs[DirRead].clat.n != 64 {
+		t.Errorf("write ios %d, read ios %d (clat %d); want 64 each", e.dirs[DirWrite].ios, e.dirs[DirRead].ios, e.dirs[DirRead].clat.n)
+	}
+}
+
+// TestFilenameColons: "\:" is a colon of the name (fio's escape) and the
+// directories of a new file are created; unescaped colons (several
+// files) are refused by name.
+func TestFilenameColons(t *testing.T) {
+	dir := benchDir(t)
+	spec := mustParse(t, "--name=c", "--directory="+dir, `--filename=a\:b/c`, "--size=64k", "--ioengine=psync", "--rw=read")
+	if got := spec.Jobs[0].Filename; got != filepath.Join(dir, "a:b/c") {
+		t.Fatalf("filename %q", got)
+	}
+	mustRun(t, spec)
+	if _, err := os.Stat(filepath.Join(dir, "a:b", "c")); err != nil {
+		t.Error(err)
+	}
+	if _, err := ParseArgs([]string{"--name=c", "--filename=/tmp/a:/tmp/b"}); err == nil || !strings.Contains(err.Error(), "several files") {
+		t.Errorf("filename=a:b: %v", err)
+	}
+}

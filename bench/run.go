@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -346,6 +347,10 @@ func qcow2VirtualSize(path string) (int64, error) {
 // file another process holds is refused, not grown.
 func layOut(j *Job, have, want int64) error {
 	path := j.Filename
+	// fio creates the directories a file name leads through.
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return err

@@ -170,7 +170,7 @@ func (w *worker) tick(now int64) {
 		if now >= w.rampEnd {
 			w.beginMeasuring(now)
 		}
-	case phaseRun:
+	case phaseRun, phaseVerify:
 		if now >= w.nextSample && !w.job.DisableBW {
 			w.sample(now)
 		}
@@ -297,6 +297,10 @@ func (w *worker) completed(u *unit, now int64, err error) {
 		if !w.ver.check(buf, u.off) {
 			w.verifyFailed()
 		}
+		// fio counts the reads of its verify phase as the job's reads.
+		w.prog.ios[DirRead].Add(1)
+		w.prog.bytes[DirRead].Add(uint64(u.n))
+		w.account(&w.stats[DirRead], u, now)
 		return
 	}
 	if u.dir == DirRead && w.ver != nil {
@@ -309,7 +313,11 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	if w.phase != phaseRun {
 		return
 	}
-	s := &w.stats[u.dir]
+	w.account(&w.stats[u.dir], u, now)
+}
+
+// account adds a measured I/O to its direction's statistics and logs.
+func (w *worker) account(s *dirStats, u *unit, now int64) {
 	s.ios++
 	s.bytes += uint64(u.n)
 	if !w.job.DisableClat {
@@ -370,6 +378,8 @@ func (w *worker) idle(now int64) bool {
 		}
 	case phaseVerify:
 		w.verifyEnd = now
+		w.measureEnd = now // the verify reads are the job's reads
+		_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru1)
 	}
 	w.phase = phaseDone
 	w.prog.state.Store('_')

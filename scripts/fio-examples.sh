@@ -34,11 +34,13 @@ rewrite() {
 	awk -v eng="$2" -v dir="$3" -v size="$size" -v rt="$runtime" '
 	function cap(v) { return (v ~ /%/) ? v : size }
 	function files(v,   n, parts, i, out, p) {
+		gsub(/\\:/, "\001", v) # an escaped colon is part of a name
 		n = split(v, parts, ":")
 		out = ""
 		for (i = 1; i <= n; i++) {
 			p = parts[i]
 			if (p ~ /^\//) { p = substr(p, 2); gsub(/\//, "_", p) }
+			gsub(/\001/, "\\:", p)
 			out = out (i > 1 ? ":" : "") p
 		}
 		return out
