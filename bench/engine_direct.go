@@ -114,6 +114,8 @@ func (c *threadClone) start() {
 			var set unix.CPUSet
 			set.Set(c.cpu)
 			_ = unix.SchedSetaffinity(0, &set) // best effort, like fio's cpus_allowed
+		} else if c.w.cpuSet != nil {
+			pinSet(c.w.cpuSet)
 		}
 		c.w.start()
 		if c.ring != nil {

@@ -242,7 +242,7 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 	}
 	entries := 1 << bits.Len(uint(max(j.IODepth, 32)-1))
 	ctx, err := aio.New(aio.Options{
-		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), CPU: cpu,
+		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), CPU: max(cpu, aio.NoCPU),
 		Entries: min(entries, 4096), ArenaSize: arena,
 	})
 	if err != nil {
@@ -250,6 +250,9 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 	}
 	if err := ctx.Start(); err != nil {
 		return nil, err
+	}
+	if w.cpuSet != nil {
+		ctx.Run(func() { pinSet(w.cpuSet) })
 	}
 	c := &ringblkClone{w: w, ctx: ctx, q: rj.fe.Queue(ctx), done: done, batch: make([]*unit, 0, len(w.units))}
 	c.refillBH = ctx.NewBH(c.refill)

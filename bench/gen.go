@@ -47,6 +47,9 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 			g.align = int64(j.MaxBS(DirRead))
 		}
 	}
+	if j.BlockAlign > 0 && (j.Verify == VerifyNone || !(j.RW.Writes() || j.DoVerify)) {
+		g.align = j.BlockAlign
+	}
 	g.blocks = uint64(regionLen / g.align)
 	if g.blocks == 0 {
 		g.blocks = 1

@@ -162,6 +162,19 @@ type Job struct {
 	LogAvgMsec             int
 	LogOffset              bool
 	PerJobLogs             bool
+	// OffsetIncrement moves clone k's region k*OffsetIncrement further
+	// (offset_increment). BlockAlign (ba, blockalign) aligns random
+	// offsets, 0: the smallest block. Unlink removes the job's file after
+	// the job.
+	OffsetIncrement int64
+	BlockAlign      int64
+	Unlink          bool
+	// CPUsAllowed (cpus_allowed; nil: every CPU) and CPUsPolicy
+	// (cpus_allowed_policy): "split" pins clone k to the k-th CPU of the
+	// set, "shared" lets every clone run on the whole set. Neither set:
+	// clones are pinned one per CPU (ringblk's default).
+	CPUsAllowed []int
+	CPUsPolicy  string
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.

@@ -153,6 +153,9 @@ func jsonEntry(e *entry) obj {
 		{"latency_percentile", 100.0},
 		{"latency_window", 0},
 	}
+	if e.job.Description != "" {
+		o = append(o, kv{"desc", e.job.Description})
+	}
 	return o
 }
 

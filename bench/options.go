@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/ringblk/ringblk/internal/units"
 	"math"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +28,7 @@ var optionAliases = map[string]string{
 	"timeout":         "runtime",
 	"threads":         "thread",
 	"io_limit":        "io_size",
+	"blockalign":      "ba",
 }
 
 // optionTable holds every option bench implements. Help texts feed
@@ -133,14 +135,48 @@ func init() {
 			j.PercentileList = l
 			return nil
 		}},
-		"write_bw_log":   {bool: true, bareEmpty: true, help: "bandwidth log PREFIX_bw.N.log in fio's format (bare: the job's name)", set: logSetter(func(j *Job) **string { return &j.BWLog })},
-		"write_iops_log": {bool: true, bareEmpty: true, help: "IOPS log PREFIX_iops.N.log in fio's format", set: logSetter(func(j *Job) **string { return &j.IOPSLog })},
-		"write_lat_log":  {bool: true, bareEmpty: true, help: "latency logs PREFIX_{lat,clat,slat}.N.log in fio's format (ns)", set: logSetter(func(j *Job) **string { return &j.LatLog })},
-		"log_avg_msec":   {help: "average log entries over windows of N ms (0: an entry per I/O)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.LogAvgMsec = n })},
-		"log_offset":     {bool: true, help: "log each I/O's offset (per-I/O logs)", set: boolSetter(func(j *Job, b bool) { j.LogOffset = b })},
-		"per_job_logs":   {bool: true, help: "one log per clone, PREFIX_bw.N.log (default 1); 0: PREFIX_bw.log", set: boolSetter(func(j *Job, b bool) { j.PerJobLogs = b })},
-		"rwmixread":      {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
-		"rwmixwrite":     {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
+		"write_bw_log":     {bool: true, bareEmpty: true, help: "bandwidth log PREFIX_bw.N.log in fio's format (bare: the job's name)", set: logSetter(func(j *Job) **string { return &j.BWLog })},
+		"write_iops_log":   {bool: true, bareEmpty: true, help: "IOPS log PREFIX_iops.N.log in fio's format", set: logSetter(func(j *Job) **string { return &j.IOPSLog })},
+		"write_lat_log":    {bool: true, bareEmpty: true, help: "latency logs PREFIX_{lat,clat,slat}.N.log in fio's format (ns)", set: logSetter(func(j *Job) **string { return &j.LatLog })},
+		"log_avg_msec":     {help: "average log entries over windows of N ms (0: an entry per I/O)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.LogAvgMsec = n })},
+		"log_offset":       {bool: true, help: "log each I/O's offset (per-I/O logs)", set: boolSetter(func(j *Job, b bool) { j.LogOffset = b })},
+		"per_job_logs":     {bool: true, help: "one log per clone, PREFIX_bw.N.log (default 1); 0: PREFIX_bw.log", set: boolSetter(func(j *Job, b bool) { j.PerJobLogs = b })},
+		"offset_increment": {help: "clone k's region starts k*N bytes further", set: sizeSetter(func(j *Job, n int64) { j.OffsetIncrement = n })},
+		"ba": {help: "align random offsets to N bytes (blockalign; default: the smallest block)", set: func(j *Job, v string) error {
+			return perDir(v, func(d int, s string) error {
+				n, err := units.ParseSize(s)
+				if err != nil {
+					return err
+				}
+				if n <= 0 || n > 1<<30 {
+					return fmt.Errorf("alignment %d out of range", n)
+				}
+				if d == DirRead || j.BlockAlign == 0 {
+					j.BlockAlign = n
+				} else if n != j.BlockAlign {
+					return errors.New("different read and write alignments are not implemented")
+				}
+				return nil
+			})
+		}},
+		"unlink": {bool: true, help: "remove the job's file after the job", set: boolSetter(func(j *Job, b bool) { j.Unlink = b })},
+		"cpus_allowed": {help: "CPUs the clones may run on: 0-3,6", set: func(j *Job, v string) error {
+			cpus, err := parseCPUList(v)
+			if err != nil {
+				return err
+			}
+			j.CPUsAllowed = cpus
+			return nil
+		}},
+		"cpus_allowed_policy": {help: "shared (every clone on the whole set) or split (clone k on the k-th CPU)", set: func(j *Job, v string) error {
+			if v != "shared" && v != "split" {
+				return errors.New("want shared or split")
+			}
+			j.CPUsPolicy = v
+			return nil
+		}},
+		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
+		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {
 			return perDir(v, func(d int, s string) error {
 				n, err := units.ParseSize(s)
@@ -427,6 +463,33 @@ func logSetter(field func(*Job) **string) func(*Job, string) error {
 		*field(j) = &p
 		return nil
 	}
+}
+
+// parseCPUList reads fio's CPU lists: "0-3,6", each CPU present here.
+func parseCPUList(v string) ([]int, error) {
+	var out []int
+	seen := map[int]bool{}
+	for _, part := range strings.Split(v, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a {
+			return nil, fmt.Errorf("bad CPU list entry %q (want N or N-M)", part)
+		}
+		for c := a; c <= b; c++ {
+			if c >= runtime.NumCPU() {
+				return nil, fmt.Errorf("CPU %d is not present (this machine has %d)", c, runtime.NumCPU())
+			}
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
 }
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {

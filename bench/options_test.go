@@ -248,3 +248,56 @@ func TestFilenameColons(t *testing.T) {
 		t.Errorf("filename=a:b: %v", err)
 	}
 }
+
+// TestPlacement: cpus_allowed and cpus_allowed_policy decide where each
+// clone runs; a CPU that is not present is refused with its line.
+func TestPlacement(t *testing.T) {
+	spec, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\ncpus_allowed=0\ncpus_allowed_policy=split\n[k]\nfilename=/tmp/x\ncpus_allowed=0\n[l]\nfilename=/tmp/x\ncpus_allowed_policy=shared\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu, set := placement(spec.Jobs[0], 3, 7, 2); cpu != 0 || set != nil {
+		t.Errorf("split: %d %v", cpu, set)
+	}
+	if cpu, set := placement(spec.Jobs[1], 1, 7, 2); cpu != -1 || len(set) != 1 || set[0] != 0 {
+		t.Errorf("shared set: %d %v", cpu, set)
+	}
+	if cpu, set := placement(spec.Jobs[2], 1, 7, 2); cpu != -1 || set != nil {
+		t.Errorf("shared, no set: %d %v", cpu, set)
+	}
+	if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\ncpus_allowed=0-9999\n"); err == nil || !strings.Contains(err.Error(), "j.fio:3: ") || !strings.Contains(err.Error(), "not present") {
+		t.Errorf("cpus_allowed=0-9999: %v", err)
+	}
+	// A clone restricted to CPU 0 with the shared policy runs there.
+	dir := benchDir(t)
+	for _, eng := range []string{"psync", "ringblk"} {
+		res := mustRun(t, mustParse(t, "--name=p", "--filename="+filepath.Join(dir, "f"), "--size=64k", "--ioengine="+eng, "--cpus_allowed=0", "--numjobs=2"))
+		if res.Jobs[0].Clones[1].cpuSet[0] != 0 {
+			t.Errorf("%s: clone set %v", eng, res.Jobs[0].Clones[1].cpuSet)
+		}
+	}
+}
+
+// TestOffsetIncrementUnlinkAlign: offset_increment moves each clone's
+// region (the file is laid out to cover the last); unlink removes the
+// file after the job; ba aligns random offsets.
+func TestOffsetIncrementUnlinkAlign(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	res := mustRun(t, mustParse(t, "--name=o", "--filename="+file, "--size=64k", "--offset_increment=1m", "--numjobs=3",
+		"--ioengine=psync", "--rw=write", "--unlink=1"))
+	for k, w := range res.Jobs[0].Clones {
+		if w.gen.regionOff != int64(k)<<20 {
+			t.Errorf("clone %d region at %d", k, w.gen.regionOff)
+		}
+	}
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Errorf("unlink=1: file still there (%v)", err)
+	}
+	offs, _ := genOffsets(t, "[j]\nfilename=/tmp/x\nsize=1m\nbs=512\nblockalign=64k\nrw=randread\n", 50)
+	for _, o := range offs {
+		if o%(64<<10) != 0 {
+			t.Fatalf("blockalign=64k: offset %d", o)
+		}
+	}
+}

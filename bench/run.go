@@ -99,6 +99,13 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
+		for _, j := range grp {
+			if j.Unlink && j.Filename != "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
+				if err := os.Remove(j.Filename); err != nil && !os.IsNotExist(err) {
+					return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+				}
+			}
+		}
 		res.Jobs = append(res.Jobs, jr...)
 	}
 	res.End = time.Now()
@@ -170,7 +177,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			rjobs = append(rjobs, rj)
 		}
 		for k := 0; k < j.NumJobs; k++ {
-			w := newWorker(j, k, reg[0], reg[1])
+			w := newWorker(j, k, reg[0]+int64(k)*j.OffsetIncrement, reg[1])
 			jr.Clones = append(jr.Clones, w)
 			if w.logs, err = openLogs(j, k); err != nil {
 				return nil, fmt.Errorf("job %q: %w", j.Name, err)
@@ -178,7 +185,8 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			if w.logs != nil {
 				logged = append(logged, loggedWorker{w, jr})
 			}
-			cpu := cloneIdx % cpus
+			cpu, cpuSet := placement(j, k, cloneIdx, cpus)
+			w.cpuSet = cpuSet
 			cloneIdx++
 			if rj != nil {
 				c, err := newRingblkClone(rj, w, cpu, done)
@@ -223,6 +231,31 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		}
 	}
 	return out, nil
+}
+
+// placement is where clone k of j runs: one CPU (and no set), or no CPU
+// (-1) and the set its thread may use (nil: anywhere).
+func placement(j *Job, k, cloneIdx, cpus int) (int, []int) {
+	switch {
+	case j.CPUsAllowed == nil && j.CPUsPolicy == "":
+		return cloneIdx % cpus, nil // ringblk's default: one clone per CPU
+	case j.CPUsAllowed == nil && j.CPUsPolicy == "shared":
+		return -1, nil
+	case j.CPUsAllowed == nil: // split over every CPU
+		return k % cpus, nil
+	case j.CPUsPolicy == "split":
+		return j.CPUsAllowed[k%len(j.CPUsAllowed)], nil
+	}
+	return -1, j.CPUsAllowed
+}
+
+// pinSet restricts the calling thread to cpus (cpus_allowed, shared).
+func pinSet(cpus []int) {
+	var set unix.CPUSet
+	for _, c := range cpus {
+		set.Set(c)
+	}
+	_ = unix.SchedSetaffinity(0, &set) // best effort, like fio's
 }
 
 // live is the group running now, for tests that watch progress.
@@ -288,7 +321,7 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	if err == nil {
 		size = st.Size()
 	}
-	want := j.Offset + j.Size
+	want := j.Offset + int64(j.NumJobs-1)*j.OffsetIncrement + j.Size
 	if j.Size == 0 {
 		if size == 0 {
 			return 0, 0, fmt.Errorf("job %q: %s does not exist or is empty and no size= is given", j.Name, j.Filename)
@@ -308,6 +341,10 @@ func regionOf(j *Job, size int64) (int64, int64, error) {
 	n := size - j.Offset
 	if j.Size > 0 {
 		n = min(n, j.Size)
+	}
+	// offset_increment: the last clone's region must fit too.
+	if last := j.Offset + int64(j.NumJobs-1)*j.OffsetIncrement; j.OffsetIncrement > 0 {
+		n = min(n, size-last)
 	}
 	if n < int64(max(j.MaxBS(DirRead), j.MaxBS(DirWrite))) {
 		return 0, 0, fmt.Errorf("job %q: region of %d bytes at offset %d of %s is smaller than one block", j.Name, max(n, 0), j.Offset, j.Filename)

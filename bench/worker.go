@@ -76,6 +76,7 @@ type worker struct {
 	prog          progress
 	noSlat        bool       // sync engines: submission is the I/O itself
 	logs          *cloneLogs // write_*_log files; nil: none
+	cpuSet        []int      // cpus_allowed with the shared policy
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
