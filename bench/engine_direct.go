@@ -117,6 +117,9 @@ func (c *threadClone) start() {
 		} else if c.w.cpuSet != nil {
 			pinSet(c.w.cpuSet)
 		}
+		if d := c.w.startDelay(); d > 0 {
+			time.Sleep(d)
+		}
 		c.w.start()
 		if c.ring != nil {
 			c.runRing()
@@ -141,6 +144,10 @@ func (c *threadClone) runSync() {
 		u := w.take()
 		if !w.fill(u, now) {
 			w.untake(u)
+			if until, ok := w.waitUntil(); ok {
+				sleepUntil(w, until)
+				continue
+			}
 			if w.idle(now) {
 				return
 			}
@@ -198,13 +205,22 @@ func (c *threadClone) runRing() {
 			batch = append(batch, u)
 		}
 		c.submit(batch)
+		until, paced := w.waitUntil()
 		if w.busy == 0 {
+			if paced {
+				sleepUntil(w, until)
+				continue
+			}
 			if w.idle(now) {
 				return
 			}
 			continue
 		}
-		if _, err := r.SubmitAndWait(1, -1); err != nil && !errors.Is(err, uring.ErrBusy) {
+		wait := time.Duration(-1)
+		if paced { // wake for the paced I/O even if nothing completes
+			wait = max(time.Duration(until-w.now()), time.Microsecond)
+		}
+		if _, err := r.SubmitAndWait(1, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
 			// The ring failed: stop issuing and reap what is still in
 			// flight before its buffers go away.
 			if w.err == nil {
@@ -227,6 +243,13 @@ func (c *threadClone) runRing() {
 			}
 			w.completed(u, t, err)
 		}
+	}
+}
+
+// sleepUntil sleeps the clone's thread until t (ns of the worker clock).
+func sleepUntil(w *worker, t int64) {
+	if d := time.Duration(t - w.now()); d > 0 {
+		time.Sleep(d)
 	}
 }
 

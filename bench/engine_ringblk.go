@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -226,6 +227,8 @@ type ringblkClone struct {
 	mapped    []byte // buffers when the arena is too small
 	done      chan<- *worker
 	startErr  error
+	paceTimer *aio.Timer // thinktime, rate and startdelay waits
+	beginFn   func()     // the start a startdelay holds back
 }
 
 // arenaLimit caps the arena a clone asks for; larger buffer sets are mmap'd.
@@ -292,9 +295,33 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 // start begins the clone (from any goroutine).
 func (c *ringblkClone) start() {
 	c.ctx.Schedule(func() {
-		c.w.start()
-		c.refill()
+		// The pacing timer (thinktime, rate, startdelay) is made once, on
+		// the owner, and re-armed with Reset: nothing per I/O.
+		c.paceTimer = c.ctx.AfterFunc(time.Hour, c.paced)
+		c.paceTimer.Stop()
+		begin := func() {
+			c.w.start()
+			c.refill()
+		}
+		if d := c.w.startDelay(); d > 0 {
+			c.beginFn = begin
+			c.paceTimer.Reset(d)
+			return
+		}
+		begin()
 	})
+}
+
+// paced runs when the pacing timer fires: the delayed start, or a refill.
+func (c *ringblkClone) paced() {
+	if f := c.beginFn; f != nil {
+		c.beginFn = nil
+		f()
+		return
+	}
+	if !c.scheduled {
+		c.refill()
+	}
 }
 
 // RequestDone completes one unit (block.Done; on the clone's Context).
@@ -351,6 +378,10 @@ func (c *ringblkClone) refill() {
 		if len(c.batch) < batchSize {
 			break
 		}
+	}
+	if until, ok := w.waitUntil(); ok {
+		c.paceTimer.Reset(max(time.Duration(until-w.now()), time.Microsecond))
+		return
 	}
 	if w.busy == 0 {
 		if w.idle(now) {

@@ -175,6 +175,16 @@ type Job struct {
 	// clones are pinned one per CPU (ringblk's default).
 	CPUsAllowed []int
 	CPUsPolicy  string
+	// Pacing (pace.go): thinktime after every ThinkBlocks I/Os (they
+	// complete first), rate and rate_iops per direction (0: none),
+	// RateProcess "linear" or "poisson", StartDelay before a clone starts
+	// (a range: a random delay in it).
+	ThinkTime   time.Duration
+	ThinkBlocks int
+	Rate        [2]int64
+	RateIOPS    [2]int64
+	RateProcess string
+	StartDelay  [2]time.Duration
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
@@ -190,7 +200,7 @@ func newJob(name string, loc Loc) *Job {
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
-		Loops: 1, ClatPercentiles: true, PerJobLogs: true,
+		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear",
 		set: map[string]Loc{},
 	}
 }

@@ -175,6 +175,35 @@ func init() {
 			j.CPUsPolicy = v
 			return nil
 		}},
+		"thinktime":        {help: "pause this long (bare number: microseconds) after every thinktime_blocks I/Os have completed", set: usecSetter(func(j *Job, d time.Duration) { j.ThinkTime = d })},
+		"thinktime_blocks": {help: "I/Os between thinktime pauses (default 1)", set: intSetter(1, 1<<30, func(j *Job, n int) { j.ThinkBlocks = n })},
+		"rate":             {help: "bandwidth cap per clone in bytes/s, read[,write] (0 or empty: none)", set: rateSetter(func(j *Job) *[2]int64 { return &j.Rate })},
+		"rate_iops":        {help: "IOPS cap per clone, read[,write]", set: rateSetter(func(j *Job) *[2]int64 { return &j.RateIOPS })},
+		"rate_process": {help: "linear (even spacing, default) or poisson (exponential gaps)", set: func(j *Job, v string) error {
+			if v != "linear" && v != "poisson" {
+				return errors.New("want linear or poisson")
+			}
+			j.RateProcess = v
+			return nil
+		}},
+		"startdelay": {help: "wait this long before starting (a-b: a random time in that range)", set: func(j *Job, v string) error {
+			lo, hi, isRange := strings.Cut(v, "-")
+			a, err := parseTime(lo)
+			if err != nil {
+				return err
+			}
+			b := a
+			if isRange {
+				if b, err = parseTime(hi); err != nil {
+					return err
+				}
+				if b < a {
+					return errors.New("range end before its start")
+				}
+			}
+			j.StartDelay = [2]time.Duration{a, b}
+			return nil
+		}},
 		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
 		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {
@@ -490,6 +519,55 @@ func parseCPUList(v string) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// usecSetter reads a time whose bare number is microseconds (thinktime).
+func usecSetter(f func(*Job, time.Duration)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		t := strings.TrimSpace(v)
+		if t != "" && strings.IndexFunc(t, func(r rune) bool { return r < '0' || r > '9' }) < 0 {
+			t += "us"
+		}
+		d, err := parseTime(t)
+		if err != nil {
+			return err
+		}
+		f(j, d)
+		return nil
+	}
+}
+
+// rateSetter reads read[,write] rates; an empty or 0 value is no cap.
+func rateSetter(field func(*Job) *[2]int64) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		parts := strings.Split(v, ",")
+		if len(parts) > 3 {
+			return errors.New("at most read,write,trim values")
+		}
+		var r [2]int64
+		for d := 0; d < 2; d++ {
+			s := parts[0]
+			if d == 1 && len(parts) > 1 {
+				s = parts[1]
+			}
+			if d == 0 && len(parts) > 1 && s == "" {
+				continue
+			}
+			if s == "" {
+				continue
+			}
+			n, err := units.ParseSize(s)
+			if err != nil {
+				return err
+			}
+			if n < 0 {
+				return fmt.Errorf("negative rate %d", n)
+			}
+			r[d] = n
+		}
+		*field(j) = r
+		return nil
+	}
 }
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {

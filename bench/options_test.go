@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
@@ -299,5 +300,40 @@ func TestOffsetIncrementUnlinkAlign(t *testing.T) {
 		if o%(64<<10) != 0 {
 			t.Fatalf("blockalign=64k: offset %d", o)
 		}
+	}
+}
+
+// TestPacing: rate_iops, rate (linear and poisson), thinktime and
+// startdelay hold each clone to its pace on every engine.
+func TestPacing(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	for _, eng := range []string{"psync", "io_uring", "ringblk"} {
+		for _, c := range []struct {
+			opts   []string
+			lo, hi uint64
+		}{
+			{[]string{"--rate_iops=100"}, 20, 40},
+			{[]string{"--rate=400k"}, 20, 40},
+			{[]string{"--rate_iops=100", "--rate_process=poisson"}, 10, 60},
+			{[]string{"--thinktime=20ms"}, 5, 16},
+			{[]string{"--thinktime=20000", "--thinktime_blocks=4", "--iodepth=4"}, 20, 64},
+		} {
+			args := append([]string{"--name=p", "--filename=" + file, "--size=1m", "--ioengine=" + eng, "--rw=randread",
+				"--runtime=300ms", "--time_based"}, c.opts...)
+			res := mustRun(t, mustParse(t, args...))
+			ios := entries(res)[0].dirs[DirRead].ios
+			if ios < c.lo || ios > c.hi {
+				t.Errorf("%s %v: %d I/Os in 300ms, want %d..%d", eng, c.opts, ios, c.lo, c.hi)
+			}
+		}
+		start := time.Now()
+		mustRun(t, mustParse(t, "--name=d", "--filename="+file, "--size=64k", "--ioengine="+eng, "--startdelay=250ms"))
+		if el := time.Since(start); el < 250*time.Millisecond {
+			t.Errorf("%s: startdelay=250ms, run took %v", eng, el)
+		}
+	}
+	if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\nrate_process=bursty\n"); err == nil || !strings.Contains(err.Error(), "j.fio:3") {
+		t.Errorf("rate_process=bursty: %v", err)
 	}
 }

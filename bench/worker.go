@@ -77,6 +77,7 @@ type worker struct {
 	noSlat        bool       // sync engines: submission is the I/O itself
 	logs          *cloneLogs // write_*_log files; nil: none
 	cpuSet        []int      // cpus_allowed with the shared policy
+	pace          pacer
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
@@ -103,6 +104,7 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 		w.free = append(w.free, int32(i))
 	}
 	w.prog.state.Store('P')
+	w.initPacer()
 	return w
 }
 
@@ -222,7 +224,19 @@ func (w *worker) fill(u *unit, now int64) bool {
 	if w.stopIssuing {
 		return false
 	}
-	dir, off, n, ok := w.gen.next()
+	var dir int
+	var off int64
+	var n int
+	var ok bool
+	if w.pace.on {
+		w.pace.gated = false
+		dir, off, n, ok = w.nextPaced(now)
+		if !ok && (w.pace.gated || w.pace.thinking) {
+			return false
+		}
+	} else {
+		dir, off, n, ok = w.gen.next()
+	}
 	if !ok {
 		w.stopIssuing = true
 		return false
@@ -286,6 +300,9 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	w.free = append(w.free, u.idx)
 	w.busy--
 	w.pendingDone++
+	if w.pace.thinking {
+		w.thinkDone(now)
+	}
 	if err != nil {
 		if w.err == nil {
 			w.err = &ioError{file: w.job.Filename, dir: dirName(int(u.dir)), off: u.off, n: u.n, err: err}

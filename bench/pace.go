@@ -1,0 +1,137 @@
+package bench
+
+import (
+	"math"
+	"time"
+)
+
+// Pacing: thinktime, rate, rate_iops (linear or poisson) and startdelay.
+// A paced clone holds its next I/O until a time the worker computes; the
+// engines then wait (sleep, a ring wait with a timeout, or a Context
+// timer) instead of ending the phase. Nothing here allocates.
+
+// pacer is a worker's pacing state.
+type pacer struct {
+	on        bool // any pacing option
+	gated     bool // the last fill held back an I/O
+	until     int64
+	thinkLeft int
+	thinking  bool // the think point was reached: drain, then pause
+	issued    [2]struct{ bytes, ios int64 }
+	next      [2]int64 // poisson: the next arrival per direction
+	pend      struct {
+		valid bool
+		dir   int
+		off   int64
+		n     int
+	}
+}
+
+func (w *worker) initPacer() {
+	j := w.job
+	p := &w.pace
+	p.on = j.ThinkTime > 0 || j.Rate != [2]int64{} || j.RateIOPS != [2]int64{}
+	p.thinkLeft = j.ThinkBlocks
+}
+
+// startDelay is how long the clone waits before it starts.
+func (w *worker) startDelay() time.Duration {
+	d := w.job.StartDelay
+	if d[1] > d[0] {
+		return d[0] + time.Duration(w.gen.rng.Int64N(int64(d[1]-d[0])+1))
+	}
+	return d[0]
+}
+
+// nextPaced returns the next I/O of the generator when pacing lets it go
+// at now; otherwise it holds it and marks the clone gated.
+func (w *worker) nextPaced(now int64) (dir int, off int64, n int, ok bool) {
+	p := &w.pace
+	if p.thinking || now < p.until {
+		p.gated = !p.thinking
+		return 0, 0, 0, false
+	}
+	if !p.pend.valid {
+		dir, off, n, ok := w.gen.next()
+		if !ok {
+			return 0, 0, 0, false
+		}
+		p.pend.valid, p.pend.dir, p.pend.off, p.pend.n = true, dir, off, n
+	}
+	d := p.pend.dir
+	if t := w.rateTime(d); now < t {
+		p.until, p.gated = t, true
+		return 0, 0, 0, false
+	}
+	p.pend.valid = false
+	p.issued[d].bytes += int64(p.pend.n)
+	p.issued[d].ios++
+	if w.job.RateProcess == "poisson" {
+		w.advancePoisson(d, p.pend.n)
+	}
+	if w.job.ThinkTime > 0 {
+		p.thinkLeft--
+		if p.thinkLeft == 0 {
+			p.thinkLeft = w.job.ThinkBlocks
+			p.thinking = true
+		}
+	}
+	return d, p.pend.off, p.pend.n, true
+}
+
+// rateTime is when direction d may issue its next I/O (ns since start).
+func (w *worker) rateTime(d int) int64 {
+	j := w.job
+	if j.Rate[d] == 0 && j.RateIOPS[d] == 0 {
+		return 0
+	}
+	if j.RateProcess == "poisson" {
+		return w.pace.next[d]
+	}
+	var t int64
+	is := w.pace.issued[d]
+	if r := j.Rate[d]; r > 0 {
+		t = int64(float64(is.bytes) * 1e9 / float64(r))
+	}
+	if r := j.RateIOPS[d]; r > 0 {
+		t = max(t, int64(float64(is.ios)*1e9/float64(r)))
+	}
+	return t
+}
+
+// advancePoisson draws the gap to the next arrival of direction d: an
+// exponential with the rate's mean (fio's rate_process=poisson).
+func (w *worker) advancePoisson(d, n int) {
+	j := w.job
+	var mean float64
+	if r := j.Rate[d]; r > 0 {
+		mean = float64(n) * 1e9 / float64(r)
+	}
+	if r := j.RateIOPS[d]; r > 0 {
+		mean = math.Max(mean, 1e9/float64(r))
+	}
+	u := w.gen.rng.Float64()
+	w.pace.next[d] += int64(-math.Log(1-u) * mean)
+}
+
+// thinkDone ends a think point once its I/Os completed: the pause runs
+// from now.
+func (w *worker) thinkDone(now int64) {
+	if w.pace.thinking && w.busy == 0 {
+		w.pace.thinking = false
+		w.pace.until = now + int64(w.job.ThinkTime)
+	}
+}
+
+// waitUntil reports whether the clone is held by pacing (not finished)
+// and until when it should wait, capped at the run's deadline.
+func (w *worker) waitUntil() (int64, bool) {
+	if !w.pace.gated || w.stopIssuing {
+		return 0, false
+	}
+	t := w.pace.until
+	if w.deadline > 0 {
+		t = min(t, w.deadline)
+	}
+	return t, true
+}
