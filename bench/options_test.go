@@ -13,18 +13,18 @@ import (
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
 // and [global], is named in one error with its line — not the first only.
 func TestUnsupportedOptionsOneError(t *testing.T) {
-	text := "[global]\nrate=1m\n[a]\nfilename=/tmp/x\nflow=2\nfrobnicate=1\n[b]\nfilename=/tmp/y\nthinktime=10\n"
+	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nflow=2\nfrobnicate=1\n[b]\nfilename=/tmp/y\nzonemode=zbd\n"
 	_, err := ParseJobText("j.fio", text)
 	if err == nil {
 		t.Fatal("parsed")
 	}
 	msg := err.Error()
-	for _, want := range []string{`"rate" (fio option, j.fio:2)`, `"flow" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"thinktime" (fio option, j.fio:9)`, "4 options"} {
+	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"flow" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"zonemode" (fio option, j.fio:9)`, "4 options"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}
 	}
-	if strings.Count(msg, `"rate"`) != 1 || strings.Contains(msg, "\n") {
+	if strings.Count(msg, `"verify_async"`) != 1 || strings.Contains(msg, "\n") {
 		t.Errorf("error %q: a [global] option must be named once, on one line", msg)
 	}
 }
