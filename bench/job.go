@@ -185,6 +185,11 @@ type Job struct {
 	RateIOPS    [2]int64
 	RateProcess string
 	StartDelay  [2]time.Duration
+	// RateMin and RateIOPSMin (rate_min, rate_iops_min) fail the job when
+	// a rate_cycle window falls below them.
+	RateMin     [2]int64
+	RateIOPSMin [2]int64
+	RateCycle   time.Duration
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
@@ -200,7 +205,7 @@ func newJob(name string, loc Loc) *Job {
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
-		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear",
+		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second,
 		set: map[string]Loc{},
 	}
 }

@@ -29,6 +29,7 @@ var optionAliases = map[string]string{
 	"threads":         "thread",
 	"io_limit":        "io_size",
 	"blockalign":      "ba",
+	"ratemin":         "rate_min",
 }
 
 // optionTable holds every option bench implements. Help texts feed
@@ -202,6 +203,16 @@ func init() {
 				}
 			}
 			j.StartDelay = [2]time.Duration{a, b}
+			return nil
+		}},
+		"rate_min":      {help: "fail the job when a rate_cycle's bandwidth is below this (bytes/s, read[,write]; ratemin)", set: rateSetter(func(j *Job) *[2]int64 { return &j.RateMin })},
+		"rate_iops_min": {help: "fail the job when a rate_cycle's IOPS are below this", set: rateSetter(func(j *Job) *[2]int64 { return &j.RateIOPSMin })},
+		"rate_cycle": {help: "window of rate_min checks (bare number: ms; default 1000)", set: func(j *Job, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return errors.New("want a positive number of milliseconds")
+			}
+			j.RateCycle = time.Duration(n) * time.Millisecond
 			return nil
 		}},
 		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},

@@ -337,3 +337,23 @@ func TestPacing(t *testing.T) {
 		t.Errorf("rate_process=bursty: %v", err)
 	}
 }
+
+// TestRateMin: after fio's 2 s settle period, a rate_cycle below
+// rate_min (ratemin) fails the job; one above it does not.
+func TestRateMin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 2.6 s")
+	}
+	dir := benchDir(t)
+	spec := mustParse(t, "--name=m", "--filename="+filepath.Join(dir, "f"), "--size=1m", "--ioengine=psync", "--rw=randread",
+		"--runtime=2600ms", "--time_based", "--rate_iops=1000", "--ratemin=1t", "--rate_cycle=200")
+	res, err := Run(spec, RunOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := res.Jobs[0].Err; e == nil || !strings.Contains(e.Error(), "min rate") {
+		t.Errorf("ratemin=1t: job error %v", e)
+	}
+	mustRun(t, mustParse(t, "--name=m", "--filename="+filepath.Join(dir, "f"), "--size=1m", "--ioengine=psync", "--rw=randread",
+		"--runtime=2600ms", "--time_based", "--rate_iops=1000", "--rate_iops_min=10", "--rate_cycle=200"))
+}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"strconv"
 	"time"
 )
 
@@ -19,6 +20,9 @@ type pacer struct {
 	thinking  bool // the think point was reached: drain, then pause
 	issued    [2]struct{ bytes, ios int64 }
 	next      [2]int64 // poisson: the next arrival per direction
+	minOn     bool     // rate_min or rate_iops_min
+	cycleEnd  int64    // end of the current rate_cycle
+	cycle     [2]struct{ bytes, ios uint64 }
 	pend      struct {
 		valid bool
 		dir   int
@@ -32,6 +36,60 @@ func (w *worker) initPacer() {
 	p := &w.pace
 	p.on = j.ThinkTime > 0 || j.Rate != [2]int64{} || j.RateIOPS != [2]int64{}
 	p.thinkLeft = j.ThinkBlocks
+	p.minOn = j.RateMin != [2]int64{} || j.RateIOPSMin != [2]int64{}
+}
+
+// errRateMin is a job that fell below rate_min or rate_iops_min.
+type errRateMin struct {
+	iops      bool
+	want, got int64
+}
+
+func (e *errRateMin) Error() string {
+	if e.iops {
+		return "min iops rate " + itoa(e.want) + " not met, got " + itoa(e.got)
+	}
+	return "min rate " + itoa(e.want/1024) + " KiB/sec not met, got " + itoa(e.got/1024) + " KiB/sec"
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// checkRateMin is fio's rate_min check, at a completion while
+// measuring: after a 2 s settle period, once at least rate_cycle has
+// passed since the last check, a direction the job does that moved fewer
+// bytes (or I/Os) per second than its minimum fails the job.
+func (w *worker) checkRateMin(now int64) {
+	p := &w.pace
+	if now-w.measureStart < int64(2*time.Second) {
+		return
+	}
+	if p.cycleEnd != 0 && now-p.cycleEnd < int64(w.job.RateCycle) {
+		return
+	}
+	if p.cycleEnd != 0 {
+		span := float64(now-p.cycleEnd) / 1e9
+		for d := 0; d < 2; d++ {
+			if !w.job.RW.writesOrReads(d) {
+				continue
+			}
+			bw := int64(float64(w.stats[d].bytes-p.cycle[d].bytes) / span)
+			iops := int64(float64(w.stats[d].ios-p.cycle[d].ios) / span)
+			var err error
+			if m := w.job.RateMin[d]; m > 0 && bw < m {
+				err = &errRateMin{want: m, got: bw}
+			} else if m := w.job.RateIOPSMin[d]; m > 0 && iops < m {
+				err = &errRateMin{iops: true, want: m, got: iops}
+			}
+			if err != nil && w.err == nil {
+				w.err = err
+				w.stopIssuing = true
+			}
+		}
+	}
+	p.cycleEnd = now
+	for d := 0; d < 2; d++ {
+		p.cycle[d].bytes, p.cycle[d].ios = w.stats[d].bytes, w.stats[d].ios
+	}
 }
 
 // startDelay is how long the clone waits before it starts.

@@ -180,6 +180,7 @@ func (w *worker) tick(now int64) {
 		if w.logs != nil {
 			w.logs.tick(now)
 		}
+
 	}
 	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
 		w.stopIssuing = true
@@ -332,6 +333,9 @@ func (w *worker) completed(u *unit, now int64, err error) {
 		return
 	}
 	w.account(&w.stats[u.dir], u, now)
+	if w.pace.minOn {
+		w.checkRateMin(now)
+	}
 }
 
 // account adds a measured I/O to its direction's statistics and logs.
