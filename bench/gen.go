@@ -21,6 +21,10 @@ type generator struct {
 	dist      skewed
 	// size-limited runs stop after issuing limit bytes; 0: no limit.
 	limit, issued int64
+	// zoned: cumulative access percent and block ranges per zone
+	zoneCum   []int
+	zoneStart []uint64
+	zoneLen   []uint64
 	// cumulative bssplit weights per direction
 	splitCum [2][]int
 	// rw=…:N: the end of the last I/O per direction (relative) and the
@@ -60,6 +64,23 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 		g.dist.initZipf(g.blocks, j.DistParam)
 	case DistPareto:
 		g.dist.initPareto(g.blocks, j.DistParam)
+	case DistZoned:
+		var start uint64
+		cum := 0
+		for _, z := range j.Zones {
+			var n uint64
+			if j.ZonesAbs {
+				n = uint64(z.Range / g.align)
+			} else {
+				n = g.blocks * uint64(z.Range) / 100
+			}
+			n = min(max(n, 1), g.blocks-min(start, g.blocks-1))
+			cum += z.Access
+			g.zoneCum = append(g.zoneCum, cum)
+			g.zoneStart = append(g.zoneStart, min(start, g.blocks-1))
+			g.zoneLen = append(g.zoneLen, n)
+			start += n
+		}
 	}
 	if !j.TimeBased {
 		g.limit = regionLen
@@ -108,6 +129,24 @@ func (g *generator) next() (dir int, off int64, n int, ok bool) {
 		g.seqLeft = j.SeqNr - 1
 		var b uint64
 		switch {
+		case j.Dist == DistZoned:
+			// A zone by its share of the accesses, then any block of it.
+			r := g.rng.IntN(100)
+			z := 0
+			for z < len(g.zoneCum)-1 && r >= g.zoneCum[z] {
+				z++
+			}
+			b = g.zoneStart[z] + g.rng.Uint64N(g.zoneLen[z])
+		case j.Dist == DistNormal:
+			// Around the middle of the region, the deviation a percentage
+			// of it, folded back into range.
+			v := float64(g.blocks)/2 + g.rng.NormFloat64()*float64(g.blocks)*j.DistParam/100
+			n := int64(g.blocks)
+			k := int64(v) % n
+			if k < 0 {
+				k += n
+			}
+			b = uint64(k)
 		case j.Dist != DistRandom:
 			b = g.perm.at(g.dist.next(g.rng))
 		case j.NoRandomMap:

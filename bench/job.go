@@ -51,7 +51,16 @@ const (
 	DistRandom Distribution = iota
 	DistZipf
 	DistPareto
+	DistNormal // DistParam: deviation in percent of the region
+	DistZoned  // Zones
 )
+
+// Zone is one zone of random_distribution=zoned (Range in percent of the
+// region) or zoned_abs (Range in bytes): Access percent of the I/Os.
+type Zone struct {
+	Access int
+	Range  int64
+}
 
 // VerifyKind is verify=.
 type VerifyKind uint8
@@ -128,6 +137,8 @@ type Job struct {
 	RandSeed       uint64
 	Dist           Distribution
 	DistParam      float64
+	Zones          []Zone
+	ZonesAbs       bool
 	Verify         VerifyKind
 	VerifyPattern  []byte
 	VerifyFatal    bool

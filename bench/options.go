@@ -349,17 +349,30 @@ func init() {
 			j.RandRepeat = true
 			return nil
 		}},
-		"random_distribution": {help: "random, zipf:theta, pareto:h", set: func(j *Job, v string) error {
+		"random_distribution": {help: "random, zipf:theta, pareto:h, normal:dev%, zoned:access%/range%:…, zoned_abs:access%/size:…", set: func(j *Job, v string) error {
 			kind, param, hasParam := strings.Cut(v, ":")
 			if kind == "random" {
 				j.Dist, j.DistParam = DistRandom, 0
 				return nil
 			}
-			if kind != "zipf" && kind != "pareto" {
-				if kind == "normal" || kind == "zoned" || kind == "zoned_abs" {
-					return fmt.Errorf("distribution %s is not implemented (random, zipf, pareto)", kind)
+			if kind == "zoned" || kind == "zoned_abs" {
+				zones, err := parseZones(param, kind == "zoned_abs")
+				if err != nil {
+					return err
 				}
-				return errors.New("want random, zipf:theta or pareto:h")
+				j.Dist, j.Zones, j.ZonesAbs = DistZoned, zones, kind == "zoned_abs"
+				return nil
+			}
+			if kind == "normal" {
+				f, err := strconv.ParseFloat(param, 64)
+				if !hasParam || err != nil || f <= 0 || f > 100 {
+					return errors.New("normal needs a deviation in percent of the region (normal:10)")
+				}
+				j.Dist, j.DistParam = DistNormal, f
+				return nil
+			}
+			if kind != "zipf" && kind != "pareto" {
+				return errors.New("want random, zipf:theta, pareto:h, normal:dev, zoned:a/r:… or zoned_abs:a/size:…")
 			}
 			if !hasParam {
 				return fmt.Errorf("%s needs a parameter (%s:0.5)", kind, kind)
@@ -579,6 +592,53 @@ func rateSetter(field func(*Job) *[2]int64) func(*Job, string) error {
 		*field(j) = r
 		return nil
 	}
+}
+
+// parseZones reads zoned (access%/range%) or zoned_abs (access%/size)
+// zones: the accesses add up to 100; a zoned entry without a range takes
+// what the others leave.
+func parseZones(v string, abs bool) ([]Zone, error) {
+	var zones []Zone
+	acc, rng := 0, 0
+	for _, e := range strings.Split(v, ":") {
+		a, r, _ := strings.Cut(e, "/")
+		p, err := strconv.Atoi(a)
+		if err != nil || p < 0 || p > 100 {
+			return nil, fmt.Errorf("bad zone %q (want access%%/range)", e)
+		}
+		z := Zone{Access: p, Range: -1}
+		switch {
+		case r == "" && !abs:
+		case abs:
+			n, err := units.ParseSize(r)
+			if err != nil || n <= 0 {
+				return nil, fmt.Errorf("bad zone size in %q", e)
+			}
+			z.Range = n
+		default:
+			n, err := strconv.Atoi(r)
+			if err != nil || n < 0 || n > 100 {
+				return nil, fmt.Errorf("bad zone range in %q", e)
+			}
+			z.Range = int64(n)
+			rng += n
+		}
+		acc += p
+		zones = append(zones, z)
+	}
+	if acc != 100 {
+		return nil, fmt.Errorf("zone accesses add up to %d%%, want 100", acc)
+	}
+	if !abs && rng > 100 {
+		return nil, fmt.Errorf("zone ranges add up to %d%%, more than 100", rng)
+	}
+	for i := range zones {
+		if zones[i].Range < 0 {
+			zones[i].Range = int64(100 - rng)
+			rng = 100
+		}
+	}
+	return zones, nil
 }
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {

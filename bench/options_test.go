@@ -357,3 +357,35 @@ func TestRateMin(t *testing.T) {
 	mustRun(t, mustParse(t, "--name=m", "--filename="+filepath.Join(dir, "f"), "--size=1m", "--ioengine=psync", "--rw=randread",
 		"--runtime=2600ms", "--time_based", "--rate_iops=1000", "--rate_iops_min=10", "--rate_cycle=200"))
 }
+
+// TestZonedAndNormal: zoned sends each zone its share of the accesses
+// (rand-zones.fio's trailing zone takes the rest of the range); zoned_abs
+// takes sizes; normal clusters around the middle.
+func TestZonedAndNormal(t *testing.T) {
+	count := func(text string, in func(off int64) bool) float64 {
+		offs, _ := genOffsets(t, text, 20000)
+		n := 0
+		for _, o := range offs {
+			if in(o) {
+				n++
+			}
+		}
+		return float64(n) / float64(len(offs))
+	}
+	const mb = 1 << 20
+	base := "[j]\nfilename=/tmp/x\nsize=10m\nbs=4k\nrw=randread\nnorandommap\nloops=8\n"
+	if f := count(base+"random_distribution=zoned:80/10:20/\n", func(o int64) bool { return o < mb }); f < 0.77 || f > 0.83 {
+		t.Errorf("zoned:80/10:20/: %.2f of I/Os in the first 10%%, want 0.80", f)
+	}
+	if f := count(base+"random_distribution=zoned_abs:60/2m:40/8m\n", func(o int64) bool { return o < 2*mb }); f < 0.57 || f > 0.63 {
+		t.Errorf("zoned_abs:60/2m:40/8m: %.2f in the first 2m, want 0.60", f)
+	}
+	if f := count(base+"random_distribution=normal:5\n", func(o int64) bool { return o >= 4*mb && o < 6*mb }); f < 0.9 {
+		t.Errorf("normal:5: %.2f within ±10%% of the middle", f)
+	}
+	for _, bad := range []string{"zoned:50/5:30/15", "zoned:50/60:50/60", "normal:0"} {
+		if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\nrandom_distribution="+bad+"\n"); err == nil || !strings.Contains(err.Error(), "j.fio:3") {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+}
