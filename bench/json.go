@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 )
 
 // obj is a JSON object that keeps its key order (fio's order), so the
@@ -107,17 +108,32 @@ func optionsObj(opts []Option) obj {
 		if op.Bare {
 			continue
 		}
-		if i, ok := idx[op.Key]; ok {
+		key := fioOptionName(op.Key)
+		if i, ok := idx[key]; ok {
 			o[i].v = op.Value
 			continue
 		}
-		idx[op.Key] = len(o)
-		o = append(o, kv{op.Key, op.Value})
+		idx[key] = len(o)
+		o = append(o, kv{key, op.Value})
 	}
 	if o == nil {
 		o = obj{}
 	}
 	return o
+}
+
+// fioOptionName is the name fio echoes an option under: its own name for
+// an alias (timeout is runtime, blockalign is ba). fio's name for
+// iodepth_batch_submit is iodepth_batch, the other way round.
+func fioOptionName(k string) string {
+	k = strings.ToLower(k)
+	if k == "iodepth_batch_submit" {
+		return "iodepth_batch"
+	}
+	if c, ok := optionAliases[k]; ok && c != "iodepth_batch_submit" {
+		return c
+	}
+	return k
 }
 
 func jsonEntry(e *entry) obj {

@@ -389,3 +389,15 @@ func TestZonedAndNormal(t *testing.T) {
 		}
 	}
 }
+
+// TestJSONOptionNames: options are echoed under fio's names, as fio
+// echoes them (blockalign as ba, ratemin as rate_min, timeout as runtime).
+func TestJSONOptionNames(t *testing.T) {
+	o := optionsObj([]Option{{Key: "blockalign", Value: "4k"}, {Key: "ratemin", Value: "1k"}, {Key: "timeout", Value: "1"}, {Key: "iodepth_batch_submit", Value: "2"}, {Key: "bs", Value: "4k"}})
+	want := []string{"ba", "rate_min", "runtime", "iodepth_batch", "bs"}
+	for i, w := range want {
+		if o[i].k != w {
+			t.Errorf("option %d echoed as %q, want %q", i, o[i].k, w)
+		}
+	}
+}
