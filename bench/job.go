@@ -201,6 +201,13 @@ type Job struct {
 	RateMin     [2]int64
 	RateIOPSMin [2]int64
 	RateCycle   time.Duration
+	// Flow (flow, flow_id, flow_sleep): clones of the jobs of a group that
+	// share a flow_id issue I/O in the ratio of their flow weights; a
+	// clone ahead of its share waits FlowSleep (or a short while) and
+	// tries again.
+	Flow      int
+	FlowID    int
+	FlowSleep time.Duration
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.

@@ -215,6 +215,9 @@ func init() {
 			j.RateCycle = time.Duration(n) * time.Millisecond
 			return nil
 		}},
+		"flow":       {help: "weight of the job in its flow_id group: clones issue I/O in the ratio of their weights", set: intSetter(0, 1<<20, func(j *Job, n int) { j.Flow = n })},
+		"flow_id":    {help: "flow group of the job (default 0)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.FlowID = n })},
+		"flow_sleep": {help: "wait before retrying when ahead of the flow share (bare number: microseconds)", set: usecSetter(func(j *Job, d time.Duration) { j.FlowSleep = d })},
 		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
 		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {

@@ -401,3 +401,23 @@ func TestJSONOptionNames(t *testing.T) {
 		}
 	}
 }
+
+// TestFlow: jobs of one group sharing a flow_id issue I/O in the ratio of
+// their flow weights (fio's flow.fio: 1 to 8).
+func TestFlow(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	for _, eng := range []string{"psync", "ringblk"} {
+		text := "[global]\nfilename=" + file + "\nsize=1m\nioengine=" + eng + "\nruntime=300ms\ntime_based\nflow_sleep=100\n" +
+			"[w]\nrw=randwrite\nflow=1\n[r]\nrw=randread\nflow=4\n"
+		spec, err := ParseJobText("flow.fio", text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := mustRun(t, spec)
+		w, r := res.Jobs[0].Clones[0].flowIOs, res.Jobs[1].Clones[0].flowIOs
+		if w == 0 || float64(r)/float64(w) < 3 || float64(r)/float64(w) > 5 {
+			t.Errorf("%s: flow 1:4 issued %d:%d", eng, w, r)
+		}
+	}
+}

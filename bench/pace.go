@@ -3,6 +3,7 @@ package bench
 import (
 	"math"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,6 +38,50 @@ func (w *worker) initPacer() {
 	p.on = j.ThinkTime > 0 || j.Rate != [2]int64{} || j.RateIOPS != [2]int64{}
 	p.thinkLeft = j.ThinkBlocks
 	p.minOn = j.RateMin != [2]int64{} || j.RateIOPSMin != [2]int64{}
+	if j.Flow > 0 {
+		p.on = true
+	}
+}
+
+// flowGroup is the shared state of one flow_id in a group of jobs: the
+// I/Os its clones issued, their total weight, and whether one finished
+// (then the others run free: their partner is gone).
+type flowGroup struct {
+	total    atomic.Int64
+	weight   int64
+	finished atomic.Bool
+}
+
+// flowGroups joins every clone of grp with a flow weight to its flow_id's
+// group.
+func flowGroups(grp []*JobResult) {
+	groups := map[int]*flowGroup{}
+	for _, jr := range grp {
+		j := jr.Job
+		if j.Flow == 0 {
+			continue
+		}
+		g := groups[j.FlowID]
+		if g == nil {
+			g = &flowGroup{}
+			groups[j.FlowID] = g
+		}
+		for _, w := range jr.Clones {
+			g.weight += int64(j.Flow)
+			w.flow = g
+		}
+	}
+}
+
+// flowAllows reports whether the clone may issue its next I/O: its share
+// of the group's I/Os stays within its weight's share (one I/O of slack).
+func (w *worker) flowAllows() bool {
+	g := w.flow
+	if g == nil || g.finished.Load() {
+		return true
+	}
+	wt := int64(w.job.Flow)
+	return w.flowIOs*g.weight <= g.total.Load()*wt+wt
 }
 
 // errRateMin is a job that fell below rate_min or rate_iops_min.
@@ -109,6 +154,10 @@ func (w *worker) nextPaced(now int64) (dir int, off int64, n int, ok bool) {
 		p.gated = !p.thinking
 		return 0, 0, 0, false
 	}
+	if !w.flowAllows() {
+		p.until, p.gated = now+int64(max(w.job.FlowSleep, 20*time.Microsecond)), true
+		return 0, 0, 0, false
+	}
 	if !p.pend.valid {
 		dir, off, n, ok := w.gen.next()
 		if !ok {
@@ -122,6 +171,10 @@ func (w *worker) nextPaced(now int64) (dir int, off int64, n int, ok bool) {
 		return 0, 0, 0, false
 	}
 	p.pend.valid = false
+	if w.flow != nil {
+		w.flowIOs++
+		w.flow.total.Add(1)
+	}
 	p.issued[d].bytes += int64(p.pend.n)
 	p.issued[d].ios++
 	if w.job.RateProcess == "poisson" {

@@ -205,6 +205,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			}
 		}
 	}
+	flowGroups(out)
 	began := time.Now()
 	live.Store(&out)
 	defer live.Store(nil)

@@ -78,6 +78,8 @@ type worker struct {
 	logs          *cloneLogs // write_*_log files; nil: none
 	cpuSet        []int      // cpus_allowed with the shared policy
 	pace          pacer
+	flow          *flowGroup // flow=: the clone's flow_id group
+	flowIOs       int64
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
@@ -404,6 +406,9 @@ func (w *worker) idle(now int64) bool {
 		_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru1)
 	}
 	w.phase = phaseDone
+	if w.flow != nil {
+		w.flow.finished.Store(true)
+	}
 	w.prog.state.Store('_')
 	return true
 }
