@@ -31,6 +31,8 @@ type generator struct {
 	// I/Os left before a new random offset.
 	lastEnd [2]int64
 	seqLeft int
+	// zonemode=strided: bytes done in the current zone per direction
+	zoneDone [2]int64
 }
 
 func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
@@ -179,10 +181,19 @@ func (g *generator) next() (dir int, off int64, n int, ok bool) {
 			}
 			off = max(off, 0)
 		}
+		if j.ZoneMode == "strided" && j.ZoneSize > 0 && g.zoneDone[dir] >= j.ZoneSize {
+			// zonemode=strided: a zone done, skip to the next one.
+			g.zoneDone[dir] = 0
+			off += j.ZoneSkip
+			if off >= g.regionLen {
+				off = 0
+			}
+		}
 		if off+int64(n) > g.regionLen {
 			off = 0
 		}
 		g.seqOff[dir] = off + int64(n)
+		g.zoneDone[dir] += int64(n)
 	}
 	g.lastEnd[dir] = off + int64(n)
 	g.issued += int64(n)

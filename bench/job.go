@@ -208,6 +208,10 @@ type Job struct {
 	Flow      int
 	FlowID    int
 	FlowSleep time.Duration
+	// ZoneMode "strided" (zonemode): sequential I/O covers ZoneSize bytes,
+	// then skips ZoneSkip bytes (zonesize, zoneskip).
+	ZoneMode           string
+	ZoneSize, ZoneSkip int64
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
@@ -427,6 +431,9 @@ func (j *Job) validate() error {
 	}
 	if !j.PerJobLogs && j.NumJobs > 1 && (j.BWLog != nil || j.IOPSLog != nil || j.LatLog != nil) {
 		return bad(at("per_job_logs"), "per_job_logs=0 with numjobs=%d (clones sharing one log file) is not implemented", j.NumJobs)
+	}
+	if j.ZoneMode == "strided" && j.ZoneSize > 0 && j.RW.Random() {
+		return bad(at("zonemode"), "zonemode=strided with a random pattern (rw=%s) is not implemented", j.RW)
 	}
 	if j.NumJobs < 1 || j.NumJobs > 1024 {
 		return bad(at("numjobs"), "numjobs %d out of range 1..1024", j.NumJobs)

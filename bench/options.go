@@ -218,6 +218,18 @@ func init() {
 		"flow":       {help: "weight of the job in its flow_id group: clones issue I/O in the ratio of their weights", set: intSetter(0, 1<<20, func(j *Job, n int) { j.Flow = n })},
 		"flow_id":    {help: "flow group of the job (default 0)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.FlowID = n })},
 		"flow_sleep": {help: "wait before retrying when ahead of the flow share (bare number: microseconds)", set: usecSetter(func(j *Job, d time.Duration) { j.FlowSleep = d })},
+		"zonemode": {help: "none or strided (zonesize bytes of I/O, then skip zoneskip)", set: func(j *Job, v string) error {
+			switch v {
+			case "none", "strided":
+				j.ZoneMode = v
+				return nil
+			case "zbd":
+				return errors.New("zonemode=zbd (zoned block devices) is not implemented (none, strided)")
+			}
+			return errors.New("want none or strided")
+		}},
+		"zonesize":   {help: "zonemode=strided: bytes of I/O per zone", set: sizeSetter(func(j *Job, n int64) { j.ZoneSize = n })},
+		"zoneskip":   {help: "zonemode=strided: bytes skipped after each zone", set: sizeSetter(func(j *Job, n int64) { j.ZoneSkip = n })},
 		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
 		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {

@@ -421,3 +421,20 @@ func TestFlow(t *testing.T) {
 		}
 	}
 }
+
+// TestZoneStrided: zonemode=strided reads zonesize bytes, then skips
+// zoneskip (fio's disk-zone-profile).
+func TestZoneStrided(t *testing.T) {
+	offs, _ := genOffsets(t, "[j]\nfilename=/tmp/x\nsize=1m\nbs=4k\nzonemode=strided\nzonesize=8k\nzoneskip=56k\n", 5)
+	want := []int64{0, 4 << 10, 64 << 10, 68 << 10, 128 << 10}
+	for i := range want {
+		if offs[i] != want[i] {
+			t.Fatalf("offsets %v, want %v", offs, want)
+		}
+	}
+	for _, bad := range []string{"zonemode=zbd\n", "zonemode=strided\nzonesize=8k\nrw=randread\n"} {
+		if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\n"+bad); err == nil || !strings.Contains(err.Error(), "j.fio:3") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
