@@ -13,13 +13,13 @@ import (
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
 // and [global], is named in one error with its line — not the first only.
 func TestUnsupportedOptionsOneError(t *testing.T) {
-	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nflow=2\nfrobnicate=1\n[b]\nfilename=/tmp/y\nzonemode=zbd\n"
+	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nwait_for=x\nfrobnicate=1\n[b]\nfilename=/tmp/y\nnrfiles=2\n"
 	_, err := ParseJobText("j.fio", text)
 	if err == nil {
 		t.Fatal("parsed")
 	}
 	msg := err.Error()
-	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"flow" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"zonemode" (fio option, j.fio:9)`, "4 options"} {
+	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"wait_for" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"nrfiles" (fio option, j.fio:9)`, "4 options"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}
