@@ -157,9 +157,14 @@ func (c *threadClone) runSync() {
 		w.submitted(one, now) // sync engines have no submission latency (noSlat)
 		var n int
 		var err error
-		if u.dir == DirRead {
+		switch {
+		case u.dir == DirSync && w.job.Fdatasync > 0 && w.job.Fsync == 0:
+			err = unix.Fdatasync(fd)
+		case u.dir == DirSync:
+			err = unix.Fsync(fd)
+		case u.dir == DirRead:
 			n, err = unix.Pread(fd, u.buf[:u.n], u.off)
-		} else {
+		default:
 			n, err = unix.Pwrite(fd, u.buf[:u.n], u.off)
 		}
 		if err == nil && n != u.n {
@@ -197,7 +202,9 @@ func (c *threadClone) runRing() {
 				w.untake(u)
 				break
 			}
-			if u.dir == DirRead {
+			if u.dir == DirSync {
+				sqe.PrepFsync(fd, w.job.Fdatasync > 0 && w.job.Fsync == 0, uint64(u.idx))
+			} else if u.dir == DirRead {
 				sqe.PrepRead(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
 			} else {
 				sqe.PrepWrite(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))

@@ -361,7 +361,9 @@ func (c *ringblkClone) refill() {
 				w.untake(u)
 				break
 			}
-			if u.dir == DirRead {
+			if u.dir == DirSync {
+				c.q.Flush(c, uint64(u.idx)) // fsync and fdatasync: the node's flush
+			} else if u.dir == DirRead {
 				c.q.Read(u.buf[:u.n], u.off, c, uint64(u.idx))
 			} else {
 				c.q.Write(u.buf[:u.n], u.off, 0, c, uint64(u.idx))

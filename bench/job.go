@@ -36,6 +36,8 @@ func (r RW) Writes() bool {
 const (
 	DirRead  = 0
 	DirWrite = 1
+	// DirSync is a unit carrying an fsync/fdatasync (fio's DDIR_SYNC).
+	DirSync = 2
 )
 
 // BSSplit is one bssplit entry: blocks of Size bytes for Percent of the I/Os.
@@ -212,6 +214,10 @@ type Job struct {
 	// then skips ZoneSkip bytes (zonesize, zoneskip).
 	ZoneMode           string
 	ZoneSize, ZoneSkip int64
+	// Fsync (fsync=N) or Fdatasync (fdatasync=N): a sync after every N
+	// writes; EndFsync: one after the job's last write (end_fsync).
+	Fsync, Fdatasync int
+	EndFsync         bool
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.

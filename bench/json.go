@@ -151,7 +151,7 @@ func jsonEntry(e *entry) obj {
 		{"read", jsonDir(e, DirRead)},
 		{"write", jsonDir(e, DirWrite)},
 		{"trim", jsonDir(e, -1)},
-		{"sync", obj{{"total_ios", 0}, {"lat_ns", latObj(nil, nil)}}},
+		{"sync", obj{{"total_ios", e.sync.n}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job))}}},
 		{"job_runtime", jobRuntime},
 		{"usr_cpu", e.usrPct},
 		{"sys_cpu", e.sysPct},

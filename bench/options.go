@@ -218,6 +218,9 @@ func init() {
 		"flow":       {help: "weight of the job in its flow_id group: clones issue I/O in the ratio of their weights", set: intSetter(0, 1<<20, func(j *Job, n int) { j.Flow = n })},
 		"flow_id":    {help: "flow group of the job (default 0)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.FlowID = n })},
 		"flow_sleep": {help: "wait before retrying when ahead of the flow share (bare number: microseconds)", set: usecSetter(func(j *Job, d time.Duration) { j.FlowSleep = d })},
+		"fsync":      {help: "fsync after every N writes (0: none)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.Fsync = n })},
+		"fdatasync":  {help: "fdatasync after every N writes (0: none)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.Fdatasync = n })},
+		"end_fsync":  {bool: true, help: "fsync once the job's writes are done", set: boolSetter(func(j *Job, b bool) { j.EndFsync = b })},
 		"zonemode": {help: "none or strided (zonesize bytes of I/O, then skip zoneskip)", set: func(j *Job, v string) error {
 			switch v {
 			case "none", "strided":

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -435,6 +436,33 @@ func TestZoneStrided(t *testing.T) {
 	for _, bad := range []string{"zonemode=zbd\n", "zonemode=strided\nzonesize=8k\nrw=randread\n"} {
 		if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\n"+bad); err == nil || !strings.Contains(err.Error(), "j.fio:3") {
 			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
+
+// TestFsync: fsync=N and fdatasync=N sync after every N writes (63 for
+// 256 writes and N=4, as fio counts them), end_fsync once at the end; the
+// syncs are reported in the JSON "sync" section.
+func TestFsync(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	for _, eng := range []string{"psync", "io_uring", "ringblk"} {
+		for _, c := range []struct {
+			opt  string
+			want uint64
+		}{{"--fsync=4", 63}, {"--fdatasync=8", 31}, {"--end_fsync=1", 1}} {
+			res := mustRun(t, mustParse(t, "--name=s", "--filename="+file, "--size=1m", "--bs=4k", "--rw=write", "--iodepth=4", "--ioengine="+eng, c.opt))
+			e := entries(res)[0]
+			if e.sync.n != c.want || e.dirs[DirWrite].ios != 256 {
+				t.Errorf("%s %s: %d syncs, %d writes; want %d, 256", eng, c.opt, e.sync.n, e.dirs[DirWrite].ios, c.want)
+			}
+			var b bytes.Buffer
+			if err := WriteJSON(&b, res); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(b.String(), `"total_ios" : `+strconv.FormatUint(c.want, 10)) {
+				t.Errorf("%s %s: JSON sync total_ios missing", eng, c.opt)
+			}
 		}
 	}
 }

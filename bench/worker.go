@@ -80,13 +80,16 @@ type worker struct {
 	pace          pacer
 	flow          *flowGroup // flow=: the clone's flow_id group
 	flowIOs       int64
+	syncLat       latStat // fsync/fdatasync latencies (fio's "sync")
+	sinceSync     int     // writes since the last sync
+	endSynced     bool
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
 const sampleWindow = 500 * time.Millisecond
 
 func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
-	w := &worker{job: j, clone: clone, gen: newGenerator(j, clone, regionOff, regionLen)}
+	w := &worker{job: j, clone: clone, gen: newGenerator(j, clone, regionOff, regionLen), syncLat: newLatStat(true)}
 	for d := range w.stats {
 		w.stats[d] = newDirStats()
 	}
@@ -155,6 +158,7 @@ func (w *worker) beginMeasuring(now int64) {
 	for d := range w.stats {
 		w.stats[d].reset()
 	}
+	w.syncLat.reset()
 	w.depthLevel, w.submitDist, w.completeDist = [7]uint64{}, [7]uint64{}, [7]uint64{}
 	w.submitCalls, w.completeCalls = 0, 0
 	w.measureStart = now
@@ -225,7 +229,12 @@ func (w *worker) fill(u *unit, now int64) bool {
 		return true
 	}
 	if w.stopIssuing {
-		return false
+		return w.endSync(u, now)
+	}
+	if n := max(w.job.Fsync, w.job.Fdatasync); n > 0 && w.sinceSync >= n && (w.gen.limit == 0 || w.gen.issued < w.gen.limit) {
+		w.sinceSync = 0
+		u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
+		return true
 	}
 	var dir int
 	var off int64
@@ -242,12 +251,26 @@ func (w *worker) fill(u *unit, now int64) bool {
 	}
 	if !ok {
 		w.stopIssuing = true
-		return false
+		return w.endSync(u, now)
+	}
+	if dir == DirWrite {
+		w.sinceSync++
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
 	if dir == DirWrite && w.ver != nil {
 		w.ver.stamp(u.buf[:n], off)
 	}
+	return true
+}
+
+// endSync puts end_fsync's sync on u once the job's writes are done and
+// nothing else is in flight (u is the only unit taken); false otherwise.
+func (w *worker) endSync(u *unit, now int64) bool {
+	if !w.job.EndFsync || w.endSynced || !w.job.RW.Writes() || w.phase == phaseVerify || w.busy > 1 {
+		return false
+	}
+	w.endSynced = true
+	u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
 	return true
 }
 
@@ -278,7 +301,7 @@ func (w *worker) submitted(batch []*unit, t int64) {
 	measuring := w.phase == phaseRun
 	for _, u := range batch {
 		u.submit = t
-		if measuring && !u.verify && !w.noSlat && !w.job.DisableSlat {
+		if measuring && !u.verify && !w.noSlat && !w.job.DisableSlat && u.dir != DirSync {
 			w.stats[u.dir].slat.record(t - u.issue)
 			if w.logs != nil {
 				w.logs.slat(t, int(u.dir), u.n, u.off, t-u.issue)
@@ -305,6 +328,17 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	w.pendingDone++
 	if w.pace.thinking {
 		w.thinkDone(now)
+	}
+	if u.dir == DirSync {
+		if err != nil {
+			if w.err == nil {
+				w.err = &ioError{file: w.job.Filename, dir: "sync", err: err}
+			}
+			w.stopIssuing = true
+		} else if w.phase == phaseRun {
+			w.syncLat.record(now - u.issue)
+		}
+		return
 	}
 	if err != nil {
 		if w.err == nil {
