@@ -53,7 +53,9 @@ func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 	e := &ringblkEnv{main: m, g: block.NewGraph(m), images: map[imageKey]*block.Node{}, writers: map[string]bool{}}
 	for _, j := range jobs {
 		if j.IOEngine == "ringblk" && j.Format != "null" && j.RW.Writes() {
-			e.writers[chain.FileID(j.Filename)] = true
+			for k := 0; k < j.NumJobs; k++ {
+				e.writers[chain.FileID(j.cloneJob(k).Filename)] = true
+			}
 		}
 	}
 	return e, nil

@@ -225,6 +225,30 @@ type Job struct {
 	globals []Option
 
 	set map[string]Loc // canonical option name → where it was set last
+
+	// perCloneFile: no filename= and numjobs > 1, so each clone has its
+	// own file, fio's jobname.K.0 (cloneJobs holds clone K's copy of the
+	// job with that file name).
+	perCloneFile bool
+	cloneJobs    []*Job
+}
+
+// cloneJob is the job clone k runs: j itself, or with per-clone files a
+// copy naming clone k's file.
+func (j *Job) cloneJob(k int) *Job {
+	if !j.perCloneFile || k == 0 {
+		return j
+	}
+	if j.cloneJobs == nil {
+		j.cloneJobs = make([]*Job, j.NumJobs)
+		for i := 1; i < j.NumJobs; i++ {
+			c := *j
+			c.cloneJobs = nil
+			c.Filename = filepath.Join(filepath.Dir(j.Filename), fmt.Sprintf("%s.%d.0", j.Name, i))
+			j.cloneJobs[i] = &c
+		}
+	}
+	return j.cloneJobs[k]
 }
 
 func newJob(name string, loc Loc) *Job {
@@ -392,9 +416,7 @@ func (j *Job) validate() error {
 	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
 		// fio's default file: jobname.clone.file in directory=, one per
 		// clone.
-		if j.NumJobs > 1 {
-			return bad(at("numjobs"), "numjobs=%d without filename= (fio's one file per clone, %s.N.0) is not implemented: set filename=", j.NumJobs, j.Name)
-		}
+		j.perCloneFile = j.NumJobs > 1
 		j.Filename = j.Name + ".0.0"
 		if j.Directory != "" {
 			j.Filename = filepath.Join(j.Directory, j.Filename)

@@ -43,8 +43,7 @@ func TestAliases(t *testing.T) {
 }
 
 // TestDefaultFilename: without filename=, a job's file is fio's
-// jobname.0.0 in directory=; with numjobs > 1 (one file per clone in
-// fio) it is refused by name.
+// jobname.0.0 in directory=, and clone K's jobname.K.0.
 func TestDefaultFilename(t *testing.T) {
 	spec, err := ParseJobText("j.fio", "[global]\ndirectory=/var/tmp/d\n[job1]\nsize=1m\n")
 	if err != nil {
@@ -53,9 +52,23 @@ func TestDefaultFilename(t *testing.T) {
 	if got := spec.Jobs[0].Filename; got != "/var/tmp/d/job1.0.0" {
 		t.Errorf("filename %q", got)
 	}
-	_, err = ParseJobText("j.fio", "[job1]\nsize=1m\nnumjobs=2\n")
-	if err == nil || !strings.Contains(err.Error(), "numjobs=2 without filename=") {
-		t.Errorf("numjobs without filename: %v", err)
+	// numjobs > 1: one file per clone, jobname.K.0, as fio (tiobench-example).
+	dir := benchDir(t)
+	for _, eng := range []string{"psync", "ringblk"} {
+		spec, err := ParseJobText("j.fio", "[global]\ndirectory="+dir+"\nioengine="+eng+"\n[f"+eng+"]\nsize=64k\nnumjobs=3\nrw=write\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := mustRun(t, spec)
+		for k := 0; k < 3; k++ {
+			name := filepath.Join(dir, "f"+eng+"."+strconv.Itoa(k)+".0")
+			if st, err := os.Stat(name); err != nil || st.Size() != 64<<10 {
+				t.Errorf("%s: clone %d file %s: %v", eng, k, name, err)
+			}
+			if w := res.Jobs[0].Clones[k]; w.job.Filename != name || w.stats[DirWrite].ios != 16 {
+				t.Errorf("%s: clone %d wrote %d blocks to %s", eng, k, w.stats[DirWrite].ios, w.job.Filename)
+			}
+		}
 	}
 }
 

@@ -110,7 +110,6 @@ func TestBadJobFiles(t *testing.T) {
 		{"fio-engine", "[j]\nfilename=/tmp/x\nioengine=libaio\n", "ioengine libaio is a fio engine that ringblk bench does not implement", 3},
 		{"size-suffix", "[j]\nfilename=/tmp/x\nsize=10x\n", `bad size suffix in "10x"`, 3},
 		{"bs-suffix", "[global]\nbs=4q\n[j]\nfilename=/tmp/x\n", `bad size suffix in "4q"`, 2},
-		{"missing-filename", "[global]\nsize=1m\n\n[lonely]\nrw=read\nnumjobs=2\n", "numjobs=2 without filename=", 6},
 		{"bsrange-bssplit", "[j]\nfilename=/tmp/x\nbsrange=4k-16k\nbssplit=4k/50:8k/50\n", "bssplit conflicts with bsrange (set at", 4},
 		{"time-based", "[j]\nfilename=/tmp/x\ntime_based\n", "time_based needs a runtime", 3},
 		{"format-engine", "[j]\nfilename=/tmp/x\nformat=raw\n", "format= applies to ioengine=ringblk only", 3},

@@ -73,11 +73,17 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 	res := &Result{Spec: spec, Start: time.Now()}
 	regions := make(map[*Job][2]int64)
 	for _, j := range spec.Jobs {
-		off, n, err := prepareFile(j, opts.Log)
-		if err != nil {
-			return nil, err
+		for k := 0; k < j.NumJobs; k++ {
+			cj := j.cloneJob(k)
+			if k > 0 && cj == j {
+				break
+			}
+			off, n, err := prepareFile(cj, opts.Log)
+			if err != nil {
+				return nil, err
+			}
+			regions[cj] = [2]int64{off, n}
 		}
-		regions[j] = [2]int64{off, n}
 	}
 	res.diskBefore = snapDisks(spec.Jobs)
 	var env *ringblkEnv
@@ -100,9 +106,14 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 			return nil, err
 		}
 		for _, j := range grp {
-			if j.Unlink && j.Filename != "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
-				if err := os.Remove(j.Filename); err != nil && !os.IsNotExist(err) {
-					return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+			if !j.Unlink || j.Filename == "" || (j.IOEngine == "ringblk" && j.Format == "null") {
+				continue
+			}
+			for k := 0; k < j.NumJobs; k++ {
+				if cj := j.cloneJob(k); k == 0 || cj != j {
+					if err := os.Remove(cj.Filename); err != nil && !os.IsNotExist(err) {
+						return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+					}
 				}
 			}
 		}
@@ -177,7 +188,23 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			rjobs = append(rjobs, rj)
 		}
 		for k := 0; k < j.NumJobs; k++ {
-			w := newWorker(j, k, reg[0]+int64(k)*j.OffsetIncrement, reg[1])
+			cj := j.cloneJob(k)
+			if cj != j {
+				// fio's own file per clone: its region and, for the
+				// ringblk engine, its own image node and front end.
+				reg = regions[cj]
+				if cj.Invalidate {
+					invalidate(cj.Filename)
+				}
+				if rj != nil {
+					if rj, err = env.openJob(cj, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
+						return nil, fmt.Errorf("job %q: %w", j.Name, err)
+					}
+					rj.res = jr
+					rjobs = append(rjobs, rj)
+				}
+			}
+			w := newWorker(cj, k, reg[0]+int64(k)*j.OffsetIncrement, reg[1])
 			jr.Clones = append(jr.Clones, w)
 			if w.logs, err = openLogs(j, k); err != nil {
 				return nil, fmt.Errorf("job %q: %w", j.Name, err)
