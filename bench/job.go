@@ -218,6 +218,11 @@ type Job struct {
 	// writes; EndFsync: one after the job's last write (end_fsync).
 	Fsync, Fdatasync int
 	EndFsync         bool
+	// FileSize (filesize) is the size of the job's file when it differs
+	// from the bytes of I/O (size); WaitFor (wait_for) names a job this
+	// one starts after.
+	FileSize int64
+	WaitFor  string
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
@@ -421,6 +426,13 @@ func (j *Job) validate() error {
 		if j.Directory != "" {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
+	}
+	if j.FileSize > 0 {
+		// fio: filesize is the file, size the I/O (default: the file).
+		if j.Size > 0 && j.IOSize == 0 {
+			j.IOSize = j.Size
+		}
+		j.Size = j.FileSize
 	}
 	if j.Format == "null" && j.Size == 0 {
 		return bad(at("format"), "format=null needs a size")

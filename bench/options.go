@@ -221,6 +221,24 @@ func init() {
 		"fsync":      {help: "fsync after every N writes (0: none)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.Fsync = n })},
 		"fdatasync":  {help: "fdatasync after every N writes (0: none)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.Fdatasync = n })},
 		"end_fsync":  {bool: true, help: "fsync once the job's writes are done", set: boolSetter(func(j *Job, b bool) { j.EndFsync = b })},
+		"filesize": {help: "size of the job's file (size= is then the bytes of I/O)", set: func(j *Job, v string) error {
+			if strings.Contains(v, "-") {
+				return errors.New("a filesize range is not implemented")
+			}
+			n, err := units.ParseSize(v)
+			if err != nil {
+				return err
+			}
+			j.FileSize = n
+			return nil
+		}},
+		"wait_for": {help: "start after the named job (defined earlier) finished", set: func(j *Job, v string) error {
+			if v == "" {
+				return errors.New("needs a job name")
+			}
+			j.WaitFor = v
+			return nil
+		}},
 		"zonemode": {help: "none or strided (zonesize bytes of I/O, then skip zoneskip)", set: func(j *Job, v string) error {
 			switch v {
 			case "none", "strided":

@@ -14,13 +14,13 @@ import (
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
 // and [global], is named in one error with its line — not the first only.
 func TestUnsupportedOptionsOneError(t *testing.T) {
-	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nwait_for=x\nfrobnicate=1\n[b]\nfilename=/tmp/y\nnrfiles=2\n"
+	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nnumber_ios=5\nfrobnicate=1\n[b]\nfilename=/tmp/y\nnrfiles=2\n"
 	_, err := ParseJobText("j.fio", text)
 	if err == nil {
 		t.Fatal("parsed")
 	}
 	msg := err.Error()
-	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"wait_for" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"nrfiles" (fio option, j.fio:9)`, "4 options"} {
+	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"number_ios" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"nrfiles" (fio option, j.fio:9)`, "4 options"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}
@@ -477,5 +477,39 @@ func TestFsync(t *testing.T) {
 				t.Errorf("%s %s: JSON sync total_ios missing", eng, c.opt)
 			}
 		}
+	}
+}
+
+// TestFilesizeWaitFor: filesize sizes the file while size= is the I/O;
+// wait_for starts a job of the same group after the named one finished
+// (fio's waitfor.fio); a name not defined before is refused.
+func TestFilesizeWaitFor(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	text := "[global]\nfilename=" + file + "\nfilesize=1m\nioengine=psync\nnumjobs=2\n[w]\nrw=write\nsize=64k\n[r]\nwait_for=w\nrw=randread\n"
+	spec, err := ParseJobText("w.fio", text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := mustRun(t, spec)
+	if st, err := os.Stat(file); err != nil || st.Size() != 1<<20 {
+		t.Fatalf("filesize=1m: %v %v", st, err)
+	}
+	wEnd := time.Time{}
+	for _, c := range res.Jobs[0].Clones {
+		if c.stats[DirWrite].ios != 16 {
+			t.Errorf("size=64k of a 1m file: %d writes", c.stats[DirWrite].ios)
+		}
+		if e := c.base.Add(time.Duration(c.measureEnd)); e.After(wEnd) {
+			wEnd = e
+		}
+	}
+	for _, c := range res.Jobs[1].Clones {
+		if c.base.Before(wEnd) || c.stats[DirRead].ios != 256 {
+			t.Errorf("wait_for=w: reader started %v before the writers ended, %d reads", wEnd.Sub(c.base), c.stats[DirRead].ios)
+		}
+	}
+	if _, err := ParseJobText("w.fio", "[r]\nfilename=/tmp/x\nwait_for=later\n[later]\nfilename=/tmp/x\n"); err == nil || !strings.Contains(err.Error(), "w.fio:3") {
+		t.Errorf("wait_for a later job: %v", err)
 	}
 }

@@ -345,6 +345,15 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 		if err := j.validate(); err != nil {
 			return nil, err
 		}
+		if j.WaitFor != "" {
+			found := false
+			for _, e := range spec.Jobs {
+				found = found || e.Name == j.WaitFor
+			}
+			if !found {
+				return nil, &ParseError{Loc: j.set["wait_for"], Msg: fmt.Sprintf("job %q: wait_for=%s: no job of that name before it", j.Name, j.WaitFor)}
+			}
+		}
 		spec.Jobs = append(spec.Jobs, j)
 	}
 	if len(unsupported) > 0 {

@@ -139,7 +139,11 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		total += j.NumJobs
 	}
 	done := make(chan *worker, total)
-	var starts []func()
+	type start struct {
+		job *Job
+		fn  func()
+	}
+	var starts []start
 	var clones []stopper
 	var rjobs []*ringblkJob
 	type loggedWorker struct {
@@ -221,14 +225,14 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 					return nil, fmt.Errorf("job %q: %w", j.Name, err)
 				}
 				clones = append(clones, c)
-				starts = append(starts, c.start)
+				starts = append(starts, start{j, c.start})
 			} else {
 				c, err := newThreadClone(w, cpu, done)
 				if err != nil {
 					return nil, fmt.Errorf("job %q: %w", j.Name, err)
 				}
 				clones = append(clones, c)
-				starts = append(starts, c.start)
+				starts = append(starts, start{j, c.start})
 			}
 		}
 	}
@@ -236,15 +240,39 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	began := time.Now()
 	live.Store(&out)
 	defer live.Store(nil)
+	// wait_for: a job whose named job runs in this group starts when
+	// every clone of that job finished.
+	clonesOf := map[string]int{}
+	for _, j := range grp {
+		clonesOf[j.Name] += j.NumJobs
+	}
+	var held []start
 	for _, s := range starts {
-		s()
+		if s.job.WaitFor != "" && clonesOf[s.job.WaitFor] > 0 {
+			held = append(held, s)
+			continue
+		}
+		s.fn()
 	}
 	var stopStatus func()
 	if opts.Status != nil {
 		stopStatus = startStatus(opts.Status, out, began)
 	}
 	for i := 0; i < total; i++ {
-		<-done
+		w := <-done
+		name := w.job.Name
+		if clonesOf[name]--; clonesOf[name] > 0 || len(held) == 0 {
+			continue
+		}
+		rest := held[:0]
+		for _, s := range held {
+			if s.job.WaitFor == name {
+				s.fn()
+			} else {
+				rest = append(rest, s)
+			}
+		}
+		held = rest
 	}
 	if stopStatus != nil {
 		stopStatus()
