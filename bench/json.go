@@ -124,13 +124,14 @@ func optionsObj(opts []Option) obj {
 
 // fioOptionName is the name fio echoes an option under: its own name for
 // an alias (timeout is runtime, blockalign is ba). fio's name for
-// iodepth_batch_submit is iodepth_batch, the other way round.
+// iodepth_batch_submit is iodepth_batch, the other way round; threads
+// it echoes as written.
 func fioOptionName(k string) string {
 	k = strings.ToLower(k)
 	if k == "iodepth_batch_submit" {
 		return "iodepth_batch"
 	}
-	if c, ok := optionAliases[k]; ok && c != "iodepth_batch_submit" {
+	if c, ok := optionAliases[k]; ok && c != "iodepth_batch_submit" && k != "threads" {
 		return c
 	}
 	return k
