@@ -31,6 +31,7 @@ type generator struct {
 	// I/Os left before a new random offset.
 	lastEnd [2]int64
 	seqLeft int
+	ios     int64 // I/Os issued (number_ios)
 	// zonemode=strided: bytes done in the current zone per direction
 	zoneDone [2]int64
 }
@@ -104,9 +105,10 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 // next fills in the next I/O. It returns false when a size-limited run has
 // issued all its bytes.
 func (g *generator) next() (dir int, off int64, n int, ok bool) {
-	if g.limit > 0 && g.issued >= g.limit {
+	if g.limit > 0 && g.issued >= g.limit || g.job.NumberIOs > 0 && g.ios >= g.job.NumberIOs {
 		return 0, 0, 0, false
 	}
+	g.ios++
 	j := g.job
 	switch j.RW {
 	case RWRead, RWRandRead:

@@ -223,6 +223,8 @@ type Job struct {
 	// one starts after.
 	FileSize int64
 	WaitFor  string
+	// NumberIOs (number_ios) stops a clone after that many I/Os; 0: none.
+	NumberIOs int64
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.

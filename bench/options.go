@@ -239,6 +239,14 @@ func init() {
 			j.WaitFor = v
 			return nil
 		}},
+		"number_ios": {help: "stop each clone after this many I/Os", set: func(j *Job, v string) error {
+			n, err := units.ParseSize(v)
+			if err != nil || n < 0 {
+				return errors.New("want a count of I/Os")
+			}
+			j.NumberIOs = n
+			return nil
+		}},
 		"zonemode": {help: "none or strided (zonesize bytes of I/O, then skip zoneskip)", set: func(j *Job, v string) error {
 			switch v {
 			case "none", "strided":

@@ -14,13 +14,13 @@ import (
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
 // and [global], is named in one error with its line — not the first only.
 func TestUnsupportedOptionsOneError(t *testing.T) {
-	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nnumber_ios=5\nfrobnicate=1\n[b]\nfilename=/tmp/y\nnrfiles=2\n"
+	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nexitall=1\nfrobnicate=1\n[b]\nfilename=/tmp/y\nnrfiles=2\n"
 	_, err := ParseJobText("j.fio", text)
 	if err == nil {
 		t.Fatal("parsed")
 	}
 	msg := err.Error()
-	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"number_ios" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"nrfiles" (fio option, j.fio:9)`, "4 options"} {
+	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"exitall" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"nrfiles" (fio option, j.fio:9)`, "4 options"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}
@@ -527,5 +527,12 @@ func TestFilesizeWaitFor(t *testing.T) {
 	}
 	if _, err := ParseJobText("w.fio", "[r]\nfilename=/tmp/x\nwait_for=later\n[later]\nfilename=/tmp/x\n"); err == nil || !strings.Contains(err.Error(), "w.fio:3") {
 		t.Errorf("wait_for a later job: %v", err)
+	}
+}
+
+// TestNumberIOs: number_ios stops a clone after that many I/Os.
+func TestNumberIOs(t *testing.T) {
+	if _, total := genOffsets(t, "[j]\nfilename=/tmp/x\nsize=1m\nbs=4k\nnumber_ios=10\n", 0); total != 10*4096 {
+		t.Errorf("number_ios=10: %d bytes", total)
 	}
 }
