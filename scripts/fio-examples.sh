@@ -25,7 +25,7 @@ mkdir -p "$work"
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$work/.bin"
 jsonkeys="$work/.bin/jsonkeys"
-( cd "$here" && go build -o "$jsonkeys" ./bench/internal/jsonkeys ) || exit 1
+( cd "$here" && go build -o "$jsonkeys" scripts/fio-jsonkeys.go ) || exit 1
 
 # rewrite FILE ENGINE DIR: the example with every ioengine set to ENGINE,
 # its files moved into DIR (an absolute file name becomes a name in DIR), sizes capped at $size and runtimes at

@@ -1,3 +1,5 @@
+//go:build ignore
+
 // Command jsonkeys compares the key sets of two fio JSON reports (fio's and
 // ringblk bench's for the same job): it prints the key paths only one of
 // them has and exits 1 when they differ. Values are ignored; array
