@@ -38,6 +38,12 @@ func openJobFile(j *Job) (*os.File, error) {
 	if j.Direct {
 		flags |= syscall.O_DIRECT
 	}
+	switch j.SyncIO {
+	case "sync":
+		flags |= syscall.O_SYNC
+	case "dsync":
+		flags |= syscall.O_DSYNC
+	}
 	f, err := os.OpenFile(j.Filename, flags, 0)
 	if err != nil {
 		return nil, err

@@ -219,18 +219,19 @@ func (rj *ringblkJob) close() error {
 // completions (RequestDone) free units and schedule refill, a bottom half
 // that issues a new batch. Nothing on that path allocates.
 type ringblkClone struct {
-	w         *worker
-	ctx       *aio.Context
-	q         *block.Queue
-	refillBH  *aio.BH
-	scheduled bool
-	batch     []*unit
-	bufs      [][]byte
-	mapped    []byte // buffers when the arena is too small
-	done      chan<- *worker
-	startErr  error
-	paceTimer *aio.Timer // thinktime, rate and startdelay waits
-	beginFn   func()     // the start a startdelay holds back
+	w          *worker
+	ctx        *aio.Context
+	q          *block.Queue
+	refillBH   *aio.BH
+	scheduled  bool
+	batch      []*unit
+	bufs       [][]byte
+	mapped     []byte // buffers when the arena is too small
+	done       chan<- *worker
+	startErr   error
+	paceTimer  *aio.Timer  // thinktime, rate and startdelay waits
+	writeFlags block.Flags // FUA with sync=
+	beginFn    func()      // the start a startdelay holds back
 }
 
 // arenaLimit caps the arena a clone asks for; larger buffer sets are mmap'd.
@@ -260,6 +261,9 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		ctx.Run(func() { pinSet(w.cpuSet) })
 	}
 	c := &ringblkClone{w: w, ctx: ctx, q: rj.fe.Queue(ctx), done: done, batch: make([]*unit, 0, len(w.units))}
+	if j.SyncIO != "" {
+		c.writeFlags = block.FUA
+	}
 	c.refillBH = ctx.NewBH(c.refill)
 	// Buffers: from the Context's arena (registered: READ_FIXED/WRITE_FIXED),
 	// else one mmap'd region.
@@ -368,7 +372,7 @@ func (c *ringblkClone) refill() {
 			} else if u.dir == DirRead {
 				c.q.Read(u.buf[:u.n], u.off, c, uint64(u.idx))
 			} else {
-				c.q.Write(u.buf[:u.n], u.off, 0, c, uint64(u.idx))
+				c.q.Write(u.buf[:u.n], u.off, c.writeFlags, c, uint64(u.idx))
 			}
 			c.batch = append(c.batch, u)
 		}

@@ -225,6 +225,9 @@ type Job struct {
 	WaitFor  string
 	// NumberIOs (number_ios) stops a clone after that many I/Os; 0: none.
 	NumberIOs int64
+	// SyncIO (sync=): "" none, "sync" (O_SYNC) or "dsync" (O_DSYNC); the
+	// ringblk engine writes with FUA (durable at completion).
+	SyncIO string
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.

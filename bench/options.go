@@ -247,6 +247,19 @@ func init() {
 			j.NumberIOs = n
 			return nil
 		}},
+		"sync": {bool: true, help: "synchronous writes: 0/none, 1/sync (O_SYNC), dsync (O_DSYNC); ringblk: FUA writes", set: func(j *Job, v string) error {
+			switch v {
+			case "0", "none", "false":
+				j.SyncIO = ""
+			case "1", "sync", "true":
+				j.SyncIO = "sync"
+			case "dsync":
+				j.SyncIO = "dsync"
+			default:
+				return errors.New("want 0, none, 1, sync or dsync")
+			}
+			return nil
+		}},
 		"zonemode": {help: "none or strided (zonesize bytes of I/O, then skip zoneskip)", set: func(j *Job, v string) error {
 			switch v {
 			case "none", "strided":

@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
@@ -534,5 +537,32 @@ func TestFilesizeWaitFor(t *testing.T) {
 func TestNumberIOs(t *testing.T) {
 	if _, total := genOffsets(t, "[j]\nfilename=/tmp/x\nsize=1m\nbs=4k\nnumber_ios=10\n", 0); total != 10*4096 {
 		t.Errorf("number_ios=10: %d bytes", total)
+	}
+}
+
+// TestSyncIO: sync=1 opens the file O_SYNC, sync=dsync O_DSYNC (the
+// thread engines); the ringblk engine runs FUA writes.
+func TestSyncIO(t *testing.T) {
+	dir := benchDir(t)
+	file := filepath.Join(dir, "f")
+	for _, c := range []struct {
+		v    string
+		flag int
+	}{{"1", syscall.O_SYNC}, {"dsync", syscall.O_DSYNC}} {
+		spec := mustParse(t, "--name=s", "--filename="+file, "--size=64k", "--rw=write", "--ioengine=psync", "--sync="+c.v)
+		mustRun(t, spec)
+		f, err := openJobFile(spec.Jobs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+		f.Close()
+		if err != nil || fl&c.flag != c.flag {
+			t.Errorf("sync=%s: open flags %#x lack %#x (%v)", c.v, fl, c.flag, err)
+		}
+	}
+	mustRun(t, mustParse(t, "--name=s", "--filename="+file, "--size=64k", "--rw=write", "--ioengine=ringblk", "--sync=1"))
+	if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\nsync=maybe\n"); err == nil || !strings.Contains(err.Error(), "j.fio:3") {
+		t.Errorf("sync=maybe: %v", err)
 	}
 }
