@@ -566,3 +566,21 @@ func TestSyncIO(t *testing.T) {
 		t.Errorf("sync=maybe: %v", err)
 	}
 }
+
+// TestHeaderWording: fio's "..." line under a job with numjobs > 1 and
+// its "Starting N processes" / "threads" wording.
+func TestHeaderWording(t *testing.T) {
+	spec, err := ParseJobText("h.fio", "[a]\nfilename=/tmp/x\nnumjobs=3\n[b]\nfilename=/tmp/x\nthread\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	WriteHeader(&b, spec)
+	lines := strings.Split(b.String(), "\n")
+	if len(lines) < 5 || lines[1] != "..." || !strings.HasPrefix(lines[2], "b: ") || lines[4] != "Starting 1 thread and 3 processes" {
+		t.Errorf("header %q", b.String())
+	}
+	if got := startingLine(0, 1); got != "Starting 1 process" {
+		t.Errorf("%q", got)
+	}
+}

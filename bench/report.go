@@ -80,10 +80,14 @@ func WriteNormal(out io.Writer, res *Result) {
 
 // WriteHeader writes the lines fio prints before a run.
 func WriteHeader(out io.Writer, spec *Spec) {
-	threads := 0
-	for _, gj := range groups(spec.Jobs) {
-		for _, j := range gj {
+	// fio counts the clones of thread=1 jobs as threads, the others as
+	// processes (bench runs every clone on a thread either way).
+	threads, procs := 0, 0
+	for _, j := range spec.Jobs {
+		if j.Thread {
 			threads += j.NumJobs
+		} else {
+			procs += j.NumJobs
 		}
 	}
 	gid := 0
@@ -101,14 +105,32 @@ func WriteHeader(out io.Writer, spec *Spec) {
 			}
 			fmt.Fprintf(out, "%s: (g=%d): rw=%s, bs=(R) %s, (W) %s, (T) %s, ioengine=%s, iodepth=%d\n",
 				j.Name, gid, j.RW, bs(DirRead), bs(DirWrite), bs(DirWrite), eng, j.IODepth)
+			if j.NumJobs > 1 {
+				fmt.Fprintln(out, "...") // fio's mark for the job's clones
+			}
 		}
 	}
 	fmt.Fprintln(out, Version)
-	plural := "s"
-	if threads == 1 {
-		plural = ""
+	fmt.Fprintln(out, startingLine(threads, procs))
+}
+
+// startingLine is fio's "Starting N threads and M processes" line.
+func startingLine(threads, procs int) string {
+	t := fmt.Sprintf("%d thread", threads)
+	if threads != 1 {
+		t += "s"
 	}
-	fmt.Fprintf(out, "Starting %d thread%s\n", threads, plural)
+	p := fmt.Sprintf("%d process", procs)
+	if procs != 1 {
+		p += "es"
+	}
+	switch {
+	case threads > 0 && procs > 0:
+		return "Starting " + t + " and " + p
+	case threads > 0:
+		return "Starting " + t
+	}
+	return "Starting " + p
 }
 
 func writeEntry(out io.Writer, e *entry) {
