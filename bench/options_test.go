@@ -584,3 +584,24 @@ func TestHeaderWording(t *testing.T) {
 		t.Errorf("%q", got)
 	}
 }
+
+// TestZoneResetsLine: the write line ends with fio's "; 0 zone resets",
+// the read line does not.
+func TestZoneResetsLine(t *testing.T) {
+	dir := benchDir(t)
+	res := mustRun(t, mustParse(t, "--name=z", "--filename="+filepath.Join(dir, "f"), "--size=64k", "--ioengine=psync", "--rw=rw"))
+	var b bytes.Buffer
+	WriteNormal(&b, res)
+	var rd, wr string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "  read: ") {
+			rd = l
+		}
+		if strings.HasPrefix(l, "  write: ") {
+			wr = l
+		}
+	}
+	if !strings.HasSuffix(wr, "msec); 0 zone resets") || strings.Contains(rd, "zone") || rd == "" {
+		t.Errorf("read line %q, write line %q", rd, wr)
+	}
+}

@@ -151,8 +151,14 @@ func writeEntry(out io.Writer, e *entry) {
 		if ds.ios == 0 {
 			continue
 		}
-		fmt.Fprintf(out, "  %s: IOPS=%s, BW=%s(%sB/%dmsec)\n", label, num2str(e.iops(d), 4, false),
-			bwStr(e.bwBytes(d)), num2str(float64(ds.bytes), 4, true), e.runtimeMs)
+		// fio ends the write line with its zone reset count (always 0
+		// here: no zoned devices).
+		zones := ""
+		if d == DirWrite {
+			zones = "; 0 zone resets"
+		}
+		fmt.Fprintf(out, "  %s: IOPS=%s, BW=%s(%sB/%dmsec)%s\n", label, num2str(e.iops(d), 4, false),
+			bwStr(e.bwBytes(d)), num2str(float64(ds.bytes), 4, true), e.runtimeMs, zones)
 		if ds.slat.n > 0 {
 			writeLat(out, "    slat", &ds.slat)
 		}
