@@ -116,12 +116,12 @@ func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 		cfg.Output = val
 	case "output-format":
 		switch val {
-		case "normal", "json":
+		case "normal", "json", "json+":
 			cfg.Format = val
-		case "json+", "terse":
-			return fmt.Errorf("--output-format=%s is a fio format that ringblk bench does not implement (normal, json)", val)
+		case "terse":
+			return fmt.Errorf("--output-format=%s is a fio format that ringblk bench does not implement (normal, json, json+)", val)
 		default:
-			return fmt.Errorf("--output-format=%s: want normal or json", val)
+			return fmt.Errorf("--output-format=%s: want normal, json or json+", val)
 		}
 	case "eta":
 		switch val {
@@ -166,7 +166,8 @@ drives the block layer.
 
 Command flags:
   --output=FILE           write the report to FILE instead of stdout
-  --output-format=FMT     normal (fio's human report) or json (fio 3.33's JSON)
+  --output-format=FMT     normal (fio's human report), json (fio 3.33's JSON)
+                          or json+ (the JSON with latency histogram bins)
   --eta=WHEN              live status line: auto (when stdout is a terminal),
                           always (on stderr when stdout is not a terminal), never
   --compare               run the job with ringblk and, where installed, fio
@@ -272,8 +273,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	if cfg.Format == "json" {
-		err = WriteJSON(out, res)
+	if cfg.Format == "json" || cfg.Format == "json+" {
+		if cfg.Format == "json+" {
+			err = WriteJSONPlus(out, res)
+		} else {
+			err = WriteJSON(out, res)
+		}
 		writeMismatches(stderr, res)
 	} else {
 		WriteNormal(out, res)

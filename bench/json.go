@@ -73,11 +73,17 @@ func writeJSONString(b *bytes.Buffer, s string) {
 // WriteJSON writes res as fio 3.33's --output-format=json: the same keys,
 // the same units (bw in KiB/s, runtime in ms, latencies in ns, percentile
 // keys "%f"), option values as strings.
-func WriteJSON(out io.Writer, res *Result) error {
+func WriteJSON(out io.Writer, res *Result) error { return writeJSON(out, res, false) }
+
+// WriteJSONPlus writes fio's --output-format=json+: the JSON with each
+// reported latency histogram's bins ("bins": value in ns → count).
+func WriteJSONPlus(out io.Writer, res *Result) error { return writeJSON(out, res, true) }
+
+func writeJSON(out io.Writer, res *Result, plus bool) error {
 	es := entries(res)
 	var jobs []obj
 	for _, e := range es {
-		jobs = append(jobs, jsonEntry(e))
+		jobs = append(jobs, jsonEntry(e, plus))
 	}
 	top := obj{
 		{"fio version", "fio-3.33"},
@@ -137,7 +143,7 @@ func fioOptionName(k string) string {
 	return k
 }
 
-func jsonEntry(e *entry) obj {
+func jsonEntry(e *entry, plus bool) obj {
 	var jobRuntime int64
 	for _, w := range e.clones {
 		jobRuntime += (w.measureEnd - w.measureStart) / 1e6
@@ -149,10 +155,10 @@ func jsonEntry(e *entry) obj {
 		{"eta", 0},
 		{"elapsed", int64(math.Round(e.elapsed.Seconds()))},
 		{"job options", optionsObj(e.job.Options)},
-		{"read", jsonDir(e, DirRead)},
-		{"write", jsonDir(e, DirWrite)},
-		{"trim", jsonDir(e, -1)},
-		{"sync", obj{{"total_ios", e.sync.n}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job))}}},
+		{"read", jsonDir(e, DirRead, plus)},
+		{"write", jsonDir(e, DirWrite, plus)},
+		{"trim", jsonDir(e, -1, plus)},
+		{"sync", obj{{"total_ios", e.sync.n}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job), plus)}}},
 		{"job_runtime", jobRuntime},
 		{"usr_cpu", e.usrPct},
 		{"sys_cpu", e.sysPct},
@@ -197,7 +203,7 @@ func bucketObj(bounds []int64, pcts []float64) obj {
 }
 
 // latObj is {min, max, mean, stddev, N[, percentile]}.
-func latObj(s *latStat, pcts []float64) obj {
+func latObj(s *latStat, pcts []float64, plus bool) obj {
 	if s == nil || s.n == 0 {
 		return obj{{"min", 0}, {"max", 0}, {"mean", 0.0}, {"stddev", 0.0}, {"N", 0}}
 	}
@@ -209,6 +215,19 @@ func latObj(s *latStat, pcts []float64) obj {
 			p[i] = kv{strconv.FormatFloat(pcts[i], 'f', 6, 64), v}
 		}
 		o = append(o, kv{"percentile", p})
+		if plus && s.h != nil {
+			// json+: the histogram's buckets, as fio's "bins".
+			var bins obj
+			for _, bar := range s.h.Distribution() {
+				if bar.Count > 0 {
+					bins = append(bins, kv{strconv.FormatInt(bar.From, 10), bar.Count})
+				}
+			}
+			if bins == nil {
+				bins = obj{}
+			}
+			o = append(o, kv{"bins", bins})
+		}
 	}
 	return o
 }
@@ -221,7 +240,7 @@ func pctsIf(on bool, j *Job) []float64 {
 }
 
 // jsonDir is one direction; d < 0 is the (always empty) trim.
-func jsonDir(e *entry, d int) obj {
+func jsonDir(e *entry, d int, plus bool) obj {
 	var ds *dirStats
 	var bwBytes, iops float64
 	var runtime int64
@@ -249,9 +268,9 @@ func jsonDir(e *entry, d int) obj {
 		{"total_ios", ds.ios},
 		{"short_ios", 0},
 		{"drop_ios", 0},
-		{"slat_ns", latObj(&ds.slat, nil)},
-		{"clat_ns", latObj(&ds.clat, pctsIf(e.job.ClatPercentiles, e.job))},
-		{"lat_ns", latObj(&ds.lat, pctsIf(e.job.LatPercentiles, e.job))},
+		{"slat_ns", latObj(&ds.slat, nil, plus)},
+		{"clat_ns", latObj(&ds.clat, pctsIf(e.job.ClatPercentiles, e.job), plus)},
+		{"lat_ns", latObj(&ds.lat, pctsIf(e.job.LatPercentiles, e.job), plus)},
 		{"bw_min", uint64(ds.bw.min)},
 		{"bw_max", uint64(ds.bw.max)},
 		{"bw_agg", agg},

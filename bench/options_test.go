@@ -605,3 +605,34 @@ func TestZoneResetsLine(t *testing.T) {
 		t.Errorf("read line %q, write line %q", rd, wr)
 	}
 }
+
+// TestJSONPlus: --output-format=json+ adds fio's "bins" to each latency
+// series that reports percentiles, counting every I/O.
+func TestJSONPlus(t *testing.T) {
+	dir := benchDir(t)
+	out := filepath.Join(dir, "p.json")
+	var so, se bytes.Buffer
+	if code := Main([]string{"--output-format=json+", "--output=" + out, "--name=p", "--filename=" + filepath.Join(dir, "f"), "--size=64k", "--ioengine=psync"}, &so, &se); code != 0 {
+		t.Fatalf("exit %d: %s", code, se.String())
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]any
+	if err := json.Unmarshal(data, &top); err != nil {
+		t.Fatal(err)
+	}
+	rd := top["jobs"].([]any)[0].(map[string]any)["read"].(map[string]any)
+	bins, ok := rd["clat_ns"].(map[string]any)["bins"].(map[string]any)
+	total := 0.0
+	for _, c := range bins {
+		total += c.(float64)
+	}
+	if !ok || total != 16 {
+		t.Errorf("clat bins %v (total %v), want 16 I/Os", bins, total)
+	}
+	if _, ok := rd["lat_ns"].(map[string]any)["bins"]; ok {
+		t.Error("lat_ns has bins without lat percentiles")
+	}
+}
