@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"sort"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Config is a parsed command line.
@@ -269,7 +271,21 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		out.Write(buf.Bytes())
 		buf.Reset()
 	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	stopWatch := make(chan struct{})
+	go func() {
+		select {
+		case <-sigs:
+			fmt.Fprintln(stderr, "ringblk bench: terminate signal received")
+			interrupted.Store(true)
+		case <-stopWatch:
+		}
+	}()
 	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: stderr})
+	signal.Stop(sigs)
+	close(stopWatch)
+	interrupted.Store(false)
 	if err != nil {
 		return fail(err)
 	}

@@ -636,3 +636,31 @@ func TestJSONPlus(t *testing.T) {
 		t.Error("lat_ns has bins without lat percentiles")
 	}
 }
+
+// TestInterruptReports: Ctrl-C (SIGINT) during a run stops the clones and
+// still writes the report, as fio does.
+func TestInterruptReports(t *testing.T) {
+	dir := benchDir(t)
+	var so, se bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main([]string{"--name=i", "--filename=" + filepath.Join(dir, "f"), "--size=1m", "--ioengine=psync",
+			"--runtime=30", "--time_based", "--output-format=json"}, &so, &se)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for liveIOs() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 || !strings.Contains(so.String(), `"jobname" : "i"`) {
+			t.Errorf("exit %d, report %.200q, stderr %q", code, so.String(), se.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not stop on SIGINT")
+	}
+}

@@ -191,6 +191,13 @@ func (w *worker) tick(now int64) {
 	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
 		w.stopIssuing = true
 	}
+	if interrupted.Load() && !w.stopIssuing {
+		// Ctrl-C: stop as at the deadline; the report is still written.
+		w.stopIssuing = true
+		if w.phase == phaseVerify {
+			w.verifyNext = len(w.ver.written)
+		}
+	}
 }
 
 // sample closes a bw/iops window.
@@ -395,6 +402,11 @@ func (w *worker) account(s *dirStats, u *unit, now int64) {
 		w.logs.io(now, int(u.dir), u.n, u.off, clat, lat)
 	}
 }
+
+// interrupted is set by SIGINT/SIGTERM during a run (Main): every clone
+// stops issuing, finishes what is in flight, and the report is written
+// with what was measured, as fio does on Ctrl-C.
+var interrupted atomic.Bool
 
 // errVerify is the job error of a verify failure (fio reports EILSEQ,
 // err=84).
