@@ -16,7 +16,10 @@ func TestCommandsSimpleAndStructured(t *testing.T) {
 		if cl.size != testSize {
 			t.Fatalf("size %d", cl.size)
 		}
-		want := tflagHasFlags | tflagFlush | tflagFUA | tflagTrim | tflagZeroes | tflagMultiConn | tflagCache | tflagFastZero | tflagDF
+		want := tflagHasFlags | tflagFlush | tflagFUA | tflagTrim | tflagZeroes | tflagMultiConn | tflagCache | tflagFastZero
+		if structured {
+			want |= tflagDF
+		}
 		if cl.flags != want {
 			t.Fatalf("flags %#x, want %#x", cl.flags, want)
 		}

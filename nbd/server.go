@@ -131,8 +131,13 @@ func (e *Export) DrainedEnd() {
 	e.mu.Unlock()
 }
 
-func (e *Export) flags() uint16 {
-	f := tflagHasFlags | tflagFlush | tflagFUA | tflagCache | tflagDF
+// flags returns the transmission flags for a client; DF only when it
+// negotiated structured replies (the protocol requires it clear otherwise).
+func (e *Export) flags(structured bool) uint16 {
+	f := tflagHasFlags | tflagFlush | tflagFUA | tflagCache
+	if structured {
+		f |= tflagDF
+	}
 	if e.opts.ReadOnly {
 		f |= tflagReadOnly
 	} else {
@@ -427,7 +432,7 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 			n.meta = nil
 		}
 		b := binary.BigEndian.AppendUint64(nil, uint64(e.size))
-		b = binary.BigEndian.AppendUint16(b, e.flags())
+		b = binary.BigEndian.AppendUint16(b, e.flags(n.structured))
 		if !n.noZeroes {
 			b = append(b, make([]byte, 124)...)
 		}
@@ -493,7 +498,7 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 func (n *negotiator) sendInfo(opt uint32, x *Export, ir infoRequest) error {
 	b := binary.BigEndian.AppendUint16(nil, infoExport)
 	b = binary.BigEndian.AppendUint64(b, uint64(x.size))
-	b = binary.BigEndian.AppendUint16(b, x.flags())
+	b = binary.BigEndian.AppendUint16(b, x.flags(n.structured))
 	if err := n.reply(opt, repInfo, b); err != nil {
 		return err
 	}
