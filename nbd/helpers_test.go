@@ -179,7 +179,14 @@ func metaData(name string, queries ...string) []byte {
 // meta contexts when asked.
 func dial(t *testing.T, sock, name string, structured bool, meta ...string) *client {
 	t.Helper()
-	c := dialRaw(t, sock)
+	return dialConn(t, dialRaw(t, sock), name, structured, meta...)
+}
+
+func errf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// dialConn negotiates on an open connection.
+func dialConn(t *testing.T, c net.Conn, name string, structured bool, meta ...string) *client {
+	t.Helper()
 	greet(t, c)
 	if structured {
 		c.Write(optBytes(optStructured, nil))
@@ -386,4 +393,3 @@ func expectClosed(t *testing.T, c net.Conn, what string) {
 	}
 }
 
-var _ = fmt.Sprintf
