@@ -392,4 +392,3 @@ func expectClosed(t *testing.T, c net.Conn, what string) {
 		}
 	}
 }
-
