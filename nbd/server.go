@@ -191,8 +191,9 @@ type Server struct {
 	Logger *slog.Logger
 	// HandshakeTimeout bounds the option haggling phase (0: 30s).
 	HandshakeTimeout time.Duration
-	// OneShot makes Serve return after the first client disconnects
-	// (qemu-nbd without --persistent).
+	// OneShot closes Served once a client has connected and the last
+	// client (handshake or transmission) has gone (qemu-nbd without
+	// --persistent).
 	OneShot bool
 
 	mu        sync.Mutex
@@ -200,9 +201,10 @@ type Server struct {
 	listeners []net.Listener
 	handshake sync.WaitGroup
 	closed    bool
-	served    chan struct{} // OneShot: closed when a client finished
+	served    chan struct{} // OneShot: closed when the last client left
 	once      sync.Once
 	clients   atomic.Int64
+	active    atomic.Int64 // accepted connections not yet closed
 }
 
 // NewServer returns a server with no exports.
@@ -244,7 +246,7 @@ func (s *Server) logf(msg string, args ...any) {
 	}
 }
 
-// Served is closed when a OneShot server's client has disconnected.
+// Served is closed when a OneShot server's last client has disconnected.
 func (s *Server) Served() <-chan struct{} { return s.served }
 
 // Serve accepts clients on l until Close. Each client's handshake runs on
@@ -272,6 +274,7 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			return err
 		}
+		s.active.Add(1)
 		s.handshake.Add(1)
 		go func() {
 			defer s.handshake.Done()
@@ -329,8 +332,9 @@ func (s *Server) negotiate(nc net.Conn) {
 	}
 }
 
+// oneShotDone counts a connection closed.
 func (s *Server) oneShotDone() {
-	if s.OneShot {
+	if s.active.Add(-1) == 0 && s.OneShot {
 		s.once.Do(func() { close(s.served) })
 	}
 }
