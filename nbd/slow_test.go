@@ -1,0 +1,80 @@
+package nbd
+
+import (
+	"bytes"
+	"testing"
+	"time"
+)
+
+// TestSlowClientBounded: a client that sends many large reads and never
+// reads the replies makes the server stop reading its requests once its
+// payload budget is used; the memory it holds stays bounded and other
+// clients keep being served. When it finally reads, every reply comes.
+func TestSlowClientBounded(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	slow := dial(t, e.sock, "", false)
+	const n = 200 // 200 MiB of replies asked for
+	var req []byte
+	for i := 0; i < n; i++ {
+		req = append(req, reqBytes(cmdRead, 0, uint64(i), uint64(i%16)<<20, 1<<20)...)
+	}
+	if _, err := slow.c.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	other := dial(t, e.sock, "", true)
+	for i := 0; i < 20; i++ {
+		d := pattern(4096, byte(i))
+		other.send(cmdWrite, 0, 1, 0, 4096, d)
+		if ev := other.simple(1); ev != 0 {
+			t.Fatal(ev)
+		}
+		got, _, _ := other.read(2, 0, 4096, 0)
+		if !bytes.Equal(got, d) {
+			t.Fatal("other client: wrong data")
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	var held, maxHeld int64
+	var busy int
+	e.g.Control(func() {
+		e.exp.mu.Lock()
+		defer e.exp.mu.Unlock()
+		for c := range e.exp.conns {
+			if c.held > held {
+				held, busy = c.held, c.busy
+			}
+			for i := range c.slots {
+				maxHeld += int64(cap(c.slots[i].buf))
+			}
+		}
+	})
+	if held > budget+MaxPayload || maxHeld > 2*(budget+MaxPayload) {
+		t.Fatalf("slow client holds %d bytes of payload (%d buffered), bound %d", held, maxHeld, budget+MaxPayload)
+	}
+	if busy == 0 {
+		t.Fatal("slow client has nothing in flight: the test did not stall it")
+	}
+	for i := 0; i < n; i++ {
+		ch := slow.readChunk()
+		if ch.err != 0 {
+			t.Fatalf("reply %d: %d", i, ch.err)
+		}
+		buf := make([]byte, 1<<20)
+		if _, err := readFull(slow, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func readFull(cl *client, b []byte) (int, error) {
+	cl.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	n := 0
+	for n < len(b) {
+		k, err := cl.c.Read(b[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
