@@ -141,13 +141,18 @@ func startConn(s *Server, e *Export, nc net.Conn, structured bool, meta []uint32
 	c.readBH = c.ctx.NewBH(c.readLoop)
 	c.flushBH = c.ctx.NewBH(c.flush)
 	c.shutdownBH = c.ctx.NewBH(c.shutdown)
-	if max := e.opts.MaxConnections; max > 0 && e.Connections() >= max {
+	refuse := func(err error) error {
+		c.readBH.Delete()
+		c.flushBH.Delete()
+		c.shutdownBH.Delete()
 		c.file.Close()
-		return fmt.Errorf("export %q already has %d clients (the limit)", e.opts.Name, max)
+		return err
+	}
+	if max := e.opts.MaxConnections; max > 0 && e.Connections() >= max {
+		return refuse(fmt.Errorf("export %q already has %d clients (the limit)", e.opts.Name, max))
 	}
 	if !e.addConn(c) {
-		c.file.Close()
-		return fmt.Errorf("export %q is closing", e.opts.Name)
+		return refuse(fmt.Errorf("export %q is closing", e.opts.Name))
 	}
 	s.clients.Add(1)
 	c.readBH.Schedule()
@@ -842,11 +847,14 @@ func (c *conn) maybeFinish() {
 		return
 	}
 	c.finished = true
+	// Leave the export's set first: Close and DrainedEnd schedule the
+	// BHs of the connections in it, which must not be deleted yet.
+	c.e.unlistConn(c)
 	c.readBH.Delete()
 	c.flushBH.Delete()
 	c.shutdownBH.Delete()
 	c.file.Close()
-	c.e.removeConn(c)
+	c.e.wg.Done()
 	c.s.clients.Add(-1)
 	c.s.oneShotDone()
 }

@@ -162,11 +162,12 @@ func (e *Export) addConn(c *conn) bool {
 	return true
 }
 
-func (e *Export) removeConn(c *conn) {
+// unlistConn removes c from the set Close and DrainedEnd walk; the
+// connection then calls e.wg.Done once its BHs are gone.
+func (e *Export) unlistConn(c *conn) {
 	e.mu.Lock()
 	delete(e.conns, c)
 	e.mu.Unlock()
-	e.wg.Done()
 }
 
 // Close disconnects every client (requests in flight complete first),

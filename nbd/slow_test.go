@@ -78,3 +78,34 @@ func readFull(cl *client, b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// TestCloseWhileClientsLeave: Export.Close and drained_end schedule the
+// BHs of the connections in the export's set, under its lock, while some
+// connections are finishing (DISC). A finishing connection must leave the
+// set before it deletes its BHs. The test holds the lock while the
+// clients disconnect, then does what Close and DrainedEnd do.
+func TestCloseWhileClientsLeave(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	var cls []*client
+	for i := 0; i < 4; i++ {
+		cls = append(cls, dial(t, e.sock, "", false))
+	}
+	for e.exp.Connections() != len(cls) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	func() {
+		e.exp.mu.Lock()
+		defer e.exp.mu.Unlock()
+		for _, cl := range cls {
+			cl.send(cmdDisc, 0, 1, 0, 0, nil)
+		}
+		time.Sleep(200 * time.Millisecond) // the connections reach their end
+		for c := range e.exp.conns {
+			c.readBH.Schedule()
+			c.shutdownBH.Schedule()
+		}
+	}()
+	for _, cl := range cls {
+		expectClosed(t, cl.c, "after DISC")
+	}
+}
