@@ -210,3 +210,24 @@ func TestResizeHelp(t *testing.T) {
 		t.Errorf("resize --help: exit %d stderr %q stdout %q", code, errs, out)
 	}
 }
+
+// TestResizeQcow2HidesBacking (issue 14 item 4): growing an overlay over a
+// backing file longer than the old size must not expose the backing
+// file's bytes in the new area. Raw base of 0xff, 512k overlay, resize to
+// 1M: qemu-io must read zeros past 512k, as after qemu-img resize.
+func TestResizeQcow2HidesBacking(t *testing.T) {
+	needQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "base.raw", "1M")
+	if _, _, code := qemuIO(t, "-f", "raw", "-c", "write -P 0xff 0 1M", "base.raw"); code != 0 {
+		t.Fatal("qemu-io: cannot fill the base")
+	}
+	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2", "512k")
+	if out, errs, code := ours(resizeCmd, "ov.qcow2", "1M"); code != 0 {
+		t.Fatalf("resize: exit %d %q %q", code, out, errs)
+	}
+	if out, _, code := qemuIO(t, "-f", "qcow2", "-c", "read -P 0 512k 512k", "-c", "read -P 0xff 0 512k", "ov.qcow2"); code != 0 || strings.Contains(out, "failed") {
+		t.Errorf("after resize:\n%s", out)
+	}
+	mustQemu(t, "qemu-img", "check", "-q", "ov.qcow2")
+}

@@ -32,9 +32,18 @@ func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int6
 		d.mu.Unlock()
 		return nil, ti, bi, errNoSpace
 	}
+	var derr error
+	if d.damage != nil {
+		derr = d.damage.RTDamage(ti)
+	}
 	off := int64(d.rt[ti])
 	rb = d.rb[off]
 	d.mu.Unlock()
+	if derr != nil {
+		// Allocating or freeing here would trust (or write) a refcount
+		// block that is not one.
+		return nil, ti, bi, d.markDamaged(co, derr, false)
+	}
 	if off == 0 || rb != nil {
 		return rb, ti, bi, nil
 	}
@@ -68,6 +77,10 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 		}
 		if err != nil {
 			return 0, err
+		}
+		if _, bogus := d.damageTargets[idx*cs]; bogus {
+			d.freeIdx = idx + 1 // pointed at by a damaged entry: never handed out
+			continue
 		}
 		if rb == nil {
 			// No refcount block: every cluster it would cover is free.
@@ -195,8 +208,15 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 		d.mu.Unlock()
 		return nil, 0, corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
 	}
+	var derr error
+	if d.damage != nil {
+		derr = d.damage.L1Damage(l1i)
+	}
 	l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
 	d.mu.Unlock()
+	if derr != nil {
+		return nil, 0, d.markDamaged(co, derr, true)
+	}
 	if err != nil {
 		return nil, 0, withField(err, indexed("l1_table", uint64(l1i)))
 	}

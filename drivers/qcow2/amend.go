@@ -190,6 +190,12 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 	if d.lazy.needRepair {
 		return errNeedsRepair
 	}
+	d.mu.Lock()
+	derr := d.damagedLocked()
+	d.mu.Unlock()
+	if derr != nil {
+		return derr
+	}
 
 	// Checks done; apply. The size first (it rewrites only the size
 	// field), then the data changes a downgrade needs, then one header.
@@ -206,6 +212,29 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 		}
 		if err := d.expandZeroClusters(co); err != nil {
 			return err
+		}
+	}
+	if newVer == 3 && ver == 2 {
+		// Version 3 requires every snapshot entry to carry the 64-bit VM
+		// state size and the disk size (16 bytes of extra data); version
+		// 2 entries may have none, and qemu-img check calls such a v3
+		// image corrupt. Like QEMU's upgrade, write the table back in the
+		// full form first (still valid for version 2 if we crash before
+		// the header switch).
+		d.mu.Lock()
+		snaps := d.snaps
+		d.mu.Unlock()
+		short := false
+		for i := range snaps {
+			short = short || snaps[i].ExtraDataSize < 16
+		}
+		if short {
+			if err := d.prepareWrite(co, nil); err != nil {
+				return err
+			}
+			if err := d.writeSnapshotTable(co, normalizedSnapshots(snaps, d.geo.Size)); err != nil {
+				return err
+			}
 		}
 	}
 	// Everything (refcount blocks included) durable before the header

@@ -3,7 +3,9 @@ package qcow2
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -212,5 +214,59 @@ func TestQcow2AmendKeepsBitmaps(t *testing.T) {
 	}
 	if info := qemuImg(t, "info", img); !bytes.Contains(info, []byte("name: b0")) {
 		t.Errorf("qemu-img info lost the bitmap:\n%s", info)
+	}
+}
+
+// TestQcow2AmendUpgradeShortSnapshots (issue 14): a version 2 image whose
+// snapshot entries carry less than the 16 bytes of extra data version 3
+// requires. After amend compat=1.1, qemu-img check must find the image
+// clean (it calls such entries corrupt), as after qemu-img amend, and the
+// snapshot must still restore its data.
+func TestQcow2AmendUpgradeShortSnapshots(t *testing.T) {
+	needQemu(t)
+	for _, extra := range []uint32{0, 8} {
+		t.Run(fmt.Sprint("extra-", extra), func(t *testing.T) {
+			dir := t.TempDir()
+			img := filepath.Join(dir, "v2.qcow2")
+			qemuCreate(t, img, "compat=0.10", 1<<20)
+			qemuIO(t, img, "write -P 1 0 64k")
+			qemuImg(t, "snapshot", "-c", "s1", img)
+			qemuIO(t, img, "write -P 2 0 64k")
+			qemuImg(t, "snapshot", "-c", "s2", img)
+			shortSnapshotExtra(extra)(t, img)
+			qemuCheck(t, img) // fine for version 2
+			theirs := filepath.Join(dir, "theirs.qcow2")
+			copyFile(t, img, theirs)
+			qemuImg(t, "amend", "-o", "compat=1.1", theirs)
+			qemuCheck(t, theirs) // the oracle
+
+			e := newTestEnv(t)
+			n := e.mustOpen(img, false)
+			if err := Amend(n, AmendOptions{Version: 3}); err != nil {
+				t.Fatalf("amend: %v", err)
+			}
+			n.Unref()
+			if out, err := exec.Command("qemu-img", "check", img).CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img check after our upgrade: %v\n%s", err, out)
+			}
+			im, err := openFile(t, img, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if im.Header.Version != 3 {
+				t.Fatalf("version %d after the upgrade", im.Header.Version)
+			}
+			for i, s := range im.Snapshots {
+				if s.ExtraDataSize < 16 || s.DiskSize != 1<<20 {
+					t.Errorf("snapshot %d: extra data %d, disk size %d", i, s.ExtraDataSize, s.DiskSize)
+				}
+			}
+			res, err := im.Check()
+			if err != nil || res.Corruptions != 0 {
+				t.Errorf("our check after the upgrade: %+v %v", res, err)
+			}
+			qemuImg(t, "snapshot", "-a", "s1", img)
+			qemuIO(t, img, "read -P 1 0 64k")
+		})
 	}
 }

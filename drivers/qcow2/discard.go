@@ -69,8 +69,11 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
-	if err := d.zeroRangeLocked(co, r, r.Off, r.Len, m); err != nil {
+	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
 		return err
+	}
+	if err := d.zeroRangeLocked(co, r, r.Off, r.Len, m); err != nil {
+		return d.damagedWriteErr(co, err)
 	}
 	if d.needFlush() {
 		return d.flushMetadata(co, r)

@@ -116,8 +116,14 @@ type Driver struct {
 	cowPending   bool           // data or COW written since the last fsync (R4)
 	freeIdx      int64          // first cluster index that may be free
 	corruptErr   error          // set once an overlap check fired: every request fails
-	headerReady  bool           // R10 done: autoclear bits cleared before the first write
-	lazy         lazyState      // lazy refcounts and the dirty bit (lazy.go)
+	// damage describes the L1 and refcount table entries found damaged at
+	// open (nil: none); see damage.go.
+	damage *Image
+	// damageTargets holds the clusters damaged entries point into; the
+	// allocator skips them (damage.go).
+	damageTargets map[int64]struct{}
+	headerReady   bool      // R10 done: autoclear bits cleared before the first write
+	lazy          lazyState // lazy refcounts and the dirty bit (lazy.go)
 
 	metaLock coMutex
 	// inflight maps guest cluster indexes to the allocating write that is
@@ -237,6 +243,7 @@ func (d *Driver) Open(n *block.Node) error {
 	}
 	d.hdr, d.geo, d.l1, d.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
 	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.setDamage(im)
 	d.initLazy()
 	// The L1 table may be longer than the disk needs; never map past it.
 	if err := d.initL2(); err != nil {
@@ -263,13 +270,14 @@ func (d *Driver) Open(n *block.Node) error {
 // REQUIRES: mu held, or the driver not yet shared (Open).
 func (d *Driver) resetMetaClusters() {
 	d.metaClusters = make(map[int64]struct{})
-	for _, e := range d.l1 {
-		if off := int64(e & offsetMask); off != 0 {
+	dm := d.damage
+	for i, e := range d.l1 {
+		if off := int64(e & offsetMask); off != 0 && (dm == nil || !dm.DamagedL1.Has(int64(i))) {
 			d.metaClusters[off] = struct{}{}
 		}
 	}
-	for _, e := range d.rt {
-		if e != 0 {
+	for i, e := range d.rt {
+		if e != 0 && (dm == nil || !dm.DamagedRT.Has(int64(i))) {
 			d.metaClusters[int64(e)] = struct{}{}
 		}
 	}

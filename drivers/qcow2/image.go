@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 )
 
 // Options tune ReadImage. The zero value is a read-only open with the
@@ -48,6 +49,14 @@ type Image struct {
 	// Snapshots is the snapshot table; SnapshotTableSize its size in bytes.
 	Snapshots         []Snapshot
 	SnapshotTableSize int64
+	// DamagedL1 and DamagedRT are the active L1 and refcount table
+	// entries that failed validation (reserved bits, an unaligned
+	// offset, a table or block past the end of the file). The image is
+	// opened degraded, as QEMU does: everything else reads normally,
+	// lookups through a damaged entry fail, Check reports the damage and
+	// the driver refuses writes that would touch it (docs/design/
+	// qcow2-repair.md, "Degraded open").
+	DamagedL1, DamagedRT EntrySet
 
 	r io.ReaderAt
 	// Progress, when set, is called by Check as it goes with the work
@@ -122,7 +131,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	}
 	for i, e := range im.L1 {
 		if _, _, err := g.DecodeL1Entry(e); err != nil {
-			return nil, withField(err, indexed("l1_table", uint64(i)))
+			im.DamagedL1.add(int64(i), len(im.L1))
 		}
 	}
 
@@ -139,7 +148,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	}
 	for i, e := range im.RefcountTable {
 		if _, err := g.DecodeRefcountTableEntry(e); err != nil {
-			return nil, withField(err, indexed("refcount_table", uint64(i)))
+			im.DamagedRT.add(int64(i), len(im.RefcountTable))
 		}
 	}
 
@@ -300,25 +309,26 @@ func (im *Image) checkOverlaps() error {
 
 	// Single clusters: tag L2 offsets with 0 and refcount blocks with 1 in
 	// the (always zero) low bit.
+	// Damaged entries are left out: they are never followed.
 	n := 0
-	for _, e := range im.L1 {
-		if e&offsetMask != 0 {
+	for i, e := range im.L1 {
+		if e&offsetMask != 0 && !im.DamagedL1.Has(int64(i)) {
 			n++
 		}
 	}
-	for _, e := range im.RefcountTable {
-		if e != 0 {
+	for i, e := range im.RefcountTable {
+		if e != 0 && !im.DamagedRT.Has(int64(i)) {
 			n++
 		}
 	}
 	singles := make([]uint64, 0, n)
-	for _, e := range im.L1 {
-		if off := e & offsetMask; off != 0 {
+	for i, e := range im.L1 {
+		if off := e & offsetMask; off != 0 && !im.DamagedL1.Has(int64(i)) {
 			singles = append(singles, off)
 		}
 	}
-	for _, e := range im.RefcountTable {
-		if e != 0 {
+	for i, e := range im.RefcountTable {
+		if e != 0 && !im.DamagedRT.Has(int64(i)) {
 			singles = append(singles, e|1)
 		}
 	}
@@ -372,6 +382,11 @@ func (im *Image) checkMetadataRefcounts() error {
 	cs := g.ClusterSize()
 	var cache refblockCache
 	check := func(off int64, what string) error {
+		if ti, _ := g.RefcountIndex(off); im.DamagedRT.Has(ti) {
+			// Not verifiable; the driver refuses any allocation or free
+			// that needs this refcount block.
+			return nil
+		}
 		rc, err := im.refcount(off, &cache)
 		if err != nil {
 			return err
@@ -400,6 +415,19 @@ func (im *Image) checkMetadataRefcounts() error {
 	return nil
 }
 
+// RefblockUnalignedError is the failure to read a refcount through a
+// refcount table entry whose block offset is not cluster aligned (QEMU
+// reports it as an I/O error, after signalling the corruption).
+type RefblockUnalignedError struct{ Index, Offset int64 }
+
+func (e *RefblockUnalignedError) Error() string {
+	return "qcow2: refcount_table[" + strconv.FormatInt(e.Index, 10) + "]: refcount block offset 0x" +
+		strconv.FormatInt(e.Offset, 16) + " not cluster aligned"
+}
+
+// Unwrap makes the error an ErrCorrupt.
+func (e *RefblockUnalignedError) Unwrap() error { return ErrCorrupt }
+
 // refblockCache remembers the last refcount block read.
 type refblockCache struct {
 	off   int64
@@ -421,9 +449,14 @@ func (im *Image) refcount(hostOff int64, c *refblockCache) (uint64, error) {
 	if ti >= int64(len(im.RefcountTable)) {
 		return 0, nil
 	}
-	off, err := g.DecodeRefcountTableEntry(im.RefcountTable[ti])
-	if err != nil || off == 0 {
-		return 0, err
+	// As QEMU reads it: reserved bits are ignored, an unaligned block is
+	// an I/O error, a block past the end of the file reads as zeros.
+	off := int64(im.RefcountTable[ti] &^ reftableReserved)
+	if off == 0 || off >= im.FileSize || off < 0 {
+		return 0, nil
+	}
+	if !g.aligned(uint64(off)) {
+		return 0, &RefblockUnalignedError{Index: ti, Offset: off}
 	}
 	if c.block == nil || c.off != off {
 		if c.block == nil {
@@ -576,4 +609,70 @@ func (im *Image) ReadAt(p []byte, off int64, backing io.ReaderAt) (int, error) {
 		return int(n), io.EOF
 	}
 	return int(n), nil
+}
+
+// EntrySet is a set of table indices (the damaged entries of a table): a
+// bitmap as long as the table, allocated only when the first index is
+// added, so an undamaged image pays nothing and a damaged one at most one
+// bit per entry.
+type EntrySet struct {
+	bits []uint64
+	n    int
+}
+
+func (s *EntrySet) add(i int64, tableLen int) {
+	if s.bits == nil {
+		s.bits = make([]uint64, (tableLen+63)/64)
+	}
+	if !s.Has(i) {
+		s.bits[i/64] |= 1 << (i % 64)
+		s.n++
+	}
+}
+
+// Has reports whether i is in the set.
+func (s *EntrySet) Has(i int64) bool {
+	return s.n > 0 && i >= 0 && i/64 < int64(len(s.bits)) && s.bits[i/64]&(1<<(i%64)) != 0
+}
+
+// Len is the number of indices in the set.
+func (s *EntrySet) Len() int { return s.n }
+
+// First returns the smallest index in the set, or -1.
+func (s *EntrySet) First() int64 {
+	for w, b := range s.bits {
+		if b != 0 {
+			for j := int64(0); j < 64; j++ {
+				if b&(1<<j) != 0 {
+					return int64(w)*64 + j
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// L1Damage returns why active L1 entry i is damaged (nil if it is not).
+func (im *Image) L1Damage(i int64) error {
+	if !im.DamagedL1.Has(i) {
+		return nil
+	}
+	_, _, err := im.Geometry.DecodeL1Entry(im.L1[i])
+	if err == nil {
+		err = corrupt("l1_entry", im.L1[i], "damaged")
+	}
+	return withField(err, indexed("l1_table", uint64(i)))
+}
+
+// RTDamage returns why refcount table entry i is damaged (nil if it is
+// not).
+func (im *Image) RTDamage(i int64) error {
+	if !im.DamagedRT.Has(i) {
+		return nil
+	}
+	_, err := im.Geometry.DecodeRefcountTableEntry(im.RefcountTable[i])
+	if err == nil {
+		err = corrupt("refcount_table_entry", im.RefcountTable[i], "damaged")
+	}
+	return withField(err, indexed("refcount_table", uint64(i)))
 }

@@ -106,6 +106,16 @@ func (d *Driver) flushAllMetadata(co *aio.Co, parent *block.Request) error {
 // block is durable). A dirty bit found at open (CheckOpen without a
 // repair) is left alone. REQUIRES: metaLock held.
 func (d *Driver) closeMetadata(co *aio.Co) error {
+	d.mu.Lock()
+	quiet := d.corruptErr != nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
+		len(d.pendingFrees) == 0 && !d.anyDirtyRefblockLocked()
+	d.mu.Unlock()
+	if quiet {
+		// Marked corrupt, but nothing is waiting to be written: the
+		// failure was reported by the request that caused it, and the
+		// close itself loses nothing.
+		return nil
+	}
 	if err := d.flushAllMetadata(co, nil); err != nil {
 		return err
 	}

@@ -320,6 +320,12 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, 
 			d.mu.Unlock()
 			return dst, err
 		}
+		if d.damage != nil {
+			if err := d.damageInRangeLocked(off, n); err != nil {
+				d.mu.Unlock()
+				return dst[:0], err
+			}
+		}
 		ext, err := Map(dst[:0], &d.geo, d.l1, priv.mapFn(d), off, n)
 		miss := d.missOff
 		d.mu.Unlock()

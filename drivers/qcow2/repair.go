@@ -42,9 +42,13 @@ import (
 // nothing references. A crash part-way leaves leaks or the old structure,
 // never a referenced cluster with refcount 0 that was not already one.
 //
-// Not repaired (the repair refuses and changes nothing): damaged L1/L2
-// entries, references past the end of the file, refcount overflows, and
-// images with persistent bitmaps. Freed clusters are not discarded in the
+// Damaged L1 and refcount table entries are counted as QEMU counts them
+// (checker.walkL1, checkRefblocks): what qemu-img repairs around them is
+// repaired, the damage itself stays (a damaged refcount table entry goes
+// away with the rebuild it forces). Not repaired (the repair refuses and
+// changes nothing): L2 entries the decoder rejects, refcount overflows,
+// and images with persistent bitmaps. The file is never grown to reach a
+// bogus offset. Freed clusters are not discarded in the
 // file (QEMU punches them; the difference is only allocated file space).
 
 // RepairResult is what a repair found and fixed. The embedded CheckResult
@@ -83,6 +87,16 @@ type repairer struct {
 	cur     refblockCache
 	dirty   map[int64][]byte
 	l2Fixed []int64 // L2 tables rewritten with fixed COPIED flags
+
+	// checkSnapshots makes the first scan count incomplete snapshot
+	// table entries (incompleteSnapshots) as corruptions; the caller
+	// (Driver.repair) rewrites the table after the refcount repair, as
+	// QEMU's qcow2_check_fix_snapshot_table does, and settles the counts.
+	checkSnapshots bool
+	snapIncomplete int64
+	scanned        bool
+	signalled      bool // the unaligned-refcount-block event was logged
+	pastEOF        int64
 }
 
 func newRepairer(f repairFile, mode block.CheckMode, log func(string)) *repairer {
@@ -132,24 +146,29 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	r.im = im
 	r.cur = refblockCache{}
 	clear(r.dirty)
+	if r.checkSnapshots && !r.scanned {
+		word := "ERROR"
+		if r.fixErrors {
+			word = "Repairing"
+		}
+		for _, i := range im.incompleteSnapshots() {
+			r.logf(word, " snapshot table entry ", strconv.Itoa(i), " is incomplete")
+			r.snapIncomplete++
+		}
+		r.res.Corruptions += r.snapIncomplete
+	}
+	r.scanned = true
 	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
-	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
+	c := &checker{im: im, res: res, refs: make([]uint32, nb), fixErrors: r.fixErrors}
 	c.countReferences()
-	damaged = res.Corruptions
+	damaged = c.l2Damaged
+	rebuild = c.rebuild
+	r.pastEOF = c.pastEOF
 	rmax := RefcountMax(g.RefcountOrder)
 	for i, n := range c.refs {
 		if uint64(n) > rmax {
 			res.corrupt("overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
 			damaged++
-		}
-	}
-	for i, e := range im.RefcountTable {
-		if e == 0 {
-			continue
-		}
-		if n := c.refs[int64(e)/cs]; n != 1 {
-			res.corrupt("refcount block " + strconv.Itoa(i) + " refcount=" + decUint(uint64(n)))
-			rebuild = true
 		}
 	}
 	for _, m := range res.Messages {
@@ -234,7 +253,16 @@ func (r *repairer) compare(refs []uint32, fixLeaks, fixErrors bool) (highest int
 	for i := int64(0); i < int64(len(refs)); i++ {
 		stored, err := r.refcount(i)
 		if err != nil {
-			r.logf("Can't get refcount for cluster ", decInt(i), ": ", err.Error())
+			msg := err.Error()
+			var ue *RefblockUnalignedError
+			if errors.As(err, &ue) {
+				if !r.signalled {
+					r.signalled = true
+					r.log(qemuCorruptEvent(ue))
+				}
+				msg = "Input/output error"
+			}
+			r.logf("Can't get refcount for cluster ", decInt(i), ": ", msg)
 			r.res.CheckErrors++
 			continue
 		}
@@ -287,13 +315,20 @@ func (r *repairer) run() error {
 	}
 	if damaged > 0 {
 		r.res.CheckErrors++
-		return corrupt("image", uint64(damaged), "damaged metadata entries found (see the messages); repair fixes only refcounts and COPIED flags")
+		return corrupt("image", uint64(damaged), "damaged L2 entries or refcount overflows found (see the messages); their clusters cannot be counted, so nothing is repaired")
 	}
 	cs := r.im.Geometry.ClusterSize()
 	pre := r.res
 	highest, rb := r.compare(refs, false, false)
 	rebuild = rebuild || rb
 
+	if rebuild && r.fixErrors && r.pastEOF > 0 {
+		// A rebuilt structure goes into clusters nothing references,
+		// which may be past the end of the file, where these damaged
+		// references point: the entries would then name live metadata.
+		r.res.CheckErrors++
+		return corrupt("image", uint64(r.pastEOF), "references past the end of the file (see the messages): not rebuilding the refcount structure where they point")
+	}
 	switch {
 	case rebuild && r.fixErrors:
 		old := r.res
@@ -359,6 +394,12 @@ func (r *repairer) run() error {
 	return nil
 }
 
+// snapshotsPending reports whether the snapshot table still needs the
+// rewrite that a repair of all errors does (see checkSnapshots).
+func (r *repairer) snapshotsPending() bool {
+	return r.fixErrors && r.snapIncomplete > 0
+}
+
 // fixCopied compares COPIED in the active L1 and L2 tables with the
 // refcounts (as repaired) and fixes it when allowed (QEMU's
 // check_oflag_copied).
@@ -373,21 +414,23 @@ func (r *repairer) fixCopied() error {
 	wrote := false
 	var table []byte
 	for i, e := range im.L1 {
-		l2Off, copied, err := g.DecodeL1Entry(e)
-		if err != nil || l2Off == 0 {
+		// As QEMU: the offset bits of the entry, whatever else is wrong
+		// with it (reserved bits, an unaligned or past-EOF table).
+		l2Off := int64(e & offsetMask)
+		if l2Off == 0 {
 			continue
 		}
 		rc, err := r.refcount(l2Off / cs)
 		if err != nil {
 			continue
 		}
-		if copied != (rc == 1) {
+		if (e&EntryCopied != 0) != (rc == 1) {
 			r.res.Corruptions++
 			r.logf(word, " OFLAG_COPIED L2 cluster: l1_index=", strconv.Itoa(i), " l1_entry=", strconv.FormatUint(e, 16), " refcount=", decUint(rc))
 			if repair {
-				ne, err := g.EncodeL1Entry(l2Off, rc == 1)
-				if err != nil {
-					return err
+				ne := e &^ EntryCopied
+				if rc == 1 {
+					ne |= EntryCopied
 				}
 				var b [8]byte
 				putU64(b[:], ne)
@@ -398,6 +441,9 @@ func (r *repairer) fixCopied() error {
 				r.res.Corruptions--
 				r.res.CorruptionsFixed++
 			}
+		}
+		if l2Off&(cs-1) != 0 || l2Off >= im.FileSize {
+			continue // not a table we read or write (checker.walkL1)
 		}
 		if table == nil {
 			table = make([]byte, cs)
@@ -410,15 +456,15 @@ func (r *repairer) fixCopied() error {
 		esz := g.L2EntrySize()
 		for j := int64(0); j < g.L2Entries(); j++ {
 			e, bm, _ := g.L2EntryAt(table, j)
-			le, err := g.DecodeL2Entry(e, bm)
-			if err != nil || (le.Type != Normal && le.Type != ZeroAlloc) {
+			host, ok := g.copiedChecked(e, bm)
+			if !ok {
 				continue
 			}
-			rc, err := r.refcount(le.HostOff / cs)
+			rc, err := r.refcount(host / cs)
 			if err != nil {
 				continue
 			}
-			if le.Copied == (rc == 1) {
+			if (e&EntryCopied != 0) == (rc == 1) {
 				continue
 			}
 			r.res.Corruptions++
@@ -642,9 +688,31 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 		return errors.Join(cerr, errors.New("qcow2: cannot repair an image with unwritten metadata after an overlap check fired; close and repair it offline"))
 	}
 	rp := newRepairer(coFile{coReader{d, co, r}}, r.CheckMode(), d.checkLog)
+	rp.checkSnapshots = true
 	rerr := rp.run()
 	lerr := d.reloadMetadata(co, r, rp.l2Fixed)
 	res := &rp.res
+	if rerr == nil && lerr == nil && rp.snapshotsPending() {
+		// The refcounts are right now, so allocating is safe: write the
+		// snapshot table back in the full form (QEMU 7.2 does this after
+		// the refcount repair too), then mark the image clean if that
+		// was all that was wrong.
+		d.mu.Lock()
+		snaps, size := d.snaps, d.geo.Size
+		d.mu.Unlock()
+		if err := d.writeSnapshotTable(co, normalizedSnapshots(snaps, size)); err != nil {
+			res.CheckErrors++
+			d.checkLog("ERROR failed to update the snapshot table: " + err.Error())
+			rerr = err
+		} else {
+			res.Corruptions -= rp.snapIncomplete
+			res.CorruptionsFixed += rp.snapIncomplete
+			if res.CheckErrors == 0 && res.Corruptions == 0 {
+				rerr = rp.markClean()
+			}
+			lerr = d.reloadMetadata(co, r, nil)
+		}
+	}
 	*r.CheckResult() = block.CheckResult{
 		Corruptions: int(res.Corruptions), Leaks: int(res.Leaks), CheckErrors: int(res.CheckErrors),
 		CorruptionsFixed: int(res.CorruptionsFixed), LeaksFixed: int(res.LeaksFixed),
@@ -689,6 +757,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 	d.geo = im.Geometry
 	d.geo.FileSize = fs
 	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.setDamage(im)
 	d.rb = make(map[int64]*refBlock)
 	d.resetMetaClusters()
 	for _, off := range l2Fixed {

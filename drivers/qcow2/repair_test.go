@@ -84,6 +84,40 @@ func setU64(off int64, v uint64) damage {
 	}
 }
 
+// shortSnapshotExtra rewrites the snapshot table in place with every
+// entry's extra data cut to n bytes (n below what the entries have), the
+// form old version 2 writers used; the table only gets shorter.
+func shortSnapshotExtra(n uint32) damage {
+	return func(t *testing.T, path string) {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		be := binary.BigEndian
+		nb, off := int(be.Uint32(b[60:])), int64(be.Uint64(b[64:]))
+		var out []byte
+		p := off
+		for i := 0; i < nb; i++ {
+			p = (p + 7) &^ 7
+			hdr := append([]byte(nil), b[p:p+40]...)
+			idl, nl, ex := int64(be.Uint16(hdr[12:])), int64(be.Uint16(hdr[14:])), int64(be.Uint32(hdr[36:]))
+			if int64(n) > ex {
+				t.Fatalf("snapshot %d has %d bytes of extra data, fewer than %d", i, ex, n)
+			}
+			be.PutUint32(hdr[36:], n)
+			for len(out)%8 != 0 {
+				out = append(out, 0)
+			}
+			out = append(out, hdr...)
+			out = append(out, b[p+40:p+40+int64(n)]...)
+			out = append(out, b[p+40+ex:p+40+ex+idl+nl]...)
+			p += 40 + ex + idl + nl
+		}
+		patch(t, path, off, out)
+	}
+}
+
 func patch(t *testing.T, path string, off int64, p []byte) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -196,6 +230,9 @@ var repairCases = []repairCase{
 	{name: "refcount-zero", damages: []damage{setRefcount16(5, 0), setRefcount16(6, 5)}},
 	{name: "refcount-zero-l2", damages: []damage{setRefcount16(4, 0)}},
 	{name: "snapshot-refcount-low", snap: true, damages: []damage{setRefcount16(6, 1)}},
+	// Version 3 snapshot entries need 16 bytes of extra data (issue 14).
+	{name: "snapshot-incomplete", snap: true, damages: []damage{shortSnapshotExtra(8)}},
+	{name: "snapshot-incomplete-leak", snap: true, damages: []damage{shortSnapshotExtra(0), setRefcount16(5, 2)}},
 }
 
 func makeRepairBase(t *testing.T, dir string, snap bool) string {
@@ -377,21 +414,22 @@ func TestRepairRebuildGeometries(t *testing.T) {
 	}
 }
 
-// TestRepairRefusesDamagedEntries: an image with a damaged L2 entry (an
-// unaligned data offset) is not repaired: the repair fails naming the
+// TestRepairRefusesDamagedEntries: an image with an L2 entry the checker
+// cannot count (a compressed descriptor past the end of the file) is not
+// repaired: the repair fails naming the
 // problem and the file is unchanged. A read-only node cannot repair.
 func TestRepairRefusesDamagedEntries(t *testing.T) {
 	needQemu(t)
 	dir := t.TempDir()
 	img := makeRepairBase(t, dir, false)
-	setRefcount16(5, 2)(t, img)                      // a leak it would fix
-	setU64(0x40000+16*8, 0x8000000000060200)(t, img) // unaligned
+	setRefcount16(5, 2)(t, img)                               // a leak it would fix
+	setU64(0x40000+16*8, EntryCompressed|0x100000000)(t, img) // compressed, past EOF
 	before, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rr := driverRepair(t, img, block.CheckFixLeaks|block.CheckFixErrors)
-	if rr.err == nil || !errors.Is(rr.err, ErrCorrupt) || !strings.Contains(rr.err.Error(), "damaged metadata entries") {
+	if rr.err == nil || !errors.Is(rr.err, ErrCorrupt) || !strings.Contains(rr.err.Error(), "damaged L2 entries") {
 		t.Errorf("repair of a damaged image: %v", rr.err)
 	}
 	after, _ := os.ReadFile(img)

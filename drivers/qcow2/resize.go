@@ -12,7 +12,9 @@ import (
 //
 //  1. flushMetadata: nothing dirty is left behind;
 //  2. if the L1 table is too small, growL1 (R3);
-//  3. one 8-byte synced header write of size (R6), after the metadata it
+//  3. if a backing file is longer than the old size, hideBacking: the new
+//     area is zeroed (zero flags) and those entries made durable;
+//  4. one 8-byte synced header write of size (R6), after the metadata it
 //     needs is durable.
 func (d *Driver) Truncate(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {

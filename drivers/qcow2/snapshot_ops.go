@@ -244,6 +244,9 @@ func (d *Driver) snapshotStart(co *aio.Co) error {
 	if err == nil {
 		err = d.repairPendingLocked()
 	}
+	if err == nil {
+		err = d.damagedLocked()
+	}
 	guest := (d.geo.Size + d.geo.ClusterSize() - 1) / d.geo.ClusterSize()
 	d.mu.Unlock()
 	if err != nil {

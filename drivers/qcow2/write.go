@@ -44,6 +44,9 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 		if l1i >= int64(len(d.l1)) {
 			return false
 		}
+		if d.damage != nil && d.damage.DamagedL1.Has(l1i) {
+			return false
+		}
 		l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
 		if err != nil || l2Off == 0 || !copied {
 			return false
@@ -121,6 +124,9 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
+	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
+		return err
+	}
 	cs := d.geo.ClusterSize()
 	var win [][]byte
 	var skip int64
@@ -129,7 +135,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
 			n, err := d.writeFullRun(co, r, skip, off, end-off)
 			if err != nil {
-				return err
+				return d.damagedWriteErr(co, err)
 			}
 			if n > 0 {
 				off += n
@@ -140,7 +146,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 		k := min(end-off, cs-off&(cs-1))
 		win = iovSlice(win[:0], r.Iov, skip, k)
 		if err := d.writeCluster(co, r, win, off, k); err != nil {
-			return err
+			return d.damagedWriteErr(co, err)
 		}
 		off += k
 		skip += k
