@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Tests with real NBD clients (libnbd's nbdinfo and nbdcopy, QEMU's
@@ -112,4 +113,36 @@ func TestQemuClients(t *testing.T) {
 	runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 3M 1M", src)
 	runTool(t, "qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", src, u)
 	runTool(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", src, u)
+}
+
+// TestSingleClientExportNoMultiConn: an export limited to one client does
+// not advertise CAN_MULTI_CONN (clients such as nbdcopy would open more
+// connections, which are refused), and nbdcopy then works over its one
+// connection.
+func TestSingleClientExportNoMultiConn(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "", MaxConnections: 1})
+	cl := dial(t, e.sock, "", false)
+	if cl.flags&tflagMultiConn != 0 {
+		t.Fatalf("flags %#x: CAN_MULTI_CONN on an export that takes one client", cl.flags)
+	}
+	second := dial(t, e.sock, "", false)
+	expectClosed(t, second.c, "second client of a one-client export")
+	if _, _, errv := cl.read(2, 0, 4096, 0); errv != 0 {
+		t.Fatalf("first client after the second was refused: %d", errv)
+	}
+	cl.send(cmdDisc, 0, 1, 0, 0, nil)
+	expectClosed(t, cl.c, "after DISC")
+	for e.exp.Connections() != 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	needTool(t, "nbdcopy")
+	src := filepath.Join(t.TempDir(), "src.raw")
+	data := make([]byte, testSize)
+	copy(data[1<<20:], pattern(1<<20, 3))
+	os.WriteFile(src, data, 0o644)
+	runTool(t, "nbdcopy", src, uri(e, ""))
+	got, _ := os.ReadFile(e.path)
+	if !bytes.Equal(got, data) {
+		t.Fatal("nbdcopy to a single-client export: data differs")
+	}
 }

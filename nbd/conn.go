@@ -148,11 +148,8 @@ func startConn(s *Server, e *Export, nc net.Conn, structured bool, meta []uint32
 		c.file.Close()
 		return err
 	}
-	if max := e.opts.MaxConnections; max > 0 && e.Connections() >= max {
-		return refuse(fmt.Errorf("export %q already has %d clients (the limit)", e.opts.Name, max))
-	}
-	if !e.addConn(c) {
-		return refuse(fmt.Errorf("export %q is closing", e.opts.Name))
+	if err := e.addConn(c); err != nil {
+		return refuse(err)
 	}
 	s.clients.Add(1)
 	c.readBH.Schedule()

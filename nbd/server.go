@@ -31,7 +31,8 @@ type ExportOptions struct {
 	MaxConnections int
 	// AllocationDepth offers qemu:allocation-depth (qemu-nbd's -A).
 	AllocationDepth bool
-	// NoMultiConn withholds CAN_MULTI_CONN.
+	// NoMultiConn withholds CAN_MULTI_CONN (also withheld when
+	// MaxConnections is 1).
 	NoMultiConn bool
 }
 
@@ -144,22 +145,29 @@ func (e *Export) flags(structured bool) uint16 {
 		f |= tflagTrim | tflagZeroes | tflagFastZero
 	}
 	// Every connection submits to the one front end and node: a flush on
-	// any of them covers the writes completed on all of them.
-	if !e.opts.NoMultiConn {
+	// any of them covers the writes completed on all of them. An export
+	// that takes one client does not invite more connections.
+	if !e.opts.NoMultiConn && e.opts.MaxConnections != 1 {
 		f |= tflagMultiConn
 	}
 	return f
 }
 
-func (e *Export) addConn(c *conn) bool {
+// addConn admits c unless the export is closing or has its
+// MaxConnections clients (checked under the lock: two handshakes ending
+// together cannot both take the last place).
+func (e *Export) addConn(c *conn) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return false
+		return fmt.Errorf("export %q is closing", e.opts.Name)
+	}
+	if max := e.opts.MaxConnections; max > 0 && len(e.conns) >= max {
+		return fmt.Errorf("export %q already has %d clients (the limit)", e.opts.Name, max)
 	}
 	e.conns[c] = struct{}{}
 	e.wg.Add(1)
-	return true
+	return nil
 }
 
 // unlistConn removes c from the set Close and DrainedEnd walk; the
