@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
 )
 
 // Tests with real NBD clients (libnbd's nbdinfo and nbdcopy, QEMU's
@@ -145,4 +148,50 @@ func TestSingleClientExportNoMultiConn(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatal("nbdcopy to a single-client export: data differs")
 	}
+}
+
+// TestMapMatchesQemuNbd: on a qcow2 overlay over a qcow2 base, nbdinfo
+// --map of base:allocation and qemu:allocation-depth give the same extents
+// from this server as from qemu-nbd on the same chain.
+func TestMapMatchesQemuNbd(t *testing.T) {
+	needTool(t, "nbdinfo")
+	needTool(t, "qemu-nbd")
+	needTool(t, "qemu-io")
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "8M")
+	runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", "-c", "write -z 5M 1M", base)
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, "16M")
+	runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 2 2M 1M", "-c", "write -z 512k 64k", top)
+	e := newEnvFile(t, top, ExportOptions{Name: "", ReadOnly: true, AllocationDepth: true}, func(g *block.Graph) (*block.Node, error) {
+		img, err := chain.Open(g, top, chain.Options{ReadOnly: true, Format: "qcow2", Name: "top"})
+		if err != nil {
+			return nil, err
+		}
+		return img.Node, nil
+	})
+	qsock := filepath.Join(dir, "q.sock")
+	q := exec.Command("qemu-nbd", "-r", "-A", "-t", "-f", "qcow2", "-k", qsock, top)
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { q.Process.Kill(); q.Wait() }()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(qsock); err == nil {
+			break
+		}
+		if i == 200 {
+			t.Fatal("qemu-nbd did not start")
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	for _, ctx := range []string{"base:allocation", "qemu:allocation-depth"} {
+		ours := runTool(t, "nbdinfo", "--map="+ctx, uri(e, ""))
+		theirs := runTool(t, "nbdinfo", "--map="+ctx, "nbd+unix:///?socket="+qsock)
+		if ours != theirs {
+			t.Errorf("--map=%s differs\nours:\n%s\nqemu-nbd:\n%s", ctx, ours, theirs)
+		}
+	}
+	// And the data: qemu-img compare through both servers.
+	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", uri(e, ""), "nbd+unix:///?socket="+qsock)
 }

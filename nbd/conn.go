@@ -665,8 +665,10 @@ func (c *conn) bsStep(sl *slot) bool {
 			p.flags = allocFlags(st)
 		}
 	case sl.bsOff >= c.e.sizes[lv+1]:
-		// Beyond the end of the backing file: reads as zeroes.
-		p = piece{flags: stateHole | stateZero}
+		// Beyond the end of the backing file: reads as zeroes, which
+		// that (short) backing file provides, so QEMU counts the range
+		// as allocated at its depth.
+		p = piece{flags: stateHole | stateZero, depth: uint32(lv + 2)}
 	default:
 		sl.level++
 		sl.bsEnd = sl.bsOff + pnum // ask the backing file about this part only
