@@ -121,6 +121,10 @@ func startConn(s *Server, e *Export, nc net.Conn, structured bool, meta []uint32
 	if isUnix {
 		// A reply of a whole 2 MiB read fits in one send.
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, unixSndBuf)
+		if got, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil && got < unixSndBuf {
+			// Capped by net.core.wmem_max: privileged processes may force it.
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, unixSndBuf)
+		}
 	} else {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}

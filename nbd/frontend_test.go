@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ringblk/ringblk/aio"
 )
 
@@ -196,5 +198,27 @@ func TestTCP(t *testing.T) {
 		if !bytes.Equal(got, pattern(4096, byte(i))) {
 			t.Fatalf("connection %d does not see connection %d's write", (i+1)%3, i)
 		}
+	}
+}
+
+// TestUnixSendBuffer: a Unix-socket connection gets a send buffer of at
+// least 2 MiB, so a large read reply leaves in one send.
+func TestUnixSendBuffer(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	cl := dial(t, e.sock, "", false)
+	if _, _, errv := cl.read(1, 0, 512, 0); errv != 0 {
+		t.Fatal(errv)
+	}
+	var got int
+	var gerr error
+	e.g.Control(func() {
+		e.exp.mu.Lock()
+		defer e.exp.mu.Unlock()
+		for c := range e.exp.conns {
+			got, gerr = unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+		}
+	})
+	if gerr != nil || got < unixSndBuf {
+		t.Fatalf("SO_SNDBUF %d (%v), want at least %d", got, gerr, unixSndBuf)
 	}
 }
