@@ -175,3 +175,22 @@ func TestNbdCmdForkPidFile(t *testing.T) {
 		time.Sleep(25 * time.Millisecond)
 	}
 }
+
+// TestNbdCmdDetectZeroes: with --detect-zeroes=unmap --discard=unmap a
+// client's write of zero bytes deallocates the range in the image.
+func TestNbdCmdDetectZeroes(t *testing.T) {
+	needCmd(t, "qemu-io", "nbdinfo")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.raw")
+	os.WriteFile(img, bytes.Repeat([]byte{0xaa}, 4<<20), 0o644)
+	sock := filepath.Join(dir, "s")
+	startNbd(t, sock, "-t", "-f", "raw", "--discard=unmap", "--detect-zeroes=unmap", img)
+	u := "nbd+unix:///?socket=" + sock
+	if out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0 1M 1M", "-c", "flush", u).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v %s", err, out)
+	}
+	out, err := exec.Command("nbdinfo", "--map", u).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "   1048576     1048576    3  hole,zero") {
+		t.Fatalf("nbdinfo --map after a zero write: %v\n%s", err, out)
+	}
+}
