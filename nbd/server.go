@@ -214,6 +214,7 @@ type Server struct {
 	once      sync.Once
 	clients   atomic.Int64
 	active    atomic.Int64 // accepted connections not yet closed
+	hs        map[net.Conn]struct{} // connections in the handshake (Close ends them)
 }
 
 // NewServer returns a server with no exports.
@@ -285,6 +286,26 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		s.active.Add(1)
 		s.handshake.Add(1)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			s.handshake.Done()
+			s.oneShotDone()
+			return nil
+		}
+		if s.hs == nil {
+			s.hs = map[net.Conn]struct{}{}
+		}
+		// Set here, under the lock: Close's deadline must not be
+		// overwritten by a handshake that starts after it.
+		timeout := s.HandshakeTimeout
+		if timeout == 0 {
+			timeout = 30 * time.Second
+		}
+		nc.SetDeadline(time.Now().Add(timeout))
+		s.hs[nc] = struct{}{}
+		s.mu.Unlock()
 		go func() {
 			defer s.handshake.Done()
 			s.negotiate(nc)
@@ -299,6 +320,10 @@ func (s *Server) Close() {
 	s.closed = true
 	ls := s.listeners
 	s.listeners = nil
+	for nc := range s.hs {
+		// Unblocks the handshake's reads and writes: it fails and ends.
+		nc.SetDeadline(time.Unix(1, 0))
+	}
 	s.mu.Unlock()
 	for _, l := range ls {
 		l.Close()
@@ -318,13 +343,14 @@ type negotiator struct {
 }
 
 func (s *Server) negotiate(nc net.Conn) {
-	timeout := s.HandshakeTimeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
-	nc.SetDeadline(time.Now().Add(timeout))
 	n := &negotiator{s: s, nc: nc}
 	e, err := n.run()
+	s.mu.Lock()
+	delete(s.hs, nc)
+	if err == nil && s.closed {
+		err = errors.New("server closing")
+	}
+	s.mu.Unlock()
 	if err != nil {
 		if !errors.Is(err, errAbort) {
 			s.logf("nbd: client handshake failed", "remote", nc.RemoteAddr().String(), "err", err)

@@ -109,3 +109,21 @@ func TestCloseWhileClientsLeave(t *testing.T) {
 		expectClosed(t, cl.c, "after DISC")
 	}
 }
+
+// TestCloseDoesNotWaitForSlowHandshake: Server.Close ends handshakes in
+// progress instead of waiting for their timeout.
+func TestCloseDoesNotWaitForSlowHandshake(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	c := dialRaw(t, e.sock)
+	var g [18]byte
+	if _, err := readFull(&client{c: c}, g[:]); err != nil {
+		t.Fatal(err)
+	}
+	// The client now sends nothing.
+	start := time.Now()
+	e.srv.Close()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Server.Close took %v with a client silent in the handshake", d)
+	}
+	expectClosed(t, c, "handshake after Server.Close")
+}
