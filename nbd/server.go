@@ -213,7 +213,7 @@ type Server struct {
 	served    chan struct{} // OneShot: closed when the last client left
 	once      sync.Once
 	clients   atomic.Int64
-	active    atomic.Int64 // accepted connections not yet closed
+	active    atomic.Int64          // accepted connections not yet closed
 	hs        map[net.Conn]struct{} // connections in the handshake (Close ends them)
 }
 
