@@ -128,8 +128,13 @@ func TestSingleClientExportNoMultiConn(t *testing.T) {
 	if cl.flags&tflagMultiConn != 0 {
 		t.Fatalf("flags %#x: CAN_MULTI_CONN on an export that takes one client", cl.flags)
 	}
-	second := dial(t, e.sock, "", false)
-	expectClosed(t, second.c, "second client of a one-client export")
+	// The second client's GO is refused with an error reply.
+	second := dialRaw(t, e.sock)
+	greet(t, second)
+	second.Write(optBytes(optGo, infoData("")))
+	if r := readOptReply(t, second); r.typ != repErrPolicy {
+		t.Fatalf("GO on a full export: reply %#x %q", r.typ, r.data)
+	}
 	if _, _, errv := cl.read(2, 0, 4096, 0); errv != 0 {
 		t.Fatalf("first client after the second was refused: %d", errv)
 	}

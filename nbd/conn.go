@@ -116,6 +116,7 @@ func startConn(s *Server, e *Export, nc net.Conn, structured bool, meta []uint32
 	remote := nc.RemoteAddr().String()
 	fd, err := rawFD(nc)
 	if err != nil {
+		e.release()
 		return err
 	}
 	if isUnix {

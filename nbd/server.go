@@ -51,10 +51,11 @@ type Export struct {
 	// quiesced is set between DrainedBegin and DrainedEnd.
 	quiesced atomic.Bool
 
-	mu     sync.Mutex
-	conns  map[*conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	reserved int // places taken by handshakes that end in GO or EXPORT_NAME
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 // NewExport makes n available as an export. The export takes its own
@@ -153,17 +154,39 @@ func (e *Export) flags(structured bool) uint16 {
 	return f
 }
 
-// addConn admits c unless the export is closing or has its
-// MaxConnections clients (checked under the lock: two handshakes ending
-// together cannot both take the last place).
-func (e *Export) addConn(c *conn) error {
+// reserve takes a client's place at the end of its handshake, unless the
+// export is closing or has its MaxConnections clients (counting places
+// taken by handshakes not yet started: two clients finishing together
+// cannot both take the last place).
+func (e *Export) reserve() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
 		return fmt.Errorf("export %q is closing", e.opts.Name)
 	}
-	if max := e.opts.MaxConnections; max > 0 && len(e.conns) >= max {
+	if max := e.opts.MaxConnections; max > 0 && len(e.conns)+e.reserved >= max {
 		return fmt.Errorf("export %q already has %d clients (the limit)", e.opts.Name, max)
+	}
+	e.reserved++
+	return nil
+}
+
+// release gives back a place reserve took for a client that will not
+// start.
+func (e *Export) release() {
+	e.mu.Lock()
+	e.reserved--
+	e.mu.Unlock()
+}
+
+// addConn turns c's reserved place into a connection, unless the export
+// closed meanwhile.
+func (e *Export) addConn(c *conn) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.reserved--
+	if e.closed {
+		return fmt.Errorf("export %q is closing", e.opts.Name)
 	}
 	e.conns[c] = struct{}{}
 	e.wg.Add(1)
@@ -348,6 +371,7 @@ func (s *Server) negotiate(nc net.Conn) {
 	s.mu.Lock()
 	delete(s.hs, nc)
 	if err == nil && s.closed {
+		e.release()
 		err = errors.New("server closing")
 	}
 	s.mu.Unlock()
@@ -470,12 +494,19 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 		if n.metaExport != string(data) {
 			n.meta = nil
 		}
+		if err := e.reserve(); err != nil {
+			return nil, true, err // EXPORT_NAME has no error reply
+		}
 		b := binary.BigEndian.AppendUint64(nil, uint64(e.size))
 		b = binary.BigEndian.AppendUint16(b, e.flags(n.structured))
 		if !n.noZeroes {
 			b = append(b, make([]byte, 124)...)
 		}
-		return e, true, n.write(b)
+		if err := n.write(b); err != nil {
+			e.release()
+			return nil, true, err
+		}
+		return e, true, nil
 	case optAbort:
 		if len(data) != 0 {
 			// Answer anyway: the client is going away.
@@ -512,10 +543,23 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 		if x == nil {
 			return nil, false, n.replyErr(opt, repErrUnknown, fmt.Sprintf("export %q not present", ir.name))
 		}
+		if opt == optGo {
+			// Take the client's place before the final ACK: a client
+			// over the limit gets an error reply, not a closed socket.
+			if err := x.reserve(); err != nil {
+				return nil, false, n.replyErr(opt, repErrPolicy, err.Error())
+			}
+		}
 		if err := n.sendInfo(opt, x, ir); err != nil {
+			if opt == optGo {
+				x.release()
+			}
 			return nil, false, err
 		}
 		if err := n.reply(opt, repAck, nil); err != nil {
+			if opt == optGo {
+				x.release()
+			}
 			return nil, false, err
 		}
 		if opt == optGo {
