@@ -222,3 +222,37 @@ func TestUnixSendBuffer(t *testing.T) {
 		t.Fatalf("SO_SNDBUF %d (%v), want at least %d", got, gerr, unixSndBuf)
 	}
 }
+
+// TestExportOnIOThread runs the connections on an IOThread Context
+// (ExportOptions.Context): requests in flight, a drain, then Close.
+func TestExportOnIOThread(t *testing.T) {
+	io1, err := aio.New(aio.Options{Name: "nbd-test-iot", CPU: aio.NoCPU, ArenaSize: -1, Entries: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := io1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { io1.Stop() })
+	e := newEnv(t, ExportOptions{Name: "", Context: io1})
+	cl := dial(t, e.sock, "", true)
+	var req []byte
+	for i := 0; i < 100; i++ {
+		req = append(req, reqBytes(cmdWrite, 0, uint64(i), uint64(i)*8192, 8192)...)
+		req = append(req, pattern(8192, byte(i))...)
+	}
+	go cl.c.Write(req)
+	for i := 0; i < 100; i++ {
+		if ch := cl.readChunk(); ch.err != 0 {
+			t.Fatalf("write reply %d: %d", i, ch.err)
+		}
+	}
+	e.node.DrainedBegin()
+	e.node.DrainedEnd()
+	for i := 0; i < 100; i += 7 {
+		got, _, errv := cl.read(uint64(i), uint64(i)*8192, 8192, 0)
+		if errv != 0 || !bytes.Equal(got, pattern(8192, byte(i))) {
+			t.Fatalf("read %d: err %d", i, errv)
+		}
+	}
+}
