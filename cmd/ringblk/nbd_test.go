@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,5 +193,71 @@ func TestNbdCmdDetectZeroes(t *testing.T) {
 	out, err := exec.Command("nbdinfo", "--map", u).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "   1048576     1048576    3  hole,zero") {
 		t.Fatalf("nbdinfo --map after a zero write: %v\n%s", err, out)
+	}
+}
+
+// TestNbdCmdTCP serves on 127.0.0.1 with -b and -p.
+func TestNbdCmdTCP(t *testing.T) {
+	needCmd(t, "qemu-io")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.raw")
+	os.WriteFile(img, make([]byte, 2<<20), 0o644)
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, "nbd", "-b", "127.0.0.1", "-p", port, "-f", "raw", "-x", "d", img)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			c.Close() // a client that leaves at once; -e 1 and no -t: the server exits
+			break
+		}
+		if i == 200 {
+			t.Fatalf("ringblk nbd does not listen on port %s: %s", port, stderr.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after the client left: %v %s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("still running after its only client left")
+	}
+	// Persistent this time, and a real client.
+	cmd = exec.Command(exe, "nbd", "-t", "-b", "127.0.0.1", "-p", port, "-f", "raw", "-x", "d", img)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var out []byte
+	for i := 0; i < 200; i++ {
+		out, err = exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x3c 4k 4k", "-c", "read -P 0x3c 4k 4k", "nbd://127.0.0.1:"+port+"/d").CombinedOutput()
+		if err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if err != nil || strings.Contains(string(out), "fail") {
+		t.Fatalf("qemu-io over TCP: %v %s", err, out)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit status after SIGTERM: %v (want 0)", err)
 	}
 }
