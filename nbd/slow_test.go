@@ -127,3 +127,30 @@ func TestCloseDoesNotWaitForSlowHandshake(t *testing.T) {
 	}
 	expectClosed(t, c, "handshake after Server.Close")
 }
+
+// TestDisconnectWithRepliesPending: a client that sends reads and closes
+// at once leaves replies the server cannot send (EPIPE/ECONNRESET): the
+// connection ends, its slots are freed, and the other clients go on.
+func TestDisconnectWithRepliesPending(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	other := dial(t, e.sock, "", false)
+	for round := 0; round < 5; round++ {
+		cl := dial(t, e.sock, "", round%2 == 0)
+		var req []byte
+		for i := 0; i < 50; i++ {
+			req = append(req, reqBytes(cmdRead, 0, uint64(i), uint64(i)<<18, 1<<20)...)
+		}
+		cl.c.Write(req)
+		cl.c.Close()
+	}
+	if _, _, errv := other.read(1, 0, 4096, 0); errv != 0 {
+		t.Fatal(errv)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.exp.Connections() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections, want 1 after the others closed", e.exp.Connections())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
