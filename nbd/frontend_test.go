@@ -18,7 +18,7 @@ import (
 // nothing anywhere in the process, client included.
 func TestZeroAllocsPerRequest(t *testing.T) {
 	if testing.Short() {
-		t.Skip("allocation counts are meaningless under -race")
+		t.Skip("-short: make test counts allocations in its own -run Alloc pass (the race detector allocates)")
 	}
 	e := newEnv(t, ExportOptions{Name: ""})
 	for _, structured := range []bool{false, true} {
