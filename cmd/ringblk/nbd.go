@@ -276,6 +276,11 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	srv.AddExport(exp)
 	var l net.Listener
 	if cfg.socket != "" {
+		// A socket left by a server that died is replaced, as QEMU does;
+		// any other file is not.
+		if fi, err := os.Lstat(cfg.socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(cfg.socket)
+		}
 		l, err = net.Listen("unix", cfg.socket)
 	} else {
 		l, err = net.Listen("tcp", net.JoinHostPort(cfg.bind, cfg.port))

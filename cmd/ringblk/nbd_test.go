@@ -261,3 +261,44 @@ func TestNbdCmdTCP(t *testing.T) {
 		t.Fatalf("exit status after SIGTERM: %v (want 0)", err)
 	}
 }
+
+// TestNbdCmdStaleSocket: a socket file left by a killed server is
+// replaced; a regular file at that path is not.
+func TestNbdCmdStaleSocket(t *testing.T) {
+	needCmd(t, "qemu-io")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.raw")
+	os.WriteFile(img, make([]byte, 1<<20), 0o644)
+	sock := filepath.Join(dir, "s")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fd) // the file stays, nobody listens
+	startNbd(t, sock, "-t", "-f", "raw", img)
+	var out []byte
+	for i := 0; i < 200; i++ {
+		out, err = exec.Command("qemu-io", "-f", "raw", "-c", "read 0 4k", "nbd+unix:///?socket="+sock).CombinedOutput()
+		if err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("qemu-io on a server that replaced a stale socket: %v %s", err, out)
+	}
+	reg := filepath.Join(dir, "r")
+	os.WriteFile(reg, []byte("keep"), 0o644)
+	img2 := filepath.Join(dir, "b.raw")
+	os.WriteFile(img2, make([]byte, 1<<20), 0o644)
+	_, stderr, code := runRingblk(t, nil, "nbd", "-k", reg, "-f", "raw", img2)
+	if code != 1 || !strings.Contains(stderr, "Failed to bind socket") {
+		t.Fatalf("-k on a regular file: exit %d %q", code, stderr)
+	}
+	if b, _ := os.ReadFile(reg); string(b) != "keep" {
+		t.Fatal("a regular file at the socket path was replaced")
+	}
+}
