@@ -7,7 +7,7 @@ TESTFUZZTIME ?= 300x
 STRESSTIME ?= 5m
 BIN       := bin
 
-.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench qcow2bench plugin deps clean
+.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench qcow2bench fio-examples plugin deps clean
 
 help:
 	@echo "ringblk make targets:"
@@ -22,6 +22,7 @@ help:
 	@echo "  make ringbench  our ring against fio's io_uring engine, side by side (scripts/ringbench-vs-fio.sh)"
 	@echo "  make rawbench   the raw driver through the block layer against fio and qemu-img bench (scripts/raw-vs-fio.sh)"
 	@echo "  make qcow2bench the qcow2 driver against the raw driver and qemu-img bench (scripts/qcow2-vs-qemu.sh)"
+	@echo "  make fio-examples  fio's example jobs with io_uring (fio) and ringblk (bench): fails on a refusal or a JSON key set unlike fio's (scripts/fio-examples.sh)"
 	@echo "  make plugin     builds the Go plugin (bin/ringblk.so)"
 
 # The commit is stamped at link time: GOFLAGS may carry -buildvcs=false.
@@ -72,6 +73,9 @@ ringbench: build
 
 rawbench:
 	./scripts/raw-vs-fio.sh
+
+fio-examples: build
+	@./scripts/fio-examples.sh $(BIN)/ringblk
 
 qcow2bench:
 	./scripts/qcow2-vs-qemu.sh

@@ -13,6 +13,7 @@ type entry struct {
 	clones    []*worker
 	err       error
 	dirs      [2]dirStats
+	sync      latStat
 	runtimeMs int64 // measured time (longest clone)
 	usrPct    float64
 	sysPct    float64
@@ -101,6 +102,10 @@ func (e *entry) add(w *worker, jr *JobResult) {
 	if jr.Elapsed > e.elapsed {
 		e.elapsed = jr.Elapsed
 	}
+	if e.sync.h == nil {
+		e.sync = newLatStat(true)
+	}
+	e.sync.merge(&w.syncLat)
 	for d := range e.dirs {
 		src, dst := &w.stats[d], &e.dirs[d]
 		dst.ios += src.ios

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Config is a parsed command line.
@@ -116,12 +118,12 @@ func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 		cfg.Output = val
 	case "output-format":
 		switch val {
-		case "normal", "json":
+		case "normal", "json", "json+":
 			cfg.Format = val
-		case "json+", "terse":
-			return fmt.Errorf("--output-format=%s is a fio format that ringblk bench does not implement (normal, json)", val)
+		case "terse":
+			return fmt.Errorf("--output-format=%s is a fio format that ringblk bench does not implement (normal, json, json+)", val)
 		default:
-			return fmt.Errorf("--output-format=%s: want normal or json", val)
+			return fmt.Errorf("--output-format=%s: want normal, json or json+", val)
 		}
 	case "eta":
 		switch val {
@@ -166,7 +168,8 @@ drives the block layer.
 
 Command flags:
   --output=FILE           write the report to FILE instead of stdout
-  --output-format=FMT     normal (fio's human report) or json (fio 3.33's JSON)
+  --output-format=FMT     normal (fio's human report), json (fio 3.33's JSON)
+                          or json+ (the JSON with latency histogram bins)
   --eta=WHEN              live status line: auto (when stdout is a terminal),
                           always (on stderr when stdout is not a terminal), never
   --compare               run the job with ringblk and, where installed, fio
@@ -268,12 +271,30 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		out.Write(buf.Bytes())
 		buf.Reset()
 	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	stopWatch := make(chan struct{})
+	go func() {
+		select {
+		case <-sigs:
+			fmt.Fprintln(stderr, "ringblk bench: terminate signal received")
+			interrupted.Store(true)
+		case <-stopWatch:
+		}
+	}()
 	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: stderr})
+	signal.Stop(sigs)
+	close(stopWatch)
+	interrupted.Store(false)
 	if err != nil {
 		return fail(err)
 	}
-	if cfg.Format == "json" {
-		err = WriteJSON(out, res)
+	if cfg.Format == "json" || cfg.Format == "json+" {
+		if cfg.Format == "json+" {
+			err = WriteJSONPlus(out, res)
+		} else {
+			err = WriteJSON(out, res)
+		}
 		writeMismatches(stderr, res)
 	} else {
 		WriteNormal(out, res)

@@ -38,6 +38,12 @@ func openJobFile(j *Job) (*os.File, error) {
 	if j.Direct {
 		flags |= syscall.O_DIRECT
 	}
+	switch j.SyncIO {
+	case "sync":
+		flags |= syscall.O_SYNC
+	case "dsync":
+		flags |= syscall.O_DSYNC
+	}
 	f, err := os.OpenFile(j.Filename, flags, 0)
 	if err != nil {
 		return nil, err
@@ -114,6 +120,11 @@ func (c *threadClone) start() {
 			var set unix.CPUSet
 			set.Set(c.cpu)
 			_ = unix.SchedSetaffinity(0, &set) // best effort, like fio's cpus_allowed
+		} else if c.w.cpuSet != nil {
+			pinSet(c.w.cpuSet)
+		}
+		if d := c.w.startDelay(); d > 0 {
+			time.Sleep(d)
 		}
 		c.w.start()
 		if c.ring != nil {
@@ -139,6 +150,10 @@ func (c *threadClone) runSync() {
 		u := w.take()
 		if !w.fill(u, now) {
 			w.untake(u)
+			if until, ok := w.waitUntil(); ok {
+				sleepUntil(w, until)
+				continue
+			}
 			if w.idle(now) {
 				return
 			}
@@ -148,9 +163,14 @@ func (c *threadClone) runSync() {
 		w.submitted(one, now) // sync engines have no submission latency (noSlat)
 		var n int
 		var err error
-		if u.dir == DirRead {
+		switch {
+		case u.dir == DirSync && w.job.Fdatasync > 0 && w.job.Fsync == 0:
+			err = unix.Fdatasync(fd)
+		case u.dir == DirSync:
+			err = unix.Fsync(fd)
+		case u.dir == DirRead:
 			n, err = unix.Pread(fd, u.buf[:u.n], u.off)
-		} else {
+		default:
 			n, err = unix.Pwrite(fd, u.buf[:u.n], u.off)
 		}
 		if err == nil && n != u.n {
@@ -188,7 +208,9 @@ func (c *threadClone) runRing() {
 				w.untake(u)
 				break
 			}
-			if u.dir == DirRead {
+			if u.dir == DirSync {
+				sqe.PrepFsync(fd, w.job.Fdatasync > 0 && w.job.Fsync == 0, uint64(u.idx))
+			} else if u.dir == DirRead {
 				sqe.PrepRead(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
 			} else {
 				sqe.PrepWrite(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
@@ -196,13 +218,22 @@ func (c *threadClone) runRing() {
 			batch = append(batch, u)
 		}
 		c.submit(batch)
+		until, paced := w.waitUntil()
 		if w.busy == 0 {
+			if paced {
+				sleepUntil(w, until)
+				continue
+			}
 			if w.idle(now) {
 				return
 			}
 			continue
 		}
-		if _, err := r.SubmitAndWait(1, -1); err != nil && !errors.Is(err, uring.ErrBusy) {
+		wait := time.Duration(-1)
+		if paced { // wake for the paced I/O even if nothing completes
+			wait = max(time.Duration(until-w.now()), time.Microsecond)
+		}
+		if _, err := r.SubmitAndWait(1, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
 			// The ring failed: stop issuing and reap what is still in
 			// flight before its buffers go away.
 			if w.err == nil {
@@ -225,6 +256,13 @@ func (c *threadClone) runRing() {
 			}
 			w.completed(u, t, err)
 		}
+	}
+}
+
+// sleepUntil sleeps the clone's thread until t (ns of the worker clock).
+func sleepUntil(w *worker, t int64) {
+	if d := time.Duration(t - w.now()); d > 0 {
+		time.Sleep(d)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -52,7 +53,9 @@ func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 	e := &ringblkEnv{main: m, g: block.NewGraph(m), images: map[imageKey]*block.Node{}, writers: map[string]bool{}}
 	for _, j := range jobs {
 		if j.IOEngine == "ringblk" && j.Format != "null" && j.RW.Writes() {
-			e.writers[chain.FileID(j.Filename)] = true
+			for k := 0; k < j.NumJobs; k++ {
+				e.writers[chain.FileID(j.cloneJob(k).Filename)] = true
+			}
 		}
 	}
 	return e, nil
@@ -216,16 +219,19 @@ func (rj *ringblkJob) close() error {
 // completions (RequestDone) free units and schedule refill, a bottom half
 // that issues a new batch. Nothing on that path allocates.
 type ringblkClone struct {
-	w         *worker
-	ctx       *aio.Context
-	q         *block.Queue
-	refillBH  *aio.BH
-	scheduled bool
-	batch     []*unit
-	bufs      [][]byte
-	mapped    []byte // buffers when the arena is too small
-	done      chan<- *worker
-	startErr  error
+	w          *worker
+	ctx        *aio.Context
+	q          *block.Queue
+	refillBH   *aio.BH
+	scheduled  bool
+	batch      []*unit
+	bufs       [][]byte
+	mapped     []byte // buffers when the arena is too small
+	done       chan<- *worker
+	startErr   error
+	paceTimer  *aio.Timer  // thinktime, rate and startdelay waits
+	writeFlags block.Flags // FUA with sync=
+	beginFn    func()      // the start a startdelay holds back
 }
 
 // arenaLimit caps the arena a clone asks for; larger buffer sets are mmap'd.
@@ -242,7 +248,7 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 	}
 	entries := 1 << bits.Len(uint(max(j.IODepth, 32)-1))
 	ctx, err := aio.New(aio.Options{
-		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), CPU: cpu,
+		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), CPU: max(cpu, aio.NoCPU),
 		Entries: min(entries, 4096), ArenaSize: arena,
 	})
 	if err != nil {
@@ -251,7 +257,13 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 	if err := ctx.Start(); err != nil {
 		return nil, err
 	}
+	if w.cpuSet != nil {
+		ctx.Run(func() { pinSet(w.cpuSet) })
+	}
 	c := &ringblkClone{w: w, ctx: ctx, q: rj.fe.Queue(ctx), done: done, batch: make([]*unit, 0, len(w.units))}
+	if j.SyncIO != "" {
+		c.writeFlags = block.FUA
+	}
 	c.refillBH = ctx.NewBH(c.refill)
 	// Buffers: from the Context's arena (registered: READ_FIXED/WRITE_FIXED),
 	// else one mmap'd region.
@@ -289,9 +301,33 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 // start begins the clone (from any goroutine).
 func (c *ringblkClone) start() {
 	c.ctx.Schedule(func() {
-		c.w.start()
-		c.refill()
+		// The pacing timer (thinktime, rate, startdelay) is made once, on
+		// the owner, and re-armed with Reset: nothing per I/O.
+		c.paceTimer = c.ctx.AfterFunc(time.Hour, c.paced)
+		c.paceTimer.Stop()
+		begin := func() {
+			c.w.start()
+			c.refill()
+		}
+		if d := c.w.startDelay(); d > 0 {
+			c.beginFn = begin
+			c.paceTimer.Reset(d)
+			return
+		}
+		begin()
 	})
+}
+
+// paced runs when the pacing timer fires: the delayed start, or a refill.
+func (c *ringblkClone) paced() {
+	if f := c.beginFn; f != nil {
+		c.beginFn = nil
+		f()
+		return
+	}
+	if !c.scheduled {
+		c.refill()
+	}
 }
 
 // RequestDone completes one unit (block.Done; on the clone's Context).
@@ -331,10 +367,12 @@ func (c *ringblkClone) refill() {
 				w.untake(u)
 				break
 			}
-			if u.dir == DirRead {
+			if u.dir == DirSync {
+				c.q.Flush(c, uint64(u.idx)) // fsync and fdatasync: the node's flush
+			} else if u.dir == DirRead {
 				c.q.Read(u.buf[:u.n], u.off, c, uint64(u.idx))
 			} else {
-				c.q.Write(u.buf[:u.n], u.off, 0, c, uint64(u.idx))
+				c.q.Write(u.buf[:u.n], u.off, c.writeFlags, c, uint64(u.idx))
 			}
 			c.batch = append(c.batch, u)
 		}
@@ -348,6 +386,10 @@ func (c *ringblkClone) refill() {
 		if len(c.batch) < batchSize {
 			break
 		}
+	}
+	if until, ok := w.waitUntil(); ok {
+		c.paceTimer.Reset(max(time.Duration(until-w.now()), time.Microsecond))
+		return
 	}
 	if w.busy == 0 {
 		if w.idle(now) {

@@ -21,8 +21,19 @@ type generator struct {
 	dist      skewed
 	// size-limited runs stop after issuing limit bytes; 0: no limit.
 	limit, issued int64
+	// zoned: cumulative access percent and block ranges per zone
+	zoneCum   []int
+	zoneStart []uint64
+	zoneLen   []uint64
 	// cumulative bssplit weights per direction
 	splitCum [2][]int
+	// rw=…:N: the end of the last I/O per direction (relative) and the
+	// I/Os left before a new random offset.
+	lastEnd [2]int64
+	seqLeft int
+	ios     int64 // I/Os issued (number_ios)
+	// zonemode=strided: bytes done in the current zone per direction
+	zoneDone [2]int64
 }
 
 func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
@@ -43,6 +54,9 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 			g.align = int64(j.MaxBS(DirRead))
 		}
 	}
+	if j.BlockAlign > 0 && (j.Verify == VerifyNone || !(j.RW.Writes() || j.DoVerify)) {
+		g.align = j.BlockAlign
+	}
 	g.blocks = uint64(regionLen / g.align)
 	if g.blocks == 0 {
 		g.blocks = 1
@@ -53,9 +67,30 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 		g.dist.initZipf(g.blocks, j.DistParam)
 	case DistPareto:
 		g.dist.initPareto(g.blocks, j.DistParam)
+	case DistZoned:
+		var start uint64
+		cum := 0
+		for _, z := range j.Zones {
+			var n uint64
+			if j.ZonesAbs {
+				n = uint64(z.Range / g.align)
+			} else {
+				n = g.blocks * uint64(z.Range) / 100
+			}
+			n = min(max(n, 1), g.blocks-min(start, g.blocks-1))
+			cum += z.Access
+			g.zoneCum = append(g.zoneCum, cum)
+			g.zoneStart = append(g.zoneStart, min(start, g.blocks-1))
+			g.zoneLen = append(g.zoneLen, n)
+			start += n
+		}
 	}
 	if !j.TimeBased {
 		g.limit = regionLen
+		if j.IOSize > 0 {
+			g.limit = j.IOSize
+		}
+		g.limit *= int64(max(j.Loops, 1))
 	}
 	for d := 0; d < 2; d++ {
 		sum := 0
@@ -70,9 +105,10 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 // next fills in the next I/O. It returns false when a size-limited run has
 // issued all its bytes.
 func (g *generator) next() (dir int, off int64, n int, ok bool) {
-	if g.limit > 0 && g.issued >= g.limit {
+	if g.limit > 0 && g.issued >= g.limit || g.job.NumberIOs > 0 && g.ios >= g.job.NumberIOs {
 		return 0, 0, 0, false
 	}
+	g.ios++
 	j := g.job
 	switch j.RW {
 	case RWRead, RWRandRead:
@@ -89,9 +125,32 @@ func (g *generator) next() (dir int, off int64, n int, ok bool) {
 		n = int(max(g.limit-g.issued, g.align))
 		n = int(int64(n) / g.align * g.align)
 	}
-	if j.RW.Random() {
+	if j.RW.Random() && j.SeqNr > 1 && g.seqLeft > 0 && g.lastEnd[dir]+int64(n) <= g.regionLen {
+		// rw=randread:N: the I/Os after a random one follow it.
+		g.seqLeft--
+		off = g.lastEnd[dir]
+	} else if j.RW.Random() {
+		g.seqLeft = j.SeqNr - 1
 		var b uint64
 		switch {
+		case j.Dist == DistZoned:
+			// A zone by its share of the accesses, then any block of it.
+			r := g.rng.IntN(100)
+			z := 0
+			for z < len(g.zoneCum)-1 && r >= g.zoneCum[z] {
+				z++
+			}
+			b = g.zoneStart[z] + g.rng.Uint64N(g.zoneLen[z])
+		case j.Dist == DistNormal:
+			// Around the middle of the region, the deviation a percentage
+			// of it, folded back into range.
+			v := float64(g.blocks)/2 + g.rng.NormFloat64()*float64(g.blocks)*j.DistParam/100
+			n := int64(g.blocks)
+			k := int64(v) % n
+			if k < 0 {
+				k += n
+			}
+			b = uint64(k)
 		case j.Dist != DistRandom:
 			b = g.perm.at(g.dist.next(g.rng))
 		case j.NoRandomMap:
@@ -110,11 +169,35 @@ func (g *generator) next() (dir int, off int64, n int, ok bool) {
 		}
 	} else {
 		off = g.seqOff[dir]
+		if add := j.SeqAdd; add != 0 && g.lastEnd[dir] != 0 {
+			// rw=read:N, as fio: N bytes after the end of the last I/O;
+			// past either end, wrap to the start (N > 0) or to N before
+			// the end (N < 0: backwards).
+			off = g.lastEnd[dir] + add
+			if off < 0 || off >= g.regionLen {
+				if add > 0 {
+					off = 0
+				} else {
+					off = g.regionLen + add
+				}
+			}
+			off = max(off, 0)
+		}
+		if j.ZoneMode == "strided" && j.ZoneSize > 0 && g.zoneDone[dir] >= j.ZoneSize {
+			// zonemode=strided: a zone done, skip to the next one.
+			g.zoneDone[dir] = 0
+			off += j.ZoneSkip
+			if off >= g.regionLen {
+				off = 0
+			}
+		}
 		if off+int64(n) > g.regionLen {
 			off = 0
 		}
 		g.seqOff[dir] = off + int64(n)
+		g.zoneDone[dir] += int64(n)
 	}
+	g.lastEnd[dir] = off + int64(n)
 	g.issued += int64(n)
 	return dir, g.regionOff + off, n, true
 }

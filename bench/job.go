@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -35,6 +36,8 @@ func (r RW) Writes() bool {
 const (
 	DirRead  = 0
 	DirWrite = 1
+	// DirSync is a unit carrying an fsync/fdatasync (fio's DDIR_SYNC).
+	DirSync = 2
 )
 
 // BSSplit is one bssplit entry: blocks of Size bytes for Percent of the I/Os.
@@ -50,7 +53,16 @@ const (
 	DistRandom Distribution = iota
 	DistZipf
 	DistPareto
+	DistNormal // DistParam: deviation in percent of the region
+	DistZoned  // Zones
 )
+
+// Zone is one zone of random_distribution=zoned (Range in percent of the
+// region) or zoned_abs (Range in bytes): Access percent of the I/Os.
+type Zone struct {
+	Access int
+	Range  int64
+}
 
 // VerifyKind is verify=.
 type VerifyKind uint8
@@ -127,6 +139,8 @@ type Job struct {
 	RandSeed       uint64
 	Dist           Distribution
 	DistParam      float64
+	Zones          []Zone
+	ZonesAbs       bool
 	Verify         VerifyKind
 	VerifyPattern  []byte
 	VerifyFatal    bool
@@ -138,12 +152,113 @@ type Job struct {
 	Invalidate     bool
 	Description    string
 
+	// IOSize is fio's io_size (io_limit): bytes of I/O per loop, 0: the
+	// region's size. Loops repeats that many times (loops=).
+	IOSize int64
+	Loops  int
+	// SeqAdd is rw=…:N on a sequential pattern: N bytes skipped (a
+	// negative N goes backwards) after each I/O. SeqNr is rw=…:N on a
+	// random pattern: N I/Os (sequential after the first) per new random
+	// offset.
+	SeqAdd int64
+	SeqNr  int
+	// Latency switches (disable_lat, disable_clat, disable_slat,
+	// disable_bw_measurement; gtod_reduce sets all four and turns
+	// clat_percentiles off) and the percentiles reported.
+	DisableLat, DisableClat, DisableSlat, DisableBW bool
+	ClatPercentiles, LatPercentiles                 bool
+	PercentileList                                  []float64
+	// Log files in fio's format (logs.go): the prefixes of
+	// write_bw_log, write_iops_log and write_lat_log (nil: no log; a bare
+	// option: the job's name), log_avg_msec, log_offset, per_job_logs.
+	BWLog, IOPSLog, LatLog *string
+	LogAvgMsec             int
+	LogOffset              bool
+	PerJobLogs             bool
+	// OffsetIncrement moves clone k's region k*OffsetIncrement further
+	// (offset_increment). BlockAlign (ba, blockalign) aligns random
+	// offsets, 0: the smallest block. Unlink removes the job's file after
+	// the job.
+	OffsetIncrement int64
+	BlockAlign      int64
+	Unlink          bool
+	// CPUsAllowed (cpus_allowed; nil: every CPU) and CPUsPolicy
+	// (cpus_allowed_policy): "split" pins clone k to the k-th CPU of the
+	// set, "shared" lets every clone run on the whole set. Neither set:
+	// clones are pinned one per CPU (ringblk's default).
+	CPUsAllowed []int
+	CPUsPolicy  string
+	// Pacing (pace.go): thinktime after every ThinkBlocks I/Os (they
+	// complete first), rate and rate_iops per direction (0: none),
+	// RateProcess "linear" or "poisson", StartDelay before a clone starts
+	// (a range: a random delay in it).
+	ThinkTime   time.Duration
+	ThinkBlocks int
+	Rate        [2]int64
+	RateIOPS    [2]int64
+	RateProcess string
+	StartDelay  [2]time.Duration
+	// RateMin and RateIOPSMin (rate_min, rate_iops_min) fail the job when
+	// a rate_cycle window falls below them.
+	RateMin     [2]int64
+	RateIOPSMin [2]int64
+	RateCycle   time.Duration
+	// Flow (flow, flow_id, flow_sleep): clones of the jobs of a group that
+	// share a flow_id issue I/O in the ratio of their flow weights; a
+	// clone ahead of its share waits FlowSleep (or a short while) and
+	// tries again.
+	Flow      int
+	FlowID    int
+	FlowSleep time.Duration
+	// ZoneMode "strided" (zonemode): sequential I/O covers ZoneSize bytes,
+	// then skips ZoneSkip bytes (zonesize, zoneskip).
+	ZoneMode           string
+	ZoneSize, ZoneSkip int64
+	// Fsync (fsync=N) or Fdatasync (fdatasync=N): a sync after every N
+	// writes; EndFsync: one after the job's last write (end_fsync).
+	Fsync, Fdatasync int
+	EndFsync         bool
+	// FileSize (filesize) is the size of the job's file when it differs
+	// from the bytes of I/O (size); WaitFor (wait_for) names a job this
+	// one starts after.
+	FileSize int64
+	WaitFor  string
+	// NumberIOs (number_ios) stops a clone after that many I/Os; 0: none.
+	NumberIOs int64
+	// SyncIO (sync=): "" none, "sync" (O_SYNC) or "dsync" (O_DSYNC); the
+	// ringblk engine writes with FUA (durable at completion).
+	SyncIO string
+
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
 	Options []Option
 	globals []Option
 
 	set map[string]Loc // canonical option name → where it was set last
+
+	// perCloneFile: no filename= and numjobs > 1, so each clone has its
+	// own file, fio's jobname.K.0 (cloneJobs holds clone K's copy of the
+	// job with that file name).
+	perCloneFile bool
+	cloneJobs    []*Job
+}
+
+// cloneJob is the job clone k runs: j itself, or with per-clone files a
+// copy naming clone k's file.
+func (j *Job) cloneJob(k int) *Job {
+	if !j.perCloneFile || k == 0 {
+		return j
+	}
+	if j.cloneJobs == nil {
+		j.cloneJobs = make([]*Job, j.NumJobs)
+		for i := 1; i < j.NumJobs; i++ {
+			c := *j
+			c.cloneJobs = nil
+			c.Filename = filepath.Join(filepath.Dir(j.Filename), fmt.Sprintf("%s.%d.0", j.Name, i))
+			j.cloneJobs[i] = &c
+		}
+	}
+	return j.cloneJobs[k]
 }
 
 func newJob(name string, loc Loc) *Job {
@@ -152,6 +267,7 @@ func newJob(name string, loc Loc) *Job {
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
+		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second,
 		set: map[string]Loc{},
 	}
 }
@@ -200,9 +316,9 @@ func (j *Job) apply(o Option, record bool) error {
 	spec, ok := optionTable[name]
 	if !ok {
 		if _, known := fioOnlyOptions[name]; known {
-			return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q is a fio option that ringblk bench does not implement", o.Key)}
+			return &unsupportedError{ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q is a fio option that ringblk bench does not implement", o.Key)}, o.Key, true}
 		}
-		return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("unknown option %q", o.Key)}
+		return &unsupportedError{ParseError{Loc: o.Loc, Msg: fmt.Sprintf("unknown option %q", o.Key)}, o.Key, false}
 	}
 	val := o.Value
 	if o.Bare {
@@ -210,6 +326,9 @@ func (j *Job) apply(o Option, record bool) error {
 			return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("option %q needs a value (%s=…)", o.Key, o.Key)}
 		}
 		val = "1"
+		if spec.bareEmpty {
+			val = ""
+		}
 	}
 	if err := spec.set(j, strings.TrimSpace(val)); err != nil {
 		return &ParseError{Loc: o.Loc, Msg: fmt.Sprintf("%s=%s: %v", o.Key, o.Value, err)}
@@ -228,6 +347,50 @@ type ParseError struct {
 }
 
 func (e *ParseError) Error() string { return e.Loc.String() + ": " + e.Msg }
+
+// unsupportedError is an option bench does not have: a fio option it does
+// not implement (fio true) or a name neither knows. Parsing goes on past
+// these, so that one error names them all (unsupportedList).
+type unsupportedError struct {
+	ParseError
+	key string
+	fio bool
+}
+
+func (e *unsupportedError) Unwrap() error { return &e.ParseError }
+
+// unsupportedList is every unsupported option of a run, each once (a
+// [global] option is applied to every job), in one error that starts at
+// the first one's location.
+type unsupportedList []*unsupportedError
+
+func (l unsupportedList) add(e *unsupportedError) unsupportedList {
+	for _, x := range l {
+		if x.Loc == e.Loc && x.key == e.key {
+			return l
+		}
+	}
+	return append(l, e)
+}
+
+func (l unsupportedList) Error() string {
+	if len(l) == 1 {
+		return l[0].Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d options that ringblk bench does not implement or know: ", l[0].Loc, len(l))
+	for i, e := range l {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		what := "unknown"
+		if e.fio {
+			what = "fio option"
+		}
+		fmt.Fprintf(&b, "%q (%s, %s)", e.key, what, e.Loc)
+	}
+	return b.String()
+}
 
 // validate checks what single options cannot: conflicts and requirements.
 func (j *Job) validate() error {
@@ -261,7 +424,20 @@ func (j *Job) validate() error {
 		}
 	}
 	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
-		return bad(j.Loc, "missing filename (set filename=, or use ioengine=ringblk with format=null)")
+		// fio's default file: jobname.clone.file in directory=, one per
+		// clone.
+		j.perCloneFile = j.NumJobs > 1
+		j.Filename = j.Name + ".0.0"
+		if j.Directory != "" {
+			j.Filename = filepath.Join(j.Directory, j.Filename)
+		}
+	}
+	if j.FileSize > 0 {
+		// fio: filesize is the file, size the I/O (default: the file).
+		if j.Size > 0 && j.IOSize == 0 {
+			j.IOSize = j.Size
+		}
+		j.Size = j.FileSize
 	}
 	if j.Format == "null" && j.Size == 0 {
 		return bad(at("format"), "format=null needs a size")
@@ -297,6 +473,12 @@ func (j *Job) validate() error {
 	}
 	if j.IODepthBatch < 1 || j.IODepthBatch > j.IODepth {
 		j.IODepthBatch = min(max(j.IODepthBatch, 1), j.IODepth)
+	}
+	if !j.PerJobLogs && j.NumJobs > 1 && (j.BWLog != nil || j.IOPSLog != nil || j.LatLog != nil) {
+		return bad(at("per_job_logs"), "per_job_logs=0 with numjobs=%d (clones sharing one log file) is not implemented", j.NumJobs)
+	}
+	if j.ZoneMode == "strided" && j.ZoneSize > 0 && j.RW.Random() {
+		return bad(at("zonemode"), "zonemode=strided with a random pattern (rw=%s) is not implemented", j.RW)
 	}
 	if j.NumJobs < 1 || j.NumJobs > 1024 {
 		return bad(at("numjobs"), "numjobs %d out of range 1..1024", j.NumJobs)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 )
 
 // obj is a JSON object that keeps its key order (fio's order), so the
@@ -72,11 +73,17 @@ func writeJSONString(b *bytes.Buffer, s string) {
 // WriteJSON writes res as fio 3.33's --output-format=json: the same keys,
 // the same units (bw in KiB/s, runtime in ms, latencies in ns, percentile
 // keys "%f"), option values as strings.
-func WriteJSON(out io.Writer, res *Result) error {
+func WriteJSON(out io.Writer, res *Result) error { return writeJSON(out, res, false) }
+
+// WriteJSONPlus writes fio's --output-format=json+: the JSON with each
+// reported latency histogram's bins ("bins": value in ns → count).
+func WriteJSONPlus(out io.Writer, res *Result) error { return writeJSON(out, res, true) }
+
+func writeJSON(out io.Writer, res *Result, plus bool) error {
 	es := entries(res)
 	var jobs []obj
 	for _, e := range es {
-		jobs = append(jobs, jsonEntry(e))
+		jobs = append(jobs, jsonEntry(e, plus))
 	}
 	top := obj{
 		{"fio version", "fio-3.33"},
@@ -107,12 +114,13 @@ func optionsObj(opts []Option) obj {
 		if op.Bare {
 			continue
 		}
-		if i, ok := idx[op.Key]; ok {
+		key := fioOptionName(op.Key)
+		if i, ok := idx[key]; ok {
 			o[i].v = op.Value
 			continue
 		}
-		idx[op.Key] = len(o)
-		o = append(o, kv{op.Key, op.Value})
+		idx[key] = len(o)
+		o = append(o, kv{key, op.Value})
 	}
 	if o == nil {
 		o = obj{}
@@ -120,7 +128,22 @@ func optionsObj(opts []Option) obj {
 	return o
 }
 
-func jsonEntry(e *entry) obj {
+// fioOptionName is the name fio echoes an option under: its own name for
+// an alias (timeout is runtime, blockalign is ba). fio's name for
+// iodepth_batch_submit is iodepth_batch, the other way round; threads
+// it echoes as written.
+func fioOptionName(k string) string {
+	k = strings.ToLower(k)
+	if k == "iodepth_batch_submit" {
+		return "iodepth_batch"
+	}
+	if c, ok := optionAliases[k]; ok && c != "iodepth_batch_submit" && k != "threads" {
+		return c
+	}
+	return k
+}
+
+func jsonEntry(e *entry, plus bool) obj {
 	var jobRuntime int64
 	for _, w := range e.clones {
 		jobRuntime += (w.measureEnd - w.measureStart) / 1e6
@@ -132,10 +155,10 @@ func jsonEntry(e *entry) obj {
 		{"eta", 0},
 		{"elapsed", int64(math.Round(e.elapsed.Seconds()))},
 		{"job options", optionsObj(e.job.Options)},
-		{"read", jsonDir(e, DirRead)},
-		{"write", jsonDir(e, DirWrite)},
-		{"trim", jsonDir(e, -1)},
-		{"sync", obj{{"total_ios", 0}, {"lat_ns", latObj(nil, false)}}},
+		{"read", jsonDir(e, DirRead, plus)},
+		{"write", jsonDir(e, DirWrite, plus)},
+		{"trim", jsonDir(e, -1, plus)},
+		{"sync", obj{{"total_ios", e.sync.n}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job), plus)}}},
 		{"job_runtime", jobRuntime},
 		{"usr_cpu", e.usrPct},
 		{"sys_cpu", e.sysPct},
@@ -152,6 +175,9 @@ func jsonEntry(e *entry) obj {
 		{"latency_target", 0},
 		{"latency_percentile", 100.0},
 		{"latency_window", 0},
+	}
+	if e.job.Description != "" {
+		o = append(o, kv{"desc", e.job.Description})
 	}
 	return o
 }
@@ -177,24 +203,44 @@ func bucketObj(bounds []int64, pcts []float64) obj {
 }
 
 // latObj is {min, max, mean, stddev, N[, percentile]}.
-func latObj(s *latStat, withPct bool) obj {
+func latObj(s *latStat, pcts []float64, plus bool) obj {
 	if s == nil || s.n == 0 {
 		return obj{{"min", 0}, {"max", 0}, {"mean", 0.0}, {"stddev", 0.0}, {"N", 0}}
 	}
 	o := obj{{"min", s.min}, {"max", s.max}, {"mean", s.mean}, {"stddev", s.stddev()}, {"N", s.n}}
-	if withPct {
-		vals := percentiles(s)
+	if len(pcts) > 0 {
+		vals := percentiles(s, pcts)
 		p := make(obj, len(vals))
 		for i, v := range vals {
-			p[i] = kv{strconv.FormatFloat(percentileList[i], 'f', 6, 64), v}
+			p[i] = kv{strconv.FormatFloat(pcts[i], 'f', 6, 64), v}
 		}
 		o = append(o, kv{"percentile", p})
+		if plus && s.h != nil {
+			// json+: the histogram's buckets, as fio's "bins".
+			var bins obj
+			for _, bar := range s.h.Distribution() {
+				if bar.Count > 0 {
+					bins = append(bins, kv{strconv.FormatInt(bar.From, 10), bar.Count})
+				}
+			}
+			if bins == nil {
+				bins = obj{}
+			}
+			o = append(o, kv{"bins", bins})
+		}
 	}
 	return o
 }
 
+func pctsIf(on bool, j *Job) []float64 {
+	if !on {
+		return nil
+	}
+	return jobPercentiles(j)
+}
+
 // jsonDir is one direction; d < 0 is the (always empty) trim.
-func jsonDir(e *entry, d int) obj {
+func jsonDir(e *entry, d int, plus bool) obj {
 	var ds *dirStats
 	var bwBytes, iops float64
 	var runtime int64
@@ -222,9 +268,9 @@ func jsonDir(e *entry, d int) obj {
 		{"total_ios", ds.ios},
 		{"short_ios", 0},
 		{"drop_ios", 0},
-		{"slat_ns", latObj(&ds.slat, false)},
-		{"clat_ns", latObj(&ds.clat, true)},
-		{"lat_ns", latObj(&ds.lat, false)},
+		{"slat_ns", latObj(&ds.slat, nil, plus)},
+		{"clat_ns", latObj(&ds.clat, pctsIf(e.job.ClatPercentiles, e.job), plus)},
+		{"lat_ns", latObj(&ds.lat, pctsIf(e.job.LatPercentiles, e.job), plus)},
 		{"bw_min", uint64(ds.bw.min)},
 		{"bw_max", uint64(ds.bw.max)},
 		{"bw_agg", agg},

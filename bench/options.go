@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/ringblk/ringblk/internal/units"
 	"math"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -13,9 +14,10 @@ import (
 
 // optionSpec is one implemented option.
 type optionSpec struct {
-	bool bool // may be written bare
-	help string
-	set  func(j *Job, v string) error
+	bool      bool // may be written bare
+	bareEmpty bool // bare: set gets "" (not "1")
+	help      string
+	set       func(j *Job, v string) error
 }
 
 var optionAliases = map[string]string{
@@ -23,6 +25,11 @@ var optionAliases = map[string]string{
 	"blocksize":       "bs",
 	"blocksize_range": "bsrange",
 	"iodepth_batch":   "iodepth_batch_submit",
+	"timeout":         "runtime",
+	"threads":         "thread",
+	"io_limit":        "io_size",
+	"blockalign":      "ba",
+	"ratemin":         "rate_min",
 }
 
 // optionTable holds every option bench implements. Help texts feed
@@ -36,13 +43,56 @@ func init() {
 			j.Description = v
 			return nil
 		}},
-		"filename":  {help: "file or block device (image for ioengine=ringblk)", set: func(j *Job, v string) error { j.Filename = v; return nil }},
+		"filename": {help: "file or block device (image for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
+			// fio: unescaped colons separate several files; "\:" is a colon.
+			var b strings.Builder
+			for i := 0; i < len(v); i++ {
+				switch {
+				case v[i] == '\\' && i+1 < len(v) && v[i+1] == ':':
+					b.WriteByte(':')
+					i++
+				case v[i] == ':':
+					return fmt.Errorf("several files in one job (filename=a:b) are not implemented: give each file its own job, or escape a colon in a name as \\:")
+				default:
+					b.WriteByte(v[i])
+				}
+			}
+			j.Filename = b.String()
+			return nil
+		}},
 		"directory": {help: "directory prefixed to a relative filename", set: func(j *Job, v string) error { j.Directory = v; return nil }},
 		"size":      {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024)", set: sizeSetter(func(j *Job, n int64) { j.Size = n })},
 		"offset":    {help: "start of the region in bytes", set: sizeSetter(func(j *Job, n int64) { j.Offset = n })},
 		"rw": {help: "read, write, randread, randwrite, rw/readwrite, randrw", set: func(j *Job, v string) error {
-			if k := strings.IndexByte(v, ':'); k >= 0 {
-				return errors.New("rw suffixes (rw=…:N) are not implemented")
+			j.SeqAdd, j.SeqNr = 0, 0
+			v, suffix, hasSuffix := strings.Cut(v, ":")
+			defer func() {
+				if !hasSuffix {
+					return
+				}
+				// fio: a count of I/Os per random offset for random
+				// patterns, a byte skip (negative: backwards) for
+				// sequential ones.
+				if j.RW.Random() {
+					n, err := strconv.Atoi(suffix)
+					if err == nil && n >= 1 {
+						j.SeqNr = n
+					}
+					return
+				}
+				neg := strings.HasPrefix(suffix, "-")
+				n, err := units.ParseSize(strings.TrimPrefix(suffix, "-"))
+				if err == nil {
+					if neg {
+						n = -n
+					}
+					j.SeqAdd = n
+				}
+			}()
+			if hasSuffix {
+				if err := checkRWSuffix(v, suffix); err != nil {
+					return err
+				}
 			}
 			for i, n := range rwNames {
 				if v == n {
@@ -59,6 +109,169 @@ func init() {
 			}
 			return errors.New("want read, write, randread, randwrite, rw, readwrite or randrw")
 		}},
+		"io_size": {help: "bytes of I/O per loop (io_limit; default: size)", set: sizeSetter(func(j *Job, n int64) { j.IOSize = n })},
+		"loops":   {help: "repeat the job's I/O this many times", set: intSetter(1, 1<<30, func(j *Job, n int) { j.Loops = n })},
+		"gtod_reduce": {bool: true, help: "disable_lat, disable_clat, disable_slat and disable_bw_measurement at once (clat percentiles off)", set: boolSetter(func(j *Job, b bool) {
+			j.DisableLat, j.DisableClat, j.DisableSlat, j.DisableBW = b, b, b, b
+			j.ClatPercentiles = !b
+		})},
+		"disable_lat":            {bool: true, help: "do not measure total latency (lat)", set: boolSetter(func(j *Job, b bool) { j.DisableLat = b })},
+		"disable_clat":           {bool: true, help: "do not measure completion latency (clat)", set: boolSetter(func(j *Job, b bool) { j.DisableClat = b })},
+		"disable_slat":           {bool: true, help: "do not measure submission latency (slat)", set: boolSetter(func(j *Job, b bool) { j.DisableSlat = b })},
+		"disable_bw_measurement": {bool: true, help: "take no bandwidth/IOPS samples (disable_bw)", set: boolSetter(func(j *Job, b bool) { j.DisableBW = b })},
+		"clat_percentiles":       {bool: true, help: "report completion latency percentiles (default 1)", set: boolSetter(func(j *Job, b bool) { j.ClatPercentiles = b })},
+		"lat_percentiles":        {bool: true, help: "report total latency percentiles (default 0)", set: boolSetter(func(j *Job, b bool) { j.LatPercentiles = b })},
+		"percentile_list": {help: "percentiles reported, colon-separated (default fio's 17)", set: func(j *Job, v string) error {
+			var l []float64
+			for _, f := range strings.Split(v, ":") {
+				p, err := strconv.ParseFloat(f, 64)
+				if err != nil || p < 0 || p > 100 {
+					return fmt.Errorf("bad percentile %q (0..100)", f)
+				}
+				l = append(l, p)
+			}
+			if len(l) > 20 {
+				return errors.New("at most 20 percentiles")
+			}
+			j.PercentileList = l
+			return nil
+		}},
+		"write_bw_log":     {bool: true, bareEmpty: true, help: "bandwidth log PREFIX_bw.N.log in fio's format (bare: the job's name)", set: logSetter(func(j *Job) **string { return &j.BWLog })},
+		"write_iops_log":   {bool: true, bareEmpty: true, help: "IOPS log PREFIX_iops.N.log in fio's format", set: logSetter(func(j *Job) **string { return &j.IOPSLog })},
+		"write_lat_log":    {bool: true, bareEmpty: true, help: "latency logs PREFIX_{lat,clat,slat}.N.log in fio's format (ns)", set: logSetter(func(j *Job) **string { return &j.LatLog })},
+		"log_avg_msec":     {help: "average log entries over windows of N ms (0: an entry per I/O)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.LogAvgMsec = n })},
+		"log_offset":       {bool: true, help: "log each I/O's offset (per-I/O logs)", set: boolSetter(func(j *Job, b bool) { j.LogOffset = b })},
+		"per_job_logs":     {bool: true, help: "one log per clone, PREFIX_bw.N.log (default 1); 0: PREFIX_bw.log", set: boolSetter(func(j *Job, b bool) { j.PerJobLogs = b })},
+		"offset_increment": {help: "clone k's region starts k*N bytes further", set: sizeSetter(func(j *Job, n int64) { j.OffsetIncrement = n })},
+		"ba": {help: "align random offsets to N bytes (blockalign; default: the smallest block)", set: func(j *Job, v string) error {
+			return perDir(v, func(d int, s string) error {
+				n, err := units.ParseSize(s)
+				if err != nil {
+					return err
+				}
+				if n <= 0 || n > 1<<30 {
+					return fmt.Errorf("alignment %d out of range", n)
+				}
+				if d == DirRead || j.BlockAlign == 0 {
+					j.BlockAlign = n
+				} else if n != j.BlockAlign {
+					return errors.New("different read and write alignments are not implemented")
+				}
+				return nil
+			})
+		}},
+		"unlink": {bool: true, help: "remove the job's file after the job", set: boolSetter(func(j *Job, b bool) { j.Unlink = b })},
+		"cpus_allowed": {help: "CPUs the clones may run on: 0-3,6", set: func(j *Job, v string) error {
+			cpus, err := parseCPUList(v)
+			if err != nil {
+				return err
+			}
+			j.CPUsAllowed = cpus
+			return nil
+		}},
+		"cpus_allowed_policy": {help: "shared (every clone on the whole set) or split (clone k on the k-th CPU)", set: func(j *Job, v string) error {
+			if v != "shared" && v != "split" {
+				return errors.New("want shared or split")
+			}
+			j.CPUsPolicy = v
+			return nil
+		}},
+		"thinktime":        {help: "pause this long (bare number: microseconds) after every thinktime_blocks I/Os have completed", set: usecSetter(func(j *Job, d time.Duration) { j.ThinkTime = d })},
+		"thinktime_blocks": {help: "I/Os between thinktime pauses (default 1)", set: intSetter(1, 1<<30, func(j *Job, n int) { j.ThinkBlocks = n })},
+		"rate":             {help: "bandwidth cap per clone in bytes/s, read[,write] (0 or empty: none)", set: rateSetter(func(j *Job) *[2]int64 { return &j.Rate })},
+		"rate_iops":        {help: "IOPS cap per clone, read[,write]", set: rateSetter(func(j *Job) *[2]int64 { return &j.RateIOPS })},
+		"rate_process": {help: "linear (even spacing, default) or poisson (exponential gaps)", set: func(j *Job, v string) error {
+			if v != "linear" && v != "poisson" {
+				return errors.New("want linear or poisson")
+			}
+			j.RateProcess = v
+			return nil
+		}},
+		"startdelay": {help: "wait this long before starting (a-b: a random time in that range)", set: func(j *Job, v string) error {
+			lo, hi, isRange := strings.Cut(v, "-")
+			a, err := parseTime(lo)
+			if err != nil {
+				return err
+			}
+			b := a
+			if isRange {
+				if b, err = parseTime(hi); err != nil {
+					return err
+				}
+				if b < a {
+					return errors.New("range end before its start")
+				}
+			}
+			j.StartDelay = [2]time.Duration{a, b}
+			return nil
+		}},
+		"rate_min":      {help: "fail the job when a rate_cycle's bandwidth is below this (bytes/s, read[,write]; ratemin)", set: rateSetter(func(j *Job) *[2]int64 { return &j.RateMin })},
+		"rate_iops_min": {help: "fail the job when a rate_cycle's IOPS are below this", set: rateSetter(func(j *Job) *[2]int64 { return &j.RateIOPSMin })},
+		"rate_cycle": {help: "window of rate_min checks (bare number: ms; default 1000)", set: func(j *Job, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return errors.New("want a positive number of milliseconds")
+			}
+			j.RateCycle = time.Duration(n) * time.Millisecond
+			return nil
+		}},
+		"flow":       {help: "weight of the job in its flow_id group: clones issue I/O in the ratio of their weights", set: intSetter(0, 1<<20, func(j *Job, n int) { j.Flow = n })},
+		"flow_id":    {help: "flow group of the job (default 0)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.FlowID = n })},
+		"flow_sleep": {help: "wait before retrying when ahead of the flow share (bare number: microseconds)", set: usecSetter(func(j *Job, d time.Duration) { j.FlowSleep = d })},
+		"fsync":      {help: "fsync after every N writes (0: none)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.Fsync = n })},
+		"fdatasync":  {help: "fdatasync after every N writes (0: none)", set: intSetter(0, 1<<30, func(j *Job, n int) { j.Fdatasync = n })},
+		"end_fsync":  {bool: true, help: "fsync once the job's writes are done", set: boolSetter(func(j *Job, b bool) { j.EndFsync = b })},
+		"filesize": {help: "size of the job's file (size= is then the bytes of I/O)", set: func(j *Job, v string) error {
+			if strings.Contains(v, "-") {
+				return errors.New("a filesize range is not implemented")
+			}
+			n, err := units.ParseSize(v)
+			if err != nil {
+				return err
+			}
+			j.FileSize = n
+			return nil
+		}},
+		"wait_for": {help: "start after the named job (defined earlier) finished", set: func(j *Job, v string) error {
+			if v == "" {
+				return errors.New("needs a job name")
+			}
+			j.WaitFor = v
+			return nil
+		}},
+		"number_ios": {help: "stop each clone after this many I/Os", set: func(j *Job, v string) error {
+			n, err := units.ParseSize(v)
+			if err != nil || n < 0 {
+				return errors.New("want a count of I/Os")
+			}
+			j.NumberIOs = n
+			return nil
+		}},
+		"sync": {bool: true, help: "synchronous writes: 0/none, 1/sync (O_SYNC), dsync (O_DSYNC); ringblk: FUA writes", set: func(j *Job, v string) error {
+			switch v {
+			case "0", "none", "false":
+				j.SyncIO = ""
+			case "1", "sync", "true":
+				j.SyncIO = "sync"
+			case "dsync":
+				j.SyncIO = "dsync"
+			default:
+				return errors.New("want 0, none, 1, sync or dsync")
+			}
+			return nil
+		}},
+		"zonemode": {help: "none or strided (zonesize bytes of I/O, then skip zoneskip)", set: func(j *Job, v string) error {
+			switch v {
+			case "none", "strided":
+				j.ZoneMode = v
+				return nil
+			case "zbd":
+				return errors.New("zonemode=zbd (zoned block devices) is not implemented (none, strided)")
+			}
+			return errors.New("want none or strided")
+		}},
+		"zonesize":   {help: "zonemode=strided: bytes of I/O per zone", set: sizeSetter(func(j *Job, n int64) { j.ZoneSize = n })},
+		"zoneskip":   {help: "zonemode=strided: bytes skipped after each zone", set: sizeSetter(func(j *Job, n int64) { j.ZoneSkip = n })},
 		"rwmixread":  {help: "percent of reads in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = p })},
 		"rwmixwrite": {help: "percent of writes in rw/randrw", set: pctSetter(func(j *Job, p int) { j.RWMixRead = 100 - p })},
 		"bs": {help: "block size, or read,write sizes (bs=4k or bs=4k,64k)", set: func(j *Job, v string) error {
@@ -193,17 +406,30 @@ func init() {
 			j.RandRepeat = true
 			return nil
 		}},
-		"random_distribution": {help: "random, zipf:theta, pareto:h", set: func(j *Job, v string) error {
+		"random_distribution": {help: "random, zipf:theta, pareto:h, normal:dev%, zoned:access%/range%:…, zoned_abs:access%/size:…", set: func(j *Job, v string) error {
 			kind, param, hasParam := strings.Cut(v, ":")
 			if kind == "random" {
 				j.Dist, j.DistParam = DistRandom, 0
 				return nil
 			}
-			if kind != "zipf" && kind != "pareto" {
-				if kind == "normal" || kind == "zoned" || kind == "zoned_abs" {
-					return fmt.Errorf("distribution %s is not implemented (random, zipf, pareto)", kind)
+			if kind == "zoned" || kind == "zoned_abs" {
+				zones, err := parseZones(param, kind == "zoned_abs")
+				if err != nil {
+					return err
 				}
-				return errors.New("want random, zipf:theta or pareto:h")
+				j.Dist, j.Zones, j.ZonesAbs = DistZoned, zones, kind == "zoned_abs"
+				return nil
+			}
+			if kind == "normal" {
+				f, err := strconv.ParseFloat(param, 64)
+				if !hasParam || err != nil || f <= 0 || f > 100 {
+					return errors.New("normal needs a deviation in percent of the region (normal:10)")
+				}
+				j.Dist, j.DistParam = DistNormal, f
+				return nil
+			}
+			if kind != "zipf" && kind != "pareto" {
+				return errors.New("want random, zipf:theta, pareto:h, normal:dev, zoned:a/r:… or zoned_abs:a/size:…")
 			}
 			if !hasParam {
 				return fmt.Errorf("%s needs a parameter (%s:0.5)", kind, kind)
@@ -320,6 +546,157 @@ var fioOnlyOptions = func() map[string]struct{} {
 	}
 	return m
 }()
+
+// checkRWSuffix checks rw=PATTERN:N: an I/O count for random patterns, a
+// byte offset (k/m/g suffixes, may be negative) for sequential ones.
+func checkRWSuffix(pattern, suffix string) error {
+	switch pattern {
+	case "randread", "randwrite", "randrw":
+		if n, err := strconv.Atoi(suffix); err != nil || n < 1 {
+			return fmt.Errorf("rw=%s:%s: want a count of I/Os per random offset (1 or more)", pattern, suffix)
+		}
+	default:
+		if _, err := units.ParseSize(strings.TrimPrefix(suffix, "-")); err != nil {
+			return fmt.Errorf("rw=%s:%s: want a byte offset: %v", pattern, suffix, err)
+		}
+	}
+	return nil
+}
+
+// logSetter sets a log prefix; "" (a bare option) is the job's name.
+func logSetter(field func(*Job) **string) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		p := v
+		if p == "" {
+			p = j.Name
+		}
+		*field(j) = &p
+		return nil
+	}
+}
+
+// parseCPUList reads fio's CPU lists: "0-3,6", each CPU present here.
+func parseCPUList(v string) ([]int, error) {
+	var out []int
+	seen := map[int]bool{}
+	for _, part := range strings.Split(v, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a {
+			return nil, fmt.Errorf("bad CPU list entry %q (want N or N-M)", part)
+		}
+		for c := a; c <= b; c++ {
+			if c >= runtime.NumCPU() {
+				return nil, fmt.Errorf("CPU %d is not present (this machine has %d)", c, runtime.NumCPU())
+			}
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
+
+// usecSetter reads a time whose bare number is microseconds (thinktime).
+func usecSetter(f func(*Job, time.Duration)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		t := strings.TrimSpace(v)
+		if t != "" && strings.IndexFunc(t, func(r rune) bool { return r < '0' || r > '9' }) < 0 {
+			t += "us"
+		}
+		d, err := parseTime(t)
+		if err != nil {
+			return err
+		}
+		f(j, d)
+		return nil
+	}
+}
+
+// rateSetter reads read[,write] rates; an empty or 0 value is no cap.
+func rateSetter(field func(*Job) *[2]int64) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		parts := strings.Split(v, ",")
+		if len(parts) > 3 {
+			return errors.New("at most read,write,trim values")
+		}
+		var r [2]int64
+		for d := 0; d < 2; d++ {
+			s := parts[0]
+			if d == 1 && len(parts) > 1 {
+				s = parts[1]
+			}
+			if d == 0 && len(parts) > 1 && s == "" {
+				continue
+			}
+			if s == "" {
+				continue
+			}
+			n, err := units.ParseSize(s)
+			if err != nil {
+				return err
+			}
+			if n < 0 {
+				return fmt.Errorf("negative rate %d", n)
+			}
+			r[d] = n
+		}
+		*field(j) = r
+		return nil
+	}
+}
+
+// parseZones reads zoned (access%/range%) or zoned_abs (access%/size)
+// zones: the accesses add up to 100; a zoned entry without a range takes
+// what the others leave.
+func parseZones(v string, abs bool) ([]Zone, error) {
+	var zones []Zone
+	acc, rng := 0, 0
+	for _, e := range strings.Split(v, ":") {
+		a, r, _ := strings.Cut(e, "/")
+		p, err := strconv.Atoi(a)
+		if err != nil || p < 0 || p > 100 {
+			return nil, fmt.Errorf("bad zone %q (want access%%/range)", e)
+		}
+		z := Zone{Access: p, Range: -1}
+		switch {
+		case r == "" && !abs:
+		case abs:
+			n, err := units.ParseSize(r)
+			if err != nil || n <= 0 {
+				return nil, fmt.Errorf("bad zone size in %q", e)
+			}
+			z.Range = n
+		default:
+			n, err := strconv.Atoi(r)
+			if err != nil || n < 0 || n > 100 {
+				return nil, fmt.Errorf("bad zone range in %q", e)
+			}
+			z.Range = int64(n)
+			rng += n
+		}
+		acc += p
+		zones = append(zones, z)
+	}
+	if acc != 100 {
+		return nil, fmt.Errorf("zone accesses add up to %d%%, want 100", acc)
+	}
+	if !abs && rng > 100 {
+		return nil, fmt.Errorf("zone ranges add up to %d%%, more than 100", rng)
+	}
+	for i := range zones {
+		if zones[i].Range < 0 {
+			zones[i].Range = int64(100 - rng)
+			rng = 100
+		}
+	}
+	return zones, nil
+}
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {
 	return func(j *Job, v string) error {

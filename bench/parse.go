@@ -308,24 +308,36 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 	if len(s.jobs) == 0 {
 		return nil, errors.New("no jobs defined (a job file needs a [jobname] section; on the command line use --name=…)")
 	}
+	// Unsupported options do not stop the parse: every one of them, in
+	// every job, is named in one error at the end.
+	var unsupported unsupportedList
+	var firstErr error
+	apply := func(j *Job, o Option, record bool) {
+		err := j.apply(o, record)
+		var ue *unsupportedError
+		switch {
+		case err == nil:
+		case errors.As(err, &ue):
+			unsupported = unsupported.add(ue)
+		case firstErr == nil:
+			firstErr = err
+		}
+	}
 	for _, p := range s.jobs {
 		j := newJob(p.sec.name, p.sec.loc)
 		for _, o := range p.globals {
-			if err := j.apply(o, false); err != nil {
-				return nil, err
-			}
+			apply(j, o, false)
 		}
 		j.globals = p.globals
 		j.Name = p.sec.name // the section name wins over a global name=
 		for _, o := range p.sec.opts {
-			if err := j.apply(o, true); err != nil {
-				return nil, err
-			}
+			apply(j, o, true)
 		}
 		for _, o := range overrides {
-			if err := j.apply(o, true); err != nil {
-				return nil, err
-			}
+			apply(j, o, true)
+		}
+		if len(unsupported) > 0 || firstErr != nil {
+			continue
 		}
 		if j.Directory != "" && j.Filename != "" && !filepath.IsAbs(j.Filename) {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
@@ -333,7 +345,22 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 		if err := j.validate(); err != nil {
 			return nil, err
 		}
+		if j.WaitFor != "" {
+			found := false
+			for _, e := range spec.Jobs {
+				found = found || e.Name == j.WaitFor
+			}
+			if !found {
+				return nil, &ParseError{Loc: j.set["wait_for"], Msg: fmt.Sprintf("job %q: wait_for=%s: no job of that name before it", j.Name, j.WaitFor)}
+			}
+		}
 		spec.Jobs = append(spec.Jobs, j)
+	}
+	if len(unsupported) > 0 {
+		return nil, unsupported
+	}
+	if firstErr != nil {
+		return nil, firstErr
 	}
 	return spec, nil
 }
@@ -361,8 +388,15 @@ func ParseJobText(name, text string, overrides ...Option) (*Spec, error) {
 		return nil, err
 	}
 	spec, err := ParseJobFile(p, overrides...)
+	var ul unsupportedList
 	var pe *ParseError
-	if errors.As(err, &pe) && pe.Loc.File == p {
+	if errors.As(err, &ul) {
+		for _, e := range ul {
+			if e.Loc.File == p {
+				e.Loc.File = name
+			}
+		}
+	} else if errors.As(err, &pe) && pe.Loc.File == p {
 		pe.Loc.File = name
 	}
 	return spec, err

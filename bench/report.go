@@ -80,10 +80,14 @@ func WriteNormal(out io.Writer, res *Result) {
 
 // WriteHeader writes the lines fio prints before a run.
 func WriteHeader(out io.Writer, spec *Spec) {
-	threads := 0
-	for _, gj := range groups(spec.Jobs) {
-		for _, j := range gj {
+	// fio counts the clones of thread=1 jobs as threads, the others as
+	// processes (bench runs every clone on a thread either way).
+	threads, procs := 0, 0
+	for _, j := range spec.Jobs {
+		if j.Thread {
 			threads += j.NumJobs
+		} else {
+			procs += j.NumJobs
 		}
 	}
 	gid := 0
@@ -101,14 +105,32 @@ func WriteHeader(out io.Writer, spec *Spec) {
 			}
 			fmt.Fprintf(out, "%s: (g=%d): rw=%s, bs=(R) %s, (W) %s, (T) %s, ioengine=%s, iodepth=%d\n",
 				j.Name, gid, j.RW, bs(DirRead), bs(DirWrite), bs(DirWrite), eng, j.IODepth)
+			if j.NumJobs > 1 {
+				fmt.Fprintln(out, "...") // fio's mark for the job's clones
+			}
 		}
 	}
 	fmt.Fprintln(out, Version)
-	plural := "s"
-	if threads == 1 {
-		plural = ""
+	fmt.Fprintln(out, startingLine(threads, procs))
+}
+
+// startingLine is fio's "Starting N threads and M processes" line.
+func startingLine(threads, procs int) string {
+	t := fmt.Sprintf("%d thread", threads)
+	if threads != 1 {
+		t += "s"
 	}
-	fmt.Fprintf(out, "Starting %d thread%s\n", threads, plural)
+	p := fmt.Sprintf("%d process", procs)
+	if procs != 1 {
+		p += "es"
+	}
+	switch {
+	case threads > 0 && procs > 0:
+		return "Starting " + t + " and " + p
+	case threads > 0:
+		return "Starting " + t
+	}
+	return "Starting " + p
 }
 
 func writeEntry(out io.Writer, e *entry) {
@@ -129,14 +151,29 @@ func writeEntry(out io.Writer, e *entry) {
 		if ds.ios == 0 {
 			continue
 		}
-		fmt.Fprintf(out, "  %s: IOPS=%s, BW=%s(%sB/%dmsec)\n", label, num2str(e.iops(d), 4, false),
-			bwStr(e.bwBytes(d)), num2str(float64(ds.bytes), 4, true), e.runtimeMs)
+		// fio ends the write line with its zone reset count (always 0
+		// here: no zoned devices).
+		zones := ""
+		if d == DirWrite {
+			zones = "; 0 zone resets"
+		}
+		fmt.Fprintf(out, "  %s: IOPS=%s, BW=%s(%sB/%dmsec)%s\n", label, num2str(e.iops(d), 4, false),
+			bwStr(e.bwBytes(d)), num2str(float64(ds.bytes), 4, true), e.runtimeMs, zones)
 		if ds.slat.n > 0 {
 			writeLat(out, "    slat", &ds.slat)
 		}
-		writeLat(out, "    clat", &ds.clat)
-		writeLat(out, "     lat", &ds.lat)
-		writePercentiles(out, "clat", &ds.clat)
+		if ds.clat.n > 0 {
+			writeLat(out, "    clat", &ds.clat)
+		}
+		if ds.lat.n > 0 {
+			writeLat(out, "     lat", &ds.lat)
+		}
+		if e.job.ClatPercentiles {
+			writePercentiles(out, "clat", &ds.clat, jobPercentiles(e.job))
+		}
+		if e.job.LatPercentiles {
+			writePercentiles(out, " lat", &ds.lat, jobPercentiles(e.job))
+		}
 		if ds.bw.n > 0 {
 			per := 100.0
 			fmt.Fprintf(out, "   bw (  KiB/s): min=%d, max=%d, per=%.2f%%, avg=%.2f, stdev=%.2f, samples=%d\n",
@@ -196,22 +233,31 @@ func writeLat(out io.Writer, name string, s *latStat) {
 // percentileList is fio's default percentile_list.
 var percentileList = []float64{1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99}
 
-func percentiles(s *latStat) []int64 {
-	out := make([]int64, len(percentileList))
+// jobPercentiles is the job's percentile_list, or fio's default.
+func jobPercentiles(j *Job) []float64 {
+	if len(j.PercentileList) > 0 {
+		return j.PercentileList
+	}
+	return percentileList
+}
+
+func percentiles(s *latStat, list []float64) []int64 {
+	out := make([]int64, len(list))
 	if s.h == nil || s.n == 0 {
 		return out
 	}
-	for i, p := range percentileList {
+	for i, p := range list {
 		out[i] = s.h.ValueAtQuantile(p)
 	}
 	return out
 }
 
-func writePercentiles(out io.Writer, name string, s *latStat) {
-	if s.n == 0 {
+func writePercentiles(out io.Writer, name string, s *latStat, list []float64) {
+	if s.n == 0 || len(list) == 0 {
 		return
 	}
-	vals := percentiles(s)
+	percentileList := list
+	vals := percentiles(s, list)
 	minv, maxv := vals[0], vals[0]
 	for _, v := range vals {
 		minv, maxv = min(minv, v), max(maxv, v)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -72,11 +73,17 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 	res := &Result{Spec: spec, Start: time.Now()}
 	regions := make(map[*Job][2]int64)
 	for _, j := range spec.Jobs {
-		off, n, err := prepareFile(j, opts.Log)
-		if err != nil {
-			return nil, err
+		for k := 0; k < j.NumJobs; k++ {
+			cj := j.cloneJob(k)
+			if k > 0 && cj == j {
+				break
+			}
+			off, n, err := prepareFile(cj, opts.Log)
+			if err != nil {
+				return nil, err
+			}
+			regions[cj] = [2]int64{off, n}
 		}
-		regions[j] = [2]int64{off, n}
 	}
 	res.diskBefore = snapDisks(spec.Jobs)
 	var env *ringblkEnv
@@ -97,6 +104,18 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 		jr, err := runGroup(env, grp, gid, regions, cpus, opts)
 		if err != nil {
 			return nil, err
+		}
+		for _, j := range grp {
+			if !j.Unlink || j.Filename == "" || (j.IOEngine == "ringblk" && j.Format == "null") {
+				continue
+			}
+			for k := 0; k < j.NumJobs; k++ {
+				if cj := j.cloneJob(k); k == 0 || cj != j {
+					if err := os.Remove(cj.Filename); err != nil && !os.IsNotExist(err) {
+						return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+					}
+				}
+			}
 		}
 		res.Jobs = append(res.Jobs, jr...)
 	}
@@ -120,10 +139,26 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		total += j.NumJobs
 	}
 	done := make(chan *worker, total)
-	var starts []func()
+	type start struct {
+		job *Job
+		fn  func()
+	}
+	var starts []start
 	var clones []stopper
 	var rjobs []*ringblkJob
+	type loggedWorker struct {
+		w  *worker
+		jr *JobResult
+	}
+	var logged []loggedWorker
 	defer func() {
+		// The logs are closed after every clone stopped; a log that could
+		// not be written fails its job.
+		for _, lw := range logged {
+			if e := lw.w.logs.close(); e != nil && lw.jr.Err == nil {
+				lw.jr.Err = fmt.Errorf("log: %w", e)
+			}
+		}
 		for _, c := range clones {
 			if e := c.stop(); e != nil && err == nil {
 				err = e
@@ -157,9 +192,32 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			rjobs = append(rjobs, rj)
 		}
 		for k := 0; k < j.NumJobs; k++ {
-			w := newWorker(j, k, reg[0], reg[1])
+			cj := j.cloneJob(k)
+			if cj != j {
+				// fio's own file per clone: its region and, for the
+				// ringblk engine, its own image node and front end.
+				reg = regions[cj]
+				if cj.Invalidate {
+					invalidate(cj.Filename)
+				}
+				if rj != nil {
+					if rj, err = env.openJob(cj, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
+						return nil, fmt.Errorf("job %q: %w", j.Name, err)
+					}
+					rj.res = jr
+					rjobs = append(rjobs, rj)
+				}
+			}
+			w := newWorker(cj, k, reg[0]+int64(k)*j.OffsetIncrement, reg[1])
 			jr.Clones = append(jr.Clones, w)
-			cpu := cloneIdx % cpus
+			if w.logs, err = openLogs(j, k); err != nil {
+				return nil, fmt.Errorf("job %q: %w", j.Name, err)
+			}
+			if w.logs != nil {
+				logged = append(logged, loggedWorker{w, jr})
+			}
+			cpu, cpuSet := placement(j, k, cloneIdx, cpus)
+			w.cpuSet = cpuSet
 			cloneIdx++
 			if rj != nil {
 				c, err := newRingblkClone(rj, w, cpu, done)
@@ -167,29 +225,54 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 					return nil, fmt.Errorf("job %q: %w", j.Name, err)
 				}
 				clones = append(clones, c)
-				starts = append(starts, c.start)
+				starts = append(starts, start{j, c.start})
 			} else {
 				c, err := newThreadClone(w, cpu, done)
 				if err != nil {
 					return nil, fmt.Errorf("job %q: %w", j.Name, err)
 				}
 				clones = append(clones, c)
-				starts = append(starts, c.start)
+				starts = append(starts, start{j, c.start})
 			}
 		}
 	}
+	flowGroups(out)
 	began := time.Now()
 	live.Store(&out)
 	defer live.Store(nil)
+	// wait_for: a job whose named job runs in this group starts when
+	// every clone of that job finished.
+	clonesOf := map[string]int{}
+	for _, j := range grp {
+		clonesOf[j.Name] += j.NumJobs
+	}
+	var held []start
 	for _, s := range starts {
-		s()
+		if s.job.WaitFor != "" && clonesOf[s.job.WaitFor] > 0 {
+			held = append(held, s)
+			continue
+		}
+		s.fn()
 	}
 	var stopStatus func()
 	if opts.Status != nil {
 		stopStatus = startStatus(opts.Status, out, began)
 	}
 	for i := 0; i < total; i++ {
-		<-done
+		w := <-done
+		name := w.job.Name
+		if clonesOf[name]--; clonesOf[name] > 0 || len(held) == 0 {
+			continue
+		}
+		rest := held[:0]
+		for _, s := range held {
+			if s.job.WaitFor == name {
+				s.fn()
+			} else {
+				rest = append(rest, s)
+			}
+		}
+		held = rest
 	}
 	if stopStatus != nil {
 		stopStatus()
@@ -204,6 +287,31 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		}
 	}
 	return out, nil
+}
+
+// placement is where clone k of j runs: one CPU (and no set), or no CPU
+// (-1) and the set its thread may use (nil: anywhere).
+func placement(j *Job, k, cloneIdx, cpus int) (int, []int) {
+	switch {
+	case j.CPUsAllowed == nil && j.CPUsPolicy == "":
+		return cloneIdx % cpus, nil // ringblk's default: one clone per CPU
+	case j.CPUsAllowed == nil && j.CPUsPolicy == "shared":
+		return -1, nil
+	case j.CPUsAllowed == nil: // split over every CPU
+		return k % cpus, nil
+	case j.CPUsPolicy == "split":
+		return j.CPUsAllowed[k%len(j.CPUsAllowed)], nil
+	}
+	return -1, j.CPUsAllowed
+}
+
+// pinSet restricts the calling thread to cpus (cpus_allowed, shared).
+func pinSet(cpus []int) {
+	var set unix.CPUSet
+	for _, c := range cpus {
+		set.Set(c)
+	}
+	_ = unix.SchedSetaffinity(0, &set) // best effort, like fio's
 }
 
 // live is the group running now, for tests that watch progress.
@@ -269,7 +377,7 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	if err == nil {
 		size = st.Size()
 	}
-	want := j.Offset + j.Size
+	want := j.Offset + int64(j.NumJobs-1)*j.OffsetIncrement + j.Size
 	if j.Size == 0 {
 		if size == 0 {
 			return 0, 0, fmt.Errorf("job %q: %s does not exist or is empty and no size= is given", j.Name, j.Filename)
@@ -289,6 +397,10 @@ func regionOf(j *Job, size int64) (int64, int64, error) {
 	n := size - j.Offset
 	if j.Size > 0 {
 		n = min(n, j.Size)
+	}
+	// offset_increment: the last clone's region must fit too.
+	if last := j.Offset + int64(j.NumJobs-1)*j.OffsetIncrement; j.OffsetIncrement > 0 {
+		n = min(n, size-last)
 	}
 	if n < int64(max(j.MaxBS(DirRead), j.MaxBS(DirWrite))) {
 		return 0, 0, fmt.Errorf("job %q: region of %d bytes at offset %d of %s is smaller than one block", j.Name, max(n, 0), j.Offset, j.Filename)
@@ -328,6 +440,10 @@ func qcow2VirtualSize(path string) (int64, error) {
 // file another process holds is refused, not grown.
 func layOut(j *Job, have, want int64) error {
 	path := j.Filename
+	// fio creates the directories a file name leads through.
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return err

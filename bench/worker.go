@@ -74,14 +74,22 @@ type worker struct {
 	pendingDone   int // completions since the last batch (completeDist)
 	ru0, ru1      unix.Rusage
 	prog          progress
-	noSlat        bool // sync engines: submission is the I/O itself
+	noSlat        bool       // sync engines: submission is the I/O itself
+	logs          *cloneLogs // write_*_log files; nil: none
+	cpuSet        []int      // cpus_allowed with the shared policy
+	pace          pacer
+	flow          *flowGroup // flow=: the clone's flow_id group
+	flowIOs       int64
+	syncLat       latStat // fsync/fdatasync latencies (fio's "sync")
+	sinceSync     int     // writes since the last sync
+	endSynced     bool
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
 const sampleWindow = 500 * time.Millisecond
 
 func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
-	w := &worker{job: j, clone: clone, gen: newGenerator(j, clone, regionOff, regionLen)}
+	w := &worker{job: j, clone: clone, gen: newGenerator(j, clone, regionOff, regionLen), syncLat: newLatStat(true)}
 	for d := range w.stats {
 		w.stats[d] = newDirStats()
 	}
@@ -101,6 +109,7 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 		w.free = append(w.free, int32(i))
 	}
 	w.prog.state.Store('P')
+	w.initPacer()
 	return w
 }
 
@@ -149,11 +158,15 @@ func (w *worker) beginMeasuring(now int64) {
 	for d := range w.stats {
 		w.stats[d].reset()
 	}
+	w.syncLat.reset()
 	w.depthLevel, w.submitDist, w.completeDist = [7]uint64{}, [7]uint64{}, [7]uint64{}
 	w.submitCalls, w.completeCalls = 0, 0
 	w.measureStart = now
 	w.lastSample = now
 	w.nextSample = now + int64(sampleWindow)
+	if w.logs != nil {
+		w.logs.start = now
+	}
 	_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru0)
 	w.prog.state.Store(int32(statusChar(w.job)))
 }
@@ -166,13 +179,24 @@ func (w *worker) tick(now int64) {
 		if now >= w.rampEnd {
 			w.beginMeasuring(now)
 		}
-	case phaseRun:
-		if now >= w.nextSample {
+	case phaseRun, phaseVerify:
+		if now >= w.nextSample && !w.job.DisableBW {
 			w.sample(now)
 		}
+		if w.logs != nil {
+			w.logs.tick(now)
+		}
+
 	}
 	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
 		w.stopIssuing = true
+	}
+	if interrupted.Load() && !w.stopIssuing {
+		// Ctrl-C: stop as at the deadline; the report is still written.
+		w.stopIssuing = true
+		if w.phase == phaseVerify {
+			w.verifyNext = len(w.ver.written)
+		}
 	}
 }
 
@@ -212,17 +236,48 @@ func (w *worker) fill(u *unit, now int64) bool {
 		return true
 	}
 	if w.stopIssuing {
-		return false
+		return w.endSync(u, now)
 	}
-	dir, off, n, ok := w.gen.next()
+	if n := max(w.job.Fsync, w.job.Fdatasync); n > 0 && w.sinceSync >= n && (w.gen.limit == 0 || w.gen.issued < w.gen.limit) {
+		w.sinceSync = 0
+		u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
+		return true
+	}
+	var dir int
+	var off int64
+	var n int
+	var ok bool
+	if w.pace.on {
+		w.pace.gated = false
+		dir, off, n, ok = w.nextPaced(now)
+		if !ok && (w.pace.gated || w.pace.thinking) {
+			return false
+		}
+	} else {
+		dir, off, n, ok = w.gen.next()
+	}
 	if !ok {
 		w.stopIssuing = true
-		return false
+		return w.endSync(u, now)
+	}
+	if dir == DirWrite {
+		w.sinceSync++
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
 	if dir == DirWrite && w.ver != nil {
 		w.ver.stamp(u.buf[:n], off)
 	}
+	return true
+}
+
+// endSync puts end_fsync's sync on u once the job's writes are done and
+// nothing else is in flight (u is the only unit taken); false otherwise.
+func (w *worker) endSync(u *unit, now int64) bool {
+	if !w.job.EndFsync || w.endSynced || !w.job.RW.Writes() || w.phase == phaseVerify || w.busy > 1 {
+		return false
+	}
+	w.endSynced = true
+	u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
 	return true
 }
 
@@ -253,8 +308,11 @@ func (w *worker) submitted(batch []*unit, t int64) {
 	measuring := w.phase == phaseRun
 	for _, u := range batch {
 		u.submit = t
-		if measuring && !u.verify && !w.noSlat {
+		if measuring && !u.verify && !w.noSlat && !w.job.DisableSlat && u.dir != DirSync {
 			w.stats[u.dir].slat.record(t - u.issue)
+			if w.logs != nil {
+				w.logs.slat(t, int(u.dir), u.n, u.off, t-u.issue)
+			}
 		}
 	}
 	if measuring {
@@ -275,6 +333,20 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	w.free = append(w.free, u.idx)
 	w.busy--
 	w.pendingDone++
+	if w.pace.thinking {
+		w.thinkDone(now)
+	}
+	if u.dir == DirSync {
+		if err != nil {
+			if w.err == nil {
+				w.err = &ioError{file: w.job.Filename, dir: "sync", err: err}
+			}
+			w.stopIssuing = true
+		} else if w.phase == phaseRun {
+			w.syncLat.record(now - u.issue)
+		}
+		return
+	}
 	if err != nil {
 		if w.err == nil {
 			w.err = &ioError{file: w.job.Filename, dir: dirName(int(u.dir)), off: u.off, n: u.n, err: err}
@@ -287,6 +359,10 @@ func (w *worker) completed(u *unit, now int64, err error) {
 		if !w.ver.check(buf, u.off) {
 			w.verifyFailed()
 		}
+		// fio counts the reads of its verify phase as the job's reads.
+		w.prog.ios[DirRead].Add(1)
+		w.prog.bytes[DirRead].Add(uint64(u.n))
+		w.account(&w.stats[DirRead], u, now)
 		return
 	}
 	if u.dir == DirRead && w.ver != nil {
@@ -299,12 +375,38 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	if w.phase != phaseRun {
 		return
 	}
-	s := &w.stats[u.dir]
+	w.account(&w.stats[u.dir], u, now)
+	if w.pace.minOn {
+		w.checkRateMin(now)
+	}
+}
+
+// account adds a measured I/O to its direction's statistics and logs.
+func (w *worker) account(s *dirStats, u *unit, now int64) {
 	s.ios++
 	s.bytes += uint64(u.n)
-	s.clat.record(now - u.submit)
-	s.lat.record(now - u.issue)
+	if !w.job.DisableClat {
+		s.clat.record(now - u.submit)
+	}
+	if !w.job.DisableLat {
+		s.lat.record(now - u.issue)
+	}
+	if w.logs != nil {
+		clat, lat := now-u.submit, now-u.issue
+		if w.job.DisableClat {
+			clat = -1
+		}
+		if w.job.DisableLat {
+			lat = -1
+		}
+		w.logs.io(now, int(u.dir), u.n, u.off, clat, lat)
+	}
 }
+
+// interrupted is set by SIGINT/SIGTERM during a run (Main): every clone
+// stops issuing, finishes what is in flight, and the report is written
+// with what was measured, as fio does on Ctrl-C.
+var interrupted atomic.Bool
 
 // errVerify is the job error of a verify failure (fio reports EILSEQ,
 // err=84).
@@ -334,6 +436,9 @@ func (w *worker) idle(now int64) bool {
 			w.beginMeasuring(now)
 		}
 		w.measureEnd = now
+		if w.logs != nil {
+			w.logs.finish(now)
+		}
 		_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru1)
 		if w.ver != nil && w.ver.written != nil && w.err == nil {
 			w.phase = phaseVerify
@@ -343,8 +448,13 @@ func (w *worker) idle(now int64) bool {
 		}
 	case phaseVerify:
 		w.verifyEnd = now
+		w.measureEnd = now // the verify reads are the job's reads
+		_ = unix.Getrusage(unix.RUSAGE_THREAD, &w.ru1)
 	}
 	w.phase = phaseDone
+	if w.flow != nil {
+		w.flow.finished.Store(true)
+	}
 	w.prog.state.Store('_')
 	return true
 }
