@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that ringblk's tests and benchmarks compare
 # against when they are missing: qemu-utils (qemu-img, qemu-io), fio and
-# fio-examples (fio's own job files). Needs root for apt-get; otherwise it
+# fio-examples (fio's own job files), nbdkit and libnbd-bin (nbdinfo,
+# nbdcopy: the NBD server's client tests). Needs root for apt-get; otherwise it
 # names what is missing and fails.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ need=()
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v fio >/dev/null 2>&1 || need+=(fio)
 [ -d /usr/share/doc/fio/examples ] || need+=(fio-examples)
+command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
@@ -25,6 +28,6 @@ echo "deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-for c in qemu-img fio; do
+for c in qemu-img fio nbdkit nbdinfo; do
 	command -v "$c" >/dev/null 2>&1 || { echo "deps: $c still missing after apt-get install" >&2; exit 1; }
 done

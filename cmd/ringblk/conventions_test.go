@@ -161,6 +161,12 @@ var conventionCommands = []struct {
 		{kind: "unknown format", args: []string{"-f", "bogus", "-c", "read 0 512", "q.qcow2"}, qemu: "qemu-io"},
 		{kind: "format mismatch", args: []string{"-f", "qcow2", "-c", "read 0 512", "r.raw"}, qemu: "qemu-io"},
 	}},
+	{"nbd", []mistake{
+		{kind: "unknown option", args: []string{"--no-such-option", "-k", "n.sock", "q.qcow2"}, qemu: "qemu-nbd"},
+		{kind: "missing file", args: []string{"-k", "n.sock", "missing.qcow2"}, qemu: "qemu-nbd"},
+		{kind: "unknown format", args: []string{"-f", "bogus", "-k", "n.sock", "q.qcow2"}, qemu: "qemu-nbd"},
+		{kind: "format mismatch", args: []string{"-f", "qcow2", "-k", "n.sock", "r.raw"}, qemu: "qemu-nbd"},
+	}},
 	{"bench", []mistake{
 		{kind: "unknown option", args: []string{"--no-such-option"}},
 		{kind: "missing file", args: []string{"missing.fio"}},

@@ -27,6 +27,7 @@ var commands = map[string]command{
 	"map":        {"show the allocation of an image's ranges over its backing chain (qemu-img map)", mapMain},
 	"snapshot":   {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", snapshotMain},
 	"compare":    {"compare the contents of two images (qemu-img compare)", compareMain},
+	"nbd":        {"serve an image over NBD (qemu-nbd)", nbdMain},
 	"measure":    {"compute the file size an image needs, new or converted (qemu-img measure)", measureMain},
 	"ring-bench": {"random reads through ringblk's own io_uring ring (fio-style figures)", ringBenchMain},
 }

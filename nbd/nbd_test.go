@@ -1,0 +1,366 @@
+package nbd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"os"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestCommandsSimpleAndStructured(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "disk"})
+	for _, structured := range []bool{false, true} {
+		cl := dial(t, e.sock, "disk", structured)
+		if cl.size != testSize {
+			t.Fatalf("size %d", cl.size)
+		}
+		want := tflagHasFlags | tflagFlush | tflagFUA | tflagTrim | tflagZeroes | tflagMultiConn | tflagCache | tflagFastZero
+		if structured {
+			want |= tflagDF
+		}
+		if cl.flags != want {
+			t.Fatalf("flags %#x, want %#x", cl.flags, want)
+		}
+		data := pattern(64<<10, 3)
+		cl.send(cmdWrite, cmdFlagFUA, 1, 4096, uint32(len(data)), data)
+		if e := cl.simple(1); e != 0 {
+			t.Fatalf("write: error %d", e)
+		}
+		got, _, errv := cl.read(2, 4096, uint32(len(data)), 0)
+		if errv != 0 || !bytes.Equal(got, data) {
+			t.Fatalf("read back: err %d, equal %v", errv, bytes.Equal(got, data))
+		}
+		cl.send(cmdFlush, 0, 3, 0, 0, nil)
+		if e := cl.simple(3); e != 0 {
+			t.Fatalf("flush: %d", e)
+		}
+		cl.send(cmdWriteZeroes, 0, 4, 8192, 4096, nil)
+		if e := cl.simple(4); e != 0 {
+			t.Fatalf("write zeroes: %d", e)
+		}
+		cl.send(cmdWriteZeroes, cmdFlagNoHole|cmdFlagFUA, 5, 12288, 4096, nil)
+		if e := cl.simple(5); e != 0 {
+			t.Fatalf("write zeroes no-hole: %d", e)
+		}
+		cl.send(cmdWriteZeroes, cmdFlagFastZero, 6, 0, 4096, nil)
+		if e := cl.simple(6); e != errNotSup {
+			t.Fatalf("fast zero: %d, want ENOTSUP", e)
+		}
+		cl.send(cmdTrim, cmdFlagFUA, 7, 16384, 16384, nil)
+		if e := cl.simple(7); e != 0 {
+			t.Fatalf("trim: %d", e)
+		}
+		cl.send(cmdCache, 0, 8, 0, 3<<20, nil)
+		if e := cl.simple(8); e != 0 {
+			t.Fatalf("cache: %d", e)
+		}
+		got, _, _ = cl.read(9, 4096, uint32(len(data)), 0)
+		exp := slices.Clone(data)
+		clear(exp[8192-4096 : 32768-4096])
+		if !bytes.Equal(got, exp) {
+			t.Fatal("zeroed and trimmed ranges do not read as zeroes")
+		}
+		cl.send(cmdDisc, 0, 10, 0, 0, nil)
+		expectClosed(t, cl.c, "after DISC")
+	}
+	// The data is in the file.
+	f, _ := os.ReadFile(e.path)
+	if !bytes.Equal(f[32768:4096+64<<10], pattern(64<<10, 3)[32768-4096:]) {
+		t.Fatal("file content differs from what was written")
+	}
+}
+
+func TestSparseReadHasHoles(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	cl := dial(t, e.sock, "", true)
+	data := pattern(64<<10, 9)
+	cl.send(cmdWrite, 0, 1, 0, uint32(len(data)), data)
+	if e := cl.simple(1); e != 0 {
+		t.Fatal(e)
+	}
+	got, types, errv := cl.read(2, 0, 1<<20, 0)
+	if errv != 0 {
+		t.Fatal(errv)
+	}
+	if !bytes.Equal(got[:len(data)], data) || !isZero(got[len(data):]) {
+		t.Fatal("sparse read content wrong")
+	}
+	if !slices.Contains(types, chunkOffsetHole) || !slices.Contains(types, chunkOffsetData) {
+		t.Fatalf("chunk types %v: want data and hole chunks", types)
+	}
+	// DF: one data chunk.
+	got2, types, _ := cl.read(3, 0, 1<<20, cmdFlagDF)
+	if !slices.Equal(types, []uint16{chunkOffsetData}) || !bytes.Equal(got, got2) {
+		t.Fatalf("DF read: chunk types %v", types)
+	}
+}
+
+func TestBlockStatus(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "d", AllocationDepth: true})
+	cl := dial(t, e.sock, "d", true, ctxAllocation, ctxDepth)
+	data := pattern(1<<20, 1)
+	cl.send(cmdWrite, 0, 1, 1<<20, uint32(len(data)), data)
+	if e := cl.simple(1); e != 0 {
+		t.Fatal(e)
+	}
+	res, errv := cl.blockStatus(2, 0, 4<<20, 0)
+	if errv != 0 {
+		t.Fatal(errv)
+	}
+	alloc := res[idAllocation]
+	want := []extent{{1 << 20, stateHole | stateZero}, {1 << 20, 0}, {2 << 20, stateHole | stateZero}}
+	if !slices.Equal(alloc, want) {
+		t.Fatalf("base:allocation %v, want %v", alloc, want)
+	}
+	if d := res[idDepth]; len(d) == 0 || d[0].flags != 1 {
+		t.Fatalf("qemu:allocation-depth %v: a raw file allocates everything at depth 1", d)
+	}
+	res, _ = cl.blockStatus(3, 0, 4<<20, cmdFlagReqOne)
+	if len(res[idAllocation]) != 1 || res[idAllocation][0] != want[0] {
+		t.Fatalf("REQ_ONE: %v", res[idAllocation])
+	}
+	// Without contexts: EINVAL.
+	cl2 := dial(t, e.sock, "d", true)
+	if _, errv := cl2.blockStatus(4, 0, 4096, 0); errv != errInval {
+		t.Fatalf("block status without contexts: %d", errv)
+	}
+}
+
+func TestOptions(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "a", Description: "first"})
+	e2, err := NewExport(e.g, e.node, ExportOptions{Name: "b", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e2.Close() })
+	if err := e.srv.AddExport(e2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.AddExport(e2); err == nil {
+		t.Fatal("duplicate export name accepted")
+	}
+	c := dialRaw(t, e.sock)
+	greet(t, c)
+	c.Write(optBytes(optList, nil))
+	var names []string
+	for {
+		r := readOptReply(t, c)
+		if r.typ == repAck {
+			break
+		}
+		n := binary.BigEndian.Uint32(r.data)
+		names = append(names, string(r.data[4:4+n]))
+	}
+	if !slices.Equal(names, []string{"a", "b"}) {
+		t.Fatalf("LIST: %q", names)
+	}
+	c.Write(optBytes(optList, []byte{1}))
+	if r := readOptReply(t, c); r.typ != repErrInvalid {
+		t.Fatalf("LIST with data: %#x", r.typ)
+	}
+	c.Write(optBytes(99, []byte("xyz")))
+	if r := readOptReply(t, c); r.typ != repErrUnsup || r.opt != 99 {
+		t.Fatalf("unknown option: %#x", r.typ)
+	}
+	c.Write(optBytes(optInfo, infoData("nope")))
+	if r := readOptReply(t, c); r.typ != repErrUnknown {
+		t.Fatalf("INFO unknown export: %#x", r.typ)
+	}
+	c.Write(optBytes(optInfo, []byte{0, 0, 0, 9, 'a'}))
+	if r := readOptReply(t, c); r.typ != repErrInvalid {
+		t.Fatalf("malformed INFO: %#x", r.typ)
+	}
+	c.Write(optBytes(optSetMeta, metaData("a", ctxAllocation)))
+	if r := readOptReply(t, c); r.typ != repErrInvalid {
+		t.Fatalf("SET_META_CONTEXT before STRUCTURED_REPLY: %#x", r.typ)
+	}
+	c.Write(optBytes(optStructured, nil))
+	readOptReply(t, c)
+	c.Write(optBytes(optListMeta, metaData("a")))
+	var ctxs []string
+	for {
+		r := readOptReply(t, c)
+		if r.typ == repAck {
+			break
+		}
+		ctxs = append(ctxs, string(r.data[4:]))
+	}
+	if !slices.Equal(ctxs, []string{ctxAllocation}) {
+		t.Fatalf("LIST_META_CONTEXT: %q (allocation depth not enabled on a)", ctxs)
+	}
+	c.Write(optBytes(optInfo, infoData("b")))
+	var flags uint16
+	sawBS := false
+	for {
+		r := readOptReply(t, c)
+		if r.typ == repAck {
+			break
+		}
+		switch binary.BigEndian.Uint16(r.data) {
+		case infoExport:
+			flags = binary.BigEndian.Uint16(r.data[10:])
+		case infoBlockSize:
+			sawBS = binary.BigEndian.Uint32(r.data[10:]) == MaxPayload
+		}
+	}
+	if flags&tflagReadOnly == 0 || flags&tflagTrim != 0 || !sawBS {
+		t.Fatalf("INFO b: flags %#x, block size sent %v", flags, sawBS)
+	}
+	c.Write(optBytes(optAbort, nil))
+	if r := readOptReply(t, c); r.typ != repAck {
+		t.Fatalf("ABORT: %#x", r.typ)
+	}
+	expectClosed(t, c, "after ABORT")
+
+	// Read-only export: writes fail with EPERM, payload consumed.
+	cl := dial(t, e.sock, "b", false)
+	cl.send(cmdWrite, 0, 1, 0, 4096, make([]byte, 4096))
+	if errv := cl.simple(1); errv != errPerm {
+		t.Fatalf("write to read-only export: %d", errv)
+	}
+	cl.send(cmdTrim, 0, 2, 0, 4096, nil)
+	if errv := cl.simple(2); errv != errPerm {
+		t.Fatalf("trim on read-only export: %d", errv)
+	}
+	if _, _, errv := cl.read(3, 0, 4096, 0); errv != 0 {
+		t.Fatalf("read from read-only export: %d", errv)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	cl := dial(t, e.sock, "", true)
+	cases := []struct {
+		cmd, flags uint16
+		off        uint64
+		n          uint32
+		want       uint32
+	}{
+		{cmdRead, 0, testSize - 4096, 8192, errInval},
+		{cmdRead, 0, 1 << 62, 1, errInval},
+		{cmdRead, 0, 0, MaxPayload + 1, errOverflow},
+		{cmdTrim, 0, testSize, 1, errNoSpc},
+		{cmdWriteZeroes, 0, 1<<64 - 1, 2, errNoSpc},
+		{99, 0, 0, 0, errInval},
+		{cmdRead, 1 << 9, 0, 1, errInval},
+		{cmdRead, cmdFlagReqOne, 0, 1, errInval},
+		{cmdFlush, 0, 0, 5, errInval},
+	}
+	for i, c := range cases {
+		cl.send(c.cmd, c.flags, uint64(100+i), c.off, c.n, nil)
+		ch := cl.readChunk()
+		if ch.cookie != uint64(100+i) || ch.err != c.want {
+			t.Fatalf("case %d (cmd %d off %d len %d): cookie %d error %d, want %d", i, c.cmd, c.off, c.n, ch.cookie, ch.err, c.want)
+		}
+	}
+	// A write beyond the end: its payload is consumed and the stream stays in sync.
+	cl.send(cmdWrite, 0, 50, testSize-10, 20, make([]byte, 20))
+	if errv := cl.simple(50); errv != errNoSpc {
+		t.Fatalf("write past the end: %d", errv)
+	}
+	if _, _, errv := cl.read(51, 0, 512, 0); errv != 0 {
+		t.Fatalf("read after a refused write: %d", errv)
+	}
+	// A write too large to skip: the connection is closed, others go on.
+	other := dial(t, e.sock, "", false)
+	cl.send(cmdWrite, 0, 52, 0, MaxPayload+1, nil)
+	expectClosed(t, cl.c, "oversized write")
+	// Bad magic.
+	bad := dial(t, e.sock, "", false)
+	bad.c.Write(bytes.Repeat([]byte{0xee}, 28))
+	expectClosed(t, bad.c, "bad request magic")
+	if _, _, errv := other.read(1, 0, 4096, 0); errv != 0 {
+		t.Fatalf("other client: %d", errv)
+	}
+}
+
+func TestBadHandshakes(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	for name, send := range map[string][]byte{
+		"unknown client flags": be32(1 << 7),
+		"no fixed newstyle":    be32(0),
+		"bad option magic":     append(be32(cflagFixed), bytes.Repeat([]byte{1}, 16)...),
+		"export name unknown":  append(be32(cflagFixed), optBytes(optExportName, []byte("zz"))...),
+		"huge option":          append(be32(cflagFixed), optBytes(optGo, nil)[:12]...), // patched below
+		"truncated":            be32(cflagFixed)[:2],
+	} {
+		c := dialRaw(t, e.sock)
+		var g [18]byte
+		c.Read(g[:])
+		if name == "huge option" {
+			send = append(send, be32(1<<30)...)
+		}
+		c.Write(send)
+		if name == "truncated" {
+			c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		expectClosed(t, c, name)
+	}
+	// A large option is refused with TOO_BIG and the session goes on.
+	c := dialRaw(t, e.sock)
+	greet(t, c)
+	c.Write(optBytes(optInfo, make([]byte, maxOptionLen+1)))
+	if r := readOptReply(t, c); r.typ != repErrTooBig {
+		t.Fatalf("large option: %#x", r.typ)
+	}
+	c.Write(optBytes(optExportName, nil))
+	var h [10]byte
+	if _, err := c.Read(h[:]); err != nil || binary.BigEndian.Uint64(h[:]) != testSize {
+		t.Fatalf("EXPORT_NAME after refused option: %v % x", err, h)
+	}
+}
+
+func TestPipelinedRequests(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	cl := dial(t, e.sock, "", true)
+	const n = 200 // more than the slots: reading pauses and resumes
+	var req []byte
+	for i := 0; i < n; i++ {
+		req = append(req, reqBytes(cmdWrite, 0, uint64(i), uint64(i)*4096, 4096)...)
+		req = append(req, pattern(4096, byte(i))...)
+	}
+	go cl.c.Write(req)
+	seen := map[uint64]bool{}
+	for i := 0; i < n; i++ {
+		ch := cl.readChunk()
+		if ch.err != 0 || seen[ch.cookie] {
+			t.Fatalf("reply %d: cookie %d err %d", i, ch.cookie, ch.err)
+		}
+		seen[ch.cookie] = true
+	}
+	req = req[:0]
+	for i := 0; i < n; i++ {
+		req = append(req, reqBytes(cmdRead, cmdFlagDF, uint64(i), uint64(i)*4096, 4096)...)
+	}
+	go cl.c.Write(req)
+	for i := 0; i < n; i++ {
+		ch := cl.readChunk()
+		off := binary.BigEndian.Uint64(ch.data)
+		if ch.typ != chunkOffsetData || off != ch.cookie*4096 || !bytes.Equal(ch.data[8:], pattern(4096, byte(ch.cookie))) {
+			t.Fatalf("read reply %d: cookie %d type %d", i, ch.cookie, ch.typ)
+		}
+	}
+}
+
+func TestDisconnectMidRequest(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	cl := dial(t, e.sock, "", false)
+	cl.c.Write(append(reqBytes(cmdWrite, 0, 1, 0, 65536), make([]byte, 1000)...))
+	cl.c.Close()
+	cl2 := dial(t, e.sock, "", false)
+	cl2.c.Write(reqBytes(cmdRead, 0, 1, 0, 10)[:20])
+	cl2.c.Close()
+	other := dial(t, e.sock, "", false)
+	if _, _, errv := other.read(1, 0, 4096, 0); errv != 0 {
+		t.Fatal(errv)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.exp.Connections() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections, want 1 after two clients left", e.exp.Connections())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

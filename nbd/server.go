@@ -1,0 +1,691 @@
+package nbd
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+)
+
+// ExportOptions configure one export.
+type ExportOptions struct {
+	Name        string // the export name clients ask for ("" is the default export)
+	Description string
+	ReadOnly    bool
+	// Context runs the export's connections (nil: the main Context).
+	// Requests run on its ring, whatever Context the node is in.
+	Context *aio.Context
+	// MaxConnections limits concurrent clients of this export (0: no
+	// limit). qemu-nbd's -e.
+	MaxConnections int
+	// AllocationDepth offers qemu:allocation-depth (qemu-nbd's -A).
+	AllocationDepth bool
+	// NoMultiConn withholds CAN_MULTI_CONN (also withheld when
+	// MaxConnections is 1).
+	NoMultiConn bool
+}
+
+// Export serves one node as a front end of the block layer: its
+// connections submit through the front end's Queue on their Context, and
+// it stops reading new requests while the front end is drained.
+type Export struct {
+	opts   ExportOptions
+	fe     *block.FrontEnd
+	ctx    *aio.Context
+	q      *block.Queue
+	size   int64
+	levels []*block.Node // the chain, top first (block status)
+	sizes  []int64
+
+	// quiesced is set between DrainedBegin and DrainedEnd.
+	quiesced atomic.Bool
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	reserved int // places taken by handshakes that end in GO or EXPORT_NAME
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+// NewExport makes n available as an export. The export takes its own
+// reference on n (through its front end). Call on any goroutine but the
+// main Context's.
+func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, error) {
+	ctx := opts.Context
+	if ctx == nil {
+		ctx = g.Main()
+	}
+	e := &Export{opts: opts, ctx: ctx, conns: map[*conn]struct{}{}}
+	if n.ReadOnly() {
+		e.opts.ReadOnly = true
+	}
+	var err error
+	if e.size, err = n.Length(); err != nil {
+		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
+	}
+	for x := n; x != nil; {
+		sz, err := x.Length()
+		if err != nil {
+			return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
+		}
+		e.levels = append(e.levels, x)
+		e.sizes = append(e.sizes, sz)
+		c := x.Child(block.RoleBacking)
+		if c == nil {
+			break
+		}
+		x = c.Node()
+	}
+	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true})
+	g.Control(n.Ref)
+	if err := e.fe.Insert(n); err != nil {
+		n.Unref()
+		e.fe.Close()
+		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
+	}
+	n.Unref()
+	e.q = e.fe.Queue(ctx)
+	return e, nil
+}
+
+// Name returns the export name.
+func (e *Export) Name() string { return e.opts.Name }
+
+// FrontEnd returns the export's front end.
+func (e *Export) FrontEnd() *block.FrontEnd { return e.fe }
+
+// Size returns the export size in bytes.
+func (e *Export) Size() int64 { return e.size }
+
+// Connections returns the number of clients in the transmission phase.
+func (e *Export) Connections() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.conns)
+}
+
+// DrainedBegin stops every connection from reading new requests (block.DevOps).
+func (e *Export) DrainedBegin() { e.quiesced.Store(true) }
+
+// DrainedPoll reports no device-side work: requests already read are
+// counted by the front end.
+func (e *Export) DrainedPoll() bool { return false }
+
+// DrainedEnd lets the connections read again (and process what they had
+// buffered).
+func (e *Export) DrainedEnd() {
+	e.quiesced.Store(false)
+	e.mu.Lock()
+	for c := range e.conns {
+		c.readBH.Schedule()
+	}
+	e.mu.Unlock()
+}
+
+// flags returns the transmission flags for a client; DF only when it
+// negotiated structured replies (the protocol requires it clear otherwise).
+func (e *Export) flags(structured bool) uint16 {
+	f := tflagHasFlags | tflagFlush | tflagFUA | tflagCache
+	if structured {
+		f |= tflagDF
+	}
+	if e.opts.ReadOnly {
+		f |= tflagReadOnly
+	} else {
+		f |= tflagTrim | tflagZeroes | tflagFastZero
+	}
+	// Every connection submits to the one front end and node: a flush on
+	// any of them covers the writes completed on all of them. An export
+	// that takes one client does not invite more connections.
+	if !e.opts.NoMultiConn && e.opts.MaxConnections != 1 {
+		f |= tflagMultiConn
+	}
+	return f
+}
+
+// reserve takes a client's place at the end of its handshake, unless the
+// export is closing or has its MaxConnections clients (counting places
+// taken by handshakes not yet started: two clients finishing together
+// cannot both take the last place).
+func (e *Export) reserve() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return fmt.Errorf("export %q is closing", e.opts.Name)
+	}
+	if max := e.opts.MaxConnections; max > 0 && len(e.conns)+e.reserved >= max {
+		return fmt.Errorf("export %q already has %d clients (the limit)", e.opts.Name, max)
+	}
+	e.reserved++
+	return nil
+}
+
+// release gives back a place reserve took for a client that will not
+// start.
+func (e *Export) release() {
+	e.mu.Lock()
+	e.reserved--
+	e.mu.Unlock()
+}
+
+// addConn turns c's reserved place into a connection, unless the export
+// closed meanwhile.
+func (e *Export) addConn(c *conn) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.reserved--
+	if e.closed {
+		return fmt.Errorf("export %q is closing", e.opts.Name)
+	}
+	e.conns[c] = struct{}{}
+	e.wg.Add(1)
+	return nil
+}
+
+// unlistConn removes c from the set Close and DrainedEnd walk; the
+// connection then calls e.wg.Done once its BHs are gone.
+func (e *Export) unlistConn(c *conn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
+}
+
+// Close disconnects every client (requests in flight complete first),
+// then drains and closes the front end, returning what closing the nodes
+// reported.
+func (e *Export) Close() error {
+	e.mu.Lock()
+	e.closed = true
+	for c := range e.conns {
+		c.shutdownBH.Schedule()
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+	e.fe.Drain()
+	return e.fe.Close()
+}
+
+// Server accepts NBD clients for a set of exports.
+type Server struct {
+	// Logger receives one line per refused client or broken connection
+	// (nil: discarded).
+	Logger *slog.Logger
+	// HandshakeTimeout bounds the option haggling phase (0: 30s).
+	HandshakeTimeout time.Duration
+	// OneShot closes Served once a client has connected and the last
+	// client (handshake or transmission) has gone (qemu-nbd without
+	// --persistent).
+	OneShot bool
+
+	mu        sync.Mutex
+	exports   []*Export
+	listeners []net.Listener
+	handshake sync.WaitGroup
+	closed    bool
+	served    chan struct{} // OneShot: closed when the last client left
+	once      sync.Once
+	clients   atomic.Int64
+	active    atomic.Int64          // accepted connections not yet closed
+	hs        map[net.Conn]struct{} // connections in the handshake (Close ends them)
+}
+
+// NewServer returns a server with no exports.
+func NewServer() *Server { return &Server{served: make(chan struct{})} }
+
+// AddExport makes e available. Names must be unique.
+func (s *Server) AddExport(e *Export) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, x := range s.exports {
+		if x.opts.Name == e.opts.Name {
+			return fmt.Errorf("nbd: export %q already exists", e.opts.Name)
+		}
+	}
+	s.exports = append(s.exports, e)
+	return nil
+}
+
+func (s *Server) export(name string) *Export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.exports {
+		if e.opts.Name == name {
+			return e
+		}
+	}
+	return nil
+}
+
+func (s *Server) exportList() []*Export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*Export(nil), s.exports...)
+}
+
+func (s *Server) logf(msg string, args ...any) {
+	if s.Logger != nil {
+		s.Logger.Info(msg, args...)
+	}
+}
+
+// Served is closed when a OneShot server's last client has disconnected.
+func (s *Server) Served() <-chan struct{} { return s.served }
+
+// Serve accepts clients on l until Close. Each client's handshake runs on
+// its own goroutine; the transmission phase runs on the export's Context.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		s.active.Add(1)
+		s.handshake.Add(1)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			s.handshake.Done()
+			s.oneShotDone()
+			return nil
+		}
+		if s.hs == nil {
+			s.hs = map[net.Conn]struct{}{}
+		}
+		// Set here, under the lock: Close's deadline must not be
+		// overwritten by a handshake that starts after it.
+		timeout := s.HandshakeTimeout
+		if timeout == 0 {
+			timeout = 30 * time.Second
+		}
+		nc.SetDeadline(time.Now().Add(timeout))
+		s.hs[nc] = struct{}{}
+		s.mu.Unlock()
+		go func() {
+			defer s.handshake.Done()
+			s.negotiate(nc)
+		}()
+	}
+}
+
+// Close stops accepting clients and waits for handshakes in progress.
+// Exports are closed separately (Export.Close).
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closed = true
+	ls := s.listeners
+	s.listeners = nil
+	for nc := range s.hs {
+		// Unblocks the handshake's reads and writes: it fails and ends.
+		nc.SetDeadline(time.Unix(1, 0))
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+	s.handshake.Wait()
+}
+
+// negotiator is one client's handshake state.
+type negotiator struct {
+	s          *Server
+	nc         net.Conn
+	noZeroes   bool
+	structured bool
+	metaExport string
+	meta       []string // selected contexts
+	scratch    []byte
+}
+
+func (s *Server) negotiate(nc net.Conn) {
+	n := &negotiator{s: s, nc: nc}
+	e, err := n.run()
+	s.mu.Lock()
+	delete(s.hs, nc)
+	if err == nil && s.closed {
+		e.release()
+		err = errors.New("server closing")
+	}
+	s.mu.Unlock()
+	if err != nil {
+		if !errors.Is(err, errAbort) {
+			s.logf("nbd: client handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		}
+		nc.Close()
+		s.oneShotDone()
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	if err := startConn(s, e, nc, n.structured, n.metaIDs()); err != nil {
+		s.logf("nbd: client refused", "remote", nc.RemoteAddr().String(), "err", err)
+		nc.Close()
+		s.oneShotDone()
+	}
+}
+
+// oneShotDone counts a connection closed.
+func (s *Server) oneShotDone() {
+	if s.active.Add(-1) == 0 && s.OneShot {
+		s.once.Do(func() { close(s.served) })
+	}
+}
+
+var errAbort = errors.New("client aborted the handshake")
+
+func (n *negotiator) write(b []byte) error {
+	_, err := n.nc.Write(b)
+	return err
+}
+
+func (n *negotiator) reply(opt, typ uint32, data []byte) error {
+	b := n.scratch[:0]
+	b = binary.BigEndian.AppendUint64(b, magicRepOpt)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, typ)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	b = append(b, data...)
+	n.scratch = b[:0]
+	return n.write(b)
+}
+
+func (n *negotiator) replyErr(opt, typ uint32, msg string) error {
+	return n.reply(opt, typ, []byte(msg))
+}
+
+func (n *negotiator) metaIDs() []uint32 {
+	var ids []uint32
+	for _, m := range n.meta {
+		ids = append(ids, contextID(m))
+	}
+	return ids
+}
+
+// run performs the fixed newstyle handshake and returns the export chosen.
+func (n *negotiator) run() (*Export, error) {
+	var hello [18]byte
+	binary.BigEndian.PutUint64(hello[0:], magicNBD)
+	binary.BigEndian.PutUint64(hello[8:], magicOpt)
+	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
+	if err := n.write(hello[:]); err != nil {
+		return nil, err
+	}
+	var cf [4]byte
+	if _, err := io.ReadFull(n.nc, cf[:]); err != nil {
+		return nil, fmt.Errorf("reading client flags: %w", err)
+	}
+	flags := binary.BigEndian.Uint32(cf[:])
+	if flags&^(cflagFixed|cflagNoZeroes) != 0 {
+		return nil, fmt.Errorf("unknown client flags %#x", flags)
+	}
+	if flags&cflagFixed == 0 {
+		return nil, errors.New("client does not speak fixed newstyle negotiation")
+	}
+	n.noZeroes = flags&cflagNoZeroes != 0
+	for {
+		var hdr [16]byte
+		if _, err := io.ReadFull(n.nc, hdr[:]); err != nil {
+			return nil, fmt.Errorf("reading option: %w", err)
+		}
+		if binary.BigEndian.Uint64(hdr[:]) != magicOpt {
+			return nil, errors.New("option with a bad magic number")
+		}
+		opt := binary.BigEndian.Uint32(hdr[8:])
+		length := binary.BigEndian.Uint32(hdr[12:])
+		if length > maxOptionLen {
+			if length > maxOptionSkip || opt == optExportName {
+				return nil, fmt.Errorf("option %d with %d bytes of data", opt, length)
+			}
+			if _, err := io.CopyN(io.Discard, n.nc, int64(length)); err != nil {
+				return nil, err
+			}
+			if err := n.replyErr(opt, repErrTooBig, "option data too long"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		data := make([]byte, length)
+		if _, err := io.ReadFull(n.nc, data); err != nil {
+			return nil, fmt.Errorf("reading option %d data: %w", opt, err)
+		}
+		e, done, err := n.option(opt, data)
+		if err != nil || done {
+			return e, err
+		}
+	}
+}
+
+// option answers one option; done means the transmission phase starts
+// with e.
+func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err error) {
+	switch opt {
+	case optExportName:
+		e = n.s.export(string(data))
+		if e == nil {
+			return nil, true, fmt.Errorf("unknown export %q", data)
+		}
+		if n.metaExport != string(data) {
+			n.meta = nil
+		}
+		if err := e.reserve(); err != nil {
+			return nil, true, err // EXPORT_NAME has no error reply
+		}
+		b := binary.BigEndian.AppendUint64(nil, uint64(e.size))
+		b = binary.BigEndian.AppendUint16(b, e.flags(n.structured))
+		if !n.noZeroes {
+			b = append(b, make([]byte, 124)...)
+		}
+		if err := n.write(b); err != nil {
+			e.release()
+			return nil, true, err
+		}
+		return e, true, nil
+	case optAbort:
+		if len(data) != 0 {
+			// Answer anyway: the client is going away.
+			_ = n.replyErr(opt, repErrInvalid, "NBD_OPT_ABORT carries no data")
+			return nil, true, errAbort
+		}
+		_ = n.reply(opt, repAck, nil)
+		return nil, true, errAbort
+	case optList:
+		if len(data) != 0 {
+			return nil, false, n.replyErr(opt, repErrInvalid, "NBD_OPT_LIST carries no data")
+		}
+		for _, x := range n.s.exportList() {
+			b := binary.BigEndian.AppendUint32(nil, uint32(len(x.opts.Name)))
+			b = append(b, x.opts.Name...)
+			b = append(b, x.opts.Description...)
+			if err := n.reply(opt, repServer, b); err != nil {
+				return nil, false, err
+			}
+		}
+		return nil, false, n.reply(opt, repAck, nil)
+	case optStructured:
+		if len(data) != 0 {
+			return nil, false, n.replyErr(opt, repErrInvalid, "NBD_OPT_STRUCTURED_REPLY carries no data")
+		}
+		n.structured = true
+		return nil, false, n.reply(opt, repAck, nil)
+	case optInfo, optGo:
+		ir, perr := parseInfoRequest(data)
+		if perr != nil {
+			return nil, false, n.replyErr(opt, repErrInvalid, perr.Error())
+		}
+		x := n.s.export(ir.name)
+		if x == nil {
+			return nil, false, n.replyErr(opt, repErrUnknown, fmt.Sprintf("export %q not present", ir.name))
+		}
+		if opt == optGo {
+			// Take the client's place before the final ACK: a client
+			// over the limit gets an error reply, not a closed socket.
+			if err := x.reserve(); err != nil {
+				return nil, false, n.replyErr(opt, repErrPolicy, err.Error())
+			}
+		}
+		if err := n.sendInfo(opt, x, ir); err != nil {
+			if opt == optGo {
+				x.release()
+			}
+			return nil, false, err
+		}
+		if err := n.reply(opt, repAck, nil); err != nil {
+			if opt == optGo {
+				x.release()
+			}
+			return nil, false, err
+		}
+		if opt == optGo {
+			if n.metaExport != ir.name {
+				n.meta = nil
+			}
+			return x, true, nil
+		}
+		return nil, false, nil
+	case optListMeta, optSetMeta:
+		return nil, false, n.metaContext(opt, data)
+	case optStartTLS:
+		return nil, false, n.replyErr(opt, repErrPolicy, "TLS is not supported by this server")
+	default:
+		return nil, false, n.replyErr(opt, repErrUnsup, fmt.Sprintf("option %d is not supported", opt))
+	}
+}
+
+func (n *negotiator) sendInfo(opt uint32, x *Export, ir infoRequest) error {
+	b := binary.BigEndian.AppendUint16(nil, infoExport)
+	b = binary.BigEndian.AppendUint64(b, uint64(x.size))
+	b = binary.BigEndian.AppendUint16(b, x.flags(n.structured))
+	if err := n.reply(opt, repInfo, b); err != nil {
+		return err
+	}
+	// Block sizes are always sent: any alignment works (minimum 1), 4 KiB
+	// is preferred, and 32 MiB is the largest request.
+	b = binary.BigEndian.AppendUint16(nil, infoBlockSize)
+	b = binary.BigEndian.AppendUint32(b, 1)
+	b = binary.BigEndian.AppendUint32(b, 4096)
+	b = binary.BigEndian.AppendUint32(b, MaxPayload)
+	if err := n.reply(opt, repInfo, b); err != nil {
+		return err
+	}
+	for _, want := range ir.infos {
+		switch want {
+		case infoName:
+			b = binary.BigEndian.AppendUint16(nil, infoName)
+			b = append(b, x.opts.Name...)
+		case infoDesc:
+			if x.opts.Description == "" {
+				continue
+			}
+			b = binary.BigEndian.AppendUint16(nil, infoDesc)
+			b = append(b, x.opts.Description...)
+		default:
+			continue
+		}
+		if err := n.reply(opt, repInfo, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *negotiator) metaContext(opt uint32, data []byte) error {
+	if !n.structured {
+		return n.replyErr(opt, repErrInvalid, "negotiate structured replies before meta contexts")
+	}
+	mr, err := parseMetaRequest(data)
+	if err != nil {
+		return n.replyErr(opt, repErrInvalid, err.Error())
+	}
+	x := n.s.export(mr.name)
+	if x == nil {
+		return n.replyErr(opt, repErrUnknown, fmt.Sprintf("export %q not present", mr.name))
+	}
+	list := opt == optListMeta
+	var found []string
+	add := func(c string) {
+		if c == ctxDepth && !x.opts.AllocationDepth {
+			return
+		}
+		for _, f := range found {
+			if f == c {
+				return
+			}
+		}
+		found = append(found, c)
+	}
+	if list && len(mr.queries) == 0 {
+		add(ctxAllocation)
+		add(ctxDepth)
+	}
+	for _, q := range mr.queries {
+		for _, c := range matchContexts(q, list) {
+			add(c)
+		}
+	}
+	for _, c := range found {
+		b := binary.BigEndian.AppendUint32(nil, contextID(c))
+		b = append(b, c...)
+		if err := n.reply(opt, repMetaContext, b); err != nil {
+			return err
+		}
+	}
+	if !list {
+		n.meta, n.metaExport = found, mr.name
+	}
+	return n.reply(opt, repAck, nil)
+}
+
+// rawFD takes the descriptor out of nc: a duplicate, non-blocking, owned by
+// the caller; nc is closed.
+func rawFD(nc net.Conn) (int, error) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("connection type %T has no descriptor", nc)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.Dup(int(s)) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	nc.Close()
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
