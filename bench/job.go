@@ -72,9 +72,11 @@ const (
 	VerifyCRC32C
 	VerifyMD5
 	VerifyPattern
+	VerifyCRC64
+	VerifySHA256
 )
 
-var verifyNames = [...]string{"0", "crc32c", "md5", "pattern"}
+var verifyNames = [...]string{"0", "crc32c", "md5", "pattern", "crc64", "sha256"}
 
 func (v VerifyKind) String() string { return verifyNames[v] }
 
@@ -144,6 +146,7 @@ type Job struct {
 	Verify         VerifyKind
 	VerifyPattern  []byte
 	VerifyFatal    bool
+	VerifyOnly     bool
 	DoVerify       bool
 	GroupReporting bool
 	Thread         bool
@@ -454,6 +457,18 @@ func (j *Job) validate() error {
 	if j.Verify != VerifyNone && j.RW.Writes() && j.RW.Reads() {
 		return bad(at("verify"), "verify with a mixed pattern (rw=%s) is not supported: use a write job, then a read job with verify", j.RW)
 	}
+	if j.VerifyOnly {
+		switch {
+		case j.Verify == VerifyNone:
+			return bad(at("verify_only"), "verify_only needs verify=")
+		case !j.RW.Writes():
+			return bad(at("verify_only"), "verify_only replays a write workload: rw=%s does not write", j.RW)
+		case j.TimeBased:
+			return bad(at("verify_only"), "verify_only does not support time_based (as in fio)")
+		case !j.DoVerify:
+			return bad(at("verify_only"), "verify_only conflicts with do_verify=0")
+		}
+	}
 	for d := 0; d < 2; d++ {
 		if j.MinBS(d) <= 0 {
 			return bad(at("bs"), "block size must be positive")
@@ -461,9 +476,12 @@ func (j *Job) validate() error {
 		if j.Direct && j.MinBS(d)%512 != 0 {
 			return bad(at("bs"), "direct=1 needs block sizes that are multiples of 512 (got %d)", j.MinBS(d))
 		}
-		if j.Verify != VerifyNone && j.Verify != VerifyPattern && j.MinBS(d) < verifyHeaderSize {
-			return bad(at("bs"), "verify=%s needs blocks of at least %d bytes", j.Verify, verifyHeaderSize)
+		if j.Verify != VerifyNone && j.Verify != VerifyPattern && j.MinBS(d) < verifyHeaderSize(j.Verify) {
+			return bad(at("bs"), "verify=%s needs blocks of at least %d bytes", j.Verify, verifyHeaderSize(j.Verify))
 		}
+	}
+	if j.Verify != VerifyNone && j.Verify != VerifyPattern && verifyInterval(j) < verifyHeaderSize(j.Verify) {
+		return bad(at("bs"), "verify=%s: the verify interval (gcd of the block sizes, %d) is smaller than its %d-byte header", j.Verify, verifyInterval(j), verifyHeaderSize(j.Verify))
 	}
 	if j.Size > 0 && int64(j.MaxBS(DirRead)) > j.Size || j.Size > 0 && int64(j.MaxBS(DirWrite)) > j.Size {
 		return bad(at("size"), "size %d is smaller than one block", j.Size)

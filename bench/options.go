@@ -455,7 +455,7 @@ func init() {
 			j.DistParam = f
 			return nil
 		}},
-		"verify": {help: "crc32c, md5, pattern (0: off)", set: func(j *Job, v string) error {
+		"verify": {help: "crc32c, crc64, md5, sha256, pattern (0: off); fio's header", set: func(j *Job, v string) error {
 			switch v {
 			case "0", "", "none":
 				j.Verify = VerifyNone
@@ -463,12 +463,16 @@ func init() {
 				j.Verify = VerifyCRC32C
 			case "md5":
 				j.Verify = VerifyMD5
+			case "crc64":
+				j.Verify = VerifyCRC64
+			case "sha256":
+				j.Verify = VerifySHA256
 			case "pattern":
 				j.Verify = VerifyPattern
-			case "crc64", "crc32", "crc16", "crc7", "xxhash", "sha1", "sha256", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512", "meta", "null":
-				return fmt.Errorf("verify=%s is a fio method that ringblk bench does not implement (crc32c, md5, pattern)", v)
+			case "crc32", "crc16", "crc7", "xxhash", "sha1", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512", "meta", "null":
+				return fmt.Errorf("verify=%s is a fio method that ringblk bench does not implement (crc32c, crc32c-intel, crc64, md5, sha256, pattern)", v)
 			default:
-				return errors.New("want crc32c, md5 or pattern")
+				return errors.New("want crc32c, crc32c-intel, crc64, md5, sha256 or pattern")
 			}
 			return nil
 		}},
@@ -481,6 +485,7 @@ func init() {
 			return nil
 		}},
 		"verify_fatal":      {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
+		"verify_only":       {bool: true, help: "do not write: replay the write workload's blocks and verify them (data of an earlier run)", set: boolSetter(func(j *Job, b bool) { j.VerifyOnly = b })},
 		"do_verify":         {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
 		"group_reporting":   {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
 		"thread":            {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
@@ -522,7 +527,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		create_on_open create_only pre_read unlink unlink_each_loop zonesize zonerange zoneskip zonemode
 		percentage_random percentage_sequential random_generator allrandrepeat bs_unaligned ba blockalign
 		bs_is_seq_rand verify_interval verify_offset verify_backlog verify_backlog_batch verify_async
-		verify_async_cpus verify_only verify_state_save verify_state_load verify_dump trim_percentage
+		verify_async_cpus verify_state_save verify_state_load verify_dump trim_percentage
 		trim_verify_zero trim_backlog experimental_verify lat_percentiles clat_percentiles
 		slat_percentiles percentile_list disable_lat disable_clat disable_slat disable_bw_measurement
 		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize

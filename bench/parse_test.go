@@ -114,7 +114,7 @@ func TestBadJobFiles(t *testing.T) {
 		{"time-based", "[j]\nfilename=/tmp/x\ntime_based\n", "time_based needs a runtime", 3},
 		{"format-engine", "[j]\nfilename=/tmp/x\nformat=raw\n", "format= applies to ioengine=ringblk only", 3},
 		{"verify-pattern", "[j]\nfilename=/tmp/x\nverify=pattern\n", "verify=pattern needs verify_pattern", 3},
-		{"verify-sha", "[j]\nfilename=/tmp/x\nverify=sha256\n", "verify=sha256 is a fio method", 3},
+		{"verify-sha", "[j]\nfilename=/tmp/x\nverify=sha512\n", "verify=sha512 is a fio method", 3},
 		{"rw", "[j]\nfilename=/tmp/x\nrw=sideways\n", "rw=sideways: want read", 3},
 		{"iodepth", "[j]\nfilename=/tmp/x\niodepth=0\n", "0 out of range", 3},
 		{"outside", "size=1m\n[j]\n", "outside a section", 1},

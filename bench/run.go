@@ -209,6 +209,9 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 				}
 			}
 			w := newWorker(cj, k, reg[0]+int64(k)*j.OffsetIncrement, reg[1])
+			if w.ver != nil {
+				w.ver.setThread(cj, cloneIdx+1) // fio's thread number seeds its verify state
+			}
 			jr.Clones = append(jr.Clones, w)
 			if w.logs, err = openLogs(j, k); err != nil {
 				return nil, fmt.Errorf("job %q: %w", j.Name, err)

@@ -235,6 +235,21 @@ func (w *worker) fill(u *unit, now int64) bool {
 		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
 		return true
 	}
+	if w.job.VerifyOnly && w.phase != phaseVerify {
+		// verify_only: the write workload's blocks are generated and
+		// recorded (their rand_seeds drawn as the writer drew them), not
+		// written; the verify phase then reads them back.
+		for {
+			dir, off, n, ok := w.gen.next()
+			if !ok {
+				w.stopIssuing = true
+				return false
+			}
+			if dir == DirWrite {
+				w.ver.stamp(u.buf[:n], off, now)
+			}
+		}
+	}
 	if w.stopIssuing {
 		return w.endSync(u, now)
 	}
@@ -265,7 +280,7 @@ func (w *worker) fill(u *unit, now int64) bool {
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
 	if dir == DirWrite && w.ver != nil {
-		w.ver.stamp(u.buf[:n], off)
+		w.ver.stamp(u.buf[:n], off, now)
 	}
 	return true
 }
