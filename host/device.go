@@ -342,15 +342,9 @@ func (d *Device) do(op Op, flags Flags, off, n int64, buf []byte) error {
 
 // submitWait is submit for a synchronous caller: the completion goes to w.
 func (q *Queue) submitWait(op Op, flags Flags, off, n int64, buf []byte, w *waiter) error {
-	q.submitted.Add(1)
-	if q.closed.Load() {
-		q.submitted.Add(-1)
-		return ErrClosed
-	}
-	i, ok := q.free.pop()
-	if !ok {
-		q.submitted.Add(-1)
-		return ErrQueueFull
+	i, err := q.claim()
+	if err != nil {
+		return err
 	}
 	s := &q.slots[i]
 	s.op, s.flags, s.off, s.n, s.ud, s.waiter = op, block.Flags(flags), off, n, 0, w

@@ -188,19 +188,28 @@ func iovLen(iov [][]byte) int64 {
 	return n
 }
 
-func (q *Queue) submit(op Op, flags Flags, off, n int64, iov [][]byte, buf []byte, ud uint64) error {
-	// Counted before the closed check: Close, after setting closed, waits
-	// for every submission it did not refuse (sequentially consistent
-	// atomics on both sides).
+// claim takes a free slot for a submission, or refuses one on a closed or
+// full queue. The submission is counted before the closed check: Close,
+// after setting closed, waits for every submission it did not refuse
+// (sequentially consistent atomics on both sides).
+func (q *Queue) claim() (uint32, error) {
 	q.submitted.Add(1)
 	if q.closed.Load() {
 		q.submitted.Add(-1)
-		return ErrClosed
+		return 0, ErrClosed
 	}
 	i, ok := q.free.pop()
 	if !ok {
 		q.submitted.Add(-1)
-		return ErrQueueFull
+		return 0, ErrQueueFull
+	}
+	return i, nil
+}
+
+func (q *Queue) submit(op Op, flags Flags, off, n int64, iov [][]byte, buf []byte, ud uint64) error {
+	i, err := q.claim()
+	if err != nil {
+		return err
 	}
 	s := &q.slots[i]
 	s.op, s.flags, s.off, s.n, s.ud = op, block.Flags(flags), off, n, ud

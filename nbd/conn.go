@@ -275,23 +275,31 @@ func (c *conn) fill() bool {
 		c.rend = copy(c.rbuf, c.rbuf[c.rpos:c.rend])
 		c.rpos = 0
 	}
+	n := c.sockRead(c.rbuf[c.rend:])
+	c.rend += n
+	return n > 0
+}
+
+// sockRead reads what the socket has into b. It returns 0 when there is
+// nothing to go on with: the read handler is armed again (EAGAIN), or the
+// connection is ended (an error, or EOF).
+func (c *conn) sockRead(b []byte) int {
 	for {
-		n, err := unix.Read(c.fd, c.rbuf[c.rend:])
+		n, err := unix.Read(c.fd, b)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
 			c.armIn()
-			return false
+			return 0
 		case err != nil:
 			c.lost(err)
-			return false
+			return 0
 		case n == 0:
 			c.eof()
-			return false
+			return 0
 		}
-		c.rend += n
-		return true
+		return n
 	}
 }
 
@@ -306,18 +314,8 @@ func (c *conn) readPayload() bool {
 		c.curGot += n
 	}
 	for c.curGot < want {
-		n, err := unix.Read(c.fd, sl.buf[c.curGot:want])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			c.armIn()
-			return false
-		case err != nil:
-			c.lost(err)
-			return false
-		case n == 0:
-			c.eof()
+		n := c.sockRead(sl.buf[c.curGot:want])
+		if n == 0 {
 			return false
 		}
 		c.curGot += n
