@@ -4,32 +4,18 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/internal/pagecache"
 )
 
 // residentPages counts the pages of path's first n bytes in the page cache.
 func residentPages(t *testing.T, path string, n int) int {
 	t.Helper()
-	f, err := os.Open(path)
+	c, err := pagecache.Resident(path, 0, int64(n))
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	m, err := unix.Mmap(int(f.Fd()), 0, n, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(m)
-	vec := make([]byte, (n+4095)/4096)
-	// x/sys has no Mincore wrapper; SAFETY: m and vec outlive the call.
-	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
-		t.Fatal(errno)
-	}
-	c := 0
-	for _, v := range vec {
-		c += int(v & 1)
 	}
 	return c
 }

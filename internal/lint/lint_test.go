@@ -21,6 +21,7 @@ var layer = map[string]int{
 	"internal/invariants": 0,
 	"internal/units":      0,
 	"internal/prefetch":   0,
+	"internal/pagecache":  0,
 	"uring":               1,
 	"uring/uringtest":     2,
 	"aio":                 3,
