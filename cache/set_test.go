@@ -72,7 +72,7 @@ func touch(t *testing.T, s *Set, key Key) {
 func resident(s *Set, key Key) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.mu.index[key]
+	_, ok := s.idx.get(s, key)
 	return ok
 }
 
