@@ -76,7 +76,7 @@ type Set struct {
 
 	mu struct {
 		sync.Mutex
-		free  []int32 // slots in state free, used as a stack
+		free []int32 // slots in state free, used as a stack
 		// head is the most recently used evictable entry, tail the
 		// least; -1 when the list is empty.
 		head, tail int32
@@ -462,27 +462,6 @@ func (s *Set) peek(key Key, count bool) (*Table, bool) {
 	}
 	s.mu.Unlock()
 	return t, true
-}
-
-// Touch makes the tables in the given slots the most recently used, the
-// last slot of the list ending up at the front, as a Peek of each would
-// (without counting lookups). Slots that hold no evictable table (free,
-// loading, dirty or pinned) are skipped. It is for a caller that keeps its
-// own index in front of the set and reports its hits in batches: one lock
-// for the batch instead of one per hit. It does not allocate.
-func (s *Set) Touch(slots []int32) {
-	s.mu.Lock()
-	for _, i := range slots {
-		if i < 0 || int(i) >= len(s.tables) {
-			continue
-		}
-		t := &s.tables[i]
-		if t.state == stateReady && t.pins == 0 && !t.dirty && s.mu.head != t.slot {
-			s.unlinkLocked(t)
-			s.pushFrontLocked(t)
-		}
-	}
-	s.mu.Unlock()
 }
 
 // Pin pins t if it is still resident, for a caller that found it with

@@ -1,8 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
-
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 )
@@ -98,7 +96,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 			d.mu.Lock()
 			d.rb[off] = &refBlock{buf: buf, dirty: true}
 			d.rt[ti] = uint64(off)
-			d.metaClusters[off] = struct{}{}
+			d.meta.add(off)
 			d.dirtyRT[ti] = true
 			d.growFile(off + cs)
 			d.freeIdx = idx + 1
@@ -139,6 +137,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 func (d *Driver) growFile(end int64) {
 	if end > d.geo.FileSize {
 		d.geo.FileSize = end
+		d.fileEnd.Store(end)
 	}
 }
 
@@ -253,10 +252,10 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 		d.pendingFrees = append(d.pendingFrees, hostFree{l2Off, 1})
 	}
 	e, _ := d.geo.EncodeL1Entry(newOff, true)
-	d.l1[l1i] = e
-	d.metaClusters[newOff] = struct{}{}
+	storeL1(d.l1, l1i, e)
+	d.meta.add(newOff)
 	if old != nil {
-		delete(d.metaClusters, l2Off) // now only a snapshot's (inactive) table
+		d.meta.del(l2Off) // now only a snapshot's (inactive) table
 	}
 	d.dirtyL1[l1i] = true
 	d.mu.Unlock()
@@ -287,7 +286,9 @@ func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table,
 
 // setL2Entry stores entry e at index i of table t. REQUIRES: mu held.
 func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
-	binary.BigEndian.PutUint64(t.buf[i*d.geo.L2EntrySize():], e)
+	// One atomic store: lock-free readers (fast.go) may be reading the
+	// entry; the table's sequence tells them it changed.
+	t.t.SetWord(int(i*d.geo.L2EntrySize()/8), e)
 	d.l2.markDirty(t)
 }
 
@@ -416,9 +417,10 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 	d.hdr.RefcountTableClusters = uint32(t)
 	for off, buf := range blocks {
 		d.rb[off] = &refBlock{buf: buf}
-		d.metaClusters[off] = struct{}{}
+		d.meta.add(off)
 	}
 	d.growFile(end * cs)
+	d.publishLocked()
 	// Step 4: the old table is unreachable and durable so: free it.
 	d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldClusters * cs})
 	d.mu.Unlock()

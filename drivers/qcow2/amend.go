@@ -304,6 +304,7 @@ func (d *Driver) rewriteHeader(co *aio.Co, nh *Header) error {
 	}
 	d.mu.Lock()
 	d.hdr = parsed
+	d.publishLocked()
 	d.mu.Unlock()
 	return nil
 }

@@ -37,13 +37,16 @@ const readBatchMax = 64
 // more Contexts than that reads the later ones unbatched.
 const maxBatches = 64
 
-// readBatch is one Context's queued reads. reqs and spare are touched only
-// on ctx's owner.
+// readBatch is one Context's queued reads, and its count of the fast
+// paths' tier-1 hits (a line per Context, so that IOThreads do not share
+// one counter). reqs and spare are touched only on ctx's owner.
 type readBatch struct {
 	d     *Driver
 	ctx   *aio.Context
 	reqs  []*block.Request
 	spare []*block.Request
+	hits  atomic.Uint64
+	_     [40]byte
 }
 
 // batches is the driver's list of readBatches, one per Context that read
@@ -108,33 +111,42 @@ func (b *readBatch) RunDeferred(*aio.Context) {
 	b.reqs, b.spare = b.spare[:0], nil
 	d := b.d
 	if len(reqs) > 1 {
-		d.mu.Lock()
+		v := d.view.Load()
 		for _, r := range reqs {
-			d.prefetchMapping(r.Off, r.Len)
+			d.prefetchMapping(v, r.Off, r.Len)
 		}
-		d.mu.Unlock()
 	}
 	for i, r := range reqs {
 		reqs[i] = nil
-		d.mu.Lock()
-		d.readLocked(r)
+		if !d.readFast(r) {
+			d.readLocked(r)
+		}
 	}
 	b.spare = reqs[:0]
 }
 
 // prefetchMapping starts loading the L2 entry that maps a one-cluster
-// read at off, if its table is resident (known to the hints; not counted
-// as a lookup). REQUIRES: mu held.
-func (d *Driver) prefetchMapping(off, n int64) {
-	l2Off, ok := oneClusterL2(&d.geo, d.l1, off, n)
+// read at off, if its table is resident in tier 1 (not counted as a
+// lookup; a prefetch needs no validation). No lock.
+func (d *Driver) prefetchMapping(v *fastView, off, n int64) {
+	g := &v.geo
+	cs := g.ClusterSize()
+	if g.ExtendedL2 || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size {
+		return
+	}
+	l1i := uint64(off) >> (2*g.ClusterBits - 3)
+	if l1i >= uint64(len(v.l1)) {
+		return
+	}
+	l2Off := atomic.LoadUint64(&v.l1[l1i]) & offsetMask
+	if l2Off == 0 {
+		return
+	}
+	t, _, ok := d.l2.set.View(d.l2.key(int64(l2Off)))
 	if !ok {
 		return
 	}
-	t := d.l2.hinted(l2Off)
-	if t == nil {
-		return
-	}
-	cs := int64(len(t))
+	b := t.Data()
 	i := (off / cs) & (cs/8 - 1)
-	prefetch.Line(uintptr(unsafe.Pointer(&t[i*8])))
+	prefetch.Line(uintptr(unsafe.Pointer(&b[i*8])))
 }

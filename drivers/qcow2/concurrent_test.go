@@ -213,9 +213,7 @@ func TestQcow2DriverFreeWaitsForIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A "request" in flight since before the discard.
-	d.mu.Lock()
-	ep := d.holdLocked()
-	d.mu.Unlock()
+	ep := d.hold()
 	if err := n.Discard(0, 4096); err != nil {
 		t.Fatal(err)
 	}

@@ -152,7 +152,7 @@ func (d *Driver) markDamaged(co *aio.Co, cause error, flush bool) error {
 	d.mu.Lock()
 	first := d.corruptErr == nil
 	if first {
-		d.corruptErr = err
+		d.setCorruptLocked(err)
 	}
 	incompat := d.hdr.IncompatibleFeatures | IncompatCorrupt
 	v3 := d.hdr.Version >= 3 && !d.readOnly

@@ -57,8 +57,9 @@ type DriverOptions struct {
 	// SharedCache receives the clean L2 tables this image evicts and is
 	// looked up on a miss (tier 2). It may be shared by any number of
 	// images: keys carry a per-open image ID and a per-table generation.
-	// Nil: the process-wide DefaultSharedCache (DefaultSharedCacheBytes
-	// unless SetDefaultSharedCacheBytes said otherwise).
+	// The caller owns it and decides who shares it (drivers/chain gives
+	// the images of one chain one cache). Nil: a private cache of
+	// DefaultSharedCacheBytes for this image alone.
 	SharedCache cache.Clean
 	// Image tightens the open-time limits of ReadImage (ReadWrite is set
 	// from the node's read-only option).
@@ -106,23 +107,22 @@ type Driver struct {
 	snapSz int64
 	l2     *l2Cache
 	rb     map[int64]*refBlock // loaded refcount blocks, by host offset
-	// metaClusters holds the offsets of every refcount block and active
-	// L2 table, for the overlap check (R5) of data writes.
-	metaClusters map[int64]struct{}
+	// meta holds the offsets of every refcount block and active L2 table,
+	// for the overlap check (R5) of data writes (metaset.go).
+	meta metaSet
 	// dirty state, flushed in dependency order (flush.go)
 	dirtyRT      map[int64]bool // refcount table indexes to write
 	dirtyL1      map[int64]bool // L1 indexes to write
 	pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
 	cowPending   bool           // data or COW written since the last fsync (R4)
 	freeIdx      int64          // first cluster index that may be free
-	corruptErr   error          // set once an overlap check fired: every request fails
+	corruptErr   error          // set once an overlap check fired: every request fails (setCorruptLocked)
 	// damage describes the L1 and refcount table entries found damaged at
 	// open (nil: none); see damage.go.
 	damage *Image
 	// damageTargets holds the clusters damaged entries point into; the
 	// allocator skips them (damage.go).
 	damageTargets map[int64]struct{}
-	headerReady   bool      // R10 done: autoclear bits cleared before the first write
 	lazy          lazyState // lazy refcounts and the dirty bit (lazy.go)
 
 	metaLock coMutex
@@ -130,24 +130,28 @@ type Driver struct {
 	// writing their new host cluster without metaLock (write.go).
 	inflight map[int64]*inflightAlloc
 
+	// What the lock-free fast paths read (fast.go): the published view,
+	// the end of the file, and the corrupt and header-ready (R10) flags,
+	// which mirror corruptErr and the first write's header update.
+	view        atomic.Pointer[fastView]
+	fileEnd     atomic.Int64
+	corrupt     atomic.Bool
+	headerReady atomic.Bool
+
 	// I/O epochs (read.go): requests in flight per epoch parity, and the
 	// one coroutine (under metaLock) waiting for a parity to drain.
-	ioEpoch    uint32
-	ioActive   [2]epochCount
-	freeWaiter *aio.Co
-	freeParity uint32
+	// freeWaiter and freeParity are guarded by mu; freeWaiting mirrors
+	// freeWaiter != nil for unhold, which takes mu only then.
+	ioEpoch     atomic.Uint32
+	ioActive    [2]epochCount
+	freeWaiter  *aio.Co
+	freeParity  uint32
+	freeWaiting atomic.Bool
 
-	states  stateFreeList
-	oneDone oneDone  // completes single-extent fast reads (read.go)
-	batches batches  // per-Context read batches (batch.go)
-	rext    []Extent // Read's mapping scratch, owned by the holder of mu
-	// onceOff/onceBuf: the L2 table mapData found, for the Map after it
-	// (l2Once, bound once in l2OnceFn); valid under the same hold of mu.
-	onceOff  int64
-	onceBuf  []byte
-	l2OnceFn L2Func
-	l2HitFn  L2Func // bound once: no allocation per Map call
-	missOff  int64  // set by l2Hit under mu: the table that missed
+	states    stateFreeList
+	oneDone   oneDone // completes single-extent fast reads (read.go)
+	batches   batches // per-Context read batches and hit counters (batch.go)
+	otherHits atomic.Uint64
 	// zcache holds the last inflated compressed cluster. Dropped when a
 	// cluster is freed (its host bytes may be reused).
 	zcache struct {
@@ -192,7 +196,8 @@ func NewNode(g *block.Graph, file *block.Node, opts DriverOptions, nopts block.O
 	return n, err
 }
 
-// errMiss reports an L2 table that is not in the cache (fast path only).
+// errMiss reports an L2 table that is not in the cache (the locked
+// mapping's L2Func, l2Mapper).
 var errMiss = errors.New("qcow2: l2 cache miss")
 
 // Open attaches the file child, reads and validates the image's metadata
@@ -252,13 +257,11 @@ func (d *Driver) Open(n *block.Node) error {
 	d.rb = make(map[int64]*refBlock)
 	d.dirtyRT = make(map[int64]bool)
 	d.dirtyL1 = make(map[int64]bool)
-	d.l2HitFn = d.l2Hit
 	d.oneDone.d = d
-	d.l2OnceFn = d.l2Once
-	d.rext = make([]Extent, 0, 16)
 	d.inflight = make(map[int64]*inflightAlloc)
 	d.resetMetaClusters()
 	d.freeIdx = 0
+	d.publishLocked()
 	if err := d.openBacking(); err != nil {
 		return err
 	}
@@ -269,16 +272,16 @@ func (d *Driver) Open(n *block.Node) error {
 // tables the overlap check (R5) protects, from the L1 and refcount tables.
 // REQUIRES: mu held, or the driver not yet shared (Open).
 func (d *Driver) resetMetaClusters() {
-	d.metaClusters = make(map[int64]struct{})
+	d.meta.reset()
 	dm := d.damage
 	for i, e := range d.l1 {
 		if off := int64(e & offsetMask); off != 0 && (dm == nil || !dm.DamagedL1.Has(int64(i))) {
-			d.metaClusters[off] = struct{}{}
+			d.meta.add(off)
 		}
 	}
 	for i, e := range d.rt {
 		if e != 0 && (dm == nil || !dm.DamagedRT.Has(int64(i))) {
-			d.metaClusters[int64(e)] = struct{}{}
+			d.meta.add(int64(e))
 		}
 	}
 }

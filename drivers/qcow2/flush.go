@@ -233,7 +233,7 @@ func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
 	// Single clusters (refcount blocks, active L2 tables): one set lookup
 	// per cluster of the range.
 	for c := off &^ (cs - 1); c < off+n; c += cs {
-		if _, ok := d.metaClusters[c]; ok {
+		if d.meta.has(c) {
 			return true
 		}
 	}
@@ -248,7 +248,7 @@ func (d *Driver) markCorrupt(co *aio.Co, off int64, what string) error {
 	d.mu.Lock()
 	first := d.corruptErr == nil
 	if first {
-		d.corruptErr = err
+		d.setCorruptLocked(err)
 	}
 	incompat := d.hdr.IncompatibleFeatures | IncompatCorrupt
 	v3 := d.hdr.Version >= 3

@@ -2,8 +2,6 @@ package qcow2
 
 import (
 	"errors"
-	"fmt"
-	"sync"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -66,53 +64,11 @@ const levelL2 cache.Level = 1
 // bytes of metadata per byte of data.
 const defaultL2CacheBytes = 32 << 20
 
-// DefaultSharedCacheBytes is the budget of the process-wide clean L2 cache
-// that images opened without DriverOptions.SharedCache share, unless
-// SetDefaultSharedCacheBytes changed it before its creation.
+// DefaultSharedCacheBytes is the budget of the clean L2 cache (tier 2) an
+// image gets for itself when DriverOptions.SharedCache is nil. A caller
+// that opens several images (a backing chain, a server) creates one cache
+// and passes it to each (drivers/chain does).
 const DefaultSharedCacheBytes = 64 << 20
-
-var sharedDefault struct {
-	mu    sync.Mutex
-	bytes int64
-	c     cache.Clean
-}
-
-// SetDefaultSharedCacheBytes sets the budget of the process-wide clean L2
-// cache (the one used when DriverOptions.SharedCache is nil). The cache is
-// created on the first open that needs it; after that the size is fixed and
-// this returns an error.
-func SetDefaultSharedCacheBytes(n int64) error {
-	if n < 1 {
-		return fmt.Errorf("qcow2: shared L2 cache size %d must be positive", n)
-	}
-	sharedDefault.mu.Lock()
-	defer sharedDefault.mu.Unlock()
-	if sharedDefault.c != nil {
-		return errors.New("qcow2: the default shared L2 cache already exists; set its size before the first open")
-	}
-	sharedDefault.bytes = n
-	return nil
-}
-
-// DefaultSharedCache returns the process-wide clean L2 cache, creating it
-// (cache.NewClean with the default policy) on first use.
-func DefaultSharedCache() cache.Clean {
-	sharedDefault.mu.Lock()
-	defer sharedDefault.mu.Unlock()
-	if sharedDefault.c == nil {
-		n := sharedDefault.bytes
-		if n == 0 {
-			n = DefaultSharedCacheBytes
-		}
-		c, err := cache.NewClean(cache.CleanConfig{MaxBytes: n})
-		if err != nil {
-			// n > 0 and the default policy: NewClean cannot fail.
-			panic("assertion failed: " + err.Error())
-		}
-		sharedDefault.c = c
-	}
-	return sharedDefault.c
-}
 
 // CacheStats are the metadata cache counters of one image
 // (Driver.CacheStats).
@@ -148,7 +104,7 @@ func (d *Driver) CacheStats() CacheStats {
 		return CacheStats{}
 	}
 	l2 := c.set.Stats()
-	l2.Hits += c.hintHits
+	l2.Hits += d.fastHits()
 	return CacheStats{
 		L2:           l2,
 		SharedHits:   c.sharedHits,
@@ -186,31 +142,7 @@ type l2Cache struct {
 	unpins  uint64
 	waiters []*aio.Co
 
-	// hints is a direct-mapped index from a table's offset to its tier-1
-	// slot in front of the set, so that a fast-path hit takes neither the
-	// set's lock nor its map (a hash of the key, a probe, a lock pair: a
-	// tenth of a cached read's CPU). An entry is written when a table
-	// becomes resident (insert, or a Peek that found it) and cleared when it
-	// leaves (evicted, drop); every one of those runs under Driver.mu, so an
-	// entry whose off matches names a resident, ready slot. Empty: off -1.
-	hints     []l2Hint
-	hintMask  int64
-	hintShift uint
-	// A hint hit does not reorder the set's LRU list; it marks the slot
-	// referenced and queues it once in touched (capacity: every slot, so
-	// appending never allocates). syncLRU hands the queue to Set.Touch
-	// before anything that may evict, so recency still decides victims.
-	refd     []bool
-	touched  []int32
-	hintHits uint64
-
 	sharedHits, sharedMisses, offers, fileLoads, privateLoads, roomWaits uint64
-}
-
-// l2Hint is one entry of l2Cache.hints.
-type l2Hint struct {
-	off  int64
-	slot int32
 }
 
 // l2Table is a handle on one tier-1 slot. buf is the slot's bytes: they
@@ -235,30 +167,15 @@ func (d *Driver) initL2() error {
 	n = max(n, 4)
 	shared := d.opts.SharedCache
 	if shared == nil {
-		shared = DefaultSharedCache()
-	}
-	// Twice as many hint entries as slots (a power of two, so the index
-	// is a mask) keeps collisions between resident tables rare; the cap
-	// bounds the array for huge sets of tiny tables, which then fall back
-	// to the set's own index more often.
-	nh := int64(1)
-	for nh < 2*n && nh < 1<<16 {
-		nh <<= 1
+		// Nobody to share with: a private tier 2 of the default size.
+		shared = cache.NewLRU(DefaultSharedCacheBytes)
 	}
 	c := &l2Cache{
-		capacity:  int(n),
-		image:     cache.NewImageID(),
-		shared:    shared,
-		gens:      make(map[int64]uint64),
-		tabs:      make([]l2Table, n),
-		hints:     make([]l2Hint, nh),
-		hintMask:  nh - 1,
-		hintShift: uint(d.geo.ClusterBits),
-		refd:      make([]bool, n),
-		touched:   make([]int32, 0, n),
-	}
-	for i := range c.hints {
-		c.hints[i].off = -1
+		capacity: int(n),
+		image:    cache.NewImageID(),
+		shared:   shared,
+		gens:     make(map[int64]uint64),
+		tabs:     make([]l2Table, n),
 	}
 	set, err := cache.NewSet(cache.Config{
 		Tables:    int(n),
@@ -274,7 +191,6 @@ func (d *Driver) initL2() error {
 		t := set.Slot(i)
 		c.tabs[i] = l2Table{buf: t.Data(), t: t}
 	}
-	c.quietFn = d.l2Quiet
 	d.l2 = c
 	return nil
 }
@@ -287,61 +203,14 @@ func (c *l2Cache) key(off int64) cache.Key {
 	return cache.Key{Image: c.image, Kind: kindL2, Off: off}
 }
 
-// get returns the tier-1 table at off, unpinned, counting the lookup. No
-// allocation; on a hint hit no lock and no map either.
+// get returns the tier-1 table at off, unpinned, counting the lookup (the
+// locked paths; the lock-free ones use set.View). No allocation.
 func (c *l2Cache) get(off int64) *l2Table {
-	h := &c.hints[(off>>c.hintShift)&c.hintMask]
-	if h.off == off {
-		c.hintHits++
-		if i := h.slot; !c.refd[i] {
-			c.refd[i] = true
-			c.touched = append(c.touched, i)
-		}
-		return &c.tabs[h.slot]
-	}
 	t, ok := c.set.Peek(c.key(off))
 	if !ok {
 		return nil
 	}
-	c.remember(off, t.Slot())
 	return &c.tabs[t.Slot()]
-}
-
-// hinted returns the bytes of the table at off if the hints know it as
-// resident, without counting a lookup or touching recency: for a prefetch
-// that the real lookup follows.
-func (c *l2Cache) hinted(off int64) []byte {
-	if h := &c.hints[(off>>c.hintShift)&c.hintMask]; h.off == off {
-		return c.tabs[h.slot].buf
-	}
-	return nil
-}
-
-// remember records that the table at off is resident in slot i.
-func (c *l2Cache) remember(off int64, i int) {
-	c.hints[(off>>c.hintShift)&c.hintMask] = l2Hint{off: off, slot: int32(i)}
-}
-
-// forget clears the hint of the table at off, if it has one: the table is
-// leaving tier 1.
-func (c *l2Cache) forget(off int64) {
-	if h := &c.hints[(off>>c.hintShift)&c.hintMask]; h.off == off {
-		h.off = -1
-	}
-}
-
-// syncLRU moves the tables hit through hints since the last call to the
-// front of the set's LRU list, in the order they were first hit. Called
-// before every Insert, the only set call that evicts.
-func (c *l2Cache) syncLRU() {
-	if len(c.touched) == 0 {
-		return
-	}
-	c.set.Touch(c.touched)
-	for _, i := range c.touched {
-		c.refd[i] = false
-	}
-	c.touched = c.touched[:0]
 }
 
 // lookup returns the bytes of the table at off from tier 1, else from
@@ -376,7 +245,6 @@ func (c *l2Cache) nextGen() uint64 {
 // evicted is the set's Evicted hook: offer the clean table leaving tier 1
 // to tier 2. It runs inside an Insert, hence under Driver.mu.
 func (c *l2Cache) evicted(key cache.Key, data []byte) {
-	c.forget(key.Off)
 	gen, ok := c.gens[key.Off]
 	if !ok {
 		gen = c.nextGen()
@@ -392,7 +260,6 @@ func (c *l2Cache) evicted(key cache.Key, data []byte) {
 // insert makes the table at off resident with the bytes of src (zeros when
 // nil) and returns it pinned; a resident table wins over src.
 func (c *l2Cache) insert(off int64, src []byte) (*l2Table, error) {
-	c.syncLRU()
 	t, err := c.set.Insert(c.key(off), src)
 	if err != nil {
 		if err == cache.ErrFull {
@@ -400,7 +267,6 @@ func (c *l2Cache) insert(off int64, src []byte) (*l2Table, error) {
 		}
 		return nil, err
 	}
-	c.remember(off, t.Slot())
 	return &c.tabs[t.Slot()], nil
 }
 
@@ -445,7 +311,6 @@ func (c *l2Cache) unpin(t *l2Table) []*aio.Co {
 // a new table). A dirty copy is not written back. Tier-2 copies are hidden
 // by the generation step.
 func (c *l2Cache) drop(off int64) {
-	c.forget(off)
 	if c.set.Discard(c.key(off)) {
 		c.dirty = c.dirtyCount()
 	}
@@ -467,40 +332,12 @@ func (c *l2Cache) snap(off int64) l2Snap {
 	return l2Snap{gen: c.gens[off], epoch: c.freeEpoch}
 }
 
-// l2Quiet is mapRange's L2Func: tier 1 only, not counted (the fast path
-// counted the lookup already).
-func (d *Driver) l2Quiet(off int64) ([]byte, error) {
-	if t, ok := d.l2.set.Resident(d.l2.key(off)); ok {
-		return d.l2.tabs[t.Slot()].buf, nil
-	}
-	d.missOff = off
-	return nil, errMiss
-}
-
 // l2Private is a table a reader loaded but could not cache (every tier-1
-// slot dirty or pinned); it is valid while its snapshot holds.
+// slot dirty or pinned); it is valid while its snapshot holds (l2Mapper).
 type l2Private struct {
-	d    *Driver
 	off  int64
 	buf  []byte
 	snap l2Snap
-}
-
-// mapFn returns the L2Func for mapRange: tier 1, plus the private table
-// while it is still current. REQUIRES: mu held.
-func (p *l2Private) mapFn(d *Driver) L2Func {
-	if p.buf == nil || d.l2.snap(p.off) != p.snap {
-		return d.l2.quietFn
-	}
-	p.d = d
-	return p.lookup
-}
-
-func (p *l2Private) lookup(off int64) ([]byte, error) {
-	if off == p.off {
-		return p.buf, nil
-	}
-	return p.d.l2Quiet(off)
 }
 
 // l2Fetch brings the L2 table at off into tier 1 for a reader (from tier 2,
@@ -543,11 +380,9 @@ func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Privat
 // copy when tier 1 is full. REQUIRES: mu held; src immutable.
 func (d *Driver) l2KeepLocked(off int64, src []byte) (l2Private, error) {
 	c := d.l2
-	c.syncLRU()
 	t, err := c.set.Insert(c.key(off), src)
 	switch err {
 	case nil:
-		c.remember(off, t.Slot())
 		t.Unpin()
 		return l2Private{}, nil
 	case cache.ErrFull:

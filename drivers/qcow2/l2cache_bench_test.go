@@ -45,9 +45,10 @@ func l2BenchOffsets(b *testing.B, d *Driver, cov int64, inTier1 bool) []int64 {
 }
 
 // benchMapping maps a 4 KiB read at each of offs in turn, as the read fast
-// path does (under mu, through l2HitFn), and reports the tier-2 hits per
-// mapping.
+// path does (under mu, through an l2Mapper), and reports the tier-2 hits
+// per mapping.
 func benchMapping(b *testing.B, d *Driver, offs []int64) {
+	m := newL2Mapper(d)
 	ext := make([]Extent, 0, 16)
 	var err error
 	st0 := d.CacheStats()
@@ -55,7 +56,8 @@ func benchMapping(b *testing.B, d *Driver, offs []int64) {
 	i := 0
 	for b.Loop() {
 		d.mu.Lock()
-		ext, err = Map(ext[:0], &d.geo, d.l1, d.l2HitFn, offs[i], 4096)
+		m.reset(true)
+		ext, err = Map(ext[:0], &d.geo, d.l1, m.fn, offs[i], 4096)
 		d.mu.Unlock()
 		if err != nil || len(ext) != 1 || ext[0].Kind != ExtentData {
 			b.Fatalf("mapping at %#x: %v %+v", offs[i], err, ext)
@@ -166,20 +168,45 @@ func BenchmarkQcow2MapNoCache(b *testing.B) {
 	}
 }
 
-// BenchmarkQcow2CachedReadMapData: the read fast path's one-cluster
-// mapping (mapData: hint index, one L2 entry) of a cached 4 KiB read, under
-// mu; compare BenchmarkQcow2CachedReadMapping, the general Map.
+// BenchmarkQcow2CachedReadMapData: the locked read path's one-cluster
+// mapping (mapData: the set's index, one L2 entry) of a cached 4 KiB read,
+// under mu; compare BenchmarkQcow2CachedReadMapping, the general Map, and
+// BenchmarkQcow2CachedReadOneData, the lock-free mapping.
 func BenchmarkQcow2CachedReadMapData(b *testing.B) {
+	_, _, d, cov := l2BenchImage(b, 0)
+	offs := l2BenchOffsets(b, d, cov, true)
+	m := newL2Mapper(d)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		d.mu.Lock()
+		m.reset(true)
+		_, how := d.mapData(m, offs[i], 4096)
+		d.mu.Unlock()
+		if how != mapHit {
+			b.Fatalf("mapping at %#x: verdict %d, want a hit", offs[i], how)
+		}
+		if i++; i == len(offs) {
+			i = 0
+		}
+	}
+}
+
+// BenchmarkQcow2CachedReadOneData: the lock-free one-cluster mapping of the
+// read fast path (oneData: the set's View, one atomic L2 entry load, the
+// table's sequence checked) of a cached 4 KiB read, with the epoch hold.
+func BenchmarkQcow2CachedReadOneData(b *testing.B) {
 	_, _, d, cov := l2BenchImage(b, 0)
 	offs := l2BenchOffsets(b, d, cov, true)
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		d.mu.Lock()
-		_, how := d.mapData(offs[i], 4096)
-		d.mu.Unlock()
-		if how != mapHit {
-			b.Fatalf("mapping at %#x: verdict %d, want a hit", offs[i], how)
+		ep := d.hold()
+		v := d.view.Load()
+		_, _, ok := d.oneData(v, d.fileEnd.Load(), offs[i], 4096)
+		d.unhold(ep)
+		if !ok {
+			b.Fatalf("mapping at %#x missed", offs[i])
 		}
 		if i++; i == len(offs) {
 			i = 0

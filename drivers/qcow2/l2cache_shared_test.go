@@ -348,18 +348,23 @@ func TestQcow2L2SharedBetweenImages(t *testing.T) {
 	}
 }
 
-// TestQcow2DefaultSharedCacheSize: the default shared cache's size is
-// fixed once it exists, and must be positive.
-func TestQcow2DefaultSharedCacheSize(t *testing.T) {
-	if err := SetDefaultSharedCacheBytes(0); err == nil {
-		t.Error("a zero default shared cache size was accepted")
+// TestQcow2SharedCacheFromCaller: the clean tier is the one the caller
+// passes in DriverOptions.SharedCache; without one, each image gets a
+// private cache (no process-wide cache shared behind the caller's back).
+func TestQcow2SharedCacheFromCaller(t *testing.T) {
+	e := newTestEnv(t)
+	path, _ := l2SpreadImage(t, e, 2)
+	shared := cache.NewLRU(1 << 20)
+	_, a := l2OpenWith(t, e, path, DriverOptions{SharedCache: shared})
+	if a.l2.shared != cache.Clean(shared) {
+		t.Error("the image does not use the cache its opener passed")
 	}
-	c := DefaultSharedCache()
-	if c == nil || DefaultSharedCache() != c {
-		t.Fatal("DefaultSharedCache is not one cache")
-	}
-	if err := SetDefaultSharedCacheBytes(1 << 20); err == nil {
-		t.Error("resizing the default shared cache after its creation was accepted")
+	p1, p2 := e.mustOpen(path, true), e.mustOpen(path, true)
+	defer p1.Unref()
+	defer p2.Unref()
+	c1, c2 := drv(t, p1).l2.shared, drv(t, p2).l2.shared
+	if c1 == nil || c1 == c2 || c1 == cache.Clean(shared) {
+		t.Error("images opened without a SharedCache share one")
 	}
 }
 

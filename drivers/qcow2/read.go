@@ -33,27 +33,23 @@ type reqState struct {
 	iov     [][]byte
 	pending int
 	err     error
-	next    *reqState
 	held    bool   // holds an I/O epoch (see Driver.ioActive)
 	epoch   uint32 // the epoch held
+	m       l2Mapper
 }
 
-// stateFreeList recycles reqStates across Contexts.
+// stateFreeList recycles reqStates across Contexts: a sync.Pool, whose
+// per-P caches keep Contexts on different threads off one shared lock.
 type stateFreeList struct {
-	mu   sync.Mutex
-	free *reqState
+	p sync.Pool
 }
 
 func (l *stateFreeList) get(d *Driver) *reqState {
-	l.mu.Lock()
-	s := l.free
-	if s != nil {
-		l.free = s.next
-		s.next = nil
-	}
-	l.mu.Unlock()
+	s, _ := l.p.Get().(*reqState)
 	if s == nil {
 		s = &reqState{d: d, ext: make([]Extent, 0, 16), iov: make([][]byte, 0, 16)}
+		s.m.d = d
+		s.m.fn = s.m.lookup
 	}
 	return s
 }
@@ -63,10 +59,8 @@ func (l *stateFreeList) put(s *reqState) {
 	s.ext = s.ext[:0]
 	clear(s.iov)
 	s.iov = s.iov[:0]
-	l.mu.Lock()
-	s.next = l.free
-	l.free = s
-	l.mu.Unlock()
+	s.m.onceBuf, s.m.priv = nil, l2Private{}
+	l.p.Put(s)
 }
 
 // RequestDone collects one child request of a fast-path request.
@@ -90,85 +84,80 @@ func (s *reqState) release() {
 	r.Complete(err)
 }
 
-// l2Hit is the fast path's L2Func: cached tables only (this image's, then
-// the shared clean cache; l2cache.go). REQUIRES: d.mu held.
-func (d *Driver) l2Hit(off int64) ([]byte, error) {
-	b := d.l2.lookup(off)
-	if b == nil {
-		d.missOff = off
-		return nil, errMiss
-	}
-	return b, nil
-}
-
-// Read reads r.Len bytes at r.Off. Inside a plugged section of its
-// Context the read joins the Context's batch (batch.go) and starts when the
-// section ends.
+// Read reads r.Len bytes at r.Off: without a lock when its clusters are
+// data mapped by tables in tier 1 (readFast, fast.go), else under mu
+// (readLocked). Inside a plugged section of its Context the read joins
+// the Context's batch (batch.go) and starts when the section ends.
 func (d *Driver) Read(r *block.Request) {
 	if ctx := r.Context(); ctx.Plugged() > 0 && d.queueRead(ctx, r) {
 		return
 	}
-	d.mu.Lock()
-	d.readLocked(r)
+	if !d.readFast(r) {
+		d.readLocked(r)
+	}
 }
 
-// readLocked maps r and starts it. REQUIRES: mu held; it is released.
+// readLocked maps r under mu and starts it: every read readFast does not
+// take (a table only in tier 2 or on disk, compressed, unallocated or zero
+// clusters, extended L2, damage, a race with a writer).
 func (d *Driver) readLocked(r *block.Request) {
+	s := d.states.get(d)
+	m := &s.m
+	m.reset(true)
+	d.mu.Lock()
+	d.checkViewLocked()
 	err := d.corruptErr
 	fast := err == nil
-	var ext []Extent
 	if fast {
-		switch host, how := d.mapData(r.Off, r.Len); how {
+		switch host, how := d.mapData(m, r.Off, r.Len); how {
 		case mapHit:
-			d.readOne(r, host)
+			ep := d.hold() // under mu: no free moves the epoch meanwhile
+			d.mu.Unlock()
+			d.states.put(s)
+			d.readOne(r, host, ep)
 			return
 		case mapMiss:
 			fast = false
 		default:
-			// d.rext is scratch owned by whoever holds mu: the extents
-			// are used or copied out before it is released.
-			ext, err = Map(d.rext[:0], &d.geo, d.l1, d.l2OnceFn, r.Off, r.Len)
-			d.rext = ext[:0]
+			s.ext, err = Map(s.ext[:0], &d.geo, d.l1, m.fn, r.Off, r.Len)
 			if err == errMiss {
 				err, fast = nil, false
 			}
 		}
 	}
 	if fast && err == nil {
-		for i := range ext {
-			if ext[i].Kind == ExtentCompressed {
+		for i := range s.ext {
+			if s.ext[i].Kind == ExtentCompressed {
 				fast = false
 				break
 			}
 		}
 	}
-	if err != nil {
+	if err != nil || !fast {
 		d.mu.Unlock()
-		r.Complete(d.formatErr(block.OpRead, r.Off, err))
-		return
-	}
-	if !fast {
-		d.mu.Unlock()
+		d.states.put(s)
+		if err != nil {
+			r.Complete(d.formatErr(block.OpRead, r.Off, err))
+			return
+		}
 		r.Context().Go(func(co *aio.Co) {
-			d.mu.Lock()
-			ep := d.holdLocked()
-			d.mu.Unlock()
+			ep := d.hold()
 			err := d.readGuest(co, r, r.Iov, r.Off, r.Len)
 			d.unhold(ep)
 			r.CompleteLater(d.formatErr(block.OpRead, r.Off, err))
 		})
 		return
 	}
-	if len(ext) == 1 && ext[0].Kind == ExtentData {
+	epoch := d.hold()
+	d.mu.Unlock()
+	if len(s.ext) == 1 && s.ext[0].Kind == ExtentData {
 		// Several clusters, contiguous on the host.
-		d.readOne(r, ext[0].HostOff)
+		host := s.ext[0].HostOff
+		d.states.put(s)
+		d.readOne(r, host, epoch)
 		return
 	}
-	epoch := d.holdLocked()
-	s := d.states.get(d)
-	s.ext = append(s.ext[:0], ext...)
 	s.epoch, s.held = epoch, true
-	d.mu.Unlock()
 	s.r = r
 	s.pending = 1
 	var skip int64
@@ -194,45 +183,95 @@ func (d *Driver) readLocked(r *block.Request) {
 	s.release()
 }
 
-// readOne starts a read that is one host extent: the child reads straight
-// into r's buffers and its completion (oneDone) completes r, with no
-// per-request state. REQUIRES: mu held; it is released.
-func (d *Driver) readOne(r *block.Request, host int64) {
-	epoch := d.holdLocked()
-	d.mu.Unlock()
+// readOne starts a read that is one host extent, holding epoch ep: the
+// child reads straight into r's buffers and its completion (oneDone)
+// completes r, with no per-request state.
+func (d *Driver) readOne(r *block.Request, host int64, ep uint32) {
 	sub := r.Sub()
 	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
-	sub.Tag = uint64(epoch)
+	sub.Tag = uint64(ep)
 	d.file.Submit(sub, &d.oneDone)
+}
+
+// l2Mapper is the L2Func of a locked mapping (Map under mu), and what it
+// found: the table a one-cluster lookup (mapData) already counted, handed
+// to the Map after it without a second lookup, and the table that missed.
+// It belongs to one request (reqState) or one coroutine (mapRange); fn
+// runs only under Driver.mu.
+type l2Mapper struct {
+	d *Driver
+	// count: fast-path lookups, counted as hits and misses, with tier 2;
+	// otherwise tier 1 only, not counted (a slow path's second look).
+	count   bool
+	priv    l2Private // a table a reader could not cache (l2Fetch)
+	onceOff int64
+	onceBuf []byte
+	miss    int64 // the table that missed, after errMiss
+	fn      L2Func
+}
+
+func newL2Mapper(d *Driver) *l2Mapper {
+	m := &l2Mapper{d: d}
+	m.fn = m.lookup // bound once: no allocation per Map
+	return m
+}
+
+func (m *l2Mapper) reset(count bool) {
+	m.count, m.onceOff, m.onceBuf, m.miss = count, -1, nil, -1
+	m.priv = l2Private{}
+}
+
+// lookup returns the cached table at off or errMiss (naming it in miss).
+// REQUIRES: Driver.mu held.
+func (m *l2Mapper) lookup(off int64) ([]byte, error) {
+	if off == m.onceOff {
+		return m.onceBuf, nil
+	}
+	d := m.d
+	var b []byte
+	switch {
+	case m.count:
+		b = d.l2.lookup(off)
+	case off == m.priv.off && m.priv.buf != nil && d.l2.snap(off) == m.priv.snap:
+		b = m.priv.buf
+	default:
+		if t, ok := d.l2.set.Resident(d.l2.key(off)); ok {
+			b = d.l2.tabs[t.Slot()].buf
+		}
+	}
+	if b == nil {
+		m.miss = off
+		return nil, errMiss
+	}
+	return b, nil
 }
 
 // mapData's verdicts.
 const (
 	mapHit   = iota // plain data: the host offset is valid
-	mapMiss         // the L2 table is in no cache (d.missOff names it)
+	mapMiss         // the L2 table is in no cache (m.miss names it)
 	mapOther        // anything else: Map decides (and reports errors)
 )
 
-// mapData is the read fast path's mapping for the common case, a request
-// inside one cluster of a standard-L2 image whose cluster is allocated
-// data: it returns the host offset without building extents. Anything
-// else — another cluster type, an entry or L1 entry that would not decode
-// cleanly, extended L2, a range across clusters — is mapOther, and the
-// caller runs Map, which handles and reports it. A table it found is left
-// in d.onceOff/d.onceBuf for that Map, so the lookup is counted once.
+// mapData is the locked read path's mapping for the common case, a
+// request inside one cluster of a standard-L2 image whose cluster is
+// allocated data: it returns the host offset without building extents.
+// Anything else — another cluster type, an entry or L1 entry that would
+// not decode cleanly, extended L2, a range across clusters — is mapOther,
+// and the caller runs Map with m, which handles and reports it. A table it
+// found is left in m for that Map, so the lookup is counted once.
 // No allocation. REQUIRES: mu held.
-func (d *Driver) mapData(off, n int64) (int64, int) {
-	d.onceOff = -1
+func (d *Driver) mapData(m *l2Mapper, off, n int64) (int64, int) {
 	l2Off, ok := oneClusterL2(&d.geo, d.l1, off, n)
 	if !ok {
 		return 0, mapOther
 	}
 	table := d.l2.lookup(l2Off)
 	if table == nil {
-		d.missOff = l2Off
+		m.miss = l2Off
 		return 0, mapMiss
 	}
-	d.onceOff, d.onceBuf = l2Off, table
+	m.onceOff, m.onceBuf = l2Off, table
 	host, ok := dataHost(&d.geo, table, off)
 	if !ok {
 		return 0, mapOther
@@ -279,15 +318,6 @@ func dataHost(g *Geometry, table []byte, off int64) (int64, bool) {
 	return int64(host) + off&(cs-1), true
 }
 
-// l2Once is the L2Func of Map after mapData: the table mapData found, not
-// looked up (or counted) again, else l2Hit. REQUIRES: mu held.
-func (d *Driver) l2Once(off int64) ([]byte, error) {
-	if off == d.onceOff {
-		return d.onceBuf, nil
-	}
-	return d.l2Hit(off)
-}
-
 // oneDone completes a fast-path read that was one child request (Read):
 // the child's Parent is the guest request and its Tag the epoch held.
 type oneDone struct{ d *Driver }
@@ -313,7 +343,8 @@ func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, ski
 // mapRange maps [off, off+n) where n stays inside one L2 table's range,
 // bringing the L2 table into the cache on a miss (l2Fetch).
 func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, n int64) ([]Extent, error) {
-	var priv l2Private
+	m := newL2Mapper(d)
+	m.reset(false)
 	for tries := 0; ; tries++ {
 		d.mu.Lock()
 		if err := d.corruptErr; err != nil {
@@ -326,8 +357,7 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, 
 				return dst[:0], err
 			}
 		}
-		ext, err := Map(dst[:0], &d.geo, d.l1, priv.mapFn(d), off, n)
-		miss := d.missOff
+		ext, err := Map(dst[:0], &d.geo, d.l1, m.fn, off, n)
 		d.mu.Unlock()
 		if err != errMiss {
 			return ext, err
@@ -335,7 +365,7 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, 
 		if tries > 4 {
 			return ext, &FormatError{Field: "l2_cache", Reason: "L2 table evicted repeatedly", Err: ErrLimit}
 		}
-		if priv, err = d.l2Fetch(co, parent, miss); err != nil {
+		if m.priv, err = d.l2Fetch(co, parent, m.miss); err != nil {
 			return ext, err
 		}
 	}
@@ -463,7 +493,8 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		r.Complete(nil)
 		return
 	}
-	s.ext, err = Map(s.ext[:0], &d.geo, d.l1, d.l2HitFn, r.Off, n)
+	s.m.reset(true)
+	s.ext, err = Map(s.ext[:0], &d.geo, d.l1, s.m.fn, r.Off, n)
 	if err == errMiss {
 		miss, err = true, nil
 	}
@@ -520,25 +551,19 @@ func (d *Driver) setStatus(r *block.Request, ext []Extent) {
 // new epoch and waits until the old one has no holder before it
 // decrements any refcount (QEMU gets the same from its request tracking).
 
-// holdLocked enters the current epoch. REQUIRES: mu held.
-func (d *Driver) holdLocked() uint32 {
-	e := d.ioEpoch
-	d.ioActive[e&1].n.Add(1)
-	return e
-}
-
-// unhold leaves epoch e, waking a free waiting for it to drain. Only the
-// holder that brings the count to zero takes mu: waitIOEpoch reads the
-// count and parks under mu, so a drop to zero either happens before its
-// look (it does not park) or is followed by this look at freeWaiter.
+// unhold leaves epoch e. Only the holder that brings the count to zero
+// while a free waits (freeWaiting) takes mu: waitIOEpoch sets the flag
+// before it looks at the count, so either it sees the zero or the holder
+// sees the flag.
 func (d *Driver) unhold(e uint32) {
-	if d.ioActive[e&1].n.Add(-1) != 0 {
+	if d.ioActive[e&1].n.Add(-1) != 0 || !d.freeWaiting.Load() {
 		return
 	}
 	d.mu.Lock()
 	var w *aio.Co
 	if d.ioActive[e&1].n.Load() == 0 && d.freeWaiter != nil && d.freeParity == e&1 {
 		w, d.freeWaiter = d.freeWaiter, nil
+		d.freeWaiting.Store(false)
 	}
 	d.mu.Unlock()
 	if w != nil {
@@ -550,15 +575,20 @@ func (d *Driver) unhold(e uint32) {
 // previous one has finished its I/O. REQUIRES: metaLock held (one waiter).
 func (d *Driver) waitIOEpoch(co *aio.Co) {
 	d.mu.Lock()
-	old := d.ioEpoch
-	d.ioEpoch++
-	for d.ioActive[old&1].n.Load() > 0 {
+	old := d.ioEpoch.Load()
+	d.ioEpoch.Store(old + 1)
+	for {
 		d.freeWaiter, d.freeParity = co, old&1
+		d.freeWaiting.Store(true)
+		if d.ioActive[old&1].n.Load() == 0 {
+			break
+		}
 		d.mu.Unlock()
 		co.Yield()
 		d.mu.Lock()
 	}
 	d.freeWaiter = nil
+	d.freeWaiting.Store(false)
 	d.mu.Unlock()
 }
 

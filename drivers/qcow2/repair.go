@@ -724,10 +724,10 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 	if lerr != nil {
 		// The in-memory metadata no longer matches the file.
 		if d.corruptErr == nil {
-			d.corruptErr = lerr
+			d.setCorruptLocked(lerr)
 		}
 	} else if rerr == nil && res.CheckErrors == 0 && res.Corruptions == 0 {
-		d.corruptErr = nil
+		d.setCorruptLocked(nil)
 		d.lazy.needRepair = false
 	}
 	d.mu.Unlock()
@@ -760,6 +760,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 	d.setDamage(im)
 	d.rb = make(map[int64]*refBlock)
 	d.resetMetaClusters()
+	d.publishLocked()
 	for _, off := range l2Fixed {
 		d.l2.drop(off)
 	}

@@ -82,6 +82,7 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	d.mu.Lock()
 	d.geo.Size = size
 	d.hdr.Size = uint64(size)
+	d.publishLocked()
 	d.mu.Unlock()
 	return nil
 }
@@ -98,11 +99,13 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 func (d *Driver) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
 	d.mu.Lock()
 	d.geo.Size = size // the zeroing works on the grown disk
+	d.publishLocked()
 	d.mu.Unlock()
 	defer func() {
 		if err != nil {
 			d.mu.Lock()
 			d.geo.Size = old
+			d.publishLocked()
 			d.mu.Unlock()
 		}
 	}()
@@ -155,6 +158,7 @@ func (d *Driver) growL1(co *aio.Co, r *block.Request, n int64) error {
 	copy(l1, d.l1)
 	d.l1 = l1
 	d.hdr.L1Offset, d.hdr.L1Entries = uint64(start), uint32(n)
+	d.publishLocked()
 	if oldLen > 0 {
 		d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldLen * 8})
 	}

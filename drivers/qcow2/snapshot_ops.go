@@ -445,6 +445,7 @@ func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []Snapshot) error {
 	oldOff, oldSz := int64(d.hdr.SnapshotsOffset), d.snapSz
 	d.hdr.SnapshotCount, d.hdr.SnapshotsOffset = n, uint64(off)
 	d.snaps, d.snapSz = snaps, int64(len(tb))
+	d.publishLocked()
 	if oldSz > 0 && oldOff != 0 {
 		d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldSz})
 	}
@@ -633,24 +634,16 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 
 	d.mu.Lock()
 	oldL1, oldL1Off := d.l1, int64(d.hdr.L1Offset)
-	for _, e := range oldL1 {
-		if o := int64(e & offsetMask); o != 0 {
-			delete(d.metaClusters, o)
-		}
-	}
 	d.l1 = snapL1
 	if d.l1 == nil {
 		d.l1 = []uint64{}
 	}
-	for _, e := range d.l1 {
-		if o := int64(e & offsetMask); o != 0 {
-			d.metaClusters[o] = struct{}{}
-		}
-	}
+	d.resetMetaClusters() // the old active tables out, the new ones in
 	clear(d.dirtyL1)
 	d.hdr.L1Offset, d.hdr.L1Entries = uint64(off), uint32(newLen)
 	d.hdr.Size, d.geo.Size = newSize, int64(newSize)
 	d.zcache.buf = nil
+	d.publishLocked()
 	d.mu.Unlock()
 
 	// R2: the old active tables are unreachable and durable so.
@@ -902,7 +895,7 @@ func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 		}
 		if want := rc == 1; want != copied {
 			d.mu.Lock()
-			l1[i] = e&^EntryCopied | copiedBit(want)
+			storeL1(l1, int64(i), e&^EntryCopied|copiedBit(want))
 			if active {
 				d.dirtyL1[int64(i)] = true
 			}

@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"math/bits"
 
 	"github.com/ringblk/ringblk/aio"
@@ -63,7 +62,7 @@ func (g *Geometry) subclustersAllocated(bitmap uint64, in, k int64) bool {
 // setL2BitmapLocked stores the subcluster bitmap of entry i of table t.
 // REQUIRES: mu held, extended L2.
 func (d *Driver) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
-	binary.BigEndian.PutUint64(t.buf[i*16+8:], bitmap)
+	t.t.SetWord(int(i*2+1), bitmap) // atomic: lock-free readers (fast.go)
 	d.l2.markDirty(t)
 }
 

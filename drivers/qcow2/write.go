@@ -78,13 +78,18 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 	return true
 }
 
-// Write writes r.Iov at r.Off.
+// Write writes r.Iov at r.Off: in place without a lock when it can
+// (writeFast, fast.go), in place under mu on an extended-L2 image or when a
+// table is only found under the lock, else in a coroutine (writeSlow).
 func (d *Driver) Write(r *block.Request) {
+	if d.writeFast(r) {
+		return
+	}
 	s := d.states.get(d)
 	d.mu.Lock()
-	fast := d.corruptErr == nil && d.headerReady && r.Flags&block.FUA == 0 && d.inPlaceLocked(s, r.Off, r.Len)
+	fast := d.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && d.inPlaceLocked(s, r.Off, r.Len)
 	if fast {
-		s.epoch, s.held = d.holdLocked(), true
+		s.epoch, s.held = d.hold(), true
 	}
 	d.mu.Unlock()
 	if !fast {
@@ -95,6 +100,12 @@ func (d *Driver) Write(r *block.Request) {
 		})
 		return
 	}
+	d.startWrite(s, r)
+}
+
+// startWrite issues s.ext, the host runs of an in-place write, holding
+// s.epoch; the last child completion completes r.
+func (d *Driver) startWrite(s *reqState, r *block.Request) {
 	s.r = r
 	s.pending = 1
 	var skip int64
@@ -172,7 +183,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 // bitmaps extension and frees the bitmaps' clusters (dropBitmaps).
 func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
-	err, ready := d.corruptErr, d.headerReady
+	err, ready := d.corruptErr, d.headerReady.Load()
 	clr := d.hdr.AutoclearToClear(0)
 	if err == nil {
 		err = d.repairPendingLocked() // CheckOpen of a dirty image (lazy.go)
@@ -204,7 +215,7 @@ func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 		}
 	}
 	d.mu.Lock()
-	d.headerReady = true
+	d.headerReady.Store(true)
 	d.mu.Unlock()
 	return nil
 }
