@@ -173,7 +173,7 @@ func (d *Driver) decref(co *aio.Co, off int64) error {
 		return err
 	}
 	if rb == nil {
-		return corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
+		return Corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -182,7 +182,7 @@ func (d *Driver) decref(co *aio.Co, off int64) error {
 		return err
 	}
 	if rc == 0 {
-		return corrupt("refcount", uint64(off), "freeing a cluster whose refcount is already 0")
+		return Corrupt("refcount", uint64(off), "freeing a cluster whose refcount is already 0")
 	}
 	if err := RefcountSet(rb.buf, d.geo.RefcountOrder, bi, rc-1); err != nil {
 		return err
@@ -206,7 +206,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 	d.mu.Lock()
 	if l1i >= int64(len(d.l1)) {
 		d.mu.Unlock()
-		return nil, 0, corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
+		return nil, 0, Corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
 	}
 	var derr error
 	if d.damage != nil {
@@ -218,7 +218,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 		return nil, 0, d.markDamaged(co, derr, true)
 	}
 	if err != nil {
-		return nil, 0, withField(err, indexed("l1_table", uint64(l1i)))
+		return nil, 0, WithField(err, Indexed("l1_table", uint64(l1i)))
 	}
 	var old []byte
 	if l2Off != 0 {
@@ -327,7 +327,7 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 	t, b := max(oldClusters*2, 1), int64(0)
 	for i := 0; ; i++ {
 		if i > 64 {
-			return limit("refcount_table_clusters", uint64(t), "refcount table growth does not converge")
+			return Limit("refcount_table_clusters", uint64(t), "refcount table growth does not converge")
 		}
 		end := start + t + b
 		nb := int64(0)
@@ -343,7 +343,7 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 		b, t = nb, nt
 	}
 	if t*cs > MaxRefcountTableBytes {
-		return limit("refcount_table_clusters", uint64(t), "refcount table would exceed its limit")
+		return Limit("refcount_table_clusters", uint64(t), "refcount table would exceed its limit")
 	}
 	tableOff := start * cs
 	end := start + t + b

@@ -40,10 +40,10 @@ var CreateOnlyAmendKeys = []string{"cluster_size", "preallocation", "extended_l2
 func AmendKeyError(key string) error {
 	for _, k := range CreateOnlyAmendKeys {
 		if key == k || strings.HasPrefix(key, "encrypt.") {
-			return unsupported(key, 0, "Invalid parameter '"+key+"'\nThis option is only supported for image creation")
+			return Unsupported(key, 0, "Invalid parameter '"+key+"'\nThis option is only supported for image creation")
 		}
 	}
-	return unsupported(key, 0, "Invalid parameter '"+key+"'")
+	return Unsupported(key, 0, "Invalid parameter '"+key+"'")
 }
 
 // Amend applies o to the image of a read-write qcow2 node, with the
@@ -130,7 +130,7 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 	d.mu.Unlock()
 	ver := int(h.Version)
 	if o.Version != 0 && o.Version != 2 && o.Version != 3 {
-		return unsupported("compat", uint64(o.Version), "Unknown compatibility level")
+		return Unsupported("compat", uint64(o.Version), "Unknown compatibility level")
 	}
 	newVer := ver
 	if o.Version != 0 {
@@ -142,29 +142,29 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 	}
 	if o.RefcountBits != 0 {
 		if newVer == 2 && o.RefcountBits != 16 {
-			return unsupported("refcount_bits", uint64(o.RefcountBits), "compat=0.10 requires refcount_bits=16")
+			return Unsupported("refcount_bits", uint64(o.RefcountBits), "compat=0.10 requires refcount_bits=16")
 		}
 		if o.RefcountBits != 1<<h.RefcountOrder {
-			return unsupported("refcount_bits", uint64(o.RefcountBits), "changing the refcount width is not supported")
+			return Unsupported("refcount_bits", uint64(o.RefcountBits), "changing the refcount width is not supported")
 		}
 	}
 	if newVer == 2 && lazy && o.LazyRefcounts != nil {
-		return unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+		return Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
 	}
 	if newVer == 2 && ver == 3 {
 		if h.RefcountOrder != 4 {
-			return unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
+			return Unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
 		}
 		// Dirty is cleaned below; corrupt images are not opened read-write.
 		if rest := h.IncompatibleFeatures &^ IncompatDirty; rest != 0 {
-			return unsupported("incompatible_features", rest, "Cannot downgrade an image with incompatible features "+hexString(rest)+" set")
+			return Unsupported("incompatible_features", rest, "Cannot downgrade an image with incompatible features "+HexString(rest)+" set")
 		}
 		if h.Bitmaps != nil {
-			return unsupported("bitmaps", 0, "Cannot downgrade an image with persistent bitmaps")
+			return Unsupported("bitmaps", 0, "Cannot downgrade an image with persistent bitmaps")
 		}
 	}
 	if o.Size != 0 && o.Size < size {
-		return unsupported("size", uint64(o.Size), "shrinking a qcow2 image is not supported")
+		return Unsupported("size", uint64(o.Size), "shrinking a qcow2 image is not supported")
 	}
 	bf, bfmt := h.BackingFile, h.BackingFormat
 	if o.BackingFile != nil {
@@ -177,14 +177,14 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 		bfmt = *o.BackingFormat
 	}
 	if bf == "" && bfmt != "" {
-		return unsupported("backing_fmt", 0, "backing format specified without a backing file")
+		return Unsupported("backing_fmt", 0, "backing format specified without a backing file")
 	}
 	if bf != "" {
 		if len(bf) > MaxBackingNameLen {
-			return limit("backing_file", uint64(len(bf)), "backing file name too long")
+			return Limit("backing_file", uint64(len(bf)), "backing file name too long")
 		}
 		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
-			return unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
+			return Unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
 		}
 	}
 	if d.lazy.needRepair {
@@ -288,7 +288,7 @@ func (d *Driver) rewriteHeader(co *aio.Co, nh *Header) error {
 	}
 	cs := d.geo.ClusterSize()
 	if int64(len(hb)) > cs {
-		return limit("header_length", uint64(len(hb)), "header and extensions do not fit in the first cluster")
+		return Limit("header_length", uint64(len(hb)), "header and extensions do not fit in the first cluster")
 	}
 	parsed, err := ParseHeader(hb)
 	if err != nil {
@@ -325,7 +325,7 @@ func (d *Driver) expandZeroClusters(co *aio.Co) error {
 	var zeros []byte
 	for l1i := int64(0); l1i < l1n; l1i++ {
 		d.mu.Lock()
-		mapped := d.l1[l1i]&offsetMask != 0
+		mapped := d.l1[l1i]&OffsetMask != 0
 		d.mu.Unlock()
 		if !mapped {
 			continue
@@ -417,7 +417,7 @@ func (d *Driver) refuseSnapshotZeros(co *aio.Co) error {
 					return err
 				}
 				if le.Type == ZeroPlain || le.Type == ZeroAlloc {
-					return unsupported("snapshot", 0, "cannot downgrade: internal snapshot '"+s.Name+"' has zero clusters")
+					return Unsupported("snapshot", 0, "cannot downgrade: internal snapshot '"+s.Name+"' has zero clusters")
 				}
 			}
 		}

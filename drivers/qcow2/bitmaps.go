@@ -4,9 +4,6 @@ import (
 	"encoding/binary"
 	"io"
 	"slices"
-
-	"github.com/ringblk/ringblk/aio"
-	"github.com/ringblk/ringblk/block"
 )
 
 // Persistent dirty bitmaps (the bitmaps header extension). This package
@@ -48,28 +45,28 @@ func BitmapClusters(r io.ReaderAt, h *Header, fileSize int64) ([]int64, error) {
 	fs := uint64(max(fileSize, 0))
 	switch {
 	case bm.Count == 0:
-		return nil, corrupt("bitmaps_ext.nb_bitmaps", 0, "bitmaps extension with zero bitmaps")
+		return nil, Corrupt("bitmaps_ext.nb_bitmaps", 0, "bitmaps extension with zero bitmaps")
 	case bm.Count > MaxBitmaps:
-		return nil, limit("bitmaps_ext.nb_bitmaps", uint64(bm.Count), "too many bitmaps")
+		return nil, Limit("bitmaps_ext.nb_bitmaps", uint64(bm.Count), "too many bitmaps")
 	case bm.Reserved != 0:
-		return nil, corrupt("bitmaps_ext.reserved", uint64(bm.Reserved), "reserved field is not zero")
+		return nil, Corrupt("bitmaps_ext.reserved", uint64(bm.Reserved), "reserved field is not zero")
 	case bm.DirectorySize > MaxBitmapDirectoryBytes:
-		return nil, limit("bitmaps_ext.bitmap_directory_size", bm.DirectorySize, "bitmap directory too large")
+		return nil, Limit("bitmaps_ext.bitmap_directory_size", bm.DirectorySize, "bitmap directory too large")
 	case bm.DirectorySize < uint64(bm.Count)*bitmapDirEntryLen:
-		return nil, corrupt("bitmap_directory_size", bm.DirectorySize, "bitmap directory too small for nb_bitmaps entries")
+		return nil, Corrupt("bitmap_directory_size", bm.DirectorySize, "bitmap directory too small for nb_bitmaps entries")
 	}
 	if err := bitmapArea("bitmaps_ext.bitmap_directory_offset", bm.DirectoryOffset, bm.DirectorySize, cs, fs); err != nil {
 		return nil, err
 	}
 	dir := make([]byte, bm.DirectorySize)
-	if err := readAt(r, dir, int64(bm.DirectoryOffset)); err != nil {
+	if err := ReadFull(r, dir, int64(bm.DirectoryOffset)); err != nil {
 		return nil, err
 	}
 	maxOwned := fs / cs
 	var owned []int64
 	add := func(field string, off uint64) error {
 		if uint64(len(owned)) >= maxOwned {
-			return corrupt(field, off, "bitmaps own more clusters than the file has")
+			return Corrupt(field, off, "bitmaps own more clusters than the file has")
 		}
 		owned = append(owned, int64(off))
 		return nil
@@ -86,7 +83,7 @@ func BitmapClusters(r io.ReaderAt, h *Header, fileSize int64) ([]int64, error) {
 	for i := uint32(0); i < bm.Count; i++ {
 		e := dir[p:]
 		if uint64(len(e)) < bitmapDirEntryLen {
-			return nil, corrupt(indexed("bitmap_directory", uint64(i)), p, "directory entry past the end of the directory")
+			return nil, Corrupt(Indexed("bitmap_directory", uint64(i)), p, "directory entry past the end of the directory")
 		}
 		tableOff := be.Uint64(e[0:])
 		tableSize := uint64(be.Uint32(e[8:]))
@@ -96,23 +93,23 @@ func BitmapClusters(r io.ReaderAt, h *Header, fileSize int64) ([]int64, error) {
 		entLen := (bitmapDirEntryLen + extraSize + nameSize + 7) &^ 7
 		switch {
 		case entLen > uint64(len(e)):
-			return nil, corrupt("bitmap_directory.extra_data_size", extraSize, "directory entry past the end of the directory")
+			return nil, Corrupt("bitmap_directory.extra_data_size", extraSize, "directory entry past the end of the directory")
 		case flags&^bitmapFlagsKnown != 0:
-			return nil, corrupt("bitmap_directory.flags", uint64(flags), "reserved bitmap flags set")
+			return nil, Corrupt("bitmap_directory.flags", uint64(flags), "reserved bitmap flags set")
 		case typ != bitmapTypeDirty:
-			return nil, unsupported("bitmap_directory.type", uint64(typ), "unknown bitmap type")
+			return nil, Unsupported("bitmap_directory.type", uint64(typ), "unknown bitmap type")
 		case gran < MinBitmapGranularityBits || gran > MaxBitmapGranularityBits:
-			return nil, corrupt("bitmap_directory.granularity_bits", uint64(gran), "bitmap granularity outside 2^9..2^31")
+			return nil, Corrupt("bitmap_directory.granularity_bits", uint64(gran), "bitmap granularity outside 2^9..2^31")
 		case nameSize == 0 || nameSize > MaxBitmapNameLen:
-			return nil, corrupt("bitmap_directory.name_size", nameSize, "bitmap name size outside 1..1023")
+			return nil, Corrupt("bitmap_directory.name_size", nameSize, "bitmap name size outside 1..1023")
 		case tableSize == 0 || tableSize > MaxBitmapTableEntries:
-			return nil, limit("bitmap_directory.bitmap_table_size", tableSize, "bitmap table size outside 1..2^27")
+			return nil, Limit("bitmap_directory.bitmap_table_size", tableSize, "bitmap table size outside 1..2^27")
 		}
 		// The table must have exactly the entries the disk size needs:
 		// one bit per granule, cluster_size*8 bits per data cluster.
 		bits := (h.Size + (uint64(1)<<gran - 1)) >> gran
 		if want := (bits + cs*8 - 1) / (cs * 8); tableSize != want {
-			return nil, corrupt("bitmap_directory.bitmap_table_size", tableSize, "bitmap table size does not match the disk size")
+			return nil, Corrupt("bitmap_directory.bitmap_table_size", tableSize, "bitmap table size does not match the disk size")
 		}
 		tableBytes := tableSize * 8
 		if err := bitmapArea("bitmap_directory.bitmap_table_offset", tableOff, tableBytes, cs, fs); err != nil {
@@ -123,7 +120,7 @@ func BitmapClusters(r io.ReaderAt, h *Header, fileSize int64) ([]int64, error) {
 				return nil, err
 			}
 			n := min(cs, tableOff+tableBytes-c)
-			if err := readAt(r, buf[:n], int64(c)); err != nil {
+			if err := ReadFull(r, buf[:n], int64(c)); err != nil {
 				return nil, err
 			}
 			for j := uint64(0); j < n; j += 8 {
@@ -131,13 +128,13 @@ func BitmapClusters(r io.ReaderAt, h *Header, fileSize int64) ([]int64, error) {
 				off := v & bitmapEntryOffsetMask
 				field := "bitmap_table"
 				if v&^(bitmapEntryOffsetMask|bitmapEntryAllOnes) != 0 {
-					return nil, corrupt(field, v, "reserved bits set in a bitmap table entry")
+					return nil, Corrupt(field, v, "reserved bits set in a bitmap table entry")
 				}
 				if off == 0 {
 					continue // all zeros, or all ones with bit 0
 				}
 				if v&bitmapEntryAllOnes != 0 {
-					return nil, corrupt(field, v, "bitmap table entry with both an offset and bit 0")
+					return nil, Corrupt(field, v, "bitmap table entry with both an offset and bit 0")
 				}
 				// A data cluster at the end of the file may be short
 				// (reads past EOF are zeros): only its start must be in it.
@@ -152,12 +149,12 @@ func BitmapClusters(r io.ReaderAt, h *Header, fileSize int64) ([]int64, error) {
 		p += entLen
 	}
 	if p != bm.DirectorySize {
-		return nil, corrupt("bitmap_directory_size", bm.DirectorySize, "bitmap directory size does not match its entries")
+		return nil, Corrupt("bitmap_directory_size", bm.DirectorySize, "bitmap directory size does not match its entries")
 	}
 	slices.Sort(owned)
 	for i := 1; i < len(owned); i++ {
 		if owned[i] == owned[i-1] {
-			return nil, corrupt("bitmap_directory", uint64(owned[i]), "cluster owned twice by bitmaps")
+			return nil, Corrupt("bitmap_directory", uint64(owned[i]), "cluster owned twice by bitmaps")
 		}
 	}
 	return owned, nil
@@ -168,105 +165,11 @@ func BitmapClusters(r io.ReaderAt, h *Header, fileSize int64) ([]int64, error) {
 func bitmapArea(field string, off, n, cs, fs uint64) error {
 	switch {
 	case off == 0 || off%cs != 0:
-		return corrupt(field, off, "offset not cluster aligned or in the header cluster")
+		return Corrupt(field, off, "offset not cluster aligned or in the header cluster")
 	case off < cs:
-		return corrupt(field, off, "offset in the header cluster")
+		return Corrupt(field, off, "offset in the header cluster")
 	case off >= fs || n > fs-off:
-		return outOfRange(field, off, "area past the end of the file")
+		return OutOfRange(field, off, "area past the end of the file")
 	}
-	return nil
-}
-
-// dropBitmaps runs in prepareWrite right after the synced write that
-// cleared autoclear bit 0 (R10). The bitmaps are stale for QEMU from then
-// on; their clusters have no trusted reference left, and qemu-img check
-// would count them as leaks. So: remove the bitmaps extension from the
-// header (synced), then queue every bitmap-owned cluster on pendingFrees,
-// decremented after the next flush like any other free (R2).
-//
-// If anything is doubtful — the directory does not parse (damaged or
-// hostile), a bitmap cluster overlaps our own metadata, has refcount 0 or
-// no refcount block, or the header is not laid out so that removing the
-// extension is a zeroing of its bytes in place — nothing is freed and the
-// extension stays: the bit is already clear, so QEMU ignores it, and
-// leaked clusters are harmless (qemu-img check -r leaks reclaims them),
-// whereas freeing a cluster something else still uses is corruption.
-//
-// The removal is torn-write safe: it only zeroes the 32 bytes of the
-// extension (the first 8 become the new end marker) and the old end
-// marker. No other header byte moves, and every 8-byte extension header
-// lies inside one sector, so a torn write leaves either the extension
-// (ignored, bit 0 is clear) or the end marker at its place.
-//
-// REQUIRES: metaLock held; the autoclear bit is durably clear.
-func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
-	d.mu.Lock()
-	h := *d.hdr
-	fileSize := d.geo.FileSize
-	d.mu.Unlock()
-	if h.Bitmaps == nil || h.Version < 3 || h.BackingFile != "" {
-		// With a backing file the name would move after the end marker;
-		// that rewrite is not torn-write safe, so the clusters leak.
-		return nil
-	}
-	owned, err := BitmapClusters(coReader{d, co, r}, &h, fileSize)
-	if err != nil {
-		return nil // damaged or hostile directory: leak, keep the extension
-	}
-	cs := d.geo.ClusterSize()
-	for _, c := range owned {
-		if d.overlapsMetadata(c, cs) {
-			return nil
-		}
-		rb, _, bi, err := d.refcountBlock(co, c/cs)
-		if err == errNoSpace || (err == nil && rb == nil) {
-			return nil
-		}
-		if err != nil {
-			return err // I/O error reading a refcount block
-		}
-		d.mu.Lock()
-		rc, err := RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
-		d.mu.Unlock()
-		if err != nil || rc == 0 {
-			return nil
-		}
-	}
-
-	// The new header must be the on-disk one with the extension and the
-	// old end marker zeroed at position p.
-	nh := h
-	nh.Bitmaps = nil
-	nb, err := nh.MarshalBinary()
-	if err != nil {
-		return nil
-	}
-	p := int64(len(nb)) - 8
-	const span = 8 + bitmapsExtLen + 8 // extension header, data, old end marker
-	if p+span > cs {
-		return nil
-	}
-	disk := make([]byte, p+span)
-	if err := d.fileRead(co, r, disk, 0); err != nil {
-		return err
-	}
-	be := binary.BigEndian
-	if string(disk[:p]) != string(nb[:p]) || be.Uint32(disk[p:]) != ExtBitmaps ||
-		be.Uint32(disk[p+4:]) != bitmapsExtLen || be.Uint64(disk[p+32:]) != 0 {
-		return nil
-	}
-	if err := d.fileWrite(co, r, make([]byte, span), p); err != nil {
-		return err
-	}
-	// Durable before any bitmap cluster can be decremented (R2).
-	if err := d.fileSync(co, r); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	d.hdr.Bitmaps = nil
-	for _, c := range owned {
-		d.pendingFrees = append(d.pendingFrees, hostFree{c, cs})
-	}
-	d.mu.Unlock()
 	return nil
 }

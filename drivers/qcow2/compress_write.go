@@ -45,7 +45,7 @@ func (d *Driver) WriteCompressed(r *block.Request) {
 func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
 	if d.hdr.CompressionType != CompressionZlib {
 		// The encoder below writes deflate only (zstd.go reads zstd).
-		return unsupported("compression_type", uint64(d.hdr.CompressionType), "compressed writes to a zstd image are not supported")
+		return Unsupported("compression_type", uint64(d.hdr.CompressionType), "compressed writes to a zstd image are not supported")
 	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err

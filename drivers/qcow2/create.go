@@ -1,11 +1,6 @@
 package qcow2
 
-import (
-	"encoding/binary"
-	"errors"
-
-	"github.com/ringblk/ringblk/block"
-)
+import ()
 
 // CreateOptions are the qemu-img create -o options this package supports.
 // The zero value is qemu-img's default: compat=1.1, cluster_size=64k,
@@ -38,14 +33,14 @@ type CreateOptions struct {
 // at 3 for every image whose refcount structures fit in one cluster
 // each), so images read the same as `qemu-img create`'s.
 func Layout(size int64, o CreateOptions) (*Header, error) {
-	h, _, err := layout(size, o)
+	h, _, err := LayoutRefblocks(size, o)
 	return h, err
 }
 
-// layout also returns the refcount block offsets. QEMU's order: header,
+// LayoutRefblocks also returns the refcount block offsets. QEMU's order: header,
 // refcount table, first refcount block, L1 table, then any further
 // refcount blocks (needed when the L1 table is large) after the L1 table.
-func layout(size int64, o CreateOptions) (*Header, []int64, error) {
+func LayoutRefblocks(size int64, o CreateOptions) (*Header, []int64, error) {
 	cs := o.ClusterSize
 	if cs == 0 {
 		cs = 64 << 10
@@ -55,14 +50,14 @@ func layout(size int64, o CreateOptions) (*Header, []int64, error) {
 		bits++
 	}
 	if int64(1)<<bits != cs || bits < MinClusterBits || bits > MaxClusterBits {
-		return nil, nil, limit("cluster_size", uint64(max(cs, 0)), "cluster size must be a power of two between 512 and 2 MiB")
+		return nil, nil, Limit("cluster_size", uint64(max(cs, 0)), "cluster size must be a power of two between 512 and 2 MiB")
 	}
 	ver := o.Version
 	if ver == 0 {
 		ver = 3
 	}
 	if ver != 2 && ver != 3 {
-		return nil, nil, unsupported("version", uint64(ver), "compat must be 0.10 or 1.1")
+		return nil, nil, Unsupported("version", uint64(ver), "compat must be 0.10 or 1.1")
 	}
 	rb := o.RefcountBits
 	if rb == 0 {
@@ -73,37 +68,37 @@ func layout(size int64, o CreateOptions) (*Header, []int64, error) {
 		order++
 	}
 	if 1<<order != rb || order > MaxRefcountOrder {
-		return nil, nil, limit("refcount_bits", uint64(max(rb, 0)), "refcount width must be a power of two up to 64")
+		return nil, nil, Limit("refcount_bits", uint64(max(rb, 0)), "refcount width must be a power of two up to 64")
 	}
 	if ver == 2 && order != 4 {
-		return nil, nil, unsupported("refcount_bits", uint64(rb), "version 2 images need 16-bit refcounts")
+		return nil, nil, Unsupported("refcount_bits", uint64(rb), "version 2 images need 16-bit refcounts")
 	}
 	if size < 0 || size > MaxImageSize {
-		return nil, nil, limit("size", uint64(max(size, 0)), "virtual size out of range")
+		return nil, nil, Limit("size", uint64(max(size, 0)), "virtual size out of range")
 	}
 	// qemu-img rounds the size up to whole sectors.
 	size = (size + 511) &^ 511
 	if (o.BackingFile == "") != (o.BackingFormat == "") {
-		return nil, nil, unsupported("backing_file", 0, "a backing file needs an explicit backing format, and vice versa")
+		return nil, nil, Unsupported("backing_file", 0, "a backing file needs an explicit backing format, and vice versa")
 	}
 	if o.BackingFormat != "" && o.BackingFormat != "raw" && o.BackingFormat != "qcow2" {
-		return nil, nil, unsupported("backing_format", 0, "backing format must be raw or qcow2")
+		return nil, nil, Unsupported("backing_format", 0, "backing format must be raw or qcow2")
 	}
 	if o.ExtendedL2 && ver != 3 {
-		return nil, nil, unsupported("extended_l2", 1, "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)")
+		return nil, nil, Unsupported("extended_l2", 1, "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)")
 	}
 	if o.ExtendedL2 && bits < MinClusterBitsExtendedL2 {
-		return nil, nil, unsupported("extended_l2", uint64(cs), "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+		return nil, nil, Unsupported("extended_l2", uint64(cs), "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
 	}
 	if o.Preallocation > PreallocFull {
-		return nil, nil, unsupported("preallocation", uint64(o.Preallocation), "preallocation must be off, metadata, falloc or full")
+		return nil, nil, Unsupported("preallocation", uint64(o.Preallocation), "preallocation must be off, metadata, falloc or full")
 	}
 	if o.BackingFile != "" && o.Preallocation != PreallocOff && !o.ExtendedL2 {
-		return nil, nil, unsupported("preallocation", uint64(o.Preallocation), "Backing file and preallocation can only be used at the same time if extended_l2 is on")
+		return nil, nil, Unsupported("preallocation", uint64(o.Preallocation), "Backing file and preallocation can only be used at the same time if extended_l2 is on")
 	}
 	l1 := L1EntriesFor(uint64(size), bits, o.ExtendedL2)
 	if l1*8 > MaxL1Bytes {
-		return nil, nil, limit("l1_size", l1, "image size is too large for this cluster size")
+		return nil, nil, Limit("l1_size", l1, "image size is too large for this cluster size")
 	}
 	h := &Header{
 		Version: uint32(ver), ClusterBits: bits, Size: uint64(size),
@@ -115,7 +110,7 @@ func layout(size int64, o CreateOptions) (*Header, []int64, error) {
 	}
 	if o.LazyRefcounts {
 		if ver != 3 {
-			return nil, nil, unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)")
+			return nil, nil, Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)")
 		}
 		h.CompatibleFeatures |= CompatLazyRefcounts
 	}
@@ -143,7 +138,7 @@ func layout(size int64, o CreateOptions) (*Header, []int64, error) {
 		blocks, rtClusters = nb, nr
 	}
 	if rtClusters*cs > MaxRefcountTableBytes {
-		return nil, nil, limit("refcount_table_clusters", uint64(rtClusters), "refcount table too large")
+		return nil, nil, Limit("refcount_table_clusters", uint64(rtClusters), "refcount table too large")
 	}
 	h.RefcountTableOffset = uint64(cs)
 	h.RefcountTableClusters = uint32(rtClusters)
@@ -156,81 +151,6 @@ func layout(size int64, o CreateOptions) (*Header, []int64, error) {
 		h.L1Offset = uint64((2 + rtClusters) * cs)
 	}
 	return h, offs, nil
-}
-
-// Create writes a new, empty image of size bytes to file (a writable node,
-// usually a raw node over a new file): everything the file held is
-// discarded. It runs synchronous requests (block's sync calls), so call it
-// from a control goroutine, never from a coroutine or request callback.
-// The result passes `qemu-img check`, and `qemu-img info` reports the same
-// format-specific fields as for `qemu-img create` with the same options.
-func Create(file *block.Node, size int64, o CreateOptions) error {
-	h, offs, err := layout(size, o)
-	if err != nil {
-		return &block.Error{Kind: kindOf(err), Op: block.OpOpen, Node: file.Name(), Err: err}
-	}
-	hb, err := h.MarshalBinary()
-	if err != nil {
-		return &block.Error{Kind: kindOf(err), Op: block.OpOpen, Node: file.Name(), Err: err}
-	}
-	if o.Preallocation != PreallocOff && h.L1Entries > 0 {
-		return createPrealloc(file, h, offs, o.Preallocation)
-	}
-	cs := int64(1) << h.ClusterBits
-	rtClusters := int64(h.RefcountTableClusters)
-	end := (2 + rtClusters) * cs
-	if h.L1Entries > 0 {
-		end = int64(h.L1Offset) + int64(h.L1Entries)*8
-	} else {
-		end = offs[0] + cs
-	}
-	if last := offs[len(offs)-1] + cs; len(offs) > 1 && last > end {
-		end = last
-	}
-	used := (end + cs - 1) / cs // clusters holding metadata
-
-	img := make([]byte, end)
-	copy(img, hb)
-	rt := img[cs : cs+rtClusters*cs]
-	perBlock := int64(1) << (int64(h.ClusterBits) + 3 - int64(h.RefcountOrder))
-	for b, off := range offs {
-		binary.BigEndian.PutUint64(rt[b*8:], uint64(off))
-		blk := img[off : off+cs]
-		for i := int64(0); i < perBlock; i++ {
-			c := int64(b)*perBlock + i
-			if c >= used {
-				break
-			}
-			if err := RefcountSet(blk, h.RefcountOrder, i, 1); err != nil {
-				return err
-			}
-		}
-	}
-	if err := file.Truncate(0); err != nil && !block.IsKind(err, block.Unsupported) {
-		return err
-	}
-	// Metadata first, header last, then a flush: a crash leaves either no
-	// valid header or a complete image.
-	if _, err := file.WriteAt(img[cs:], cs); err != nil {
-		return err
-	}
-	if err := file.Flush(); err != nil {
-		return err
-	}
-	if _, err := file.WriteAt(img[:cs], 0); err != nil {
-		return err
-	}
-	return file.Flush()
-}
-
-func kindOf(err error) block.Kind {
-	switch {
-	case errors.Is(err, ErrLimit):
-		return block.Overflow
-	case errors.Is(err, ErrUnsupported):
-		return block.Unsupported
-	}
-	return block.InvalidFormat
 }
 
 // Prealloc is qemu-img's preallocation mode for a new image.
@@ -267,25 +187,25 @@ func ParsePrealloc(s string) (Prealloc, bool) {
 	return 0, false
 }
 
-// preallocPlan is where a preallocated image puts its clusters. Offsets
+// PreallocPlan is where a preallocated image puts its clusters. Offsets
 // are cluster indexes. Every cluster below end has refcount 1 except the
 // holes (clusters freed while the layout was built).
-type preallocPlan struct {
-	l2    []int64 // per L1 index: the L2 table
-	data  []int64 // per L1 index: the first data cluster of the table's contiguous run
-	rb    []int64 // per refcount table index: the refcount block (0: none)
-	holes []int64
-	end   int64 // clusters in use (the last one included)
-	// rtOff and rtClusters move when the refcount area (falloc, full)
+type PreallocPlan struct {
+	L2    []int64 // per L1 index: the L2 table
+	Data  []int64 // per L1 index: the first data cluster of the table's contiguous run
+	RB    []int64 // per refcount table index: the refcount block (0: none)
+	Holes []int64
+	End   int64 // clusters in use (the last one included)
+	// RTOff and RTClusters move when the refcount area (falloc, full)
 	// replaces the table.
-	rtOff, rtClusters int64
-	// fileLen is the file length QEMU leaves.
-	fileLen int64
+	RTOff, RTClusters int64
+	// FileLen is the file length QEMU leaves.
+	FileLen int64
 }
 
-// errTableFull stops the metadata-mode simulation when QEMU would grow
+// ErrTableFull stops the metadata-mode simulation when QEMU would grow
 // the refcount table (a path whose placement we do not reproduce).
-var errTableFull = limit("refcount_table_clusters", 0, "preallocation outgrows the refcount table")
+var ErrTableFull = Limit("refcount_table_clusters", 0, "preallocation outgrows the refcount table")
 
 // initialClusters is the number of clusters the image written by Create
 // without preallocation occupies (the file is not cluster aligned at its
@@ -302,39 +222,39 @@ func initialClusters(h *Header, offs []int64) int64 {
 	return (end + cs - 1) / cs
 }
 
-// planMetadata reproduces QEMU 7.2's metadata preallocation (the loop of
+// PlanMetadata reproduces QEMU 7.2's metadata preallocation (the loop of
 // cluster allocations that preallocate_co makes): table by table, the L2
 // table goes to the first free cluster and the table's data clusters right
 // after it; a refcount block that is missing when a refcount is set goes
 // to the next free cluster (self-describing when it falls in the range it
 // covers). QEMU's allocator is first-fit and nothing is freed, so the next
 // free cluster is always the end.
-func planMetadata(h *Header, offs []int64) (*preallocPlan, error) {
+func PlanMetadata(h *Header, offs []int64) (*PreallocPlan, error) {
 	g := h.Geometry(0)
 	cs := g.ClusterSize()
 	perBlock := g.RefcountBlockEntries()
 	tableEntries := int64(h.RefcountTableClusters) * cs / 8
-	p := &preallocPlan{rtOff: int64(h.RefcountTableOffset) / cs, rtClusters: int64(h.RefcountTableClusters)}
-	p.rb = make([]int64, len(offs), tableEntries)
+	p := &PreallocPlan{RTOff: int64(h.RefcountTableOffset) / cs, RTClusters: int64(h.RefcountTableClusters)}
+	p.RB = make([]int64, len(offs), tableEntries)
 	for i, o := range offs {
-		p.rb[i] = o / cs
+		p.RB[i] = o / cs
 	}
 	next := initialClusters(h, offs)
 	var ensure func(c int64) error
 	ensure = func(c int64) error {
 		b := c / perBlock
 		if b >= tableEntries {
-			return errTableFull
+			return ErrTableFull
 		}
-		for int64(len(p.rb)) <= b {
-			p.rb = append(p.rb, 0)
+		for int64(len(p.RB)) <= b {
+			p.RB = append(p.RB, 0)
 		}
-		if p.rb[b] != 0 {
+		if p.RB[b] != 0 {
 			return nil
 		}
 		x := next
 		next++
-		p.rb[b] = x
+		p.RB[b] = x
 		if x/perBlock != b {
 			return ensure(x)
 		}
@@ -353,41 +273,41 @@ func planMetadata(h *Header, offs []int64) (*preallocPlan, error) {
 	clusters := (int64(h.Size) + cs - 1) / cs
 	per := g.L2Entries()
 	n := int64(h.L1Entries)
-	p.l2 = make([]int64, n)
-	p.data = make([]int64, n)
+	p.L2 = make([]int64, n)
+	p.Data = make([]int64, n)
 	var dataEnd int64
 	for i := int64(0); i < n; i++ {
 		var err error
-		if p.l2[i], err = alloc(1); err != nil {
+		if p.L2[i], err = alloc(1); err != nil {
 			return nil, err
 		}
 		k := min(per, clusters-i*per)
-		if p.data[i], err = alloc(k); err != nil {
+		if p.Data[i], err = alloc(k); err != nil {
 			return nil, err
 		}
 		// QEMU extends the file to the end of the last data cluster.
-		dataEnd = (p.data[i] + k) * cs
+		dataEnd = (p.Data[i] + k) * cs
 	}
-	p.end = next
+	p.End = next
 	last := dataEnd
-	for _, c := range p.rb {
+	for _, c := range p.RB {
 		last = max(last, (c+1)*cs)
 	}
-	for _, c := range p.l2 {
+	for _, c := range p.L2 {
 		last = max(last, (c+1)*cs)
 	}
-	p.fileLen = max(last, int64(h.L1Offset)+int64(h.L1Entries)*8)
+	p.FileLen = max(last, int64(h.L1Offset)+int64(h.L1Entries)*8)
 	return p, nil
 }
 
-// planArea reproduces QEMU 7.2's falloc/full preallocation: a refcount
+// PlanArea reproduces QEMU 7.2's falloc/full preallocation: a refcount
 // area after the current end of the file (refcount blocks for every index
 // that lacks one, then a new refcount table sized exactly), the data
 // clusters contiguous after it, the old refcount table freed, and the L2
 // tables allocated first-fit (into the old table's clusters first, then
 // after the data). It is also the fallback for metadata mode when QEMU's
 // path would grow the refcount table.
-func planArea(h *Header, offs []int64) *preallocPlan {
+func PlanArea(h *Header, offs []int64) *PreallocPlan {
 	g := h.Geometry(0)
 	cs := g.ClusterSize()
 	perBlock := g.RefcountBlockEntries()
@@ -408,188 +328,40 @@ func planArea(h *Header, offs []int64) *preallocPlan {
 		}
 		last = cnt
 	}
-	p := &preallocPlan{}
-	p.rb = make([]int64, max(blocks, int64(len(offs))))
+	p := &PreallocPlan{}
+	p.RB = make([]int64, max(blocks, int64(len(offs))))
 	for i, o := range offs {
-		p.rb[i] = o / cs
+		p.RB[i] = o / cs
 	}
 	next := start
-	for i := range p.rb {
-		if p.rb[i] == 0 {
-			p.rb[i] = next
+	for i := range p.RB {
+		if p.RB[i] == 0 {
+			p.RB[i] = next
 			next++
 		}
 	}
 	oldRT, oldRTClusters := int64(h.RefcountTableOffset)/cs, int64(h.RefcountTableClusters)
-	p.rtOff, p.rtClusters = next, max(table, oldRTClusters)
-	next += p.rtClusters
+	p.RTOff, p.RTClusters = next, max(table, oldRTClusters)
+	next += p.RTClusters
 	dataStart := next
 	next += clusters
-	p.l2 = make([]int64, n)
-	p.data = make([]int64, n)
+	p.L2 = make([]int64, n)
+	p.Data = make([]int64, n)
 	per := g.L2Entries()
 	free := oldRTClusters // old table clusters not yet reused
 	for i := int64(0); i < n; i++ {
-		p.data[i] = dataStart + i*per
+		p.Data[i] = dataStart + i*per
 		if i < free {
-			p.l2[i] = oldRT + i
+			p.L2[i] = oldRT + i
 		} else {
-			p.l2[i] = next
+			p.L2[i] = next
 			next++
 		}
 	}
 	for i := n; i < free; i++ {
-		p.holes = append(p.holes, oldRT+i)
+		p.Holes = append(p.Holes, oldRT+i)
 	}
-	p.end = next
-	p.fileLen = next * cs
+	p.End = next
+	p.FileLen = next * cs
 	return p
-}
-
-// createPrealloc writes a new image with every cluster preallocated. Only
-// metadata is held in memory, one cluster at a time, besides the plan
-// (two offsets per L2 table and one per refcount block).
-func createPrealloc(file *block.Node, h *Header, offs []int64, mode Prealloc) error {
-	g := h.Geometry(0)
-	cs := g.ClusterSize()
-	var p *preallocPlan
-	if mode == PreallocMetadata {
-		var err error
-		if p, err = planMetadata(h, offs); err == errTableFull {
-			p = planArea(h, offs)
-		} else if err != nil {
-			return err
-		}
-	} else {
-		p = planArea(h, offs)
-	}
-	if p.rtClusters*cs > MaxRefcountTableBytes {
-		return limit("refcount_table_clusters", uint64(p.rtClusters), "refcount table too large")
-	}
-	h.RefcountTableOffset = uint64(p.rtOff * cs)
-	h.RefcountTableClusters = uint32(p.rtClusters)
-	hb, err := h.MarshalBinary()
-	if err != nil {
-		return &block.Error{Kind: kindOf(err), Op: block.OpOpen, Node: file.Name(), Err: err}
-	}
-	if err := file.Truncate(0); err != nil && !block.IsKind(err, block.Unsupported) {
-		return err
-	}
-	buf := make([]byte, cs)
-	// Refcount table.
-	rt := make([]byte, p.rtClusters*cs)
-	for i, c := range p.rb {
-		if c != 0 {
-			putU64(rt[i*8:], uint64(c*cs))
-		}
-	}
-	if _, err := file.WriteAt(rt, p.rtOff*cs); err != nil {
-		return err
-	}
-	// Refcount blocks: 1 for every cluster below end but the holes.
-	perBlock := g.RefcountBlockEntries()
-	for b, c := range p.rb {
-		if c == 0 {
-			continue
-		}
-		clear(buf)
-		for i := int64(0); i < perBlock; i++ {
-			x := int64(b)*perBlock + i
-			if x >= p.end {
-				break
-			}
-			if isHole(p.holes, x) {
-				continue
-			}
-			if err := RefcountSet(buf, h.RefcountOrder, i, 1); err != nil {
-				return err
-			}
-		}
-		if _, err := file.WriteAt(buf, c*cs); err != nil {
-			return err
-		}
-	}
-	// L1 table and L2 tables. Extended L2 bitmaps stay 0: every
-	// subcluster is unallocated in an allocated cluster, so reads still go
-	// to the backing file (which is why qemu-img allows this combination).
-	l1 := make([]byte, int64(h.L1Entries)*8)
-	clusters := (int64(h.Size) + cs - 1) / cs
-	per, esz := g.L2Entries(), g.L2EntrySize()
-	for i := range p.l2 {
-		e, err := g.EncodeL1Entry(p.l2[i]*cs, true)
-		if err != nil {
-			return err
-		}
-		putU64(l1[i*8:], e)
-		clear(buf)
-		k := min(per, clusters-int64(i)*per)
-		for j := int64(0); j < k; j++ {
-			le, err := g.EncodeL2Entry(Normal, (p.data[i]+j)*cs, true)
-			if err != nil {
-				return err
-			}
-			putU64(buf[j*esz:], le)
-		}
-		if _, err := file.WriteAt(buf, p.l2[i]*cs); err != nil {
-			return err
-		}
-	}
-	if _, err := file.WriteAt(l1, int64(h.L1Offset)); err != nil {
-		return err
-	}
-	// Data: runs of host-contiguous clusters.
-	if mode != PreallocMetadata {
-		for i := 0; i < len(p.data); {
-			j := i + 1
-			for j < len(p.data) && p.data[j] == p.data[j-1]+per {
-				j++
-			}
-			start := p.data[i] * cs
-			n := (min(int64(j)*per, clusters) - int64(i)*per) * cs
-			if err := preallocData(file, mode, start, n); err != nil {
-				return err
-			}
-			i = j
-		}
-	}
-	if err := file.Truncate(p.fileLen); err != nil && !block.IsKind(err, block.Unsupported) {
-		return err
-	}
-	if err := file.Flush(); err != nil {
-		return err
-	}
-	// Header last, as in Create.
-	clear(buf)
-	copy(buf, hb)
-	if _, err := file.WriteAt(buf, 0); err != nil {
-		return err
-	}
-	return file.Flush()
-}
-
-func isHole(holes []int64, c int64) bool {
-	for _, h := range holes {
-		if h == c {
-			return true
-		}
-	}
-	return false
-}
-
-// preallocData allocates the data clusters at [off, off+n) in the file:
-// fallocate (a write-zeroes that may not unmap) or written zeros.
-func preallocData(file *block.Node, mode Prealloc, off, n int64) error {
-	if mode == PreallocFalloc {
-		return file.WriteZeroes(off, n, 0)
-	}
-	zero := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		k := min(n, int64(len(zero)))
-		if _, err := file.WriteAt(zero[:k], off); err != nil {
-			return err
-		}
-		off += k
-		n -= k
-	}
-	return nil
 }

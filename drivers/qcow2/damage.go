@@ -51,12 +51,12 @@ func (d *Driver) setDamage(im *Image) {
 	}
 	for i, e := range im.L1 {
 		if im.DamagedL1.Has(int64(i)) {
-			target(e & offsetMask)
+			target(e & OffsetMask)
 		}
 	}
 	for i, e := range im.RefcountTable {
 		if im.DamagedRT.Has(int64(i)) {
-			target(e &^ reftableReserved)
+			target(e &^ ReftableReserved)
 		}
 	}
 	// A copy, for messages: the driver's tables change, the damaged

@@ -62,7 +62,7 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	size := d.geo.Size
 	d.mu.Unlock()
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
-		return outOfRange("guest_offset", uint64(max(r.Off, 0)), "request outside the virtual disk")
+		return OutOfRange("guest_offset", uint64(max(r.Off, 0)), "request outside the virtual disk")
 	}
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
@@ -124,7 +124,7 @@ func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le L2Entry,
 	l1i, l2i, _ := d.geo.Split(off)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	l2Off := int64(d.l1[l1i] & offsetMask)
+	l2Off := int64(d.l1[l1i] & OffsetMask)
 	if l2Off == 0 {
 		return le, false, nil
 	}
@@ -183,7 +183,7 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 	}
 	if !d.geo.ZeroFlag && hasBacking {
 		if m == modeDiscard {
-			return unsupported("version", 2, "discard in a version 2 image with a backing file")
+			return Unsupported("version", 2, "discard in a version 2 image with a backing file")
 		}
 		zeros := make([]byte, min(d.geo.ClusterSize(), d.geo.Size-off))
 		return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))

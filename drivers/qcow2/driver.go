@@ -272,7 +272,7 @@ func (d *Driver) resetMetaClusters() {
 	d.metaClusters = make(map[int64]struct{})
 	dm := d.damage
 	for i, e := range d.l1 {
-		if off := int64(e & offsetMask); off != 0 && (dm == nil || !dm.DamagedL1.Has(int64(i))) {
+		if off := int64(e & OffsetMask); off != 0 && (dm == nil || !dm.DamagedL1.Has(int64(i))) {
 			d.metaClusters[off] = struct{}{}
 		}
 	}

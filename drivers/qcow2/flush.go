@@ -244,7 +244,7 @@ func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
 // corrupt bit (an 8-byte synced header write, R6), every later request
 // fails, and the request gets an I/O error.
 func (d *Driver) markCorrupt(co *aio.Co, off int64, what string) error {
-	err := corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
+	err := Corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
 	d.mu.Lock()
 	first := d.corruptErr == nil
 	if first {

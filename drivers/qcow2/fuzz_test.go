@@ -215,8 +215,8 @@ func metadataRanges(t testing.TB, b []byte) [][2]int64 {
 		}
 	}
 	for _, e := range im.L1 {
-		if e&offsetMask != 0 {
-			add(int64(e&offsetMask), cs)
+		if e&OffsetMask != 0 {
+			add(int64(e&OffsetMask), cs)
 		}
 	}
 	exts, err := im.Map(nil, 0, im.Geometry.Size)

@@ -33,7 +33,7 @@ func l2BenchOffsets(b *testing.B, d *Driver, cov int64, inTier1 bool) []int64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := range int64(16) {
-		t := int64(d.l1[i*cov/d.geo.L1Coverage()] & offsetMask)
+		t := int64(d.l1[i*cov/d.geo.L1Coverage()] & OffsetMask)
 		if _, ok := d.l2.set.Resident(d.l2.key(t)); ok == inTier1 {
 			offs = append(offs, i*cov)
 		}
@@ -144,7 +144,7 @@ func BenchmarkQcow2MapNoCache(b *testing.B) {
 	d.mu.Lock()
 	tables := map[int64][]byte{}
 	for _, off := range offs {
-		l2Off := int64(d.l1[off/d.geo.L1Coverage()] & offsetMask)
+		l2Off := int64(d.l1[off/d.geo.L1Coverage()] & OffsetMask)
 		tables[l2Off] = append([]byte(nil), d.l2.lookup(l2Off)...)
 	}
 	d.mu.Unlock()

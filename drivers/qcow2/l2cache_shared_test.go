@@ -156,7 +156,7 @@ func TestQcow2L2SharedCopyNeverStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.mu.Lock()
-	t0 := int64(d.l1[0] & offsetMask)
+	t0 := int64(d.l1[0] & OffsetMask)
 	_, inTier1 := d.l2.set.Resident(d.l2.key(t0))
 	d.mu.Unlock()
 	if inTier1 || !shared.offered(d.l2.key(t0)) {
@@ -473,7 +473,7 @@ func TestL2HintHitsKeepRecency(t *testing.T) {
 	tableOff := func(i int) int64 {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return int64(d.l1[int64(i)*cov/d.geo.L1Coverage()] & offsetMask)
+		return int64(d.l1[int64(i)*cov/d.geo.L1Coverage()] & OffsetMask)
 	}
 	resident := func(i int) bool {
 		off := tableOff(i)

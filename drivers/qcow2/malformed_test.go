@@ -235,7 +235,7 @@ func patchL2(t *testing.T, b []byte, off int64, entry func(uint64) uint64, bitma
 	im := openBytes(t, b, Options{})
 	g := &im.Geometry
 	l1i, l2i, _ := g.Split(off)
-	l2Off := int64(im.L1[l1i] & offsetMask)
+	l2Off := int64(im.L1[l1i] & OffsetMask)
 	if l2Off == 0 {
 		t.Fatalf("guest offset %#x has no L2 table", off)
 	}

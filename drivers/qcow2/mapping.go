@@ -59,24 +59,24 @@ type L2Func func(l2Off int64) ([]byte, error)
 // The range must lie inside the virtual disk (g.Size); otherwise ErrRange.
 // On error, the extents already appended stay in the returned slice.
 func Map(dst []Extent, g *Geometry, l1 []uint64, l2 L2Func, off, length int64) ([]Extent, error) {
-	if !g.valid() {
-		return dst, corrupt("cluster_bits", uint64(g.ClusterBits), "invalid geometry")
+	if !g.Valid() {
+		return dst, Corrupt("cluster_bits", uint64(g.ClusterBits), "invalid geometry")
 	}
 	if off < 0 || length < 0 || off > g.Size || length > g.Size-off {
-		return dst, outOfRange("guest_offset", uint64(off), "range outside the virtual disk")
+		return dst, OutOfRange("guest_offset", uint64(off), "range outside the virtual disk")
 	}
 	end := off + length
 	cs := g.ClusterSize()
 	for off < end {
 		l1i, _, _ := g.Split(off)
 		if l1i >= int64(len(l1)) {
-			return dst, corrupt("l1_size", uint64(len(l1)), "guest offset beyond the L1 table")
+			return dst, Corrupt("l1_size", uint64(len(l1)), "guest offset beyond the L1 table")
 		}
 		// The part of the range this L2 table covers.
 		tableEnd := min(end, (l1i+1)*g.L1Coverage())
 		l2Off, _, err := g.DecodeL1Entry(l1[l1i])
 		if err != nil {
-			return dst, withField(err, indexed("l1_table", uint64(l1i)))
+			return dst, WithField(err, Indexed("l1_table", uint64(l1i)))
 		}
 		if l2Off == 0 {
 			dst = appendExtent(dst, Extent{Kind: ExtentUnallocated, GuestOff: off, Len: tableEnd - off})
@@ -88,7 +88,7 @@ func Map(dst []Extent, g *Geometry, l1 []uint64, l2 L2Func, off, length int64) (
 			return dst, err
 		}
 		if int64(len(table)) != cs {
-			return dst, outOfRange("l2_table_len", uint64(len(table)), "L2 table is not one cluster")
+			return dst, OutOfRange("l2_table_len", uint64(len(table)), "L2 table is not one cluster")
 		}
 		for off < tableEnd {
 			_, l2i, in := g.Split(off)
@@ -96,7 +96,7 @@ func Map(dst []Extent, g *Geometry, l1 []uint64, l2 L2Func, off, length int64) (
 			e, bitmap, _ := g.L2EntryAt(table, l2i)
 			le, err := g.DecodeL2Entry(e, bitmap)
 			if err != nil {
-				return dst, withField(err, "l2_table@"+hexString(uint64(l2Off))+indexed("", uint64(l2i)))
+				return dst, WithField(err, "l2_table@"+HexString(uint64(l2Off))+Indexed("", uint64(l2i)))
 			}
 			if !g.ExtendedL2 || le.Type == Compressed {
 				dst = appendExtent(dst, extentFor(le.Type, le, off, clusterEnd-off, in))
@@ -153,9 +153,9 @@ func appendExtent(dst []Extent, x Extent) []Extent {
 	return append(dst, x)
 }
 
-// withField prefixes the field of a *FormatError with where the entry was
+// WithField prefixes the field of a *FormatError with where the entry was
 // found ("l1_table[3]: l1_entry"). Other errors pass through.
-func withField(err error, where string) error {
+func WithField(err error, where string) error {
 	if fe, ok := err.(*FormatError); ok {
 		c := *fe
 		c.Field = where + " " + fe.Field
@@ -164,7 +164,7 @@ func withField(err error, where string) error {
 	return err
 }
 
-func hexString(v uint64) string {
+func HexString(v uint64) string {
 	const digits = "0123456789abcdef"
 	var b [18]byte
 	i := len(b)

@@ -208,7 +208,7 @@ func TestQcow2MapMatchesModel(t *testing.T) {
 				if x.Kind == ExtentCompressed {
 					_, l2i, _ := m.g.Split(x.GuestOff)
 					l1i, _, _ := m.g.Split(x.GuestOff)
-					e, _, _ := m.g.L2EntryAt(m.l2s[int64(m.l1[l1i]&offsetMask)], l2i)
+					e, _, _ := m.g.L2EntryAt(m.l2s[int64(m.l1[l1i]&OffsetMask)], l2i)
 					d, _ := m.g.DecodeCompressed(e)
 					if x.Compressed != d || x.GuestOff/m.g.ClusterSize() != (x.GuestOff+x.Len-1)/m.g.ClusterSize() {
 						t.Fatalf("compressed extent %+v: descriptor %+v, or spans clusters", x, d)

@@ -296,7 +296,7 @@ func bitmapClusters(t *testing.T, img string) int64 {
 		nameSize, extraSize := uint64(be.Uint16(dir[18:])), uint64(be.Uint32(dir[20:]))
 		count += up(tableSize * 8)
 		for j := uint64(0); j < tableSize; j++ {
-			if e := be.Uint64(b[tableOff+8*j:]) & offsetMask; e != 0 {
+			if e := be.Uint64(b[tableOff+8*j:]) & OffsetMask; e != 0 {
 				count++
 			}
 		}

@@ -246,7 +246,7 @@ func (d *Driver) mapData(off, n int64) (int64, int) {
 func oneClusterL2(g *Geometry, l1 []uint64, off, n int64) (int64, bool) {
 	cb := g.ClusterBits
 	cs := int64(1) << cb
-	if g.ExtendedL2 || !g.valid() || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
+	if g.ExtendedL2 || !g.Valid() || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
 		return 0, false
 	}
 	l1i := uint64(off) >> (2*cb - 3)
@@ -254,8 +254,8 @@ func oneClusterL2(g *Geometry, l1 []uint64, off, n int64) (int64, bool) {
 		return 0, false
 	}
 	e := l1[l1i]
-	l2Off := e & offsetMask
-	if e&l1Reserved != 0 || l2Off == 0 || !g.aligned(l2Off) || g.pastEOF(l2Off) {
+	l2Off := e & OffsetMask
+	if e&L1Reserved != 0 || l2Off == 0 || !g.Aligned(l2Off) || g.PastEOF(l2Off) {
 		return 0, false
 	}
 	return int64(l2Off), true
@@ -272,8 +272,8 @@ func dataHost(g *Geometry, table []byte, off int64) (int64, bool) {
 	}
 	i := int64(uint64(off)>>cb) & (cs/8 - 1)
 	e := binary.BigEndian.Uint64(table[i*8:])
-	host := e & offsetMask
-	if e&(EntryCompressed|EntryZero|l2Reserved) != 0 || host == 0 || !g.aligned(host) || g.pastEOF(host) {
+	host := e & OffsetMask
+	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
 		return 0, false
 	}
 	return int64(host) + off&(cs-1), true
@@ -418,7 +418,7 @@ func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c 
 func (d *Driver) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c CompressedDescriptor) error {
 	size := c.Size()
 	if size <= 0 || size > 2*d.geo.ClusterSize() {
-		return corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
+		return Corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
 	}
 	src := make([]byte, size)
 	if err := d.fileRead(co, parent, src, c.HostOff); err != nil {

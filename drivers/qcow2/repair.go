@@ -84,7 +84,7 @@ type repairer struct {
 	im *Image
 	// cur is the last clean refcount block read; dirty holds the blocks
 	// the repair changed (written back by flushRefblocks).
-	cur     refblockCache
+	cur     RefblockCache
 	dirty   map[int64][]byte
 	l2Fixed []int64 // L2 tables rewritten with fixed COPIED flags
 
@@ -136,22 +136,22 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	}
 	h, g := im.Header, &im.Geometry
 	if h.BitmapsConsistent() {
-		return nil, 0, false, unsupported("autoclear_features", h.AutoclearFeatures, "repairing images with persistent bitmaps is not supported")
+		return nil, 0, false, Unsupported("autoclear_features", h.AutoclearFeatures, "repairing images with persistent bitmaps is not supported")
 	}
 	cs := g.ClusterSize()
 	nb := (size + cs - 1) / cs
-	if nb > maxCheckClusters {
-		return nil, 0, false, limit("file_size", uint64(size), "image file too large to check in memory")
+	if nb > MaxCheckClusters {
+		return nil, 0, false, Limit("file_size", uint64(size), "image file too large to check in memory")
 	}
 	r.im = im
-	r.cur = refblockCache{}
+	r.cur = RefblockCache{}
 	clear(r.dirty)
 	if r.checkSnapshots && !r.scanned {
 		word := "ERROR"
 		if r.fixErrors {
 			word = "Repairing"
 		}
-		for _, i := range im.incompleteSnapshots() {
+		for _, i := range im.IncompleteSnapshots() {
 			r.logf(word, " snapshot table entry ", strconv.Itoa(i), " is incomplete")
 			r.snapIncomplete++
 		}
@@ -159,15 +159,14 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	}
 	r.scanned = true
 	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
-	c := &checker{im: im, res: res, refs: make([]uint32, nb), fixErrors: r.fixErrors}
-	c.countReferences()
-	damaged = c.l2Damaged
-	rebuild = c.rebuild
-	r.pastEOF = c.pastEOF
+	c := im.CountReferences(res, nb, r.fixErrors)
+	damaged = c.L2Damaged
+	rebuild = c.Rebuild
+	r.pastEOF = c.PastEOF
 	rmax := RefcountMax(g.RefcountOrder)
-	for i, n := range c.refs {
+	for i, n := range c.Refs {
 		if uint64(n) > rmax {
-			res.corrupt("overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
+			res.AddCorruption("overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
 			damaged++
 		}
 	}
@@ -180,7 +179,7 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	r.res.AllocatedClusters = res.AllocatedClusters
 	r.res.FragmentedClusters = res.FragmentedClusters
 	r.res.CompressedClusters = res.CompressedClusters
-	return c.refs, damaged, rebuild, nil
+	return c.Refs, damaged, rebuild, nil
 }
 
 // refcount returns the stored refcount of cluster idx, as changed so far.
@@ -197,7 +196,7 @@ func (r *repairer) refcount(idx int64) (uint64, error) {
 	if b := r.dirty[off]; b != nil {
 		return RefcountGet(b, g.RefcountOrder, bi)
 	}
-	return r.im.refcount(idx*g.ClusterSize(), &r.cur)
+	return r.im.RefcountCached(idx*g.ClusterSize(), &r.cur)
 }
 
 // setRefcount changes cluster idx's refcount in memory; flushRefblocks
@@ -206,18 +205,18 @@ func (r *repairer) setRefcount(idx int64, v uint64) error {
 	g := &r.im.Geometry
 	ti, bi := g.RefcountIndex(idx * g.ClusterSize())
 	if ti >= int64(len(r.im.RefcountTable)) || r.im.RefcountTable[ti] == 0 {
-		return corrupt("refcount", uint64(idx), "no refcount block for the cluster")
+		return Corrupt("refcount", uint64(idx), "no refcount block for the cluster")
 	}
 	off := int64(r.im.RefcountTable[ti])
 	b := r.dirty[off]
 	if b == nil {
 		b = make([]byte, g.ClusterSize())
-		if err := readAt(r.f, b, off); err != nil {
+		if err := ReadFull(r.f, b, off); err != nil {
 			return err
 		}
 		r.dirty[off] = b
-		if r.cur.off == off {
-			r.cur.block = nil
+		if r.cur.Off == off {
+			r.cur.Block = nil
 		}
 	}
 	return RefcountSet(b, g.RefcountOrder, bi, v)
@@ -258,7 +257,7 @@ func (r *repairer) compare(refs []uint32, fixLeaks, fixErrors bool) (highest int
 			if errors.As(err, &ue) {
 				if !r.signalled {
 					r.signalled = true
-					r.log(qemuCorruptEvent(ue))
+					r.log(QemuCorruptEvent(ue))
 				}
 				msg = "Input/output error"
 			}
@@ -315,7 +314,7 @@ func (r *repairer) run() error {
 	}
 	if damaged > 0 {
 		r.res.CheckErrors++
-		return corrupt("image", uint64(damaged), "damaged L2 entries or refcount overflows found (see the messages); their clusters cannot be counted, so nothing is repaired")
+		return Corrupt("image", uint64(damaged), "damaged L2 entries or refcount overflows found (see the messages); their clusters cannot be counted, so nothing is repaired")
 	}
 	cs := r.im.Geometry.ClusterSize()
 	pre := r.res
@@ -327,7 +326,7 @@ func (r *repairer) run() error {
 		// which may be past the end of the file, where these damaged
 		// references point: the entries would then name live metadata.
 		r.res.CheckErrors++
-		return corrupt("image", uint64(r.pastEOF), "references past the end of the file (see the messages): not rebuilding the refcount structure where they point")
+		return Corrupt("image", uint64(r.pastEOF), "references past the end of the file (see the messages): not rebuilding the refcount structure where they point")
 	}
 	switch {
 	case rebuild && r.fixErrors:
@@ -347,7 +346,7 @@ func (r *repairer) run() error {
 		}
 		if damaged > 0 || rebuild {
 			r.res.CheckErrors++
-			return corrupt("refcount_table", 0, "rebuilt refcount structure is still broken")
+			return Corrupt("refcount_table", 0, "rebuilt refcount structure is still broken")
 		}
 		fresh := int64(0)
 		if r.fixLeaks {
@@ -416,7 +415,7 @@ func (r *repairer) fixCopied() error {
 	for i, e := range im.L1 {
 		// As QEMU: the offset bits of the entry, whatever else is wrong
 		// with it (reserved bits, an unaligned or past-EOF table).
-		l2Off := int64(e & offsetMask)
+		l2Off := int64(e & OffsetMask)
 		if l2Off == 0 {
 			continue
 		}
@@ -448,7 +447,7 @@ func (r *repairer) fixCopied() error {
 		if table == nil {
 			table = make([]byte, cs)
 		}
-		if err := readAt(r.f, table, l2Off); err != nil {
+		if err := ReadFull(r.f, table, l2Off); err != nil {
 			r.logf("ERROR: Could not read L2 table: ", err.Error())
 			return err
 		}
@@ -456,7 +455,7 @@ func (r *repairer) fixCopied() error {
 		esz := g.L2EntrySize()
 		for j := int64(0); j < g.L2Entries(); j++ {
 			e, bm, _ := g.L2EntryAt(table, j)
-			host, ok := g.copiedChecked(e, bm)
+			host, ok := g.CopiedChecked(e, bm)
 			if !ok {
 				continue
 			}
@@ -573,7 +572,7 @@ func (r *repairer) rebuild(refs []uint32) error {
 				if bi >= int64(len(rt)) {
 					n := ((bi+1)*8 + cs - 1) / cs * cs / 8
 					if n*8 > MaxRefcountTableBytes {
-						return false, limit("refcount_table_clusters", uint64(n*8/cs), "rebuilt refcount table would exceed its limit")
+						return false, Limit("refcount_table_clusters", uint64(n*8/cs), "rebuilt refcount table would exceed its limit")
 					}
 					rt = append(rt, make([]uint64, n-int64(len(rt)))...)
 					grown = true
@@ -600,7 +599,7 @@ func (r *repairer) rebuild(refs []uint32) error {
 		return err
 	}
 	if len(rt) == 0 {
-		return corrupt("refcount_table", 0, "nothing to describe in a rebuilt refcount table")
+		return Corrupt("refcount_table", 0, "nothing to describe in a rebuilt refcount table")
 	}
 	var tableOff, tableClusters int64
 	for {
@@ -796,7 +795,7 @@ func (d *Driver) openRepair(file *block.Node) (relaxed bool, err error) {
 	rp := newRepairer(nodeFile{file}, block.CheckFixLeaks|block.CheckFixErrors, d.checkLog)
 	err = rp.run()
 	if err == nil && (rp.res.CheckErrors > 0 || rp.res.Corruptions > 0) {
-		err = corrupt("incompatible_features", incompat, "repair left "+decInt(rp.res.Corruptions)+" corruptions")
+		err = Corrupt("incompatible_features", incompat, "repair left "+decInt(rp.res.Corruptions)+" corruptions")
 	}
 	if err != nil {
 		return false, d.openErr(block.Corrupt, errors.Join(errors.New("qcow2: could not repair dirty image"), err))

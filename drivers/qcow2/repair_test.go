@@ -479,7 +479,7 @@ func mutateRefcounts(t *testing.T, b []byte, rng *rand.Rand, n int) {
 	nb := (int64(len(b)) + cs - 1) / cs
 	var l2s []int64
 	for _, e := range im.L1 {
-		if off := int64(e & offsetMask); off != 0 {
+		if off := int64(e & OffsetMask); off != 0 {
 			l2s = append(l2s, off)
 		}
 	}
@@ -507,7 +507,7 @@ func mutateRefcounts(t *testing.T, b []byte, rng *rand.Rand, n int) {
 				continue
 			}
 			at := l2s[rng.IntN(len(l2s))] + rng.Int64N(g.L2Entries())*g.L2EntrySize()
-			if at+8 <= int64(len(b)) && binary.BigEndian.Uint64(b[at:])&offsetMask != 0 {
+			if at+8 <= int64(len(b)) && binary.BigEndian.Uint64(b[at:])&OffsetMask != 0 {
 				b[at] ^= 0x80
 			}
 		}

@@ -262,10 +262,10 @@ func (d *Driver) snapshotStart(co *aio.Co) error {
 
 func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (Snapshot, error) {
 	if strings.IndexByte(o.Name, 0) >= 0 || strings.IndexByte(o.ID, 0) >= 0 {
-		return Snapshot{}, outOfRange("snapshot.name", 0, "snapshot name or ID contains a NUL byte")
+		return Snapshot{}, OutOfRange("snapshot.name", 0, "snapshot name or ID contains a NUL byte")
 	}
 	if len(o.Name) > 0xffff || len(o.ID) > 0xffff {
-		return Snapshot{}, limit("snapshot.name_size", uint64(max(len(o.Name), len(o.ID))), "snapshot name or ID longer than 65535 bytes")
+		return Snapshot{}, Limit("snapshot.name_size", uint64(max(len(o.Name), len(o.ID))), "snapshot name or ID longer than 65535 bytes")
 	}
 	if err := d.snapshotStart(co); err != nil {
 		return Snapshot{}, err
@@ -276,7 +276,7 @@ func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (Snap
 	size := d.geo.Size
 	d.mu.Unlock()
 	if len(snaps) >= MaxSnapshots {
-		return Snapshot{}, limit("nb_snapshots", uint64(len(snaps)), "too many snapshots")
+		return Snapshot{}, Limit("nb_snapshots", uint64(len(snaps)), "too many snapshots")
 	}
 	id := o.ID
 	if id == "" {
@@ -297,7 +297,7 @@ func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (Snap
 	sn := Snapshot{
 		L1Entries: uint32(len(l1)), ID: id, Name: o.Name,
 		DateSec: uint32(date.Unix()), DateNsec: uint32(date.Nanosecond() / 1000 * 1000),
-		DiskSize: uint64(size), ExtraDataSize: snapshotKnownExtra,
+		DiskSize: uint64(size), ExtraDataSize: SnapshotKnownExtra,
 	}
 	// The new table must fit before anything changes.
 	newSnaps := append(normalizedSnapshots(snaps, size), sn)
@@ -394,8 +394,8 @@ func normalizedSnapshots(snaps []Snapshot, size int64) []Snapshot {
 		if s.ExtraDataSize < 24 {
 			s.Icount = ^uint64(0)
 		}
-		if s.ExtraDataSize < snapshotKnownExtra {
-			s.ExtraDataSize = snapshotKnownExtra
+		if s.ExtraDataSize < SnapshotKnownExtra {
+			s.ExtraDataSize = SnapshotKnownExtra
 		}
 		s.VMStateSize32 = 0
 		if s.VMStateSize <= 0xffffffff {
@@ -471,7 +471,7 @@ func (d *Driver) readSnapshotL1(co *aio.Co, sn *Snapshot, i int) ([]uint64, erro
 	if err := d.fileRead(co, nil, buf, int64(sn.L1Offset)); err != nil {
 		return nil, err
 	}
-	field := indexed("snapshot", uint64(i)) + ".l1_table"
+	field := Indexed("snapshot", uint64(i)) + ".l1_table"
 	l1 := make([]uint64, n)
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -480,10 +480,10 @@ func (d *Driver) readSnapshotL1(co *aio.Co, sn *Snapshot, i int) ([]uint64, erro
 			uint64(buf[j*8+4])<<24 | uint64(buf[j*8+5])<<16 | uint64(buf[j*8+6])<<8 | uint64(buf[j*8+7])
 		l2Off, _, err := d.geo.DecodeL1Entry(e)
 		if err != nil {
-			return nil, withField(err, indexed(field, uint64(j)))
+			return nil, WithField(err, Indexed(field, uint64(j)))
 		}
 		if l2Off != 0 && d.isOtherMetadataLocked(l2Off) {
-			return nil, corrupt(indexed(field, uint64(j)), uint64(l2Off), "snapshot L2 table overlaps other metadata")
+			return nil, Corrupt(Indexed(field, uint64(j)), uint64(l2Off), "snapshot L2 table overlaps other metadata")
 		}
 		l1[j] = e
 	}
@@ -537,22 +537,22 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	if i < 0 {
 		return ErrSnapshotNotFound
 	}
-	field := indexed("snapshot", uint64(i))
+	field := Indexed("snapshot", uint64(i))
 	newSize := uint64(oldSize)
 	if sn.ExtraDataSize >= 16 {
 		newSize = sn.DiskSize
 	}
 	switch {
 	case newSize > MaxImageSize:
-		return limit(field+".disk_size", newSize, "virtual size above 2^61")
+		return Limit(field+".disk_size", newSize, "virtual size above 2^61")
 	case newSize%512 != 0:
-		return corrupt(field+".disk_size", newSize, "disk size not a multiple of 512")
+		return Corrupt(field+".disk_size", newSize, "disk size not a multiple of 512")
 	case uint64(sn.L1Entries) < L1EntriesFor(newSize, cb, ext):
-		return corrupt(field+".l1_size", uint64(sn.L1Entries), "snapshot L1 table too small for its disk size")
+		return Corrupt(field+".l1_size", uint64(sn.L1Entries), "snapshot L1 table too small for its disk size")
 	case v2 && newSize != uint64(oldSize):
 		// QEMU applies by resizing, which it refuses for version 2
 		// images with snapshots (an entry may lack its disk size).
-		return unsupported(field+".disk_size", newSize, "can't resize a version 2 image which has snapshots")
+		return Unsupported(field+".disk_size", newSize, "can't resize a version 2 image which has snapshots")
 	}
 	snapL1, err := d.readSnapshotL1(co, &sn, i)
 	if err != nil {
@@ -634,7 +634,7 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	d.mu.Lock()
 	oldL1, oldL1Off := d.l1, int64(d.hdr.L1Offset)
 	for _, e := range oldL1 {
-		if o := int64(e & offsetMask); o != 0 {
+		if o := int64(e & OffsetMask); o != 0 {
 			delete(d.metaClusters, o)
 		}
 	}
@@ -643,7 +643,7 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 		d.l1 = []uint64{}
 	}
 	for _, e := range d.l1 {
-		if o := int64(e & offsetMask); o != 0 {
+		if o := int64(e & OffsetMask); o != 0 {
 			d.metaClusters[o] = struct{}{}
 		}
 	}
@@ -722,7 +722,7 @@ func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) err
 	for i, e := range l1 {
 		l2Off, _, err := d.geo.DecodeL1Entry(e)
 		if err != nil {
-			return withField(err, indexed("l1_table", uint64(i)))
+			return WithField(err, Indexed("l1_table", uint64(i)))
 		}
 		if l2Off == 0 {
 			continue
@@ -734,7 +734,7 @@ func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) err
 			e, bm, _ := d.geo.L2EntryAt(buf, j)
 			le, err := d.geo.DecodeL2Entry(e, bm)
 			if err != nil {
-				return withField(err, "l2_table@"+hexString(uint64(l2Off))+indexed("", uint64(j)))
+				return WithField(err, "l2_table@"+HexString(uint64(l2Off))+Indexed("", uint64(j)))
 			}
 			var off, n int64
 			switch le.Type {
@@ -826,13 +826,13 @@ func (d *Driver) incref(co *aio.Co, off int64) error {
 	cs := d.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace {
-		return corrupt("refcount", uint64(off), "referenced cluster lies beyond the refcount table")
+		return Corrupt("refcount", uint64(off), "referenced cluster lies beyond the refcount table")
 	}
 	if err != nil {
 		return err
 	}
 	if rb == nil {
-		return corrupt("refcount", uint64(off), "referenced cluster has no refcount block")
+		return Corrupt("refcount", uint64(off), "referenced cluster has no refcount block")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -842,10 +842,10 @@ func (d *Driver) incref(co *aio.Co, off int64) error {
 		return err
 	}
 	if rc == 0 {
-		return corrupt("refcount", uint64(off), "referenced cluster has refcount 0")
+		return Corrupt("refcount", uint64(off), "referenced cluster has refcount 0")
 	}
 	if rc >= RefcountMax(order) {
-		return limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.geo.RefcountBits()))+")")
+		return Limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.geo.RefcountBits()))+")")
 	}
 	if err := RefcountSet(rb.buf, order, bi, rc+1); err != nil {
 		return err
@@ -891,7 +891,7 @@ func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 		d.mu.Unlock()
 		l2Off, copied, err := d.geo.DecodeL1Entry(e)
 		if err != nil {
-			return withField(err, indexed("l1_table", uint64(i)))
+			return WithField(err, Indexed("l1_table", uint64(i)))
 		}
 		if l2Off == 0 {
 			continue
@@ -941,7 +941,7 @@ func (d *Driver) fixL2Copied(co *aio.Co, l2Off int64) error {
 		d.mu.Unlock()
 		le, err := d.geo.DecodeL2Entry(e, bm)
 		if err != nil {
-			return withField(err, "l2_table@"+hexString(uint64(l2Off))+indexed("", uint64(j)))
+			return WithField(err, "l2_table@"+HexString(uint64(l2Off))+Indexed("", uint64(j)))
 		}
 		if le.Type != Normal && le.Type != ZeroAlloc {
 			continue

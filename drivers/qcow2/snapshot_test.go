@@ -34,7 +34,7 @@ func TestQcow2SnapshotTableQemuRoundTrip(t *testing.T) {
 	// The snapshot's L1 is a copy of the L1 at snapshot time; its L2 still
 	// maps the old data (0x88) while the active image has 0x99.
 	snapL1 := binary.BigEndian.Uint64(b[s.L1Offset:])
-	if snapL1&offsetMask == im.L1[0]&offsetMask {
+	if snapL1&OffsetMask == im.L1[0]&OffsetMask {
 		t.Errorf("snapshot and active L1 share the L2 table after a COW write")
 	}
 }

@@ -52,9 +52,9 @@ func scMask(first, last int64) uint64 {
 	return (uint64(1)<<uint(last+1) - 1) &^ (uint64(1)<<uint(first) - 1)
 }
 
-// subclustersAllocated reports whether every subcluster that [in, in+k)
+// subclustersAllocated reports whether every subcluster of g that [in, in+k)
 // (offsets inside one cluster, k > 0) touches is allocated in bitmap.
-func (g *Geometry) subclustersAllocated(bitmap uint64, in, k int64) bool {
+func subclustersAllocated(g *Geometry, bitmap uint64, in, k int64) bool {
 	sb := g.ClusterBits - 5
 	m := scMask(in>>sb, (in+k-1)>>sb)
 	return bitmap&m == m
@@ -115,7 +115,7 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 		lo, hi = 0, valid
 	default:
 		lo, hi = sc0*scs, min((sc1+1)*scs, valid)
-		if alloc := bm & bitmapAllocMask; le.Type == Normal && alloc != 0 {
+		if alloc := bm & BitmapAllocMask; le.Type == Normal && alloc != 0 {
 			first, last := int64(bits.TrailingZeros64(alloc)), int64(63-bits.LeadingZeros64(alloc))
 			lo, hi = min(lo, first*scs), max(hi, min((last+1)*scs, valid))
 		}
@@ -213,15 +213,15 @@ func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m z
 			return nil
 		}
 		return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
-			return 0, bitmapZeroMask, true
+			return 0, BitmapZeroMask, true
 		})
 	}
 	if whole {
 		return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
 			if le.Type == Compressed || (m == modeZeroUnmap && le.HostOff != 0) {
-				return 0, bitmapZeroMask, true
+				return 0, BitmapZeroMask, true
 			}
-			return e, bitmapZeroMask, false
+			return e, BitmapZeroMask, false
 		})
 	}
 	if le.Type == Compressed {
@@ -290,7 +290,7 @@ func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f fu
 		d.setL2EntryLocked(t, l2i, ne)
 	}
 	d.setL2BitmapLocked(t, l2i, nbm)
-	if free && ne&offsetMask != e&offsetMask || free && le.Type == Compressed {
+	if free && ne&OffsetMask != e&OffsetMask || free && le.Type == Compressed {
 		switch le.Type {
 		case Normal:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})

@@ -24,7 +24,7 @@ func l2Entries(t *testing.T, path string, n int) [][2]uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2 := binary.BigEndian.Uint64(b[h.L1Offset:]) & offsetMask
+	l2 := binary.BigEndian.Uint64(b[h.L1Offset:]) & OffsetMask
 	out := make([][2]uint64, n)
 	if l2 == 0 {
 		return out
@@ -111,7 +111,7 @@ func TestQcow2SubclusterMetadataLikeQemu(t *testing.T) {
 			qemuCheck(t, theirs)
 			a, b := l2Entries(t, ours, 16), l2Entries(t, theirs, 16)
 			for i := range a {
-				ha, hb := a[i][0]&offsetMask != 0, b[i][0]&offsetMask != 0
+				ha, hb := a[i][0]&OffsetMask != 0, b[i][0]&OffsetMask != 0
 				if a[i][1] != b[i][1] || ha != hb || a[i][0]&EntryCopied != b[i][0]&EntryCopied {
 					t.Errorf("cluster %d: entry %#x bitmap %#x, qemu-io made %#x bitmap %#x", i, a[i][0], a[i][1], b[i][0], b[i][1])
 				}

@@ -61,7 +61,7 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 			return false
 		}
 		k := min(end-off, cs-in)
-		if d.geo.ExtendedL2 && !d.geo.subclustersAllocated(le.Bitmap, in, k) {
+		if d.geo.ExtendedL2 && !subclustersAllocated(&d.geo, le.Bitmap, in, k) {
 			return false
 		}
 		host := le.HostOff + in
@@ -117,7 +117,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 	size := d.geo.Size
 	d.mu.Unlock()
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
-		return outOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
+		return OutOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
 	}
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
@@ -455,7 +455,7 @@ func (d *Driver) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) 
 		}
 		d.setL2EntryLocked(t, l2i+int64(i), ne)
 		if d.geo.ExtendedL2 { // every subcluster written
-			d.setL2BitmapLocked(t, l2i+int64(i), bitmapAllocMask)
+			d.setL2BitmapLocked(t, l2i+int64(i), BitmapAllocMask)
 		}
 		switch le.Type {
 		case Normal, ZeroAlloc:
