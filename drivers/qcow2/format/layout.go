@@ -1,6 +1,4 @@
-package qcow2
-
-import ()
+package format
 
 // CreateOptions are the qemu-img create -o options this package supports.
 // The zero value is qemu-img's default: compat=1.1, cluster_size=64k,

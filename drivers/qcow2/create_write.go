@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Create writes a new, empty image of size bytes to file (a writable node,
@@ -13,8 +14,8 @@ import (
 // from a control goroutine, never from a coroutine or request callback.
 // The result passes `qemu-img check`, and `qemu-img info` reports the same
 // format-specific fields as for `qemu-img create` with the same options.
-func Create(file *block.Node, size int64, o CreateOptions) error {
-	h, offs, err := LayoutRefblocks(size, o)
+func Create(file *block.Node, size int64, o format.CreateOptions) error {
+	h, offs, err := format.LayoutRefblocks(size, o)
 	if err != nil {
 		return &block.Error{Kind: kindOf(err), Op: block.OpOpen, Node: file.Name(), Err: err}
 	}
@@ -22,7 +23,7 @@ func Create(file *block.Node, size int64, o CreateOptions) error {
 	if err != nil {
 		return &block.Error{Kind: kindOf(err), Op: block.OpOpen, Node: file.Name(), Err: err}
 	}
-	if o.Preallocation != PreallocOff && h.L1Entries > 0 {
+	if o.Preallocation != format.PreallocOff && h.L1Entries > 0 {
 		return createPrealloc(file, h, offs, o.Preallocation)
 	}
 	cs := int64(1) << h.ClusterBits
@@ -50,7 +51,7 @@ func Create(file *block.Node, size int64, o CreateOptions) error {
 			if c >= used {
 				break
 			}
-			if err := RefcountSet(blk, h.RefcountOrder, i, 1); err != nil {
+			if err := format.RefcountSet(blk, h.RefcountOrder, i, 1); err != nil {
 				return err
 			}
 		}
@@ -74,9 +75,9 @@ func Create(file *block.Node, size int64, o CreateOptions) error {
 
 func kindOf(err error) block.Kind {
 	switch {
-	case errors.Is(err, ErrLimit):
+	case errors.Is(err, format.ErrLimit):
 		return block.Overflow
-	case errors.Is(err, ErrUnsupported):
+	case errors.Is(err, format.ErrUnsupported):
 		return block.Unsupported
 	}
 	return block.InvalidFormat
@@ -85,22 +86,22 @@ func kindOf(err error) block.Kind {
 // createPrealloc writes a new image with every cluster preallocated. Only
 // metadata is held in memory, one cluster at a time, besides the plan
 // (two offsets per L2 table and one per refcount block).
-func createPrealloc(file *block.Node, h *Header, offs []int64, mode Prealloc) error {
+func createPrealloc(file *block.Node, h *format.Header, offs []int64, mode format.Prealloc) error {
 	g := h.Geometry(0)
 	cs := g.ClusterSize()
-	var p *PreallocPlan
-	if mode == PreallocMetadata {
+	var p *format.PreallocPlan
+	if mode == format.PreallocMetadata {
 		var err error
-		if p, err = PlanMetadata(h, offs); err == ErrTableFull {
-			p = PlanArea(h, offs)
+		if p, err = format.PlanMetadata(h, offs); err == format.ErrTableFull {
+			p = format.PlanArea(h, offs)
 		} else if err != nil {
 			return err
 		}
 	} else {
-		p = PlanArea(h, offs)
+		p = format.PlanArea(h, offs)
 	}
-	if p.RTClusters*cs > MaxRefcountTableBytes {
-		return Limit("refcount_table_clusters", uint64(p.RTClusters), "refcount table too large")
+	if p.RTClusters*cs > format.MaxRefcountTableBytes {
+		return format.Limit("refcount_table_clusters", uint64(p.RTClusters), "refcount table too large")
 	}
 	h.RefcountTableOffset = uint64(p.RTOff * cs)
 	h.RefcountTableClusters = uint32(p.RTClusters)
@@ -137,7 +138,7 @@ func createPrealloc(file *block.Node, h *Header, offs []int64, mode Prealloc) er
 			if isHole(p.Holes, x) {
 				continue
 			}
-			if err := RefcountSet(buf, h.RefcountOrder, i, 1); err != nil {
+			if err := format.RefcountSet(buf, h.RefcountOrder, i, 1); err != nil {
 				return err
 			}
 		}
@@ -160,7 +161,7 @@ func createPrealloc(file *block.Node, h *Header, offs []int64, mode Prealloc) er
 		clear(buf)
 		k := min(per, clusters-int64(i)*per)
 		for j := int64(0); j < k; j++ {
-			le, err := g.EncodeL2Entry(Normal, (p.Data[i]+j)*cs, true)
+			le, err := g.EncodeL2Entry(format.Normal, (p.Data[i]+j)*cs, true)
 			if err != nil {
 				return err
 			}
@@ -174,7 +175,7 @@ func createPrealloc(file *block.Node, h *Header, offs []int64, mode Prealloc) er
 		return err
 	}
 	// Data: runs of host-contiguous clusters.
-	if mode != PreallocMetadata {
+	if mode != format.PreallocMetadata {
 		for i := 0; i < len(p.Data); {
 			j := i + 1
 			for j < len(p.Data) && p.Data[j] == p.Data[j-1]+per {
@@ -214,8 +215,8 @@ func isHole(holes []int64, c int64) bool {
 
 // preallocData allocates the data clusters at [off, off+n) in the file:
 // fallocate (a write-zeroes that may not unmap) or written zeros.
-func preallocData(file *block.Node, mode Prealloc, off, n int64) error {
-	if mode == PreallocFalloc {
+func preallocData(file *block.Node, mode format.Prealloc, off, n int64) error {
+	if mode == format.PreallocFalloc {
 		return file.WriteZeroes(off, n, 0)
 	}
 	zero := make([]byte, min(n, 1<<20))

@@ -3,6 +3,7 @@ package qcow2
 import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Check runs Image.Check on the open image (block.Checker): dirty metadata
@@ -34,7 +35,7 @@ func (d *Driver) checkLocked(co *aio.Co, r *block.Request) error {
 	if err != nil {
 		return err
 	}
-	im, err := ReadImage(coReader{d, co, r}, size, Options{})
+	im, err := format.ReadImage(coReader{d, co, r}, size, format.Options{})
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 // Open-time limits (qcow2.md §3.1). Each size field read from an image is
 // compared with one of these before anything proportional to it is

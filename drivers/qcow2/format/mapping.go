@@ -1,4 +1,6 @@
-package qcow2
+package format
+
+import "encoding/binary"
 
 // ExtentKind says where the bytes of a guest range come from.
 type ExtentKind uint8
@@ -181,4 +183,43 @@ func HexString(v uint64) string {
 	i--
 	b[i] = '0'
 	return string(b[i:])
+}
+
+// OneClusterL2 returns the offset of the L2 table that maps [off, off+n)
+// when that range lies inside one cluster of a standard-L2 image and Map
+// would find the table through a clean L1 entry; otherwise false.
+func (g *Geometry) OneClusterL2(l1 []uint64, off, n int64) (int64, bool) {
+	cb := g.ClusterBits
+	cs := int64(1) << cb
+	if g.ExtendedL2 || !g.Valid() || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
+		return 0, false
+	}
+	l1i := uint64(off) >> (2*cb - 3)
+	if l1i >= uint64(len(l1)) {
+		return 0, false
+	}
+	e := l1[l1i]
+	l2Off := e & OffsetMask
+	if e&L1Reserved != 0 || l2Off == 0 || !g.Aligned(l2Off) || g.PastEOF(l2Off) {
+		return 0, false
+	}
+	return int64(l2Off), true
+}
+
+// DataHost returns the host offset of guest offset off when its entry in
+// the standard L2 table is allocated data that DecodeL2Entry would accept
+// as Normal; otherwise false.
+func (g *Geometry) DataHost(table []byte, off int64) (int64, bool) {
+	cb := g.ClusterBits
+	cs := int64(1) << cb
+	if int64(len(table)) != cs {
+		return 0, false
+	}
+	i := int64(uint64(off)>>cb) & (cs/8 - 1)
+	e := binary.BigEndian.Uint64(table[i*8:])
+	host := e & OffsetMask
+	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
+		return 0, false
+	}
+	return int64(host) + off&(cs-1), true
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // dropBitmaps runs in prepareWrite right after the synced write that
@@ -39,7 +40,7 @@ func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
 		// that rewrite is not torn-write safe, so the clusters leak.
 		return nil
 	}
-	owned, err := BitmapClusters(coReader{d, co, r}, &h, fileSize)
+	owned, err := format.BitmapClusters(coReader{d, co, r}, &h, fileSize)
 	if err != nil {
 		return nil // damaged or hostile directory: leak, keep the extension
 	}
@@ -56,7 +57,7 @@ func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
 			return err // I/O error reading a refcount block
 		}
 		d.mu.Lock()
-		rc, err := RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+		rc, err := format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
 		d.mu.Unlock()
 		if err != nil || rc == 0 {
 			return nil
@@ -72,7 +73,7 @@ func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
 		return nil
 	}
 	p := int64(len(nb)) - 8
-	const span = 8 + BitmapsExtLen + 8 // extension header, data, old end marker
+	const span = 8 + format.BitmapsExtLen + 8 // extension header, data, old end marker
 	if p+span > cs {
 		return nil
 	}
@@ -81,8 +82,8 @@ func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
 		return err
 	}
 	be := binary.BigEndian
-	if string(disk[:p]) != string(nb[:p]) || be.Uint32(disk[p:]) != ExtBitmaps ||
-		be.Uint32(disk[p+4:]) != BitmapsExtLen || be.Uint64(disk[p+32:]) != 0 {
+	if string(disk[:p]) != string(nb[:p]) || be.Uint32(disk[p:]) != format.ExtBitmaps ||
+		be.Uint32(disk[p+4:]) != format.BitmapsExtLen || be.Uint64(disk[p+32:]) != 0 {
 		return nil
 	}
 	if err := d.fileWrite(co, r, make([]byte, span), p); err != nil {
