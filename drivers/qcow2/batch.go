@@ -6,6 +6,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/prefetch"
 )
 
@@ -138,7 +139,7 @@ func (d *Driver) prefetchMapping(v *fastView, off, n int64) {
 	if l1i >= uint64(len(v.l1)) {
 		return
 	}
-	l2Off := atomic.LoadUint64(&v.l1[l1i]) & offsetMask
+	l2Off := atomic.LoadUint64(&v.l1[l1i]) & format.OffsetMask
 	if l2Off == 0 {
 		return
 	}

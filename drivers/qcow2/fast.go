@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/invariants"
 )
 
@@ -39,8 +40,8 @@ import (
 
 // fastView is the immutable part of what the fast paths read (see above).
 type fastView struct {
-	geo    Geometry // FileSize as at publication; fileEnd is current
-	l1     []uint64 // the active L1 table (entries: atomic loads)
+	geo    format.Geometry // FileSize as at publication; fileEnd is current
+	l1     []uint64        // the active L1 table (entries: atomic loads)
 	damage *Image
 	// fixed holds the header cluster, the L1 table, the refcount table,
 	// the snapshot table and every snapshot's L1 table, for the overlap
@@ -158,32 +159,28 @@ func (d *Driver) hold() uint32 {
 // entry's COPIED bit and the L1 entry's. It reports false for anything
 // else, and for any change it raced with. REQUIRES: an epoch held.
 func (d *Driver) oneData(v *fastView, fileEnd, off, n int64) (host int64, copied, ok bool) {
-	g := &v.geo
-	cb := g.ClusterBits
-	cs := int64(1) << cb
-	if g.ExtendedL2 || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
-		return 0, false, false
-	}
-	l1i := uint64(off) >> (2*cb - 3)
-	if l1i >= uint64(len(v.l1)) || (v.damage != nil && v.damage.DamagedL1.Has(int64(l1i))) {
+	g := v.geo // a copy: the view's, with the current end of file
+	g.FileSize = fileEnd
+	l1i, ok := g.OneClusterIndex(off, n, len(v.l1))
+	if !ok || (v.damage != nil && v.damage.DamagedL1.Has(l1i)) {
 		return 0, false, false
 	}
 	e1 := atomic.LoadUint64(&v.l1[l1i])
-	l2Off := e1 & offsetMask
-	if e1&l1Reserved != 0 || l2Off == 0 || l2Off&uint64(cs-1) != 0 || l2Off >= uint64(fileEnd) {
+	l2Off, ok := g.CleanL2Table(e1)
+	if !ok {
 		return 0, false, false
 	}
-	t, seq, hit := d.l2.set.View(d.l2.key(int64(l2Off)))
+	t, seq, hit := d.l2.set.View(d.l2.key(l2Off))
 	if !hit {
 		return 0, false, false
 	}
-	e := t.Word(int((uint64(off) >> cb) & uint64(cs/8-1)))
-	h := e & offsetMask
-	if e&(EntryCompressed|EntryZero|l2Reserved) != 0 || h == 0 || h&uint64(cs-1) != 0 || h >= uint64(fileEnd) || !t.Valid(seq) {
+	e := t.Word(int(g.StandardL2Index(off)))
+	host, ok = g.DataHostEntry(e, off)
+	if !ok || !t.Valid(seq) {
 		return 0, false, false
 	}
 	t.Referenced()
-	return int64(h) + off&(cs-1), e1&EntryCopied != 0 && e&EntryCopied != 0, true
+	return host, e1&format.EntryCopied != 0 && e&format.EntryCopied != 0, true
 }
 
 // readFast starts r without a lock when every cluster of it is allocated
@@ -213,7 +210,7 @@ func (d *Driver) readFast(r *block.Request) bool {
 		return true
 	}
 	s := d.states.get(d)
-	s.ext = append(s.ext[:0], Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: host})
+	s.ext = append(s.ext[:0], format.Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: host})
 	hits := uint64(1)
 	for off, n = off+k, n-k; n > 0; off, n = off+k, n-k {
 		k = min(n, cs)
@@ -227,7 +224,7 @@ func (d *Driver) readFast(r *block.Request) bool {
 		if x := &s.ext[len(s.ext)-1]; x.HostOff+x.Len == h {
 			x.Len += k
 		} else {
-			s.ext = append(s.ext, Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: h})
+			s.ext = append(s.ext, format.Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: h})
 		}
 	}
 	d.countHits(r.Context(), hits)
@@ -280,7 +277,7 @@ func (d *Driver) writeFast(r *block.Request) bool {
 		if m := len(s.ext); m > 0 && s.ext[m-1].HostOff+s.ext[m-1].Len == h {
 			s.ext[m-1].Len += k
 		} else {
-			s.ext = append(s.ext, Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: h})
+			s.ext = append(s.ext, format.Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: h})
 		}
 		off, n = off+k, n-k
 	}

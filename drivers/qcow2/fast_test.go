@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // withDriverLockHeld runs op in a goroutine while the test holds Driver.mu
@@ -95,7 +96,7 @@ func TestQcow2FastPathFallsBack(t *testing.T) {
 	}
 	// A corrupt image: the flag stops the lock-free write.
 	d.mu.Lock()
-	d.setCorruptLocked(corrupt("test", 0, "marked by the test"))
+	d.setCorruptLocked(format.Corrupt("test", 0, "marked by the test"))
 	d.mu.Unlock()
 	if _, err := n.WriteAt(l2Pattern(7, 4096), 0); err == nil {
 		t.Error("an in-place write to a corrupt image succeeded")

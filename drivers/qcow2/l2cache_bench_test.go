@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // l2BenchImage opens a 16-table image (4 KiB clusters, one data cluster at
@@ -33,7 +34,7 @@ func l2BenchOffsets(b *testing.B, d *Driver, cov int64, inTier1 bool) []int64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := range int64(16) {
-		t := int64(d.l1[i*cov/d.geo.L1Coverage()] & offsetMask)
+		t := int64(d.l1[i*cov/d.geo.L1Coverage()] & format.OffsetMask)
 		if _, ok := d.l2.set.Resident(d.l2.key(t)); ok == inTier1 {
 			offs = append(offs, i*cov)
 		}
@@ -49,7 +50,7 @@ func l2BenchOffsets(b *testing.B, d *Driver, cov int64, inTier1 bool) []int64 {
 // per mapping.
 func benchMapping(b *testing.B, d *Driver, offs []int64) {
 	m := newL2Mapper(d)
-	ext := make([]Extent, 0, 16)
+	ext := make([]format.Extent, 0, 16)
 	var err error
 	st0 := d.CacheStats()
 	b.ReportAllocs()
@@ -57,9 +58,9 @@ func benchMapping(b *testing.B, d *Driver, offs []int64) {
 	for b.Loop() {
 		d.mu.Lock()
 		m.reset(true)
-		ext, err = Map(ext[:0], &d.geo, d.l1, m.fn, offs[i], 4096)
+		ext, err = format.Map(ext[:0], &d.geo, d.l1, m.fn, offs[i], 4096)
 		d.mu.Unlock()
-		if err != nil || len(ext) != 1 || ext[0].Kind != ExtentData {
+		if err != nil || len(ext) != 1 || ext[0].Kind != format.ExtentData {
 			b.Fatalf("mapping at %#x: %v %+v", offs[i], err, ext)
 		}
 		if i++; i == len(offs) {
@@ -146,20 +147,20 @@ func BenchmarkQcow2MapNoCache(b *testing.B) {
 	d.mu.Lock()
 	tables := map[int64][]byte{}
 	for _, off := range offs {
-		l2Off := int64(d.l1[off/d.geo.L1Coverage()] & offsetMask)
+		l2Off := int64(d.l1[off/d.geo.L1Coverage()] & format.OffsetMask)
 		tables[l2Off] = append([]byte(nil), d.l2.lookup(l2Off)...)
 	}
 	d.mu.Unlock()
-	var fn L2Func = func(off int64) ([]byte, error) { return tables[off], nil }
-	ext := make([]Extent, 0, 16)
+	var fn format.L2Func = func(off int64) ([]byte, error) { return tables[off], nil }
+	ext := make([]format.Extent, 0, 16)
 	var err error
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
 		d.mu.Lock()
-		ext, err = Map(ext[:0], &d.geo, d.l1, fn, offs[i], 4096)
+		ext, err = format.Map(ext[:0], &d.geo, d.l1, fn, offs[i], 4096)
 		d.mu.Unlock()
-		if err != nil || len(ext) != 1 || ext[0].Kind != ExtentData {
+		if err != nil || len(ext) != 1 || ext[0].Kind != format.ExtentData {
 			b.Fatalf("mapping at %#x: %v %+v", offs[i], err, ext)
 		}
 		if i++; i == len(offs) {

@@ -18,46 +18,50 @@ const module = "github.com/ringblk/ringblk"
 // strictly lower layer only. The table is a statement of policy: change it
 // with a design note, never to make the build pass.
 var layer = map[string]int{
-	"internal/invariants": 0,
-	"internal/units":      0,
-	"internal/prefetch":   0,
-	"internal/pagecache":  0,
-	"uring":               1,
-	"uring/uringtest":     2,
-	"aio":                 3,
-	"cache":               3,
-	"block":               4,
-	"block/blocktest":     5,
-	"drivers/null":        5,
-	"drivers/raw":         5,
-	"drivers/qcow2":       6,
-	"drivers/chain":       7,
-	"bench":               8,
-	"nbd":                 8,
-	"job":                 8,
-	"host":                8,
-	"plugin":              9,
-	"plugin/contract":     0,
-	"plugin/loader":       1,
-	"cmd/ringblk":         10,
+	"internal/invariants":             0,
+	"internal/units":                  0,
+	"internal/prefetch":               0,
+	"internal/pagecache":              0,
+	"uring":                           1,
+	"drivers/qcow2/format":            1,
+	"drivers/qcow2/format/formattest": 2,
+	"uring/uringtest":                 2,
+	"aio":                             3,
+	"cache":                           3,
+	"block":                           4,
+	"block/blocktest":                 5,
+	"drivers/null":                    5,
+	"drivers/raw":                     5,
+	"drivers/qcow2":                   6,
+	"drivers/chain":                   7,
+	"bench":                           8,
+	"nbd":                             8,
+	"job":                             8,
+	"host":                            8,
+	"plugin":                          9,
+	"plugin/contract":                 0,
+	"plugin/loader":                   1,
+	"cmd/ringblk":                     10,
 }
 
 // testSupport packages may be imported only from _test files and from other
 // test-support packages.
 var testSupport = map[string]bool{
-	"uring/uringtest": true,
-	"block/blocktest": true,
+	"uring/uringtest":                 true,
+	"block/blocktest":                 true,
+	"drivers/qcow2/format/formattest": true,
 }
 
 // external lists the non-standard-library modules a package may import.
 var external = map[string][]string{
-	"uring":           {"golang.org/x/sys"},
-	"uring/uringtest": {"golang.org/x/sys"},
-	"aio":             {"golang.org/x/sys", "github.com/klauspost/cpuid/v2"},
-	"cache":           {"github.com/dgraph-io/ristretto/v2"},
-	"drivers/qcow2":   {"github.com/klauspost/compress"},
-	"plugin/contract": {},
-	"plugin/loader":   {},
+	"uring":                {"golang.org/x/sys"},
+	"uring/uringtest":      {"golang.org/x/sys"},
+	"aio":                  {"golang.org/x/sys", "github.com/klauspost/cpuid/v2"},
+	"cache":                {"github.com/dgraph-io/ristretto/v2"},
+	"drivers/qcow2":        {"github.com/klauspost/compress"},
+	"drivers/qcow2/format": {"github.com/klauspost/compress"},
+	"plugin/contract":      {},
+	"plugin/loader":        {},
 }
 
 type pkg struct {
