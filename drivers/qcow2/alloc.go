@@ -4,6 +4,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Allocation and refcounts. Everything here REQUIRES metaLock (the
@@ -189,6 +190,11 @@ func (d *Driver) decref(co *aio.Co, off int64) error {
 	}
 	rb.dirty = true
 	if rc == 1 {
+		if invariants.Enabled {
+			if err := d.checkUnreferencedLocked(off); err != nil {
+				failInvariant(err)
+			}
+		}
 		d.l2.drop(off)
 		d.zcache.buf = nil
 		if off/cs < d.freeIdx {
@@ -287,6 +293,11 @@ func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table,
 
 // setL2Entry stores entry e at index i of table t. REQUIRES: mu held.
 func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
+	if invariants.Enabled {
+		if err := d.checkRefcountedLocked(e); err != nil {
+			failInvariant(err)
+		}
+	}
 	// One atomic store: lock-free readers (fast.go) may be reading the
 	// entry; the table's sequence tells them it changed.
 	t.t.SetWord(int(i*d.geo.L2EntrySize()/8), e)

@@ -139,6 +139,13 @@ type Driver struct {
 	corrupt     atomic.Bool
 	headerReady atomic.Bool
 
+	// flushAt is the flush stage running (invariants builds; invariants.go).
+	flushAt flushStage
+	// inSnapshotOp is set while a snapshot operation runs: its flushes
+	// write intermediate states (refcounts raised before COPIED is
+	// cleared), which the tests' after-flush check must not judge alone.
+	inSnapshotOp bool
+
 	// I/O epochs (read.go): requests in flight per epoch parity, and the
 	// one coroutine (under metaLock) waiting for a parity to drain.
 	// freeWaiter and freeParity are guarded by mu; freeWaiting mirrors
@@ -265,6 +272,9 @@ func (d *Driver) Open(n *block.Node) error {
 	d.publishLocked()
 	if err := d.openBacking(); err != nil {
 		return err
+	}
+	if afterOpenHook != nil {
+		afterOpenHook(d)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // flushMetadata writes every dirty piece of metadata in dependency order,
@@ -46,11 +47,24 @@ func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
 			return err
 		}
 	}
+	if afterFlushHook != nil {
+		afterFlushHook(d)
+	}
 	return nil
 }
 
+// afterOpenHook and afterFlushHook, when set, run at the end of a
+// successful Open and of every successful flushMetadata (under metaLock).
+// Tests set them to check the image file (flushcheck_test.go); they are
+// nil otherwise.
+var afterOpenHook, afterFlushHook func(d *Driver)
+
 func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
+	if invariants.Enabled {
+		defer d.leaveStages()
+	}
 	// Stage A: refcount blocks.
+	d.enterStage(stageRefblocks)
 	d.mu.Lock()
 	var rbs []int64
 	for off, b := range d.rb {
@@ -92,6 +106,7 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 	}
 
 	// Stage B: refcount table entries.
+	d.enterStage(stageReftable)
 	d.mu.Lock()
 	rts := sortedKeys(d.dirtyRT)
 	d.mu.Unlock()
@@ -117,11 +132,13 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 	}
 
 	// Stage C: L2 tables, written and synced by the image's cache.Set.
+	d.enterStage(stageL2)
 	if err := d.flushL2(co, parent); err != nil {
 		return err
 	}
 
 	// Stage D: L1 entries.
+	d.enterStage(stageL1)
 	d.mu.Lock()
 	l1s := sortedKeys(d.dirtyL1)
 	d.mu.Unlock()

@@ -202,12 +202,12 @@ type l2Mapper struct {
 	d *Driver
 	// count: fast-path lookups, counted as hits and misses, with tier 2;
 	// otherwise tier 1 only, not counted (a slow path's second look).
-	count   bool
-	priv    l2Private // a table a reader could not cache (l2Fetch)
+	count    bool
+	priv     l2Private // a table a reader could not cache (l2Fetch)
 	foundOff int64
 	foundBuf []byte
-	miss    int64 // the table that missed, after errMiss
-	fn      format.L2Func
+	miss     int64 // the table that missed, after errMiss
+	fn       format.L2Func
 }
 
 func newL2Mapper(d *Driver) *l2Mapper {

@@ -11,6 +11,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Internal snapshots: create, apply (goto) and delete, with QEMU 7.2's
@@ -212,7 +213,18 @@ func (d *Driver) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error
 	ch := make(chan struct{})
 	ctx.Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
+		d.mu.Lock()
+		d.inSnapshotOp = true
+		d.mu.Unlock()
 		err = fn(co)
+		d.mu.Lock()
+		d.inSnapshotOp = false
+		d.mu.Unlock()
+		if invariants.Enabled && err == nil {
+			if cerr := d.checkCopied(co); cerr != nil {
+				failInvariant(cerr)
+			}
+		}
 		d.metaLock.unlock()
 		done.Store(true)
 		close(ch)
