@@ -24,7 +24,7 @@ type hostFree struct{ off, n int64 }
 // refcountBlock returns the refcount block covering host cluster index
 // idx, loading it if needed, or nil when the refcount table has no block
 // there. errNoSpace when idx lies beyond what the refcount table covers.
-func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64, err error) {
+func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64, err error) {
 	cs := d.geo.ClusterSize()
 	ti, bi = d.geo.RefcountIndex(idx * cs)
 	d.mu.Lock()
@@ -63,7 +63,7 @@ func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int6
 // allocCluster finds a free host cluster, gives it refcount 1 and returns
 // its offset. A missing refcount block is created on the way, describing
 // itself (it covers its own cluster), like QEMU's alloc_refcount_block.
-func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
+func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 	cs := d.geo.ClusterSize()
 	order := d.geo.RefcountOrder
 	for {
@@ -136,7 +136,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 // growFile records that the image now ends at least at end, so entries
 // pointing there decode (Geometry.FileSize is the end-of-file check).
 // REQUIRES: mu held.
-func (d *Driver) growFile(end int64) {
+func (d metaIO) growFile(end int64) {
 	if end > d.geo.FileSize {
 		d.geo.FileSize = end
 		d.fileEnd.Store(end)
@@ -145,7 +145,7 @@ func (d *Driver) growFile(end int64) {
 
 // applyFrees decrements the refcount of every cluster in pendingFrees.
 // REQUIRES: the pointer removals they stand for are durable (R2).
-func (d *Driver) applyFrees(co *aio.Co) error {
+func (d metaIO) applyFrees(co *aio.Co) error {
 	d.mu.Lock()
 	frees := d.pendingFrees
 	d.pendingFrees = nil
@@ -167,7 +167,7 @@ func (d *Driver) applyFrees(co *aio.Co) error {
 	return nil
 }
 
-func (d *Driver) decref(co *aio.Co, off int64) error {
+func (d metaIO) decref(co *aio.Co, off int64) error {
 	cs := d.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err != nil {
@@ -208,7 +208,7 @@ func (d *Driver) decref(co *aio.Co, off int64) error {
 // new one when the entry is empty and copying a shared one (COPIED clear,
 // after a snapshot) — in both cases the new table is dirty and the L1
 // entry is updated in memory and queued for stage D.
-func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Table, int64, error) {
+func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Table, int64, error) {
 	d.mu.Lock()
 	if l1i >= int64(len(d.l1)) {
 		d.mu.Unlock()
@@ -275,7 +275,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 // images). On success the caller holds mu and the pin and releases them
 // with `defer d.l2Unpin(t)` then `defer d.mu.Unlock()`; on error it holds
 // neither. REQUIRES: metaLock held.
-func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le format.L2Entry, e, bm uint64, err error) {
+func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le format.L2Entry, e, bm uint64, err error) {
 	l1i, l2i, _ := d.geo.Split(off)
 	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
 	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
@@ -292,7 +292,7 @@ func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table,
 }
 
 // setL2Entry stores entry e at index i of table t. REQUIRES: mu held.
-func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
+func (d metaIO) setL2EntryLocked(t *l2Table, i int64, e uint64) {
 	if invariants.Enabled {
 		if err := d.checkRefcountedLocked(e); err != nil {
 			failInvariant(err)
@@ -304,7 +304,7 @@ func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
 	d.l2.markDirty(t)
 }
 
-func (d *Driver) l2Unpin(t *l2Table) {
+func (d metaIO) l2Unpin(t *l2Table) {
 	d.l2Release(t)
 }
 
@@ -322,7 +322,7 @@ func (d *Driver) l2Unpin(t *l2Table) {
 //  4. the old table's clusters are freed after that (R2).
 //
 // REQUIRES: metaLock held.
-func (d *Driver) growRefcountTable(co *aio.Co) error {
+func (d metaIO) growRefcountTable(co *aio.Co) error {
 	if err := d.flushMetadata(co, nil); err != nil {
 		return err
 	}

@@ -93,7 +93,7 @@ func Amend(n *block.Node, o AmendOptions) error {
 	run := func() {
 		ctx.Go(func(co *aio.Co) {
 			d.metaLock.lock(co)
-			err = d.amendLocked(co, o)
+			err = maintOf(d).amendLocked(co, o)
 			d.metaLock.unlock()
 			close(done)
 			main.Kick()
@@ -124,7 +124,7 @@ func Amend(n *block.Node, o AmendOptions) error {
 
 // amendLocked checks o against the image, then applies it. REQUIRES:
 // metaLock held.
-func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
+func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	d.mu.Lock()
 	h := *d.hdr
 	size := d.geo.Size
@@ -282,7 +282,7 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 
 // rewriteHeader writes nh as the whole header cluster and syncs (R6),
 // then makes it the driver's header. REQUIRES: metaLock held.
-func (d *Driver) rewriteHeader(co *aio.Co, nh *format.Header) error {
+func (d maintOps) rewriteHeader(co *aio.Co, nh *format.Header) error {
 	hb, err := nh.MarshalBinary()
 	if err != nil {
 		return err
@@ -316,7 +316,7 @@ func (d *Driver) rewriteHeader(co *aio.Co, nh *format.Header) error {
 // reads as zero too); otherwise zeros are written to a data cluster (the
 // preallocated one when there is one). Snapshot tables with zero
 // clusters are refused. REQUIRES: metaLock held.
-func (d *Driver) expandZeroClusters(co *aio.Co) error {
+func (d maintOps) expandZeroClusters(co *aio.Co) error {
 	if err := d.refuseSnapshotZeros(co); err != nil {
 		return err
 	}
@@ -366,7 +366,7 @@ func (d *Driver) expandZeroClusters(co *aio.Co) error {
 
 // updateEntry replaces the standard L2 entry of the cluster at off by f's
 // result (no host cluster changes hands). REQUIRES: metaLock held.
-func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e uint64) uint64) error {
+func (d maintOps) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e uint64) uint64) error {
 	t, l2i, le, e, _, err := d.lockEntry(co, nil, off)
 	if err != nil {
 		return err
@@ -382,7 +382,7 @@ func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e 
 // refuseSnapshotZeros fails when an internal snapshot's L2 tables hold
 // zero clusters (expanding them would mean rewriting shared tables, which
 // is not implemented).
-func (d *Driver) refuseSnapshotZeros(co *aio.Co) error {
+func (d maintOps) refuseSnapshotZeros(co *aio.Co) error {
 	d.mu.Lock()
 	snaps := d.snaps
 	fileSize := d.geo.FileSize

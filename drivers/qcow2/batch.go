@@ -56,7 +56,7 @@ type batches = atomic.Pointer[[]*readBatch]
 
 // batchFor returns ctx's batch, creating it on its first plugged read, or
 // nil past maxBatches.
-func (d *Driver) batchFor(ctx *aio.Context) *readBatch {
+func (d reader) batchFor(ctx *aio.Context) *readBatch {
 	if p := d.batches.Load(); p != nil {
 		for _, b := range *p {
 			if b.ctx == ctx {
@@ -79,7 +79,7 @@ func (d *Driver) batchFor(ctx *aio.Context) *readBatch {
 		return nil
 	}
 	b := &readBatch{
-		d:     d,
+		d:     d.Driver,
 		ctx:   ctx,
 		reqs:  make([]*block.Request, 0, readBatchMax),
 		spare: make([]*block.Request, 0, readBatchMax),
@@ -92,7 +92,7 @@ func (d *Driver) batchFor(ctx *aio.Context) *readBatch {
 // queueRead queues r on ctx's batch and reports true, or reports false
 // (the caller reads now) when the batch is full or cannot be deferred.
 // REQUIRES: ctx plugged, on its owner.
-func (d *Driver) queueRead(ctx *aio.Context, r *block.Request) bool {
+func (d reader) queueRead(ctx *aio.Context, r *block.Request) bool {
 	b := d.batchFor(ctx)
 	if b == nil || len(b.reqs) == cap(b.reqs) {
 		return false
@@ -114,13 +114,13 @@ func (b *readBatch) RunDeferred(*aio.Context) {
 	if len(reqs) > 1 {
 		v := d.view.Load()
 		for _, r := range reqs {
-			d.prefetchMapping(v, r.Off, r.Len)
+			readerOf(d).prefetchMapping(v, r.Off, r.Len)
 		}
 	}
 	for i, r := range reqs {
 		reqs[i] = nil
-		if !d.readFast(r) {
-			d.readLocked(r)
+		if !readerOf(d).readFast(r) {
+			readerOf(d).readLocked(r)
 		}
 	}
 	b.spare = reqs[:0]
@@ -129,7 +129,7 @@ func (b *readBatch) RunDeferred(*aio.Context) {
 // prefetchMapping starts loading the L2 entry that maps a one-cluster
 // read at off, if its table is resident in tier 1 (not counted as a
 // lookup; a prefetch needs no validation). No lock.
-func (d *Driver) prefetchMapping(v *fastView, off, n int64) {
+func (d reader) prefetchMapping(v *fastView, off, n int64) {
 	g := &v.geo
 	cs := g.ClusterSize()
 	if g.ExtendedL2 || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size {

@@ -30,7 +30,7 @@ import (
 // (ignored, bit 0 is clear) or the end marker at its place.
 //
 // REQUIRES: metaLock held; the autoclear bit is durably clear.
-func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
+func (d writer) dropBitmaps(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	h := *d.hdr
 	fileSize := d.geo.FileSize
@@ -40,7 +40,7 @@ func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
 		// that rewrite is not torn-write safe, so the clusters leak.
 		return nil
 	}
-	owned, err := format.BitmapClusters(coReader{d, co, r}, &h, fileSize)
+	owned, err := format.BitmapClusters(coReader{d.Driver, co, r}, &h, fileSize)
 	if err != nil {
 		return nil // damaged or hostile directory: leak, keep the extension
 	}

@@ -37,13 +37,13 @@ func (d *Driver) WriteCompressed(r *block.Request) {
 	}
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := d.writeCompressedLocked(co, r)
+		err := writerOf(d).writeCompressedLocked(co, r)
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(block.OpWrite, r.Off, err))
 	})
 }
 
-func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
+func (d writer) writeCompressedLocked(co *aio.Co, r *block.Request) error {
 	if d.hdr.CompressionType != format.CompressionZlib {
 		// The encoder below writes deflate only (zstd.go reads zstd).
 		return format.Unsupported("compression_type", uint64(d.hdr.CompressionType), "compressed writes to a zstd image are not supported")
@@ -85,7 +85,7 @@ func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
 	return nil
 }
 
-func (d *Driver) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, data []byte) error {
+func (d writer) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, data []byte) error {
 	l1i, l2i, _ := d.geo.Split(off)
 	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
 	t, _, err := d.l2ForWrite(co, r, l1i)

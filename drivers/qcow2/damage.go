@@ -69,7 +69,7 @@ func (d *Driver) setDamage(im *format.Image) {
 
 // damageInRangeLocked returns the damage of the first damaged L1 entry
 // covering guest bytes [off, off+n). REQUIRES: mu held.
-func (d *Driver) damageInRangeLocked(off, n int64) error {
+func (d metaIO) damageInRangeLocked(off, n int64) error {
 	dm := d.damage
 	if dm == nil || dm.DamagedL1.Len() == 0 || n <= 0 {
 		return nil
@@ -85,7 +85,7 @@ func (d *Driver) damageInRangeLocked(off, n int64) error {
 
 // damagedLocked fails operations that walk or rewrite whole tables
 // (snapshots, amend) on a damaged image. REQUIRES: mu held.
-func (d *Driver) damagedLocked() error {
+func (d metaIO) damagedLocked() error {
 	dm := d.damage
 	if dm == nil {
 		return nil
@@ -103,7 +103,7 @@ func (d *Driver) damagedLocked() error {
 // refuseDamagedWrite marks the image corrupt and fails when the guest
 // range [off, off+n) of a write lies under a damaged L1 entry.
 // REQUIRES: metaLock held.
-func (d *Driver) refuseDamagedWrite(co *aio.Co, off, n int64) error {
+func (d metaIO) refuseDamagedWrite(co *aio.Co, off, n int64) error {
 	d.mu.Lock()
 	err := d.damageInRangeLocked(off, n)
 	d.mu.Unlock()
@@ -118,7 +118,7 @@ func (d *Driver) refuseDamagedWrite(co *aio.Co, off, n int64) error {
 // the file...) into the corrupt mark, as QEMU does for invalid entries
 // found at run time on a read-write image. Other errors, and images already
 // marked, pass through. REQUIRES: metaLock held, no L2 table pinned.
-func (d *Driver) damagedWriteErr(co *aio.Co, err error) error {
+func (d metaIO) damagedWriteErr(co *aio.Co, err error) error {
 	if !errors.Is(err, format.ErrCorrupt) {
 		return err
 	}
@@ -138,7 +138,7 @@ func (d *Driver) damagedWriteErr(co *aio.Co, err error) error {
 // writes that did succeed is written back first, so they are not lost
 // (the refcount path cannot: it may run inside a flush).
 // REQUIRES: metaLock held.
-func (d *Driver) markDamaged(co *aio.Co, cause error, flush bool) error {
+func (d metaIO) markDamaged(co *aio.Co, cause error, flush bool) error {
 	if flush {
 		d.mu.Lock()
 		marked := d.corruptErr != nil

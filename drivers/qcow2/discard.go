@@ -31,7 +31,7 @@ const (
 
 // Discard drops whole clusters of the range.
 func (d *Driver) Discard(r *block.Request) {
-	d.runZero(r, modeDiscard, block.OpDiscard)
+	writerOf(d).runZero(r, modeDiscard, block.OpDiscard)
 }
 
 // WriteZeroes makes the range read as zeros.
@@ -40,10 +40,10 @@ func (d *Driver) WriteZeroes(r *block.Request) {
 	if r.Flags&block.MayUnmap != 0 {
 		m = modeZeroUnmap
 	}
-	d.runZero(r, m, block.OpWriteZeroes)
+	writerOf(d).runZero(r, m, block.OpWriteZeroes)
 }
 
-func (d *Driver) runZero(r *block.Request, m zeroMode, op block.Op) {
+func (d writer) runZero(r *block.Request, m zeroMode, op block.Op) {
 	r.Context().Go(func(co *aio.Co) {
 		err := d.zeroRange(co, r, m)
 		if err == nil && r.Flags&block.FUA != 0 {
@@ -58,7 +58,7 @@ func (d *Driver) runZero(r *block.Request, m zeroMode, op block.Op) {
 	})
 }
 
-func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
+func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	d.mu.Lock()
 	size := d.geo.Size
 	d.mu.Unlock()
@@ -85,7 +85,7 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 // zeroRangeLocked zeroes or discards guest bytes [off, off+n), which the
 // caller has checked against the disk size. REQUIRES: metaLock held,
 // prepareWrite done.
-func (d *Driver) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m zeroMode) error {
+func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m zeroMode) error {
 	d.mu.Lock()
 	size := d.geo.Size
 	d.mu.Unlock()
@@ -118,7 +118,7 @@ func (d *Driver) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m z
 
 // peekEntry returns the L2 entry of guest offset off without allocating
 // anything; ok is false when the L1 entry is empty.
-func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le format.L2Entry, ok bool, err error) {
+func (d writer) peekEntry(co *aio.Co, r *block.Request, off int64) (le format.L2Entry, ok bool, err error) {
 	if _, err := d.mapRange(co, r, nil, off, 1); err != nil {
 		return le, false, err
 	}
@@ -142,7 +142,7 @@ func readsZero(t format.ClusterType, backing bool) bool {
 	return t == format.ZeroPlain || t == format.ZeroAlloc || (t == format.Unallocated && !backing)
 }
 
-func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byte) error {
+func (d writer) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byte) error {
 	// An allocating write to another part of this cluster may be in
 	// flight: until it links its cluster the entry still reads
 	// Unallocated, and zeroing the whole cluster on that evidence would
@@ -166,7 +166,7 @@ func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []by
 	return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
 }
 
-func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode) error {
+func (d writer) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode) error {
 	hasBacking := d.backing != nil
 	le, mapped, err := d.peekEntry(co, r, off)
 	if err != nil && err != errMiss {

@@ -239,7 +239,7 @@ func (d *Driver) Open(n *block.Node) error {
 	iopts.ReadWrite = !d.readOnly
 	if !d.readOnly {
 		// A dirty image is repaired first (lazy.go, repair.go).
-		relaxed, err := d.openRepair(file)
+		relaxed, err := maintOf(d).openRepair(file)
 		if err != nil {
 			return err
 		}
@@ -347,7 +347,7 @@ func (d *Driver) Close(n *block.Node) error {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err = d.closeMetadata(co)
+		err = metaOf(d).closeMetadata(co)
 		d.metaLock.unlock()
 		done.Store(true)
 		main.Kick()

@@ -158,7 +158,7 @@ func (d *Driver) hold() uint32 {
 // in a table resident in tier 1, without a lock; copied reports the
 // entry's COPIED bit and the L1 entry's. It reports false for anything
 // else, and for any change it raced with. REQUIRES: an epoch held.
-func (d *Driver) oneData(v *fastView, fileEnd, off, n int64) (host int64, copied, ok bool) {
+func (d reader) oneData(v *fastView, fileEnd, off, n int64) (host int64, copied, ok bool) {
 	g := v.geo // a copy: the view's, with the current end of file
 	g.FileSize = fileEnd
 	l1i, ok := g.OneClusterIndex(off, n, len(v.l1))
@@ -186,7 +186,7 @@ func (d *Driver) oneData(v *fastView, fileEnd, off, n int64) (host int64, copied
 // readFast starts r without a lock when every cluster of it is allocated
 // data mapped by tables resident in tier 1; otherwise it reports false
 // and r is the locked path's. No allocation.
-func (d *Driver) readFast(r *block.Request) bool {
+func (d reader) readFast(r *block.Request) bool {
 	if d.corrupt.Load() {
 		return false
 	}
@@ -209,7 +209,7 @@ func (d *Driver) readFast(r *block.Request) bool {
 		d.file.Submit(sub, &d.oneDone)
 		return true
 	}
-	s := d.states.get(d)
+	s := d.states.get(d.Driver)
 	s.ext = append(s.ext[:0], format.Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: host})
 	hits := uint64(1)
 	for off, n = off+k, n-k; n > 0; off, n = off+k, n-k {
@@ -254,7 +254,7 @@ func (d *Driver) readFast(r *block.Request) bool {
 // cluster of r is COPIED allocated data in a table resident in tier 1, no
 // FUA, the header is ready (R10), nothing is corrupt and no cluster
 // overlaps metadata (R5); otherwise it reports false. No allocation.
-func (d *Driver) writeFast(r *block.Request) bool {
+func (d writer) writeFast(r *block.Request) bool {
 	if r.Flags&block.FUA != 0 || d.corrupt.Load() || !d.headerReady.Load() {
 		return false
 	}
@@ -262,7 +262,7 @@ func (d *Driver) writeFast(r *block.Request) bool {
 	v := d.view.Load()
 	end := d.fileEnd.Load()
 	cs := v.geo.ClusterSize()
-	s := d.states.get(d)
+	s := d.states.get(d.Driver)
 	s.ext = s.ext[:0]
 	hits := uint64(0)
 	for off, n := r.Off, r.Len; n > 0; {
@@ -294,7 +294,7 @@ func (d *Driver) writeFast(r *block.Request) bool {
 
 // countHits adds n tier-1 hits of the fast paths to ctx's counter (one
 // cache line per Context: no line shared between IOThreads per request).
-func (d *Driver) countHits(ctx *aio.Context, n uint64) {
+func (d reader) countHits(ctx *aio.Context, n uint64) {
 	if b := d.batchFor(ctx); b != nil {
 		b.hits.Add(n)
 		return
@@ -303,7 +303,7 @@ func (d *Driver) countHits(ctx *aio.Context, n uint64) {
 }
 
 // fastHits sums the fast paths' hit counters.
-func (d *Driver) fastHits() uint64 {
+func (d reader) fastHits() uint64 {
 	n := d.otherHits.Load()
 	if p := d.batches.Load(); p != nil {
 		for _, b := range *p {

@@ -26,7 +26,7 @@ import (
 //
 // REQUIRES: metaLock held (nothing else changes metadata meanwhile, so
 // the buffers are written in place without copies).
-func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
+func (d metaIO) flushMetadata(co *aio.Co, parent *block.Request) error {
 	d.mu.Lock()
 	err := d.corruptErr
 	d.mu.Unlock()
@@ -48,7 +48,7 @@ func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
 		}
 	}
 	if afterFlushHook != nil {
-		afterFlushHook(d)
+		afterFlushHook(d.Driver)
 	}
 	return nil
 }
@@ -59,7 +59,7 @@ func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
 // nil otherwise.
 var afterOpenHook, afterFlushHook func(d *Driver)
 
-func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
+func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 	if invariants.Enabled {
 		defer d.leaveStages()
 	}
@@ -177,7 +177,7 @@ func sortedKeys(m map[int64]bool) []int64 {
 // writeMeta writes one metadata buffer. The targets are our own tables at
 // offsets taken from our own validated structures; they are not run
 // through the data overlap check (QEMU ignores the table's own kind too).
-func (d *Driver) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int64) error {
+func (d metaIO) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int64) error {
 	return d.fileWrite(co, parent, buf, off)
 }
 
@@ -186,7 +186,7 @@ func (d *Driver) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off in
 func (d *Driver) Flush(r *block.Request) {
 	d.mu.Lock()
 	clean := d.corruptErr == nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
-		len(d.pendingFrees) == 0 && !d.cowPending && (d.lazySkipsLocked() || !d.anyDirtyRefblockLocked())
+		len(d.pendingFrees) == 0 && !d.cowPending && (metaOf(d).lazySkipsLocked() || !metaOf(d).anyDirtyRefblockLocked())
 	d.mu.Unlock()
 	if clean {
 		s := d.states.get(d)
@@ -199,7 +199,7 @@ func (d *Driver) Flush(r *block.Request) {
 	}
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := d.flushMetadata(co, r)
+		err := metaOf(d).flushMetadata(co, r)
 		d.metaLock.unlock()
 		if err == nil {
 			err = d.fileSync(co, r)
@@ -208,7 +208,7 @@ func (d *Driver) Flush(r *block.Request) {
 	})
 }
 
-func (d *Driver) anyDirtyRefblockLocked() bool {
+func (d metaIO) anyDirtyRefblockLocked() bool {
 	for _, b := range d.rb {
 		if b.dirty {
 			return true
@@ -220,14 +220,14 @@ func (d *Driver) anyDirtyRefblockLocked() bool {
 // overlapsMetadata reports whether [off, off+n) touches the header, an L1
 // table, the refcount table, a refcount block, an active L2 table or the
 // snapshot table (QEMU's default "cached" overlap-check level).
-func (d *Driver) overlapsMetadata(off, n int64) bool {
+func (d metaIO) overlapsMetadata(off, n int64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.overlapsMetadataLocked(off, n)
 }
 
 // REQUIRES: mu held. No allocation.
-func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
+func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
 	cs := d.geo.ClusterSize()
 	h := d.hdr
 	hit := func(start, length int64) bool {
@@ -261,7 +261,7 @@ func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
 // markCorrupt handles an overlap-check hit (R5): the image gets the
 // corrupt bit (an 8-byte synced header write, R6), every later request
 // fails, and the request gets an I/O error.
-func (d *Driver) markCorrupt(co *aio.Co, off int64, what string) error {
+func (d metaIO) markCorrupt(co *aio.Co, off int64, what string) error {
 	err := format.Corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
 	d.mu.Lock()
 	first := d.corruptErr == nil

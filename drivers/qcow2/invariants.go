@@ -46,7 +46,7 @@ const (
 // (refcount blocks, then table entries, then L2 tables, then L1 entries),
 // which R1 and R3 rest on. Dirty refcount blocks may stay behind stage A
 // only in lazy-refcount mode. REQUIRES: mu held; metaLock held.
-func (d *Driver) checkStageLocked(s flushStage) error {
+func (d metaIO) checkStageLocked(s flushStage) error {
 	if s != d.flushAt+1 {
 		return fmt.Errorf("flush stage %d entered after stage %d", s, d.flushAt)
 	}
@@ -67,7 +67,7 @@ func (d *Driver) checkStageLocked(s flushStage) error {
 
 // enterStage records that flushStages enters stage s, checking the order
 // in invariants builds. REQUIRES: metaLock held.
-func (d *Driver) enterStage(s flushStage) {
+func (d metaIO) enterStage(s flushStage) {
 	if !invariants.Enabled {
 		return
 	}
@@ -81,7 +81,7 @@ func (d *Driver) enterStage(s flushStage) {
 }
 
 // leaveStages ends a flushStages, finished or failed.
-func (d *Driver) leaveStages() {
+func (d metaIO) leaveStages() {
 	d.mu.Lock()
 	d.flushAt = stageIdle
 	d.mu.Unlock()
@@ -91,7 +91,7 @@ func (d *Driver) leaveStages() {
 // the loaded refcount blocks, and false when its block is not loaded (a
 // check without I/O cannot tell). No refcount block at all is refcount 0.
 // REQUIRES: mu held.
-func (d *Driver) refcountLocked(off int64) (uint64, bool) {
+func (d metaIO) refcountLocked(off int64) (uint64, bool) {
 	ti, bi := d.geo.RefcountIndex(off)
 	if ti >= int64(len(d.rt)) || (d.damage != nil && d.damage.DamagedRT.Has(ti)) {
 		return 0, false
@@ -111,7 +111,7 @@ func (d *Driver) refcountLocked(off int64) (uint64, bool) {
 // entryClusters calls fn for every host cluster L2 entry e points at
 // (one for data and preallocated zero entries, the clusters a compressed
 // entry's bytes span).
-func (d *Driver) entryClusters(e uint64, fn func(off int64) error) error {
+func (d metaIO) entryClusters(e uint64, fn func(off int64) error) error {
 	cs := d.geo.ClusterSize()
 	if e&format.EntryCompressed != 0 {
 		c, err := d.geo.DecodeCompressed(e)
@@ -135,7 +135,7 @@ func (d *Driver) entryClusters(e uint64, fn func(off int64) error) error {
 // refcount ≥ 1 before the entry is stored (R1 in memory: the increment
 // comes first, its block reaches the disk in stage A before the table in
 // stage C). REQUIRES: mu held.
-func (d *Driver) checkRefcountedLocked(e uint64) error {
+func (d metaIO) checkRefcountedLocked(e uint64) error {
 	return d.entryClusters(e, func(off int64) error {
 		if rc, known := d.refcountLocked(off); known && rc == 0 {
 			return fmt.Errorf("L2 entry %#x would point at cluster %#x, whose refcount is 0 (R1)", e, off)
@@ -148,7 +148,7 @@ func (d *Driver) checkRefcountedLocked(e uint64) error {
 // dropped to 0, is named by no active L1 entry and by no entry of an
 // active L2 table resident in tier 1 (R2: the pointer went first).
 // REQUIRES: mu held.
-func (d *Driver) checkUnreferencedLocked(off int64) error {
+func (d metaIO) checkUnreferencedLocked(off int64) error {
 	cs := d.geo.ClusterSize()
 	n := d.geo.L2Entries()
 	for i, e1 := range d.l1 {
@@ -185,7 +185,7 @@ func (d *Driver) checkUnreferencedLocked(off int64) error {
 // exactly where the refcount is 1 (R7): on every active L1 entry and every
 // data or preallocated zero entry of the active L2 tables in tier 1.
 // REQUIRES: metaLock held (it may load refcount blocks).
-func (d *Driver) checkCopied(co *aio.Co) error {
+func (d metaIO) checkCopied(co *aio.Co) error {
 	d.mu.Lock()
 	l1 := append([]uint64(nil), d.l1...)
 	d.mu.Unlock()

@@ -58,11 +58,11 @@ func TestInvariantRefcountBeforePointer(t *testing.T) {
 	e := uint64(host) | format.EntryCopied
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.checkRefcountedLocked(e); err != nil {
+	if err := metaOf(d).checkRefcountedLocked(e); err != nil {
 		t.Fatalf("check fired on a referenced cluster: %v", err)
 	}
 	setRefcountLocked(t, d, host, 0)
-	err := d.checkRefcountedLocked(e)
+	err := metaOf(d).checkRefcountedLocked(e)
 	setRefcountLocked(t, d, host, 1)
 	if err == nil || !strings.Contains(err.Error(), "refcount is 0") {
 		t.Fatalf("entry naming a refcount-0 cluster: %v, want the R1 failure", err)
@@ -76,14 +76,14 @@ func TestInvariantFreedClusterUnreferenced(t *testing.T) {
 	_, d, host := invImage(t)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.checkUnreferencedLocked(d.geo.FileSize + 1<<20); err != nil {
+	if err := metaOf(d).checkUnreferencedLocked(d.geo.FileSize + 1<<20); err != nil {
 		t.Fatalf("check fired on an unreferenced cluster: %v", err)
 	}
-	if err := d.checkUnreferencedLocked(host); err == nil || !strings.Contains(err.Error(), "still points at it") {
+	if err := metaOf(d).checkUnreferencedLocked(host); err == nil || !strings.Contains(err.Error(), "still points at it") {
 		t.Fatalf("freeing a mapped data cluster: %v, want the R2 failure", err)
 	}
 	l2Off := int64(d.l1[0] & format.OffsetMask)
-	if err := d.checkUnreferencedLocked(l2Off); err == nil || !strings.Contains(err.Error(), "L1 entry 0") {
+	if err := metaOf(d).checkUnreferencedLocked(l2Off); err == nil || !strings.Contains(err.Error(), "L1 entry 0") {
 		t.Fatalf("freeing the active L2 table: %v, want the R2 failure", err)
 	}
 }
@@ -96,7 +96,7 @@ func TestInvariantCopiedAfterSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	check := func() error {
-		return d.runSnapshotOp("check", "", func(co *aio.Co) error { return d.checkCopied(co) })
+		return snapOf(d).runSnapshotOp("check", "", func(co *aio.Co) error { return metaOf(d).checkCopied(co) })
 	}
 	if err := check(); err != nil {
 		t.Fatalf("check fired after a correct snapshot: %v", err)
@@ -142,16 +142,16 @@ func TestInvariantFlushStageOrder(t *testing.T) {
 	}
 	d.l2.markDirty(&d.l2.tabs[tb.Slot()])
 	defer func() { d.flushAt = stageIdle; tb.Unpin(); d.mu.Unlock() }()
-	if err := d.checkStageLocked(stageL2); err == nil || !strings.Contains(err.Error(), "after stage 0") {
+	if err := metaOf(d).checkStageLocked(stageL2); err == nil || !strings.Contains(err.Error(), "after stage 0") {
 		t.Errorf("stage C first: %v, want an order failure", err)
 	}
 	d.flushAt = stageL2
-	if err := d.checkStageLocked(stageL1); err == nil || !strings.Contains(err.Error(), "dirty L2 tables") {
+	if err := metaOf(d).checkStageLocked(stageL1); err == nil || !strings.Contains(err.Error(), "dirty L2 tables") {
 		t.Errorf("stage D with a dirty L2 table: %v, want the R3 failure", err)
 	}
 	d.flushAt = stageRefblocks
 	d.cowPending = true
-	err := d.checkStageLocked(stageReftable)
+	err := metaOf(d).checkStageLocked(stageReftable)
 	d.cowPending = false
 	if err == nil || !strings.Contains(err.Error(), "COW data") {
 		t.Errorf("stage B with COW data unsynced: %v, want the R4 failure", err)

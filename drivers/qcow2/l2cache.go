@@ -105,7 +105,7 @@ func (d *Driver) CacheStats() CacheStats {
 		return CacheStats{}
 	}
 	l2 := c.set.Stats()
-	l2.Hits += d.fastHits()
+	l2.Hits += readerOf(d).fastHits()
 	return CacheStats{
 		L2:           l2,
 		SharedHits:   c.sharedHits,
@@ -345,7 +345,7 @@ type l2Private struct {
 // else from the file). When tier 1 has no slot to give it returns the
 // table as a private copy instead. It takes no metaLock and waits for
 // nothing but its read.
-func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Private, error) {
+func (d metaIO) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Private, error) {
 	for tries := 0; tries < 8; tries++ {
 		d.mu.Lock()
 		c := d.l2
@@ -379,7 +379,7 @@ func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Privat
 
 // l2KeepLocked inserts src as the table at off, or returns it as a private
 // copy when tier 1 is full. REQUIRES: mu held; src immutable.
-func (d *Driver) l2KeepLocked(off int64, src []byte) (l2Private, error) {
+func (d metaIO) l2KeepLocked(off int64, src []byte) (l2Private, error) {
 	c := d.l2
 	t, err := c.set.Insert(c.key(off), src)
 	switch err {
@@ -397,7 +397,7 @@ func (d *Driver) l2KeepLocked(off int64, src []byte) (l2Private, error) {
 // bringing it into tier 1 from tier 2 or the file. With every slot dirty
 // it flushes once and tries again.
 // REQUIRES: metaLock held (no table changes meanwhile).
-func (d *Driver) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Table, error) {
+func (d metaIO) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Table, error) {
 	flushed := false
 	for tries := 0; tries < 8; tries++ {
 		d.mu.Lock()
@@ -443,7 +443,7 @@ func (d *Driver) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Tab
 // the bytes of src (zeros when nil), dirty and pinned. With every slot
 // dirty it flushes once and tries again. REQUIRES: metaLock held; no pin
 // held by the caller that it expects to be let go.
-func (d *Driver) l2Create(co *aio.Co, parent *block.Request, off int64, src []byte) (*l2Table, error) {
+func (d metaIO) l2Create(co *aio.Co, parent *block.Request, off int64, src []byte) (*l2Table, error) {
 	for flushed := false; ; flushed = true {
 		d.mu.Lock()
 		t, err := d.l2.create(off, src)
@@ -459,7 +459,7 @@ func (d *Driver) l2Create(co *aio.Co, parent *block.Request, off int64, src []by
 }
 
 // l2Release unpins t and wakes coroutines waiting for room.
-func (d *Driver) l2Release(t *l2Table) {
+func (d metaIO) l2Release(t *l2Table) {
 	d.mu.Lock()
 	w := d.l2.unpin(t)
 	d.mu.Unlock()
@@ -476,7 +476,7 @@ func (d *Driver) l2Release(t *l2Table) {
 // writes running without metaLock hold them), it waits for an unpin with
 // metaLock released and reports true: the caller must look at its own
 // conditions again. REQUIRES: metaLock held.
-func (d *Driver) l2MakeRoom(co *aio.Co) bool {
+func (d metaIO) l2MakeRoom(co *aio.Co) bool {
 	d.mu.Lock()
 	avail := d.l2.set.Available()
 	dirty := d.l2.dirtyCount()
@@ -518,7 +518,7 @@ func (d *Driver) l2MakeRoom(co *aio.Co) bool {
 // flushL2 is stage C of flushMetadata: every dirty L2 table written, then
 // an fsync, after which they are clean. The set pins them meanwhile.
 // REQUIRES: metaLock held (no table changes during the flush).
-func (d *Driver) flushL2(co *aio.Co, parent *block.Request) error {
+func (d metaIO) flushL2(co *aio.Co, parent *block.Request) error {
 	err := d.l2.set.Flush(func(t *cache.Table) error {
 		return d.writeMeta(co, parent, t.Data(), t.Key().Off)
 	}, func() error {

@@ -182,7 +182,7 @@ func BenchmarkQcow2CachedReadMapData(b *testing.B) {
 	for b.Loop() {
 		d.mu.Lock()
 		m.reset(true)
-		_, how := d.mapData(m, offs[i], 4096)
+		_, how := readerOf(d).mapData(m, offs[i], 4096)
 		d.mu.Unlock()
 		if how != mapHit {
 			b.Fatalf("mapping at %#x: verdict %d, want a hit", offs[i], how)
@@ -204,7 +204,7 @@ func BenchmarkQcow2CachedReadOneData(b *testing.B) {
 	for b.Loop() {
 		ep := d.hold()
 		v := d.view.Load()
-		_, _, ok := d.oneData(v, d.fileEnd.Load(), offs[i], 4096)
+		_, _, ok := readerOf(d).oneData(v, d.fileEnd.Load(), offs[i], 4096)
 		d.unhold(ep)
 		if !ok {
 			b.Fatalf("mapping at %#x missed", offs[i])

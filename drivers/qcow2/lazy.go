@@ -43,14 +43,14 @@ func (d *Driver) initLazy() {
 // lazySkipsLocked reports whether a flush may leave dirty refcount blocks
 // in memory: lazy mode, the dirty bit durable, no forced write, and no
 // refcount table entry waiting for its block. REQUIRES: mu held.
-func (d *Driver) lazySkipsLocked() bool {
+func (d metaIO) lazySkipsLocked() bool {
 	return d.lazy.on && d.lazy.dirtyOnDisk && !d.lazy.force && len(d.dirtyRT) == 0
 }
 
 // lazySkipRefblocks decides, at stage A of a flush with dirty refcount
 // blocks, whether they may stay in memory; in lazy mode it first makes
 // the dirty bit durable (R10). REQUIRES: metaLock held.
-func (d *Driver) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, error) {
+func (d metaIO) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, error) {
 	d.mu.Lock()
 	can := d.lazy.on && !d.lazy.force && len(d.dirtyRT) == 0
 	set := d.lazy.dirtyOnDisk
@@ -71,7 +71,7 @@ func (d *Driver) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, err
 
 // writeIncompat sets and clears bits of the incompatible features field
 // with one synced 8-byte header write (R6).
-func (d *Driver) writeIncompat(co *aio.Co, parent *block.Request, set, clr uint64) error {
+func (d metaIO) writeIncompat(co *aio.Co, parent *block.Request, set, clr uint64) error {
 	d.mu.Lock()
 	v := (d.hdr.IncompatibleFeatures | set) &^ clr
 	d.mu.Unlock()
@@ -91,7 +91,7 @@ func (d *Driver) writeIncompat(co *aio.Co, parent *block.Request, set, clr uint6
 
 // flushAllMetadata is flushMetadata with every refcount block written,
 // lazy mode or not (checks and clean closes). REQUIRES: metaLock held.
-func (d *Driver) flushAllMetadata(co *aio.Co, parent *block.Request) error {
+func (d metaIO) flushAllMetadata(co *aio.Co, parent *block.Request) error {
 	d.mu.Lock()
 	d.lazy.force = true
 	d.mu.Unlock()
@@ -106,7 +106,7 @@ func (d *Driver) flushAllMetadata(co *aio.Co, parent *block.Request) error {
 // the dirty bit this driver set is cleared (R10: only after every refcount
 // block is durable). A dirty bit found at open (CheckOpen without a
 // repair) is left alone. REQUIRES: metaLock held.
-func (d *Driver) closeMetadata(co *aio.Co) error {
+func (d metaIO) closeMetadata(co *aio.Co) error {
 	d.mu.Lock()
 	quiet := d.corruptErr != nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
 		len(d.pendingFrees) == 0 && !d.anyDirtyRefblockLocked()
@@ -141,7 +141,7 @@ var errNeedsRepair = &format.FormatError{Field: "incompatible_features", Reason:
 
 // repairPending returns errNeedsRepair while writes must wait for a
 // repair. REQUIRES: mu held.
-func (d *Driver) repairPendingLocked() error {
+func (d metaIO) repairPendingLocked() error {
 	if d.lazy.needRepair {
 		return errNeedsRepair
 	}

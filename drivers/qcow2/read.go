@@ -89,19 +89,19 @@ func (s *reqState) release() {
 // (readLocked). Inside a plugged section of its Context the read joins
 // the Context's batch (batch.go) and starts when the section ends.
 func (d *Driver) Read(r *block.Request) {
-	if ctx := r.Context(); ctx.Plugged() > 0 && d.queueRead(ctx, r) {
+	if ctx := r.Context(); ctx.Plugged() > 0 && readerOf(d).queueRead(ctx, r) {
 		return
 	}
-	if !d.readFast(r) {
-		d.readLocked(r)
+	if !readerOf(d).readFast(r) {
+		readerOf(d).readLocked(r)
 	}
 }
 
 // readLocked maps r under mu and starts it: every read readFast does not
 // take (a table only in tier 2 or on disk, compressed, unallocated or zero
 // clusters, extended L2, damage, a race with a writer).
-func (d *Driver) readLocked(r *block.Request) {
-	s := d.states.get(d)
+func (d reader) readLocked(r *block.Request) {
+	s := d.states.get(d.Driver)
 	m := &s.m
 	m.reset(true)
 	d.mu.Lock()
@@ -186,7 +186,7 @@ func (d *Driver) readLocked(r *block.Request) {
 // readOne starts a read that is one host extent, holding epoch ep: the
 // child reads straight into r's buffers and its completion (oneDone)
 // completes r, with no per-request state.
-func (d *Driver) readOne(r *block.Request, host int64, ep uint32) {
+func (d reader) readOne(r *block.Request, host int64, ep uint32) {
 	sub := r.Sub()
 	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
 	sub.Tag = uint64(ep)
@@ -261,7 +261,7 @@ const (
 // and the caller runs Map with m, which handles and reports it. A table it
 // found is left in m for that Map, so the lookup is counted once.
 // No allocation. REQUIRES: mu held.
-func (d *Driver) mapData(m *l2Mapper, off, n int64) (int64, int) {
+func (d reader) mapData(m *l2Mapper, off, n int64) (int64, int) {
 	l2Off, ok := d.geo.OneClusterL2(d.l1, off, n)
 	if !ok {
 		return 0, mapOther
@@ -291,7 +291,7 @@ func (o *oneDone) RequestDone(sub *block.Request, err error) {
 
 // subRead reads n bytes at off of child c into r.Iov at skip, as one
 // child request counted in s.
-func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, skip, n int64) {
+func (d reader) subRead(s *reqState, r *block.Request, c *block.Child, off, skip, n int64) {
 	start := len(s.iov)
 	s.iov = iovSlice(s.iov, r.Iov, skip, n)
 	sub := r.Sub()
@@ -303,8 +303,8 @@ func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, ski
 
 // mapRange maps [off, off+n) where n stays inside one L2 table's range,
 // bringing the L2 table into the cache on a miss (l2Fetch).
-func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent, off, n int64) ([]format.Extent, error) {
-	m := newL2Mapper(d)
+func (d reader) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent, off, n int64) ([]format.Extent, error) {
+	m := newL2Mapper(d.Driver)
 	m.reset(false)
 	for tries := 0; ; tries++ {
 		d.mu.Lock()
@@ -335,7 +335,7 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent
 // readGuest reads the guest range [off, off+n) into iov in a coroutine:
 // data extents from the file, compressed clusters inflated, unallocated
 // ranges from the backing node (zeros past its end) or zeros.
-func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, n int64) error {
+func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, n int64) error {
 	var ext []format.Extent
 	var win [][]byte
 	var cbuf []byte
@@ -382,7 +382,7 @@ func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off,
 // inflateCached inflates the compressed cluster c into dst, through a
 // one-cluster cache of the last cluster inflated (sequential readers of a
 // compressed cluster would otherwise inflate it once per request).
-func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
+func (d reader) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	d.mu.Lock()
 	hit := d.zcache.buf != nil && d.zcache.desc == c
 	if hit {
@@ -406,7 +406,7 @@ func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c 
 }
 
 // readCompressed inflates the compressed cluster described by c into dst.
-func (d *Driver) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
+func (d reader) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	size := c.Size()
 	if size <= 0 || size > 2*d.geo.ClusterSize() {
 		return format.Corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
@@ -420,7 +420,7 @@ func (d *Driver) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c
 
 // readBacking fills [skip, skip+n) of iov with the backing node's bytes at
 // guest offset off, zeros past its end, or zeros without a backing node.
-func (d *Driver) readBacking(co *aio.Co, parent *block.Request, iov [][]byte, skip, off, n int64) error {
+func (d reader) readBacking(co *aio.Co, parent *block.Request, iov [][]byte, skip, off, n int64) error {
 	if d.backing == nil {
 		iovZero(iov, skip, n)
 		return nil
@@ -460,7 +460,7 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		miss, err = true, nil
 	}
 	if !miss && err == nil {
-		d.setStatus(r, s.ext)
+		readerOf(d).setStatus(r, s.ext)
 	}
 	d.mu.Unlock()
 	d.states.put(s)
@@ -469,15 +469,15 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		return
 	}
 	r.Context().Go(func(co *aio.Co) {
-		ext, err := d.mapRange(co, r, nil, r.Off, n)
+		ext, err := readerOf(d).mapRange(co, r, nil, r.Off, n)
 		if err == nil {
-			d.setStatus(r, ext)
+			readerOf(d).setStatus(r, ext)
 		}
 		r.CompleteLater(d.formatErr(block.OpBlockStatus, r.Off, err))
 	})
 }
 
-func (d *Driver) extStatus(k format.ExtentKind) block.Status {
+func (d reader) extStatus(k format.ExtentKind) block.Status {
 	switch k {
 	case format.ExtentData, format.ExtentCompressed:
 		return block.StatusData | block.StatusAllocated
@@ -490,7 +490,7 @@ func (d *Driver) extStatus(k format.ExtentKind) block.Status {
 	return 0
 }
 
-func (d *Driver) setStatus(r *block.Request, ext []format.Extent) {
+func (d reader) setStatus(r *block.Request, ext []format.Extent) {
 	if len(ext) == 0 {
 		return
 	}

@@ -659,7 +659,7 @@ func (f nodeFile) WriteAt(p []byte, off int64) (int, error) { return f.n.WriteAt
 func (f nodeFile) Sync() error                              { return f.n.Flush() }
 func (f nodeFile) Size() (int64, error)                     { return f.n.Length() }
 
-func (d *Driver) checkLog(msg string) {
+func (d maintOps) checkLog(msg string) {
 	if d.opts.CheckLog != nil {
 		d.opts.CheckLog(msg)
 	}
@@ -668,7 +668,7 @@ func (d *Driver) checkLog(msg string) {
 // repair runs a repair (r.CheckMode() != 0) on the open image.
 // REQUIRES: metaLock held. No guest I/O may run meanwhile (the caller
 // drains the node); allocating writes in flight make it fail as busy.
-func (d *Driver) repair(co *aio.Co, r *block.Request) error {
+func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 	if d.readOnly {
 		return &block.Error{Kind: block.Unsupported, Op: r.Op, Node: d.nodeName(), Err: syscall.EACCES}
 	}
@@ -687,7 +687,7 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 	} else if dirty {
 		return errors.Join(cerr, errors.New("qcow2: cannot repair an image with unwritten metadata after an overlap check fired; close and repair it offline"))
 	}
-	rp := newRepairer(coFile{coReader{d, co, r}}, r.CheckMode(), d.checkLog)
+	rp := newRepairer(coFile{coReader{d.Driver, co, r}}, r.CheckMode(), d.checkLog)
 	rp.checkSnapshots = true
 	rerr := rp.run()
 	lerr := d.reloadMetadata(co, r, rp.l2Fixed)
@@ -741,12 +741,12 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 // repair changed them in the file, and forgets cached refcount blocks and
 // the L2 tables the repair rewrote. REQUIRES: metaLock held, nothing
 // dirty in memory.
-func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) error {
+func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) error {
 	size, err := d.file.Node().Length()
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
 	if err != nil {
 		return err
 	}
@@ -775,7 +775,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 // or corrupt image is opened as it is instead, and refuses writes until a
 // repair succeeds. It reports whether ReadImage must skip its read-write
 // checks.
-func (d *Driver) openRepair(file *block.Node) (relaxed bool, err error) {
+func (d maintOps) openRepair(file *block.Node) (relaxed bool, err error) {
 	var b [80]byte
 	if _, err := file.ReadAt(b[:], 0); err != nil && !errors.Is(err, io.EOF) {
 		return false, nil // ReadImage reports it

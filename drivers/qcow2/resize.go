@@ -20,13 +20,13 @@ import (
 func (d *Driver) Truncate(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := d.truncateLocked(co, r, r.Off)
+		err := maintOf(d).truncateLocked(co, r, r.Off)
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(block.OpTruncate, r.Off, err))
 	})
 }
 
-func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error {
+func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error {
 	d.mu.Lock()
 	old := d.geo.Size
 	v2Snaps := d.hdr.Version < 3 && len(d.snaps) > 0
@@ -97,7 +97,7 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 // a crash leaves the old size with harmless zero entries past it, never
 // the new size with the backing file showing. REQUIRES: metaLock held,
 // L1 large enough for size.
-func (d *Driver) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
+func (d maintOps) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
 	d.mu.Lock()
 	d.geo.Size = size // the zeroing works on the grown disk
 	d.publishLocked()
@@ -121,7 +121,7 @@ func (d *Driver) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err
 // then one 12-byte synced header write of l1_size and l1_table_offset
 // (R6), then free the old table's clusters (R2: after the switch is
 // durable). REQUIRES: metaLock held, no dirty metadata.
-func (d *Driver) growL1(co *aio.Co, r *block.Request, n int64) error {
+func (d maintOps) growL1(co *aio.Co, r *block.Request, n int64) error {
 	cs := d.geo.ClusterSize()
 	clusters := (n*8 + cs - 1) / cs
 	start, err := d.allocContiguous(co, clusters)
@@ -172,7 +172,7 @@ func (d *Driver) growL1(co *aio.Co, r *block.Request, n int64) error {
 // the file in order unless it has to create a refcount block on the way;
 // then the run is given back (a leak at worst, if we crash) and tried
 // again further on.
-func (d *Driver) allocContiguous(co *aio.Co, n int64) (int64, error) {
+func (d metaIO) allocContiguous(co *aio.Co, n int64) (int64, error) {
 	cs := d.geo.ClusterSize()
 	d.mu.Lock()
 	saved := d.freeIdx

@@ -163,8 +163,8 @@ func nextSnapshotID(snaps []format.Snapshot) string {
 // Not from a coroutine.
 func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error) {
 	var sn format.Snapshot
-	err := d.runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
-		sn, err = d.createSnapshotLocked(co, o)
+	err := snapOf(d).runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
+		sn, err = snapOf(d).createSnapshotLocked(co, o)
 		return err
 	})
 	return sn, err
@@ -174,23 +174,23 @@ func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error
 // -a): the active L1 table becomes a copy of the snapshot's and the
 // virtual size the snapshot's disk size. The snapshot stays.
 func (d *Driver) ApplySnapshot(idOrName string) error {
-	return d.runSnapshotOp("apply", idOrName, func(co *aio.Co) error {
-		return d.applySnapshotLocked(co, idOrName)
+	return snapOf(d).runSnapshotOp("apply", idOrName, func(co *aio.Co) error {
+		return snapOf(d).applySnapshotLocked(co, idOrName)
 	})
 }
 
 // DeleteSnapshot removes snapshot idOrName (qemu-img snapshot -d) and
 // frees what only it referenced.
 func (d *Driver) DeleteSnapshot(idOrName string) error {
-	return d.runSnapshotOp("delete", idOrName, func(co *aio.Co) error {
-		return d.deleteSnapshotLocked(co, idOrName)
+	return snapOf(d).runSnapshotOp("delete", idOrName, func(co *aio.Co) error {
+		return snapOf(d).deleteSnapshotLocked(co, idOrName)
 	})
 }
 
 // runSnapshotOp runs fn in a coroutine on the node's Context, holding
 // metaLock, inside a drained section of the node, and waits for it the way
 // the caller may (its own loop, the main loop, or a channel).
-func (d *Driver) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error {
+func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error {
 	wrap := func(err error) error {
 		if err == nil {
 			return nil
@@ -251,7 +251,7 @@ func (d *Driver) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error
 // allocating write finished, nothing dirty, and no fast-path request still
 // using a mapping from before. After it, metaLock stays held without a
 // break until the operation ends, so what the caller reads next is stable.
-func (d *Driver) snapshotStart(co *aio.Co) error {
+func (d snapshotOps) snapshotStart(co *aio.Co) error {
 	d.mu.Lock()
 	err := d.corruptErr
 	if err == nil {
@@ -273,7 +273,7 @@ func (d *Driver) snapshotStart(co *aio.Co) error {
 	return nil
 }
 
-func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (format.Snapshot, error) {
+func (d snapshotOps) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (format.Snapshot, error) {
 	if strings.IndexByte(o.Name, 0) >= 0 || strings.IndexByte(o.ID, 0) >= 0 {
 		return format.Snapshot{}, format.OutOfRange("snapshot.name", 0, "snapshot name or ID contains a NUL byte")
 	}
@@ -382,7 +382,7 @@ func (w *wrapped) Unwrap() error { return w.err }
 
 // abortSnapshotAlloc gives back clusters allocated for a table that was
 // never linked (a leak at worst if that fails).
-func (d *Driver) abortSnapshotAlloc(co *aio.Co, off, n int64) {
+func (d snapshotOps) abortSnapshotAlloc(co *aio.Co, off, n int64) {
 	if off == 0 || n <= 0 {
 		return
 	}
@@ -422,7 +422,7 @@ func normalizedSnapshots(snaps []format.Snapshot, size int64) []format.Snapshot 
 // written and durable with their refcounts (R1, R3), then one 12-byte
 // header write of nb_snapshots and snapshots_offset (R6), then the old
 // table's clusters freed (R2). An empty table is offset 0, as in QEMU.
-func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
+func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
 	tb, err := format.AppendSnapshotTable(nil, snaps)
 	if err != nil {
 		return err
@@ -470,7 +470,7 @@ func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
 // decodes, and no L2 table it names is one of the image's other metadata
 // (header, L1 tables, refcount structures, snapshot table), since apply
 // rewrites COPIED flags in those tables.
-func (d *Driver) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint64, error) {
+func (d snapshotOps) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint64, error) {
 	d.mu.Lock()
 	err := format.ValidateSnapshot(sn, i, &d.geo, 0)
 	d.mu.Unlock()
@@ -506,7 +506,7 @@ func (d *Driver) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint6
 
 // isOtherMetadataLocked reports whether cluster off holds metadata that is
 // not an L2 table. REQUIRES: mu held.
-func (d *Driver) isOtherMetadataLocked(off int64) bool {
+func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
 	cs := d.geo.ClusterSize()
 	h := d.hdr
 	in := func(start, n int64) bool {
@@ -534,7 +534,7 @@ func (d *Driver) isOtherMetadataLocked(off int64) bool {
 	return false
 }
 
-func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
+func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	if err := d.snapshotStart(co); err != nil {
 		return err
 	}
@@ -674,7 +674,7 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	return d.flushAllMetadata(co, nil)
 }
 
-func (d *Driver) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
+func (d snapshotOps) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
 	if err := d.snapshotStart(co); err != nil {
 		return err
 	}
@@ -722,7 +722,7 @@ var errStopWalk = errors.New("stop")
 // fixed order: the data, zero-alloc and compressed clusters each L2 table
 // names (a compressed range spanning two clusters gives two calls), then
 // the table itself. REQUIRES: metaLock held (the tables do not change meanwhile).
-func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) error {
+func (d snapshotOps) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) error {
 	cs := d.geo.ClusterSize()
 	var buf []byte
 	for i, e := range l1 {
@@ -766,7 +766,7 @@ func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) err
 
 // copyL2 copies the L2 table at off into dst (brought in through the
 // cache).
-func (d *Driver) copyL2(co *aio.Co, off int64, dst []byte) ([]byte, error) {
+func (d snapshotOps) copyL2(co *aio.Co, off int64, dst []byte) ([]byte, error) {
 	t, err := d.l2Acquire(co, nil, off)
 	if err != nil {
 		return dst, err
@@ -782,7 +782,7 @@ func (d *Driver) copyL2(co *aio.Co, off int64, dst []byte) ([]byte, error) {
 // (a refcount that would overflow, a damaged entry, an I/O error) the
 // increments made so far are taken back, in memory, before anything was
 // written. REQUIRES: metaLock held, refcount blocks clean.
-func (d *Driver) increfAll(co *aio.Co, l1 []uint64) error {
+func (d snapshotOps) increfAll(co *aio.Co, l1 []uint64) error {
 	var done int64
 	err := d.walkRefs(co, l1, func(off int64) error {
 		if err := d.incref(co, off); err != nil {
@@ -810,13 +810,13 @@ func (d *Driver) increfAll(co *aio.Co, l1 []uint64) error {
 
 // decrefAll removes one reference from every cluster l1 reaches.
 // REQUIRES: metaLock held; the references are gone durably (R2).
-func (d *Driver) decrefAll(co *aio.Co, l1 []uint64) error {
+func (d snapshotOps) decrefAll(co *aio.Co, l1 []uint64) error {
 	d.waitIOEpoch(co)
 	return d.walkRefs(co, l1, func(off int64) error { return d.decref(co, off) })
 }
 
 // decrefRange removes one reference from every cluster of [off, off+n).
-func (d *Driver) decrefRange(co *aio.Co, off, n int64) error {
+func (d snapshotOps) decrefRange(co *aio.Co, off, n int64) error {
 	cs := d.geo.ClusterSize()
 	for c := off &^ (cs - 1); c < off+n; c += cs {
 		if err := d.decref(co, c); err != nil {
@@ -828,7 +828,7 @@ func (d *Driver) decrefRange(co *aio.Co, off, n int64) error {
 
 // incref adds one to the refcount of the cluster at off, which must be in
 // use (refcount ≥ 1) and below the refcount maximum.
-func (d *Driver) incref(co *aio.Co, off int64) error {
+func (d snapshotOps) incref(co *aio.Co, off int64) error {
 	cs := d.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace {
@@ -861,7 +861,7 @@ func (d *Driver) incref(co *aio.Co, off int64) error {
 }
 
 // refcountOf returns the in-memory refcount of the cluster at off.
-func (d *Driver) refcountOf(co *aio.Co, off int64) (uint64, error) {
+func (d metaIO) refcountOf(co *aio.Co, off int64) (uint64, error) {
 	cs := d.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace || (err == nil && rb == nil) {
@@ -877,7 +877,7 @@ func (d *Driver) refcountOf(co *aio.Co, off int64) (uint64, error) {
 
 // fixActiveCopied sets COPIED exactly where the refcount is 1 in the
 // active L1 table and its L2 tables (R7).
-func (d *Driver) fixActiveCopied(co *aio.Co) error {
+func (d snapshotOps) fixActiveCopied(co *aio.Co) error {
 	d.mu.Lock()
 	l1 := d.l1
 	d.mu.Unlock()
@@ -890,7 +890,7 @@ func (d *Driver) fixActiveCopied(co *aio.Co) error {
 // dirty tables are written back when they fill 7/8 of the cache.
 // REQUIRES: metaLock held; for an inactive l1, its tables are checked by
 // readSnapshotL1.
-func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
+func (d snapshotOps) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 	for i := range l1 {
 		d.mu.Lock()
 		e := l1[i]
@@ -935,7 +935,7 @@ func copiedBit(b bool) uint64 {
 
 // fixL2Copied recomputes COPIED in every data and zero-alloc entry of the
 // L2 table at l2Off.
-func (d *Driver) fixL2Copied(co *aio.Co, l2Off int64) error {
+func (d snapshotOps) fixL2Copied(co *aio.Co, l2Off int64) error {
 	t, err := d.l2Acquire(co, nil, l2Off)
 	if err != nil {
 		return err

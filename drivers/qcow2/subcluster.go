@@ -62,7 +62,7 @@ func subclustersAllocated(g *format.Geometry, bitmap uint64, in, k int64) bool {
 
 // setL2BitmapLocked stores the subcluster bitmap of entry i of table t.
 // REQUIRES: mu held, extended L2.
-func (d *Driver) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
+func (d metaIO) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
 	t.t.SetWord(int(i*2+1), bitmap) // atomic: lock-free readers (fast.go)
 	d.l2.markDirty(t)
 }
@@ -70,7 +70,7 @@ func (d *Driver) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
 // writeSubclusters writes win (k bytes) at guest offset off, inside one
 // cluster of an extended-L2 image. REQUIRES: metaLock held (released
 // around the data I/O, the guest cluster in flight: R8).
-func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
 	cs, scs := d.geo.ClusterSize(), d.geo.SubclusterSize()
 	l1i, l2i, in := d.geo.Split(off)
 	gc := off / cs
@@ -180,7 +180,7 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 }
 
 // subclusterReadsZero reports whether subcluster sc of le reads as zero.
-func (d *Driver) subclusterReadsZero(le format.L2Entry, sc int64) bool {
+func (d writer) subclusterReadsZero(le format.L2Entry, sc int64) bool {
 	switch d.geo.SubclusterType(le, int(sc)) {
 	case format.ZeroPlain, format.ZeroAlloc:
 		return true
@@ -192,7 +192,7 @@ func (d *Driver) subclusterReadsZero(le format.L2Entry, sc int64) bool {
 
 // zeroSubclusters is zeroRange for the part [off, off+k) of one cluster of
 // an extended-L2 image. REQUIRES: metaLock held.
-func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m zeroMode) error {
+func (d writer) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m zeroMode) error {
 	cs, scs := d.geo.ClusterSize(), d.geo.SubclusterSize()
 	in := off & (cs - 1)
 	d.mu.Lock()
@@ -258,7 +258,7 @@ func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m z
 
 // entryForWrite returns the entry of the cluster at off, loading its L2
 // table (allocating it if needed). REQUIRES: metaLock held.
-func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L2Entry, error) {
+func (d writer) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L2Entry, error) {
 	l1i, l2i, _ := d.geo.Split(off)
 	t, _, err := d.l2ForWrite(co, r, l1i)
 	if err != nil {
@@ -275,7 +275,7 @@ func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.
 // by what f returns for the current ones, once no allocation of that
 // cluster is in flight; when f says so the old host cluster is released
 // after the next flush (R2). REQUIRES: metaLock held.
-func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le format.L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
+func (d writer) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le format.L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
 	t, l2i, le, e, bm, err := d.lockEntry(co, r, off)
 	if err != nil {
 		return err

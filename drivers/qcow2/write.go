@@ -34,7 +34,7 @@ import (
 
 // inPlaceLocked appends to s.ext the host runs of [off, off+n) if every
 // cluster is NORMAL with COPIED and cached. REQUIRES: mu held.
-func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
+func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
 	cs := d.geo.ClusterSize()
 	end := off + n
 	if off < 0 || n < 0 || end > d.geo.Size {
@@ -83,12 +83,12 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 // (writeFast, fast.go), in place under mu on an extended-L2 image or when a
 // table is only found under the lock, else in a coroutine (writeSlow).
 func (d *Driver) Write(r *block.Request) {
-	if d.writeFast(r) {
+	if writerOf(d).writeFast(r) {
 		return
 	}
 	s := d.states.get(d)
 	d.mu.Lock()
-	fast := d.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && d.inPlaceLocked(s, r.Off, r.Len)
+	fast := d.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
 	if fast {
 		s.epoch, s.held = d.hold(), true
 	}
@@ -96,17 +96,17 @@ func (d *Driver) Write(r *block.Request) {
 	if !fast {
 		d.states.put(s)
 		r.Context().Go(func(co *aio.Co) {
-			err := d.writeSlow(co, r)
+			err := writerOf(d).writeSlow(co, r)
 			r.CompleteLater(d.formatErr(block.OpWrite, r.Off, err))
 		})
 		return
 	}
-	d.startWrite(s, r)
+	writerOf(d).startWrite(s, r)
 }
 
 // startWrite issues s.ext, the host runs of an in-place write, holding
 // s.epoch; the last child completion completes r.
-func (d *Driver) startWrite(s *reqState, r *block.Request) {
+func (d writer) startWrite(s *reqState, r *block.Request) {
 	s.r = r
 	s.pending = 1
 	var skip int64
@@ -124,7 +124,7 @@ func (d *Driver) startWrite(s *reqState, r *block.Request) {
 	s.release()
 }
 
-func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
+func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	size := d.geo.Size
 	d.mu.Unlock()
@@ -182,7 +182,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 // (R10: bitmaps become inconsistent for QEMU instead of stale) with a
 // synced 8-byte header write (R6); when bit 0 was set it then drops the
 // bitmaps extension and frees the bitmaps' clusters (dropBitmaps).
-func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
+func (d writer) prepareWrite(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	err, ready := d.corruptErr, d.headerReady.Load()
 	clr := d.hdr.AutoclearToClear(0)
@@ -229,7 +229,7 @@ func putU64(b []byte, v uint64) {
 
 // writeCluster writes win (k bytes) at guest offset off, inside one
 // cluster. REQUIRES: metaLock held.
-func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
 	if d.geo.ExtendedL2 {
 		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
 	}
@@ -345,7 +345,7 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 // cowWrite writes a partial cluster the general way: the cluster's current
 // content (old cluster, compressed, backing or zeros) read into a buffer,
 // the guest bytes laid over it, the whole cluster written to newOff.
-func (d *Driver) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L2Entry, start, in, k, valid, newOff int64) error {
+func (d writer) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L2Entry, start, in, k, valid, newOff int64) error {
 	buf := make([]byte, valid)
 	if le.Type != format.ZeroPlain && le.Type != format.ZeroAlloc {
 		if err := d.readGuest(co, r, [][]byte{buf}, start, valid); err != nil {
@@ -359,7 +359,7 @@ func (d *Driver) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.
 // abortAlloc gives back a cluster that was allocated but never linked
 // (QEMU's qcow2_alloc_cluster_abort): nothing points at it, so the
 // decrement may happen at once.
-func (d *Driver) abortAlloc(off int64, err error) error {
+func (d metaIO) abortAlloc(off int64, err error) error {
 	d.mu.Lock()
 	d.pendingFrees = append(d.pendingFrees, hostFree{off, 1})
 	d.mu.Unlock()
@@ -368,7 +368,7 @@ func (d *Driver) abortAlloc(off int64, err error) error {
 
 // needFlush reports whether the dirty metadata outgrew its budget: dirty
 // L2 tables are pinned, so they are written back before the cache fills.
-func (d *Driver) needFlush() bool {
+func (d metaIO) needFlush() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// Dirty tables are written back when they fill 7/8 of the cache (the
@@ -388,7 +388,7 @@ const maxRunClusters = 1024
 // change. It returns how many bytes it wrote; 0 means the first cluster
 // does not qualify (writeCluster handles it). REQUIRES: metaLock held,
 // off cluster aligned, n ≥ 2 clusters.
-func (d *Driver) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (int64, error) {
+func (d writer) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (int64, error) {
 	cs := d.geo.ClusterSize()
 	l1i, l2i, _ := d.geo.Split(off)
 	d.mu.Lock()
@@ -492,7 +492,7 @@ type inflightAlloc struct {
 // first+n) is in flight and the L2 cache has a slot for l2ForWrite
 // (l2MakeRoom). REQUIRES: metaLock held; it is released while
 // waiting and held again on return.
-func (d *Driver) waitInflight(co *aio.Co, first, n int64) {
+func (d writer) waitInflight(co *aio.Co, first, n int64) {
 	for {
 		d.mu.Lock()
 		var w *inflightAlloc
@@ -529,7 +529,7 @@ func (d *Driver) waitInflight(co *aio.Co, first, n int64) {
 
 // markInflight marks [first, first+n) in flight. REQUIRES: metaLock held
 // and none of them in flight.
-func (d *Driver) markInflight(first, n int64) *inflightAlloc {
+func (d writer) markInflight(first, n int64) *inflightAlloc {
 	w := &inflightAlloc{}
 	d.mu.Lock()
 	for c := first; c < first+n; c++ {
@@ -540,7 +540,7 @@ func (d *Driver) markInflight(first, n int64) *inflightAlloc {
 }
 
 // finishInflight ends an in-flight allocation and wakes its waiters.
-func (d *Driver) finishInflight(w *inflightAlloc, first, n int64) {
+func (d writer) finishInflight(w *inflightAlloc, first, n int64) {
 	d.mu.Lock()
 	for c := first; c < first+n; c++ {
 		delete(d.inflight, c)
