@@ -25,19 +25,19 @@ type hostFree struct{ off, n int64 }
 // idx, loading it if needed, or nil when the refcount table has no block
 // there. errNoSpace when idx lies beyond what the refcount table covers.
 func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64, err error) {
-	cs := d.geo.ClusterSize()
-	ti, bi = d.geo.RefcountIndex(idx * cs)
+	cs := d.mu.geo.ClusterSize()
+	ti, bi = d.mu.geo.RefcountIndex(idx * cs)
 	d.mu.Lock()
-	if ti >= int64(len(d.rt)) {
+	if ti >= int64(len(d.mu.rt)) {
 		d.mu.Unlock()
 		return nil, ti, bi, errNoSpace
 	}
 	var derr error
-	if d.damage != nil {
-		derr = d.damage.RTDamage(ti)
+	if d.mu.damage != nil {
+		derr = d.mu.damage.RTDamage(ti)
 	}
-	off := int64(d.rt[ti])
-	rb = d.rb[off]
+	off := int64(d.mu.rt[ti])
+	rb = d.mu.rb[off]
 	d.mu.Unlock()
 	if derr != nil {
 		// Allocating or freeing here would trust (or write) a refcount
@@ -52,10 +52,10 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 		return nil, ti, bi, err
 	}
 	d.mu.Lock()
-	if d.rb[off] == nil {
-		d.rb[off] = &refBlock{buf: buf}
+	if d.mu.rb[off] == nil {
+		d.mu.rb[off] = &refBlock{buf: buf}
 	}
-	rb = d.rb[off]
+	rb = d.mu.rb[off]
 	d.mu.Unlock()
 	return rb, ti, bi, nil
 }
@@ -64,10 +64,10 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 // its offset. A missing refcount block is created on the way, describing
 // itself (it covers its own cluster), like QEMU's alloc_refcount_block.
 func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
-	cs := d.geo.ClusterSize()
-	order := d.geo.RefcountOrder
+	cs := d.mu.geo.ClusterSize()
+	order := d.mu.geo.RefcountOrder
 	for {
-		idx := max(d.freeIdx, 1) // R5: never cluster 0
+		idx := max(d.mu.freeIdx, 1) // R5: never cluster 0
 		rb, ti, bi, err := d.refcountBlock(co, idx)
 		if err == errNoSpace {
 			if err := d.growRefcountTable(co); err != nil {
@@ -78,8 +78,8 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if _, bogus := d.damageTargets[idx*cs]; bogus {
-			d.freeIdx = idx + 1 // pointed at by a damaged entry: never handed out
+		if _, bogus := d.mu.damageTargets[idx*cs]; bogus {
+			d.mu.freeIdx = idx + 1 // pointed at by a damaged entry: never handed out
 			continue
 		}
 		if rb == nil {
@@ -96,12 +96,12 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 				return 0, err
 			}
 			d.mu.Lock()
-			d.rb[off] = &refBlock{buf: buf, dirty: true}
-			d.rt[ti] = uint64(off)
+			d.mu.rb[off] = &refBlock{buf: buf, dirty: true}
+			d.mu.rt[ti] = uint64(off)
 			d.meta.add(off)
-			d.dirtyRT[ti] = true
+			d.mu.dirtyRT[ti] = true
 			d.growFile(off + cs)
-			d.freeIdx = idx + 1
+			d.mu.freeIdx = idx + 1
 			d.mu.Unlock()
 			continue
 		}
@@ -112,7 +112,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			return 0, err
 		}
 		if rc != 0 {
-			d.freeIdx = idx + 1
+			d.mu.freeIdx = idx + 1
 			d.mu.Unlock()
 			continue
 		}
@@ -126,7 +126,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			return 0, err
 		}
 		rb.dirty = true
-		d.freeIdx = idx + 1
+		d.mu.freeIdx = idx + 1
 		d.growFile(off + cs)
 		d.mu.Unlock()
 		return off, nil
@@ -137,8 +137,8 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 // pointing there decode (Geometry.FileSize is the end-of-file check).
 // REQUIRES: mu held.
 func (d metaIO) growFile(end int64) {
-	if end > d.geo.FileSize {
-		d.geo.FileSize = end
+	if end > d.mu.geo.FileSize {
+		d.mu.geo.FileSize = end
 		d.fileEnd.Store(end)
 	}
 }
@@ -147,8 +147,8 @@ func (d metaIO) growFile(end int64) {
 // REQUIRES: the pointer removals they stand for are durable (R2).
 func (d metaIO) applyFrees(co *aio.Co) error {
 	d.mu.Lock()
-	frees := d.pendingFrees
-	d.pendingFrees = nil
+	frees := d.mu.pendingFrees
+	d.mu.pendingFrees = nil
 	d.mu.Unlock()
 	if len(frees) == 0 {
 		return nil
@@ -156,7 +156,7 @@ func (d metaIO) applyFrees(co *aio.Co) error {
 	// Requests that mapped a cluster before its pointer went away may
 	// still be using it: let them finish before it can be reused.
 	d.waitIOEpoch(co)
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	for _, f := range frees {
 		for c := f.off &^ (cs - 1); c < f.off+f.n; c += cs {
 			if err := d.decref(co, c); err != nil {
@@ -168,7 +168,7 @@ func (d metaIO) applyFrees(co *aio.Co) error {
 }
 
 func (d metaIO) decref(co *aio.Co, off int64) error {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err != nil {
 		return err
@@ -178,14 +178,14 @@ func (d metaIO) decref(co *aio.Co, off int64) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	rc, err := format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
 	if err != nil {
 		return err
 	}
 	if rc == 0 {
 		return format.Corrupt("refcount", uint64(off), "freeing a cluster whose refcount is already 0")
 	}
-	if err := format.RefcountSet(rb.buf, d.geo.RefcountOrder, bi, rc-1); err != nil {
+	if err := format.RefcountSet(rb.buf, d.mu.geo.RefcountOrder, bi, rc-1); err != nil {
 		return err
 	}
 	rb.dirty = true
@@ -196,9 +196,9 @@ func (d metaIO) decref(co *aio.Co, off int64) error {
 			}
 		}
 		d.l2.drop(off)
-		d.zcache.buf = nil
-		if off/cs < d.freeIdx {
-			d.freeIdx = off / cs
+		d.mu.zcache.buf = nil
+		if off/cs < d.mu.freeIdx {
+			d.mu.freeIdx = off / cs
 		}
 	}
 	return nil
@@ -210,15 +210,15 @@ func (d metaIO) decref(co *aio.Co, off int64) error {
 // entry is updated in memory and queued for stage D.
 func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Table, int64, error) {
 	d.mu.Lock()
-	if l1i >= int64(len(d.l1)) {
+	if l1i >= int64(len(d.mu.l1)) {
 		d.mu.Unlock()
-		return nil, 0, format.Corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
+		return nil, 0, format.Corrupt("l1_size", uint64(len(d.mu.l1)), "guest offset beyond the L1 table")
 	}
 	var derr error
-	if d.damage != nil {
-		derr = d.damage.L1Damage(l1i)
+	if d.mu.damage != nil {
+		derr = d.mu.damage.L1Damage(l1i)
 	}
-	l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
+	l2Off, copied, err := d.mu.geo.DecodeL1Entry(d.mu.l1[l1i])
 	d.mu.Unlock()
 	if derr != nil {
 		return nil, 0, d.markDamaged(co, derr, true)
@@ -237,7 +237,7 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 		}
 		// Shared with a snapshot: copy it and let it go, so no pin is
 		// held while the new table takes a slot.
-		old = make([]byte, d.geo.ClusterSize())
+		old = make([]byte, d.mu.geo.ClusterSize())
 		d.mu.Lock()
 		copy(old, t.buf)
 		d.mu.Unlock()
@@ -256,15 +256,15 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	if old != nil {
 		// The old table stays referenced by a snapshot; the active L1
 		// drops its reference once the new L1 entry is durable.
-		d.pendingFrees = append(d.pendingFrees, hostFree{l2Off, 1})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{l2Off, 1})
 	}
-	e, _ := d.geo.EncodeL1Entry(newOff, true)
-	storeL1(d.l1, l1i, e)
+	e, _ := d.mu.geo.EncodeL1Entry(newOff, true)
+	storeL1(d.mu.l1, l1i, e)
 	d.meta.add(newOff)
 	if old != nil {
 		d.meta.del(l2Off) // now only a snapshot's (inactive) table
 	}
-	d.dirtyL1[l1i] = true
+	d.mu.dirtyL1[l1i] = true
 	d.mu.Unlock()
 	return nt, newOff, nil
 }
@@ -276,14 +276,14 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 // with `defer d.l2Unpin(t)` then `defer d.mu.Unlock()`; on error it holds
 // neither. REQUIRES: metaLock held.
 func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le format.L2Entry, e, bm uint64, err error) {
-	l1i, l2i, _ := d.geo.Split(off)
-	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+	l1i, l2i, _ := d.mu.geo.Split(off)
+	d.waitInflight(co, off/d.mu.geo.ClusterSize(), 1)
 	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return nil, 0, le, 0, 0, err
 	}
 	d.mu.Lock()
-	e, bm, _ = d.geo.L2EntryAt(t.buf, l2i)
-	if le, err = d.geo.DecodeL2Entry(e, bm); err != nil {
+	e, bm, _ = d.mu.geo.L2EntryAt(t.buf, l2i)
+	if le, err = d.mu.geo.DecodeL2Entry(e, bm); err != nil {
 		d.mu.Unlock()
 		d.l2Unpin(t)
 		return nil, 0, le, 0, 0, err
@@ -300,7 +300,7 @@ func (d metaIO) setL2EntryLocked(t *l2Table, i int64, e uint64) {
 	}
 	// One atomic store: lock-free readers (fast.go) may be reading the
 	// entry; the table's sequence tells them it changed.
-	t.t.SetWord(int(i*d.geo.L2EntrySize()/8), e)
+	t.t.SetWord(int(i*d.mu.geo.L2EntrySize()/8), e)
 	d.l2.markDirty(t)
 }
 
@@ -326,12 +326,12 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	if err := d.flushMetadata(co, nil); err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
-	perBlock := d.geo.RefcountBlockEntries()
+	cs := d.mu.geo.ClusterSize()
+	perBlock := d.mu.geo.RefcountBlockEntries()
 	d.mu.Lock()
-	oldRT := d.rt
-	oldOff, oldClusters := int64(d.hdr.RefcountTableOffset), int64(d.hdr.RefcountTableClusters)
-	start := (d.geo.FileSize + cs - 1) / cs
+	oldRT := d.mu.rt
+	oldOff, oldClusters := int64(d.mu.hdr.RefcountTableOffset), int64(d.mu.hdr.RefcountTableClusters)
+	start := (d.mu.geo.FileSize + cs - 1) / cs
 	d.mu.Unlock()
 	has := func(ti int64) bool { return ti < int64(len(oldRT)) && oldRT[ti] != 0 }
 
@@ -388,7 +388,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 			buf = blocks[int64(newRT[ti])]
 		}
 		d.mu.Lock()
-		err := format.RefcountSet(buf, d.geo.RefcountOrder, bi, 1)
+		err := format.RefcountSet(buf, d.mu.geo.RefcountOrder, bi, 1)
 		d.mu.Unlock()
 		if err != nil {
 			return err
@@ -424,17 +424,17 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 		return err
 	}
 	d.mu.Lock()
-	d.rt = newRT
-	d.hdr.RefcountTableOffset = uint64(tableOff)
-	d.hdr.RefcountTableClusters = uint32(t)
+	d.mu.rt = newRT
+	d.mu.hdr.RefcountTableOffset = uint64(tableOff)
+	d.mu.hdr.RefcountTableClusters = uint32(t)
 	for off, buf := range blocks {
-		d.rb[off] = &refBlock{buf: buf}
+		d.mu.rb[off] = &refBlock{buf: buf}
 		d.meta.add(off)
 	}
 	d.growFile(end * cs)
 	d.publishLocked()
 	// Step 4: the old table is unreachable and durable so: free it.
-	d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldClusters * cs})
+	d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{oldOff, oldClusters * cs})
 	d.mu.Unlock()
 	return nil
 }

@@ -32,8 +32,8 @@ import (
 // REQUIRES: metaLock held; the autoclear bit is durably clear.
 func (d writer) dropBitmaps(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
-	h := *d.hdr
-	fileSize := d.geo.FileSize
+	h := *d.mu.hdr
+	fileSize := d.mu.geo.FileSize
 	d.mu.Unlock()
 	if h.Bitmaps == nil || h.Version < 3 || h.BackingFile != "" {
 		// With a backing file the name would move after the end marker;
@@ -44,7 +44,7 @@ func (d writer) dropBitmaps(co *aio.Co, r *block.Request) error {
 	if err != nil {
 		return nil // damaged or hostile directory: leak, keep the extension
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	for _, c := range owned {
 		if d.overlapsMetadata(c, cs) {
 			return nil
@@ -57,7 +57,7 @@ func (d writer) dropBitmaps(co *aio.Co, r *block.Request) error {
 			return err // I/O error reading a refcount block
 		}
 		d.mu.Lock()
-		rc, err := format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+		rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
 		d.mu.Unlock()
 		if err != nil || rc == 0 {
 			return nil
@@ -94,9 +94,9 @@ func (d writer) dropBitmaps(co *aio.Co, r *block.Request) error {
 		return err
 	}
 	d.mu.Lock()
-	d.hdr.Bitmaps = nil
+	d.mu.hdr.Bitmaps = nil
 	for _, c := range owned {
-		d.pendingFrees = append(d.pendingFrees, hostFree{c, cs})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{c, cs})
 	}
 	d.mu.Unlock()
 	return nil

@@ -226,7 +226,7 @@ func TestQcow2DriverFreeWaitsForIO(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	d.mu.Lock()
-	pending := d.freeWaiter != nil
+	pending := d.mu.freeWaiter != nil
 	d.mu.Unlock()
 	if !pending {
 		t.Fatal("no free is waiting for the epoch")

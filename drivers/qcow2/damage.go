@@ -35,19 +35,19 @@ import (
 // setDamage records im's damaged entries. REQUIRES: mu held, or the
 // driver not yet shared (Open).
 func (d *Driver) setDamage(im *format.Image) {
-	d.damageTargets = nil
+	d.mu.damageTargets = nil
 	if im.DamagedL1.Len() == 0 && im.DamagedRT.Len() == 0 {
-		d.damage = nil
+		d.mu.damage = nil
 		return
 	}
 	// The clusters the damaged entries point into are never allocated:
 	// once the file grew over one, a later open would take the entry as
 	// valid and read whatever was put there as a table.
-	d.damageTargets = make(map[int64]struct{})
+	d.mu.damageTargets = make(map[int64]struct{})
 	cs := im.Geometry.ClusterSize()
 	target := func(off uint64) {
 		if o := int64(off) &^ (cs - 1); o > 0 {
-			d.damageTargets[o] = struct{}{}
+			d.mu.damageTargets[o] = struct{}{}
 		}
 	}
 	for i, e := range im.L1 {
@@ -62,7 +62,7 @@ func (d *Driver) setDamage(im *format.Image) {
 	}
 	// A copy, for messages: the driver's tables change, the damaged
 	// entries in the copy do not.
-	d.damage = &format.Image{Header: im.Header, Geometry: im.Geometry, FileSize: im.FileSize,
+	d.mu.damage = &format.Image{Header: im.Header, Geometry: im.Geometry, FileSize: im.FileSize,
 		L1: slices.Clone(im.L1), RefcountTable: slices.Clone(im.RefcountTable),
 		DamagedL1: im.DamagedL1, DamagedRT: im.DamagedRT}
 }
@@ -70,11 +70,11 @@ func (d *Driver) setDamage(im *format.Image) {
 // damageInRangeLocked returns the damage of the first damaged L1 entry
 // covering guest bytes [off, off+n). REQUIRES: mu held.
 func (d metaIO) damageInRangeLocked(off, n int64) error {
-	dm := d.damage
+	dm := d.mu.damage
 	if dm == nil || dm.DamagedL1.Len() == 0 || n <= 0 {
 		return nil
 	}
-	cov := d.geo.L1Coverage()
+	cov := d.mu.geo.L1Coverage()
 	for i := off / cov; i <= (off+n-1)/cov; i++ {
 		if err := dm.L1Damage(i); err != nil {
 			return err
@@ -86,7 +86,7 @@ func (d metaIO) damageInRangeLocked(off, n int64) error {
 // damagedLocked fails operations that walk or rewrite whole tables
 // (snapshots, amend) on a damaged image. REQUIRES: mu held.
 func (d metaIO) damagedLocked() error {
-	dm := d.damage
+	dm := d.mu.damage
 	if dm == nil {
 		return nil
 	}
@@ -123,7 +123,7 @@ func (d metaIO) damagedWriteErr(co *aio.Co, err error) error {
 		return err
 	}
 	d.mu.Lock()
-	marked := d.corruptErr != nil
+	marked := d.mu.corruptErr != nil
 	d.mu.Unlock()
 	if marked {
 		return err
@@ -141,7 +141,7 @@ func (d metaIO) damagedWriteErr(co *aio.Co, err error) error {
 func (d metaIO) markDamaged(co *aio.Co, cause error, flush bool) error {
 	if flush {
 		d.mu.Lock()
-		marked := d.corruptErr != nil
+		marked := d.mu.corruptErr != nil
 		d.mu.Unlock()
 		if !marked {
 			if ferr := d.flushMetadata(co, nil); ferr != nil {
@@ -151,12 +151,12 @@ func (d metaIO) markDamaged(co *aio.Co, cause error, flush bool) error {
 	}
 	err := fmt.Errorf("qcow2: marking image as corrupt: a write would use damaged metadata (%w); repair it with check -r all", cause)
 	d.mu.Lock()
-	first := d.corruptErr == nil
+	first := d.mu.corruptErr == nil
 	if first {
 		d.setCorruptLocked(err)
 	}
-	incompat := d.hdr.IncompatibleFeatures | format.IncompatCorrupt
-	v3 := d.hdr.Version >= 3 && !d.readOnly
+	incompat := d.mu.hdr.IncompatibleFeatures | format.IncompatCorrupt
+	v3 := d.mu.hdr.Version >= 3 && !d.readOnly
 	d.mu.Unlock()
 	if first && v3 {
 		var b [8]byte
@@ -165,12 +165,12 @@ func (d metaIO) markDamaged(co *aio.Co, cause error, flush bool) error {
 			d.fileSync(co, nil)
 		}
 		d.mu.Lock()
-		d.hdr.IncompatibleFeatures = incompat
+		d.mu.hdr.IncompatibleFeatures = incompat
 		d.mu.Unlock()
 	}
 	if !first {
 		d.mu.Lock()
-		err = d.corruptErr
+		err = d.mu.corruptErr
 		d.mu.Unlock()
 	}
 	return err

@@ -55,23 +55,23 @@ type hostRange struct{ off, n int64 }
 // damage, header offsets or snapshot list. REQUIRES: mu held, or the
 // driver not yet shared (Open).
 func (d *Driver) publishLocked() {
-	v := &fastView{geo: d.geo, l1: d.l1, damage: d.damage}
-	v.fixed = d.fixedRangesLocked(make([]hostRange, 0, 4+len(d.snaps)))
+	v := &fastView{geo: d.mu.geo, l1: d.mu.l1, damage: d.mu.damage}
+	v.fixed = d.fixedRangesLocked(make([]hostRange, 0, 4+len(d.mu.snaps)))
 	d.view.Store(v)
-	d.fileEnd.Store(d.geo.FileSize)
+	d.fileEnd.Store(d.mu.geo.FileSize)
 }
 
 // fixedRangesLocked appends the metadata ranges that are not single
 // clusters, as overlapsMetadataLocked checks them. REQUIRES: mu held.
 func (d *Driver) fixedRangesLocked(dst []hostRange) []hostRange {
-	cs := d.geo.ClusterSize()
-	h := d.hdr
+	cs := d.mu.geo.ClusterSize()
+	h := d.mu.hdr
 	dst = append(dst, hostRange{0, cs},
-		hostRange{int64(h.L1Offset), int64(len(d.l1)) * 8},
+		hostRange{int64(h.L1Offset), int64(len(d.mu.l1)) * 8},
 		hostRange{int64(h.RefcountTableOffset), int64(h.RefcountTableClusters) * cs},
-		hostRange{int64(h.SnapshotsOffset), d.snapSz})
-	for i := range d.snaps {
-		dst = append(dst, hostRange{int64(d.snaps[i].L1Offset), int64(d.snaps[i].L1Entries) * 8})
+		hostRange{int64(h.SnapshotsOffset), d.mu.snapSz})
+	for i := range d.mu.snaps {
+		dst = append(dst, hostRange{int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries) * 8})
 	}
 	return dst
 }
@@ -84,10 +84,10 @@ func (d *Driver) checkViewLocked() {
 		return
 	}
 	v := d.view.Load()
-	g, vg := d.geo, v.geo
+	g, vg := d.mu.geo, v.geo
 	g.FileSize, vg.FileSize = 0, 0
-	stale := g != vg || len(v.l1) != len(d.l1) || v.damage != d.damage ||
-		(len(v.l1) > 0 && &v.l1[0] != &d.l1[0]) || d.fileEnd.Load() != d.geo.FileSize
+	stale := g != vg || len(v.l1) != len(d.mu.l1) || v.damage != d.mu.damage ||
+		(len(v.l1) > 0 && &v.l1[0] != &d.mu.l1[0]) || d.fileEnd.Load() != d.mu.geo.FileSize
 	if !stale {
 		var buf [8]hostRange
 		fixed := d.fixedRangesLocked(buf[:0])
@@ -115,7 +115,7 @@ func storeL1(l1 []uint64, i int64, e uint64) {
 // setCorruptLocked records the error every later request fails with.
 // REQUIRES: mu held.
 func (d *Driver) setCorruptLocked(err error) {
-	d.corruptErr = err
+	d.mu.corruptErr = err
 	d.corrupt.Store(err != nil)
 }
 

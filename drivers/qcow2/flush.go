@@ -28,7 +28,7 @@ import (
 // the buffers are written in place without copies).
 func (d metaIO) flushMetadata(co *aio.Co, parent *block.Request) error {
 	d.mu.Lock()
-	err := d.corruptErr
+	err := d.mu.corruptErr
 	d.mu.Unlock()
 	if err != nil {
 		return err // R5: nothing more is written to a corrupt image
@@ -38,7 +38,7 @@ func (d metaIO) flushMetadata(co *aio.Co, parent *block.Request) error {
 			return err
 		}
 		d.mu.Lock()
-		frees := len(d.pendingFrees)
+		frees := len(d.mu.pendingFrees)
 		d.mu.Unlock()
 		if frees == 0 {
 			break
@@ -67,12 +67,12 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 	d.enterStage(stageRefblocks)
 	d.mu.Lock()
 	var rbs []int64
-	for off, b := range d.rb {
+	for off, b := range d.mu.rb {
 		if b.dirty {
 			rbs = append(rbs, off)
 		}
 	}
-	sync := d.cowPending
+	sync := d.mu.cowPending
 	d.mu.Unlock()
 	if len(rbs) > 0 {
 		// Lazy refcounts: the blocks may stay dirty behind the dirty bit.
@@ -87,7 +87,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 	slices.Sort(rbs)
 	for _, off := range rbs {
 		d.mu.Lock()
-		b := d.rb[off]
+		b := d.mu.rb[off]
 		d.mu.Unlock()
 		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
 			return err
@@ -99,22 +99,22 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		}
 		d.mu.Lock()
 		for _, off := range rbs {
-			d.rb[off].dirty = false
+			d.mu.rb[off].dirty = false
 		}
-		d.cowPending = false
+		d.mu.cowPending = false
 		d.mu.Unlock()
 	}
 
 	// Stage B: refcount table entries.
 	d.enterStage(stageReftable)
 	d.mu.Lock()
-	rts := sortedKeys(d.dirtyRT)
+	rts := sortedKeys(d.mu.dirtyRT)
 	d.mu.Unlock()
 	for _, ti := range rts {
 		var b [8]byte
 		d.mu.Lock()
-		putU64(b[:], d.rt[ti])
-		at := int64(d.hdr.RefcountTableOffset) + ti*8
+		putU64(b[:], d.mu.rt[ti])
+		at := int64(d.mu.hdr.RefcountTableOffset) + ti*8
 		d.mu.Unlock()
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
@@ -126,7 +126,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		}
 		d.mu.Lock()
 		for _, ti := range rts {
-			delete(d.dirtyRT, ti)
+			delete(d.mu.dirtyRT, ti)
 		}
 		d.mu.Unlock()
 	}
@@ -140,13 +140,13 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 	// Stage D: L1 entries.
 	d.enterStage(stageL1)
 	d.mu.Lock()
-	l1s := sortedKeys(d.dirtyL1)
+	l1s := sortedKeys(d.mu.dirtyL1)
 	d.mu.Unlock()
 	for _, i := range l1s {
 		var b [8]byte
 		d.mu.Lock()
-		putU64(b[:], d.l1[i])
-		at := int64(d.hdr.L1Offset) + i*8
+		putU64(b[:], d.mu.l1[i])
+		at := int64(d.mu.hdr.L1Offset) + i*8
 		d.mu.Unlock()
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
@@ -158,7 +158,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		}
 		d.mu.Lock()
 		for _, i := range l1s {
-			delete(d.dirtyL1, i)
+			delete(d.mu.dirtyL1, i)
 		}
 		d.mu.Unlock()
 	}
@@ -185,8 +185,8 @@ func (d metaIO) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int
 // nothing dirty it is a plain child flush (no coroutine, no allocation).
 func (d *Driver) Flush(r *block.Request) {
 	d.mu.Lock()
-	clean := d.corruptErr == nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
-		len(d.pendingFrees) == 0 && !d.cowPending && (metaOf(d).lazySkipsLocked() || !metaOf(d).anyDirtyRefblockLocked())
+	clean := d.mu.corruptErr == nil && d.l2.dirty == 0 && len(d.mu.dirtyRT) == 0 && len(d.mu.dirtyL1) == 0 &&
+		len(d.mu.pendingFrees) == 0 && !d.mu.cowPending && (metaOf(d).lazySkipsLocked() || !metaOf(d).anyDirtyRefblockLocked())
 	d.mu.Unlock()
 	if clean {
 		s := d.states.get(d)
@@ -209,7 +209,7 @@ func (d *Driver) Flush(r *block.Request) {
 }
 
 func (d metaIO) anyDirtyRefblockLocked() bool {
-	for _, b := range d.rb {
+	for _, b := range d.mu.rb {
 		if b.dirty {
 			return true
 		}
@@ -228,8 +228,8 @@ func (d metaIO) overlapsMetadata(off, n int64) bool {
 
 // REQUIRES: mu held. No allocation.
 func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
-	cs := d.geo.ClusterSize()
-	h := d.hdr
+	cs := d.mu.geo.ClusterSize()
+	h := d.mu.hdr
 	hit := func(start, length int64) bool {
 		if length <= 0 {
 			return false
@@ -238,13 +238,13 @@ func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
 		e := (start + length + cs - 1) &^ (cs - 1)
 		return off < e && s < off+n
 	}
-	if off < cs || hit(int64(h.L1Offset), int64(len(d.l1))*8) ||
+	if off < cs || hit(int64(h.L1Offset), int64(len(d.mu.l1))*8) ||
 		hit(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
-		hit(int64(h.SnapshotsOffset), d.snapSz) {
+		hit(int64(h.SnapshotsOffset), d.mu.snapSz) {
 		return true
 	}
-	for i := range d.snaps {
-		if hit(int64(d.snaps[i].L1Offset), int64(d.snaps[i].L1Entries)*8) {
+	for i := range d.mu.snaps {
+		if hit(int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries)*8) {
 			return true
 		}
 	}
@@ -264,12 +264,12 @@ func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
 func (d metaIO) markCorrupt(co *aio.Co, off int64, what string) error {
 	err := format.Corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
 	d.mu.Lock()
-	first := d.corruptErr == nil
+	first := d.mu.corruptErr == nil
 	if first {
 		d.setCorruptLocked(err)
 	}
-	incompat := d.hdr.IncompatibleFeatures | format.IncompatCorrupt
-	v3 := d.hdr.Version >= 3
+	incompat := d.mu.hdr.IncompatibleFeatures | format.IncompatCorrupt
+	v3 := d.mu.hdr.Version >= 3
 	d.mu.Unlock()
 	if first && v3 {
 		var b [8]byte

@@ -76,7 +76,7 @@ func checkFileAfterFlush(d *Driver) error {
 		return nil
 	}
 	d.mu.Lock()
-	skip := d.damage != nil || d.opts.CheckOpen || d.corruptErr != nil || d.lazy.on || d.lazy.needRepair || d.inSnapshotOp
+	skip := d.mu.damage != nil || d.opts.CheckOpen || d.mu.corruptErr != nil || d.mu.lazy.on || d.mu.lazy.needRepair || d.mu.inSnapshotOp
 	d.mu.Unlock()
 	if skip {
 		return nil

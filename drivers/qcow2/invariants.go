@@ -47,17 +47,17 @@ const (
 // which R1 and R3 rest on. Dirty refcount blocks may stay behind stage A
 // only in lazy-refcount mode. REQUIRES: mu held; metaLock held.
 func (d metaIO) checkStageLocked(s flushStage) error {
-	if s != d.flushAt+1 {
-		return fmt.Errorf("flush stage %d entered after stage %d", s, d.flushAt)
+	if s != d.mu.flushAt+1 {
+		return fmt.Errorf("flush stage %d entered after stage %d", s, d.mu.flushAt)
 	}
-	if s > stageRefblocks && d.cowPending {
+	if s > stageRefblocks && d.mu.cowPending {
 		return fmt.Errorf("flush stage %d entered with COW data not yet synced (R4)", s)
 	}
 	if s > stageRefblocks && !d.lazySkipsLocked() && d.anyDirtyRefblockLocked() {
 		return fmt.Errorf("flush stage %d entered with dirty refcount blocks (R1)", s)
 	}
-	if s > stageReftable && len(d.dirtyRT) > 0 {
-		return fmt.Errorf("flush stage %d entered with %d dirty refcount table entries (R3)", s, len(d.dirtyRT))
+	if s > stageReftable && len(d.mu.dirtyRT) > 0 {
+		return fmt.Errorf("flush stage %d entered with %d dirty refcount table entries (R3)", s, len(d.mu.dirtyRT))
 	}
 	if s > stageL2 && d.l2.dirtyCount() > 0 {
 		return fmt.Errorf("flush stage %d entered with %d dirty L2 tables (R3)", s, d.l2.dirtyCount())
@@ -73,7 +73,7 @@ func (d metaIO) enterStage(s flushStage) {
 	}
 	d.mu.Lock()
 	err := d.checkStageLocked(s)
-	d.flushAt = s
+	d.mu.flushAt = s
 	d.mu.Unlock()
 	if err != nil {
 		failInvariant(err)
@@ -83,7 +83,7 @@ func (d metaIO) enterStage(s flushStage) {
 // leaveStages ends a flushStages, finished or failed.
 func (d metaIO) leaveStages() {
 	d.mu.Lock()
-	d.flushAt = stageIdle
+	d.mu.flushAt = stageIdle
 	d.mu.Unlock()
 }
 
@@ -92,19 +92,19 @@ func (d metaIO) leaveStages() {
 // check without I/O cannot tell). No refcount block at all is refcount 0.
 // REQUIRES: mu held.
 func (d metaIO) refcountLocked(off int64) (uint64, bool) {
-	ti, bi := d.geo.RefcountIndex(off)
-	if ti >= int64(len(d.rt)) || (d.damage != nil && d.damage.DamagedRT.Has(ti)) {
+	ti, bi := d.mu.geo.RefcountIndex(off)
+	if ti >= int64(len(d.mu.rt)) || (d.mu.damage != nil && d.mu.damage.DamagedRT.Has(ti)) {
 		return 0, false
 	}
-	bo := int64(d.rt[ti])
+	bo := int64(d.mu.rt[ti])
 	if bo == 0 {
 		return 0, true
 	}
-	rb := d.rb[bo]
+	rb := d.mu.rb[bo]
 	if rb == nil {
 		return 0, false
 	}
-	rc, err := format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
 	return rc, err == nil
 }
 
@@ -112,9 +112,9 @@ func (d metaIO) refcountLocked(off int64) (uint64, bool) {
 // (one for data and preallocated zero entries, the clusters a compressed
 // entry's bytes span).
 func (d metaIO) entryClusters(e uint64, fn func(off int64) error) error {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	if e&format.EntryCompressed != 0 {
-		c, err := d.geo.DecodeCompressed(e)
+		c, err := d.mu.geo.DecodeCompressed(e)
 		if err != nil {
 			return nil // not a pointer the driver follows
 		}
@@ -149,11 +149,11 @@ func (d metaIO) checkRefcountedLocked(e uint64) error {
 // active L2 table resident in tier 1 (R2: the pointer went first).
 // REQUIRES: mu held.
 func (d metaIO) checkUnreferencedLocked(off int64) error {
-	cs := d.geo.ClusterSize()
-	n := d.geo.L2Entries()
-	for i, e1 := range d.l1 {
+	cs := d.mu.geo.ClusterSize()
+	n := d.mu.geo.L2Entries()
+	for i, e1 := range d.mu.l1 {
 		l2Off := int64(e1 & format.OffsetMask)
-		if l2Off == 0 || (d.damage != nil && d.damage.DamagedL1.Has(int64(i))) {
+		if l2Off == 0 || (d.mu.damage != nil && d.mu.damage.DamagedL1.Has(int64(i))) {
 			continue
 		}
 		if l2Off == off {
@@ -165,7 +165,7 @@ func (d metaIO) checkUnreferencedLocked(off int64) error {
 		}
 		buf := d.l2.tabs[t.Slot()].buf
 		for j := range n {
-			e, _, _ := d.geo.L2EntryAt(buf, j)
+			e, _, _ := d.mu.geo.L2EntryAt(buf, j)
 			err := d.entryClusters(e, func(c int64) error {
 				if c == off {
 					return fmt.Errorf("cluster %#x freed while guest cluster %#x (L2 table %#x entry %d) still points at it (R2)",
@@ -187,10 +187,10 @@ func (d metaIO) checkUnreferencedLocked(off int64) error {
 // REQUIRES: metaLock held (it may load refcount blocks).
 func (d metaIO) checkCopied(co *aio.Co) error {
 	d.mu.Lock()
-	l1 := append([]uint64(nil), d.l1...)
+	l1 := append([]uint64(nil), d.mu.l1...)
 	d.mu.Unlock()
 	for i, e1 := range l1 {
-		l2Off, copied, err := d.geo.DecodeL1Entry(e1)
+		l2Off, copied, err := d.mu.geo.DecodeL1Entry(e1)
 		if err != nil || l2Off == 0 {
 			continue
 		}
@@ -207,9 +207,9 @@ func (d metaIO) checkCopied(co *aio.Co) error {
 			tab = append(tab, d.l2.tabs[t.Slot()].buf...)
 		}
 		d.mu.Unlock()
-		for j := int64(0); tab != nil && j < d.geo.L2Entries(); j++ {
-			e, bm, _ := d.geo.L2EntryAt(tab, j)
-			le, err := d.geo.DecodeL2Entry(e, bm)
+		for j := int64(0); tab != nil && j < d.mu.geo.L2Entries(); j++ {
+			e, bm, _ := d.mu.geo.L2EntryAt(tab, j)
+			le, err := d.mu.geo.DecodeL2Entry(e, bm)
 			if err != nil {
 				continue
 			}

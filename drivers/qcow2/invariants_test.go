@@ -25,7 +25,7 @@ func invImage(t *testing.T) (*testEnv, *Driver, int64) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	tab := d.l2.lookup(int64(d.l1[0] & format.OffsetMask))
+	tab := d.l2.lookup(int64(d.mu.l1[0] & format.OffsetMask))
 	if tab == nil {
 		t.Fatal("L2 table not cached")
 	}
@@ -40,12 +40,12 @@ func invImage(t *testing.T) (*testEnv, *Driver, int64) {
 // test's way to corrupt the refcounts). REQUIRES: mu held.
 func setRefcountLocked(t *testing.T, d *Driver, off int64, rc uint64) {
 	t.Helper()
-	ti, bi := d.geo.RefcountIndex(off)
-	rb := d.rb[int64(d.rt[ti])]
+	ti, bi := d.mu.geo.RefcountIndex(off)
+	rb := d.mu.rb[int64(d.mu.rt[ti])]
 	if rb == nil {
 		t.Fatalf("refcount block of %#x not loaded", off)
 	}
-	if err := format.RefcountSet(rb.buf, d.geo.RefcountOrder, bi, rc); err != nil {
+	if err := format.RefcountSet(rb.buf, d.mu.geo.RefcountOrder, bi, rc); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -76,13 +76,13 @@ func TestInvariantFreedClusterUnreferenced(t *testing.T) {
 	_, d, host := invImage(t)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := metaOf(d).checkUnreferencedLocked(d.geo.FileSize + 1<<20); err != nil {
+	if err := metaOf(d).checkUnreferencedLocked(d.mu.geo.FileSize + 1<<20); err != nil {
 		t.Fatalf("check fired on an unreferenced cluster: %v", err)
 	}
 	if err := metaOf(d).checkUnreferencedLocked(host); err == nil || !strings.Contains(err.Error(), "still points at it") {
 		t.Fatalf("freeing a mapped data cluster: %v, want the R2 failure", err)
 	}
-	l2Off := int64(d.l1[0] & format.OffsetMask)
+	l2Off := int64(d.mu.l1[0] & format.OffsetMask)
 	if err := metaOf(d).checkUnreferencedLocked(l2Off); err == nil || !strings.Contains(err.Error(), "L1 entry 0") {
 		t.Fatalf("freeing the active L2 table: %v, want the R2 failure", err)
 	}
@@ -106,7 +106,7 @@ func TestInvariantCopiedAfterSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.mu.Lock()
-	t0 := d.l2.get(int64(d.l1[0] & format.OffsetMask))
+	t0 := d.l2.get(int64(d.mu.l1[0] & format.OffsetMask))
 	if t0 == nil {
 		d.mu.Unlock()
 		t.Fatal("table not in tier 1")
@@ -135,24 +135,24 @@ func TestInvariantFlushStageOrder(t *testing.T) {
 	}
 	// Nothing dirty now but the L2 table the test marks.
 	d.mu.Lock()
-	tb, ok := d.l2.set.Lookup(d.l2.key(int64(d.l1[0] & format.OffsetMask)))
+	tb, ok := d.l2.set.Lookup(d.l2.key(int64(d.mu.l1[0] & format.OffsetMask)))
 	if !ok {
 		d.mu.Unlock()
 		t.Fatal("L2 table not in tier 1")
 	}
 	d.l2.markDirty(&d.l2.tabs[tb.Slot()])
-	defer func() { d.flushAt = stageIdle; tb.Unpin(); d.mu.Unlock() }()
+	defer func() { d.mu.flushAt = stageIdle; tb.Unpin(); d.mu.Unlock() }()
 	if err := metaOf(d).checkStageLocked(stageL2); err == nil || !strings.Contains(err.Error(), "after stage 0") {
 		t.Errorf("stage C first: %v, want an order failure", err)
 	}
-	d.flushAt = stageL2
+	d.mu.flushAt = stageL2
 	if err := metaOf(d).checkStageLocked(stageL1); err == nil || !strings.Contains(err.Error(), "dirty L2 tables") {
 		t.Errorf("stage D with a dirty L2 table: %v, want the R3 failure", err)
 	}
-	d.flushAt = stageRefblocks
-	d.cowPending = true
+	d.mu.flushAt = stageRefblocks
+	d.mu.cowPending = true
 	err := metaOf(d).checkStageLocked(stageReftable)
-	d.cowPending = false
+	d.mu.cowPending = false
 	if err == nil || !strings.Contains(err.Error(), "COW data") {
 		t.Errorf("stage B with COW data unsynced: %v, want the R4 failure", err)
 	}
@@ -183,9 +183,9 @@ func TestQcow2AfterFlushCheck(t *testing.T) {
 	}
 	// Zero the on-disk refcount of the data cluster at host.
 	d.mu.Lock()
-	ti, bi := d.geo.RefcountIndex(host)
-	blockOff := int64(d.rt[ti])
-	order := d.geo.RefcountOrder
+	ti, bi := d.mu.geo.RefcountIndex(host)
+	blockOff := int64(d.mu.rt[ti])
+	order := d.mu.geo.RefcountOrder
 	d.mu.Unlock()
 	path := d.file.Node().Driver().(*raw.Driver).Path()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)

@@ -159,12 +159,12 @@ type l2Table struct {
 // L2CacheBytes (default 32 MiB), never more than twice the tables the L1
 // table can point at plus 8, and at least 4 tables.
 func (d *Driver) initL2() error {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	bytes := d.opts.L2CacheBytes
 	if bytes <= 0 {
 		bytes = defaultL2CacheBytes
 	}
-	n := min(bytes/cs, 2*int64(len(d.l1))+8, 1<<30)
+	n := min(bytes/cs, 2*int64(len(d.mu.l1))+8, 1<<30)
 	n = max(n, 4)
 	shared := d.opts.SharedCache
 	if shared == nil {
@@ -360,7 +360,7 @@ func (d metaIO) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Private
 		}
 		sn := c.snap(off)
 		d.mu.Unlock()
-		buf := make([]byte, d.geo.ClusterSize())
+		buf := make([]byte, d.mu.geo.ClusterSize())
 		if err := d.fileRead(co, parent, buf, off); err != nil {
 			return l2Private{}, err
 		}
@@ -412,7 +412,7 @@ func (d metaIO) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Tabl
 		} else {
 			sn := c.snap(off)
 			d.mu.Unlock()
-			buf := make([]byte, d.geo.ClusterSize())
+			buf := make([]byte, d.mu.geo.ClusterSize())
 			if err := d.fileRead(co, parent, buf, off); err != nil {
 				return nil, err
 			}

@@ -34,7 +34,7 @@ func l2BenchOffsets(b *testing.B, d *Driver, cov int64, inTier1 bool) []int64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := range int64(16) {
-		t := int64(d.l1[i*cov/d.geo.L1Coverage()] & format.OffsetMask)
+		t := int64(d.mu.l1[i*cov/d.mu.geo.L1Coverage()] & format.OffsetMask)
 		if _, ok := d.l2.set.Resident(d.l2.key(t)); ok == inTier1 {
 			offs = append(offs, i*cov)
 		}
@@ -58,7 +58,7 @@ func benchMapping(b *testing.B, d *Driver, offs []int64) {
 	for b.Loop() {
 		d.mu.Lock()
 		m.reset(true)
-		ext, err = format.Map(ext[:0], &d.geo, d.l1, m.fn, offs[i], 4096)
+		ext, err = format.Map(ext[:0], &d.mu.geo, d.mu.l1, m.fn, offs[i], 4096)
 		d.mu.Unlock()
 		if err != nil || len(ext) != 1 || ext[0].Kind != format.ExtentData {
 			b.Fatalf("mapping at %#x: %v %+v", offs[i], err, ext)
@@ -147,7 +147,7 @@ func BenchmarkQcow2MapNoCache(b *testing.B) {
 	d.mu.Lock()
 	tables := map[int64][]byte{}
 	for _, off := range offs {
-		l2Off := int64(d.l1[off/d.geo.L1Coverage()] & format.OffsetMask)
+		l2Off := int64(d.mu.l1[off/d.mu.geo.L1Coverage()] & format.OffsetMask)
 		tables[l2Off] = append([]byte(nil), d.l2.lookup(l2Off)...)
 	}
 	d.mu.Unlock()
@@ -158,7 +158,7 @@ func BenchmarkQcow2MapNoCache(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		d.mu.Lock()
-		ext, err = format.Map(ext[:0], &d.geo, d.l1, fn, offs[i], 4096)
+		ext, err = format.Map(ext[:0], &d.mu.geo, d.mu.l1, fn, offs[i], 4096)
 		d.mu.Unlock()
 		if err != nil || len(ext) != 1 || ext[0].Kind != format.ExtentData {
 			b.Fatalf("mapping at %#x: %v %+v", offs[i], err, ext)

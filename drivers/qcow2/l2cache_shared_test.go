@@ -157,7 +157,7 @@ func TestQcow2L2SharedCopyNeverStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.mu.Lock()
-	t0 := int64(d.l1[0] & format.OffsetMask)
+	t0 := int64(d.mu.l1[0] & format.OffsetMask)
 	_, inTier1 := d.l2.set.Resident(d.l2.key(t0))
 	d.mu.Unlock()
 	if inTier1 || !shared.offered(d.l2.key(t0)) {
@@ -196,8 +196,8 @@ func TestQcow2L2SharedCopyNeverStale(t *testing.T) {
 func l2BareDriver(t *testing.T, shared cache.Clean) *Driver {
 	t.Helper()
 	d := &Driver{opts: DriverOptions{L2CacheBytes: 4 * 512, SharedCache: shared}}
-	d.geo = format.Geometry{ClusterBits: 9, Size: 1 << 20}
-	d.l1 = make([]uint64, 64)
+	d.mu.geo = format.Geometry{ClusterBits: 9, Size: 1 << 20}
+	d.mu.l1 = make([]uint64, 64)
 	if err := d.initL2(); err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +479,7 @@ func TestL2HintHitsKeepRecency(t *testing.T) {
 	tableOff := func(i int) int64 {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return int64(d.l1[int64(i)*cov/d.geo.L1Coverage()] & format.OffsetMask)
+		return int64(d.mu.l1[int64(i)*cov/d.mu.geo.L1Coverage()] & format.OffsetMask)
 	}
 	resident := func(i int) bool {
 		off := tableOff(i)

@@ -106,7 +106,7 @@ func (d reader) readLocked(r *block.Request) {
 	m.reset(true)
 	d.mu.Lock()
 	d.checkViewLocked()
-	err := d.corruptErr
+	err := d.mu.corruptErr
 	fast := err == nil
 	if fast {
 		switch host, how := d.mapData(m, r.Off, r.Len); how {
@@ -119,7 +119,7 @@ func (d reader) readLocked(r *block.Request) {
 		case mapMiss:
 			fast = false
 		default:
-			s.ext, err = format.Map(s.ext[:0], &d.geo, d.l1, m.fn, r.Off, r.Len)
+			s.ext, err = format.Map(s.ext[:0], &d.mu.geo, d.mu.l1, m.fn, r.Off, r.Len)
 			if err == errMiss {
 				err, fast = nil, false
 			}
@@ -262,7 +262,7 @@ const (
 // found is left in m for that Map, so the lookup is counted once.
 // No allocation. REQUIRES: mu held.
 func (d reader) mapData(m *l2Mapper, off, n int64) (int64, int) {
-	l2Off, ok := d.geo.OneClusterL2(d.l1, off, n)
+	l2Off, ok := d.mu.geo.OneClusterL2(d.mu.l1, off, n)
 	if !ok {
 		return 0, mapOther
 	}
@@ -272,7 +272,7 @@ func (d reader) mapData(m *l2Mapper, off, n int64) (int64, int) {
 		return 0, mapMiss
 	}
 	m.foundOff, m.foundBuf = l2Off, table
-	host, ok := d.geo.DataHost(table, off)
+	host, ok := d.mu.geo.DataHost(table, off)
 	if !ok {
 		return 0, mapOther
 	}
@@ -308,17 +308,17 @@ func (d reader) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent,
 	m.reset(false)
 	for tries := 0; ; tries++ {
 		d.mu.Lock()
-		if err := d.corruptErr; err != nil {
+		if err := d.mu.corruptErr; err != nil {
 			d.mu.Unlock()
 			return dst, err
 		}
-		if d.damage != nil {
+		if d.mu.damage != nil {
 			if err := d.damageInRangeLocked(off, n); err != nil {
 				d.mu.Unlock()
 				return dst[:0], err
 			}
 		}
-		ext, err := format.Map(dst[:0], &d.geo, d.l1, m.fn, off, n)
+		ext, err := format.Map(dst[:0], &d.mu.geo, d.mu.l1, m.fn, off, n)
 		d.mu.Unlock()
 		if err != errMiss {
 			return ext, err
@@ -340,7 +340,7 @@ func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, 
 	var win [][]byte
 	var cbuf []byte
 	var skip int64
-	cov := d.geo.L1Coverage()
+	cov := d.mu.geo.L1Coverage()
 	for n > 0 {
 		chunk := min(n, (off/cov+1)*cov-off)
 		var err error
@@ -357,12 +357,12 @@ func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, 
 				}
 			case format.ExtentCompressed:
 				if cbuf == nil {
-					cbuf = make([]byte, d.geo.ClusterSize())
+					cbuf = make([]byte, d.mu.geo.ClusterSize())
 				}
 				if err := d.inflateCached(co, parent, cbuf, x.Compressed); err != nil {
 					return err
 				}
-				in := x.GuestOff & (d.geo.ClusterSize() - 1)
+				in := x.GuestOff & (d.mu.geo.ClusterSize() - 1)
 				block.CopyToIov(iov, skip, cbuf[in:in+x.Len])
 			case format.ExtentUnallocated:
 				if err := d.readBacking(co, parent, iov, skip, x.GuestOff, x.Len); err != nil {
@@ -384,9 +384,9 @@ func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, 
 // compressed cluster would otherwise inflate it once per request).
 func (d reader) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	d.mu.Lock()
-	hit := d.zcache.buf != nil && d.zcache.desc == c
+	hit := d.mu.zcache.buf != nil && d.mu.zcache.desc == c
 	if hit {
-		copy(dst, d.zcache.buf)
+		copy(dst, d.mu.zcache.buf)
 	}
 	d.mu.Unlock()
 	if hit {
@@ -396,11 +396,11 @@ func (d reader) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c f
 		return err
 	}
 	d.mu.Lock()
-	if d.zcache.buf == nil {
-		d.zcache.buf = make([]byte, len(dst))
+	if d.mu.zcache.buf == nil {
+		d.mu.zcache.buf = make([]byte, len(dst))
 	}
-	copy(d.zcache.buf, dst)
-	d.zcache.desc = c
+	copy(d.mu.zcache.buf, dst)
+	d.mu.zcache.desc = c
 	d.mu.Unlock()
 	return nil
 }
@@ -408,14 +408,14 @@ func (d reader) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c f
 // readCompressed inflates the compressed cluster described by c into dst.
 func (d reader) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	size := c.Size()
-	if size <= 0 || size > 2*d.geo.ClusterSize() {
+	if size <= 0 || size > 2*d.mu.geo.ClusterSize() {
 		return format.Corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
 	}
 	src := make([]byte, size)
 	if err := d.fileRead(co, parent, src, c.HostOff); err != nil {
 		return err
 	}
-	return format.DecompressCluster(dst, src, d.hdr.CompressionType)
+	return format.DecompressCluster(dst, src, d.mu.hdr.CompressionType)
 }
 
 // readBacking fills [skip, skip+n) of iov with the backing node's bytes at
@@ -443,8 +443,8 @@ func (d reader) readBacking(co *aio.Co, parent *block.Request, iov [][]byte, ski
 func (d *Driver) BlockStatus(r *block.Request) {
 	s := d.states.get(d)
 	d.mu.Lock()
-	end := min(r.Off+r.Len, d.geo.Size)
-	cov := d.geo.L1Coverage()
+	end := min(r.Off+r.Len, d.mu.geo.Size)
+	cov := d.mu.geo.L1Coverage()
 	n := min(end, (r.Off/cov+1)*cov) - r.Off
 	var err error
 	miss := false
@@ -455,7 +455,7 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		return
 	}
 	s.m.reset(true)
-	s.ext, err = format.Map(s.ext[:0], &d.geo, d.l1, s.m.fn, r.Off, n)
+	s.ext, err = format.Map(s.ext[:0], &d.mu.geo, d.mu.l1, s.m.fn, r.Off, n)
 	if err == errMiss {
 		miss, err = true, nil
 	}
@@ -522,8 +522,8 @@ func (d *Driver) unhold(e uint32) {
 	}
 	d.mu.Lock()
 	var w *aio.Co
-	if d.ioActive[e&1].n.Load() == 0 && d.freeWaiter != nil && d.freeParity == e&1 {
-		w, d.freeWaiter = d.freeWaiter, nil
+	if d.ioActive[e&1].n.Load() == 0 && d.mu.freeWaiter != nil && d.mu.freeParity == e&1 {
+		w, d.mu.freeWaiter = d.mu.freeWaiter, nil
 		d.freeWaiting.Store(false)
 	}
 	d.mu.Unlock()
@@ -539,7 +539,7 @@ func (d *Driver) waitIOEpoch(co *aio.Co) {
 	old := d.ioEpoch.Load()
 	d.ioEpoch.Store(old + 1)
 	for {
-		d.freeWaiter, d.freeParity = co, old&1
+		d.mu.freeWaiter, d.mu.freeParity = co, old&1
 		d.freeWaiting.Store(true)
 		if d.ioActive[old&1].n.Load() == 0 {
 			break
@@ -548,7 +548,7 @@ func (d *Driver) waitIOEpoch(co *aio.Co) {
 		co.Yield()
 		d.mu.Lock()
 	}
-	d.freeWaiter = nil
+	d.mu.freeWaiter = nil
 	d.freeWaiting.Store(false)
 	d.mu.Unlock()
 }

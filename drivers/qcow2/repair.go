@@ -673,9 +673,9 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 		return &block.Error{Kind: block.Unsupported, Op: r.Op, Node: d.nodeName(), Err: syscall.EACCES}
 	}
 	d.mu.Lock()
-	busy := len(d.inflight) > 0
-	cerr := d.corruptErr
-	dirty := d.l2.dirty > 0 || len(d.dirtyRT) > 0 || len(d.dirtyL1) > 0 || len(d.pendingFrees) > 0 || d.anyDirtyRefblockLocked()
+	busy := len(d.mu.inflight) > 0
+	cerr := d.mu.corruptErr
+	dirty := d.l2.dirty > 0 || len(d.mu.dirtyRT) > 0 || len(d.mu.dirtyL1) > 0 || len(d.mu.pendingFrees) > 0 || d.anyDirtyRefblockLocked()
 	d.mu.Unlock()
 	if busy {
 		return &block.Error{Kind: block.Io, Op: r.Op, Node: d.nodeName(), Err: syscall.EBUSY}
@@ -698,7 +698,7 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 		// the refcount repair too), then mark the image clean if that
 		// was all that was wrong.
 		d.mu.Lock()
-		snaps, size := d.snaps, d.geo.Size
+		snaps, size := d.mu.snaps, d.mu.geo.Size
 		d.mu.Unlock()
 		if err := d.writeSnapshotTable(co, normalizedSnapshots(snaps, size)); err != nil {
 			res.CheckErrors++
@@ -723,12 +723,12 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	if lerr != nil {
 		// The in-memory metadata no longer matches the file.
-		if d.corruptErr == nil {
+		if d.mu.corruptErr == nil {
 			d.setCorruptLocked(lerr)
 		}
 	} else if rerr == nil && res.CheckErrors == 0 && res.Corruptions == 0 {
 		d.setCorruptLocked(nil)
-		d.lazy.needRepair = false
+		d.mu.lazy.needRepair = false
 	}
 	d.mu.Unlock()
 	if rerr != nil {
@@ -752,20 +752,20 @@ func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.hdr, d.l1, d.rt = im.Header, im.L1, im.RefcountTable
-	fs := max(d.geo.FileSize, im.Geometry.FileSize)
-	d.geo = im.Geometry
-	d.geo.FileSize = fs
-	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.mu.hdr, d.mu.l1, d.mu.rt = im.Header, im.L1, im.RefcountTable
+	fs := max(d.mu.geo.FileSize, im.Geometry.FileSize)
+	d.mu.geo = im.Geometry
+	d.mu.geo.FileSize = fs
+	d.mu.snaps, d.mu.snapSz = im.Snapshots, im.SnapshotTableSize
 	d.setDamage(im)
-	d.rb = make(map[int64]*refBlock)
+	d.mu.rb = make(map[int64]*refBlock)
 	d.resetMetaClusters()
 	d.publishLocked()
 	for _, off := range l2Fixed {
 		d.l2.drop(off)
 	}
-	d.freeIdx = 0
-	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&format.IncompatDirty != 0
+	d.mu.freeIdx = 0
+	d.mu.lazy.dirtyOnDisk = d.mu.hdr.IncompatibleFeatures&format.IncompatDirty != 0
 	return nil
 }
 
@@ -788,7 +788,7 @@ func (d maintOps) openRepair(file *block.Node) (relaxed bool, err error) {
 		return false, nil
 	}
 	if d.opts.CheckOpen {
-		d.lazy.needRepair = true
+		d.mu.lazy.needRepair = true
 		return true, nil
 	}
 	if incompat&format.IncompatCorrupt != 0 || incompat&^format.IncompatKnown != 0 {

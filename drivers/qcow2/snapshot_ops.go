@@ -106,8 +106,8 @@ type SnapshotCreateOptions struct {
 func (d *Driver) Snapshots() []format.Snapshot {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]format.Snapshot, len(d.snaps))
-	copy(out, d.snaps)
+	out := make([]format.Snapshot, len(d.mu.snaps))
+	copy(out, d.mu.snaps)
 	for i := range out {
 		out[i].ExtraUnknown = append([]byte(nil), out[i].ExtraUnknown...)
 	}
@@ -119,11 +119,11 @@ func (d *Driver) Snapshots() []format.Snapshot {
 func (d *Driver) FindSnapshot(idOrName string) (format.Snapshot, int, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	i := findSnapshot(d.snaps, idOrName)
+	i := findSnapshot(d.mu.snaps, idOrName)
 	if i < 0 {
 		return format.Snapshot{}, -1, false
 	}
-	return d.snaps[i], i, true
+	return d.mu.snaps[i], i, true
 }
 
 func findSnapshot(snaps []format.Snapshot, idOrName string) int {
@@ -197,7 +197,7 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 		}
 		return &SnapshotError{Op: op, Snapshot: what, Err: err}
 	}
-	if d.node == nil || d.hdr == nil {
+	if d.node == nil || d.mu.hdr == nil {
 		return wrap(errors.New("qcow2: image is not open"))
 	}
 	if d.readOnly {
@@ -214,11 +214,11 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 	ctx.Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
 		d.mu.Lock()
-		d.inSnapshotOp = true
+		d.mu.inSnapshotOp = true
 		d.mu.Unlock()
 		err = fn(co)
 		d.mu.Lock()
-		d.inSnapshotOp = false
+		d.mu.inSnapshotOp = false
 		d.mu.Unlock()
 		if invariants.Enabled && err == nil {
 			if cerr := d.checkCopied(co); cerr != nil {
@@ -253,14 +253,14 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 // break until the operation ends, so what the caller reads next is stable.
 func (d snapshotOps) snapshotStart(co *aio.Co) error {
 	d.mu.Lock()
-	err := d.corruptErr
+	err := d.mu.corruptErr
 	if err == nil {
 		err = d.repairPendingLocked()
 	}
 	if err == nil {
 		err = d.damagedLocked()
 	}
-	guest := (d.geo.Size + d.geo.ClusterSize() - 1) / d.geo.ClusterSize()
+	guest := (d.mu.geo.Size + d.mu.geo.ClusterSize() - 1) / d.mu.geo.ClusterSize()
 	d.mu.Unlock()
 	if err != nil {
 		return err
@@ -284,9 +284,9 @@ func (d snapshotOps) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (
 		return format.Snapshot{}, err
 	}
 	d.mu.Lock()
-	snaps := d.snaps
-	l1 := append([]uint64(nil), d.l1...)
-	size := d.geo.Size
+	snaps := d.mu.snaps
+	l1 := append([]uint64(nil), d.mu.l1...)
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if len(snaps) >= format.MaxSnapshots {
 		return format.Snapshot{}, format.Limit("nb_snapshots", uint64(len(snaps)), "too many snapshots")
@@ -323,7 +323,7 @@ func (d snapshotOps) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (
 
 	// The snapshot's L1 table: a copy of the active one, COPIED clear
 	// (the flag means nothing in an inactive table).
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	if len(l1) > 0 {
 		off, err := d.allocContiguous(co, (int64(len(l1))*8+cs-1)/cs)
 		if err != nil {
@@ -387,7 +387,7 @@ func (d snapshotOps) abortSnapshotAlloc(co *aio.Co, off, n int64) {
 		return
 	}
 	d.mu.Lock()
-	d.pendingFrees = append(d.pendingFrees, hostFree{off, n})
+	d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{off, n})
 	d.mu.Unlock()
 	d.flushAllMetadata(co, nil)
 }
@@ -427,7 +427,7 @@ func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) err
 	if err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	var off int64
 	if len(snaps) > 0 {
 		if off, err = d.allocContiguous(co, (int64(len(tb))+cs-1)/cs); err != nil {
@@ -455,12 +455,12 @@ func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) err
 		return err
 	}
 	d.mu.Lock()
-	oldOff, oldSz := int64(d.hdr.SnapshotsOffset), d.snapSz
-	d.hdr.SnapshotCount, d.hdr.SnapshotsOffset = n, uint64(off)
-	d.snaps, d.snapSz = snaps, int64(len(tb))
+	oldOff, oldSz := int64(d.mu.hdr.SnapshotsOffset), d.mu.snapSz
+	d.mu.hdr.SnapshotCount, d.mu.hdr.SnapshotsOffset = n, uint64(off)
+	d.mu.snaps, d.mu.snapSz = snaps, int64(len(tb))
 	d.publishLocked()
 	if oldSz > 0 && oldOff != 0 {
-		d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldSz})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{oldOff, oldSz})
 	}
 	d.mu.Unlock()
 	return d.flushAllMetadata(co, nil)
@@ -472,7 +472,7 @@ func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) err
 // rewrites COPIED flags in those tables.
 func (d snapshotOps) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint64, error) {
 	d.mu.Lock()
-	err := format.ValidateSnapshot(sn, i, &d.geo, 0)
+	err := format.ValidateSnapshot(sn, i, &d.mu.geo, 0)
 	d.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -492,7 +492,7 @@ func (d snapshotOps) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]u
 	for j := range l1 {
 		e := uint64(buf[j*8])<<56 | uint64(buf[j*8+1])<<48 | uint64(buf[j*8+2])<<40 | uint64(buf[j*8+3])<<32 |
 			uint64(buf[j*8+4])<<24 | uint64(buf[j*8+5])<<16 | uint64(buf[j*8+6])<<8 | uint64(buf[j*8+7])
-		l2Off, _, err := d.geo.DecodeL1Entry(e)
+		l2Off, _, err := d.mu.geo.DecodeL1Entry(e)
 		if err != nil {
 			return nil, format.WithField(err, format.Indexed(field, uint64(j)))
 		}
@@ -507,8 +507,8 @@ func (d snapshotOps) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]u
 // isOtherMetadataLocked reports whether cluster off holds metadata that is
 // not an L2 table. REQUIRES: mu held.
 func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
-	cs := d.geo.ClusterSize()
-	h := d.hdr
+	cs := d.mu.geo.ClusterSize()
+	h := d.mu.hdr
 	in := func(start, n int64) bool {
 		if n <= 0 {
 			return false
@@ -516,17 +516,17 @@ func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
 		s := start &^ (cs - 1)
 		return off >= s && off < start+n
 	}
-	if off < cs || in(int64(h.L1Offset), int64(len(d.l1))*8) ||
+	if off < cs || in(int64(h.L1Offset), int64(len(d.mu.l1))*8) ||
 		in(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
-		in(int64(h.SnapshotsOffset), d.snapSz) {
+		in(int64(h.SnapshotsOffset), d.mu.snapSz) {
 		return true
 	}
-	for i := range d.snaps {
-		if in(int64(d.snaps[i].L1Offset), int64(d.snaps[i].L1Entries)*8) {
+	for i := range d.mu.snaps {
+		if in(int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries)*8) {
 			return true
 		}
 	}
-	for _, e := range d.rt {
+	for _, e := range d.mu.rt {
 		if int64(e) == off {
 			return true
 		}
@@ -539,14 +539,14 @@ func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 		return err
 	}
 	d.mu.Lock()
-	i := findSnapshot(d.snaps, idOrName)
+	i := findSnapshot(d.mu.snaps, idOrName)
 	var sn format.Snapshot
 	if i >= 0 {
-		sn = d.snaps[i]
+		sn = d.mu.snaps[i]
 	}
-	oldSize := d.geo.Size
-	cb, ext := d.geo.ClusterBits, d.geo.ExtendedL2
-	v2 := d.hdr.Version < 3
+	oldSize := d.mu.geo.Size
+	cb, ext := d.mu.geo.ClusterBits, d.mu.geo.ExtendedL2
+	v2 := d.mu.hdr.Version < 3
 	d.mu.Unlock()
 	if i < 0 {
 		return ErrSnapshotNotFound
@@ -593,7 +593,7 @@ func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	}
 
 	// The new active L1: fresh clusters, then the switch (R3, R6).
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	newLen := int64(len(snapL1))
 	off, err := d.allocContiguous(co, max((newLen*8+cs-1)/cs, 1))
 	if err != nil {
@@ -646,16 +646,16 @@ func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	}
 
 	d.mu.Lock()
-	oldL1, oldL1Off := d.l1, int64(d.hdr.L1Offset)
-	d.l1 = snapL1
-	if d.l1 == nil {
-		d.l1 = []uint64{}
+	oldL1, oldL1Off := d.mu.l1, int64(d.mu.hdr.L1Offset)
+	d.mu.l1 = snapL1
+	if d.mu.l1 == nil {
+		d.mu.l1 = []uint64{}
 	}
 	d.resetMetaClusters() // the old active tables out, the new ones in
-	clear(d.dirtyL1)
-	d.hdr.L1Offset, d.hdr.L1Entries = uint64(off), uint32(newLen)
-	d.hdr.Size, d.geo.Size = newSize, int64(newSize)
-	d.zcache.buf = nil
+	clear(d.mu.dirtyL1)
+	d.mu.hdr.L1Offset, d.mu.hdr.L1Entries = uint64(off), uint32(newLen)
+	d.mu.hdr.Size, d.mu.geo.Size = newSize, int64(newSize)
+	d.mu.zcache.buf = nil
 	d.publishLocked()
 	d.mu.Unlock()
 
@@ -679,10 +679,10 @@ func (d snapshotOps) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
 		return err
 	}
 	d.mu.Lock()
-	i := findSnapshot(d.snaps, idOrName)
+	i := findSnapshot(d.mu.snaps, idOrName)
 	var sn format.Snapshot
-	snaps := d.snaps
-	size := d.geo.Size
+	snaps := d.mu.snaps
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if i < 0 {
 		return ErrSnapshotNotFound
@@ -723,10 +723,10 @@ var errStopWalk = errors.New("stop")
 // names (a compressed range spanning two clusters gives two calls), then
 // the table itself. REQUIRES: metaLock held (the tables do not change meanwhile).
 func (d snapshotOps) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) error {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	var buf []byte
 	for i, e := range l1 {
-		l2Off, _, err := d.geo.DecodeL1Entry(e)
+		l2Off, _, err := d.mu.geo.DecodeL1Entry(e)
 		if err != nil {
 			return format.WithField(err, format.Indexed("l1_table", uint64(i)))
 		}
@@ -736,9 +736,9 @@ func (d snapshotOps) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error)
 		if buf, err = d.copyL2(co, l2Off, buf); err != nil {
 			return err
 		}
-		for j := int64(0); j < d.geo.L2Entries(); j++ {
-			e, bm, _ := d.geo.L2EntryAt(buf, j)
-			le, err := d.geo.DecodeL2Entry(e, bm)
+		for j := int64(0); j < d.mu.geo.L2Entries(); j++ {
+			e, bm, _ := d.mu.geo.L2EntryAt(buf, j)
+			le, err := d.mu.geo.DecodeL2Entry(e, bm)
 			if err != nil {
 				return format.WithField(err, "l2_table@"+format.HexString(uint64(l2Off))+format.Indexed("", uint64(j)))
 			}
@@ -817,7 +817,7 @@ func (d snapshotOps) decrefAll(co *aio.Co, l1 []uint64) error {
 
 // decrefRange removes one reference from every cluster of [off, off+n).
 func (d snapshotOps) decrefRange(co *aio.Co, off, n int64) error {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	for c := off &^ (cs - 1); c < off+n; c += cs {
 		if err := d.decref(co, c); err != nil {
 			return err
@@ -829,7 +829,7 @@ func (d snapshotOps) decrefRange(co *aio.Co, off, n int64) error {
 // incref adds one to the refcount of the cluster at off, which must be in
 // use (refcount ≥ 1) and below the refcount maximum.
 func (d snapshotOps) incref(co *aio.Co, off int64) error {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace {
 		return format.Corrupt("refcount", uint64(off), "referenced cluster lies beyond the refcount table")
@@ -842,7 +842,7 @@ func (d snapshotOps) incref(co *aio.Co, off int64) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	order := d.geo.RefcountOrder
+	order := d.mu.geo.RefcountOrder
 	rc, err := format.RefcountGet(rb.buf, order, bi)
 	if err != nil {
 		return err
@@ -851,7 +851,7 @@ func (d snapshotOps) incref(co *aio.Co, off int64) error {
 		return format.Corrupt("refcount", uint64(off), "referenced cluster has refcount 0")
 	}
 	if rc >= format.RefcountMax(order) {
-		return format.Limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.geo.RefcountBits()))+")")
+		return format.Limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.mu.geo.RefcountBits()))+")")
 	}
 	if err := format.RefcountSet(rb.buf, order, bi, rc+1); err != nil {
 		return err
@@ -862,7 +862,7 @@ func (d snapshotOps) incref(co *aio.Co, off int64) error {
 
 // refcountOf returns the in-memory refcount of the cluster at off.
 func (d metaIO) refcountOf(co *aio.Co, off int64) (uint64, error) {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace || (err == nil && rb == nil) {
 		return 0, nil
@@ -872,14 +872,14 @@ func (d metaIO) refcountOf(co *aio.Co, off int64) (uint64, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	return format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
 }
 
 // fixActiveCopied sets COPIED exactly where the refcount is 1 in the
 // active L1 table and its L2 tables (R7).
 func (d snapshotOps) fixActiveCopied(co *aio.Co) error {
 	d.mu.Lock()
-	l1 := d.l1
+	l1 := d.mu.l1
 	d.mu.Unlock()
 	return d.fixCopied(co, l1, true)
 }
@@ -895,7 +895,7 @@ func (d snapshotOps) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 		d.mu.Lock()
 		e := l1[i]
 		d.mu.Unlock()
-		l2Off, copied, err := d.geo.DecodeL1Entry(e)
+		l2Off, copied, err := d.mu.geo.DecodeL1Entry(e)
 		if err != nil {
 			return format.WithField(err, format.Indexed("l1_table", uint64(i)))
 		}
@@ -910,7 +910,7 @@ func (d snapshotOps) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 			d.mu.Lock()
 			storeL1(l1, int64(i), e&^format.EntryCopied|copiedBit(want))
 			if active {
-				d.dirtyL1[int64(i)] = true
+				d.mu.dirtyL1[int64(i)] = true
 			}
 			d.mu.Unlock()
 		}
@@ -941,11 +941,11 @@ func (d snapshotOps) fixL2Copied(co *aio.Co, l2Off int64) error {
 		return err
 	}
 	defer d.l2Release(t)
-	for j := int64(0); j < d.geo.L2Entries(); j++ {
+	for j := int64(0); j < d.mu.geo.L2Entries(); j++ {
 		d.mu.Lock()
-		e, bm, _ := d.geo.L2EntryAt(t.buf, j)
+		e, bm, _ := d.mu.geo.L2EntryAt(t.buf, j)
 		d.mu.Unlock()
-		le, err := d.geo.DecodeL2Entry(e, bm)
+		le, err := d.mu.geo.DecodeL2Entry(e, bm)
 		if err != nil {
 			return format.WithField(err, "l2_table@"+format.HexString(uint64(l2Off))+format.Indexed("", uint64(j)))
 		}

@@ -35,20 +35,20 @@ import (
 // inPlaceLocked appends to s.ext the host runs of [off, off+n) if every
 // cluster is NORMAL with COPIED and cached. REQUIRES: mu held.
 func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	end := off + n
-	if off < 0 || n < 0 || end > d.geo.Size {
+	if off < 0 || n < 0 || end > d.mu.geo.Size {
 		return false
 	}
 	for off < end {
-		l1i, l2i, in := d.geo.Split(off)
-		if l1i >= int64(len(d.l1)) {
+		l1i, l2i, in := d.mu.geo.Split(off)
+		if l1i >= int64(len(d.mu.l1)) {
 			return false
 		}
-		if d.damage != nil && d.damage.DamagedL1.Has(l1i) {
+		if d.mu.damage != nil && d.mu.damage.DamagedL1.Has(l1i) {
 			return false
 		}
-		l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
+		l2Off, copied, err := d.mu.geo.DecodeL1Entry(d.mu.l1[l1i])
 		if err != nil || l2Off == 0 || !copied {
 			return false
 		}
@@ -56,13 +56,13 @@ func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
 		if t == nil {
 			return false
 		}
-		e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-		le, err := d.geo.DecodeL2Entry(e, bm)
+		e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+		le, err := d.mu.geo.DecodeL2Entry(e, bm)
 		if err != nil || le.Type != format.Normal || !le.Copied {
 			return false
 		}
 		k := min(end-off, cs-in)
-		if d.geo.ExtendedL2 && !subclustersAllocated(&d.geo, le.Bitmap, in, k) {
+		if d.mu.geo.ExtendedL2 && !subclustersAllocated(&d.mu.geo, le.Bitmap, in, k) {
 			return false
 		}
 		host := le.HostOff + in
@@ -88,7 +88,7 @@ func (d *Driver) Write(r *block.Request) {
 	}
 	s := d.states.get(d)
 	d.mu.Lock()
-	fast := d.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
+	fast := d.mu.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
 	if fast {
 		s.epoch, s.held = d.hold(), true
 	}
@@ -126,7 +126,7 @@ func (d writer) startWrite(s *reqState, r *block.Request) {
 
 func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
 		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
@@ -139,7 +139,7 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	var win [][]byte
 	var skip int64
 	off, end := r.Off, r.Off+r.Len
@@ -184,8 +184,8 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 // bitmaps extension and frees the bitmaps' clusters (dropBitmaps).
 func (d writer) prepareWrite(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
-	err, ready := d.corruptErr, d.headerReady.Load()
-	clr := d.hdr.AutoclearToClear(0)
+	err, ready := d.mu.corruptErr, d.headerReady.Load()
+	clr := d.mu.hdr.AutoclearToClear(0)
 	if err == nil {
 		err = d.repairPendingLocked() // CheckOpen of a dirty image (lazy.go)
 	}
@@ -196,9 +196,9 @@ func (d writer) prepareWrite(co *aio.Co, r *block.Request) error {
 	if ready {
 		return nil
 	}
-	if clr != 0 && d.hdr.Version >= 3 {
+	if clr != 0 && d.mu.hdr.Version >= 3 {
 		var b [8]byte
-		v := d.hdr.AutoclearFeatures &^ clr
+		v := d.mu.hdr.AutoclearFeatures &^ clr
 		putU64(b[:], v)
 		if err := d.fileWrite(co, r, b[:], 88); err != nil {
 			return err
@@ -207,7 +207,7 @@ func (d writer) prepareWrite(co *aio.Co, r *block.Request) error {
 			return err
 		}
 		d.mu.Lock()
-		d.hdr.AutoclearFeatures = v
+		d.mu.hdr.AutoclearFeatures = v
 		d.mu.Unlock()
 		if clr&format.AutoclearBitmaps != 0 {
 			if err := d.dropBitmaps(co, r); err != nil {
@@ -230,11 +230,11 @@ func putU64(b []byte, v uint64) {
 // writeCluster writes win (k bytes) at guest offset off, inside one
 // cluster. REQUIRES: metaLock held.
 func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
-	if d.geo.ExtendedL2 {
+	if d.mu.geo.ExtendedL2 {
 		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
 	}
-	cs := d.geo.ClusterSize()
-	l1i, l2i, in := d.geo.Split(off)
+	cs := d.mu.geo.ClusterSize()
+	l1i, l2i, in := d.mu.geo.Split(off)
 	gc := off / cs
 	d.waitInflight(co, gc, 1)
 	t, _, err := d.l2ForWrite(co, r, l1i)
@@ -243,8 +243,8 @@ func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k 
 	}
 	defer d.l2Unpin(t)
 	d.mu.Lock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err := d.geo.DecodeL2Entry(e, bm)
+	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+	le, err := d.mu.geo.DecodeL2Entry(e, bm)
 	d.mu.Unlock()
 	if err != nil {
 		return err
@@ -271,7 +271,7 @@ func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k 
 		}
 	} else {
 		d.mu.Lock()
-		fileEnd := d.geo.FileSize
+		fileEnd := d.mu.geo.FileSize
 		d.mu.Unlock()
 		if newOff, err = d.allocCluster(co); err != nil {
 			return err
@@ -283,7 +283,7 @@ func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k 
 	}
 	start := off - in
 	d.mu.Lock()
-	valid := min(cs, d.geo.Size-start) // the last cluster may be partial
+	valid := min(cs, d.mu.geo.Size-start) // the last cluster may be partial
 	d.mu.Unlock()
 	// The data (and COW) I/O runs without metaLock, so allocating writes
 	// to other clusters proceed meanwhile; the guest cluster is marked in
@@ -324,19 +324,19 @@ func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k 
 		}
 		return d.abortAlloc(newOff, err)
 	}
-	ne, err := d.geo.EncodeL2Entry(format.Normal, newOff, true)
+	ne, err := d.mu.geo.EncodeL2Entry(format.Normal, newOff, true)
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
-	d.cowPending = true
+	d.mu.cowPending = true
 	d.setL2EntryLocked(t, l2i, ne)
 	switch {
 	case reuse:
 	case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-		d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 	case le.Type == format.Compressed:
-		d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 	}
 	d.mu.Unlock()
 	return nil
@@ -361,7 +361,7 @@ func (d writer) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L
 // decrement may happen at once.
 func (d metaIO) abortAlloc(off int64, err error) error {
 	d.mu.Lock()
-	d.pendingFrees = append(d.pendingFrees, hostFree{off, 1})
+	d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{off, 1})
 	d.mu.Unlock()
 	return err
 }
@@ -375,7 +375,7 @@ func (d metaIO) needFlush() bool {
 	// rest keeps room for the tables in-flight requests pin; l2MakeRoom
 	// flushes if even that runs out), not earlier: every early write-back
 	// of a table that is dirtied again is write amplification.
-	return d.l2.dirty > d.l2.capacity-max(d.l2.capacity/8, 2) || len(d.pendingFrees) > 1024
+	return d.l2.dirty > d.l2.capacity-max(d.l2.capacity/8, 2) || len(d.mu.pendingFrees) > 1024
 }
 
 // maxRunClusters bounds one batched allocating write.
@@ -389,12 +389,12 @@ const maxRunClusters = 1024
 // does not qualify (writeCluster handles it). REQUIRES: metaLock held,
 // off cluster aligned, n ≥ 2 clusters.
 func (d writer) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (int64, error) {
-	cs := d.geo.ClusterSize()
-	l1i, l2i, _ := d.geo.Split(off)
+	cs := d.mu.geo.ClusterSize()
+	l1i, l2i, _ := d.mu.geo.Split(off)
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
-	count := min(n/cs, d.geo.L2Entries()-l2i, maxRunClusters, (size-off)/cs)
+	count := min(n/cs, d.mu.geo.L2Entries()-l2i, maxRunClusters, (size-off)/cs)
 	if count < 2 {
 		return 0, nil
 	}
@@ -408,8 +408,8 @@ func (d writer) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (
 	old := make([]format.L2Entry, 0, count)
 	d.mu.Lock()
 	for i := int64(0); i < count; i++ {
-		e, bm, _ := d.geo.L2EntryAt(t.buf, l2i+i)
-		le, err := d.geo.DecodeL2Entry(e, bm)
+		e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i+i)
+		le, err := d.mu.geo.DecodeL2Entry(e, bm)
 		if err != nil {
 			d.mu.Unlock()
 			return 0, err
@@ -459,21 +459,21 @@ func (d writer) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.cowPending = true
+	d.mu.cowPending = true
 	for i, le := range old {
-		ne, err := d.geo.EncodeL2Entry(format.Normal, hosts[i], true)
+		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, hosts[i], true)
 		if err != nil {
 			return 0, err
 		}
 		d.setL2EntryLocked(t, l2i+int64(i), ne)
-		if d.geo.ExtendedL2 { // every subcluster written
+		if d.mu.geo.ExtendedL2 { // every subcluster written
 			d.setL2BitmapLocked(t, l2i+int64(i), format.BitmapAllocMask)
 		}
 		switch le.Type {
 		case format.Normal, format.ZeroAlloc:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 		case format.Compressed:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
 	return count * cs, nil
@@ -496,9 +496,9 @@ func (d writer) waitInflight(co *aio.Co, first, n int64) {
 	for {
 		d.mu.Lock()
 		var w *inflightAlloc
-		if len(d.inflight) > 0 {
+		if len(d.mu.inflight) > 0 {
 			for c := first; c < first+n; c++ {
-				if x := d.inflight[c]; x != nil {
+				if x := d.mu.inflight[c]; x != nil {
 					w = x
 					break
 				}
@@ -533,7 +533,7 @@ func (d writer) markInflight(first, n int64) *inflightAlloc {
 	w := &inflightAlloc{}
 	d.mu.Lock()
 	for c := first; c < first+n; c++ {
-		d.inflight[c] = w
+		d.mu.inflight[c] = w
 	}
 	d.mu.Unlock()
 	return w
@@ -543,7 +543,7 @@ func (d writer) markInflight(first, n int64) *inflightAlloc {
 func (d writer) finishInflight(w *inflightAlloc, first, n int64) {
 	d.mu.Lock()
 	for c := first; c < first+n; c++ {
-		delete(d.inflight, c)
+		delete(d.mu.inflight, c)
 	}
 	w.done = true
 	waiters := w.waiters
