@@ -228,111 +228,174 @@ func putU64(b []byte, v uint64) {
 }
 
 // writeCluster writes win (k bytes) at guest offset off, inside one
-// cluster. REQUIRES: metaLock held.
+// cluster: planCluster under metaLock, the data I/O without it (an
+// in-place write keeps it: no metadata changes), commitCluster under it
+// again. Extended-L2 images go to writeSubclusters. REQUIRES: metaLock
+// held; it is dropped for an allocating write's data I/O.
 func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
 	if d.mu.geo.ExtendedL2 {
 		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
 	}
+	p, err := d.planCluster(co, r, off, k)
+	if err != nil {
+		return err
+	}
+	if p.inPlace {
+		err = d.childIO(co, r, d.file, block.OpWrite, p.host, win, k)
+		d.l2Unpin(p.t)
+		return err
+	}
+	d.metaLock.unlock()
+	ioErr := d.clusterIO(co, r, win, &p)
+	d.metaLock.lock(co)
+	return d.commitCluster(&p, ioErr)
+}
+
+// clusterPlan is what planCluster decided for one cluster of a write (k
+// guest bytes at in inside the cluster at start): either in place into a
+// COPIED cluster, or the host cluster newOff (allocated, or a preallocated
+// zero cluster of our own reused) that clusterIO fills without metaLock
+// and commitCluster links after it. Owned by the coroutine of the write.
+type clusterPlan struct {
+	t         *l2Table // pinned until commitCluster (or finishInPlace)
+	l2i       int64
+	le        format.L2Entry // the entry as planned
+	inPlace   bool           // host takes the guest bytes; nothing to link
+	host      int64
+	newOff    int64
+	reuse     bool // newOff is le's own preallocated zero cluster
+	fresh     bool // newOff was never written: it reads as zeros
+	start, in int64
+	k, valid  int64 // guest bytes; bytes of the cluster inside the disk
+	gc        int64 // guest cluster index
+	fl        *inflightAlloc
+}
+
+// planCluster decides how to write k bytes at guest offset off inside one
+// cluster of a standard-L2 image and makes the metadata ready for it: the
+// L2 table pinned (allocated or copied if needed), and for an allocating
+// write the host cluster allocated and the guest cluster marked in flight
+// (R8). It does no data I/O. REQUIRES: metaLock held (waitInflight may
+// drop it while it waits).
+func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clusterPlan, err error) {
 	cs := d.mu.geo.ClusterSize()
 	l1i, l2i, in := d.mu.geo.Split(off)
-	gc := off / cs
-	d.waitInflight(co, gc, 1)
-	t, _, err := d.l2ForWrite(co, r, l1i)
-	if err != nil {
-		return err
+	p.gc, p.l2i, p.in, p.k, p.start = off/cs, l2i, in, k, off-in
+	d.waitInflight(co, p.gc, 1)
+	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+		return p, err
 	}
-	defer d.l2Unpin(t)
 	d.mu.Lock()
-	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
-	le, err := d.mu.geo.DecodeL2Entry(e, bm)
+	e, bm, _ := d.mu.geo.L2EntryAt(p.t.buf, l2i)
+	p.le, err = d.mu.geo.DecodeL2Entry(e, bm)
 	d.mu.Unlock()
 	if err != nil {
-		return err
+		d.l2Unpin(p.t)
+		return p, err
 	}
+	le := p.le
 	if le.Type == format.Normal && le.Copied {
 		// R7: in place only into COPIED clusters.
-		host := le.HostOff + in
-		if d.overlapsMetadata(host, k) {
-			return d.markCorrupt(co, host, "data write")
+		p.inPlace, p.host = true, le.HostOff+in
+		if d.overlapsMetadata(p.host, k) {
+			d.l2Unpin(p.t)
+			return p, d.markCorrupt(co, p.host, "data write")
 		}
-		return d.childIO(co, r, d.file, block.OpWrite, host, win, k)
+		return p, nil
 	}
 	// A preallocated zero cluster of our own (ZERO_ALLOC with COPIED) is
 	// reused in place, as QEMU's handle_copied does: it reads as zeros
 	// until the entry flips, so writing into it first is invisible, and
 	// no refcount changes.
-	reuse := le.Type == format.ZeroAlloc && le.Copied
-	var newOff int64
-	fresh := false
-	if reuse {
-		newOff = le.HostOff
-		if d.overlapsMetadata(newOff, cs) {
-			return d.markCorrupt(co, newOff, "data write")
+	p.reuse = le.Type == format.ZeroAlloc && le.Copied
+	if p.reuse {
+		p.newOff = le.HostOff
+		if d.overlapsMetadata(p.newOff, cs) {
+			d.l2Unpin(p.t)
+			return p, d.markCorrupt(co, p.newOff, "data write")
 		}
 	} else {
 		d.mu.Lock()
 		fileEnd := d.mu.geo.FileSize
 		d.mu.Unlock()
-		if newOff, err = d.allocCluster(co); err != nil {
-			return err
+		if p.newOff, err = d.allocCluster(co); err != nil {
+			d.l2Unpin(p.t)
+			return p, err
 		}
 		// A cluster at or past FileSize (the file's length at open, grown
 		// by every allocation since) has never been written: it reads as
 		// zeros (holes, or past EOF, which reads zero-fill).
-		fresh = newOff >= fileEnd
+		p.fresh = p.newOff >= fileEnd
 	}
-	start := off - in
 	d.mu.Lock()
-	valid := min(cs, d.mu.geo.Size-start) // the last cluster may be partial
+	p.valid = min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
 	d.mu.Unlock()
 	// The data (and COW) I/O runs without metaLock, so allocating writes
 	// to other clusters proceed meanwhile; the guest cluster is marked in
 	// flight, and anything else that would change its entry waits (R8).
-	fl := d.markInflight(gc, 1)
-	d.metaLock.unlock()
-	// R11: the whole host cluster (up to the end of the disk) is written
-	// before anything points at it, so every referenced cluster starts
-	// inside the file.
+	p.fl = d.markInflight(p.gc, 1)
+	return p, nil
+}
+
+// clusterIO writes the guest bytes of an allocating plan into its new host
+// cluster, with whatever copy-on-write the cluster needs. It needs no lock:
+// the guest cluster is in flight and the host cluster is the plan's alone.
+// R11: the whole host cluster (up to the end of the disk) is written
+// before anything points at it, so every referenced cluster starts inside
+// the file.
+func (d writer) clusterIO(co *aio.Co, r *block.Request, win [][]byte, p *clusterPlan) error {
+	le, in, k, valid, start, newOff := p.le, p.in, p.k, p.valid, p.start, p.newOff
 	zeroSrc := le.Type == format.ZeroPlain || le.Type == format.ZeroAlloc ||
 		(le.Type == format.Unallocated && (d.backing == nil || start >= d.backingSize))
 	switch {
 	case in == 0 && k == valid:
-		err = d.childIO(co, r, d.file, block.OpWrite, newOff, win, k)
-	case zeroSrc && fresh:
+		return d.childIO(co, r, d.file, block.OpWrite, newOff, win, k)
+	case zeroSrc && p.fresh:
 		// Nothing to zero: only the guest bytes go out. The cluster
 		// starts inside the file once they are written (R11).
-		err = d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
+		return d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
 	case zeroSrc && !d.noFileZeroes.Load():
 		// The rest of the cluster reads as zeros: have the file zero the
 		// host cluster (ZERO_RANGE: no data copied) and write only the
 		// guest bytes, as QEMU does, instead of a cluster-sized buffer.
-		err = d.childIO(co, r, d.file, block.OpWriteZeroes, newOff, nil, valid)
+		err := d.childIO(co, r, d.file, block.OpWriteZeroes, newOff, nil, valid)
 		if block.IsKind(err, block.Unsupported) {
 			d.noFileZeroes.Store(true)
-			err = d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
+			return d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
 		} else if err == nil {
 			err = d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
 		}
+		return err
 	default:
-		err = d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
+		return d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
 	}
-	d.metaLock.lock(co)
-	defer d.finishInflight(fl, gc, 1)
-	if err != nil {
-		if reuse {
-			return err
+}
+
+// commitCluster ends an allocating plan after its I/O (ioErr): on success
+// the L2 entry points at the new cluster, COPIED (the data is there, so
+// readers may see it now), and the old cluster is queued for a free after
+// the next flush (R2); on failure the new cluster is given back. Either
+// way the guest cluster leaves the in-flight set and the table is unpinned.
+// REQUIRES: metaLock held.
+func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
+	defer d.l2Unpin(p.t)
+	defer d.finishInflight(p.fl, p.gc, 1)
+	if ioErr != nil {
+		if p.reuse {
+			return ioErr
 		}
-		return d.abortAlloc(newOff, err)
+		return d.abortAlloc(p.newOff, ioErr)
 	}
-	ne, err := d.mu.geo.EncodeL2Entry(format.Normal, newOff, true)
+	ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.newOff, true)
 	if err != nil {
 		return err
 	}
+	le := p.le
 	d.mu.Lock()
 	d.mu.cowPending = true
-	d.setL2EntryLocked(t, l2i, ne)
+	d.setL2EntryLocked(p.t, p.l2i, ne)
 	switch {
-	case reuse:
+	case p.reuse:
 	case le.Type == format.Normal || le.Type == format.ZeroAlloc:
 		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 	case le.Type == format.Compressed:
