@@ -145,11 +145,20 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	off, end := r.Off, r.Off+r.Len
 	for off < end {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
-			n, err := d.writeFullRun(co, r, skip, off, end-off)
+			// A run of whole clusters that all allocate: plan under
+			// metaLock, data I/O without it, commit under it again.
+			p, ok, err := d.planRun(co, r, off, end-off)
 			if err != nil {
 				return d.damagedWriteErr(co, err)
 			}
-			if n > 0 {
+			if ok {
+				d.metaLock.unlock()
+				ioErr := d.runIO(co, r, skip, &p)
+				d.metaLock.lock(co)
+				n, err := d.commitRun(&p, ioErr)
+				if err != nil {
+					return d.damagedWriteErr(co, err)
+				}
 				off += n
 				skip += n
 				continue
@@ -444,14 +453,27 @@ func (d metaIO) needFlush() bool {
 // maxRunClusters bounds one batched allocating write.
 const maxRunClusters = 1024
 
-// writeFullRun handles a run of whole clusters that all need allocation
-// (no COPIED cluster, no COW: every byte is overwritten) inside one L2
-// table: the clusters are allocated first, the guest data goes out in one
-// child write per host-contiguous piece, and only then do the L2 entries
-// change. It returns how many bytes it wrote; 0 means the first cluster
-// does not qualify (writeCluster handles it). REQUIRES: metaLock held,
-// off cluster aligned, n ≥ 2 clusters.
-func (d writer) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (int64, error) {
+// runPlan is what planRun decided for a run of whole clusters that all
+// need allocation, inside one L2 table: the old entries, the host clusters
+// allocated for them, the guest clusters in flight. Owned by the write's
+// coroutine.
+type runPlan struct {
+	t     *l2Table // pinned until commitRun
+	l2i   int64
+	gc    int64            // first guest cluster
+	old   []format.L2Entry // the entries replaced, one per cluster
+	hosts []int64          // the new host clusters
+	fl    *inflightAlloc
+}
+
+// planRun plans a run of whole clusters at off (cluster aligned, n ≥ 2
+// clusters) that all need allocation (no COPIED cluster, no COW: every
+// byte is overwritten) inside one L2 table: the table pinned, the host
+// clusters allocated, the guest clusters marked in flight (R8). ok false
+// (and nothing held) means the first clusters do not qualify: writeCluster
+// handles them. REQUIRES: metaLock held (waitInflight may drop it while it
+// waits).
+func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, ok bool, err error) {
 	cs := d.mu.geo.ClusterSize()
 	l1i, l2i, _ := d.mu.geo.Split(off)
 	d.mu.Lock()
@@ -459,78 +481,96 @@ func (d writer) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (
 	d.mu.Unlock()
 	count := min(n/cs, d.mu.geo.L2Entries()-l2i, maxRunClusters, (size-off)/cs)
 	if count < 2 {
-		return 0, nil
+		return p, false, nil
 	}
-	gc := off / cs
-	d.waitInflight(co, gc, count)
-	t, _, err := d.l2ForWrite(co, r, l1i)
-	if err != nil {
-		return 0, err
+	p.gc, p.l2i = off/cs, l2i
+	d.waitInflight(co, p.gc, count)
+	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+		return p, false, err
 	}
-	defer d.l2Unpin(t)
-	old := make([]format.L2Entry, 0, count)
+	p.old = make([]format.L2Entry, 0, count)
 	d.mu.Lock()
 	for i := int64(0); i < count; i++ {
-		e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i+i)
+		e, bm, _ := d.mu.geo.L2EntryAt(p.t.buf, l2i+i)
 		le, err := d.mu.geo.DecodeL2Entry(e, bm)
 		if err != nil {
 			d.mu.Unlock()
-			return 0, err
+			d.l2Unpin(p.t)
+			return p, false, err
 		}
 		if le.Type == format.Normal && le.Copied {
 			break
 		}
-		old = append(old, le)
+		p.old = append(p.old, le)
 	}
 	d.mu.Unlock()
-	count = int64(len(old))
+	count = int64(len(p.old))
 	if count < 2 {
-		return 0, nil
+		d.l2Unpin(p.t)
+		return p, false, nil
 	}
-	hosts := make([]int64, count)
-	for i := range hosts {
+	p.hosts = make([]int64, count)
+	for i := range p.hosts {
 		h, err := d.allocCluster(co)
 		if err != nil {
-			for _, a := range hosts[:i] {
+			for _, a := range p.hosts[:i] {
 				d.abortAlloc(a, nil)
 			}
-			return 0, err
+			d.l2Unpin(p.t)
+			return p, false, err
 		}
-		hosts[i] = h
+		p.hosts[i] = h
 	}
-	// R11 as in writeCluster: whole clusters are written before linking.
-	// The writes run without metaLock, the guest clusters in flight (R8).
-	fl := d.markInflight(gc, count)
-	d.metaLock.unlock()
+	p.fl = d.markInflight(p.gc, count)
+	return p, true, nil
+}
+
+// runIO writes the run's guest data (skip: its place in r.Iov) in one
+// child write per host-contiguous piece. R11 as in clusterIO: whole
+// clusters are written before linking. No lock: the guest clusters are in
+// flight and the host clusters are the plan's alone.
+func (d writer) runIO(co *aio.Co, r *block.Request, skip int64, p *runPlan) error {
+	cs := d.mu.geo.ClusterSize()
+	count := int64(len(p.hosts))
 	var win [][]byte
+	var err error
 	for i := int64(0); i < count && err == nil; {
 		j := i + 1
-		for j < count && hosts[j] == hosts[j-1]+cs {
+		for j < count && p.hosts[j] == p.hosts[j-1]+cs {
 			j++
 		}
 		win = iovSlice(win[:0], r.Iov, skip+i*cs, (j-i)*cs)
-		err = d.childIO(co, r, d.file, block.OpWrite, hosts[i], win, (j-i)*cs)
+		err = d.childIO(co, r, d.file, block.OpWrite, p.hosts[i], win, (j-i)*cs)
 		i = j
 	}
-	d.metaLock.lock(co)
-	defer d.finishInflight(fl, gc, count)
-	if err != nil {
-		for _, a := range hosts {
+	return err
+}
+
+// commitRun links the run after its I/O (ioErr): every entry points at
+// its new cluster, COPIED, and the old clusters are queued for a free
+// after the next flush (R2); on failure the new clusters are given back.
+// It returns the bytes written. REQUIRES: metaLock held.
+func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
+	count := int64(len(p.hosts))
+	defer d.l2Unpin(p.t)
+	defer d.finishInflight(p.fl, p.gc, count)
+	if ioErr != nil {
+		for _, a := range p.hosts {
 			d.abortAlloc(a, nil)
 		}
-		return 0, err
+		return 0, ioErr
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.mu.cowPending = true
-	for i, le := range old {
-		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, hosts[i], true)
+	for i, le := range p.old {
+		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.hosts[i], true)
 		if err != nil {
 			return 0, err
 		}
-		d.setL2EntryLocked(t, l2i+int64(i), ne)
+		d.setL2EntryLocked(p.t, p.l2i+int64(i), ne)
 		if d.mu.geo.ExtendedL2 { // every subcluster written
-			d.setL2BitmapLocked(t, l2i+int64(i), format.BitmapAllocMask)
+			d.setL2BitmapLocked(p.t, p.l2i+int64(i), format.BitmapAllocMask)
 		}
 		switch le.Type {
 		case format.Normal, format.ZeroAlloc:
@@ -539,7 +579,7 @@ func (d writer) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (
 			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
-	return count * cs, nil
+	return count * d.mu.geo.ClusterSize(), nil
 }
 
 // inflightAlloc marks guest clusters whose allocating write is running
