@@ -139,7 +139,7 @@ type l2Cache struct {
 	freeEpoch uint64
 
 	// unpins counts Unpins; waiters are coroutines (holding no pin) that
-	// wait for one because every slot was pinned (l2MakeRoom).
+	// wait for one because every slot was pinned (roomWait).
 	unpins  uint64
 	waiters []*aio.Co
 
@@ -468,32 +468,33 @@ func (d metaIO) l2Release(t *l2Table) {
 	}
 }
 
-// l2MakeRoom makes sure tier 1 has a table to give before a writer decides
-// anything (waitInflight calls it): l2ForWrite needs one slot at a time,
-// and only writers under metaLock take pins or dirty tables, so one free
-// or clean unpinned slot now is one when l2ForWrite needs it. With every
-// slot dirty or pinned it flushes; if pins alone fill the set (allocating
-// writes running without metaLock hold them), it waits for an unpin with
-// metaLock released and reports true: the caller must look at its own
-// conditions again. REQUIRES: metaLock held.
-func (d metaIO) l2MakeRoom(co *aio.Co) bool {
+// roomWait makes sure tier 1 has a table to give before a writer decides
+// anything (admit calls it): l2ForWrite needs one slot at a time, and only
+// writers under metaLock take pins or dirty tables, so one free or clean
+// unpinned slot now is one when l2ForWrite needs it. With every slot dirty
+// or pinned it flushes; if pins alone fill the set (allocating writes
+// running without metaLock hold them), it registers for the next unpin and
+// returns the wait, which the caller runs with metaLock released before it
+// looks at its own conditions again. nil: there is room. REQUIRES:
+// metaLock held; it never releases it.
+func (d metaIO) roomWait(co *aio.Co) func(*aio.Co) {
 	d.mu.Lock()
 	avail := d.l2.set.Available()
 	dirty := d.l2.dirtyCount()
 	d.mu.Unlock()
 	if avail > 0 {
-		return false
+		return nil
 	}
 	if dirty > 0 {
 		// An error leaves the set full; l2ForWrite reports it.
 		if d.flushMetadata(co, nil) != nil {
-			return false
+			return nil
 		}
 		d.mu.Lock()
 		avail = d.l2.set.Available()
 		d.mu.Unlock()
 		if avail > 0 {
-			return false
+			return nil
 		}
 	}
 	d.mu.Lock()
@@ -501,18 +502,17 @@ func (d metaIO) l2MakeRoom(co *aio.Co) bool {
 	seen := d.l2.unpins
 	d.l2.waiters = append(d.l2.waiters, co)
 	d.mu.Unlock()
-	d.metaLock.unlock()
-	for {
-		d.mu.Lock()
-		moved := d.l2.unpins != seen
-		d.mu.Unlock()
-		if moved {
-			break
+	return func(co *aio.Co) {
+		for {
+			d.mu.Lock()
+			moved := d.l2.unpins != seen
+			d.mu.Unlock()
+			if moved {
+				return
+			}
+			co.Yield()
 		}
-		co.Yield()
 	}
-	d.metaLock.lock(co)
-	return true
 }
 
 // flushL2 is stage C of flushMetadata: every dirty L2 table written, then

@@ -151,6 +151,12 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 			if err != nil {
 				return d.damagedWriteErr(co, err)
 			}
+			if p.wait != nil {
+				d.metaLock.unlock()
+				p.wait(co)
+				d.metaLock.lock(co)
+				continue
+			}
 			if ok {
 				d.metaLock.unlock()
 				ioErr := d.runIO(co, r, skip, &p)
@@ -166,7 +172,34 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 		}
 		k := min(end-off, cs-off&(cs-1))
 		win = iovSlice(win[:0], r.Iov, skip, k)
-		if err := d.writeCluster(co, r, win, off, k); err != nil {
+		if d.mu.geo.ExtendedL2 {
+			if err := d.writeSubclusters(co, r, win, off, k); err != nil { // subcluster.go
+				return d.damagedWriteErr(co, err)
+			}
+			off += k
+			skip += k
+			continue
+		}
+		// Plan under metaLock; wait, or do the data I/O, without it (an
+		// in-place write keeps it: no metadata changes); commit under it.
+		p, err := d.planCluster(co, r, off, k)
+		switch {
+		case err != nil:
+		case p.wait != nil:
+			d.metaLock.unlock()
+			p.wait(co)
+			d.metaLock.lock(co)
+			continue
+		case p.inPlace:
+			err = d.childIO(co, r, d.file, block.OpWrite, p.host, win, k)
+			d.l2Unpin(p.t)
+		default:
+			d.metaLock.unlock()
+			ioErr := d.clusterIO(co, r, win, &p)
+			d.metaLock.lock(co)
+			err = d.commitCluster(&p, ioErr)
+		}
+		if err != nil {
 			return d.damagedWriteErr(co, err)
 		}
 		off += k
@@ -246,6 +279,12 @@ func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k 
 		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
 	}
 	p, err := d.planCluster(co, r, off, k)
+	for err == nil && p.wait != nil {
+		d.metaLock.unlock()
+		p.wait(co)
+		d.metaLock.lock(co)
+		p, err = d.planCluster(co, r, off, k)
+	}
 	if err != nil {
 		return err
 	}
@@ -278,19 +317,25 @@ type clusterPlan struct {
 	k, valid  int64 // guest bytes; bytes of the cluster inside the disk
 	gc        int64 // guest cluster index
 	fl        *inflightAlloc
+	// wait, when set, means nothing was planned or held: run it with
+	// metaLock released, then plan again (admit).
+	wait func(*aio.Co)
 }
 
 // planCluster decides how to write k bytes at guest offset off inside one
 // cluster of a standard-L2 image and makes the metadata ready for it: the
 // L2 table pinned (allocated or copied if needed), and for an allocating
 // write the host cluster allocated and the guest cluster marked in flight
-// (R8). It does no data I/O. REQUIRES: metaLock held (waitInflight may
-// drop it while it waits).
+// (R8). It does no data I/O. When the cluster is busy (admit) it plans
+// nothing and returns the wait in p.wait. REQUIRES: metaLock held; it
+// never releases it.
 func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clusterPlan, err error) {
 	cs := d.mu.geo.ClusterSize()
 	l1i, l2i, in := d.mu.geo.Split(off)
 	p.gc, p.l2i, p.in, p.k, p.start = off/cs, l2i, in, k, off-in
-	d.waitInflight(co, p.gc, 1)
+	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
+		return p, nil
+	}
 	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, err
 	}
@@ -444,7 +489,7 @@ func (d metaIO) needFlush() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// Dirty tables are written back when they fill 7/8 of the cache (the
-	// rest keeps room for the tables in-flight requests pin; l2MakeRoom
+	// rest keeps room for the tables in-flight requests pin; roomWait
 	// flushes if even that runs out), not earlier: every early write-back
 	// of a table that is dirtied again is write amplification.
 	return d.l2.dirty > d.l2.capacity-max(d.l2.capacity/8, 2) || len(d.mu.pendingFrees) > 1024
@@ -464,6 +509,9 @@ type runPlan struct {
 	old   []format.L2Entry // the entries replaced, one per cluster
 	hosts []int64          // the new host clusters
 	fl    *inflightAlloc
+	// wait, when set, means nothing was planned or held: run it with
+	// metaLock released, then plan again (admit).
+	wait func(*aio.Co)
 }
 
 // planRun plans a run of whole clusters at off (cluster aligned, n ≥ 2
@@ -471,8 +519,9 @@ type runPlan struct {
 // byte is overwritten) inside one L2 table: the table pinned, the host
 // clusters allocated, the guest clusters marked in flight (R8). ok false
 // (and nothing held) means the first clusters do not qualify: writeCluster
-// handles them. REQUIRES: metaLock held (waitInflight may drop it while it
-// waits).
+// handles them; with p.wait set, the clusters are busy (admit): run the
+// wait with metaLock released and plan again. REQUIRES: metaLock held; it
+// never releases it.
 func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, ok bool, err error) {
 	cs := d.mu.geo.ClusterSize()
 	l1i, l2i, _ := d.mu.geo.Split(off)
@@ -484,7 +533,9 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 		return p, false, nil
 	}
 	p.gc, p.l2i = off/cs, l2i
-	d.waitInflight(co, p.gc, count)
+	if p.wait = d.admit(co, p.gc, count); p.wait != nil {
+		return p, false, nil
+	}
 	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, false, err
 	}
@@ -591,41 +642,56 @@ type inflightAlloc struct {
 	waiters []*aio.Co
 }
 
-// waitInflight parks co until none of the guest clusters [first,
-// first+n) is in flight and the L2 cache has a slot for l2ForWrite
-// (l2MakeRoom). REQUIRES: metaLock held; it is released while
-// waiting and held again on return.
-func (d writer) waitInflight(co *aio.Co, first, n int64) {
-	for {
-		d.mu.Lock()
-		var w *inflightAlloc
-		if len(d.mu.inflight) > 0 {
-			for c := first; c < first+n; c++ {
-				if x := d.mu.inflight[c]; x != nil {
-					w = x
-					break
-				}
+// admit reports whether a write may plan a change of guest clusters
+// [first, first+n) now: none of them in flight (R8) and a tier-1 slot for
+// l2ForWrite (roomWait). Otherwise it registers co with what it must wait
+// for and returns the wait, which the caller runs with metaLock released
+// before it asks again. nil: go ahead. REQUIRES: metaLock held; it never
+// releases it.
+func (d writer) admit(co *aio.Co, first, n int64) func(*aio.Co) {
+	d.mu.Lock()
+	var w *inflightAlloc
+	if len(d.mu.inflight) > 0 {
+		for c := first; c < first+n; c++ {
+			if x := d.mu.inflight[c]; x != nil {
+				w = x
+				break
 			}
 		}
-		if w == nil {
-			d.mu.Unlock()
-			if d.l2MakeRoom(co) {
-				continue // waited without metaLock: look again
-			}
-			return
-		}
-		w.waiters = append(w.waiters, co)
+	}
+	if w == nil {
 		d.mu.Unlock()
-		d.metaLock.unlock()
+		return d.roomWait(co)
+	}
+	w.waiters = append(w.waiters, co)
+	d.mu.Unlock()
+	return func(co *aio.Co) {
 		for {
 			d.mu.Lock()
 			done := w.done
 			d.mu.Unlock()
 			if done {
-				break
+				return
 			}
 			co.Yield()
 		}
+	}
+}
+
+// waitInflight runs admit until it lets the caller go, waiting with
+// metaLock released in between: for the callers that plan and change in
+// one step (zero writes, compressed writes, subclusters, snapshots).
+// REQUIRES: metaLock held; it is released while waiting and held again
+// on return. The write path's planCluster and planRun return the wait to
+// writeSlow instead.
+func (d writer) waitInflight(co *aio.Co, first, n int64) {
+	for {
+		wait := d.admit(co, first, n)
+		if wait == nil {
+			return
+		}
+		d.metaLock.unlock()
+		wait(co)
 		d.metaLock.lock(co)
 	}
 }
