@@ -214,7 +214,7 @@ func TestQcow2DriverFreeWaitsForIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A "request" in flight since before the discard.
-	ep := d.hold()
+	ep := d.hold(nil)
 	if err := n.Discard(0, 4096); err != nil {
 		t.Fatal(err)
 	}

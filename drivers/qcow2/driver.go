@@ -173,7 +173,7 @@ type Driver struct {
 	// freeWaiting mirrors mu.freeWaiter != nil for unhold, which takes mu
 	// only then.
 	ioEpoch     atomic.Uint32
-	ioActive    [2]epochCount
+	ioActive    [2][epochStripes]epochCount
 	freeWaiting atomic.Bool
 
 	states    stateFreeList

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -142,15 +143,40 @@ func (v *fastView) overlaps(ms *metaSet, off, n int64) bool {
 // hold enters the current I/O epoch without a lock (see read.go's epoch
 // comment). A free that moved the epoch between the load and the count
 // is not waited for by anybody: the request steps out and tries again.
-func (d *Driver) hold() uint32 {
+// The count is striped by Context (epochStripe): two IOThreads holding
+// epochs on one image do not bounce one cache line per request.
+func (d *Driver) hold(ctx *aio.Context) epochRef { return d.holdIn(epochStripe(ctx)) }
+
+// holdIn is hold with the stripe given.
+func (d *Driver) holdIn(s int) epochRef {
 	for {
 		e := d.ioEpoch.Load()
-		d.ioActive[e&1].n.Add(1)
+		d.ioActive[e&1][s].n.Add(1)
+		ref := epochRef(e) | epochRef(s)<<32
 		if d.ioEpoch.Load() == e {
-			return e
+			return ref
 		}
-		d.unhold(e)
+		d.unhold(ref)
 	}
+}
+
+// epochStripes is the number of per-parity epoch counters.
+const epochStripes = 8
+
+// epochRef is a held epoch: the epoch in the low 32 bits, the stripe its
+// count is in above them. It rides in a child request's Tag.
+type epochRef uint64
+
+func (r epochRef) parity() uint32 { return uint32(r) & 1 }
+func (r epochRef) stripe() int    { return int(r>>32) % epochStripes }
+
+// epochStripe picks ctx's stripe (a hash of the Context's address: fixed
+// for its life; nil, for callers outside a request, is stripe 0).
+func epochStripe(ctx *aio.Context) int {
+	if ctx == nil {
+		return 0
+	}
+	return int((uint64(uintptr(unsafe.Pointer(ctx))) * 0x9e3779b97f4a7c15) >> 61)
 }
 
 // oneData maps a read or write of [off, off+n) inside one cluster of a
@@ -190,7 +216,7 @@ func (d reader) readFast(r *block.Request) bool {
 	if d.corrupt.Load() {
 		return false
 	}
-	ep := d.hold()
+	ep := d.hold(r.Context())
 	v := d.view.Load()
 	end := d.fileEnd.Load()
 	cs := v.geo.ClusterSize()
@@ -258,7 +284,7 @@ func (d writer) writeFast(r *block.Request) bool {
 	if r.Flags&block.FUA != 0 || d.corrupt.Load() || !d.headerReady.Load() {
 		return false
 	}
-	ep := d.hold()
+	ep := d.hold(r.Context())
 	v := d.view.Load()
 	end := d.fileEnd.Load()
 	cs := v.geo.ClusterSize()

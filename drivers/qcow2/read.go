@@ -33,8 +33,8 @@ type reqState struct {
 	iov     [][]byte
 	pending int
 	err     error
-	held    bool   // holds an I/O epoch (see Driver.ioActive)
-	epoch   uint32 // the epoch held
+	held    bool     // holds an I/O epoch (see Driver.ioActive)
+	epoch   epochRef // the epoch held
 	m       l2Mapper
 }
 
@@ -111,7 +111,7 @@ func (d reader) readLocked(r *block.Request) {
 	if fast {
 		switch host, how := d.mapData(m, r.Off, r.Len); how {
 		case mapHit:
-			ep := d.hold() // under mu: no free moves the epoch meanwhile
+			ep := d.hold(r.Context()) // under mu: no free moves the epoch meanwhile
 			d.mu.Unlock()
 			d.states.put(s)
 			d.readOne(r, host, ep)
@@ -141,14 +141,14 @@ func (d reader) readLocked(r *block.Request) {
 			return
 		}
 		r.Context().Go(func(co *aio.Co) {
-			ep := d.hold()
+			ep := d.hold(r.Context())
 			err := d.readGuest(co, r, r.Iov, r.Off, r.Len)
 			d.unhold(ep)
 			r.CompleteLater(d.formatErr(block.OpRead, r.Off, err))
 		})
 		return
 	}
-	epoch := d.hold()
+	epoch := d.hold(r.Context())
 	d.mu.Unlock()
 	if len(s.ext) == 1 && s.ext[0].Kind == ExtentData {
 		// Several clusters, contiguous on the host.
@@ -186,7 +186,7 @@ func (d reader) readLocked(r *block.Request) {
 // readOne starts a read that is one host extent, holding epoch ep: the
 // child reads straight into r's buffers and its completion (oneDone)
 // completes r, with no per-request state.
-func (d reader) readOne(r *block.Request, host int64, ep uint32) {
+func (d reader) readOne(r *block.Request, host int64, ep epochRef) {
 	sub := r.Sub()
 	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
 	sub.Tag = uint64(ep)
@@ -285,7 +285,7 @@ type oneDone struct{ d *Driver }
 
 func (o *oneDone) RequestDone(sub *block.Request, err error) {
 	r := sub.Parent
-	o.d.unhold(uint32(sub.Tag))
+	o.d.unhold(epochRef(sub.Tag))
 	r.Complete(err)
 }
 
@@ -516,13 +516,13 @@ func (d reader) setStatus(r *block.Request, ext []format.Extent) {
 // while a free waits (freeWaiting) takes mu: waitIOEpoch sets the flag
 // before it looks at the count, so either it sees the zero or the holder
 // sees the flag.
-func (d *Driver) unhold(e uint32) {
-	if d.ioActive[e&1].n.Add(-1) != 0 || !d.freeWaiting.Load() {
+func (d *Driver) unhold(ref epochRef) {
+	if d.ioActive[ref.parity()][ref.stripe()].n.Add(-1) != 0 || !d.freeWaiting.Load() {
 		return
 	}
 	d.mu.Lock()
 	var w *aio.Co
-	if d.ioActive[e&1].n.Load() == 0 && d.mu.freeWaiter != nil && d.mu.freeParity == e&1 {
+	if d.activeIn(ref.parity()) == 0 && d.mu.freeWaiter != nil && d.mu.freeParity == ref.parity() {
 		w, d.mu.freeWaiter = d.mu.freeWaiter, nil
 		d.freeWaiting.Store(false)
 	}
@@ -541,7 +541,7 @@ func (d *Driver) waitIOEpoch(co *aio.Co) {
 	for {
 		d.mu.freeWaiter, d.mu.freeParity = co, old&1
 		d.freeWaiting.Store(true)
-		if d.ioActive[old&1].n.Load() == 0 {
+		if d.activeIn(old&1) == 0 {
 			break
 		}
 		d.mu.Unlock()
@@ -553,10 +553,20 @@ func (d *Driver) waitIOEpoch(co *aio.Co) {
 	d.mu.Unlock()
 }
 
-// epochCount is the number of requests holding one epoch parity. Every
-// Context that reads or writes the image changes it, so each count has a
-// cache line to itself.
+// activeIn returns the requests holding an epoch of parity p, over all
+// stripes.
+func (d *Driver) activeIn(p uint32) int64 {
+	var n int64
+	for i := range d.ioActive[p] {
+		n += d.ioActive[p][i].n.Load()
+	}
+	return n
+}
+
+// epochCount is the number of requests holding one epoch parity in one
+// stripe. Each count sits 128 bytes from its neighbours, so no two share
+// a cache line whatever the array's alignment.
 type epochCount struct {
 	n atomic.Int64
-	_ [56]byte
+	_ [120]byte
 }

@@ -90,7 +90,7 @@ func (d *Driver) Write(r *block.Request) {
 	d.mu.Lock()
 	fast := d.mu.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
 	if fast {
-		s.epoch, s.held = d.hold(), true
+		s.epoch, s.held = d.hold(r.Context()), true
 	}
 	d.mu.Unlock()
 	if !fast {
