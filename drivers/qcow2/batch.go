@@ -42,12 +42,16 @@ const maxBatches = 64
 // paths' tier-1 hits (a line per Context, so that IOThreads do not share
 // one counter). reqs and spare are touched only on ctx's owner.
 type readBatch struct {
-	d     *Driver
-	ctx   *aio.Context
+	// d and ctx never change; other Contexts read ctx when they look for
+	// their own batch, so nothing written shares their cache line.
+	d   *Driver
+	ctx *aio.Context
+	_   [112]byte
+	// Written by ctx's owner only.
 	reqs  []*block.Request
 	spare []*block.Request
 	hits  atomic.Uint64
-	_     [40]byte
+	_     [72]byte
 }
 
 // batches is the driver's list of readBatches, one per Context that read
