@@ -158,19 +158,67 @@ func (g *Geometry) PastEOF(off uint64) bool {
 	return g.FileSize > 0 && off >= uint64(g.FileSize)
 }
 
+// fault says why an L1 entry or the first word of a standard L2 entry does
+// not decode; faultNone: it does. decodeL1 and decodeL2Word are the one
+// decoder of those words: DecodeL1Entry and DecodeL2Entry turn a fault
+// into a *FormatError, and the read path's one-cluster fast mapping
+// (OneClusterL2, DataHost) takes the same verdicts without building an
+// error, so both paths accept exactly the same entries.
+type fault uint8
+
+const (
+	faultNone      fault = iota
+	faultReserved        // reserved bits set
+	faultZero            // bit 0 set where it is not the zero flag (L2 only)
+	faultUnaligned       // offset not cluster aligned
+	faultPastEOF         // offset at or past the end of the file
+)
+
+// decodeL1 decodes L1 entry e: the L2 table offset (0: unallocated).
+func (g *Geometry) decodeL1(e uint64) (uint64, fault) {
+	off := e & OffsetMask
+	switch {
+	case e&L1Reserved != 0:
+		return 0, faultReserved
+	case !g.Aligned(off):
+		return 0, faultUnaligned
+	case off != 0 && g.PastEOF(off):
+		return 0, faultPastEOF
+	}
+	return off, faultNone
+}
+
+// decodeL2Word decodes the first word of a standard L2 entry (e has
+// EntryCompressed clear): the host cluster offset (0: none) and the zero
+// flag.
+func (g *Geometry) decodeL2Word(e uint64) (off uint64, zero bool, f fault) {
+	off, zero = e&OffsetMask, e&EntryZero != 0
+	switch {
+	case e&L2Reserved != 0:
+		f = faultReserved
+	case zero && !g.ZeroFlag:
+		f = faultZero
+	case !g.Aligned(off):
+		f = faultUnaligned
+	case off != 0 && g.PastEOF(off):
+		f = faultPastEOF
+	}
+	return off, zero, f
+}
+
+var l1Faults = [...]string{
+	faultReserved:  "reserved bits set",
+	faultUnaligned: "L2 table offset not cluster aligned",
+	faultPastEOF:   "L2 table offset past end of file",
+}
+
 // DecodeL1Entry returns the L2 table offset (0: unallocated) and the COPIED
 // bit of an L1 entry. Reserved bits or an unaligned offset are corrupt, and
 // so is an L2 table past the end of the file.
 func (g *Geometry) DecodeL1Entry(e uint64) (l2Off int64, copied bool, err error) {
-	if e&L1Reserved != 0 {
-		return 0, false, Corrupt("l1_entry", e, "reserved bits set")
-	}
-	off := e & OffsetMask
-	if !g.Aligned(off) {
-		return 0, false, Corrupt("l1_entry", e, "L2 table offset not cluster aligned")
-	}
-	if off != 0 && g.PastEOF(off) {
-		return 0, false, Corrupt("l1_entry", e, "L2 table offset past end of file")
+	off, f := g.decodeL1(e)
+	if f != faultNone {
+		return 0, false, Corrupt("l1_entry", e, l1Faults[f])
 	}
 	return int64(off), e&EntryCopied != 0, nil
 }
@@ -320,21 +368,18 @@ func (g *Geometry) DecodeL2Entry(e, bitmap uint64) (L2Entry, error) {
 		}
 		return L2Entry{Type: Compressed, Compressed: d}, nil
 	}
-	if e&L2Reserved != 0 {
+	off, zero, f := g.decodeL2Word(e)
+	switch f {
+	case faultReserved:
 		return L2Entry{}, Corrupt("l2_entry", e, "reserved bits set")
-	}
-	zero := e&EntryZero != 0
-	if zero && !g.ZeroFlag {
+	case faultZero:
 		if g.ExtendedL2 {
 			return L2Entry{}, Corrupt("l2_entry", e, "bit 0 set in an extended L2 entry")
 		}
 		return L2Entry{}, Corrupt("l2_entry", e, "zero flag in a version 2 image")
-	}
-	off := e & OffsetMask
-	if !g.Aligned(off) {
+	case faultUnaligned:
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset not cluster aligned")
-	}
-	if off != 0 && g.PastEOF(off) {
+	case faultPastEOF:
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset past end of file")
 	}
 	le := L2Entry{HostOff: int64(off), Copied: e&EntryCopied != 0, Bitmap: bitmap}
