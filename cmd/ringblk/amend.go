@@ -52,16 +52,16 @@ const amendKeysHelp = `Amend options for 'qcow2':
   size=<size>            - Virtual disk size (growing only)
 `
 
-var amendSpec = optSpec{
-	short: map[byte]bool{'f': true, 'o': true, 't': true, 'p': false, 'q': false, 'h': false},
-	long:  map[string]bool{"quiet": false, "force": false, "help": false},
+var amendSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'o': true, 't': true, 'p': false, 'q': false, 'h': false},
+	Long:  map[string]bool{"quiet": false, "force": false, "help": false},
 }
 
-func amendMain(args []string) int { return amendCmd(args, os.Stdout, os.Stderr) }
+func amendMain(args []string) int { return Amend(args, os.Stdout, os.Stderr) }
 
-func amendCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(amendHelp, stdout, stderr, func() (int, error) {
-		opts, operands, err := parseOpts(args, amendSpec)
+func Amend(args []string, stdout, stderr io.Writer) int {
+	return Run(amendHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := ParseOpts(args, amendSpec)
 		if err != nil {
 			return 1, err
 		}
@@ -69,13 +69,13 @@ func amendCmd(args []string, stdout, stderr io.Writer) int {
 		progress, quiet := false, false
 		var olist []string
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "f":
-				format = o.val
+				format = o.Val
 			case "o":
-				olist = append(olist, o.val)
+				olist = append(olist, o.Val)
 			case "t":
-				cache = o.val
+				cache = o.Val
 			case "p":
 				progress = true
 			case "q", "quiet":
@@ -89,10 +89,10 @@ func amendCmd(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		if len(olist) == 0 {
-			return 1, usagef("Must specify options (-o)")
+			return 1, Usagef("Must specify options (-o)")
 		}
 		if len(operands) != 1 {
-			return 1, usagef("Expecting one image file name (see 'ringblk amend --help')")
+			return 1, Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
 		path := operands[0]
 		kv, err := parseAmendList(olist)
@@ -100,24 +100,24 @@ func amendCmd(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		if format != "" && format != "qcow2" && format != "raw" {
-			return 1, usagef("Unknown file format '%s' (amend supports qcow2)", format)
+			return 1, Usagef("Unknown file format '%s' (amend supports qcow2)", format)
 		}
 		if _, err := os.Stat(path); err != nil {
-			return 1, fmt.Errorf("Could not open '%s': %v", path, unwrapPathErr(err))
+			return 1, fmt.Errorf("Could not open '%s': %v", path, UnwrapPathErr(err))
 		}
 		if format == "" {
 			if format, err = chain.Probe(path); err != nil {
-				return 1, fmt.Errorf("Could not open '%s': %v", path, unwrapPathErr(err))
+				return 1, fmt.Errorf("Could not open '%s': %v", path, UnwrapPathErr(err))
 			}
 		}
 		switch format {
 		case "qcow2":
 		case "raw":
-			return 1, usagef("Format driver 'raw' does not support option amendment")
+			return 1, Usagef("Format driver 'raw' does not support option amendment")
 		default:
-			return 1, usagef("Unknown file format '%s' (amend supports qcow2)", format)
+			return 1, Usagef("Unknown file format '%s' (amend supports qcow2)", format)
 		}
-		img, err := openBlk(path, blkOptions{Format: "qcow2", Cache: cache})
+		img, err := OpenBlk(path, BlkOptions{Format: "qcow2", Cache: cache})
 		if err != nil {
 			return 1, err
 		}
@@ -125,7 +125,7 @@ func amendCmd(args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			// The same progress line as convert and compare; the driver's
 			// amend reports no steps, so it goes from 0 to 100.
-			bar := newProgress(stdout, progress && !quiet, 1)
+			bar := NewProgress(stdout, progress && !quiet, 1)
 			bar.Set(0)
 			if err = qcow2.Amend(img.Node, ao); err != nil {
 				err = fmt.Errorf("Could not amend '%s': %v", path, amendCause(err))
@@ -150,11 +150,11 @@ func parseAmendList(lists []string) (map[string]string, error) {
 	kv := map[string]string{}
 	for _, l := range lists {
 		if l == "" {
-			return nil, usagef("Invalid option list: (empty -o)")
+			return nil, Usagef("Invalid option list: (empty -o)")
 		}
 		for _, item := range strings.Split(l, ",") {
 			if item == "" {
-				return nil, usagef("Invalid option list: %s", l)
+				return nil, Usagef("Invalid option list: %s", l)
 			}
 			k, v, ok := strings.Cut(item, "=")
 			if !ok {
@@ -185,36 +185,36 @@ func amendOptions(kv map[string]string, h qcow2.Header) (qcow2.AmendOptions, err
 			case "1.1", "v3":
 				o.Version = 3
 			default:
-				return o, usagef("Unknown compatibility level %s", v)
+				return o, Usagef("Unknown compatibility level %s", v)
 			}
 		case "lazy_refcounts":
 			b, ok := parseOnOff(v)
 			if !ok {
-				return o, usagef("Parameter 'lazy_refcounts' expects 'on' or 'off'")
+				return o, Usagef("Parameter 'lazy_refcounts' expects 'on' or 'off'")
 			}
 			o.LazyRefcounts = &b
 		case "size":
-			n, err := parseSize(v)
+			n, err := ParseSize(v)
 			if err != nil {
 				return o, err
 			}
 			o.Size = n
 		case "refcount_bits":
-			n, err := parseSize(v)
+			n, err := ParseSize(v)
 			if err != nil || n <= 0 || n > 64 || n&(n-1) != 0 {
-				return o, usagef("Refcount width must be a power of two and may not exceed 64 bits")
+				return o, Usagef("Refcount width must be a power of two and may not exceed 64 bits")
 			}
 			o.RefcountBits = int(n)
 		case "backing_file":
 			if v != h.BackingFile {
-				return o, usagef("Cannot amend the backing file (qemu-img rebase changes it; ringblk has no rebase yet)")
+				return o, Usagef("Cannot amend the backing file (qemu-img rebase changes it; ringblk has no rebase yet)")
 			}
 		case "backing_fmt":
 			if v != h.BackingFormat {
-				return o, usagef("Cannot amend the backing file format (qemu-img rebase changes it; ringblk has no rebase yet)")
+				return o, Usagef("Cannot amend the backing file format (qemu-img rebase changes it; ringblk has no rebase yet)")
 			}
 		default:
-			return o, usagef("%s", amendCause(qcow2.AmendKeyError(k)))
+			return o, Usagef("%s", amendCause(qcow2.AmendKeyError(k)))
 		}
 	}
 	return o, nil

@@ -25,13 +25,13 @@ func (s amendSetup) make(t *testing.T, img string) {
 	if s.backing {
 		args = append(args, "-b", "base.qcow2", "-F", "qcow2")
 	}
-	mustQemu(t, "qemu-img", append(args, img, "2M")...)
+	MustQemu(t, "qemu-img", append(args, img, "2M")...)
 	if len(s.io) > 0 {
 		a := []string{"-f", "qcow2"}
 		for _, c := range s.io {
 			a = append(a, "-c", c)
 		}
-		if out, _, code := qemuIO(t, append(a, img)...); code != 0 {
+		if out, _, code := QemuIO(t, append(a, img)...); code != 0 {
 			t.Fatalf("qemu-io on %s: %s", img, out)
 		}
 	}
@@ -39,15 +39,15 @@ func (s amendSetup) make(t *testing.T, img string) {
 
 func amendInfo(t *testing.T, img string) (any, any) {
 	t.Helper()
-	info := parseJSON(t, img, mustQemu(t, "qemu-img", "info", "--output=json", img))
+	info := ParseJSON(t, img, MustQemu(t, "qemu-img", "info", "--output=json", img))
 	return info["format-specific"], info["virtual-size"]
 }
 
 func TestAmendMatchesQemuImg(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "2M")
-	if out, _, code := qemuIO(t, "-f", "qcow2", "-c", "write -P 0x42 0 2M", "base.qcow2"); code != 0 {
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "2M")
+	if out, _, code := QemuIO(t, "-f", "qcow2", "-c", "write -P 0x42 0 2M", "base.qcow2"); code != 0 {
 		t.Fatalf("qemu-io: %s", out)
 	}
 	data := []string{"write -P 1 0 64k", "write -z 64k 64k", "write -z -u 128k 64k", "write -P 2 1M 100k"}
@@ -91,8 +91,8 @@ func TestAmendMatchesQemuImg(t *testing.T) {
 			a, b := "a"+string(rune('a'+i))+".qcow2", "b"+string(rune('a'+i))+".qcow2"
 			c.setup.make(t, a)
 			c.setup.make(t, b)
-			qout, qcode := qemu(t, "qemu-img", append(append([]string{"amend"}, c.args...), a)...)
-			oout, oerr, ocode := ours(amendCmd, append(append([]string{}, c.args...), b)...)
+			qout, qcode := Qemu(t, "qemu-img", append(append([]string{"amend"}, c.args...), a)...)
+			oout, oerr, ocode := Ours(Amend, append(append([]string{}, c.args...), b)...)
 			if qcode != ocode || qout != oout {
 				t.Fatalf("exit %d stdout %q stderr %q; qemu-img: exit %d stdout %q", ocode, oout, oerr, qcode, qout)
 			}
@@ -104,10 +104,10 @@ func TestAmendMatchesQemuImg(t *testing.T) {
 			if !reflect.DeepEqual(wf, gf) || ws != gs {
 				t.Errorf("after amend: %v size %v; qemu-img made %v size %v", gf, gs, wf, ws)
 			}
-			if out, code := qemu(t, "qemu-img", "check", b); code != 0 {
+			if out, code := Qemu(t, "qemu-img", "check", b); code != 0 {
 				t.Errorf("qemu-img check after our amend: exit %d\n%s", code, out)
 			}
-			if out, code := qemu(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", a, b); code != 0 {
+			if out, code := Qemu(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", a, b); code != 0 {
 				t.Errorf("guest data differs from qemu-img's result: %s", out)
 			}
 		})
@@ -118,10 +118,10 @@ func TestAmendMatchesQemuImg(t *testing.T) {
 // (shrinking, another refcount width) fails in one line and changes
 // nothing; so do backing file changes, as in qemu-img.
 func TestAmendRefusals(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "r.qcow2", "2M")
-	if out, _, code := qemuIO(t, "-f", "qcow2", "-c", "write -P 9 1M 64k", "r.qcow2"); code != 0 {
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "r.qcow2", "2M")
+	if out, _, code := QemuIO(t, "-f", "qcow2", "-c", "write -P 9 1M 64k", "r.qcow2"); code != 0 {
 		t.Fatalf("qemu-io: %s", out)
 	}
 	before, err := os.ReadFile("r.qcow2")
@@ -135,7 +135,7 @@ func TestAmendRefusals(t *testing.T) {
 		"backing_fmt=raw":              "backing file format",
 		"compat=1.1,refcount_bits=128": "power of two",
 	} {
-		out, errs, code := ours(amendCmd, "-o", opts, "r.qcow2")
+		out, errs, code := Ours(Amend, "-o", opts, "r.qcow2")
 		if code != 1 || out != "" || !strings.Contains(errs, want) || strings.Count(errs, "\n") != 1 {
 			t.Errorf("-o %s: exit %d stdout %q stderr %q (want %q)", opts, code, out, errs, want)
 		}
@@ -151,14 +151,14 @@ func TestAmendRefusals(t *testing.T) {
 
 // TestAmendProgress: -p shows the start and the end; -q silences it.
 func TestAmendProgress(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "p.qcow2", "1M")
-	out, errs, code := ours(amendCmd, "-p", "-o", "compat=0.10", "p.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "p.qcow2", "1M")
+	out, errs, code := Ours(Amend, "-p", "-o", "compat=0.10", "p.qcow2")
 	if code != 0 || !strings.HasPrefix(out, "    (0.00/100%)\r") || !strings.HasSuffix(out, "    (100.00/100%)\r\n") {
 		t.Errorf("-p: exit %d stdout %q stderr %q", code, out, errs)
 	}
-	out, errs, code = ours(amendCmd, "-p", "-q", "-o", "compat=1.1", "p.qcow2")
+	out, errs, code = Ours(Amend, "-p", "-q", "-o", "compat=1.1", "p.qcow2")
 	if code != 0 || out != "" || errs != "" {
 		t.Errorf("-p -q: exit %d stdout %q stderr %q", code, out, errs)
 	}
@@ -184,7 +184,7 @@ func TestAmendBadArguments(t *testing.T) {
 		"empty item":     {"-o", "compat=1.1,,", "r.raw"},
 		"bad cache":      {"-t", "bogus", "-o", "compat=1.1", "r.raw"},
 	} {
-		out, errs, code := ours(amendCmd, args...)
+		out, errs, code := Ours(Amend, args...)
 		if code != 1 || out != "" || strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "ringblk: ") ||
 			strings.Contains(errs, "goroutine") {
 			t.Errorf("%s %v: exit %d stdout %q stderr %q", name, args, code, out, errs)
@@ -194,11 +194,11 @@ func TestAmendBadArguments(t *testing.T) {
 
 // TestAmendHelp: --help prints the usage; -o help lists the keys.
 func TestAmendHelp(t *testing.T) {
-	out, errs, code := ours(amendCmd, "--help")
+	out, errs, code := Ours(Amend, "--help")
 	if code != 0 || errs != "" || !strings.HasPrefix(out, "usage: ringblk amend ") {
 		t.Errorf("amend --help: exit %d stderr %q stdout %q", code, errs, out)
 	}
-	out, errs, code = ours(amendCmd, "-o", "help", "x.qcow2")
+	out, errs, code = Ours(Amend, "-o", "help", "x.qcow2")
 	if code != 0 || errs != "" || !strings.HasPrefix(out, "Amend options for 'qcow2':") || !strings.Contains(out, "lazy_refcounts") {
 		t.Errorf("amend -o help: exit %d stderr %q stdout %q", code, errs, out)
 	}

@@ -12,7 +12,7 @@ import (
 // (package bench does the work). Its error lines are given the prefix
 // every other command's have ("ringblk: bench: …").
 func benchMain(args []string) int {
-	bench.BuildVersion = versionLine()
+	bench.BuildVersion = VersionLine()
 	return bench.Main(args, os.Stdout, &prefixWriter{w: os.Stderr, from: "ringblk bench: ", to: "ringblk: bench: "})
 }
 

@@ -19,8 +19,8 @@ import (
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
-// blkOptions say how a command opens an image (qemu-img's -f, -U, -t, …).
-type blkOptions struct {
+// BlkOptions say how a command opens an image (qemu-img's -f, -U, -t, …).
+type BlkOptions struct {
 	Format     string // "", "raw", "qcow2", "null"
 	ReadOnly   bool
 	ForceShare bool   // -U
@@ -35,21 +35,21 @@ type blkOptions struct {
 	Discard raw.Discard
 }
 
-// blkImage is an image opened for a command, with the Context and graph
+// BlkImage is an image opened for a command, with the Context and graph
 // it lives in. Close releases everything.
-type blkImage struct {
+type BlkImage struct {
 	Ctx    *aio.Context
 	Graph  *block.Graph
 	Node   *block.Node
 	Path   string
 	Format string
 	Qcow2  *qcow2.Driver // nil unless Format is "qcow2"
-	// owned is false for images opened into another blkImage's graph.
+	// owned is false for images opened into another BlkImage's graph.
 	owned bool
 }
 
-// newBlkEnv starts a main Context and a graph for one command.
-func newBlkEnv() (*aio.Context, *block.Graph, error) {
+// NewBlkEnv starts a main Context and a graph for one command.
+func NewBlkEnv() (*aio.Context, *block.Graph, error) {
 	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 256, ArenaSize: 4 << 20})
 	if err != nil {
 		return nil, nil, fmt.Errorf("cannot create an io_uring Context: %v", err)
@@ -60,13 +60,13 @@ func newBlkEnv() (*aio.Context, *block.Graph, error) {
 	return c, block.NewGraph(c), nil
 }
 
-// openBlk opens path in a Context and graph of its own.
-func openBlk(path string, o blkOptions) (*blkImage, error) {
-	c, g, err := newBlkEnv()
+// OpenBlk opens path in a Context and graph of its own.
+func OpenBlk(path string, o BlkOptions) (*BlkImage, error) {
+	c, g, err := NewBlkEnv()
 	if err != nil {
 		return nil, err
 	}
-	img, err := openBlkIn(c, g, path, o)
+	img, err := OpenBlkIn(c, g, path, o)
 	if err != nil {
 		c.Stop()
 		return nil, err
@@ -75,10 +75,10 @@ func openBlk(path string, o blkOptions) (*blkImage, error) {
 	return img, nil
 }
 
-// openBlkIn opens path as another image of an existing graph (convert and
+// OpenBlkIn opens path as another image of an existing graph (convert and
 // compare open two images in one graph). Close drops only the node.
-func openBlkIn(c *aio.Context, g *block.Graph, path string, o blkOptions) (*blkImage, error) {
-	if err := resolveNull(path, &o); err != nil {
+func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkImage, error) {
+	if err := ResolveNull(path, &o); err != nil {
 		return nil, err
 	}
 	co := chain.Options{
@@ -89,20 +89,20 @@ func openBlkIn(c *aio.Context, g *block.Graph, path string, o blkOptions) (*blkI
 		NullSize:    o.NullSize,
 		Discard:     o.Discard,
 		QcowOptions: o.QcowOptions,
-		Name:        nodeNameFor(g, path),
+		Name:        NodeNameFor(g, path),
 	}
 	if o.Cache != "" {
 		m, ok := raw.ParseCache(o.Cache)
 		if !ok {
-			return nil, usagef("Invalid cache option: %s", o.Cache)
+			return nil, Usagef("Invalid cache option: %s", o.Cache)
 		}
 		co.Cache = m
 	}
 	img, err := chain.Open(g, path, co)
 	if err != nil {
-		return nil, openError(path, err)
+		return nil, OpenError(path, err)
 	}
-	return &blkImage{Ctx: c, Graph: g, Node: img.Node, Path: path, Format: img.Format, Qcow2: img.Qcow2}, nil
+	return &BlkImage{Ctx: c, Graph: g, Node: img.Node, Path: path, Format: img.Format, Qcow2: img.Qcow2}, nil
 }
 
 // defaultNullSize is the size of a null image nobody gave a size: 1 GiB,
@@ -136,7 +136,7 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 			case float64:
 				size = int64(v)
 			case string:
-				if size, err = parseSize(v); err != nil {
+				if size, err = ParseSize(v); err != nil {
 					return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
 				}
 			default:
@@ -152,10 +152,10 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 	return size, true, nil
 }
 
-// resolveNull turns the ways of naming a null image into blkOptions:
+// ResolveNull turns the ways of naming a null image into BlkOptions:
 // -f null or -f null-co (any name; the size is NullSize, or 1 GiB), or a
 // json: null-co filename (which then needs no -f).
-func resolveNull(path string, o *blkOptions) error {
+func ResolveNull(path string, o *BlkOptions) error {
 	if o.Format == "null-co" {
 		o.Format = "null"
 	}
@@ -179,8 +179,8 @@ func resolveNull(path string, o *blkOptions) error {
 	return nil
 }
 
-// nodeNameFor gives each image of a graph its own node name.
-func nodeNameFor(g *block.Graph, path string) string {
+// NodeNameFor gives each image of a graph its own node name.
+func NodeNameFor(g *block.Graph, path string) string {
 	_ = g
 	blkSeq++
 	return fmt.Sprintf("img%d", blkSeq)
@@ -188,11 +188,11 @@ func nodeNameFor(g *block.Graph, path string) string {
 
 var blkSeq int
 
-// openError words an open failure as qemu-img does: "Could not open
+// OpenError words an open failure as qemu-img does: "Could not open
 // 'FILE': cause", unless the cause already names the file. A missing or
 // unreadable file and a -f qcow2 on something else are reported in
 // qemu-img's words, without the block layer's context.
-func openError(path string, err error) error {
+func OpenError(path string, err error) error {
 	if cause := openCause(err); cause != "" {
 		return &wordedError{msg: fmt.Sprintf("Could not open '%s': %s", path, cause), err: err}
 	}
@@ -202,7 +202,7 @@ func openError(path string, err error) error {
 	}
 	// The cause without the block layer's context (operation, node
 	// name, offset, kind): the user named a file, not a node.
-	return &wordedError{msg: fmt.Sprintf("Could not open '%s': %v", path, plainErr(err)), err: err}
+	return &wordedError{msg: fmt.Sprintf("Could not open '%s': %v", path, PlainErr(err)), err: err}
 }
 
 // wordedError is an error reworded for the user that keeps its cause for
@@ -229,7 +229,7 @@ func openCause(err error) string {
 	case errors.Is(err, qcow2.ErrNotQcow2):
 		return "Image is not in qcow2 format"
 	case errors.As(err, &pe):
-		return unwrapPathErr(pe).Error()
+		return UnwrapPathErr(pe).Error()
 	}
 	return ""
 }
@@ -237,7 +237,7 @@ func openCause(err error) string {
 // Close drops the node and, for an image that owns them, stops the
 // Context. Dirty metadata is written back by the drivers' Close.
 // A failed write-back is returned (and so reaches the exit status).
-func (b *blkImage) Close() error {
+func (b *BlkImage) Close() error {
 	var err error
 	if b.Node != nil {
 		err = b.Node.Unref()

@@ -47,12 +47,12 @@ counts, output and exit codes:
 The problems found are listed on stderr, one per line, in qemu-img's words.
 `
 
-var checkSpec = optSpec{
-	short: map[byte]bool{'f': true, 'p': false, 'q': false, 'r': true, 'T': true, 'U': false, 'h': false},
-	long:  map[string]bool{"output": true, "quiet": false, "repair": true, "force-share": false, "help": false},
+var checkSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'p': false, 'q': false, 'r': true, 'T': true, 'U': false, 'h': false},
+	Long:  map[string]bool{"output": true, "quiet": false, "repair": true, "force-share": false, "help": false},
 }
 
-func checkMain(args []string) int { return checkCmd(args, os.Stdout, os.Stderr) }
+func checkMain(args []string) int { return Check(args, os.Stdout, os.Stderr) }
 
 // checkReport is what check prints, in qemu-img check's fields.
 type checkReport struct {
@@ -85,28 +85,28 @@ func (r *checkReport) exitCode() int {
 	return 0
 }
 
-func checkCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(checkHelp, stdout, stderr, func() (int, error) {
-		opts, files, err := parseOpts(args, checkSpec)
+func Check(args []string, stdout, stderr io.Writer) int {
+	return Run(checkHelp, stdout, stderr, func() (int, error) {
+		opts, files, err := ParseOpts(args, checkSpec)
 		if err != nil {
 			return 1, err
 		}
 		format, output, quiet, repair, share, cache := "", "human", false, "", false, ""
 		progress := false
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "p":
 				progress = true
 			case "T":
-				cache = o.val
+				cache = o.Val
 			case "f":
-				format = o.val
+				format = o.Val
 			case "output":
-				output = o.val
+				output = o.Val
 			case "q", "quiet":
 				quiet = true
 			case "r", "repair":
-				repair = o.val
+				repair = o.Val
 			case "U", "force-share":
 				share = true
 			}
@@ -123,7 +123,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		if cache != "" {
 			if _, ok := raw.ParseCache(cache); !ok {
-				return 1, usagef("Invalid source cache option: %s", cache)
+				return 1, Usagef("Invalid source cache option: %s", cache)
 			}
 		}
 		var mode block.CheckMode
@@ -134,10 +134,10 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		case "all":
 			mode = block.CheckFixLeaks | block.CheckFixErrors
 		default:
-			return 1, usagef("Unknown option value for -r (expecting 'leaks' or 'all'): %s", repair)
+			return 1, Usagef("Unknown option value for -r (expecting 'leaks' or 'all'): %s", repair)
 		}
 		if len(files) != 1 {
-			return 1, usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
+			return 1, Usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
 		}
 		if mode != 0 {
 			if share {
@@ -156,7 +156,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		if img.qcow == nil {
 			return 63, fmt.Errorf("This image format does not support checks")
 		}
-		prog := newProgress(stderr, progress && !quiet, 1)
+		prog := NewProgress(stderr, progress && !quiet, 1)
 		if progress && !quiet {
 			img.qcow.Progress = func(done, total int64) { prog.Set(100 * float64(done) / float64(total)) }
 		}
@@ -185,7 +185,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 // first.
 func checkRepair(path, format, cache string, mode block.CheckMode, output string, quiet bool, stdout, stderr io.Writer) (int, error) {
 	logf := func(m string) { fmt.Fprintf(stderr, "%s\n", m) }
-	img, err := openBlk(path, blkOptions{
+	img, err := OpenBlk(path, BlkOptions{
 		Format: format, NoBacking: true, Cache: cache,
 		QcowOptions: qcow2.DriverOptions{CheckOpen: true, CheckLog: logf},
 	})

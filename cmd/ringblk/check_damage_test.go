@@ -41,8 +41,8 @@ func qemuAll(t *testing.T, tool string, args ...string) (string, string, int) {
 // edits it.
 func damagedImage(t *testing.T, name string, damage func(t *testing.T, path string)) {
 	t.Helper()
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", name, "2G")
-	mustQemu(t, "qemu-io", "-c", "write -P 0x5a 0 128k", "-c", "write -P 0x6b 1G 64k", name)
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", name, "2G")
+	MustQemu(t, "qemu-io", "-c", "write -P 0x5a 0 128k", "-c", "write -P 0x6b 1G 64k", name)
 	b, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +116,7 @@ func normStderr(s string) string {
 }
 
 func TestCheckDamagedMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	for _, c := range damageCases {
 		for _, mode := range []string{"", "leaks", "all"} {
@@ -129,7 +129,7 @@ func TestCheckDamagedMatchesQemu(t *testing.T) {
 					args = append(args, "-r", mode)
 				}
 				qout, qerr, qcode := qemuAll(t, "qemu-img", append(append([]string{"check"}, args...), theirs)...)
-				out, errs, code := ours(checkCmd, append(args, ours_)...)
+				out, errs, code := Ours(Check, append(args, ours_)...)
 				if why, ok := c.deviate[mode]; ok {
 					checkDeviation(t, c.name, mode, why, ours_, out, errs, code)
 					return
@@ -156,9 +156,9 @@ func TestCheckDamagedMatchesQemu(t *testing.T) {
 				}
 				// JSON output agrees too.
 				if mode == "" {
-					want, _ := qemu(t, "qemu-img", "check", "--output=json", theirs)
-					got, _, _ := ours(checkCmd, "--output=json", ours_)
-					diffMaps(t, "check --output=json", parseJSON(t, "qemu-img", strings.ReplaceAll(want, theirs, ours_)), parseJSON(t, "ours", got))
+					want, _ := Qemu(t, "qemu-img", "check", "--output=json", theirs)
+					got, _, _ := Ours(Check, "--output=json", ours_)
+					DiffMaps(t, "check --output=json", ParseJSON(t, "qemu-img", strings.ReplaceAll(want, theirs, ours_)), ParseJSON(t, "ours", got))
 				}
 			})
 		}

@@ -10,13 +10,13 @@ import (
 // and leaves stdout exactly as without -p (JSON stays parseable); -q
 // silences it.
 func TestCheckProgress(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	img := filepath.Join(t.TempDir(), "p.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "256M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 8M", "-c", "write -P 0x22 128M 4M", img)
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "256M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 8M", "-c", "write -P 0x22 128M 4M", img)
 
-	plainOut, _, plainCode := ours(checkCmd, "--output=json", img)
-	out, errOut, code := ours(checkCmd, "-p", "--output=json", img)
+	plainOut, _, plainCode := Ours(Check, "--output=json", img)
+	out, errOut, code := Ours(Check, "-p", "--output=json", img)
 	if code != 0 || plainCode != 0 {
 		t.Fatalf("exit %d with -p, %d without", code, plainCode)
 	}
@@ -34,7 +34,7 @@ func TestCheckProgress(t *testing.T) {
 	if n < 3 || last != "(100.00/100%)" {
 		t.Errorf("progress on stderr: %d lines, last %q; want several, ending at (100.00/100%%)\n%q", n, last, errOut)
 	}
-	if _, errQ, _ := ours(checkCmd, "-p", "-q", img); errQ != "" {
+	if _, errQ, _ := Ours(Check, "-p", "-q", img); errQ != "" {
 		t.Errorf("check -p -q printed %q on stderr", errQ)
 	}
 }

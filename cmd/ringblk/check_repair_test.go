@@ -45,7 +45,7 @@ func (p patchImage) apply(t *testing.T, path string) {
 // too low under a snapshot, and a dirty lazy-refcount image left by
 // qemu-io, in human and JSON output.
 func TestCheckRepairMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	root := t.TempDir()
 	t.Chdir(root)
 	type tc struct {
@@ -82,16 +82,16 @@ func TestCheckRepairMatchesQemu(t *testing.T) {
 				if opts != "" {
 					args = append(args, "-o", opts)
 				}
-				mustQemu(t, "qemu-img", append(args, orig, "16M")...)
+				MustQemu(t, "qemu-img", append(args, orig, "16M")...)
 				if c.name == "lazy-dirty" {
 					// abort(3) after a flush: dirty, refcounts not written.
 					exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 128k", "-c", "flush", "-c", "abort", orig).Run()
 				} else {
-					mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 128k", orig)
+					MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 128k", orig)
 				}
 				for _, s := range c.setup {
 					if f := strings.Fields(s); f[0] == "img" {
-						mustQemu(t, "qemu-img", append(f[1:], orig)...)
+						MustQemu(t, "qemu-img", append(f[1:], orig)...)
 					}
 				}
 				c.patch.apply(t, orig)
@@ -122,7 +122,7 @@ func TestCheckRepairMatchesQemu(t *testing.T) {
 				if err := os.Chdir(filepath.Join(base, "o")); err != nil {
 					t.Fatal(err)
 				}
-				out, stderr, code := ours(checkCmd, rargs[1:]...)
+				out, stderr, code := Ours(Check, rargs[1:]...)
 				if err := os.Chdir(root); err != nil {
 					t.Fatal(err)
 				}
@@ -137,8 +137,8 @@ func TestCheckRepairMatchesQemu(t *testing.T) {
 				// not change.
 				ours := filepath.Join(base, "o", "img.qcow2")
 				theirs := filepath.Join(base, "q", "img.qcow2")
-				oj, ocode := qemu(t, "qemu-img", "check", "--output=json", ours)
-				qj, qc := qemu(t, "qemu-img", "check", "--output=json", theirs)
+				oj, ocode := Qemu(t, "qemu-img", "check", "--output=json", ours)
+				qj, qc := Qemu(t, "qemu-img", "check", "--output=json", theirs)
 				if c.name == "lazy-dirty" && mode == "leaks" {
 					// qemu-img clears the dirty bit when it closes the
 					// image even though its repair failed; we leave the
@@ -156,7 +156,7 @@ func TestCheckRepairMatchesQemu(t *testing.T) {
 					if ocode != 0 {
 						t.Errorf("%s: qemu-img check exits %d after our repair", name, ocode)
 					}
-					if o, c := qemu(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", orig, ours); c != 0 {
+					if o, c := Qemu(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", orig, ours); c != 0 {
 						t.Errorf("%s: guest data changed by the repair (exit %d):\n%s", name, c, o)
 					}
 				}
@@ -167,17 +167,17 @@ func TestCheckRepairMatchesQemu(t *testing.T) {
 
 // TestCheckRepairRefusals: -r with -U, -r on raw, a bad -r value.
 func TestCheckRepairRefusals(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "1M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
 	for _, args := range [][]string{
 		{"-r", "all", "-U", "a.qcow2"},
 		{"-r", "leaks", "-f", "raw", "r.raw"},
 		{"-r", "bogus", "a.qcow2"},
 	} {
-		_, wcode := qemu(t, "qemu-img", append([]string{"check"}, args...)...)
-		out, stderr, code := ours(checkCmd, args...)
+		_, wcode := Qemu(t, "qemu-img", append([]string{"check"}, args...)...)
+		out, stderr, code := Ours(Check, args...)
 		if code != wcode || out != "" || !strings.HasPrefix(stderr, "ringblk: ") || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("check %q: exit %d (qemu-img %d), stdout %q, stderr %q", args, code, wcode, out, stderr)
 		}
@@ -188,11 +188,11 @@ func TestCheckRepairRefusals(t *testing.T) {
 // line and makes qemu-img's file; with compat=0.10 it is refused with
 // qemu-img's message.
 func TestCreateLazyRefcounts(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
 	for _, v := range []string{"on", "off"} {
-		want := mustQemu(t, "qemu-img", "create", "-f", "qcow2", "-o", "lazy_refcounts="+v, "q.qcow2", "16M")
-		got, stderr, code := ours(createCmd, "-f", "qcow2", "-o", "lazy_refcounts="+v, "o.qcow2", "16M")
+		want := MustQemu(t, "qemu-img", "create", "-f", "qcow2", "-o", "lazy_refcounts="+v, "q.qcow2", "16M")
+		got, stderr, code := Ours(Create, "-f", "qcow2", "-o", "lazy_refcounts="+v, "o.qcow2", "16M")
 		if code != 0 || got != strings.Replace(want, "q.qcow2", "o.qcow2", 1) {
 			t.Errorf("lazy_refcounts=%s: exit %d, stdout %q (qemu-img %q), stderr %q", v, code, got, want, stderr)
 		}
@@ -202,11 +202,11 @@ func TestCreateLazyRefcounts(t *testing.T) {
 			t.Errorf("lazy_refcounts=%s: the image differs from qemu-img's", v)
 		}
 	}
-	_, stderr, code := ours(createCmd, "-f", "qcow2", "-o", "compat=0.10,lazy_refcounts=on", "v2.qcow2", "16M")
+	_, stderr, code := Ours(Create, "-f", "qcow2", "-o", "compat=0.10,lazy_refcounts=on", "v2.qcow2", "16M")
 	if code != 1 || !strings.Contains(stderr, "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)") {
 		t.Errorf("compat=0.10,lazy_refcounts=on: exit %d, stderr %q", code, stderr)
 	}
-	_, stderr, code = ours(createCmd, "-f", "qcow2", "-o", "lazy_refcounts=maybe", "x.qcow2", "16M")
+	_, stderr, code = Ours(Create, "-f", "qcow2", "-o", "lazy_refcounts=maybe", "x.qcow2", "16M")
 	if code != 1 || !strings.Contains(stderr, "Parameter 'lazy_refcounts' expects 'on' or 'off'") {
 		t.Errorf("lazy_refcounts=maybe: exit %d, stderr %q", code, stderr)
 	}

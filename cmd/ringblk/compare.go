@@ -31,19 +31,19 @@ Exit status: 0 identical, 1 different, 2 an image could not be opened,
   -h, --help        this help
 `
 
-var compareSpec = optSpec{
-	short: map[byte]bool{'f': true, 'F': true, 'T': true, 'p': false, 'q': false, 's': false, 'U': false, 'h': false},
-	long:  map[string]bool{"force-share": false, "help": false},
+var compareSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'F': true, 'T': true, 'p': false, 'q': false, 's': false, 'U': false, 'h': false},
+	Long:  map[string]bool{"force-share": false, "help": false},
 }
 
 // compareBufSize is how much of each image one comparison step reads.
 const compareBufSize = 2 << 20
 
-func compareMain(args []string) int { return compareCmd(args, os.Stdout, os.Stderr) }
+func compareMain(args []string) int { return Compare(args, os.Stdout, os.Stderr) }
 
-func compareCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(compareHelp, stdout, stderr, func() (int, error) {
-		opts, operands, err := parseOpts(args, compareSpec)
+func Compare(args []string, stdout, stderr io.Writer) int {
+	return Run(compareHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := ParseOpts(args, compareSpec)
 		if err != nil {
 			return 1, err
 		}
@@ -51,13 +51,13 @@ func compareCmd(args []string, stdout, stderr io.Writer) int {
 		var fmt1, fmt2, cache string
 		var showProgress, forceShare bool
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "f":
-				fmt1 = o.val
+				fmt1 = o.Val
 			case "F":
-				fmt2 = o.val
+				fmt2 = o.Val
 			case "T":
-				cache = o.val
+				cache = o.Val
 			case "p":
 				showProgress = true
 			case "q":
@@ -77,7 +77,7 @@ func compareCmd(args []string, stdout, stderr io.Writer) int {
 			return 2, err
 		}
 		if len(operands) != 2 {
-			return 1, usagef("Expecting two image file names (see 'ringblk compare --help')")
+			return 1, Usagef("Expecting two image file names (see 'ringblk compare --help')")
 		}
 		if cache != "" {
 			if _, ok := raw.ParseCache(cache); !ok {
@@ -85,18 +85,18 @@ func compareCmd(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		c.name1, c.name2 = operands[0], operands[1]
-		c.progress = newProgress(stdout, showProgress && !c.quiet, 2)
+		c.progress = NewProgress(stdout, showProgress && !c.quiet, 2)
 		defer c.progress.End()
 
-		bo := blkOptions{ReadOnly: true, ForceShare: forceShare, Cache: cache}
+		bo := BlkOptions{ReadOnly: true, ForceShare: forceShare, Cache: cache}
 		bo.Format = fmt1
-		img1, err := openBlk(c.name1, bo)
+		img1, err := OpenBlk(c.name1, bo)
 		if err != nil {
 			return 2, err
 		}
 		defer img1.Close()
 		bo.Format = fmt2
-		img2, err := openBlkIn(img1.Ctx, img1.Graph, c.name2, bo)
+		img2, err := OpenBlkIn(img1.Ctx, img1.Graph, c.name2, bo)
 		if err != nil {
 			return 2, err
 		}
@@ -121,7 +121,7 @@ type comparer struct {
 	quiet, strict bool
 	name1, name2  string
 	ch1, ch2      *imageChain
-	progress      *progressPrinter
+	progress      *Progress
 	buf1, buf2    []byte
 	progressBase  float64
 }
@@ -147,11 +147,11 @@ func (c *comparer) run() (int, error) {
 	for off := int64(0); off < total; {
 		s1, err := c.ch1.statusAbove(off, size1-off, false)
 		if err != nil {
-			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name1, plainErr(err))
+			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name1, PlainErr(err))
 		}
 		s2, err := c.ch2.statusAbove(off, size2-off, false)
 		if err != nil {
-			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name2, plainErr(err))
+			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name2, PlainErr(err))
 		}
 		chunk := min(s1.pnum, s2.pnum)
 		if c.strict && (s1.st != s2.st || s1.hasOff != s2.hasOff) {
@@ -201,7 +201,7 @@ func (c *comparer) run() (int, error) {
 		for off := total; off < end; {
 			s, err := over.statusAbove(off, end-off, false)
 			if err != nil {
-				return 3, fmt.Errorf("Sector allocation test failed for %s: %v", name, plainErr(err))
+				return 3, fmt.Errorf("Sector allocation test failed for %s: %v", name, PlainErr(err))
 			}
 			chunk := s.pnum
 			if s.st&block.StatusAllocated != 0 && s.st&block.StatusZero == 0 {
@@ -220,7 +220,7 @@ func (c *comparer) run() (int, error) {
 
 func (c *comparer) read(ch *imageChain, name string, p []byte, off int64) (int, error) {
 	if _, err := ch.levels[0].node.ReadAt(p, off); err != nil {
-		return 4, fmt.Errorf("Error while reading offset %d of %s: %v", off, name, plainErr(err))
+		return 4, fmt.Errorf("Error while reading offset %d of %s: %v", off, name, PlainErr(err))
 	}
 	return 0, nil
 }

@@ -8,25 +8,25 @@ import (
 // same exit code for the same pair of images.
 
 func TestCompareMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	makeMapImages(t)
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "a.raw", "1M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "b.raw", "1M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 7 1000 1", "b.raw")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "b2.raw", "1M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 7 1000 1", "-c", "write -P 8 3000 1", "b2.raw")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "c.qcow2", "1M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 7 70000 1", "c.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "a.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "b.raw", "1M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 7 1000 1", "b.raw")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "b2.raw", "1M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 7 1000 1", "-c", "write -P 8 3000 1", "b2.raw")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "c.qcow2", "1M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 7 70000 1", "c.qcow2")
 	// Larger images: zero beyond the common part, or not.
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "d.raw", "2M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "e.raw", "2M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 7 1000 1", "-c", "write -P 1 1500000 1", "e.raw")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "d.raw", "2M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "e.raw", "2M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 7 1000 1", "-c", "write -P 1 1500000 1", "e.raw")
 	// A qcow2 copy of a raw image, and one with a single byte changed.
-	mustQemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "sparse.raw", "sparse.qcow2")
-	mustQemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "sparse.raw", "changed.qcow2")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 3 2000000 1", "changed.qcow2")
-	mustQemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", "top.qcow2", "flat.qcow2")
+	MustQemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "sparse.raw", "sparse.qcow2")
+	MustQemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "sparse.raw", "changed.qcow2")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 3 2000000 1", "changed.qcow2")
+	MustQemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", "top.qcow2", "flat.qcow2")
 
 	for _, args := range [][]string{
 		{"a.raw", "a.raw"},
@@ -57,8 +57,8 @@ func TestCompareMatchesQemu(t *testing.T) {
 		{"-p", "a.raw", "b.raw"},
 		{"-p", "-q", "a.raw", "a.raw"},
 	} {
-		want, wcode := qemu(t, "qemu-img", append([]string{"compare"}, args...)...)
-		got, errOut, code := ours(compareCmd, args...)
+		want, wcode := Qemu(t, "qemu-img", append([]string{"compare"}, args...)...)
+		got, errOut, code := Ours(Compare, args...)
 		if code != wcode {
 			t.Errorf("compare %v: exit %d, qemu-img exits %d (stderr %q)", args, code, wcode, errOut)
 		}
@@ -69,9 +69,9 @@ func TestCompareMatchesQemu(t *testing.T) {
 }
 
 func TestCompareBadArguments(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
 	for _, args := range [][]string{
 		{"-z", "r.raw", "r.raw"},
 		{"--bogus", "r.raw", "r.raw"},
@@ -81,8 +81,8 @@ func TestCompareBadArguments(t *testing.T) {
 		{"-f", "qcow2", "r.raw", "r.raw"}, // wrong format: exit 2
 		{"-T", "bogus", "r.raw", "r.raw"}, // exit 2
 	} {
-		_, qcode := qemu(t, "qemu-img", append([]string{"compare"}, args...)...)
-		stdout, stderr, code := ours(compareCmd, args...)
+		_, qcode := Qemu(t, "qemu-img", append([]string{"compare"}, args...)...)
+		stdout, stderr, code := Ours(Compare, args...)
 		checkOneLineError(t, "compare", args, stdout, stderr, code, qcode)
 	}
 }

@@ -26,10 +26,10 @@ import (
 // and qemu-io and checks that their exit codes agree with ours, except
 // where a case names the difference and why we differ.
 
-const asMainEnv = "RINGBLK_TEST_AS_MAIN"
+const AsMainEnv = "RINGBLK_TEST_AS_MAIN"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(asMainEnv) == "1" {
+	if os.Getenv(AsMainEnv) == "1" {
 		os.Args = append([]string{"ringblk"}, os.Args[1:]...)
 		main()
 		os.Exit(0)
@@ -37,15 +37,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// runRingblk runs "ringblk args…" as a separate process.
-func runRingblk(t *testing.T, stdin io.Reader, args ...string) (stdout, stderr string, code int) {
+// RunRingblk runs "ringblk args…" as a separate process.
+func RunRingblk(t *testing.T, stdin io.Reader, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	cmd.Env = append(os.Environ(), AsMainEnv+"=1")
 	cmd.Stdin = stdin
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
@@ -183,7 +183,7 @@ var conventionCommands = []struct {
 // our own create (the tests that need qemu make nothing with it).
 func conventionImages(t *testing.T) {
 	t.Helper()
-	if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "q.qcow2", "1M"); code != 0 {
+	if _, stderr, code := Ours(Create, "-q", "-f", "qcow2", "q.qcow2", "1M"); code != 0 {
 		t.Fatalf("create q.qcow2: exit %d: %s", code, stderr)
 	}
 	if err := os.WriteFile("r.raw", make([]byte, 1<<20), 0o644); err != nil {
@@ -210,7 +210,7 @@ func TestConventionsHelp(t *testing.T) {
 			t.Errorf("%s: not a command of main", c.name)
 		}
 		for _, flag := range []string{"--help", "-h"} {
-			stdout, stderr, code := runRingblk(t, nil, c.name, flag)
+			stdout, stderr, code := RunRingblk(t, nil, c.name, flag)
 			what := "ringblk " + c.name + " " + flag
 			if code != 0 {
 				t.Errorf("%s: exit %d, want 0 (stderr %q)", what, code, stderr)
@@ -235,7 +235,7 @@ func TestConventionsMistakes(t *testing.T) {
 			kinds[m.kind]++
 			args := append([]string{c.name}, m.args...)
 			what := fmt.Sprintf("ringblk %s (%s)", strings.Join(args, " "), m.kind)
-			_, stderr, code := runRingblk(t, strings.NewReader(""), args...)
+			_, stderr, code := RunRingblk(t, strings.NewReader(""), args...)
 			want := m.code
 			if want == 0 {
 				want = 1
@@ -269,7 +269,7 @@ func TestConventionsMistakes(t *testing.T) {
 // TestConventionsExitCodesVsQemu: for each mistake qemu-img or qemu-io
 // can make too, their exit code is ours unless the case says why not.
 func TestConventionsExitCodesVsQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	conventionImages(t)
 	for _, c := range conventionCommands {
@@ -282,7 +282,7 @@ func TestConventionsExitCodesVsQemu(t *testing.T) {
 				qargs = append([]string{c.name}, m.args...)
 			}
 			what := fmt.Sprintf("%s %s (%s)", m.qemu, strings.Join(qargs, " "), m.kind)
-			_, qcode := qemu(t, m.qemu, qargs...)
+			_, qcode := Qemu(t, m.qemu, qargs...)
 			want := m.code
 			if want == 0 {
 				want = 1

@@ -49,10 +49,10 @@ Ranges that read as zeroes are not written (sparse output).
   -h, --help      this help
 `
 
-var convertSpec = optSpec{
-	short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
+var convertSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
 		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
-	long: map[string]bool{"force-share": false, "help": false},
+	Long: map[string]bool{"force-share": false, "help": false},
 }
 
 const (
@@ -60,7 +60,7 @@ const (
 	maxSparseSize  = 16 << 20 // largest -S
 )
 
-func convertMain(args []string) int { return convertCmd(args, os.Stdout, os.Stderr) }
+func convertMain(args []string) int { return Convert(args, os.Stdout, os.Stderr) }
 
 // convertReq is a parsed convert command line.
 type convertReq struct {
@@ -79,8 +79,8 @@ type convertReq struct {
 	inFlight            int
 }
 
-func convertCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(convertHelp, stdout, stderr, func() (int, error) {
+func Convert(args []string, stdout, stderr io.Writer) int {
+	return Run(convertHelp, stdout, stderr, func() (int, error) {
 		r, err := parseConvert(args)
 		if err != nil {
 			return 1, err
@@ -90,19 +90,19 @@ func convertCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func parseConvert(args []string) (*convertReq, error) {
-	opts, operands, err := parseOpts(args, convertSpec)
+	opts, operands, err := ParseOpts(args, convertSpec)
 	if err != nil {
 		return nil, err
 	}
 	r := &convertReq{dstFmt: "raw", minSparse: 4096, inFlight: 8}
 	for _, o := range opts {
-		switch o.name {
+		switch o.Name {
 		case "f":
-			r.srcFmt = o.val
+			r.srcFmt = o.Val
 		case "O":
-			r.dstFmt = o.val
+			r.dstFmt = o.Val
 		case "o":
-			r.olist = append(r.olist, o.val)
+			r.olist = append(r.olist, o.Val)
 		case "c":
 			r.compress = true
 		case "p":
@@ -110,27 +110,27 @@ func parseConvert(args []string) (*convertReq, error) {
 		case "q":
 			r.quiet = true
 		case "S":
-			n, err := units.ParseSize(o.val)
+			n, err := units.ParseSize(o.Val)
 			if err != nil || n < 0 || n%512 != 0 || n > maxSparseSize {
-				return nil, usagef("Invalid buffer size for sparse output specified: '%s' (multiples of 512 up to %d; 0 disables sparse detection)", o.val, maxSparseSize)
+				return nil, Usagef("Invalid buffer size for sparse output specified: '%s' (multiples of 512 up to %d; 0 disables sparse detection)", o.Val, maxSparseSize)
 			}
 			r.minSparse = n
 		case "n":
 			r.skipCreate = true
 		case "B":
-			r.backing = o.val
+			r.backing = o.Val
 		case "F":
-			r.backingFmt = o.val
+			r.backingFmt = o.Val
 		case "U", "force-share":
 			r.forceShare = true
 		case "t":
-			r.cache = o.val
+			r.cache = o.Val
 		case "T":
-			r.srcCache = o.val
+			r.srcCache = o.Val
 		case "m":
-			n, err := strconv.Atoi(o.val)
+			n, err := strconv.Atoi(o.Val)
 			if err != nil || n < 1 || n > 16 {
-				return nil, usagef("Invalid number of coroutines '%s' (1 to 16)", o.val)
+				return nil, Usagef("Invalid number of coroutines '%s' (1 to 16)", o.Val)
 			}
 			r.inFlight = n
 		case "W":
@@ -145,25 +145,25 @@ func parseConvert(args []string) (*convertReq, error) {
 	}
 	switch {
 	case len(operands) < 2:
-		return nil, usagef("Expecting a source and a target image file name (see 'ringblk convert --help')")
+		return nil, Usagef("Expecting a source and a target image file name (see 'ringblk convert --help')")
 	case len(operands) > 2:
-		return nil, usagef("Unexpected argument '%s': converting several source images into one is not supported", operands[2])
+		return nil, Usagef("Unexpected argument '%s': converting several source images into one is not supported", operands[2])
 	}
 	r.src, r.dst = operands[0], operands[1]
 	if r.compress && r.dstFmt != "qcow2" {
-		return nil, usagef("Compression not supported for this file format ('%s')", r.dstFmt)
+		return nil, Usagef("Compression not supported for this file format ('%s')", r.dstFmt)
 	}
 	if r.backing != "" && r.dstFmt == "raw" {
-		return nil, usagef("Backing file not supported for file format 'raw'")
+		return nil, Usagef("Backing file not supported for file format 'raw'")
 	}
 	if r.backing != "" && r.backingFmt == "" {
-		return nil, usagef("Use of backing file requires explicit backing format (-F raw or -F qcow2)")
+		return nil, Usagef("Use of backing file requires explicit backing format (-F raw or -F qcow2)")
 	}
 	if r.backing != "" && r.skipCreate {
-		return nil, usagef("-B cannot be used with -n: the existing target keeps its own backing file")
+		return nil, Usagef("-B cannot be used with -n: the existing target keeps its own backing file")
 	}
 	if r.skipCreate && len(r.olist) > 0 {
-		return nil, usagef("-o has no effect with -n (the target is not created)")
+		return nil, Usagef("-o has no effect with -n (the target is not created)")
 	}
 	// "unsafe" (qemu-img convert's default) is writeback without the
 	// final flush; ours defaults to writeback with it.
@@ -176,7 +176,7 @@ func parseConvert(args []string) (*convertReq, error) {
 	for _, c := range []struct{ v, what string }{{r.cache, "cache"}, {r.srcCache, "source cache"}} {
 		if c.v != "" {
 			if _, ok := raw.ParseCache(c.v); !ok {
-				return nil, usagef("Invalid %s option: %s (none, writeback, writethrough, unsafe)", c.what, c.v)
+				return nil, Usagef("Invalid %s option: %s (none, writeback, writethrough, unsafe)", c.what, c.v)
 			}
 		}
 	}
@@ -184,7 +184,7 @@ func parseConvert(args []string) (*convertReq, error) {
 }
 
 func runConvert(r *convertReq, stdout io.Writer) (err error) {
-	src, err := openBlk(r.src, blkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache})
+	src, err := OpenBlk(r.src, BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache})
 	if err != nil {
 		return err
 	}
@@ -208,19 +208,19 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 			return err
 		}
 	}
-	dst, err := openBlkIn(src.Ctx, src.Graph, r.dst, blkOptions{Format: r.dstFmt, Cache: r.cache})
+	dst, err := OpenBlkIn(src.Ctx, src.Graph, r.dst, BlkOptions{Format: r.dstFmt, Cache: r.cache})
 	if err != nil {
 		return err
 	}
 	defer func() {
 		if cerr := dst.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("%s: %v", r.dst, plainErr(cerr))
+			err = fmt.Errorf("%s: %v", r.dst, PlainErr(cerr))
 		}
 	}()
 	if r.skipCreate {
 		dsize, err := dst.Node.Length()
 		if err != nil {
-			return fmt.Errorf("Could not get the size of '%s': %v", r.dst, plainErr(err))
+			return fmt.Errorf("Could not get the size of '%s': %v", r.dst, PlainErr(err))
 		}
 		if dsize < size {
 			return fmt.Errorf("output file '%s' is smaller than input file '%s' (%d < %d bytes)", r.dst, r.src, dsize, size)
@@ -231,7 +231,7 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		r: r, src: sch, dst: dst.Node, size: size,
 		topOnly:  r.backing != "",
 		zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0,
-		progress: newProgress(stdout, r.showProgress && !r.quiet, 1),
+		progress: NewProgress(stdout, r.showProgress && !r.quiet, 1),
 	}
 	if r.compress {
 		c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
@@ -246,7 +246,7 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return nil
 	}
 	if err := dst.Node.Flush(); err != nil {
-		return fmt.Errorf("error while flushing '%s': %v", r.dst, plainErr(err))
+		return fmt.Errorf("error while flushing '%s': %v", r.dst, PlainErr(err))
 	}
 	return nil
 }
@@ -262,18 +262,18 @@ func createTarget(r *convertReq, size int64) error {
 			}
 			k, v, ok := strings.Cut(kv, "=")
 			if !ok {
-				return usagef("Invalid parameter '%s' in -o (expected key=value)", kv)
+				return Usagef("Invalid parameter '%s' in -o (expected key=value)", kv)
 			}
 			cr.kv[k] = v
 		}
 	}
 	if s, ok := cr.kv["size"]; ok {
-		n, err := parseSize(s)
+		n, err := ParseSize(s)
 		if err != nil {
 			return err
 		}
 		if n < size {
-			return usagef("%s: size=%s is smaller than the source image (%d bytes)", r.dst, s, size)
+			return Usagef("%s: size=%s is smaller than the source image (%d bytes)", r.dst, s, size)
 		}
 		cr.size = n
 		delete(cr.kv, "size")
@@ -311,7 +311,7 @@ type converter struct {
 	topOnly     bool  // -B: copy what the source's top image allocates
 	zeroInit    bool  // the target reads as zeroes already: skip zero ranges
 	clusterSize int64 // -c: the target's cluster size
-	progress    *progressPrinter
+	progress    *Progress
 
 	// Progress: bytes of work done out of total (qemu-img counts data,
 	// and zeroes when they are written as data).
@@ -366,7 +366,7 @@ func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
 	for off := int64(0); off < c.size; {
 		s, err := c.src.statusAbove(off, c.size-off, c.topOnly)
 		if err != nil {
-			return fmt.Errorf("error while reading block status at offset %d: %v", off, plainErr(err))
+			return fmt.Errorf("error while reading block status at offset %d: %v", off, PlainErr(err))
 		}
 		n, k := s.pnum, c.classify(s)
 		if cs := c.clusterSize; cs > 0 {
@@ -505,7 +505,7 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 		return c.writeZeroes(it.off, it.n)
 	}
 	if _, err := c.src.levels[0].node.ReadAt(buf, it.off); err != nil {
-		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, plainErr(err))
+		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, PlainErr(err))
 	}
 	if !c.waitTurn(it.seq) {
 		return nil
@@ -570,14 +570,14 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 
 func (c *converter) write(p []byte, off int64) error {
 	if _, err := c.dst.WriteAt(p, off); err != nil {
-		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, plainErr(err))
+		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, PlainErr(err))
 	}
 	return nil
 }
 
 func (c *converter) writeZeroes(off, n int64) error {
 	if err := c.dst.WriteZeroes(off, n, block.MayUnmap); err != nil {
-		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, plainErr(err))
+		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, PlainErr(err))
 	}
 	return nil
 }

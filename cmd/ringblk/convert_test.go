@@ -12,7 +12,7 @@ import (
 // check), and be as sparse as qemu-img's own output.
 
 func TestConvertMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	imgs := makeMapImages(t)
 	for _, src := range imgs {
@@ -30,17 +30,17 @@ func TestConvertMatchesQemu(t *testing.T) {
 			outFmt := opts[1]
 			ext := "." + outFmt
 			args := append(append([]string{}, opts...), src, "ours"+ext)
-			stdout, stderr, code := ours(convertCmd, args...)
+			stdout, stderr, code := Ours(Convert, args...)
 			if code != 0 || stdout != "" || stderr != "" {
 				t.Errorf("convert %v: exit %d, stdout %q, stderr %q", args, code, stdout, stderr)
 				continue
 			}
-			mustQemu(t, "qemu-img", append(append([]string{"convert"}, opts...), src, "theirs"+ext)...)
-			if out, code := qemu(t, "qemu-img", "compare", "-F", outFmt, src, "ours"+ext); code != 0 {
+			MustQemu(t, "qemu-img", append(append([]string{"convert"}, opts...), src, "theirs"+ext)...)
+			if out, code := Qemu(t, "qemu-img", "compare", "-F", outFmt, src, "ours"+ext); code != 0 {
 				t.Errorf("convert %v: qemu-img compare with the source: exit %d: %s", args, code, out)
 			}
 			if outFmt == "qcow2" {
-				if out, code := qemu(t, "qemu-img", "check", "ours.qcow2"); code != 0 {
+				if out, code := Qemu(t, "qemu-img", "check", "ours.qcow2"); code != 0 {
 					t.Errorf("convert %v: qemu-img check: exit %d: %s", args, code, out)
 				}
 				// Same allocation (data, zero, unallocated runs) as
@@ -83,32 +83,32 @@ func checkRawSparse(t *testing.T, args []string, ours, theirs string) {
 // QEMU reads back (compare) and accepts (check), and the clusters really
 // are compressed (data without a host offset in qemu-img map).
 func TestConvertCompressedReadableByQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	imgs := makeMapImages(t)
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "text.raw", "3M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 2M 100k", "text.raw")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "text.raw", "3M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 2M 100k", "text.raw")
 	// An image whose size is not a multiple of the cluster size: the
 	// last cluster is partial.
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "tail.raw", "1000k")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 0x43 900k 100k", "tail.raw")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "tail.raw", "1000k")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 0x43 900k 100k", "tail.raw")
 	for _, src := range append(imgs, "text.raw", "tail.raw") {
 		for _, o := range []string{"cluster_size=64k", "cluster_size=4k"} {
 			args := []string{"-c", "-O", "qcow2", "-o", o, src, "c.qcow2"}
-			_, stderr, code := ours(convertCmd, args...)
+			_, stderr, code := Ours(Convert, args...)
 			if code != 0 {
 				t.Errorf("convert %v: exit %d: %s", args, code, stderr)
 				continue
 			}
-			if out, code := qemu(t, "qemu-img", "compare", src, "c.qcow2"); code != 0 {
+			if out, code := Qemu(t, "qemu-img", "compare", src, "c.qcow2"); code != 0 {
 				t.Errorf("convert %v: qemu-img compare: exit %d: %s", args, code, out)
 			}
-			if out, code := qemu(t, "qemu-img", "check", "c.qcow2"); code != 0 {
+			if out, code := Qemu(t, "qemu-img", "check", "c.qcow2"); code != 0 {
 				t.Errorf("convert %v: qemu-img check: exit %d: %s", args, code, out)
 			}
 			if src == "text.raw" {
 				compressed := 0
-				for _, e := range parseMapJSON(t, mustQemu(t, "qemu-img", "map", "--output=json", "c.qcow2")) {
+				for _, e := range parseMapJSON(t, MustQemu(t, "qemu-img", "map", "--output=json", "c.qcow2")) {
 					if _, hasOff := e["offset"]; e["data"].(bool) && !hasOff {
 						compressed++
 					}
@@ -124,45 +124,45 @@ func TestConvertCompressedReadableByQemu(t *testing.T) {
 // TestConvertExistingTarget: -n writes into an existing image, zeroing
 // what the source has as zeroes, and refuses a smaller target.
 func TestConvertExistingTarget(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	makeMapImages(t)
 	for _, f := range []string{"qcow2", "raw"} {
-		mustQemu(t, "qemu-img", "create", "-q", "-f", f, "n."+f, "4M")
-		mustQemu(t, "qemu-io", "-f", f, "-c", "write -P 0xee 0 4M", "n."+f)
+		MustQemu(t, "qemu-img", "create", "-q", "-f", f, "n."+f, "4M")
+		MustQemu(t, "qemu-io", "-f", f, "-c", "write -P 0xee 0 4M", "n."+f)
 		args := []string{"-n", "-O", f, "top.qcow2", "n." + f}
-		if _, stderr, code := ours(convertCmd, args...); code != 0 {
+		if _, stderr, code := Ours(Convert, args...); code != 0 {
 			t.Fatalf("convert %v: exit %d: %s", args, code, stderr)
 		}
-		if out, code := qemu(t, "qemu-img", "compare", "-F", f, "top.qcow2", "n."+f); code != 0 {
+		if out, code := Qemu(t, "qemu-img", "compare", "-F", f, "top.qcow2", "n."+f); code != 0 {
 			t.Errorf("convert %v: qemu-img compare: exit %d: %s", args, code, out)
 		}
 	}
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "small2.qcow2", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "small2.qcow2", "1M")
 	args := []string{"-n", "-O", "qcow2", "top.qcow2", "small2.qcow2"}
-	_, qcode := qemu(t, "qemu-img", append([]string{"convert"}, args...)...)
-	stdout, stderr, code := ours(convertCmd, args...)
+	_, qcode := Qemu(t, "qemu-img", append([]string{"convert"}, args...)...)
+	stdout, stderr, code := Ours(Convert, args...)
 	checkOneLineError(t, "convert", args, stdout, stderr, code, qcode)
 }
 
 // TestConvertBackingFile: -B gives the output a backing file and copies
 // only what the source's top image allocates, like qemu-img.
 func TestConvertBackingFile(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	makeMapImages(t)
 	args := []string{"-B", "base.qcow2", "-F", "qcow2", "-O", "qcow2", "top.qcow2", "ours.qcow2"}
-	if _, stderr, code := ours(convertCmd, args...); code != 0 {
+	if _, stderr, code := Ours(Convert, args...); code != 0 {
 		t.Fatalf("convert %v: exit %d: %s", args, code, stderr)
 	}
-	mustQemu(t, "qemu-img", "convert", "-B", "base.qcow2", "-F", "qcow2", "-O", "qcow2", "top.qcow2", "theirs.qcow2")
-	if out, code := qemu(t, "qemu-img", "compare", "top.qcow2", "ours.qcow2"); code != 0 {
+	MustQemu(t, "qemu-img", "convert", "-B", "base.qcow2", "-F", "qcow2", "-O", "qcow2", "top.qcow2", "theirs.qcow2")
+	if out, code := Qemu(t, "qemu-img", "compare", "top.qcow2", "ours.qcow2"); code != 0 {
 		t.Errorf("qemu-img compare: exit %d: %s", code, out)
 	}
 	if got, want := allocation(t, "ours.qcow2"), allocation(t, "theirs.qcow2"); got != want {
 		t.Errorf("allocation differs from qemu-img's:\n got:\n%s\nwant:\n%s", got, want)
 	}
-	info := parseJSON(t, "info", mustQemu(t, "qemu-img", "info", "--output=json", "ours.qcow2"))
+	info := ParseJSON(t, "info", MustQemu(t, "qemu-img", "info", "--output=json", "ours.qcow2"))
 	if info["backing-filename"] != "base.qcow2" || info["backing-filename-format"] != "qcow2" {
 		t.Errorf("backing file of the output: %v (%v)", info["backing-filename"], info["backing-filename-format"])
 	}
@@ -171,11 +171,11 @@ func TestConvertBackingFile(t *testing.T) {
 // TestConvertProgress: -p prints qemu-img's "    (NN.NN/100%)\r" lines
 // from 0.00 to 100.00 and a final newline; -q silences it.
 func TestConvertProgress(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "p.raw", "40M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 1 0 30M", "p.raw")
-	stdout, stderr, code := ours(convertCmd, "-p", "-O", "qcow2", "p.raw", "p.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "p.raw", "40M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 1 0 30M", "p.raw")
+	stdout, stderr, code := Ours(Convert, "-p", "-O", "qcow2", "p.raw", "p.qcow2")
 	if code != 0 {
 		t.Fatalf("convert -p: exit %d: %s", code, stderr)
 	}
@@ -192,19 +192,19 @@ func TestConvertProgress(t *testing.T) {
 	if len(lines) < 4 {
 		t.Errorf("convert -p of 30 MiB printed %d progress lines, want intermediate steps: %q", len(lines), stdout)
 	}
-	stdout, _, code = ours(convertCmd, "-p", "-q", "-O", "qcow2", "p.raw", "q.qcow2")
+	stdout, _, code = Ours(Convert, "-p", "-q", "-O", "qcow2", "p.raw", "q.qcow2")
 	if code != 0 || stdout != "" {
 		t.Errorf("convert -p -q: exit %d, stdout %q, want silence", code, stdout)
 	}
 }
 
 func TestConvertBadArguments(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "b.qcow2", "1M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 4k 64k", "r.raw")
-	mustQemu(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", "r.raw", "r.copy")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "b.qcow2", "1M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 4k 64k", "r.raw")
+	MustQemu(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", "r.raw", "r.copy")
 	for _, args := range [][]string{
 		{"--bogus", "r.raw", "x.raw"},
 		{"-z", "r.raw", "x.raw"},
@@ -225,11 +225,11 @@ func TestConvertBadArguments(t *testing.T) {
 		{"-B", "b.qcow2", "-F", "qcow2", "-O", "raw", "r.raw", "x.raw"},
 		{"r.raw", "r.raw"}, // the target is the source
 	} {
-		_, qcode := qemu(t, "qemu-img", append([]string{"convert"}, args...)...)
-		stdout, stderr, code := ours(convertCmd, args...)
+		_, qcode := Qemu(t, "qemu-img", append([]string{"convert"}, args...)...)
+		stdout, stderr, code := Ours(Convert, args...)
 		checkOneLineError(t, "convert", args, stdout, stderr, code, qcode)
 	}
-	if out, code := qemu(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", "r.raw", "r.copy"); code != 0 {
+	if out, code := Qemu(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", "r.raw", "r.copy"); code != 0 {
 		t.Errorf("a failed convert changed its source: %s", out)
 	}
 }

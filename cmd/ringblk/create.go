@@ -38,12 +38,12 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
   -h, --help       this help
 `
 
-var createSpec = optSpec{
-	short: map[byte]bool{'f': true, 'o': true, 'b': true, 'F': true, 'q': false, 'u': false, 'h': false},
-	long:  map[string]bool{"quiet": false, "help": false},
+var createSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'o': true, 'b': true, 'F': true, 'q': false, 'u': false, 'h': false},
+	Long:  map[string]bool{"quiet": false, "help": false},
 }
 
-func createMain(args []string) int { return createCmd(args, os.Stdout, os.Stderr) }
+func createMain(args []string) int { return Create(args, os.Stdout, os.Stderr) }
 
 // createReq is a parsed create command line.
 type createReq struct {
@@ -54,32 +54,32 @@ type createReq struct {
 	quiet        bool
 }
 
-func parseSize(s string) (int64, error) {
+func ParseSize(s string) (int64, error) {
 	n, err := units.ParseSize(s)
 	if err != nil || n < 0 {
-		return 0, usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
+		return 0, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
 	}
 	return n, nil
 }
 
-func createCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(createHelp, stdout, stderr, func() (int, error) {
-		opts, operands, err := parseOpts(args, createSpec)
+func Create(args []string, stdout, stderr io.Writer) int {
+	return Run(createHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := ParseOpts(args, createSpec)
 		if err != nil {
 			return 1, err
 		}
 		r := &createReq{format: "raw", kv: map[string]string{}}
 		var olist []string
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "f":
-				r.format = o.val
+				r.format = o.Val
 			case "o":
-				olist = append(olist, o.val)
+				olist = append(olist, o.Val)
 			case "b":
-				olist = append(olist, "backing_file="+o.val)
+				olist = append(olist, "backing_file="+o.Val)
 			case "F":
-				olist = append(olist, "backing_fmt="+o.val)
+				olist = append(olist, "backing_fmt="+o.Val)
 			case "q", "quiet":
 				r.quiet = true
 			}
@@ -98,21 +98,21 @@ func createCmd(args []string, stdout, stderr io.Writer) int {
 				}
 				k, v, ok := strings.Cut(kv, "=")
 				if !ok {
-					return 1, usagef("Invalid parameter '%s' in -o (expected key=value)", kv)
+					return 1, Usagef("Invalid parameter '%s' in -o (expected key=value)", kv)
 				}
 				r.kv[k] = v
 			}
 		}
 		switch len(operands) {
 		case 0:
-			return 1, usagef("Expecting image file name (see 'ringblk create --help')")
+			return 1, Usagef("Expecting image file name (see 'ringblk create --help')")
 		case 1, 2:
 		default:
-			return 1, usagef("Unexpected argument '%s' (see 'ringblk create --help')", operands[2])
+			return 1, Usagef("Unexpected argument '%s' (see 'ringblk create --help')", operands[2])
 		}
 		r.file = operands[0]
 		if s, ok := r.kv["size"]; ok {
-			if r.size, err = parseSize(s); err != nil {
+			if r.size, err = ParseSize(s); err != nil {
 				return 1, err
 			}
 			r.hasSize = true
@@ -122,15 +122,15 @@ func createCmd(args []string, stdout, stderr io.Writer) int {
 			if r.hasSize {
 				// qemu-img refuses -o size= with a SIZE operand, even
 				// when they agree.
-				return 1, usagef("%s: The image size must be specified only once", r.file)
+				return 1, Usagef("%s: The image size must be specified only once", r.file)
 			}
-			if r.size, err = parseSize(operands[1]); err != nil {
+			if r.size, err = ParseSize(operands[1]); err != nil {
 				return 1, err
 			}
 			r.hasSize = true
 		}
 		if b, ok := r.kv["backing_file"]; ok && b == "" {
-			return 1, usagef("%s: Expected backing file name, got empty string", r.file)
+			return 1, Usagef("%s: Expected backing file name, got empty string", r.file)
 		}
 		var line string
 		if r.format == "raw" {
@@ -158,15 +158,15 @@ func createRaw(r *createReq) (string, error) {
 		case "preallocation":
 			p, ok := raw.ParsePrealloc(v)
 			if !ok {
-				return "", usagef("%s: Invalid parameter value for 'preallocation': '%s' (off, falloc, full)", r.file, v)
+				return "", Usagef("%s: Invalid parameter value for 'preallocation': '%s' (off, falloc, full)", r.file, v)
 			}
 			pre = p
 		default:
-			return "", usagef("%s: Invalid parameter '%s' for format raw", r.file, k)
+			return "", Usagef("%s: Invalid parameter '%s' for format raw", r.file, k)
 		}
 	}
 	if !r.hasSize {
-		return "", usagef("%s: Image creation needs a size parameter", r.file)
+		return "", Usagef("%s: Image creation needs a size parameter", r.file)
 	}
 	if v, ok := r.kv["preallocation"]; ok {
 		line += " preallocation=" + v
@@ -186,7 +186,7 @@ func createQcow2(r *createReq) (string, error) {
 		case "cluster_size":
 			n, perr := units.ParseSize(v)
 			if perr != nil || n < 512 || n > 2<<20 || bits.OnesCount64(uint64(n)) != 1 {
-				return "", usagef("%s: Cluster size must be a power of two between 512 and 2048k (got '%s')", r.file, v)
+				return "", Usagef("%s: Cluster size must be a power of two between 512 and 2048k (got '%s')", r.file, v)
 			}
 			co.ClusterSize = n
 		case "compat":
@@ -196,26 +196,26 @@ func createQcow2(r *createReq) (string, error) {
 			case "1.1", "v3":
 				co.Version = 3
 			default:
-				return "", usagef("%s: Invalid parameter value for 'compat': '%s' (0.10, 1.1, v2, v3)", r.file, v)
+				return "", Usagef("%s: Invalid parameter value for 'compat': '%s' (0.10, 1.1, v2, v3)", r.file, v)
 			}
 			compatStr = v
 		case "refcount_bits":
 			n, perr := strconv.Atoi(v)
 			if perr != nil || n < 1 || n > 64 || bits.OnesCount(uint(n)) != 1 {
-				return "", usagef("%s: Refcount width must be a power of two and may not exceed 64 bits (got '%s')", r.file, v)
+				return "", Usagef("%s: Refcount width must be a power of two and may not exceed 64 bits (got '%s')", r.file, v)
 			}
 			co.RefcountBits = n
 		case "backing_file":
 			co.BackingFile = v
 		case "backing_fmt":
 			if v != "raw" && v != "qcow2" {
-				return "", usagef("%s: Unsupported backing format '%s' (raw or qcow2)", r.file, v)
+				return "", Usagef("%s: Unsupported backing format '%s' (raw or qcow2)", r.file, v)
 			}
 			co.BackingFormat = v
 		case "preallocation":
 			p, ok := qcow2.ParsePrealloc(v)
 			if !ok {
-				return "", usagef("%s: Parameter 'preallocation' does not accept value '%s'", r.file, v)
+				return "", Usagef("%s: Parameter 'preallocation' does not accept value '%s'", r.file, v)
 			}
 			co.Preallocation = p
 		case "extended_l2":
@@ -224,7 +224,7 @@ func createQcow2(r *createReq) (string, error) {
 				co.ExtendedL2 = true
 			case "off":
 			default:
-				return "", usagef("%s: Parameter 'extended_l2' expects 'on' or 'off'", r.file)
+				return "", Usagef("%s: Parameter 'extended_l2' expects 'on' or 'off'", r.file)
 			}
 		case "lazy_refcounts":
 			switch v {
@@ -232,40 +232,40 @@ func createQcow2(r *createReq) (string, error) {
 				co.LazyRefcounts = true
 			case "off", "no", "false", "n":
 			default:
-				return "", usagef("%s: Parameter 'lazy_refcounts' expects 'on' or 'off'", r.file)
+				return "", Usagef("%s: Parameter 'lazy_refcounts' expects 'on' or 'off'", r.file)
 			}
 		case "compression_type":
 			if v != "zlib" {
-				return "", usagef("%s: compression_type=%s is not supported yet (only zlib)", r.file, v)
+				return "", Usagef("%s: compression_type=%s is not supported yet (only zlib)", r.file, v)
 			}
 		default:
-			return "", usagef("%s: Invalid parameter '%s' for format qcow2", r.file, k)
+			return "", Usagef("%s: Invalid parameter '%s' for format qcow2", r.file, k)
 		}
 	}
 	if co.Version == 2 && co.RefcountBits != 0 && co.RefcountBits != 16 {
-		return "", usagef("%s: Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)", r.file)
+		return "", Usagef("%s: Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)", r.file)
 	}
 	if co.LazyRefcounts && co.Version == 2 {
-		return "", usagef("%s: Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
+		return "", Usagef("%s: Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
 	}
 	if co.ExtendedL2 && co.Version == 2 {
-		return "", usagef("%s: Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
+		return "", Usagef("%s: Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
 	}
 	if co.ExtendedL2 && co.ClusterSize != 0 && co.ClusterSize < 16384 {
-		return "", usagef("%s: Extended L2 entries are only supported with cluster sizes of at least 16384 bytes", r.file)
+		return "", Usagef("%s: Extended L2 entries are only supported with cluster sizes of at least 16384 bytes", r.file)
 	}
 	if co.BackingFile != "" && co.Preallocation != qcow2.PreallocOff && !co.ExtendedL2 {
-		return "", usagef("%s: Backing file and preallocation can only be used at the same time if extended_l2 is on", r.file)
+		return "", Usagef("%s: Backing file and preallocation can only be used at the same time if extended_l2 is on", r.file)
 	}
 	if co.BackingFile != "" && co.BackingFormat == "" {
-		return "", usagef("%s: Backing file specified without backing format (add -F raw or -F qcow2)", r.file)
+		return "", Usagef("%s: Backing file specified without backing format (add -F raw or -F qcow2)", r.file)
 	}
 	if co.BackingFile == "" && co.BackingFormat != "" {
-		return "", usagef("%s: Backing format specified without backing file", r.file)
+		return "", Usagef("%s: Backing format specified without backing file", r.file)
 	}
 	if !r.hasSize {
 		if co.BackingFile == "" {
-			return "", usagef("%s: Image creation needs a size parameter", r.file)
+			return "", Usagef("%s: Image creation needs a size parameter", r.file)
 		}
 		bimg, berr := openImage(combinePath(r.file, co.BackingFile), co.BackingFormat)
 		if berr != nil {
@@ -359,7 +359,7 @@ func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
 func createErr(file string, err error) error {
 	var pe *os.PathError
 	if errors.As(err, &pe) && pe.Op == "open" {
-		return fmt.Errorf("%s: Could not create '%s': %w", file, file, unwrapPathErr(pe))
+		return fmt.Errorf("%s: Could not create '%s': %w", file, file, UnwrapPathErr(pe))
 	}
-	return fmt.Errorf("%s: %w", file, plainErr(err))
+	return fmt.Errorf("%s: %w", file, PlainErr(err))
 }

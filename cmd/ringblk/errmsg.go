@@ -8,12 +8,12 @@ import (
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
-// plainErr words err for a user, as qemu-img would: the block layer's
+// PlainErr words err for a user, as qemu-img would: the block layer's
 // context (operation, node name, offset, kind) is dropped and the cause
 // kept. A lock conflict is QEMU's sentence with the image's path; a path
 // error is its errno text. Other errors keep their message minus the
 // outermost *block.Error prefixes.
-func plainErr(err error) error {
+func PlainErr(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -23,7 +23,7 @@ func plainErr(err error) error {
 	}
 	var pe *os.PathError
 	if errors.As(err, &pe) {
-		return unwrapPathErr(pe)
+		return UnwrapPathErr(pe)
 	}
 	for {
 		be, ok := err.(*block.Error)

@@ -21,75 +21,75 @@ import (
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
-// usageError is a command-line mistake: reported in one line, exit 1.
-type usageError struct{ msg string }
+// UsageError is a command-line mistake: reported in one line, exit 1.
+type UsageError struct{ Msg string }
 
-func (e *usageError) Error() string { return e.msg }
+func (e *UsageError) Error() string { return e.Msg }
 
-func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+func Usagef(format string, a ...any) error { return &UsageError{fmt.Sprintf(format, a...)} }
 
-// errHelp asks the caller to print the command's help and exit 0.
-var errHelp = errors.New("help requested")
+// ErrHelp asks the caller to print the command's help and exit 0.
+var ErrHelp = errors.New("help requested")
 
-// optSpec describes one command's options: short letters and long names,
+// OptSpec describes one command's options: short letters and long names,
 // each either a flag or taking a value.
-type optSpec struct {
-	short map[byte]bool   // letter → takes a value
-	long  map[string]bool // name → takes a value
+type OptSpec struct {
+	Short map[byte]bool   // letter → takes a value
+	Long  map[string]bool // name → takes a value
 }
 
-type opt struct {
-	name string // "f", "o", "output", …
-	val  string
+type Opt struct {
+	Name string // "f", "o", "output", …
+	Val  string
 }
 
-// parseOpts splits args into options (in order) and operands, the way
+// ParseOpts splits args into options (in order) and operands, the way
 // qemu-img's getopt_long does: "-fqcow2", "-f qcow2", "--output=json",
 // "--output json", grouped flags "-qU", and "--" ending the options.
-func parseOpts(args []string, spec optSpec) (opts []opt, operands []string, err error) {
+func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err error) {
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
 		case a == "--":
 			return opts, append(operands, args[i+1:]...), nil
 		case a == "-h" || a == "--help" || a == "-help":
-			return nil, nil, errHelp
+			return nil, nil, ErrHelp
 		case strings.HasPrefix(a, "--"):
 			name, val, has := strings.Cut(a[2:], "=")
-			takes, ok := spec.long[name]
+			takes, ok := spec.Long[name]
 			if !ok {
-				return nil, nil, usagef("unrecognized option '%s'", a)
+				return nil, nil, Usagef("unrecognized option '%s'", a)
 			}
 			if takes && !has {
 				if i+1 >= len(args) {
-					return nil, nil, usagef("option '--%s' requires an argument", name)
+					return nil, nil, Usagef("option '--%s' requires an argument", name)
 				}
 				i++
 				val = args[i]
 			} else if !takes && has {
-				return nil, nil, usagef("option '--%s' doesn't allow an argument", name)
+				return nil, nil, Usagef("option '--%s' doesn't allow an argument", name)
 			}
-			opts = append(opts, opt{name, val})
+			opts = append(opts, Opt{name, val})
 		case len(a) > 1 && a[0] == '-':
 			for j := 1; j < len(a); j++ {
 				c := a[j]
-				takes, ok := spec.short[c]
+				takes, ok := spec.Short[c]
 				if !ok {
-					return nil, nil, usagef("invalid option -- '%c'", c)
+					return nil, nil, Usagef("invalid option -- '%c'", c)
 				}
 				if !takes {
-					opts = append(opts, opt{string(c), ""})
+					opts = append(opts, Opt{string(c), ""})
 					continue
 				}
 				val := a[j+1:]
 				if val == "" {
 					if i+1 >= len(args) {
-						return nil, nil, usagef("option requires an argument -- '%c'", c)
+						return nil, nil, Usagef("option requires an argument -- '%c'", c)
 					}
 					i++
 					val = args[i]
 				}
-				opts = append(opts, opt{string(c), val})
+				opts = append(opts, Opt{string(c), val})
 				break
 			}
 		default:
@@ -99,14 +99,14 @@ func parseOpts(args []string, spec optSpec) (opts []opt, operands []string, err 
 	return opts, operands, nil
 }
 
-// runImg runs one image command body and turns its error into qemu-img's
+// Run runs one image command body and turns its error into qemu-img's
 // conventions: help on stdout (exit 0), "ringblk: …" on stderr (exit 1).
-func runImg(help string, stdout, stderr io.Writer, body func() (int, error)) int {
+func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	code, err := body()
 	if err == nil {
 		return code
 	}
-	if errors.Is(err, errHelp) {
+	if errors.Is(err, ErrHelp) {
 		fmt.Fprint(stdout, help)
 		return 0
 	}
@@ -121,7 +121,7 @@ func runImg(help string, stdout, stderr io.Writer, body func() (int, error)) int
 // checkOutput validates --output.
 func checkOutput(v string) error {
 	if v != "human" && v != "json" {
-		return usagef("--output must be used with human or json as argument")
+		return Usagef("--output must be used with human or json as argument")
 	}
 	return nil
 }
@@ -134,9 +134,9 @@ func checkFormat(f string) error {
 	case "", "raw", "qcow2":
 		return nil
 	case "null", "null-co":
-		return usagef("The null format has no image file to work on; this command takes raw or qcow2")
+		return Usagef("The null format has no image file to work on; this command takes raw or qcow2")
 	}
-	return usagef("Unknown file format '%s'", f)
+	return Usagef("Unknown file format '%s'", f)
 }
 
 // checkSourceFormat validates a -f value for a command that only reads
@@ -147,7 +147,7 @@ func checkSourceFormat(f string) error {
 	case "", "raw", "qcow2", "null", "null-co":
 		return nil
 	}
-	return usagef("Unknown file format '%s'", f)
+	return Usagef("Unknown file format '%s'", f)
 }
 
 // openedImage is a local image file opened read-only, with its format
@@ -168,12 +168,12 @@ func (o *openedImage) Close() { o.f.Close() }
 func openImage(path, format string) (*openedImage, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("Could not open '%s': %v", path, unwrapPathErr(err))
+		return nil, fmt.Errorf("Could not open '%s': %v", path, UnwrapPathErr(err))
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("Could not open '%s': %v", path, unwrapPathErr(err))
+		return nil, fmt.Errorf("Could not open '%s': %v", path, UnwrapPathErr(err))
 	}
 	if st.IsDir() {
 		f.Close()
@@ -201,7 +201,7 @@ func openImage(path, format string) (*openedImage, error) {
 		im, err := qcow2.ReadImage(f, o.size, qcow2.Options{})
 		if err != nil {
 			f.Close()
-			return nil, openError(path, err)
+			return nil, OpenError(path, err)
 		}
 		o.qcow = im
 	} else {
@@ -229,7 +229,7 @@ func (o *openedImage) lockForRead(share bool) error {
 	return nil
 }
 
-func unwrapPathErr(err error) error {
+func UnwrapPathErr(err error) error {
 	var pe *os.PathError
 	if errors.As(err, &pe) {
 		if errno, ok := pe.Err.(syscall.Errno); ok {
@@ -320,7 +320,7 @@ func checkOutputFormat(f string) error {
 	case "raw", "qcow2":
 		return nil
 	case "null", "null-co":
-		return usagef("The null format stores nothing: it cannot be created (use raw or qcow2)")
+		return Usagef("The null format stores nothing: it cannot be created (use raw or qcow2)")
 	}
-	return usagef("Unknown file format '%s' (supported: raw, qcow2)", f)
+	return Usagef("Unknown file format '%s' (supported: raw, qcow2)", f)
 }

@@ -17,7 +17,7 @@ import (
 // Each test runs in its own temporary directory (t.Chdir) and names
 // images relatively, so "filename" is the same string for both tools.
 
-func needQemu(t *testing.T, tools ...string) {
+func NeedQemu(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range append([]string{"qemu-img"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -26,8 +26,8 @@ func needQemu(t *testing.T, tools ...string) {
 	}
 }
 
-// qemu runs a qemu tool and returns stdout and its exit code.
-func qemu(t *testing.T, tool string, args ...string) (string, int) {
+// Qemu runs a Qemu tool and returns stdout and its exit code.
+func Qemu(t *testing.T, tool string, args ...string) (string, int) {
 	t.Helper()
 	cmd := exec.Command(tool, args...)
 	var out, errb bytes.Buffer
@@ -43,25 +43,24 @@ func qemu(t *testing.T, tool string, args ...string) (string, int) {
 	return out.String(), 0
 }
 
-func mustQemu(t *testing.T, tool string, args ...string) string {
+func MustQemu(t *testing.T, tool string, args ...string) string {
 	t.Helper()
-	out, code := qemu(t, tool, args...)
+	out, code := Qemu(t, tool, args...)
 	if code != 0 {
 		t.Fatalf("%s %v: exit %d", tool, args, code)
 	}
 	return out
 }
 
-type ioWriter = io.Writer
 
-// ours runs one of our commands in-process.
-func ours(f func(args []string, stdout, stderr ioWriter) int, args ...string) (stdout, stderr string, code int) {
+// Ours runs one of our commands in-process.
+func Ours(f func(args []string, stdout, stderr io.Writer) int, args ...string) (stdout, stderr string, code int) {
 	var o, e bytes.Buffer
 	code = f(args, &o, &e)
 	return o.String(), e.String(), code
 }
 
-func parseJSON(t *testing.T, what, s string) map[string]any {
+func ParseJSON(t *testing.T, what, s string) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal([]byte(s), &m); err != nil {
@@ -70,8 +69,8 @@ func parseJSON(t *testing.T, what, s string) map[string]any {
 	return m
 }
 
-// diffMaps reports every key whose presence or value differs.
-func diffMaps(t *testing.T, what string, want, got map[string]any, skip ...string) {
+// DiffMaps reports every key whose presence or value differs.
+func DiffMaps(t *testing.T, what string, want, got map[string]any, skip ...string) {
 	t.Helper()
 	skipped := map[string]bool{}
 	for _, k := range skip {
@@ -99,36 +98,36 @@ func diffMaps(t *testing.T, what string, want, got map[string]any, skip ...strin
 // for key, and the human output equals it line for line. actual-size is
 // compared exactly too: both tools stat the same, unchanging file.
 func TestInfoMatchesQemu(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "def.qcow2", "64M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "c512.qcow2", "16M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1G")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", "rc1.qcow2", "3G")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "def.qcow2", "-F", "qcow2", "top.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "10M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "r.raw", "-F", "raw", "overraw.qcow2", "20M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "snap.qcow2", "1536M")
-	mustQemu(t, "qemu-img", "snapshot", "-c", "first", "snap.qcow2")
-	mustQemu(t, "qemu-img", "snapshot", "-c", "second", "snap.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "def.qcow2", "64M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", "c512.qcow2", "16M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1G")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", "rc1.qcow2", "3G")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "def.qcow2", "-F", "qcow2", "top.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "10M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "r.raw", "-F", "raw", "overraw.qcow2", "20M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "snap.qcow2", "1536M")
+	MustQemu(t, "qemu-img", "snapshot", "-c", "first", "snap.qcow2")
+	MustQemu(t, "qemu-img", "snapshot", "-c", "second", "snap.qcow2")
 	// A name longer than the TAG column pushes the rest of its row right.
-	mustQemu(t, "qemu-img", "snapshot", "-c", "a-snapshot-name-longer-than-the-column", "snap.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "prealloc.qcow2", "40M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2snap.qcow2", "1G")
-	mustQemu(t, "qemu-img", "snapshot", "-c", "old-style", "v2snap.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "lazy.qcow2", "1M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "xl2.qcow2", "1M")
+	MustQemu(t, "qemu-img", "snapshot", "-c", "a-snapshot-name-longer-than-the-column", "snap.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "prealloc.qcow2", "40M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2snap.qcow2", "1G")
+	MustQemu(t, "qemu-img", "snapshot", "-c", "old-style", "v2snap.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "lazy.qcow2", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "xl2.qcow2", "1M")
 	imgs := []string{"lazy.qcow2", "xl2.qcow2"}
-	if _, code := qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", "zstd.qcow2", "1M"); code == 0 {
+	if _, code := Qemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", "zstd.qcow2", "1M"); code == 0 {
 		imgs = append(imgs, "zstd.qcow2")
 	}
 	if err := os.Mkdir("sub", 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "sub/base.qcow2", "1M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "sub/top.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "sub/top.qcow2", "-F", "qcow2", "chain3.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "overraw.qcow2", "-F", "qcow2", "chainraw.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "sub/base.qcow2", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "sub/top.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "sub/top.qcow2", "-F", "qcow2", "chain3.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "overraw.qcow2", "-F", "qcow2", "chainraw.qcow2")
 	imgs = append(imgs, "chain3.qcow2", "chainraw.qcow2")
 
 	imgs = append(imgs, "def.qcow2", "c512.qcow2", "v2.qcow2", "rc1.qcow2", "top.qcow2", "r.raw", "overraw.qcow2", "snap.qcow2", "sub/top.qcow2", "prealloc.qcow2", "v2snap.qcow2")
@@ -143,27 +142,27 @@ func TestInfoMatchesQemu(t *testing.T) {
 				args = append(args, "-f", format)
 			}
 			args = append(args, img)
-			want := mustQemu(t, "qemu-img", append([]string{"info"}, args...)...)
-			got, stderr, code := ours(infoCmd, args...)
+			want := MustQemu(t, "qemu-img", append([]string{"info"}, args...)...)
+			got, stderr, code := Ours(Info, args...)
 			if code != 0 {
 				t.Fatalf("info %v: exit %d: %s", args, code, stderr)
 			}
-			diffMaps(t, img, parseJSON(t, "qemu-img info "+img, want), parseJSON(t, "info "+img, got))
+			DiffMaps(t, img, ParseJSON(t, "qemu-img info "+img, want), ParseJSON(t, "info "+img, got))
 
-			want = mustQemu(t, "qemu-img", "info", img)
-			got, _, _ = ours(infoCmd, img)
+			want = MustQemu(t, "qemu-img", "info", img)
+			got, _, _ = Ours(Info, img)
 			if got != want {
 				t.Errorf("info %s (human):\n%s\nqemu-img info:\n%s", img, got, want)
 			}
-			want = mustQemu(t, "qemu-img", "info", "-U", img)
-			got, _, _ = ours(infoCmd, "-U", img)
+			want = MustQemu(t, "qemu-img", "info", "-U", img)
+			got, _, _ = Ours(Info, "-U", img)
 			if got != want {
 				t.Errorf("info -U %s (human):\n%s\nqemu-img info -U:\n%s", img, got, want)
 			}
 		}
 		// --backing-chain: a JSON array, top first, and blocks of text.
-		want := mustQemu(t, "qemu-img", "info", "--backing-chain", "--output=json", img)
-		got, stderr, code := ours(infoCmd, "--backing-chain", "--output=json", img)
+		want := MustQemu(t, "qemu-img", "info", "--backing-chain", "--output=json", img)
+		got, stderr, code := Ours(Info, "--backing-chain", "--output=json", img)
 		if code != 0 {
 			t.Fatalf("info --backing-chain %s: exit %d: %s", img, code, stderr)
 		}
@@ -178,11 +177,11 @@ func TestInfoMatchesQemu(t *testing.T) {
 			t.Errorf("info --backing-chain %s: %d images, qemu-img %d", img, len(gl), len(wl))
 		} else {
 			for i := range wl {
-				diffMaps(t, img+" chain", wl[i], gl[i])
+				DiffMaps(t, img+" chain", wl[i], gl[i])
 			}
 		}
-		want = mustQemu(t, "qemu-img", "info", "--backing-chain", img)
-		if got, _, _ = ours(infoCmd, "--backing-chain", img); got != want {
+		want = MustQemu(t, "qemu-img", "info", "--backing-chain", img)
+		if got, _, _ = Ours(Info, "--backing-chain", img); got != want {
 			t.Errorf("info --backing-chain %s (human):\n%s\nqemu-img:\n%s", img, got, want)
 		}
 	}
@@ -192,10 +191,10 @@ func TestInfoMatchesQemu(t *testing.T) {
 // the same qemu-img info (except filename) as qemu-img create's with the
 // same options; the "Formatting" line is the same too.
 func TestCreateMatchesQemu(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "48M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "base.raw", "5M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "48M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "base.raw", "5M")
 	cases := [][]string{
 		{"-f", "qcow2", "IMG", "64M"},
 		{"-f", "qcow2", "-o", "cluster_size=512", "IMG", "16M"},
@@ -225,8 +224,8 @@ func TestCreateMatchesQemu(t *testing.T) {
 			}
 			return out
 		}
-		want := mustQemu(t, "qemu-img", append([]string{"create"}, sub(theirs)...)...)
-		got, stderr, code := ours(createCmd, sub(mine)...)
+		want := MustQemu(t, "qemu-img", append([]string{"create"}, sub(theirs)...)...)
+		got, stderr, code := Ours(Create, sub(mine)...)
 		if code != 0 && strings.Contains(stderr, "io_uring") {
 			t.Skipf("no io_uring here: %s", stderr)
 		}
@@ -240,12 +239,12 @@ func TestCreateMatchesQemu(t *testing.T) {
 		format := "raw"
 		if ext == ".qcow2" {
 			format = "qcow2"
-			if out, code := qemu(t, "qemu-img", "check", "-f", "qcow2", mine); code != 0 {
+			if out, code := Qemu(t, "qemu-img", "check", "-f", "qcow2", mine); code != 0 {
 				t.Errorf("create %v: qemu-img check: exit %d\n%s", c, code, out)
 			}
 		}
-		wi := parseJSON(t, "info", mustQemu(t, "qemu-img", "info", "--output=json", "-f", format, theirs))
-		gi := parseJSON(t, "info", mustQemu(t, "qemu-img", "info", "--output=json", "-f", format, mine))
+		wi := ParseJSON(t, "info", MustQemu(t, "qemu-img", "info", "--output=json", "-f", format, theirs))
+		gi := ParseJSON(t, "info", MustQemu(t, "qemu-img", "info", "--output=json", "-f", format, mine))
 		// actual-size is what the file system allocated: equal for qcow2
 		// (same layout, same writes), but for raw preallocation=full the
 		// file system may allocate differently, so only qcow2 compares it.
@@ -253,7 +252,7 @@ func TestCreateMatchesQemu(t *testing.T) {
 		if format == "raw" {
 			skip = append(skip, "actual-size")
 		}
-		diffMaps(t, "qemu-img info of create "+strings.Join(c, " "), wi, gi, skip...)
+		DiffMaps(t, "qemu-img info of create "+strings.Join(c, " "), wi, gi, skip...)
 		if format == "qcow2" {
 			wb, _ := os.ReadFile(theirs)
 			gb, _ := os.ReadFile(mine)
@@ -263,7 +262,7 @@ func TestCreateMatchesQemu(t *testing.T) {
 		}
 	}
 	// -q prints nothing.
-	if out, _, code := ours(createCmd, "-q", "-f", "qcow2", "quiet.qcow2", "1M"); code != 0 || out != "" {
+	if out, _, code := Ours(Create, "-q", "-f", "qcow2", "quiet.qcow2", "1M"); code != 0 || out != "" {
 		t.Errorf("create -q: exit %d, output %q", code, out)
 	}
 }
@@ -271,22 +270,22 @@ func TestCreateMatchesQemu(t *testing.T) {
 // TestCheckMatchesQemu: check's JSON, human output and exit code equal
 // qemu-img check's on clean images, a leaking one and a corrupted one.
 func TestCheckMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "clean.qcow2", "64M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512,refcount_bits=1", "small.qcow2", "4M")
-	mustQemu(t, "qemu-io", "-c", "write -P 0x11 0 300k", "-c", "write -P 0x22 1M 4k", "small.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "8M")
-	mustQemu(t, "qemu-io", "-c", "write -P 0x33 64k 200k", "v2.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "comp.qcow2", "8M")
-	mustQemu(t, "qemu-io", "-c", "write -c -P 0x55 0 64k", "-c", "write -c -P 0x56 128k 64k", "-c", "write -P 0x57 64k 64k", "comp.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "clean.qcow2", "64M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512,refcount_bits=1", "small.qcow2", "4M")
+	MustQemu(t, "qemu-io", "-c", "write -P 0x11 0 300k", "-c", "write -P 0x22 1M 4k", "small.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "8M")
+	MustQemu(t, "qemu-io", "-c", "write -P 0x33 64k 200k", "v2.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "comp.qcow2", "8M")
+	MustQemu(t, "qemu-io", "-c", "write -c -P 0x55 0 64k", "-c", "write -c -P 0x56 128k 64k", "-c", "write -P 0x57 64k 64k", "comp.qcow2")
 
 	// A fresh 64k-cluster image written at 0..128k: refcount table at
 	// 0x10000, refcount block at 0x20000 (16-bit), L1 at 0x30000, L2 at
 	// 0x40000 mapping guest 0 → 0x50000 and 64k → 0x60000.
 	patched := func(name string, patch func(b []byte)) {
-		mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", name, "64M")
-		mustQemu(t, "qemu-io", "-c", "write -P 0x44 0 128k", name)
+		MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", name, "64M")
+		MustQemu(t, "qemu-io", "-c", "write -P 0x44 0 128k", name)
 		b, err := os.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)
@@ -298,34 +297,34 @@ func TestCheckMatchesQemu(t *testing.T) {
 	}
 	patched("leak.qcow2", func(b []byte) { binary.BigEndian.PutUint64(b[0x40008:], 0) })
 	patched("corrupt.qcow2", func(b []byte) { binary.BigEndian.PutUint16(b[0x20000+2*5:], 0) })
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
 
 	for _, tc := range []struct {
 		img  string
 		code int
 	}{{"clean.qcow2", 0}, {"small.qcow2", 0}, {"v2.qcow2", 0}, {"comp.qcow2", 0}, {"leak.qcow2", 3}, {"corrupt.qcow2", 2}} {
-		want, wcode := qemu(t, "qemu-img", "check", "--output=json", tc.img)
+		want, wcode := Qemu(t, "qemu-img", "check", "--output=json", tc.img)
 		if wcode != tc.code {
 			t.Fatalf("%s: qemu-img check exit %d, the test expected %d", tc.img, wcode, tc.code)
 		}
-		got, stderr, code := ours(checkCmd, "--output=json", tc.img)
+		got, stderr, code := Ours(Check, "--output=json", tc.img)
 		if code != wcode {
 			t.Errorf("check %s: exit %d, qemu-img %d (%s)", tc.img, code, wcode, stderr)
 		}
-		diffMaps(t, "check "+tc.img, parseJSON(t, "qemu-img check", want), parseJSON(t, "check", got))
+		DiffMaps(t, "check "+tc.img, ParseJSON(t, "qemu-img check", want), ParseJSON(t, "check", got))
 
-		want, _ = qemu(t, "qemu-img", "check", tc.img)
-		got, _, _ = ours(checkCmd, tc.img)
+		want, _ = Qemu(t, "qemu-img", "check", tc.img)
+		got, _, _ = Ours(Check, tc.img)
 		if got != want {
 			t.Errorf("check %s (human):\n%s\nqemu-img check:\n%s", tc.img, got, want)
 		}
-		if out, _, code := ours(checkCmd, "-q", tc.img); out != "" || code != wcode {
+		if out, _, code := Ours(Check, "-q", tc.img); out != "" || code != wcode {
 			t.Errorf("check -q %s: exit %d, output %q", tc.img, code, out)
 		}
 	}
-	_, wcode := qemu(t, "qemu-img", "check", "-f", "raw", "r.raw")
+	_, wcode := Qemu(t, "qemu-img", "check", "-f", "raw", "r.raw")
 	for _, args := range [][]string{{"r.raw"}, {"-f", "raw", "r.raw"}, {"--output=json", "r.raw"}} {
-		_, stderr, code := ours(checkCmd, args...)
+		_, stderr, code := Ours(Check, args...)
 		if code != wcode || stderr != "ringblk: This image format does not support checks\n" {
 			t.Errorf("check %v: exit %d (qemu-img %d), stderr %q", args, code, wcode, stderr)
 		}
@@ -344,53 +343,53 @@ func TestBadArguments(t *testing.T) {
 	}
 	// A qcow2 image that names itself as its backing file (create does
 	// not open the backing file when it is given a size).
-	_, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "-b", "loop.qcow2", "-F", "qcow2", "loop.qcow2", "1M")
+	_, stderr, code := Ours(Create, "-q", "-f", "qcow2", "-b", "loop.qcow2", "-F", "qcow2", "loop.qcow2", "1M")
 	loopOK := code == 0
 	if !loopOK {
 		t.Logf("cannot create a qcow2 image here (no io_uring?), skipping the loop case: %s", stderr)
 	}
-	type fn = func([]string, ioWriter, ioWriter) int
+	type fn = func([]string, io.Writer, io.Writer) int
 	for _, tc := range []struct {
 		name string
 		f    fn
 		args []string
 		want string
 	}{
-		{"create", createCmd, []string{"--bogus", "x", "1M"}, "'--bogus'"},
-		{"create", createCmd, []string{"-z", "x", "1M"}, "'z'"},
-		{"create", createCmd, []string{"x", "12Q"}, "'12Q'"},
-		{"create", createCmd, []string{"-f", "qcow2", "x"}, "needs a size"},
-		{"create", createCmd, []string{"-f", "vmdk", "x", "1M"}, "'vmdk'"},
-		{"create", createCmd, []string{}, "file name"},
-		{"create", createCmd, []string{"-f"}, "'f'"},
-		{"create", createCmd, []string{"-f", "qcow2", "-o", "cluster_size=1000", "x", "1M"}, "1000"},
-		{"create", createCmd, []string{"-f", "qcow2", "-o", "compat=2.0", "x", "1M"}, "2.0"},
-		{"create", createCmd, []string{"-f", "qcow2", "-o", "refcount_bits=3", "x", "1M"}, "'3'"},
-		{"create", createCmd, []string{"-f", "qcow2", "-o", "compat=0.10,refcount_bits=1", "x", "1M"}, "compatibility"},
-		{"create", createCmd, []string{"-f", "qcow2", "-o", "nosuch=1", "x", "1M"}, "'nosuch'"},
-		{"create", createCmd, []string{"-f", "qcow2", "-b", "r.raw", "x"}, "without backing format"},
-		{"create", createCmd, []string{"-f", "qcow2", "-b", "missing", "-F", "raw", "x"}, "missing"},
-		{"create", createCmd, []string{"-o", "preallocation=metadata", "x", "1M"}, "metadata"},
-		{"create", createCmd, []string{"nodir/x", "1M"}, "nodir/x"},
-		{"info", infoCmd, []string{"missing.qcow2"}, "'missing.qcow2'"},
-		{"info", infoCmd, []string{"--output=xml", "r.raw"}, "--output"},
-		{"info", infoCmd, []string{"-f", "vdi", "r.raw"}, "'vdi'"},
-		{"info", infoCmd, []string{"-f", "qcow2", "r.raw"}, "'r.raw'"},
-		{"info", infoCmd, []string{"bad.qcow2"}, "'bad.qcow2'"},
-		{"info", infoCmd, []string{}, "one image"},
-		{"info", infoCmd, []string{"--backing-chain", "loop.qcow2"}, "loop"},
-		{"info", infoCmd, []string{"r.raw", "r.raw"}, "one image"},
-		{"check", checkCmd, []string{"missing.qcow2"}, "'missing.qcow2'"},
-		{"check", checkCmd, []string{"-r", "all", "bad.qcow2"}, "'bad.qcow2'"},
-		{"check", checkCmd, []string{"-r", "bogus", "bad.qcow2"}, "bogus"},
-		{"check", checkCmd, []string{"--output", "yaml", "r.raw"}, "--output"},
-		{"check", checkCmd, []string{"bad.qcow2"}, "'bad.qcow2'"},
-		{"check", checkCmd, []string{"-x", "bad.qcow2"}, "'x'"},
+		{"create", Create, []string{"--bogus", "x", "1M"}, "'--bogus'"},
+		{"create", Create, []string{"-z", "x", "1M"}, "'z'"},
+		{"create", Create, []string{"x", "12Q"}, "'12Q'"},
+		{"create", Create, []string{"-f", "qcow2", "x"}, "needs a size"},
+		{"create", Create, []string{"-f", "vmdk", "x", "1M"}, "'vmdk'"},
+		{"create", Create, []string{}, "file name"},
+		{"create", Create, []string{"-f"}, "'f'"},
+		{"create", Create, []string{"-f", "qcow2", "-o", "cluster_size=1000", "x", "1M"}, "1000"},
+		{"create", Create, []string{"-f", "qcow2", "-o", "compat=2.0", "x", "1M"}, "2.0"},
+		{"create", Create, []string{"-f", "qcow2", "-o", "refcount_bits=3", "x", "1M"}, "'3'"},
+		{"create", Create, []string{"-f", "qcow2", "-o", "compat=0.10,refcount_bits=1", "x", "1M"}, "compatibility"},
+		{"create", Create, []string{"-f", "qcow2", "-o", "nosuch=1", "x", "1M"}, "'nosuch'"},
+		{"create", Create, []string{"-f", "qcow2", "-b", "r.raw", "x"}, "without backing format"},
+		{"create", Create, []string{"-f", "qcow2", "-b", "missing", "-F", "raw", "x"}, "missing"},
+		{"create", Create, []string{"-o", "preallocation=metadata", "x", "1M"}, "metadata"},
+		{"create", Create, []string{"nodir/x", "1M"}, "nodir/x"},
+		{"info", Info, []string{"missing.qcow2"}, "'missing.qcow2'"},
+		{"info", Info, []string{"--output=xml", "r.raw"}, "--output"},
+		{"info", Info, []string{"-f", "vdi", "r.raw"}, "'vdi'"},
+		{"info", Info, []string{"-f", "qcow2", "r.raw"}, "'r.raw'"},
+		{"info", Info, []string{"bad.qcow2"}, "'bad.qcow2'"},
+		{"info", Info, []string{}, "one image"},
+		{"info", Info, []string{"--backing-chain", "loop.qcow2"}, "loop"},
+		{"info", Info, []string{"r.raw", "r.raw"}, "one image"},
+		{"check", Check, []string{"missing.qcow2"}, "'missing.qcow2'"},
+		{"check", Check, []string{"-r", "all", "bad.qcow2"}, "'bad.qcow2'"},
+		{"check", Check, []string{"-r", "bogus", "bad.qcow2"}, "bogus"},
+		{"check", Check, []string{"--output", "yaml", "r.raw"}, "--output"},
+		{"check", Check, []string{"bad.qcow2"}, "'bad.qcow2'"},
+		{"check", Check, []string{"-x", "bad.qcow2"}, "'x'"},
 	} {
 		if !loopOK && strings.Contains(strings.Join(tc.args, " "), "loop.qcow2") {
 			continue
 		}
-		out, stderr, code := ours(tc.f, tc.args...)
+		out, stderr, code := Ours(tc.f, tc.args...)
 		lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
 		// qemu-img create prints its "Formatting" line before it fails
 		// to create the file.
@@ -404,9 +403,9 @@ func TestBadArguments(t *testing.T) {
 	for _, tc := range []struct {
 		f    fn
 		want string
-	}{{createCmd, "usage: ringblk create"}, {infoCmd, "usage: ringblk info"}, {checkCmd, "usage: ringblk check"}} {
+	}{{Create, "usage: ringblk create"}, {Info, "usage: ringblk info"}, {Check, "usage: ringblk check"}} {
 		for _, h := range []string{"--help", "-h"} {
-			out, stderr, code := ours(tc.f, h)
+			out, stderr, code := Ours(tc.f, h)
 			if code != 0 || !strings.HasPrefix(out, tc.want) || stderr != "" {
 				t.Errorf("%s %s: exit %d, stdout %q, stderr %q", tc.want, h, code, out, stderr)
 			}

@@ -30,30 +30,30 @@ matches qemu-img info (7.2), including --output=json.
   -h, --help       this help
 `
 
-var infoSpec = optSpec{
-	short: map[byte]bool{'f': true, 'U': false, 'h': false},
-	long:  map[string]bool{"output": true, "force-share": false, "backing-chain": false, "help": false},
+var infoSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'U': false, 'h': false},
+	Long:  map[string]bool{"output": true, "force-share": false, "backing-chain": false, "help": false},
 }
 
-func infoMain(args []string) int { return infoCmd(args, os.Stdout, os.Stderr) }
+func infoMain(args []string) int { return Info(args, os.Stdout, os.Stderr) }
 
-func infoCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(infoHelp, stdout, stderr, func() (int, error) {
-		opts, files, err := parseOpts(args, infoSpec)
+func Info(args []string, stdout, stderr io.Writer) int {
+	return Run(infoHelp, stdout, stderr, func() (int, error) {
+		opts, files, err := ParseOpts(args, infoSpec)
 		if err != nil {
 			return 1, err
 		}
 		format, output, chain, share := "", "human", false, false
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "U", "force-share":
 				share = true
 			case "backing-chain":
 				chain = true
 			case "f":
-				format = o.val
+				format = o.Val
 			case "output":
-				output = o.val
+				output = o.Val
 			}
 		}
 		if err := checkOutput(output); err != nil {
@@ -63,7 +63,7 @@ func infoCmd(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		if len(files) != 1 {
-			return 1, usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
+			return 1, Usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
 		}
 		if done, err := infoNull(files[0], format, output, stdout); err != nil {
 			return 1, err
@@ -260,8 +260,8 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 // json: null-co filename) as qemu-img does: size, name, format and no
 // file. done is false when the image is not a null image.
 func infoNull(path, format, output string, w io.Writer) (done bool, err error) {
-	bo := blkOptions{Format: format}
-	if err := resolveNull(path, &bo); err != nil {
+	bo := BlkOptions{Format: format}
+	if err := ResolveNull(path, &bo); err != nil {
 		return true, err
 	}
 	if bo.Format != "null" {

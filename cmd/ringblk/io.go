@@ -1,7 +1,7 @@
 package main
 
 // ringblk io: qemu-io's commands on one image, through ringblk's block
-// layer. The image is opened once (openBlk); each -c command runs in
+// layer. The image is opened once (cli.OpenBlk); each -c command runs in
 // order, synchronously through the node's helpers, except aio_read and
 // aio_write, which are submitted to the node's Context and report at the
 // next aio_flush or at exit (io_aio.go).
@@ -63,9 +63,9 @@ error, a pattern mismatch, a bad argument) or the image could not be
 opened.
 `
 
-var ioSpec = optSpec{
-	short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false},
-	long: map[string]bool{"cmd": true, "format": true, "read-only": false, "nocache": false, "cache": true,
+var ioSpec = OptSpec{
+	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false},
+	Long: map[string]bool{"cmd": true, "format": true, "read-only": false, "nocache": false, "cache": true,
 		"force-share": false, "discard": true, "help": false},
 }
 
@@ -73,7 +73,7 @@ func ioMain(args []string) int { return ioCmd(args, os.Stdin, os.Stdout, os.Stde
 
 // ioSession is one opened image and the state of its command run.
 type ioSession struct {
-	img      *blkImage
+	img      *BlkImage
 	readOnly bool
 	out      io.Writer // results and most messages (qemu-io's printf)
 	errw     io.Writer // qemu-io's stderr messages
@@ -83,40 +83,40 @@ type ioSession struct {
 }
 
 func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	return runImg(ioHelp, stdout, stderr, func() (int, error) {
-		opts, operands, err := parseOpts(args, ioSpec)
+	return Run(ioHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := ParseOpts(args, ioSpec)
 		if err != nil {
 			return 1, err
 		}
 		var cmds []string
 		nullOpts := false
 		// qemu-io passes discards on to the file by default.
-		bo := blkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}
+		bo := BlkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "c", "cmd":
-				cmds = append(cmds, o.val)
+				cmds = append(cmds, o.Val)
 			case "f", "format":
-				bo.Format = o.val
+				bo.Format = o.Val
 			case "r", "read-only":
 				bo.ReadOnly = true
 			case "n", "nocache":
 				bo.Cache = "none"
 			case "t", "cache":
-				bo.Cache = o.val
+				bo.Cache = o.Val
 			case "U", "force-share":
 				bo.ForceShare = true
 			case "d", "discard":
-				switch o.val {
+				switch o.Val {
 				case "ignore", "off":
 					bo.Discard = raw.DiscardIgnore
 				case "unmap", "on":
 					bo.Discard = raw.DiscardUnmap
 				default:
-					return 1, usagef("Invalid discard option: %s (ignore or unmap)", o.val)
+					return 1, Usagef("Invalid discard option: %s (ignore or unmap)", o.Val)
 				}
 			case "o":
-				if bo.NullSize, err = parseNullOpts(o.val); err != nil {
+				if bo.NullSize, err = parseNullOpts(o.Val); err != nil {
 					return 1, err
 				}
 				nullOpts = true
@@ -127,28 +127,28 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		case "null-co":
 			bo.Format = "null"
 		default:
-			return 1, usagef("Unknown file format '%s' (supported: raw, qcow2, null)", bo.Format)
+			return 1, Usagef("Unknown file format '%s' (supported: raw, qcow2, null)", bo.Format)
 		}
 		if nullOpts && bo.Format != "null" {
-			return 1, usagef("io: -o size=SIZE applies to the null format only (-f null)")
+			return 1, Usagef("io: -o size=SIZE applies to the null format only (-f null)")
 		}
 		if len(operands) == 0 {
-			return 1, usagef("io: expecting an image file name (see 'ringblk io --help')")
+			return 1, Usagef("io: expecting an image file name (see 'ringblk io --help')")
 		}
 		if len(operands) > 1 {
-			return 1, usagef("io: unexpected argument '%s' (see 'ringblk io --help')", operands[1])
+			return 1, Usagef("io: unexpected argument '%s' (see 'ringblk io --help')", operands[1])
 		}
 		path := operands[0]
 		if bo.ForceShare && !bo.ReadOnly {
 			return 1, fmt.Errorf("can't open device %s: force-share=on can only be used with read-only images", path)
 		}
 		// A json: null-co filename or a null-co:// name is a null image.
-		if err := resolveNull(path, &bo); err != nil {
+		if err := ResolveNull(path, &bo); err != nil {
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
 		if bo.Format != "null" {
 			if _, err := os.Stat(path); err != nil {
-				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, unwrapPathErr(err))
+				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, UnwrapPathErr(err))
 			}
 		}
 		if bo.Format == "" {
@@ -156,16 +156,16 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			// chain opener never probes its backing files.
 			f, err := chain.Probe(path)
 			if err != nil {
-				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, unwrapPathErr(err))
+				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, UnwrapPathErr(err))
 			}
 			if f == "raw" {
 				fmt.Fprintf(stderr, "ringblk: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", path)
 			}
 			bo.Format = f
 		}
-		img, err := openBlk(path, bo)
+		img, err := OpenBlk(path, bo)
 		if err != nil {
-			var ue *usageError
+			var ue *UsageError
 			if errors.As(err, &ue) {
 				return 1, err
 			}
@@ -196,7 +196,7 @@ func ioCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		s.aioFlush()
 		if err := img.Close(); err != nil {
-			return 1, fmt.Errorf("closing '%s': %v", path, plainErr(err))
+			return 1, fmt.Errorf("closing '%s': %v", path, PlainErr(err))
 		}
 		if failed {
 			return 1, nil
@@ -214,9 +214,9 @@ func parseNullOpts(list string) (int64, error) {
 		}
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k != "size" {
-			return 0, usagef("Invalid option '%s' in -o (ringblk io knows size=SIZE, for the null format)", kv)
+			return 0, Usagef("Invalid option '%s' in -o (ringblk io knows size=SIZE, for the null format)", kv)
 		}
-		n, err := parseSize(v)
+		n, err := ParseSize(v)
 		if err != nil {
 			return 0, err
 		}
@@ -333,7 +333,7 @@ func (s *ioSession) usage() bool {
 // qemu-io: option letters from spec ("P:" takes a value), operands may
 // come before options, "--" ends the options. It prints getopt's message
 // on a bad option and returns ok false.
-func (s *ioSession) getopt(argv []string, spec string) (opts []opt, operands []string, ok bool) {
+func (s *ioSession) getopt(argv []string, spec string) (opts []Opt, operands []string, ok bool) {
 	takes := func(c byte) (known, value bool) {
 		i := strings.IndexByte(spec, c)
 		if i < 0 || c == ':' {
@@ -360,7 +360,7 @@ func (s *ioSession) getopt(argv []string, spec string) (opts []opt, operands []s
 				return nil, nil, false
 			}
 			if !value {
-				opts = append(opts, opt{string(c), ""})
+				opts = append(opts, Opt{string(c), ""})
 				continue
 			}
 			v := a[j+1:]
@@ -372,7 +372,7 @@ func (s *ioSession) getopt(argv []string, spec string) (opts []opt, operands []s
 				i++
 				v = args[i]
 			}
-			opts = append(opts, opt{string(c), v})
+			opts = append(opts, Opt{string(c), v})
 			break
 		}
 	}

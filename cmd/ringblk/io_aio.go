@@ -195,7 +195,7 @@ var aioReadCmd = &ioCommand{
 		}
 		a := &aioReq{}
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "C":
 				a.cflag = true
 			case "q":
@@ -206,9 +206,9 @@ var aioReadCmd = &ioCommand{
 				fmt.Fprintln(s.out, "injecting invalid read request")
 				return true
 			case "P":
-				v, ok := parsePattern(o.val)
+				v, ok := parsePattern(o.Val)
 				if !ok {
-					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.val)
+					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
 					return false
 				}
 				a.pflag, a.pattern = true, v
@@ -264,7 +264,7 @@ var aioWriteCmd = &ioCommand{
 		var flags block.Flags
 		var uflag, zflag bool
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "C":
 				a.cflag = true
 			case "f":
@@ -279,9 +279,9 @@ var aioWriteCmd = &ioCommand{
 				fmt.Fprintln(s.out, "injecting invalid write request")
 				return true
 			case "P":
-				v, ok := parsePattern(o.val)
+				v, ok := parsePattern(o.Val)
 				if !ok {
-					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.val)
+					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
 					return false
 				}
 				pattern = v

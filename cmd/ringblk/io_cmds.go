@@ -50,7 +50,7 @@ func readRun(s *ioSession, argv []string) bool {
 	var pattern byte
 	var patOff, patLen int64
 	for _, o := range opts {
-		switch o.name {
+		switch o.Name {
 		case "a", "p":
 			// qemu-io accepts both and ignores them
 		case "b":
@@ -62,19 +62,19 @@ func readRun(s *ioSession, argv []string) bool {
 		case "v":
 			vflag = true
 		case "P":
-			v, ok := parsePattern(o.val)
+			v, ok := parsePattern(o.Val)
 			if !ok {
-				fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.val)
+				fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
 				return false
 			}
 			pflag, pattern = true, v
 		case "s":
-			if patOff, ok = s.num(o.val); !ok {
+			if patOff, ok = s.num(o.Val); !ok {
 				return false
 			}
 			sflag = true
 		case "l":
-			if patLen, ok = s.num(o.val); !ok {
+			if patLen, ok = s.num(o.Val); !ok {
 				return false
 			}
 			lflag = true
@@ -204,7 +204,7 @@ func writeRun(s *ioSession, argv []string) bool {
 	var srcFile string
 	pattern := byte(0xcd)
 	for _, o := range opts {
-		switch o.name {
+		switch o.Name {
 		case "b":
 			bflag = true
 		case "c":
@@ -217,16 +217,16 @@ func writeRun(s *ioSession, argv []string) bool {
 			nflag = true
 		case "p":
 		case "P":
-			v, ok := parsePattern(o.val)
+			v, ok := parsePattern(o.Val)
 			if !ok {
-				fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.val)
+				fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
 				return false
 			}
 			pflag, pattern = true, v
 		case "q":
 			qflag = true
 		case "s":
-			srcFile = o.val
+			srcFile = o.Val
 		case "u":
 			uflag = true
 		case "z":
@@ -278,7 +278,7 @@ func writeRun(s *ioSession, argv []string) bool {
 		if srcFile != "" {
 			var err error
 			if buf, err = fillFromFile(srcFile, count); err != nil {
-				fmt.Fprintf(s.errw, "%s: %s\n", srcFile, errText(unwrapPathErr(err)))
+				fmt.Fprintf(s.errw, "%s: %s\n", srcFile, errText(UnwrapPathErr(err)))
 				return false
 			}
 		} else {
@@ -373,8 +373,8 @@ var discardCmd = &ioCommand{
 		}
 		var cflag, qflag bool
 		for _, o := range opts {
-			cflag = cflag || o.name == "C"
-			qflag = qflag || o.name == "q"
+			cflag = cflag || o.Name == "C"
+			qflag = qflag || o.Name == "q"
 		}
 		off, ok := s.num(ops[0])
 		if !ok {

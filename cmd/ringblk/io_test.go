@@ -24,8 +24,8 @@ func ioRun(stdin string, args ...string) (stdout, stderr string, code int) {
 	return o.String(), e.String(), code
 }
 
-// qemuIO runs qemu-io and returns stdout, stderr and the exit status.
-func qemuIO(t *testing.T, args ...string) (stdout, stderr string, code int) {
+// QemuIO runs qemu-io and returns stdout, stderr and the exit status.
+func QemuIO(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command("qemu-io", args...)
 	var o, e bytes.Buffer
@@ -75,7 +75,7 @@ func compareIO(t *testing.T, c ioCase, prep func(img string)) {
 	t.Helper()
 	a, b := c.name+"-qemu."+c.fmt, c.name+"-ours."+c.fmt
 	for _, img := range []string{a, b} {
-		mustQemu(t, "qemu-img", "create", "-q", "-f", c.fmt, img, c.size)
+		MustQemu(t, "qemu-img", "create", "-q", "-f", c.fmt, img, c.size)
 		if prep != nil {
 			prep(img)
 		}
@@ -84,7 +84,7 @@ func compareIO(t *testing.T, c ioCase, prep func(img string)) {
 	for _, cmd := range c.cmds {
 		args = append(args, "-c", cmd)
 	}
-	qo, qe, qc := qemuIO(t, append(args, a)...)
+	qo, qe, qc := QemuIO(t, append(args, a)...)
 	oo, oe, oc := ioRun("", append(args, b)...)
 	if qc != oc {
 		t.Errorf("%s: exit status %d, qemu-io %d\nours:\n%s%s\nqemu-io:\n%s%s", c.name, oc, qc, oo, oe, qo, qe)
@@ -98,11 +98,11 @@ func compareIO(t *testing.T, c ioCase, prep func(img string)) {
 	if !slices.Equal(we, ge) {
 		t.Errorf("%s: stderr differs\nours:\n%s\nqemu-io:\n%s", c.name, oe, qe)
 	}
-	if out, code := qemu(t, "qemu-img", "compare", "-q", "-f", c.fmt, "-F", c.fmt, a, b); code != 0 {
+	if out, code := Qemu(t, "qemu-img", "compare", "-q", "-f", c.fmt, "-F", c.fmt, a, b); code != 0 {
 		t.Errorf("%s: images differ after the commands (qemu-img compare exit %d) %s", c.name, code, out)
 	}
 	if c.fmt == "qcow2" {
-		if out, code := qemu(t, "qemu-img", "check", "-q", b); code != 0 {
+		if out, code := Qemu(t, "qemu-img", "check", "-q", b); code != 0 {
 			t.Errorf("%s: qemu-img check of our image: exit %d\n%s", c.name, code, out)
 		}
 	}
@@ -110,7 +110,7 @@ func compareIO(t *testing.T, c ioCase, prep func(img string)) {
 
 // TestIOMatchesQemuIO runs command sequences through both tools.
 func TestIOMatchesQemuIO(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	basic := []string{"write -P 0xab 0 64k", "read -P 0xab 0 64k", "read -P 0xac 0 512", "read -v 0 40",
 		"write -P 0x41 100 70", "read -v 90 90", "length", "map", "info", "discard 0 64k", "flush", "read -C 0 1k"}
@@ -150,7 +150,7 @@ func TestIOMatchesQemuIO(t *testing.T) {
 // TestIOErrorsMatchQemuIO: one failing (or edge) command per run, so each
 // exit status is compared on its own.
 func TestIOErrorsMatchQemuIO(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	cmds := []string{
 		"read 0 2M", "read 2M 0", "read 1M 1", "write 1M 512", "write 2M 0", "discard 0 2M", "discard 2M 0",
@@ -177,12 +177,12 @@ func TestIOErrorsMatchQemuIO(t *testing.T) {
 // file, map shows only what the overlay allocates, and writes copy on
 // write, as in qemu-io.
 func TestIOBackingChainMatchesQemuIO(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	for _, base := range []string{"raw", "qcow2"} {
 		bname := "base-" + base + "." + base
-		mustQemu(t, "qemu-img", "create", "-q", "-f", base, bname, "4M")
-		if _, _, code := qemuIO(t, "-f", base, "-c", "write -P 1 0 1M", "-c", "write -P 2 3M 512k", bname); code != 0 {
+		MustQemu(t, "qemu-img", "create", "-q", "-f", base, bname, "4M")
+		if _, _, code := QemuIO(t, "-f", base, "-c", "write -P 1 0 1M", "-c", "write -P 2 3M 512k", bname); code != 0 {
 			t.Fatalf("qemu-io: cannot fill %s", bname)
 		}
 		c := ioCase{name: "over-" + base, fmt: "qcow2", size: "4M", cmds: []string{
@@ -191,7 +191,7 @@ func TestIOBackingChainMatchesQemuIO(t *testing.T) {
 			"read -P 0 3M 64k", "read -P 2 3136k 448k"}}
 		t.Run(c.name, func(t *testing.T) {
 			compareIO(t, c, func(img string) {
-				mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", bname, "-F", base, img, "4M")
+				MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", bname, "-F", base, img, "4M")
 			})
 		})
 	}
@@ -200,7 +200,7 @@ func TestIOBackingChainMatchesQemuIO(t *testing.T) {
 // TestIOCrossData: what one tool writes, the other reads back, checked by
 // the reader's own pattern verification.
 func TestIOCrossData(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	writes := []string{"write -P 0x11 0 64k", "write -P 0x22 65537 3000", "write -P 0x33 1M 192k", "write -z 1088k 64k",
 		"write -P 0x44 2097151 1"}
@@ -209,7 +209,7 @@ func TestIOCrossData(t *testing.T) {
 	for _, f := range []string{"raw", "qcow2"} {
 		for _, ringblkWrites := range []bool{true, false} {
 			img := "x." + f
-			mustQemu(t, "qemu-img", "create", "-q", "-f", f, img, "2M")
+			MustQemu(t, "qemu-img", "create", "-q", "-f", f, img, "2M")
 			wargs, rargs := []string{"-f", f}, []string{"-f", f}
 			for _, w := range writes {
 				wargs = append(wargs, "-c", w)
@@ -223,9 +223,9 @@ func TestIOCrossData(t *testing.T) {
 				if o, e, c := ioRun("", append(wargs, img)...); c != 0 {
 					t.Fatalf("%s: ringblk io writes failed (%d): %s%s", f, c, o, e)
 				}
-				out, _, code = qemuIO(t, append(rargs, img)...)
+				out, _, code = QemuIO(t, append(rargs, img)...)
 			} else {
-				if o, e, c := qemuIO(t, append(wargs, img)...); c != 0 {
+				if o, e, c := QemuIO(t, append(wargs, img)...); c != 0 {
 					t.Fatalf("%s: qemu-io writes failed (%d): %s%s", f, c, o, e)
 				}
 				out, _, code = ioRun("", append(rargs, img)...)
@@ -234,7 +234,7 @@ func TestIOCrossData(t *testing.T) {
 				t.Errorf("%s (ringblk writes: %v): reader exit %d\n%s", f, ringblkWrites, code, out)
 			}
 			if f == "qcow2" {
-				if out, code := qemu(t, "qemu-img", "check", "-q", img); code != 0 {
+				if out, code := Qemu(t, "qemu-img", "check", "-q", img); code != 0 {
 					t.Errorf("qcow2: check after writes: exit %d %s", code, out)
 				}
 			}
@@ -383,14 +383,14 @@ func TestIOCommandsFromStdin(t *testing.T) {
 // the buffer as it was (qemu's null-co without read-zeroes) and writes
 // succeed, as qemu-io shows on null-co.
 func TestIONullFormat(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	cmds := []string{"length", "read -P 0 0 4k", "read -P 0xab 0 4k", "write 1M 64k", "read 4M 1", "read 4M 0",
 		"aio_read 0 4k", "aio_flush", "flush"}
 	var args []string
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
-	qo, _, qc := qemuIO(t, append(args, `json:{"driver":"null-co","size":4194304}`)...)
+	qo, _, qc := QemuIO(t, append(args, `json:{"driver":"null-co","size":4194304}`)...)
 	oo, oe, oc := ioRun("", append(append([]string{"-f", "null", "-o", "size=4M"}, args...), "null-co://")...)
 	if w, g := normIO(qo), normIO(oo); oc != qc || !slices.Equal(w, g) {
 		t.Errorf("null: exit %d (qemu-io %d)\n%s\nqemu-io:\n%s\n%s", oc, qc, strings.Join(g, "\n"), strings.Join(w, "\n"), oe)

@@ -54,10 +54,10 @@ const version = "0.1.0-dev"
 // build with its VCS revision (-buildvcs=false, a worktree it cannot read).
 var commit string
 
-// versionLine is what --version prints: the release, the commit the
+// VersionLine is what --version prints: the release, the commit the
 // binary was built from (with "-dirty" for uncommitted changes), and the
 // Go release, from the build information the go command records.
-func versionLine() string {
+func VersionLine() string {
 	rev, dirty := commit, ""
 	goVersion := runtime.Version()
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -99,7 +99,7 @@ func run(args []string) int {
 		usage()
 		return 0
 	case "-V", "--version", "version":
-		fmt.Println(versionLine())
+		fmt.Println(VersionLine())
 		return 0
 	}
 	cmd, ok := commands[name]

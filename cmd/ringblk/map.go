@@ -30,16 +30,16 @@ data lives in a file).
   -h, --help           this help
 `
 
-var mapSpec = optSpec{
-	short: map[byte]bool{'f': true, 'U': false, 'h': false},
-	long:  map[string]bool{"output": true, "force-share": false, "start-offset": true, "max-length": true, "help": false},
+var mapSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'U': false, 'h': false},
+	Long:  map[string]bool{"output": true, "force-share": false, "start-offset": true, "max-length": true, "help": false},
 }
 
-func mapMain(args []string) int { return imgMapCmd(args, os.Stdout, os.Stderr) }
+func mapMain(args []string) int { return Map(args, os.Stdout, os.Stderr) }
 
-func imgMapCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(mapHelp, stdout, stderr, func() (int, error) {
-		opts, operands, err := parseOpts(args, mapSpec)
+func Map(args []string, stdout, stderr io.Writer) int {
+	return Run(mapHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := ParseOpts(args, mapSpec)
 		if err != nil {
 			return 1, err
 		}
@@ -47,20 +47,20 @@ func imgMapCmd(args []string, stdout, stderr io.Writer) int {
 		var forceShare bool
 		start, maxLen := int64(0), int64(-1)
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "f":
-				format = o.val
+				format = o.Val
 			case "output":
-				output = o.val
+				output = o.Val
 			case "U", "force-share":
 				forceShare = true
 			case "start-offset":
-				if start, err = units.ParseSize(o.val); err != nil || start < 0 {
-					return 1, usagef("Invalid start offset specified: '%s' (use k, M, G, T, P or E suffixes)", o.val)
+				if start, err = units.ParseSize(o.Val); err != nil || start < 0 {
+					return 1, Usagef("Invalid start offset specified: '%s' (use k, M, G, T, P or E suffixes)", o.Val)
 				}
 			case "max-length":
-				if maxLen, err = units.ParseSize(o.val); err != nil || maxLen < 0 {
-					return 1, usagef("Invalid max length specified: '%s' (use k, M, G, T, P or E suffixes)", o.val)
+				if maxLen, err = units.ParseSize(o.Val); err != nil || maxLen < 0 {
+					return 1, Usagef("Invalid max length specified: '%s' (use k, M, G, T, P or E suffixes)", o.Val)
 				}
 			}
 		}
@@ -71,9 +71,9 @@ func imgMapCmd(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		if len(operands) != 1 {
-			return 1, usagef("Expecting one image file name (see 'ringblk map --help')")
+			return 1, Usagef("Expecting one image file name (see 'ringblk map --help')")
 		}
-		img, err := openBlk(operands[0], blkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
+		img, err := OpenBlk(operands[0], BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
 		if err != nil {
 			return 1, err
 		}
@@ -107,14 +107,14 @@ type imageChain struct {
 
 // newImageChain lists img's chain. withOffsets also opens each qcow2
 // file read-only for its mapping tables (qemu-img map's "offset").
-func newImageChain(img *blkImage, withOffsets bool) (*imageChain, error) {
+func newImageChain(img *BlkImage, withOffsets bool) (*imageChain, error) {
 	ch := &imageChain{}
 	n, path, format := img.Node, img.Path, img.Format
 	for n != nil {
 		size, err := n.Length()
 		if err != nil {
 			ch.Close()
-			return nil, fmt.Errorf("Could not get the size of '%s': %v", path, plainErr(err))
+			return nil, fmt.Errorf("Could not get the size of '%s': %v", path, PlainErr(err))
 		}
 		l := chainLevel{node: n, path: path, format: format, size: size}
 		var next *block.Node
@@ -156,7 +156,7 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 	l := &ch.levels[i]
 	st, pnum, err = l.node.BlockStatus(off, n)
 	if err != nil {
-		return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, plainErr(err))
+		return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, PlainErr(err))
 	}
 	if pnum <= 0 || pnum > n {
 		return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: block status covered %d of %d bytes", l.path, off, pnum, n)
@@ -167,7 +167,7 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 	case l.qimg != nil && st&block.StatusAllocated != 0:
 		ext, err := l.qimg.qcow.Map(nil, off, min(pnum, l.qimg.qcow.Geometry.Size-off))
 		if err != nil || len(ext) == 0 {
-			return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, plainErr(err))
+			return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, PlainErr(err))
 		}
 		x := ext[0]
 		pnum = min(pnum, x.Len)

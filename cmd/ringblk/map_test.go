@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 )
@@ -16,36 +17,36 @@ import (
 // qcow2 over a raw backing file and over a shorter backing file.
 func makeMapImages(t *testing.T) []string {
 	t.Helper()
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "sparse.raw", "4M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 1 64k 128k", "-c", "write -P 2 1M 4k", "sparse.raw")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "sparse.raw", "4M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 1 64k 128k", "-c", "write -P 2 1M 4k", "sparse.raw")
 
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "write -z 256k 64k", "-c", "write -P 3 2M 64k", "base.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 5 64k 64k", "-c", "write -z 2M 32k", "-c", "write -P 6 3M 256k", "top.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "write -z 256k 64k", "-c", "write -P 3 2M 64k", "base.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 5 64k 64k", "-c", "write -z 2M 32k", "-c", "write -P 6 3M 256k", "top.qcow2")
 
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "zalloc.qcow2", "1M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 256k", "zalloc.qcow2")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -z 0 128k", "zalloc.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "zalloc.qcow2", "1M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 256k", "zalloc.qcow2")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -z 0 128k", "zalloc.qcow2")
 
-	mustQemu(t, "qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "sparse.raw", "comp.qcow2")
+	MustQemu(t, "qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "sparse.raw", "comp.qcow2")
 
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "short.raw", "1M")
-	mustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 9 0 8k", "short.raw")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "short.raw", "-F", "raw", "overraw.qcow2", "3M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 512k 64k", "-c", "write -z 2M 128k", "overraw.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "short.raw", "1M")
+	MustQemu(t, "qemu-io", "-f", "raw", "-c", "write -P 9 0 8k", "short.raw")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "short.raw", "-F", "raw", "overraw.qcow2", "3M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 512k 64k", "-c", "write -z 2M 128k", "overraw.qcow2")
 
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "small.qcow2", "2M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 4k 12k", "-c", "write -P 2 100k 40k", "small.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "small.qcow2", "2M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 4k 12k", "-c", "write -P 2 100k 40k", "small.qcow2")
 	// Clusters allocated in reverse guest order: adjacent data runs whose
 	// host ranges are not contiguous stay separate entries.
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "reversed.qcow2", "1M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 192k 64k", "-c", "write -P 2 128k 64k", "-c", "write -P 3 64k 64k", "reversed.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "reversed.qcow2", "1M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 192k 64k", "-c", "write -P 2 128k 64k", "-c", "write -P 3 64k 64k", "reversed.qcow2")
 	return []string{"sparse.raw", "base.qcow2", "top.qcow2", "zalloc.qcow2", "comp.qcow2", "overraw.qcow2", "small.qcow2", "reversed.qcow2"}
 }
 
 func TestMapMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	imgs := makeMapImages(t)
 	for _, img := range imgs {
@@ -57,8 +58,8 @@ func TestMapMatchesQemu(t *testing.T) {
 			{"--output=json", "--start-offset=8M", img},
 			{"--output=json", "-U", "--max-length=0", img},
 		} {
-			want, wcode := qemu(t, "qemu-img", append([]string{"map"}, args...)...)
-			got, errOut, code := ours(imgMapCmd, args...)
+			want, wcode := Qemu(t, "qemu-img", append([]string{"map"}, args...)...)
+			got, errOut, code := Ours(Map, args...)
 			if code != wcode {
 				t.Errorf("map %v: exit %d, qemu-img exits %d (stderr %q)", args, code, wcode, errOut)
 			}
@@ -69,7 +70,7 @@ func TestMapMatchesQemu(t *testing.T) {
 	}
 	// The compressed image has data without a host offset: the human
 	// format cannot show it, and says so.
-	_, errOut, code := ours(imgMapCmd, "comp.qcow2")
+	_, errOut, code := Ours(Map, "comp.qcow2")
 	if code != 1 || !strings.Contains(errOut, "compressed clusters") {
 		t.Errorf("human map of compressed image: exit %d, %q", code, errOut)
 	}
@@ -78,10 +79,10 @@ func TestMapMatchesQemu(t *testing.T) {
 // TestMapBackingDepth checks the chain walk itself: ranges the top does
 // not allocate report the depth of the image that does.
 func TestMapBackingDepth(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	makeMapImages(t)
-	out, _, code := ours(imgMapCmd, "--output=json", "top.qcow2")
+	out, _, code := Ours(Map, "--output=json", "top.qcow2")
 	if code != 0 {
 		t.Fatalf("map: exit %d", code)
 	}
@@ -95,9 +96,9 @@ func TestMapBackingDepth(t *testing.T) {
 }
 
 func TestMapBadArguments(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
 	for _, args := range [][]string{
 		{"--bogus", "r.raw"},
 		{"-z", "r.raw"},
@@ -110,8 +111,8 @@ func TestMapBadArguments(t *testing.T) {
 		{"-f", "qcow2", "r.raw"},
 		{"-f", "vmdk", "r.raw"},
 	} {
-		_, qcode := qemu(t, "qemu-img", append([]string{"map"}, args...)...)
-		stdout, stderr, code := ours(imgMapCmd, args...)
+		_, qcode := Qemu(t, "qemu-img", append([]string{"map"}, args...)...)
+		stdout, stderr, code := Ours(Map, args...)
 		checkOneLineError(t, "map", args, stdout, stderr, code, qcode)
 	}
 }
@@ -149,7 +150,7 @@ func parseMapJSON(t *testing.T, s string) []map[string]any {
 // when their clusters sit at different host offsets.
 func allocation(t *testing.T, img string) string {
 	t.Helper()
-	entries := parseMapJSON(t, mustQemu(t, "qemu-img", "map", "--output=json", img))
+	entries := parseMapJSON(t, MustQemu(t, "qemu-img", "map", "--output=json", img))
 	type run struct {
 		start, length, depth float64
 		present, zero, data  bool
@@ -177,7 +178,7 @@ func allocation(t *testing.T, img string) string {
 func dataRanges(t *testing.T, img string) [][2]int64 {
 	t.Helper()
 	var out [][2]int64
-	for _, e := range parseMapJSON(t, mustQemu(t, "qemu-img", "map", "--output=json", img)) {
+	for _, e := range parseMapJSON(t, MustQemu(t, "qemu-img", "map", "--output=json", img)) {
 		if e["data"].(bool) {
 			s := int64(e["start"].(float64))
 			out = append(out, [2]int64{s, s + int64(e["length"].(float64))})
@@ -189,11 +190,11 @@ func dataRanges(t *testing.T, img string) [][2]int64 {
 // TestImageToolsHelp: --help and -h print the command's usage on stdout
 // and exit 0, and the commands are registered under their qemu-img names.
 func TestImageToolsHelp(t *testing.T) {
-	for name, f := range map[string]func([]string, ioWriter, ioWriter) int{
-		"map": imgMapCmd, "compare": compareCmd, "convert": convertCmd, "measure": measureCmd,
+	for name, f := range map[string]func([]string, io.Writer, io.Writer) int{
+		"map": Map, "compare": Compare, "convert": Convert, "measure": Measure,
 	} {
 		for _, h := range []string{"--help", "-h"} {
-			stdout, stderr, code := ours(f, h)
+			stdout, stderr, code := Ours(f, h)
 			if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "usage: ringblk "+name+" ") {
 				t.Errorf("%s %s: exit %d, stderr %q, stdout %.40q", name, h, code, stderr, stdout)
 			}

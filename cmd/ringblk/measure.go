@@ -34,12 +34,12 @@ is what persistent dirty bitmaps would add.
   -h, --help           this help
 `
 
-var measureSpec = optSpec{
-	short: map[byte]bool{'f': true, 'O': true, 'o': true, 'U': false, 'h': false},
-	long:  map[string]bool{"output": true, "size": true, "force-share": false, "help": false},
+var measureSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'U': false, 'h': false},
+	Long:  map[string]bool{"output": true, "size": true, "force-share": false, "help": false},
 }
 
-func measureMain(args []string) int { return measureCmd(args, os.Stdout, os.Stderr) }
+func measureMain(args []string) int { return Measure(args, os.Stdout, os.Stderr) }
 
 // measureInfo is qemu-img's BlockMeasureInfo.
 type measureInfo struct {
@@ -48,9 +48,9 @@ type measureInfo struct {
 	bitmaps                  int64
 }
 
-func measureCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(measureHelp, stdout, stderr, func() (int, error) {
-		opts, operands, err := parseOpts(args, measureSpec)
+func Measure(args []string, stdout, stderr io.Writer) int {
+	return Run(measureHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := ParseOpts(args, measureSpec)
 		if err != nil {
 			return 1, err
 		}
@@ -59,20 +59,20 @@ func measureCmd(args []string, stdout, stderr io.Writer) int {
 		var forceShare, hasSize bool
 		var size int64
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "f":
-				srcFmt = o.val
+				srcFmt = o.Val
 			case "O":
-				outFmt = o.val
+				outFmt = o.Val
 			case "o":
-				olist = append(olist, o.val)
+				olist = append(olist, o.Val)
 			case "U", "force-share":
 				forceShare = true
 			case "output":
-				output = o.val
+				output = o.Val
 			case "size":
-				if size, err = units.ParseSize(o.val); err != nil || size < 0 {
-					return 1, usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", o.val)
+				if size, err = units.ParseSize(o.Val); err != nil || size < 0 {
+					return 1, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", o.Val)
 				}
 				hasSize = true
 			}
@@ -84,15 +84,15 @@ func measureCmd(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		if outFmt != "raw" && outFmt != "qcow2" {
-			return 1, usagef("Unknown file format '%s' (measure supports raw and qcow2)", outFmt)
+			return 1, Usagef("Unknown file format '%s' (measure supports raw and qcow2)", outFmt)
 		}
 		switch {
 		case len(operands) > 1:
-			return 1, usagef("Unexpected argument '%s' (see 'ringblk measure --help')", operands[1])
+			return 1, Usagef("Unexpected argument '%s' (see 'ringblk measure --help')", operands[1])
 		case hasSize && len(operands) == 1:
-			return 1, usagef("--size N cannot be used together with a filename.")
+			return 1, Usagef("--size N cannot be used together with a filename.")
 		case !hasSize && len(operands) == 0:
-			return 1, usagef("Either --size N or one filename must be specified.")
+			return 1, Usagef("Either --size N or one filename must be specified.")
 		}
 		kv := map[string]string{}
 		for _, l := range olist {
@@ -102,14 +102,14 @@ func measureCmd(args []string, stdout, stderr io.Writer) int {
 				}
 				k, v, ok := strings.Cut(p, "=")
 				if !ok {
-					return 1, usagef("Invalid parameter '%s' in -o (expected key=value)", p)
+					return 1, Usagef("Invalid parameter '%s' in -o (expected key=value)", p)
 				}
 				kv[k] = v
 			}
 		}
 		var src *imageChain
 		if len(operands) == 1 {
-			img, err := openBlk(operands[0], blkOptions{Format: srcFmt, ReadOnly: true, ForceShare: forceShare})
+			img, err := OpenBlk(operands[0], BlkOptions{Format: srcFmt, ReadOnly: true, ForceShare: forceShare})
 			if err != nil {
 				return 1, err
 			}
@@ -153,10 +153,10 @@ func measureRaw(kv map[string]string, size int64, src *imageChain) (*measureInfo
 		switch k {
 		case "preallocation":
 			if v != "off" && v != "falloc" && v != "full" {
-				return nil, usagef("Invalid parameter value for 'preallocation': '%s' (off, falloc, full)", v)
+				return nil, Usagef("Invalid parameter value for 'preallocation': '%s' (off, falloc, full)", v)
 			}
 		default:
-			return nil, usagef("Invalid parameter '%s' for format raw", k)
+			return nil, Usagef("Invalid parameter '%s' for format raw", k)
 		}
 	}
 	if src != nil {
@@ -182,7 +182,7 @@ func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureIn
 		case "cluster_size":
 			n, err := units.ParseSize(v)
 			if err != nil || n < 512 || n > 2<<20 || bits.OnesCount64(uint64(n)) != 1 {
-				return nil, usagef("Cluster size must be a power of two between 512 and 2048k (got '%s')", v)
+				return nil, Usagef("Cluster size must be a power of two between 512 and 2048k (got '%s')", v)
 			}
 			cs = n
 		case "compat":
@@ -192,12 +192,12 @@ func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureIn
 			case "1.1", "v3":
 				version = 3
 			default:
-				return nil, usagef("Invalid parameter value for 'compat': '%s' (0.10, 1.1, v2, v3)", v)
+				return nil, Usagef("Invalid parameter value for 'compat': '%s' (0.10, 1.1, v2, v3)", v)
 			}
 		case "refcount_bits":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > 64 || bits.OnesCount(uint(n)) != 1 {
-				return nil, usagef("Refcount width must be a power of two and may not exceed 64 bits (got '%s')", v)
+				return nil, Usagef("Refcount width must be a power of two and may not exceed 64 bits (got '%s')", v)
 			}
 			refcountBits = int64(n)
 		case "extended_l2":
@@ -207,29 +207,29 @@ func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureIn
 			case "off":
 				extL2 = false
 			default:
-				return nil, usagef("Invalid parameter value for 'extended_l2': '%s' (on, off)", v)
+				return nil, Usagef("Invalid parameter value for 'extended_l2': '%s' (on, off)", v)
 			}
 		case "preallocation":
 			switch v {
 			case "off", "metadata", "falloc", "full":
 				prealloc = v
 			default:
-				return nil, usagef("Invalid parameter value for 'preallocation': '%s' (off, metadata, falloc, full)", v)
+				return nil, Usagef("Invalid parameter value for 'preallocation': '%s' (off, metadata, falloc, full)", v)
 			}
 		case "backing_file":
 			hasBacking = true
 		case "backing_fmt", "lazy_refcounts", "compression_type":
 		default:
-			return nil, usagef("Invalid parameter '%s' for format qcow2", k)
+			return nil, Usagef("Invalid parameter '%s' for format qcow2", k)
 		}
 	}
 	if extL2 && cs < 16384 {
-		return nil, usagef("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+		return nil, Usagef("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
 	}
 	if refcountBits < 0 {
 		refcountBits = 16
 	} else if version < 3 && refcountBits != 16 {
-		return nil, usagef("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)")
+		return nil, Usagef("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)")
 	}
 	l2e := int64(8)
 	if extL2 {

@@ -9,12 +9,12 @@ import (
 // cluster sizes and for existing raw and qcow2 images.
 
 func TestMeasureMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	imgs := makeMapImages(t)
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "5M")
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", "v2.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "odd.raw", "1000")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "5M")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", "v2.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "odd.raw", "1000")
 	imgs = append(imgs, "v2.qcow2", "odd.raw")
 
 	var cases [][]string
@@ -42,8 +42,8 @@ func TestMeasureMatchesQemu(t *testing.T) {
 	cases = append(cases, []string{"-O", "qcow2", "-o", "cluster_size=512", "--size", "1P"})
 
 	for _, args := range cases {
-		want, wcode := qemu(t, "qemu-img", append([]string{"measure"}, args...)...)
-		got, errOut, code := ours(measureCmd, args...)
+		want, wcode := Qemu(t, "qemu-img", append([]string{"measure"}, args...)...)
+		got, errOut, code := Ours(Measure, args...)
 		if code != wcode {
 			t.Errorf("measure %v: exit %d, qemu-img exits %d (stderr %q)", args, code, wcode, errOut)
 		}
@@ -54,9 +54,9 @@ func TestMeasureMatchesQemu(t *testing.T) {
 }
 
 func TestMeasureBadArguments(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
 	for _, args := range [][]string{
 		{},
 		{"--size", "1G", "r.raw"},
@@ -68,14 +68,14 @@ func TestMeasureBadArguments(t *testing.T) {
 		{"missing.raw"},
 		{"-f", "qcow2", "r.raw"},
 	} {
-		_, qcode := qemu(t, "qemu-img", append([]string{"measure"}, args...)...)
-		stdout, stderr, code := ours(measureCmd, args...)
+		_, qcode := Qemu(t, "qemu-img", append([]string{"measure"}, args...)...)
+		stdout, stderr, code := Ours(Measure, args...)
 		checkOneLineError(t, "measure", args, stdout, stderr, code, qcode)
 	}
 	// qemu-img measure answers an unknown option with its general help
 	// and exit 0; the operator commands all treat it as a mistake (exit 1).
 	for _, args := range [][]string{{"--bogus", "--size", "1G"}, {"-z", "--size", "1G"}} {
-		stdout, stderr, code := ours(measureCmd, args...)
+		stdout, stderr, code := Ours(Measure, args...)
 		checkOneLineError(t, "measure", args, stdout, stderr, code, 1)
 	}
 }

@@ -58,11 +58,11 @@ Exit status: 0 after a clean shutdown (SIGTERM, SIGINT, or the last
 client leaving without -t), 1 on any error.
 `
 
-var nbdSpec = optSpec{
-	short: map[byte]bool{'p': true, 'b': true, 'k': true, 'e': true, 't': false, 'x': true, 'D': true, 'r': false,
+var nbdSpec = OptSpec{
+	Short: map[byte]bool{'p': true, 'b': true, 'k': true, 'e': true, 't': false, 'x': true, 'D': true, 'r': false,
 		'f': true, 'n': false, 'A': false, 'v': false, 'V': false, 'h': false, 'B': true, 'c': true, 'd': true,
 		'l': true, 's': false, 'o': true, 'T': true},
-	long: map[string]bool{"port": true, "bind": true, "socket": true, "shared": true, "persistent": false,
+	Long: map[string]bool{"port": true, "bind": true, "socket": true, "shared": true, "persistent": false,
 		"export-name": true, "description": true, "read-only": false, "format": true, "nocache": false,
 		"cache": true, "aio": true, "discard": true, "detect-zeroes": true, "allocation-depth": false,
 		"fork": false, "pid-file": true, "verbose": false, "version": false, "help": false, "bitmap": true,
@@ -87,13 +87,13 @@ type nbdConfig struct {
 }
 
 func nbdMain(args []string) int {
-	return runImg(nbdHelp, os.Stdout, os.Stderr, func() (int, error) {
+	return Run(nbdHelp, os.Stdout, os.Stderr, func() (int, error) {
 		cfg, err := parseNbdArgs(args)
 		if err != nil {
 			return 1, err
 		}
 		if cfg == nil {
-			fmt.Println(versionLine())
+			fmt.Println(VersionLine())
 			return 0, nil
 		}
 		return runNbd(cfg)
@@ -101,92 +101,92 @@ func nbdMain(args []string) int {
 }
 
 func parseNbdArgs(args []string) (*nbdConfig, error) {
-	opts, operands, err := parseOpts(args, nbdSpec)
+	opts, operands, err := ParseOpts(args, nbdSpec)
 	if err != nil {
 		return nil, err
 	}
 	cfg := &nbdConfig{port: "10809", bind: "0.0.0.0", shared: 1}
 	var cacheSet, portSet, bindSet bool
 	for _, o := range opts {
-		switch o.name {
+		switch o.Name {
 		case "p", "port":
-			n, err := strconv.Atoi(o.val)
+			n, err := strconv.Atoi(o.Val)
 			if err != nil || n < 0 || n > 65535 {
-				return nil, usagef("Invalid port '%s'", o.val)
+				return nil, Usagef("Invalid port '%s'", o.Val)
 			}
-			cfg.port, portSet = o.val, true
+			cfg.port, portSet = o.Val, true
 		case "b", "bind":
-			cfg.bind, bindSet = o.val, true
+			cfg.bind, bindSet = o.Val, true
 		case "k", "socket":
-			if o.val == "" {
-				return nil, usagef("--socket needs a path")
+			if o.Val == "" {
+				return nil, Usagef("--socket needs a path")
 			}
-			cfg.socket = o.val
+			cfg.socket = o.Val
 		case "e", "shared":
-			n, err := strconv.Atoi(o.val)
+			n, err := strconv.Atoi(o.Val)
 			if err != nil || n < 0 {
-				return nil, usagef("Invalid shared device number '%s'", o.val)
+				return nil, Usagef("Invalid shared device number '%s'", o.Val)
 			}
 			cfg.shared = n
 		case "t", "persistent":
 			cfg.persistent = true
 		case "x", "export-name":
-			if len(o.val) > 4096 {
-				return nil, usagef("export name too long (the protocol allows 4096 bytes)")
+			if len(o.Val) > 4096 {
+				return nil, Usagef("export name too long (the protocol allows 4096 bytes)")
 			}
-			cfg.name = o.val
+			cfg.name = o.Val
 		case "D", "description":
-			if len(o.val) > 4096 {
-				return nil, usagef("export description too long (the protocol allows 4096 bytes)")
+			if len(o.Val) > 4096 {
+				return nil, Usagef("export description too long (the protocol allows 4096 bytes)")
 			}
-			cfg.desc = o.val
+			cfg.desc = o.Val
 		case "r", "read-only":
 			cfg.readOnly = true
 		case "f", "format":
-			switch o.val {
+			switch o.Val {
 			case "raw", "qcow2":
 			default:
-				return nil, usagef("Unknown file format '%s' (ringblk nbd serves raw and qcow2)", o.val)
+				return nil, Usagef("Unknown file format '%s' (ringblk nbd serves raw and qcow2)", o.Val)
 			}
-			cfg.format = o.val
+			cfg.format = o.Val
 		case "n", "nocache":
 			if cacheSet {
-				return nil, usagef("-n and --cache can only be specified once")
+				return nil, Usagef("-n and --cache can only be specified once")
 			}
 			cacheSet, cfg.co.Cache = true, raw.CacheNone
 		case "cache":
 			if cacheSet {
-				return nil, usagef("-n and --cache can only be specified once")
+				return nil, Usagef("-n and --cache can only be specified once")
 			}
 			cacheSet = true
-			switch o.val {
+			switch o.Val {
 			case "directsync", "unsafe":
-				return nil, usagef("Invalid cache mode '%s': ringblk supports writeback, writethrough and none", o.val)
+				return nil, Usagef("Invalid cache mode '%s': ringblk supports writeback, writethrough and none", o.Val)
 			}
-			m, ok := raw.ParseCache(o.val)
+			m, ok := raw.ParseCache(o.Val)
 			if !ok {
-				return nil, usagef("Invalid cache mode '%s'", o.val)
+				return nil, Usagef("Invalid cache mode '%s'", o.Val)
 			}
 			cfg.co.Cache = m
 		case "aio":
-			switch o.val {
+			switch o.Val {
 			case "threads", "native", "io_uring":
 			default:
-				return nil, usagef("Invalid aio mode '%s'", o.val)
+				return nil, Usagef("Invalid aio mode '%s'", o.Val)
 			}
 		case "discard":
-			switch o.val {
+			switch o.Val {
 			case "ignore", "off":
 				cfg.co.Discard = raw.DiscardIgnore
 			case "unmap", "on":
 				cfg.co.Discard = raw.DiscardUnmap
 			default:
-				return nil, usagef("Invalid discard mode `%s'", o.val)
+				return nil, Usagef("Invalid discard mode `%s'", o.Val)
 			}
 		case "detect-zeroes":
-			d, ok := raw.ParseDetectZeroes(o.val)
+			d, ok := raw.ParseDetectZeroes(o.Val)
 			if !ok {
-				return nil, usagef("Invalid detect-zeroes mode '%s' (off, on or unmap)", o.val)
+				return nil, Usagef("Invalid detect-zeroes mode '%s' (off, on or unmap)", o.Val)
 			}
 			cfg.co.DetectZeroes = d
 		case "A", "allocation-depth":
@@ -194,39 +194,39 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 		case "fork":
 			cfg.fork = true
 		case "pid-file":
-			cfg.pidFile = o.val
+			cfg.pidFile = o.Val
 		case "v", "verbose":
 			cfg.verbose = true
 		case "V", "version":
 			return nil, nil
 		case "B", "bitmap":
-			return nil, usagef("--bitmap: ringblk has no dirty bitmaps yet, so it cannot export qemu:dirty-bitmap:%s", o.val)
+			return nil, Usagef("--bitmap: ringblk has no dirty bitmaps yet, so it cannot export qemu:dirty-bitmap:%s", o.Val)
 		case "c", "connect", "d", "disconnect":
-			return nil, usagef("-%s: ringblk nbd does not drive the kernel's /dev/nbd devices", o.name)
+			return nil, Usagef("-%s: ringblk nbd does not drive the kernel's /dev/nbd devices", o.Name)
 		case "l", "load-snapshot", "s", "snapshot":
-			return nil, usagef("-%s: snapshots are not supported by ringblk nbd", o.name)
+			return nil, Usagef("-%s: snapshots are not supported by ringblk nbd", o.Name)
 		case "o", "offset":
-			return nil, usagef("--offset is not supported (use a raw image of its own)")
+			return nil, Usagef("--offset is not supported (use a raw image of its own)")
 		case "object", "tls-creds", "tls-authz", "tls-hostname":
-			return nil, usagef("--%s: ringblk nbd does not support TLS", o.name)
+			return nil, Usagef("--%s: ringblk nbd does not support TLS", o.Name)
 		case "image-opts":
-			return nil, usagef("--image-opts is not supported; name the image file and use -f")
+			return nil, Usagef("--image-opts is not supported; name the image file and use -f")
 		case "T", "trace":
-			return nil, usagef("--trace is not supported")
+			return nil, Usagef("--trace is not supported")
 		}
 	}
 	if cfg.co.DetectZeroes == raw.DetectZeroesUnmap && cfg.co.Discard != raw.DiscardUnmap {
-		return nil, usagef("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+		return nil, Usagef("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
 	}
 	if cfg.socket != "" && (portSet || bindSet) {
-		return nil, usagef("-k and -p/-b cannot be used together")
+		return nil, Usagef("-k and -p/-b cannot be used together")
 	}
 	switch len(operands) {
 	case 0:
-		return nil, usagef("Expected exactly one image file name (see 'ringblk nbd --help')")
+		return nil, Usagef("Expected exactly one image file name (see 'ringblk nbd --help')")
 	case 1:
 	default:
-		return nil, usagef("Unexpected argument '%s' (see 'ringblk nbd --help')", operands[1])
+		return nil, Usagef("Unexpected argument '%s' (see 'ringblk nbd --help')", operands[1])
 	}
 	cfg.file = operands[0]
 	return cfg, nil
@@ -241,9 +241,9 @@ func runNbd(cfg *nbdConfig) (int, error) {
 		return forkNbd()
 	}
 	if _, err := os.Stat(cfg.file); err != nil {
-		return 1, fmt.Errorf("Failed to blk_new_open '%s': Could not open '%s': %v", cfg.file, cfg.file, unwrapPathErr(err))
+		return 1, fmt.Errorf("Failed to blk_new_open '%s': Could not open '%s': %v", cfg.file, cfg.file, UnwrapPathErr(err))
 	}
-	ctx, g, err := newBlkEnv()
+	ctx, g, err := NewBlkEnv()
 	if err != nil {
 		return 1, err
 	}
@@ -257,7 +257,7 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	}
 	img, err := chain.Open(g, cfg.file, co)
 	if err != nil {
-		return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, plainErr(err))
+		return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, PlainErr(err))
 	}
 	node := img.Node
 	exp, err := nbd.NewExport(g, node, nbd.ExportOptions{
@@ -335,7 +335,7 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	}
 	uerr := node.Unref()
 	if err := errors.Join(serveErr, cerr, ferr, uerr); err != nil {
-		return 1, fmt.Errorf("shutting down: %v", plainErr(err))
+		return 1, fmt.Errorf("shutting down: %v", PlainErr(err))
 	}
 	return 0, nil
 }

@@ -31,12 +31,12 @@ func TestNbdCmdErrors(t *testing.T) {
 		{[]string{"nbd"}, "Expected exactly one image"},
 		{[]string{"nbd", "-c", "/dev/nbd0", img}, "/dev/nbd"},
 	} {
-		_, stderr, code := runRingblk(t, nil, c.args...)
+		_, stderr, code := RunRingblk(t, nil, c.args...)
 		if code != 1 || !strings.Contains(stderr, c.want) || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("%v: exit %d, stderr %q; want exit 1 and one line with %q", c.args, code, stderr, c.want)
 		}
 	}
-	out, stderr, code := runRingblk(t, nil, "nbd", "--help")
+	out, stderr, code := RunRingblk(t, nil, "nbd", "--help")
 	if code != 0 || stderr != "" || !strings.Contains(out, "--allocation-depth") {
 		t.Errorf("--help: exit %d stderr %q", code, stderr)
 	}
@@ -58,7 +58,7 @@ func startNbd(t *testing.T, sock string, args ...string) *exec.Cmd {
 	t.Helper()
 	exe, _ := os.Executable()
 	cmd := exec.Command(exe, append([]string{"nbd", "-k", sock}, args...)...)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	cmd.Env = append(os.Environ(), AsMainEnv+"=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -151,7 +151,7 @@ func TestNbdCmdForkPidFile(t *testing.T) {
 	img := filepath.Join(dir, "a.raw")
 	os.WriteFile(img, make([]byte, 1<<20), 0o644)
 	sock, pidf := filepath.Join(dir, "s"), filepath.Join(dir, "pid")
-	_, stderr, code := runRingblk(t, nil, "nbd", "--fork", "--pid-file", pidf, "-t", "-r", "-f", "raw", "-x", "vm", "-D", "a disk", "-A", "-k", sock, img)
+	_, stderr, code := RunRingblk(t, nil, "nbd", "--fork", "--pid-file", pidf, "-t", "-r", "-f", "raw", "-x", "vm", "-D", "a disk", "-A", "-k", sock, img)
 	if code != 0 {
 		t.Fatalf("--fork: exit %d %s", code, stderr)
 	}
@@ -210,7 +210,7 @@ func TestNbdCmdTCP(t *testing.T) {
 	os.WriteFile(img, make([]byte, 2<<20), 0o644)
 	exe, _ := os.Executable()
 	cmd := exec.Command(exe, "nbd", "-b", "127.0.0.1", "-p", port, "-f", "raw", "-x", "d", img)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	cmd.Env = append(os.Environ(), AsMainEnv+"=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -240,7 +240,7 @@ func TestNbdCmdTCP(t *testing.T) {
 	}
 	// Persistent this time, and a real client.
 	cmd = exec.Command(exe, "nbd", "-t", "-b", "127.0.0.1", "-p", port, "-f", "raw", "-x", "d", img)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	cmd.Env = append(os.Environ(), AsMainEnv+"=1")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestNbdCmdStaleSocket(t *testing.T) {
 	os.WriteFile(reg, []byte("keep"), 0o644)
 	img2 := filepath.Join(dir, "b.raw")
 	os.WriteFile(img2, make([]byte, 1<<20), 0o644)
-	_, stderr, code := runRingblk(t, nil, "nbd", "-k", reg, "-f", "raw", img2)
+	_, stderr, code := RunRingblk(t, nil, "nbd", "-k", reg, "-f", "raw", img2)
 	if code != 1 || !strings.Contains(stderr, "Failed to bind socket") {
 		t.Fatalf("-k on a regular file: exit %d %q", code, stderr)
 	}

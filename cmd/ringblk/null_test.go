@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -12,7 +13,7 @@ import (
 // filename), gives qemu-img's output and exit code in info, map, measure
 // and compare; convert copies it into a sparse image of its size.
 func TestNullFormatMatchesQemu(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
 	names := [][]string{
 		{"-f", "null-co", "null-co://"},
@@ -24,12 +25,12 @@ func TestNullFormatMatchesQemu(t *testing.T) {
 		{"info"}, {"info", "--output=json"}, {"map"}, {"map", "--output=json"},
 		{"measure", "-O", "qcow2"}, {"measure", "-O", "raw", "--output=json"},
 	}
-	runs := map[string]func([]string, ioWriter, ioWriter) int{"info": infoCmd, "map": imgMapCmd, "measure": measureCmd}
+	runs := map[string]func([]string, io.Writer, io.Writer) int{"info": Info, "map": Map, "measure": Measure}
 	for _, name := range names {
 		for _, c := range cmds {
 			args := append(append([]string{}, c[1:]...), name...)
-			want, wcode := qemu(t, "qemu-img", append([]string{c[0]}, args...)...)
-			got, stderr, code := ours(runs[c[0]], args...)
+			want, wcode := Qemu(t, "qemu-img", append([]string{c[0]}, args...)...)
+			got, stderr, code := Ours(runs[c[0]], args...)
 			if code != wcode || got != want {
 				t.Errorf("%s %v: exit %d (qemu-img %d), stderr %q\n%s\nqemu-img:\n%s", c[0], args, code, wcode, stderr, got, want)
 			}
@@ -38,8 +39,8 @@ func TestNullFormatMatchesQemu(t *testing.T) {
 		if name[0] == "-f" {
 			args = []string{"-f", "null-co", "-F", "null", name[2], name[2]}
 		}
-		want, wcode := qemu(t, "qemu-img", append([]string{"compare"}, qemuNullArgs(args)...)...)
-		got, stderr, code := ours(compareCmd, args...)
+		want, wcode := Qemu(t, "qemu-img", append([]string{"compare"}, qemuNullArgs(args)...)...)
+		got, stderr, code := Ours(Compare, args...)
 		if code != wcode || code != 0 || got != want {
 			t.Errorf("compare %v: exit %d (qemu-img %d), stderr %q, stdout %q", args, code, wcode, stderr, got)
 		}
@@ -47,10 +48,10 @@ func TestNullFormatMatchesQemu(t *testing.T) {
 
 	// convert: a sparse raw copy of the null image's size.
 	src := `json:{"driver":"null-co","size":2097152}`
-	if _, stderr, code := ours(convertCmd, "-O", "raw", src, "n.raw"); code != 0 {
+	if _, stderr, code := Ours(Convert, "-O", "raw", src, "n.raw"); code != 0 {
 		t.Fatalf("convert %s: exit %d: %s", src, code, stderr)
 	}
-	mustQemu(t, "qemu-img", "convert", "-O", "raw", src, "q.raw")
+	MustQemu(t, "qemu-img", "convert", "-O", "raw", src, "q.raw")
 	mine, err := os.ReadFile("n.raw")
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +108,7 @@ func TestNullFormatRefused(t *testing.T) {
 		{"info", []string{`json:{"driver":"qcow2","size":1}`}, 1, "null-co driver only"},
 		{"info", []string{"-f", "raw", `json:{"driver":"null-co"}`}, 1, "null-co filename with -f raw"},
 	} {
-		_, stderr, code := runRingblk(t, nil, append([]string{c.cmd}, c.args...)...)
+		_, stderr, code := RunRingblk(t, nil, append([]string{c.cmd}, c.args...)...)
 		if code != c.code || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "ringblk: ") || !strings.Contains(stderr, c.want) {
 			t.Errorf("ringblk %s %v: exit %d, stderr %q; want exit %d and one line with %q", c.cmd, c.args, code, stderr, c.code, c.want)
 		}

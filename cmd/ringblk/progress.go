@@ -6,13 +6,13 @@ import (
 	"sync"
 )
 
-// progressPrinter is qemu-img's -p progress line: "    (12.34/100%)\r",
+// Progress is qemu-img's -p progress line: "    (12.34/100%)\r",
 // rewritten in place, and a newline at the end. It prints only when the
 // value moved by more than minSkip percentage points since the last line,
 // or reached 0 or 100, so a long copy writes a few hundred lines at most.
 // A disabled printer (-q, or no -p) prints nothing. Safe for concurrent
 // use: convert's workers report their progress from several goroutines.
-type progressPrinter struct {
+type Progress struct {
 	mu        sync.Mutex
 	w         io.Writer
 	enabled   bool
@@ -21,27 +21,27 @@ type progressPrinter struct {
 	lastPrint float64
 }
 
-// newProgress returns a printer on w; minSkip is 1 for convert and 2 for
+// NewProgress returns a printer on w; minSkip is 1 for convert and 2 for
 // compare, as in qemu-img.
-func newProgress(w io.Writer, enabled bool, minSkip float64) *progressPrinter {
-	return &progressPrinter{w: w, enabled: enabled, minSkip: minSkip}
+func NewProgress(w io.Writer, enabled bool, minSkip float64) *Progress {
+	return &Progress{w: w, enabled: enabled, minSkip: minSkip}
 }
 
 // Add advances the bar by delta percentage points.
-func (p *progressPrinter) Add(delta float64) {
+func (p *Progress) Add(delta float64) {
 	p.mu.Lock()
 	p.update(p.current + delta)
 	p.mu.Unlock()
 }
 
 // Set moves the bar to pct percent.
-func (p *progressPrinter) Set(pct float64) {
+func (p *Progress) Set(pct float64) {
 	p.mu.Lock()
 	p.update(pct)
 	p.mu.Unlock()
 }
 
-func (p *progressPrinter) update(v float64) {
+func (p *Progress) update(v float64) {
 	v = min(max(v, 0), 100)
 	p.current = v
 	if !p.enabled {
@@ -54,7 +54,7 @@ func (p *progressPrinter) update(v float64) {
 }
 
 // End finishes the line.
-func (p *progressPrinter) End() {
+func (p *Progress) End() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.enabled {

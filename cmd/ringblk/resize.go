@@ -38,49 +38,49 @@ and deletes everything past the new end.
 A qcow2 image's new size must be a multiple of 512 bytes.
 `
 
-var resizeSpec = optSpec{
-	short: map[byte]bool{'f': true, 'q': false, 'h': false},
-	long:  map[string]bool{"shrink": false, "preallocation": true, "quiet": false, "help": false},
+var resizeSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'q': false, 'h': false},
+	Long:  map[string]bool{"shrink": false, "preallocation": true, "quiet": false, "help": false},
 }
 
-func resizeMain(args []string) int { return resizeCmd(args, os.Stdout, os.Stderr) }
+func resizeMain(args []string) int { return Resize(args, os.Stdout, os.Stderr) }
 
-func resizeCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(resizeHelp, stdout, stderr, func() (int, error) {
+func Resize(args []string, stdout, stderr io.Writer) int {
+	return Run(resizeHelp, stdout, stderr, func() (int, error) {
 		for _, a := range args {
 			if a == "-h" || a == "--help" || a == "-help" {
-				return 0, errHelp
+				return 0, ErrHelp
 			}
 		}
 		// The size is the last argument and is taken before the options
 		// are parsed, so that "-1G" is a size and not an option (as
 		// qemu-img does).
 		if len(args) < 2 {
-			return 1, usagef("resize: not enough arguments (expecting FILE and SIZE; see 'ringblk resize --help')")
+			return 1, Usagef("resize: not enough arguments (expecting FILE and SIZE; see 'ringblk resize --help')")
 		}
 		sizeArg := args[len(args)-1]
-		opts, operands, err := parseOpts(args[:len(args)-1], resizeSpec)
+		opts, operands, err := ParseOpts(args[:len(args)-1], resizeSpec)
 		if err != nil {
 			return 1, err
 		}
 		if len(operands) != 1 {
-			return 1, usagef("resize: expecting image file name and size (see 'ringblk resize --help')")
+			return 1, Usagef("resize: expecting image file name and size (see 'ringblk resize --help')")
 		}
 		path := operands[0]
 		format, quiet, shrink := "", false, false
 		prealloc := raw.PreallocOff
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "f":
-				format = o.val
+				format = o.Val
 			case "q", "quiet":
 				quiet = true
 			case "shrink":
 				shrink = true
 			case "preallocation":
-				p, ok := raw.ParsePrealloc(o.val)
+				p, ok := raw.ParsePrealloc(o.Val)
 				if !ok {
-					return 1, usagef("Invalid preallocation mode '%s' (off, falloc or full)", o.val)
+					return 1, Usagef("Invalid preallocation mode '%s' (off, falloc or full)", o.Val)
 				}
 				prealloc = p
 			}
@@ -96,16 +96,16 @@ func resizeCmd(args []string, stdout, stderr io.Writer) int {
 		case strings.HasPrefix(num, "-"):
 			rel, num = -1, num[1:]
 		}
-		delta, err := parseSize(num)
+		delta, err := ParseSize(num)
 		if err != nil {
-			return 1, usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes, optionally after + or -)", sizeArg)
+			return 1, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes, optionally after + or -)", sizeArg)
 		}
 		if _, err := os.Stat(path); err != nil {
-			return 1, fmt.Errorf("Could not open '%s': %v", path, unwrapPathErr(err))
+			return 1, fmt.Errorf("Could not open '%s': %v", path, UnwrapPathErr(err))
 		}
 		if format == "" {
 			if format, err = chain.Probe(path); err != nil {
-				return 1, fmt.Errorf("Could not open '%s': %v", path, unwrapPathErr(err))
+				return 1, fmt.Errorf("Could not open '%s': %v", path, UnwrapPathErr(err))
 			}
 		}
 		if format == "qcow2" && prealloc != raw.PreallocOff {
@@ -135,23 +135,23 @@ func resizeCmd(args []string, stdout, stderr io.Writer) int {
 // longer than the old size must hide that file's bytes in the new area
 // (the driver's Truncate zeroes it), and the driver needs the backing
 // file's length and content (for a partial last cluster) to do so.
-func openResize(path, format string, prealloc raw.Prealloc) (*blkImage, error) {
+func openResize(path, format string, prealloc raw.Prealloc) (*BlkImage, error) {
 	if format == "qcow2" {
-		return openBlk(path, blkOptions{Format: "qcow2"})
+		return OpenBlk(path, BlkOptions{Format: "qcow2"})
 	}
-	c, g, err := newBlkEnv()
+	c, g, err := NewBlkEnv()
 	if err != nil {
 		return nil, err
 	}
-	n, err := raw.NewNode(g, path, raw.Options{Prealloc: prealloc}, block.Options{Name: nodeNameFor(g, path)})
+	n, err := raw.NewNode(g, path, raw.Options{Prealloc: prealloc}, block.Options{Name: NodeNameFor(g, path)})
 	if err != nil {
 		c.Stop()
-		return nil, openError(path, err)
+		return nil, OpenError(path, err)
 	}
-	return &blkImage{Ctx: c, Graph: g, Node: n, Path: path, Format: "raw", owned: true}, nil
+	return &BlkImage{Ctx: c, Graph: g, Node: n, Path: path, Format: "raw", owned: true}, nil
 }
 
-func resizeImage(img *blkImage, path, format string, rel int, delta int64, shrink bool, prealloc raw.Prealloc) (int, error) {
+func resizeImage(img *BlkImage, path, format string, rel int, delta int64, shrink bool, prealloc raw.Prealloc) (int, error) {
 	cur, err := img.Node.Length()
 	if err != nil {
 		return 1, fmt.Errorf("Could not read the size of '%s': %v", path, err)

@@ -14,13 +14,13 @@ import (
 
 func virtualSize(t *testing.T, img string) float64 {
 	t.Helper()
-	info := parseJSON(t, img, mustQemu(t, "qemu-img", "info", "-U", "--output=json", img))
+	info := ParseJSON(t, img, MustQemu(t, "qemu-img", "info", "-U", "--output=json", img))
 	return info["virtual-size"].(float64)
 }
 
 // TestResizeMatchesQemuImg: grow and shrink cases both tools handle.
 func TestResizeMatchesQemuImg(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	cases := []struct {
 		fmt, size string
@@ -57,14 +57,14 @@ func TestResizeMatchesQemuImg(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a, b := "a"+string(rune('a'+i))+"."+c.fmt, "b"+string(rune('a'+i))+"."+c.fmt
 			for _, img := range []string{a, b} {
-				mustQemu(t, "qemu-img", "create", "-q", "-f", c.fmt, img, c.size)
+				MustQemu(t, "qemu-img", "create", "-q", "-f", c.fmt, img, c.size)
 				// Data to keep: written at the start by qemu-io.
-				if _, _, code := qemuIO(t, "-f", c.fmt, "-c", "write -P 0x77 0 64k", img); code != 0 {
+				if _, _, code := QemuIO(t, "-f", c.fmt, "-c", "write -P 0x77 0 64k", img); code != 0 {
 					t.Fatal("qemu-io: cannot write the test data")
 				}
 			}
-			qout, qcode := qemu(t, "qemu-img", append(append([]string{"resize"}, c.args...), a, c.newSize)...)
-			oout, oerr, ocode := ours(resizeCmd, append(append([]string{}, c.args...), b, c.newSize)...)
+			qout, qcode := Qemu(t, "qemu-img", append(append([]string{"resize"}, c.args...), a, c.newSize)...)
+			oout, oerr, ocode := Ours(Resize, append(append([]string{}, c.args...), b, c.newSize)...)
 			if qcode != ocode || qout != oout {
 				t.Fatalf("exit %d stdout %q stderr %q; qemu-img: exit %d stdout %q", ocode, oout, oerr, qcode, qout)
 			}
@@ -80,7 +80,7 @@ func TestResizeMatchesQemuImg(t *testing.T) {
 				if sa.Size() != sb.Size() {
 					t.Errorf("file size %d, qemu-img made %d", sb.Size(), sa.Size())
 				}
-			} else if out, code := qemu(t, "qemu-img", "check", b); code != 0 {
+			} else if out, code := Qemu(t, "qemu-img", "check", b); code != 0 {
 				t.Errorf("qemu-img check after our resize: exit %d\n%s", code, out)
 			}
 			// The data survives, and what the resize added reads as zeroes.
@@ -92,7 +92,7 @@ func TestResizeMatchesQemuImg(t *testing.T) {
 			if size > 65536 {
 				cmds = append(cmds, "-c", "read -P 0 "+resizeItoa(size-min(size-65536, 1<<20))+" "+resizeItoa(min(size-65536, 1<<20)))
 			}
-			if out, _, code := qemuIO(t, append(cmds, b)...); code != 0 {
+			if out, _, code := QemuIO(t, append(cmds, b)...); code != 0 {
 				t.Errorf("data after the resize:\n%s", out)
 			}
 		})
@@ -105,10 +105,10 @@ func resizeItoa(v int64) string { return strconv.FormatInt(v, 10) }
 // driver cannot yet, so the command refuses in one line and leaves the
 // image as it was.
 func TestResizeQcow2ShrinkRefused(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "4M")
-	if _, _, code := qemuIO(t, "-f", "qcow2", "-c", "write -P 5 3M 64k", "s.qcow2"); code != 0 {
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "4M")
+	if _, _, code := QemuIO(t, "-f", "qcow2", "-c", "write -P 5 3M 64k", "s.qcow2"); code != 0 {
 		t.Fatal("qemu-io: cannot write the test data")
 	}
 	before, err := os.ReadFile("s.qcow2")
@@ -116,7 +116,7 @@ func TestResizeQcow2ShrinkRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, size := range []string{"-1M", "2M"} {
-		out, errs, code := ours(resizeCmd, "-f", "qcow2", "--shrink", "s.qcow2", size)
+		out, errs, code := Ours(Resize, "-f", "qcow2", "--shrink", "s.qcow2", size)
 		if code != 1 || out != "" || !strings.Contains(errs, "does not support shrinking") || strings.Count(errs, "\n") != 1 {
 			t.Errorf("shrink to %s: exit %d stdout %q stderr %q", size, code, out, errs)
 		}
@@ -128,7 +128,7 @@ func TestResizeQcow2ShrinkRefused(t *testing.T) {
 	if string(before) != string(after) {
 		t.Error("the refused shrink changed the image file")
 	}
-	if out, _, code := qemuIO(t, "-f", "qcow2", "-c", "read -P 5 3M 64k", "s.qcow2"); code != 0 {
+	if out, _, code := QemuIO(t, "-f", "qcow2", "-c", "read -P 5 3M 64k", "s.qcow2"); code != 0 {
 		t.Errorf("data after the refused shrink:\n%s", out)
 	}
 }
@@ -146,10 +146,10 @@ func TestResizeRawPreallocation(t *testing.T) {
 	}
 	for _, mode := range []string{"off", "falloc", "full"} {
 		p := mode + ".raw"
-		if _, errs, code := ours(createCmd, "-q", "-f", "raw", p, "64k"); code != 0 {
+		if _, errs, code := Ours(Create, "-q", "-f", "raw", p, "64k"); code != 0 {
 			t.Fatalf("create: %s", errs)
 		}
-		if out, errs, code := ours(resizeCmd, "--preallocation="+mode, "-f", "raw", p, "+8M"); code != 0 || out != "Image resized.\n" {
+		if out, errs, code := Ours(Resize, "--preallocation="+mode, "-f", "raw", p, "+8M"); code != 0 || out != "Image resized.\n" {
 			t.Fatalf("%s: exit %d %q %q", mode, code, out, errs)
 		}
 		got := blocks(p)
@@ -188,7 +188,7 @@ func TestResizeBadArguments(t *testing.T) {
 		"qcow2 prealloc":  {"--preallocation=full", "-f", "qcow2", "r.raw", "2M"},
 		"option no value": {"-f"},
 	} {
-		out, errs, code := ours(resizeCmd, args...)
+		out, errs, code := Ours(Resize, args...)
 		if code != 1 || out != "" || strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "ringblk: ") ||
 			strings.Contains(errs, "goroutine") {
 			t.Errorf("%s %v: exit %d stdout %q stderr %q", name, args, code, out, errs)
@@ -197,7 +197,7 @@ func TestResizeBadArguments(t *testing.T) {
 	if st, err := os.Stat("r.raw"); err != nil || st.Size() != 1<<20 {
 		t.Errorf("a refused resize changed r.raw (%v)", err)
 	}
-	if _, errs, _ := ours(resizeCmd, "-f", "raw", "nonexist", "2M"); !strings.Contains(errs, "'nonexist'") ||
+	if _, errs, _ := Ours(Resize, "-f", "raw", "nonexist", "2M"); !strings.Contains(errs, "'nonexist'") ||
 		!strings.Contains(errs, "No such file or directory") {
 		t.Errorf("missing file: %q does not name the file and the cause", errs)
 	}
@@ -205,7 +205,7 @@ func TestResizeBadArguments(t *testing.T) {
 
 // TestResizeHelp: --help prints the usage with exit status 0.
 func TestResizeHelp(t *testing.T) {
-	out, errs, code := ours(resizeCmd, "--help")
+	out, errs, code := Ours(Resize, "--help")
 	if code != 0 || errs != "" || !strings.HasPrefix(out, "usage: ringblk resize ") || !strings.Contains(out, "--shrink") {
 		t.Errorf("resize --help: exit %d stderr %q stdout %q", code, errs, out)
 	}
@@ -216,18 +216,18 @@ func TestResizeHelp(t *testing.T) {
 // file's bytes in the new area. Raw base of 0xff, 512k overlay, resize to
 // 1M: qemu-io must read zeros past 512k, as after qemu-img resize.
 func TestResizeQcow2HidesBacking(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "base.raw", "1M")
-	if _, _, code := qemuIO(t, "-f", "raw", "-c", "write -P 0xff 0 1M", "base.raw"); code != 0 {
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "base.raw", "1M")
+	if _, _, code := QemuIO(t, "-f", "raw", "-c", "write -P 0xff 0 1M", "base.raw"); code != 0 {
 		t.Fatal("qemu-io: cannot fill the base")
 	}
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2", "512k")
-	if out, errs, code := ours(resizeCmd, "ov.qcow2", "1M"); code != 0 {
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2", "512k")
+	if out, errs, code := Ours(Resize, "ov.qcow2", "1M"); code != 0 {
 		t.Fatalf("resize: exit %d %q %q", code, out, errs)
 	}
-	if out, _, code := qemuIO(t, "-f", "qcow2", "-c", "read -P 0 512k 512k", "-c", "read -P 0xff 0 512k", "ov.qcow2"); code != 0 || strings.Contains(out, "failed") {
+	if out, _, code := QemuIO(t, "-f", "qcow2", "-c", "read -P 0 512k 512k", "-c", "read -P 0xff 0 512k", "ov.qcow2"); code != 0 || strings.Contains(out, "failed") {
 		t.Errorf("after resize:\n%s", out)
 	}
-	mustQemu(t, "qemu-img", "check", "-q", "ov.qcow2")
+	MustQemu(t, "qemu-img", "check", "-q", "ov.qcow2")
 }

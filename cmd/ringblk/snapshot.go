@@ -36,58 +36,58 @@ Exit status: 0 on success, 1 on any error (unknown snapshot, bad options,
 unreadable image, a read-only image for -a/-c/-d).
 `
 
-var snapshotSpec = optSpec{
-	short: map[byte]bool{'f': true, 'q': false, 'U': false, 'l': false, 'a': true, 'c': true, 'd': true, 'h': false},
-	long:  map[string]bool{"force-share": false, "help": false},
+var snapshotSpec = OptSpec{
+	Short: map[byte]bool{'f': true, 'q': false, 'U': false, 'l': false, 'a': true, 'c': true, 'd': true, 'h': false},
+	Long:  map[string]bool{"force-share": false, "help": false},
 }
 
-func snapshotMain(args []string) int { return snapshotCmd(args, os.Stdout, os.Stderr) }
+func snapshotMain(args []string) int { return Snapshot(args, os.Stdout, os.Stderr) }
 
-func snapshotCmd(args []string, stdout, stderr io.Writer) int {
-	return runImg(snapshotHelp, stdout, stderr, func() (int, error) {
-		opts, files, err := parseOpts(args, snapshotSpec)
+func Snapshot(args []string, stdout, stderr io.Writer) int {
+	return Run(snapshotHelp, stdout, stderr, func() (int, error) {
+		opts, files, err := ParseOpts(args, snapshotSpec)
 		if err != nil {
 			return 1, err
 		}
 		format, share := "", false
 		action, name := "", ""
 		for _, o := range opts {
-			switch o.name {
+			switch o.Name {
 			case "f":
-				format = o.val
+				format = o.Val
 			case "U", "force-share":
 				share = true
 			case "l", "a", "c", "d":
 				if action != "" {
-					return 1, usagef("Cannot mix '-l', '-a', '-c', '-d'")
+					return 1, Usagef("Cannot mix '-l', '-a', '-c', '-d'")
 				}
-				action, name = o.name, o.val
+				action, name = o.Name, o.Val
 			}
 		}
 		if err := checkFormat(format); err != nil {
 			return 1, err
 		}
 		if len(files) != 1 {
-			return 1, usagef("Expecting one image file name")
+			return 1, Usagef("Expecting one image file name")
 		}
 		file := files[0]
 		write := action == "a" || action == "c" || action == "d"
 		if share && write {
 			return 1, fmt.Errorf("Could not open '%s': force-share=on can only be used with read-only images", file)
 		}
-		img, err := openBlk(file, blkOptions{Format: format, ReadOnly: !write, ForceShare: share})
+		img, err := OpenBlk(file, BlkOptions{Format: format, ReadOnly: !write, ForceShare: share})
 		if err != nil {
 			return 1, err
 		}
 		code, err := snapshotRun(img, action, name, stdout)
 		if cerr := img.Close(); err == nil && cerr != nil {
-			code, err = 1, fmt.Errorf("%s: %v", file, plainErr(cerr))
+			code, err = 1, fmt.Errorf("%s: %v", file, PlainErr(cerr))
 		}
 		return code, err
 	})
 }
 
-func snapshotRun(img *blkImage, action, name string, stdout io.Writer) (int, error) {
+func snapshotRun(img *BlkImage, action, name string, stdout io.Writer) (int, error) {
 	d := img.Qcow2
 	switch action {
 	case "l":

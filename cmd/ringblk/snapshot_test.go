@@ -16,7 +16,7 @@ import (
 // exit code is want.
 func snapOurs(t *testing.T, want int, args ...string) (stdout, stderr string) {
 	t.Helper()
-	out, errs, code := ours(snapshotCmd, args...)
+	out, errs, code := Ours(Snapshot, args...)
 	if code != want {
 		t.Fatalf("ringblk snapshot %q: exit %d, want %d\nstdout %q\nstderr %q", args, code, want, out, errs)
 	}
@@ -27,7 +27,7 @@ func snapOurs(t *testing.T, want int, args ...string) (stdout, stderr string) {
 func qemuPattern(t *testing.T, img string, p byte, off, n int64) {
 	t.Helper()
 	cmd := "read -P " + itoa(int64(p)) + " " + itoa(off) + " " + itoa(n)
-	out := mustQemu(t, "qemu-io", "-f", "qcow2", "-c", cmd, img)
+	out := MustQemu(t, "qemu-io", "-f", "qcow2", "-c", cmd, img)
 	if strings.Contains(out, "fail") {
 		t.Fatalf("qemu-io %q on %s: %s", cmd, img, out)
 	}
@@ -40,30 +40,30 @@ func itoa(v int64) string { return strconv.FormatInt(v, 10) }
 // names and IDs that push the columns, an entry without extra data (no
 // icount column) and an image without snapshots (no output at all).
 func TestSnapshotListMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "4M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "4M")
 	for _, args := range [][]string{nil, {"-U"}} {
 		out, _ := snapOurs(t, 0, append(args, "-l", "a.qcow2")...)
-		want, code := qemu(t, "qemu-img", append(append([]string{"snapshot"}, args...), "-l", "a.qcow2")...)
+		want, code := Qemu(t, "qemu-img", append(append([]string{"snapshot"}, args...), "-l", "a.qcow2")...)
 		if code != 0 || out != want || out != "" {
 			t.Errorf("empty list %v: ours %q, qemu-img %q (exit %d)", args, out, want, code)
 		}
 	}
-	mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "a.qcow2")
+	MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "a.qcow2")
 	snapOurs(t, 0, "-c", "first", "a.qcow2")
-	mustQemu(t, "qemu-img", "snapshot", "-c", "by-qemu", "a.qcow2")
+	MustQemu(t, "qemu-img", "snapshot", "-c", "by-qemu", "a.qcow2")
 	snapOurs(t, 0, "-q", "-c", "a-rather-long-snapshot-name-past-the-column", "a.qcow2")
 	snapOurs(t, 0, "-c", "", "a.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M")
-	mustQemu(t, "qemu-img", "snapshot", "-c", "old", "v2.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M")
+	MustQemu(t, "qemu-img", "snapshot", "-c", "old", "v2.qcow2")
 	stripExtraData(t, "v2.qcow2")
 	snapOurs(t, 0, "-c", "new", "v2.qcow2")
 	for _, img := range []string{"a.qcow2", "v2.qcow2"} {
 		for _, args := range [][]string{{"-l"}, {"-U", "-l"}, {"-q", "-l"}} {
 			a := append(args, img)
 			out, _ := snapOurs(t, 0, a...)
-			want, code := qemu(t, "qemu-img", append([]string{"snapshot"}, a...)...)
+			want, code := Qemu(t, "qemu-img", append([]string{"snapshot"}, a...)...)
 			if code != 0 || out != want {
 				t.Errorf("snapshot %v:\nours:\n%s\nqemu-img (exit %d):\n%s", a, out, code, want)
 			}
@@ -119,33 +119,33 @@ func stripExtraData(t *testing.T, img string) {
 // and deletes; qemu-io checks the content and qemu-img check stays clean
 // (exit 0: no leaks either) after every step.
 func TestSnapshotCommandInterop(t *testing.T) {
-	needQemu(t, "qemu-io")
+	NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	for _, opts := range []string{"cluster_size=65536", "compat=0.10", "cluster_size=4096,refcount_bits=4"} {
 		t.Run(opts, func(t *testing.T) {
-			mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, "i.qcow2", "2M")
-			mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x31 0 1M", "i.qcow2")
+			MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, "i.qcow2", "2M")
+			MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x31 0 1M", "i.qcow2")
 			snapOurs(t, 0, "-c", "ours", "i.qcow2")
-			mustQemu(t, "qemu-img", "check", "i.qcow2")
-			mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x32 64k 512k", "i.qcow2")
-			if out := mustQemu(t, "qemu-img", "snapshot", "-l", "i.qcow2"); !strings.Contains(out, " ours ") {
+			MustQemu(t, "qemu-img", "check", "i.qcow2")
+			MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x32 64k 512k", "i.qcow2")
+			if out := MustQemu(t, "qemu-img", "snapshot", "-l", "i.qcow2"); !strings.Contains(out, " ours ") {
 				t.Fatalf("qemu-img does not list the snapshot:\n%s", out)
 			}
-			mustQemu(t, "qemu-img", "snapshot", "-a", "ours", "i.qcow2")
-			mustQemu(t, "qemu-img", "check", "i.qcow2")
+			MustQemu(t, "qemu-img", "snapshot", "-a", "ours", "i.qcow2")
+			MustQemu(t, "qemu-img", "check", "i.qcow2")
 			qemuPattern(t, "i.qcow2", 0x31, 0, 1<<20)
 
-			mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 256k", "i.qcow2")
-			mustQemu(t, "qemu-img", "snapshot", "-c", "theirs", "i.qcow2")
-			mustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x34 0 2M", "i.qcow2")
+			MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 256k", "i.qcow2")
+			MustQemu(t, "qemu-img", "snapshot", "-c", "theirs", "i.qcow2")
+			MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x34 0 2M", "i.qcow2")
 			snapOurs(t, 0, "-a", "theirs", "i.qcow2")
-			mustQemu(t, "qemu-img", "check", "i.qcow2")
+			MustQemu(t, "qemu-img", "check", "i.qcow2")
 			qemuPattern(t, "i.qcow2", 0x33, 0, 256<<10)
 			qemuPattern(t, "i.qcow2", 0x31, 256<<10, 768<<10)
 			qemuPattern(t, "i.qcow2", 0, 1<<20, 1<<20)
 			snapOurs(t, 0, "-d", "ours", "i.qcow2")
 			snapOurs(t, 0, "-d", "theirs", "i.qcow2")
-			mustQemu(t, "qemu-img", "check", "i.qcow2")
+			MustQemu(t, "qemu-img", "check", "i.qcow2")
 			if out, _ := snapOurs(t, 0, "-l", "i.qcow2"); out != "" {
 				t.Errorf("snapshots left: %q", out)
 			}
@@ -159,15 +159,15 @@ func TestSnapshotCommandInterop(t *testing.T) {
 // line naming the cause, with qemu-img's exit code for the same command
 // line where qemu-img accepts its syntax.
 func TestSnapshotCommandErrors(t *testing.T) {
-	needQemu(t)
+	NeedQemu(t)
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "1M")
-	mustQemu(t, "qemu-img", "snapshot", "-c", "one", "s.qcow2")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "1M")
+	MustQemu(t, "qemu-img", "snapshot", "-c", "one", "s.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
 	// An overlay whose backing file is gone: qemu-img snapshot opens the
 	// chain, and so do we.
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "gone.qcow2", "1M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", "ov.qcow2")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "gone.qcow2", "1M")
+	MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", "ov.qcow2")
 	if err := os.Remove("gone.qcow2"); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestSnapshotCommandErrors(t *testing.T) {
 		{[]string{"-c", "x", "ov.qcow2"}, "Could not open 'ov.qcow2'", true},
 	} {
 		before, _ := os.ReadFile("s.qcow2")
-		out, stderr, code := ours(snapshotCmd, tc.args...)
+		out, stderr, code := Ours(Snapshot, tc.args...)
 		lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
 		if code != 1 || out != "" || len(lines) != 1 || !strings.HasPrefix(stderr, "ringblk: ") || !strings.Contains(stderr, tc.want) {
 			t.Errorf("snapshot %q: exit %d, stdout %q, stderr %q (want one line with %q, exit 1)", tc.args, code, out, stderr, tc.want)
@@ -204,7 +204,7 @@ func TestSnapshotCommandErrors(t *testing.T) {
 			t.Errorf("snapshot %q changed the image", tc.args)
 		}
 		if tc.qemu {
-			_, qcode := qemu(t, "qemu-img", append([]string{"snapshot"}, tc.args...)...)
+			_, qcode := Qemu(t, "qemu-img", append([]string{"snapshot"}, tc.args...)...)
 			if qcode != code {
 				t.Errorf("snapshot %q: exit %d, qemu-img exits %d", tc.args, code, qcode)
 			}
@@ -213,7 +213,7 @@ func TestSnapshotCommandErrors(t *testing.T) {
 	// Without an action the image is opened and nothing happens, as in
 	// qemu-img.
 	before, _ := os.ReadFile("s.qcow2")
-	if out, stderr, code := ours(snapshotCmd, "s.qcow2"); code != 0 || out != "" || stderr != "" {
+	if out, stderr, code := Ours(Snapshot, "s.qcow2"); code != 0 || out != "" || stderr != "" {
 		t.Errorf("no action: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
 	if after, _ := os.ReadFile("s.qcow2"); string(after) != string(before) {
@@ -224,7 +224,7 @@ func TestSnapshotCommandErrors(t *testing.T) {
 		t.Errorf("raw -l printed %q", out)
 	}
 	for _, h := range []string{"--help", "-h"} {
-		out, stderr, code := ours(snapshotCmd, h)
+		out, stderr, code := Ours(Snapshot, h)
 		if code != 0 || !strings.HasPrefix(out, "usage: ringblk snapshot") || stderr != "" {
 			t.Errorf("snapshot %s: exit %d, stdout %q, stderr %q", h, code, out, stderr)
 		}
