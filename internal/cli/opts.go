@@ -20,18 +20,38 @@ type UsageError struct{ Msg string }
 
 func (e *UsageError) Error() string { return e.Msg }
 
+// Usagef is a UsageError with a formatted message.
 func Usagef(format string, a ...any) error { return &UsageError{fmt.Sprintf(format, a...)} }
 
 // ErrHelp asks the caller to print the command's help and exit 0.
 var ErrHelp = errors.New("help requested")
 
 // OptSpec describes one command's options: short letters and long names,
-// each either a flag or taking a value.
+// each either a flag or taking a value. Every ringblk command reads its
+// command line with ParseOpts and an OptSpec, and so does the qemu-io
+// interpreter for each of its commands (Letters).
+//
+// -h, --help and -help ask for help (ErrHelp) when Short has 'h'. With
+// Long nil an argument "--x" is letters, as getopt (not getopt_long) reads
+// it: '-' is then an invalid option.
 type OptSpec struct {
 	Short map[byte]bool   // letter → takes a value
 	Long  map[string]bool // name → takes a value
 }
 
+// Letters is the OptSpec of a getopt option string: "P:qv" is -P with a
+// value and the flags -q and -v. It has no long options and no help.
+func Letters(getopt string) OptSpec {
+	spec := OptSpec{Short: map[byte]bool{}}
+	for i := 0; i < len(getopt); i++ {
+		if c := getopt[i]; c != ':' {
+			spec.Short[c] = i+1 < len(getopt) && getopt[i+1] == ':'
+		}
+	}
+	return spec
+}
+
+// Opt is one option as given: its letter or long name, and its value.
 type Opt struct {
 	Name string // "f", "o", "output", …
 	Val  string
@@ -39,16 +59,18 @@ type Opt struct {
 
 // ParseOpts splits args into options (in order) and operands, the way
 // qemu-img's getopt_long does: "-fqcow2", "-f qcow2", "--output=json",
-// "--output json", grouped flags "-qU", and "--" ending the options.
+// "--output json", grouped flags "-qU", operands before options, and "--"
+// ending the options. A mistake is a *UsageError worded as getopt's.
 func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err error) {
+	_, help := spec.Short['h']
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
 		case a == "--":
 			return opts, append(operands, args[i+1:]...), nil
-		case a == "-h" || a == "--help" || a == "-help":
+		case help && (a == "-h" || a == "--help" || a == "-help"):
 			return nil, nil, ErrHelp
-		case strings.HasPrefix(a, "--"):
+		case spec.Long != nil && strings.HasPrefix(a, "--"):
 			name, val, has := strings.Cut(a[2:], "=")
 			takes, ok := spec.Long[name]
 			if !ok {
@@ -63,7 +85,7 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 			} else if !takes && has {
 				return nil, nil, Usagef("option '--%s' doesn't allow an argument", name)
 			}
-			opts = append(opts, Opt{name, val})
+			opts = append(opts, Opt{Name: name, Val: val})
 		case len(a) > 1 && a[0] == '-':
 			for j := 1; j < len(a); j++ {
 				c := a[j]
@@ -72,7 +94,7 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 					return nil, nil, Usagef("invalid option -- '%c'", c)
 				}
 				if !takes {
-					opts = append(opts, Opt{string(c), ""})
+					opts = append(opts, Opt{Name: string(c)})
 					continue
 				}
 				val := a[j+1:]
@@ -83,7 +105,7 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 					i++
 					val = args[i]
 				}
-				opts = append(opts, Opt{string(c), val})
+				opts = append(opts, Opt{Name: string(c), Val: val})
 				break
 			}
 		default:

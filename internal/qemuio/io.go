@@ -329,52 +329,15 @@ func (s *ioSession) usage() bool {
 	return false
 }
 
-// getopt parses a command's options the way glibc's getopt does for
-// qemu-io: option letters from spec ("P:" takes a value), operands may
-// come before options, "--" ends the options. It prints getopt's message
+// getopt parses a command's options as glibc's getopt does for qemu-io
+// (cli.ParseOpts with cli.Letters(spec): "P:" takes a value, operands may
+// come before options, "--" ends the options). It prints getopt's message
 // on a bad option and returns ok false.
 func (s *ioSession) getopt(argv []string, spec string) (opts []cli.Opt, operands []string, ok bool) {
-	takes := func(c byte) (known, value bool) {
-		i := strings.IndexByte(spec, c)
-		if i < 0 || c == ':' {
-			return false, false
-		}
-		return true, i+1 < len(spec) && spec[i+1] == ':'
-	}
-	args := argv[1:]
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			operands = append(operands, args[i+1:]...)
-			break
-		}
-		if len(a) < 2 || a[0] != '-' {
-			operands = append(operands, a)
-			continue
-		}
-		for j := 1; j < len(a); j++ {
-			c := a[j]
-			known, value := takes(c)
-			if !known {
-				fmt.Fprintf(s.errw, "%s: invalid option -- '%c'\n", argv[0], c)
-				return nil, nil, false
-			}
-			if !value {
-				opts = append(opts, cli.Opt{Name: string(c)})
-				continue
-			}
-			v := a[j+1:]
-			if v == "" {
-				if i+1 >= len(args) {
-					fmt.Fprintf(s.errw, "%s: option requires an argument -- '%c'\n", argv[0], c)
-					return nil, nil, false
-				}
-				i++
-				v = args[i]
-			}
-			opts = append(opts, cli.Opt{Name: string(c), Val: v})
-			break
-		}
+	opts, operands, err := cli.ParseOpts(argv[1:], cli.Letters(spec))
+	if err != nil {
+		fmt.Fprintf(s.errw, "%s: %v\n", argv[0], err)
+		return nil, nil, false
 	}
 	return opts, operands, true
 }

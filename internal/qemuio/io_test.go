@@ -144,6 +144,7 @@ func TestIOErrorsMatchQemuIO(t *testing.T) {
 		"map x", "aio_flush x", "read -s 1 0 4k", "read -P 1 -s 1 -l 4k 0 4k", "read -P 1 -s 1 -l 2 0 4k",
 		"read -l x 0 1", "aio_write -z -P 1 0 4k", "aio_write -u 0 4k", "aio_write -z 0 4k 4k", "aio_read 0 x",
 		"write -b -z 0 4k", "write -c -f 0 64k", "write -c 1 512", "read -P 1 0 1", "",
+		"read --help 0 1", "read -h 0 1", "write -q -- 0 1", "read -Pq 0 1",
 	}
 	for i, cmd := range cmds {
 		c := ioCase{name: "e" + string(rune('a'+i%26)) + string(rune('a'+i/26)), fmt: "raw", size: "1M", cmds: []string{cmd}}
