@@ -153,14 +153,14 @@ func (c *comparer) run() (int, error) {
 		if err != nil {
 			return 3, fmt.Errorf("Sector allocation test failed for %s: %v", c.name2, cli.PlainErr(err))
 		}
-		chunk := min(s1.pnum, s2.pnum)
-		if c.strict && (s1.st != s2.st || s1.hasOff != s2.hasOff) {
+		chunk := min(s1.Pnum, s2.Pnum)
+		if c.strict && (s1.Status != s2.Status || s1.hasOff != s2.hasOff) {
 			c.say("Strict mode: Offset %d block status mismatch!\n", off)
 			return 1, nil
 		}
-		alloc1, alloc2 := s1.st&block.StatusAllocated != 0, s2.st&block.StatusAllocated != 0
+		alloc1, alloc2 := s1.Status&block.StatusAllocated != 0, s2.Status&block.StatusAllocated != 0
 		switch {
-		case s1.st&block.StatusZero != 0 && s2.st&block.StatusZero != 0:
+		case s1.Status&block.StatusZero != 0 && s2.Status&block.StatusZero != 0:
 			// Both read as zeroes.
 		case alloc1 == alloc2:
 			if alloc1 {
@@ -203,8 +203,8 @@ func (c *comparer) run() (int, error) {
 			if err != nil {
 				return 3, fmt.Errorf("Sector allocation test failed for %s: %v", name, cli.PlainErr(err))
 			}
-			chunk := s.pnum
-			if s.st&block.StatusAllocated != 0 && s.st&block.StatusZero == 0 {
+			chunk := s.Pnum
+			if s.Status&block.StatusAllocated != 0 && s.Status&block.StatusZero == 0 {
 				chunk = min(chunk, compareBufSize)
 				if code, err := c.checkZero(over, name, off, chunk); code != 0 || err != nil {
 					return code, err

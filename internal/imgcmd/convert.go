@@ -341,12 +341,12 @@ type convItem struct {
 // classify turns a chain status into what the copy does with the range.
 func (c *converter) classify(s chainStatus) itemKind {
 	switch {
-	case s.st&block.StatusZero != 0:
+	case s.Status&block.StatusZero != 0:
 		if c.zeroInit {
 			return itemSkip
 		}
 		return itemZero
-	case s.st&block.StatusData != 0:
+	case s.Status&block.StatusData != 0:
 		return itemData
 	case c.topOnly:
 		return itemSkip // the target's backing file holds it
@@ -368,7 +368,7 @@ func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
 		if err != nil {
 			return fmt.Errorf("error while reading block status at offset %d: %v", off, cli.PlainErr(err))
 		}
-		n, k := s.pnum, c.classify(s)
+		n, k := s.Pnum, c.classify(s)
 		if cs := c.clusterSize; cs > 0 {
 			// off is cluster aligned here.
 			if n < cs && off+n < c.size {

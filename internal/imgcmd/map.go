@@ -305,37 +305,28 @@ func hex0(v int64) string {
 	return fmt.Sprintf("%#x", v)
 }
 
-// chainStatus is the status of a range over the whole chain (QEMU's
-// bdrv_block_status_above): that of the first image that allocates it,
-// or of the bottom image when none does.
+// chainStatus is the status of a range over the whole chain
+// (block.StatusAbove), with QEMU's OFFSET_VALID for the image it is the
+// status of (known only when the chain was opened withOffsets).
 type chainStatus struct {
-	st     block.Status
-	pnum   int64
-	hasOff bool // QEMU's OFFSET_VALID (known only when opened withOffsets)
-	depth  int
+	block.ChainStatus
+	hasOff bool
 }
 
 // statusAbove returns the status of [off, off+n) over the chain, or of
 // the top image alone when topOnly (convert -B copies only what the top
 // allocates).
 func (ch *imageChain) statusAbove(off, n int64, topOnly bool) (chainStatus, error) {
-	levels := len(ch.levels)
+	images := len(ch.levels)
 	if topOnly {
-		levels = 1
+		images = 1
 	}
-	for i := 0; i < levels; i++ {
-		st, pnum, _, hasOff, err := ch.levelStatus(i, off, n)
-		if err != nil {
-			return chainStatus{}, err
-		}
-		if st&block.StatusAllocated != 0 || i == levels-1 {
-			return chainStatus{st: st, pnum: pnum, hasOff: hasOff, depth: i}, nil
-		}
-		if off >= ch.levels[i+1].size {
-			// The backing file is shorter: zeroes, as if allocated there.
-			return chainStatus{st: block.StatusZero | block.StatusAllocated, pnum: pnum, depth: i + 1}, nil
-		}
-		n = pnum
-	}
-	return chainStatus{}, errors.New("assertion failed: empty image chain")
+	var hasOff bool // of the last image asked
+	cs, err := block.StatusAbove(images, func(i int) int64 { return ch.levels[i].size },
+		func(i int, off, n int64) (block.Status, int64, error) {
+			st, pnum, _, h, err := ch.levelStatus(i, off, n)
+			hasOff = h
+			return st, pnum, err
+		}, off, n)
+	return chainStatus{ChainStatus: cs, hasOff: hasOff && err == nil && !cs.PastEnd}, err
 }

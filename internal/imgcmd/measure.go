@@ -257,11 +257,11 @@ func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureIn
 				if err != nil {
 					return nil, err
 				}
-				pnum = s.pnum
-				if s.st&block.StatusZero != 0 {
+				pnum = s.Pnum
+				if s.Status&block.StatusZero != 0 {
 					continue
 				}
-				if s.st&(block.StatusData|block.StatusAllocated) == block.StatusData|block.StatusAllocated {
+				if s.Status&(block.StatusData|block.StatusAllocated) == block.StatusData|block.StatusAllocated {
 					// Count to the end of the cluster and start the next
 					// look at the following one (QEMU's exact sum).
 					pnum = roundUp(off+pnum, cs) - off
