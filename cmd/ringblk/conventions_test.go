@@ -44,7 +44,7 @@ type mistake struct {
 // conventionCommands lists every subcommand with its mistakes. Images:
 // q.qcow2 (1 MiB qcow2), r.raw (1 MiB raw); missing.qcow2 does not exist.
 // Commands without a size operand or option have no "bad size" case;
-// bench and ring-bench take no image format.
+// bench takes no image format.
 var conventionCommands = []struct {
 	name     string
 	mistakes []mistake
@@ -138,11 +138,6 @@ var conventionCommands = []struct {
 		{kind: "unknown option", args: []string{"--no-such-option"}},
 		{kind: "missing file", args: []string{"missing.fio"}},
 		{kind: "bad size", args: []string{"--name=j", "--filename=b.dat", "--rw=read", "--size=10X"}},
-	}},
-	{"ring-bench", []mistake{
-		{kind: "unknown option", args: []string{"-no-such-option", "-file", "r.raw"}},
-		{kind: "missing file", args: []string{"-file", "missing.raw"}},
-		{kind: "bad size", args: []string{"-file", "r.raw", "-size", "10X"}},
 	}},
 }
 

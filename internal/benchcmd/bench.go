@@ -1,6 +1,7 @@
 // Package benchcmd is "ringblk bench": the fio-compatible benchmark of
-// package bench, with ringblk's error-line prefix, and the bare-ring
-// benchmark that measures uring below aio and block.
+// package bench, with ringblk's error-line prefix. Its ioengine=io_uring
+// is the bare-ring benchmark (uring below aio and block, as fio's io_uring
+// engine; fixedbufs and registerfiles as fio's).
 package benchcmd
 
 import (
