@@ -42,6 +42,12 @@ var layer = map[string]int{
 	"plugin/contract":                 0,
 	"plugin/loader":                   1,
 	"cmd/ringblk":                     10,
+	"internal/cli":                    8,
+	"internal/cli/clitest":            0,
+	"internal/imgcmd":                 9,
+	"internal/qemuio":                 9,
+	"internal/nbdcmd":                 9,
+	"internal/benchcmd":               9,
 }
 
 // testSupport packages may be imported only from _test files and from other
@@ -50,6 +56,7 @@ var testSupport = map[string]bool{
 	"uring/uringtest":                 true,
 	"block/blocktest":                 true,
 	"drivers/qcow2/format/formattest": true,
+	"internal/cli/clitest":            true,
 }
 
 // external lists the non-standard-library modules a package may import.
