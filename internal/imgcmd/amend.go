@@ -16,6 +16,7 @@ import (
 
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -169,7 +170,7 @@ func parseAmendList(lists []string) (map[string]string, error) {
 
 // amendOptions turns -o keys into the driver's AmendOptions, refusing
 // what qemu-img amend refuses before it touches the image.
-func amendOptions(kv map[string]string, h qcow2.Header) (qcow2.AmendOptions, error) {
+func amendOptions(kv map[string]string, h format.Header) (qcow2.AmendOptions, error) {
 	var o qcow2.AmendOptions
 	keys := make([]string, 0, len(kv))
 	for k := range kv {
@@ -236,7 +237,7 @@ func parseOnOff(v string) (bool, bool) {
 // messages, on one line) and drops the wrapping that names the node,
 // operation and field.
 func amendCause(err error) error {
-	var fe *qcow2.FormatError
+	var fe *format.FormatError
 	if errors.As(err, &fe) && fe.Reason != "" {
 		return errors.New(strings.ReplaceAll(fe.Reason, "\n", ": "))
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
@@ -171,7 +172,7 @@ func createRaw(r *createReq) (string, error) {
 }
 
 func createQcow2(r *createReq) (string, error) {
-	var co qcow2.CreateOptions
+	var co format.CreateOptions
 	var compatStr string
 	var err error
 	for k, v := range r.kv {
@@ -206,7 +207,7 @@ func createQcow2(r *createReq) (string, error) {
 			}
 			co.BackingFormat = v
 		case "preallocation":
-			p, ok := qcow2.ParsePrealloc(v)
+			p, ok := format.ParsePrealloc(v)
 			if !ok {
 				return "", cli.Usagef("%s: Parameter 'preallocation' does not accept value '%s'", r.file, v)
 			}
@@ -247,7 +248,7 @@ func createQcow2(r *createReq) (string, error) {
 	if co.ExtendedL2 && co.ClusterSize != 0 && co.ClusterSize < 16384 {
 		return "", cli.Usagef("%s: Extended L2 entries are only supported with cluster sizes of at least 16384 bytes", r.file)
 	}
-	if co.BackingFile != "" && co.Preallocation != qcow2.PreallocOff && !co.ExtendedL2 {
+	if co.BackingFile != "" && co.Preallocation != format.PreallocOff && !co.ExtendedL2 {
 		return "", cli.Usagef("%s: Backing file and preallocation can only be used at the same time if extended_l2 is on", r.file)
 	}
 	if co.BackingFile != "" && co.BackingFormat == "" {
@@ -271,7 +272,7 @@ func createQcow2(r *createReq) (string, error) {
 		}
 		bimg.Close()
 	}
-	if _, err = qcow2.Layout(r.size, co); err != nil {
+	if _, err = format.Layout(r.size, co); err != nil {
 		return "", fmt.Errorf("%s: %v", r.file, err)
 	}
 
@@ -313,7 +314,7 @@ func createQcow2(r *createReq) (string, error) {
 
 // writeQcow2 runs qcow2.Create on a raw node over a new file: a main
 // Context, a graph with the one node, then everything closed again.
-func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
+func writeQcow2(path string, size int64, co format.CreateOptions) (err error) {
 	// Make sure the file exists, without O_TRUNC: the raw node below
 	// takes the image locks first, and qcow2.Create truncates only then,
 	// so an image another process holds is refused untouched.

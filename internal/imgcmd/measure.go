@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
 )
@@ -237,7 +238,7 @@ func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureIn
 	}
 	virtual := roundUp(size, cs)
 	l2Tables := (virtual/cs + cs/l2e - 1) / (cs / l2e)
-	if l2Tables*8 > qcow2.MaxL1Bytes {
+	if l2Tables*8 > format.MaxL1Bytes {
 		return nil, fmt.Errorf("The image size is too large (try using a larger cluster size)")
 	}
 
@@ -274,7 +275,7 @@ func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureIn
 			h := d.Header()
 			if h.Version >= 3 {
 				info.hasBitmaps = true
-				if h.Bitmaps != nil && h.AutoclearFeatures&qcow2.AutoclearBitmaps != 0 && h.Bitmaps.Count > 0 {
+				if h.Bitmaps != nil && h.AutoclearFeatures&format.AutoclearBitmaps != 0 && h.Bitmaps.Count > 0 {
 					return nil, fmt.Errorf("%s: measuring persistent dirty bitmaps is not supported yet (%d bitmaps)", top.path, h.Bitmaps.Count)
 				}
 			}
