@@ -158,67 +158,54 @@ func (g *Geometry) PastEOF(off uint64) bool {
 	return g.FileSize > 0 && off >= uint64(g.FileSize)
 }
 
-// fault says why an L1 entry or the first word of a standard L2 entry does
-// not decode; faultNone: it does. decodeL1 and decodeL2Word are the one
-// decoder of those words: DecodeL1Entry and DecodeL2Entry turn a fault
-// into a *FormatError, and the read path's one-cluster fast mapping
-// (OneClusterL2, DataHost) takes the same verdicts without building an
-// error, so both paths accept exactly the same entries.
-type fault uint8
-
-const (
-	faultNone      fault = iota
-	faultReserved        // reserved bits set
-	faultZero            // bit 0 set where it is not the zero flag (L2 only)
-	faultUnaligned       // offset not cluster aligned
-	faultPastEOF         // offset at or past the end of the file
-)
-
-// decodeL1 decodes L1 entry e: the L2 table offset (0: unallocated).
-func (g *Geometry) decodeL1(e uint64) (uint64, fault) {
+// l1Fast and l2Fast are the first step of every L1 and standard L2
+// decode: the common case — a clean entry whose offset is nonzero,
+// cluster aligned and inside the file (an allocated L2 table; an allocated
+// data cluster without the zero flag) — answered with one mask test and
+// two offset checks. The read path's one-cluster mapping (OneClusterL2,
+// DataHost) uses them alone; DecodeL1Entry and DecodeL2Entry use them
+// first and classify everything else (unallocated, zero, compressed,
+// damaged) in full. So both paths accept exactly the same entries
+// (TestQcow2OneDecoderVerdicts), and neither allocates.
+func (g *Geometry) l1Fast(e uint64) (uint64, bool) {
 	off := e & OffsetMask
-	switch {
-	case e&L1Reserved != 0:
-		return 0, faultReserved
-	case !g.Aligned(off):
-		return 0, faultUnaligned
-	case off != 0 && g.PastEOF(off):
-		return 0, faultPastEOF
+	if e&L1Reserved != 0 || off == 0 || !g.Aligned(off) || g.PastEOF(off) {
+		return 0, false
 	}
-	return off, faultNone
+	return off, true
 }
 
-// decodeL2Word decodes the first word of a standard L2 entry (e has
-// EntryCompressed clear): the host cluster offset (0: none) and the zero
-// flag.
-func (g *Geometry) decodeL2Word(e uint64) (off uint64, zero bool, f fault) {
-	off, zero = e&OffsetMask, e&EntryZero != 0
-	switch {
-	case e&L2Reserved != 0:
-		f = faultReserved
-	case zero && !g.ZeroFlag:
-		f = faultZero
-	case !g.Aligned(off):
-		f = faultUnaligned
-	case off != 0 && g.PastEOF(off):
-		f = faultPastEOF
+// l2Fast: see l1Fast. e is the first word of a standard or extended L2
+// entry; with extended L2 the caller still checks the bitmap.
+func (g *Geometry) l2Fast(e uint64) (uint64, bool) {
+	host := e & OffsetMask
+	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
+		return 0, false
 	}
-	return off, zero, f
-}
-
-var l1Faults = [...]string{
-	faultReserved:  "reserved bits set",
-	faultUnaligned: "L2 table offset not cluster aligned",
-	faultPastEOF:   "L2 table offset past end of file",
+	return host, true
 }
 
 // DecodeL1Entry returns the L2 table offset (0: unallocated) and the COPIED
 // bit of an L1 entry. Reserved bits or an unaligned offset are corrupt, and
 // so is an L2 table past the end of the file.
 func (g *Geometry) DecodeL1Entry(e uint64) (l2Off int64, copied bool, err error) {
-	off, f := g.decodeL1(e)
-	if f != faultNone {
-		return 0, false, Corrupt("l1_entry", e, l1Faults[f])
+	if off, ok := g.l1Fast(e); ok {
+		return int64(off), e&EntryCopied != 0, nil
+	}
+	return g.decodeL1Full(e)
+}
+
+// decodeL1Full is DecodeL1Entry without the fast first step.
+func (g *Geometry) decodeL1Full(e uint64) (l2Off int64, copied bool, err error) {
+	if e&L1Reserved != 0 {
+		return 0, false, Corrupt("l1_entry", e, "reserved bits set")
+	}
+	off := e & OffsetMask
+	if !g.Aligned(off) {
+		return 0, false, Corrupt("l1_entry", e, "L2 table offset not cluster aligned")
+	}
+	if off != 0 && g.PastEOF(off) {
+		return 0, false, Corrupt("l1_entry", e, "L2 table offset past end of file")
 	}
 	return int64(off), e&EntryCopied != 0, nil
 }
@@ -349,6 +336,15 @@ func (g *Geometry) DecodeL2Entry(e, bitmap uint64) (L2Entry, error) {
 	if !g.ExtendedL2 {
 		bitmap = 0
 	}
+	if host, ok := g.l2Fast(e); ok && (bitmap>>32)&bitmap == 0 {
+		return L2Entry{Type: Normal, HostOff: int64(host), Copied: e&EntryCopied != 0, Bitmap: bitmap}, nil
+	}
+	return g.decodeL2Full(e, bitmap)
+}
+
+// decodeL2Full is DecodeL2Entry without the fast first step (bitmap is
+// already 0 without extended L2).
+func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 	if e&EntryCompressed != 0 {
 		if e&EntryCopied != 0 {
 			return L2Entry{}, Corrupt("l2_entry", e, "COPIED set on a compressed cluster")
@@ -368,18 +364,21 @@ func (g *Geometry) DecodeL2Entry(e, bitmap uint64) (L2Entry, error) {
 		}
 		return L2Entry{Type: Compressed, Compressed: d}, nil
 	}
-	off, zero, f := g.decodeL2Word(e)
-	switch f {
-	case faultReserved:
+	if e&L2Reserved != 0 {
 		return L2Entry{}, Corrupt("l2_entry", e, "reserved bits set")
-	case faultZero:
+	}
+	zero := e&EntryZero != 0
+	if zero && !g.ZeroFlag {
 		if g.ExtendedL2 {
 			return L2Entry{}, Corrupt("l2_entry", e, "bit 0 set in an extended L2 entry")
 		}
 		return L2Entry{}, Corrupt("l2_entry", e, "zero flag in a version 2 image")
-	case faultUnaligned:
+	}
+	off := e & OffsetMask
+	if !g.Aligned(off) {
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset not cluster aligned")
-	case faultPastEOF:
+	}
+	if off != 0 && g.PastEOF(off) {
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset past end of file")
 	}
 	le := L2Entry{HostOff: int64(off), Copied: e&EntryCopied != 0, Bitmap: bitmap}

@@ -384,6 +384,24 @@ func TestQcow2OneDecoderVerdicts(t *testing.T) {
 					if ok {
 						l1Hits++
 					}
+					if off, ok := g.l1Fast(e); ok {
+						if full, copied, err := g.decodeL1Full(e); err != nil || full != int64(off) || copied != (e&EntryCopied != 0) {
+							t.Fatalf("cb=%d zf=%t fs=%d L1 %#x: fast step %#x, full decode %#x %t %v", cb, zf, fs, e, off, full, copied, err)
+						}
+					}
+					for _, ext := range []bool{false, true} {
+						ge := g
+						ge.ExtendedL2, ge.ZeroFlag = ext, zf && !ext
+						bm := uint64(0)
+						if ext {
+							bm = []uint64{0, BitmapAllocMask, BitmapZeroMask, ^uint64(0)}[rng.IntN(4)] & rng.Uint64()
+						}
+						fast, err := ge.DecodeL2Entry(e, bm)
+						full, ferr := ge.decodeL2Full(e, bm)
+						if (err == nil) != (ferr == nil) || fast != full {
+							t.Fatalf("cb=%d zf=%t fs=%d ext=%t L2 %#x bitmap %#x: DecodeL2Entry %+v %v, full decode %+v %v", cb, zf, fs, ext, e, bm, fast, err, full, ferr)
+						}
+					}
 					binary.BigEndian.PutUint64(table, e)
 					le, err := g.DecodeL2Entry(e, 0)
 					host, ok := g.DataHost(table, 100)

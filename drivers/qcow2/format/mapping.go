@@ -198,11 +198,8 @@ func (g *Geometry) OneClusterL2(l1 []uint64, off, n int64) (int64, bool) {
 	if l1i >= uint64(len(l1)) {
 		return 0, false
 	}
-	l2Off, f := g.decodeL1(l1[l1i])
-	if f != faultNone || l2Off == 0 {
-		return 0, false
-	}
-	return int64(l2Off), true
+	l2Off, ok := g.l1Fast(l1[l1i])
+	return int64(l2Off), ok
 }
 
 // DataHost returns the host offset of guest offset off when its entry in
@@ -215,12 +212,8 @@ func (g *Geometry) DataHost(table []byte, off int64) (int64, bool) {
 		return 0, false
 	}
 	i := int64(uint64(off)>>cb) & (cs/8 - 1)
-	e := binary.BigEndian.Uint64(table[i*8:])
-	if e&EntryCompressed != 0 {
-		return 0, false
-	}
-	host, zero, f := g.decodeL2Word(e)
-	if f != faultNone || zero || host == 0 {
+	host, ok := g.l2Fast(binary.BigEndian.Uint64(table[i*8:]))
+	if !ok {
 		return 0, false
 	}
 	return int64(host) + off&(cs-1), true
