@@ -130,4 +130,3 @@ func FuzzBitmapDirectory(f *testing.F) {
 		}
 	})
 }
-
