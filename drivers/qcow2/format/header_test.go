@@ -1,4 +1,4 @@
-package qcow2
+package format_test
 
 import (
 	"bytes"
@@ -7,13 +7,15 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // firstCluster returns a copy of the first cluster of a testdata image.
 func firstCluster(t testing.TB, name string) []byte {
 	t.Helper()
 	b := loadImage(t, name)
-	cs, err := ParsePrefix(b)
+	cs, err := format.ParsePrefix(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,13 +28,13 @@ func put64(b []byte, off int, v uint64) { binary.BigEndian.PutUint64(b[off:], v)
 // roundTrip encodes h, parses the result, and checks that the parsed
 // header equals h apart from the backing-name layout fields, and that a
 // second encoding is byte-identical (a fixed point).
-func roundTrip(t *testing.T, h *Header) *Header {
+func roundTrip(t *testing.T, h *format.Header) *format.Header {
 	t.Helper()
 	enc, err := h.MarshalBinary()
 	if err != nil {
 		t.Fatalf("MarshalBinary: %v", err)
 	}
-	h2, err := ParseHeader(enc)
+	h2, err := format.ParseHeader(enc)
 	if err != nil {
 		t.Fatalf("ParseHeader(MarshalBinary): %v", err)
 	}
@@ -49,13 +51,13 @@ func roundTrip(t *testing.T, h *Header) *Header {
 }
 
 func TestQcow2HeaderRoundTripPreservesUnknown(t *testing.T) {
-	h, err := ParseHeader(firstCluster(t, "ovl"))
+	h, err := format.ParseHeader(firstCluster(t, "ovl"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Unknown extensions of awkward lengths, a longer header with unknown
 	// additional fields, and unknown compatible/autoclear bits.
-	h.Unknown = []Extension{
+	h.Unknown = []format.Extension{
 		{Magic: 0x12345678, Data: []byte{1, 2, 3}},
 		{Magic: 0xdeadbeef, Data: nil},
 		{Magic: 0x12345678, Data: bytes.Repeat([]byte{0xee}, 17)},
@@ -90,7 +92,7 @@ func TestQcow2HeaderRoundTripPreservesUnknown(t *testing.T) {
 }
 
 func TestQcow2HeaderV2AndV104(t *testing.T) {
-	h, err := ParseHeader(firstCluster(t, "v2"))
+	h, err := format.ParseHeader(firstCluster(t, "v2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,22 +101,22 @@ func TestQcow2HeaderV2AndV104(t *testing.T) {
 	}
 	h.BackingFile, h.BackingFormat = "b.img", "raw"
 	roundTrip(t, h)
-	h.CompatibleFeatures = CompatLazyRefcounts
-	if _, err := h.MarshalBinary(); !errors.Is(err, ErrCorrupt) {
+	h.CompatibleFeatures = format.CompatLazyRefcounts
+	if _, err := h.MarshalBinary(); !errors.Is(err, format.ErrCorrupt) {
 		t.Errorf("v2 with feature bits encoded: %v", err)
 	}
 
 	// header_length 104 (QEMU <= 5.0): no compression_type byte; bytes
 	// 104.. are then the first extension.
 	b := firstCluster(t, "v3")
-	h3, _ := ParseHeader(b)
+	h3, _ := format.ParseHeader(b)
 	h3.HeaderLength, h3.HeaderTail = 104, nil
 	h104 := roundTrip(t, h3)
 	if h104.CompressionType != 0 || len(h104.FeatureNames) != 8 {
 		t.Errorf("104-byte header: compression %d, %d feature names", h104.CompressionType, len(h104.FeatureNames))
 	}
 	enc, _ := h104.MarshalBinary()
-	if binary.BigEndian.Uint32(enc[104:]) != ExtFeatureTable {
+	if binary.BigEndian.Uint32(enc[104:]) != format.ExtFeatureTable {
 		t.Errorf("extensions do not start at 104")
 	}
 }
@@ -133,69 +135,69 @@ func TestQcow2HeaderRejects(t *testing.T) {
 		err   error
 		field string
 	}{
-		{"bad magic", "v3", u32(0, 0), ErrNotQcow2, "magic"},
-		{"version 4", "v3", u32(4, 4), ErrUnsupported, "version"},
-		{"version 1", "v3", u32(4, 1), ErrUnsupported, "version"},
-		{"cluster_bits 8", "v3", u32(20, 8), ErrLimit, "cluster_bits"},
-		{"cluster_bits 22", "v3", u32(20, 22), ErrLimit, "cluster_bits"},
-		{"cluster_bits 0xffffffff", "v3", u32(20, 0xffffffff), ErrLimit, "cluster_bits"},
-		{"header_length 96", "v3", u32(100, 96), ErrCorrupt, "header_length"},
-		{"header_length huge", "v3", u32(100, 0xffffffff), ErrCorrupt, "header_length"},
-		{"header_length unaligned", "v3", u32(100, 108), ErrCorrupt, "header_length"},
-		{"l1_size huge", "v3", u32(36, 0xffffffff), ErrLimit, "l1_size"},
-		{"l1_size 0x7fffffff", "v3", u32(36, 0x7fffffff), ErrLimit, "l1_size"},
-		{"l1_size just over 32 MiB", "v3", u32(36, MaxL1Bytes/8+1), ErrLimit, "l1_size"},
-		{"L1 too small", "v3", u32(36, 0), ErrCorrupt, "l1_size"},
-		{"L1 offset unaligned", "v3", u64(40, 0x30200), ErrCorrupt, "l1_table_offset"},
-		{"L1 offset at 2^63", "v3", u64(40, 1<<63), ErrCorrupt, "l1_table_offset"},
-		{"reftable end past 2^63", "v3", u64(48, 1<<63-0x10000), ErrCorrupt, "refcount_table_offset"},
-		{"size above 2^61", "v3", u64(24, 1<<61+1), ErrLimit, "size"},
-		{"size needs more L1", "v3", u64(24, 1<<40), ErrCorrupt, "l1_size"},
-		{"reftable clusters 0", "v3", u32(56, 0), ErrCorrupt, "refcount_table_clusters"},
-		{"reftable clusters huge", "v3", u32(56, 0xffffffff), ErrLimit, "refcount_table_clusters"},
-		{"reftable just over 8 MiB", "v3", u32(56, MaxRefcountTableBytes/65536+1), ErrLimit, "refcount_table_clusters"},
-		{"reftable unaligned", "v3", u64(48, 0x10200), ErrCorrupt, "refcount_table_offset"},
-		{"nb_snapshots huge", "v3", u32(60, 0xffffffff), ErrLimit, "nb_snapshots"},
-		{"nb_snapshots 65537", "v3", u32(60, MaxSnapshots+1), ErrLimit, "nb_snapshots"},
-		{"snapshots_offset unaligned", "v3", u64(64, 0x10008), ErrCorrupt, "snapshots_offset"},
-		{"refcount_order 7", "v3", u32(96, 7), ErrLimit, "refcount_order"},
-		{"unknown incompat bit 5", "v3", u64(72, 1<<5), ErrUnsupported, "incompatible_features"},
-		{"unknown incompat bit 63", "v3", u64(72, 1<<63), ErrUnsupported, "incompatible_features"},
-		{"external data file", "v3", u64(72, IncompatDataFile), ErrUnsupported, "incompatible_features"},
-		{"crypt_method AES", "v3", u32(32, 1), ErrUnsupported, "crypt_method"},
-		{"crypt_method LUKS", "v3", u32(32, 2), ErrUnsupported, "crypt_method"},
-		{"compression type 2", "v3", func(b []byte) { b[104] = 2; put64(b, 72, IncompatCompressionType) }, ErrUnsupported, "compression_type"},
-		{"zstd without bit 3", "v3", func(b []byte) { b[104] = 1 }, ErrCorrupt, "compression_type"},
-		{"bit 3 with zlib", "v3", u64(72, IncompatCompressionType), ErrCorrupt, "incompatible_features"},
-		{"extended L2 with 4 KiB clusters", "c512", func(b []byte) { put64(b, 72, IncompatExtendedL2); put32(b, 20, 12) }, ErrCorrupt, "cluster_bits"},
-		{"backing offset past cluster", "ovl", u64(8, 0x100000), ErrCorrupt, "backing_file_offset"},
-		{"backing offset inside header", "ovl", u64(8, 64), ErrCorrupt, "backing_file_offset"},
-		{"backing name too long", "ovl", u32(16, 0xffffffff), ErrLimit, "backing_file_size"},
-		{"backing name 1024", "ovl", u32(16, 1024), ErrLimit, "backing_file_size"},
-		{"extension too large", "v3", u32(116, 0x10000), ErrCorrupt, "feature_name_table_ext"},
-		{"end marker too large", "v3", u32(508, 0xfffffff0), ErrCorrupt, "end_of_extensions"},
-		{"backing format 16 bytes", "ovl", u32(116, 16), ErrLimit, "backing_format_ext.len"},
-		{"encryption extension", "v3", u32(112, ExtFullDiskEncryption), ErrUnsupported, "full_disk_encryption_ext"},
-		{"bitmaps extension length", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 4, 16) }) }, ErrCorrupt, "bitmaps_ext.len"},
-		{"bitmaps zero count", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 8, 0) }) }, ErrCorrupt, "bitmaps_ext.nb_bitmaps"},
-		{"bitmaps too many", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 8, 65536) }) }, ErrLimit, "bitmaps_ext.nb_bitmaps"},
-		{"bitmaps reserved", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 12, 1) }) }, ErrCorrupt, "bitmaps_ext.reserved"},
-		{"bitmap dir too large", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put64(p, 16, MaxBitmapDirectoryBytes+1) }) }, ErrLimit, "bitmaps_ext.bitmap_directory_size"},
-		{"bitmap dir unaligned", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put64(p, 24, 0x50008) }) }, ErrCorrupt, "bitmaps_ext.bitmap_directory_offset"},
+		{"bad magic", "v3", u32(0, 0), format.ErrNotQcow2, "magic"},
+		{"version 4", "v3", u32(4, 4), format.ErrUnsupported, "version"},
+		{"version 1", "v3", u32(4, 1), format.ErrUnsupported, "version"},
+		{"cluster_bits 8", "v3", u32(20, 8), format.ErrLimit, "cluster_bits"},
+		{"cluster_bits 22", "v3", u32(20, 22), format.ErrLimit, "cluster_bits"},
+		{"cluster_bits 0xffffffff", "v3", u32(20, 0xffffffff), format.ErrLimit, "cluster_bits"},
+		{"header_length 96", "v3", u32(100, 96), format.ErrCorrupt, "header_length"},
+		{"header_length huge", "v3", u32(100, 0xffffffff), format.ErrCorrupt, "header_length"},
+		{"header_length unaligned", "v3", u32(100, 108), format.ErrCorrupt, "header_length"},
+		{"l1_size huge", "v3", u32(36, 0xffffffff), format.ErrLimit, "l1_size"},
+		{"l1_size 0x7fffffff", "v3", u32(36, 0x7fffffff), format.ErrLimit, "l1_size"},
+		{"l1_size just over 32 MiB", "v3", u32(36, format.MaxL1Bytes/8+1), format.ErrLimit, "l1_size"},
+		{"L1 too small", "v3", u32(36, 0), format.ErrCorrupt, "l1_size"},
+		{"L1 offset unaligned", "v3", u64(40, 0x30200), format.ErrCorrupt, "l1_table_offset"},
+		{"L1 offset at 2^63", "v3", u64(40, 1<<63), format.ErrCorrupt, "l1_table_offset"},
+		{"reftable end past 2^63", "v3", u64(48, 1<<63-0x10000), format.ErrCorrupt, "refcount_table_offset"},
+		{"size above 2^61", "v3", u64(24, 1<<61+1), format.ErrLimit, "size"},
+		{"size needs more L1", "v3", u64(24, 1<<40), format.ErrCorrupt, "l1_size"},
+		{"reftable clusters 0", "v3", u32(56, 0), format.ErrCorrupt, "refcount_table_clusters"},
+		{"reftable clusters huge", "v3", u32(56, 0xffffffff), format.ErrLimit, "refcount_table_clusters"},
+		{"reftable just over 8 MiB", "v3", u32(56, format.MaxRefcountTableBytes/65536+1), format.ErrLimit, "refcount_table_clusters"},
+		{"reftable unaligned", "v3", u64(48, 0x10200), format.ErrCorrupt, "refcount_table_offset"},
+		{"nb_snapshots huge", "v3", u32(60, 0xffffffff), format.ErrLimit, "nb_snapshots"},
+		{"nb_snapshots 65537", "v3", u32(60, format.MaxSnapshots+1), format.ErrLimit, "nb_snapshots"},
+		{"snapshots_offset unaligned", "v3", u64(64, 0x10008), format.ErrCorrupt, "snapshots_offset"},
+		{"refcount_order 7", "v3", u32(96, 7), format.ErrLimit, "refcount_order"},
+		{"unknown incompat bit 5", "v3", u64(72, 1<<5), format.ErrUnsupported, "incompatible_features"},
+		{"unknown incompat bit 63", "v3", u64(72, 1<<63), format.ErrUnsupported, "incompatible_features"},
+		{"external data file", "v3", u64(72, format.IncompatDataFile), format.ErrUnsupported, "incompatible_features"},
+		{"crypt_method AES", "v3", u32(32, 1), format.ErrUnsupported, "crypt_method"},
+		{"crypt_method LUKS", "v3", u32(32, 2), format.ErrUnsupported, "crypt_method"},
+		{"compression type 2", "v3", func(b []byte) { b[104] = 2; put64(b, 72, format.IncompatCompressionType) }, format.ErrUnsupported, "compression_type"},
+		{"zstd without bit 3", "v3", func(b []byte) { b[104] = 1 }, format.ErrCorrupt, "compression_type"},
+		{"bit 3 with zlib", "v3", u64(72, format.IncompatCompressionType), format.ErrCorrupt, "incompatible_features"},
+		{"extended L2 with 4 KiB clusters", "c512", func(b []byte) { put64(b, 72, format.IncompatExtendedL2); put32(b, 20, 12) }, format.ErrCorrupt, "cluster_bits"},
+		{"backing offset past cluster", "ovl", u64(8, 0x100000), format.ErrCorrupt, "backing_file_offset"},
+		{"backing offset inside header", "ovl", u64(8, 64), format.ErrCorrupt, "backing_file_offset"},
+		{"backing name too long", "ovl", u32(16, 0xffffffff), format.ErrLimit, "backing_file_size"},
+		{"backing name 1024", "ovl", u32(16, 1024), format.ErrLimit, "backing_file_size"},
+		{"extension too large", "v3", u32(116, 0x10000), format.ErrCorrupt, "feature_name_table_ext"},
+		{"end marker too large", "v3", u32(508, 0xfffffff0), format.ErrCorrupt, "end_of_extensions"},
+		{"backing format 16 bytes", "ovl", u32(116, 16), format.ErrLimit, "backing_format_ext.len"},
+		{"encryption extension", "v3", u32(112, format.ExtFullDiskEncryption), format.ErrUnsupported, "full_disk_encryption_ext"},
+		{"bitmaps extension length", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 4, 16) }) }, format.ErrCorrupt, "bitmaps_ext.len"},
+		{"bitmaps zero count", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 8, 0) }) }, format.ErrCorrupt, "bitmaps_ext.nb_bitmaps"},
+		{"bitmaps too many", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 8, 65536) }) }, format.ErrLimit, "bitmaps_ext.nb_bitmaps"},
+		{"bitmaps reserved", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put32(p, 12, 1) }) }, format.ErrCorrupt, "bitmaps_ext.reserved"},
+		{"bitmap dir too large", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put64(p, 16, format.MaxBitmapDirectoryBytes+1) }) }, format.ErrLimit, "bitmaps_ext.bitmap_directory_size"},
+		{"bitmap dir unaligned", "bitmap", func(b []byte) { bitmapsExt(t, b, func(p []byte) { put64(p, 24, 0x50008) }) }, format.ErrCorrupt, "bitmaps_ext.bitmap_directory_offset"},
 		{"duplicate feature table", "v3", func(b []byte) {
 			// Copy the 392-byte feature table extension after itself.
 			copy(b[504:], b[112:504])
-		}, ErrCorrupt, "feature_name_table_ext"},
+		}, format.ErrCorrupt, "feature_name_table_ext"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			b := firstCluster(t, c.image)
-			if _, err := ParseHeader(b); err != nil {
+			if _, err := format.ParseHeader(b); err != nil {
 				t.Fatalf("unpatched header: %v", err)
 			}
 			c.p(b)
-			_, err := ParseHeader(b)
-			var fe *FormatError
+			_, err := format.ParseHeader(b)
+			var fe *format.FormatError
 			if !errors.Is(err, c.err) || !errors.As(err, &fe) || fe.Field != c.field {
 				t.Fatalf("got %v, want %v on field %q", err, c.err, c.field)
 			}
@@ -211,7 +213,7 @@ func TestQcow2HeaderRejects(t *testing.T) {
 func bitmapsExt(t testing.TB, b []byte, f func(p []byte)) {
 	for off := 112; off+8 <= len(b); {
 		magic, n := binary.BigEndian.Uint32(b[off:]), int(binary.BigEndian.Uint32(b[off+4:]))
-		if magic == ExtBitmaps {
+		if magic == format.ExtBitmaps {
 			f(b[off:])
 			return
 		}
@@ -228,13 +230,13 @@ func TestQcow2HeaderNamesUnknownFeatures(t *testing.T) {
 	// Rename the feature table's entry for incompat bit 4 to bit 9 and set
 	// bits 9 and 40: the message names both, bit 9 by its table name.
 	p := 112 + 8 + 4*48
-	if b[p] != FeatureIncompatible || b[p+1] != 4 {
+	if b[p] != format.FeatureIncompatible || b[p+1] != 4 {
 		t.Fatalf("unexpected feature table layout")
 	}
 	b[p+1] = 9
 	put64(b, 72, 1<<9|1<<40)
-	_, err := ParseHeader(b)
-	if !errors.Is(err, ErrUnsupported) {
+	_, err := format.ParseHeader(b)
+	if !errors.Is(err, format.ErrUnsupported) {
 		t.Fatalf("got %v", err)
 	}
 	msg := err.Error()
@@ -252,13 +254,13 @@ func TestQcow2BackingNamePolicy(t *testing.T) {
 		{"/var/lib/images/base.qcow2", nil},
 		{"./dir:with:colons/base", nil},
 		{"../a:b", nil},
-		{`json:{"driver":"raw","file":{"driver":"file","filename":"/etc/hostname"}}`, ErrUnsupported},
-		{"nbd:localhost:10809", ErrUnsupported},
-		{"file:/etc/passwd", ErrUnsupported},
-		{"a:b", ErrUnsupported},
-		{"base\x00.qcow2", ErrCorrupt},
+		{`json:{"driver":"raw","file":{"driver":"file","filename":"/etc/hostname"}}`, format.ErrUnsupported},
+		{"nbd:localhost:10809", format.ErrUnsupported},
+		{"file:/etc/passwd", format.ErrUnsupported},
+		{"a:b", format.ErrUnsupported},
+		{"base\x00.qcow2", format.ErrCorrupt},
 	}
-	h, err := ParseHeader(firstCluster(t, "ovl"))
+	h, err := format.ParseHeader(firstCluster(t, "ovl"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +275,7 @@ func TestQcow2BackingNamePolicy(t *testing.T) {
 }
 
 func TestQcow2WritableAndAutoclear(t *testing.T) {
-	h, err := ParseHeader(firstCluster(t, "bitmap"))
+	h, err := format.ParseHeader(firstCluster(t, "bitmap"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,21 +283,21 @@ func TestQcow2WritableAndAutoclear(t *testing.T) {
 		t.Errorf("clean image not writable: %v", err)
 	}
 	h.AutoclearFeatures |= 1 << 7 // unknown autoclear bit
-	if got := h.AutoclearToClear(0); got != AutoclearBitmaps|1<<7 {
+	if got := h.AutoclearToClear(0); got != format.AutoclearBitmaps|1<<7 {
 		t.Errorf("AutoclearToClear(0) = %#x", got)
 	}
-	if got := h.AutoclearToClear(AutoclearBitmaps); got != 1<<7 {
+	if got := h.AutoclearToClear(format.AutoclearBitmaps); got != 1<<7 {
 		t.Errorf("AutoclearToClear(bitmaps) = %#x", got)
 	}
 	if got := h.AutoclearToClear(^uint64(0)); got != 1<<7 {
 		t.Errorf("unknown bits must be cleared even if claimed maintained: %#x", got)
 	}
-	h.IncompatibleFeatures = IncompatCorrupt
-	if err := h.CheckWritable(); !errors.Is(err, ErrCorrupt) {
+	h.IncompatibleFeatures = format.IncompatCorrupt
+	if err := h.CheckWritable(); !errors.Is(err, format.ErrCorrupt) {
 		t.Errorf("corrupt bit: %v", err)
 	}
-	h.IncompatibleFeatures = IncompatDirty
-	if err := h.CheckWritable(); !errors.Is(err, ErrUnsupported) {
+	h.IncompatibleFeatures = format.IncompatDirty
+	if err := h.CheckWritable(); !errors.Is(err, format.ErrUnsupported) {
 		t.Errorf("dirty bit: %v", err)
 	}
 }
@@ -305,7 +307,7 @@ func TestQcow2WritableAndAutoclear(t *testing.T) {
 func TestQcow2HeaderShortInput(t *testing.T) {
 	b := firstCluster(t, "ovl")
 	for n := 0; n <= 600; n++ {
-		h, err := ParseHeader(b[:n])
+		h, err := format.ParseHeader(b[:n])
 		if n < 24 && err == nil {
 			t.Fatalf("%d bytes parsed", n)
 		}

@@ -1,13 +1,15 @@
-package qcow2
+package format_test
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/qcow2/format/formattest"
 )
 
 // TestQcow2TestdataMatchesQemu opens every checked-in image and compares
@@ -17,12 +19,12 @@ func TestQcow2TestdataMatchesQemu(t *testing.T) {
 	for _, name := range testImages {
 		t.Run(name, func(t *testing.T) {
 			b := loadImage(t, name)
-			im := openBytes(t, b, Options{ReadWrite: true})
+			im := openBytes(t, b, format.Options{ReadWrite: true})
 			exts, err := im.Map(nil, 0, im.Geometry.Size)
 			if err != nil {
 				t.Fatalf("Map: %v", err)
 			}
-			mapJSON, err := os.ReadFile(filepath.Join("testdata", name+".map.json"))
+			mapJSON, err := os.ReadFile(formattest.DataPath(name + ".map.json"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -33,7 +35,7 @@ func TestQcow2TestdataMatchesQemu(t *testing.T) {
 				// ovl's backing file is base.qcow2: read it through our
 				// own reader too, flattened.
 				base := strings.TrimSuffix(im.Header.BackingFile, ".qcow2")
-				bim := openBytes(t, loadImage(t, base), Options{})
+				bim := openBytes(t, loadImage(t, base), format.Options{})
 				flat := make([]byte, bim.Geometry.Size)
 				if _, err := bim.ReadAt(flat, 0, nil); err != nil {
 					t.Fatalf("backing ReadAt: %v", err)
@@ -50,7 +52,7 @@ func TestQcow2TestdataMatchesQemu(t *testing.T) {
 			if rerr != nil {
 				t.Fatalf("ReadAt: %v", rerr)
 			}
-			want, err := os.ReadFile(filepath.Join("testdata", name+".raw.sha256"))
+			want, err := os.ReadFile(formattest.DataPath(name + ".raw.sha256"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -70,7 +72,7 @@ func TestQcow2HeaderReencodesQemuImages(t *testing.T) {
 	for _, name := range testImages {
 		t.Run(name, func(t *testing.T) {
 			b := loadImage(t, name)
-			h, err := ParseHeader(b)
+			h, err := format.ParseHeader(b)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -107,16 +109,16 @@ func TestQcow2TestdataHeaders(t *testing.T) {
 		"c2m":    {3, 21, 4, 112, 0, 0, 0, "", "", 0, true},
 		"rc1":    {3, 16, 0, 112, 0, 0, 0, "", "", 0, true},
 		"rc64":   {3, 16, 6, 112, 0, 0, 0, "", "", 0, true},
-		"lazy":   {3, 16, 4, 112, 0, CompatLazyRefcounts, 0, "", "", 0, true},
-		"ext":    {3, 16, 4, 112, IncompatExtendedL2, 0, 0, "", "", 0, true},
+		"lazy":   {3, 16, 4, 112, 0, format.CompatLazyRefcounts, 0, "", "", 0, true},
+		"ext":    {3, 16, 4, 112, format.IncompatExtendedL2, 0, 0, "", "", 0, true},
 		"ovl":    {3, 16, 4, 112, 0, 0, 0, "base.qcow2", "qcow2", 0, true},
-		"zstd":   {3, 16, 4, 112, IncompatCompressionType, 0, 0, "", "", 0, true},
+		"zstd":   {3, 16, 4, 112, format.IncompatCompressionType, 0, 0, "", "", 0, true},
 		"snap":   {3, 16, 4, 112, 0, 0, 0, "", "", 1, true},
-		"bitmap": {3, 16, 4, 112, 0, 0, AutoclearBitmaps, "", "", 0, true},
+		"bitmap": {3, 16, 4, 112, 0, 0, format.AutoclearBitmaps, "", "", 0, true},
 	}
 	for name, w := range cases {
 		t.Run(name, func(t *testing.T) {
-			im := openBytes(t, loadImage(t, name), Options{})
+			im := openBytes(t, loadImage(t, name), format.Options{})
 			h := im.Header
 			got := want{h.Version, h.ClusterBits, h.RefcountOrder, h.HeaderLength,
 				h.IncompatibleFeatures, h.CompatibleFeatures, h.AutoclearFeatures,
@@ -125,7 +127,7 @@ func TestQcow2TestdataHeaders(t *testing.T) {
 				t.Errorf("header %+v, want %+v", got, w)
 			}
 			if w.featureTable {
-				def := DefaultFeatureNames()
+				def := format.DefaultFeatureNames()
 				if len(h.FeatureNames) != len(def) {
 					t.Fatalf("feature table %v, want QEMU's %v", h.FeatureNames, def)
 				}

@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import "encoding/binary"
 
@@ -17,25 +17,25 @@ const (
 	EntryCompressed = uint64(1) << 62
 	EntryZero       = uint64(1)
 
-	// offsetMask selects bits 9..55 of L1 and standard L2 entries.
-	offsetMask = uint64(0x00fffffffffffe00)
-	// l1Reserved is every L1 bit that is neither COPIED nor the offset.
-	l1Reserved = ^(offsetMask | EntryCopied)
-	// l2Reserved is every standard L2 bit outside COPIED, COMPRESSED, the
+	// OffsetMask selects bits 9..55 of L1 and standard L2 entries.
+	OffsetMask = uint64(0x00fffffffffffe00)
+	// L1Reserved is every L1 bit that is neither COPIED nor the offset.
+	L1Reserved = ^(OffsetMask | EntryCopied)
+	// L2Reserved is every standard L2 bit outside COPIED, COMPRESSED, the
 	// offset and the zero flag. Bit 0 is checked separately because its
 	// meaning depends on the version and on extended L2.
-	l2Reserved = ^(offsetMask | EntryCopied | EntryCompressed | EntryZero)
-	// reftableReserved is bits 0..8 of a refcount table entry.
-	reftableReserved = uint64(0x1ff)
+	L2Reserved = ^(OffsetMask | EntryCopied | EntryCompressed | EntryZero)
+	// ReftableReserved is bits 0..8 of a refcount table entry.
+	ReftableReserved = uint64(0x1ff)
 
 	// sectorSize is the unit of compressed cluster lengths.
 	sectorSize = 512
 
 	// Subclusters is the number of subclusters per cluster with extended L2.
 	Subclusters = 32
-	// bitmapAllocMask and bitmapZeroMask split an extended L2 bitmap.
-	bitmapAllocMask = uint64(0xffffffff)
-	bitmapZeroMask  = bitmapAllocMask << 32
+	// BitmapAllocMask and bitmapZeroMask split an extended L2 bitmap.
+	BitmapAllocMask = uint64(0xffffffff)
+	BitmapZeroMask  = BitmapAllocMask << 32
 )
 
 // Geometry is everything the pure entry and mapping functions need to know
@@ -60,9 +60,9 @@ type Geometry struct {
 	FileSize int64
 }
 
-// valid reports whether the shift amounts are in range; functions that
+// Valid reports whether the shift amounts are in range; functions that
 // could otherwise misbehave on a hand-built Geometry check it.
-func (g *Geometry) valid() bool {
+func (g *Geometry) Valid() bool {
 	return g.ClusterBits >= MinClusterBits && g.ClusterBits <= MaxClusterBits &&
 		g.RefcountOrder <= MaxRefcountOrder &&
 		(!g.ExtendedL2 || g.ClusterBits >= MinClusterBitsExtendedL2)
@@ -148,13 +148,13 @@ func (g *Geometry) RefcountIndex(hostOff int64) (tableIndex int64, blockIndex in
 	return int64(cluster >> bits), int64(cluster & (uint64(1)<<bits - 1))
 }
 
-// aligned reports whether off is a multiple of the cluster size.
-func (g *Geometry) aligned(off uint64) bool { return off&(uint64(g.ClusterSize())-1) == 0 }
+// Aligned reports whether off is a multiple of the cluster size.
+func (g *Geometry) Aligned(off uint64) bool { return off&(uint64(g.ClusterSize())-1) == 0 }
 
-// pastEOF reports whether the host cluster starting at off lies entirely at
+// PastEOF reports whether the host cluster starting at off lies entirely at
 // or past the end of the file. The file of a qcow2 image is not cluster
 // aligned at EOF (qcow2.md §0.1), so a cluster that starts before EOF is in.
-func (g *Geometry) pastEOF(off uint64) bool {
+func (g *Geometry) PastEOF(off uint64) bool {
 	return g.FileSize > 0 && off >= uint64(g.FileSize)
 }
 
@@ -162,15 +162,15 @@ func (g *Geometry) pastEOF(off uint64) bool {
 // bit of an L1 entry. Reserved bits or an unaligned offset are corrupt, and
 // so is an L2 table past the end of the file.
 func (g *Geometry) DecodeL1Entry(e uint64) (l2Off int64, copied bool, err error) {
-	if e&l1Reserved != 0 {
-		return 0, false, corrupt("l1_entry", e, "reserved bits set")
+	if e&L1Reserved != 0 {
+		return 0, false, Corrupt("l1_entry", e, "reserved bits set")
 	}
-	off := e & offsetMask
-	if !g.aligned(off) {
-		return 0, false, corrupt("l1_entry", e, "L2 table offset not cluster aligned")
+	off := e & OffsetMask
+	if !g.Aligned(off) {
+		return 0, false, Corrupt("l1_entry", e, "L2 table offset not cluster aligned")
 	}
-	if off != 0 && g.pastEOF(off) {
-		return 0, false, corrupt("l1_entry", e, "L2 table offset past end of file")
+	if off != 0 && g.PastEOF(off) {
+		return 0, false, Corrupt("l1_entry", e, "L2 table offset past end of file")
 	}
 	return int64(off), e&EntryCopied != 0, nil
 }
@@ -179,8 +179,8 @@ func (g *Geometry) DecodeL1Entry(e uint64) (l2Off int64, copied bool, err error)
 // MaxHostOffset.
 func (g *Geometry) EncodeL1Entry(l2Off int64, copied bool) (uint64, error) {
 	u := uint64(l2Off)
-	if l2Off < 0 || u >= MaxHostOffset || !g.aligned(u) {
-		return 0, corrupt("l1_entry", u, "L2 table offset not encodable")
+	if l2Off < 0 || u >= MaxHostOffset || !g.Aligned(u) {
+		return 0, Corrupt("l1_entry", u, "L2 table offset not encodable")
 	}
 	if copied {
 		u |= EntryCopied
@@ -255,7 +255,7 @@ func (g *Geometry) DecodeCompressed(e uint64) (CompressedDescriptor, error) {
 	x := g.compressedShift()
 	off := e & (uint64(1)<<x - 1)
 	if off >= MaxHostOffset {
-		return CompressedDescriptor{}, corrupt("l2_entry", e, "compressed cluster offset beyond 2^56")
+		return CompressedDescriptor{}, Corrupt("l2_entry", e, "compressed cluster offset beyond 2^56")
 	}
 	extra := (e >> x) & (uint64(1)<<(g.ClusterBits-8) - 1)
 	return CompressedDescriptor{HostOff: int64(off), Sectors: int64(extra) + 1}, nil
@@ -265,15 +265,15 @@ func (g *Geometry) DecodeCompressed(e uint64) (CompressedDescriptor, error) {
 // clear) for size bytes of compressed data at hostOff.
 func (g *Geometry) EncodeCompressed(hostOff, size int64) (uint64, error) {
 	if hostOff < 0 || hostOff >= g.MaxCompressedOffset() {
-		return 0, corrupt("compressed_offset", uint64(hostOff), "not encodable in a compressed descriptor")
+		return 0, Corrupt("compressed_offset", uint64(hostOff), "not encodable in a compressed descriptor")
 	}
 	if size <= 0 {
-		return 0, corrupt("compressed_size", uint64(size), "compressed size must be positive")
+		return 0, Corrupt("compressed_size", uint64(size), "compressed size must be positive")
 	}
 	sectors := (hostOff%sectorSize + size + sectorSize - 1) / sectorSize
 	maxSectors := int64(1) << (g.ClusterBits - 8)
 	if sectors > maxSectors {
-		return 0, limit("compressed_size", uint64(size), "compressed data spans too many sectors")
+		return 0, Limit("compressed_size", uint64(size), "compressed data spans too many sectors")
 	}
 	return EntryCompressed | uint64(sectors-1)<<g.compressedShift() | uint64(hostOff), nil
 }
@@ -303,39 +303,39 @@ func (g *Geometry) DecodeL2Entry(e, bitmap uint64) (L2Entry, error) {
 	}
 	if e&EntryCompressed != 0 {
 		if e&EntryCopied != 0 {
-			return L2Entry{}, corrupt("l2_entry", e, "COPIED set on a compressed cluster")
+			return L2Entry{}, Corrupt("l2_entry", e, "COPIED set on a compressed cluster")
 		}
 		if bitmap != 0 {
-			return L2Entry{}, corrupt("l2_bitmap", bitmap, "nonzero subcluster bitmap on a compressed cluster")
+			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "nonzero subcluster bitmap on a compressed cluster")
 		}
 		d, err := g.DecodeCompressed(e)
 		if err != nil {
 			return L2Entry{}, err
 		}
 		if d.HostOff < g.ClusterSize() {
-			return L2Entry{}, corrupt("l2_entry", e, "compressed cluster inside the header cluster")
+			return L2Entry{}, Corrupt("l2_entry", e, "compressed cluster inside the header cluster")
 		}
-		if g.pastEOF(uint64(d.HostOff)) {
-			return L2Entry{}, corrupt("l2_entry", e, "compressed cluster past end of file")
+		if g.PastEOF(uint64(d.HostOff)) {
+			return L2Entry{}, Corrupt("l2_entry", e, "compressed cluster past end of file")
 		}
 		return L2Entry{Type: Compressed, Compressed: d}, nil
 	}
-	if e&l2Reserved != 0 {
-		return L2Entry{}, corrupt("l2_entry", e, "reserved bits set")
+	if e&L2Reserved != 0 {
+		return L2Entry{}, Corrupt("l2_entry", e, "reserved bits set")
 	}
 	zero := e&EntryZero != 0
 	if zero && !g.ZeroFlag {
 		if g.ExtendedL2 {
-			return L2Entry{}, corrupt("l2_entry", e, "bit 0 set in an extended L2 entry")
+			return L2Entry{}, Corrupt("l2_entry", e, "bit 0 set in an extended L2 entry")
 		}
-		return L2Entry{}, corrupt("l2_entry", e, "zero flag in a version 2 image")
+		return L2Entry{}, Corrupt("l2_entry", e, "zero flag in a version 2 image")
 	}
-	off := e & offsetMask
-	if !g.aligned(off) {
-		return L2Entry{}, corrupt("l2_entry", e, "host cluster offset not cluster aligned")
+	off := e & OffsetMask
+	if !g.Aligned(off) {
+		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset not cluster aligned")
 	}
-	if off != 0 && g.pastEOF(off) {
-		return L2Entry{}, corrupt("l2_entry", e, "host cluster offset past end of file")
+	if off != 0 && g.PastEOF(off) {
+		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset past end of file")
 	}
 	le := L2Entry{HostOff: int64(off), Copied: e&EntryCopied != 0, Bitmap: bitmap}
 	switch {
@@ -353,10 +353,10 @@ func (g *Geometry) DecodeL2Entry(e, bitmap uint64) (L2Entry, error) {
 	}
 	if g.ExtendedL2 {
 		if (bitmap>>32)&bitmap != 0 {
-			return L2Entry{}, corrupt("l2_bitmap", bitmap, "subcluster both allocated and zero")
+			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "subcluster both allocated and zero")
 		}
-		if off == 0 && bitmap&bitmapAllocMask != 0 {
-			return L2Entry{}, corrupt("l2_bitmap", bitmap, "allocated subclusters in an unallocated cluster")
+		if off == 0 && bitmap&BitmapAllocMask != 0 {
+			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "allocated subclusters in an unallocated cluster")
 		}
 	}
 	return le, nil
@@ -366,29 +366,29 @@ func (g *Geometry) DecodeL2Entry(e, bitmap uint64) (L2Entry, error) {
 // ZeroPlain, ZeroAlloc or Normal). For Compressed use EncodeCompressed.
 func (g *Geometry) EncodeL2Entry(t ClusterType, hostOff int64, copied bool) (uint64, error) {
 	u := uint64(hostOff)
-	if hostOff < 0 || u >= MaxHostOffset || !g.aligned(u) {
-		return 0, corrupt("l2_entry", u, "host offset not encodable")
+	if hostOff < 0 || u >= MaxHostOffset || !g.Aligned(u) {
+		return 0, Corrupt("l2_entry", u, "host offset not encodable")
 	}
 	var e uint64
 	switch t {
 	case Unallocated:
 		if u != 0 || copied {
-			return 0, corrupt("l2_entry", u, "unallocated entry with an offset or COPIED")
+			return 0, Corrupt("l2_entry", u, "unallocated entry with an offset or COPIED")
 		}
 	case ZeroPlain, ZeroAlloc:
 		if !g.ZeroFlag {
-			return 0, unsupported("l2_entry", uint64(t), "zero flag not available in this image")
+			return 0, Unsupported("l2_entry", uint64(t), "zero flag not available in this image")
 		}
 		if (t == ZeroPlain) != (u == 0) {
-			return 0, corrupt("l2_entry", u, "zero-plain needs offset 0, zero-alloc a nonzero offset")
+			return 0, Corrupt("l2_entry", u, "zero-plain needs offset 0, zero-alloc a nonzero offset")
 		}
 		e = EntryZero
 	case Normal:
 		if u == 0 {
-			return 0, corrupt("l2_entry", u, "normal cluster needs a host offset")
+			return 0, Corrupt("l2_entry", u, "normal cluster needs a host offset")
 		}
 	default:
-		return 0, corrupt("l2_entry", uint64(t), "not a standard cluster type")
+		return 0, Corrupt("l2_entry", uint64(t), "not a standard cluster type")
 	}
 	e |= u
 	if copied {
@@ -436,17 +436,17 @@ func (g *Geometry) L2EntryAt(table []byte, i int64) (e, bitmap uint64, ok bool) 
 
 // DecodeRefcountTableEntry returns the refcount block offset (0: none).
 func (g *Geometry) DecodeRefcountTableEntry(e uint64) (int64, error) {
-	if e&reftableReserved != 0 {
-		return 0, corrupt("refcount_table_entry", e, "reserved bits set")
+	if e&ReftableReserved != 0 {
+		return 0, Corrupt("refcount_table_entry", e, "reserved bits set")
 	}
-	if !g.aligned(e) {
-		return 0, corrupt("refcount_table_entry", e, "refcount block offset not cluster aligned")
+	if !g.Aligned(e) {
+		return 0, Corrupt("refcount_table_entry", e, "refcount block offset not cluster aligned")
 	}
 	if e >= 1<<63 {
-		return 0, corrupt("refcount_table_entry", e, "refcount block offset beyond 2^63")
+		return 0, Corrupt("refcount_table_entry", e, "refcount block offset beyond 2^63")
 	}
-	if e != 0 && g.pastEOF(e) {
-		return 0, corrupt("refcount_table_entry", e, "refcount block past end of file")
+	if e != 0 && g.PastEOF(e) {
+		return 0, Corrupt("refcount_table_entry", e, "refcount block past end of file")
 	}
 	return int64(e), nil
 }
@@ -464,10 +464,10 @@ func RefcountMax(order uint32) uint64 {
 // byte; 16-, 32- and 64-bit entries are big-endian.
 func RefcountGet(block []byte, order uint32, i int64) (uint64, error) {
 	if order > MaxRefcountOrder {
-		return 0, limit("refcount_order", uint64(order), "refcount order above 6")
+		return 0, Limit("refcount_order", uint64(order), "refcount order above 6")
 	}
 	if i < 0 || uint64(i) >= uint64(len(block))*8>>order {
-		return 0, outOfRange("refcount_index", uint64(i), "outside the refcount block")
+		return 0, OutOfRange("refcount_index", uint64(i), "outside the refcount block")
 	}
 	switch order {
 	case 0, 1, 2:
@@ -490,13 +490,13 @@ func RefcountGet(block []byte, order uint32, i int64) (uint64, error) {
 // an ErrLimit (QEMU returns EINVAL rather than wrapping).
 func RefcountSet(block []byte, order uint32, i int64, v uint64) error {
 	if order > MaxRefcountOrder {
-		return limit("refcount_order", uint64(order), "refcount order above 6")
+		return Limit("refcount_order", uint64(order), "refcount order above 6")
 	}
 	if v > RefcountMax(order) {
-		return limit("refcount", v, "refcount exceeds the entry width")
+		return Limit("refcount", v, "refcount exceeds the entry width")
 	}
 	if i < 0 || uint64(i) >= uint64(len(block))*8>>order {
-		return outOfRange("refcount_index", uint64(i), "outside the refcount block")
+		return OutOfRange("refcount_index", uint64(i), "outside the refcount block")
 	}
 	switch order {
 	case 0, 1, 2:

@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import (
 	"errors"
@@ -49,23 +49,23 @@ func (e *FormatError) Error() string {
 // Unwrap returns the sentinel, so errors.Is(err, ErrCorrupt) works.
 func (e *FormatError) Unwrap() error { return e.Err }
 
-func corrupt(field string, v uint64, reason string) error {
+func Corrupt(field string, v uint64, reason string) error {
 	return &FormatError{Field: field, Value: v, Reason: reason, Err: ErrCorrupt}
 }
 
-func unsupported(field string, v uint64, reason string) error {
+func Unsupported(field string, v uint64, reason string) error {
 	return &FormatError{Field: field, Value: v, Reason: reason, Err: ErrUnsupported}
 }
 
-func limit(field string, v uint64, reason string) error {
+func Limit(field string, v uint64, reason string) error {
 	return &FormatError{Field: field, Value: v, Reason: reason, Err: ErrLimit}
 }
 
-func outOfRange(field string, v uint64, reason string) error {
+func OutOfRange(field string, v uint64, reason string) error {
 	return &FormatError{Field: field, Value: v, Reason: reason, Err: ErrRange}
 }
 
-// indexed builds "name[i]" without fmt, for table-entry field names.
-func indexed(name string, i uint64) string {
+// Indexed builds "name[i]" without fmt, for table-entry field names.
+func Indexed(name string, i uint64) string {
 	return name + "[" + strconv.FormatUint(i, 10) + "]"
 }

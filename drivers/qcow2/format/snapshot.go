@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import "encoding/binary"
 
@@ -38,7 +38,7 @@ type Snapshot struct {
 	VMStateSize32 uint32
 }
 
-const snapshotKnownExtra = 24
+const SnapshotKnownExtra = 24
 
 // snapshotEntryLen returns the length of the entry whose fixed part is p,
 // without the padding that aligns the next entry.
@@ -59,7 +59,7 @@ func snapshotEntryLen(p []byte) (extra uint32, n uint64) {
 // header.
 func ParseSnapshotTable(b []byte, count uint32, maxBytes int64) ([]Snapshot, int64, error) {
 	if count > MaxSnapshots {
-		return nil, 0, limit("nb_snapshots", uint64(count), "snapshot table too large")
+		return nil, 0, Limit("nb_snapshots", uint64(count), "snapshot table too large")
 	}
 	if maxBytes <= 0 || maxBytes > MaxSnapshotTableBytes {
 		maxBytes = MaxSnapshotTableBytes
@@ -70,17 +70,17 @@ func ParseSnapshotTable(b []byte, count uint32, maxBytes int64) ([]Snapshot, int
 	for i := uint32(0); i < count; i++ {
 		off = (off + 7) &^ 7
 		if off+snapshotHeaderLen > uint64(len(b)) {
-			return nil, 0, corrupt(indexed("snapshot", uint64(i)), off, "snapshot table entry past the end of the table")
+			return nil, 0, Corrupt(Indexed("snapshot", uint64(i)), off, "snapshot table entry past the end of the table")
 		}
 		extra, n := snapshotEntryLen(b[off:])
 		if extra > MaxSnapshotExtraData {
-			return nil, 0, limit(indexed("snapshot", uint64(i))+".extra_data_size", uint64(extra), "too much extra metadata in snapshot table entry")
+			return nil, 0, Limit(Indexed("snapshot", uint64(i))+".extra_data_size", uint64(extra), "too much extra metadata in snapshot table entry")
 		}
 		if off+n > uint64(maxBytes) {
-			return nil, 0, limit("snapshot_table_size", off+n, "snapshot table too large")
+			return nil, 0, Limit("snapshot_table_size", off+n, "snapshot table too large")
 		}
 		if off+n > uint64(len(b)) {
-			return nil, 0, corrupt(indexed("snapshot", uint64(i)), off, "snapshot table entry past the end of the table")
+			return nil, 0, Corrupt(Indexed("snapshot", uint64(i)), off, "snapshot table entry past the end of the table")
 		}
 		off += n
 	}
@@ -112,8 +112,8 @@ func ParseSnapshotTable(b []byte, count uint32, maxBytes int64) ([]Snapshot, int
 		if len(x) >= 24 {
 			s.Icount = be.Uint64(x[16:])
 		}
-		if len(x) > snapshotKnownExtra {
-			s.ExtraUnknown = append([]byte(nil), x[snapshotKnownExtra:]...)
+		if len(x) > SnapshotKnownExtra {
+			s.ExtraUnknown = append([]byte(nil), x[SnapshotKnownExtra:]...)
 		}
 		q := snapshotHeaderLen + uint64(s.ExtraDataSize)
 		s.ID = string(p[q : q+idLen])
@@ -128,20 +128,20 @@ func ParseSnapshotTable(b []byte, count uint32, maxBytes int64) ([]Snapshot, int
 // must therefore be 8-byte aligned in dst (a new slice is).
 func AppendSnapshotTable(dst []byte, snaps []Snapshot) ([]byte, error) {
 	if len(snaps) > MaxSnapshots {
-		return dst, limit("nb_snapshots", uint64(len(snaps)), "snapshot table too large")
+		return dst, Limit("nb_snapshots", uint64(len(snaps)), "snapshot table too large")
 	}
 	start := len(dst)
 	be := binary.BigEndian
 	for i := range snaps {
 		s := &snaps[i]
-		field := indexed("snapshot", uint64(i))
+		field := Indexed("snapshot", uint64(i))
 		if len(s.ID) > 0xffff || len(s.Name) > 0xffff {
-			return dst, limit(field+".name_size", uint64(max(len(s.ID), len(s.Name))), "snapshot id or name longer than 65535 bytes")
+			return dst, Limit(field+".name_size", uint64(max(len(s.ID), len(s.Name))), "snapshot id or name longer than 65535 bytes")
 		}
-		known := min(int(s.ExtraDataSize), snapshotKnownExtra)
-		if s.ExtraDataSize > MaxSnapshotExtraData || (len(s.ExtraUnknown) > 0 && int(s.ExtraDataSize) != snapshotKnownExtra+len(s.ExtraUnknown)) ||
-			(len(s.ExtraUnknown) == 0 && s.ExtraDataSize > snapshotKnownExtra) {
-			return dst, corrupt(field+".extra_data_size", uint64(s.ExtraDataSize), "extra data size does not match the extra fields")
+		known := min(int(s.ExtraDataSize), SnapshotKnownExtra)
+		if s.ExtraDataSize > MaxSnapshotExtraData || (len(s.ExtraUnknown) > 0 && int(s.ExtraDataSize) != SnapshotKnownExtra+len(s.ExtraUnknown)) ||
+			(len(s.ExtraUnknown) == 0 && s.ExtraDataSize > SnapshotKnownExtra) {
+			return dst, Corrupt(field+".extra_data_size", uint64(s.ExtraDataSize), "extra data size does not match the extra fields")
 		}
 		for (len(dst)-start)%8 != 0 {
 			dst = append(dst, 0)
@@ -155,7 +155,7 @@ func AppendSnapshotTable(dst []byte, snaps []Snapshot) ([]byte, error) {
 		dst = be.AppendUint64(dst, s.VMClockNsec)
 		dst = be.AppendUint32(dst, s.VMStateSize32)
 		dst = be.AppendUint32(dst, s.ExtraDataSize)
-		var x [snapshotKnownExtra]byte
+		var x [SnapshotKnownExtra]byte
 		be.PutUint64(x[0:], s.VMStateSize)
 		be.PutUint64(x[8:], s.DiskSize)
 		be.PutUint64(x[16:], s.Icount)
@@ -164,7 +164,7 @@ func AppendSnapshotTable(dst []byte, snaps []Snapshot) ([]byte, error) {
 		dst = append(dst, s.ID...)
 		dst = append(dst, s.Name...)
 		if len(dst)-start > MaxSnapshotTableBytes {
-			return dst, limit("snapshot_table_size", uint64(len(dst)-start), "snapshot table too large")
+			return dst, Limit("snapshot_table_size", uint64(len(dst)-start), "snapshot table too large")
 		}
 	}
 	return dst, nil
@@ -175,18 +175,18 @@ func AppendSnapshotTable(dst []byte, snaps []Snapshot) ([]byte, error) {
 // inside the file (g.FileSize; 0: unchecked). Overlaps with other metadata
 // are checked by ReadImage, which knows all of it.
 func ValidateSnapshot(s *Snapshot, i int, g *Geometry, maxL1Bytes int64) error {
-	field := indexed("snapshot", uint64(i))
+	field := Indexed("snapshot", uint64(i))
 	if maxL1Bytes <= 0 || maxL1Bytes > MaxL1Bytes {
 		maxL1Bytes = MaxL1Bytes
 	}
 	if uint64(s.L1Entries) > uint64(maxL1Bytes)/8 {
-		return limit(field+".l1_size", uint64(s.L1Entries), "snapshot L1 table too large")
+		return Limit(field+".l1_size", uint64(s.L1Entries), "snapshot L1 table too large")
 	}
 	if err := tableOffset(field+".l1_table_offset", s.L1Offset, uint64(s.L1Entries)*8, uint64(g.ClusterSize())); err != nil {
 		return err
 	}
 	if s.L1Entries > 0 && g.FileSize > 0 && s.L1Offset+uint64(s.L1Entries)*8 > uint64(g.FileSize) {
-		return corrupt(field+".l1_table_offset", s.L1Offset, "snapshot L1 table past end of file")
+		return Corrupt(field+".l1_table_offset", s.L1Offset, "snapshot L1 table past end of file")
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 // Open-time limits (qcow2.md §3.1). Each size field read from an image is
 // compared with one of these before anything proportional to it is
@@ -64,9 +64,9 @@ const (
 	// depends on cluster_bits; see Geometry.MaxCompressedOffset.
 	MaxHostOffset = 1 << 56
 
-	// bitmapsExtLen is the only valid length of the bitmaps extension, and
+	// BitmapsExtLen is the only valid length of the bitmaps extension, and
 	// fdeExtLen that of the full disk encryption pointer.
-	bitmapsExtLen = 24
+	BitmapsExtLen = 24
 	fdeExtLen     = 16
 
 	// snapshotHeaderLen is the fixed part of a snapshot table entry.

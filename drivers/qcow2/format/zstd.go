@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import (
 	"encoding/binary"
@@ -95,7 +95,7 @@ func zstdFrameLen(src []byte) (int, error) {
 func decompressZstd(dst, src []byte) error {
 	dec, err := zstdDecoder()
 	if err != nil {
-		return unsupported("compression_type", CompressionZstd, "zstd decoder: "+err.Error())
+		return Unsupported("compression_type", CompressionZstd, "zstd decoder: "+err.Error())
 	}
 	done := 0
 	for done < len(dst) {

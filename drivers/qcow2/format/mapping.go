@@ -1,4 +1,6 @@
-package qcow2
+package format
+
+import "encoding/binary"
 
 // ExtentKind says where the bytes of a guest range come from.
 type ExtentKind uint8
@@ -59,24 +61,24 @@ type L2Func func(l2Off int64) ([]byte, error)
 // The range must lie inside the virtual disk (g.Size); otherwise ErrRange.
 // On error, the extents already appended stay in the returned slice.
 func Map(dst []Extent, g *Geometry, l1 []uint64, l2 L2Func, off, length int64) ([]Extent, error) {
-	if !g.valid() {
-		return dst, corrupt("cluster_bits", uint64(g.ClusterBits), "invalid geometry")
+	if !g.Valid() {
+		return dst, Corrupt("cluster_bits", uint64(g.ClusterBits), "invalid geometry")
 	}
 	if off < 0 || length < 0 || off > g.Size || length > g.Size-off {
-		return dst, outOfRange("guest_offset", uint64(off), "range outside the virtual disk")
+		return dst, OutOfRange("guest_offset", uint64(off), "range outside the virtual disk")
 	}
 	end := off + length
 	cs := g.ClusterSize()
 	for off < end {
 		l1i, _, _ := g.Split(off)
 		if l1i >= int64(len(l1)) {
-			return dst, corrupt("l1_size", uint64(len(l1)), "guest offset beyond the L1 table")
+			return dst, Corrupt("l1_size", uint64(len(l1)), "guest offset beyond the L1 table")
 		}
 		// The part of the range this L2 table covers.
 		tableEnd := min(end, (l1i+1)*g.L1Coverage())
 		l2Off, _, err := g.DecodeL1Entry(l1[l1i])
 		if err != nil {
-			return dst, withField(err, indexed("l1_table", uint64(l1i)))
+			return dst, WithField(err, Indexed("l1_table", uint64(l1i)))
 		}
 		if l2Off == 0 {
 			dst = appendExtent(dst, Extent{Kind: ExtentUnallocated, GuestOff: off, Len: tableEnd - off})
@@ -88,7 +90,7 @@ func Map(dst []Extent, g *Geometry, l1 []uint64, l2 L2Func, off, length int64) (
 			return dst, err
 		}
 		if int64(len(table)) != cs {
-			return dst, outOfRange("l2_table_len", uint64(len(table)), "L2 table is not one cluster")
+			return dst, OutOfRange("l2_table_len", uint64(len(table)), "L2 table is not one cluster")
 		}
 		for off < tableEnd {
 			_, l2i, in := g.Split(off)
@@ -96,7 +98,7 @@ func Map(dst []Extent, g *Geometry, l1 []uint64, l2 L2Func, off, length int64) (
 			e, bitmap, _ := g.L2EntryAt(table, l2i)
 			le, err := g.DecodeL2Entry(e, bitmap)
 			if err != nil {
-				return dst, withField(err, "l2_table@"+hexString(uint64(l2Off))+indexed("", uint64(l2i)))
+				return dst, WithField(err, "l2_table@"+HexString(uint64(l2Off))+Indexed("", uint64(l2i)))
 			}
 			if !g.ExtendedL2 || le.Type == Compressed {
 				dst = appendExtent(dst, extentFor(le.Type, le, off, clusterEnd-off, in))
@@ -153,9 +155,9 @@ func appendExtent(dst []Extent, x Extent) []Extent {
 	return append(dst, x)
 }
 
-// withField prefixes the field of a *FormatError with where the entry was
+// WithField prefixes the field of a *FormatError with where the entry was
 // found ("l1_table[3]: l1_entry"). Other errors pass through.
-func withField(err error, where string) error {
+func WithField(err error, where string) error {
 	if fe, ok := err.(*FormatError); ok {
 		c := *fe
 		c.Field = where + " " + fe.Field
@@ -164,7 +166,7 @@ func withField(err error, where string) error {
 	return err
 }
 
-func hexString(v uint64) string {
+func HexString(v uint64) string {
 	const digits = "0123456789abcdef"
 	var b [18]byte
 	i := len(b)
@@ -181,4 +183,43 @@ func hexString(v uint64) string {
 	i--
 	b[i] = '0'
 	return string(b[i:])
+}
+
+// OneClusterL2 returns the offset of the L2 table that maps [off, off+n)
+// when that range lies inside one cluster of a standard-L2 image and Map
+// would find the table through a clean L1 entry; otherwise false.
+func (g *Geometry) OneClusterL2(l1 []uint64, off, n int64) (int64, bool) {
+	cb := g.ClusterBits
+	cs := int64(1) << cb
+	if g.ExtendedL2 || !g.Valid() || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
+		return 0, false
+	}
+	l1i := uint64(off) >> (2*cb - 3)
+	if l1i >= uint64(len(l1)) {
+		return 0, false
+	}
+	e := l1[l1i]
+	l2Off := e & OffsetMask
+	if e&L1Reserved != 0 || l2Off == 0 || !g.Aligned(l2Off) || g.PastEOF(l2Off) {
+		return 0, false
+	}
+	return int64(l2Off), true
+}
+
+// DataHost returns the host offset of guest offset off when its entry in
+// the standard L2 table is allocated data that DecodeL2Entry would accept
+// as Normal; otherwise false.
+func (g *Geometry) DataHost(table []byte, off int64) (int64, bool) {
+	cb := g.ClusterBits
+	cs := int64(1) << cb
+	if int64(len(table)) != cs {
+		return 0, false
+	}
+	i := int64(uint64(off)>>cb) & (cs/8 - 1)
+	e := binary.BigEndian.Uint64(table[i*8:])
+	host := e & OffsetMask
+	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
+		return 0, false
+	}
+	return int64(host) + off&(cs-1), true
 }

@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import (
 	"bytes"
@@ -30,5 +30,5 @@ func DecompressCluster(dst, src []byte, compressionType uint8) error {
 	case CompressionZstd:
 		return decompressZstd(dst, src) // zstd.go
 	}
-	return unsupported("compression_type", uint64(compressionType), "unknown compression type")
+	return Unsupported("compression_type", uint64(compressionType), "unknown compression type")
 }

@@ -1,11 +1,8 @@
-package qcow2
+package format
 
 import (
 	"errors"
 	"strconv"
-
-	"github.com/ringblk/ringblk/aio"
-	"github.com/ringblk/ringblk/block"
 )
 
 // CheckResult counts what a consistency check found, with the meaning of
@@ -30,12 +27,12 @@ type CheckResult struct {
 
 const (
 	maxCheckMessages = 64
-	// maxCheckClusters bounds the per-host-cluster reference counts a check
+	// MaxCheckClusters bounds the per-host-cluster reference counts a check
 	// keeps (4 bytes each): 2^26 clusters, 4 TiB of 64 KiB clusters.
-	maxCheckClusters = 1 << 26
+	MaxCheckClusters = 1 << 26
 )
 
-func (c *CheckResult) corrupt(msg string) {
+func (c *CheckResult) AddCorruption(msg string) {
 	c.Corruptions++
 	c.note("ERROR " + msg)
 }
@@ -52,7 +49,7 @@ type checker struct {
 	res    *CheckResult
 	refs   []uint32 // references found, per host cluster
 	nextOf int64    // next contiguous host offset in this L2 table (fragmentation)
-	rc     refblockCache
+	rc     RefblockCache
 
 	// fixErrors selects the words of a repair of all errors ("Repairing"
 	// where QEMU says so); rebuild is set when the refcount structure
@@ -92,12 +89,12 @@ func (c *checker) tick(n int64) {
 func (im *Image) Check() (*CheckResult, error) {
 	h, g := im.Header, &im.Geometry
 	if h.BitmapsConsistent() {
-		return nil, unsupported("autoclear_features", h.AutoclearFeatures, "checking images with persistent bitmaps is not supported")
+		return nil, Unsupported("autoclear_features", h.AutoclearFeatures, "checking images with persistent bitmaps is not supported")
 	}
 	cs := g.ClusterSize()
 	nb := (im.FileSize + cs - 1) / cs
-	if nb > maxCheckClusters {
-		return nil, limit("file_size", uint64(im.FileSize), "image file too large to check in memory")
+	if nb > MaxCheckClusters {
+		return nil, Limit("file_size", uint64(im.FileSize), "image file too large to check in memory")
 	}
 	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
 	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
@@ -106,8 +103,8 @@ func (im *Image) Check() (*CheckResult, error) {
 		c.total += int64(im.Snapshots[i].L1Entries)
 	}
 	c.step = max(c.total/200, 1)
-	for _, i := range im.incompleteSnapshots() {
-		res.corrupt("snapshot table entry " + strconv.Itoa(i) + " is incomplete")
+	for _, i := range im.IncompleteSnapshots() {
+		res.AddCorruption("snapshot table entry " + strconv.Itoa(i) + " is incomplete")
 	}
 	c.countReferences()
 
@@ -116,7 +113,7 @@ func (im *Image) Check() (*CheckResult, error) {
 	nb = int64(len(c.refs)) // a reference within a cluster past EOF may have added one
 	for i := int64(0); i < nb; i++ {
 		c.tick(1)
-		stored, err := im.refcount(i*cs, &c.rc)
+		stored, err := im.RefcountCached(i*cs, &c.rc)
 		if err != nil {
 			res.CheckErrors++
 			res.note("Can't get refcount for cluster " + strconv.FormatInt(i, 10) + ": " + c.refcountErr(err))
@@ -128,7 +125,7 @@ func (im *Image) Check() (*CheckResult, error) {
 		}
 		switch {
 		case stored < found:
-			res.corrupt("cluster " + strconv.FormatInt(i, 10) + " refcount=" + strconv.FormatUint(stored, 10) + " reference=" + strconv.FormatUint(found, 10))
+			res.AddCorruption("cluster " + strconv.FormatInt(i, 10) + " refcount=" + strconv.FormatUint(stored, 10) + " reference=" + strconv.FormatUint(found, 10))
 		case stored > found:
 			res.Leaks++
 			res.note("Leaked cluster " + strconv.FormatInt(i, 10) + " refcount=" + strconv.FormatUint(stored, 10) + " reference=" + strconv.FormatUint(found, 10))
@@ -141,12 +138,12 @@ func (im *Image) Check() (*CheckResult, error) {
 	return res, nil
 }
 
-// incompleteSnapshots lists the snapshot table entries that a version 3
+// IncompleteSnapshots lists the snapshot table entries that a version 3
 // image must not have: less than 16 bytes of extra data (the 64-bit VM
 // state size and the disk size are mandatory from version 3 on; qemu-img
 // check counts each such entry as a corruption, and -r all rewrites the
 // table in the full form).
-func (im *Image) incompleteSnapshots() []int {
+func (im *Image) IncompleteSnapshots() []int {
 	if im.Header.Version < 3 {
 		return nil
 	}
@@ -172,7 +169,7 @@ func (c *checker) countReferences() {
 		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
 		snap, err := im.Snapshot(i)
 		if err != nil {
-			c.res.corrupt("snapshot " + strconv.Itoa(i) + ": " + err.Error())
+			c.res.AddCorruption("snapshot " + strconv.Itoa(i) + ": " + err.Error())
 			continue
 		}
 		c.walkL1(snap.L1, false)
@@ -180,6 +177,24 @@ func (c *checker) countReferences() {
 	c.ref(int64(h.SnapshotsOffset), im.SnapshotTableSize, "snapshot_table")
 	c.ref(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs, "refcount_table")
 	c.checkRefblocks()
+}
+
+// References is what CountReferences found.
+type References struct {
+	Refs      []uint32 // references found, per host cluster
+	L2Damaged int64    // L2 entries that could not be decoded (their clusters got no reference)
+	Rebuild   bool     // the refcount structure itself is broken
+	PastEOF   int64    // references a cluster or more past the end of the file (not in Refs)
+}
+
+// CountReferences counts every cluster's references for a repair (the
+// first step of Check), over clusters host clusters; damaged entries go
+// to res as Check reports them. fixErrors selects a repair's words
+// ("Repairing" where QEMU says so).
+func (im *Image) CountReferences(res *CheckResult, clusters int64, fixErrors bool) References {
+	c := &checker{im: im, res: res, refs: make([]uint32, clusters), fixErrors: fixErrors}
+	c.countReferences()
+	return References{Refs: c.refs, L2Damaged: c.l2Damaged, Rebuild: c.rebuild, PastEOF: c.pastEOF}
 }
 
 // checkRefblocks counts the refcount blocks' references and checks the
@@ -190,13 +205,13 @@ func (c *checker) countReferences() {
 func (c *checker) checkRefblocks() {
 	cs := c.im.Geometry.ClusterSize()
 	for i, e := range c.im.RefcountTable {
-		off := int64(e &^ reftableReserved)
+		off := int64(e &^ ReftableReserved)
 		switch {
-		case e&reftableReserved != 0:
-			c.res.corrupt("refcount table entry " + strconv.Itoa(i) + " has reserved bits set")
+		case e&ReftableReserved != 0:
+			c.res.AddCorruption("refcount table entry " + strconv.Itoa(i) + " has reserved bits set")
 			c.rebuild = true
 		case off&(cs-1) != 0:
-			c.res.corrupt("refcount block " + strconv.Itoa(i) + " is not cluster aligned; refcount table entry corrupted")
+			c.res.AddCorruption("refcount block " + strconv.Itoa(i) + " is not cluster aligned; refcount table entry corrupted")
 			c.rebuild = true
 		case off < 0 || off/cs >= int64(len(c.refs)):
 			c.res.Corruptions++
@@ -209,7 +224,7 @@ func (c *checker) checkRefblocks() {
 		case off != 0:
 			c.ref(off, cs, "refcount_block")
 			if n := c.refs[off/cs]; n != 1 {
-				c.res.corrupt("refcount block " + strconv.Itoa(i) + " refcount=" + strconv.FormatUint(uint64(n), 10))
+				c.res.AddCorruption("refcount block " + strconv.Itoa(i) + " refcount=" + strconv.FormatUint(uint64(n), 10))
 				c.rebuild = true
 			}
 		}
@@ -225,14 +240,14 @@ func (c *checker) refcountErr(err error) string {
 	}
 	if !c.signalled {
 		c.signalled = true
-		c.res.note(qemuCorruptEvent(ue))
+		c.res.note(QemuCorruptEvent(ue))
 	}
 	return "Input/output error"
 }
 
-// qemuCorruptEvent is the line QEMU prints when a check runs into an
+// QemuCorruptEvent is the line QEMU prints when a check runs into an
 // unaligned refcount block.
-func qemuCorruptEvent(ue *RefblockUnalignedError) string {
+func QemuCorruptEvent(ue *RefblockUnalignedError) string {
 	return "qcow2: Image is corrupt: Refblock offset 0x" + strconv.FormatInt(ue.Offset, 16) +
 		" unaligned (reftable index: " + cHex(ue.Index) + "); further non-fatal corruption events will be suppressed"
 }
@@ -255,7 +270,7 @@ func (c *checker) ref(off, n int64, what string) {
 	}
 	cs := c.im.Geometry.ClusterSize()
 	if off < 0 {
-		c.res.corrupt(what + ": negative offset")
+		c.res.AddCorruption(what + ": negative offset")
 		return
 	}
 	if off+n-c.im.FileSize >= cs {
@@ -288,16 +303,16 @@ func (c *checker) walkL1(l1 []uint64, active bool) {
 		if e == 0 {
 			continue
 		}
-		if e&l1Reserved != 0 {
-			c.res.corrupt("found L1 entry with reserved bits set: " + strconv.FormatUint(e, 16))
+		if e&L1Reserved != 0 {
+			c.res.AddCorruption("found L1 entry with reserved bits set: " + strconv.FormatUint(e, 16))
 		}
-		l2Off := int64(e & offsetMask)
+		l2Off := int64(e & OffsetMask)
 		if l2Off == 0 {
 			continue
 		}
-		c.ref(l2Off, cs, indexed("l1_table", uint64(i)))
+		c.ref(l2Off, cs, Indexed("l1_table", uint64(i)))
 		if l2Off&(cs-1) != 0 {
-			c.res.corrupt("l2_offset=" + strconv.FormatInt(l2Off, 16) + ": Table is not cluster aligned; L1 entry corrupted")
+			c.res.AddCorruption("l2_offset=" + strconv.FormatInt(l2Off, 16) + ": Table is not cluster aligned; L1 entry corrupted")
 			continue
 		}
 		if l2Off >= c.im.FileSize {
@@ -326,7 +341,7 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 				c.damagedStandard(e, active)
 				continue
 			}
-			c.res.corrupt("l2_table@" + hexString(uint64(l2Off)) + indexed("", uint64(j)) + ": " + err.Error())
+			c.res.AddCorruption("l2_table@" + HexString(uint64(l2Off)) + Indexed("", uint64(j)) + ": " + err.Error())
 			c.l2Damaged++
 			continue
 		}
@@ -363,18 +378,18 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 // unaligned preallocated zero cluster is reported but not rewritten.
 func (c *checker) damagedStandard(e uint64, active bool) {
 	cs := c.im.Geometry.ClusterSize()
-	if e&l2Reserved != 0 {
-		c.res.corrupt("found l2 entry with reserved bits set: " + strconv.FormatUint(e, 16))
+	if e&L2Reserved != 0 {
+		c.res.AddCorruption("found l2 entry with reserved bits set: " + strconv.FormatUint(e, 16))
 	}
-	off := int64(e & offsetMask)
+	off := int64(e & OffsetMask)
 	if off == 0 {
 		return
 	}
 	if off&(cs-1) != 0 {
 		if e&EntryZero != 0 {
-			c.res.corrupt("offset=" + strconv.FormatInt(off, 16) + ": Preallocated cluster is not properly aligned; L2 entry corrupted.")
+			c.res.AddCorruption("offset=" + strconv.FormatInt(off, 16) + ": Preallocated cluster is not properly aligned; L2 entry corrupted.")
 		} else {
-			c.res.corrupt("offset=" + strconv.FormatInt(off, 16) + ": Data cluster is not properly aligned; L2 entry corrupted.")
+			c.res.AddCorruption("offset=" + strconv.FormatInt(off, 16) + ": Data cluster is not properly aligned; L2 entry corrupted.")
 		}
 	}
 	if active {
@@ -387,12 +402,12 @@ func (c *checker) damagedStandard(e uint64, active bool) {
 	c.ref(off, cs, "data cluster")
 }
 
-// copiedChecked reports whether QEMU's check_oflag_copied looks at L2
+// CopiedChecked reports whether QEMU's check_oflag_copied looks at L2
 // entry e (a normal or preallocated zero cluster, damaged or not) and the
 // host offset whose refcount it compares COPIED with.
-func (g *Geometry) copiedChecked(e, bm uint64) (int64, bool) {
+func (g *Geometry) CopiedChecked(e, bm uint64) (int64, bool) {
 	if !g.ExtendedL2 {
-		off := int64(e & offsetMask)
+		off := int64(e & OffsetMask)
 		return off, e&EntryCompressed == 0 && off != 0
 	}
 	le, err := g.DecodeL2Entry(e, bm)
@@ -409,16 +424,16 @@ func (c *checker) checkCopied() {
 	im, g := c.im, &c.im.Geometry
 	cs := g.ClusterSize()
 	for i, e := range im.L1 {
-		l2Off := int64(e & offsetMask)
+		l2Off := int64(e & OffsetMask)
 		if l2Off == 0 {
 			continue
 		}
-		rc, err := im.refcount(l2Off, &c.rc)
+		rc, err := im.RefcountCached(l2Off, &c.rc)
 		if err != nil {
 			continue
 		}
 		if (e&EntryCopied != 0) != (rc == 1) {
-			c.res.corrupt("OFLAG_COPIED L2 cluster: l1_index=" + strconv.Itoa(i) + " l1_entry=" + strconv.FormatUint(e, 16) + " refcount=" + strconv.FormatUint(rc, 10))
+			c.res.AddCorruption("OFLAG_COPIED L2 cluster: l1_index=" + strconv.Itoa(i) + " l1_entry=" + strconv.FormatUint(e, 16) + " refcount=" + strconv.FormatUint(rc, 10))
 		}
 		if l2Off&(cs-1) != 0 || l2Off >= im.FileSize {
 			continue // not a table we read (see walkL1)
@@ -429,83 +444,19 @@ func (c *checker) checkCopied() {
 		}
 		for j := int64(0); j < g.L2Entries(); j++ {
 			e, bm, _ := g.L2EntryAt(table, j)
-			host, ok := g.copiedChecked(e, bm)
+			host, ok := g.CopiedChecked(e, bm)
 			if !ok {
 				continue
 			}
-			rc, err := im.refcount(host, &c.rc)
+			rc, err := im.RefcountCached(host, &c.rc)
 			if err != nil {
 				continue
 			}
 			if (e&EntryCopied != 0) != (rc == 1) {
-				c.res.corrupt("OFLAG_COPIED data cluster: l2_entry=" + strconv.FormatUint(e, 16) + " refcount=" + strconv.FormatUint(rc, 10))
+				c.res.AddCorruption("OFLAG_COPIED data cluster: l2_entry=" + strconv.FormatUint(e, 16) + " refcount=" + strconv.FormatUint(rc, 10))
 			}
 		}
 	}
 }
 
 func int64ToU(v int64) uint64 { return uint64(v) }
-
-// Check runs Image.Check on the open image (block.Checker): dirty metadata
-// is written back first (read-write nodes), then the metadata is read and
-// checked through the file child in a coroutine, under metaLock so no
-// allocation runs meanwhile. A repair mode runs a repair instead
-// (repair.go). Messages go to DriverOptions.CheckLog.
-func (d *Driver) Check(r *block.Request) {
-	r.Context().Go(func(co *aio.Co) {
-		d.metaLock.lock(co)
-		var err error
-		if r.CheckMode() != 0 {
-			err = d.repair(co, r)
-		} else {
-			err = d.checkLocked(co, r)
-		}
-		d.metaLock.unlock()
-		r.CompleteLater(d.formatErr(r.Op, 0, err))
-	})
-}
-
-func (d *Driver) checkLocked(co *aio.Co, r *block.Request) error {
-	if !d.readOnly {
-		if err := d.flushAllMetadata(co, r); err != nil {
-			return err
-		}
-	}
-	size, err := d.file.Node().Length()
-	if err != nil {
-		return err
-	}
-	im, err := ReadImage(coReader{d, co, r}, size, Options{})
-	if err != nil {
-		return err
-	}
-	res, err := im.Check()
-	if err != nil {
-		return err
-	}
-	for _, m := range res.Messages {
-		d.checkLog(m)
-	}
-	out := r.CheckResult()
-	*out = block.CheckResult{
-		Corruptions: int(res.Corruptions), Leaks: int(res.Leaks), CheckErrors: int(res.CheckErrors),
-		ImageEndOffset: res.ImageEndOffset, AllocatedClusters: res.AllocatedClusters,
-		TotalClusters: res.TotalClusters, FragmentedClusters: res.FragmentedClusters,
-		CompressedClusters: res.CompressedClusters,
-	}
-	return nil
-}
-
-// coReader reads the image file from a coroutine (for ReadImage and Check).
-type coReader struct {
-	d  *Driver
-	co *aio.Co
-	r  *block.Request
-}
-
-func (c coReader) ReadAt(p []byte, off int64) (int, error) {
-	if err := c.d.fileRead(c.co, c.r, p, off); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}

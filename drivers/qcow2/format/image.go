@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import (
 	"encoding/binary"
@@ -65,9 +65,9 @@ type Image struct {
 	Progress func(done, total int64)
 }
 
-// readAt fills p from off, reading bytes past the end of the file as zeros
+// ReadFull fills p from off, reading bytes past the end of the file as zeros
 // (QEMU does the same; qcow2 files are not cluster aligned at EOF).
-func readAt(r io.ReaderAt, p []byte, off int64) error {
+func ReadFull(r io.ReaderAt, p []byte, off int64) error {
 	n, err := r.ReadAt(p, off)
 	if err == io.EOF || (err == nil && n < len(p)) {
 		clear(p[n:])
@@ -92,10 +92,10 @@ func readAt(r io.ReaderAt, p []byte, off int64) error {
 // directory, L2 tables, refcount blocks) share a cluster.
 func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	if fileSize < HeaderLengthV2 {
-		return nil, corrupt("file_size", uint64(max(fileSize, 0)), "file too small for a qcow2 header")
+		return nil, Corrupt("file_size", uint64(max(fileSize, 0)), "file too small for a qcow2 header")
 	}
 	var prefix [HeaderPrefixLength]byte
-	if err := readAt(r, prefix[:], 0); err != nil {
+	if err := ReadFull(r, prefix[:], 0); err != nil {
 		return nil, err
 	}
 	cs, err := ParsePrefix(prefix[:])
@@ -103,7 +103,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 		return nil, err
 	}
 	first := make([]byte, min(cs, fileSize)) // at most MaxClusterBits
-	if err := readAt(r, first, 0); err != nil {
+	if err := ReadFull(r, first, 0); err != nil {
 		return nil, err
 	}
 	h, err := ParseHeader(first)
@@ -121,7 +121,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	// Active L1 table.
 	l1Bytes := int64(h.L1Entries) * 8
 	if l1Bytes > capOr(opts.MaxL1Bytes, MaxL1Bytes) {
-		return nil, limit("l1_size", uint64(h.L1Entries), "active L1 table larger than the configured cap")
+		return nil, Limit("l1_size", uint64(h.L1Entries), "active L1 table larger than the configured cap")
 	}
 	if err := insideFile("l1_table_offset", h.L1Offset, l1Bytes, fileSize); err != nil {
 		return nil, err
@@ -138,7 +138,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	// Refcount table.
 	rtBytes := int64(h.RefcountTableClusters) << h.ClusterBits
 	if rtBytes > capOr(opts.MaxRefcountTableBytes, MaxRefcountTableBytes) {
-		return nil, limit("refcount_table_clusters", uint64(h.RefcountTableClusters), "refcount table larger than the configured cap")
+		return nil, Limit("refcount_table_clusters", uint64(h.RefcountTableClusters), "refcount table larger than the configured cap")
 	}
 	if err := insideFile("refcount_table_offset", h.RefcountTableOffset, rtBytes, fileSize); err != nil {
 		return nil, err
@@ -181,7 +181,7 @@ func insideFile(field string, off uint64, n, fileSize int64) error {
 		return nil
 	}
 	if off >= uint64(fileSize) || uint64(n) > uint64(fileSize)-off {
-		return corrupt(field, off, "table extends past end of file")
+		return Corrupt(field, off, "table extends past end of file")
 	}
 	return nil
 }
@@ -193,7 +193,7 @@ func readTable(r io.ReaderAt, off uint64, n int) ([]uint64, error) {
 		return nil, nil
 	}
 	buf := make([]byte, n*8)
-	if err := readAt(r, buf, int64(off)); err != nil {
+	if err := ReadFull(r, buf, int64(off)); err != nil {
 		return nil, err
 	}
 	t := make([]uint64, n)
@@ -210,32 +210,32 @@ func (im *Image) readSnapshots(maxBytes, maxL1Bytes int64) error {
 	h, g := im.Header, &im.Geometry
 	base := h.SnapshotsOffset
 	if base >= uint64(im.FileSize) {
-		return corrupt("snapshots_offset", base, "snapshot table past end of file")
+		return Corrupt("snapshots_offset", base, "snapshot table past end of file")
 	}
 	var off uint64
 	var fixed [snapshotHeaderLen]byte
 	for i := uint32(0); i < h.SnapshotCount; i++ {
 		off = (off + 7) &^ 7
 		if base+off+snapshotHeaderLen > uint64(im.FileSize) {
-			return corrupt(indexed("snapshot", uint64(i)), base+off, "snapshot table entry past end of file")
+			return Corrupt(Indexed("snapshot", uint64(i)), base+off, "snapshot table entry past end of file")
 		}
-		if err := readAt(im.r, fixed[:], int64(base+off)); err != nil {
+		if err := ReadFull(im.r, fixed[:], int64(base+off)); err != nil {
 			return err
 		}
 		extra, n := snapshotEntryLen(fixed[:])
 		if extra > MaxSnapshotExtraData {
-			return limit(indexed("snapshot", uint64(i))+".extra_data_size", uint64(extra), "too much extra metadata in snapshot table entry")
+			return Limit(Indexed("snapshot", uint64(i))+".extra_data_size", uint64(extra), "too much extra metadata in snapshot table entry")
 		}
 		if off+n > uint64(maxBytes) {
-			return limit("snapshot_table_size", off+n, "snapshot table too large")
+			return Limit("snapshot_table_size", off+n, "snapshot table too large")
 		}
 		off += n
 	}
 	if base+off > uint64(im.FileSize) {
-		return corrupt("snapshots_offset", base, "snapshot table extends past end of file")
+		return Corrupt("snapshots_offset", base, "snapshot table extends past end of file")
 	}
 	buf := make([]byte, off)
-	if err := readAt(im.r, buf, int64(base)); err != nil {
+	if err := ReadFull(im.r, buf, int64(base)); err != nil {
 		return err
 	}
 	snaps, size, err := ParseSnapshotTable(buf, h.SnapshotCount, maxBytes)
@@ -262,7 +262,7 @@ func (r region) name() string {
 	if r.index == noIndex {
 		return r.what
 	}
-	return indexed(r.what, r.index)
+	return Indexed(r.what, r.index)
 }
 
 const noIndex = ^uint64(0)
@@ -303,7 +303,7 @@ func (im *Image) checkOverlaps() error {
 	})
 	for i := 1; i < len(big); i++ {
 		if big[i].start < big[i-1].end {
-			return corrupt(big[i].name(), big[i].start, "overlaps "+big[i-1].name())
+			return Corrupt(big[i].name(), big[i].start, "overlaps "+big[i-1].name())
 		}
 	}
 
@@ -312,7 +312,7 @@ func (im *Image) checkOverlaps() error {
 	// Damaged entries are left out: they are never followed.
 	n := 0
 	for i, e := range im.L1 {
-		if e&offsetMask != 0 && !im.DamagedL1.Has(int64(i)) {
+		if e&OffsetMask != 0 && !im.DamagedL1.Has(int64(i)) {
 			n++
 		}
 	}
@@ -323,7 +323,7 @@ func (im *Image) checkOverlaps() error {
 	}
 	singles := make([]uint64, 0, n)
 	for i, e := range im.L1 {
-		if off := e & offsetMask; off != 0 && !im.DamagedL1.Has(int64(i)) {
+		if off := e & OffsetMask; off != 0 && !im.DamagedL1.Has(int64(i)) {
 			singles = append(singles, off)
 		}
 	}
@@ -336,7 +336,7 @@ func (im *Image) checkOverlaps() error {
 	for i, s := range singles {
 		off := s &^ 1
 		if i > 0 && singles[i-1]&^1 == off {
-			return corrupt(im.singleName(singles[i-1]), off, "shares a cluster with "+im.singleName(s))
+			return Corrupt(im.singleName(singles[i-1]), off, "shares a cluster with "+im.singleName(s))
 		}
 		// The big region starting at or before off, if it reaches off.
 		j, _ := slices.BinarySearchFunc(big, off, func(r region, t uint64) int {
@@ -347,7 +347,7 @@ func (im *Image) checkOverlaps() error {
 			return 1
 		})
 		if j > 0 && off < big[j-1].end {
-			return corrupt(im.singleName(s), off, "overlaps "+big[j-1].name())
+			return Corrupt(im.singleName(s), off, "overlaps "+big[j-1].name())
 		}
 	}
 	return nil
@@ -359,14 +359,14 @@ func (im *Image) singleName(tagged uint64) string {
 	off := tagged &^ 1
 	if tagged&1 == 0 {
 		for i, e := range im.L1 {
-			if e&offsetMask == off {
-				return indexed("l1_table", uint64(i))
+			if e&OffsetMask == off {
+				return Indexed("l1_table", uint64(i))
 			}
 		}
 	} else {
 		for i, e := range im.RefcountTable {
 			if e == off {
-				return indexed("refcount_table", uint64(i))
+				return Indexed("refcount_table", uint64(i))
 			}
 		}
 	}
@@ -380,19 +380,19 @@ func (im *Image) singleName(tagged uint64) string {
 func (im *Image) checkMetadataRefcounts() error {
 	h, g := im.Header, &im.Geometry
 	cs := g.ClusterSize()
-	var cache refblockCache
+	var cache RefblockCache
 	check := func(off int64, what string) error {
 		if ti, _ := g.RefcountIndex(off); im.DamagedRT.Has(ti) {
 			// Not verifiable; the driver refuses any allocation or free
 			// that needs this refcount block.
 			return nil
 		}
-		rc, err := im.refcount(off, &cache)
+		rc, err := im.RefcountCached(off, &cache)
 		if err != nil {
 			return err
 		}
 		if rc == 0 {
-			return corrupt(what, uint64(off), "metadata cluster has refcount 0; refcounts cannot be trusted for writing")
+			return Corrupt(what, uint64(off), "metadata cluster has refcount 0; refcounts cannot be trusted for writing")
 		}
 		return nil
 	}
@@ -428,22 +428,22 @@ func (e *RefblockUnalignedError) Error() string {
 // Unwrap makes the error an ErrCorrupt.
 func (e *RefblockUnalignedError) Unwrap() error { return ErrCorrupt }
 
-// refblockCache remembers the last refcount block read.
-type refblockCache struct {
-	off   int64
-	block []byte
+// RefblockCache remembers the last refcount block read.
+type RefblockCache struct {
+	Off   int64
+	Block []byte
 }
 
 // Refcount returns the refcount of the host cluster containing hostOff.
 func (im *Image) Refcount(hostOff int64) (uint64, error) {
-	var c refblockCache
-	return im.refcount(hostOff, &c)
+	var c RefblockCache
+	return im.RefcountCached(hostOff, &c)
 }
 
-func (im *Image) refcount(hostOff int64, c *refblockCache) (uint64, error) {
+func (im *Image) RefcountCached(hostOff int64, c *RefblockCache) (uint64, error) {
 	g := &im.Geometry
 	if hostOff < 0 {
-		return 0, outOfRange("host_offset", uint64(hostOff), "negative host offset")
+		return 0, OutOfRange("host_offset", uint64(hostOff), "negative host offset")
 	}
 	ti, bi := g.RefcountIndex(hostOff)
 	if ti >= int64(len(im.RefcountTable)) {
@@ -451,24 +451,24 @@ func (im *Image) refcount(hostOff int64, c *refblockCache) (uint64, error) {
 	}
 	// As QEMU reads it: reserved bits are ignored, an unaligned block is
 	// an I/O error, a block past the end of the file reads as zeros.
-	off := int64(im.RefcountTable[ti] &^ reftableReserved)
+	off := int64(im.RefcountTable[ti] &^ ReftableReserved)
 	if off == 0 || off >= im.FileSize || off < 0 {
 		return 0, nil
 	}
-	if !g.aligned(uint64(off)) {
+	if !g.Aligned(uint64(off)) {
 		return 0, &RefblockUnalignedError{Index: ti, Offset: off}
 	}
-	if c.block == nil || c.off != off {
-		if c.block == nil {
-			c.block = make([]byte, g.ClusterSize())
+	if c.Block == nil || c.Off != off {
+		if c.Block == nil {
+			c.Block = make([]byte, g.ClusterSize())
 		}
-		if err := readAt(im.r, c.block, off); err != nil {
-			c.block = nil
+		if err := ReadFull(im.r, c.Block, off); err != nil {
+			c.Block = nil
 			return 0, err
 		}
-		c.off = off
+		c.Off = off
 	}
-	return RefcountGet(c.block, g.RefcountOrder, bi)
+	return RefcountGet(c.Block, g.RefcountOrder, bi)
 }
 
 // Snapshot returns a read-only view of snapshot i: an Image that shares
@@ -477,10 +477,10 @@ func (im *Image) refcount(hostOff int64, c *refblockCache) (uint64, error) {
 // its virtual size. Map, Lookup and ReadAt on it read the snapshot's data.
 func (im *Image) Snapshot(i int) (*Image, error) {
 	if i < 0 || i >= len(im.Snapshots) {
-		return nil, outOfRange("snapshot_index", uint64(max(i, 0)), "no such snapshot")
+		return nil, OutOfRange("snapshot_index", uint64(max(i, 0)), "no such snapshot")
 	}
 	s := &im.Snapshots[i]
-	field := indexed("snapshot", uint64(i))
+	field := Indexed("snapshot", uint64(i))
 	if err := ValidateSnapshot(s, i, &im.Geometry, 0); err != nil {
 		return nil, err
 	}
@@ -489,10 +489,10 @@ func (im *Image) Snapshot(i int) (*Image, error) {
 		size = im.Header.Size // QEMU's rule when the entry has no disk size
 	}
 	if size > MaxImageSize {
-		return nil, limit(field+".disk_size", size, "virtual size above 2^61")
+		return nil, Limit(field+".disk_size", size, "virtual size above 2^61")
 	}
 	if need := L1EntriesFor(size, im.Header.ClusterBits, im.Geometry.ExtendedL2); uint64(s.L1Entries) < need {
-		return nil, corrupt(field+".l1_size", uint64(s.L1Entries), "snapshot L1 table too small for its disk size")
+		return nil, Corrupt(field+".l1_size", uint64(s.L1Entries), "snapshot L1 table too small for its disk size")
 	}
 	l1, err := readTable(im.r, s.L1Offset, int(s.L1Entries))
 	if err != nil {
@@ -502,7 +502,7 @@ func (im *Image) Snapshot(i int) (*Image, error) {
 	v.Geometry.Size = int64(size)
 	for j, e := range l1 {
 		if _, _, err := v.Geometry.DecodeL1Entry(e); err != nil {
-			return nil, withField(err, indexed(field+".l1_table", uint64(j)))
+			return nil, WithField(err, Indexed(field+".l1_table", uint64(j)))
 		}
 	}
 	v.L1 = l1
@@ -513,7 +513,7 @@ func (im *Image) Snapshot(i int) (*Image, error) {
 // ReadL2 reads the L2 table at l2Off (one cluster; zeros past EOF).
 func (im *Image) ReadL2(l2Off int64) ([]byte, error) {
 	t := make([]byte, im.Geometry.ClusterSize())
-	if err := readAt(im.r, t, l2Off); err != nil {
+	if err := ReadFull(im.r, t, l2Off); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -524,11 +524,11 @@ func (im *Image) ReadL2(l2Off int64) ([]byte, error) {
 func (im *Image) Lookup(guestOff int64) (L2Entry, error) {
 	g := &im.Geometry
 	if guestOff < 0 || guestOff >= g.Size {
-		return L2Entry{}, outOfRange("guest_offset", uint64(guestOff), "outside the virtual disk")
+		return L2Entry{}, OutOfRange("guest_offset", uint64(guestOff), "outside the virtual disk")
 	}
 	l1i, l2i, _ := g.Split(guestOff)
 	if l1i >= int64(len(im.L1)) {
-		return L2Entry{}, corrupt("l1_size", uint64(len(im.L1)), "guest offset beyond the L1 table")
+		return L2Entry{}, Corrupt("l1_size", uint64(len(im.L1)), "guest offset beyond the L1 table")
 	}
 	l2Off, _, err := g.DecodeL1Entry(im.L1[l1i])
 	if err != nil || l2Off == 0 {
@@ -567,7 +567,7 @@ func (im *Image) Map(dst []Extent, off, length int64) ([]Extent, error) {
 func (im *Image) ReadAt(p []byte, off int64, backing io.ReaderAt) (int, error) {
 	g := &im.Geometry
 	if off < 0 || off > g.Size {
-		return 0, outOfRange("guest_offset", uint64(off), "outside the virtual disk")
+		return 0, OutOfRange("guest_offset", uint64(off), "outside the virtual disk")
 	}
 	n := min(int64(len(p)), g.Size-off)
 	exts, err := im.Map(nil, off, n)
@@ -583,11 +583,11 @@ func (im *Image) ReadAt(p []byte, off int64, backing io.ReaderAt) (int, error) {
 		case ExtentUnallocated:
 			if backing == nil {
 				clear(dst)
-			} else if err := readAt(backing, dst, x.GuestOff); err != nil {
+			} else if err := ReadFull(backing, dst, x.GuestOff); err != nil {
 				return 0, err
 			}
 		case ExtentData:
-			if err := readAt(im.r, dst, x.HostOff); err != nil {
+			if err := ReadFull(im.r, dst, x.HostOff); err != nil {
 				return 0, err
 			}
 		case ExtentCompressed:
@@ -595,7 +595,7 @@ func (im *Image) ReadAt(p []byte, off int64, backing io.ReaderAt) (int, error) {
 				cluster = make([]byte, g.ClusterSize())
 			}
 			src := make([]byte, x.Compressed.Size())
-			if err := readAt(im.r, src, x.Compressed.HostOff); err != nil {
+			if err := ReadFull(im.r, src, x.Compressed.HostOff); err != nil {
 				return 0, err
 			}
 			if err := DecompressCluster(cluster, src, im.Header.CompressionType); err != nil {
@@ -659,9 +659,9 @@ func (im *Image) L1Damage(i int64) error {
 	}
 	_, _, err := im.Geometry.DecodeL1Entry(im.L1[i])
 	if err == nil {
-		err = corrupt("l1_entry", im.L1[i], "damaged")
+		err = Corrupt("l1_entry", im.L1[i], "damaged")
 	}
-	return withField(err, indexed("l1_table", uint64(i)))
+	return WithField(err, Indexed("l1_table", uint64(i)))
 }
 
 // RTDamage returns why refcount table entry i is damaged (nil if it is
@@ -672,7 +672,7 @@ func (im *Image) RTDamage(i int64) error {
 	}
 	_, err := im.Geometry.DecodeRefcountTableEntry(im.RefcountTable[i])
 	if err == nil {
-		err = corrupt("refcount_table_entry", im.RefcountTable[i], "damaged")
+		err = Corrupt("refcount_table_entry", im.RefcountTable[i], "damaged")
 	}
-	return withField(err, indexed("refcount_table", uint64(i)))
+	return WithField(err, Indexed("refcount_table", uint64(i)))
 }

@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import (
 	"encoding/binary"
@@ -157,13 +157,13 @@ func ParsePrefix(b []byte) (clusterSize int64, err error) {
 	switch v := z.u32(4); v {
 	case 2, 3:
 	case 1:
-		return 0, unsupported("version", uint64(v), "version 1 is the older qcow format")
+		return 0, Unsupported("version", uint64(v), "version 1 is the older qcow format")
 	default:
-		return 0, unsupported("version", uint64(v), "unsupported qcow2 version")
+		return 0, Unsupported("version", uint64(v), "unsupported qcow2 version")
 	}
 	cb := z.u32(20)
 	if cb < MinClusterBits || cb > MaxClusterBits {
-		return 0, limit("cluster_bits", uint64(cb), "cluster size outside 2^9..2^21")
+		return 0, Limit("cluster_bits", uint64(cb), "cluster size outside 2^9..2^21")
 	}
 	return int64(1) << cb, nil
 }
@@ -207,13 +207,13 @@ func ParseHeader(b []byte) (*Header, error) {
 		h.RefcountOrder = z.u32(96)
 		h.HeaderLength = z.u32(100)
 		if h.HeaderLength < MinHeaderLengthV3 {
-			return nil, corrupt("header_length", uint64(h.HeaderLength), "qcow2 header too short")
+			return nil, Corrupt("header_length", uint64(h.HeaderLength), "qcow2 header too short")
 		}
 		if int64(h.HeaderLength) > cs {
-			return nil, corrupt("header_length", uint64(h.HeaderLength), "header exceeds cluster size")
+			return nil, Corrupt("header_length", uint64(h.HeaderLength), "header exceeds cluster size")
 		}
 		if h.HeaderLength%8 != 0 {
-			return nil, corrupt("header_length", uint64(h.HeaderLength), "not a multiple of 8")
+			return nil, Corrupt("header_length", uint64(h.HeaderLength), "not a multiple of 8")
 		}
 		if h.HeaderLength > MinHeaderLengthV3 {
 			h.CompressionType = z.u8(104)
@@ -226,10 +226,10 @@ func ParseHeader(b []byte) (*Header, error) {
 	extEnd := uint64(cs)
 	if h.BackingFileOffset != 0 {
 		if h.BackingFileOffset > uint64(cs) {
-			return nil, corrupt("backing_file_offset", h.BackingFileOffset, "invalid backing file offset (beyond the first cluster)")
+			return nil, Corrupt("backing_file_offset", h.BackingFileOffset, "invalid backing file offset (beyond the first cluster)")
 		}
 		if h.BackingFileOffset < uint64(h.HeaderLength) {
-			return nil, corrupt("backing_file_offset", h.BackingFileOffset, "backing file name overlaps the header")
+			return nil, Corrupt("backing_file_offset", h.BackingFileOffset, "backing file name overlaps the header")
 		}
 		extEnd = h.BackingFileOffset
 	}
@@ -239,7 +239,7 @@ func ParseHeader(b []byte) (*Header, error) {
 	if h.BackingFileOffset != 0 {
 		room := uint64(cs) - h.BackingFileOffset
 		if uint64(h.BackingFileSize) > MaxBackingNameLen || uint64(h.BackingFileSize) > room {
-			return nil, limit("backing_file_size", uint64(h.BackingFileSize), "backing file name too long")
+			return nil, Limit("backing_file_size", uint64(h.BackingFileSize), "backing file name too long")
 		}
 		h.BackingFile = string(z.bytes(int(h.BackingFileOffset), int(h.BackingFileSize)))
 	} else {
@@ -262,7 +262,7 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 		magic, n := z.u32(int(off)), uint64(z.u32(int(off)+4))
 		off += 8
 		if n > end-off {
-			return corrupt(extName(magic), n, "header extension too large")
+			return Corrupt(extName(magic), n, "header extension too large")
 		}
 		if magic == ExtEnd {
 			return nil
@@ -273,10 +273,10 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 		case ExtBackingFormat:
 			bit = 1
 			if n > MaxBackingFormatLen {
-				return limit("backing_format_ext.len", n, "backing format name too long")
+				return Limit("backing_format_ext.len", n, "backing format name too long")
 			}
 			if strings.IndexByte(string(data), 0) >= 0 {
-				return corrupt("backing_format_ext", n, "NUL byte in backing format name")
+				return Corrupt("backing_format_ext", n, "NUL byte in backing format name")
 			}
 			h.BackingFormat = string(data)
 		case ExtFeatureTable:
@@ -295,8 +295,8 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 			}
 		case ExtBitmaps:
 			bit = 4
-			if n != bitmapsExtLen {
-				return corrupt("bitmaps_ext.len", n, "invalid bitmaps extension length")
+			if n != BitmapsExtLen {
+				return Corrupt("bitmaps_ext.len", n, "invalid bitmaps extension length")
 			}
 			h.Bitmaps = &BitmapsExtension{
 				Count:           binary.BigEndian.Uint32(data[0:]),
@@ -305,18 +305,18 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 				DirectoryOffset: binary.BigEndian.Uint64(data[16:]),
 			}
 		case ExtFullDiskEncryption:
-			return unsupported("full_disk_encryption_ext", n, "encryption unsupported")
+			return Unsupported("full_disk_encryption_ext", n, "encryption unsupported")
 		case ExtDataFile:
 			bit = 8
 			if strings.IndexByte(string(data), 0) >= 0 {
-				return corrupt("data_file_ext", n, "NUL byte in data file name")
+				return Corrupt("data_file_ext", n, "NUL byte in data file name")
 			}
 			h.DataFile = string(data)
 		default:
 			h.Unknown = append(h.Unknown, Extension{Magic: magic, Data: data})
 		}
 		if seen&bit != 0 {
-			return corrupt(extName(magic), uint64(magic), "duplicate header extension")
+			return Corrupt(extName(magic), uint64(magic), "duplicate header extension")
 		}
 		seen |= bit
 		off += (n + 7) &^ 7
@@ -346,54 +346,54 @@ func extName(magic uint32) string {
 func (h *Header) validate() error {
 	cs := uint64(1) << h.ClusterBits
 	if unknown := h.IncompatibleFeatures &^ IncompatKnown; unknown != 0 {
-		return unsupported("incompatible_features", h.IncompatibleFeatures,
+		return Unsupported("incompatible_features", h.IncompatibleFeatures,
 			"unsupported incompatible features: "+h.describeBits(FeatureIncompatible, unknown))
 	}
 	if h.IncompatibleFeatures&IncompatDataFile != 0 {
-		return unsupported("incompatible_features", h.IncompatibleFeatures, "external data file unsupported")
+		return Unsupported("incompatible_features", h.IncompatibleFeatures, "external data file unsupported")
 	}
 	if h.CryptMethod != 0 {
-		return unsupported("crypt_method", uint64(h.CryptMethod), "encryption unsupported")
+		return Unsupported("crypt_method", uint64(h.CryptMethod), "encryption unsupported")
 	}
 	if h.RefcountOrder > MaxRefcountOrder {
-		return limit("refcount_order", uint64(h.RefcountOrder), "reference count entry width too large (above 64 bits)")
+		return Limit("refcount_order", uint64(h.RefcountOrder), "reference count entry width too large (above 64 bits)")
 	}
 	bit3 := h.IncompatibleFeatures&IncompatCompressionType != 0
 	switch {
 	case h.CompressionType > CompressionZstd:
-		return unsupported("compression_type", uint64(h.CompressionType), "unknown compression type")
+		return Unsupported("compression_type", uint64(h.CompressionType), "unknown compression type")
 	case h.CompressionType != CompressionZlib && !bit3:
-		return corrupt("compression_type", uint64(h.CompressionType), "compression type set without incompatible bit 3")
+		return Corrupt("compression_type", uint64(h.CompressionType), "compression type set without incompatible bit 3")
 	case h.CompressionType == CompressionZlib && bit3:
-		return corrupt("incompatible_features", h.IncompatibleFeatures, "compression type bit set but compression_type is zlib or absent")
+		return Corrupt("incompatible_features", h.IncompatibleFeatures, "compression type bit set but compression_type is zlib or absent")
 	}
 	extL2 := h.IncompatibleFeatures&IncompatExtendedL2 != 0
 	if extL2 && h.ClusterBits < MinClusterBitsExtendedL2 {
-		return corrupt("cluster_bits", uint64(h.ClusterBits), "extended L2 entries need clusters of at least 16 KiB")
+		return Corrupt("cluster_bits", uint64(h.ClusterBits), "extended L2 entries need clusters of at least 16 KiB")
 	}
 	// AutoclearRawExternal without a data file is meaningless but harmless:
 	// QEMU ignores it, and as an autoclear bit a writer simply clears it.
 
 	// Virtual size and the active L1 table.
 	if h.Size > MaxImageSize {
-		return limit("size", h.Size, "virtual size above 2^61")
+		return Limit("size", h.Size, "virtual size above 2^61")
 	}
 	if uint64(h.L1Entries) > MaxL1Bytes/8 {
-		return limit("l1_size", uint64(h.L1Entries), "active L1 table too large")
+		return Limit("l1_size", uint64(h.L1Entries), "active L1 table too large")
 	}
 	if err := tableOffset("l1_table_offset", h.L1Offset, uint64(h.L1Entries)*8, cs); err != nil {
 		return err
 	}
 	if need := L1EntriesFor(h.Size, h.ClusterBits, extL2); uint64(h.L1Entries) < need {
-		return corrupt("l1_size", uint64(h.L1Entries), "L1 table is too small for size "+strconv.FormatUint(h.Size, 10))
+		return Corrupt("l1_size", uint64(h.L1Entries), "L1 table is too small for size "+strconv.FormatUint(h.Size, 10))
 	}
 
 	// Refcount table.
 	if h.RefcountTableClusters == 0 {
-		return corrupt("refcount_table_clusters", 0, "image does not contain a reference count table")
+		return Corrupt("refcount_table_clusters", 0, "image does not contain a reference count table")
 	}
 	if uint64(h.RefcountTableClusters) > MaxRefcountTableBytes>>h.ClusterBits {
-		return limit("refcount_table_clusters", uint64(h.RefcountTableClusters), "reference count table too large")
+		return Limit("refcount_table_clusters", uint64(h.RefcountTableClusters), "reference count table too large")
 	}
 	if err := tableOffset("refcount_table_offset", h.RefcountTableOffset, uint64(h.RefcountTableClusters)<<h.ClusterBits, cs); err != nil {
 		return err
@@ -403,7 +403,7 @@ func (h *Header) validate() error {
 	// every entry within MaxSnapshots entries); the exact size needs the
 	// table itself (ReadImage, ParseSnapshotTable).
 	if h.SnapshotCount > MaxSnapshots {
-		return limit("nb_snapshots", uint64(h.SnapshotCount), "snapshot table too large")
+		return Limit("nb_snapshots", uint64(h.SnapshotCount), "snapshot table too large")
 	}
 	if err := tableOffset("snapshots_offset", h.SnapshotsOffset, uint64(h.SnapshotCount)*snapshotHeaderLen, cs); err != nil {
 		return err
@@ -414,13 +414,13 @@ func (h *Header) validate() error {
 	if b := h.Bitmaps; b != nil && h.BitmapsConsistent() {
 		switch {
 		case b.Reserved != 0:
-			return corrupt("bitmaps_ext.reserved", uint64(b.Reserved), "reserved field is not zero")
+			return Corrupt("bitmaps_ext.reserved", uint64(b.Reserved), "reserved field is not zero")
 		case b.Count == 0:
-			return corrupt("bitmaps_ext.nb_bitmaps", 0, "bitmaps extension with zero bitmaps")
+			return Corrupt("bitmaps_ext.nb_bitmaps", 0, "bitmaps extension with zero bitmaps")
 		case b.Count > MaxBitmaps:
-			return limit("bitmaps_ext.nb_bitmaps", uint64(b.Count), "too many bitmaps")
+			return Limit("bitmaps_ext.nb_bitmaps", uint64(b.Count), "too many bitmaps")
 		case b.DirectorySize > MaxBitmapDirectoryBytes:
-			return limit("bitmaps_ext.bitmap_directory_size", b.DirectorySize, "bitmap directory too large")
+			return Limit("bitmaps_ext.bitmap_directory_size", b.DirectorySize, "bitmap directory too large")
 		}
 		if err := tableOffset("bitmaps_ext.bitmap_directory_offset", b.DirectoryOffset, b.DirectorySize, cs); err != nil {
 			return err
@@ -430,14 +430,14 @@ func (h *Header) validate() error {
 	// Backing file name policy (qcow2.md §3.2 rows 38 and 40).
 	if name := h.BackingFile; name != "" {
 		if strings.IndexByte(name, 0) >= 0 {
-			return corrupt("backing_file", uint64(len(name)), "NUL byte in backing file name")
+			return Corrupt("backing_file", uint64(len(name)), "NUL byte in backing file name")
 		}
 		if hasProtocol(name) {
 			shown := name
 			if len(shown) > 40 {
 				shown = shown[:40] + "..."
 			}
-			return unsupported("backing_file", uint64(len(name)),
+			return Unsupported("backing_file", uint64(len(name)),
 				"json: and protocol-prefixed backing file names are refused: "+strconv.Quote(shown))
 		}
 	}
@@ -448,10 +448,10 @@ func (h *Header) validate() error {
 // cluster aligned, and offset + size must not pass 2^63.
 func tableOffset(field string, off, size, cs uint64) error {
 	if off&(cs-1) != 0 {
-		return corrupt(field, off, "offset invalid (not cluster aligned)")
+		return Corrupt(field, off, "offset invalid (not cluster aligned)")
 	}
 	if off > 1<<63-1-size {
-		return corrupt(field, off, "offset invalid (table end beyond 2^63)")
+		return Corrupt(field, off, "offset invalid (table end beyond 2^63)")
 	}
 	return nil
 }
@@ -519,10 +519,10 @@ func (h *Header) Geometry(fileSize int64) Geometry {
 // Read-only use of such images is fine.
 func (h *Header) CheckWritable() error {
 	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
-		return corrupt("incompatible_features", h.IncompatibleFeatures, "image is marked corrupt; cannot be opened read/write")
+		return Corrupt("incompatible_features", h.IncompatibleFeatures, "image is marked corrupt; cannot be opened read/write")
 	}
 	if h.IncompatibleFeatures&IncompatDirty != 0 {
-		return unsupported("incompatible_features", h.IncompatibleFeatures, "image is dirty (lazy refcounts): its refcounts must be repaired before read/write use (the driver does this at a read-write open; qemu-img check -r all does it offline)")
+		return Unsupported("incompatible_features", h.IncompatibleFeatures, "image is dirty (lazy refcounts): its refcounts must be repaired before read/write use (the driver does this at a read-write open; qemu-img check -r all does it offline)")
 	}
 	return nil
 }
@@ -564,7 +564,7 @@ func DefaultFeatureNames() []FeatureName {
 // produces a header ParseHeader would refuse.
 func (h *Header) MarshalBinary() ([]byte, error) {
 	if h.ClusterBits < MinClusterBits || h.ClusterBits > MaxClusterBits {
-		return nil, limit("cluster_bits", uint64(h.ClusterBits), "cluster size outside 2^9..2^21")
+		return nil, Limit("cluster_bits", uint64(h.ClusterBits), "cluster size outside 2^9..2^21")
 	}
 	cs := 1 << h.ClusterBits
 	var hl int
@@ -572,7 +572,7 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 	case 2:
 		if h.HeaderLength != HeaderLengthV2 || h.IncompatibleFeatures != 0 || h.CompatibleFeatures != 0 ||
 			h.AutoclearFeatures != 0 || h.RefcountOrder != 4 || h.CompressionType != 0 || len(h.HeaderTail) != 0 {
-			return nil, corrupt("version", 2, "version 2 header with version 3 fields")
+			return nil, Corrupt("version", 2, "version 2 header with version 3 fields")
 		}
 		hl = HeaderLengthV2
 	case 3:
@@ -583,13 +583,13 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 		}
 		if hl < MinHeaderLengthV3 || hl > cs || hl%8 != 0 || len(h.HeaderTail) != tail ||
 			(hl == MinHeaderLengthV3 && h.CompressionType != 0) {
-			return nil, corrupt("header_length", uint64(h.HeaderLength), "header length does not match the header fields")
+			return nil, Corrupt("header_length", uint64(h.HeaderLength), "header length does not match the header fields")
 		}
 	default:
-		return nil, unsupported("version", uint64(h.Version), "unsupported qcow2 version")
+		return nil, Unsupported("version", uint64(h.Version), "unsupported qcow2 version")
 	}
 	if len(h.BackingFile) > MaxBackingNameLen {
-		return nil, limit("backing_file_size", uint64(len(h.BackingFile)), "backing file name too long")
+		return nil, Limit("backing_file_size", uint64(len(h.BackingFile)), "backing file name too long")
 	}
 
 	b := make([]byte, hl, cs)
@@ -633,12 +633,12 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 	}
 	if len(h.FeatureNames) > 0 {
 		if len(h.FeatureNames) > cs/featureNameLen {
-			return nil, limit("feature_name_table_ext.len", uint64(len(h.FeatureNames)), "feature table does not fit in a cluster")
+			return nil, Limit("feature_name_table_ext.len", uint64(len(h.FeatureNames)), "feature table does not fit in a cluster")
 		}
 		data := make([]byte, featureNameLen*len(h.FeatureNames))
 		for i, f := range h.FeatureNames {
 			if len(f.Name) > featureNameLen-2 {
-				return nil, limit("feature_name_table_ext.name", uint64(len(f.Name)), "feature name longer than 46 bytes")
+				return nil, Limit("feature_name_table_ext.name", uint64(len(f.Name)), "feature name longer than 46 bytes")
 			}
 			p := data[i*featureNameLen:]
 			p[0], p[1] = f.Type, f.Bit
@@ -647,7 +647,7 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 		ext(ExtFeatureTable, data)
 	}
 	if bm := h.Bitmaps; bm != nil {
-		data := make([]byte, bitmapsExtLen)
+		data := make([]byte, BitmapsExtLen)
 		be.PutUint32(data[0:], bm.Count)
 		be.PutUint32(data[4:], bm.Reserved)
 		be.PutUint64(data[8:], bm.DirectorySize)
@@ -657,10 +657,10 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 	for _, u := range h.Unknown {
 		switch u.Magic {
 		case ExtEnd, ExtBackingFormat, ExtFeatureTable, ExtBitmaps, ExtFullDiskEncryption, ExtDataFile:
-			return nil, corrupt(extName(u.Magic), uint64(u.Magic), "known extension magic in the unknown list")
+			return nil, Corrupt(extName(u.Magic), uint64(u.Magic), "known extension magic in the unknown list")
 		}
 		if len(u.Data) > cs {
-			return nil, limit(extName(u.Magic), uint64(len(u.Data)), "extension does not fit in a cluster")
+			return nil, Limit(extName(u.Magic), uint64(len(u.Data)), "extension does not fit in a cluster")
 		}
 		ext(u.Magic, u.Data)
 	}
@@ -671,7 +671,7 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 		b = append(b, h.BackingFile...)
 	}
 	if len(b) > cs {
-		return nil, limit("header_length", uint64(len(b)), "header, extensions and backing name exceed one cluster")
+		return nil, Limit("header_length", uint64(len(b)), "header, extensions and backing name exceed one cluster")
 	}
 	if _, err := ParseHeader(b); err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package qcow2
+package format
 
 import (
 	"errors"
