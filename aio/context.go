@@ -359,10 +359,8 @@ func (c *Context) InContext() bool {
 
 // assertOwner panics under invariants when the caller is not in c.
 func (c *Context) assertOwner(what string) {
-	if invariants.Enabled {
-		if !c.InContext() { // format only on failure: Check's arguments would allocate
-			invariants.Check(false, "aio: %s on Context %q outside its owner", what, c.name)
-		}
+	if invariants.Enabled && !c.InContext() {
+		invariants.Failf("aio: %s on Context %q outside its owner", what, c.name)
 	}
 }
 

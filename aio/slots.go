@@ -1,6 +1,7 @@
 package aio
 
 import (
+	"github.com/ringblk/ringblk/internal/invariants"
 	"github.com/ringblk/ringblk/uring"
 )
 
@@ -156,7 +157,9 @@ func (t *opTable) alloc() uint32 {
 	}
 	idx := t.free[len(t.free)-1]
 	t.free = t.free[:len(t.free)-1]
-	assertf(t.slot(idx).state == slotFree, "aio: allocated a busy slot")
+	if t.slot(idx).state != slotFree {
+		invariants.Failf("aio: allocated busy slot %d", idx)
+	}
 	return idx
 }
 

@@ -169,7 +169,9 @@ func (fe *FrontEnd) Remove() (err error) {
 func (fe *FrontEnd) Close() error {
 	err := fe.Remove()
 	fe.g.Control(func() {
-		invariants.Check(fe.inFlight.load() == 0, "block: closing front end %q with %d requests in flight", fe.name, fe.inFlight.load())
+		if n := fe.inFlight.load(); n != 0 {
+			invariants.Failf("block: closing front end %q with %d requests in flight", fe.name, n)
+		}
 		fe.closed = true
 		for i, x := range fe.g.frontEnds {
 			if x == fe {
@@ -234,7 +236,7 @@ func (feClass) DrainedEnd(c *Child) {
 	fe := c.owner.(*FrontEnd)
 	q := fe.quiesce.Add(-1)
 	if q < 0 {
-		panic("assertion failed: block: front end drained end without begin") // D1
+		invariants.Failf("block: front end drained end without begin") // D1
 	}
 	if q != 0 {
 		return
@@ -423,8 +425,8 @@ func (q *Queue) WriteZeroes(off, n int64, flags Flags, done Done, tag uint64) {
 // counted in the front end, queued while quiesced, throttled, then sent to
 // the root node. done runs on q's Context, never inside Submit.
 func (q *Queue) Submit(r *Request, done Done) {
-	if invariants.Enabled {
-		invariants.Check(r.pool == q.pool, "block: request from another Context's pool")
+	if invariants.Enabled && r.pool != q.pool {
+		invariants.Failf("block: request from another Context's pool")
 	}
 	fe := q.fe
 	r.q = q
@@ -536,7 +538,9 @@ func (q *Queue) Plug() {
 // Unplug closes a batch; the outermost one submits.
 func (q *Queue) Unplug() {
 	q.plugDepth--
-	invariants.Check(q.plugDepth >= 0, "block: unplug without plug")
+	if q.plugDepth < 0 {
+		invariants.Failf("block: unplug without plug")
+	}
 	if q.plugDepth == 0 && q.plugged {
 		q.plugged = false
 		q.ctx.Unplug()

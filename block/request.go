@@ -204,7 +204,7 @@ func (n *Node) Submit(r *Request, done Done) {
 func (c *Child) Submit(r *Request, done Done) {
 	n := c.node.Load()
 	if n == nil {
-		invariants.Check(false, "block: request through detached edge %s", c)
+		invariants.Failf("block: request through detached edge %s", c)
 	}
 	n.Submit(r, done)
 }
@@ -228,7 +228,7 @@ func (n *Node) dispatch(r *Request) {
 	case OpWriteCompressed, OpLoadVMState, OpSaveVMState, OpCheck, OpActivate, OpInactivate:
 		n.dispatchOptional(r)
 	default:
-		panic("assertion failed: block: unknown op " + r.Op.String())
+		invariants.Failf("block: unknown op %s", r.Op)
 	}
 }
 
@@ -238,8 +238,7 @@ var errEarlySuccess = &Error{Kind: Io}
 
 func (n *Node) validate(r *Request) error {
 	if invariants.Enabled && carriesData(r.Op) && iovLen(r.Iov) != r.Len {
-		// Formatting arguments box (allocate): only on the failure path.
-		invariants.Check(false, "block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
+		invariants.Failf("block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
 	}
 	switch r.Op {
 	case OpTruncate:
@@ -357,7 +356,7 @@ func (p *Pool) Get() *Request {
 
 func (p *Pool) put(r *Request) {
 	if r.free {
-		panic("assertion failed: block: request released twice")
+		invariants.Failf("block: request released twice")
 	}
 	slow := r.slow
 	*r = Request{pool: p, ctx: p.ctx}

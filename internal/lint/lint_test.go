@@ -4,8 +4,10 @@ package lint
 import (
 	"bufio"
 	"bytes"
+	"io/fs"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -200,5 +202,40 @@ func TestLatticeSyntax(t *testing.T) {
 	errs := p.Check([]Package{{Path: "a"}, {Path: "b"}, {Path: "c"}, {Path: "t"}, {Path: "d"}})
 	if len(errs) != 1 || !strings.Contains(errs[0], "lattice: t is below d") {
 		t.Errorf("testonly t below d: got %q", errs)
+	}
+}
+
+// assertionPanic is a hand-made assertion: the one idiom is
+// invariants.Failf on the failing branch (docs/ARCHITECTURE.md §Errors).
+var assertionPanic = regexp.MustCompile(`panic\((fmt\.Sprintf\()?"assertion failed`)
+
+// TestOneAssertionIdiom keeps assertions to the idiom of internal/invariants:
+// no panic spelled "assertion failed" by hand. drivers/qcow2 converts when
+// its split lands (issue 15 items 1, 2).
+func TestOneAssertionIdiom(t *testing.T) {
+	root := repoRoot(t)
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		r, _ := filepath.Rel(root, path)
+		if d.IsDir() {
+			if strings.HasPrefix(d.Name(), ".") || r == filepath.Join("drivers", "qcow2") || r == "internal/invariants" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		for i, l := range readLines(t, path) {
+			if assertionPanic.MatchString(l) {
+				t.Errorf("%s:%d: a hand-made assertion panic; use `if … { invariants.Failf(…) }`", r, i+1)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
