@@ -91,6 +91,10 @@ type Stats struct {
 	Wakeups     int64 // eventfd wake-ups reaped
 	SpinHits    int64 // adaptive polls that found work before sleeping
 	SlotsGrown  int64 // slot chunks added beyond Options.Slots
+	// SlotTable is the length of the op-slot table (its memory), at most
+	// SlotCap unless SlotsOverCap > 0.
+	SlotTable    int
+	SlotsOverCap int64 // ops that found the table full at its cap (grew it anyway)
 }
 
 // Stats returns the Context's counters. Owner only.
@@ -98,8 +102,17 @@ func (c *Context) Stats() Stats {
 	c.assertOwner("Stats")
 	st := c.stats
 	st.SlotsGrown = c.ops.grown
+	st.SlotTable = int(c.ops.n)
+	st.SlotsOverCap = c.ops.overCap
 	return st
 }
+
+// SlotCap returns the cap of the op-slot table (Options.MaxSlots, rounded).
+func (c *Context) SlotCap() int { return int(c.ops.max) }
+
+// SlotsFree returns how many more ops the slot table holds before its cap.
+// Owner only (or the run-token holder).
+func (c *Context) SlotsFree() int { return int(c.ops.max) - c.ops.inUse() }
 
 // Nop issues a no-op; its completion still runs on the loop.
 func (c *Context) Nop(d Done, tag uint64) {

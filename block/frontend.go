@@ -214,9 +214,14 @@ func (feClass) DrainedBegin(c *Child) {
 	}
 	// Throttling is off while quiesced: requests waiting for a throttle
 	// timer run now instead of keeping the drain waiting (seed 003).
+	// Requests waiting for room in their Context's pool are parked as
+	// well, rather than kept in the drain's count.
 	fe.mu.Lock()
 	for _, q := range fe.mu.queues {
 		q.thrBH.Schedule()
+		if !fe.noQueue.Load() {
+			q.pool.capBH.Schedule()
+		}
 	}
 	fe.mu.Unlock()
 }
@@ -449,7 +454,20 @@ func (q *Queue) dispatch(r *Request) {
 	q.toNode(r)
 }
 
+// toNode admits r (or queues it until its pool has room, behind earlier
+// waiters) and sends it to the root node.
 func (q *Queue) toNode(r *Request) {
+	if p := q.pool; !r.admitted {
+		if p.capHead != nil || !p.canAdmit() {
+			p.waitCapacity(r)
+			return
+		}
+		p.admit(r)
+	}
+	q.send(r)
+}
+
+func (q *Queue) send(r *Request) {
 	c := q.fe.root.Load()
 	var n *Node
 	if c != nil {
@@ -486,6 +504,9 @@ func (q *Queue) finish(r *Request, err error) {
 		q.callbackOnMain(r, err)
 	} else {
 		r.userDone.RequestDone(r, err)
+	}
+	if r.admitted {
+		q.pool.unadmit(r)
 	}
 	q.fe.inFlight.dec()
 	q.fe.g.main.Kick()
