@@ -146,6 +146,11 @@ func TestAdmissionBoundsMemory(t *testing.T) {
 	if peak > limit || peak == 0 {
 		t.Errorf("at most %d requests admitted at once, want 1..%d", peak, limit)
 	}
+	// The pool holds the admitted requests and those their submitters
+	// have outstanding (one per worker here), nothing beyond.
+	if a := pool.Allocated(); a > workers {
+		t.Errorf("request pool grew to %d requests for %d workers with one request each", a, workers)
+	}
 	if waits == 0 {
 		t.Errorf("no request waited for room: %d workers did not reach the cap", workers)
 	}
