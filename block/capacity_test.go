@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -216,5 +217,45 @@ func TestAdmissionWaitZeroAllocs(t *testing.T) {
 	// The WaitWhile closure is the only allocation a run may make.
 	if perRun > 2 {
 		t.Errorf("%.0f allocations for %d reads that waited for room", perRun, total)
+	}
+}
+
+// TestAdmissionNestedSyncRead: a completion callback that reads
+// synchronously through the same front end (U6's shape) at an admission
+// limit of one does not wait for its own admission: the finished request
+// leaves the admitted set before its callback runs.
+func TestAdmissionNestedSyncRead(t *testing.T) {
+	e := blocktest.NewEnv(t, 0)
+	mem := blocktest.NewMem(1 << 20)
+	mem.ViaRing = true
+	copy(mem.Data[4096:], "nested")
+	n := e.Open(mem, block.Options{Name: "mem"})
+	fe := e.FrontEnd("fe", n, block.FrontEndOptions{})
+	n.Unref()
+	q := fe.Queue(e.Main)
+
+	finished := make(chan error, 1)
+	go e.OnMain(func() {
+		e.G.Pool(e.Main).SetMaxRequests(1)
+		var nestedErr error
+		got := make([]byte, 6)
+		done := false
+		q.Read(make([]byte, 512), 0, doneFn(func(_ *block.Request, err error) {
+			_, nestedErr = fe.ReadAt(got, 4096)
+			done = true
+		}), 0)
+		e.Main.WaitWhile(func() bool { return !done })
+		if nestedErr == nil && string(got) != "nested" {
+			nestedErr = fmt.Errorf("nested read got %q", got)
+		}
+		finished <- nestedErr
+	})
+	select {
+	case err := <-finished:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a synchronous read from a completion callback waited for its own admission (hang)")
 	}
 }

@@ -498,15 +498,18 @@ func (q *Queue) RequestDone(r *Request, err error) {
 }
 
 // finish runs the user's callback, then drops the front end's count (the
-// callback runs first, so a drain cannot return while it runs).
+// callback runs first, so a drain cannot return while it runs). The
+// request leaves its pool's admitted set before the callback: a callback
+// that waits for another request on this Context (a synchronous read, U6)
+// must not wait for the room its own request still held.
 func (q *Queue) finish(r *Request, err error) {
+	if r.admitted {
+		q.pool.unadmit(r)
+	}
 	if q.onMain {
 		q.callbackOnMain(r, err)
 	} else {
 		r.userDone.RequestDone(r, err)
-	}
-	if r.admitted {
-		q.pool.unadmit(r)
 	}
 	q.fe.inFlight.dec()
 	q.fe.g.main.Kick()
