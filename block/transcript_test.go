@@ -103,7 +103,6 @@ func parseTranscript(t *testing.T, path string) (blocks []tblock, trailer []stri
 func runTranscript(t *testing.T, path string) {
 	blocks, trailer := parseTranscript(t, path)
 	s := newScript(t)
-	var out strings.Builder
 	for i := range blocks {
 		b := &blocks[i]
 		var got []string
@@ -118,6 +117,19 @@ func runTranscript(t *testing.T, path string) {
 			t.Errorf("%s:%d: output differs\ncommands:\n  %s\ngot:\n  %s\nwant:\n  %s", path, b.line,
 				strings.Join(b.cmds, "\n  "), strings.Join(got, "\n  "), strings.Join(b.want, "\n  "))
 		}
+	}
+	if *rewrite {
+		if err := os.WriteFile(path, []byte(formatTranscript(blocks, trailer)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.close()
+}
+
+// formatTranscript writes blocks back in the file syntax.
+func formatTranscript(blocks []tblock, trailer []string) string {
+	var out strings.Builder
+	for _, b := range blocks {
 		for _, l := range b.pre {
 			out.WriteString(l + "\n")
 		}
@@ -133,13 +145,23 @@ func runTranscript(t *testing.T, path string) {
 	for _, l := range trailer {
 		out.WriteString(l + "\n")
 	}
-	if *rewrite {
-		text := strings.TrimRight(out.String(), "\n") + "\n"
-		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+	return strings.TrimRight(out.String(), "\n") + "\n"
+}
+
+// TestTranscriptSyntax: parsing a transcript and writing it back gives the
+// file unchanged, so -rewrite changes outputs and nothing else.
+func TestTranscriptSyntax(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.txt"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
 			t.Fatal(err)
 		}
+		blocks, trailer := parseTranscript(t, f)
+		if got := formatTranscript(blocks, trailer); got != string(data) {
+			t.Errorf("%s: parse and format do not round-trip", f)
+		}
 	}
-	s.close()
 }
 
 // enterLog wraps the main Context's fake ring and records, for every
