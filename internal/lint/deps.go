@@ -136,6 +136,11 @@ func (p *Policy) rule(stmt string) error {
 		if len(lo) == 0 || len(hi) == 0 {
 			return fmt.Errorf("%q: empty side of <", stmt)
 		}
+		for _, n := range append(slices.Clip(lo), hi...) {
+			if strings.Contains(n, " ") {
+				return fmt.Errorf("%q: %q is not one name (a comma missing?)", stmt, n)
+			}
+		}
 		for _, h := range hi {
 			if h == "STD" {
 				return fmt.Errorf("%q: STD is the bottom and is never defined", stmt)

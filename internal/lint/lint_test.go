@@ -186,6 +186,7 @@ func TestLatticeSyntax(t *testing.T) {
 		"STD < a; a < STD;":               "STD is the bottom",
 		"STD < a; testonly c;":            "testonly c has no rule placing it",
 		"STD < a; a < b; b never reach ;": "empty side",
+		"STD < a b;":                      "a comma missing",
 	}
 	for text, want := range bad {
 		if _, err := ParsePolicy(text); err == nil || !strings.Contains(err.Error(), want) {
