@@ -358,8 +358,9 @@ func newPool(g *Graph, ctx *aio.Context) *Pool {
 
 // SetMaxRequests sets how many front-end requests the Context runs at once
 // (admitted to their root nodes); n <= 0 restores the default, half the
-// Context's slot cap (aio.Options.MaxSlots: 4×Entries by default). Call it
-// on the Context's owner or before the Context runs requests.
+// Context's slot cap (aio.Options.MaxSlots), which is 4×Entries with aio's
+// default cap. Call it on the Context's owner or before the Context runs
+// requests.
 func (p *Pool) SetMaxRequests(n int) {
 	if n <= 0 {
 		n = p.ctx.SlotCap() / 2
