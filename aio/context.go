@@ -165,6 +165,7 @@ type Context struct {
 	stopping  bool // set by the stop BH; the top-level loop exits
 	cancelAll bool // shutdown: new ops complete with ECANCELED at once
 	stopBH    *BH  // scheduled by Stop
+	attached  bool // started by Attach on a borrowed goroutine
 	kickBH    *BH  // scheduled by Kick
 	coMu      sync.Mutex
 	coSet     map[*Co]struct{} // coroutines not yet returned (guarded by coMu)
@@ -278,6 +279,17 @@ func (c *Context) ownerMain(errc chan<- error) {
 	for !c.stopping {
 		c.poll(true, true)
 	}
+	c.finish()
+	// A pinned thread ends with this goroutine (a locked goroutine that
+	// exits takes its thread with it), so its affinity never leaks into
+	// Go's thread pool.
+	if !pinned {
+		runtime.UnlockOSThread()
+	}
+}
+
+// finish is the owner's part of a stop, after its last loop iteration.
+func (c *Context) finish() {
 	c.flushDeferred()
 	c.shutdown()
 
@@ -286,12 +298,54 @@ func (c *Context) ownerMain(errc chan<- error) {
 	c.state.Store(stateStopped)
 	close(c.exited)
 	kickMains() // a main Context may be waiting in Run for c
-	// A pinned thread ends with this goroutine (a locked goroutine that
-	// exits takes its thread with it), so its affinity never leaks into
-	// Go's thread pool.
-	if !pinned {
-		runtime.UnlockOSThread()
+}
+
+// Attach starts the Context on the calling goroutine instead of a
+// goroutine of its own (Start): the caller is locked to its OS thread and
+// becomes the owner, and runs the loop itself with Poll or WaitWhile —
+// work scheduled from other goroutines (BHs, Run) waits until it does.
+// It is for a host thread that wants its requests submitted and completed
+// on its own thread, with no cross-thread wake-up per batch. The
+// Context's CPU option must be NoCPU (a borrowed thread is not pinned).
+// End it with Detach, on the same goroutine; Stop may not be used.
+func (c *Context) Attach() error {
+	if c.opts.CPU != NoCPU {
+		return &OpError{Op: "attach: a borrowed thread is not pinned (CPU must be NoCPU)", Off: -1, Err: ErrStarted}
 	}
+	if !c.state.CompareAndSwap(stateNew, stateStarting) {
+		return ErrStarted
+	}
+	runtime.LockOSThread()
+	pinned := false
+	if err := c.setup(&pinned); err != nil {
+		c.closeResources()
+		if c.arena != nil {
+			c.arena.unmap()
+		}
+		c.state.Store(stateStopped)
+		close(c.exited)
+		runtime.UnlockOSThread()
+		return err
+	}
+	c.attached = true
+	register(c)
+	c.state.Store(stateRunning)
+	return nil
+}
+
+// Detach stops a Context that Attach started, on its owner: it does what
+// Stop does (runs pending work, cancels what is left, closes the ring)
+// and unlocks the goroutine from its thread.
+func (c *Context) Detach() (StopReport, error) {
+	assertf(c.attached, "aio: Detach of Context "+c.name+" that Attach did not start")
+	assertf(c.InContext(), "aio: Detach of Context "+c.name+" from another goroutine than its owner")
+	if c.state.Load() == stateStopped {
+		return c.report, c.stopErr
+	}
+	c.stopping = true
+	c.finish()
+	runtime.UnlockOSThread()
+	return c.report, c.stopErr
 }
 
 func (c *Context) setup(pinned *bool) error {

@@ -45,6 +45,7 @@ func (c *Context) Stop() (StopReport, error) {
 		return c.report, c.stopErr
 	}
 	assertf(!c.InContext(), "aio: Stop of Context "+c.name+" from its own owner")
+	assertf(!c.attached, "aio: Stop of Context "+c.name+" that Attach started (its owner calls Detach)")
 	if c.state.Load() != stateStopped {
 		c.stopBH.Schedule()
 	}
