@@ -26,8 +26,8 @@ while getopts "d:t:r:h" opt; do
 	d) dir=$OPTARG ;;
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
-	h) sed -n '2,15p' "$0"; exit 0 ;;
-	*) sed -n '12,15p' "$0" >&2; exit 2 ;;
+	h) sed -n '2,18p' "$0"; exit 0 ;;
+	*) sed -n '15,18p' "$0" >&2; exit 2 ;;
 	esac
 done
 die() { echo "host-vs-bench: $*" >&2; exit 1; }
