@@ -737,12 +737,20 @@ func (d *Device) DeleteSnapshot(name string) error {
 	return q.DeleteSnapshot(name)
 }
 
-// Inactivate hands the image over (migration): writes fail until
+// Inactivate hands the image over (migration): everything is written
+// back (a flush: a qcow2 image's cached metadata too, which the block
+// layer's inactivation alone does not write), then writes fail until
 // Activate.
 func (d *Device) Inactivate() error {
+	if d.inContext() {
+		return ErrInContext
+	}
 	n := d.fe.Root()
 	if n == nil {
 		return ErrClosed
+	}
+	if err := n.Flush(); err != nil {
+		return err
 	}
 	return n.Inactivate()
 }
