@@ -29,6 +29,7 @@ type slot struct {
 	iov    [][]byte
 	buf1   [1][]byte
 	ud     uint64
+	seq    uint64 // issue order (owner), to retry held requests in order
 	start  int64
 	err    error
 	waiter *waiter // a synchronous call waiting for this slot
@@ -81,6 +82,7 @@ type Queue struct {
 	// owner only
 	notifyPending bool
 	heldList      []uint32
+	issueSeq      uint64
 
 	stats queueStats
 }
@@ -142,7 +144,7 @@ func (d *Device) newQueue(ctx *aio.Context, ci int, o QueueOptions, l *Loop) (*Q
 	}
 	q.submitBH = ctx.NewBH(q.runSubmit)
 	q.notifyBH = ctx.NewBH(q.runNotify)
-	q.resumeBH = ctx.NewBH(q.runResume)
+	q.resumeBH = ctx.NewBH(q.runSubmit)
 	if !d.addQueue(q) {
 		q.submitBH.Delete()
 		q.notifyBH.Delete()
@@ -257,10 +259,23 @@ func (q *Queue) Unplug() {
 
 // runSubmit runs on the Context: it issues every submitted slot inside
 // one plugged section of the block queue. One clock reading stamps the
-// batch.
+// batch. While the device is paused by a stop policy, submitted slots
+// stay parked in the submission ring (they complete with ErrClosed if
+// the queue closes meanwhile); once it runs again, the held requests are
+// retried first, in their issue order, then the parked ones follow in
+// theirs.
 func (q *Queue) runSubmit() {
+	if q.dev.paused.Load() {
+		if q.closed.Load() {
+			q.failParked()
+		}
+		return
+	}
 	q.bq.Plug()
 	now := nanotime()
+	if len(q.heldList) > 0 {
+		q.retryHeld(now)
+	}
 	for {
 		i, ok := q.sub.pop()
 		if !ok {
@@ -285,6 +300,8 @@ func (q *Queue) issue(i uint32, now int64) {
 		return
 	}
 	r := q.bq.Get()
+	q.issueSeq++
+	s.seq = q.issueSeq
 	r.Op, r.Off, r.Tag, r.Flags = blockOps[s.op], s.off, uint64(i), s.flags
 	switch s.op {
 	case contract.OpRead, contract.OpWrite:
@@ -311,6 +328,7 @@ func (q *Queue) RequestDone(r *block.Request, err error) {
 			err = nil
 		case contract.ErrorStop:
 			s.err = err
+			q.dev.paused.Store(true) // before Stopped is announced
 			q.heldList = append(q.heldList, i)
 			q.held.Add(1)
 			q.dev.stop(s.op, err)
@@ -372,26 +390,50 @@ func (q *Queue) runNotify() {
 	}
 }
 
-// runResume resubmits the requests a stop policy held.
-func (q *Queue) runResume() {
+// retryHeld reissues the requests a stop policy held, oldest issue
+// first (inside runSubmit's plugged section).
+func (q *Queue) retryHeld(now int64) {
 	held := q.heldList
-	q.heldList = q.heldList[:0:cap(q.heldList)]
-	q.bq.Plug()
-	now := nanotime()
+	for a := 1; a < len(held); a++ { // insertion sort by issue order
+		for b := a; b > 0 && q.slots[held[b]].seq < q.slots[held[b-1]].seq; b-- {
+			held[b], held[b-1] = held[b-1], held[b]
+		}
+	}
+	q.heldList = q.heldList[:0]
 	for _, i := range held {
 		q.held.Add(-1)
-		q.issue(i, now)
+		q.issue(i, now) // completes later, never inside: held is not appended to meanwhile
 	}
-	q.bq.Unplug()
 }
 
-// failHeld completes the held requests with their errors (Close).
+// failHeld completes the held requests with their errors, and the
+// requests parked by a paused device with ErrClosed (Close).
 func (q *Queue) failHeld() {
 	for _, i := range q.heldList {
 		q.held.Add(-1)
 		q.complete(i, q.slots[i].err)
 	}
 	q.heldList = q.heldList[:0]
+	if q.dev.paused.Load() {
+		q.failParked()
+	}
+}
+
+// failParked completes the parked requests of a closed queue with
+// ErrClosed.
+func (q *Queue) failParked() {
+	for {
+		i, ok := q.sub.pop()
+		if !ok {
+			return
+		}
+		q.complete(i, ErrClosed)
+	}
+}
+
+// parked counts the requests waiting in the submission ring.
+func (q *Queue) parked() int64 {
+	return int64(q.sub.enq.Load() - q.sub.deq.Load())
 }
 
 // Next returns the next completion, without blocking. It is for queues
