@@ -34,7 +34,7 @@ type Device struct {
 	cbs            DeviceCallbacks
 	wce            atomic.Bool
 	status         atomic.Uint32
-	paused         atomic.Bool // a stop policy stopped the device; until Resume
+	paused         atomic.Bool  // a stop policy stopped the device; until Resume
 	drains         atomic.Int32 // drained sections begun through the Device
 	unsafe         bool         // cache=unsafe: flushes complete at once
 
