@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,7 +13,8 @@ import (
 	"github.com/ringblk/ringblk/uring"
 )
 
-// NoCPU in Options.CPU leaves the owner thread unpinned.
+// NoCPU in Options.CPU says "no CPU": the owner thread is not pinned
+// (the zero value of Options, without Pin, does not pin either).
 const NoCPU = -1
 
 // Defaults for Options fields left zero.
@@ -25,8 +27,8 @@ const (
 	DefaultPollTime = 0
 )
 
-// Options configure a Context. The zero value is usable except for CPU,
-// whose zero value pins to CPU 0: set it to NoCPU (-1) for no pinning.
+// Options configure a Context. The zero value is usable: an unpinned
+// Context with the default sizes.
 type Options struct {
 	// Name labels the Context in errors, reports and panics.
 	Name string
@@ -37,8 +39,12 @@ type Options struct {
 	// beyond it grow the table by a chunk of 256 slots: one allocation per
 	// new high-water mark, never in steady state.
 	Slots int
-	// CPU is the logical CPU the owner thread is pinned to; NoCPU (-1): no
-	// pinning.
+	// Pin pins the owner thread to the logical CPU named by CPU. Without
+	// it (the zero value) the thread is not pinned and the scheduler may
+	// run it on any CPU of the process's affinity mask.
+	Pin bool
+	// CPU is the logical CPU Pin pins to (0 or more). Without Pin it must
+	// be 0 or NoCPU: New refuses a CPU it would not pin to.
 	CPU int
 	// PollTime bounds the adaptive busy-poll before a blocking wait: the loop
 	// spins on the CQ and the cross-goroutine queue for up to the current
@@ -176,6 +182,12 @@ type Context struct {
 
 // New creates a Context. It does not start the owner goroutine; call Start.
 func New(opts Options) (*Context, error) {
+	if opts.Pin && opts.CPU < 0 {
+		return nil, &OpError{Op: "new context " + opts.Name + ": Pin without a CPU", Off: -1, Err: syscall.EINVAL}
+	}
+	if !opts.Pin && opts.CPU > 0 {
+		return nil, &OpError{Op: "new context " + opts.Name + ": CPU " + itoa(opts.CPU) + " without Pin (set Pin to pin the thread)", Off: -1, Err: syscall.EINVAL}
+	}
 	if opts.Entries <= 0 {
 		opts.Entries = DefaultEntries
 	}
@@ -240,7 +252,7 @@ func (c *Context) Name() string { return c.name }
 func (c *Context) IsMain() bool { return c.main }
 
 // Start starts the owner goroutine, locks it to its OS thread, pins it if
-// Options.CPU asks for it, creates the ring (unless one was injected) and
+// Options.Pin asks for it, creates the ring (unless one was injected) and
 // registers the arena. It returns once the loop runs, or the setup error.
 func (c *Context) Start() error {
 	if !c.state.CompareAndSwap(stateNew, stateStarting) {
@@ -306,11 +318,11 @@ func (c *Context) finish() {
 // work scheduled from other goroutines (BHs, Run) waits until it does.
 // It is for a host thread that wants its requests submitted and completed
 // on its own thread, with no cross-thread wake-up per batch. The
-// Context's CPU option must be NoCPU (a borrowed thread is not pinned).
+// Context's Pin option must be off (a borrowed thread is not pinned).
 // End it with Detach, on the same goroutine; Stop may not be used.
 func (c *Context) Attach() error {
-	if c.opts.CPU != NoCPU {
-		return &OpError{Op: "attach: a borrowed thread is not pinned (CPU must be NoCPU)", Off: -1, Err: ErrStarted}
+	if c.opts.Pin {
+		return &OpError{Op: "attach: a borrowed thread is not pinned (Pin must be off)", Off: -1, Err: syscall.EINVAL}
 	}
 	if !c.state.CompareAndSwap(stateNew, stateStarting) {
 		return ErrStarted
@@ -349,7 +361,7 @@ func (c *Context) Detach() (StopReport, error) {
 }
 
 func (c *Context) setup(pinned *bool) error {
-	if c.opts.CPU >= 0 {
+	if c.opts.Pin {
 		var set unix.CPUSet
 		set.Set(c.opts.CPU)
 		if err := unix.SchedSetaffinity(0, &set); err != nil {
