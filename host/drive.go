@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/plugin/contract"
 )
 
 // Loop is an I/O Context run by a host goroutine (Host.Drive): its ring
@@ -82,6 +83,26 @@ func (h *Host) Drive(fn func(l *Loop) error) (err error) {
 		err = errors.Join(append([]error{err}, errs...)...)
 	}()
 	return fn(l)
+}
+
+var _ contract.Loop = (*Loop)(nil)
+
+// RunLoop is Drive for contract.Host.
+func (h *Host) RunLoop(fn func(contract.Loop) error) error {
+	return h.Drive(func(l *Loop) error { return fn(l) })
+}
+
+// NewQueue creates a queue of d on the Loop (contract.Loop).
+func (l *Loop) NewQueue(d contract.Device, o QueueOptions) (contract.Queue, error) {
+	hd, ok := d.(*Device)
+	if !ok {
+		return nil, errors.New("ringblk: Loop.NewQueue: not a device of this host")
+	}
+	q, err := l.Queue(hd, o)
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
 }
 
 // Queue creates a queue of d on the Loop. Its completions go to Next

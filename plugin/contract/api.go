@@ -45,9 +45,29 @@ type Host interface {
 	// submitted meanwhile wait until DrainAllEnd.
 	DrainAllBegin()
 	DrainAllEnd()
+	// RunLoop runs fn on the calling goroutine, locked to its OS
+	// thread, as the owner of a new I/O Context (a Loop): the polled
+	// completion mode. Requests of the Loop's queues are submitted and
+	// completed on that thread inside the queues' Wait, with no wake-up
+	// between threads. Work other goroutines have for the Loop (a drain,
+	// a Close) waits until fn polls again (Wait or Loop.Poll) or returns.
+	// When fn returns, the Loop's open queues are closed and the Context
+	// stops; Close waits for running RunLoop calls.
+	RunLoop(fn func(Loop) error) error
 	// Close closes every device still open, then stops the Contexts. It
 	// returns every error met, including metadata write-back on close.
 	Close() error
+}
+
+// Loop is an I/O Context run by a host goroutine (Host.RunLoop). Use it
+// and its queues from that goroutine only.
+type Loop interface {
+	// NewQueue creates a queue of d on the Loop. Its Wait runs the Loop
+	// (Next never does); its Context is -1.
+	NewQueue(d Device, o QueueOptions) (Queue, error)
+	// Poll runs one iteration of the Loop (blocking until something
+	// happened if block is set), for a host waiting on several queues.
+	Poll(block bool) bool
 }
 
 // OpenOptions say how to open an image.
