@@ -286,6 +286,13 @@ func (q *Queue) runSubmit() {
 	q.bq.Unplug()
 }
 
+// submit converts the contract's flags to the block layer's by a cast:
+// these fail to compile if the bits ever differ.
+var (
+	_ = [1]struct{}{}[int(contract.FUA)-int(block.FUA)]
+	_ = [1]struct{}{}[int(contract.MayUnmap)-int(block.MayUnmap)]
+)
+
 var blockOps = [...]block.Op{
 	contract.OpRead: block.OpRead, contract.OpWrite: block.OpWrite, contract.OpFlush: block.OpFlush,
 	contract.OpDiscard: block.OpDiscard, contract.OpWriteZeroes: block.OpWriteZeroes,
