@@ -550,9 +550,13 @@ func (d *Device) Stats() Stats {
 	s := d.retired
 	qs := append([]*Queue(nil), d.queues...)
 	d.mu.Unlock()
+	paused := d.paused.Load()
 	for _, q := range qs {
 		q.stats.addTo(&s)
-		parked := q.parked()
+		var parked int64
+		if paused {
+			parked = q.parked() // else: submitted, about to be issued
+		}
 		s.InFlight += q.submitted.Load() - q.completed.Load() - q.held.Load() - parked
 		s.Held += q.held.Load()
 		s.Parked += parked
