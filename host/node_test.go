@@ -92,8 +92,12 @@ func TestReadErrorPolicies(t *testing.T) {
 		dbg.AddRule(blocktest.Rule{Op: block.OpWrite, Err: syscall.EIO})
 		q, _ := d.Queue(host.QueueOptions{})
 		buf := make([]byte, 512)
+		// One batch: the write is issued with the read, before a stop
+		// policy's pause would park it.
+		q.Plug()
 		q.Read(buf, 0, 1)
 		q.Write(buf, 0, 0, 2)
+		q.Unplug()
 		got := map[uint64]error{}
 		deadline := time.Now().Add(2 * time.Second)
 		complete := func() bool {
