@@ -3,6 +3,7 @@ package host_test
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -271,5 +272,73 @@ func TestEventFDCoalesced(t *testing.T) {
 		if !<-woke {
 			t.Fatal("a goroutine in Wait was not woken by a completion (it slept until its timeout)")
 		}
+	}
+}
+
+// TestLoopDrainedSection: another goroutine's drained section of the
+// device completes while a Loop keeps reading (the Loop finishes its
+// requests inside its Wait), nothing completes inside the section, and
+// the Loop's reads go on after it; Device.Close from that goroutine then
+// ends the Loop's queue.
+func TestLoopDrainedSection(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d, err := h.OpenDevice(image(t, h, "raw", 1<<20), host.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var completed atomic.Int64
+	driveErr := make(chan error, 1)
+	go func() {
+		driveErr <- h.Drive(func(l *host.Loop) error {
+			q, err := l.Queue(d, host.QueueOptions{Depth: 4})
+			if err != nil {
+				return err
+			}
+			buf := make([]byte, 4096)
+			for i := 0; ; i++ {
+				if err := q.Read(buf, int64(i%64)*4096, 0); err != nil {
+					if isClosed(err) {
+						return nil
+					}
+					return err
+				}
+				if !q.Wait(-1) {
+					return nil // closed
+				}
+				if c, ok := q.Next(); ok {
+					if c.Err != nil {
+						return c.Err
+					}
+					completed.Add(1)
+				}
+			}
+		})
+	}()
+	for completed.Load() < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	d.DrainedBegin()
+	if n := d.FrontEnd().Root().InFlight(); n != 0 {
+		t.Errorf("%d requests in flight on the node inside the drained section", n)
+	}
+	before := d.Stats().Read.Ops // accounted when a request completes
+	time.Sleep(20 * time.Millisecond)
+	if n := d.Stats().Read.Ops - before; n != 0 {
+		t.Errorf("%d requests completed inside the drained section", n)
+	}
+	d.DrainedEnd()
+	for target := completed.Load() + 100; completed.Load() < target; {
+		time.Sleep(time.Millisecond)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-driveErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Loop did not end after its device closed")
 	}
 }
