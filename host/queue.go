@@ -60,6 +60,10 @@ type Queue struct {
 	// Context writes the eventfd at most once per time the host ran dry
 	// (io_uring's CQ eventfd, coalesced), not once per batch.
 	armed paddedInt64
+	// dirty is non-zero once something wrote the eventfd and no Wait has
+	// reset it since: Wait reads the eventfd only then (a read that
+	// would fail with EAGAIN is a system call per batch saved).
+	dirty paddedInt64
 
 	dev   *Device
 	index int
@@ -392,9 +396,13 @@ func (q *Queue) runNotify() {
 	for {
 		_, err := unix.Write(q.efd, q.one[:])
 		if err != unix.EINTR {
-			return // EAGAIN: the counter is saturated, the host is signalled anyway
+			break // EAGAIN: the counter is saturated, the host is signalled anyway
 		}
 	}
+	// After the write: a Wait that saw 0 and skipped its reset finds the
+	// eventfd readable, returns at once and looks at the ring; the next
+	// Wait sees 1 and resets it.
+	q.dirty.Store(1)
 }
 
 // retryHeld reissues the requests a stop policy held, oldest issue
@@ -507,7 +515,10 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 		// again: the Context pushes a completion before it reads armed,
 		// so either the ring shows it here or the Context writes the
 		// eventfd after the reset and the poll below sees it.
-		unix.Read(q.efd, buf[:])
+		if q.dirty.Load() != 0 {
+			q.dirty.Store(0)
+			unix.Read(q.efd, buf[:])
+		}
 		q.armed.Store(1)
 		if q.done.ready() {
 			q.passOn()
@@ -530,6 +541,7 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 func (q *Queue) passOn() {
 	if q.waiters.Load() > 1 {
 		unix.Write(q.efd, q.one[:])
+		q.dirty.Store(1)
 	}
 }
 
