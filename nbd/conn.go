@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -112,8 +113,16 @@ type conn struct {
 
 // startConn hands a negotiated client to its export's Context.
 func startConn(s *Server, e *Export, nc net.Conn, structured bool, meta []uint32) error {
-	isUnix := nc.LocalAddr().Network() == "unix"
 	remote := nc.RemoteAddr().String()
+	if tc, ok := nc.(*tls.Conn); ok {
+		pc, err := tlsPipe(tc)
+		if err != nil {
+			e.release()
+			return err
+		}
+		nc = pc
+	}
+	isUnix := nc.LocalAddr().Network() == "unix"
 	fd, err := rawFD(nc)
 	if err != nil {
 		e.release()
