@@ -30,6 +30,7 @@ var layer = map[string]int{
 	"block/blocktest":     5,
 	"drivers/null":        5,
 	"drivers/raw":         5,
+	"drivers/nbd":         5,
 	"drivers/qcow2":       6,
 	"drivers/chain":       7,
 	"bench":               8,
