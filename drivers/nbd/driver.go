@@ -940,3 +940,27 @@ func (o *outbox) run() {
 		it.r.Complete(it.err)
 	}
 }
+
+// Size connects to the export named by uri, reads its size from the
+// handshake and disconnects (for callers that need the size before they
+// open a node, such as a benchmark laying out its region).
+func Size(uri string) (int64, error) {
+	u, err := ParseURI(uri)
+	if err != nil {
+		return 0, err
+	}
+	nc, err := net.DialTimeout(u.Network, u.Addr, HandshakeTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("Could not open '%s': %w", uri, err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
+	ex, err := handshake(nc, u)
+	if err != nil {
+		return 0, fmt.Errorf("Could not open '%s': %w", uri, err)
+	}
+	var h [28]byte
+	putRequest(h[:], cmdDisc, 0, 0, 0, 0)
+	nc.Write(h[:])
+	return ex.size, nil
+}

@@ -82,3 +82,16 @@ func ParseURI(s string) (URI, error) {
 	}
 	return out, nil
 }
+
+// Canonical spells the URI as QEMU prints an NBD filename: no slash before
+// an empty export name, the port always given for TCP.
+func (u URI) Canonical() string {
+	exp := ""
+	if u.Export != "" {
+		exp = "/" + u.Export
+	}
+	if u.Network == "unix" {
+		return "nbd+unix://" + exp + "?socket=" + u.Addr
+	}
+	return "nbd://" + u.Addr + exp
+}
