@@ -333,7 +333,11 @@ func TestClientHostileServer(t *testing.T) {
 
 // fakeHandshake speaks the server side of a minimal fixed newstyle
 // handshake: no structured replies, GO answered with the export size.
-func fakeHandshake(c net.Conn, sz uint64) {
+func fakeHandshake(c net.Conn, sz uint64) { fakeHandshakeOpts(c, sz, false, 1|1<<1) }
+
+// fakeHandshakeOpts: with structured, STRUCTURED_REPLY is accepted and
+// base:allocation granted as context 7; flags are the transmission flags.
+func fakeHandshakeOpts(c net.Conn, sz uint64, structured bool, tflags uint16) {
 	b := binary.BigEndian.AppendUint64(nil, 0x4e42444d41474943)
 	b = binary.BigEndian.AppendUint64(b, 0x49484156454f5054)
 	b = binary.BigEndian.AppendUint16(b, 3)
@@ -355,13 +359,21 @@ func fakeHandshake(c net.Conn, sz uint64) {
 			r = binary.BigEndian.AppendUint32(r, uint32(len(d)))
 			c.Write(append(r, d...))
 		}
-		if opt != 7 {
+		switch {
+		case opt == 8 && structured:
+			reply(1, nil)
+			continue
+		case opt == 10 && structured:
+			reply(4, append(binary.BigEndian.AppendUint32(nil, 7), "base:allocation"...))
+			reply(1, nil)
+			continue
+		case opt != 7:
 			reply(1<<31+1, nil) // ERR_UNSUP
 			continue
 		}
 		info := binary.BigEndian.AppendUint16(nil, 0)
 		info = binary.BigEndian.AppendUint64(info, sz)
-		info = binary.BigEndian.AppendUint16(info, 1|1<<1) // HAS_FLAGS, READ_ONLY
+		info = binary.BigEndian.AppendUint16(info, tflags)
 		reply(3, info)
 		reply(1, nil)
 		return
