@@ -23,6 +23,7 @@ var layer = map[string]int{
 	"internal/prefetch":   0,
 	"internal/pagecache":  0,
 	"uring":               1,
+	"bitmap":              1,
 	"uring/uringtest":     2,
 	"aio":                 3,
 	"cache":               3,
