@@ -87,9 +87,22 @@ var ErrBusy = errors.New("bitmap is in use by an operation")
 // Mark records a write of n bytes at off if the bitmap is enabled. It is
 // the tracking hook of the write paths: no allocation, no lock.
 func (b *Bitmap) Mark(off, n int64) {
-	if b.enabled.Load() {
-		b.SetRange(off, n)
+	if !b.enabled.Load() {
+		return
 	}
+	// Fast path: a request inside one 64-chunk word (the common case).
+	if n > 0 && off >= 0 && off+n <= b.size {
+		first, last := off>>b.shift, (off+n-1)>>b.shift
+		if first>>6 == last>>6 {
+			m := (uint64(2)<<uint(last-first) - 1) << uint(first&63)
+			w := &b.words[first>>6]
+			if w.Load()&m != m {
+				w.Or(m)
+			}
+			return
+		}
+	}
+	b.SetRange(off, n)
 }
 
 // bitRange returns the chunk indices [first, last] covering [off, off+n)

@@ -128,3 +128,13 @@ func TestMarkZeroAllocs(t *testing.T) {
 		t.Fatalf("Mark: %.1f allocations", allocs)
 	}
 }
+
+func BenchmarkMark4K(b *testing.B) {
+	bm, _ := New("a", 1<<30, 65536)
+	bm.Fill()
+	off := int64(0)
+	for i := 0; i < b.N; i++ {
+		bm.Mark(off, 4096)
+		off = (off + 12345*4096) & (1<<30 - 1)
+	}
+}

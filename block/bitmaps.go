@@ -24,10 +24,16 @@ func dirties(op Op) bool {
 	return op == OpWrite || op == OpWriteZeroes || op == OpDiscard || op == OpWriteCompressed
 }
 
-// markDirty marks the node's enabled bitmaps for r (any Context).
+// markDirty marks the node's enabled bitmaps for r (any Context). Small
+// enough to inline: a node without bitmaps pays one load.
 func (n *Node) markDirty(r *Request) {
-	l := n.bitmaps.Load()
-	if l == nil || !dirties(r.Op) {
+	if l := n.bitmaps.Load(); l != nil {
+		markList(l, r)
+	}
+}
+
+func markList(l *bitmapList, r *Request) {
+	if !dirties(r.Op) {
 		return
 	}
 	for _, b := range l.list {
