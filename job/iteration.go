@@ -40,11 +40,16 @@ func (w *waiter) RequestDone(r *block.Request, err error) {
 	}
 }
 
+// submitter is a *block.Child (a job edge) or a *block.Node.
+type submitter interface {
+	Submit(r *block.Request, done block.Done)
+}
+
 func (it *Iteration) pool() *block.Pool { return it.Job.g.Pool(it.Co.Context()) }
 
 // Submit starts one request of the current batch on c (its Done is the
 // batch): fill sets Op, Off, buffers and flags.
-func (it *Iteration) Submit(c *block.Child, fill func(r *block.Request)) {
+func (it *Iteration) Submit(c submitter, fill func(r *block.Request)) {
 	it.w.co = it.Co
 	r := it.pool().Get()
 	fill(r)
@@ -54,7 +59,7 @@ func (it *Iteration) Submit(c *block.Child, fill func(r *block.Request)) {
 
 // SubmitRead and SubmitWrite start a read or write of buf at off on c as
 // part of the current batch.
-func (it *Iteration) SubmitRead(c *block.Child, buf []byte, off int64) {
+func (it *Iteration) SubmitRead(c submitter, buf []byte, off int64) {
 	it.w.co = it.Co
 	r := it.pool().Get()
 	r.Op = block.OpRead
@@ -64,7 +69,7 @@ func (it *Iteration) SubmitRead(c *block.Child, buf []byte, off int64) {
 	c.Submit(r, &it.w)
 }
 
-func (it *Iteration) SubmitWrite(c *block.Child, buf []byte, off int64, flags block.Flags) {
+func (it *Iteration) SubmitWrite(c submitter, buf []byte, off int64, flags block.Flags) {
 	it.w.co = it.Co
 	r := it.pool().Get()
 	r.Op = block.OpWrite
@@ -87,35 +92,35 @@ func (it *Iteration) Wait() (err error, off int64, op block.Op) {
 }
 
 // Read reads buf at off through c and waits.
-func (it *Iteration) Read(c *block.Child, buf []byte, off int64) error {
+func (it *Iteration) Read(c submitter, buf []byte, off int64) error {
 	it.SubmitRead(c, buf, off)
 	err, _, _ := it.Wait()
 	return err
 }
 
 // Write writes buf at off through c and waits.
-func (it *Iteration) Write(c *block.Child, buf []byte, off int64, flags block.Flags) error {
+func (it *Iteration) Write(c submitter, buf []byte, off int64, flags block.Flags) error {
 	it.SubmitWrite(c, buf, off, flags)
 	err, _, _ := it.Wait()
 	return err
 }
 
 // WriteZeroes zeroes [off, off+n) through c and waits.
-func (it *Iteration) WriteZeroes(c *block.Child, off, n int64, flags block.Flags) error {
+func (it *Iteration) WriteZeroes(c submitter, off, n int64, flags block.Flags) error {
 	it.Submit(c, func(r *block.Request) { r.Op, r.Off, r.Len, r.Flags = block.OpWriteZeroes, off, n, flags })
 	err, _, _ := it.Wait()
 	return err
 }
 
 // Flush flushes c's node and waits.
-func (it *Iteration) Flush(c *block.Child) error {
+func (it *Iteration) Flush(c submitter) error {
 	it.Submit(c, func(r *block.Request) { r.Op = block.OpFlush })
 	err, _, _ := it.Wait()
 	return err
 }
 
 // BlockStatus asks c's node about [off, off+n) and waits.
-func (it *Iteration) BlockStatus(c *block.Child, off, n int64) (block.Status, int64, error) {
+func (it *Iteration) BlockStatus(c submitter, off, n int64) (block.Status, int64, error) {
 	it.Submit(c, func(r *block.Request) { r.Op, r.Off, r.Len = block.OpBlockStatus, off, n })
 	err, _, _ := it.Wait()
 	return it.w.status, it.w.pnum, err

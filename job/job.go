@@ -257,11 +257,19 @@ func (j *Job) Progress() (cur, total int64) {
 
 // AddNode gives the job an edge to n (QEMU's block_job_add_bdrv): drains
 // of n pause the job, and n moves between Contexts with it. The first
-// node added sets the job's Context unless Options.Context did.
+// node added sets the job's Context unless Options.Context did; later
+// nodes are moved to it (which their other users may veto).
 func (j *Job) AddNode(n *block.Node, name string) (*block.Child, error) {
 	var c *block.Child
 	var err error
 	j.g.Control(func() {
+		// A job's nodes share its Context (as QEMU moves a mirror's
+		// target into the source's AioContext).
+		if ctx := j.ctx.Load(); ctx != nil && n.Context() != ctx {
+			if err = n.SetContext(ctx); err != nil {
+				return
+			}
+		}
 		c, err = j.g.Attach(nil, n, block.ChildSpec{Name: name, Class: jobClass{}, Owner: j})
 		if err == nil {
 			j.mu.Lock()
@@ -812,6 +820,17 @@ func (j *Job) after() {
 		return
 	}
 	j.step()
+}
+
+// NoteError keeps err for query without changing the job's course (a
+// cleanup step that failed).
+func (j *Job) NoteError(err error) {
+	if err == nil {
+		return
+	}
+	j.mu.Lock()
+	j.recordError(err, ActionReport)
+	j.mu.Unlock()
 }
 
 func (j *Job) recordError(err error, a Action) {
