@@ -2,6 +2,7 @@ package job_test
 
 import (
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,10 +26,15 @@ type guest struct {
 	writes  atomic.Int64
 	errs    atomic.Int64
 	lastErr atomic.Value
+	// shadow records each block's last completed write: every slot
+	// writes only its own blocks (block % depth == slot), so no two
+	// writes to one block are ever in flight together.
+	mu     sync.Mutex
+	shadow map[int64][]byte
 }
 
 func startGuest(e *blocktest.Env, fe *block.FrontEnd, ctx *aio.Context, size int64, depth int, seed uint64, delay time.Duration) *guest {
-	g := &guest{ctx: ctx, size: size, rng: rand.New(rand.NewPCG(seed, seed+1)), delay: delay}
+	g := &guest{ctx: ctx, size: size, rng: rand.New(rand.NewPCG(seed, seed+1)), delay: delay, shadow: map[int64][]byte{}}
 	for i := 0; i < depth; i++ {
 		g.bufs = append(g.bufs, make([]byte, 4096))
 	}
@@ -47,7 +53,12 @@ func (g *guest) issue(slot uint64) {
 		b[i] = byte(g.rng.Uint32())
 	}
 	g.inFl.Add(1)
-	g.q.Write(b, g.rng.Int64N(g.size/4096)*4096, 0, g, slot)
+	d := uint64(len(g.bufs))
+	blk := (uint64(g.rng.Int64N(g.size/4096))/d*d + slot) % uint64(g.size/4096)
+	if blk%d != slot {
+		blk = slot
+	}
+	g.q.Write(b, int64(blk)*4096, 0, g, slot)
 }
 
 func (g *guest) RequestDone(r *block.Request, err error) {
@@ -57,6 +68,11 @@ func (g *guest) RequestDone(r *block.Request, err error) {
 		g.lastErr.Store(err)
 	}
 	slot := r.Tag
+	if err == nil {
+		g.mu.Lock()
+		g.shadow[r.Off] = append([]byte(nil), g.bufs[slot]...)
+		g.mu.Unlock()
+	}
 	g.inFl.Add(-1)
 	if g.stop.Load() {
 		return
@@ -96,4 +112,15 @@ func wantQuiet(t *testing.T, nodes ...*block.Node) {
 			t.Fatalf("%s: in flight %d, quiesce %d", n.Name(), n.InFlight(), n.Quiesce())
 		}
 	}
+}
+
+// expect returns initial with every block the guest wrote replaced.
+func (g *guest) expect(initial []byte) []byte {
+	out := append([]byte(nil), initial...)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for off, b := range g.shadow {
+		copy(out[off:], b)
+	}
+	return out
 }
