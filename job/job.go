@@ -169,6 +169,7 @@ type Job struct {
 	pending    []Event // events to deliver after mu is released
 	edges      []*block.Child
 	started    bool
+	finalizing bool // Prepare/Commit/Abort under way: a cancel is too late
 
 	busy    atomic.Bool // between pause points (drain waits for it)
 	runDone atomic.Bool // the run loop has returned; exit is on main
@@ -541,6 +542,11 @@ func (j *Job) Cancel(force bool) error {
 		j.g.Main().Schedule(j.exitFn)
 		return nil
 	case j.status == Pending:
+		if j.finalizing {
+			j.cancelled = false
+			j.mu.Unlock()
+			return &VerbError{ID: j.opts.ID, Verb: VerbCancel, Status: Pending}
+		}
 		j.mu.Unlock()
 		j.g.Main().Schedule(j.exitFn)
 		return nil
@@ -854,7 +860,7 @@ func (j *Job) finishRun(err error) {
 // job cancelled before it started / while pending).
 func (j *Job) exit() {
 	j.mu.Lock()
-	if j.status == Concluded || j.status == Null || j.status == Aborting {
+	if j.status == Concluded || j.status == Null || j.status == Aborting || j.finalizing {
 		j.mu.Unlock()
 		return
 	}
@@ -891,10 +897,11 @@ func (j *Job) exit() {
 // finalize runs Prepare and then Commit or Abort (main Context).
 func (j *Job) finalize() {
 	j.mu.Lock()
-	if j.status != Pending {
+	if j.status != Pending || j.finalizing {
 		j.mu.Unlock()
 		return
 	}
+	j.finalizing = true
 	j.mu.Unlock()
 	var err error
 	if p, ok := j.drv.(Preparer); ok {

@@ -164,7 +164,7 @@ func waitDone(t *testing.T, j *job.Job) error {
 	case <-j.Done():
 		return j.Result()
 	case <-time.After(30 * time.Second):
-		t.Fatalf("job %s did not conclude (status %s)", j.ID(), j.Status())
+		t.Fatalf("job %s did not conclude: %+v pauses %d parked %v on %s", j.ID(), j.Info(), j.PauseCount(), j.Parked(), j.Context().Name())
 		return nil
 	}
 }

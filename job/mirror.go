@@ -280,13 +280,17 @@ func (mi *Mirror) Iterate(it *Iteration) (bool, error) {
 	dirty := mi.bm.Count()
 	cur, _ := j.Progress()
 	j.SetTotal(cur + dirty)
+	if dirty == 0 && !j.IsReady() {
+		j.SetReady()
+	}
+	// Once complete was asked for, at most one iteration's worth of dirty
+	// data may be left: Prepare copies it with the source drained (a guest
+	// that dirties faster than the copy would otherwise keep the job from
+	// ever finishing, and the drained section stays short).
+	if mi.complete.Load() && j.IsReady() && dirty <= int64(mi.o.Parallel)*mi.o.MaxRequest {
+		return true, nil
+	}
 	if dirty == 0 {
-		if !j.IsReady() {
-			j.SetReady()
-		}
-		if mi.complete.Load() {
-			return true, nil
-		}
 		it.SleepNext(idleWait)
 	}
 	return false, nil

@@ -51,9 +51,10 @@ func (l *ranges) lock(co *aio.Co, off, end int64) uint64 {
 		l.mu.Lock()
 		if !l.overlaps(off, end) {
 			l.nextID++
-			l.held = append(l.held, span{off, end, l.nextID})
+			id := l.nextID
+			l.held = append(l.held, span{off, end, id})
 			l.mu.Unlock()
-			return l.nextID
+			return id
 		}
 		l.waiters = append(l.waiters, co)
 		l.mu.Unlock()
