@@ -3,6 +3,7 @@ package job
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/bitmap"
@@ -61,6 +62,7 @@ type blockCopy struct {
 	locks   ranges
 	size    int64
 	cluster int64
+	cbw     atomic.Int64 // bytes copied before guest writes
 }
 
 // needsCopy reports whether a write to [off, off+n) touches a cluster not
@@ -96,6 +98,7 @@ func (bc *blockCopy) copyBeforeWrite(co *aio.Co, c *block.Child, r *block.Reques
 			return err
 		}
 		bc.cp.ResetRange(s, n)
+		bc.cbw.Add(n)
 		off = s + n
 	}
 	return coForward(co, c, r)
@@ -252,6 +255,10 @@ func (b *Backup) freeze(m *Manager) error {
 }
 
 func (b *Backup) Type() string { return "backup" }
+
+// CopiedBeforeWrite returns how many bytes the filter copied to the
+// target ahead of guest writes.
+func (b *Backup) CopiedBeforeWrite() int64 { return b.bc.cbw.Load() }
 
 func (b *Backup) Iterate(it *Iteration) (bool, error) {
 	j := it.Job
