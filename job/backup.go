@@ -40,6 +40,9 @@ type BackupOptions struct {
 	// per BitmapMode.
 	Bitmap     string
 	BitmapMode BitmapMode
+	// CopyBitmap, with sync=bitmap and no Bitmap, selects the clusters
+	// to copy and is only read (a checkpoint's frozen changes).
+	CopyBitmap *bitmap.Bitmap
 	// ClusterSize is the copy-before-write unit (default 64 KiB);
 	// MaxRequest and Parallel as for a mirror.
 	ClusterSize int64
@@ -157,7 +160,7 @@ func (b *Backup) setup(m *Manager) (*Job, error) {
 		o.Parallel = 8
 	}
 	needBitmap := o.Sync == BackupIncremental || o.Sync == BackupDifferential || o.Sync == BackupBitmap
-	if needBitmap && o.Bitmap == "" {
+	if needBitmap && o.Bitmap == "" && (o.CopyBitmap == nil || o.Sync != BackupBitmap) {
 		return nil, errors.New("job: incremental, differential and bitmap backups need a bitmap")
 	}
 	var ss, ts int64
@@ -243,7 +246,11 @@ func (b *Backup) freeze(m *Manager) error {
 	case BackupTop:
 		cp.Fill()
 	default:
-		if err := cp.Merge(b.ub); err != nil {
+		src := b.ub
+		if src == nil {
+			src = o.CopyBitmap
+		}
+		if err := cp.Merge(src); err != nil {
 			return err
 		}
 		b.scanned = true
