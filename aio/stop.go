@@ -49,6 +49,9 @@ func (c *Context) Stop() (StopReport, error) {
 	if c.InContext() {
 		invariants.Failf("aio: Stop of Context %s from its own owner", c.name)
 	}
+	if c.attached {
+		invariants.Failf("aio: Stop of Context %s that Attach started (its owner calls Detach)", c.name)
+	}
 	if c.state.Load() != stateStopped {
 		c.stopBH.Schedule()
 	}

@@ -50,6 +50,10 @@ type Node struct {
 
 	tracked tracker // serialised requests; used only when Align > 1
 
+	// bitmaps: the dirty bitmaps marked by the write paths (bitmaps.go);
+	// replaced whole on the main Context, loaded by any Context.
+	bitmaps atomic.Pointer[bitmapList]
+
 	// Aux is the driver's or owner's; block never touches it.
 	Aux any
 }

@@ -62,6 +62,13 @@ const (
 	FUA Flags = 1 << iota
 	// MayUnmap: write-zeroes may deallocate the range.
 	MayUnmap
+	// NoFallback: write-zeroes must not fall back to writing buffers of
+	// zeroes (QEMU's BDRV_REQ_NO_FALLBACK). A driver that cannot zero the
+	// range quickly fails it with ENOTSUP and leaves it unchanged, so the
+	// caller can choose another way (NBD's FAST_ZERO, qemu-img convert's
+	// pre-zeroing). Only drivers that implement FastZeroer see the flag;
+	// block fails it with ENOTSUP for all others.
+	NoFallback
 )
 
 // Done receives a request's completion, on the request's Context. The
@@ -164,6 +171,10 @@ func (r *Request) Complete(err error) {
 	// A front-end request goes back to the pool in Queue.finish, which may
 	// run inside done: decide before calling it.
 	recycle := r.q == nil
+	// Dirty tracking before anyone learns of the completion (QEMU marks
+	// in bdrv_co_write_req_finish): a job that reads the bitmap after
+	// this write finished sees it.
+	n.markDirty(r)
 	n.inFlight.dec()
 	n.g.main.Kick()
 	done.RequestDone(r, err)
@@ -274,6 +285,10 @@ func (n *Node) validate(r *Request) error {
 		}
 		if n.inactive.Load() {
 			return newError(Io, r.Op, n, r.Off, syscall.EPERM)
+		}
+		// Refused before any splitting: no piece of the range changes.
+		if r.Op == OpWriteZeroes && r.Flags&NoFallback != 0 && !fastZeroes(n.drv) {
+			return r.unsupported()
 		}
 	case OpWriteCompressed:
 		return n.validateCompressed(r)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -66,6 +67,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(files) != 1 {
 			return 1, cli.Usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
+		}
+		if nbd.IsURI(files[0]) {
+			return infoNBD(files[0], format, output, stdout)
 		}
 		if done, err := infoNull(files[0], format, output, stdout); err != nil {
 			return 1, err
@@ -287,6 +291,34 @@ func infoNull(path, format, output string, w io.Writer) (done bool, err error) {
 	_, err = fmt.Fprintf(w, "image: %s\nfile format: %s\nvirtual size: %s (%d bytes)\ndisk size: 0 B\n",
 		name, shown, sizeToStr(bo.NullSize), bo.NullSize)
 	return true, err
+}
+
+// infoNBD describes an NBD export: its size, as qemu-img does (the disk
+// size of a remote export is unknown).
+func infoNBD(path, format, output string, w io.Writer) (int, error) {
+	u, err := nbd.ParseURI(path)
+	if err != nil {
+		return 1, err
+	}
+	img, err := cli.OpenBlk(path, cli.BlkOptions{Format: format, ReadOnly: true})
+	if err != nil {
+		return 1, err
+	}
+	defer img.Close()
+	size, err := img.Node.Length()
+	if err != nil {
+		return 1, err
+	}
+	o := newObject()
+	o.set("virtual-size", size)
+	o.set("filename", u.Canonical())
+	o.set("format", "raw")
+	if output == "json" {
+		return 0, writeJSON(w, o)
+	}
+	_, err = fmt.Fprintf(w, "image: %s\nfile format: raw\nvirtual size: %s (%d bytes)\ndisk size: unavailable\n",
+		u.Canonical(), sizeToStr(size), size)
+	return 0, err
 }
 
 // qemuJSONName spells a json: filename the way qemu-img prints it (driver
