@@ -43,7 +43,7 @@ import (
 type fastView struct {
 	geo    format.Geometry // FileSize as at publication; fileEnd is current
 	l1     []uint64        // the active L1 table (entries: atomic loads)
-	damage *Image
+	damage *format.Image
 	// fixed holds the header cluster, the L1 table, the refcount table,
 	// the snapshot table and every snapshot's L1 table, for the overlap
 	// check of in-place writes (the single clusters are in metaSet).
@@ -104,7 +104,7 @@ func (d *Driver) checkViewLocked() {
 
 //go:noinline
 func failStaleView(node string) {
-	invariants.Check(false, "qcow2 %s: published view is stale (a metadata change without publishLocked)", node)
+	invariants.Failf("qcow2 %s: published view is stale (a metadata change without publishLocked)", node)
 }
 
 // storeL1 sets entry i of an L1 table that the fast paths may be reading.
@@ -236,7 +236,7 @@ func (d reader) readFast(r *block.Request) bool {
 		return true
 	}
 	s := d.states.get(d.Driver)
-	s.ext = append(s.ext[:0], format.Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: host})
+	s.ext = append(s.ext[:0], format.Extent{Kind: format.ExtentData, GuestOff: off, Len: k, HostOff: host})
 	hits := uint64(1)
 	for off, n = off+k, n-k; n > 0; off, n = off+k, n-k {
 		k = min(n, cs)
@@ -250,7 +250,7 @@ func (d reader) readFast(r *block.Request) bool {
 		if x := &s.ext[len(s.ext)-1]; x.HostOff+x.Len == h {
 			x.Len += k
 		} else {
-			s.ext = append(s.ext, format.Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: h})
+			s.ext = append(s.ext, format.Extent{Kind: format.ExtentData, GuestOff: off, Len: k, HostOff: h})
 		}
 	}
 	d.countHits(r.Context(), hits)
@@ -303,7 +303,7 @@ func (d writer) writeFast(r *block.Request) bool {
 		if m := len(s.ext); m > 0 && s.ext[m-1].HostOff+s.ext[m-1].Len == h {
 			s.ext[m-1].Len += k
 		} else {
-			s.ext = append(s.ext, format.Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: h})
+			s.ext = append(s.ext, format.Extent{Kind: format.ExtentData, GuestOff: off, Len: k, HostOff: h})
 		}
 		off, n = off+k, n-k
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Every test of this package runs format.Image.Check on the image file
@@ -27,7 +28,7 @@ func init() {
 	}
 	afterFlushHook = func(d *Driver) {
 		if err := checkFileAfterFlush(d); err != nil {
-			panic("assertion failed: qcow2: after a metadata flush: " + err.Error())
+			invariants.Failf("qcow2: after a metadata flush: %v", err)
 		}
 	}
 }

@@ -27,7 +27,7 @@ import (
 //
 //go:noinline
 func failInvariant(err error) {
-	invariants.Check(false, "qcow2: %v", err)
+	invariants.Failf("qcow2: %v", err)
 }
 
 // flushStage names the stages of flushStages (R12), in their order.

@@ -127,7 +127,7 @@ func (d reader) readLocked(r *block.Request) {
 	}
 	if fast && err == nil {
 		for i := range s.ext {
-			if s.ext[i].Kind == ExtentCompressed {
+			if s.ext[i].Kind == format.ExtentCompressed {
 				fast = false
 				break
 			}
@@ -150,7 +150,7 @@ func (d reader) readLocked(r *block.Request) {
 	}
 	epoch := d.hold(r.Context())
 	d.mu.Unlock()
-	if len(s.ext) == 1 && s.ext[0].Kind == ExtentData {
+	if len(s.ext) == 1 && s.ext[0].Kind == format.ExtentData {
 		// Several clusters, contiguous on the host.
 		host := s.ext[0].HostOff
 		d.states.put(s)

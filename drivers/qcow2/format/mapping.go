@@ -216,13 +216,10 @@ func (g *Geometry) OneClusterIndex(off, n int64, l1Len int) (int64, bool) {
 
 // CleanL2Table returns the L2 table offset of L1 entry e when Map would
 // follow it without a question (no reserved bits, allocated, aligned,
-// inside the file); otherwise false.
+// inside the file: DecodeL1Entry's first step); otherwise false.
 func (g *Geometry) CleanL2Table(e uint64) (int64, bool) {
-	l2Off := e & OffsetMask
-	if e&L1Reserved != 0 || l2Off == 0 || !g.Aligned(l2Off) || g.PastEOF(l2Off) {
-		return 0, false
-	}
-	return int64(l2Off), true
+	l2Off, ok := g.l1Fast(e)
+	return int64(l2Off), ok
 }
 
 // DataHost returns the host offset of guest offset off when its entry in
@@ -247,10 +244,10 @@ func (g *Geometry) StandardL2Index(off int64) int64 {
 // DataHostEntry is DataHost for an entry already loaded (the lock-free
 // read path loads it with an atomic load): the host offset of guest offset
 // off when standard L2 entry e is allocated data that DecodeL2Entry would
-// accept as Normal; otherwise false.
+// accept as Normal (its first step); otherwise false.
 func (g *Geometry) DataHostEntry(e uint64, off int64) (int64, bool) {
-	host := e & OffsetMask
-	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
+	host, ok := g.l2Fast(e)
+	if !ok {
 		return 0, false
 	}
 	return int64(host) + off&(g.ClusterSize()-1), true
