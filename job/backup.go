@@ -149,16 +149,13 @@ func (b *Backup) setup(m *Manager) (*Job, error) {
 	if o.ClusterSize == 0 {
 		o.ClusterSize = 64 << 10
 	}
-	if o.ClusterSize < bitmap.MinGranularity || o.ClusterSize&(o.ClusterSize-1) != 0 {
-		return nil, fmt.Errorf("job: backup cluster size %d is not a power of two ≥ 512", o.ClusterSize)
+	if o.ClusterSize < bitmap.MinGranularity || o.ClusterSize > maxChunk || o.ClusterSize&(o.ClusterSize-1) != 0 {
+		return nil, fmt.Errorf("job: backup cluster size %d is not a power of two between %d and %d", o.ClusterSize, bitmap.MinGranularity, maxChunk)
 	}
-	if o.MaxRequest <= 0 {
-		o.MaxRequest = 1 << 20
+	if err := checkCopyLimits("backup", &o.MaxRequest, &o.Parallel); err != nil {
+		return nil, err
 	}
 	o.MaxRequest = max(o.MaxRequest/o.ClusterSize*o.ClusterSize, o.ClusterSize)
-	if o.Parallel <= 0 {
-		o.Parallel = 8
-	}
 	needBitmap := o.Sync == BackupIncremental || o.Sync == BackupDifferential || o.Sync == BackupBitmap
 	if needBitmap && o.Bitmap == "" && (o.CopyBitmap == nil || o.Sync != BackupBitmap) {
 		return nil, errors.New("job: incremental, differential and bitmap backups need a bitmap")
