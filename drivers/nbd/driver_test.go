@@ -2,6 +2,7 @@ package nbd_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -39,6 +40,12 @@ func pattern(n int, seed uint64) []byte {
 // (in a graph of its own) and returns the nbd+unix URI.
 func serve(t *testing.T, path string, eo nbdsrv.ExportOptions) string {
 	t.Helper()
+	return serveWith(t, path, eo, nil)
+}
+
+// serveWith is serve with TLS required when cfg is set.
+func serveWith(t *testing.T, path string, eo nbdsrv.ExportOptions, cfg *tls.Config) string {
+	t.Helper()
 	se := blocktest.NewEnv(t, 0)
 	n, err := raw.NewNode(se.G, path, raw.Options{Discard: raw.DiscardUnmap, ReadOnly: eo.ReadOnly}, block.Options{Name: "srv"})
 	if err != nil {
@@ -50,6 +57,9 @@ func serve(t *testing.T, path string, eo nbdsrv.ExportOptions) string {
 		t.Fatal(err)
 	}
 	srv := nbdsrv.NewServer()
+	if cfg != nil {
+		srv.SetTLS(cfg)
+	}
 	srv.AddExport(exp)
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	l, err := net.Listen("unix", sock)
