@@ -61,8 +61,11 @@ func serveWith(t *testing.T, path string, eo nbdsrv.ExportOptions, cfg *tls.Conf
 		srv.SetTLS(cfg)
 	}
 	srv.AddExport(exp)
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	l, err := net.Listen("unix", sock)
+	network, addr := "unix", filepath.Join(t.TempDir(), "s.sock")
+	if eo.Description == "tcp" {
+		network, addr = "tcp", "127.0.0.1:0"
+	}
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +76,25 @@ func serveWith(t *testing.T, path string, eo nbdsrv.ExportOptions, cfg *tls.Conf
 		<-done
 		exp.Close()
 	})
-	return "nbd+unix:///" + eo.Name + "?socket=" + sock
+	if network == "tcp" {
+		return "nbd://" + l.Addr().String() + "/" + eo.Name
+	}
+	return "nbd+unix:///" + eo.Name + "?socket=" + addr
+}
+
+// TestClientTCP: nbd://host:port/export over TCP loopback.
+func TestClientTCP(t *testing.T) {
+	path, data := image(t)
+	uri := serve(t, path, nbdsrv.ExportOptions{Name: "disk", Description: "tcp"})
+	if !strings.HasPrefix(uri, "nbd://127.0.0.1:") {
+		t.Fatalf("uri %s", uri)
+	}
+	e := blocktest.NewEnv(t, 0)
+	n := open(t, e, uri, true, block.Options{})
+	got := make([]byte, size)
+	if _, err := n.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read over TCP: %v, equal %v", err, bytes.Equal(got, data))
+	}
 }
 
 func image(t *testing.T) (string, []byte) {
