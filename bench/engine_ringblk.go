@@ -254,7 +254,9 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 	}
 	entries := 1 << bits.Len(uint(max(j.IODepth, 32)-1))
 	ctx, err := aio.New(aio.Options{
-		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), CPU: max(cpu, aio.NoCPU),
+		// Pinned deliberately: bench's default places one clone per
+		// CPU (placement), and its figures assume it.
+		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), Pin: cpu >= 0, CPU: max(cpu, aio.NoCPU),
 		Entries: min(entries, 4096), ArenaSize: arena,
 	})
 	if err != nil {

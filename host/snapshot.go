@@ -20,10 +20,13 @@ import (
 // node. Requests submitted meanwhile wait in their queues and then run on
 // the overlay. On failure the device keeps its image, writable again.
 //
-// The old image's file stays open with the locks it was opened with
-// (read-write): the block layer cannot reopen a file with other
-// permissions yet, so another process can read it only with force-share
-// (qemu-img -U) until the device closes.
+// Then, as QEMU reopens a snapshot's old top read-only, the old image's
+// file is flushed and reopened O_RDONLY (raw.Driver.ReopenReadOnly) inside
+// a drained section of the whole chain, and its QEMU-compatible locks
+// become a reader's: another process may open it read-only without
+// force-share (qemu-img info), writers are still refused. If only that
+// step fails, the snapshot stands (the device runs on the overlay), the
+// file stays open read-write, and the error says so.
 func (d *Device) LiveSnapshot(path string) (err error) {
 	if d.inContext() {
 		return ErrInContext
@@ -56,6 +59,11 @@ func (d *Device) LiveSnapshot(path string) (err error) {
 
 	old.DrainedBegin()
 	defer old.DrainedEnd()
+	// A flush first: it writes a qcow2 image's cached metadata back,
+	// which the inactivation alone does not do.
+	if err := old.Flush(); err != nil {
+		return fmt.Errorf("ringblk: %s: live snapshot: flush the image: %w", d.name, err)
+	}
 	if err := old.Inactivate(); err != nil {
 		return fmt.Errorf("ringblk: %s: live snapshot: flush and freeze the image: %w", d.name, err)
 	}
@@ -95,5 +103,14 @@ func (d *Device) LiveSnapshot(path string) (err error) {
 	d.mu.Lock()
 	d.path, d.format, d.qcow, d.file = path, "qcow2", drv, f
 	d.mu.Unlock()
+	if curFile != nil {
+		n.SubtreeDrainedBegin()
+		var rerr error
+		h.g.Control(func() { rerr = curFile.ReopenReadOnly() })
+		n.SubtreeDrainedEnd()
+		if rerr != nil {
+			return fmt.Errorf("ringblk: %s: live snapshot taken (the device runs on %s), but the old image's file stays open read-write: %w", d.name, path, rerr)
+		}
+	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -145,7 +146,7 @@ func fileID(f *os.File) ([2]uint64, bool) {
 // imageInfo builds qemu-img's ImageInfo object for img (7.2 keys).
 func imageInfo(img *openedImage) *object {
 	o := newObject()
-	var h *qcow2.Header
+	var h *format.Header
 	if img.qcow != nil {
 		h = img.qcow.Header
 		if len(img.qcow.Snapshots) > 0 {
@@ -178,16 +179,16 @@ func imageInfo(img *openedImage) *object {
 		data := newObject()
 		data.set("compat", compat)
 		ct := "zlib"
-		if h.CompressionType == qcow2.CompressionZstd {
+		if h.CompressionType == format.CompressionZstd {
 			ct = "zstd"
 		}
 		data.set("compression-type", ct)
 		if h.Version >= 3 {
-			data.set("lazy-refcounts", h.CompatibleFeatures&qcow2.CompatLazyRefcounts != 0)
+			data.set("lazy-refcounts", h.CompatibleFeatures&format.CompatLazyRefcounts != 0)
 		}
 		data.set("refcount-bits", 1<<h.RefcountOrder)
 		if h.Version >= 3 {
-			data.set("corrupt", h.IncompatibleFeatures&qcow2.IncompatCorrupt != 0)
+			data.set("corrupt", h.IncompatibleFeatures&format.IncompatCorrupt != 0)
 			data.set("extended-l2", h.ExtendedL2())
 		}
 		fs := newObject()
@@ -198,14 +199,14 @@ func imageInfo(img *openedImage) *object {
 			o.set("full-backing-filename", combinePath(img.path, h.BackingFile))
 			o.set("backing-filename", h.BackingFile)
 		}
-		o.set("dirty-flag", h.IncompatibleFeatures&qcow2.IncompatDirty != 0)
+		o.set("dirty-flag", h.IncompatibleFeatures&format.IncompatDirty != 0)
 	} else {
 		o.set("dirty-flag", false)
 	}
 	return o
 }
 
-func snapshotInfo(s *qcow2.Snapshot) *object {
+func snapshotInfo(s *format.Snapshot) *object {
 	o := newObject()
 	// An icount of all ones means "not recorded": qemu-img leaves it out.
 	if s.ExtraDataSize >= 24 && s.Icount != ^uint64(0) {
@@ -244,7 +245,7 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 			fmt.Fprintf(&b, "backing file format: %s\n", h.BackingFormat)
 		}
 	}
-	if h.IncompatibleFeatures&qcow2.IncompatDirty != 0 {
+	if h.IncompatibleFeatures&format.IncompatDirty != 0 {
 		b.WriteString("dirty flag: yes\n")
 	}
 	// The snapshot table is the one "snapshot -l" prints (qemu-img info

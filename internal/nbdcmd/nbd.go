@@ -156,6 +156,8 @@ func parseObject(def string) (string, tlsObject, error) {
 	return id, o, nil
 }
 
+// Main is "ringblk nbd" (qemu-nbd): args are what follows the command name;
+// it returns when the server stops, with the exit status.
 func Main(args []string) int {
 	return cli.Run(nbdHelp, os.Stdout, os.Stderr, func() (int, error) {
 		cfg, err := parseNbdArgs(args)
