@@ -1,0 +1,166 @@
+package qmp
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+)
+
+// Handler runs one command. args is the decoded argument struct (a
+// pointer to the type given to Register) or nil for commands without
+// arguments. The result is marshalled as "return" (nil: {}).
+type Handler func(c *Client, args any) (any, error)
+
+type command struct {
+	name    string
+	argType reflect.Type // struct type, or nil
+	fn      Handler
+	params  []param
+}
+
+type param struct {
+	name     string
+	field    int
+	optional bool
+}
+
+// Registry maps command names to handlers.
+type Registry struct {
+	cmds map[string]*command
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry { return &Registry{cmds: map[string]*command{}} }
+
+// Register adds a command. args is a zero value of the argument struct
+// (or nil): its exported fields carry `json:"name"` tags, and fields
+// tagged `qmp:"optional"` may be left out; every other field is required.
+// Unknown members are refused, as QEMU does.
+func (r *Registry) Register(name string, args any, fn Handler) {
+	c := &command{name: name, fn: fn}
+	if args != nil {
+		t := reflect.TypeOf(args)
+		if t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			panic("qmp: arguments of " + name + " must be a struct")
+		}
+		c.argType = t
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			tag := strings.Split(f.Tag.Get("json"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			c.params = append(c.params, param{name: tag, field: i, optional: f.Tag.Get("qmp") == "optional"})
+		}
+	}
+	r.cmds[name] = c
+}
+
+// Names lists the registered commands, sorted.
+func (r *Registry) Names() []string {
+	out := make([]string, 0, len(r.cmds))
+	for n := range r.cmds {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *Registry) lookup(name string) *command { return r.cmds[name] }
+
+// decode checks raw (a JSON object or nil) against the command's
+// parameters and decodes it: QEMU's messages for a missing, unexpected or
+// mistyped member.
+func (c *command) decode(raw json.RawMessage) (any, *Error) {
+	var members map[string]json.RawMessage
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &members); err != nil {
+			return nil, Errorf("QMP input member 'arguments' must be an object")
+		}
+	}
+	if c.argType == nil {
+		for k := range members {
+			return nil, Errorf("Parameter '%s' is unexpected", k)
+		}
+		return nil, nil
+	}
+	known := map[string]bool{}
+	for _, p := range c.params {
+		known[p.name] = true
+		if _, ok := members[p.name]; !ok && !p.optional {
+			return nil, Errorf("Parameter '%s' is missing", p.name)
+		}
+	}
+	keys := make([]string, 0, len(members))
+	for k := range members {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !known[k] {
+			return nil, Errorf("Parameter '%s' is unexpected", k)
+		}
+	}
+	v := reflect.New(c.argType)
+	for _, p := range c.params {
+		m, ok := members[p.name]
+		if !ok {
+			continue
+		}
+		f := v.Elem().Field(p.field)
+		if err := strictUnmarshal(m, f.Addr().Interface()); err != nil {
+			return nil, typeError(p.name, f.Type(), err)
+		}
+	}
+	return v.Interface(), nil
+}
+
+// strictUnmarshal decodes m into dst refusing unknown members (nested
+// structs are QAPI structs too).
+func strictUnmarshal(m json.RawMessage, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(m))
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
+}
+
+func typeError(name string, t reflect.Type, err error) *Error {
+	var ute *json.UnmarshalTypeError
+	if errors.As(err, &ute) && ute.Field != "" {
+		return Errorf("Invalid parameter type for '%s.%s', expected: %s", name, ute.Field, qapiType(ute.Type))
+	}
+	if errors.As(err, &ute) {
+		return Errorf("Invalid parameter type for '%s', expected: %s", name, qapiType(t))
+	}
+	var qe *Error
+	if errors.As(err, &qe) {
+		return qe
+	}
+	return Errorf("Invalid parameter '%s': %v", name, strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// qapiType names a Go type the way QEMU's messages name QAPI types.
+func qapiType(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint64, reflect.Uint32, reflect.Uint, reflect.Float64:
+		return "integer"
+	case reflect.Slice:
+		return "array"
+	case reflect.Struct, reflect.Map:
+		return "object"
+	}
+	return fmt.Sprint(t)
+}
