@@ -458,7 +458,7 @@ func opStats(s host.Stats) map[string]any {
 		"rd_total_time_ns": ms(s.Read.TotalNs), "wr_total_time_ns": ms(s.Write.TotalNs),
 		"flush_total_time_ns": ms(s.Flush.TotalNs), "unmap_total_time_ns": ms(s.Discard.TotalNs),
 		"zone_append_total_time_ns": 0,
-		"failed_rd_operations": s.Read.Errors, "failed_wr_operations": s.Write.Errors,
+		"failed_rd_operations":      s.Read.Errors, "failed_wr_operations": s.Write.Errors,
 		"failed_flush_operations": s.Flush.Errors, "failed_unmap_operations": s.Discard.Errors,
 		"invalid_rd_operations": 0, "invalid_wr_operations": 0, "invalid_flush_operations": 0,
 		"invalid_unmap_operations": 0, "rd_merged": 0, "wr_merged": 0, "unmap_merged": 0,
