@@ -164,3 +164,12 @@ func qapiType(t reflect.Type) string {
 	}
 	return fmt.Sprint(t)
 }
+
+// ArgType returns the argument struct type of a command (nil: none or
+// unknown), for callers that build arguments from another syntax.
+func (r *Registry) ArgType(name string) reflect.Type {
+	if c := r.cmds[name]; c != nil {
+		return c.argType
+	}
+	return nil
+}

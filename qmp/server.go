@@ -56,6 +56,7 @@ type Client struct {
 	negotiated bool
 	gone       chan struct{}
 	once       sync.Once
+	writing    sync.Mutex // held while a message is written
 }
 
 // Server returns the server the client is connected to.
@@ -127,9 +128,12 @@ func (s *Server) ServeConn(nc net.Conn) {
 	go c.readLoop()
 }
 
-// Close stops accepting, disconnects every client and waits until every
-// connection goroutine has returned (a command running finishes first).
+// Close stops accepting, lets a running command finish, gives every
+// client up to a second to take the replies and events queued for it,
+// disconnects them and waits until every connection goroutine has
+// returned.
 func (s *Server) Close() {
+	s.cmdMu.Lock()
 	s.mu.Lock()
 	s.closed = true
 	ls := s.listeners
@@ -138,11 +142,20 @@ func (s *Server) Close() {
 		cs = append(cs, c)
 	}
 	s.mu.Unlock()
+	s.cmdMu.Unlock()
 	for _, l := range ls {
 		l.Close()
 	}
+	deadline := time.Now().Add(time.Second)
 	for _, c := range cs {
+		for len(c.out) > 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		// The queue is empty; give the writer the moment to finish the
+		// write it took off it.
+		c.writing.Lock()
 		c.close()
+		c.writing.Unlock()
 	}
 	s.wg.Wait()
 }
@@ -200,6 +213,9 @@ func (c *Client) close() {
 	})
 }
 
+// send queues a message. A client that lets eventQueueLength messages
+// pile up is not reading: it is disconnected rather than let a command
+// (which sends under the command lock) wait for it.
 func (c *Client) send(v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -208,6 +224,9 @@ func (c *Client) send(v any) {
 	select {
 	case c.out <- b:
 	case <-c.gone:
+	default:
+		c.s.logf("qmp: client not reading its replies; disconnected")
+		c.close()
 	}
 }
 
@@ -217,7 +236,10 @@ func (c *Client) writeLoop() {
 		select {
 		case b := <-c.out:
 			b = append(b, '\r', '\n')
-			if _, err := c.nc.Write(b); err != nil {
+			c.writing.Lock()
+			_, err := c.nc.Write(b)
+			c.writing.Unlock()
+			if err != nil {
 				c.close()
 				return
 			}
@@ -312,10 +334,11 @@ func (c *Client) handle(msg []byte) {
 		return
 	}
 	// The command runs to its end even if the client goes away meanwhile:
-	// a transaction is never left half applied.
+	// a transaction is never left half applied. The reply is queued
+	// before the lock is released, so Close sends it.
 	c.s.cmdMu.Lock()
+	defer c.s.cmdMu.Unlock()
 	ret, err := c.run(cmd, args)
-	c.s.cmdMu.Unlock()
 	if err != nil {
 		c.send(response{Error: asError(err), ID: req.ID})
 		return
@@ -351,4 +374,24 @@ func checkCapabilities(raw json.RawMessage) *Error {
 		}
 	}
 	return nil
+}
+
+// Execute runs a command in-process (the daemon's command-line options)
+// with the same argument checks and under the same lock as a client's.
+func (s *Server) Execute(name string, args map[string]any) (any, error) {
+	cmd := s.reg.lookup(name)
+	if cmd == nil {
+		return nil, &Error{Class: CommandNotFound, Desc: fmt.Sprintf("The command %s has not been found", name)}
+	}
+	raw, err := json.Marshal(args)
+	if err != nil {
+		return nil, Errorf("%v", err)
+	}
+	a, qerr := cmd.decode(raw)
+	if qerr != nil {
+		return nil, qerr
+	}
+	s.cmdMu.Lock()
+	defer s.cmdMu.Unlock()
+	return cmd.fn(nil, a)
 }

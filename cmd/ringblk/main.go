@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+
+	"github.com/ringblk/ringblk/internal/servecmd"
 )
 
 type command struct {
@@ -30,6 +32,7 @@ var commands = map[string]command{
 	"nbd":        {"serve an image over NBD (qemu-nbd)", nbdMain},
 	"measure":    {"compute the file size an image needs, new or converted (qemu-img measure)", measureMain},
 	"ring-bench": {"random reads through ringblk's own io_uring ring (fio-style figures)", ringBenchMain},
+	"serve":      {"a storage daemon speaking QMP: block nodes, IOThreads, transactions, NBD exports (qemu-storage-daemon)", servecmd.Main},
 }
 
 func usage() {

@@ -39,10 +39,10 @@ var layer = map[string]int{
 	"plugin":              9,
 	"txn":                 5,
 	"qmp":                 9,
-	"internal/servecmd":   10,
+	"internal/servecmd":   10, // qmp's command, below the dispatcher
 	"plugin/contract":     0,
 	"plugin/loader":       1,
-	"cmd/ringblk":         10,
+	"cmd/ringblk":         11,
 }
 
 // testSupport packages may be imported only from _test files and from other
