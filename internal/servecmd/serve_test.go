@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -61,10 +62,29 @@ func qemuImg(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// syncBuffer is a bytes.Buffer the child's stderr copier and the test
+// may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // daemon is a `ringblk serve` child process.
 type daemon struct {
 	cmd    *exec.Cmd
-	stderr *bytes.Buffer
+	stderr *syncBuffer
 	done   chan error
 }
 
@@ -76,12 +96,12 @@ func startServe(t *testing.T, args ...string) *daemon {
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), asMainEnv+"=1")
-	var e bytes.Buffer
-	cmd.Stderr = &e
+	e := &syncBuffer{}
+	cmd.Stderr = e
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{cmd: cmd, stderr: &e, done: make(chan error, 1)}
+	d := &daemon{cmd: cmd, stderr: e, done: make(chan error, 1)}
 	go func() { d.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
