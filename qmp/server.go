@@ -56,7 +56,8 @@ type Client struct {
 	negotiated bool
 	gone       chan struct{}
 	once       sync.Once
-	writing    sync.Mutex // held while a message is written
+	flush      chan struct{} // closed by Server.Close: send what is queued, then hang up
+	flushOnce  sync.Once
 }
 
 // Server returns the server the client is connected to.
@@ -114,7 +115,7 @@ func (s *Server) Serve(l net.Listener) error {
 // ServeConn serves one connection on goroutines of its own and returns at
 // once.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := &Client{s: s, nc: nc, out: make(chan []byte, eventQueueLength), gone: make(chan struct{})}
+	c := &Client{s: s, nc: nc, out: make(chan []byte, eventQueueLength), gone: make(chan struct{}), flush: make(chan struct{})}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -128,9 +129,9 @@ func (s *Server) ServeConn(nc net.Conn) {
 	go c.readLoop()
 }
 
-// Close stops accepting, lets a running command finish, gives every
-// client up to a second to take the replies and events queued for it,
-// disconnects them and waits until every connection goroutine has
+// Close stops accepting, lets a running command finish, sends every
+// client the replies and events queued for it (giving it a second to take
+// them), disconnects it and waits until every connection goroutine has
 // returned.
 func (s *Server) Close() {
 	s.cmdMu.Lock()
@@ -146,16 +147,11 @@ func (s *Server) Close() {
 	for _, l := range ls {
 		l.Close()
 	}
-	deadline := time.Now().Add(time.Second)
 	for _, c := range cs {
-		for len(c.out) > 0 && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
-		// The queue is empty; give the writer the moment to finish the
-		// write it took off it.
-		c.writing.Lock()
-		c.close()
-		c.writing.Unlock()
+		// The writer sends what is queued (within a second) and then
+		// closes the connection, which ends the reader.
+		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		c.flushOnce.Do(func() { close(c.flush) })
 	}
 	s.wg.Wait()
 }
@@ -232,16 +228,30 @@ func (c *Client) send(v any) {
 
 func (c *Client) writeLoop() {
 	defer c.s.wg.Done()
+	write := func(b []byte) bool {
+		if _, err := c.nc.Write(append(b, '\r', '\n')); err != nil {
+			c.close()
+			return false
+		}
+		return true
+	}
 	for {
 		select {
 		case b := <-c.out:
-			b = append(b, '\r', '\n')
-			c.writing.Lock()
-			_, err := c.nc.Write(b)
-			c.writing.Unlock()
-			if err != nil {
-				c.close()
+			if !write(b) {
 				return
+			}
+		case <-c.flush:
+			for {
+				select {
+				case b := <-c.out:
+					if !write(b) {
+						return
+					}
+				default:
+					c.close()
+					return
+				}
 			}
 		case <-c.gone:
 			return
