@@ -65,19 +65,19 @@ func (s *txnState) claim(node string, action int) error {
 func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Action, error) {
 	switch a.Type {
 	case "blockdev-snapshot-sync":
-		args, err := decodeAs[SnapshotSyncArgs](a)
+		args, err := decodeAs[SnapshotSyncArgs](i, a)
 		if err != nil {
 			return nil, err
 		}
 		return &snapshotSync{d: d, st: st, i: i, a: *args}, nil
 	case "blockdev-snapshot":
-		args, err := decodeAs[SnapshotArgs](a)
+		args, err := decodeAs[SnapshotArgs](i, a)
 		if err != nil {
 			return nil, err
 		}
 		return &snapshotExisting{d: d, st: st, i: i, a: *args}, nil
 	case "blockdev-snapshot-internal-sync":
-		args, err := decodeAs[InternalSnapshotArgs](a)
+		args, err := decodeAs[InternalSnapshotArgs](i, a)
 		if err != nil {
 			return nil, err
 		}
@@ -99,14 +99,14 @@ func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Actio
 }
 
 // decodeAs decodes an action's data with the command argument rules.
-func decodeAs[T any](a TransactionAction) (*T, error) {
+func decodeAs[T any](i int, a TransactionAction) (*T, error) {
 	reg := NewRegistry()
 	reg.Register(a.Type, new(T), nil)
 	data := a.Data
 	if len(data) == 0 {
 		data = json.RawMessage("{}")
 	}
-	out, qerr := reg.lookup(a.Type).decode(data)
+	out, qerr := reg.lookup(a.Type).decodeAt(fmt.Sprintf("actions[%d].data.", i), data)
 	if qerr != nil {
 		return nil, qerr
 	}
@@ -379,7 +379,7 @@ func (s *internalSnapshot) Prepare() error {
 		return notFound(b.name)
 	}
 	if b.dev.Format() != "qcow2" {
-		return Errorf("Block format '%s' used by device '%s' does not support internal snapshots", b.dev.Format(), b.name)
+		return Errorf("Block format '%s' used by device '%s' does not support internal snapshots", b.driver, b.name)
 	}
 	if root.ReadOnly() {
 		return Errorf("Device '%s' is read only", b.name)

@@ -266,9 +266,9 @@ func (d *Daemon) setThrottle(x *throttleArgs) error {
 	if name == "" {
 		name = x.ID
 	}
-	b, qerr := d.lookup(name, "")
-	if qerr != nil {
-		return qerr
+	b := d.nodes[name]
+	if b == nil || b.usedBy != "" {
+		return notFound(name) // QEMU looks the device up by name: DeviceNotFound
 	}
 	for _, v := range []float64{x.BPS, x.BPSRd, x.BPSWr, x.IOPS, x.IOPSRd, x.IOPSWr} {
 		if v < 0 {

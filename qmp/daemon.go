@@ -133,21 +133,20 @@ func nodeNotFound(name string) *Error {
 	return Errorf("Cannot find device='' nor node-name='%s'", name)
 }
 
-// lookup finds a node by device or node-name (QMP accepts either).
+// lookup finds a node by device or node-name (QMP accepts either), with
+// QEMU's message when neither names one.
 func (d *Daemon) lookup(device, nodeName string) (*blockdev, *Error) {
-	switch {
-	case nodeName != "":
-		if b := d.nodes[nodeName]; b != nil {
-			return b, nil
-		}
-		return nil, nodeNotFound(nodeName)
-	case device != "":
+	if device != "" {
 		if b := d.nodes[device]; b != nil {
 			return b, nil
 		}
-		return nil, notFound(device)
 	}
-	return nil, Errorf("Need a device or a node-name")
+	if nodeName != "" {
+		if b := d.nodes[nodeName]; b != nil {
+			return b, nil
+		}
+	}
+	return nil, Errorf("Cannot find device='%s' nor node-name='%s'", device, nodeName)
 }
 
 // top returns b if its device's top node is b itself, else an error
@@ -412,7 +411,7 @@ func (d *Daemon) exportOf(node string) string {
 func (d *Daemon) blockdevDel(name string) error {
 	b := d.nodes[name]
 	if b == nil {
-		return nodeNotFound(name)
+		return Errorf("Failed to find node with node-name='%s'", name)
 	}
 	if err := b.top(); err != nil {
 		return err

@@ -78,7 +78,12 @@ func (r *Registry) lookup(name string) *command { return r.cmds[name] }
 // decode checks raw (a JSON object or nil) against the command's
 // parameters and decodes it: QEMU's messages for a missing, unexpected or
 // mistyped member.
-func (c *command) decode(raw json.RawMessage) (any, *Error) {
+func (c *command) decode(raw json.RawMessage) (any, *Error) { return c.decodeAt("", raw) }
+
+// decodeAt is decode for arguments nested in another command's (a
+// transaction's actions): prefix names their place, as QEMU's messages do
+// ("actions[0].data.").
+func (c *command) decodeAt(prefix string, raw json.RawMessage) (any, *Error) {
 	var members map[string]json.RawMessage
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &members); err != nil {
@@ -87,7 +92,7 @@ func (c *command) decode(raw json.RawMessage) (any, *Error) {
 	}
 	if c.argType == nil {
 		for k := range members {
-			return nil, Errorf("Parameter '%s' is unexpected", k)
+			return nil, Errorf("Parameter '%s%s' is unexpected", prefix, k)
 		}
 		return nil, nil
 	}
@@ -95,7 +100,7 @@ func (c *command) decode(raw json.RawMessage) (any, *Error) {
 	for _, p := range c.params {
 		known[p.name] = true
 		if _, ok := members[p.name]; !ok && !p.optional {
-			return nil, Errorf("Parameter '%s' is missing", p.name)
+			return nil, Errorf("Parameter '%s%s' is missing", prefix, p.name)
 		}
 	}
 	keys := make([]string, 0, len(members))
@@ -105,7 +110,7 @@ func (c *command) decode(raw json.RawMessage) (any, *Error) {
 	sort.Strings(keys)
 	for _, k := range keys {
 		if !known[k] {
-			return nil, Errorf("Parameter '%s' is unexpected", k)
+			return nil, Errorf("Parameter '%s%s' is unexpected", prefix, k)
 		}
 	}
 	v := reflect.New(c.argType)
@@ -116,7 +121,7 @@ func (c *command) decode(raw json.RawMessage) (any, *Error) {
 		}
 		f := v.Elem().Field(p.field)
 		if err := strictUnmarshal(m, f.Addr().Interface()); err != nil {
-			return nil, typeError(p.name, f.Type(), err)
+			return nil, typeError(prefix+p.name, f.Type(), err)
 		}
 	}
 	return v.Interface(), nil

@@ -501,3 +501,137 @@ func TestServeMetrics(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, d.stderr)
 	}
 }
+
+// TestServeDaemonizeAndTCPMonitor: --daemonize returns once the daemon is
+// ready (its pid in the pid file); a TCP monitor works with --allow-tcp;
+// SIGTERM ends the daemon and removes the pid file.
+func TestServeDaemonizeAndTCPMonitor(t *testing.T) {
+	dir := tmpDir(t)
+	pid := filepath.Join(dir, "pid")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	d := startServe(t, "--daemonize", "--pidfile", pid, "--allow-tcp",
+		"--blockdev", "driver=null-co,node-name=n,size=1M",
+		"--chardev", fmt.Sprintf("socket,id=m,host=127.0.0.1,port=%d,server=on,wait=off", port), "--monitor", "chardev=m")
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("--daemonize exit %d: %s", code, d.stderr)
+	}
+	b, err := os.ReadFile(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || p == d.cmd.Process.Pid {
+		t.Fatalf("pid file %q: want the background daemon's pid", b)
+	}
+	nc, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &qmpc{t: t, nc: nc, r: bufio.NewReader(nc)}
+	c.read()
+	c.ok(`{"execute":"qmp_capabilities"}`)
+	if r := c.ok(`{"execute":"query-block"}`).([]any); len(r) != 1 {
+		t.Fatalf("query-block %v", r)
+	}
+	nc.Close()
+	if err := syscall.Kill(p, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if _, err := os.Stat(pid); os.IsNotExist(err) {
+			break
+		}
+		if i == 500 {
+			syscall.Kill(p, syscall.SIGKILL)
+			t.Fatal("the daemon did not remove its pid file after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestServeErrorsMatchQemuStorageDaemon sends the same bad input to
+// qemu-storage-daemon and to ringblk serve and compares the replies: the
+// error class always, the description where ringblk uses QEMU's words.
+func TestServeErrorsMatchQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon")
+	dir := tmpDir(t)
+	args := func(sock string) []string {
+		return []string{"--blockdev", "driver=null-co,node-name=n,size=1048576",
+			"--chardev", "socket,id=m,path=" + sock + ",server=on,wait=off", "--monitor", "chardev=m"}
+	}
+	qsock, rsock := filepath.Join(dir, "qsd.sock"), filepath.Join(dir, "rb.sock")
+	q := exec.Command("qemu-storage-daemon", args(qsock)...)
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { q.Process.Kill(); q.Wait() }()
+	d := startServe(t, args(rsock)...)
+	waitSocket(t, d, rsock)
+	for i := 0; i < 500; i++ {
+		if c, err := net.Dial("unix", qsock); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	qc, rc := dialQMP(t, qsock), dialQMP(t, rsock)
+	cases := []struct {
+		in        string
+		classOnly bool
+	}{
+		{`{"execute":"qmp_capabilities"}`, false},
+		{`{"execute":"query-block",}`, true},
+		{`[1,2]`, false},
+		{`"str"`, false},
+		{`{"arguments":{}}`, false},
+		{`{"execute":1}`, false},
+		{`{"execute":"quit","arguments":[]}`, false},
+		{`{"execute":"quit","extra":1}`, false},
+		{`{"execute":"no-such-command"}`, false},
+		{`{"execute":"blockdev-del"}`, false},
+		{`{"execute":"blockdev-del","arguments":{"node-name":5}}`, false},
+		{`{"execute":"blockdev-del","arguments":{"node-name":"x","bogus":true}}`, false},
+		{`{"execute":"blockdev-del","arguments":{"node-name":"x"}}`, false},
+		{`{"execute":"block_resize","arguments":{"device":"nope","size":1}}`, false},
+		{`{"execute":"query-block","arguments":{"a":1}}`, false},
+		{`{"execute":"transaction","arguments":{"actions":[{"type":"blockdev-snapshot-sync","data":{"snapshot-file":7}}]}}`, false},
+		{`{"execute":"transaction","arguments":{"actions":[{"type":"abort","data":{}}]}}`, false},
+		{`{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"n","size":5}}`, false},
+		{`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`, false},
+		{`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`, false},
+		{`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"n","iothread":"nope"}}`, false},
+		{`{"execute":"blockdev-snapshot-internal-sync","arguments":{"device":"n","name":"x"}}`, false},
+	}
+	for _, tc := range cases {
+		a, b := qc.do(tc.in), rc.do(tc.in)
+		ae, _ := a["error"].(map[string]any)
+		be, _ := b["error"].(map[string]any)
+		if (ae == nil) != (be == nil) {
+			t.Errorf("%s:\n qemu-storage-daemon %v\n ringblk serve       %v", tc.in, a, b)
+			continue
+		}
+		if ae == nil {
+			continue
+		}
+		if ae["class"] != be["class"] || (!tc.classOnly && ae["desc"] != be["desc"]) {
+			t.Errorf("%s:\n qemu-storage-daemon %v\n ringblk serve       %v", tc.in, ae, be)
+		}
+	}
+	// The node description carries the members clients read.
+	for _, c := range []*qmpc{qc, rc} {
+		n := c.ok(`{"execute":"query-named-block-nodes"}`).([]any)[0].(map[string]any)
+		for _, k := range []string{"node-name", "drv", "ro", "file", "backing_file_depth", "encrypted", "detect_zeroes", "image", "cache", "write_threshold", "iops", "bps"} {
+			if _, ok := n[k]; !ok {
+				t.Errorf("query-named-block-nodes lacks %q: %v", k, n)
+			}
+		}
+		if n["image"].(map[string]any)["virtual-size"] != 1048576.0 {
+			t.Errorf("image %v", n["image"])
+		}
+	}
+}
