@@ -138,6 +138,12 @@ func nodeNotFound(name string) *Error {
 func (d *Daemon) lookup(device, nodeName string) (*blockdev, *Error) {
 	if device != "" {
 		if b := d.nodes[device]; b != nil {
+			// A device name stands for what the device shows now: after
+			// an external snapshot, the overlay on top (as QEMU's
+			// BlockBackend name does).
+			for b.usedBy != "" && d.nodes[b.usedBy] != nil {
+				b = d.nodes[b.usedBy]
+			}
 			return b, nil
 		}
 	}

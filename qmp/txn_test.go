@@ -15,7 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/plugin/contract"
 	"github.com/ringblk/ringblk/txn"
 )
 
@@ -197,7 +201,7 @@ func TestQ2TransactionTwoDrivesOneIOThread(t *testing.T) {
 		if d.nodes[n].usedBy != snap || d.nodes[snap] == nil {
 			t.Errorf("%s: node table %+v", n, d.nodes[n])
 		}
-		if root.Quiesce() != 0 || root.Child(block_RoleBacking()).Node().Quiesce() != 0 {
+		if root.Quiesce() != 0 || root.Child(block.RoleBacking).Node().Quiesce() != 0 {
 			t.Errorf("%s: drained sections left open", n)
 		}
 	}
@@ -299,8 +303,6 @@ func TestActionDrainedFromPrepareToClean(t *testing.T) {
 	}
 }
 
-func block_RoleBacking() blockRole { return roleBacking }
-
 // TestEveryActionAbortLeavesImagesAndGraph: each action type, prepared
 // and then aborted by a failing action after it, leaves every image file
 // byte for byte as it was, creates no file, and leaves the graph as it
@@ -356,5 +358,45 @@ func TestEveryActionAbortLeavesImagesAndGraph(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDeviceNameFollowsSnapshots: after an external snapshot, the device
+// name addresses the overlay (a second snapshot by device name stacks on
+// it), while the old node's own name is busy as a backing node.
+func TestDeviceNameFollowsSnapshots(t *testing.T) {
+	d, dir := testDaemon(t, 1)
+	addQcow2(t, d, dir, "disk0")
+	for i := 0; i < 2; i++ {
+		err := d.Transaction(&TransactionArgs{Actions: []TransactionAction{
+			actionJSON("blockdev-snapshot-sync", SnapshotSyncArgs{Device: "disk0", SnapshotFile: filepath.Join(dir, fmt.Sprintf("s%d.qcow2", i)), SnapshotNodeName: fmt.Sprintf("s%d", i)}),
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := d.nodes["disk0"].dev.Root()
+	if root.Name() != "s1" || depth(root) != 2 {
+		t.Fatalf("top %s with %d backing levels, want s1 over s0 over disk0", root.Name(), depth(root))
+	}
+	err := d.Transaction(&TransactionArgs{Actions: []TransactionAction{
+		actionJSON("blockdev-snapshot-sync", SnapshotSyncArgs{NodeName: "s0", SnapshotFile: filepath.Join(dir, "x.qcow2")}),
+	}})
+	if err == nil || !strings.Contains(err.Error(), "Node 's0' is busy: node is used as backing of 's1'") {
+		t.Fatalf("snapshot of a backing node: %v", err)
+	}
+}
+
+// TestBlockIOErrorEvent: a request held by a stop policy is reported as
+// QEMU's BLOCK_IO_ERROR event.
+func TestBlockIOErrorEvent(t *testing.T) {
+	d, _, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	d.callbacks("disk9").Stopped(contract.OpWrite, fmt.Errorf("write: %w", unix.ENOSPC))
+	m := c.recvAny()
+	data, _ := m["data"].(map[string]any)
+	if m["event"] != "BLOCK_IO_ERROR" || data["node-name"] != "disk9" || data["operation"] != "write" || data["action"] != "stop" || data["nospace"] != true {
+		t.Fatalf("event %v", m)
 	}
 }
