@@ -331,9 +331,8 @@ func (s *snapshotExisting) Clean() {
 	}
 	dev, err := s.d.h.OpenDevice(s.ob.filename, s.ob.opts)
 	if err != nil {
-		// The image is as it was; only this process lost it.
-		s.d.emit("BLOCK_NODE_LOST", map[string]any{"node-name": s.ob.name, "reason": fmt.Sprint(err)})
-		dev = nil
+		s.d.lost(s.ob.name, err)
+		return
 	}
 	s.d.mu.Lock()
 	s.ob.dev = dev

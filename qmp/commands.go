@@ -1,6 +1,7 @@
 package qmp
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -336,12 +337,13 @@ func (d *Daemon) blockdevCreate(x *createArgs) error {
 		err := d.h.Create(path, host.CreateOptions{Format: "qcow2", Size: o.Size, BackingFile: o.BackingFile,
 			BackingFormat: o.BackingFmt, ClusterSize: o.ClusterSize, Preallocation: o.Preallocation})
 		if fb != nil {
-			dev, rerr := d.h.OpenDevice(fb.filename, fb.opts)
-			d.mu.Lock()
-			fb.dev = dev
-			d.mu.Unlock()
-			if rerr != nil {
-				err = fmt.Errorf("%v; and reopening '%s' failed: %v", err, fb.name, rerr)
+			if dev, rerr := d.h.OpenDevice(fb.filename, fb.opts); rerr == nil {
+				d.mu.Lock()
+				fb.dev = dev
+				d.mu.Unlock()
+			} else {
+				d.lost(fb.name, rerr)
+				err = errors.Join(err, fmt.Errorf("reopening '%s' failed: %v", fb.name, rerr))
 			}
 		}
 		if err != nil {

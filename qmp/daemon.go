@@ -35,6 +35,7 @@ type Daemon struct {
 
 	quit     chan struct{}
 	quitOnce sync.Once
+	closed   bool // Close began (metrics stop reading)
 }
 
 // blockdev is one node added with blockdev-add (or by a snapshot), and the
@@ -90,6 +91,7 @@ func (d *Daemon) emit(name string, data any) {
 // on close). The host stays for the caller to close.
 func (d *Daemon) Close() error {
 	d.mu.Lock()
+	d.closed = true
 	exps := d.exports
 	d.exports = map[string]*export{}
 	srv, lis, done := d.nbdSrv, d.nbdLis, d.nbdDone
@@ -344,9 +346,11 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 		if fileNode != nil {
 			// Give the file node its device back.
 			if nd, rerr := d.h.OpenDevice(fileNode.filename, fileNode.opts); rerr == nil {
+				d.mu.Lock()
 				fileNode.dev = nd
+				d.mu.Unlock()
 			} else {
-				fileNode.dev = nil
+				d.lost(fileNode.name, rerr)
 				err = errors.Join(err, rerr)
 			}
 		}
@@ -444,6 +448,28 @@ func (d *Daemon) blockdevDel(name string) error {
 		return Errorf("Node '%s' closed with an error: %v", name, err)
 	}
 	return nil
+}
+
+// lost drops a node whose device could not be reopened (after it was
+// closed to be reopened in another shape) and every node under it, and
+// says so with an event: the image files are as they were, only this
+// daemon no longer has them open.
+func (d *Daemon) lost(name string, why error) {
+	d.mu.Lock()
+	var drop func(n string)
+	drop = func(n string) {
+		x := d.nodes[n]
+		if x == nil {
+			return
+		}
+		delete(d.nodes, n)
+		for _, l := range x.lower {
+			drop(l)
+		}
+	}
+	drop(name)
+	d.mu.Unlock()
+	d.emit("BLOCK_NODE_LOST", map[string]any{"node-name": name, "reason": fmt.Sprint(why)})
 }
 
 func (d *Daemon) callbacks(name string) contract.DeviceCallbacks {

@@ -71,14 +71,19 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		name string
 		dev  *host.Device
 	}
+	// Held for the whole collection: Daemon.Close waits for it, so the
+	// Contexts are still running when it asks them for their figures.
 	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
 	var devs []devRef
 	for _, name := range sortedKeys(d.nodes) {
 		if b := d.nodes[name]; b.usedBy == "" && b.dev != nil {
 			devs = append(devs, devRef{name, b.dev})
 		}
 	}
-	d.mu.Unlock()
 	for _, r := range devs {
 		s := r.dev.Stats()
 		for _, o := range []struct {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ringblk/ringblk/host"
 )
 
@@ -90,6 +92,25 @@ func TestStressTransactionsWithIOOnIOThreads(t *testing.T) {
 			}
 		}(i, dev)
 	}
+	// A scraper reads the metrics all along (they run on the Contexts).
+	pr := prometheus.NewRegistry()
+	pr.MustRegister(NewMetrics(d))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := pr.Gather(); err != nil {
+				t.Errorf("gather: %v", err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
 	top := func(n string) string {
 		for {
 			b := d.nodes[n]

@@ -5,6 +5,7 @@
 package servecmd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -355,7 +356,15 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 		mux.Handle("/metrics", promhttp.HandlerFor(pr, promhttp.HandlerOpts{}))
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(l)
-		cleanup = append(cleanup, func() { hs.Close() })
+		// Shutdown waits for a scrape in progress: it runs functions on
+		// the Contexts, which must still be running.
+		cleanup = append(cleanup, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if hs.Shutdown(ctx) != nil {
+				hs.Close()
+			}
+		})
 		if strings.HasSuffix(cfg.metrics, ":0") {
 			fmt.Fprintf(os.Stderr, "ringblk: serve: metrics on %s\n", l.Addr())
 		}
