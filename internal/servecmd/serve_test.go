@@ -635,3 +635,72 @@ func TestServeErrorsMatchQemuStorageDaemon(t *testing.T) {
 		}
 	}
 }
+
+// TestServeIotest202SameRepliesAsQemuStorageDaemon runs iotest 202's QMP
+// sequence against qemu-storage-daemon and ringblk serve, each on its own
+// copy of the images, and wants the same reply at every step.
+func TestServeIotest202SameRepliesAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	run := func(name string, start func(sock string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"disk0", "disk1"} {
+			qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, n+".img"), "10M")
+		}
+		sock := filepath.Join(dir, "qmp.sock")
+		stop := start(sock)
+		defer stop()
+		for i := 0; i < 500; i++ {
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c := dialQMP(t, sock)
+		var out []string
+		for _, cmd := range []string{
+			`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"iothread0"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"disk0","file":{"driver":"file","filename":"` + dir + `/disk0.img"}}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"disk1","file":{"driver":"file","filename":"` + dir + `/disk1.img"}}}`,
+			`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"disk0","iothread":"iothread0"}}`,
+			`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"disk1","iothread":"iothread0"}}`,
+			`{"execute":"transaction","arguments":{"actions":[
+				{"type":"blockdev-snapshot-sync","data":{"node-name":"disk0","snapshot-file":"` + dir + `/disk0-snap.img","snapshot-node-name":"disk0-snap","mode":"absolute-paths","format":"qcow2"}},
+				{"type":"blockdev-snapshot-sync","data":{"node-name":"disk1","snapshot-file":"` + dir + `/disk1-snap.img","snapshot-node-name":"disk1-snap","mode":"absolute-paths","format":"qcow2"}}]}}`,
+			`{"execute":"quit"}`,
+		} {
+			b, _ := json.Marshal(c.do(cmd))
+			out = append(out, string(b))
+		}
+		for _, n := range []string{"disk0", "disk1"} {
+			info := qemuImg(t, "info", "-U", filepath.Join(dir, n+"-snap.img"))
+			if !strings.Contains(info, "backing file: "+filepath.Join(dir, n+".img")) {
+				t.Errorf("%s: %s-snap.img:\n%s", name, n, info)
+			}
+		}
+		return out
+	}
+	want := run("qsd", func(sock string) func() {
+		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() { q.Wait() }
+	})
+	got := run("ringblk", func(sock string) func() {
+		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		return func() {
+			if code := d.wait(t); code != 0 {
+				t.Errorf("exit %d: %s", code, d.stderr)
+			}
+		}
+	})
+	for i := range want {
+		if want[i] != got[i] {
+			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], got[i])
+		}
+	}
+}
