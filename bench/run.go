@@ -2,8 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"github.com/ringblk/ringblk/drivers/qcow2"
-	"github.com/ringblk/ringblk/drivers/raw"
 	"io"
 	"math"
 	"os"
@@ -11,6 +9,9 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/raw"
 
 	"golang.org/x/sys/unix"
 )
@@ -426,7 +427,7 @@ func qcow2VirtualSize(path string) (int64, error) {
 	if n == 0 && err != nil {
 		return 0, fmt.Errorf("reading the qcow2 header of %s: %w", path, err)
 	}
-	h, err := qcow2.ParseHeader(buf[:n])
+	h, err := format.ParseHeader(buf[:n])
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", path, err)
 	}

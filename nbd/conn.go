@@ -657,22 +657,28 @@ func (c *conn) bsStep(sl *slot) bool {
 		return false
 	}
 	st, pnum, lv := sl.bsSt, min(sl.bsPnum, sl.bsEnd-sl.bsOff), sl.level
-	last := lv == len(c.e.levels)-1
+	bottom := lv == len(c.e.levels)-1
+	var backing int64
+	if !bottom {
+		backing = c.e.sizes[lv+1]
+	}
 	var p piece
-	switch {
-	case st&block.StatusAllocated != 0:
-		p = piece{flags: allocFlags(st), depth: uint32(lv + 1)}
-	case last:
-		p = piece{flags: stateHole | stateZero} // unallocated everywhere
-		if lv == 0 {
-			p.flags = allocFlags(st)
+	switch block.StepAbove(st, bottom, sl.bsOff, backing) {
+	case block.AboveDecided:
+		switch {
+		case st&block.StatusAllocated != 0:
+			p = piece{flags: allocFlags(st), depth: uint32(lv + 1)}
+		case lv == 0:
+			p = piece{flags: allocFlags(st)} // a chain of one image
+		default:
+			p = piece{flags: stateHole | stateZero} // unallocated everywhere
 		}
-	case sl.bsOff >= c.e.sizes[lv+1]:
+	case block.AbovePastEnd:
 		// Beyond the end of the backing file: reads as zeroes, which
 		// that (short) backing file provides, so QEMU counts the range
 		// as allocated at its depth.
 		p = piece{flags: stateHole | stateZero, depth: uint32(lv + 2)}
-	default:
+	case block.AboveNext:
 		sl.level++
 		sl.bsEnd = sl.bsOff + pnum // ask the backing file about this part only
 		return true
