@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -47,6 +48,9 @@ type slot struct {
 	req  request
 	buf  []byte
 	held int64 // payload bytes counted in conn.held
+
+	start  time.Time // request read (accounted commands; stats.go)
+	failed bool      // answered with an error
 
 	step int   // multi-step commands: FUA flush pending, cache progress
 	pos  int64 // cache: next offset
@@ -373,6 +377,10 @@ func (c *conn) handle(r request) {
 	}
 	sl := c.getSlot()
 	sl.req = r
+	sl.failed = false
+	if statIndex(r.cmd) >= 0 {
+		sl.start = time.Now()
+	}
 	tag := uint64(sl.idx)
 	if r.cmd == cmdWrite {
 		c.buffer(sl, int(r.length))
@@ -515,6 +523,7 @@ func (c *conn) replySimple(sl *slot, nbdErr uint32) {
 
 func (sl *slot) simpleHeader(nbdErr uint32) {
 	sl.nout, sl.replyLen = 0, 0
+	sl.failed = nbdErr != 0
 	h := sl.hdr[:16]
 	binary.BigEndian.PutUint32(h, magicSimple)
 	binary.BigEndian.PutUint32(h[4:], nbdErr)
@@ -525,6 +534,7 @@ func (sl *slot) simpleHeader(nbdErr uint32) {
 // replyError answers with one structured error chunk.
 func (c *conn) replyError(sl *slot, nbdErr uint32) {
 	sl.nout, sl.replyLen = 0, 0
+	sl.failed = true
 	h := sl.hdr[:26]
 	putChunkHeader(h, chunkDone, chunkError, sl.req.cookie, 6)
 	binary.BigEndian.PutUint32(h[20:], nbdErr)
@@ -753,6 +763,7 @@ func (c *conn) replyStatus(sl *slot) {
 // ---- sending ----
 
 func (c *conn) queueReply(sl *slot) {
+	c.e.stats.record(sl)
 	if c.dead {
 		c.putSlot(sl)
 		c.maybeFinish()

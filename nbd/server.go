@@ -51,6 +51,8 @@ type Export struct {
 	// quiesced is set between DrainedBegin and DrainedEnd.
 	quiesced atomic.Bool
 
+	stats exportStats // per-request accounting (stats.go)
+
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	reserved int // places taken by handshakes that end in GO or EXPORT_NAME

@@ -8,12 +8,14 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/nbd"
 	"github.com/ringblk/ringblk/plugin/contract"
 )
 
 // Metrics is a Prometheus collector of the daemon's figures, read at
-// scrape time (nothing is added to the I/O path): per device (labelled by
-// its node name) operations, bytes, errors and a latency histogram per
+// scrape time from counters the I/O path keeps anyway: per top node (the
+// node a blockdev-add or snapshot put on top; its device and its NBD
+// exports summed) operations, bytes, errors and a latency histogram per
 // operation, and requests in flight; per graph node drained sections and
 // their wait time; per Context the ring depth (ops on the ring),
 // submission-queue-full events, io_uring_enter calls and completions, and
@@ -54,6 +56,25 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+var opLabels = [5]string{"read", "write", "flush", "discard", "write_zeroes"}
+
+// opSum adds up one operation's accounting from devices and exports
+// (both count latency in the same power-of-two buckets).
+type opSum struct {
+	ops, bytes, errors, totalNs uint64
+	lat                         [contract.LatencyBuckets]uint64
+}
+
+func (o *opSum) add(ops, bytes, errs, ns uint64, lat []uint64) {
+	o.ops += ops
+	o.bytes += bytes
+	o.errors += errs
+	o.totalNs += ns
+	for i := range min(len(lat), len(o.lat)) {
+		o.lat[i] += lat[i]
+	}
+}
+
 // latencyBounds are the histogram's upper bounds in seconds: bucket i of
 // the device accounting counts [2^i, 2^(i+1)) ns.
 var latencyBounds = func() []float64 {
@@ -67,10 +88,6 @@ var latencyBounds = func() []float64 {
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	d := m.d
-	type devRef struct {
-		name string
-		dev  *host.Device
-	}
 	// Held for the whole collection: Daemon.Close waits for it, so the
 	// Contexts are still running when it asks them for their figures.
 	d.mu.Lock()
@@ -78,33 +95,58 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	if d.closed {
 		return
 	}
-	var devs []devRef
-	for _, name := range sortedKeys(d.nodes) {
-		if b := d.nodes[name]; b.usedBy == "" && b.dev != nil {
-			devs = append(devs, devRef{name, b.dev})
-		}
+	// Per top node: what its device did plus what its NBD exports did
+	// (in the daemon, the exports carry the clients' I/O).
+	type acc struct {
+		ops      [5]opSum
+		inFlight int64
 	}
-	for _, r := range devs {
-		s := r.dev.Stats()
-		for _, o := range []struct {
-			op string
-			st host.OpStats
-		}{{"read", s.Read}, {"write", s.Write}, {"flush", s.Flush}, {"discard", s.Discard}, {"write_zeroes", s.WriteZeroes}} {
-			ch <- prometheus.MustNewConstMetric(m.ops, prometheus.CounterValue, float64(o.st.Ops), r.name, o.op)
-			ch <- prometheus.MustNewConstMetric(m.bytes, prometheus.CounterValue, float64(o.st.Bytes), r.name, o.op)
-			ch <- prometheus.MustNewConstMetric(m.errs, prometheus.CounterValue, float64(o.st.Errors), r.name, o.op)
+	per := map[string]*acc{}
+	var names []string
+	for _, name := range sortedKeys(d.nodes) {
+		b := d.nodes[name]
+		if b.usedBy != "" || b.dev == nil {
+			continue
+		}
+		s := b.dev.Stats()
+		a := &acc{inFlight: s.InFlight}
+		for i, o := range []host.OpStats{s.Read, s.Write, s.Flush, s.Discard, s.WriteZeroes} {
+			a.ops[i].add(o.Ops, o.Bytes, o.Errors, o.TotalNs, o.Latency[:])
+		}
+		per[name] = a
+		names = append(names, name)
+	}
+	for _, id := range sortedKeys(d.exports) {
+		e := d.exports[id]
+		a := per[e.node]
+		if a == nil {
+			continue
+		}
+		s := e.exp.Stats()
+		for i, o := range []nbd.OpStats{s.Read, s.Write, s.Flush, s.Trim, s.WriteZeroes} {
+			a.ops[i].add(o.Ops, o.Bytes, o.Errors, o.TotalNs, o.Latency[:])
+		}
+		a.inFlight += e.exp.FrontEnd().InFlight()
+	}
+	for _, name := range names {
+		a := per[name]
+		for i, op := range opLabels {
+			o := &a.ops[i]
+			ch <- prometheus.MustNewConstMetric(m.ops, prometheus.CounterValue, float64(o.ops), name, op)
+			ch <- prometheus.MustNewConstMetric(m.bytes, prometheus.CounterValue, float64(o.bytes), name, op)
+			ch <- prometheus.MustNewConstMetric(m.errs, prometheus.CounterValue, float64(o.errors), name, op)
 			buckets := make(map[float64]uint64, len(latencyBounds))
 			var cum, count uint64
-			for i, n := range o.st.Latency {
+			for j, n := range o.lat {
 				count += n
-				if i < len(latencyBounds) {
+				if j < len(latencyBounds) {
 					cum += n
-					buckets[latencyBounds[i]] = cum
+					buckets[latencyBounds[j]] = cum
 				}
 			}
-			ch <- prometheus.MustNewConstHistogram(m.lat, count, float64(o.st.TotalNs)/1e9, buckets, r.name, o.op)
+			ch <- prometheus.MustNewConstHistogram(m.lat, count, float64(o.totalNs)/1e9, buckets, name, op)
 		}
-		ch <- prometheus.MustNewConstMetric(m.inFlight, prometheus.GaugeValue, float64(s.InFlight), r.name)
+		ch <- prometheus.MustNewConstMetric(m.inFlight, prometheus.GaugeValue, float64(a.inFlight), name)
 	}
 	for _, n := range d.h.Graph().Nodes() {
 		c, w := n.DrainStats()

@@ -482,16 +482,22 @@ func TestServeMetrics(t *testing.T) {
 		t.Fatalf("no %s %v", fam, labels)
 		return 0
 	}
-	// The export's I/O went through its own front end, not the device's:
-	// the device counts what QMP's users of it did (none); the NBD
-	// export's requests show up on the Context's ring.
+	// The NBD client's requests count on the exported node.
+	if n := get("ringblk_node_ops_total", map[string]string{"node": "d", "op": "write"}); n != 1 {
+		t.Errorf("writes on d: %v, want 1", n)
+	}
+	if n := get("ringblk_node_bytes_total", map[string]string{"node": "d", "op": "write"}); n != 65536 {
+		t.Errorf("bytes written on d: %v, want 65536", n)
+	}
+	if n := get("ringblk_node_latency_seconds", map[string]string{"node": "d", "op": "read"}); n != 1 {
+		t.Errorf("read latency samples on d: %v, want 1", n)
+	}
 	if n := get("ringblk_node_drains_total", map[string]string{"node": "d"}); n < 1 {
 		t.Errorf("drains of d: %v (the snapshot drained it)", n)
 	}
 	if n := get("ringblk_context_completions_total", map[string]string{"context": "0"}); n < 2 {
 		t.Errorf("completions on Context 0: %v", n)
 	}
-	get("ringblk_node_latency_seconds", map[string]string{"node": "d", "op": "read"})
 	get("ringblk_context_enters_per_io", map[string]string{"context": "0"})
 	get("ringblk_context_ring_depth", map[string]string{"context": "0"})
 	get("ringblk_context_sq_full_total", map[string]string{"context": "0"})
