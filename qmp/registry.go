@@ -24,7 +24,7 @@ type command struct {
 
 type param struct {
 	name     string
-	field    int
+	field    []int // index path (fields of embedded structs are flattened)
 	optional bool
 }
 
@@ -51,16 +51,29 @@ func (r *Registry) Register(name string, args any, fn Handler) {
 			panic("qmp: arguments of " + name + " must be a struct")
 		}
 		c.argType = t
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			tag := strings.Split(f.Tag.Get("json"), ",")[0]
-			if tag == "" || tag == "-" {
-				continue
-			}
-			c.params = append(c.params, param{name: tag, field: i, optional: f.Tag.Get("qmp") == "optional"})
-		}
+		c.params = params(t, nil)
 	}
 	r.cmds[name] = c
+}
+
+// params lists the JSON members of struct t; an embedded struct's
+// members count as t's own (QAPI's base types, e.g. common job options).
+func params(t reflect.Type, path []int) []param {
+	var out []param
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		idx := append(append([]int(nil), path...), i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			out = append(out, params(f.Type, idx)...)
+			continue
+		}
+		tag := strings.Split(f.Tag.Get("json"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		out = append(out, param{name: tag, field: idx, optional: f.Tag.Get("qmp") == "optional"})
+	}
+	return out
 }
 
 // Names lists the registered commands, sorted.
@@ -119,7 +132,7 @@ func (c *command) decodeAt(prefix string, raw json.RawMessage) (any, *Error) {
 		if !ok {
 			continue
 		}
-		f := v.Elem().Field(p.field)
+		f := v.Elem().FieldByIndex(p.field)
 		if err := strictUnmarshal(m, f.Addr().Interface()); err != nil {
 			return nil, typeError(prefix+p.name, f.Type(), err)
 		}

@@ -82,13 +82,21 @@ func coerce(m map[string]any, t reflect.Type) (map[string]any, error) {
 		return m, nil
 	}
 	fields := map[string]reflect.Type{}
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name := strings.Split(f.Tag.Get("json"), ",")[0]
-		if name != "" && name != "-" {
-			fields[name] = f.Type
+	var collect func(t reflect.Type)
+	collect = func(t reflect.Type) {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if f.Anonymous && f.Type.Kind() == reflect.Struct {
+				collect(f.Type) // a QAPI base type: its members are ours
+				continue
+			}
+			name := strings.Split(f.Tag.Get("json"), ",")[0]
+			if name != "" && name != "-" {
+				fields[name] = f.Type
+			}
 		}
 	}
+	collect(t)
 	for k, v := range m {
 		ft, ok := fields[k]
 		if !ok {
