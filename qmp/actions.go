@@ -329,7 +329,7 @@ func (s *snapshotExisting) Clean() {
 	if !s.closed || (s.stage != nil && s.committed) {
 		return
 	}
-	dev, err := s.d.h.OpenDevice(s.ob.filename, s.ob.opts)
+	dev, err := s.d.open(s.ob.filename, s.ob.opts)
 	if err != nil {
 		s.d.lost(s.ob.name, err)
 		return

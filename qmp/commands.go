@@ -337,7 +337,7 @@ func (d *Daemon) blockdevCreate(x *createArgs) error {
 		err := d.h.Create(path, host.CreateOptions{Format: "qcow2", Size: o.Size, BackingFile: o.BackingFile,
 			BackingFormat: o.BackingFmt, ClusterSize: o.ClusterSize, Preallocation: o.Preallocation})
 		if fb != nil {
-			if dev, rerr := d.h.OpenDevice(fb.filename, fb.opts); rerr == nil {
+			if dev, rerr := d.open(fb.filename, fb.opts); rerr == nil {
 				d.mu.Lock()
 				fb.dev = dev
 				d.mu.Unlock()

@@ -341,11 +341,11 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 			return Errorf("Could not close '%s' to reopen it under '%s': %v", fileNode.name, o.NodeName, err)
 		}
 	}
-	dev, err := d.h.OpenDevice(filename, oo)
+	dev, err := d.open(filename, oo)
 	if err != nil {
 		if fileNode != nil {
 			// Give the file node its device back.
-			if nd, rerr := d.h.OpenDevice(fileNode.filename, fileNode.opts); rerr == nil {
+			if nd, rerr := d.open(fileNode.filename, fileNode.opts); rerr == nil {
 				d.mu.Lock()
 				fileNode.dev = nd
 				d.mu.Unlock()
@@ -620,4 +620,17 @@ func (d *Daemon) devOf(n *block.Node) *blockdev {
 		}
 	}
 	return nil
+}
+
+// open opens a node's device. Its front end lets jobs and other users
+// move the node to another Context (a mirror moves its target to the
+// source's IOThread): in the daemon a device is a node's handle, not a
+// guest's disk pinned to a thread.
+func (d *Daemon) open(path string, o host.OpenOptions) (*host.Device, error) {
+	dev, err := d.h.OpenDevice(path, o)
+	if err != nil {
+		return nil, err
+	}
+	dev.FrontEnd().AllowContextChange(true)
+	return dev, nil
 }
