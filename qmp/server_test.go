@@ -16,9 +16,10 @@ import (
 // rawClient is a qmp-shell-like client: it writes text and reads one JSON
 // message per line.
 type rawClient struct {
-	t  *testing.T
-	nc net.Conn
-	r  *bufio.Reader
+	t      *testing.T
+	nc     net.Conn
+	r      *bufio.Reader
+	events []map[string]any // events recv skipped, for waitEvent
 }
 
 func dialRaw(t *testing.T, path string) *rawClient {
@@ -46,7 +47,33 @@ func (c *rawClient) recv() map[string]any {
 		if _, ev := m["event"]; !ev {
 			return m
 		}
+		c.events = append(c.events, m)
 	}
+}
+
+// waitEvent returns the first event named name (with data member
+// "device" or "id" equal to id, if given), among those recv skipped or
+// still to come.
+func (c *rawClient) waitEvent(name, id string) map[string]any {
+	c.t.Helper()
+	match := func(m map[string]any) bool {
+		data, _ := m["data"].(map[string]any)
+		return m["event"] == name && (id == "" || data["device"] == id || data["id"] == id)
+	}
+	for i, m := range c.events {
+		if match(m) {
+			c.events = append(c.events[:i], c.events[i+1:]...)
+			return m
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := c.recvAny(); match(m) {
+			return m
+		}
+	}
+	c.t.Fatalf("no %s event for %s", name, id)
+	return nil
 }
 
 func (c *rawClient) recvAny() map[string]any {
