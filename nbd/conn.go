@@ -61,7 +61,8 @@ type slot struct {
 	nout     int
 	replyLen int
 
-	// Block status walk.
+	// Block status walk, over the chain as it was when the request came.
+	view         *chainView
 	level        int
 	bsOff, bsEnd int64
 	bsSync       bool // inside the submission
@@ -418,6 +419,7 @@ func (c *conn) handle(r request) {
 		c.cacheNext(sl)
 	case cmdBlockStatus:
 		sl.bsOff, sl.bsEnd = off, off+n
+		sl.view = c.e.chain.Load()
 		c.bsRun(sl)
 	}
 }
@@ -643,7 +645,7 @@ func (c *conn) bsRun(sl *slot) {
 		if sl.level == 0 {
 			c.q.Submit(r, c)
 		} else {
-			c.e.levels[sl.level].Submit(r, c)
+			sl.view.levels[sl.level].Submit(r, c)
 		}
 		sl.bsSync = false
 		if !sl.bsInline || !c.bsStep(sl) {
@@ -667,10 +669,10 @@ func (c *conn) bsStep(sl *slot) bool {
 		return false
 	}
 	st, pnum, lv := sl.bsSt, min(sl.bsPnum, sl.bsEnd-sl.bsOff), sl.level
-	bottom := lv == len(c.e.levels)-1
+	bottom := lv == len(sl.view.levels)-1
 	var backing int64
 	if !bottom {
-		backing = c.e.sizes[lv+1]
+		backing = sl.view.sizes[lv+1]
 	}
 	var p piece
 	switch block.StepAbove(st, bottom, sl.bsOff, backing) {

@@ -205,7 +205,7 @@ func (s *snapshotSync) Prepare() error {
 func (s *snapshotSync) Commit() error {
 	err := s.stage.Commit()
 	s.d.swapIn(s.b, s.overlay, "qcow2", s.a.SnapshotFile)
-	return err
+	return errors.Join(err, s.d.refreshExports(s.overlay))
 }
 
 func (s *snapshotSync) Abort() {
@@ -215,6 +215,19 @@ func (s *snapshotSync) Abort() {
 }
 
 func (s *snapshotSync) Clean() { _ = s.dr.End() }
+
+// refreshExports makes the exports of node re-read its chain for block
+// status. Called in a commit, while the node is still drained, so no
+// client request sees the old chain.
+func (d *Daemon) refreshExports(node string) error {
+	var errs []error
+	for _, e := range d.exports {
+		if e.node == node {
+			errs = append(errs, e.exp.Refresh())
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // swapIn records that overlay now sits on top of b.
 func (d *Daemon) swapIn(b *blockdev, overlay, driver, filename string) {
@@ -312,7 +325,7 @@ func (s *snapshotExisting) Commit() error {
 		}
 	}
 	d.mu.Unlock()
-	return err
+	return errors.Join(err, d.refreshExports(s.ob.name))
 }
 
 func (s *snapshotExisting) Abort() {
