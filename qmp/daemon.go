@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/host"
 	"github.com/ringblk/ringblk/nbd"
 	"github.com/ringblk/ringblk/plugin/contract"
@@ -542,10 +541,13 @@ func (d *Daemon) nbdServerStop() error {
 	if d.nbdSrv == nil {
 		return Errorf("NBD server not running")
 	}
+	d.mu.Lock()
+	exps := d.exports
+	d.exports = map[string]*export{}
+	d.mu.Unlock()
 	var errs []error
-	for id, e := range d.exports {
+	for _, e := range exps {
 		errs = append(errs, e.exp.Close())
-		delete(d.exports, id)
 	}
 	d.nbdLis.Close()
 	d.nbdSrv.Close()
@@ -609,16 +611,6 @@ func (d *Daemon) exportDel(id string) error {
 		return Errorf("%v", err)
 	}
 	d.emit("BLOCK_EXPORT_DELETED", map[string]any{"id": id})
-	return nil
-}
-
-// devOf returns the Device whose top node is n, if any.
-func (d *Daemon) devOf(n *block.Node) *blockdev {
-	for _, b := range d.nodes {
-		if b.usedBy == "" && b.dev != nil && b.dev.Root() == n {
-			return b
-		}
-	}
 	return nil
 }
 
