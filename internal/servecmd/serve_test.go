@@ -710,3 +710,44 @@ func TestServeIotest202SameRepliesAsQemuStorageDaemon(t *testing.T) {
 		}
 	}
 }
+
+// TestServeSIGTERMDuringWrites: SIGTERM while an NBD client writes: the
+// daemon disconnects the client after its requests in flight complete,
+// drains, closes the image and exits 0; the image checks clean and holds
+// every write the client saw acknowledged before the cut (the first one
+// at least).
+func TestServeSIGTERMDuringWrites(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := tmpDir(t)
+	img := filepath.Join(dir, "d.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", img, "64M")
+	sock, nbdSock := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "nbd.sock")
+	d := startServe(t, "--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img,
+		"--object", "iothread,id=io0",
+		"--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m",
+		"--nbd-server", "addr.type=unix,addr.path="+nbdSock,
+		"--export", "type=nbd,id=e,node-name=d,writable=on")
+	waitSocket(t, d, sock)
+	c := dialQMP(t, sock)
+	c.ok(`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"d","iothread":"io0"}}`)
+	url := "nbd+unix:///d?socket=" + nbdSock
+	qemuIO(t, "-f", "raw", "-c", "write -P 0x61 0 1M", "-c", "flush", url)
+	args := []string{"-f", "raw"}
+	for i := 1; i < 64; i++ {
+		args = append(args, "-c", fmt.Sprintf("write -P 0x62 %dM 1M", i))
+	}
+	bg := exec.Command("qemu-io", append(args, url)...)
+	if err := bg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM during writes: %s", code, d.stderr)
+	}
+	bg.Wait() // its writes after the cut fail; that is expected
+	if out := qemuImg(t, "check", img); !strings.Contains(out, "No errors were found") {
+		t.Fatalf("qemu-img check:\n%s", out)
+	}
+	qemuIO(t, "-f", "qcow2", "-c", "read -P 0x61 0 1M", img)
+}
