@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,7 +13,8 @@ import (
 	"github.com/ringblk/ringblk/uring"
 )
 
-// NoCPU in Options.CPU leaves the owner thread unpinned.
+// NoCPU in Options.CPU says "no CPU": the owner thread is not pinned
+// (the zero value of Options, without Pin, does not pin either).
 const NoCPU = -1
 
 // Defaults for Options fields left zero.
@@ -25,20 +27,31 @@ const (
 	DefaultPollTime = 0
 )
 
-// Options configure a Context. The zero value is usable except for CPU,
-// whose zero value pins to CPU 0: set it to NoCPU (-1) for no pinning.
+// Options configure a Context. The zero value is usable: an unpinned
+// Context with the default sizes.
 type Options struct {
 	// Name labels the Context in errors, reports and panics.
 	Name string
 	// Entries is the SQ size of the Context's ring (default 256). The CQ is
 	// twice as large (the kernel's default).
 	Entries int
-	// Slots is the number of op slots preallocated (default 4×Entries). Ops
-	// beyond it grow the table by a chunk of 256 slots: one allocation per
-	// new high-water mark, never in steady state.
+	// Slots is the number of op slots preallocated (default 4×Entries, at
+	// most MaxSlots). Ops beyond it grow the table by a chunk of 256 slots:
+	// one allocation per new high-water mark, never in steady state.
 	Slots int
-	// CPU is the logical CPU the owner thread is pinned to; NoCPU (-1): no
-	// pinning.
+	// MaxSlots caps the op-slot table (default 8×Entries; raised to Slots
+	// if smaller; rounded up to the chunk size). Callers that take work
+	// from outside — block's front ends — admit it only while SlotsFree
+	// reports room and park it otherwise, so the table stays within the
+	// cap; an op started at the cap is never refused, it grows the table
+	// and is counted in Stats.SlotsOverCap.
+	MaxSlots int
+	// Pin pins the owner thread to the logical CPU named by CPU. Without
+	// it (the zero value) the thread is not pinned and the scheduler may
+	// run it on any CPU of the process's affinity mask.
+	Pin bool
+	// CPU is the logical CPU Pin pins to (0 or more). Without Pin it must
+	// be 0 or NoCPU: New refuses a CPU it would not pin to.
 	CPU int
 	// PollTime bounds the adaptive busy-poll before a blocking wait: the loop
 	// spins on the CQ and the cross-goroutine queue for up to the current
@@ -165,6 +178,7 @@ type Context struct {
 	stopping  bool // set by the stop BH; the top-level loop exits
 	cancelAll bool // shutdown: new ops complete with ECANCELED at once
 	stopBH    *BH  // scheduled by Stop
+	attached  bool // started by Attach on a borrowed goroutine
 	kickBH    *BH  // scheduled by Kick
 	coMu      sync.Mutex
 	coSet     map[*Co]struct{} // coroutines not yet returned (guarded by coMu)
@@ -175,11 +189,23 @@ type Context struct {
 
 // New creates a Context. It does not start the owner goroutine; call Start.
 func New(opts Options) (*Context, error) {
+	if opts.Pin && opts.CPU < 0 {
+		return nil, &OpError{Op: "new context " + opts.Name + ": Pin without a CPU", Off: -1, Err: syscall.EINVAL}
+	}
+	if !opts.Pin && opts.CPU > 0 {
+		return nil, &OpError{Op: "new context " + opts.Name + ": CPU " + itoa(opts.CPU) + " without Pin (set Pin to pin the thread)", Off: -1, Err: syscall.EINVAL}
+	}
 	if opts.Entries <= 0 {
 		opts.Entries = DefaultEntries
 	}
+	if opts.MaxSlots <= 0 {
+		opts.MaxSlots = 8 * opts.Entries
+	}
 	if opts.Slots <= 0 {
-		opts.Slots = 4 * opts.Entries
+		opts.Slots = min(4*opts.Entries, opts.MaxSlots)
+	}
+	if opts.MaxSlots < opts.Slots {
+		opts.MaxSlots = opts.Slots
 	}
 	if opts.StopTimeout <= 0 {
 		opts.StopTimeout = DefaultStopTimeout
@@ -213,7 +239,7 @@ func New(opts Options) (*Context, error) {
 		cqes:        make([]uring.CQE, 128),
 		pollMax:     opts.PollTime,
 	}
-	c.ops.init(opts.Slots)
+	c.ops.init(opts.Slots, opts.MaxSlots)
 	c.stopBH = c.NewBH(func() { c.stopping = true })
 	c.kickBH = c.NewBH(func() {})
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
@@ -239,7 +265,7 @@ func (c *Context) Name() string { return c.name }
 func (c *Context) IsMain() bool { return c.main }
 
 // Start starts the owner goroutine, locks it to its OS thread, pins it if
-// Options.CPU asks for it, creates the ring (unless one was injected) and
+// Options.Pin asks for it, creates the ring (unless one was injected) and
 // registers the arena. It returns once the loop runs, or the setup error.
 func (c *Context) Start() error {
 	if !c.state.CompareAndSwap(stateNew, stateStarting) {
@@ -278,14 +304,7 @@ func (c *Context) ownerMain(errc chan<- error) {
 	for !c.stopping {
 		c.poll(true, true)
 	}
-	c.flushDeferred()
-	c.shutdown()
-
-	unregister(c)
-	c.tid.Store(0)
-	c.state.Store(stateStopped)
-	close(c.exited)
-	kickMains() // a main Context may be waiting in Run for c
+	c.finish()
 	// A pinned thread ends with this goroutine (a locked goroutine that
 	// exits takes its thread with it), so its affinity never leaks into
 	// Go's thread pool.
@@ -294,8 +313,72 @@ func (c *Context) ownerMain(errc chan<- error) {
 	}
 }
 
+// finish is the owner's part of a stop, after its last loop iteration.
+func (c *Context) finish() {
+	c.flushDeferred()
+	c.shutdown()
+
+	unregister(c)
+	c.tid.Store(0)
+	c.state.Store(stateStopped)
+	close(c.exited)
+	kickMains() // a main Context may be waiting in Run for c
+}
+
+// Attach starts the Context on the calling goroutine instead of a
+// goroutine of its own (Start): the caller is locked to its OS thread and
+// becomes the owner, and runs the loop itself with Poll or WaitWhile —
+// work scheduled from other goroutines (BHs, Run) waits until it does.
+// It is for a host thread that wants its requests submitted and completed
+// on its own thread, with no cross-thread wake-up per batch. The
+// Context's Pin option must be off (a borrowed thread is not pinned).
+// End it with Detach, on the same goroutine; Stop may not be used.
+func (c *Context) Attach() error {
+	if c.opts.Pin {
+		return &OpError{Op: "attach: a borrowed thread is not pinned (Pin must be off)", Off: -1, Err: syscall.EINVAL}
+	}
+	if !c.state.CompareAndSwap(stateNew, stateStarting) {
+		return ErrStarted
+	}
+	runtime.LockOSThread()
+	pinned := false
+	if err := c.setup(&pinned); err != nil {
+		c.closeResources()
+		if c.arena != nil {
+			c.arena.unmap()
+		}
+		c.state.Store(stateStopped)
+		close(c.exited)
+		runtime.UnlockOSThread()
+		return err
+	}
+	c.attached = true
+	register(c)
+	c.state.Store(stateRunning)
+	return nil
+}
+
+// Detach stops a Context that Attach started, on its owner: it does what
+// Stop does (runs pending work, cancels what is left, closes the ring)
+// and unlocks the goroutine from its thread.
+func (c *Context) Detach() (StopReport, error) {
+	if !c.attached {
+		invariants.Failf("aio: Detach of Context %s that Attach did not start", c.name)
+	}
+	if !c.InContext() {
+		invariants.Failf("aio: Detach of Context %s from another goroutine than its owner", c.name)
+	}
+	if c.state.Load() == stateStopped {
+		return c.report, c.stopErr
+	}
+	c.stopping = true
+	c.finish()
+	runtime.UnlockOSThread()
+	return c.report, c.stopErr
+}
+
 func (c *Context) setup(pinned *bool) error {
-	if c.opts.CPU >= 0 {
+	if c.opts.Pin {
 		var set unix.CPUSet
 		set.Set(c.opts.CPU)
 		if err := unix.SchedSetaffinity(0, &set); err != nil {
@@ -359,10 +442,8 @@ func (c *Context) InContext() bool {
 
 // assertOwner panics under invariants when the caller is not in c.
 func (c *Context) assertOwner(what string) {
-	if invariants.Enabled {
-		if !c.InContext() { // format only on failure: Check's arguments would allocate
-			invariants.Check(false, "aio: %s on Context %q outside its owner", what, c.name)
-		}
+	if invariants.Enabled && !c.InContext() {
+		invariants.Failf("aio: %s on Context %q outside its owner", what, c.name)
 	}
 }
 

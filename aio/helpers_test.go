@@ -69,9 +69,6 @@ func (e *env) fake(o uringtest.Options) *uringtest.Ring {
 // report no leak and leave no goroutine behind.
 func (e *env) start(o Options, q uring.Queue) *Context {
 	e.t.Helper()
-	if o.CPU == 0 {
-		o.CPU = NoCPU
-	}
 	if q == nil && e.kind == "fake" {
 		q = e.fake(uringtest.Options{})
 	}

@@ -13,14 +13,14 @@ type Set struct {
 }
 
 // StartDefault creates and starts a Set. opts is the template for every
-// Context (Name, CPU and Main are set per Context; opts.CPU == NoCPU turns
-// pinning off for all). The IOThread count is the number of physical cores
+// Context (Name, Pin, CPU and Main are set per Context; opts.CPU == NoCPU
+// turns pinning off for all: StartDefault pins unless told not to). The IOThread count is the number of physical cores
 // cpuid reports, limited to the CPUs in the process's affinity mask.
 func StartDefault(opts Options) (*Set, error) {
 	s := &Set{}
 	pin := opts.CPU != NoCPU
 	mo := opts
-	mo.Name, mo.Main, mo.CPU, mo.Queue = "main", true, NoCPU, nil
+	mo.Name, mo.Main, mo.Pin, mo.CPU, mo.Queue = "main", true, false, NoCPU, nil
 	m, err := New(mo)
 	if err != nil {
 		return nil, err
@@ -33,7 +33,7 @@ func StartDefault(opts Options) (*Set, error) {
 	for i, cpu := range topo.CoreCPUs {
 		o := opts
 		o.Name, o.Main, o.Queue = "iothread"+strconv.Itoa(i), false, nil
-		o.CPU = NoCPU
+		o.Pin, o.CPU = pin, NoCPU
 		if pin {
 			o.CPU = cpu
 		}

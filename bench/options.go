@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/internal/units"
 	"math"
 	"runtime"
@@ -43,8 +44,13 @@ func init() {
 			j.Description = v
 			return nil
 		}},
-		"filename": {help: "file or block device (image for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
+		"filename": {help: "file or block device (image or nbd:// URI for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
 			// fio: unescaped colons separate several files; "\:" is a colon.
+			// An NBD URI (ioengine=ringblk) is one name, colons and all.
+			if nbd.IsURI(v) {
+				j.Filename = v
+				return nil
+			}
 			var b strings.Builder
 			for i := 0; i < len(v); i++ {
 				switch {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 
@@ -341,6 +342,14 @@ func liveIOs() uint64 {
 func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	if j.IOEngine == "ringblk" && j.Format == "null" {
 		return j.Offset, j.Size, nil
+	}
+	if j.IOEngine == "ringblk" && nbd.IsURI(j.Filename) {
+		// An NBD export: its size is the region; nothing is laid out.
+		size, err := nbd.Size(j.Filename)
+		if err != nil {
+			return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+		}
+		return regionOf(j, size)
 	}
 	if j.IOEngine == "ringblk" {
 		format := j.Format

@@ -114,7 +114,9 @@ func (n *Node) Refs() int { return n.refs }
 // Ref takes a reference (main Context).
 func (n *Node) Ref() {
 	n.g.assertMain()
-	invariants.Check(n.refs > 0, "block: ref of dead node %s", n.name)
+	if n.refs <= 0 {
+		invariants.Failf("block: ref of dead node %s", n.name)
+	}
 	n.refs++
 }
 
@@ -130,7 +132,9 @@ func (n *Node) Unref() (err error) {
 func (n *Node) unref() {
 	n.g.assertMain()
 	n.g.checkNotQuiescing("dropping a node reference")
-	invariants.Check(n.refs > 0, "block: unref of dead node %s", n.name)
+	if n.refs <= 0 {
+		invariants.Failf("block: unref of dead node %s", n.name)
+	}
 	n.refs--
 	if n.refs == 0 {
 		n.g.delete(n)

@@ -86,6 +86,41 @@ func BenchmarkRandRead4kQD32(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "IOPS")
 }
 
+// BenchmarkRandRead4kQD32Loop is the same workload in polled mode: the
+// host goroutine runs a Loop (Host.Drive), so its Wait submits and reaps
+// on its own thread, with no wake-up between threads.
+func BenchmarkRandRead4kQD32Loop(b *testing.B) {
+	path := os.Getenv("RINGBLK_BENCH_FILE")
+	if path == "" {
+		b.Skip("set RINGBLK_BENCH_FILE to a raw image (scripts/host-vs-bench.sh does)")
+	}
+	h := newHost(b, host.Options{Contexts: 1})
+	d, err := h.OpenDevice(path, host.OpenOptions{Format: "raw", ReadOnly: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	g, err := d.Geometry()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	var elapsed time.Duration
+	err = h.Drive(func(l *host.Loop) error {
+		q, err := l.Queue(d, host.QueueOptions{Depth: 32})
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		benchReads(b, q, b.N, 32, 4096, g.Size)
+		elapsed = time.Since(start)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "IOPS")
+}
+
 // BenchmarkRandRead4kQD32Callback is the same workload in callback mode:
 // each completion resubmits from the queue's Context (the way the bench
 // engine's loop runs), the host goroutine only starts and waits.
@@ -167,6 +202,25 @@ func BenchmarkQueueOverhead(b *testing.B) {
 		q, _ := d.Queue(host.QueueOptions{Depth: 32, Context: 0})
 		b.ReportAllocs()
 		benchReads(b, q, b.N, 32, 4096, 1<<30)
+	})
+	b.Run("loop", func(b *testing.B) {
+		h := newHost(b, host.Options{Contexts: 1})
+		d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 30})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		err = h.Drive(func(l *host.Loop) error {
+			q, err := l.Queue(d, host.QueueOptions{Depth: 32})
+			if err != nil {
+				return err
+			}
+			benchReads(b, q, b.N, 32, 4096, 1<<30)
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
 	})
 	b.Run("callback", func(b *testing.B) {
 		h := newHost(b, host.Options{Contexts: 1})

@@ -34,6 +34,7 @@ type Device struct {
 	cbs            DeviceCallbacks
 	wce            atomic.Bool
 	status         atomic.Uint32
+	paused         atomic.Bool  // a stop policy stopped the device; until Resume
 	drains         atomic.Int32 // drained sections begun through the Device
 	unsafe         bool         // cache=unsafe: flushes complete at once
 
@@ -549,10 +550,16 @@ func (d *Device) Stats() Stats {
 	s := d.retired
 	qs := append([]*Queue(nil), d.queues...)
 	d.mu.Unlock()
+	paused := d.paused.Load()
 	for _, q := range qs {
 		q.stats.addTo(&s)
-		s.InFlight += q.submitted.Load() - q.completed.Load() - q.held.Load()
+		var parked int64
+		if paused {
+			parked = q.parked() // else: submitted, about to be issued
+		}
+		s.InFlight += q.submitted.Load() - q.completed.Load() - q.held.Load() - parked
 		s.Held += q.held.Load()
+		s.Parked += parked
 	}
 	if s.InFlight < 0 {
 		s.InFlight = 0
@@ -621,9 +628,18 @@ func (d *Device) ResetIOStatus() {
 	d.mu.Unlock()
 }
 
-// Resume resets the status and resubmits the held requests.
+// Paused reports whether a stop policy has paused the device: a request
+// failed and is held, and requests submitted since wait unissued
+// (Stats.Parked) until Resume.
+func (d *Device) Paused() bool { return d.paused.Load() }
+
+// Resume resets the status and lets the device run again: on each queue
+// the held requests are retried, in their issue order, then the parked
+// ones are issued in theirs. A retried request that fails again under a
+// stop policy pauses the device again.
 func (d *Device) Resume() {
 	d.ResetIOStatus()
+	d.paused.Store(false)
 	d.mu.Lock()
 	qs := append([]*Queue(nil), d.queues...)
 	d.mu.Unlock()
@@ -737,12 +753,20 @@ func (d *Device) DeleteSnapshot(name string) error {
 	return q.DeleteSnapshot(name)
 }
 
-// Inactivate hands the image over (migration): writes fail until
+// Inactivate hands the image over (migration): everything is written
+// back (a flush: a qcow2 image's cached metadata too, which the block
+// layer's inactivation alone does not write), then writes fail until
 // Activate.
 func (d *Device) Inactivate() error {
+	if d.inContext() {
+		return ErrInContext
+	}
 	n := d.fe.Root()
 	if n == nil {
 		return ErrClosed
+	}
+	if err := n.Flush(); err != nil {
+		return err
 	}
 	return n.Inactivate()
 }

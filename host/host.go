@@ -67,16 +67,19 @@ type Host struct {
 	pinned []bool
 	// affinity is the calling thread's CPU set at New: pinned Contexts get
 	// it back before they stop, so their threads leave no mask behind.
-	affinity unix.CPUSet
-	rr       atomic.Uint32
-	drainAll atomic.Int32 // DrainAllBegin sections open
-	pollTime time.Duration
+	affinity    unix.CPUSet
+	rr          atomic.Uint32
+	drainAll    atomic.Int32 // DrainAllBegin sections open
+	pollTime    time.Duration
+	ringEntries int
+	drives      sync.WaitGroup // Drive calls running
 
 	closing chan struct{} // closed when Close has finished
 	mu      sync.Mutex
 	devices []*Device
 	groups  map[string]*block.ThrottleGroup
 	names   map[string]int
+	loops   []*aio.Context // the running Loops' Contexts (Drive)
 	closed  bool
 }
 
@@ -105,7 +108,7 @@ func New(opts Options) (h *Host, err error) {
 		return nil, fmt.Errorf("ringblk: negative PollTime %v", opts.PollTime)
 	}
 	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}, pollTime: opts.PollTime,
-		closing: make(chan struct{})}
+		ringEntries: opts.RingEntries, closing: make(chan struct{})}
 	if err := unix.SchedGetaffinity(0, &h.affinity); err != nil {
 		return nil, fmt.Errorf("ringblk: sched_getaffinity: %w", err)
 	}
@@ -238,6 +241,8 @@ func (h *Host) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	// Loops end when their fn returns; their queues are closed now.
+	h.drives.Wait()
 	errs = append(errs, h.stopContexts())
 	return errors.Join(errs...)
 }
@@ -334,15 +339,43 @@ func (h *Host) Create(path string, o CreateOptions) error {
 // inContext reports whether the caller runs on one of the host's Contexts
 // (a callback), where waiting for them would deadlock.
 func (h *Host) inContext() bool {
-	if h.main.InContext() {
+	c := aio.CallerContext() // one gettid, whatever the number of Contexts
+	if c == nil {
+		return false
+	}
+	if c == h.main {
 		return true
 	}
-	for _, c := range h.ctxs {
-		if c.InContext() {
+	for _, x := range h.ctxs {
+		if x == c {
+			return true
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, x := range h.loops {
+		if x == c {
 			return true
 		}
 	}
 	return false
+}
+
+func (h *Host) addLoop(c *aio.Context) {
+	h.mu.Lock()
+	h.loops = append(h.loops, c)
+	h.mu.Unlock()
+}
+
+func (h *Host) removeLoop(c *aio.Context) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, x := range h.loops {
+		if x == c {
+			h.loops = append(h.loops[:i], h.loops[i+1:]...)
+			return
+		}
+	}
 }
 
 func (h *Host) isClosed() bool {

@@ -518,6 +518,39 @@ func TestInactivate(t *testing.T) {
 	}
 }
 
+// TestInactivateWritesBack: a qcow2 device written and then inactivated
+// (a migration handover) has its data and metadata in the file: it closes
+// without error (nothing left to write on an inactive image) and another
+// open reads the data.
+func TestInactivateWritesBack(t *testing.T) {
+	h := newHost(t, host.Options{})
+	p := image(t, h, "qcow2", 1<<20)
+	d, err := h.OpenDevice(p, host.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(make([]byte, 4096), 9)
+	if _, err := d.WriteAt(data, 65536); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Inactivate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("close of the inactive device: %v", err)
+	}
+	r, err := h.OpenDevice(p, host.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := make([]byte, 4096)
+	if _, err := r.ReadAt(got, 65536); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "data written before the handover", got, data)
+}
+
 // TestThrottle: an IOPS limit slows a burst down to it.
 func TestThrottle(t *testing.T) {
 	h := newHost(t, host.Options{})

@@ -92,8 +92,12 @@ func TestReadErrorPolicies(t *testing.T) {
 		dbg.AddRule(blocktest.Rule{Op: block.OpWrite, Err: syscall.EIO})
 		q, _ := d.Queue(host.QueueOptions{})
 		buf := make([]byte, 512)
+		// One batch: the write is issued with the read, before a stop
+		// policy's pause would park it.
+		q.Plug()
 		q.Read(buf, 0, 1)
 		q.Write(buf, 0, 0, 2)
+		q.Unplug()
 		got := map[uint64]error{}
 		deadline := time.Now().Add(2 * time.Second)
 		complete := func() bool {
@@ -367,5 +371,131 @@ func TestCloseReportsWriteBack(t *testing.T) {
 	}
 	if err := h.Close(); !errors.Is(err, wb) {
 		t.Fatalf("host close with a device left open: %v, want the write-back error", err)
+	}
+}
+
+// TestStopPausesDevice: a write failing under ErrorStop pauses the
+// device: requests submitted after the stop (on the same queue and on
+// another) do not reach the driver and are counted as parked; Resume
+// retries the held write first and then issues the parked requests in
+// their order, so the last write to a block wins and a read parked after
+// it sees its data; every request completes without error.
+func TestStopPausesDevice(t *testing.T) {
+	h := newHost(t, host.Options{Contexts: 2})
+	stopped := make(chan error, 4)
+	d, dbg, mem := debugDevice(t, h, host.OpenOptions{WriteError: host.ErrorStop,
+		Callbacks: host.DeviceCallbacks{Stopped: func(op host.Op, err error) { stopped <- err }}})
+	rule := dbg.AddRule(blocktest.Rule{Op: block.OpWrite, Err: syscall.EIO, Once: true})
+	q, _ := d.Queue(host.QueueOptions{Context: 0})
+	q2, _ := d.Queue(host.QueueOptions{Context: 1})
+	a, b, c := pattern(make([]byte, 4096), 21), pattern(make([]byte, 4096), 22), pattern(make([]byte, 4096), 23)
+	if err := q.Write(a, 8192, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stopped not called")
+	}
+	if !d.Paused() || rule.Fired() != 1 {
+		t.Fatalf("paused %v, rule fired %d", d.Paused(), rule.Fired())
+	}
+	seen := dbg.Seen()
+	got := make([]byte, 4096)
+	other := pattern(make([]byte, 4096), 24)
+	for i, r := range []func() error{
+		func() error { return q.Write(b, 8192, 0, 2) },
+		func() error { return q.Write(c, 8192, 0, 3) },
+		func() error { return q.Read(got, 8192, 4) },
+		func() error { return q2.Write(other, 16384, 0, 5) },
+	} {
+		if err := r(); err != nil {
+			t.Fatalf("submission %d: %v", i, err)
+		}
+	}
+	syncDone := make(chan error, 1)
+	go func() { _, err := d.WriteAt(other, 32768); syncDone <- err }()
+	time.Sleep(50 * time.Millisecond)
+	if n := dbg.Seen(); n != seen {
+		t.Fatalf("%d requests reached the driver while the device was stopped", n-seen)
+	}
+	if st := d.Stats(); st.Held != 1 || st.Parked != 5 || st.InFlight != 0 {
+		t.Fatalf("stats while paused: held %d parked %d in flight %d, want 1, 5, 0", st.Held, st.Parked, st.InFlight)
+	}
+	select {
+	case err := <-syncDone:
+		t.Fatalf("a synchronous write completed while paused: %v", err)
+	default:
+	}
+	d.Resume()
+	var order []uint64
+	for len(order) < 4 {
+		if !q.Wait(10 * time.Second) {
+			t.Fatalf("completions after Resume: %v", order)
+		}
+		for cp, ok := q.Next(); ok; cp, ok = q.Next() {
+			if cp.Err != nil {
+				t.Fatalf("request %d: %v", cp.UserData, cp.Err)
+			}
+			order = append(order, cp.UserData)
+		}
+	}
+	if !q2.Wait(10*time.Second) || func() bool { cp, ok := q2.Next(); return !ok || cp.Err != nil }() {
+		t.Fatal("the other queue's parked write did not complete")
+	}
+	if err := <-syncDone; err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []uint64{1, 2, 3, 4} {
+		if order[i] != want {
+			t.Fatalf("completion order %v, want 1 2 3 4 (held write retried first, parked ones in order)", order)
+		}
+	}
+	mustEqual(t, "parked read after the parked writes", got, c)
+	mustEqual(t, "last write to the block", mem.Data[8192:8192+4096], c)
+	mustEqual(t, "other queue's write", mem.Data[16384:16384+4096], other)
+	mustEqual(t, "synchronous write", mem.Data[32768:32768+4096], other)
+	if d.Paused() {
+		t.Fatal("still paused after Resume")
+	}
+	if st, _ := d.IOStatus(); st != 0 {
+		t.Fatalf("status %v after Resume", st)
+	}
+}
+
+// TestCloseWhilePaused: closing a paused device does not hang: the held
+// request completes with its error and the parked ones with ErrClosed.
+func TestCloseWhilePaused(t *testing.T) {
+	h := newHost(t, host.Options{})
+	stopped := make(chan struct{}, 1)
+	d, dbg, _ := debugDevice(t, h, host.OpenOptions{WriteError: host.ErrorStop,
+		Callbacks: host.DeviceCallbacks{Stopped: func(host.Op, error) { stopped <- struct{}{} }}})
+	dbg.AddRule(blocktest.Rule{Op: block.OpWrite, Err: syscall.EIO, Once: true})
+	var mu sync.Mutex
+	errs := map[uint64]error{}
+	q, _ := d.Queue(host.QueueOptions{OnComplete: func(c host.Completion) {
+		mu.Lock()
+		errs[c.UserData] = c.Err
+		mu.Unlock()
+	}})
+	buf := make([]byte, 4096)
+	q.Write(buf, 0, 0, 1)
+	<-stopped
+	q.Write(buf, 4096, 0, 2)
+	q.Read(buf, 0, 3)
+	done := make(chan error, 1)
+	go func() { done <- d.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close of a paused device hangs")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !errors.Is(errs[1], syscall.EIO) || !errors.Is(errs[2], host.ErrClosed) || !errors.Is(errs[3], host.ErrClosed) {
+		t.Fatalf("completions %v: want EIO for the held write, ErrClosed for the parked ones", errs)
 	}
 }

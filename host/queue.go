@@ -29,6 +29,7 @@ type slot struct {
 	iov    [][]byte
 	buf1   [1][]byte
 	ud     uint64
+	seq    uint64 // issue order (owner), to retry held requests in order
 	start  int64
 	err    error
 	waiter *waiter // a synchronous call waiting for this slot
@@ -53,6 +54,16 @@ type Queue struct {
 	submitted paddedInt64 // accepted by submit (host goroutines)
 	completed paddedInt64 // completed (owner)
 	held      paddedInt64 // held by a stop policy (owner)
+	// armed is non-zero while the host wants the eventfd written for the
+	// next completion: set by Next when it finds no completion and by
+	// Wait before it sleeps, cleared by the Context when it writes. So the
+	// Context writes the eventfd at most once per time the host ran dry
+	// (io_uring's CQ eventfd, coalesced), not once per batch.
+	armed paddedInt64
+	// dirty is non-zero once something wrote the eventfd and no Wait has
+	// reset it since: Wait reads the eventfd only then (a read that
+	// would fail with EAGAIN is a system call per batch saved).
+	dirty paddedInt64
 
 	dev   *Device
 	index int
@@ -63,6 +74,8 @@ type Queue struct {
 	sub   *idxRing
 	done  *idxRing
 	cb    func(Completion)
+	loop  *Loop // set for a queue on a Loop (Host.Drive)
+	timer *aio.Timer
 
 	submitBH, notifyBH, resumeBH *aio.BH
 	efd                          int
@@ -73,6 +86,7 @@ type Queue struct {
 	// owner only
 	notifyPending bool
 	heldList      []uint32
+	issueSeq      uint64
 
 	stats queueStats
 }
@@ -94,13 +108,6 @@ func (d *Device) Queue(o QueueOptions) (*Queue, error) {
 	if d.isClosed() {
 		return nil, ErrClosed
 	}
-	depth := o.Depth
-	if depth <= 0 {
-		depth = DefaultDepth
-	}
-	if depth > 1<<20 {
-		return nil, errors.New("ringblk: queue depth above 1M")
-	}
 	h := d.h
 	ci := o.Context
 	if ci < 0 {
@@ -110,7 +117,17 @@ func (d *Device) Queue(o QueueOptions) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx := h.ctxs[ci]
+	return d.newQueue(h.ctxs[ci], ci, o, nil)
+}
+
+func (d *Device) newQueue(ctx *aio.Context, ci int, o QueueOptions, l *Loop) (*Queue, error) {
+	depth := o.Depth
+	if depth <= 0 {
+		depth = DefaultDepth
+	}
+	if depth > 1<<20 {
+		return nil, errors.New("ringblk: queue depth above 1M")
+	}
 	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
 		return nil, &opError{op: "eventfd", err: err}
@@ -120,16 +137,22 @@ func (d *Device) Queue(o QueueOptions) (*Queue, error) {
 		slots: make([]slot, depth),
 		free:  newIdxRing(depth), sub: newIdxRing(depth), done: newIdxRing(depth),
 		cb: o.OnComplete, efd: efd, heldList: make([]uint32, 0, depth),
-		closing: make(chan struct{}),
+		closing: make(chan struct{}), loop: l,
 	}
 	q.one[0] = 1
+	if l == nil {
+		q.armed.Store(1)
+	}
 	for i := range q.slots {
 		q.free.push(uint32(i))
 	}
 	q.submitBH = ctx.NewBH(q.runSubmit)
 	q.notifyBH = ctx.NewBH(q.runNotify)
-	q.resumeBH = ctx.NewBH(q.runResume)
+	q.resumeBH = ctx.NewBH(q.runSubmit)
 	if !d.addQueue(q) {
+		q.submitBH.Delete()
+		q.notifyBH.Delete()
+		q.resumeBH.Delete()
 		unix.Close(efd)
 		return nil, ErrClosed
 	}
@@ -139,7 +162,8 @@ func (d *Device) Queue(o QueueOptions) (*Queue, error) {
 // Depth returns the queue's depth.
 func (q *Queue) Depth() int { return len(q.slots) }
 
-// Context returns the I/O Context index the queue runs on.
+// Context returns the I/O Context index the queue runs on; -1 for a
+// queue on a Loop.
 func (q *Queue) Context() int { return q.index }
 
 // EventFD returns the queue's completion eventfd (non-blocking).
@@ -238,33 +262,57 @@ func (q *Queue) Unplug() {
 }
 
 // runSubmit runs on the Context: it issues every submitted slot inside
-// one plugged section of the block queue.
+// one plugged section of the block queue. One clock reading stamps the
+// batch. While the device is paused by a stop policy, submitted slots
+// stay parked in the submission ring (they complete with ErrClosed if
+// the queue closes meanwhile); once it runs again, the held requests are
+// retried first, in their issue order, then the parked ones follow in
+// theirs.
 func (q *Queue) runSubmit() {
+	if q.dev.paused.Load() {
+		if q.closed.Load() {
+			q.failParked()
+		}
+		return
+	}
 	q.bq.Plug()
+	now := nanotime()
+	if len(q.heldList) > 0 {
+		q.retryHeld(now)
+	}
 	for {
 		i, ok := q.sub.pop()
 		if !ok {
 			break
 		}
-		q.issue(i)
+		q.issue(i, now)
 	}
 	q.bq.Unplug()
 }
+
+// submit converts the contract's flags to the block layer's by a cast:
+// these fail to compile if the bits ever differ.
+var (
+	_ = [1]struct{}{}[int(contract.FUA)-int(block.FUA)]
+	_ = [1]struct{}{}[int(contract.MayUnmap)-int(block.MayUnmap)]
+)
 
 var blockOps = [...]block.Op{
 	contract.OpRead: block.OpRead, contract.OpWrite: block.OpWrite, contract.OpFlush: block.OpFlush,
 	contract.OpDiscard: block.OpDiscard, contract.OpWriteZeroes: block.OpWriteZeroes,
 }
 
-func (q *Queue) issue(i uint32) {
+func (q *Queue) issue(i uint32, now int64) {
 	s := &q.slots[i]
 	if s.op == contract.OpFlush && q.dev.unsafe {
-		s.start = nanotime()
+		s.start = now
 		q.stats.account(s.op, 0, 0, nil)
 		q.complete(i, nil) // on the Context, outside the host's submit call
 		return
 	}
 	r := q.bq.Get()
+	q.issueSeq++
+	s.seq = q.issueSeq
 	r.Op, r.Off, r.Tag, r.Flags = blockOps[s.op], s.off, uint64(i), s.flags
 	switch s.op {
 	case contract.OpRead, contract.OpWrite:
@@ -275,7 +323,7 @@ func (q *Queue) issue(i uint32) {
 	if (s.op == contract.OpWrite || s.op == contract.OpWriteZeroes) && !q.dev.wce.Load() {
 		r.Flags |= block.FUA
 	}
-	s.start = nanotime()
+	s.start = now
 	q.bq.Submit(r, q)
 }
 
@@ -291,6 +339,7 @@ func (q *Queue) RequestDone(r *block.Request, err error) {
 			err = nil
 		case contract.ErrorStop:
 			s.err = err
+			q.dev.paused.Store(true) // before Stopped is announced
 			q.heldList = append(q.heldList, i)
 			q.held.Add(1)
 			q.dev.stop(s.op, err)
@@ -320,7 +369,10 @@ func (q *Queue) complete(i uint32, err error) {
 		return
 	}
 	q.done.push(i)
-	if !q.notifyPending {
+	// After the push (sequentially consistent atomics): either the host
+	// armed before it, and is signalled, or it looks at the ring again
+	// after arming and finds this completion.
+	if !q.notifyPending && q.armed.Load() != 0 {
 		q.notifyPending = true
 		q.notifyBH.Schedule()
 	}
@@ -334,44 +386,86 @@ func (q *Queue) completion(s *slot) Completion {
 	return c
 }
 
-// runNotify signals the eventfd once per batch of completions.
+// runNotify signals the eventfd once per batch of completions, and only
+// if the host is still armed.
 func (q *Queue) runNotify() {
 	q.notifyPending = false
+	if q.armed.Swap(0) == 0 {
+		return
+	}
 	for {
 		_, err := unix.Write(q.efd, q.one[:])
 		if err != unix.EINTR {
-			return // EAGAIN: the counter is saturated, the host is signalled anyway
+			break // EAGAIN: the counter is saturated, the host is signalled anyway
 		}
 	}
+	// After the write: a Wait that saw 0 and skipped its reset finds the
+	// eventfd readable, returns at once and looks at the ring; the next
+	// Wait sees 1 and resets it.
+	q.dirty.Store(1)
 }
 
-// runResume resubmits the requests a stop policy held.
-func (q *Queue) runResume() {
+// retryHeld reissues the requests a stop policy held, oldest issue
+// first (inside runSubmit's plugged section).
+func (q *Queue) retryHeld(now int64) {
 	held := q.heldList
-	q.heldList = q.heldList[:0:cap(q.heldList)]
-	q.bq.Plug()
+	for a := 1; a < len(held); a++ { // insertion sort by issue order
+		for b := a; b > 0 && q.slots[held[b]].seq < q.slots[held[b-1]].seq; b-- {
+			held[b], held[b-1] = held[b-1], held[b]
+		}
+	}
+	q.heldList = q.heldList[:0]
 	for _, i := range held {
 		q.held.Add(-1)
-		q.issue(i)
+		q.issue(i, now) // completes later, never inside: held is not appended to meanwhile
 	}
-	q.bq.Unplug()
 }
 
-// failHeld completes the held requests with their errors (Close).
+// failHeld completes the held requests with their errors, and the
+// requests parked by a paused device with ErrClosed (Close).
 func (q *Queue) failHeld() {
 	for _, i := range q.heldList {
 		q.held.Add(-1)
 		q.complete(i, q.slots[i].err)
 	}
 	q.heldList = q.heldList[:0]
+	if q.dev.paused.Load() {
+		q.failParked()
+	}
+}
+
+// failParked completes the parked requests of a closed queue with
+// ErrClosed.
+func (q *Queue) failParked() {
+	for {
+		i, ok := q.sub.pop()
+		if !ok {
+			return
+		}
+		q.complete(i, ErrClosed)
+	}
+}
+
+// parked counts the requests waiting in the submission ring.
+func (q *Queue) parked() int64 {
+	return int64(q.sub.enq.Load() - q.sub.deq.Load())
 }
 
 // Next returns the next completion, without blocking. It is for queues
-// without OnComplete.
+// without OnComplete. When it finds none it arms the eventfd: the next
+// completion writes it (once, however many follow until the host takes
+// one). On a Loop's queue Next neither polls the Loop nor arms: Wait runs
+// the Loop.
 func (q *Queue) Next() (Completion, bool) {
 	i, ok := q.done.pop()
 	if !ok {
-		return Completion{}, false
+		if q.loop != nil {
+			return Completion{}, false
+		}
+		q.armed.Store(1)
+		if i, ok = q.done.pop(); !ok {
+			return Completion{}, false
+		}
 	}
 	s := &q.slots[i]
 	c := q.completion(s)
@@ -385,6 +479,9 @@ func (q *Queue) Next() (Completion, bool) {
 // eventfd on the way, and makes no system call while completions are
 // already waiting.
 func (q *Queue) Wait(timeout time.Duration) bool {
+	if q.loop != nil && q.ctx.InContext() {
+		return q.waitLoop(timeout)
+	}
 	q.waiters.Add(1)
 	defer q.waiters.Add(-1)
 	if q.closed.Load() {
@@ -407,17 +504,25 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 	}
 	var buf [8]byte
 	for {
-		// The Context pushes a completion before it writes the eventfd,
-		// so either the ring shows it here, or the read or the poll below
-		// sees the write.
 		if q.done.ready() {
+			q.passOn()
 			return true
 		}
 		if q.closed.Load() {
 			return false // Close woke us
 		}
-		if _, err := unix.Read(q.efd, buf[:]); err == nil {
-			continue // reset; look at the ring again
+		// Reset the eventfd while the ring is empty, arm, then look
+		// again: the Context pushes a completion before it reads armed,
+		// so either the ring shows it here or the Context writes the
+		// eventfd after the reset and the poll below sees it.
+		if q.dirty.Load() != 0 {
+			q.dirty.Store(0)
+			unix.Read(q.efd, buf[:])
+		}
+		q.armed.Store(1)
+		if q.done.ready() {
+			q.passOn()
+			return true
 		}
 		fds := [1]unix.PollFd{{Fd: int32(q.efd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds[:], ms)
@@ -430,12 +535,25 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 	}
 }
 
+// passOn writes the eventfd again when other goroutines wait with this
+// one: one of them may have reset it (above) after the write that
+// announced the completion this one found, and sleep on it.
+func (q *Queue) passOn() {
+	if q.waiters.Load() > 1 {
+		unix.Write(q.efd, q.one[:])
+		q.dirty.Store(1)
+	}
+}
+
 // Close refuses new submissions, waits until every accepted request has
 // completed (requests held by a stop policy complete with their errors),
 // wakes goroutines blocked in Wait (which return false) and releases the
 // queue, closing its eventfd. Completions not yet taken with Next are
 // dropped.
 func (q *Queue) Close() error {
+	if q.loop != nil && q.ctx.InContext() {
+		return q.closeOnLoop()
+	}
 	if q.dev.inContext() {
 		return ErrInContext
 	}
@@ -449,10 +567,7 @@ func (q *Queue) Close() error {
 	for q.submitted.Load() != q.completed.Load() {
 		time.Sleep(50 * time.Microsecond)
 	}
-	q.dev.removeQueue(q)
-	q.submitBH.Delete()
-	q.notifyBH.Delete()
-	q.resumeBH.Delete()
+	q.release()
 	// Wake goroutines blocked in Wait, and close the eventfd only once
 	// they have left it.
 	for q.waiters.Load() > 0 {
@@ -460,6 +575,18 @@ func (q *Queue) Close() error {
 		time.Sleep(50 * time.Microsecond)
 	}
 	return unix.Close(q.efd)
+}
+
+// release detaches a closed queue, with nothing in flight, from its
+// device and Context.
+func (q *Queue) release() {
+	q.dev.removeQueue(q)
+	q.submitBH.Delete()
+	q.notifyBH.Delete()
+	q.resumeBH.Delete()
+	if q.loop != nil {
+		q.loop.forget(q)
+	}
 }
 
 // queueStats are written by the queue's Context and read by any goroutine.

@@ -17,10 +17,12 @@ import (
 // image, writable again, and the overlay file is removed. It is
 // StageSnapshot and Commit in one drained section.
 //
-// The old image's file stays open with the locks it was opened with
-// (read-write): the block layer cannot reopen a file with other
-// permissions yet, so another process can read it only with force-share
-// (qemu-img -U) until the device closes.
+// Then, as QEMU reopens a snapshot's old top read-only, the old image's
+// file is reopened O_RDONLY (raw.Driver.ReopenReadOnly, in Commit) and its
+// QEMU-compatible locks become a reader's: another process may open it
+// read-only without force-share (qemu-img info), writers are still
+// refused. If only that step fails, the snapshot stands (the device runs
+// on the overlay), the file stays open read-write, and the error says so.
 func (d *Device) LiveSnapshot(path string) (err error) {
 	if d.inContext() {
 		return ErrInContext

@@ -33,6 +33,7 @@ type StageOptions struct {
 type SnapshotStage struct {
 	d       *Device
 	old     *block.Node
+	oldFile *raw.Driver // the old image's file, reopened read-only on commit
 	overlay *block.Node
 	drv     *qcow2.Driver
 	path    string
@@ -69,7 +70,7 @@ func (d *Device) StageSnapshot(o StageOptions) (s *SnapshotStage, err error) {
 	if o.NodeName != "" && h.g.NodeByName(o.NodeName) != nil {
 		return nil, fmt.Errorf("ringblk: %s: snapshot: a node named %q exists already", d.name, o.NodeName)
 	}
-	s = &SnapshotStage{d: d, old: old, path: o.Path}
+	s = &SnapshotStage{d: d, old: old, oldFile: curFile, path: o.Path}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.Abort())
@@ -143,7 +144,7 @@ func (s *SnapshotStage) Overlay() *block.Node { return s.overlay }
 
 // Commit swaps the overlay in: every front end on the image (the
 // device's, exports') now sees the overlay, whose backing node is the
-// image.
+// image; then the image's file is reopened read-only.
 func (s *SnapshotStage) Commit() error {
 	if s.done || s.overlay == nil {
 		return errors.New("ringblk: snapshot: commit of a stage that was not prepared")
@@ -153,12 +154,23 @@ func (s *SnapshotStage) Commit() error {
 	if err := h.g.ReplaceNode(s.old, s.overlay); err != nil {
 		return fmt.Errorf("ringblk: %s: snapshot: %w", d.name, err)
 	}
-	err := s.overlay.Unref() // the front ends hold it now
 	f := findRaw(h.g, s.overlay)
 	d.mu.Lock()
 	d.path, d.format, d.qcow, d.file = s.path, "qcow2", s.drv, f
 	d.mu.Unlock()
-	return err
+	// As QEMU reopens the old top read-only: inside a drained section of
+	// the whole chain, the old image's file gets a read-only descriptor
+	// and a reader's locks. Failing that, the snapshot stands.
+	var rerr error
+	if s.oldFile != nil {
+		s.overlay.SubtreeDrainedBegin()
+		h.g.Control(func() { rerr = s.oldFile.ReopenReadOnly() })
+		s.overlay.SubtreeDrainedEnd()
+		if rerr != nil {
+			rerr = fmt.Errorf("ringblk: %s: snapshot taken (the device runs on %s), but the old image's file stays open read-write: %w", d.name, s.path, rerr)
+		}
+	}
+	return errors.Join(rerr, s.overlay.Unref()) // the front ends hold it now
 }
 
 // Abort closes the overlay, removes its file if StageSnapshot created it

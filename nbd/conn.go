@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -117,8 +118,16 @@ type conn struct {
 
 // startConn hands a negotiated client to its export's Context.
 func startConn(s *Server, e *Export, nc net.Conn, structured bool, meta []uint32) error {
-	isUnix := nc.LocalAddr().Network() == "unix"
 	remote := nc.RemoteAddr().String()
+	if tc, ok := nc.(*tls.Conn); ok {
+		pc, err := tlsPipe(tc)
+		if err != nil {
+			e.release()
+			return err
+		}
+		nc = pc
+	}
+	isUnix := nc.LocalAddr().Network() == "unix"
 	fd, err := rawFD(nc)
 	if err != nil {
 		e.release()
@@ -402,16 +411,15 @@ func (c *conn) handle(r request) {
 	case cmdTrim:
 		c.q.Discard(off, n, c, tag)
 	case cmdWriteZeroes:
-		if r.flags&cmdFlagFastZero != 0 {
-			// The block layer cannot promise that zeroing is faster than
-			// writing zeroes (it has no no-fallback flag yet): refuse fast,
-			// as the protocol allows; the client writes instead.
-			c.replySimple(sl, errNotSup)
-			return
-		}
 		var fl block.Flags
 		if r.flags&cmdFlagNoHole == 0 {
 			fl = block.MayUnmap
+		}
+		if r.flags&cmdFlagFastZero != 0 {
+			// Zero without falling back to writes, or fail with ENOTSUP
+			// at once (drivers without block.FastZeroer always do); the
+			// client then writes the zeroes itself.
+			fl |= block.NoFallback
 		}
 		c.q.WriteZeroes(off, n, fl, c, tag)
 	case cmdCache:

@@ -5,8 +5,8 @@ import (
 )
 
 // TestExportStats: each accounted command counts once with its bytes and
-// latency, a refused one counts as an error without bytes, and block
-// status and cache are not counted.
+// latency, a refused one (a read with a write-only flag) counts as an error without
+// bytes, and block status and cache are not counted.
 func TestExportStats(t *testing.T) {
 	e := newEnv(t, ExportOptions{Name: "disk"})
 	cl := dial(t, e.sock, "disk", true)
@@ -20,8 +20,12 @@ func TestExportStats(t *testing.T) {
 	}
 	cl.send(cmdFlush, 0, 3, 0, 0, nil)
 	cl.simple(3)
-	cl.send(cmdWriteZeroes, cmdFlagFastZero, 4, 0, 4096, nil) // refused: ENOTSUP
+	cl.send(cmdWriteZeroes, 0, 4, 0, 4096, nil)
 	cl.simple(4)
+	plain := dial(t, e.sock, "disk", false) // a refusal is a simple reply
+	if _, _, v := plain.read(8, 0, 4096, cmdFlagNoHole); v == 0 { // a write flag on a read: refused
+		t.Fatal("a read with NO_HOLE succeeded")
+	}
 	cl.send(cmdTrim, 0, 5, 0, 8192, nil)
 	cl.simple(5)
 	cl.send(cmdCache, 0, 6, 0, 4096, nil)
@@ -38,9 +42,9 @@ func TestExportStats(t *testing.T) {
 			t.Errorf("%s: %+v, want ops %d bytes %d errors %d", what, o, ops, bytes, errs)
 		}
 	}
-	check("read", s.Read, 1, 4096, 0)
+	check("read", s.Read, 2, 4096, 1)
 	check("write", s.Write, 1, uint64(len(data)), 0)
 	check("flush", s.Flush, 1, 0, 0)
-	check("write zeroes", s.WriteZeroes, 1, 0, 1)
+	check("write zeroes", s.WriteZeroes, 1, 4096, 0)
 	check("trim", s.Trim, 1, 8192, 0)
 }

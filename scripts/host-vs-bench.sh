@@ -3,8 +3,9 @@
 # `ringblk bench --ioengine=ringblk` on one cached raw file: 4 KiB random
 # reads at queue depth 32, one I/O Context each. Ours submits from a host
 # goroutine through a host.Queue with eventfd completions
-# (BenchmarkRandRead4kQD32), the same with HostOptions.PollTime=50us, and
-# in callback mode, resubmitting from the
+# (BenchmarkRandRead4kQD32), the same with HostOptions.PollTime=50us, in
+# polled mode from a host goroutine that runs its own Loop (Host.Drive,
+# BenchmarkRandRead4kQD32Loop), and in callback mode, resubmitting from the
 # Context (BenchmarkRandRead4kQD32Callback); bench runs its loop on the
 # Context itself.
 # Runs alternate (bench, host, bench, host, ...) and the medians are
@@ -25,8 +26,8 @@ while getopts "d:t:r:h" opt; do
 	d) dir=$OPTARG ;;
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
-	h) sed -n '2,15p' "$0"; exit 0 ;;
-	*) sed -n '12,15p' "$0" >&2; exit 2 ;;
+	h) sed -n '2,18p' "$0"; exit 0 ;;
+	*) sed -n '15,18p' "$0" >&2; exit 2 ;;
 	esac
 done
 die() { echo "host-vs-bench: $*" >&2; exit 1; }
@@ -50,6 +51,7 @@ cat "$file" >/dev/null # into the page cache
 bench=()
 ours=()
 poll=()
+loop=()
 cb=()
 for ((i = 0; i < reps; i++)); do
 	"$work/ringblk" bench --name=rr --filename="$file" --size=1g --ioengine=ringblk --rw=randread \
@@ -64,18 +66,23 @@ for ((i = 0; i < reps; i++)); do
 		-test.benchtime="${n}x" -test.count=1 >"$work/p.txt"
 	poll+=("$(awk '/BenchmarkRandRead4kQD32-/ { for (i = 1; i < NF; i++) if ($(i+1) == "IOPS") print $i }' "$work/p.txt")")
 	grep -q ' 0 allocs/op' "$work/h.txt" || { cat "$work/h.txt"; die "the host API allocated per request"; }
+	RINGBLK_BENCH_FILE=$file "$work/host.test" -test.run '^$' -test.bench 'RandRead4kQD32Loop$' \
+		-test.benchtime="${n}x" -test.count=1 >"$work/l.txt"
+	loop+=("$(awk '/BenchmarkRandRead4kQD32Loop/ { for (i = 1; i < NF; i++) if ($(i+1) == "IOPS") print $i }' "$work/l.txt")")
+	grep -q ' 0 allocs/op' "$work/l.txt" || { cat "$work/l.txt"; die "the host API (Loop) allocated per request"; }
 	RINGBLK_BENCH_FILE=$file "$work/host.test" -test.run '^$' -test.bench 'RandRead4kQD32Callback$' \
 		-test.benchtime="${n}x" -test.count=1 >"$work/c.txt"
 	cb+=("$(awk '/BenchmarkRandRead4kQD32Callback/ { for (i = 1; i < NF; i++) if ($(i+1) == "IOPS") print $i }' "$work/c.txt")")
 done
-python3 - "${bench[*]}" "${ours[*]}" "${poll[*]}" "${cb[*]}" <<'PY'
+python3 - "${bench[*]}" "${ours[*]}" "${poll[*]}" "${loop[*]}" "${cb[*]}" <<'PY'
 import statistics, sys
-b, o, p, c = ([float(x) for x in a.split()] for a in sys.argv[1:5])
+b, o, p, l, c = ([float(x) for x in a.split()] for a in sys.argv[1:6])
 mb = statistics.median(b)
 runs = lambda v: ', '.join(f'{x:,.0f}' for x in v)
 print(f"ringblk bench --ioengine=ringblk:            {mb:,.0f} IOPS (runs {runs(b)})")
-for name, v in (("host API, eventfd mode (host goroutine)", o), ("  the same, PollTime 50us", p), ("host API, callback mode", c)):
+for name, v in (("host API, eventfd mode (host goroutine)", o), ("  the same, PollTime 50us", p),
+                ("host API, Loop mode (host goroutine)", l), ("host API, callback mode", c)):
     m = statistics.median(v)
-    print(f"{name + ':':45s}{m:,.0f} IOPS (runs {runs(v)})  ratio {m / mb:.3f}")
+    print(f"{name + ':':46s}{m:,.0f} IOPS (runs {runs(v)})  ratio {m / mb:.3f}")
 PY
 "$work/host.test" -test.run '^$' -test.bench 'QueueOverhead' -test.benchtime=200000x | grep Benchmark

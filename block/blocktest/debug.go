@@ -37,6 +37,14 @@ type Debug struct {
 	mu    sync.Mutex
 	rules []*Rule
 	held  []*block.Request
+	seen  int
+}
+
+// Seen returns how many requests reached the filter.
+func (d *Debug) Seen() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.seen
 }
 
 // AddRule arms a rule and returns it (for Fired).
@@ -77,6 +85,7 @@ func (d *Debug) Release() {
 func (d *Debug) match(r *block.Request) *Rule {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.seen++
 	for i, ru := range d.rules {
 		if ru.Op != 0 && ru.Op != r.Op {
 			continue

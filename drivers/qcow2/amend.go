@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"errors"
-	"strings"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -29,22 +28,6 @@ type AmendOptions struct {
 	// (or 16 when downgrading) is accepted: changing the width is not
 	// implemented.
 	RefcountBits int
-}
-
-// CreateOnlyAmendKeys are the -o keys qemu-img 7.2 accepts at create but
-// refuses in amend ("This option is only supported for image creation").
-// A command-line front end reports them with AmendKeyError.
-var CreateOnlyAmendKeys = []string{"cluster_size", "preallocation", "extended_l2", "compression_type", "encrypt.format", "encryption"}
-
-// AmendKeyError returns qemu-img's refusal for an -o key amend does not
-// take: create-only keys and unknown ones.
-func AmendKeyError(key string) error {
-	for _, k := range CreateOnlyAmendKeys {
-		if key == k || strings.HasPrefix(key, "encrypt.") {
-			return format.Unsupported(key, 0, "Invalid parameter '"+key+"'\nThis option is only supported for image creation")
-		}
-	}
-	return format.Unsupported(key, 0, "Invalid parameter '"+key+"'")
 }
 
 // Amend applies o to the image of a read-write qcow2 node, with the

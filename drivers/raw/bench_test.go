@@ -159,7 +159,7 @@ func newBench(tb testing.TB, s benchSpec) *benchSetup {
 		if s.jobs > 1 {
 			cpu = i // one Context per core
 		}
-		o := aio.Options{Name: fmt.Sprintf("io%d", i), CPU: cpu, ArenaSize: arena}
+		o := aio.Options{Name: fmt.Sprintf("io%d", i), Pin: cpu >= 0, CPU: cpu, ArenaSize: arena}
 		if s.nodefer {
 			r, err := uring.New(256, uring.WithoutSetupFlags(uring.IORING_SETUP_SINGLE_ISSUER))
 			if err != nil {

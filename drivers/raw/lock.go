@@ -193,3 +193,39 @@ func retryEINTR(f func() error) error {
 		}
 	}
 }
+
+// unlockByte drops our lock on byte b.
+func unlockByte(fd int, b int64) error {
+	lk := unix.Flock_t{Type: unix.F_UNLCK, Whence: 0, Start: b, Len: 1}
+	return retryEINTR(func() error { return unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk) })
+}
+
+// downgradeLocks drops, on fd, the lock bytes of permissions a read-write
+// opener holds and a read-only one does not (write and resize): what
+// stays is exactly lockPerms(true, shareRW).
+func downgradeLocks(fd int) error {
+	held, _ := lockPerms(false, false)
+	ro, _ := lockPerms(true, false)
+	for i := 0; i < permCount; i++ {
+		if held&^ro&(1<<i) != 0 {
+			if err := unlockByte(fd, lockPermBase+int64(i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// upgradeLocks takes back the bytes downgradeLocks dropped.
+func upgradeLocks(fd int) error {
+	held, _ := lockPerms(false, false)
+	ro, _ := lockPerms(true, false)
+	for i := 0; i < permCount; i++ {
+		if held&^ro&(1<<i) != 0 {
+			if err := lockByte(fd, lockPermBase+int64(i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

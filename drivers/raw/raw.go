@@ -363,3 +363,76 @@ func Create(path string, size int64, prealloc Prealloc) error {
 	}
 	return nil
 }
+
+// ReopenReadOnly turns a read-write image file into a read-only one, as
+// QEMU's reopen of a node to read-only does for file-posix: the file is
+// flushed (fdatasync), reopened O_RDONLY with the same cache flags, and
+// the QEMU-compatible locks move to the new descriptor as a read-only
+// opener's — the write and resize bytes (101, 103) are dropped, so another
+// process may now open the image for reading without force-share, while
+// writers are still refused (201, 203, unless ShareRW). The old
+// descriptor is closed. The caller guarantees nothing is in flight on the
+// node (a drained section) and that the node no longer writes (read-only
+// or inactive). On error the file stays open read-write with its locks.
+// Reopening a read-only file does nothing.
+func (d *Driver) ReopenReadOnly() error {
+	if d.closed {
+		return &os.PathError{Op: "reopen", Path: d.path, Err: os.ErrClosed}
+	}
+	if d.opts.ReadOnly {
+		return nil
+	}
+	if err := retryEINTR(func() error { return unix.Fdatasync(d.fd) }); err != nil && !d.blockdev {
+		return &os.PathError{Op: "reopen: fdatasync", Path: d.path, Err: err}
+	}
+	flags := unix.O_CLOEXEC | os.O_RDONLY
+	switch d.opts.Cache {
+	case CacheNone:
+		flags |= unix.O_DIRECT
+	case CacheWritethrough:
+		flags |= unix.O_DSYNC
+	}
+	f, err := os.OpenFile(d.path, flags, 0)
+	if err != nil {
+		return &os.PathError{Op: "reopen read-only", Path: d.path, Err: err}
+	}
+	// The same file? (A path renamed or replaced since the open would
+	// swap another file in.)
+	var a, b unix.Stat_t
+	if err := unix.Fstat(d.fd, &a); err != nil {
+		f.Close()
+		return &os.PathError{Op: "reopen: fstat", Path: d.path, Err: err}
+	}
+	if err := unix.Fstat(int(f.Fd()), &b); err != nil || a.Dev != b.Dev || a.Ino != b.Ino || a.Rdev != b.Rdev {
+		f.Close()
+		if err == nil {
+			err = errors.New("the path names another file than the open image now")
+		}
+		return &os.PathError{Op: "reopen read-only", Path: d.path, Err: err}
+	}
+	nfd := int(f.Fd())
+	if d.locked {
+		// Old descriptor first: the new one's check would otherwise see
+		// our own write lock (another open file description) as a
+		// conflict.
+		if err := downgradeLocks(d.fd); err != nil {
+			f.Close()
+			return &os.PathError{Op: "reopen: drop the write locks", Path: d.path, Err: err}
+		}
+		held, unshared := lockPerms(true, d.opts.ShareRW)
+		if err := applyLocks(nfd, d.path, held, unshared); err != nil {
+			f.Close()
+			return errors.Join(&os.PathError{Op: "reopen: lock read-only", Path: d.path, Err: err}, upgradeLocks(d.fd))
+		}
+	}
+	old := d.file
+	d.file, d.fd = aio.NewFile(f), nfd
+	d.opts.ReadOnly = true
+	if err := old.Close(); err != nil {
+		return err
+	}
+	if err := old.Wait(); err != nil {
+		return &os.PathError{Op: "reopen: close the read-write descriptor", Path: d.path, Err: err}
+	}
+	return nil
+}

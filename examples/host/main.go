@@ -149,6 +149,9 @@ func exercise(h contract.Host, path, format string) (err error) {
 	if err := drained(d); err != nil {
 		return err
 	}
+	if err := polled(h, d, format); err != nil {
+		return err
+	}
 	st := d.Stats()
 	fmt.Printf("%s: stats: %d reads %d writes %d flushes, %d errors, %d in flight\n", format,
 		st.Read.Ops, st.Write.Ops, st.Flush.Ops, st.Read.Errors+st.Write.Errors, st.InFlight)
@@ -197,6 +200,48 @@ func writer(d contract.Device, w int) error {
 		}
 	}
 	return q.Flush(0)
+}
+
+// polled reads every block back in polled mode: this goroutine runs its
+// own Loop (RunLoop), so its requests are submitted and completed on its
+// thread, inside Wait.
+func polled(h contract.Host, d contract.Device, format string) error {
+	return h.RunLoop(func(l contract.Loop) error {
+		q, err := l.NewQueue(d, contract.QueueOptions{Depth: 32})
+		if err != nil {
+			return err
+		}
+		bufs := make([][]byte, 32)
+		for i := range bufs {
+			bufs[i] = make([]byte, bs)
+		}
+		for first := 0; first < workers*per; first += len(bufs) {
+			q.Plug()
+			for i := range bufs {
+				if err := q.Read(bufs[i], int64((first+i)*bs), uint64(i)); err != nil {
+					q.Unplug()
+					return err
+				}
+			}
+			q.Unplug()
+			for n := 0; n < len(bufs); {
+				if !q.Wait(10 * time.Second) {
+					return errors.New("polled mode: no completion in 10s")
+				}
+				for c, ok := q.Next(); ok; c, ok = q.Next() {
+					if c.Err != nil {
+						return fmt.Errorf("polled read: %w", c.Err)
+					}
+					if !bytes.Equal(bufs[c.UserData], pattern(make([]byte, bs), first+int(c.UserData))) {
+						return fmt.Errorf("polled read of block %d: wrong data", first+int(c.UserData))
+					}
+					n++
+				}
+			}
+		}
+		fmt.Printf("%s: polled mode (RunLoop): %d blocks read on the host's own thread and verified\n", format, workers*per)
+		return nil
+	})
 }
 
 // drained runs reads in callback mode from two goroutines and opens a

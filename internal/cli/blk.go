@@ -16,6 +16,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/units"
 )
@@ -233,7 +234,7 @@ func openCause(err error) string {
 		return be.Error()
 	case errors.As(err, &le):
 		return le.Error()
-	case errors.Is(err, qcow2.ErrNotQcow2):
+	case errors.Is(err, format.ErrNotQcow2):
 		return "Image is not in qcow2 format"
 	case errors.As(err, &pe):
 		return UnwrapPathErr(pe).Error()

@@ -11,11 +11,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -83,8 +83,11 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 				quiet = true
 			}
 		}
-		for _, l := range olist {
-			if l == "help" || l == "?" {
+		var ao *qcow2fmt.ImageOptions
+		if len(olist) > 0 {
+			var help bool
+			ao, help, err = qcow2fmt.ParseOptions(olist, qcow2fmt.ForAmend)
+			if help {
 				fmt.Fprint(stdout, amendKeysHelp)
 				return 0, nil
 			}
@@ -96,9 +99,8 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
 		path := operands[0]
-		kv, err := parseAmendList(olist)
 		if err != nil {
-			return 1, err
+			return 1, cli.Usagef("%v", err)
 		}
 		if format != "" && format != "qcow2" && format != "raw" {
 			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
@@ -122,13 +124,13 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		ao, err := amendOptions(kv, img.Qcow2.Header())
+		o, err := amendOptions(ao, img.Qcow2.Header())
 		if err == nil {
 			// The same progress line as convert and compare; the driver's
 			// amend reports no steps, so it goes from 0 to 100.
 			bar := cli.NewProgress(stdout, progress && !quiet, 1)
 			bar.Set(0)
-			if err = qcow2.Amend(img.Node, ao); err != nil {
+			if err = qcow2.Amend(img.Node, o); err != nil {
 				err = fmt.Errorf("Could not amend '%s': %v", path, amendCause(err))
 			} else {
 				bar.Set(100)
@@ -145,98 +147,32 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 	})
 }
 
-// parseAmendList merges -o lists into key → value (the last one wins). A
-// key without "=" means "on", as in QEMU's option lists.
-func parseAmendList(lists []string) (map[string]string, error) {
-	kv := map[string]string{}
-	for _, l := range lists {
-		if l == "" {
-			return nil, cli.Usagef("Invalid option list: (empty -o)")
-		}
-		for _, item := range strings.Split(l, ",") {
-			if item == "" {
-				return nil, cli.Usagef("Invalid option list: %s", l)
-			}
-			k, v, ok := strings.Cut(item, "=")
-			if !ok {
-				v = "on"
-			}
-			kv[k] = v
-		}
-	}
-	return kv, nil
-}
-
-// amendOptions turns -o keys into the driver's AmendOptions, refusing
-// what qemu-img amend refuses before it touches the image.
-func amendOptions(kv map[string]string, h qcow2.Header) (qcow2.AmendOptions, error) {
+// amendOptions turns parsed -o keys into the driver's AmendOptions,
+// refusing backing file changes as qemu-img amend does before it touches
+// the image.
+func amendOptions(p *qcow2fmt.ImageOptions, h qcow2fmt.Header) (qcow2.AmendOptions, error) {
 	var o qcow2.AmendOptions
-	keys := make([]string, 0, len(kv))
-	for k := range kv {
-		keys = append(keys, k)
+	o.Version = p.Create.Version
+	if p.Has("lazy_refcounts") {
+		b := p.LazyRefcounts
+		o.LazyRefcounts = &b
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		v := kv[k]
-		switch k {
-		case "compat":
-			switch v {
-			case "0.10", "v2":
-				o.Version = 2
-			case "1.1", "v3":
-				o.Version = 3
-			default:
-				return o, cli.Usagef("Unknown compatibility level %s", v)
-			}
-		case "lazy_refcounts":
-			b, ok := parseOnOff(v)
-			if !ok {
-				return o, cli.Usagef("Parameter 'lazy_refcounts' expects 'on' or 'off'")
-			}
-			o.LazyRefcounts = &b
-		case "size":
-			n, err := cli.ParseSize(v)
-			if err != nil {
-				return o, err
-			}
-			o.Size = n
-		case "refcount_bits":
-			n, err := cli.ParseSize(v)
-			if err != nil || n <= 0 || n > 64 || n&(n-1) != 0 {
-				return o, cli.Usagef("Refcount width must be a power of two and may not exceed 64 bits")
-			}
-			o.RefcountBits = int(n)
-		case "backing_file":
-			if v != h.BackingFile {
-				return o, cli.Usagef("Cannot amend the backing file (qemu-img rebase changes it; ringblk has no rebase yet)")
-			}
-		case "backing_fmt":
-			if v != h.BackingFormat {
-				return o, cli.Usagef("Cannot amend the backing file format (qemu-img rebase changes it; ringblk has no rebase yet)")
-			}
-		default:
-			return o, cli.Usagef("%s", amendCause(qcow2.AmendKeyError(k)))
-		}
+	o.Size = p.Size
+	o.RefcountBits = p.Create.RefcountBits
+	if p.Has("backing_file") && p.Create.BackingFile != h.BackingFile {
+		return o, cli.Usagef("Cannot amend the backing file (qemu-img rebase changes it; ringblk has no rebase yet)")
+	}
+	if p.Has("backing_fmt") && p.Create.BackingFormat != h.BackingFormat {
+		return o, cli.Usagef("Cannot amend the backing file format (qemu-img rebase changes it; ringblk has no rebase yet)")
 	}
 	return o, nil
-}
-
-// parseOnOff reads a QEMU boolean option value.
-func parseOnOff(v string) (bool, bool) {
-	switch v {
-	case "on", "yes", "true", "y":
-		return true, true
-	case "off", "no", "false", "n":
-		return false, true
-	}
-	return false, false
 }
 
 // amendCause keeps the driver's own words for a refusal (qemu-img's
 // messages, on one line) and drops the wrapping that names the node,
 // operation and field.
 func amendCause(err error) error {
-	var fe *qcow2.FormatError
+	var fe *qcow2fmt.FormatError
 	if errors.As(err, &fe) && fe.Reason != "" {
 		return errors.New(strings.ReplaceAll(fe.Reason, "\n", ": "))
 	}

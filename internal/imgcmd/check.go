@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -144,6 +145,15 @@ func Check(args []string, stdout, stderr io.Writer) int {
 				return 1, fmt.Errorf("Could not open '%s': force-share=on can only be used with read-only images", files[0])
 			}
 			return checkRepair(files[0], format, cache, mode, output, quiet, stdout, stderr)
+		}
+		if nbd.IsURI(files[0]) {
+			// An export is read as raw (the server owns the format).
+			img, err := cli.OpenBlk(files[0], cli.BlkOptions{Format: format, ReadOnly: true})
+			if err != nil {
+				return 1, err
+			}
+			img.Close()
+			return 63, fmt.Errorf("This image format does not support checks")
 		}
 		img, err := openImage(files[0], format)
 		if err != nil {

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
@@ -254,34 +254,31 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 // createTarget creates DST with create's code: the same options, checks
 // and messages as 'ringblk create -f fmt -o … DST size'.
 func createTarget(r *convertReq, size int64) error {
-	cr := &createReq{file: r.dst, format: r.dstFmt, size: size, hasSize: true, kv: map[string]string{}, quiet: true}
-	for _, l := range r.olist {
-		for _, kv := range strings.Split(l, ",") {
-			if kv == "" {
-				continue
-			}
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return cli.Usagef("Invalid parameter '%s' in -o (expected key=value)", kv)
-			}
-			cr.kv[k] = v
-		}
+	cr := &createReq{file: r.dst, format: r.dstFmt, size: size, hasSize: true, quiet: true}
+	olist := r.olist
+	if r.backing != "" {
+		olist = append(olist[:len(olist):len(olist)], "backing_file="+format.EscapeOptionValue(r.backing), "backing_fmt="+format.EscapeOptionValue(r.backingFmt))
 	}
-	if s, ok := cr.kv["size"]; ok {
-		n, err := cli.ParseSize(s)
+	if len(olist) > 0 {
+		pairs, help, err := format.SplitOptionList(olist)
 		if err != nil {
-			return err
+			return cli.Usagef("%v", err)
 		}
+		if help {
+			return cli.Usagef("Invalid parameter 'help'")
+		}
+		cr.pairs = pairs
+	}
+	n, given, hasSize, err := takeSize(cr)
+	if err != nil {
+		return err
+	}
+	if hasSize {
 		if n < size {
-			return cli.Usagef("%s: size=%s is smaller than the source image (%d bytes)", r.dst, s, size)
+			return cli.Usagef("%s: size=%s is smaller than the source image (%d bytes)", r.dst, given, size)
 		}
 		cr.size = n
-		delete(cr.kv, "size")
 	}
-	if r.backing != "" {
-		cr.kv["backing_file"], cr.kv["backing_fmt"] = r.backing, r.backingFmt
-	}
-	var err error
 	if cr.format == "raw" {
 		_, err = createRaw(cr)
 	} else {

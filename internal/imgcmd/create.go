@@ -4,18 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/bits"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
-	"github.com/ringblk/ringblk/internal/units"
 )
 
 const createHelp = `usage: ringblk create [-f fmt] [-o key=value[,...]] [-b backing -F backing_fmt] [-q] FILE [SIZE]
@@ -32,7 +30,8 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
                             backing_file, backing_fmt,
                             preallocation=off|metadata|falloc|full,
                             lazy_refcounts=off|on, extended_l2=off|on,
-                            compression_type=zlib
+                            compression_type=zlib|zstd (zstd: read and
+                            uncompressed writes; compressed writes refused)
   -b backing       backing file (qcow2), relative to FILE's directory
   -F backing_fmt   backing file format (raw or qcow2); required with -b
   -q, --quiet      do not print the "Formatting ..." line
@@ -49,7 +48,7 @@ type createReq struct {
 	file, format string
 	size         int64
 	hasSize      bool
-	kv           map[string]string // -o options (last one wins)
+	pairs        []format.OptionPair // -o items in order, size taken out (the last value of a key wins)
 	quiet        bool
 }
 
@@ -61,7 +60,7 @@ func Create(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		r := &createReq{format: "raw", kv: map[string]string{}}
+		r := &createReq{format: "raw"}
 		var olist []string
 		for _, o := range opts {
 			switch o.Name {
@@ -70,9 +69,9 @@ func Create(args []string, stdout, stderr io.Writer) int {
 			case "o":
 				olist = append(olist, o.Val)
 			case "b":
-				olist = append(olist, "backing_file="+o.Val)
+				olist = append(olist, "backing_file="+format.EscapeOptionValue(o.Val))
 			case "F":
-				olist = append(olist, "backing_fmt="+o.Val)
+				olist = append(olist, "backing_fmt="+format.EscapeOptionValue(o.Val))
 			case "q", "quiet":
 				r.quiet = true
 			}
@@ -80,21 +79,16 @@ func Create(args []string, stdout, stderr io.Writer) int {
 		if err := checkOutputFormat(r.format); err != nil {
 			return 1, err
 		}
-		for _, l := range olist {
-			if l == "help" || l == "?" {
+		if len(olist) > 0 {
+			pairs, help, err := format.SplitOptionList(olist)
+			if err != nil {
+				return 1, cli.Usagef("%v", err)
+			}
+			if help {
 				fmt.Fprint(stdout, createHelp)
 				return 0, nil
 			}
-			for _, kv := range strings.Split(l, ",") {
-				if kv == "" {
-					continue
-				}
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					return 1, cli.Usagef("Invalid parameter '%s' in -o (expected key=value)", kv)
-				}
-				r.kv[k] = v
-			}
+			r.pairs = pairs
 		}
 		switch len(operands) {
 		case 0:
@@ -104,12 +98,8 @@ func Create(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Unexpected argument '%s' (see 'ringblk create --help')", operands[2])
 		}
 		r.file = operands[0]
-		if s, ok := r.kv["size"]; ok {
-			if r.size, err = cli.ParseSize(s); err != nil {
-				return 1, err
-			}
-			r.hasSize = true
-			delete(r.kv, "size")
+		if r.size, _, r.hasSize, err = takeSize(r); err != nil {
+			return 1, err
 		}
 		if len(operands) == 2 {
 			if r.hasSize {
@@ -121,9 +111,6 @@ func Create(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			r.hasSize = true
-		}
-		if b, ok := r.kv["backing_file"]; ok && b == "" {
-			return 1, cli.Usagef("%s: Expected backing file name, got empty string", r.file)
 		}
 		var line string
 		if r.format == "raw" {
@@ -146,14 +133,16 @@ func Create(args []string, stdout, stderr io.Writer) int {
 func createRaw(r *createReq) (string, error) {
 	line := fmt.Sprintf("Formatting '%s', fmt=raw size=%d", r.file, r.size)
 	pre := raw.PreallocOff
-	for k, v := range r.kv {
+	var preStr string
+	for _, p := range r.pairs {
+		k, v := p.Key, p.Value
 		switch k {
 		case "preallocation":
 			p, ok := raw.ParsePrealloc(v)
 			if !ok {
 				return "", cli.Usagef("%s: Invalid parameter value for 'preallocation': '%s' (off, falloc, full)", r.file, v)
 			}
-			pre = p
+			pre, preStr = p, v
 		default:
 			return "", cli.Usagef("%s: Invalid parameter '%s' for format raw", r.file, k)
 		}
@@ -161,8 +150,8 @@ func createRaw(r *createReq) (string, error) {
 	if !r.hasSize {
 		return "", cli.Usagef("%s: Image creation needs a size parameter", r.file)
 	}
-	if v, ok := r.kv["preallocation"]; ok {
-		line += " preallocation=" + v
+	if preStr != "" {
+		line += " preallocation=" + preStr
 	}
 	if err := raw.Create(r.file, r.size, pre); err != nil {
 		return line, createErr(r.file, err)
@@ -171,91 +160,11 @@ func createRaw(r *createReq) (string, error) {
 }
 
 func createQcow2(r *createReq) (string, error) {
-	var co qcow2.CreateOptions
-	var compatStr string
-	var err error
-	for k, v := range r.kv {
-		switch k {
-		case "cluster_size":
-			n, perr := units.ParseSize(v)
-			if perr != nil || n < 512 || n > 2<<20 || bits.OnesCount64(uint64(n)) != 1 {
-				return "", cli.Usagef("%s: Cluster size must be a power of two between 512 and 2048k (got '%s')", r.file, v)
-			}
-			co.ClusterSize = n
-		case "compat":
-			switch v {
-			case "0.10", "v2":
-				co.Version = 2
-			case "1.1", "v3":
-				co.Version = 3
-			default:
-				return "", cli.Usagef("%s: Invalid parameter value for 'compat': '%s' (0.10, 1.1, v2, v3)", r.file, v)
-			}
-			compatStr = v
-		case "refcount_bits":
-			n, perr := strconv.Atoi(v)
-			if perr != nil || n < 1 || n > 64 || bits.OnesCount(uint(n)) != 1 {
-				return "", cli.Usagef("%s: Refcount width must be a power of two and may not exceed 64 bits (got '%s')", r.file, v)
-			}
-			co.RefcountBits = n
-		case "backing_file":
-			co.BackingFile = v
-		case "backing_fmt":
-			if v != "raw" && v != "qcow2" {
-				return "", cli.Usagef("%s: Unsupported backing format '%s' (raw or qcow2)", r.file, v)
-			}
-			co.BackingFormat = v
-		case "preallocation":
-			p, ok := qcow2.ParsePrealloc(v)
-			if !ok {
-				return "", cli.Usagef("%s: Parameter 'preallocation' does not accept value '%s'", r.file, v)
-			}
-			co.Preallocation = p
-		case "extended_l2":
-			switch v {
-			case "on":
-				co.ExtendedL2 = true
-			case "off":
-			default:
-				return "", cli.Usagef("%s: Parameter 'extended_l2' expects 'on' or 'off'", r.file)
-			}
-		case "lazy_refcounts":
-			switch v {
-			case "on", "yes", "true", "y":
-				co.LazyRefcounts = true
-			case "off", "no", "false", "n":
-			default:
-				return "", cli.Usagef("%s: Parameter 'lazy_refcounts' expects 'on' or 'off'", r.file)
-			}
-		case "compression_type":
-			if v != "zlib" {
-				return "", cli.Usagef("%s: compression_type=%s is not supported yet (only zlib)", r.file, v)
-			}
-		default:
-			return "", cli.Usagef("%s: Invalid parameter '%s' for format qcow2", r.file, k)
-		}
+	o, err := format.ParseOptionPairs(r.pairs, format.ForCreate)
+	if err != nil {
+		return "", cli.Usagef("%s: %v", r.file, err)
 	}
-	if co.Version == 2 && co.RefcountBits != 0 && co.RefcountBits != 16 {
-		return "", cli.Usagef("%s: Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)", r.file)
-	}
-	if co.LazyRefcounts && co.Version == 2 {
-		return "", cli.Usagef("%s: Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
-	}
-	if co.ExtendedL2 && co.Version == 2 {
-		return "", cli.Usagef("%s: Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)", r.file)
-	}
-	if co.ExtendedL2 && co.ClusterSize != 0 && co.ClusterSize < 16384 {
-		return "", cli.Usagef("%s: Extended L2 entries are only supported with cluster sizes of at least 16384 bytes", r.file)
-	}
-	if co.BackingFile != "" && co.Preallocation != qcow2.PreallocOff && !co.ExtendedL2 {
-		return "", cli.Usagef("%s: Backing file and preallocation can only be used at the same time if extended_l2 is on", r.file)
-	}
-	if co.BackingFile != "" && co.BackingFormat == "" {
-		return "", cli.Usagef("%s: Backing file specified without backing format (add -F raw or -F qcow2)", r.file)
-	}
-	if co.BackingFile == "" && co.BackingFormat != "" {
-		return "", cli.Usagef("%s: Backing format specified without backing file", r.file)
-	}
+	co := o.Create
 	if !r.hasSize {
 		if co.BackingFile == "" {
 			return "", cli.Usagef("%s: Image creation needs a size parameter", r.file)
@@ -271,39 +180,35 @@ func createQcow2(r *createReq) (string, error) {
 		}
 		bimg.Close()
 	}
-	if _, err = qcow2.Layout(r.size, co); err != nil {
+	if _, err = format.Layout(r.size, co); err != nil {
 		return "", fmt.Errorf("%s: %v", r.file, err)
 	}
 
-	cs := co.ClusterSize
-	if cs == 0 {
-		cs = 65536
-	}
 	rb := co.RefcountBits
 	if rb == 0 {
 		rb = 16
 	}
-	var b strings.Builder
-	ext := "off"
-	if co.ExtendedL2 {
-		ext = "on"
+	given := func(k, def string) string {
+		if v, ok := o.Given[k]; ok {
+			return v
+		}
+		return def
 	}
-	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=%s", r.file, cs, ext)
-	if v, ok := r.kv["preallocation"]; ok {
+	// The values as the user wrote them, in qemu-img's order.
+	var b strings.Builder
+	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=%s", r.file, co.EffectiveClusterSize(), given("extended_l2", "off"))
+	if v, ok := o.Given["preallocation"]; ok {
 		b.WriteString(" preallocation=" + v)
 	}
-	fmt.Fprintf(&b, " compression_type=zlib size=%d", r.size)
-	if compatStr != "" {
-		b.WriteString(" compat=" + compatStr)
+	fmt.Fprintf(&b, " compression_type=%s size=%d", given("compression_type", "zlib"), r.size)
+	if v, ok := o.Given["compat"]; ok {
+		b.WriteString(" compat=" + v)
 	}
 	if co.BackingFile != "" {
-		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", co.BackingFile, co.BackingFormat)
+		// qemu-img prints option values as an -o list would hold them.
+		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
 	}
-	lazy := "off"
-	if v, ok := r.kv["lazy_refcounts"]; ok {
-		lazy = v
-	}
-	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", lazy, rb)
+	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", given("lazy_refcounts", "off"), rb)
 
 	if err := writeQcow2(r.file, r.size, co); err != nil {
 		return b.String(), createErr(r.file, err)
@@ -313,7 +218,7 @@ func createQcow2(r *createReq) (string, error) {
 
 // writeQcow2 runs qcow2.Create on a raw node over a new file: a main
 // Context, a graph with the one node, then everything closed again.
-func writeQcow2(path string, size int64, co qcow2.CreateOptions) (err error) {
+func writeQcow2(path string, size int64, co format.CreateOptions) (err error) {
 	// Make sure the file exists, without O_TRUNC: the raw node below
 	// takes the image locks first, and qcow2.Create truncates only then,
 	// so an image another process holds is refused untouched.
@@ -355,4 +260,22 @@ func createErr(file string, err error) error {
 		return fmt.Errorf("%s: Could not create '%s': %w", file, file, cli.UnwrapPathErr(pe))
 	}
 	return fmt.Errorf("%s: %w", file, cli.PlainErr(err))
+}
+
+// takeSize takes size= out of r.pairs: the last one given, read as
+// qemu-img reads option sizes.
+func takeSize(r *createReq) (size int64, given string, ok bool, err error) {
+	kept := r.pairs[:0]
+	for _, p := range r.pairs {
+		if p.Key != "size" {
+			kept = append(kept, p)
+			continue
+		}
+		if size, err = format.ParseOptionSize(p.Key, p.Value); err != nil {
+			return 0, "", false, cli.Usagef("%v", err)
+		}
+		given, ok = p.Value, true
+	}
+	r.pairs = kept
+	return size, given, ok, nil
 }

@@ -19,7 +19,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ringblk/ringblk/drivers/qcow2"
+	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 )
@@ -64,7 +64,7 @@ type openedImage struct {
 	format string
 	size   int64 // file size
 	blocks int64 // allocated bytes (st_blocks × 512)
-	qcow   *qcow2.Image
+	qcow   *qcow2fmt.Image
 }
 
 func (o *openedImage) Close() { o.f.Close() }
@@ -97,14 +97,14 @@ func openImage(path, format string) (*openedImage, error) {
 	}
 	if o.format == "" {
 		var magic [4]byte
-		if n, _ := f.ReadAt(magic[:], 0); n == 4 && binary.BigEndian.Uint32(magic[:]) == qcow2.Magic {
+		if n, _ := f.ReadAt(magic[:], 0); n == 4 && binary.BigEndian.Uint32(magic[:]) == qcow2fmt.Magic {
 			o.format = "qcow2"
 		} else {
 			o.format = "raw"
 		}
 	}
 	if o.format == "qcow2" {
-		im, err := qcow2.ReadImage(f, o.size, qcow2.Options{})
+		im, err := qcow2fmt.ReadImage(f, o.size, qcow2fmt.Options{})
 		if err != nil {
 			f.Close()
 			return nil, cli.OpenError(path, err)

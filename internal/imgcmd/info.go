@@ -9,7 +9,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -65,6 +67,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(files) != 1 {
 			return 1, cli.Usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
+		}
+		if nbd.IsURI(files[0]) {
+			return infoNBD(files[0], format, output, stdout)
 		}
 		if done, err := infoNull(files[0], format, output, stdout); err != nil {
 			return 1, err
@@ -141,7 +146,7 @@ func fileID(f *os.File) ([2]uint64, bool) {
 // imageInfo builds qemu-img's ImageInfo object for img (7.2 keys).
 func imageInfo(img *openedImage) *object {
 	o := newObject()
-	var h *qcow2.Header
+	var h *format.Header
 	if img.qcow != nil {
 		h = img.qcow.Header
 		if len(img.qcow.Snapshots) > 0 {
@@ -174,16 +179,16 @@ func imageInfo(img *openedImage) *object {
 		data := newObject()
 		data.set("compat", compat)
 		ct := "zlib"
-		if h.CompressionType == qcow2.CompressionZstd {
+		if h.CompressionType == format.CompressionZstd {
 			ct = "zstd"
 		}
 		data.set("compression-type", ct)
 		if h.Version >= 3 {
-			data.set("lazy-refcounts", h.CompatibleFeatures&qcow2.CompatLazyRefcounts != 0)
+			data.set("lazy-refcounts", h.CompatibleFeatures&format.CompatLazyRefcounts != 0)
 		}
 		data.set("refcount-bits", 1<<h.RefcountOrder)
 		if h.Version >= 3 {
-			data.set("corrupt", h.IncompatibleFeatures&qcow2.IncompatCorrupt != 0)
+			data.set("corrupt", h.IncompatibleFeatures&format.IncompatCorrupt != 0)
 			data.set("extended-l2", h.ExtendedL2())
 		}
 		fs := newObject()
@@ -194,14 +199,14 @@ func imageInfo(img *openedImage) *object {
 			o.set("full-backing-filename", combinePath(img.path, h.BackingFile))
 			o.set("backing-filename", h.BackingFile)
 		}
-		o.set("dirty-flag", h.IncompatibleFeatures&qcow2.IncompatDirty != 0)
+		o.set("dirty-flag", h.IncompatibleFeatures&format.IncompatDirty != 0)
 	} else {
 		o.set("dirty-flag", false)
 	}
 	return o
 }
 
-func snapshotInfo(s *qcow2.Snapshot) *object {
+func snapshotInfo(s *format.Snapshot) *object {
 	o := newObject()
 	// An icount of all ones means "not recorded": qemu-img leaves it out.
 	if s.ExtraDataSize >= 24 && s.Icount != ^uint64(0) {
@@ -240,7 +245,7 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 			fmt.Fprintf(&b, "backing file format: %s\n", h.BackingFormat)
 		}
 	}
-	if h.IncompatibleFeatures&qcow2.IncompatDirty != 0 {
+	if h.IncompatibleFeatures&format.IncompatDirty != 0 {
 		b.WriteString("dirty flag: yes\n")
 	}
 	// The snapshot table is the one "snapshot -l" prints (qemu-img info
@@ -286,6 +291,34 @@ func infoNull(path, format, output string, w io.Writer) (done bool, err error) {
 	_, err = fmt.Fprintf(w, "image: %s\nfile format: %s\nvirtual size: %s (%d bytes)\ndisk size: 0 B\n",
 		name, shown, sizeToStr(bo.NullSize), bo.NullSize)
 	return true, err
+}
+
+// infoNBD describes an NBD export: its size, as qemu-img does (the disk
+// size of a remote export is unknown).
+func infoNBD(path, format, output string, w io.Writer) (int, error) {
+	u, err := nbd.ParseURI(path)
+	if err != nil {
+		return 1, err
+	}
+	img, err := cli.OpenBlk(path, cli.BlkOptions{Format: format, ReadOnly: true})
+	if err != nil {
+		return 1, err
+	}
+	defer img.Close()
+	size, err := img.Node.Length()
+	if err != nil {
+		return 1, err
+	}
+	o := newObject()
+	o.set("virtual-size", size)
+	o.set("filename", u.Canonical())
+	o.set("format", "raw")
+	if output == "json" {
+		return 0, writeJSON(w, o)
+	}
+	_, err = fmt.Fprintf(w, "image: %s\nfile format: raw\nvirtual size: %s (%d bytes)\ndisk size: unavailable\n",
+		u.Canonical(), sizeToStr(size), size)
+	return 0, err
 }
 
 // qemuJSONName spells a json: filename the way qemu-img prints it (driver

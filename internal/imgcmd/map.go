@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
 )
@@ -172,11 +173,11 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 		x := ext[0]
 		pnum = min(pnum, x.Len)
 		switch x.Kind {
-		case qcow2.ExtentData:
+		case format.ExtentData:
 			return st, pnum, x.HostOff, true, nil
-		case qcow2.ExtentZero:
+		case format.ExtentZero:
 			return st, pnum, x.HostOff, x.HostOff != 0, nil
-		case qcow2.ExtentCompressed:
+		case format.ExtentCompressed:
 			// Several compressed clusters are one run of "data without
 			// an offset"; the merge in dumpMap joins them again.
 			return st, pnum, 0, false, nil

@@ -3,12 +3,10 @@ package imgcmd
 import (
 	"fmt"
 	"io"
-	"math/bits"
-	"strconv"
-	"strings"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
 )
@@ -94,17 +92,15 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		case !hasSize && len(operands) == 0:
 			return 1, cli.Usagef("Either --size N or one filename must be specified.")
 		}
-		kv := map[string]string{}
-		for _, l := range olist {
-			for _, p := range strings.Split(l, ",") {
-				if p == "" {
-					continue
-				}
-				k, v, ok := strings.Cut(p, "=")
-				if !ok {
-					return 1, cli.Usagef("Invalid parameter '%s' in -o (expected key=value)", p)
-				}
-				kv[k] = v
+		var pairs []format.OptionPair
+		if len(olist) > 0 {
+			var help bool
+			if pairs, help, err = format.SplitOptionList(olist); err != nil {
+				return 1, cli.Usagef("%v", err)
+			}
+			if help {
+				// qemu-img measure has no option help either.
+				return 1, cli.Usagef("Invalid parameter 'help'")
 			}
 		}
 		var src *imageChain
@@ -121,9 +117,9 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		}
 		var info *measureInfo
 		if outFmt == "raw" {
-			info, err = measureRaw(kv, size, src)
+			info, err = measureRaw(pairs, size, src)
 		} else {
-			info, err = measureQcow2(kv, size, src)
+			info, err = measureQcow2(pairs, size, src)
 		}
 		if err != nil {
 			return 1, err
@@ -148,8 +144,9 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 func roundUp(v, to int64) int64 { return (v + to - 1) / to * to }
 
 // measureRaw: a raw image is as large as its guest, allocated or not.
-func measureRaw(kv map[string]string, size int64, src *imageChain) (*measureInfo, error) {
-	for k, v := range kv {
+func measureRaw(pairs []format.OptionPair, size int64, src *imageChain) (*measureInfo, error) {
+	for _, p := range pairs {
+		k, v := p.Key, p.Value
 		switch k {
 		case "preallocation":
 			if v != "off" && v != "falloc" && v != "full" {
@@ -170,76 +167,22 @@ func measureRaw(kv map[string]string, size int64, src *imageChain) (*measureInfo
 // allocated image of the (cluster-rounded) size, plus the data clusters
 // the source really uses (all of them with preallocation or a backing
 // file, since then nothing can be left out).
-func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureInfo, error) {
-	cs := int64(65536)
-	version := 3
-	refcountBits := int64(-1)
-	extL2 := false
-	hasBacking := false
-	prealloc := "off"
-	for k, v := range kv {
-		switch k {
-		case "cluster_size":
-			n, err := units.ParseSize(v)
-			if err != nil || n < 512 || n > 2<<20 || bits.OnesCount64(uint64(n)) != 1 {
-				return nil, cli.Usagef("Cluster size must be a power of two between 512 and 2048k (got '%s')", v)
-			}
-			cs = n
-		case "compat":
-			switch v {
-			case "0.10", "v2":
-				version = 2
-			case "1.1", "v3":
-				version = 3
-			default:
-				return nil, cli.Usagef("Invalid parameter value for 'compat': '%s' (0.10, 1.1, v2, v3)", v)
-			}
-		case "refcount_bits":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > 64 || bits.OnesCount(uint(n)) != 1 {
-				return nil, cli.Usagef("Refcount width must be a power of two and may not exceed 64 bits (got '%s')", v)
-			}
-			refcountBits = int64(n)
-		case "extended_l2":
-			switch v {
-			case "on":
-				extL2 = true
-			case "off":
-				extL2 = false
-			default:
-				return nil, cli.Usagef("Invalid parameter value for 'extended_l2': '%s' (on, off)", v)
-			}
-		case "preallocation":
-			switch v {
-			case "off", "metadata", "falloc", "full":
-				prealloc = v
-			default:
-				return nil, cli.Usagef("Invalid parameter value for 'preallocation': '%s' (off, metadata, falloc, full)", v)
-			}
-		case "backing_file":
-			hasBacking = true
-		case "backing_fmt", "lazy_refcounts", "compression_type":
-		default:
-			return nil, cli.Usagef("Invalid parameter '%s' for format qcow2", k)
-		}
+func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*measureInfo, error) {
+	o, err := format.ParseOptionPairs(pairs, format.ForMeasure)
+	if err != nil {
+		return nil, cli.Usagef("%v", err)
 	}
-	if extL2 && cs < 16384 {
-		return nil, cli.Usagef("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+	co := o.Create
+	cs := co.EffectiveClusterSize()
+	hasBacking := o.Has("backing_file")
+	version := co.Version
+	if version == 0 {
+		version = 3
 	}
-	if refcountBits < 0 {
-		refcountBits = 16
-	} else if version < 3 && refcountBits != 16 {
-		return nil, cli.Usagef("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)")
-	}
-	l2e := int64(8)
-	if extL2 {
-		l2e = 16
+	if err := format.MeasureCheckSize(size, co); err != nil {
+		return nil, err
 	}
 	virtual := roundUp(size, cs)
-	l2Tables := (virtual/cs + cs/l2e - 1) / (cs / l2e)
-	if l2Tables*8 > qcow2.MaxL1Bytes {
-		return nil, fmt.Errorf("The image size is too large (try using a larger cluster size)")
-	}
 
 	var required int64
 	info := &measureInfo{}
@@ -274,48 +217,16 @@ func measureQcow2(kv map[string]string, size int64, src *imageChain) (*measureIn
 			h := d.Header()
 			if h.Version >= 3 {
 				info.hasBitmaps = true
-				if h.Bitmaps != nil && h.AutoclearFeatures&qcow2.AutoclearBitmaps != 0 && h.Bitmaps.Count > 0 {
+				if h.Bitmaps != nil && h.AutoclearFeatures&format.AutoclearBitmaps != 0 && h.Bitmaps.Count > 0 {
 					return nil, fmt.Errorf("%s: measuring persistent dirty bitmaps is not supported yet (%d bitmaps)", top.path, h.Bitmaps.Count)
 				}
 			}
 		}
 	}
-	if prealloc == "full" || prealloc == "falloc" {
+	if co.Preallocation == format.PreallocFull || co.Preallocation == format.PreallocFalloc {
 		required = virtual
 	}
-	info.fullyAllocated = qcow2PreallocSize(virtual, cs, int64(bits.TrailingZeros64(uint64(refcountBits))), l2e)
+	info.fullyAllocated = format.MeasureFullyAllocated(virtual, co)
 	info.required = info.fullyAllocated - virtual + required
 	return info, nil
-}
-
-// qcow2PreallocSize is the file size of a fully allocated qcow2 image of
-// size bytes: header cluster, L2 tables, L1 table, refcount structures
-// (which count themselves), and the data.
-func qcow2PreallocSize(size, cs, refcountOrder, l2e int64) int64 {
-	aligned := roundUp(size, cs)
-	meta := cs
-	nl2e := roundUp(aligned/cs, cs/l2e)
-	meta += nl2e * l2e
-	nl1e := roundUp(nl2e*l2e/cs, cs/8)
-	meta += nl1e * 8
-	meta += refcountMetadataSize((meta+aligned)/cs, cs, refcountOrder)
-	return meta + aligned
-}
-
-// refcountMetadataSize finds the fixed point of refcount blocks and table
-// clusters needed to count clusters host clusters and themselves.
-func refcountMetadataSize(clusters, cs, refcountOrder int64) int64 {
-	perTable := cs / 8
-	perBlock := cs * 8 / (int64(1) << refcountOrder)
-	var table, blocks, n, last int64
-	for {
-		last = n
-		blocks = (clusters + table + blocks + perBlock - 1) / perBlock
-		table = (blocks + perTable - 1) / perTable
-		n = clusters + blocks + table
-		if n == last {
-			break
-		}
-	}
-	return (blocks + table) * cs
 }

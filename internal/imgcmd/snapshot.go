@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -134,7 +135,7 @@ func snapshotCause(err error) string {
 // (bdrv_snapshot_dump's columns: the header and the rows use different
 // widths, and a long ID or name pushes the rest of its row right). Dates
 // are local time; a missing icount (-1) prints as an empty column.
-func printSnapshotList(w io.Writer, snaps []qcow2.Snapshot) error {
+func printSnapshotList(w io.Writer, snaps []format.Snapshot) error {
 	if len(snaps) == 0 {
 		return nil
 	}

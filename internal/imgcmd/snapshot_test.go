@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
 
@@ -94,16 +94,16 @@ func stripExtraData(t *testing.T, img string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	im, err := qcow2.ReadImage(f, int64(len(b)), qcow2.Options{})
+	im, err := format.ReadImage(f, int64(len(b)), format.Options{})
 	f.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
-	snaps := append([]qcow2.Snapshot(nil), im.Snapshots...)
+	snaps := append([]format.Snapshot(nil), im.Snapshots...)
 	for i := range snaps {
 		snaps[i].ExtraDataSize, snaps[i].DiskSize, snaps[i].Icount, snaps[i].ExtraUnknown = 0, 0, 0, nil
 	}
-	tb, err := qcow2.AppendSnapshotTable(nil, snaps)
+	tb, err := format.AppendSnapshotTable(nil, snaps)
 	if err != nil {
 		t.Fatal(err)
 	}

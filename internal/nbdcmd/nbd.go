@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/ringblk/ringblk/drivers/chain"
@@ -45,6 +46,12 @@ status, many requests in flight per connection.
       --discard=MODE       ignore (default, also off) or unmap (also on)
       --detect-zeroes=MODE off (default), on or unmap (needs --discard=unmap)
   -A, --allocation-depth   offer the qemu:allocation-depth meta context
+      --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]
+                           x509 credentials as QEMU lays them out in DIR:
+                           ca-cert.pem, server-cert.pem, server-key.pem;
+                           verify-peer (default on) requires client
+                           certificates signed by that CA
+      --tls-creds=ID       require TLS (NBD_OPT_STARTTLS) with object ID
       --fork               return once the server listens; serve in the background
       --pid-file=PATH      write the server's process id to PATH
   -v, --verbose            log refused clients and broken connections
@@ -53,7 +60,8 @@ status, many requests in flight per connection.
 
 Not supported (refused with a message): -B/--bitmap (ringblk has no dirty
 bitmaps yet), -c/--connect and -d/--disconnect (kernel /dev/nbd), -l/-s
-(snapshots), -o/--offset, --object, --tls-creds, --image-opts.
+(snapshots), -o/--offset, --tls-authz, --tls-hostname, other --object
+types, --image-opts.
 Exit status: 0 after a clean shutdown (SIGTERM, SIGINT, or the last
 client leaving without -t), 1 on any error.
 `
@@ -84,8 +92,72 @@ type nbdConfig struct {
 	pidFile            string
 	verbose            bool
 	file               string
+	objects            map[string]tlsObject
+	tlsCreds           string
+	tls                *tlsObject // the credentials --tls-creds names
 }
 
+// tlsObject is a tls-creds-x509 --object.
+type tlsObject struct {
+	dir        string
+	verifyPeer bool
+}
+
+// parseObject parses a --object definition; only tls-creds-x509 objects
+// for the server endpoint exist here.
+func parseObject(def string) (string, tlsObject, error) {
+	parts := strings.Split(def, ",")
+	typ := parts[0]
+	if strings.Contains(typ, "=") {
+		if t, ok := strings.CutPrefix(typ, "qom-type="); ok {
+			typ = t
+		} else {
+			return "", tlsObject{}, cli.Usagef("--object %s: the object type comes first", def)
+		}
+	}
+	if typ != "tls-creds-x509" {
+		return "", tlsObject{}, cli.Usagef("--object %s: ringblk nbd supports only tls-creds-x509 objects", typ)
+	}
+	o := tlsObject{verifyPeer: true}
+	var id, endpoint string
+	for _, kv := range parts[1:] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return "", tlsObject{}, cli.Usagef("--object %s: expected key=value, got '%s'", typ, kv)
+		}
+		switch k {
+		case "id":
+			id = v
+		case "dir":
+			o.dir = v
+		case "endpoint":
+			endpoint = v
+		case "verify-peer":
+			switch v {
+			case "on", "yes", "true":
+				o.verifyPeer = true
+			case "off", "no", "false":
+				o.verifyPeer = false
+			default:
+				return "", tlsObject{}, cli.Usagef("--object %s: verify-peer takes on or off, not '%s'", typ, v)
+			}
+		default:
+			return "", tlsObject{}, cli.Usagef("--object %s: property '%s' is not supported", typ, k)
+		}
+	}
+	switch {
+	case id == "":
+		return "", tlsObject{}, cli.Usagef("--object %s: Parameter 'id' is missing", typ)
+	case o.dir == "":
+		return "", tlsObject{}, cli.Usagef("--object %s,id=%s: a credentials directory (dir=) is required", typ, id)
+	case endpoint != "server":
+		return "", tlsObject{}, cli.Usagef("--object %s,id=%s: Expecting TLS credentials with a server endpoint (endpoint=server)", typ, id)
+	}
+	return id, o, nil
+}
+
+// Main is "ringblk nbd" (qemu-nbd): args are what follows the command name;
+// it returns when the server stops, with the exit status.
 func Main(args []string) int {
 	return cli.Run(nbdHelp, os.Stdout, os.Stderr, func() (int, error) {
 		cfg, err := parseNbdArgs(args)
@@ -207,8 +279,24 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 			return nil, cli.Usagef("-%s: snapshots are not supported by ringblk nbd", o.Name)
 		case "o", "offset":
 			return nil, cli.Usagef("--offset is not supported (use a raw image of its own)")
-		case "object", "tls-creds", "tls-authz", "tls-hostname":
-			return nil, cli.Usagef("--%s: ringblk nbd does not support TLS", o.Name)
+		case "object":
+			id, obj, err := parseObject(o.Val)
+			if err != nil {
+				return nil, err
+			}
+			if cfg.objects == nil {
+				cfg.objects = map[string]tlsObject{}
+			}
+			if _, dup := cfg.objects[id]; dup {
+				return nil, cli.Usagef("--object: an object with id '%s' already exists", id)
+			}
+			cfg.objects[id] = obj
+		case "tls-creds":
+			cfg.tlsCreds = o.Val
+		case "tls-authz":
+			return nil, cli.Usagef("--tls-authz is not supported (verify-peer=on checks client certificates against the CA)")
+		case "tls-hostname":
+			return nil, cli.Usagef("--tls-hostname applies to -c/--connect, which ringblk nbd does not support")
 		case "image-opts":
 			return nil, cli.Usagef("--image-opts is not supported; name the image file and use -f")
 		case "T", "trace":
@@ -217,6 +305,13 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 	}
 	if cfg.co.DetectZeroes == raw.DetectZeroesUnmap && cfg.co.Discard != raw.DiscardUnmap {
 		return nil, cli.Usagef("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+	}
+	if cfg.tlsCreds != "" {
+		obj, ok := cfg.objects[cfg.tlsCreds]
+		if !ok {
+			return nil, cli.Usagef("No TLS credentials with id '%s'", cfg.tlsCreds)
+		}
+		cfg.tls = &obj
 	}
 	if cfg.socket != "" && (portSet || bindSet) {
 		return nil, cli.Usagef("-k and -p/-b cannot be used together")
@@ -270,6 +365,13 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	}
 	srv := nbd.NewServer()
 	srv.OneShot = !cfg.persistent
+	if cfg.tls != nil {
+		if srv.TLS, err = nbd.TLSServerConfig(cfg.tls.dir, cfg.tls.verifyPeer); err != nil {
+			exp.Close()
+			node.Unref()
+			return 1, fmt.Errorf("Failed to load TLS credentials '%s': %v", cfg.tlsCreds, err)
+		}
+	}
 	if cfg.verbose {
 		srv.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"golang.org/x/sys/unix"
@@ -146,7 +147,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if err := cli.ResolveNull(path, &bo); err != nil {
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
-		if bo.Format != "null" {
+		if bo.Format != "null" && !nbd.IsURI(path) {
 			if _, err := os.Stat(path); err != nil {
 				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
 			}

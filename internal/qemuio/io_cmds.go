@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/ringblk/ringblk/block"
-	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -508,7 +508,7 @@ var infoCmdIO = &ioCommand{
 
 // vmStateOffset is where qcow2 keeps VM state: the first byte that the
 // L1 entries covering the disk do not reach.
-func vmStateOffset(h *qcow2.Header) int64 {
+func vmStateOffset(h *format.Header) int64 {
 	l2Bits := int64(h.ClusterBits) - 3
 	if h.ExtendedL2() {
 		l2Bits--
@@ -519,22 +519,22 @@ func vmStateOffset(h *qcow2.Header) int64 {
 
 // qcow2SpecificLines are the "Format specific information" lines of a
 // qcow2 image, in qemu's order and words.
-func qcow2SpecificLines(h *qcow2.Header) []string {
+func qcow2SpecificLines(h *format.Header) []string {
 	compat := "1.1"
 	if h.Version == 2 {
 		compat = "0.10"
 	}
 	ct := "zlib"
-	if h.CompressionType == qcow2.CompressionZstd {
+	if h.CompressionType == format.CompressionZstd {
 		ct = "zstd"
 	}
 	l := []string{"compat: " + compat, "compression type: " + ct}
 	if h.Version >= 3 {
-		l = append(l, fmt.Sprintf("lazy refcounts: %t", h.CompatibleFeatures&qcow2.CompatLazyRefcounts != 0))
+		l = append(l, fmt.Sprintf("lazy refcounts: %t", h.CompatibleFeatures&format.CompatLazyRefcounts != 0))
 	}
 	l = append(l, fmt.Sprintf("refcount bits: %d", 1<<h.RefcountOrder))
 	if h.Version >= 3 {
-		l = append(l, fmt.Sprintf("corrupt: %t", h.IncompatibleFeatures&qcow2.IncompatCorrupt != 0),
+		l = append(l, fmt.Sprintf("corrupt: %t", h.IncompatibleFeatures&format.IncompatCorrupt != 0),
 			fmt.Sprintf("extended l2: %t", h.ExtendedL2()))
 	}
 	return l

@@ -45,9 +45,29 @@ type Host interface {
 	// submitted meanwhile wait until DrainAllEnd.
 	DrainAllBegin()
 	DrainAllEnd()
+	// RunLoop runs fn on the calling goroutine, locked to its OS
+	// thread, as the owner of a new I/O Context (a Loop): the polled
+	// completion mode. Requests of the Loop's queues are submitted and
+	// completed on that thread inside the queues' Wait, with no wake-up
+	// between threads. Work other goroutines have for the Loop (a drain,
+	// a Close) waits until fn polls again (Wait or Loop.Poll) or returns.
+	// When fn returns, the Loop's open queues are closed and the Context
+	// stops; Close waits for running RunLoop calls.
+	RunLoop(fn func(Loop) error) error
 	// Close closes every device still open, then stops the Contexts. It
 	// returns every error met, including metadata write-back on close.
 	Close() error
+}
+
+// Loop is an I/O Context run by a host goroutine (Host.RunLoop). Use it
+// and its queues from that goroutine only.
+type Loop interface {
+	// NewQueue creates a queue of d on the Loop. Its Wait runs the Loop
+	// (Next never does); its Context is -1.
+	NewQueue(d Device, o QueueOptions) (Queue, error)
+	// Poll runs one iteration of the Loop (blocking until something
+	// happened if block is set), for a host waiting on several queues.
+	Poll(block bool) bool
 }
 
 // OpenOptions say how to open an image.
@@ -113,7 +133,8 @@ type DeviceCallbacks struct {
 	// Resized reports the device's new size after Resize.
 	Resized func(size int64)
 	// Stopped reports that a request failed under a stop policy: the
-	// device's requests are held until Resume.
+	// device is paused until Resume (the failed request is held, new
+	// ones are parked unissued).
 	Stopped func(op Op, err error)
 }
 
@@ -156,8 +177,12 @@ const (
 	ErrorReport ErrorPolicy = iota
 	// ErrorIgnore completes the request as if it had succeeded.
 	ErrorIgnore
-	// ErrorStop holds the failed request, sets the I/O status and calls
-	// Callbacks.Stopped; Resume resubmits the held requests.
+	// ErrorStop pauses the device as QEMU stops the VM on an I/O error:
+	// the failed request is held, requests submitted afterwards are
+	// parked before the driver, the I/O status is set and
+	// Callbacks.Stopped called; Resume retries the held requests, then
+	// issues the parked ones, each in order. Requests already in flight
+	// at the stop complete normally.
 	ErrorStop
 	// ErrorStopOnNoSpace stops on ENOSPC and reports any other error.
 	ErrorStopOnNoSpace
@@ -230,10 +255,13 @@ type Device interface {
 	SetErrorPolicy(read, write ErrorPolicy) error
 	// IOStatus returns the I/O status and the error that set it.
 	IOStatus() (IOStatus, error)
-	// ResetIOStatus sets the status back to OK (held requests stay held).
+	// ResetIOStatus sets the status back to OK (held requests stay held,
+	// the device stays paused).
 	ResetIOStatus()
-	// Resume resets the status and resubmits the requests a stop policy
-	// held.
+	// Paused reports whether a stop policy paused the device.
+	Paused() bool
+	// Resume resets the status, retries the requests a stop policy held
+	// and then issues the requests parked meanwhile.
 	Resume()
 
 	// SetThrottle sets the device's I/O limits. A non-empty group makes
@@ -365,8 +393,9 @@ type OpStats struct {
 // Stats are a device's I/O accounting.
 type Stats struct {
 	Read, Write, Flush, Discard, WriteZeroes OpStats
-	InFlight                                 int64 // requests submitted and not completed
+	InFlight                                 int64 // requests issued and not completed
 	Held                                     int64 // requests held by a stop policy
+	Parked                                   int64 // requests submitted while paused, not yet issued
 }
 
 // ThrottleLimits are per-second rates; zero is unlimited. Bursts are the

@@ -18,10 +18,12 @@ package contract
 // Magic identifies a ringblk plugin manifest.
 const Magic = "ringblk-plugin"
 
-// ABI version of this contract. Minor 2 added NewHost and the host API.
+// ABI version of this contract. Minor 2 added NewHost and the host API;
+// minor 3 Host.RunLoop (polled mode), Device.Paused and Stats.Parked (the
+// stop policy pauses the device).
 const (
 	ABIMajor = 0
-	ABIMinor = 2
+	ABIMinor = 3
 )
 
 // SymbolName is the name of the variable a plugin of this ABI major

@@ -18,8 +18,8 @@ import (
 // file) with the loader's error naming the difference, then loads the
 // right one in the same process and runs its checks through the host API:
 // raw and qcow2 images, writes from several goroutines with eventfd
-// completions, data read back, a drained section with I/O running, stats
-// and close. Each .so is built once.
+// completions, data read back, a drained section with I/O running, stats,
+// the data read again in polled mode (RunLoop) and close. Each .so is built once.
 func TestOutsideHost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the outside host module and five plugins with the go tool (minutes); skipped with -short")
@@ -135,7 +135,8 @@ func TestOutsideHost(t *testing.T) {
 	if !strings.Contains(refusals[missing], "cannot read it") {
 		t.Errorf("missing file: refusal %q", refusals[missing])
 	}
-	for _, want := range []string{"raw: 1024 blocks written", "qcow2: 1024 blocks written", "drained section with I/O running", "qcow2: stats:", "PASS"} {
+	for _, want := range []string{"raw: 1024 blocks written", "qcow2: 1024 blocks written", "drained section with I/O running", "qcow2: stats:",
+		"raw: polled mode (RunLoop): 1024 blocks read", "qcow2: polled mode (RunLoop): 1024 blocks read", "PASS"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("host output lacks %q", want)
 		}

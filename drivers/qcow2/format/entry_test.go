@@ -1,7 +1,9 @@
 package format
 
 import (
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -342,6 +344,86 @@ func TestQcow2Refcounts(t *testing.T) {
 	}{{0x20000, nil}, {0, nil}, {0x20001, ErrCorrupt}, {0x20200, ErrCorrupt}, {1 << 40, ErrCorrupt}} {
 		if _, err := g.DecodeRefcountTableEntry(c.e); !errors.Is(err, c.err) {
 			t.Errorf("DecodeRefcountTableEntry(%#x) = %v want %v", c.e, err, c.err)
+		}
+	}
+}
+
+// TestQcow2OneDecoderVerdicts: the read path's fast one-cluster mapping
+// (OneClusterL2, DataHost) and the general decoders (DecodeL1Entry,
+// DecodeL2Entry) accept exactly the same entries with the same offsets:
+// random words with every interesting bit pattern, on version 2 and 3
+// geometries, with and without a known file size. The fast path does not
+// allocate.
+func TestQcow2OneDecoderVerdicts(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 2))
+	interesting := []uint64{0, EntryCopied, EntryCompressed, EntryZero, 1 << 1, 1 << 57, 1 << 60, 0x200, 0x100}
+	for _, cb := range []uint32{9, 16, 21} {
+		for _, zf := range []bool{false, true} {
+			for _, fs := range []int64{0, 1 << 30} {
+				g := Geometry{ClusterBits: cb, RefcountOrder: 4, ZeroFlag: zf, Size: 1 << 40, FileSize: fs}
+				cs := g.ClusterSize()
+				table := make([]byte, cs)
+				var l1Hits, l2Hits int
+				for k := 0; k < 20000; k++ {
+					e := rng.Uint64() & (OffsetMask >> uint(rng.IntN(30)))
+					for _, b := range interesting {
+						if rng.IntN(3) == 0 {
+							e |= b
+						}
+					}
+					if rng.IntN(2) == 0 {
+						// An aligned offset around the end of the file,
+						// with one flag pattern.
+						e = uint64(rng.Int64N(1<<31))&^uint64(cs-1) | interesting[rng.IntN(len(interesting))]
+					}
+					l2Off, _, err := g.DecodeL1Entry(e)
+					fast, ok := g.OneClusterL2([]uint64{e}, 0, 512)
+					if ok != (err == nil && l2Off != 0) || ok && fast != l2Off {
+						t.Fatalf("cb=%d zf=%t fs=%d L1 %#x: fast %#x %t, DecodeL1Entry %#x %v", cb, zf, fs, e, fast, ok, l2Off, err)
+					}
+					if ok {
+						l1Hits++
+					}
+					if off, ok := g.l1Fast(e); ok {
+						if full, copied, err := g.decodeL1Full(e); err != nil || full != int64(off) || copied != (e&EntryCopied != 0) {
+							t.Fatalf("cb=%d zf=%t fs=%d L1 %#x: fast step %#x, full decode %#x %t %v", cb, zf, fs, e, off, full, copied, err)
+						}
+					}
+					for _, ext := range []bool{false, true} {
+						ge := g
+						ge.ExtendedL2, ge.ZeroFlag = ext, zf && !ext
+						bm := uint64(0)
+						if ext {
+							bm = []uint64{0, BitmapAllocMask, BitmapZeroMask, ^uint64(0)}[rng.IntN(4)] & rng.Uint64()
+						}
+						fast, err := ge.DecodeL2Entry(e, bm)
+						full, ferr := ge.decodeL2Full(e, bm)
+						if (err == nil) != (ferr == nil) || fast != full {
+							t.Fatalf("cb=%d zf=%t fs=%d ext=%t L2 %#x bitmap %#x: DecodeL2Entry %+v %v, full decode %+v %v", cb, zf, fs, ext, e, bm, fast, err, full, ferr)
+						}
+					}
+					binary.BigEndian.PutUint64(table, e)
+					le, err := g.DecodeL2Entry(e, 0)
+					host, ok := g.DataHost(table, 100)
+					if ok != (err == nil && le.Type == Normal) || ok && host != le.HostOff+100 {
+						t.Fatalf("cb=%d zf=%t fs=%d L2 %#x: fast %#x %t, DecodeL2Entry %+v %v", cb, zf, fs, e, host, ok, le, err)
+					}
+					if ok {
+						l2Hits++
+					}
+				}
+				if l1Hits < 500 || l2Hits < 500 {
+					t.Fatalf("cb=%d zf=%t fs=%d: only %d L1 and %d L2 entries accepted: the test does not exercise the fast path", cb, zf, fs, l1Hits, l2Hits)
+				}
+				l1 := []uint64{EntryCopied | uint64(cs)}
+				binary.BigEndian.PutUint64(table, EntryCopied|uint64(2*cs))
+				if n := testing.AllocsPerRun(100, func() {
+					g.OneClusterL2(l1, 0, 512)
+					g.DataHost(table, 0)
+				}); n != 0 {
+					t.Fatalf("fast decode allocates %v times", n)
+				}
+			}
 		}
 	}
 }

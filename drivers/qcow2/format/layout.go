@@ -23,6 +23,10 @@ type CreateOptions struct {
 	// driver may then leave refcount blocks unwritten behind the dirty bit
 	// (lazy.go).
 	LazyRefcounts bool
+	// CompressionType is CompressionZlib (the default) or CompressionZstd
+	// (version 3 only: header byte 104 and incompatible feature bit 3, as
+	// qemu-img create -o compression_type=zstd writes them).
+	CompressionType uint8
 }
 
 // Layout computes the metadata of a new image: the header, and where the
@@ -111,6 +115,17 @@ func LayoutRefblocks(size int64, o CreateOptions) (*Header, []int64, error) {
 			return nil, nil, Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)")
 		}
 		h.CompatibleFeatures |= CompatLazyRefcounts
+	}
+	switch o.CompressionType {
+	case CompressionZlib:
+	case CompressionZstd:
+		if ver != 3 {
+			return nil, nil, Unsupported("compression_type", uint64(o.CompressionType), "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)")
+		}
+		h.CompressionType = CompressionZstd
+		h.IncompatibleFeatures |= IncompatCompressionType
+	default:
+		return nil, nil, Unsupported("compression_type", uint64(o.CompressionType), "compression type must be zlib or zstd")
 	}
 	if ver == 3 {
 		h.HeaderLength = 112

@@ -198,12 +198,8 @@ func (g *Geometry) OneClusterL2(l1 []uint64, off, n int64) (int64, bool) {
 	if l1i >= uint64(len(l1)) {
 		return 0, false
 	}
-	e := l1[l1i]
-	l2Off := e & OffsetMask
-	if e&L1Reserved != 0 || l2Off == 0 || !g.Aligned(l2Off) || g.PastEOF(l2Off) {
-		return 0, false
-	}
-	return int64(l2Off), true
+	l2Off, ok := g.l1Fast(l1[l1i])
+	return int64(l2Off), ok
 }
 
 // DataHost returns the host offset of guest offset off when its entry in
@@ -216,9 +212,8 @@ func (g *Geometry) DataHost(table []byte, off int64) (int64, bool) {
 		return 0, false
 	}
 	i := int64(uint64(off)>>cb) & (cs/8 - 1)
-	e := binary.BigEndian.Uint64(table[i*8:])
-	host := e & OffsetMask
-	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
+	host, ok := g.l2Fast(binary.BigEndian.Uint64(table[i*8:]))
+	if !ok {
 		return 0, false
 	}
 	return int64(host) + off&(cs-1), true

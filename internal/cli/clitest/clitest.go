@@ -127,7 +127,8 @@ func DiffMaps(t *testing.T, what string, want, got map[string]any, skip ...strin
 // (Main).
 const AsMainEnv = "RINGBLK_TEST_AS_MAIN"
 
-// RunRingblk runs "ringblk args…" as a separate process.
+// RunRingblk runs "ringblk args…" as a separate process: this test binary
+// again, which Main makes the program (the package's TestMain must call it).
 func RunRingblk(t *testing.T, stdin io.Reader, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	exe, err := os.Executable()
