@@ -22,7 +22,7 @@ func TestExportStats(t *testing.T) {
 	cl.simple(3)
 	cl.send(cmdWriteZeroes, 0, 4, 0, 4096, nil)
 	cl.simple(4)
-	plain := dial(t, e.sock, "disk", false) // a refusal is a simple reply
+	plain := dial(t, e.sock, "disk", false)                       // a refusal is a simple reply
 	if _, _, v := plain.read(8, 0, 4096, cmdFlagNoHole); v == 0 { // a write flag on a read: refused
 		t.Fatal("a read with NO_HOLE succeeded")
 	}
