@@ -55,6 +55,9 @@ type Node struct {
 	// drains and drainNs count the drained sections begun on this node
 	// itself and the time their waits took (DrainStats; metrics).
 	drains, drainNs atomic.Int64
+	// bitmaps: the dirty bitmaps marked by the write paths (bitmaps.go);
+	// replaced whole on the main Context, loaded by any Context.
+	bitmaps atomic.Pointer[bitmapList]
 
 	// Aux is the driver's or owner's; block never touches it.
 	Aux any

@@ -171,6 +171,10 @@ func (r *Request) Complete(err error) {
 	// A front-end request goes back to the pool in Queue.finish, which may
 	// run inside done: decide before calling it.
 	recycle := r.q == nil
+	// Dirty tracking before anyone learns of the completion (QEMU marks
+	// in bdrv_co_write_req_finish): a job that reads the bitmap after
+	// this write finished sees it.
+	n.markDirty(r)
 	n.inFlight.dec()
 	n.g.main.Kick()
 	done.RequestDone(r, err)
