@@ -90,10 +90,11 @@ func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Actio
 			}
 		}
 		return abortAction{}, nil
-	case "block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
-		"block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
-		"drive-backup", "blockdev-backup":
-		return nil, Errorf("Transaction action '%s' is not available: it needs the job and dirty-bitmap support that this build lacks", a.Type)
+	case "drive-backup":
+		return nil, Errorf("Transaction action 'drive-backup' is not supported: add the target with blockdev-add and use blockdev-backup")
+	}
+	if act, ok, err := d.jobAction(i, a); ok {
+		return act, err
 	}
 	return nil, Errorf("Invalid parameter 'type': transaction action '%s' does not exist", a.Type)
 }

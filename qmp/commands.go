@@ -13,15 +13,10 @@ import (
 	"github.com/ringblk/ringblk/host"
 )
 
-// Missing lists the commands of QEMU's block layer that this daemon does
-// not have yet (they need the job and dirty-bitmap packages). They answer
-// CommandNotFound like any unknown command.
-var Missing = []string{
-	"query-jobs", "job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss", "job-finalize",
-	"blockdev-mirror", "blockdev-backup", "drive-mirror", "drive-backup", "block-stream", "block-commit",
-	"block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
-	"block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
-}
+// Missing lists the block-layer commands of QEMU this daemon does not
+// have. They answer CommandNotFound like any unknown command.
+var Missing = []string{"drive-mirror", "drive-backup", "block-job-finalize", "block-job-dismiss",
+	"x-debug-block-dirty-bitmap-sha256"}
 
 type nodeNameArg struct {
 	NodeName string `json:"node-name"`
@@ -124,6 +119,7 @@ type flatArg struct {
 }
 
 func (d *Daemon) register(r *Registry) {
+	d.registerJobs(r)
 	r.Register("query-version", nil, func(*Client, any) (any, error) {
 		return map[string]any{"qemu": map[string]int{"major": greetingQEMUVersion, "minor": 0, "micro": 0}, "package": "ringblk"}, nil
 	})

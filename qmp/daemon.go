@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/job"
 	"github.com/ringblk/ringblk/nbd"
 	"github.com/ringblk/ringblk/plugin/contract"
 )
@@ -21,8 +22,9 @@ import (
 // of their own except for readers outside commands (metrics), which take
 // mu.
 type Daemon struct {
-	h   *host.Host
-	srv *Server
+	h    *host.Host
+	srv  *Server
+	jobs *job.Manager
 
 	mu        sync.Mutex
 	nodes     map[string]*blockdev
@@ -66,6 +68,7 @@ type export struct {
 func NewDaemon(h *host.Host, reg *Registry) *Daemon {
 	d := &Daemon{h: h, nodes: map[string]*blockdev{}, iothreads: map[string]int{},
 		exports: map[string]*export{}, quit: make(chan struct{})}
+	d.jobs = job.NewManager(h.Graph(), d.jobEvent)
 	d.register(reg)
 	return d
 }
@@ -99,6 +102,17 @@ func (d *Daemon) Close() error {
 	d.nodes = map[string]*blockdev{}
 	d.mu.Unlock()
 	var errs []error
+	// Jobs end first (cancelled: a mirror does not pivot), so that no job
+	// holds a node the devices below close.
+	if d.jobs != nil {
+		for _, in := range d.jobs.List() {
+			if j := d.jobs.Get(in.ID); j != nil {
+				_ = j.Cancel(true)
+				_ = j.Wait()
+				_ = j.Dismiss()
+			}
+		}
+	}
 	for _, e := range exps {
 		errs = append(errs, e.exp.Close())
 	}
@@ -546,6 +560,17 @@ func (d *Daemon) nbdServerStop() error {
 	d.exports = map[string]*export{}
 	d.mu.Unlock()
 	var errs []error
+	// Jobs end first (cancelled: a mirror does not pivot), so that no job
+	// holds a node the devices below close.
+	if d.jobs != nil {
+		for _, in := range d.jobs.List() {
+			if j := d.jobs.Get(in.ID); j != nil {
+				_ = j.Cancel(true)
+				_ = j.Wait()
+				_ = j.Dismiss()
+			}
+		}
+	}
 	for _, e := range exps {
 		errs = append(errs, e.exp.Close())
 	}
