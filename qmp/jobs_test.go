@@ -2,6 +2,7 @@ package qmp
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/job"
 )
 
 func okReply(t *testing.T, c *rawClient, cmd string) any {
@@ -281,5 +283,42 @@ func TestStressJobsTransactionsWithIO(t *testing.T) {
 	}
 	if bm := d.nodes["disk0"].dev.Root().Bitmaps(); len(bm) != bitmaps {
 		t.Errorf("%d bitmaps, want %d", len(bm), bitmaps)
+	}
+}
+
+// TestCloseCancelsRunningJobs: the daemon's Close (SIGTERM, quit) cancels
+// a ready mirror, so it does not pivot, and closes every image cleanly.
+func TestCloseCancelsRunningJobs(t *testing.T) {
+	h, err := host.New(host.Options{Contexts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	d := NewDaemon(h, NewRegistry())
+	dir := t.TempDir()
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	j, err := d.newMirror(&MirrorArgs{JobArgs: JobArgs{JobID: "m"}, Device: "src", Target: "tgt", Sync: "full"})
+	if err := d.startJob(j, err); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !j.IsReady() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !j.IsReady() {
+		t.Fatal("mirror never ready")
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("close with a running mirror: %v", err)
+	}
+	if n := d.jobs.Len(); n != 0 {
+		t.Fatalf("%d jobs after Close", n)
+	}
+	if !errors.Is(j.Result(), job.ErrCancelled) && j.Result() != nil {
+		t.Fatalf("mirror result %v", j.Result())
+	}
+	if got := d.h.Graph().Nodes(); len(got) != 0 {
+		t.Fatalf("%d nodes left after Close", len(got))
 	}
 }
