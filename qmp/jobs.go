@@ -182,23 +182,28 @@ type CommitArgs struct {
 }
 
 func (d *Daemon) newMirror(a *MirrorArgs) (*job.Job, error) {
+	j, _, err := d.newMirrorDriver(a)
+	return j, err
+}
+
+func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	src, qerr := d.rootOf(a.Device)
 	if qerr != nil {
-		return nil, qerr
+		return nil, nil, qerr
 	}
 	tgt, qerr := d.graphNode(a.Target)
 	if qerr != nil {
-		return nil, qerr
+		return nil, nil, qerr
 	}
 	if a.Replaces != "" || a.FilterNode != "" {
-		return nil, Errorf("Parameters 'replaces' and 'filter-node-name' are not supported")
+		return nil, nil, Errorf("Parameters 'replaces' and 'filter-node-name' are not supported")
 	}
 	o, err := a.options(a.Device)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := d.checkJobID(o.ID); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity}
 	switch a.Sync {
@@ -209,20 +214,20 @@ func (d *Daemon) newMirror(a *MirrorArgs) (*job.Job, error) {
 	case "none":
 		mo.Sync = job.MirrorNone
 	default:
-		return nil, Errorf("Invalid parameter 'sync': '%s' (full, top, none)", a.Sync)
+		return nil, nil, Errorf("Invalid parameter 'sync': '%s' (full, top, none)", a.Sync)
 	}
 	switch a.CopyMode {
 	case "", "background":
 	case "write-blocking":
 		mo.CopyMode = job.WriteBlocking
 	default:
-		return nil, Errorf("Invalid parameter 'copy-mode': '%s'", a.CopyMode)
+		return nil, nil, Errorf("Invalid parameter 'copy-mode': '%s'", a.CopyMode)
 	}
-	j, _, err := job.NewMirror(d.jobs, mo)
+	j, drv, err := job.NewMirror(d.jobs, mo)
 	if err != nil {
-		return nil, Errorf("%v", err)
+		return nil, nil, Errorf("%v", err)
 	}
-	return j, nil
+	return j, drv, nil
 }
 
 func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
@@ -744,6 +749,48 @@ func (b *backupAction) Abort() {
 
 func (b *backupAction) Clean() { _ = b.dr.End() }
 
+// mirrorAction is blockdev-mirror as a transaction action (a ringblk
+// extension: QEMU has none): the job is created in prepare, inside the
+// source's drained section, and started in commit; abort cleans the
+// driver (its filter) and discards the job.
+type mirrorAction struct {
+	d   *Daemon
+	a   MirrorArgs
+	dr  txn.Drained
+	j   *job.Job
+	drv *job.Mirror
+}
+
+func (m *mirrorAction) Prepare() error {
+	src, qerr := m.d.rootOf(m.a.Device)
+	if qerr != nil {
+		return qerr
+	}
+	m.dr.Begin(src)
+	j, drv, err := m.d.newMirrorDriver(&m.a)
+	if err != nil {
+		return err
+	}
+	m.j, m.drv = j, drv
+	return nil
+}
+
+func (m *mirrorAction) Commit() error {
+	if err := m.j.Start(); err != nil {
+		return Errorf("%v", err)
+	}
+	return nil
+}
+
+func (m *mirrorAction) Abort() {
+	if m.j != nil {
+		m.drv.Clean(m.j)
+		_ = m.j.Discard()
+	}
+}
+
+func (m *mirrorAction) Clean() { _ = m.dr.End() }
+
 func (d *Daemon) registerJobs(r *Registry) {
 	r.Register("query-jobs", nil, func(*Client, any) (any, error) { return d.queryJobs(), nil })
 	r.Register("query-block-jobs", nil, func(*Client, any) (any, error) { return d.queryBlockJobs(), nil })
@@ -819,6 +866,12 @@ func (d *Daemon) jobAction(i int, a TransactionAction) (txn.Action, bool, error)
 			return nil, true, err
 		}
 		return &backupAction{d: d, a: *args}, true, nil
+	case "blockdev-mirror":
+		args, err := decodeAs[MirrorArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &mirrorAction{d: d, a: *args}, true, nil
 	case "block-dirty-bitmap-add":
 		args, err := decodeAs[BitmapAddArgs](i, a)
 		if err != nil {

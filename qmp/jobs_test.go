@@ -71,6 +71,29 @@ func TestMirrorReadyCompleteOverQMP(t *testing.T) {
 	}
 }
 
+// TestMirrorAsTransactionAction: blockdev-mirror in a transaction (a
+// ringblk extension) starts at commit, gets ready, and a cancel of the
+// ready job leaves the source in place.
+func TestMirrorAsTransactionAction(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"transaction","arguments":{"actions":[
+		{"type":"blockdev-mirror","data":{"job-id":"m","device":"src","target":"tgt","sync":"full"}},
+		{"type":"block-dirty-bitmap-add","data":{"node":"tgt","name":"since-mirror"}}]}}`)
+	c.waitEvent("BLOCK_JOB_READY", "m")
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m"}}`)
+	c.waitEvent("JOB_STATUS_CHANGE", "m")
+	for len(okReply(t, c, `{"execute":"query-jobs"}`).([]any)) > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if r := d.nodes["src"].dev.Root().Name(); r != "src" {
+		t.Fatalf("after the cancel the device is on %s, want src", r)
+	}
+}
+
 // TestBackupWithBitmapCheckpointInOneTransaction: the classic
 // incremental-backup start: add a bitmap and start a full backup in one
 // transaction (the same point in time); later writes land in the bitmap;
@@ -138,6 +161,7 @@ func TestBitmapAndBackupActionsAbort(t *testing.T) {
 		`{"type":"block-dirty-bitmap-disable","data":{"node":"disk0","name":"a"}}`,
 		`{"type":"block-dirty-bitmap-merge","data":{"node":"disk0","target":"b","bitmaps":["a"]}}`,
 		`{"type":"blockdev-backup","data":{"job-id":"bk","device":"disk0","target":"tgt","sync":"full"}}`,
+		`{"type":"blockdev-mirror","data":{"job-id":"mi","device":"disk0","target":"tgt","sync":"full"}}`,
 	} {
 		r := c.do(`{"execute":"transaction","arguments":{"actions":[` + act + `,{"type":"abort","data":{}}]}}`)
 		wantError(t, r, GenericError, "Transaction aborted using Abort action")
@@ -146,6 +170,9 @@ func TestBitmapAndBackupActionsAbort(t *testing.T) {
 		}
 		if n := len(okReply(t, c, `{"execute":"query-jobs"}`).([]any)); n != 0 {
 			t.Errorf("%s: %d jobs after the abort", act, n)
+		}
+		if top := d.nodes["disk0"].dev.Root(); top != root {
+			t.Errorf("%s: the device's top is %s after the abort (a job's filter left?)", act, top.Name())
 		}
 	}
 	// Applied alone, the merge puts a's bits into b.
