@@ -395,6 +395,14 @@ func nodeInfo(n *block.Node) map[string]any {
 	if r, ok := n.Driver().(*raw.Driver); ok {
 		info["cache"] = map[string]bool{"writeback": r.Options().Cache != raw.CacheWritethrough, "direct": r.Options().Cache == raw.CacheNone, "no-flush": false}
 	}
+	if bms := n.Bitmaps(); len(bms) > 0 {
+		var list []map[string]any
+		for _, b := range bms {
+			list = append(list, map[string]any{"name": b.Name(), "count": b.Count(), "granularity": b.Granularity(),
+				"recording": b.Enabled(), "busy": b.Busy(), "persistent": false})
+		}
+		info["dirty-bitmaps"] = list
+	}
 	if c := n.Child(block.RoleBacking); c != nil && c.Node() != nil {
 		_, bf := driverName(c.Node())
 		info["backing_file"] = bf

@@ -181,6 +181,23 @@ func TestBitmapAndBackupActionsAbort(t *testing.T) {
 		t.Fatalf("merge: b has %d, a %d", b.Count(), root.Bitmap("a").Count())
 	}
 	wantError(t, c.do(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"disk0","name":"a"}}`), GenericError, "Bitmap already exists: a")
+	// query-named-block-nodes reports them as QEMU does.
+	for _, n := range okReply(t, c, `{"execute":"query-named-block-nodes"}`).([]any) {
+		m := n.(map[string]any)
+		if m["node-name"] != "disk0" {
+			continue
+		}
+		bms, _ := m["dirty-bitmaps"].([]any)
+		if len(bms) != 2 {
+			t.Fatalf("dirty-bitmaps %v", m["dirty-bitmaps"])
+		}
+		for _, b := range bms {
+			bm := b.(map[string]any)
+			if bm["name"] == "a" && (bm["count"] != 131072.0 || bm["recording"] != true || bm["granularity"] != 65536.0) {
+				t.Fatalf("bitmap a: %v", bm)
+			}
+		}
+	}
 	wantError(t, c.do(`{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"zz"}}`), GenericError, "Dirty bitmap 'zz' not found")
 }
 
