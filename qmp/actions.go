@@ -114,8 +114,9 @@ func decodeAs[T any](i int, a TransactionAction) (*T, error) {
 	return out.(*T), nil
 }
 
-// Transaction runs actions as one QMP transaction.
-func (d *Daemon) Transaction(args *TransactionArgs) error {
+// Transaction runs actions as one QMP transaction; extra actions (built
+// by a command that wants their results) run after them.
+func (d *Daemon) Transaction(args *TransactionArgs, extra ...txn.Action) error {
 	if args.Properties != nil && args.Properties.CompletionMode != "" && args.Properties.CompletionMode != "individual" {
 		return Errorf("Action completion mode '%s' is not supported (individual)", args.Properties.CompletionMode)
 	}
@@ -128,6 +129,7 @@ func (d *Daemon) Transaction(args *TransactionArgs) error {
 		}
 		acts = append(acts, act)
 	}
+	acts = append(acts, extra...)
 	err := txn.Run(acts)
 	var te *txn.Error
 	if errors.As(err, &te) {

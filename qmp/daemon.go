@@ -25,6 +25,9 @@ type Daemon struct {
 	h    *host.Host
 	srv  *Server
 	jobs *job.Manager
+	// chains are the checkpoint chains of x-ringblk-checkpoint, by
+	// "node/chain".
+	chains map[string]*job.Chain
 
 	mu        sync.Mutex
 	nodes     map[string]*blockdev
@@ -69,6 +72,7 @@ func NewDaemon(h *host.Host, reg *Registry) *Daemon {
 	d := &Daemon{h: h, nodes: map[string]*blockdev{}, iothreads: map[string]int{},
 		exports: map[string]*export{}, quit: make(chan struct{})}
 	d.jobs = job.NewManager(h.Graph(), d.jobEvent)
+	d.chains = map[string]*job.Chain{}
 	d.register(reg)
 	return d
 }

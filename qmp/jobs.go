@@ -3,6 +3,7 @@ package qmp
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
@@ -791,6 +792,83 @@ func (m *mirrorAction) Abort() {
 
 func (m *mirrorAction) Clean() { _ = m.dr.End() }
 
+// CheckpointArgs is x-ringblk-checkpoint's argument: take the next
+// checkpoint of a node's chain (package job's Chain).
+type CheckpointArgs struct {
+	Node        string `json:"node"`
+	Chain       string `json:"chain"`
+	Granularity int64  `json:"granularity" qmp:"optional"`
+}
+
+// checkpointAction freezes the bitmap that tracked writes since the
+// previous checkpoint of the chain and starts a new one, inside the
+// node's drained section, so that other actions of the transaction (a
+// backup of the same node) start at exactly that boundary. Abort deletes
+// the checkpoint again (its changes merge back into the active bitmap;
+// a chain's first checkpoint takes its bitmap away with it).
+type checkpointAction struct {
+	d     *Daemon
+	a     CheckpointArgs
+	dr    txn.Drained
+	chain *job.Chain
+	n     *block.Node
+	cp    *job.Checkpoint
+	fresh bool // the chain was made by this action
+}
+
+func (c *checkpointAction) Prepare() error {
+	if c.a.Chain == "" || strings.ContainsRune(c.a.Chain, '@') {
+		return Errorf("Invalid parameter 'chain': a non-empty name without '@'")
+	}
+	n, err := c.d.bitmapNode(c.a.Node)
+	if err != nil {
+		return err
+	}
+	c.n = n
+	c.dr.Begin(n)
+	key := n.Name() + "/" + c.a.Chain
+	c.d.mu.Lock()
+	ch := c.d.chains[key]
+	c.d.mu.Unlock()
+	if ch == nil {
+		if n.Bitmap(c.a.Chain) != nil {
+			return Errorf("Bitmap already exists: %s", c.a.Chain)
+		}
+		if ch, err = job.NewChain(n, c.a.Chain, c.a.Granularity); err != nil {
+			return Errorf("%v", err)
+		}
+		c.fresh = true
+	}
+	cp, err := ch.Checkpoint(nil)
+	if err != nil {
+		return Errorf("%v", err)
+	}
+	c.chain, c.cp = ch, cp
+	c.d.mu.Lock()
+	c.d.chains[key] = ch
+	c.d.mu.Unlock()
+	return nil
+}
+
+func (c *checkpointAction) Commit() error { return nil }
+
+func (c *checkpointAction) Abort() {
+	if c.cp == nil {
+		return
+	}
+	_ = c.chain.Delete(c.cp.Seq)
+	if c.cp.Changes == nil { // the chain's first: its bitmap is new
+		_ = c.n.RemoveBitmap(c.a.Chain)
+	}
+	if c.fresh {
+		c.d.mu.Lock()
+		delete(c.d.chains, c.n.Name()+"/"+c.a.Chain)
+		c.d.mu.Unlock()
+	}
+}
+
+func (c *checkpointAction) Clean() { _ = c.dr.End() }
+
 func (d *Daemon) registerJobs(r *Registry) {
 	r.Register("query-jobs", nil, func(*Client, any) (any, error) { return d.queryJobs(), nil })
 	r.Register("query-block-jobs", nil, func(*Client, any) (any, error) { return d.queryBlockJobs(), nil })
@@ -855,6 +933,13 @@ func (d *Daemon) registerJobs(r *Registry) {
 		r.Register("block-dirty-bitmap-"+k, &BitmapArgs{}, single("block-dirty-bitmap-"+k))
 	}
 	r.Register("block-dirty-bitmap-merge", &BitmapMergeArgs{}, single("block-dirty-bitmap-merge"))
+	r.Register("x-ringblk-checkpoint", &CheckpointArgs{}, func(_ *Client, a any) (any, error) {
+		act := &checkpointAction{d: d, a: *a.(*CheckpointArgs)}
+		if err := d.Transaction(&TransactionArgs{}, act); err != nil {
+			return nil, err
+		}
+		return map[string]any{"seq": act.cp.Seq, "bitmap": act.cp.Name}, nil
+	})
 }
 
 // jobAction makes the transaction actions of this file.
@@ -866,6 +951,12 @@ func (d *Daemon) jobAction(i int, a TransactionAction) (txn.Action, bool, error)
 			return nil, true, err
 		}
 		return &backupAction{d: d, a: *args}, true, nil
+	case "x-ringblk-checkpoint":
+		args, err := decodeAs[CheckpointArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &checkpointAction{d: d, a: *args}, true, nil
 	case "blockdev-mirror":
 		args, err := decodeAs[MirrorArgs](i, a)
 		if err != nil {

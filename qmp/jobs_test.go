@@ -366,3 +366,46 @@ func TestCloseCancelsRunningJobs(t *testing.T) {
 		t.Fatalf("%d nodes left after Close", len(got))
 	}
 }
+
+// TestCheckpointChain: x-ringblk-checkpoint (job.Chain through QMP):
+// an aborted first checkpoint leaves no bitmap; the first checkpoint
+// starts tracking; writes land in the active bitmap; an aborted second
+// checkpoint leaves the active bitmap with those writes; the second
+// checkpoint, in one transaction with an incremental backup of its frozen
+// bitmap, freezes exactly those writes and the backup copies exactly them.
+func TestCheckpointChain(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	addQcow2(t, d, dir, "inc")
+	fill(t, d, "disk0", 4, 0, 64<<10)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	root := d.nodes["disk0"].dev.Root()
+	aborted := `{"execute":"transaction","arguments":{"actions":[
+		{"type":"x-ringblk-checkpoint","data":{"node":"disk0","chain":"cp"}},{"type":"abort","data":{}}]}}`
+	wantError(t, c.do(aborted), GenericError, "Transaction aborted")
+	if n := len(root.Bitmaps()); n != 0 {
+		t.Fatalf("%d bitmaps after an aborted first checkpoint", n)
+	}
+	r := okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"disk0","chain":"cp"}}`).(map[string]any)
+	if r["seq"] != 1.0 || r["bitmap"] != "cp@1" {
+		t.Fatalf("first checkpoint %v", r)
+	}
+	fill(t, d, "disk0", 5, 1<<20, 64<<10)
+	wantError(t, c.do(aborted), GenericError, "Transaction aborted")
+	if bms := root.Bitmaps(); len(bms) != 1 || bms[0].Name() != "cp" || bms[0].Count() != 64<<10 || !bms[0].Enabled() {
+		t.Fatalf("after an aborted second checkpoint: %d bitmaps", len(bms))
+	}
+	// The checkpoint and the backup of what it froze, at one instant. (The
+	// aborted one used up number 2: the frozen bitmap is cp@3.)
+	okReply(t, c, `{"execute":"transaction","arguments":{"actions":[
+		{"type":"x-ringblk-checkpoint","data":{"node":"disk0","chain":"cp"}},
+		{"type":"blockdev-backup","data":{"job-id":"inc","device":"disk0","target":"inc","sync":"bitmap","bitmap":"cp@3","bitmap-mode":"never"}}]}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "inc")
+	if got := readBack(t, d.nodes["inc"].dev, 1<<20, 64<<10); !bytes.Equal(got, bytes.Repeat([]byte{5}, 64<<10)) {
+		t.Fatal("the incremental backup lacks the write since the first checkpoint")
+	}
+	if got := readBack(t, d.nodes["inc"].dev, 0, 64<<10); !bytes.Equal(got, make([]byte, 64<<10)) {
+		t.Fatal("the incremental backup copied data from before the first checkpoint")
+	}
+}
