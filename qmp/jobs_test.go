@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -238,14 +239,28 @@ func TestStreamRefusedActiveCommitCompletes(t *testing.T) {
 
 // TestStressJobsTransactionsWithIO: random transactions of backups (to
 // fresh targets), bitmap actions and aborts, with writes on an IOThread
-// all along. Every job concludes, every backup holds the point-in-time
-// data of its start for the blocks no write touched since... (checked on
-// the quiet first half), no node stays drained, nothing is in flight.
+// all along. Every job concludes, every backup holds the data of the
+// first MiB (never written during the run), no job filter is left, no
+// node stays drained or has requests in flight, and once the daemon and
+// host are closed no goroutine of theirs is left.
 func TestStressJobsTransactionsWithIO(t *testing.T) {
 	iters := 20
 	if testing.Short() {
 		iters = 8
 	}
+	// Registered first, so it runs after the server, daemon and host are
+	// closed: nothing of theirs may still run.
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<16)
+			t.Errorf("%d goroutines after close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+		}
+	})
 	d, dir, sock := testServer(t, 2, Options{})
 	addQcow2(t, d, dir, "disk0")
 	fill(t, d, "disk0", 7, 0, 1<<20) // the first MiB is never written again
