@@ -434,11 +434,16 @@ func TestServeMetrics(t *testing.T) {
 		"--nbd-server", "addr.type=unix,addr.path="+nbdSock,
 		"--export", "type=nbd,id=e,node-name=d,writable=on", "--metrics", "127.0.0.1:0")
 	waitSocket(t, d, sock)
+	// The monitor listens before the metrics listener is set up: wait for
+	// the line that names its address.
 	var addr string
-	for _, l := range strings.Split(d.stderr.String(), "\n") {
-		if a, ok := strings.CutPrefix(l, "ringblk: serve: metrics on "); ok {
-			addr = a
+	for i := 0; i < 1000 && addr == ""; i++ {
+		for _, l := range strings.Split(d.stderr.String(), "\n") {
+			if a, ok := strings.CutPrefix(l, "ringblk: serve: metrics on "); ok {
+				addr = a
+			}
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if addr == "" {
 		t.Fatalf("no metrics address in %q", d.stderr)
