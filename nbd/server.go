@@ -84,7 +84,9 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
 	}
 	e.chain.Store(v)
-	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true})
+	// The front end's home is the node's Context: inserting it elsewhere
+	// would move the node (and its other users) away from its IOThread.
+	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true, Context: n.Context()})
 	g.Control(n.Ref)
 	if err := e.fe.Insert(n); err != nil {
 		n.Unref()

@@ -213,6 +213,12 @@ func (d *Daemon) register(r *Registry) {
 		if x.Type != "nbd" {
 			return nil, Errorf("Invalid parameter 'type': export type '%s' is not supported (nbd)", x.Type)
 		}
+		if x.IOThread != "" {
+			// As QEMU does: the node moves to the export's IOThread.
+			if err := d.setIOThread(&setIOThreadArgs{NodeName: x.NodeName, IOThread: NullString{S: x.IOThread}}); err != nil {
+				return nil, err
+			}
+		}
 		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable)
 	})
 	r.Register("block-export-del", &exportDelArgs{}, func(_ *Client, a any) (any, error) {

@@ -85,8 +85,14 @@ func TestNBDExportCommands(t *testing.T) {
 	if r := c.do(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"` + nbdSock + `"}}}`); r["return"] == nil {
 		t.Fatal(r)
 	}
-	if r := c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"disk0","writable":true}}`); r["return"] == nil {
+	if r := c.do(`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`); r["return"] == nil {
 		t.Fatal(r)
+	}
+	if r := c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"disk0","writable":true,"iothread":"io0"}}`); r["return"] == nil {
+		t.Fatal(r)
+	}
+	if got, want := d.nodes["disk0"].dev.Root().Context(), d.h.Context(d.iothreads["io0"]); got != want {
+		t.Fatalf("exported node on %s, want the export's IOThread %s", got.Name(), want.Name())
 	}
 	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"disk0"}}`), GenericError, "in use by block export 'e'")
 	if _, err := exec.LookPath("qemu-io"); err == nil {
