@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -755,4 +756,84 @@ func TestServeSIGTERMDuringWrites(t *testing.T) {
 		t.Fatalf("qemu-img check:\n%s", out)
 	}
 	qemuIO(t, "-f", "qcow2", "-c", "read -P 0x61 0 1M", img)
+}
+
+// TestServeMirrorEventsAsQemuStorageDaemon: a blockdev-mirror run to
+// completion on both daemons emits the same job events: the same
+// JOB_STATUS_CHANGE sequence and BLOCK_JOB_READY / BLOCK_JOB_COMPLETED
+// with the same members.
+func TestServeMirrorEventsAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	run := func(name string, start func(sock string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"src", "tgt"} {
+			qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, n+".img"), "4M")
+		}
+		sock := filepath.Join(dir, "qmp.sock")
+		stop := start(sock)
+		defer stop()
+		for i := 0; i < 500; i++ {
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c := dialQMP(t, sock)
+		for _, n := range []string{"src", "tgt"} {
+			c.ok(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"` + n + `","file":{"driver":"file","filename":"` + dir + "/" + n + `.img"}}}`)
+		}
+		if _, err := c.nc.Write([]byte(`{"execute":"blockdev-mirror","arguments":{"job-id":"m","device":"src","target":"tgt","sync":"full"}}` + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		var seq []string
+		for {
+			m := c.read()
+			ev, _ := m["event"].(string)
+			if ev == "" {
+				if m["error"] != nil {
+					t.Fatalf("%s: %v", name, m)
+				}
+				continue
+			}
+			data, _ := m["data"].(map[string]any)
+			switch ev {
+			case "JOB_STATUS_CHANGE":
+				seq = append(seq, "status:"+data["status"].(string))
+				if data["status"] == "null" {
+					c.ok(`{"execute":"quit"}`)
+					return seq
+				}
+			default:
+				keys := make([]string, 0, len(data))
+				for k := range data {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				seq = append(seq, ev+strings.Join(keys, ","))
+				if ev == "BLOCK_JOB_READY" {
+					if _, err := c.nc.Write([]byte(`{"execute":"job-complete","arguments":{"id":"m"}}` + "\n")); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+	}
+	want := run("qsd", func(sock string) func() {
+		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() { q.Wait() }
+	})
+	got := run("ringblk", func(sock string) func() {
+		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		return func() { d.wait(t) }
+	})
+	if strings.Join(want, " ") != strings.Join(got, " ") {
+		t.Errorf("job events differ:\n qemu-storage-daemon %v\n ringblk serve       %v", want, got)
+	}
 }
