@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Driver is one kind of job (mirror, backup, stream, commit). The
@@ -424,7 +425,7 @@ func (j *Job) setStatus(s Status) {
 		return
 	}
 	if !CanTransition(j.status, s) {
-		panic(fmt.Sprintf("assertion failed: job %q: illegal transition %s → %s", j.opts.ID, j.status, s))
+		invariants.Failf("job %q: illegal transition %s → %s", j.opts.ID, j.status, s)
 	}
 	j.status = s
 	j.pending = append(j.pending, Event{Type: EventStatusChange, ID: j.opts.ID, Status: s})
@@ -600,7 +601,7 @@ func (j *Job) pauseRequest() {
 func (j *Job) resumeRequest() {
 	j.pauseCount--
 	if j.pauseCount < 0 {
-		panic("assertion failed: job: resumed more often than paused")
+		invariants.Failf("job: resumed more often than paused")
 	}
 	if j.pauseCount == 0 && j.parked {
 		j.parked = false
