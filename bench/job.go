@@ -140,25 +140,35 @@ type Job struct {
 	// FadviseHint is fio's fadvise_hint: "1" (default: random for random
 	// patterns, sequential otherwise), "0", "random" or "sequential",
 	// given for each file a job opens.
-	FadviseHint    string
-	NoRandomMap    bool
-	RandRepeat     bool
-	RandSeed       uint64
-	Dist           Distribution
-	DistParam      float64
-	Zones          []Zone
-	ZonesAbs       bool
-	Verify         VerifyKind
-	VerifyPattern  []byte
-	VerifyFatal    bool
-	VerifyOnly     bool
-	DoVerify       bool
-	GroupReporting bool
-	Thread         bool
-	Stonewall      bool
-	NewGroup       bool
-	Invalidate     bool
-	Description    string
+	FadviseHint string
+	NoRandomMap bool
+	// RandomGen is random_generator: "tausworthe" (default) or "lfsr"
+	// (every block once per pass even with norandommap).
+	RandomGen string
+	// LatencyTarget, LatencyWindow and LatencyPercentile are fio's
+	// latency target: the depth is searched for the deepest queue at which
+	// LatencyPercentile percent of a window's I/Os finish within the
+	// target (0: off).
+	LatencyTarget     time.Duration
+	LatencyWindow     time.Duration
+	LatencyPercentile float64
+	RandRepeat        bool
+	RandSeed          uint64
+	Dist              Distribution
+	DistParam         float64
+	Zones             []Zone
+	ZonesAbs          bool
+	Verify            VerifyKind
+	VerifyPattern     []byte
+	VerifyFatal       bool
+	VerifyOnly        bool
+	DoVerify          bool
+	GroupReporting    bool
+	Thread            bool
+	Stonewall         bool
+	NewGroup          bool
+	Invalidate        bool
+	Description       string
 
 	// IOSize is fio's io_size (io_limit): bytes of I/O per loop, 0: the
 	// region's size. Loops repeats that many times (loops=).
@@ -276,7 +286,8 @@ func newJob(name string, loc Loc) *Job {
 		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second,
-		set: map[string]Loc{},
+		LatencyPercentile: 100,
+		set:               map[string]Loc{},
 	}
 }
 

@@ -172,10 +172,10 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"latency_ns", bucketObj(latNsBounds[:], e.latNs[:])},
 		{"latency_us", bucketObj(latNsBounds[:], e.latUs[:])},
 		{"latency_ms", bucketObj(latMsBounds[:], e.latMs[:])},
-		{"latency_depth", e.job.IODepth},
-		{"latency_target", 0},
-		{"latency_percentile", 100.0},
-		{"latency_window", 0},
+		{"latency_depth", e.latencyDepth()},
+		{"latency_target", e.job.LatencyTarget.Microseconds()},
+		{"latency_percentile", e.job.LatencyPercentile},
+		{"latency_window", e.job.LatencyWindow.Microseconds()},
 	}
 	if e.job.Description != "" {
 		o = append(o, kv{"desc", e.job.Description})
@@ -284,4 +284,14 @@ func jsonDir(e *entry, d int, plus bool) obj {
 		{"iops_stddev", ds.iops.stddev()},
 		{"iops_samples", ds.iops.n},
 	}
+}
+
+// latencyDepth is fio's latency_depth: the depth latency_target's search
+// reached (the first clone's, as fio reports a group's first job), or
+// iodepth without a target.
+func (e *entry) latencyDepth() int {
+	if e.job.LatencyTarget > 0 && len(e.clones) > 0 {
+		return e.clones[0].lt.qd
+	}
+	return e.job.IODepth
 }

@@ -403,6 +403,26 @@ func init() {
 			}
 			return errors.New("want 0, 1, random or sequential")
 		}},
+		"random_generator": {help: "tausworthe (default) or lfsr: random offsets visit every block once per pass, even with norandommap", set: func(j *Job, v string) error {
+			switch v {
+			case "tausworthe", "lfsr":
+				j.RandomGen = v
+				return nil
+			case "tausworthe64":
+				return errors.New("tausworthe64 is not implemented (the verify seeds are the 32-bit generator's): use tausworthe or lfsr")
+			}
+			return errors.New("want tausworthe or lfsr")
+		}},
+		"latency_target": {help: "search the deepest queue (up to iodepth) at which latency_percentile of a window's I/Os finish within this (bare number: microseconds); the job ends when found", set: usecSetter(func(j *Job, d time.Duration) { j.LatencyTarget = d })},
+		"latency_window": {help: "latency_target: the window each queue depth is judged over (bare number: microseconds)", set: usecSetter(func(j *Job, d time.Duration) { j.LatencyWindow = d })},
+		"latency_percentile": {help: "latency_target: percent of a window's I/Os that must meet the target (default 100)", set: func(j *Job, v string) error {
+			f, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
+			if err != nil || f <= 0 || f > 100 {
+				return errors.New("want a percentage in (0, 100]")
+			}
+			j.LatencyPercentile = f
+			return nil
+		}},
 		"norandommap": {bool: true, help: "random offsets may repeat (no coverage map)", set: boolSetter(func(j *Job, b bool) { j.NoRandomMap = b })},
 		"randrepeat":  {bool: true, help: "seed the generators reproducibly (default 1)", set: boolSetter(func(j *Job, b bool) { j.RandRepeat = b })},
 		"randseed": {help: "seed of the generators", set: func(j *Job, v string) error {
@@ -541,8 +561,8 @@ var fioOnlyOptions = func() map[string]struct{} {
 		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize
 		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri
 		sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
-		cmdprio_class cmdprio cmdprio_bssplit filename_format unique_filename lockfile latency_target
-		latency_window latency_percentile latency_run max_latency steadystate ss ss_dur ss_ramp
+		cmdprio_class cmdprio cmdprio_bssplit filename_format unique_filename lockfile
+		latency_run max_latency steadystate ss ss_dur ss_ramp
 		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
 		flow_sleep offset_increment offset_align uri allow_file_create allow_mounted_write fill_device
 		fill_fs readonly replay_no_stall replay_redirect replay_align replay_scale read_iolog write_iolog

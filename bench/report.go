@@ -190,7 +190,8 @@ func writeEntry(out io.Writer, e *entry) {
 	fmt.Fprintf(out, "     submit    : %s\n", distStr(batchLabels[:], e.submit[:]))
 	fmt.Fprintf(out, "     complete  : %s\n", distStr(batchLabels[:], e.complete[:]))
 	fmt.Fprintf(out, "     issued rwts: total=%d,%d,0,0 short=0,0,0,0 dropped=0,0,0,0\n", e.dirs[0].ios, e.dirs[1].ios)
-	fmt.Fprintf(out, "     latency   : target=0, window=0, percentile=100.00%%, depth=%d\n", e.job.IODepth)
+	fmt.Fprintf(out, "     latency   : target=%d, window=%d, percentile=%.2f%%, depth=%d\n",
+		e.job.LatencyTarget.Microseconds(), e.job.LatencyWindow.Microseconds(), e.job.LatencyPercentile, e.latencyDepth())
 	if e.verify.enabled {
 		fmt.Fprintf(out, "  verify       : method=%s, checked=%d, mismatches=%d\n", e.job.Verify, e.verify.checked, e.verify.mismatches)
 		for _, m := range e.verify.first {

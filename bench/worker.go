@@ -83,6 +83,52 @@ type worker struct {
 	syncLat       latStat // fsync/fdatasync latencies (fio's "sync")
 	sinceSync     int     // writes since the last sync
 	endSynced     bool
+	lt            latTarget // latency_target's depth search
+}
+
+// latTarget is the state of latency_target's search for the deepest queue
+// whose window meets the target: a bisection between low (met) and high
+// (not yet failed), starting at depth 1 as fio does.
+type latTarget struct {
+	qd, low, high int
+	winStart      int64 // ns
+	ios, missed   int64 // I/Os of the window, and those over the target
+	found         bool
+}
+
+// latTargetCheck counts an I/O of latency lat and, once the window is
+// over, moves the depth: up halfway to high when the window met the
+// target, down halfway to low when it did not. The search ends when a met
+// depth is high; the job then stops, as fio's does without latency_run.
+// An I/O issued before the window began (at the previous depth) is not
+// counted.
+func (w *worker) latTargetCheck(issue, now int64) {
+	t := &w.lt
+	if issue < t.winStart {
+		return
+	}
+	lat := now - issue
+	t.ios++
+	if lat > int64(w.job.LatencyTarget) {
+		t.missed++
+	}
+	if now-t.winStart < int64(w.job.LatencyWindow) || t.found {
+		return
+	}
+	met := float64(t.missed)*100 <= (100-w.job.LatencyPercentile)*float64(t.ios)
+	if met {
+		t.low = t.qd
+		if t.qd >= t.high {
+			t.found = true
+			w.stopIssuing = true
+		} else {
+			t.qd = (t.qd + t.high + 1) / 2
+		}
+	} else {
+		t.high = max(t.low, t.qd-1)
+		t.qd = max(1, (t.low+t.high+1)/2)
+	}
+	t.winStart, t.ios, t.missed = now, 0, 0
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
@@ -107,6 +153,10 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 	for i := depth - 1; i >= 0; i-- {
 		w.units[i].idx = int32(i)
 		w.free = append(w.free, int32(i))
+	}
+	w.lt.qd = depth
+	if j.LatencyTarget > 0 {
+		w.lt = latTarget{qd: 1, low: 1, high: depth}
 	}
 	w.prog.state.Store('P')
 	w.initPacer()
@@ -163,6 +213,7 @@ func (w *worker) beginMeasuring(now int64) {
 	w.submitCalls, w.completeCalls = 0, 0
 	w.measureStart = now
 	w.lastSample = now
+	w.lt.winStart = now
 	w.nextSample = now + int64(sampleWindow)
 	if w.logs != nil {
 		w.logs.start = now
@@ -299,7 +350,7 @@ func (w *worker) endSync(u *unit, now int64) bool {
 // take pops a free unit, or nil.
 func (w *worker) take() *unit {
 	k := len(w.free)
-	if k == 0 {
+	if k == 0 || w.busy >= w.lt.qd {
 		return nil
 	}
 	u := &w.units[w.free[k-1]]
@@ -391,6 +442,9 @@ func (w *worker) completed(u *unit, now int64, err error) {
 		return
 	}
 	w.account(&w.stats[u.dir], u, now)
+	if w.job.LatencyTarget > 0 {
+		w.latTargetCheck(u.issue, now)
+	}
 	if w.pace.minOn {
 		w.checkRateMin(now)
 	}
