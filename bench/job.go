@@ -145,6 +145,8 @@ type Job struct {
 	// RandomGen is random_generator: "tausworthe" (default) or "lfsr"
 	// (every block once per pass even with norandommap).
 	RandomGen string
+	// SS is steadystate= (with ss_dur, ss_ramp); nil: none.
+	SS *SteadyState
 	// LatencyTarget, LatencyWindow and LatencyPercentile are fio's
 	// latency target: the depth is searched for the deepest queue at which
 	// LatencyPercentile percent of a window's I/Os finish within the

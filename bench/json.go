@@ -42,6 +42,15 @@ func (o obj) write(b *bytes.Buffer, indent string) {
 				b.WriteByte('\n')
 			}
 			b.WriteString(in + "]")
+		case []int64:
+			b.WriteString("[")
+			for k, x := range v {
+				if k > 0 {
+					b.WriteString(", ")
+				}
+				b.WriteString(strconv.FormatInt(x, 10))
+			}
+			b.WriteString("]")
 		case string:
 			writeJSONString(b, v)
 		case int:
@@ -179,6 +188,9 @@ func jsonEntry(e *entry, plus bool) obj {
 	}
 	if e.job.Description != "" {
 		o = append(o, kv{"desc", e.job.Description})
+	}
+	if e.job.SS != nil && len(e.clones) > 0 && e.clones[0].ss != nil {
+		o = append(o, kv{"steadystate", steadyJSON(e.clones[0].ss)})
 	}
 	return o
 }

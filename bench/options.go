@@ -31,6 +31,9 @@ var optionAliases = map[string]string{
 	"io_limit":        "io_size",
 	"blockalign":      "ba",
 	"ratemin":         "rate_min",
+	"ss":              "steadystate",
+	"ss_dur":          "steadystate_duration",
+	"ss_ramp":         "steadystate_ramp_time",
 }
 
 // optionTable holds every option bench implements. Help texts feed
@@ -403,6 +406,19 @@ func init() {
 			}
 			return errors.New("want 0, 1, random or sequential")
 		}},
+		"steadystate": {help: "ss: end the job once iops|bw[_slope]:LIMIT[%] holds over the last ss_dur seconds", set: func(j *Job, v string) error {
+			c, err := parseSteadyState(v)
+			if err != nil {
+				return err
+			}
+			if j.SS != nil {
+				c.Dur, c.Ramp = j.SS.Dur, j.SS.Ramp
+			}
+			j.SS = &c
+			return nil
+		}},
+		"steadystate_duration":  {help: "ss_dur: the steady-state window (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.ssCfg().Dur = d })},
+		"steadystate_ramp_time": {help: "ss_ramp: time before steady-state sampling starts (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.ssCfg().Ramp = d })},
 		"random_generator": {help: "tausworthe (default) or lfsr: random offsets visit every block once per pass, even with norandommap", set: func(j *Job, v string) error {
 			switch v {
 			case "tausworthe", "lfsr":
@@ -562,7 +578,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri
 		sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
 		cmdprio_class cmdprio cmdprio_bssplit filename_format unique_filename lockfile
-		latency_run max_latency steadystate ss ss_dur ss_ramp
+		latency_run max_latency
 		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
 		flow_sleep offset_increment offset_align uri allow_file_create allow_mounted_write fill_device
 		fill_fs readonly replay_no_stall replay_redirect replay_align replay_scale read_iolog write_iolog
@@ -573,7 +589,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		dedupe_global buffer_compress_percentage inplace atomic userspace_reap sqthread_poll
 		cgroup cgroup_weight cgroup_nodelete uid gid rate_ignore_thinktime trim_verify_zero
 		continue_on_error pre_read size_increment io_submit_mode verifysort verifysort_nr
-		ioengine_options hugepage-size clat_percentiles steadystate_duration steadystate_ramp_time
+		ioengine_options hugepage-size clat_percentiles
 		bwavgtime exitall_on_error create_serialize kb_base`) {
 		m[n] = struct{}{}
 	}
@@ -867,4 +883,15 @@ func parsePattern(v string) ([]byte, error) {
 		return nil, fmt.Errorf("bad pattern %q (0xHEX, \"text\" or 0..255)", v)
 	}
 	return []byte{byte(n)}, nil
+}
+
+// ssCfg is the job's steady-state settings, created on first use (ss_dur
+// may come before ss). A copy: a clone job must not share a [global]'s.
+func (j *Job) ssCfg() *SteadyState {
+	c := SteadyState{}
+	if j.SS != nil {
+		c = *j.SS
+	}
+	j.SS = &c
+	return j.SS
 }

@@ -243,6 +243,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	}
 	flowGroups(out)
 	began := time.Now()
+	stopSteady := startSteady(out, began) // before the clones start: they read w.ss
 	live.Store(&out)
 	defer live.Store(nil)
 	// wait_for: a job whose named job runs in this group starts when
@@ -279,6 +280,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		}
 		held = rest
 	}
+	stopSteady()
 	if stopStatus != nil {
 		stopStatus()
 	}

@@ -83,7 +83,8 @@ type worker struct {
 	syncLat       latStat // fsync/fdatasync latencies (fio's "sync")
 	sinceSync     int     // writes since the last sync
 	endSynced     bool
-	lt            latTarget // latency_target's depth search
+	lt            latTarget  // latency_target's depth search
+	ss            *steadyRun // steadystate=: set while the group runs
 }
 
 // latTarget is the state of latency_target's search for the deepest queue
@@ -241,6 +242,9 @@ func (w *worker) tick(now int64) {
 	}
 	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
 		w.stopIssuing = true
+	}
+	if w.ss != nil && !w.stopIssuing && w.ss.stop.Load() {
+		w.stopIssuing = true // steady state reached
 	}
 	if interrupted.Load() && !w.stopIssuing {
 		// Ctrl-C: stop as at the deadline; the report is still written.
