@@ -259,7 +259,7 @@ func (c *threadClone) runRing() {
 		if paced { // wake for the paced I/O even if nothing completes
 			wait = max(time.Duration(until-w.now()), time.Microsecond)
 		}
-		if _, err := r.SubmitAndWait(1, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
+		if _, err := r.SubmitAndWait(w.reapMin(), wait); err != nil && !errors.Is(err, uring.ErrBusy) {
 			// The ring failed: stop issuing and reap what is still in
 			// flight before its buffers go away.
 			if w.err == nil {

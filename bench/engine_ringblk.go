@@ -342,7 +342,7 @@ func (c *ringblkClone) paced() {
 func (c *ringblkClone) RequestDone(r *block.Request, err error) {
 	w := c.w
 	w.completed(&w.units[r.Tag], w.now(), err)
-	if !c.scheduled {
+	if !c.scheduled && (w.refillDue() || w.stopIssuing) {
 		c.scheduled = true
 		c.refillBH.Schedule()
 	}

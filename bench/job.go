@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -119,12 +120,18 @@ type Job struct {
 	BSSplit      [2][]BSSplit
 	IODepth      int
 	IODepthBatch int // iodepth_batch_submit
-	NumJobs      int
-	Runtime      time.Duration
-	TimeBased    bool
-	RampTime     time.Duration
-	Direct       bool
-	IOEngine     string // ringblk, io_uring, psync
+	// IODepthBatchCompleteMin (iodepth_batch_complete_min): completions a
+	// clone waits for before it issues again (or all in flight, if fewer).
+	IODepthBatchCompleteMin int
+	// FilenameFormat is filename_format: the name of a clone's file when
+	// no filename= is given ($jobname, $jobnum, $filenum).
+	FilenameFormat string
+	NumJobs        int
+	Runtime        time.Duration
+	TimeBased      bool
+	RampTime       time.Duration
+	Direct         bool
+	IOEngine       string // ringblk, io_uring, psync
 	// FixedBufs and RegisterFiles are fio's io_uring engine options:
 	// READ_FIXED/WRITE_FIXED on registered buffers, and the file named by
 	// a registered-file slot.
@@ -274,7 +281,7 @@ func (j *Job) cloneJob(k int) *Job {
 		for i := 1; i < j.NumJobs; i++ {
 			c := *j
 			c.cloneJobs = nil
-			c.Filename = filepath.Join(filepath.Dir(j.Filename), fmt.Sprintf("%s.%d.0", j.Name, i))
+			c.Filename = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i))
 			j.cloneJobs[i] = &c
 		}
 	}
@@ -285,7 +292,7 @@ func newJob(name string, loc Loc) *Job {
 	return &Job{
 		Name: name, Loc: loc,
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
-		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
+		IODepth: 1, IODepthBatch: 1, IODepthBatchCompleteMin: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second,
 		LatencyPercentile: 100,
@@ -455,7 +462,7 @@ func (j *Job) validate() error {
 		// fio's default file: jobname.clone.file in directory=, one per
 		// clone.
 		j.perCloneFile = j.NumJobs > 1
-		j.Filename = j.Name + ".0.0"
+		j.Filename = j.cloneFileName(0)
 		if j.Directory != "" {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
@@ -527,4 +534,15 @@ func (j *Job) validate() error {
 		return bad(at("numjobs"), "numjobs %d out of range 1..1024", j.NumJobs)
 	}
 	return nil
+}
+
+// cloneFileName is clone k's file without filename=: filename_format
+// expanded (fio's default "$jobname.$jobnum.$filenum"; one file per clone,
+// so $filenum is 0).
+func (j *Job) cloneFileName(k int) string {
+	f := j.FilenameFormat
+	if f == "" {
+		f = "$jobname.$jobnum.$filenum"
+	}
+	return strings.NewReplacer("$jobname", j.Name, "$jobnum", strconv.Itoa(k), "$filenum", "0").Replace(f)
 }

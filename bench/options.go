@@ -22,18 +22,19 @@ type optionSpec struct {
 }
 
 var optionAliases = map[string]string{
-	"readwrite":       "rw",
-	"blocksize":       "bs",
-	"blocksize_range": "bsrange",
-	"iodepth_batch":   "iodepth_batch_submit",
-	"timeout":         "runtime",
-	"threads":         "thread",
-	"io_limit":        "io_size",
-	"blockalign":      "ba",
-	"ratemin":         "rate_min",
-	"ss":              "steadystate",
-	"ss_dur":          "steadystate_duration",
-	"ss_ramp":         "steadystate_ramp_time",
+	"readwrite":              "rw",
+	"blocksize":              "bs",
+	"blocksize_range":        "bsrange",
+	"iodepth_batch":          "iodepth_batch_submit",
+	"timeout":                "runtime",
+	"threads":                "thread",
+	"io_limit":               "io_size",
+	"blockalign":             "ba",
+	"ratemin":                "rate_min",
+	"ss":                     "steadystate",
+	"iodepth_batch_complete": "iodepth_batch_complete_min",
+	"ss_dur":                 "steadystate_duration",
+	"ss_ramp":                "steadystate_ramp_time",
 }
 
 // optionTable holds every option bench implements. Help texts feed
@@ -359,14 +360,25 @@ func init() {
 				return nil
 			})
 		}},
-		"iodepth":              {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
-		"iodepth_batch_submit": {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
-		"numjobs":              {help: "clones of the job, each on its own thread (one per core)", set: intSetter(1, 1024, func(j *Job, n int) { j.NumJobs = n })},
-		"runtime":              {help: "run time cap (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.Runtime = d })},
-		"time_based":           {bool: true, help: "run for runtime even when size is done", set: boolSetter(func(j *Job, b bool) { j.TimeBased = b })},
-		"ramp_time":            {help: "run this long before measuring", set: timeSetter(func(j *Job, d time.Duration) { j.RampTime = d })},
-		"direct":               {bool: true, help: "O_DIRECT", set: boolSetter(func(j *Job, b bool) { j.Direct = b })},
-		"buffered":             {bool: true, help: "the opposite of direct", set: boolSetter(func(j *Job, b bool) { j.Direct = !b })},
+		"iodepth":                    {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
+		"iodepth_batch_submit":       {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
+		"iodepth_batch_complete_min": {help: "completions a clone waits for before it issues again (iodepth_batch_complete; all in flight if fewer)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatchCompleteMin = max(n, 1) })},
+		"filename_format": {help: "a clone's file name without filename=: $jobname, $jobnum (the clone), $filenum (0)", set: func(j *Job, v string) error {
+			if v == "" {
+				return errors.New("want a name pattern")
+			}
+			if strings.Contains(v, "$clientuid") {
+				return errors.New("$clientuid is not implemented (no client/server mode)")
+			}
+			j.FilenameFormat = v
+			return nil
+		}},
+		"numjobs":    {help: "clones of the job, each on its own thread (one per core)", set: intSetter(1, 1024, func(j *Job, n int) { j.NumJobs = n })},
+		"runtime":    {help: "run time cap (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.Runtime = d })},
+		"time_based": {bool: true, help: "run for runtime even when size is done", set: boolSetter(func(j *Job, b bool) { j.TimeBased = b })},
+		"ramp_time":  {help: "run this long before measuring", set: timeSetter(func(j *Job, d time.Duration) { j.RampTime = d })},
+		"direct":     {bool: true, help: "O_DIRECT", set: boolSetter(func(j *Job, b bool) { j.Direct = b })},
+		"buffered":   {bool: true, help: "the opposite of direct", set: boolSetter(func(j *Job, b bool) { j.Direct = !b })},
 		"ioengine": {help: "ringblk (block layer), io_uring (direct ring, no block layer), psync", set: func(j *Job, v string) error {
 			// Checked in validate, so that an override can replace an
 			// engine bench does not have.
@@ -561,7 +573,7 @@ func checkEngine(v string) error {
 var fioOnlyOptions = func() map[string]struct{} {
 	m := map[string]struct{}{}
 	for _, n := range strings.Fields(`fsync fdatasync end_fsync fsync_on_close sync write_barrier
-		iodepth_batch_complete iodepth_batch_complete_min iodepth_batch_complete_max iodepth_low
+		iodepth_batch_complete_max iodepth_low
 		write_bw_log write_iops_log write_lat_log write_hist_log log_avg_msec log_hist_msec per_job_logs
 		rate rate_iops rate_min rate_iops_min ratemin rate_process rate_cycle thinktime thinktime_spin
 		thinktime_blocks nrfiles openfiles file_service_type fallocate zero_buffers
@@ -577,7 +589,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize
 		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri
 		sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
-		cmdprio_class cmdprio cmdprio_bssplit filename_format unique_filename lockfile
+		cmdprio_class cmdprio cmdprio_bssplit unique_filename lockfile
 		latency_run max_latency
 		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
 		flow_sleep offset_increment offset_align uri allow_file_create allow_mounted_write fill_device

@@ -85,6 +85,7 @@ type worker struct {
 	endSynced     bool
 	lt            latTarget  // latency_target's depth search
 	ss            *steadyRun // steadystate=: set while the group runs
+	doneSinceFill int        // completions since the clone last issued (iodepth_batch_complete_min)
 }
 
 // latTarget is the state of latency_target's search for the deepest queue
@@ -395,6 +396,19 @@ func (w *worker) submitted(batch []*unit, t int64) {
 		}
 	}
 	w.pendingDone = 0
+	w.doneSinceFill = 0
+}
+
+// reapMin is how many completions the clone waits for before issuing
+// again: iodepth_batch_complete_min, or all in flight if fewer.
+func (w *worker) reapMin() int {
+	return max(1, min(w.job.IODepthBatchCompleteMin, w.busy))
+}
+
+// refillDue reports whether enough completed since the last submission to
+// issue again (the event-driven engine's iodepth_batch_complete_min).
+func (w *worker) refillDue() bool {
+	return w.busy == 0 || w.doneSinceFill >= w.job.IODepthBatchCompleteMin
 }
 
 // completed accounts unit u finished at now with err (nil, or the I/O
@@ -403,6 +417,7 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	w.free = append(w.free, u.idx)
 	w.busy--
 	w.pendingDone++
+	w.doneSinceFill++
 	if w.pace.thinking {
 		w.thinkDone(now)
 	}
