@@ -171,6 +171,8 @@ type Job struct {
 	VerifyPattern     []byte
 	VerifyFatal       bool
 	VerifyOnly        bool
+	VerifyBacklog     int  // verify_backlog: read back every N written blocks during the run
+	VerifyDump        bool // verify_dump: a mismatching block is saved to a file
 	DoVerify          bool
 	GroupReporting    bool
 	Thread            bool

@@ -541,6 +541,8 @@ func init() {
 			return nil
 		}},
 		"verify_fatal":      {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
+		"verify_backlog":    {help: "read written blocks back (verify) every N writes, during the run", set: intSetter(0, 1<<20, func(j *Job, n int) { j.VerifyBacklog = n })},
+		"verify_dump":       {bool: true, help: "save a block that fails verification as FILE.OFFSET.received", set: boolSetter(func(j *Job, b bool) { j.VerifyDump = b })},
 		"verify_only":       {bool: true, help: "do not write: replay the write workload's blocks and verify them (data of an earlier run)", set: boolSetter(func(j *Job, b bool) { j.VerifyOnly = b })},
 		"do_verify":         {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
 		"group_reporting":   {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
@@ -582,8 +584,8 @@ var fioOnlyOptions = func() map[string]struct{} {
 		prioclass iomem mem iomem_align mem_align hugepage-size lockmem create_serialize create_fsync
 		create_on_open create_only pre_read unlink unlink_each_loop zonesize zonerange zoneskip zonemode
 		percentage_random percentage_sequential random_generator allrandrepeat bs_unaligned ba blockalign
-		bs_is_seq_rand verify_interval verify_offset verify_backlog verify_backlog_batch verify_async
-		verify_async_cpus verify_state_save verify_state_load verify_dump trim_percentage
+		bs_is_seq_rand verify_interval verify_offset verify_backlog_batch verify_async
+		verify_async_cpus verify_state_save verify_state_load trim_percentage
 		trim_verify_zero trim_backlog experimental_verify lat_percentiles clat_percentiles
 		slat_percentiles percentile_list disable_lat disable_clat disable_slat disable_bw_measurement
 		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize

@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -86,6 +87,33 @@ type worker struct {
 	lt            latTarget  // latency_target's depth search
 	ss            *steadyRun // steadystate=: set while the group runs
 	doneSinceFill int        // completions since the clone last issued (iodepth_batch_complete_min)
+	backlog       backlog    // verify_backlog: written blocks not yet read back
+	draining      bool       // reading the backlog back until it is empty
+	dumps         int        // verify_dump files written
+}
+
+// backlog is a fixed ring of completed writes (offset, length) that
+// verify_backlog reads back once it holds VerifyBacklog of them.
+type backlog struct {
+	off        []int64
+	n          []int32
+	head, size int
+}
+
+func (b *backlog) push(off int64, n int) {
+	if len(b.off) == 0 || b.size == len(b.off) {
+		return // full: the final verify phase still reads it
+	}
+	i := (b.head + b.size) % len(b.off)
+	b.off[i], b.n[i] = off, int32(n)
+	b.size++
+}
+
+func (b *backlog) pop() (int64, int) {
+	off, n := b.off[b.head], int(b.n[b.head])
+	b.head = (b.head + 1) % len(b.off)
+	b.size--
+	return off, n
 }
 
 // latTarget is the state of latency_target's search for the deepest queue
@@ -157,6 +185,10 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 		w.free = append(w.free, int32(i))
 	}
 	w.lt.qd = depth
+	if j.VerifyBacklog > 0 && w.ver != nil {
+		k := j.VerifyBacklog + depth
+		w.backlog = backlog{off: make([]int64, k), n: make([]int32, k)}
+	}
 	if j.LatencyTarget > 0 {
 		w.lt = latTarget{qd: 1, low: 1, high: depth}
 	}
@@ -309,6 +341,13 @@ func (w *worker) fill(u *unit, now int64) bool {
 	if w.stopIssuing {
 		return w.endSync(u, now)
 	}
+	if vb := w.job.VerifyBacklog; vb > 0 && w.backlog.size >= vb || w.backlog.size > 0 && w.draining {
+		// verify_backlog: read back what was written, then write on.
+		w.draining = w.backlog.size > 1
+		off, n := w.backlog.pop()
+		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
+		return true
+	}
 	if n := max(w.job.Fsync, w.job.Fdatasync); n > 0 && w.sinceSync >= n && (w.gen.limit == 0 || w.gen.issued < w.gen.limit) {
 		w.sinceSync = 0
 		u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
@@ -442,7 +481,10 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	buf := u.buf[:u.n]
 	if u.verify {
 		if !w.ver.check(buf, u.off) {
-			w.verifyFailed()
+			w.verifyFailed(buf, u.off)
+		}
+		if w.phase != phaseVerify {
+			w.ver.verified(u.off, u.n) // a backlog read: not again at the end
 		}
 		// fio counts the reads of its verify phase as the job's reads.
 		w.prog.ios[DirRead].Add(1)
@@ -452,8 +494,11 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	}
 	if u.dir == DirRead && w.ver != nil {
 		if !w.ver.check(buf, u.off) {
-			w.verifyFailed()
+			w.verifyFailed(buf, u.off)
 		}
+	}
+	if u.dir == DirWrite && w.job.VerifyBacklog > 0 {
+		w.backlog.push(u.off, u.n)
 	}
 	w.prog.ios[u.dir].Add(1)
 	w.prog.bytes[u.dir].Add(uint64(u.n))
@@ -503,7 +548,17 @@ var errVerify = errors.New("verify failed")
 // verifyFailed makes the first mismatch the job's error, as fio does
 // (err=84, a non-zero exit). With verify_fatal the job stops there;
 // without, it goes on checking and counting the rest.
-func (w *worker) verifyFailed() {
+func (w *worker) verifyFailed(buf []byte, off int64) {
+	if w.job.VerifyDump && w.dumps < maxMismatches {
+		// verify_dump: the block as read, beside the file (fio's
+		// FILE.OFFSET.received); a dump that cannot be written is noted
+		// in the mismatch list, the verdict stands.
+		w.dumps++
+		name := fmt.Sprintf("%s.%d.received", w.job.Filename, off)
+		if err := os.WriteFile(name, buf, 0o644); err != nil && len(w.ver.first) > 0 {
+			w.ver.first[len(w.ver.first)-1].Reason += fmt.Sprintf(" (dump: %v)", err)
+		}
+	}
 	if w.err == nil {
 		w.err = fmt.Errorf("%w: %s", errVerify, w.ver.first[len(w.ver.first)-1])
 	}
