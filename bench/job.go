@@ -171,15 +171,22 @@ type Job struct {
 	VerifyPattern     []byte
 	VerifyFatal       bool
 	VerifyOnly        bool
-	VerifyBacklog     int  // verify_backlog: read back every N written blocks during the run
-	VerifyDump        bool // verify_dump: a mismatching block is saved to a file
-	DoVerify          bool
-	GroupReporting    bool
-	Thread            bool
-	Stonewall         bool
-	NewGroup          bool
-	Invalidate        bool
-	Description       string
+	// DedupePercentage, CompressPercentage (buffer_compress_percentage),
+	// CompressChunk, DedupeMode, DedupeWorkingSet, DedupeGlobal: write
+	// contents (payload.go).
+	DedupePercentage, CompressPercentage, CompressChunk int
+	DedupeMode                                          string
+	DedupeWorkingSet                                    int
+	DedupeGlobal                                        bool
+	VerifyBacklog                                       int  // verify_backlog: read back every N written blocks during the run
+	VerifyDump                                          bool // verify_dump: a mismatching block is saved to a file
+	DoVerify                                            bool
+	GroupReporting                                      bool
+	Thread                                              bool
+	Stonewall                                           bool
+	NewGroup                                            bool
+	Invalidate                                          bool
+	Description                                         string
 
 	// IOSize is fio's io_size (io_limit): bytes of I/O per loop, 0: the
 	// region's size. Loops repeats that many times (loops=).
@@ -296,7 +303,7 @@ func newJob(name string, loc Loc) *Job {
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, IODepthBatchCompleteMin: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
-		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second,
+		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, DedupeMode: "repeat", DedupeWorkingSet: 5,
 		LatencyPercentile: 100,
 		set:               map[string]Loc{},
 	}

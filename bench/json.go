@@ -186,6 +186,15 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"latency_percentile", e.job.LatencyPercentile},
 		{"latency_window", e.job.LatencyWindow.Microseconds()},
 	}
+	if len(e.job.Options) == 0 {
+		// fio leaves "job options" out of a job that sets none of its own.
+		for i := range o {
+			if o[i].k == "job options" {
+				o = append(o[:i], o[i+1:]...)
+				break
+			}
+		}
+	}
 	if e.job.Description != "" {
 		o = append(o, kv{"desc", e.job.Description})
 	}

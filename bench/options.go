@@ -540,17 +540,29 @@ func init() {
 			j.VerifyPattern = p
 			return nil
 		}},
-		"verify_fatal":      {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
-		"verify_backlog":    {help: "read written blocks back (verify) every N writes, during the run", set: intSetter(0, 1<<20, func(j *Job, n int) { j.VerifyBacklog = n })},
-		"verify_dump":       {bool: true, help: "save a block that fails verification as FILE.OFFSET.received", set: boolSetter(func(j *Job, b bool) { j.VerifyDump = b })},
-		"verify_only":       {bool: true, help: "do not write: replay the write workload's blocks and verify them (data of an earlier run)", set: boolSetter(func(j *Job, b bool) { j.VerifyOnly = b })},
-		"do_verify":         {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
-		"group_reporting":   {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
-		"thread":            {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
-		"stonewall":         {bool: true, help: "wait for earlier jobs; starts a new group", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
-		"wait_for_previous": {bool: true, help: "alias of stonewall", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
-		"new_group":         {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
-		"invalidate":        {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
+		"verify_fatal":               {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
+		"dedupe_percentage":          {help: "percent of writes whose contents repeat an earlier block's", set: pctSetter(func(j *Job, n int) { j.DedupePercentage = n })},
+		"buffer_compress_percentage": {help: "percent of every buffer_compress_chunk that is zeros (compressible)", set: pctSetter(func(j *Job, n int) { j.CompressPercentage = n })},
+		"buffer_compress_chunk":      {help: "granularity of buffer_compress_percentage (default 512)", set: sizeSetter(func(j *Job, n int64) { j.CompressChunk = int(min(n, 1<<30)) })},
+		"dedupe_mode": {help: "repeat (copies of earlier writes, default) or working_set (copies from a set of dedupe_working_set_percentage of the blocks)", set: func(j *Job, v string) error {
+			if v != "repeat" && v != "working_set" {
+				return errors.New("want repeat or working_set")
+			}
+			j.DedupeMode = v
+			return nil
+		}},
+		"dedupe_working_set_percentage": {help: "dedupe_mode=working_set: the set's share of the region's blocks (default 5)", set: pctSetter(func(j *Job, n int) { j.DedupeWorkingSet = n })},
+		"dedupe_global":                 {bool: true, help: "dedupe copies may come from any clone's blocks (one seed space for the run)", set: boolSetter(func(j *Job, b bool) { j.DedupeGlobal = b })},
+		"verify_backlog":                {help: "read written blocks back (verify) every N writes, during the run", set: intSetter(0, 1<<20, func(j *Job, n int) { j.VerifyBacklog = n })},
+		"verify_dump":                   {bool: true, help: "save a block that fails verification as FILE.OFFSET.received", set: boolSetter(func(j *Job, b bool) { j.VerifyDump = b })},
+		"verify_only":                   {bool: true, help: "do not write: replay the write workload's blocks and verify them (data of an earlier run)", set: boolSetter(func(j *Job, b bool) { j.VerifyOnly = b })},
+		"do_verify":                     {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
+		"group_reporting":               {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
+		"thread":                        {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
+		"stonewall":                     {bool: true, help: "wait for earlier jobs; starts a new group", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
+		"wait_for_previous":             {bool: true, help: "alias of stonewall", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
+		"new_group":                     {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
+		"invalidate":                    {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
 	}
 }
 
@@ -579,8 +591,8 @@ var fioOnlyOptions = func() map[string]struct{} {
 		write_bw_log write_iops_log write_lat_log write_hist_log log_avg_msec log_hist_msec per_job_logs
 		rate rate_iops rate_min rate_iops_min ratemin rate_process rate_cycle thinktime thinktime_spin
 		thinktime_blocks nrfiles openfiles file_service_type fallocate zero_buffers
-		refill_buffers scramble_buffers buffer_compress_percentage buffer_compress_chunk buffer_pattern
-		dedupe_percentage overwrite loops startdelay cpus_allowed cpus_allowed_policy cpumask nice prio
+		refill_buffers scramble_buffers   buffer_pattern
+		 overwrite loops startdelay cpus_allowed cpus_allowed_policy cpumask nice prio
 		prioclass iomem mem iomem_align mem_align hugepage-size lockmem create_serialize create_fsync
 		create_on_open create_only pre_read unlink unlink_each_loop zonesize zonerange zoneskip zonemode
 		percentage_random percentage_sequential random_generator allrandrepeat bs_unaligned ba blockalign
@@ -599,8 +611,8 @@ var fioOnlyOptions = func() map[string]struct{} {
 		iolog exec_prerun exec_postrun ioscheduler disk_util bwavgtime iopsavgtime log_offset log_compression
 		log_store_compressed log_unix_epoch log_alternate_epoch log_max_value block_error_percentiles
 		significant_figures thread_cpu per_job_logs skip_bad zone_reset_threshold zone_reset_frequency
-		max_open_zones job_max_open_zones ignore_zone_limits dedupe_mode dedupe_working_set_percentage
-		dedupe_global buffer_compress_percentage inplace atomic userspace_reap sqthread_poll
+		max_open_zones job_max_open_zones ignore_zone_limits  
+		  inplace atomic userspace_reap sqthread_poll
 		cgroup cgroup_weight cgroup_nodelete uid gid rate_ignore_thinktime trim_verify_zero
 		continue_on_error pre_read size_increment io_submit_mode verifysort verifysort_nr
 		ioengine_options hugepage-size clat_percentiles

@@ -90,6 +90,7 @@ type worker struct {
 	backlog       backlog    // verify_backlog: written blocks not yet read back
 	draining      bool       // reading the backlog back until it is empty
 	dumps         int        // verify_dump files written
+	payload       *payload   // dedupe/compress write contents; nil: the random buffers as they are
 }
 
 // backlog is a fixed ring of completed writes (offset, length) that
@@ -185,6 +186,7 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 		w.free = append(w.free, int32(i))
 	}
 	w.lt.qd = depth
+	w.payload = newPayload(j, clone, regionLen)
 	if j.VerifyBacklog > 0 && w.ver != nil {
 		k := j.VerifyBacklog + depth
 		w.backlog = backlog{off: make([]int64, k), n: make([]int32, k)}
@@ -374,6 +376,9 @@ func (w *worker) fill(u *unit, now int64) bool {
 		w.sinceSync++
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
+	if dir == DirWrite && w.payload != nil {
+		w.payload.fill(u.buf[:n])
+	}
 	if dir == DirWrite && w.ver != nil {
 		w.ver.stamp(u.buf[:n], off, now)
 	}
