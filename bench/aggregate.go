@@ -10,6 +10,7 @@ type entry struct {
 	name      string
 	groupID   int
 	job       *Job
+	optsJob   *Job // whose "job options" are echoed (group_reporting: the last job); nil: job
 	clones    []*worker
 	err       error
 	dirs      [2]dirStats
@@ -64,6 +65,7 @@ func entries(res *Result) []*entry {
 					out = append(out, e)
 				}
 				e.add(w, jr)
+				e.optsJob = jr.Job // fio echoes the group's last job's options
 				continue
 			}
 			e := newEntry(jr.Job.Name, jr.GroupID, jr.Job)

@@ -178,15 +178,21 @@ type Job struct {
 	DedupeMode                                          string
 	DedupeWorkingSet                                    int
 	DedupeGlobal                                        bool
-	VerifyBacklog                                       int  // verify_backlog: read back every N written blocks during the run
-	VerifyDump                                          bool // verify_dump: a mismatching block is saved to a file
-	DoVerify                                            bool
-	GroupReporting                                      bool
-	Thread                                              bool
-	Stonewall                                           bool
-	NewGroup                                            bool
-	Invalidate                                          bool
-	Description                                         string
+	// ExitAll (exitall): when a clone of this job finishes, the clones
+	// still running stop; ExitWhat (exit_what) names which: "group"
+	// (default), "stonewall" or "all" (bench runs one group at a time, so
+	// all three stop the clones running with it).
+	ExitAll        bool
+	ExitWhat       string
+	VerifyBacklog  int  // verify_backlog: read back every N written blocks during the run
+	VerifyDump     bool // verify_dump: a mismatching block is saved to a file
+	DoVerify       bool
+	GroupReporting bool
+	Thread         bool
+	Stonewall      bool
+	NewGroup       bool
+	Invalidate     bool
+	Description    string
 
 	// IOSize is fio's io_size (io_limit): bytes of I/O per loop, 0: the
 	// region's size. Loops repeats that many times (loops=).

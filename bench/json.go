@@ -164,7 +164,7 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"error", errnoOf(e.err)},
 		{"eta", 0},
 		{"elapsed", int64(math.Round(e.elapsed.Seconds()))},
-		{"job options", optionsObj(e.job.Options)},
+		{"job options", optionsObj(e.echoed().Options)},
 		{"read", jsonDir(e, DirRead, plus)},
 		{"write", jsonDir(e, DirWrite, plus)},
 		{"trim", jsonDir(e, -1, plus)},
@@ -186,7 +186,7 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"latency_percentile", e.job.LatencyPercentile},
 		{"latency_window", e.job.LatencyWindow.Microseconds()},
 	}
-	if len(e.job.Options) == 0 {
+	if len(e.echoed().Options) == 0 {
 		// fio leaves "job options" out of a job that sets none of its own.
 		for i := range o {
 			if o[i].k == "job options" {
@@ -315,4 +315,14 @@ func (e *entry) latencyDepth() int {
 		return e.clones[0].lt.qd
 	}
 	return e.job.IODepth
+}
+
+// echoed is the job whose options the entry's "job options" echo: under
+// group_reporting fio names the group after its first job but echoes the
+// options of its last.
+func (e *entry) echoed() *Job {
+	if e.optsJob != nil {
+		return e.optsJob
+	}
+	return e.job
 }

@@ -553,16 +553,24 @@ func init() {
 		}},
 		"dedupe_working_set_percentage": {help: "dedupe_mode=working_set: the set's share of the region's blocks (default 5)", set: pctSetter(func(j *Job, n int) { j.DedupeWorkingSet = n })},
 		"dedupe_global":                 {bool: true, help: "dedupe copies may come from any clone's blocks (one seed space for the run)", set: boolSetter(func(j *Job, b bool) { j.DedupeGlobal = b })},
-		"verify_backlog":                {help: "read written blocks back (verify) every N writes, during the run", set: intSetter(0, 1<<20, func(j *Job, n int) { j.VerifyBacklog = n })},
-		"verify_dump":                   {bool: true, help: "save a block that fails verification as FILE.OFFSET.received", set: boolSetter(func(j *Job, b bool) { j.VerifyDump = b })},
-		"verify_only":                   {bool: true, help: "do not write: replay the write workload's blocks and verify them (data of an earlier run)", set: boolSetter(func(j *Job, b bool) { j.VerifyOnly = b })},
-		"do_verify":                     {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
-		"group_reporting":               {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
-		"thread":                        {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
-		"stonewall":                     {bool: true, help: "wait for earlier jobs; starts a new group", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
-		"wait_for_previous":             {bool: true, help: "alias of stonewall", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
-		"new_group":                     {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
-		"invalidate":                    {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
+		"exitall":                       {bool: true, help: "when a clone of this job finishes, stop every clone still running", set: boolSetter(func(j *Job, b bool) { j.ExitAll = b })},
+		"exit_what": {help: "exitall: group (default), stonewall or all; bench runs one group at a time, so each stops the clones running", set: func(j *Job, v string) error {
+			if v != "group" && v != "stonewall" && v != "all" {
+				return errors.New("want group, stonewall or all")
+			}
+			j.ExitWhat = v
+			return nil
+		}},
+		"verify_backlog":    {help: "read written blocks back (verify) every N writes, during the run", set: intSetter(0, 1<<20, func(j *Job, n int) { j.VerifyBacklog = n })},
+		"verify_dump":       {bool: true, help: "save a block that fails verification as FILE.OFFSET.received", set: boolSetter(func(j *Job, b bool) { j.VerifyDump = b })},
+		"verify_only":       {bool: true, help: "do not write: replay the write workload's blocks and verify them (data of an earlier run)", set: boolSetter(func(j *Job, b bool) { j.VerifyOnly = b })},
+		"do_verify":         {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
+		"group_reporting":   {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
+		"thread":            {bool: true, help: "accepted: clones are always threads", set: boolSetter(func(j *Job, b bool) { j.Thread = b })},
+		"stonewall":         {bool: true, help: "wait for earlier jobs; starts a new group", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
+		"wait_for_previous": {bool: true, help: "alias of stonewall", set: boolSetter(func(j *Job, b bool) { j.Stonewall = b })},
+		"new_group":         {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
+		"invalidate":        {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
 	}
 }
 
@@ -600,7 +608,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		verify_async_cpus verify_state_save verify_state_load trim_percentage
 		trim_verify_zero trim_backlog experimental_verify lat_percentiles clat_percentiles
 		slat_percentiles percentile_list disable_lat disable_clat disable_slat disable_bw_measurement
-		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize
+		gtod_reduce gtod_cpu clocksource  exitall_on_error wait_for kb_base unit_base filesize
 		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri
 		sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
 		cmdprio_class cmdprio cmdprio_bssplit unique_filename lockfile

@@ -84,13 +84,14 @@ type worker struct {
 	syncLat       latStat // fsync/fdatasync latencies (fio's "sync")
 	sinceSync     int     // writes since the last sync
 	endSynced     bool
-	lt            latTarget  // latency_target's depth search
-	ss            *steadyRun // steadystate=: set while the group runs
-	doneSinceFill int        // completions since the clone last issued (iodepth_batch_complete_min)
-	backlog       backlog    // verify_backlog: written blocks not yet read back
-	draining      bool       // reading the backlog back until it is empty
-	dumps         int        // verify_dump files written
-	payload       *payload   // dedupe/compress write contents; nil: the random buffers as they are
+	lt            latTarget    // latency_target's depth search
+	ss            *steadyRun   // steadystate=: set while the group runs
+	doneSinceFill int          // completions since the clone last issued (iodepth_batch_complete_min)
+	backlog       backlog      // verify_backlog: written blocks not yet read back
+	draining      bool         // reading the backlog back until it is empty
+	dumps         int          // verify_dump files written
+	exitAll       *atomic.Bool // exitall: set when a clone of an exitall job finished; nil: none in the group
+	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
 }
 
 // backlog is a fixed ring of completed writes (offset, length) that
@@ -277,6 +278,13 @@ func (w *worker) tick(now int64) {
 	}
 	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
 		w.stopIssuing = true
+	}
+	if w.exitAll != nil && !w.stopIssuing && w.exitAll.Load() {
+		// exitall: another clone's job finished; stop as at the deadline.
+		w.stopIssuing = true
+		if w.phase == phaseVerify {
+			w.verifyNext = len(w.ver.written)
+		}
 	}
 	if w.ss != nil && !w.stopIssuing && w.ss.stop.Load() {
 		w.stopIssuing = true // steady state reached
