@@ -104,7 +104,7 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 	c := &threadClone{w: w, f: f, mem: mem, cpu: cpu, engine: w.job.IOEngine, done: done}
 	if c.engine == "io_uring" {
 		entries := 1 << bits.Len(uint(max(w.job.IODepth, 1)-1))
-		if c.ring, err = uring.New(entries); err != nil {
+		if c.ring, err = uring.New(entries, sqPollOptions(w.job)...); err != nil {
 			c.close()
 			return nil, err
 		}
@@ -317,4 +317,17 @@ func (c *threadClone) close() {
 		unix.Munmap(c.mem)
 	}
 	c.f.Close()
+}
+
+// sqPollOptions are the ring options of sqthread_poll and
+// sqthread_poll_cpu (none without).
+func sqPollOptions(j *Job) []uring.Option {
+	if !j.SQThreadPoll {
+		return nil
+	}
+	o := []uring.Option{uring.WithSQPoll(0)}
+	if j.SQThreadPollCPU >= 0 {
+		o = append(o, uring.WithSQPollCPU(j.SQThreadPollCPU))
+	}
+	return o
 }

@@ -137,7 +137,12 @@ type Job struct {
 	// a registered-file slot.
 	FixedBufs     bool
 	RegisterFiles bool
-	Format        string // ringblk engine: raw, qcow2, null ("" = probe)
+	// SQThreadPoll (sqthread_poll) gives the clone's ring a kernel SQ
+	// polling thread (IORING_SETUP_SQPOLL), on CPU SQThreadPollCPU
+	// (sqthread_poll_cpu; -1: anywhere); both ring engines.
+	SQThreadPoll    bool
+	SQThreadPollCPU int
+	Format          string // ringblk engine: raw, qcow2, null ("" = probe)
 	// ShareRW and Locking are the ringblk engine's image locking: by
 	// default the job takes the locks "ringblk io" takes (QEMU's) and
 	// refuses an image another process writes; ShareRW lets others write
@@ -309,7 +314,7 @@ func newJob(name string, loc Loc) *Job {
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
 		IODepth: 1, IODepthBatch: 1, IODepthBatchCompleteMin: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
-		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, DedupeMode: "repeat", DedupeWorkingSet: 5,
+		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, SQThreadPollCPU: -1, DedupeMode: "repeat", DedupeWorkingSet: 5,
 		LatencyPercentile: 100,
 		set:               map[string]Loc{},
 	}
@@ -466,9 +471,21 @@ func (j *Job) validate() error {
 			}
 		}
 	}
+	if j.IOEngine == "psync" {
+		for _, o := range []string{"sqthread_poll", "sqthread_poll_cpu"} {
+			if _, ok := j.set[o]; ok {
+				return bad(at(o), "%s applies to the ring engines (io_uring, ringblk), not ioengine=psync", o)
+			}
+		}
+	}
 	if j.IOEngine != "io_uring" {
 		for _, o := range []string{"fixedbufs", "registerfiles"} {
 			if _, ok := j.set[o]; ok {
+				if j.IOEngine == "ringblk" {
+					// The block layer issues its I/O on plain descriptors and
+					// its own arena: neither can be asked for per job yet.
+					return bad(at(o), "%s is not implemented for ioengine=ringblk (the block layer's ring uses plain file descriptors and its own registered arena)", o)
+				}
 				return bad(at(o), "%s applies to ioengine=io_uring only (ioengine=%s)", o, j.IOEngine)
 			}
 		}

@@ -553,7 +553,21 @@ func init() {
 		}},
 		"dedupe_working_set_percentage": {help: "dedupe_mode=working_set: the set's share of the region's blocks (default 5)", set: pctSetter(func(j *Job, n int) { j.DedupeWorkingSet = n })},
 		"dedupe_global":                 {bool: true, help: "dedupe copies may come from any clone's blocks (one seed space for the run)", set: boolSetter(func(j *Job, b bool) { j.DedupeGlobal = b })},
-		"exitall":                       {bool: true, help: "when a clone of this job finishes, stop every clone still running", set: boolSetter(func(j *Job, b bool) { j.ExitAll = b })},
+		"sqthread_poll":                 {bool: true, help: "io_uring/ringblk engines: a kernel thread polls the clone's submission queue (IORING_SETUP_SQPOLL)", set: boolSetter(func(j *Job, b bool) { j.SQThreadPoll = b })},
+		"sqthread_poll_cpu":             {help: "sqthread_poll: the CPU of the polling thread", set: intSetter(0, 1<<16, func(j *Job, n int) { j.SQThreadPollCPU = n })},
+		"nonvectored": {help: "io_uring: 1 or -1 (bench always issues IORING_OP_READ/WRITE, non-vectored); 0 (READV/WRITEV) is not implemented", set: func(j *Job, v string) error {
+			if v == "1" || v == "-1" {
+				return nil
+			}
+			return errors.New("nonvectored=0 (IORING_OP_READV/WRITEV) is not implemented: bench issues non-vectored READ/WRITE")
+		}},
+		"cmd_type": {help: "io_uring_cmd's command set; fio's io_uring engine ignores it, so does bench (nvme only)", set: func(j *Job, v string) error {
+			if v != "nvme" {
+				return errors.New("want nvme")
+			}
+			return nil
+		}},
+		"exitall": {bool: true, help: "when a clone of this job finishes, stop every clone still running", set: boolSetter(func(j *Job, b bool) { j.ExitAll = b })},
 		"exit_what": {help: "exitall: group (default), stonewall or all; bench runs one group at a time, so each stops the clones running", set: func(j *Job, v string) error {
 			if v != "group" && v != "stonewall" && v != "all" {
 				return errors.New("want group, stonewall or all")
@@ -610,7 +624,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		slat_percentiles percentile_list disable_lat disable_clat disable_slat disable_bw_measurement
 		gtod_reduce gtod_cpu clocksource  exitall_on_error wait_for kb_base unit_base filesize
 		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri
-		sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
+		  uncached nowait force_async cmdprio_percentage
 		cmdprio_class cmdprio cmdprio_bssplit unique_filename lockfile
 		latency_run max_latency
 		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
@@ -620,7 +634,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		log_store_compressed log_unix_epoch log_alternate_epoch log_max_value block_error_percentiles
 		significant_figures thread_cpu per_job_logs skip_bad zone_reset_threshold zone_reset_frequency
 		max_open_zones job_max_open_zones ignore_zone_limits  
-		  inplace atomic userspace_reap sqthread_poll
+		  inplace atomic userspace_reap 
 		cgroup cgroup_weight cgroup_nodelete uid gid rate_ignore_thinktime trim_verify_zero
 		continue_on_error pre_read size_increment io_submit_mode verifysort verifysort_nr
 		ioengine_options hugepage-size clat_percentiles
