@@ -76,6 +76,7 @@ func WriteNormal(out io.Writer, res *Result) {
 				g.minRun[d], g.maxRun[d])
 		}
 	}
+	res.writeDiskStats(out)
 }
 
 // WriteHeader writes the lines fio prints before a run.
