@@ -10,7 +10,8 @@ type entry struct {
 	name      string
 	groupID   int
 	job       *Job
-	optsJob   *Job // whose "job options" are echoed (group_reporting: the last job); nil: job
+	share     [2]float64 // per=: percent of the group's bandwidth
+	optsJob   *Job       // whose "job options" are echoed (group_reporting: the last job); nil: job
 	clones    []*worker
 	err       error
 	dirs      [2]dirStats
@@ -76,7 +77,26 @@ func entries(res *Result) []*entry {
 	for _, e := range out {
 		e.finish()
 	}
+	setShares(out)
 	return out
+}
+
+// setShares gives each entry its per= share: the mean of its bandwidth
+// samples in percent of its group's aggregate bandwidth (fio's p_of_agg,
+// at most 100).
+func setShares(es []*entry) {
+	byID := map[int]*groupTotal{}
+	for _, g := range groupTotals(es) {
+		byID[g.id] = g
+	}
+	for _, e := range es {
+		for d := 0; d < 2; d++ {
+			agg := byID[e.groupID].bw(d) / 1024
+			if agg > 0 && e.dirs[d].bw.n > 0 {
+				e.share[d] = min(100, e.dirs[d].bw.mean*100/agg)
+			}
+		}
+	}
 }
 
 func newEntry(name string, gid int, j *Job) *entry {

@@ -29,3 +29,25 @@ func TestDiskStatsSection(t *testing.T) {
 		t.Error("a Disk stats section without a disk")
 	}
 }
+
+// TestPerShare: each clone's bw line gives its share of the group's
+// aggregate bandwidth (fio's per=), here 3:1 between two clones.
+func TestPerShare(t *testing.T) {
+	mk := func(bytes uint64, mean float64) *entry {
+		e := newEntry("c", 0, newJob("c", Loc{}))
+		e.dirs[DirRead].ios, e.dirs[DirRead].bytes, e.runtimeMs = 1, bytes, 1000
+		e.dirs[DirRead].bw.add(mean)
+		return e
+	}
+	// 3 MiB and 1 MiB in 1 s: the group moves 4096 KiB/s.
+	es := []*entry{mk(3<<20, 3072), mk(1<<20, 1024)}
+	setShares(es)
+	if es[0].share[DirRead] != 75 || es[1].share[DirRead] != 25 {
+		t.Errorf("shares %v, %v; want 75 and 25", es[0].share[DirRead], es[1].share[DirRead])
+	}
+	var out bytes.Buffer
+	writeEntry(&out, es[1])
+	if !strings.Contains(out.String(), "per=25.00%") {
+		t.Errorf("bw line without per=25.00%%:\n%s", out.String())
+	}
+}

@@ -277,8 +277,8 @@ func jsonDir(e *entry, d int, plus bool) obj {
 		ds = &empty
 	}
 	agg := 0.0
-	if ds.bw.n > 0 {
-		agg = 100
+	if ds.bw.n > 0 && d >= 0 {
+		agg = e.share[d]
 	}
 	return obj{
 		{"io_bytes", ds.bytes},

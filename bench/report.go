@@ -176,7 +176,7 @@ func writeEntry(out io.Writer, e *entry) {
 			writePercentiles(out, " lat", &ds.lat, jobPercentiles(e.job))
 		}
 		if ds.bw.n > 0 {
-			per := 100.0
+			per := e.share[d]
 			fmt.Fprintf(out, "   bw (  KiB/s): min=%d, max=%d, per=%.2f%%, avg=%.2f, stdev=%.2f, samples=%d\n",
 				int64(ds.bw.min), int64(ds.bw.max), per, ds.bw.mean, ds.bw.stddev(), ds.bw.n)
 			fmt.Fprintf(out, "   iops        : min=%d, max=%d, avg=%.2f, stdev=%.2f, samples=%d\n",
