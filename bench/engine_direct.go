@@ -259,6 +259,7 @@ func (c *threadClone) runRing() {
 		if paced { // wake for the paced I/O even if nothing completes
 			wait = max(time.Duration(until-w.now()), time.Microsecond)
 		}
+		w.enterReap++
 		if _, err := r.SubmitAndWait(w.reapMin(), wait); err != nil && !errors.Is(err, uring.ErrBusy) {
 			// The ring failed: stop issuing and reap what is still in
 			// flight before its buffers go away.
@@ -299,6 +300,7 @@ func (c *threadClone) submit(batch []*unit) int64 {
 		return c.w.now()
 	}
 	for {
+		c.w.enterSubmit++
 		_, err := c.ring.SubmitAndWait(0, 0)
 		if err == nil || !errors.Is(err, uring.ErrBusy) {
 			break

@@ -413,6 +413,9 @@ func (c *ringblkClone) refill() {
 	}
 	if w.busy == 0 {
 		if w.idle(now) {
+			// Every enter of the Context's loop both submits and reaps.
+			e := uint64(c.ctx.Stats().Enters)
+			w.enterSubmit, w.enterReap = e, e
 			c.done <- w
 			return
 		}

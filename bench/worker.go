@@ -91,6 +91,8 @@ type worker struct {
 	draining      bool         // reading the backlog back until it is empty
 	dumps         int          // verify_dump files written
 	exitAll       *atomic.Bool // exitall: set when a clone of an exitall job finished; nil: none in the group
+	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
+	enterReap     uint64       // io_uring_enter calls that waited for completions
 	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
 }
 
