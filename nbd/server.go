@@ -41,16 +41,20 @@ type ExportOptions struct {
 // connections submit through the front end's Queue on their Context, and
 // it stops reading new requests while the front end is drained.
 type Export struct {
-	opts   ExportOptions
-	fe     *block.FrontEnd
-	ctx    *aio.Context
-	q      *block.Queue
-	size   int64
-	levels []*block.Node // the chain, top first (block status)
-	sizes  []int64
+	opts ExportOptions
+	fe   *block.FrontEnd
+	ctx  *aio.Context
+	q    *block.Queue
+	size int64
+	// chain is the backing chain block status walks, replaced whole by
+	// Refresh when the export's node changes (a snapshot, a job's pivot)
+	// and loaded once per BLOCK_STATUS request.
+	chain atomic.Pointer[chainView]
 
 	// quiesced is set between DrainedBegin and DrainedEnd.
 	quiesced atomic.Bool
+
+	stats exportStats // per-request accounting (stats.go)
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -75,20 +79,14 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 	if e.size, err = n.Length(); err != nil {
 		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
 	}
-	for x := n; x != nil; {
-		sz, err := x.Length()
-		if err != nil {
-			return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
-		}
-		e.levels = append(e.levels, x)
-		e.sizes = append(e.sizes, sz)
-		c := x.Child(block.RoleBacking)
-		if c == nil {
-			break
-		}
-		x = c.Node()
+	v, err := buildView(g, n)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
 	}
-	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true})
+	e.chain.Store(v)
+	// The front end's home is the node's Context: inserting it elsewhere
+	// would move the node (and its other users) away from its IOThread.
+	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true, Context: n.Context()})
 	g.Control(n.Ref)
 	if err := e.fe.Insert(n); err != nil {
 		n.Unref()
@@ -99,6 +97,56 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 	e.q = e.fe.Queue(ctx)
 	return e, nil
 }
+
+// chainView is the export's chain: its node and the backing nodes below,
+// top first, with their sizes (immutable once published).
+type chainView struct {
+	levels []*block.Node
+	sizes  []int64
+}
+
+func buildView(g *block.Graph, n *block.Node) (*chainView, error) {
+	v := &chainView{}
+	g.Control(func() {
+		for x := n; x != nil; {
+			v.levels = append(v.levels, x)
+			c := x.Child(block.RoleBacking)
+			if c == nil {
+				break
+			}
+			x = c.Node()
+		}
+	})
+	for _, x := range v.levels {
+		sz, err := x.Length()
+		if err != nil {
+			return nil, err
+		}
+		v.sizes = append(v.sizes, sz)
+	}
+	return v, nil
+}
+
+// Refresh re-reads the chain under the export's node, for block status,
+// after something replaced the node its front end is on (an external
+// snapshot's overlay, a mirror's target). Call it before the drained
+// section of that change ends, so that no request sees the old chain; on
+// any goroutine but the main Context's.
+func (e *Export) Refresh() error {
+	n := e.fe.Root()
+	if n == nil {
+		return ErrExportClosed
+	}
+	v, err := buildView(e.fe.Graph(), n)
+	if err != nil {
+		return fmt.Errorf("nbd: export %q: %w", e.opts.Name, err)
+	}
+	e.chain.Store(v)
+	return nil
+}
+
+// ErrExportClosed: the export has no node any more.
+var ErrExportClosed = errors.New("nbd: export closed")
 
 // Name returns the export name.
 func (e *Export) Name() string { return e.opts.Name }
@@ -228,10 +276,6 @@ type Server struct {
 	// client (handshake or transmission) has gone (qemu-nbd without
 	// --persistent).
 	OneShot bool
-	// TLS, when set, makes TLS mandatory, as qemu-nbd's --tls-creds does:
-	// a client must send NBD_OPT_STARTTLS before anything else (tls.go).
-	// Set it before Serve.
-	TLS *tls.Config
 
 	mu        sync.Mutex
 	exports   []*Export
@@ -243,6 +287,17 @@ type Server struct {
 	clients   atomic.Int64
 	active    atomic.Int64          // accepted connections not yet closed
 	hs        map[net.Conn]struct{} // connections in the handshake (Close ends them)
+	tls       *tls.Config           // SetTLS
+}
+
+// SetTLS makes TLS mandatory with cfg, as qemu-nbd's --tls-creds does: a
+// client must send NBD_OPT_STARTTLS before anything else (tls.go). nil
+// turns TLS off. Handshakes that already started keep what they began
+// with.
+func (s *Server) SetTLS(cfg *tls.Config) {
+	s.mu.Lock()
+	s.tls = cfg
+	s.mu.Unlock()
 }
 
 // NewServer returns a server with no exports.
@@ -368,11 +423,15 @@ type negotiator struct {
 	metaExport string
 	meta       []string // selected contexts
 	scratch    []byte
-	tlsDone    bool // the handshake switched to TLS (n.nc is a *tls.Conn)
+	tls        *tls.Config // mandatory TLS with this configuration (nil: none)
+	tlsDone    bool        // the handshake switched to TLS (n.nc is a *tls.Conn)
 }
 
 func (s *Server) negotiate(nc net.Conn) {
-	n := &negotiator{s: s, nc: nc}
+	s.mu.Lock()
+	cfg := s.tls
+	s.mu.Unlock()
+	n := &negotiator{s: s, nc: nc, tls: cfg}
 	e, err := n.run()
 	s.mu.Lock()
 	delete(s.hs, nc)
@@ -491,7 +550,7 @@ func (n *negotiator) run() (*Export, error) {
 // option answers one option; done means the transmission phase starts
 // with e.
 func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err error) {
-	if n.s.TLS != nil && !n.tlsDone {
+	if n.tls != nil && !n.tlsDone {
 		// TLS is mandatory: only STARTTLS and ABORT are answered.
 		switch opt {
 		case optStartTLS, optAbort:

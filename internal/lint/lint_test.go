@@ -212,8 +212,8 @@ var assertionPanic = regexp.MustCompile(`panic\((fmt\.Sprintf\()?"assertion fail
 
 // idiomPending are the directories whose branches were in flight when the
 // idiom was introduced; they convert when they land (drivers/qcow2 with
-// its split, job with the job framework). Remove an entry once converted.
-var idiomPending = map[string]bool{"drivers/qcow2": true, "job": true}
+// its split). Remove an entry once converted.
+var idiomPending = map[string]bool{"drivers/qcow2": true}
 
 // TestOneAssertionIdiom keeps assertions to the idiom of internal/invariants:
 // no panic spelled "assertion failed" by hand.
