@@ -151,7 +151,7 @@ func TestBadFlags(t *testing.T) {
 	}{
 		{[]string{"--name=x", "--filename=/tmp/x", "--bogus=1"}, `command line: unknown option "bogus"`},
 		{[]string{"--name=x", "--filename=/tmp/x", "--size=1z"}, `command line: size=1z: bad size suffix`},
-		{[]string{"--output-format=terse", "--name=x", "--filename=/tmp/x"}, "terse is a fio format"},
+		{[]string{"--output-format=csv", "--name=x", "--filename=/tmp/x"}, "want normal, json, json+ or terse"},
 		{[]string{"--rw=read"}, "no jobs defined"},
 	} {
 		_, err := ParseArgs(c.args)
