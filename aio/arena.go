@@ -125,7 +125,7 @@ func (a *Arena) Alloc(size int) ([]byte, error) {
 	a.c.assertOwner("Arena.Alloc")
 	if size <= 0 || size > len(a.mem) {
 		if size <= 0 {
-			panic("assertion failed: aio: Arena.Alloc of a non-positive size")
+			invariants.Failf("aio: Arena.Alloc of a non-positive size %d", size)
 		}
 		return nil, ErrArenaFull
 	}
@@ -153,13 +153,19 @@ func (a *Arena) Alloc(size int) ([]byte, error) {
 // re-slice that starts at the same byte). Owner only.
 func (a *Arena) Free(b []byte) {
 	a.c.assertOwner("Arena.Free")
-	assertf(a.contains(b[:1]), "aio: Arena.Free of memory outside the arena")
+	if !a.contains(b[:1]) {
+		invariants.Failf("aio: Arena.Free of memory outside the arena")
+	}
 	// SAFETY: as in contains: address arithmetic only.
 	off := uintptr(unsafe.Pointer(&b[0])) - a.base
-	assertf(off%arenaPage == 0, "aio: Arena.Free of a pointer inside a block")
+	if off%arenaPage != 0 {
+		invariants.Failf("aio: Arena.Free of a pointer inside a block (offset %d)", off)
+	}
 	p := int32(off >> arenaPageShift)
 	order := int(a.allocOrder[p])
-	assertf(order >= 0, "aio: Arena.Free of a block that is not allocated")
+	if order < 0 {
+		invariants.Failf("aio: Arena.Free of a block that is not allocated (page %d)", p)
+	}
 	a.allocOrder[p] = -1
 	a.used -= arenaPage << order
 	if invariants.Enabled {

@@ -55,8 +55,8 @@ func (c *Context) NewBH(fn func()) *BH {
 func (b *BH) Schedule() {
 	for {
 		old := b.flags.Load()
-		if invariants.Enabled {
-			invariants.Check(old&bhDeleted == 0, "aio: Schedule of a deleted BH")
+		if invariants.Enabled && old&bhDeleted != 0 {
+			invariants.Failf("aio: Schedule of a deleted BH")
 		}
 		if b.flags.CompareAndSwap(old, (old|bhPending|bhScheduled)&^bhIdle) {
 			if old&bhPending == 0 {

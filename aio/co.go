@@ -4,6 +4,8 @@ import (
 	"iter"
 	"sync/atomic"
 	"time"
+
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // A Co is a coroutine: a goroutine that runs only while it holds its
@@ -136,7 +138,9 @@ func (co *Co) Context() *Context { return co.c }
 // run; a recover in the coroutine must re-panic values it does not know)
 // and is counted in StopReport.Coroutines.
 func (co *Co) Yield() {
-	assertf(co.c.holder.Load() == co, "aio: Yield from a coroutine that does not hold the run token")
+	if co.c.holder.Load() != co {
+		invariants.Failf("aio: Yield from a coroutine that does not hold the run token")
+	}
 	co.state = coParked
 	if !co.yield(struct{}{}) {
 		panic(coStopped{})

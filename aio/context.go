@@ -35,10 +35,17 @@ type Options struct {
 	// Entries is the SQ size of the Context's ring (default 256). The CQ is
 	// twice as large (the kernel's default).
 	Entries int
-	// Slots is the number of op slots preallocated (default 4×Entries). Ops
-	// beyond it grow the table by a chunk of 256 slots: one allocation per
-	// new high-water mark, never in steady state.
+	// Slots is the number of op slots preallocated (default 4×Entries, at
+	// most MaxSlots). Ops beyond it grow the table by a chunk of 256 slots:
+	// one allocation per new high-water mark, never in steady state.
 	Slots int
+	// MaxSlots caps the op-slot table (default 8×Entries; raised to Slots
+	// if smaller; rounded up to the chunk size). Callers that take work
+	// from outside — block's front ends — admit it only while SlotsFree
+	// reports room and park it otherwise, so the table stays within the
+	// cap; an op started at the cap is never refused, it grows the table
+	// and is counted in Stats.SlotsOverCap.
+	MaxSlots int
 	// Pin pins the owner thread to the logical CPU named by CPU. Without
 	// it (the zero value) the thread is not pinned and the scheduler may
 	// run it on any CPU of the process's affinity mask.
@@ -191,8 +198,14 @@ func New(opts Options) (*Context, error) {
 	if opts.Entries <= 0 {
 		opts.Entries = DefaultEntries
 	}
+	if opts.MaxSlots <= 0 {
+		opts.MaxSlots = 8 * opts.Entries
+	}
 	if opts.Slots <= 0 {
-		opts.Slots = 4 * opts.Entries
+		opts.Slots = min(4*opts.Entries, opts.MaxSlots)
+	}
+	if opts.MaxSlots < opts.Slots {
+		opts.MaxSlots = opts.Slots
 	}
 	if opts.StopTimeout <= 0 {
 		opts.StopTimeout = DefaultStopTimeout
@@ -226,7 +239,7 @@ func New(opts Options) (*Context, error) {
 		cqes:        make([]uring.CQE, 128),
 		pollMax:     opts.PollTime,
 	}
-	c.ops.init(opts.Slots)
+	c.ops.init(opts.Slots, opts.MaxSlots)
 	c.stopBH = c.NewBH(func() { c.stopping = true })
 	c.kickBH = c.NewBH(func() {})
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
@@ -349,8 +362,12 @@ func (c *Context) Attach() error {
 // Stop does (runs pending work, cancels what is left, closes the ring)
 // and unlocks the goroutine from its thread.
 func (c *Context) Detach() (StopReport, error) {
-	assertf(c.attached, "aio: Detach of Context "+c.name+" that Attach did not start")
-	assertf(c.InContext(), "aio: Detach of Context "+c.name+" from another goroutine than its owner")
+	if !c.attached {
+		invariants.Failf("aio: Detach of Context %s that Attach did not start", c.name)
+	}
+	if !c.InContext() {
+		invariants.Failf("aio: Detach of Context %s from another goroutine than its owner", c.name)
+	}
 	if c.state.Load() == stateStopped {
 		return c.report, c.stopErr
 	}
@@ -425,10 +442,8 @@ func (c *Context) InContext() bool {
 
 // assertOwner panics under invariants when the caller is not in c.
 func (c *Context) assertOwner(what string) {
-	if invariants.Enabled {
-		if !c.InContext() { // format only on failure: Check's arguments would allocate
-			invariants.Check(false, "aio: %s on Context %q outside its owner", what, c.name)
-		}
+	if invariants.Enabled && !c.InContext() {
+		invariants.Failf("aio: %s on Context %q outside its owner", what, c.name)
 	}
 }
 

@@ -98,8 +98,12 @@
 //
 // # Ops and memory
 //
-// Each op occupies a slot of a preallocated table; user_data is the slot
-// index and a generation, never a Go pointer. The slot keeps the File (an
+// Each op occupies a slot of a table preallocated to Options.Slots and
+// grown by chunks up to Options.MaxSlots; user_data is the slot index and
+// a generation, never a Go pointer. Callers that take work from outside
+// admit it while SlotsFree reports room (block's front ends park the rest),
+// so the table stays within its cap; an op is never refused, one started
+// with the table full grows it and is counted in Stats.SlotsOverCap. The slot keeps the File (an
 // in-flight count defers its close), the buffers and its own iovec array
 // referenced until the CQE. Buffers inside the Context's arena (mmap'd,
 // registered as fixed buffer 0, 4096-aligned) go out as READ_FIXED and

@@ -62,9 +62,3 @@ func errnoErr(e int32) error {
 	}
 	return syscall.Errno(e)
 }
-
-func assertf(cond bool, msg string) {
-	if !cond {
-		panic("assertion failed: " + msg)
-	}
-}

@@ -4,6 +4,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // An FDHandler calls fn on the owner whenever fd becomes ready for events
@@ -166,7 +168,9 @@ func (c *Context) DisableExternal() { c.extDisabled.Add(1) }
 // loop so kept readiness is dispatched.
 func (c *Context) EnableExternal() {
 	n := c.extDisabled.Add(-1)
-	assertf(n >= 0, "aio: EnableExternal without DisableExternal")
+	if n < 0 {
+		invariants.Failf("aio: EnableExternal without DisableExternal")
+	}
 	if n == 0 {
 		c.kickBH.Schedule()
 	}

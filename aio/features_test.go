@@ -718,3 +718,40 @@ func TestDependentOpsOneEnterEach(t *testing.T) {
 		t.Errorf("%d io_uring_enter calls for %d dependent reads: want about one per read", enters, n+1)
 	}
 }
+
+// The slot table grows up to MaxSlots (rounded to its chunk); SlotsFree
+// counts down as ops are issued; an op started with the table full still
+// runs, grows the table and is counted over the cap.
+func TestSlotCap(t *testing.T) {
+	forEachRing(t, func(t *testing.T, e *env) {
+		c := e.start(Options{Entries: 16, MaxSlots: 50}, nil)
+		cnt := newCounter()
+		var capSlots, free0, freeAt40 int
+		var mid, end Stats
+		onOwner(t, c, hang, func() {
+			capSlots = c.SlotCap()
+			free0 = c.SlotsFree() // the loop's own ops (eventfd read) hold some
+			c.Plug()
+			for i := 0; i < 40; i++ {
+				c.Nop(cnt, uint64(i))
+			}
+			freeAt40 = c.SlotsFree()
+			mid = c.Stats()
+			for i := 40; i < 100; i++ {
+				c.Nop(cnt, uint64(i))
+			}
+			c.Unplug()
+			c.WaitWhile(func() bool { return cnt.n < 100 })
+			end = c.Stats()
+		})
+		if capSlots != 64 || free0-freeAt40 != 40 || free0 < 60 {
+			t.Fatalf("cap %d, free %d before and %d after 40 ops; want 64 and 40 fewer", capSlots, free0, freeAt40)
+		}
+		if mid.SlotTable != 64 || mid.SlotsOverCap != 0 {
+			t.Fatalf("after 40 ops: table %d, over cap %d; want 64, 0", mid.SlotTable, mid.SlotsOverCap)
+		}
+		if cnt.n != 100 || end.SlotTable != 128 || end.SlotsOverCap != 1 {
+			t.Fatalf("%d of 100 ops ran, table %d, over cap %d; want 100, 128, 1", cnt.n, end.SlotTable, end.SlotsOverCap)
+		}
+	})
+}

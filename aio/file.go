@@ -3,6 +3,8 @@ package aio
 import (
 	"os"
 	"sync/atomic"
+
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // A File keeps a file descriptor open while any op on it is in flight, on
@@ -93,7 +95,7 @@ func (f *File) acquire() {
 	for {
 		old := f.ref.Load()
 		if old&fileClosing != 0 {
-			panic("assertion failed: aio: op on a closed File")
+			invariants.Failf("aio: op on a closed File")
 		}
 		if f.ref.CompareAndSwap(old, old+1) {
 			return

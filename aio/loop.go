@@ -41,10 +41,8 @@ func (c *Context) Poll(blocking bool) bool {
 // calling poll(…, true) submits what is left (see WaitWhile, ownerMain).
 func (c *Context) poll(blocking, again bool) bool {
 	c.assertOwner("Poll")
-	if invariants.Enabled {
-		if c.holder.Load() != nil {
-			invariants.Check(false, "aio: Poll from a coroutine of %q; coroutines Yield", c.name)
-		}
+	if invariants.Enabled && c.holder.Load() != nil {
+		invariants.Failf("aio: Poll from a coroutine of %q; coroutines Yield", c.name)
 	}
 	if c.ndeferred > 0 {
 		// Only a Poll nested in a plugged section finds deferred work
@@ -297,8 +295,7 @@ func (c *Context) WaitWhile(cond func() bool) bool {
 			} else if c.holder.Load() != nil {
 				name = "a coroutine"
 			}
-			panic("assertion failed: aio: WaitWhile on Context " + c.name + " from " + name +
-				"; only its owner, or the main Context's owner, may wait")
+			invariants.Failf("aio: WaitWhile on Context %s from %s; only its owner, or the main Context's owner, may wait", c.name, name)
 		}
 	}
 	// Register before the first evaluation of cond (drain.md K3): a writer
@@ -355,12 +352,11 @@ func (c *Context) Run(fn func()) {
 		return
 	}
 	if st := c.state.Load(); st != stateRunning {
-		panic("assertion failed: aio: Run on Context " + c.name + " that is not running")
+		invariants.Failf("aio: Run on Context %s that is not running", c.name)
 	}
 	if caller := callerContext(); caller != nil {
 		if !caller.main {
-			panic("assertion failed: aio: Run on Context " + c.name + " from IOThread " + caller.name +
-				"; an IOThread may not wait for another (go via the main Context)")
+			invariants.Failf("aio: Run on Context %s from IOThread %s; an IOThread may not wait for another (go via the main Context)", c.name, caller.name)
 		}
 		var done bool
 		c.Schedule(func() {
@@ -376,7 +372,7 @@ func (c *Context) Run(fn func()) {
 			caller.Poll(false)
 		}
 		if !done {
-			panic("assertion failed: aio: Context " + c.name + " stopped before a Run function ran")
+			invariants.Failf("aio: Context %s stopped before a Run function ran", c.name)
 		}
 		return
 	}
@@ -391,7 +387,7 @@ func (c *Context) Run(fn func()) {
 		select {
 		case <-ch: // it ran during the stop
 		default:
-			panic("assertion failed: aio: Context " + c.name + " stopped before a Run function ran")
+			invariants.Failf("aio: Context %s stopped before a Run function ran", c.name)
 		}
 	}
 }

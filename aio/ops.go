@@ -91,6 +91,10 @@ type Stats struct {
 	Wakeups     int64 // eventfd wake-ups reaped
 	SpinHits    int64 // adaptive polls that found work before sleeping
 	SlotsGrown  int64 // slot chunks added beyond Options.Slots
+	// SlotTable is the length of the op-slot table (its memory), at most
+	// SlotCap unless SlotsOverCap > 0.
+	SlotTable    int
+	SlotsOverCap int64 // ops that found the table full at its cap (grew it anyway)
 }
 
 // Stats returns the Context's counters. Owner only.
@@ -98,8 +102,17 @@ func (c *Context) Stats() Stats {
 	c.assertOwner("Stats")
 	st := c.stats
 	st.SlotsGrown = c.ops.grown
+	st.SlotTable = int(c.ops.n)
+	st.SlotsOverCap = c.ops.overCap
 	return st
 }
+
+// SlotCap returns the cap of the op-slot table (Options.MaxSlots, rounded).
+func (c *Context) SlotCap() int { return int(c.ops.max) }
+
+// SlotsFree returns how many more ops the slot table holds before its cap.
+// Owner only (or the run-token holder).
+func (c *Context) SlotsFree() int { return int(c.ops.max) - c.ops.inUse() }
 
 // Nop issues a no-op; its completion still runs on the loop.
 func (c *Context) Nop(d Done, tag uint64) {
@@ -190,10 +203,8 @@ func (c *Context) PollAdd(f *File, events uint32, d Done, tag uint64) {
 
 // newOp takes a free slot and fills the fields every op has.
 func (c *Context) newOp(op opKind, f *File, d Done, tag uint64) (uint32, *slot) {
-	if invariants.Enabled {
-		if d == nil && !op.internal() {
-			invariants.Check(false, "aio: %s with a nil Done", op)
-		}
+	if invariants.Enabled && d == nil && !op.internal() {
+		invariants.Failf("aio: %s with a nil Done", op)
 	}
 	if f != nil {
 		f.acquire() // first: a panic here must not strand a slot
@@ -343,7 +354,7 @@ func (c *Context) enter(minComplete int, timeout time.Duration) bool {
 		// SQEs stay in the SQ and the next iteration retries after reaping.
 		c.stats.Busy++
 	default:
-		panic("assertion failed: aio: io_uring_enter on Context " + c.name + ": " + err.Error())
+		invariants.Failf("aio: io_uring_enter on Context %s: %v", c.name, err)
 	}
 	return n > 0
 }
@@ -404,10 +415,8 @@ func (c *Context) complete(cqe *uring.CQE) {
 	}
 	switch {
 	case s.op.isRead():
-		if invariants.Enabled {
-			if int64(res) > s.length-s.nbytes {
-				invariants.Check(false, "aio: %s returned %d bytes, %d asked", s.op, res, s.length-s.nbytes)
-			}
+		if invariants.Enabled && int64(res) > s.length-s.nbytes {
+			invariants.Failf("aio: %s returned %d bytes, %d asked", s.op, res, s.length-s.nbytes)
 		}
 		if res == 0 && s.nbytes < s.length {
 			s.zeroTail() // EOF: the rest of the buffer reads as zeros
@@ -480,7 +489,7 @@ func (c *Context) DisableBatching() { c.noBatch.Add(1) }
 // EnableBatching ends one DisableBatching.
 func (c *Context) EnableBatching() {
 	if c.noBatch.Add(-1) < 0 {
-		panic("assertion failed: aio: EnableBatching without DisableBatching on Context " + c.name)
+		invariants.Failf("aio: EnableBatching without DisableBatching on Context %s", c.name)
 	}
 }
 
@@ -499,7 +508,9 @@ func (c *Context) Plug() {
 // REQUIRES: a matching Plug.
 func (c *Context) Unplug() {
 	c.assertOwner("Unplug")
-	assertf(c.plug > 0, "aio: Unplug without Plug")
+	if c.plug <= 0 {
+		invariants.Failf("aio: Unplug without Plug")
+	}
 	if c.plug == 1 && c.ndeferred > 0 {
 		c.runDeferred()
 	}

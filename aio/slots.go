@@ -1,14 +1,15 @@
 package aio
 
 import (
+	"github.com/ringblk/ringblk/internal/invariants"
 	"github.com/ringblk/ringblk/uring"
 )
 
 // noSlot ends the intrusive slot lists.
 const noSlot = ^uint32(0)
 
-// slotChunk is how many slots are added at a time; chunks never move, so a
-// *slot stays valid while the table grows.
+// slotChunk is how many slots are added at a time (fewer when the cap is
+// smaller); chunks never move, so a *slot stays valid while the table grows.
 const slotChunk = 256
 
 // genMask keeps generations below bit 31, so user_data never has bit 63
@@ -103,23 +104,39 @@ func (s *slot) zeroTail() {
 	s.nbytes = s.length
 }
 
-// opTable is the Context's fixed table of op slots, a free list of indices
-// and two intrusive FIFOs (overflow and ready) linked through slot.next.
+// opTable is the Context's table of op slots, a free list of indices and
+// two intrusive FIFOs (overflow and ready) linked through slot.next. It
+// grows a chunk at a time up to max (Options.MaxSlots), the bound callers
+// keep to by admitting work while Free reports room (block's front end
+// parks requests otherwise). An op started with the table at its cap still
+// gets a slot — an op is never refused — and is counted in overCap.
 type opTable struct {
 	chunks   [][]slot
 	free     []uint32 // stack of free indices
 	n        uint32   // slots in the table
+	max      uint32   // the cap, a multiple of the chunk size
+	shift    uint32   // log2 of the chunk size
 	user     int      // user ops allocated and not yet completed
 	inKernel int      // slots in state submitted (SQ or kernel)
 	grown    int64    // chunks added after init
+	overCap  int64    // allocations that found the table full at its cap
 
 	ovHead, ovTail uint32
 	ovLen          int
 	rdHead, rdTail uint32
 }
 
-func (t *opTable) init(n int) {
+// init sizes the table: n slots now, max at most (both rounded up to the
+// chunk size, which is slotChunk or the power of two at or above a smaller
+// max).
+func (t *opTable) init(n, max int) {
 	t.ovHead, t.ovTail, t.rdHead, t.rdTail = noSlot, noSlot, noSlot, noSlot
+	t.shift = 0
+	for 1<<t.shift < slotChunk && 1<<t.shift < max {
+		t.shift++
+	}
+	chunk := 1 << t.shift
+	t.max = uint32((max + chunk - 1) / chunk * chunk)
 	for int(t.n) < n {
 		t.grow()
 	}
@@ -132,31 +149,41 @@ func (t *opTable) init(n int) {
 
 func (t *opTable) grow() {
 	base := t.n
-	t.chunks = append(t.chunks, make([]slot, slotChunk))
-	t.n += slotChunk
+	chunk := uint32(1) << t.shift
+	t.chunks = append(t.chunks, make([]slot, chunk))
+	t.n += chunk
 	ch := t.chunks[len(t.chunks)-1]
 	for i := range ch {
 		ch[i].gen = 1
 		ch[i].next = noSlot
 	}
-	for i := slotChunk - 1; i >= 0; i-- {
+	for i := int(chunk) - 1; i >= 0; i-- {
 		t.free = append(t.free, base+uint32(i))
 	}
 }
 
 func (t *opTable) slot(idx uint32) *slot {
-	return &t.chunks[idx/slotChunk][idx%slotChunk]
+	return &t.chunks[idx>>t.shift][idx&(1<<t.shift-1)]
 }
 
-// alloc takes a free slot, growing the table by one chunk when none is left.
+// inUse is the number of allocated slots.
+func (t *opTable) inUse() int { return int(t.n) - len(t.free) }
+
+// alloc takes a free slot, growing the table by one chunk when none is left
+// (past the cap only when a caller ignored Free: counted, never refused).
 func (t *opTable) alloc() uint32 {
 	if len(t.free) == 0 {
+		if t.n >= t.max {
+			t.overCap++
+		}
 		t.grow()
 		t.grown++
 	}
 	idx := t.free[len(t.free)-1]
 	t.free = t.free[:len(t.free)-1]
-	assertf(t.slot(idx).state == slotFree, "aio: allocated a busy slot")
+	if t.slot(idx).state != slotFree {
+		invariants.Failf("aio: allocated busy slot %d", idx)
+	}
 	return idx
 }
 

@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // StopReport says what Stop found and had to do.
@@ -44,8 +46,12 @@ func (c *Context) Stop() (StopReport, error) {
 		close(c.exited)
 		return c.report, c.stopErr
 	}
-	assertf(!c.InContext(), "aio: Stop of Context "+c.name+" from its own owner")
-	assertf(!c.attached, "aio: Stop of Context "+c.name+" that Attach started (its owner calls Detach)")
+	if c.InContext() {
+		invariants.Failf("aio: Stop of Context %s from its own owner", c.name)
+	}
+	if c.attached {
+		invariants.Failf("aio: Stop of Context %s that Attach started (its owner calls Detach)", c.name)
+	}
 	if c.state.Load() != stateStopped {
 		c.stopBH.Schedule()
 	}

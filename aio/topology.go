@@ -9,6 +9,8 @@ import (
 
 	"github.com/klauspost/cpuid/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Topology is what the package learned about the machine at start-up:
@@ -111,7 +113,9 @@ func coreCPUs(t Topology) []int {
 func padded[T any]() *T {
 	var zero T
 	size := int(unsafe.Sizeof(zero))
-	assertf(size > 0 && size <= cacheLine && cacheLine%size == 0, "padded: unsupported element size")
+	if size <= 0 || size > cacheLine || cacheLine%size != 0 {
+		invariants.Failf("aio: padded: unsupported element size %d", size)
+	}
 	slab := make([]T, 2*cacheLine/size)
 	// SAFETY: the address is only read to find an aligned element; no
 	// pointer is made from an integer.

@@ -1,9 +1,10 @@
 // Package bench is ringblk's fio-style benchmark: it reads fio job files and
 // fio-style flags, drives I/O through ringblk's block layer (ioengine=ringblk),
-// through a direct io_uring ring (ioengine=io_uring) or through pread/pwrite
+// through a bare io_uring ring (ioengine=io_uring, with fio's fixedbufs and
+// registerfiles: ringblk's one bare-ring benchmark) or through pread/pwrite
 // (ioengine=psync), and reports what fio reports, in fio's human format or
-// fio 3.33's JSON. cmd/ringblk's "bench" command is a thin wrapper around
-// Main.
+// fio 3.33's JSON. ringblk's "bench" command (internal/benchcmd) is a thin
+// wrapper around Main.
 //
 // # Model
 //

@@ -108,6 +108,20 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 			c.close()
 			return nil, err
 		}
+		// Registered before the owner thread binds the ring (its first
+		// enter), which any thread may do.
+		if w.job.RegisterFiles {
+			if err = c.ring.RegisterFiles(1); err == nil {
+				err = c.ring.UpdateFile(0, int(f.Fd()))
+			}
+		}
+		if err == nil && w.job.FixedBufs {
+			err = c.ring.RegisterBuffers([][]byte{mem}) // buffer index 0: every unit's buffer is a slice of it
+		}
+		if err != nil {
+			c.close()
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -184,6 +198,10 @@ func (c *threadClone) runRing() {
 	w := c.w
 	r := c.ring
 	fd := int32(c.f.Fd())
+	fixedFile, fixedBufs := w.job.RegisterFiles, w.job.FixedBufs
+	if fixedFile {
+		fd = 0 // the registered-file slot
+	}
 	batch := make([]*unit, 0, len(w.units))
 	cqes := make([]uring.CQE, 2*len(w.units))
 	for {
@@ -208,12 +226,20 @@ func (c *threadClone) runRing() {
 				w.untake(u)
 				break
 			}
-			if u.dir == DirSync {
+			switch {
+			case u.dir == DirSync:
 				sqe.PrepFsync(fd, w.job.Fdatasync > 0 && w.job.Fsync == 0, uint64(u.idx))
-			} else if u.dir == DirRead {
+			case u.dir == DirRead && fixedBufs:
+				sqe.PrepReadFixed(fd, u.buf[:u.n], uint64(u.off), 0, uint64(u.idx))
+			case u.dir == DirRead:
 				sqe.PrepRead(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
-			} else {
+			case fixedBufs:
+				sqe.PrepWriteFixed(fd, u.buf[:u.n], uint64(u.off), 0, uint64(u.idx))
+			default:
 				sqe.PrepWrite(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
+			}
+			if fixedFile {
+				sqe.SetFixedFile()
 			}
 			batch = append(batch, u)
 		}

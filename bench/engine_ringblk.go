@@ -14,6 +14,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
@@ -121,14 +122,19 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 	readOnly := !e.writers[key.file]
 	var n *block.Node
 	var err error
-	switch format {
-	case "raw":
+	switch {
+	case nbd.IsURI(j.Filename):
+		if format != "raw" {
+			return nil, fmt.Errorf("%s: NBD exports are read as raw, not %s", j.Filename, format)
+		}
+		n, err = nbd.NewNode(e.g, j.Filename, readOnly, block.Options{Name: name})
+	case format == "raw":
 		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j)}
 		if j.Direct {
 			opts.Cache = raw.CacheNone
 		}
 		n, err = raw.NewNode(e.g, j.Filename, opts, block.Options{Name: name})
-	case "qcow2":
+	case format == "qcow2":
 		// The image and its backing chain, each backing file opened with
 		// the format its overlay records (never probed), read-only.
 		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: fadviseOf(j)}

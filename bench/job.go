@@ -125,7 +125,12 @@ type Job struct {
 	RampTime     time.Duration
 	Direct       bool
 	IOEngine     string // ringblk, io_uring, psync
-	Format       string // ringblk engine: raw, qcow2, null ("" = probe)
+	// FixedBufs and RegisterFiles are fio's io_uring engine options:
+	// READ_FIXED/WRITE_FIXED on registered buffers, and the file named by
+	// a registered-file slot.
+	FixedBufs     bool
+	RegisterFiles bool
+	Format        string // ringblk engine: raw, qcow2, null ("" = probe)
 	// ShareRW and Locking are the ringblk engine's image locking: by
 	// default the job takes the locks "ringblk io" takes (QEMU's) and
 	// refuses an image another process writes; ShareRW lets others write
@@ -423,6 +428,13 @@ func (j *Job) validate() error {
 		for _, o := range []string{"format", "share_rw", "locking"} {
 			if _, ok := j.set[o]; ok {
 				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
+			}
+		}
+	}
+	if j.IOEngine != "io_uring" {
+		for _, o := range []string{"fixedbufs", "registerfiles"} {
+			if _, ok := j.set[o]; ok {
+				return bad(at(o), "%s applies to ioengine=io_uring only (ioengine=%s)", o, j.IOEngine)
 			}
 		}
 	}

@@ -3,11 +3,12 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // obj is a JSON object that keeps its key order (fio's order), so the
@@ -55,7 +56,7 @@ func (o obj) write(b *bytes.Buffer, indent string) {
 			}
 			b.WriteString(strconv.FormatFloat(v, 'f', 6, 64))
 		default:
-			panic(fmt.Sprintf("assertion failed: bench: JSON value of type %T", v))
+			invariants.Failf("bench: JSON value of type %T", v)
 		}
 		if i < len(o)-1 {
 			b.WriteByte(',')

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/internal/units"
 	"math"
 	"runtime"
@@ -43,8 +44,13 @@ func init() {
 			j.Description = v
 			return nil
 		}},
-		"filename": {help: "file or block device (image for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
+		"filename": {help: "file or block device (image or nbd:// URI for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
 			// fio: unescaped colons separate several files; "\:" is a colon.
+			// An NBD URI (ioengine=ringblk) is one name, colons and all.
+			if nbd.IsURI(v) {
+				j.Filename = v
+				return nil
+			}
 			var b strings.Builder
 			for i := 0; i < len(v); i++ {
 				switch {
@@ -367,6 +373,8 @@ func init() {
 			j.IOEngine = v
 			return nil
 		}},
+		"fixedbufs":     {bool: true, help: "io_uring engine: registered buffers (READ_FIXED/WRITE_FIXED)", set: boolSetter(func(j *Job, b bool) { j.FixedBufs = b })},
+		"registerfiles": {bool: true, help: "io_uring engine: the file as a registered-file slot", set: boolSetter(func(j *Job, b bool) { j.RegisterFiles = b })},
 		"format": {help: "ringblk engine image format: raw, qcow2, null (default: probe the image)", set: func(j *Job, v string) error {
 			switch v {
 			case "raw", "qcow2", "null":
@@ -531,8 +539,8 @@ var fioOnlyOptions = func() map[string]struct{} {
 		trim_verify_zero trim_backlog experimental_verify lat_percentiles clat_percentiles
 		slat_percentiles percentile_list disable_lat disable_clat disable_slat disable_bw_measurement
 		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize
-		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri fixedbufs
-		registerfiles sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
+		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri
+		sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
 		cmdprio_class cmdprio cmdprio_bssplit filename_format unique_filename lockfile latency_target
 		latency_window latency_percentile latency_run max_latency steadystate ss ss_dur ss_ramp
 		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
@@ -542,7 +550,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		log_store_compressed log_unix_epoch log_alternate_epoch log_max_value block_error_percentiles
 		significant_figures thread_cpu per_job_logs skip_bad zone_reset_threshold zone_reset_frequency
 		max_open_zones job_max_open_zones ignore_zone_limits dedupe_mode dedupe_working_set_percentage
-		dedupe_global buffer_compress_percentage inplace atomic userspace_reap sqthread_poll registerfiles
+		dedupe_global buffer_compress_percentage inplace atomic userspace_reap sqthread_poll
 		cgroup cgroup_weight cgroup_nodelete uid gid rate_ignore_thinktime trim_verify_zero
 		continue_on_error pre_read size_increment io_submit_mode verifysort verifysort_nr
 		ioengine_options hugepage-size clat_percentiles steadystate_duration steadystate_ramp_time

@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+
+	"github.com/ringblk/ringblk/drivers/nbd"
 )
 
 // section is a [name] of a job file or a --name on the command line.
@@ -339,7 +341,7 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 		if len(unsupported) > 0 || firstErr != nil {
 			continue
 		}
-		if j.Directory != "" && j.Filename != "" && !filepath.IsAbs(j.Filename) {
+		if j.Directory != "" && j.Filename != "" && !filepath.IsAbs(j.Filename) && !nbd.IsURI(j.Filename) {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
 		if err := j.validate(); err != nil {

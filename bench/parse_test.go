@@ -113,6 +113,8 @@ func TestBadJobFiles(t *testing.T) {
 		{"bsrange-bssplit", "[j]\nfilename=/tmp/x\nbsrange=4k-16k\nbssplit=4k/50:8k/50\n", "bssplit conflicts with bsrange (set at", 4},
 		{"time-based", "[j]\nfilename=/tmp/x\ntime_based\n", "time_based needs a runtime", 3},
 		{"format-engine", "[j]\nfilename=/tmp/x\nformat=raw\n", "format= applies to ioengine=ringblk only", 3},
+		{"fixedbufs-engine", "[j]\nfilename=/tmp/x\nioengine=ringblk\nfixedbufs\n", "fixedbufs applies to ioengine=io_uring only", 4},
+		{"registerfiles-engine", "[j]\nfilename=/tmp/x\nregisterfiles\n", "registerfiles applies to ioengine=io_uring only", 3},
 		{"verify-pattern", "[j]\nfilename=/tmp/x\nverify=pattern\n", "verify=pattern needs verify_pattern", 3},
 		{"verify-sha", "[j]\nfilename=/tmp/x\nverify=sha512\n", "verify=sha512 is a fio method", 3},
 		{"rw", "[j]\nfilename=/tmp/x\nrw=sideways\n", "rw=sideways: want read", 3},

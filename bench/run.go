@@ -2,8 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"github.com/ringblk/ringblk/drivers/qcow2"
-	"github.com/ringblk/ringblk/drivers/raw"
 	"io"
 	"math"
 	"os"
@@ -11,6 +9,10 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+
+	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/raw"
 
 	"golang.org/x/sys/unix"
 )
@@ -341,6 +343,14 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	if j.IOEngine == "ringblk" && j.Format == "null" {
 		return j.Offset, j.Size, nil
 	}
+	if j.IOEngine == "ringblk" && nbd.IsURI(j.Filename) {
+		// An NBD export: its size is the region; nothing is laid out.
+		size, err := nbd.Size(j.Filename)
+		if err != nil {
+			return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+		}
+		return regionOf(j, size)
+	}
 	if j.IOEngine == "ringblk" {
 		format := j.Format
 		if format == "" {
@@ -426,7 +436,7 @@ func qcow2VirtualSize(path string) (int64, error) {
 	if n == 0 && err != nil {
 		return 0, fmt.Errorf("reading the qcow2 header of %s: %w", path, err)
 	}
-	h, err := qcow2.ParseHeader(buf[:n])
+	h, err := format.ParseHeader(buf[:n])
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", path, err)
 	}

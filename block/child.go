@@ -199,7 +199,9 @@ func (g *Graph) detach(c *Child) {
 	g.assertMain()
 	g.checkNotQuiescing("detaching an edge")
 	old := c.node.Load()
-	invariants.Check(old != nil, "block: detach of a detached edge %s", c)
+	if old == nil {
+		invariants.Failf("block: detach of a detached edge %s", c)
+	}
 	g.setChild(c, nil)
 	if p := c.parentNode; p != nil {
 		p.children = remove(p.children, c)
@@ -317,7 +319,9 @@ func (g *Graph) setChild(c *Child, new *Node) {
 // parentQuiesceBegin and parentQuiesceEnd run the owner's callbacks as
 // quiesce-phase callbacks (drain.go: they must not change the graph).
 func (c *Child) parentQuiesceBegin() {
-	invariants.Check(!c.quiescedParent, "block: edge %s already quiesces its parent", c)
+	if c.quiescedParent {
+		invariants.Failf("block: edge %s already quiesces its parent", c)
+	}
 	c.quiescedParent = true
 	g := c.graph()
 	g.quiescing++
@@ -326,7 +330,9 @@ func (c *Child) parentQuiesceBegin() {
 }
 
 func (c *Child) parentQuiesceEnd() {
-	invariants.Check(c.quiescedParent, "block: edge %s does not quiesce its parent", c)
+	if !c.quiescedParent {
+		invariants.Failf("block: edge %s does not quiesce its parent", c)
+	}
 	c.quiescedParent = false
 	g := c.graph()
 	g.quiescing++
@@ -354,6 +360,6 @@ func remove(s []*Child, c *Child) []*Child {
 			return append(out, s[i+1:]...)
 		}
 	}
-	invariants.Check(false, "block: edge %s not in list", c)
+	invariants.Failf("block: edge %s not in list", c)
 	return s
 }

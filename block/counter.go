@@ -32,7 +32,7 @@ func (c *inFlight) dec() int64 {
 	if v < 0 {
 		// A cheap trust-boundary check: a double completion is a
 		// programmer error that would otherwise let a drain return early.
-		invariants.Check(false, "block: in-flight count went negative (%d)", v)
+		invariants.Failf("block: in-flight count went negative (%d)", v)
 	}
 	return v
 }

@@ -24,6 +24,7 @@
 //	      │            resume FIFO,       align: RMW, serialise        │ child.Submit,
 //	      │            re-count, D15)     split at MaxTransfer          │ arithmetic
 //	 throttled? wait for the group        ───────────────────────────▶ │
+//	 no room in the pool? wait, FIFO                                     │
 //	      ▼                                                            ▼
 //	 user Done ◀─ fe.inFlight-- ◀─ Queue.RequestDone ◀─ node.inFlight-- ◀─ Complete
 //	 (never inside its own Submit)              (Kick)        (Kick)     or CompleteLater (BH)
@@ -38,6 +39,11 @@
 // half, if the driver needed one (CompleteLater). Every drop kicks the main
 // Context, which is how a drain waiting there learns that an IOThread made
 // progress (D10).
+//
+// The Pool also bounds a Context's work (Pool.SetMaxRequests, default half
+// the Context's slot cap): a front-end request goes to its node only while
+// the pool has room, otherwise it waits in arrival order and goes when an
+// admitted request finishes; a drained section parks the waiting ones.
 //
 // Reads, writes and compressed writes of a front end in a throttle group
 // pass the group's token buckets first. Members take turns: once one has

@@ -60,8 +60,8 @@ func edgeLeft(n *Node, ps []*Child, c *Child) bool {
 // (a graph change, a drain, a move, a wait) is forbidden there.
 func (g *Graph) checkNotQuiescing(what string) {
 	if g.quiescing > 0 {
-		panic("assertion failed: block: " + what + " inside a drained begin/end callback; " +
-			"quiesce-phase rule: drain hooks, parent drain callbacks and device ops must not change the graph, drain, move, wait or poll (drain.md D6, D7)")
+		invariants.Failf("block: %s inside a drained begin/end callback; "+
+			"quiesce-phase rule: drain hooks, parent drain callbacks and device ops must not change the graph, drain, move, wait or poll (drain.md D6, D7)", what)
 	}
 }
 
@@ -72,7 +72,7 @@ func (g *Graph) checkNotQuiescing(what string) {
 func (n *Node) quiesceEnd() {
 	q := n.quiesce.Add(-1)
 	if q < 0 {
-		panic("assertion failed: block: drained end without begin on node " + n.name) // D1
+		invariants.Failf("block: drained end without begin on node %s", n.name) // D1
 	}
 	if q != 0 {
 		return
@@ -213,7 +213,9 @@ func (g *Graph) drainAllBegin() {
 	g.waitWhile(g.pendingAllFn)
 	if invariants.Enabled {
 		for n := g.first; n != nil; n = n.allNext {
-			invariants.Check(n.inFlight.load() == 0, "block: node %s busy after drain-all", n.name)
+			if n.inFlight.load() != 0 {
+				invariants.Failf("block: node %s busy after drain-all", n.name)
+			}
 		}
 	}
 }
@@ -222,7 +224,7 @@ func (g *Graph) drainAllEnd() {
 	g.assertMain()
 	g.checkNotQuiescing("a drain-all end")
 	if g.drainAllCount <= 0 {
-		panic("assertion failed: block: drain-all end without begin")
+		invariants.Failf("block: drain-all end without begin")
 	}
 	for n := g.first; n != nil; n = n.allNext {
 		n.quiesceEnd()
@@ -256,10 +258,16 @@ func (g *Graph) DrainAllCount() (k int) {
 // checkDrained asserts D3 for n: it and every ancestor idle, every parent
 // edge quiescing its parent.
 func (n *Node) checkDrained() {
-	invariants.Check(n.quiesce.Load() > 0, "block: node %s not quiesced inside its drained section", n.name)
-	invariants.Check(n.inFlight.load() == 0, "block: node %s has %d requests in flight after drained begin", n.name, n.inFlight.load())
+	if n.quiesce.Load() <= 0 {
+		invariants.Failf("block: node %s not quiesced inside its drained section", n.name)
+	}
+	if f := n.inFlight.load(); f != 0 {
+		invariants.Failf("block: node %s has %d requests in flight after drained begin", n.name, f)
+	}
 	for _, c := range n.parents {
-		invariants.Check(c.quiescedParent, "block: parent edge %s not quiesced", c)
+		if !c.quiescedParent {
+			invariants.Failf("block: parent edge %s not quiesced", c)
+		}
 		if c.class.Kind() == FrontEndParent {
 			// A front end's count may be raised for an instant by a
 			// submitter on another Context that then parks its request
@@ -267,7 +275,9 @@ func (n *Node) checkDrained() {
 			// work in flight. The node's own count above covers that.
 			continue
 		}
-		invariants.Check(!c.class.DrainedPoll(c), "block: parent of %s still busy after drained begin", n.name)
+		if c.class.DrainedPoll(c) {
+			invariants.Failf("block: parent of %s still busy after drained begin", n.name)
+		}
 	}
 }
 
@@ -346,7 +356,7 @@ func (g *Graph) checkSelfWait(nodes []*Node, what string) {
 // Context below the caller.
 func (fe *FrontEnd) checkSelfWait(what string) {
 	if fe.mainCallbacks > 0 {
-		panic("assertion failed: block: " + what + " from a completion callback of front end " + quote(fe.name) +
-			" on the main Context would wait for that callback's own request forever; drain from a bottom half or after the callback returned")
+		invariants.Failf("block: %s from a completion callback of front end %s"+
+			" on the main Context would wait for that callback's own request forever; drain from a bottom half or after the callback returned", what, quote(fe.name))
 	}
 }

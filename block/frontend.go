@@ -169,7 +169,9 @@ func (fe *FrontEnd) Remove() (err error) {
 func (fe *FrontEnd) Close() error {
 	err := fe.Remove()
 	fe.g.Control(func() {
-		invariants.Check(fe.inFlight.load() == 0, "block: closing front end %q with %d requests in flight", fe.name, fe.inFlight.load())
+		if n := fe.inFlight.load(); n != 0 {
+			invariants.Failf("block: closing front end %q with %d requests in flight", fe.name, n)
+		}
 		fe.closed = true
 		for i, x := range fe.g.frontEnds {
 			if x == fe {
@@ -212,9 +214,14 @@ func (feClass) DrainedBegin(c *Child) {
 	}
 	// Throttling is off while quiesced: requests waiting for a throttle
 	// timer run now instead of keeping the drain waiting (seed 003).
+	// Requests waiting for room in their Context's pool are parked as
+	// well, rather than kept in the drain's count.
 	fe.mu.Lock()
 	for _, q := range fe.mu.queues {
 		q.thrBH.Schedule()
+		if !fe.noQueue.Load() {
+			q.pool.capBH.Schedule()
+		}
 	}
 	fe.mu.Unlock()
 }
@@ -234,7 +241,7 @@ func (feClass) DrainedEnd(c *Child) {
 	fe := c.owner.(*FrontEnd)
 	q := fe.quiesce.Add(-1)
 	if q < 0 {
-		panic("assertion failed: block: front end drained end without begin") // D1
+		invariants.Failf("block: front end drained end without begin") // D1
 	}
 	if q != 0 {
 		return
@@ -423,8 +430,8 @@ func (q *Queue) WriteZeroes(off, n int64, flags Flags, done Done, tag uint64) {
 // counted in the front end, queued while quiesced, throttled, then sent to
 // the root node. done runs on q's Context, never inside Submit.
 func (q *Queue) Submit(r *Request, done Done) {
-	if invariants.Enabled {
-		invariants.Check(r.pool == q.pool, "block: request from another Context's pool")
+	if invariants.Enabled && r.pool != q.pool {
+		invariants.Failf("block: request from another Context's pool")
 	}
 	fe := q.fe
 	r.q = q
@@ -447,7 +454,20 @@ func (q *Queue) dispatch(r *Request) {
 	q.toNode(r)
 }
 
+// toNode admits r (or queues it until its pool has room, behind earlier
+// waiters) and sends it to the root node.
 func (q *Queue) toNode(r *Request) {
+	if p := q.pool; !r.admitted {
+		if p.capHead != nil || !p.canAdmit() {
+			p.waitCapacity(r)
+			return
+		}
+		p.admit(r)
+	}
+	q.send(r)
+}
+
+func (q *Queue) send(r *Request) {
 	c := q.fe.root.Load()
 	var n *Node
 	if c != nil {
@@ -478,8 +498,14 @@ func (q *Queue) RequestDone(r *Request, err error) {
 }
 
 // finish runs the user's callback, then drops the front end's count (the
-// callback runs first, so a drain cannot return while it runs).
+// callback runs first, so a drain cannot return while it runs). The
+// request leaves its pool's admitted set before the callback: a callback
+// that waits for another request on this Context (a synchronous read, U6)
+// must not wait for the room its own request still held.
 func (q *Queue) finish(r *Request, err error) {
+	if r.admitted {
+		q.pool.unadmit(r)
+	}
 	if q.onMain {
 		q.callbackOnMain(r, err)
 	} else {
@@ -536,7 +562,9 @@ func (q *Queue) Plug() {
 // Unplug closes a batch; the outermost one submits.
 func (q *Queue) Unplug() {
 	q.plugDepth--
-	invariants.Check(q.plugDepth >= 0, "block: unplug without plug")
+	if q.plugDepth < 0 {
+		invariants.Failf("block: unplug without plug")
+	}
 	if q.plugDepth == 0 && q.plugged {
 		q.plugged = false
 		q.ctx.Unplug()

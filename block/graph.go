@@ -84,8 +84,8 @@ func (g *Graph) Control(fn func()) {
 }
 
 func (g *Graph) assertMain() {
-	if invariants.Enabled {
-		invariants.Check(g.main.InContext(), "block: graph control call outside the main Context")
+	if invariants.Enabled && !g.main.InContext() {
+		invariants.Failf("block: graph control call outside the main Context")
 	}
 }
 
@@ -215,8 +215,12 @@ func (g *Graph) collectClose(fn func()) error {
 // and drops it from the registry.
 func (g *Graph) delete(n *Node) {
 	g.assertMain()
-	invariants.Check(n.refs == 0 && len(n.parents) == 0, "block: deleting node %s with refs=%d parents=%d", n.name, n.refs, len(n.parents))
-	invariants.Check(n.subtreeOwn == 0, "block: deleting node %s inside its own subtree drain", n.name)
+	if n.refs != 0 || len(n.parents) != 0 {
+		invariants.Failf("block: deleting node %s with refs=%d parents=%d", n.name, n.refs, len(n.parents))
+	}
+	if n.subtreeOwn != 0 {
+		invariants.Failf("block: deleting node %s inside its own subtree drain", n.name)
+	}
 	if !n.closed {
 		n.drainedBegin()
 		if err := n.drv.Close(n); err != nil {

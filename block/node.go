@@ -50,6 +50,10 @@ type Node struct {
 
 	tracked tracker // serialised requests; used only when Align > 1
 
+	// bitmaps: the dirty bitmaps marked by the write paths (bitmaps.go);
+	// replaced whole on the main Context, loaded by any Context.
+	bitmaps atomic.Pointer[bitmapList]
+
 	// Aux is the driver's or owner's; block never touches it.
 	Aux any
 }
@@ -100,7 +104,9 @@ func (n *Node) Refs() int { return n.refs }
 // Ref takes a reference (main Context).
 func (n *Node) Ref() {
 	n.g.assertMain()
-	invariants.Check(n.refs > 0, "block: ref of dead node %s", n.name)
+	if n.refs <= 0 {
+		invariants.Failf("block: ref of dead node %s", n.name)
+	}
 	n.refs++
 }
 
@@ -116,7 +122,9 @@ func (n *Node) Unref() (err error) {
 func (n *Node) unref() {
 	n.g.assertMain()
 	n.g.checkNotQuiescing("dropping a node reference")
-	invariants.Check(n.refs > 0, "block: unref of dead node %s", n.name)
+	if n.refs <= 0 {
+		invariants.Failf("block: unref of dead node %s", n.name)
+	}
 	n.refs--
 	if n.refs == 0 {
 		n.g.delete(n)

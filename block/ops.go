@@ -70,6 +70,25 @@ type BackingFileChanger interface {
 	ChangeBackingFile(n *Node, backingFile string, base *Node) error
 }
 
+// FastZeroer is implemented by drivers that honour NoFallback on
+// write-zeroes: such a request either zeroes the range without writing
+// buffers of zeroes (a hole punch, a zero-range fallocate, a device's
+// guaranteed unmap) or fails with ENOTSUP, leaving the range as it was.
+// block answers a NoFallback write-zeroes to any other driver with
+// ENOTSUP without calling it, so a driver that falls back silently (or
+// whose zeroing cost is unknown, as with formats that allocate) is never
+// asked to promise speed. FastZeroes reports whether the driver takes
+// such requests at all (false: block refuses them as for a driver without
+// the method).
+type FastZeroer interface {
+	FastZeroes() bool
+}
+
+func fastZeroes(d Driver) bool {
+	f, ok := d.(FastZeroer)
+	return ok && f.FastZeroes()
+}
+
 // CheckMode says what Check may repair. Zero only reports.
 type CheckMode uint8
 

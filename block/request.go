@@ -62,6 +62,13 @@ const (
 	FUA Flags = 1 << iota
 	// MayUnmap: write-zeroes may deallocate the range.
 	MayUnmap
+	// NoFallback: write-zeroes must not fall back to writing buffers of
+	// zeroes (QEMU's BDRV_REQ_NO_FALLBACK). A driver that cannot zero the
+	// range quickly fails it with ENOTSUP and leaves it unchanged, so the
+	// caller can choose another way (NBD's FAST_ZERO, qemu-img convert's
+	// pre-zeroing). Only drivers that implement FastZeroer see the flag;
+	// block fails it with ENOTSUP for all others.
+	NoFallback
 )
 
 // Done receives a request's completion, on the request's Context. The
@@ -113,6 +120,7 @@ type Request struct {
 	userDone   Done
 	submitting bool // inside Queue.dispatch: defer an inline completion
 	deferFE    bool // the deferred entry finishes the front-end layer
+	admitted   bool // counted in its pool's admitted front-end requests
 
 	// Alignment, splitting and serialisation (align.go).
 	slow *slowState
@@ -163,6 +171,10 @@ func (r *Request) Complete(err error) {
 	// A front-end request goes back to the pool in Queue.finish, which may
 	// run inside done: decide before calling it.
 	recycle := r.q == nil
+	// Dirty tracking before anyone learns of the completion (QEMU marks
+	// in bdrv_co_write_req_finish): a job that reads the bitmap after
+	// this write finished sees it.
+	n.markDirty(r)
 	n.inFlight.dec()
 	n.g.main.Kick()
 	done.RequestDone(r, err)
@@ -204,7 +216,7 @@ func (n *Node) Submit(r *Request, done Done) {
 func (c *Child) Submit(r *Request, done Done) {
 	n := c.node.Load()
 	if n == nil {
-		invariants.Check(false, "block: request through detached edge %s", c)
+		invariants.Failf("block: request through detached edge %s", c)
 	}
 	n.Submit(r, done)
 }
@@ -228,7 +240,7 @@ func (n *Node) dispatch(r *Request) {
 	case OpWriteCompressed, OpLoadVMState, OpSaveVMState, OpCheck, OpActivate, OpInactivate:
 		n.dispatchOptional(r)
 	default:
-		panic("assertion failed: block: unknown op " + r.Op.String())
+		invariants.Failf("block: unknown op %s", r.Op)
 	}
 }
 
@@ -238,8 +250,7 @@ var errEarlySuccess = &Error{Kind: Io}
 
 func (n *Node) validate(r *Request) error {
 	if invariants.Enabled && carriesData(r.Op) && iovLen(r.Iov) != r.Len {
-		// Formatting arguments box (allocate): only on the failure path.
-		invariants.Check(false, "block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
+		invariants.Failf("block: %s of %d bytes with %d bytes of buffers", r.Op, r.Len, iovLen(r.Iov))
 	}
 	switch r.Op {
 	case OpTruncate:
@@ -274,6 +285,10 @@ func (n *Node) validate(r *Request) error {
 		}
 		if n.inactive.Load() {
 			return newError(Io, r.Op, n, r.Off, syscall.EPERM)
+		}
+		// Refused before any splitting: no piece of the range changes.
+		if r.Op == OpWriteZeroes && r.Flags&NoFallback != 0 && !fastZeroes(n.drv) {
+			return r.unsupported()
 		}
 	case OpWriteCompressed:
 		return n.validateCompressed(r)
@@ -315,6 +330,16 @@ func iovLen(iov [][]byte) int64 {
 // Pool hands out the requests of one Context and runs their deferred
 // completions from one reusable bottom half. Only the Context's owner uses
 // it; it needs no lock.
+//
+// The pool also bounds the Context's work: front-end requests are admitted
+// to their root node while fewer than the limit are admitted and the
+// Context's op-slot table has room (aio.Context.SlotsFree above a reserve
+// of an eighth of its cap, for the ops admitted requests issue beyond their
+// first); otherwise they wait, in arrival order across the Context's
+// front ends, and are admitted as admitted ones finish. With none admitted
+// the next is always let through, so waiting never deadlocks. A request
+// never fails for lack of room, and a drained section parks waiting
+// requests as it parks new ones.
 type Pool struct {
 	g         *Graph
 	ctx       *aio.Context
@@ -326,12 +351,131 @@ type Pool struct {
 	// pushed and popped count deferred entries in and out; runDeferred
 	// stops at the count it started with.
 	pushed, popped uint64
+
+	// Admission (see above).
+	maxAdmitted      int
+	reserve          int
+	admitted         int
+	peakAdmitted     int
+	capHead, capTail *Request // waiting for room, FIFO
+	capWaiting       int
+	capWaits         int64 // requests that ever waited for room
+	capBH            *aio.BH
 }
 
 func newPool(g *Graph, ctx *aio.Context) *Pool {
 	p := &Pool{g: g, ctx: ctx}
 	p.bh = ctx.NewBH(p.runDeferred)
+	p.capBH = ctx.NewBH(p.runCapacity)
+	p.SetMaxRequests(0)
 	return p
+}
+
+// SetMaxRequests sets how many front-end requests the Context runs at once
+// (admitted to their root nodes); n <= 0 restores the default, half the
+// Context's slot cap (aio.Options.MaxSlots), which is 4×Entries with aio's
+// default cap. Call it on the Context's owner or before the Context runs
+// requests.
+func (p *Pool) SetMaxRequests(n int) {
+	if n <= 0 {
+		n = p.ctx.SlotCap() / 2
+	}
+	p.maxAdmitted = max(n, 1)
+	p.reserve = p.ctx.SlotCap() / 8
+}
+
+// MaxRequests returns the admission limit.
+func (p *Pool) MaxRequests() int { return p.maxAdmitted }
+
+// AdmissionStats reports the admission state (owner only): requests
+// admitted now, the most ever admitted at once, requests waiting for room
+// now, and requests that ever waited.
+func (p *Pool) AdmissionStats() (admitted, peak, waiting int, waits int64) {
+	return p.admitted, p.peakAdmitted, p.capWaiting, p.capWaits
+}
+
+// canAdmit reports whether another front-end request may go to its node.
+func (p *Pool) canAdmit() bool {
+	return p.admitted == 0 || (p.admitted < p.maxAdmitted && p.ctx.SlotsFree() > p.reserve)
+}
+
+func (p *Pool) admit(r *Request) {
+	r.admitted = true
+	p.admitted++
+	if p.admitted > p.peakAdmitted {
+		p.peakAdmitted = p.admitted
+	}
+}
+
+// unadmit drops r's admission when it finishes and lets a waiter in.
+func (p *Pool) unadmit(r *Request) {
+	r.admitted = false
+	p.admitted--
+	if p.capHead != nil && !p.capBH.Scheduled() {
+		p.capBH.Schedule()
+	}
+}
+
+// waitCapacity queues r until the pool has room.
+func (p *Pool) waitCapacity(r *Request) {
+	r.next = nil
+	if p.capTail == nil {
+		p.capHead = r
+	} else {
+		p.capTail.next = r
+	}
+	p.capTail = r
+	p.capWaiting++
+	p.capWaits++
+}
+
+// runCapacity parks the waiting requests whose front end is quiesced by
+// now (their count dropped, as for a new request arriving in a drained
+// section), then admits the others in order while there is room.
+func (p *Pool) runCapacity() {
+	var prev *Request
+	for r := p.capHead; r != nil; {
+		next := r.next
+		if fe := r.q.fe; fe.quiesce.Load() != 0 && !fe.noQueue.Load() {
+			if prev == nil {
+				p.capHead = next
+			} else {
+				prev.next = next
+			}
+			if p.capTail == r {
+				p.capTail = prev
+			}
+			p.capWaiting--
+			r.next = nil
+			if fe.park(r) {
+				r = next
+				continue
+			}
+			// The drain ended meanwhile: r keeps its place.
+			r.next = next
+			if prev == nil {
+				p.capHead = r
+			} else {
+				prev.next = r
+			}
+			if next == nil {
+				p.capTail = r
+			}
+			p.capWaiting++
+		}
+		prev, r = r, next
+	}
+	for p.capHead != nil && p.canAdmit() {
+		r := p.capHead
+		p.capHead = r.next
+		if p.capHead == nil {
+			p.capTail = nil
+		}
+		r.next = nil
+		p.capWaiting--
+		p.admit(r)
+		r.q.send(r)
+	}
 }
 
 // Context returns the pool's Context.
@@ -357,7 +501,7 @@ func (p *Pool) Get() *Request {
 
 func (p *Pool) put(r *Request) {
 	if r.free {
-		panic("assertion failed: block: request released twice")
+		invariants.Failf("block: request released twice")
 	}
 	slow := r.slow
 	*r = Request{pool: p, ctx: p.ctx}

@@ -1,5 +1,7 @@
 package block
 
+import "github.com/ringblk/ringblk/internal/invariants"
+
 // Subtree drains, built from single-node quiesces (drain.md §1.6, our
 // semantics): a subtree drain of S quiesces every node reachable from S
 // through child edges once (each node once even in a diamond), with no
@@ -132,7 +134,7 @@ func (n *Node) subtreeDrainedEnd() {
 	n.g.assertMain()
 	n.g.checkNotQuiescing("a subtree drained end")
 	if n.subtreeOwn <= 0 {
-		panic("assertion failed: block: subtree drained end without begin on " + n.name)
+		invariants.Failf("block: subtree drained end without begin on %s", n.name)
 	}
 	nodes := n.subtree()
 	n.subtreeOwn--

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Synchronous convenience calls. Each runs one request on a Context — the
@@ -67,8 +68,8 @@ func (g *Graph) runSync(ctx *aio.Context, n *Node, fill func(r *Request), submit
 		g.main.WaitWhile(func() bool { return !s.done.Load() && !stopped(ctx) })
 	default:
 		if cc := aio.CallerContext(); cc != nil {
-			panic("assertion failed: block: synchronous request to Context " + ctx.Name() + " from Context " + cc.Name() +
-				" (its owner or a coroutine): an IOThread must not block waiting for another Context (two doing so deadlock); use the asynchronous Queue calls or go via the main Context")
+			invariants.Failf("block: synchronous request to Context %s from Context %s"+
+				" (its owner or a coroutine): an IOThread must not block waiting for another Context (two doing so deadlock); use the asynchronous Queue calls or go via the main Context", ctx.Name(), cc.Name())
 		}
 		s.ch = make(chan struct{})
 		ctx.Schedule(func() { submit(g.Pool(ctx), s) })

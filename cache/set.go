@@ -312,7 +312,7 @@ func (s *Set) takeSlotLocked() (t *Table, victim Key, evicted bool) {
 // REQUIRES: s.mu held.
 func (s *Set) failLocked(format string, args ...any) {
 	s.mu.Unlock()
-	invariants.Check(false, format, args...)
+	invariants.Failf(format, args...)
 }
 
 // pinLocked adds a pin. REQUIRES: s.mu held.

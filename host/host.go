@@ -14,6 +14,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/plugin/contract"
 )
@@ -291,9 +292,9 @@ func (h *Host) Create(path string, o CreateOptions) error {
 		}
 		return raw.Create(path, o.Size, pre)
 	case "qcow2":
-		co := qcow2.CreateOptions{ClusterSize: o.ClusterSize, BackingFile: o.BackingFile, BackingFormat: o.BackingFormat}
+		co := format.CreateOptions{ClusterSize: o.ClusterSize, BackingFile: o.BackingFile, BackingFormat: o.BackingFormat}
 		if o.Preallocation != "" {
-			p, ok := qcow2.ParsePrealloc(o.Preallocation)
+			p, ok := format.ParsePrealloc(o.Preallocation)
 			if !ok {
 				return fmt.Errorf("ringblk: create %s: preallocation %q (off, metadata, falloc, full)", path, o.Preallocation)
 			}

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -112,8 +113,16 @@ type conn struct {
 
 // startConn hands a negotiated client to its export's Context.
 func startConn(s *Server, e *Export, nc net.Conn, structured bool, meta []uint32) error {
-	isUnix := nc.LocalAddr().Network() == "unix"
 	remote := nc.RemoteAddr().String()
+	if tc, ok := nc.(*tls.Conn); ok {
+		pc, err := tlsPipe(tc)
+		if err != nil {
+			e.release()
+			return err
+		}
+		nc = pc
+	}
+	isUnix := nc.LocalAddr().Network() == "unix"
 	fd, err := rawFD(nc)
 	if err != nil {
 		e.release()
@@ -393,16 +402,15 @@ func (c *conn) handle(r request) {
 	case cmdTrim:
 		c.q.Discard(off, n, c, tag)
 	case cmdWriteZeroes:
-		if r.flags&cmdFlagFastZero != 0 {
-			// The block layer cannot promise that zeroing is faster than
-			// writing zeroes (it has no no-fallback flag yet): refuse fast,
-			// as the protocol allows; the client writes instead.
-			c.replySimple(sl, errNotSup)
-			return
-		}
 		var fl block.Flags
 		if r.flags&cmdFlagNoHole == 0 {
 			fl = block.MayUnmap
+		}
+		if r.flags&cmdFlagFastZero != 0 {
+			// Zero without falling back to writes, or fail with ENOTSUP
+			// at once (drivers without block.FastZeroer always do); the
+			// client then writes the zeroes itself.
+			fl |= block.NoFallback
 		}
 		c.q.WriteZeroes(off, n, fl, c, tag)
 	case cmdCache:
@@ -657,22 +665,28 @@ func (c *conn) bsStep(sl *slot) bool {
 		return false
 	}
 	st, pnum, lv := sl.bsSt, min(sl.bsPnum, sl.bsEnd-sl.bsOff), sl.level
-	last := lv == len(c.e.levels)-1
+	bottom := lv == len(c.e.levels)-1
+	var backing int64
+	if !bottom {
+		backing = c.e.sizes[lv+1]
+	}
 	var p piece
-	switch {
-	case st&block.StatusAllocated != 0:
-		p = piece{flags: allocFlags(st), depth: uint32(lv + 1)}
-	case last:
-		p = piece{flags: stateHole | stateZero} // unallocated everywhere
-		if lv == 0 {
-			p.flags = allocFlags(st)
+	switch block.StepAbove(st, bottom, sl.bsOff, backing) {
+	case block.AboveDecided:
+		switch {
+		case st&block.StatusAllocated != 0:
+			p = piece{flags: allocFlags(st), depth: uint32(lv + 1)}
+		case lv == 0:
+			p = piece{flags: allocFlags(st)} // a chain of one image
+		default:
+			p = piece{flags: stateHole | stateZero} // unallocated everywhere
 		}
-	case sl.bsOff >= c.e.sizes[lv+1]:
+	case block.AbovePastEnd:
 		// Beyond the end of the backing file: reads as zeroes, which
 		// that (short) backing file provides, so QEMU counts the range
 		// as allocated at its depth.
 		p = piece{flags: stateHole | stateZero, depth: uint32(lv + 2)}
-	default:
+	case block.AboveNext:
 		sl.level++
 		sl.bsEnd = sl.bsOff + pnum // ask the backing file about this part only
 		return true

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -227,6 +228,10 @@ type Server struct {
 	// client (handshake or transmission) has gone (qemu-nbd without
 	// --persistent).
 	OneShot bool
+	// TLS, when set, makes TLS mandatory, as qemu-nbd's --tls-creds does:
+	// a client must send NBD_OPT_STARTTLS before anything else (tls.go).
+	// Set it before Serve.
+	TLS *tls.Config
 
 	mu        sync.Mutex
 	exports   []*Export
@@ -363,6 +368,7 @@ type negotiator struct {
 	metaExport string
 	meta       []string // selected contexts
 	scratch    []byte
+	tlsDone    bool // the handshake switched to TLS (n.nc is a *tls.Conn)
 }
 
 func (s *Server) negotiate(nc net.Conn) {
@@ -379,14 +385,14 @@ func (s *Server) negotiate(nc net.Conn) {
 		if !errors.Is(err, errAbort) {
 			s.logf("nbd: client handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		}
-		nc.Close()
+		n.nc.Close()
 		s.oneShotDone()
 		return
 	}
 	nc.SetDeadline(time.Time{})
-	if err := startConn(s, e, nc, n.structured, n.metaIDs()); err != nil {
+	if err := startConn(s, e, n.nc, n.structured, n.metaIDs()); err != nil {
 		s.logf("nbd: client refused", "remote", nc.RemoteAddr().String(), "err", err)
-		nc.Close()
+		n.nc.Close()
 		s.oneShotDone()
 	}
 }
@@ -485,6 +491,17 @@ func (n *negotiator) run() (*Export, error) {
 // option answers one option; done means the transmission phase starts
 // with e.
 func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err error) {
+	if n.s.TLS != nil && !n.tlsDone {
+		// TLS is mandatory: only STARTTLS and ABORT are answered.
+		switch opt {
+		case optStartTLS, optAbort:
+		case optExportName:
+			// No error reply exists for EXPORT_NAME: disconnect.
+			return nil, true, errors.New("client chose an export (NBD_OPT_EXPORT_NAME) before starting TLS")
+		default:
+			return nil, false, n.replyErr(opt, repErrTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first")
+		}
+	}
 	switch opt {
 	case optExportName:
 		e = n.s.export(string(data))
@@ -572,7 +589,7 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 	case optListMeta, optSetMeta:
 		return nil, false, n.metaContext(opt, data)
 	case optStartTLS:
-		return nil, false, n.replyErr(opt, repErrPolicy, "TLS is not supported by this server")
+		return nil, false, n.startTLS(data)
 	default:
 		return nil, false, n.replyErr(opt, repErrUnsup, fmt.Sprintf("option %d is not supported", opt))
 	}

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# ringbench-vs-fio.sh — ringblk's own io_uring ring against fio's io_uring
-# engine on the same file and workload: 4 KiB uniform random reads at queue
-# depth 32 over a 1 GiB file, buffered (page cache) and O_DIRECT, each with
-# and without registered file + fixed buffers. Runs are interleaved over the
-# repeats so drift on a shared machine hits both sides alike; the table shows
-# medians.
+# ringbench-vs-fio.sh — ringblk's bare io_uring ring (ringblk bench
+# --ioengine=io_uring: uring.Ring, no aio or block layer) against fio's
+# io_uring engine, the same job on both sides: 4 KiB uniform random reads at
+# queue depth 32 over a 1 GiB file, buffered (page cache) and O_DIRECT, each
+# with and without registered file + fixed buffers (--registerfiles
+# --fixedbufs). Runs are interleaved over the repeats so drift on a shared
+# machine hits both sides alike; the table shows medians.
 #
 # usage: scripts/ringbench-vs-fio.sh [-d DIR] [-t SECONDS] [-r REPEATS] [-b RINGBLK_BIN]
 #   -d DIR      where the 1 GiB data file lives (default /var/tmp; never tmpfs)
@@ -27,8 +28,8 @@ while getopts "d:t:r:b:h" opt; do
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
 	b) bin=$OPTARG ;;
-	h) sed -n '2,18p' "$0"; exit 0 ;;
-	*) sed -n '9,13p' "$0" >&2; exit 2 ;;
+	h) sed -n '2,19p' "$0"; exit 0 ;;
+	*) sed -n '10,14p' "$0" >&2; exit 2 ;;
 	esac
 done
 
@@ -70,49 +71,52 @@ if [ ! -f "$file" ] || [ "$(stat -c %s "$file")" -ne "$size" ]; then
 fi
 cat "$file" >/dev/null # warm the page cache for the buffered rows
 
-fio_base=(fio --name=randread "--filename=$file" --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
-	"--runtime=$secs" --time_based --norandommap --randrepeat=0 --invalidate=0
-	--iodepth_batch_submit=32 --iodepth_batch_complete_min=1 --iodepth_batch_complete_max=32)
-ours_base=("$bin" ring-bench -file "$file" -bs 4k -qd 32 -runtime "${secs}s" -json)
+# The job both tools run. bench waits for one completion and reaps all that
+# are there, which fio does with the two iodepth_batch_complete options
+# (bench does not take them).
+job=(--name=randread "--filename=$file" --ioengine=io_uring --rw=randread --bs=4k --iodepth=32
+	"--runtime=$secs" --time_based --norandommap --randrepeat=0 --invalidate=0 --iodepth_batch_submit=32)
+fio_base=(fio "${job[@]}" --iodepth_batch_complete_min=1 --iodepth_batch_complete_max=32)
+ours_base=("$bin" bench "${job[@]}")
 
-# rows: name | our extra flags | fio extra flags
+# rows: name | extra flags (both tools)
 rows=(
-	"buffered|-|-"
-	"buffered fixed|-fixed|--fixedbufs --registerfiles"
-	"O_DIRECT|-direct|--direct=1"
-	"O_DIRECT fixed|-direct -fixed|--direct=1 --fixedbufs --registerfiles"
+	"buffered|-"
+	"buffered fixed|--fixedbufs --registerfiles"
+	"O_DIRECT|--direct=1"
+	"O_DIRECT fixed|--direct=1 --fixedbufs --registerfiles"
 )
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r), $(nproc) CPUs, $(fio --version), $(go version 2>/dev/null | cut -d' ' -f3)"
 echo "# file $file ($fstype), ${secs}s per run, $reps interleaved repeats"
-echo "# ours: ${ours_base[*]} [flags]"
+echo "# ours: /usr/bin/time -f '%e %U %S' ${ours_base[*]} [flags] --output-format=json"
 echo "# fio:  /usr/bin/time -f '%e %U %S' ${fio_base[*]} [flags] --output-format=json"
 
 raw=$work/raw.tsv
 for rep in $(seq 1 "$reps"); do
 	for row in "${rows[@]}"; do
-		IFS='|' read -r name ours_flags fio_flags <<<"$row"
-		[ "$ours_flags" = - ] && ours_flags=
-		[ "$fio_flags" = - ] && fio_flags=
-		# shellcheck disable=SC2086 # the flag lists are meant to split
-		"${ours_base[@]}" $ours_flags >"$work/ours.json" || die "ring-bench failed ($name)"
+		IFS='|' read -r name flags <<<"$row"
+		[ "$flags" = - ] && flags=
+		# shellcheck disable=SC2086 # the flag list is meant to split
+		/usr/bin/time -f '%e %U %S' -o "$work/ours.time" "${ours_base[@]}" $flags \
+			--output-format=json --output="$work/ours.json" >/dev/null || die "ringblk bench failed ($name)"
 		# shellcheck disable=SC2086
-		/usr/bin/time -f '%e %U %S' -o "$work/fio.time" "${fio_base[@]}" $fio_flags \
+		/usr/bin/time -f '%e %U %S' -o "$work/fio.time" "${fio_base[@]}" $flags \
 			--output-format=json --output="$work/fio.json" >/dev/null || die "fio failed ($name)"
-		python3 - "$name" "$rep" "$work/ours.json" "$work/fio.json" "$work/fio.time" >>"$raw" <<'EOF'
+		python3 - "$name" "$rep" "$work/ours.json" "$work/ours.time" "$work/fio.json" "$work/fio.time" >>"$raw" <<'EOF'
 import json, sys
-name, rep, ours_path, fio_path, time_path = sys.argv[1:]
-ours = json.load(open(ours_path))
-fio = json.load(open(fio_path))["jobs"][0]
-ios = fio["read"]["total_ios"]
-runtime_s = fio["read"]["runtime"] / 1000.0
-_, user, sys_ = (float(x) for x in open(time_path).read().split()[-3:])
-fio_time_ns = (user + sys_) * 1e9 / ios
-fio_json_ns = (fio["usr_cpu"] + fio["sys_cpu"]) / 100.0 * runtime_s * 1e9 / ios
-print("\t".join(str(x) for x in (name, rep, ours["iops"], ours["cpu_ns_per_io"], ours["user_ns_per_io"],
-                                  ios / runtime_s, fio_time_ns, fio_json_ns)))
+name, rep, ours_json, ours_time, fio_json, fio_time = sys.argv[1:]
+def side(json_path, time_path):
+    job = json.load(open(json_path))["jobs"][0]
+    ios = job["read"]["total_ios"]
+    runtime_s = job["read"]["runtime"] / 1000.0
+    _, user, sys_ = (float(x) for x in open(time_path).read().split()[-3:])
+    time_ns = (user + sys_) * 1e9 / ios
+    json_ns = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * runtime_s * 1e9 / ios
+    return (ios / runtime_s, time_ns, json_ns, user * 1e9 / ios)
+print("\t".join(str(x) for x in (name, rep) + side(ours_json, ours_time) + side(fio_json, fio_time)))
 EOF
-		tail -n 1 "$raw" | awk -F'\t' '{printf "rep %s  %-15s ours %8.0f IOPS %6.0f ns/IO   fio %8.0f IOPS %6.0f ns/IO\n", $2, $1, $3, $4, $6, $7}' >&2
+		tail -n 1 "$raw" | awk -F'\t' '{printf "rep %s  %-15s ours %8.0f IOPS %6.0f ns/IO   fio %8.0f IOPS %6.0f ns/IO\n", $2, $1, $3, $4, $7, $8}' >&2
 	done
 done
 
@@ -123,10 +127,10 @@ for line in open(sys.argv[1]):
     f = line.rstrip("\n").split("\t")
     rows.setdefault(f[0], []).append([float(x) for x in f[2:]])
 print()
-print("| row | ours IOPS (median) | fio IOPS (median) | ours/fio IOPS | ours CPU ns/IO | fio CPU ns/IO (time) | fio CPU ns/IO (fio JSON) | ours user ns/IO | ours IOPS per rep | fio IOPS per rep |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| row | ours IOPS (median) | fio IOPS (median) | ours/fio IOPS | ours CPU ns/IO (time) | fio CPU ns/IO (time) | ours CPU ns/IO (JSON) | fio CPU ns/IO (JSON) | ours user ns/IO (time) | ours IOPS per rep | fio IOPS per rep |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for name, runs in rows.items():
-    med = [statistics.median(r[i] for r in runs) for i in range(6)]
+    med = [statistics.median(r[i] for r in runs) for i in range(8)]
     per = lambda i: ", ".join(f"{r[i]/1000:.0f}k" for r in runs)
-    print(f"| {name} | {med[0]/1000:.0f}k | {med[3]/1000:.0f}k | {med[0]/med[3]:.2f} | {med[1]:.0f} | {med[4]:.0f} | {med[5]:.0f} | {med[2]:.0f} | {per(0)} | {per(3)} |")
+    print(f"| {name} | {med[0]/1000:.0f}k | {med[4]/1000:.0f}k | {med[0]/med[4]:.2f} | {med[1]:.0f} | {med[5]:.0f} | {med[2]:.0f} | {med[6]:.0f} | {med[3]:.0f} | {per(0)} | {per(4)} |")
 EOF

@@ -196,7 +196,7 @@ func (r *Ring) SubmitAndWait(minComplete int, timeout time.Duration) (int, error
 	// Acquire load of the SQ head (see GetSQE).
 	toSubmit := r.sqeTail - r.sqHead.Load()
 	if invariants.Enabled && toSubmit > r.sqEntries {
-		invariants.Check(false, "uring: %d SQEs outstanding in an SQ of %d", toSubmit, r.sqEntries)
+		invariants.Failf("uring: %d SQEs outstanding in an SQ of %d", toSubmit, r.sqEntries)
 	}
 
 	var flags uint32
@@ -324,8 +324,7 @@ func (r *Ring) reap(dst []CQE) int {
 	// after it wrote the CQEs, so the copies below see complete entries.
 	tail := r.cqTail.Load()
 	if invariants.Enabled && tail-head > r.cqEntries {
-		// Checked before formatting: boxing the arguments would allocate.
-		invariants.Check(false, "uring: CQ tail %d is %d entries past head %d (CQ has %d)",
+		invariants.Failf("uring: CQ tail %d is %d entries past head %d (CQ has %d)",
 			tail, tail-head, head, r.cqEntries)
 	}
 	n := 0

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // DefaultReadDelay is how long a test-driver read sleeps: long enough that
@@ -74,13 +75,13 @@ func (d *Driver) DrainBegin(n *block.Node) {
 
 func (d *Driver) DrainEnd(n *block.Node) {
 	if d.DrainCount.Add(-1) < 0 {
-		panic("assertion failed: blocktest: drain end without begin on " + n.Name())
+		invariants.Failf("blocktest: drain end without begin on %s", n.Name())
 	}
 }
 
 func (d *Driver) Close(n *block.Node) error {
 	if n.Quiesce() <= 0 || d.DrainCount.Load() <= 0 {
-		panic("assertion failed: blocktest: node " + n.Name() + " closed outside a drained section (D14)")
+		invariants.Failf("blocktest: node %s closed outside a drained section (D14)", n.Name())
 	}
 	d.Closed.Store(true)
 	if d.OnClose != nil {

@@ -32,6 +32,9 @@ type EnvOptions struct {
 	// ArenaSize is each Context's buffer arena (aio.Options.ArenaSize);
 	// zero: none.
 	ArenaSize int
+	// MaxSlots caps each Context's op-slot table (aio.Options.MaxSlots);
+	// zero: the default.
+	MaxSlots int
 }
 
 // NewEnv starts a main Context and n IOThreads.
@@ -44,7 +47,7 @@ func NewEnvOpts(t testing.TB, o EnvOptions) *Env {
 	t.Helper()
 	e := &Env{T: t}
 	mk := func(name string, main bool) *aio.Context {
-		opts := aio.Options{Name: name, CPU: aio.NoCPU, Main: main, ArenaSize: -1, Entries: 64}
+		opts := aio.Options{Name: name, CPU: aio.NoCPU, Main: main, ArenaSize: -1, Entries: 64, MaxSlots: o.MaxSlots}
 		if o.ArenaSize > 0 {
 			opts.ArenaSize = o.ArenaSize
 		}

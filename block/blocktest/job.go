@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Job is a minimal block job for the drain tests that need one (the real
@@ -148,7 +149,7 @@ func (j *Job) resume() {
 	j.mu.Lock()
 	j.mu.pauseCount--
 	if j.mu.pauseCount < 0 {
-		panic("assertion failed: blocktest: job resumed more often than paused")
+		invariants.Failf("blocktest: job resumed more often than paused")
 	}
 	wake := j.mu.pauseCount == 0 && j.mu.paused
 	if wake {

@@ -1,14 +1,13 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/ringblk/ringblk/internal/cli/clitest"
+	"github.com/ringblk/ringblk/internal/imgcmd"
 )
 
 // Conventions every subcommand follows, checked on the real program (the
@@ -26,39 +25,7 @@ import (
 // and qemu-io and checks that their exit codes agree with ours, except
 // where a case names the difference and why we differ.
 
-const asMainEnv = "RINGBLK_TEST_AS_MAIN"
-
-func TestMain(m *testing.M) {
-	if os.Getenv(asMainEnv) == "1" {
-		os.Args = append([]string{"ringblk"}, os.Args[1:]...)
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
-// runRingblk runs "ringblk args…" as a separate process.
-func runRingblk(t *testing.T, stdin io.Reader, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
-	cmd.Stdin = stdin
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err = cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("ringblk %v: %v", args, err)
-	}
-	return o.String(), e.String(), code
-}
+func TestMain(m *testing.M) { clitest.Main(m, run) }
 
 // mistake is one wrong command line.
 type mistake struct {
@@ -77,7 +44,7 @@ type mistake struct {
 // conventionCommands lists every subcommand with its mistakes. Images:
 // q.qcow2 (1 MiB qcow2), r.raw (1 MiB raw); missing.qcow2 does not exist.
 // Commands without a size operand or option have no "bad size" case;
-// bench and ring-bench take no image format.
+// bench takes no image format.
 var conventionCommands = []struct {
 	name     string
 	mistakes []mistake
@@ -172,18 +139,13 @@ var conventionCommands = []struct {
 		{kind: "missing file", args: []string{"missing.fio"}},
 		{kind: "bad size", args: []string{"--name=j", "--filename=b.dat", "--rw=read", "--size=10X"}},
 	}},
-	{"ring-bench", []mistake{
-		{kind: "unknown option", args: []string{"-no-such-option", "-file", "r.raw"}},
-		{kind: "missing file", args: []string{"-file", "missing.raw"}},
-		{kind: "bad size", args: []string{"-file", "r.raw", "-size", "10X"}},
-	}},
 }
 
 // conventionImages makes q.qcow2 and r.raw in the current directory with
 // our own create (the tests that need qemu make nothing with it).
 func conventionImages(t *testing.T) {
 	t.Helper()
-	if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "q.qcow2", "1M"); code != 0 {
+	if _, stderr, code := clitest.Ours(imgcmd.Create, "-q", "-f", "qcow2", "q.qcow2", "1M"); code != 0 {
 		t.Fatalf("create q.qcow2: exit %d: %s", code, stderr)
 	}
 	if err := os.WriteFile("r.raw", make([]byte, 1<<20), 0o644); err != nil {
@@ -210,7 +172,7 @@ func TestConventionsHelp(t *testing.T) {
 			t.Errorf("%s: not a command of main", c.name)
 		}
 		for _, flag := range []string{"--help", "-h"} {
-			stdout, stderr, code := runRingblk(t, nil, c.name, flag)
+			stdout, stderr, code := clitest.RunRingblk(t, nil, c.name, flag)
 			what := "ringblk " + c.name + " " + flag
 			if code != 0 {
 				t.Errorf("%s: exit %d, want 0 (stderr %q)", what, code, stderr)
@@ -235,7 +197,7 @@ func TestConventionsMistakes(t *testing.T) {
 			kinds[m.kind]++
 			args := append([]string{c.name}, m.args...)
 			what := fmt.Sprintf("ringblk %s (%s)", strings.Join(args, " "), m.kind)
-			_, stderr, code := runRingblk(t, strings.NewReader(""), args...)
+			_, stderr, code := clitest.RunRingblk(t, strings.NewReader(""), args...)
 			want := m.code
 			if want == 0 {
 				want = 1
@@ -269,7 +231,7 @@ func TestConventionsMistakes(t *testing.T) {
 // TestConventionsExitCodesVsQemu: for each mistake qemu-img or qemu-io
 // can make too, their exit code is ours unless the case says why not.
 func TestConventionsExitCodesVsQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	conventionImages(t)
 	for _, c := range conventionCommands {
@@ -282,7 +244,7 @@ func TestConventionsExitCodesVsQemu(t *testing.T) {
 				qargs = append([]string{c.name}, m.args...)
 			}
 			what := fmt.Sprintf("%s %s (%s)", m.qemu, strings.Join(qargs, " "), m.kind)
-			_, qcode := qemu(t, m.qemu, qargs...)
+			_, qcode := clitest.Qemu(t, m.qemu, qargs...)
 			want := m.code
 			if want == 0 {
 				want = 1
@@ -299,30 +261,6 @@ func TestConventionsExitCodesVsQemu(t *testing.T) {
 			os.Remove("new.qcow2")
 			os.Remove("new.img")
 			os.Remove("out.raw")
-		}
-	}
-}
-
-// TestBenchPrefixWriter: bench's "ringblk bench: " error lines become
-// "ringblk: bench: " however the writes split them; other lines, status
-// lines ending in \r and text mentioning the prefix mid-line pass as they
-// are.
-func TestBenchPrefixWriter(t *testing.T) {
-	in := "ringblk bench: bad job\nJobs: 1 (f=1): [R(1)]\rJobs: 1\n" +
-		"job x: ringblk bench: stays\nringblk\nringblk benchmark\nringblk bench: last\n"
-	want := "ringblk: bench: bad job\nJobs: 1 (f=1): [R(1)]\rJobs: 1\n" +
-		"job x: ringblk bench: stays\nringblk\nringblk benchmark\nringblk: bench: last\n"
-	for _, step := range []int{1, 2, 3, 7, 15, len(in)} {
-		var b strings.Builder
-		p := &prefixWriter{w: &b, from: "ringblk bench: ", to: "ringblk: bench: "}
-		for i := 0; i < len(in); i += step {
-			n, err := p.Write([]byte(in[i:min(i+step, len(in))]))
-			if err != nil || n != min(step, len(in)-i) {
-				t.Fatalf("step %d: Write = %d, %v", step, n, err)
-			}
-		}
-		if b.String() != want {
-			t.Errorf("writes of %d bytes:\n%q\nwant\n%q", step, b.String(), want)
 		}
 	}
 }

@@ -1,13 +1,20 @@
-// Command ringblk is the operator's tool for ringblk: benchmarks today, and
-// qemu-img/qemu-io style image commands as the drivers land.
+// Command ringblk is the operator's tool for ringblk: the benchmark,
+// qemu-img and qemu-io style image commands, and an NBD server. It is a
+// dispatcher: each command lives in its own package under internal/
+// (imgcmd, qemuio, nbdcmd, benchcmd; shared conventions in internal/cli).
 package main
 
 import (
 	"fmt"
+	"io"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"sort"
+
+	"github.com/ringblk/ringblk/internal/benchcmd"
+	"github.com/ringblk/ringblk/internal/cli"
+	"github.com/ringblk/ringblk/internal/imgcmd"
+	"github.com/ringblk/ringblk/internal/nbdcmd"
+	"github.com/ringblk/ringblk/internal/qemuio"
 )
 
 type command struct {
@@ -15,22 +22,28 @@ type command struct {
 	run     func(args []string) int
 }
 
-var commands = map[string]command{
-	"bench":      {"fio-compatible benchmark through the block layer (fio job files, fio JSON, --compare)", benchMain},
-	"convert":    {"copy an image into a new raw or qcow2 image, sparse or compressed (qemu-img convert)", convertMain},
-	"create":     {"create a raw or qcow2 image (qemu-img create)", createMain},
-	"amend":      {"change a qcow2 image's options: compat, lazy_refcounts, size (qemu-img amend)", amendMain},
-	"resize":     {"change an image's virtual size (qemu-img resize)", resizeMain},
-	"io":         {"run qemu-io's commands (read, write, aio_*, map, …) on an image", ioMain},
-	"info":       {"show an image's format, sizes, backing file and snapshots (qemu-img info)", infoMain},
-	"check":      {"check a qcow2 image's metadata for leaks and corruptions (qemu-img check)", checkMain},
-	"map":        {"show the allocation of an image's ranges over its backing chain (qemu-img map)", mapMain},
-	"snapshot":   {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", snapshotMain},
-	"compare":    {"compare the contents of two images (qemu-img compare)", compareMain},
-	"nbd":        {"serve an image over NBD (qemu-nbd)", nbdMain},
-	"measure":    {"compute the file size an image needs, new or converted (qemu-img measure)", measureMain},
-	"ring-bench": {"random reads through ringblk's own io_uring ring (fio-style figures)", ringBenchMain},
+// std runs an image command on the process's stdout and stderr.
+func std(f func(args []string, stdout, stderr io.Writer) int) func([]string) int {
+	return func(args []string) int { return f(args, os.Stdout, os.Stderr) }
 }
+
+var commands = map[string]command{
+	"bench":    {"fio-compatible benchmark through the block layer (fio job files, fio JSON, --compare)", benchcmd.Main},
+	"convert":  {"copy an image into a new raw or qcow2 image, sparse or compressed (qemu-img convert)", std(imgcmd.Convert)},
+	"create":   {"create a raw or qcow2 image (qemu-img create)", std(imgcmd.Create)},
+	"amend":    {"change a qcow2 image's options: compat, lazy_refcounts, size (qemu-img amend)", std(imgcmd.Amend)},
+	"resize":   {"change an image's virtual size (qemu-img resize)", std(imgcmd.Resize)},
+	"io":       {"run qemu-io's commands (read, write, aio_*, map, …) on an image", ioMain},
+	"info":     {"show an image's format, sizes, backing file and snapshots (qemu-img info)", std(imgcmd.Info)},
+	"check":    {"check a qcow2 image's metadata for leaks and corruptions (qemu-img check)", std(imgcmd.Check)},
+	"map":      {"show the allocation of an image's ranges over its backing chain (qemu-img map)", std(imgcmd.Map)},
+	"snapshot": {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", std(imgcmd.Snapshot)},
+	"compare":  {"compare the contents of two images (qemu-img compare)", std(imgcmd.Compare)},
+	"nbd":      {"serve an image over NBD (qemu-nbd)", nbdcmd.Main},
+	"measure":  {"compute the file size an image needs, new or converted (qemu-img measure)", std(imgcmd.Measure)},
+}
+
+func ioMain(args []string) int { return qemuio.Run(args, os.Stdin, os.Stdout, os.Stderr) }
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: ringblk <command> [options]\n\ncommands:")
@@ -45,50 +58,18 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "\nRun 'ringblk <command> --help' for the options of a command.")
 }
 
-// version is ringblk's release; the commit comes from the build
-// (versionLine). Keep it equal to plugin.Version.
-const version = "0.1.0-dev"
-
 // commit may be set at link time (-ldflags "-X main.commit=$(git
 // rev-parse --short=12 HEAD)") where the go command does not stamp the
 // build with its VCS revision (-buildvcs=false, a worktree it cannot read).
+// run hands it to cli.Commit, which --version prints.
 var commit string
-
-// versionLine is what --version prints: the release, the commit the
-// binary was built from (with "-dirty" for uncommitted changes), and the
-// Go release, from the build information the go command records.
-func versionLine() string {
-	rev, dirty := commit, ""
-	goVersion := runtime.Version()
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		goVersion = bi.GoVersion
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				if rev == "" {
-					rev = s.Value
-				}
-			case "vcs.modified":
-				if s.Value == "true" {
-					dirty = "-dirty"
-				}
-			}
-		}
-	}
-	if rev == "" {
-		rev = "unknown"
-	}
-	if len(rev) > 12 && rev != commit {
-		rev = rev[:12] // a full vcs.revision; a stamped commit is used as given
-	}
-	return fmt.Sprintf("ringblk version %s (commit %s%s, %s)", version, rev, dirty, goVersion)
-}
 
 func main() { os.Exit(run(os.Args[1:])) }
 
 // run is the command line: a command and its arguments, --help or
 // --version. A mistake is one "ringblk: …" line and exit 1.
 func run(args []string) int {
+	cli.Commit = commit
 	if len(args) < 1 {
 		fmt.Fprintln(os.Stderr, "ringblk: no command given (see 'ringblk --help')")
 		return 1
@@ -99,7 +80,7 @@ func run(args []string) int {
 		usage()
 		return 0
 	case "-V", "--version", "version":
-		fmt.Println(versionLine())
+		fmt.Println(cli.VersionLine())
 		return 0
 	}
 	cmd, ok := commands[name]

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/internal/cli/clitest"
+	"github.com/ringblk/ringblk/internal/imgcmd"
 )
 
 const writeLock = `Failed to get "write" lock`
@@ -33,7 +35,7 @@ func refuseHeld(t *testing.T, holder, target string) {
 		{"convert", "-f", "raw", "-O", "qcow2", "src.raw", target},
 	} {
 		what := "ringblk " + strings.Join(args, " ") + " while " + holder + " holds it"
-		_, stderr, code := runRingblk(t, nil, args...)
+		_, stderr, code := clitest.RunRingblk(t, nil, args...)
 		if code != 1 {
 			t.Errorf("%s: exit %d, want 1 (stderr %q)", what, code, stderr)
 		}
@@ -65,7 +67,7 @@ func TestCreateConvertRefuseHeldImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, img := range []string{"ours.qcow2", "self.qcow2", "q.qcow2"} {
-		if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", img, "1M"); code != 0 {
+		if _, stderr, code := clitest.Ours(imgcmd.Create, "-q", "-f", "qcow2", img, "1M"); code != 0 {
 			t.Fatalf("create %s: exit %d: %s", img, code, stderr)
 		}
 	}
@@ -131,7 +133,7 @@ func TestCreateConvertRefuseHeldImage(t *testing.T) {
 
 	// Once nobody holds them, the same commands work.
 	for _, img := range []string{"ours.qcow2", "self.qcow2", "q.qcow2"} {
-		if _, stderr, code := runRingblk(t, nil, "convert", "-f", "raw", "-O", "qcow2", "src.raw", img); code != 0 {
+		if _, stderr, code := clitest.RunRingblk(t, nil, "convert", "-f", "raw", "-O", "qcow2", "src.raw", img); code != 0 {
 			t.Errorf("convert onto %s after release: exit %d: %s", img, code, stderr)
 		}
 	}
@@ -143,7 +145,7 @@ func TestCreateConvertRefuseHeldImage(t *testing.T) {
 // with EIO — qemu-img and qemu-io on a copy of the same file agree
 // (issue 14, item 10).
 func TestPartialSectorMatchesQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	data := bytes.Repeat([]byte{0x5a}, 1000)
 	for _, f := range []string{"ours.raw", "qemu.raw"} {
@@ -151,17 +153,17 @@ func TestPartialSectorMatchesQemu(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ourInfo, _, code := ours(infoCmd, "-f", "raw", "--output=json", "ours.raw")
-	qemuInfo := mustQemu(t, "qemu-img", "info", "-f", "raw", "--output=json", "qemu.raw")
+	ourInfo, _, code := clitest.Ours(imgcmd.Info, "-f", "raw", "--output=json", "ours.raw")
+	qemuInfo := clitest.MustQemu(t, "qemu-img", "info", "-f", "raw", "--output=json", "qemu.raw")
 	if code != 0 {
 		t.Fatalf("info: exit %d", code)
 	}
-	if g, w := parseJSON(t, "ours", ourInfo)["virtual-size"], parseJSON(t, "qemu", qemuInfo)["virtual-size"]; g != w {
+	if g, w := clitest.ParseJSON(t, "ours", ourInfo)["virtual-size"], clitest.ParseJSON(t, "qemu", qemuInfo)["virtual-size"]; g != w {
 		t.Errorf("virtual-size %v, qemu-img says %v", g, w)
 	}
 	for _, cmd := range []string{"read -P 0 1000 24", "read -P 0x5a 512 488", "write -P 0xab 512 512", "read -P 0xab 512 512", "write -P 0xcd 1024 512"} {
-		_, stderr, code := runRingblk(t, nil, "io", "-f", "raw", "-c", cmd, "ours.raw")
-		qout, qcode := qemu(t, "qemu-io", "-f", "raw", "-c", cmd, "qemu.raw")
+		_, stderr, code := clitest.RunRingblk(t, nil, "io", "-f", "raw", "-c", cmd, "ours.raw")
+		qout, qcode := clitest.Qemu(t, "qemu-io", "-f", "raw", "-c", cmd, "qemu.raw")
 		ourFailed := code != 0 || strings.Contains(stderr, "failed")
 		qemuFailed := qcode != 0 || strings.Contains(qout, "failed")
 		if ourFailed != qemuFailed {
@@ -187,14 +189,14 @@ func TestCloseErrorExitStatus(t *testing.T) {
 	}
 	t.Cleanup(func() { syscall.Unmount(dir, 0) })
 	img := filepath.Join(dir, "q.qcow2")
-	if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "256M"); code != 0 {
+	if _, stderr, code := clitest.Ours(imgcmd.Create, "-q", "-f", "qcow2", "-o", "cluster_size=4k", img, "256M"); code != 0 {
 		t.Fatalf("create: exit %d: %s", code, stderr)
 	}
 	args := []string{"io"}
 	for i := 0; i < 100; i++ {
 		args = append(args, "-c", fmt.Sprintf("write %dM 4k", 2*i))
 	}
-	_, stderr, code := runRingblk(t, nil, append(args, img)...)
+	_, stderr, code := clitest.RunRingblk(t, nil, append(args, img)...)
 	if code != 1 || stderr != "ringblk: closing '"+img+"': No space left on device\n" {
 		t.Errorf("io with a failing close: exit %d, stderr %q; want 1 and one line naming the image and ENOSPC", code, stderr)
 	}
@@ -223,10 +225,10 @@ func qemuStderr(t *testing.T, tool string, args ...string) (int, string) {
 // backing file is missing names that file; a corrupt image's error has no
 // block-layer context or node names.
 func TestMessagesMatchQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "1M")
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2")
 	if err := os.Rename("base.qcow2", "moved.qcow2"); err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +244,7 @@ func TestMessagesMatchQemu(t *testing.T) {
 		{"qemu-io", "-c", "read 0 512", "ov.qcow2"},
 	} {
 		qcode, qmsg := qemuStderr(t, c[0], c[1:]...)
-		_, stderr, code := runRingblk(t, nil, append([]string{map[string]string{"qemu-img": c[1], "qemu-io": "io"}[c[0]]}, c[map[string]int{"qemu-img": 2, "qemu-io": 1}[c[0]]:]...)...)
+		_, stderr, code := clitest.RunRingblk(t, nil, append([]string{map[string]string{"qemu-img": c[1], "qemu-io": "io"}[c[0]]}, c[map[string]int{"qemu-img": 2, "qemu-io": 1}[c[0]]:]...)...)
 		if code != qcode || stderr != "ringblk: "+qmsg+"\n" {
 			t.Errorf("%v: ours exit %d %q; %s exit %d %q", c, code, stderr, c[0], qcode, qmsg)
 		}
@@ -255,7 +257,7 @@ func TestMessagesMatchQemu(t *testing.T) {
 	}
 
 	// A corrupt image: the cause, in the user's terms.
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "bad.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "bad.qcow2", "1M")
 	f, err := os.OpenFile("bad.qcow2", os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -263,7 +265,7 @@ func TestMessagesMatchQemu(t *testing.T) {
 	f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0}, 40) // l1_table_offset
 	f.Close()
 	for _, args := range [][]string{{"map", "bad.qcow2"}, {"convert", "-O", "raw", "bad.qcow2", "out.raw"}, {"io", "-c", "read 0 512", "bad.qcow2"}} {
-		_, stderr, code := runRingblk(t, nil, args...)
+		_, stderr, code := clitest.RunRingblk(t, nil, args...)
 		if code != 1 || strings.Contains(stderr, "block:") || strings.Contains(stderr, "img1") ||
 			!strings.Contains(stderr, "Could not open 'bad.qcow2': ") || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("%v on a corrupt image: exit %d, %q; want one line 'Could not open 'bad.qcow2': cause' without block-layer context", args, code, stderr)
@@ -312,7 +314,7 @@ func TestReadmeBenchExamples(t *testing.T) {
 			args = append(args, "--repeats=1")
 		}
 		ran++
-		if _, stderr, code := runRingblk(t, nil, args...); code != 0 {
+		if _, stderr, code := clitest.RunRingblk(t, nil, args...); code != 0 {
 			t.Errorf("README example %q: exit %d: %s", line, code, stderr)
 		}
 	}
@@ -334,16 +336,16 @@ func slicesContains(s []string, v string) bool {
 // Go; bench --version adds it to fio's format line; an unknown command or
 // none is one "ringblk: …" line and exit 1, as the README promises.
 func TestTopLevelCommandLine(t *testing.T) {
-	out, stderr, code := runRingblk(t, nil, "--version")
+	out, stderr, code := clitest.RunRingblk(t, nil, "--version")
 	if code != 0 || !regexp.MustCompile(`^ringblk version \S+ \(commit \S+, go\S+\)\n$`).MatchString(out) {
 		t.Errorf("--version: exit %d, %q %q", code, out, stderr)
 	}
-	bout, _, code := runRingblk(t, nil, "bench", "--version")
+	bout, _, code := clitest.RunRingblk(t, nil, "bench", "--version")
 	if code != 0 || !strings.Contains(bout, "fio-3.33") || !strings.Contains(bout, out) {
 		t.Errorf("bench --version: exit %d, %q; want fio's format and %q", code, bout, out)
 	}
 	for _, args := range [][]string{{"frobnicate"}, {}} {
-		_, stderr, code := runRingblk(t, nil, args...)
+		_, stderr, code := clitest.RunRingblk(t, nil, args...)
 		if code != 1 || !strings.HasPrefix(stderr, "ringblk: ") || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("ringblk %v: exit %d, stderr %q; want one line and exit 1", args, code, stderr)
 		}

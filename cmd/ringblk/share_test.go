@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ringblk/ringblk/internal/cli/clitest"
+	"github.com/ringblk/ringblk/internal/imgcmd"
 )
 
 // holdReadWrite opens img read-write in another ringblk process ("ringblk
@@ -21,7 +24,7 @@ func holdReadWrite(t *testing.T, img string) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "io", "-f", "qcow2", img)
-	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	cmd.Env = append(os.Environ(), clitest.AsMainEnv+"=1")
 	holdWith(t, cmd)
 }
 
@@ -76,10 +79,10 @@ const sharedWriteLock = `Failed to get shared "write" lock`
 // without -U, with QEMU's lock error naming the file, and works with -U.
 func TestForceShare(t *testing.T) {
 	t.Chdir(t.TempDir())
-	if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "held.qcow2", "1M"); code != 0 {
+	if _, stderr, code := clitest.Ours(imgcmd.Create, "-q", "-f", "qcow2", "held.qcow2", "1M"); code != 0 {
 		t.Fatalf("create: exit %d: %s", code, stderr)
 	}
-	if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "other.qcow2", "1M"); code != 0 {
+	if _, stderr, code := clitest.Ours(imgcmd.Create, "-q", "-f", "qcow2", "other.qcow2", "1M"); code != 0 {
 		t.Fatalf("create: exit %d: %s", code, stderr)
 	}
 	holdReadWrite(t, "held.qcow2")
@@ -102,7 +105,7 @@ func TestForceShare(t *testing.T) {
 	for _, c := range cases {
 		args := append([]string{c.cmd}, c.args...)
 		what := "ringblk " + strings.Join(args, " ")
-		_, stderr, code := runRingblk(t, nil, args...)
+		_, stderr, code := clitest.RunRingblk(t, nil, args...)
 		if code != c.failCode {
 			t.Errorf("%s while held read-write: exit %d, want %d (stderr %q)", what, code, c.failCode, stderr)
 		}
@@ -114,7 +117,7 @@ func TestForceShare(t *testing.T) {
 
 		args = append([]string{c.cmd, "-U"}, c.args...)
 		what = "ringblk " + strings.Join(args, " ")
-		if _, stderr, code := runRingblk(t, nil, args...); code != 0 {
+		if _, stderr, code := clitest.RunRingblk(t, nil, args...); code != 0 {
 			t.Errorf("%s while held read-write: exit %d, want 0 (stderr %q)", what, code, stderr)
 		}
 		os.Remove("out.raw")
@@ -137,18 +140,18 @@ func TestForceShare(t *testing.T) {
 // TestLocksHonourQemu: an image qemu-io holds read-write is refused by our
 // read-only commands in the same words, and read with -U.
 func TestLocksHonourQemu(t *testing.T) {
-	needQemu(t, "qemu-io")
+	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
-	mustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "1M")
 	holdWith(t, exec.Command("qemu-io", "-f", "qcow2", "q.qcow2"))
 	for _, cmd := range []string{"info", "check", "map", "snapshot -l"} {
 		args := append(strings.Fields(cmd), "q.qcow2")
-		_, stderr, code := runRingblk(t, nil, args...)
+		_, stderr, code := clitest.RunRingblk(t, nil, args...)
 		if code != 1 || !strings.Contains(stderr, sharedWriteLock) || !strings.Contains(stderr, "q.qcow2") {
 			t.Errorf("ringblk %s on an image qemu-io holds: exit %d, stderr %q; want exit 1 and %q", cmd, code, stderr, sharedWriteLock)
 		}
 		args = append(strings.Fields(cmd), "-U", "q.qcow2")
-		if _, stderr, code := runRingblk(t, nil, args...); code != 0 {
+		if _, stderr, code := clitest.RunRingblk(t, nil, args...); code != 0 {
 			t.Errorf("ringblk %s -U on an image qemu-io holds: exit %d (%s)", cmd, code, stderr)
 		}
 	}
@@ -158,7 +161,7 @@ func TestLocksHonourQemu(t *testing.T) {
 // qemu-img (check -r, snapshot -c, io without -r).
 func TestForceShareRejectedForWrites(t *testing.T) {
 	t.Chdir(t.TempDir())
-	if _, stderr, code := ours(createCmd, "-q", "-f", "qcow2", "a.qcow2", "1M"); code != 0 {
+	if _, stderr, code := clitest.Ours(imgcmd.Create, "-q", "-f", "qcow2", "a.qcow2", "1M"); code != 0 {
 		t.Fatalf("create: exit %d: %s", code, stderr)
 	}
 	for _, args := range [][]string{
@@ -166,7 +169,7 @@ func TestForceShareRejectedForWrites(t *testing.T) {
 		{"snapshot", "-U", "-c", "s1", "a.qcow2"},
 		{"io", "-U", "-c", "write 0 512", "a.qcow2"},
 	} {
-		_, stderr, code := runRingblk(t, nil, args...)
+		_, stderr, code := clitest.RunRingblk(t, nil, args...)
 		if code != 1 || !strings.Contains(stderr, "force-share") || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("ringblk %v: exit %d, stderr %q; want exit 1 and one line about force-share", args, code, stderr)
 		}

@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
@@ -71,8 +72,12 @@ type Image struct {
 
 // Probe decides the format of a local image the user named: "qcow2" when
 // it starts with the qcow2 magic, "raw" otherwise. Never use it on backing
-// files or on images from untrusted sources.
+// files or on images from untrusted sources. An NBD URI is "raw" without
+// looking: the export is the guest's view, whatever serves it.
 func Probe(path string) (string, error) {
+	if nbd.IsURI(path) {
+		return "raw", nil
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -124,6 +129,21 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 		if format, err = Probe(path); err != nil {
 			return nil, fmt.Errorf("Could not open '%s': %w", path, unwrapPath(err))
 		}
+	}
+	if nbd.IsURI(path) {
+		// An NBD export (nbd://, nbd+unix://): a client node. The
+		// server applies the image format; only raw is read over it.
+		if format != "raw" {
+			return nil, fmt.Errorf("Could not open '%s': ringblk reads NBD exports as raw only, not %s", path, format)
+		}
+		if o.Name == "" {
+			o.Name = "nbd"
+		}
+		n, err := nbd.NewNode(g, path, o.ReadOnly, block.Options{Name: o.Name})
+		if err != nil {
+			return nil, err
+		}
+		return &Image{Node: n, Path: path, Format: "raw"}, nil
 	}
 	if o.Name == "" {
 		o.Name = filepath.Base(path)

@@ -57,6 +57,10 @@ func (d *Driver) Flush(r *block.Request)       { d.complete(r) }
 func (d *Driver) Discard(r *block.Request)     { d.complete(r) }
 func (d *Driver) WriteZeroes(r *block.Request) { d.complete(r) }
 
+// FastZeroes: write-zeroes never writes anything, so NoFallback requests
+// succeed (block.FastZeroer).
+func (d *Driver) FastZeroes() bool { return true }
+
 // BlockStatus reports what QEMU's null-co does: nothing is stored, so no
 // range holds data or is allocated; with ReadZeroes the ranges read as
 // zeroes.

@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Allocation and refcounts. Everything here REQUIRES metaLock (the
@@ -92,7 +93,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 				return 0, d.markCorrupt(co, off, "refcount block allocation")
 			}
 			buf := make([]byte, cs)
-			if err := RefcountSet(buf, order, bi, 1); err != nil {
+			if err := format.RefcountSet(buf, order, bi, 1); err != nil {
 				return 0, err
 			}
 			d.mu.Lock()
@@ -106,7 +107,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 			continue
 		}
 		d.mu.Lock()
-		rc, err := RefcountGet(rb.buf, order, bi)
+		rc, err := format.RefcountGet(rb.buf, order, bi)
 		if err != nil {
 			d.mu.Unlock()
 			return 0, err
@@ -121,7 +122,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 			d.mu.Unlock()
 			return 0, d.markCorrupt(co, off, "allocation")
 		}
-		if err := RefcountSet(rb.buf, order, bi, 1); err != nil {
+		if err := format.RefcountSet(rb.buf, order, bi, 1); err != nil {
 			d.mu.Unlock()
 			return 0, err
 		}
@@ -173,18 +174,18 @@ func (d *Driver) decref(co *aio.Co, off int64) error {
 		return err
 	}
 	if rb == nil {
-		return corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
+		return format.Corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	rc, err := RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	rc, err := format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
 	if err != nil {
 		return err
 	}
 	if rc == 0 {
-		return corrupt("refcount", uint64(off), "freeing a cluster whose refcount is already 0")
+		return format.Corrupt("refcount", uint64(off), "freeing a cluster whose refcount is already 0")
 	}
-	if err := RefcountSet(rb.buf, d.geo.RefcountOrder, bi, rc-1); err != nil {
+	if err := format.RefcountSet(rb.buf, d.geo.RefcountOrder, bi, rc-1); err != nil {
 		return err
 	}
 	rb.dirty = true
@@ -206,7 +207,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 	d.mu.Lock()
 	if l1i >= int64(len(d.l1)) {
 		d.mu.Unlock()
-		return nil, 0, corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
+		return nil, 0, format.Corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
 	}
 	var derr error
 	if d.damage != nil {
@@ -218,7 +219,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 		return nil, 0, d.markDamaged(co, derr, true)
 	}
 	if err != nil {
-		return nil, 0, withField(err, indexed("l1_table", uint64(l1i)))
+		return nil, 0, format.WithField(err, format.Indexed("l1_table", uint64(l1i)))
 	}
 	var old []byte
 	if l2Off != 0 {
@@ -269,7 +270,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 // images). On success the caller holds mu and the pin and releases them
 // with `defer d.l2Unpin(t)` then `defer d.mu.Unlock()`; on error it holds
 // neither. REQUIRES: metaLock held.
-func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le L2Entry, e, bm uint64, err error) {
+func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le format.L2Entry, e, bm uint64, err error) {
 	l1i, l2i, _ := d.geo.Split(off)
 	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
 	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
@@ -327,7 +328,7 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 	t, b := max(oldClusters*2, 1), int64(0)
 	for i := 0; ; i++ {
 		if i > 64 {
-			return limit("refcount_table_clusters", uint64(t), "refcount table growth does not converge")
+			return format.Limit("refcount_table_clusters", uint64(t), "refcount table growth does not converge")
 		}
 		end := start + t + b
 		nb := int64(0)
@@ -342,8 +343,8 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 		}
 		b, t = nb, nt
 	}
-	if t*cs > MaxRefcountTableBytes {
-		return limit("refcount_table_clusters", uint64(t), "refcount table would exceed its limit")
+	if t*cs > format.MaxRefcountTableBytes {
+		return format.Limit("refcount_table_clusters", uint64(t), "refcount table would exceed its limit")
 	}
 	tableOff := start * cs
 	end := start + t + b
@@ -375,7 +376,7 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 			buf = blocks[int64(newRT[ti])]
 		}
 		d.mu.Lock()
-		err := RefcountSet(buf, d.geo.RefcountOrder, bi, 1)
+		err := format.RefcountSet(buf, d.geo.RefcountOrder, bi, 1)
 		d.mu.Unlock()
 		if err != nil {
 			return err

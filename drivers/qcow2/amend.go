@@ -2,10 +2,10 @@ package qcow2
 
 import (
 	"errors"
-	"strings"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // AmendOptions are the changes of `qemu-img amend -o`. The zero value
@@ -28,22 +28,6 @@ type AmendOptions struct {
 	// (or 16 when downgrading) is accepted: changing the width is not
 	// implemented.
 	RefcountBits int
-}
-
-// CreateOnlyAmendKeys are the -o keys qemu-img 7.2 accepts at create but
-// refuses in amend ("This option is only supported for image creation").
-// A command-line front end reports them with AmendKeyError.
-var CreateOnlyAmendKeys = []string{"cluster_size", "preallocation", "extended_l2", "compression_type", "encrypt.format", "encryption"}
-
-// AmendKeyError returns qemu-img's refusal for an -o key amend does not
-// take: create-only keys and unknown ones.
-func AmendKeyError(key string) error {
-	for _, k := range CreateOnlyAmendKeys {
-		if key == k || strings.HasPrefix(key, "encrypt.") {
-			return unsupported(key, 0, "Invalid parameter '"+key+"'\nThis option is only supported for image creation")
-		}
-	}
-	return unsupported(key, 0, "Invalid parameter '"+key+"'")
 }
 
 // Amend applies o to the image of a read-write qcow2 node, with the
@@ -130,41 +114,41 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 	d.mu.Unlock()
 	ver := int(h.Version)
 	if o.Version != 0 && o.Version != 2 && o.Version != 3 {
-		return unsupported("compat", uint64(o.Version), "Unknown compatibility level")
+		return format.Unsupported("compat", uint64(o.Version), "Unknown compatibility level")
 	}
 	newVer := ver
 	if o.Version != 0 {
 		newVer = o.Version
 	}
-	lazy := h.CompatibleFeatures&CompatLazyRefcounts != 0
+	lazy := h.CompatibleFeatures&format.CompatLazyRefcounts != 0
 	if o.LazyRefcounts != nil {
 		lazy = *o.LazyRefcounts
 	}
 	if o.RefcountBits != 0 {
 		if newVer == 2 && o.RefcountBits != 16 {
-			return unsupported("refcount_bits", uint64(o.RefcountBits), "compat=0.10 requires refcount_bits=16")
+			return format.Unsupported("refcount_bits", uint64(o.RefcountBits), "compat=0.10 requires refcount_bits=16")
 		}
 		if o.RefcountBits != 1<<h.RefcountOrder {
-			return unsupported("refcount_bits", uint64(o.RefcountBits), "changing the refcount width is not supported")
+			return format.Unsupported("refcount_bits", uint64(o.RefcountBits), "changing the refcount width is not supported")
 		}
 	}
 	if newVer == 2 && lazy && o.LazyRefcounts != nil {
-		return unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
+		return format.Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
 	}
 	if newVer == 2 && ver == 3 {
 		if h.RefcountOrder != 4 {
-			return unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
+			return format.Unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
 		}
 		// Dirty is cleaned below; corrupt images are not opened read-write.
-		if rest := h.IncompatibleFeatures &^ IncompatDirty; rest != 0 {
-			return unsupported("incompatible_features", rest, "Cannot downgrade an image with incompatible features "+hexString(rest)+" set")
+		if rest := h.IncompatibleFeatures &^ format.IncompatDirty; rest != 0 {
+			return format.Unsupported("incompatible_features", rest, "Cannot downgrade an image with incompatible features "+format.HexString(rest)+" set")
 		}
 		if h.Bitmaps != nil {
-			return unsupported("bitmaps", 0, "Cannot downgrade an image with persistent bitmaps")
+			return format.Unsupported("bitmaps", 0, "Cannot downgrade an image with persistent bitmaps")
 		}
 	}
 	if o.Size != 0 && o.Size < size {
-		return unsupported("size", uint64(o.Size), "shrinking a qcow2 image is not supported")
+		return format.Unsupported("size", uint64(o.Size), "shrinking a qcow2 image is not supported")
 	}
 	bf, bfmt := h.BackingFile, h.BackingFormat
 	if o.BackingFile != nil {
@@ -177,14 +161,14 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 		bfmt = *o.BackingFormat
 	}
 	if bf == "" && bfmt != "" {
-		return unsupported("backing_fmt", 0, "backing format specified without a backing file")
+		return format.Unsupported("backing_fmt", 0, "backing format specified without a backing file")
 	}
 	if bf != "" {
-		if len(bf) > MaxBackingNameLen {
-			return limit("backing_file", uint64(len(bf)), "backing file name too long")
+		if len(bf) > format.MaxBackingNameLen {
+			return format.Limit("backing_file", uint64(len(bf)), "backing file name too long")
 		}
 		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
-			return unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
+			return format.Unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
 		}
 	}
 	if d.lazy.needRepair {
@@ -248,22 +232,22 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 	nh.BackingFile, nh.BackingFormat = bf, bfmt
 	switch {
 	case newVer == 2 && ver == 3:
-		nh.Version, nh.HeaderLength, nh.HeaderTail = 2, HeaderLengthV2, nil
+		nh.Version, nh.HeaderLength, nh.HeaderTail = 2, format.HeaderLengthV2, nil
 		nh.IncompatibleFeatures, nh.CompatibleFeatures, nh.AutoclearFeatures = 0, 0, 0
 		nh.CompressionType, nh.FeatureNames = 0, nil
 	case newVer == 3 && ver == 2:
 		nh.Version, nh.HeaderLength, nh.HeaderTail = 3, 112, make([]byte, 112-105)
 		nh.RefcountOrder = 4
 		if nh.ClusterSize() > 4096 {
-			nh.FeatureNames = DefaultFeatureNames()
+			nh.FeatureNames = format.DefaultFeatureNames()
 		}
 	}
 	if nh.Version >= 3 {
-		nh.CompatibleFeatures &^= CompatLazyRefcounts
+		nh.CompatibleFeatures &^= format.CompatLazyRefcounts
 		if lazy {
-			nh.CompatibleFeatures |= CompatLazyRefcounts
+			nh.CompatibleFeatures |= format.CompatLazyRefcounts
 		} else {
-			nh.IncompatibleFeatures &^= IncompatDirty
+			nh.IncompatibleFeatures &^= format.IncompatDirty
 		}
 	}
 	if err := d.rewriteHeader(co, &nh); err != nil {
@@ -272,7 +256,7 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 	d.mu.Lock()
 	d.geo.ZeroFlag = nh.Version >= 3 && !nh.ExtendedL2()
 	d.lazy.on = nh.Version >= 3 && lazy
-	if nh.IncompatibleFeatures&IncompatDirty == 0 {
+	if nh.IncompatibleFeatures&format.IncompatDirty == 0 {
 		d.lazy.dirtyOnDisk, d.lazy.ownDirty = false, false
 	}
 	d.mu.Unlock()
@@ -281,16 +265,16 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 
 // rewriteHeader writes nh as the whole header cluster and syncs (R6),
 // then makes it the driver's header. REQUIRES: metaLock held.
-func (d *Driver) rewriteHeader(co *aio.Co, nh *Header) error {
+func (d *Driver) rewriteHeader(co *aio.Co, nh *format.Header) error {
 	hb, err := nh.MarshalBinary()
 	if err != nil {
 		return err
 	}
 	cs := d.geo.ClusterSize()
 	if int64(len(hb)) > cs {
-		return limit("header_length", uint64(len(hb)), "header and extensions do not fit in the first cluster")
+		return format.Limit("header_length", uint64(len(hb)), "header and extensions do not fit in the first cluster")
 	}
-	parsed, err := ParseHeader(hb)
+	parsed, err := format.ParseHeader(hb)
 	if err != nil {
 		return err
 	}
@@ -325,7 +309,7 @@ func (d *Driver) expandZeroClusters(co *aio.Co) error {
 	var zeros []byte
 	for l1i := int64(0); l1i < l1n; l1i++ {
 		d.mu.Lock()
-		mapped := d.l1[l1i]&offsetMask != 0
+		mapped := d.l1[l1i]&format.OffsetMask != 0
 		d.mu.Unlock()
 		if !mapped {
 			continue
@@ -340,14 +324,14 @@ func (d *Driver) expandZeroClusters(co *aio.Co) error {
 				return err
 			}
 			switch {
-			case le.Type == ZeroPlain && d.backing == nil:
-				err = d.updateEntry(co, off, func(le L2Entry, e uint64) uint64 {
-					if le.Type == ZeroPlain {
+			case le.Type == format.ZeroPlain && d.backing == nil:
+				err = d.updateEntry(co, off, func(le format.L2Entry, e uint64) uint64 {
+					if le.Type == format.ZeroPlain {
 						return 0
 					}
 					return e
 				})
-			case le.Type == ZeroPlain || le.Type == ZeroAlloc:
+			case le.Type == format.ZeroPlain || le.Type == format.ZeroAlloc:
 				if zeros == nil {
 					zeros = make([]byte, cs)
 				}
@@ -364,7 +348,7 @@ func (d *Driver) expandZeroClusters(co *aio.Co) error {
 
 // updateEntry replaces the standard L2 entry of the cluster at off by f's
 // result (no host cluster changes hands). REQUIRES: metaLock held.
-func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le L2Entry, e uint64) uint64) error {
+func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e uint64) uint64) error {
 	t, l2i, le, e, _, err := d.lockEntry(co, nil, off)
 	if err != nil {
 		return err
@@ -416,8 +400,8 @@ func (d *Driver) refuseSnapshotZeros(co *aio.Co) error {
 				if err != nil {
 					return err
 				}
-				if le.Type == ZeroPlain || le.Type == ZeroAlloc {
-					return unsupported("snapshot", 0, "cannot downgrade: internal snapshot '"+s.Name+"' has zero clusters")
+				if le.Type == format.ZeroPlain || le.Type == format.ZeroAlloc {
+					return format.Unsupported("snapshot", 0, "cannot downgrade: internal snapshot '"+s.Name+"' has zero clusters")
 				}
 			}
 		}

@@ -126,7 +126,7 @@ func (b *readBatch) RunDeferred(*aio.Context) {
 // read at off, if its table is resident (known to the hints; not counted
 // as a lookup). REQUIRES: mu held.
 func (d *Driver) prefetchMapping(off, n int64) {
-	l2Off, ok := oneClusterL2(&d.geo, d.l1, off, n)
+	l2Off, ok := d.geo.OneClusterL2(d.l1, off, n)
 	if !ok {
 		return
 	}

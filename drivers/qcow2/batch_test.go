@@ -12,6 +12,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // burstDone counts completions and keeps the first error.
@@ -182,7 +183,7 @@ func TestQcow2BatchedReadsIOThreads(t *testing.T) {
 	// 8 L2 tables of 2 MiB each; tier 1 gets its minimum, 4.
 	const size = 16 << 20
 	path := filepath.Join(t.TempDir(), "x.qcow2")
-	if err := e.create(path, size, CreateOptions{ClusterSize: 4096}); err != nil {
+	if err := e.create(path, size, format.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
 	n, d := l2OpenWith(t, e, path, DriverOptions{L2CacheBytes: 4 * 4096, SharedCache: cache.NewLRU(1)})

@@ -11,15 +11,16 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // seedBitmaps returns the testdata image made by qemu-img bitmap --add
 // plus a qemu-io write (so the bitmap has a data cluster), its header and
 // its file path.
-func seedBitmaps(t *testing.T) ([]byte, *Header, string) {
+func seedBitmaps(t *testing.T) ([]byte, *format.Header, string) {
 	t.Helper()
 	b := loadImage(t, "bitmap")
-	h, err := ParseHeader(b)
+	h, err := format.ParseHeader(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func seedBitmaps(t *testing.T) ([]byte, *Header, string) {
 // matrix_test.go.
 func TestBitmapClustersQemuImage(t *testing.T) {
 	b, h, path := seedBitmaps(t)
-	owned, err := BitmapClusters(bytes.NewReader(b), h, int64(len(b)))
+	owned, err := format.BitmapClusters(bytes.NewReader(b), h, int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,35 +75,35 @@ func TestBitmapClustersHostile(t *testing.T) {
 	cases := []struct {
 		name string
 		img  func([]byte)
-		ext  func(*BitmapsExtension)
+		ext  func(*format.BitmapsExtension)
 		want error
 	}{
-		{"zero bitmaps", nil, func(e *BitmapsExtension) { e.Count = 0 }, ErrCorrupt},
-		{"too many bitmaps", nil, func(e *BitmapsExtension) { e.Count = MaxBitmaps + 1 }, ErrLimit},
-		{"reserved", nil, func(e *BitmapsExtension) { e.Reserved = 1 }, ErrCorrupt},
-		{"huge directory", nil, func(e *BitmapsExtension) { e.DirectorySize = 1 << 40 }, ErrLimit},
-		{"directory too small", nil, func(e *BitmapsExtension) { e.DirectorySize = 16 }, ErrCorrupt},
-		{"directory size mismatch", nil, func(e *BitmapsExtension) { e.DirectorySize += 8 }, ErrCorrupt},
-		{"directory unaligned", nil, func(e *BitmapsExtension) { e.DirectoryOffset += 512 }, ErrCorrupt},
-		{"directory in header cluster", nil, func(e *BitmapsExtension) { e.DirectoryOffset = 0 }, ErrCorrupt},
-		{"directory past EOF", nil, func(e *BitmapsExtension) { e.DirectoryOffset = 1 << 40 }, ErrRange},
-		{"second bitmap missing", nil, func(e *BitmapsExtension) { e.Count = 2 }, ErrCorrupt},
-		{"table unaligned", put64(dir, uint64(table)+8), nil, ErrCorrupt},
-		{"table past EOF", put64(dir, 1<<40), nil, ErrRange},
-		{"table size zero", put32(dir+8, 0), nil, ErrLimit},
-		{"table size mismatch", put32(dir+8, 2), nil, ErrCorrupt},
-		{"table size huge", put32(dir+8, 1<<31), nil, ErrLimit},
-		{"reserved flags", put32(dir+12, 1<<7), nil, ErrCorrupt},
-		{"unknown type", func(c []byte) { c[dir+16] = 2 }, nil, ErrUnsupported},
-		{"granularity", func(c []byte) { c[dir+17] = 40 }, nil, ErrCorrupt},
-		{"empty name", func(c []byte) { c[dir+18], c[dir+19] = 0, 0 }, nil, ErrCorrupt},
-		{"extra data past directory", put32(dir+20, 1<<20), nil, ErrCorrupt},
-		{"entry reserved bits", put64(table, 1<<60), nil, ErrCorrupt},
-		{"entry offset and all-ones", func(c []byte) { c[table+7] |= 1 }, nil, ErrCorrupt},
-		{"entry unaligned", put64(table, cs+512), nil, ErrCorrupt},
-		{"entry in header cluster", put64(table, 512), nil, ErrCorrupt},
-		{"entry past EOF", put64(table, 1<<50), nil, ErrRange},
-		{"entry is the directory", put64(table, uint64(dir)), nil, ErrCorrupt},
+		{"zero bitmaps", nil, func(e *format.BitmapsExtension) { e.Count = 0 }, format.ErrCorrupt},
+		{"too many bitmaps", nil, func(e *format.BitmapsExtension) { e.Count = format.MaxBitmaps + 1 }, format.ErrLimit},
+		{"reserved", nil, func(e *format.BitmapsExtension) { e.Reserved = 1 }, format.ErrCorrupt},
+		{"huge directory", nil, func(e *format.BitmapsExtension) { e.DirectorySize = 1 << 40 }, format.ErrLimit},
+		{"directory too small", nil, func(e *format.BitmapsExtension) { e.DirectorySize = 16 }, format.ErrCorrupt},
+		{"directory size mismatch", nil, func(e *format.BitmapsExtension) { e.DirectorySize += 8 }, format.ErrCorrupt},
+		{"directory unaligned", nil, func(e *format.BitmapsExtension) { e.DirectoryOffset += 512 }, format.ErrCorrupt},
+		{"directory in header cluster", nil, func(e *format.BitmapsExtension) { e.DirectoryOffset = 0 }, format.ErrCorrupt},
+		{"directory past EOF", nil, func(e *format.BitmapsExtension) { e.DirectoryOffset = 1 << 40 }, format.ErrRange},
+		{"second bitmap missing", nil, func(e *format.BitmapsExtension) { e.Count = 2 }, format.ErrCorrupt},
+		{"table unaligned", put64(dir, uint64(table)+8), nil, format.ErrCorrupt},
+		{"table past EOF", put64(dir, 1<<40), nil, format.ErrRange},
+		{"table size zero", put32(dir+8, 0), nil, format.ErrLimit},
+		{"table size mismatch", put32(dir+8, 2), nil, format.ErrCorrupt},
+		{"table size huge", put32(dir+8, 1<<31), nil, format.ErrLimit},
+		{"reserved flags", put32(dir+12, 1<<7), nil, format.ErrCorrupt},
+		{"unknown type", func(c []byte) { c[dir+16] = 2 }, nil, format.ErrUnsupported},
+		{"granularity", func(c []byte) { c[dir+17] = 40 }, nil, format.ErrCorrupt},
+		{"empty name", func(c []byte) { c[dir+18], c[dir+19] = 0, 0 }, nil, format.ErrCorrupt},
+		{"extra data past directory", put32(dir+20, 1<<20), nil, format.ErrCorrupt},
+		{"entry reserved bits", put64(table, 1<<60), nil, format.ErrCorrupt},
+		{"entry offset and all-ones", func(c []byte) { c[table+7] |= 1 }, nil, format.ErrCorrupt},
+		{"entry unaligned", put64(table, cs+512), nil, format.ErrCorrupt},
+		{"entry in header cluster", put64(table, 512), nil, format.ErrCorrupt},
+		{"entry past EOF", put64(table, 1<<50), nil, format.ErrRange},
+		{"entry is the directory", put64(table, uint64(dir)), nil, format.ErrCorrupt},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -117,8 +118,8 @@ func TestBitmapClustersHostile(t *testing.T) {
 			if c.ext != nil {
 				c.ext(&ext)
 			}
-			owned, err := BitmapClusters(bytes.NewReader(img), &hh, int64(len(img)))
-			var fe *FormatError
+			owned, err := format.BitmapClusters(bytes.NewReader(img), &hh, int64(len(img)))
+			var fe *format.FormatError
 			if !errors.As(err, &fe) || !errors.Is(err, c.want) {
 				t.Fatalf("BitmapClusters = %v, %v; want a *FormatError wrapping %v", owned, err, c.want)
 			}
@@ -127,7 +128,7 @@ func TestBitmapClustersHostile(t *testing.T) {
 	// An all-ones entry (bit 0, no offset) owns no cluster.
 	img := append([]byte(nil), b...)
 	binary.BigEndian.PutUint64(img[table:], 1)
-	owned, err := BitmapClusters(bytes.NewReader(img), h, int64(len(img)))
+	owned, err := format.BitmapClusters(bytes.NewReader(img), h, int64(len(img)))
 	if err != nil || len(owned) != 2 {
 		t.Fatalf("all-ones entry: %v, %v; want the directory and table clusters", owned, err)
 	}
@@ -140,13 +141,13 @@ func TestBitmapClustersHostile(t *testing.T) {
 // clusters, a bitmap and a data cluster.
 func FuzzBitmapDirectory(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		h, err := ParseHeader(data)
+		h, err := format.ParseHeader(data)
 		if err != nil || h.Bitmaps == nil {
 			return
 		}
-		owned, err := BitmapClusters(bytes.NewReader(data), h, int64(len(data)))
+		owned, err := format.BitmapClusters(bytes.NewReader(data), h, int64(len(data)))
 		if err != nil {
-			var fe *FormatError
+			var fe *format.FormatError
 			if !errors.As(err, &fe) {
 				t.Fatalf("error %v is not a *FormatError", err)
 			}
@@ -175,11 +176,11 @@ func TestQcow2DriverBitmapsDroppedAndFreed(t *testing.T) {
 	if _, err := n.WriteAt(fill(0x5a, 4096), 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	h, err := ParseHeader(headerCluster(t, path))
+	h, err := format.ParseHeader(headerCluster(t, path))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Bitmaps != nil || h.AutoclearFeatures&AutoclearBitmaps != 0 {
+	if h.Bitmaps != nil || h.AutoclearFeatures&format.AutoclearBitmaps != 0 {
 		t.Fatalf("after the first write: bitmaps %+v, autoclear %#x", h.Bitmaps, h.AutoclearFeatures)
 	}
 	n.Unref()
@@ -226,11 +227,11 @@ func TestQcow2DriverBitmapsDamagedKept(t *testing.T) {
 				t.Fatal(err)
 			}
 			n.Unref()
-			after, err := ParseHeader(headerCluster(t, path))
+			after, err := format.ParseHeader(headerCluster(t, path))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if after.AutoclearFeatures&AutoclearBitmaps != 0 || after.Bitmaps == nil || *after.Bitmaps != *h.Bitmaps {
+			if after.AutoclearFeatures&format.AutoclearBitmaps != 0 || after.Bitmaps == nil || *after.Bitmaps != *h.Bitmaps {
 				t.Fatalf("autoclear %#x, bitmaps %+v; want bit 0 clear and the extension unchanged", after.AutoclearFeatures, after.Bitmaps)
 			}
 			q := qemuCheckResult(t, path)
@@ -255,7 +256,7 @@ func TestQcow2DriverBitmapsDamagedKept(t *testing.T) {
 func TestQcow2DriverBitmapsCrashStates(t *testing.T) {
 	needQemu(t)
 	b, h, _ := seedBitmaps(t)
-	owned, err := BitmapClusters(bytes.NewReader(b), h, int64(len(b)))
+	owned, err := format.BitmapClusters(bytes.NewReader(b), h, int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +287,7 @@ func TestQcow2DriverBitmapsCrashStates(t *testing.T) {
 		for i, c := range owned {
 			ti, bi := geo.RefcountIndex(c)
 			rb := int64(binary.BigEndian.Uint64(img[int64(h.RefcountTableOffset)+ti*8:]))
-			v, err := RefcountGet(img[rb:rb+h.ClusterSize()], h.RefcountOrder, bi)
+			v, err := format.RefcountGet(img[rb:rb+h.ClusterSize()], h.RefcountOrder, bi)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -294,8 +295,8 @@ func TestQcow2DriverBitmapsCrashStates(t *testing.T) {
 		}
 		return rcs
 	}
-	parse := func(img []byte) *Header {
-		hh, err := ParseHeader(img)
+	parse := func(img []byte) *format.Header {
+		hh, err := format.ParseHeader(img)
 		if err != nil {
 			t.Fatalf("header: %v", err)
 		}
@@ -350,7 +351,7 @@ func TestQcow2DriverBitmapsCrashStates(t *testing.T) {
 		ch, dh := parse(cur), parse(durable)
 		if ch.Bitmaps == nil && !sawRemoval {
 			sawRemoval = true
-			if dh.AutoclearFeatures&AutoclearBitmaps != 0 {
+			if dh.AutoclearFeatures&format.AutoclearBitmaps != 0 {
 				t.Fatalf("write %d removes the bitmaps extension before the cleared autoclear bit is durable", i)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 type qemuCheckJSON struct {
@@ -36,7 +37,7 @@ func qemuCheckResult(t *testing.T, img string) qemuCheckJSON {
 
 func compareCheck(t *testing.T, img string) {
 	t.Helper()
-	im, err := openFile(t, img, Options{})
+	im, err := openFile(t, img, format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func TestQcow2CheckMatchesQemu(t *testing.T) {
 	compareCheck(t, patch("leak.qcow2", func(b []byte) { binary.BigEndian.PutUint64(b[0x40008:], 0) }))
 	compareCheck(t, patch("corrupt.qcow2", func(b []byte) { binary.BigEndian.PutUint16(b[0x20000+2*5:], 0) }))
 	compareCheck(t, patch("copied.qcow2", func(b []byte) { binary.BigEndian.PutUint64(b[0x40000:], 0x50000) }))
-	compareCheck(t, patch("double.qcow2", func(b []byte) { binary.BigEndian.PutUint64(b[0x40008:], EntryCopied|0x50000) }))
+	compareCheck(t, patch("double.qcow2", func(b []byte) { binary.BigEndian.PutUint64(b[0x40008:], format.EntryCopied|0x50000) }))
 
 	// After writes through the driver.
 	img := filepath.Join(dir, "w.qcow2")
@@ -103,7 +104,7 @@ func TestQcow2DriverBlockStatusMatchesQemuMap(t *testing.T) {
 	for _, opts := range []string{"cluster_size=65536", "cluster_size=4096", "compat=0.10"} {
 		img := filepath.Join(t.TempDir(), "x.qcow2")
 		qemuImg(t, "create", "-q", "-f", "qcow2", "-o", opts, img, "8M")
-		im, err := openFile(t, img, Options{})
+		im, err := openFile(t, img, format.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +179,7 @@ func TestQcow2DriverMapParity(t *testing.T) {
 		for _, p := range []string{ours, theirs} {
 			qemuImg(t, "create", "-q", "-f", "qcow2", "-o", opts, p, "8M")
 		}
-		im, err := openFile(t, theirs, Options{})
+		im, err := openFile(t, theirs, format.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -212,7 +213,7 @@ func TestQcow2DriverMapParity(t *testing.T) {
 		classes := func(img string) string {
 			var rs []run
 			for _, r := range normalizeQemu(parseQemuMap(t, qemuImg(t, "map", "--output=json", img))) {
-				r.off = -1
+				r.Off = -1
 				rs = appendRun(rs, r)
 			}
 			return runsString(rs)

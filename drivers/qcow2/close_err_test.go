@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/block/blocktest"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/uring"
 	"github.com/ringblk/ringblk/uring/uringtest"
@@ -35,7 +36,7 @@ func TestQcow2CloseReturnsWriteBackError(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := Create(file, 4<<20, CreateOptions{}); err != nil {
+			if err := Create(file, 4<<20, format.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			n, err := NewNode(e.G, file, DriverOptions{}, block.Options{Name: "img"})

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // WriteCompressed writes whole clusters compressed (block.CompressedWriter,
@@ -43,9 +44,9 @@ func (d *Driver) WriteCompressed(r *block.Request) {
 }
 
 func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
-	if d.hdr.CompressionType != CompressionZlib {
+	if d.hdr.CompressionType != format.CompressionZlib {
 		// The encoder below writes deflate only (zstd.go reads zstd).
-		return unsupported("compression_type", uint64(d.hdr.CompressionType), "compressed writes to a zstd image are not supported")
+		return format.Unsupported("compression_type", uint64(d.hdr.CompressionType), "compressed writes to a zstd image are not supported")
 	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
@@ -116,9 +117,9 @@ func (d *Driver) writeCompressedCluster(co *aio.Co, r *block.Request, off int64,
 		d.setL2BitmapLocked(t, l2i, 0)
 	}
 	switch le.Type {
-	case Normal, ZeroAlloc:
+	case format.Normal, format.ZeroAlloc:
 		d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
-	case Compressed:
+	case format.Compressed:
 		d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 	}
 	return nil

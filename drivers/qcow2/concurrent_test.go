@@ -11,6 +11,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 type countDone struct {
@@ -35,7 +36,7 @@ func TestQcow2DriverConcurrentAllocations(t *testing.T) {
 		img := filepath.Join(t.TempDir(), "x.qcow2")
 		e := newTestEnv(t)
 		size := int64(2 << 20)
-		if err := e.create(img, size, CreateOptions{ClusterSize: cs}); err != nil {
+		if err := e.create(img, size, format.CreateOptions{ClusterSize: cs}); err != nil {
 			t.Fatal(err)
 		}
 		ref := make([]byte, size)
@@ -98,7 +99,7 @@ func TestQcow2DriverIOThreads(t *testing.T) {
 	ctxs := append([]*aio.Context{e.main}, startIOThreads(t, 2)...)
 	img := filepath.Join(t.TempDir(), "x.qcow2")
 	size := int64(4 << 20)
-	if err := e.create(img, size, CreateOptions{ClusterSize: 4096}); err != nil {
+	if err := e.create(img, size, format.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
 	n := e.mustOpen(img, false)
@@ -201,7 +202,7 @@ func TestQcow2DriverFreeWaitsForIO(t *testing.T) {
 	needQemu(t)
 	img := filepath.Join(t.TempDir(), "x.qcow2")
 	e := newTestEnv(t)
-	if err := e.create(img, 1<<20, CreateOptions{ClusterSize: 4096}); err != nil {
+	if err := e.create(img, 1<<20, format.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
 	n := e.mustOpen(img, false)

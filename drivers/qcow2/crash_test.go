@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -139,7 +140,7 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 	}
 	cases := []struct {
 		name string
-		o    CreateOptions
+		o    format.CreateOptions
 		size int64
 		fill int64 // written sequentially first (refcount table growth)
 		grow int64 // Truncate to this size half-way (L1 growth), 0: none
@@ -148,11 +149,11 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 		// file must be durable before the L2 entry that exposes it, R4).
 		backing bool
 	}{
-		{"c512-rc64", CreateOptions{ClusterSize: 512, RefcountBits: 64}, 3 << 20, 5 << 19, 6 << 20, false},
-		{"c4k", CreateOptions{ClusterSize: 4096}, 4 << 20, 0, 0, false},
-		{"c64k-v2", CreateOptions{Version: 2}, 4 << 20, 0, 0, false},
-		{"c64k-compressed", CreateOptions{}, 4 << 20, 0, 0, false},
-		{"c4k-backing", CreateOptions{ClusterSize: 4096}, 4 << 20, 0, 0, true},
+		{"c512-rc64", format.CreateOptions{ClusterSize: 512, RefcountBits: 64}, 3 << 20, 5 << 19, 6 << 20, false},
+		{"c4k", format.CreateOptions{ClusterSize: 4096}, 4 << 20, 0, 0, false},
+		{"c64k-v2", format.CreateOptions{Version: 2}, 4 << 20, 0, 0, false},
+		{"c64k-compressed", format.CreateOptions{}, 4 << 20, 0, 0, false},
+		{"c4k-backing", format.CreateOptions{ClusterSize: 4096}, 4 << 20, 0, 0, true},
 	}
 	for ci, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -428,7 +429,7 @@ func TestQcow2DriverCrashStates(t *testing.T) {
 				}
 				if g >= 0 {
 					gop := flushes[g].op
-					im, err := ReadImage(bytes.NewReader(img), int64(len(img)), Options{})
+					im, err := format.ReadImage(bytes.NewReader(img), int64(len(img)), format.Options{})
 					if err != nil {
 						t.Fatalf("state %d: %v", s, err)
 					}

@@ -11,10 +11,11 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
-func (e *testEnv) create(path string, size int64, o CreateOptions) error {
+func (e *testEnv) create(path string, size int64, o format.CreateOptions) error {
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
 		e.t.Fatal(err)
 	}
@@ -46,22 +47,22 @@ func TestQcow2DriverCreate(t *testing.T) {
 	needQemu(t)
 	cases := []struct {
 		size int64
-		o    CreateOptions
+		o    format.CreateOptions
 		qopt string
 	}{
-		{1 << 30, CreateOptions{}, ""},
-		{1<<30 + 512, CreateOptions{}, ""},
-		{0, CreateOptions{}, ""},
-		{1 << 20, CreateOptions{Version: 2}, "compat=0.10"},
-		{1 << 30, CreateOptions{ClusterSize: 512}, "cluster_size=512"},
-		{1 << 30, CreateOptions{ClusterSize: 4096}, "cluster_size=4096"},
-		{1 << 30, CreateOptions{ClusterSize: 2 << 20}, "cluster_size=2M"},
-		{1 << 40, CreateOptions{}, ""},
-		{64 << 20, CreateOptions{RefcountBits: 1}, "refcount_bits=1"},
-		{64 << 20, CreateOptions{RefcountBits: 64}, "refcount_bits=64"},
-		{64 << 20, CreateOptions{RefcountBits: 8, ClusterSize: 1024}, "refcount_bits=8,cluster_size=1024"},
-		{1 << 20, CreateOptions{BackingFile: "base.raw", BackingFormat: "raw"}, "backing_file=base.raw,backing_fmt=raw"},
-		{1 << 20, CreateOptions{ClusterSize: 4096, BackingFile: "base.raw", BackingFormat: "raw"}, "cluster_size=4096,backing_file=base.raw,backing_fmt=raw"},
+		{1 << 30, format.CreateOptions{}, ""},
+		{1<<30 + 512, format.CreateOptions{}, ""},
+		{0, format.CreateOptions{}, ""},
+		{1 << 20, format.CreateOptions{Version: 2}, "compat=0.10"},
+		{1 << 30, format.CreateOptions{ClusterSize: 512}, "cluster_size=512"},
+		{1 << 30, format.CreateOptions{ClusterSize: 4096}, "cluster_size=4096"},
+		{1 << 30, format.CreateOptions{ClusterSize: 2 << 20}, "cluster_size=2M"},
+		{1 << 40, format.CreateOptions{}, ""},
+		{64 << 20, format.CreateOptions{RefcountBits: 1}, "refcount_bits=1"},
+		{64 << 20, format.CreateOptions{RefcountBits: 64}, "refcount_bits=64"},
+		{64 << 20, format.CreateOptions{RefcountBits: 8, ClusterSize: 1024}, "refcount_bits=8,cluster_size=1024"},
+		{1 << 20, format.CreateOptions{BackingFile: "base.raw", BackingFormat: "raw"}, "backing_file=base.raw,backing_fmt=raw"},
+		{1 << 20, format.CreateOptions{ClusterSize: 4096, BackingFile: "base.raw", BackingFormat: "raw"}, "cluster_size=4096,backing_file=base.raw,backing_fmt=raw"},
 	}
 	e := newTestEnv(t)
 	for _, tc := range cases {
@@ -92,7 +93,7 @@ func TestQcow2DriverCreate(t *testing.T) {
 		})
 	}
 	// Refused options.
-	for _, o := range []CreateOptions{{ClusterSize: 3000}, {Version: 2, RefcountBits: 8}, {RefcountBits: 3}, {BackingFile: "x"}} {
+	for _, o := range []format.CreateOptions{{ClusterSize: 3000}, {Version: 2, RefcountBits: 8}, {RefcountBits: 3}, {BackingFile: "x"}} {
 		err := e.create(filepath.Join(t.TempDir(), "bad.qcow2"), 1<<20, o)
 		if err == nil || !strings.Contains(err.Error(), "qcow2") {
 			t.Errorf("%+v: err = %v, want a refusal", o, err)
@@ -109,7 +110,7 @@ func TestQcow2DriverCreateThenWrite(t *testing.T) {
 	if err := os.WriteFile(base, bytes.Repeat([]byte{0x5a}, 3<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range []CreateOptions{
+	for _, o := range []format.CreateOptions{
 		{ClusterSize: 4096},
 		{Version: 2},
 		{ClusterSize: 512, RefcountBits: 2},
@@ -184,7 +185,7 @@ func qemuMapNoOffsets(t *testing.T, img string) string {
 	t.Helper()
 	var rs []run
 	for _, r := range normalizeQemu(parseQemuMap(t, qemuImg(t, "map", "--output=json", img))) {
-		r.off = -1
+		r.Off = -1
 		rs = appendRun(rs, r)
 	}
 	return runsString(rs)
@@ -209,33 +210,33 @@ func TestQcow2DriverCreatePrealloc(t *testing.T) {
 	needQemu(t)
 	type tc struct {
 		size  int64
-		o     CreateOptions
+		o     format.CreateOptions
 		qopt  string
 		exact bool // byte-identical to qemu-img's file
 	}
 	var cases []tc
-	for _, m := range []Prealloc{PreallocMetadata, PreallocFalloc, PreallocFull} {
+	for _, m := range []format.Prealloc{format.PreallocMetadata, format.PreallocFalloc, format.PreallocFull} {
 		p := "preallocation=" + m.String()
 		cases = append(cases,
-			tc{3 << 20, CreateOptions{Preallocation: m}, p, true},
-			tc{3<<20 + 1000, CreateOptions{Preallocation: m}, p, true},
-			tc{300 << 10, CreateOptions{Preallocation: m, ClusterSize: 512}, p + ",cluster_size=512", true},
-			tc{300<<10 + 100, CreateOptions{Preallocation: m, ClusterSize: 512, RefcountBits: 64}, p + ",cluster_size=512,refcount_bits=64", true},
-			tc{10 << 20, CreateOptions{Preallocation: m, ClusterSize: 4096}, p + ",cluster_size=4096", true},
-			tc{5 << 20, CreateOptions{Preallocation: m, ClusterSize: 2 << 20}, p + ",cluster_size=2M", true},
-			tc{2 << 20, CreateOptions{Preallocation: m, Version: 2}, p + ",compat=0.10", true},
-			tc{3 << 20, CreateOptions{Preallocation: m, ExtendedL2: true, ClusterSize: 16384}, p + ",extended_l2=on,cluster_size=16k", true},
-			tc{1 << 20, CreateOptions{Preallocation: m, ExtendedL2: true, ClusterSize: 32768, BackingFile: "base.raw", BackingFormat: "raw"},
+			tc{3 << 20, format.CreateOptions{Preallocation: m}, p, true},
+			tc{3<<20 + 1000, format.CreateOptions{Preallocation: m}, p, true},
+			tc{300 << 10, format.CreateOptions{Preallocation: m, ClusterSize: 512}, p + ",cluster_size=512", true},
+			tc{300<<10 + 100, format.CreateOptions{Preallocation: m, ClusterSize: 512, RefcountBits: 64}, p + ",cluster_size=512,refcount_bits=64", true},
+			tc{10 << 20, format.CreateOptions{Preallocation: m, ClusterSize: 4096}, p + ",cluster_size=4096", true},
+			tc{5 << 20, format.CreateOptions{Preallocation: m, ClusterSize: 2 << 20}, p + ",cluster_size=2M", true},
+			tc{2 << 20, format.CreateOptions{Preallocation: m, Version: 2}, p + ",compat=0.10", true},
+			tc{3 << 20, format.CreateOptions{Preallocation: m, ExtendedL2: true, ClusterSize: 16384}, p + ",extended_l2=on,cluster_size=16k", true},
+			tc{1 << 20, format.CreateOptions{Preallocation: m, ExtendedL2: true, ClusterSize: 32768, BackingFile: "base.raw", BackingFormat: "raw"},
 				p + ",extended_l2=on,cluster_size=32k,backing_file=base.raw,backing_fmt=raw", true},
 		)
 	}
 	// QEMU grows the refcount table while it preallocates metadata here;
 	// we lay the image out like falloc instead (same mapping, different
 	// host offsets).
-	cases = append(cases, tc{9 << 20, CreateOptions{Preallocation: PreallocMetadata, ClusterSize: 512}, "preallocation=metadata,cluster_size=512", false})
-	cases = append(cases, tc{9 << 20, CreateOptions{Preallocation: PreallocFalloc, ClusterSize: 512}, "preallocation=falloc,cluster_size=512", true})
+	cases = append(cases, tc{9 << 20, format.CreateOptions{Preallocation: format.PreallocMetadata, ClusterSize: 512}, "preallocation=metadata,cluster_size=512", false})
+	cases = append(cases, tc{9 << 20, format.CreateOptions{Preallocation: format.PreallocFalloc, ClusterSize: 512}, "preallocation=falloc,cluster_size=512", true})
 	if !testing.Short() {
-		cases = append(cases, tc{600 << 20, CreateOptions{Preallocation: PreallocMetadata}, "preallocation=metadata", true})
+		cases = append(cases, tc{600 << 20, format.CreateOptions{Preallocation: format.PreallocMetadata}, "preallocation=metadata", true})
 	}
 	e := newTestEnv(t)
 	for _, c := range cases {
@@ -270,7 +271,7 @@ func TestQcow2DriverCreatePrealloc(t *testing.T) {
 				t.Errorf("qemu-img map differs:\nours   %s\ntheirs %s", ma, mb)
 			}
 			// Every cluster of the disk is allocated in the image.
-			im, err := openFile(t, ours, Options{})
+			im, err := openFile(t, ours, format.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -279,9 +280,9 @@ func TestQcow2DriverCreatePrealloc(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, x := range exts {
-				wantKind := ExtentData
+				wantKind := format.ExtentData
 				if c.o.ExtendedL2 {
-					wantKind = ExtentUnallocated // allocated clusters, unallocated subclusters
+					wantKind = format.ExtentUnallocated // allocated clusters, unallocated subclusters
 				}
 				if x.Kind != wantKind {
 					t.Fatalf("extent %+v: want %v everywhere", x, wantKind)
@@ -292,10 +293,10 @@ func TestQcow2DriverCreatePrealloc(t *testing.T) {
 			cs := int64(im.Geometry.ClusterSize())
 			data := (c.size + cs - 1) / cs * cs
 			got := allocatedBytes(t, ours)
-			if c.o.Preallocation == PreallocMetadata && got > st.Size()-data/2 {
+			if c.o.Preallocation == format.PreallocMetadata && got > st.Size()-data/2 {
 				t.Errorf("metadata: %d bytes allocated in a file of %d with %d data bytes", got, st.Size(), data)
 			}
-			if c.o.Preallocation != PreallocMetadata && got < data {
+			if c.o.Preallocation != format.PreallocMetadata && got < data {
 				t.Errorf("%v: %d bytes allocated, want at least the %d data bytes", c.o.Preallocation, got, data)
 			}
 		})
@@ -307,13 +308,13 @@ func TestQcow2DriverCreatePrealloc(t *testing.T) {
 func TestQcow2DriverCreateRefusals(t *testing.T) {
 	e := newTestEnv(t)
 	for _, c := range []struct {
-		o    CreateOptions
+		o    format.CreateOptions
 		want string
 	}{
-		{CreateOptions{ExtendedL2: true, Version: 2}, "Extended L2 entries are only supported with compatibility level 1.1 and above"},
-		{CreateOptions{ExtendedL2: true, ClusterSize: 8192}, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"},
-		{CreateOptions{Preallocation: PreallocMetadata, BackingFile: "b", BackingFormat: "raw"}, "Backing file and preallocation can only be used at the same time if extended_l2 is on"},
-		{CreateOptions{Preallocation: PreallocFull + 1}, "preallocation must be"},
+		{format.CreateOptions{ExtendedL2: true, Version: 2}, "Extended L2 entries are only supported with compatibility level 1.1 and above"},
+		{format.CreateOptions{ExtendedL2: true, ClusterSize: 8192}, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"},
+		{format.CreateOptions{Preallocation: format.PreallocMetadata, BackingFile: "b", BackingFormat: "raw"}, "Backing file and preallocation can only be used at the same time if extended_l2 is on"},
+		{format.CreateOptions{Preallocation: format.PreallocFull + 1}, "preallocation must be"},
 	} {
 		err := e.create(filepath.Join(t.TempDir(), "bad.qcow2"), 1<<20, c.o)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -321,11 +322,11 @@ func TestQcow2DriverCreateRefusals(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"off", "metadata", "falloc", "full"} {
-		if p, ok := ParsePrealloc(s); !ok || p.String() != s {
+		if p, ok := format.ParsePrealloc(s); !ok || p.String() != s {
 			t.Errorf("ParsePrealloc(%q) = %v, %v", s, p, ok)
 		}
 	}
-	if _, ok := ParsePrealloc("bogus"); ok {
+	if _, ok := format.ParsePrealloc("bogus"); ok {
 		t.Error("ParsePrealloc accepted bogus")
 	}
 }

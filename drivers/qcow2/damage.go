@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Degraded open (docs/design/qcow2-repair.md, "Degraded open"). An image
@@ -33,7 +34,7 @@ import (
 
 // setDamage records im's damaged entries. REQUIRES: mu held, or the
 // driver not yet shared (Open).
-func (d *Driver) setDamage(im *Image) {
+func (d *Driver) setDamage(im *format.Image) {
 	d.damageTargets = nil
 	if im.DamagedL1.Len() == 0 && im.DamagedRT.Len() == 0 {
 		d.damage = nil
@@ -51,17 +52,17 @@ func (d *Driver) setDamage(im *Image) {
 	}
 	for i, e := range im.L1 {
 		if im.DamagedL1.Has(int64(i)) {
-			target(e & offsetMask)
+			target(e & format.OffsetMask)
 		}
 	}
 	for i, e := range im.RefcountTable {
 		if im.DamagedRT.Has(int64(i)) {
-			target(e &^ reftableReserved)
+			target(e &^ format.ReftableReserved)
 		}
 	}
 	// A copy, for messages: the driver's tables change, the damaged
 	// entries in the copy do not.
-	d.damage = &Image{Header: im.Header, Geometry: im.Geometry, FileSize: im.FileSize,
+	d.damage = &format.Image{Header: im.Header, Geometry: im.Geometry, FileSize: im.FileSize,
 		L1: slices.Clone(im.L1), RefcountTable: slices.Clone(im.RefcountTable),
 		DamagedL1: im.DamagedL1, DamagedRT: im.DamagedRT}
 }
@@ -118,7 +119,7 @@ func (d *Driver) refuseDamagedWrite(co *aio.Co, off, n int64) error {
 // found at run time on a read-write image. Other errors, and images already
 // marked, pass through. REQUIRES: metaLock held, no L2 table pinned.
 func (d *Driver) damagedWriteErr(co *aio.Co, err error) error {
-	if !errors.Is(err, ErrCorrupt) {
+	if !errors.Is(err, format.ErrCorrupt) {
 		return err
 	}
 	d.mu.Lock()
@@ -154,7 +155,7 @@ func (d *Driver) markDamaged(co *aio.Co, cause error, flush bool) error {
 	if first {
 		d.corruptErr = err
 	}
-	incompat := d.hdr.IncompatibleFeatures | IncompatCorrupt
+	incompat := d.hdr.IncompatibleFeatures | format.IncompatCorrupt
 	v3 := d.hdr.Version >= 3 && !d.readOnly
 	d.mu.Unlock()
 	if first && v3 {

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Degraded open (issue 14 item 8; docs/design/qcow2-repair.md): damaged
@@ -24,10 +25,10 @@ func TestQcow2DegradedOpenCatalogue(t *testing.T) {
 		patch func(*testing.T, []byte) []byte
 		l1    bool // an L1 entry (else a refcount table entry)
 	}{
-		{"L1 entry unaligned", at64(0x30000, EntryCopied|0x40200), true},
-		{"L1 entry reserved bit 0", at64(0x30000, EntryCopied|0x40001), true},
-		{"L1 entry reserved bit 60", at64(0x30000, EntryCopied|1<<60|0x40000), true},
-		{"L1 entry past EOF", at64(0x30000, EntryCopied|0x100000000), true},
+		{"L1 entry unaligned", at64(0x30000, format.EntryCopied|0x40200), true},
+		{"L1 entry reserved bit 0", at64(0x30000, format.EntryCopied|0x40001), true},
+		{"L1 entry reserved bit 60", at64(0x30000, format.EntryCopied|1<<60|0x40000), true},
+		{"L1 entry past EOF", at64(0x30000, format.EntryCopied|0x100000000), true},
 		{"reftable entry reserved bits", at64(0x10000, 0x20001), false},
 		{"reftable entry unaligned", at64(0x10000, 0x20200), false},
 		{"reftable entry past EOF", at64(0x10000, 0x100000000), false},
@@ -35,7 +36,7 @@ func TestQcow2DegradedOpenCatalogue(t *testing.T) {
 	for _, c := range cases {
 		for _, rw := range []bool{false, true} {
 			b := c.patch(t, append([]byte(nil), loadImage(t, "base64m")...))
-			im, err := ReadImage(bytes.NewReader(b), int64(len(b)), Options{ReadWrite: rw})
+			im, err := format.ReadImage(bytes.NewReader(b), int64(len(b)), format.Options{ReadWrite: rw})
 			if err != nil {
 				t.Fatalf("%s (rw %v): open failed: %v", c.name, rw, err)
 			}
@@ -44,8 +45,8 @@ func TestQcow2DegradedOpenCatalogue(t *testing.T) {
 					t.Errorf("%s: damaged L1 %d, RT %d entries", c.name, im.DamagedL1.Len(), im.DamagedRT.Len())
 				}
 				_, err := im.Map(nil, 0, 65536)
-				var fe *FormatError
-				if !errors.Is(err, ErrCorrupt) || !errors.As(err, &fe) || !fieldIs(fe.Field, "l1_table[0]") {
+				var fe *format.FormatError
+				if !errors.Is(err, format.ErrCorrupt) || !errors.As(err, &fe) || !fieldIs(fe.Field, "l1_table[0]") {
 					t.Errorf("%s: Map of the damaged range: %v", c.name, err)
 				}
 			} else if !im.DamagedRT.Has(0) || im.DamagedRT.Len() != 1 || im.DamagedL1.Len() != 0 {
@@ -67,7 +68,7 @@ func degradedImage(t *testing.T, damage func(path string)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if binary.BigEndian.Uint64(b[0x30010:]) != EntryCopied|0x70000 || len(b) != 0x90000 {
+	if binary.BigEndian.Uint64(b[0x30010:]) != format.EntryCopied|0x70000 || len(b) != 0x90000 {
 		t.Fatalf("qemu-img made another layout")
 	}
 	damage(img)
@@ -101,9 +102,9 @@ func TestQcow2DegradedReadWrite(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, true, true, 1<<30 + 4096},
-		{"l1-past-eof", func(t *testing.T, p string) { patchU64(t, p, 0x30010, EntryCopied|0x100000) }, true, true, 1 << 30},
-		{"l1-unaligned", func(t *testing.T, p string) { patchU64(t, p, 0x30010, EntryCopied|0x70200) }, true, true, 1<<30 + 65536},
-		{"l1-reserved-bit", func(t *testing.T, p string) { patchU64(t, p, 0x30010, EntryCopied|0x70001) }, true, true, 1 << 30},
+		{"l1-past-eof", func(t *testing.T, p string) { patchU64(t, p, 0x30010, format.EntryCopied|0x100000) }, true, true, 1 << 30},
+		{"l1-unaligned", func(t *testing.T, p string) { patchU64(t, p, 0x30010, format.EntryCopied|0x70200) }, true, true, 1<<30 + 65536},
+		{"l1-reserved-bit", func(t *testing.T, p string) { patchU64(t, p, 0x30010, format.EntryCopied|0x70001) }, true, true, 1 << 30},
 		{"reftable-unaligned", func(t *testing.T, p string) { patchU64(t, p, 0x10000, 0x20200) }, false, false, 200 << 20},
 		{"reftable-past-eof", func(t *testing.T, p string) { patchU64(t, p, 0x10000, 0x1000000) }, false, false, 200 << 20},
 		{"reftable-unaligned-unused", func(t *testing.T, p string) { patchU64(t, p, 0x10008, 0x20200) }, false, true, -1},
@@ -170,7 +171,7 @@ func TestQcow2DegradedReadWrite(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			marked := binary.BigEndian.Uint64(hdr[72:])&IncompatCorrupt != 0
+			marked := binary.BigEndian.Uint64(hdr[72:])&format.IncompatCorrupt != 0
 			if marked != (c.refuse >= 0) {
 				t.Errorf("corrupt bit %v after the session", marked)
 			}
@@ -202,7 +203,7 @@ func TestQcow2DegradedReadWrite(t *testing.T) {
 func TestQcow2DegradedNeverAllocatesBogusTarget(t *testing.T) {
 	needQemu(t)
 	const target = 0x100000
-	img := degradedImage(t, func(p string) { patchU64(t, p, 0x30010, EntryCopied|target) })
+	img := degradedImage(t, func(p string) { patchU64(t, p, 0x30010, format.EntryCopied|target) })
 	e := newTestEnv(t)
 	n := e.mustOpen(img, false)
 	data := bytes.Repeat([]byte{7}, 1<<20)
@@ -219,7 +220,7 @@ func TestQcow2DegradedNeverAllocatesBogusTarget(t *testing.T) {
 	if len(b) <= target {
 		t.Fatalf("the file did not grow over the target (%#x bytes)", len(b))
 	}
-	im, err := ReadImage(bytes.NewReader(b), int64(len(b)), Options{})
+	im, err := format.ReadImage(bytes.NewReader(b), int64(len(b)), format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func TestQcow2DegradedNeverAllocatesBogusTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, x := range ext {
-		if x.Kind == ExtentData && x.HostOff <= target && target < x.HostOff+x.Len {
+		if x.Kind == format.ExtentData && x.HostOff <= target && target < x.HostOff+x.Len {
 			t.Errorf("guest %#x was put in the cluster the damaged entry points at", x.GuestOff)
 		}
 	}
@@ -272,7 +273,7 @@ func TestQcow2DegradedL2EntryWrite(t *testing.T) {
 	if len(b) != 0x60000 {
 		t.Errorf("file size %#x after the refused write", len(b))
 	}
-	if binary.BigEndian.Uint64(b[72:])&IncompatCorrupt == 0 {
+	if binary.BigEndian.Uint64(b[72:])&format.IncompatCorrupt == 0 {
 		t.Error("corrupt bit not set")
 	}
 }

@@ -3,6 +3,7 @@ package qcow2
 import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Discard and write-zeroes (qcow2.md §2.5), in a coroutine under
@@ -62,7 +63,7 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	size := d.geo.Size
 	d.mu.Unlock()
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
-		return outOfRange("guest_offset", uint64(max(r.Off, 0)), "request outside the virtual disk")
+		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "request outside the virtual disk")
 	}
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
@@ -117,14 +118,14 @@ func (d *Driver) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m z
 
 // peekEntry returns the L2 entry of guest offset off without allocating
 // anything; ok is false when the L1 entry is empty.
-func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le L2Entry, ok bool, err error) {
+func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le format.L2Entry, ok bool, err error) {
 	if _, err := d.mapRange(co, r, nil, off, 1); err != nil {
 		return le, false, err
 	}
 	l1i, l2i, _ := d.geo.Split(off)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	l2Off := int64(d.l1[l1i] & offsetMask)
+	l2Off := int64(d.l1[l1i] & format.OffsetMask)
 	if l2Off == 0 {
 		return le, false, nil
 	}
@@ -137,8 +138,8 @@ func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le L2Entry,
 	return le, true, err
 }
 
-func readsZero(t ClusterType, backing bool) bool {
-	return t == ZeroPlain || t == ZeroAlloc || (t == Unallocated && !backing)
+func readsZero(t format.ClusterType, backing bool) bool {
+	return t == format.ZeroPlain || t == format.ZeroAlloc || (t == format.Unallocated && !backing)
 }
 
 func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byte) error {
@@ -156,7 +157,7 @@ func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []by
 		// The whole cluster reads as zero already. Like QEMU, a version 3
 		// image records that with the zero flag (so qemu-img map shows
 		// the same); a version 2 image needs nothing.
-		if d.geo.ZeroFlag && le.Type == Unallocated {
+		if d.geo.ZeroFlag && le.Type == format.Unallocated {
 			cs := d.geo.ClusterSize()
 			return d.zeroCluster(co, r, off&^(cs-1), modeZero)
 		}
@@ -178,12 +179,12 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 	if err == nil && !mapped && !hasBacking && skipUnallocated {
 		return nil
 	}
-	if err == nil && (le.Type == ZeroPlain || (le.Type == Unallocated && !hasBacking && skipUnallocated)) {
+	if err == nil && (le.Type == format.ZeroPlain || (le.Type == format.Unallocated && !hasBacking && skipUnallocated)) {
 		return nil
 	}
 	if !d.geo.ZeroFlag && hasBacking {
 		if m == modeDiscard {
-			return unsupported("version", 2, "discard in a version 2 image with a backing file")
+			return format.Unsupported("version", 2, "discard in a version 2 image with a backing file")
 		}
 		zeros := make([]byte, min(d.geo.ClusterSize(), d.geo.Size-off))
 		return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
@@ -199,13 +200,13 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 	switch {
 	case !d.geo.ZeroFlag:
 		ne = 0
-	case m == modeZero && le.Type == Normal && le.Copied:
-		ne, err = d.geo.EncodeL2Entry(ZeroAlloc, le.HostOff, true)
+	case m == modeZero && le.Type == format.Normal && le.Copied:
+		ne, err = d.geo.EncodeL2Entry(format.ZeroAlloc, le.HostOff, true)
 		free = false
-	case m == modeZero && le.Type == ZeroAlloc:
+	case m == modeZero && le.Type == format.ZeroAlloc:
 		return nil
 	default:
-		ne, err = d.geo.EncodeL2Entry(ZeroPlain, 0, false)
+		ne, err = d.geo.EncodeL2Entry(format.ZeroPlain, 0, false)
 	}
 	if err != nil {
 		return err
@@ -216,9 +217,9 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 	d.setL2EntryLocked(t, l2i, ne)
 	if free {
 		switch le.Type {
-		case Normal, ZeroAlloc:
+		case format.Normal, format.ZeroAlloc:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
-		case Compressed:
+		case format.Compressed:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}

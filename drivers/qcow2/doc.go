@@ -1,36 +1,22 @@
-// Package qcow2 is ringblk's qcow2 support: a pure format layer that
-// decodes, validates and encodes qcow2 metadata and maps guest ranges to
-// host extents, and the block driver built on it, which turns guest
-// requests on a node into requests to the node's "file" (and "backing")
-// children.
+// Package qcow2 is ringblk's qcow2 block driver: it turns guest requests
+// on a node into requests to the node's "file" (and "backing") children.
+// The format itself — header, entry codecs, mapping, snapshot table,
+// bitmap directory, limits, compression codecs, ReadImage and Image.Check,
+// create layout — is package format (drivers/qcow2/format), which imports
+// no block, aio or cache.
 //
 // # Layering
 //
 //	driver             block.Driver (driver.go, read.go, write.go, alloc.go,
-//	                   flush.go, discard.go, resize.go, create.go,
+//	                   flush.go, discard.go, resize.go, create_write.go,
 //	                   subcluster.go, snapshot_ops.go, repair.go, lazy.go,
 //	                   amend.go): requests, allocation, COW, refcount
 //	                   updates, crash ordering, L2 cache, coroutines for
 //	                   slow paths
 //	       │ uses
-//	format             Header, entry codecs, Map, snapshot table, Check,
-//	                   ReadImage: pure functions plus reads through io.ReaderAt
-//
-// The format layer imports only the standard library (plus
-// github.com/klauspost/compress/zstd for zstd clusters, zstd.go), so each rule of the
-// format is testable without a ring: header parsing (ParseHeader,
-// MarshalBinary), entry codecs (Geometry.DecodeL1Entry, DecodeL2Entry,
-// DecodeCompressed, RefcountGet/RefcountSet), guest-to-host mapping (Map,
-// style B2 "qcow2 as mapping then I/O"), the snapshot table
-// (ParseSnapshotTable, AppendSnapshotTable), a validated read-only model of
-// an image's metadata (ReadImage → *Image) and a consistency check with
-// qemu-img check's counts (Image.Check).
-//
-// Map turns a guest range into a short list of extents: unallocated (read
-// the backing file, or zeros), zero, data at a host offset, or compressed.
-// It takes the L1 table and a callback that returns raw L2 tables, so the
-// driver can serve them from its cache; it appends to a caller slice and
-// does not allocate when that slice has room.
+//	format             package format: Header, entry codecs, Map, snapshot
+//	                   table, Check, ReadImage: pure functions plus reads
+//	                   through io.ReaderAt
 //
 // # The driver
 //
@@ -145,30 +131,7 @@
 //
 // # Hostile images
 //
-// Images are untrusted input. Every size field is checked against a named
-// limit (limits.go, QEMU 7.2's values: cluster_bits 9..21, L1 ≤ 32 MiB,
-// refcount table ≤ 8 MiB, ≤ 65536 snapshots in ≤ 64 MiB with ≤ 1024 bytes
-// of extra data each, backing name ≤ 1023 bytes, backing format ≤ 15 bytes,
-// refcount_order ≤ 6, virtual size ≤ 2^61, host offsets < 2^56) before
-// anything proportional to it is allocated, so open-time memory is bounded
-// by the tables' limits plus one cluster. Every L1, L2 and refcount table
-// entry is validated when decoded; damaged metadata is an error, never a
-// panic or a wrong mapping. The bitmap directory (BitmapClusters) is
-// bounded by nb_bitmaps ≤ 65535, a directory ≤ 64 MiB, names ≤ 1023 bytes,
-// granularity 2^9..2^31 and table sizes that must match the disk size;
-// tables are read one cluster at a time. Errors are *FormatError values naming the
-// spec field and value, wrapping one of ErrNotQcow2, ErrUnsupported,
-// ErrCorrupt, ErrLimit or ErrRange for errors.Is; the block layer wraps
-// them in its own error type.
-//
-// Refused outright: unknown incompatible feature bits (named from the
-// image's feature table), encryption (crypt_method or the full disk
-// encryption extension), external data files, unknown compression types,
-// and backing file names with json: or any other protocol prefix. The dirty
-// and corrupt bits are fine for reading; the driver repairs a dirty image
-// at a read-write open and refuses a corrupt one (Header.CheckWritable is
-// the format layer's check), and Header.AutoclearToClear tells a writer which
-// autoclear bits to clear before its first write. Unknown header
-// extensions and header bytes beyond the known fields are kept and written
-// back unchanged by MarshalBinary.
+// Images are untrusted input; package format's documentation lists the
+// limits and the refusals. The driver opens an image through
+// format.ReadImage and decodes every entry it reads with format's codecs.
 package qcow2

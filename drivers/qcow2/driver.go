@@ -8,6 +8,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // MaxBackingDepth caps the backing chain below an image: a deeper chain is
@@ -62,7 +63,7 @@ type DriverOptions struct {
 	SharedCache cache.Clean
 	// Image tightens the open-time limits of ReadImage (ReadWrite is set
 	// from the node's read-only option).
-	Image Options
+	Image format.Options
 	// CheckOpen opens the image for `check -r` (QEMU's BDRV_O_CHECK): a
 	// dirty or corrupt image opens read-write without the automatic
 	// repair, and refuses writes until a repair (Check) succeeds.
@@ -98,11 +99,11 @@ type Driver struct {
 	readOnly bool
 
 	mu     sync.Mutex
-	hdr    *Header
-	geo    Geometry // FileSize tracks the end of allocated space
+	hdr    *format.Header
+	geo    format.Geometry // FileSize tracks the end of allocated space
 	l1     []uint64
 	rt     []uint64 // refcount table
-	snaps  []Snapshot
+	snaps  []format.Snapshot
 	snapSz int64
 	l2     *l2Cache
 	rb     map[int64]*refBlock // loaded refcount blocks, by host offset
@@ -118,7 +119,7 @@ type Driver struct {
 	corruptErr   error          // set once an overlap check fired: every request fails
 	// damage describes the L1 and refcount table entries found damaged at
 	// open (nil: none); see damage.go.
-	damage *Image
+	damage *format.Image
 	// damageTargets holds the clusters damaged entries point into; the
 	// allocator skips them (damage.go).
 	damageTargets map[int64]struct{}
@@ -138,20 +139,20 @@ type Driver struct {
 	freeParity uint32
 
 	states  stateFreeList
-	oneDone oneDone  // completes single-extent fast reads (read.go)
-	batches batches  // per-Context read batches (batch.go)
-	rext    []Extent // Read's mapping scratch, owned by the holder of mu
+	oneDone oneDone         // completes single-extent fast reads (read.go)
+	batches batches         // per-Context read batches (batch.go)
+	rext    []format.Extent // Read's mapping scratch, owned by the holder of mu
 	// onceOff/onceBuf: the L2 table mapData found, for the Map after it
 	// (l2Once, bound once in l2OnceFn); valid under the same hold of mu.
 	onceOff  int64
 	onceBuf  []byte
-	l2OnceFn L2Func
-	l2HitFn  L2Func // bound once: no allocation per Map call
-	missOff  int64  // set by l2Hit under mu: the table that missed
+	l2OnceFn format.L2Func
+	l2HitFn  format.L2Func // bound once: no allocation per Map call
+	missOff  int64         // set by l2Hit under mu: the table that missed
 	// zcache holds the last inflated compressed cluster. Dropped when a
 	// cluster is freed (its host bytes may be reused).
 	zcache struct {
-		desc CompressedDescriptor
+		desc format.CompressedDescriptor
 		buf  []byte
 	}
 
@@ -237,7 +238,7 @@ func (d *Driver) Open(n *block.Node) error {
 			return err
 		}
 	}
-	im, err := ReadImage(nodeReader{file}, size, iopts)
+	im, err := format.ReadImage(nodeReader{file}, size, iopts)
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}
@@ -255,7 +256,7 @@ func (d *Driver) Open(n *block.Node) error {
 	d.l2HitFn = d.l2Hit
 	d.oneDone.d = d
 	d.l2OnceFn = d.l2Once
-	d.rext = make([]Extent, 0, 16)
+	d.rext = make([]format.Extent, 0, 16)
 	d.inflight = make(map[int64]*inflightAlloc)
 	d.resetMetaClusters()
 	d.freeIdx = 0
@@ -272,7 +273,7 @@ func (d *Driver) resetMetaClusters() {
 	d.metaClusters = make(map[int64]struct{})
 	dm := d.damage
 	for i, e := range d.l1 {
-		if off := int64(e & offsetMask); off != 0 && (dm == nil || !dm.DamagedL1.Has(int64(i))) {
+		if off := int64(e & format.OffsetMask); off != 0 && (dm == nil || !dm.DamagedL1.Has(int64(i))) {
 			d.metaClusters[off] = struct{}{}
 		}
 	}
@@ -350,7 +351,7 @@ func (d *Driver) Length(*block.Node) (int64, error) {
 }
 
 // Header returns a copy of the image header as last read or written.
-func (d *Driver) Header() Header {
+func (d *Driver) Header() format.Header {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return *d.hdr
@@ -379,15 +380,15 @@ func (d *Driver) formatErr(op block.Op, off int64, err error) error {
 	}
 	k := block.Io
 	switch {
-	case errors.Is(err, ErrCorrupt):
+	case errors.Is(err, format.ErrCorrupt):
 		k = block.Corrupt
-	case errors.Is(err, ErrNotQcow2):
+	case errors.Is(err, format.ErrNotQcow2):
 		k = block.InvalidFormat
-	case errors.Is(err, ErrUnsupported):
+	case errors.Is(err, format.ErrUnsupported):
 		k = block.Unsupported
-	case errors.Is(err, ErrLimit):
+	case errors.Is(err, format.ErrLimit):
 		k = block.Overflow
-	case errors.Is(err, ErrRange):
+	case errors.Is(err, format.ErrRange):
 		k = block.OutOfBounds
 	}
 	return &block.Error{Kind: k, Op: op, Node: d.nodeName(), Offset: off, Err: err}
@@ -395,7 +396,7 @@ func (d *Driver) formatErr(op block.Op, off int64, err error) error {
 
 // errNoSpace tells allocCluster that the refcount table does not cover
 // the cluster it looked at: the table must grow first.
-var errNoSpace = &FormatError{Field: "refcount_table_clusters", Reason: "refcount table too small", Err: ErrLimit}
+var errNoSpace = &format.FormatError{Field: "refcount_table_clusters", Reason: "refcount table too small", Err: format.ErrLimit}
 
 // nodeReader reads a node synchronously (open time only, on the main
 // Context).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -394,7 +395,7 @@ func TestQcow2DriverRefcountTableGrowth(t *testing.T) {
 		qemuCheck(t, img)
 		qemuCompare(t, img, ref)
 		compareCheck(t, img)
-		im, err := openFile(t, img, Options{})
+		im, err := openFile(t, img, format.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // flushMetadata writes every dirty piece of metadata in dependency order,
@@ -244,13 +245,13 @@ func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
 // corrupt bit (an 8-byte synced header write, R6), every later request
 // fails, and the request gets an I/O error.
 func (d *Driver) markCorrupt(co *aio.Co, off int64, what string) error {
-	err := corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
+	err := format.Corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
 	d.mu.Lock()
 	first := d.corruptErr == nil
 	if first {
 		d.corruptErr = err
 	}
-	incompat := d.hdr.IncompatibleFeatures | IncompatCorrupt
+	incompat := d.hdr.IncompatibleFeatures | format.IncompatCorrupt
 	v3 := d.hdr.Version >= 3
 	d.mu.Unlock()
 	if first && v3 {

@@ -20,8 +20,8 @@ func FuzzQcow2DriverOps(f *testing.F) {
 		f.Add(encodeSparse(b, metadataRanges(f, b)), ops, uint8(1))
 	}
 	for _, c := range hostileImages {
-		orig := loadImage(f, c.image)
-		p := c.patch(&testing.T{}, append([]byte(nil), orig...))
+		orig := loadImage(f, c.Image)
+		p := c.Patch(&testing.T{}, append([]byte(nil), orig...))
 		f.Add(encodeSparse(p, metadataRanges(f, orig)), ops, uint8(1))
 	}
 	e := newTestEnv(f)
@@ -29,12 +29,12 @@ func FuzzQcow2DriverOps(f *testing.F) {
 		watchdog := time.AfterFunc(30*time.Second, func() { panic("fuzz execution hung") }) // a hang becomes a crasher
 		defer watchdog.Stop()
 		file := decodeSparse(data)
-		if file.size > 32<<20 {
+		if file.Size > 32<<20 {
 			return // keep the in-memory file small
 		}
-		img := make([]byte, file.size)
-		for _, c := range file.chunks {
-			copy(img[c.off:], c.data)
+		img := make([]byte, file.Size)
+		for _, c := range file.Chunks {
+			copy(img[c.Off:], c.Data)
 		}
 		rf := &recFile{data: img}
 		fn, err := e.g.Open(rf, block.Options{})

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // TestQcow2DriverHostileImages: every image of the malformed catalogue
@@ -22,19 +23,19 @@ func TestQcow2DriverHostileImages(t *testing.T) {
 	}
 	var imgs []img
 	for _, c := range hostileImages {
-		imgs = append(imgs, img{c.name, c.patch(t, append([]byte(nil), loadImage(t, c.image)...))})
+		imgs = append(imgs, img{c.Name, c.Patch(t, append([]byte(nil), loadImage(t, c.Image)...))})
 	}
 	for _, p := range []struct {
 		name string
 		off  int
 		v    uint64
 	}{
-		{"l2 unaligned", 0x40000, EntryCopied | 0x50200},
-		{"l2 past eof", 0x40008, EntryCopied | 0x10000000000},
-		{"compressed garbage", 0x40000, EntryCompressed | 0x50000},
-		{"compressed past eof", 0x40000, EntryCompressed | 0x100000000},
-		{"data on refblock", 0x40000, EntryCopied | 0x20000},
-		{"data on header", 0x40000, EntryCopied},
+		{"l2 unaligned", 0x40000, format.EntryCopied | 0x50200},
+		{"l2 past eof", 0x40008, format.EntryCopied | 0x10000000000},
+		{"compressed garbage", 0x40000, format.EntryCompressed | 0x50000},
+		{"compressed past eof", 0x40000, format.EntryCompressed | 0x100000000},
+		{"data on refblock", 0x40000, format.EntryCopied | 0x20000},
+		{"data on header", 0x40000, format.EntryCopied},
 	} {
 		b := append([]byte(nil), loadImage(t, "base64m")...)
 		binary.BigEndian.PutUint64(b[p.off:], p.v)
@@ -85,7 +86,7 @@ func TestQcow2DriverHostileImages(t *testing.T) {
 // corrupt bit, later requests fail, and a read-write reopen is refused.
 func TestQcow2DriverOverlapMarksCorrupt(t *testing.T) {
 	b := append([]byte(nil), loadImage(t, "base64m")...)
-	binary.BigEndian.PutUint64(b[0x40000:], EntryCopied|0x20000)
+	binary.BigEndian.PutUint64(b[0x40000:], format.EntryCopied|0x20000)
 	path := filepath.Join(t.TempDir(), "o.qcow2")
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
@@ -101,7 +102,7 @@ func TestQcow2DriverOverlapMarksCorrupt(t *testing.T) {
 	}
 	n.Unref()
 	after, _ := os.ReadFile(path)
-	if got := binary.BigEndian.Uint64(after[72:]); got&IncompatCorrupt == 0 {
+	if got := binary.BigEndian.Uint64(after[72:]); got&format.IncompatCorrupt == 0 {
 		t.Fatalf("incompatible_features %#x: corrupt bit not set", got)
 	}
 	if string(after[0x20000:0x20200]) != string(b[0x20000:0x20200]) {
@@ -126,13 +127,13 @@ func TestQcow2DriverClearsBitmapsAutoclear(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if binary.BigEndian.Uint64(b[88:])&AutoclearBitmaps == 0 {
+	if binary.BigEndian.Uint64(b[88:])&format.AutoclearBitmaps == 0 {
 		t.Fatal("test image has no consistent bitmaps")
 	}
 	e := newTestEnv(t)
 	n := e.mustOpen(path, true)
 	n.Unref() // a read-only open changes nothing
-	if after, _ := os.ReadFile(path); binary.BigEndian.Uint64(after[88:])&AutoclearBitmaps == 0 {
+	if after, _ := os.ReadFile(path); binary.BigEndian.Uint64(after[88:])&format.AutoclearBitmaps == 0 {
 		t.Fatal("read-only open cleared the autoclear bit")
 	}
 	n = e.mustOpen(path, false)
@@ -141,7 +142,7 @@ func TestQcow2DriverClearsBitmapsAutoclear(t *testing.T) {
 	}
 	n.Unref()
 	after, _ := os.ReadFile(path)
-	if v := binary.BigEndian.Uint64(after[88:]); v&AutoclearBitmaps != 0 {
+	if v := binary.BigEndian.Uint64(after[88:]); v&format.AutoclearBitmaps != 0 {
 		t.Fatalf("autoclear_features %#x after a write", v)
 	}
 	q := qemuCheckResult(t, path)
@@ -161,7 +162,7 @@ func TestQcow2DriverRefusesRWOpens(t *testing.T) {
 	exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 64k", "-c", "abort", lazy).Run() // leaves the dirty bit
 	// A dirty image is repaired at a read-write open (lazy_test.go); one
 	// also marked corrupt is refused.
-	setU64(72, IncompatDirty|IncompatCorrupt)(t, lazy)
+	setU64(72, format.IncompatDirty|format.IncompatCorrupt)(t, lazy)
 	e := newTestEnv(t)
 	for _, c := range []struct {
 		path string

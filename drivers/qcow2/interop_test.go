@@ -9,30 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Interop tests: images made by qemu-img/qemu-io 7.2 at test time, read by
 // this package, with qemu-img map and qemu-io read -P as the oracles.
-
-func needQemu(t *testing.T) {
-	t.Helper()
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not found: qcow2 interop tests need qemu-utils (apt-get install qemu-utils)", tool)
-		}
-	}
-}
-
-func qemuImg(t *testing.T, args ...string) []byte {
-	t.Helper()
-	out, err := exec.Command("qemu-img", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("qemu-img %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
-}
 
 // qemuIO runs commands in one qemu-io invocation; it fails the test if
 // qemu-io fails or reports a pattern mismatch.
@@ -60,10 +43,10 @@ func qemuCreate(t *testing.T, img, opts string, size int64) {
 
 // qemuPopulated makes a qcow2 image with qemu-img create -o opts, writes
 // opsFor's workload into it with qemu-io, and returns its parsed metadata.
-func qemuPopulated(t *testing.T, img, opts string, size int64, compress bool) *Image {
+func qemuPopulated(t *testing.T, img, opts string, size int64, compress bool) *format.Image {
 	t.Helper()
 	qemuCreate(t, img, opts, size)
-	im, err := openFile(t, img, Options{})
+	im, err := openFile(t, img, format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,20 +56,6 @@ func qemuPopulated(t *testing.T, img, opts string, size int64, compress bool) *I
 	}
 	qemuIO(t, img, cmds...)
 	return im
-}
-
-func openFile(t *testing.T, path string, opts Options) (*Image, error) {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ReadImage(f, st.Size(), opts)
 }
 
 // op is one qemu-io operation and its effect on guest content.
@@ -131,7 +100,7 @@ func (o op) apply(buf []byte, base int64) {
 // a geometry: full and partial clusters, zero writes over allocated and
 // unallocated clusters (whole: zero-alloc; -u: unmapped; partial: zeros
 // written), discards, and a partial last cluster.
-func opsFor(g *Geometry, compress bool) []op {
+func opsFor(g *format.Geometry, compress bool) []op {
 	cs := g.ClusterSize()
 	sub := min(cs/4, 4096)
 	ops := []op{
@@ -200,7 +169,7 @@ func readPattern(buf []byte, base int64) []string {
 
 // imageReader reads an Image's guest data as an io.ReaderAt (for use as a
 // backing file).
-type imageReader struct{ im *Image }
+type imageReader struct{ im *format.Image }
 
 func (r imageReader) ReadAt(p []byte, off int64) (int, error) { return r.im.ReadAt(p, off, nil) }
 
@@ -260,7 +229,7 @@ func TestQcow2InteropQemuImages(t *testing.T) {
 			}
 			qemuImg(t, append(args, img, fmt.Sprint(c.size))...)
 
-			im, err := openFile(t, img, Options{})
+			im, err := openFile(t, img, format.Options{})
 			if err != nil {
 				t.Fatalf("fresh image: %v", err)
 			}
@@ -282,7 +251,7 @@ func TestQcow2InteropQemuImages(t *testing.T) {
 			}
 			qemuIO(t, img, cmds...)
 
-			im, err = openFile(t, img, Options{ReadWrite: true})
+			im, err = openFile(t, img, format.Options{ReadWrite: true})
 			if err != nil {
 				t.Fatalf("ReadImage after qemu-io: %v", err)
 			}
@@ -295,9 +264,9 @@ func TestQcow2InteropQemuImages(t *testing.T) {
 
 			// 2. Content of every touched range against the op model, with
 			// qemu-io read -P confirming the model on QEMU's side.
-			var backing *Image
+			var backing *format.Image
 			if c.backing {
-				if backing, err = openFile(t, filepath.Join(dir, "base.qcow2"), Options{}); err != nil {
+				if backing, err = openFile(t, filepath.Join(dir, "base.qcow2"), format.Options{}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -330,13 +299,13 @@ func TestQcow2InteropQemuImages(t *testing.T) {
 	}
 }
 
-func hasCompressed(t *testing.T, im *Image, w [2]int64) bool {
+func hasCompressed(t *testing.T, im *format.Image, w [2]int64) bool {
 	exts, err := im.Map(nil, w[0], w[1]-w[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, x := range exts {
-		if x.Kind == ExtentCompressed {
+		if x.Kind == format.ExtentCompressed {
 			return true
 		}
 	}
@@ -378,7 +347,7 @@ func TestQcow2InteropConvertCompressed(t *testing.T) {
 		t.Run(cs, func(t *testing.T) {
 			img := filepath.Join(dir, "c"+cs+".qcow2")
 			qemuImg(t, "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size="+cs, raw, img)
-			im, err := openFile(t, img, Options{ReadWrite: true})
+			im, err := openFile(t, img, format.Options{ReadWrite: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -388,7 +357,7 @@ func TestQcow2InteropConvertCompressed(t *testing.T) {
 			}
 			ncomp := 0
 			for _, x := range exts {
-				if x.Kind == ExtentCompressed {
+				if x.Kind == format.ExtentCompressed {
 					ncomp++
 				}
 			}
@@ -423,7 +392,7 @@ func TestQcow2InteropSnapshots(t *testing.T) {
 	qemuImg(t, "snapshot", "-d", "first", img)
 	qemuIO(t, img, "write -P 0x05 8k 4k")
 
-	im, err := openFile(t, img, Options{ReadWrite: true})
+	im, err := openFile(t, img, format.Options{ReadWrite: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -476,7 +445,7 @@ func TestQcow2InteropSnapshots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc, err := AppendSnapshotTable(nil, im.Snapshots)
+	enc, err := format.AppendSnapshotTable(nil, im.Snapshots)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,30 +463,30 @@ func TestQcow2InteropRefused(t *testing.T) {
 	path := func(n string) string { return filepath.Join(dir, n) }
 
 	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "data_file="+path("x.data"), path("df.qcow2"), "1M")
-	if _, err := openFile(t, path("df.qcow2"), Options{}); !errors.Is(err, ErrUnsupported) {
+	if _, err := openFile(t, path("df.qcow2"), format.Options{}); !errors.Is(err, format.ErrUnsupported) {
 		t.Errorf("external data file: %v", err)
 	}
 	createLUKS(t, path("luks.qcow2"), "1M")
-	if _, err := openFile(t, path("luks.qcow2"), Options{}); !errors.Is(err, ErrUnsupported) {
+	if _, err := openFile(t, path("luks.qcow2"), format.Options{}); !errors.Is(err, format.ErrUnsupported) {
 		t.Errorf("LUKS: %v", err)
 	}
 	qemuImg(t, "create", "-q", "-f", "qcow2", "-u", "-b",
 		`json:{"driver":"raw","file":{"driver":"file","filename":"/etc/hostname"}}`, "-F", "raw", path("json.qcow2"), "1M")
-	if _, err := openFile(t, path("json.qcow2"), Options{}); !errors.Is(err, ErrUnsupported) {
+	if _, err := openFile(t, path("json.qcow2"), format.Options{}); !errors.Is(err, format.ErrUnsupported) {
 		t.Errorf("json: backing: %v", err)
 	}
 	// A crash with lazy refcounts leaves the dirty bit: read-only is fine,
 	// read-write is refused (qcow2.md §5.2 row 5).
 	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", path("lazy.qcow2"), "1M")
 	exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 64k", "-c", "abort", path("lazy.qcow2")).Run()
-	im, err := openFile(t, path("lazy.qcow2"), Options{})
+	im, err := openFile(t, path("lazy.qcow2"), format.Options{})
 	if err != nil {
 		t.Fatalf("dirty image read-only: %v", err)
 	}
-	if im.Header.IncompatibleFeatures&IncompatDirty == 0 {
+	if im.Header.IncompatibleFeatures&format.IncompatDirty == 0 {
 		t.Fatalf("qemu-io abort did not leave the dirty bit")
 	}
-	if _, err := openFile(t, path("lazy.qcow2"), Options{ReadWrite: true}); !errors.Is(err, ErrUnsupported) {
+	if _, err := openFile(t, path("lazy.qcow2"), format.Options{ReadWrite: true}); !errors.Is(err, format.ErrUnsupported) {
 		t.Errorf("dirty image read-write: %v", err)
 	}
 	// Bitmaps: the autoclear bit is set and must be cleared by a writer
@@ -525,11 +494,11 @@ func TestQcow2InteropRefused(t *testing.T) {
 	qemuImg(t, "create", "-q", "-f", "qcow2", path("bm.qcow2"), "1M")
 	qemuImg(t, "bitmap", "--add", path("bm.qcow2"), "b0")
 	qemuImg(t, "bitmap", "--add", path("bm.qcow2"), "b1")
-	im, err = openFile(t, path("bm.qcow2"), Options{ReadWrite: true})
+	im, err = openFile(t, path("bm.qcow2"), format.Options{ReadWrite: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !im.Header.BitmapsConsistent() || im.Header.Bitmaps.Count != 2 || im.Header.AutoclearToClear(0) != AutoclearBitmaps {
+	if !im.Header.BitmapsConsistent() || im.Header.Bitmaps.Count != 2 || im.Header.AutoclearToClear(0) != format.AutoclearBitmaps {
 		t.Errorf("bitmaps: %+v autoclear %#x", im.Header.Bitmaps, im.Header.AutoclearFeatures)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -459,7 +460,7 @@ func killRound(t *testing.T, self string, cfg killConfig, seed uint64, tr killTr
 		base = convertRaw(t, img)
 	}
 
-	im0, err := openFile(t, img, Options{})
+	im0, err := openFile(t, img, format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,7 +582,7 @@ func killRound(t *testing.T, self string, cfg killConfig, seed uint64, tr killTr
 	// A resize the child finished moved the L1 table (and the fill before
 	// it the refcount table), and the header says so.
 	if prog.resized {
-		im, err := openFile(t, img, Options{})
+		im, err := openFile(t, img, format.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

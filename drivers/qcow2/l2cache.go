@@ -8,6 +8,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // L2 tables live in the cache package (docs/design/metadata-cache.md):
@@ -175,7 +176,7 @@ type l2Cache struct {
 	dirty   int
 	image   cache.ImageID
 	shared  cache.Clean
-	quietFn L2Func // Driver.l2Quiet, bound once
+	quietFn format.L2Func // Driver.l2Quiet, bound once
 
 	gens      map[int64]uint64 // table offset → generation (see above)
 	genSeq    uint64
@@ -396,7 +397,7 @@ func (c *l2Cache) insert(off int64, src []byte) (*l2Table, error) {
 	t, err := c.set.Insert(c.key(off), src)
 	if err != nil {
 		if err == cache.ErrFull {
-			return nil, &FormatError{Field: "l2_cache", Reason: "every cached L2 table is dirty or pinned", Err: ErrLimit}
+			return nil, &format.FormatError{Field: "l2_cache", Reason: "every cached L2 table is dirty or pinned", Err: format.ErrLimit}
 		}
 		return nil, err
 	}
@@ -488,7 +489,7 @@ type l2Private struct {
 
 // mapFn returns the L2Func for mapRange: tier 1, plus the private table
 // while it is still current. REQUIRES: mu held.
-func (p *l2Private) mapFn(d *Driver) L2Func {
+func (p *l2Private) mapFn(d *Driver) format.L2Func {
 	if p.buf == nil || d.l2.snap(p.off) != p.snap {
 		return d.l2.quietFn
 	}
@@ -536,7 +537,7 @@ func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Privat
 		d.mu.Unlock()
 		return p, err
 	}
-	return l2Private{}, &FormatError{Field: "l2_cache", Reason: "L2 table changed repeatedly while loading", Err: ErrLimit}
+	return l2Private{}, &format.FormatError{Field: "l2_cache", Reason: "L2 table changed repeatedly while loading", Err: format.ErrLimit}
 }
 
 // l2KeepLocked inserts src as the table at off, or returns it as a private
@@ -600,7 +601,7 @@ func (d *Driver) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Tab
 		}
 		return t, err
 	}
-	return nil, &FormatError{Field: "l2_cache", Reason: "L2 table changed repeatedly while loading", Err: ErrLimit}
+	return nil, &format.FormatError{Field: "l2_cache", Reason: "L2 table changed repeatedly while loading", Err: format.ErrLimit}
 }
 
 // l2Create puts a new table at off (a cluster just allocated for it) with

@@ -5,6 +5,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // l2BenchImage opens a 16-table image (4 KiB clusters, one data cluster at
@@ -33,7 +34,7 @@ func l2BenchOffsets(b *testing.B, d *Driver, cov int64, inTier1 bool) []int64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := range int64(16) {
-		t := int64(d.l1[i*cov/d.geo.L1Coverage()] & offsetMask)
+		t := int64(d.l1[i*cov/d.geo.L1Coverage()] & format.OffsetMask)
 		if _, ok := d.l2.set.Resident(d.l2.key(t)); ok == inTier1 {
 			offs = append(offs, i*cov)
 		}
@@ -48,16 +49,16 @@ func l2BenchOffsets(b *testing.B, d *Driver, cov int64, inTier1 bool) []int64 {
 // path does (under mu, through l2HitFn), and reports the tier-2 hits per
 // mapping.
 func benchMapping(b *testing.B, d *Driver, offs []int64) {
-	ext := make([]Extent, 0, 16)
+	ext := make([]format.Extent, 0, 16)
 	var err error
 	st0 := d.CacheStats()
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
 		d.mu.Lock()
-		ext, err = Map(ext[:0], &d.geo, d.l1, d.l2HitFn, offs[i], 4096)
+		ext, err = format.Map(ext[:0], &d.geo, d.l1, d.l2HitFn, offs[i], 4096)
 		d.mu.Unlock()
-		if err != nil || len(ext) != 1 || ext[0].Kind != ExtentData {
+		if err != nil || len(ext) != 1 || ext[0].Kind != format.ExtentData {
 			b.Fatalf("mapping at %#x: %v %+v", offs[i], err, ext)
 		}
 		if i++; i == len(offs) {
@@ -144,20 +145,20 @@ func BenchmarkQcow2MapNoCache(b *testing.B) {
 	d.mu.Lock()
 	tables := map[int64][]byte{}
 	for _, off := range offs {
-		l2Off := int64(d.l1[off/d.geo.L1Coverage()] & offsetMask)
+		l2Off := int64(d.l1[off/d.geo.L1Coverage()] & format.OffsetMask)
 		tables[l2Off] = append([]byte(nil), d.l2.lookup(l2Off)...)
 	}
 	d.mu.Unlock()
-	var fn L2Func = func(off int64) ([]byte, error) { return tables[off], nil }
-	ext := make([]Extent, 0, 16)
+	var fn format.L2Func = func(off int64) ([]byte, error) { return tables[off], nil }
+	ext := make([]format.Extent, 0, 16)
 	var err error
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
 		d.mu.Lock()
-		ext, err = Map(ext[:0], &d.geo, d.l1, fn, offs[i], 4096)
+		ext, err = format.Map(ext[:0], &d.geo, d.l1, fn, offs[i], 4096)
 		d.mu.Unlock()
-		if err != nil || len(ext) != 1 || ext[0].Kind != ExtentData {
+		if err != nil || len(ext) != 1 || ext[0].Kind != format.ExtentData {
 			b.Fatalf("mapping at %#x: %v %+v", offs[i], err, ext)
 		}
 		if i++; i == len(offs) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -62,7 +63,7 @@ func l2SpreadImage(t testing.TB, e *testEnv, tables int) (path string, cov int64
 	t.Helper()
 	path = filepath.Join(t.TempDir(), "x.qcow2")
 	cov = 4096 * 512
-	if err := e.create(path, int64(tables)*cov, CreateOptions{ClusterSize: 4096}); err != nil {
+	if err := e.create(path, int64(tables)*cov, format.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
 	return path, cov
@@ -156,7 +157,7 @@ func TestQcow2L2SharedCopyNeverStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.mu.Lock()
-	t0 := int64(d.l1[0] & offsetMask)
+	t0 := int64(d.l1[0] & format.OffsetMask)
 	_, inTier1 := d.l2.set.Resident(d.l2.key(t0))
 	d.mu.Unlock()
 	if inTier1 || !shared.offered(d.l2.key(t0)) {
@@ -195,7 +196,7 @@ func TestQcow2L2SharedCopyNeverStale(t *testing.T) {
 func l2BareDriver(t *testing.T, shared cache.Clean) *Driver {
 	t.Helper()
 	d := &Driver{opts: DriverOptions{L2CacheBytes: 4 * 512, SharedCache: shared}}
-	d.geo = Geometry{ClusterBits: 9, Size: 1 << 20}
+	d.geo = format.Geometry{ClusterBits: 9, Size: 1 << 20}
 	d.l1 = make([]uint64, 64)
 	if err := d.initL2(); err != nil {
 		t.Fatal(err)
@@ -473,7 +474,7 @@ func TestL2HintHitsKeepRecency(t *testing.T) {
 	tableOff := func(i int) int64 {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return int64(d.l1[int64(i)*cov/d.geo.L1Coverage()] & offsetMask)
+		return int64(d.l1[int64(i)*cov/d.geo.L1Coverage()] & format.OffsetMask)
 	}
 	resident := func(i int) bool {
 		off := tableOff(i)

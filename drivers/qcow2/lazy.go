@@ -3,6 +3,7 @@ package qcow2
 import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Lazy refcounts (compatible feature bit 0, version 3 only).
@@ -35,8 +36,8 @@ type lazyState struct {
 
 // initLazy sets the lazy state after the header is read at open.
 func (d *Driver) initLazy() {
-	d.lazy.on = !d.readOnly && d.hdr.Version >= 3 && d.hdr.CompatibleFeatures&CompatLazyRefcounts != 0
-	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&IncompatDirty != 0
+	d.lazy.on = !d.readOnly && d.hdr.Version >= 3 && d.hdr.CompatibleFeatures&format.CompatLazyRefcounts != 0
+	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&format.IncompatDirty != 0
 }
 
 // lazySkipsLocked reports whether a flush may leave dirty refcount blocks
@@ -58,7 +59,7 @@ func (d *Driver) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, err
 		return false, nil
 	}
 	if !set {
-		if err := d.writeIncompat(co, parent, IncompatDirty, 0); err != nil {
+		if err := d.writeIncompat(co, parent, format.IncompatDirty, 0); err != nil {
 			return false, err
 		}
 		d.mu.Lock()
@@ -125,7 +126,7 @@ func (d *Driver) closeMetadata(co *aio.Co) error {
 	if !clearBit {
 		return nil
 	}
-	if err := d.writeIncompat(co, nil, 0, IncompatDirty); err != nil {
+	if err := d.writeIncompat(co, nil, 0, format.IncompatDirty); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -136,7 +137,7 @@ func (d *Driver) closeMetadata(co *aio.Co) error {
 
 // errNeedsRepair refuses writes to a dirty or corrupt image opened for a
 // check (DriverOptions.CheckOpen) until a repair succeeded.
-var errNeedsRepair = &FormatError{Field: "incompatible_features", Reason: "image is dirty or corrupt and was opened for checking; repair it (check -r all) before writing", Err: ErrCorrupt}
+var errNeedsRepair = &format.FormatError{Field: "incompatible_features", Reason: "image is dirty or corrupt and was opened for checking; repair it (check -r all) before writing", Err: format.ErrCorrupt}
 
 // repairPending returns errNeedsRepair while writes must wait for a
 // repair. REQUIRES: mu held.

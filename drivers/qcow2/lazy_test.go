@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -57,15 +58,15 @@ func TestLazyRefcountsCreate(t *testing.T) {
 	e := newTestEnv(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "lazy.qcow2")
-	if err := e.create(img, 16<<20, CreateOptions{LazyRefcounts: true}); err != nil {
+	if err := e.create(img, 16<<20, format.CreateOptions{LazyRefcounts: true}); err != nil {
 		t.Fatal(err)
 	}
-	im, err := openFile(t, img, Options{})
+	im, err := openFile(t, img, format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if im.Header.CompatibleFeatures != CompatLazyRefcounts {
-		t.Errorf("compatible features %#x, want %#x", im.Header.CompatibleFeatures, CompatLazyRefcounts)
+	if im.Header.CompatibleFeatures != format.CompatLazyRefcounts {
+		t.Errorf("compatible features %#x, want %#x", im.Header.CompatibleFeatures, format.CompatLazyRefcounts)
 	}
 	if _, err := exec.LookPath("qemu-img"); err == nil {
 		info := qemuInfo(t, img)
@@ -75,8 +76,8 @@ func TestLazyRefcountsCreate(t *testing.T) {
 			t.Errorf("qemu-img info: lazy-refcounts = %v", data["lazy-refcounts"])
 		}
 	}
-	err = e.create(filepath.Join(dir, "v2.qcow2"), 16<<20, CreateOptions{LazyRefcounts: true, Version: 2})
-	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "Lazy refcounts only supported with compatibility level 1.1 and above") {
+	err = e.create(filepath.Join(dir, "v2.qcow2"), 16<<20, format.CreateOptions{LazyRefcounts: true, Version: 2})
+	if !errors.Is(err, format.ErrUnsupported) || !strings.Contains(err.Error(), "Lazy refcounts only supported with compatibility level 1.1 and above") {
 		t.Errorf("version 2 with lazy refcounts: %v", err)
 	}
 }
@@ -93,7 +94,7 @@ func TestLazyRefcountsCrashCopyRepair(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "lazy.qcow2")
 	crash := filepath.Join(dir, "crash.qcow2")
-	if err := e.create(img, 16<<20, CreateOptions{LazyRefcounts: true}); err != nil {
+	if err := e.create(img, 16<<20, format.CreateOptions{LazyRefcounts: true}); err != nil {
 		t.Fatal(err)
 	}
 	const size = 16 << 20
@@ -112,7 +113,7 @@ func TestLazyRefcountsCrashCopyRepair(t *testing.T) {
 	if err := n.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if incompatOf(t, img)&IncompatDirty == 0 {
+	if incompatOf(t, img)&format.IncompatDirty == 0 {
 		t.Fatal("dirty bit not set on disk after allocating writes and a flush")
 	}
 	copyFile(t, img, crash)
@@ -120,7 +121,7 @@ func TestLazyRefcountsCrashCopyRepair(t *testing.T) {
 
 	write(4<<20, pattern(64<<10, 0x44))
 	n.Unref() // clean close
-	if v := incompatOf(t, img); v&IncompatDirty != 0 {
+	if v := incompatOf(t, img); v&format.IncompatDirty != 0 {
 		t.Fatalf("dirty bit still set after a clean close: %#x", v)
 	}
 	if code, out := qemuCheckCode(t, img); code != 0 {
@@ -129,7 +130,7 @@ func TestLazyRefcountsCrashCopyRepair(t *testing.T) {
 	qemuCompare(t, img, ref)
 
 	// The crash copy: dirty, and refcounts behind the references.
-	if incompatOf(t, crash)&IncompatDirty == 0 {
+	if incompatOf(t, crash)&format.IncompatDirty == 0 {
 		t.Fatal("crash copy is not dirty")
 	}
 	code, out := qemuCheckCode(t, crash)
@@ -150,7 +151,7 @@ func TestLazyRefcountsCrashCopyRepair(t *testing.T) {
 	}
 
 	rw := e.mustOpen(crash, false) // repairs
-	if v := incompatOf(t, crash); v&IncompatDirty != 0 {
+	if v := incompatOf(t, crash); v&format.IncompatDirty != 0 {
 		t.Errorf("dirty bit still set after a read-write open: %#x", v)
 	}
 	checkSame(t, readAll(t, rw, 1<<20), atCrash)
@@ -178,7 +179,7 @@ func TestLazyRefcountsQemuDirtyImage(t *testing.T) {
 	// abort(3) ends qemu-io without a clean close; its exit status is the
 	// signal's.
 	out, _ := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 192k", "-c", "write -P 0x5b 5M 4k", "-c", "flush", "-c", "abort", img).CombinedOutput()
-	if incompatOf(t, img)&IncompatDirty == 0 {
+	if incompatOf(t, img)&format.IncompatDirty == 0 {
 		t.Fatalf("qemu-io did not leave the image dirty:\n%s", out)
 	}
 	if code, out := qemuCheckCode(t, img); code != 2 {
@@ -226,11 +227,11 @@ func TestLazyRefcountsQemuInterop(t *testing.T) {
 	if err := n.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if incompatOf(t, img)&IncompatDirty == 0 {
+	if incompatOf(t, img)&format.IncompatDirty == 0 {
 		t.Error("dirty bit not set while the image is open with unwritten refcounts")
 	}
 	n.Unref()
-	if v := incompatOf(t, img); v&IncompatDirty != 0 {
+	if v := incompatOf(t, img); v&format.IncompatDirty != 0 {
 		t.Fatalf("dirty bit set after close: %#x", v)
 	}
 	if code, out := qemuCheckCode(t, img); code != 0 {
@@ -248,7 +249,7 @@ func TestLazyRefcountsCheckOpenRefusesWrites(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "q.qcow2")
 	qemuCreate(t, img, "lazy_refcounts=on", 16<<20)
 	exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 128k", "-c", "flush", "-c", "abort", img).Run()
-	if incompatOf(t, img)&IncompatDirty == 0 {
+	if incompatOf(t, img)&format.IncompatDirty == 0 {
 		t.Fatal("qemu-io did not leave the image dirty")
 	}
 	file, err := raw.NewNode(e.g, img, raw.Options{Locking: raw.LockingOff}, block.Options{})
@@ -264,7 +265,7 @@ func TestLazyRefcountsCheckOpenRefusesWrites(t *testing.T) {
 			n.Unref()
 		}
 	}()
-	if incompatOf(t, img)&IncompatDirty == 0 {
+	if incompatOf(t, img)&format.IncompatDirty == 0 {
 		t.Fatal("CheckOpen repaired the image at open")
 	}
 	if _, err := n.WriteAt(pattern(4096, 1), 1<<20); err == nil {
@@ -277,7 +278,7 @@ func TestLazyRefcountsCheckOpenRefusesWrites(t *testing.T) {
 	if res.CorruptionsFixed == 0 || res.Corruptions != 0 {
 		t.Fatalf("repair result %+v", res)
 	}
-	if incompatOf(t, img)&IncompatDirty != 0 {
+	if incompatOf(t, img)&format.IncompatDirty != 0 {
 		t.Fatal("dirty bit still set after the repair")
 	}
 	if _, err := n.WriteAt(pattern(4096, 1), 1<<20); err != nil {
@@ -313,7 +314,7 @@ func TestLazyRefcountsCrashStates(t *testing.T) {
 		t.Fatal(err)
 	}
 	const size, cs = 4 << 20, 4096
-	if err := Create(fn, size, CreateOptions{ClusterSize: cs, LazyRefcounts: true}); err != nil {
+	if err := Create(fn, size, format.CreateOptions{ClusterSize: cs, LazyRefcounts: true}); err != nil {
 		t.Fatal(err)
 	}
 	start := append([]byte(nil), f.data...)
@@ -365,7 +366,7 @@ func TestLazyRefcountsCrashStates(t *testing.T) {
 		t.Fatalf("only %d flushes in the log", len(bounds))
 	}
 	final := append([]byte(nil), f.data...)
-	if im := openBytes(t, final, Options{}); im.Header.IncompatibleFeatures&IncompatDirty != 0 {
+	if im := openBytes(t, final, format.Options{}); im.Header.IncompatibleFeatures&format.IncompatDirty != 0 {
 		t.Fatal("dirty bit set after the clean close")
 	}
 	dir := t.TempDir()
@@ -406,7 +407,7 @@ func TestLazyRefcountsCrashStates(t *testing.T) {
 		if err := os.WriteFile(path, img, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		dirty := binary.BigEndian.Uint64(img[72:])&IncompatDirty != 0
+		dirty := binary.BigEndian.Uint64(img[72:])&format.IncompatDirty != 0
 		if !dirty {
 			if code, out := qemuCheckCode(t, path); code != 0 && code != 3 {
 				t.Fatalf("state %d (flush %d): clean state, qemu-img check exit %d\n%s", s, k, code, out)
@@ -436,7 +437,7 @@ func TestLazyRefcountsCrashStates(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		im := openBytes(t, after, Options{})
+		im := openBytes(t, after, format.Options{})
 		got := make([]byte, size)
 		if _, err := im.ReadAt(got, 0, nil); err != nil {
 			t.Fatalf("state %d: read: %v", s, err)

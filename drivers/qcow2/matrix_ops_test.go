@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // opEnv is one case of TestQcow2MatrixQemuOpsOnOurImage: an image made
@@ -18,7 +20,7 @@ type opEnv struct {
 	base    string // its backing file ("" without one)
 	m       *mModel
 	baseM   *mModel
-	o       CreateOptions
+	o       format.CreateOptions
 	cs      int64
 	seed    uint64
 	discard bool // discard allowed (not on a version 2 overlay)
@@ -120,7 +122,7 @@ var qemuOps = []qemuOp{
 	{name: "rebase", backing: true, run: func(x *opEnv) {
 		t := x.t
 		nb := filepath.Join(x.dir, "newbase.qcow2")
-		if err := x.e.create(nb, x.m.size, CreateOptions{ClusterSize: x.o.ClusterSize, Version: x.o.Version}); err != nil {
+		if err := x.e.create(nb, x.m.size, format.CreateOptions{ClusterSize: x.o.ClusterSize, Version: x.o.Version}); err != nil {
 			t.Fatal(err)
 		}
 		nbM := modelFor(x.m.size, x.cs)
@@ -142,7 +144,7 @@ var qemuOps = []qemuOp{
 		qemuCheckClean(t, x.base)
 		x.baseM = x.m.clone()
 		x.baseM.qemuCompare(t, x.base)
-		im, err := openFile(t, x.img, Options{})
+		im, err := openFile(t, x.img, format.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +153,7 @@ var qemuOps = []qemuOp{
 			t.Fatal(err)
 		}
 		for _, e := range exts {
-			if e.Kind == ExtentData || e.Kind == ExtentCompressed {
+			if e.Kind == format.ExtentData || e.Kind == format.ExtentCompressed {
 				t.Fatalf("top still maps data after commit: %+v", e)
 			}
 		}
@@ -168,7 +170,7 @@ var qemuOps = []qemuOp{
 		}
 		qemuCheckClean(t, cp)
 		x.m.qemuCompare(t, cp)
-		im, err := openFile(t, cp, Options{})
+		im, err := openFile(t, cp, format.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,19 +198,19 @@ func TestQcow2MatrixQemuOpsOnOurImage(t *testing.T) {
 	variants := []struct {
 		name    string
 		size    int64
-		o       CreateOptions
+		o       format.CreateOptions
 		ops     []string // nil: every op
 		reduced bool
 	}{
-		{"v3", 1 << 30, CreateOptions{}, all, true},
-		{"c4k-rc2", 64<<20 + 512, CreateOptions{ClusterSize: 4096, RefcountBits: 2}, all, false},
-		{"v2", 256 << 20, CreateOptions{Version: 2}, []string{"resize-grow", "resize-shrink", "snapshot", "rebase", "commit", "convert"}, false},
-		{"extl2-c32k", 256 << 20, CreateOptions{ExtendedL2: true, ClusterSize: 32768}, []string{"resize-grow", "snapshot", "commit"}, false},
-		{"lazy", 256 << 20, CreateOptions{LazyRefcounts: true}, []string{"snapshot", "amend-refcount_bits=8", "amend-compat=0.10"}, false},
-		{"c512-rc64", 64 << 20, CreateOptions{ClusterSize: 512, RefcountBits: 64}, []string{"snapshot", "amend-refcount_bits=8", "commit"}, false},
-		{"empty", 0, CreateOptions{}, []string{"resize-grow"}, false},
-		{"1TiB", 1 << 40, CreateOptions{}, []string{"resize-grow", "snapshot", "commit"}, false},
-		{"prealloc-meta-c16k", 64 << 20, CreateOptions{ClusterSize: 16384, Preallocation: PreallocMetadata}, []string{"resize-grow", "snapshot", "amend-compat=0.10"}, false},
+		{"v3", 1 << 30, format.CreateOptions{}, all, true},
+		{"c4k-rc2", 64<<20 + 512, format.CreateOptions{ClusterSize: 4096, RefcountBits: 2}, all, false},
+		{"v2", 256 << 20, format.CreateOptions{Version: 2}, []string{"resize-grow", "resize-shrink", "snapshot", "rebase", "commit", "convert"}, false},
+		{"extl2-c32k", 256 << 20, format.CreateOptions{ExtendedL2: true, ClusterSize: 32768}, []string{"resize-grow", "snapshot", "commit"}, false},
+		{"lazy", 256 << 20, format.CreateOptions{LazyRefcounts: true}, []string{"snapshot", "amend-refcount_bits=8", "amend-compat=0.10"}, false},
+		{"c512-rc64", 64 << 20, format.CreateOptions{ClusterSize: 512, RefcountBits: 64}, []string{"snapshot", "amend-refcount_bits=8", "commit"}, false},
+		{"empty", 0, format.CreateOptions{}, []string{"resize-grow"}, false},
+		{"1TiB", 1 << 40, format.CreateOptions{}, []string{"resize-grow", "snapshot", "commit"}, false},
+		{"prealloc-meta-c16k", 64 << 20, format.CreateOptions{ClusterSize: 16384, Preallocation: format.PreallocMetadata}, []string{"resize-grow", "snapshot", "amend-compat=0.10"}, false},
 	}
 	for vi, v := range variants {
 		for oi, op := range qemuOps {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -230,7 +231,7 @@ func bitmapFixture(t *testing.T) (string, *mModel) {
 	qemuCreate(t, img, "", size)
 	qemuIO(t, img, "write -P 0x41 0 256k")
 	qemuImg(t, "bitmap", "--add", img, "b0")
-	if a := autoclearOf(t, img); a&AutoclearBitmaps == 0 {
+	if a := autoclearOf(t, img); a&format.AutoclearBitmaps == 0 {
 		t.Fatalf("qemu-img bitmap --add left autoclear %#x", a)
 	}
 	if bm := mQemuInfo(t, img).FormatSpecific.Data.Bitmaps; len(bm) != 1 || bm[0].Name != "b0" {
@@ -250,7 +251,7 @@ func bitmapWrite(t *testing.T, img string, m *mModel) {
 	n := e.mustOpen(img, true)
 	m.verify(t, n)
 	n.Unref()
-	if a := autoclearOf(t, img); a&AutoclearBitmaps == 0 {
+	if a := autoclearOf(t, img); a&format.AutoclearBitmaps == 0 {
 		t.Fatalf("read-only open changed autoclear to %#x", a)
 	}
 	n = e.mustOpen(img, false)
@@ -259,12 +260,12 @@ func bitmapWrite(t *testing.T, img string, m *mModel) {
 		t.Fatal(err)
 	}
 	m.set(8192, p)
-	if a := autoclearOf(t, img); a&AutoclearBitmaps != 0 {
+	if a := autoclearOf(t, img); a&format.AutoclearBitmaps != 0 {
 		t.Errorf("autoclear %#x after the first write returned", a)
 	}
 	mWorkload(t, n, m, 14, 40, 65536, true)
 	n.Unref()
-	if a := autoclearOf(t, img); a&AutoclearBitmaps != 0 {
+	if a := autoclearOf(t, img); a&format.AutoclearBitmaps != 0 {
 		t.Fatalf("autoclear %#x after close", a)
 	}
 	m.qemuCompare(t, img)
@@ -279,7 +280,7 @@ func bitmapClusters(t *testing.T, img string) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := ParseHeader(b)
+	h, err := format.ParseHeader(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +297,7 @@ func bitmapClusters(t *testing.T, img string) int64 {
 		nameSize, extraSize := uint64(be.Uint16(dir[18:])), uint64(be.Uint32(dir[20:]))
 		count += up(tableSize * 8)
 		for j := uint64(0); j < tableSize; j++ {
-			if e := be.Uint64(b[tableOff+8*j:]) & offsetMask; e != 0 {
+			if e := be.Uint64(b[tableOff+8*j:]) & format.OffsetMask; e != 0 {
 				count++
 			}
 		}
@@ -326,7 +327,7 @@ func TestQcow2MatrixBitmapAutoclear(t *testing.T) {
 	}
 	// The driver dropped the extension with the bit (and freed the
 	// bitmap's clusters): qemu-img sees no bitmaps, stale or not.
-	if h, err := ParseHeader(headerCluster(t, img)); err != nil || h.Bitmaps != nil {
+	if h, err := format.ParseHeader(headerCluster(t, img)); err != nil || h.Bitmaps != nil {
 		t.Errorf("bitmaps extension after the driver's writes: %+v, %v", h.Bitmaps, err)
 	}
 	if strings.Contains(out, "bitmaps are now considered inconsistent") {
@@ -355,7 +356,7 @@ func TestQcow2MatrixBitmapAutoclearCheckClean(t *testing.T) {
 
 func autoclearOf(t *testing.T, path string) uint64 {
 	t.Helper()
-	h, err := ParseHeader(headerCluster(t, path))
+	h, err := format.ParseHeader(headerCluster(t, path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +388,7 @@ func TestQcow2MatrixRefusedImages(t *testing.T) {
 				t.Errorf("%s (read-only %v): opened", filepath.Base(c.path), ro)
 				continue
 			}
-			if !block.IsKind(err, block.Unsupported) || !errors.Is(err, ErrUnsupported) ||
+			if !block.IsKind(err, block.Unsupported) || !errors.Is(err, format.ErrUnsupported) ||
 				!strings.Contains(strings.ToLower(err.Error()), c.word) {
 				t.Errorf("%s (read-only %v): %v; want Unsupported naming %q", filepath.Base(c.path), ro, err, c.word)
 			}
@@ -444,7 +445,7 @@ func TestQcow2MatrixODirect(t *testing.T) {
 		name, opts string
 		size       int64
 		populate   bool
-		ours       *CreateOptions
+		ours       *format.CreateOptions
 		reduced    bool
 	}{
 		{"fresh-default", "", 1 << 30, false, nil, true},
@@ -454,8 +455,8 @@ func TestQcow2MatrixODirect(t *testing.T) {
 		{"written-default", "", 1 << 30, true, nil, true},
 		{"written-c16k", "cluster_size=16k", 256 << 20, true, nil, false},
 		{"written-extl2", "extended_l2=on", 256 << 20, true, nil, false},
-		{"ours-default", "", 1<<30 + 512, false, &CreateOptions{}, false},
-		{"ours-c4k-rc64", "", 64 << 20, false, &CreateOptions{ClusterSize: 4096, RefcountBits: 64}, true},
+		{"ours-default", "", 1<<30 + 512, false, &format.CreateOptions{}, false},
+		{"ours-c4k-rc64", "", 64 << 20, false, &format.CreateOptions{ClusterSize: 4096, RefcountBits: 64}, true},
 	}
 	dir := directDir(t)
 	for i, c := range cases {
@@ -476,7 +477,7 @@ func TestQcow2MatrixODirect(t *testing.T) {
 			default:
 				qemuCreate(t, img, c.opts, c.size)
 			}
-			im, err := openFile(t, img, Options{})
+			im, err := openFile(t, img, format.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -526,7 +527,7 @@ func TestQcow2MatrixOurCompressedBackrefs(t *testing.T) {
 			img := filepath.Join(t.TempDir(), "w.qcow2")
 			size := int64(64 << 20)
 			e := newTestEnv(t)
-			if err := e.create(img, size, CreateOptions{ClusterSize: cs}); err != nil {
+			if err := e.create(img, size, format.CreateOptions{ClusterSize: cs}); err != nil {
 				t.Fatal(err)
 			}
 			rng := rand.New(rand.NewPCG(54, uint64(cs)))
@@ -562,7 +563,7 @@ func TestQcow2MatrixOurCompressedBackrefs(t *testing.T) {
 			// The low-entropy clusters (cs, 3cs, size-cs) must be
 			// compressed; the random ones are compressed only where the
 			// encoder found it worth it.
-			im, err := openFile(t, img, Options{})
+			im, err := openFile(t, img, format.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -573,7 +574,7 @@ func TestQcow2MatrixOurCompressedBackrefs(t *testing.T) {
 			compareMaps(t, exts, qemuImg(t, "map", "--output=json", img))
 			var ncomp int64
 			for _, x := range exts {
-				if x.Kind == ExtentCompressed {
+				if x.Kind == format.ExtentCompressed {
 					ncomp += (x.Len + cs - 1) / cs
 				}
 			}

@@ -1,12 +1,12 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"sync"
 	"sync/atomic"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Read path.
@@ -29,7 +29,7 @@ import (
 type reqState struct {
 	d       *Driver
 	r       *block.Request
-	ext     []Extent
+	ext     []format.Extent
 	iov     [][]byte
 	pending int
 	err     error
@@ -53,7 +53,7 @@ func (l *stateFreeList) get(d *Driver) *reqState {
 	}
 	l.mu.Unlock()
 	if s == nil {
-		s = &reqState{d: d, ext: make([]Extent, 0, 16), iov: make([][]byte, 0, 16)}
+		s = &reqState{d: d, ext: make([]format.Extent, 0, 16), iov: make([][]byte, 0, 16)}
 	}
 	return s
 }
@@ -116,7 +116,7 @@ func (d *Driver) Read(r *block.Request) {
 func (d *Driver) readLocked(r *block.Request) {
 	err := d.corruptErr
 	fast := err == nil
-	var ext []Extent
+	var ext []format.Extent
 	if fast {
 		switch host, how := d.mapData(r.Off, r.Len); how {
 		case mapHit:
@@ -127,7 +127,7 @@ func (d *Driver) readLocked(r *block.Request) {
 		default:
 			// d.rext is scratch owned by whoever holds mu: the extents
 			// are used or copied out before it is released.
-			ext, err = Map(d.rext[:0], &d.geo, d.l1, d.l2OnceFn, r.Off, r.Len)
+			ext, err = format.Map(d.rext[:0], &d.geo, d.l1, d.l2OnceFn, r.Off, r.Len)
 			d.rext = ext[:0]
 			if err == errMiss {
 				err, fast = nil, false
@@ -136,7 +136,7 @@ func (d *Driver) readLocked(r *block.Request) {
 	}
 	if fast && err == nil {
 		for i := range ext {
-			if ext[i].Kind == ExtentCompressed {
+			if ext[i].Kind == format.ExtentCompressed {
 				fast = false
 				break
 			}
@@ -159,7 +159,7 @@ func (d *Driver) readLocked(r *block.Request) {
 		})
 		return
 	}
-	if len(ext) == 1 && ext[0].Kind == ExtentData {
+	if len(ext) == 1 && ext[0].Kind == format.ExtentData {
 		// Several clusters, contiguous on the host.
 		d.readOne(r, ext[0].HostOff)
 		return
@@ -175,9 +175,9 @@ func (d *Driver) readLocked(r *block.Request) {
 	for i := range s.ext {
 		x := &s.ext[i]
 		switch {
-		case x.Kind == ExtentData:
+		case x.Kind == format.ExtentData:
 			d.subRead(s, r, d.file, x.HostOff, skip, x.Len)
-		case x.Kind == ExtentUnallocated && d.backing != nil:
+		case x.Kind == format.ExtentUnallocated && d.backing != nil:
 			// The backing node's guest bytes, zeros past its end.
 			have := min(x.Len, max(d.backingSize-x.GuestOff, 0))
 			if have > 0 {
@@ -223,7 +223,7 @@ const (
 // No allocation. REQUIRES: mu held.
 func (d *Driver) mapData(off, n int64) (int64, int) {
 	d.onceOff = -1
-	l2Off, ok := oneClusterL2(&d.geo, d.l1, off, n)
+	l2Off, ok := d.geo.OneClusterL2(d.l1, off, n)
 	if !ok {
 		return 0, mapOther
 	}
@@ -233,50 +233,11 @@ func (d *Driver) mapData(off, n int64) (int64, int) {
 		return 0, mapMiss
 	}
 	d.onceOff, d.onceBuf = l2Off, table
-	host, ok := dataHost(&d.geo, table, off)
+	host, ok := d.geo.DataHost(table, off)
 	if !ok {
 		return 0, mapOther
 	}
 	return host, mapHit
-}
-
-// oneClusterL2 returns the offset of the L2 table that maps [off, off+n)
-// when that range lies inside one cluster of a standard-L2 image and Map
-// would find the table through a clean L1 entry; otherwise false.
-func oneClusterL2(g *Geometry, l1 []uint64, off, n int64) (int64, bool) {
-	cb := g.ClusterBits
-	cs := int64(1) << cb
-	if g.ExtendedL2 || !g.valid() || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
-		return 0, false
-	}
-	l1i := uint64(off) >> (2*cb - 3)
-	if l1i >= uint64(len(l1)) {
-		return 0, false
-	}
-	e := l1[l1i]
-	l2Off := e & offsetMask
-	if e&l1Reserved != 0 || l2Off == 0 || !g.aligned(l2Off) || g.pastEOF(l2Off) {
-		return 0, false
-	}
-	return int64(l2Off), true
-}
-
-// dataHost returns the host offset of guest offset off when its entry in
-// the standard L2 table is allocated data that DecodeL2Entry would accept
-// as Normal; otherwise false.
-func dataHost(g *Geometry, table []byte, off int64) (int64, bool) {
-	cb := g.ClusterBits
-	cs := int64(1) << cb
-	if int64(len(table)) != cs {
-		return 0, false
-	}
-	i := int64(uint64(off)>>cb) & (cs/8 - 1)
-	e := binary.BigEndian.Uint64(table[i*8:])
-	host := e & offsetMask
-	if e&(EntryCompressed|EntryZero|l2Reserved) != 0 || host == 0 || !g.aligned(host) || g.pastEOF(host) {
-		return 0, false
-	}
-	return int64(host) + off&(cs-1), true
 }
 
 // l2Once is the L2Func of Map after mapData: the table mapData found, not
@@ -312,7 +273,7 @@ func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, ski
 
 // mapRange maps [off, off+n) where n stays inside one L2 table's range,
 // bringing the L2 table into the cache on a miss (l2Fetch).
-func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, n int64) ([]Extent, error) {
+func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent, off, n int64) ([]format.Extent, error) {
 	var priv l2Private
 	for tries := 0; ; tries++ {
 		d.mu.Lock()
@@ -326,14 +287,14 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, 
 				return dst[:0], err
 			}
 		}
-		ext, err := Map(dst[:0], &d.geo, d.l1, priv.mapFn(d), off, n)
+		ext, err := format.Map(dst[:0], &d.geo, d.l1, priv.mapFn(d), off, n)
 		miss := d.missOff
 		d.mu.Unlock()
 		if err != errMiss {
 			return ext, err
 		}
 		if tries > 4 {
-			return ext, &FormatError{Field: "l2_cache", Reason: "L2 table evicted repeatedly", Err: ErrLimit}
+			return ext, &format.FormatError{Field: "l2_cache", Reason: "L2 table evicted repeatedly", Err: format.ErrLimit}
 		}
 		if priv, err = d.l2Fetch(co, parent, miss); err != nil {
 			return ext, err
@@ -345,7 +306,7 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []Extent, off, 
 // data extents from the file, compressed clusters inflated, unallocated
 // ranges from the backing node (zeros past its end) or zeros.
 func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, n int64) error {
-	var ext []Extent
+	var ext []format.Extent
 	var win [][]byte
 	var cbuf []byte
 	var skip int64
@@ -359,12 +320,12 @@ func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off,
 		}
 		for _, x := range ext {
 			switch x.Kind {
-			case ExtentData:
+			case format.ExtentData:
 				win = iovSlice(win[:0], iov, skip, x.Len)
 				if err := d.childIO(co, parent, d.file, block.OpRead, x.HostOff, win, x.Len); err != nil {
 					return err
 				}
-			case ExtentCompressed:
+			case format.ExtentCompressed:
 				if cbuf == nil {
 					cbuf = make([]byte, d.geo.ClusterSize())
 				}
@@ -373,7 +334,7 @@ func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off,
 				}
 				in := x.GuestOff & (d.geo.ClusterSize() - 1)
 				block.CopyToIov(iov, skip, cbuf[in:in+x.Len])
-			case ExtentUnallocated:
+			case format.ExtentUnallocated:
 				if err := d.readBacking(co, parent, iov, skip, x.GuestOff, x.Len); err != nil {
 					return err
 				}
@@ -391,7 +352,7 @@ func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off,
 // inflateCached inflates the compressed cluster c into dst, through a
 // one-cluster cache of the last cluster inflated (sequential readers of a
 // compressed cluster would otherwise inflate it once per request).
-func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c CompressedDescriptor) error {
+func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	d.mu.Lock()
 	hit := d.zcache.buf != nil && d.zcache.desc == c
 	if hit {
@@ -415,16 +376,16 @@ func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c 
 }
 
 // readCompressed inflates the compressed cluster described by c into dst.
-func (d *Driver) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c CompressedDescriptor) error {
+func (d *Driver) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	size := c.Size()
 	if size <= 0 || size > 2*d.geo.ClusterSize() {
-		return corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
+		return format.Corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
 	}
 	src := make([]byte, size)
 	if err := d.fileRead(co, parent, src, c.HostOff); err != nil {
 		return err
 	}
-	return DecompressCluster(dst, src, d.hdr.CompressionType)
+	return format.DecompressCluster(dst, src, d.hdr.CompressionType)
 }
 
 // readBacking fills [skip, skip+n) of iov with the backing node's bytes at
@@ -463,7 +424,7 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		r.Complete(nil)
 		return
 	}
-	s.ext, err = Map(s.ext[:0], &d.geo, d.l1, d.l2HitFn, r.Off, n)
+	s.ext, err = format.Map(s.ext[:0], &d.geo, d.l1, d.l2HitFn, r.Off, n)
 	if err == errMiss {
 		miss, err = true, nil
 	}
@@ -485,11 +446,11 @@ func (d *Driver) BlockStatus(r *block.Request) {
 	})
 }
 
-func (d *Driver) extStatus(k ExtentKind) block.Status {
+func (d *Driver) extStatus(k format.ExtentKind) block.Status {
 	switch k {
-	case ExtentData, ExtentCompressed:
+	case format.ExtentData, format.ExtentCompressed:
 		return block.StatusData | block.StatusAllocated
-	case ExtentZero:
+	case format.ExtentZero:
 		return block.StatusZero | block.StatusAllocated
 	}
 	if d.backing == nil {
@@ -498,7 +459,7 @@ func (d *Driver) extStatus(k ExtentKind) block.Status {
 	return 0
 }
 
-func (d *Driver) setStatus(r *block.Request, ext []Extent) {
+func (d *Driver) setStatus(r *block.Request, ext []format.Extent) {
 	if len(ext) == 0 {
 		return
 	}

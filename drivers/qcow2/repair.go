@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Repair: `qemu-img check -r leaks|all` on an open read-write image.
@@ -55,7 +56,7 @@ import (
 // counts what is still wrong after the repair pass (qemu-img then runs a
 // plain check to report the final state).
 type RepairResult struct {
-	CheckResult
+	format.CheckResult
 	LeaksFixed       int64
 	CorruptionsFixed int64
 }
@@ -71,7 +72,7 @@ type repairFile interface {
 // ErrNeedRebuild is the failure of a leaks-only repair that found a
 // referenced cluster with refcount 0 (QEMU: EIO): only a repair of all
 // errors can rebuild the refcount structure.
-var ErrNeedRebuild = &FormatError{Field: "refcount", Reason: "need to rebuild refcount structures (repair all errors)", Err: ErrCorrupt}
+var ErrNeedRebuild = &format.FormatError{Field: "refcount", Reason: "need to rebuild refcount structures (repair all errors)", Err: format.ErrCorrupt}
 
 // repairer is the state of one repair run.
 type repairer struct {
@@ -81,10 +82,10 @@ type repairer struct {
 	log       func(string)
 	res       RepairResult
 
-	im *Image
+	im *format.Image
 	// cur is the last clean refcount block read; dirty holds the blocks
 	// the repair changed (written back by flushRefblocks).
-	cur     refblockCache
+	cur     format.RefblockCache
 	dirty   map[int64][]byte
 	l2Fixed []int64 // L2 tables rewritten with fixed COPIED flags
 
@@ -130,44 +131,43 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	if err != nil {
 		return nil, 0, false, err
 	}
-	im, err := ReadImage(r.f, size, Options{})
+	im, err := format.ReadImage(r.f, size, format.Options{})
 	if err != nil {
 		return nil, 0, false, err
 	}
 	h, g := im.Header, &im.Geometry
 	if h.BitmapsConsistent() {
-		return nil, 0, false, unsupported("autoclear_features", h.AutoclearFeatures, "repairing images with persistent bitmaps is not supported")
+		return nil, 0, false, format.Unsupported("autoclear_features", h.AutoclearFeatures, "repairing images with persistent bitmaps is not supported")
 	}
 	cs := g.ClusterSize()
 	nb := (size + cs - 1) / cs
-	if nb > maxCheckClusters {
-		return nil, 0, false, limit("file_size", uint64(size), "image file too large to check in memory")
+	if nb > format.MaxCheckClusters {
+		return nil, 0, false, format.Limit("file_size", uint64(size), "image file too large to check in memory")
 	}
 	r.im = im
-	r.cur = refblockCache{}
+	r.cur = format.RefblockCache{}
 	clear(r.dirty)
 	if r.checkSnapshots && !r.scanned {
 		word := "ERROR"
 		if r.fixErrors {
 			word = "Repairing"
 		}
-		for _, i := range im.incompleteSnapshots() {
+		for _, i := range im.IncompleteSnapshots() {
 			r.logf(word, " snapshot table entry ", strconv.Itoa(i), " is incomplete")
 			r.snapIncomplete++
 		}
 		r.res.Corruptions += r.snapIncomplete
 	}
 	r.scanned = true
-	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
-	c := &checker{im: im, res: res, refs: make([]uint32, nb), fixErrors: r.fixErrors}
-	c.countReferences()
-	damaged = c.l2Damaged
-	rebuild = c.rebuild
-	r.pastEOF = c.pastEOF
-	rmax := RefcountMax(g.RefcountOrder)
-	for i, n := range c.refs {
+	res := &format.CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
+	c := im.CountReferences(res, nb, r.fixErrors)
+	damaged = c.L2Damaged
+	rebuild = c.Rebuild
+	r.pastEOF = c.PastEOF
+	rmax := format.RefcountMax(g.RefcountOrder)
+	for i, n := range c.Refs {
 		if uint64(n) > rmax {
-			res.corrupt("overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
+			res.AddCorruption("overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
 			damaged++
 		}
 	}
@@ -180,7 +180,7 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	r.res.AllocatedClusters = res.AllocatedClusters
 	r.res.FragmentedClusters = res.FragmentedClusters
 	r.res.CompressedClusters = res.CompressedClusters
-	return c.refs, damaged, rebuild, nil
+	return c.Refs, damaged, rebuild, nil
 }
 
 // refcount returns the stored refcount of cluster idx, as changed so far.
@@ -195,9 +195,9 @@ func (r *repairer) refcount(idx int64) (uint64, error) {
 		return 0, nil
 	}
 	if b := r.dirty[off]; b != nil {
-		return RefcountGet(b, g.RefcountOrder, bi)
+		return format.RefcountGet(b, g.RefcountOrder, bi)
 	}
-	return r.im.refcount(idx*g.ClusterSize(), &r.cur)
+	return r.im.RefcountCached(idx*g.ClusterSize(), &r.cur)
 }
 
 // setRefcount changes cluster idx's refcount in memory; flushRefblocks
@@ -206,21 +206,21 @@ func (r *repairer) setRefcount(idx int64, v uint64) error {
 	g := &r.im.Geometry
 	ti, bi := g.RefcountIndex(idx * g.ClusterSize())
 	if ti >= int64(len(r.im.RefcountTable)) || r.im.RefcountTable[ti] == 0 {
-		return corrupt("refcount", uint64(idx), "no refcount block for the cluster")
+		return format.Corrupt("refcount", uint64(idx), "no refcount block for the cluster")
 	}
 	off := int64(r.im.RefcountTable[ti])
 	b := r.dirty[off]
 	if b == nil {
 		b = make([]byte, g.ClusterSize())
-		if err := readAt(r.f, b, off); err != nil {
+		if err := format.ReadFull(r.f, b, off); err != nil {
 			return err
 		}
 		r.dirty[off] = b
-		if r.cur.off == off {
-			r.cur.block = nil
+		if r.cur.Off == off {
+			r.cur.Block = nil
 		}
 	}
-	return RefcountSet(b, g.RefcountOrder, bi, v)
+	return format.RefcountSet(b, g.RefcountOrder, bi, v)
 }
 
 // flushRefblocks writes the changed refcount blocks and syncs.
@@ -254,11 +254,11 @@ func (r *repairer) compare(refs []uint32, fixLeaks, fixErrors bool) (highest int
 		stored, err := r.refcount(i)
 		if err != nil {
 			msg := err.Error()
-			var ue *RefblockUnalignedError
+			var ue *format.RefblockUnalignedError
 			if errors.As(err, &ue) {
 				if !r.signalled {
 					r.signalled = true
-					r.log(qemuCorruptEvent(ue))
+					r.log(format.QemuCorruptEvent(ue))
 				}
 				msg = "Input/output error"
 			}
@@ -315,7 +315,7 @@ func (r *repairer) run() error {
 	}
 	if damaged > 0 {
 		r.res.CheckErrors++
-		return corrupt("image", uint64(damaged), "damaged L2 entries or refcount overflows found (see the messages); their clusters cannot be counted, so nothing is repaired")
+		return format.Corrupt("image", uint64(damaged), "damaged L2 entries or refcount overflows found (see the messages); their clusters cannot be counted, so nothing is repaired")
 	}
 	cs := r.im.Geometry.ClusterSize()
 	pre := r.res
@@ -327,7 +327,7 @@ func (r *repairer) run() error {
 		// which may be past the end of the file, where these damaged
 		// references point: the entries would then name live metadata.
 		r.res.CheckErrors++
-		return corrupt("image", uint64(r.pastEOF), "references past the end of the file (see the messages): not rebuilding the refcount structure where they point")
+		return format.Corrupt("image", uint64(r.pastEOF), "references past the end of the file (see the messages): not rebuilding the refcount structure where they point")
 	}
 	switch {
 	case rebuild && r.fixErrors:
@@ -347,7 +347,7 @@ func (r *repairer) run() error {
 		}
 		if damaged > 0 || rebuild {
 			r.res.CheckErrors++
-			return corrupt("refcount_table", 0, "rebuilt refcount structure is still broken")
+			return format.Corrupt("refcount_table", 0, "rebuilt refcount structure is still broken")
 		}
 		fresh := int64(0)
 		if r.fixLeaks {
@@ -416,7 +416,7 @@ func (r *repairer) fixCopied() error {
 	for i, e := range im.L1 {
 		// As QEMU: the offset bits of the entry, whatever else is wrong
 		// with it (reserved bits, an unaligned or past-EOF table).
-		l2Off := int64(e & offsetMask)
+		l2Off := int64(e & format.OffsetMask)
 		if l2Off == 0 {
 			continue
 		}
@@ -424,13 +424,13 @@ func (r *repairer) fixCopied() error {
 		if err != nil {
 			continue
 		}
-		if (e&EntryCopied != 0) != (rc == 1) {
+		if (e&format.EntryCopied != 0) != (rc == 1) {
 			r.res.Corruptions++
 			r.logf(word, " OFLAG_COPIED L2 cluster: l1_index=", strconv.Itoa(i), " l1_entry=", strconv.FormatUint(e, 16), " refcount=", decUint(rc))
 			if repair {
-				ne := e &^ EntryCopied
+				ne := e &^ format.EntryCopied
 				if rc == 1 {
-					ne |= EntryCopied
+					ne |= format.EntryCopied
 				}
 				var b [8]byte
 				putU64(b[:], ne)
@@ -448,7 +448,7 @@ func (r *repairer) fixCopied() error {
 		if table == nil {
 			table = make([]byte, cs)
 		}
-		if err := readAt(r.f, table, l2Off); err != nil {
+		if err := format.ReadFull(r.f, table, l2Off); err != nil {
 			r.logf("ERROR: Could not read L2 table: ", err.Error())
 			return err
 		}
@@ -456,7 +456,7 @@ func (r *repairer) fixCopied() error {
 		esz := g.L2EntrySize()
 		for j := int64(0); j < g.L2Entries(); j++ {
 			e, bm, _ := g.L2EntryAt(table, j)
-			host, ok := g.copiedChecked(e, bm)
+			host, ok := g.CopiedChecked(e, bm)
 			if !ok {
 				continue
 			}
@@ -464,7 +464,7 @@ func (r *repairer) fixCopied() error {
 			if err != nil {
 				continue
 			}
-			if (e&EntryCopied != 0) == (rc == 1) {
+			if (e&format.EntryCopied != 0) == (rc == 1) {
 				continue
 			}
 			r.res.Corruptions++
@@ -498,7 +498,7 @@ const copiedFlag = uint64(1) << 63
 // the incompatible features, R6) after everything above is durable.
 func (r *repairer) markClean() error {
 	h := r.im.Header
-	bits := h.IncompatibleFeatures & (IncompatDirty | IncompatCorrupt)
+	bits := h.IncompatibleFeatures & (format.IncompatDirty | format.IncompatCorrupt)
 	if h.Version < 3 || bits == 0 {
 		return nil
 	}
@@ -572,8 +572,8 @@ func (r *repairer) rebuild(refs []uint32) error {
 				}
 				if bi >= int64(len(rt)) {
 					n := ((bi+1)*8 + cs - 1) / cs * cs / 8
-					if n*8 > MaxRefcountTableBytes {
-						return false, limit("refcount_table_clusters", uint64(n*8/cs), "rebuilt refcount table would exceed its limit")
+					if n*8 > format.MaxRefcountTableBytes {
+						return false, format.Limit("refcount_table_clusters", uint64(n*8/cs), "rebuilt refcount table would exceed its limit")
 					}
 					rt = append(rt, make([]uint64, n-int64(len(rt)))...)
 					grown = true
@@ -583,7 +583,7 @@ func (r *repairer) rebuild(refs []uint32) error {
 			clear(buf)
 			for j := int64(0); j < per && start+j < int64(len(refs)); j++ {
 				if v := refs[start+j]; v != 0 {
-					if err := RefcountSet(buf, order, j, uint64(v)); err != nil {
+					if err := format.RefcountSet(buf, order, j, uint64(v)); err != nil {
 						return false, err
 					}
 				}
@@ -600,7 +600,7 @@ func (r *repairer) rebuild(refs []uint32) error {
 		return err
 	}
 	if len(rt) == 0 {
-		return corrupt("refcount_table", 0, "nothing to describe in a rebuilt refcount table")
+		return format.Corrupt("refcount_table", 0, "nothing to describe in a rebuilt refcount table")
 	}
 	var tableOff, tableClusters int64
 	for {
@@ -746,7 +746,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 	if err != nil {
 		return err
 	}
-	im, err := ReadImage(coReader{d, co, r}, size, Options{})
+	im, err := format.ReadImage(coReader{d, co, r}, size, format.Options{})
 	if err != nil {
 		return err
 	}
@@ -764,7 +764,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 		d.l2.drop(off)
 	}
 	d.freeIdx = 0
-	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&IncompatDirty != 0
+	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&format.IncompatDirty != 0
 	return nil
 }
 
@@ -779,24 +779,24 @@ func (d *Driver) openRepair(file *block.Node) (relaxed bool, err error) {
 	if _, err := file.ReadAt(b[:], 0); err != nil && !errors.Is(err, io.EOF) {
 		return false, nil // ReadImage reports it
 	}
-	if hdrU32(b[0:]) != Magic || hdrU32(b[4:]) < 3 {
+	if hdrU32(b[0:]) != format.Magic || hdrU32(b[4:]) < 3 {
 		return false, nil
 	}
 	incompat := hdrU64(b[72:])
-	if incompat&(IncompatDirty|IncompatCorrupt) == 0 {
+	if incompat&(format.IncompatDirty|format.IncompatCorrupt) == 0 {
 		return false, nil
 	}
 	if d.opts.CheckOpen {
 		d.lazy.needRepair = true
 		return true, nil
 	}
-	if incompat&IncompatCorrupt != 0 || incompat&^IncompatKnown != 0 {
+	if incompat&format.IncompatCorrupt != 0 || incompat&^format.IncompatKnown != 0 {
 		return false, nil // refused by ReadImage with the right message
 	}
 	rp := newRepairer(nodeFile{file}, block.CheckFixLeaks|block.CheckFixErrors, d.checkLog)
 	err = rp.run()
 	if err == nil && (rp.res.CheckErrors > 0 || rp.res.Corruptions > 0) {
-		err = corrupt("incompatible_features", incompat, "repair left "+decInt(rp.res.Corruptions)+" corruptions")
+		err = format.Corrupt("incompatible_features", incompat, "repair left "+decInt(rp.res.Corruptions)+" corruptions")
 	}
 	if err != nil {
 		return false, d.openErr(block.Corrupt, errors.Join(errors.New("qcow2: could not repair dirty image"), err))

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -56,7 +57,7 @@ func setRefcount(idx int64, v uint64) damage {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, err := ParseHeader(b[:min(len(b), 1<<16)])
+		h, err := format.ParseHeader(b[:min(len(b), 1<<16)])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +68,7 @@ func setRefcount(idx int64, v uint64) damage {
 			t.Fatalf("no refcount block for cluster %d", idx)
 		}
 		blk := b[rb : rb+g.ClusterSize()]
-		if err := RefcountSet(blk, g.RefcountOrder, bi, v); err != nil {
+		if err := format.RefcountSet(blk, g.RefcountOrder, bi, v); err != nil {
 			t.Fatal(err)
 		}
 		patch(t, path, rb, blk)
@@ -362,16 +363,16 @@ func TestRepairRebuildGeometries(t *testing.T) {
 			qemuIO(t, img, c.io...)
 			// The last data cluster of the first write loses its refcount,
 			// another cluster's refcount block entry is zeroed too.
-			im, err := openFile(t, img, Options{})
+			im, err := openFile(t, img, format.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			le, err := im.Lookup(0)
-			if err != nil || le.Type == Unallocated {
+			if err != nil || le.Type == format.Unallocated {
 				t.Fatalf("lookup: %+v %v", le, err)
 			}
 			host := le.HostOff
-			if le.Type == Compressed {
+			if le.Type == format.Compressed {
 				host = le.Compressed.HostOff
 			}
 			setRefcount(host/im.Geometry.ClusterSize(), 0)(t, img)
@@ -401,8 +402,8 @@ func TestRepairRebuildGeometries(t *testing.T) {
 				t.Fatal(err)
 			}
 			b, _ := os.ReadFile(theirs)
-			ha, _ := ParseHeader(a[:4096])
-			hb, _ := ParseHeader(b[:4096])
+			ha, _ := format.ParseHeader(a[:4096])
+			hb, _ := format.ParseHeader(b[:4096])
 			if ha.RefcountTableOffset != hb.RefcountTableOffset || ha.RefcountTableClusters != hb.RefcountTableClusters {
 				t.Errorf("refcount table at %#x (%d clusters); qemu-img put it at %#x (%d)", ha.RefcountTableOffset, ha.RefcountTableClusters, hb.RefcountTableOffset, hb.RefcountTableClusters)
 			}
@@ -422,14 +423,14 @@ func TestRepairRefusesDamagedEntries(t *testing.T) {
 	needQemu(t)
 	dir := t.TempDir()
 	img := makeRepairBase(t, dir, false)
-	setRefcount16(5, 2)(t, img)                               // a leak it would fix
-	setU64(0x40000+16*8, EntryCompressed|0x100000000)(t, img) // compressed, past EOF
+	setRefcount16(5, 2)(t, img)                                      // a leak it would fix
+	setU64(0x40000+16*8, format.EntryCompressed|0x100000000)(t, img) // compressed, past EOF
 	before, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rr := driverRepair(t, img, block.CheckFixLeaks|block.CheckFixErrors)
-	if rr.err == nil || !errors.Is(rr.err, ErrCorrupt) || !strings.Contains(rr.err.Error(), "damaged L2 entries") {
+	if rr.err == nil || !errors.Is(rr.err, format.ErrCorrupt) || !strings.Contains(rr.err.Error(), "damaged L2 entries") {
 		t.Errorf("repair of a damaged image: %v", rr.err)
 	}
 	after, _ := os.ReadFile(img)
@@ -473,13 +474,13 @@ func (m *memFile) Size() (int64, error) { return int64(len(m.b)), nil }
 // random refcount values (in existing refcount blocks) and flipped
 // COPIED bits in the active L1 table and its L2 tables.
 func mutateRefcounts(t *testing.T, b []byte, rng *rand.Rand, n int) {
-	im := openBytes(t, b, Options{})
+	im := openBytes(t, b, format.Options{})
 	g := &im.Geometry
 	cs := g.ClusterSize()
 	nb := (int64(len(b)) + cs - 1) / cs
 	var l2s []int64
 	for _, e := range im.L1 {
-		if off := int64(e & offsetMask); off != 0 {
+		if off := int64(e & format.OffsetMask); off != 0 {
 			l2s = append(l2s, off)
 		}
 	}
@@ -493,7 +494,7 @@ func mutateRefcounts(t *testing.T, b []byte, rng *rand.Rand, n int) {
 			}
 			rb := int64(im.RefcountTable[ti])
 			v := uint64(rng.IntN(4))
-			RefcountSet(b[rb:rb+cs], g.RefcountOrder, bi, min(v, RefcountMax(g.RefcountOrder)))
+			format.RefcountSet(b[rb:rb+cs], g.RefcountOrder, bi, min(v, format.RefcountMax(g.RefcountOrder)))
 		case 1:
 			if len(im.L1) == 0 {
 				continue
@@ -507,7 +508,7 @@ func mutateRefcounts(t *testing.T, b []byte, rng *rand.Rand, n int) {
 				continue
 			}
 			at := l2s[rng.IntN(len(l2s))] + rng.Int64N(g.L2Entries())*g.L2EntrySize()
-			if at+8 <= int64(len(b)) && binary.BigEndian.Uint64(b[at:])&offsetMask != 0 {
+			if at+8 <= int64(len(b)) && binary.BigEndian.Uint64(b[at:])&format.OffsetMask != 0 {
 				b[at] ^= 0x80
 			}
 		}
@@ -528,8 +529,8 @@ func TestRepairRandomDamage(t *testing.T) {
 	repaired := 0
 	for _, name := range []string{"v3", "v2", "c512", "rc1", "rc64", "comp", "snap", "lazy", "base64m"} {
 		orig := loadImage(t, name)
-		want := make([]byte, openBytes(t, orig, Options{}).Geometry.Size)
-		if _, err := openBytes(t, orig, Options{}).ReadAt(want, 0, nil); err != nil {
+		want := make([]byte, openBytes(t, orig, format.Options{}).Geometry.Size)
+		if _, err := openBytes(t, orig, format.Options{}).ReadAt(want, 0, nil); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		for round := 0; round < 12; round++ {
@@ -542,7 +543,7 @@ func TestRepairRandomDamage(t *testing.T) {
 				continue // refused (for example a refcount overflow under refcount_bits=1)
 			}
 			repaired++
-			im := openBytes(t, f.b, Options{ReadWrite: true})
+			im := openBytes(t, f.b, format.Options{ReadWrite: true})
 			res, err := im.Check()
 			if err != nil {
 				t.Fatalf("%s round %d: check after repair: %v", name, round, err)
@@ -574,19 +575,19 @@ func FuzzRepair(f *testing.F) {
 		watchdog := time.AfterFunc(20*time.Second, func() { panic("repair hung") }) // a hang becomes a crasher
 		defer watchdog.Stop()
 		file := decodeSparse(data)
-		if file.size > 8<<20 {
+		if file.Size > 8<<20 {
 			return
 		}
-		img := make([]byte, file.size)
-		for _, c := range file.chunks {
-			copy(img[c.off:], c.data)
+		img := make([]byte, file.Size)
+		for _, c := range file.Chunks {
+			copy(img[c.Off:], c.Data)
 		}
 		m := &memFile{b: img}
 		rp := newRepairer(m, block.CheckMode(mode&3), nil)
 		if rp.run() != nil || mode&3 != 3 || rp.res.CheckErrors != 0 || rp.res.Corruptions != 0 {
 			return
 		}
-		im, err := ReadImage(bytes.NewReader(m.b), int64(len(m.b)), Options{})
+		im, err := format.ReadImage(bytes.NewReader(m.b), int64(len(m.b)), format.Options{})
 		if err != nil {
 			t.Fatalf("repaired image does not open: %v", err)
 		}

@@ -3,6 +3,7 @@ package qcow2
 import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Truncate grows the virtual disk to r.Off bytes (QEMU's qcow2_co_truncate
@@ -33,19 +34,19 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	switch {
 	case v2Snaps && size != old:
 		// As QEMU: a version 2 snapshot entry may lack its disk size.
-		return unsupported("version", 2, "can't resize a version 2 image which has snapshots")
+		return format.Unsupported("version", 2, "can't resize a version 2 image which has snapshots")
 	case size%512 != 0:
-		return outOfRange("size", uint64(size), "the new size must be a multiple of 512")
-	case size > MaxImageSize:
-		return limit("size", uint64(size), "virtual size above 2^61")
+		return format.OutOfRange("size", uint64(size), "the new size must be a multiple of 512")
+	case size > format.MaxImageSize:
+		return format.Limit("size", uint64(size), "virtual size above 2^61")
 	case size < old:
-		return unsupported("size", uint64(size), "shrinking a qcow2 image is not supported")
+		return format.Unsupported("size", uint64(size), "shrinking a qcow2 image is not supported")
 	case size == old:
 		return nil
 	}
-	need := L1EntriesFor(uint64(size), d.geo.ClusterBits, d.geo.ExtendedL2)
-	if need*8 > MaxL1Bytes {
-		return limit("l1_size", need, "image size is too large for this cluster size")
+	need := format.L1EntriesFor(uint64(size), d.geo.ClusterBits, d.geo.ExtendedL2)
+	if need*8 > format.MaxL1Bytes {
+		return format.Limit("l1_size", need, "image size is too large for this cluster size")
 	}
 	// A backing file longer than the old size would show through the new
 	// area: it must read as zeros (QEMU's bdrv_co_truncate asks for a
@@ -53,7 +54,7 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	// refuses rather than write real zeros; so do we, before any change.
 	hide := d.backing != nil && d.backingSize > old
 	if hide && !d.geo.ZeroFlag && !d.geo.ExtendedL2 {
-		return unsupported("version", 2, "Failed to zero out new clusters: a version 2 image cannot hide its backing file past the old size (upgrade with amend -o compat=1.1)")
+		return format.Unsupported("version", 2, "Failed to zero out new clusters: a version 2 image cannot hide its backing file past the old size (upgrade with amend -o compat=1.1)")
 	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
@@ -203,5 +204,5 @@ func (d *Driver) allocContiguous(co *aio.Co, n int64) (int64, error) {
 			d.abortAlloc(g, nil)
 		}
 	}
-	return 0, &FormatError{Field: "l1_table", Reason: "no contiguous space for the L1 table", Err: ErrLimit}
+	return 0, &format.FormatError{Field: "l1_table", Reason: "no contiguous space for the L1 table", Err: format.ErrLimit}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Internal snapshots: create, apply (goto) and delete, with QEMU 7.2's
@@ -101,10 +102,10 @@ type SnapshotCreateOptions struct {
 }
 
 // Snapshots returns a copy of the image's snapshot table.
-func (d *Driver) Snapshots() []Snapshot {
+func (d *Driver) Snapshots() []format.Snapshot {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]Snapshot, len(d.snaps))
+	out := make([]format.Snapshot, len(d.snaps))
 	copy(out, d.snaps)
 	for i := range out {
 		out[i].ExtraUnknown = append([]byte(nil), out[i].ExtraUnknown...)
@@ -114,17 +115,17 @@ func (d *Driver) Snapshots() []Snapshot {
 
 // FindSnapshot looks a snapshot up by ID first, then by name (QEMU's
 // find_snapshot_by_id_or_name), and returns its index in Snapshots.
-func (d *Driver) FindSnapshot(idOrName string) (Snapshot, int, bool) {
+func (d *Driver) FindSnapshot(idOrName string) (format.Snapshot, int, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	i := findSnapshot(d.snaps, idOrName)
 	if i < 0 {
-		return Snapshot{}, -1, false
+		return format.Snapshot{}, -1, false
 	}
 	return d.snaps[i], i, true
 }
 
-func findSnapshot(snaps []Snapshot, idOrName string) int {
+func findSnapshot(snaps []format.Snapshot, idOrName string) int {
 	for i := range snaps {
 		if snaps[i].ID == idOrName {
 			return i
@@ -140,7 +141,7 @@ func findSnapshot(snaps []Snapshot, idOrName string) int {
 
 // nextSnapshotID returns QEMU's choice of id_str for a new snapshot: one
 // more than the largest leading decimal number of the existing IDs.
-func nextSnapshotID(snaps []Snapshot) string {
+func nextSnapshotID(snaps []format.Snapshot) string {
 	var top uint64
 	for i := range snaps {
 		id := snaps[i].ID
@@ -159,8 +160,8 @@ func nextSnapshotID(snaps []Snapshot) string {
 // snapshot (qemu-img snapshot -c) and returns its table entry. The node
 // must be read-write; the call drains it and waits for the operation.
 // Not from a coroutine.
-func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (Snapshot, error) {
-	var sn Snapshot
+func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error) {
+	var sn format.Snapshot
 	err := d.runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
 		sn, err = d.createSnapshotLocked(co, o)
 		return err
@@ -227,7 +228,7 @@ func (d *Driver) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error
 	default:
 		<-ch
 	}
-	var fe *FormatError
+	var fe *format.FormatError
 	if errors.As(err, &fe) {
 		err = d.formatErr(block.OpWrite, 0, err)
 	}
@@ -260,23 +261,23 @@ func (d *Driver) snapshotStart(co *aio.Co) error {
 	return nil
 }
 
-func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (Snapshot, error) {
+func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (format.Snapshot, error) {
 	if strings.IndexByte(o.Name, 0) >= 0 || strings.IndexByte(o.ID, 0) >= 0 {
-		return Snapshot{}, outOfRange("snapshot.name", 0, "snapshot name or ID contains a NUL byte")
+		return format.Snapshot{}, format.OutOfRange("snapshot.name", 0, "snapshot name or ID contains a NUL byte")
 	}
 	if len(o.Name) > 0xffff || len(o.ID) > 0xffff {
-		return Snapshot{}, limit("snapshot.name_size", uint64(max(len(o.Name), len(o.ID))), "snapshot name or ID longer than 65535 bytes")
+		return format.Snapshot{}, format.Limit("snapshot.name_size", uint64(max(len(o.Name), len(o.ID))), "snapshot name or ID longer than 65535 bytes")
 	}
 	if err := d.snapshotStart(co); err != nil {
-		return Snapshot{}, err
+		return format.Snapshot{}, err
 	}
 	d.mu.Lock()
 	snaps := d.snaps
 	l1 := append([]uint64(nil), d.l1...)
 	size := d.geo.Size
 	d.mu.Unlock()
-	if len(snaps) >= MaxSnapshots {
-		return Snapshot{}, limit("nb_snapshots", uint64(len(snaps)), "too many snapshots")
+	if len(snaps) >= format.MaxSnapshots {
+		return format.Snapshot{}, format.Limit("nb_snapshots", uint64(len(snaps)), "too many snapshots")
 	}
 	id := o.ID
 	if id == "" {
@@ -284,28 +285,28 @@ func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (Snap
 	}
 	for i := range snaps {
 		if snaps[i].ID == id {
-			return Snapshot{}, errWrap(ErrSnapshotExists, "ID "+id+" is taken")
+			return format.Snapshot{}, errWrap(ErrSnapshotExists, "ID "+id+" is taken")
 		}
 		if snaps[i].Name == o.Name {
-			return Snapshot{}, errWrap(ErrSnapshotExists, "a snapshot named '"+o.Name+"' exists (ID "+snaps[i].ID+")")
+			return format.Snapshot{}, errWrap(ErrSnapshotExists, "a snapshot named '"+o.Name+"' exists (ID "+snaps[i].ID+")")
 		}
 	}
 	date := o.Date
 	if date.IsZero() {
 		date = time.Now()
 	}
-	sn := Snapshot{
+	sn := format.Snapshot{
 		L1Entries: uint32(len(l1)), ID: id, Name: o.Name,
 		DateSec: uint32(date.Unix()), DateNsec: uint32(date.Nanosecond() / 1000 * 1000),
-		DiskSize: uint64(size), ExtraDataSize: snapshotKnownExtra,
+		DiskSize: uint64(size), ExtraDataSize: format.SnapshotKnownExtra,
 	}
 	// The new table must fit before anything changes.
 	newSnaps := append(normalizedSnapshots(snaps, size), sn)
-	if _, err := AppendSnapshotTable(nil, newSnaps); err != nil {
-		return Snapshot{}, err
+	if _, err := format.AppendSnapshotTable(nil, newSnaps); err != nil {
+		return format.Snapshot{}, err
 	}
 	if err := d.prepareWrite(co, nil); err != nil {
-		return Snapshot{}, err
+		return format.Snapshot{}, err
 	}
 
 	// The snapshot's L1 table: a copy of the active one, COPIED clear
@@ -314,15 +315,15 @@ func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (Snap
 	if len(l1) > 0 {
 		off, err := d.allocContiguous(co, (int64(len(l1))*8+cs-1)/cs)
 		if err != nil {
-			return Snapshot{}, err
+			return format.Snapshot{}, err
 		}
 		tb := make([]byte, len(l1)*8)
 		for i, e := range l1 {
-			putU64(tb[i*8:], e&^EntryCopied)
+			putU64(tb[i*8:], e&^format.EntryCopied)
 		}
 		if err := d.fileWrite(co, nil, tb, off); err != nil {
 			d.abortSnapshotAlloc(co, off, int64(len(tb)))
-			return Snapshot{}, err
+			return format.Snapshot{}, err
 		}
 		sn.L1Offset = uint64(off)
 		newSnaps[len(newSnaps)-1].L1Offset = uint64(off)
@@ -332,24 +333,24 @@ func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (Snap
 	// overflow or is damaged), made durable before the COPIED flags go.
 	if err := d.increfAll(co, l1); err != nil {
 		d.abortSnapshotAlloc(co, int64(sn.L1Offset), int64(len(l1))*8)
-		return Snapshot{}, err
+		return format.Snapshot{}, err
 	}
 	if err := d.flushAllMetadata(co, nil); err != nil {
-		return Snapshot{}, err
+		return format.Snapshot{}, err
 	}
 	// R7: no COPIED flag may remain on a shared cluster once the snapshot
 	// is durable.
 	if err := d.fixActiveCopied(co); err != nil {
-		return Snapshot{}, err
+		return format.Snapshot{}, err
 	}
 	// In-place writes that mapped a cluster while its COPIED flag was
 	// still set finish before the snapshot exists (they belong to it).
 	d.waitIOEpoch(co)
 	if err := d.flushAllMetadata(co, nil); err != nil {
-		return Snapshot{}, err
+		return format.Snapshot{}, err
 	}
 	if err := d.writeSnapshotTable(co, newSnaps); err != nil {
-		return Snapshot{}, err
+		return format.Snapshot{}, err
 	}
 	return sn, nil
 }
@@ -383,8 +384,8 @@ func (d *Driver) abortSnapshotAlloc(co *aio.Co, off, n int64) {
 // them back: at least 24 bytes of extra data, a missing disk size taken as
 // the current size, a missing icount as -1, and the 32-bit VM state size
 // zero when the state does not fit.
-func normalizedSnapshots(snaps []Snapshot, size int64) []Snapshot {
-	out := make([]Snapshot, len(snaps), len(snaps)+1)
+func normalizedSnapshots(snaps []format.Snapshot, size int64) []format.Snapshot {
+	out := make([]format.Snapshot, len(snaps), len(snaps)+1)
 	copy(out, snaps)
 	for i := range out {
 		s := &out[i]
@@ -394,8 +395,8 @@ func normalizedSnapshots(snaps []Snapshot, size int64) []Snapshot {
 		if s.ExtraDataSize < 24 {
 			s.Icount = ^uint64(0)
 		}
-		if s.ExtraDataSize < snapshotKnownExtra {
-			s.ExtraDataSize = snapshotKnownExtra
+		if s.ExtraDataSize < format.SnapshotKnownExtra {
+			s.ExtraDataSize = format.SnapshotKnownExtra
 		}
 		s.VMStateSize32 = 0
 		if s.VMStateSize <= 0xffffffff {
@@ -409,8 +410,8 @@ func normalizedSnapshots(snaps []Snapshot, size int64) []Snapshot {
 // written and durable with their refcounts (R1, R3), then one 12-byte
 // header write of nb_snapshots and snapshots_offset (R6), then the old
 // table's clusters freed (R2). An empty table is offset 0, as in QEMU.
-func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []Snapshot) error {
-	tb, err := AppendSnapshotTable(nil, snaps)
+func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
+	tb, err := format.AppendSnapshotTable(nil, snaps)
 	if err != nil {
 		return err
 	}
@@ -456,9 +457,9 @@ func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []Snapshot) error {
 // decodes, and no L2 table it names is one of the image's other metadata
 // (header, L1 tables, refcount structures, snapshot table), since apply
 // rewrites COPIED flags in those tables.
-func (d *Driver) readSnapshotL1(co *aio.Co, sn *Snapshot, i int) ([]uint64, error) {
+func (d *Driver) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint64, error) {
 	d.mu.Lock()
-	err := ValidateSnapshot(sn, i, &d.geo, 0)
+	err := format.ValidateSnapshot(sn, i, &d.geo, 0)
 	d.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -471,7 +472,7 @@ func (d *Driver) readSnapshotL1(co *aio.Co, sn *Snapshot, i int) ([]uint64, erro
 	if err := d.fileRead(co, nil, buf, int64(sn.L1Offset)); err != nil {
 		return nil, err
 	}
-	field := indexed("snapshot", uint64(i)) + ".l1_table"
+	field := format.Indexed("snapshot", uint64(i)) + ".l1_table"
 	l1 := make([]uint64, n)
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -480,10 +481,10 @@ func (d *Driver) readSnapshotL1(co *aio.Co, sn *Snapshot, i int) ([]uint64, erro
 			uint64(buf[j*8+4])<<24 | uint64(buf[j*8+5])<<16 | uint64(buf[j*8+6])<<8 | uint64(buf[j*8+7])
 		l2Off, _, err := d.geo.DecodeL1Entry(e)
 		if err != nil {
-			return nil, withField(err, indexed(field, uint64(j)))
+			return nil, format.WithField(err, format.Indexed(field, uint64(j)))
 		}
 		if l2Off != 0 && d.isOtherMetadataLocked(l2Off) {
-			return nil, corrupt(indexed(field, uint64(j)), uint64(l2Off), "snapshot L2 table overlaps other metadata")
+			return nil, format.Corrupt(format.Indexed(field, uint64(j)), uint64(l2Off), "snapshot L2 table overlaps other metadata")
 		}
 		l1[j] = e
 	}
@@ -526,7 +527,7 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	}
 	d.mu.Lock()
 	i := findSnapshot(d.snaps, idOrName)
-	var sn Snapshot
+	var sn format.Snapshot
 	if i >= 0 {
 		sn = d.snaps[i]
 	}
@@ -537,22 +538,22 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	if i < 0 {
 		return ErrSnapshotNotFound
 	}
-	field := indexed("snapshot", uint64(i))
+	field := format.Indexed("snapshot", uint64(i))
 	newSize := uint64(oldSize)
 	if sn.ExtraDataSize >= 16 {
 		newSize = sn.DiskSize
 	}
 	switch {
-	case newSize > MaxImageSize:
-		return limit(field+".disk_size", newSize, "virtual size above 2^61")
+	case newSize > format.MaxImageSize:
+		return format.Limit(field+".disk_size", newSize, "virtual size above 2^61")
 	case newSize%512 != 0:
-		return corrupt(field+".disk_size", newSize, "disk size not a multiple of 512")
-	case uint64(sn.L1Entries) < L1EntriesFor(newSize, cb, ext):
-		return corrupt(field+".l1_size", uint64(sn.L1Entries), "snapshot L1 table too small for its disk size")
+		return format.Corrupt(field+".disk_size", newSize, "disk size not a multiple of 512")
+	case uint64(sn.L1Entries) < format.L1EntriesFor(newSize, cb, ext):
+		return format.Corrupt(field+".l1_size", uint64(sn.L1Entries), "snapshot L1 table too small for its disk size")
 	case v2 && newSize != uint64(oldSize):
 		// QEMU applies by resizing, which it refuses for version 2
 		// images with snapshots (an entry may lack its disk size).
-		return unsupported(field+".disk_size", newSize, "can't resize a version 2 image which has snapshots")
+		return format.Unsupported(field+".disk_size", newSize, "can't resize a version 2 image which has snapshots")
 	}
 	snapL1, err := d.readSnapshotL1(co, &sn, i)
 	if err != nil {
@@ -634,7 +635,7 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	d.mu.Lock()
 	oldL1, oldL1Off := d.l1, int64(d.hdr.L1Offset)
 	for _, e := range oldL1 {
-		if o := int64(e & offsetMask); o != 0 {
+		if o := int64(e & format.OffsetMask); o != 0 {
 			delete(d.metaClusters, o)
 		}
 	}
@@ -643,7 +644,7 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 		d.l1 = []uint64{}
 	}
 	for _, e := range d.l1 {
-		if o := int64(e & offsetMask); o != 0 {
+		if o := int64(e & format.OffsetMask); o != 0 {
 			d.metaClusters[o] = struct{}{}
 		}
 	}
@@ -674,7 +675,7 @@ func (d *Driver) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
 	}
 	d.mu.Lock()
 	i := findSnapshot(d.snaps, idOrName)
-	var sn Snapshot
+	var sn format.Snapshot
 	snaps := d.snaps
 	size := d.geo.Size
 	d.mu.Unlock()
@@ -722,7 +723,7 @@ func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) err
 	for i, e := range l1 {
 		l2Off, _, err := d.geo.DecodeL1Entry(e)
 		if err != nil {
-			return withField(err, indexed("l1_table", uint64(i)))
+			return format.WithField(err, format.Indexed("l1_table", uint64(i)))
 		}
 		if l2Off == 0 {
 			continue
@@ -734,13 +735,13 @@ func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) err
 			e, bm, _ := d.geo.L2EntryAt(buf, j)
 			le, err := d.geo.DecodeL2Entry(e, bm)
 			if err != nil {
-				return withField(err, "l2_table@"+hexString(uint64(l2Off))+indexed("", uint64(j)))
+				return format.WithField(err, "l2_table@"+format.HexString(uint64(l2Off))+format.Indexed("", uint64(j)))
 			}
 			var off, n int64
 			switch le.Type {
-			case Normal, ZeroAlloc:
+			case format.Normal, format.ZeroAlloc:
 				off, n = le.HostOff, cs
-			case Compressed:
+			case format.Compressed:
 				off, n = le.Compressed.HostOff, le.Compressed.Size()
 			default:
 				continue
@@ -826,28 +827,28 @@ func (d *Driver) incref(co *aio.Co, off int64) error {
 	cs := d.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace {
-		return corrupt("refcount", uint64(off), "referenced cluster lies beyond the refcount table")
+		return format.Corrupt("refcount", uint64(off), "referenced cluster lies beyond the refcount table")
 	}
 	if err != nil {
 		return err
 	}
 	if rb == nil {
-		return corrupt("refcount", uint64(off), "referenced cluster has no refcount block")
+		return format.Corrupt("refcount", uint64(off), "referenced cluster has no refcount block")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	order := d.geo.RefcountOrder
-	rc, err := RefcountGet(rb.buf, order, bi)
+	rc, err := format.RefcountGet(rb.buf, order, bi)
 	if err != nil {
 		return err
 	}
 	if rc == 0 {
-		return corrupt("refcount", uint64(off), "referenced cluster has refcount 0")
+		return format.Corrupt("refcount", uint64(off), "referenced cluster has refcount 0")
 	}
-	if rc >= RefcountMax(order) {
-		return limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.geo.RefcountBits()))+")")
+	if rc >= format.RefcountMax(order) {
+		return format.Limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.geo.RefcountBits()))+")")
 	}
-	if err := RefcountSet(rb.buf, order, bi, rc+1); err != nil {
+	if err := format.RefcountSet(rb.buf, order, bi, rc+1); err != nil {
 		return err
 	}
 	rb.dirty = true
@@ -866,7 +867,7 @@ func (d *Driver) refcountOf(co *aio.Co, off int64) (uint64, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	return format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
 }
 
 // fixActiveCopied sets COPIED exactly where the refcount is 1 in the
@@ -891,7 +892,7 @@ func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 		d.mu.Unlock()
 		l2Off, copied, err := d.geo.DecodeL1Entry(e)
 		if err != nil {
-			return withField(err, indexed("l1_table", uint64(i)))
+			return format.WithField(err, format.Indexed("l1_table", uint64(i)))
 		}
 		if l2Off == 0 {
 			continue
@@ -902,7 +903,7 @@ func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 		}
 		if want := rc == 1; want != copied {
 			d.mu.Lock()
-			l1[i] = e&^EntryCopied | copiedBit(want)
+			l1[i] = e&^format.EntryCopied | copiedBit(want)
 			if active {
 				d.dirtyL1[int64(i)] = true
 			}
@@ -922,7 +923,7 @@ func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 
 func copiedBit(b bool) uint64 {
 	if b {
-		return EntryCopied
+		return format.EntryCopied
 	}
 	return 0
 }
@@ -941,9 +942,9 @@ func (d *Driver) fixL2Copied(co *aio.Co, l2Off int64) error {
 		d.mu.Unlock()
 		le, err := d.geo.DecodeL2Entry(e, bm)
 		if err != nil {
-			return withField(err, "l2_table@"+hexString(uint64(l2Off))+indexed("", uint64(j)))
+			return format.WithField(err, "l2_table@"+format.HexString(uint64(l2Off))+format.Indexed("", uint64(j)))
 		}
-		if le.Type != Normal && le.Type != ZeroAlloc {
+		if le.Type != format.Normal && le.Type != format.ZeroAlloc {
 			continue
 		}
 		rc, err := d.refcountOf(co, le.HostOff)
@@ -952,7 +953,7 @@ func (d *Driver) fixL2Copied(co *aio.Co, l2Off int64) error {
 		}
 		if want := rc == 1; want != le.Copied {
 			d.mu.Lock()
-			d.setL2EntryLocked(t, j, e&^EntryCopied|copiedBit(want))
+			d.setL2EntryLocked(t, j, e&^format.EntryCopied|copiedBit(want))
 			d.mu.Unlock()
 		}
 	}

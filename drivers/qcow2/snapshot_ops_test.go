@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Snapshot operation tests: QEMU 7.2 is the oracle in both directions
@@ -291,9 +292,9 @@ func TestQcow2SnapshotRoundTrip(t *testing.T) {
 	}
 }
 
-func readHeader(t *testing.T, img string) *Header {
+func readHeader(t *testing.T, img string) *format.Header {
 	t.Helper()
-	im, err := openFile(t, img, Options{})
+	im, err := openFile(t, img, format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +325,7 @@ func TestQcow2SnapshotErrors(t *testing.T) {
 		t.Errorf("duplicate ID: %v", err)
 	}
 	_, err = d.CreateSnapshot(SnapshotCreateOptions{Name: "nul\x00"})
-	if !errors.Is(err, ErrRange) {
+	if !errors.Is(err, format.ErrRange) {
 		t.Errorf("NUL in name: %v", err)
 	}
 	for _, f := range []func(string) error{d.ApplySnapshot, d.DeleteSnapshot} {
@@ -376,7 +377,7 @@ func TestQcow2SnapshotRefcountOverflow(t *testing.T) {
 	e := newTestEnv(t)
 	n := e.mustOpen(img, false)
 	_, err := drv(t, n).CreateSnapshot(SnapshotCreateOptions{Name: "x"})
-	if !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), "overflow") {
+	if !errors.Is(err, format.ErrLimit) || !strings.Contains(err.Error(), "overflow") {
 		t.Errorf("create with refcount_bits=1: %v", err)
 	}
 	if len(drv(t, n).Snapshots()) != 0 {
@@ -411,10 +412,10 @@ func TestQcow2SnapshotV2NoExtraData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	im := openBytes(t, b, Options{})
-	snaps := append([]Snapshot(nil), im.Snapshots...)
+	im := openBytes(t, b, format.Options{})
+	snaps := append([]format.Snapshot(nil), im.Snapshots...)
 	snaps[0].ExtraDataSize, snaps[0].DiskSize, snaps[0].Icount = 0, 0, 0
-	tb, err := AppendSnapshotTable(nil, snaps)
+	tb, err := format.AppendSnapshotTable(nil, snaps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +425,7 @@ func TestQcow2SnapshotV2NoExtraData(t *testing.T) {
 	if err := os.WriteFile(img, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if im2 := openBytes(t, b, Options{}); im2.Snapshots[0].ExtraDataSize != 0 {
+	if im2 := openBytes(t, b, format.Options{}); im2.Snapshots[0].ExtraDataSize != 0 {
 		t.Fatal("table rewrite did not take")
 	}
 	qemuCheck(t, img)
@@ -441,7 +442,7 @@ func TestQcow2SnapshotV2NoExtraData(t *testing.T) {
 	}
 	// QEMU refuses to resize a version 2 image with snapshots (applying
 	// a snapshot of another size would need it): so do we.
-	if err := n.Truncate(2 << 20); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "version 2") {
+	if err := n.Truncate(2 << 20); !errors.Is(err, format.ErrUnsupported) || !strings.Contains(err.Error(), "version 2") {
 		t.Errorf("resize of a v2 image with snapshots: %v", err)
 	}
 	if err := d.DeleteSnapshot("old"); err != nil {
@@ -500,15 +501,15 @@ func TestQcow2SnapshotTableMatchesQemu(t *testing.T) {
 	}
 }
 
-func snapshotEqual(a, b Snapshot) bool {
+func snapshotEqual(a, b format.Snapshot) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return bytes.Equal(ja, jb)
 }
 
-func readImageFile(t *testing.T, img string) *Image {
+func readImageFile(t *testing.T, img string) *format.Image {
 	t.Helper()
-	im, err := openFile(t, img, Options{})
+	im, err := openFile(t, img, format.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -640,7 +641,7 @@ func TestQcow2SnapshotCrashStates(t *testing.T) {
 		t.Fatal(err)
 	}
 	const size = 1 << 20
-	if err := Create(fn, size, CreateOptions{ClusterSize: 4096}); err != nil {
+	if err := Create(fn, size, format.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
 	n, err := NewNode(e.g, fn, DriverOptions{L2CacheBytes: 4 * 4096}, block.Options{})
@@ -754,7 +755,7 @@ func TestQcow2SnapshotCrashStates(t *testing.T) {
 			}
 			states++
 			where := "state " + strconv.Itoa(states) + " (epoch " + strconv.Itoa(k) + ")"
-			im, err := ReadImage(bytes.NewReader(img), int64(len(img)), Options{})
+			im, err := format.ReadImage(bytes.NewReader(img), int64(len(img)), format.Options{})
 			if err != nil {
 				t.Fatalf("%s: open: %v", where, err)
 			}
@@ -824,7 +825,7 @@ func newSeededRand(t *testing.T, seed uint64) *rand.Rand {
 // copiedMismatches counts the active L1 and L2 entries whose COPIED flag
 // disagrees with "refcount == 1" (each is one corruption for Check and
 // qemu-img check).
-func copiedMismatches(t *testing.T, im *Image) int64 {
+func copiedMismatches(t *testing.T, im *format.Image) int64 {
 	t.Helper()
 	g := &im.Geometry
 	var n int64
@@ -847,7 +848,7 @@ func copiedMismatches(t *testing.T, im *Image) int64 {
 		for j := int64(0); j < g.L2Entries(); j++ {
 			e, bm, _ := g.L2EntryAt(table, j)
 			le, err := g.DecodeL2Entry(e, bm)
-			if err != nil || (le.Type != Normal && le.Type != ZeroAlloc) {
+			if err != nil || (le.Type != format.Normal && le.Type != format.ZeroAlloc) {
 				continue
 			}
 			rc, err := im.Refcount(le.HostOff)
@@ -870,12 +871,12 @@ func TestQcow2SnapshotHostileTables(t *testing.T) {
 	needQemu(t)
 	for _, tc := range []struct {
 		name  string
-		entry func(im *Image) uint64
+		entry func(im *format.Image) uint64
 		want  string
 	}{
-		{"l2-on-refcount-table", func(im *Image) uint64 { return im.Header.RefcountTableOffset }, "overlaps other metadata"},
-		{"l2-on-active-l1", func(im *Image) uint64 { return im.Header.L1Offset }, "overlaps other metadata"},
-		{"reserved-bits", func(im *Image) uint64 { return im.L1[0] | 1<<56 }, "reserved"},
+		{"l2-on-refcount-table", func(im *format.Image) uint64 { return im.Header.RefcountTableOffset }, "overlaps other metadata"},
+		{"l2-on-active-l1", func(im *format.Image) uint64 { return im.Header.L1Offset }, "overlaps other metadata"},
+		{"reserved-bits", func(im *format.Image) uint64 { return im.L1[0] | 1<<56 }, "reserved"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := filepath.Join(t.TempDir(), "h.qcow2")
@@ -886,7 +887,7 @@ func TestQcow2SnapshotHostileTables(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			im := openBytes(t, b, Options{})
+			im := openBytes(t, b, format.Options{})
 			putU64(b[im.Snapshots[0].L1Offset:], tc.entry(im))
 			if err := os.WriteFile(img, b, 0o644); err != nil {
 				t.Fatal(err)
@@ -899,7 +900,7 @@ func TestQcow2SnapshotHostileTables(t *testing.T) {
 			d := drv(t, n)
 			for _, f := range []func(string) error{d.ApplySnapshot, d.DeleteSnapshot} {
 				err := f("s")
-				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+				if !errors.Is(err, format.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
 					t.Errorf("got %v, want a corruption error with %q", err, tc.want)
 				}
 			}
@@ -973,7 +974,7 @@ func TestQcow2SnapshotRandomOps(t *testing.T) {
 					if d.hdr.Version < 3 && len(names) > 0 {
 						// QEMU refuses to resize a v2 image with
 						// snapshots, and so do we.
-						if !errors.Is(err, ErrUnsupported) {
+						if !errors.Is(err, format.ErrUnsupported) {
 							t.Fatalf("op %d: grow of a v2 image with snapshots: %v", i, err)
 						}
 						break

@@ -6,6 +6,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Writes, write-zeroes and discards on images with extended L2 entries
@@ -52,9 +53,9 @@ func scMask(first, last int64) uint64 {
 	return (uint64(1)<<uint(last+1) - 1) &^ (uint64(1)<<uint(first) - 1)
 }
 
-// subclustersAllocated reports whether every subcluster that [in, in+k)
+// subclustersAllocated reports whether every subcluster of g that [in, in+k)
 // (offsets inside one cluster, k > 0) touches is allocated in bitmap.
-func (g *Geometry) subclustersAllocated(bitmap uint64, in, k int64) bool {
+func subclustersAllocated(g *format.Geometry, bitmap uint64, in, k int64) bool {
 	sb := g.ClusterBits - 5
 	m := scMask(in>>sb, (in+k-1)>>sb)
 	return bitmap&m == m
@@ -91,7 +92,7 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 	}
 	sc0, sc1 := in/scs, (in+k-1)/scs
 	touched := scMask(sc0, sc1)
-	inPlace := le.Type == Normal && le.Copied
+	inPlace := le.Type == format.Normal && le.Copied
 	if inPlace && bm&touched == touched {
 		// R7: in place only into COPIED clusters.
 		host := le.HostOff + in
@@ -111,11 +112,11 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 		if bm&scMask(sc1, sc1) == 0 {
 			hi = min((sc1+1)*scs, valid)
 		}
-	case le.Type == Compressed:
+	case le.Type == format.Compressed:
 		lo, hi = 0, valid
 	default:
 		lo, hi = sc0*scs, min((sc1+1)*scs, valid)
-		if alloc := bm & bitmapAllocMask; le.Type == Normal && alloc != 0 {
+		if alloc := bm & format.BitmapAllocMask; le.Type == format.Normal && alloc != 0 {
 			first, last := int64(bits.TrailingZeros64(alloc)), int64(63-bits.LeadingZeros64(alloc))
 			lo, hi = min(lo, first*scs), max(hi, min((last+1)*scs, valid))
 		}
@@ -156,22 +157,22 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 	}
 	wm := scMask(lo/scs, (hi-1)/scs)
 	nbm := (bm | wm) &^ (wm << 32)
-	if le.Type == Compressed {
+	if le.Type == format.Compressed {
 		nbm = wm
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.cowPending = true
 	if !inPlace {
-		ne, err := d.geo.EncodeL2Entry(Normal, host, true)
+		ne, err := d.geo.EncodeL2Entry(format.Normal, host, true)
 		if err != nil {
 			return err
 		}
 		d.setL2EntryLocked(t, l2i, ne)
 		switch le.Type {
-		case Normal:
+		case format.Normal:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
-		case Compressed:
+		case format.Compressed:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
@@ -180,11 +181,11 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 }
 
 // subclusterReadsZero reports whether subcluster sc of le reads as zero.
-func (d *Driver) subclusterReadsZero(le L2Entry, sc int64) bool {
+func (d *Driver) subclusterReadsZero(le format.L2Entry, sc int64) bool {
 	switch d.geo.SubclusterType(le, int(sc)) {
-	case ZeroPlain, ZeroAlloc:
+	case format.ZeroPlain, format.ZeroAlloc:
 		return true
-	case Unallocated, UnallocatedAlloc:
+	case format.Unallocated, format.UnallocatedAlloc:
 		return d.backing == nil
 	}
 	return false
@@ -209,22 +210,22 @@ func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m z
 		return err
 	}
 	if m == modeDiscard {
-		if !whole || (le.HostOff == 0 && le.Type != Compressed && d.backing == nil) {
+		if !whole || (le.HostOff == 0 && le.Type != format.Compressed && d.backing == nil) {
 			return nil
 		}
-		return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
-			return 0, bitmapZeroMask, true
+		return d.updateSubclusters(co, r, off, func(le format.L2Entry, e, bm uint64) (uint64, uint64, bool) {
+			return 0, format.BitmapZeroMask, true
 		})
 	}
 	if whole {
-		return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
-			if le.Type == Compressed || (m == modeZeroUnmap && le.HostOff != 0) {
-				return 0, bitmapZeroMask, true
+		return d.updateSubclusters(co, r, off, func(le format.L2Entry, e, bm uint64) (uint64, uint64, bool) {
+			if le.Type == format.Compressed || (m == modeZeroUnmap && le.HostOff != 0) {
+				return 0, format.BitmapZeroMask, true
 			}
-			return e, bitmapZeroMask, false
+			return e, format.BitmapZeroMask, false
 		})
 	}
-	if le.Type == Compressed {
+	if le.Type == format.Compressed {
 		zeros := make([]byte, k)
 		return d.writeSubclusters(co, r, [][]byte{zeros}, off, k)
 	}
@@ -248,8 +249,8 @@ func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m z
 	if zm == 0 {
 		return nil
 	}
-	return d.updateSubclusters(co, r, off, func(le L2Entry, e, bm uint64) (uint64, uint64, bool) {
-		if le.Type == Compressed { // cannot happen: checked above under metaLock
+	return d.updateSubclusters(co, r, off, func(le format.L2Entry, e, bm uint64) (uint64, uint64, bool) {
+		if le.Type == format.Compressed { // cannot happen: checked above under metaLock
 			return e, bm, false
 		}
 		return e, (bm | zm<<32) &^ zm, false
@@ -258,11 +259,11 @@ func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m z
 
 // entryForWrite returns the entry of the cluster at off, loading its L2
 // table (allocating it if needed). REQUIRES: metaLock held.
-func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (L2Entry, error) {
+func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L2Entry, error) {
 	l1i, l2i, _ := d.geo.Split(off)
 	t, _, err := d.l2ForWrite(co, r, l1i)
 	if err != nil {
-		return L2Entry{}, err
+		return format.L2Entry{}, err
 	}
 	defer d.l2Unpin(t)
 	d.mu.Lock()
@@ -275,7 +276,7 @@ func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (L2Entry
 // by what f returns for the current ones, once no allocation of that
 // cluster is in flight; when f says so the old host cluster is released
 // after the next flush (R2). REQUIRES: metaLock held.
-func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
+func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le format.L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
 	t, l2i, le, e, bm, err := d.lockEntry(co, r, off)
 	if err != nil {
 		return err
@@ -290,11 +291,11 @@ func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f fu
 		d.setL2EntryLocked(t, l2i, ne)
 	}
 	d.setL2BitmapLocked(t, l2i, nbm)
-	if free && ne&offsetMask != e&offsetMask || free && le.Type == Compressed {
+	if free && ne&format.OffsetMask != e&format.OffsetMask || free && le.Type == format.Compressed {
 		switch le.Type {
-		case Normal:
+		case format.Normal:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
-		case Compressed:
+		case format.Compressed:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}

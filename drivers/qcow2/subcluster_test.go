@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // l2Entries returns the first n (entry, bitmap) pairs of the first L2
@@ -20,11 +21,11 @@ func l2Entries(t *testing.T, path string, n int) [][2]uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := ParseHeader(b)
+	h, err := format.ParseHeader(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2 := binary.BigEndian.Uint64(b[h.L1Offset:]) & offsetMask
+	l2 := binary.BigEndian.Uint64(b[h.L1Offset:]) & format.OffsetMask
 	out := make([][2]uint64, n)
 	if l2 == 0 {
 		return out
@@ -111,8 +112,8 @@ func TestQcow2SubclusterMetadataLikeQemu(t *testing.T) {
 			qemuCheck(t, theirs)
 			a, b := l2Entries(t, ours, 16), l2Entries(t, theirs, 16)
 			for i := range a {
-				ha, hb := a[i][0]&offsetMask != 0, b[i][0]&offsetMask != 0
-				if a[i][1] != b[i][1] || ha != hb || a[i][0]&EntryCopied != b[i][0]&EntryCopied {
+				ha, hb := a[i][0]&format.OffsetMask != 0, b[i][0]&format.OffsetMask != 0
+				if a[i][1] != b[i][1] || ha != hb || a[i][0]&format.EntryCopied != b[i][0]&format.EntryCopied {
 					t.Errorf("cluster %d: entry %#x bitmap %#x, qemu-io made %#x bitmap %#x", i, a[i][0], a[i][1], b[i][0], b[i][1])
 				}
 			}
@@ -150,19 +151,19 @@ func TestQcow2SubclusterWriteInterop(t *testing.T) {
 		cs       int64
 		backing  bool
 		ours     bool // made by Create
-		prealloc Prealloc
+		prealloc format.Prealloc
 	}{
-		{65536, false, false, PreallocOff}, {65536, true, false, PreallocOff}, {16384, true, true, PreallocOff},
-		{32768, false, true, PreallocOff}, {2 << 20, true, false, PreallocOff},
+		{65536, false, false, format.PreallocOff}, {65536, true, false, format.PreallocOff}, {16384, true, true, format.PreallocOff},
+		{32768, false, true, format.PreallocOff}, {2 << 20, true, false, format.PreallocOff},
 		// Every cluster allocated and COPIED, every subcluster unallocated:
 		// writes complete subclusters in place.
-		{65536, true, true, PreallocMetadata}, {32768, false, true, PreallocFalloc},
+		{65536, true, true, format.PreallocMetadata}, {32768, false, true, format.PreallocFalloc},
 	}
 	for i, c := range cases {
 		t.Run(fmt.Sprintf("cs=%d,backing=%v,create=%v,prealloc=%v", c.cs, c.backing, c.ours, c.prealloc), func(t *testing.T) {
 			img := filepath.Join(dir, fmt.Sprintf("x%d.qcow2", i))
 			e := newTestEnv(t)
-			o := CreateOptions{ClusterSize: c.cs, ExtendedL2: true, Preallocation: c.prealloc}
+			o := format.CreateOptions{ClusterSize: c.cs, ExtendedL2: true, Preallocation: c.prealloc}
 			if c.backing {
 				o.BackingFile, o.BackingFormat = "base.raw", "raw"
 			}

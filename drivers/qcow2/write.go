@@ -3,6 +3,7 @@ package qcow2
 import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // Write path.
@@ -57,11 +58,11 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 		}
 		e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
 		le, err := d.geo.DecodeL2Entry(e, bm)
-		if err != nil || le.Type != Normal || !le.Copied {
+		if err != nil || le.Type != format.Normal || !le.Copied {
 			return false
 		}
 		k := min(end-off, cs-in)
-		if d.geo.ExtendedL2 && !d.geo.subclustersAllocated(le.Bitmap, in, k) {
+		if d.geo.ExtendedL2 && !subclustersAllocated(&d.geo, le.Bitmap, in, k) {
 			return false
 		}
 		host := le.HostOff + in
@@ -71,7 +72,7 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 		if m := len(s.ext); m > 0 && s.ext[m-1].HostOff+s.ext[m-1].Len == host {
 			s.ext[m-1].Len += k
 		} else {
-			s.ext = append(s.ext, Extent{Kind: ExtentData, GuestOff: off, Len: k, HostOff: host})
+			s.ext = append(s.ext, format.Extent{Kind: format.ExtentData, GuestOff: off, Len: k, HostOff: host})
 		}
 		off += k
 	}
@@ -117,7 +118,7 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 	size := d.geo.Size
 	d.mu.Unlock()
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
-		return outOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
+		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
 	}
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
@@ -197,7 +198,7 @@ func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 		d.mu.Lock()
 		d.hdr.AutoclearFeatures = v
 		d.mu.Unlock()
-		if clr&AutoclearBitmaps != 0 {
+		if clr&format.AutoclearBitmaps != 0 {
 			if err := d.dropBitmaps(co, r); err != nil {
 				return err
 			}
@@ -237,7 +238,7 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 	if err != nil {
 		return err
 	}
-	if le.Type == Normal && le.Copied {
+	if le.Type == format.Normal && le.Copied {
 		// R7: in place only into COPIED clusters.
 		host := le.HostOff + in
 		if d.overlapsMetadata(host, k) {
@@ -249,7 +250,7 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 	// reused in place, as QEMU's handle_copied does: it reads as zeros
 	// until the entry flips, so writing into it first is invisible, and
 	// no refcount changes.
-	reuse := le.Type == ZeroAlloc && le.Copied
+	reuse := le.Type == format.ZeroAlloc && le.Copied
 	var newOff int64
 	fresh := false
 	if reuse {
@@ -281,8 +282,8 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 	// R11: the whole host cluster (up to the end of the disk) is written
 	// before anything points at it, so every referenced cluster starts
 	// inside the file.
-	zeroSrc := le.Type == ZeroPlain || le.Type == ZeroAlloc ||
-		(le.Type == Unallocated && (d.backing == nil || start >= d.backingSize))
+	zeroSrc := le.Type == format.ZeroPlain || le.Type == format.ZeroAlloc ||
+		(le.Type == format.Unallocated && (d.backing == nil || start >= d.backingSize))
 	switch {
 	case in == 0 && k == valid:
 		err = d.childIO(co, r, d.file, block.OpWrite, newOff, win, k)
@@ -312,7 +313,7 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 		}
 		return d.abortAlloc(newOff, err)
 	}
-	ne, err := d.geo.EncodeL2Entry(Normal, newOff, true)
+	ne, err := d.geo.EncodeL2Entry(format.Normal, newOff, true)
 	if err != nil {
 		return err
 	}
@@ -321,9 +322,9 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 	d.setL2EntryLocked(t, l2i, ne)
 	switch {
 	case reuse:
-	case le.Type == Normal || le.Type == ZeroAlloc:
+	case le.Type == format.Normal || le.Type == format.ZeroAlloc:
 		d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
-	case le.Type == Compressed:
+	case le.Type == format.Compressed:
 		d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 	}
 	d.mu.Unlock()
@@ -333,9 +334,9 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 // cowWrite writes a partial cluster the general way: the cluster's current
 // content (old cluster, compressed, backing or zeros) read into a buffer,
 // the guest bytes laid over it, the whole cluster written to newOff.
-func (d *Driver) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le L2Entry, start, in, k, valid, newOff int64) error {
+func (d *Driver) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L2Entry, start, in, k, valid, newOff int64) error {
 	buf := make([]byte, valid)
-	if le.Type != ZeroPlain && le.Type != ZeroAlloc {
+	if le.Type != format.ZeroPlain && le.Type != format.ZeroAlloc {
 		if err := d.readGuest(co, r, [][]byte{buf}, start, valid); err != nil {
 			return err
 		}
@@ -393,7 +394,7 @@ func (d *Driver) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) 
 		return 0, err
 	}
 	defer d.l2Unpin(t)
-	old := make([]L2Entry, 0, count)
+	old := make([]format.L2Entry, 0, count)
 	d.mu.Lock()
 	for i := int64(0); i < count; i++ {
 		e, bm, _ := d.geo.L2EntryAt(t.buf, l2i+i)
@@ -402,7 +403,7 @@ func (d *Driver) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) 
 			d.mu.Unlock()
 			return 0, err
 		}
-		if le.Type == Normal && le.Copied {
+		if le.Type == format.Normal && le.Copied {
 			break
 		}
 		old = append(old, le)
@@ -449,18 +450,18 @@ func (d *Driver) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) 
 	defer d.mu.Unlock()
 	d.cowPending = true
 	for i, le := range old {
-		ne, err := d.geo.EncodeL2Entry(Normal, hosts[i], true)
+		ne, err := d.geo.EncodeL2Entry(format.Normal, hosts[i], true)
 		if err != nil {
 			return 0, err
 		}
 		d.setL2EntryLocked(t, l2i+int64(i), ne)
 		if d.geo.ExtendedL2 { // every subcluster written
-			d.setL2BitmapLocked(t, l2i+int64(i), bitmapAllocMask)
+			d.setL2BitmapLocked(t, l2i+int64(i), format.BitmapAllocMask)
 		}
 		switch le.Type {
-		case Normal, ZeroAlloc:
+		case format.Normal, format.ZeroAlloc:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
-		case Compressed:
+		case format.Compressed:
 			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}

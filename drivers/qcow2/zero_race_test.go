@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // TestQcow2PartialZeroWaitsForAllocatingWrite: a write-zeroes of the tail
@@ -25,7 +26,7 @@ func TestQcow2PartialZeroWaitsForAllocatingWrite(t *testing.T) {
 	needQemu(t)
 	e := newTestEnv(t)
 	img := filepath.Join(t.TempDir(), "x.qcow2")
-	if err := e.create(img, 1<<20, CreateOptions{ClusterSize: 4096}); err != nil {
+	if err := e.create(img, 1<<20, format.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
 	n := e.mustOpen(img, false)

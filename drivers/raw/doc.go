@@ -39,7 +39,8 @@
 //	Discard     ─▶ FALLOCATE punch hole (file) / BLKDISCARD (device, worker)
 //	WriteZeroes ─▶ FALLOCATE zero range or punch hole (file), BLKZEROOUT or
 //	              punch (device); EOPNOTSUPP is remembered and falls back
-//	              (discard: no-op; punch: zero range; zero range: writes)
+//	              (discard: no-op; punch: zero range; zero range: writes);
+//	              NoFallback: ENOTSUP instead of writes (zero.go)
 //	BlockStatus ─▶ lseek SEEK_DATA/SEEK_HOLE (files); data for devices
 //	Truncate    ─▶ ftruncate / fallocate / zero writes, on a worker
 //

@@ -375,3 +375,46 @@ func TestFakeWriteZeroesFUA(t *testing.T) {
 		t.Fatalf("write-zeroes with FUA issued %v; want a fallocate then an fsync", ops)
 	}
 }
+
+// TestFakeWriteZeroesNoFallback: with block.NoFallback, a filesystem that
+// answers EOPNOTSUPP to ZERO_RANGE gets no zero buffers written: the request
+// fails with ENOTSUP and the file is unchanged. The next NoFallback request
+// fails without trying fallocate again; a plain write-zeroes still falls
+// back to writes. Where fallocate works, NoFallback zeroes with it.
+func TestFakeWriteZeroesNoFallback(t *testing.T) {
+	e, n, q, path, model := fakeFE(t, uringtest.Options{}, 1<<20, raw.Options{})
+	c := e.batch(q, 1, func(d block.Done) { q.WriteZeroes(8192, 64<<10, block.NoFallback, d, 0) })
+	if len(c.errs) != 0 {
+		t.Fatalf("NoFallback write-zeroes with a working ZERO_RANGE: %v", c.errs)
+	}
+	clear(model[8192 : 8192+64<<10])
+	mustEqual(t, "file", fileBytes(t, path), model)
+
+	var rule *uringtest.Rule
+	e.on(func() {
+		e.ring.ResetLog()
+		rule = e.ring.Inject(uringtest.Fault{Ops: uringtest.Ops(uring.IORING_OP_FALLOCATE), Errno: syscall.EOPNOTSUPP})
+	})
+	for i := 0; i < 2; i++ {
+		c := e.batch(q, 1, func(d block.Done) { q.WriteZeroes(4096*100, 256<<10, block.NoFallback, d, 0) })
+		if len(c.errs) != 1 || !errors.Is(c.errs[0], syscall.ENOTSUP) || !errors.Is(c.errs[0], &block.Error{Kind: block.Unsupported}) {
+			t.Fatalf("NoFallback write-zeroes %d without ZERO_RANGE: errors %v, want ENOTSUP", i, c.errs)
+		}
+	}
+	ops, _ := e.fileOps(n)
+	if ops[uring.IORING_OP_WRITE]+ops[uring.IORING_OP_WRITEV]+ops[uring.IORING_OP_WRITE_FIXED] != 0 {
+		t.Fatalf("NoFallback write-zeroes wrote data: ops %v", ops)
+	}
+	mustEqual(t, "file after refused NoFallback", fileBytes(t, path), model)
+	e.on(func() {
+		if rule.Matched() != 1 {
+			t.Errorf("fallocate tried %d times, want once (EOPNOTSUPP is cached)", rule.Matched())
+		}
+	})
+	c = e.batch(q, 1, func(d block.Done) { q.WriteZeroes(4096*100, 256<<10, 0, d, 0) })
+	if len(c.errs) != 0 {
+		t.Fatal(c.errs)
+	}
+	clear(model[4096*100 : 4096*100+256<<10])
+	mustEqual(t, "file after plain write-zeroes", fileBytes(t, path), model)
+}

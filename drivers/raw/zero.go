@@ -25,6 +25,15 @@ import (
 // noZeroRange) and later requests go straight to the fallback: a discard
 // becomes a no-op (it is advisory), a punch becomes a zero range, a zero
 // range becomes writes of a zero buffer.
+//
+// A write-zeroes with block.NoFallback takes none of the slow fallbacks:
+// where the only way left is writing zero buffers it fails with ENOTSUP
+// and leaves the range alone. On a regular file ZERO_RANGE and the hole
+// punch never write data. On a block device only the unmapping punch is
+// used: the kernel runs it as a zero-out that must not fall back to
+// writing (BLKDEV_ZERO_NOFALLBACK), while BLKZEROOUT and ZERO_RANGE on a
+// device may write zero pages, so without MayUnmap a NoFallback request
+// on a device is refused.
 
 const (
 	punchHole = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
@@ -85,8 +94,14 @@ func (d *Driver) writeZeroes(r *block.Request, unmap bool) {
 	d.zeroRange(r)
 }
 
+// FastZeroes reports that the driver honours block.NoFallback
+// (block.FastZeroer).
+func (d *Driver) FastZeroes() bool { return true }
+
 func (d *Driver) zeroRange(r *block.Request) {
 	switch {
+	case r.Flags&block.NoFallback != 0 && (d.blockdev || d.noZeroRange.Load()):
+		r.CompleteLater(d.opError(r.Node(), r.Op, r.Off, syscall.ENOTSUP))
 	case d.noZeroRange.Load():
 		d.zeroByWrite(r)
 	case d.blockdev:
@@ -112,7 +127,7 @@ func (d *Driver) fallback(r *block.Request, tag uint64, err error) bool {
 		d.zeroRange(r)
 	case tagZeroRange:
 		d.noZeroRange.Store(true)
-		d.zeroByWrite(r)
+		d.zeroRange(r) // writes zeroes, or ENOTSUP for NoFallback
 	default:
 		return false
 	}

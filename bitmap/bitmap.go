@@ -1,0 +1,354 @@
+// Package bitmap is the in-memory dirty bitmap (QEMU's BdrvDirtyBitmap
+// over an HBitmap, flattened): one bit per granularity-sized chunk of a
+// node, set by every write path of the node (block marks it when a write,
+// write-zeroes or discard completes) and read by jobs and by checkpoints.
+//
+// Bits are atomic words, so any Context may mark while another iterates:
+// marking a range that is already dirty only loads the word (no store, no
+// cache-line transfer), and marking never allocates. Structural changes —
+// creating, adding to a node, removing, renaming — belong to the main
+// Context of the node's graph (block does them there).
+package bitmap
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+)
+
+// MinGranularity and MaxGranularity bound the granularity (QEMU's
+// limits: 512 bytes to 2 GiB, a power of two).
+const (
+	MinGranularity = 512
+	MaxGranularity = 1 << 31
+	// DefaultGranularity is QEMU's default for images without a cluster
+	// size to follow.
+	DefaultGranularity = 64 << 10
+)
+
+// Bitmap is a dirty bitmap over size bytes.
+type Bitmap struct {
+	name    atomic.Pointer[string]
+	gran    int64
+	shift   uint
+	size    int64
+	nbits   int64
+	words   []atomic.Uint64
+	enabled atomic.Bool
+	// busy: in use by an operation (a backup's frozen bitmap, an export):
+	// the user may not remove, clear, enable, disable or merge into it.
+	busy atomic.Bool
+	// Persistent: to be stored in the image (qcow2 bitmaps extension)
+	// when the format supports it. Informational here.
+	Persistent bool
+}
+
+// New returns an enabled, clean bitmap over size bytes.
+func New(name string, size, granularity int64) (*Bitmap, error) {
+	if granularity < MinGranularity || granularity > MaxGranularity || granularity&(granularity-1) != 0 {
+		return nil, fmt.Errorf("bitmap %q: granularity %d is not a power of two between %d and %d",
+			name, granularity, MinGranularity, int64(MaxGranularity))
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("bitmap %q: negative size %d", name, size)
+	}
+	b := &Bitmap{gran: granularity, shift: uint(bits.TrailingZeros64(uint64(granularity))), size: size}
+	b.nbits = (size + granularity - 1) >> b.shift
+	b.words = make([]atomic.Uint64, (b.nbits+63)/64)
+	b.name.Store(&name)
+	b.enabled.Store(true)
+	return b, nil
+}
+
+// Name, Granularity and Size describe the bitmap.
+func (b *Bitmap) Name() string       { return *b.name.Load() }
+func (b *Bitmap) Granularity() int64 { return b.gran }
+func (b *Bitmap) Size() int64        { return b.size }
+
+// Rename changes the name (the owner checks uniqueness).
+func (b *Bitmap) Rename(name string) { b.name.Store(&name) }
+
+// Enabled reports whether writes are tracked.
+func (b *Bitmap) Enabled() bool { return b.enabled.Load() }
+
+// SetEnabled starts or stops tracking writes.
+func (b *Bitmap) SetEnabled(on bool) { b.enabled.Store(on) }
+
+// Busy reports whether an operation holds the bitmap.
+func (b *Bitmap) Busy() bool { return b.busy.Load() }
+
+// SetBusy marks the bitmap held (true) or released.
+func (b *Bitmap) SetBusy(on bool) { b.busy.Store(on) }
+
+// ErrBusy is returned for user changes to a bitmap an operation holds.
+var ErrBusy = errors.New("bitmap is in use by an operation")
+
+// Mark records a write of n bytes at off if the bitmap is enabled. It is
+// the tracking hook of the write paths: no allocation, no lock.
+func (b *Bitmap) Mark(off, n int64) {
+	if !b.enabled.Load() {
+		return
+	}
+	// Fast path: a request inside one 64-chunk word (the common case).
+	if n > 0 && off >= 0 && off+n <= b.size {
+		first, last := off>>b.shift, (off+n-1)>>b.shift
+		if first>>6 == last>>6 {
+			m := (uint64(2)<<uint(last-first) - 1) << uint(first&63)
+			w := &b.words[first>>6]
+			if w.Load()&m != m {
+				w.Or(m)
+			}
+			return
+		}
+	}
+	b.SetRange(off, n)
+}
+
+// bitRange returns the chunk indices [first, last] covering [off, off+n)
+// clipped to the bitmap, and false if empty.
+func (b *Bitmap) bitRange(off, n int64) (int64, int64, bool) {
+	if n <= 0 || off >= b.size || off+n <= 0 {
+		return 0, 0, false
+	}
+	if off < 0 {
+		n += off
+		off = 0
+	}
+	end := off + n
+	if end > b.size || end < off {
+		end = b.size
+	}
+	return off >> b.shift, (end - 1) >> b.shift, true
+}
+
+// SetRange marks [off, off+n) dirty, enabled or not.
+func (b *Bitmap) SetRange(off, n int64) {
+	first, last, ok := b.bitRange(off, n)
+	if !ok {
+		return
+	}
+	for w := first >> 6; w <= last>>6; w++ {
+		m := wordMask(w, first, last)
+		word := &b.words[w]
+		if word.Load()&m != m {
+			word.Or(m)
+		}
+	}
+}
+
+// ResetRange marks the chunks wholly inside [off, off+n) clean; a chunk
+// only partly covered stays as it is (QEMU's reset is chunk-aligned by the
+// caller; a partial chunk may still hold data not covered).
+func (b *Bitmap) ResetRange(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	start := (off + b.gran - 1) >> b.shift << b.shift
+	end := off + n
+	if end >= b.size {
+		end = b.nbits << b.shift // the last, partial chunk counts as whole
+	}
+	end = end >> b.shift << b.shift
+	if end <= start {
+		return
+	}
+	first, last := start>>b.shift, (end>>b.shift)-1
+	for w := first >> 6; w <= last>>6; w++ {
+		m := wordMask(w, first, last)
+		word := &b.words[w]
+		if word.Load()&m != 0 {
+			word.And(^m)
+		}
+	}
+}
+
+func wordMask(w, first, last int64) uint64 {
+	lo, hi := int64(0), int64(63)
+	if w == first>>6 {
+		lo = first & 63
+	}
+	if w == last>>6 {
+		hi = last & 63
+	}
+	return (^uint64(0) >> (63 - uint(hi-lo))) << uint(lo)
+}
+
+// Clear marks everything clean.
+func (b *Bitmap) Clear() {
+	for i := range b.words {
+		b.words[i].Store(0)
+	}
+}
+
+// Fill marks everything dirty (a full backup's "copy everything").
+func (b *Bitmap) Fill() { b.SetRange(0, b.size) }
+
+// Get reports whether the chunk holding off is dirty.
+func (b *Bitmap) Get(off int64) bool {
+	if off < 0 || off >= b.size {
+		return false
+	}
+	i := off >> b.shift
+	return b.words[i>>6].Load()&(1<<uint(i&63)) != 0
+}
+
+// Count returns the number of dirty bytes (dirty chunks times the
+// granularity, the last chunk clipped to the size), as QEMU's count.
+func (b *Bitmap) Count() int64 {
+	var n int64
+	for i := range b.words {
+		n += int64(bits.OnesCount64(b.words[i].Load()))
+	}
+	c := n << b.shift
+	if n > 0 && b.size&(b.gran-1) != 0 && b.Get(b.size-1) {
+		c -= b.gran - b.size&(b.gran-1)
+	}
+	return c
+}
+
+// IsEmpty reports whether no chunk is dirty.
+func (b *Bitmap) IsEmpty() bool {
+	for i := range b.words {
+		if b.words[i].Load() != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// NextDirty returns the start of the first dirty chunk at or after off
+// (chunk-aligned, clipped to off), or -1.
+func (b *Bitmap) NextDirty(off int64) int64 {
+	if off < 0 {
+		off = 0
+	}
+	if off >= b.size {
+		return -1
+	}
+	i := off >> b.shift
+	for w := i >> 6; w < int64(len(b.words)); w++ {
+		v := b.words[w].Load()
+		if w == i>>6 {
+			v &= ^uint64(0) << uint(i&63)
+		}
+		if v != 0 {
+			bit := w<<6 + int64(bits.TrailingZeros64(v))
+			if bit >= b.nbits {
+				return -1
+			}
+			return max(bit<<b.shift, off)
+		}
+	}
+	return -1
+}
+
+// NextClean returns the start of the first clean chunk at or after off,
+// or the size if there is none.
+func (b *Bitmap) NextClean(off int64) int64 {
+	if off < 0 {
+		off = 0
+	}
+	if off >= b.size {
+		return b.size
+	}
+	i := off >> b.shift
+	for w := i >> 6; w < int64(len(b.words)); w++ {
+		v := ^b.words[w].Load()
+		if w == i>>6 {
+			v &= ^uint64(0) << uint(i&63)
+		}
+		if v != 0 {
+			bit := w<<6 + int64(bits.TrailingZeros64(v))
+			if bit >= b.nbits {
+				return b.size
+			}
+			return max(bit<<b.shift, off)
+		}
+	}
+	return b.size
+}
+
+// NextExtent returns the first dirty extent at or after off, at most
+// maxLen bytes long (maxLen <= 0: unbounded), clipped to the size; ok is
+// false when nothing is dirty there.
+func (b *Bitmap) NextExtent(off, maxLen int64) (start, length int64, ok bool) {
+	start = b.NextDirty(off)
+	if start < 0 {
+		return 0, 0, false
+	}
+	end := b.NextClean(start)
+	if maxLen > 0 && end-start > maxLen {
+		end = start + maxLen
+	}
+	return start, end - start, true
+}
+
+// Extents calls fn for each maximal dirty extent in order; fn returning
+// false stops the walk.
+func (b *Bitmap) Extents(fn func(off, n int64) bool) {
+	for off := int64(0); off < b.size; {
+		s, n, ok := b.NextExtent(off, 0)
+		if !ok || !fn(s, n) {
+			return
+		}
+		off = s + n
+	}
+}
+
+// Merge marks dirty in b everything dirty in src (QEMU's
+// block-dirty-bitmap-merge). The sizes must match; granularities may
+// differ (a src chunk marks every b chunk it touches).
+func (b *Bitmap) Merge(src *Bitmap) error {
+	if src.size != b.size {
+		return fmt.Errorf("bitmap %q: cannot merge %q: sizes %d and %d differ", b.Name(), src.Name(), b.size, src.size)
+	}
+	if src.gran == b.gran {
+		for i := range b.words {
+			if v := src.words[i].Load(); v != 0 {
+				b.words[i].Or(v)
+			}
+		}
+		return nil
+	}
+	src.Extents(func(off, n int64) bool { b.SetRange(off, n); return true })
+	return nil
+}
+
+// Subtract marks clean in b every chunk dirty in src (same geometry).
+func (b *Bitmap) Subtract(src *Bitmap) error {
+	if src.size != b.size || src.gran != b.gran {
+		return fmt.Errorf("bitmap %q: cannot subtract %q: geometry differs", b.Name(), src.Name())
+	}
+	for i := range b.words {
+		if v := src.words[i].Load(); v != 0 {
+			b.words[i].And(^v)
+		}
+	}
+	return nil
+}
+
+// Copy returns a new bitmap with the same geometry and bits, enabled as
+// given, named name.
+func (b *Bitmap) Copy(name string, enabled bool) *Bitmap {
+	c, _ := New(name, b.size, b.gran)
+	for i := range b.words {
+		c.words[i].Store(b.words[i].Load())
+	}
+	c.enabled.Store(enabled)
+	c.Persistent = b.Persistent
+	return c
+}
+
+// Equal reports whether b and o have the same geometry and bits.
+func (b *Bitmap) Equal(o *Bitmap) bool {
+	if b.size != o.size || b.gran != o.gran {
+		return false
+	}
+	for i := range b.words {
+		if b.words[i].Load() != o.words[i].Load() {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,97 @@
+// Package nbd is a block driver that is an NBD client: a node whose data
+// lives on an NBD server (qemu-nbd, nbdkit, ringblk nbd), named by QEMU's
+// URI forms nbd://host[:port]/export and nbd+unix:///export?socket=PATH.
+//
+// The handshake (fixed newstyle, structured replies, base:allocation, GO)
+// runs with ordinary blocking socket calls in NewNode, before the node
+// exists. From then on the socket belongs to the node's Context, as an NBD
+// server connection does (package nbd): it is non-blocking, readiness
+// comes from POLL_ADD on the Context's ring, requests go out with writev,
+// and replies are parsed from reads straight into the requests' buffers.
+// Up to 64 requests are in flight; more wait in order. Nothing is
+// allocated per request on the node's Context. Requests from another
+// Context are handed over through a locked inbox and completed back
+// through a per-Context outbox (docs/design/nbd-client.md).
+package nbd
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// URI is a parsed NBD URI.
+type URI struct {
+	Network string // "tcp" or "unix"
+	Addr    string // host:port, or the socket path
+	Export  string
+	Text    string // the URI as given
+}
+
+// IsURI reports whether name is an NBD URI (rather than a file name).
+func IsURI(name string) bool {
+	for _, p := range []string{"nbd://", "nbd+tcp://", "nbd+unix://", "nbds://", "nbds+tcp://", "nbds+unix://"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseURI parses QEMU's NBD URI forms: nbd[+tcp]://host[:port]/export
+// (port 10809 by default) and nbd+unix:///export?socket=PATH.
+func ParseURI(s string) (URI, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return URI{}, fmt.Errorf("invalid NBD URI %q: %w", s, err)
+	}
+	out := URI{Text: s, Export: strings.TrimPrefix(u.Path, "/")}
+	q := u.Query()
+	switch u.Scheme {
+	case "nbd", "nbd+tcp":
+		if len(q) != 0 {
+			return URI{}, fmt.Errorf("NBD URI %q: unexpected query %q", s, u.RawQuery)
+		}
+		host := u.Hostname()
+		if host == "" {
+			return URI{}, fmt.Errorf("NBD URI %q names no host", s)
+		}
+		port := u.Port()
+		if port == "" {
+			port = "10809"
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return URI{}, fmt.Errorf("NBD URI %q: bad port %q", s, port)
+		}
+		out.Network, out.Addr = "tcp", net.JoinHostPort(host, port)
+	case "nbd+unix":
+		if u.Host != "" {
+			return URI{}, fmt.Errorf("NBD URI %q: nbd+unix takes no host (nbd+unix:///export?socket=PATH)", s)
+		}
+		sock := q.Get("socket")
+		if sock == "" || len(q) != 1 || len(q["socket"]) != 1 {
+			return URI{}, fmt.Errorf("NBD URI %q: nbd+unix needs exactly one ?socket=PATH", s)
+		}
+		out.Network, out.Addr = "unix", sock
+	case "nbds", "nbds+tcp", "nbds+unix":
+		return URI{}, fmt.Errorf("NBD URI %q: TLS (nbds) is not supported by the client", s)
+	default:
+		return URI{}, fmt.Errorf("NBD URI %q: unknown scheme %q", s, u.Scheme)
+	}
+	return out, nil
+}
+
+// Canonical spells the URI as QEMU prints an NBD filename: no slash before
+// an empty export name, the port always given for TCP.
+func (u URI) Canonical() string {
+	exp := ""
+	if u.Export != "" {
+		exp = "/" + u.Export
+	}
+	if u.Network == "unix" {
+		return "nbd+unix://" + exp + "?socket=" + u.Addr
+	}
+	return "nbd://" + u.Addr + exp
+}

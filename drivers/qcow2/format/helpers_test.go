@@ -1,0 +1,35 @@
+package format_test
+
+import (
+	"github.com/ringblk/ringblk/drivers/qcow2/format/formattest"
+)
+
+// The fixtures shared with the format tests live in formattest; these
+// names keep the driver tests' spelling.
+
+var (
+	testImages     = formattest.Images
+	hostileImages  = formattest.HostileImages
+	fuzzOpts       = formattest.FuzzOpts
+	at64           = formattest.At64
+	fieldIs        = formattest.FieldIs
+	decodeSparse   = formattest.DecodeSparse
+	encodeSparse   = formattest.EncodeSparse
+	metadataRanges = formattest.MetadataRanges
+	parseQemuMap   = formattest.ParseQemuMap
+	appendRun      = formattest.AppendRun
+	normalizeQemu  = formattest.NormalizeQemu
+	normalizeOurs  = formattest.NormalizeOurs
+	runsString     = formattest.RunsString
+	compareMaps    = formattest.CompareMaps
+	loadImage      = formattest.Load
+	openBytes      = formattest.Open
+	needQemu       = formattest.NeedQemu
+	qemuImg        = formattest.QemuImg
+	openFile       = formattest.OpenFile
+)
+
+type (
+	qemuMapEntry = formattest.QemuMapEntry
+	run          = formattest.Run
+)

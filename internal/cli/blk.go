@@ -1,0 +1,272 @@
+package cli
+
+// The commands' way onto the block layer: one main Context, a graph, and
+// an image chain opened through drivers/chain. Commands do their I/O with
+// the node's synchronous helpers (ReadAt, WriteAt, Flush, BlockStatus…)
+// from the command's goroutine.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/internal/units"
+)
+
+// BlkOptions say how a command opens an image (qemu-img's -f, -U, -t, …).
+type BlkOptions struct {
+	Format     string // "", "raw", "qcow2", "null"
+	ReadOnly   bool
+	ForceShare bool   // -U
+	NoBacking  bool   // open the top image alone
+	Cache      string // "" (writeback), "none", "writeback", "writethrough"
+	NullSize   int64
+	// QcowOptions is handed to every qcow2 driver of the chain.
+	QcowOptions qcow2.DriverOptions
+
+	// Discard is what the top image's file node does with discards
+	// (qemu-io's -d; the zero value ignores them).
+	Discard raw.Discard
+}
+
+// BlkImage is an image opened for a command, with the Context and graph
+// it lives in. Close releases everything.
+type BlkImage struct {
+	Ctx    *aio.Context
+	Graph  *block.Graph
+	Node   *block.Node
+	Path   string
+	Format string
+	Qcow2  *qcow2.Driver // nil unless Format is "qcow2"
+	// owned is false for images opened into another BlkImage's graph.
+	owned bool
+}
+
+// NewBlkEnv starts a main Context and a graph for one command.
+func NewBlkEnv() (*aio.Context, *block.Graph, error) {
+	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 256, ArenaSize: 4 << 20})
+	if err != nil {
+		return nil, nil, fmt.Errorf("cannot create an io_uring Context: %v", err)
+	}
+	if err := c.Start(); err != nil {
+		return nil, nil, fmt.Errorf("cannot start an io_uring Context: %v", err)
+	}
+	return c, block.NewGraph(c), nil
+}
+
+// OpenBlk opens path in a Context and graph of its own.
+func OpenBlk(path string, o BlkOptions) (*BlkImage, error) {
+	c, g, err := NewBlkEnv()
+	if err != nil {
+		return nil, err
+	}
+	img, err := OpenBlkIn(c, g, path, o)
+	if err != nil {
+		c.Stop()
+		return nil, err
+	}
+	img.owned = true
+	return img, nil
+}
+
+// NewBlkImage is an image a command opened itself (a node in graph g of
+// Context c, which the image owns: Close stops c).
+func NewBlkImage(c *aio.Context, g *block.Graph, n *block.Node, path, format string) *BlkImage {
+	return &BlkImage{Ctx: c, Graph: g, Node: n, Path: path, Format: format, owned: true}
+}
+
+// OpenBlkIn opens path as another image of an existing graph (convert and
+// compare open two images in one graph). Close drops only the node.
+func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkImage, error) {
+	if err := ResolveNull(path, &o); err != nil {
+		return nil, err
+	}
+	co := chain.Options{
+		Format:      o.Format,
+		ReadOnly:    o.ReadOnly,
+		ForceShare:  o.ForceShare,
+		NoBacking:   o.NoBacking,
+		NullSize:    o.NullSize,
+		Discard:     o.Discard,
+		QcowOptions: o.QcowOptions,
+		Name:        NodeNameFor(g, path),
+	}
+	if o.Cache != "" {
+		m, ok := raw.ParseCache(o.Cache)
+		if !ok {
+			return nil, Usagef("Invalid cache option: %s", o.Cache)
+		}
+		co.Cache = m
+	}
+	img, err := chain.Open(g, path, co)
+	if err != nil {
+		return nil, OpenError(path, err)
+	}
+	return &BlkImage{Ctx: c, Graph: g, Node: img.Node, Path: path, Format: img.Format, Qcow2: img.Qcow2}, nil
+}
+
+// defaultNullSize is the size of a null image nobody gave a size: 1 GiB,
+// as QEMU's null-co driver.
+const defaultNullSize = 1 << 30
+
+// nullFilename parses the one json: filename we understand, QEMU's way of
+// naming a null image with its size: json:{"driver":"null-co","size":N}
+// (size a number or a string with a suffix, "4M"). ok is false when path
+// is not a json: filename.
+func nullFilename(path string) (size int64, ok bool, err error) {
+	rest, ok := strings.CutPrefix(path, "json:")
+	if !ok {
+		return 0, false, nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(rest), &m); err != nil {
+		return 0, true, fmt.Errorf("Could not open '%s': bad JSON: %v", path, err)
+	}
+	switch m["driver"] {
+	case "null-co", "null-aio", "null":
+	default:
+		return 0, true, fmt.Errorf("Could not open '%s': ringblk reads json: filenames for the null-co driver only", path)
+	}
+	size = defaultNullSize
+	for k, v := range m {
+		switch k {
+		case "driver":
+		case "size":
+			switch v := v.(type) {
+			case float64:
+				size = int64(v)
+			case string:
+				if size, err = ParseSize(v); err != nil {
+					return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
+				}
+			default:
+				return 0, true, fmt.Errorf("Could not open '%s': size must be a number", path)
+			}
+		default:
+			return 0, true, fmt.Errorf("Could not open '%s': the null driver has no option '%s'", path, k)
+		}
+	}
+	if size < 0 {
+		return 0, true, fmt.Errorf("Could not open '%s': size must not be negative", path)
+	}
+	return size, true, nil
+}
+
+// ResolveNull turns the ways of naming a null image into BlkOptions:
+// -f null or -f null-co (any name; the size is NullSize, or 1 GiB), or a
+// json: null-co filename (which then needs no -f).
+func ResolveNull(path string, o *BlkOptions) error {
+	if o.Format == "null-co" {
+		o.Format = "null"
+	}
+	size, ok, err := nullFilename(path)
+	switch {
+	case err != nil:
+		return err
+	case ok && o.Format != "" && o.Format != "null":
+		return fmt.Errorf("Could not open '%s': a null-co filename with -f %s", path, o.Format)
+	case ok:
+		o.Format, o.NullSize = "null", size
+	case o.Format == "" && (strings.HasPrefix(path, "null-co://") || strings.HasPrefix(path, "null-aio://")):
+		// QEMU's protocol names for the null driver; never a local file.
+		o.Format = "null"
+		if o.NullSize <= 0 {
+			o.NullSize = defaultNullSize
+		}
+	case o.Format == "null" && o.NullSize <= 0:
+		o.NullSize = defaultNullSize
+	}
+	return nil
+}
+
+// NodeNameFor gives each image of a graph its own node name.
+func NodeNameFor(g *block.Graph, path string) string {
+	_ = g
+	blkSeq++
+	return fmt.Sprintf("img%d", blkSeq)
+}
+
+var blkSeq int
+
+// OpenError words an open failure as qemu-img does: "Could not open
+// 'FILE': cause", unless the cause already names the file. A missing or
+// unreadable file and a -f qcow2 on something else are reported in
+// qemu-img's words, without the block layer's context.
+func OpenError(path string, err error) error {
+	if cause := openCause(err); cause != "" {
+		return &wordedError{msg: fmt.Sprintf("Could not open '%s': %s", path, cause), err: err}
+	}
+	msg := err.Error()
+	if strings.HasPrefix(msg, "Could not open") || strings.HasPrefix(msg, "Unknown file format") {
+		return err
+	}
+	// The cause without the block layer's context (operation, node
+	// name, offset, kind): the user named a file, not a node.
+	return &wordedError{msg: fmt.Sprintf("Could not open '%s': %v", path, PlainErr(err)), err: err}
+}
+
+// wordedError is an error reworded for the user that keeps its cause for
+// errors.Is and errors.As.
+type wordedError struct {
+	msg string
+	err error
+}
+
+func (e *wordedError) Error() string { return e.msg }
+func (e *wordedError) Unwrap() error { return e.err }
+
+// openCause returns qemu-img's wording for the commonest open failures, or
+// "" to keep the error as it is.
+func openCause(err error) string {
+	var pe *os.PathError
+	var le *raw.LockError
+	var be *chain.BackingError
+	switch {
+	case errors.As(err, &be):
+		return be.Error()
+	case errors.As(err, &le):
+		return le.Error()
+	case errors.Is(err, format.ErrNotQcow2):
+		return "Image is not in qcow2 format"
+	case errors.As(err, &pe):
+		return UnwrapPathErr(pe).Error()
+	}
+	return ""
+}
+
+// Close drops the node and, for an image that owns them, stops the
+// Context. Dirty metadata is written back by the drivers' Close.
+// A failed write-back is returned (and so reaches the exit status).
+func (b *BlkImage) Close() error {
+	var err error
+	if b.Node != nil {
+		err = b.Node.Unref()
+		b.Node = nil
+	}
+	if !b.owned {
+		return err
+	}
+	b.owned = false
+	if _, serr := b.Ctx.Stop(); serr != nil && err == nil {
+		err = serr
+	}
+	return err
+}
+
+// ParseSize reads an image size with an optional suffix (k, M, G, T, P,
+// E); a mistake is qemu-img's "Invalid image size specified" line.
+func ParseSize(s string) (int64, error) {
+	n, err := units.ParseSize(s)
+	if err != nil || n < 0 {
+		return 0, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
+	}
+	return n, nil
+}

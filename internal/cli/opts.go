@@ -1,0 +1,150 @@
+// Package cli holds what ringblk's commands share, so each behaves like
+// the others: one option parser (getopt_long's rules, ParseOpts), qemu-img's
+// conventions for a mistake (one "ringblk: …" line, exit 1) and for help
+// (stdout, exit 0) in Run, the wording of errors for a user (PlainErr,
+// OpenError), qemu-img's -p progress line, the version line, and opening
+// an image through drivers/chain for a command (OpenBlk).
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// UsageError is a command-line mistake: reported in one line, exit 1.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+// Usagef is a UsageError with a formatted message.
+func Usagef(format string, a ...any) error { return &UsageError{fmt.Sprintf(format, a...)} }
+
+// ErrHelp asks the caller to print the command's help and exit 0.
+var ErrHelp = errors.New("help requested")
+
+// OptSpec describes one command's options: short letters and long names,
+// each either a flag or taking a value. Every ringblk command reads its
+// command line with ParseOpts and an OptSpec, and so does the qemu-io
+// interpreter for each of its commands (Letters).
+//
+// -h, --help and -help ask for help (ErrHelp) when Short has 'h'. With
+// Long nil an argument "--x" is letters, as getopt (not getopt_long) reads
+// it: '-' is then an invalid option.
+type OptSpec struct {
+	Short map[byte]bool   // letter → takes a value
+	Long  map[string]bool // name → takes a value
+}
+
+// Letters is the OptSpec of a getopt option string: "P:qv" is -P with a
+// value and the flags -q and -v. It has no long options and no help.
+func Letters(getopt string) OptSpec {
+	spec := OptSpec{Short: map[byte]bool{}}
+	for i := 0; i < len(getopt); i++ {
+		if c := getopt[i]; c != ':' {
+			spec.Short[c] = i+1 < len(getopt) && getopt[i+1] == ':'
+		}
+	}
+	return spec
+}
+
+// Opt is one option as given: its letter or long name, and its value.
+type Opt struct {
+	Name string // "f", "o", "output", …
+	Val  string
+}
+
+// ParseOpts splits args into options (in order) and operands, the way
+// qemu-img's getopt_long does: "-fqcow2", "-f qcow2", "--output=json",
+// "--output json", grouped flags "-qU", operands before options, and "--"
+// ending the options. A mistake is a *UsageError worded as getopt's.
+func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err error) {
+	_, help := spec.Short['h']
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return opts, append(operands, args[i+1:]...), nil
+		case help && (a == "-h" || a == "--help" || a == "-help"):
+			return nil, nil, ErrHelp
+		case spec.Long != nil && strings.HasPrefix(a, "--"):
+			name, val, has := strings.Cut(a[2:], "=")
+			takes, ok := spec.Long[name]
+			if !ok {
+				return nil, nil, Usagef("unrecognized option '%s'", a)
+			}
+			if takes && !has {
+				if i+1 >= len(args) {
+					return nil, nil, Usagef("option '--%s' requires an argument", name)
+				}
+				i++
+				val = args[i]
+			} else if !takes && has {
+				return nil, nil, Usagef("option '--%s' doesn't allow an argument", name)
+			}
+			opts = append(opts, Opt{Name: name, Val: val})
+		case len(a) > 1 && a[0] == '-':
+			for j := 1; j < len(a); j++ {
+				c := a[j]
+				takes, ok := spec.Short[c]
+				if !ok {
+					return nil, nil, Usagef("invalid option -- '%c'", c)
+				}
+				if !takes {
+					opts = append(opts, Opt{Name: string(c)})
+					continue
+				}
+				val := a[j+1:]
+				if val == "" {
+					if i+1 >= len(args) {
+						return nil, nil, Usagef("option requires an argument -- '%c'", c)
+					}
+					i++
+					val = args[i]
+				}
+				opts = append(opts, Opt{Name: string(c), Val: val})
+				break
+			}
+		default:
+			operands = append(operands, a)
+		}
+	}
+	return opts, operands, nil
+}
+
+// Run runs one image command body and turns its error into qemu-img's
+// conventions: help on stdout (exit 0), "ringblk: …" on stderr (exit 1).
+func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
+	code, err := body()
+	if err == nil {
+		return code
+	}
+	if errors.Is(err, ErrHelp) {
+		fmt.Fprint(stdout, help)
+		return 0
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	fmt.Fprintf(stderr, "ringblk: %s\n", msg)
+	if code == 0 {
+		code = 1
+	}
+	return code
+}
+
+// UnwrapPathErr words a path error as qemu-img does: the errno text
+// with a capital letter, without the operation and path.
+func UnwrapPathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		if errno, ok := pe.Err.(syscall.Errno); ok {
+			// qemu-img spells errno strings with a capital letter.
+			s := errno.Error()
+			return errors.New(strings.ToUpper(s[:1]) + s[1:])
+		}
+		return pe.Err
+	}
+	return err
+}

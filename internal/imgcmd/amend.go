@@ -1,0 +1,180 @@
+package imgcmd
+
+// ringblk amend: qemu-img amend for qcow2 images, on the driver's Amend
+// (drivers/qcow2/amend.go). The image is opened read-write with its
+// backing chain, because a downgrade to compat=0.10 must know whether a
+// zero cluster may become unallocated (no backing file) or has to be
+// written as zeros.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/cli"
+)
+
+const amendHelp = `usage: ringblk amend [-f fmt] [-t cache] [-p] [-q] [--force] -o options FILE
+
+Change format options of an existing qcow2 image, as qemu-img amend does.
+
+  -f fmt         qcow2 (the only format with options to amend); without it
+                 the file is probed
+  -o options     comma-separated key=value list (repeatable, the last value
+                 of a key wins); -o help lists the keys
+  -t cache       writeback (default), writethrough or none
+  -p             show progress
+  -q, --quiet    print nothing but errors
+  --force        accepted for compatibility (nothing needs it)
+  -h, --help     this help
+
+Keys:
+  compat=0.10|1.1     (or v2|v3) downgrade or upgrade the image version
+  lazy_refcounts=on|off
+  size=SIZE           grow the virtual disk (k, M, G, T, P, E suffixes);
+                      0 keeps it; shrinking is refused
+  refcount_bits=N     accepted only with the current width
+  backing_file, backing_fmt
+                      accepted only with the current values (as qemu-img:
+                      amend does not change the backing file)
+`
+
+const amendKeysHelp = `Amend options for 'qcow2':
+  backing_file=<str>     - File name of a base image (must stay the same)
+  backing_fmt=<str>      - Image format of the base image (must stay the same)
+  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
+  lazy_refcounts=<bool (on/off)> - Postpone refcount updates
+  refcount_bits=<num>    - Width of a reference count entry in bits (the current one only)
+  size=<size>            - Virtual disk size (growing only)
+`
+
+var amendSpec = cli.OptSpec{
+	Short: map[byte]bool{'f': true, 'o': true, 't': true, 'p': false, 'q': false, 'h': false},
+	Long:  map[string]bool{"quiet": false, "force": false, "help": false},
+}
+
+// Amend is "ringblk amend" (qemu-img amend): args are what follows the
+// command name; the result is the exit status.
+func Amend(args []string, stdout, stderr io.Writer) int {
+	return cli.Run(amendHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := cli.ParseOpts(args, amendSpec)
+		if err != nil {
+			return 1, err
+		}
+		format, cache := "", ""
+		progress, quiet := false, false
+		var olist []string
+		for _, o := range opts {
+			switch o.Name {
+			case "f":
+				format = o.Val
+			case "o":
+				olist = append(olist, o.Val)
+			case "t":
+				cache = o.Val
+			case "p":
+				progress = true
+			case "q", "quiet":
+				quiet = true
+			}
+		}
+		var ao *qcow2fmt.ImageOptions
+		if len(olist) > 0 {
+			var help bool
+			ao, help, err = qcow2fmt.ParseOptions(olist, qcow2fmt.ForAmend)
+			if help {
+				fmt.Fprint(stdout, amendKeysHelp)
+				return 0, nil
+			}
+		}
+		if len(olist) == 0 {
+			return 1, cli.Usagef("Must specify options (-o)")
+		}
+		if len(operands) != 1 {
+			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
+		}
+		path := operands[0]
+		if err != nil {
+			return 1, cli.Usagef("%v", err)
+		}
+		if format != "" && format != "qcow2" && format != "raw" {
+			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
+		}
+		if _, err := os.Stat(path); err != nil {
+			return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+		}
+		if format == "" {
+			if format, err = chain.Probe(path); err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+			}
+		}
+		switch format {
+		case "qcow2":
+		case "raw":
+			return 1, cli.Usagef("Format driver 'raw' does not support option amendment")
+		default:
+			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
+		}
+		img, err := cli.OpenBlk(path, cli.BlkOptions{Format: "qcow2", Cache: cache})
+		if err != nil {
+			return 1, err
+		}
+		o, err := amendOptions(ao, img.Qcow2.Header())
+		if err == nil {
+			// The same progress line as convert and compare; the driver's
+			// amend reports no steps, so it goes from 0 to 100.
+			bar := cli.NewProgress(stdout, progress && !quiet, 1)
+			bar.Set(0)
+			if err = qcow2.Amend(img.Node, o); err != nil {
+				err = fmt.Errorf("Could not amend '%s': %v", path, amendCause(err))
+			} else {
+				bar.Set(100)
+				bar.End()
+			}
+		}
+		if cerr := img.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("closing '%s': %v", path, cerr)
+		}
+		if err != nil {
+			return 1, err
+		}
+		return 0, nil
+	})
+}
+
+// amendOptions turns parsed -o keys into the driver's AmendOptions,
+// refusing backing file changes as qemu-img amend does before it touches
+// the image.
+func amendOptions(p *qcow2fmt.ImageOptions, h qcow2fmt.Header) (qcow2.AmendOptions, error) {
+	var o qcow2.AmendOptions
+	o.Version = p.Create.Version
+	if p.Has("lazy_refcounts") {
+		b := p.LazyRefcounts
+		o.LazyRefcounts = &b
+	}
+	o.Size = p.Size
+	o.RefcountBits = p.Create.RefcountBits
+	if p.Has("backing_file") && p.Create.BackingFile != h.BackingFile {
+		return o, cli.Usagef("Cannot amend the backing file (qemu-img rebase changes it; ringblk has no rebase yet)")
+	}
+	if p.Has("backing_fmt") && p.Create.BackingFormat != h.BackingFormat {
+		return o, cli.Usagef("Cannot amend the backing file format (qemu-img rebase changes it; ringblk has no rebase yet)")
+	}
+	return o, nil
+}
+
+// amendCause keeps the driver's own words for a refusal (qemu-img's
+// messages, on one line) and drops the wrapping that names the node,
+// operation and field.
+func amendCause(err error) error {
+	var fe *qcow2fmt.FormatError
+	if errors.As(err, &fe) && fe.Reason != "" {
+		return errors.New(strings.ReplaceAll(fe.Reason, "\n", ": "))
+	}
+	return resizeCause(err)
+}

@@ -1,0 +1,580 @@
+package imgcmd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/internal/cli"
+	"github.com/ringblk/ringblk/internal/units"
+)
+
+const convertHelp = `usage: ringblk convert [-f fmt] [-O fmt] [-o opts] [-c] [-p] [-q] [-S sparse_size] [-n]
+                     [-B backing -F backing_fmt] [-U] [-t cache] [-T src_cache] [-m num] [-W]
+                     SRC DST
+
+Copy the guest contents of SRC (with its backing chain) into DST, as
+qemu-img convert does. DST is created (replaced) with SRC's size unless -n.
+Ranges that read as zeroes are not written (sparse output).
+
+  -f fmt          SRC's format: raw, qcow2 or null (probed when absent)
+  -O fmt          DST's format: raw (default) or qcow2
+  -o options      creation options of DST, as for 'ringblk create'
+                  (cluster_size, compat, refcount_bits, preallocation…)
+  -c              write compressed qcow2 clusters (deflate, readable by QEMU)
+  -p              show progress
+  -q              quiet
+  -S size         sparse detection granularity (default 4k, multiple of 512,
+                  at most 16M); 0 writes every byte (fully allocated output)
+  -n              DST exists already: do not create it (it must be at least
+                  SRC's size); zero ranges are then written as zeroes
+  -B backing      DST gets this backing file; only what SRC's top image
+                  allocates is copied
+  -F backing_fmt  format of the backing file (required with -B)
+  -U              read SRC even if another process has it open for
+                  writing (no locks taken)
+  -t cache        DST's cache mode: none, writeback (default: flushed at
+                  the end), writethrough, unsafe (writeback, no final flush;
+                  qemu-img's default)
+  -T src_cache    SRC's cache mode (none, writeback, writethrough)
+  -m num          requests in flight (1..16, default 8)
+  -W              allow out-of-order writes (faster; default keeps the
+                  writes in guest order)
+  -h, --help      this help
+`
+
+var convertSpec = cli.OptSpec{
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
+		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
+	Long: map[string]bool{"force-share": false, "help": false},
+}
+
+const (
+	convertBufSize = 2 << 20  // bytes per request (qemu-img's buffer size)
+	maxSparseSize  = 16 << 20 // largest -S
+)
+
+// convertReq is a parsed convert command line.
+type convertReq struct {
+	src, dst            string
+	srcFmt, dstFmt      string
+	olist               []string
+	backing, backingFmt string
+	compress, quiet     bool
+	showProgress        bool
+	skipCreate          bool
+	forceShare          bool
+	outOfOrder          bool
+	minSparse           int64
+	cache, srcCache     string
+	noFlush             bool // -t unsafe
+	inFlight            int
+}
+
+// Convert is "ringblk convert" (qemu-img convert): args are what follows the
+// command name; the result is the exit status.
+func Convert(args []string, stdout, stderr io.Writer) int {
+	return cli.Run(convertHelp, stdout, stderr, func() (int, error) {
+		r, err := parseConvert(args)
+		if err != nil {
+			return 1, err
+		}
+		return 0, runConvert(r, stdout)
+	})
+}
+
+func parseConvert(args []string) (*convertReq, error) {
+	opts, operands, err := cli.ParseOpts(args, convertSpec)
+	if err != nil {
+		return nil, err
+	}
+	r := &convertReq{dstFmt: "raw", minSparse: 4096, inFlight: 8}
+	for _, o := range opts {
+		switch o.Name {
+		case "f":
+			r.srcFmt = o.Val
+		case "O":
+			r.dstFmt = o.Val
+		case "o":
+			r.olist = append(r.olist, o.Val)
+		case "c":
+			r.compress = true
+		case "p":
+			r.showProgress = true
+		case "q":
+			r.quiet = true
+		case "S":
+			n, err := units.ParseSize(o.Val)
+			if err != nil || n < 0 || n%512 != 0 || n > maxSparseSize {
+				return nil, cli.Usagef("Invalid buffer size for sparse output specified: '%s' (multiples of 512 up to %d; 0 disables sparse detection)", o.Val, maxSparseSize)
+			}
+			r.minSparse = n
+		case "n":
+			r.skipCreate = true
+		case "B":
+			r.backing = o.Val
+		case "F":
+			r.backingFmt = o.Val
+		case "U", "force-share":
+			r.forceShare = true
+		case "t":
+			r.cache = o.Val
+		case "T":
+			r.srcCache = o.Val
+		case "m":
+			n, err := strconv.Atoi(o.Val)
+			if err != nil || n < 1 || n > 16 {
+				return nil, cli.Usagef("Invalid number of coroutines '%s' (1 to 16)", o.Val)
+			}
+			r.inFlight = n
+		case "W":
+			r.outOfOrder = true
+		}
+	}
+	if err := checkSourceFormat(r.srcFmt); err != nil {
+		return nil, err
+	}
+	if err := checkOutputFormat(r.dstFmt); err != nil {
+		return nil, err
+	}
+	switch {
+	case len(operands) < 2:
+		return nil, cli.Usagef("Expecting a source and a target image file name (see 'ringblk convert --help')")
+	case len(operands) > 2:
+		return nil, cli.Usagef("Unexpected argument '%s': converting several source images into one is not supported", operands[2])
+	}
+	r.src, r.dst = operands[0], operands[1]
+	if r.compress && r.dstFmt != "qcow2" {
+		return nil, cli.Usagef("Compression not supported for this file format ('%s')", r.dstFmt)
+	}
+	if r.backing != "" && r.dstFmt == "raw" {
+		return nil, cli.Usagef("Backing file not supported for file format 'raw'")
+	}
+	if r.backing != "" && r.backingFmt == "" {
+		return nil, cli.Usagef("Use of backing file requires explicit backing format (-F raw or -F qcow2)")
+	}
+	if r.backing != "" && r.skipCreate {
+		return nil, cli.Usagef("-B cannot be used with -n: the existing target keeps its own backing file")
+	}
+	if r.skipCreate && len(r.olist) > 0 {
+		return nil, cli.Usagef("-o has no effect with -n (the target is not created)")
+	}
+	// "unsafe" (qemu-img convert's default) is writeback without the
+	// final flush; ours defaults to writeback with it.
+	if r.cache == "unsafe" {
+		r.cache, r.noFlush = "writeback", true
+	}
+	if r.srcCache == "unsafe" {
+		r.srcCache = "writeback"
+	}
+	for _, c := range []struct{ v, what string }{{r.cache, "cache"}, {r.srcCache, "source cache"}} {
+		if c.v != "" {
+			if _, ok := raw.ParseCache(c.v); !ok {
+				return nil, cli.Usagef("Invalid %s option: %s (none, writeback, writethrough, unsafe)", c.what, c.v)
+			}
+		}
+	}
+	return r, nil
+}
+
+func runConvert(r *convertReq, stdout io.Writer) (err error) {
+	src, err := cli.OpenBlk(r.src, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache})
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	sch, err := newImageChain(src, false)
+	if err != nil {
+		return err
+	}
+	defer sch.Close()
+	size := sch.size()
+	// Creating DST truncates it: never when it is an image SRC reads.
+	dstID := chain.FileID(r.dst)
+	for _, l := range sch.levels {
+		if l.format != "null" && chain.FileID(l.path) == dstID {
+			return fmt.Errorf("%s: is an image of the source chain (%s); refusing to write to it", r.dst, l.path)
+		}
+	}
+
+	if !r.skipCreate {
+		if err := createTarget(r, size); err != nil {
+			return err
+		}
+	}
+	dst, err := cli.OpenBlkIn(src.Ctx, src.Graph, r.dst, cli.BlkOptions{Format: r.dstFmt, Cache: r.cache})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := dst.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("%s: %v", r.dst, cli.PlainErr(cerr))
+		}
+	}()
+	if r.skipCreate {
+		dsize, err := dst.Node.Length()
+		if err != nil {
+			return fmt.Errorf("Could not get the size of '%s': %v", r.dst, cli.PlainErr(err))
+		}
+		if dsize < size {
+			return fmt.Errorf("output file '%s' is smaller than input file '%s' (%d < %d bytes)", r.dst, r.src, dsize, size)
+		}
+	}
+
+	c := &converter{
+		r: r, src: sch, dst: dst.Node, size: size,
+		topOnly:  r.backing != "",
+		zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0,
+		progress: cli.NewProgress(stdout, r.showProgress && !r.quiet, 1),
+	}
+	if r.compress {
+		c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
+	}
+	c.progress.Set(0)
+	defer c.progress.End()
+	if err := c.run(); err != nil {
+		return err
+	}
+	c.progress.Set(100)
+	if r.noFlush {
+		return nil
+	}
+	if err := dst.Node.Flush(); err != nil {
+		return fmt.Errorf("error while flushing '%s': %v", r.dst, cli.PlainErr(err))
+	}
+	return nil
+}
+
+// createTarget creates DST with create's code: the same options, checks
+// and messages as 'ringblk create -f fmt -o … DST size'.
+func createTarget(r *convertReq, size int64) error {
+	cr := &createReq{file: r.dst, format: r.dstFmt, size: size, hasSize: true, quiet: true}
+	olist := r.olist
+	if r.backing != "" {
+		olist = append(olist[:len(olist):len(olist)], "backing_file="+format.EscapeOptionValue(r.backing), "backing_fmt="+format.EscapeOptionValue(r.backingFmt))
+	}
+	if len(olist) > 0 {
+		pairs, help, err := format.SplitOptionList(olist)
+		if err != nil {
+			return cli.Usagef("%v", err)
+		}
+		if help {
+			return cli.Usagef("Invalid parameter 'help'")
+		}
+		cr.pairs = pairs
+	}
+	n, given, hasSize, err := takeSize(cr)
+	if err != nil {
+		return err
+	}
+	if hasSize {
+		if n < size {
+			return cli.Usagef("%s: size=%s is smaller than the source image (%d bytes)", r.dst, given, size)
+		}
+		cr.size = n
+	}
+	if cr.format == "raw" {
+		_, err = createRaw(cr)
+	} else {
+		_, err = createQcow2(cr)
+	}
+	var le *raw.LockError
+	if errors.As(err, &le) {
+		// qemu-img's words; the target is untouched (create locks first).
+		return fmt.Errorf("%s: error while converting %s: %v", r.dst, cr.format, le)
+	}
+	return err
+}
+
+// converter is one copy from a source chain to a target node.
+//
+// A producer walks the source's block status in guest order and cuts it
+// into items of at most convertBufSize; r.inFlight workers read and write
+// the items concurrently with the nodes' synchronous helpers, each
+// waiting on its own request (so several are in flight on the ring at
+// once). Unless -W, an item is written only after every earlier item:
+// reads overlap, writes keep guest order, as qemu-img does.
+type converter struct {
+	r           *convertReq
+	src         *imageChain
+	dst         *block.Node
+	size        int64
+	topOnly     bool  // -B: copy what the source's top image allocates
+	zeroInit    bool  // the target reads as zeroes already: skip zero ranges
+	clusterSize int64 // -c: the target's cluster size
+	progress    *cli.Progress
+
+	// Progress: bytes of work done out of total (qemu-img counts data,
+	// and zeroes when they are written as data).
+	mu       sync.Mutex
+	total    int64
+	done     int64
+	err      error
+	turn     int64 // sequence number of the item whose write may go next
+	turnCond *sync.Cond
+}
+
+// itemKind says what to do with a range.
+type itemKind uint8
+
+const (
+	itemSkip itemKind = iota // leave the target alone (zero-initialised, or the backing file provides it)
+	itemData                 // read from the source, write what is not zero
+	itemZero                 // the source reads as zeroes here
+)
+
+type convItem struct {
+	off, n int64
+	kind   itemKind
+	seq    int64
+}
+
+// classify turns a chain status into what the copy does with the range.
+func (c *converter) classify(s chainStatus) itemKind {
+	switch {
+	case s.Status&block.StatusZero != 0:
+		if c.zeroInit {
+			return itemSkip
+		}
+		return itemZero
+	case s.Status&block.StatusData != 0:
+		return itemData
+	case c.topOnly:
+		return itemSkip // the target's backing file holds it
+	}
+	return itemData
+}
+
+// counts says whether an item is progress work (qemu-img's rule).
+func (c *converter) counts(k itemKind) bool {
+	return k == itemData || (k == itemZero && c.r.minSparse == 0)
+}
+
+// walk calls emit for each range of the source in guest order. With -c
+// the ranges are whole target clusters: a cluster that is only partly
+// zero or unallocated is copied as data.
+func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
+	for off := int64(0); off < c.size; {
+		s, err := c.src.statusAbove(off, c.size-off, c.topOnly)
+		if err != nil {
+			return fmt.Errorf("error while reading block status at offset %d: %v", off, cli.PlainErr(err))
+		}
+		n, k := s.Pnum, c.classify(s)
+		if cs := c.clusterSize; cs > 0 {
+			// off is cluster aligned here.
+			if n < cs && off+n < c.size {
+				n, k = min(cs, c.size-off), itemData
+			} else if off+n < c.size {
+				n = n / cs * cs
+			}
+		}
+		if !emit(off, n, k) {
+			return nil
+		}
+		off += n
+	}
+	return nil
+}
+
+func (c *converter) run() error {
+	c.turnCond = sync.NewCond(&c.mu)
+	if c.progress.Enabled() {
+		err := c.walk(func(off, n int64, k itemKind) bool {
+			if c.counts(k) {
+				c.total += n
+			}
+			return true
+		})
+		if err != nil {
+			return err
+		}
+	}
+	items := make(chan convItem, c.r.inFlight)
+	var wg sync.WaitGroup
+	for range c.r.inFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.worker(items)
+		}()
+	}
+	var seq int64
+	werr := c.walk(func(off, n int64, k itemKind) bool {
+		if k == itemSkip {
+			return true
+		}
+		for n > 0 {
+			if c.failed() {
+				return false
+			}
+			m := min(n, convertBufSize)
+			items <- convItem{off: off, n: m, kind: k, seq: seq}
+			seq++
+			off, n = off+m, n-m
+		}
+		return true
+	})
+	close(items)
+	wg.Wait()
+	if werr != nil {
+		return werr
+	}
+	return c.err
+}
+
+func (c *converter) failed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil
+}
+
+func (c *converter) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.turnCond.Broadcast()
+	c.mu.Unlock()
+}
+
+// waitTurn blocks until item seq may write (always at once with -W).
+// It reports false when the copy failed meanwhile.
+func (c *converter) waitTurn(seq int64) bool {
+	if c.r.outOfOrder {
+		return !c.failed()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.turn != seq && c.err == nil {
+		c.turnCond.Wait()
+	}
+	return c.err == nil
+}
+
+func (c *converter) endTurn(it convItem) {
+	c.mu.Lock()
+	if !c.r.outOfOrder {
+		c.turn = it.seq + 1
+		c.turnCond.Broadcast()
+	}
+	if c.counts(it.kind) {
+		c.done += it.n
+	}
+	var pct float64 = 100
+	if c.total > 0 {
+		pct = 100 * float64(c.done) / float64(c.total)
+	}
+	c.mu.Unlock()
+	if c.progress.Enabled() && c.total > 0 {
+		c.progress.Set(pct)
+	}
+}
+
+func (c *converter) worker(items <-chan convItem) {
+	buf := make([]byte, convertBufSize)
+	for it := range items {
+		if c.failed() {
+			continue
+		}
+		if err := c.copyItem(it, buf[:it.n]); err != nil {
+			c.fail(err)
+			continue
+		}
+		c.endTurn(it)
+	}
+}
+
+func (c *converter) copyItem(it convItem, buf []byte) error {
+	if it.kind == itemZero {
+		if !c.waitTurn(it.seq) {
+			return nil
+		}
+		if c.r.minSparse == 0 {
+			clear(buf)
+			return c.write(buf, it.off)
+		}
+		return c.writeZeroes(it.off, it.n)
+	}
+	if _, err := c.src.levels[0].node.ReadAt(buf, it.off); err != nil {
+		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, cli.PlainErr(err))
+	}
+	if !c.waitTurn(it.seq) {
+		return nil
+	}
+	if c.clusterSize > 0 {
+		return c.writeCompressed(buf, it.off)
+	}
+	if c.r.minSparse == 0 {
+		return c.write(buf, it.off)
+	}
+	// Sparse detection: runs of zero minSparse-sized pieces (aligned in
+	// the guest) are skipped, or zeroed when the target is not known to
+	// read as zeroes; everything else is written.
+	gran := c.r.minSparse
+	for p := int64(0); p < it.n; {
+		end := min(it.n, (it.off+p)/gran*gran+gran-it.off)
+		zero := isZero(buf[p:end])
+		q := end
+		for q < it.n {
+			e := min(it.n, q+gran)
+			if isZero(buf[q:e]) != zero {
+				break
+			}
+			q = e
+		}
+		var err error
+		switch {
+		case !zero:
+			err = c.write(buf[p:q], it.off+p)
+		case !c.zeroInit:
+			err = c.writeZeroes(it.off+p, q-p)
+		}
+		if err != nil {
+			return err
+		}
+		p = q
+	}
+	return nil
+}
+
+// writeCompressed writes whole clusters: all-zero ones are skipped (or
+// zeroed), the others compressed by the target's driver.
+func (c *converter) writeCompressed(buf []byte, off int64) error {
+	cs := c.clusterSize
+	for p := int64(0); p < int64(len(buf)); p += cs {
+		cl := buf[p:min(p+cs, int64(len(buf)))]
+		if isZero(cl) {
+			if c.zeroInit {
+				continue
+			}
+			if err := c.writeZeroes(off+p, int64(len(cl))); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := c.dst.WriteCompressed(cl, off+p); err != nil {
+			return fmt.Errorf("error while compressing sector %d: %v", (off+p)/512, err)
+		}
+	}
+	return nil
+}
+
+func (c *converter) write(p []byte, off int64) error {
+	if _, err := c.dst.WriteAt(p, off); err != nil {
+		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
+	}
+	return nil
+}
+
+func (c *converter) writeZeroes(off, n int64) error {
+	if err := c.dst.WriteZeroes(off, n, block.MayUnmap); err != nil {
+		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
+	}
+	return nil
+}

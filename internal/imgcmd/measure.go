@@ -1,0 +1,232 @@
+package imgcmd
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/cli"
+	"github.com/ringblk/ringblk/internal/units"
+)
+
+const measureHelp = `usage: ringblk measure [--output=human|json] [-O fmt] [-o opts] [--size N | [-f fmt] [-U] FILE]
+
+Compute how much space an image of format fmt needs, as qemu-img measure
+does: for a new image of N bytes (--size), or to hold a copy of FILE
+(ringblk convert -O fmt FILE …). "required size" is what the image takes
+with its data as it is, "fully allocated size" what it takes when every
+cluster is allocated; "bitmaps size" (qcow2 v3 from a qcow2 v3 source)
+is what persistent dirty bitmaps would add.
+
+  -O fmt               target format: raw (default) or qcow2
+  -o options           target creation options: cluster_size, compat,
+                       refcount_bits, extended_l2, preallocation,
+                       backing_file… (see 'ringblk create --help')
+  --size N             size of a new image (k, M, G… suffixes)
+  -f fmt               FILE's format: raw, qcow2 or null (probed when absent)
+  -U, --force-share    read FILE even if another process has it open for
+                       writing (no locks taken)
+  --output=human|json  output format (default human)
+  -h, --help           this help
+`
+
+var measureSpec = cli.OptSpec{
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'U': false, 'h': false},
+	Long:  map[string]bool{"output": true, "size": true, "force-share": false, "help": false},
+}
+
+// measureInfo is qemu-img's BlockMeasureInfo.
+type measureInfo struct {
+	required, fullyAllocated int64
+	hasBitmaps               bool
+	bitmaps                  int64
+}
+
+// Measure is "ringblk measure" (qemu-img measure): args are what follows the
+// command name; the result is the exit status.
+func Measure(args []string, stdout, stderr io.Writer) int {
+	return cli.Run(measureHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := cli.ParseOpts(args, measureSpec)
+		if err != nil {
+			return 1, err
+		}
+		srcFmt, outFmt, output := "", "raw", "human"
+		var olist []string
+		var forceShare, hasSize bool
+		var size int64
+		for _, o := range opts {
+			switch o.Name {
+			case "f":
+				srcFmt = o.Val
+			case "O":
+				outFmt = o.Val
+			case "o":
+				olist = append(olist, o.Val)
+			case "U", "force-share":
+				forceShare = true
+			case "output":
+				output = o.Val
+			case "size":
+				if size, err = units.ParseSize(o.Val); err != nil || size < 0 {
+					return 1, cli.Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", o.Val)
+				}
+				hasSize = true
+			}
+		}
+		if err := checkOutput(output); err != nil {
+			return 1, err
+		}
+		if err := checkSourceFormat(srcFmt); err != nil {
+			return 1, err
+		}
+		if outFmt != "raw" && outFmt != "qcow2" {
+			return 1, cli.Usagef("Unknown file format '%s' (measure supports raw and qcow2)", outFmt)
+		}
+		switch {
+		case len(operands) > 1:
+			return 1, cli.Usagef("Unexpected argument '%s' (see 'ringblk measure --help')", operands[1])
+		case hasSize && len(operands) == 1:
+			return 1, cli.Usagef("--size N cannot be used together with a filename.")
+		case !hasSize && len(operands) == 0:
+			return 1, cli.Usagef("Either --size N or one filename must be specified.")
+		}
+		var pairs []format.OptionPair
+		if len(olist) > 0 {
+			var help bool
+			if pairs, help, err = format.SplitOptionList(olist); err != nil {
+				return 1, cli.Usagef("%v", err)
+			}
+			if help {
+				// qemu-img measure has no option help either.
+				return 1, cli.Usagef("Invalid parameter 'help'")
+			}
+		}
+		var src *imageChain
+		if len(operands) == 1 {
+			img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: srcFmt, ReadOnly: true, ForceShare: forceShare})
+			if err != nil {
+				return 1, err
+			}
+			defer img.Close()
+			if src, err = newImageChain(img, false); err != nil {
+				return 1, err
+			}
+			defer src.Close()
+		}
+		var info *measureInfo
+		if outFmt == "raw" {
+			info, err = measureRaw(pairs, size, src)
+		} else {
+			info, err = measureQcow2(pairs, size, src)
+		}
+		if err != nil {
+			return 1, err
+		}
+		if output == "json" {
+			o := newObject()
+			if info.hasBitmaps {
+				o.set("bitmaps", info.bitmaps)
+			}
+			o.set("required", info.required)
+			o.set("fully-allocated", info.fullyAllocated)
+			return 0, writeJSON(stdout, o)
+		}
+		fmt.Fprintf(stdout, "required size: %d\nfully allocated size: %d\n", info.required, info.fullyAllocated)
+		if info.hasBitmaps {
+			fmt.Fprintf(stdout, "bitmaps size: %d\n", info.bitmaps)
+		}
+		return 0, nil
+	})
+}
+
+func roundUp(v, to int64) int64 { return (v + to - 1) / to * to }
+
+// measureRaw: a raw image is as large as its guest, allocated or not.
+func measureRaw(pairs []format.OptionPair, size int64, src *imageChain) (*measureInfo, error) {
+	for _, p := range pairs {
+		k, v := p.Key, p.Value
+		switch k {
+		case "preallocation":
+			if v != "off" && v != "falloc" && v != "full" {
+				return nil, cli.Usagef("Invalid parameter value for 'preallocation': '%s' (off, falloc, full)", v)
+			}
+		default:
+			return nil, cli.Usagef("Invalid parameter '%s' for format raw", k)
+		}
+	}
+	if src != nil {
+		size = src.size()
+	}
+	req := roundUp(size, 512)
+	return &measureInfo{required: req, fullyAllocated: req}, nil
+}
+
+// measureQcow2 computes QEMU's qcow2 estimate: the metadata of a fully
+// allocated image of the (cluster-rounded) size, plus the data clusters
+// the source really uses (all of them with preallocation or a backing
+// file, since then nothing can be left out).
+func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*measureInfo, error) {
+	o, err := format.ParseOptionPairs(pairs, format.ForMeasure)
+	if err != nil {
+		return nil, cli.Usagef("%v", err)
+	}
+	co := o.Create
+	cs := co.EffectiveClusterSize()
+	hasBacking := o.Has("backing_file")
+	version := co.Version
+	if version == 0 {
+		version = 3
+	}
+	if err := format.MeasureCheckSize(size, co); err != nil {
+		return nil, err
+	}
+	virtual := roundUp(size, cs)
+
+	var required int64
+	info := &measureInfo{}
+	if src != nil {
+		ssize := src.size()
+		virtual = roundUp(ssize, cs)
+		if hasBacking {
+			// Nothing says what the new backing file shares with the
+			// source: count every cluster.
+			required = virtual
+		} else {
+			var pnum int64
+			for off := int64(0); off < ssize; off += pnum {
+				s, err := src.statusAbove(off, ssize-off, false)
+				if err != nil {
+					return nil, err
+				}
+				pnum = s.Pnum
+				if s.Status&block.StatusZero != 0 {
+					continue
+				}
+				if s.Status&(block.StatusData|block.StatusAllocated) == block.StatusData|block.StatusAllocated {
+					// Count to the end of the cluster and start the next
+					// look at the following one (QEMU's exact sum).
+					pnum = roundUp(off+pnum, cs) - off
+					required += off%cs + pnum
+				}
+			}
+		}
+		if top := src.levels[0]; version >= 3 && top.format == "qcow2" {
+			d := top.node.Driver().(*qcow2.Driver)
+			h := d.Header()
+			if h.Version >= 3 {
+				info.hasBitmaps = true
+				if h.Bitmaps != nil && h.AutoclearFeatures&format.AutoclearBitmaps != 0 && h.Bitmaps.Count > 0 {
+					return nil, fmt.Errorf("%s: measuring persistent dirty bitmaps is not supported yet (%d bitmaps)", top.path, h.Bitmaps.Count)
+				}
+			}
+		}
+	}
+	if co.Preallocation == format.PreallocFull || co.Preallocation == format.PreallocFalloc {
+		required = virtual
+	}
+	info.fullyAllocated = format.MeasureFullyAllocated(virtual, co)
+	info.required = info.fullyAllocated - virtual + required
+	return info, nil
+}

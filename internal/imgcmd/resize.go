@@ -1,0 +1,199 @@
+package imgcmd
+
+// ringblk resize: qemu-img resize through the block layer. A raw image is
+// truncated by its raw node (growth backed as --preallocation says); a
+// qcow2 image grows through its driver's Truncate, which writes the new
+// L1 table and header in the order spec/qcow2.md requires.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/internal/cli"
+)
+
+const resizeHelp = `usage: ringblk resize [-f fmt] [--shrink] [--preallocation=off|falloc|full] [-q] FILE [+|-]SIZE
+
+Change the virtual size of an image, as qemu-img resize does. SIZE is the
+new size, or with + or - a change of the current one; it takes k, M, G,
+T, P, E suffixes (powers of 1024). Making an image smaller needs --shrink
+and deletes everything past the new end.
+
+  -f fmt            raw or qcow2; without it the file is probed (qcow2
+                    magic, else raw)
+  --shrink          allow the new size to be smaller than the current one
+                    (raw; the qcow2 driver refuses to shrink)
+  --preallocation=MODE
+                    how new space is backed when the image grows:
+                    off (sparse, default), falloc (reserved with
+                    fallocate) or full (zeroes written); raw only
+  -q, --quiet       do not print "Image resized."
+  -h, --help        this help
+
+A qcow2 image's new size must be a multiple of 512 bytes.
+`
+
+var resizeSpec = cli.OptSpec{
+	Short: map[byte]bool{'f': true, 'q': false, 'h': false},
+	Long:  map[string]bool{"shrink": false, "preallocation": true, "quiet": false, "help": false},
+}
+
+// Resize is "ringblk resize" (qemu-img resize): args are what follows the
+// command name; the result is the exit status.
+func Resize(args []string, stdout, stderr io.Writer) int {
+	return cli.Run(resizeHelp, stdout, stderr, func() (int, error) {
+		for _, a := range args {
+			if a == "-h" || a == "--help" || a == "-help" {
+				return 0, cli.ErrHelp
+			}
+		}
+		// The size is the last argument and is taken before the options
+		// are parsed, so that "-1G" is a size and not an option (as
+		// qemu-img does).
+		if len(args) < 2 {
+			return 1, cli.Usagef("resize: not enough arguments (expecting FILE and SIZE; see 'ringblk resize --help')")
+		}
+		sizeArg := args[len(args)-1]
+		opts, operands, err := cli.ParseOpts(args[:len(args)-1], resizeSpec)
+		if err != nil {
+			return 1, err
+		}
+		if len(operands) != 1 {
+			return 1, cli.Usagef("resize: expecting image file name and size (see 'ringblk resize --help')")
+		}
+		path := operands[0]
+		format, quiet, shrink := "", false, false
+		prealloc := raw.PreallocOff
+		for _, o := range opts {
+			switch o.Name {
+			case "f":
+				format = o.Val
+			case "q", "quiet":
+				quiet = true
+			case "shrink":
+				shrink = true
+			case "preallocation":
+				p, ok := raw.ParsePrealloc(o.Val)
+				if !ok {
+					return 1, cli.Usagef("Invalid preallocation mode '%s' (off, falloc or full)", o.Val)
+				}
+				prealloc = p
+			}
+		}
+		if err := checkFormat(format); err != nil {
+			return 1, err
+		}
+		rel := 0
+		num := sizeArg
+		switch {
+		case strings.HasPrefix(num, "+"):
+			rel, num = 1, num[1:]
+		case strings.HasPrefix(num, "-"):
+			rel, num = -1, num[1:]
+		}
+		delta, err := cli.ParseSize(num)
+		if err != nil {
+			return 1, cli.Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes, optionally after + or -)", sizeArg)
+		}
+		if _, err := os.Stat(path); err != nil {
+			return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+		}
+		if format == "" {
+			if format, err = chain.Probe(path); err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+			}
+		}
+		if format == "qcow2" && prealloc != raw.PreallocOff {
+			return 1, fmt.Errorf("Could not resize '%s': preallocation=%s is not supported for qcow2 images (only off)", path, prealloc)
+		}
+		img, err := openResize(path, format, prealloc)
+		if err != nil {
+			return 1, err
+		}
+		code, rerr := resizeImage(img, path, format, rel, delta, shrink, prealloc)
+		if cerr := img.Close(); rerr == nil && cerr != nil {
+			return 1, fmt.Errorf("closing '%s': %v", path, cerr)
+		}
+		if rerr != nil {
+			return code, rerr
+		}
+		if !quiet {
+			fmt.Fprintln(stdout, "Image resized.")
+		}
+		return 0, nil
+	})
+}
+
+// openResize opens the image writable. A raw image gets a raw node of its
+// own so that growth is preallocated as asked; a qcow2 image is opened
+// with its backing chain, as qemu-img does: growing over a backing file
+// longer than the old size must hide that file's bytes in the new area
+// (the driver's Truncate zeroes it), and the driver needs the backing
+// file's length and content (for a partial last cluster) to do so.
+func openResize(path, format string, prealloc raw.Prealloc) (*cli.BlkImage, error) {
+	if format == "qcow2" {
+		return cli.OpenBlk(path, cli.BlkOptions{Format: "qcow2"})
+	}
+	c, g, err := cli.NewBlkEnv()
+	if err != nil {
+		return nil, err
+	}
+	n, err := raw.NewNode(g, path, raw.Options{Prealloc: prealloc}, block.Options{Name: cli.NodeNameFor(g, path)})
+	if err != nil {
+		c.Stop()
+		return nil, cli.OpenError(path, err)
+	}
+	return cli.NewBlkImage(c, g, n, path, "raw"), nil
+}
+
+func resizeImage(img *cli.BlkImage, path, format string, rel int, delta int64, shrink bool, prealloc raw.Prealloc) (int, error) {
+	cur, err := img.Node.Length()
+	if err != nil {
+		return 1, fmt.Errorf("Could not read the size of '%s': %v", path, err)
+	}
+	size := delta
+	switch rel {
+	case 1:
+		if delta > (1<<63-1)-cur {
+			return 1, fmt.Errorf("Could not resize '%s': the new size is too large", path)
+		}
+		size = cur + delta
+	case -1:
+		size = cur - delta
+	}
+	if size <= 0 {
+		return 1, errors.New("New image size must be positive")
+	}
+	if size < cur {
+		if !shrink {
+			return 1, fmt.Errorf("Use the --shrink option to perform a shrink operation (it deletes all data past the new end of '%s')", path)
+		}
+		if prealloc != raw.PreallocOff {
+			return 1, errors.New("Preallocation can only be used for growing images")
+		}
+	}
+	if err := img.Node.Truncate(size); err != nil {
+		if format == "qcow2" && size < cur && block.IsKind(err, block.Unsupported) {
+			return 1, fmt.Errorf("Could not shrink '%s': the qcow2 driver does not support shrinking images", path)
+		}
+		return 1, fmt.Errorf("Could not resize '%s' to %d bytes: %v", path, size, resizeCause(err))
+	}
+	return 0, nil
+}
+
+// resizeCause strips the block layer's operation prefix when the cause
+// alone says it (the driver's own words, such as "must be a multiple of
+// 512").
+func resizeCause(err error) error {
+	var be *block.Error
+	if errors.As(err, &be) && be.Err != nil {
+		return be.Err
+	}
+	return err
+}

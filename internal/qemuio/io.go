@@ -1,0 +1,409 @@
+// Package qemuio is "ringblk io": qemu-io's commands on one image, through
+// ringblk's block layer. The image is opened once (cli.OpenBlk); each -c
+// command runs in order, synchronously through the node's helpers, except
+// aio_read and aio_write, which are submitted to the node's Context and
+// report at the next aio_flush or at exit (io_aio.go).
+package qemuio
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/internal/cli"
+	"golang.org/x/sys/unix"
+)
+
+const ioHelp = `usage: ringblk io [-f fmt] [-r] [-n] [-t cache] [-d discard] [-U] [-o size=SIZE] [-c CMD]... FILE
+
+Run qemu-io's commands on an image through ringblk's block layer (the
+node, its driver and the Context's io_uring ring). Commands run in the
+order given; without -c they are read from standard input, one per line.
+Output lines, messages and exit status follow qemu-io 7.2.
+
+  -c, --cmd CMD      run CMD (repeatable); see the command list below
+  -f, --format FMT   raw, qcow2 or null; without it a local FILE is probed
+                     (qcow2 magic, else raw). Backing files are never probed.
+  -r, --read-only    open read-only
+  -n, --nocache      short for -t none (O_DIRECT)
+  -t, --cache MODE   writeback (default), writethrough or none
+  -d, --discard MODE unmap (default: discards reach the file) or ignore
+  -U, --force-share  do not lock the image against other users (needs -r)
+  -o size=SIZE       size of a null image (default 1G)
+  -h, --help         this help
+
+Commands (offsets and lengths take b, k, M, G, T, P, E suffixes, as qemu-io):
+  read [-Cqv] [-b] [-P pat [-s off] [-l len]] off len     (alias r)
+  write [-bcCfnquz] [-P pat | -s file] off len             (alias w)
+  discard [-Cq] off len                                    (alias d)
+  flush                                                    (alias f)
+  aio_read [-Cqv] [-P pat] off len [len..]
+  aio_write [-Cfquz] [-P pat] off len [len..]
+  aio_flush
+  length                                                   (alias l)
+  map
+  info                                                     (alias i)
+  help [command]                                           (alias ?)
+  quit                                                     (alias q)
+
+  -P pat  write: fill with the byte pat (default 0xcd); read: verify it
+  -z      write zeroes (-u: may unmap them; -n: accepted, no effect)
+  -f      FUA write   -b  VM state (where the driver has it)   -c  compressed (qcow2)
+  -q      no statistics  -v  hexdump the data  -C  one parsable line
+
+aio_read and aio_write return at once; their results print at the next
+aio_flush or at exit, and their failures do not change the exit status.
+Exit status: 0 when every command succeeded, 1 when one failed (an I/O
+error, a pattern mismatch, a bad argument) or the image could not be
+opened.
+`
+
+var ioSpec = cli.OptSpec{
+	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false},
+	Long: map[string]bool{"cmd": true, "format": true, "read-only": false, "nocache": false, "cache": true,
+		"force-share": false, "discard": true, "help": false},
+}
+
+// ioSession is one opened image and the state of its command run.
+type ioSession struct {
+	img      *cli.BlkImage
+	readOnly bool
+	out      io.Writer // results and most messages (qemu-io's printf)
+	errw     io.Writer // qemu-io's stderr messages
+	aio      aioTracker
+	quit     bool
+	cur      *ioCommand // the command running
+}
+
+// Run is "ringblk io" (qemu-io): args are what follows the command name;
+// commands come from -c, else from stdin. The result is the exit status.
+func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return cli.Run(ioHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := cli.ParseOpts(args, ioSpec)
+		if err != nil {
+			return 1, err
+		}
+		var cmds []string
+		nullOpts := false
+		// qemu-io passes discards on to the file by default.
+		bo := cli.BlkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}
+		for _, o := range opts {
+			switch o.Name {
+			case "c", "cmd":
+				cmds = append(cmds, o.Val)
+			case "f", "format":
+				bo.Format = o.Val
+			case "r", "read-only":
+				bo.ReadOnly = true
+			case "n", "nocache":
+				bo.Cache = "none"
+			case "t", "cache":
+				bo.Cache = o.Val
+			case "U", "force-share":
+				bo.ForceShare = true
+			case "d", "discard":
+				switch o.Val {
+				case "ignore", "off":
+					bo.Discard = raw.DiscardIgnore
+				case "unmap", "on":
+					bo.Discard = raw.DiscardUnmap
+				default:
+					return 1, cli.Usagef("Invalid discard option: %s (ignore or unmap)", o.Val)
+				}
+			case "o":
+				if bo.NullSize, err = parseNullOpts(o.Val); err != nil {
+					return 1, err
+				}
+				nullOpts = true
+			}
+		}
+		switch bo.Format {
+		case "", "raw", "qcow2", "null":
+		case "null-co":
+			bo.Format = "null"
+		default:
+			return 1, cli.Usagef("Unknown file format '%s' (supported: raw, qcow2, null)", bo.Format)
+		}
+		if nullOpts && bo.Format != "null" {
+			return 1, cli.Usagef("io: -o size=SIZE applies to the null format only (-f null)")
+		}
+		if len(operands) == 0 {
+			return 1, cli.Usagef("io: expecting an image file name (see 'ringblk io --help')")
+		}
+		if len(operands) > 1 {
+			return 1, cli.Usagef("io: unexpected argument '%s' (see 'ringblk io --help')", operands[1])
+		}
+		path := operands[0]
+		if bo.ForceShare && !bo.ReadOnly {
+			return 1, fmt.Errorf("can't open device %s: force-share=on can only be used with read-only images", path)
+		}
+		// A json: null-co filename or a null-co:// name is a null image.
+		if err := cli.ResolveNull(path, &bo); err != nil {
+			return 1, fmt.Errorf("can't open device %s: %v", path, err)
+		}
+		if bo.Format != "null" && !nbd.IsURI(path) {
+			if _, err := os.Stat(path); err != nil {
+				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
+			}
+		}
+		if bo.Format == "" {
+			// The operator named this file: probing it is allowed; the
+			// chain opener never probes its backing files.
+			f, err := chain.Probe(path)
+			if err != nil {
+				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
+			}
+			if f == "raw" {
+				fmt.Fprintf(stderr, "ringblk: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", path)
+			}
+			bo.Format = f
+		}
+		img, err := cli.OpenBlk(path, bo)
+		if err != nil {
+			var ue *cli.UsageError
+			if errors.As(err, &ue) {
+				return 1, err
+			}
+			var le *raw.LockError
+			var be *chain.BackingError
+			switch {
+			case errors.As(err, &be):
+				// qemu-io's words: the cause, no "Could not open".
+				return 1, fmt.Errorf("can't open device %s: %v", path, be)
+			case errors.As(err, &le):
+				return 1, fmt.Errorf("can't open device %s: %v", path, le)
+			}
+			return 1, fmt.Errorf("can't open device %s: %v", path, err)
+		}
+		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr}
+		failed := false
+		if len(cmds) > 0 {
+			for _, c := range cmds {
+				if !s.run(c) {
+					failed = true
+				}
+				if s.quit {
+					break
+				}
+			}
+		} else {
+			failed = s.interactive(stdin)
+		}
+		s.aioFlush()
+		if err := img.Close(); err != nil {
+			return 1, fmt.Errorf("closing '%s': %v", path, cli.PlainErr(err))
+		}
+		if failed {
+			return 1, nil
+		}
+		return 0, nil
+	})
+}
+
+// parseNullOpts reads -o for the null format: "size=SIZE" only.
+func parseNullOpts(list string) (int64, error) {
+	var size int64 = 1 << 30
+	for _, kv := range strings.Split(list, ",") {
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k != "size" {
+			return 0, cli.Usagef("Invalid option '%s' in -o (ringblk io knows size=SIZE, for the null format)", kv)
+		}
+		n, err := cli.ParseSize(v)
+		if err != nil {
+			return 0, err
+		}
+		size = n
+	}
+	return size, nil
+}
+
+// interactive reads commands from r, one per line, until EOF or quit. A
+// prompt is shown when r is a terminal.
+func (s *ioSession) interactive(r io.Reader) (failed bool) {
+	prompt := false
+	if f, ok := r.(*os.File); ok {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+			prompt = true
+		}
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for {
+		if prompt {
+			fmt.Fprint(s.out, "ringblk io> ")
+		}
+		if !sc.Scan() {
+			if prompt {
+				fmt.Fprintln(s.out)
+			}
+			return failed
+		}
+		if !s.run(sc.Text()) {
+			failed = true
+		}
+		if s.quit {
+			return failed
+		}
+	}
+}
+
+// ioCommand describes one qemu-io command.
+type ioCommand struct {
+	name, alt string
+	argmin    int
+	argmax    int    // -1: no upper bound
+	args      string // the synopsis of the usage line
+	oneline   string
+	help      string // extended help (help CMD)
+	write     bool   // needs a writable image
+	run       func(s *ioSession, argv []string) bool
+}
+
+// ioCommands is sorted by name, as qemu-io lists them.
+var ioCommands []*ioCommand
+
+func init() {
+	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, discardCmd, flushCmd, helpCmd,
+		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, writeCmd}
+}
+
+func findIOCommand(name string) *ioCommand {
+	for _, c := range ioCommands {
+		if c.name == name || c.alt != "" && c.alt == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// run runs one command line; false means it failed (the exit status
+// becomes 1).
+func (s *ioSession) run(line string) bool {
+	var argv []string
+	for _, f := range strings.Split(line, " ") {
+		if f != "" {
+			argv = append(argv, f)
+		}
+	}
+	if len(argv) == 0 {
+		return true
+	}
+	c := findIOCommand(argv[0])
+	if c == nil {
+		fmt.Fprintf(s.errw, "command \"%s\" not found\n", argv[0])
+		return false
+	}
+	n := len(argv) - 1
+	if n < c.argmin || c.argmax >= 0 && n > c.argmax {
+		switch {
+		case c.argmax < 0:
+			fmt.Fprintf(s.errw, "bad argument count %d to %s, expected at least %d arguments\n", n, argv[0], c.argmin)
+		case c.argmin == c.argmax:
+			fmt.Fprintf(s.errw, "bad argument count %d to %s, expected %d arguments\n", n, argv[0], c.argmin)
+		default:
+			fmt.Fprintf(s.errw, "bad argument count %d to %s, expected between %d and %d arguments\n", n, argv[0], c.argmin, c.argmax)
+		}
+		return false
+	}
+	if c.write && s.readOnly {
+		fmt.Fprintln(s.errw, "ringblk: Block node is read-only")
+		return false
+	}
+	s.cur = c
+	return c.run(s, argv)
+}
+
+// usage prints a command's one-line usage and fails it, as qemu-io does
+// after a bad option or operand count.
+func (s *ioSession) usage() bool {
+	c := s.cur
+	fmt.Fprintf(s.out, "%s %s -- %s\n", c.name, c.args, c.oneline)
+	return false
+}
+
+// getopt parses a command's options as glibc's getopt does for qemu-io
+// (cli.ParseOpts with cli.Letters(spec): "P:" takes a value, operands may
+// come before options, "--" ends the options). It prints getopt's message
+// on a bad option and returns ok false.
+func (s *ioSession) getopt(argv []string, spec string) (opts []cli.Opt, operands []string, ok bool) {
+	opts, operands, err := cli.ParseOpts(argv[1:], cli.Letters(spec))
+	if err != nil {
+		fmt.Fprintf(s.errw, "%s: %v\n", argv[0], err)
+		return nil, nil, false
+	}
+	return opts, operands, true
+}
+
+// num parses an offset or length operand, printing qemu-io's message on
+// failure.
+func (s *ioSession) num(arg string) (int64, bool) {
+	v, err := parseIONum(arg)
+	if err != nil {
+		fmt.Fprintln(s.out, numError(err, arg))
+		return 0, false
+	}
+	return v, true
+}
+
+// errText words an I/O error as strerror does ("Input/output error").
+func errText(err error) string {
+	var en unix.Errno
+	if errors.As(err, &en) {
+		t := en.Error()
+		return strings.ToUpper(t[:1]) + t[1:]
+	}
+	return err.Error()
+}
+
+// inRange reports whether [off, off+n) lies within the image, the check
+// QEMU's block backend makes before any request (EIO otherwise).
+func (s *ioSession) inRange(off, n int64) (bool, error) {
+	size, err := s.img.Node.Length()
+	if err != nil {
+		return false, err
+	}
+	return off <= size && n <= size-off, nil
+}
+
+var helpCmd = &ioCommand{
+	name: "help", alt: "?", argmin: 0, argmax: 1, args: "[command]",
+	oneline: "help for one or all commands",
+	run: func(s *ioSession, argv []string) bool {
+		if len(argv) == 1 {
+			for _, c := range ioCommands {
+				fmt.Fprintf(s.out, "%s %s-- %s\n", c.name, argsSp(c.args), c.oneline)
+			}
+			fmt.Fprintln(s.out, "\nUse 'help commandname' for extended help.")
+			return true
+		}
+		c := findIOCommand(argv[1])
+		if c == nil {
+			fmt.Fprintf(s.out, "command %s not found\n", argv[1])
+			return false
+		}
+		fmt.Fprintf(s.out, "%s %s-- %s\n", argv[1], argsSp(c.args), c.oneline)
+		fmt.Fprint(s.out, c.help)
+		return true
+	},
+}
+
+func argsSp(a string) string {
+	if a == "" {
+		return ""
+	}
+	return a + " "
+}
+
+var quitCmd = &ioCommand{
+	name: "quit", alt: "q", argmin: 0, argmax: 0, oneline: "exit the program",
+	run: func(s *ioSession, argv []string) bool { s.quit = true; return true },
+}

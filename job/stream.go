@@ -1,0 +1,197 @@
+package job
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/ringblk/ringblk/block"
+)
+
+// chainBelow returns the nodes under top (exclusive) down to base
+// (exclusive), or to the bottom of the chain when base is nil, following
+// backing (or filtered) edges. Main Context.
+func chainBelow(g *block.Graph, top, base *block.Node) ([]*block.Node, error) {
+	var out []*block.Node
+	var err error
+	g.Control(func() {
+		for n := top; ; {
+			c := n.Child(block.RoleBacking)
+			if c == nil {
+				c = n.Child(block.RoleFiltered)
+			}
+			if c == nil || c.Node() == nil {
+				if base != nil {
+					err = fmt.Errorf("job: %s is not below %s in its backing chain", base.Name(), top.Name())
+				}
+				return
+			}
+			n = c.Node()
+			if n == base {
+				return
+			}
+			out = append(out, n)
+		}
+	})
+	return out, err
+}
+
+// StreamOptions configure a stream (block-stream): the data of the
+// layers between Top and Base is copied into Top, then Top's backing link
+// goes to Base (DropIntermediate), or away when Base is nil.
+type StreamOptions struct {
+	Options
+	Top  *block.Node
+	Base *block.Node
+	// BackingFile is the backing name recorded in Top ("" : Base's name).
+	BackingFile string
+	// Chunk is the copy unit (default 512 KiB).
+	Chunk int64
+}
+
+// Stream is the stream job's driver. A filter above Top makes guest
+// writes and the job's copies of the same range take turns: the job
+// checks Top's allocation while it holds the range, so a cluster the
+// guest wrote is never overwritten with older backing data.
+type Stream struct {
+	j      *Job
+	g      *block.Graph
+	o      StreamOptions
+	top    *block.Child
+	layers []*block.Child
+	fn     *block.Node
+	f      *filter
+	locks  ranges
+	size   int64
+	off    int64
+	buf    []byte
+}
+
+// NewStream creates a stream job.
+func NewStream(m *Manager, o StreamOptions) (*Job, *Stream, error) {
+	s := &Stream{g: m.g, o: o}
+	j, err := s.setup(m)
+	return j, s, err
+}
+
+func (s *Stream) setup(m *Manager) (*Job, error) {
+	o := &s.o
+	if o.Top == nil {
+		return nil, errors.New("job: stream needs a top node")
+	}
+	if o.Top.ReadOnly() {
+		return nil, fmt.Errorf("job: stream into read-only %s", o.Top.Name())
+	}
+	if o.Chunk <= 0 {
+		o.Chunk = 512 << 10
+	}
+	if o.Base == nil {
+		if _, ok := o.Top.Driver().(block.BackingFileChanger); !ok {
+			return nil, fmt.Errorf("job: %s cannot drop its backing file (its driver does not record one)", o.Top.Name())
+		}
+	}
+	layers, err := chainBelow(m.g, o.Top, o.Base)
+	if err != nil {
+		return nil, err
+	}
+	if len(layers) == 0 {
+		return nil, fmt.Errorf("job: nothing to stream into %s", o.Top.Name())
+	}
+	m.g.Control(func() { s.size, err = o.Top.Length() })
+	if err != nil {
+		return nil, err
+	}
+	j, err := m.New(o.Options, s)
+	if err != nil {
+		return nil, err
+	}
+	s.j = j
+	fail := func(err error) (*Job, error) {
+		s.Clean(j)
+		j.Discard()
+		return nil, err
+	}
+	if s.top, err = j.AddNode(o.Top, "top"); err != nil {
+		return fail(err)
+	}
+	for i, n := range layers {
+		c, err := j.AddNode(n, fmt.Sprintf("layer%d", i))
+		if err != nil {
+			return fail(err)
+		}
+		s.layers = append(s.layers, c)
+	}
+	s.f = newLockingFilter(&s.locks)
+	if s.fn, err = insertFilter(m.g, o.Top, s.f, "#stream-top-"+o.ID); err != nil {
+		return fail(err)
+	}
+	s.buf = make([]byte, o.Chunk)
+	j.SetTotal(s.size)
+	return j, nil
+}
+
+func (s *Stream) Type() string { return "stream" }
+
+func (s *Stream) Iterate(it *Iteration) (bool, error) {
+	if s.off >= s.size {
+		return true, nil
+	}
+	n := min(s.o.Chunk, s.size-s.off)
+	id := s.locks.lock(it.Co, s.off, s.off+n)
+	defer s.locks.unlock(id)
+	st, pnum, err := it.BlockStatus(s.top, s.off, n)
+	if err != nil {
+		return false, &IOError{Op: "block-status", Off: s.off, Err: err}
+	}
+	if pnum <= 0 || pnum > n {
+		pnum = n
+	}
+	if st&block.StatusAllocated == 0 {
+		alloc, p, err := allocatedAbove(it, s.layers, s.off, pnum)
+		if err != nil {
+			return false, &IOError{Op: "block-status", Off: s.off, Err: err}
+		}
+		pnum = min(p, pnum)
+		if alloc {
+			buf := s.buf[:pnum]
+			if err := it.Read(s.top, buf, s.off); err != nil {
+				return false, &IOError{Op: "read", Off: s.off, Err: err}
+			}
+			if err := it.Write(s.top, buf, s.off, 0); err != nil {
+				return false, &IOError{Target: true, Op: "write", Off: s.off, Err: err}
+			}
+		}
+	}
+	s.off += pnum
+	it.Job.AddProgress(pnum)
+	return s.off >= s.size, nil
+}
+
+// Prepare drops the backing link: to Base through DropIntermediate, or
+// away entirely (the image records no backing file any more).
+func (s *Stream) Prepare(j *Job) error {
+	top := s.top.Node()
+	if s.o.Base != nil {
+		return s.g.DropIntermediate(s.layers[0].Node(), s.o.Base, s.o.BackingFile)
+	}
+	var err error
+	top.DrainedBegin()
+	s.g.Control(func() {
+		c := top.Child(block.RoleBacking)
+		if c == nil {
+			return
+		}
+		if err = top.Driver().(block.BackingFileChanger).ChangeBackingFile(top, "", nil); err != nil {
+			return
+		}
+		err = s.g.Detach(c)
+	})
+	top.DrainedEnd()
+	return err
+}
+
+func (s *Stream) Clean(j *Job) {
+	if s.fn != nil {
+		j.NoteError(removeFilter(s.g, s.fn, s.o.Top))
+		s.fn = nil
+	}
+}
