@@ -480,7 +480,10 @@ func (q *Queue) Next() (Completion, bool) {
 // Wait blocks until completions are ready for Next or the timeout passes
 // (negative: no limit), and reports whether they are. It resets the
 // eventfd on the way, and makes no system call while completions are
-// already waiting.
+// already waiting. While the queue's Context is running (or being woken)
+// it spins for up to 50µs, yielding the CPU now and then, before it
+// sleeps on the eventfd. On a Loop's queue, called from the Loop's
+// goroutine, it runs the Loop instead.
 func (q *Queue) Wait(timeout time.Duration) bool {
 	if q.loop != nil && q.ctx.InContext() {
 		return q.waitLoop(timeout)
