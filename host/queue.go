@@ -513,7 +513,11 @@ func (q *Queue) Wait(timeout time.Duration) bool {
 	// costs tens of microseconds twice per batch. Bounded, and yielding
 	// the CPU now and then in case the Context waits for this one.
 	if timeout != 0 && !q.done.ready() && q.ctx.Busy() {
-		end := nanotime() + int64(busySpin)
+		spin := busySpin
+		if timeout > 0 {
+			spin = min(spin, timeout)
+		}
+		end := nanotime() + int64(spin)
 		for i := 1; !q.done.ready(); i++ {
 			if i&255 == 0 {
 				if nanotime() >= end || !q.ctx.Busy() {
