@@ -228,10 +228,6 @@ type Server struct {
 	// client (handshake or transmission) has gone (qemu-nbd without
 	// --persistent).
 	OneShot bool
-	// TLS, when set, makes TLS mandatory, as qemu-nbd's --tls-creds does:
-	// a client must send NBD_OPT_STARTTLS before anything else (tls.go).
-	// Set it before Serve.
-	TLS *tls.Config
 
 	mu        sync.Mutex
 	exports   []*Export
@@ -243,6 +239,17 @@ type Server struct {
 	clients   atomic.Int64
 	active    atomic.Int64          // accepted connections not yet closed
 	hs        map[net.Conn]struct{} // connections in the handshake (Close ends them)
+	tls       *tls.Config           // SetTLS
+}
+
+// SetTLS makes TLS mandatory with cfg, as qemu-nbd's --tls-creds does: a
+// client must send NBD_OPT_STARTTLS before anything else (tls.go). nil
+// turns TLS off. Handshakes that already started keep what they began
+// with.
+func (s *Server) SetTLS(cfg *tls.Config) {
+	s.mu.Lock()
+	s.tls = cfg
+	s.mu.Unlock()
 }
 
 // NewServer returns a server with no exports.
@@ -368,11 +375,15 @@ type negotiator struct {
 	metaExport string
 	meta       []string // selected contexts
 	scratch    []byte
-	tlsDone    bool // the handshake switched to TLS (n.nc is a *tls.Conn)
+	tls        *tls.Config // mandatory TLS with this configuration (nil: none)
+	tlsDone    bool        // the handshake switched to TLS (n.nc is a *tls.Conn)
 }
 
 func (s *Server) negotiate(nc net.Conn) {
-	n := &negotiator{s: s, nc: nc}
+	s.mu.Lock()
+	cfg := s.tls
+	s.mu.Unlock()
+	n := &negotiator{s: s, nc: nc, tls: cfg}
 	e, err := n.run()
 	s.mu.Lock()
 	delete(s.hs, nc)
@@ -491,7 +502,7 @@ func (n *negotiator) run() (*Export, error) {
 // option answers one option; done means the transmission phase starts
 // with e.
 func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err error) {
-	if n.s.TLS != nil && !n.tlsDone {
+	if n.tls != nil && !n.tlsDone {
 		// TLS is mandatory: only STARTTLS and ABORT are answered.
 		switch opt {
 		case optStartTLS, optAbort:

@@ -14,12 +14,12 @@ import (
 
 // TLS (NBD_OPT_STARTTLS).
 //
-// With Server.TLS set, TLS is mandatory, as with qemu-nbd --tls-creds:
+// With Server.SetTLS, TLS is mandatory, as with qemu-nbd --tls-creds:
 // before STARTTLS every option but ABORT is answered ERR_TLS_REQD, and
 // NBD_OPT_EXPORT_NAME, which has no error reply, closes the connection.
 // STARTTLS is acknowledged in plaintext, then the TLS handshake runs on the
 // same socket under the handshake deadline, and negotiation goes on inside
-// TLS. A second STARTTLS gets ERR_INVALID. Without Server.TLS, STARTTLS
+// TLS. A second STARTTLS gets ERR_INVALID. Without it, STARTTLS
 // gets ERR_UNSUP.
 //
 // The transmission phase runs on a Context with raw socket I/O, which
@@ -64,7 +64,7 @@ func TLSServerConfig(dir string, verifyPeer bool) (*tls.Config, error) {
 // the TLS handshake; a failed handshake ends the connection.
 func (n *negotiator) startTLS(data []byte) error {
 	switch {
-	case n.s.TLS == nil:
+	case n.tls == nil:
 		return n.replyErr(optStartTLS, repErrUnsup, "TLS is not configured on this server")
 	case len(data) != 0:
 		return n.replyErr(optStartTLS, repErrInvalid, "NBD_OPT_STARTTLS carries no data")
@@ -74,7 +74,7 @@ func (n *negotiator) startTLS(data []byte) error {
 	if err := n.reply(optStartTLS, repAck, nil); err != nil {
 		return err
 	}
-	tc := tls.Server(n.nc, n.s.TLS)
+	tc := tls.Server(n.nc, n.tls)
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("TLS handshake: %w", err)
 	}

@@ -91,7 +91,7 @@ func newTLSEnv(t *testing.T, verifyPeer bool) (*env, string, *x509.CertPool, tls
 		t.Fatal(err)
 	}
 	e := newEnv(t, ExportOptions{Name: "disk", AllocationDepth: true})
-	e.srv.TLS = cfg
+	e.srv.SetTLS(cfg)
 	return e, dir, pool, cc
 }
 
@@ -306,7 +306,6 @@ func FuzzNegotiationTLS(f *testing.F) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s := NewServer()
-		s.TLS = cfg // no certificate: a handshake, if one starts, fails
 		s.AddExport(&Export{opts: ExportOptions{Name: "a"}, size: 1 << 20})
 		srv, cli := socketPair(t)
 		defer cli.Close()
@@ -320,7 +319,7 @@ func FuzzNegotiationTLS(f *testing.F) {
 			cli.Write(in)
 			cli.CloseWrite()
 		}()
-		n := &negotiator{s: s, nc: srv}
+		n := &negotiator{s: s, nc: srv, tls: cfg} // no certificate: a handshake, if one starts, fails
 		e, err := n.run()
 		if e != nil || err == nil {
 			t.Fatalf("plaintext handshake with TLS required ended with export %v, error %v", e, err)

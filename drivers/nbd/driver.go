@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -116,7 +117,7 @@ func NewNode(g *block.Graph, uri string, readOnly bool, bopts block.Options) (*b
 		return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
 	}
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
-	ex, err := handshake(nc, u)
+	ex, nc, err := handshake(nc, u)
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
@@ -124,6 +125,13 @@ func NewNode(g *block.Graph, uri string, readOnly bool, bopts block.Options) (*b
 	if ex.flags&tflagReadOnly != 0 && !readOnly {
 		nc.Close()
 		return nil, fmt.Errorf("Could not open '%s': export %q is read-only", uri, u.Export)
+	}
+	nc.SetDeadline(time.Time{})
+	if tc, ok := nc.(*tls.Conn); ok {
+		if nc, err = tlsPipe(tc); err != nil {
+			tc.Close()
+			return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
+		}
 	}
 	fd, err := rawFD(nc)
 	if err != nil {
@@ -955,7 +963,7 @@ func Size(uri string) (int64, error) {
 	}
 	defer nc.Close()
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
-	ex, err := handshake(nc, u)
+	ex, nc, err := handshake(nc, u)
 	if err != nil {
 		return 0, fmt.Errorf("Could not open '%s': %w", uri, err)
 	}

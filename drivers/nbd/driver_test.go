@@ -2,6 +2,7 @@ package nbd_test
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -39,6 +40,12 @@ func pattern(n int, seed uint64) []byte {
 // (in a graph of its own) and returns the nbd+unix URI.
 func serve(t *testing.T, path string, eo nbdsrv.ExportOptions) string {
 	t.Helper()
+	return serveWith(t, path, eo, nil)
+}
+
+// serveWith is serve with TLS required when cfg is set.
+func serveWith(t *testing.T, path string, eo nbdsrv.ExportOptions, cfg *tls.Config) string {
+	t.Helper()
 	se := blocktest.NewEnv(t, 0)
 	n, err := raw.NewNode(se.G, path, raw.Options{Discard: raw.DiscardUnmap, ReadOnly: eo.ReadOnly}, block.Options{Name: "srv"})
 	if err != nil {
@@ -50,9 +57,15 @@ func serve(t *testing.T, path string, eo nbdsrv.ExportOptions) string {
 		t.Fatal(err)
 	}
 	srv := nbdsrv.NewServer()
+	if cfg != nil {
+		srv.SetTLS(cfg)
+	}
 	srv.AddExport(exp)
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	l, err := net.Listen("unix", sock)
+	network, addr := "unix", filepath.Join(t.TempDir(), "s.sock")
+	if eo.Description == "tcp" {
+		network, addr = "tcp", "127.0.0.1:0"
+	}
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +76,25 @@ func serve(t *testing.T, path string, eo nbdsrv.ExportOptions) string {
 		<-done
 		exp.Close()
 	})
-	return "nbd+unix:///" + eo.Name + "?socket=" + sock
+	if network == "tcp" {
+		return "nbd://" + l.Addr().String() + "/" + eo.Name
+	}
+	return "nbd+unix:///" + eo.Name + "?socket=" + addr
+}
+
+// TestClientTCP: nbd://host:port/export over TCP loopback.
+func TestClientTCP(t *testing.T) {
+	path, data := image(t)
+	uri := serve(t, path, nbdsrv.ExportOptions{Name: "disk", Description: "tcp"})
+	if !strings.HasPrefix(uri, "nbd://127.0.0.1:") {
+		t.Fatalf("uri %s", uri)
+	}
+	e := blocktest.NewEnv(t, 0)
+	n := open(t, e, uri, true, block.Options{})
+	got := make([]byte, size)
+	if _, err := n.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read over TCP: %v, equal %v", err, bytes.Equal(got, data))
+	}
 }
 
 func image(t *testing.T) (string, []byte) {

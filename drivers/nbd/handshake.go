@@ -32,6 +32,7 @@ const (
 	tflagMultiConn uint16 = 1 << 8
 	tflagFastZero  uint16 = 1 << 11
 
+	optStartTLS   uint32 = 5
 	optGo         uint32 = 7
 	optStructured uint32 = 8
 	optSetMeta    uint32 = 10
@@ -89,8 +90,16 @@ type export struct {
 // HandshakeTimeout bounds connecting and negotiating.
 const HandshakeTimeout = 30 * time.Second
 
-// handshake negotiates export u.Export on nc (fixed newstyle, then GO).
-func handshake(nc net.Conn, u URI) (export, error) {
+// handshake negotiates export u.Export on nc (fixed newstyle, STARTTLS
+// for nbds URIs, then GO). It returns the connection to go on with: nc, or
+// the TLS connection over it.
+func handshake(nc net.Conn, u URI) (export, net.Conn, error) {
+	ex, err := handshake1(&nc, u)
+	return ex, nc, err
+}
+
+func handshake1(ncp *net.Conn, u URI) (export, error) {
+	nc := *ncp
 	var ex export
 	var g [18]byte
 	if _, err := io.ReadFull(nc, g[:]); err != nil {
@@ -112,6 +121,13 @@ func handshake(nc net.Conn, u URI) (export, error) {
 	}
 	if _, err := nc.Write(binary.BigEndian.AppendUint32(nil, cf)); err != nil {
 		return ex, err
+	}
+	if u.TLS {
+		tc, err := startTLS(nc, u)
+		if err != nil {
+			return ex, err
+		}
+		nc, *ncp = tc, tc
 	}
 	o := &opts{nc: nc}
 

@@ -28,6 +28,14 @@ type URI struct {
 	Addr    string // host:port, or the socket path
 	Export  string
 	Text    string // the URI as given
+	// TLS (nbds schemes): the x509 files (ca-cert.pem, and client-cert.pem
+	// with client-key.pem when the server verifies clients) in TLSDir, and
+	// the name the server's certificate must carry (TCP: the host by
+	// default; Unix: none unless tls-hostname is given, then only the CA
+	// is checked).
+	TLS         bool
+	TLSDir      string
+	TLSHostname string
 }
 
 // IsURI reports whether name is an NBD URI (rather than a file name).
@@ -41,7 +49,9 @@ func IsURI(name string) bool {
 }
 
 // ParseURI parses QEMU's NBD URI forms: nbd[+tcp]://host[:port]/export
-// (port 10809 by default) and nbd+unix:///export?socket=PATH.
+// (port 10809 by default) and nbd+unix:///export?socket=PATH; the nbds
+// forms add TLS and take libnbd's query parameters tls-certificates=DIR
+// (required) and tls-hostname=NAME.
 func ParseURI(s string) (URI, error) {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -49,6 +59,16 @@ func ParseURI(s string) (URI, error) {
 	}
 	out := URI{Text: s, Export: strings.TrimPrefix(u.Path, "/")}
 	q := u.Query()
+	if scheme, ok := strings.CutPrefix(u.Scheme, "nbds"); ok {
+		out.TLS = true
+		u.Scheme = "nbd" + scheme
+		out.TLSDir, out.TLSHostname = q.Get("tls-certificates"), q.Get("tls-hostname")
+		if out.TLSDir == "" {
+			return URI{}, fmt.Errorf("NBD URI %q: TLS needs ?tls-certificates=DIR (ca-cert.pem, client-cert.pem, client-key.pem)", s)
+		}
+		q.Del("tls-certificates")
+		q.Del("tls-hostname")
+	}
 	switch u.Scheme {
 	case "nbd", "nbd+tcp":
 		if len(q) != 0 {
@@ -66,6 +86,9 @@ func ParseURI(s string) (URI, error) {
 			return URI{}, fmt.Errorf("NBD URI %q: bad port %q", s, port)
 		}
 		out.Network, out.Addr = "tcp", net.JoinHostPort(host, port)
+		if out.TLS && out.TLSHostname == "" {
+			out.TLSHostname = host
+		}
 	case "nbd+unix":
 		if u.Host != "" {
 			return URI{}, fmt.Errorf("NBD URI %q: nbd+unix takes no host (nbd+unix:///export?socket=PATH)", s)
@@ -75,8 +98,6 @@ func ParseURI(s string) (URI, error) {
 			return URI{}, fmt.Errorf("NBD URI %q: nbd+unix needs exactly one ?socket=PATH", s)
 		}
 		out.Network, out.Addr = "unix", sock
-	case "nbds", "nbds+tcp", "nbds+unix":
-		return URI{}, fmt.Errorf("NBD URI %q: TLS (nbds) is not supported by the client", s)
 	default:
 		return URI{}, fmt.Errorf("NBD URI %q: unknown scheme %q", s, u.Scheme)
 	}
@@ -90,8 +111,12 @@ func (u URI) Canonical() string {
 	if u.Export != "" {
 		exp = "/" + u.Export
 	}
-	if u.Network == "unix" {
-		return "nbd+unix://" + exp + "?socket=" + u.Addr
+	scheme := "nbd"
+	if u.TLS {
+		scheme = "nbds"
 	}
-	return "nbd://" + u.Addr + exp
+	if u.Network == "unix" {
+		return scheme + "+unix://" + exp + "?socket=" + u.Addr
+	}
+	return scheme + "://" + u.Addr + exp
 }

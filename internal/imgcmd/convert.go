@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -229,8 +230,9 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 
 	c := &converter{
 		r: r, src: sch, dst: dst.Node, size: size,
-		topOnly:  r.backing != "",
-		zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0,
+		topOnly: r.backing != "",
+		// A created file reads as zeroes; an NBD export keeps its old data.
+		zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst),
 		progress: cli.NewProgress(stdout, r.showProgress && !r.quiet, 1),
 	}
 	if r.compress {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
@@ -153,13 +154,47 @@ func createRaw(r *createReq) (string, error) {
 	if preStr != "" {
 		line += " preallocation=" + preStr
 	}
+	if nbd.IsURI(r.file) {
+		if pre != raw.PreallocOff {
+			return "", cli.Usagef("%s: preallocation=%s is not supported on an NBD export", r.file, preStr)
+		}
+		return line, createNBD(r.file, r.size)
+	}
 	if err := raw.Create(r.file, r.size, pre); err != nil {
 		return line, createErr(r.file, err)
 	}
 	return line, nil
 }
 
+// createNBD "creates" a raw image on an NBD export the way QEMU does for
+// protocols that cannot create anything: the export must exist and be at
+// least size bytes (it cannot grow), and its first sector is zeroed so no
+// old format header is probed there later.
+func createNBD(uri string, size int64) error {
+	img, err := cli.OpenBlk(uri, cli.BlkOptions{Format: "raw"})
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	have, err := img.Node.Length()
+	if err != nil {
+		return err
+	}
+	if have < size {
+		return fmt.Errorf("%s: Could not resize image: the export has %d bytes and NBD exports cannot grow", uri, have)
+	}
+	if n := min(size, 512); n > 0 {
+		if err := img.Node.WriteZeroes(0, n, block.MayUnmap); err != nil {
+			return fmt.Errorf("%s: %v", uri, cli.PlainErr(err))
+		}
+	}
+	return img.Node.Flush()
+}
+
 func createQcow2(r *createReq) (string, error) {
+	if nbd.IsURI(r.file) {
+		return "", fmt.Errorf("%s: ringblk creates only raw images on NBD exports (the server applies the format)", r.file)
+	}
 	o, err := format.ParseOptionPairs(r.pairs, format.ForCreate)
 	if err != nil {
 		return "", cli.Usagef("%s: %v", r.file, err)

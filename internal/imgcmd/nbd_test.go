@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,6 +78,16 @@ func TestImageCommandsOnNBD(t *testing.T) {
 	f.Close()
 	ring("convert", "-n", "-f", "raw", "-O", "raw", src, uri)
 	qrun("qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri)
+	// Without -n the target is "created" as qemu-img does on NBD: the
+	// export must be large enough; its first sector is zeroed.
+	ring("convert", "-f", "raw", "-O", "raw", out, uri)
+	qrun("qemu-img", "compare", "-f", "raw", "-F", "raw", out, uri)
+	if o := ring("create", "-f", "raw", uri, "32M"); o != "Formatting '"+uri+"', fmt=raw size=33554432\n" {
+		t.Errorf("create on NBD printed %q", o)
+	}
+	if _, stderr, code := clitest.RunRingblk(t, nil, "create", "-f", "raw", uri, "64M"); code != 1 || !strings.Contains(stderr, "cannot grow") {
+		t.Errorf("create larger than the export: exit %d, %q", code, stderr)
+	}
 	if _, stderr, code := clitest.RunRingblk(t, nil, "check", uri); code != 63 {
 		t.Errorf("check on an NBD export: exit %d (%s), want 63 as qemu-img", code, stderr)
 	}

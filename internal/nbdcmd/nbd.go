@@ -366,11 +366,13 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	srv := nbd.NewServer()
 	srv.OneShot = !cfg.persistent
 	if cfg.tls != nil {
-		if srv.TLS, err = nbd.TLSServerConfig(cfg.tls.dir, cfg.tls.verifyPeer); err != nil {
+		tc, err := nbd.TLSServerConfig(cfg.tls.dir, cfg.tls.verifyPeer)
+		if err != nil {
 			exp.Close()
 			node.Unref()
 			return 1, fmt.Errorf("Failed to load TLS credentials '%s': %v", cfg.tlsCreds, err)
 		}
+		srv.SetTLS(tc)
 	}
 	if cfg.verbose {
 		srv.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
