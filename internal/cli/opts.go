@@ -116,7 +116,7 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 }
 
 // Run runs one image command body and turns its error into qemu-img's
-// conventions: help on stdout (exit 0), "ringblk: …" on stderr (exit 1).
+// conventions: help on stdout (exit 0), "ringblk: …" (Prog) on stderr (exit 1).
 func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	code, err := body()
 	if err == nil {
@@ -127,7 +127,12 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 		return 0
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
-	fmt.Fprintf(stderr, "ringblk: %s\n", msg)
+	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
+	var ue *UsageError
+	if Prog == "qemu-img" && errors.As(err, &ue) {
+		// qemu-img follows a command-line mistake with this hint.
+		fmt.Fprintln(stderr, "Try 'qemu-img --help' for more information")
+	}
 	if code == 0 {
 		code = 1
 	}

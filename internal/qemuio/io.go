@@ -160,7 +160,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
 			}
 			if f == "raw" {
-				fmt.Fprintf(stderr, "ringblk: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", path)
+				fmt.Fprintf(stderr, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
 			}
 			bo.Format = f
 		}
@@ -239,7 +239,7 @@ func (s *ioSession) interactive(r io.Reader) (failed bool) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for {
 		if prompt {
-			fmt.Fprint(s.out, "ringblk io> ")
+			fmt.Fprint(s.out, promptText())
 		}
 		if !sc.Scan() {
 			if prompt {
@@ -315,7 +315,7 @@ func (s *ioSession) run(line string) bool {
 		return false
 	}
 	if c.write && s.readOnly {
-		fmt.Fprintln(s.errw, "ringblk: Block node is read-only")
+		fmt.Fprintln(s.errw, cli.Prog+": Block node is read-only")
 		return false
 	}
 	s.cur = c
@@ -406,4 +406,12 @@ func argsSp(a string) string {
 var quitCmd = &ioCommand{
 	name: "quit", alt: "q", argmin: 0, argmax: 0, oneline: "exit the program",
 	run: func(s *ioSession, argv []string) bool { s.quit = true; return true },
+}
+
+// promptText is the interactive prompt: qemu-io's own when run as qemu-io.
+func promptText() string {
+	if cli.Prog == "qemu-io" {
+		return "qemu-io> "
+	}
+	return "ringblk io> "
 }
