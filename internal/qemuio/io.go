@@ -33,6 +33,9 @@ Output lines, messages and exit status follow qemu-io 7.2.
   -r, --read-only    open read-only
   -n, --nocache      short for -t none (O_DIRECT)
   -t, --cache MODE   writeback (default), writethrough or none
+  -i, --aio MODE     threads, native or io_uring: accepted for qemu-io's
+                     command lines; ringblk's I/O always uses its own ring
+  -k, --native-aio   short for -i native
   -d, --discard MODE unmap (default: discards reach the file) or ignore
   -U, --force-share  do not lock the image against other users (needs -r)
   -o size=SIZE       size of a null image (default 1G)
@@ -65,9 +68,9 @@ opened.
 `
 
 var ioSpec = cli.OptSpec{
-	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false},
+	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false, 'i': true, 'k': false},
 	Long: map[string]bool{"cmd": true, "format": true, "read-only": false, "nocache": false, "cache": true,
-		"force-share": false, "discard": true, "help": false},
+		"force-share": false, "discard": true, "help": false, "aio": true, "native-aio": false},
 }
 
 // ioSession is one opened image and the state of its command run.
@@ -90,7 +93,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		var cmds []string
-		nullOpts := false
+		nullOpts, aioNative := false, false
 		// qemu-io passes discards on to the file by default.
 		bo := cli.BlkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}
 		for _, o := range opts {
@@ -107,6 +110,19 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				bo.Cache = o.Val
 			case "U", "force-share":
 				bo.ForceShare = true
+			case "i", "aio":
+				// qemu-io's AIO back ends; ringblk's I/O always goes
+				// through its own ring, so each names the same path.
+				switch o.Val {
+				case "threads", "io_uring":
+					aioNative = false
+				case "native":
+					aioNative = true
+				default:
+					return 1, fmt.Errorf("Invalid aio option: %s", o.Val)
+				}
+			case "k", "native-aio":
+				aioNative = true
 			case "d", "discard":
 				switch o.Val {
 				case "ignore", "off":
@@ -140,6 +156,10 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("io: unexpected argument '%s' (see 'ringblk io --help')", operands[1])
 		}
 		path := operands[0]
+		if aioNative && bo.Cache != "none" && bo.Cache != "directsync" {
+			// As qemu-io: Linux AIO only on O_DIRECT files.
+			return 1, fmt.Errorf("can't open device %s: aio=native was specified, but it requires cache.direct=on, which was not specified.", path)
+		}
 		if bo.ForceShare && !bo.ReadOnly {
 			return 1, fmt.Errorf("can't open device %s: force-share=on can only be used with read-only images", path)
 		}

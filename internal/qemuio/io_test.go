@@ -116,6 +116,10 @@ func TestIOMatchesQemuIO(t *testing.T) {
 		{name: "raw-readonly", fmt: "raw", size: "1M", flags: []string{"-r"}, cmds: []string{"read 0 4k", "length"}},
 		{name: "raw-nocache", fmt: "raw", size: "1M", flags: []string{"-n"}, cmds: []string{
 			"write -P 4 1 1", "read -P 4 1 1", "write -P 5 4096 4096", "read -P 5 4096 4096"}},
+		// The iotests' own command line: --cache MODE --aio MODE -f FMT.
+		{name: "iotests-flags", fmt: "qcow2", size: "1M", flags: []string{"--cache", "writeback", "--aio", "threads"}, cmds: []string{
+			"write -P 4 0 4k", "read -P 4 0 4k"}},
+		{name: "aio-modes", fmt: "raw", size: "1M", flags: []string{"-i", "io_uring", "-k", "--aio=native", "-n"}, cmds: []string{"read 0 4k"}},
 		{name: "aio-at-flush", fmt: "raw", size: "1M", cmds: []string{
 			"aio_write -P 5 0 4k", "length", "aio_flush", "read -P 5 0 4k"}},
 		{name: "aio-at-exit", fmt: "qcow2", size: "1M", cmds: []string{"write -q -P 6 0 4k", "aio_read -P 6 0 4k", "length"}},
@@ -310,6 +314,8 @@ func TestIOBadArguments(t *testing.T) {
 		"missing -c value":    {"-f", "raw", "r.raw", "-c"},
 		"size without null":   {"-f", "raw", "-o", "size=1M", "-c", "length", "r.raw"},
 		"bad discard mode":    {"-f", "raw", "-d", "sometimes", "-c", "length", "r.raw"},
+		"bad aio mode":        {"-f", "raw", "--aio", "posix", "-c", "length", "r.raw"},
+		"native aio cached":   {"-f", "raw", "-i", "native", "-c", "length", "r.raw"},
 	}
 	for name, args := range cases {
 		out, errs, code := ioRun("", args...)
@@ -320,6 +326,9 @@ func TestIOBadArguments(t *testing.T) {
 		if strings.Contains(errs, "panic") || strings.Contains(errs, "goroutine") {
 			t.Errorf("%s: stack trace: %s", name, errs)
 		}
+	}
+	if _, errs, _ := ioRun("", "-f", "raw", "-k", "-c", "length", "r.raw"); !strings.Contains(errs, "aio=native was specified, but it requires cache.direct=on") {
+		t.Errorf("-k without -n: %q, want qemu-io's cache.direct refusal", errs)
 	}
 	if _, errs, _ := ioRun("", "-f", "raw", "-c", "length", "nonexist.img"); !strings.Contains(errs, "nonexist.img") ||
 		!strings.Contains(errs, "No such file or directory") {
