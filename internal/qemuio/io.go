@@ -293,7 +293,7 @@ var ioCommands []*ioCommand
 
 func init() {
 	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, discardCmd, flushCmd, helpCmd,
-		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, writeCmd}
+		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, readvCmd, writeCmd, writevCmd}
 }
 
 func findIOCommand(name string) *ioCommand {

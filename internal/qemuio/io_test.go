@@ -120,6 +120,11 @@ func TestIOMatchesQemuIO(t *testing.T) {
 		{name: "iotests-flags", fmt: "qcow2", size: "1M", flags: []string{"--cache", "writeback", "--aio", "threads"}, cmds: []string{
 			"write -P 4 0 4k", "read -P 4 0 4k"}},
 		{name: "aio-modes", fmt: "raw", size: "1M", flags: []string{"-i", "io_uring", "-k", "--aio=native", "-n"}, cmds: []string{"read 0 4k"}},
+		// readv/writev (004 and many more): vectors, a pattern check
+		// that fails the command, a range past the end.
+		{name: "vector-sync", fmt: "qcow2", size: "1M", cmds: []string{
+			"writev -P 0x11 512 1k 3k 512", "readv -P 0x11 512 1k 3k 512", "readv -P 0x12 512 512", "readv -v 500 20 20",
+			"writev -q -P 0x22 1M 512", "readv 1023k 512 1k", "writev -C 0 512", "readv -q 0 4k", "read -P 0x11 1k 1k"}},
 		{name: "aio-at-flush", fmt: "raw", size: "1M", cmds: []string{
 			"aio_write -P 5 0 4k", "length", "aio_flush", "read -P 5 0 4k"}},
 		{name: "aio-at-exit", fmt: "qcow2", size: "1M", cmds: []string{"write -q -P 6 0 4k", "aio_read -P 6 0 4k", "length"}},
