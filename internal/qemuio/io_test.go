@@ -240,7 +240,8 @@ func TestIOCrossData(t *testing.T) {
 func TestIOFormatsMatchQemuIO(t *testing.T) {
 	nums := map[string]int64{"0": 0, "512": 512, "4k": 4096, "4K": 4096, "1.5k": 1536, "1.k": 1024, "1b": 1,
 		"0x10": 16, "0x10k": 16384, "010": 10, "+5": 5, "1M": 1 << 20, "1G": 1 << 30, "1T": 1 << 40, "1P": 1 << 50,
-		"1E": 1 << 60, "1.5E": 3 << 59, "9223372036854775807": 1<<63 - 1}
+		"1E": 1 << 60, "1.5E": 3 << 59, "9223372036854775807": 1<<63 - 1,
+		"\t8k": 8192, "\t0x10": 16, "\t+5": 5} // leading white space: iotest 003
 	for s, want := range nums {
 		if got, err := parseIONum(s); err != nil || got != want {
 			t.Errorf("parseIONum(%q) = %d, %v; want %d", s, got, err, want)
@@ -248,7 +249,7 @@ func TestIOFormatsMatchQemuIO(t *testing.T) {
 	}
 	bad := map[string]string{"x": "non-numeric", "1x": "non-numeric", "0.5": "non-numeric", "1.5b": "non-numeric",
 		"0x": "non-numeric", ".5k": "non-numeric", "1e3": "non-numeric", "1kb": "non-numeric", "1KiB": "non-numeric",
-		"0x1.5k": "non-numeric", "": "non-numeric", "-1": "non-numeric",
+		"0x1.5k": "non-numeric", "": "non-numeric", "-1": "non-numeric", "8k\t": "non-numeric",
 		"9223372036854775808": "too large", "8E": "too large", "16E": "too large"}
 	for s, kind := range bad {
 		_, err := parseIONum(s)
