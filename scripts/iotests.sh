@@ -105,15 +105,22 @@ select_tests() {
 	done
 }
 
-work=$(mktemp -d /var/tmp/ringblk-iotests-run.XXXXXX)
+# No dot in the name: tests that build blkdebug: filenames refuse a
+# TEST_DIR with characters other than letters, digits, -, _ and /.
+work=$(mktemp -d /var/tmp/ringblk-iotests-run-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/ringblk" "$work/qemu" "$work/test" "$work/sock" "$cache/results"
 
-# The stub qemu-system: check runs "-machine help" once; nothing else may
-# run it.
+# The stub qemu-system: check runs "-machine help" once, and
+# _require_drivers asks "-drive format=help", answered with the formats
+# the qemu-img under test lists; nothing else may run it.
 cat >"$work/qemu-system-stub" <<'EOF'
 #!/bin/sh
 [ "$1 $2" = "-machine help" ] && exit 0
+if [ "$1 $2" = "-drive format=help" ]; then
+	"$QEMU_IMG_PROG" --help | grep '^Supported formats:'
+	exit 0
+fi
 echo "qemu-system is not used by the qemu-img/qemu-io selection" >&2
 exit 1
 EOF

@@ -43,6 +43,9 @@ func qemuImg(args []string) int {
 			for _, n := range imgSubcommands {
 				fmt.Printf("  %-10s %s\n", n, commands[n].summary)
 			}
+			// The line scripts (and the iotests' _require_drivers)
+			// read the image drivers from.
+			fmt.Println("\nSupported formats: file null-co qcow2 raw")
 			return 0
 		case "-V", "--version":
 			fmt.Println(dropinVersion("qemu-img"))

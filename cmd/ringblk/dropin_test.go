@@ -79,6 +79,12 @@ func TestDropinMatchesQemu(t *testing.T) {
 			t.Errorf("%s --version: exit %d, %q", tool, code, out)
 		}
 	}
+	// --help lists the formats on qemu-img's "Supported formats:" line,
+	// which the iotests' _require_drivers reads.
+	if out, _, code := runTool(t, filepath.Join(dir, "qemu-img"), "--help"); code != 0 ||
+		!strings.Contains(out, "\nSupported formats: ") || !strings.Contains(out, " qcow2 raw\n") {
+		t.Errorf("qemu-img --help: exit %d, no Supported formats line:\n%s", code, out)
+	}
 	// Not through a link: ringblk's own prefix.
 	_, e, _ := runTool(t, filepath.Join(dir, "ringblk"), "info", "--bogus", missing)
 	if !strings.HasPrefix(e, "ringblk: ") {
