@@ -79,6 +79,12 @@ func TestDropinMatchesQemu(t *testing.T) {
 			t.Errorf("%s --version: exit %d, %q", tool, code, out)
 		}
 	}
+	// The "Try" hint follows getopt's mistakes only, not a bad value.
+	_, e1, _ := runTool(t, "qemu-img", "create", "-f", "qcow2", "-o", "cluster_size=4M", filepath.Join(dir, "x.qcow2"), "1M")
+	_, e2, _ := runTool(t, filepath.Join(dir, "qemu-img"), "create", "-f", "qcow2", "-o", "cluster_size=4M", filepath.Join(dir, "y.qcow2"), "1M")
+	if strings.Contains(e1, "Try 'qemu-img") != strings.Contains(e2, "Try 'qemu-img") {
+		t.Errorf("bad cluster size: the hint line differs:\nours %q\nqemu %q", e2, e1)
+	}
 	// --help lists the formats on qemu-img's "Supported formats:" line,
 	// which the iotests' _require_drivers reads.
 	if out, _, code := runTool(t, filepath.Join(dir, "qemu-img"), "--help"); code != 0 ||
