@@ -215,9 +215,11 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		} else {
 			failed = s.interactive(stdin)
 		}
-		s.aioFlush()
-		if err := img.Close(); err != nil {
-			return 1, fmt.Errorf("closing '%s': %v", path, cli.PlainErr(err))
+		if s.img != nil { // not closed by a close command
+			s.aioFlush()
+			if err := img.Close(); err != nil {
+				return 1, fmt.Errorf("closing '%s': %v", path, cli.PlainErr(err))
+			}
 		}
 		if failed {
 			return 1, nil
@@ -292,8 +294,8 @@ type ioCommand struct {
 var ioCommands []*ioCommand
 
 func init() {
-	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, discardCmd, flushCmd, helpCmd,
-		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, readvCmd, writeCmd, writevCmd}
+	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, closeCmd, discardCmd, flushCmd, helpCmd,
+		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, readvCmd, truncateCmd, writeCmd, writevCmd}
 }
 
 func findIOCommand(name string) *ioCommand {
@@ -332,6 +334,11 @@ func (s *ioSession) run(line string) bool {
 		default:
 			fmt.Fprintf(s.errw, "bad argument count %d to %s, expected between %d and %d arguments\n", n, argv[0], c.argmin, c.argmax)
 		}
+		return false
+	}
+	if s.img == nil && c != helpCmd && c != quitCmd {
+		// After close, as qemu-io with no image open.
+		fmt.Fprintln(s.errw, "no file open, try 'help open'")
 		return false
 	}
 	if c.write && s.readOnly {

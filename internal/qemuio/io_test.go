@@ -125,6 +125,13 @@ func TestIOMatchesQemuIO(t *testing.T) {
 		{name: "vector-sync", fmt: "qcow2", size: "1M", cmds: []string{
 			"writev -P 0x11 512 1k 3k 512", "readv -P 0x11 512 1k 3k 512", "readv -P 0x12 512 512", "readv -v 500 20 20",
 			"writev -q -P 0x22 1M 512", "readv 1023k 512 1k", "writev -C 0 512", "readv -q 0 4k", "read -P 0x11 1k 1k"}},
+		// close (032) and truncate (025): outstanding aio reported at
+		// close, no file afterwards; growth reads back as zeroes.
+		{name: "close", fmt: "qcow2", size: "1M", cmds: []string{"aio_write -P 3 0 64k", "close", "read 0 1", "length", "help close"}},
+		{name: "truncate-raw", fmt: "raw", size: "1M", cmds: []string{"write -P 5 0 4k", "truncate 3M", "length",
+			"read -P 0 1M 2M", "truncate x", "truncate -m bogus 1", "truncate 1M", "length", "read -P 5 0 4k"}},
+		{name: "truncate-qcow2", fmt: "qcow2", size: "1M", cmds: []string{"write -P 6 0 4k", "truncate 3M", "length",
+			"read -P 0 1M 2M", "read -P 6 0 4k"}},
 		{name: "aio-at-flush", fmt: "raw", size: "1M", cmds: []string{
 			"aio_write -P 5 0 4k", "length", "aio_flush", "read -P 5 0 4k"}},
 		{name: "aio-at-exit", fmt: "qcow2", size: "1M", cmds: []string{"write -q -P 6 0 4k", "aio_read -P 6 0 4k", "length"}},
