@@ -81,7 +81,9 @@ type ioSession struct {
 	errw     io.Writer // qemu-io's stderr messages
 	aio      aioTracker
 	quit     bool
-	cur      *ioCommand // the command running
+	cur      *ioCommand     // the command running
+	path     string         // the image, as named (reopen)
+	bo       cli.BlkOptions // how it was opened (reopen)
 }
 
 // Run is "ringblk io" (qemu-io): args are what follows the command name;
@@ -201,7 +203,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
-		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr}
+		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr, path: path, bo: bo}
 		failed := false
 		if len(cmds) > 0 {
 			for _, c := range cmds {
@@ -217,7 +219,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		if s.img != nil { // not closed by a close command
 			s.aioFlush()
-			if err := img.Close(); err != nil {
+			if err := s.img.Close(); err != nil {
 				return 1, fmt.Errorf("closing '%s': %v", path, cli.PlainErr(err))
 			}
 		}
@@ -295,7 +297,7 @@ var ioCommands []*ioCommand
 
 func init() {
 	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, closeCmd, discardCmd, flushCmd, helpCmd,
-		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, readvCmd, truncateCmd, writeCmd, writevCmd}
+		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, readvCmd, reopenCmd, truncateCmd, writeCmd, writevCmd}
 }
 
 func findIOCommand(name string) *ioCommand {

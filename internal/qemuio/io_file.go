@@ -62,3 +62,63 @@ var truncateCmd = &ioCommand{
 		return true
 	},
 }
+
+var reopenCmd = &ioCommand{
+	name: "reopen", argmin: 0, argmax: -1,
+	args:    "[(-r|-w)] [-c cache] [-o options]",
+	oneline: "reopens an image with new options",
+	help: `
+ closes the image and opens it again, read-only (-r), read-write (-w)
+ or with another cache mode (-c); outstanding aio requests finish first.
+ -o (runtime options of the drivers) is not supported by ringblk
+
+`,
+	run: func(s *ioSession, argv []string) bool {
+		opts, ops, ok := s.getopt(argv, "rwc:o:")
+		if !ok || len(ops) != 0 {
+			return s.usage()
+		}
+		bo := s.bo
+		rw := 0
+		for _, o := range opts {
+			switch o.Name {
+			case "r":
+				bo.ReadOnly, rw = true, rw+1
+			case "w":
+				bo.ReadOnly, rw = false, rw+1
+			case "c":
+				switch o.Val {
+				case "none", "writeback", "writethrough", "directsync", "unsafe":
+					bo.Cache = o.Val
+				default:
+					fmt.Fprintf(s.errw, "%s: Invalid cache option: %s\n", cli.Prog, o.Val)
+					return false
+				}
+			case "o":
+				fmt.Fprintf(s.errw, "%s: reopen -o is not supported by ringblk\n", cli.Prog)
+				return false
+			}
+		}
+		if rw > 1 {
+			fmt.Fprintf(s.errw, "%s: Only one -r/-w option may be given\n", cli.Prog)
+			return false
+		}
+		s.aioFlush()
+		if err := s.img.Close(); err != nil {
+			s.img = nil
+			fmt.Fprintf(s.errw, "%s: closing the image: %v\n", cli.Prog, cli.PlainErr(err))
+			return false
+		}
+		img, err := cli.OpenBlk(s.path, bo)
+		if err != nil {
+			fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, cli.PlainErr(err))
+			// Back to the options it had, as a failed reopen leaves it.
+			if s.img, err = cli.OpenBlk(s.path, s.bo); err != nil {
+				s.img = nil
+			}
+			return false
+		}
+		s.img, s.bo, s.readOnly = img, bo, bo.ReadOnly
+		return true
+	},
+}

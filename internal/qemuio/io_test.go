@@ -132,6 +132,9 @@ func TestIOMatchesQemuIO(t *testing.T) {
 			"read -P 0 1M 2M", "truncate x", "truncate -m bogus 1", "truncate 1M", "length", "read -P 5 0 4k"}},
 		{name: "truncate-qcow2", fmt: "qcow2", size: "1M", cmds: []string{"write -P 6 0 4k", "truncate 3M", "length",
 			"read -P 0 1M 2M", "read -P 6 0 4k"}},
+		// reopen (187): -r/-w switch writability; bad combinations.
+		{name: "reopen-rw", fmt: "qcow2", size: "1M", flags: []string{"-r"}, cmds: []string{"write 0 64k", "reopen -w",
+			"write -P 7 0 64k", "reopen -r", "write 0 64k", "read -P 7 0 64k", "reopen -r -w", "reopen -c bogus", "reopen -c none", "read -P 7 0 4k"}},
 		{name: "aio-at-flush", fmt: "raw", size: "1M", cmds: []string{
 			"aio_write -P 5 0 4k", "length", "aio_flush", "read -P 5 0 4k"}},
 		{name: "aio-at-exit", fmt: "qcow2", size: "1M", cmds: []string{"write -q -P 6 0 4k", "aio_read -P 6 0 4k", "length"}},
