@@ -1,6 +1,8 @@
 package block
 
 import (
+	"time"
+
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/internal/invariants"
 )
@@ -174,7 +176,10 @@ func (n *Node) drainedBegin() {
 		n.g.checkSelfWait([]*Node{n}, "a drain of node "+n.name)
 	}
 	n.quiesceBegin()
+	start := time.Now()
 	n.g.waitWhile(n.pendingFn)
+	n.drains.Add(1)
+	n.drainNs.Add(int64(time.Since(start)))
 	if invariants.Enabled {
 		n.checkDrained()
 	}

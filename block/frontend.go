@@ -457,13 +457,12 @@ func (q *Queue) dispatch(r *Request) {
 // toNode admits r (or queues it until its pool has room, behind earlier
 // waiters) and sends it to the root node.
 func (q *Queue) toNode(r *Request) {
-	if p := q.pool; !r.admitted {
-		if p.capHead != nil || !p.canAdmit() {
-			p.waitCapacity(r)
-			return
-		}
-		p.admit(r)
+	p := q.pool
+	if p.capHead != nil || !p.canAdmit() {
+		p.waitCapacity(r)
+		return
 	}
+	p.admit()
 	q.send(r)
 }
 
@@ -503,9 +502,7 @@ func (q *Queue) RequestDone(r *Request, err error) {
 // that waits for another request on this Context (a synchronous read, U6)
 // must not wait for the room its own request still held.
 func (q *Queue) finish(r *Request, err error) {
-	if r.admitted {
-		q.pool.unadmit(r)
-	}
+	q.pool.unadmit()
 	if q.onMain {
 		q.callbackOnMain(r, err)
 	} else {

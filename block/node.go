@@ -1,6 +1,8 @@
 package block
 
 import (
+	"time"
+
 	"sync/atomic"
 
 	"github.com/ringblk/ringblk/aio"
@@ -50,12 +52,23 @@ type Node struct {
 
 	tracked tracker // serialised requests; used only when Align > 1
 
+	// drains and drainNs count the drained sections begun on this node
+	// itself and the time their waits took (DrainStats; metrics).
+	drains, drainNs atomic.Int64
 	// bitmaps: the dirty bitmaps marked by the write paths (bitmaps.go);
 	// replaced whole on the main Context, loaded by any Context.
 	bitmaps atomic.Pointer[bitmapList]
 
 	// Aux is the driver's or owner's; block never touches it.
 	Aux any
+}
+
+// DrainStats returns how many drained sections were begun on n itself
+// (DrainedBegin, Drain and their Co variants; subtree and drain-all
+// sections are not counted) and the total time their waits took. Any
+// goroutine.
+func (n *Node) DrainStats() (count int64, wait time.Duration) {
+	return n.drains.Load(), time.Duration(n.drainNs.Load())
 }
 
 // Name returns the node name (unique in its graph).

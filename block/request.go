@@ -120,7 +120,6 @@ type Request struct {
 	userDone   Done
 	submitting bool // inside Queue.dispatch: defer an inline completion
 	deferFE    bool // the deferred entry finishes the front-end layer
-	admitted   bool // counted in its pool's admitted front-end requests
 
 	// Alignment, splitting and serialisation (align.go).
 	slow *slowState
@@ -341,9 +340,21 @@ func iovLen(iov [][]byte) int64 {
 // never fails for lack of room, and a drained section parks waiting
 // requests as it parks new ones.
 type Pool struct {
-	g         *Graph
-	ctx       *aio.Context
-	free      *Request
+	g    *Graph
+	ctx  *aio.Context
+	free *Request
+
+	// Admission (see above); the fields every request touches first.
+	admitted     int
+	maxAdmitted  int
+	peakAdmitted int
+	capHead      *Request // waiting for room, FIFO
+	capTail      *Request
+	reserve      int
+	capWaiting   int
+	capWaits     int64 // requests that ever waited for room
+	capBH        *aio.BH
+
 	head      *Request // deferred completions, FIFO
 	tail      *Request
 	bh        *aio.BH
@@ -351,16 +362,6 @@ type Pool struct {
 	// pushed and popped count deferred entries in and out; runDeferred
 	// stops at the count it started with.
 	pushed, popped uint64
-
-	// Admission (see above).
-	maxAdmitted      int
-	reserve          int
-	admitted         int
-	peakAdmitted     int
-	capHead, capTail *Request // waiting for room, FIFO
-	capWaiting       int
-	capWaits         int64 // requests that ever waited for room
-	capBH            *aio.BH
 }
 
 func newPool(g *Graph, ctx *aio.Context) *Pool {
@@ -399,19 +400,25 @@ func (p *Pool) canAdmit() bool {
 	return p.admitted == 0 || (p.admitted < p.maxAdmitted && p.ctx.SlotsFree() > p.reserve)
 }
 
-func (p *Pool) admit(r *Request) {
-	r.admitted = true
+// admit counts a front-end request that goes to its node. Every request
+// that reaches Queue.finish was admitted (finish follows Queue.send only).
+func (p *Pool) admit() {
 	p.admitted++
 	if p.admitted > p.peakAdmitted {
 		p.peakAdmitted = p.admitted
 	}
 }
 
-// unadmit drops r's admission when it finishes and lets a waiter in.
-func (p *Pool) unadmit(r *Request) {
-	r.admitted = false
+// unadmit drops a finished request's admission and lets a waiter in.
+func (p *Pool) unadmit() {
 	p.admitted--
-	if p.capHead != nil && !p.capBH.Scheduled() {
+	if p.capHead != nil {
+		p.wakeCapacity()
+	}
+}
+
+func (p *Pool) wakeCapacity() {
+	if !p.capBH.Scheduled() {
 		p.capBH.Schedule()
 	}
 }
@@ -473,7 +480,7 @@ func (p *Pool) runCapacity() {
 		}
 		r.next = nil
 		p.capWaiting--
-		p.admit(r)
+		p.admit()
 		r.q.send(r)
 	}
 }

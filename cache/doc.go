@@ -26,7 +26,17 @@
 // A caller that does its own I/O and must never block on the set (the qcow2
 // driver, whose loads run in coroutines) uses Peek (a lookup that neither
 // pins nor waits), Insert (a miss filled from the caller's bytes, evicting
-// like Get) and Pin instead of Get. Discard of a pinned table orphans it:
+// like Get) and Pin instead of Get.
+//
+// The set has one index (index.go), changed under its lock and readable
+// without one: View finds a ready table with no lock, no pin and no count,
+// and returns the table's sequence; the caller reads words with atomic
+// loads (Word) and keeps what it read only if Valid(seq) still holds (no
+// eviction, discard or SetWord in between: a seqlock per table). A View
+// hit marks the table Referenced, and eviction gives a referenced table a
+// second chance, so lock-free hits count for recency without a lock or a
+// queue. Writers change the bytes of a table readers may View with
+// SetWord (BeginWrite/EndWrite around a change of several words). Discard of a pinned table orphans it:
 // it leaves the index at once and its slot is freed at the last Unpin.
 //
 // A modified table is marked dirty at a Level. Flush writes the dirty

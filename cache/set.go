@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ringblk/ringblk/internal/invariants"
 )
@@ -69,10 +70,13 @@ type Set struct {
 	// (capacity Tables) and owned by the Flush holding flushMu.
 	flushBuf []flushItem
 
+	// idx is the set's one index (index.go): changed under mu, read
+	// without a lock by View.
+	idx slotIndex
+
 	mu struct {
 		sync.Mutex
-		index map[Key]int32
-		free  []int32 // slots in state free, used as a stack
+		free []int32 // slots in state free, used as a stack
 		// head is the most recently used evictable entry, tail the
 		// least; -1 when the list is empty.
 		head, tail int32
@@ -117,6 +121,18 @@ type Table struct {
 	data []byte
 	set  *Set
 	slot int32
+
+	// seq is the table's sequence for lock-free readers (View): odd
+	// while the slot is not readable (free, loading, orphan) and for the
+	// length of a SetWord; every change of key or bytes moves it. koff and
+	// kik mirror key for those readers. Written under set.mu (SetWord:
+	// under the caller's writer lock, on a pinned table).
+	seq  atomic.Uint64
+	koff atomic.Int64
+	kik  atomic.Uint64
+	// refd is set by Referenced (a lock-free hit); eviction gives the
+	// table a second chance and clears it.
+	refd atomic.Bool
 
 	// Guarded by set.mu.
 	key   Key
@@ -167,7 +183,7 @@ func NewSet(cfg Config) (*Set, error) {
 	// allocation; each table's capacity is clipped so an append by a
 	// caller cannot run into its neighbour.
 	mem := make([]byte, cfg.Tables*cfg.TableSize)
-	s.mu.index = make(map[Key]int32, cfg.Tables)
+	s.idx = newSlotIndex(cfg.Tables)
 	s.mu.free = make([]int32, 0, cfg.Tables)
 	s.mu.head, s.mu.tail = -1, -1
 	for i := range s.tables {
@@ -177,6 +193,8 @@ func NewSet(cfg Config) (*Set, error) {
 		t.set = s
 		t.slot = int32(i)
 		t.prev, t.next = -1, -1
+		t.seq.Store(1) // free: not readable
+		t.koff.Store(-1)
 	}
 	for i := cfg.Tables - 1; i >= 0; i-- {
 		s.mu.free = append(s.mu.free, int32(i))
@@ -193,7 +211,7 @@ func NewSet(cfg Config) (*Set, error) {
 func (s *Set) Get(key Key) (*Table, error) {
 	s.mu.Lock()
 	for {
-		i, ok := s.mu.index[key]
+		i, ok := s.idx.get(s, key)
 		if !ok {
 			break
 		}
@@ -239,7 +257,7 @@ func (s *Set) loadLocked(key Key) (*Table, error) {
 	s.mu.Lock()
 	t.flight = nil
 	if err != nil {
-		delete(s.mu.index, key)
+		s.idx.del(s, key)
 		t.pins = 0
 		s.mu.pinned--
 		t.state = stateFree
@@ -250,6 +268,7 @@ func (s *Set) loadLocked(key Key) (*Table, error) {
 		return nil, err
 	}
 	t.state = stateReady
+	t.seq.Add(1) // readable
 	s.mu.Unlock()
 	close(fl.done)
 	return t, nil
@@ -268,6 +287,9 @@ func (s *Set) claimLocked(key Key, withFlight bool) *Table {
 		return nil
 	}
 	t.key = key
+	t.koff.Store(key.Off)
+	t.kik.Store(packIK(key))
+	t.refd.Store(false)
 	t.state = stateLoading
 	t.flight = nil
 	if withFlight {
@@ -276,7 +298,7 @@ func (s *Set) claimLocked(key Key, withFlight bool) *Table {
 	t.dirty = false
 	t.level = 0
 	s.pinLocked(t)
-	s.mu.index[key] = t.slot
+	s.idx.put(key, t.slot)
 	s.mu.fills++
 	s.mu.Unlock()
 	if evicted && s.cfg.Evicted != nil {
@@ -297,12 +319,26 @@ func (s *Set) takeSlotLocked() (t *Table, victim Key, evicted bool) {
 	if s.mu.tail < 0 {
 		return nil, Key{}, false
 	}
+	// Second chance: a table used through View since it last reached the
+	// tail goes back to the front (in tail order) instead of out.
+	for range s.mu.lruLen {
+		t = &s.tables[s.mu.tail]
+		if !t.refd.Load() {
+			break
+		}
+		t.refd.Store(false)
+		if s.mu.head != t.slot {
+			s.unlinkLocked(t)
+			s.pushFrontLocked(t)
+		}
+	}
 	t = &s.tables[s.mu.tail]
 	if invariants.Enabled && (t.state != stateReady || t.dirty || t.pins != 0) {
 		s.failLocked("cache: LRU victim %+v is state %d dirty %t pins %d", t.key, t.state, t.dirty, t.pins)
 	}
 	s.unlinkLocked(t)
-	delete(s.mu.index, t.key)
+	s.idx.del(s, t.key)
+	t.seq.Add(1) // no longer readable
 	s.mu.evictions++
 	return t, t.key, true
 }
@@ -377,7 +413,7 @@ func (s *Set) unlinkLocked(t *Table) {
 func (s *Set) Lookup(key Key) (*Table, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, ok := s.mu.index[key]
+	i, ok := s.idx.get(s, key)
 	if !ok || s.tables[i].state != stateReady {
 		s.mu.misses++
 		return nil, false
@@ -408,7 +444,7 @@ func (s *Set) Resident(key Key) (*Table, bool) {
 
 func (s *Set) peek(key Key, count bool) (*Table, bool) {
 	s.mu.Lock()
-	i, ok := s.mu.index[key]
+	i, ok := s.idx.get(s, key)
 	if !ok || s.tables[i].state != stateReady {
 		if count {
 			s.mu.misses++
@@ -426,27 +462,6 @@ func (s *Set) peek(key Key, count bool) (*Table, bool) {
 	}
 	s.mu.Unlock()
 	return t, true
-}
-
-// Touch makes the tables in the given slots the most recently used, the
-// last slot of the list ending up at the front, as a Peek of each would
-// (without counting lookups). Slots that hold no evictable table (free,
-// loading, dirty or pinned) are skipped. It is for a caller that keeps its
-// own index in front of the set and reports its hits in batches: one lock
-// for the batch instead of one per hit. It does not allocate.
-func (s *Set) Touch(slots []int32) {
-	s.mu.Lock()
-	for _, i := range slots {
-		if i < 0 || int(i) >= len(s.tables) {
-			continue
-		}
-		t := &s.tables[i]
-		if t.state == stateReady && t.pins == 0 && !t.dirty && s.mu.head != t.slot {
-			s.unlinkLocked(t)
-			s.pushFrontLocked(t)
-		}
-	}
-	s.mu.Unlock()
 }
 
 // Pin pins t if it is still resident, for a caller that found it with
@@ -482,7 +497,7 @@ func (s *Set) Insert(key Key, src []byte) (*Table, error) {
 		return nil, fmt.Errorf("cache: Insert of %d bytes into %d-byte tables", len(src), s.cfg.TableSize)
 	}
 	s.mu.Lock()
-	if i, ok := s.mu.index[key]; ok {
+	if i, ok := s.idx.get(s, key); ok {
 		t := &s.tables[i]
 		if t.state != stateReady {
 			s.mu.Unlock()
@@ -498,11 +513,11 @@ func (s *Set) Insert(key Key, src []byte) (*Table, error) {
 	if t == nil {
 		return nil, ErrFull
 	}
-	n := copy(t.data, src)
-	clear(t.data[n:])
+	fillTable(t.data, src)
 
 	s.mu.Lock()
 	t.state = stateReady
+	t.seq.Add(1) // readable
 	s.mu.Unlock()
 	return t, nil
 }
@@ -534,7 +549,7 @@ func (s *Set) Capacity() int { return len(s.tables) }
 func (s *Set) Discard(key Key) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, ok := s.mu.index[key]
+	i, ok := s.idx.get(s, key)
 	if !ok || s.tables[i].state != stateReady {
 		return false
 	}
@@ -545,7 +560,8 @@ func (s *Set) Discard(key Key) bool {
 	} else if t.pins == 0 {
 		s.unlinkLocked(t)
 	}
-	delete(s.mu.index, key)
+	s.idx.del(s, key)
+	t.seq.Add(1) // no longer readable
 	if t.pins != 0 {
 		t.state = stateOrphan
 		return true
@@ -667,7 +683,7 @@ func (s *Set) Stats() Stats {
 		Fills:     s.mu.fills,
 		Evictions: s.mu.evictions,
 		Full:      s.mu.full,
-		Resident:  int64(len(s.mu.index)),
+		Resident:  int64(s.idx.n),
 		Dirty:     s.mu.dirty,
 		Pinned:    s.mu.pinned,
 	}

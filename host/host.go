@@ -390,7 +390,9 @@ func (h *Host) uniqueName(base string) string {
 	defer h.mu.Unlock()
 	k := h.names[base]
 	h.names[base] = k + 1
-	if k == 0 && h.g.NodeByName(base) == nil {
+	// A free name is used as given, also after an earlier holder closed
+	// (a QMP client reopening node-name 'x' expects 'x').
+	if h.g.NodeByName(base) == nil {
 		return base
 	}
 	for {

@@ -19,6 +19,11 @@ const (
 	BackupIncremental                    // what Bitmap marks; the bitmap restarts on success
 	BackupDifferential                   // what Bitmap marks; the bitmap keeps accumulating
 	BackupBitmap                         // what Bitmap marks; BitmapMode decides the bitmap's fate
+	// BackupNone copies nothing itself: only guest writes copy the old
+	// data first (QEMU's fleecing). With it the job opens a read-only
+	// snapshot node (Backup.Snapshot) that reads the source as it was at
+	// the point in time, for an export; the job runs until completed.
+	BackupNone
 )
 
 // BitmapMode is QMP's bitmap-mode of a backup with a bitmap.
@@ -66,6 +71,7 @@ type blockCopy struct {
 	size    int64
 	cluster int64
 	cbw     atomic.Int64 // bytes copied before guest writes
+	ended   atomic.Bool  // the job is over: snapshot reads fail
 }
 
 // needsCopy reports whether a write to [off, off+n) touches a cluster not
@@ -127,6 +133,10 @@ type Backup struct {
 	bufs    [][]byte
 	exts    []extent
 	success bool
+
+	// sync=none (fleecing): the snapshot node and completion request.
+	snap     *block.Node
+	complete atomic.Bool
 }
 
 // NewBackup creates a backup job. Its point in time is the moment setup
@@ -149,16 +159,13 @@ func (b *Backup) setup(m *Manager) (*Job, error) {
 	if o.ClusterSize == 0 {
 		o.ClusterSize = 64 << 10
 	}
-	if o.ClusterSize < bitmap.MinGranularity || o.ClusterSize&(o.ClusterSize-1) != 0 {
-		return nil, fmt.Errorf("job: backup cluster size %d is not a power of two ≥ 512", o.ClusterSize)
+	if o.ClusterSize < bitmap.MinGranularity || o.ClusterSize > maxChunk || o.ClusterSize&(o.ClusterSize-1) != 0 {
+		return nil, fmt.Errorf("job: backup cluster size %d is not a power of two between %d and %d", o.ClusterSize, bitmap.MinGranularity, maxChunk)
 	}
-	if o.MaxRequest <= 0 {
-		o.MaxRequest = 1 << 20
+	if err := checkCopyLimits("backup", &o.MaxRequest, &o.Parallel); err != nil {
+		return nil, err
 	}
 	o.MaxRequest = max(o.MaxRequest/o.ClusterSize*o.ClusterSize, o.ClusterSize)
-	if o.Parallel <= 0 {
-		o.Parallel = 8
-	}
 	needBitmap := o.Sync == BackupIncremental || o.Sync == BackupDifferential || o.Sync == BackupBitmap
 	if needBitmap && o.Bitmap == "" && (o.CopyBitmap == nil || o.Sync != BackupBitmap) {
 		return nil, errors.New("job: incremental, differential and bitmap backups need a bitmap")
@@ -245,6 +252,9 @@ func (b *Backup) freeze(m *Manager) error {
 		b.scanned = true
 	case BackupTop:
 		cp.Fill()
+	case BackupNone:
+		cp.Fill()
+		b.scanned = true
 	default:
 		src := b.ub
 		if src == nil {
@@ -257,7 +267,12 @@ func (b *Backup) freeze(m *Manager) error {
 	}
 	b.f = &filter{cbw: b.bc}
 	var err error
-	b.fn, err = insertFilter(m.g, o.Source, b.f, "#backup-cbw-"+o.ID)
+	if b.fn, err = insertFilter(m.g, o.Source, b.f, "#backup-cbw-"+o.ID); err != nil {
+		return err
+	}
+	if o.Sync == BackupNone {
+		err = b.openSnapshot(m)
+	}
 	return err
 }
 
@@ -270,6 +285,16 @@ func (b *Backup) CopiedBeforeWrite() int64 { return b.bc.cbw.Load() }
 func (b *Backup) Iterate(it *Iteration) (bool, error) {
 	j := it.Job
 	cp := b.bc.cp
+	if b.o.Sync == BackupNone {
+		if !j.IsReady() {
+			j.SetReady()
+		}
+		if b.complete.Load() {
+			return true, nil
+		}
+		it.SleepNext(10 * idleWait)
+		return false, nil
+	}
 	if !b.scanned {
 		// sync=top: what the source's own layer does not hold is not
 		// copied (the target's backing provides it).
@@ -366,9 +391,28 @@ func (b *Backup) Prepare(j *Job) error {
 
 func (b *Backup) Commit(*Job) { b.success = true }
 
+// Complete ends a sync=none backup (the export of its snapshot is done).
+func (b *Backup) Complete(*Job) error {
+	if b.o.Sync != BackupNone {
+		return fmt.Errorf("job %q: only a sync=none backup is completed by hand", b.o.ID)
+	}
+	b.complete.Store(true)
+	return nil
+}
+
+// Snapshot returns the read-only node that reads the source as it was at
+// the backup's point in time (sync=none only; nil otherwise). Close what
+// reads it before the job ends: afterwards it fails reads with EIO.
+func (b *Backup) Snapshot() *block.Node { return b.snap }
+
 // Clean removes the filter and settles the user's bitmap (QEMU's
 // successor reclaim/abdicate): see BitmapMode.
 func (b *Backup) Clean(j *Job) {
+	b.bc.ended.Store(true)
+	if b.snap != nil {
+		j.NoteError(b.snap.Unref())
+		b.snap = nil
+	}
 	if b.fn != nil {
 		j.NoteError(removeFilter(b.g, b.fn, b.o.Source))
 		b.fn = nil

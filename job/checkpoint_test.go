@@ -1,6 +1,7 @@
 package job_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -201,4 +202,74 @@ func TestCheckpointAtomic(t *testing.T) {
 	fe.SetContext(e.Main)
 	fe.Close()
 	src.Unref()
+}
+
+// TestCheckpointExport: a checkpoint whose During starts a fleecing backup
+// (sync=none) gives an export the exact state of the checkpoint: while a
+// guest keeps writing the source, the snapshot node reads what the source
+// held inside the checkpoint's drained section, and the frozen bitmap
+// names what changed since the previous checkpoint. After the job ends
+// the snapshot fails reads instead of showing a mix.
+func TestCheckpointExport(t *testing.T) {
+	const size = 2 << 20
+	e := blocktest.NewEnv(t, 1)
+	srcMem := randomMem(size, 50)
+	src := e.Open(srcMem, block.Options{Name: "src"})
+	tmp := e.Open(blocktest.NewMem(size), block.Options{Name: "fleece"})
+	fe := e.FrontEnd("fe", src, block.FrontEndOptions{AllowContextChange: true})
+	fe.SetContext(e.IO[0])
+	g := startGuest(e, fe, e.IO[0], size, 4, 51, 30*time.Microsecond)
+	m := job.NewManager(e.G, nil)
+	ch, _ := job.NewChain(src, "cbt", 4096)
+	if _, err := ch.Checkpoint(nil); err != nil {
+		t.Fatal(err)
+	}
+	w := g.writes.Load()
+	e.WaitFor("guest writes", func() bool { return g.writes.Load() > w+100 })
+	var want []byte
+	var j *job.Job
+	var bk *job.Backup
+	cp, err := ch.Checkpoint(func(cp *job.Checkpoint) error {
+		want = srcMem.Snapshot()
+		var err error
+		j, bk, err = job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "fleece"}, Source: src, Target: tmp,
+			Sync: job.BackupNone, Drained: true, ClusterSize: 4096})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Start()
+	e.WaitFor("ready", func() bool { return j.IsReady() })
+	snap := bk.Snapshot()
+	exp := e.FrontEnd("export", snap, block.FrontEndOptions{})
+	w = g.writes.Load()
+	e.WaitFor("guest writes after the checkpoint", func() bool { return g.writes.Load() > w+300 })
+	got := make([]byte, size)
+	for off := int64(0); off < size; off += 256 << 10 {
+		if _, err := snap.ReadAt(got[off:off+256<<10], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("export differs from the checkpoint state at %d", firstDiff(got, want))
+	}
+	if bytes.Equal(srcMem.Snapshot(), want) || bk.CopiedBeforeWrite() == 0 {
+		t.Fatal("the guest did not change the source after the checkpoint")
+	}
+	if cp.Changes == nil || cp.Changes.IsEmpty() {
+		t.Fatal("no changes recorded between the checkpoints")
+	}
+	exp.Close()
+	if err := j.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitDone(t, j); err != nil {
+		t.Fatal(err)
+	}
+	g.halt(e)
+	fe.SetContext(e.Main)
+	fe.Close()
+	src.Unref()
+	tmp.Unref()
 }

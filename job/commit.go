@@ -71,8 +71,11 @@ func NewCommit(m *Manager, o CommitOptions) (*Job, Driver, error) {
 		return j, mi, nil
 	}
 	c := &Commit{g: m.g, o: o}
-	if c.o.Chunk <= 0 {
+	if c.o.Chunk == 0 {
 		c.o.Chunk = 512 << 10
+	}
+	if c.o.Chunk < 0 || c.o.Chunk > maxChunk {
+		return nil, nil, fmt.Errorf("job: commit chunk %d is not between 1 and %d", c.o.Chunk, maxChunk)
 	}
 	var ts, bs int64
 	m.g.Control(func() {

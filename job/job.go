@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Driver is one kind of job (mirror, backup, stream, commit). The
@@ -424,7 +425,7 @@ func (j *Job) setStatus(s Status) {
 		return
 	}
 	if !CanTransition(j.status, s) {
-		panic(fmt.Sprintf("assertion failed: job %q: illegal transition %s → %s", j.opts.ID, j.status, s))
+		invariants.Failf("job %q: illegal transition %s → %s", j.opts.ID, j.status, s)
 	}
 	j.status = s
 	j.pending = append(j.pending, Event{Type: EventStatusChange, ID: j.opts.ID, Status: s})
@@ -600,7 +601,7 @@ func (j *Job) pauseRequest() {
 func (j *Job) resumeRequest() {
 	j.pauseCount--
 	if j.pauseCount < 0 {
-		panic("assertion failed: job: resumed more often than paused")
+		invariants.Failf("job %q: resumed more often than paused", j.opts.ID)
 	}
 	if j.pauseCount == 0 && j.parked {
 		j.parked = false
@@ -933,7 +934,6 @@ func (j *Job) conclude(err error, commit bool) {
 	}
 	j.mu.Lock()
 	j.result = err
-	j.setStatus(Concluded)
 	typ := EventCompleted
 	if j.cancelled {
 		typ = EventCancelled
@@ -942,7 +942,11 @@ func (j *Job) conclude(err error, commit bool) {
 	if err != nil && !errors.Is(err, ErrCancelled) {
 		ev.Error = err.Error()
 	}
+	// BLOCK_JOB_COMPLETED (or _CANCELLED) comes before the status change
+	// to concluded, as in QEMU, whose clients wait for the former and
+	// then query or dismiss.
 	j.pending = append(j.pending, ev)
+	j.setStatus(Concluded)
 	dismiss := !j.opts.ManualDismiss
 	if dismiss {
 		j.setStatus(Null)

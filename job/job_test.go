@@ -494,3 +494,68 @@ func TestDuplicateID(t *testing.T) {
 	}
 	f.m.Get("x").Discard()
 }
+
+// TestBadOptions: options that are out of range fail with an error naming
+// them, before anything is allocated or attached (no huge buffers from a
+// huge request size).
+func TestBadOptions(t *testing.T) {
+	e := blocktest.NewEnv(t, 0)
+	m := job.NewManager(e.G, nil)
+	a := e.Open(blocktest.NewMem(1<<20), block.Options{Name: "a"})
+	b := e.Open(blocktest.NewMem(1<<20), block.Options{Name: "b"})
+	small := e.Open(blocktest.NewMem(1<<19), block.Options{Name: "small"})
+	for name, err := range map[string]error{
+		"mirror granularity": func() error {
+			_, _, err := job.NewMirror(m, job.MirrorOptions{Options: job.Options{ID: "x"}, Source: a, Target: b, Granularity: 3000})
+			return err
+		}(),
+		"mirror request": func() error {
+			_, _, err := job.NewMirror(m, job.MirrorOptions{Options: job.Options{ID: "x"}, Source: a, Target: b, MaxRequest: 1 << 40})
+			return err
+		}(),
+		"mirror parallel": func() error {
+			_, _, err := job.NewMirror(m, job.MirrorOptions{Options: job.Options{ID: "x"}, Source: a, Target: b, Parallel: 1 << 20})
+			return err
+		}(),
+		"mirror sizes": func() error {
+			_, _, err := job.NewMirror(m, job.MirrorOptions{Options: job.Options{ID: "x"}, Source: a, Target: small})
+			return err
+		}(),
+		"backup cluster": func() error {
+			_, _, err := job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "x"}, Source: a, Target: b, ClusterSize: 1 << 30})
+			return err
+		}(),
+		"backup bitmap missing": func() error {
+			_, _, err := job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "x"}, Source: a, Target: b, Sync: job.BackupIncremental})
+			return err
+		}(),
+		"backup no such bitmap": func() error {
+			_, _, err := job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "x"}, Source: a, Target: b, Sync: job.BackupIncremental, Bitmap: "nope"})
+			return err
+		}(),
+		"stream without backing": func() error {
+			_, _, err := job.NewStream(m, job.StreamOptions{Options: job.Options{ID: "x"}, Top: a})
+			return err
+		}(),
+		"commit base not below": func() error {
+			_, _, err := job.NewCommit(m, job.CommitOptions{Options: job.Options{ID: "x"}, Top: a, Base: b})
+			return err
+		}(),
+		"negative speed": func() error {
+			_, err := m.New(job.Options{ID: "x", Speed: -1}, &countJob{})
+			return err
+		}(),
+	} {
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if testing.Verbose() {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+	if m.Len() != 0 || len(a.Parents()) != 0 || len(b.Parents()) != 0 || len(a.Bitmaps()) != 0 {
+		t.Fatalf("a refused job left something behind: %d jobs, parents %v %v", m.Len(), a.Parents(), b.Parents())
+	}
+	a.Unref()
+	b.Unref()
+	small.Unref()
+}

@@ -110,13 +110,13 @@ func (mi *Mirror) setup(m *Manager) (*Job, error) {
 	if o.Granularity == 0 {
 		o.Granularity = bitmap.DefaultGranularity
 	}
-	if o.MaxRequest <= 0 {
-		o.MaxRequest = 1 << 20
+	if o.Granularity < bitmap.MinGranularity || o.Granularity > maxChunk || o.Granularity&(o.Granularity-1) != 0 {
+		return nil, fmt.Errorf("job: mirror granularity %d is not a power of two between %d and %d", o.Granularity, bitmap.MinGranularity, maxChunk)
+	}
+	if err := checkCopyLimits("mirror", &o.MaxRequest, &o.Parallel); err != nil {
+		return nil, err
 	}
 	o.MaxRequest = max(o.MaxRequest/o.Granularity*o.Granularity, o.Granularity)
-	if o.Parallel <= 0 {
-		o.Parallel = 8
-	}
 	var ss, ts int64
 	var err error
 	m.g.Control(func() {
@@ -201,6 +201,32 @@ func (mi *Mirror) setup(m *Manager) (*Job, error) {
 	}
 	j.SetTotal(mi.bm.Count())
 	return j, nil
+}
+
+// maxChunk bounds a job's granularity, cluster size and request size
+// (QEMU's mirror granularity limit): the job allocates Parallel buffers of
+// MaxRequest bytes, so an option must not turn into gigabytes.
+const (
+	maxChunk    = 64 << 20
+	maxParallel = 64
+)
+
+// checkCopyLimits applies the defaults (1 MiB, 8) and bounds to a job's
+// request size and parallelism.
+func checkCopyLimits(kind string, maxReq *int64, par *int) error {
+	if *maxReq == 0 {
+		*maxReq = 1 << 20
+	}
+	if *par == 0 {
+		*par = 8
+	}
+	if *maxReq < 0 || *maxReq > maxChunk {
+		return fmt.Errorf("job: %s request size %d is not between 1 and %d", kind, *maxReq, maxChunk)
+	}
+	if *par < 0 || *par > maxParallel {
+		return fmt.Errorf("job: %s parallel requests %d is not between 1 and %d", kind, *par, maxParallel)
+	}
+	return nil
 }
 
 // chainAbove returns top and the nodes below it down to base (exclusive)

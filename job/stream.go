@@ -81,8 +81,11 @@ func (s *Stream) setup(m *Manager) (*Job, error) {
 	if o.Top.ReadOnly() {
 		return nil, fmt.Errorf("job: stream into read-only %s", o.Top.Name())
 	}
-	if o.Chunk <= 0 {
+	if o.Chunk == 0 {
 		o.Chunk = 512 << 10
+	}
+	if o.Chunk < 0 || o.Chunk > maxChunk {
+		return nil, fmt.Errorf("job: stream chunk %d is not between 1 and %d", o.Chunk, maxChunk)
 	}
 	if o.Base == nil {
 		if _, ok := o.Top.Driver().(block.BackingFileChanger); !ok {

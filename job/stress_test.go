@@ -165,7 +165,8 @@ func TestJobsUnderDrainAndMoves(t *testing.T) {
 
 // TestJobStress: [JOB][GRAPH] randomized: several short jobs of every kind
 // started, paused, cancelled and completed while drains of every kind run
-// on the main Context. No hang (every wait is bounded), every node's
+// on the main Context, front ends (and with them the jobs) move between
+// Contexts, and filter nodes come and go above the jobs' nodes. No hang (every wait is bounded), every node's
 // counters back to 0, no job left, and no goroutine left behind.
 func TestJobStress(t *testing.T) {
 	seeds := 6
@@ -257,8 +258,32 @@ func stressRound(t *testing.T, e *blocktest.Env, seed uint64) {
 		jobs = append(jobs, j)
 		j.Start()
 	}
+	extra := 0
 	for i := 0; i < 60; i++ {
-		switch rng.IntN(7) {
+		switch rng.IntN(9) {
+		case 7, 8:
+			// A graph change around the running jobs: a new parent above a
+			// random node, on that node's Context, then gone again (an
+			// attach quiesces it if the node is drained; the detach and
+			// the delete drain it for its close).
+			n := all[rng.IntN(len(all))]
+			fwd := &blocktest.Forward{}
+			extra++
+			p, err := e.G.Open(fwd, block.Options{Name: fmt.Sprint("extra", extra), Context: n.Context()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := e.G.Attach(p, n, block.ChildSpec{Name: "file", Role: block.RoleFiltered | block.RolePrimary})
+			if err != nil {
+				t.Fatalf("attach above %s: %v", n.Name(), err)
+			}
+			fwd.Edge.Store(c)
+			if rng.IntN(2) == 0 {
+				e.OnMain(func() { n.DrainedBegin(); n.DrainedEnd() })
+			}
+			if err := p.Unref(); err != nil {
+				t.Fatal(err)
+			}
 		case 0:
 			n := all[rng.IntN(len(all))]
 			e.OnMain(func() { n.DrainedBegin(); n.DrainedEnd() })

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -182,7 +183,8 @@ func TestMapMatchesQemuNbd(t *testing.T) {
 	}
 	defer func() { q.Process.Kill(); q.Wait() }()
 	for i := 0; ; i++ {
-		if _, err := os.Stat(qsock); err == nil {
+		if c, err := net.Dial("unix", qsock); err == nil { // listening, not just bound
+			c.Close()
 			break
 		}
 		if i == 200 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +50,9 @@ type slot struct {
 	buf  []byte
 	held int64 // payload bytes counted in conn.held
 
+	start  time.Time // request read (accounted commands; stats.go)
+	failed bool      // answered with an error
+
 	step int   // multi-step commands: FUA flush pending, cache progress
 	pos  int64 // cache: next offset
 
@@ -58,7 +62,8 @@ type slot struct {
 	nout     int
 	replyLen int
 
-	// Block status walk.
+	// Block status walk, over the chain as it was when the request came.
+	view         *chainView
 	level        int
 	bsOff, bsEnd int64
 	bsSync       bool // inside the submission
@@ -382,6 +387,10 @@ func (c *conn) handle(r request) {
 	}
 	sl := c.getSlot()
 	sl.req = r
+	sl.failed = false
+	if statIndex(r.cmd) >= 0 {
+		sl.start = time.Now()
+	}
 	tag := uint64(sl.idx)
 	if r.cmd == cmdWrite {
 		c.buffer(sl, int(r.length))
@@ -418,6 +427,7 @@ func (c *conn) handle(r request) {
 		c.cacheNext(sl)
 	case cmdBlockStatus:
 		sl.bsOff, sl.bsEnd = off, off+n
+		sl.view = c.e.chain.Load()
 		c.bsRun(sl)
 	}
 }
@@ -523,6 +533,7 @@ func (c *conn) replySimple(sl *slot, nbdErr uint32) {
 
 func (sl *slot) simpleHeader(nbdErr uint32) {
 	sl.nout, sl.replyLen = 0, 0
+	sl.failed = nbdErr != 0
 	h := sl.hdr[:16]
 	binary.BigEndian.PutUint32(h, magicSimple)
 	binary.BigEndian.PutUint32(h[4:], nbdErr)
@@ -533,6 +544,7 @@ func (sl *slot) simpleHeader(nbdErr uint32) {
 // replyError answers with one structured error chunk.
 func (c *conn) replyError(sl *slot, nbdErr uint32) {
 	sl.nout, sl.replyLen = 0, 0
+	sl.failed = true
 	h := sl.hdr[:26]
 	putChunkHeader(h, chunkDone, chunkError, sl.req.cookie, 6)
 	binary.BigEndian.PutUint32(h[20:], nbdErr)
@@ -641,7 +653,7 @@ func (c *conn) bsRun(sl *slot) {
 		if sl.level == 0 {
 			c.q.Submit(r, c)
 		} else {
-			c.e.levels[sl.level].Submit(r, c)
+			sl.view.levels[sl.level].Submit(r, c)
 		}
 		sl.bsSync = false
 		if !sl.bsInline || !c.bsStep(sl) {
@@ -665,10 +677,10 @@ func (c *conn) bsStep(sl *slot) bool {
 		return false
 	}
 	st, pnum, lv := sl.bsSt, min(sl.bsPnum, sl.bsEnd-sl.bsOff), sl.level
-	bottom := lv == len(c.e.levels)-1
+	bottom := lv == len(sl.view.levels)-1
 	var backing int64
 	if !bottom {
-		backing = c.e.sizes[lv+1]
+		backing = sl.view.sizes[lv+1]
 	}
 	var p piece
 	switch block.StepAbove(st, bottom, sl.bsOff, backing) {
@@ -761,6 +773,7 @@ func (c *conn) replyStatus(sl *slot) {
 // ---- sending ----
 
 func (c *conn) queueReply(sl *slot) {
+	c.e.stats.record(sl)
 	if c.dead {
 		c.putSlot(sl)
 		c.maybeFinish()

@@ -41,16 +41,20 @@ type ExportOptions struct {
 // connections submit through the front end's Queue on their Context, and
 // it stops reading new requests while the front end is drained.
 type Export struct {
-	opts   ExportOptions
-	fe     *block.FrontEnd
-	ctx    *aio.Context
-	q      *block.Queue
-	size   int64
-	levels []*block.Node // the chain, top first (block status)
-	sizes  []int64
+	opts ExportOptions
+	fe   *block.FrontEnd
+	ctx  *aio.Context
+	q    *block.Queue
+	size int64
+	// chain is the backing chain block status walks, replaced whole by
+	// Refresh when the export's node changes (a snapshot, a job's pivot)
+	// and loaded once per BLOCK_STATUS request.
+	chain atomic.Pointer[chainView]
 
 	// quiesced is set between DrainedBegin and DrainedEnd.
 	quiesced atomic.Bool
+
+	stats exportStats // per-request accounting (stats.go)
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -75,20 +79,14 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 	if e.size, err = n.Length(); err != nil {
 		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
 	}
-	for x := n; x != nil; {
-		sz, err := x.Length()
-		if err != nil {
-			return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
-		}
-		e.levels = append(e.levels, x)
-		e.sizes = append(e.sizes, sz)
-		c := x.Child(block.RoleBacking)
-		if c == nil {
-			break
-		}
-		x = c.Node()
+	v, err := buildView(g, n)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
 	}
-	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true})
+	e.chain.Store(v)
+	// The front end's home is the node's Context: inserting it elsewhere
+	// would move the node (and its other users) away from its IOThread.
+	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true, Context: n.Context()})
 	g.Control(n.Ref)
 	if err := e.fe.Insert(n); err != nil {
 		n.Unref()
@@ -99,6 +97,56 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 	e.q = e.fe.Queue(ctx)
 	return e, nil
 }
+
+// chainView is the export's chain: its node and the backing nodes below,
+// top first, with their sizes (immutable once published).
+type chainView struct {
+	levels []*block.Node
+	sizes  []int64
+}
+
+func buildView(g *block.Graph, n *block.Node) (*chainView, error) {
+	v := &chainView{}
+	g.Control(func() {
+		for x := n; x != nil; {
+			v.levels = append(v.levels, x)
+			c := x.Child(block.RoleBacking)
+			if c == nil {
+				break
+			}
+			x = c.Node()
+		}
+	})
+	for _, x := range v.levels {
+		sz, err := x.Length()
+		if err != nil {
+			return nil, err
+		}
+		v.sizes = append(v.sizes, sz)
+	}
+	return v, nil
+}
+
+// Refresh re-reads the chain under the export's node, for block status,
+// after something replaced the node its front end is on (an external
+// snapshot's overlay, a mirror's target). Call it before the drained
+// section of that change ends, so that no request sees the old chain; on
+// any goroutine but the main Context's.
+func (e *Export) Refresh() error {
+	n := e.fe.Root()
+	if n == nil {
+		return ErrExportClosed
+	}
+	v, err := buildView(e.fe.Graph(), n)
+	if err != nil {
+		return fmt.Errorf("nbd: export %q: %w", e.opts.Name, err)
+	}
+	e.chain.Store(v)
+	return nil
+}
+
+// ErrExportClosed: the export has no node any more.
+var ErrExportClosed = errors.New("nbd: export closed")
 
 // Name returns the export name.
 func (e *Export) Name() string { return e.opts.Name }

@@ -2,8 +2,9 @@
 # Installs the Debian packages that ringblk's tests and benchmarks compare
 # against when they are missing: qemu-utils (qemu-img, qemu-io), fio and
 # fio-examples (fio's own job files), nbdkit and libnbd-bin (nbdinfo,
-# nbdcopy: the NBD server's client tests). Needs root for apt-get; otherwise it
-# names what is missing and fails.
+# nbdcopy: the NBD server's client tests), qemu-system-common
+# (qemu-storage-daemon: ringblk serve's replies are compared with its).
+# Needs root for apt-get; otherwise it names what is missing and fails.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,7 @@ command -v fio >/dev/null 2>&1 || need+=(fio)
 [ -d /usr/share/doc/fio/examples ] || need+=(fio-examples)
 command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
+command -v qemu-storage-daemon >/dev/null 2>&1 || need+=(qemu-system-common)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
@@ -28,6 +30,6 @@ echo "deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-for c in qemu-img fio nbdkit nbdinfo; do
+for c in qemu-img fio nbdkit nbdinfo qemu-storage-daemon; do
 	command -v "$c" >/dev/null 2>&1 || { echo "deps: $c still missing after apt-get install" >&2; exit 1; }
 done

@@ -1,7 +1,8 @@
 // Command ringblk is the operator's tool for ringblk: the benchmark,
-// qemu-img and qemu-io style image commands, and an NBD server. It is a
-// dispatcher: each command lives in its own package under internal/
-// (imgcmd, qemuio, nbdcmd, benchcmd; shared conventions in internal/cli).
+// qemu-img and qemu-io style image commands, an NBD server and a storage
+// daemon. It is a dispatcher: each command lives in its own package under
+// internal/ (imgcmd, qemuio, nbdcmd, benchcmd, servecmd; shared
+// conventions in internal/cli).
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"github.com/ringblk/ringblk/internal/imgcmd"
 	"github.com/ringblk/ringblk/internal/nbdcmd"
 	"github.com/ringblk/ringblk/internal/qemuio"
+	"github.com/ringblk/ringblk/internal/servecmd"
 )
 
 type command struct {
@@ -41,8 +43,9 @@ var commands = map[string]command{
 	"snapshot":      {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", std(imgcmd.Snapshot)},
 	"compare":       {"compare the contents of two images (qemu-img compare)", std(imgcmd.Compare)},
 	"nbd":           {"serve an image over NBD (qemu-nbd)", nbdcmd.Main},
-	"install-links": {"create qemu-img, qemu-io and qemu-nbd links to this binary in a directory (drop-in mode)", installLinksMain},
 	"measure":       {"compute the file size an image needs, new or converted (qemu-img measure)", std(imgcmd.Measure)},
+	"serve":         {"a storage daemon speaking QMP: block nodes, IOThreads, transactions, NBD exports (qemu-storage-daemon)", servecmd.Main},
+	"install-links": {"create qemu-img, qemu-io and qemu-nbd links to this binary in a directory (drop-in mode)", installLinksMain},
 }
 
 func ioMain(args []string) int { return qemuio.Run(args, os.Stdin, os.Stdout, os.Stderr) }

@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/cache"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -57,7 +58,9 @@ type Options struct {
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
 	// QcowOptions is passed to every qcow2 driver of the chain (its
-	// Backing, ID, Chain and Depth fields are set here).
+	// Backing, ID, Chain and Depth fields are set here). A nil SharedCache
+	// becomes one clean L2 cache (qcow2.DefaultSharedCacheBytes) for the
+	// images of this chain; pass one to share it among chains.
 	QcowOptions qcow2.DriverOptions
 }
 
@@ -166,6 +169,10 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 		}
 		img.Node = n
 	case "qcow2":
+		if o.QcowOptions.SharedCache == nil {
+			// One clean L2 tier for the whole chain, not one per image.
+			o.QcowOptions.SharedCache = cache.NewLRU(qcow2.DefaultSharedCacheBytes)
+		}
 		n, drv, err := openQcow2(g, path, o, o.Name, 0, nil, true)
 		if err != nil {
 			return nil, err

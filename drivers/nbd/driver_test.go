@@ -439,7 +439,8 @@ func TestClientAgainstQemuNbd(t *testing.T) {
 	}
 	defer func() { q.Process.Kill(); q.Wait() }()
 	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil { // listening, not just bound
+			c.Close()
 			break
 		}
 		if i == 200 {

@@ -110,7 +110,8 @@ func TestClientTLS(t *testing.T) {
 		}
 		defer func() { q.Process.Kill(); q.Wait() }()
 		for i := 0; ; i++ {
-			if _, err := os.Stat(qs); err == nil {
+			if c, err := net.Dial("unix", qs); err == nil { // listening, not just bound
+				c.Close()
 				break
 			}
 			if i == 200 {

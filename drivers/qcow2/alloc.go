@@ -1,11 +1,10 @@
 package qcow2
 
 import (
-	"encoding/binary"
-
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Allocation and refcounts. Everything here REQUIRES metaLock (the
@@ -25,20 +24,20 @@ type hostFree struct{ off, n int64 }
 // refcountBlock returns the refcount block covering host cluster index
 // idx, loading it if needed, or nil when the refcount table has no block
 // there. errNoSpace when idx lies beyond what the refcount table covers.
-func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64, err error) {
-	cs := d.geo.ClusterSize()
-	ti, bi = d.geo.RefcountIndex(idx * cs)
+func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64, err error) {
+	cs := d.mu.geo.ClusterSize()
+	ti, bi = d.mu.geo.RefcountIndex(idx * cs)
 	d.mu.Lock()
-	if ti >= int64(len(d.rt)) {
+	if ti >= int64(len(d.mu.rt)) {
 		d.mu.Unlock()
 		return nil, ti, bi, errNoSpace
 	}
 	var derr error
-	if d.damage != nil {
-		derr = d.damage.RTDamage(ti)
+	if d.mu.damage != nil {
+		derr = d.mu.damage.RTDamage(ti)
 	}
-	off := int64(d.rt[ti])
-	rb = d.rb[off]
+	off := int64(d.mu.rt[ti])
+	rb = d.mu.rb[off]
 	d.mu.Unlock()
 	if derr != nil {
 		// Allocating or freeing here would trust (or write) a refcount
@@ -53,10 +52,10 @@ func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int6
 		return nil, ti, bi, err
 	}
 	d.mu.Lock()
-	if d.rb[off] == nil {
-		d.rb[off] = &refBlock{buf: buf}
+	if d.mu.rb[off] == nil {
+		d.mu.rb[off] = &refBlock{buf: buf}
 	}
-	rb = d.rb[off]
+	rb = d.mu.rb[off]
 	d.mu.Unlock()
 	return rb, ti, bi, nil
 }
@@ -64,11 +63,11 @@ func (d *Driver) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int6
 // allocCluster finds a free host cluster, gives it refcount 1 and returns
 // its offset. A missing refcount block is created on the way, describing
 // itself (it covers its own cluster), like QEMU's alloc_refcount_block.
-func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
-	cs := d.geo.ClusterSize()
-	order := d.geo.RefcountOrder
+func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
+	cs := d.mu.geo.ClusterSize()
+	order := d.mu.geo.RefcountOrder
 	for {
-		idx := max(d.freeIdx, 1) // R5: never cluster 0
+		idx := max(d.mu.freeIdx, 1) // R5: never cluster 0
 		rb, ti, bi, err := d.refcountBlock(co, idx)
 		if err == errNoSpace {
 			if err := d.growRefcountTable(co); err != nil {
@@ -79,8 +78,8 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if _, bogus := d.damageTargets[idx*cs]; bogus {
-			d.freeIdx = idx + 1 // pointed at by a damaged entry: never handed out
+		if _, bogus := d.mu.damageTargets[idx*cs]; bogus {
+			d.mu.freeIdx = idx + 1 // pointed at by a damaged entry: never handed out
 			continue
 		}
 		if rb == nil {
@@ -97,12 +96,12 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 				return 0, err
 			}
 			d.mu.Lock()
-			d.rb[off] = &refBlock{buf: buf, dirty: true}
-			d.rt[ti] = uint64(off)
-			d.metaClusters[off] = struct{}{}
-			d.dirtyRT[ti] = true
+			d.mu.rb[off] = &refBlock{buf: buf, dirty: true}
+			d.mu.rt[ti] = uint64(off)
+			d.meta.add(off)
+			d.mu.dirtyRT[ti] = true
 			d.growFile(off + cs)
-			d.freeIdx = idx + 1
+			d.mu.freeIdx = idx + 1
 			d.mu.Unlock()
 			continue
 		}
@@ -113,7 +112,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 			return 0, err
 		}
 		if rc != 0 {
-			d.freeIdx = idx + 1
+			d.mu.freeIdx = idx + 1
 			d.mu.Unlock()
 			continue
 		}
@@ -127,7 +126,7 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 			return 0, err
 		}
 		rb.dirty = true
-		d.freeIdx = idx + 1
+		d.mu.freeIdx = idx + 1
 		d.growFile(off + cs)
 		d.mu.Unlock()
 		return off, nil
@@ -137,18 +136,19 @@ func (d *Driver) allocCluster(co *aio.Co) (int64, error) {
 // growFile records that the image now ends at least at end, so entries
 // pointing there decode (Geometry.FileSize is the end-of-file check).
 // REQUIRES: mu held.
-func (d *Driver) growFile(end int64) {
-	if end > d.geo.FileSize {
-		d.geo.FileSize = end
+func (d metaIO) growFile(end int64) {
+	if end > d.mu.geo.FileSize {
+		d.mu.geo.FileSize = end
+		d.fileEnd.Store(end)
 	}
 }
 
 // applyFrees decrements the refcount of every cluster in pendingFrees.
 // REQUIRES: the pointer removals they stand for are durable (R2).
-func (d *Driver) applyFrees(co *aio.Co) error {
+func (d metaIO) applyFrees(co *aio.Co) error {
 	d.mu.Lock()
-	frees := d.pendingFrees
-	d.pendingFrees = nil
+	frees := d.mu.pendingFrees
+	d.mu.pendingFrees = nil
 	d.mu.Unlock()
 	if len(frees) == 0 {
 		return nil
@@ -156,7 +156,7 @@ func (d *Driver) applyFrees(co *aio.Co) error {
 	// Requests that mapped a cluster before its pointer went away may
 	// still be using it: let them finish before it can be reused.
 	d.waitIOEpoch(co)
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	for _, f := range frees {
 		for c := f.off &^ (cs - 1); c < f.off+f.n; c += cs {
 			if err := d.decref(co, c); err != nil {
@@ -167,8 +167,8 @@ func (d *Driver) applyFrees(co *aio.Co) error {
 	return nil
 }
 
-func (d *Driver) decref(co *aio.Co, off int64) error {
-	cs := d.geo.ClusterSize()
+func (d metaIO) decref(co *aio.Co, off int64) error {
+	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err != nil {
 		return err
@@ -178,22 +178,27 @@ func (d *Driver) decref(co *aio.Co, off int64) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	rc, err := format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
 	if err != nil {
 		return err
 	}
 	if rc == 0 {
 		return format.Corrupt("refcount", uint64(off), "freeing a cluster whose refcount is already 0")
 	}
-	if err := format.RefcountSet(rb.buf, d.geo.RefcountOrder, bi, rc-1); err != nil {
+	if err := format.RefcountSet(rb.buf, d.mu.geo.RefcountOrder, bi, rc-1); err != nil {
 		return err
 	}
 	rb.dirty = true
 	if rc == 1 {
+		if invariants.Enabled {
+			if err := d.checkUnreferencedLocked(off); err != nil {
+				failInvariant(err)
+			}
+		}
 		d.l2.drop(off)
-		d.zcache.buf = nil
-		if off/cs < d.freeIdx {
-			d.freeIdx = off / cs
+		d.mu.zcache.buf = nil
+		if off/cs < d.mu.freeIdx {
+			d.mu.freeIdx = off / cs
 		}
 	}
 	return nil
@@ -203,17 +208,17 @@ func (d *Driver) decref(co *aio.Co, off int64) error {
 // new one when the entry is empty and copying a shared one (COPIED clear,
 // after a snapshot) — in both cases the new table is dirty and the L1
 // entry is updated in memory and queued for stage D.
-func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Table, int64, error) {
+func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Table, int64, error) {
 	d.mu.Lock()
-	if l1i >= int64(len(d.l1)) {
+	if l1i >= int64(len(d.mu.l1)) {
 		d.mu.Unlock()
-		return nil, 0, format.Corrupt("l1_size", uint64(len(d.l1)), "guest offset beyond the L1 table")
+		return nil, 0, format.Corrupt("l1_size", uint64(len(d.mu.l1)), "guest offset beyond the L1 table")
 	}
 	var derr error
-	if d.damage != nil {
-		derr = d.damage.L1Damage(l1i)
+	if d.mu.damage != nil {
+		derr = d.mu.damage.L1Damage(l1i)
 	}
-	l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
+	l2Off, copied, err := d.mu.geo.DecodeL1Entry(d.mu.l1[l1i])
 	d.mu.Unlock()
 	if derr != nil {
 		return nil, 0, d.markDamaged(co, derr, true)
@@ -232,7 +237,7 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 		}
 		// Shared with a snapshot: copy it and let it go, so no pin is
 		// held while the new table takes a slot.
-		old = make([]byte, d.geo.ClusterSize())
+		old = make([]byte, d.mu.geo.ClusterSize())
 		d.mu.Lock()
 		copy(old, t.buf)
 		d.mu.Unlock()
@@ -251,15 +256,15 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 	if old != nil {
 		// The old table stays referenced by a snapshot; the active L1
 		// drops its reference once the new L1 entry is durable.
-		d.pendingFrees = append(d.pendingFrees, hostFree{l2Off, 1})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{l2Off, 1})
 	}
-	e, _ := d.geo.EncodeL1Entry(newOff, true)
-	d.l1[l1i] = e
-	d.metaClusters[newOff] = struct{}{}
+	e, _ := d.mu.geo.EncodeL1Entry(newOff, true)
+	storeL1(d.mu.l1, l1i, e)
+	d.meta.add(newOff)
 	if old != nil {
-		delete(d.metaClusters, l2Off) // now only a snapshot's (inactive) table
+		d.meta.del(l2Off) // now only a snapshot's (inactive) table
 	}
-	d.dirtyL1[l1i] = true
+	d.mu.dirtyL1[l1i] = true
 	d.mu.Unlock()
 	return nt, newOff, nil
 }
@@ -270,15 +275,15 @@ func (d *Driver) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Ta
 // images). On success the caller holds mu and the pin and releases them
 // with `defer d.l2Unpin(t)` then `defer d.mu.Unlock()`; on error it holds
 // neither. REQUIRES: metaLock held.
-func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le format.L2Entry, e, bm uint64, err error) {
-	l1i, l2i, _ := d.geo.Split(off)
-	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le format.L2Entry, e, bm uint64, err error) {
+	l1i, l2i, _ := d.mu.geo.Split(off)
+	d.waitInflight(co, off/d.mu.geo.ClusterSize(), 1)
 	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return nil, 0, le, 0, 0, err
 	}
 	d.mu.Lock()
-	e, bm, _ = d.geo.L2EntryAt(t.buf, l2i)
-	if le, err = d.geo.DecodeL2Entry(e, bm); err != nil {
+	e, bm, _ = d.mu.geo.L2EntryAt(t.buf, l2i)
+	if le, err = d.mu.geo.DecodeL2Entry(e, bm); err != nil {
 		d.mu.Unlock()
 		d.l2Unpin(t)
 		return nil, 0, le, 0, 0, err
@@ -287,12 +292,19 @@ func (d *Driver) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table,
 }
 
 // setL2Entry stores entry e at index i of table t. REQUIRES: mu held.
-func (d *Driver) setL2EntryLocked(t *l2Table, i int64, e uint64) {
-	binary.BigEndian.PutUint64(t.buf[i*d.geo.L2EntrySize():], e)
+func (d metaIO) setL2EntryLocked(t *l2Table, i int64, e uint64) {
+	if invariants.Enabled {
+		if err := d.checkRefcountedLocked(e); err != nil {
+			failInvariant(err)
+		}
+	}
+	// One atomic store: lock-free readers (fast.go) may be reading the
+	// entry; the table's sequence tells them it changed.
+	t.t.SetWord(int(i*d.mu.geo.L2EntrySize()/8), e)
 	d.l2.markDirty(t)
 }
 
-func (d *Driver) l2Unpin(t *l2Table) {
+func (d metaIO) l2Unpin(t *l2Table) {
 	d.l2Release(t)
 }
 
@@ -310,16 +322,16 @@ func (d *Driver) l2Unpin(t *l2Table) {
 //  4. the old table's clusters are freed after that (R2).
 //
 // REQUIRES: metaLock held.
-func (d *Driver) growRefcountTable(co *aio.Co) error {
+func (d metaIO) growRefcountTable(co *aio.Co) error {
 	if err := d.flushMetadata(co, nil); err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
-	perBlock := d.geo.RefcountBlockEntries()
+	cs := d.mu.geo.ClusterSize()
+	perBlock := d.mu.geo.RefcountBlockEntries()
 	d.mu.Lock()
-	oldRT := d.rt
-	oldOff, oldClusters := int64(d.hdr.RefcountTableOffset), int64(d.hdr.RefcountTableClusters)
-	start := (d.geo.FileSize + cs - 1) / cs
+	oldRT := d.mu.rt
+	oldOff, oldClusters := int64(d.mu.hdr.RefcountTableOffset), int64(d.mu.hdr.RefcountTableClusters)
+	start := (d.mu.geo.FileSize + cs - 1) / cs
 	d.mu.Unlock()
 	has := func(ti int64) bool { return ti < int64(len(oldRT)) && oldRT[ti] != 0 }
 
@@ -376,7 +388,7 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 			buf = blocks[int64(newRT[ti])]
 		}
 		d.mu.Lock()
-		err := format.RefcountSet(buf, d.geo.RefcountOrder, bi, 1)
+		err := format.RefcountSet(buf, d.mu.geo.RefcountOrder, bi, 1)
 		d.mu.Unlock()
 		if err != nil {
 			return err
@@ -412,16 +424,17 @@ func (d *Driver) growRefcountTable(co *aio.Co) error {
 		return err
 	}
 	d.mu.Lock()
-	d.rt = newRT
-	d.hdr.RefcountTableOffset = uint64(tableOff)
-	d.hdr.RefcountTableClusters = uint32(t)
+	d.mu.rt = newRT
+	d.mu.hdr.RefcountTableOffset = uint64(tableOff)
+	d.mu.hdr.RefcountTableClusters = uint32(t)
 	for off, buf := range blocks {
-		d.rb[off] = &refBlock{buf: buf}
-		d.metaClusters[off] = struct{}{}
+		d.mu.rb[off] = &refBlock{buf: buf}
+		d.meta.add(off)
 	}
 	d.growFile(end * cs)
+	d.publishLocked()
 	// Step 4: the old table is unreachable and durable so: free it.
-	d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldClusters * cs})
+	d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{oldOff, oldClusters * cs})
 	d.mu.Unlock()
 	return nil
 }

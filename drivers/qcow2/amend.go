@@ -76,7 +76,7 @@ func Amend(n *block.Node, o AmendOptions) error {
 	run := func() {
 		ctx.Go(func(co *aio.Co) {
 			d.metaLock.lock(co)
-			err = d.amendLocked(co, o)
+			err = maintOf(d).amendLocked(co, o)
 			d.metaLock.unlock()
 			close(done)
 			main.Kick()
@@ -107,10 +107,10 @@ func Amend(n *block.Node, o AmendOptions) error {
 
 // amendLocked checks o against the image, then applies it. REQUIRES:
 // metaLock held.
-func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
+func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	d.mu.Lock()
-	h := *d.hdr
-	size := d.geo.Size
+	h := *d.mu.hdr
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	ver := int(h.Version)
 	if o.Version != 0 && o.Version != 2 && o.Version != 3 {
@@ -171,7 +171,7 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 			return format.Unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
 		}
 	}
-	if d.lazy.needRepair {
+	if d.mu.lazy.needRepair {
 		return errNeedsRepair
 	}
 	d.mu.Lock()
@@ -206,7 +206,7 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 		// full form first (still valid for version 2 if we crash before
 		// the header switch).
 		d.mu.Lock()
-		snaps := d.snaps
+		snaps := d.mu.snaps
 		d.mu.Unlock()
 		short := false
 		for i := range snaps {
@@ -216,7 +216,7 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 			if err := d.prepareWrite(co, nil); err != nil {
 				return err
 			}
-			if err := d.writeSnapshotTable(co, normalizedSnapshots(snaps, d.geo.Size)); err != nil {
+			if err := d.writeSnapshotTable(co, normalizedSnapshots(snaps, d.mu.geo.Size)); err != nil {
 				return err
 			}
 		}
@@ -227,7 +227,7 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 		return err
 	}
 	d.mu.Lock()
-	nh := *d.hdr
+	nh := *d.mu.hdr
 	d.mu.Unlock()
 	nh.BackingFile, nh.BackingFormat = bf, bfmt
 	switch {
@@ -254,10 +254,10 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 		return err
 	}
 	d.mu.Lock()
-	d.geo.ZeroFlag = nh.Version >= 3 && !nh.ExtendedL2()
-	d.lazy.on = nh.Version >= 3 && lazy
+	d.mu.geo.ZeroFlag = nh.Version >= 3 && !nh.ExtendedL2()
+	d.mu.lazy.on = nh.Version >= 3 && lazy
 	if nh.IncompatibleFeatures&format.IncompatDirty == 0 {
-		d.lazy.dirtyOnDisk, d.lazy.ownDirty = false, false
+		d.mu.lazy.dirtyOnDisk, d.mu.lazy.ownDirty = false, false
 	}
 	d.mu.Unlock()
 	return nil
@@ -265,12 +265,12 @@ func (d *Driver) amendLocked(co *aio.Co, o AmendOptions) error {
 
 // rewriteHeader writes nh as the whole header cluster and syncs (R6),
 // then makes it the driver's header. REQUIRES: metaLock held.
-func (d *Driver) rewriteHeader(co *aio.Co, nh *format.Header) error {
+func (d maintOps) rewriteHeader(co *aio.Co, nh *format.Header) error {
 	hb, err := nh.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	if int64(len(hb)) > cs {
 		return format.Limit("header_length", uint64(len(hb)), "header and extensions do not fit in the first cluster")
 	}
@@ -287,7 +287,8 @@ func (d *Driver) rewriteHeader(co *aio.Co, nh *format.Header) error {
 		return err
 	}
 	d.mu.Lock()
-	d.hdr = parsed
+	d.mu.hdr = parsed
+	d.publishLocked()
 	d.mu.Unlock()
 	return nil
 }
@@ -298,24 +299,24 @@ func (d *Driver) rewriteHeader(co *aio.Co, nh *format.Header) error {
 // reads as zero too); otherwise zeros are written to a data cluster (the
 // preallocated one when there is one). Snapshot tables with zero
 // clusters are refused. REQUIRES: metaLock held.
-func (d *Driver) expandZeroClusters(co *aio.Co) error {
+func (d maintOps) expandZeroClusters(co *aio.Co) error {
 	if err := d.refuseSnapshotZeros(co); err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
-	size, l1n := d.geo.Size, int64(len(d.l1))
+	size, l1n := d.mu.geo.Size, int64(len(d.mu.l1))
 	d.mu.Unlock()
 	var zeros []byte
 	for l1i := int64(0); l1i < l1n; l1i++ {
 		d.mu.Lock()
-		mapped := d.l1[l1i]&format.OffsetMask != 0
+		mapped := d.mu.l1[l1i]&format.OffsetMask != 0
 		d.mu.Unlock()
 		if !mapped {
 			continue
 		}
-		first := l1i * d.geo.L1Coverage()
-		for off := first; off < min(size, first+d.geo.L1Coverage()); off += cs {
+		first := l1i * d.mu.geo.L1Coverage()
+		for off := first; off < min(size, first+d.mu.geo.L1Coverage()); off += cs {
 			le, _, err := d.peekEntry(co, nil, off)
 			if err == errMiss {
 				le, err = d.entryForWrite(co, nil, off)
@@ -348,7 +349,7 @@ func (d *Driver) expandZeroClusters(co *aio.Co) error {
 
 // updateEntry replaces the standard L2 entry of the cluster at off by f's
 // result (no host cluster changes hands). REQUIRES: metaLock held.
-func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e uint64) uint64) error {
+func (d maintOps) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e uint64) uint64) error {
 	t, l2i, le, e, _, err := d.lockEntry(co, nil, off)
 	if err != nil {
 		return err
@@ -364,15 +365,15 @@ func (d *Driver) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e 
 // refuseSnapshotZeros fails when an internal snapshot's L2 tables hold
 // zero clusters (expanding them would mean rewriting shared tables, which
 // is not implemented).
-func (d *Driver) refuseSnapshotZeros(co *aio.Co) error {
+func (d maintOps) refuseSnapshotZeros(co *aio.Co) error {
 	d.mu.Lock()
-	snaps := d.snaps
-	fileSize := d.geo.FileSize
+	snaps := d.mu.snaps
+	fileSize := d.mu.geo.FileSize
 	d.mu.Unlock()
 	if len(snaps) == 0 {
 		return nil
 	}
-	g := d.geo
+	g := d.mu.geo
 	g.FileSize = fileSize
 	cs := g.ClusterSize()
 	buf := make([]byte, cs)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/prefetch"
 )
 
@@ -37,13 +38,20 @@ const readBatchMax = 64
 // more Contexts than that reads the later ones unbatched.
 const maxBatches = 64
 
-// readBatch is one Context's queued reads. reqs and spare are touched only
-// on ctx's owner.
+// readBatch is one Context's queued reads, and its count of the fast
+// paths' tier-1 hits (a line per Context, so that IOThreads do not share
+// one counter). reqs and spare are touched only on ctx's owner.
 type readBatch struct {
-	d     *Driver
-	ctx   *aio.Context
+	// d and ctx never change; other Contexts read ctx when they look for
+	// their own batch, so nothing written shares their cache line.
+	d   *Driver
+	ctx *aio.Context
+	_   [112]byte
+	// Written by ctx's owner only.
 	reqs  []*block.Request
 	spare []*block.Request
+	hits  atomic.Uint64
+	_     [72]byte
 }
 
 // batches is the driver's list of readBatches, one per Context that read
@@ -52,7 +60,7 @@ type batches = atomic.Pointer[[]*readBatch]
 
 // batchFor returns ctx's batch, creating it on its first plugged read, or
 // nil past maxBatches.
-func (d *Driver) batchFor(ctx *aio.Context) *readBatch {
+func (d reader) batchFor(ctx *aio.Context) *readBatch {
 	if p := d.batches.Load(); p != nil {
 		for _, b := range *p {
 			if b.ctx == ctx {
@@ -75,7 +83,7 @@ func (d *Driver) batchFor(ctx *aio.Context) *readBatch {
 		return nil
 	}
 	b := &readBatch{
-		d:     d,
+		d:     d.Driver,
 		ctx:   ctx,
 		reqs:  make([]*block.Request, 0, readBatchMax),
 		spare: make([]*block.Request, 0, readBatchMax),
@@ -88,7 +96,7 @@ func (d *Driver) batchFor(ctx *aio.Context) *readBatch {
 // queueRead queues r on ctx's batch and reports true, or reports false
 // (the caller reads now) when the batch is full or cannot be deferred.
 // REQUIRES: ctx plugged, on its owner.
-func (d *Driver) queueRead(ctx *aio.Context, r *block.Request) bool {
+func (d reader) queueRead(ctx *aio.Context, r *block.Request) bool {
 	b := d.batchFor(ctx)
 	if b == nil || len(b.reqs) == cap(b.reqs) {
 		return false
@@ -108,33 +116,42 @@ func (b *readBatch) RunDeferred(*aio.Context) {
 	b.reqs, b.spare = b.spare[:0], nil
 	d := b.d
 	if len(reqs) > 1 {
-		d.mu.Lock()
+		v := d.view.Load()
 		for _, r := range reqs {
-			d.prefetchMapping(r.Off, r.Len)
+			readerOf(d).prefetchMapping(v, r.Off, r.Len)
 		}
-		d.mu.Unlock()
 	}
 	for i, r := range reqs {
 		reqs[i] = nil
-		d.mu.Lock()
-		d.readLocked(r)
+		if !readerOf(d).readFast(r) {
+			readerOf(d).readLocked(r)
+		}
 	}
 	b.spare = reqs[:0]
 }
 
 // prefetchMapping starts loading the L2 entry that maps a one-cluster
-// read at off, if its table is resident (known to the hints; not counted
-// as a lookup). REQUIRES: mu held.
-func (d *Driver) prefetchMapping(off, n int64) {
-	l2Off, ok := d.geo.OneClusterL2(d.l1, off, n)
+// read at off, if its table is resident in tier 1 (not counted as a
+// lookup; a prefetch needs no validation). No lock.
+func (d reader) prefetchMapping(v *fastView, off, n int64) {
+	g := &v.geo
+	cs := g.ClusterSize()
+	if g.ExtendedL2 || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size {
+		return
+	}
+	l1i := uint64(off) >> (2*g.ClusterBits - 3)
+	if l1i >= uint64(len(v.l1)) {
+		return
+	}
+	l2Off := atomic.LoadUint64(&v.l1[l1i]) & format.OffsetMask
+	if l2Off == 0 {
+		return
+	}
+	t, _, ok := d.l2.set.View(d.l2.key(int64(l2Off)))
 	if !ok {
 		return
 	}
-	t := d.l2.hinted(l2Off)
-	if t == nil {
-		return
-	}
-	cs := int64(len(t))
+	b := t.Data()
 	i := (off / cs) & (cs/8 - 1)
-	prefetch.Line(uintptr(unsafe.Pointer(&t[i*8])))
+	prefetch.Line(uintptr(unsafe.Pointer(&b[i*8])))
 }

@@ -30,21 +30,21 @@ import (
 // (ignored, bit 0 is clear) or the end marker at its place.
 //
 // REQUIRES: metaLock held; the autoclear bit is durably clear.
-func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
+func (d writer) dropBitmaps(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
-	h := *d.hdr
-	fileSize := d.geo.FileSize
+	h := *d.mu.hdr
+	fileSize := d.mu.geo.FileSize
 	d.mu.Unlock()
 	if h.Bitmaps == nil || h.Version < 3 || h.BackingFile != "" {
 		// With a backing file the name would move after the end marker;
 		// that rewrite is not torn-write safe, so the clusters leak.
 		return nil
 	}
-	owned, err := format.BitmapClusters(coReader{d, co, r}, &h, fileSize)
+	owned, err := format.BitmapClusters(coReader{d.Driver, co, r}, &h, fileSize)
 	if err != nil {
 		return nil // damaged or hostile directory: leak, keep the extension
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	for _, c := range owned {
 		if d.overlapsMetadata(c, cs) {
 			return nil
@@ -57,7 +57,7 @@ func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
 			return err // I/O error reading a refcount block
 		}
 		d.mu.Lock()
-		rc, err := format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+		rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
 		d.mu.Unlock()
 		if err != nil || rc == 0 {
 			return nil
@@ -94,9 +94,9 @@ func (d *Driver) dropBitmaps(co *aio.Co, r *block.Request) error {
 		return err
 	}
 	d.mu.Lock()
-	d.hdr.Bitmaps = nil
+	d.mu.hdr.Bitmaps = nil
 	for _, c := range owned {
-		d.pendingFrees = append(d.pendingFrees, hostFree{c, cs})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{c, cs})
 	}
 	d.mu.Unlock()
 	return nil

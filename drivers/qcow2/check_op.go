@@ -16,16 +16,16 @@ func (d *Driver) Check(r *block.Request) {
 		d.metaLock.lock(co)
 		var err error
 		if r.CheckMode() != 0 {
-			err = d.repair(co, r)
+			err = maintOf(d).repair(co, r)
 		} else {
-			err = d.checkLocked(co, r)
+			err = maintOf(d).checkLocked(co, r)
 		}
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(r.Op, 0, err))
 	})
 }
 
-func (d *Driver) checkLocked(co *aio.Co, r *block.Request) error {
+func (d maintOps) checkLocked(co *aio.Co, r *block.Request) error {
 	if !d.readOnly {
 		if err := d.flushAllMetadata(co, r); err != nil {
 			return err
@@ -35,7 +35,7 @@ func (d *Driver) checkLocked(co *aio.Co, r *block.Request) error {
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
 	if err != nil {
 		return err
 	}

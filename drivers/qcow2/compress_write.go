@@ -27,9 +27,9 @@ import (
 // the L2 entry written after the data like any allocation (R1, R4 via the
 // flush stages), the old cluster freed after the flush (R2).
 func (d *Driver) WriteCompressed(r *block.Request) {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if r.Off%cs != 0 || (r.Len%cs != 0 && r.Off+r.Len != size) || r.Off+r.Len > size {
 		r.Complete(&block.Error{Kind: block.OutOfBounds, Op: r.Op, Node: d.nodeName(), Offset: r.Off, Err: syscall.EINVAL})
@@ -37,21 +37,21 @@ func (d *Driver) WriteCompressed(r *block.Request) {
 	}
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := d.writeCompressedLocked(co, r)
+		err := writerOf(d).writeCompressedLocked(co, r)
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(block.OpWrite, r.Off, err))
 	})
 }
 
-func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
-	if d.hdr.CompressionType != format.CompressionZlib {
+func (d writer) writeCompressedLocked(co *aio.Co, r *block.Request) error {
+	if d.mu.hdr.CompressionType != format.CompressionZlib {
 		// The encoder below writes deflate only (zstd.go reads zstd).
-		return format.Unsupported("compression_type", uint64(d.hdr.CompressionType), "compressed writes to a zstd image are not supported")
+		return format.Unsupported("compression_type", uint64(d.mu.hdr.CompressionType), "compressed writes to a zstd image are not supported")
 	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	plain := make([]byte, cs)
 	var out bytes.Buffer
 	for skip := int64(0); skip < r.Len; skip += cs {
@@ -85,9 +85,9 @@ func (d *Driver) writeCompressedLocked(co *aio.Co, r *block.Request) error {
 	return nil
 }
 
-func (d *Driver) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, data []byte) error {
-	l1i, l2i, _ := d.geo.Split(off)
-	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+func (d writer) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, data []byte) error {
+	l1i, l2i, _ := d.mu.geo.Split(off)
+	d.waitInflight(co, off/d.mu.geo.ClusterSize(), 1)
 	t, _, err := d.l2ForWrite(co, r, l1i)
 	if err != nil {
 		return err
@@ -97,7 +97,7 @@ func (d *Driver) writeCompressedCluster(co *aio.Co, r *block.Request, off int64,
 	if err != nil {
 		return err
 	}
-	ne, err := d.geo.EncodeCompressed(host, int64(len(data)))
+	ne, err := d.mu.geo.EncodeCompressed(host, int64(len(data)))
 	if err != nil {
 		return d.abortAlloc(host, err)
 	}
@@ -106,21 +106,21 @@ func (d *Driver) writeCompressedCluster(co *aio.Co, r *block.Request, off int64,
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err := d.geo.DecodeL2Entry(e, bm)
+	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+	le, err := d.mu.geo.DecodeL2Entry(e, bm)
 	if err != nil {
 		return err
 	}
-	d.cowPending = true
+	d.mu.cowPending = true
 	d.setL2EntryLocked(t, l2i, ne)
-	if d.geo.ExtendedL2 { // compressed clusters have no subclusters
+	if d.mu.geo.ExtendedL2 { // compressed clusters have no subclusters
 		d.setL2BitmapLocked(t, l2i, 0)
 	}
 	switch le.Type {
 	case format.Normal, format.ZeroAlloc:
-		d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 	case format.Compressed:
-		d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 	}
 	return nil
 }

@@ -214,9 +214,7 @@ func TestQcow2DriverFreeWaitsForIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A "request" in flight since before the discard.
-	d.mu.Lock()
-	ep := d.holdLocked()
-	d.mu.Unlock()
+	ep := d.hold(nil)
 	if err := n.Discard(0, 4096); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +226,7 @@ func TestQcow2DriverFreeWaitsForIO(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	d.mu.Lock()
-	pending := d.freeWaiter != nil
+	pending := d.mu.freeWaiter != nil
 	d.mu.Unlock()
 	if !pending {
 		t.Fatal("no free is waiting for the epoch")

@@ -35,19 +35,19 @@ import (
 // setDamage records im's damaged entries. REQUIRES: mu held, or the
 // driver not yet shared (Open).
 func (d *Driver) setDamage(im *format.Image) {
-	d.damageTargets = nil
+	d.mu.damageTargets = nil
 	if im.DamagedL1.Len() == 0 && im.DamagedRT.Len() == 0 {
-		d.damage = nil
+		d.mu.damage = nil
 		return
 	}
 	// The clusters the damaged entries point into are never allocated:
 	// once the file grew over one, a later open would take the entry as
 	// valid and read whatever was put there as a table.
-	d.damageTargets = make(map[int64]struct{})
+	d.mu.damageTargets = make(map[int64]struct{})
 	cs := im.Geometry.ClusterSize()
 	target := func(off uint64) {
 		if o := int64(off) &^ (cs - 1); o > 0 {
-			d.damageTargets[o] = struct{}{}
+			d.mu.damageTargets[o] = struct{}{}
 		}
 	}
 	for i, e := range im.L1 {
@@ -62,19 +62,19 @@ func (d *Driver) setDamage(im *format.Image) {
 	}
 	// A copy, for messages: the driver's tables change, the damaged
 	// entries in the copy do not.
-	d.damage = &format.Image{Header: im.Header, Geometry: im.Geometry, FileSize: im.FileSize,
+	d.mu.damage = &format.Image{Header: im.Header, Geometry: im.Geometry, FileSize: im.FileSize,
 		L1: slices.Clone(im.L1), RefcountTable: slices.Clone(im.RefcountTable),
 		DamagedL1: im.DamagedL1, DamagedRT: im.DamagedRT}
 }
 
 // damageInRangeLocked returns the damage of the first damaged L1 entry
 // covering guest bytes [off, off+n). REQUIRES: mu held.
-func (d *Driver) damageInRangeLocked(off, n int64) error {
-	dm := d.damage
+func (d metaIO) damageInRangeLocked(off, n int64) error {
+	dm := d.mu.damage
 	if dm == nil || dm.DamagedL1.Len() == 0 || n <= 0 {
 		return nil
 	}
-	cov := d.geo.L1Coverage()
+	cov := d.mu.geo.L1Coverage()
 	for i := off / cov; i <= (off+n-1)/cov; i++ {
 		if err := dm.L1Damage(i); err != nil {
 			return err
@@ -85,8 +85,8 @@ func (d *Driver) damageInRangeLocked(off, n int64) error {
 
 // damagedLocked fails operations that walk or rewrite whole tables
 // (snapshots, amend) on a damaged image. REQUIRES: mu held.
-func (d *Driver) damagedLocked() error {
-	dm := d.damage
+func (d metaIO) damagedLocked() error {
+	dm := d.mu.damage
 	if dm == nil {
 		return nil
 	}
@@ -103,7 +103,7 @@ func (d *Driver) damagedLocked() error {
 // refuseDamagedWrite marks the image corrupt and fails when the guest
 // range [off, off+n) of a write lies under a damaged L1 entry.
 // REQUIRES: metaLock held.
-func (d *Driver) refuseDamagedWrite(co *aio.Co, off, n int64) error {
+func (d metaIO) refuseDamagedWrite(co *aio.Co, off, n int64) error {
 	d.mu.Lock()
 	err := d.damageInRangeLocked(off, n)
 	d.mu.Unlock()
@@ -118,12 +118,12 @@ func (d *Driver) refuseDamagedWrite(co *aio.Co, off, n int64) error {
 // the file...) into the corrupt mark, as QEMU does for invalid entries
 // found at run time on a read-write image. Other errors, and images already
 // marked, pass through. REQUIRES: metaLock held, no L2 table pinned.
-func (d *Driver) damagedWriteErr(co *aio.Co, err error) error {
+func (d metaIO) damagedWriteErr(co *aio.Co, err error) error {
 	if !errors.Is(err, format.ErrCorrupt) {
 		return err
 	}
 	d.mu.Lock()
-	marked := d.corruptErr != nil
+	marked := d.mu.corruptErr != nil
 	d.mu.Unlock()
 	if marked {
 		return err
@@ -138,10 +138,10 @@ func (d *Driver) damagedWriteErr(co *aio.Co, err error) error {
 // writes that did succeed is written back first, so they are not lost
 // (the refcount path cannot: it may run inside a flush).
 // REQUIRES: metaLock held.
-func (d *Driver) markDamaged(co *aio.Co, cause error, flush bool) error {
+func (d metaIO) markDamaged(co *aio.Co, cause error, flush bool) error {
 	if flush {
 		d.mu.Lock()
-		marked := d.corruptErr != nil
+		marked := d.mu.corruptErr != nil
 		d.mu.Unlock()
 		if !marked {
 			if ferr := d.flushMetadata(co, nil); ferr != nil {
@@ -151,12 +151,12 @@ func (d *Driver) markDamaged(co *aio.Co, cause error, flush bool) error {
 	}
 	err := fmt.Errorf("qcow2: marking image as corrupt: a write would use damaged metadata (%w); repair it with check -r all", cause)
 	d.mu.Lock()
-	first := d.corruptErr == nil
+	first := d.mu.corruptErr == nil
 	if first {
-		d.corruptErr = err
+		d.setCorruptLocked(err)
 	}
-	incompat := d.hdr.IncompatibleFeatures | format.IncompatCorrupt
-	v3 := d.hdr.Version >= 3 && !d.readOnly
+	incompat := d.mu.hdr.IncompatibleFeatures | format.IncompatCorrupt
+	v3 := d.mu.hdr.Version >= 3 && !d.readOnly
 	d.mu.Unlock()
 	if first && v3 {
 		var b [8]byte
@@ -165,12 +165,12 @@ func (d *Driver) markDamaged(co *aio.Co, cause error, flush bool) error {
 			d.fileSync(co, nil)
 		}
 		d.mu.Lock()
-		d.hdr.IncompatibleFeatures = incompat
+		d.mu.hdr.IncompatibleFeatures = incompat
 		d.mu.Unlock()
 	}
 	if !first {
 		d.mu.Lock()
-		err = d.corruptErr
+		err = d.mu.corruptErr
 		d.mu.Unlock()
 	}
 	return err

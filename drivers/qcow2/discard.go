@@ -31,7 +31,7 @@ const (
 
 // Discard drops whole clusters of the range.
 func (d *Driver) Discard(r *block.Request) {
-	d.runZero(r, modeDiscard, block.OpDiscard)
+	writerOf(d).runZero(r, modeDiscard, block.OpDiscard)
 }
 
 // WriteZeroes makes the range read as zeros.
@@ -40,10 +40,10 @@ func (d *Driver) WriteZeroes(r *block.Request) {
 	if r.Flags&block.MayUnmap != 0 {
 		m = modeZeroUnmap
 	}
-	d.runZero(r, m, block.OpWriteZeroes)
+	writerOf(d).runZero(r, m, block.OpWriteZeroes)
 }
 
-func (d *Driver) runZero(r *block.Request, m zeroMode, op block.Op) {
+func (d writer) runZero(r *block.Request, m zeroMode, op block.Op) {
 	r.Context().Go(func(co *aio.Co) {
 		err := d.zeroRange(co, r, m)
 		if err == nil && r.Flags&block.FUA != 0 {
@@ -58,9 +58,9 @@ func (d *Driver) runZero(r *block.Request, m zeroMode, op block.Op) {
 	})
 }
 
-func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
+func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
 		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "request outside the virtual disk")
@@ -85,11 +85,11 @@ func (d *Driver) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 // zeroRangeLocked zeroes or discards guest bytes [off, off+n), which the
 // caller has checked against the disk size. REQUIRES: metaLock held,
 // prepareWrite done.
-func (d *Driver) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m zeroMode) error {
+func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m zeroMode) error {
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	end := off + n
 	var zeros []byte
 	for off < end {
@@ -98,7 +98,7 @@ func (d *Driver) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m z
 		whole := in == 0 && (k == cs || off+k == size)
 		var err error
 		switch {
-		case d.geo.ExtendedL2:
+		case d.mu.geo.ExtendedL2:
 			err = d.zeroSubclusters(co, r, off, k, m) // subcluster.go
 		case whole:
 			err = d.zeroCluster(co, r, off, m)
@@ -118,14 +118,14 @@ func (d *Driver) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m z
 
 // peekEntry returns the L2 entry of guest offset off without allocating
 // anything; ok is false when the L1 entry is empty.
-func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le format.L2Entry, ok bool, err error) {
+func (d writer) peekEntry(co *aio.Co, r *block.Request, off int64) (le format.L2Entry, ok bool, err error) {
 	if _, err := d.mapRange(co, r, nil, off, 1); err != nil {
 		return le, false, err
 	}
-	l1i, l2i, _ := d.geo.Split(off)
+	l1i, l2i, _ := d.mu.geo.Split(off)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	l2Off := int64(d.l1[l1i] & format.OffsetMask)
+	l2Off := int64(d.mu.l1[l1i] & format.OffsetMask)
 	if l2Off == 0 {
 		return le, false, nil
 	}
@@ -133,8 +133,8 @@ func (d *Driver) peekEntry(co *aio.Co, r *block.Request, off int64) (le format.L
 	if t == nil { // evicted since mapRange: the caller takes the general path
 		return le, true, errMiss
 	}
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err = d.geo.DecodeL2Entry(e, bm)
+	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+	le, err = d.mu.geo.DecodeL2Entry(e, bm)
 	return le, true, err
 }
 
@@ -142,13 +142,13 @@ func readsZero(t format.ClusterType, backing bool) bool {
 	return t == format.ZeroPlain || t == format.ZeroAlloc || (t == format.Unallocated && !backing)
 }
 
-func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byte) error {
+func (d writer) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byte) error {
 	// An allocating write to another part of this cluster may be in
 	// flight: until it links its cluster the entry still reads
 	// Unallocated, and zeroing the whole cluster on that evidence would
 	// wipe the write's data. Wait for it first (metaLock keeps new
 	// allocations out from here on).
-	d.waitInflight(co, off/d.geo.ClusterSize(), 1)
+	d.waitInflight(co, off/d.mu.geo.ClusterSize(), 1)
 	le, _, err := d.peekEntry(co, r, off)
 	if err != nil && err != errMiss {
 		return err
@@ -157,8 +157,8 @@ func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []by
 		// The whole cluster reads as zero already. Like QEMU, a version 3
 		// image records that with the zero flag (so qemu-img map shows
 		// the same); a version 2 image needs nothing.
-		if d.geo.ZeroFlag && le.Type == format.Unallocated {
-			cs := d.geo.ClusterSize()
+		if d.mu.geo.ZeroFlag && le.Type == format.Unallocated {
+			cs := d.mu.geo.ClusterSize()
 			return d.zeroCluster(co, r, off&^(cs-1), modeZero)
 		}
 		return nil
@@ -166,7 +166,7 @@ func (d *Driver) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []by
 	return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
 }
 
-func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode) error {
+func (d writer) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode) error {
 	hasBacking := d.backing != nil
 	le, mapped, err := d.peekEntry(co, r, off)
 	if err != nil && err != errMiss {
@@ -175,18 +175,18 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 	// An unallocated cluster with nothing below reads as zero already.
 	// Discard leaves it so; write-zeroes on version 3 sets the zero flag
 	// anyway (allocating the L2 table if needed), as QEMU 7.2 does.
-	skipUnallocated := m == modeDiscard || !d.geo.ZeroFlag
+	skipUnallocated := m == modeDiscard || !d.mu.geo.ZeroFlag
 	if err == nil && !mapped && !hasBacking && skipUnallocated {
 		return nil
 	}
 	if err == nil && (le.Type == format.ZeroPlain || (le.Type == format.Unallocated && !hasBacking && skipUnallocated)) {
 		return nil
 	}
-	if !d.geo.ZeroFlag && hasBacking {
+	if !d.mu.geo.ZeroFlag && hasBacking {
 		if m == modeDiscard {
 			return format.Unsupported("version", 2, "discard in a version 2 image with a backing file")
 		}
-		zeros := make([]byte, min(d.geo.ClusterSize(), d.geo.Size-off))
+		zeros := make([]byte, min(d.mu.geo.ClusterSize(), d.mu.geo.Size-off))
 		return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
 	}
 	t, l2i, le, e, _, err := d.lockEntry(co, r, off)
@@ -198,15 +198,15 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 	var ne uint64
 	free := true
 	switch {
-	case !d.geo.ZeroFlag:
+	case !d.mu.geo.ZeroFlag:
 		ne = 0
 	case m == modeZero && le.Type == format.Normal && le.Copied:
-		ne, err = d.geo.EncodeL2Entry(format.ZeroAlloc, le.HostOff, true)
+		ne, err = d.mu.geo.EncodeL2Entry(format.ZeroAlloc, le.HostOff, true)
 		free = false
 	case m == modeZero && le.Type == format.ZeroAlloc:
 		return nil
 	default:
-		ne, err = d.geo.EncodeL2Entry(format.ZeroPlain, 0, false)
+		ne, err = d.mu.geo.EncodeL2Entry(format.ZeroPlain, 0, false)
 	}
 	if err != nil {
 		return err
@@ -218,9 +218,9 @@ func (d *Driver) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode
 	if free {
 		switch le.Type {
 		case format.Normal, format.ZeroAlloc:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 		case format.Compressed:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
 	return nil

@@ -42,12 +42,14 @@
 // changes them meanwhile (R8). L2 tables live in the cache package
 // (l2cache.go): a bounded per-image cache.Set holds every dirty or pinned
 // table plus recently used clean ones and writes them back in stage C of
-// flushMetadata; clean tables it evicts go to one cache.Clean shared by all
-// open images (DriverOptions.SharedCache, default DefaultSharedCache), keyed
-// by a per-open image ID and checked against a per-table generation that
-// every change, free and reuse moves forward. Lookups on the fast paths run
-// under mu without I/O or allocation, including hits in the shared cache.
-// Driver.CacheStats exposes the counters.
+// flushMetadata; clean tables it evicts go to the cache.Clean the caller
+// passed (DriverOptions.SharedCache, shared by as many images as the caller
+// likes; nil: a private one), keyed by a per-open image ID and checked
+// against a per-table generation that every change, free and reuse moves
+// forward. The set's one index is readable without a lock (cache.Set.View):
+// cached reads and in-place writes take no driver-wide lock (fast.go); the
+// rest maps under mu without I/O or allocation, including hits in the
+// shared cache. Driver.CacheStats exposes the counters.
 //
 // Crash ordering follows qcow2.md §2.9: metadata changes are made in
 // memory (refcount blocks, L2 tables, refcount table and L1 entries, each

@@ -58,8 +58,9 @@ type DriverOptions struct {
 	// SharedCache receives the clean L2 tables this image evicts and is
 	// looked up on a miss (tier 2). It may be shared by any number of
 	// images: keys carry a per-open image ID and a per-table generation.
-	// Nil: the process-wide DefaultSharedCache (DefaultSharedCacheBytes
-	// unless SetDefaultSharedCacheBytes said otherwise).
+	// The caller owns it and decides who shares it (drivers/chain gives
+	// the images of one chain one cache). Nil: a private cache of
+	// DefaultSharedCacheBytes for this image alone.
 	SharedCache cache.Clean
 	// Image tightens the open-time limits of ReadImage (ReadWrite is set
 	// from the node's read-only option).
@@ -98,63 +99,87 @@ type Driver struct {
 
 	readOnly bool
 
-	mu     sync.Mutex
-	hdr    *format.Header
-	geo    format.Geometry // FileSize tracks the end of allocated space
-	l1     []uint64
-	rt     []uint64 // refcount table
-	snaps  []format.Snapshot
-	snapSz int64
-	l2     *l2Cache
-	rb     map[int64]*refBlock // loaded refcount blocks, by host offset
-	// metaClusters holds the offsets of every refcount block and active
-	// L2 table, for the overlap check (R5) of data writes.
-	metaClusters map[int64]struct{}
-	// dirty state, flushed in dependency order (flush.go)
-	dirtyRT      map[int64]bool // refcount table indexes to write
-	dirtyL1      map[int64]bool // L1 indexes to write
-	pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
-	cowPending   bool           // data or COW written since the last fsync (R4)
-	freeIdx      int64          // first cluster index that may be free
-	corruptErr   error          // set once an overlap check fired: every request fails
-	// damage describes the L1 and refcount table entries found damaged at
-	// open (nil: none); see damage.go.
-	damage *format.Image
-	// damageTargets holds the clusters damaged entries point into; the
-	// allocator skips them (damage.go).
-	damageTargets map[int64]struct{}
-	headerReady   bool      // R10 done: autoclear bits cleared before the first write
-	lazy          lazyState // lazy refcounts and the dirty bit (lazy.go)
+	// mu guards the metadata object: the in-memory tables and their dirty
+	// state. They change only under metaLock (held across metadata I/O)
+	// and are read or changed only with mu held, which is never held
+	// across I/O or a yield. The image's shape (hdr.Version, the geometry's
+	// ClusterBits, RefcountOrder, ExtendedL2 and ZeroFlag, hdr's
+	// compression type) is fixed at Open and read without mu. The fast
+	// paths read none of this: they read the published view (fast.go).
+	mu struct {
+		sync.Mutex
+		hdr    *format.Header
+		geo    format.Geometry // FileSize tracks the end of allocated space
+		l1     []uint64        // entries stored with storeL1 (fast.go)
+		rt     []uint64        // refcount table
+		snaps  []format.Snapshot
+		snapSz int64
+		rb     map[int64]*refBlock // loaded refcount blocks, by host offset
+		// dirty state, flushed in dependency order (flush.go)
+		dirtyRT      map[int64]bool // refcount table indexes to write
+		dirtyL1      map[int64]bool // L1 indexes to write
+		pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
+		cowPending   bool           // data or COW written since the last fsync (R4)
+		freeIdx      int64          // first cluster index that may be free
+		corruptErr   error          // set once an overlap check fired: every request fails (setCorruptLocked)
+		// damage describes the L1 and refcount table entries found
+		// damaged at open (nil: none); see damage.go.
+		damage *format.Image
+		// damageTargets holds the clusters damaged entries point into;
+		// the allocator skips them (damage.go).
+		damageTargets map[int64]struct{}
+		lazy          lazyState // lazy refcounts and the dirty bit (lazy.go)
+		// inflight maps guest cluster indexes to the allocating write
+		// that is writing their new host cluster without metaLock
+		// (write.go).
+		inflight map[int64]*inflightAlloc
+		// freeWaiter is the one coroutine (under metaLock) waiting for
+		// I/O epoch parity freeParity to drain (read.go).
+		freeWaiter *aio.Co
+		freeParity uint32
+		// zcache holds the last inflated compressed cluster. Dropped
+		// when a cluster is freed (its host bytes may be reused).
+		zcache struct {
+			desc format.CompressedDescriptor
+			buf  []byte
+		}
+		// flushAt is the flush stage running (invariants builds).
+		flushAt flushStage
+		// inSnapshotOp is set while a snapshot operation runs: its
+		// flushes write intermediate states (refcounts raised before
+		// COPIED is cleared), which the tests' after-flush check must not
+		// judge alone.
+		inSnapshotOp bool
+	}
+	// l2 is the image's L2 cache (l2cache.go; its own locking rules),
+	// set at Open.
+	l2 *l2Cache
+	// meta holds the offsets of every refcount block and active L2 table,
+	// for the overlap check (R5) of data writes (metaset.go): changed
+	// under mu, read without it.
+	meta metaSet
 
 	metaLock coMutex
-	// inflight maps guest cluster indexes to the allocating write that is
-	// writing their new host cluster without metaLock (write.go).
-	inflight map[int64]*inflightAlloc
 
-	// I/O epochs (read.go): requests in flight per epoch parity, and the
-	// one coroutine (under metaLock) waiting for a parity to drain.
-	ioEpoch    uint32
-	ioActive   [2]epochCount
-	freeWaiter *aio.Co
-	freeParity uint32
+	// What the lock-free fast paths read (fast.go): the published view,
+	// the end of the file, and the corrupt and header-ready (R10) flags,
+	// which mirror corruptErr and the first write's header update.
+	view        atomic.Pointer[fastView]
+	fileEnd     atomic.Int64
+	corrupt     atomic.Bool
+	headerReady atomic.Bool
 
-	states  stateFreeList
-	oneDone oneDone         // completes single-extent fast reads (read.go)
-	batches batches         // per-Context read batches (batch.go)
-	rext    []format.Extent // Read's mapping scratch, owned by the holder of mu
-	// onceOff/onceBuf: the L2 table mapData found, for the Map after it
-	// (l2Once, bound once in l2OnceFn); valid under the same hold of mu.
-	onceOff  int64
-	onceBuf  []byte
-	l2OnceFn format.L2Func
-	l2HitFn  format.L2Func // bound once: no allocation per Map call
-	missOff  int64         // set by l2Hit under mu: the table that missed
-	// zcache holds the last inflated compressed cluster. Dropped when a
-	// cluster is freed (its host bytes may be reused).
-	zcache struct {
-		desc format.CompressedDescriptor
-		buf  []byte
-	}
+	// I/O epochs (read.go): requests in flight per epoch parity;
+	// freeWaiting mirrors mu.freeWaiter != nil for unhold, which takes mu
+	// only then.
+	ioEpoch     atomic.Uint32
+	ioActive    [2][epochStripes]epochCount
+	freeWaiting atomic.Bool
+
+	states    stateFreeList
+	oneDone   oneDone // completes single-extent fast reads (read.go)
+	batches   batches // per-Context read batches and hit counters (batch.go)
+	otherHits atomic.Uint64
 
 	pendingFile *block.Node // between New and Open
 	// noFileZeroes: the file node answered a write-zeroes with
@@ -193,7 +218,8 @@ func NewNode(g *block.Graph, file *block.Node, opts DriverOptions, nopts block.O
 	return n, err
 }
 
-// errMiss reports an L2 table that is not in the cache (fast path only).
+// errMiss reports an L2 table that is not in the cache (the locked
+// mapping's L2Func, l2Mapper).
 var errMiss = errors.New("qcow2: l2 cache miss")
 
 // Open attaches the file child, reads and validates the image's metadata
@@ -227,7 +253,7 @@ func (d *Driver) Open(n *block.Node) error {
 	iopts.ReadWrite = !d.readOnly
 	if !d.readOnly {
 		// A dirty image is repaired first (lazy.go, repair.go).
-		relaxed, err := d.openRepair(file)
+		relaxed, err := maintOf(d).openRepair(file)
 		if err != nil {
 			return err
 		}
@@ -242,26 +268,27 @@ func (d *Driver) Open(n *block.Node) error {
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}
-	d.hdr, d.geo, d.l1, d.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
-	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.mu.hdr, d.mu.geo, d.mu.l1, d.mu.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
+	d.mu.snaps, d.mu.snapSz = im.Snapshots, im.SnapshotTableSize
 	d.setDamage(im)
 	d.initLazy()
 	// The L1 table may be longer than the disk needs; never map past it.
 	if err := d.initL2(); err != nil {
 		return err
 	}
-	d.rb = make(map[int64]*refBlock)
-	d.dirtyRT = make(map[int64]bool)
-	d.dirtyL1 = make(map[int64]bool)
-	d.l2HitFn = d.l2Hit
+	d.mu.rb = make(map[int64]*refBlock)
+	d.mu.dirtyRT = make(map[int64]bool)
+	d.mu.dirtyL1 = make(map[int64]bool)
 	d.oneDone.d = d
-	d.l2OnceFn = d.l2Once
-	d.rext = make([]format.Extent, 0, 16)
-	d.inflight = make(map[int64]*inflightAlloc)
+	d.mu.inflight = make(map[int64]*inflightAlloc)
 	d.resetMetaClusters()
-	d.freeIdx = 0
+	d.mu.freeIdx = 0
+	d.publishLocked()
 	if err := d.openBacking(); err != nil {
 		return err
+	}
+	if afterOpenHook != nil {
+		afterOpenHook(d)
 	}
 	return nil
 }
@@ -270,22 +297,22 @@ func (d *Driver) Open(n *block.Node) error {
 // tables the overlap check (R5) protects, from the L1 and refcount tables.
 // REQUIRES: mu held, or the driver not yet shared (Open).
 func (d *Driver) resetMetaClusters() {
-	d.metaClusters = make(map[int64]struct{})
-	dm := d.damage
-	for i, e := range d.l1 {
+	d.meta.reset()
+	dm := d.mu.damage
+	for i, e := range d.mu.l1 {
 		if off := int64(e & format.OffsetMask); off != 0 && (dm == nil || !dm.DamagedL1.Has(int64(i))) {
-			d.metaClusters[off] = struct{}{}
+			d.meta.add(off)
 		}
 	}
-	for i, e := range d.rt {
+	for i, e := range d.mu.rt {
 		if e != 0 && (dm == nil || !dm.DamagedRT.Has(int64(i))) {
-			d.metaClusters[int64(e)] = struct{}{}
+			d.meta.add(int64(e))
 		}
 	}
 }
 
 func (d *Driver) openBacking() error {
-	h := d.hdr
+	h := d.mu.hdr
 	if h.BackingFile == "" || d.opts.IgnoreBacking {
 		return nil
 	}
@@ -324,7 +351,7 @@ func (d *Driver) openBacking() error {
 // detach the children. A failed write-back is returned: the caller that
 // closed without a flush first must learn that the mapping is not on disk.
 func (d *Driver) Close(n *block.Node) error {
-	if d.readOnly || d.file == nil || d.hdr == nil {
+	if d.readOnly || d.file == nil || d.mu.hdr == nil {
 		return nil
 	}
 	// Close runs on the main Context inside a drained section: run a flush
@@ -334,7 +361,7 @@ func (d *Driver) Close(n *block.Node) error {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err = d.closeMetadata(co)
+		err = metaOf(d).closeMetadata(co)
 		d.metaLock.unlock()
 		done.Store(true)
 		main.Kick()
@@ -347,14 +374,14 @@ func (d *Driver) Close(n *block.Node) error {
 func (d *Driver) Length(*block.Node) (int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.geo.Size, nil
+	return d.mu.geo.Size, nil
 }
 
 // Header returns a copy of the image header as last read or written.
 func (d *Driver) Header() format.Header {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return *d.hdr
+	return *d.mu.hdr
 }
 
 func (d *Driver) nodeName() string {

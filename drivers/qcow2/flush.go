@@ -6,6 +6,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // flushMetadata writes every dirty piece of metadata in dependency order,
@@ -25,9 +26,9 @@ import (
 //
 // REQUIRES: metaLock held (nothing else changes metadata meanwhile, so
 // the buffers are written in place without copies).
-func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
+func (d metaIO) flushMetadata(co *aio.Co, parent *block.Request) error {
 	d.mu.Lock()
-	err := d.corruptErr
+	err := d.mu.corruptErr
 	d.mu.Unlock()
 	if err != nil {
 		return err // R5: nothing more is written to a corrupt image
@@ -37,7 +38,7 @@ func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
 			return err
 		}
 		d.mu.Lock()
-		frees := len(d.pendingFrees)
+		frees := len(d.mu.pendingFrees)
 		d.mu.Unlock()
 		if frees == 0 {
 			break
@@ -46,19 +47,32 @@ func (d *Driver) flushMetadata(co *aio.Co, parent *block.Request) error {
 			return err
 		}
 	}
+	if afterFlushHook != nil {
+		afterFlushHook(d.Driver)
+	}
 	return nil
 }
 
-func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
+// afterOpenHook and afterFlushHook, when set, run at the end of a
+// successful Open and of every successful flushMetadata (under metaLock).
+// Tests set them to check the image file (flushcheck_test.go); they are
+// nil otherwise.
+var afterOpenHook, afterFlushHook func(d *Driver)
+
+func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
+	if invariants.Enabled {
+		defer d.leaveStages()
+	}
 	// Stage A: refcount blocks.
+	d.enterStage(stageRefblocks)
 	d.mu.Lock()
 	var rbs []int64
-	for off, b := range d.rb {
+	for off, b := range d.mu.rb {
 		if b.dirty {
 			rbs = append(rbs, off)
 		}
 	}
-	sync := d.cowPending
+	sync := d.mu.cowPending
 	d.mu.Unlock()
 	if len(rbs) > 0 {
 		// Lazy refcounts: the blocks may stay dirty behind the dirty bit.
@@ -73,7 +87,7 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 	slices.Sort(rbs)
 	for _, off := range rbs {
 		d.mu.Lock()
-		b := d.rb[off]
+		b := d.mu.rb[off]
 		d.mu.Unlock()
 		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
 			return err
@@ -85,21 +99,22 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 		}
 		d.mu.Lock()
 		for _, off := range rbs {
-			d.rb[off].dirty = false
+			d.mu.rb[off].dirty = false
 		}
-		d.cowPending = false
+		d.mu.cowPending = false
 		d.mu.Unlock()
 	}
 
 	// Stage B: refcount table entries.
+	d.enterStage(stageReftable)
 	d.mu.Lock()
-	rts := sortedKeys(d.dirtyRT)
+	rts := sortedKeys(d.mu.dirtyRT)
 	d.mu.Unlock()
 	for _, ti := range rts {
 		var b [8]byte
 		d.mu.Lock()
-		putU64(b[:], d.rt[ti])
-		at := int64(d.hdr.RefcountTableOffset) + ti*8
+		putU64(b[:], d.mu.rt[ti])
+		at := int64(d.mu.hdr.RefcountTableOffset) + ti*8
 		d.mu.Unlock()
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
@@ -111,25 +126,27 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 		}
 		d.mu.Lock()
 		for _, ti := range rts {
-			delete(d.dirtyRT, ti)
+			delete(d.mu.dirtyRT, ti)
 		}
 		d.mu.Unlock()
 	}
 
 	// Stage C: L2 tables, written and synced by the image's cache.Set.
+	d.enterStage(stageL2)
 	if err := d.flushL2(co, parent); err != nil {
 		return err
 	}
 
 	// Stage D: L1 entries.
+	d.enterStage(stageL1)
 	d.mu.Lock()
-	l1s := sortedKeys(d.dirtyL1)
+	l1s := sortedKeys(d.mu.dirtyL1)
 	d.mu.Unlock()
 	for _, i := range l1s {
 		var b [8]byte
 		d.mu.Lock()
-		putU64(b[:], d.l1[i])
-		at := int64(d.hdr.L1Offset) + i*8
+		putU64(b[:], d.mu.l1[i])
+		at := int64(d.mu.hdr.L1Offset) + i*8
 		d.mu.Unlock()
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
@@ -141,7 +158,7 @@ func (d *Driver) flushStages(co *aio.Co, parent *block.Request) error {
 		}
 		d.mu.Lock()
 		for _, i := range l1s {
-			delete(d.dirtyL1, i)
+			delete(d.mu.dirtyL1, i)
 		}
 		d.mu.Unlock()
 	}
@@ -160,7 +177,7 @@ func sortedKeys(m map[int64]bool) []int64 {
 // writeMeta writes one metadata buffer. The targets are our own tables at
 // offsets taken from our own validated structures; they are not run
 // through the data overlap check (QEMU ignores the table's own kind too).
-func (d *Driver) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int64) error {
+func (d metaIO) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int64) error {
 	return d.fileWrite(co, parent, buf, off)
 }
 
@@ -168,8 +185,8 @@ func (d *Driver) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off in
 // nothing dirty it is a plain child flush (no coroutine, no allocation).
 func (d *Driver) Flush(r *block.Request) {
 	d.mu.Lock()
-	clean := d.corruptErr == nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
-		len(d.pendingFrees) == 0 && !d.cowPending && (d.lazySkipsLocked() || !d.anyDirtyRefblockLocked())
+	clean := d.mu.corruptErr == nil && d.l2.dirty == 0 && len(d.mu.dirtyRT) == 0 && len(d.mu.dirtyL1) == 0 &&
+		len(d.mu.pendingFrees) == 0 && !d.mu.cowPending && (metaOf(d).lazySkipsLocked() || !metaOf(d).anyDirtyRefblockLocked())
 	d.mu.Unlock()
 	if clean {
 		s := d.states.get(d)
@@ -182,7 +199,7 @@ func (d *Driver) Flush(r *block.Request) {
 	}
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := d.flushMetadata(co, r)
+		err := metaOf(d).flushMetadata(co, r)
 		d.metaLock.unlock()
 		if err == nil {
 			err = d.fileSync(co, r)
@@ -191,8 +208,8 @@ func (d *Driver) Flush(r *block.Request) {
 	})
 }
 
-func (d *Driver) anyDirtyRefblockLocked() bool {
-	for _, b := range d.rb {
+func (d metaIO) anyDirtyRefblockLocked() bool {
+	for _, b := range d.mu.rb {
 		if b.dirty {
 			return true
 		}
@@ -203,16 +220,16 @@ func (d *Driver) anyDirtyRefblockLocked() bool {
 // overlapsMetadata reports whether [off, off+n) touches the header, an L1
 // table, the refcount table, a refcount block, an active L2 table or the
 // snapshot table (QEMU's default "cached" overlap-check level).
-func (d *Driver) overlapsMetadata(off, n int64) bool {
+func (d metaIO) overlapsMetadata(off, n int64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.overlapsMetadataLocked(off, n)
 }
 
 // REQUIRES: mu held. No allocation.
-func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
-	cs := d.geo.ClusterSize()
-	h := d.hdr
+func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
+	cs := d.mu.geo.ClusterSize()
+	h := d.mu.hdr
 	hit := func(start, length int64) bool {
 		if length <= 0 {
 			return false
@@ -221,20 +238,20 @@ func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
 		e := (start + length + cs - 1) &^ (cs - 1)
 		return off < e && s < off+n
 	}
-	if off < cs || hit(int64(h.L1Offset), int64(len(d.l1))*8) ||
+	if off < cs || hit(int64(h.L1Offset), int64(len(d.mu.l1))*8) ||
 		hit(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
-		hit(int64(h.SnapshotsOffset), d.snapSz) {
+		hit(int64(h.SnapshotsOffset), d.mu.snapSz) {
 		return true
 	}
-	for i := range d.snaps {
-		if hit(int64(d.snaps[i].L1Offset), int64(d.snaps[i].L1Entries)*8) {
+	for i := range d.mu.snaps {
+		if hit(int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries)*8) {
 			return true
 		}
 	}
 	// Single clusters (refcount blocks, active L2 tables): one set lookup
 	// per cluster of the range.
 	for c := off &^ (cs - 1); c < off+n; c += cs {
-		if _, ok := d.metaClusters[c]; ok {
+		if d.meta.has(c) {
 			return true
 		}
 	}
@@ -244,15 +261,15 @@ func (d *Driver) overlapsMetadataLocked(off, n int64) bool {
 // markCorrupt handles an overlap-check hit (R5): the image gets the
 // corrupt bit (an 8-byte synced header write, R6), every later request
 // fails, and the request gets an I/O error.
-func (d *Driver) markCorrupt(co *aio.Co, off int64, what string) error {
+func (d metaIO) markCorrupt(co *aio.Co, off int64, what string) error {
 	err := format.Corrupt("host_offset", uint64(off), "preventing invalid write on metadata ("+what+")")
 	d.mu.Lock()
-	first := d.corruptErr == nil
+	first := d.mu.corruptErr == nil
 	if first {
-		d.corruptErr = err
+		d.setCorruptLocked(err)
 	}
-	incompat := d.hdr.IncompatibleFeatures | format.IncompatCorrupt
-	v3 := d.hdr.Version >= 3
+	incompat := d.mu.hdr.IncompatibleFeatures | format.IncompatCorrupt
+	v3 := d.mu.hdr.Version >= 3
 	d.mu.Unlock()
 	if first && v3 {
 		var b [8]byte

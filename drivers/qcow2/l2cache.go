@@ -2,8 +2,6 @@ package qcow2
 
 import (
 	"errors"
-	"fmt"
-	"sync"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -67,53 +65,11 @@ const levelL2 cache.Level = 1
 // bytes of metadata per byte of data.
 const defaultL2CacheBytes = 32 << 20
 
-// DefaultSharedCacheBytes is the budget of the process-wide clean L2 cache
-// that images opened without DriverOptions.SharedCache share, unless
-// SetDefaultSharedCacheBytes changed it before its creation.
+// DefaultSharedCacheBytes is the budget of the clean L2 cache (tier 2) an
+// image gets for itself when DriverOptions.SharedCache is nil. A caller
+// that opens several images (a backing chain, a server) creates one cache
+// and passes it to each (drivers/chain does).
 const DefaultSharedCacheBytes = 64 << 20
-
-var sharedDefault struct {
-	mu    sync.Mutex
-	bytes int64
-	c     cache.Clean
-}
-
-// SetDefaultSharedCacheBytes sets the budget of the process-wide clean L2
-// cache (the one used when DriverOptions.SharedCache is nil). The cache is
-// created on the first open that needs it; after that the size is fixed and
-// this returns an error.
-func SetDefaultSharedCacheBytes(n int64) error {
-	if n < 1 {
-		return fmt.Errorf("qcow2: shared L2 cache size %d must be positive", n)
-	}
-	sharedDefault.mu.Lock()
-	defer sharedDefault.mu.Unlock()
-	if sharedDefault.c != nil {
-		return errors.New("qcow2: the default shared L2 cache already exists; set its size before the first open")
-	}
-	sharedDefault.bytes = n
-	return nil
-}
-
-// DefaultSharedCache returns the process-wide clean L2 cache, creating it
-// (cache.NewClean with the default policy) on first use.
-func DefaultSharedCache() cache.Clean {
-	sharedDefault.mu.Lock()
-	defer sharedDefault.mu.Unlock()
-	if sharedDefault.c == nil {
-		n := sharedDefault.bytes
-		if n == 0 {
-			n = DefaultSharedCacheBytes
-		}
-		c, err := cache.NewClean(cache.CleanConfig{MaxBytes: n})
-		if err != nil {
-			// n > 0 and the default policy: NewClean cannot fail.
-			panic("assertion failed: " + err.Error())
-		}
-		sharedDefault.c = c
-	}
-	return sharedDefault.c
-}
 
 // CacheStats are the metadata cache counters of one image
 // (Driver.CacheStats).
@@ -149,7 +105,7 @@ func (d *Driver) CacheStats() CacheStats {
 		return CacheStats{}
 	}
 	l2 := c.set.Stats()
-	l2.Hits += c.hintHits
+	l2.Hits += readerOf(d).fastHits()
 	return CacheStats{
 		L2:           l2,
 		SharedHits:   c.sharedHits,
@@ -183,35 +139,11 @@ type l2Cache struct {
 	freeEpoch uint64
 
 	// unpins counts Unpins; waiters are coroutines (holding no pin) that
-	// wait for one because every slot was pinned (l2MakeRoom).
+	// wait for one because every slot was pinned (roomWait).
 	unpins  uint64
 	waiters []*aio.Co
 
-	// hints is a direct-mapped index from a table's offset to its tier-1
-	// slot in front of the set, so that a fast-path hit takes neither the
-	// set's lock nor its map (a hash of the key, a probe, a lock pair: a
-	// tenth of a cached read's CPU). An entry is written when a table
-	// becomes resident (insert, or a Peek that found it) and cleared when it
-	// leaves (evicted, drop); every one of those runs under Driver.mu, so an
-	// entry whose off matches names a resident, ready slot. Empty: off -1.
-	hints     []l2Hint
-	hintMask  int64
-	hintShift uint
-	// A hint hit does not reorder the set's LRU list; it marks the slot
-	// referenced and queues it once in touched (capacity: every slot, so
-	// appending never allocates). syncLRU hands the queue to Set.Touch
-	// before anything that may evict, so recency still decides victims.
-	refd     []bool
-	touched  []int32
-	hintHits uint64
-
 	sharedHits, sharedMisses, offers, fileLoads, privateLoads, roomWaits uint64
-}
-
-// l2Hint is one entry of l2Cache.hints.
-type l2Hint struct {
-	off  int64
-	slot int32
 }
 
 // l2Table is a handle on one tier-1 slot. buf is the slot's bytes: they
@@ -227,39 +159,24 @@ type l2Table struct {
 // L2CacheBytes (default 32 MiB), never more than twice the tables the L1
 // table can point at plus 8, and at least 4 tables.
 func (d *Driver) initL2() error {
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	bytes := d.opts.L2CacheBytes
 	if bytes <= 0 {
 		bytes = defaultL2CacheBytes
 	}
-	n := min(bytes/cs, 2*int64(len(d.l1))+8, 1<<30)
+	n := min(bytes/cs, 2*int64(len(d.mu.l1))+8, 1<<30)
 	n = max(n, 4)
 	shared := d.opts.SharedCache
 	if shared == nil {
-		shared = DefaultSharedCache()
-	}
-	// Twice as many hint entries as slots (a power of two, so the index
-	// is a mask) keeps collisions between resident tables rare; the cap
-	// bounds the array for huge sets of tiny tables, which then fall back
-	// to the set's own index more often.
-	nh := int64(1)
-	for nh < 2*n && nh < 1<<16 {
-		nh <<= 1
+		// Nobody to share with: a private tier 2 of the default size.
+		shared = cache.NewLRU(DefaultSharedCacheBytes)
 	}
 	c := &l2Cache{
-		capacity:  int(n),
-		image:     cache.NewImageID(),
-		shared:    shared,
-		gens:      make(map[int64]uint64),
-		tabs:      make([]l2Table, n),
-		hints:     make([]l2Hint, nh),
-		hintMask:  nh - 1,
-		hintShift: uint(d.geo.ClusterBits),
-		refd:      make([]bool, n),
-		touched:   make([]int32, 0, n),
-	}
-	for i := range c.hints {
-		c.hints[i].off = -1
+		capacity: int(n),
+		image:    cache.NewImageID(),
+		shared:   shared,
+		gens:     make(map[int64]uint64),
+		tabs:     make([]l2Table, n),
 	}
 	set, err := cache.NewSet(cache.Config{
 		Tables:    int(n),
@@ -275,7 +192,6 @@ func (d *Driver) initL2() error {
 		t := set.Slot(i)
 		c.tabs[i] = l2Table{buf: t.Data(), t: t}
 	}
-	c.quietFn = d.l2Quiet
 	d.l2 = c
 	return nil
 }
@@ -288,61 +204,14 @@ func (c *l2Cache) key(off int64) cache.Key {
 	return cache.Key{Image: c.image, Kind: kindL2, Off: off}
 }
 
-// get returns the tier-1 table at off, unpinned, counting the lookup. No
-// allocation; on a hint hit no lock and no map either.
+// get returns the tier-1 table at off, unpinned, counting the lookup (the
+// locked paths; the lock-free ones use set.View). No allocation.
 func (c *l2Cache) get(off int64) *l2Table {
-	h := &c.hints[(off>>c.hintShift)&c.hintMask]
-	if h.off == off {
-		c.hintHits++
-		if i := h.slot; !c.refd[i] {
-			c.refd[i] = true
-			c.touched = append(c.touched, i)
-		}
-		return &c.tabs[h.slot]
-	}
 	t, ok := c.set.Peek(c.key(off))
 	if !ok {
 		return nil
 	}
-	c.remember(off, t.Slot())
 	return &c.tabs[t.Slot()]
-}
-
-// hinted returns the bytes of the table at off if the hints know it as
-// resident, without counting a lookup or touching recency: for a prefetch
-// that the real lookup follows.
-func (c *l2Cache) hinted(off int64) []byte {
-	if h := &c.hints[(off>>c.hintShift)&c.hintMask]; h.off == off {
-		return c.tabs[h.slot].buf
-	}
-	return nil
-}
-
-// remember records that the table at off is resident in slot i.
-func (c *l2Cache) remember(off int64, i int) {
-	c.hints[(off>>c.hintShift)&c.hintMask] = l2Hint{off: off, slot: int32(i)}
-}
-
-// forget clears the hint of the table at off, if it has one: the table is
-// leaving tier 1.
-func (c *l2Cache) forget(off int64) {
-	if h := &c.hints[(off>>c.hintShift)&c.hintMask]; h.off == off {
-		h.off = -1
-	}
-}
-
-// syncLRU moves the tables hit through hints since the last call to the
-// front of the set's LRU list, in the order they were first hit. Called
-// before every Insert, the only set call that evicts.
-func (c *l2Cache) syncLRU() {
-	if len(c.touched) == 0 {
-		return
-	}
-	c.set.Touch(c.touched)
-	for _, i := range c.touched {
-		c.refd[i] = false
-	}
-	c.touched = c.touched[:0]
 }
 
 // lookup returns the bytes of the table at off from tier 1, else from
@@ -377,7 +246,6 @@ func (c *l2Cache) nextGen() uint64 {
 // evicted is the set's Evicted hook: offer the clean table leaving tier 1
 // to tier 2. It runs inside an Insert, hence under Driver.mu.
 func (c *l2Cache) evicted(key cache.Key, data []byte) {
-	c.forget(key.Off)
 	gen, ok := c.gens[key.Off]
 	if !ok {
 		gen = c.nextGen()
@@ -393,7 +261,6 @@ func (c *l2Cache) evicted(key cache.Key, data []byte) {
 // insert makes the table at off resident with the bytes of src (zeros when
 // nil) and returns it pinned; a resident table wins over src.
 func (c *l2Cache) insert(off int64, src []byte) (*l2Table, error) {
-	c.syncLRU()
 	t, err := c.set.Insert(c.key(off), src)
 	if err != nil {
 		if err == cache.ErrFull {
@@ -401,7 +268,6 @@ func (c *l2Cache) insert(off int64, src []byte) (*l2Table, error) {
 		}
 		return nil, err
 	}
-	c.remember(off, t.Slot())
 	return &c.tabs[t.Slot()], nil
 }
 
@@ -446,7 +312,6 @@ func (c *l2Cache) unpin(t *l2Table) []*aio.Co {
 // a new table). A dirty copy is not written back. Tier-2 copies are hidden
 // by the generation step.
 func (c *l2Cache) drop(off int64) {
-	c.forget(off)
 	if c.set.Discard(c.key(off)) {
 		c.dirty = c.dirtyCount()
 	}
@@ -468,47 +333,19 @@ func (c *l2Cache) snap(off int64) l2Snap {
 	return l2Snap{gen: c.gens[off], epoch: c.freeEpoch}
 }
 
-// l2Quiet is mapRange's L2Func: tier 1 only, not counted (the fast path
-// counted the lookup already).
-func (d *Driver) l2Quiet(off int64) ([]byte, error) {
-	if t, ok := d.l2.set.Resident(d.l2.key(off)); ok {
-		return d.l2.tabs[t.Slot()].buf, nil
-	}
-	d.missOff = off
-	return nil, errMiss
-}
-
 // l2Private is a table a reader loaded but could not cache (every tier-1
-// slot dirty or pinned); it is valid while its snapshot holds.
+// slot dirty or pinned); it is valid while its snapshot holds (l2Mapper).
 type l2Private struct {
-	d    *Driver
 	off  int64
 	buf  []byte
 	snap l2Snap
-}
-
-// mapFn returns the L2Func for mapRange: tier 1, plus the private table
-// while it is still current. REQUIRES: mu held.
-func (p *l2Private) mapFn(d *Driver) format.L2Func {
-	if p.buf == nil || d.l2.snap(p.off) != p.snap {
-		return d.l2.quietFn
-	}
-	p.d = d
-	return p.lookup
-}
-
-func (p *l2Private) lookup(off int64) ([]byte, error) {
-	if off == p.off {
-		return p.buf, nil
-	}
-	return p.d.l2Quiet(off)
 }
 
 // l2Fetch brings the L2 table at off into tier 1 for a reader (from tier 2,
 // else from the file). When tier 1 has no slot to give it returns the
 // table as a private copy instead. It takes no metaLock and waits for
 // nothing but its read.
-func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Private, error) {
+func (d metaIO) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Private, error) {
 	for tries := 0; tries < 8; tries++ {
 		d.mu.Lock()
 		c := d.l2
@@ -523,7 +360,7 @@ func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Privat
 		}
 		sn := c.snap(off)
 		d.mu.Unlock()
-		buf := make([]byte, d.geo.ClusterSize())
+		buf := make([]byte, d.mu.geo.ClusterSize())
 		if err := d.fileRead(co, parent, buf, off); err != nil {
 			return l2Private{}, err
 		}
@@ -542,13 +379,11 @@ func (d *Driver) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Privat
 
 // l2KeepLocked inserts src as the table at off, or returns it as a private
 // copy when tier 1 is full. REQUIRES: mu held; src immutable.
-func (d *Driver) l2KeepLocked(off int64, src []byte) (l2Private, error) {
+func (d metaIO) l2KeepLocked(off int64, src []byte) (l2Private, error) {
 	c := d.l2
-	c.syncLRU()
 	t, err := c.set.Insert(c.key(off), src)
 	switch err {
 	case nil:
-		c.remember(off, t.Slot())
 		t.Unpin()
 		return l2Private{}, nil
 	case cache.ErrFull:
@@ -562,7 +397,7 @@ func (d *Driver) l2KeepLocked(off int64, src []byte) (l2Private, error) {
 // bringing it into tier 1 from tier 2 or the file. With every slot dirty
 // it flushes once and tries again.
 // REQUIRES: metaLock held (no table changes meanwhile).
-func (d *Driver) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Table, error) {
+func (d metaIO) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Table, error) {
 	flushed := false
 	for tries := 0; tries < 8; tries++ {
 		d.mu.Lock()
@@ -577,7 +412,7 @@ func (d *Driver) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Tab
 		} else {
 			sn := c.snap(off)
 			d.mu.Unlock()
-			buf := make([]byte, d.geo.ClusterSize())
+			buf := make([]byte, d.mu.geo.ClusterSize())
 			if err := d.fileRead(co, parent, buf, off); err != nil {
 				return nil, err
 			}
@@ -608,7 +443,7 @@ func (d *Driver) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Tab
 // the bytes of src (zeros when nil), dirty and pinned. With every slot
 // dirty it flushes once and tries again. REQUIRES: metaLock held; no pin
 // held by the caller that it expects to be let go.
-func (d *Driver) l2Create(co *aio.Co, parent *block.Request, off int64, src []byte) (*l2Table, error) {
+func (d metaIO) l2Create(co *aio.Co, parent *block.Request, off int64, src []byte) (*l2Table, error) {
 	for flushed := false; ; flushed = true {
 		d.mu.Lock()
 		t, err := d.l2.create(off, src)
@@ -624,7 +459,7 @@ func (d *Driver) l2Create(co *aio.Co, parent *block.Request, off int64, src []by
 }
 
 // l2Release unpins t and wakes coroutines waiting for room.
-func (d *Driver) l2Release(t *l2Table) {
+func (d metaIO) l2Release(t *l2Table) {
 	d.mu.Lock()
 	w := d.l2.unpin(t)
 	d.mu.Unlock()
@@ -633,32 +468,33 @@ func (d *Driver) l2Release(t *l2Table) {
 	}
 }
 
-// l2MakeRoom makes sure tier 1 has a table to give before a writer decides
-// anything (waitInflight calls it): l2ForWrite needs one slot at a time,
-// and only writers under metaLock take pins or dirty tables, so one free
-// or clean unpinned slot now is one when l2ForWrite needs it. With every
-// slot dirty or pinned it flushes; if pins alone fill the set (allocating
-// writes running without metaLock hold them), it waits for an unpin with
-// metaLock released and reports true: the caller must look at its own
-// conditions again. REQUIRES: metaLock held.
-func (d *Driver) l2MakeRoom(co *aio.Co) bool {
+// roomWait makes sure tier 1 has a table to give before a writer decides
+// anything (admit calls it): l2ForWrite needs one slot at a time, and only
+// writers under metaLock take pins or dirty tables, so one free or clean
+// unpinned slot now is one when l2ForWrite needs it. With every slot dirty
+// or pinned it flushes; if pins alone fill the set (allocating writes
+// running without metaLock hold them), it registers for the next unpin and
+// returns the wait, which the caller runs with metaLock released before it
+// looks at its own conditions again. nil: there is room. REQUIRES:
+// metaLock held; it never releases it.
+func (d metaIO) roomWait(co *aio.Co) func(*aio.Co) {
 	d.mu.Lock()
 	avail := d.l2.set.Available()
 	dirty := d.l2.dirtyCount()
 	d.mu.Unlock()
 	if avail > 0 {
-		return false
+		return nil
 	}
 	if dirty > 0 {
 		// An error leaves the set full; l2ForWrite reports it.
 		if d.flushMetadata(co, nil) != nil {
-			return false
+			return nil
 		}
 		d.mu.Lock()
 		avail = d.l2.set.Available()
 		d.mu.Unlock()
 		if avail > 0 {
-			return false
+			return nil
 		}
 	}
 	d.mu.Lock()
@@ -666,24 +502,23 @@ func (d *Driver) l2MakeRoom(co *aio.Co) bool {
 	seen := d.l2.unpins
 	d.l2.waiters = append(d.l2.waiters, co)
 	d.mu.Unlock()
-	d.metaLock.unlock()
-	for {
-		d.mu.Lock()
-		moved := d.l2.unpins != seen
-		d.mu.Unlock()
-		if moved {
-			break
+	return func(co *aio.Co) {
+		for {
+			d.mu.Lock()
+			moved := d.l2.unpins != seen
+			d.mu.Unlock()
+			if moved {
+				return
+			}
+			co.Yield()
 		}
-		co.Yield()
 	}
-	d.metaLock.lock(co)
-	return true
 }
 
 // flushL2 is stage C of flushMetadata: every dirty L2 table written, then
 // an fsync, after which they are clean. The set pins them meanwhile.
 // REQUIRES: metaLock held (no table changes during the flush).
-func (d *Driver) flushL2(co *aio.Co, parent *block.Request) error {
+func (d metaIO) flushL2(co *aio.Co, parent *block.Request) error {
 	err := d.l2.set.Flush(func(t *cache.Table) error {
 		return d.writeMeta(co, parent, t.Data(), t.Key().Off)
 	}, func() error {

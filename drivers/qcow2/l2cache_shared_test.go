@@ -157,7 +157,7 @@ func TestQcow2L2SharedCopyNeverStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.mu.Lock()
-	t0 := int64(d.l1[0] & format.OffsetMask)
+	t0 := int64(d.mu.l1[0] & format.OffsetMask)
 	_, inTier1 := d.l2.set.Resident(d.l2.key(t0))
 	d.mu.Unlock()
 	if inTier1 || !shared.offered(d.l2.key(t0)) {
@@ -196,8 +196,8 @@ func TestQcow2L2SharedCopyNeverStale(t *testing.T) {
 func l2BareDriver(t *testing.T, shared cache.Clean) *Driver {
 	t.Helper()
 	d := &Driver{opts: DriverOptions{L2CacheBytes: 4 * 512, SharedCache: shared}}
-	d.geo = format.Geometry{ClusterBits: 9, Size: 1 << 20}
-	d.l1 = make([]uint64, 64)
+	d.mu.geo = format.Geometry{ClusterBits: 9, Size: 1 << 20}
+	d.mu.l1 = make([]uint64, 64)
 	if err := d.initL2(); err != nil {
 		t.Fatal(err)
 	}
@@ -349,18 +349,23 @@ func TestQcow2L2SharedBetweenImages(t *testing.T) {
 	}
 }
 
-// TestQcow2DefaultSharedCacheSize: the default shared cache's size is
-// fixed once it exists, and must be positive.
-func TestQcow2DefaultSharedCacheSize(t *testing.T) {
-	if err := SetDefaultSharedCacheBytes(0); err == nil {
-		t.Error("a zero default shared cache size was accepted")
+// TestQcow2SharedCacheFromCaller: the clean tier is the one the caller
+// passes in DriverOptions.SharedCache; without one, each image gets a
+// private cache (no process-wide cache shared behind the caller's back).
+func TestQcow2SharedCacheFromCaller(t *testing.T) {
+	e := newTestEnv(t)
+	path, _ := l2SpreadImage(t, e, 2)
+	shared := cache.NewLRU(1 << 20)
+	_, a := l2OpenWith(t, e, path, DriverOptions{SharedCache: shared})
+	if a.l2.shared != cache.Clean(shared) {
+		t.Error("the image does not use the cache its opener passed")
 	}
-	c := DefaultSharedCache()
-	if c == nil || DefaultSharedCache() != c {
-		t.Fatal("DefaultSharedCache is not one cache")
-	}
-	if err := SetDefaultSharedCacheBytes(1 << 20); err == nil {
-		t.Error("resizing the default shared cache after its creation was accepted")
+	p1, p2 := e.mustOpen(path, true), e.mustOpen(path, true)
+	defer p1.Unref()
+	defer p2.Unref()
+	c1, c2 := drv(t, p1).l2.shared, drv(t, p2).l2.shared
+	if c1 == nil || c1 == c2 || c1 == cache.Clean(shared) {
+		t.Error("images opened without a SharedCache share one")
 	}
 }
 
@@ -474,7 +479,7 @@ func TestL2HintHitsKeepRecency(t *testing.T) {
 	tableOff := func(i int) int64 {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return int64(d.l1[int64(i)*cov/d.geo.L1Coverage()] & format.OffsetMask)
+		return int64(d.mu.l1[int64(i)*cov/d.mu.geo.L1Coverage()] & format.OffsetMask)
 	}
 	resident := func(i int) bool {
 		off := tableOff(i)

@@ -36,24 +36,24 @@ type lazyState struct {
 
 // initLazy sets the lazy state after the header is read at open.
 func (d *Driver) initLazy() {
-	d.lazy.on = !d.readOnly && d.hdr.Version >= 3 && d.hdr.CompatibleFeatures&format.CompatLazyRefcounts != 0
-	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&format.IncompatDirty != 0
+	d.mu.lazy.on = !d.readOnly && d.mu.hdr.Version >= 3 && d.mu.hdr.CompatibleFeatures&format.CompatLazyRefcounts != 0
+	d.mu.lazy.dirtyOnDisk = d.mu.hdr.IncompatibleFeatures&format.IncompatDirty != 0
 }
 
 // lazySkipsLocked reports whether a flush may leave dirty refcount blocks
 // in memory: lazy mode, the dirty bit durable, no forced write, and no
 // refcount table entry waiting for its block. REQUIRES: mu held.
-func (d *Driver) lazySkipsLocked() bool {
-	return d.lazy.on && d.lazy.dirtyOnDisk && !d.lazy.force && len(d.dirtyRT) == 0
+func (d metaIO) lazySkipsLocked() bool {
+	return d.mu.lazy.on && d.mu.lazy.dirtyOnDisk && !d.mu.lazy.force && len(d.mu.dirtyRT) == 0
 }
 
 // lazySkipRefblocks decides, at stage A of a flush with dirty refcount
 // blocks, whether they may stay in memory; in lazy mode it first makes
 // the dirty bit durable (R10). REQUIRES: metaLock held.
-func (d *Driver) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, error) {
+func (d metaIO) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, error) {
 	d.mu.Lock()
-	can := d.lazy.on && !d.lazy.force && len(d.dirtyRT) == 0
-	set := d.lazy.dirtyOnDisk
+	can := d.mu.lazy.on && !d.mu.lazy.force && len(d.mu.dirtyRT) == 0
+	set := d.mu.lazy.dirtyOnDisk
 	d.mu.Unlock()
 	if !can {
 		return false, nil
@@ -63,7 +63,7 @@ func (d *Driver) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, err
 			return false, err
 		}
 		d.mu.Lock()
-		d.lazy.dirtyOnDisk, d.lazy.ownDirty = true, true
+		d.mu.lazy.dirtyOnDisk, d.mu.lazy.ownDirty = true, true
 		d.mu.Unlock()
 	}
 	return true, nil
@@ -71,9 +71,9 @@ func (d *Driver) lazySkipRefblocks(co *aio.Co, parent *block.Request) (bool, err
 
 // writeIncompat sets and clears bits of the incompatible features field
 // with one synced 8-byte header write (R6).
-func (d *Driver) writeIncompat(co *aio.Co, parent *block.Request, set, clr uint64) error {
+func (d metaIO) writeIncompat(co *aio.Co, parent *block.Request, set, clr uint64) error {
 	d.mu.Lock()
-	v := (d.hdr.IncompatibleFeatures | set) &^ clr
+	v := (d.mu.hdr.IncompatibleFeatures | set) &^ clr
 	d.mu.Unlock()
 	var b [8]byte
 	putU64(b[:], v)
@@ -84,20 +84,20 @@ func (d *Driver) writeIncompat(co *aio.Co, parent *block.Request, set, clr uint6
 		return err
 	}
 	d.mu.Lock()
-	d.hdr.IncompatibleFeatures = v
+	d.mu.hdr.IncompatibleFeatures = v
 	d.mu.Unlock()
 	return nil
 }
 
 // flushAllMetadata is flushMetadata with every refcount block written,
 // lazy mode or not (checks and clean closes). REQUIRES: metaLock held.
-func (d *Driver) flushAllMetadata(co *aio.Co, parent *block.Request) error {
+func (d metaIO) flushAllMetadata(co *aio.Co, parent *block.Request) error {
 	d.mu.Lock()
-	d.lazy.force = true
+	d.mu.lazy.force = true
 	d.mu.Unlock()
 	err := d.flushMetadata(co, parent)
 	d.mu.Lock()
-	d.lazy.force = false
+	d.mu.lazy.force = false
 	d.mu.Unlock()
 	return err
 }
@@ -106,10 +106,10 @@ func (d *Driver) flushAllMetadata(co *aio.Co, parent *block.Request) error {
 // the dirty bit this driver set is cleared (R10: only after every refcount
 // block is durable). A dirty bit found at open (CheckOpen without a
 // repair) is left alone. REQUIRES: metaLock held.
-func (d *Driver) closeMetadata(co *aio.Co) error {
+func (d metaIO) closeMetadata(co *aio.Co) error {
 	d.mu.Lock()
-	quiet := d.corruptErr != nil && d.l2.dirty == 0 && len(d.dirtyRT) == 0 && len(d.dirtyL1) == 0 &&
-		len(d.pendingFrees) == 0 && !d.anyDirtyRefblockLocked()
+	quiet := d.mu.corruptErr != nil && d.l2.dirty == 0 && len(d.mu.dirtyRT) == 0 && len(d.mu.dirtyL1) == 0 &&
+		len(d.mu.pendingFrees) == 0 && !d.anyDirtyRefblockLocked()
 	d.mu.Unlock()
 	if quiet {
 		// Marked corrupt, but nothing is waiting to be written: the
@@ -121,7 +121,7 @@ func (d *Driver) closeMetadata(co *aio.Co) error {
 		return err
 	}
 	d.mu.Lock()
-	clearBit := d.lazy.ownDirty && d.lazy.dirtyOnDisk && !d.lazy.needRepair
+	clearBit := d.mu.lazy.ownDirty && d.mu.lazy.dirtyOnDisk && !d.mu.lazy.needRepair
 	d.mu.Unlock()
 	if !clearBit {
 		return nil
@@ -130,7 +130,7 @@ func (d *Driver) closeMetadata(co *aio.Co) error {
 		return err
 	}
 	d.mu.Lock()
-	d.lazy.dirtyOnDisk, d.lazy.ownDirty = false, false
+	d.mu.lazy.dirtyOnDisk, d.mu.lazy.ownDirty = false, false
 	d.mu.Unlock()
 	return nil
 }
@@ -141,8 +141,8 @@ var errNeedsRepair = &format.FormatError{Field: "incompatible_features", Reason:
 
 // repairPending returns errNeedsRepair while writes must wait for a
 // repair. REQUIRES: mu held.
-func (d *Driver) repairPendingLocked() error {
-	if d.lazy.needRepair {
+func (d metaIO) repairPendingLocked() error {
+	if d.mu.lazy.needRepair {
 		return errNeedsRepair
 	}
 	return nil

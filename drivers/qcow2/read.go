@@ -33,27 +33,23 @@ type reqState struct {
 	iov     [][]byte
 	pending int
 	err     error
-	next    *reqState
-	held    bool   // holds an I/O epoch (see Driver.ioActive)
-	epoch   uint32 // the epoch held
+	held    bool     // holds an I/O epoch (see Driver.ioActive)
+	epoch   epochRef // the epoch held
+	m       l2Mapper
 }
 
-// stateFreeList recycles reqStates across Contexts.
+// stateFreeList recycles reqStates across Contexts: a sync.Pool, whose
+// per-P caches keep Contexts on different threads off one shared lock.
 type stateFreeList struct {
-	mu   sync.Mutex
-	free *reqState
+	p sync.Pool
 }
 
 func (l *stateFreeList) get(d *Driver) *reqState {
-	l.mu.Lock()
-	s := l.free
-	if s != nil {
-		l.free = s.next
-		s.next = nil
-	}
-	l.mu.Unlock()
+	s, _ := l.p.Get().(*reqState)
 	if s == nil {
 		s = &reqState{d: d, ext: make([]format.Extent, 0, 16), iov: make([][]byte, 0, 16)}
+		s.m.d = d
+		s.m.fn = s.m.lookup
 	}
 	return s
 }
@@ -63,10 +59,8 @@ func (l *stateFreeList) put(s *reqState) {
 	s.ext = s.ext[:0]
 	clear(s.iov)
 	s.iov = s.iov[:0]
-	l.mu.Lock()
-	s.next = l.free
-	l.free = s
-	l.mu.Unlock()
+	s.m.foundBuf, s.m.priv = nil, l2Private{}
+	l.p.Put(s)
 }
 
 // RequestDone collects one child request of a fast-path request.
@@ -90,85 +84,80 @@ func (s *reqState) release() {
 	r.Complete(err)
 }
 
-// l2Hit is the fast path's L2Func: cached tables only (this image's, then
-// the shared clean cache; l2cache.go). REQUIRES: d.mu held.
-func (d *Driver) l2Hit(off int64) ([]byte, error) {
-	b := d.l2.lookup(off)
-	if b == nil {
-		d.missOff = off
-		return nil, errMiss
-	}
-	return b, nil
-}
-
-// Read reads r.Len bytes at r.Off. Inside a plugged section of its
-// Context the read joins the Context's batch (batch.go) and starts when the
-// section ends.
+// Read reads r.Len bytes at r.Off: without a lock when its clusters are
+// data mapped by tables in tier 1 (readFast, fast.go), else under mu
+// (readLocked). Inside a plugged section of its Context the read joins
+// the Context's batch (batch.go) and starts when the section ends.
 func (d *Driver) Read(r *block.Request) {
-	if ctx := r.Context(); ctx.Plugged() > 0 && d.queueRead(ctx, r) {
+	if ctx := r.Context(); ctx.Plugged() > 0 && readerOf(d).queueRead(ctx, r) {
 		return
 	}
-	d.mu.Lock()
-	d.readLocked(r)
+	if !readerOf(d).readFast(r) {
+		readerOf(d).readLocked(r)
+	}
 }
 
-// readLocked maps r and starts it. REQUIRES: mu held; it is released.
-func (d *Driver) readLocked(r *block.Request) {
-	err := d.corruptErr
+// readLocked maps r under mu and starts it: every read readFast does not
+// take (a table only in tier 2 or on disk, compressed, unallocated or zero
+// clusters, extended L2, damage, a race with a writer).
+func (d reader) readLocked(r *block.Request) {
+	s := d.states.get(d.Driver)
+	m := &s.m
+	m.reset(true)
+	d.mu.Lock()
+	d.checkViewLocked()
+	err := d.mu.corruptErr
 	fast := err == nil
-	var ext []format.Extent
 	if fast {
-		switch host, how := d.mapData(r.Off, r.Len); how {
+		switch host, how := d.mapData(m, r.Off, r.Len); how {
 		case mapHit:
-			d.readOne(r, host)
+			ep := d.hold(r.Context()) // under mu: no free moves the epoch meanwhile
+			d.mu.Unlock()
+			d.states.put(s)
+			d.readOne(r, host, ep)
 			return
 		case mapMiss:
 			fast = false
 		default:
-			// d.rext is scratch owned by whoever holds mu: the extents
-			// are used or copied out before it is released.
-			ext, err = format.Map(d.rext[:0], &d.geo, d.l1, d.l2OnceFn, r.Off, r.Len)
-			d.rext = ext[:0]
+			s.ext, err = format.Map(s.ext[:0], &d.mu.geo, d.mu.l1, m.fn, r.Off, r.Len)
 			if err == errMiss {
 				err, fast = nil, false
 			}
 		}
 	}
 	if fast && err == nil {
-		for i := range ext {
-			if ext[i].Kind == format.ExtentCompressed {
+		for i := range s.ext {
+			if s.ext[i].Kind == format.ExtentCompressed {
 				fast = false
 				break
 			}
 		}
 	}
-	if err != nil {
+	if err != nil || !fast {
 		d.mu.Unlock()
-		r.Complete(d.formatErr(block.OpRead, r.Off, err))
-		return
-	}
-	if !fast {
-		d.mu.Unlock()
+		d.states.put(s)
+		if err != nil {
+			r.Complete(d.formatErr(block.OpRead, r.Off, err))
+			return
+		}
 		r.Context().Go(func(co *aio.Co) {
-			d.mu.Lock()
-			ep := d.holdLocked()
-			d.mu.Unlock()
+			ep := d.hold(r.Context())
 			err := d.readGuest(co, r, r.Iov, r.Off, r.Len)
 			d.unhold(ep)
 			r.CompleteLater(d.formatErr(block.OpRead, r.Off, err))
 		})
 		return
 	}
-	if len(ext) == 1 && ext[0].Kind == format.ExtentData {
+	epoch := d.hold(r.Context())
+	d.mu.Unlock()
+	if len(s.ext) == 1 && s.ext[0].Kind == format.ExtentData {
 		// Several clusters, contiguous on the host.
-		d.readOne(r, ext[0].HostOff)
+		host := s.ext[0].HostOff
+		d.states.put(s)
+		d.readOne(r, host, epoch)
 		return
 	}
-	epoch := d.holdLocked()
-	s := d.states.get(d)
-	s.ext = append(s.ext[:0], ext...)
 	s.epoch, s.held = epoch, true
-	d.mu.Unlock()
 	s.r = r
 	s.pending = 1
 	var skip int64
@@ -194,59 +183,100 @@ func (d *Driver) readLocked(r *block.Request) {
 	s.release()
 }
 
-// readOne starts a read that is one host extent: the child reads straight
-// into r's buffers and its completion (oneDone) completes r, with no
-// per-request state. REQUIRES: mu held; it is released.
-func (d *Driver) readOne(r *block.Request, host int64) {
-	epoch := d.holdLocked()
-	d.mu.Unlock()
+// readOne starts a read that is one host extent, holding epoch ep: the
+// child reads straight into r's buffers and its completion (oneDone)
+// completes r, with no per-request state.
+func (d reader) readOne(r *block.Request, host int64, ep epochRef) {
 	sub := r.Sub()
 	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
-	sub.Tag = uint64(epoch)
+	sub.Tag = uint64(ep)
 	d.file.Submit(sub, &d.oneDone)
+}
+
+// l2Mapper is the L2Func of a locked mapping (Map under mu), and what it
+// found: the table a one-cluster lookup (mapData) already counted, handed
+// to the Map after it without a second lookup, and the table that missed.
+// It belongs to one request (reqState) or one coroutine (mapRange); fn
+// runs only under Driver.mu.
+type l2Mapper struct {
+	d *Driver
+	// count: fast-path lookups, counted as hits and misses, with tier 2;
+	// otherwise tier 1 only, not counted (a slow path's second look).
+	count    bool
+	priv     l2Private // a table a reader could not cache (l2Fetch)
+	foundOff int64
+	foundBuf []byte
+	miss     int64 // the table that missed, after errMiss
+	fn       format.L2Func
+}
+
+func newL2Mapper(d *Driver) *l2Mapper {
+	m := &l2Mapper{d: d}
+	m.fn = m.lookup // bound once: no allocation per Map
+	return m
+}
+
+func (m *l2Mapper) reset(count bool) {
+	m.count, m.foundOff, m.foundBuf, m.miss = count, -1, nil, -1
+	m.priv = l2Private{}
+}
+
+// lookup returns the cached table at off or errMiss (naming it in miss).
+// REQUIRES: Driver.mu held.
+func (m *l2Mapper) lookup(off int64) ([]byte, error) {
+	if off == m.foundOff {
+		return m.foundBuf, nil
+	}
+	d := m.d
+	var b []byte
+	switch {
+	case m.count:
+		b = d.l2.lookup(off)
+	case off == m.priv.off && m.priv.buf != nil && d.l2.snap(off) == m.priv.snap:
+		b = m.priv.buf
+	default:
+		if t, ok := d.l2.set.Resident(d.l2.key(off)); ok {
+			b = d.l2.tabs[t.Slot()].buf
+		}
+	}
+	if b == nil {
+		m.miss = off
+		return nil, errMiss
+	}
+	return b, nil
 }
 
 // mapData's verdicts.
 const (
 	mapHit   = iota // plain data: the host offset is valid
-	mapMiss         // the L2 table is in no cache (d.missOff names it)
+	mapMiss         // the L2 table is in no cache (m.miss names it)
 	mapOther        // anything else: Map decides (and reports errors)
 )
 
-// mapData is the read fast path's mapping for the common case, a request
-// inside one cluster of a standard-L2 image whose cluster is allocated
-// data: it returns the host offset without building extents. Anything
-// else — another cluster type, an entry or L1 entry that would not decode
-// cleanly, extended L2, a range across clusters — is mapOther, and the
-// caller runs Map, which handles and reports it. A table it found is left
-// in d.onceOff/d.onceBuf for that Map, so the lookup is counted once.
+// mapData is the locked read path's mapping for the common case, a
+// request inside one cluster of a standard-L2 image whose cluster is
+// allocated data: it returns the host offset without building extents.
+// Anything else — another cluster type, an entry or L1 entry that would
+// not decode cleanly, extended L2, a range across clusters — is mapOther,
+// and the caller runs Map with m, which handles and reports it. A table it
+// found is left in m for that Map, so the lookup is counted once.
 // No allocation. REQUIRES: mu held.
-func (d *Driver) mapData(off, n int64) (int64, int) {
-	d.onceOff = -1
-	l2Off, ok := d.geo.OneClusterL2(d.l1, off, n)
+func (d reader) mapData(m *l2Mapper, off, n int64) (int64, int) {
+	l2Off, ok := d.mu.geo.OneClusterL2(d.mu.l1, off, n)
 	if !ok {
 		return 0, mapOther
 	}
 	table := d.l2.lookup(l2Off)
 	if table == nil {
-		d.missOff = l2Off
+		m.miss = l2Off
 		return 0, mapMiss
 	}
-	d.onceOff, d.onceBuf = l2Off, table
-	host, ok := d.geo.DataHost(table, off)
+	m.foundOff, m.foundBuf = l2Off, table
+	host, ok := d.mu.geo.DataHost(table, off)
 	if !ok {
 		return 0, mapOther
 	}
 	return host, mapHit
-}
-
-// l2Once is the L2Func of Map after mapData: the table mapData found, not
-// looked up (or counted) again, else l2Hit. REQUIRES: mu held.
-func (d *Driver) l2Once(off int64) ([]byte, error) {
-	if off == d.onceOff {
-		return d.onceBuf, nil
-	}
-	return d.l2Hit(off)
 }
 
 // oneDone completes a fast-path read that was one child request (Read):
@@ -255,13 +285,13 @@ type oneDone struct{ d *Driver }
 
 func (o *oneDone) RequestDone(sub *block.Request, err error) {
 	r := sub.Parent
-	o.d.unhold(uint32(sub.Tag))
+	o.d.unhold(epochRef(sub.Tag))
 	r.Complete(err)
 }
 
 // subRead reads n bytes at off of child c into r.Iov at skip, as one
 // child request counted in s.
-func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, skip, n int64) {
+func (d reader) subRead(s *reqState, r *block.Request, c *block.Child, off, skip, n int64) {
 	start := len(s.iov)
 	s.iov = iovSlice(s.iov, r.Iov, skip, n)
 	sub := r.Sub()
@@ -273,22 +303,22 @@ func (d *Driver) subRead(s *reqState, r *block.Request, c *block.Child, off, ski
 
 // mapRange maps [off, off+n) where n stays inside one L2 table's range,
 // bringing the L2 table into the cache on a miss (l2Fetch).
-func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent, off, n int64) ([]format.Extent, error) {
-	var priv l2Private
+func (d reader) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent, off, n int64) ([]format.Extent, error) {
+	m := newL2Mapper(d.Driver)
+	m.reset(false)
 	for tries := 0; ; tries++ {
 		d.mu.Lock()
-		if err := d.corruptErr; err != nil {
+		if err := d.mu.corruptErr; err != nil {
 			d.mu.Unlock()
 			return dst, err
 		}
-		if d.damage != nil {
+		if d.mu.damage != nil {
 			if err := d.damageInRangeLocked(off, n); err != nil {
 				d.mu.Unlock()
 				return dst[:0], err
 			}
 		}
-		ext, err := format.Map(dst[:0], &d.geo, d.l1, priv.mapFn(d), off, n)
-		miss := d.missOff
+		ext, err := format.Map(dst[:0], &d.mu.geo, d.mu.l1, m.fn, off, n)
 		d.mu.Unlock()
 		if err != errMiss {
 			return ext, err
@@ -296,7 +326,7 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent
 		if tries > 4 {
 			return ext, &format.FormatError{Field: "l2_cache", Reason: "L2 table evicted repeatedly", Err: format.ErrLimit}
 		}
-		if priv, err = d.l2Fetch(co, parent, miss); err != nil {
+		if m.priv, err = d.l2Fetch(co, parent, m.miss); err != nil {
 			return ext, err
 		}
 	}
@@ -305,12 +335,12 @@ func (d *Driver) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent
 // readGuest reads the guest range [off, off+n) into iov in a coroutine:
 // data extents from the file, compressed clusters inflated, unallocated
 // ranges from the backing node (zeros past its end) or zeros.
-func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, n int64) error {
+func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, n int64) error {
 	var ext []format.Extent
 	var win [][]byte
 	var cbuf []byte
 	var skip int64
-	cov := d.geo.L1Coverage()
+	cov := d.mu.geo.L1Coverage()
 	for n > 0 {
 		chunk := min(n, (off/cov+1)*cov-off)
 		var err error
@@ -327,12 +357,12 @@ func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off,
 				}
 			case format.ExtentCompressed:
 				if cbuf == nil {
-					cbuf = make([]byte, d.geo.ClusterSize())
+					cbuf = make([]byte, d.mu.geo.ClusterSize())
 				}
 				if err := d.inflateCached(co, parent, cbuf, x.Compressed); err != nil {
 					return err
 				}
-				in := x.GuestOff & (d.geo.ClusterSize() - 1)
+				in := x.GuestOff & (d.mu.geo.ClusterSize() - 1)
 				block.CopyToIov(iov, skip, cbuf[in:in+x.Len])
 			case format.ExtentUnallocated:
 				if err := d.readBacking(co, parent, iov, skip, x.GuestOff, x.Len); err != nil {
@@ -352,11 +382,11 @@ func (d *Driver) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off,
 // inflateCached inflates the compressed cluster c into dst, through a
 // one-cluster cache of the last cluster inflated (sequential readers of a
 // compressed cluster would otherwise inflate it once per request).
-func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
+func (d reader) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	d.mu.Lock()
-	hit := d.zcache.buf != nil && d.zcache.desc == c
+	hit := d.mu.zcache.buf != nil && d.mu.zcache.desc == c
 	if hit {
-		copy(dst, d.zcache.buf)
+		copy(dst, d.mu.zcache.buf)
 	}
 	d.mu.Unlock()
 	if hit {
@@ -366,31 +396,31 @@ func (d *Driver) inflateCached(co *aio.Co, parent *block.Request, dst []byte, c 
 		return err
 	}
 	d.mu.Lock()
-	if d.zcache.buf == nil {
-		d.zcache.buf = make([]byte, len(dst))
+	if d.mu.zcache.buf == nil {
+		d.mu.zcache.buf = make([]byte, len(dst))
 	}
-	copy(d.zcache.buf, dst)
-	d.zcache.desc = c
+	copy(d.mu.zcache.buf, dst)
+	d.mu.zcache.desc = c
 	d.mu.Unlock()
 	return nil
 }
 
 // readCompressed inflates the compressed cluster described by c into dst.
-func (d *Driver) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
+func (d reader) readCompressed(co *aio.Co, parent *block.Request, dst []byte, c format.CompressedDescriptor) error {
 	size := c.Size()
-	if size <= 0 || size > 2*d.geo.ClusterSize() {
+	if size <= 0 || size > 2*d.mu.geo.ClusterSize() {
 		return format.Corrupt("compressed_size", uint64(max(size, 0)), "compressed cluster size out of range")
 	}
 	src := make([]byte, size)
 	if err := d.fileRead(co, parent, src, c.HostOff); err != nil {
 		return err
 	}
-	return format.DecompressCluster(dst, src, d.hdr.CompressionType)
+	return format.DecompressCluster(dst, src, d.mu.hdr.CompressionType)
 }
 
 // readBacking fills [skip, skip+n) of iov with the backing node's bytes at
 // guest offset off, zeros past its end, or zeros without a backing node.
-func (d *Driver) readBacking(co *aio.Co, parent *block.Request, iov [][]byte, skip, off, n int64) error {
+func (d reader) readBacking(co *aio.Co, parent *block.Request, iov [][]byte, skip, off, n int64) error {
 	if d.backing == nil {
 		iovZero(iov, skip, n)
 		return nil
@@ -413,8 +443,8 @@ func (d *Driver) readBacking(co *aio.Co, parent *block.Request, iov [][]byte, sk
 func (d *Driver) BlockStatus(r *block.Request) {
 	s := d.states.get(d)
 	d.mu.Lock()
-	end := min(r.Off+r.Len, d.geo.Size)
-	cov := d.geo.L1Coverage()
+	end := min(r.Off+r.Len, d.mu.geo.Size)
+	cov := d.mu.geo.L1Coverage()
 	n := min(end, (r.Off/cov+1)*cov) - r.Off
 	var err error
 	miss := false
@@ -424,12 +454,13 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		r.Complete(nil)
 		return
 	}
-	s.ext, err = format.Map(s.ext[:0], &d.geo, d.l1, d.l2HitFn, r.Off, n)
+	s.m.reset(true)
+	s.ext, err = format.Map(s.ext[:0], &d.mu.geo, d.mu.l1, s.m.fn, r.Off, n)
 	if err == errMiss {
 		miss, err = true, nil
 	}
 	if !miss && err == nil {
-		d.setStatus(r, s.ext)
+		readerOf(d).setStatus(r, s.ext)
 	}
 	d.mu.Unlock()
 	d.states.put(s)
@@ -438,15 +469,15 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		return
 	}
 	r.Context().Go(func(co *aio.Co) {
-		ext, err := d.mapRange(co, r, nil, r.Off, n)
+		ext, err := readerOf(d).mapRange(co, r, nil, r.Off, n)
 		if err == nil {
-			d.setStatus(r, ext)
+			readerOf(d).setStatus(r, ext)
 		}
 		r.CompleteLater(d.formatErr(block.OpBlockStatus, r.Off, err))
 	})
 }
 
-func (d *Driver) extStatus(k format.ExtentKind) block.Status {
+func (d reader) extStatus(k format.ExtentKind) block.Status {
 	switch k {
 	case format.ExtentData, format.ExtentCompressed:
 		return block.StatusData | block.StatusAllocated
@@ -459,7 +490,7 @@ func (d *Driver) extStatus(k format.ExtentKind) block.Status {
 	return 0
 }
 
-func (d *Driver) setStatus(r *block.Request, ext []format.Extent) {
+func (d reader) setStatus(r *block.Request, ext []format.Extent) {
 	if len(ext) == 0 {
 		return
 	}
@@ -481,25 +512,19 @@ func (d *Driver) setStatus(r *block.Request, ext []format.Extent) {
 // new epoch and waits until the old one has no holder before it
 // decrements any refcount (QEMU gets the same from its request tracking).
 
-// holdLocked enters the current epoch. REQUIRES: mu held.
-func (d *Driver) holdLocked() uint32 {
-	e := d.ioEpoch
-	d.ioActive[e&1].n.Add(1)
-	return e
-}
-
-// unhold leaves epoch e, waking a free waiting for it to drain. Only the
-// holder that brings the count to zero takes mu: waitIOEpoch reads the
-// count and parks under mu, so a drop to zero either happens before its
-// look (it does not park) or is followed by this look at freeWaiter.
-func (d *Driver) unhold(e uint32) {
-	if d.ioActive[e&1].n.Add(-1) != 0 {
+// unhold leaves epoch e. Only the holder that brings the count to zero
+// while a free waits (freeWaiting) takes mu: waitIOEpoch sets the flag
+// before it looks at the count, so either it sees the zero or the holder
+// sees the flag.
+func (d *Driver) unhold(ref epochRef) {
+	if d.ioActive[ref.parity()][ref.stripe()].n.Add(-1) != 0 || !d.freeWaiting.Load() {
 		return
 	}
 	d.mu.Lock()
 	var w *aio.Co
-	if d.ioActive[e&1].n.Load() == 0 && d.freeWaiter != nil && d.freeParity == e&1 {
-		w, d.freeWaiter = d.freeWaiter, nil
+	if d.activeIn(ref.parity()) == 0 && d.mu.freeWaiter != nil && d.mu.freeParity == ref.parity() {
+		w, d.mu.freeWaiter = d.mu.freeWaiter, nil
+		d.freeWaiting.Store(false)
 	}
 	d.mu.Unlock()
 	if w != nil {
@@ -511,22 +536,37 @@ func (d *Driver) unhold(e uint32) {
 // previous one has finished its I/O. REQUIRES: metaLock held (one waiter).
 func (d *Driver) waitIOEpoch(co *aio.Co) {
 	d.mu.Lock()
-	old := d.ioEpoch
-	d.ioEpoch++
-	for d.ioActive[old&1].n.Load() > 0 {
-		d.freeWaiter, d.freeParity = co, old&1
+	old := d.ioEpoch.Load()
+	d.ioEpoch.Store(old + 1)
+	for {
+		d.mu.freeWaiter, d.mu.freeParity = co, old&1
+		d.freeWaiting.Store(true)
+		if d.activeIn(old&1) == 0 {
+			break
+		}
 		d.mu.Unlock()
 		co.Yield()
 		d.mu.Lock()
 	}
-	d.freeWaiter = nil
+	d.mu.freeWaiter = nil
+	d.freeWaiting.Store(false)
 	d.mu.Unlock()
 }
 
-// epochCount is the number of requests holding one epoch parity. Every
-// Context that reads or writes the image changes it, so each count has a
-// cache line to itself.
+// activeIn returns the requests holding an epoch of parity p, over all
+// stripes.
+func (d *Driver) activeIn(p uint32) int64 {
+	var n int64
+	for i := range d.ioActive[p] {
+		n += d.ioActive[p][i].n.Load()
+	}
+	return n
+}
+
+// epochCount is the number of requests holding one epoch parity in one
+// stripe. Each count sits 128 bytes from its neighbours, so no two share
+// a cache line whatever the array's alignment.
 type epochCount struct {
 	n atomic.Int64
-	_ [56]byte
+	_ [120]byte
 }

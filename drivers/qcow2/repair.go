@@ -659,7 +659,7 @@ func (f nodeFile) WriteAt(p []byte, off int64) (int, error) { return f.n.WriteAt
 func (f nodeFile) Sync() error                              { return f.n.Flush() }
 func (f nodeFile) Size() (int64, error)                     { return f.n.Length() }
 
-func (d *Driver) checkLog(msg string) {
+func (d maintOps) checkLog(msg string) {
 	if d.opts.CheckLog != nil {
 		d.opts.CheckLog(msg)
 	}
@@ -668,14 +668,14 @@ func (d *Driver) checkLog(msg string) {
 // repair runs a repair (r.CheckMode() != 0) on the open image.
 // REQUIRES: metaLock held. No guest I/O may run meanwhile (the caller
 // drains the node); allocating writes in flight make it fail as busy.
-func (d *Driver) repair(co *aio.Co, r *block.Request) error {
+func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 	if d.readOnly {
 		return &block.Error{Kind: block.Unsupported, Op: r.Op, Node: d.nodeName(), Err: syscall.EACCES}
 	}
 	d.mu.Lock()
-	busy := len(d.inflight) > 0
-	cerr := d.corruptErr
-	dirty := d.l2.dirty > 0 || len(d.dirtyRT) > 0 || len(d.dirtyL1) > 0 || len(d.pendingFrees) > 0 || d.anyDirtyRefblockLocked()
+	busy := len(d.mu.inflight) > 0
+	cerr := d.mu.corruptErr
+	dirty := d.l2.dirty > 0 || len(d.mu.dirtyRT) > 0 || len(d.mu.dirtyL1) > 0 || len(d.mu.pendingFrees) > 0 || d.anyDirtyRefblockLocked()
 	d.mu.Unlock()
 	if busy {
 		return &block.Error{Kind: block.Io, Op: r.Op, Node: d.nodeName(), Err: syscall.EBUSY}
@@ -687,7 +687,7 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 	} else if dirty {
 		return errors.Join(cerr, errors.New("qcow2: cannot repair an image with unwritten metadata after an overlap check fired; close and repair it offline"))
 	}
-	rp := newRepairer(coFile{coReader{d, co, r}}, r.CheckMode(), d.checkLog)
+	rp := newRepairer(coFile{coReader{d.Driver, co, r}}, r.CheckMode(), d.checkLog)
 	rp.checkSnapshots = true
 	rerr := rp.run()
 	lerr := d.reloadMetadata(co, r, rp.l2Fixed)
@@ -698,7 +698,7 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 		// the refcount repair too), then mark the image clean if that
 		// was all that was wrong.
 		d.mu.Lock()
-		snaps, size := d.snaps, d.geo.Size
+		snaps, size := d.mu.snaps, d.mu.geo.Size
 		d.mu.Unlock()
 		if err := d.writeSnapshotTable(co, normalizedSnapshots(snaps, size)); err != nil {
 			res.CheckErrors++
@@ -723,12 +723,12 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	if lerr != nil {
 		// The in-memory metadata no longer matches the file.
-		if d.corruptErr == nil {
-			d.corruptErr = lerr
+		if d.mu.corruptErr == nil {
+			d.setCorruptLocked(lerr)
 		}
 	} else if rerr == nil && res.CheckErrors == 0 && res.Corruptions == 0 {
-		d.corruptErr = nil
-		d.lazy.needRepair = false
+		d.setCorruptLocked(nil)
+		d.mu.lazy.needRepair = false
 	}
 	d.mu.Unlock()
 	if rerr != nil {
@@ -741,30 +741,31 @@ func (d *Driver) repair(co *aio.Co, r *block.Request) error {
 // repair changed them in the file, and forgets cached refcount blocks and
 // the L2 tables the repair rewrote. REQUIRES: metaLock held, nothing
 // dirty in memory.
-func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) error {
+func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) error {
 	size, err := d.file.Node().Length()
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.hdr, d.l1, d.rt = im.Header, im.L1, im.RefcountTable
-	fs := max(d.geo.FileSize, im.Geometry.FileSize)
-	d.geo = im.Geometry
-	d.geo.FileSize = fs
-	d.snaps, d.snapSz = im.Snapshots, im.SnapshotTableSize
+	d.mu.hdr, d.mu.l1, d.mu.rt = im.Header, im.L1, im.RefcountTable
+	fs := max(d.mu.geo.FileSize, im.Geometry.FileSize)
+	d.mu.geo = im.Geometry
+	d.mu.geo.FileSize = fs
+	d.mu.snaps, d.mu.snapSz = im.Snapshots, im.SnapshotTableSize
 	d.setDamage(im)
-	d.rb = make(map[int64]*refBlock)
+	d.mu.rb = make(map[int64]*refBlock)
 	d.resetMetaClusters()
+	d.publishLocked()
 	for _, off := range l2Fixed {
 		d.l2.drop(off)
 	}
-	d.freeIdx = 0
-	d.lazy.dirtyOnDisk = d.hdr.IncompatibleFeatures&format.IncompatDirty != 0
+	d.mu.freeIdx = 0
+	d.mu.lazy.dirtyOnDisk = d.mu.hdr.IncompatibleFeatures&format.IncompatDirty != 0
 	return nil
 }
 
@@ -774,7 +775,7 @@ func (d *Driver) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) e
 // or corrupt image is opened as it is instead, and refuses writes until a
 // repair succeeds. It reports whether ReadImage must skip its read-write
 // checks.
-func (d *Driver) openRepair(file *block.Node) (relaxed bool, err error) {
+func (d maintOps) openRepair(file *block.Node) (relaxed bool, err error) {
 	var b [80]byte
 	if _, err := file.ReadAt(b[:], 0); err != nil && !errors.Is(err, io.EOF) {
 		return false, nil // ReadImage reports it
@@ -787,7 +788,7 @@ func (d *Driver) openRepair(file *block.Node) (relaxed bool, err error) {
 		return false, nil
 	}
 	if d.opts.CheckOpen {
-		d.lazy.needRepair = true
+		d.mu.lazy.needRepair = true
 		return true, nil
 	}
 	if incompat&format.IncompatCorrupt != 0 || incompat&^format.IncompatKnown != 0 {

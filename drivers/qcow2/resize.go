@@ -20,16 +20,16 @@ import (
 func (d *Driver) Truncate(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := d.truncateLocked(co, r, r.Off)
+		err := maintOf(d).truncateLocked(co, r, r.Off)
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(block.OpTruncate, r.Off, err))
 	})
 }
 
-func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error {
+func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error {
 	d.mu.Lock()
-	old := d.geo.Size
-	v2Snaps := d.hdr.Version < 3 && len(d.snaps) > 0
+	old := d.mu.geo.Size
+	v2Snaps := d.mu.hdr.Version < 3 && len(d.mu.snaps) > 0
 	d.mu.Unlock()
 	switch {
 	case v2Snaps && size != old:
@@ -44,7 +44,7 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	case size == old:
 		return nil
 	}
-	need := format.L1EntriesFor(uint64(size), d.geo.ClusterBits, d.geo.ExtendedL2)
+	need := format.L1EntriesFor(uint64(size), d.mu.geo.ClusterBits, d.mu.geo.ExtendedL2)
 	if need*8 > format.MaxL1Bytes {
 		return format.Limit("l1_size", need, "image size is too large for this cluster size")
 	}
@@ -53,7 +53,7 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	// zeroing truncate then). Version 2 has no zero flag, and QEMU 7.2
 	// refuses rather than write real zeros; so do we, before any change.
 	hide := d.backing != nil && d.backingSize > old
-	if hide && !d.geo.ZeroFlag && !d.geo.ExtendedL2 {
+	if hide && !d.mu.geo.ZeroFlag && !d.mu.geo.ExtendedL2 {
 		return format.Unsupported("version", 2, "Failed to zero out new clusters: a version 2 image cannot hide its backing file past the old size (upgrade with amend -o compat=1.1)")
 	}
 	if err := d.prepareWrite(co, r); err != nil {
@@ -62,7 +62,7 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 	if err := d.flushMetadata(co, r); err != nil {
 		return err
 	}
-	if need > uint64(len(d.l1)) {
+	if need > uint64(len(d.mu.l1)) {
 		if err := d.growL1(co, r, int64(need)); err != nil {
 			return err
 		}
@@ -81,8 +81,9 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 		return err
 	}
 	d.mu.Lock()
-	d.geo.Size = size
-	d.hdr.Size = uint64(size)
+	d.mu.geo.Size = size
+	d.mu.hdr.Size = uint64(size)
+	d.publishLocked()
 	d.mu.Unlock()
 	return nil
 }
@@ -96,14 +97,16 @@ func (d *Driver) truncateLocked(co *aio.Co, r *block.Request, size int64) error 
 // a crash leaves the old size with harmless zero entries past it, never
 // the new size with the backing file showing. REQUIRES: metaLock held,
 // L1 large enough for size.
-func (d *Driver) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
+func (d maintOps) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
 	d.mu.Lock()
-	d.geo.Size = size // the zeroing works on the grown disk
+	d.mu.geo.Size = size // the zeroing works on the grown disk
+	d.publishLocked()
 	d.mu.Unlock()
 	defer func() {
 		if err != nil {
 			d.mu.Lock()
-			d.geo.Size = old
+			d.mu.geo.Size = old
+			d.publishLocked()
 			d.mu.Unlock()
 		}
 	}()
@@ -118,17 +121,17 @@ func (d *Driver) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err
 // then one 12-byte synced header write of l1_size and l1_table_offset
 // (R6), then free the old table's clusters (R2: after the switch is
 // durable). REQUIRES: metaLock held, no dirty metadata.
-func (d *Driver) growL1(co *aio.Co, r *block.Request, n int64) error {
-	cs := d.geo.ClusterSize()
+func (d maintOps) growL1(co *aio.Co, r *block.Request, n int64) error {
+	cs := d.mu.geo.ClusterSize()
 	clusters := (n*8 + cs - 1) / cs
 	start, err := d.allocContiguous(co, clusters)
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
-	oldOff, oldLen := int64(d.hdr.L1Offset), int64(len(d.l1))
+	oldOff, oldLen := int64(d.mu.hdr.L1Offset), int64(len(d.mu.l1))
 	tb := make([]byte, n*8)
-	for i, e := range d.l1 {
+	for i, e := range d.mu.l1 {
 		putU64(tb[i*8:], e)
 	}
 	d.mu.Unlock()
@@ -153,11 +156,12 @@ func (d *Driver) growL1(co *aio.Co, r *block.Request, n int64) error {
 	}
 	d.mu.Lock()
 	l1 := make([]uint64, n)
-	copy(l1, d.l1)
-	d.l1 = l1
-	d.hdr.L1Offset, d.hdr.L1Entries = uint64(start), uint32(n)
+	copy(l1, d.mu.l1)
+	d.mu.l1 = l1
+	d.mu.hdr.L1Offset, d.mu.hdr.L1Entries = uint64(start), uint32(n)
+	d.publishLocked()
 	if oldLen > 0 {
-		d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldLen * 8})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{oldOff, oldLen * 8})
 	}
 	d.mu.Unlock()
 	return nil
@@ -168,19 +172,19 @@ func (d *Driver) growL1(co *aio.Co, r *block.Request, n int64) error {
 // the file in order unless it has to create a refcount block on the way;
 // then the run is given back (a leak at worst, if we crash) and tried
 // again further on.
-func (d *Driver) allocContiguous(co *aio.Co, n int64) (int64, error) {
-	cs := d.geo.ClusterSize()
+func (d metaIO) allocContiguous(co *aio.Co, n int64) (int64, error) {
+	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
-	saved := d.freeIdx
+	saved := d.mu.freeIdx
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
-		d.freeIdx = min(d.freeIdx, saved)
+		d.mu.freeIdx = min(d.mu.freeIdx, saved)
 		d.mu.Unlock()
 	}()
 	for try := 0; try < 4; try++ {
 		d.mu.Lock()
-		d.freeIdx = (d.geo.FileSize + cs - 1) / cs
+		d.mu.freeIdx = (d.mu.geo.FileSize + cs - 1) / cs
 		d.mu.Unlock()
 		var got []int64
 		ok := true

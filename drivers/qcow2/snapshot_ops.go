@@ -11,6 +11,7 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Internal snapshots: create, apply (goto) and delete, with QEMU 7.2's
@@ -105,8 +106,8 @@ type SnapshotCreateOptions struct {
 func (d *Driver) Snapshots() []format.Snapshot {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]format.Snapshot, len(d.snaps))
-	copy(out, d.snaps)
+	out := make([]format.Snapshot, len(d.mu.snaps))
+	copy(out, d.mu.snaps)
 	for i := range out {
 		out[i].ExtraUnknown = append([]byte(nil), out[i].ExtraUnknown...)
 	}
@@ -118,11 +119,11 @@ func (d *Driver) Snapshots() []format.Snapshot {
 func (d *Driver) FindSnapshot(idOrName string) (format.Snapshot, int, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	i := findSnapshot(d.snaps, idOrName)
+	i := findSnapshot(d.mu.snaps, idOrName)
 	if i < 0 {
 		return format.Snapshot{}, -1, false
 	}
-	return d.snaps[i], i, true
+	return d.mu.snaps[i], i, true
 }
 
 func findSnapshot(snaps []format.Snapshot, idOrName string) int {
@@ -162,8 +163,8 @@ func nextSnapshotID(snaps []format.Snapshot) string {
 // Not from a coroutine.
 func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error) {
 	var sn format.Snapshot
-	err := d.runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
-		sn, err = d.createSnapshotLocked(co, o)
+	err := snapOf(d).runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
+		sn, err = snapOf(d).createSnapshotLocked(co, o)
 		return err
 	})
 	return sn, err
@@ -173,30 +174,30 @@ func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error
 // -a): the active L1 table becomes a copy of the snapshot's and the
 // virtual size the snapshot's disk size. The snapshot stays.
 func (d *Driver) ApplySnapshot(idOrName string) error {
-	return d.runSnapshotOp("apply", idOrName, func(co *aio.Co) error {
-		return d.applySnapshotLocked(co, idOrName)
+	return snapOf(d).runSnapshotOp("apply", idOrName, func(co *aio.Co) error {
+		return snapOf(d).applySnapshotLocked(co, idOrName)
 	})
 }
 
 // DeleteSnapshot removes snapshot idOrName (qemu-img snapshot -d) and
 // frees what only it referenced.
 func (d *Driver) DeleteSnapshot(idOrName string) error {
-	return d.runSnapshotOp("delete", idOrName, func(co *aio.Co) error {
-		return d.deleteSnapshotLocked(co, idOrName)
+	return snapOf(d).runSnapshotOp("delete", idOrName, func(co *aio.Co) error {
+		return snapOf(d).deleteSnapshotLocked(co, idOrName)
 	})
 }
 
 // runSnapshotOp runs fn in a coroutine on the node's Context, holding
 // metaLock, inside a drained section of the node, and waits for it the way
 // the caller may (its own loop, the main loop, or a channel).
-func (d *Driver) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error {
+func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error {
 	wrap := func(err error) error {
 		if err == nil {
 			return nil
 		}
 		return &SnapshotError{Op: op, Snapshot: what, Err: err}
 	}
-	if d.node == nil || d.hdr == nil {
+	if d.node == nil || d.mu.hdr == nil {
 		return wrap(errors.New("qcow2: image is not open"))
 	}
 	if d.readOnly {
@@ -212,7 +213,18 @@ func (d *Driver) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error
 	ch := make(chan struct{})
 	ctx.Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
+		d.mu.Lock()
+		d.mu.inSnapshotOp = true
+		d.mu.Unlock()
 		err = fn(co)
+		d.mu.Lock()
+		d.mu.inSnapshotOp = false
+		d.mu.Unlock()
+		if invariants.Enabled && err == nil {
+			if cerr := d.checkCopied(co); cerr != nil {
+				failInvariant(cerr)
+			}
+		}
 		d.metaLock.unlock()
 		done.Store(true)
 		close(ch)
@@ -239,16 +251,16 @@ func (d *Driver) runSnapshotOp(op, what string, fn func(co *aio.Co) error) error
 // allocating write finished, nothing dirty, and no fast-path request still
 // using a mapping from before. After it, metaLock stays held without a
 // break until the operation ends, so what the caller reads next is stable.
-func (d *Driver) snapshotStart(co *aio.Co) error {
+func (d snapshotOps) snapshotStart(co *aio.Co) error {
 	d.mu.Lock()
-	err := d.corruptErr
+	err := d.mu.corruptErr
 	if err == nil {
 		err = d.repairPendingLocked()
 	}
 	if err == nil {
 		err = d.damagedLocked()
 	}
-	guest := (d.geo.Size + d.geo.ClusterSize() - 1) / d.geo.ClusterSize()
+	guest := (d.mu.geo.Size + d.mu.geo.ClusterSize() - 1) / d.mu.geo.ClusterSize()
 	d.mu.Unlock()
 	if err != nil {
 		return err
@@ -261,7 +273,7 @@ func (d *Driver) snapshotStart(co *aio.Co) error {
 	return nil
 }
 
-func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (format.Snapshot, error) {
+func (d snapshotOps) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (format.Snapshot, error) {
 	if strings.IndexByte(o.Name, 0) >= 0 || strings.IndexByte(o.ID, 0) >= 0 {
 		return format.Snapshot{}, format.OutOfRange("snapshot.name", 0, "snapshot name or ID contains a NUL byte")
 	}
@@ -272,9 +284,9 @@ func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (form
 		return format.Snapshot{}, err
 	}
 	d.mu.Lock()
-	snaps := d.snaps
-	l1 := append([]uint64(nil), d.l1...)
-	size := d.geo.Size
+	snaps := d.mu.snaps
+	l1 := append([]uint64(nil), d.mu.l1...)
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if len(snaps) >= format.MaxSnapshots {
 		return format.Snapshot{}, format.Limit("nb_snapshots", uint64(len(snaps)), "too many snapshots")
@@ -311,7 +323,7 @@ func (d *Driver) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (form
 
 	// The snapshot's L1 table: a copy of the active one, COPIED clear
 	// (the flag means nothing in an inactive table).
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	if len(l1) > 0 {
 		off, err := d.allocContiguous(co, (int64(len(l1))*8+cs-1)/cs)
 		if err != nil {
@@ -370,12 +382,12 @@ func (w *wrapped) Unwrap() error { return w.err }
 
 // abortSnapshotAlloc gives back clusters allocated for a table that was
 // never linked (a leak at worst if that fails).
-func (d *Driver) abortSnapshotAlloc(co *aio.Co, off, n int64) {
+func (d snapshotOps) abortSnapshotAlloc(co *aio.Co, off, n int64) {
 	if off == 0 || n <= 0 {
 		return
 	}
 	d.mu.Lock()
-	d.pendingFrees = append(d.pendingFrees, hostFree{off, n})
+	d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{off, n})
 	d.mu.Unlock()
 	d.flushAllMetadata(co, nil)
 }
@@ -410,12 +422,12 @@ func normalizedSnapshots(snaps []format.Snapshot, size int64) []format.Snapshot 
 // written and durable with their refcounts (R1, R3), then one 12-byte
 // header write of nb_snapshots and snapshots_offset (R6), then the old
 // table's clusters freed (R2). An empty table is offset 0, as in QEMU.
-func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
+func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
 	tb, err := format.AppendSnapshotTable(nil, snaps)
 	if err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	var off int64
 	if len(snaps) > 0 {
 		if off, err = d.allocContiguous(co, (int64(len(tb))+cs-1)/cs); err != nil {
@@ -443,11 +455,12 @@ func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
 		return err
 	}
 	d.mu.Lock()
-	oldOff, oldSz := int64(d.hdr.SnapshotsOffset), d.snapSz
-	d.hdr.SnapshotCount, d.hdr.SnapshotsOffset = n, uint64(off)
-	d.snaps, d.snapSz = snaps, int64(len(tb))
+	oldOff, oldSz := int64(d.mu.hdr.SnapshotsOffset), d.mu.snapSz
+	d.mu.hdr.SnapshotCount, d.mu.hdr.SnapshotsOffset = n, uint64(off)
+	d.mu.snaps, d.mu.snapSz = snaps, int64(len(tb))
+	d.publishLocked()
 	if oldSz > 0 && oldOff != 0 {
-		d.pendingFrees = append(d.pendingFrees, hostFree{oldOff, oldSz})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{oldOff, oldSz})
 	}
 	d.mu.Unlock()
 	return d.flushAllMetadata(co, nil)
@@ -457,9 +470,9 @@ func (d *Driver) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) error {
 // decodes, and no L2 table it names is one of the image's other metadata
 // (header, L1 tables, refcount structures, snapshot table), since apply
 // rewrites COPIED flags in those tables.
-func (d *Driver) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint64, error) {
+func (d snapshotOps) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint64, error) {
 	d.mu.Lock()
-	err := format.ValidateSnapshot(sn, i, &d.geo, 0)
+	err := format.ValidateSnapshot(sn, i, &d.mu.geo, 0)
 	d.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -479,7 +492,7 @@ func (d *Driver) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint6
 	for j := range l1 {
 		e := uint64(buf[j*8])<<56 | uint64(buf[j*8+1])<<48 | uint64(buf[j*8+2])<<40 | uint64(buf[j*8+3])<<32 |
 			uint64(buf[j*8+4])<<24 | uint64(buf[j*8+5])<<16 | uint64(buf[j*8+6])<<8 | uint64(buf[j*8+7])
-		l2Off, _, err := d.geo.DecodeL1Entry(e)
+		l2Off, _, err := d.mu.geo.DecodeL1Entry(e)
 		if err != nil {
 			return nil, format.WithField(err, format.Indexed(field, uint64(j)))
 		}
@@ -493,9 +506,9 @@ func (d *Driver) readSnapshotL1(co *aio.Co, sn *format.Snapshot, i int) ([]uint6
 
 // isOtherMetadataLocked reports whether cluster off holds metadata that is
 // not an L2 table. REQUIRES: mu held.
-func (d *Driver) isOtherMetadataLocked(off int64) bool {
-	cs := d.geo.ClusterSize()
-	h := d.hdr
+func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
+	cs := d.mu.geo.ClusterSize()
+	h := d.mu.hdr
 	in := func(start, n int64) bool {
 		if n <= 0 {
 			return false
@@ -503,17 +516,17 @@ func (d *Driver) isOtherMetadataLocked(off int64) bool {
 		s := start &^ (cs - 1)
 		return off >= s && off < start+n
 	}
-	if off < cs || in(int64(h.L1Offset), int64(len(d.l1))*8) ||
+	if off < cs || in(int64(h.L1Offset), int64(len(d.mu.l1))*8) ||
 		in(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
-		in(int64(h.SnapshotsOffset), d.snapSz) {
+		in(int64(h.SnapshotsOffset), d.mu.snapSz) {
 		return true
 	}
-	for i := range d.snaps {
-		if in(int64(d.snaps[i].L1Offset), int64(d.snaps[i].L1Entries)*8) {
+	for i := range d.mu.snaps {
+		if in(int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries)*8) {
 			return true
 		}
 	}
-	for _, e := range d.rt {
+	for _, e := range d.mu.rt {
 		if int64(e) == off {
 			return true
 		}
@@ -521,19 +534,19 @@ func (d *Driver) isOtherMetadataLocked(off int64) bool {
 	return false
 }
 
-func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
+func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	if err := d.snapshotStart(co); err != nil {
 		return err
 	}
 	d.mu.Lock()
-	i := findSnapshot(d.snaps, idOrName)
+	i := findSnapshot(d.mu.snaps, idOrName)
 	var sn format.Snapshot
 	if i >= 0 {
-		sn = d.snaps[i]
+		sn = d.mu.snaps[i]
 	}
-	oldSize := d.geo.Size
-	cb, ext := d.geo.ClusterBits, d.geo.ExtendedL2
-	v2 := d.hdr.Version < 3
+	oldSize := d.mu.geo.Size
+	cb, ext := d.mu.geo.ClusterBits, d.mu.geo.ExtendedL2
+	v2 := d.mu.hdr.Version < 3
 	d.mu.Unlock()
 	if i < 0 {
 		return ErrSnapshotNotFound
@@ -580,7 +593,7 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	}
 
 	// The new active L1: fresh clusters, then the switch (R3, R6).
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	newLen := int64(len(snapL1))
 	off, err := d.allocContiguous(co, max((newLen*8+cs-1)/cs, 1))
 	if err != nil {
@@ -633,25 +646,17 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	}
 
 	d.mu.Lock()
-	oldL1, oldL1Off := d.l1, int64(d.hdr.L1Offset)
-	for _, e := range oldL1 {
-		if o := int64(e & format.OffsetMask); o != 0 {
-			delete(d.metaClusters, o)
-		}
+	oldL1, oldL1Off := d.mu.l1, int64(d.mu.hdr.L1Offset)
+	d.mu.l1 = snapL1
+	if d.mu.l1 == nil {
+		d.mu.l1 = []uint64{}
 	}
-	d.l1 = snapL1
-	if d.l1 == nil {
-		d.l1 = []uint64{}
-	}
-	for _, e := range d.l1 {
-		if o := int64(e & format.OffsetMask); o != 0 {
-			d.metaClusters[o] = struct{}{}
-		}
-	}
-	clear(d.dirtyL1)
-	d.hdr.L1Offset, d.hdr.L1Entries = uint64(off), uint32(newLen)
-	d.hdr.Size, d.geo.Size = newSize, int64(newSize)
-	d.zcache.buf = nil
+	d.resetMetaClusters() // the old active tables out, the new ones in
+	clear(d.mu.dirtyL1)
+	d.mu.hdr.L1Offset, d.mu.hdr.L1Entries = uint64(off), uint32(newLen)
+	d.mu.hdr.Size, d.mu.geo.Size = newSize, int64(newSize)
+	d.mu.zcache.buf = nil
+	d.publishLocked()
 	d.mu.Unlock()
 
 	// R2: the old active tables are unreachable and durable so.
@@ -669,15 +674,15 @@ func (d *Driver) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	return d.flushAllMetadata(co, nil)
 }
 
-func (d *Driver) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
+func (d snapshotOps) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
 	if err := d.snapshotStart(co); err != nil {
 		return err
 	}
 	d.mu.Lock()
-	i := findSnapshot(d.snaps, idOrName)
+	i := findSnapshot(d.mu.snaps, idOrName)
 	var sn format.Snapshot
-	snaps := d.snaps
-	size := d.geo.Size
+	snaps := d.mu.snaps
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if i < 0 {
 		return ErrSnapshotNotFound
@@ -717,11 +722,11 @@ var errStopWalk = errors.New("stop")
 // fixed order: the data, zero-alloc and compressed clusters each L2 table
 // names (a compressed range spanning two clusters gives two calls), then
 // the table itself. REQUIRES: metaLock held (the tables do not change meanwhile).
-func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) error {
-	cs := d.geo.ClusterSize()
+func (d snapshotOps) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) error {
+	cs := d.mu.geo.ClusterSize()
 	var buf []byte
 	for i, e := range l1 {
-		l2Off, _, err := d.geo.DecodeL1Entry(e)
+		l2Off, _, err := d.mu.geo.DecodeL1Entry(e)
 		if err != nil {
 			return format.WithField(err, format.Indexed("l1_table", uint64(i)))
 		}
@@ -731,9 +736,9 @@ func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) err
 		if buf, err = d.copyL2(co, l2Off, buf); err != nil {
 			return err
 		}
-		for j := int64(0); j < d.geo.L2Entries(); j++ {
-			e, bm, _ := d.geo.L2EntryAt(buf, j)
-			le, err := d.geo.DecodeL2Entry(e, bm)
+		for j := int64(0); j < d.mu.geo.L2Entries(); j++ {
+			e, bm, _ := d.mu.geo.L2EntryAt(buf, j)
+			le, err := d.mu.geo.DecodeL2Entry(e, bm)
 			if err != nil {
 				return format.WithField(err, "l2_table@"+format.HexString(uint64(l2Off))+format.Indexed("", uint64(j)))
 			}
@@ -761,7 +766,7 @@ func (d *Driver) walkRefs(co *aio.Co, l1 []uint64, fn func(off int64) error) err
 
 // copyL2 copies the L2 table at off into dst (brought in through the
 // cache).
-func (d *Driver) copyL2(co *aio.Co, off int64, dst []byte) ([]byte, error) {
+func (d snapshotOps) copyL2(co *aio.Co, off int64, dst []byte) ([]byte, error) {
 	t, err := d.l2Acquire(co, nil, off)
 	if err != nil {
 		return dst, err
@@ -777,7 +782,7 @@ func (d *Driver) copyL2(co *aio.Co, off int64, dst []byte) ([]byte, error) {
 // (a refcount that would overflow, a damaged entry, an I/O error) the
 // increments made so far are taken back, in memory, before anything was
 // written. REQUIRES: metaLock held, refcount blocks clean.
-func (d *Driver) increfAll(co *aio.Co, l1 []uint64) error {
+func (d snapshotOps) increfAll(co *aio.Co, l1 []uint64) error {
 	var done int64
 	err := d.walkRefs(co, l1, func(off int64) error {
 		if err := d.incref(co, off); err != nil {
@@ -805,14 +810,14 @@ func (d *Driver) increfAll(co *aio.Co, l1 []uint64) error {
 
 // decrefAll removes one reference from every cluster l1 reaches.
 // REQUIRES: metaLock held; the references are gone durably (R2).
-func (d *Driver) decrefAll(co *aio.Co, l1 []uint64) error {
+func (d snapshotOps) decrefAll(co *aio.Co, l1 []uint64) error {
 	d.waitIOEpoch(co)
 	return d.walkRefs(co, l1, func(off int64) error { return d.decref(co, off) })
 }
 
 // decrefRange removes one reference from every cluster of [off, off+n).
-func (d *Driver) decrefRange(co *aio.Co, off, n int64) error {
-	cs := d.geo.ClusterSize()
+func (d snapshotOps) decrefRange(co *aio.Co, off, n int64) error {
+	cs := d.mu.geo.ClusterSize()
 	for c := off &^ (cs - 1); c < off+n; c += cs {
 		if err := d.decref(co, c); err != nil {
 			return err
@@ -823,8 +828,8 @@ func (d *Driver) decrefRange(co *aio.Co, off, n int64) error {
 
 // incref adds one to the refcount of the cluster at off, which must be in
 // use (refcount ≥ 1) and below the refcount maximum.
-func (d *Driver) incref(co *aio.Co, off int64) error {
-	cs := d.geo.ClusterSize()
+func (d snapshotOps) incref(co *aio.Co, off int64) error {
+	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace {
 		return format.Corrupt("refcount", uint64(off), "referenced cluster lies beyond the refcount table")
@@ -837,7 +842,7 @@ func (d *Driver) incref(co *aio.Co, off int64) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	order := d.geo.RefcountOrder
+	order := d.mu.geo.RefcountOrder
 	rc, err := format.RefcountGet(rb.buf, order, bi)
 	if err != nil {
 		return err
@@ -846,7 +851,7 @@ func (d *Driver) incref(co *aio.Co, off int64) error {
 		return format.Corrupt("refcount", uint64(off), "referenced cluster has refcount 0")
 	}
 	if rc >= format.RefcountMax(order) {
-		return format.Limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.geo.RefcountBits()))+")")
+		return format.Limit("refcount", rc, "cluster refcount would overflow (refcount_bits "+strconv.Itoa(int(d.mu.geo.RefcountBits()))+")")
 	}
 	if err := format.RefcountSet(rb.buf, order, bi, rc+1); err != nil {
 		return err
@@ -856,8 +861,8 @@ func (d *Driver) incref(co *aio.Co, off int64) error {
 }
 
 // refcountOf returns the in-memory refcount of the cluster at off.
-func (d *Driver) refcountOf(co *aio.Co, off int64) (uint64, error) {
-	cs := d.geo.ClusterSize()
+func (d metaIO) refcountOf(co *aio.Co, off int64) (uint64, error) {
+	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace || (err == nil && rb == nil) {
 		return 0, nil
@@ -867,14 +872,14 @@ func (d *Driver) refcountOf(co *aio.Co, off int64) (uint64, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return format.RefcountGet(rb.buf, d.geo.RefcountOrder, bi)
+	return format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
 }
 
 // fixActiveCopied sets COPIED exactly where the refcount is 1 in the
 // active L1 table and its L2 tables (R7).
-func (d *Driver) fixActiveCopied(co *aio.Co) error {
+func (d snapshotOps) fixActiveCopied(co *aio.Co) error {
 	d.mu.Lock()
-	l1 := d.l1
+	l1 := d.mu.l1
 	d.mu.Unlock()
 	return d.fixCopied(co, l1, true)
 }
@@ -885,12 +890,12 @@ func (d *Driver) fixActiveCopied(co *aio.Co) error {
 // dirty tables are written back when they fill 7/8 of the cache.
 // REQUIRES: metaLock held; for an inactive l1, its tables are checked by
 // readSnapshotL1.
-func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
+func (d snapshotOps) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 	for i := range l1 {
 		d.mu.Lock()
 		e := l1[i]
 		d.mu.Unlock()
-		l2Off, copied, err := d.geo.DecodeL1Entry(e)
+		l2Off, copied, err := d.mu.geo.DecodeL1Entry(e)
 		if err != nil {
 			return format.WithField(err, format.Indexed("l1_table", uint64(i)))
 		}
@@ -903,9 +908,9 @@ func (d *Driver) fixCopied(co *aio.Co, l1 []uint64, active bool) error {
 		}
 		if want := rc == 1; want != copied {
 			d.mu.Lock()
-			l1[i] = e&^format.EntryCopied | copiedBit(want)
+			storeL1(l1, int64(i), e&^format.EntryCopied|copiedBit(want))
 			if active {
-				d.dirtyL1[int64(i)] = true
+				d.mu.dirtyL1[int64(i)] = true
 			}
 			d.mu.Unlock()
 		}
@@ -930,17 +935,17 @@ func copiedBit(b bool) uint64 {
 
 // fixL2Copied recomputes COPIED in every data and zero-alloc entry of the
 // L2 table at l2Off.
-func (d *Driver) fixL2Copied(co *aio.Co, l2Off int64) error {
+func (d snapshotOps) fixL2Copied(co *aio.Co, l2Off int64) error {
 	t, err := d.l2Acquire(co, nil, l2Off)
 	if err != nil {
 		return err
 	}
 	defer d.l2Release(t)
-	for j := int64(0); j < d.geo.L2Entries(); j++ {
+	for j := int64(0); j < d.mu.geo.L2Entries(); j++ {
 		d.mu.Lock()
-		e, bm, _ := d.geo.L2EntryAt(t.buf, j)
+		e, bm, _ := d.mu.geo.L2EntryAt(t.buf, j)
 		d.mu.Unlock()
-		le, err := d.geo.DecodeL2Entry(e, bm)
+		le, err := d.mu.geo.DecodeL2Entry(e, bm)
 		if err != nil {
 			return format.WithField(err, "l2_table@"+format.HexString(uint64(l2Off))+format.Indexed("", uint64(j)))
 		}

@@ -103,7 +103,7 @@ func TestQcow2SnapshotCreateQemuApplies(t *testing.T) {
 				t.Errorf("snapshot entry %+v", sn)
 			}
 			ref := append([]byte(nil), before...)
-			writeWorkload(t, n, ref, 11, 60, d.geo.ClusterSize())
+			writeWorkload(t, n, ref, 11, 60, d.mu.geo.ClusterSize())
 			if _, err := n.WriteAt(fill(0x21, 512<<10), 256<<10); err != nil {
 				t.Fatal(err)
 			}
@@ -930,7 +930,7 @@ func TestQcow2SnapshotRandomOps(t *testing.T) {
 			e := newTestEnv(t)
 			n := e.mustOpen(img, false)
 			d := drv(t, n)
-			cs := d.geo.ClusterSize()
+			cs := d.mu.geo.ClusterSize()
 			rng := newSeededRand(t, uint64(len(opts)))
 			ref := make([]byte, 512<<10)
 			model := map[string][]byte{}
@@ -971,7 +971,7 @@ func TestQcow2SnapshotRandomOps(t *testing.T) {
 					what = "grow"
 					size := int64(len(ref)) + 64<<10
 					err := n.Truncate(size)
-					if d.hdr.Version < 3 && len(names) > 0 {
+					if d.mu.hdr.Version < 3 && len(names) > 0 {
 						// QEMU refuses to resize a v2 image with
 						// snapshots, and so do we.
 						if !errors.Is(err, format.ErrUnsupported) {

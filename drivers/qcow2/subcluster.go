@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"math/bits"
 
 	"github.com/ringblk/ringblk/aio"
@@ -63,17 +62,17 @@ func subclustersAllocated(g *format.Geometry, bitmap uint64, in, k int64) bool {
 
 // setL2BitmapLocked stores the subcluster bitmap of entry i of table t.
 // REQUIRES: mu held, extended L2.
-func (d *Driver) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
-	binary.BigEndian.PutUint64(t.buf[i*16+8:], bitmap)
+func (d metaIO) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
+	t.t.SetWord(int(i*2+1), bitmap) // atomic: lock-free readers (fast.go)
 	d.l2.markDirty(t)
 }
 
 // writeSubclusters writes win (k bytes) at guest offset off, inside one
 // cluster of an extended-L2 image. REQUIRES: metaLock held (released
 // around the data I/O, the guest cluster in flight: R8).
-func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
-	cs, scs := d.geo.ClusterSize(), d.geo.SubclusterSize()
-	l1i, l2i, in := d.geo.Split(off)
+func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+	cs, scs := d.mu.geo.ClusterSize(), d.mu.geo.SubclusterSize()
+	l1i, l2i, in := d.mu.geo.Split(off)
 	gc := off / cs
 	d.waitInflight(co, gc, 1)
 	t, _, err := d.l2ForWrite(co, r, l1i)
@@ -83,9 +82,9 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 	defer d.l2Unpin(t)
 	start := off - in
 	d.mu.Lock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err := d.geo.DecodeL2Entry(e, bm)
-	valid := min(cs, d.geo.Size-start) // the last cluster may be partial
+	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+	le, err := d.mu.geo.DecodeL2Entry(e, bm)
+	valid := min(cs, d.mu.geo.Size-start) // the last cluster may be partial
 	d.mu.Unlock()
 	if err != nil {
 		return err
@@ -162,18 +161,18 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.cowPending = true
+	d.mu.cowPending = true
 	if !inPlace {
-		ne, err := d.geo.EncodeL2Entry(format.Normal, host, true)
+		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, host, true)
 		if err != nil {
 			return err
 		}
 		d.setL2EntryLocked(t, l2i, ne)
 		switch le.Type {
 		case format.Normal:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 		case format.Compressed:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
 	d.setL2BitmapLocked(t, l2i, nbm)
@@ -181,8 +180,8 @@ func (d *Driver) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, of
 }
 
 // subclusterReadsZero reports whether subcluster sc of le reads as zero.
-func (d *Driver) subclusterReadsZero(le format.L2Entry, sc int64) bool {
-	switch d.geo.SubclusterType(le, int(sc)) {
+func (d writer) subclusterReadsZero(le format.L2Entry, sc int64) bool {
+	switch d.mu.geo.SubclusterType(le, int(sc)) {
 	case format.ZeroPlain, format.ZeroAlloc:
 		return true
 	case format.Unallocated, format.UnallocatedAlloc:
@@ -193,11 +192,11 @@ func (d *Driver) subclusterReadsZero(le format.L2Entry, sc int64) bool {
 
 // zeroSubclusters is zeroRange for the part [off, off+k) of one cluster of
 // an extended-L2 image. REQUIRES: metaLock held.
-func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m zeroMode) error {
-	cs, scs := d.geo.ClusterSize(), d.geo.SubclusterSize()
+func (d writer) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m zeroMode) error {
+	cs, scs := d.mu.geo.ClusterSize(), d.mu.geo.SubclusterSize()
 	in := off & (cs - 1)
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	whole := in == 0 && (k == cs || off+k == size)
 	le, _, err := d.peekEntry(co, r, off)
@@ -259,8 +258,8 @@ func (d *Driver) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m z
 
 // entryForWrite returns the entry of the cluster at off, loading its L2
 // table (allocating it if needed). REQUIRES: metaLock held.
-func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L2Entry, error) {
-	l1i, l2i, _ := d.geo.Split(off)
+func (d writer) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L2Entry, error) {
+	l1i, l2i, _ := d.mu.geo.Split(off)
 	t, _, err := d.l2ForWrite(co, r, l1i)
 	if err != nil {
 		return format.L2Entry{}, err
@@ -268,15 +267,15 @@ func (d *Driver) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.
 	defer d.l2Unpin(t)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	return d.geo.DecodeL2Entry(e, bm)
+	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+	return d.mu.geo.DecodeL2Entry(e, bm)
 }
 
 // updateSubclusters replaces the entry and bitmap of the cluster at off
 // by what f returns for the current ones, once no allocation of that
 // cluster is in flight; when f says so the old host cluster is released
 // after the next flush (R2). REQUIRES: metaLock held.
-func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le format.L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
+func (d writer) updateSubclusters(co *aio.Co, r *block.Request, off int64, f func(le format.L2Entry, e, bm uint64) (ne, nbm uint64, free bool)) error {
 	t, l2i, le, e, bm, err := d.lockEntry(co, r, off)
 	if err != nil {
 		return err
@@ -294,9 +293,9 @@ func (d *Driver) updateSubclusters(co *aio.Co, r *block.Request, off int64, f fu
 	if free && ne&format.OffsetMask != e&format.OffsetMask || free && le.Type == format.Compressed {
 		switch le.Type {
 		case format.Normal:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 		case format.Compressed:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
 	return nil

@@ -34,21 +34,21 @@ import (
 
 // inPlaceLocked appends to s.ext the host runs of [off, off+n) if every
 // cluster is NORMAL with COPIED and cached. REQUIRES: mu held.
-func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
-	cs := d.geo.ClusterSize()
+func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
+	cs := d.mu.geo.ClusterSize()
 	end := off + n
-	if off < 0 || n < 0 || end > d.geo.Size {
+	if off < 0 || n < 0 || end > d.mu.geo.Size {
 		return false
 	}
 	for off < end {
-		l1i, l2i, in := d.geo.Split(off)
-		if l1i >= int64(len(d.l1)) {
+		l1i, l2i, in := d.mu.geo.Split(off)
+		if l1i >= int64(len(d.mu.l1)) {
 			return false
 		}
-		if d.damage != nil && d.damage.DamagedL1.Has(l1i) {
+		if d.mu.damage != nil && d.mu.damage.DamagedL1.Has(l1i) {
 			return false
 		}
-		l2Off, copied, err := d.geo.DecodeL1Entry(d.l1[l1i])
+		l2Off, copied, err := d.mu.geo.DecodeL1Entry(d.mu.l1[l1i])
 		if err != nil || l2Off == 0 || !copied {
 			return false
 		}
@@ -56,13 +56,13 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 		if t == nil {
 			return false
 		}
-		e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-		le, err := d.geo.DecodeL2Entry(e, bm)
+		e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+		le, err := d.mu.geo.DecodeL2Entry(e, bm)
 		if err != nil || le.Type != format.Normal || !le.Copied {
 			return false
 		}
 		k := min(end-off, cs-in)
-		if d.geo.ExtendedL2 && !subclustersAllocated(&d.geo, le.Bitmap, in, k) {
+		if d.mu.geo.ExtendedL2 && !subclustersAllocated(&d.mu.geo, le.Bitmap, in, k) {
 			return false
 		}
 		host := le.HostOff + in
@@ -79,23 +79,34 @@ func (d *Driver) inPlaceLocked(s *reqState, off, n int64) bool {
 	return true
 }
 
-// Write writes r.Iov at r.Off.
+// Write writes r.Iov at r.Off: in place without a lock when it can
+// (writeFast, fast.go), in place under mu on an extended-L2 image or when a
+// table is only found under the lock, else in a coroutine (writeSlow).
 func (d *Driver) Write(r *block.Request) {
+	if writerOf(d).writeFast(r) {
+		return
+	}
 	s := d.states.get(d)
 	d.mu.Lock()
-	fast := d.corruptErr == nil && d.headerReady && r.Flags&block.FUA == 0 && d.inPlaceLocked(s, r.Off, r.Len)
+	fast := d.mu.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
 	if fast {
-		s.epoch, s.held = d.holdLocked(), true
+		s.epoch, s.held = d.hold(r.Context()), true
 	}
 	d.mu.Unlock()
 	if !fast {
 		d.states.put(s)
 		r.Context().Go(func(co *aio.Co) {
-			err := d.writeSlow(co, r)
+			err := writerOf(d).writeSlow(co, r)
 			r.CompleteLater(d.formatErr(block.OpWrite, r.Off, err))
 		})
 		return
 	}
+	writerOf(d).startWrite(s, r)
+}
+
+// startWrite issues s.ext, the host runs of an in-place write, holding
+// s.epoch; the last child completion completes r.
+func (d writer) startWrite(s *reqState, r *block.Request) {
 	s.r = r
 	s.pending = 1
 	var skip int64
@@ -113,9 +124,9 @@ func (d *Driver) Write(r *block.Request) {
 	s.release()
 }
 
-func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
+func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
 		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
@@ -128,17 +139,32 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
 		return err
 	}
-	cs := d.geo.ClusterSize()
+	cs := d.mu.geo.ClusterSize()
 	var win [][]byte
 	var skip int64
 	off, end := r.Off, r.Off+r.Len
 	for off < end {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
-			n, err := d.writeFullRun(co, r, skip, off, end-off)
+			// A run of whole clusters that all allocate: plan under
+			// metaLock, data I/O without it, commit under it again.
+			p, ok, err := d.planRun(co, r, off, end-off)
 			if err != nil {
 				return d.damagedWriteErr(co, err)
 			}
-			if n > 0 {
+			if p.wait != nil {
+				d.metaLock.unlock()
+				p.wait(co)
+				d.metaLock.lock(co)
+				continue
+			}
+			if ok {
+				d.metaLock.unlock()
+				ioErr := d.runIO(co, r, skip, &p)
+				d.metaLock.lock(co)
+				n, err := d.commitRun(&p, ioErr)
+				if err != nil {
+					return d.damagedWriteErr(co, err)
+				}
 				off += n
 				skip += n
 				continue
@@ -146,7 +172,34 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 		}
 		k := min(end-off, cs-off&(cs-1))
 		win = iovSlice(win[:0], r.Iov, skip, k)
-		if err := d.writeCluster(co, r, win, off, k); err != nil {
+		if d.mu.geo.ExtendedL2 {
+			if err := d.writeSubclusters(co, r, win, off, k); err != nil { // subcluster.go
+				return d.damagedWriteErr(co, err)
+			}
+			off += k
+			skip += k
+			continue
+		}
+		// Plan under metaLock; wait, or do the data I/O, without it (an
+		// in-place write keeps it: no metadata changes); commit under it.
+		p, err := d.planCluster(co, r, off, k)
+		switch {
+		case err != nil:
+		case p.wait != nil:
+			d.metaLock.unlock()
+			p.wait(co)
+			d.metaLock.lock(co)
+			continue
+		case p.inPlace:
+			err = d.childIO(co, r, d.file, block.OpWrite, p.host, win, k)
+			d.l2Unpin(p.t)
+		default:
+			d.metaLock.unlock()
+			ioErr := d.clusterIO(co, r, win, &p)
+			d.metaLock.lock(co)
+			err = d.commitCluster(&p, ioErr)
+		}
+		if err != nil {
 			return d.damagedWriteErr(co, err)
 		}
 		off += k
@@ -171,10 +224,10 @@ func (d *Driver) writeSlow(co *aio.Co, r *block.Request) error {
 // (R10: bitmaps become inconsistent for QEMU instead of stale) with a
 // synced 8-byte header write (R6); when bit 0 was set it then drops the
 // bitmaps extension and frees the bitmaps' clusters (dropBitmaps).
-func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
+func (d writer) prepareWrite(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
-	err, ready := d.corruptErr, d.headerReady
-	clr := d.hdr.AutoclearToClear(0)
+	err, ready := d.mu.corruptErr, d.headerReady.Load()
+	clr := d.mu.hdr.AutoclearToClear(0)
 	if err == nil {
 		err = d.repairPendingLocked() // CheckOpen of a dirty image (lazy.go)
 	}
@@ -185,9 +238,9 @@ func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 	if ready {
 		return nil
 	}
-	if clr != 0 && d.hdr.Version >= 3 {
+	if clr != 0 && d.mu.hdr.Version >= 3 {
 		var b [8]byte
-		v := d.hdr.AutoclearFeatures &^ clr
+		v := d.mu.hdr.AutoclearFeatures &^ clr
 		putU64(b[:], v)
 		if err := d.fileWrite(co, r, b[:], 88); err != nil {
 			return err
@@ -196,7 +249,7 @@ func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 			return err
 		}
 		d.mu.Lock()
-		d.hdr.AutoclearFeatures = v
+		d.mu.hdr.AutoclearFeatures = v
 		d.mu.Unlock()
 		if clr&format.AutoclearBitmaps != 0 {
 			if err := d.dropBitmaps(co, r); err != nil {
@@ -205,7 +258,7 @@ func (d *Driver) prepareWrite(co *aio.Co, r *block.Request) error {
 		}
 	}
 	d.mu.Lock()
-	d.headerReady = true
+	d.headerReady.Store(true)
 	d.mu.Unlock()
 	return nil
 }
@@ -217,115 +270,190 @@ func putU64(b []byte, v uint64) {
 }
 
 // writeCluster writes win (k bytes) at guest offset off, inside one
-// cluster. REQUIRES: metaLock held.
-func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
-	if d.geo.ExtendedL2 {
+// cluster: planCluster under metaLock, the data I/O without it (an
+// in-place write keeps it: no metadata changes), commitCluster under it
+// again. Extended-L2 images go to writeSubclusters. REQUIRES: metaLock
+// held; it is dropped for an allocating write's data I/O.
+func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+	if d.mu.geo.ExtendedL2 {
 		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
 	}
-	cs := d.geo.ClusterSize()
-	l1i, l2i, in := d.geo.Split(off)
-	gc := off / cs
-	d.waitInflight(co, gc, 1)
-	t, _, err := d.l2ForWrite(co, r, l1i)
+	p, err := d.planCluster(co, r, off, k)
+	for err == nil && p.wait != nil {
+		d.metaLock.unlock()
+		p.wait(co)
+		d.metaLock.lock(co)
+		p, err = d.planCluster(co, r, off, k)
+	}
 	if err != nil {
 		return err
 	}
-	defer d.l2Unpin(t)
+	if p.inPlace {
+		err = d.childIO(co, r, d.file, block.OpWrite, p.host, win, k)
+		d.l2Unpin(p.t)
+		return err
+	}
+	d.metaLock.unlock()
+	ioErr := d.clusterIO(co, r, win, &p)
+	d.metaLock.lock(co)
+	return d.commitCluster(&p, ioErr)
+}
+
+// clusterPlan is what planCluster decided for one cluster of a write (k
+// guest bytes at in inside the cluster at start): either in place into a
+// COPIED cluster, or the host cluster newOff (allocated, or a preallocated
+// zero cluster of our own reused) that clusterIO fills without metaLock
+// and commitCluster links after it. Owned by the coroutine of the write.
+type clusterPlan struct {
+	t         *l2Table // pinned until commitCluster (or finishInPlace)
+	l2i       int64
+	le        format.L2Entry // the entry as planned
+	inPlace   bool           // host takes the guest bytes; nothing to link
+	host      int64
+	newOff    int64
+	reuse     bool // newOff is le's own preallocated zero cluster
+	fresh     bool // newOff was never written: it reads as zeros
+	start, in int64
+	k, valid  int64 // guest bytes; bytes of the cluster inside the disk
+	gc        int64 // guest cluster index
+	fl        *inflightAlloc
+	// wait, when set, means nothing was planned or held: run it with
+	// metaLock released, then plan again (admit).
+	wait func(*aio.Co)
+}
+
+// planCluster decides how to write k bytes at guest offset off inside one
+// cluster of a standard-L2 image and makes the metadata ready for it: the
+// L2 table pinned (allocated or copied if needed), and for an allocating
+// write the host cluster allocated and the guest cluster marked in flight
+// (R8). It does no data I/O. When the cluster is busy (admit) it plans
+// nothing and returns the wait in p.wait. REQUIRES: metaLock held; it
+// never releases it.
+func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clusterPlan, err error) {
+	cs := d.mu.geo.ClusterSize()
+	l1i, l2i, in := d.mu.geo.Split(off)
+	p.gc, p.l2i, p.in, p.k, p.start = off/cs, l2i, in, k, off-in
+	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
+		return p, nil
+	}
+	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+		return p, err
+	}
 	d.mu.Lock()
-	e, bm, _ := d.geo.L2EntryAt(t.buf, l2i)
-	le, err := d.geo.DecodeL2Entry(e, bm)
+	e, bm, _ := d.mu.geo.L2EntryAt(p.t.buf, l2i)
+	p.le, err = d.mu.geo.DecodeL2Entry(e, bm)
 	d.mu.Unlock()
 	if err != nil {
-		return err
+		d.l2Unpin(p.t)
+		return p, err
 	}
+	le := p.le
 	if le.Type == format.Normal && le.Copied {
 		// R7: in place only into COPIED clusters.
-		host := le.HostOff + in
-		if d.overlapsMetadata(host, k) {
-			return d.markCorrupt(co, host, "data write")
+		p.inPlace, p.host = true, le.HostOff+in
+		if d.overlapsMetadata(p.host, k) {
+			d.l2Unpin(p.t)
+			return p, d.markCorrupt(co, p.host, "data write")
 		}
-		return d.childIO(co, r, d.file, block.OpWrite, host, win, k)
+		return p, nil
 	}
 	// A preallocated zero cluster of our own (ZERO_ALLOC with COPIED) is
 	// reused in place, as QEMU's handle_copied does: it reads as zeros
 	// until the entry flips, so writing into it first is invisible, and
 	// no refcount changes.
-	reuse := le.Type == format.ZeroAlloc && le.Copied
-	var newOff int64
-	fresh := false
-	if reuse {
-		newOff = le.HostOff
-		if d.overlapsMetadata(newOff, cs) {
-			return d.markCorrupt(co, newOff, "data write")
+	p.reuse = le.Type == format.ZeroAlloc && le.Copied
+	if p.reuse {
+		p.newOff = le.HostOff
+		if d.overlapsMetadata(p.newOff, cs) {
+			d.l2Unpin(p.t)
+			return p, d.markCorrupt(co, p.newOff, "data write")
 		}
 	} else {
 		d.mu.Lock()
-		fileEnd := d.geo.FileSize
+		fileEnd := d.mu.geo.FileSize
 		d.mu.Unlock()
-		if newOff, err = d.allocCluster(co); err != nil {
-			return err
+		if p.newOff, err = d.allocCluster(co); err != nil {
+			d.l2Unpin(p.t)
+			return p, err
 		}
 		// A cluster at or past FileSize (the file's length at open, grown
 		// by every allocation since) has never been written: it reads as
 		// zeros (holes, or past EOF, which reads zero-fill).
-		fresh = newOff >= fileEnd
+		p.fresh = p.newOff >= fileEnd
 	}
-	start := off - in
 	d.mu.Lock()
-	valid := min(cs, d.geo.Size-start) // the last cluster may be partial
+	p.valid = min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
 	d.mu.Unlock()
 	// The data (and COW) I/O runs without metaLock, so allocating writes
 	// to other clusters proceed meanwhile; the guest cluster is marked in
 	// flight, and anything else that would change its entry waits (R8).
-	fl := d.markInflight(gc, 1)
-	d.metaLock.unlock()
-	// R11: the whole host cluster (up to the end of the disk) is written
-	// before anything points at it, so every referenced cluster starts
-	// inside the file.
+	p.fl = d.markInflight(p.gc, 1)
+	return p, nil
+}
+
+// clusterIO writes the guest bytes of an allocating plan into its new host
+// cluster, with whatever copy-on-write the cluster needs. It needs no lock:
+// the guest cluster is in flight and the host cluster is the plan's alone.
+// R11: the whole host cluster (up to the end of the disk) is written
+// before anything points at it, so every referenced cluster starts inside
+// the file.
+func (d writer) clusterIO(co *aio.Co, r *block.Request, win [][]byte, p *clusterPlan) error {
+	le, in, k, valid, start, newOff := p.le, p.in, p.k, p.valid, p.start, p.newOff
 	zeroSrc := le.Type == format.ZeroPlain || le.Type == format.ZeroAlloc ||
 		(le.Type == format.Unallocated && (d.backing == nil || start >= d.backingSize))
 	switch {
 	case in == 0 && k == valid:
-		err = d.childIO(co, r, d.file, block.OpWrite, newOff, win, k)
-	case zeroSrc && fresh:
+		return d.childIO(co, r, d.file, block.OpWrite, newOff, win, k)
+	case zeroSrc && p.fresh:
 		// Nothing to zero: only the guest bytes go out. The cluster
 		// starts inside the file once they are written (R11).
-		err = d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
+		return d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
 	case zeroSrc && !d.noFileZeroes.Load():
 		// The rest of the cluster reads as zeros: have the file zero the
 		// host cluster (ZERO_RANGE: no data copied) and write only the
 		// guest bytes, as QEMU does, instead of a cluster-sized buffer.
-		err = d.childIO(co, r, d.file, block.OpWriteZeroes, newOff, nil, valid)
+		err := d.childIO(co, r, d.file, block.OpWriteZeroes, newOff, nil, valid)
 		if block.IsKind(err, block.Unsupported) {
 			d.noFileZeroes.Store(true)
-			err = d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
+			return d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
 		} else if err == nil {
 			err = d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
 		}
+		return err
 	default:
-		err = d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
+		return d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
 	}
-	d.metaLock.lock(co)
-	defer d.finishInflight(fl, gc, 1)
-	if err != nil {
-		if reuse {
-			return err
+}
+
+// commitCluster ends an allocating plan after its I/O (ioErr): on success
+// the L2 entry points at the new cluster, COPIED (the data is there, so
+// readers may see it now), and the old cluster is queued for a free after
+// the next flush (R2); on failure the new cluster is given back. Either
+// way the guest cluster leaves the in-flight set and the table is unpinned.
+// REQUIRES: metaLock held.
+func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
+	defer d.l2Unpin(p.t)
+	defer d.finishInflight(p.fl, p.gc, 1)
+	if ioErr != nil {
+		if p.reuse {
+			return ioErr
 		}
-		return d.abortAlloc(newOff, err)
+		return d.abortAlloc(p.newOff, ioErr)
 	}
-	ne, err := d.geo.EncodeL2Entry(format.Normal, newOff, true)
+	ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.newOff, true)
 	if err != nil {
 		return err
 	}
+	le := p.le
 	d.mu.Lock()
-	d.cowPending = true
-	d.setL2EntryLocked(t, l2i, ne)
+	d.mu.cowPending = true
+	d.setL2EntryLocked(p.t, p.l2i, ne)
 	switch {
-	case reuse:
+	case p.reuse:
 	case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-		d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 	case le.Type == format.Compressed:
-		d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 	}
 	d.mu.Unlock()
 	return nil
@@ -334,7 +462,7 @@ func (d *Driver) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k
 // cowWrite writes a partial cluster the general way: the cluster's current
 // content (old cluster, compressed, backing or zeros) read into a buffer,
 // the guest bytes laid over it, the whole cluster written to newOff.
-func (d *Driver) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L2Entry, start, in, k, valid, newOff int64) error {
+func (d writer) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L2Entry, start, in, k, valid, newOff int64) error {
 	buf := make([]byte, valid)
 	if le.Type != format.ZeroPlain && le.Type != format.ZeroAlloc {
 		if err := d.readGuest(co, r, [][]byte{buf}, start, valid); err != nil {
@@ -348,124 +476,161 @@ func (d *Driver) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.
 // abortAlloc gives back a cluster that was allocated but never linked
 // (QEMU's qcow2_alloc_cluster_abort): nothing points at it, so the
 // decrement may happen at once.
-func (d *Driver) abortAlloc(off int64, err error) error {
+func (d metaIO) abortAlloc(off int64, err error) error {
 	d.mu.Lock()
-	d.pendingFrees = append(d.pendingFrees, hostFree{off, 1})
+	d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{off, 1})
 	d.mu.Unlock()
 	return err
 }
 
 // needFlush reports whether the dirty metadata outgrew its budget: dirty
 // L2 tables are pinned, so they are written back before the cache fills.
-func (d *Driver) needFlush() bool {
+func (d metaIO) needFlush() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// Dirty tables are written back when they fill 7/8 of the cache (the
-	// rest keeps room for the tables in-flight requests pin; l2MakeRoom
+	// rest keeps room for the tables in-flight requests pin; roomWait
 	// flushes if even that runs out), not earlier: every early write-back
 	// of a table that is dirtied again is write amplification.
-	return d.l2.dirty > d.l2.capacity-max(d.l2.capacity/8, 2) || len(d.pendingFrees) > 1024
+	return d.l2.dirty > d.l2.capacity-max(d.l2.capacity/8, 2) || len(d.mu.pendingFrees) > 1024
 }
 
 // maxRunClusters bounds one batched allocating write.
 const maxRunClusters = 1024
 
-// writeFullRun handles a run of whole clusters that all need allocation
-// (no COPIED cluster, no COW: every byte is overwritten) inside one L2
-// table: the clusters are allocated first, the guest data goes out in one
-// child write per host-contiguous piece, and only then do the L2 entries
-// change. It returns how many bytes it wrote; 0 means the first cluster
-// does not qualify (writeCluster handles it). REQUIRES: metaLock held,
-// off cluster aligned, n ≥ 2 clusters.
-func (d *Driver) writeFullRun(co *aio.Co, r *block.Request, skip, off, n int64) (int64, error) {
-	cs := d.geo.ClusterSize()
-	l1i, l2i, _ := d.geo.Split(off)
+// runPlan is what planRun decided for a run of whole clusters that all
+// need allocation, inside one L2 table: the old entries, the host clusters
+// allocated for them, the guest clusters in flight. Owned by the write's
+// coroutine.
+type runPlan struct {
+	t     *l2Table // pinned until commitRun
+	l2i   int64
+	gc    int64            // first guest cluster
+	old   []format.L2Entry // the entries replaced, one per cluster
+	hosts []int64          // the new host clusters
+	fl    *inflightAlloc
+	// wait, when set, means nothing was planned or held: run it with
+	// metaLock released, then plan again (admit).
+	wait func(*aio.Co)
+}
+
+// planRun plans a run of whole clusters at off (cluster aligned, n ≥ 2
+// clusters) that all need allocation (no COPIED cluster, no COW: every
+// byte is overwritten) inside one L2 table: the table pinned, the host
+// clusters allocated, the guest clusters marked in flight (R8). ok false
+// (and nothing held) means the first clusters do not qualify: writeCluster
+// handles them; with p.wait set, the clusters are busy (admit): run the
+// wait with metaLock released and plan again. REQUIRES: metaLock held; it
+// never releases it.
+func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, ok bool, err error) {
+	cs := d.mu.geo.ClusterSize()
+	l1i, l2i, _ := d.mu.geo.Split(off)
 	d.mu.Lock()
-	size := d.geo.Size
+	size := d.mu.geo.Size
 	d.mu.Unlock()
-	count := min(n/cs, d.geo.L2Entries()-l2i, maxRunClusters, (size-off)/cs)
+	count := min(n/cs, d.mu.geo.L2Entries()-l2i, maxRunClusters, (size-off)/cs)
 	if count < 2 {
-		return 0, nil
+		return p, false, nil
 	}
-	gc := off / cs
-	d.waitInflight(co, gc, count)
-	t, _, err := d.l2ForWrite(co, r, l1i)
-	if err != nil {
-		return 0, err
+	p.gc, p.l2i = off/cs, l2i
+	if p.wait = d.admit(co, p.gc, count); p.wait != nil {
+		return p, false, nil
 	}
-	defer d.l2Unpin(t)
-	old := make([]format.L2Entry, 0, count)
+	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+		return p, false, err
+	}
+	p.old = make([]format.L2Entry, 0, count)
 	d.mu.Lock()
 	for i := int64(0); i < count; i++ {
-		e, bm, _ := d.geo.L2EntryAt(t.buf, l2i+i)
-		le, err := d.geo.DecodeL2Entry(e, bm)
+		e, bm, _ := d.mu.geo.L2EntryAt(p.t.buf, l2i+i)
+		le, err := d.mu.geo.DecodeL2Entry(e, bm)
 		if err != nil {
 			d.mu.Unlock()
-			return 0, err
+			d.l2Unpin(p.t)
+			return p, false, err
 		}
 		if le.Type == format.Normal && le.Copied {
 			break
 		}
-		old = append(old, le)
+		p.old = append(p.old, le)
 	}
 	d.mu.Unlock()
-	count = int64(len(old))
+	count = int64(len(p.old))
 	if count < 2 {
-		return 0, nil
+		d.l2Unpin(p.t)
+		return p, false, nil
 	}
-	hosts := make([]int64, count)
-	for i := range hosts {
+	p.hosts = make([]int64, count)
+	for i := range p.hosts {
 		h, err := d.allocCluster(co)
 		if err != nil {
-			for _, a := range hosts[:i] {
+			for _, a := range p.hosts[:i] {
 				d.abortAlloc(a, nil)
 			}
-			return 0, err
+			d.l2Unpin(p.t)
+			return p, false, err
 		}
-		hosts[i] = h
+		p.hosts[i] = h
 	}
-	// R11 as in writeCluster: whole clusters are written before linking.
-	// The writes run without metaLock, the guest clusters in flight (R8).
-	fl := d.markInflight(gc, count)
-	d.metaLock.unlock()
+	p.fl = d.markInflight(p.gc, count)
+	return p, true, nil
+}
+
+// runIO writes the run's guest data (skip: its place in r.Iov) in one
+// child write per host-contiguous piece. R11 as in clusterIO: whole
+// clusters are written before linking. No lock: the guest clusters are in
+// flight and the host clusters are the plan's alone.
+func (d writer) runIO(co *aio.Co, r *block.Request, skip int64, p *runPlan) error {
+	cs := d.mu.geo.ClusterSize()
+	count := int64(len(p.hosts))
 	var win [][]byte
+	var err error
 	for i := int64(0); i < count && err == nil; {
 		j := i + 1
-		for j < count && hosts[j] == hosts[j-1]+cs {
+		for j < count && p.hosts[j] == p.hosts[j-1]+cs {
 			j++
 		}
 		win = iovSlice(win[:0], r.Iov, skip+i*cs, (j-i)*cs)
-		err = d.childIO(co, r, d.file, block.OpWrite, hosts[i], win, (j-i)*cs)
+		err = d.childIO(co, r, d.file, block.OpWrite, p.hosts[i], win, (j-i)*cs)
 		i = j
 	}
-	d.metaLock.lock(co)
-	defer d.finishInflight(fl, gc, count)
-	if err != nil {
-		for _, a := range hosts {
+	return err
+}
+
+// commitRun links the run after its I/O (ioErr): every entry points at
+// its new cluster, COPIED, and the old clusters are queued for a free
+// after the next flush (R2); on failure the new clusters are given back.
+// It returns the bytes written. REQUIRES: metaLock held.
+func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
+	count := int64(len(p.hosts))
+	defer d.l2Unpin(p.t)
+	defer d.finishInflight(p.fl, p.gc, count)
+	if ioErr != nil {
+		for _, a := range p.hosts {
 			d.abortAlloc(a, nil)
 		}
-		return 0, err
+		return 0, ioErr
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.cowPending = true
-	for i, le := range old {
-		ne, err := d.geo.EncodeL2Entry(format.Normal, hosts[i], true)
+	d.mu.cowPending = true
+	for i, le := range p.old {
+		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.hosts[i], true)
 		if err != nil {
 			return 0, err
 		}
-		d.setL2EntryLocked(t, l2i+int64(i), ne)
-		if d.geo.ExtendedL2 { // every subcluster written
-			d.setL2BitmapLocked(t, l2i+int64(i), format.BitmapAllocMask)
+		d.setL2EntryLocked(p.t, p.l2i+int64(i), ne)
+		if d.mu.geo.ExtendedL2 { // every subcluster written
+			d.setL2BitmapLocked(p.t, p.l2i+int64(i), format.BitmapAllocMask)
 		}
 		switch le.Type {
 		case format.Normal, format.ZeroAlloc:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.HostOff, 1})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
 		case format.Compressed:
-			d.pendingFrees = append(d.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
-	return count * cs, nil
+	return count * d.mu.geo.ClusterSize(), nil
 }
 
 // inflightAlloc marks guest clusters whose allocating write is running
@@ -477,62 +642,77 @@ type inflightAlloc struct {
 	waiters []*aio.Co
 }
 
-// waitInflight parks co until none of the guest clusters [first,
-// first+n) is in flight and the L2 cache has a slot for l2ForWrite
-// (l2MakeRoom). REQUIRES: metaLock held; it is released while
-// waiting and held again on return.
-func (d *Driver) waitInflight(co *aio.Co, first, n int64) {
-	for {
-		d.mu.Lock()
-		var w *inflightAlloc
-		if len(d.inflight) > 0 {
-			for c := first; c < first+n; c++ {
-				if x := d.inflight[c]; x != nil {
-					w = x
-					break
-				}
+// admit reports whether a write may plan a change of guest clusters
+// [first, first+n) now: none of them in flight (R8) and a tier-1 slot for
+// l2ForWrite (roomWait). Otherwise it registers co with what it must wait
+// for and returns the wait, which the caller runs with metaLock released
+// before it asks again. nil: go ahead. REQUIRES: metaLock held; it never
+// releases it.
+func (d writer) admit(co *aio.Co, first, n int64) func(*aio.Co) {
+	d.mu.Lock()
+	var w *inflightAlloc
+	if len(d.mu.inflight) > 0 {
+		for c := first; c < first+n; c++ {
+			if x := d.mu.inflight[c]; x != nil {
+				w = x
+				break
 			}
 		}
-		if w == nil {
-			d.mu.Unlock()
-			if d.l2MakeRoom(co) {
-				continue // waited without metaLock: look again
-			}
-			return
-		}
-		w.waiters = append(w.waiters, co)
+	}
+	if w == nil {
 		d.mu.Unlock()
-		d.metaLock.unlock()
+		return d.roomWait(co)
+	}
+	w.waiters = append(w.waiters, co)
+	d.mu.Unlock()
+	return func(co *aio.Co) {
 		for {
 			d.mu.Lock()
 			done := w.done
 			d.mu.Unlock()
 			if done {
-				break
+				return
 			}
 			co.Yield()
 		}
+	}
+}
+
+// waitInflight runs admit until it lets the caller go, waiting with
+// metaLock released in between: for the callers that plan and change in
+// one step (zero writes, compressed writes, subclusters, snapshots).
+// REQUIRES: metaLock held; it is released while waiting and held again
+// on return. The write path's planCluster and planRun return the wait to
+// writeSlow instead.
+func (d writer) waitInflight(co *aio.Co, first, n int64) {
+	for {
+		wait := d.admit(co, first, n)
+		if wait == nil {
+			return
+		}
+		d.metaLock.unlock()
+		wait(co)
 		d.metaLock.lock(co)
 	}
 }
 
 // markInflight marks [first, first+n) in flight. REQUIRES: metaLock held
 // and none of them in flight.
-func (d *Driver) markInflight(first, n int64) *inflightAlloc {
+func (d writer) markInflight(first, n int64) *inflightAlloc {
 	w := &inflightAlloc{}
 	d.mu.Lock()
 	for c := first; c < first+n; c++ {
-		d.inflight[c] = w
+		d.mu.inflight[c] = w
 	}
 	d.mu.Unlock()
 	return w
 }
 
 // finishInflight ends an in-flight allocation and wakes its waiters.
-func (d *Driver) finishInflight(w *inflightAlloc, first, n int64) {
+func (d writer) finishInflight(w *inflightAlloc, first, n int64) {
 	d.mu.Lock()
 	for c := first; c < first+n; c++ {
-		delete(d.inflight, c)
+		delete(d.mu.inflight, c)
 	}
 	w.done = true
 	waiters := w.waiters

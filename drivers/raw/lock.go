@@ -200,6 +200,18 @@ func unlockByte(fd int, b int64) error {
 	return retryEINTR(func() error { return unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk) })
 }
 
+// unlockAll drops every lock byte we may hold on fd.
+func unlockAll(fd int) error {
+	for i := 0; i < permCount; i++ {
+		for _, base := range []int64{lockPermBase, lockSharedBase} {
+			if err := unlockByte(fd, base+int64(i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // downgradeLocks drops, on fd, the lock bytes of permissions a read-write
 // opener holds and a read-only one does not (write and resize): what
 // stays is exactly lockPerms(true, shareRW).

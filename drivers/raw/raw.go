@@ -37,6 +37,9 @@ type Driver struct {
 	// built on the node should advertise.
 	logical int64
 	locked  bool // QEMU-compatible locks are held on fd
+	// demoted: ReopenReadOnly made a read-write file read-only;
+	// ReopenReadWrite may undo it (and nothing else).
+	demoted bool
 
 	// Capabilities learnt from the kernel, shared by all Contexts. Each
 	// flips once, from false to true, when an operation reports
@@ -428,11 +431,83 @@ func (d *Driver) ReopenReadOnly() error {
 	old := d.file
 	d.file, d.fd = aio.NewFile(f), nfd
 	d.opts.ReadOnly = true
+	d.demoted = true
 	if err := old.Close(); err != nil {
 		return err
 	}
 	if err := old.Wait(); err != nil {
 		return &os.PathError{Op: "reopen: close the read-write descriptor", Path: d.path, Err: err}
+	}
+	return nil
+}
+
+// ReopenReadWrite undoes ReopenReadOnly, as QEMU reopens a backing file
+// read-write for a commit into it: the file is reopened O_RDWR with the
+// same cache flags and takes a writer's QEMU-compatible locks again,
+// checked against every other process (a reader that does not share
+// writes refuses it, with a LockError). The caller guarantees nothing is
+// in flight on the node (a drained section). A file that ReopenReadOnly
+// did not demote (one opened read-only) is refused; one that is
+// read-write already is left alone. On error the file stays open
+// read-only with a reader's locks.
+func (d *Driver) ReopenReadWrite() error {
+	if d.closed {
+		return &os.PathError{Op: "reopen", Path: d.path, Err: os.ErrClosed}
+	}
+	if !d.opts.ReadOnly {
+		return nil
+	}
+	if !d.demoted {
+		return &os.PathError{Op: "reopen read-write", Path: d.path, Err: errors.New("the file was opened read-only")}
+	}
+	flags := unix.O_CLOEXEC | os.O_RDWR
+	switch d.opts.Cache {
+	case CacheNone:
+		flags |= unix.O_DIRECT
+	case CacheWritethrough:
+		flags |= unix.O_DSYNC
+	}
+	f, err := os.OpenFile(d.path, flags, 0)
+	if err != nil {
+		return &os.PathError{Op: "reopen read-write", Path: d.path, Err: err}
+	}
+	var a, b unix.Stat_t
+	if err := unix.Fstat(d.fd, &a); err != nil {
+		f.Close()
+		return &os.PathError{Op: "reopen: fstat", Path: d.path, Err: err}
+	}
+	if err := unix.Fstat(int(f.Fd()), &b); err != nil || a.Dev != b.Dev || a.Ino != b.Ino || a.Rdev != b.Rdev {
+		f.Close()
+		if err == nil {
+			err = errors.New("the path names another file than the open image now")
+		}
+		return &os.PathError{Op: "reopen read-write", Path: d.path, Err: err}
+	}
+	nfd := int(f.Fd())
+	if d.locked {
+		// The old descriptor's bytes go first: its "write not shared"
+		// byte would otherwise count as another user refusing our write.
+		roHeld, unshared := lockPerms(true, d.opts.ShareRW)
+		if err := unlockAll(d.fd); err != nil {
+			f.Close()
+			return &os.PathError{Op: "reopen: drop the read-only locks", Path: d.path, Err: err}
+		}
+		held, _ := lockPerms(false, d.opts.ShareRW)
+		if err := applyLocks(nfd, d.path, held, unshared); err != nil {
+			f.Close()
+			return errors.Join(&os.PathError{Op: "reopen: lock read-write", Path: d.path, Err: err},
+				applyLocks(d.fd, d.path, roHeld, unshared))
+		}
+	}
+	old := d.file
+	d.file, d.fd = aio.NewFile(f), nfd
+	d.opts.ReadOnly = false
+	d.demoted = false
+	if err := old.Close(); err != nil {
+		return err
+	}
+	if err := old.Wait(); err != nil {
+		return &os.PathError{Op: "reopen: close the read-only descriptor", Path: d.path, Err: err}
 	}
 	return nil
 }

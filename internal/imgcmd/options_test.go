@@ -36,6 +36,10 @@ func TestQcow2OptionListsAgreeWithQemu(t *testing.T) {
 		{"-o", "compression_type=zstd"},     // zstd images can be created
 		{"-o", "compat=0.10,compression_type=zlib"},
 		{"-o", "compat=0.10,compression_type=zstd"},
+		{"-o", "compat=1.0,compat=1.1"}, // an overridden value is read but not checked
+		{"-o", "preallocation=bogus,preallocation=off"},
+		{"-o", "cluster_size=1000,cluster_size=4k"},
+		{"-o", "lazy_refcounts=maybe,lazy_refcounts=on"},
 		{"-b", "a,b.raw", "-F", "raw"}, // a comma in -b is not a list separator
 		{"-o", "backing_file=a,,b.raw,backing_fmt=raw"},
 	}

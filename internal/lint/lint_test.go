@@ -211,9 +211,10 @@ func TestLatticeSyntax(t *testing.T) {
 var assertionPanic = regexp.MustCompile(`panic\((fmt\.Sprintf\()?"assertion failed`)
 
 // idiomPending are the directories whose branches were in flight when the
-// idiom was introduced; they convert when they land (drivers/qcow2 with
-// its split, job with the job framework). Remove an entry once converted.
-var idiomPending = map[string]bool{"drivers/qcow2": true, "job": true}
+// idiom was introduced; they convert when they land (job converted with
+// the job framework, drivers/qcow2 with q2meta). Remove an entry once
+// converted.
+var idiomPending = map[string]bool{}
 
 // TestOneAssertionIdiom keeps assertions to the idiom of internal/invariants:
 // no panic spelled "assertion failed" by hand.

@@ -1,6 +1,7 @@
 package qemuio
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,7 +31,8 @@ func TestIOOnNBD(t *testing.T) {
 	}
 	defer func() { q.Process.Kill(); q.Wait() }()
 	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil { // listening, not just bound
+			c.Close()
 			break
 		}
 		if i == 200 {

@@ -13,8 +13,21 @@
 // directory (BitmapClusters; bitmaps.go), compressed clusters
 // (DecompressCluster; compress.go, zstd.go), a validated read-only model of
 // an image's metadata (ReadImage → *Image; image.go), a consistency check
-// with qemu-img check's counts (Image.Check; check.go) and the layout of a
-// new image (Layout, CreateOptions; layout.go).
+// with qemu-img check's counts (Image.Check; check.go), the layout of a
+// new image (Layout, CreateOptions; layout.go), qemu-img measure's
+// arithmetic (MeasureFullyAllocated; measure.go) and the -o option lists of
+// create, convert, measure and amend (ParseOptions; options.go).
+//
+// One decoder: the read path's one-cluster mapping (Geometry.OneClusterL2,
+// DataHost) and the general decoders (DecodeL1Entry, DecodeL2Entry) share
+// their first step, a one-mask test for the common clean entry; only what
+// it does not accept is classified in full.
+//
+// Every parser of untrusted bytes has a fuzz target: FuzzQcow2Header
+// (header and extensions), FuzzQcow2Open (ReadImage, Map, ReadAt),
+// FuzzQcow2SnapshotTable, FuzzBitmapDirectory, FuzzQcow2Entries (L1, L2,
+// compressed and refcount table entries), FuzzQcow2Refcounts (refcount
+// blocks), FuzzQcow2Decompress and FuzzQcow2ParseOptions.
 //
 // Map turns a guest range into a short list of extents: unallocated (read
 // the backing file, or zeros), zero, data at a host offset, or compressed.

@@ -189,16 +189,36 @@ func HexString(v uint64) string {
 // when that range lies inside one cluster of a standard-L2 image and Map
 // would find the table through a clean L1 entry; otherwise false.
 func (g *Geometry) OneClusterL2(l1 []uint64, off, n int64) (int64, bool) {
+	l1i, ok := g.OneClusterIndex(off, n, len(l1))
+	if !ok {
+		return 0, false
+	}
+	return g.CleanL2Table(l1[l1i])
+}
+
+// OneClusterIndex is OneClusterL2's first step: the index of the L1 entry
+// that maps [off, off+n) when that range lies inside one cluster of a
+// standard-L2 image and inside an L1 table of l1Len entries. The lock-free
+// read path loads the entry itself (an atomic load) and goes on with
+// CleanL2Table.
+func (g *Geometry) OneClusterIndex(off, n int64, l1Len int) (int64, bool) {
 	cb := g.ClusterBits
 	cs := int64(1) << cb
 	if g.ExtendedL2 || !g.Valid() || off < 0 || n <= 0 || off&(cs-1)+n > cs || off >= g.Size || n > g.Size-off {
 		return 0, false
 	}
 	l1i := uint64(off) >> (2*cb - 3)
-	if l1i >= uint64(len(l1)) {
+	if l1i >= uint64(l1Len) {
 		return 0, false
 	}
-	l2Off, ok := g.l1Fast(l1[l1i])
+	return int64(l1i), true
+}
+
+// CleanL2Table returns the L2 table offset of L1 entry e when Map would
+// follow it without a question (no reserved bits, allocated, aligned,
+// inside the file: DecodeL1Entry's first step); otherwise false.
+func (g *Geometry) CleanL2Table(e uint64) (int64, bool) {
+	l2Off, ok := g.l1Fast(e)
 	return int64(l2Off), ok
 }
 
@@ -211,10 +231,24 @@ func (g *Geometry) DataHost(table []byte, off int64) (int64, bool) {
 	if int64(len(table)) != cs {
 		return 0, false
 	}
-	i := int64(uint64(off)>>cb) & (cs/8 - 1)
-	host, ok := g.l2Fast(binary.BigEndian.Uint64(table[i*8:]))
+	return g.DataHostEntry(binary.BigEndian.Uint64(table[g.StandardL2Index(off)*8:]), off)
+}
+
+// StandardL2Index returns the index of guest offset off's entry in its
+// standard (64-bit entry) L2 table.
+func (g *Geometry) StandardL2Index(off int64) int64 {
+	cs := int64(1) << g.ClusterBits
+	return int64(uint64(off)>>g.ClusterBits) & (cs/8 - 1)
+}
+
+// DataHostEntry is DataHost for an entry already loaded (the lock-free
+// read path loads it with an atomic load): the host offset of guest offset
+// off when standard L2 entry e is allocated data that DecodeL2Entry would
+// accept as Normal (its first step); otherwise false.
+func (g *Geometry) DataHostEntry(e uint64, off int64) (int64, bool) {
+	host, ok := g.l2Fast(e)
 	if !ok {
 		return 0, false
 	}
-	return int64(host) + off&(cs-1), true
+	return int64(host) + off&(g.ClusterSize()-1), true
 }

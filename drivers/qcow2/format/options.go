@@ -153,9 +153,22 @@ func AmendKeyError(key string) error {
 func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) {
 	o := &ImageOptions{Given: make(map[string]string, len(pairs))}
 	c := &o.Create
-	for _, p := range pairs {
+	last := make(map[string]int, len(pairs))
+	for i, p := range pairs {
+		last[p.Key] = i
+	}
+	for i, p := range pairs {
 		k, v := p.Key, p.Value
 		o.Given[k] = v
+		if last[k] != i {
+			// qemu-img reads every value of a typed key (size, number,
+			// boolean) but checks only the last one against its range or
+			// list of choices.
+			if err := checkOverridden(k, v); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if use == ForAmend {
 			switch k {
 			case "compat", "lazy_refcounts", "size", "refcount_bits", "backing_file", "backing_fmt", "data_file", "data_file_raw":
@@ -250,6 +263,27 @@ func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) 
 		}
 	}
 	return o, o.check(use)
+}
+
+// checkOverridden is the check of a value a later one of the same key
+// overrides: its syntax only, for typed keys; unknown keys as always.
+func checkOverridden(k, v string) error {
+	var err error
+	switch {
+	case k == "size" || k == "cluster_size":
+		_, err = ParseOptionSize(k, v)
+	case k == "refcount_bits":
+		if _, perr := strconv.ParseUint(strings.TrimLeft(v, " \t\n\v\f\r"), 0, 64); perr != nil {
+			err = optErr(k, "Parameter 'refcount_bits' expects a number")
+		}
+	case k == "lazy_refcounts" || k == "extended_l2" || k == "data_file_raw" || k == "encryption":
+		_, err = parseOptionBool(k, v)
+	case k == "compat" || k == "preallocation" || k == "compression_type" || k == "backing_file" ||
+		k == "backing_fmt" || k == "data_file" || strings.HasPrefix(k, "encrypt."):
+	default:
+		err = optErr(k, "Invalid parameter '"+k+"'")
+	}
+	return err
 }
 
 // check refuses the combinations qemu-img refuses for use, in its order.

@@ -122,6 +122,13 @@ func TestQcow2ParseOptions(t *testing.T) {
 		{",", M, want{"Invalid option list: ,", nil}},
 		{"", A, want{"Invalid option list: ", nil}},
 		{"cluster_size=64k,cluster_size=4k", C, want{"", cs(4096)}},
+		// An overridden value is read (typed keys) but not checked.
+		{"compat=1.0,compat=1.1", C, want{"", func(o *format.ImageOptions) bool { return o.Create.Version == 3 }}},
+		{"preallocation=bogus,preallocation=off", C, want{"", nil}},
+		{"cluster_size=1000,cluster_size=4k", C, want{"", cs(4096)}},
+		{"lazy_refcounts=maybe,lazy_refcounts=on", C, want{"Parameter 'lazy_refcounts' expects 'on' or 'off'", nil}},
+		{"cluster_size=4x,cluster_size=4k", M, want{"Parameter 'cluster_size' expects a non-negative number below 2^63 (optional suffix k, M, G, T, P or E)", nil}},
+		{"bogus=1,bogus=2", A, want{"Invalid parameter 'bogus'", nil}},
 	}
 	for _, c := range cases {
 		o, help, err := format.ParseOptions([]string{c.list}, c.use)

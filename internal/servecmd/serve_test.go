@@ -1,0 +1,839 @@
+package servecmd
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	goqmp "github.com/digitalocean/go-qemu/qmp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+const asMainEnv = "RINGBLK_SERVE_TEST_AS_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asMainEnv) == "1" {
+		os.Exit(Main(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func needCmd(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			t.Skipf("%s is not installed (make test installs it: scripts/deps.sh)", n)
+		}
+	}
+}
+
+func tmpDir(t *testing.T) string {
+	t.Helper()
+	if err := os.MkdirAll("/var/tmp/qmp", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("/var/tmp/qmp", "serve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func qemuImg(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("qemu-img", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// syncBuffer is a bytes.Buffer the child's stderr copier and the test
+// may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// daemon is a `ringblk serve` child process.
+type daemon struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan error
+}
+
+func startServe(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	e := &syncBuffer{}
+	cmd.Stderr = e
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, stderr: e, done: make(chan error, 1)}
+	go func() { d.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-d.done
+	})
+	return d
+}
+
+// wait returns the exit code.
+func (d *daemon) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(60 * time.Second):
+		t.Fatalf("daemon did not exit; stderr:\n%s", d.stderr)
+	}
+	return -1
+}
+
+func waitSocket(t *testing.T, d *daemon, path string) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-d.done:
+			d.done <- err
+			t.Fatalf("daemon exited (%v) before listening:\n%s", err, d.stderr)
+		default:
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: nobody listens; stderr:\n%s", path, d.stderr)
+}
+
+// qmpc is a raw QMP client (as qmp-shell speaks it).
+type qmpc struct {
+	t  *testing.T
+	nc net.Conn
+	r  *bufio.Reader
+}
+
+func dialQMP(t *testing.T, path string) *qmpc {
+	t.Helper()
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &qmpc{t: t, nc: nc, r: bufio.NewReader(nc)}
+	c.read() // greeting
+	c.ok(`{"execute":"qmp_capabilities"}`)
+	return c
+}
+
+func (c *qmpc) read() map[string]any {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	line, err := c.r.ReadBytes('\n')
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(line, &m); err != nil {
+		c.t.Fatalf("%q: %v", line, err)
+	}
+	return m
+}
+
+func (c *qmpc) do(cmd string) map[string]any {
+	c.t.Helper()
+	if _, err := c.nc.Write([]byte(cmd + "\n")); err != nil {
+		c.t.Fatal(err)
+	}
+	for {
+		m := c.read()
+		if _, ev := m["event"]; !ev {
+			return m
+		}
+	}
+}
+
+func (c *qmpc) ok(cmd string) any {
+	c.t.Helper()
+	r := c.do(cmd)
+	if _, ok := r["return"]; !ok {
+		c.t.Fatalf("%s: %v", cmd, r)
+	}
+	return r["return"]
+}
+
+func qemuIO(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("qemu-io", args...).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "Pattern verification failed") || strings.Contains(string(out), "error") {
+		t.Fatalf("qemu-io %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// TestServeIotest202OverTheSocketAndCleanSIGTERM is iotest 202's analogue
+// end to end: two qcow2 drives on one IOThread, exported over NBD and
+// written to, one transaction over the QMP socket snapshots both; then
+// SIGTERM: the daemon drains and closes everything, qemu-img check finds
+// every image clean and the data is all there.
+func TestServeIotest202OverTheSocketAndCleanSIGTERM(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := tmpDir(t)
+	var imgs [2]string
+	for i := range imgs {
+		imgs[i] = filepath.Join(dir, fmt.Sprintf("disk%d.qcow2", i))
+		qemuImg(t, "create", "-q", "-f", "qcow2", imgs[i], "16M")
+	}
+	sock, nbdSock, pid := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "nbd.sock"), filepath.Join(dir, "pid")
+	d := startServe(t,
+		"--blockdev", "driver=qcow2,node-name=disk0,file.driver=file,file.filename="+imgs[0],
+		"--blockdev", `{"driver":"qcow2","node-name":"disk1","file":{"driver":"file","filename":"`+imgs[1]+`"}}`,
+		"--object", "iothread,id=iothread0",
+		"--chardev", "socket,id=mon0,path="+sock+",server=on,wait=off", "--monitor", "chardev=mon0",
+		"--nbd-server", "addr.type=unix,addr.path="+nbdSock,
+		"--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on",
+		"--export", "type=nbd,id=e1,node-name=disk1,name=disk1,writable=on",
+		"--pidfile", pid)
+	waitSocket(t, d, sock)
+	c := dialQMP(t, sock)
+	for _, n := range []string{"disk0", "disk1"} {
+		c.ok(`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"` + n + `","iothread":"iothread0"}}`)
+	}
+	if b, _ := os.ReadFile(pid); strings.TrimSpace(string(b)) != strconv.Itoa(d.cmd.Process.Pid) {
+		t.Fatalf("pid file %q, want %d", b, d.cmd.Process.Pid)
+	}
+	nbdURL := func(n string) string { return "nbd+unix:///" + n + "?socket=" + nbdSock }
+	for i, n := range []string{"disk0", "disk1"} {
+		qemuIO(t, "-f", "raw", "-c", fmt.Sprintf("write -P 0x%x 0 1M", 0x10+i), "-c", "flush", nbdURL(n))
+	}
+	// Both snapshots in one transaction, while a client writes to disk0.
+	bg := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x33 2M 4M", nbdURL("disk0"))
+	if err := bg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.ok(`{"execute":"transaction","arguments":{"actions":[
+		{"type":"blockdev-snapshot-sync","data":{"node-name":"disk0","snapshot-file":"` + dir + `/snap0.qcow2","snapshot-node-name":"snap0","format":"qcow2"}},
+		{"type":"blockdev-snapshot-sync","data":{"node-name":"disk1","snapshot-file":"` + dir + `/snap1.qcow2","snapshot-node-name":"snap1","format":"qcow2"}}]}}`)
+	if err := bg.Wait(); err != nil {
+		t.Fatalf("background writer: %v", err)
+	}
+	for i, n := range []string{"disk0", "disk1"} {
+		qemuIO(t, "-f", "raw", "-c", fmt.Sprintf("write -P 0x%x 1M 1M", 0x20+i), "-c", "flush", nbdURL(n))
+	}
+	nodes := c.ok(`{"execute":"query-named-block-nodes"}`).([]any)
+	names := map[string]bool{}
+	for _, n := range nodes {
+		names[n.(map[string]any)["node-name"].(string)] = true
+	}
+	for _, n := range []string{"disk0", "disk1", "snap0", "snap1"} {
+		if !names[n] {
+			t.Errorf("node %s missing from query-named-block-nodes: %v", n, names)
+		}
+	}
+	// SIGHUP is ignored: still serving.
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(50 * time.Millisecond)
+	c.ok(`{"execute":"query-block"}`)
+	// SIGTERM: SHUTDOWN event, exit 0, everything closed.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	var sawShutdown bool
+	for {
+		c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+		line, err := c.r.ReadBytes('\n')
+		if err != nil {
+			break
+		}
+		if strings.Contains(string(line), `"SHUTDOWN"`) {
+			sawShutdown = true
+		}
+	}
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM; stderr:\n%s", code, d.stderr)
+	}
+	if !sawShutdown {
+		t.Error("no SHUTDOWN event before the connection closed")
+	}
+	if _, err := os.Stat(pid); !os.IsNotExist(err) {
+		t.Errorf("pid file left behind: %v", err)
+	}
+	for _, img := range []string{imgs[0], imgs[1], dir + "/snap0.qcow2", dir + "/snap1.qcow2"} {
+		if out := qemuImg(t, "check", img); !strings.Contains(out, "No errors were found") {
+			t.Errorf("qemu-img check %s:\n%s", img, out)
+		}
+	}
+	// Data: the base has what was written before the snapshot, the
+	// overlays show everything.
+	qemuIO(t, "-f", "qcow2", "-c", "read -P 0x10 0 1M", "-c", "read -P 0 1M 1M", imgs[0])
+	qemuIO(t, "-f", "qcow2", "-c", "read -P 0x10 0 1M", "-c", "read -P 0x20 1M 1M", "-c", "read -P 0x33 2M 4M", dir+"/snap0.qcow2")
+	qemuIO(t, "-f", "qcow2", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x21 1M 1M", dir+"/snap1.qcow2")
+}
+
+func TestServeSecondInstanceRefusedByLocks(t *testing.T) {
+	needCmd(t, "qemu-img")
+	dir := tmpDir(t)
+	img := filepath.Join(dir, "d.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", img, "1M")
+	sock := filepath.Join(dir, "qmp.sock")
+	d := startServe(t, "--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img,
+		"--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+	waitSocket(t, d, sock)
+	d2 := startServe(t, "--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img)
+	if code := d2.wait(t); code != 1 {
+		t.Fatalf("second daemon exit %d, want 1", code)
+	}
+	if msg := d2.stderr.String(); !strings.Contains(msg, "lock") || strings.Count(msg, "\n") != 1 {
+		t.Fatalf("second daemon said %q, want one line about the lock", msg)
+	}
+	// The first is unaffected, and quit ends it cleanly.
+	c := dialQMP(t, sock)
+	c.ok(`{"execute":"quit"}`)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d after quit: %s", code, d.stderr)
+	}
+	if out := qemuImg(t, "check", img); !strings.Contains(out, "No errors were found") {
+		t.Errorf("qemu-img check:\n%s", out)
+	}
+}
+
+func TestServeOptionErrors(t *testing.T) {
+	dir := tmpDir(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bogus"}, "unknown option '--bogus'"},
+		{[]string{"--blockdev"}, "needs a value"},
+		{[]string{"--blockdev", "driver=qcow2,node-name=x"}, "Parameter 'file' is missing"},
+		{[]string{"--blockdev", "driver=qcow2,node-name=x,file.driver=file,file.filename=" + dir + "/none"}, "Could not open"},
+		{[]string{"--blockdev", "driver=file,node-name=x,filename=/dev/null,read-only=maybe"}, "expects 'on' or 'off'"},
+		{[]string{"--object", "memory-backend-ram,id=m"}, "object type 'memory-backend-ram' is not supported"},
+		{[]string{"--chardev", "socket,id=m,host=127.0.0.1,port=0,server=on,wait=off", "--monitor", "chardev=m"}, "needs --allow-tcp"},
+		{[]string{"--monitor", "chardev=nope"}, "chardev 'nope' not found"},
+		{[]string{"--export", "type=nbd,id=e,node-name=x"}, "NBD server not running"},
+	} {
+		d := startServe(t, tc.args...)
+		if code := d.wait(t); code != 1 {
+			t.Errorf("%v: exit %d, want 1", tc.args, code)
+		}
+		msg := d.stderr.String()
+		if !strings.HasPrefix(msg, "ringblk: serve: ") || !strings.Contains(msg, tc.want) || strings.Count(msg, "\n") != 1 {
+			t.Errorf("%v: stderr %q, want one line with %q", tc.args, msg, tc.want)
+		}
+	}
+}
+
+// TestServeGoQemuClient drives the daemon with digitalocean/go-qemu's QMP
+// monitor, unchanged.
+func TestServeGoQemuClient(t *testing.T) {
+	needCmd(t, "qemu-img")
+	dir := tmpDir(t)
+	img := filepath.Join(dir, "d.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", img, "1M")
+	sock := filepath.Join(dir, "qmp.sock")
+	d := startServe(t, "--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img,
+		"--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+	waitSocket(t, d, sock)
+	mon, err := goqmp.NewSocketMonitor("unix", sock, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mon.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	if mon.Version == nil || mon.Version.QEMU.Major == 0 {
+		t.Fatalf("version %+v", mon.Version)
+	}
+	out, err := mon.Run([]byte(`{"execute":"query-block"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		Return []struct {
+			Device   string `json:"device"`
+			Inserted struct {
+				NodeName string `json:"node-name"`
+				Drv      string `json:"drv"`
+			} `json:"inserted"`
+		} `json:"return"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil || len(r.Return) != 1 || r.Return[0].Inserted.NodeName != "d" || r.Return[0].Inserted.Drv != "qcow2" {
+		t.Fatalf("query-block %s (%v)", out, err)
+	}
+	_, err = mon.Run([]byte(`{"execute":"blockdev-snapshot-internal-sync","arguments":{"device":"d","name":"s1"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = mon.Run([]byte(`{"execute":"no-such"}`))
+	if err == nil || !strings.Contains(err.Error(), "has not been found") {
+		t.Fatalf("unknown command through go-qemu: %v", err)
+	}
+	if _, err := mon.Run([]byte(`{"execute":"quit"}`)); err != nil {
+		t.Fatal(err)
+	}
+	mon.Disconnect()
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d: %s", code, d.stderr)
+	}
+	if out := qemuImg(t, "snapshot", "-l", img); !strings.Contains(out, "s1") {
+		t.Fatalf("snapshot list:\n%s", out)
+	}
+}
+
+// TestServeMetrics scrapes the Prometheus endpoint and parses it with the
+// exposition library's own parser.
+func TestServeMetrics(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := tmpDir(t)
+	img := filepath.Join(dir, "d.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", img, "4M")
+	sock, nbdSock := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "nbd.sock")
+	d := startServe(t, "--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img,
+		"--object", "iothread,id=io0",
+		"--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m",
+		"--nbd-server", "addr.type=unix,addr.path="+nbdSock,
+		"--export", "type=nbd,id=e,node-name=d,writable=on", "--metrics", "127.0.0.1:0")
+	waitSocket(t, d, sock)
+	// The monitor listens before the metrics listener is set up: wait for
+	// the line that names its address.
+	var addr string
+	for i := 0; i < 1000 && addr == ""; i++ {
+		for _, l := range strings.Split(d.stderr.String(), "\n") {
+			if a, ok := strings.CutPrefix(l, "ringblk: serve: metrics on "); ok {
+				addr = a
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if addr == "" {
+		t.Fatalf("no metrics address in %q", d.stderr)
+	}
+	c := dialQMP(t, sock)
+	c.ok(`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"d","iothread":"io0"}}`)
+	c.ok(`{"execute":"blockdev-snapshot-internal-sync","arguments":{"device":"d","name":"s"}}`)
+	qemuIO(t, "-f", "raw", "-c", "write -P 7 0 64k", "-c", "read -P 7 0 64k", "-c", "flush", "nbd+unix:///d?socket="+nbdSock)
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(fam string, labels map[string]string) float64 {
+		t.Helper()
+		f := fams[fam]
+		if f == nil {
+			t.Fatalf("no family %s", fam)
+		}
+	next:
+		for _, m := range f.Metric {
+			for _, lp := range m.Label {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+		t.Fatalf("no %s %v", fam, labels)
+		return 0
+	}
+	// The NBD client's requests count on the exported node.
+	if n := get("ringblk_node_ops_total", map[string]string{"node": "d", "op": "write"}); n != 1 {
+		t.Errorf("writes on d: %v, want 1", n)
+	}
+	if n := get("ringblk_node_bytes_total", map[string]string{"node": "d", "op": "write"}); n != 65536 {
+		t.Errorf("bytes written on d: %v, want 65536", n)
+	}
+	if n := get("ringblk_node_latency_seconds", map[string]string{"node": "d", "op": "read"}); n != 1 {
+		t.Errorf("read latency samples on d: %v, want 1", n)
+	}
+	if n := get("ringblk_node_drains_total", map[string]string{"node": "d"}); n < 1 {
+		t.Errorf("drains of d: %v (the snapshot drained it)", n)
+	}
+	if n := get("ringblk_context_completions_total", map[string]string{"context": "0"}); n < 2 {
+		t.Errorf("completions on Context 0: %v", n)
+	}
+	get("ringblk_context_enters_per_io", map[string]string{"context": "0"})
+	get("ringblk_context_ring_depth", map[string]string{"context": "0"})
+	get("ringblk_context_sq_full_total", map[string]string{"context": "0"})
+	get("ringblk_node_in_flight", map[string]string{"node": "d"})
+	c.ok(`{"execute":"quit"}`)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d: %s", code, d.stderr)
+	}
+}
+
+// TestServeDaemonizeAndTCPMonitor: --daemonize returns once the daemon is
+// ready (its pid in the pid file); a TCP monitor works with --allow-tcp;
+// SIGTERM ends the daemon and removes the pid file.
+func TestServeDaemonizeAndTCPMonitor(t *testing.T) {
+	dir := tmpDir(t)
+	pid := filepath.Join(dir, "pid")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	d := startServe(t, "--daemonize", "--pidfile", pid, "--allow-tcp",
+		"--blockdev", "driver=null-co,node-name=n,size=1M",
+		"--chardev", fmt.Sprintf("socket,id=m,host=127.0.0.1,port=%d,server=on,wait=off", port), "--monitor", "chardev=m")
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("--daemonize exit %d: %s", code, d.stderr)
+	}
+	b, err := os.ReadFile(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || p == d.cmd.Process.Pid {
+		t.Fatalf("pid file %q: want the background daemon's pid", b)
+	}
+	nc, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &qmpc{t: t, nc: nc, r: bufio.NewReader(nc)}
+	c.read()
+	c.ok(`{"execute":"qmp_capabilities"}`)
+	if r := c.ok(`{"execute":"query-block"}`).([]any); len(r) != 1 {
+		t.Fatalf("query-block %v", r)
+	}
+	nc.Close()
+	if err := syscall.Kill(p, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if _, err := os.Stat(pid); os.IsNotExist(err) {
+			break
+		}
+		if i == 500 {
+			syscall.Kill(p, syscall.SIGKILL)
+			t.Fatal("the daemon did not remove its pid file after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestServeErrorsMatchQemuStorageDaemon sends the same bad input to
+// qemu-storage-daemon and to ringblk serve and compares the replies: the
+// error class always, the description where ringblk uses QEMU's words.
+func TestServeErrorsMatchQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon")
+	dir := tmpDir(t)
+	args := func(sock string) []string {
+		return []string{"--blockdev", "driver=null-co,node-name=n,size=1048576",
+			"--chardev", "socket,id=m,path=" + sock + ",server=on,wait=off", "--monitor", "chardev=m"}
+	}
+	qsock, rsock := filepath.Join(dir, "qsd.sock"), filepath.Join(dir, "rb.sock")
+	q := exec.Command("qemu-storage-daemon", args(qsock)...)
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { q.Process.Kill(); q.Wait() }()
+	d := startServe(t, args(rsock)...)
+	waitSocket(t, d, rsock)
+	for i := 0; i < 500; i++ {
+		if c, err := net.Dial("unix", qsock); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	qc, rc := dialQMP(t, qsock), dialQMP(t, rsock)
+	cases := []struct {
+		in        string
+		classOnly bool
+	}{
+		{`{"execute":"qmp_capabilities"}`, false},
+		{`{"execute":"query-block",}`, true},
+		{`[1,2]`, false},
+		{`"str"`, false},
+		{`{"arguments":{}}`, false},
+		{`{"execute":1}`, false},
+		{`{"execute":"quit","arguments":[]}`, false},
+		{`{"execute":"quit","extra":1}`, false},
+		{`{"execute":"no-such-command"}`, false},
+		{`{"execute":"blockdev-del"}`, false},
+		{`{"execute":"blockdev-del","arguments":{"node-name":5}}`, false},
+		{`{"execute":"blockdev-del","arguments":{"node-name":"x","bogus":true}}`, false},
+		{`{"execute":"blockdev-del","arguments":{"node-name":"x"}}`, false},
+		{`{"execute":"block_resize","arguments":{"device":"nope","size":1}}`, false},
+		{`{"execute":"query-block","arguments":{"a":1}}`, false},
+		{`{"execute":"transaction","arguments":{"actions":[{"type":"blockdev-snapshot-sync","data":{"snapshot-file":7}}]}}`, false},
+		{`{"execute":"transaction","arguments":{"actions":[{"type":"abort","data":{}}]}}`, false},
+		{`{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"n","size":5}}`, false},
+		{`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`, false},
+		{`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`, false},
+		{`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"n","iothread":"nope"}}`, false},
+		{`{"execute":"blockdev-snapshot-internal-sync","arguments":{"device":"n","name":"x"}}`, false},
+	}
+	for _, tc := range cases {
+		a, b := qc.do(tc.in), rc.do(tc.in)
+		ae, _ := a["error"].(map[string]any)
+		be, _ := b["error"].(map[string]any)
+		if (ae == nil) != (be == nil) {
+			t.Errorf("%s:\n qemu-storage-daemon %v\n ringblk serve       %v", tc.in, a, b)
+			continue
+		}
+		if ae == nil {
+			continue
+		}
+		if ae["class"] != be["class"] || (!tc.classOnly && ae["desc"] != be["desc"]) {
+			t.Errorf("%s:\n qemu-storage-daemon %v\n ringblk serve       %v", tc.in, ae, be)
+		}
+	}
+	// The node description carries the members clients read.
+	for _, c := range []*qmpc{qc, rc} {
+		n := c.ok(`{"execute":"query-named-block-nodes"}`).([]any)[0].(map[string]any)
+		for _, k := range []string{"node-name", "drv", "ro", "file", "backing_file_depth", "encrypted", "detect_zeroes", "image", "cache", "write_threshold", "iops", "bps"} {
+			if _, ok := n[k]; !ok {
+				t.Errorf("query-named-block-nodes lacks %q: %v", k, n)
+			}
+		}
+		if n["image"].(map[string]any)["virtual-size"] != 1048576.0 {
+			t.Errorf("image %v", n["image"])
+		}
+	}
+}
+
+// TestServeIotest202SameRepliesAsQemuStorageDaemon runs iotest 202's QMP
+// sequence against qemu-storage-daemon and ringblk serve, each on its own
+// copy of the images, and wants the same reply at every step.
+func TestServeIotest202SameRepliesAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	run := func(name string, start func(sock string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"disk0", "disk1"} {
+			qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, n+".img"), "10M")
+		}
+		sock := filepath.Join(dir, "qmp.sock")
+		stop := start(sock)
+		defer stop()
+		for i := 0; i < 500; i++ {
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c := dialQMP(t, sock)
+		var out []string
+		for _, cmd := range []string{
+			`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"iothread0"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"disk0","file":{"driver":"file","filename":"` + dir + `/disk0.img"}}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"disk1","file":{"driver":"file","filename":"` + dir + `/disk1.img"}}}`,
+			`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"disk0","iothread":"iothread0"}}`,
+			`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"disk1","iothread":"iothread0"}}`,
+			`{"execute":"transaction","arguments":{"actions":[
+				{"type":"blockdev-snapshot-sync","data":{"node-name":"disk0","snapshot-file":"` + dir + `/disk0-snap.img","snapshot-node-name":"disk0-snap","mode":"absolute-paths","format":"qcow2"}},
+				{"type":"blockdev-snapshot-sync","data":{"node-name":"disk1","snapshot-file":"` + dir + `/disk1-snap.img","snapshot-node-name":"disk1-snap","mode":"absolute-paths","format":"qcow2"}}]}}`,
+			`{"execute":"quit"}`,
+		} {
+			b, _ := json.Marshal(c.do(cmd))
+			out = append(out, string(b))
+		}
+		for _, n := range []string{"disk0", "disk1"} {
+			info := qemuImg(t, "info", "-U", filepath.Join(dir, n+"-snap.img"))
+			if !strings.Contains(info, "backing file: "+filepath.Join(dir, n+".img")) {
+				t.Errorf("%s: %s-snap.img:\n%s", name, n, info)
+			}
+		}
+		return out
+	}
+	want := run("qsd", func(sock string) func() {
+		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() { q.Wait() }
+	})
+	got := run("ringblk", func(sock string) func() {
+		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		return func() {
+			if code := d.wait(t); code != 0 {
+				t.Errorf("exit %d: %s", code, d.stderr)
+			}
+		}
+	})
+	for i := range want {
+		if want[i] != got[i] {
+			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], got[i])
+		}
+	}
+}
+
+// TestServeSIGTERMDuringWrites: SIGTERM while an NBD client writes: the
+// daemon disconnects the client after its requests in flight complete,
+// drains, closes the image and exits 0; the image checks clean and holds
+// every write the client saw acknowledged before the cut (the first one
+// at least).
+func TestServeSIGTERMDuringWrites(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := tmpDir(t)
+	img := filepath.Join(dir, "d.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", img, "64M")
+	sock, nbdSock := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "nbd.sock")
+	d := startServe(t, "--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img,
+		"--object", "iothread,id=io0",
+		"--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m",
+		"--nbd-server", "addr.type=unix,addr.path="+nbdSock,
+		"--export", "type=nbd,id=e,node-name=d,writable=on")
+	waitSocket(t, d, sock)
+	c := dialQMP(t, sock)
+	c.ok(`{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"d","iothread":"io0"}}`)
+	url := "nbd+unix:///d?socket=" + nbdSock
+	qemuIO(t, "-f", "raw", "-c", "write -P 0x61 0 1M", "-c", "flush", url)
+	args := []string{"-f", "raw"}
+	for i := 1; i < 64; i++ {
+		args = append(args, "-c", fmt.Sprintf("write -P 0x62 %dM 1M", i))
+	}
+	bg := exec.Command("qemu-io", append(args, url)...)
+	if err := bg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM during writes: %s", code, d.stderr)
+	}
+	bg.Wait() // its writes after the cut fail; that is expected
+	if out := qemuImg(t, "check", img); !strings.Contains(out, "No errors were found") {
+		t.Fatalf("qemu-img check:\n%s", out)
+	}
+	qemuIO(t, "-f", "qcow2", "-c", "read -P 0x61 0 1M", img)
+}
+
+// TestServeMirrorEventsAsQemuStorageDaemon: a blockdev-mirror run to
+// completion on both daemons emits the same job events: the same
+// JOB_STATUS_CHANGE sequence and BLOCK_JOB_READY / BLOCK_JOB_COMPLETED
+// with the same members.
+func TestServeMirrorEventsAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	run := func(name string, start func(sock string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"src", "tgt"} {
+			qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, n+".img"), "4M")
+		}
+		sock := filepath.Join(dir, "qmp.sock")
+		stop := start(sock)
+		defer stop()
+		for i := 0; i < 500; i++ {
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c := dialQMP(t, sock)
+		for _, n := range []string{"src", "tgt"} {
+			c.ok(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"` + n + `","file":{"driver":"file","filename":"` + dir + "/" + n + `.img"}}}`)
+		}
+		if _, err := c.nc.Write([]byte(`{"execute":"blockdev-mirror","arguments":{"job-id":"m","device":"src","target":"tgt","sync":"full"}}` + "\n")); err != nil {
+			t.Fatal(err)
+		}
+		var seq []string
+		for {
+			m := c.read()
+			ev, _ := m["event"].(string)
+			if ev == "" {
+				if m["error"] != nil {
+					t.Fatalf("%s: %v", name, m)
+				}
+				continue
+			}
+			data, _ := m["data"].(map[string]any)
+			switch ev {
+			case "JOB_STATUS_CHANGE":
+				seq = append(seq, "status:"+data["status"].(string))
+				if data["status"] == "null" {
+					c.ok(`{"execute":"quit"}`)
+					return seq
+				}
+			default:
+				keys := make([]string, 0, len(data))
+				for k := range data {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				seq = append(seq, ev+strings.Join(keys, ","))
+				if ev == "BLOCK_JOB_READY" {
+					if _, err := c.nc.Write([]byte(`{"execute":"job-complete","arguments":{"id":"m"}}` + "\n")); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+	}
+	want := run("qsd", func(sock string) func() {
+		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() { q.Wait() }
+	})
+	got := run("ringblk", func(sock string) func() {
+		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		return func() { d.wait(t) }
+	})
+	if strings.Join(want, " ") != strings.Join(got, " ") {
+		t.Errorf("job events differ:\n qemu-storage-daemon %v\n ringblk serve       %v", want, got)
+	}
+}

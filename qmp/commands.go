@@ -1,0 +1,502 @@
+package qmp
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/null"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/host"
+)
+
+// Missing lists the block-layer commands of QEMU this daemon does not
+// have. They answer CommandNotFound like any unknown command.
+var Missing = []string{"drive-mirror", "drive-backup", "block-job-finalize", "block-job-dismiss",
+	"x-debug-block-dirty-bitmap-sha256"}
+
+type nodeNameArg struct {
+	NodeName string `json:"node-name"`
+}
+
+type objectAddArgs struct {
+	QOMType     string `json:"qom-type"`
+	ID          string `json:"id"`
+	PollMaxNS   int64  `json:"poll-max-ns" qmp:"optional"`
+	PollGrow    int64  `json:"poll-grow" qmp:"optional"`
+	PollShrink  int64  `json:"poll-shrink" qmp:"optional"`
+	AIOMaxBatch int64  `json:"aio-max-batch" qmp:"optional"`
+}
+
+type idArg struct {
+	ID string `json:"id"`
+}
+
+type setIOThreadArgs struct {
+	NodeName string     `json:"node-name"`
+	IOThread NullString `json:"iothread"`
+	Force    bool       `json:"force" qmp:"optional"`
+}
+
+type resizeArgs struct {
+	Device   string `json:"device" qmp:"optional"`
+	NodeName string `json:"node-name" qmp:"optional"`
+	Size     int64  `json:"size"`
+}
+
+type throttleArgs struct {
+	Device       string  `json:"device" qmp:"optional"`
+	ID           string  `json:"id" qmp:"optional"`
+	BPS          float64 `json:"bps"`
+	BPSRd        float64 `json:"bps_rd"`
+	BPSWr        float64 `json:"bps_wr"`
+	IOPS         float64 `json:"iops"`
+	IOPSRd       float64 `json:"iops_rd"`
+	IOPSWr       float64 `json:"iops_wr"`
+	BPSMax       float64 `json:"bps_max" qmp:"optional"`
+	BPSRdMax     float64 `json:"bps_rd_max" qmp:"optional"`
+	BPSWrMax     float64 `json:"bps_wr_max" qmp:"optional"`
+	IOPSMax      float64 `json:"iops_max" qmp:"optional"`
+	IOPSRdMax    float64 `json:"iops_rd_max" qmp:"optional"`
+	IOPSWrMax    float64 `json:"iops_wr_max" qmp:"optional"`
+	IOPSSize     int64   `json:"iops_size" qmp:"optional"`
+	Group        string  `json:"group" qmp:"optional"`
+	BPSMaxLen    int64   `json:"bps_max_length" qmp:"optional"`
+	BPSRdMaxLen  int64   `json:"bps_rd_max_length" qmp:"optional"`
+	BPSWrMaxLen  int64   `json:"bps_wr_max_length" qmp:"optional"`
+	IOPSMaxLen   int64   `json:"iops_max_length" qmp:"optional"`
+	IOPSRdMaxLen int64   `json:"iops_rd_max_length" qmp:"optional"`
+	IOPSWrMaxLen int64   `json:"iops_wr_max_length" qmp:"optional"`
+}
+
+type createArgs struct {
+	JobID   string        `json:"job-id"`
+	Options createOptions `json:"options"`
+}
+
+type createOptions struct {
+	Driver        string   `json:"driver"`
+	Filename      string   `json:"filename"`
+	File          *FileRef `json:"file"`
+	Size          int64    `json:"size"`
+	BackingFile   string   `json:"backing-file"`
+	BackingFmt    string   `json:"backing-fmt"`
+	ClusterSize   int64    `json:"cluster-size"`
+	Preallocation string   `json:"preallocation"`
+	Version       string   `json:"version"`
+	LazyRefcounts bool     `json:"lazy-refcounts"`
+}
+
+type nbdStartArgs struct {
+	Addr       SocketAddress `json:"addr"`
+	TLSCreds   string        `json:"tls-creds" qmp:"optional"`
+	MaxConns   int           `json:"max-connections" qmp:"optional"`
+	HandshakeT int           `json:"handshake-max-seconds" qmp:"optional"`
+}
+
+type exportAddArgs struct {
+	Type          string `json:"type"`
+	ID            string `json:"id"`
+	NodeName      string `json:"node-name"`
+	Name          string `json:"name" qmp:"optional"`
+	Writable      bool   `json:"writable" qmp:"optional"`
+	Description   string `json:"description" qmp:"optional"`
+	WriteThrough  bool   `json:"writethrough" qmp:"optional"`
+	IOThread      string `json:"iothread" qmp:"optional"`
+	FixedIOThread bool   `json:"fixed-iothread" qmp:"optional"`
+}
+
+type exportDelArgs struct {
+	ID   string `json:"id"`
+	Mode string `json:"mode" qmp:"optional"`
+}
+
+type flatArg struct {
+	Flat bool `json:"flat" qmp:"optional"`
+}
+
+func (d *Daemon) register(r *Registry) {
+	d.registerJobs(r)
+	r.Register("query-version", nil, func(*Client, any) (any, error) {
+		return map[string]any{"qemu": map[string]int{"major": greetingQEMUVersion, "minor": 0, "micro": 0}, "package": "ringblk"}, nil
+	})
+	r.Register("query-commands", nil, func(c *Client, _ any) (any, error) {
+		var out []map[string]string
+		for _, n := range append(r.Names(), "qmp_capabilities") {
+			out = append(out, map[string]string{"name": n})
+		}
+		return out, nil
+	})
+	r.Register("query-status", nil, func(*Client, any) (any, error) {
+		return map[string]any{"running": true, "status": "running", "singlestep": false}, nil
+	})
+	r.Register("quit", nil, func(*Client, any) (any, error) {
+		d.quitOnce.Do(func() { close(d.quit) })
+		return nil, nil
+	})
+	r.Register("blockdev-add", &AddOptions{}, func(_ *Client, a any) (any, error) {
+		return nil, d.blockdevAdd(a.(*AddOptions))
+	})
+	r.Register("blockdev-del", &nodeNameArg{}, func(_ *Client, a any) (any, error) {
+		return nil, d.blockdevDel(a.(*nodeNameArg).NodeName)
+	})
+	r.Register("blockdev-create", &createArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.blockdevCreate(a.(*createArgs))
+	})
+	r.Register("query-block", nil, func(*Client, any) (any, error) { return d.queryBlock(), nil })
+	r.Register("query-named-block-nodes", &flatArg{}, func(*Client, any) (any, error) { return d.queryNodes(), nil })
+	r.Register("query-blockstats", &struct {
+		QueryNodes bool `json:"query-nodes" qmp:"optional"`
+	}{}, func(*Client, any) (any, error) { return d.queryBlockstats(), nil })
+	r.Register("query-iothreads", nil, func(*Client, any) (any, error) { return d.queryIOThreads(), nil })
+	r.Register("object-add", &objectAddArgs{}, func(_ *Client, a any) (any, error) {
+		o := a.(*objectAddArgs)
+		if o.QOMType != "iothread" {
+			return nil, Errorf("Invalid parameter 'qom-type': object type '%s' is not supported (iothread)", o.QOMType)
+		}
+		return nil, d.addIOThread(o.ID)
+	})
+	r.Register("object-del", &idArg{}, func(_ *Client, a any) (any, error) {
+		return nil, d.delIOThread(a.(*idArg).ID)
+	})
+	r.Register("x-blockdev-set-iothread", &setIOThreadArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.setIOThread(a.(*setIOThreadArgs))
+	})
+	r.Register("block_resize", &resizeArgs{}, func(_ *Client, a any) (any, error) {
+		x := a.(*resizeArgs)
+		b, qerr := d.lookup(x.Device, x.NodeName)
+		if qerr != nil {
+			return nil, qerr
+		}
+		if err := b.top(); err != nil {
+			return nil, err
+		}
+		if x.Size < 0 {
+			return nil, Errorf("Parameter 'size' expects a >0 size")
+		}
+		if err := b.dev.Resize(x.Size); err != nil {
+			return nil, Errorf("Could not resize: %v", err)
+		}
+		return nil, nil
+	})
+	r.Register("block-set-io-throttle", &throttleArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.setThrottle(a.(*throttleArgs))
+	})
+	r.Register("transaction", &TransactionArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.Transaction(a.(*TransactionArgs))
+	})
+	single := func(typ string, v any) Handler {
+		return func(_ *Client, a any) (any, error) {
+			raw, err := jsonMarshal(a)
+			if err != nil {
+				return nil, err
+			}
+			return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, Data: raw}}})
+		}
+	}
+	r.Register("blockdev-snapshot-sync", &SnapshotSyncArgs{}, single("blockdev-snapshot-sync", nil))
+	r.Register("blockdev-snapshot", &SnapshotArgs{}, single("blockdev-snapshot", nil))
+	r.Register("blockdev-snapshot-internal-sync", &InternalSnapshotArgs{}, single("blockdev-snapshot-internal-sync", nil))
+	r.Register("nbd-server-start", &nbdStartArgs{}, func(_ *Client, a any) (any, error) {
+		x := a.(*nbdStartArgs)
+		if x.TLSCreds != "" {
+			return nil, Errorf("TLS is not supported by this daemon")
+		}
+		return nil, d.NBDServerStart(x.Addr)
+	})
+	r.Register("nbd-server-stop", nil, func(*Client, any) (any, error) { return nil, d.nbdServerStop() })
+	r.Register("block-export-add", &exportAddArgs{}, func(_ *Client, a any) (any, error) {
+		x := a.(*exportAddArgs)
+		if x.Type != "nbd" {
+			return nil, Errorf("Invalid parameter 'type': export type '%s' is not supported (nbd)", x.Type)
+		}
+		if x.IOThread != "" {
+			// As QEMU does: the node moves to the export's IOThread.
+			if err := d.setIOThread(&setIOThreadArgs{NodeName: x.NodeName, IOThread: NullString{S: x.IOThread}}); err != nil {
+				return nil, err
+			}
+		}
+		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable)
+	})
+	r.Register("block-export-del", &exportDelArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.exportDel(a.(*exportDelArgs).ID)
+	})
+	r.Register("query-block-exports", nil, func(*Client, any) (any, error) {
+		out := []map[string]any{}
+		for _, id := range sortedKeys(d.exports) {
+			e := d.exports[id]
+			out = append(out, map[string]any{"id": id, "type": "nbd", "node-name": e.node, "shutting-down": false})
+		}
+		return out, nil
+	})
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+func (d *Daemon) setIOThread(x *setIOThreadArgs) error {
+	b, qerr := d.lookup("", x.NodeName)
+	if qerr != nil {
+		return qerr
+	}
+	if err := b.top(); err != nil {
+		return err
+	}
+	i := -1
+	if !x.IOThread.Null {
+		var ok bool
+		if i, ok = d.iothreads[x.IOThread.S]; !ok {
+			return Errorf("Cannot find iothread %s", x.IOThread.S)
+		}
+	}
+	if err := b.dev.SetContext(i); err != nil {
+		return Errorf("%v", err)
+	}
+	return nil
+}
+
+func (d *Daemon) setThrottle(x *throttleArgs) error {
+	name := x.Device
+	if name == "" {
+		name = x.ID
+	}
+	b := d.nodes[name]
+	if b == nil || b.usedBy != "" {
+		return notFound(name) // QEMU looks the device up by name: DeviceNotFound
+	}
+	for _, v := range []float64{x.BPS, x.BPSRd, x.BPSWr, x.IOPS, x.IOPSRd, x.IOPSWr} {
+		if v < 0 {
+			return Errorf("bps/iops/max values must be within [0, 1000000000000000]")
+		}
+	}
+	if (x.BPS != 0 && (x.BPSRd != 0 || x.BPSWr != 0)) || (x.IOPS != 0 && (x.IOPSRd != 0 || x.IOPSWr != 0)) {
+		return Errorf("bps/iops/max total values and read/write values cannot be used at the same time")
+	}
+	l := host.ThrottleLimits{IOPSTotal: x.IOPS, IOPSRead: x.IOPSRd, IOPSWrite: x.IOPSWr,
+		BPSTotal: x.BPS, BPSRead: x.BPSRd, BPSWrite: x.BPSWr,
+		IOPSTotalBurst: x.IOPSMax, IOPSReadBurst: x.IOPSRdMax, IOPSWriteBurst: x.IOPSWrMax,
+		BPSTotalBurst: x.BPSMax, BPSReadBurst: x.BPSRdMax, BPSWriteBurst: x.BPSWrMax}
+	if err := b.dev.SetThrottle(x.Group, l); err != nil {
+		return Errorf("%v", err)
+	}
+	return nil
+}
+
+// blockdevCreate creates an image synchronously: the command returns when
+// the file is written (QEMU runs it as a job; there is no job package yet,
+// so no JOB_STATUS_CHANGE events and no job-dismiss are needed).
+func (d *Daemon) blockdevCreate(x *createArgs) error {
+	o := x.Options
+	switch o.Driver {
+	case "file":
+		if o.Filename == "" {
+			return Errorf("Parameter 'filename' is missing")
+		}
+		if o.Size < 0 {
+			return Errorf("Invalid size %d", o.Size)
+		}
+		if o.Size > 0 {
+			if err := d.h.Create(o.Filename, host.CreateOptions{Format: "raw", Size: o.Size, Preallocation: o.Preallocation}); err != nil {
+				return Errorf("Could not create '%s': %v", o.Filename, err)
+			}
+			return nil
+		}
+		if err := os.WriteFile(o.Filename, nil, 0o644); err != nil {
+			return Errorf("Could not create '%s': %v", o.Filename, err)
+		}
+		return nil
+	case "qcow2":
+		if o.File == nil {
+			return Errorf("Parameter 'file' is missing")
+		}
+		if o.Size <= 0 {
+			return Errorf("Parameter 'size' is missing")
+		}
+		path := o.File.Filename
+		var fb *blockdev
+		if o.File.Ref != "" {
+			fb = d.nodes[o.File.Ref]
+			if fb == nil {
+				return nodeNotFound(o.File.Ref)
+			}
+			if fb.driver != "file" || fb.usedBy != "" || d.exportOf(fb.name) != "" {
+				return Errorf("Node '%s' is not an unused file node", fb.name)
+			}
+			path = fb.filename
+			if err := fb.dev.Close(); err != nil {
+				return Errorf("%v", err)
+			}
+		}
+		err := d.h.Create(path, host.CreateOptions{Format: "qcow2", Size: o.Size, BackingFile: o.BackingFile,
+			BackingFormat: o.BackingFmt, ClusterSize: o.ClusterSize, Preallocation: o.Preallocation})
+		if fb != nil {
+			if dev, rerr := d.open(fb.filename, fb.opts); rerr == nil {
+				d.mu.Lock()
+				fb.dev = dev
+				d.mu.Unlock()
+			} else {
+				d.lost(fb.name, rerr)
+				err = errors.Join(err, fmt.Errorf("reopening '%s' failed: %v", fb.name, rerr))
+			}
+		}
+		if err != nil {
+			return Errorf("Could not create '%s': %v", path, err)
+		}
+		return nil
+	}
+	return Errorf("Driver '%s' does not support blockdev-create here (file, qcow2)", o.Driver)
+}
+
+// ---- queries ----
+
+func driverName(n *block.Node) (drv, file string) {
+	switch v := n.Driver().(type) {
+	case *qcow2.Driver:
+		drv = "qcow2"
+		for _, c := range n.Children() {
+			if c.Role() != block.RoleBacking && c.Node() != nil {
+				if r, ok := c.Node().Driver().(*raw.Driver); ok {
+					file = r.Path()
+				}
+			}
+		}
+	case *raw.Driver:
+		drv, file = "file", v.Path()
+	case *null.Driver:
+		drv, file = "null-co", "null-co://"
+	default:
+		drv = fmt.Sprintf("%T", v)
+	}
+	return drv, file
+}
+
+func depth(n *block.Node) int {
+	k := 0
+	for c := n.Child(block.RoleBacking); c != nil && c.Node() != nil; c = c.Node().Child(block.RoleBacking) {
+		k++
+	}
+	return k
+}
+
+func nodeInfo(n *block.Node) map[string]any {
+	drv, file := driverName(n)
+	size, _ := n.Length()
+	img := map[string]any{"filename": file, "format": drv, "virtual-size": size}
+	info := map[string]any{
+		"node-name": n.Name(), "drv": drv, "file": file, "ro": n.ReadOnly(),
+		"backing_file_depth": depth(n), "encrypted": false, "detect_zeroes": "off",
+		"bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+		"write_threshold": 0, "image": img,
+		"cache": map[string]bool{"writeback": true, "direct": false, "no-flush": false},
+	}
+	if r, ok := n.Driver().(*raw.Driver); ok {
+		info["cache"] = map[string]bool{"writeback": r.Options().Cache != raw.CacheWritethrough, "direct": r.Options().Cache == raw.CacheNone, "no-flush": false}
+	}
+	if bms := n.Bitmaps(); len(bms) > 0 {
+		var list []map[string]any
+		for _, b := range bms {
+			list = append(list, map[string]any{"name": b.Name(), "count": b.Count(), "granularity": b.Granularity(),
+				"recording": b.Enabled(), "busy": b.Busy(), "persistent": false})
+		}
+		info["dirty-bitmaps"] = list
+	}
+	if c := n.Child(block.RoleBacking); c != nil && c.Node() != nil {
+		_, bf := driverName(c.Node())
+		info["backing_file"] = bf
+		img["backing-filename"] = bf
+	}
+	return info
+}
+
+func (d *Daemon) queryBlock() []map[string]any {
+	out := []map[string]any{}
+	for _, name := range sortedKeys(d.nodes) {
+		b := d.nodes[name]
+		if b.usedBy != "" || b.dev == nil {
+			continue
+		}
+		root := b.dev.Root()
+		if root == nil {
+			continue
+		}
+		st, _ := b.dev.IOStatus()
+		io := "ok"
+		switch st {
+		case host.IOStatus(1):
+			io = "failed"
+		case host.IOStatus(2):
+			io = "nospace"
+		}
+		var info map[string]any
+		d.h.Graph().Control(func() { info = nodeInfo(root) })
+		out = append(out, map[string]any{"device": name, "qdev": name, "locked": false, "removable": false,
+			"io-status": io, "inserted": info, "type": "unknown"})
+	}
+	return out
+}
+
+func (d *Daemon) queryNodes() []map[string]any {
+	out := []map[string]any{}
+	g := d.h.Graph()
+	for _, n := range g.Nodes() {
+		var info map[string]any
+		g.Control(func() {
+			if !n.Closed() {
+				info = nodeInfo(n)
+			}
+		})
+		if info != nil {
+			out = append(out, info)
+		}
+	}
+	return out
+}
+
+func opStats(s host.Stats) map[string]any {
+	ms := func(ns uint64) uint64 { return ns }
+	return map[string]any{
+		"rd_bytes": s.Read.Bytes, "wr_bytes": s.Write.Bytes, "zone_append_bytes": 0, "unmap_bytes": s.Discard.Bytes,
+		"rd_operations": s.Read.Ops, "wr_operations": s.Write.Ops, "flush_operations": s.Flush.Ops,
+		"unmap_operations": s.Discard.Ops, "zone_append_operations": 0,
+		"rd_total_time_ns": ms(s.Read.TotalNs), "wr_total_time_ns": ms(s.Write.TotalNs),
+		"flush_total_time_ns": ms(s.Flush.TotalNs), "unmap_total_time_ns": ms(s.Discard.TotalNs),
+		"zone_append_total_time_ns": 0,
+		"failed_rd_operations":      s.Read.Errors, "failed_wr_operations": s.Write.Errors,
+		"failed_flush_operations": s.Flush.Errors, "failed_unmap_operations": s.Discard.Errors,
+		"invalid_rd_operations": 0, "invalid_wr_operations": 0, "invalid_flush_operations": 0,
+		"invalid_unmap_operations": 0, "rd_merged": 0, "wr_merged": 0, "unmap_merged": 0,
+		"wr_highest_offset": 0, "idle_time_ns": 0, "account_invalid": false, "account_failed": true,
+		"timed_stats": []any{},
+	}
+}
+
+func (d *Daemon) queryBlockstats() []map[string]any {
+	out := []map[string]any{}
+	for _, name := range sortedKeys(d.nodes) {
+		b := d.nodes[name]
+		if b.usedBy != "" || b.dev == nil {
+			continue
+		}
+		out = append(out, map[string]any{"device": name, "node-name": name, "qdev": name, "stats": opStats(b.dev.Stats())})
+	}
+	return out
+}
+
+func (d *Daemon) queryIOThreads() []map[string]any {
+	out := []map[string]any{}
+	for _, id := range sortedKeys(d.iothreads) {
+		i := d.iothreads[id]
+		out = append(out, map[string]any{"id": id, "thread-id": threadID(d.h.Context(i)),
+			"poll-max-ns": 0, "poll-grow": 0, "poll-shrink": 0, "aio-max-batch": 0})
+	}
+	return out
+}

@@ -1,0 +1,117 @@
+package qmp
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ringblk/ringblk/host"
+)
+
+// TestBlockdevAddDriversAndDel: file, raw over an inline file, qcow2 over
+// a file node by name, null-co; read-only and cache options reach the
+// nodes; deleting in the wrong order is refused with QEMU's wording.
+func TestBlockdevAddDriversAndDel(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	rawImg, q := filepath.Join(dir, "r.img"), filepath.Join(dir, "q.qcow2")
+	if err := d.h.Create(rawImg, host.CreateOptions{Format: "raw", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	ok := func(cmd string) any {
+		t.Helper()
+		r := c.do(cmd)
+		if _, found := r["return"]; !found {
+			t.Fatalf("%s: %v", cmd, r)
+		}
+		return r["return"]
+	}
+	ok(`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"f0","filename":"` + rawImg + `","read-only":true}}`)
+	ok(`{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"n0","size":1048576}}`)
+	// blockdev-create on a file node, then qcow2 over it by reference.
+	ok(`{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"file","filename":"` + q + `","size":0}}}`)
+	ok(`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"qf","filename":"` + q + `","cache":{"direct":false,"no-flush":false}}}`)
+	ok(`{"execute":"blockdev-create","arguments":{"job-id":"c1","options":{"driver":"qcow2","file":"qf","size":2097152}}}`)
+	ok(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q0","file":"qf"}}`)
+	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q0","file":"qf"}}`), GenericError, "Duplicate nodes with node-name='q0'")
+	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"vmdk","node-name":"v","file":"qf"}}`), GenericError, "Invalid parameter 'vmdk'")
+	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"qf"}}`), GenericError, "Node 'qf' is busy: node is used as file of 'q0'")
+	r := ok(`{"execute":"query-named-block-nodes"}`).([]any)
+	got := map[string]map[string]any{}
+	for _, n := range r {
+		m := n.(map[string]any)
+		got[m["node-name"].(string)] = m
+	}
+	if got["f0"]["ro"] != true || got["f0"]["drv"] != "file" || got["n0"]["drv"] != "null-co" || got["q0"]["drv"] != "qcow2" {
+		t.Fatalf("nodes %v", got)
+	}
+	if img := got["q0"]["image"].(map[string]any); img["virtual-size"] != 2097152.0 {
+		t.Fatalf("q0 image %v", img)
+	}
+	bl := ok(`{"execute":"query-block"}`).([]any)
+	if len(bl) != 3 {
+		t.Fatalf("query-block lists %d devices, want f0, n0, q0: %v", len(bl), bl)
+	}
+	st := ok(`{"execute":"query-blockstats"}`).([]any)
+	if s := st[0].(map[string]any)["stats"].(map[string]any); s["rd_operations"] == nil || s["wr_bytes"] == nil {
+		t.Fatalf("blockstats %v", st[0])
+	}
+	ok(`{"execute":"blockdev-del","arguments":{"node-name":"q0"}}`)
+	ok(`{"execute":"blockdev-del","arguments":{"node-name":"f0"}}`)
+	ok(`{"execute":"blockdev-del","arguments":{"node-name":"n0"}}`)
+	if len(d.nodes) != 0 || len(d.h.Graph().Nodes()) != 0 {
+		t.Fatalf("left: %v, graph %d nodes", d.nodes, len(d.h.Graph().Nodes()))
+	}
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		out, err := exec.Command("qemu-img", "check", q).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "No errors") {
+			t.Fatalf("qemu-img check of the created image: %v\n%s", err, out)
+		}
+	}
+}
+
+// TestNBDExportCommands: nbd-server-start, block-export-add over a Unix
+// socket, query-block-exports, block-export-del, nbd-server-stop; a node
+// with an export cannot be deleted.
+func TestNBDExportCommands(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	nbdSock := filepath.Join(dir, "nbd.sock")
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"disk0"}}`), GenericError, "NBD server not running")
+	if r := c.do(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"` + nbdSock + `"}}}`); r["return"] == nil {
+		t.Fatal(r)
+	}
+	if r := c.do(`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`); r["return"] == nil {
+		t.Fatal(r)
+	}
+	if r := c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"disk0","writable":true,"iothread":"io0"}}`); r["return"] == nil {
+		t.Fatal(r)
+	}
+	if got, want := d.nodes["disk0"].dev.Root().Context(), d.h.Context(d.iothreads["io0"]); got != want {
+		t.Fatalf("exported node on %s, want the export's IOThread %s", got.Name(), want.Name())
+	}
+	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"disk0"}}`), GenericError, "in use by block export 'e'")
+	if _, err := exec.LookPath("qemu-io"); err == nil {
+		out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 9 0 64k", "-c", "read -P 9 0 64k", "nbd+unix:///disk0?socket="+nbdSock).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "fail") {
+			t.Fatalf("qemu-io over the export: %v\n%s", err, out)
+		}
+	}
+	r := c.do(`{"execute":"query-block-exports"}`)
+	if ex := r["return"].([]any); len(ex) != 1 || ex[0].(map[string]any)["node-name"] != "disk0" {
+		t.Fatalf("exports %v", r)
+	}
+	if r := c.do(`{"execute":"block-export-del","arguments":{"id":"e"}}`); r["return"] == nil {
+		t.Fatal(r)
+	}
+	if r := c.do(`{"execute":"nbd-server-stop"}`); r["return"] == nil {
+		t.Fatal(r)
+	}
+	if r := c.do(`{"execute":"blockdev-del","arguments":{"node-name":"disk0"}}`); r["return"] == nil {
+		t.Fatal(r)
+	}
+}

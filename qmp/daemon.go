@@ -1,0 +1,657 @@
+package qmp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/job"
+	"github.com/ringblk/ringblk/nbd"
+	"github.com/ringblk/ringblk/plugin/contract"
+)
+
+// Daemon is the state behind the block commands: the host, the nodes
+// added with blockdev-add, the IOThreads and the NBD exports. Commands
+// reach it through the Server's command lock, so its maps need no lock
+// of their own except for readers outside commands (metrics), which take
+// mu.
+type Daemon struct {
+	h    *host.Host
+	srv  *Server
+	jobs *job.Manager
+	// chains are the checkpoint chains of x-ringblk-checkpoint, by
+	// "node/chain".
+	chains map[string]*job.Chain
+
+	mu        sync.Mutex
+	nodes     map[string]*blockdev
+	iothreads map[string]int // id -> host I/O Context index
+	nbdSrv    *nbd.Server
+	nbdLis    net.Listener
+	nbdDone   chan struct{}
+	exports   map[string]*export
+
+	quit     chan struct{}
+	quitOnce sync.Once
+	closed   bool // Close began (metrics stop reading)
+}
+
+// blockdev is one node added with blockdev-add (or by a snapshot), and the
+// host device that keeps it open.
+type blockdev struct {
+	name     string
+	driver   string // QAPI driver: file, raw, qcow2, null-co
+	filename string
+	dev      *host.Device
+	opts     host.OpenOptions
+	// usedBy names the node that took this one as its backing (after an
+	// external snapshot) or file (blockdev-add of a format over a file
+	// node); such a node cannot be deleted or snapshotted on its own.
+	usedBy string
+	role   string // "backing" or "file", with usedBy
+	// top is the node added last over this device's chain; blockdev-del
+	// of it closes the device and every node under it.
+	lower []string
+}
+
+type export struct {
+	id   string
+	node string
+	exp  *nbd.Export
+}
+
+// NewDaemon registers the block commands on reg and returns the daemon.
+// h's I/O Contexts are the IOThreads object-add can create.
+func NewDaemon(h *host.Host, reg *Registry) *Daemon {
+	d := &Daemon{h: h, nodes: map[string]*blockdev{}, iothreads: map[string]int{},
+		exports: map[string]*export{}, quit: make(chan struct{})}
+	d.jobs = job.NewManager(h.Graph(), d.jobEvent)
+	d.chains = map[string]*job.Chain{}
+	d.register(reg)
+	return d
+}
+
+// Attach tells the daemon the server its events go to.
+func (d *Daemon) Attach(s *Server) { d.srv = s }
+
+// Quit is closed by the quit command.
+func (d *Daemon) Quit() <-chan struct{} { return d.quit }
+
+// Host returns the daemon's host.
+func (d *Daemon) Host() *host.Host { return d.h }
+
+func (d *Daemon) emit(name string, data any) {
+	if d.srv != nil {
+		d.srv.Emit(name, data)
+	}
+}
+
+// Close ends the exports and the NBD server, then closes every device
+// (draining each) and returns their errors (a failed metadata write-back
+// on close). The host stays for the caller to close.
+func (d *Daemon) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	exps := d.exports
+	d.exports = map[string]*export{}
+	srv, lis, done := d.nbdSrv, d.nbdLis, d.nbdDone
+	d.nbdSrv, d.nbdLis = nil, nil
+	nodes := d.nodes
+	d.nodes = map[string]*blockdev{}
+	d.mu.Unlock()
+	var errs []error
+	// Jobs end first (cancelled: a mirror does not pivot), so that no job
+	// holds a node the devices below close.
+	if d.jobs != nil {
+		for _, in := range d.jobs.List() {
+			if j := d.jobs.Get(in.ID); j != nil {
+				_ = j.Cancel(true)
+				_ = j.Wait()
+				_ = j.Dismiss()
+			}
+		}
+	}
+	for _, e := range exps {
+		errs = append(errs, e.exp.Close())
+	}
+	if srv != nil {
+		lis.Close()
+		srv.Close()
+		<-done
+	}
+	seen := map[*host.Device]bool{}
+	names := make([]string, 0, len(nodes))
+	for n := range nodes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		b := nodes[n]
+		if b.dev == nil || seen[b.dev] {
+			continue
+		}
+		seen[b.dev] = true
+		errs = append(errs, b.dev.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// ---- lookups ----
+
+func notFound(name string) *Error {
+	return &Error{Class: DeviceNotFound, Desc: fmt.Sprintf("Device '%s' not found", name)}
+}
+
+func nodeNotFound(name string) *Error {
+	return Errorf("Cannot find device='' nor node-name='%s'", name)
+}
+
+// lookup finds a node by device or node-name (QMP accepts either), with
+// QEMU's message when neither names one.
+func (d *Daemon) lookup(device, nodeName string) (*blockdev, *Error) {
+	if device != "" {
+		if b := d.nodes[device]; b != nil {
+			// A device name stands for what the device shows now: after
+			// an external snapshot, the overlay on top (as QEMU's
+			// BlockBackend name does).
+			for b.usedBy != "" && d.nodes[b.usedBy] != nil {
+				b = d.nodes[b.usedBy]
+			}
+			return b, nil
+		}
+	}
+	if nodeName != "" {
+		if b := d.nodes[nodeName]; b != nil {
+			return b, nil
+		}
+	}
+	return nil, Errorf("Cannot find device='%s' nor node-name='%s'", device, nodeName)
+}
+
+// top returns b if its device's top node is b itself, else an error
+// saying which node uses it.
+func (b *blockdev) top() *Error {
+	if b.usedBy != "" {
+		return Errorf("Node '%s' is busy: node is used as %s of '%s'", b.name, b.role, b.usedBy)
+	}
+	return nil
+}
+
+// ---- IOThreads ----
+
+func (d *Daemon) addIOThread(id string) error {
+	if id == "" {
+		return Errorf("Parameter 'id' is missing")
+	}
+	if _, ok := d.iothreads[id]; ok {
+		return Errorf("attempt to add duplicate property '%s' to object (type 'container')", id)
+	}
+	used := map[int]bool{}
+	for _, i := range d.iothreads {
+		used[i] = true
+	}
+	for i := 0; i < d.h.Contexts(); i++ {
+		if !used[i] {
+			d.mu.Lock()
+			d.iothreads[id] = i
+			d.mu.Unlock()
+			return nil
+		}
+	}
+	return Errorf("Cannot add IOThread '%s': all %d I/O Contexts are in use (start the daemon with a larger --iothreads-max)", id, d.h.Contexts())
+}
+
+func (d *Daemon) delIOThread(id string) error {
+	i, ok := d.iothreads[id]
+	if !ok {
+		return Errorf("object '%s' not found", id)
+	}
+	for _, b := range d.nodes {
+		if b.dev != nil && b.dev.Root() != nil && b.dev.Root().Context() == d.h.Context(i) {
+			return Errorf("object '%s' is in use by node '%s'", id, b.name)
+		}
+	}
+	d.mu.Lock()
+	delete(d.iothreads, id)
+	d.mu.Unlock()
+	return nil
+}
+
+// IOThread returns the Context index of IOThread id.
+func (d *Daemon) IOThread(id string) (int, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	i, ok := d.iothreads[id]
+	return i, ok
+}
+
+func threadID(c interface{ Run(func()) }) int {
+	var tid int
+	c.Run(func() { tid = unix.Gettid() })
+	return tid
+}
+
+// ---- nodes ----
+
+// AddOptions is blockdev-add's argument, the QAPI BlockdevOptions union
+// for the drivers the daemon has.
+type AddOptions struct {
+	Driver       string      `json:"driver"`
+	NodeName     string      `json:"node-name" qmp:"optional"`
+	Filename     string      `json:"filename" qmp:"optional"` // driver file
+	File         *FileRef    `json:"file" qmp:"optional"`     // raw, qcow2
+	ReadOnly     bool        `json:"read-only" qmp:"optional"`
+	Cache        *CacheOpts  `json:"cache" qmp:"optional"`
+	Discard      string      `json:"discard" qmp:"optional"`
+	Backing      *NullString `json:"backing" qmp:"optional"` // only null is supported
+	Size         int64       `json:"size" qmp:"optional"`    // null-co
+	AutoReadOnly bool        `json:"auto-read-only" qmp:"optional"`
+	DetectZeroes string      `json:"detect-zeroes" qmp:"optional"`
+	Locking      string      `json:"locking" qmp:"optional"`
+	ForceShare   bool        `json:"force-share" qmp:"optional"`
+}
+
+// CacheOpts is QAPI's BlockdevCacheOptions.
+type CacheOpts struct {
+	Direct  bool `json:"direct"`
+	NoFlush bool `json:"no-flush"`
+}
+
+func (c *CacheOpts) mode() string {
+	switch {
+	case c == nil:
+		return ""
+	case c.NoFlush:
+		return "unsafe"
+	case c.Direct:
+		return "none"
+	}
+	return "writeback"
+}
+
+func (d *Daemon) blockdevAdd(o *AddOptions) error {
+	if o.NodeName == "" {
+		return Errorf("node-name is required for blockdev-add in this daemon")
+	}
+	if d.nodes[o.NodeName] != nil || d.h.Graph().NodeByName(o.NodeName) != nil {
+		return Errorf("Duplicate nodes with node-name='%s'", o.NodeName)
+	}
+	if o.Backing != nil && !o.Backing.Null {
+		return Errorf("backing: only null is supported (open the chain from the image's header instead)")
+	}
+	oo := host.OpenOptions{Name: o.NodeName, ReadOnly: o.ReadOnly, Cache: o.Cache.mode(),
+		Discard: o.Discard, Locking: o.Locking, ForceShare: o.ForceShare, NoBacking: o.Backing != nil}
+	if oo.Discard == "ignore" {
+		oo.Discard = ""
+	}
+	var filename string
+	var fileNode *blockdev
+	switch o.Driver {
+	case "file", "host_device":
+		if o.Filename == "" {
+			return Errorf("Parameter 'filename' is missing")
+		}
+		if o.File != nil {
+			return Errorf("Parameter 'file' is unexpected")
+		}
+		filename, oo.Format = o.Filename, "raw"
+	case "raw", "qcow2":
+		if o.File == nil {
+			return Errorf("Parameter 'file' is missing")
+		}
+		if o.Filename != "" {
+			return Errorf("Parameter 'filename' is unexpected")
+		}
+		oo.Format = o.Driver
+		if o.File.Ref != "" {
+			fb := d.nodes[o.File.Ref]
+			if fb == nil {
+				return nodeNotFound(o.File.Ref)
+			}
+			if fb.driver != "file" && fb.driver != "host_device" {
+				return Errorf("Node '%s' is not a protocol (file) node", fb.name)
+			}
+			if err := fb.top(); err != nil {
+				return err
+			}
+			if d.exportOf(fb.name) != "" {
+				return Errorf("Node '%s' is busy: exported as '%s'", fb.name, d.exportOf(fb.name))
+			}
+			fileNode, filename = fb, fb.filename
+			if o.Cache == nil {
+				oo.Cache = fb.opts.Cache
+			}
+			oo.ReadOnly = oo.ReadOnly || fb.opts.ReadOnly
+		} else {
+			if o.File.Driver != "file" && o.File.Driver != "host_device" {
+				return Errorf("file: driver '%s' is not supported (file)", o.File.Driver)
+			}
+			if o.File.Filename == "" {
+				return Errorf("Parameter 'file.filename' is missing")
+			}
+			filename = o.File.Filename
+			if o.File.Cache != nil && o.Cache == nil {
+				oo.Cache = o.File.Cache.mode()
+			}
+			if o.File.Locking != "" {
+				oo.Locking = o.File.Locking
+			}
+		}
+	case "null-co", "null-aio":
+		if o.Size <= 0 {
+			return Errorf("Parameter 'size' is missing")
+		}
+		oo.Format, oo.Size, filename = "null", o.Size, "null-co://"
+	default:
+		return Errorf("Invalid parameter '%s' (drivers: file, host_device, raw, qcow2, null-co, null-aio)", o.Driver)
+	}
+	oo.Callbacks = d.callbacks(o.NodeName)
+	if fileNode != nil {
+		// The file node's device gives way to the format node over it.
+		if err := fileNode.dev.Close(); err != nil {
+			return Errorf("Could not close '%s' to reopen it under '%s': %v", fileNode.name, o.NodeName, err)
+		}
+	}
+	dev, err := d.open(filename, oo)
+	if err != nil {
+		if fileNode != nil {
+			// Give the file node its device back.
+			if nd, rerr := d.open(fileNode.filename, fileNode.opts); rerr == nil {
+				d.mu.Lock()
+				fileNode.dev = nd
+				d.mu.Unlock()
+			} else {
+				d.lost(fileNode.name, rerr)
+				err = errors.Join(err, rerr)
+			}
+		}
+		return Errorf("Could not open '%s': %v", filename, err)
+	}
+	b := &blockdev{name: o.NodeName, driver: o.Driver, filename: filename, dev: dev, opts: oo}
+	d.mu.Lock()
+	if fileNode != nil {
+		fileNode.dev, fileNode.usedBy, fileNode.role = dev, b.name, "file"
+		b.lower = append(b.lower, fileNode.name)
+	}
+	d.nodes[b.name] = b
+	d.mu.Unlock()
+	return nil
+}
+
+// FileRef is a BlockdevRef: a node name or inline options.
+type FileRef struct {
+	Ref      string
+	Driver   string     `json:"driver"`
+	Filename string     `json:"filename"`
+	Cache    *CacheOpts `json:"cache"`
+	Locking  string     `json:"locking"`
+	AIO      string     `json:"aio"`
+}
+
+// UnmarshalJSON accepts a string (a node's name) or an object.
+func (f *FileRef) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return jsonUnmarshal(b, &f.Ref)
+	}
+	if len(b) == 0 || b[0] != '{' {
+		return Errorf("Invalid parameter type for 'file', expected: BlockdevRef")
+	}
+	type plain FileRef
+	var p plain
+	if err := strictUnmarshal(b, &p); err != nil {
+		return Errorf("Invalid parameter 'file': %v", err)
+	}
+	*f = FileRef(p)
+	return nil
+}
+
+// NullString is a StrOrNull.
+type NullString struct {
+	Null bool
+	S    string
+}
+
+// UnmarshalJSON accepts null or a string.
+func (n *NullString) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		n.Null = true
+		return nil
+	}
+	return jsonUnmarshal(b, &n.S)
+}
+
+func (d *Daemon) exportOf(node string) string {
+	for id, e := range d.exports {
+		if e.node == node {
+			return id
+		}
+	}
+	return ""
+}
+
+func (d *Daemon) blockdevDel(name string) error {
+	b := d.nodes[name]
+	if b == nil {
+		return Errorf("Failed to find node with node-name='%s'", name)
+	}
+	if err := b.top(); err != nil {
+		return err
+	}
+	if id := d.exportOf(name); id != "" {
+		return Errorf("Node '%s' is busy: block device is in use by block export '%s'", name, id)
+	}
+	err := b.dev.Close()
+	d.mu.Lock()
+	var drop func(n string)
+	drop = func(n string) {
+		x := d.nodes[n]
+		if x == nil {
+			return
+		}
+		delete(d.nodes, n)
+		for _, l := range x.lower {
+			drop(l)
+		}
+	}
+	drop(name)
+	d.mu.Unlock()
+	if err != nil {
+		return Errorf("Node '%s' closed with an error: %v", name, err)
+	}
+	return nil
+}
+
+// lost drops a node whose device could not be reopened (after it was
+// closed to be reopened in another shape) and every node under it, and
+// says so with an event: the image files are as they were, only this
+// daemon no longer has them open.
+func (d *Daemon) lost(name string, why error) {
+	d.mu.Lock()
+	var drop func(n string)
+	drop = func(n string) {
+		x := d.nodes[n]
+		if x == nil {
+			return
+		}
+		delete(d.nodes, n)
+		for _, l := range x.lower {
+			drop(l)
+		}
+	}
+	drop(name)
+	d.mu.Unlock()
+	d.emit("BLOCK_NODE_LOST", map[string]any{"node-name": name, "reason": fmt.Sprint(why)})
+}
+
+func (d *Daemon) callbacks(name string) contract.DeviceCallbacks {
+	return contract.DeviceCallbacks{
+		Stopped: func(op contract.Op, err error) {
+			action := "stop"
+			d.emit("BLOCK_IO_ERROR", map[string]any{"device": "", "node-name": name,
+				"operation": opName(op), "action": action, "nospace": errors.Is(err, unix.ENOSPC),
+				"reason": err.Error()})
+		},
+	}
+}
+
+func opName(op contract.Op) string {
+	if op == contract.OpRead {
+		return "read"
+	}
+	return "write"
+}
+
+// ---- NBD ----
+
+// SocketAddress is QAPI's SocketAddress (unix and inet).
+type SocketAddress struct {
+	Type string `json:"type"`
+	Path string `json:"path"`
+	Host string `json:"host"`
+	Port string `json:"port"`
+}
+
+func (a SocketAddress) listen() (net.Listener, error) {
+	switch a.Type {
+	case "unix":
+		if a.Path == "" {
+			return nil, Errorf("Parameter 'path' is missing")
+		}
+		_ = os.Remove(a.Path)
+		return net.Listen("unix", a.Path)
+	case "inet":
+		if a.Host == "" || a.Port == "" {
+			return nil, Errorf("inet address needs host and port")
+		}
+		return net.Listen("tcp", net.JoinHostPort(a.Host, a.Port))
+	}
+	return nil, Errorf("Invalid parameter 'type': socket address type '%s' (unix, inet)", a.Type)
+}
+
+// NBDServerStart starts the NBD server (nbd-server-start).
+func (d *Daemon) NBDServerStart(addr SocketAddress) error {
+	if d.nbdSrv != nil {
+		return Errorf("NBD server already running")
+	}
+	l, err := addr.listen()
+	if err != nil {
+		return Errorf("Failed to bind socket: %v", err)
+	}
+	s := nbd.NewServer()
+	done := make(chan struct{})
+	d.mu.Lock()
+	d.nbdSrv, d.nbdLis, d.nbdDone = s, l, done
+	d.mu.Unlock()
+	go func() {
+		defer close(done)
+		_ = s.Serve(l)
+	}()
+	return nil
+}
+
+func (d *Daemon) nbdServerStop() error {
+	if d.nbdSrv == nil {
+		return Errorf("NBD server not running")
+	}
+	d.mu.Lock()
+	exps := d.exports
+	d.exports = map[string]*export{}
+	d.mu.Unlock()
+	var errs []error
+	// Jobs end first (cancelled: a mirror does not pivot), so that no job
+	// holds a node the devices below close.
+	if d.jobs != nil {
+		for _, in := range d.jobs.List() {
+			if j := d.jobs.Get(in.ID); j != nil {
+				_ = j.Cancel(true)
+				_ = j.Wait()
+				_ = j.Dismiss()
+			}
+		}
+	}
+	for _, e := range exps {
+		errs = append(errs, e.exp.Close())
+	}
+	d.nbdLis.Close()
+	d.nbdSrv.Close()
+	<-d.nbdDone
+	d.mu.Lock()
+	d.nbdSrv, d.nbdLis = nil, nil
+	d.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return Errorf("%v", err)
+	}
+	return nil
+}
+
+// ExportAdd adds an NBD export of node (block-export-add, type nbd).
+func (d *Daemon) ExportAdd(id, node, name string, writable bool) error {
+	if d.nbdSrv == nil {
+		return Errorf("NBD server not running")
+	}
+	if id == "" {
+		return Errorf("Parameter 'id' is missing")
+	}
+	if d.exports[id] != nil {
+		return Errorf("Block export id '%s' is already in use", id)
+	}
+	b, qerr := d.lookup("", node)
+	if qerr != nil {
+		return qerr
+	}
+	if err := b.top(); err != nil {
+		return err
+	}
+	if name == "" {
+		name = node
+	}
+	root := b.dev.Root()
+	if root == nil {
+		return nodeNotFound(node)
+	}
+	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context()})
+	if err != nil {
+		return Errorf("%v", err)
+	}
+	if err := d.nbdSrv.AddExport(exp); err != nil {
+		return errors.Join(Errorf("%v", err), exp.Close())
+	}
+	d.mu.Lock()
+	d.exports[id] = &export{id: id, node: node, exp: exp}
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *Daemon) exportDel(id string) error {
+	e := d.exports[id]
+	if e == nil {
+		return Errorf("Export '%s' is not found", id)
+	}
+	d.mu.Lock()
+	delete(d.exports, id)
+	d.mu.Unlock()
+	if err := e.exp.Close(); err != nil {
+		return Errorf("%v", err)
+	}
+	d.emit("BLOCK_EXPORT_DELETED", map[string]any{"id": id})
+	return nil
+}
+
+// open opens a node's device. Its front end lets jobs and other users
+// move the node to another Context (a mirror moves its target to the
+// source's IOThread): in the daemon a device is a node's handle, not a
+// guest's disk pinned to a thread.
+func (d *Daemon) open(path string, o host.OpenOptions) (*host.Device, error) {
+	dev, err := d.h.OpenDevice(path, o)
+	if err != nil {
+		return nil, err
+	}
+	dev.FrontEnd().AllowContextChange(true)
+	return dev, nil
+}

@@ -1,0 +1,1004 @@
+package qmp
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/ringblk/ringblk/bitmap"
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/job"
+	"github.com/ringblk/ringblk/txn"
+)
+
+// Block jobs (package job) and dirty bitmaps behind QEMU's commands and
+// events: query-jobs, job-*, block-job-*, blockdev-mirror,
+// blockdev-backup, block-stream, block-commit, block-dirty-bitmap-*, and
+// the transaction actions for backups and bitmaps.
+
+// jobEvent turns a job event into QMP's.
+func (d *Daemon) jobEvent(ev job.Event) {
+	switch ev.Type {
+	case job.EventStatusChange:
+		d.emit("JOB_STATUS_CHANGE", map[string]any{"id": ev.ID, "status": ev.Status.String()})
+	case job.EventError:
+		d.emit("BLOCK_JOB_ERROR", map[string]any{"device": ev.ID, "operation": ev.Operation, "action": ev.Action.String()})
+	default:
+		data := map[string]any{"device": ev.ID, "type": ev.JobType, "len": ev.Len, "offset": ev.Offset, "speed": ev.Speed}
+		if ev.Type == job.EventCompleted && ev.Error != "" {
+			data["error"] = ev.Error
+		}
+		d.emit(ev.Type.String(), data)
+		if ev.Type == job.EventCompleted {
+			// A mirror or commit may have pivoted an exported node. (The
+			// callback may run on a Context: no synchronous call here.)
+			go d.refreshAllExports()
+		}
+	}
+}
+
+// graphNode finds any node of the graph by name (backing nodes too).
+func (d *Daemon) graphNode(name string) (*block.Node, *Error) {
+	if name == "" {
+		return nil, Errorf("Need a node name")
+	}
+	if n := d.h.Graph().NodeByName(name); n != nil {
+		return n, nil
+	}
+	return nil, nodeNotFound(name)
+}
+
+// rootOf resolves a job's device argument: a device name (following its
+// snapshots) or a node name, to the node on top.
+func (d *Daemon) rootOf(device string) (*block.Node, *Error) {
+	if b, qerr := d.lookup(device, ""); qerr == nil {
+		if r := b.dev.Root(); r != nil {
+			return belowFilters(r), nil
+		}
+	}
+	return d.graphNode(device)
+}
+
+// belowFilters returns the first node under n that is not a filter (a
+// running job's copy-before-write or stream filter sits on top of the
+// node the user means).
+func belowFilters(n *block.Node) *block.Node {
+	n.Graph().Control(func() {
+		for {
+			var next *block.Node
+			for _, c := range n.Children() {
+				if c.Role()&block.RoleFiltered != 0 && c.Node() != nil {
+					next = c.Node()
+				}
+			}
+			if next == nil {
+				return
+			}
+			n = next
+		}
+	})
+	return n
+}
+
+// JobArgs are the generic job options every job command takes.
+type JobArgs struct {
+	JobID         string `json:"job-id" qmp:"optional"`
+	Speed         int64  `json:"speed" qmp:"optional"`
+	AutoFinalize  *bool  `json:"auto-finalize" qmp:"optional"`
+	AutoDismiss   *bool  `json:"auto-dismiss" qmp:"optional"`
+	OnSourceError string `json:"on-source-error" qmp:"optional"`
+	OnTargetError string `json:"on-target-error" qmp:"optional"`
+}
+
+func (a JobArgs) options(device string) (job.Options, error) {
+	o := job.Options{ID: a.JobID, Speed: a.Speed}
+	if o.ID == "" {
+		o.ID = device
+	}
+	if a.AutoFinalize != nil && !*a.AutoFinalize {
+		o.ManualFinalize = true
+	}
+	if a.AutoDismiss != nil && !*a.AutoDismiss {
+		o.ManualDismiss = true
+	}
+	var err error
+	if a.OnSourceError != "" {
+		if o.OnSourceError, err = job.ParsePolicy(a.OnSourceError); err != nil {
+			return o, Errorf("Invalid parameter 'on-source-error': %s", a.OnSourceError)
+		}
+	}
+	if a.OnTargetError != "" {
+		if o.OnTargetError, err = job.ParsePolicy(a.OnTargetError); err != nil {
+			return o, Errorf("Invalid parameter 'on-target-error': %s", a.OnTargetError)
+		}
+	}
+	if o.Speed < 0 {
+		return o, Errorf("Parameter 'speed' expects a non-negative value")
+	}
+	if d := o.ID; d != "" {
+		_ = d
+	}
+	return o, nil
+}
+
+func (d *Daemon) checkJobID(id string) error {
+	if id == "" {
+		return Errorf("Parameter 'job-id' is missing")
+	}
+	if d.jobs.Get(id) != nil {
+		return Errorf("Job ID '%s' already in use", id)
+	}
+	return nil
+}
+
+// MirrorArgs is blockdev-mirror's argument.
+type MirrorArgs struct {
+	JobArgs
+	Device      string `json:"device"`
+	Target      string `json:"target"`
+	Sync        string `json:"sync"`
+	Replaces    string `json:"replaces" qmp:"optional"`
+	Granularity int64  `json:"granularity" qmp:"optional"`
+	BufSize     int64  `json:"buf-size" qmp:"optional"`
+	FilterNode  string `json:"filter-node-name" qmp:"optional"`
+	CopyMode    string `json:"copy-mode" qmp:"optional"`
+}
+
+// BackupArgs is blockdev-backup's argument.
+type BackupArgs struct {
+	JobArgs
+	Device     string `json:"device"`
+	Target     string `json:"target"`
+	Sync       string `json:"sync"`
+	Bitmap     string `json:"bitmap" qmp:"optional"`
+	BitmapMode string `json:"bitmap-mode" qmp:"optional"`
+	Compress   bool   `json:"compress" qmp:"optional"`
+	FilterNode string `json:"filter-node-name" qmp:"optional"`
+}
+
+// StreamArgs is block-stream's argument.
+type StreamArgs struct {
+	JobArgs
+	Device      string `json:"device"`
+	Base        string `json:"base" qmp:"optional"`
+	BaseNode    string `json:"base-node" qmp:"optional"`
+	Bottom      string `json:"bottom" qmp:"optional"`
+	BackingFile string `json:"backing-file" qmp:"optional"`
+	OnError     string `json:"on-error" qmp:"optional"`
+	FilterNode  string `json:"filter-node-name" qmp:"optional"`
+}
+
+// CommitArgs is block-commit's argument.
+type CommitArgs struct {
+	JobArgs
+	Device      string `json:"device"`
+	BaseNode    string `json:"base-node" qmp:"optional"`
+	Base        string `json:"base" qmp:"optional"`
+	TopNode     string `json:"top-node" qmp:"optional"`
+	Top         string `json:"top" qmp:"optional"`
+	BackingFile string `json:"backing-file" qmp:"optional"`
+	OnError     string `json:"on-error" qmp:"optional"`
+	FilterNode  string `json:"filter-node-name" qmp:"optional"`
+}
+
+func (d *Daemon) newMirror(a *MirrorArgs) (*job.Job, error) {
+	j, _, err := d.newMirrorDriver(a)
+	return j, err
+}
+
+func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
+	src, qerr := d.rootOf(a.Device)
+	if qerr != nil {
+		return nil, nil, qerr
+	}
+	tgt, qerr := d.graphNode(a.Target)
+	if qerr != nil {
+		return nil, nil, qerr
+	}
+	if a.Replaces != "" || a.FilterNode != "" {
+		return nil, nil, Errorf("Parameters 'replaces' and 'filter-node-name' are not supported")
+	}
+	o, err := a.options(a.Device)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := d.checkJobID(o.ID); err != nil {
+		return nil, nil, err
+	}
+	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity}
+	switch a.Sync {
+	case "full":
+		mo.Sync = job.MirrorFull
+	case "top":
+		mo.Sync = job.MirrorTop
+	case "none":
+		mo.Sync = job.MirrorNone
+	default:
+		return nil, nil, Errorf("Invalid parameter 'sync': '%s' (full, top, none)", a.Sync)
+	}
+	switch a.CopyMode {
+	case "", "background":
+	case "write-blocking":
+		mo.CopyMode = job.WriteBlocking
+	default:
+		return nil, nil, Errorf("Invalid parameter 'copy-mode': '%s'", a.CopyMode)
+	}
+	j, drv, err := job.NewMirror(d.jobs, mo)
+	if err != nil {
+		return nil, nil, Errorf("%v", err)
+	}
+	return j, drv, nil
+}
+
+func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
+	src, qerr := d.rootOf(a.Device)
+	if qerr != nil {
+		return job.BackupOptions{}, qerr
+	}
+	tgt, qerr := d.graphNode(a.Target)
+	if qerr != nil {
+		return job.BackupOptions{}, qerr
+	}
+	if a.Compress || a.FilterNode != "" {
+		return job.BackupOptions{}, Errorf("Parameters 'compress' and 'filter-node-name' are not supported")
+	}
+	o, err := a.options(a.Device)
+	if err != nil {
+		return job.BackupOptions{}, err
+	}
+	bo := job.BackupOptions{Options: o, Source: src, Target: tgt, Bitmap: a.Bitmap}
+	switch a.Sync {
+	case "full":
+		bo.Sync = job.BackupFull
+	case "top":
+		bo.Sync = job.BackupTop
+	case "incremental":
+		bo.Sync = job.BackupIncremental
+	case "bitmap":
+		bo.Sync = job.BackupBitmap
+	default:
+		return bo, Errorf("Invalid parameter 'sync': '%s' (full, top, incremental, bitmap)", a.Sync)
+	}
+	switch a.BitmapMode {
+	case "", "on-success":
+	case "always":
+		bo.BitmapMode = job.Always
+	case "never":
+		bo.BitmapMode = job.Never
+	default:
+		return bo, Errorf("Invalid parameter 'bitmap-mode': '%s'", a.BitmapMode)
+	}
+	if (bo.Sync == job.BackupIncremental || bo.Sync == job.BackupBitmap) && a.Bitmap == "" {
+		return bo, Errorf("must provide a valid bitmap name for '%s' sync mode", a.Sync)
+	}
+	if a.Bitmap != "" && src.Bitmap(a.Bitmap) == nil {
+		return bo, Errorf("Bitmap '%s' could not be found", a.Bitmap)
+	}
+	return bo, d.checkJobID(o.ID)
+}
+
+func (d *Daemon) newStream(a *StreamArgs) (*job.Job, error) {
+	top, qerr := d.rootOf(a.Device)
+	if qerr != nil {
+		return nil, qerr
+	}
+	if a.Bottom != "" || a.FilterNode != "" {
+		return nil, Errorf("Parameters 'bottom' and 'filter-node-name' are not supported")
+	}
+	var base *block.Node
+	switch {
+	case a.Base != "" && a.BaseNode != "":
+		return nil, Errorf("'base' and 'base-node' cannot be specified at the same time")
+	case a.BaseNode != "":
+		if base, qerr = d.graphNode(a.BaseNode); qerr != nil {
+			return nil, qerr
+		}
+	case a.Base != "":
+		if base = d.nodeByFile(top, a.Base); base == nil {
+			return nil, Errorf("Can't find '%s' in the backing chain", a.Base)
+		}
+	}
+	ja := a.JobArgs
+	ja.OnSourceError = a.OnError
+	o, err := ja.options(a.Device)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.checkJobID(o.ID); err != nil {
+		return nil, err
+	}
+	j, _, err := job.NewStream(d.jobs, job.StreamOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile})
+	if err != nil {
+		return nil, Errorf("%v", err)
+	}
+	return j, nil
+}
+
+// nodeByFile finds the node of top's backing chain whose file is name.
+func (d *Daemon) nodeByFile(top *block.Node, name string) (found *block.Node) {
+	d.h.Graph().Control(func() {
+		for n := top; n != nil; {
+			if _, f := driverName(n); f == name {
+				found = n
+				return
+			}
+			c := n.Child(block.RoleBacking)
+			if c == nil {
+				return
+			}
+			n = c.Node()
+		}
+	})
+	return found
+}
+
+func (d *Daemon) newCommit(a *CommitArgs) (*job.Job, error) {
+	root, qerr := d.rootOf(a.Device)
+	if qerr != nil {
+		return nil, qerr
+	}
+	if a.FilterNode != "" {
+		return nil, Errorf("Parameter 'filter-node-name' is not supported")
+	}
+	top := root
+	switch {
+	case a.Top != "" && a.TopNode != "":
+		return nil, Errorf("'top-node' and 'top' are mutually exclusive")
+	case a.TopNode != "":
+		if top, qerr = d.graphNode(a.TopNode); qerr != nil {
+			return nil, qerr
+		}
+	case a.Top != "":
+		if top = d.nodeByFile(root, a.Top); top == nil {
+			return nil, Errorf("Top image file %s not found", a.Top)
+		}
+	}
+	var base *block.Node
+	switch {
+	case a.Base != "" && a.BaseNode != "":
+		return nil, Errorf("'base-node' and 'base' are mutually exclusive")
+	case a.BaseNode != "":
+		if base, qerr = d.graphNode(a.BaseNode); qerr != nil {
+			return nil, qerr
+		}
+	case a.Base != "":
+		if base = d.nodeByFile(top, a.Base); base == nil {
+			return nil, Errorf("Can't find '%s' in the backing chain", a.Base)
+		}
+	default:
+		// The bottom of the chain.
+		d.h.Graph().Control(func() {
+			for n := top; n != nil; {
+				c := n.Child(block.RoleBacking)
+				if c == nil || c.Node() == nil {
+					base = n
+					return
+				}
+				n = c.Node()
+			}
+		})
+		if base == top {
+			return nil, Errorf("Top image '%s' has no backing file to commit into", top.Name())
+		}
+	}
+	ja := a.JobArgs
+	ja.OnSourceError = a.OnError
+	o, err := ja.options(a.Device)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.checkJobID(o.ID); err != nil {
+		return nil, err
+	}
+	// An external snapshot left the base inactive (read-only in the
+	// block layer); the commit writes into it, as QEMU reopens it
+	// read-write. It stays active afterwards: only jobs write to a
+	// backing node.
+	if err := makeWritable(base); err != nil {
+		return nil, Errorf("Could not make '%s' writable for the commit: %v", base.Name(), err)
+	}
+	j, _, err := job.NewCommit(d.jobs, job.CommitOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile})
+	if err != nil {
+		return nil, Errorf("%v", err)
+	}
+	return j, nil
+}
+
+// makeWritable undoes what an external snapshot did to its old top, for a
+// commit into it: the node is activated and its file, reopened read-only
+// by the snapshot, is reopened read-write (raw.Driver.ReopenReadWrite;
+// another process reading it without sharing writes makes this fail).
+func makeWritable(n *block.Node) error {
+	if err := n.Activate(); err != nil {
+		return err
+	}
+	var file *raw.Driver
+	n.Graph().Control(func() {
+		if r, ok := n.Driver().(*raw.Driver); ok {
+			file = r
+			return
+		}
+		for _, c := range n.Children() {
+			if c.Role()&block.RoleBacking == 0 && c.Node() != nil {
+				if r, ok := c.Node().Driver().(*raw.Driver); ok {
+					file = r
+				}
+			}
+		}
+	})
+	if file == nil {
+		return nil
+	}
+	n.DrainedBegin()
+	defer n.DrainedEnd()
+	var err error
+	n.Graph().Control(func() { err = file.ReopenReadWrite() })
+	return err
+}
+
+func (d *Daemon) startJob(j *job.Job, err error) error {
+	if err != nil {
+		return err
+	}
+	if err := j.Start(); err != nil {
+		return errors.Join(Errorf("%v", err), j.Discard())
+	}
+	return nil
+}
+
+type jobIDArg struct {
+	ID string `json:"id"`
+}
+
+type blockJobArg struct {
+	Device string `json:"device"`
+	Force  bool   `json:"force" qmp:"optional"`
+}
+
+type setSpeedArg struct {
+	Device string `json:"device"`
+	Speed  int64  `json:"speed"`
+}
+
+func (d *Daemon) job(id string) (*job.Job, error) {
+	if j := d.jobs.Get(id); j != nil {
+		return j, nil
+	}
+	return nil, &Error{Class: DeviceNotActive, Desc: fmt.Sprintf("Block job '%s' not found", id)}
+}
+
+func verbErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return Errorf("%v", err)
+}
+
+func (d *Daemon) queryJobs() []map[string]any {
+	out := []map[string]any{}
+	for _, in := range d.jobs.List() {
+		m := map[string]any{"id": in.ID, "type": in.Type, "status": in.Status.String(),
+			"current-progress": in.Current, "total-progress": in.Total}
+		if in.Error != "" {
+			m["error"] = in.Error
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func (d *Daemon) queryBlockJobs() []map[string]any {
+	out := []map[string]any{}
+	for _, in := range d.jobs.List() {
+		if in.Status == job.Concluded || in.Status == job.Null {
+			continue
+		}
+		out = append(out, map[string]any{"type": in.Type, "device": in.ID, "len": in.Total, "offset": in.Current,
+			"busy": in.Busy, "paused": in.Paused, "speed": in.Speed, "io-status": in.IOStatus, "ready": in.Ready,
+			"status": in.Status.String(), "auto-finalize": true, "auto-dismiss": true})
+	}
+	return out
+}
+
+// ---- dirty bitmaps ----
+
+// BitmapArgs names a bitmap (QAPI's BlockDirtyBitmap).
+type BitmapArgs struct {
+	Node string `json:"node"`
+	Name string `json:"name"`
+}
+
+// BitmapAddArgs is block-dirty-bitmap-add's argument.
+type BitmapAddArgs struct {
+	Node        string `json:"node"`
+	Name        string `json:"name"`
+	Granularity int64  `json:"granularity" qmp:"optional"`
+	Persistent  bool   `json:"persistent" qmp:"optional"`
+	Disabled    bool   `json:"disabled" qmp:"optional"`
+}
+
+// BitmapMergeArgs is block-dirty-bitmap-merge's argument; a source is a
+// bitmap name on node or a {node, name} object.
+type BitmapMergeArgs struct {
+	Node    string      `json:"node"`
+	Target  string      `json:"target"`
+	Bitmaps []BitmapRef `json:"bitmaps"`
+}
+
+// BitmapRef is QAPI's BlockDirtyBitmapOrStr.
+type BitmapRef struct {
+	Node, Name string
+}
+
+// UnmarshalJSON accepts a name or {node, name}.
+func (r *BitmapRef) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return jsonUnmarshal(b, &r.Name)
+	}
+	var o BitmapArgs
+	if err := strictUnmarshal(b, &o); err != nil {
+		return Errorf("Invalid parameter type for 'bitmaps', expected: BlockDirtyBitmapOrStr")
+	}
+	r.Node, r.Name = o.Node, o.Name
+	return nil
+}
+
+// bitmapNode resolves a bitmap's node (a device name or node name).
+func (d *Daemon) bitmapNode(node string) (*block.Node, error) {
+	n, qerr := d.rootOf(node)
+	if qerr != nil {
+		return nil, qerr
+	}
+	return n, nil
+}
+
+func (d *Daemon) findBitmap(node, name string) (*block.Node, *bitmap.Bitmap, error) {
+	n, err := d.bitmapNode(node)
+	if err != nil {
+		return nil, nil, err
+	}
+	if name == "" {
+		return nil, nil, Errorf("Bitmap name cannot be empty")
+	}
+	b := n.Bitmap(name)
+	if b == nil {
+		return nil, nil, Errorf("Dirty bitmap '%s' not found", name)
+	}
+	return n, b, nil
+}
+
+func busyErr(b *bitmap.Bitmap) error {
+	return Errorf("Bitmap '%s' is currently in use by another operation and cannot be used", b.Name())
+}
+
+// bitmapAction is one dirty-bitmap transaction action; each also runs
+// alone as its command. The node is drained from prepare to clean, so no
+// write marks a bitmap between the check and the change.
+type bitmapAction struct {
+	d    *Daemon
+	kind string
+	add  BitmapAddArgs
+	ref  BitmapArgs
+	mrg  BitmapMergeArgs
+
+	dr     txn.Drained
+	n      *block.Node
+	b      *bitmap.Bitmap
+	saved  *bitmap.Bitmap // content before the change (clear, merge)
+	wasOn  bool
+	done   bool // prepare made its change
+	detach bool
+}
+
+func (a *bitmapAction) Prepare() error {
+	node := a.ref.Node
+	switch a.kind {
+	case "block-dirty-bitmap-add":
+		node = a.add.Node
+	case "block-dirty-bitmap-merge":
+		node = a.mrg.Node
+	}
+	n, err := a.d.bitmapNode(node)
+	if err != nil {
+		return err
+	}
+	a.n = n
+	a.dr.Begin(n)
+	switch a.kind {
+	case "block-dirty-bitmap-add":
+		if a.add.Name == "" {
+			return Errorf("Bitmap name cannot be empty")
+		}
+		if a.add.Persistent {
+			return Errorf("Persistent bitmaps are not supported (they live in memory only)")
+		}
+		g := a.add.Granularity
+		if g != 0 && (g < 512 || g&(g-1) != 0) {
+			return Errorf("Granularity must be power of 2 and at least 512")
+		}
+		if n.Bitmap(a.add.Name) != nil {
+			return Errorf("Bitmap already exists: %s", a.add.Name)
+		}
+		b, err := n.AddBitmap(a.add.Name, g)
+		if err != nil {
+			return Errorf("%v", err)
+		}
+		b.SetEnabled(!a.add.Disabled)
+		a.b, a.done = b, true
+		return nil
+	case "block-dirty-bitmap-merge":
+		tgt := n.Bitmap(a.mrg.Target)
+		if tgt == nil {
+			return Errorf("Dirty bitmap '%s' not found", a.mrg.Target)
+		}
+		if tgt.Busy() {
+			return busyErr(tgt)
+		}
+		var srcs []*bitmap.Bitmap
+		for _, r := range a.mrg.Bitmaps {
+			sn := n
+			if r.Node != "" {
+				if sn, err = a.d.bitmapNode(r.Node); err != nil {
+					return err
+				}
+			}
+			s := sn.Bitmap(r.Name)
+			if s == nil {
+				return Errorf("Dirty bitmap '%s' not found", r.Name)
+			}
+			srcs = append(srcs, s)
+		}
+		a.b, a.saved = tgt, tgt.Copy(tgt.Name(), tgt.Enabled())
+		for _, s := range srcs {
+			if err := tgt.Merge(s); err != nil {
+				a.done = true
+				return Errorf("%v", err)
+			}
+		}
+		a.done = true
+		return nil
+	}
+	b := n.Bitmap(a.ref.Name)
+	if b == nil {
+		return Errorf("Dirty bitmap '%s' not found", a.ref.Name)
+	}
+	if b.Busy() {
+		return busyErr(b)
+	}
+	a.b, a.wasOn = b, b.Enabled()
+	switch a.kind {
+	case "block-dirty-bitmap-remove":
+		n.Graph().Control(func() { n.DetachBitmap(b) }) // a main-Context call
+		a.detach = true
+	case "block-dirty-bitmap-clear":
+		a.saved = b.Copy(b.Name(), b.Enabled())
+		b.Clear()
+	case "block-dirty-bitmap-enable":
+		b.SetEnabled(true)
+	case "block-dirty-bitmap-disable":
+		b.SetEnabled(false)
+	}
+	a.done = true
+	return nil
+}
+
+func (a *bitmapAction) Commit() error { return nil }
+
+func (a *bitmapAction) Abort() {
+	if !a.done {
+		return
+	}
+	switch a.kind {
+	case "block-dirty-bitmap-add":
+		_ = a.n.RemoveBitmap(a.b.Name())
+	case "block-dirty-bitmap-remove":
+		_ = a.n.AttachBitmap(a.b)
+	case "block-dirty-bitmap-clear", "block-dirty-bitmap-merge":
+		a.b.Clear()
+		_ = a.b.Merge(a.saved)
+	case "block-dirty-bitmap-enable", "block-dirty-bitmap-disable":
+		a.b.SetEnabled(a.wasOn)
+	}
+}
+
+func (a *bitmapAction) Clean() { _ = a.dr.End() }
+
+// backupAction is blockdev-backup as a transaction action: the job is
+// created in prepare inside the source's drained section (so its point
+// in time is the same for every action), started in commit, discarded on
+// abort.
+type backupAction struct {
+	d   *Daemon
+	a   BackupArgs
+	dr  txn.Drained
+	j   *job.Job
+	drv *job.Backup
+}
+
+func (b *backupAction) Prepare() error {
+	bo, err := backupOptions(b.d, &b.a)
+	if err != nil {
+		return err
+	}
+	b.dr.Begin(bo.Source)
+	bo.Drained = true
+	j, drv, err := job.NewBackup(b.d.jobs, bo)
+	if err != nil {
+		return Errorf("%v", err)
+	}
+	b.j, b.drv = j, drv
+	return nil
+}
+
+func (b *backupAction) Commit() error {
+	if err := b.j.Start(); err != nil {
+		return Errorf("%v", err)
+	}
+	return nil
+}
+
+// Abort drops the job that never ran: the driver's Clean first (it
+// removes the copy-before-write filter and gives the bitmap back; Discard
+// alone leaves them), then Discard.
+func (b *backupAction) Abort() {
+	if b.j != nil {
+		b.drv.Clean(b.j)
+		_ = b.j.Discard()
+	}
+}
+
+func (b *backupAction) Clean() { _ = b.dr.End() }
+
+// mirrorAction is blockdev-mirror as a transaction action (a ringblk
+// extension: QEMU has none): the job is created in prepare, inside the
+// source's drained section, and started in commit; abort cleans the
+// driver (its filter) and discards the job.
+type mirrorAction struct {
+	d   *Daemon
+	a   MirrorArgs
+	dr  txn.Drained
+	j   *job.Job
+	drv *job.Mirror
+}
+
+func (m *mirrorAction) Prepare() error {
+	src, qerr := m.d.rootOf(m.a.Device)
+	if qerr != nil {
+		return qerr
+	}
+	m.dr.Begin(src)
+	j, drv, err := m.d.newMirrorDriver(&m.a)
+	if err != nil {
+		return err
+	}
+	m.j, m.drv = j, drv
+	return nil
+}
+
+func (m *mirrorAction) Commit() error {
+	if err := m.j.Start(); err != nil {
+		return Errorf("%v", err)
+	}
+	return nil
+}
+
+func (m *mirrorAction) Abort() {
+	if m.j != nil {
+		m.drv.Clean(m.j)
+		_ = m.j.Discard()
+	}
+}
+
+func (m *mirrorAction) Clean() { _ = m.dr.End() }
+
+// CheckpointArgs is x-ringblk-checkpoint's argument: take the next
+// checkpoint of a node's chain (package job's Chain).
+type CheckpointArgs struct {
+	Node        string `json:"node"`
+	Chain       string `json:"chain"`
+	Granularity int64  `json:"granularity" qmp:"optional"`
+}
+
+// checkpointAction freezes the bitmap that tracked writes since the
+// previous checkpoint of the chain and starts a new one, inside the
+// node's drained section, so that other actions of the transaction (a
+// backup of the same node) start at exactly that boundary. Abort deletes
+// the checkpoint again (its changes merge back into the active bitmap;
+// a chain's first checkpoint takes its bitmap away with it).
+type checkpointAction struct {
+	d     *Daemon
+	a     CheckpointArgs
+	dr    txn.Drained
+	chain *job.Chain
+	n     *block.Node
+	cp    *job.Checkpoint
+	fresh bool // the chain was made by this action
+}
+
+func (c *checkpointAction) Prepare() error {
+	if c.a.Chain == "" || strings.ContainsRune(c.a.Chain, '@') {
+		return Errorf("Invalid parameter 'chain': a non-empty name without '@'")
+	}
+	n, err := c.d.bitmapNode(c.a.Node)
+	if err != nil {
+		return err
+	}
+	c.n = n
+	c.dr.Begin(n)
+	key := n.Name() + "/" + c.a.Chain
+	c.d.mu.Lock()
+	ch := c.d.chains[key]
+	c.d.mu.Unlock()
+	if ch == nil {
+		if n.Bitmap(c.a.Chain) != nil {
+			return Errorf("Bitmap already exists: %s", c.a.Chain)
+		}
+		if ch, err = job.NewChain(n, c.a.Chain, c.a.Granularity); err != nil {
+			return Errorf("%v", err)
+		}
+		c.fresh = true
+	}
+	cp, err := ch.Checkpoint(nil)
+	if err != nil {
+		return Errorf("%v", err)
+	}
+	c.chain, c.cp = ch, cp
+	c.d.mu.Lock()
+	c.d.chains[key] = ch
+	c.d.mu.Unlock()
+	return nil
+}
+
+func (c *checkpointAction) Commit() error { return nil }
+
+func (c *checkpointAction) Abort() {
+	if c.cp == nil {
+		return
+	}
+	_ = c.chain.Delete(c.cp.Seq)
+	if c.cp.Changes == nil { // the chain's first: its bitmap is new
+		_ = c.n.RemoveBitmap(c.a.Chain)
+	}
+	if c.fresh {
+		c.d.mu.Lock()
+		delete(c.d.chains, c.n.Name()+"/"+c.a.Chain)
+		c.d.mu.Unlock()
+	}
+}
+
+func (c *checkpointAction) Clean() { _ = c.dr.End() }
+
+func (d *Daemon) registerJobs(r *Registry) {
+	r.Register("query-jobs", nil, func(*Client, any) (any, error) { return d.queryJobs(), nil })
+	r.Register("query-block-jobs", nil, func(*Client, any) (any, error) { return d.queryBlockJobs(), nil })
+	verb := func(f func(j *job.Job) error) Handler {
+		return func(_ *Client, a any) (any, error) {
+			j, err := d.job(a.(*jobIDArg).ID)
+			if err != nil {
+				return nil, err
+			}
+			return nil, verbErr(f(j))
+		}
+	}
+	r.Register("job-pause", &jobIDArg{}, verb((*job.Job).Pause))
+	r.Register("job-resume", &jobIDArg{}, verb((*job.Job).Resume))
+	r.Register("job-cancel", &jobIDArg{}, verb(func(j *job.Job) error { return j.Cancel(true) }))
+	r.Register("job-complete", &jobIDArg{}, verb((*job.Job).Complete))
+	r.Register("job-finalize", &jobIDArg{}, verb((*job.Job).Finalize))
+	r.Register("job-dismiss", &jobIDArg{}, verb((*job.Job).Dismiss))
+	bverb := func(f func(j *job.Job, a *blockJobArg) error) Handler {
+		return func(_ *Client, a any) (any, error) {
+			x := a.(*blockJobArg)
+			j, err := d.job(x.Device)
+			if err != nil {
+				return nil, err
+			}
+			return nil, verbErr(f(j, x))
+		}
+	}
+	r.Register("block-job-pause", &blockJobArg{}, bverb(func(j *job.Job, _ *blockJobArg) error { return j.Pause() }))
+	r.Register("block-job-resume", &blockJobArg{}, bverb(func(j *job.Job, _ *blockJobArg) error { return j.Resume() }))
+	r.Register("block-job-cancel", &blockJobArg{}, bverb(func(j *job.Job, a *blockJobArg) error { return j.Cancel(a.Force) }))
+	r.Register("block-job-complete", &blockJobArg{}, bverb(func(j *job.Job, _ *blockJobArg) error { return j.Complete() }))
+	r.Register("block-job-set-speed", &setSpeedArg{}, func(_ *Client, a any) (any, error) {
+		x := a.(*setSpeedArg)
+		j, err := d.job(x.Device)
+		if err != nil {
+			return nil, err
+		}
+		return nil, verbErr(j.SetSpeed(x.Speed))
+	})
+	r.Register("blockdev-mirror", &MirrorArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.startJob(d.newMirror(a.(*MirrorArgs)))
+	})
+	r.Register("block-stream", &StreamArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.startJob(d.newStream(a.(*StreamArgs)))
+	})
+	r.Register("block-commit", &CommitArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.startJob(d.newCommit(a.(*CommitArgs)))
+	})
+	single := func(typ string) Handler {
+		return func(_ *Client, a any) (any, error) {
+			raw, err := jsonMarshal(a)
+			if err != nil {
+				return nil, err
+			}
+			return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, Data: raw}}})
+		}
+	}
+	r.Register("blockdev-backup", &BackupArgs{}, single("blockdev-backup"))
+	r.Register("block-dirty-bitmap-add", &BitmapAddArgs{}, single("block-dirty-bitmap-add"))
+	for _, k := range []string{"remove", "clear", "enable", "disable"} {
+		r.Register("block-dirty-bitmap-"+k, &BitmapArgs{}, single("block-dirty-bitmap-"+k))
+	}
+	r.Register("block-dirty-bitmap-merge", &BitmapMergeArgs{}, single("block-dirty-bitmap-merge"))
+	r.Register("x-ringblk-checkpoint", &CheckpointArgs{}, func(_ *Client, a any) (any, error) {
+		act := &checkpointAction{d: d, a: *a.(*CheckpointArgs)}
+		if err := d.Transaction(&TransactionArgs{}, act); err != nil {
+			return nil, err
+		}
+		return map[string]any{"seq": act.cp.Seq, "bitmap": act.cp.Name}, nil
+	})
+}
+
+// jobAction makes the transaction actions of this file.
+func (d *Daemon) jobAction(i int, a TransactionAction) (txn.Action, bool, error) {
+	switch a.Type {
+	case "blockdev-backup":
+		args, err := decodeAs[BackupArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &backupAction{d: d, a: *args}, true, nil
+	case "x-ringblk-checkpoint":
+		args, err := decodeAs[CheckpointArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &checkpointAction{d: d, a: *args}, true, nil
+	case "blockdev-mirror":
+		args, err := decodeAs[MirrorArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &mirrorAction{d: d, a: *args}, true, nil
+	case "block-dirty-bitmap-add":
+		args, err := decodeAs[BitmapAddArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &bitmapAction{d: d, kind: a.Type, add: *args}, true, nil
+	case "block-dirty-bitmap-merge":
+		args, err := decodeAs[BitmapMergeArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &bitmapAction{d: d, kind: a.Type, mrg: *args}, true, nil
+	case "block-dirty-bitmap-remove", "block-dirty-bitmap-clear", "block-dirty-bitmap-enable", "block-dirty-bitmap-disable":
+		args, err := decodeAs[BitmapArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &bitmapAction{d: d, kind: a.Type, ref: *args}, true, nil
+	}
+	return nil, false, nil
+}
+
+// refreshAllExports makes every export re-read its chain (after a job
+// pivoted nodes, which the daemon learns from the job's event).
+func (d *Daemon) refreshAllExports() {
+	d.mu.Lock()
+	exps := make([]*export, 0, len(d.exports))
+	for _, e := range d.exports {
+		exps = append(exps, e)
+	}
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return
+	}
+	for _, e := range exps {
+		_ = e.exp.Refresh()
+	}
+}

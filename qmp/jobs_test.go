@@ -1,0 +1,426 @@
+package qmp
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/job"
+)
+
+func okReply(t *testing.T, c *rawClient, cmd string) any {
+	t.Helper()
+	r := c.do(cmd)
+	if _, ok := r["return"]; !ok {
+		t.Fatalf("%s: %v", cmd, r)
+	}
+	return r["return"]
+}
+
+func fill(t *testing.T, d *Daemon, node string, b byte, off, n int64) {
+	t.Helper()
+	if _, err := d.nodes[node].dev.WriteAt(bytes.Repeat([]byte{b}, int(n)), off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readBack(t *testing.T, dev *host.Device, off, n int64) []byte {
+	t.Helper()
+	buf := make([]byte, n)
+	if _, err := dev.ReadAt(buf, off); err != nil {
+		t.Fatal(err)
+	}
+	return buf
+}
+
+// TestMirrorReadyCompleteOverQMP: blockdev-mirror of a drive on an
+// IOThread to a second node: JOB_STATUS_CHANGE and BLOCK_JOB_READY,
+// job-complete, BLOCK_JOB_COMPLETED; the target then holds the data and
+// the drive's device uses it.
+func TestMirrorReadyCompleteOverQMP(t *testing.T) {
+	d, dir, sock := testServer(t, 2, Options{})
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	fill(t, d, "src", 0x5a, 0, 1<<20)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`)
+	okReply(t, c, `{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"src","iothread":"io0"}}`)
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m0","device":"src","target":"tgt","sync":"full"}}`)
+	c.waitEvent("BLOCK_JOB_READY", "m0")
+	jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any)
+	if len(jobs) != 1 || jobs[0].(map[string]any)["status"] != "ready" {
+		t.Fatalf("query-jobs %v", jobs)
+	}
+	okReply(t, c, `{"execute":"job-complete","arguments":{"id":"m0"}}`)
+	ev := c.waitEvent("BLOCK_JOB_COMPLETED", "m0")
+	if _, failed := ev["data"].(map[string]any)["error"]; failed {
+		t.Fatalf("completed with %v", ev)
+	}
+	if got := readBack(t, d.nodes["src"].dev, 0, 1<<20); !bytes.Equal(got, bytes.Repeat([]byte{0x5a}, 1<<20)) {
+		t.Fatal("data after the pivot differs")
+	}
+	if r := d.nodes["src"].dev.Root().Name(); r != "tgt" {
+		t.Fatalf("the drive's device uses %s after the pivot, want tgt", r)
+	}
+}
+
+// TestMirrorAsTransactionAction: blockdev-mirror in a transaction (a
+// ringblk extension) starts at commit, gets ready, and a cancel of the
+// ready job leaves the source in place.
+func TestMirrorAsTransactionAction(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"transaction","arguments":{"actions":[
+		{"type":"blockdev-mirror","data":{"job-id":"m","device":"src","target":"tgt","sync":"full"}},
+		{"type":"block-dirty-bitmap-add","data":{"node":"tgt","name":"since-mirror"}}]}}`)
+	c.waitEvent("BLOCK_JOB_READY", "m")
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m"}}`)
+	c.waitEvent("JOB_STATUS_CHANGE", "m")
+	for len(okReply(t, c, `{"execute":"query-jobs"}`).([]any)) > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if r := d.nodes["src"].dev.Root().Name(); r != "src" {
+		t.Fatalf("after the cancel the device is on %s, want src", r)
+	}
+}
+
+// TestBackupWithBitmapCheckpointInOneTransaction: the classic
+// incremental-backup start: add a bitmap and start a full backup in one
+// transaction (the same point in time); later writes land in the bitmap;
+// an incremental backup copies only them.
+func TestBackupWithBitmapCheckpointInOneTransaction(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	addQcow2(t, d, dir, "full")
+	addQcow2(t, d, dir, "inc")
+	fill(t, d, "disk0", 1, 0, 1<<20)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"transaction","arguments":{"actions":[
+		{"type":"block-dirty-bitmap-add","data":{"node":"disk0","name":"bm0"}},
+		{"type":"blockdev-backup","data":{"job-id":"b0","device":"disk0","target":"full","sync":"full"}}]}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "b0")
+	fill(t, d, "disk0", 2, 2<<20, 64<<10)
+	bm := d.nodes["disk0"].dev.Root().Bitmap("bm0")
+	if bm == nil || bm.Count() == 0 {
+		t.Fatalf("bitmap %v: the write after the checkpoint is not in it", bm)
+	}
+	okReply(t, c, `{"execute":"blockdev-backup","arguments":{"job-id":"b1","device":"disk0","target":"inc","sync":"incremental","bitmap":"bm0"}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "b1")
+	if got := readBack(t, d.nodes["full"].dev, 0, 1<<20); !bytes.Equal(got, bytes.Repeat([]byte{1}, 1<<20)) {
+		t.Fatal("full backup differs")
+	}
+	if got := readBack(t, d.nodes["inc"].dev, 2<<20, 64<<10); !bytes.Equal(got, bytes.Repeat([]byte{2}, 64<<10)) {
+		t.Fatal("incremental backup lacks the new write")
+	}
+	if got := readBack(t, d.nodes["inc"].dev, 0, 64<<10); !bytes.Equal(got, make([]byte, 64<<10)) {
+		t.Fatal("incremental backup copied old data")
+	}
+	if bm.Count() != 0 {
+		t.Fatalf("bitmap holds %d bytes after the incremental backup", bm.Count())
+	}
+}
+
+// TestBitmapAndBackupActionsAbort: each bitmap action and a backup,
+// followed by an abort action, leaves the bitmaps as they were and starts
+// no job.
+func TestBitmapAndBackupActionsAbort(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	addQcow2(t, d, dir, "tgt")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"disk0","name":"a"}}`)
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"disk0","name":"b","disabled":true}}`)
+	fill(t, d, "disk0", 9, 0, 128<<10)
+	root := d.nodes["disk0"].dev.Root()
+	state := func() string {
+		var parts []string
+		for _, b := range root.Bitmaps() {
+			parts = append(parts, fmt.Sprintf("%s:%v:%d", b.Name(), b.Enabled(), b.Count()))
+		}
+		sort.Strings(parts) // the order of a node's bitmaps means nothing
+		return strings.Join(parts, " ")
+	}
+	before := state()
+	for _, act := range []string{
+		`{"type":"block-dirty-bitmap-add","data":{"node":"disk0","name":"c"}}`,
+		`{"type":"block-dirty-bitmap-remove","data":{"node":"disk0","name":"a"}}`,
+		`{"type":"block-dirty-bitmap-clear","data":{"node":"disk0","name":"a"}}`,
+		`{"type":"block-dirty-bitmap-enable","data":{"node":"disk0","name":"b"}}`,
+		`{"type":"block-dirty-bitmap-disable","data":{"node":"disk0","name":"a"}}`,
+		`{"type":"block-dirty-bitmap-merge","data":{"node":"disk0","target":"b","bitmaps":["a"]}}`,
+		`{"type":"blockdev-backup","data":{"job-id":"bk","device":"disk0","target":"tgt","sync":"full"}}`,
+		`{"type":"blockdev-mirror","data":{"job-id":"mi","device":"disk0","target":"tgt","sync":"full"}}`,
+	} {
+		r := c.do(`{"execute":"transaction","arguments":{"actions":[` + act + `,{"type":"abort","data":{}}]}}`)
+		wantError(t, r, GenericError, "Transaction aborted using Abort action")
+		if got := state(); got != before {
+			t.Errorf("%s: bitmaps %s after the abort, want %s", act, got, before)
+		}
+		if n := len(okReply(t, c, `{"execute":"query-jobs"}`).([]any)); n != 0 {
+			t.Errorf("%s: %d jobs after the abort", act, n)
+		}
+		if top := d.nodes["disk0"].dev.Root(); top != root {
+			t.Errorf("%s: the device's top is %s after the abort (a job's filter left?)", act, top.Name())
+		}
+	}
+	// Applied alone, the merge puts a's bits into b.
+	okReply(t, c, `{"execute":"block-dirty-bitmap-merge","arguments":{"node":"disk0","target":"b","bitmaps":["a"]}}`)
+	if b := root.Bitmap("b"); b.Count() != root.Bitmap("a").Count() {
+		t.Fatalf("merge: b has %d, a %d", b.Count(), root.Bitmap("a").Count())
+	}
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"disk0","name":"a"}}`), GenericError, "Bitmap already exists: a")
+	// query-named-block-nodes reports them as QEMU does.
+	for _, n := range okReply(t, c, `{"execute":"query-named-block-nodes"}`).([]any) {
+		m := n.(map[string]any)
+		if m["node-name"] != "disk0" {
+			continue
+		}
+		bms, _ := m["dirty-bitmaps"].([]any)
+		if len(bms) != 2 {
+			t.Fatalf("dirty-bitmaps %v", m["dirty-bitmaps"])
+		}
+		for _, b := range bms {
+			bm := b.(map[string]any)
+			if bm["name"] == "a" && (bm["count"] != 131072.0 || bm["recording"] != true || bm["granularity"] != 65536.0) {
+				t.Fatalf("bitmap a: %v", bm)
+			}
+		}
+	}
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"zz"}}`), GenericError, "Dirty bitmap 'zz' not found")
+}
+
+// TestStreamRefusedActiveCommitCompletes: after an external snapshot,
+// block-stream to the bottom is refused with the job package's reason
+// (it must rewrite the qcow2 header's backing file name, which the qcow2
+// driver cannot do yet) and changes nothing; block-commit of the overlay
+// (an active commit) gets ready, completes on job-complete, and the
+// device then uses the base again with all the data.
+func TestStreamRefusedActiveCommitCompletes(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	fill(t, d, "disk0", 3, 0, 256<<10)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"blockdev-snapshot-sync","arguments":{"node-name":"disk0","snapshot-file":"`+filepath.Join(dir, "s1.qcow2")+`","snapshot-node-name":"s1"}}`)
+	fill(t, d, "disk0", 4, 256<<10, 256<<10) // lands in s1: the device follows the snapshot
+	shape := graphShape(d)
+	wantError(t, c.do(`{"execute":"block-stream","arguments":{"job-id":"st","device":"s1"}}`), GenericError, "cannot drop its backing file")
+	if got := graphShape(d); got != shape {
+		t.Fatalf("graph changed by the refused stream:\n%s\n%s", shape, got)
+	}
+	okReply(t, c, `{"execute":"block-commit","arguments":{"job-id":"cm","device":"disk0"}}`)
+	c.waitEvent("BLOCK_JOB_READY", "cm")
+	okReply(t, c, `{"execute":"job-complete","arguments":{"id":"cm"}}`)
+	ev := c.waitEvent("BLOCK_JOB_COMPLETED", "cm")
+	if e, failed := ev["data"].(map[string]any)["error"]; failed {
+		t.Fatalf("commit failed: %v", e)
+	}
+	if r := d.nodes["disk0"].dev.Root().Name(); r != "disk0" {
+		t.Fatalf("device on %s after the commit, want disk0", r)
+	}
+	want := append(bytes.Repeat([]byte{3}, 256<<10), bytes.Repeat([]byte{4}, 256<<10)...)
+	if got := readBack(t, d.nodes["disk0"].dev, 0, 512<<10); !bytes.Equal(got, want) {
+		t.Fatal("data after the commit differs")
+	}
+}
+
+// TestStressJobsTransactionsWithIO: random transactions of backups (to
+// fresh targets), bitmap actions and aborts, with writes on an IOThread
+// all along. Every job concludes, every backup holds the data of the
+// first MiB (never written during the run), no job filter is left, no
+// node stays drained or has requests in flight, and once the daemon and
+// host are closed no goroutine of theirs is left.
+func TestStressJobsTransactionsWithIO(t *testing.T) {
+	iters := 20
+	if testing.Short() {
+		iters = 8
+	}
+	// Registered first, so it runs after the server, daemon and host are
+	// closed: nothing of theirs may still run.
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<16)
+			t.Errorf("%d goroutines after close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+		}
+	})
+	d, dir, sock := testServer(t, 2, Options{})
+	addQcow2(t, d, dir, "disk0")
+	fill(t, d, "disk0", 7, 0, 1<<20) // the first MiB is never written again
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"object-add","arguments":{"qom-type":"iothread","id":"io0"}}`)
+	okReply(t, c, `{"execute":"x-blockdev-set-iothread","arguments":{"node-name":"disk0","iothread":"io0"}}`)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	dev := d.nodes["disk0"].dev
+	go func() {
+		defer close(done)
+		buf := bytes.Repeat([]byte{9}, 4096)
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := dev.WriteAt(buf, (1<<20)+(i%256)*4096); err != nil {
+				t.Errorf("write: %v", err)
+				return
+			}
+		}
+	}()
+	var targets []string
+	bitmaps := 0
+	for it := 0; it < iters; it++ {
+		tgt := fmt.Sprintf("t%d", it)
+		addQcow2(t, d, dir, tgt)
+		acts := []string{fmt.Sprintf(`{"type":"blockdev-backup","data":{"job-id":"j%d","device":"disk0","target":"%s","sync":"full"}}`, it, tgt)}
+		switch it % 3 {
+		case 0:
+			bitmaps++
+			acts = append(acts, fmt.Sprintf(`{"type":"block-dirty-bitmap-add","data":{"node":"disk0","name":"b%d"}}`, bitmaps))
+		case 1:
+			if bitmaps > 0 {
+				acts = append(acts, fmt.Sprintf(`{"type":"block-dirty-bitmap-clear","data":{"node":"disk0","name":"b%d"}}`, bitmaps))
+			}
+		}
+		abort := it%4 == 3
+		if abort {
+			acts = append(acts, `{"type":"abort","data":{}}`)
+			if strings.Contains(acts[len(acts)-2], "bitmap-add") {
+				bitmaps--
+			}
+		}
+		r := c.do(`{"execute":"transaction","arguments":{"actions":[` + strings.Join(acts, ",") + `]}}`)
+		if abort {
+			wantError(t, r, GenericError, "Transaction aborted")
+			continue
+		}
+		if _, ok := r["return"]; !ok {
+			t.Fatalf("iteration %d: %v", it, r)
+		}
+		targets = append(targets, tgt)
+		if it%2 == 0 {
+			c.waitEvent("BLOCK_JOB_COMPLETED", fmt.Sprintf("j%d", it))
+		}
+	}
+	close(stop)
+	<-done
+	for len(okReply(t, c, `{"execute":"query-jobs"}`).([]any)) > 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	want := bytes.Repeat([]byte{7}, 1<<20)
+	for _, tg := range targets {
+		if got := readBack(t, d.nodes[tg].dev, 0, 1<<20); !bytes.Equal(got, want) {
+			t.Fatalf("backup %s: the quiet first MiB differs", tg)
+		}
+	}
+	for _, n := range d.h.Graph().Nodes() {
+		if n.Quiesce() != 0 || n.InFlight() != 0 {
+			t.Errorf("node %s: quiesce %d, in flight %d", n.Name(), n.Quiesce(), n.InFlight())
+		}
+		if strings.HasPrefix(n.Name(), "#backup") {
+			t.Errorf("filter %s left in the graph", n.Name())
+		}
+	}
+	if bm := d.nodes["disk0"].dev.Root().Bitmaps(); len(bm) != bitmaps {
+		t.Errorf("%d bitmaps, want %d", len(bm), bitmaps)
+	}
+}
+
+// TestCloseCancelsRunningJobs: the daemon's Close (SIGTERM, quit) cancels
+// a ready mirror, so it does not pivot, and closes every image cleanly.
+func TestCloseCancelsRunningJobs(t *testing.T) {
+	h, err := host.New(host.Options{Contexts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	d := NewDaemon(h, NewRegistry())
+	dir := t.TempDir()
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	j, err := d.newMirror(&MirrorArgs{JobArgs: JobArgs{JobID: "m"}, Device: "src", Target: "tgt", Sync: "full"})
+	if err := d.startJob(j, err); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !j.IsReady() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !j.IsReady() {
+		t.Fatal("mirror never ready")
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("close with a running mirror: %v", err)
+	}
+	if n := d.jobs.Len(); n != 0 {
+		t.Fatalf("%d jobs after Close", n)
+	}
+	if !errors.Is(j.Result(), job.ErrCancelled) && j.Result() != nil {
+		t.Fatalf("mirror result %v", j.Result())
+	}
+	if got := d.h.Graph().Nodes(); len(got) != 0 {
+		t.Fatalf("%d nodes left after Close", len(got))
+	}
+}
+
+// TestCheckpointChain: x-ringblk-checkpoint (job.Chain through QMP):
+// an aborted first checkpoint leaves no bitmap; the first checkpoint
+// starts tracking; writes land in the active bitmap; an aborted second
+// checkpoint leaves the active bitmap with those writes; the second
+// checkpoint, in one transaction with an incremental backup of its frozen
+// bitmap, freezes exactly those writes and the backup copies exactly them.
+func TestCheckpointChain(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	addQcow2(t, d, dir, "inc")
+	fill(t, d, "disk0", 4, 0, 64<<10)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	root := d.nodes["disk0"].dev.Root()
+	aborted := `{"execute":"transaction","arguments":{"actions":[
+		{"type":"x-ringblk-checkpoint","data":{"node":"disk0","chain":"cp"}},{"type":"abort","data":{}}]}}`
+	wantError(t, c.do(aborted), GenericError, "Transaction aborted")
+	if n := len(root.Bitmaps()); n != 0 {
+		t.Fatalf("%d bitmaps after an aborted first checkpoint", n)
+	}
+	r := okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"disk0","chain":"cp"}}`).(map[string]any)
+	if r["seq"] != 1.0 || r["bitmap"] != "cp@1" {
+		t.Fatalf("first checkpoint %v", r)
+	}
+	fill(t, d, "disk0", 5, 1<<20, 64<<10)
+	wantError(t, c.do(aborted), GenericError, "Transaction aborted")
+	if bms := root.Bitmaps(); len(bms) != 1 || bms[0].Name() != "cp" || bms[0].Count() != 64<<10 || !bms[0].Enabled() {
+		t.Fatalf("after an aborted second checkpoint: %d bitmaps", len(bms))
+	}
+	// The checkpoint and the backup of what it froze, at one instant. (The
+	// aborted one used up number 2: the frozen bitmap is cp@3.)
+	okReply(t, c, `{"execute":"transaction","arguments":{"actions":[
+		{"type":"x-ringblk-checkpoint","data":{"node":"disk0","chain":"cp"}},
+		{"type":"blockdev-backup","data":{"job-id":"inc","device":"disk0","target":"inc","sync":"bitmap","bitmap":"cp@3","bitmap-mode":"never"}}]}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "inc")
+	if got := readBack(t, d.nodes["inc"].dev, 1<<20, 64<<10); !bytes.Equal(got, bytes.Repeat([]byte{5}, 64<<10)) {
+		t.Fatal("the incremental backup lacks the write since the first checkpoint")
+	}
+	if got := readBack(t, d.nodes["inc"].dev, 0, 64<<10); !bytes.Equal(got, make([]byte, 64<<10)) {
+		t.Fatal("the incremental backup copied data from before the first checkpoint")
+	}
+}

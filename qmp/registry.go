@@ -1,0 +1,193 @@
+package qmp
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+)
+
+// Handler runs one command. args is the decoded argument struct (a
+// pointer to the type given to Register) or nil for commands without
+// arguments. The result is marshalled as "return" (nil: {}).
+type Handler func(c *Client, args any) (any, error)
+
+type command struct {
+	name    string
+	argType reflect.Type // struct type, or nil
+	fn      Handler
+	params  []param
+}
+
+type param struct {
+	name     string
+	field    []int // index path (fields of embedded structs are flattened)
+	optional bool
+}
+
+// Registry maps command names to handlers.
+type Registry struct {
+	cmds map[string]*command
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry { return &Registry{cmds: map[string]*command{}} }
+
+// Register adds a command. args is a zero value of the argument struct
+// (or nil): its exported fields carry `json:"name"` tags, and fields
+// tagged `qmp:"optional"` may be left out; every other field is required.
+// Unknown members are refused, as QEMU does.
+func (r *Registry) Register(name string, args any, fn Handler) {
+	c := &command{name: name, fn: fn}
+	if args != nil {
+		t := reflect.TypeOf(args)
+		if t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			panic("qmp: arguments of " + name + " must be a struct")
+		}
+		c.argType = t
+		c.params = params(t, nil)
+	}
+	r.cmds[name] = c
+}
+
+// params lists the JSON members of struct t; an embedded struct's
+// members count as t's own (QAPI's base types, e.g. common job options).
+func params(t reflect.Type, path []int) []param {
+	var out []param
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		idx := append(append([]int(nil), path...), i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			out = append(out, params(f.Type, idx)...)
+			continue
+		}
+		tag := strings.Split(f.Tag.Get("json"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		out = append(out, param{name: tag, field: idx, optional: f.Tag.Get("qmp") == "optional"})
+	}
+	return out
+}
+
+// Names lists the registered commands, sorted.
+func (r *Registry) Names() []string {
+	out := make([]string, 0, len(r.cmds))
+	for n := range r.cmds {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (r *Registry) lookup(name string) *command { return r.cmds[name] }
+
+// decode checks raw (a JSON object or nil) against the command's
+// parameters and decodes it: QEMU's messages for a missing, unexpected or
+// mistyped member.
+func (c *command) decode(raw json.RawMessage) (any, *Error) { return c.decodeAt("", raw) }
+
+// decodeAt is decode for arguments nested in another command's (a
+// transaction's actions): prefix names their place, as QEMU's messages do
+// ("actions[0].data.").
+func (c *command) decodeAt(prefix string, raw json.RawMessage) (any, *Error) {
+	var members map[string]json.RawMessage
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &members); err != nil {
+			return nil, Errorf("QMP input member 'arguments' must be an object")
+		}
+	}
+	if c.argType == nil {
+		for k := range members {
+			return nil, Errorf("Parameter '%s%s' is unexpected", prefix, k)
+		}
+		return nil, nil
+	}
+	known := map[string]bool{}
+	for _, p := range c.params {
+		known[p.name] = true
+		if _, ok := members[p.name]; !ok && !p.optional {
+			return nil, Errorf("Parameter '%s%s' is missing", prefix, p.name)
+		}
+	}
+	keys := make([]string, 0, len(members))
+	for k := range members {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !known[k] {
+			return nil, Errorf("Parameter '%s%s' is unexpected", prefix, k)
+		}
+	}
+	v := reflect.New(c.argType)
+	for _, p := range c.params {
+		m, ok := members[p.name]
+		if !ok {
+			continue
+		}
+		f := v.Elem().FieldByIndex(p.field)
+		if err := strictUnmarshal(m, f.Addr().Interface()); err != nil {
+			return nil, typeError(prefix+p.name, f.Type(), err)
+		}
+	}
+	return v.Interface(), nil
+}
+
+// strictUnmarshal decodes m into dst refusing unknown members (nested
+// structs are QAPI structs too).
+func strictUnmarshal(m json.RawMessage, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(m))
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
+}
+
+func typeError(name string, t reflect.Type, err error) *Error {
+	var ute *json.UnmarshalTypeError
+	if errors.As(err, &ute) && ute.Field != "" {
+		return Errorf("Invalid parameter type for '%s.%s', expected: %s", name, ute.Field, qapiType(ute.Type))
+	}
+	if errors.As(err, &ute) {
+		return Errorf("Invalid parameter type for '%s', expected: %s", name, qapiType(t))
+	}
+	var qe *Error
+	if errors.As(err, &qe) {
+		return qe
+	}
+	return Errorf("Invalid parameter '%s': %v", name, strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// qapiType names a Go type the way QEMU's messages name QAPI types.
+func qapiType(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "string"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint64, reflect.Uint32, reflect.Uint, reflect.Float64:
+		return "integer"
+	case reflect.Slice:
+		return "array"
+	case reflect.Struct, reflect.Map:
+		return "object"
+	}
+	return fmt.Sprint(t)
+}
+
+// ArgType returns the argument struct type of a command (nil: none or
+// unknown), for callers that build arguments from another syntax.
+func (r *Registry) ArgType(name string) reflect.Type {
+	if c := r.cmds[name]; c != nil {
+		return c.argType
+	}
+	return nil
+}
