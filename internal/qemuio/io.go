@@ -49,6 +49,11 @@ Commands (offsets and lengths take b, k, M, G, T, P, E suffixes, as qemu-io):
   aio_read [-Cqv] [-P pat] off len [len..]
   aio_write [-Cfquz] [-P pat] off len [len..]
   aio_flush
+  readv [-Cqv] [-P pat] off len [len..]
+  writev [-Cfq] [-P pat] off len [len..]
+  truncate [-m off] off                                    (alias t)
+  reopen [-r|-w] [-c cache]
+  close                                                    (alias c)
   length                                                   (alias l)
   map
   info                                                     (alias i)
