@@ -199,3 +199,59 @@ func TestQcow2ActivateDamagedImage(t *testing.T) {
 		})
 	}
 }
+
+// TestQcow2ActivateWithReaders: reads through the lock-free path keep
+// running while the node is inactivated and activated again; every read
+// returns the data (run it with -race: the tables and the view are
+// replaced under readers).
+func TestQcow2ActivateWithReaders(t *testing.T) {
+	needQemu(t)
+	e := blocktest.NewEnv(t, 0)
+	img := filepath.Join(t.TempDir(), "d.qcow2")
+	qemuCreate(t, img, "", 8<<20)
+	n := openQcow2File(t, e, img)
+	mustWrite(t, n, 0x5a, 0, 256<<10)
+	stop := make(chan struct{})
+	errc := make(chan error, 2)
+	for g := 0; g < 2; g++ {
+		go func(g int) {
+			buf := make([]byte, 4096)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					errc <- nil
+					return
+				default:
+				}
+				off := int64((i*2+g)%64) * 4096
+				if _, err := n.ReadAt(buf, off); err != nil {
+					errc <- err
+					return
+				}
+				if buf[0] != 0x5a || buf[4095] != 0x5a {
+					errc <- errors.New("read returned wrong data during activation")
+					return
+				}
+			}
+		}(g)
+	}
+	for i := 0; i < 20; i++ {
+		if err := n.Inactivate(); err != nil {
+			t.Fatalf("Inactivate %d: %v", i, err)
+		}
+		if err := n.Activate(); err != nil {
+			t.Fatalf("Activate %d: %v", i, err)
+		}
+	}
+	close(stop)
+	for g := 0; g < 2; g++ {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(t, n, 0x5b, 1<<20, 64<<10)
+	if err := n.Unref(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	qemuImgCheckClean(t, img)
+}
