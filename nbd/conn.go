@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
 )
 
@@ -734,6 +735,13 @@ func (c *conn) replyStatus(sl *slot) {
 	bp, hp := 0, 0
 	for i, id := range c.meta {
 		start := bp
+		if id >= idBitmap0 {
+			bp = c.bitmapExtents(sl, c.e.bitmaps[id-idBitmap0], buf, bp)
+			c.statusChunk(sl, i, id, hp, bp-start)
+			sl.add(buf[start:bp])
+			hp += 24
+			continue
+		}
 		var curLen int64
 		var curVal uint32
 		for k := 0; k < sl.npieces; k++ {
@@ -756,18 +764,53 @@ func (c *conn) replyStatus(sl *slot) {
 		binary.BigEndian.PutUint32(buf[bp:], uint32(curLen))
 		binary.BigEndian.PutUint32(buf[bp+4:], curVal)
 		bp += 8
-		var fl uint16
-		if i == len(c.meta)-1 {
-			fl = chunkDone
-		}
-		h := sl.hdr[hp : hp+24]
-		putChunkHeader(h, fl, chunkBlockStatus, sl.req.cookie, 4+bp-start)
-		binary.BigEndian.PutUint32(h[20:], id)
-		sl.add(h)
+		c.statusChunk(sl, i, id, hp, bp-start)
 		sl.add(buf[start:bp])
 		hp += 24
 	}
 	c.queueReply(sl)
+}
+
+// statusChunk adds the header of the i-th context's BLOCK_STATUS chunk
+// (n bytes of extents) at hdr[hp:].
+func (c *conn) statusChunk(sl *slot, i int, id uint32, hp, n int) {
+	var fl uint16
+	if i == len(c.meta)-1 {
+		fl = chunkDone
+	}
+	h := sl.hdr[hp : hp+24]
+	putChunkHeader(h, fl, chunkBlockStatus, sl.req.cookie, 4+n)
+	binary.BigEndian.PutUint32(h[20:], id)
+	sl.add(h)
+}
+
+// bitmapExtents writes at buf[bp:] the extents of a dirty bitmap over the
+// request's range (flag stateDirty or 0), alternating dirty and clean runs
+// at the bitmap's granularity: at most maxPieces of them, one for
+// REQ_ONE. Bytes past the bitmap's end read as clean. Returns the new bp.
+func (c *conn) bitmapExtents(sl *slot, b *bitmap.Bitmap, buf []byte, bp int) int {
+	off, end := int64(sl.req.off), int64(sl.req.off)+int64(sl.req.length)
+	limit := maxPieces
+	if sl.req.flags&cmdFlagReqOne != 0 {
+		limit = 1
+	}
+	for k := 0; k < limit && off < end; k++ {
+		var next int64
+		var v uint32
+		if b.Get(off) {
+			next, v = b.NextClean(off), stateDirty
+		} else if next = b.NextDirty(off); next < 0 {
+			next = end
+		}
+		if next > end || next <= off {
+			next = end
+		}
+		binary.BigEndian.PutUint32(buf[bp:], uint32(next-off))
+		binary.BigEndian.PutUint32(buf[bp+4:], v)
+		bp += 8
+		off = next
+	}
+	return bp
 }
 
 // ---- sending ----

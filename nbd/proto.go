@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Wire constants of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md),
@@ -112,6 +113,11 @@ const (
 	ctxDepth      = "qemu:allocation-depth"
 	idAllocation  = 1
 	idDepth       = 2
+	// ctxBitmapPrefix + NAME is an exported dirty bitmap (flag 1: dirty);
+	// bitmap i of the export has id idBitmap0+i.
+	ctxBitmapPrefix = "qemu:dirty-bitmap:"
+	idBitmap0       = 3
+	stateDirty      = 1
 )
 
 // Sizes and limits.
@@ -301,26 +307,50 @@ func parseMetaRequest(data []byte) (metaRequest, error) {
 }
 
 // matchContexts returns the contexts a query selects (list: wildcards
-// allowed) among those this server offers.
-func matchContexts(q string, list bool) []string {
+// allowed) among those the export offers.
+func (x *Export) matchContexts(q string, list bool) []string {
 	switch q {
 	case ctxAllocation, ctxDepth:
 		return []string{q}
 	}
-	if list {
-		switch q {
-		case "base:":
-			return []string{ctxAllocation}
-		case "qemu:":
-			return []string{ctxDepth}
+	if strings.HasPrefix(q, ctxBitmapPrefix) && q != ctxBitmapPrefix {
+		for _, b := range x.bitmaps {
+			if ctxBitmapPrefix+b.Name() == q {
+				return []string{q}
+			}
+		}
+		return nil
+	}
+	if !list {
+		return nil
+	}
+	var out []string
+	switch q {
+	case "base:":
+		out = append(out, ctxAllocation)
+	case "qemu:":
+		out = append(out, ctxDepth)
+		fallthrough
+	case ctxBitmapPrefix:
+		for _, b := range x.bitmaps {
+			out = append(out, ctxBitmapPrefix+b.Name())
 		}
 	}
-	return nil
+	return out
 }
 
-func contextID(name string) uint32 {
-	if name == ctxAllocation {
+// contextID is the id of a context the export offers.
+func (x *Export) contextID(name string) uint32 {
+	switch name {
+	case ctxAllocation:
 		return idAllocation
+	case ctxDepth:
+		return idDepth
 	}
-	return idDepth
+	for i, b := range x.bitmaps {
+		if ctxBitmapPrefix+b.Name() == name {
+			return idBitmap0 + uint32(i)
+		}
+	}
+	return 0
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
 )
 
@@ -35,6 +36,11 @@ type ExportOptions struct {
 	// NoMultiConn withholds CAN_MULTI_CONN (also withheld when
 	// MaxConnections is 1).
 	NoMultiConn bool
+	// Bitmaps names dirty bitmaps to offer as qemu:dirty-bitmap:NAME
+	// (block-export-add's bitmaps). Each is looked up on the export's
+	// node, then down its filtered or backing children; it is held busy
+	// (not removable) while the export exists.
+	Bitmaps []string
 }
 
 // Export serves one node as a front end of the block layer: its
@@ -50,6 +56,9 @@ type Export struct {
 	// Refresh when the export's node changes (a snapshot, a job's pivot)
 	// and loaded once per BLOCK_STATUS request.
 	chain atomic.Pointer[chainView]
+	// bitmaps are the dirty bitmaps offered, in ExportOptions.Bitmaps
+	// order; bitmap i has meta context id idBitmap0+i.
+	bitmaps []*bitmap.Bitmap
 
 	// quiesced is set between DrainedBegin and DrainedEnd.
 	quiesced atomic.Bool
@@ -84,6 +93,9 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
 	}
 	e.chain.Store(v)
+	if e.bitmaps, err = holdBitmaps(g, n, opts.Bitmaps); err != nil {
+		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
+	}
 	// The front end's home is the node's Context: inserting it elsewhere
 	// would move the node (and its other users) away from its IOThread.
 	e.fe = g.NewFrontEnd(block.FrontEndOptions{Name: "nbd-export:" + opts.Name, DevOps: e, AllowContextChange: true, Context: n.Context()})
@@ -91,11 +103,68 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 	if err := e.fe.Insert(n); err != nil {
 		n.Unref()
 		e.fe.Close()
+		releaseBitmaps(e.bitmaps)
 		return nil, fmt.Errorf("nbd: export %q: %w", opts.Name, err)
 	}
 	n.Unref()
 	e.q = e.fe.Queue(ctx)
 	return e, nil
+}
+
+// holdBitmaps finds each named bitmap on n or below it (through filtered
+// and backing children, as QEMU's export does) and marks it busy. A
+// bitmap that is missing, already busy or named twice is an error, and
+// nothing stays held.
+func holdBitmaps(g *block.Graph, n *block.Node, names []string) (held []*bitmap.Bitmap, err error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	if len(names) > MaxExportBitmaps {
+		return nil, fmt.Errorf("%d bitmaps requested, an export offers at most %d", len(names), MaxExportBitmaps)
+	}
+	g.Control(func() {
+		for _, name := range names {
+			var b *bitmap.Bitmap
+			for x := n; x != nil && b == nil; {
+				if b = x.Bitmap(name); b != nil {
+					break
+				}
+				c := x.Child(block.RoleFiltered)
+				if c == nil {
+					c = x.Child(block.RoleBacking)
+				}
+				if c == nil {
+					break
+				}
+				x = c.Node()
+			}
+			switch {
+			case b == nil:
+				err = fmt.Errorf("Bitmap '%s' is not found", name)
+			case b.Busy():
+				err = fmt.Errorf("Bitmap '%s' is currently in use by another operation and cannot be used", name)
+			}
+			if err != nil {
+				releaseBitmaps(held)
+				held = nil
+				return
+			}
+			b.SetBusy(true)
+			held = append(held, b)
+		}
+	})
+	return held, err
+}
+
+// MaxExportBitmaps bounds ExportOptions.Bitmaps: a BLOCK_STATUS reply
+// has one chunk per selected context, and a request's reply storage is
+// sized for base:allocation, qemu:allocation-depth and this many more.
+const MaxExportBitmaps = 6
+
+func releaseBitmaps(l []*bitmap.Bitmap) {
+	for _, b := range l {
+		b.SetBusy(false)
+	}
 }
 
 // chainView is the export's chain: its node and the backing nodes below,
@@ -262,7 +331,9 @@ func (e *Export) Close() error {
 	e.mu.Unlock()
 	e.wg.Wait()
 	e.fe.Drain()
-	return e.fe.Close()
+	err := e.fe.Close()
+	e.fe.Graph().Control(func() { releaseBitmaps(e.bitmaps) })
+	return err
 }
 
 // Server accepts NBD clients for a set of exports.
@@ -421,6 +492,7 @@ type negotiator struct {
 	noZeroes   bool
 	structured bool
 	metaExport string
+	metaX      *Export  // the export the contexts were selected on
 	meta       []string // selected contexts
 	scratch    []byte
 	tls        *tls.Config // mandatory TLS with this configuration (nil: none)
@@ -488,7 +560,7 @@ func (n *negotiator) replyErr(opt, typ uint32, msg string) error {
 func (n *negotiator) metaIDs() []uint32 {
 	var ids []uint32
 	for _, m := range n.meta {
-		ids = append(ids, contextID(m))
+		ids = append(ids, n.metaX.contextID(m))
 	}
 	return ids
 }
@@ -567,7 +639,7 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 		if e == nil {
 			return nil, true, fmt.Errorf("unknown export %q", data)
 		}
-		if n.metaExport != string(data) {
+		if n.metaExport != string(data) || n.metaX != e {
 			n.meta = nil
 		}
 		if err := e.reserve(); err != nil {
@@ -639,7 +711,7 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 			return nil, false, err
 		}
 		if opt == optGo {
-			if n.metaExport != ir.name {
+			if n.metaExport != ir.name || n.metaX != x {
 				n.meta = nil
 			}
 			return x, true, nil
@@ -719,21 +791,24 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 	if list && len(mr.queries) == 0 {
 		add(ctxAllocation)
 		add(ctxDepth)
+		for _, b := range x.bitmaps {
+			add(ctxBitmapPrefix + b.Name())
+		}
 	}
 	for _, q := range mr.queries {
-		for _, c := range matchContexts(q, list) {
+		for _, c := range x.matchContexts(q, list) {
 			add(c)
 		}
 	}
 	for _, c := range found {
-		b := binary.BigEndian.AppendUint32(nil, contextID(c))
+		b := binary.BigEndian.AppendUint32(nil, x.contextID(c))
 		b = append(b, c...)
 		if err := n.reply(opt, repMetaContext, b); err != nil {
 			return err
 		}
 	}
 	if !list {
-		n.meta, n.metaExport = found, mr.name
+		n.meta, n.metaExport, n.metaX = found, mr.name, x
 	}
 	return n.reply(opt, repAck, nil)
 }

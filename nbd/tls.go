@@ -81,7 +81,7 @@ func (n *negotiator) startTLS(data []byte) error {
 	n.nc, n.tlsDone = tc, true
 	// Nothing negotiated in plaintext carries over (only ABORT and
 	// STARTTLS were possible, but be explicit).
-	n.structured, n.meta, n.metaExport = false, nil, ""
+	n.structured, n.meta, n.metaExport, n.metaX = false, nil, "", nil
 	return nil
 }
 

@@ -108,6 +108,9 @@ type exportAddArgs struct {
 	WriteThrough  bool   `json:"writethrough" qmp:"optional"`
 	IOThread      string `json:"iothread" qmp:"optional"`
 	FixedIOThread bool   `json:"fixed-iothread" qmp:"optional"`
+	// Bitmaps are dirty bitmaps offered as qemu:dirty-bitmap:NAME, found
+	// on the node or below it.
+	Bitmaps []string `json:"bitmaps" qmp:"optional"`
 }
 
 type exportDelArgs struct {
@@ -220,7 +223,7 @@ func (d *Daemon) register(r *Registry) {
 				return nil, err
 			}
 		}
-		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable)
+		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable, x.Bitmaps...)
 	})
 	r.Register("block-export-del", &exportDelArgs{}, func(_ *Client, a any) (any, error) {
 		return nil, d.exportDel(a.(*exportDelArgs).ID)

@@ -590,8 +590,9 @@ func (d *Daemon) nbdServerStop() error {
 	return nil
 }
 
-// ExportAdd adds an NBD export of node (block-export-add, type nbd).
-func (d *Daemon) ExportAdd(id, node, name string, writable bool) error {
+// ExportAdd adds an NBD export of node (block-export-add, type nbd),
+// offering the named dirty bitmaps.
+func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...string) error {
 	if d.nbdSrv == nil {
 		return Errorf("NBD server not running")
 	}
@@ -615,7 +616,7 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool) error {
 	if root == nil {
 		return nodeNotFound(node)
 	}
-	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context()})
+	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context(), Bitmaps: bitmaps})
 	if err != nil {
 		return Errorf("%v", err)
 	}

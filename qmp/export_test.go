@@ -73,3 +73,47 @@ func TestExportBlockStatusAfterSnapshot(t *testing.T) {
 		t.Fatalf("the copy through the export lost data:\n%s", got)
 	}
 }
+
+// TestExportDirtyBitmap: block-export-add with bitmaps offers
+// qemu:dirty-bitmap:NAME (nbdinfo maps exactly what a client wrote
+// through the export), refuses an unknown bitmap with QEMU's wording, and
+// the exported bitmap cannot be removed until the export is deleted.
+func TestExportDirtyBitmap(t *testing.T) {
+	for _, tool := range []string{"qemu-io", "nbdinfo"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
+		}
+	}
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	nbdSock := filepath.Join(dir, "nbd.sock")
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+nbdSock+`"}}}`)
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"disk0","name":"b0","granularity":65536}}`)
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"disk0","writable":true,"bitmaps":["zz"]}}`),
+		GenericError, "Bitmap 'zz' is not found")
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"disk0","writable":true,"bitmaps":["b0"]}}`)
+	if r := c.do(`{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"b0"}}`); r["error"] == nil {
+		t.Fatalf("removing an exported bitmap: %v", r)
+	}
+	url := "nbd+unix:///disk0?socket=" + nbdSock
+	if out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write 1M 4k", "-c", "write 3M 128k", url).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	out, err := exec.Command("nbdinfo", "--map=qemu:dirty-bitmap:b0", url).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbdinfo: %v\n%s", err, out)
+	}
+	var dirty []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(l); len(f) == 4 && f[3] == "dirty" {
+			dirty = append(dirty, f[0]+"+"+f[1])
+		}
+	}
+	if strings.Join(dirty, " ") != "1048576+65536 3145728+131072" {
+		t.Fatalf("dirty ranges %q, want 1M+64k 3M+128k\n%s", dirty, out)
+	}
+	okReply(t, c, `{"execute":"block-export-del","arguments":{"id":"e"}}`)
+	okReply(t, c, `{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"b0"}}`)
+}

@@ -58,10 +58,10 @@ status, many requests in flight per connection.
   -V, --version            print the version
   -h, --help               this help
 
-Not supported (refused with a message): -B/--bitmap (ringblk has no dirty
-bitmaps yet), -c/--connect and -d/--disconnect (kernel /dev/nbd), -l/-s
-(snapshots), -o/--offset, --tls-authz, --tls-hostname, other --object
-types, --image-opts.
+Not supported (refused with a message): -B/--bitmap (dirty bitmaps are in
+memory only, qcow2 persistent bitmaps are not loaded yet), -c/--connect
+and -d/--disconnect (kernel /dev/nbd), -l/-s (snapshots), -o/--offset,
+--tls-authz, --tls-hostname, other --object types, --image-opts.
 Exit status: 0 after a clean shutdown (SIGTERM, SIGINT, or the last
 client leaving without -t), 1 on any error.
 `
@@ -272,7 +272,7 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 		case "V", "version":
 			return nil, nil
 		case "B", "bitmap":
-			return nil, cli.Usagef("--bitmap: ringblk has no dirty bitmaps yet, so it cannot export qemu:dirty-bitmap:%s", o.Val)
+			return nil, cli.Usagef("--bitmap: ringblk cannot export qemu:dirty-bitmap:%s: dirty bitmaps are not persistent in qcow2 images yet (only in memory, exported with block-export-add in ringblk serve)", o.Val)
 		case "c", "connect", "d", "disconnect":
 			return nil, cli.Usagef("-%s: ringblk nbd does not drive the kernel's /dev/nbd devices", o.Name)
 		case "l", "load-snapshot", "s", "snapshot":
