@@ -234,6 +234,19 @@ func (c *Context) notify() {
 	c.efdRef.Add(-1)
 }
 
+// Busy reports whether the owner is running, or a wake-up is on its way
+// to it: work handed to the Context now runs soon, without waiting for
+// anything else to happen. False means the owner sleeps (or stopped) with
+// nothing sent to wake it: only a completion, a timer or another
+// Schedule will. A hint for a goroutine deciding whether to spin for
+// the Context's result or to sleep; any goroutine.
+func (c *Context) Busy() bool {
+	if c.state.Load() != stateRunning {
+		return false
+	}
+	return c.notifyMe.Load() == 0 || c.notified.Load()
+}
+
 // armEventfd keeps one eventfd read in flight on the ring: a producer's
 // write completes it and so ends a blocking wait.
 func (c *Context) armEventfd() {

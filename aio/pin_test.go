@@ -5,6 +5,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -129,4 +130,32 @@ func TestAttachDetach(t *testing.T) {
 		t.Fatalf("Attach of a pinned Context: %v", err)
 	}
 	p.Stop()
+}
+
+// TestBusy: an idle Context (its owner asleep, nothing sent) is not
+// busy; while it runs a BH it is; a stopped one is not.
+func TestBusy(t *testing.T) {
+	c, err := New(Options{ArenaSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Skipf("no io_uring: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Busy() {
+		if time.Now().After(deadline) {
+			t.Fatal("an idle Context stays busy")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var inBH bool
+	c.Run(func() { inBH = c.Busy() })
+	if !inBH {
+		t.Fatal("not busy while running a BH")
+	}
+	c.Stop()
+	if c.Busy() {
+		t.Fatal("a stopped Context is busy")
+	}
 }

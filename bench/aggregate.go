@@ -10,6 +10,8 @@ type entry struct {
 	name      string
 	groupID   int
 	job       *Job
+	share     [2]float64 // per=: percent of the group's bandwidth
+	optsJob   *Job       // whose "job options" are echoed (group_reporting: the last job); nil: job
 	clones    []*worker
 	err       error
 	dirs      [2]dirStats
@@ -64,6 +66,7 @@ func entries(res *Result) []*entry {
 					out = append(out, e)
 				}
 				e.add(w, jr)
+				e.optsJob = jr.Job // fio echoes the group's last job's options
 				continue
 			}
 			e := newEntry(jr.Job.Name, jr.GroupID, jr.Job)
@@ -74,7 +77,26 @@ func entries(res *Result) []*entry {
 	for _, e := range out {
 		e.finish()
 	}
+	setShares(out)
 	return out
+}
+
+// setShares gives each entry its per= share: the mean of its bandwidth
+// samples in percent of its group's aggregate bandwidth (fio's p_of_agg,
+// at most 100).
+func setShares(es []*entry) {
+	byID := map[int]*groupTotal{}
+	for _, g := range groupTotals(es) {
+		byID[g.id] = g
+	}
+	for _, e := range es {
+		for d := 0; d < 2; d++ {
+			agg := byID[e.groupID].bw(d) / 1024
+			if agg > 0 && e.dirs[d].bw.n > 0 {
+				e.share[d] = min(100, e.dirs[d].bw.mean*100/agg)
+			}
+		}
+	}
 }
 
 func newEntry(name string, gid int, j *Job) *entry {

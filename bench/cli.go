@@ -118,12 +118,10 @@ func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 		cfg.Output = val
 	case "output-format":
 		switch val {
-		case "normal", "json", "json+":
+		case "normal", "json", "json+", "terse":
 			cfg.Format = val
-		case "terse":
-			return fmt.Errorf("--output-format=%s is a fio format that ringblk bench does not implement (normal, json, json+)", val)
 		default:
-			return fmt.Errorf("--output-format=%s: want normal, json or json+", val)
+			return fmt.Errorf("--output-format=%s: want normal, json, json+ or terse", val)
 		}
 	case "eta":
 		switch val {
@@ -295,6 +293,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		} else {
 			err = WriteJSON(out, res)
 		}
+		writeMismatches(stderr, res)
+	} else if cfg.Format == "terse" {
+		WriteTerse(out, res)
 		writeMismatches(stderr, res)
 	} else {
 		WriteNormal(out, res)

@@ -55,7 +55,10 @@ type sample struct {
 	iops     float64
 	bwBytes  float64
 	cpuPerIO float64 // ns
-	note     string
+	// perSubmit and perReap are I/Os per io_uring_enter that submitted
+	// and per enter that reaped (fio's t/io_uring "IOS/call"); 0: unknown.
+	perSubmit, perReap float64
+	note               string
 }
 
 type compareRow struct {
@@ -216,7 +219,31 @@ func runSelf(j *Job, engine string) (sample, error) {
 	if ios > 0 {
 		s.cpuPerIO = cpu / float64(ios)
 	}
+	s.perSubmit, s.perReap = iosPerEnter(res)
 	return s, nil
+}
+
+// iosPerEnter is the run's I/Os (all of them, ramp included) per
+// io_uring_enter that submitted and per enter that reaped, from the
+// engines' counts (0 for psync, which has no ring).
+func iosPerEnter(res *Result) (perSubmit, perReap float64) {
+	var ios, sub, reap uint64
+	for _, jr := range res.Jobs {
+		for _, w := range jr.Clones {
+			for d := range w.prog.ios {
+				ios += w.prog.ios[d].Load()
+			}
+			sub += w.enterSubmit
+			reap += w.enterReap
+		}
+	}
+	if sub > 0 {
+		perSubmit = float64(ios) / float64(sub)
+	}
+	if reap > 0 {
+		perReap = float64(ios) / float64(reap)
+	}
+	return perSubmit, perReap
 }
 
 // fioArgs renders the job as fio command-line options.
@@ -412,7 +439,7 @@ func writeCompare(out io.Writer, cfg *Config, j *Job, format string, rows []*com
 	fmt.Fprintf(out, "compare: job %q: rw=%s bs=%s iodepth=%d numjobs=%d direct=%t runtime=%s format=%s file=%s\n",
 		j.Name, j.RW, bs, j.IODepth, j.NumJobs, j.Direct, j.Runtime, format, orDash(j.Filename))
 	fmt.Fprintf(out, "%d repeat(s), rows interleaved; medians with [min-max]; ratios are median IOPS / ringblk median IOPS\n\n", cfg.Repeats)
-	fmt.Fprintf(out, "%-14s %-26s %-30s %-20s %s\n", "row", "IOPS", "BW", "CPU ns/IO", "vs ringblk")
+	fmt.Fprintf(out, "%-14s %-26s %-30s %-20s %-14s %s\n", "row", "IOPS", "BW", "CPU ns/IO", "IOs/enter s/r", "vs ringblk")
 	var base float64
 	for _, r := range rows {
 		if r.name == "ringblk" && len(r.samples) > 0 {
@@ -445,10 +472,10 @@ func writeCompare(out io.Writer, cfg *Config, j *Job, format string, rows []*com
 		if r.err != nil {
 			note += fmt.Sprintf(" (a repeat failed: %v)", r.err)
 		}
-		fmt.Fprintf(out, "%-14s %-26s %-30s %-20s %s%s\n", r.name,
+		fmt.Fprintf(out, "%-14s %-26s %-30s %-20s %-14s %s%s\n", r.name,
 			fmt.Sprintf("%s [%s-%s]", num2str(median(iops), 4, false), num2str(il, 4, false), num2str(ih, 4, false)),
 			fmt.Sprintf("%sB/s [%s-%s]", num2str(median(bw), 4, true), num2str(bl, 4, true), num2str(bh, 4, true)),
-			fmt.Sprintf("%.0f [%.0f-%.0f]", median(cpu), cl, ch), ratio, note)
+			fmt.Sprintf("%.0f [%.0f-%.0f]", median(cpu), cl, ch), perEnterStr(r.samples), ratio, note)
 	}
 	fmt.Fprintf(out, "\nper-repeat IOPS:\n")
 	for _, r := range rows {
@@ -462,6 +489,7 @@ func writeCompare(out io.Writer, cfg *Config, j *Job, format string, rows []*com
 		fmt.Fprintf(out, "  %-14s %s\n", r.name, strings.Join(parts, ", "))
 	}
 	fmt.Fprintln(out, "\nCPU ns/IO: the process's user+system time over its I/Os (fio and qemu-img: the child's rusage, start-up included).")
+	fmt.Fprintln(out, "IOs/enter s/r: median I/Os per io_uring_enter that submitted / that reaped (t/io_uring's IOS/call), from the engine's own counts; '-' where it cannot be known (fio, qemu-img: no counter of their system calls; psync: no ring).")
 	if fadviseOf(j) != raw.FadviseNone && !j.Direct && format != "null" {
 		fmt.Fprintf(out, "fadvise_hint=%s: every ringblk, io_uring and fio row hints the kernel (%s); qemu-img bench gives no hint, so on a cold page cache its rows may get readahead the others do not.\n", j.FadviseHint, fadviseOf(j))
 	}
@@ -483,4 +511,14 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// perEnterStr is the "IOs/enter s/r" cell: medians, or "-" when unknown.
+func perEnterStr(ss []sample) string {
+	sub := median(field(ss, func(s sample) float64 { return s.perSubmit }))
+	reap := median(field(ss, func(s sample) float64 { return s.perReap }))
+	if sub == 0 && reap == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f/%.1f", sub, reap)
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -58,9 +59,18 @@ func readDiskSnap(name string) (diskSnap, bool) {
 	return s, true
 }
 
-// diskUtil is fio's "disk_util" array for the disks the run used.
-func (r *Result) diskUtil() []obj {
-	var out []obj
+// diskDelta is one disk's activity during the run (fio's disk_util).
+type diskDelta struct {
+	name               string
+	ios, merges, ticks [2]uint64 // read, write
+	inQueue            uint64
+	util               float64 // percent of the run the disk was busy
+}
+
+// diskDeltas are the /sys/block/<dev>/stat differences of the disks the
+// run used.
+func (r *Result) diskDeltas() []diskDelta {
+	var out []diskDelta
 	for _, b := range r.diskBefore {
 		a, ok := readDiskSnapAt(r.diskAfter, b.name)
 		if !ok {
@@ -72,15 +82,39 @@ func (r *Result) diskUtil() []obj {
 		if ms > 0 {
 			util = min(100, float64(d(9))*100/ms)
 		}
+		out = append(out, diskDelta{name: b.name, ios: [2]uint64{d(0), d(4)}, merges: [2]uint64{d(1), d(5)},
+			ticks: [2]uint64{d(3), d(7)}, inQueue: d(10), util: util})
+	}
+	return out
+}
+
+// diskUtil is fio's "disk_util" array for the disks the run used.
+func (r *Result) diskUtil() []obj {
+	var out []obj
+	for _, x := range r.diskDeltas() {
 		out = append(out, obj{
-			{"name", b.name},
-			{"read_ios", d(0)}, {"write_ios", d(4)},
-			{"read_merges", d(1)}, {"write_merges", d(5)},
-			{"read_ticks", d(3)}, {"write_ticks", d(7)},
-			{"in_queue", d(10)}, {"util", util},
+			{"name", x.name},
+			{"read_ios", x.ios[0]}, {"write_ios", x.ios[1]},
+			{"read_merges", x.merges[0]}, {"write_merges", x.merges[1]},
+			{"read_ticks", x.ticks[0]}, {"write_ticks", x.ticks[1]},
+			{"in_queue", x.inQueue}, {"util", x.util},
 		})
 	}
 	return out
+}
+
+// writeDiskStats is fio's "Disk stats (read/write):" section of the
+// normal report (nothing without a disk, as in fio).
+func (r *Result) writeDiskStats(out io.Writer) {
+	ds := r.diskDeltas()
+	if len(ds) == 0 {
+		return
+	}
+	fmt.Fprintf(out, "\nDisk stats (read/write):\n")
+	for _, x := range ds {
+		fmt.Fprintf(out, "  %s: ios=%d/%d, merge=%d/%d, ticks=%d/%d, in_queue=%d, util=%.2f%%\n",
+			x.name, x.ios[0], x.ios[1], x.merges[0], x.merges[1], x.ticks[0], x.ticks[1], x.inQueue, x.util)
+	}
 }
 
 func readDiskSnapAt(snaps []diskSnap, name string) (diskSnap, bool) {

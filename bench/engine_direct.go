@@ -104,7 +104,7 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 	c := &threadClone{w: w, f: f, mem: mem, cpu: cpu, engine: w.job.IOEngine, done: done}
 	if c.engine == "io_uring" {
 		entries := 1 << bits.Len(uint(max(w.job.IODepth, 1)-1))
-		if c.ring, err = uring.New(entries); err != nil {
+		if c.ring, err = uring.New(entries, sqPollOptions(w.job)...); err != nil {
 			c.close()
 			return nil, err
 		}
@@ -259,7 +259,8 @@ func (c *threadClone) runRing() {
 		if paced { // wake for the paced I/O even if nothing completes
 			wait = max(time.Duration(until-w.now()), time.Microsecond)
 		}
-		if _, err := r.SubmitAndWait(1, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
+		w.enterReap++
+		if _, err := r.SubmitAndWait(w.reapMin(), wait); err != nil && !errors.Is(err, uring.ErrBusy) {
 			// The ring failed: stop issuing and reap what is still in
 			// flight before its buffers go away.
 			if w.err == nil {
@@ -299,6 +300,7 @@ func (c *threadClone) submit(batch []*unit) int64 {
 		return c.w.now()
 	}
 	for {
+		c.w.enterSubmit++
 		_, err := c.ring.SubmitAndWait(0, 0)
 		if err == nil || !errors.Is(err, uring.ErrBusy) {
 			break
@@ -317,4 +319,17 @@ func (c *threadClone) close() {
 		unix.Munmap(c.mem)
 	}
 	c.f.Close()
+}
+
+// sqPollOptions are the ring options of sqthread_poll and
+// sqthread_poll_cpu (none without).
+func sqPollOptions(j *Job) []uring.Option {
+	if !j.SQThreadPoll {
+		return nil
+	}
+	o := []uring.Option{uring.WithSQPoll(0)}
+	if j.SQThreadPollCPU >= 0 {
+		o = append(o, uring.WithSQPollCPU(j.SQThreadPollCPU))
+	}
+	return o
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"github.com/ringblk/ringblk/uring"
 	"math/bits"
 	"os"
 	"runtime"
@@ -253,7 +254,18 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		arena = -1
 	}
 	entries := 1 << bits.Len(uint(max(j.IODepth, 32)-1))
+	var q uring.Queue
+	if j.SQThreadPoll {
+		// The Context takes a ring made here with the SQ polling thread
+		// (it closes it at Stop).
+		r, err := uring.New(min(entries, 4096), sqPollOptions(j)...)
+		if err != nil {
+			return nil, fmt.Errorf("sqthread_poll: %w", err)
+		}
+		q = r
+	}
 	ctx, err := aio.New(aio.Options{
+		Queue: q,
 		// Pinned deliberately: bench's default places one clone per
 		// CPU (placement), and its figures assume it.
 		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), Pin: cpu >= 0, CPU: max(cpu, aio.NoCPU),
@@ -342,7 +354,7 @@ func (c *ringblkClone) paced() {
 func (c *ringblkClone) RequestDone(r *block.Request, err error) {
 	w := c.w
 	w.completed(&w.units[r.Tag], w.now(), err)
-	if !c.scheduled {
+	if !c.scheduled && (w.refillDue() || w.stopIssuing) {
 		c.scheduled = true
 		c.refillBH.Schedule()
 	}
@@ -401,6 +413,9 @@ func (c *ringblkClone) refill() {
 	}
 	if w.busy == 0 {
 		if w.idle(now) {
+			// Every enter of the Context's loop both submits and reaps.
+			e := uint64(c.ctx.Stats().Enters)
+			w.enterSubmit, w.enterReap = e, e
 			c.done <- w
 			return
 		}

@@ -153,7 +153,7 @@ func (g *generator) next() (dir int, off int64, n int, ok bool) {
 			b = uint64(k)
 		case j.Dist != DistRandom:
 			b = g.perm.at(g.dist.next(g.rng))
-		case j.NoRandomMap:
+		case j.NoRandomMap && j.RandomGen != "lfsr": // lfsr: every block once per pass, map or not
 			b = g.rng.Uint64N(g.blocks)
 		default:
 			if g.permIdx == g.blocks { // a full pass: start another order

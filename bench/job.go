@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -119,18 +120,29 @@ type Job struct {
 	BSSplit      [2][]BSSplit
 	IODepth      int
 	IODepthBatch int // iodepth_batch_submit
-	NumJobs      int
-	Runtime      time.Duration
-	TimeBased    bool
-	RampTime     time.Duration
-	Direct       bool
-	IOEngine     string // ringblk, io_uring, psync
+	// IODepthBatchCompleteMin (iodepth_batch_complete_min): completions a
+	// clone waits for before it issues again (or all in flight, if fewer).
+	IODepthBatchCompleteMin int
+	// FilenameFormat is filename_format: the name of a clone's file when
+	// no filename= is given ($jobname, $jobnum, $filenum).
+	FilenameFormat string
+	NumJobs        int
+	Runtime        time.Duration
+	TimeBased      bool
+	RampTime       time.Duration
+	Direct         bool
+	IOEngine       string // ringblk, io_uring, psync
 	// FixedBufs and RegisterFiles are fio's io_uring engine options:
 	// READ_FIXED/WRITE_FIXED on registered buffers, and the file named by
 	// a registered-file slot.
 	FixedBufs     bool
 	RegisterFiles bool
-	Format        string // ringblk engine: raw, qcow2, null ("" = probe)
+	// SQThreadPoll (sqthread_poll) gives the clone's ring a kernel SQ
+	// polling thread (IORING_SETUP_SQPOLL), on CPU SQThreadPollCPU
+	// (sqthread_poll_cpu; -1: anywhere); both ring engines.
+	SQThreadPoll    bool
+	SQThreadPollCPU int
+	Format          string // ringblk engine: raw, qcow2, null ("" = probe)
 	// ShareRW and Locking are the ringblk engine's image locking: by
 	// default the job takes the locks "ringblk io" takes (QEMU's) and
 	// refuses an image another process writes; ShareRW lets others write
@@ -140,18 +152,45 @@ type Job struct {
 	// FadviseHint is fio's fadvise_hint: "1" (default: random for random
 	// patterns, sequential otherwise), "0", "random" or "sequential",
 	// given for each file a job opens.
-	FadviseHint    string
-	NoRandomMap    bool
-	RandRepeat     bool
-	RandSeed       uint64
-	Dist           Distribution
-	DistParam      float64
-	Zones          []Zone
-	ZonesAbs       bool
-	Verify         VerifyKind
-	VerifyPattern  []byte
-	VerifyFatal    bool
-	VerifyOnly     bool
+	FadviseHint string
+	NoRandomMap bool
+	// RandomGen is random_generator: "tausworthe" (default) or "lfsr"
+	// (every block once per pass even with norandommap).
+	RandomGen string
+	// SS is steadystate= (with ss_dur, ss_ramp); nil: none.
+	SS *SteadyState
+	// LatencyTarget, LatencyWindow and LatencyPercentile are fio's
+	// latency target: the depth is searched for the deepest queue at which
+	// LatencyPercentile percent of a window's I/Os finish within the
+	// target (0: off).
+	LatencyTarget     time.Duration
+	LatencyWindow     time.Duration
+	LatencyPercentile float64
+	RandRepeat        bool
+	RandSeed          uint64
+	Dist              Distribution
+	DistParam         float64
+	Zones             []Zone
+	ZonesAbs          bool
+	Verify            VerifyKind
+	VerifyPattern     []byte
+	VerifyFatal       bool
+	VerifyOnly        bool
+	// DedupePercentage, CompressPercentage (buffer_compress_percentage),
+	// CompressChunk, DedupeMode, DedupeWorkingSet, DedupeGlobal: write
+	// contents (payload.go).
+	DedupePercentage, CompressPercentage, CompressChunk int
+	DedupeMode                                          string
+	DedupeWorkingSet                                    int
+	DedupeGlobal                                        bool
+	// ExitAll (exitall): when a clone of this job finishes, the clones
+	// still running stop; ExitWhat (exit_what) names which: "group"
+	// (default), "stonewall" or "all" (bench runs one group at a time, so
+	// all three stop the clones running with it).
+	ExitAll        bool
+	ExitWhat       string
+	VerifyBacklog  int  // verify_backlog: read back every N written blocks during the run
+	VerifyDump     bool // verify_dump: a mismatching block is saved to a file
 	DoVerify       bool
 	GroupReporting bool
 	Thread         bool
@@ -262,7 +301,7 @@ func (j *Job) cloneJob(k int) *Job {
 		for i := 1; i < j.NumJobs; i++ {
 			c := *j
 			c.cloneJobs = nil
-			c.Filename = filepath.Join(filepath.Dir(j.Filename), fmt.Sprintf("%s.%d.0", j.Name, i))
+			c.Filename = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i))
 			j.cloneJobs[i] = &c
 		}
 	}
@@ -273,10 +312,11 @@ func newJob(name string, loc Loc) *Job {
 	return &Job{
 		Name: name, Loc: loc,
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
-		IODepth: 1, IODepthBatch: 1, NumJobs: 1, IOEngine: "psync",
+		IODepth: 1, IODepthBatch: 1, IODepthBatchCompleteMin: 1, NumJobs: 1, IOEngine: "psync",
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
-		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second,
-		set: map[string]Loc{},
+		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, SQThreadPollCPU: -1, DedupeMode: "repeat", DedupeWorkingSet: 5,
+		LatencyPercentile: 100,
+		set:               map[string]Loc{},
 	}
 }
 
@@ -431,9 +471,21 @@ func (j *Job) validate() error {
 			}
 		}
 	}
+	if j.IOEngine == "psync" {
+		for _, o := range []string{"sqthread_poll", "sqthread_poll_cpu"} {
+			if _, ok := j.set[o]; ok {
+				return bad(at(o), "%s applies to the ring engines (io_uring, ringblk), not ioengine=psync", o)
+			}
+		}
+	}
 	if j.IOEngine != "io_uring" {
 		for _, o := range []string{"fixedbufs", "registerfiles"} {
 			if _, ok := j.set[o]; ok {
+				if j.IOEngine == "ringblk" {
+					// The block layer issues its I/O on plain descriptors and
+					// its own arena: neither can be asked for per job yet.
+					return bad(at(o), "%s is not implemented for ioengine=ringblk (the block layer's ring uses plain file descriptors and its own registered arena)", o)
+				}
 				return bad(at(o), "%s applies to ioengine=io_uring only (ioengine=%s)", o, j.IOEngine)
 			}
 		}
@@ -442,7 +494,7 @@ func (j *Job) validate() error {
 		// fio's default file: jobname.clone.file in directory=, one per
 		// clone.
 		j.perCloneFile = j.NumJobs > 1
-		j.Filename = j.Name + ".0.0"
+		j.Filename = j.cloneFileName(0)
 		if j.Directory != "" {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
@@ -514,4 +566,15 @@ func (j *Job) validate() error {
 		return bad(at("numjobs"), "numjobs %d out of range 1..1024", j.NumJobs)
 	}
 	return nil
+}
+
+// cloneFileName is clone k's file without filename=: filename_format
+// expanded (fio's default "$jobname.$jobnum.$filenum"; one file per clone,
+// so $filenum is 0).
+func (j *Job) cloneFileName(k int) string {
+	f := j.FilenameFormat
+	if f == "" {
+		f = "$jobname.$jobnum.$filenum"
+	}
+	return strings.NewReplacer("$jobname", j.Name, "$jobnum", strconv.Itoa(k), "$filenum", "0").Replace(f)
 }

@@ -42,6 +42,15 @@ func (o obj) write(b *bytes.Buffer, indent string) {
 				b.WriteByte('\n')
 			}
 			b.WriteString(in + "]")
+		case []int64:
+			b.WriteString("[")
+			for k, x := range v {
+				if k > 0 {
+					b.WriteString(", ")
+				}
+				b.WriteString(strconv.FormatInt(x, 10))
+			}
+			b.WriteString("]")
 		case string:
 			writeJSONString(b, v)
 		case int:
@@ -155,7 +164,7 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"error", errnoOf(e.err)},
 		{"eta", 0},
 		{"elapsed", int64(math.Round(e.elapsed.Seconds()))},
-		{"job options", optionsObj(e.job.Options)},
+		{"job options", optionsObj(e.echoed().Options)},
 		{"read", jsonDir(e, DirRead, plus)},
 		{"write", jsonDir(e, DirWrite, plus)},
 		{"trim", jsonDir(e, -1, plus)},
@@ -172,13 +181,25 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"latency_ns", bucketObj(latNsBounds[:], e.latNs[:])},
 		{"latency_us", bucketObj(latNsBounds[:], e.latUs[:])},
 		{"latency_ms", bucketObj(latMsBounds[:], e.latMs[:])},
-		{"latency_depth", e.job.IODepth},
-		{"latency_target", 0},
-		{"latency_percentile", 100.0},
-		{"latency_window", 0},
+		{"latency_depth", e.latencyDepth()},
+		{"latency_target", e.job.LatencyTarget.Microseconds()},
+		{"latency_percentile", e.job.LatencyPercentile},
+		{"latency_window", e.job.LatencyWindow.Microseconds()},
+	}
+	if len(e.echoed().Options) == 0 {
+		// fio leaves "job options" out of a job that sets none of its own.
+		for i := range o {
+			if o[i].k == "job options" {
+				o = append(o[:i], o[i+1:]...)
+				break
+			}
+		}
 	}
 	if e.job.Description != "" {
 		o = append(o, kv{"desc", e.job.Description})
+	}
+	if e.job.SS != nil && len(e.clones) > 0 && e.clones[0].ss != nil {
+		o = append(o, kv{"steadystate", steadyJSON(e.clones[0].ss)})
 	}
 	return o
 }
@@ -256,8 +277,8 @@ func jsonDir(e *entry, d int, plus bool) obj {
 		ds = &empty
 	}
 	agg := 0.0
-	if ds.bw.n > 0 {
-		agg = 100
+	if ds.bw.n > 0 && d >= 0 {
+		agg = e.share[d]
 	}
 	return obj{
 		{"io_bytes", ds.bytes},
@@ -284,4 +305,24 @@ func jsonDir(e *entry, d int, plus bool) obj {
 		{"iops_stddev", ds.iops.stddev()},
 		{"iops_samples", ds.iops.n},
 	}
+}
+
+// latencyDepth is fio's latency_depth: the depth latency_target's search
+// reached (the first clone's, as fio reports a group's first job), or
+// iodepth without a target.
+func (e *entry) latencyDepth() int {
+	if e.job.LatencyTarget > 0 && len(e.clones) > 0 {
+		return e.clones[0].lt.qd
+	}
+	return e.job.IODepth
+}
+
+// echoed is the job whose options the entry's "job options" echo: under
+// group_reporting fio names the group after its first job but echoes the
+// options of its last.
+func (e *entry) echoed() *Job {
+	if e.optsJob != nil {
+		return e.optsJob
+	}
+	return e.job
 }

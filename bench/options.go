@@ -22,15 +22,19 @@ type optionSpec struct {
 }
 
 var optionAliases = map[string]string{
-	"readwrite":       "rw",
-	"blocksize":       "bs",
-	"blocksize_range": "bsrange",
-	"iodepth_batch":   "iodepth_batch_submit",
-	"timeout":         "runtime",
-	"threads":         "thread",
-	"io_limit":        "io_size",
-	"blockalign":      "ba",
-	"ratemin":         "rate_min",
+	"readwrite":              "rw",
+	"blocksize":              "bs",
+	"blocksize_range":        "bsrange",
+	"iodepth_batch":          "iodepth_batch_submit",
+	"timeout":                "runtime",
+	"threads":                "thread",
+	"io_limit":               "io_size",
+	"blockalign":             "ba",
+	"ratemin":                "rate_min",
+	"ss":                     "steadystate",
+	"iodepth_batch_complete": "iodepth_batch_complete_min",
+	"ss_dur":                 "steadystate_duration",
+	"ss_ramp":                "steadystate_ramp_time",
 }
 
 // optionTable holds every option bench implements. Help texts feed
@@ -356,14 +360,25 @@ func init() {
 				return nil
 			})
 		}},
-		"iodepth":              {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
-		"iodepth_batch_submit": {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
-		"numjobs":              {help: "clones of the job, each on its own thread (one per core)", set: intSetter(1, 1024, func(j *Job, n int) { j.NumJobs = n })},
-		"runtime":              {help: "run time cap (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.Runtime = d })},
-		"time_based":           {bool: true, help: "run for runtime even when size is done", set: boolSetter(func(j *Job, b bool) { j.TimeBased = b })},
-		"ramp_time":            {help: "run this long before measuring", set: timeSetter(func(j *Job, d time.Duration) { j.RampTime = d })},
-		"direct":               {bool: true, help: "O_DIRECT", set: boolSetter(func(j *Job, b bool) { j.Direct = b })},
-		"buffered":             {bool: true, help: "the opposite of direct", set: boolSetter(func(j *Job, b bool) { j.Direct = !b })},
+		"iodepth":                    {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
+		"iodepth_batch_submit":       {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
+		"iodepth_batch_complete_min": {help: "completions a clone waits for before it issues again (iodepth_batch_complete; all in flight if fewer)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatchCompleteMin = max(n, 1) })},
+		"filename_format": {help: "a clone's file name without filename=: $jobname, $jobnum (the clone), $filenum (0)", set: func(j *Job, v string) error {
+			if v == "" {
+				return errors.New("want a name pattern")
+			}
+			if strings.Contains(v, "$clientuid") {
+				return errors.New("$clientuid is not implemented (no client/server mode)")
+			}
+			j.FilenameFormat = v
+			return nil
+		}},
+		"numjobs":    {help: "clones of the job, each on its own thread (one per core)", set: intSetter(1, 1024, func(j *Job, n int) { j.NumJobs = n })},
+		"runtime":    {help: "run time cap (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.Runtime = d })},
+		"time_based": {bool: true, help: "run for runtime even when size is done", set: boolSetter(func(j *Job, b bool) { j.TimeBased = b })},
+		"ramp_time":  {help: "run this long before measuring", set: timeSetter(func(j *Job, d time.Duration) { j.RampTime = d })},
+		"direct":     {bool: true, help: "O_DIRECT", set: boolSetter(func(j *Job, b bool) { j.Direct = b })},
+		"buffered":   {bool: true, help: "the opposite of direct", set: boolSetter(func(j *Job, b bool) { j.Direct = !b })},
 		"ioengine": {help: "ringblk (block layer), io_uring (direct ring, no block layer), psync", set: func(j *Job, v string) error {
 			// Checked in validate, so that an override can replace an
 			// engine bench does not have.
@@ -402,6 +417,39 @@ func init() {
 				return nil
 			}
 			return errors.New("want 0, 1, random or sequential")
+		}},
+		"steadystate": {help: "ss: end the job once iops|bw[_slope]:LIMIT[%] holds over the last ss_dur seconds", set: func(j *Job, v string) error {
+			c, err := parseSteadyState(v)
+			if err != nil {
+				return err
+			}
+			if j.SS != nil {
+				c.Dur, c.Ramp = j.SS.Dur, j.SS.Ramp
+			}
+			j.SS = &c
+			return nil
+		}},
+		"steadystate_duration":  {help: "ss_dur: the steady-state window (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.ssCfg().Dur = d })},
+		"steadystate_ramp_time": {help: "ss_ramp: time before steady-state sampling starts (bare number: seconds)", set: timeSetter(func(j *Job, d time.Duration) { j.ssCfg().Ramp = d })},
+		"random_generator": {help: "tausworthe (default) or lfsr: random offsets visit every block once per pass, even with norandommap", set: func(j *Job, v string) error {
+			switch v {
+			case "tausworthe", "lfsr":
+				j.RandomGen = v
+				return nil
+			case "tausworthe64":
+				return errors.New("tausworthe64 is not implemented (the verify seeds are the 32-bit generator's): use tausworthe or lfsr")
+			}
+			return errors.New("want tausworthe or lfsr")
+		}},
+		"latency_target": {help: "search the deepest queue (up to iodepth) at which latency_percentile of a window's I/Os finish within this (bare number: microseconds); the job ends when found", set: usecSetter(func(j *Job, d time.Duration) { j.LatencyTarget = d })},
+		"latency_window": {help: "latency_target: the window each queue depth is judged over (bare number: microseconds)", set: usecSetter(func(j *Job, d time.Duration) { j.LatencyWindow = d })},
+		"latency_percentile": {help: "latency_target: percent of a window's I/Os that must meet the target (default 100)", set: func(j *Job, v string) error {
+			f, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
+			if err != nil || f <= 0 || f > 100 {
+				return errors.New("want a percentage in (0, 100]")
+			}
+			j.LatencyPercentile = f
+			return nil
 		}},
 		"norandommap": {bool: true, help: "random offsets may repeat (no coverage map)", set: boolSetter(func(j *Job, b bool) { j.NoRandomMap = b })},
 		"randrepeat":  {bool: true, help: "seed the generators reproducibly (default 1)", set: boolSetter(func(j *Job, b bool) { j.RandRepeat = b })},
@@ -492,7 +540,43 @@ func init() {
 			j.VerifyPattern = p
 			return nil
 		}},
-		"verify_fatal":      {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
+		"verify_fatal":               {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
+		"dedupe_percentage":          {help: "percent of writes whose contents repeat an earlier block's", set: pctSetter(func(j *Job, n int) { j.DedupePercentage = n })},
+		"buffer_compress_percentage": {help: "percent of every buffer_compress_chunk that is zeros (compressible)", set: pctSetter(func(j *Job, n int) { j.CompressPercentage = n })},
+		"buffer_compress_chunk":      {help: "granularity of buffer_compress_percentage (default 512)", set: sizeSetter(func(j *Job, n int64) { j.CompressChunk = int(min(n, 1<<30)) })},
+		"dedupe_mode": {help: "repeat (copies of earlier writes, default) or working_set (copies from a set of dedupe_working_set_percentage of the blocks)", set: func(j *Job, v string) error {
+			if v != "repeat" && v != "working_set" {
+				return errors.New("want repeat or working_set")
+			}
+			j.DedupeMode = v
+			return nil
+		}},
+		"dedupe_working_set_percentage": {help: "dedupe_mode=working_set: the set's share of the region's blocks (default 5)", set: pctSetter(func(j *Job, n int) { j.DedupeWorkingSet = n })},
+		"dedupe_global":                 {bool: true, help: "dedupe copies may come from any clone's blocks (one seed space for the run)", set: boolSetter(func(j *Job, b bool) { j.DedupeGlobal = b })},
+		"sqthread_poll":                 {bool: true, help: "io_uring/ringblk engines: a kernel thread polls the clone's submission queue (IORING_SETUP_SQPOLL)", set: boolSetter(func(j *Job, b bool) { j.SQThreadPoll = b })},
+		"sqthread_poll_cpu":             {help: "sqthread_poll: the CPU of the polling thread", set: intSetter(0, 1<<16, func(j *Job, n int) { j.SQThreadPollCPU = n })},
+		"nonvectored": {help: "io_uring: 1 or -1 (bench always issues IORING_OP_READ/WRITE, non-vectored); 0 (READV/WRITEV) is not implemented", set: func(j *Job, v string) error {
+			if v == "1" || v == "-1" {
+				return nil
+			}
+			return errors.New("nonvectored=0 (IORING_OP_READV/WRITEV) is not implemented: bench issues non-vectored READ/WRITE")
+		}},
+		"cmd_type": {help: "io_uring_cmd's command set; fio's io_uring engine ignores it, so does bench (nvme only)", set: func(j *Job, v string) error {
+			if v != "nvme" {
+				return errors.New("want nvme")
+			}
+			return nil
+		}},
+		"exitall": {bool: true, help: "when a clone of this job finishes, stop every clone still running", set: boolSetter(func(j *Job, b bool) { j.ExitAll = b })},
+		"exit_what": {help: "exitall: group (default), stonewall or all; bench runs one group at a time, so each stops the clones running", set: func(j *Job, v string) error {
+			if v != "group" && v != "stonewall" && v != "all" {
+				return errors.New("want group, stonewall or all")
+			}
+			j.ExitWhat = v
+			return nil
+		}},
+		"verify_backlog":    {help: "read written blocks back (verify) every N writes, during the run", set: intSetter(0, 1<<20, func(j *Job, n int) { j.VerifyBacklog = n })},
+		"verify_dump":       {bool: true, help: "save a block that fails verification as FILE.OFFSET.received", set: boolSetter(func(j *Job, b bool) { j.VerifyDump = b })},
 		"verify_only":       {bool: true, help: "do not write: replay the write workload's blocks and verify them (data of an earlier run)", set: boolSetter(func(j *Job, b bool) { j.VerifyOnly = b })},
 		"do_verify":         {bool: true, help: "after writing, read back and verify (default 1)", set: boolSetter(func(j *Job, b bool) { j.DoVerify = b })},
 		"group_reporting":   {bool: true, help: "report each group as one", set: boolSetter(func(j *Job, b bool) { j.GroupReporting = b })},
@@ -525,35 +609,35 @@ func checkEngine(v string) error {
 var fioOnlyOptions = func() map[string]struct{} {
 	m := map[string]struct{}{}
 	for _, n := range strings.Fields(`fsync fdatasync end_fsync fsync_on_close sync write_barrier
-		iodepth_batch_complete iodepth_batch_complete_min iodepth_batch_complete_max iodepth_low
+		iodepth_batch_complete_max iodepth_low
 		write_bw_log write_iops_log write_lat_log write_hist_log log_avg_msec log_hist_msec per_job_logs
 		rate rate_iops rate_min rate_iops_min ratemin rate_process rate_cycle thinktime thinktime_spin
 		thinktime_blocks nrfiles openfiles file_service_type fallocate zero_buffers
-		refill_buffers scramble_buffers buffer_compress_percentage buffer_compress_chunk buffer_pattern
-		dedupe_percentage overwrite loops startdelay cpus_allowed cpus_allowed_policy cpumask nice prio
+		refill_buffers scramble_buffers   buffer_pattern
+		 overwrite loops startdelay cpus_allowed cpus_allowed_policy cpumask nice prio
 		prioclass iomem mem iomem_align mem_align hugepage-size lockmem create_serialize create_fsync
 		create_on_open create_only pre_read unlink unlink_each_loop zonesize zonerange zoneskip zonemode
 		percentage_random percentage_sequential random_generator allrandrepeat bs_unaligned ba blockalign
-		bs_is_seq_rand verify_interval verify_offset verify_backlog verify_backlog_batch verify_async
-		verify_async_cpus verify_state_save verify_state_load verify_dump trim_percentage
+		bs_is_seq_rand verify_interval verify_offset verify_backlog_batch verify_async
+		verify_async_cpus verify_state_save verify_state_load trim_percentage
 		trim_verify_zero trim_backlog experimental_verify lat_percentiles clat_percentiles
 		slat_percentiles percentile_list disable_lat disable_clat disable_slat disable_bw_measurement
-		gtod_reduce gtod_cpu clocksource exitall exitall_on_error wait_for kb_base unit_base filesize
+		gtod_reduce gtod_cpu clocksource  exitall_on_error wait_for kb_base unit_base filesize
 		file_append io_size io_limit number_ios continue_on_error ignore_error error_dump hipri
-		sqthread_poll sqthread_poll_cpu uncached nowait force_async cmdprio_percentage
-		cmdprio_class cmdprio cmdprio_bssplit filename_format unique_filename lockfile latency_target
-		latency_window latency_percentile latency_run max_latency steadystate ss ss_dur ss_ramp
+		  uncached nowait force_async cmdprio_percentage
+		cmdprio_class cmdprio cmdprio_bssplit unique_filename lockfile
+		latency_run max_latency
 		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
 		flow_sleep offset_increment offset_align uri allow_file_create allow_mounted_write fill_device
 		fill_fs readonly replay_no_stall replay_redirect replay_align replay_scale read_iolog write_iolog
 		iolog exec_prerun exec_postrun ioscheduler disk_util bwavgtime iopsavgtime log_offset log_compression
 		log_store_compressed log_unix_epoch log_alternate_epoch log_max_value block_error_percentiles
 		significant_figures thread_cpu per_job_logs skip_bad zone_reset_threshold zone_reset_frequency
-		max_open_zones job_max_open_zones ignore_zone_limits dedupe_mode dedupe_working_set_percentage
-		dedupe_global buffer_compress_percentage inplace atomic userspace_reap sqthread_poll
+		max_open_zones job_max_open_zones ignore_zone_limits  
+		  inplace atomic userspace_reap 
 		cgroup cgroup_weight cgroup_nodelete uid gid rate_ignore_thinktime trim_verify_zero
 		continue_on_error pre_read size_increment io_submit_mode verifysort verifysort_nr
-		ioengine_options hugepage-size clat_percentiles steadystate_duration steadystate_ramp_time
+		ioengine_options hugepage-size clat_percentiles
 		bwavgtime exitall_on_error create_serialize kb_base`) {
 		m[n] = struct{}{}
 	}
@@ -847,4 +931,15 @@ func parsePattern(v string) ([]byte, error) {
 		return nil, fmt.Errorf("bad pattern %q (0xHEX, \"text\" or 0..255)", v)
 	}
 	return []byte{byte(n)}, nil
+}
+
+// ssCfg is the job's steady-state settings, created on first use (ss_dur
+// may come before ss). A copy: a clone job must not share a [global]'s.
+func (j *Job) ssCfg() *SteadyState {
+	c := SteadyState{}
+	if j.SS != nil {
+		c = *j.SS
+	}
+	j.SS = &c
+	return j.SS
 }

@@ -113,7 +113,7 @@ func TestBadJobFiles(t *testing.T) {
 		{"bsrange-bssplit", "[j]\nfilename=/tmp/x\nbsrange=4k-16k\nbssplit=4k/50:8k/50\n", "bssplit conflicts with bsrange (set at", 4},
 		{"time-based", "[j]\nfilename=/tmp/x\ntime_based\n", "time_based needs a runtime", 3},
 		{"format-engine", "[j]\nfilename=/tmp/x\nformat=raw\n", "format= applies to ioengine=ringblk only", 3},
-		{"fixedbufs-engine", "[j]\nfilename=/tmp/x\nioengine=ringblk\nfixedbufs\n", "fixedbufs applies to ioengine=io_uring only", 4},
+		{"fixedbufs-engine", "[j]\nfilename=/tmp/x\nioengine=ringblk\nfixedbufs\n", "fixedbufs is not implemented for ioengine=ringblk", 4},
 		{"registerfiles-engine", "[j]\nfilename=/tmp/x\nregisterfiles\n", "registerfiles applies to ioengine=io_uring only", 3},
 		{"verify-pattern", "[j]\nfilename=/tmp/x\nverify=pattern\n", "verify=pattern needs verify_pattern", 3},
 		{"verify-sha", "[j]\nfilename=/tmp/x\nverify=sha512\n", "verify=sha512 is a fio method", 3},
@@ -151,7 +151,7 @@ func TestBadFlags(t *testing.T) {
 	}{
 		{[]string{"--name=x", "--filename=/tmp/x", "--bogus=1"}, `command line: unknown option "bogus"`},
 		{[]string{"--name=x", "--filename=/tmp/x", "--size=1z"}, `command line: size=1z: bad size suffix`},
-		{[]string{"--output-format=terse", "--name=x", "--filename=/tmp/x"}, "terse is a fio format"},
+		{[]string{"--output-format=csv", "--name=x", "--filename=/tmp/x"}, "want normal, json, json+ or terse"},
 		{[]string{"--rw=read"}, "no jobs defined"},
 	} {
 		_, err := ParseArgs(c.args)

@@ -76,6 +76,7 @@ func WriteNormal(out io.Writer, res *Result) {
 				g.minRun[d], g.maxRun[d])
 		}
 	}
+	res.writeDiskStats(out)
 }
 
 // WriteHeader writes the lines fio prints before a run.
@@ -175,7 +176,7 @@ func writeEntry(out io.Writer, e *entry) {
 			writePercentiles(out, " lat", &ds.lat, jobPercentiles(e.job))
 		}
 		if ds.bw.n > 0 {
-			per := 100.0
+			per := e.share[d]
 			fmt.Fprintf(out, "   bw (  KiB/s): min=%d, max=%d, per=%.2f%%, avg=%.2f, stdev=%.2f, samples=%d\n",
 				int64(ds.bw.min), int64(ds.bw.max), per, ds.bw.mean, ds.bw.stddev(), ds.bw.n)
 			fmt.Fprintf(out, "   iops        : min=%d, max=%d, avg=%.2f, stdev=%.2f, samples=%d\n",
@@ -190,7 +191,29 @@ func writeEntry(out io.Writer, e *entry) {
 	fmt.Fprintf(out, "     submit    : %s\n", distStr(batchLabels[:], e.submit[:]))
 	fmt.Fprintf(out, "     complete  : %s\n", distStr(batchLabels[:], e.complete[:]))
 	fmt.Fprintf(out, "     issued rwts: total=%d,%d,0,0 short=0,0,0,0 dropped=0,0,0,0\n", e.dirs[0].ios, e.dirs[1].ios)
-	fmt.Fprintf(out, "     latency   : target=0, window=0, percentile=100.00%%, depth=%d\n", e.job.IODepth)
+	fmt.Fprintf(out, "     latency   : target=%d, window=%d, percentile=%.2f%%, depth=%d\n",
+		e.job.LatencyTarget.Microseconds(), e.job.LatencyWindow.Microseconds(), e.job.LatencyPercentile, e.latencyDepth())
+	if e.job.SS != nil && len(e.clones) > 0 && e.clones[0].ss != nil {
+		r := e.clones[0].ss
+		what := "mean dev"
+		if r.cfg.Slope {
+			what = "slope"
+		}
+		crit := r.crit
+		if math.IsInf(crit, 0) {
+			crit = 0
+		}
+		unit := ""
+		if r.cfg.Pct {
+			unit = "%"
+		}
+		att := "no"
+		if r.attained {
+			att = "yes"
+		}
+		fmt.Fprintf(out, "  steadystate  : attained=%s, bw=%s, iops=%d, %s %s=%.3f%s\n", att,
+			bwStr(r.mean(r.bw)), int64(math.Round(r.mean(r.iops))), r.cfg.Kind, what, crit, unit)
+	}
 	if e.verify.enabled {
 		fmt.Fprintf(out, "  verify       : method=%s, checked=%d, mismatches=%d\n", e.job.Verify, e.verify.checked, e.verify.mismatches)
 		for _, m := range e.verify.first {

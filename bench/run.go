@@ -243,6 +243,20 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	}
 	flowGroups(out)
 	began := time.Now()
+	stopSteady := startSteady(out, began) // before the clones start: they read w.ss
+	var exitAll *atomic.Bool
+	for _, jr := range out {
+		if jr.Job.ExitAll {
+			exitAll = new(atomic.Bool)
+		}
+	}
+	if exitAll != nil {
+		for _, jr := range out {
+			for _, w := range jr.Clones {
+				w.exitAll = exitAll
+			}
+		}
+	}
 	live.Store(&out)
 	defer live.Store(nil)
 	// wait_for: a job whose named job runs in this group starts when
@@ -266,6 +280,9 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	for i := 0; i < total; i++ {
 		w := <-done
 		name := w.job.Name
+		if w.job.ExitAll {
+			exitAll.Store(true)
+		}
 		if clonesOf[name]--; clonesOf[name] > 0 || len(held) == 0 {
 			continue
 		}
@@ -279,6 +296,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		}
 		held = rest
 	}
+	stopSteady()
 	if stopStatus != nil {
 		stopStatus()
 	}

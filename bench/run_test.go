@@ -237,7 +237,8 @@ func TestJSONMatchesFio(t *testing.T) {
 func TestFioExamples(t *testing.T) {
 	exdir := "/usr/share/doc/fio/examples"
 	names := []string{"fio-rand-read.fio", "fio-rand-write.fio", "fio-rand-RW.fio", "fio-seq-read.fio",
-		"fio-seq-write.fio", "fio-seq-RW.fio", "ssd-test.fio", "basic-verify.fio", "zipf.fio"}
+		"fio-seq-write.fio", "fio-seq-RW.fio", "ssd-test.fio", "basic-verify.fio", "zipf.fio",
+		"latency-profile.fio", "steadystate.fio", "ime.fio", "dedupe-global.fio"}
 	if _, err := os.Stat(exdir); err != nil {
 		t.Skip("fio's examples are not installed (apt-get install fio-examples)")
 	}

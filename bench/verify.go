@@ -357,6 +357,17 @@ func (v *verifier) fail(off int64, n int, reason func() string) {
 	}
 }
 
+// verified drops a block read back early (verify_backlog) from the final
+// verify pass, unless it was written again with another length.
+func (v *verifier) verified(off int64, n int) {
+	if v.written == nil {
+		return
+	}
+	if i := (off - v.regionOff) / v.align; v.written[i] == uint32(n) {
+		v.written[i] = 0
+	}
+}
+
 // nextWritten returns the next written block at or after block index i.
 func (v *verifier) nextWritten(i int) (next int, off int64, n int, ok bool) {
 	for ; i < len(v.written); i++ {

@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -83,6 +84,85 @@ type worker struct {
 	syncLat       latStat // fsync/fdatasync latencies (fio's "sync")
 	sinceSync     int     // writes since the last sync
 	endSynced     bool
+	lt            latTarget    // latency_target's depth search
+	ss            *steadyRun   // steadystate=: set while the group runs
+	doneSinceFill int          // completions since the clone last issued (iodepth_batch_complete_min)
+	backlog       backlog      // verify_backlog: written blocks not yet read back
+	draining      bool         // reading the backlog back until it is empty
+	dumps         int          // verify_dump files written
+	exitAll       *atomic.Bool // exitall: set when a clone of an exitall job finished; nil: none in the group
+	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
+	enterReap     uint64       // io_uring_enter calls that waited for completions
+	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
+}
+
+// backlog is a fixed ring of completed writes (offset, length) that
+// verify_backlog reads back once it holds VerifyBacklog of them.
+type backlog struct {
+	off        []int64
+	n          []int32
+	head, size int
+}
+
+func (b *backlog) push(off int64, n int) {
+	if len(b.off) == 0 || b.size == len(b.off) {
+		return // full: the final verify phase still reads it
+	}
+	i := (b.head + b.size) % len(b.off)
+	b.off[i], b.n[i] = off, int32(n)
+	b.size++
+}
+
+func (b *backlog) pop() (int64, int) {
+	off, n := b.off[b.head], int(b.n[b.head])
+	b.head = (b.head + 1) % len(b.off)
+	b.size--
+	return off, n
+}
+
+// latTarget is the state of latency_target's search for the deepest queue
+// whose window meets the target: a bisection between low (met) and high
+// (not yet failed), starting at depth 1 as fio does.
+type latTarget struct {
+	qd, low, high int
+	winStart      int64 // ns
+	ios, missed   int64 // I/Os of the window, and those over the target
+	found         bool
+}
+
+// latTargetCheck counts an I/O of latency lat and, once the window is
+// over, moves the depth: up halfway to high when the window met the
+// target, down halfway to low when it did not. The search ends when a met
+// depth is high; the job then stops, as fio's does without latency_run.
+// An I/O issued before the window began (at the previous depth) is not
+// counted.
+func (w *worker) latTargetCheck(issue, now int64) {
+	t := &w.lt
+	if issue < t.winStart {
+		return
+	}
+	lat := now - issue
+	t.ios++
+	if lat > int64(w.job.LatencyTarget) {
+		t.missed++
+	}
+	if now-t.winStart < int64(w.job.LatencyWindow) || t.found {
+		return
+	}
+	met := float64(t.missed)*100 <= (100-w.job.LatencyPercentile)*float64(t.ios)
+	if met {
+		t.low = t.qd
+		if t.qd >= t.high {
+			t.found = true
+			w.stopIssuing = true
+		} else {
+			t.qd = (t.qd + t.high + 1) / 2
+		}
+	} else {
+		t.high = max(t.low, t.qd-1)
+		t.qd = max(1, (t.low+t.high+1)/2)
+	}
+	t.winStart, t.ios, t.missed = now, 0, 0
 }
 
 // sampleWindow is fio's bwavgtime/iopsavgtime default.
@@ -107,6 +187,15 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 	for i := depth - 1; i >= 0; i-- {
 		w.units[i].idx = int32(i)
 		w.free = append(w.free, int32(i))
+	}
+	w.lt.qd = depth
+	w.payload = newPayload(j, clone, regionLen)
+	if j.VerifyBacklog > 0 && w.ver != nil {
+		k := j.VerifyBacklog + depth
+		w.backlog = backlog{off: make([]int64, k), n: make([]int32, k)}
+	}
+	if j.LatencyTarget > 0 {
+		w.lt = latTarget{qd: 1, low: 1, high: depth}
 	}
 	w.prog.state.Store('P')
 	w.initPacer()
@@ -163,6 +252,7 @@ func (w *worker) beginMeasuring(now int64) {
 	w.submitCalls, w.completeCalls = 0, 0
 	w.measureStart = now
 	w.lastSample = now
+	w.lt.winStart = now
 	w.nextSample = now + int64(sampleWindow)
 	if w.logs != nil {
 		w.logs.start = now
@@ -190,6 +280,16 @@ func (w *worker) tick(now int64) {
 	}
 	if w.deadline > 0 && now >= w.deadline && w.phase != phaseVerify {
 		w.stopIssuing = true
+	}
+	if w.exitAll != nil && !w.stopIssuing && w.exitAll.Load() {
+		// exitall: another clone's job finished; stop as at the deadline.
+		w.stopIssuing = true
+		if w.phase == phaseVerify {
+			w.verifyNext = len(w.ver.written)
+		}
+	}
+	if w.ss != nil && !w.stopIssuing && w.ss.stop.Load() {
+		w.stopIssuing = true // steady state reached
 	}
 	if interrupted.Load() && !w.stopIssuing {
 		// Ctrl-C: stop as at the deadline; the report is still written.
@@ -253,6 +353,13 @@ func (w *worker) fill(u *unit, now int64) bool {
 	if w.stopIssuing {
 		return w.endSync(u, now)
 	}
+	if vb := w.job.VerifyBacklog; vb > 0 && w.backlog.size >= vb || w.backlog.size > 0 && w.draining {
+		// verify_backlog: read back what was written, then write on.
+		w.draining = w.backlog.size > 1
+		off, n := w.backlog.pop()
+		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
+		return true
+	}
 	if n := max(w.job.Fsync, w.job.Fdatasync); n > 0 && w.sinceSync >= n && (w.gen.limit == 0 || w.gen.issued < w.gen.limit) {
 		w.sinceSync = 0
 		u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
@@ -279,6 +386,9 @@ func (w *worker) fill(u *unit, now int64) bool {
 		w.sinceSync++
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
+	if dir == DirWrite && w.payload != nil {
+		w.payload.fill(u.buf[:n])
+	}
 	if dir == DirWrite && w.ver != nil {
 		w.ver.stamp(u.buf[:n], off, now)
 	}
@@ -299,7 +409,7 @@ func (w *worker) endSync(u *unit, now int64) bool {
 // take pops a free unit, or nil.
 func (w *worker) take() *unit {
 	k := len(w.free)
-	if k == 0 {
+	if k == 0 || w.busy >= w.lt.qd {
 		return nil
 	}
 	u := &w.units[w.free[k-1]]
@@ -340,6 +450,19 @@ func (w *worker) submitted(batch []*unit, t int64) {
 		}
 	}
 	w.pendingDone = 0
+	w.doneSinceFill = 0
+}
+
+// reapMin is how many completions the clone waits for before issuing
+// again: iodepth_batch_complete_min, or all in flight if fewer.
+func (w *worker) reapMin() int {
+	return max(1, min(w.job.IODepthBatchCompleteMin, w.busy))
+}
+
+// refillDue reports whether enough completed since the last submission to
+// issue again (the event-driven engine's iodepth_batch_complete_min).
+func (w *worker) refillDue() bool {
+	return w.busy == 0 || w.doneSinceFill >= w.job.IODepthBatchCompleteMin
 }
 
 // completed accounts unit u finished at now with err (nil, or the I/O
@@ -348,6 +471,7 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	w.free = append(w.free, u.idx)
 	w.busy--
 	w.pendingDone++
+	w.doneSinceFill++
 	if w.pace.thinking {
 		w.thinkDone(now)
 	}
@@ -372,7 +496,10 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	buf := u.buf[:u.n]
 	if u.verify {
 		if !w.ver.check(buf, u.off) {
-			w.verifyFailed()
+			w.verifyFailed(buf, u.off)
+		}
+		if w.phase != phaseVerify {
+			w.ver.verified(u.off, u.n) // a backlog read: not again at the end
 		}
 		// fio counts the reads of its verify phase as the job's reads.
 		w.prog.ios[DirRead].Add(1)
@@ -382,8 +509,11 @@ func (w *worker) completed(u *unit, now int64, err error) {
 	}
 	if u.dir == DirRead && w.ver != nil {
 		if !w.ver.check(buf, u.off) {
-			w.verifyFailed()
+			w.verifyFailed(buf, u.off)
 		}
+	}
+	if u.dir == DirWrite && w.job.VerifyBacklog > 0 {
+		w.backlog.push(u.off, u.n)
 	}
 	w.prog.ios[u.dir].Add(1)
 	w.prog.bytes[u.dir].Add(uint64(u.n))
@@ -391,6 +521,9 @@ func (w *worker) completed(u *unit, now int64, err error) {
 		return
 	}
 	w.account(&w.stats[u.dir], u, now)
+	if w.job.LatencyTarget > 0 {
+		w.latTargetCheck(u.issue, now)
+	}
 	if w.pace.minOn {
 		w.checkRateMin(now)
 	}
@@ -430,7 +563,17 @@ var errVerify = errors.New("verify failed")
 // verifyFailed makes the first mismatch the job's error, as fio does
 // (err=84, a non-zero exit). With verify_fatal the job stops there;
 // without, it goes on checking and counting the rest.
-func (w *worker) verifyFailed() {
+func (w *worker) verifyFailed(buf []byte, off int64) {
+	if w.job.VerifyDump && w.dumps < maxMismatches {
+		// verify_dump: the block as read, beside the file (fio's
+		// FILE.OFFSET.received); a dump that cannot be written is noted
+		// in the mismatch list, the verdict stands.
+		w.dumps++
+		name := fmt.Sprintf("%s.%d.received", w.job.Filename, off)
+		if err := os.WriteFile(name, buf, 0o644); err != nil && len(w.ver.first) > 0 {
+			w.ver.first[len(w.ver.first)-1].Reason += fmt.Sprintf(" (dump: %v)", err)
+		}
+	}
 	if w.err == nil {
 		w.err = fmt.Errorf("%w: %s", errVerify, w.ver.first[len(w.ver.first)-1])
 	}

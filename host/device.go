@@ -753,10 +753,10 @@ func (d *Device) DeleteSnapshot(name string) error {
 	return q.DeleteSnapshot(name)
 }
 
-// Inactivate hands the image over (migration): everything is written
-// back (a flush: a qcow2 image's cached metadata too, which the block
-// layer's inactivation alone does not write), then writes fail until
-// Activate.
+// Inactivate hands the image over (migration): everything is flushed
+// (data made durable for every driver; a qcow2 node's inactivation also
+// writes its cached metadata back by itself), then writes fail until
+// Activate, which makes a qcow2 node re-read its metadata.
 func (d *Device) Inactivate() error {
 	if d.inContext() {
 		return ErrInContext

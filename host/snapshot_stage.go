@@ -98,9 +98,9 @@ func (d *Device) StageSnapshot(o StageOptions) (s *SnapshotStage, err error) {
 	} else if _, serr := os.Stat(o.Path); serr != nil {
 		return s, fmt.Errorf("ringblk: %s: snapshot: overlay %w", d.name, serr)
 	}
-	// Inactivate makes the node refuse writes, but a driver without an
-	// activation hook (qcow2 today) keeps dirty metadata cached: write it
-	// back first, or the image's close would fail to write it later.
+	// Flush first so a write-back error is reported as such; Inactivate
+	// then makes the node refuse writes (a qcow2 node writes back its
+	// metadata again there, finding nothing left).
 	if err := old.Flush(); err != nil {
 		return s, fmt.Errorf("ringblk: %s: snapshot: flush the image: %w", d.name, err)
 	}

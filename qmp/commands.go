@@ -3,6 +3,7 @@ package qmp
 import (
 	"errors"
 	"fmt"
+	"github.com/ringblk/ringblk/job"
 	"os"
 	"sort"
 
@@ -144,7 +145,7 @@ func (d *Daemon) register(r *Registry) {
 		return nil, d.blockdevDel(a.(*nodeNameArg).NodeName)
 	})
 	r.Register("blockdev-create", &createArgs{}, func(_ *Client, a any) (any, error) {
-		return nil, d.blockdevCreate(a.(*createArgs))
+		return nil, d.blockdevCreateJob(a.(*createArgs))
 	})
 	r.Register("query-block", nil, func(*Client, any) (any, error) { return d.queryBlock(), nil })
 	r.Register("query-named-block-nodes", &flatArg{}, func(*Client, any) (any, error) { return d.queryNodes(), nil })
@@ -294,6 +295,56 @@ func (d *Daemon) setThrottle(x *throttleArgs) error {
 // blockdevCreate creates an image synchronously: the command returns when
 // the file is written (QEMU runs it as a job; there is no job package yet,
 // so no JOB_STATUS_CHANGE events and no job-dismiss are needed).
+// createJob is blockdev-create's job. As in QEMU, creating an image is a
+// job of type "create": the command answers at once, the outcome is the
+// job's (its error in query-jobs and in the concluded state), and the job
+// stays concluded until job-dismiss. Only JOB_STATUS_CHANGE events are
+// sent for it: it is not a block job. The creation itself runs before the
+// job starts, on the command's goroutine, never on a Context's loop (a
+// preallocated image can take long to write).
+type createJob struct{ err error }
+
+func (c *createJob) Type() string                         { return "create" }
+func (c *createJob) Iterate(*job.Iteration) (bool, error) { return true, c.err }
+
+// blockdevCreateJob checks what QEMU checks before it makes the job (the
+// job ID, a driver that can create images), then runs the creation as
+// the job's work.
+func (d *Daemon) blockdevCreateJob(x *createArgs) error {
+	if err := d.checkJobID(x.JobID); err != nil {
+		return err
+	}
+	switch x.Options.Driver {
+	case "file", "qcow2":
+	default:
+		return Errorf("Driver '%s' does not support blockdev-create here (file, qcow2)", x.Options.Driver)
+	}
+	// Arguments the schema requires are checked before the job exists, as
+	// QEMU's argument parser does; the rest is the job's outcome.
+	o := x.Options
+	switch {
+	case o.Driver == "file" && o.Filename == "":
+		return Errorf("Parameter 'filename' is missing")
+	case o.Driver == "qcow2" && o.File == nil:
+		return Errorf("Parameter 'file' is missing")
+	case o.Driver == "qcow2" && o.Size <= 0:
+		return Errorf("Parameter 'size' is missing")
+	}
+	cj := &createJob{}
+	j, err := d.jobs.New(job.Options{ID: x.JobID, ManualDismiss: true}, cj)
+	if err != nil {
+		return Errorf("%v", err)
+	}
+	if qerr := d.blockdevCreate(x); qerr != nil {
+		cj.err = errors.New(qerr.Error())
+		var e *Error
+		if errors.As(qerr, &e) {
+			cj.err = errors.New(e.Desc)
+		}
+	}
+	return d.startJob(j, nil)
+}
+
 func (d *Daemon) blockdevCreate(x *createArgs) error {
 	o := x.Options
 	switch o.Driver {

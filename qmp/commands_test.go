@@ -31,9 +31,28 @@ func TestBlockdevAddDriversAndDel(t *testing.T) {
 	ok(`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"f0","filename":"` + rawImg + `","read-only":true}}`)
 	ok(`{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"n0","size":1048576}}`)
 	// blockdev-create on a file node, then qcow2 over it by reference.
+	// blockdev-create is a job, as in QEMU: it concludes and waits for
+	// job-dismiss.
+	created := func(id string) {
+		t.Helper()
+		c.waitEvent("JOB_STATUS_CHANGE", id) // created
+		for {
+			ev := c.waitEvent("JOB_STATUS_CHANGE", id)
+			if ev["data"].(map[string]any)["status"] == "concluded" {
+				break
+			}
+		}
+		jobs := ok(`{"execute":"query-jobs"}`).([]any)
+		if len(jobs) != 1 || jobs[0].(map[string]any)["type"] != "create" || jobs[0].(map[string]any)["error"] != nil {
+			t.Fatalf("query-jobs after %s: %v", id, jobs)
+		}
+		ok(`{"execute":"job-dismiss","arguments":{"id":"` + id + `"}}`)
+	}
 	ok(`{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"file","filename":"` + q + `","size":0}}}`)
+	created("c0")
 	ok(`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"qf","filename":"` + q + `","cache":{"direct":false,"no-flush":false}}}`)
 	ok(`{"execute":"blockdev-create","arguments":{"job-id":"c1","options":{"driver":"qcow2","file":"qf","size":2097152}}}`)
+	created("c1")
 	ok(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q0","file":"qf"}}`)
 	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q0","file":"qf"}}`), GenericError, "Duplicate nodes with node-name='q0'")
 	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"vmdk","node-name":"v","file":"qf"}}`), GenericError, "Invalid parameter 'vmdk'")
@@ -113,5 +132,40 @@ func TestNBDExportCommands(t *testing.T) {
 	}
 	if r := c.do(`{"execute":"blockdev-del","arguments":{"node-name":"disk0"}}`); r["return"] == nil {
 		t.Fatal(r)
+	}
+}
+
+// TestBlockdevCreateJobErrors: what the schema requires fails the command;
+// what fails while creating fails the job (the command succeeded), which
+// then waits in query-jobs with its error until job-dismiss, as in QEMU.
+func TestBlockdevCreateJobErrors(t *testing.T) {
+	_, _, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	wantError(t, c.do(`{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"qcow2","file":"nope"}}}`), GenericError, "Parameter 'size' is missing")
+	wantError(t, c.do(`{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"vmdk","file":"nope","size":1048576}}}`), GenericError, "does not support blockdev-create")
+	r := c.do(`{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"qcow2","file":"nope","size":1048576}}}`)
+	if _, found := r["return"]; !found {
+		t.Fatalf("blockdev-create of a job that will fail: %v", r)
+	}
+	for {
+		ev := c.waitEvent("JOB_STATUS_CHANGE", "c0")
+		if ev["data"].(map[string]any)["status"] == "concluded" {
+			break
+		}
+	}
+	q := c.do(`{"execute":"query-jobs"}`)["return"].([]any)
+	if len(q) != 1 {
+		t.Fatalf("query-jobs: %v", q)
+	}
+	if e, _ := q[0].(map[string]any)["error"].(string); !strings.Contains(e, "nope") {
+		t.Fatalf("the failed create job's error %q does not name the missing node", e)
+	}
+	wantError(t, c.do(`{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"file","filename":"x","size":0}}}`), GenericError, "already in use")
+	if _, found := c.do(`{"execute":"job-dismiss","arguments":{"id":"c0"}}`)["return"]; !found {
+		t.Fatal("job-dismiss of the concluded create job failed")
+	}
+	if q := c.do(`{"execute":"query-jobs"}`)["return"].([]any); len(q) != 0 {
+		t.Fatalf("query-jobs after dismiss: %v", q)
 	}
 }

@@ -22,6 +22,17 @@ func (d *Daemon) jobEvent(ev job.Event) {
 	switch ev.Type {
 	case job.EventStatusChange:
 		d.emit("JOB_STATUS_CHANGE", map[string]any{"id": ev.ID, "status": ev.Status.String()})
+	case job.EventError, job.EventReady, job.EventCompleted, job.EventCancelled:
+		if ev.JobType == "create" {
+			return // not a block job: QEMU sends only JOB_STATUS_CHANGE for it
+		}
+		d.blockJobEvent(ev)
+	}
+}
+
+// blockJobEvent sends the BLOCK_JOB_* events of a block job.
+func (d *Daemon) blockJobEvent(ev job.Event) {
+	switch ev.Type {
 	case job.EventError:
 		d.emit("BLOCK_JOB_ERROR", map[string]any{"device": ev.ID, "operation": ev.Operation, "action": ev.Action.String()})
 	default:
@@ -491,7 +502,7 @@ func (d *Daemon) queryJobs() []map[string]any {
 func (d *Daemon) queryBlockJobs() []map[string]any {
 	out := []map[string]any{}
 	for _, in := range d.jobs.List() {
-		if in.Status == job.Concluded || in.Status == job.Null {
+		if in.Status == job.Concluded || in.Status == job.Null || in.Type == "create" {
 			continue
 		}
 		out = append(out, map[string]any{"type": in.Type, "device": in.ID, "len": in.Total, "offset": in.Current,

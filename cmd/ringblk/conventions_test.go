@@ -57,6 +57,10 @@ var conventionCommands = []struct {
 		{kind: "unknown format", args: []string{"-f", "bogus", "new.img", "1M"}, qemu: "qemu-img"},
 		{kind: "-U not taken", args: []string{"-U", "-f", "qcow2", "new.qcow2", "1M"}, qemu: "qemu-img"},
 	}},
+	{"install-links", []mistake{
+		{kind: "unknown option", args: []string{"--no-such-option"}},
+		{kind: "missing file", args: []string{"missing.dir"}},
+	}},
 	{"info", []mistake{
 		{kind: "unknown option", args: []string{"--no-such-option", "q.qcow2"}, qemu: "qemu-img"},
 		{kind: "missing file", args: []string{"missing.qcow2"}, qemu: "qemu-img"},

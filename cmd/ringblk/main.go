@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 
 	"github.com/ringblk/ringblk/internal/benchcmd"
@@ -30,20 +31,21 @@ func std(f func(args []string, stdout, stderr io.Writer) int) func([]string) int
 }
 
 var commands = map[string]command{
-	"bench":    {"fio-compatible benchmark through the block layer (fio job files, fio JSON, --compare)", benchcmd.Main},
-	"convert":  {"copy an image into a new raw or qcow2 image, sparse or compressed (qemu-img convert)", std(imgcmd.Convert)},
-	"create":   {"create a raw or qcow2 image (qemu-img create)", std(imgcmd.Create)},
-	"amend":    {"change a qcow2 image's options: compat, lazy_refcounts, size (qemu-img amend)", std(imgcmd.Amend)},
-	"resize":   {"change an image's virtual size (qemu-img resize)", std(imgcmd.Resize)},
-	"io":       {"run qemu-io's commands (read, write, aio_*, map, …) on an image", ioMain},
-	"info":     {"show an image's format, sizes, backing file and snapshots (qemu-img info)", std(imgcmd.Info)},
-	"check":    {"check a qcow2 image's metadata for leaks and corruptions (qemu-img check)", std(imgcmd.Check)},
-	"map":      {"show the allocation of an image's ranges over its backing chain (qemu-img map)", std(imgcmd.Map)},
-	"snapshot": {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", std(imgcmd.Snapshot)},
-	"compare":  {"compare the contents of two images (qemu-img compare)", std(imgcmd.Compare)},
-	"nbd":      {"serve an image over NBD (qemu-nbd)", nbdcmd.Main},
-	"measure":  {"compute the file size an image needs, new or converted (qemu-img measure)", std(imgcmd.Measure)},
-	"serve":    {"a storage daemon speaking QMP: block nodes, IOThreads, transactions, NBD exports (qemu-storage-daemon)", servecmd.Main},
+	"bench":         {"fio-compatible benchmark through the block layer (fio job files, fio JSON, --compare)", benchcmd.Main},
+	"convert":       {"copy an image into a new raw or qcow2 image, sparse or compressed (qemu-img convert)", std(imgcmd.Convert)},
+	"create":        {"create a raw or qcow2 image (qemu-img create)", std(imgcmd.Create)},
+	"amend":         {"change a qcow2 image's options: compat, lazy_refcounts, size (qemu-img amend)", std(imgcmd.Amend)},
+	"resize":        {"change an image's virtual size (qemu-img resize)", std(imgcmd.Resize)},
+	"io":            {"run qemu-io's commands (read, write, aio_*, map, …) on an image", ioMain},
+	"info":          {"show an image's format, sizes, backing file and snapshots (qemu-img info)", std(imgcmd.Info)},
+	"check":         {"check a qcow2 image's metadata for leaks and corruptions (qemu-img check)", std(imgcmd.Check)},
+	"map":           {"show the allocation of an image's ranges over its backing chain (qemu-img map)", std(imgcmd.Map)},
+	"snapshot":      {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", std(imgcmd.Snapshot)},
+	"compare":       {"compare the contents of two images (qemu-img compare)", std(imgcmd.Compare)},
+	"nbd":           {"serve an image over NBD (qemu-nbd)", nbdcmd.Main},
+	"measure":       {"compute the file size an image needs, new or converted (qemu-img measure)", std(imgcmd.Measure)},
+	"serve":         {"a storage daemon speaking QMP: block nodes, IOThreads, transactions, NBD exports (qemu-storage-daemon)", servecmd.Main},
+	"install-links": {"create qemu-img, qemu-io and qemu-nbd links to this binary in a directory (drop-in mode)", installLinksMain},
 }
 
 func ioMain(args []string) int { return qemuio.Run(args, os.Stdin, os.Stdout, os.Stderr) }
@@ -67,7 +69,22 @@ func usage() {
 // run hands it to cli.Commit, which --version prints.
 var commit string
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() { os.Exit(runAs(os.Args[0], os.Args[1:])) }
+
+// runAs runs the program under the name it was started as: through a link
+// named qemu-img, qemu-io or qemu-nbd it is that tool (dropin.go), else it
+// is ringblk's own command line.
+func runAs(argv0 string, args []string) int {
+	switch filepath.Base(argv0) {
+	case "qemu-img":
+		return qemuImg(args)
+	case "qemu-io":
+		return qemuIO(args)
+	case "qemu-nbd":
+		return qemuNBD(args)
+	}
+	return run(args)
+}
 
 // run is the command line: a command and its arguments, --help or
 // --version. A mistake is one "ringblk: …" line and exit 1.

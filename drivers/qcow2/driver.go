@@ -351,7 +351,9 @@ func (d *Driver) openBacking() error {
 // detach the children. A failed write-back is returned: the caller that
 // closed without a flush first must learn that the mapping is not on disk.
 func (d *Driver) Close(n *block.Node) error {
-	if d.readOnly || d.file == nil || d.mu.hdr == nil {
+	if d.readOnly || d.file == nil || d.mu.hdr == nil || n.Inactive() {
+		// An inactive image was written back by Inactivate and may belong
+		// to another process now: nothing may be written.
 		return nil
 	}
 	// Close runs on the main Context inside a drained section: run a flush
@@ -361,7 +363,7 @@ func (d *Driver) Close(n *block.Node) error {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err = metaOf(d).closeMetadata(co)
+		err = metaOf(d).closeMetadata(co, nil)
 		d.metaLock.unlock()
 		done.Store(true)
 		main.Kick()

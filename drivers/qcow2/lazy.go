@@ -106,7 +106,7 @@ func (d metaIO) flushAllMetadata(co *aio.Co, parent *block.Request) error {
 // the dirty bit this driver set is cleared (R10: only after every refcount
 // block is durable). A dirty bit found at open (CheckOpen without a
 // repair) is left alone. REQUIRES: metaLock held.
-func (d metaIO) closeMetadata(co *aio.Co) error {
+func (d metaIO) closeMetadata(co *aio.Co, parent *block.Request) error {
 	d.mu.Lock()
 	quiet := d.mu.corruptErr != nil && d.l2.dirty == 0 && len(d.mu.dirtyRT) == 0 && len(d.mu.dirtyL1) == 0 &&
 		len(d.mu.pendingFrees) == 0 && !d.anyDirtyRefblockLocked()
@@ -117,7 +117,7 @@ func (d metaIO) closeMetadata(co *aio.Co) error {
 		// close itself loses nothing.
 		return nil
 	}
-	if err := d.flushAllMetadata(co, nil); err != nil {
+	if err := d.flushAllMetadata(co, parent); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -126,7 +126,7 @@ func (d metaIO) closeMetadata(co *aio.Co) error {
 	if !clearBit {
 		return nil
 	}
-	if err := d.writeIncompat(co, nil, 0, format.IncompatDirty); err != nil {
+	if err := d.writeIncompat(co, parent, 0, format.IncompatDirty); err != nil {
 		return err
 	}
 	d.mu.Lock()

@@ -237,7 +237,9 @@ func openCause(err error) string {
 	case errors.Is(err, format.ErrNotQcow2):
 		return "Image is not in qcow2 format"
 	case errors.As(err, &pe):
-		return UnwrapPathErr(pe).Error()
+		// qemu-img nests the file driver's own "Could not open" in the
+		// image's: the same sentence twice for a missing top image.
+		return fmt.Sprintf("Could not open '%s': %v", pe.Path, UnwrapPathErr(pe))
 	}
 	return ""
 }
@@ -269,4 +271,12 @@ func ParseSize(s string) (int64, error) {
 		return 0, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
 	}
 	return n, nil
+}
+
+// FileOpenError words a failure to open an image's file as qemu-img does:
+// the file driver's "Could not open" inside the image's, the same path
+// twice ("Could not open 'x': Could not open 'x': No such file or
+// directory").
+func FileOpenError(path string, err error) error {
+	return &wordedError{msg: fmt.Sprintf("Could not open '%s': Could not open '%s': %v", path, path, UnwrapPathErr(err)), err: err}
 }

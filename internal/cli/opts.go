@@ -16,12 +16,20 @@ import (
 )
 
 // UsageError is a command-line mistake: reported in one line, exit 1.
-type UsageError struct{ Msg string }
+type UsageError struct {
+	Msg    string
+	getopt bool // found by ParseOpts: qemu-img adds its "Try" hint
+}
 
 func (e *UsageError) Error() string { return e.Msg }
 
 // Usagef is a UsageError with a formatted message.
-func Usagef(format string, a ...any) error { return &UsageError{fmt.Sprintf(format, a...)} }
+func Usagef(format string, a ...any) error { return &UsageError{Msg: fmt.Sprintf(format, a...)} }
+
+// getoptf is a UsageError of the option parser itself (getopt's words).
+func getoptf(format string, a ...any) error {
+	return &UsageError{Msg: fmt.Sprintf(format, a...), getopt: true}
+}
 
 // ErrHelp asks the caller to print the command's help and exit 0.
 var ErrHelp = errors.New("help requested")
@@ -74,16 +82,16 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 			name, val, has := strings.Cut(a[2:], "=")
 			takes, ok := spec.Long[name]
 			if !ok {
-				return nil, nil, Usagef("unrecognized option '%s'", a)
+				return nil, nil, getoptf("unrecognized option '%s'", a)
 			}
 			if takes && !has {
 				if i+1 >= len(args) {
-					return nil, nil, Usagef("option '--%s' requires an argument", name)
+					return nil, nil, getoptf("option '--%s' requires an argument", name)
 				}
 				i++
 				val = args[i]
 			} else if !takes && has {
-				return nil, nil, Usagef("option '--%s' doesn't allow an argument", name)
+				return nil, nil, getoptf("option '--%s' doesn't allow an argument", name)
 			}
 			opts = append(opts, Opt{Name: name, Val: val})
 		case len(a) > 1 && a[0] == '-':
@@ -91,7 +99,7 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 				c := a[j]
 				takes, ok := spec.Short[c]
 				if !ok {
-					return nil, nil, Usagef("invalid option -- '%c'", c)
+					return nil, nil, getoptf("invalid option -- '%c'", c)
 				}
 				if !takes {
 					opts = append(opts, Opt{Name: string(c)})
@@ -100,7 +108,7 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 				val := a[j+1:]
 				if val == "" {
 					if i+1 >= len(args) {
-						return nil, nil, Usagef("option requires an argument -- '%c'", c)
+						return nil, nil, getoptf("option requires an argument -- '%c'", c)
 					}
 					i++
 					val = args[i]
@@ -116,7 +124,7 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 }
 
 // Run runs one image command body and turns its error into qemu-img's
-// conventions: help on stdout (exit 0), "ringblk: …" on stderr (exit 1).
+// conventions: help on stdout (exit 0), "ringblk: …" (Prog) on stderr (exit 1).
 func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	code, err := body()
 	if err == nil {
@@ -127,7 +135,12 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 		return 0
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
-	fmt.Fprintf(stderr, "ringblk: %s\n", msg)
+	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
+	var ue *UsageError
+	if Prog == "qemu-img" && errors.As(err, &ue) && ue.getopt {
+		// qemu-img follows an option its getopt rejects with this hint.
+		fmt.Fprintln(stderr, "Try 'qemu-img --help' for more information")
+	}
 	if code == 0 {
 		code = 1
 	}

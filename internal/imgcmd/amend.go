@@ -106,11 +106,11 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
 		}
 		if _, err := os.Stat(path); err != nil {
-			return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+			return 1, cli.FileOpenError(path, err)
 		}
 		if format == "" {
 			if format, err = chain.Probe(path); err != nil {
-				return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+				return 1, cli.FileOpenError(path, err)
 			}
 		}
 		switch format {

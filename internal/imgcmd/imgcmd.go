@@ -74,12 +74,12 @@ func (o *openedImage) Close() { o.f.Close() }
 func openImage(path, format string) (*openedImage, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+		return nil, cli.FileOpenError(path, err)
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+		return nil, cli.FileOpenError(path, err)
 	}
 	if st.IsDir() {
 		f.Close()

@@ -102,11 +102,11 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes, optionally after + or -)", sizeArg)
 		}
 		if _, err := os.Stat(path); err != nil {
-			return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+			return 1, cli.FileOpenError(path, err)
 		}
 		if format == "" {
 			if format, err = chain.Probe(path); err != nil {
-				return 1, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+				return 1, cli.FileOpenError(path, err)
 			}
 		}
 		if format == "qcow2" && prealloc != raw.PreallocOff {

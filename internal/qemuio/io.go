@@ -33,6 +33,9 @@ Output lines, messages and exit status follow qemu-io 7.2.
   -r, --read-only    open read-only
   -n, --nocache      short for -t none (O_DIRECT)
   -t, --cache MODE   writeback (default), writethrough or none
+  -i, --aio MODE     threads, native or io_uring: accepted for qemu-io's
+                     command lines; ringblk's I/O always uses its own ring
+  -k, --native-aio   short for -i native
   -d, --discard MODE unmap (default: discards reach the file) or ignore
   -U, --force-share  do not lock the image against other users (needs -r)
   -o size=SIZE       size of a null image (default 1G)
@@ -46,6 +49,11 @@ Commands (offsets and lengths take b, k, M, G, T, P, E suffixes, as qemu-io):
   aio_read [-Cqv] [-P pat] off len [len..]
   aio_write [-Cfquz] [-P pat] off len [len..]
   aio_flush
+  readv [-Cqv] [-P pat] off len [len..]
+  writev [-Cfq] [-P pat] off len [len..]
+  truncate [-m off] off                                    (alias t)
+  reopen [-r|-w] [-c cache]
+  close                                                    (alias c)
   length                                                   (alias l)
   map
   info                                                     (alias i)
@@ -65,9 +73,9 @@ opened.
 `
 
 var ioSpec = cli.OptSpec{
-	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false},
+	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false, 'i': true, 'k': false},
 	Long: map[string]bool{"cmd": true, "format": true, "read-only": false, "nocache": false, "cache": true,
-		"force-share": false, "discard": true, "help": false},
+		"force-share": false, "discard": true, "help": false, "aio": true, "native-aio": false},
 }
 
 // ioSession is one opened image and the state of its command run.
@@ -78,7 +86,9 @@ type ioSession struct {
 	errw     io.Writer // qemu-io's stderr messages
 	aio      aioTracker
 	quit     bool
-	cur      *ioCommand // the command running
+	cur      *ioCommand     // the command running
+	path     string         // the image, as named (reopen)
+	bo       cli.BlkOptions // how it was opened (reopen)
 }
 
 // Run is "ringblk io" (qemu-io): args are what follows the command name;
@@ -90,7 +100,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		var cmds []string
-		nullOpts := false
+		nullOpts, aioNative := false, false
 		// qemu-io passes discards on to the file by default.
 		bo := cli.BlkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}
 		for _, o := range opts {
@@ -107,6 +117,19 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				bo.Cache = o.Val
 			case "U", "force-share":
 				bo.ForceShare = true
+			case "i", "aio":
+				// qemu-io's AIO back ends; ringblk's I/O always goes
+				// through its own ring, so each names the same path.
+				switch o.Val {
+				case "threads", "io_uring":
+					aioNative = false
+				case "native":
+					aioNative = true
+				default:
+					return 1, fmt.Errorf("Invalid aio option: %s", o.Val)
+				}
+			case "k", "native-aio":
+				aioNative = true
 			case "d", "discard":
 				switch o.Val {
 				case "ignore", "off":
@@ -140,6 +163,10 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("io: unexpected argument '%s' (see 'ringblk io --help')", operands[1])
 		}
 		path := operands[0]
+		if aioNative && bo.Cache != "none" && bo.Cache != "directsync" {
+			// As qemu-io: Linux AIO only on O_DIRECT files.
+			return 1, fmt.Errorf("can't open device %s: aio=native was specified, but it requires cache.direct=on, which was not specified.", path)
+		}
 		if bo.ForceShare && !bo.ReadOnly {
 			return 1, fmt.Errorf("can't open device %s: force-share=on can only be used with read-only images", path)
 		}
@@ -160,7 +187,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
 			}
 			if f == "raw" {
-				fmt.Fprintf(stderr, "ringblk: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", path)
+				fmt.Fprintf(stderr, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
 			}
 			bo.Format = f
 		}
@@ -181,7 +208,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
-		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr}
+		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr, path: path, bo: bo}
 		failed := false
 		if len(cmds) > 0 {
 			for _, c := range cmds {
@@ -195,9 +222,11 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		} else {
 			failed = s.interactive(stdin)
 		}
-		s.aioFlush()
-		if err := img.Close(); err != nil {
-			return 1, fmt.Errorf("closing '%s': %v", path, cli.PlainErr(err))
+		if s.img != nil { // not closed by a close command
+			s.aioFlush()
+			if err := s.img.Close(); err != nil {
+				return 1, fmt.Errorf("closing '%s': %v", path, cli.PlainErr(err))
+			}
 		}
 		if failed {
 			return 1, nil
@@ -239,7 +268,7 @@ func (s *ioSession) interactive(r io.Reader) (failed bool) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for {
 		if prompt {
-			fmt.Fprint(s.out, "ringblk io> ")
+			fmt.Fprint(s.out, promptText())
 		}
 		if !sc.Scan() {
 			if prompt {
@@ -272,8 +301,8 @@ type ioCommand struct {
 var ioCommands []*ioCommand
 
 func init() {
-	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, discardCmd, flushCmd, helpCmd,
-		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, writeCmd}
+	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, closeCmd, discardCmd, flushCmd, helpCmd,
+		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, readvCmd, reopenCmd, truncateCmd, writeCmd, writevCmd}
 }
 
 func findIOCommand(name string) *ioCommand {
@@ -314,8 +343,13 @@ func (s *ioSession) run(line string) bool {
 		}
 		return false
 	}
+	if s.img == nil && c != helpCmd && c != quitCmd {
+		// After close, as qemu-io with no image open.
+		fmt.Fprintln(s.errw, "no file open, try 'help open'")
+		return false
+	}
 	if c.write && s.readOnly {
-		fmt.Fprintln(s.errw, "ringblk: Block node is read-only")
+		fmt.Fprintln(s.errw, cli.Prog+": Block node is read-only")
 		return false
 	}
 	s.cur = c
@@ -406,4 +440,12 @@ func argsSp(a string) string {
 var quitCmd = &ioCommand{
 	name: "quit", alt: "q", argmin: 0, argmax: 0, oneline: "exit the program",
 	run: func(s *ioSession, argv []string) bool { s.quit = true; return true },
+}
+
+// promptText is the interactive prompt: qemu-io's own when run as qemu-io.
+func promptText() string {
+	if cli.Prog == "qemu-io" {
+		return "qemu-io> "
+	}
+	return "ringblk io> "
 }

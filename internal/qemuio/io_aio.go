@@ -38,6 +38,7 @@ type aioTracker struct {
 // WaitGroup says it finished.
 type aioReq struct {
 	t        *aioTracker
+	name     string // readv/writev: the command, for its failure line
 	write    bool
 	off      int64
 	size     int64
@@ -70,8 +71,10 @@ func (t *aioTracker) finish(a *aioReq) {
 // submit starts a request of op on the session's node. iov holds the
 // data of reads and writes; write-zeroes carries only size.
 func (s *ioSession) submit(a *aioReq, op block.Op, iov [][]byte, flags block.Flags) {
-	a.t = &s.aio
-	s.aio.wg.Add(1)
+	if a.t == nil {
+		a.t = &s.aio
+	}
+	a.t.wg.Add(1)
 	a.start = time.Now()
 	inside, err := s.inRange(a.off, a.size)
 	if err != nil || !inside {
@@ -79,7 +82,7 @@ func (s *ioSession) submit(a *aioReq, op block.Op, iov [][]byte, flags block.Fla
 			err = errIO
 		}
 		a.end, a.err, a.rejected = time.Now(), err, true
-		s.aio.finish(a)
+		a.t.finish(a)
 		return
 	}
 	n := s.img.Node

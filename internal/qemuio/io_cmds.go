@@ -447,7 +447,7 @@ func mapRun(s *ioSession, argv []string) bool {
 	n := s.img.Node
 	size, err := n.Length()
 	if err != nil {
-		fmt.Fprintf(s.errw, "ringblk: Failed to query image length: %s\n", errText(err))
+		fmt.Fprintf(s.errw, "%s: Failed to query image length: %s\n", cli.Prog, errText(err))
 		return false
 	}
 	var b strings.Builder
@@ -455,7 +455,7 @@ func mapRun(s *ioSession, argv []string) bool {
 	for off := int64(0); off < size; {
 		alloc, num, err := n.IsAllocated(off, size-off)
 		if err != nil {
-			fmt.Fprintf(s.errw, "ringblk: Failed to get allocation status: %s\n", errText(err))
+			fmt.Fprintf(s.errw, "%s: Failed to get allocation status: %s\n", cli.Prog, errText(err))
 			return false
 		}
 		for num > 0 && off+num < size {
@@ -466,7 +466,7 @@ func mapRun(s *ioSession, argv []string) bool {
 			num += more
 		}
 		if num == 0 {
-			fmt.Fprintln(s.errw, "ringblk: Unexpected end of image")
+			fmt.Fprintln(s.errw, cli.Prog+": Unexpected end of image")
 			return false
 		}
 		state := "not allocated"

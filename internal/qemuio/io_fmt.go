@@ -29,8 +29,10 @@ var (
 // number (with an optional fraction when a unit follows, "1.5k") or a 0x
 // hex integer, then an optional one-letter unit b, k, m, g, t, p or e in
 // either case (powers of 1024). Values of 2^63 or more are out of range.
+// Leading white space is skipped, as strtoull skips it (qemu-io splits
+// a command at spaces only, so "read 0\t8k" has an operand "\t8k").
 func parseIONum(s string) (int64, error) {
-	p := s
+	p := strings.TrimLeft(s, " \t\n\v\f\r")
 	if strings.HasPrefix(p, "+") {
 		p = p[1:]
 	}

@@ -116,6 +116,25 @@ func TestIOMatchesQemuIO(t *testing.T) {
 		{name: "raw-readonly", fmt: "raw", size: "1M", flags: []string{"-r"}, cmds: []string{"read 0 4k", "length"}},
 		{name: "raw-nocache", fmt: "raw", size: "1M", flags: []string{"-n"}, cmds: []string{
 			"write -P 4 1 1", "read -P 4 1 1", "write -P 5 4096 4096", "read -P 5 4096 4096"}},
+		// The iotests' own command line: --cache MODE --aio MODE -f FMT.
+		{name: "iotests-flags", fmt: "qcow2", size: "1M", flags: []string{"--cache", "writeback", "--aio", "threads"}, cmds: []string{
+			"write -P 4 0 4k", "read -P 4 0 4k"}},
+		{name: "aio-modes", fmt: "raw", size: "1M", flags: []string{"-i", "io_uring", "-k", "--aio=native", "-n"}, cmds: []string{"read 0 4k"}},
+		// readv/writev (004 and many more): vectors, a pattern check
+		// that fails the command, a range past the end.
+		{name: "vector-sync", fmt: "qcow2", size: "1M", cmds: []string{
+			"writev -P 0x11 512 1k 3k 512", "readv -P 0x11 512 1k 3k 512", "readv -P 0x12 512 512", "readv -v 500 20 20",
+			"writev -q -P 0x22 1M 512", "readv 1023k 512 1k", "writev -C 0 512", "readv -q 0 4k", "read -P 0x11 1k 1k"}},
+		// close (032) and truncate (025): outstanding aio reported at
+		// close, no file afterwards; growth reads back as zeroes.
+		{name: "close", fmt: "qcow2", size: "1M", cmds: []string{"aio_write -P 3 0 64k", "close", "read 0 1", "length", "help close"}},
+		{name: "truncate-raw", fmt: "raw", size: "1M", cmds: []string{"write -P 5 0 4k", "truncate 3M", "length",
+			"read -P 0 1M 2M", "truncate x", "truncate -m bogus 1", "truncate 1M", "length", "read -P 5 0 4k"}},
+		{name: "truncate-qcow2", fmt: "qcow2", size: "1M", cmds: []string{"write -P 6 0 4k", "truncate 3M", "length",
+			"read -P 0 1M 2M", "read -P 6 0 4k"}},
+		// reopen (187): -r/-w switch writability; bad combinations.
+		{name: "reopen-rw", fmt: "qcow2", size: "1M", flags: []string{"-r"}, cmds: []string{"write 0 64k", "reopen -w",
+			"write -P 7 0 64k", "reopen -r", "write 0 64k", "read -P 7 0 64k", "reopen -r -w", "reopen -c bogus", "reopen -c none", "read -P 7 0 4k"}},
 		{name: "aio-at-flush", fmt: "raw", size: "1M", cmds: []string{
 			"aio_write -P 5 0 4k", "length", "aio_flush", "read -P 5 0 4k"}},
 		{name: "aio-at-exit", fmt: "qcow2", size: "1M", cmds: []string{"write -q -P 6 0 4k", "aio_read -P 6 0 4k", "length"}},
@@ -231,7 +250,8 @@ func TestIOCrossData(t *testing.T) {
 func TestIOFormatsMatchQemuIO(t *testing.T) {
 	nums := map[string]int64{"0": 0, "512": 512, "4k": 4096, "4K": 4096, "1.5k": 1536, "1.k": 1024, "1b": 1,
 		"0x10": 16, "0x10k": 16384, "010": 10, "+5": 5, "1M": 1 << 20, "1G": 1 << 30, "1T": 1 << 40, "1P": 1 << 50,
-		"1E": 1 << 60, "1.5E": 3 << 59, "9223372036854775807": 1<<63 - 1}
+		"1E": 1 << 60, "1.5E": 3 << 59, "9223372036854775807": 1<<63 - 1,
+		"\t8k": 8192, "\t0x10": 16, "\t+5": 5} // leading white space: iotest 003
 	for s, want := range nums {
 		if got, err := parseIONum(s); err != nil || got != want {
 			t.Errorf("parseIONum(%q) = %d, %v; want %d", s, got, err, want)
@@ -239,7 +259,7 @@ func TestIOFormatsMatchQemuIO(t *testing.T) {
 	}
 	bad := map[string]string{"x": "non-numeric", "1x": "non-numeric", "0.5": "non-numeric", "1.5b": "non-numeric",
 		"0x": "non-numeric", ".5k": "non-numeric", "1e3": "non-numeric", "1kb": "non-numeric", "1KiB": "non-numeric",
-		"0x1.5k": "non-numeric", "": "non-numeric", "-1": "non-numeric",
+		"0x1.5k": "non-numeric", "": "non-numeric", "-1": "non-numeric", "8k\t": "non-numeric",
 		"9223372036854775808": "too large", "8E": "too large", "16E": "too large"}
 	for s, kind := range bad {
 		_, err := parseIONum(s)
@@ -310,6 +330,8 @@ func TestIOBadArguments(t *testing.T) {
 		"missing -c value":    {"-f", "raw", "r.raw", "-c"},
 		"size without null":   {"-f", "raw", "-o", "size=1M", "-c", "length", "r.raw"},
 		"bad discard mode":    {"-f", "raw", "-d", "sometimes", "-c", "length", "r.raw"},
+		"bad aio mode":        {"-f", "raw", "--aio", "posix", "-c", "length", "r.raw"},
+		"native aio cached":   {"-f", "raw", "-i", "native", "-c", "length", "r.raw"},
 	}
 	for name, args := range cases {
 		out, errs, code := ioRun("", args...)
@@ -320,6 +342,9 @@ func TestIOBadArguments(t *testing.T) {
 		if strings.Contains(errs, "panic") || strings.Contains(errs, "goroutine") {
 			t.Errorf("%s: stack trace: %s", name, errs)
 		}
+	}
+	if _, errs, _ := ioRun("", "-f", "raw", "-k", "-c", "length", "r.raw"); !strings.Contains(errs, "aio=native was specified, but it requires cache.direct=on") {
+		t.Errorf("-k without -n: %q, want qemu-io's cache.direct refusal", errs)
 	}
 	if _, errs, _ := ioRun("", "-f", "raw", "-c", "length", "nonexist.img"); !strings.Contains(errs, "nonexist.img") ||
 		!strings.Contains(errs, "No such file or directory") {

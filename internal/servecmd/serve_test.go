@@ -837,3 +837,87 @@ func TestServeMirrorEventsAsQemuStorageDaemon(t *testing.T) {
 		t.Errorf("job events differ:\n qemu-storage-daemon %v\n ringblk serve       %v", want, got)
 	}
 }
+
+// TestServeBlockdevCreateJobAsQemuStorageDaemon: blockdev-create is a job
+// of type "create" in both daemons: the same reply, the same status
+// events up to concluded, the job's error in query-jobs when the creation
+// fails, and job-dismiss ends it.
+func TestServeBlockdevCreateJobAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	run := func(name string, start func(sock string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		sock := filepath.Join(dir, "qmp.sock")
+		stop := start(sock)
+		defer stop()
+		for i := 0; i < 500; i++ {
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c := dialQMP(t, sock)
+		var seq []string
+		create := func(id, options string) {
+			if _, err := c.nc.Write([]byte(`{"execute":"blockdev-create","arguments":{"job-id":"` + id + `","options":` + options + `}}` + "\n")); err != nil {
+				t.Fatal(err)
+			}
+			// The reply and the job's events interleave differently from
+			// run to run: read until both the reply and "concluded" came,
+			// and record the reply on its own.
+			replied, concluded, reply := false, false, ""
+			for !replied || !concluded {
+				m := c.read()
+				if r, found := m["return"]; found {
+					reply = fmt.Sprintf("return:%v", r)
+					replied = true
+					continue
+				}
+				if m["error"] != nil {
+					t.Fatalf("%s: %v", name, m)
+				}
+				ev, _ := m["event"].(string)
+				data, _ := m["data"].(map[string]any)
+				if ev != "JOB_STATUS_CHANGE" {
+					seq = append(seq, "event:"+ev)
+					continue
+				}
+				seq = append(seq, "status:"+data["status"].(string))
+				concluded = data["status"] == "concluded"
+			}
+			seq = append(seq, reply)
+			for _, j := range c.ok(`{"execute":"query-jobs"}`).([]any) {
+				m := j.(map[string]any)
+				_, failed := m["error"]
+				seq = append(seq, fmt.Sprintf("job:%v,%v,%v,failed=%v", m["id"], m["type"], m["status"], failed))
+			}
+			c.ok(`{"execute":"job-dismiss","arguments":{"id":"` + id + `"}}`)
+		}
+		create("c0", `{"driver":"file","filename":"`+dir+`/a.img","size":1048576}`)
+		create("c1", `{"driver":"qcow2","file":"missing-node","size":1048576}`)
+		c.ok(`{"execute":"quit"}`)
+		return seq
+	}
+	want := run("qsd", func(sock string) func() {
+		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if t.Failed() {
+				q.Process.Kill()
+			}
+			q.Wait()
+		}
+	})
+	got := run("ringblk", func(sock string) func() {
+		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		return func() { d.wait(t) }
+	})
+	if strings.Join(want, " ") != strings.Join(got, " ") {
+		t.Errorf("blockdev-create differs:\n qemu-storage-daemon %v\n ringblk serve       %v", want, got)
+	}
+}

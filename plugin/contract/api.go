@@ -325,15 +325,21 @@ type Queue interface {
 	Plug()
 	Unplug()
 
-	// Next returns the next completed request without blocking.
+	// Next returns the next completed request without blocking. Finding
+	// none, it arms the eventfd.
 	Next() (Completion, bool)
-	// EventFD is an eventfd (non-blocking) that becomes readable when
-	// completions are ready for Next; read it to reset it, then call Next
-	// until it returns false.
+	// EventFD is an eventfd (non-blocking) that becomes readable when a
+	// completion arrives while it is armed — after Next found none, or
+	// while Wait sleeps — once however many follow (io_uring's CQ
+	// eventfd, coalesced). So: poll it, read it to reset it, then call
+	// Next until it returns false, and only then poll again. A Loop's
+	// queue signals it only for a Wait from another goroutine.
 	EventFD() int
 	// Wait blocks until completions are ready for Next or timeout passes
 	// (< 0: no limit), resetting the eventfd on the way; true when they
-	// are ready.
+	// are ready. While the queue's Context is working it spins briefly
+	// before it sleeps; on a Loop's queue, from the Loop's goroutine, it
+	// runs the Loop.
 	Wait(timeout time.Duration) bool
 
 	Depth() int
