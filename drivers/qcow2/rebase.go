@@ -5,7 +5,6 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
-	"github.com/ringblk/ringblk/drivers/raw"
 )
 
 // ChangeBackingFile implements block.BackingFileChanger: it records name
@@ -34,11 +33,13 @@ func (d *Driver) ChangeBackingFile(n *block.Node, name string, base *block.Node)
 		empty := ""
 		bfmt = &empty
 	} else if base != nil {
+		// Drivers are siblings (no import of drivers/raw): a qcow2 node
+		// is "qcow2", a leaf node (a file read as bytes) is "raw".
 		var f string
-		switch base.Driver().(type) {
-		case *Driver:
+		switch _, isQcow2 := base.Driver().(*Driver); {
+		case isQcow2:
 			f = "qcow2"
-		case *raw.Driver:
+		case len(base.Children()) == 0:
 			f = "raw"
 		default:
 			return &block.Error{Kind: block.Unsupported, Op: block.OpWrite, Node: n.Name(), Err: errors.New("qcow2: backing node " + base.Name() + " is neither raw nor qcow2; its format cannot be recorded")}
