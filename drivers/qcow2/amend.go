@@ -69,6 +69,15 @@ func Amend(n *block.Node, o AmendOptions) error {
 	if d.readOnly {
 		return &block.Error{Kind: block.Unsupported, Op: block.OpWrite, Node: n.Name(), Err: errors.New("qcow2: amend needs a read-write node")}
 	}
+	return d.formatErr(block.OpWrite, 0, d.runLocked(n, func(co *aio.Co) error {
+		return maintOf(d).amendLocked(co, o)
+	}))
+}
+
+// runLocked runs fn in a coroutine on n's Context with the metadata lock
+// held, and waits for it: from n's Context, from the main Context (both
+// poll while waiting) or from any other goroutine (blocks).
+func (d *Driver) runLocked(n *block.Node, fn func(co *aio.Co) error) error {
 	ctx := n.Context()
 	main := n.Graph().Main()
 	var err error
@@ -76,7 +85,7 @@ func Amend(n *block.Node, o AmendOptions) error {
 	run := func() {
 		ctx.Go(func(co *aio.Co) {
 			d.metaLock.lock(co)
-			err = maintOf(d).amendLocked(co, o)
+			err = fn(co)
 			d.metaLock.unlock()
 			close(done)
 			main.Kick()
@@ -102,7 +111,7 @@ func Amend(n *block.Node, o AmendOptions) error {
 		ctx.Schedule(run)
 		<-done
 	}
-	return d.formatErr(block.OpWrite, 0, err)
+	return err
 }
 
 // amendLocked checks o against the image, then applies it. REQUIRES:
