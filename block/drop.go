@@ -32,7 +32,7 @@ var errNotInChain = errors.New("base is not below top in the backing chain")
 // backing chain (QEMU's bdrv_drop_intermediate): every edge that uses top
 // as its backing node (role RoleBacking) is pointed at base instead, then
 // each such edge's class is told the new backing file through
-// FilenameUpdater (backingFile, or base's name if empty). The dropped nodes
+// FilenameUpdater (backingFile, or if empty base's file name (Node.Filename), or its node name for a driver with no file). The dropped nodes
 // go away when their last reference does.
 //
 // Updating a filename may poll, and polling may run a job's completion,
@@ -73,7 +73,12 @@ func (g *Graph) dropIntermediateDrained(top, base *Node, backingFile string) err
 		return newError(InvalidFormat, OpDropIntermediate, top, 0, errNotInChain)
 	}
 	if backingFile == "" {
-		backingFile = base.name
+		// QEMU records the base's filename. A node name would make the
+		// overlay's header name a file that does not exist; it is only
+		// the fallback for drivers that have no file (test drivers).
+		if backingFile = base.Filename(); backingFile == "" {
+			backingFile = base.name
+		}
 	}
 	var edges []*Child
 	for _, c := range top.parents {

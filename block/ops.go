@@ -70,6 +70,23 @@ type BackingFileChanger interface {
 	ChangeBackingFile(n *Node, backingFile string, base *Node) error
 }
 
+// FileNamer is implemented by drivers that know the name of the image file
+// they serve (a file driver its path; a format driver its file child's).
+// DropIntermediate records it as the new backing file when the caller
+// names none, as QEMU records the base's filename.
+type FileNamer interface {
+	Filename() string
+}
+
+// Filename is the name of the image file n serves, as its driver knows it
+// (FileNamer), or "" when the driver does not say.
+func (n *Node) Filename() string {
+	if f, ok := n.drv.(FileNamer); ok {
+		return f.Filename()
+	}
+	return ""
+}
+
 // FastZeroer is implemented by drivers that honour NoFallback on
 // write-zeroes: such a request either zeroes the range without writing
 // buffers of zeroes (a hole punch, a zero-range fallocate, a device's

@@ -2,8 +2,10 @@ package qmp
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -441,5 +443,58 @@ func TestCheckpointChain(t *testing.T) {
 	}
 	if got := readBack(t, d.nodes["inc"].dev, 0, 64<<10); !bytes.Equal(got, make([]byte, 64<<10)) {
 		t.Fatal("the incremental backup copied data from before the first checkpoint")
+	}
+}
+
+// TestIntermediateCommitAndStreamRecordBaseFile: an intermediate
+// block-commit and a block-stream with a base, both without backing-file,
+// leave the overlay's qcow2 header naming the base's image file, as QEMU
+// does (base's filename), not a node name that no later open could find.
+// qemu-img then opens the chain and reads the data.
+func TestIntermediateCommitAndStreamRecordBaseFile(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed (scripts/deps.sh installs it)")
+	}
+	for _, op := range []string{"commit", "stream"} {
+		t.Run(op, func(t *testing.T) {
+			d, dir, sock := testServer(t, 1, Options{})
+			basePath := addQcow2(t, d, dir, "disk0")
+			fill(t, d, "disk0", 3, 0, 256<<10)
+			c := dialRaw(t, sock)
+			c.negotiate()
+			s1, s2 := filepath.Join(dir, "s1.qcow2"), filepath.Join(dir, "s2.qcow2")
+			okReply(t, c, `{"execute":"blockdev-snapshot-sync","arguments":{"node-name":"disk0","snapshot-file":"`+s1+`","snapshot-node-name":"s1"}}`)
+			fill(t, d, "disk0", 4, 256<<10, 256<<10)
+			okReply(t, c, `{"execute":"blockdev-snapshot-sync","arguments":{"node-name":"s1","snapshot-file":"`+s2+`","snapshot-node-name":"s2"}}`)
+			fill(t, d, "disk0", 5, 512<<10, 256<<10)
+			if op == "commit" {
+				okReply(t, c, `{"execute":"block-commit","arguments":{"job-id":"j","device":"disk0","top-node":"s1","base-node":"disk0"}}`)
+			} else {
+				okReply(t, c, `{"execute":"block-stream","arguments":{"job-id":"j","device":"s2","base-node":"disk0"}}`)
+			}
+			ev := c.waitEvent("BLOCK_JOB_COMPLETED", "j")
+			if e, failed := ev["data"].(map[string]any)["error"]; failed {
+				t.Fatalf("%s failed: %v", op, e)
+			}
+			want := append(append(bytes.Repeat([]byte{3}, 256<<10), bytes.Repeat([]byte{4}, 256<<10)...), bytes.Repeat([]byte{5}, 256<<10)...)
+			if got := readBack(t, d.nodes["disk0"].dev, 0, 768<<10); !bytes.Equal(got, want) {
+				t.Fatalf("data after the %s differs", op)
+			}
+			out, err := exec.Command("qemu-img", "info", "-U", "--output=json", s2).CombinedOutput()
+			if err != nil {
+				t.Fatalf("qemu-img info %s: %v\n%s", s2, err, out)
+			}
+			var info map[string]any
+			if err := json.Unmarshal(out, &info); err != nil {
+				t.Fatal(err)
+			}
+			if got := info["backing-filename"]; got != basePath {
+				t.Fatalf("after the %s, s2's header names backing file %v, want the base image %s", op, got, basePath)
+			}
+			out, err = exec.Command("qemu-io", "-U", "-r", "-c", "read -P 4 256k 256k", s2).CombinedOutput()
+			if err != nil || strings.Contains(string(out), "Pattern verification failed") {
+				t.Fatalf("qemu-io through the rewritten chain: %v\n%s", err, out)
+			}
+		})
 	}
 }

@@ -65,4 +65,19 @@ func (d *Driver) ChangeBackingFile(n *block.Node, name string, base *block.Node)
 	}))
 }
 
-var _ block.BackingFileChanger = (*Driver)(nil)
+// Filename implements block.FileNamer: the name of the image file under
+// the qcow2 node (its file child's), "" if that child does not say.
+func (d *Driver) Filename() string {
+	if d.file == nil {
+		return ""
+	}
+	if f := d.file.Node(); f != nil {
+		return f.Filename()
+	}
+	return ""
+}
+
+var (
+	_ block.BackingFileChanger = (*Driver)(nil)
+	_ block.FileNamer          = (*Driver)(nil)
+)

@@ -228,6 +228,9 @@ func (d *Driver) Release() error {
 // Path returns the image path.
 func (d *Driver) Path() string { return d.path }
 
+// Filename implements block.FileNamer: the path the file was opened by.
+func (d *Driver) Filename() string { return d.path }
+
 // RequestAlign returns the offset/length alignment transfers need (1 when
 // buffered).
 func (d *Driver) RequestAlign() int { return int(d.reqAlign) }
