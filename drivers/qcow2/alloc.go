@@ -274,10 +274,13 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 // the cluster's entry (e, and the subcluster bitmap bm on extended-L2
 // images). On success the caller holds mu and the pin and releases them
 // with `defer d.l2Unpin(t)` then `defer d.mu.Unlock()`; on error it holds
-// neither. REQUIRES: metaLock held.
+// neither; a busy cluster returns an *errWait for the function that took
+// metaLock. REQUIRES: metaLock held; it never releases it.
 func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, l2i int64, le format.L2Entry, e, bm uint64, err error) {
 	l1i, l2i, _ := d.mu.geo.Split(off)
-	d.waitInflight(co, off/d.mu.geo.ClusterSize(), 1)
+	if err = d.admitted(co, off/d.mu.geo.ClusterSize(), 1); err != nil {
+		return nil, 0, le, 0, 0, err // an *errWait: nothing held
+	}
 	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return nil, 0, le, 0, 0, err
 	}

@@ -76,7 +76,10 @@ func Amend(n *block.Node, o AmendOptions) error {
 
 // runLocked runs fn in a coroutine on n's Context with the metadata lock
 // held, and waits for it: from n's Context, from the main Context (both
-// poll while waiting) or from any other goroutine (blocks).
+// poll while waiting) or from any other goroutine (blocks). When fn
+// returns an *errWait (a busy cluster) runLocked waits with metaLock
+// released and runs fn again: what fn does before its first wait must be
+// idempotent (amend: the resize and the zero-cluster expansion are).
 func (d *Driver) runLocked(n *block.Node, fn func(co *aio.Co) error) error {
 	ctx := n.Context()
 	main := n.Graph().Main()
@@ -86,6 +89,14 @@ func (d *Driver) runLocked(n *block.Node, fn func(co *aio.Co) error) error {
 		ctx.Go(func(co *aio.Co) {
 			d.metaLock.lock(co)
 			err = fn(co)
+			for wait := waitFor(err); wait != nil; wait = waitFor(err) {
+				// fn met a busy cluster (an *errWait): runLocked took
+				// metaLock, so it drops it to wait, then runs fn again.
+				d.metaLock.unlock()
+				wait(co)
+				d.metaLock.lock(co)
+				err = fn(co)
+			}
 			d.metaLock.unlock()
 			close(done)
 			main.Kick()

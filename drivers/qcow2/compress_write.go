@@ -37,13 +37,25 @@ func (d *Driver) WriteCompressed(r *block.Request) {
 	}
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err := writerOf(d).writeCompressedLocked(co, r)
+		var skip int64
+		err := writerOf(d).writeCompressedLocked(co, r, &skip)
+		for wait := waitFor(err); wait != nil; wait = waitFor(err) {
+			// A busy cluster: WriteCompressed took metaLock, so it drops
+			// it to wait, then goes on from that cluster.
+			d.metaLock.unlock()
+			wait(co)
+			d.metaLock.lock(co)
+			err = writerOf(d).writeCompressedLocked(co, r, &skip)
+		}
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(block.OpWrite, r.Off, err))
 	})
 }
 
-func (d writer) writeCompressedLocked(co *aio.Co, r *block.Request) error {
+// writeCompressedLocked writes the clusters of r from *skip on, moving
+// *skip past each one written. A busy cluster returns an *errWait with
+// *skip at it. REQUIRES: metaLock held; it never releases it.
+func (d writer) writeCompressedLocked(co *aio.Co, r *block.Request, skip *int64) error {
 	if d.mu.hdr.CompressionType != format.CompressionZlib {
 		// The encoder below writes deflate only (zstd.go reads zstd).
 		return format.Unsupported("compression_type", uint64(d.mu.hdr.CompressionType), "compressed writes to a zstd image are not supported")
@@ -54,7 +66,8 @@ func (d writer) writeCompressedLocked(co *aio.Co, r *block.Request) error {
 	cs := d.mu.geo.ClusterSize()
 	plain := make([]byte, cs)
 	var out bytes.Buffer
-	for skip := int64(0); skip < r.Len; skip += cs {
+	for ; *skip < r.Len; *skip += cs {
+		skip := *skip
 		off := r.Off + skip
 		k := min(cs, r.Len-skip)
 		clear(plain)
@@ -87,7 +100,9 @@ func (d writer) writeCompressedLocked(co *aio.Co, r *block.Request) error {
 
 func (d writer) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, data []byte) error {
 	l1i, l2i, _ := d.mu.geo.Split(off)
-	d.waitInflight(co, off/d.mu.geo.ClusterSize(), 1)
+	if err := d.admitted(co, off/d.mu.geo.ClusterSize(), 1); err != nil {
+		return err // an *errWait: WriteCompressed waits and comes back
+	}
 	t, _, err := d.l2ForWrite(co, r, l1i)
 	if err != nil {
 		return err

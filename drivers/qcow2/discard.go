@@ -73,8 +73,21 @@ func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
 		return err
 	}
-	if err := d.zeroRangeLocked(co, r, r.Off, r.Len, m); err != nil {
-		return d.damagedWriteErr(co, err)
+	// zeroRange took metaLock, so it is the one that drops it to wait for
+	// a busy cluster (an *errWait), then zeroes on from that cluster.
+	pos := r.Off
+	for {
+		err := d.zeroRangeLocked(co, r, &pos, r.Off+r.Len, m)
+		if wait := waitFor(err); wait != nil {
+			d.metaLock.unlock()
+			wait(co)
+			d.metaLock.lock(co)
+			continue
+		}
+		if err != nil {
+			return d.damagedWriteErr(co, err)
+		}
+		break
 	}
 	if d.needFlush() {
 		return d.flushMetadata(co, r)
@@ -82,15 +95,17 @@ func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	return nil
 }
 
-// zeroRangeLocked zeroes or discards guest bytes [off, off+n), which the
-// caller has checked against the disk size. REQUIRES: metaLock held,
-// prepareWrite done.
-func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m zeroMode) error {
+// zeroRangeLocked zeroes or discards guest bytes [*pos, end), which the
+// caller has checked against the disk size, moving *pos past each cluster
+// done. A busy cluster returns an *errWait with *pos at it: the function
+// that took metaLock waits with it released and calls again. REQUIRES:
+// metaLock held, prepareWrite done; it never releases metaLock.
+func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, pos *int64, end int64, m zeroMode) error {
 	d.mu.Lock()
 	size := d.mu.geo.Size
 	d.mu.Unlock()
 	cs := d.mu.geo.ClusterSize()
-	end := off + n
+	off := *pos
 	var zeros []byte
 	for off < end {
 		in := off & (cs - 1)
@@ -112,6 +127,7 @@ func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, off, n int64, m ze
 			return err
 		}
 		off += k
+		*pos = off
 	}
 	return nil
 }
@@ -146,9 +162,11 @@ func (d writer) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byt
 	// An allocating write to another part of this cluster may be in
 	// flight: until it links its cluster the entry still reads
 	// Unallocated, and zeroing the whole cluster on that evidence would
-	// wipe the write's data. Wait for it first (metaLock keeps new
-	// allocations out from here on).
-	d.waitInflight(co, off/d.mu.geo.ClusterSize(), 1)
+	// wipe the write's data. Wait for it first (an *errWait for zeroRange,
+	// which took metaLock; metaLock keeps new allocations out after it).
+	if err := d.admitted(co, off/d.mu.geo.ClusterSize(), 1); err != nil {
+		return err
+	}
 	le, _, err := d.peekEntry(co, r, off)
 	if err != nil && err != errMiss {
 		return err

@@ -21,6 +21,15 @@ func (d *Driver) Truncate(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
 		err := maintOf(d).truncateLocked(co, r, r.Off)
+		for wait := waitFor(err); wait != nil; wait = waitFor(err) {
+			// A busy cluster while zeroing past the old size: nothing of
+			// the new size is in force (hideBacking put the old one back),
+			// and every step before is idempotent, so run it again.
+			d.metaLock.unlock()
+			wait(co)
+			d.metaLock.lock(co)
+			err = maintOf(d).truncateLocked(co, r, r.Off)
+		}
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(block.OpTruncate, r.Off, err))
 	})
@@ -110,7 +119,10 @@ func (d maintOps) hideBacking(co *aio.Co, r *block.Request, old, size int64) (er
 			d.mu.Unlock()
 		}
 	}()
-	if err := d.zeroRangeLocked(co, r, old, size-old, modeZero); err != nil {
+	// An *errWait comes back out (size restored above); Truncate waits and
+	// runs truncateLocked again, which zeroes from old again.
+	pos := old
+	if err := d.zeroRangeLocked(co, r, &pos, size, modeZero); err != nil {
 		return err
 	}
 	return d.flushMetadata(co, r)

@@ -217,6 +217,15 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 		d.mu.inSnapshotOp = true
 		d.mu.Unlock()
 		err = fn(co)
+		for wait := waitFor(err); wait != nil; wait = waitFor(err) {
+			// An allocating write still in flight (snapshotStart, before
+			// anything changes): runSnapshotOp took metaLock, so it drops
+			// it to wait, then runs fn again.
+			d.metaLock.unlock()
+			wait(co)
+			d.metaLock.lock(co)
+			err = fn(co)
+		}
 		d.mu.Lock()
 		d.mu.inSnapshotOp = false
 		d.mu.Unlock()
@@ -265,7 +274,9 @@ func (d snapshotOps) snapshotStart(co *aio.Co) error {
 	if err != nil {
 		return err
 	}
-	d.waitInflight(co, 0, guest)
+	if err := d.admitted(co, 0, guest); err != nil {
+		return err // an *errWait: runSnapshotOp waits and runs fn again
+	}
 	if err := d.flushAllMetadata(co, nil); err != nil {
 		return err
 	}

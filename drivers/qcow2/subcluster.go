@@ -67,44 +67,72 @@ func (d metaIO) setL2BitmapLocked(t *l2Table, i int64, bitmap uint64) {
 	d.l2.markDirty(t)
 }
 
-// writeSubclusters writes win (k bytes) at guest offset off, inside one
-// cluster of an extended-L2 image. REQUIRES: metaLock held (released
-// around the data I/O, the guest cluster in flight: R8).
-func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+// subPlan is what planSubclusters decided for a write of k guest bytes at
+// in inside the cluster at start of an extended-L2 image: direct (every
+// touched subcluster of a COPIED cluster allocated: the bytes go to host+in
+// and nothing changes), or [lo, hi) of host written (the data plus what
+// completes the subclusters that become allocated) by subclusterIO and
+// linked by commitSubclusters. Owned by the coroutine of the write.
+type subPlan struct {
+	t         *l2Table // pinned until commitSubclusters (or the direct write)
+	l2i, gc   int64
+	le        format.L2Entry
+	bm        uint64
+	inPlace   bool // COPIED cluster: host is le's own, nothing to allocate
+	direct    bool
+	host      int64
+	lo, hi    int64
+	start, in int64
+	k         int64
+	fl        *inflightAlloc
+	// wait, when set, means nothing was planned or held: run it with
+	// metaLock released, then plan again (admit).
+	wait func(*aio.Co)
+}
+
+// planSubclusters plans a write of k bytes at guest offset off inside one
+// cluster of an extended-L2 image: the L2 table pinned, the host cluster
+// allocated unless the cluster is COPIED, the guest cluster in flight
+// (R8). It does no data I/O. When the cluster is busy (admit) it plans
+// nothing and returns the wait in p.wait. REQUIRES: metaLock held; it
+// never releases it.
+func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p subPlan, err error) {
 	cs, scs := d.mu.geo.ClusterSize(), d.mu.geo.SubclusterSize()
 	l1i, l2i, in := d.mu.geo.Split(off)
-	gc := off / cs
-	d.waitInflight(co, gc, 1)
-	t, _, err := d.l2ForWrite(co, r, l1i)
-	if err != nil {
-		return err
+	p.gc, p.l2i, p.in, p.k, p.start = off/cs, l2i, in, k, off-in
+	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
+		return p, nil
 	}
-	defer d.l2Unpin(t)
-	start := off - in
+	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+		return p, err
+	}
 	d.mu.Lock()
-	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
+	e, bm, _ := d.mu.geo.L2EntryAt(p.t.buf, l2i)
 	le, err := d.mu.geo.DecodeL2Entry(e, bm)
-	valid := min(cs, d.mu.geo.Size-start) // the last cluster may be partial
+	valid := min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
 	d.mu.Unlock()
 	if err != nil {
-		return err
+		d.l2Unpin(p.t)
+		return p, err
 	}
+	p.le, p.bm = le, bm
 	sc0, sc1 := in/scs, (in+k-1)/scs
 	touched := scMask(sc0, sc1)
-	inPlace := le.Type == format.Normal && le.Copied
-	if inPlace && bm&touched == touched {
+	p.inPlace = le.Type == format.Normal && le.Copied
+	if p.inPlace && bm&touched == touched {
 		// R7: in place only into COPIED clusters.
-		host := le.HostOff + in
-		if d.overlapsMetadata(host, k) {
-			return d.markCorrupt(co, host, "data write")
+		p.direct, p.host = true, le.HostOff
+		if d.overlapsMetadata(p.host+in, k) {
+			d.l2Unpin(p.t)
+			return p, d.markCorrupt(co, p.host+in, "data write")
 		}
-		return d.childIO(co, r, d.file, block.OpWrite, host, win, k)
+		return p, nil
 	}
 	// [lo, hi) is the part of the cluster written: the data plus what
 	// completes the subclusters that become allocated.
 	lo, hi := in, in+k
 	switch {
-	case inPlace:
+	case p.inPlace:
 		if bm&scMask(sc0, sc0) == 0 {
 			lo = sc0 * scs
 		}
@@ -120,54 +148,75 @@ func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off
 			lo, hi = min(lo, first*scs), max(hi, min((last+1)*scs, valid))
 		}
 	}
-	var host int64
-	if inPlace {
-		host = le.HostOff
-		if d.overlapsMetadata(host+lo, hi-lo) {
-			return d.markCorrupt(co, host+lo, "data write")
+	p.lo, p.hi = lo, hi
+	if p.inPlace {
+		p.host = le.HostOff
+		if d.overlapsMetadata(p.host+lo, hi-lo) {
+			d.l2Unpin(p.t)
+			return p, d.markCorrupt(co, p.host+lo, "data write")
 		}
-	} else if host, err = d.allocCluster(co); err != nil {
-		return err
+	} else if p.host, err = d.allocCluster(co); err != nil {
+		d.l2Unpin(p.t)
+		return p, err
 	}
-	fl := d.markInflight(gc, 1)
-	d.metaLock.unlock()
+	p.fl = d.markInflight(p.gc, 1)
+	return p, nil
+}
+
+// subclusterIO writes [lo, hi) of the plan's host cluster: the guest bytes
+// and, around them, the current content of the subclusters they complete.
+// It needs no lock: the guest cluster is in flight and a new host cluster
+// is the plan's alone.
+func (d writer) subclusterIO(co *aio.Co, r *block.Request, win [][]byte, p *subPlan) error {
+	lo, hi, in, k, start, host := p.lo, p.hi, p.in, p.k, p.start, p.host
 	if lo == in && hi == in+k {
-		err = d.childIO(co, r, d.file, block.OpWrite, host+in, win, k)
-	} else {
-		buf := make([]byte, hi-lo)
-		if lo < in {
-			err = d.readGuest(co, r, [][]byte{buf[:in-lo]}, start+lo, in-lo)
-		}
-		if err == nil && in+k < hi {
-			err = d.readGuest(co, r, [][]byte{buf[in+k-lo:]}, start+in+k, hi-in-k)
-		}
-		if err == nil {
-			block.CopyFromIov(buf[in-lo:in-lo+k], win, 0)
-			err = d.fileWrite(co, r, buf, host+lo)
-		}
+		return d.childIO(co, r, d.file, block.OpWrite, host+in, win, k)
 	}
-	d.metaLock.lock(co)
-	defer d.finishInflight(fl, gc, 1)
-	if err != nil {
-		if inPlace {
-			return err
-		}
-		return d.abortAlloc(host, err)
+	buf := make([]byte, hi-lo)
+	var err error
+	if lo < in {
+		err = d.readGuest(co, r, [][]byte{buf[:in-lo]}, start+lo, in-lo)
 	}
-	wm := scMask(lo/scs, (hi-1)/scs)
-	nbm := (bm | wm) &^ (wm << 32)
+	if err == nil && in+k < hi {
+		err = d.readGuest(co, r, [][]byte{buf[in+k-lo:]}, start+in+k, hi-in-k)
+	}
+	if err == nil {
+		block.CopyFromIov(buf[in-lo:in-lo+k], win, 0)
+		err = d.fileWrite(co, r, buf, host+lo)
+	}
+	return err
+}
+
+// commitSubclusters ends a plan after its I/O (ioErr): the subclusters
+// written become allocated (and a new cluster is linked, COPIED, the old
+// one queued for a free after the next flush: R2); on failure a new
+// cluster is given back. The guest cluster leaves the in-flight set and
+// the table is unpinned. REQUIRES: metaLock held.
+func (d writer) commitSubclusters(p *subPlan, ioErr error) error {
+	defer d.l2Unpin(p.t)
+	defer d.finishInflight(p.fl, p.gc, 1)
+	if ioErr != nil {
+		if p.inPlace {
+			return ioErr
+		}
+		return d.abortAlloc(p.host, ioErr)
+	}
+	scs := d.mu.geo.SubclusterSize()
+	le := p.le
+	wm := scMask(p.lo/scs, (p.hi-1)/scs)
+	nbm := (p.bm | wm) &^ (wm << 32)
 	if le.Type == format.Compressed {
 		nbm = wm
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.mu.cowPending = true
-	if !inPlace {
-		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, host, true)
+	if !p.inPlace {
+		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.host, true)
 		if err != nil {
 			return err
 		}
-		d.setL2EntryLocked(t, l2i, ne)
+		d.setL2EntryLocked(p.t, p.l2i, ne)
 		switch le.Type {
 		case format.Normal:
 			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
@@ -175,8 +224,30 @@ func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off
 			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}
-	d.setL2BitmapLocked(t, l2i, nbm)
+	d.setL2BitmapLocked(p.t, p.l2i, nbm)
 	return nil
+}
+
+// writeSubclusters writes win (k bytes) at guest offset off, inside one
+// cluster of an extended-L2 image, for the callers that change metadata
+// in one step under metaLock (zero writes): plan, I/O and commit with
+// metaLock held throughout. A busy cluster returns an *errWait, which the
+// function that took metaLock runs with it released before it plans
+// again. writeSlow drives the three steps itself and drops metaLock for
+// the I/O. REQUIRES: metaLock held; it never releases it.
+func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
+	p, err := d.planSubclusters(co, r, off, k)
+	switch {
+	case err != nil:
+		return err
+	case p.wait != nil:
+		return &errWait{p.wait}
+	case p.direct:
+		err = d.childIO(co, r, d.file, block.OpWrite, p.host+p.in, win, k)
+		d.l2Unpin(p.t)
+		return err
+	}
+	return d.commitSubclusters(&p, d.subclusterIO(co, r, win, &p))
 }
 
 // subclusterReadsZero reports whether subcluster sc of le reads as zero.

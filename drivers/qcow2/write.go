@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"errors"
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
@@ -173,7 +174,25 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 		k := min(end-off, cs-off&(cs-1))
 		win = iovSlice(win[:0], r.Iov, skip, k)
 		if d.mu.geo.ExtendedL2 {
-			if err := d.writeSubclusters(co, r, win, off, k); err != nil { // subcluster.go
+			// The same plan → I/O → commit for a cluster with subclusters.
+			p, err := d.planSubclusters(co, r, off, k) // subcluster.go
+			switch {
+			case err != nil:
+			case p.wait != nil:
+				d.metaLock.unlock()
+				p.wait(co)
+				d.metaLock.lock(co)
+				continue
+			case p.direct:
+				err = d.childIO(co, r, d.file, block.OpWrite, p.host+p.in, win, k)
+				d.l2Unpin(p.t)
+			default:
+				d.metaLock.unlock()
+				ioErr := d.subclusterIO(co, r, win, &p)
+				d.metaLock.lock(co)
+				err = d.commitSubclusters(&p, ioErr)
+			}
+			if err != nil {
 				return d.damagedWriteErr(co, err)
 			}
 			off += k
@@ -270,33 +289,29 @@ func putU64(b []byte, v uint64) {
 }
 
 // writeCluster writes win (k bytes) at guest offset off, inside one
-// cluster: planCluster under metaLock, the data I/O without it (an
-// in-place write keeps it: no metadata changes), commitCluster under it
-// again. Extended-L2 images go to writeSubclusters. REQUIRES: metaLock
-// held; it is dropped for an allocating write's data I/O.
+// cluster, for the callers that change metadata in one step under
+// metaLock (zero writes, compressed writes, amend): planCluster, the data
+// I/O and commitCluster with metaLock held throughout. A busy cluster
+// returns an *errWait, which the function that took metaLock runs with it
+// released before it plans again. writeSlow drives the three steps itself
+// and drops metaLock for the I/O. Extended-L2 images go to
+// writeSubclusters. REQUIRES: metaLock held; it never releases it.
 func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
 	if d.mu.geo.ExtendedL2 {
 		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
 	}
 	p, err := d.planCluster(co, r, off, k)
-	for err == nil && p.wait != nil {
-		d.metaLock.unlock()
-		p.wait(co)
-		d.metaLock.lock(co)
-		p, err = d.planCluster(co, r, off, k)
-	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return err
-	}
-	if p.inPlace {
+	case p.wait != nil:
+		return &errWait{p.wait}
+	case p.inPlace:
 		err = d.childIO(co, r, d.file, block.OpWrite, p.host, win, k)
 		d.l2Unpin(p.t)
 		return err
 	}
-	d.metaLock.unlock()
-	ioErr := d.clusterIO(co, r, win, &p)
-	d.metaLock.lock(co)
-	return d.commitCluster(&p, ioErr)
+	return d.commitCluster(&p, d.clusterIO(co, r, win, &p))
 }
 
 // clusterPlan is what planCluster decided for one cluster of a write (k
@@ -678,22 +693,34 @@ func (d writer) admit(co *aio.Co, first, n int64) func(*aio.Co) {
 	}
 }
 
-// waitInflight runs admit until it lets the caller go, waiting with
-// metaLock released in between: for the callers that plan and change in
-// one step (zero writes, compressed writes, subclusters, snapshots).
-// REQUIRES: metaLock held; it is released while waiting and held again
-// on return. The write path's planCluster and planRun return the wait to
-// writeSlow instead.
-func (d writer) waitInflight(co *aio.Co, first, n int64) {
-	for {
-		wait := d.admit(co, first, n)
-		if wait == nil {
-			return
-		}
-		d.metaLock.unlock()
-		wait(co)
-		d.metaLock.lock(co)
+// errWait is the error a one-step metadata change (writeCluster,
+// writeSubclusters, lockEntry, ...) returns when admit found its clusters
+// busy: nothing is planned or held. The function that took metaLock (and
+// only it) releases metaLock, runs wait, takes metaLock again and plans
+// again from where it stopped (waitFor).
+type errWait struct{ wait func(*aio.Co) }
+
+func (e *errWait) Error() string {
+	return "qcow2: metadata busy (an allocating write in flight or no free L2 cache slot) where none was expected"
+}
+
+// waitFor returns the wait an *errWait carries, or nil for any other error.
+func waitFor(err error) func(*aio.Co) {
+	var w *errWait
+	if errors.As(err, &w) {
+		return w.wait
 	}
+	return nil
+}
+
+// admitted is admit for the callers that plan and change in one step: nil
+// (go ahead), or an *errWait for the function that took metaLock.
+// REQUIRES: metaLock held; it never releases it.
+func (d writer) admitted(co *aio.Co, first, n int64) error {
+	if wait := d.admit(co, first, n); wait != nil {
+		return &errWait{wait}
+	}
+	return nil
 }
 
 // markInflight marks [first, first+n) in flight. REQUIRES: metaLock held
