@@ -246,7 +246,7 @@ func (c *committer) copyDown(ch *imageChain, base *cli.BlkImage, bar *cli.Progre
 		}
 		if st.Status&block.StatusAllocated != 0 {
 			if st.Status&block.StatusZero != 0 || st.PastEnd {
-				if err := base.Node.WriteZeroes(off, n, 0); err != nil {
+				if err := base.Node.WriteZeroes(off, n, block.MayUnmap); err != nil {
 					return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
 				}
 			} else {

@@ -18,11 +18,16 @@ func rebaseChain(t *testing.T, p string) {
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", p+"base.qcow2", "4M")
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", p+"base.qcow2", "-F", "qcow2", p+"mid.qcow2", "4M")
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", p+"mid.qcow2", "-F", "qcow2", p+"top.qcow2", "4M")
-	for img, cmds := range map[string][]string{
-		"base.qcow2": {"write -P 1 0 1M", "write -P 7 3M 64k"},
-		"mid.qcow2":  {"write -P 2 512k 1M", "write -z 3M 4k", "write -P 5 2M 3k"},
-		"top.qcow2":  {"write -P 3 1M 256k", "write -P 4 2M 1k"},
+	// In order, base first: a partial write copies the layers below.
+	for _, l := range []struct {
+		img  string
+		cmds []string
+	}{
+		{"base.qcow2", []string{"write -P 1 0 1M", "write -P 7 3M 64k"}},
+		{"mid.qcow2", []string{"write -P 2 512k 1M", "write -z 3M 4k", "write -P 5 2M 3k"}},
+		{"top.qcow2", []string{"write -P 3 1M 256k", "write -P 4 2M 1k"}},
 	} {
+		img, cmds := l.img, l.cmds
 		a := []string{"-f", "qcow2"}
 		for _, c := range cmds {
 			a = append(a, "-c", c)
