@@ -77,7 +77,7 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Expecting one image file name")
 		}
 		if format != "" && format != "raw" && format != "qcow2" {
-			return 1, fmt.Errorf("Unknown file format '%s'", format)
+			return 1, fmt.Errorf("Could not open '%s': Unknown driver '%s'", operands[0], format)
 		}
 		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep}
 		if err := c.plan(); err != nil {

@@ -89,16 +89,17 @@ func Rebase(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name")
 		}
-		for _, f := range []string{format, bfmt} {
-			if f != "" && f != "raw" && f != "qcow2" {
-				return 1, fmt.Errorf("Invalid format name: '%s'", f)
-			}
+		path := operands[0]
+		if format != "" && format != "raw" && format != "qcow2" {
+			return 1, fmt.Errorf("Could not open '%s': Unknown driver '%s'", path, format)
+		}
+		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
+			return 1, fmt.Errorf("Invalid format name: '%s'", bfmt)
 		}
 		name := ""
 		if backing != nil {
 			name = *backing
 		}
-		path := operands[0]
 		img, err := cli.OpenBlk(path, cli.BlkOptions{Format: format, Cache: cache, NoBacking: unsafe})
 		if err != nil {
 			return 1, err
