@@ -338,10 +338,23 @@ func TestPacing(t *testing.T) {
 		} {
 			args := append([]string{"--name=p", "--filename=" + file, "--size=1m", "--ioengine=" + eng, "--rw=randread",
 				"--runtime=300ms", "--time_based"}, c.opts...)
-			res := mustRun(t, mustParse(t, args...))
-			ios := entries(res)[0].dirs[DirRead].ios
-			if ios < c.lo || ios > c.hi {
-				t.Errorf("%s %v: %d I/Os in 300ms, want %d..%d", eng, c.opts, ios, c.lo, c.hi)
+			// The ceiling is the pacing itself and holds on every run. The
+			// floor needs the CPU for 300 ms, which a loaded machine (or
+			// the race detector beside other tests) may not give: a run
+			// below it is tried again, up to three times in all.
+			var ios uint64
+			for try := 0; try < 3; try++ {
+				res := mustRun(t, mustParse(t, args...))
+				ios = entries(res)[0].dirs[DirRead].ios
+				if ios > c.hi {
+					t.Errorf("%s %v: %d I/Os in 300ms, more than the pace allows (%d)", eng, c.opts, ios, c.hi)
+				}
+				if ios >= c.lo {
+					break
+				}
+			}
+			if ios < c.lo {
+				t.Errorf("%s %v: %d I/Os in 300ms on the last of three runs, want at least %d", eng, c.opts, ios, c.lo)
 			}
 		}
 		start := time.Now()
