@@ -127,11 +127,18 @@ func (c *committer) plan() error {
 	bi := 1
 	if c.haveBase {
 		bi = -1
-		want, werr := os.Stat(c.base)
-		for i := 1; i < len(ch.levels) && werr == nil; i++ {
-			if fi, err := os.Stat(ch.levels[i].path); err == nil && os.SameFile(fi, want) {
-				bi = i
-				break
+		// -b names the file from here, or (as a backing file name) from
+		// the directory of the image above it.
+		for i := 1; i < len(ch.levels) && bi < 0; i++ {
+			fi, err := os.Stat(ch.levels[i].path)
+			if err != nil {
+				continue
+			}
+			for _, p := range []string{c.base, combinePath(ch.levels[i-1].path, c.base)} {
+				if want, err := os.Stat(p); err == nil && os.SameFile(fi, want) {
+					bi = i
+					break
+				}
 			}
 		}
 		if bi < 0 {

@@ -1,6 +1,7 @@
 package imgcmd
 
 import (
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -73,5 +74,27 @@ func TestCommitMatchesQemuImg(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCommitBaseRelativeToOverlay: -b may name the base as the chain does,
+// relative to the overlay's directory (qemu-img accepts both spellings).
+func TestCommitBaseRelativeToOverlay(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	if err := os.Mkdir("d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "d/b.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "d/m.qcow2")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "m.qcow2", "-F", "qcow2", "d/t.qcow2")
+	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "write -P 9 0 64k", "d/t.qcow2"); code != 0 {
+		t.Fatalf("qemu-io: %s", out)
+	}
+	if out, errs, code := clitest.Ours(Commit, "-q", "-b", "b.qcow2", "d/t.qcow2"); code != 0 || out != "" {
+		t.Fatalf("commit -b b.qcow2: exit %d %q %q", code, out, errs)
+	}
+	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "read -P 9 0 64k", "d/b.qcow2"); code != 0 || strings.Contains(out, "Pattern verification failed") {
+		t.Errorf("base after commit: %s", out)
 	}
 }
