@@ -127,6 +127,19 @@ var conventionCommands = []struct {
 		{kind: "format mismatch", args: []string{"-f", "qcow2", "-o", "lazy_refcounts=on", "r.raw"}, qemu: "qemu-img"},
 		{kind: "-U not taken", args: []string{"-U", "-o", "lazy_refcounts=on", "q.qcow2"}, qemu: "qemu-img"},
 	}},
+	{"rebase", []mistake{
+		{kind: "unknown option", args: []string{"--no-such-option", "-u", "-b", "", "q.qcow2"}, qemu: "qemu-img"},
+		{kind: "missing file", args: []string{"-u", "-b", "", "missing.qcow2"}, qemu: "qemu-img"},
+		{kind: "unknown format", args: []string{"-f", "bogus", "-u", "-b", "", "q.qcow2"}, qemu: "qemu-img"},
+		{kind: "format mismatch", args: []string{"-f", "qcow2", "-u", "-b", "", "r.raw"}, qemu: "qemu-img"},
+	}},
+	{"commit", []mistake{
+		{kind: "unknown option", args: []string{"--no-such-option", "q.qcow2"}, qemu: "qemu-img"},
+		{kind: "missing file", args: []string{"missing.qcow2"}, qemu: "qemu-img"},
+		{kind: "unknown format", args: []string{"-f", "bogus", "q.qcow2"}, qemu: "qemu-img"},
+		{kind: "format mismatch", args: []string{"-f", "qcow2", "r.raw"}, qemu: "qemu-img"},
+		{kind: "-U not taken", args: []string{"-U", "q.qcow2"}, qemu: "qemu-img"},
+	}},
 	{"io", []mistake{
 		{kind: "unknown option", args: []string{"--no-such-option", "-c", "read 0 512", "q.qcow2"}, qemu: "qemu-io"},
 		{kind: "missing file", args: []string{"-c", "read 0 512", "missing.qcow2"}, qemu: "qemu-io"},

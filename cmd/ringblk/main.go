@@ -42,6 +42,8 @@ var commands = map[string]command{
 	"map":           {"show the allocation of an image's ranges over its backing chain (qemu-img map)", std(imgcmd.Map)},
 	"snapshot":      {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", std(imgcmd.Snapshot)},
 	"compare":       {"compare the contents of two images (qemu-img compare)", std(imgcmd.Compare)},
+	"commit":        {"write an image's data into its backing file and empty it unless -d (qemu-img commit)", std(imgcmd.Commit)},
+	"rebase":        {"change an image's backing file, keeping its content unless -u (qemu-img rebase)", std(imgcmd.Rebase)},
 	"nbd":           {"serve an image over NBD (qemu-nbd)", nbdcmd.Main},
 	"measure":       {"compute the file size an image needs, new or converted (qemu-img measure)", std(imgcmd.Measure)},
 	"serve":         {"a storage daemon speaking QMP: block nodes, IOThreads, transactions, NBD exports (qemu-storage-daemon)", servecmd.Main},

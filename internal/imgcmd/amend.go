@@ -160,10 +160,10 @@ func amendOptions(p *qcow2fmt.ImageOptions, h qcow2fmt.Header) (qcow2.AmendOptio
 	o.Size = p.Size
 	o.RefcountBits = p.Create.RefcountBits
 	if p.Has("backing_file") && p.Create.BackingFile != h.BackingFile {
-		return o, cli.Usagef("Cannot amend the backing file (qemu-img rebase changes it; ringblk has no rebase yet)")
+		return o, cli.Usagef("Cannot amend the backing file (rebase changes it)")
 	}
 	if p.Has("backing_fmt") && p.Create.BackingFormat != h.BackingFormat {
-		return o, cli.Usagef("Cannot amend the backing file format (qemu-img rebase changes it; ringblk has no rebase yet)")
+		return o, cli.Usagef("Cannot amend the backing file format (rebase changes it)")
 	}
 	return o, nil
 }

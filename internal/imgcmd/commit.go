@@ -1,0 +1,294 @@
+package imgcmd
+
+// ringblk commit: qemu-img commit. The data every layer from FILE down to
+// the base (exclusive) allocates is written into the base; then, unless
+// -d or -b, FILE is emptied. The chain is opened once read-only to find
+// the layers, then each layer above the base alone and read-only (its own
+// allocation is what is copied) and the base read-write with its chain.
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/internal/cli"
+)
+
+const commitHelp = `usage: ringblk commit [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] [-q] FILE
+
+Write the data of FILE into its backing file, as qemu-img commit does.
+
+  -f fmt         format of FILE (probed when absent)
+  -t cache       cache mode (none, writeback, writethrough)
+  -b base        commit into this image of the backing chain instead of
+                 FILE's backing file (implies -d: the layers between keep
+                 their data and FILE keeps its backing file)
+  -d             keep FILE's data (by default FILE is emptied afterwards)
+  -r rate_limit  accepted for compatibility; the copy is not throttled
+  -p             show progress
+  -q, --quiet    print nothing but errors
+  -h, --help     this help
+
+Emptying FILE re-creates its metadata with the same options and backing
+file; an image with internal snapshots or bitmaps cannot be emptied
+(use -d).
+`
+
+var commitSpec = cli.OptSpec{
+	Short: map[byte]bool{'f': true, 't': true, 'b': true, 'r': true, 'd': false, 'p': false, 'q': false, 'h': false},
+	Long:  map[string]bool{"quiet": false, "help": false},
+}
+
+// Commit is "ringblk commit" (qemu-img commit): args are what follows the
+// command name; the result is the exit status.
+func Commit(args []string, stdout, stderr io.Writer) int {
+	return cli.Run(commitHelp, stdout, stderr, func() (int, error) {
+		opts, operands, err := cli.ParseOpts(args, commitSpec)
+		if err != nil {
+			return 1, err
+		}
+		var format, cache, base string
+		var keep, progress, quiet, haveBase bool
+		for _, o := range opts {
+			switch o.Name {
+			case "f":
+				format = o.Val
+			case "t":
+				cache = o.Val
+			case "b":
+				base, haveBase = o.Val, true
+				keep = true
+			case "r":
+				if v, err := cli.ParseSize(o.Val); err != nil || v < 0 {
+					return 1, cli.Usagef("Invalid rate limit specified")
+				}
+			case "d":
+				keep = true
+			case "p":
+				progress = true
+			case "q", "quiet":
+				quiet = true
+			}
+		}
+		if len(operands) != 1 {
+			return 1, cli.Usagef("Expecting one image file name")
+		}
+		if format != "" && format != "raw" && format != "qcow2" {
+			return 1, fmt.Errorf("Could not open '%s': Unknown driver '%s'", operands[0], format)
+		}
+		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep}
+		if err := c.plan(); err != nil {
+			return 1, err
+		}
+		bar := cli.NewProgress(stdout, progress && !quiet, 1)
+		if err := c.run(bar); err != nil {
+			return 1, err
+		}
+		if !quiet {
+			fmt.Fprintln(stdout, "Image committed.")
+		}
+		return 0, nil
+	})
+}
+
+type committer struct {
+	path, format, cache, base string
+	haveBase, keep            bool
+
+	// From plan: the layers above the base (top first) and the base.
+	above []chainLevel
+	baseL chainLevel
+	// hdr is FILE's header (for emptying); nil for a raw FILE.
+	hdr *qcow2fmt.Header
+}
+
+// plan opens the chain read-only and finds the layers and the base.
+func (c *committer) plan() error {
+	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache})
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	ch, err := newImageChain(img, false)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if img.Qcow2 != nil {
+		h := img.Qcow2.Header()
+		c.hdr = &h
+	}
+	if len(ch.levels) < 2 {
+		return fmt.Errorf("Image does not have a backing file")
+	}
+	bi := 1
+	if c.haveBase {
+		bi = -1
+		// -b names the file from here, or (as a backing file name) from
+		// the directory of the image above it.
+		for i := 1; i < len(ch.levels) && bi < 0; i++ {
+			fi, err := os.Stat(ch.levels[i].path)
+			if err != nil {
+				continue
+			}
+			for _, p := range []string{c.base, combinePath(ch.levels[i-1].path, c.base)} {
+				if want, err := os.Stat(p); err == nil && os.SameFile(fi, want) {
+					bi = i
+					break
+				}
+			}
+		}
+		if bi < 0 {
+			return fmt.Errorf("Did not find '%s' in the backing chain of '%s'", c.base, c.path)
+		}
+	}
+	c.above = append([]chainLevel(nil), ch.levels[:bi]...)
+	c.baseL = ch.levels[bi]
+	for i := range c.above {
+		c.above[i].node = nil
+	}
+	c.baseL.node = nil
+	if !c.keep {
+		if err := c.canEmpty(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// canEmpty refuses, before anything is written, an image whose emptying
+// by re-creation would lose something.
+func (c *committer) canEmpty() error {
+	h := c.hdr
+	if h == nil {
+		return fmt.Errorf("Could not empty %s: Operation not supported (use -d)", c.path)
+	}
+	switch {
+	case h.SnapshotCount != 0:
+		return fmt.Errorf("Could not empty %s: it has internal snapshots (ringblk cannot empty those; use -d)", c.path)
+	case h.Bitmaps != nil:
+		return fmt.Errorf("Could not empty %s: it has persistent bitmaps (ringblk cannot empty those; use -d)", c.path)
+	case h.IncompatibleFeatures&qcow2fmt.IncompatDataFile != 0:
+		return fmt.Errorf("Could not empty %s: it has an external data file (ringblk cannot empty those; use -d)", c.path)
+	case len(h.Unknown) != 0:
+		return fmt.Errorf("Could not empty %s: it has header extensions ringblk does not know (use -d)", c.path)
+	}
+	return nil
+}
+
+func (c *committer) run(bar *cli.Progress) error {
+	env, g, err := cli.NewBlkEnv()
+	if err != nil {
+		return err
+	}
+	baseImg, err := cli.OpenBlkIn(env, g, c.baseL.path, cli.BlkOptions{Format: c.baseL.format, Cache: c.cache})
+	if err != nil {
+		env.Stop()
+		return err
+	}
+	root := cli.NewBlkImage(env, g, nil, c.path, "")
+	ch := &imageChain{}
+	closeAll := func() error {
+		err := baseImg.Close()
+		for i := range ch.levels {
+			if uerr := ch.levels[i].node.Unref(); err == nil {
+				err = uerr
+			}
+		}
+		if cerr := root.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+	for _, l := range c.above {
+		li, err := cli.OpenBlkIn(env, g, l.path, cli.BlkOptions{Format: l.format, ReadOnly: true, NoBacking: true, Cache: c.cache})
+		if err != nil {
+			closeAll()
+			return err
+		}
+		l.node = li.Node
+		ch.levels = append(ch.levels, l)
+	}
+	err = c.copyDown(ch, baseImg, bar)
+	if cerr := closeAll(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if !c.keep {
+		return c.empty()
+	}
+	return nil
+}
+
+// copyDown writes every range allocated above the base into the base.
+func (c *committer) copyDown(ch *imageChain, base *cli.BlkImage, bar *cli.Progress) error {
+	size := ch.size()
+	bsize, err := base.Node.Length()
+	if err != nil {
+		return fmt.Errorf("Could not get the size of '%s': %v", base.Path, cli.PlainErr(err))
+	}
+	if size > bsize {
+		if base.Qcow2 == nil {
+			return fmt.Errorf("Top image %s is larger than its base image %s, which cannot grow (raw)", c.path, base.Path)
+		}
+		if err := qcow2.Amend(base.Node, qcow2.AmendOptions{Size: size}); err != nil {
+			return fmt.Errorf("Top image %s is larger than its base image, and resizing the base image failed: %v", c.path, amendCause(err))
+		}
+	}
+	bar.Set(0)
+	buf := make([]byte, compareBufSize)
+	for off := int64(0); off < size; {
+		st, err := ch.statusAbove(off, size-off, false)
+		if err != nil {
+			return fmt.Errorf("Block status failed: %v", cli.PlainErr(err))
+		}
+		n := min(st.Pnum, compareBufSize)
+		if n <= 0 {
+			return fmt.Errorf("Block status failed at offset %d", off)
+		}
+		if st.Status&block.StatusAllocated != 0 {
+			if st.Status&block.StatusZero != 0 || st.PastEnd {
+				if err := base.Node.WriteZeroes(off, n, block.MayUnmap); err != nil {
+					return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
+				}
+			} else {
+				if _, err := ch.levels[st.Depth].node.ReadAt(buf[:n], off); err != nil {
+					return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
+				}
+				if _, err := base.Node.WriteAt(buf[:n], off); err != nil {
+					return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
+				}
+			}
+		}
+		off += n
+		bar.Add(float64(n) / float64(size) * 100)
+	}
+	bar.Set(100)
+	bar.End()
+	return nil
+}
+
+// empty re-creates FILE's metadata with its options and backing file, as
+// qemu's qcow2 make-empty fast path does: every cluster unallocated.
+func (c *committer) empty() error {
+	h := c.hdr
+	co := qcow2fmt.CreateOptions{
+		ClusterSize:     int64(1) << h.ClusterBits,
+		Version:         int(h.Version),
+		RefcountBits:    1 << h.RefcountOrder,
+		BackingFile:     h.BackingFile,
+		BackingFormat:   h.BackingFormat,
+		ExtendedL2:      h.IncompatibleFeatures&qcow2fmt.IncompatExtendedL2 != 0,
+		LazyRefcounts:   h.CompatibleFeatures&qcow2fmt.CompatLazyRefcounts != 0,
+		CompressionType: h.CompressionType,
+	}
+	if err := writeQcow2(c.path, int64(h.Size), co); err != nil {
+		return fmt.Errorf("Could not empty %s: %v", c.path, err)
+	}
+	return nil
+}
