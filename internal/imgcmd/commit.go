@@ -213,6 +213,13 @@ func (c *committer) run(bar *cli.Progress) error {
 		ch.levels = append(ch.levels, l)
 	}
 	err = c.copyDown(ch, baseImg, bar)
+	if err == nil {
+		// The base must be durable before FILE is emptied: a crash
+		// between the two must not lose what was committed.
+		if ferr := baseImg.Node.Flush(); ferr != nil {
+			err = fmt.Errorf("Could not flush '%s': %v", baseImg.Path, cli.PlainErr(ferr))
+		}
+	}
 	if cerr := closeAll(); err == nil && cerr != nil {
 		err = cerr
 	}
