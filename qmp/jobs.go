@@ -720,12 +720,37 @@ func (a *bitmapAction) Clean() { _ = a.dr.End() }
 // in time is the same for every action), started in commit, discarded on
 // abort.
 type backupAction struct {
-	d   *Daemon
-	a   BackupArgs
+	d *Daemon
+	a BackupArgs
+	jobStart
+}
+
+// jobStart is the part the job-starting actions share: the job is made in
+// prepare inside the source's drained section (dr), started in commit; an
+// abort drops the job that never ran: the driver's Clean first (it removes
+// the job's filter and gives a bitmap back; Discard alone leaves them),
+// then Discard.
+type jobStart struct {
 	dr  txn.Drained
 	j   *job.Job
-	drv *job.Backup
+	drv job.Cleaner
 }
+
+func (s *jobStart) Commit() error {
+	if err := s.j.Start(); err != nil {
+		return Errorf("%v", err)
+	}
+	return nil
+}
+
+func (s *jobStart) Abort() {
+	if s.j != nil {
+		s.drv.Clean(s.j)
+		_ = s.j.Discard()
+	}
+}
+
+func (s *jobStart) Clean() { _ = s.dr.End() }
 
 func (b *backupAction) Prepare() error {
 	bo, err := backupOptions(b.d, &b.a)
@@ -742,35 +767,14 @@ func (b *backupAction) Prepare() error {
 	return nil
 }
 
-func (b *backupAction) Commit() error {
-	if err := b.j.Start(); err != nil {
-		return Errorf("%v", err)
-	}
-	return nil
-}
-
-// Abort drops the job that never ran: the driver's Clean first (it
-// removes the copy-before-write filter and gives the bitmap back; Discard
-// alone leaves them), then Discard.
-func (b *backupAction) Abort() {
-	if b.j != nil {
-		b.drv.Clean(b.j)
-		_ = b.j.Discard()
-	}
-}
-
-func (b *backupAction) Clean() { _ = b.dr.End() }
-
 // mirrorAction is blockdev-mirror as a transaction action (a ringblk
 // extension: QEMU has none): the job is created in prepare, inside the
 // source's drained section, and started in commit; abort cleans the
 // driver (its filter) and discards the job.
 type mirrorAction struct {
-	d   *Daemon
-	a   MirrorArgs
-	dr  txn.Drained
-	j   *job.Job
-	drv *job.Mirror
+	d *Daemon
+	a MirrorArgs
+	jobStart
 }
 
 func (m *mirrorAction) Prepare() error {
@@ -786,22 +790,6 @@ func (m *mirrorAction) Prepare() error {
 	m.j, m.drv = j, drv
 	return nil
 }
-
-func (m *mirrorAction) Commit() error {
-	if err := m.j.Start(); err != nil {
-		return Errorf("%v", err)
-	}
-	return nil
-}
-
-func (m *mirrorAction) Abort() {
-	if m.j != nil {
-		m.drv.Clean(m.j)
-		_ = m.j.Discard()
-	}
-}
-
-func (m *mirrorAction) Clean() { _ = m.dr.End() }
 
 // CheckpointArgs is x-ringblk-checkpoint's argument: take the next
 // checkpoint of a node's chain (package job's Chain).

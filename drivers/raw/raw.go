@@ -391,30 +391,9 @@ func (d *Driver) ReopenReadOnly() error {
 	if err := retryEINTR(func() error { return unix.Fdatasync(d.fd) }); err != nil && !d.blockdev {
 		return &os.PathError{Op: "reopen: fdatasync", Path: d.path, Err: err}
 	}
-	flags := unix.O_CLOEXEC | os.O_RDONLY
-	switch d.opts.Cache {
-	case CacheNone:
-		flags |= unix.O_DIRECT
-	case CacheWritethrough:
-		flags |= unix.O_DSYNC
-	}
-	f, err := os.OpenFile(d.path, flags, 0)
+	f, err := d.reopenSame(os.O_RDONLY, "reopen read-only")
 	if err != nil {
-		return &os.PathError{Op: "reopen read-only", Path: d.path, Err: err}
-	}
-	// The same file? (A path renamed or replaced since the open would
-	// swap another file in.)
-	var a, b unix.Stat_t
-	if err := unix.Fstat(d.fd, &a); err != nil {
-		f.Close()
-		return &os.PathError{Op: "reopen: fstat", Path: d.path, Err: err}
-	}
-	if err := unix.Fstat(int(f.Fd()), &b); err != nil || a.Dev != b.Dev || a.Ino != b.Ino || a.Rdev != b.Rdev {
-		f.Close()
-		if err == nil {
-			err = errors.New("the path names another file than the open image now")
-		}
-		return &os.PathError{Op: "reopen read-only", Path: d.path, Err: err}
+		return err
 	}
 	nfd := int(f.Fd())
 	if d.locked {
@@ -444,6 +423,36 @@ func (d *Driver) ReopenReadOnly() error {
 	return nil
 }
 
+// reopenSame opens the image's path again with mode and the cache flags it
+// was opened with, and checks that the path still names the open file (a
+// path renamed or replaced since the open would swap another file in).
+func (d *Driver) reopenSame(mode int, op string) (*os.File, error) {
+	flags := unix.O_CLOEXEC | mode
+	switch d.opts.Cache {
+	case CacheNone:
+		flags |= unix.O_DIRECT
+	case CacheWritethrough:
+		flags |= unix.O_DSYNC
+	}
+	f, err := os.OpenFile(d.path, flags, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: op, Path: d.path, Err: err}
+	}
+	var a, b unix.Stat_t
+	if err := unix.Fstat(d.fd, &a); err != nil {
+		f.Close()
+		return nil, &os.PathError{Op: "reopen: fstat", Path: d.path, Err: err}
+	}
+	if err := unix.Fstat(int(f.Fd()), &b); err != nil || a.Dev != b.Dev || a.Ino != b.Ino || a.Rdev != b.Rdev {
+		f.Close()
+		if err == nil {
+			err = errors.New("the path names another file than the open image now")
+		}
+		return nil, &os.PathError{Op: op, Path: d.path, Err: err}
+	}
+	return f, nil
+}
+
 // ReopenReadWrite undoes ReopenReadOnly, as QEMU reopens a backing file
 // read-write for a commit into it: the file is reopened O_RDWR with the
 // same cache flags and takes a writer's QEMU-compatible locks again,
@@ -463,28 +472,9 @@ func (d *Driver) ReopenReadWrite() error {
 	if !d.demoted {
 		return &os.PathError{Op: "reopen read-write", Path: d.path, Err: errors.New("the file was opened read-only")}
 	}
-	flags := unix.O_CLOEXEC | os.O_RDWR
-	switch d.opts.Cache {
-	case CacheNone:
-		flags |= unix.O_DIRECT
-	case CacheWritethrough:
-		flags |= unix.O_DSYNC
-	}
-	f, err := os.OpenFile(d.path, flags, 0)
+	f, err := d.reopenSame(os.O_RDWR, "reopen read-write")
 	if err != nil {
-		return &os.PathError{Op: "reopen read-write", Path: d.path, Err: err}
-	}
-	var a, b unix.Stat_t
-	if err := unix.Fstat(d.fd, &a); err != nil {
-		f.Close()
-		return &os.PathError{Op: "reopen: fstat", Path: d.path, Err: err}
-	}
-	if err := unix.Fstat(int(f.Fd()), &b); err != nil || a.Dev != b.Dev || a.Ino != b.Ino || a.Rdev != b.Rdev {
-		f.Close()
-		if err == nil {
-			err = errors.New("the path names another file than the open image now")
-		}
-		return &os.PathError{Op: "reopen read-write", Path: d.path, Err: err}
+		return err
 	}
 	nfd := int(f.Fd())
 	if d.locked {
