@@ -413,12 +413,15 @@ func (s *Server) logf(msg string, args ...any) {
 // Served is closed when a OneShot server's last client has disconnected.
 func (s *Server) Served() <-chan struct{} { return s.served }
 
-// Serve accepts clients on l until Close. Each client's handshake runs on
-// its own goroutine; the transmission phase runs on the export's Context.
+// Serve accepts clients on l until Close, then returns nil; started after
+// Close, it closes l and returns net.ErrClosed. Each client's handshake
+// runs on its own goroutine; the transmission phase runs on the export's
+// Context.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		l.Close() // Serve owns l, even when it starts after Close
 		return net.ErrClosed
 	}
 	s.listeners = append(s.listeners, l)
