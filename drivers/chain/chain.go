@@ -22,6 +22,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -53,6 +54,14 @@ type Options struct {
 	// NoBacking opens the top image alone: unallocated clusters read as
 	// zeros (qemu-img's backing-less opens, e.g. rebase -u, info).
 	NoBacking bool
+	// KeySecrets are the passwords of encrypted images (format luks, or
+	// qcow2 with LUKS encryption): [0] for the top image, [i] for the
+	// i-th backing file. A missing or nil entry opens an encrypted
+	// image's header only when HeaderOnly is set, and fails otherwise.
+	KeySecrets [][]byte
+	// HeaderOnly opens a luks image without unlocking it (qemu-img info):
+	// its reads and writes fail.
+	HeaderOnly bool
 	// NullSize is the size of a "null" image.
 	NullSize int64
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
@@ -71,6 +80,16 @@ type Image struct {
 	Format string
 	// Qcow2 is the top node's driver when Format is "qcow2".
 	Qcow2 *qcow2.Driver
+	// Luks is the top node's driver when Format is "luks".
+	Luks *luksdrv.Driver
+}
+
+// secret is the key secret of the image at depth (nil when not given).
+func (o *Options) secret(depth int) []byte {
+	if depth < len(o.KeySecrets) {
+		return o.KeySecrets[depth]
+	}
+	return nil
 }
 
 // Probe decides the format of a local image the user named: "qcow2" when
@@ -168,6 +187,17 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 			return nil, err
 		}
 		img.Node = n
+	case "luks":
+		file, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name + "-file", ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		drv := luksdrv.New(file, luksdrv.Options{Password: o.secret(0), NoIO: o.HeaderOnly})
+		n, err := g.Open(drv, luksdrv.NodeOptions(block.Options{Name: o.Name, ReadOnly: o.ReadOnly}))
+		if err != nil {
+			return nil, err
+		}
+		img.Node, img.Luks = n, drv
 	case "qcow2":
 		if o.QcowOptions.SharedCache == nil {
 			// One clean L2 tier for the whole chain, not one per image.

@@ -13,7 +13,9 @@ import (
 	"os"
 	"strings"
 
+	"github.com/ringblk/ringblk/crypto/luks"
 	"github.com/ringblk/ringblk/drivers/chain"
+	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -72,11 +74,11 @@ error, a pattern mismatch, a bad argument) or the image could not be
 opened.
 `
 
-var ioSpec = cli.OptSpec{
+var ioSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false, 'i': true, 'k': false},
 	Long: map[string]bool{"cmd": true, "format": true, "read-only": false, "nocache": false, "cache": true,
 		"force-share": false, "discard": true, "help": false, "aio": true, "native-aio": false},
-}
+})
 
 // ioSession is one opened image and the state of its command run.
 type ioSession struct {
@@ -103,7 +105,14 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		nullOpts, aioNative := false, false
 		// qemu-io passes discards on to the file by default.
 		bo := cli.BlkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}
+		var ia cli.ImageArgs
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "c", "cmd":
 				cmds = append(cmds, o.Val)
@@ -146,8 +155,18 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				nullOpts = true
 			}
 		}
+		if len(operands) == 1 && ia.ImageOpts {
+			if bo.Format != "" {
+				return 1, cli.Usagef("--image-opts and --format are mutually exclusive")
+			}
+			p, err := ia.Resolve(operands[0], &bo)
+			if err != nil {
+				return 1, fmt.Errorf("can't open: %v", err)
+			}
+			operands[0] = p
+		}
 		switch bo.Format {
-		case "", "raw", "qcow2", "null":
+		case "", "raw", "qcow2", "null", "luks":
 		case "null-co":
 			bo.Format = "null"
 		default:
@@ -205,6 +224,12 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return 1, fmt.Errorf("can't open device %s: %v", path, be)
 			case errors.As(err, &le):
 				return 1, fmt.Errorf("can't open device %s: %v", path, le)
+			}
+			if ia.ImageOpts {
+				return 1, fmt.Errorf("can't open: %v", cli.OpenCause(err))
+			}
+			if errors.Is(err, luks.ErrBadPassword) || errors.Is(err, luksdrv.ErrKeySecretRequired) {
+				return 1, fmt.Errorf("can't open device %s: %v", path, cli.OpenCause(err))
 			}
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
