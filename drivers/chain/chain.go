@@ -247,6 +247,7 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
+	dopts.KeySecret, dopts.HeaderOnly = o.secret(depth), o.HeaderOnly
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)

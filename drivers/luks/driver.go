@@ -58,6 +58,7 @@ type Driver struct {
 	vol     *cl.Volume
 	c       *cl.Cipher
 	payload int64
+	bare    bool // NewPayload: no header, payload at 0, cipher given
 
 	free    []*bounce // write bounce buffers not in use
 	rd      readDone
@@ -73,6 +74,16 @@ type bounce struct{ buf []byte }
 func New(file *block.Node, o Options) *Driver {
 	d := &Driver{opts: o, pending: file}
 	d.rd.d, d.wd.d = d, d
+	return d
+}
+
+// NewPayload returns a driver that encrypts the whole of file with c,
+// the sector number of a file offset being its IV: qcow2's encrypted data
+// clusters, whose IV is their host offset. It has no header; the caller's
+// reference on file passes to the driver.
+func NewPayload(file *block.Node, c *cl.Cipher) *Driver {
+	d := New(file, Options{})
+	d.c, d.bare = c, true
 	return d
 }
 
@@ -93,6 +104,9 @@ func (d *Driver) Open(n *block.Node) error {
 		return err
 	}
 	d.file = c
+	if d.bare {
+		return nil
+	}
 	hb := make([]byte, cl.HeaderLen)
 	if _, err := file.ReadAt(hb, 0); err != nil {
 		return fmt.Errorf("Unable to read LUKS header: %w", err)
@@ -120,6 +134,9 @@ func (d *Driver) Open(n *block.Node) error {
 
 // Close forgets the key.
 func (d *Driver) Close(*block.Node) error {
+	if d.bare {
+		return nil
+	}
 	if d.vol != nil {
 		clear(d.vol.Key)
 	}

@@ -23,7 +23,7 @@ Create a new raw or qcow2 image (replacing FILE if it exists), as
 qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
 1024); with -b it defaults to the backing file's virtual size.
 
-  -f fmt           raw (default) or qcow2
+  -f fmt           raw (default), qcow2 or luks
   -o options       comma-separated key=value list:
                      raw:   size, preallocation=off|falloc|full
                      qcow2: size, cluster_size (512..2M, default 64k),
@@ -33,6 +33,12 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
                             lazy_refcounts=off|on, extended_l2=off|on,
                             compression_type=zlib|zstd (zstd: read and
                             uncompressed writes; compressed writes refused)
+                     luks:  key-secret=ID (a --object secret), cipher-alg
+                            (aes-128|aes-192|aes-256), cipher-mode (xts|cbc),
+                            ivgen-alg (plain|plain64|essiv), ivgen-hash-alg,
+                            hash-alg, iter-time (ms)
+  --object secret,id=ID,data=PASS|file=PATH[,format=raw|base64]
+                   a secret that key-secret= names
   -b backing       backing file (qcow2), relative to FILE's directory
   -F backing_fmt   backing file format (raw or qcow2); required with -b
   -q, --quiet      do not print the "Formatting ..." line
@@ -41,7 +47,7 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
 
 var createSpec = cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'o': true, 'b': true, 'F': true, 'q': false, 'u': false, 'h': false},
-	Long:  map[string]bool{"quiet": false, "help": false},
+	Long:  map[string]bool{"quiet": false, "help": false, "object": true},
 }
 
 // createReq is a parsed create command line.
@@ -63,8 +69,13 @@ func Create(args []string, stdout, stderr io.Writer) int {
 		}
 		r := &createReq{format: "raw"}
 		var olist []string
+		var objs cli.Objects
 		for _, o := range opts {
 			switch o.Name {
+			case "object":
+				if err := objs.Add(o.Val); err != nil {
+					return 1, err
+				}
 			case "f":
 				r.format = o.Val
 			case "o":
@@ -114,10 +125,13 @@ func Create(args []string, stdout, stderr io.Writer) int {
 			r.hasSize = true
 		}
 		var line string
-		if r.format == "raw" {
+		switch r.format {
+		case "raw":
 			line, err = createRaw(r)
-		} else {
-			line, err = createQcow2(r)
+		case "luks":
+			line, err = createLuks(r, &objs)
+		default:
+			line, err = createQcow2(r, &objs)
 		}
 		// qemu-img prints the "Formatting" line before it touches the
 		// file, so it is there when the creation then fails.
@@ -191,10 +205,11 @@ func createNBD(uri string, size int64) error {
 	return img.Node.Flush()
 }
 
-func createQcow2(r *createReq) (string, error) {
+func createQcow2(r *createReq, objs *cli.Objects) (string, error) {
 	if nbd.IsURI(r.file) {
 		return "", fmt.Errorf("%s: ringblk creates only raw images on NBD exports (the server applies the format)", r.file)
 	}
+	enc, encErr := takeQcowEncrypt(r)
 	o, err := format.ParseOptionPairs(r.pairs, format.ForCreate)
 	if err != nil {
 		return "", cli.Usagef("%s: %v", r.file, err)
@@ -231,7 +246,7 @@ func createQcow2(r *createReq) (string, error) {
 	}
 	// The values as the user wrote them, in qemu-img's order.
 	var b strings.Builder
-	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=%s", r.file, co.EffectiveClusterSize(), given("extended_l2", "off"))
+	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2%s cluster_size=%d extended_l2=%s", r.file, enc.formatLine, co.EffectiveClusterSize(), given("extended_l2", "off"))
 	if v, ok := o.Given["preallocation"]; ok {
 		b.WriteString(" preallocation=" + v)
 	}
@@ -245,8 +260,19 @@ func createQcow2(r *createReq) (string, error) {
 	}
 	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", given("lazy_refcounts", "off"), rb)
 
+	if encErr == nil {
+		encErr = enc.setup(objs)
+	}
+	if encErr != nil {
+		return b.String(), fmt.Errorf("%s: %v", r.file, encErr)
+	}
 	if err := writeQcow2(r.file, r.size, co); err != nil {
 		return b.String(), createErr(r.file, err)
+	}
+	if enc.format == "luks" {
+		if err := encryptQcow2(r.file, enc.lo.co); err != nil {
+			return b.String(), createErr(r.file, err)
+		}
 	}
 	return b.String(), nil
 }

@@ -187,6 +187,9 @@ func imageInfo(img *openedImage) *object {
 			data.set("lazy-refcounts", h.CompatibleFeatures&format.CompatLazyRefcounts != 0)
 		}
 		data.set("refcount-bits", 1<<h.RefcountOrder)
+		if img.luks != nil {
+			data.set("encrypt", luksInfo(img.luks, true))
+		}
 		if h.Version >= 3 {
 			data.set("corrupt", h.IncompatibleFeatures&format.IncompatCorrupt != 0)
 			data.set("extended-l2", h.ExtendedL2())
@@ -197,9 +200,21 @@ func imageInfo(img *openedImage) *object {
 		o.set("format-specific", fs)
 		if h.BackingFile != "" {
 			o.set("full-backing-filename", combinePath(img.path, h.BackingFile))
+		}
+		if h.Encrypted() {
+			o.set("encrypted", true)
+		}
+		if h.BackingFile != "" {
 			o.set("backing-filename", h.BackingFile)
 		}
 		o.set("dirty-flag", h.IncompatibleFeatures&format.IncompatDirty != 0)
+	} else if img.luks != nil {
+		fs := newObject()
+		fs.set("type", "luks")
+		fs.set("data", luksInfo(img.luks, false))
+		o.set("format-specific", fs)
+		o.set("encrypted", true)
+		o.set("dirty-flag", false)
 	} else {
 		o.set("dirty-flag", false)
 	}
@@ -228,7 +243,14 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.path, img.format)
 	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", sizeToStr(vs), vs)
 	fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
+	if img.luks != nil {
+		b.WriteString("encrypted: yes\n")
+	}
 	if img.qcow == nil {
+		if img.luks != nil {
+			b.WriteString("Format specific information:\n")
+			dumpObject(&b, info.vals["format-specific"].(*object).vals["data"].(*object), 4)
+		}
 		_, err := io.WriteString(w, b.String())
 		return err
 	}
@@ -254,10 +276,7 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 		return err
 	}
 	b.WriteString("Format specific information:\n")
-	data := info.vals["format-specific"].(*object).vals["data"].(*object)
-	for _, k := range data.keys {
-		fmt.Fprintf(&b, "    %s: %v\n", strings.ReplaceAll(k, "-", " "), data.vals[k])
-	}
+	dumpObject(&b, info.vals["format-specific"].(*object).vals["data"].(*object), 4)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
