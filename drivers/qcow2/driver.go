@@ -75,7 +75,7 @@ type DriverOptions struct {
 	// KeySecret is the password of a LUKS-encrypted image
 	// (encrypt.key-secret). Without it such an image opens only with
 	// HeaderOnly, and then fails reads and writes of data.
-	KeySecret []byte
+	KeySecret  []byte
 	HeaderOnly bool
 }
 
@@ -96,12 +96,12 @@ type Driver struct {
 	block.DriverBase
 	opts DriverOptions
 
-	node    *block.Node
-	file    *block.Child
+	node *block.Node
+	file *block.Child
 	// data is the child data clusters are read and written through: file,
 	// or for an encrypted image a LUKS payload filter over file (crypto.go).
-	data   *block.Child
-	crypto cryptoState
+	data    *block.Child
+	crypto  cryptoState
 	backing *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64

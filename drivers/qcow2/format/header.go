@@ -112,9 +112,9 @@ type Header struct {
 	// extension: where the LUKS header area is (crypto.go).
 	CryptoOffset, CryptoLength uint64
 	hasCryptoExt               bool
-	FeatureNames  []FeatureName
-	Bitmaps       *BitmapsExtension
-	Unknown       []Extension // in image order
+	FeatureNames               []FeatureName
+	Bitmaps                    *BitmapsExtension
+	Unknown                    []Extension // in image order
 }
 
 // zbuf reads a byte slice as if it were followed by zeros: the first
