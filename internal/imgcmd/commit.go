@@ -37,10 +37,10 @@ file; an image with internal snapshots or bitmaps cannot be emptied
 (use -d).
 `
 
-var commitSpec = cli.OptSpec{
+var commitSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 't': true, 'b': true, 'r': true, 'd': false, 'p': false, 'q': false, 'h': false},
 	Long:  map[string]bool{"quiet": false, "help": false},
-}
+})
 
 // Commit is "ringblk commit" (qemu-img commit): args are what follows the
 // command name; the result is the exit status.
@@ -52,7 +52,14 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 		}
 		var format, cache, base string
 		var keep, progress, quiet, haveBase bool
+		var ia cli.ImageArgs
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
@@ -76,10 +83,19 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name")
 		}
+		var keys [][]byte
+		if ia.ImageOpts {
+			bo := cli.BlkOptions{Format: format}
+			p, err := ia.Resolve(operands[0], &bo)
+			if err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", operands[0], err)
+			}
+			operands[0], format, keys = p, bo.Format, bo.KeySecrets
+		}
 		if format != "" && format != "raw" && format != "qcow2" {
 			return 1, fmt.Errorf("Could not open '%s': Unknown driver '%s'", operands[0], format)
 		}
-		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep}
+		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep, keys: keys}
 		if err := c.plan(); err != nil {
 			return 1, err
 		}
@@ -97,6 +113,7 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 type committer struct {
 	path, format, cache, base string
 	haveBase, keep            bool
+	keys                      [][]byte // key secrets by chain depth (--image-opts)
 
 	// From plan: the layers above the base (top first) and the base.
 	above []chainLevel
@@ -107,7 +124,7 @@ type committer struct {
 
 // plan opens the chain read-only and finds the layers and the base.
 func (c *committer) plan() error {
-	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache})
+	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache, KeySecrets: c.keys})
 	if err != nil {
 		return err
 	}
@@ -184,7 +201,7 @@ func (c *committer) run(bar *cli.Progress) error {
 	if err != nil {
 		return err
 	}
-	baseImg, err := cli.OpenBlkIn(env, g, c.baseL.path, cli.BlkOptions{Format: c.baseL.format, Cache: c.cache})
+	baseImg, err := cli.OpenBlkIn(env, g, c.baseL.path, cli.BlkOptions{Format: c.baseL.format, Cache: c.cache, KeySecrets: c.keysFrom(len(c.above))})
 	if err != nil {
 		env.Stop()
 		return err
@@ -203,8 +220,8 @@ func (c *committer) run(bar *cli.Progress) error {
 		}
 		return err
 	}
-	for _, l := range c.above {
-		li, err := cli.OpenBlkIn(env, g, l.path, cli.BlkOptions{Format: l.format, ReadOnly: true, NoBacking: true, Cache: c.cache})
+	for i, l := range c.above {
+		li, err := cli.OpenBlkIn(env, g, l.path, cli.BlkOptions{Format: l.format, ReadOnly: true, NoBacking: true, Cache: c.cache, KeySecrets: c.keysFrom(i)})
 		if err != nil {
 			closeAll()
 			return err

@@ -67,6 +67,15 @@ type openedImage struct {
 	blocks int64 // allocated bytes (st_blocks × 512)
 	qcow   *qcow2fmt.Image
 	luks   *luks.Header // format luks, or a qcow2 image's LUKS header
+	// display is the name info shows when not path (--image-opts).
+	display string
+}
+
+func (o *openedImage) name() string {
+	if o.display != "" {
+		return o.display
+	}
+	return o.path
 }
 
 func (o *openedImage) Close() { o.f.Close() }

@@ -33,10 +33,10 @@ matches qemu-img info (7.2), including --output=json.
   -h, --help       this help
 `
 
-var infoSpec = cli.OptSpec{
+var infoSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "force-share": false, "backing-chain": false, "help": false},
-}
+})
 
 // Info is "ringblk info" (qemu-img info): args are what follows the
 // command name; the result is the exit status.
@@ -47,7 +47,14 @@ func Info(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		format, output, chain, share := "", "human", false, false
+		var ia cli.ImageArgs
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "U", "force-share":
 				share = true
@@ -67,6 +74,19 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(files) != 1 {
 			return 1, cli.Usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
+		}
+		display := ""
+		if ia.ImageOpts {
+			// info reads headers only: key secrets are not looked up.
+			sp, err := cli.ParseImageSpec(files[0])
+			if err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", files[0], err)
+			}
+			display = imageOptsName(files[0])
+			files[0] = sp.Path
+			if sp.Format != "" {
+				format = sp.Format
+			}
 		}
 		if nbd.IsURI(files[0]) {
 			return infoNBD(files[0], format, output, stdout)
@@ -90,6 +110,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			imgs = append(imgs, img)
+			if len(imgs) == 1 {
+				img.display = display
+			}
 			if err := img.lockForRead(share); err != nil {
 				return 1, err
 			}
@@ -165,7 +188,7 @@ func imageInfo(img *openedImage) *object {
 	} else {
 		o.set("virtual-size", img.size)
 	}
-	o.set("filename", img.path)
+	o.set("filename", img.name())
 	if h != nil {
 		o.set("cluster-size", h.ClusterSize())
 	}
@@ -240,7 +263,7 @@ func snapshotInfo(s *format.Snapshot) *object {
 func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	var b strings.Builder
 	vs := info.vals["virtual-size"].(int64)
-	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.path, img.format)
+	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.name(), img.format)
 	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", sizeToStr(vs), vs)
 	fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
 	if img.luks != nil {

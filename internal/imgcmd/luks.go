@@ -5,6 +5,7 @@ package imgcmd
 // header, raw or inside a qcow2 image.
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
@@ -341,7 +342,7 @@ func (e *qcowEncrypt) setup(objs *cli.Objects) error {
 func encryptQcow2(path string, co cl.CreateOptions) error {
 	return withNewFile(path, func(file *block.Node) error {
 		g := file.Graph()
-		drv := qcow2.New(file, qcow2.DriverOptions{})
+		drv := qcow2.New(file, qcow2.DriverOptions{IgnoreBacking: true})
 		file.Ref()
 		n, err := g.Open(drv, block.Options{Name: "encrypt"})
 		if err != nil {
@@ -408,4 +409,50 @@ func targetSecret(r *convertReq, bo *cli.BlkOptions) (targetEncryption, error) {
 		state = encryptedNoZeroInit
 	}
 	return state, nil
+}
+
+// imageOptsName is the json: name qemu-img shows for an image named by
+// --image-opts: the options as a JSON object, dotted keys nested.
+func imageOptsName(spec string) string {
+	kvs, err := cli.SplitKeyValues(spec, "")
+	if err != nil {
+		return spec
+	}
+	root := map[string]any{}
+	for _, kv := range kvs {
+		m := root
+		parts := strings.Split(kv.Key, ".")
+		// encrypt.* stays one key, as QEMU prints it.
+		if len(parts) > 1 && parts[len(parts)-2] == "encrypt" {
+			parts = append(parts[:len(parts)-2], parts[len(parts)-2]+"."+parts[len(parts)-1])
+		}
+		for _, p := range parts[:len(parts)-1] {
+			sub, ok := m[p].(map[string]any)
+			if !ok {
+				sub = map[string]any{}
+				m[p] = sub
+			}
+			m = sub
+		}
+		m[parts[len(parts)-1]] = kv.Value
+	}
+	if f, ok := root["file"].(map[string]any); ok {
+		if _, ok := f["driver"]; !ok {
+			f["driver"] = "file"
+		}
+	}
+	b, err := json.Marshal(root)
+	if err != nil {
+		return spec
+	}
+	return "json:" + strings.NewReplacer(`":`, `": `, `,"`, `, "`).Replace(string(b))
+}
+
+// keysFrom are the key secrets of the chain from depth on (the image at
+// depth opened as a top image).
+func (c *committer) keysFrom(depth int) [][]byte {
+	if depth >= len(c.keys) {
+		return nil
+	}
+	return c.keys[depth:]
 }

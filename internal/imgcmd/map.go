@@ -31,10 +31,10 @@ data lives in a file).
   -h, --help           this help
 `
 
-var mapSpec = cli.OptSpec{
+var mapSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "force-share": false, "start-offset": true, "max-length": true, "help": false},
-}
+})
 
 // Map is "ringblk map" (qemu-img map): args are what follows the
 // command name; the result is the exit status.
@@ -47,7 +47,14 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		format, output := "", "human"
 		var forceShare bool
 		start, maxLen := int64(0), int64(-1)
+		var ia cli.ImageArgs
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
@@ -74,7 +81,7 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk map --help')")
 		}
-		img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
+		img, err := ia.Open(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
 		if err != nil {
 			return 1, err
 		}

@@ -32,10 +32,10 @@ is what persistent dirty bitmaps would add.
   -h, --help           this help
 `
 
-var measureSpec = cli.OptSpec{
+var measureSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "size": true, "force-share": false, "help": false},
-}
+})
 
 // measureInfo is qemu-img's BlockMeasureInfo.
 type measureInfo struct {
@@ -56,7 +56,14 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		var olist []string
 		var forceShare, hasSize bool
 		var size int64
+		var ia cli.ImageArgs
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				srcFmt = o.Val
@@ -105,7 +112,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		}
 		var src *imageChain
 		if len(operands) == 1 {
-			img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: srcFmt, ReadOnly: true, ForceShare: forceShare})
+			img, err := ia.Open(operands[0], cli.BlkOptions{Format: srcFmt, ReadOnly: true, ForceShare: forceShare})
 			if err != nil {
 				return 1, err
 			}

@@ -39,10 +39,10 @@ and deletes everything past the new end.
 A qcow2 image's new size must be a multiple of 512 bytes.
 `
 
-var resizeSpec = cli.OptSpec{
+var resizeSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'q': false, 'h': false},
 	Long:  map[string]bool{"shrink": false, "preallocation": true, "quiet": false, "help": false},
-}
+})
 
 // Resize is "ringblk resize" (qemu-img resize): args are what follows the
 // command name; the result is the exit status.
@@ -70,7 +70,14 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 		path := operands[0]
 		format, quiet, shrink := "", false, false
 		prealloc := raw.PreallocOff
+		var ia cli.ImageArgs
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
