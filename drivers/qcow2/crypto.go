@@ -123,17 +123,45 @@ func SetupEncryption(n *block.Node, o luks.CreateOptions) error {
 	if err != nil {
 		return err
 	}
+	length := lh.PayloadBytes()
+	area := make([]byte, length)
+	copy(area, lh.Marshal())
+	copy(area[int64(lh.Slots[0].KeyOffset)*luks.SectorSize:], mat)
+	return d.installCryptoArea(n, area)
+}
+
+// InstallEncryption gives a freshly created, empty image an existing
+// encryption area (a LUKS header and key material, as read from another
+// image's area): what a commit that re-creates its top image keeps.
+func InstallEncryption(n *block.Node, area []byte) error {
+	d, ok := n.Driver().(*Driver)
+	if !ok {
+		return &block.Error{Kind: block.Unsupported, Op: block.OpOpen, Node: n.Name(), Err: errors.New("qcow2: encryption setup needs a qcow2 node")}
+	}
+	if d.mu.hdr.CryptMethod != format.CryptNone {
+		return &block.Error{Kind: block.Unsupported, Op: block.OpWrite, Node: n.Name(), Err: errors.New("qcow2: the image is already encrypted")}
+	}
+	return d.installCryptoArea(n, area)
+}
+
+// installCryptoArea writes area into newly allocated contiguous clusters
+// and points the header at it (crypt_method 2, the extension), then
+// locks the driver's data path until a reopen with the key.
+func (d *Driver) installCryptoArea(n *block.Node, area []byte) error {
+	lh, err := luks.Parse(area)
+	if err != nil {
+		return err
+	}
+	length := int64(len(area))
 	err = d.formatErr(block.OpWrite, 0, d.runLocked(n, func(co *aio.Co) error {
 		cs := d.mu.geo.ClusterSize()
-		length := lh.PayloadBytes()
-		area := make([]byte, (length+cs-1)/cs*cs)
-		copy(area, lh.Marshal())
-		copy(area[int64(lh.Slots[0].KeyOffset)*luks.SectorSize:], mat)
-		off, err := metaOf(d).allocContiguous(co, int64(len(area))/cs)
+		buf := make([]byte, (length+cs-1)/cs*cs)
+		copy(buf, area)
+		off, err := metaOf(d).allocContiguous(co, int64(len(buf))/cs)
 		if err != nil {
 			return err
 		}
-		if err := d.fileWrite(co, nil, area, off); err != nil {
+		if err := d.fileWrite(co, nil, buf, off); err != nil {
 			return err
 		}
 		if err := metaOf(d).flushAllMetadata(co, nil); err != nil {

@@ -311,8 +311,18 @@ func (c *committer) empty() error {
 		LazyRefcounts:   h.CompatibleFeatures&qcow2fmt.CompatLazyRefcounts != 0,
 		CompressionType: h.CompressionType,
 	}
+	area, err := readCryptoArea(c.path, h)
+	if err != nil {
+		return fmt.Errorf("Could not empty %s: %v", c.path, err)
+	}
 	if err := writeQcow2(c.path, int64(h.Size), co); err != nil {
 		return fmt.Errorf("Could not empty %s: %v", c.path, err)
+	}
+	if area != nil {
+		// The emptied image keeps its LUKS header and key slots.
+		if err := installQcowEncryption(c.path, area); err != nil {
+			return fmt.Errorf("Could not empty %s: %v", c.path, err)
+		}
 	}
 	return nil
 }

@@ -337,9 +337,39 @@ func (e *qcowEncrypt) setup(objs *cli.Objects) error {
 	return e.lo.resolve("encrypt.", objs)
 }
 
+// readCryptoArea reads the encryption area of the qcow2 image at path
+// (nil when it is not encrypted).
+func readCryptoArea(path string, h *format.Header) ([]byte, error) {
+	if h.CryptMethod != format.CryptLUKS {
+		return nil, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	area := make([]byte, h.CryptoLength)
+	if _, err := f.ReadAt(area, int64(h.CryptoOffset)); err != nil {
+		return nil, fmt.Errorf("Could not read encryption header: %v", err)
+	}
+	return area, nil
+}
+
+// installQcowEncryption gives the new, empty qcow2 image at path the
+// encryption area of another (qcow2.InstallEncryption).
+func installQcowEncryption(path string, area []byte) error {
+	return withQcow2(path, func(n *block.Node) error { return qcow2.InstallEncryption(n, area) })
+}
+
 // encryptQcow2 turns the new, empty qcow2 image at path into a
 // LUKS-encrypted one.
 func encryptQcow2(path string, co cl.CreateOptions) error {
+	return withQcow2(path, func(n *block.Node) error { return qcow2.SetupEncryption(n, co) })
+}
+
+// withQcow2 runs fn on a qcow2 node over the image at path (its backing
+// file ignored).
+func withQcow2(path string, fn func(n *block.Node) error) error {
 	return withNewFile(path, func(file *block.Node) error {
 		g := file.Graph()
 		drv := qcow2.New(file, qcow2.DriverOptions{IgnoreBacking: true})
@@ -349,7 +379,7 @@ func encryptQcow2(path string, co cl.CreateOptions) error {
 			drv.Release()
 			return err
 		}
-		err = qcow2.SetupEncryption(n, co)
+		err = fn(n)
 		if cerr := n.Unref(); err == nil {
 			err = cerr
 		}
