@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
 
 func fileReader(t *testing.T, f *os.File, base int64) ReadFunc {
@@ -119,7 +121,7 @@ func TestQEMUMadeVolume(t *testing.T) {
 	}
 	for _, mode := range []string{"cipher-alg=aes-256", "cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv"} {
 		p := filepath.Join(t.TempDir(), "q.luks")
-		QEMUCreate(t, "luks", p, "key-secret=s0,iter-time=10,"+mode, "1M")
+		clitest.QEMUCreateLUKS(t, "luks", p, "key-secret=s0,iter-time=10,"+mode, "1M")
 		out, err := exec.Command("qemu-io", "--object", "secret,id=s0,data=abc", "--image-opts",
 			"driver=luks,key-secret=s0,file.filename="+p, "-c", "write -P 0x5a 512 4096").CombinedOutput()
 		if err != nil {
