@@ -44,6 +44,11 @@ func (d *Driver) openCrypto(n, file *block.Node) error {
 		return nil
 	}
 	area := int64(h.CryptoOffset)
+	if size, err := file.Length(); err != nil {
+		return err
+	} else if area > size || int64(h.CryptoLength) > size-area {
+		return d.openErr(block.InvalidFormat, fmt.Errorf("the encryption header area (%d bytes at %d) is outside the image file", h.CryptoLength, area))
+	}
 	hb := make([]byte, luks.HeaderLen)
 	if _, err := file.ReadAt(hb, area); err != nil {
 		return d.openErr(block.Io, fmt.Errorf("Could not read encryption header: %w", err))
