@@ -162,6 +162,9 @@ func (d *Driver) installCryptoArea(n *block.Node, area []byte) error {
 		cs := d.mu.geo.ClusterSize()
 		buf := make([]byte, (length+cs-1)/cs*cs)
 		copy(buf, area)
+		if err := reserveRefblocks(metaOf(d), co, int64(len(buf))/cs); err != nil {
+			return err
+		}
 		off, err := metaOf(d).allocContiguous(co, int64(len(buf))/cs)
 		if err != nil {
 			return err
@@ -192,6 +195,84 @@ func (d *Driver) installCryptoArea(n *block.Node, area []byte) error {
 	var aerr error
 	n.Graph().Control(func() { aerr = d.attachPayload(n, file, nil) })
 	return aerr
+}
+
+// reserveRefblocks makes sure a run of n clusters can be allocated
+// contiguously at the end of the image: allocCluster puts a missing
+// refcount block in the first cluster it covers, so a run longer than one
+// block's reach (128 KiB with 512-byte clusters) would never be
+// contiguous. The missing blocks for [end, end+b+n) are created first, at
+// end..end+b-1, each counted in its covering block (R3 as allocCluster:
+// the blocks are dirty before the table entries, written by the next
+// metadata flush). REQUIRES: metaLock held.
+func reserveRefblocks(d metaIO, co *aio.Co, n int64) error {
+	cs := d.mu.geo.ClusterSize()
+	per := d.mu.geo.RefcountBlockEntries()
+	for try := 0; try < 64; try++ {
+		d.mu.Lock()
+		start := (d.mu.geo.FileSize + cs - 1) / cs
+		rt := d.mu.rt
+		d.mu.Unlock()
+		has := func(ti int64) bool { return ti < int64(len(rt)) && rt[ti] != 0 }
+		b := int64(0)
+		for i := 0; ; i++ {
+			if i > 64 {
+				return format.Limit("full_disk_encryption_ext.length", uint64(n*cs), "refcount blocks for the encryption area do not converge")
+			}
+			nb := int64(0)
+			for ti := start / per; ti <= (start+b+n-1)/per; ti++ {
+				if !has(ti) {
+					nb++
+				}
+			}
+			if nb == b {
+				break
+			}
+			b = nb
+		}
+		if b == 0 {
+			return nil
+		}
+		if (start+b+n-1)/per >= int64(len(rt)) {
+			if err := d.growRefcountTable(co); err != nil {
+				return err
+			}
+			continue
+		}
+		d.mu.Lock()
+		next := start
+		for ti := start / per; ti <= (start+b+n-1)/per; ti++ {
+			if !has(ti) {
+				off := next * cs
+				d.mu.rb[off] = &refBlock{buf: make([]byte, cs), dirty: true}
+				d.mu.rt[ti] = uint64(off)
+				d.meta.add(off)
+				d.mu.dirtyRT[ti] = true
+				next++
+			}
+		}
+		d.growFile(next * cs)
+		d.mu.Unlock()
+		// Each new block's own cluster has refcount 1.
+		for c := start; c < start+b; c++ {
+			rb, _, bi, err := d.refcountBlock(co, c)
+			if err != nil {
+				return err
+			}
+			if rb == nil {
+				return format.Corrupt("refcount_table", uint64(c*cs), "refcount block missing after its creation")
+			}
+			d.mu.Lock()
+			err = format.RefcountSet(rb.buf, d.mu.geo.RefcountOrder, bi, 1)
+			rb.dirty = true
+			d.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return format.Limit("full_disk_encryption_ext.length", uint64(n*cs), "refcount table growth for the encryption area does not converge")
 }
 
 // refuseCompressed fails compressed writes to an encrypted image, as

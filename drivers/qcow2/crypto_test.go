@@ -189,3 +189,28 @@ func TestQcow2LUKSHostile(t *testing.T) {
 		}
 	}
 }
+
+// TestQcow2LUKSSmallClusters: the 2 MiB encryption area is one contiguous
+// run even where a refcount block covers only 128 KiB (512-byte
+// clusters): its refcount blocks go in front of it. qemu-img check
+// finds the image clean and qemu-io reads what the driver wrote.
+func TestQcow2LUKSSmallClusters(t *testing.T) {
+	needQemu(t)
+	for _, cs := range []int64{512, 2048, 1 << 16} {
+		img := filepath.Join(t.TempDir(), "s.qcow2")
+		e := newTestEnv(t)
+		createEncrypted(t, e, img, 1<<20, format.CreateOptions{ClusterSize: cs}, "abc")
+		n, err := e.openKey(img, []byte("abc"), false)
+		if err != nil {
+			t.Fatalf("cluster size %d: %v", cs, err)
+		}
+		if _, err := n.WriteAt(bytes.Repeat([]byte{0x5c}, 4096), 65024); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Unref(); err != nil {
+			t.Fatal(err)
+		}
+		qemuLuksCheck(t, img)
+		qemuLuksIO(t, img, "read -P 0 0 65024", "read -P 0x5c 65024 4096", "read -P 0 69120 4096")
+	}
+}
