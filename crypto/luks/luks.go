@@ -212,6 +212,10 @@ func Create(o CreateOptions) (*Header, []byte, *Volume, error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if spec.KeyBytes*Stripes%SectorSize != 0 {
+		// QEMU 7.2 asserts on key material that is not whole sectors.
+		return nil, nil, nil, fmt.Errorf("%s in %s mode: its key material (%d bytes) is not a whole number of %d-byte sectors, which QEMU 7.2 cannot open", spec.Alg, spec.Mode, spec.KeyBytes*Stripes, SectorSize)
+	}
 	rnd := o.Rand
 	if rnd == nil {
 		rnd = rand.Reader
@@ -282,6 +286,16 @@ func Create(o CreateOptions) (*Header, []byte, *Volume, error) {
 		return nil, nil, nil, err
 	}
 	return h, mat, &Volume{Header: h, Spec: spec, Key: mk, Slot: 0}, nil
+}
+
+// AreaLen is the length of the header and key slots QEMU's layout gives
+// a master key of keyBytes: the payload offset of a raw volume, the
+// encryption area of a qcow2 image.
+func AreaLen(keyBytes int) int64 {
+	align := int64(SlotAlign / SectorSize)
+	mat := (int64(keyBytes)*Stripes + SectorSize - 1) / SectorSize
+	stride := (mat + align - 1) / align * align
+	return (align + NumSlots*stride) * SectorSize
 }
 
 // SlotMaterial splits mk and encrypts it under password with slot s's

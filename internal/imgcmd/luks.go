@@ -110,6 +110,9 @@ func (lo *luksOpts) resolve(prefix string, objs *cli.Objects) error {
 	if _, err := co.Spec(); err != nil {
 		return err
 	}
+	if objs == nil { // measure: the layout only
+		return nil
+	}
 	id, ok := lo.given["key-secret"]
 	if !ok {
 		return fmt.Errorf("Parameter '%skey-secret' is required for cipher", prefix)
@@ -485,4 +488,36 @@ func (c *committer) keysFrom(depth int) [][]byte {
 		return nil
 	}
 	return c.keys[depth:]
+}
+
+// luksArea is the bytes the LUKS header and key slots of options lo take.
+func (lo *luksOpts) area(prefix string) (int64, error) {
+	if err := lo.resolve(prefix, nil); err != nil {
+		return 0, err
+	}
+	spec, err := lo.co.Spec()
+	if err != nil {
+		return 0, err
+	}
+	return cl.AreaLen(spec.KeyBytes), nil
+}
+
+// measureLuks is QEMU's estimate for -O luks: the header area and the
+// whole guest, allocated or not (unallocated payload is ciphertext too).
+func measureLuks(pairs []format.OptionPair, size int64, src *imageChain) (*measureInfo, error) {
+	lo, rest := takeLuksOpts(pairs, "")
+	for _, p := range rest {
+		if p.Key != "preallocation" {
+			return nil, cli.Usagef("Invalid parameter '%s'", p.Key)
+		}
+	}
+	area, err := lo.area("")
+	if err != nil {
+		return nil, err
+	}
+	if src != nil {
+		size = src.size()
+	}
+	n := area + size
+	return &measureInfo{required: n, fullyAllocated: n}, nil
 }

@@ -88,8 +88,8 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		if err := checkSourceFormat(srcFmt); err != nil {
 			return 1, err
 		}
-		if outFmt != "raw" && outFmt != "qcow2" {
-			return 1, cli.Usagef("Unknown file format '%s' (measure supports raw and qcow2)", outFmt)
+		if outFmt != "raw" && outFmt != "qcow2" && outFmt != "luks" {
+			return 1, cli.Usagef("Unknown file format '%s' (measure supports raw, qcow2 and luks)", outFmt)
 		}
 		switch {
 		case len(operands) > 1:
@@ -123,9 +123,12 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 			defer src.Close()
 		}
 		var info *measureInfo
-		if outFmt == "raw" {
+		switch outFmt {
+		case "raw":
 			info, err = measureRaw(pairs, size, src)
-		} else {
+		case "luks":
+			info, err = measureLuks(pairs, size, src)
+		default:
 			info, err = measureQcow2(pairs, size, src)
 		}
 		if err != nil {
@@ -175,6 +178,22 @@ func measureRaw(pairs []format.OptionPair, size int64, src *imageChain) (*measur
 // the source really uses (all of them with preallocation or a backing
 // file, since then nothing can be left out).
 func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*measureInfo, error) {
+	// The encryption area (QEMU: the LUKS payload offset, in clusters).
+	cr := &createReq{pairs: pairs}
+	enc, err := takeQcowEncrypt(cr)
+	if err != nil {
+		return nil, err
+	}
+	pairs = cr.pairs
+	var luksArea int64
+	switch enc.format {
+	case "aes":
+		return nil, enc.setup(nil)
+	case "luks":
+		if luksArea, err = enc.lo.area("encrypt."); err != nil {
+			return nil, err
+		}
+	}
 	o, err := format.ParseOptionPairs(pairs, format.ForMeasure)
 	if err != nil {
 		return nil, cli.Usagef("%v", err)
@@ -233,7 +252,7 @@ func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*meas
 	if co.Preallocation == format.PreallocFull || co.Preallocation == format.PreallocFalloc {
 		required = virtual
 	}
-	info.fullyAllocated = format.MeasureFullyAllocated(virtual, co)
+	info.fullyAllocated = roundUp(luksArea, cs) + format.MeasureFullyAllocated(virtual, co)
 	info.required = info.fullyAllocated - virtual + required
 	return info, nil
 }
