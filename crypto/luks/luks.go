@@ -365,3 +365,17 @@ func threadCPU() (int64, error) {
 	}
 	return ts.Nano(), nil
 }
+
+// SlotOpens tells whether password opens key slot i of h (false for an
+// inactive slot).
+func SlotOpens(h *Header, i int, password []byte, read ReadFunc) (bool, error) {
+	if i < 0 || i >= NumSlots || !h.Slots[i].Active {
+		return false, nil
+	}
+	spec, err := ParseSpec(h.CipherName, h.CipherMode, h.HashSpec, int(h.KeyBytes))
+	if err != nil {
+		return false, err
+	}
+	key, err := tryKey(h, spec, hashes[spec.Hash], &h.Slots[i], password, make([]byte, h.MaterialLen()), read)
+	return key != nil, err
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/crypto/luks"
 	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
@@ -93,7 +94,8 @@ func (o *Options) secret(depth int) []byte {
 }
 
 // Probe decides the format of a local image the user named: "qcow2" when
-// it starts with the qcow2 magic, "raw" otherwise. Never use it on backing
+// it starts with the qcow2 magic, "luks" with the LUKS1 magic and version,
+// "raw" otherwise. Never use it on backing
 // files or on images from untrusted sources. An NBD URI is "raw" without
 // looking: the export is the guest's view, whatever serves it.
 func Probe(path string) (string, error) {
@@ -105,13 +107,16 @@ func Probe(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	var b [4]byte
+	var b [8]byte
 	n, err := f.ReadAt(b[:], 0)
 	if err != nil && err != io.EOF {
 		return "", err
 	}
-	if n == 4 && string(b[:]) == "QFI\xfb" {
+	if n >= 4 && string(b[:4]) == "QFI\xfb" {
 		return "qcow2", nil
+	}
+	if n == 8 && luks.IsLUKS(b[:]) {
+		return "luks", nil
 	}
 	return "raw", nil
 }

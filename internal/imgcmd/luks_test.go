@@ -203,3 +203,71 @@ func TestLuksMeasureAsQemuImg(t *testing.T) {
 		}
 	}
 }
+
+// TestLuksAmendKeySlots: amend adds a password in a chosen slot and in
+// the first free one, erases slots by secret, and refuses what QEMU
+// refuses; qemu-io opens the image with exactly the secrets left.
+func TestLuksAmendKeySlots(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	for _, f := range []string{"luks", "qcow2"} {
+		p := filepath.Join(t.TempDir(), "a."+f)
+		pr := ""
+		if f == "qcow2" {
+			pr = "encrypt."
+		}
+		opts := pr + "key-secret=s0," + pr + "iter-time=10"
+		if f == "qcow2" {
+			opts += ",encrypt.format=luks"
+		}
+		if _, e, code := clitest.Ours(Create, "--object", sec0, "-q", "-f", f, "-o", opts, p, "1M"); code != 0 {
+			t.Fatal(e)
+		}
+		objs := []string{"--object", sec0, "--object", "secret,id=s1,data=one", "--object", "secret,id=s2,data=two"}
+		amend := func(spec string, o ...string) (string, int) {
+			args := append(append([]string{}, objs...), "--image-opts", "driver="+f+",file.filename="+p+","+pr+"key-secret="+spec)
+			for _, x := range o {
+				if x == "--force" {
+					args = append(args, x)
+				} else {
+					args = append(args, "-o", x)
+				}
+			}
+			_, e, code := clitest.Ours(Amend, args...)
+			return e, code
+		}
+		opens := func(id string) bool {
+			_, _, code := clitest.QemuIO(t, append(append([]string{}, objs...), "--image-opts", "driver="+f+",file.filename="+p+","+pr+"key-secret="+id, "-c", "read 0 512")...)
+			return code == 0
+		}
+		if e, code := amend("s0", pr+"state=active,"+pr+"new-secret=s1,"+pr+"iter-time=10,"+pr+"keyslot=3"); code != 0 {
+			t.Fatalf("%s add slot 3: %s", f, e)
+		}
+		if e, code := amend("s1", pr+"state=active,"+pr+"new-secret=s2,"+pr+"iter-time=10"); code != 0 {
+			t.Fatalf("%s add: %s", f, e)
+		}
+		if !opens("s0") || !opens("s1") || !opens("s2") {
+			t.Fatalf("%s: a secret does not open the image after adding", f)
+		}
+		if e, _ := amend("s1", pr+"state=active,"+pr+"new-secret=s2,"+pr+"keyslot=3"); !strings.Contains(e, "Refusing to overwrite active keyslot 3 - please erase it first") {
+			t.Fatalf("%s overwrite: %s", f, e)
+		}
+		if e, code := amend("s1", pr+"state=inactive,"+pr+"old-secret=s0"); code != 0 {
+			t.Fatalf("%s erase s0: %s", f, e)
+		}
+		if opens("s0") || !opens("s1") {
+			t.Fatalf("%s: erasing s0 left the wrong secrets", f)
+		}
+		if e, _ := amend("s1", pr+"state=inactive,"+pr+"old-secret=s0"); !strings.Contains(e, "No keyslots match given (old) password for erase operation") {
+			t.Fatalf("%s erase again: %s", f, e)
+		}
+		if e, code := amend("s2", pr+"state=inactive,"+pr+"keyslot=3"); code != 0 {
+			t.Fatalf("%s erase slot 3: %s", f, e)
+		}
+		if e, _ := amend("s2", pr+"state=inactive,"+pr+"old-secret=s2"); !strings.Contains(e, "All the active keyslots match the (old) password") {
+			t.Fatalf("%s erase the last: %s", f, e)
+		}
+		if !opens("s2") || opens("s1") {
+			t.Fatalf("%s: only s2 should open the image", f)
+		}
+	}
+}
