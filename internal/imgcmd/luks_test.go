@@ -271,3 +271,33 @@ func TestLuksAmendKeySlots(t *testing.T) {
 		}
 	}
 }
+
+// TestLuksMapResize: map of an encrypted qcow2 image shows no host
+// offsets (JSON) and refuses the human table, as qemu-img; resize grows
+// a raw LUKS volume (file = payload offset + size) and an encrypted qcow2
+// image named by --image-opts.
+func TestLuksMapResize(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	q, l := filepath.Join(dir, "m.qcow2"), filepath.Join(dir, "m.luks")
+	clitest.Ours(Create, "--object", sec0, "-q", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", q, "1M")
+	clitest.Ours(Create, "--object", sec0, "-q", "-f", "luks", "-o", "key-secret=s0,iter-time=10", l, "1M")
+	clitest.QemuIO(t, "--object", sec0, "--image-opts", luksSpec("qcow2", q), "-c", "write 0 64k")
+	for _, out := range []string{"human", "json"} {
+		args := []string{"map", "--output=" + out, "--object", sec0, "--image-opts", luksSpec("qcow2", q)}
+		want, wcode := clitest.Qemu(t, "qemu-img", args...)
+		got, errs, code := clitest.Ours(Map, args[1:]...)
+		if got != want || code != wcode {
+			t.Errorf("map %s: exit %d (want %d) %s\nwant:\n%s\ngot:\n%s", out, code, wcode, errs, want, got)
+		}
+	}
+	for _, c := range []struct{ fmt, path string }{{"luks", l}, {"qcow2", q}} {
+		if o, e, code := clitest.Ours(Resize, "--object", sec0, "--image-opts", luksSpec(c.fmt, c.path), "3M"); code != 0 {
+			t.Fatalf("resize %s: %s %s", c.fmt, o, e)
+		}
+		info := clitest.MustQemu(t, "qemu-img", "info", c.path)
+		if !strings.Contains(info, "virtual size: 3 MiB (3145728 bytes)") {
+			t.Fatalf("after resize %s:\n%s", c.fmt, info)
+		}
+	}
+}

@@ -181,6 +181,10 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 		pnum = min(pnum, x.Len)
 		switch x.Kind {
 		case format.ExtentData:
+			if l.qimg.qcow.Header.Encrypted() {
+				// Encrypted clusters have no offset to show (qemu-img).
+				return st, pnum, 0, false, nil
+			}
 			return st, pnum, x.HostOff, true, nil
 		case format.ExtentZero:
 			return st, pnum, x.HostOff, x.HostOff != 0, nil

@@ -93,6 +93,15 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 				prealloc = p
 			}
 		}
+		var keys [][]byte
+		if ia.ImageOpts {
+			bo := cli.BlkOptions{Format: format}
+			p, err := ia.Resolve(path, &bo)
+			if err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", path, err)
+			}
+			path, format, keys = p, bo.Format, bo.KeySecrets
+		}
 		if err := checkFormat(format); err != nil {
 			return 1, err
 		}
@@ -119,7 +128,7 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 		if format == "qcow2" && prealloc != raw.PreallocOff {
 			return 1, fmt.Errorf("Could not resize '%s': preallocation=%s is not supported for qcow2 images (only off)", path, prealloc)
 		}
-		img, err := openResize(path, format, prealloc)
+		img, err := openResize(path, format, prealloc, keys)
 		if err != nil {
 			return 1, err
 		}
@@ -143,9 +152,9 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 // longer than the old size must hide that file's bytes in the new area
 // (the driver's Truncate zeroes it), and the driver needs the backing
 // file's length and content (for a partial last cluster) to do so.
-func openResize(path, format string, prealloc raw.Prealloc) (*cli.BlkImage, error) {
-	if format == "qcow2" {
-		return cli.OpenBlk(path, cli.BlkOptions{Format: "qcow2"})
+func openResize(path, format string, prealloc raw.Prealloc, keys [][]byte) (*cli.BlkImage, error) {
+	if format == "qcow2" || format == "luks" {
+		return cli.OpenBlk(path, cli.BlkOptions{Format: format, KeySecrets: keys})
 	}
 	c, g, err := cli.NewBlkEnv()
 	if err != nil {
