@@ -17,6 +17,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/chain"
 	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"golang.org/x/sys/unix"
@@ -228,7 +229,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			if ia.ImageOpts {
 				return 1, fmt.Errorf("can't open: %v", cli.OpenCause(err))
 			}
-			if errors.Is(err, luks.ErrBadPassword) || errors.Is(err, luksdrv.ErrKeySecretRequired) {
+			if errors.Is(err, luks.ErrBadPassword) || errors.Is(err, luksdrv.ErrKeySecretRequired) || errors.Is(err, qcow2.ErrKeySecretRequired) {
 				return 1, fmt.Errorf("can't open device %s: %v", path, cli.OpenCause(err))
 			}
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
