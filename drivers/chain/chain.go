@@ -214,6 +214,12 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	if err != nil {
 		return nil, nil, err
 	}
+	return openQcow2On(g, file, path, o, name, depth, chain, top)
+}
+
+// openQcow2On opens a qcow2 driver over file (whose reference it takes);
+// path is where relative backing names resolve.
+func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking

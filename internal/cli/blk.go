@@ -6,7 +6,6 @@ package cli
 // from the command's goroutine.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -126,9 +125,10 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 	if !ok {
 		return 0, false, nil
 	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(rest), &m); err != nil {
-		return 0, true, fmt.Errorf("Could not open '%s': bad JSON: %v", path, err)
+	_ = rest
+	m, err := chain.ParseJSONFilename(path)
+	if err != nil {
+		return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
 	}
 	switch m["driver"] {
 	case "null-co", "null-aio", "null":
@@ -138,17 +138,10 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 	size = defaultNullSize
 	for k, v := range m {
 		switch k {
-		case "driver":
+		case "driver", "read-zeroes":
 		case "size":
-			switch v := v.(type) {
-			case float64:
-				size = int64(v)
-			case string:
-				if size, err = ParseSize(v); err != nil {
-					return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
-				}
-			default:
-				return 0, true, fmt.Errorf("Could not open '%s': size must be a number", path)
+			if size, err = ParseSize(v); err != nil {
+				return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
 			}
 		default:
 			return 0, true, fmt.Errorf("Could not open '%s': the null driver has no option '%s'", path, k)

@@ -62,6 +62,10 @@ var amendSpec = cli.OptSpec{
 // command name; the result is the exit status.
 func Amend(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(amendHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, amendSpec)
 		if err != nil {
 			return 1, err
@@ -98,7 +102,10 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
-		path := operands[0]
+		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
+		if err != nil {
+			return 1, err
+		}
 		if err != nil {
 			return 1, cli.Usagef("%v", err)
 		}

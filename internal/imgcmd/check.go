@@ -88,6 +88,10 @@ func (r *checkReport) exitCode() int {
 // command name; the result is the exit status.
 func Check(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(checkHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, files, err := cli.ParseOpts(args, checkSpec)
 		if err != nil {
 			return 1, err
@@ -139,6 +143,9 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(files) != 1 {
 			return 1, cli.Usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
+		}
+		if files[0], format, err = cli.ImageFile(files[0], format, imageOpts); err != nil {
+			return 1, err
 		}
 		if mode != 0 {
 			if share {

@@ -46,6 +46,13 @@ var commitSpec = cli.OptSpec{
 // command name; the result is the exit status.
 func Commit(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(commitHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's commit (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args, commitSpec)
 		if err != nil {
 			return 1, err

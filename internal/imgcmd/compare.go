@@ -43,6 +43,13 @@ const compareBufSize = 2 << 20
 // command name; the result is the exit status.
 func Compare(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(compareHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's compare (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args, compareSpec)
 		if err != nil {
 			return 1, err

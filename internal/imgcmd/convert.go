@@ -91,6 +91,10 @@ func Convert(args []string, stdout, stderr io.Writer) int {
 }
 
 func parseConvert(args []string) (*convertReq, error) {
+	args, imageOpts, err := cli.TakeGlobalOpts(args)
+	if err != nil {
+		return nil, err
+	}
 	opts, operands, err := cli.ParseOpts(args, convertSpec)
 	if err != nil {
 		return nil, err
@@ -151,6 +155,9 @@ func parseConvert(args []string) (*convertReq, error) {
 		return nil, cli.Usagef("Unexpected argument '%s': converting several source images into one is not supported", operands[2])
 	}
 	r.src, r.dst = operands[0], operands[1]
+	if r.src, r.srcFmt, err = cli.ImageFile(r.src, r.srcFmt, imageOpts); err != nil {
+		return nil, err
+	}
 	if r.compress && r.dstFmt != "qcow2" {
 		return nil, cli.Usagef("Compression not supported for this file format ('%s')", r.dstFmt)
 	}

@@ -57,6 +57,13 @@ type createReq struct {
 // command name; the result is the exit status.
 func Create(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(createHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's create (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args, createSpec)
 		if err != nil {
 			return 1, err

@@ -42,6 +42,10 @@ var infoSpec = cli.OptSpec{
 // command name; the result is the exit status.
 func Info(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(infoHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, files, err := cli.ParseOpts(args, infoSpec)
 		if err != nil {
 			return 1, err
@@ -67,6 +71,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(files) != 1 {
 			return 1, cli.Usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
+		}
+		if files[0], format, err = cli.ImageFile(files[0], format, imageOpts); err != nil {
+			return 1, err
 		}
 		if nbd.IsURI(files[0]) {
 			return infoNBD(files[0], format, output, stdout)

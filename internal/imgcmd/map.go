@@ -40,6 +40,10 @@ var mapSpec = cli.OptSpec{
 // command name; the result is the exit status.
 func Map(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(mapHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, mapSpec)
 		if err != nil {
 			return 1, err
@@ -73,6 +77,9 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk map --help')")
+		}
+		if operands[0], format, err = cli.ImageFile(operands[0], format, imageOpts); err != nil {
+			return 1, err
 		}
 		img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
 		if err != nil {

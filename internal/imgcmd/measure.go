@@ -48,6 +48,13 @@ type measureInfo struct {
 // command name; the result is the exit status.
 func Measure(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(measureHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's measure (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args, measureSpec)
 		if err != nil {
 			return 1, err

@@ -60,6 +60,13 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("resize: not enough arguments (expecting FILE and SIZE; see 'ringblk resize --help')")
 		}
 		sizeArg := args[len(args)-1]
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's resize (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args[:len(args)-1], resizeSpec)
 		if err != nil {
 			return 1, err

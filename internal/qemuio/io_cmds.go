@@ -485,9 +485,15 @@ var infoCmdIO = &ioCommand{
 	run: func(s *ioSession, argv []string) bool {
 		img := s.img
 		switch img.Format {
-		case "null":
-			fmt.Fprintln(s.out, "format name: null")
-			return true
+		case "null", "file", "host_device", "host_cdrom":
+			// Protocol drivers: QEMU names the driver twice (format and
+			// protocol name) and then fails, having no image info.
+			name := img.Format
+			if name == "null" {
+				name = "null-co"
+			}
+			fmt.Fprintf(s.out, "format name: %s\nformat name: %s\n", name, name)
+			return false
 		case "raw":
 			fmt.Fprintln(s.out, "format name: raw")
 			fmt.Fprintln(s.out, "cluster size: 0 bytes")
