@@ -251,7 +251,7 @@ func validCache(m string) bool {
 // image or an open command). Its error is qemu-io's "can't open device
 // NAME: cause" ("can't open: cause" without a name).
 func (s *ioSession) open(r openRequest) error {
-	img, err := openImage(r, s.errw)
+	img, err := openImage(&r, s.errw)
 	if err != nil {
 		return err
 	}
@@ -263,7 +263,7 @@ func (s *ioSession) open(r openRequest) error {
 	return nil
 }
 
-func openImage(r openRequest, warn io.Writer) (*cli.BlkImage, error) {
+func openImage(r *openRequest, warn io.Writer) (*cli.BlkImage, error) {
 	path := r.name
 	fail := func(err error) error {
 		var ue *cli.UsageError
@@ -296,6 +296,18 @@ func openImage(r openRequest, warn io.Writer) (*cli.BlkImage, error) {
 			spec[k] = v
 		}
 		r.spec = spec
+	}
+	if r.spec != nil && r.spec["driver"] == "copy-on-read" {
+		// QEMU's copy-on-read filter over the image: the image, with
+		// qemu-io's copy-on-read reads.
+		if bo.ReadOnly {
+			return nil, fail(errors.New("Block node is read-only"))
+		}
+		sub, _ := r.spec.Sub("file")
+		if fn, ok := r.spec["filename"]; ok {
+			sub["filename"] = fn
+		}
+		r.spec, r.cor = sub, true
 	}
 	var img *cli.BlkImage
 	var err error

@@ -154,8 +154,57 @@ func (s *ioSession) readAt(buf []byte, off int64) error {
 	if len(buf) == 0 {
 		return nil
 	}
-	_, err = s.img.Node.ReadAt(buf, off)
-	return err
+	if _, err = s.img.Node.ReadAt(buf, off); err != nil || !s.cor {
+		return err
+	}
+	return s.copyOnRead(off, int64(len(buf)))
+}
+
+// copyOnRead is qemu-io -C after a read of [off, off+n): the clusters of
+// that range the top image does not allocate itself are read through the
+// chain and written into it (all-zero ones as write-zeroes), as QEMU's
+// copy-on-read does, cluster by cluster.
+func (s *ioSession) copyOnRead(off, n int64) error {
+	node := s.img.Node
+	size, err := node.Length()
+	if err != nil {
+		return err
+	}
+	cs := int64(64 << 10)
+	if s.img.Qcow2 != nil {
+		h := s.img.Qcow2.Header()
+		cs = h.ClusterSize()
+	}
+	start, end := off/cs*cs, min((off+n+cs-1)/cs*cs, size)
+	const chunk = 1 << 20
+	buf := make([]byte, chunk)
+	for pos := start; pos < end; {
+		alloc, num, err := node.IsAllocated(pos, end-pos)
+		if err != nil {
+			return err
+		}
+		if num <= 0 {
+			return errIO
+		}
+		if !alloc {
+			for p := pos; p < pos+num; p += chunk {
+				b := buf[:min(chunk, pos+num-p)]
+				if _, err := node.ReadAt(b, p); err != nil {
+					return err
+				}
+				if allBytes(b, 0) {
+					err = node.WriteZeroes(p, int64(len(b)), 0)
+				} else {
+					_, err = node.WriteAt(b, p)
+				}
+				if err != nil {
+					return err
+				}
+			}
+		}
+		pos += num
+	}
+	return nil
 }
 
 func allBytes(b []byte, v byte) bool {
