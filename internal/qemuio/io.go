@@ -370,7 +370,8 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 		if err != nil {
 			return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
 		}
-		if f == "raw" {
+		if f == "raw" && !bo.ReadOnly {
+			// As qemu-io: only a writable probed raw image is a risk.
 			fmt.Fprintf(warn, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
 		}
 		bo.Format = f
