@@ -52,7 +52,7 @@ func DD(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		r, err := parseDD(args)
+		r, err := parseDD(args, stderr)
 		if err != nil {
 			return 1, err
 		}
@@ -66,10 +66,12 @@ func DD(args []string, stdout, stderr io.Writer) int {
 // ddNum reads a bs/count/skip value as qemu-img does (a size with an
 // optional suffix) within [min, max]; its mistakes are qemu-img's two
 // kinds of message.
-func ddNum(name, v string, min, max int64) (int64, error) {
+func ddNum(name, v string, min, max int64, stderr io.Writer) (int64, error) {
 	n, err := chain.ParseQemuSize(v)
 	if err != nil {
-		return 0, fmt.Errorf("Invalid %s specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.", name)
+		// Two messages, as qemu-img prints them.
+		fmt.Fprintf(stderr, "%s: Invalid %s specified. You may use k, M, G, T, P or E suffixes for\n", cli.Prog, name)
+		return 0, errors.New("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
 	}
 	if n < min || n > max {
 		return 0, fmt.Errorf("Invalid %s specified. Must be between %d and %d.", name, min, max)
@@ -77,7 +79,7 @@ func ddNum(name, v string, min, max int64) (int64, error) {
 	return n, nil
 }
 
-func parseDD(args []string) (*ddReq, error) {
+func parseDD(args []string, stderr io.Writer) (*ddReq, error) {
 	opts, operands, err := cli.ParseOpts(args, ddSpec)
 	if err != nil {
 		return nil, err
@@ -101,16 +103,16 @@ func parseDD(args []string) (*ddReq, error) {
 		}
 		switch k {
 		case "bs":
-			if r.bs, err = ddNum("bs", v, 1, math.MaxInt32); err != nil {
+			if r.bs, err = ddNum("bs", v, 1, math.MaxInt32, stderr); err != nil {
 				return nil, err
 			}
 		case "count":
-			if r.count, err = ddNum("count", v, 0, math.MaxInt64); err != nil {
+			if r.count, err = ddNum("count", v, 0, math.MaxInt64, stderr); err != nil {
 				return nil, err
 			}
 			r.hasCount = true
 		case "skip":
-			if r.skip, err = ddNum("skip", v, 0, math.MaxInt64); err != nil {
+			if r.skip, err = ddNum("skip", v, 0, math.MaxInt64, stderr); err != nil {
 				return nil, err
 			}
 			r.hasSkip = true
