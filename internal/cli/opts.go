@@ -31,6 +31,16 @@ func getoptf(format string, a ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, a...), getopt: true}
 }
 
+// HintError is an error followed by a hint line of its own (as qemu-img
+// appends hints): Run prints Hint unprefixed after the message.
+type HintError struct {
+	Err  error
+	Hint string
+}
+
+func (e *HintError) Error() string { return e.Err.Error() }
+func (e *HintError) Unwrap() error { return e.Err }
+
 // ErrHelp asks the caller to print the command's help and exit 0.
 var ErrHelp = errors.New("help requested")
 
@@ -136,6 +146,10 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
 	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
+	var he *HintError
+	if errors.As(err, &he) && he.Hint != "" {
+		fmt.Fprintln(stderr, he.Hint)
+	}
 	var ue *UsageError
 	if Prog == "qemu-img" && errors.As(err, &ue) && ue.getopt {
 		// qemu-img follows an option its getopt rejects with this hint.

@@ -164,8 +164,22 @@ func parseConvert(args []string) (*convertReq, error) {
 	if r.backing != "" && r.dstFmt == "raw" {
 		return nil, cli.Usagef("Backing file not supported for file format 'raw'")
 	}
+	if len(r.olist) > 0 {
+		// -o backing_file= and backing_fmt= are -B and -F's other
+		// spelling (the last one given wins, as in an -o list).
+		if pairs, _, err := format.SplitOptionList(r.olist); err == nil {
+			for _, p := range pairs {
+				switch p.Key {
+				case "backing_file":
+					r.backing = p.Value
+				case "backing_fmt":
+					r.backingFmt = p.Value
+				}
+			}
+		}
+	}
 	if r.backing != "" && r.backingFmt == "" {
-		return nil, cli.Usagef("Use of backing file requires explicit backing format (-F raw or -F qcow2)")
+		return nil, cli.Usagef("Use of backing file requires explicit backing format")
 	}
 	if r.backing != "" && r.skipCreate {
 		return nil, cli.Usagef("-B cannot be used with -n: the existing target keeps its own backing file")

@@ -202,6 +202,9 @@ func createQcow2(r *createReq) (string, error) {
 	if nbd.IsURI(r.file) {
 		return "", fmt.Errorf("%s: ringblk creates only raw images on NBD exports (the server applies the format)", r.file)
 	}
+	if err := backingWithoutFormat(r); err != nil {
+		return "", err
+	}
 	o, err := format.ParseOptionPairs(r.pairs, format.ForCreate)
 	if err != nil {
 		return "", cli.Usagef("%s: %v", r.file, err)
@@ -320,4 +323,36 @@ func takeSize(r *createReq) (size int64, given string, ok bool, err error) {
 	}
 	r.pairs = kept
 	return size, given, ok, nil
+}
+
+// backingWithoutFormat is qemu-img create's answer to a backing file
+// given without its format: the backing file is opened first (a missing
+// one is reported as such), and then the creation is refused, naming the
+// format a probe finds. ringblk never records a probed format (see
+// docs/design/iotests.md, "Backing files without a format").
+func backingWithoutFormat(r *createReq) error {
+	var file, fmtName string
+	for _, p := range r.pairs {
+		switch p.Key {
+		case "backing_file":
+			file = p.Value
+		case "backing_fmt":
+			fmtName = p.Value
+		}
+	}
+	if file == "" || fmtName != "" {
+		return nil
+	}
+	path := combinePath(r.file, file)
+	img, err := openImage(path, "")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(pe))
+		}
+		return &cli.HintError{Err: fmt.Errorf("%s: %v", r.file, err), Hint: "Could not open backing image."}
+	}
+	probed := img.format
+	img.Close()
+	return &cli.HintError{Err: fmt.Errorf("%s: Backing file specified without backing format", r.file), Hint: "Detected format of " + probed + "."}
 }

@@ -102,7 +102,7 @@ func Info(args []string, stdout, stderr io.Writer) int {
 			}
 			if id, ok := fileID(img.f); ok {
 				if seen[id] {
-					return 1, fmt.Errorf("Backing file '%s' creates a loop in the backing chain", path)
+					return 1, fmt.Errorf("Backing file '%s' creates an infinite loop.", path)
 				}
 				seen[id] = true
 			}

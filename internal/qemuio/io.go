@@ -463,7 +463,7 @@ type ioCommand struct {
 var ioCommands []*ioCommand
 
 func init() {
-	ioCommands = []*ioCommand{abortCmd, aioFlushCmd, aioReadCmd, aioWriteCmd, closeCmd, discardCmd, flushCmd, helpCmd,
+	ioCommands = []*ioCommand{abortCmd, aioFlushCmd, allocCmd, aioReadCmd, aioWriteCmd, closeCmd, discardCmd, flushCmd, helpCmd,
 		infoCmdIO, lengthCmd, mapCmd, openCmd, quitCmd, readCmd, readvCmd, reopenCmd, sigraiseCmd, truncateCmd, writeCmd, writevCmd}
 }
 

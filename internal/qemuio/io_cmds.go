@@ -594,3 +594,50 @@ func qcow2SpecificLines(h *format.Header) []string {
 	}
 	return l
 }
+
+var allocCmd = &ioCommand{
+	name: "alloc", alt: "a", argmin: 1, argmax: 2,
+	args:    "offset [count]",
+	oneline: "checks if offset is allocated in the file",
+	help: `
+ counts the bytes of [offset, offset+count) (count: 512 by default) that
+ this image allocates itself rather than its backing file; a range
+ reaching past the end is cut there
+
+`,
+	run: allocRun,
+}
+
+func allocRun(s *ioSession, argv []string) bool {
+	start, ok := s.num(argv[1])
+	if !ok {
+		return false
+	}
+	count := int64(512)
+	if len(argv) == 3 {
+		if count, ok = s.num(argv[2]); !ok {
+			return false
+		}
+	}
+	n := s.img.Node
+	var sum int64
+	for off, remaining := start, count; remaining > 0; {
+		alloc, num, err := n.IsAllocated(off, remaining)
+		if err != nil {
+			fmt.Fprintf(s.out, "is_allocated failed: %s\n", errText(err))
+			return false
+		}
+		if num <= 0 {
+			count -= remaining
+			break
+		}
+		num = min(num, remaining)
+		if alloc {
+			sum += num
+		}
+		off += num
+		remaining -= num
+	}
+	fmt.Fprintf(s.out, "%d/%d bytes allocated at offset %s\n", sum, count, cvtstr(float64(start)))
+	return true
+}

@@ -108,6 +108,9 @@ func TestIOOpenMatchesQemuIO(t *testing.T) {
 			return cmds("open -r -o driver=file,filename="+filepath.Dir(img), "open -o driver=file,filename="+filepath.Dir(img),
 				"open -r -o driver=host_device,filename="+filepath.Dir(img), "open -o driver=file,filename="+img, "write -P 2 0 1k")
 		}},
+		{"alloc", "qcow2", func(img string) []string {
+			return append(cmds("write 64k 4k", "alloc 0", "alloc 64k 128k", "alloc 0 2M", "a 1M", "alloc 1M 1", "alloc x", "alloc 1 2 3"), "-f", "qcow2", img)
+		}},
 		{"image-opts", "qcow2", func(img string) []string {
 			return append([]string{"--image-opts", "-c", "write -P 9 0 4k", "-c", "read -P 9 0 4k"}, "driver=qcow2,file.filename="+img)
 		}},
