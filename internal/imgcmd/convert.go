@@ -64,6 +64,7 @@ const (
 // convertReq is a parsed convert command line.
 type convertReq struct {
 	src, dst            string
+	more                []string // the sources after src (concatenated)
 	srcFmt, dstFmt      string
 	olist               []string
 	backing, backingFmt string
@@ -151,12 +152,21 @@ func parseConvert(args []string) (*convertReq, error) {
 	switch {
 	case len(operands) < 2:
 		return nil, cli.Usagef("Expecting a source and a target image file name (see 'ringblk convert --help')")
-	case len(operands) > 2:
-		return nil, cli.Usagef("Unexpected argument '%s': converting several source images into one is not supported", operands[2])
 	}
-	r.src, r.dst = operands[0], operands[1]
-	if r.src, r.srcFmt, err = cli.ImageFile(r.src, r.srcFmt, imageOpts); err != nil {
+	// Several sources are concatenated into the one target.
+	r.src, r.more, r.dst = operands[0], operands[1:len(operands)-1], operands[len(operands)-1]
+	srcFmt := r.srcFmt
+	if r.src, r.srcFmt, err = cli.ImageFile(r.src, srcFmt, imageOpts); err != nil {
 		return nil, err
+	}
+	for i := range r.more {
+		var f string
+		if r.more[i], f, err = cli.ImageFile(r.more[i], srcFmt, imageOpts); err != nil {
+			return nil, err
+		}
+		if f != r.srcFmt {
+			return nil, cli.Usagef("ringblk converts several sources of one format only (-f)")
+		}
 	}
 	if r.compress && r.dstFmt != "qcow2" {
 		return nil, cli.Usagef("Compression not supported for this file format ('%s')", r.dstFmt)
@@ -178,14 +188,16 @@ func parseConvert(args []string) (*convertReq, error) {
 			}
 		}
 	}
-	if r.backing != "" && r.backingFmt == "" {
+	if r.backing != "" && len(r.more) > 0 {
+		return nil, cli.Usagef("Having a backing file for the target makes no sense when concatenating multiple input images")
+	}
+	if r.backing != "" && r.backingFmt == "" && !r.skipCreate {
 		return nil, cli.Usagef("Use of backing file requires explicit backing format")
 	}
-	if r.backing != "" && r.skipCreate {
-		return nil, cli.Usagef("-B cannot be used with -n: the existing target keeps its own backing file")
-	}
+	// With -n, -B only says that the existing target has a backing file
+	// (so what the source's top image does not allocate is left alone).
 	if r.skipCreate && len(r.olist) > 0 {
-		return nil, cli.Usagef("-o has no effect with -n (the target is not created)")
+		return nil, cli.Usagef("-o has no effect when skipping image creation")
 	}
 	// "unsafe" (qemu-img convert's default) is writeback without the
 	// final flush; ours defaults to writeback with it.
@@ -216,12 +228,31 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return err
 	}
 	defer sch.Close()
-	size := sch.size()
+	chains := []*imageChain{sch}
+	for _, name := range r.more {
+		img, err := cli.OpenBlkIn(src.Ctx, src.Graph, name, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache})
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		ch, err := newImageChain(img, false)
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		chains = append(chains, ch)
+	}
+	var size int64
+	for _, ch := range chains {
+		size += ch.size()
+	}
 	// Creating DST truncates it: never when it is an image SRC reads.
 	dstID := chain.FileID(r.dst)
-	for _, l := range sch.levels {
-		if l.format != "null" && chain.FileID(l.path) == dstID {
-			return fmt.Errorf("%s: is an image of the source chain (%s); refusing to write to it", r.dst, l.path)
+	for _, ch := range chains {
+		for _, l := range ch.levels {
+			if l.format != "null" && chain.FileID(l.path) == dstID {
+				return fmt.Errorf("%s: is an image of the source chain (%s); refusing to write to it", r.dst, l.path)
+			}
 		}
 	}
 
@@ -249,22 +280,36 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 	}
 
-	c := &converter{
-		r: r, src: sch, dst: dst.Node, size: size,
-		topOnly: r.backing != "",
-		// A created file reads as zeroes; an NBD export keeps its old data.
-		zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst),
-		progress: cli.NewProgress(stdout, r.showProgress && !r.quiet, 1),
+	progress := cli.NewProgress(stdout, r.showProgress && !r.quiet, 1)
+	progress.Set(0)
+	defer progress.End()
+	var base int64
+	for _, ch := range chains {
+		// One copy per source, each at its place in the target.
+		c := &converter{
+			r: r, src: ch, dst: dst.Node, size: ch.size(), dstBase: base,
+			topOnly: r.backing != "",
+			// A created file reads as zeroes; an NBD export keeps its old data.
+			zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst),
+			progress: progress,
+		}
+		if len(chains) > 1 {
+			// Progress over the sources is not proportioned: no per-copy
+			// percentages for a concatenation.
+			c.progress = cli.NewProgress(stdout, false, 1)
+		}
+		if r.compress {
+			c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
+			if base%c.clusterSize != 0 {
+				return fmt.Errorf("%s: cannot compress: source '%s' starts at byte %d of the target, not at a cluster boundary", r.dst, ch.levels[0].path, base)
+			}
+		}
+		if err := c.run(); err != nil {
+			return err
+		}
+		base += ch.size()
 	}
-	if r.compress {
-		c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
-	}
-	c.progress.Set(0)
-	defer c.progress.End()
-	if err := c.run(); err != nil {
-		return err
-	}
-	c.progress.Set(100)
+	progress.Set(100)
 	if r.noFlush {
 		return nil
 	}
@@ -328,6 +373,7 @@ type converter struct {
 	src         *imageChain
 	dst         *block.Node
 	size        int64
+	dstBase     int64 // where this source starts in the target (concatenation)
 	topOnly     bool  // -B: copy what the source's top image allocates
 	zeroInit    bool  // the target reads as zeroes already: skip zero ranges
 	clusterSize int64 // -c: the target's cluster size
@@ -581,7 +627,7 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 			}
 			continue
 		}
-		if _, err := c.dst.WriteCompressed(cl, off+p); err != nil {
+		if _, err := c.dst.WriteCompressed(cl, c.dstBase+off+p); err != nil {
 			return fmt.Errorf("error while compressing sector %d: %v", (off+p)/512, err)
 		}
 	}
@@ -589,14 +635,14 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 }
 
 func (c *converter) write(p []byte, off int64) error {
-	if _, err := c.dst.WriteAt(p, off); err != nil {
+	if _, err := c.dst.WriteAt(p, c.dstBase+off); err != nil {
 		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
 	}
 	return nil
 }
 
 func (c *converter) writeZeroes(off, n int64) error {
-	if err := c.dst.WriteZeroes(off, n, block.MayUnmap); err != nil {
+	if err := c.dst.WriteZeroes(c.dstBase+off, n, block.MayUnmap); err != nil {
 		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
 	}
 	return nil
