@@ -150,7 +150,7 @@ func TakeGlobalOpts(args []string) (rest []string, imageOpts bool, err error) {
 // come back as they are.
 func ImageFile(name, format string, imageOpts bool) (file, fmtName string, err error) {
 	if !imageOpts && !chain.IsJSONFilename(name) {
-		return name, format, nil
+		return FilePath(name), format, nil
 	}
 	var s chain.Spec
 	if imageOpts {
@@ -201,4 +201,19 @@ func ImageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 		d = format
 	}
 	return file, d, nil
+}
+
+// FilePath is the local file an image name means: the name itself, or
+// for QEMU's "file:" protocol prefix the rest, made "./name" when a colon
+// in it could read as another protocol prefix ("file:image:top.qcow2" is
+// "./image:top.qcow2", as qemu-img names it).
+func FilePath(name string) string {
+	rest, ok := strings.CutPrefix(name, "file:")
+	if !ok {
+		return name
+	}
+	if i := strings.IndexByte(rest, ':'); i >= 0 && !strings.Contains(rest[:i], "/") {
+		return "./" + rest
+	}
+	return rest
 }

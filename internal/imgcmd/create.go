@@ -167,7 +167,7 @@ func createRaw(r *createReq) (string, error) {
 		}
 		return line, createNBD(r.file, r.size)
 	}
-	if err := raw.Create(r.file, r.size, pre); err != nil {
+	if err := raw.Create(cli.FilePath(r.file), r.size, pre); err != nil {
 		return line, createErr(r.file, err)
 	}
 	return line, nil
@@ -214,7 +214,7 @@ func createQcow2(r *createReq) (string, error) {
 		if co.BackingFile == "" {
 			return "", cli.Usagef("%s: Image creation needs a size parameter", r.file)
 		}
-		bimg, berr := openImage(combinePath(r.file, co.BackingFile), co.BackingFormat)
+		bimg, berr := openImage(combinePath(cli.FilePath(r.file), co.BackingFile), co.BackingFormat)
 		if berr != nil {
 			return "", fmt.Errorf("%s: backing file: %v", r.file, berr)
 		}
@@ -255,7 +255,7 @@ func createQcow2(r *createReq) (string, error) {
 	}
 	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", given("lazy_refcounts", "off"), rb)
 
-	if err := writeQcow2(r.file, r.size, co); err != nil {
+	if err := writeQcow2(cli.FilePath(r.file), r.size, co); err != nil {
 		return b.String(), createErr(r.file, err)
 	}
 	return b.String(), nil
@@ -343,7 +343,7 @@ func backingWithoutFormat(r *createReq) error {
 	if file == "" || fmtName != "" {
 		return nil
 	}
-	path := combinePath(r.file, file)
+	path := combinePath(cli.FilePath(r.file), file)
 	img, err := openImage(path, "")
 	if err != nil {
 		var pe *os.PathError

@@ -354,6 +354,7 @@ func isNullJSON(name string) bool {
 // openPath opens an image named by its path (or a null-co or NBD name),
 // the format given or probed.
 func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, error) {
+	path = cli.FilePath(path)
 	// A json: null-co filename or a null-co:// name is a null image.
 	if err := cli.ResolveNull(path, &bo); err != nil {
 		return nil, err
