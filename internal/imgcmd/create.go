@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -207,7 +208,7 @@ func createQcow2(r *createReq) (string, error) {
 	}
 	o, err := format.ParseOptionPairs(r.pairs, format.ForCreate)
 	if err != nil {
-		return "", cli.Usagef("%s: %v", r.file, err)
+		return createStageError(r, err)
 	}
 	co := o.Create
 	if !r.hasSize {
@@ -225,40 +226,19 @@ func createQcow2(r *createReq) (string, error) {
 		}
 		bimg.Close()
 	}
+	line := qcow2FormatLine(r, o, nil)
 	if _, err = format.Layout(r.size, co); err != nil {
-		return "", fmt.Errorf("%s: %v", r.file, err)
-	}
-
-	rb := co.RefcountBits
-	if rb == 0 {
-		rb = 16
-	}
-	given := func(k, def string) string {
-		if v, ok := o.Given[k]; ok {
-			return v
+		// qemu-img's driver finds this after the "Formatting" line.
+		var fe *format.FormatError
+		if errors.As(err, &fe) && fe.Field == "l1_size" {
+			return line, fmt.Errorf("%s: The image size is too large for file format 'qcow2' (try using a larger cluster size)", r.file)
 		}
-		return def
+		return line, fmt.Errorf("%s: %v", r.file, err)
 	}
-	// The values as the user wrote them, in qemu-img's order.
-	var b strings.Builder
-	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=%s", r.file, co.EffectiveClusterSize(), given("extended_l2", "off"))
-	if v, ok := o.Given["preallocation"]; ok {
-		b.WriteString(" preallocation=" + v)
-	}
-	fmt.Fprintf(&b, " compression_type=%s size=%d", given("compression_type", "zlib"), r.size)
-	if v, ok := o.Given["compat"]; ok {
-		b.WriteString(" compat=" + v)
-	}
-	if co.BackingFile != "" {
-		// qemu-img prints option values as an -o list would hold them.
-		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
-	}
-	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", given("lazy_refcounts", "off"), rb)
-
 	if err := writeQcow2(cli.FilePath(r.file), r.size, co); err != nil {
-		return b.String(), createErr(r.file, err)
+		return line, createErr(r.file, err)
 	}
-	return b.String(), nil
+	return line, nil
 }
 
 // writeQcow2 runs qcow2.Create on a raw node over a new file: a main
@@ -355,4 +335,120 @@ func backingWithoutFormat(r *createReq) error {
 	probed := img.format
 	img.Close()
 	return &cli.HintError{Err: fmt.Errorf("%s: Backing file specified without backing format", r.file), Hint: "Detected format of " + probed + "."}
+}
+
+// qcow2FormatLine is qemu-img create's "Formatting" line for a qcow2
+// image: the values as the user wrote them, in qemu-img's order. raw
+// replaces the printed value of keys the options could not hold (a value
+// the driver refuses, printed before its refusal).
+func qcow2FormatLine(r *createReq, o *format.ImageOptions, raw map[string]string) string {
+	co := o.Create
+	given := func(k, def string) string {
+		if v, ok := raw[k]; ok {
+			return v
+		}
+		if v, ok := o.Given[k]; ok {
+			return v
+		}
+		return def
+	}
+	rb := strconv.Itoa(co.RefcountBits)
+	if co.RefcountBits == 0 {
+		rb = "16"
+	}
+	cs := strconv.FormatInt(co.EffectiveClusterSize(), 10)
+	if v, ok := raw["cluster_size"]; ok {
+		cs = v
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%s extended_l2=%s", r.file, cs, given("extended_l2", "off"))
+	if v := given("preallocation", ""); v != "" {
+		b.WriteString(" preallocation=" + v)
+	}
+	fmt.Fprintf(&b, " compression_type=%s size=%d", given("compression_type", "zlib"), r.size)
+	if v := given("compat", ""); v != "" {
+		b.WriteString(" compat=" + v)
+	}
+	if co.BackingFile != "" {
+		// qemu-img prints option values as an -o list would hold them.
+		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
+	}
+	if v, ok := raw["refcount_bits"]; ok {
+		rb = v
+	}
+	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%s", given("lazy_refcounts", "off"), rb)
+	return b.String()
+}
+
+// createStageError reports an option error of qemu-img create. The values
+// qemu-img's qcow2 driver checks itself (a cluster size or refcount width
+// out of range, an unknown compat level or preallocation mode) are
+// refused after the "Formatting" line and in the driver's words; the rest
+// (syntax, unknown keys) before it, as usage errors.
+func createStageError(r *createReq, err error) (string, error) {
+	var oe *format.OptionError
+	if !errors.As(err, &oe) || !r.hasSize {
+		return "", cli.Usagef("%s: %v", r.file, err)
+	}
+	var val string
+	for _, p := range r.pairs {
+		if p.Key == oe.Key {
+			val = p.Value
+		}
+	}
+	var msg string
+	rawVal := val
+	switch {
+	case strings.HasPrefix(oe.Msg, "Cluster size must be"):
+		msg = "Cluster size must be a power of two between 512 and 2048k"
+		n, perr := format.ParseOptionSize(oe.Key, val)
+		if perr != nil {
+			return "", cli.Usagef("%s: %v", r.file, err)
+		}
+		rawVal = strconv.FormatInt(n, 10)
+	case strings.HasPrefix(oe.Msg, "Refcount width must be"):
+		msg = "Refcount width must be a power of two and may not exceed 64 bits"
+	case strings.HasPrefix(oe.Msg, "Different refcount widths"):
+		msg = "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"
+	case strings.HasPrefix(oe.Msg, "Invalid compatibility level"):
+		msg = "Parameter 'version' does not accept value '" + val + "'"
+	case oe.Key == "preallocation" && strings.Contains(oe.Msg, "does not accept value"):
+		msg = "Parameter 'preallocation' does not accept value '" + val + "'"
+	default:
+		return "", cli.Usagef("%s: %v", r.file, err)
+	}
+	// The line needs the other options: parse them without this one.
+	var rest []format.OptionPair
+	for _, p := range r.pairs {
+		if p.Key != oe.Key {
+			rest = append(rest, p)
+		}
+	}
+	o, perr := format.ParseOptionPairs(rest, format.ForCreate)
+	if perr != nil {
+		if oe.Key != "refcount_bits" && oe.Key != "compat" {
+			return "", cli.Usagef("%s: %v", r.file, err)
+		}
+		// A v2 image with refcount_bits: both keys matter; keep both.
+		o = &format.ImageOptions{Given: map[string]string{}}
+		for _, p := range r.pairs {
+			o.Given[p.Key] = p.Value
+		}
+	}
+	rawMap := map[string]string{oe.Key: rawVal}
+	if oe.Key == "refcount_bits" || strings.HasPrefix(msg, "Different refcount") {
+		rawMap["refcount_bits"] = r.givenValue("refcount_bits")
+	}
+	return qcow2FormatLine(r, o, rawMap), fmt.Errorf("%s: %s", r.file, msg)
+}
+
+// givenValue is the last value of key in the -o list.
+func (r *createReq) givenValue(key string) string {
+	v := ""
+	for _, p := range r.pairs {
+		if p.Key == key {
+			v = p.Value
+		}
+	}
+	return v
 }
