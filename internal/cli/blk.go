@@ -229,6 +229,8 @@ func openCause(err error) string {
 		return le.Error()
 	case errors.Is(err, format.ErrNotQcow2):
 		return "Image is not in qcow2 format"
+	case Prog != "ringblk" && qemuFormatWording(err) != "":
+		return qemuFormatWording(err)
 	case errors.As(err, &pe):
 		// qemu-img nests the file driver's own "Could not open" in the
 		// image's: the same sentence twice for a missing top image.
@@ -280,4 +282,19 @@ func ParseSize(s string) (int64, error) {
 // directory").
 func FileOpenError(path string, err error) error {
 	return &wordedError{msg: fmt.Sprintf("Could not open '%s': Could not open '%s': %v", path, path, UnwrapPathErr(err)), err: err}
+}
+
+// qemuFormatWording is, in drop-in mode, QEMU's sentence for a qcow2
+// header QEMU refuses in so few words (scripts match them); ringblk's own
+// message names the field and value. "" for the others.
+func qemuFormatWording(err error) string {
+	var fe *format.FormatError
+	if !errors.As(err, &fe) {
+		return ""
+	}
+	switch {
+	case fe.Field == "l1_size" && strings.HasPrefix(fe.Reason, "L1 table is too small"):
+		return "Image is too big"
+	}
+	return ""
 }
