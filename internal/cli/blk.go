@@ -270,7 +270,7 @@ func ParseSize(s string) (int64, error) {
 	if err != nil || n < 0 || !strings.HasPrefix(strings.ToLower(s), "0x") {
 		return 0, &HintError{
 			Err:  Usagef("Invalid image size specified. You may use k, M, G, T, P or E suffixes for"),
-			Hint: Prog + ": kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+			Hint: Prog + ": kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n",
 		}
 	}
 	return n, nil

@@ -31,8 +31,9 @@ func getoptf(format string, a ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, a...), getopt: true}
 }
 
-// HintError is an error followed by a hint line of its own (as qemu-img
-// appends hints): Run prints Hint unprefixed after the message.
+// HintError is an error followed by a hint of its own (as qemu-img
+// appends hints): Run prints Hint as it is (with its own newline, or
+// none, as qemu-img's hints) after the message line.
 type HintError struct {
 	Err  error
 	Hint string
@@ -148,7 +149,7 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
 	var he *HintError
 	if errors.As(err, &he) && he.Hint != "" {
-		fmt.Fprintln(stderr, he.Hint)
+		fmt.Fprint(stderr, he.Hint)
 	}
 	var ue *UsageError
 	if Prog == "qemu-img" && errors.As(err, &ue) && ue.getopt {

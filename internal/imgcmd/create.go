@@ -330,7 +330,7 @@ func backingWithoutFormat(r *createReq) error {
 		if errors.As(err, &pe) {
 			err = fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(pe))
 		}
-		return &cli.HintError{Err: fmt.Errorf("%s: %v", r.file, err), Hint: "Could not open backing image."}
+		return &cli.HintError{Err: fmt.Errorf("%s: %v", r.file, err), Hint: "Could not open backing image.\n"}
 	}
 	probed := img.format
 	img.Close()
