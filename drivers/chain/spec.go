@@ -338,16 +338,16 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 		}
 		return n, &Image{Path: driver + "://", Format: "null"}, nil
 	case driver == "raw":
-		for _, k := range []string{"offset", "size"} {
-			if v, ok, err := s.Size(k); err != nil {
-				return nil, nil, err
-			} else if ok && (k == "offset" && v != 0) {
-				return nil, nil, fmt.Errorf("the raw driver's '%s' option is not supported by ringblk", k)
-			} else if ok && k == "size" {
-				return nil, nil, fmt.Errorf("the raw driver's 'size' option is not supported by ringblk")
-			}
-			delete(s, k)
+		off, _, err := s.Size("offset")
+		if err != nil {
+			return nil, nil, err
 		}
+		size, hasSize, err := s.Size("size")
+		if err != nil {
+			return nil, nil, err
+		}
+		delete(s, "offset")
+		delete(s, "size")
 		child, cimg, err := b.Child(s, "file", prefix+"file.")
 		if err != nil {
 			return nil, nil, err
@@ -355,6 +355,16 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 		if err := leftover(s, "format", driver); err != nil {
 			child.Unref()
 			return nil, nil, err
+		}
+		if off != 0 || hasSize {
+			if !hasSize {
+				size = -1
+			}
+			n, err := openWindow(b, child, name, off, size)
+			if err != nil {
+				return nil, nil, err
+			}
+			return n, &Image{Path: cimg.Path, Format: "raw"}, nil
 		}
 		// ringblk's raw format is its file: the child node serves
 		// the guest's view directly.

@@ -184,7 +184,8 @@ func ImageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 	for k := range s {
 		switch {
 		case k == "l2-cache-size", k == "l2-cache-entry-size", k == "refcount-cache-size", k == "cache-size",
-			k == "cache-clean-interval", k == "overlap-check", strings.HasPrefix(k, "overlap-check."), k == "file.aio":
+			k == "cache-clean-interval", k == "overlap-check", strings.HasPrefix(k, "overlap-check."), k == "file.aio",
+			k == "cache.direct", k == "cache.no-flush":
 			// Tuning of how the image is read, not what: accepted,
 			// no effect on these commands.
 			continue

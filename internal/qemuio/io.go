@@ -270,10 +270,7 @@ func openImage(r *openRequest, warn io.Writer) (*cli.BlkImage, error) {
 		if errors.As(err, &ue) {
 			return err
 		}
-		if path == "" {
-			return fmt.Errorf("can't open: %v", err)
-		}
-		return fmt.Errorf("can't open device %s: %v", path, err)
+		return &openError{name: path, err: err}
 	}
 	bo := r.bo
 	if r.aioNative && bo.Cache != "none" && bo.Cache != "directsync" {
@@ -408,9 +405,9 @@ func parseNullOpts(list string) (int64, error) {
 		if !ok || k != "size" {
 			return 0, cli.Usagef("Invalid option '%s' in -o (ringblk io knows size=SIZE, for the null format)", kv)
 		}
-		n, err := cli.ParseSize(v)
+		n, err := chain.ParseQemuSize(v)
 		if err != nil {
-			return 0, err
+			return 0, cli.Usagef("Invalid size '%s' in -o (k, M, G, T, P or E suffixes)", v)
 		}
 		size = n
 	}
@@ -613,3 +610,20 @@ func promptText() string {
 	}
 	return "ringblk io> "
 }
+
+// openError is a failed open in qemu-io's words: "can't open device
+// NAME: cause" ("can't open: cause" without a name). reopen prints the
+// cause alone, as qemu-io does.
+type openError struct {
+	name string
+	err  error
+}
+
+func (e *openError) Error() string {
+	if e.name == "" {
+		return fmt.Sprintf("can't open: %v", e.err)
+	}
+	return fmt.Sprintf("can't open device %s: %v", e.name, e.err)
+}
+
+func (e *openError) Unwrap() error { return e.err }

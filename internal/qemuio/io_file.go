@@ -111,10 +111,14 @@ func reopenRun(s *ioSession, argv []string) bool {
 			return false
 		}
 	}
+	savedSpec, savedPath := copySpec(s.spec), s.path
 	if err := s.reopenOptions(given, &bo, rw > 0, hasCache); err != nil {
+		s.spec, s.path = savedSpec, savedPath
 		fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, err)
 		return false
 	}
+	newSpec := copySpec(s.spec)
+	s.spec, s.path = savedSpec, savedPath
 	if s.snapshot {
 		fmt.Fprintf(s.errw, "%s: reopen would drop the temporary overlay of snapshot mode (-s); not supported\n", cli.Prog)
 		return false
@@ -127,13 +131,19 @@ func reopenRun(s *ioSession, argv []string) bool {
 	}
 	s.img = nil
 	name := s.path
-	if s.spec != nil && name == s.specPath() {
-		name = ""
+	if s.spec != nil {
+		name = "" // the options name the image
 	}
 	old := openRequest{name: name, spec: copySpec(s.spec), bo: s.bo, cor: s.cor}
-	r := old
-	r.spec, r.bo = copySpec(s.spec), bo
+	r := openRequest{name: name, spec: newSpec, bo: bo, cor: s.cor}
+	if newSpec != nil && s.spec == nil {
+		r.name = "" // options given now: they name the image
+	}
 	if err := s.open(r); err != nil {
+		var oe *openError
+		if errors.As(err, &oe) {
+			err = oe.err
+		}
 		fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, cli.PlainErr(err))
 		// Back to the options it had, as a failed reopen leaves it.
 		if s.open(old) != nil {
@@ -220,7 +230,14 @@ func (s *ioSession) reopenOptions(given chain.Spec, bo *cli.BlkOptions, hasRW, h
 				return fmt.Errorf("Cannot change the option '%s'", base)
 			}
 		default:
-			return fmt.Errorf("reopen -o %s is not supported by ringblk", k)
+			// A driver option (raw's offset and size, qcow2's cache
+			// sizes, …): the image is opened again with it, and the
+			// opener checks it.
+			if s.spec == nil {
+				s.spec = chain.Spec{"filename": s.specPath(), "driver": cur["driver"]}
+				s.path = ""
+			}
+			s.spec[k] = v
 		}
 	}
 	return nil

@@ -111,6 +111,12 @@ func TestIOOpenMatchesQemuIO(t *testing.T) {
 		{"alloc", "qcow2", func(img string) []string {
 			return append(cmds("write 64k 4k", "alloc 0", "alloc 64k 128k", "alloc 0 2M", "a 1M", "alloc 1M 1", "alloc x", "alloc 1 2 3"), "-f", "qcow2", img)
 		}},
+		{"raw-window", "raw", func(img string) []string {
+			j := `json:{"driver":"raw","offset":"4096","size":"8192","file":{"driver":"file","filename":"` + img + `"}}`
+			return append(cmds("write -P 0xa 0 8k", "read -P 0xa 0 8k", "write 8191 1", "write 8191 2", "write 8k 1",
+				"readv 7k 512 512", "read 8k 1", "length", "map", "reopen -o offset=1024,size=2048", "length", "write -P 0xb 0 2k",
+				"reopen -o size=1M", "length"), j)
+		}},
 		{"image-opts", "qcow2", func(img string) []string {
 			return append([]string{"--image-opts", "-c", "write -P 9 0 4k", "-c", "read -P 9 0 4k"}, "driver=qcow2,file.filename="+img)
 		}},
