@@ -44,6 +44,10 @@ func TestCreateMessagesMatchQemu(t *testing.T) {
 		{"create", "-f", "raw", "b.raw", "1M"},
 		{"create", "-f", "qcow2", "-b", "b.raw", "a.qcow2"},
 		{"create", "-f", "qcow2", "file:c:d.qcow2", "1M"},
+		{"create", "-f", "raw", "-o", "preallocation=off,extent_size_hint=0", "e.raw", "128K"},
+		{"create", "-f", "raw", "-o", "extent_size_hint=1M", "e.raw", "128K"},
+		{"create", "-f", "qcow2", "-o", "extent_size_hint=0", "a.qcow2", "128K"},
+		{"create", "-f", "qcow2", "-o", "extent_size_hint=0,cluster_size=4M", "a.qcow2", "128K"},
 		{"info", "file:c:d.qcow2"},
 	} {
 		os.Remove("a.qcow2")
