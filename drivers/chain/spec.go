@@ -250,6 +250,10 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 		}
 		delete(s, "node-name")
 	}
+	if fn := s["filename"]; driver == "" && ProtocolPrefix(fn) != "" {
+		// "blkdebug:…": the protocol driver the name starts with.
+		driver = ProtocolPrefix(fn)
+	}
 	if driver == "" {
 		// No driver: the format of the named file is probed (the
 		// operator named it; backing files are never probed).
@@ -275,6 +279,9 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 	case isProtocol(driver):
 		fn := s["filename"]
 		delete(s, "filename")
+		if driver == "file" {
+			fn = strings.TrimPrefix(fn, "file:")
+		}
 		if fn == "" || fn == Null {
 			return nil, nil, fmt.Errorf("The '%s' block driver requires a file name", driver)
 		}
@@ -379,7 +386,33 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 		}
 		return n, &Image{Path: b.Path, Format: driver}, nil
 	}
+	if qemuProtocols[driver] {
+		return nil, nil, fmt.Errorf("Unknown protocol '%s'", driver)
+	}
 	return nil, nil, fmt.Errorf("Unknown driver '%s'", driver)
+}
+
+// qemuProtocols are QEMU's protocol drivers that a filename can name by
+// prefix ("blkdebug:conf:image"). ringblk opens "file" itself and the
+// others when SpecDrivers has them.
+var qemuProtocols = map[string]bool{
+	"blkdebug": true, "blkverify": true, "file": true, "host_device": true, "host_cdrom": true,
+	"null-co": true, "null-aio": true, "http": true, "https": true, "ftp": true, "ftps": true,
+	"ssh": true, "iscsi": true, "rbd": true, "gluster": true, "vvfat": true,
+}
+
+// ProtocolPrefix is the protocol a filename starts with ("blkdebug" for
+// "blkdebug:conf:img", "file" for "file:x"), or "" for a plain path (a
+// colon after a slash is part of the path, as in QEMU).
+func ProtocolPrefix(fn string) string {
+	i := strings.IndexByte(fn, ':')
+	if i <= 0 || strings.IndexByte(fn[:i], '/') >= 0 {
+		return ""
+	}
+	if p := fn[:i]; qemuProtocols[p] || SpecDrivers[p] != nil {
+		return p
+	}
+	return ""
 }
 
 // specFilename is the file a node without a driver names: filename,
@@ -430,8 +463,12 @@ func (b *SpecBuilder) Child(s Spec, key, prefix string) (*block.Node, *Image, er
 		return nil, nil, fmt.Errorf("A block device must be specified for \"%s\"", key)
 	}
 	if sub["driver"] == "" {
-		// A plain path: the file protocol (no probing below a format).
+		// A plain path: the file protocol (no probing below a format),
+		// unless the name starts with another protocol's prefix.
 		sub["driver"] = "file"
+		if p := ProtocolPrefix(sub["filename"]); p != "" {
+			sub["driver"] = p
+		}
 	}
 	return b.node(sub, prefix, false)
 }

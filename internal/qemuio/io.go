@@ -294,6 +294,11 @@ func openImage(r *openRequest, warn io.Writer) (*cli.BlkImage, error) {
 		}
 		r.spec = spec
 	}
+	if p := chain.ProtocolPrefix(path); r.spec == nil && p != "" && p != "file" && p != "null-co" && p != "null-aio" {
+		// A protocol-prefixed name ("blkdebug:…"): opened through the
+		// option tree, where that protocol's driver takes it.
+		r.spec = chain.Spec{}
+	}
 	if r.spec != nil && r.spec["driver"] == "copy-on-read" {
 		// QEMU's copy-on-read filter over the image: the image, with
 		// qemu-io's copy-on-read reads.
