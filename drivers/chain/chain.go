@@ -63,6 +63,9 @@ type Options struct {
 	// HeaderOnly opens a luks image without unlocking it (qemu-img info):
 	// its reads and writes fail.
 	HeaderOnly bool
+	// Secret looks up a secret object by id, for the key-secret options
+	// of option trees (OpenSpec); nil: no secrets.
+	Secret func(id string) ([]byte, error)
 	// NullSize is the size of a "null" image.
 	NullSize int64
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
@@ -249,6 +252,12 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	if err != nil {
 		return nil, nil, err
 	}
+	return openQcow2On(g, file, path, o, name, depth, chain, top)
+}
+
+// openQcow2On opens a qcow2 driver over file (whose reference it takes);
+// path is where relative backing names resolve.
+func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking

@@ -6,7 +6,6 @@ package cli
 // from the command's goroutine.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -134,9 +133,10 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 	if !ok {
 		return 0, false, nil
 	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(rest), &m); err != nil {
-		return 0, true, fmt.Errorf("Could not open '%s': bad JSON: %v", path, err)
+	_ = rest
+	m, err := chain.ParseJSONFilename(path)
+	if err != nil {
+		return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
 	}
 	switch m["driver"] {
 	case "null-co", "null-aio", "null":
@@ -146,17 +146,10 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 	size = defaultNullSize
 	for k, v := range m {
 		switch k {
-		case "driver":
+		case "driver", "read-zeroes":
 		case "size":
-			switch v := v.(type) {
-			case float64:
-				size = int64(v)
-			case string:
-				if size, err = ParseSize(v); err != nil {
-					return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
-				}
-			default:
-				return 0, true, fmt.Errorf("Could not open '%s': size must be a number", path)
+			if size, err = ParseSize(v); err != nil {
+				return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
 			}
 		default:
 			return 0, true, fmt.Errorf("Could not open '%s': the null driver has no option '%s'", path, k)
@@ -244,6 +237,8 @@ func openCause(err error) string {
 		return le.Error()
 	case errors.Is(err, format.ErrNotQcow2):
 		return "Image is not in qcow2 format"
+	case Prog != "ringblk" && qemuFormatWording(err) != "":
+		return qemuFormatWording(err)
 	case errors.As(err, &pe):
 		// qemu-img nests the file driver's own "Could not open" in the
 		// image's: the same sentence twice for a missing top image.
@@ -271,12 +266,20 @@ func (b *BlkImage) Close() error {
 	return err
 }
 
-// ParseSize reads an image size with an optional suffix (k, M, G, T, P,
-// E); a mistake is qemu-img's "Invalid image size specified" line.
+// ParseSize reads an image size as qemu-img does: a decimal number (a
+// fraction allowed before a suffix), an optional suffix k, M, G, T, P, E
+// (powers of 1024), or a hex number. A mistake is qemu-img's two-line
+// "Invalid image size specified" message.
 func ParseSize(s string) (int64, error) {
+	if n, err := chain.ParseQemuSize(s); err == nil {
+		return n, nil
+	}
 	n, err := units.ParseSize(s)
-	if err != nil || n < 0 {
-		return 0, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
+	if err != nil || n < 0 || !strings.HasPrefix(strings.ToLower(s), "0x") {
+		return 0, &HintError{
+			Err:  Usagef("Invalid image size specified. You may use k, M, G, T, P or E suffixes for"),
+			Hint: Prog + ": kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n",
+		}
 	}
 	return n, nil
 }
@@ -287,4 +290,19 @@ func ParseSize(s string) (int64, error) {
 // directory").
 func FileOpenError(path string, err error) error {
 	return &wordedError{msg: fmt.Sprintf("Could not open '%s': Could not open '%s': %v", path, path, UnwrapPathErr(err)), err: err}
+}
+
+// qemuFormatWording is, in drop-in mode, QEMU's sentence for a qcow2
+// header QEMU refuses in so few words (scripts match them); ringblk's own
+// message names the field and value. "" for the others.
+func qemuFormatWording(err error) string {
+	var fe *format.FormatError
+	if !errors.As(err, &fe) {
+		return ""
+	}
+	switch {
+	case fe.Field == "l1_size" && strings.HasPrefix(fe.Reason, "L1 table is too small"):
+		return "Image is too big"
+	}
+	return ""
 }

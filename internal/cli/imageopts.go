@@ -14,7 +14,67 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
 )
+
+// KeyValue is one item of a QemuOpts-style list ("a=b,c=d").
+type KeyValue struct {
+	Key, Value string
+}
+
+// SplitKeyValues splits a QemuOpts-style list: items separated by ',',
+// ",," a literal comma inside a value, key=value items, and a first item
+// without '=' taken as the value of implied (when implied is not "").
+func SplitKeyValues(s, implied string) ([]KeyValue, error) {
+	var out []KeyValue
+	for i := 0; s != "" || i == 0; i++ {
+		var item strings.Builder
+		for s != "" {
+			c := s[0]
+			if c == ',' {
+				if len(s) > 1 && s[1] == ',' {
+					item.WriteByte(',')
+					s = s[2:]
+					continue
+				}
+				s = s[1:]
+				break
+			}
+			item.WriteByte(c)
+			s = s[1:]
+		}
+		it := item.String()
+		k, v, ok := strings.Cut(it, "=")
+		switch {
+		case ok:
+			out = append(out, KeyValue{k, v})
+		case i == 0 && implied != "":
+			out = append(out, KeyValue{implied, it})
+		case it == "":
+			if s == "" {
+				return out, nil
+			}
+			return nil, fmt.Errorf("Invalid parameter ''")
+		default:
+			return nil, fmt.Errorf("Invalid parameter '%s'", it)
+		}
+		if s == "" {
+			break
+		}
+	}
+	return out, nil
+}
+
+
+// Objects is a command's view of the --object registry (AddObject,
+// Secret): the objects themselves are the process's.
+type Objects struct{}
+
+// Add defines the object of one --object argument.
+func (o *Objects) Add(spec string) error { return AddObject(spec) }
+
+// Secret returns the bytes of secret id.
+func (o *Objects) Secret(id string) ([]byte, error) { return Secret(id) }
 
 // ObjectLong are the long options ImageArgs.Take consumes.
 var ObjectLong = map[string]bool{"object": true, "image-opts": false}
@@ -123,24 +183,97 @@ func onOff(v string) (bool, error) {
 	return strconv.ParseBool(v)
 }
 
-// Resolve turns an image name into the path to open and fills bo: with
-// --image-opts, name is an option list (format, read-only, key secrets
-// looked up among the --object secrets); otherwise name is the path.
+// Resolve turns an image name into the path to open and fills bo: an
+// --image-opts list or a json: filename gives the file and format
+// (ImageFile) and the key secrets (ImageSecretIDs, looked up among the
+// --object secrets); a plain name is the path (FilePath).
 func (a *ImageArgs) Resolve(name string, bo *BlkOptions) (string, error) {
-	if !a.ImageOpts {
-		return name, nil
+	if !a.ImageOpts && !chain.IsJSONFilename(name) {
+		return FilePath(name), nil
 	}
-	sp, err := ParseImageSpec(name)
+	ids, err := ImageSecretIDs(name, a.ImageOpts)
 	if err != nil {
 		return "", err
 	}
-	if sp.Format != "" {
-		bo.Format = sp.Format
+	path, f, err := ImageFile(name, bo.Format, a.ImageOpts)
+	if err != nil {
+		return "", err
 	}
-	if sp.ReadOnly {
+	if f == "null" || (f == "" && chain.IsJSONFilename(path)) {
+		return path, nil
+	}
+	bo.Format = f
+	if sp, err := ParseImageSpec(name); err == nil && sp.ReadOnly {
 		bo.ReadOnly = true
 	}
-	return sp.Path, a.secrets(sp.SecretIDs, bo)
+	return path, a.secrets(ids, bo)
+}
+
+// isKeyOption tells whether an image option names a key secret, the
+// encryption format, or the backing file's driver, file or key secret
+// ("backing.driver", "backing.file.filename", …): what ImageFile leaves
+// to ImageSecretIDs and to the chain opener.
+func isKeyOption(k string) bool {
+	depth := 0
+	for strings.HasPrefix(k, "backing.") {
+		k = k[len("backing."):]
+		depth++
+	}
+	switch k {
+	case "key-secret", "encrypt.key-secret", "encrypt.format":
+		return true
+	case "driver", "file.filename", "file.driver", "filename", "node-name", "file.node-name":
+		return depth > 0
+	}
+	return false
+}
+
+// ImageSecretIDs are the key-secret ids an --image-opts list or a json:
+// filename gives: [0] the image's (key-secret= for luks,
+// encrypt.key-secret= for qcow2), [i] its i-th backing file's
+// (backing.…); "" where none is given.
+func ImageSecretIDs(name string, imageOpts bool) ([]string, error) {
+	var s chain.Spec
+	var err error
+	if imageOpts {
+		s, err = ImageOptsSpec(name)
+	} else {
+		s, err = chain.ParseJSONFilename(name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("Could not open '%s': %v", name, err)
+	}
+	var ids []string
+	for k, v := range s {
+		depth := 0
+		for strings.HasPrefix(k, "backing.") {
+			k = k[len("backing."):]
+			depth++
+		}
+		if k == "key-secret" || k == "encrypt.key-secret" {
+			for len(ids) <= depth {
+				ids = append(ids, "")
+			}
+			ids[depth] = v
+		}
+	}
+	return ids, nil
+}
+
+// KeySecretsOf are the key secrets an image name's options give
+// (ImageSecretIDs), looked up among the --object secrets; nil for a plain
+// name.
+func KeySecretsOf(name string, imageOpts bool) ([][]byte, error) {
+	if !imageOpts && !chain.IsJSONFilename(name) {
+		return nil, nil
+	}
+	ids, err := ImageSecretIDs(name, imageOpts)
+	if err != nil {
+		return nil, err
+	}
+	var bo BlkOptions
+	err = (&ImageArgs{}).secrets(ids, &bo)
+	return bo.KeySecrets, err
 }
 
 func (a *ImageArgs) secrets(ids []string, bo *BlkOptions) error {

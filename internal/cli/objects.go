@@ -1,149 +1,235 @@
 package cli
 
-// The --object registry of one command line. QEMU's commands create
-// user-creatable objects from "--object TYPE,id=ID,key=value,…"; the one
-// type qemu-img and qemu-io need from ringblk is secret, whose bytes an
-// image's key-secret=ID (LUKS) names. Other --object types are refused by
-// name, so a command line that needs one fails clearly.
+// --object on the command line (qemu-img, qemu-io): QOM objects given as
+// key=value lists ("secret,id=sec0,data=password"). ringblk knows the
+// secret type, which the encrypted-image code reads through Secret; other
+// types are refused by name. A package that needs another type adds it to
+// ObjectTypes.
 
 import (
 	"encoding/base64"
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/ringblk/ringblk/drivers/chain"
 )
 
-// KeyValue is one item of a QemuOpts-style list ("a=b,c=d").
-type KeyValue struct {
-	Key, Value string
+// ObjectTypes are the --object types ringblk accepts: each checks its
+// properties (the Spec without qom-type and id) when the object is
+// defined.
+var ObjectTypes = map[string]func(id string, props chain.Spec) error{
+	"secret": checkSecret,
 }
 
-// SplitKeyValues splits a QemuOpts-style list: items separated by ',',
-// ",," a literal comma inside a value, key=value items, and a first item
-// without '=' taken as the value of implied (when implied is not "").
-func SplitKeyValues(s, implied string) ([]KeyValue, error) {
-	var out []KeyValue
-	for i := 0; s != "" || i == 0; i++ {
-		var item strings.Builder
-		for s != "" {
-			c := s[0]
-			if c == ',' {
-				if len(s) > 1 && s[1] == ',' {
-					item.WriteByte(',')
-					s = s[2:]
-					continue
-				}
-				s = s[1:]
-				break
-			}
-			item.WriteByte(c)
-			s = s[1:]
-		}
-		it := item.String()
-		k, v, ok := strings.Cut(it, "=")
-		switch {
-		case ok:
-			out = append(out, KeyValue{k, v})
-		case i == 0 && implied != "":
-			out = append(out, KeyValue{implied, it})
-		case it == "":
-			if s == "" {
-				return out, nil
-			}
-			return nil, fmt.Errorf("Invalid parameter ''")
-		default:
-			return nil, fmt.Errorf("Invalid parameter '%s'", it)
-		}
-		if s == "" {
-			break
-		}
+type object struct {
+	typ   string
+	props chain.Spec
+}
+
+// objects are the --object definitions of this process, by id.
+var objects = map[string]object{}
+
+// resetObjects forgets every object (a command starts with none).
+func resetObjects() { objects = map[string]object{} }
+
+// AddObject defines an object from an --object argument. "help" and
+// JSON object definitions are not supported.
+func AddObject(def string) error {
+	if strings.HasPrefix(def, "{") {
+		return Usagef("--object: JSON object definitions are not supported by ringblk (use type,id=…,key=value)")
 	}
-	return out, nil
-}
-
-// Objects holds the objects a command line defined.
-type Objects struct {
-	secrets map[string][]byte
-}
-
-// Add defines the object of one --object argument.
-func (o *Objects) Add(spec string) error {
-	kvs, err := SplitKeyValues(spec, "qom-type")
-	if err != nil {
+	s := chain.Spec{}
+	if err := chain.ParseKeyValues(def, "qom-type", s); err != nil {
 		return err
 	}
-	props := map[string]string{}
-	for _, kv := range kvs {
-		props[kv.Key] = kv.Value
-	}
-	switch t := props["qom-type"]; t {
-	case "secret":
-		return o.addSecret(props)
-	case "":
-		return fmt.Errorf("Parameter 'qom-type' is missing")
-	default:
-		return fmt.Errorf("Parameter 'qom-type' does not accept value '%s' (ringblk supports --object secret only)", t)
-	}
-}
-
-func (o *Objects) addSecret(p map[string]string) error {
-	id, ok := p["id"]
+	typ := s["qom-type"]
+	check, ok := ObjectTypes[typ]
 	if !ok {
+		return fmt.Errorf("invalid object type: %s", typ)
+	}
+	id := s["id"]
+	if id == "" {
 		return fmt.Errorf("Parameter 'id' is missing")
 	}
-	for k := range p {
+	if _, dup := objects[id]; dup {
+		return fmt.Errorf("attempt to add duplicate property '%s' to object (type 'container')", id)
+	}
+	delete(s, "qom-type")
+	delete(s, "id")
+	if err := check(id, s); err != nil {
+		return err
+	}
+	objects[id] = object{typ: typ, props: s}
+	return nil
+}
+
+func checkSecret(id string, p chain.Spec) error {
+	_, hasData := p["data"]
+	_, hasFile := p["file"]
+	if hasData == hasFile {
+		return fmt.Errorf("Either 'data' or 'file' must be provided for secret '%s'", id)
+	}
+	for k, v := range p {
 		switch k {
-		case "qom-type", "id", "data", "file", "format", "loaded":
+		case "data", "file":
+		case "format":
+			if v != "raw" && v != "base64" {
+				return fmt.Errorf("Parameter 'format' does not accept value '%s'", v)
+			}
 		case "keyid", "iv":
-			return fmt.Errorf("secret '%s': encrypted secrets (%s=) are not supported by ringblk", id, k)
+			return fmt.Errorf("secret '%s': encrypted secrets (keyid, iv) are not supported by ringblk", id)
 		default:
 			return fmt.Errorf("Property 'secret.%s' not found", k)
 		}
 	}
-	data, hasData := p["data"]
-	file, hasFile := p["file"]
-	switch {
-	case hasData && hasFile:
-		return fmt.Errorf("'file' and 'data' are mutually exclusive")
-	case !hasData && !hasFile:
-		return fmt.Errorf("Either 'file' or 'data' must be provided")
-	}
-	raw := []byte(data)
-	if hasFile {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return fmt.Errorf("Unable to read %s: %v", file, UnwrapPathErr(err))
-		}
-		raw = b
-	}
-	switch f := p["format"]; f {
-	case "", "raw":
-	case "base64":
-		b, err := base64.StdEncoding.DecodeString(string(raw))
-		if err != nil {
-			return fmt.Errorf("Base64 data contains invalid characters")
-		}
-		raw = b
-	default:
-		return fmt.Errorf("Parameter 'format' does not accept value '%s'", f)
-	}
-	if o.secrets == nil {
-		o.secrets = map[string][]byte{}
-	}
-	if _, dup := o.secrets[id]; dup {
-		return fmt.Errorf("attempt to add duplicate property '%s' to object (type 'container')", id)
-	}
-	o.secrets[id] = raw
 	return nil
 }
 
-// Secret returns the bytes of secret id, in QEMU's words when there is
-// none.
-func (o *Objects) Secret(id string) ([]byte, error) {
-	if o != nil {
-		if b, ok := o.secrets[id]; ok {
-			return b, nil
+// Secret returns the bytes of the secret object id (--object
+// secret,id=ID,data=…|file=…[,format=base64]).
+func Secret(id string) ([]byte, error) {
+	o, ok := objects[id]
+	if !ok || o.typ != "secret" {
+		return nil, fmt.Errorf("No secret with id '%s'", id)
+	}
+	var b []byte
+	if f, ok := o.props["file"]; ok {
+		var err error
+		if b, err = os.ReadFile(f); err != nil {
+			return nil, fmt.Errorf("Unable to read %s: %v", f, UnwrapPathErr(err))
+		}
+	} else {
+		b = []byte(o.props["data"])
+	}
+	if o.props["format"] == "base64" {
+		d, err := base64.StdEncoding.DecodeString(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("secret '%s': bad base64 data: %v", id, err)
+		}
+		b = d
+	}
+	return b, nil
+}
+
+// TakeGlobalOpts takes the options every qemu-img command accepts the
+// same way out of args: --object DEF (defined at once, AddObject) and
+// --image-opts (reported: the command's image operands are then option
+// strings). The rest is the command's own command line. "--" ends the
+// scan, as it ends the options.
+func TakeGlobalOpts(args []string) (rest []string, imageOpts bool, err error) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return append(rest, args[i:]...), imageOpts, nil
+		case a == "--image-opts":
+			imageOpts = true
+		case a == "--object":
+			if i+1 >= len(args) {
+				return nil, false, getoptf("option '--object' requires an argument")
+			}
+			i++
+			if err := AddObject(args[i]); err != nil {
+				return nil, false, err
+			}
+		case strings.HasPrefix(a, "--object="):
+			if err := AddObject(strings.TrimPrefix(a, "--object=")); err != nil {
+				return nil, false, err
+			}
+		default:
+			rest = append(rest, a)
 		}
 	}
-	return nil, fmt.Errorf("No secret with id '%s'", id)
+	return rest, imageOpts, nil
+}
+
+// ImageFile reduces an image named by options (a json: filename, or an
+// --image-opts string when imageOpts) to the file and format the qemu-img
+// commands open: a format driver (qcow2, raw; none: probed) over a file,
+// with nothing else said but node names. Other option trees (filters,
+// null-co given as --image-opts, runtime options) are refused by name. A
+// plain name, and a json: null-co filename (which OpenBlk reads itself),
+// come back as they are.
+func ImageFile(name, format string, imageOpts bool) (file, fmtName string, err error) {
+	if !imageOpts && !chain.IsJSONFilename(name) {
+		return FilePath(name), format, nil
+	}
+	var s chain.Spec
+	if imageOpts {
+		s, err = ImageOptsSpec(name)
+	} else {
+		s, err = chain.ParseJSONFilename(name)
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("Could not open '%s': %v", name, err)
+	}
+	switch s["driver"] {
+	case "null-co", "null-aio":
+		if !imageOpts {
+			return name, format, nil
+		}
+	}
+	d := s["driver"]
+	delete(s, "driver")
+	delete(s, "node-name")
+	delete(s, "file.node-name")
+	if fd, ok := s["file.driver"]; ok && fd != "file" {
+		return "", "", fmt.Errorf("Could not open '%s': ringblk's image commands take a format over a plain file here, not the '%s' driver", name, fd)
+	}
+	delete(s, "file.driver")
+	for _, k := range []string{"filename", "file.filename", "file"} {
+		if v, ok := s[k]; ok && v != chain.Null && file == "" {
+			file = v
+			delete(s, k)
+		}
+	}
+	for k := range s {
+		if isKeyOption(k) {
+			// Key secrets (ImageSecretIDs) and the backing file's own
+			// driver and name: the chain follows the image's backing.
+			continue
+		}
+		switch {
+		case k == "l2-cache-size", k == "l2-cache-entry-size", k == "refcount-cache-size", k == "cache-size",
+			k == "cache-clean-interval", k == "overlap-check", strings.HasPrefix(k, "overlap-check."), k == "file.aio",
+			k == "cache.direct", k == "cache.no-flush":
+			// Tuning of how the image is read, not what: accepted,
+			// no effect on these commands.
+			continue
+		}
+		return "", "", fmt.Errorf("Could not open '%s': ringblk's image commands do not take the option '%s' here", name, k)
+	}
+	if file == "" {
+		return "", "", fmt.Errorf("Could not open '%s': A block device must be specified for \"file\"", name)
+	}
+	switch d {
+	case "", "qcow2", "raw", "luks":
+	case "file":
+		d = "raw"
+	default:
+		return "", "", fmt.Errorf("Could not open '%s': Unknown driver '%s'", name, d)
+	}
+	if format != "" && d != "" && format != d {
+		return "", "", fmt.Errorf("Could not open '%s': the options name driver '%s', -f names '%s'", name, d, format)
+	}
+	if d == "" {
+		d = format
+	}
+	return file, d, nil
+}
+
+// FilePath is the local file an image name means: the name itself, or
+// for QEMU's "file:" protocol prefix the rest, made "./name" when a colon
+// in it could read as another protocol prefix ("file:image:top.qcow2" is
+// "./image:top.qcow2", as qemu-img names it).
+func FilePath(name string) string {
+	rest, ok := strings.CutPrefix(name, "file:")
+	if !ok {
+		return name
+	}
+	if i := strings.IndexByte(rest, ':'); i >= 0 && !strings.Contains(rest[:i], "/") {
+		return "./" + rest
+	}
+	return rest
 }

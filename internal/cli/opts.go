@@ -31,6 +31,17 @@ func getoptf(format string, a ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, a...), getopt: true}
 }
 
+// HintError is an error followed by a hint of its own (as qemu-img
+// appends hints): Run prints Hint as it is (with its own newline, or
+// none, as qemu-img's hints) after the message line.
+type HintError struct {
+	Err  error
+	Hint string
+}
+
+func (e *HintError) Error() string { return e.Err.Error() }
+func (e *HintError) Unwrap() error { return e.Err }
+
 // ErrHelp asks the caller to print the command's help and exit 0.
 var ErrHelp = errors.New("help requested")
 
@@ -126,6 +137,9 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 // Run runs one image command body and turns its error into qemu-img's
 // conventions: help on stdout (exit 0), "ringblk: …" (Prog) on stderr (exit 1).
 func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
+	// A command's --object definitions are its own command line's (one
+	// process per command; tests run several in one process).
+	resetObjects()
 	code, err := body()
 	if err == nil {
 		return code
@@ -136,6 +150,10 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
 	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
+	var he *HintError
+	if errors.As(err, &he) && he.Hint != "" {
+		fmt.Fprint(stderr, he.Hint)
+	}
 	var ue *UsageError
 	if Prog == "qemu-img" && errors.As(err, &ue) && ue.getopt {
 		// qemu-img follows an option its getopt rejects with this hint.

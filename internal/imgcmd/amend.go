@@ -62,6 +62,10 @@ var amendSpec = cli.WithObjects(cli.OptSpec{
 // command name; the result is the exit status.
 func Amend(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(amendHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, amendSpec)
 		if err != nil {
 			return 1, err
@@ -69,7 +73,7 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		format, cache := "", ""
 		progress, quiet := false, false
 		var olist []string
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		force := false
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
@@ -115,9 +119,12 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
-		path := operands[0]
-		if err != nil {
+		if err != nil { // of the -o list
 			return 1, cli.Usagef("%v", err)
+		}
+		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
+		if err != nil {
+			return 1, err
 		}
 		if format != "" && format != "qcow2" && format != "raw" {
 			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)

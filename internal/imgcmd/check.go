@@ -88,13 +88,17 @@ func (r *checkReport) exitCode() int {
 // command name; the result is the exit status.
 func Check(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(checkHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, files, err := cli.ParseOpts(args, checkSpec)
 		if err != nil {
 			return 1, err
 		}
 		format, output, quiet, repair, share, cache := "", "human", false, "", false, ""
 		progress := false
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {
@@ -147,11 +151,11 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		if len(files) != 1 {
 			return 1, cli.Usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
 		}
-		if ia.ImageOpts {
+		{
 			bo := cli.BlkOptions{Format: format}
 			p, err := ia.Resolve(files[0], &bo)
 			if err != nil {
-				return 1, fmt.Errorf("Could not open '%s': %v", files[0], err)
+				return 1, err
 			}
 			files[0], format = p, bo.Format
 		}

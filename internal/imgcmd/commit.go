@@ -46,13 +46,17 @@ var commitSpec = cli.WithObjects(cli.OptSpec{
 // command name; the result is the exit status.
 func Commit(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(commitHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, commitSpec)
 		if err != nil {
 			return 1, err
 		}
 		var format, cache, base string
 		var keep, progress, quiet, haveBase bool
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {
@@ -144,18 +148,16 @@ func (c *committer) plan() error {
 	bi := 1
 	if c.haveBase {
 		bi = -1
-		// -b names the file from here, or (as a backing file name) from
-		// the directory of the image above it.
+		// -b names the file as a backing file name does: relative to
+		// the directory of the image above it (not to the working
+		// directory), as qemu-img resolves it.
 		for i := 1; i < len(ch.levels) && bi < 0; i++ {
 			fi, err := os.Stat(ch.levels[i].path)
 			if err != nil {
 				continue
 			}
-			for _, p := range []string{c.base, combinePath(ch.levels[i-1].path, c.base)} {
-				if want, err := os.Stat(p); err == nil && os.SameFile(fi, want) {
-					bi = i
-					break
-				}
+			if want, err := os.Stat(combinePath(ch.levels[i-1].path, c.base)); err == nil && os.SameFile(fi, want) {
+				bi = i
 			}
 		}
 		if bi < 0 {

@@ -91,6 +91,12 @@ func TestCommitBaseRelativeToOverlay(t *testing.T) {
 	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "write -P 9 0 64k", "d/t.qcow2"); code != 0 {
 		t.Fatalf("qemu-io: %s", out)
 	}
+	// A name relative to the working directory is not one of the chain
+	// (020): qemu-img resolves -b against the overlay's directory only.
+	want, qcode := qemuImgAll(t, "commit", "-b", "d/m.qcow2", "d/t.qcow2")
+	if _, errs, code := clitest.Ours(Commit, "-b", "d/m.qcow2", "d/t.qcow2"); code != qcode || strings.TrimPrefix(errs, "ringblk: ") != strings.TrimPrefix(want, "qemu-img: ") {
+		t.Errorf("commit -b d/m.qcow2: exit %d %q; qemu-img: exit %d %q", code, errs, qcode, want)
+	}
 	if out, errs, code := clitest.Ours(Commit, "-q", "-b", "b.qcow2", "d/t.qcow2"); code != 0 || out != "" {
 		t.Fatalf("commit -b b.qcow2: exit %d %q %q", code, out, errs)
 	}

@@ -43,6 +43,10 @@ const compareBufSize = 2 << 20
 // command name; the result is the exit status.
 func Compare(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(compareHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, compareSpec)
 		if err != nil {
 			return 1, err
@@ -50,7 +54,7 @@ func Compare(args []string, stdout, stderr io.Writer) int {
 		c := &comparer{out: stdout}
 		var fmt1, fmt2, cache string
 		var showProgress, forceShare bool
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {

@@ -42,12 +42,16 @@ var infoSpec = cli.WithObjects(cli.OptSpec{
 // command name; the result is the exit status.
 func Info(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(infoHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, files, err := cli.ParseOpts(args, infoSpec)
 		if err != nil {
 			return 1, err
 		}
 		format, output, chain, share := "", "human", false, false
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {
@@ -78,15 +82,10 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		display := ""
 		if ia.ImageOpts {
 			// info reads headers only: key secrets are not looked up.
-			sp, err := cli.ParseImageSpec(files[0])
-			if err != nil {
-				return 1, fmt.Errorf("Could not open '%s': %v", files[0], err)
-			}
 			display = imageOptsName(files[0])
-			files[0] = sp.Path
-			if sp.Format != "" {
-				format = sp.Format
-			}
+		}
+		if files[0], format, err = cli.ImageFile(files[0], format, ia.ImageOpts); err != nil {
+			return 1, err
 		}
 		if nbd.IsURI(files[0]) {
 			return infoNBD(files[0], format, output, stdout)
@@ -118,7 +117,7 @@ func Info(args []string, stdout, stderr io.Writer) int {
 			}
 			if id, ok := fileID(img.f); ok {
 				if seen[id] {
-					return 1, fmt.Errorf("Backing file '%s' creates a loop in the backing chain", path)
+					return 1, fmt.Errorf("Backing file '%s' creates an infinite loop.", path)
 				}
 				seen[id] = true
 			}

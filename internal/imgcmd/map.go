@@ -40,6 +40,10 @@ var mapSpec = cli.WithObjects(cli.OptSpec{
 // command name; the result is the exit status.
 func Map(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(mapHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, mapSpec)
 		if err != nil {
 			return 1, err
@@ -47,7 +51,7 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		format, output := "", "human"
 		var forceShare bool
 		start, maxLen := int64(0), int64(-1)
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {

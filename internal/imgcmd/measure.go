@@ -48,6 +48,10 @@ type measureInfo struct {
 // command name; the result is the exit status.
 func Measure(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(measureHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, measureSpec)
 		if err != nil {
 			return 1, err
@@ -56,7 +60,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		var olist []string
 		var forceShare, hasSize bool
 		var size int64
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {

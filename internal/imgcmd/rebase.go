@@ -53,6 +53,13 @@ const rebaseSector = 512
 // command name; the result is the exit status.
 func Rebase(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(rebaseHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's rebase (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args, rebaseSpec)
 		if err != nil {
 			return 1, err

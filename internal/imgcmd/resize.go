@@ -60,6 +60,10 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("resize: not enough arguments (expecting FILE and SIZE; see 'ringblk resize --help')")
 		}
 		sizeArg := args[len(args)-1]
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args[:len(args)-1], resizeSpec)
 		if err != nil {
 			return 1, err
@@ -70,7 +74,7 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 		path := operands[0]
 		format, quiet, shrink := "", false, false
 		prealloc := raw.PreallocOff
-		var ia cli.ImageArgs
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {
