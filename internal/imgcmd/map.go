@@ -78,10 +78,11 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk map --help')")
 		}
-		if operands[0], format, err = cli.ImageFile(operands[0], format, imageOpts); err != nil {
+		var cache string
+		if operands[0], format, cache, err = cli.ImageFileCache(operands[0], format, imageOpts); err != nil {
 			return 1, err
 		}
-		img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
+		img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare, Cache: cache})
 		if err != nil {
 			return 1, err
 		}
