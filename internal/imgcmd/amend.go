@@ -102,12 +102,12 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
+		if err != nil { // of the -o list
+			return 1, cli.Usagef("%v", err)
+		}
 		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
 		if err != nil {
 			return 1, err
-		}
-		if err != nil {
-			return 1, cli.Usagef("%v", err)
 		}
 		if format != "" && format != "qcow2" && format != "raw" {
 			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)

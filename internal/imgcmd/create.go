@@ -451,6 +451,10 @@ func createStageError(r *createReq, err error) (string, error) {
 			o.Given[p.Key] = p.Value
 		}
 	}
+	if cli.Prog == "ringblk" && (oe.Key == "cluster_size" || oe.Key == "refcount_bits") && !strings.HasPrefix(msg, "Different") {
+		// As ringblk, the message names the value it refuses.
+		msg += " (got '" + val + "')"
+	}
 	rawMap := map[string]string{oe.Key: rawVal}
 	if oe.Key == "refcount_bits" || strings.HasPrefix(msg, "Different refcount") {
 		rawMap["refcount_bits"] = r.givenValue("refcount_bits")
