@@ -269,13 +269,17 @@ func (b *BlkImage) Close() error {
 // ParseSize reads an image size as qemu-img does: a decimal number (a
 // fraction allowed before a suffix), an optional suffix k, M, G, T, P, E
 // (powers of 1024), or a hex number. A mistake is qemu-img's two-line
-// "Invalid image size specified" message.
+// "Invalid image size specified" message in drop-in mode, one line
+// naming the value as ringblk.
 func ParseSize(s string) (int64, error) {
 	if n, err := chain.ParseQemuSize(s); err == nil {
 		return n, nil
 	}
 	n, err := units.ParseSize(s)
 	if err != nil || n < 0 || !strings.HasPrefix(strings.ToLower(s), "0x") {
+		if Prog == "ringblk" {
+			return 0, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
+		}
 		return 0, &HintError{
 			Err:  Usagef("Invalid image size specified. You may use k, M, G, T, P or E suffixes for"),
 			Hint: Prog + ": kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n",

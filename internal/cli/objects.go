@@ -152,15 +152,37 @@ func TakeGlobalOpts(args []string) (rest []string, imageOpts bool, err error) {
 // plain name, and a json: null-co filename (which OpenBlk reads itself),
 // come back as they are.
 func ImageFile(name, format string, imageOpts bool) (file, fmtName string, err error) {
+	file, fmtName, _, err = ImageFileCache(name, format, imageOpts)
+	return file, fmtName, err
+}
+
+// ImageFileCache is ImageFile that also returns the cache mode the
+// options ask for: "none" for cache.direct=on, else "".
+func ImageFileCache(name, format string, imageOpts bool) (file, fmtName, cache string, err error) {
 	if !imageOpts && !chain.IsJSONFilename(name) {
-		return FilePath(name), format, nil
+		return FilePath(name), format, "", nil
 	}
-	var s chain.Spec
+	file, fmtName, err = imageFile(name, format, imageOpts)
+	if err != nil {
+		return "", "", "", err
+	}
+	s, _ := specOf(name, imageOpts)
+	if v, ok, _ := s.Bool("cache.direct"); ok && v {
+		cache = "none"
+	}
+	return file, fmtName, cache, nil
+}
+
+// specOf parses an image name given as options.
+func specOf(name string, imageOpts bool) (chain.Spec, error) {
 	if imageOpts {
-		s, err = ImageOptsSpec(name)
-	} else {
-		s, err = chain.ParseJSONFilename(name)
+		return ImageOptsSpec(name)
 	}
+	return chain.ParseJSONFilename(name)
+}
+
+func imageFile(name, format string, imageOpts bool) (file, fmtName string, err error) {
+	s, err := specOf(name, imageOpts)
 	if err != nil {
 		return "", "", fmt.Errorf("Could not open '%s': %v", name, err)
 	}

@@ -32,8 +32,9 @@ func getoptf(format string, a ...any) error {
 }
 
 // HintError is an error followed by a hint of its own (as qemu-img
-// appends hints): Run prints Hint as it is (with its own newline, or
-// none, as qemu-img's hints) after the message line.
+// appends hints): in drop-in mode Run prints Hint as it is (with its own
+// newline, or none, as qemu-img's hints) after the message line; as
+// ringblk, in parentheses on the message's line.
 type HintError struct {
 	Err  error
 	Hint string
@@ -149,9 +150,15 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 		return 0
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
-	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
 	var he *HintError
-	if errors.As(err, &he) && he.Hint != "" {
+	hint := errors.As(err, &he) && he.Hint != ""
+	if hint && Prog == "ringblk" {
+		// ringblk's own convention: one line per mistake.
+		msg += " (" + strings.TrimSpace(he.Hint) + ")"
+		hint = false
+	}
+	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
+	if hint {
 		fmt.Fprint(stderr, he.Hint)
 	}
 	var ue *UsageError

@@ -296,6 +296,17 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 	}
 
+	if r.compress && len(chains) > 1 {
+		// Each source is copied on its own: compressed clusters must
+		// not straddle two sources.
+		cs := int64(1) << dst.Qcow2.Header().ClusterBits
+		var end int64
+		for _, ch := range chains[:len(chains)-1] {
+			if end += ch.size(); end%cs != 0 {
+				return fmt.Errorf("%s: cannot compress this concatenation: a source ends at byte %d of the target, inside a %d-byte cluster", r.dst, end, cs)
+			}
+		}
+	}
 	progress := cli.NewProgress(stdout, r.showProgress && !r.quiet, 1)
 	progress.Set(0)
 	defer progress.End()
@@ -318,9 +329,6 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 		if r.compress {
 			c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
-			if base%c.clusterSize != 0 {
-				return fmt.Errorf("%s: cannot compress: source '%s' starts at byte %d of the target, not at a cluster boundary", r.dst, ch.levels[0].path, base)
-			}
 		}
 		if err := c.run(); err != nil {
 			return err

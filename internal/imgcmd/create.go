@@ -190,6 +190,9 @@ func createRaw(r *createReq) (string, error) {
 	if err := raw.Create(cli.FilePath(r.file), r.size, pre); err != nil {
 		return line, createErr(r.file, err)
 	}
+	if pre == raw.PreallocOff {
+		allocateFirstBlock(cli.FilePath(r.file), r.size)
+	}
 	return line, nil
 }
 
@@ -476,6 +479,10 @@ func createStageError(r *createReq, err error) (string, error) {
 			o.Given[p.Key] = p.Value
 		}
 	}
+	if cli.Prog == "ringblk" && (oe.Key == "cluster_size" || oe.Key == "refcount_bits") && !strings.HasPrefix(msg, "Different") {
+		// As ringblk, the message names the value it refuses.
+		msg += " (got '" + val + "')"
+	}
 	rawMap := map[string]string{oe.Key: rawVal}
 	if oe.Key == "refcount_bits" || strings.HasPrefix(msg, "Different refcount") {
 		rawMap["refcount_bits"] = r.givenValue("refcount_bits")
@@ -520,4 +527,27 @@ func takeExtentSizeHint(r *createReq) (string, error) {
 	}
 	r.pairs = kept
 	return hint, nil
+}
+
+// allocateFirstBlock writes zeroes over the start of a new sparse raw
+// image, as qemu-img's file driver does so that probing the file's
+// O_DIRECT alignment later finds allocated blocks: 4 KiB (512 bytes for
+// an image smaller than that), never past the end. It changes no data
+// (the range read as zeroes before), only what map reports for it; a
+// failure is ignored, as qemu-img ignores it.
+func allocateFirstBlock(path string, size int64) {
+	n := int64(4096)
+	if size < n {
+		n = 512
+	}
+	n = min(n, size)
+	if n <= 0 {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	f.WriteAt(make([]byte, n), 0)
 }

@@ -69,6 +69,9 @@ func DD(args []string, stdout, stderr io.Writer) int {
 func ddNum(name, v string, min, max int64, stderr io.Writer) (int64, error) {
 	n, err := chain.ParseQemuSize(v)
 	if err != nil {
+		if cli.Prog == "ringblk" {
+			return 0, cli.Usagef("Invalid %s specified: '%s' (k, M, G, T, P or E suffixes)", name, v)
+		}
 		// Two messages, as qemu-img prints them.
 		fmt.Fprintf(stderr, "%s: Invalid %s specified. You may use k, M, G, T, P or E suffixes for\n", cli.Prog, name)
 		return 0, errors.New("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
