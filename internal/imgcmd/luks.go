@@ -451,6 +451,23 @@ func imageOptsName(spec string) string {
 	if err != nil {
 		return spec
 	}
+	// Options that only say driver and file make no json: name: the
+	// file's name is the image's (QEMU's bdrv_refresh_filename).
+	plain := ""
+	for _, kv := range kvs {
+		switch kv.Key {
+		case "driver", "file.driver", "node-name", "file.node-name":
+		case "file.filename", "filename", "file":
+			plain = kv.Value
+		default:
+			plain = ""
+			goto named
+		}
+	}
+	if plain != "" {
+		return plain
+	}
+named:
 	root := map[string]any{}
 	for _, kv := range kvs {
 		m := root
