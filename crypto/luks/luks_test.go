@@ -137,6 +137,9 @@ func TestLayoutAsQEMU(t *testing.T) {
 }
 
 func TestZeroAllocCipher(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates (sync.Pool keeps nothing under -race)")
+	}
 	for _, o := range []CreateOptions{{}, {CipherMode: "cbc", IVGen: "essiv"}} {
 		_, v := build(t, o, 0)
 		c, _ := v.NewCipher()
