@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"testing"
 	"time"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestSlowClientBounded: a client that sends many large reads and never
@@ -16,7 +18,7 @@ func TestSlowClientBounded(t *testing.T) {
 	const n = 200 // 200 MiB of replies asked for
 	var req []byte
 	for i := 0; i < n; i++ {
-		req = append(req, reqBytes(cmdRead, 0, uint64(i), uint64(i%16)<<20, 1<<20)...)
+		req = append(req, reqBytes(nbdproto.CmdRead, 0, uint64(i), uint64(i%16)<<20, 1<<20)...)
 	}
 	if _, err := slow.c.Write(req); err != nil {
 		t.Fatal(err)
@@ -24,7 +26,7 @@ func TestSlowClientBounded(t *testing.T) {
 	other := dial(t, e.sock, "", true)
 	for i := 0; i < 20; i++ {
 		d := pattern(4096, byte(i))
-		other.send(cmdWrite, 0, 1, 0, 4096, d)
+		other.send(nbdproto.CmdWrite, 0, 1, 0, 4096, d)
 		if ev := other.simple(1); ev != 0 {
 			t.Fatal(ev)
 		}
@@ -103,7 +105,7 @@ func TestCloseWhileClientsLeave(t *testing.T) {
 		e.exp.mu.Lock()
 		defer e.exp.mu.Unlock()
 		for _, cl := range cls {
-			cl.send(cmdDisc, 0, 1, 0, 0, nil)
+			cl.send(nbdproto.CmdDisc, 0, 1, 0, 0, nil)
 		}
 		time.Sleep(200 * time.Millisecond) // the connections reach their end
 		for c := range e.exp.conns {
@@ -144,7 +146,7 @@ func TestDisconnectWithRepliesPending(t *testing.T) {
 		cl := dial(t, e.sock, "", round%2 == 0)
 		var req []byte
 		for i := 0; i < 50; i++ {
-			req = append(req, reqBytes(cmdRead, 0, uint64(i), uint64(i)<<18, 1<<20)...)
+			req = append(req, reqBytes(nbdproto.CmdRead, 0, uint64(i), uint64(i)<<18, 1<<20)...)
 		}
 		cl.c.Write(req)
 		cl.c.Close()

@@ -2,6 +2,8 @@ package nbd
 
 import (
 	"testing"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestShortReadThenPoll: a read that returns less than asked for has
@@ -27,13 +29,13 @@ func TestShortReadThenPoll(t *testing.T) {
 	for r := 0; r < rounds; r++ {
 		var burst []byte
 		for i := 0; i < perRound; i++ {
-			burst = append(burst, reqBytes(cmdRead, cmdFlagDF, uint64(i), uint64(i)*4096, 4096)...)
+			burst = append(burst, reqBytes(nbdproto.CmdRead, nbdproto.CmdFlagDF, uint64(i), uint64(i)*4096, 4096)...)
 		}
 		if _, err := cl.c.Write(burst); err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < perRound; i++ {
-			if ch := cl.readChunk(); ch.err != 0 || ch.typ != chunkOffsetData {
+			if ch := cl.readChunk(); ch.err != 0 || ch.typ != nbdproto.ChunkOffsetData {
 				t.Fatalf("round %d reply %d: type %d err %d", r, i, ch.typ, ch.err)
 			}
 		}
