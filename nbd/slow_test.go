@@ -62,6 +62,18 @@ func TestSlowClientBounded(t *testing.T) {
 			t.Fatalf("slow client: %d requests in flight holding %d bytes; the test did not stall it on its budget", busy, held)
 		}
 	}
+	// While the slow client is stalled with its replies queued, the
+	// other client is still served, on the same Context.
+	for i := 0; i < 5; i++ {
+		d := pattern(4096, byte(100+i))
+		other.send(nbdproto.CmdWrite, 0, 3, 8192, 4096, d)
+		if ev := other.simple(3); ev != 0 {
+			t.Fatalf("other client while the slow one is stalled: error %d", ev)
+		}
+		if got, _, _ := other.read(4, 8192, 4096, 0); !bytes.Equal(got, d) {
+			t.Fatal("other client while the slow one is stalled: wrong data")
+		}
+	}
 	for i := 0; i < n; i++ {
 		ch := slow.readChunk()
 		if ch.err != 0 {
