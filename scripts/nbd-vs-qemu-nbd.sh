@@ -13,10 +13,13 @@
 # disk, often the noisy part); "zram" is a zram device made by the script
 # (hot_add, filled with random data, removed at the end), so that the
 # servers' own cost dominates, not the disk's. Servers: ringblk nbd and
-# qemu-nbd run with -t -f raw --cache=none --aio=io_uring -e 0 (O_DIRECT);
-# nbdkit's file plugin runs with cache=none (it has no O_DIRECT: it drops
-# the pages it touched, and for writes flushes first) and its default 16
-# threads. The servers take turns on every repeat (the order rotates).
+# qemu-nbd run with -t -f raw --cache=MODE --aio=io_uring -e 0; nbdkit's
+# file plugin with its default 16 threads. -c none (the default): ringblk
+# and qemu-nbd use O_DIRECT; nbdkit has no O_DIRECT, and its cache=none
+# evicts what it wrote (flushing first) but not what it read, so its READ
+# rows are served from the page cache once warm: not like for like.
+# -c writeback: all three go through the page cache (nbdkit cache=default).
+# The servers take turns on every repeat (the order rotates).
 #
 # Printed per row: the median IOPS of each server (read-1m: MiB/s), the
 # ratios ringblk/qemu-nbd and ringblk/nbdkit (higher is better for
@@ -28,7 +31,7 @@
 # connections over 1) per server.
 #
 # usage: scripts/nbd-vs-qemu-nbd.sh [-d DIR] [-t SECONDS] [-r REPEATS] [-s SIZE_MIB]
-#                                    [-b "file zram"] [-n "unix tcp"] [-S "ringblk qemu-nbd nbdkit"]
+#                                    [-b "file zram"] [-n "unix tcp"] [-S "ringblk qemu-nbd nbdkit"] [-c none|writeback]
 #   -d DIR       where the file image lives (default /var/tmp; never tmpfs)
 #   -t SECONDS   run time of each fio run (default 10)
 #   -r REPEATS   interleaved repetitions (default 3)
@@ -36,6 +39,7 @@
 #   -b BACKINGS  file, zram or both (default "file zram"; zram needs root)
 #   -n NETS      unix, tcp or both (default "unix tcp")
 #   -S SERVERS   which servers (default "ringblk qemu-nbd nbdkit"; ringblk first)
+#   -c CACHE     none (default) or writeback, as above
 #
 # Needs go, fio with the nbd engine (fio 3.33 has it), qemu-nbd, nbdkit
 # with its file plugin, python3. The image and the zram device are removed
@@ -49,8 +53,9 @@ size=256
 backings="file zram"
 nets="unix tcp"
 servers="ringblk qemu-nbd nbdkit"
-usage() { sed -n '30,37p' "$0" >&2; exit 2; }
-while getopts "d:t:r:s:b:n:S:h" opt; do
+cache=none
+usage() { sed -n '/^# usage:/,/^#   -c/p' "$0" >&2; exit 2; }
+while getopts "d:t:r:s:b:n:S:c:h" opt; do
 	case $opt in
 	d) dir=$OPTARG ;;
 	t) secs=$OPTARG ;;
@@ -59,13 +64,15 @@ while getopts "d:t:r:s:b:n:S:h" opt; do
 	b) backings=$OPTARG ;;
 	n) nets=$OPTARG ;;
 	S) servers=$OPTARG ;;
-	h) sed -n '2,42p' "$0"; exit 0 ;;
+	c) cache=$OPTARG ;;
+	h) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
 	*) usage ;;
 	esac
 done
 for b in $backings; do case $b in file | zram) ;; *) usage ;; esac; done
 for n in $nets; do case $n in unix | tcp) ;; *) usage ;; esac; done
 for s in $servers; do case $s in ringblk | qemu-nbd | nbdkit) ;; *) usage ;; esac; done
+case $cache in none) kcache=none ;; writeback) kcache=default ;; *) usage ;; esac
 
 die() { echo "nbd-vs-qemu-nbd: $*" >&2; exit 1; }
 need=(go fio python3)
@@ -147,11 +154,11 @@ start() { # server net
 	fi
 	case $1 in
 	# stderr to a log: the readiness probe below makes them complain.
-	ringblk) "$work/ringblk" nbd -t -f raw --cache=none --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
-	qemu-nbd) qemu-nbd -t -f raw --cache=none --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	ringblk) "$work/ringblk" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	qemu-nbd) qemu-nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
 	nbdkit)
 		if [ "$2" = unix ]; then addr=(-U "$sock"); else addr=(-i 127.0.0.1 -p "$port"); fi
-		nbdkit -f "${addr[@]}" file "$img" cache=none 2>"$work/server.log" &
+		nbdkit -f "${addr[@]}" file "$img" cache="$kcache" 2>"$work/server.log" &
 		;;
 	esac
 	server=$!
@@ -207,7 +214,8 @@ nsrv=${#srvs[@]}
 has() { case " $servers " in *" $1 "*) return 0 ;; esac; return 1; }
 
 echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# ${size} MiB raw image; fio nbd engine; ${secs}s runs, median of ${reps} interleaved repeats"
+echo "# ${size} MiB raw image of random data; fio nbd engine; ${secs}s runs, median of ${reps} interleaved repeats"
+echo "# ringblk and qemu-nbd: --cache=$cache --aio=io_uring; nbdkit file plugin: cache=$kcache (no O_DIRECT)"
 echo "# IOPS per server (read-1m: MiB/s); rb/q = ringblk/qemu-nbd, rb/k = ringblk/nbdkit (higher: ringblk faster)"
 echo "# us/io = server CPU (utime+stime, all threads) per I/O; cpu rb/q (lower: ringblk cheaper)"
 declare -A iops
