@@ -65,6 +65,36 @@ func TestZeroAllocsPerRequest(t *testing.T) {
 		if a := testing.AllocsPerRun(300, op); a != 0 {
 			t.Fatalf("structured=%v: %v allocations per write+read", structured, a)
 		}
+		// A pipelined burst: 16 reads in one send, parsed from one socket
+		// read, submitted in one batch, answered through coalesced writev.
+		const burst = 16
+		var breq []byte
+		for i := 0; i < burst; i++ {
+			breq = append(breq, reqBytes(nbdproto.CmdRead, nbdproto.CmdFlagDF*boolU16(structured), uint64(10+i), uint64(i)*4096, 4096)...)
+		}
+		hdr := rep[:16]
+		if structured {
+			hdr = chdr[:28]
+		}
+		bop := func() {
+			if _, err := cl.c.Write(breq); err != nil {
+				panic(err)
+			}
+			for i := 0; i < burst; i++ {
+				if _, err := io.ReadFull(cl.c, hdr); err != nil {
+					panic(err)
+				}
+				if _, err := io.ReadFull(cl.c, rdata); err != nil {
+					panic(err)
+				}
+			}
+		}
+		for i := 0; i < 20; i++ {
+			bop()
+		}
+		if a := testing.AllocsPerRun(100, bop); a != 0 {
+			t.Fatalf("structured=%v: %v allocations per burst of %d pipelined reads", structured, a, burst)
+		}
 	}
 }
 
