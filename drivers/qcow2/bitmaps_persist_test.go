@@ -221,7 +221,6 @@ func TestQcow2BitmapsInUseWhileOpen(t *testing.T) {
 	compareCheck(t, crash)
 }
 
-
 func containsAll(s string, words ...string) bool {
 	for _, w := range words {
 		if !strings.Contains(s, w) {
