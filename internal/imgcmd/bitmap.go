@@ -41,7 +41,7 @@ Exit status: 0 on success, 1 on any error.
 var bitmapSpec = cli.OptSpec{
 	Short: map[byte]bool{'b': true, 'F': true, 'g': true, 'f': true, 'h': false},
 	Long: map[string]bool{"merge": true, "add": false, "remove": false, "clear": false, "enable": false,
-		"disable": false, "object": true, "image-opts": false, "help": false},
+		"disable": false, "granularity": true, "object": true, "image-opts": false, "help": false},
 }
 
 type bitmapAction struct{ op, src string }
@@ -64,7 +64,7 @@ func Bitmap(args []string, stdout, stderr io.Writer) int {
 				srcFile = o.Val
 			case "F":
 				srcFmt = o.Val
-			case "g":
+			case "g", "granularity":
 				gran = o.Val
 			case "add", "remove", "clear", "enable", "disable":
 				actions = append(actions, bitmapAction{op: o.Name})
