@@ -413,7 +413,7 @@ func (d maintOps) writeBitmapTable(co *aio.Co, b *bitmap.Bitmap) (format.BitmapE
 	if n == 0 || n > format.MaxBitmapTableEntries {
 		return format.BitmapEntry{}, format.Limit("bitmap_table_size", n, "bitmap "+b.Name()+" needs a table outside 1..2^27 entries")
 	}
-	table := make([]byte, (int64(n)*8+cs-1)/cs*cs)
+	table := make([]byte, int64(n)*8)
 	buf := make([]byte, cs)
 	per := cs * 8
 	for j := int64(0); j < int64(n); j++ {
@@ -429,7 +429,7 @@ func (d maintOps) writeBitmapTable(co *aio.Co, b *bitmap.Bitmap) (format.BitmapE
 		}
 		binary.BigEndian.PutUint64(table[j*8:], format.BitmapTableWord(uint64(off)))
 	}
-	toff, err := d.allocContiguous(co, int64(len(table))/cs)
+	toff, err := d.allocBitmapArea(co, int64(len(table)))
 	if err != nil {
 		return format.BitmapEntry{}, err
 	}
@@ -443,6 +443,19 @@ func (d maintOps) writeBitmapTable(co *aio.Co, b *bitmap.Bitmap) (format.BitmapE
 	return format.BitmapEntry{Name: b.Name(), Flags: flags, GranularityBits: gb, TableOffset: uint64(toff), TableSize: uint32(n)}, nil
 }
 
+// allocBitmapArea allocates clusters for n bytes of a table or directory
+// as QEMU does (first fit; one cluster from the free index, several
+// contiguous ones). Only the n bytes are written, so the file may end
+// inside the last cluster, as QEMU's does (R11 holds: the write reaches
+// into that cluster).
+func (d maintOps) allocBitmapArea(co *aio.Co, n int64) (int64, error) {
+	cs := d.mu.geo.ClusterSize()
+	if nc := (n + cs - 1) / cs; nc > 1 {
+		return d.allocContiguous(co, nc)
+	}
+	return d.allocCluster(co)
+}
+
 // switchBitmapDirectory makes entries the image's bitmap directory (none:
 // the extension goes and autoclear bit 0 is cleared), then frees the old
 // directory and frees. Order (R13): the new directory and everything it
@@ -452,21 +465,17 @@ func (d maintOps) writeBitmapTable(co *aio.Co, b *bitmap.Bitmap) (format.BitmapE
 // rewritten, and the bit set again (synced) — then the old clusters
 // queued for freeing after the next flush (R2). REQUIRES: metaLock held.
 func (d maintOps) switchBitmapDirectory(co *aio.Co, entries []format.BitmapEntry, frees []hostFree) error {
-	cs := d.mu.geo.ClusterSize()
 	var ext *format.BitmapsExtension
 	if len(entries) > 0 {
 		dir, err := format.AppendBitmapDirectory(nil, entries)
 		if err != nil {
 			return err
 		}
-		nc := (int64(len(dir)) + cs - 1) / cs
-		off, err := d.allocContiguous(co, nc)
+		off, err := d.allocBitmapArea(co, int64(len(dir)))
 		if err != nil {
 			return err
 		}
-		buf := make([]byte, nc*cs)
-		copy(buf, dir)
-		if err := d.fileWrite(co, nil, buf, off); err != nil {
+		if err := d.fileWrite(co, nil, dir, off); err != nil {
 			return err
 		}
 		ext = &format.BitmapsExtension{Count: uint32(len(entries)), DirectorySize: uint64(len(dir)), DirectoryOffset: uint64(off)}
