@@ -178,8 +178,6 @@ func ParseBitmapDirectory(dir []byte, h *Header, fileSize int64) ([]BitmapEntry,
 		switch {
 		case extraSize > MaxBitmapExtraData:
 			return nil, Limit(field+".extra_data_size", extraSize, "bitmap extra data too large")
-		case entLen > uint64(len(e)):
-			return nil, Corrupt(field+".extra_data_size", extraSize, "directory entry past the end of the directory")
 		case ent.Flags&^bitmapFlagsKnown != 0:
 			return nil, Corrupt(field+".flags", uint64(ent.Flags), "reserved bitmap flags set")
 		case typ != bitmapTypeDirty:
@@ -188,6 +186,8 @@ func ParseBitmapDirectory(dir []byte, h *Header, fileSize int64) ([]BitmapEntry,
 			return nil, Corrupt(field+".granularity_bits", uint64(ent.GranularityBits), "bitmap granularity outside 2^9..2^31")
 		case nameSize == 0 || nameSize > MaxBitmapNameLen:
 			return nil, Corrupt(field+".name_size", nameSize, "bitmap name size outside 1..1023")
+		case entLen > uint64(len(e)):
+			return nil, Corrupt(field+".extra_data_size", extraSize, "directory entry past the end of the directory")
 		case tableSize == 0 || tableSize > MaxBitmapTableEntries:
 			return nil, Limit(field+".bitmap_table_size", tableSize, "bitmap table size outside 1..2^27")
 		}
