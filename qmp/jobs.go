@@ -7,6 +7,7 @@ import (
 
 	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/job"
 	"github.com/ringblk/ringblk/txn"
@@ -621,9 +622,6 @@ func (a *bitmapAction) Prepare() error {
 		if a.add.Name == "" {
 			return Errorf("Bitmap name cannot be empty")
 		}
-		if a.add.Persistent {
-			return Errorf("Persistent bitmaps are not supported (they live in memory only)")
-		}
 		g := a.add.Granularity
 		if g != 0 && (g < 512 || g&(g-1) != 0) {
 			return Errorf("Granularity must be power of 2 and at least 512")
@@ -631,10 +629,30 @@ func (a *bitmapAction) Prepare() error {
 		if n.Bitmap(a.add.Name) != nil {
 			return Errorf("Bitmap already exists: %s", a.add.Name)
 		}
+		if a.add.Persistent {
+			// Stored in the image at close (drivers/qcow2/bitmaps.go):
+			// the bitmap lives on the qcow2 node under any filters.
+			qn, d := qcow2Below(n)
+			if d == nil {
+				return Errorf("Can't make bitmap '%s' persistent in '%s': Only qcow2 images can store persistent bitmaps", a.add.Name, n.Name())
+			}
+			if g == 0 {
+				h := d.Header()
+				g = max(4096, h.ClusterSize())
+			}
+			if err := d.CheckNewPersistentBitmap(a.add.Name, g); err != nil {
+				return Errorf("Can't make bitmap '%s' persistent in '%s': %v", a.add.Name, n.Name(), err)
+			}
+			if qn != n && qn.Bitmap(a.add.Name) != nil {
+				return Errorf("Bitmap already exists: %s", a.add.Name)
+			}
+			n, a.n = qn, qn
+		}
 		b, err := n.AddBitmap(a.add.Name, g)
 		if err != nil {
 			return Errorf("%v", err)
 		}
+		b.Persistent = a.add.Persistent
 		b.SetEnabled(!a.add.Disabled)
 		a.b, a.done = b, true
 		return nil
@@ -1000,4 +1018,19 @@ func (d *Daemon) refreshAllExports() {
 	for _, e := range exps {
 		_ = e.exp.Refresh()
 	}
+}
+
+// qcow2Below finds the qcow2 node at n or under its filters.
+func qcow2Below(n *block.Node) (*block.Node, *qcow2.Driver) {
+	for x := n; x != nil; {
+		if d, ok := x.Driver().(*qcow2.Driver); ok {
+			return x, d
+		}
+		c := x.Child(block.RoleFiltered)
+		if c == nil {
+			return nil, nil
+		}
+		x = c.Node()
+	}
+	return nil, nil
 }
