@@ -316,10 +316,11 @@ func (d maintOps) storeBitmaps(co *aio.Co) error {
 	d.mu.Lock()
 	pb := d.mu.pbm
 	ver := d.mu.hdr.Version
+	blocked := d.mu.corruptErr != nil || d.repairPendingLocked() != nil // nothing may be written
 	cs := d.mu.geo.ClusterSize()
 	size := d.mu.geo.Size
 	d.mu.Unlock()
-	if pb.damaged != nil || ver < 3 || (len(live) == 0 && len(pb.disk) == 0 && len(pb.removed) == 0) {
+	if blocked || pb.damaged != nil || ver < 3 || (len(live) == 0 && len(pb.disk) == 0 && len(pb.removed) == 0) {
 		return nil
 	}
 	// The old clusters of every entry that is rewritten or dropped.
