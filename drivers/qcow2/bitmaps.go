@@ -106,17 +106,24 @@ func (d *Driver) CheckNewPersistentBitmap(name string, granularity int64) error 
 		return errors.New("Cannot store dirty bitmaps in qcow2 v2 files")
 	case d.mu.pbm.damaged != nil:
 		return fmt.Errorf("qcow2: the image's bitmap directory is damaged: %v", d.mu.pbm.damaged)
-	case len(name) == 0 || len(name) > format.MaxBitmapNameLen:
-		return fmt.Errorf("Bitmap name is longer than %d bytes or empty", format.MaxBitmapNameLen)
-	case granularity < format.MinBitmapGranularityBits || granularity&(granularity-1) != 0 ||
-		bits.TrailingZeros64(uint64(granularity)) < format.MinBitmapGranularityBits ||
-		bits.TrailingZeros64(uint64(granularity)) > format.MaxBitmapGranularityBits:
-		return fmt.Errorf("Granularity %d is not a power of two between 512 and 2 GiB", granularity)
+	case len(name) == 0:
+		return errors.New("Bitmap name cannot be empty")
+	case len(name) > format.MaxBitmapNameLen:
+		return fmt.Errorf("Name length exceeds maximum (%d characters)", format.MaxBitmapNameLen)
+	case granularity <= 0 || granularity&(granularity-1) != 0:
+		return fmt.Errorf("Granularity %d is not a power of two", granularity)
+	case bits.TrailingZeros64(uint64(granularity)) > format.MaxBitmapGranularityBits:
+		return fmt.Errorf("Granularity exceeds maximum (%d bytes)", int64(1)<<format.MaxBitmapGranularityBits)
+	case bits.TrailingZeros64(uint64(granularity)) < format.MinBitmapGranularityBits:
+		return fmt.Errorf("Granularity is under minimum (%d bytes)", int64(1)<<format.MinBitmapGranularityBits)
+	case (uint64(d.mu.geo.Size)/uint64(granularity)+8)/8 > format.MaxBitmapBytes ||
+		format.BitmapTableEntries(uint64(d.mu.geo.Size), uint32(bits.TrailingZeros64(uint64(granularity))), uint64(d.mu.geo.ClusterSize())) > format.MaxBitmapTableEntries:
+		return errors.New("Too much space will be occupied by the bitmap. Use larger granularity")
 	case d.inconsistentLocked(name) >= 0:
 		return fmt.Errorf("Bitmap '%s' already exists in the image", name)
 	}
 	if len(d.mu.pbm.disk) >= format.MaxBitmaps {
-		return fmt.Errorf("The image already has the maximum number of bitmaps (%d)", format.MaxBitmaps)
+		return errors.New("Maximum number of persistent bitmaps is already reached")
 	}
 	return nil
 }

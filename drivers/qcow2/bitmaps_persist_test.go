@@ -165,6 +165,12 @@ func TestQcow2BitmapsCreatedByUs(t *testing.T) {
 		t.Fatalf("merged copy reads %v", got)
 	}
 	qemuCheckClean(t, img)
+	// QEMU tracks its own writes in our bitmap (auto flag).
+	qemuIO(t, img, "write 40M 4k")
+	want = []extent{{0, 8192}, {5 << 20, 8192}, {40 << 20, 4096}, {63 << 20, 8192}}
+	if got := qemuDirty(t, img, "mine"); !slices.Equal(got, want) {
+		t.Fatalf("after a qemu-io write QEMU reads %v, want %v", got, want)
+	}
 	// And back: we load QEMU's rewrite of our bitmap.
 	n = e.mustOpen(img, true)
 	defer n.Unref()
