@@ -48,6 +48,9 @@ status, many requests in flight per connection.
       --discard=MODE       ignore (default, also off) or unmap (also on)
       --detect-zeroes=MODE off (default), on or unmap (needs --discard=unmap)
   -A, --allocation-depth   offer the qemu:allocation-depth meta context
+  -B, --bitmap=NAME        offer persistent bitmap NAME of a qcow2 image as the
+                           qemu:dirty-bitmap:NAME meta context (repeatable); a
+                           bitmap left in use by a crash is refused
       --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]
                            x509 credentials as QEMU lays them out in DIR:
                            ca-cert.pem, server-cert.pem, server-key.pem;
