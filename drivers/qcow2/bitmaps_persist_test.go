@@ -235,3 +235,30 @@ func containsAll(s string, words ...string) bool {
 	}
 	return true
 }
+
+// TestQcow2BitmapsDirtyLazyImageRepaired: a lazy-refcounts image with a
+// persistent bitmap, left dirty and the bitmap in use by a killed qemu-io,
+// opens read-write (the automatic repair counts the bitmap's clusters),
+// takes writes, and ends qemu-img check clean with the bitmap still
+// listed as in use.
+func TestQcow2BitmapsDirtyLazyImageRepaired(t *testing.T) {
+	needQemu(t)
+	img := filepath.Join(t.TempDir(), "lazy.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", img, "64M")
+	qemuImg(t, "bitmap", "--add", img, "b0")
+	exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 7 0 1M", "-c", "abort", img).Run() // dirty, b0 in use
+	if out := string(qemuImg(t, "info", img)); !strings.Contains(out, "in-use") {
+		t.Fatalf("setup: b0 not in use:\n%s", out)
+	}
+	e := newTestEnv(t)
+	n := e.mustOpen(img, false)
+	if _, err := n.WriteAt(fill(9, 65536), 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	n.Unref()
+	qemuCheckClean(t, img)
+	if out := string(qemuImg(t, "info", img)); !strings.Contains(out, "in-use") || !strings.Contains(out, "b0") {
+		t.Fatalf("after repair and write:\n%s", out)
+	}
+	qemuIO(t, img, "read -P 7 0 1M", "read -P 9 8M 64k")
+}
