@@ -634,7 +634,7 @@ func (a *bitmapAction) Prepare() error {
 			// the bitmap lives on the qcow2 node under any filters.
 			qn, d := qcow2Below(n)
 			if d == nil {
-				return Errorf("Can't make bitmap '%s' persistent in '%s': Only qcow2 images can store persistent bitmaps", a.add.Name, n.Name())
+				return Errorf("Can't store persistent bitmaps to %s: Operation not supported", n.Name())
 			}
 			if g == 0 {
 				h := d.Header()

@@ -219,7 +219,7 @@ func bitmapAdd(img *cli.BlkImage, name string, g int64) error {
 		return errors.New("Granularity must be power of 2 and at least 512")
 	}
 	if d == nil {
-		return fmt.Errorf("Can't make bitmap '%s' persistent in '%s': Block format '%s' used by node '%s' does not support persistent bitmaps", name, n.Name(), img.Format, n.Name())
+		return fmt.Errorf("Can't store persistent bitmaps to %s: Operation not supported", n.Name())
 	}
 	for _, b := range d.PersistentBitmaps() {
 		if b.Name == name {
