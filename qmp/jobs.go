@@ -601,6 +601,9 @@ type bitmapAction struct {
 	wasOn  bool
 	done   bool // prepare made its change
 	detach bool
+	// stale: the qcow2 driver whose in-use (inconsistent) persistent
+	// bitmap ref.Name a remove drops at commit.
+	stale *qcow2.Driver
 }
 
 func (a *bitmapAction) Prepare() error {
@@ -690,6 +693,15 @@ func (a *bitmapAction) Prepare() error {
 	}
 	b := n.Bitmap(a.ref.Name)
 	if b == nil {
+		// A persistent bitmap found in use at open is not on the node:
+		// it may only be removed (QEMU's rule).
+		if _, d := qcow2Below(n); d != nil && d.InconsistentBitmap(a.ref.Name) {
+			if a.kind != "block-dirty-bitmap-remove" {
+				return Errorf("Bitmap '%s' is inconsistent and cannot be used", a.ref.Name)
+			}
+			a.stale = d
+			return nil
+		}
 		return Errorf("Dirty bitmap '%s' not found", a.ref.Name)
 	}
 	if b.Busy() {
@@ -712,7 +724,14 @@ func (a *bitmapAction) Prepare() error {
 	return nil
 }
 
-func (a *bitmapAction) Commit() error { return nil }
+func (a *bitmapAction) Commit() error {
+	if a.stale != nil {
+		if err := a.stale.RemovePersistentBitmap(a.ref.Name); err != nil {
+			return Errorf("%v", err)
+		}
+	}
+	return nil
+}
 
 func (a *bitmapAction) Abort() {
 	if !a.done {

@@ -91,6 +91,15 @@ func (d *Driver) inconsistentLocked(name string) int {
 	return -1
 }
 
+// InconsistentBitmap reports whether name is a bitmap of the directory
+// found unusable at open (in use, or unknown extra data): listed, never
+// loaded, only removable with RemovePersistentBitmap.
+func (d *Driver) InconsistentBitmap(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.inconsistentLocked(name) >= 0
+}
+
 // CheckNewPersistentBitmap says whether a persistent bitmap name of the
 // given granularity may be added (QEMU's can_store_new_dirty_bitmap):
 // a version 3 image, writable, a name of 1..1023 bytes not used by an

@@ -133,27 +133,15 @@ func errInconsistent(name string) error {
 func bitmapRun(img *cli.BlkImage, src *cli.BlkImage, actions []bitmapAction, name string, g int64) error {
 	n, d := img.Node, img.Qcow2
 	inconsistent := func(d *qcow2.Driver, name string) bool {
-		if d == nil {
-			return false
-		}
-		for _, b := range d.PersistentBitmaps() {
-			if b.Name == name && b.InUse && img.Node.Bitmap(name) == nil {
-				return true
-			}
-		}
-		return false
+		return d != nil && d.InconsistentBitmap(name)
 	}
 	// find returns the usable bitmap name of node (nil, error otherwise).
 	find := func(im *cli.BlkImage, name string) (*bitmap.Bitmap, error) {
 		if b := im.Node.Bitmap(name); b != nil {
 			return b, nil
 		}
-		if im.Qcow2 != nil {
-			for _, b := range im.Qcow2.PersistentBitmaps() {
-				if b.Name == name {
-					return nil, errInconsistent(name)
-				}
-			}
+		if inconsistent(im.Qcow2, name) {
+			return nil, errInconsistent(name)
 		}
 		return nil, fmt.Errorf("Dirty bitmap '%s' not found", name)
 	}

@@ -495,10 +495,8 @@ func inconsistentBitmap(n *block.Node, names []string) error {
 		if n.Bitmap(name) != nil {
 			continue
 		}
-		for _, b := range d.PersistentBitmaps() {
-			if b.Name == name && b.InUse {
-				return fmt.Errorf("Bitmap '%s' is inconsistent and cannot be used", name)
-			}
+		if d.InconsistentBitmap(name) {
+			return fmt.Errorf("Bitmap '%s' is inconsistent and cannot be used", name)
 		}
 	}
 	return nil
