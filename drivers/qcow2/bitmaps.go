@@ -131,8 +131,32 @@ func (d *Driver) CheckNewPersistentBitmap(name string, granularity int64) error 
 	case d.inconsistentLocked(name) >= 0:
 		return fmt.Errorf("Bitmap '%s' already exists in the image", name)
 	}
-	if len(d.mu.pbm.disk) >= format.MaxBitmaps {
+	// What the directory will hold at the next store: the stale entries
+	// and every persistent bitmap of the node (loaded or new), plus this.
+	names := map[string]bool{}
+	for i := range d.mu.pbm.disk {
+		if e := &d.mu.pbm.disk[i]; d.mu.pbm.stale[e.Name] {
+			names[e.Name] = true
+		}
+	}
+	d.mu.Unlock()
+	if d.node != nil {
+		for _, b := range d.node.Bitmaps() {
+			if b.Persistent {
+				names[b.Name()] = true
+			}
+		}
+	}
+	d.mu.Lock()
+	size := format.BitmapDirectoryEntrySize(&format.BitmapEntry{Name: name})
+	for n := range names {
+		size += format.BitmapDirectoryEntrySize(&format.BitmapEntry{Name: n})
+	}
+	switch {
+	case len(names) >= format.MaxBitmaps:
 		return errors.New("Maximum number of persistent bitmaps is already reached")
+	case size > format.MaxBitmapDirectoryBytes:
+		return errors.New("Not enough space in the bitmap directory")
 	}
 	return nil
 }
