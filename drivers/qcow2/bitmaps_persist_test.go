@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/bitmap"
+	"github.com/ringblk/ringblk/block/blocktest"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
@@ -261,4 +262,39 @@ func TestQcow2BitmapsDirtyLazyImageRepaired(t *testing.T) {
 		t.Fatalf("after repair and write:\n%s", out)
 	}
 	qemuIO(t, img, "read -P 7 0 1M", "read -P 9 8M 64k")
+}
+
+// TestQcow2BitmapsInactivateActivate (migration handoff): Inactivate
+// stores the bitmap consistent (QEMU may open the image and sees our
+// writes in it), QEMU's writes while we are inactive are tracked by QEMU
+// in the same bitmap, and Activate loads them: at close the bitmap holds
+// both sides' writes.
+func TestQcow2BitmapsInactivateActivate(t *testing.T) {
+	img := qemuBitmapImage(t) // dirty: [0,64k), [1M,1M+64k)
+	e := blocktest.NewEnv(t, 0)
+	n := openQcow2File(t, e, img)
+	mustWrite(t, n, 1, 4<<20, 4096)
+	if err := n.Inactivate(); err != nil {
+		t.Fatalf("Inactivate: %v", err)
+	}
+	if out := string(qemuImg(t, "info", img)); strings.Contains(out, "in-use") {
+		t.Fatalf("bitmap still in use after Inactivate:\n%s", out)
+	}
+	qemuIO(t, img, "write 6M 4k")
+	if err := n.Activate(); err != nil {
+		t.Fatalf("Activate: %v", err)
+	}
+	want := []extent{{0, 64 << 10}, {1 << 20, 64 << 10}, {4 << 20, 64 << 10}, {6 << 20, 64 << 10}}
+	if got := ourDirty(n.Bitmap("b0")); !slices.Equal(got, want) {
+		t.Fatalf("after Activate: %v, want %v", got, want)
+	}
+	mustWrite(t, n, 2, 8<<20, 4096)
+	if err := n.Unref(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	qemuCheckClean(t, img)
+	want = append(want, extent{8 << 20, 64 << 10})
+	if got := qemuDirty(t, img, "b0"); !slices.Equal(got, want) {
+		t.Fatalf("QEMU reads %v, want %v", got, want)
+	}
 }
