@@ -269,7 +269,7 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		// Pinned deliberately: bench's default places one clone per
 		// CPU (placement), and its figures assume it.
 		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), Pin: cpu >= 0, CPU: max(cpu, aio.NoCPU),
-		Entries: min(entries, 4096), ArenaSize: arena,
+		Entries: min(entries, 4096), ArenaSize: arena, PollTime: j.AIOPoll,
 	})
 	if err != nil {
 		return nil, err

@@ -128,6 +128,9 @@ type Job struct {
 	// validation, is IODepthBatchCompleteMin. With 1 the clone refills
 	// each completion at once, so every issue happens at the full depth.
 	IODepthBatchCompleteMax int
+	// AIOPoll (aio_poll, ringblk engine): the clone Context's busy-poll
+	// bound before a sleep (aio Options.PollTime).
+	AIOPoll time.Duration
 	// FilenameFormat is filename_format: the name of a clone's file when
 	// no filename= is given ($jobname, $jobnum, $filenum).
 	FilenameFormat string
@@ -470,7 +473,7 @@ func (j *Job) validate() error {
 	switch j.IOEngine {
 	case "ringblk":
 	default:
-		for _, o := range []string{"format", "share_rw", "locking"} {
+		for _, o := range []string{"format", "share_rw", "locking", "aio_poll"} {
 			if _, ok := j.set[o]; ok {
 				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
 			}

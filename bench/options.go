@@ -399,6 +399,7 @@ func init() {
 			}
 			return errors.New("want raw, qcow2 or null")
 		}},
+		"aio_poll": {help: "ringblk engine: each clone's Context busy-polls up to this long before it sleeps (aio Options.PollTime, adaptive; bare number: microseconds; default 0)", set: usecSetter(func(j *Job, d time.Duration) { j.AIOPoll = d })},
 		"share_rw": {bool: true, help: "ringblk engine: let other processes write the image during the job (QEMU's share-rw=on; default 0: refuse an image in use, as ringblk io does)", set: boolSetter(func(j *Job, b bool) { j.ShareRW = b })},
 		"locking": {help: "ringblk engine: QEMU-compatible image locks: auto (default), on, off", set: func(j *Job, v string) error {
 			switch v {
