@@ -258,7 +258,10 @@ if [ "$only_qcow" = 0 ]; then
 fi
 
 if [ "$qcow" = 1 ]; then
-	new_zram $((1 << 30))
+	# 3 GiB: the data file, its qcow2 copy and one allocating image (QEMU
+	# zero-fills each new cluster with fallocate, which takes space but no
+	# zram memory).
+	new_zram $((3 << 30))
 	fsdev=/dev/zram$new_zram_id
 	mkfs.ext4 -q -F "$fsdev" || die "mkfs.ext4 $fsdev failed"
 	mnt=$(mktemp -d /var/tmp/device-bench-mnt.XXXXXX)
@@ -270,7 +273,7 @@ if [ "$qcow" = 1 ]; then
 	qemu-img convert -f raw -O qcow2 "$rawf" "$img" || die "qemu-img convert failed"
 	sync
 	stride=40503 # qemu-img bench's step for the strided rows, in blocks (odd: visits every block)
-	nalloc=20000 # allocating writes per run (64 KiB apart: 1.25 GiB virtual, 80 MiB of data)
+	nalloc=10000 # allocating writes per run (64 KiB apart: 640 MiB of clusters, 40 MiB of data)
 	for rep in $(seq 1 "$reps"); do
 		for qd in $qdepths; do
 			common=(--bs=4k --iodepth="$qd" --direct=1 --norandommap --randrepeat=0
