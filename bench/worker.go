@@ -97,9 +97,9 @@ type worker struct {
 	// IO-depths histogram counts them at the depth of that enter
 	// (markDepth), not at each batch's depth while the refill is filling.
 	depthAtEnter bool
-	depthPending int // units submitted since the last markDepth
-	enterReap     uint64       // io_uring_enter calls that waited for completions
-	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
+	depthPending int      // units submitted since the last markDepth
+	enterReap    uint64   // io_uring_enter calls that waited for completions
+	payload      *payload // dedupe/compress write contents; nil: the random buffers as they are
 }
 
 // backlog is a fixed ring of completed writes (offset, length) that
