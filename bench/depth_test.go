@@ -72,3 +72,22 @@ func TestBatchCompleteMax(t *testing.T) {
 		t.Errorf("complete distribution %v: every round took at most 4 CQEs with iodepth_batch_complete_max=32", e.complete)
 	}
 }
+
+// TestRingblkQD1OneEnterPerIO (issue 20): at QD 1, O_DIRECT (completions
+// arrive after the submitting enter returned), the ringblk engine
+// refills inside the completion, so the next wait's io_uring_enter submits
+// the new request and waits for it: one enter per I/O. A refill from a BH
+// was submitted by the BH's own Unplug and then waited for by a second
+// enter (0.50 I/Os per enter before the fix).
+func TestRingblkQD1OneEnterPerIO(t *testing.T) {
+	dir := benchDir(t)
+	j := mustParse(t, "--name=e", "--filename="+filepath.Join(dir, "f"), "--size=4m", "--rw=randread",
+		"--iodepth=1", "--direct=1", "--runtime=300ms", "--time_based").Jobs[0]
+	s, err := runSelf(j, "ringblk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.perSubmit < 0.9 {
+		t.Errorf("ringblk engine at QD 1: %.2f I/Os per io_uring_enter, want about 1", s.perSubmit)
+	}
+}

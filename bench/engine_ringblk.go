@@ -364,7 +364,11 @@ func (c *ringblkClone) RequestDone(r *block.Request, err error) {
 		return
 	}
 	switch {
-	case w.doneSinceFill >= w.job.IODepthBatchCompleteMax && !w.stopIssuing && w.busy > 0:
+	case w.doneSinceFill >= w.job.IODepthBatchCompleteMax && !w.stopIssuing:
+		// Also with nothing in flight (QD 1): a BH's refill would be
+		// submitted by its own Unplug (aio's U1: an unplugged section
+		// submits at its end), one enter more per round than a refill
+		// the next wait submits.
 		c.refill()
 	case w.refillDue() || w.stopIssuing:
 		c.scheduled = true
