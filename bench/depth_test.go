@@ -40,9 +40,11 @@ func TestDepthHistogramKeepsQueueFull(t *testing.T) {
 				t.Fatalf("only %d reads in 300ms", e.dirs[DirRead].ios)
 			}
 			// Bucket 5 is 32..63. Only the first fill (1..31 on the bare
-			// ring, which submits one unit per enter) is below it.
-			if e.depth[5] < 99 {
-				t.Errorf("IO depths %v: %.1f%% issued at depth 32, want >= 99%%", e.depth, e.depth[5])
+			// ring, which submits one unit per enter) may be below it,
+			// plus 1% for the end of the run.
+			ios := float64(e.dirs[DirRead].ios)
+			if below := (100 - e.depth[5]) / 100 * ios; below > 31+ios/100 {
+				t.Errorf("IO depths %v: %.0f of %.0f I/Os issued below depth 32, want at most the first fill (31) and 1%%", e.depth, below, ios)
 			}
 		})
 	}
