@@ -29,7 +29,7 @@
 #
 # usage: scripts/device-bench.sh [-t SECS] [-r REPEATS] [-q "1 8 32 128"]
 #          [-D "zram loop"] [-w "randread randwrite"] [-s SIZE_MB] [-m TMPFS_DIR]
-#          [-b RINGBLK_BIN] [-Q] [-O] [-k QCOW2_DEPTHS] [-S SIDES]
+#          [-b RINGBLK_BIN] [-Q] [-O] [-k QCOW2_DEPTHS] [-S SIDES] [-T TSV]
 #   -t SECS     run time of each measurement (default 3)
 #   -r REPEATS  interleaved repeats (default 3)
 #   -q DEPTHS   queue depths (default "1 8 32 128")
@@ -74,8 +74,8 @@ while getopts "t:r:q:D:w:s:m:b:QOk:S:T:h" opt; do
 	k) qdepths=$OPTARG ;;
 	S) sides=$OPTARG ;;
 	T) tsv_out=$OPTARG ;;
-	h) sed -n '2,47p' "$0"; exit 0 ;;
-	*) sed -n '30,47p' "$0" >&2; exit 2 ;;
+	h) sed -n '2,46p' "$0"; exit 0 ;;
+	*) sed -n '30,46p' "$0" >&2; exit 2 ;;
 	esac
 done
 
