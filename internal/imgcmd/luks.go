@@ -235,6 +235,11 @@ func dumpObject(b *strings.Builder, o *object, indent int) {
 				fmt.Fprintf(b, "%s    [%d]:\n", pad, i)
 				dumpObject(b, e, indent+8)
 			}
+		case []string:
+			fmt.Fprintf(b, "%s%s:\n", pad, name)
+			for i, e := range v {
+				fmt.Fprintf(b, "%s    [%d]: %s\n", pad, i, e)
+			}
 		default:
 			fmt.Fprintf(b, "%s%s: %v\n", pad, name, v)
 		}
