@@ -425,4 +425,3 @@ func bitmapsInfo(img *openedImage) []*object {
 	}
 	return out
 }
-
