@@ -38,13 +38,28 @@ func Start() (*Cluster, error) {
 	if _, err := exec.LookPath("ceph-mon"); err != nil {
 		return nil, Absent
 	}
-	dir, owned := os.Getenv("RINGBLK_CEPH_DIR"), false
+	dir := os.Getenv("RINGBLK_CEPH_DIR")
 	if dir == "" {
-		dir = fmt.Sprintf("/var/tmp/ringblk-cephtest-%d", os.Getpid())
-		owned = true
+		return StartPrivate(fmt.Sprintf("/var/tmp/ringblk-cephtest-%d", os.Getpid()), 0)
 	}
+	return start(dir, 0, false)
+}
+
+// StartPrivate starts a cluster of the caller's own in dir, its monitor on
+// port (0: the script's default), for tests that stop daemons.
+func StartPrivate(dir string, port int) (*Cluster, error) {
+	if _, err := exec.LookPath("ceph-mon"); err != nil {
+		return nil, Absent
+	}
+	return start(dir, port, true)
+}
+
+func start(dir string, port int, owned bool) (*Cluster, error) {
 	var stderr bytes.Buffer
 	cmd := exec.Command(Script(), "start", dir)
+	if port != 0 {
+		cmd.Env = append(os.Environ(), fmt.Sprintf("CEPH_MON_PORT=%d", port))
+	}
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
