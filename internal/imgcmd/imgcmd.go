@@ -21,6 +21,7 @@ import (
 
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -150,7 +151,7 @@ func sizeToStr(v int64) string {
 // combinePath resolves a backing file name as QEMU does: relative names
 // are relative to the directory of the image that names them.
 func combinePath(image, backing string) string {
-	if backing == "" || filepath.IsAbs(backing) {
+	if backing == "" || filepath.IsAbs(backing) || rbd.IsName(backing) {
 		return backing
 	}
 	i := strings.LastIndexByte(image, '/')

@@ -12,6 +12,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -70,6 +71,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if nbd.IsURI(files[0]) {
 			return infoNBD(files[0], format, output, stdout)
+		}
+		if rbd.IsName(files[0]) && format != "qcow2" {
+			return infoRBD(files[0], output, stdout)
 		}
 		if done, err := infoNull(files[0], format, output, stdout); err != nil {
 			return 1, err

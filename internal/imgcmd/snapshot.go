@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -75,6 +76,9 @@ func Snapshot(args []string, stdout, stderr io.Writer) int {
 		write := action == "a" || action == "c" || action == "d"
 		if share && write {
 			return 1, fmt.Errorf("Could not open '%s': force-share=on can only be used with read-only images", file)
+		}
+		if rbd.IsName(file) && format != "qcow2" {
+			return snapshotRBD(file, action, name, stdout)
 		}
 		img, err := cli.OpenBlk(file, cli.BlkOptions{Format: format, ReadOnly: !write, ForceShare: share})
 		if err != nil {
