@@ -15,8 +15,8 @@ import (
 
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/nbd"
-	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"golang.org/x/sys/unix"
 )
