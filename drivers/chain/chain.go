@@ -301,14 +301,14 @@ func openRBD(g *block.Graph, path string, o Options) (*Image, error) {
 	}
 	format := o.Format
 	if format == "" {
-		var b [4]byte
+		b := make([]byte, 512)
 		format = "raw"
 		if l, _ := file.Length(); l >= 4 {
-			if _, err := file.ReadAt(b[:], 0); err != nil {
+			if _, err := file.ReadAt(b[:min(l, 512)], 0); err != nil {
 				file.Unref()
 				return nil, fmt.Errorf("Could not open '%s': probing the format: %w", path, err)
 			}
-			if string(b[:]) == "QFI\xfb" {
+			if string(b[:4]) == "QFI\xfb" {
 				format = "qcow2"
 			}
 		}

@@ -319,7 +319,12 @@ func (d *Driver) buildIov(sl *slot, bufs [][]byte) (*C.struct_iovec, int) {
 			continue
 		}
 		sl.pin.Pin(&b[0])
-		v[n].iov_base = unsafe.Pointer(&b[0])
+		// A plain integer store: assigning an unsafe.Pointer field would
+		// run the GC's write barrier on C memory, which shades the stale
+		// pointer of an earlier request left there (a buffer that may be
+		// freed by now: "found pointer to free object"). The pin keeps the
+		// buffer alive and in place until the completion.
+		*(*uintptr)(unsafe.Pointer(&v[n].iov_base)) = uintptr(unsafe.Pointer(&b[0]))
 		v[n].iov_len = C.size_t(len(b))
 		n++
 	}
