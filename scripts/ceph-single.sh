@@ -9,7 +9,8 @@
 #   scripts/ceph-single.sh status [DIR]  exit 0 when it answers
 #   scripts/ceph-single.sh stop-osd|start-osd [DIR]   fault tests
 #
-# DIR defaults to $CEPH_DIR or /var/tmp/ringblk-ceph. Start prints the
+# DIR defaults to $CEPH_DIR or /var/tmp/ringblk-ceph. The monitor listens
+# on $CEPH_MON_PORT, or the first free port from 46789. Start prints the
 # config file path (DIR/ceph.conf); the admin keyring is DIR/keyring, the
 # client.ringblk keyring DIR/ringblk.keyring. Every daemon writes its pid
 # file under DIR/run, and stop kills only those pids (and only when they
@@ -24,7 +25,7 @@ set -euo pipefail
 
 cmd=${1:-}
 DIR=${2:-${CEPH_DIR:-/var/tmp/ringblk-ceph}}
-PORT=${CEPH_MON_PORT:-46789}
+PORT=${CEPH_MON_PORT:-}
 OSD_BYTES=${CEPH_OSD_BYTES:-1073741824}
 CONF=$DIR/ceph.conf
 
@@ -89,6 +90,15 @@ start() {
 		return 0
 	fi
 	stop
+	if [ -z "$PORT" ]; then
+		# The first port from 46789 nothing listens on (another cluster
+		# of this script may hold the default).
+		PORT=46789
+		while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
+			PORT=$((PORT + 1))
+			[ "$PORT" -lt 46889 ] || die "no free monitor port in 46789-46888"
+		done
+	fi
 	mkdir -p "$DIR"/{run,log,mon,osd/ceph-0}
 	trap 'echo "ceph-single: start failed; logs were in $DIR/log" >&2; tail -n 20 "$DIR"/log/*.log >&2 2>/dev/null || true; stop' ERR
 	local fsid

@@ -80,7 +80,7 @@ func TestOSDStoppedMidIO(t *testing.T) {
 		t.Skip("starts a second cluster (a few seconds); not in -short")
 	}
 	dir := fmt.Sprintf("/var/tmp/ringblk-cephfault-%d", os.Getpid())
-	c, err := cephtest.StartPrivate(dir, 46889)
+	c, err := cephtest.StartPrivate(dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
