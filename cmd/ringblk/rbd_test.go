@@ -179,13 +179,17 @@ func TestRBDErrors(t *testing.T) {
 	img := rbdImage(t, c, "err")
 	ringblk(t, "create", "-f", "raw", img, "4M")
 	ringblk(t, "snapshot", "-c", "s", img)
+	key, err := c.AdminKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"info", "rbd:nopool/x:conf=" + c.Conf}, `pool "nopool" does not exist`},
 		{[]string{"io", "-c", "read 0 512", "rbd:rbd/nosuch:conf=" + c.Conf}, `image "nosuch" does not exist in pool "rbd"`},
-		{[]string{"info", "rbd:rbd/nosuch:conf=" + c.Conf + ":id=ringblk:key=AQBnotavalidkeyAAAAAAAAAAAAAAAAAAAAAAAA==:timeout=5"}, "connecting to the cluster as client.ringblk"},
+		{[]string{"info", "rbd:rbd/nosuch:conf=" + c.Conf + ":id=ringblk:key=" + key + ":timeout=5"}, "connecting to the cluster as client.ringblk: permission denied (wrong key or user?)"},
 		{[]string{"snapshot", "-c", "s", img}, "Could not create snapshot 's': file exists"},
 		{[]string{"create", "-f", "raw", img, "4M"}, "file exists"},
 		{[]string{"io", "-c", "write 0 512", img + ":nosuchoption=1"}, "nosuchoption"},

@@ -116,6 +116,10 @@ func connect(s Spec) (*conn, error) {
 			hint = fmt.Sprintf(" (no monitor answered within %v)", timeout)
 		case syscall.ENOENT:
 			hint = " (no keyring or key for the user?)"
+		case syscall.EINVAL:
+			if s.Key != "" {
+				hint = " (the key is not a valid cephx key)"
+			}
 		}
 		return nil, fmt.Errorf("connecting to the cluster as client.%s: %w%s", user, e, hint)
 	}

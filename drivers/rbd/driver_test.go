@@ -229,11 +229,17 @@ func TestOpenErrors(t *testing.T) {
 		t.Skip(cephtest.Absent)
 	}
 	e := blocktest.NewEnv(t, 0)
+	key, err := cluster.AdminKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct{ name, want string }{
 		{"rbd:nopool/img:conf=" + cluster.Conf, `pool "nopool" does not exist`},
 		{"rbd:rbd/noimage:conf=" + cluster.Conf, `image "noimage" does not exist in pool "rbd"`},
+		{"rbd:rbd/noimage:conf=" + cluster.Conf + ":id=ringblk:key=" + key + ":timeout=5",
+			"connecting to the cluster as client.ringblk: permission denied (wrong key or user?)"},
 		{"rbd:rbd/noimage:conf=" + cluster.Conf + ":id=ringblk:key=AQBnotavalidkeyAAAAAAAAAAAAAAAAAAAAAAAA==:timeout=5",
-			"connecting to the cluster as client.ringblk"},
+			"the key is not a valid cephx key"},
 		{"rbd:rbd/noimage:conf=/nonexistent.conf", "reading the config file /nonexistent.conf"},
 	} {
 		s, err := rbd.ParseName(c.name)

@@ -105,6 +105,21 @@ func (c *Cluster) run(cmd string) error {
 	return nil
 }
 
+// AdminKey is client.admin's cephx key (a well-formed key that is wrong
+// for any other user).
+func (c *Cluster) AdminKey() (string, error) {
+	b, err := os.ReadFile(c.Keyring)
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, ok := strings.CutPrefix(strings.TrimSpace(l), "key = "); ok {
+			return k, nil
+		}
+	}
+	return "", fmt.Errorf("no key in %s", c.Keyring)
+}
+
 // Name is an rbd: filename for image in the test pool, with the conf.
 func (c *Cluster) Name(image string) string {
 	return "rbd:" + c.Pool + "/" + image + ":conf=" + c.Conf
