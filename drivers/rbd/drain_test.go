@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/block/blocktest"
 	"github.com/ringblk/ringblk/drivers/rbd"
@@ -135,5 +136,61 @@ func TestOSDStoppedMidIO(t *testing.T) {
 		t.Logf("close with the OSD stopped: %v", err)
 	case <-time.After(timeout + 30*time.Second):
 		t.Fatal("closing the node with the OSD stopped hangs")
+	}
+}
+
+// statusCheck counts block status answers that are not the expected.
+type statusCheck struct {
+	off       int64
+	done, bad int
+}
+
+func (c *statusCheck) RequestDone(r *block.Request, err error) {
+	c.done++
+	if err != nil || r.Status&block.StatusData == 0 || r.Pnum != 4<<20 {
+		c.bad++
+	}
+}
+
+// TestBlockStatusFromTwoContexts: block status asked from the node's
+// Context and from an IOThread at once; both get the right answer (the
+// query's extent array belongs to the node's Context, so the IOThread's
+// request goes there).
+func TestBlockStatusFromTwoContexts(t *testing.T) {
+	s := newImage(t, imgSize)
+	e := blocktest.NewEnv(t, 1)
+	n := open(t, e, s, false)
+	// Data in objects 0 and 3: from 0 and from 12 MiB, 4 MiB of data
+	// each, but from 12 MiB the first extent of the query from 0 is
+	// behind the offset (an answer built from the other query's extents
+	// says zero).
+	for _, off := range []int64{0, 12 << 20} {
+		if _, err := n.WriteAt(pattern(4<<20, 1), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fe := e.FrontEnd("fe", n, block.FrontEndOptions{})
+	defer fe.Close()
+	const k = 500
+	checks := []*statusCheck{{off: 0}, {off: 12 << 20}}
+	for i, ctx := range []*aio.Context{e.Main, e.IO[0]} {
+		c := checks[i]
+		ctx.Schedule(func() {
+			q := fe.Queue(ctx)
+			for range k {
+				r := q.Get()
+				r.Op, r.Off, r.Len = block.OpBlockStatus, c.off, imgSize-c.off
+				q.Submit(r, c)
+			}
+		})
+	}
+	e.WaitFor("block status answers", func() bool {
+		var done int
+		e.OnMain(func() { done = checks[0].done })
+		e.On(e.IO[0], func() { done += checks[1].done })
+		return done == 2*k
+	})
+	if checks[0].bad+checks[1].bad != 0 {
+		t.Fatalf("%d and %d wrong block status answers", checks[0].bad, checks[1].bad)
 	}
 }

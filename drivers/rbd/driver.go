@@ -218,6 +218,7 @@ func (d *Driver) Write(r *block.Request)       { d.submit(r) }
 func (d *Driver) Flush(r *block.Request)       { d.submit(r) }
 func (d *Driver) Discard(r *block.Request)     { d.submit(r) }
 func (d *Driver) WriteZeroes(r *block.Request) { d.submit(r) }
+func (d *Driver) BlockStatus(r *block.Request) { d.submit(r) }
 
 // submit runs on r's Context.
 func (d *Driver) submit(r *block.Request) {
@@ -245,6 +246,10 @@ func (d *Driver) runInbox() {
 // enqueue starts r in a free slot or queues it; inline says the caller is
 // the submission itself (a completion then goes through a bottom half).
 func (d *Driver) enqueue(r *block.Request, inline bool) {
+	if r.Op == block.OpBlockStatus {
+		d.finish(r, d.blockStatus(r), inline)
+		return
+	}
 	if (r.Op == block.OpRead || r.Op == block.OpWrite || r.Op == block.OpDiscard || r.Op == block.OpWriteZeroes) && r.Len == 0 {
 		d.finish(r, nil, inline)
 		return
@@ -400,19 +405,15 @@ func (d *Driver) finish(r *block.Request, err error, inline bool) {
 	d.outbox(r.Context()).push(r, err)
 }
 
-// BlockStatus asks librbd which objects of the range hold data
-// (rbd_diff_iterate2; with fast-diff from the object map). It runs on the
-// caller's Context synchronously, bounded to maxStatusLen per call.
-func (d *Driver) BlockStatus(r *block.Request) {
+// blockStatus asks librbd which objects of the range hold data
+// (rbd_diff_iterate2; with fast-diff from the object map) and sets
+// r.Status and r.Pnum. It runs synchronously on the node's Context (its
+// extent array is owner-only), bounded to maxStatusLen per call.
+func (d *Driver) blockStatus(r *block.Request) error {
 	off, n := r.Off, min(r.Len, maxStatusLen)
-	var got int
-	var err error
-	if im := d.im; im != nil {
-		got, err = im.diff(off, n, d.fastDiff, d.ext, statusExtent)
-	}
+	got, err := d.im.diff(off, n, d.fastDiff, d.ext, statusExtent)
 	if err != nil {
-		r.Complete(d.ioError(r, err.(syscall.Errno)))
-		return
+		return d.ioError(r, err.(syscall.Errno))
 	}
 	const data, zero = block.StatusData | block.StatusAllocated, block.StatusZero | block.StatusAllocated
 	ext := unsafe.Slice(d.ext, statusExtent)[:got]
@@ -433,7 +434,7 @@ func (d *Driver) BlockStatus(r *block.Request) {
 		pos = eo + el
 		r.Pnum = min(pos, off+n) - off
 	}
-	r.Complete(nil)
+	return nil
 }
 
 // Truncate resizes the image (rbd_resize, synchronous on the caller's
