@@ -254,11 +254,30 @@ func (d *Driver) enqueue(r *block.Request, inline bool) {
 		d.finish(r, nil, inline)
 		return
 	}
+	if (r.Op == block.OpWrite || r.Op == block.OpWriteZeroes) && r.Off+r.Len > d.size.Load() {
+		// A write past the end grows the image first, as a file grows
+		// (QEMU's rbd driver does the same): a qcow2 image stored in RBD
+		// allocates its clusters there.
+		if err := d.grow(r.Off + r.Len); err != nil {
+			d.finish(r, d.ioError(r, err.(syscall.Errno)), inline)
+			return
+		}
+	}
 	if len(d.free) == 0 || len(d.waiting) > d.waitPos {
 		d.waiting = append(d.waiting, r)
 		return
 	}
 	d.start(r, inline)
+}
+
+// grow resizes the image to end (synchronously, on the node's Context:
+// requests already in flight below the old end are not affected).
+func (d *Driver) grow(end int64) error {
+	if err := d.im.resize(end); err != nil {
+		return err
+	}
+	d.size.Store(end)
+	return nil
 }
 
 // start issues r's librbd operation in a free slot.

@@ -199,9 +199,6 @@ func createQcow2(r *createReq) (string, error) {
 	if nbd.IsURI(r.file) {
 		return "", fmt.Errorf("%s: ringblk creates only raw images on NBD exports (the server applies the format)", r.file)
 	}
-	if rbd.IsName(r.file) {
-		return "", fmt.Errorf("%s: ringblk creates only raw RBD images (an RBD image cannot grow as a qcow2 file does); keep the qcow2 overlay local with -b %s -F raw", r.file, r.file)
-	}
 	o, err := format.ParseOptionPairs(r.pairs, format.ForCreate)
 	if err != nil {
 		return "", cli.Usagef("%s: %v", r.file, err)
@@ -262,7 +259,11 @@ func createQcow2(r *createReq) (string, error) {
 	}
 	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", given("lazy_refcounts", "off"), rb)
 
-	if err := writeQcow2(r.file, r.size, co); err != nil {
+	write := writeQcow2
+	if rbd.IsName(r.file) {
+		write = writeQcow2RBD
+	}
+	if err := write(r.file, r.size, co); err != nil {
 		return b.String(), createErr(r.file, err)
 	}
 	return b.String(), nil

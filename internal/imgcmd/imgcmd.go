@@ -66,9 +66,15 @@ type openedImage struct {
 	size   int64 // file size
 	blocks int64 // allocated bytes (st_blocks × 512)
 	qcow   *qcow2fmt.Image
+	// remote: no local file (a qcow2 image in RBD): no disk size.
+	remote bool
 }
 
-func (o *openedImage) Close() { o.f.Close() }
+func (o *openedImage) Close() {
+	if o.f != nil {
+		o.f.Close()
+	}
+}
 
 // openImage opens path read-only. format "" probes: the qcow2 magic means
 // qcow2, anything else raw.

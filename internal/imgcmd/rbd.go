@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -28,6 +30,56 @@ func createRBD(file string, size int64, preallocated bool) error {
 	return nil
 }
 
+// writeQcow2RBD creates a qcow2 image inside a new RBD image: the RBD
+// image starts empty and grows as qcow2 writes its metadata and clusters
+// past its end (the driver resizes it, as QEMU's rbd driver does).
+func writeQcow2RBD(file string, size int64, co format.CreateOptions) (err error) {
+	s, err := rbd.ParseName(file)
+	if err != nil {
+		return err
+	}
+	if err := rbd.Create(s, 0); err != nil {
+		return err
+	}
+	c, g, err := cli.NewBlkEnv()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if _, serr := c.Stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	n, err := rbd.NewNode(g, s, false, block.Options{Name: "qcow2-file"})
+	if err != nil {
+		return err
+	}
+	err = qcow2.Create(n, size, co)
+	if cerr := n.Unref(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// openNodeQcow2 reads the qcow2 metadata of a qcow2 node's file child (a
+// qcow2 image stored in RBD) for map's host offsets.
+func openNodeQcow2(n *block.Node, path string) (*openedImage, error) {
+	c := n.Child(block.RoleFile)
+	if c == nil {
+		return nil, fmt.Errorf("Could not open '%s': the qcow2 node has no file child", path)
+	}
+	file := c.Node()
+	size, err := file.Length()
+	if err != nil {
+		return nil, cli.OpenError(path, err)
+	}
+	im, err := format.ReadImage(file, size, format.Options{})
+	if err != nil {
+		return nil, cli.OpenError(path, err)
+	}
+	return &openedImage{path: path, format: "qcow2", size: size, qcow: im}, nil
+}
+
 // rbdSize is the virtual size of the RBD image a name points to (a
 // backing file given without a size).
 func rbdSize(file string) (int64, error) {
@@ -40,9 +92,10 @@ func rbdSize(file string) (int64, error) {
 }
 
 // infoRBD prints qemu-img info for an RBD image: raw, its size, the
-// object size as the cluster size, and its snapshots. An RBD image
-// holding qcow2 data is shown by the qcow2 path (-f qcow2).
-func infoRBD(path, output string, w io.Writer) (int, error) {
+// object size as the cluster size, and its snapshots; or, when it holds a
+// qcow2 image (probed, or -f qcow2), that image's qcow2 information read
+// through the RBD node.
+func infoRBD(path, fmtName, output string, w io.Writer) (int, error) {
 	s, err := rbd.ParseName(path)
 	if err != nil {
 		return 1, cli.Usagef("%v", err)
@@ -50,6 +103,23 @@ func infoRBD(path, output string, w io.Writer) (int, error) {
 	info, err := rbd.Stat(s)
 	if err != nil {
 		return 1, err
+	}
+	img, err := cli.OpenBlk(path, cli.BlkOptions{Format: fmtName, ReadOnly: true, NoBacking: true})
+	if err != nil {
+		return 1, err
+	}
+	defer img.Close()
+	if img.Format == "qcow2" {
+		oi, err := openNodeQcow2(img.Node, path)
+		if err != nil {
+			return 1, err
+		}
+		oi.remote = true
+		o := imageInfo(oi)
+		if output == "json" {
+			return 0, writeJSON(w, o)
+		}
+		return 0, printInfoHuman(w, oi, o)
 	}
 	snaps, err := rbd.Snapshots(s)
 	if err != nil {

@@ -77,12 +77,17 @@ func Snapshot(args []string, stdout, stderr io.Writer) int {
 		if share && write {
 			return 1, fmt.Errorf("Could not open '%s': force-share=on can only be used with read-only images", file)
 		}
-		if rbd.IsName(file) && format != "qcow2" {
-			return snapshotRBD(file, action, name, stdout)
-		}
 		img, err := cli.OpenBlk(file, cli.BlkOptions{Format: format, ReadOnly: !write, ForceShare: share})
 		if err != nil {
 			return 1, err
+		}
+		if rbd.IsName(file) && img.Format == "raw" {
+			// A raw RBD image: RBD's own snapshots (a qcow2 image stored
+			// in RBD has its internal ones, below).
+			if err := img.Close(); err != nil {
+				return 1, err
+			}
+			return snapshotRBD(file, action, name, stdout)
 		}
 		code, err := snapshotRun(img, action, name, stdout)
 		if cerr := img.Close(); err == nil && cerr != nil {
