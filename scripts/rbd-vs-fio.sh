@@ -41,9 +41,16 @@ die() { echo "rbd-vs-fio: $*" >&2; exit 1; }
 [[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]] || die "-t wants whole seconds, got '$secs'"
 [[ $reps =~ ^[0-9]+$ && $reps -gt 0 ]] || die "-r wants a positive count, got '$reps'"
 
+root=$(cd "$(dirname "$0")/.." && pwd)
 lock=/work/wt/bench.lock
 if [ -z "${RBD_VS_FIO_LOCKED:-}" ] && [ -e "$lock" ]; then
-	RBD_VS_FIO_LOCKED=1 exec flock "$lock" "$0" "$@"
+	# Build before waiting for the lock: the lock is for measuring.
+	bin=$(mktemp -d /var/tmp/rbd-vs-fio-bin.XXXXXX)
+	(cd "$root" && go build -tags rbd -o "$bin/ringblk" ./cmd/ringblk) || die "building ringblk with -tags rbd failed (librbd-dev installed?)"
+	RBD_VS_FIO_LOCKED=1 RBD_VS_FIO_BIN=$bin/ringblk flock "$lock" "$0" "$@"
+	rc=$?
+	rm -rf "$bin"
+	exit $rc
 fi
 
 for tool in go fio python3 rbd; do
@@ -59,11 +66,14 @@ else
 	echo "rbd-vs-fio: qemu-img has no rbd driver (install qemu-block-extra): its column stays empty" >&2
 fi
 
-root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /var/tmp/rbd-vs-fio.XXXXXX)
 cdir=$work/ceph
 trap '"$root/scripts/ceph-single.sh" stop "$cdir" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-(cd "$root" && go build -tags rbd -o "$work/ringblk" ./cmd/ringblk) || die "building ringblk with -tags rbd failed (librbd-dev installed?)"
+if [ -n "${RBD_VS_FIO_BIN:-}" ]; then
+	cp "$RBD_VS_FIO_BIN" "$work/ringblk"
+else
+	(cd "$root" && go build -tags rbd -o "$work/ringblk" ./cmd/ringblk) || die "building ringblk with -tags rbd failed (librbd-dev installed?)"
+fi
 conf=$("$root/scripts/ceph-single.sh" start "$cdir")
 export CEPH_CONF=$conf # fio's rbd engine and the rbd tool read it
 img=bench
