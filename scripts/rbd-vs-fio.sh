@@ -47,8 +47,8 @@ if [ -z "${RBD_VS_FIO_LOCKED:-}" ] && [ -e "$lock" ]; then
 	# Build before waiting for the lock: the lock is for measuring.
 	bin=$(mktemp -d /var/tmp/rbd-vs-fio-bin.XXXXXX)
 	(cd "$root" && go build -tags rbd -o "$bin/ringblk" ./cmd/ringblk) || die "building ringblk with -tags rbd failed (librbd-dev installed?)"
-	RBD_VS_FIO_LOCKED=1 RBD_VS_FIO_BIN=$bin/ringblk flock "$lock" "$0" "$@"
-	rc=$?
+	rc=0
+	RBD_VS_FIO_LOCKED=1 RBD_VS_FIO_BIN=$bin/ringblk flock "$lock" "$0" "$@" || rc=$?
 	rm -rf "$bin"
 	exit $rc
 fi
