@@ -40,7 +40,7 @@ build-rbd:
 	$(GO) build -tags rbd -ldflags "-X main.commit=$(COMMIT)" -o $(BIN)/ringblk ./cmd/ringblk
 
 rbdtest:
-	./scripts/rbd-test.sh
+	GO=$(GO) ./scripts/rbd-test.sh
 
 rbdbench:
 	./scripts/rbd-vs-fio.sh
@@ -72,7 +72,7 @@ test: deps fmtcheck vet
 	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -timeout 10m -run Alloc $(PKGS)
 	FUZZMINTIME=1s ./scripts/fuzz.sh "" $(TESTFUZZTIME)
-	./scripts/rbd-test.sh
+	GO=$(GO) ./scripts/rbd-test.sh
 
 race:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
