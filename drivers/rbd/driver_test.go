@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/block/blocktest"
@@ -241,14 +242,21 @@ func TestOpenErrors(t *testing.T) {
 		{"rbd:rbd/noimage:conf=" + cluster.Conf + ":id=ringblk:key=AQBnotavalidkeyAAAAAAAAAAAAAAAAAAAAAAAA==:timeout=5",
 			"the key is not a valid cephx key"},
 		{"rbd:rbd/noimage:conf=/nonexistent.conf", "reading the config file /nonexistent.conf"},
+		// No monitor at that address: the open gives up after the timeout.
+		{"rbd:rbd/noimage:conf=" + cluster.Conf + ":mon_host=v2\\:127.0.0.1\\:9:timeout=2",
+			"connection timed out (no monitor answered within 2s)"},
 	} {
 		s, err := rbd.ParseName(c.name)
 		if err != nil {
 			t.Fatal(err)
 		}
+		start := time.Now()
 		_, err = rbd.NewNode(e.G, s, false, block.Options{})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one containing %q", c.name, err, c.want)
+		}
+		if d := time.Since(start); d > 15*time.Second {
+			t.Errorf("%s: failed after %v", c.name, d)
 		}
 	}
 }
