@@ -298,7 +298,7 @@ func openImage(r *openRequest, warn io.Writer) (*cli.BlkImage, error) {
 		}
 		r.spec = spec
 	}
-	if p := chain.ProtocolPrefix(path); r.spec == nil && p != "" && p != "file" && p != "null-co" && p != "null-aio" {
+	if p := chain.ProtocolPrefix(path); r.spec == nil && p != "" && p != "file" && p != "null-co" && p != "null-aio" && !rbd.IsName(path) {
 		// A protocol-prefixed name ("blkdebug:…"): opened through the
 		// option tree, where that protocol's driver takes it.
 		r.spec = chain.Spec{}
