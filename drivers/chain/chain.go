@@ -55,6 +55,11 @@ type Options struct {
 	NoBacking bool
 	// NullSize is the size of a "null" image.
 	NullSize int64
+	// WritableDepth opens the backing image at this depth (1: the top
+	// image's backing file) read-write, whatever ReadOnly says: the base
+	// that qemu-img commit writes into. 0 (the default) keeps every
+	// backing image read-only.
+	WritableDepth int
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
 	// QcowOptions is passed to every qcow2 driver of the chain (its
@@ -220,11 +225,17 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
+		bo, writable := o, req.Depth == o.WritableDepth
+		if writable {
+			bo.ReadOnly, bo.ForceShare = false, false
+		}
 		switch req.Format {
 		case "raw":
-			n, err = raw.NewNode(g, p, fileOptions(o, false), block.Options{Name: bname, ReadOnly: true})
+			fo := fileOptions(bo, false)
+			fo.ReadOnly = !writable
+			n, err = raw.NewNode(g, p, fo, block.Options{Name: bname, ReadOnly: !writable})
 		case "qcow2":
-			n, _, err = openQcow2(g, p, o, bname, req.Depth, req.Chain, false)
+			n, _, err = openQcow2(g, p, bo, bname, req.Depth, req.Chain, writable)
 		default:
 			return nil, fmt.Errorf("backing file '%s': unsupported format '%s'", p, req.Format)
 		}
