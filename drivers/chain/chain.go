@@ -22,6 +22,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/drivers/blkdebug"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -62,6 +63,11 @@ type Options struct {
 	WritableDepth int
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
+	// debugConfig is the blkdebug configuration of a "blkdebug:CFG:IMAGE"
+	// name (set by Open): the top image's file node goes under a
+	// blkdebug filter.
+	debugConfig string
+	debug       bool
 	// QcowOptions is passed to every qcow2 driver of the chain (its
 	// Backing, ID, Chain and Depth fields are set here). A nil SharedCache
 	// becomes one clean L2 cache (qcow2.DefaultSharedCacheBytes) for the
@@ -83,6 +89,7 @@ type Image struct {
 // files or on images from untrusted sources. An NBD URI is "raw" without
 // looking: the export is the guest's view, whatever serves it.
 func Probe(path string) (string, error) {
+	path = LocalPath(path)
 	if nbd.IsURI(path) {
 		return "raw", nil
 	}
@@ -100,6 +107,17 @@ func Probe(path string) (string, error) {
 		return "qcow2", nil
 	}
 	return "raw", nil
+}
+
+// LocalPath is the file a name opens: IMAGE for "blkdebug:CONFIG:IMAGE",
+// the name itself otherwise.
+func LocalPath(name string) string {
+	if rest, ok := strings.CutPrefix(name, "blkdebug:"); ok {
+		if _, img, ok := strings.Cut(rest, ":"); ok {
+			return img
+		}
+	}
+	return name
 }
 
 // FileID identifies a file for backing-chain cycle detection
@@ -130,6 +148,9 @@ func ResolveBacking(imagePath, name string) string {
 func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	if o.ForceShare {
 		o.ReadOnly = true
+	}
+	if rest, ok := strings.CutPrefix(path, "blkdebug:"); ok {
+		return openBlkdebug(g, path, rest, o)
 	}
 	format := o.Format
 	if format == "" {
@@ -219,6 +240,11 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	if err != nil {
 		return nil, nil, err
 	}
+	if top && o.debug {
+		if file, err = blkdebug.NewNode(g, file, o.debugConfig, block.Options{Name: name + "-blkdebug", ReadOnly: o.ReadOnly}); err != nil {
+			return nil, nil, err
+		}
+	}
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
@@ -299,4 +325,49 @@ func causeText(err error) string {
 		}
 		err = be.Err
 	}
+}
+
+// openBlkdebug opens "blkdebug:CONFIG:IMAGE" (QEMU's filename form; rest
+// is what follows the prefix): IMAGE with its format, the top image's
+// file node under a blkdebug filter with CONFIG's rules (an empty CONFIG:
+// no rules). A raw image is the filter over the file node.
+func openBlkdebug(g *block.Graph, name, rest string, o Options) (*Image, error) {
+	cfg, path, ok := strings.Cut(rest, ":")
+	if !ok || path == "" {
+		return nil, fmt.Errorf("Could not open '%s': blkdebug requires both config file and image path", name)
+	}
+	format := o.Format
+	if format == "" {
+		var err error
+		if format, err = Probe(path); err != nil {
+			return nil, fmt.Errorf("Could not open '%s': %w", name, unwrapPath(err))
+		}
+	}
+	if o.Name == "" {
+		o.Name = filepath.Base(path)
+	}
+	o.debugConfig, o.debug = cfg, true
+	img := &Image{Path: name, Format: format}
+	switch format {
+	case "raw":
+		file, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name + "-file", ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		if img.Node, err = blkdebug.NewNode(g, file, cfg, block.Options{Name: o.Name, ReadOnly: o.ReadOnly}); err != nil {
+			return nil, err
+		}
+	case "qcow2":
+		if o.QcowOptions.SharedCache == nil {
+			o.QcowOptions.SharedCache = cache.NewLRU(qcow2.DefaultSharedCacheBytes)
+		}
+		n, drv, err := openQcow2(g, path, o, o.Name, 0, nil, true)
+		if err != nil {
+			return nil, err
+		}
+		img.Node, img.Qcow2 = n, drv
+	default:
+		return nil, fmt.Errorf("Could not open '%s': blkdebug over a %s image is not supported", name, format)
+	}
+	return img, nil
 }

@@ -269,6 +269,7 @@ func (d reader) readFast(r *block.Request) bool {
 	var skip int64
 	for i := range s.ext {
 		x := &s.ext[i]
+		d.event(block.DbgReadAIO)
 		d.subRead(s, r, d.file, x.HostOff, skip, x.Len)
 		skip += x.Len
 	}

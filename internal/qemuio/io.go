@@ -89,6 +89,7 @@ type ioSession struct {
 	cur      *ioCommand     // the command running
 	path     string         // the image, as named (reopen)
 	bo       cli.BlkOptions // how it was opened (reopen)
+	dbgMsgs  debugMsgs      // blkdebug's breakpoint messages (io_blkdebug.go)
 }
 
 // Run is "ringblk io" (qemu-io): args are what follows the command name;
@@ -175,7 +176,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
 		if bo.Format != "null" && !nbd.IsURI(path) {
-			if _, err := os.Stat(path); err != nil {
+			if _, err := os.Stat(chain.LocalPath(path)); err != nil {
 				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
 			}
 		}
@@ -353,7 +354,9 @@ func (s *ioSession) run(line string) bool {
 		return false
 	}
 	s.cur = c
-	return c.run(s, argv)
+	ok := c.run(s, argv)
+	s.dbgMsgs.print(s.out)
+	return ok
 }
 
 // usage prints a command's one-line usage and fails it, as qemu-io does
