@@ -188,6 +188,7 @@ func (d reader) readLocked(r *block.Request) {
 // child reads straight into r's buffers and its completion (oneDone)
 // completes r, with no per-request state.
 func (d reader) readOne(r *block.Request, host int64, ep epochRef) {
+	d.event(block.DbgReadAIO)
 	sub := r.Sub()
 	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
 	sub.Tag = uint64(ep)
