@@ -486,14 +486,15 @@ func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
 // content (old cluster, compressed, backing or zeros) read into a buffer,
 // the guest bytes laid over it, the whole cluster written to newOff.
 func (d writer) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L2Entry, start, in, k, valid, newOff int64) error {
-	d.event(block.DbgCowWrite)
 	buf := make([]byte, valid)
 	if le.Type != format.ZeroPlain && le.Type != format.ZeroAlloc {
+		d.event(block.DbgCowRead)
 		if err := d.readGuest(co, r, [][]byte{buf}, start, valid); err != nil {
 			return err
 		}
 	}
 	block.CopyFromIov(buf[in:in+k], win, 0)
+	d.event(block.DbgWriteAIO) // guest data and COW in one write, as QEMU's merged COW
 	return d.fileWrite(co, r, buf, newOff)
 }
 
