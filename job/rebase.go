@@ -21,8 +21,9 @@ type backingDiff struct {
 	// Base, rebase's Prefix): where none allocates, old and new read the
 	// same and nothing is read. inChain false: unknown, read and compare
 	// everything.
-	above   []*block.Child
-	inChain bool
+	above      []*block.Child
+	aboveSizes []int64 // their lengths: past the end of one the chain reads zeroes
+	inChain    bool
 	// compare: write only the sectors (diffSector) whose content differs
 	// from the new backing's (rebase); else write every range a layer of
 	// above allocates (stream: QEMU's copy of the backing data).
@@ -31,6 +32,20 @@ type backingDiff struct {
 	newSize int64
 	old     []byte // chunk buffers
 	cur     []byte
+}
+
+// lengths returns the lengths of nodes (main Context), or err if set.
+func lengths(nodes []*block.Node, err error) ([]int64, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(nodes))
+	for i, n := range nodes {
+		if out[i], err = n.Length(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // diffSector is the unit in which rebase compares and writes (qemu-img
@@ -52,13 +67,26 @@ func (d *backingDiff) step(it *Iteration, off, n int64) (int64, error) {
 		return pnum, nil
 	}
 	if d.inChain {
-		alloc, p, err := allocatedAbove(it, d.above, off, pnum)
-		if err != nil {
-			return 0, &IOError{Op: "block-status", Off: off, Err: err}
+		// Past the end of a layer shorter than Top the old chain reads
+		// zeroes whatever the new backing holds (QEMU counts it as
+		// allocated): read and compare there.
+		past := false
+		for _, sz := range d.aboveSizes {
+			if off >= sz {
+				past = true
+				break
+			}
+			pnum = min(pnum, sz-off)
 		}
-		pnum = min(p, pnum)
-		if !alloc {
-			return pnum, nil
+		if !past {
+			alloc, p, err := allocatedAbove(it, d.above, off, pnum)
+			if err != nil {
+				return 0, &IOError{Op: "block-status", Off: off, Err: err}
+			}
+			pnum = min(p, pnum)
+			if !alloc {
+				return pnum, nil
+			}
 		}
 	}
 	old := d.old[:pnum]
@@ -160,6 +188,7 @@ func NewRebase(m *Manager, o RebaseOptions) (*Job, *Rebase, error) {
 		if r.size, err = o.Top.Length(); err == nil && o.NewBacking != nil {
 			r.d.newSize, err = o.NewBacking.Length()
 		}
+		r.d.aboveSizes, err = lengths(above, err)
 	})
 	if err != nil {
 		return nil, nil, err

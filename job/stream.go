@@ -99,7 +99,11 @@ func (s *Stream) setup(m *Manager) (*Job, error) {
 	if len(layers) == 0 {
 		return nil, fmt.Errorf("job: nothing to stream into %s", o.Top.Name())
 	}
-	m.g.Control(func() { s.size, err = o.Top.Length() })
+	var sizes []int64
+	m.g.Control(func() {
+		s.size, err = o.Top.Length()
+		sizes, err = lengths(layers, err)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +131,7 @@ func (s *Stream) setup(m *Manager) (*Job, error) {
 	if s.fn, err = insertFilter(m.g, o.Top, s.f, "#stream-top-"+o.ID); err != nil {
 		return fail(err)
 	}
-	s.d = backingDiff{top: s.top, above: s.layers, inChain: true, old: make([]byte, o.Chunk)}
+	s.d = backingDiff{top: s.top, above: s.layers, aboveSizes: sizes, inChain: true, old: make([]byte, o.Chunk)}
 	j.SetTotal(s.size)
 	return j, nil
 }

@@ -163,3 +163,29 @@ func TestRebaseSafeOutsideChain(t *testing.T) {
 		t.Errorf("allocation after rebase:\n%s\nqemu-img's:\n%s", g, w)
 	}
 }
+
+// TestRebaseSafeWithinShorterChain: new_base ← old_base ← overlay where
+// old_base is shorter than the overlay (iotest 024's last case). Rebasing
+// onto new_base (in the old chain: the prefix shortcut) must still copy
+// the zeroes the overlay read past old_base's end, where new_base has
+// data.
+func TestRebaseSafeWithinShorterChain(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "new.qcow2", "320k")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "new.qcow2", "-F", "qcow2", "old.qcow2", "256k")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "old.qcow2", "-F", "qcow2", "ov.qcow2", "320k")
+	for _, c := range [][]string{{"write -P 0x11 0 320k", "new.qcow2"}, {"write -P 0x22 0 256k", "old.qcow2"}} {
+		if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", c[0], c[1]); code != 0 {
+			t.Fatalf("qemu-io: %s", out)
+		}
+	}
+	if out, errs, code := clitest.Ours(Rebase, "-b", "new.qcow2", "-F", "qcow2", "ov.qcow2"); code != 0 {
+		t.Fatalf("rebase: exit %d %s%s", code, out, errs)
+	}
+	for _, c := range []string{"read -P 0x22 0 256k", "read -P 0 256k 64k"} {
+		if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", c, "ov.qcow2"); code != 0 || strings.Contains(out, "Pattern verification failed") {
+			t.Errorf("%s after rebase: %s", c, out)
+		}
+	}
+}
