@@ -24,6 +24,7 @@ import (
 	"github.com/ringblk/ringblk/cache"
 	"github.com/ringblk/ringblk/crypto/luks"
 	luksdrv "github.com/ringblk/ringblk/drivers/luks"
+	"github.com/ringblk/ringblk/drivers/blkdebug"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -69,6 +70,11 @@ type Options struct {
 	Secret func(id string) ([]byte, error)
 	// NullSize is the size of a "null" image.
 	NullSize int64
+	// WritableDepth opens the backing image at this depth (1: the top
+	// image's backing file) read-write, whatever ReadOnly says: the base
+	// that qemu-img commit writes into. 0 (the default) keeps every
+	// backing image read-only.
+	WritableDepth int
 	// AllowRBDBacking follows rbd: backing file names recorded in qcow2
 	// images (they reach a Ceph cluster with this host's credentials, so
 	// an image from elsewhere must not get to choose: off by default).
@@ -77,6 +83,11 @@ type Options struct {
 	AllowRBDBacking bool
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
+	// debugConfig is the blkdebug configuration of a "blkdebug:CFG:IMAGE"
+	// name (set by Open): the top image's file node goes under a
+	// blkdebug filter.
+	debugConfig string
+	debug       bool
 	// QcowOptions is passed to every qcow2 driver of the chain (its
 	// Backing, ID, Chain and Depth fields are set here). A nil SharedCache
 	// becomes one clean L2 cache (qcow2.DefaultSharedCacheBytes) for the
@@ -109,6 +120,7 @@ func (o *Options) secret(depth int) []byte {
 // files or on images from untrusted sources. An NBD URI is "raw" without
 // looking: the export is the guest's view, whatever serves it.
 func Probe(path string) (string, error) {
+	path = LocalPath(path)
 	if nbd.IsURI(path) || rbd.IsName(path) {
 		return "raw", nil // an RBD image is probed once opened (Open)
 	}
@@ -129,6 +141,17 @@ func Probe(path string) (string, error) {
 		return "luks", nil
 	}
 	return "raw", nil
+}
+
+// LocalPath is the file a name opens: IMAGE for "blkdebug:CONFIG:IMAGE",
+// the name itself otherwise.
+func LocalPath(name string) string {
+	if rest, ok := strings.CutPrefix(name, "blkdebug:"); ok {
+		if _, img, ok := strings.Cut(rest, ":"); ok {
+			return img
+		}
+	}
+	return name
 }
 
 // FileID identifies a file for backing-chain cycle detection
@@ -162,6 +185,9 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	}
 	if os.Getenv("RINGBLK_RBD_BACKING") == "1" {
 		o.AllowRBDBacking = true
+	}
+	if rest, ok := strings.CutPrefix(path, "blkdebug:"); ok {
+		return openBlkdebug(g, path, rest, o)
 	}
 	if rbd.IsName(path) {
 		return openRBD(g, path, o)
@@ -265,6 +291,11 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	if err != nil {
 		return nil, nil, err
 	}
+	if top && o.debug {
+		if file, err = blkdebug.NewNode(g, file, o.debugConfig, block.Options{Name: name + "-blkdebug", ReadOnly: o.ReadOnly}); err != nil {
+			return nil, nil, err
+		}
+	}
 	return openQcow2On(g, file, path, o, name, depth, chain, top)
 }
 
@@ -295,11 +326,15 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 			return nil, &BackingError{Path: p, Err: errors.New("rbd: backing files are followed only when allowed (RINGBLK_RBD_BACKING=1): the image names a Ceph image to read with this host's credentials")}
 		}
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
+		bo, writable := o, req.Depth == o.WritableDepth
+		if writable {
+			bo.ReadOnly, bo.ForceShare = false, false
+		}
 		switch req.Format {
 		case "raw":
-			n, err = fileNode(g, p, o, false, bname)
+			n, err = fileNode(g, p, bo, writable, bname)
 		case "qcow2":
-			n, _, err = openQcow2(g, p, o, bname, req.Depth, req.Chain, false)
+			n, _, err = openQcow2(g, p, bo, bname, req.Depth, req.Chain, writable)
 		default:
 			return nil, fmt.Errorf("backing file '%s': unsupported format '%s'", p, req.Format)
 		}
@@ -413,4 +448,49 @@ func causeText(err error) string {
 		}
 		err = be.Err
 	}
+}
+
+// openBlkdebug opens "blkdebug:CONFIG:IMAGE" (QEMU's filename form; rest
+// is what follows the prefix): IMAGE with its format, the top image's
+// file node under a blkdebug filter with CONFIG's rules (an empty CONFIG:
+// no rules). A raw image is the filter over the file node.
+func openBlkdebug(g *block.Graph, name, rest string, o Options) (*Image, error) {
+	cfg, path, ok := strings.Cut(rest, ":")
+	if !ok || path == "" {
+		return nil, fmt.Errorf("Could not open '%s': blkdebug requires both config file and image path", name)
+	}
+	format := o.Format
+	if format == "" {
+		var err error
+		if format, err = Probe(path); err != nil {
+			return nil, fmt.Errorf("Could not open '%s': %w", name, unwrapPath(err))
+		}
+	}
+	if o.Name == "" {
+		o.Name = filepath.Base(path)
+	}
+	o.debugConfig, o.debug = cfg, true
+	img := &Image{Path: name, Format: format}
+	switch format {
+	case "raw":
+		file, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name + "-file", ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		if img.Node, err = blkdebug.NewNode(g, file, cfg, block.Options{Name: o.Name, ReadOnly: o.ReadOnly}); err != nil {
+			return nil, err
+		}
+	case "qcow2":
+		if o.QcowOptions.SharedCache == nil {
+			o.QcowOptions.SharedCache = cache.NewLRU(qcow2.DefaultSharedCacheBytes)
+		}
+		n, drv, err := openQcow2(g, path, o, o.Name, 0, nil, true)
+		if err != nil {
+			return nil, err
+		}
+		img.Node, img.Qcow2 = n, drv
+	default:
+		return nil, fmt.Errorf("Could not open '%s': blkdebug over a %s image is not supported", name, format)
+	}
+	return img, nil
 }

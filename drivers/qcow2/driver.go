@@ -96,12 +96,13 @@ type Driver struct {
 	block.DriverBase
 	opts DriverOptions
 
-	node *block.Node
-	file *block.Child
+	node    *block.Node
+	file    *block.Child
+	dbg     block.DebugEventer // the file's, when it is a debug filter (debugevents.go)
 	// data is the child data clusters are read and written through: file,
 	// or for an encrypted image a LUKS payload filter over file (crypto.go).
-	data    *block.Child
-	crypto  cryptoState
+	data   *block.Child
+	crypto cryptoState
 	backing *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64
@@ -256,6 +257,7 @@ func (d *Driver) Open(n *block.Node) error {
 		return err
 	}
 	d.file, d.data = c, c
+	d.dbg = block.DebugEventerOf(file)
 	size, err := file.Length()
 	if err != nil {
 		return err

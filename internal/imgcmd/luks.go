@@ -503,15 +503,6 @@ named:
 	return "json:" + strings.NewReplacer(`":`, `": `, `,"`, `, "`).Replace(string(b))
 }
 
-// keysFrom are the key secrets of the chain from depth on (the image at
-// depth opened as a top image).
-func (c *committer) keysFrom(depth int) [][]byte {
-	if depth >= len(c.keys) {
-		return nil
-	}
-	return c.keys[depth:]
-}
-
 // luksArea is the bytes the LUKS header and key slots of options lo take.
 func (lo *luksOpts) area(prefix string) (int64, error) {
 	if err := lo.resolve(prefix, nil); err != nil {

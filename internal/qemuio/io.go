@@ -96,6 +96,7 @@ type ioSession struct {
 	cur      *ioCommand     // the command running
 	path     string         // the image, as named (reopen)
 	bo       cli.BlkOptions // how it was opened (reopen)
+	dbgMsgs  debugMsgs      // blkdebug's breakpoint messages (io_blkdebug.go)
 	spec     chain.Spec     // the options it was opened with, nil for a path
 	// imageOpts is qemu-io's --image-opts: operands of open are option
 	// strings.
@@ -526,7 +527,9 @@ func (s *ioSession) run(line string) bool {
 		return false
 	}
 	s.cur = c
-	return c.run(s, argv)
+	ok := c.run(s, argv)
+	s.dbgMsgs.print(s.out)
+	return ok
 }
 
 // usage prints a command's one-line usage and fails it, as qemu-io does
