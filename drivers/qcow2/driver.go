@@ -96,13 +96,13 @@ type Driver struct {
 	block.DriverBase
 	opts DriverOptions
 
-	node    *block.Node
-	file    *block.Child
-	dbg     block.DebugEventer // the file's, when it is a debug filter (debugevents.go)
+	node *block.Node
+	file *block.Child
+	dbg  block.DebugEventer // the file's, when it is a debug filter (debugevents.go)
 	// data is the child data clusters are read and written through: file,
 	// or for an encrypted image a LUKS payload filter over file (crypto.go).
-	data   *block.Child
-	crypto cryptoState
+	data    *block.Child
+	crypto  cryptoState
 	backing *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64

@@ -125,7 +125,7 @@ type committer struct {
 	path, format, cache, base string
 	haveBase, keep            bool
 	keys                      [][]byte // key secrets by chain depth (--image-opts)
-	rate                      int64 // -r, bytes per second (0: unlimited)
+	rate                      int64    // -r, bytes per second (0: unlimited)
 
 	// From plan: the layers above the base (top first), the base and
 	// its depth in FILE's chain (1: FILE's backing file).
