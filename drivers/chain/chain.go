@@ -22,6 +22,8 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/crypto/luks"
+	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -53,6 +55,17 @@ type Options struct {
 	// NoBacking opens the top image alone: unallocated clusters read as
 	// zeros (qemu-img's backing-less opens, e.g. rebase -u, info).
 	NoBacking bool
+	// KeySecrets are the passwords of encrypted images (format luks, or
+	// qcow2 with LUKS encryption): [0] for the top image, [i] for the
+	// i-th backing file. A missing or nil entry opens an encrypted
+	// image's header only when HeaderOnly is set, and fails otherwise.
+	KeySecrets [][]byte
+	// HeaderOnly opens a luks image without unlocking it (qemu-img info):
+	// its reads and writes fail.
+	HeaderOnly bool
+	// Secret looks up a secret object by id, for the key-secret options
+	// of option trees (OpenSpec); nil: no secrets.
+	Secret func(id string) ([]byte, error)
 	// NullSize is the size of a "null" image.
 	NullSize int64
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
@@ -71,10 +84,21 @@ type Image struct {
 	Format string
 	// Qcow2 is the top node's driver when Format is "qcow2".
 	Qcow2 *qcow2.Driver
+	// Luks is the top node's driver when Format is "luks".
+	Luks *luksdrv.Driver
+}
+
+// secret is the key secret of the image at depth (nil when not given).
+func (o *Options) secret(depth int) []byte {
+	if depth < len(o.KeySecrets) {
+		return o.KeySecrets[depth]
+	}
+	return nil
 }
 
 // Probe decides the format of a local image the user named: "qcow2" when
-// it starts with the qcow2 magic, "raw" otherwise. Never use it on backing
+// it starts with the qcow2 magic, "luks" with the LUKS1 magic and version,
+// "raw" otherwise. Never use it on backing
 // files or on images from untrusted sources. An NBD URI is "raw" without
 // looking: the export is the guest's view, whatever serves it.
 func Probe(path string) (string, error) {
@@ -86,13 +110,16 @@ func Probe(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	var b [4]byte
+	var b [8]byte
 	n, err := f.ReadAt(b[:], 0)
 	if err != nil && err != io.EOF {
 		return "", err
 	}
-	if n == 4 && string(b[:]) == "QFI\xfb" {
+	if n >= 4 && string(b[:4]) == "QFI\xfb" {
 		return "qcow2", nil
+	}
+	if n == 8 && luks.IsLUKS(b[:]) {
+		return "luks", nil
 	}
 	return "raw", nil
 }
@@ -168,6 +195,17 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 			return nil, err
 		}
 		img.Node = n
+	case "luks":
+		file, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name + "-file", ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		drv := luksdrv.New(file, luksdrv.Options{Password: o.secret(0), NoIO: o.HeaderOnly})
+		n, err := g.Open(drv, luksdrv.NodeOptions(block.Options{Name: o.Name, ReadOnly: o.ReadOnly}))
+		if err != nil {
+			return nil, err
+		}
+		img.Node, img.Luks = n, drv
 	case "qcow2":
 		if o.QcowOptions.SharedCache == nil {
 			// One clean L2 tier for the whole chain, not one per image.
@@ -223,6 +261,7 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
+	dopts.KeySecret, dopts.HeaderOnly = o.secret(depth), o.HeaderOnly
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)

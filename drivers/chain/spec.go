@@ -378,6 +378,8 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 		return child, &Image{Path: cimg.Path, Format: "raw"}, nil
 	case driver == "qcow2":
 		return b.qcow2(s, prefix, name, top)
+	case driver == "luks":
+		return b.luks(s, prefix, name)
 	}
 	if d, ok := SpecDrivers[driver]; ok {
 		n, err := d(b, s)
@@ -484,6 +486,10 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 		noBacking = true
 		delete(s, "backing")
 	}
+	secrets, backingFiles, err := b.keySecrets(s)
+	if err != nil {
+		return nil, nil, err
+	}
 	for k := range s {
 		if rest, ok := strings.CutPrefix(k, "backing."); ok {
 			// The backing node's name and driver as the image records
@@ -535,8 +541,15 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 	}
 	o.NoBacking = o.NoBacking || noBacking
 	o.Name = name
+	if secrets != nil {
+		o.KeySecrets = secrets
+	}
 	n, drv, err := openQcow2On(b.G, child, cimg.Path, o, name, 0, nil, true)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkBackingFiles(cimg.Path, n, backingFiles); err != nil {
+		n.Unref()
 		return nil, nil, err
 	}
 	if es := cacheOpts.entry; es >= 0 {

@@ -27,6 +27,9 @@ import (
 // the L2 entry written after the data like any allocation (R1, R4 via the
 // flush stages), the old cluster freed after the flush (R2).
 func (d *Driver) WriteCompressed(r *block.Request) {
+	if d.refuseCompressed(r) {
+		return
+	}
 	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
 	size := d.mu.geo.Size

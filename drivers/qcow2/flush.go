@@ -240,7 +240,7 @@ func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
 	}
 	if off < cs || hit(int64(h.L1Offset), int64(len(d.mu.l1))*8) ||
 		hit(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
-		hit(int64(h.SnapshotsOffset), d.mu.snapSz) {
+		hit(int64(h.SnapshotsOffset), d.mu.snapSz) || hit(int64(h.CryptoOffset), int64(h.CryptoLength)) {
 		return true
 	}
 	for i := range d.mu.snaps {

@@ -119,7 +119,7 @@ func (d writer) startWrite(s *reqState, r *block.Request) {
 		sub.Op, sub.Off, sub.Len = block.OpWrite, x.HostOff, x.Len
 		sub.Iov = s.iov[start:len(s.iov):len(s.iov)]
 		s.pending++
-		d.file.Submit(sub, s)
+		d.data.Submit(sub, s)
 		skip += x.Len
 	}
 	s.release()
@@ -184,7 +184,7 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 				d.metaLock.lock(co)
 				continue
 			case p.direct:
-				err = d.childIO(co, r, d.file, block.OpWrite, p.host+p.in, win, k)
+				err = d.childIO(co, r, d.data, block.OpWrite, p.host+p.in, win, k)
 				d.l2Unpin(p.t)
 			default:
 				d.metaLock.unlock()
@@ -210,7 +210,7 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 			d.metaLock.lock(co)
 			continue
 		case p.inPlace:
-			err = d.childIO(co, r, d.file, block.OpWrite, p.host, win, k)
+			err = d.childIO(co, r, d.data, block.OpWrite, p.host, win, k)
 			d.l2Unpin(p.t)
 		default:
 			d.metaLock.unlock()
@@ -307,7 +307,7 @@ func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k 
 	case p.wait != nil:
 		return &errWait{p.wait}
 	case p.inPlace:
-		err = d.childIO(co, r, d.file, block.OpWrite, p.host, win, k)
+		err = d.childIO(co, r, d.data, block.OpWrite, p.host, win, k)
 		d.l2Unpin(p.t)
 		return err
 	}
@@ -418,21 +418,22 @@ func (d writer) clusterIO(co *aio.Co, r *block.Request, win [][]byte, p *cluster
 		(le.Type == format.Unallocated && (d.backing == nil || start >= d.backingSize))
 	switch {
 	case in == 0 && k == valid:
-		return d.childIO(co, r, d.file, block.OpWrite, newOff, win, k)
-	case zeroSrc && p.fresh:
+		return d.childIO(co, r, d.data, block.OpWrite, newOff, win, k)
+	case zeroSrc && p.fresh && !d.encrypted():
 		// Nothing to zero: only the guest bytes go out. The cluster
-		// starts inside the file once they are written (R11).
-		return d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
+		// starts inside the file once they are written (R11). (Not when
+		// encrypted: zero ciphertext is not zero plaintext.)
+		return d.childIO(co, r, d.data, block.OpWrite, newOff+in, win, k)
 	case zeroSrc && !d.noFileZeroes.Load():
 		// The rest of the cluster reads as zeros: have the file zero the
 		// host cluster (ZERO_RANGE: no data copied) and write only the
 		// guest bytes, as QEMU does, instead of a cluster-sized buffer.
-		err := d.childIO(co, r, d.file, block.OpWriteZeroes, newOff, nil, valid)
+		err := d.childIO(co, r, d.data, block.OpWriteZeroes, newOff, nil, valid)
 		if block.IsKind(err, block.Unsupported) {
 			d.noFileZeroes.Store(true)
 			return d.cowWrite(co, r, win, le, start, in, k, valid, newOff)
 		} else if err == nil {
-			err = d.childIO(co, r, d.file, block.OpWrite, newOff+in, win, k)
+			err = d.childIO(co, r, d.data, block.OpWrite, newOff+in, win, k)
 		}
 		return err
 	default:
@@ -485,7 +486,7 @@ func (d writer) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L
 		}
 	}
 	block.CopyFromIov(buf[in:in+k], win, 0)
-	return d.fileWrite(co, r, buf, newOff)
+	return d.childIO(co, r, d.data, block.OpWrite, newOff, [][]byte{buf}, valid)
 }
 
 // abortAlloc gives back a cluster that was allocated but never linked
@@ -606,7 +607,7 @@ func (d writer) runIO(co *aio.Co, r *block.Request, skip int64, p *runPlan) erro
 			j++
 		}
 		win = iovSlice(win[:0], r.Iov, skip+i*cs, (j-i)*cs)
-		err = d.childIO(co, r, d.file, block.OpWrite, p.hosts[i], win, (j-i)*cs)
+		err = d.childIO(co, r, d.data, block.OpWrite, p.hosts[i], win, (j-i)*cs)
 		i = j
 	}
 	return err

@@ -34,6 +34,12 @@ type BlkOptions struct {
 	// Discard is what the top image's file node does with discards
 	// (qemu-io's -d; the zero value ignores them).
 	Discard raw.Discard
+
+	// KeySecrets are the passwords of encrypted images, [0] the top
+	// image's, [i] the i-th backing file's (chain.Options.KeySecrets).
+	KeySecrets [][]byte
+	// HeaderOnly opens a luks image without its password (info).
+	HeaderOnly bool
 }
 
 // BlkImage is an image opened for a command, with the Context and graph
@@ -97,6 +103,8 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 		Discard:     o.Discard,
 		QcowOptions: o.QcowOptions,
 		Name:        NodeNameFor(g, path),
+		KeySecrets:  o.KeySecrets,
+		HeaderOnly:  o.HeaderOnly,
 	}
 	if o.Cache != "" {
 		m, ok := raw.ParseCache(o.Cache)

@@ -30,6 +30,9 @@ type object struct {
 // objects are the --object definitions of this process, by id.
 var objects = map[string]object{}
 
+// resetObjects forgets every object (a command starts with none).
+func resetObjects() { objects = map[string]object{} }
+
 // AddObject defines an object from an --object argument. "help" and
 // JSON object definitions are not supported.
 func AddObject(def string) error {
@@ -204,6 +207,11 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 		}
 	}
 	for k := range s {
+		if isKeyOption(k) {
+			// Key secrets (ImageSecretIDs) and the backing file's own
+			// driver and name: the chain follows the image's backing.
+			continue
+		}
 		switch {
 		case k == "l2-cache-size", k == "l2-cache-entry-size", k == "refcount-cache-size", k == "cache-size",
 			k == "cache-clean-interval", k == "overlap-check", strings.HasPrefix(k, "overlap-check."), k == "file.aio",
@@ -218,7 +226,7 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 		return "", "", fmt.Errorf("Could not open '%s': A block device must be specified for \"file\"", name)
 	}
 	switch d {
-	case "", "qcow2", "raw":
+	case "", "qcow2", "raw", "luks":
 	case "file":
 		d = "raw"
 	default:
@@ -246,4 +254,27 @@ func FilePath(name string) string {
 		return "./" + rest
 	}
 	return rest
+}
+
+// PlainImageOpts reports whether an --image-opts string says no more than
+// a format over a plain file (driver, file.driver=file, the file name,
+// node names): qemu-img then names the image by its file, not by a
+// json: rendering of the options.
+func PlainImageOpts(opts string) bool {
+	s, err := ImageOptsSpec(opts)
+	if err != nil {
+		return false
+	}
+	for k, v := range s {
+		switch k {
+		case "driver", "filename", "file", "file.filename", "node-name", "file.node-name":
+		case "file.driver":
+			if v != "file" {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
 }

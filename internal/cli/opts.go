@@ -138,6 +138,9 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 // Run runs one image command body and turns its error into qemu-img's
 // conventions: help on stdout (exit 0), "ringblk: …" (Prog) on stderr (exit 1).
 func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
+	// A command's --object definitions are its own command line's (one
+	// process per command; tests run several in one process).
+	resetObjects()
 	code, err := body()
 	if err == nil {
 		return code

@@ -89,6 +89,9 @@ func OpenBlkSpecIn(c *aio.Context, g *block.Graph, s chain.Spec, o BlkOptions) (
 		Discard:     o.Discard,
 		QcowOptions: o.QcowOptions,
 		Name:        NodeNameFor(g, ""),
+		KeySecrets:  o.KeySecrets,
+		HeaderOnly:  o.HeaderOnly,
+		Secret:      Secret,
 	}
 	if o.Cache != "" {
 		m, ok := raw.ParseCache(o.Cache)

@@ -53,10 +53,10 @@ const amendKeysHelp = `Amend options for 'qcow2':
   size=<size>            - Virtual disk size (growing only)
 `
 
-var amendSpec = cli.OptSpec{
+var amendSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'o': true, 't': true, 'p': false, 'q': false, 'h': false},
 	Long:  map[string]bool{"quiet": false, "force": false, "help": false},
-}
+})
 
 // Amend is "ringblk amend" (qemu-img amend): args are what follows the
 // command name; the result is the exit status.
@@ -73,8 +73,18 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		format, cache := "", ""
 		progress, quiet := false, false
 		var olist []string
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
+		force := false
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
+			case "force":
+				force = true
 			case "f":
 				format = o.Val
 			case "o":
@@ -86,6 +96,13 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			case "q", "quiet":
 				quiet = true
 			}
+		}
+		if len(operands) == 1 && isLuksAmend(olist) {
+			// LUKS key slots (luks_amend.go).
+			if err := amendLuks(operands[0], format, olist, &ia, force); err != nil {
+				return 1, err
+			}
+			return 0, nil
 		}
 		var ao *qcow2fmt.ImageOptions
 		if len(olist) > 0 {

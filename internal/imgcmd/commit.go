@@ -37,10 +37,10 @@ file; an image with internal snapshots or bitmaps cannot be emptied
 (use -d).
 `
 
-var commitSpec = cli.OptSpec{
+var commitSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 't': true, 'b': true, 'r': true, 'd': false, 'p': false, 'q': false, 'h': false},
 	Long:  map[string]bool{"quiet": false, "help": false},
-}
+})
 
 // Commit is "ringblk commit" (qemu-img commit): args are what follows the
 // command name; the result is the exit status.
@@ -50,16 +50,20 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		if imageOpts {
-			return 1, cli.Usagef("--image-opts is not supported by ringblk's commit (name the image file)")
-		}
 		opts, operands, err := cli.ParseOpts(args, commitSpec)
 		if err != nil {
 			return 1, err
 		}
 		var format, cache, base string
 		var keep, progress, quiet, haveBase bool
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
@@ -83,10 +87,19 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name")
 		}
+		var keys [][]byte
+		if ia.ImageOpts {
+			bo := cli.BlkOptions{Format: format}
+			p, err := ia.Resolve(operands[0], &bo)
+			if err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", operands[0], err)
+			}
+			operands[0], format, keys = p, bo.Format, bo.KeySecrets
+		}
 		if format != "" && format != "raw" && format != "qcow2" {
 			return 1, fmt.Errorf("Could not open '%s': Unknown driver '%s'", operands[0], format)
 		}
-		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep}
+		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep, keys: keys}
 		if err := c.plan(); err != nil {
 			return 1, err
 		}
@@ -104,6 +117,7 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 type committer struct {
 	path, format, cache, base string
 	haveBase, keep            bool
+	keys                      [][]byte // key secrets by chain depth (--image-opts)
 
 	// From plan: the layers above the base (top first) and the base.
 	above []chainLevel
@@ -114,7 +128,7 @@ type committer struct {
 
 // plan opens the chain read-only and finds the layers and the base.
 func (c *committer) plan() error {
-	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache})
+	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache, KeySecrets: c.keys})
 	if err != nil {
 		return err
 	}
@@ -189,7 +203,7 @@ func (c *committer) run(bar *cli.Progress) error {
 	if err != nil {
 		return err
 	}
-	baseImg, err := cli.OpenBlkIn(env, g, c.baseL.path, cli.BlkOptions{Format: c.baseL.format, Cache: c.cache})
+	baseImg, err := cli.OpenBlkIn(env, g, c.baseL.path, cli.BlkOptions{Format: c.baseL.format, Cache: c.cache, KeySecrets: c.keysFrom(len(c.above))})
 	if err != nil {
 		env.Stop()
 		return err
@@ -208,8 +222,8 @@ func (c *committer) run(bar *cli.Progress) error {
 		}
 		return err
 	}
-	for _, l := range c.above {
-		li, err := cli.OpenBlkIn(env, g, l.path, cli.BlkOptions{Format: l.format, ReadOnly: true, NoBacking: true, Cache: c.cache})
+	for i, l := range c.above {
+		li, err := cli.OpenBlkIn(env, g, l.path, cli.BlkOptions{Format: l.format, ReadOnly: true, NoBacking: true, Cache: c.cache, KeySecrets: c.keysFrom(i)})
 		if err != nil {
 			closeAll()
 			return err
@@ -299,8 +313,18 @@ func (c *committer) empty() error {
 		LazyRefcounts:   h.CompatibleFeatures&qcow2fmt.CompatLazyRefcounts != 0,
 		CompressionType: h.CompressionType,
 	}
+	area, err := readCryptoArea(c.path, h)
+	if err != nil {
+		return fmt.Errorf("Could not empty %s: %v", c.path, err)
+	}
 	if err := writeQcow2(c.path, int64(h.Size), co); err != nil {
 		return fmt.Errorf("Could not empty %s: %v", c.path, err)
+	}
+	if area != nil {
+		// The emptied image keeps its LUKS header and key slots.
+		if err := installQcowEncryption(c.path, area); err != nil {
+			return fmt.Errorf("Could not empty %s: %v", c.path, err)
+		}
 	}
 	return nil
 }

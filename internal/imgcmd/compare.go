@@ -31,10 +31,10 @@ Exit status: 0 identical, 1 different, 2 an image could not be opened,
   -h, --help        this help
 `
 
-var compareSpec = cli.OptSpec{
+var compareSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'F': true, 'T': true, 'p': false, 'q': false, 's': false, 'U': false, 'h': false},
 	Long:  map[string]bool{"force-share": false, "help": false},
-}
+})
 
 // compareBufSize is how much of each image one comparison step reads.
 const compareBufSize = 2 << 20
@@ -47,9 +47,6 @@ func Compare(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		if imageOpts {
-			return 1, cli.Usagef("--image-opts is not supported by ringblk's compare (name the image file)")
-		}
 		opts, operands, err := cli.ParseOpts(args, compareSpec)
 		if err != nil {
 			return 1, err
@@ -57,7 +54,14 @@ func Compare(args []string, stdout, stderr io.Writer) int {
 		c := &comparer{out: stdout}
 		var fmt1, fmt2, cache string
 		var showProgress, forceShare bool
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				fmt1 = o.Val
@@ -97,13 +101,13 @@ func Compare(args []string, stdout, stderr io.Writer) int {
 
 		bo := cli.BlkOptions{ReadOnly: true, ForceShare: forceShare, Cache: cache}
 		bo.Format = fmt1
-		img1, err := cli.OpenBlk(c.name1, bo)
+		img1, err := ia.Open(c.name1, bo)
 		if err != nil {
 			return 2, err
 		}
 		defer img1.Close()
 		bo.Format = fmt2
-		img2, err := cli.OpenBlkIn(img1.Ctx, img1.Graph, c.name2, bo)
+		img2, err := ia.OpenIn(img1.Ctx, img1.Graph, c.name2, bo)
 		if err != nil {
 			return 2, err
 		}

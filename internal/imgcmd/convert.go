@@ -50,11 +50,11 @@ Ranges that read as zeroes are not written (sparse output).
   -h, --help      this help
 `
 
-var convertSpec = cli.OptSpec{
+var convertSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
 		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
 	Long: map[string]bool{"force-share": false, "help": false},
-}
+})
 
 const (
 	convertBufSize = 2 << 20  // bytes per request (qemu-img's buffer size)
@@ -77,6 +77,8 @@ type convertReq struct {
 	cache, srcCache     string
 	noFlush             bool // -t unsafe
 	inFlight            int
+	args                cli.ImageArgs // --object (secrets of -o)
+	srcKeys             [][]byte      // SRC's key secrets (--image-opts, json:)
 }
 
 // Convert is "ringblk convert" (qemu-img convert): args are what follows the
@@ -102,6 +104,12 @@ func parseConvert(args []string) (*convertReq, error) {
 	}
 	r := &convertReq{dstFmt: "raw", minSparse: 4096, inFlight: 8}
 	for _, o := range opts {
+		if took, err := r.args.Take(o); took {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
 		switch o.Name {
 		case "f":
 			r.srcFmt = o.Val
@@ -156,6 +164,9 @@ func parseConvert(args []string) (*convertReq, error) {
 	// Several sources are concatenated into the one target.
 	r.src, r.more, r.dst = operands[0], operands[1:len(operands)-1], operands[len(operands)-1]
 	srcFmt := r.srcFmt
+	if r.srcKeys, err = cli.KeySecretsOf(r.src, imageOpts); err != nil {
+		return nil, err
+	}
 	if r.src, r.srcFmt, err = cli.ImageFile(r.src, srcFmt, imageOpts); err != nil {
 		return nil, err
 	}
@@ -218,7 +229,7 @@ func parseConvert(args []string) (*convertReq, error) {
 }
 
 func runConvert(r *convertReq, stdout io.Writer) (err error) {
-	src, err := cli.OpenBlk(r.src, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache})
+	src, err := cli.OpenBlk(r.src, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache, KeySecrets: r.srcKeys})
 	if err != nil {
 		return err
 	}
@@ -261,7 +272,12 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 			return err
 		}
 	}
-	dst, err := cli.OpenBlkIn(src.Ctx, src.Graph, r.dst, cli.BlkOptions{Format: r.dstFmt, Cache: r.cache})
+	dbo := cli.BlkOptions{Format: r.dstFmt, Cache: r.cache}
+	encrypted, err := targetSecret(r, &dbo)
+	if err != nil {
+		return err
+	}
+	dst, err := cli.OpenBlkIn(src.Ctx, src.Graph, r.dst, dbo)
 	if err != nil {
 		return err
 	}
@@ -301,7 +317,9 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 			r: r, src: ch, dst: dst.Node, size: ch.size(), dstBase: base,
 			topOnly: r.backing != "",
 			// A created file reads as zeroes; an NBD export keeps its old data.
-			zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst),
+			// An encrypted target reads as zeroes only where nothing is
+			// allocated (qcow2 without preallocation).
+			zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst) && encrypted != encryptedNoZeroInit,
 			progress: progress,
 		}
 		if len(chains) > 1 {
@@ -355,10 +373,13 @@ func createTarget(r *convertReq, size int64) error {
 		}
 		cr.size = n
 	}
-	if cr.format == "raw" {
+	switch cr.format {
+	case "raw":
 		_, err = createRaw(cr)
-	} else {
-		_, err = createQcow2(cr)
+	case "luks":
+		_, err = createLuks(cr, &r.args.Objects)
+	default:
+		_, err = createQcow2(cr, &r.args.Objects)
 	}
 	var le *raw.LockError
 	if errors.As(err, &le) {

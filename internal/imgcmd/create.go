@@ -24,7 +24,7 @@ Create a new raw or qcow2 image (replacing FILE if it exists), as
 qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
 1024); with -b it defaults to the backing file's virtual size.
 
-  -f fmt           raw (default) or qcow2
+  -f fmt           raw (default), qcow2 or luks
   -o options       comma-separated key=value list:
                      raw:   size, preallocation=off|falloc|full
                      qcow2: size, cluster_size (512..2M, default 64k),
@@ -34,6 +34,12 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
                             lazy_refcounts=off|on, extended_l2=off|on,
                             compression_type=zlib|zstd (zstd: read and
                             uncompressed writes; compressed writes refused)
+                     luks:  key-secret=ID (a --object secret), cipher-alg
+                            (aes-128|aes-192|aes-256), cipher-mode (xts|cbc),
+                            ivgen-alg (plain|plain64|essiv), ivgen-hash-alg,
+                            hash-alg, iter-time (ms)
+  --object secret,id=ID,data=PASS|file=PATH[,format=raw|base64]
+                   a secret that key-secret= names
   -b backing       backing file (qcow2), relative to FILE's directory
   -F backing_fmt   backing file format (raw or qcow2); required with -b
   -q, --quiet      do not print the "Formatting ..." line
@@ -42,7 +48,7 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
 
 var createSpec = cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'o': true, 'b': true, 'F': true, 'q': false, 'u': false, 'h': false},
-	Long:  map[string]bool{"quiet": false, "help": false},
+	Long:  map[string]bool{"quiet": false, "help": false, "object": true},
 }
 
 // createReq is a parsed create command line.
@@ -71,8 +77,13 @@ func Create(args []string, stdout, stderr io.Writer) int {
 		}
 		r := &createReq{format: "raw"}
 		var olist []string
+		var objs cli.Objects
 		for _, o := range opts {
 			switch o.Name {
+			case "object":
+				if err := objs.Add(o.Val); err != nil {
+					return 1, err
+				}
 			case "f":
 				r.format = o.Val
 			case "o":
@@ -122,10 +133,13 @@ func Create(args []string, stdout, stderr io.Writer) int {
 			r.hasSize = true
 		}
 		var line string
-		if r.format == "raw" {
+		switch r.format {
+		case "raw":
 			line, err = createRaw(r)
-		} else {
-			line, err = createQcow2(r)
+		case "luks":
+			line, err = createLuks(r, &objs)
+		default:
+			line, err = createQcow2(r, &objs)
 		}
 		// qemu-img prints the "Formatting" line before it touches the
 		// file, so it is there when the creation then fails.
@@ -207,10 +221,11 @@ func createNBD(uri string, size int64) error {
 	return img.Node.Flush()
 }
 
-func createQcow2(r *createReq) (string, error) {
+func createQcow2(r *createReq, objs *cli.Objects) (string, error) {
 	if nbd.IsURI(r.file) {
 		return "", fmt.Errorf("%s: ringblk creates only raw images on NBD exports (the server applies the format)", r.file)
 	}
+	enc, encErr := takeQcowEncrypt(r)
 	if err := backingWithoutFormat(r); err != nil {
 		return "", err
 	}
@@ -243,6 +258,8 @@ func createQcow2(r *createReq) (string, error) {
 		bimg.Close()
 	}
 	line := qcow2FormatLine(r, o, nil) + hint
+	// The encryption options come first, as qemu-img prints them.
+	line = strings.Replace(line, "fmt=qcow2 ", "fmt=qcow2"+enc.formatLine+" ", 1)
 	if _, err = format.Layout(r.size, co); err != nil {
 		// qemu-img's driver finds this after the "Formatting" line.
 		var fe *format.FormatError
@@ -251,8 +268,19 @@ func createQcow2(r *createReq) (string, error) {
 		}
 		return line, fmt.Errorf("%s: %v", r.file, err)
 	}
+	if encErr == nil {
+		encErr = enc.setup(objs)
+	}
+	if encErr != nil {
+		return line, fmt.Errorf("%s: %v", r.file, encErr)
+	}
 	if err := writeQcow2(cli.FilePath(r.file), r.size, co); err != nil {
 		return line, createErr(r.file, err)
+	}
+	if enc.format == "luks" {
+		if err := encryptQcow2(cli.FilePath(r.file), enc.lo.co); err != nil {
+			return line, createErr(r.file, err)
+		}
 	}
 	return line, nil
 }

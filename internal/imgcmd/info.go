@@ -33,10 +33,10 @@ matches qemu-img info (7.2), including --output=json.
   -h, --help       this help
 `
 
-var infoSpec = cli.OptSpec{
+var infoSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "force-share": false, "backing-chain": false, "help": false},
-}
+})
 
 // Info is "ringblk info" (qemu-img info): args are what follows the
 // command name; the result is the exit status.
@@ -51,7 +51,14 @@ func Info(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		format, output, chain, share := "", "human", false, false
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "U", "force-share":
 				share = true
@@ -72,7 +79,14 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		if len(files) != 1 {
 			return 1, cli.Usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
 		}
-		if files[0], format, err = cli.ImageFile(files[0], format, imageOpts); err != nil {
+		display := ""
+		if ia.ImageOpts && !cli.PlainImageOpts(files[0]) {
+			// info reads headers only: key secrets are not looked up.
+			// Options beyond a format over a file name the image as a
+			// json: filename, as qemu-img does.
+			display = imageOptsName(files[0])
+		}
+		if files[0], format, err = cli.ImageFile(files[0], format, ia.ImageOpts); err != nil {
 			return 1, err
 		}
 		if nbd.IsURI(files[0]) {
@@ -97,6 +111,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			imgs = append(imgs, img)
+			if len(imgs) == 1 {
+				img.display = display
+			}
 			if err := img.lockForRead(share); err != nil {
 				return 1, err
 			}
@@ -172,7 +189,7 @@ func imageInfo(img *openedImage) *object {
 	} else {
 		o.set("virtual-size", img.size)
 	}
-	o.set("filename", img.path)
+	o.set("filename", img.name())
 	if h != nil {
 		o.set("cluster-size", h.ClusterSize())
 	}
@@ -194,6 +211,9 @@ func imageInfo(img *openedImage) *object {
 			data.set("lazy-refcounts", h.CompatibleFeatures&format.CompatLazyRefcounts != 0)
 		}
 		data.set("refcount-bits", 1<<h.RefcountOrder)
+		if img.luks != nil {
+			data.set("encrypt", luksInfo(img.luks, true))
+		}
 		if h.Version >= 3 {
 			data.set("corrupt", h.IncompatibleFeatures&format.IncompatCorrupt != 0)
 			data.set("extended-l2", h.ExtendedL2())
@@ -204,9 +224,21 @@ func imageInfo(img *openedImage) *object {
 		o.set("format-specific", fs)
 		if h.BackingFile != "" {
 			o.set("full-backing-filename", combinePath(img.path, h.BackingFile))
+		}
+		if h.Encrypted() {
+			o.set("encrypted", true)
+		}
+		if h.BackingFile != "" {
 			o.set("backing-filename", h.BackingFile)
 		}
 		o.set("dirty-flag", h.IncompatibleFeatures&format.IncompatDirty != 0)
+	} else if img.luks != nil {
+		fs := newObject()
+		fs.set("type", "luks")
+		fs.set("data", luksInfo(img.luks, false))
+		o.set("format-specific", fs)
+		o.set("encrypted", true)
+		o.set("dirty-flag", false)
 	} else {
 		o.set("dirty-flag", false)
 	}
@@ -232,10 +264,17 @@ func snapshotInfo(s *format.Snapshot) *object {
 func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	var b strings.Builder
 	vs := info.vals["virtual-size"].(int64)
-	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.path, img.format)
+	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.name(), img.format)
 	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", sizeToStr(vs), vs)
 	fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
+	if img.luks != nil {
+		b.WriteString("encrypted: yes\n")
+	}
 	if img.qcow == nil {
+		if img.luks != nil {
+			b.WriteString("Format specific information:\n")
+			dumpObject(&b, info.vals["format-specific"].(*object).vals["data"].(*object), 4)
+		}
 		_, err := io.WriteString(w, b.String())
 		return err
 	}
@@ -261,10 +300,7 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 		return err
 	}
 	b.WriteString("Format specific information:\n")
-	data := info.vals["format-specific"].(*object).vals["data"].(*object)
-	for _, k := range data.keys {
-		fmt.Fprintf(&b, "    %s: %v\n", strings.ReplaceAll(k, "-", " "), data.vals[k])
-	}
+	dumpObject(&b, info.vals["format-specific"].(*object).vals["data"].(*object), 4)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

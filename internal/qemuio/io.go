@@ -13,8 +13,11 @@ import (
 	"os"
 	"strings"
 
+	"github.com/ringblk/ringblk/crypto/luks"
 	"github.com/ringblk/ringblk/drivers/chain"
+	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"golang.org/x/sys/unix"
@@ -185,7 +188,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 		}
 		switch r.bo.Format {
-		case "", "raw", "qcow2", "null":
+		case "", "raw", "qcow2", "null", "luks":
 		case "null-co":
 			r.bo.Format = "null"
 		default:
@@ -393,6 +396,9 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 			return nil, be
 		case errors.As(err, &le):
 			return nil, le
+		case errors.Is(err, luks.ErrBadPassword) || errors.Is(err, luksdrv.ErrKeySecretRequired) || errors.Is(err, qcow2.ErrKeySecretRequired):
+			// qemu-io's words for encrypted images: the cause alone.
+			return nil, cli.OpenCause(err)
 		}
 		return nil, err
 	}
