@@ -65,7 +65,6 @@ func SplitKeyValues(s, implied string) ([]KeyValue, error) {
 	return out, nil
 }
 
-
 // Objects is a command's view of the --object registry (AddObject,
 // Secret): the objects themselves are the process's.
 type Objects struct{}
