@@ -544,7 +544,7 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 	if secrets != nil {
 		o.KeySecrets = secrets
 	}
-	n, drv, err := openQcow2On(b.G, child, cimg.Path, o, name, 0, nil, true)
+	n, drv, err := qcow2Over(b.G, child, cimg.Path, o, name, 0, nil, true)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/ringblk/ringblk/crypto/luks"
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -69,6 +70,8 @@ type openedImage struct {
 	luks   *luks.Header // format luks, or a qcow2 image's LUKS header
 	// display is the name info shows when not path (--image-opts).
 	display string
+	// remote: no local file (a qcow2 image in RBD): no disk size.
+	remote bool
 }
 
 func (o *openedImage) name() string {
@@ -78,7 +81,11 @@ func (o *openedImage) name() string {
 	return o.path
 }
 
-func (o *openedImage) Close() { o.f.Close() }
+func (o *openedImage) Close() {
+	if o.f != nil {
+		o.f.Close()
+	}
+}
 
 // openImage opens path read-only. format "" probes: the qcow2 magic means
 // qcow2, anything else raw.
@@ -178,7 +185,7 @@ func sizeToStr(v int64) string {
 // combinePath resolves a backing file name as QEMU does: relative names
 // are relative to the directory of the image that names them.
 func combinePath(image, backing string) string {
-	if backing == "" || filepath.IsAbs(backing) {
+	if backing == "" || filepath.IsAbs(backing) || rbd.IsName(backing) {
 		return backing
 	}
 	i := strings.LastIndexByte(image, '/')
@@ -230,8 +237,29 @@ func writeJSON(w io.Writer, v any) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
+	_, err = fmt.Fprintf(w, "%s\n", qemuEmptyArrays(b))
 	return err
+}
+
+// qemuEmptyArrays spells empty arrays as qemu-img's JSON printer does:
+// the opening bracket, a newline, and the closing one at the line's
+// indentation ("flags": [ / ]).
+func qemuEmptyArrays(b []byte) []byte {
+	if !bytes.Contains(b, []byte("[]")) {
+		return b
+	}
+	lines := strings.Split(string(b), "\n")
+	var out []string
+	for _, l := range lines {
+		t := strings.TrimRight(l, ",")
+		if strings.HasSuffix(t, "[]") {
+			ind := l[:len(l)-len(strings.TrimLeft(l, " "))]
+			out = append(out, strings.TrimSuffix(t, "]"), ind+"]"+l[len(t):])
+			continue
+		}
+		out = append(out, l)
+	}
+	return []byte(strings.Join(out, "\n"))
 }
 
 // checkOutputFormat validates the format of an image a command creates

@@ -19,6 +19,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"golang.org/x/sys/unix"
 )
@@ -364,12 +365,12 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 	if err := cli.ResolveNull(path, &bo); err != nil {
 		return nil, err
 	}
-	if bo.Format != "null" && !nbd.IsURI(path) {
+	if bo.Format != "null" && !nbd.IsURI(path) && !rbd.IsName(path) {
 		if _, err := os.Stat(path); err != nil {
 			return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
 		}
 	}
-	if bo.Format == "" {
+	if bo.Format == "" && !rbd.IsName(path) { // an RBD image is probed once open
 		// The operator named this file: probing it is allowed; the
 		// chain opener never probes its backing files.
 		f, err := chain.Probe(path)
