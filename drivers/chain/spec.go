@@ -396,11 +396,12 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 
 // qemuProtocols are QEMU's protocol drivers that a filename can name by
 // prefix ("blkdebug:conf:image"). ringblk opens "file" itself and the
-// others when SpecDrivers has them.
+// others when SpecDrivers has them; rbd: and nbd: names are Open's (not
+// listed here).
 var qemuProtocols = map[string]bool{
 	"blkdebug": true, "blkverify": true, "file": true, "host_device": true, "host_cdrom": true,
 	"null-co": true, "null-aio": true, "http": true, "https": true, "ftp": true, "ftps": true,
-	"ssh": true, "iscsi": true, "rbd": true, "gluster": true, "vvfat": true,
+	"ssh": true, "iscsi": true, "gluster": true, "vvfat": true,
 }
 
 // ProtocolPrefix is the protocol a filename starts with ("blkdebug" for

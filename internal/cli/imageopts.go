@@ -194,7 +194,7 @@ func (a *ImageArgs) Resolve(name string, bo *BlkOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	path, f, err := ImageFile(name, bo.Format, a.ImageOpts)
+	path, f, cache, err := ImageFileCache(name, bo.Format, a.ImageOpts)
 	if err != nil {
 		return "", err
 	}
@@ -202,6 +202,9 @@ func (a *ImageArgs) Resolve(name string, bo *BlkOptions) (string, error) {
 		return path, nil
 	}
 	bo.Format = f
+	if cache != "" {
+		bo.Cache = cache // cache.direct=on
+	}
 	if sp, err := ParseImageSpec(name); err == nil && sp.ReadOnly {
 		bo.ReadOnly = true
 	}

@@ -255,3 +255,26 @@ func FilePath(name string) string {
 	}
 	return rest
 }
+
+// PlainImageOpts reports whether an --image-opts string says no more than
+// a format over a plain file (driver, file.driver=file, the file name,
+// node names): qemu-img then names the image by its file, not by a
+// json: rendering of the options.
+func PlainImageOpts(opts string) bool {
+	s, err := ImageOptsSpec(opts)
+	if err != nil {
+		return false
+	}
+	for k, v := range s {
+		switch k {
+		case "driver", "filename", "file", "file.filename", "node-name", "file.node-name":
+		case "file.driver":
+			if v != "file" {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -86,15 +86,7 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk map --help')")
 		}
-		keys, err := cli.KeySecretsOf(operands[0], imageOpts)
-		if err != nil {
-			return 1, err
-		}
-		var cache string
-		if operands[0], format, cache, err = cli.ImageFileCache(operands[0], format, imageOpts); err != nil {
-			return 1, err
-		}
-		img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare, Cache: cache, KeySecrets: keys})
+		img, err := ia.Open(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
 		if err != nil {
 			return 1, err
 		}
