@@ -16,7 +16,8 @@ type entry struct {
 	err       error
 	dirs      [2]dirStats
 	sync      latStat
-	runtimeMs int64 // measured time (longest clone)
+	prios     [2][]prioLat // cmdprio: clat per priority, in first-seen order
+	runtimeMs int64        // measured time (longest clone)
 	usrPct    float64
 	sysPct    float64
 	ctx       uint64
@@ -128,6 +129,11 @@ func (e *entry) add(w *worker, jr *JobResult) {
 		e.sync = newLatStat(true)
 	}
 	e.sync.merge(&w.syncLat)
+	for d := range w.prioClat {
+		for i := range w.prioClat[d] {
+			e.prioSeries(d, w.prio.levels[d][i]).merge(&w.prioClat[d][i])
+		}
+	}
 	for d := range e.dirs {
 		src, dst := &w.stats[d], &e.dirs[d]
 		dst.ios += src.ios
@@ -315,4 +321,39 @@ func (g *groupTotal) bw(d int) float64 {
 		return 0
 	}
 	return float64(g.bytes[d]) * 1000 / float64(g.maxRun[d])
+}
+
+// prioLat is the completion latency of one direction's I/Os of one
+// priority (fio's clat_prio).
+type prioLat struct {
+	prio uint16
+	clat latStat
+}
+
+// prioSeries is the entry's series of priority p in direction d, added
+// when first seen.
+func (e *entry) prioSeries(d int, p uint16) *latStat {
+	for i := range e.prios[d] {
+		if e.prios[d][i].prio == p {
+			return &e.prios[d][i].clat
+		}
+	}
+	e.prios[d] = append(e.prios[d], prioLat{prio: p, clat: newLatStat(true)})
+	return &e.prios[d][len(e.prios[d])-1].clat
+}
+
+// reportedPrios is what fio reports of a direction's priorities: the
+// series that saw I/O, when more than one did (one priority is the plain
+// clat line).
+func (e *entry) reportedPrios(d int) []*prioLat {
+	var out []*prioLat
+	for i := range e.prios[d] {
+		if e.prios[d][i].clat.n > 0 {
+			out = append(out, &e.prios[d][i])
+		}
+	}
+	if len(out) < 2 {
+		return nil
+	}
+	return out
 }

@@ -137,6 +137,9 @@ func (c *threadClone) start() {
 		} else if c.w.cpuSet != nil {
 			pinSet(c.w.cpuSet)
 		}
+		if c.ring == nil {
+			setThreadPrio(c.w.prio.def) // psync: the thread's own priority, as fio's ioprio_set
+		}
 		if d := c.w.startDelay(); d > 0 {
 			time.Sleep(d)
 		}
@@ -237,6 +240,9 @@ func (c *threadClone) runRing() {
 				sqe.PrepWriteFixed(fd, u.buf[:u.n], uint64(u.off), 0, uint64(u.idx))
 			default:
 				sqe.PrepWrite(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
+			}
+			if u.prio != 0 && u.dir != DirSync {
+				sqe.IoPrio = u.prio // prio/prioclass/cmdprio: the SQE's ioprio
 			}
 			if fixedFile {
 				sqe.SetFixedFile()

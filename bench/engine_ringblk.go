@@ -389,10 +389,16 @@ func (c *ringblkClone) refill() {
 			}
 			if u.dir == DirSync {
 				c.q.Flush(c, uint64(u.idx)) // fsync and fdatasync: the node's flush
-			} else if u.dir == DirRead {
-				c.q.Read(u.buf[:u.n], u.off, c, uint64(u.idx))
 			} else {
-				c.q.Write(u.buf[:u.n], u.off, c.writeFlags, c, uint64(u.idx))
+				// Read and Write as the Queue helpers fill them, plus the
+				// I/O's priority (prio, prioclass, cmdprio).
+				r := c.q.Get()
+				r.Op, r.Off, r.Tag, r.Prio = block.OpRead, u.off, uint64(u.idx), u.prio
+				if u.dir == DirWrite {
+					r.Op, r.Flags = block.OpWrite, c.writeFlags
+				}
+				r.SetBuf(u.buf[:u.n])
+				c.q.Submit(r, c)
 			}
 			c.batch = append(c.batch, u)
 		}

@@ -276,6 +276,10 @@ type Job struct {
 	// ringblk engine writes with FUA (durable at completion).
 	SyncIO string
 
+	// IOPrio holds prio, prioclass, the cmdprio options and log_prio
+	// (prio.go).
+	IOPrio jobPrio
+
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
 	Options []Option
@@ -316,6 +320,7 @@ func newJob(name string, loc Loc) *Job {
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, SQThreadPollCPU: -1, DedupeMode: "repeat", DedupeWorkingSet: 5,
 		LatencyPercentile: 100,
+		IOPrio:            jobPrio{Prio: -1, PrioClass: -1, Class: [2]int{ioprioClassRT, ioprioClassRT}},
 		set:               map[string]Loc{},
 	}
 }
@@ -470,6 +475,9 @@ func (j *Job) validate() error {
 				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
 			}
 		}
+	}
+	if err := j.validatePrio(bad, at); err != nil {
+		return err
 	}
 	if j.IOEngine == "psync" {
 		for _, o := range []string{"sqthread_poll", "sqthread_poll_cpu"} {

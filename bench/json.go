@@ -280,7 +280,7 @@ func jsonDir(e *entry, d int, plus bool) obj {
 	if ds.bw.n > 0 && d >= 0 {
 		agg = e.share[d]
 	}
-	return obj{
+	o := obj{
 		{"io_bytes", ds.bytes},
 		{"io_kbytes", ds.bytes / 1024},
 		{"bw_bytes", uint64(bwBytes)},
@@ -305,6 +305,22 @@ func jsonDir(e *entry, d int, plus bool) obj {
 		{"iops_stddev", ds.iops.stddev()},
 		{"iops_samples", ds.iops.n},
 	}
+	if d >= 0 {
+		if ps := e.reportedPrios(d); ps != nil {
+			// fio's "prios", after lat_ns: the clat of each priority used.
+			var arr []obj
+			for _, p := range ps {
+				arr = append(arr, obj{
+					{"prioclass", ioprioClass(p.prio)},
+					{"prio", ioprioLevel(p.prio)},
+					{"clat_ns", latObj(&p.clat, pctsIf(e.job.ClatPercentiles, e.job), plus)},
+				})
+			}
+			i := 12 // after "lat_ns"
+			o = append(o[:i+1], append(obj{{"prios", arr}}, o[i+1:]...)...)
+		}
+	}
+	return o
 }
 
 // latencyDepth is fio's latency_depth: the depth latency_target's search

@@ -203,8 +203,9 @@ func TestLogs(t *testing.T) {
 		}
 		for _, l := range lines {
 			f := strings.Split(l, ", ")
-			if len(f) != 5 || f[2] != "1" || f[3] != "4096" {
-				t.Fatalf("%s log line %q: want time, value, 1, 4096, offset", kind, l)
+			// fio 3.33 with log_offset=1: time, value, ddir, bs, offset, prio.
+			if len(f) != 6 || f[2] != "1" || f[3] != "4096" || f[5] != "0" {
+				t.Fatalf("%s log line %q: want time, value, 1, 4096, offset, 0", kind, l)
 			}
 			if kind == "iops" && f[1] != "1" {
 				t.Fatalf("iops log line %q", l)

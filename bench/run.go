@@ -89,6 +89,7 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 	}
 	res.diskBefore = snapDisks(spec.Jobs)
 	var env *ringblkEnv
+	threads := 0 // clones started so far: fio's thread numbers run across groups
 	defer func() {
 		if env != nil {
 			env.close()
@@ -103,7 +104,7 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 				}
 			}
 		}
-		jr, err := runGroup(env, grp, gid, regions, cpus, opts)
+		jr, err := runGroup(env, grp, gid, regions, cpus, &threads, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -135,7 +136,7 @@ type stopper interface{ stop() error }
 
 func (c *threadClone) stop() error { c.close(); return nil }
 
-func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, cpus int, opts RunOptions) (out []*JobResult, err error) {
+func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, cpus int, threads *int, opts RunOptions) (out []*JobResult, err error) {
 	total := 0
 	for _, j := range grp {
 		total += j.NumJobs
@@ -215,7 +216,8 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 				w.ver.setThread(cj, cloneIdx+1) // fio's thread number seeds its verify state
 			}
 			jr.Clones = append(jr.Clones, w)
-			if w.logs, err = openLogs(j, k); err != nil {
+			*threads++
+			if w.logs, err = openLogs(j, *threads); err != nil {
 				return nil, fmt.Errorf("job %q: %w", j.Name, err)
 			}
 			if w.logs != nil {

@@ -23,6 +23,10 @@ type unit struct {
 	issue  int64
 	submit int64
 	buf    []byte // capacity: the largest block
+	// prio is the I/O's priority (prio.go; 0: the thread's), prioIdx its
+	// index in the clone's per-priority clat series.
+	prio    uint16
+	prioIdx uint8
 }
 
 // phase of a clone.
@@ -94,6 +98,8 @@ type worker struct {
 	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
 	enterReap     uint64       // io_uring_enter calls that waited for completions
 	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
+	prio          prioPicker   // each I/O's priority (prio, prioclass, cmdprio)
+	prioClat      [2][]latStat // cmdprio: clat per priority, indexed as prio.levels
 }
 
 // backlog is a fixed ring of completed writes (offset, length) that
@@ -197,6 +203,14 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 	if j.LatencyTarget > 0 {
 		w.lt = latTarget{qd: 1, low: 1, high: depth}
 	}
+	w.prio = newPrioPicker(j, clone)
+	if w.prio.on {
+		for d := range w.prioClat {
+			for range w.prio.levels[d] {
+				w.prioClat[d] = append(w.prioClat[d], newLatStat(true))
+			}
+		}
+	}
 	w.prog.state.Store('P')
 	w.initPacer()
 	return w
@@ -248,6 +262,11 @@ func (w *worker) beginMeasuring(now int64) {
 		w.stats[d].reset()
 	}
 	w.syncLat.reset()
+	for d := range w.prioClat {
+		for i := range w.prioClat[d] {
+			w.prioClat[d][i].reset()
+		}
+	}
 	w.depthLevel, w.submitDist, w.completeDist = [7]uint64{}, [7]uint64{}, [7]uint64{}
 	w.submitCalls, w.completeCalls = 0, 0
 	w.measureStart = now
@@ -333,6 +352,7 @@ func (w *worker) fill(u *unit, now int64) bool {
 			return false
 		}
 		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
+		u.prio, u.prioIdx = w.prio.def, 0
 		return true
 	}
 	if w.job.VerifyOnly && w.phase != phaseVerify {
@@ -358,6 +378,7 @@ func (w *worker) fill(u *unit, now int64) bool {
 		w.draining = w.backlog.size > 1
 		off, n := w.backlog.pop()
 		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
+		u.prio, u.prioIdx = w.prio.def, 0
 		return true
 	}
 	if n := max(w.job.Fsync, w.job.Fdatasync); n > 0 && w.sinceSync >= n && (w.gen.limit == 0 || w.gen.issued < w.gen.limit) {
@@ -386,6 +407,7 @@ func (w *worker) fill(u *unit, now int64) bool {
 		w.sinceSync++
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
+	u.prio, u.prioIdx = w.prio.pick(dir, n)
 	if dir == DirWrite && w.payload != nil {
 		w.payload.fill(u.buf[:n])
 	}
@@ -436,7 +458,7 @@ func (w *worker) submitted(batch []*unit, t int64) {
 		if measuring && !u.verify && !w.noSlat && !w.job.DisableSlat && u.dir != DirSync {
 			w.stats[u.dir].slat.record(t - u.issue)
 			if w.logs != nil {
-				w.logs.slat(t, int(u.dir), u.n, u.off, t-u.issue)
+				w.logs.slat(t, int(u.dir), u.n, u.off, t-u.issue, u.prio)
 			}
 		}
 	}
@@ -535,6 +557,9 @@ func (w *worker) account(s *dirStats, u *unit, now int64) {
 	s.bytes += uint64(u.n)
 	if !w.job.DisableClat {
 		s.clat.record(now - u.submit)
+		if p := w.prioClat[u.dir]; p != nil && !u.verify {
+			p[u.prioIdx].record(now - u.submit)
+		}
 	}
 	if !w.job.DisableLat {
 		s.lat.record(now - u.issue)
@@ -547,7 +572,7 @@ func (w *worker) account(s *dirStats, u *unit, now int64) {
 		if w.job.DisableLat {
 			lat = -1
 		}
-		w.logs.io(now, int(u.dir), u.n, u.off, clat, lat)
+		w.logs.io(now, int(u.dir), u.n, u.off, clat, lat, u.prio)
 	}
 }
 
