@@ -105,12 +105,12 @@ type logWindow struct {
 
 // cloneLogs are a clone's open logs (nil entries: not asked for).
 type cloneLogs struct {
-	files  [nLogs]*logFile
-	avgNs  int64 // log_avg_msec in ns; 0: an entry per I/O
-	offset  bool // log_offset
-	logPrio bool // log_prio
-	start  int64 // window start
-	win    [2]logWindow
+	files   [nLogs]*logFile
+	avgNs   int64 // log_avg_msec in ns; 0: an entry per I/O
+	offset  bool  // log_offset
+	logPrio bool  // log_prio
+	start   int64 // window start
+	win     [2]logWindow
 }
 
 // logName is fio's file name of a log: PREFIX_bw.N.log (N the clone's

@@ -43,10 +43,10 @@ type cmdprioEntry struct {
 
 // jobPrio holds a job's priority options.
 type jobPrio struct {
-	Prio, PrioClass int      // -1: not set
-	Pct             [2]int   // cmdprio_percentage per direction
-	Class           [2]int   // cmdprio_class (default RT)
-	Level           [2]int   // cmdprio
+	Prio, PrioClass int    // -1: not set
+	Pct             [2]int // cmdprio_percentage per direction
+	Class           [2]int // cmdprio_class (default RT)
+	Level           [2]int // cmdprio
 	Split           [2][]cmdprioEntry
 	LogPrio         bool
 }

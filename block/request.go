@@ -106,7 +106,7 @@ type Request struct {
 	// class<<13 | level; 0: the thread's own). Drivers that issue the
 	// request's data I/O on a file pass it on (raw); others ignore it.
 	Prio uint16
-	Aux    any      // the driver's scratch (store a pointer: no allocation)
+	Aux  any // the driver's scratch (store a pointer: no allocation)
 
 	// Parent is the request a driver issued this one for, if any.
 	Parent *Request
