@@ -56,7 +56,9 @@ func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 	for _, j := range jobs {
 		if j.IOEngine == "ringblk" && j.Format != "null" && j.RW.Writes() {
 			for k := 0; k < j.NumJobs; k++ {
-				e.writers[chain.FileID(j.cloneJob(k).Filename)] = true
+				for _, fj := range j.cloneJob(k).fileJobs() {
+					e.writers[chain.FileID(fj.Filename)] = true
+				}
 			}
 		}
 	}
@@ -228,7 +230,8 @@ func (rj *ringblkJob) close() error {
 type ringblkClone struct {
 	w          *worker
 	ctx        *aio.Context
-	q          *block.Queue
+	q          *block.Queue   // the first file's queue
+	qs         []*block.Queue // a queue per file (several files: files.go)
 	refillBH   *aio.BH
 	scheduled  bool
 	batch      []*unit
@@ -244,7 +247,8 @@ type ringblkClone struct {
 // arenaLimit caps the arena a clone asks for; larger buffer sets are mmap'd.
 const arenaLimit = 256 << 20
 
-func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*ringblkClone, error) {
+func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker) (*ringblkClone, error) {
+	rj := rjs[0]
 	j := w.job
 	page := 4096
 	per := 1 << bits.Len(uint((w.maxBlock()+page-1)/page-1)) * page
@@ -281,6 +285,9 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		ctx.Run(func() { pinSet(w.cpuSet) })
 	}
 	c := &ringblkClone{w: w, ctx: ctx, q: rj.fe.Queue(ctx), done: done, batch: make([]*unit, 0, len(w.units))}
+	for _, r := range rjs {
+		c.qs = append(c.qs, r.fe.Queue(ctx))
+	}
 	if j.SyncIO != "" {
 		c.writeFlags = block.FUA
 	}
@@ -377,7 +384,9 @@ func (c *ringblkClone) refill() {
 	defer c.ctx.Unplug()
 	for {
 		c.batch = c.batch[:0]
-		c.q.Plug()
+		for _, q := range c.qs {
+			q.Plug()
+		}
 		for len(c.batch) < batchSize {
 			u := w.take()
 			if u == nil {
@@ -388,21 +397,25 @@ func (c *ringblkClone) refill() {
 				break
 			}
 			if u.dir == DirSync {
-				c.q.Flush(c, uint64(u.idx)) // fsync and fdatasync: the node's flush
+				c.qs[u.off].Flush(c, uint64(u.idx)) // fsync and fdatasync: the node's flush (u.off: the file)
 			} else {
 				// Read and Write as the Queue helpers fill them, plus the
 				// I/O's priority (prio, prioclass, cmdprio).
-				r := c.q.Get()
-				r.Op, r.Off, r.Tag, r.Prio = block.OpRead, u.off, uint64(u.idx), u.prio
+				fi, off := w.files.locate(u.off)
+				q := c.qs[fi]
+				r := q.Get()
+				r.Op, r.Off, r.Tag, r.Prio = block.OpRead, off, uint64(u.idx), u.prio
 				if u.dir == DirWrite {
 					r.Op, r.Flags = block.OpWrite, c.writeFlags
 				}
 				r.SetBuf(u.buf[:u.n])
-				c.q.Submit(r, c)
+				q.Submit(r, c)
 			}
 			c.batch = append(c.batch, u)
 		}
-		c.q.Unplug()
+		for _, q := range c.qs {
+			q.Unplug()
+		}
 		if len(c.batch) == 0 {
 			break
 		}

@@ -292,6 +292,16 @@ type Job struct {
 	// job with that file name).
 	perCloneFile bool
 	cloneJobs    []*Job
+
+	// Several files per clone (files.go): Files are filename=a:b's names
+	// (or, with nrfiles, the clone's generated names), NrFiles nrfiles,
+	// FileService file_service_type with its :N, fileSize each file's
+	// size (the region is len(Files) of them, one after another).
+	Files         []string
+	NrFiles       int
+	FileService   string
+	FileServiceNr int
+	fileSize      int64
 }
 
 // cloneJob is the job clone k runs: j itself, or with per-clone files a
@@ -305,7 +315,13 @@ func (j *Job) cloneJob(k int) *Job {
 		for i := 1; i < j.NumJobs; i++ {
 			c := *j
 			c.cloneJobs = nil
-			c.Filename = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i))
+			c.Filename = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i, 0))
+			if len(j.Files) > 0 {
+				c.Files = make([]string, len(j.Files))
+				for f := range c.Files {
+					c.Files[f] = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i, f))
+				}
+			}
 			j.cloneJobs[i] = &c
 		}
 	}
@@ -498,11 +514,14 @@ func (j *Job) validate() error {
 			}
 		}
 	}
+	if err := j.setupFiles(bad, at); err != nil {
+		return err
+	}
 	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
 		// fio's default file: jobname.clone.file in directory=, one per
 		// clone.
 		j.perCloneFile = j.NumJobs > 1
-		j.Filename = j.cloneFileName(0)
+		j.Filename = j.cloneFileName(0, 0)
 		if j.Directory != "" {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
@@ -577,12 +596,12 @@ func (j *Job) validate() error {
 }
 
 // cloneFileName is clone k's file without filename=: filename_format
-// expanded (fio's default "$jobname.$jobnum.$filenum"; one file per clone,
-// so $filenum is 0).
-func (j *Job) cloneFileName(k int) string {
-	f := j.FilenameFormat
-	if f == "" {
-		f = "$jobname.$jobnum.$filenum"
+// expanded (fio's default "$jobname.$jobnum.$filenum"): clone k's file
+// number f (0 unless nrfiles gives a clone several).
+func (j *Job) cloneFileName(k, f int) string {
+	format := j.FilenameFormat
+	if format == "" {
+		format = "$jobname.$jobnum.$filenum"
 	}
-	return strings.NewReplacer("$jobname", j.Name, "$jobnum", strconv.Itoa(k), "$filenum", "0").Replace(f)
+	return strings.NewReplacer("$jobname", j.Name, "$jobnum", strconv.Itoa(k), "$filenum", strconv.Itoa(f)).Replace(format)
 }

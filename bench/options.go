@@ -56,18 +56,29 @@ func init() {
 				return nil
 			}
 			var b strings.Builder
+			var names []string
 			for i := 0; i < len(v); i++ {
 				switch {
 				case v[i] == '\\' && i+1 < len(v) && v[i+1] == ':':
 					b.WriteByte(':')
 					i++
 				case v[i] == ':':
-					return fmt.Errorf("several files in one job (filename=a:b) are not implemented: give each file its own job, or escape a colon in a name as \\:")
+					names = append(names, b.String()) // several files (files.go)
+					b.Reset()
 				default:
 					b.WriteByte(v[i])
 				}
 			}
-			j.Filename = b.String()
+			names = append(names, b.String())
+			for _, n := range names {
+				if n == "" {
+					return fmt.Errorf("an empty file name in %q", v)
+				}
+			}
+			j.Filename, j.Files = names[0], nil
+			if len(names) > 1 {
+				j.Files = names
+			}
 			return nil
 		}},
 		"directory": {help: "directory prefixed to a relative filename", set: func(j *Job, v string) error { j.Directory = v; return nil }},
@@ -586,6 +597,8 @@ func init() {
 		"new_group":         {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
 		"invalidate":        {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
 	}
+	registerPrioOptions()
+	registerFileOptions()
 }
 
 // checkEngine says whether bench implements engine.

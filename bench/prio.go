@@ -165,7 +165,7 @@ func parseCmdprioSplit(v string) ([2][]cmdprioEntry, error) {
 	return out, nil
 }
 
-func init() {
+func registerPrioOptions() {
 	for k, v := range map[string]optionSpec{
 		"prio": {help: "I/O priority level 0..7 of every I/O (with prioclass)", set: intSetter(0, 7, func(j *Job, n int) { j.IOPrio.Prio = n })},
 		"prioclass": {help: "I/O priority class of every I/O: 1 realtime, 2 best-effort, 3 idle", set: intSetter(0, 3, func(j *Job, n int) {

@@ -80,7 +80,11 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 			if k > 0 && cj == j {
 				break
 			}
-			off, n, err := prepareFile(cj, opts.Log)
+			prep := prepareFile
+			if cj.multiFile() {
+				prep = prepareFiles
+			}
+			off, n, err := prep(cj, opts.Log)
 			if err != nil {
 				return nil, err
 			}
@@ -114,8 +118,10 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 			}
 			for k := 0; k < j.NumJobs; k++ {
 				if cj := j.cloneJob(k); k == 0 || cj != j {
-					if err := os.Remove(cj.Filename); err != nil && !os.IsNotExist(err) {
-						return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+					for _, fj := range cj.fileJobs() {
+						if err := os.Remove(fj.Filename); err != nil && !os.IsNotExist(err) {
+							return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+						}
 					}
 				}
 			}
@@ -181,18 +187,32 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	cloneIdx := 0
 	for _, j := range grp {
 		if j.Invalidate && j.Filename != "" {
-			invalidate(j.Filename)
+			for _, fj := range j.fileJobs() {
+				invalidate(fj.Filename)
+			}
 		}
 		jr := &JobResult{Job: j, GroupID: gid}
 		out = append(out, jr)
 		reg := regions[j]
-		var rj *ringblkJob
-		if j.IOEngine == "ringblk" {
-			if rj, err = env.openJob(j, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
-				return nil, fmt.Errorf("job %q: %w", j.Name, err)
+		// The ringblk engine: an image node and front end per file.
+		var rjs []*ringblkJob
+		openFiles := func(cj *Job) error {
+			rjs = rjs[:0:0]
+			for _, fj := range cj.fileJobs() {
+				rj, err := env.openJob(fj, fmt.Sprintf("%s#%d", j.Name, len(rjobs)))
+				if err != nil {
+					return fmt.Errorf("job %q: %w", j.Name, err)
+				}
+				rj.res = jr
+				rjobs = append(rjobs, rj)
+				rjs = append(rjs, rj)
 			}
-			rj.res = jr
-			rjobs = append(rjobs, rj)
+			return nil
+		}
+		if j.IOEngine == "ringblk" {
+			if err = openFiles(j); err != nil {
+				return nil, err
+			}
 		}
 		for k := 0; k < j.NumJobs; k++ {
 			cj := j.cloneJob(k)
@@ -201,14 +221,14 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 				// ringblk engine, its own image node and front end.
 				reg = regions[cj]
 				if cj.Invalidate {
-					invalidate(cj.Filename)
-				}
-				if rj != nil {
-					if rj, err = env.openJob(cj, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
-						return nil, fmt.Errorf("job %q: %w", j.Name, err)
+					for _, fj := range cj.fileJobs() {
+						invalidate(fj.Filename)
 					}
-					rj.res = jr
-					rjobs = append(rjobs, rj)
+				}
+				if rjs != nil {
+					if err = openFiles(cj); err != nil {
+						return nil, err
+					}
 				}
 			}
 			w := newWorker(cj, k, reg[0]+int64(k)*j.OffsetIncrement, reg[1])
@@ -226,8 +246,8 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			cpu, cpuSet := placement(j, k, cloneIdx, cpus)
 			w.cpuSet = cpuSet
 			cloneIdx++
-			if rj != nil {
-				c, err := newRingblkClone(rj, w, cpu, done)
+			if rjs != nil {
+				c, err := newRingblkClone(rjs, w, cpu, done)
 				if err != nil {
 					return nil, fmt.Errorf("job %q: %w", j.Name, err)
 				}

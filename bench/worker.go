@@ -98,6 +98,9 @@ type worker struct {
 	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
 	enterReap     uint64       // io_uring_enter calls that waited for completions
 	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
+	files         fileMap      // several files: a region offset's file (files.go)
+	lastFile      int          // the file of the last write (fsync=N syncs it)
+	endSyncFile   int          // end_fsync: the next file to sync
 	prio          prioPicker   // each I/O's priority (prio, prioclass, cmdprio)
 	prioClat      [2][]latStat // cmdprio: clat per priority, indexed as prio.levels
 }
@@ -203,6 +206,7 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 	if j.LatencyTarget > 0 {
 		w.lt = latTarget{qd: 1, low: 1, high: depth}
 	}
+	w.files = newFileMap(j)
 	w.prio = newPrioPicker(j, clone)
 	if w.prio.on {
 		for d := range w.prioClat {
@@ -383,7 +387,8 @@ func (w *worker) fill(u *unit, now int64) bool {
 	}
 	if n := max(w.job.Fsync, w.job.Fdatasync); n > 0 && w.sinceSync >= n && (w.gen.limit == 0 || w.gen.issued < w.gen.limit) {
 		w.sinceSync = 0
-		u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
+		// A sync unit's off is the index of the file it syncs.
+		u.dir, u.off, u.n, u.verify, u.issue = DirSync, int64(w.lastFile), 0, false, now
 		return true
 	}
 	var dir int
@@ -405,6 +410,9 @@ func (w *worker) fill(u *unit, now int64) bool {
 	}
 	if dir == DirWrite {
 		w.sinceSync++
+		if w.files.n > 1 {
+			w.lastFile, _ = w.files.locate(off)
+		}
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
 	u.prio, u.prioIdx = w.prio.pick(dir, n)
@@ -423,8 +431,10 @@ func (w *worker) endSync(u *unit, now int64) bool {
 	if !w.job.EndFsync || w.endSynced || !w.job.RW.Writes() || w.phase == phaseVerify || w.busy > 1 {
 		return false
 	}
-	w.endSynced = true
-	u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
+	// Every file once, one after another.
+	u.dir, u.off, u.n, u.verify, u.issue = DirSync, int64(w.endSyncFile), 0, false, now
+	w.endSyncFile++
+	w.endSynced = w.endSyncFile >= max(int(w.files.n), 1)
 	return true
 }
 
