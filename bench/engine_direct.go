@@ -109,6 +109,13 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 		}
 		return nil, fmt.Errorf("buffers: %w", err)
 	}
+	if err := bindBuffers(w.job, mem); err != nil {
+		unix.Munmap(mem)
+		for _, o := range fs {
+			o.Close()
+		}
+		return nil, err
+	}
 	bufs := make([][]byte, len(w.units))
 	for i := range bufs {
 		bufs[i] = mem[i*per : i*per+w.maxBlock()]

@@ -321,6 +321,12 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 			c.bufs = append(c.bufs, mem[i*per:i*per+w.maxBlock()])
 		}
 	}
+	for _, b := range c.bufs {
+		if err := bindBuffers(j, b); err != nil {
+			c.stop()
+			return nil, err
+		}
+	}
 	w.setBuffers(c.bufs)
 	return c, nil
 }

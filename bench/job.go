@@ -279,6 +279,13 @@ type Job struct {
 	// IOPrio holds prio, prioclass, the cmdprio options and log_prio
 	// (prio.go).
 	IOPrio jobPrio
+	// NumaCPUs are numa_cpu_nodes' CPUs (cpus_allowed when that is not
+	// set); NumaMem and NumaMemNodes numa_mem_policy's mode and nodes
+	// (numa.go). ScrambleBuffers is scramble_buffers (default on).
+	NumaCPUs        []int
+	NumaMem         int
+	NumaMemNodes    []int
+	ScrambleBuffers bool
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
@@ -336,6 +343,7 @@ func newJob(name string, loc Loc) *Job {
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, SQThreadPollCPU: -1, DedupeMode: "repeat", DedupeWorkingSet: 5,
 		LatencyPercentile: 100,
+		ScrambleBuffers:   true,
 		IOPrio:            jobPrio{Prio: -1, PrioClass: -1, Class: [2]int{ioprioClassRT, ioprioClassRT}},
 		set:               map[string]Loc{},
 	}
@@ -491,6 +499,9 @@ func (j *Job) validate() error {
 				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
 			}
 		}
+	}
+	if j.NumaCPUs != nil && j.CPUsAllowed == nil {
+		j.CPUsAllowed = j.NumaCPUs // numa_cpu_nodes: run on the nodes' CPUs
 	}
 	if err := j.validatePrio(bad, at); err != nil {
 		return err

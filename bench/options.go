@@ -599,6 +599,7 @@ func init() {
 	}
 	registerPrioOptions()
 	registerFileOptions()
+	registerNumaOptions()
 }
 
 // checkEngine says whether bench implements engine.

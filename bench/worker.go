@@ -98,6 +98,7 @@ type worker struct {
 	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
 	enterReap     uint64       // io_uring_enter calls that waited for completions
 	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
+	scrambles     uint64       // writes scrambled (scramble_buffers)
 	files         fileMap      // several files: a region offset's file (files.go)
 	lastFile      int          // the file of the last write (fsync=N syncs it)
 	endSyncFile   int          // end_fsync: the next file to sync
@@ -418,6 +419,9 @@ func (w *worker) fill(u *unit, now int64) bool {
 	u.prio, u.prioIdx = w.prio.pick(dir, n)
 	if dir == DirWrite && w.payload != nil {
 		w.payload.fill(u.buf[:n])
+	} else if dir == DirWrite && w.ver == nil && w.job.ScrambleBuffers {
+		w.scrambles++
+		scramble(u.buf[:n], off, w.scrambles)
 	}
 	if dir == DirWrite && w.ver != nil {
 		w.ver.stamp(u.buf[:n], off, now)
