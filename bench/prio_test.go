@@ -128,3 +128,50 @@ func TestCmdprioBssplit(t *testing.T) {
 		t.Errorf("%d + %d priority I/Os, want %d", four, eight, e.dirs[DirRead].ios)
 	}
 }
+
+// TestPrioFilesScrambleZeroAllocs: the worker's per-I/O path with
+// cmdprio (percentage and bssplit), several files and scrambled writes
+// allocates nothing.
+func TestPrioFilesScrambleZeroAllocs(t *testing.T) {
+	for _, extra := range [][]string{
+		{"--cmdprio_percentage=30", "--nrfiles=8", "--size=8m", "--write_lat_log=" + filepath.Join(t.TempDir(), "l"), "--log_prio=1"},
+		{"--cmdprio_bssplit=4k/50/1/2:4k/50/3/1", "--filename=a:b:c", "--size=3m"},
+	} {
+		spec := mustParse(t, append([]string{"--name=a", "--directory=" + t.TempDir(), "--rw=randrw", "--iodepth=4", "--ioengine=io_uring",
+			"--time_based", "--runtime=1h"}, extra...)...)
+		j := spec.Jobs[0]
+		w := newWorker(j, 0, 0, j.Size)
+		logs, err := openLogs(j, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.logs = logs
+		bufs := make([][]byte, 4)
+		for i := range bufs {
+			bufs[i] = make([]byte, 4096)
+		}
+		w.setBuffers(bufs)
+		w.start()
+		batch := make([]*unit, 0, 4)
+		allocs := testing.AllocsPerRun(1000, func() {
+			now := w.now()
+			w.tick(now)
+			batch = batch[:0]
+			for u := w.take(); u != nil; u = w.take() {
+				w.fill(u, now)
+				w.files.locate(u.off)
+				batch = append(batch, u)
+			}
+			w.submitted(batch, w.now())
+			for _, u := range batch {
+				w.completed(u, w.now(), nil)
+			}
+		})
+		if logs != nil {
+			logs.close()
+		}
+		if allocs != 0 {
+			t.Errorf("%v: %v allocations per batch", extra, allocs)
+		}
+	}
+}
