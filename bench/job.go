@@ -75,9 +75,10 @@ const (
 	VerifyPattern
 	VerifyCRC64
 	VerifySHA256
+	VerifyMeta // fio's header alone (its VERIFY_HDR_ONLY), with verify_pattern the pattern after it
 )
 
-var verifyNames = [...]string{"0", "crc32c", "md5", "pattern", "crc64", "sha256"}
+var verifyNames = [...]string{"0", "crc32c", "md5", "pattern", "crc64", "sha256", "meta"}
 
 func (v VerifyKind) String() string { return verifyNames[v] }
 
@@ -282,6 +283,10 @@ type Job struct {
 	// NumaCPUs are numa_cpu_nodes' CPUs (cpus_allowed when that is not
 	// set); NumaMem and NumaMemNodes numa_mem_policy's mode and nodes
 	// (numa.go). ScrambleBuffers is scramble_buffers (default on).
+	// VerifyIntervalSet is verify_interval (0: fio's default), FillDevice
+	// fill_device (write until ENOSPC, which then ends the job cleanly).
+	VerifyIntervalSet int
+	FillDevice        bool
 	NumaCPUs        []int
 	NumaMem         int
 	NumaMemNodes    []int

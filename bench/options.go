@@ -522,7 +522,7 @@ func init() {
 			j.DistParam = f
 			return nil
 		}},
-		"verify": {help: "crc32c, crc64, md5, sha256, pattern (0: off); fio's header", set: func(j *Job, v string) error {
+		"verify": {help: "crc32c, crc64, md5, sha256, meta (the header alone), pattern (0: off); fio's header", set: func(j *Job, v string) error {
 			switch v {
 			case "0", "", "none":
 				j.Verify = VerifyNone
@@ -536,14 +536,16 @@ func init() {
 				j.Verify = VerifySHA256
 			case "pattern":
 				j.Verify = VerifyPattern
-			case "crc32", "crc16", "crc7", "xxhash", "sha1", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512", "meta", "null":
-				return fmt.Errorf("verify=%s is a fio method that ringblk bench does not implement (crc32c, crc32c-intel, crc64, md5, sha256, pattern)", v)
+			case "meta":
+				j.Verify = VerifyMeta
+			case "crc32", "crc16", "crc7", "xxhash", "sha1", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512", "null":
+				return fmt.Errorf("verify=%s is a fio method that ringblk bench does not implement (crc32c, crc32c-intel, crc64, md5, sha256, meta, pattern)", v)
 			default:
-				return errors.New("want crc32c, crc32c-intel, crc64, md5, sha256 or pattern")
+				return errors.New("want crc32c, crc32c-intel, crc64, md5, sha256, meta or pattern")
 			}
 			return nil
 		}},
-		"verify_pattern": {help: "pattern for verify=pattern: 0xHEX, \"text\" or a decimal byte", set: func(j *Job, v string) error {
+		"verify_pattern": {help: "the data of verified writes (verify=pattern: compared whole; meta: after the header; checksums: covered by them): 0xHEX, \"text\" or a decimal byte", set: func(j *Job, v string) error {
 			p, err := parsePattern(v)
 			if err != nil {
 				return err
@@ -551,6 +553,14 @@ func init() {
 			j.VerifyPattern = p
 			return nil
 		}},
+		"verify_interval": {help: "bytes per verify header (default: the smallest write block)", set: sizeSetter(func(j *Job, n int64) {
+			j.VerifyIntervalSet = int(min(n, 1<<30))
+		})},
+		"fill_device": {bool: true, help: "write until the file system or device is full (ENOSPC ends the job, not an error); without size= the free space", set: boolSetter(func(j *Job, b bool) {
+			j.FillDevice = b
+		})},
+		"fill_fs": {bool: true, help: "alias of fill_device", set: boolSetter(func(j *Job, b bool) { j.FillDevice = b })},
+		"create_serialize": {bool: true, help: "accepted: bench lays files out one after another before the run either way", set: boolSetter(func(j *Job, b bool) {})},
 		"verify_fatal":               {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
 		"dedupe_percentage":          {help: "percent of writes whose contents repeat an earlier block's", set: pctSetter(func(j *Job, n int) { j.DedupePercentage = n })},
 		"buffer_compress_percentage": {help: "percent of every buffer_compress_chunk that is zeros (compressible)", set: pctSetter(func(j *Job, n int) { j.CompressPercentage = n })},

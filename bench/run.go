@@ -430,6 +430,18 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	if err == nil {
 		size = st.Size()
 	}
+	if j.FillDevice && j.Size == 0 {
+		// fill_device without size=: the file may take all the free
+		// space of its file system (ENOSPC then ends the writing).
+		var fs unix.Statfs_t
+		if err := unix.Statfs(filepath.Dir(j.Filename), &fs); err != nil {
+			return 0, 0, fmt.Errorf("job %q: fill_device: %w", j.Name, err)
+		}
+		bs := int64(max(j.MaxBS(DirWrite), 1))
+		free := int64(fs.Bavail) * int64(fs.Bsize)
+		j.Size = max(size-j.Offset, 0) + free
+		j.Size -= j.Size % bs
+	}
 	want := j.Offset + int64(j.NumJobs-1)*j.OffsetIncrement + j.Size
 	if j.Size == 0 {
 		if size == 0 {

@@ -523,6 +523,15 @@ func (w *worker) completed(u *unit, now int64, err error) {
 		return
 	}
 	if err != nil {
+		if w.job.FillDevice && u.dir == DirWrite && errors.Is(err, syscall.ENOSPC) {
+			// fill_device: a full device ends the writing, not the job;
+			// the block is not verified (it was not written).
+			w.stopIssuing = true
+			if w.ver != nil {
+				w.ver.unwritten(u.off)
+			}
+			return
+		}
 		if w.err == nil {
 			w.err = &ioError{file: w.job.Filename, dir: dirName(int(u.dir)), off: u.off, n: u.n, err: err}
 		}
