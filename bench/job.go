@@ -287,10 +287,10 @@ type Job struct {
 	// fill_device (write until ENOSPC, which then ends the job cleanly).
 	VerifyIntervalSet int
 	FillDevice        bool
-	NumaCPUs        []int
-	NumaMem         int
-	NumaMemNodes    []int
-	ScrambleBuffers bool
+	NumaCPUs          []int
+	NumaMem           int
+	NumaMemNodes      []int
+	ScrambleBuffers   bool
 
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.

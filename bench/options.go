@@ -559,8 +559,8 @@ func init() {
 		"fill_device": {bool: true, help: "write until the file system or device is full (ENOSPC ends the job, not an error); without size= the free space", set: boolSetter(func(j *Job, b bool) {
 			j.FillDevice = b
 		})},
-		"fill_fs": {bool: true, help: "alias of fill_device", set: boolSetter(func(j *Job, b bool) { j.FillDevice = b })},
-		"create_serialize": {bool: true, help: "accepted: bench lays files out one after another before the run either way", set: boolSetter(func(j *Job, b bool) {})},
+		"fill_fs":                    {bool: true, help: "alias of fill_device", set: boolSetter(func(j *Job, b bool) { j.FillDevice = b })},
+		"create_serialize":           {bool: true, help: "accepted: bench lays files out one after another before the run either way", set: boolSetter(func(j *Job, b bool) {})},
 		"verify_fatal":               {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
 		"dedupe_percentage":          {help: "percent of writes whose contents repeat an earlier block's", set: pctSetter(func(j *Job, n int) { j.DedupePercentage = n })},
 		"buffer_compress_percentage": {help: "percent of every buffer_compress_chunk that is zeros (compressible)", set: pctSetter(func(j *Job, n int) { j.CompressPercentage = n })},

@@ -42,10 +42,10 @@ const (
 
 // fio's verify type numbers.
 const (
-	fioVerifyMD5    = 2
-	fioVerifyCRC64  = 3
-	fioVerifyCRC32C = 5
-	fioVerifySHA256 = 9
+	fioVerifyMD5     = 2
+	fioVerifyCRC64   = 3
+	fioVerifyCRC32C  = 5
+	fioVerifySHA256  = 9
 	fioVerifyHdrOnly = 1 // verify=meta in fio 3.33
 )
 
