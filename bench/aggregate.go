@@ -30,6 +30,9 @@ type entry struct {
 	latUs     [10]float64
 	latMs     [12]float64
 	verify    verifySummary
+	// setupFailed: every job of the entry failed at its start (no
+	// section in the normal report).
+	setupFailed bool
 	elapsed   time.Duration
 	sums      entrySums // raw sums between add and finish
 }
@@ -63,14 +66,17 @@ func entries(res *Result) []*entry {
 				e := merged[jr.GroupID]
 				if e == nil {
 					e = newEntry(jr.Job.Name, jr.GroupID, jr.Job)
+					e.setupFailed = true
 					merged[jr.GroupID] = e
 					out = append(out, e)
 				}
+				e.setupFailed = e.setupFailed && jr.SetupFailed != nil
 				e.add(w, jr)
 				e.optsJob = jr.Job // fio echoes the group's last job's options
 				continue
 			}
 			e := newEntry(jr.Job.Name, jr.GroupID, jr.Job)
+			e.setupFailed = jr.SetupFailed != nil
 			e.add(w, jr)
 			out = append(out, e)
 		}

@@ -311,19 +311,31 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return jobStatus(stderr, res)
 }
 
-// jobStatus is fio's exit status after a run: 1 when any job failed (an
-// I/O error, a verify failure), 0 otherwise. Each failed job gets a line
-// on stderr with its errno, as fio's "fio: pid=…, err=N/…" line.
+// jobStatus is fio's exit status after a run: the number of clones that
+// failed (an I/O error, a verify failure, a failed close, a job that
+// failed at its start), as fio counts its failed threads, at most 255; 0
+// when none did. Each failed job gets a line on stderr with its errno, as
+// fio's "fio: pid=…, err=N/…" line.
 func jobStatus(stderr io.Writer, res *Result) int {
 	code := 0
 	for _, jr := range res.Jobs {
+		if jr.SetupFailed != nil {
+			code += len(jr.Clones)
+			continue
+		}
 		if jr.Err == nil {
 			continue
 		}
-		code = 1
+		failed := 0
+		for _, w := range jr.Clones {
+			if w.err != nil {
+				failed++
+			}
+		}
+		code += max(failed, 1) // a job-level error (its image's close) is one
 		fmt.Fprintf(stderr, "ringblk bench: job %q: err=%d (error=%s): %v\n", jr.Job.Name, errnoOf(jr.Err), errnoText(errnoOf(jr.Err)), jr.Err)
 	}
-	return code
+	return min(code, 255)
 }
 
 // writeMismatches reports verification failures where JSON has no room.

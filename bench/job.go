@@ -518,7 +518,7 @@ func (j *Job) validate() error {
 			}
 		}
 	}
-	if j.IOEngine != "io_uring" {
+	if j.IOEngine != "io_uring" && j.IOEngine != "io_uring_cmd" {
 		for _, o := range []string{"fixedbufs", "registerfiles"} {
 			if _, ok := j.set[o]; ok {
 				if j.IOEngine == "ringblk" {

@@ -186,6 +186,11 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"latency_percentile", e.job.LatencyPercentile},
 		{"latency_window", e.job.LatencyWindow.Microseconds()},
 	}
+	if e.setupFailed {
+		// fio's entry of a job that failed at its start ends before its
+		// latency target keys.
+		o = o[:len(o)-4]
+	}
 	if len(e.echoed().Options) == 0 {
 		// fio leaves "job options" out of a job that sets none of its own.
 		for i := range o {

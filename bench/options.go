@@ -615,9 +615,9 @@ func init() {
 // checkEngine says whether bench implements engine.
 func checkEngine(v string) error {
 	switch v {
-	case "ringblk", "io_uring", "psync":
+	case "ringblk", "io_uring", "psync", "io_uring_cmd": // io_uring_cmd: uringcmd.go
 		return nil
-	case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "io_uring_cmd", "splice", "net", "rbd",
+	case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "splice", "net", "rbd",
 		"windowsaio", "solarisaio", "vsync", "pvsync2", "xnvme", "dev-dax", "libpmem", "http", "rdma", "e4defrag",
 		"falloc", "filecreate", "filestat", "ftruncate", "cpuio", "sg", "exec", "netsplice", "rados", "gfapi", "gfapi_async":
 		return fmt.Errorf("ioengine %s is a fio engine that ringblk bench does not implement (use ringblk, io_uring or psync)", v)

@@ -60,6 +60,9 @@ func bwStr(bytesPerSec float64) string {
 func WriteNormal(out io.Writer, res *Result) {
 	es := entries(res)
 	for _, e := range es {
+		if e.setupFailed {
+			continue // fio prints no section for a job that failed at its start
+		}
 		writeEntry(out, e)
 	}
 	for _, g := range groupTotals(es) {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -46,6 +47,11 @@ type JobResult struct {
 	Clones  []*worker
 	Err     error // the first clone error
 	Elapsed time.Duration
+	// SetupFailed: the job failed at its start, as fio fails it (an
+	// io_uring_cmd job on a file that is no NVMe generic device): no I/O,
+	// left out of the normal report, error 0 in JSON, counted in the exit
+	// status.
+	SetupFailed error
 }
 
 // group is jobs that run at the same time and are reported together.
@@ -74,7 +80,16 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 	}
 	res := &Result{Spec: spec, Start: time.Now()}
 	regions := make(map[*Job][2]int64)
+	setupFailed := map[*Job]error{}
 	for _, j := range spec.Jobs {
+		if j.IOEngine == "io_uring_cmd" {
+			err := uringCmdSetup(j)
+			if !errors.Is(err, errUringCmdFile) {
+				return nil, err
+			}
+			setupFailed[j] = err
+			continue
+		}
 		for k := 0; k < j.NumJobs; k++ {
 			cj := j.cloneJob(k)
 			if k > 0 && cj == j {
@@ -108,10 +123,34 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 				}
 			}
 		}
-		jr, err := runGroup(env, grp, gid, regions, cpus, &threads, opts)
+		var run []*Job
+		for _, j := range grp {
+			if setupFailed[j] == nil {
+				run = append(run, j)
+			}
+		}
+		jr, err := runGroup(env, run, gid, regions, cpus, &threads, opts)
 		if err != nil {
 			return nil, err
 		}
+		// Jobs that failed at their start, in their place: idle clones
+		// (nothing measured), fio's message on the log.
+		all := make([]*JobResult, 0, len(grp))
+		for _, j := range grp {
+			if e := setupFailed[j]; e != nil {
+				fmt.Fprintf(opts.Log, "%v\n\n", e)
+				f := &JobResult{Job: j, GroupID: gid, SetupFailed: e}
+				for k := 0; k < j.NumJobs; k++ {
+					threads++
+					f.Clones = append(f.Clones, newWorker(j, k, 0, int64(max(j.MaxBS(DirRead), j.MaxBS(DirWrite)))))
+				}
+				all = append(all, f)
+				continue
+			}
+			all = append(all, jr[0])
+			jr = jr[1:]
+		}
+		jr = all
 		for _, j := range grp {
 			if !j.Unlink || j.Filename == "" || (j.IOEngine == "ringblk" && j.Format == "null") {
 				continue
