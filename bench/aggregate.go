@@ -33,8 +33,8 @@ type entry struct {
 	// setupFailed: every job of the entry failed at its start (no
 	// section in the normal report).
 	setupFailed bool
-	elapsed   time.Duration
-	sums      entrySums // raw sums between add and finish
+	elapsed     time.Duration
+	sums        entrySums // raw sums between add and finish
 }
 
 type verifySummary struct {
