@@ -142,6 +142,9 @@ type Context struct {
 	efd     int // eventfd for cross-goroutine wake-ups
 	efdBuf  *[8]byte
 	efdSlot uint32 // slot of the eventfd read; noSlot when not armed
+	// fixedFiles maps a File's id to its registered-file slot + 1 (0: not
+	// registered); RegisterFiles fills it (fixedfiles.go).
+	fixedFiles []int32
 
 	ops      opTable
 	cqes     []uring.CQE

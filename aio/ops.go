@@ -310,27 +310,33 @@ func (c *Context) prep(sqe *uring.SQE, idx uint32) {
 	s := c.ops.slot(idx)
 	ud := userData(idx, s.gen)
 	off := uint64(s.off + s.nbytes)
+	fd, fixed := s.fd, false
+	if s.file != nil && len(c.fixedFiles) > 0 {
+		if id := s.file.id; int(id) < len(c.fixedFiles) && c.fixedFiles[id] != 0 {
+			fd, fixed = c.fixedFiles[id]-1, true // a registered file: its slot
+		}
+	}
 	switch s.op {
 	case opNop:
 		sqe.PrepNop(ud)
 	case opRead:
-		sqe.PrepRead(s.fd, chunk(s.buf[s.nbytes:]), off, ud)
+		sqe.PrepRead(fd, chunk(s.buf[s.nbytes:]), off, ud)
 	case opWrite:
-		sqe.PrepWrite(s.fd, chunk(s.buf[s.nbytes:]), off, ud)
+		sqe.PrepWrite(fd, chunk(s.buf[s.nbytes:]), off, ud)
 	case opReadFixed:
-		sqe.PrepReadFixed(s.fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
+		sqe.PrepReadFixed(fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
 	case opWriteFixed:
-		sqe.PrepWriteFixed(s.fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
+		sqe.PrepWriteFixed(fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
 	case opReadv:
-		sqe.PrepReadv(s.fd, s.remainderIov(), off, ud)
+		sqe.PrepReadv(fd, s.remainderIov(), off, ud)
 	case opWritev:
-		sqe.PrepWritev(s.fd, s.remainderIov(), off, ud)
+		sqe.PrepWritev(fd, s.remainderIov(), off, ud)
 	case opFsync:
-		sqe.PrepFsync(s.fd, s.flags != 0, ud)
+		sqe.PrepFsync(fd, s.flags != 0, ud)
 	case opFallocate:
-		sqe.PrepFallocate(s.fd, s.flags, uint64(s.off), uint64(s.length), ud)
+		sqe.PrepFallocate(fd, s.flags, uint64(s.off), uint64(s.length), ud)
 	case opPollAdd, opFDPoll:
-		sqe.PrepPollAdd(s.fd, s.flags, ud)
+		sqe.PrepPollAdd(fd, s.flags, ud)
 	case opEventfd:
 		sqe.PrepEventfdRead(int32(c.efd), c.efdBuf, ud)
 	case opCancel:
@@ -338,6 +344,9 @@ func (c *Context) prep(sqe *uring.SQE, idx uint32) {
 	}
 	if s.prio != 0 && (s.op.isRead() || s.op.isWrite()) {
 		sqe.IoPrio = s.prio
+	}
+	if fixed {
+		sqe.SetFixedFile()
 	}
 	s.state = slotSubmitted
 	c.ops.inKernel++

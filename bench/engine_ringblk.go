@@ -327,6 +327,31 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 			return nil, err
 		}
 	}
+	if j.FixedBufs && (c.mapped != nil || !ctx.Arena().Fixed()) {
+		// fixedbufs: READ_FIXED/WRITE_FIXED need the buffers in the
+		// Context's registered arena.
+		c.stop()
+		return nil, fmt.Errorf("fixedbufs: the clone's %d buffers of %d bytes do not fit a registered arena (at most %d MiB)", len(w.units), per, arenaLimit>>20)
+	}
+	if j.RegisterFiles {
+		// registerfiles: each image file in the Context's file table, so
+		// its I/O names the slot (IOSQE_FIXED_FILE).
+		var files []*aio.File
+		for _, r := range rjs {
+			d, ok := r.node.Driver().(*raw.Driver)
+			if !ok {
+				c.stop()
+				return nil, fmt.Errorf("registerfiles: %s is not a raw image (the option registers raw image files only)", r.node.Name())
+			}
+			files = append(files, d.AioFile())
+		}
+		var err error
+		ctx.Run(func() { err = ctx.RegisterFiles(files) })
+		if err != nil {
+			c.stop()
+			return nil, fmt.Errorf("registerfiles: %w", err)
+		}
+	}
 	w.setBuffers(c.bufs)
 	return c, nil
 }

@@ -520,13 +520,10 @@ func (j *Job) validate() error {
 	}
 	if j.IOEngine != "io_uring" && j.IOEngine != "io_uring_cmd" {
 		for _, o := range []string{"fixedbufs", "registerfiles"} {
-			if _, ok := j.set[o]; ok {
-				if j.IOEngine == "ringblk" {
-					// The block layer issues its I/O on plain descriptors and
-					// its own arena: neither can be asked for per job yet.
-					return bad(at(o), "%s is not implemented for ioengine=ringblk (the block layer's ring uses plain file descriptors and its own registered arena)", o)
-				}
-				return bad(at(o), "%s applies to ioengine=io_uring only (ioengine=%s)", o, j.IOEngine)
+			if _, ok := j.set[o]; ok && j.IOEngine != "ringblk" {
+				// ringblk: the clone's Context registers its files and
+				// holds the buffers in its registered arena (engine_ringblk.go).
+				return bad(at(o), "%s applies to the ring engines (io_uring, ringblk), not ioengine=%s", o, j.IOEngine)
 			}
 		}
 	}
