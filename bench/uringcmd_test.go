@@ -87,3 +87,27 @@ func TestExitStatusCountsFailedClones(t *testing.T) {
 		os.Remove(filepath.Join(dir, "b"))
 	}
 }
+
+// TestRingblkRegisterFiles: registerfiles and fixedbufs run on the
+// ringblk engine (the raw image files in the clone's Context's file
+// table, the buffers in its registered arena), several files and SQ
+// polling included; on a qcow2 image registerfiles is refused by name.
+func TestRingblkRegisterFiles(t *testing.T) {
+	dir := benchDir(t)
+	res := mustRun(t, mustParse(t, "--name=r", "--directory="+dir, "--nrfiles=3", "--size=3m", "--rw=randrw", "--ioengine=ringblk",
+		"--iodepth=8", "--registerfiles=1", "--fixedbufs=1", "--sqthread_poll=1", "--verify=crc32c", "--rw=randwrite"))
+	if e := entries(res)[0]; e.dirs[DirWrite].ios != 768 || e.verify.mismatches != 0 || e.verify.checked != 768 {
+		t.Errorf("wrote %d blocks, verified %d (%d mismatches); want 768 and 768", e.dirs[DirWrite].ios, e.verify.checked, e.verify.mismatches)
+	}
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		return
+	}
+	img := filepath.Join(dir, "q.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	_, err := Run(mustParse(t, "--name=q", "--filename="+img, "--ioengine=ringblk", "--registerfiles=1"), RunOptions{})
+	if err == nil || !strings.Contains(err.Error(), "registerfiles") || !strings.Contains(err.Error(), "not a raw image") {
+		t.Errorf("registerfiles on qcow2: %v", err)
+	}
+}
