@@ -210,6 +210,9 @@ func (e *entry) finish() {
 		}
 		for i, v := range src {
 			dst[i] = float64(v) * 100 / float64(t)
+			if v > 0 && dst[i] < 0.1 {
+				dst[i] = 0.1 // fio shows a bucket that saw any I/O as at least 0.1%
+			}
 		}
 	}
 	pct(&e.depth, s.depth)

@@ -297,19 +297,30 @@ func (c *threadClone) runRing() {
 		if paced { // wake for the paced I/O even if nothing completes
 			wait = max(time.Duration(until-w.now()), time.Microsecond)
 		}
-		w.enterReap++
-		if _, err := r.SubmitAndWait(w.reapMin(), wait); err != nil && !errors.Is(err, uring.ErrBusy) {
-			// The ring failed: stop issuing and reap what is still in
-			// flight before its buffers go away.
-			if w.err == nil {
-				w.err = err
-			}
-			w.stopIssuing = true
-			if _, err := r.SubmitAndWait(w.busy, time.Second); err != nil {
-				return
+		// Completions already waiting are reaped without entering: like
+		// fio's loop, the clone reaps at most iodepth_batch_complete_max,
+		// issues again, and comes back for the rest.
+		reapMin, reapMax := w.reapMin(), max(w.job.IODepthBatchCompleteMax, w.reapMin())
+		if w.stopIssuing && !paced {
+			// Nothing more to issue: the rest drains in one reap, as fio
+			// waits for all it has in flight at the end.
+			reapMin, reapMax = w.busy, len(cqes)
+		}
+		if r.Ready() < reapMin {
+			w.enterReap++
+			if _, err := r.SubmitAndWait(reapMin, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
+				// The ring failed: stop issuing and reap what is still in
+				// flight before its buffers go away.
+				if w.err == nil {
+					w.err = err
+				}
+				w.stopIssuing = true
+				if _, err := r.SubmitAndWait(w.busy, time.Second); err != nil {
+					return
+				}
 			}
 		}
-		k := r.Reap(cqes)
+		k := r.Reap(cqes[:min(len(cqes), reapMax)])
 		t := w.now()
 		for _, cq := range cqes[:k] {
 			u := &w.units[cq.UserData]

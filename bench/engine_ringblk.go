@@ -233,6 +233,8 @@ type ringblkClone struct {
 	q          *block.Queue   // the first file's queue
 	qs         []*block.Queue // a queue per file (several files: files.go)
 	refillBH   *aio.BH
+	unplugBH   *aio.BH // ends the plug the completions' refills share
+	holdPlug   bool
 	scheduled  bool
 	batch      []*unit
 	bufs       [][]byte
@@ -292,6 +294,10 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 		c.writeFlags = block.FUA
 	}
 	c.refillBH = ctx.NewBH(c.refill)
+	c.unplugBH = ctx.NewBH(func() {
+		c.holdPlug = false
+		c.ctx.Unplug()
+	})
 	// Buffers: from the Context's arena (registered: READ_FIXED/WRITE_FIXED),
 	// else one mmap'd region.
 	ctx.Run(func() {
@@ -392,7 +398,22 @@ func (c *ringblkClone) paced() {
 func (c *ringblkClone) RequestDone(r *block.Request, err error) {
 	w := c.w
 	w.completed(&w.units[r.Tag], w.now(), err)
-	if !c.scheduled && (w.refillDue() || w.stopIssuing) {
+	switch {
+	case c.scheduled:
+	case !w.stopIssuing && w.doneSinceFill >= max(w.job.IODepthBatchCompleteMax, w.job.IODepthBatchCompleteMin):
+		// fio's loop: having reaped iodepth_batch_complete_max (default
+		// the min, 1), the clone issues again at once, so each I/O goes
+		// out at the depth fio's would (its IO depths histogram). The
+		// Context stays plugged until the completions at hand are done
+		// (a bottom half unplugs it), so the refills still reach the
+		// kernel in one io_uring_enter.
+		if !c.holdPlug {
+			c.holdPlug = true
+			c.ctx.Plug()
+			c.unplugBH.Schedule()
+		}
+		c.refill()
+	case w.refillDue() || w.stopIssuing:
 		c.scheduled = true
 		c.refillBH.Schedule()
 	}

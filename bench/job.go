@@ -113,6 +113,9 @@ type Job struct {
 	Directory string
 	Size      int64 // bytes of I/O per clone and the region size; 0: the file's size
 	Offset    int64
+	// SizePct and OffsetPct are size= and offset= given as a percentage
+	// of the file or device (0: not); prepareFile turns them into bytes.
+	SizePct, OffsetPct float64
 
 	RW           RW
 	RWMixRead    int       // percent of reads in mixed patterns
@@ -124,6 +127,12 @@ type Job struct {
 	// IODepthBatchCompleteMin (iodepth_batch_complete_min): completions a
 	// clone waits for before it issues again (or all in flight, if fewer).
 	IODepthBatchCompleteMin int
+	// IODepthBatchCompleteMax (iodepth_batch_complete_max; 0: the same
+	// as the min, fio's default) bounds the completions a clone handles
+	// before it issues again, so (like fio) a clone at its depth reaps
+	// one I/O and issues one, and fio's IO depths histogram reads the
+	// same.
+	IODepthBatchCompleteMax int
 	// FilenameFormat is filename_format: the name of a clone's file when
 	// no filename= is given ($jobname, $jobnum, $filenum).
 	FilenameFormat string
@@ -592,6 +601,9 @@ func (j *Job) validate() error {
 	}
 	if j.IODepth < 1 || j.IODepth > 4096 {
 		return bad(at("iodepth"), "iodepth %d out of range 1..4096", j.IODepth)
+	}
+	if j.IODepthBatchCompleteMax < j.IODepthBatchCompleteMin {
+		j.IODepthBatchCompleteMax = j.IODepthBatchCompleteMin // fio's fixup
 	}
 	if j.IODepthBatch < 1 || j.IODepthBatch > j.IODepth {
 		j.IODepthBatch = min(max(j.IODepthBatch, 1), j.IODepth)

@@ -82,8 +82,12 @@ func init() {
 			return nil
 		}},
 		"directory": {help: "directory prefixed to a relative filename", set: func(j *Job, v string) error { j.Directory = v; return nil }},
-		"size":      {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024)", set: sizeSetter(func(j *Job, n int64) { j.Size = n })},
-		"offset":    {help: "start of the region in bytes", set: sizeSetter(func(j *Job, n int64) { j.Offset = n })},
+		"size": {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024; N% of an existing file or device)", set: pctOrSize(func(j *Job, n int64, pct float64) {
+			j.Size, j.SizePct = n, pct
+		})},
+		"offset": {help: "start of the region in bytes (N%: of an existing file or device)", set: pctOrSize(func(j *Job, n int64, pct float64) {
+			j.Offset, j.OffsetPct = n, pct
+		})},
 		"rw": {help: "read, write, randread, randwrite, rw/readwrite, randrw", set: func(j *Job, v string) error {
 			j.SeqAdd, j.SeqNr = 0, 0
 			v, suffix, hasSuffix := strings.Cut(v, ":")
@@ -817,6 +821,27 @@ func parseZones(v string, abs bool) ([]Zone, error) {
 		}
 	}
 	return zones, nil
+}
+
+// pctOrSize reads a byte count or a percentage (N%, 0 < N <= 100, of the
+// file or device, resolved when the job's file is prepared).
+func pctOrSize(f func(j *Job, n int64, pct float64)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		if p, ok := strings.CutSuffix(strings.TrimSpace(v), "%"); ok {
+			x, err := strconv.ParseFloat(p, 64)
+			if err != nil || x <= 0 || x > 100 {
+				return errors.New("a percentage must be above 0 and at most 100")
+			}
+			f(j, 0, x)
+			return nil
+		}
+		n, err := units.ParseSize(v)
+		if err != nil {
+			return err
+		}
+		f(j, n, 0)
+		return nil
+	}
 }
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {

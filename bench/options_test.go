@@ -17,13 +17,13 @@ import (
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
 // and [global], is named in one error with its line — not the first only.
 func TestUnsupportedOptionsOneError(t *testing.T) {
-	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nexitall_on_error=1\nfrobnicate=1\n[b]\nfilename=/tmp/y\nnrfiles=2\n"
+	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nexitall_on_error=1\nfrobnicate=1\n[b]\nfilename=/tmp/y\nopenfiles=2\n"
 	_, err := ParseJobText("j.fio", text)
 	if err == nil {
 		t.Fatal("parsed")
 	}
 	msg := err.Error()
-	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"exitall_on_error" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"nrfiles" (fio option, j.fio:9)`, "4 options"} {
+	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"exitall_on_error" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"openfiles" (fio option, j.fio:9)`, "4 options"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}

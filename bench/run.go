@@ -447,6 +447,11 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 			return regionOf(j, size)
 		}
 	}
+	if j.SizePct > 0 || j.OffsetPct > 0 {
+		if err := resolvePercent(j); err != nil {
+			return 0, 0, err
+		}
+	}
 	st, err := os.Stat(j.Filename)
 	switch {
 	case err == nil && st.Mode()&os.ModeDevice != 0:
@@ -495,6 +500,33 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 		}
 	}
 	return regionOf(j, want)
+}
+
+// resolvePercent turns size=N% and offset=N% into bytes of the file's or
+// device's size, as fio does: the offset aligned down to the smallest
+// block, the size cut at the end of the file. fio needs the file to
+// exist ("you need to specify size=").
+func resolvePercent(j *Job) error {
+	var fsz int64
+	if f, err := os.Open(j.Filename); err == nil {
+		fsz, _ = f.Seek(0, io.SeekEnd)
+		f.Close()
+	}
+	if fsz <= 0 {
+		return fmt.Errorf("job %q: size= or offset= as a percentage needs an existing file or device, and %s is missing or empty (fio: you need to specify size=)", j.Name, j.Filename)
+	}
+	align := int64(max(min(j.MinBS(DirRead), j.MinBS(DirWrite)), 1))
+	if j.OffsetPct > 0 {
+		j.Offset = int64(float64(fsz) * j.OffsetPct / 100)
+		j.Offset -= j.Offset % align
+	}
+	if j.SizePct > 0 {
+		j.Size = min(int64(float64(fsz)*j.SizePct/100), fsz-j.Offset)
+	} else if j.Size == 0 || j.Size > fsz-j.Offset {
+		j.Size = fsz - j.Offset
+	}
+	j.SizePct, j.OffsetPct = 0, 0
+	return nil
 }
 
 func regionOf(j *Job, size int64) (int64, int64, error) {

@@ -641,6 +641,12 @@ func (w *worker) idle(now int64) bool {
 		if w.phase == phaseRamp { // the run ended inside the ramp
 			w.beginMeasuring(now)
 		}
+		if w.pendingDone > 0 {
+			// The final drain's completions are one reap, as fio's.
+			w.completeCalls++
+			w.completeDist[batchBucket(w.pendingDone)]++
+			w.pendingDone = 0
+		}
 		w.measureEnd = now
 		if w.logs != nil {
 			w.logs.finish(now)
