@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -271,18 +272,22 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	stopWatch := make(chan struct{})
+	stopWatch, watched := make(chan struct{}), make(chan struct{})
+	// The watcher and the run both write stderr: one lock between them.
+	logw := &lockedWriter{w: stderr}
 	go func() {
+		defer close(watched)
 		select {
 		case <-sigs:
-			fmt.Fprintln(stderr, "ringblk bench: terminate signal received")
+			fmt.Fprintln(logw, "ringblk bench: terminate signal received")
 			interrupted.Store(true)
 		case <-stopWatch:
 		}
 	}()
-	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: stderr})
+	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: logw})
 	signal.Stop(sigs)
 	close(stopWatch)
+	<-watched // a signal taken just before the stop must not set interrupted after the reset
 	interrupted.Store(false)
 	if err != nil {
 		return fail(err)
@@ -356,4 +361,16 @@ func writeMismatches(w io.Writer, res *Result) {
 func isTTY(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && IsTerminal(int(f.Fd()))
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
