@@ -375,8 +375,11 @@ func init() {
 				return nil
 			})
 		}},
-		"iodepth":                    {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
-		"iodepth_batch_submit":       {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
+		"iodepth":              {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
+		"iodepth_batch_submit": {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
+		"iodepth_batch_complete_max": {help: "completions handled at most before issuing again (default: iodepth_batch_complete_min, as fio)", set: intSetter(1, 1<<16, func(j *Job, n int) {
+			j.IODepthBatchCompleteMax = n
+		})},
 		"iodepth_batch_complete_min": {help: "completions a clone waits for before it issues again (iodepth_batch_complete; all in flight if fewer)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatchCompleteMin = max(n, 1) })},
 		"filename_format": {help: "a clone's file name without filename=: $jobname, $jobnum (the clone), $filenum (0)", set: func(j *Job, v string) error {
 			if v == "" {
@@ -637,7 +640,7 @@ func checkEngine(v string) error {
 var fioOnlyOptions = func() map[string]struct{} {
 	m := map[string]struct{}{}
 	for _, n := range strings.Fields(`fsync fdatasync end_fsync fsync_on_close sync write_barrier
-		iodepth_batch_complete_max iodepth_low
+		iodepth_low
 		write_bw_log write_iops_log write_lat_log write_hist_log log_avg_msec log_hist_msec per_job_logs
 		rate rate_iops rate_min rate_iops_min ratemin rate_process rate_cycle thinktime thinktime_spin
 		thinktime_blocks nrfiles openfiles file_service_type fallocate zero_buffers

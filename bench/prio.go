@@ -188,9 +188,6 @@ func registerPrioOptions() {
 			j.IOPrio.Split = s
 			return nil
 		}},
-		"iodepth_batch_complete_max": {help: "completions handled at most before issuing again (default: iodepth_batch_complete_min)", set: intSetter(1, 1<<16, func(j *Job, n int) {
-			j.IODepthBatchCompleteMax = n
-		})},
 		"log_prio": {bool: true, help: "log each I/O's priority value (0x%04x) in the last log column, instead of 1 for realtime I/Os", set: boolSetter(func(j *Job, b bool) {
 			j.IOPrio.LogPrio = b
 		})},
