@@ -96,3 +96,46 @@ func TestSizeOffsetPercent(t *testing.T) {
 		t.Error("size=50% of a missing file ran")
 	}
 }
+
+// TestSyncCountsAsFio: the sync figures fio reports: fsync=32 with
+// end_fsync over 128 writes is 3 syncs (none after the last write; the
+// end sync is neither counted nor timed), fdatasync=1 over a size that is
+// no multiple of bs is 44 writes (the tail that no block fits is left)
+// and 44 timed syncs with "total_ios" 0 (fio counts fdatasyncs apart).
+func TestSyncCountsAsFio(t *testing.T) {
+	dir := benchDir(t)
+	type syncJSON struct {
+		Jobs []struct {
+			Write struct {
+				TotalIOs uint64 `json:"total_ios"`
+			} `json:"write"`
+			Sync struct {
+				TotalIOs uint64 `json:"total_ios"`
+				Lat      struct {
+					N uint64 `json:"N"`
+				} `json:"lat_ns"`
+			} `json:"sync"`
+		} `json:"jobs"`
+	}
+	for _, c := range []struct {
+		args                 []string
+		writes, total, timed uint64
+	}{
+		{[]string{"--bs=8k", "--size=1m", "--fsync=32", "--end_fsync=1"}, 128, 3, 3},
+		{[]string{"--bs=2300", "--size=100k", "--fdatasync=1"}, 44, 0, 44},
+	} {
+		args := append([]string{"--name=s", "--ioengine=io_uring", "--rw=write", "--filename=" + filepath.Join(dir, "s"+c.args[0])}, c.args...)
+		var out, errb bytes.Buffer
+		if code := Main(append(args, "--output-format=json"), &out, &errb); code != 0 {
+			t.Fatalf("%v: exit %d: %s", c.args, code, errb.String())
+		}
+		var d syncJSON
+		if err := json.Unmarshal(out.Bytes(), &d); err != nil {
+			t.Fatal(err)
+		}
+		j := d.Jobs[0]
+		if j.Write.TotalIOs != c.writes || j.Sync.TotalIOs != c.total || j.Sync.Lat.N != c.timed {
+			t.Errorf("%v: writes %d, sync total_ios %d, N %d; want %d, %d, %d (fio 3.33's)", c.args, j.Write.TotalIOs, j.Sync.TotalIOs, j.Sync.Lat.N, c.writes, c.total, c.timed)
+		}
+	}
+}

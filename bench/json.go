@@ -168,7 +168,7 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"read", jsonDir(e, DirRead, plus)},
 		{"write", jsonDir(e, DirWrite, plus)},
 		{"trim", jsonDir(e, -1, plus)},
-		{"sync", obj{{"total_ios", e.sync.n}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job), plus)}}},
+		{"sync", obj{{"total_ios", e.syncIOs()}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job), plus)}}},
 		{"job_runtime", jobRuntime},
 		{"usr_cpu", e.usrPct},
 		{"sys_cpu", e.sysPct},
@@ -346,4 +346,14 @@ func (e *entry) echoed() *Job {
 		return e.optsJob
 	}
 	return e.job
+}
+
+// syncIOs is fio's sync "total_ios": the fsyncs issued during the run;
+// fio counts fdatasyncs (its DDIR_DATASYNC) only in their latency
+// series, and end_fsync's sync in neither.
+func (e *entry) syncIOs() uint64 {
+	if e.job.Fdatasync > 0 && e.job.Fsync == 0 {
+		return 0
+	}
+	return e.sync.n
 }

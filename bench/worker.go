@@ -27,6 +27,7 @@ type unit struct {
 	// index in the clone's per-priority clat series.
 	prio    uint16
 	prioIdx uint8
+	endSync bool // end_fsync's sync: fio neither counts nor times it
 }
 
 // phase of a clone.
@@ -390,6 +391,7 @@ func (w *worker) fill(u *unit, now int64) bool {
 		w.sinceSync = 0
 		// A sync unit's off is the index of the file it syncs.
 		u.dir, u.off, u.n, u.verify, u.issue = DirSync, int64(w.lastFile), 0, false, now
+		u.endSync = false
 		return true
 	}
 	var dir int
@@ -437,6 +439,7 @@ func (w *worker) endSync(u *unit, now int64) bool {
 	}
 	// Every file once, one after another.
 	u.dir, u.off, u.n, u.verify, u.issue = DirSync, int64(w.endSyncFile), 0, false, now
+	u.endSync = true
 	w.endSyncFile++
 	w.endSynced = w.endSyncFile >= max(int(w.files.n), 1)
 	return true
@@ -517,7 +520,7 @@ func (w *worker) completed(u *unit, now int64, err error) {
 				w.err = &ioError{file: w.job.Filename, dir: "sync", err: err}
 			}
 			w.stopIssuing = true
-		} else if w.phase == phaseRun {
+		} else if w.phase == phaseRun && !u.endSync {
 			w.syncLat.record(now - u.issue)
 		}
 		return
