@@ -7,7 +7,7 @@ TESTFUZZTIME ?= 300x
 STRESSTIME ?= 5m
 BIN       := bin
 
-.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench rawbench qcow2bench hostbench fio-examples fio-wild iotests plugin deps clean
+.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench devbench rawbench qcow2bench hostbench fio-examples fio-wild iotests plugin deps clean
 
 help:
 	@echo "ringblk make targets:"
@@ -20,6 +20,7 @@ help:
 	@echo "  make lint       vet, gofmt and the import-policy test"
 	@echo "  make bench      Go benchmarks of the hot paths (-benchmem)"
 	@echo "  make ringbench  our ring against fio's io_uring engine, side by side (scripts/ringbench-vs-fio.sh)"
+	@echo "  make devbench   O_DIRECT on zram and a loop device over tmpfs (made and removed here; root): ringblk, the bare ring, fio, qcow2 vs raw and qemu-img bench (scripts/device-bench.sh)"
 	@echo "  make rawbench   the raw driver through the block layer against fio and qemu-img bench (scripts/raw-vs-fio.sh)"
 	@echo "  make qcow2bench the qcow2 driver against the raw driver and qemu-img bench (scripts/qcow2-vs-qemu.sh)"
 	@echo "  make hostbench  the host API from a host goroutine against ringblk bench (scripts/host-vs-bench.sh)"
@@ -79,6 +80,9 @@ ringbench: build
 
 rawbench:
 	./scripts/raw-vs-fio.sh
+
+devbench: build
+	./scripts/device-bench.sh -b $(BIN)/ringblk -Q
 
 fio-examples: build
 	@./scripts/fio-examples.sh $(BIN)/ringblk

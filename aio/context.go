@@ -142,9 +142,6 @@ type Context struct {
 	efd     int // eventfd for cross-goroutine wake-ups
 	efdBuf  *[8]byte
 	efdSlot uint32 // slot of the eventfd read; noSlot when not armed
-	// fixedFiles maps a File's id to its registered-file slot + 1 (0: not
-	// registered); RegisterFiles fills it (fixedfiles.go).
-	fixedFiles []int32
 
 	ops      opTable
 	cqes     []uring.CQE
@@ -188,6 +185,7 @@ type Context struct {
 	report    StopReport
 	stopErr   error
 	arena     *Arena
+	fixed     fixedFiles // registered-file table (fixedfile.go)
 }
 
 // New creates a Context. It does not start the owner goroutine; call Start.
@@ -410,6 +408,7 @@ func (c *Context) setup(pinned *bool) error {
 
 // closeResources releases what New and setup acquired.
 func (c *Context) closeResources() {
+	c.dropFixedFiles()
 	if c.q != nil {
 		if err := c.q.Close(); err != nil && c.stopErr == nil {
 			c.stopErr = &OpError{Op: "ring close", Off: -1, Err: err}

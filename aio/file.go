@@ -24,24 +24,22 @@ type File struct {
 	// the closed channel is closed.
 	closeErr error
 	closed   chan struct{}
-	id       uint32 // process-unique, for Context.RegisterFiles
+	// The Contexts whose registered-file tables hold f (fixedfile.go).
+	fileRegsOf
 }
-
-// fileIDs numbers Files (from 1).
-var fileIDs atomic.Uint32
 
 const fileClosing = int64(1) << 62
 
 // NewFile wraps f, taking ownership: close it with File.Close, not f.Close.
 func NewFile(f *os.File) *File {
-	return &File{f: f, fd: int32(f.Fd()), ref: padded[atomic.Int64](), closed: make(chan struct{}), id: fileIDs.Add(1)}
+	return &File{f: f, fd: int32(f.Fd()), ref: padded[atomic.Int64](), closed: make(chan struct{})}
 }
 
 // NewFileFd wraps a bare descriptor — a block device opened elsewhere, or
 // a uringtest MemFile's fake fd. closeFn (may be nil) runs once, when the
 // File is closed and no op is in flight.
 func NewFileFd(fd int, closeFn func() error) *File {
-	return &File{closeFn: closeFn, fd: int32(fd), ref: padded[atomic.Int64](), closed: make(chan struct{}), id: fileIDs.Add(1)}
+	return &File{closeFn: closeFn, fd: int32(fd), ref: padded[atomic.Int64](), closed: make(chan struct{})}
 }
 
 // Fd returns the file descriptor.
@@ -58,6 +56,7 @@ func (f *File) InFlight() int { return int(f.ref.Load() &^ fileClosing) }
 // result of the deferred close is available from Wait. Closing twice
 // returns os.ErrClosed.
 func (f *File) Close() error {
+	f.checkUnregistered()
 	old := f.ref.Load()
 	for {
 		if old&fileClosing != 0 {

@@ -235,9 +235,13 @@ func (c *Context) newOp(op opKind, f *File, d Done, tag uint64) (uint32, *slot) 
 	s.tag = tag
 	s.fd = -1
 	s.prio = 0
+	s.fixed = false
 	if f != nil {
 		s.file = f
 		s.fd = f.fd
+		if slot := f.slotOn(c); slot >= 0 {
+			s.fd, s.fixed = slot, true
+		}
 	}
 	if !op.internal() {
 		c.ops.user++
@@ -310,33 +314,27 @@ func (c *Context) prep(sqe *uring.SQE, idx uint32) {
 	s := c.ops.slot(idx)
 	ud := userData(idx, s.gen)
 	off := uint64(s.off + s.nbytes)
-	fd, fixed := s.fd, false
-	if s.file != nil && len(c.fixedFiles) > 0 {
-		if id := s.file.id; int(id) < len(c.fixedFiles) && c.fixedFiles[id] != 0 {
-			fd, fixed = c.fixedFiles[id]-1, true // a registered file: its slot
-		}
-	}
 	switch s.op {
 	case opNop:
 		sqe.PrepNop(ud)
 	case opRead:
-		sqe.PrepRead(fd, chunk(s.buf[s.nbytes:]), off, ud)
+		sqe.PrepRead(s.fd, chunk(s.buf[s.nbytes:]), off, ud)
 	case opWrite:
-		sqe.PrepWrite(fd, chunk(s.buf[s.nbytes:]), off, ud)
+		sqe.PrepWrite(s.fd, chunk(s.buf[s.nbytes:]), off, ud)
 	case opReadFixed:
-		sqe.PrepReadFixed(fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
+		sqe.PrepReadFixed(s.fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
 	case opWriteFixed:
-		sqe.PrepWriteFixed(fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
+		sqe.PrepWriteFixed(s.fd, chunk(s.buf[s.nbytes:]), off, 0, ud)
 	case opReadv:
-		sqe.PrepReadv(fd, s.remainderIov(), off, ud)
+		sqe.PrepReadv(s.fd, s.remainderIov(), off, ud)
 	case opWritev:
-		sqe.PrepWritev(fd, s.remainderIov(), off, ud)
+		sqe.PrepWritev(s.fd, s.remainderIov(), off, ud)
 	case opFsync:
-		sqe.PrepFsync(fd, s.flags != 0, ud)
+		sqe.PrepFsync(s.fd, s.flags != 0, ud)
 	case opFallocate:
-		sqe.PrepFallocate(fd, s.flags, uint64(s.off), uint64(s.length), ud)
+		sqe.PrepFallocate(s.fd, s.flags, uint64(s.off), uint64(s.length), ud)
 	case opPollAdd, opFDPoll:
-		sqe.PrepPollAdd(fd, s.flags, ud)
+		sqe.PrepPollAdd(s.fd, s.flags, ud)
 	case opEventfd:
 		sqe.PrepEventfdRead(int32(c.efd), c.efdBuf, ud)
 	case opCancel:
@@ -345,7 +343,7 @@ func (c *Context) prep(sqe *uring.SQE, idx uint32) {
 	if s.prio != 0 && (s.op.isRead() || s.op.isWrite()) {
 		sqe.IoPrio = s.prio
 	}
-	if fixed {
+	if s.fixed {
 		sqe.SetFixedFile()
 	}
 	s.state = slotSubmitted

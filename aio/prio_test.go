@@ -1,7 +1,6 @@
 package aio
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -45,52 +44,5 @@ func TestReadPrioReachesKernel(t *testing.T) {
 	}
 	if err := read(7 << 13); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("invalid class 7: %v, want EINVAL (the priority did not reach the SQE)", err)
-	}
-}
-
-// TestRegisterFilesUsesSlot: after RegisterFiles, the Context's ops on a
-// File name its registered slot. The test points the File's descriptor
-// number at another file (dup2): a read through the slot still reads the
-// registered file, a read by descriptor would read the other one.
-func TestRegisterFilesUsesSlot(t *testing.T) {
-	c, err := New(Options{Name: "fixed", CPU: NoCPU, ArenaSize: -1})
-	if err != nil {
-		t.Skipf("io_uring: %v", err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	dir := t.TempDir()
-	open := func(name string, b byte) *os.File {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, bytes.Repeat([]byte{b}, 4096), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
-	a, b := open("a", 'A'), open("b", 'B')
-	defer b.Close()
-	fa := NewFile(a)
-	defer fa.Close()
-	c.Run(func() { err = c.RegisterFiles([]*File{fa}) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Dup2(int(b.Fd()), fa.Fd()); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	done := make(chan error, 1)
-	c.Run(func() { c.Read(fa, buf, 0, DoneFunc(func(_ uint64, _ int, err error) { done <- err }), 0) })
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if buf[0] != 'A' {
-		t.Errorf("read %q through the registered File, want 'A' (the read went by descriptor)", buf[0])
 	}
 }

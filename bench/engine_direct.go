@@ -231,6 +231,11 @@ func (c *threadClone) runRing() {
 	fixedFile, fixedBufs := w.job.RegisterFiles, w.job.FixedBufs
 	batch := make([]*unit, 0, len(w.units))
 	cqes := make([]uring.CQE, 2*len(w.units))
+	// iodepth_batch_complete_max: the CQEs taken per round. fio's default
+	// (the minimum, 1) takes one and refills it at once, so every submission
+	// sees the full depth; the rest wait in the CQ for the next round, which
+	// then needs no io_uring_enter to find them.
+	reapMax := min(w.job.IODepthBatchCompleteMax, len(cqes))
 	for {
 		now := w.now()
 		w.tick(now)
@@ -297,14 +302,15 @@ func (c *threadClone) runRing() {
 		if paced { // wake for the paced I/O even if nothing completes
 			wait = max(time.Duration(until-w.now()), time.Microsecond)
 		}
-		// Completions already waiting are reaped without entering: like
-		// fio's loop, the clone reaps at most iodepth_batch_complete_max,
-		// issues again, and comes back for the rest.
-		reapMin, reapMax := w.reapMin(), max(w.job.IODepthBatchCompleteMax, w.reapMin())
+		// Enter only when the CQ holds fewer than the minimum: the submit
+		// above already entered with GETEVENTS (so deferred completions
+		// were posted), and what an earlier round left is still there.
+		// Like fio's loop, a round takes at most iodepth_batch_complete_max
+		// and issues again; once nothing more will be issued the rest
+		// drains in one reap (fio waits for all in flight at the end).
+		reapMin, take := w.reapMin(), reapMax
 		if w.stopIssuing && !paced {
-			// Nothing more to issue: the rest drains in one reap, as fio
-			// waits for all it has in flight at the end.
-			reapMin, reapMax = w.busy, len(cqes)
+			reapMin, take = w.busy, len(cqes)
 		}
 		if r.Ready() < reapMin {
 			w.enterReap++
@@ -320,7 +326,7 @@ func (c *threadClone) runRing() {
 				}
 			}
 		}
-		k := r.Reap(cqes[:min(len(cqes), reapMax)])
+		k := r.Reap(cqes[:take])
 		t := w.now()
 		for _, cq := range cqes[:k] {
 			u := &w.units[cq.UserData]

@@ -233,8 +233,6 @@ type ringblkClone struct {
 	q          *block.Queue   // the first file's queue
 	qs         []*block.Queue // a queue per file (several files: files.go)
 	refillBH   *aio.BH
-	unplugBH   *aio.BH // ends the plug the completions' refills share
-	holdPlug   bool
 	scheduled  bool
 	batch      []*unit
 	bufs       [][]byte
@@ -275,7 +273,7 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 		// Pinned deliberately: bench's default places one clone per
 		// CPU (placement), and its figures assume it.
 		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), Pin: cpu >= 0, CPU: max(cpu, aio.NoCPU),
-		Entries: min(entries, 4096), ArenaSize: arena,
+		Entries: min(entries, 4096), ArenaSize: arena, PollTime: j.AIOPoll,
 	})
 	if err != nil {
 		return nil, err
@@ -294,10 +292,6 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 		c.writeFlags = block.FUA
 	}
 	c.refillBH = ctx.NewBH(c.refill)
-	c.unplugBH = ctx.NewBH(func() {
-		c.holdPlug = false
-		c.ctx.Unplug()
-	})
 	// Buffers: from the Context's arena (registered: READ_FIXED/WRITE_FIXED),
 	// else one mmap'd region.
 	ctx.Run(func() {
@@ -340,22 +334,27 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 		return nil, fmt.Errorf("fixedbufs: the clone's %d buffers of %d bytes do not fit a registered arena (at most %d MiB)", len(w.units), per, arenaLimit>>20)
 	}
 	if j.RegisterFiles {
-		// registerfiles: each image file in the Context's file table, so
-		// its I/O names the slot (IOSQE_FIXED_FILE).
-		var files []*aio.File
-		for _, r := range rjs {
-			d, ok := r.node.Driver().(*raw.Driver)
-			if !ok {
-				c.stop()
-				return nil, fmt.Errorf("registerfiles: %s is not a raw image (the option registers raw image files only)", r.node.Name())
-			}
-			files = append(files, d.AioFile())
-		}
+		// registerfiles: each image file in the Context's registered-file
+		// table (aio.Context.RegisterFile), so its I/O names the slot
+		// (IOSQE_FIXED_FILE). Context.Stop drops the registrations before
+		// the job closes the images.
 		var err error
-		ctx.Run(func() { err = ctx.RegisterFiles(files) })
+		ctx.Run(func() {
+			for _, r := range rjs {
+				d, ok := r.node.Driver().(*raw.Driver)
+				if !ok {
+					err = fmt.Errorf("registerfiles: %s is not a raw image (the option registers raw image files only)", r.node.Name())
+					return
+				}
+				if err = ctx.RegisterFile(d.AioFile()); err != nil {
+					err = fmt.Errorf("registerfiles: %s: %w", r.node.Name(), err)
+					return
+				}
+			}
+		})
 		if err != nil {
 			c.stop()
-			return nil, fmt.Errorf("registerfiles: %w", err)
+			return nil, err
 		}
 	}
 	w.setBuffers(c.bufs)
@@ -395,23 +394,23 @@ func (c *ringblkClone) paced() {
 }
 
 // RequestDone completes one unit (block.Done; on the clone's Context).
+// Once iodepth_batch_complete_max units completed since the last issue
+// (fio's default: one) it refills at once, inside the completion: the new
+// requests join the batch the Context submits with its next wait, and the
+// depth never drops below iodepth at an issue. Between the minimum and the
+// maximum, a refill BH runs after the other completions of this round.
 func (c *ringblkClone) RequestDone(r *block.Request, err error) {
 	w := c.w
 	w.completed(&w.units[r.Tag], w.now(), err)
+	if c.scheduled {
+		return
+	}
 	switch {
-	case c.scheduled:
-	case !w.stopIssuing && w.doneSinceFill >= max(w.job.IODepthBatchCompleteMax, w.job.IODepthBatchCompleteMin):
-		// fio's loop: having reaped iodepth_batch_complete_max (default
-		// the min, 1), the clone issues again at once, so each I/O goes
-		// out at the depth fio's would (its IO depths histogram). The
-		// Context stays plugged until the completions at hand are done
-		// (a bottom half unplugs it), so the refills still reach the
-		// kernel in one io_uring_enter.
-		if !c.holdPlug {
-			c.holdPlug = true
-			c.ctx.Plug()
-			c.unplugBH.Schedule()
-		}
+	case w.doneSinceFill >= w.job.IODepthBatchCompleteMax && !w.stopIssuing:
+		// Also with nothing in flight (QD 1): a BH's refill would be
+		// submitted by its own Unplug (aio's U1: an unplugged section
+		// submits at its end), one enter more per round than a refill
+		// the next wait submits.
 		c.refill()
 	case w.refillDue() || w.stopIssuing:
 		c.scheduled = true

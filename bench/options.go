@@ -375,11 +375,9 @@ func init() {
 				return nil
 			})
 		}},
-		"iodepth":              {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
-		"iodepth_batch_submit": {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
-		"iodepth_batch_complete_max": {help: "completions handled at most before issuing again (default: iodepth_batch_complete_min, as fio)", set: intSetter(1, 1<<16, func(j *Job, n int) {
-			j.IODepthBatchCompleteMax = n
-		})},
+		"iodepth":                    {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
+		"iodepth_batch_submit":       {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
+		"iodepth_batch_complete_max": {help: "completions a clone takes before it issues again (default and at least iodepth_batch_complete_min)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatchCompleteMax = n })},
 		"iodepth_batch_complete_min": {help: "completions a clone waits for before it issues again (iodepth_batch_complete; all in flight if fewer)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatchCompleteMin = max(n, 1) })},
 		"filename_format": {help: "a clone's file name without filename=: $jobname, $jobnum (the clone), $filenum (0)", set: func(j *Job, v string) error {
 			if v == "" {
@@ -416,6 +414,7 @@ func init() {
 			}
 			return errors.New("want raw, qcow2 or null")
 		}},
+		"aio_poll": {help: "ringblk engine: each clone's Context busy-polls up to this long before it sleeps (aio Options.PollTime, adaptive; bare number: microseconds; default 0)", set: usecSetter(func(j *Job, d time.Duration) { j.AIOPoll = d })},
 		"share_rw": {bool: true, help: "ringblk engine: let other processes write the image during the job (QEMU's share-rw=on; default 0: refuse an image in use, as ringblk io does)", set: boolSetter(func(j *Job, b bool) { j.ShareRW = b })},
 		"locking": {help: "ringblk engine: QEMU-compatible image locks: auto (default), on, off", set: func(j *Job, v string) error {
 			switch v {

@@ -482,6 +482,10 @@ func (w *worker) submitted(batch []*unit, t int64) {
 	if measuring {
 		w.submitCalls++
 		w.submitDist[batchBucket(len(batch))]++
+		// fio's IO depths: a batch counts at the depth it brings the
+		// clone to (fio marks each commit at its cur_depth; a refill of
+		// one completion goes out at the full depth, the first fill's
+		// batches at 1, 2, ... as fio's).
 		w.depthLevel[levelBucket(w.busy)] += uint64(len(batch))
 		if w.pendingDone > 0 {
 			w.completeCalls++

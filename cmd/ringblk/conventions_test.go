@@ -110,6 +110,13 @@ var conventionCommands = []struct {
 		{kind: "unknown format", args: []string{"-f", "bogus", "-l", "q.qcow2"}, qemu: "qemu-img"},
 		{kind: "format mismatch", args: []string{"-f", "qcow2", "-l", "r.raw"}, qemu: "qemu-img"},
 	}},
+	{"bitmap", []mistake{
+		{kind: "unknown option", args: []string{"--no-such-option", "--add", "q.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "missing file", args: []string{"--add", "missing.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "bad size", args: []string{"--add", "-g", "10X", "q.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "unknown format", args: []string{"--add", "-f", "bogus", "q.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "format mismatch", args: []string{"--add", "-f", "qcow2", "r.raw", "b0"}, qemu: "qemu-img"},
+	}},
 	{"measure", []mistake{
 		{kind: "unknown option", args: []string{"--no-such-option", "-O", "qcow2", "q.qcow2"}, qemu: "qemu-img",
 			qemuDiffers: "qemu-img 7.2 measure handles an unknown option like -h: the full help and exit 0, " +

@@ -202,8 +202,29 @@ func writeJSON(w io.Writer, v any) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
+	_, err = fmt.Fprintf(w, "%s\n", qemuEmptyArrays(b))
 	return err
+}
+
+// qemuEmptyArrays spells empty arrays as qemu-img's JSON printer does:
+// the opening bracket, a newline, and the closing one at the line's
+// indentation ("flags": [ / ]).
+func qemuEmptyArrays(b []byte) []byte {
+	if !bytes.Contains(b, []byte("[]")) {
+		return b
+	}
+	lines := strings.Split(string(b), "\n")
+	var out []string
+	for _, l := range lines {
+		t := strings.TrimRight(l, ",")
+		if strings.HasSuffix(t, "[]") {
+			ind := l[:len(l)-len(strings.TrimLeft(l, " "))]
+			out = append(out, strings.TrimSuffix(t, "]"), ind+"]"+l[len(t):])
+			continue
+		}
+		out = append(out, l)
+	}
+	return []byte(strings.Join(out, "\n"))
 }
 
 // checkOutputFormat validates the format of an image a command creates

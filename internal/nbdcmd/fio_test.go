@@ -41,10 +41,14 @@ func TestNbdCmdFio(t *testing.T) {
 	sock := filepath.Join(dir, "s")
 	startNbd(t, sock, "-t", "-f", "raw", "--cache=none", "-e", "0", img)
 	js := filepath.Join(dir, "fio.json")
-	out, err := exec.Command("fio", "--name=v", "--ioengine=nbd", "--uri=nbd+unix:///?socket="+sock,
+	cmd := exec.Command("fio", "--name=v", "--ioengine=nbd", "--uri=nbd+unix:///?socket="+sock,
 		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--numjobs=2", "--size=4M", "--offset_increment=4M",
 		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_backlog=0",
-		"--output-format=json", "--output="+js).CombinedOutput()
+		"--output-format=json", "--output="+js)
+	// fio saves its verify state files (local-v-N-verify.state) in its
+	// working directory: keep them out of the source tree.
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("fio: %v %s", err, out)
 	}
