@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/ringblk/ringblk/aio"
 )
 
 // TestUringCmdFailsAsFio: fio's uring-cmd-ng example as shipped
@@ -99,6 +101,13 @@ func TestRingblkRegisterFiles(t *testing.T) {
 	if e := entries(res)[0]; e.dirs[DirWrite].ios != 768 || e.verify.mismatches != 0 || e.verify.checked != 768 {
 		t.Errorf("wrote %d blocks, verified %d (%d mismatches); want 768 and 768", e.dirs[DirWrite].ios, e.verify.checked, e.verify.mismatches)
 	}
+	// aio.Context.RegisterFile: a File is registered on at most four
+	// Contexts, and five clones of one image are five Contexts.
+	_, err := Run(mustParse(t, "--name=m", "--filename="+filepath.Join(dir, "m"), "--size=1m", "--ioengine=ringblk",
+		"--numjobs=5", "--registerfiles=1"), RunOptions{})
+	if !errors.Is(err, aio.ErrFileTableFull) || !strings.Contains(err.Error(), "registerfiles") {
+		t.Errorf("registerfiles with 5 clones on one image: %v, want aio.ErrFileTableFull named", err)
+	}
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		return
 	}
@@ -106,7 +115,7 @@ func TestRingblkRegisterFiles(t *testing.T) {
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "1M").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v: %s", err, out)
 	}
-	_, err := Run(mustParse(t, "--name=q", "--filename="+img, "--ioengine=ringblk", "--registerfiles=1"), RunOptions{})
+	_, err = Run(mustParse(t, "--name=q", "--filename="+img, "--ioengine=ringblk", "--registerfiles=1"), RunOptions{})
 	if err == nil || !strings.Contains(err.Error(), "registerfiles") || !strings.Contains(err.Error(), "not a raw image") {
 		t.Errorf("registerfiles on qcow2: %v", err)
 	}
