@@ -7,13 +7,16 @@ TESTFUZZTIME ?= 300x
 STRESSTIME ?= 5m
 BIN       := bin
 
-.PHONY: help build run test race stress fuzz lint vet fmtcheck bench ringbench devbench rawbench qcow2bench hostbench fio-examples fio-wild iotests plugin deps clean
+.PHONY: help build build-rbd rbdtest rbdbench run test race stress fuzz lint vet fmtcheck bench ringbench devbench rawbench qcow2bench hostbench fio-examples fio-wild iotests plugin deps clean
 
 help:
 	@echo "ringblk make targets:"
 	@echo "  make run        the main job: a benchmark on a default image in a temporary directory"
 	@echo "  make test       installs test tools if missing, then vet, format check, unit tests (-tags invariants), -race tests, allocation budgets and a short run of every fuzz target (TESTFUZZTIME executions each)"
 	@echo "  make build      builds bin/ringblk"
+	@echo "  make build-rbd  builds bin/ringblk with Ceph RBD support (-tags rbd; needs librbd-dev)"
+	@echo "  make rbdtest    the RBD tests against a one-node Ceph cluster it starts and stops (scripts/rbd-test.sh; part of make test)"
+	@echo "  make rbdbench   ringblk bench against fio's rbd engine and qemu-img bench on one RBD image (scripts/rbd-vs-fio.sh)"
 	@echo "  make race       go test -race on all packages"
 	@echo "  make stress     long randomized stress tests (PKG=./block STRESSTIME=5m)"
 	@echo "  make fuzz       runs every fuzz target for FUZZTIME each (FUZZ=Name to pick one)"
@@ -34,6 +37,15 @@ COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff 
 
 build:
 	$(GO) build -ldflags "-X main.commit=$(COMMIT)" -o $(BIN)/ringblk ./cmd/ringblk
+
+build-rbd:
+	$(GO) build -tags rbd -ldflags "-X main.commit=$(COMMIT)" -o $(BIN)/ringblk ./cmd/ringblk
+
+rbdtest:
+	GO=$(GO) ./scripts/rbd-test.sh
+
+rbdbench:
+	./scripts/rbd-vs-fio.sh
 
 iotests:
 	@./scripts/iotests.sh $(IOTESTS_ARGS)
@@ -62,6 +74,7 @@ test: deps fmtcheck vet
 	$(GO) test -race -short -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -timeout 10m -run Alloc $(PKGS)
 	FUZZMINTIME=1s ./scripts/fuzz.sh "" $(TESTFUZZTIME)
+	GO=$(GO) ./scripts/rbd-test.sh
 
 race:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)

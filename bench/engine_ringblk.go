@@ -18,6 +18,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 )
 
 // ringblkEnv is the block layer of one bench run: a main Context and a
@@ -131,6 +132,11 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 			return nil, fmt.Errorf("%s: NBD exports are read as raw, not %s", j.Filename, format)
 		}
 		n, err = nbd.NewNode(e.g, j.Filename, readOnly, block.Options{Name: name})
+	case rbd.IsName(j.Filename) && format == "raw":
+		var s rbd.Spec
+		if s, err = rbd.ParseName(j.Filename); err == nil {
+			n, err = rbd.NewNode(e.g, s, readOnly, block.Options{Name: name})
+		}
 	case format == "raw":
 		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j)}
 		if j.Direct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/units"
 	"math"
 	"runtime"
@@ -48,10 +49,10 @@ func init() {
 			j.Description = v
 			return nil
 		}},
-		"filename": {help: "file or block device (image or nbd:// URI for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
+		"filename": {help: "file or block device (image, nbd:// URI or rbd:pool/image for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
 			// fio: unescaped colons separate several files; "\:" is a colon.
 			// An NBD URI (ioengine=ringblk) is one name, colons and all.
-			if nbd.IsURI(v) {
+			if nbd.IsURI(v) || rbd.IsName(v) {
 				j.Filename = v
 				return nil
 			}

@@ -26,7 +26,7 @@ import (
 // and qemu-io and checks that their exit codes agree with ours, except
 // where a case names the difference and why we differ.
 
-func TestMain(m *testing.M) { clitest.Main(m, run) }
+func TestMain(m *testing.M) { clitest.Main(m, run, stopRBDCluster) }
 
 // mistake is one wrong command line.
 type mistake struct {

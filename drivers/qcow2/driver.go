@@ -93,6 +93,7 @@ type Driver struct {
 
 	node    *block.Node
 	file    *block.Child
+	dbg     block.DebugEventer // the file's, when it is a debug filter (debugevents.go)
 	backing *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64
@@ -247,6 +248,7 @@ func (d *Driver) Open(n *block.Node) error {
 		return err
 	}
 	d.file = c
+	d.dbg = block.DebugEventerOf(file)
 	size, err := file.Length()
 	if err != nil {
 		return err

@@ -232,6 +232,7 @@ func (d reader) readFast(r *block.Request) bool {
 		sub := r.Sub()
 		sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, n, r.Iov
 		sub.Tag = uint64(ep)
+		d.event(block.DbgReadAIO)
 		d.file.Submit(sub, &d.oneDone)
 		return true
 	}
@@ -260,6 +261,7 @@ func (d reader) readFast(r *block.Request) bool {
 		sub := r.Sub()
 		sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
 		sub.Tag = uint64(ep)
+		d.event(block.DbgReadAIO)
 		d.file.Submit(sub, &d.oneDone)
 		return true
 	}
@@ -269,6 +271,7 @@ func (d reader) readFast(r *block.Request) bool {
 	var skip int64
 	for i := range s.ext {
 		x := &s.ext[i]
+		d.event(block.DbgReadAIO)
 		d.subRead(s, r, d.file, x.HostOff, skip, x.Len)
 		skip += x.Len
 	}

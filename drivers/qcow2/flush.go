@@ -89,6 +89,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		d.mu.Lock()
 		b := d.mu.rb[off]
 		d.mu.Unlock()
+		d.event(block.DbgRefblockUpdate)
 		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
 			return err
 		}
@@ -116,6 +117,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		putU64(b[:], d.mu.rt[ti])
 		at := int64(d.mu.hdr.RefcountTableOffset) + ti*8
 		d.mu.Unlock()
+		d.event(block.DbgReftableUpdate)
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
 		}
@@ -148,6 +150,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		putU64(b[:], d.mu.l1[i])
 		at := int64(d.mu.hdr.L1Offset) + i*8
 		d.mu.Unlock()
+		d.event(block.DbgL1Update)
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
 		}

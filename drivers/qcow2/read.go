@@ -165,6 +165,7 @@ func (d reader) readLocked(r *block.Request) {
 		x := &s.ext[i]
 		switch {
 		case x.Kind == format.ExtentData:
+			d.event(block.DbgReadAIO)
 			d.subRead(s, r, d.file, x.HostOff, skip, x.Len)
 		case x.Kind == format.ExtentUnallocated && d.backing != nil:
 			// The backing node's guest bytes, zeros past its end.
@@ -187,6 +188,7 @@ func (d reader) readLocked(r *block.Request) {
 // child reads straight into r's buffers and its completion (oneDone)
 // completes r, with no per-request state.
 func (d reader) readOne(r *block.Request, host int64, ep epochRef) {
+	d.event(block.DbgReadAIO)
 	sub := r.Sub()
 	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
 	sub.Tag = uint64(ep)
@@ -352,6 +354,7 @@ func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, 
 			switch x.Kind {
 			case format.ExtentData:
 				win = iovSlice(win[:0], iov, skip, x.Len)
+				d.event(block.DbgReadAIO)
 				if err := d.childIO(co, parent, d.file, block.OpRead, x.HostOff, win, x.Len); err != nil {
 					return err
 				}

@@ -25,10 +25,13 @@ import (
 type BlkOptions struct {
 	Format     string // "", "raw", "qcow2", "null"
 	ReadOnly   bool
-	ForceShare bool   // -U
-	NoBacking  bool   // open the top image alone
-	Cache      string // "" (writeback), "none", "writeback", "writethrough"
-	NullSize   int64
+	ForceShare bool // -U
+	NoBacking  bool // open the top image alone
+	// WritableDepth opens the backing image at this depth (1: the top's
+	// backing file) read-write (commit's base; chain.Options).
+	WritableDepth int
+	Cache         string // "" (writeback), "none", "writeback", "writethrough"
+	NullSize      int64
 	// QcowOptions is handed to every qcow2 driver of the chain.
 	QcowOptions qcow2.DriverOptions
 
@@ -90,14 +93,15 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 		return nil, err
 	}
 	co := chain.Options{
-		Format:      o.Format,
-		ReadOnly:    o.ReadOnly,
-		ForceShare:  o.ForceShare,
-		NoBacking:   o.NoBacking,
-		NullSize:    o.NullSize,
-		Discard:     o.Discard,
-		QcowOptions: o.QcowOptions,
-		Name:        NodeNameFor(g, path),
+		Format:        o.Format,
+		ReadOnly:      o.ReadOnly,
+		ForceShare:    o.ForceShare,
+		NoBacking:     o.NoBacking,
+		WritableDepth: o.WritableDepth,
+		NullSize:      o.NullSize,
+		Discard:       o.Discard,
+		QcowOptions:   o.QcowOptions,
+		Name:          NodeNameFor(g, path),
 	}
 	if o.Cache != "" {
 		m, ok := raw.ParseCache(o.Cache)

@@ -1,13 +1,16 @@
 package imgcmd
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
+	"golang.org/x/sys/unix"
 )
 
 const compareHelp = `usage: ringblk compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] FILE1 FILE2
@@ -42,6 +45,15 @@ const compareBufSize = 2 << 20
 // Compare is "ringblk compare" (qemu-img compare): args are what follows the
 // command name; the result is the exit status.
 func Compare(args []string, stdout, stderr io.Writer) int {
+	// qemu-img's stdout is fully buffered when it is not a terminal and
+	// its error line unbuffered: a failure's message comes before what
+	// was printed to stdout (iotest 074). The same here; the buffer is
+	// written after cli.Run printed the error.
+	if f, ok := stdout.(*os.File); !ok || !isTerminal(f) {
+		bw := bufio.NewWriter(stdout)
+		defer bw.Flush()
+		stdout = bw
+	}
 	return cli.Run(compareHelp, stdout, stderr, func() (int, error) {
 		opts, operands, err := cli.ParseOpts(args, compareSpec)
 		if err != nil {
@@ -288,3 +300,9 @@ func isZero(p []byte) bool {
 
 // zeroBuf is compared against (bytes.Equal is vectorised).
 var zeroBuf = make([]byte, 64<<10)
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

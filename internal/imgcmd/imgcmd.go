@@ -21,6 +21,7 @@ import (
 
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -65,9 +66,15 @@ type openedImage struct {
 	size   int64 // file size
 	blocks int64 // allocated bytes (st_blocks × 512)
 	qcow   *qcow2fmt.Image
+	// remote: no local file (a qcow2 image in RBD): no disk size.
+	remote bool
 }
 
-func (o *openedImage) Close() { o.f.Close() }
+func (o *openedImage) Close() {
+	if o.f != nil {
+		o.f.Close()
+	}
+}
 
 // openImage opens path read-only. format "" probes: the qcow2 magic means
 // qcow2, anything else raw.
@@ -150,7 +157,7 @@ func sizeToStr(v int64) string {
 // combinePath resolves a backing file name as QEMU does: relative names
 // are relative to the directory of the image that names them.
 func combinePath(image, backing string) string {
-	if backing == "" || filepath.IsAbs(backing) {
+	if backing == "" || filepath.IsAbs(backing) || rbd.IsName(backing) {
 		return backing
 	}
 	i := strings.LastIndexByte(image, '/')

@@ -12,6 +12,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -70,6 +71,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if nbd.IsURI(files[0]) {
 			return infoNBD(files[0], format, output, stdout)
+		}
+		if rbd.IsName(files[0]) {
+			return infoRBD(files[0], format, output, stdout)
 		}
 		if done, err := infoNull(files[0], format, output, stdout); err != nil {
 			return 1, err
@@ -170,7 +174,9 @@ func imageInfo(img *openedImage) *object {
 		o.set("cluster-size", h.ClusterSize())
 	}
 	o.set("format", img.format)
-	o.set("actual-size", img.blocks)
+	if !img.remote {
+		o.set("actual-size", img.blocks)
+	}
 	if h != nil {
 		compat := "1.1"
 		if h.Version == 2 {
@@ -230,7 +236,11 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	vs := info.vals["virtual-size"].(int64)
 	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.path, img.format)
 	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", sizeToStr(vs), vs)
-	fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
+	if img.remote {
+		b.WriteString("disk size: unavailable\n")
+	} else {
+		fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
+	}
 	if img.qcow == nil {
 		_, err := io.WriteString(w, b.String())
 		return err

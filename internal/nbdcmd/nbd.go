@@ -21,6 +21,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/nbd"
 )
@@ -340,7 +341,8 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	if cfg.fork && os.Getenv(forkEnv) == "" {
 		return forkNbd()
 	}
-	if _, err := os.Stat(cfg.file); err != nil {
+	isRBD := rbd.IsName(cfg.file) // a Ceph image: no local file, probed once open
+	if _, err := os.Stat(cfg.file); err != nil && !isRBD {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': Could not open '%s': %v", cfg.file, cfg.file, cli.UnwrapPathErr(err))
 	}
 	ctx, g, err := cli.NewBlkEnv()
@@ -350,7 +352,7 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	defer ctx.Stop()
 	co := cfg.co
 	co.Format, co.ReadOnly, co.Name = cfg.format, cfg.readOnly, "nbd0"
-	if co.Format == "" {
+	if co.Format == "" && !isRBD {
 		if co.Format, err = chain.Probe(cfg.file); err != nil {
 			return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, err)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"golang.org/x/sys/unix"
 )
@@ -89,6 +90,7 @@ type ioSession struct {
 	cur      *ioCommand     // the command running
 	path     string         // the image, as named (reopen)
 	bo       cli.BlkOptions // how it was opened (reopen)
+	dbgMsgs  debugMsgs      // blkdebug's breakpoint messages (io_blkdebug.go)
 }
 
 // Run is "ringblk io" (qemu-io): args are what follows the command name;
@@ -174,12 +176,12 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if err := cli.ResolveNull(path, &bo); err != nil {
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
-		if bo.Format != "null" && !nbd.IsURI(path) {
-			if _, err := os.Stat(path); err != nil {
+		if bo.Format != "null" && !nbd.IsURI(path) && !rbd.IsName(path) {
+			if _, err := os.Stat(chain.LocalPath(path)); err != nil {
 				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
 			}
 		}
-		if bo.Format == "" {
+		if bo.Format == "" && !rbd.IsName(path) { // an RBD image is probed once open
 			// The operator named this file: probing it is allowed; the
 			// chain opener never probes its backing files.
 			f, err := chain.Probe(path)
@@ -353,7 +355,9 @@ func (s *ioSession) run(line string) bool {
 		return false
 	}
 	s.cur = c
-	return c.run(s, argv)
+	ok := c.run(s, argv)
+	s.dbgMsgs.print(s.out)
+	return ok
 }
 
 // usage prints a command's one-line usage and fails it, as qemu-io does
