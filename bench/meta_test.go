@@ -57,7 +57,9 @@ func TestVerifyMetaWithFio(t *testing.T) {
 		if code, out := rbVerify(file); code != 1 || !strings.Contains(out, "err=84") || !strings.Contains(out, "offset 8704, length 512: pattern mismatch") {
 			t.Errorf("ringblk on a corrupted pattern in %s: exit %d\n%s", filepath.Base(file), code, out)
 		}
-		out, _ := exec.Command("fio", append([]string{"--name=w", "--ioengine=psync", "--filename=" + file, "--verify_only=1"}, common...)...).CombinedOutput()
+		cmd := exec.Command("fio", append([]string{"--name=w", "--ioengine=psync", "--filename=" + file, "--verify_only=1"}, common...)...)
+		cmd.Dir = t.TempDir() // fio leaves a verify state file on failure
+		out, _ := cmd.CombinedOutput()
 		if !strings.Contains(string(out), "pattern: verify failed at file "+file+" offset 8704, length 512") {
 			t.Errorf("fio on a corrupted pattern in %s did not report it:\n%s", filepath.Base(file), out)
 		}
