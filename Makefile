@@ -7,7 +7,7 @@ TESTFUZZTIME ?= 300x
 STRESSTIME ?= 5m
 BIN       := bin
 
-.PHONY: help build build-rbd rbdtest rbdbench run test race stress fuzz lint vet fmtcheck bench ringbench devbench rawbench qcow2bench hostbench fio-examples iotests plugin deps clean
+.PHONY: help build build-rbd rbdtest rbdbench run test race stress fuzz lint vet fmtcheck bench ringbench devbench rawbench qcow2bench hostbench fio-examples fio-wild iotests plugin deps clean
 
 help:
 	@echo "ringblk make targets:"
@@ -28,6 +28,7 @@ help:
 	@echo "  make qcow2bench the qcow2 driver against the raw driver and qemu-img bench (scripts/qcow2-vs-qemu.sh)"
 	@echo "  make hostbench  the host API from a host goroutine against ringblk bench (scripts/host-vs-bench.sh)"
 	@echo "  make fio-examples  fio's example jobs with io_uring (fio) and ringblk (bench): fails on a refusal or a JSON key set unlike fio's (scripts/fio-examples.sh)"
+	@echo "  make fio-wild      job files of the kinds people run (bench/testdata/wild), fio against ringblk as fio-examples"
 	@echo "  make iotests    QEMU 7.2's qemu-iotests (qemu-img/qemu-io bash tests, -qcow2 and -raw) with ringblk as qemu-img/qemu-io, and with QEMU's own tools as the baseline; fetches the tests once (scripts/iotests.sh; slow, not in make test)"
 	@echo "  make plugin     builds the Go plugin (bin/ringblk.so); hosts in their own module: docs/plugin.md"
 
@@ -98,6 +99,9 @@ devbench: build
 
 fio-examples: build
 	@./scripts/fio-examples.sh $(BIN)/ringblk
+
+fio-wild: build
+	@EXAMPLES=bench/testdata/wild ./scripts/fio-examples.sh $(BIN)/ringblk
 
 qcow2bench:
 	./scripts/qcow2-vs-qemu.sh

@@ -134,11 +134,30 @@ func (c *Context) Write(f *File, buf []byte, off int64, d Done, tag uint64) {
 	c.rw(opWrite, f, buf, off, d, tag)
 }
 
+// ReadPrio and WritePrio are Read and Write with an I/O priority for the
+// kernel (the SQE's ioprio field: class<<13 | level, as ioprio_set takes
+// it); 0 is the submitting thread's own priority, as for Read and Write.
+func (c *Context) ReadPrio(f *File, buf []byte, off int64, prio uint16, d Done, tag uint64) {
+	c.assertOwner("Read")
+	c.rwp(opRead, f, buf, off, prio, d, tag)
+}
+
+// WritePrio is Write with an I/O priority (see ReadPrio).
+func (c *Context) WritePrio(f *File, buf []byte, off int64, prio uint16, d Done, tag uint64) {
+	c.assertOwner("Write")
+	c.rwp(opWrite, f, buf, off, prio, d, tag)
+}
+
 func (c *Context) rw(op opKind, f *File, buf []byte, off int64, d Done, tag uint64) {
+	c.rwp(op, f, buf, off, 0, d, tag)
+}
+
+func (c *Context) rwp(op opKind, f *File, buf []byte, off int64, prio uint16, d Done, tag uint64) {
 	if c.arena != nil && c.arena.fixed && c.arena.contains(buf) {
 		op += opReadFixed - opRead
 	}
 	idx, s := c.newOp(op, f, d, tag)
+	s.prio = prio
 	s.buf = buf
 	s.off = off
 	s.length = int64(len(buf))
@@ -215,6 +234,7 @@ func (c *Context) newOp(op opKind, f *File, d Done, tag uint64) (uint32, *slot) 
 	s.done = d
 	s.tag = tag
 	s.fd = -1
+	s.prio = 0
 	s.fixed = false
 	if f != nil {
 		s.file = f
@@ -319,6 +339,9 @@ func (c *Context) prep(sqe *uring.SQE, idx uint32) {
 		sqe.PrepEventfdRead(int32(c.efd), c.efdBuf, ud)
 	case opCancel:
 		sqe.PrepCancel(s.target, ud)
+	}
+	if s.prio != 0 && (s.op.isRead() || s.op.isWrite()) {
+		sqe.IoPrio = s.prio
 	}
 	if s.fixed {
 		sqe.SetFixedFile()

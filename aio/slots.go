@@ -52,6 +52,7 @@ type slot struct {
 	next      uint32 // overflow or ready queue link
 	fd        int32
 	flags     uint32 // datasync, fallocate mode, poll events
+	prio      uint16 // reads and writes: the SQE's ioprio (class<<13 | level); 0: the thread's
 	errno     int32  // final error, 0 on success
 	res       int    // final result given to Done
 	tag       uint64

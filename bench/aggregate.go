@@ -16,7 +16,8 @@ type entry struct {
 	err       error
 	dirs      [2]dirStats
 	sync      latStat
-	runtimeMs int64 // measured time (longest clone)
+	prios     [2][]prioLat // cmdprio: clat per priority, in first-seen order
+	runtimeMs int64        // measured time (longest clone)
 	usrPct    float64
 	sysPct    float64
 	ctx       uint64
@@ -29,8 +30,11 @@ type entry struct {
 	latUs     [10]float64
 	latMs     [12]float64
 	verify    verifySummary
-	elapsed   time.Duration
-	sums      entrySums // raw sums between add and finish
+	// setupFailed: every job of the entry failed at its start (no
+	// section in the normal report).
+	setupFailed bool
+	elapsed     time.Duration
+	sums        entrySums // raw sums between add and finish
 }
 
 type verifySummary struct {
@@ -62,14 +66,17 @@ func entries(res *Result) []*entry {
 				e := merged[jr.GroupID]
 				if e == nil {
 					e = newEntry(jr.Job.Name, jr.GroupID, jr.Job)
+					e.setupFailed = true
 					merged[jr.GroupID] = e
 					out = append(out, e)
 				}
+				e.setupFailed = e.setupFailed && jr.SetupFailed != nil
 				e.add(w, jr)
 				e.optsJob = jr.Job // fio echoes the group's last job's options
 				continue
 			}
 			e := newEntry(jr.Job.Name, jr.GroupID, jr.Job)
+			e.setupFailed = jr.SetupFailed != nil
 			e.add(w, jr)
 			out = append(out, e)
 		}
@@ -128,6 +135,11 @@ func (e *entry) add(w *worker, jr *JobResult) {
 		e.sync = newLatStat(true)
 	}
 	e.sync.merge(&w.syncLat)
+	for d := range w.prioClat {
+		for i := range w.prioClat[d] {
+			e.prioSeries(d, w.prio.levels[d][i]).merge(&w.prioClat[d][i])
+		}
+	}
 	for d := range e.dirs {
 		src, dst := &w.stats[d], &e.dirs[d]
 		dst.ios += src.ios
@@ -198,6 +210,9 @@ func (e *entry) finish() {
 		}
 		for i, v := range src {
 			dst[i] = float64(v) * 100 / float64(t)
+			if v > 0 && dst[i] < 0.1 {
+				dst[i] = 0.1 // fio shows a bucket that saw any I/O as at least 0.1%
+			}
 		}
 	}
 	pct(&e.depth, s.depth)
@@ -315,4 +330,39 @@ func (g *groupTotal) bw(d int) float64 {
 		return 0
 	}
 	return float64(g.bytes[d]) * 1000 / float64(g.maxRun[d])
+}
+
+// prioLat is the completion latency of one direction's I/Os of one
+// priority (fio's clat_prio).
+type prioLat struct {
+	prio uint16
+	clat latStat
+}
+
+// prioSeries is the entry's series of priority p in direction d, added
+// when first seen.
+func (e *entry) prioSeries(d int, p uint16) *latStat {
+	for i := range e.prios[d] {
+		if e.prios[d][i].prio == p {
+			return &e.prios[d][i].clat
+		}
+	}
+	e.prios[d] = append(e.prios[d], prioLat{prio: p, clat: newLatStat(true)})
+	return &e.prios[d][len(e.prios[d])-1].clat
+}
+
+// reportedPrios is what fio reports of a direction's priorities: the
+// series that saw I/O, when more than one did (one priority is the plain
+// clat line).
+func (e *entry) reportedPrios(d int) []*prioLat {
+	var out []*prioLat
+	for i := range e.prios[d] {
+		if e.prios[d][i].clat.n > 0 {
+			out = append(out, &e.prios[d][i])
+		}
+	}
+	if len(out) < 2 {
+		return nil
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -271,18 +272,22 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	stopWatch := make(chan struct{})
+	stopWatch, watched := make(chan struct{}), make(chan struct{})
+	// The watcher and the run both write stderr: one lock between them.
+	logw := &lockedWriter{w: stderr}
 	go func() {
+		defer close(watched)
 		select {
 		case <-sigs:
-			fmt.Fprintln(stderr, "ringblk bench: terminate signal received")
+			fmt.Fprintln(logw, "ringblk bench: terminate signal received")
 			interrupted.Store(true)
 		case <-stopWatch:
 		}
 	}()
-	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: stderr})
+	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: logw})
 	signal.Stop(sigs)
 	close(stopWatch)
+	<-watched // a signal taken just before the stop must not set interrupted after the reset
 	interrupted.Store(false)
 	if err != nil {
 		return fail(err)
@@ -311,19 +316,31 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return jobStatus(stderr, res)
 }
 
-// jobStatus is fio's exit status after a run: 1 when any job failed (an
-// I/O error, a verify failure), 0 otherwise. Each failed job gets a line
-// on stderr with its errno, as fio's "fio: pid=…, err=N/…" line.
+// jobStatus is fio's exit status after a run: the number of clones that
+// failed (an I/O error, a verify failure, a failed close, a job that
+// failed at its start), as fio counts its failed threads, at most 255; 0
+// when none did. Each failed job gets a line on stderr with its errno, as
+// fio's "fio: pid=…, err=N/…" line.
 func jobStatus(stderr io.Writer, res *Result) int {
 	code := 0
 	for _, jr := range res.Jobs {
+		if jr.SetupFailed != nil {
+			code += len(jr.Clones)
+			continue
+		}
 		if jr.Err == nil {
 			continue
 		}
-		code = 1
+		failed := 0
+		for _, w := range jr.Clones {
+			if w.err != nil {
+				failed++
+			}
+		}
+		code += max(failed, 1) // a job-level error (its image's close) is one
 		fmt.Fprintf(stderr, "ringblk bench: job %q: err=%d (error=%s): %v\n", jr.Job.Name, errnoOf(jr.Err), errnoText(errnoOf(jr.Err)), jr.Err)
 	}
-	return code
+	return min(code, 255)
 }
 
 // writeMismatches reports verification failures where JSON has no room.
@@ -344,4 +361,16 @@ func writeMismatches(w io.Writer, res *Result) {
 func isTTY(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && IsTerminal(int(f.Fd()))
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -22,7 +22,9 @@ import (
 // threadClone is a clone of a baseline engine.
 type threadClone struct {
 	w      *worker
-	f      *os.File
+	f      *os.File   // the first file
+	fs     []*os.File // every file (several files: files.go)
+	fds    []int32
 	mem    []byte
 	ring   *uring.Ring
 	cpu    int
@@ -85,23 +87,41 @@ func fadviseAdvice(h raw.Fadvise) (int, bool) {
 }
 
 func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, error) {
-	f, err := openJobFile(w.job)
-	if err != nil {
-		return nil, err
+	var fs []*os.File
+	var fds []int32
+	for _, fj := range w.job.fileJobs() {
+		f, err := openJobFile(fj)
+		if err != nil {
+			for _, o := range fs {
+				o.Close()
+			}
+			return nil, err
+		}
+		fs, fds = append(fs, f), append(fds, int32(f.Fd()))
 	}
+	f := fs[0]
 	page := 4096
 	per := (w.maxBlock() + page - 1) / page * page
 	mem, err := unix.Mmap(-1, 0, per*len(w.units), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE|unix.MAP_POPULATE)
 	if err != nil {
-		f.Close()
+		for _, o := range fs {
+			o.Close()
+		}
 		return nil, fmt.Errorf("buffers: %w", err)
+	}
+	if err := bindBuffers(w.job, mem); err != nil {
+		unix.Munmap(mem)
+		for _, o := range fs {
+			o.Close()
+		}
+		return nil, err
 	}
 	bufs := make([][]byte, len(w.units))
 	for i := range bufs {
 		bufs[i] = mem[i*per : i*per+w.maxBlock()]
 	}
 	w.setBuffers(bufs)
-	c := &threadClone{w: w, f: f, mem: mem, cpu: cpu, engine: w.job.IOEngine, done: done}
+	c := &threadClone{w: w, f: f, fs: fs, fds: fds, mem: mem, cpu: cpu, engine: w.job.IOEngine, done: done}
 	if c.engine == "io_uring" {
 		entries := 1 << bits.Len(uint(max(w.job.IODepth, 1)-1))
 		if c.ring, err = uring.New(entries, sqPollOptions(w.job)...); err != nil {
@@ -111,8 +131,12 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 		// Registered before the owner thread binds the ring (its first
 		// enter), which any thread may do.
 		if w.job.RegisterFiles {
-			if err = c.ring.RegisterFiles(1); err == nil {
-				err = c.ring.UpdateFile(0, int(f.Fd()))
+			if err = c.ring.RegisterFiles(len(fds)); err == nil {
+				for i, fd := range fds {
+					if err = c.ring.UpdateFile(i, int(fd)); err != nil {
+						break
+					}
+				}
 			}
 		}
 		if err == nil && w.job.FixedBufs {
@@ -137,6 +161,9 @@ func (c *threadClone) start() {
 		} else if c.w.cpuSet != nil {
 			pinSet(c.w.cpuSet)
 		}
+		if c.ring == nil {
+			setThreadPrio(c.w.prio.def) // psync: the thread's own priority, as fio's ioprio_set
+		}
 		if d := c.w.startDelay(); d > 0 {
 			time.Sleep(d)
 		}
@@ -156,7 +183,6 @@ func (c *threadClone) start() {
 
 func (c *threadClone) runSync() {
 	w := c.w
-	fd := int(c.f.Fd())
 	one := make([]*unit, 1)
 	for {
 		now := w.now()
@@ -177,15 +203,20 @@ func (c *threadClone) runSync() {
 		w.submitted(one, now) // sync engines have no submission latency (noSlat)
 		var n int
 		var err error
+		fi, off := w.files.locate(u.off)
+		if u.dir == DirSync {
+			fi = int(u.off) // a sync unit's off is its file
+		}
+		fd := int(c.fds[fi])
 		switch {
 		case u.dir == DirSync && w.job.Fdatasync > 0 && w.job.Fsync == 0:
 			err = unix.Fdatasync(fd)
 		case u.dir == DirSync:
 			err = unix.Fsync(fd)
 		case u.dir == DirRead:
-			n, err = unix.Pread(fd, u.buf[:u.n], u.off)
+			n, err = unix.Pread(fd, u.buf[:u.n], off)
 		default:
-			n, err = unix.Pwrite(fd, u.buf[:u.n], u.off)
+			n, err = unix.Pwrite(fd, u.buf[:u.n], off)
 		}
 		if err == nil && n != u.n {
 			err = fmt.Errorf("short %s: %d of %d bytes", dirName(int(u.dir)), n, u.n)
@@ -197,11 +228,7 @@ func (c *threadClone) runSync() {
 func (c *threadClone) runRing() {
 	w := c.w
 	r := c.ring
-	fd := int32(c.f.Fd())
 	fixedFile, fixedBufs := w.job.RegisterFiles, w.job.FixedBufs
-	if fixedFile {
-		fd = 0 // the registered-file slot
-	}
 	batch := make([]*unit, 0, len(w.units))
 	cqes := make([]uring.CQE, 2*len(w.units))
 	// iodepth_batch_complete_max: the CQEs taken per round. fio's default
@@ -231,17 +258,28 @@ func (c *threadClone) runRing() {
 				w.untake(u)
 				break
 			}
+			fi, off := w.files.locate(u.off)
+			if u.dir == DirSync {
+				fi = int(u.off) // a sync unit's off is its file
+			}
+			fd := c.fds[fi]
+			if fixedFile {
+				fd = int32(fi) // the registered-file slot
+			}
 			switch {
 			case u.dir == DirSync:
 				sqe.PrepFsync(fd, w.job.Fdatasync > 0 && w.job.Fsync == 0, uint64(u.idx))
 			case u.dir == DirRead && fixedBufs:
-				sqe.PrepReadFixed(fd, u.buf[:u.n], uint64(u.off), 0, uint64(u.idx))
+				sqe.PrepReadFixed(fd, u.buf[:u.n], uint64(off), 0, uint64(u.idx))
 			case u.dir == DirRead:
-				sqe.PrepRead(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
+				sqe.PrepRead(fd, u.buf[:u.n], uint64(off), uint64(u.idx))
 			case fixedBufs:
-				sqe.PrepWriteFixed(fd, u.buf[:u.n], uint64(u.off), 0, uint64(u.idx))
+				sqe.PrepWriteFixed(fd, u.buf[:u.n], uint64(off), 0, uint64(u.idx))
 			default:
-				sqe.PrepWrite(fd, u.buf[:u.n], uint64(u.off), uint64(u.idx))
+				sqe.PrepWrite(fd, u.buf[:u.n], uint64(off), uint64(u.idx))
+			}
+			if u.prio != 0 && u.dir != DirSync {
+				sqe.IoPrio = u.prio // prio/prioclass/cmdprio: the SQE's ioprio
 			}
 			if fixedFile {
 				sqe.SetFixedFile()
@@ -267,9 +305,16 @@ func (c *threadClone) runRing() {
 		// Enter only when the CQ holds fewer than the minimum: the submit
 		// above already entered with GETEVENTS (so deferred completions
 		// were posted), and what an earlier round left is still there.
-		if r.Ready() < w.reapMin() {
+		// Like fio's loop, a round takes at most iodepth_batch_complete_max
+		// and issues again; once nothing more will be issued the rest
+		// drains in one reap (fio waits for all in flight at the end).
+		reapMin, take := w.reapMin(), reapMax
+		if w.stopIssuing && !paced {
+			reapMin, take = w.busy, len(cqes)
+		}
+		if r.Ready() < reapMin {
 			w.enterReap++
-			if _, err := r.SubmitAndWait(w.reapMin(), wait); err != nil && !errors.Is(err, uring.ErrBusy) {
+			if _, err := r.SubmitAndWait(reapMin, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
 				// The ring failed: stop issuing and reap what is still in
 				// flight before its buffers go away.
 				if w.err == nil {
@@ -281,7 +326,7 @@ func (c *threadClone) runRing() {
 				}
 			}
 		}
-		k := r.Reap(cqes[:reapMax])
+		k := r.Reap(cqes[:take])
 		t := w.now()
 		for _, cq := range cqes[:k] {
 			u := &w.units[cq.UserData]
@@ -328,7 +373,9 @@ func (c *threadClone) close() {
 	if c.mem != nil {
 		unix.Munmap(c.mem)
 	}
-	c.f.Close()
+	for _, f := range c.fs {
+		f.Close()
+	}
 }
 
 // sqPollOptions are the ring options of sqthread_poll and

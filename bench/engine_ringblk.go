@@ -57,7 +57,9 @@ func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 	for _, j := range jobs {
 		if j.IOEngine == "ringblk" && j.Format != "null" && j.RW.Writes() {
 			for k := 0; k < j.NumJobs; k++ {
-				e.writers[chain.FileID(j.cloneJob(k).Filename)] = true
+				for _, fj := range j.cloneJob(k).fileJobs() {
+					e.writers[chain.FileID(fj.Filename)] = true
+				}
 			}
 		}
 	}
@@ -234,7 +236,8 @@ func (rj *ringblkJob) close() error {
 type ringblkClone struct {
 	w          *worker
 	ctx        *aio.Context
-	q          *block.Queue
+	q          *block.Queue   // the first file's queue
+	qs         []*block.Queue // a queue per file (several files: files.go)
 	refillBH   *aio.BH
 	scheduled  bool
 	batch      []*unit
@@ -250,7 +253,8 @@ type ringblkClone struct {
 // arenaLimit caps the arena a clone asks for; larger buffer sets are mmap'd.
 const arenaLimit = 256 << 20
 
-func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*ringblkClone, error) {
+func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker) (*ringblkClone, error) {
+	rj := rjs[0]
 	j := w.job
 	page := 4096
 	per := 1 << bits.Len(uint((w.maxBlock()+page-1)/page-1)) * page
@@ -287,11 +291,13 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		ctx.Run(func() { pinSet(w.cpuSet) })
 	}
 	c := &ringblkClone{w: w, ctx: ctx, q: rj.fe.Queue(ctx), done: done, batch: make([]*unit, 0, len(w.units))}
+	for _, r := range rjs {
+		c.qs = append(c.qs, r.fe.Queue(ctx))
+	}
 	if j.SyncIO != "" {
 		c.writeFlags = block.FUA
 	}
 	c.refillBH = ctx.NewBH(c.refill)
-	w.depthAtEnter = true // a refill's batches go to the kernel together
 	// Buffers: from the Context's arena (registered: READ_FIXED/WRITE_FIXED),
 	// else one mmap'd region.
 	ctx.Run(func() {
@@ -319,6 +325,42 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		c.mapped = mem
 		for i := range w.units {
 			c.bufs = append(c.bufs, mem[i*per:i*per+w.maxBlock()])
+		}
+	}
+	for _, b := range c.bufs {
+		if err := bindBuffers(j, b); err != nil {
+			c.stop()
+			return nil, err
+		}
+	}
+	if j.FixedBufs && (c.mapped != nil || !ctx.Arena().Fixed()) {
+		// fixedbufs: READ_FIXED/WRITE_FIXED need the buffers in the
+		// Context's registered arena.
+		c.stop()
+		return nil, fmt.Errorf("fixedbufs: the clone's %d buffers of %d bytes do not fit a registered arena (at most %d MiB)", len(w.units), per, arenaLimit>>20)
+	}
+	if j.RegisterFiles {
+		// registerfiles: each image file in the Context's registered-file
+		// table (aio.Context.RegisterFile), so its I/O names the slot
+		// (IOSQE_FIXED_FILE). Context.Stop drops the registrations before
+		// the job closes the images.
+		var err error
+		ctx.Run(func() {
+			for _, r := range rjs {
+				d, ok := r.node.Driver().(*raw.Driver)
+				if !ok {
+					err = fmt.Errorf("registerfiles: %s is not a raw image (the option registers raw image files only)", r.node.Name())
+					return
+				}
+				if err = ctx.RegisterFile(d.AioFile()); err != nil {
+					err = fmt.Errorf("registerfiles: %s: %w", r.node.Name(), err)
+					return
+				}
+			}
+		})
+		if err != nil {
+			c.stop()
+			return nil, err
 		}
 	}
 	w.setBuffers(c.bufs)
@@ -397,10 +439,11 @@ func (c *ringblkClone) refill() {
 	// filled and timestamped together, as in fio.
 	c.ctx.Plug()
 	defer c.ctx.Unplug()
-	defer w.markDepth()
 	for {
 		c.batch = c.batch[:0]
-		c.q.Plug()
+		for _, q := range c.qs {
+			q.Plug()
+		}
 		for len(c.batch) < batchSize {
 			u := w.take()
 			if u == nil {
@@ -411,15 +454,25 @@ func (c *ringblkClone) refill() {
 				break
 			}
 			if u.dir == DirSync {
-				c.q.Flush(c, uint64(u.idx)) // fsync and fdatasync: the node's flush
-			} else if u.dir == DirRead {
-				c.q.Read(u.buf[:u.n], u.off, c, uint64(u.idx))
+				c.qs[u.off].Flush(c, uint64(u.idx)) // fsync and fdatasync: the node's flush (u.off: the file)
 			} else {
-				c.q.Write(u.buf[:u.n], u.off, c.writeFlags, c, uint64(u.idx))
+				// Read and Write as the Queue helpers fill them, plus the
+				// I/O's priority (prio, prioclass, cmdprio).
+				fi, off := w.files.locate(u.off)
+				q := c.qs[fi]
+				r := q.Get()
+				r.Op, r.Off, r.Tag, r.Prio = block.OpRead, off, uint64(u.idx), u.prio
+				if u.dir == DirWrite {
+					r.Op, r.Flags = block.OpWrite, c.writeFlags
+				}
+				r.SetBuf(u.buf[:u.n])
+				q.Submit(r, c)
 			}
 			c.batch = append(c.batch, u)
 		}
-		c.q.Unplug()
+		for _, q := range c.qs {
+			q.Unplug()
+		}
 		if len(c.batch) == 0 {
 			break
 		}

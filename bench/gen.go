@@ -21,6 +21,7 @@ type generator struct {
 	dist      skewed
 	// size-limited runs stop after issuing limit bytes; 0: no limit.
 	limit, issued int64
+	minBlock      int64 // the smallest block of either direction
 	// zoned: cumulative access percent and block ranges per zone
 	zoneCum   []int
 	zoneStart []uint64
@@ -85,6 +86,7 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 			start += n
 		}
 	}
+	g.minBlock = int64(max(min(j.MinBS(DirRead), j.MinBS(DirWrite)), 1))
 	if !j.TimeBased {
 		g.limit = regionLen
 		if j.IOSize > 0 {
@@ -105,7 +107,9 @@ func newGenerator(j *Job, clone int, regionOff, regionLen int64) *generator {
 // next fills in the next I/O. It returns false when a size-limited run has
 // issued all its bytes.
 func (g *generator) next() (dir int, off int64, n int, ok bool) {
-	if g.limit > 0 && g.issued >= g.limit || g.job.NumberIOs > 0 && g.ios >= g.job.NumberIOs {
+	// fio ends when the bytes left are fewer than the smallest block (a
+	// size that is no multiple of bs leaves a tail unwritten).
+	if g.limit > 0 && g.issued+g.minBlock > g.limit || g.job.NumberIOs > 0 && g.ios >= g.job.NumberIOs {
 		return 0, 0, 0, false
 	}
 	g.ios++

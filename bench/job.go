@@ -75,9 +75,10 @@ const (
 	VerifyPattern
 	VerifyCRC64
 	VerifySHA256
+	VerifyMeta // fio's header alone (its VERIFY_HDR_ONLY), with verify_pattern the pattern after it
 )
 
-var verifyNames = [...]string{"0", "crc32c", "md5", "pattern", "crc64", "sha256"}
+var verifyNames = [...]string{"0", "crc32c", "md5", "pattern", "crc64", "sha256", "meta"}
 
 func (v VerifyKind) String() string { return verifyNames[v] }
 
@@ -112,6 +113,9 @@ type Job struct {
 	Directory string
 	Size      int64 // bytes of I/O per clone and the region size; 0: the file's size
 	Offset    int64
+	// SizePct and OffsetPct are size= and offset= given as a percentage
+	// of the file or device (0: not); prepareFile turns them into bytes.
+	SizePct, OffsetPct float64
 
 	RW           RW
 	RWMixRead    int       // percent of reads in mixed patterns
@@ -284,6 +288,21 @@ type Job struct {
 	// ringblk engine writes with FUA (durable at completion).
 	SyncIO string
 
+	// IOPrio holds prio, prioclass, the cmdprio options and log_prio
+	// (prio.go).
+	IOPrio jobPrio
+	// NumaCPUs are numa_cpu_nodes' CPUs (cpus_allowed when that is not
+	// set); NumaMem and NumaMemNodes numa_mem_policy's mode and nodes
+	// (numa.go). ScrambleBuffers is scramble_buffers (default on).
+	// VerifyIntervalSet is verify_interval (0: fio's default), FillDevice
+	// fill_device (write until ENOSPC, which then ends the job cleanly).
+	VerifyIntervalSet int
+	FillDevice        bool
+	NumaCPUs          []int
+	NumaMem           int
+	NumaMemNodes      []int
+	ScrambleBuffers   bool
+
 	// Options are this job's own options in the order given (fio's "job
 	// options"); globals are the [global] options in effect for it.
 	Options []Option
@@ -296,6 +315,16 @@ type Job struct {
 	// job with that file name).
 	perCloneFile bool
 	cloneJobs    []*Job
+
+	// Several files per clone (files.go): Files are filename=a:b's names
+	// (or, with nrfiles, the clone's generated names), NrFiles nrfiles,
+	// FileService file_service_type with its :N, fileSize each file's
+	// size (the region is len(Files) of them, one after another).
+	Files         []string
+	NrFiles       int
+	FileService   string
+	FileServiceNr int
+	fileSize      int64
 }
 
 // cloneJob is the job clone k runs: j itself, or with per-clone files a
@@ -309,7 +338,13 @@ func (j *Job) cloneJob(k int) *Job {
 		for i := 1; i < j.NumJobs; i++ {
 			c := *j
 			c.cloneJobs = nil
-			c.Filename = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i))
+			c.Filename = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i, 0))
+			if len(j.Files) > 0 {
+				c.Files = make([]string, len(j.Files))
+				for f := range c.Files {
+					c.Files[f] = filepath.Join(filepath.Dir(j.Filename), j.cloneFileName(i, f))
+				}
+			}
 			j.cloneJobs[i] = &c
 		}
 	}
@@ -324,6 +359,8 @@ func newJob(name string, loc Loc) *Job {
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, SQThreadPollCPU: -1, DedupeMode: "repeat", DedupeWorkingSet: 5,
 		LatencyPercentile: 100,
+		ScrambleBuffers:   true,
+		IOPrio:            jobPrio{Prio: -1, PrioClass: -1, Class: [2]int{ioprioClassRT, ioprioClassRT}},
 		set:               map[string]Loc{},
 	}
 }
@@ -479,6 +516,12 @@ func (j *Job) validate() error {
 			}
 		}
 	}
+	if j.NumaCPUs != nil && j.CPUsAllowed == nil {
+		j.CPUsAllowed = j.NumaCPUs // numa_cpu_nodes: run on the nodes' CPUs
+	}
+	if err := j.validatePrio(bad, at); err != nil {
+		return err
+	}
 	if j.IOEngine == "psync" {
 		for _, o := range []string{"sqthread_poll", "sqthread_poll_cpu"} {
 			if _, ok := j.set[o]; ok {
@@ -486,23 +529,23 @@ func (j *Job) validate() error {
 			}
 		}
 	}
-	if j.IOEngine != "io_uring" {
+	if j.IOEngine != "io_uring" && j.IOEngine != "io_uring_cmd" {
 		for _, o := range []string{"fixedbufs", "registerfiles"} {
-			if _, ok := j.set[o]; ok {
-				if j.IOEngine == "ringblk" {
-					// The block layer issues its I/O on plain descriptors and
-					// its own arena: neither can be asked for per job yet.
-					return bad(at(o), "%s is not implemented for ioengine=ringblk (the block layer's ring uses plain file descriptors and its own registered arena)", o)
-				}
-				return bad(at(o), "%s applies to ioengine=io_uring only (ioengine=%s)", o, j.IOEngine)
+			if _, ok := j.set[o]; ok && j.IOEngine != "ringblk" {
+				// ringblk: the clone's Context registers its files and
+				// holds the buffers in its registered arena (engine_ringblk.go).
+				return bad(at(o), "%s applies to the ring engines (io_uring, ringblk), not ioengine=%s", o, j.IOEngine)
 			}
 		}
+	}
+	if err := j.setupFiles(bad, at); err != nil {
+		return err
 	}
 	if j.Filename == "" && !(j.IOEngine == "ringblk" && j.Format == "null") {
 		// fio's default file: jobname.clone.file in directory=, one per
 		// clone.
 		j.perCloneFile = j.NumJobs > 1
-		j.Filename = j.cloneFileName(0)
+		j.Filename = j.cloneFileName(0, 0)
 		if j.Directory != "" {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
@@ -579,12 +622,12 @@ func (j *Job) validate() error {
 }
 
 // cloneFileName is clone k's file without filename=: filename_format
-// expanded (fio's default "$jobname.$jobnum.$filenum"; one file per clone,
-// so $filenum is 0).
-func (j *Job) cloneFileName(k int) string {
-	f := j.FilenameFormat
-	if f == "" {
-		f = "$jobname.$jobnum.$filenum"
+// expanded (fio's default "$jobname.$jobnum.$filenum"): clone k's file
+// number f (0 unless nrfiles gives a clone several).
+func (j *Job) cloneFileName(k, f int) string {
+	format := j.FilenameFormat
+	if format == "" {
+		format = "$jobname.$jobnum.$filenum"
 	}
-	return strings.NewReplacer("$jobname", j.Name, "$jobnum", strconv.Itoa(k), "$filenum", "0").Replace(f)
+	return strings.NewReplacer("$jobname", j.Name, "$jobnum", strconv.Itoa(k), "$filenum", strconv.Itoa(f)).Replace(format)
 }

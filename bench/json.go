@@ -168,7 +168,7 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"read", jsonDir(e, DirRead, plus)},
 		{"write", jsonDir(e, DirWrite, plus)},
 		{"trim", jsonDir(e, -1, plus)},
-		{"sync", obj{{"total_ios", e.sync.n}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job), plus)}}},
+		{"sync", obj{{"total_ios", e.syncIOs()}, {"lat_ns", latObj(&e.sync, pctsIf(e.job.ClatPercentiles, e.job), plus)}}},
 		{"job_runtime", jobRuntime},
 		{"usr_cpu", e.usrPct},
 		{"sys_cpu", e.sysPct},
@@ -185,6 +185,11 @@ func jsonEntry(e *entry, plus bool) obj {
 		{"latency_target", e.job.LatencyTarget.Microseconds()},
 		{"latency_percentile", e.job.LatencyPercentile},
 		{"latency_window", e.job.LatencyWindow.Microseconds()},
+	}
+	if e.setupFailed {
+		// fio's entry of a job that failed at its start ends before its
+		// latency target keys.
+		o = o[:len(o)-4]
 	}
 	if len(e.echoed().Options) == 0 {
 		// fio leaves "job options" out of a job that sets none of its own.
@@ -280,7 +285,7 @@ func jsonDir(e *entry, d int, plus bool) obj {
 	if ds.bw.n > 0 && d >= 0 {
 		agg = e.share[d]
 	}
-	return obj{
+	o := obj{
 		{"io_bytes", ds.bytes},
 		{"io_kbytes", ds.bytes / 1024},
 		{"bw_bytes", uint64(bwBytes)},
@@ -305,6 +310,22 @@ func jsonDir(e *entry, d int, plus bool) obj {
 		{"iops_stddev", ds.iops.stddev()},
 		{"iops_samples", ds.iops.n},
 	}
+	if d >= 0 {
+		if ps := e.reportedPrios(d); ps != nil {
+			// fio's "prios", after lat_ns: the clat of each priority used.
+			var arr []obj
+			for _, p := range ps {
+				arr = append(arr, obj{
+					{"prioclass", ioprioClass(p.prio)},
+					{"prio", ioprioLevel(p.prio)},
+					{"clat_ns", latObj(&p.clat, pctsIf(e.job.ClatPercentiles, e.job), plus)},
+				})
+			}
+			i := 12 // after "lat_ns"
+			o = append(o[:i+1], append(obj{{"prios", arr}}, o[i+1:]...)...)
+		}
+	}
+	return o
 }
 
 // latencyDepth is fio's latency_depth: the depth latency_target's search
@@ -325,4 +346,14 @@ func (e *entry) echoed() *Job {
 		return e.optsJob
 	}
 	return e.job
+}
+
+// syncIOs is fio's sync "total_ios": the fsyncs issued during the run;
+// fio counts fdatasyncs (its DDIR_DATASYNC) only in their latency
+// series, and end_fsync's sync in neither.
+func (e *entry) syncIOs() uint64 {
+	if e.job.Fdatasync > 0 && e.job.Fsync == 0 {
+		return 0
+	}
+	return e.sync.n
 }

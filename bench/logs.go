@@ -10,11 +10,11 @@ import (
 // write_lat_log), so fio's plotting tools (fio_generate_plots,
 // fiologparser.py) read them: one line per entry,
 //
-//	time (ms), value, direction (0 read, 1 write), block size, offset
+//	time (ms), value, direction (0 read, 1 write), block size, [offset,] priority
 //
 // Without log_avg_msec every I/O is an entry (bw in KiB/s of that I/O,
-// iops 1, latencies in ns, its block size; the offset with log_offset=1,
-// else 0). With log_avg_msec=N each direction that did I/O in a window of
+// iops 1, latencies in ns, its block size; the offset column only with
+// log_offset=1). With log_avg_msec=N each direction that did I/O in a window of
 // N ms gets one entry, the window's average, with block size 0. Entries
 // go into a fixed buffer that is written out when nearly full: nothing on
 // the I/O path allocates.
@@ -40,7 +40,11 @@ type logFile struct {
 
 const logBufSize = 64 << 10
 
-func (l *logFile) add(ms, val int64, dir int, bs int, off int64) {
+// add appends one entry: time, value, direction, block size, then the
+// offset when log_offset is on (off >= 0), then the priority column:
+// with log_prio the I/O's priority value as 0x%04x, else 1 for a realtime
+// I/O and 0 for any other (fio 3.33's columns).
+func (l *logFile) add(ms, val int64, dir int, bs int, off int64, prio uint16, logPrio bool) {
 	if l == nil || l.err != nil {
 		return
 	}
@@ -53,7 +57,19 @@ func (l *logFile) add(ms, val int64, dir int, bs int, off int64) {
 	b = append(b, ',', ' ')
 	b = strconv.AppendInt(b, int64(bs), 10)
 	b = append(b, ',', ' ')
-	b = strconv.AppendInt(b, off, 10)
+	if off >= 0 {
+		b = strconv.AppendInt(b, off, 10)
+		b = append(b, ',', ' ')
+	}
+	switch {
+	case logPrio:
+		const hex = "0123456789abcdef"
+		b = append(b, '0', 'x', hex[prio>>12&15], hex[prio>>8&15], hex[prio>>4&15], hex[prio&15])
+	case ioprioClass(prio) == ioprioClassRT:
+		b = append(b, '1')
+	default:
+		b = append(b, '0')
+	}
 	b = append(b, '\n')
 	l.buf = b
 	if len(l.buf) > logBufSize-128 {
@@ -89,30 +105,33 @@ type logWindow struct {
 
 // cloneLogs are a clone's open logs (nil entries: not asked for).
 type cloneLogs struct {
-	files  [nLogs]*logFile
-	avgNs  int64 // log_avg_msec in ns; 0: an entry per I/O
-	offset bool  // log_offset
-	start  int64 // window start
-	win    [2]logWindow
+	files   [nLogs]*logFile
+	avgNs   int64 // log_avg_msec in ns; 0: an entry per I/O
+	offset  bool  // log_offset
+	logPrio bool  // log_prio
+	start   int64 // window start
+	win     [2]logWindow
 }
 
-// logName is fio's file name of a log: PREFIX_bw.N.log (N the clone,
-// from 1) or PREFIX_bw.log with per_job_logs=0.
-func logName(j *Job, prefix string, kind, clone int) string {
+// logName is fio's file name of a log: PREFIX_bw.N.log (N the clone's
+// thread number: from 1, counted over every job of the run, as fio's) or
+// PREFIX_bw.log with per_job_logs=0.
+func logName(j *Job, prefix string, kind, thread int) string {
 	if !j.PerJobLogs {
 		return prefix + logSuffix[kind] + ".log"
 	}
-	return prefix + logSuffix[kind] + "." + strconv.Itoa(clone+1) + ".log"
+	return prefix + logSuffix[kind] + "." + strconv.Itoa(thread) + ".log"
 }
 
-// openLogs opens the logs a clone's job asks for, or returns nil.
-func openLogs(j *Job, clone int) (*cloneLogs, error) {
+// openLogs opens the logs a clone's job asks for, or returns nil; thread
+// is the clone's fio thread number (from 1).
+func openLogs(j *Job, thread int) (*cloneLogs, error) {
 	if j.BWLog == nil && j.IOPSLog == nil && j.LatLog == nil {
 		return nil, nil
 	}
-	l := &cloneLogs{avgNs: int64(j.LogAvgMsec) * 1e6, offset: j.LogOffset}
+	l := &cloneLogs{avgNs: int64(j.LogAvgMsec) * 1e6, offset: j.LogOffset, logPrio: j.IOPrio.LogPrio}
 	open := func(kind int, prefix string) error {
-		name := logName(j, prefix, kind, clone)
+		name := logName(j, prefix, kind, thread)
 		f, err := os.Create(name)
 		if err != nil {
 			return fmt.Errorf("log file: %w", err)
@@ -142,7 +161,7 @@ func openLogs(j *Job, clone int) (*cloneLogs, error) {
 }
 
 // io logs one completed I/O (per-I/O mode) or adds it to the window.
-func (l *cloneLogs) io(now int64, dir, n int, off, clat, lat int64) {
+func (l *cloneLogs) io(now int64, dir, n int, off, clat, lat int64, prio uint16) {
 	if l.avgNs > 0 {
 		w := &l.win[dir]
 		w.ios++
@@ -159,31 +178,32 @@ func (l *cloneLogs) io(now int64, dir, n int, off, clat, lat int64) {
 	}
 	ms := now / 1e6
 	if !l.offset {
-		off = 0
+		off = -1
 	}
+	lp := l.logPrio
 	if f := l.files[logBW]; f != nil && clat > 0 {
-		f.add(ms, int64(n)*1e9/clat/1024, dir, n, off)
+		f.add(ms, int64(n)*1e9/clat/1024, dir, n, off, prio, lp)
 	}
-	l.files[logIOPS].add(ms, 1, dir, n, off)
+	l.files[logIOPS].add(ms, 1, dir, n, off, prio, lp)
 	if clat >= 0 {
-		l.files[logClat].add(ms, clat, dir, n, off)
+		l.files[logClat].add(ms, clat, dir, n, off, prio, lp)
 	}
 	if lat >= 0 {
-		l.files[logLat].add(ms, lat, dir, n, off)
+		l.files[logLat].add(ms, lat, dir, n, off, prio, lp)
 	}
 }
 
 // slat logs a submission latency.
-func (l *cloneLogs) slat(now int64, dir, n int, off, v int64) {
+func (l *cloneLogs) slat(now int64, dir, n int, off, v int64, prio uint16) {
 	if l.avgNs > 0 {
 		l.win[dir].slatSum += v
 		l.win[dir].slatN++
 		return
 	}
 	if !l.offset {
-		off = 0
+		off = -1
 	}
-	l.files[logSlat].add(now/1e6, v, dir, n, off)
+	l.files[logSlat].add(now/1e6, v, dir, n, off, prio, l.logPrio)
 }
 
 // tick closes a window that has ended.
@@ -199,20 +219,25 @@ func (l *cloneLogs) window(now int64) {
 		return
 	}
 	ms := now / 1e6
+	off := int64(-1)
+	if l.offset {
+		off = 0
+	}
+	lp := l.logPrio
 	for d := range l.win {
 		w := &l.win[d]
 		if w.ios > 0 {
-			l.files[logBW].add(ms, int64(w.bytes*1e9/uint64(span)/1024), d, 0, 0)
-			l.files[logIOPS].add(ms, int64(w.ios*1e9/uint64(span)), d, 0, 0)
+			l.files[logBW].add(ms, int64(w.bytes*1e9/uint64(span)/1024), d, 0, off, 0, lp)
+			l.files[logIOPS].add(ms, int64(w.ios*1e9/uint64(span)), d, 0, off, 0, lp)
 		}
 		if w.latN > 0 {
-			l.files[logLat].add(ms, w.latSum/w.latN, d, 0, 0)
+			l.files[logLat].add(ms, w.latSum/w.latN, d, 0, off, 0, lp)
 		}
 		if w.clatN > 0 {
-			l.files[logClat].add(ms, w.clatSum/w.clatN, d, 0, 0)
+			l.files[logClat].add(ms, w.clatSum/w.clatN, d, 0, off, 0, lp)
 		}
 		if w.slatN > 0 {
-			l.files[logSlat].add(ms, w.slatSum/w.slatN, d, 0, 0)
+			l.files[logSlat].add(ms, w.slatSum/w.slatN, d, 0, off, 0, lp)
 		}
 		*w = logWindow{}
 	}

@@ -57,23 +57,38 @@ func init() {
 				return nil
 			}
 			var b strings.Builder
+			var names []string
 			for i := 0; i < len(v); i++ {
 				switch {
 				case v[i] == '\\' && i+1 < len(v) && v[i+1] == ':':
 					b.WriteByte(':')
 					i++
 				case v[i] == ':':
-					return fmt.Errorf("several files in one job (filename=a:b) are not implemented: give each file its own job, or escape a colon in a name as \\:")
+					names = append(names, b.String()) // several files (files.go)
+					b.Reset()
 				default:
 					b.WriteByte(v[i])
 				}
 			}
-			j.Filename = b.String()
+			names = append(names, b.String())
+			for _, n := range names {
+				if n == "" {
+					return fmt.Errorf("an empty file name in %q", v)
+				}
+			}
+			j.Filename, j.Files = names[0], nil
+			if len(names) > 1 {
+				j.Files = names
+			}
 			return nil
 		}},
 		"directory": {help: "directory prefixed to a relative filename", set: func(j *Job, v string) error { j.Directory = v; return nil }},
-		"size":      {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024)", set: sizeSetter(func(j *Job, n int64) { j.Size = n })},
-		"offset":    {help: "start of the region in bytes", set: sizeSetter(func(j *Job, n int64) { j.Offset = n })},
+		"size": {help: "bytes of I/O per job and size of the region (k/m/g/t suffixes, base 1024; N% of an existing file or device)", set: pctOrSize(func(j *Job, n int64, pct float64) {
+			j.Size, j.SizePct = n, pct
+		})},
+		"offset": {help: "start of the region in bytes (N%: of an existing file or device)", set: pctOrSize(func(j *Job, n int64, pct float64) {
+			j.Offset, j.OffsetPct = n, pct
+		})},
 		"rw": {help: "read, write, randread, randwrite, rw/readwrite, randrw", set: func(j *Job, v string) error {
 			j.SeqAdd, j.SeqNr = 0, 0
 			v, suffix, hasSuffix := strings.Cut(v, ":")
@@ -514,7 +529,7 @@ func init() {
 			j.DistParam = f
 			return nil
 		}},
-		"verify": {help: "crc32c, crc64, md5, sha256, pattern (0: off); fio's header", set: func(j *Job, v string) error {
+		"verify": {help: "crc32c, crc64, md5, sha256, meta (the header alone), pattern (0: off); fio's header", set: func(j *Job, v string) error {
 			switch v {
 			case "0", "", "none":
 				j.Verify = VerifyNone
@@ -528,14 +543,16 @@ func init() {
 				j.Verify = VerifySHA256
 			case "pattern":
 				j.Verify = VerifyPattern
-			case "crc32", "crc16", "crc7", "xxhash", "sha1", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512", "meta", "null":
-				return fmt.Errorf("verify=%s is a fio method that ringblk bench does not implement (crc32c, crc32c-intel, crc64, md5, sha256, pattern)", v)
+			case "meta":
+				j.Verify = VerifyMeta
+			case "crc32", "crc16", "crc7", "xxhash", "sha1", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512", "null":
+				return fmt.Errorf("verify=%s is a fio method that ringblk bench does not implement (crc32c, crc32c-intel, crc64, md5, sha256, meta, pattern)", v)
 			default:
-				return errors.New("want crc32c, crc32c-intel, crc64, md5, sha256 or pattern")
+				return errors.New("want crc32c, crc32c-intel, crc64, md5, sha256, meta or pattern")
 			}
 			return nil
 		}},
-		"verify_pattern": {help: "pattern for verify=pattern: 0xHEX, \"text\" or a decimal byte", set: func(j *Job, v string) error {
+		"verify_pattern": {help: "the data of verified writes (verify=pattern: compared whole; meta: after the header; checksums: covered by them): 0xHEX, \"text\" or a decimal byte", set: func(j *Job, v string) error {
 			p, err := parsePattern(v)
 			if err != nil {
 				return err
@@ -543,6 +560,14 @@ func init() {
 			j.VerifyPattern = p
 			return nil
 		}},
+		"verify_interval": {help: "bytes per verify header (default: the smallest write block)", set: sizeSetter(func(j *Job, n int64) {
+			j.VerifyIntervalSet = int(min(n, 1<<30))
+		})},
+		"fill_device": {bool: true, help: "write until the file system or device is full (ENOSPC ends the job, not an error); without size= the free space", set: boolSetter(func(j *Job, b bool) {
+			j.FillDevice = b
+		})},
+		"fill_fs":                    {bool: true, help: "alias of fill_device", set: boolSetter(func(j *Job, b bool) { j.FillDevice = b })},
+		"create_serialize":           {bool: true, help: "accepted: bench lays files out one after another before the run either way", set: boolSetter(func(j *Job, b bool) {})},
 		"verify_fatal":               {bool: true, help: "stop the job at the first mismatch", set: boolSetter(func(j *Job, b bool) { j.VerifyFatal = b })},
 		"dedupe_percentage":          {help: "percent of writes whose contents repeat an earlier block's", set: pctSetter(func(j *Job, n int) { j.DedupePercentage = n })},
 		"buffer_compress_percentage": {help: "percent of every buffer_compress_chunk that is zeros (compressible)", set: pctSetter(func(j *Job, n int) { j.CompressPercentage = n })},
@@ -589,14 +614,17 @@ func init() {
 		"new_group":         {bool: true, help: "start a new reporting group", set: boolSetter(func(j *Job, b bool) { j.NewGroup = b })},
 		"invalidate":        {bool: true, help: "drop the file's page cache before the job (default 1)", set: boolSetter(func(j *Job, b bool) { j.Invalidate = b })},
 	}
+	registerPrioOptions()
+	registerFileOptions()
+	registerNumaOptions()
 }
 
 // checkEngine says whether bench implements engine.
 func checkEngine(v string) error {
 	switch v {
-	case "ringblk", "io_uring", "psync":
+	case "ringblk", "io_uring", "psync", "io_uring_cmd": // io_uring_cmd: uringcmd.go
 		return nil
-	case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "io_uring_cmd", "splice", "net", "rbd",
+	case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "splice", "net", "rbd",
 		"windowsaio", "solarisaio", "vsync", "pvsync2", "xnvme", "dev-dax", "libpmem", "http", "rdma", "e4defrag",
 		"falloc", "filecreate", "filestat", "ftruncate", "cpuio", "sg", "exec", "netsplice", "rados", "gfapi", "gfapi_async":
 		return fmt.Errorf("ioengine %s is a fio engine that ringblk bench does not implement (use ringblk, io_uring or psync)", v)
@@ -796,6 +824,27 @@ func parseZones(v string, abs bool) ([]Zone, error) {
 		}
 	}
 	return zones, nil
+}
+
+// pctOrSize reads a byte count or a percentage (N%, 0 < N <= 100, of the
+// file or device, resolved when the job's file is prepared).
+func pctOrSize(f func(j *Job, n int64, pct float64)) func(*Job, string) error {
+	return func(j *Job, v string) error {
+		if p, ok := strings.CutSuffix(strings.TrimSpace(v), "%"); ok {
+			x, err := strconv.ParseFloat(p, 64)
+			if err != nil || x <= 0 || x > 100 {
+				return errors.New("a percentage must be above 0 and at most 100")
+			}
+			f(j, 0, x)
+			return nil
+		}
+		n, err := units.ParseSize(v)
+		if err != nil {
+			return err
+		}
+		f(j, n, 0)
+		return nil
+	}
 }
 
 func sizeSetter(f func(*Job, int64)) func(*Job, string) error {

@@ -17,13 +17,13 @@ import (
 // TestUnsupportedOptionsOneError: every option bench lacks, in every job
 // and [global], is named in one error with its line — not the first only.
 func TestUnsupportedOptionsOneError(t *testing.T) {
-	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nexitall_on_error=1\nfrobnicate=1\n[b]\nfilename=/tmp/y\nnrfiles=2\n"
+	text := "[global]\nverify_async=2\n[a]\nfilename=/tmp/x\nexitall_on_error=1\nfrobnicate=1\n[b]\nfilename=/tmp/y\nopenfiles=2\n"
 	_, err := ParseJobText("j.fio", text)
 	if err == nil {
 		t.Fatal("parsed")
 	}
 	msg := err.Error()
-	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"exitall_on_error" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"nrfiles" (fio option, j.fio:9)`, "4 options"} {
+	for _, want := range []string{`"verify_async" (fio option, j.fio:2)`, `"exitall_on_error" (fio option, j.fio:5)`, `"frobnicate" (unknown, j.fio:6)`, `"openfiles" (fio option, j.fio:9)`, "4 options"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}
@@ -203,8 +203,9 @@ func TestLogs(t *testing.T) {
 		}
 		for _, l := range lines {
 			f := strings.Split(l, ", ")
-			if len(f) != 5 || f[2] != "1" || f[3] != "4096" {
-				t.Fatalf("%s log line %q: want time, value, 1, 4096, offset", kind, l)
+			// fio 3.33 with log_offset=1: time, value, ddir, bs, offset, prio.
+			if len(f) != 6 || f[2] != "1" || f[3] != "4096" || f[5] != "0" {
+				t.Fatalf("%s log line %q: want time, value, 1, 4096, offset, 0", kind, l)
 			}
 			if kind == "iops" && f[1] != "1" {
 				t.Fatalf("iops log line %q", l)
@@ -487,26 +488,32 @@ func TestZoneStrided(t *testing.T) {
 
 // TestFsync: fsync=N and fdatasync=N sync after every N writes (63 for
 // 256 writes and N=4, as fio counts them), end_fsync once at the end; the
-// syncs are reported in the JSON "sync" section.
+// syncs are reported in the JSON "sync" section as fio 3.33 reports them:
+// fsyncs in total_ios and lat_ns, fdatasyncs in lat_ns only (total_ios
+// 0), end_fsync in neither.
 func TestFsync(t *testing.T) {
 	dir := benchDir(t)
 	file := filepath.Join(dir, "f")
 	for _, eng := range []string{"psync", "io_uring", "ringblk"} {
 		for _, c := range []struct {
-			opt  string
-			want uint64
-		}{{"--fsync=4", 63}, {"--fdatasync=8", 31}, {"--end_fsync=1", 1}} {
+			opt         string
+			want, total uint64
+		}{{"--fsync=4", 63, 63}, {"--fdatasync=8", 31, 0}, {"--end_fsync=1", 0, 0}} {
 			res := mustRun(t, mustParse(t, "--name=s", "--filename="+file, "--size=1m", "--bs=4k", "--rw=write", "--iodepth=4", "--ioengine="+eng, c.opt))
 			e := entries(res)[0]
 			if e.sync.n != c.want || e.dirs[DirWrite].ios != 256 {
 				t.Errorf("%s %s: %d syncs, %d writes; want %d, 256", eng, c.opt, e.sync.n, e.dirs[DirWrite].ios, c.want)
 			}
+			if c.opt == "--end_fsync=1" && !e.clones[0].endSynced {
+				t.Errorf("%s: end_fsync issued no sync", eng)
+			}
 			var b bytes.Buffer
 			if err := WriteJSON(&b, res); err != nil {
 				t.Fatal(err)
 			}
-			if !strings.Contains(b.String(), `"total_ios" : `+strconv.FormatUint(c.want, 10)) {
-				t.Errorf("%s %s: JSON sync total_ios missing", eng, c.opt)
+			if !strings.Contains(b.String(), `"sync" : {
+        "total_ios" : `+strconv.FormatUint(c.total, 10)) {
+				t.Errorf("%s %s: JSON sync total_ios is not %d", eng, c.opt, c.total)
 			}
 		}
 	}

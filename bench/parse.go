@@ -345,6 +345,11 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 		if j.Directory != "" && j.Filename != "" && !filepath.IsAbs(j.Filename) && !nbd.IsURI(j.Filename) && !rbd.IsName(j.Filename) {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
+		for i, f := range j.Files {
+			if j.Directory != "" && !filepath.IsAbs(f) {
+				j.Files[i] = filepath.Join(j.Directory, f)
+			}
+		}
 		if err := j.validate(); err != nil {
 			return nil, err
 		}

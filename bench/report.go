@@ -60,6 +60,9 @@ func bwStr(bytesPerSec float64) string {
 func WriteNormal(out io.Writer, res *Result) {
 	es := entries(res)
 	for _, e := range es {
+		if e.setupFailed {
+			continue // fio prints no section for a job that failed at its start
+		}
 		writeEntry(out, e)
 	}
 	for _, g := range groupTotals(es) {
@@ -169,8 +172,16 @@ func writeEntry(out io.Writer, e *entry) {
 		if ds.lat.n > 0 {
 			writeLat(out, "     lat", &ds.lat)
 		}
+		prios := e.reportedPrios(d)
+		for _, p := range prios {
+			writeLat(out, fmt.Sprintf("    clat prio %d/%d", ioprioClass(p.prio), ioprioLevel(p.prio)), &p.clat)
+		}
 		if e.job.ClatPercentiles {
 			writePercentiles(out, "clat", &ds.clat, jobPercentiles(e.job))
+			for _, p := range prios {
+				name := fmt.Sprintf("clat prio %d/%d (%.2f%% of IOs)", ioprioClass(p.prio), ioprioLevel(p.prio), float64(p.clat.n)*100/float64(ds.clat.n))
+				writePercentiles(out, name, &p.clat, jobPercentiles(e.job))
+			}
 		}
 		if e.job.LatPercentiles {
 			writePercentiles(out, " lat", &ds.lat, jobPercentiles(e.job))

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -47,6 +48,11 @@ type JobResult struct {
 	Clones  []*worker
 	Err     error // the first clone error
 	Elapsed time.Duration
+	// SetupFailed: the job failed at its start, as fio fails it (an
+	// io_uring_cmd job on a file that is no NVMe generic device): no I/O,
+	// left out of the normal report, error 0 in JSON, counted in the exit
+	// status.
+	SetupFailed error
 }
 
 // group is jobs that run at the same time and are reported together.
@@ -75,13 +81,26 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 	}
 	res := &Result{Spec: spec, Start: time.Now()}
 	regions := make(map[*Job][2]int64)
+	setupFailed := map[*Job]error{}
 	for _, j := range spec.Jobs {
+		if j.IOEngine == "io_uring_cmd" {
+			err := uringCmdSetup(j)
+			if !errors.Is(err, errUringCmdFile) {
+				return nil, err
+			}
+			setupFailed[j] = err
+			continue
+		}
 		for k := 0; k < j.NumJobs; k++ {
 			cj := j.cloneJob(k)
 			if k > 0 && cj == j {
 				break
 			}
-			off, n, err := prepareFile(cj, opts.Log)
+			prep := prepareFile
+			if cj.multiFile() {
+				prep = prepareFiles
+			}
+			off, n, err := prep(cj, opts.Log)
 			if err != nil {
 				return nil, err
 			}
@@ -90,6 +109,7 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 	}
 	res.diskBefore = snapDisks(spec.Jobs)
 	var env *ringblkEnv
+	threads := 0 // clones started so far: fio's thread numbers run across groups
 	defer func() {
 		if env != nil {
 			env.close()
@@ -104,18 +124,44 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 				}
 			}
 		}
-		jr, err := runGroup(env, grp, gid, regions, cpus, opts)
+		var run []*Job
+		for _, j := range grp {
+			if setupFailed[j] == nil {
+				run = append(run, j)
+			}
+		}
+		jr, err := runGroup(env, run, gid, regions, cpus, &threads, opts)
 		if err != nil {
 			return nil, err
 		}
+		// Jobs that failed at their start, in their place: idle clones
+		// (nothing measured), fio's message on the log.
+		all := make([]*JobResult, 0, len(grp))
+		for _, j := range grp {
+			if e := setupFailed[j]; e != nil {
+				fmt.Fprintf(opts.Log, "%v\n\n", e)
+				f := &JobResult{Job: j, GroupID: gid, SetupFailed: e}
+				for k := 0; k < j.NumJobs; k++ {
+					threads++
+					f.Clones = append(f.Clones, newWorker(j, k, 0, int64(max(j.MaxBS(DirRead), j.MaxBS(DirWrite)))))
+				}
+				all = append(all, f)
+				continue
+			}
+			all = append(all, jr[0])
+			jr = jr[1:]
+		}
+		jr = all
 		for _, j := range grp {
 			if !j.Unlink || j.Filename == "" || (j.IOEngine == "ringblk" && j.Format == "null") {
 				continue
 			}
 			for k := 0; k < j.NumJobs; k++ {
 				if cj := j.cloneJob(k); k == 0 || cj != j {
-					if err := os.Remove(cj.Filename); err != nil && !os.IsNotExist(err) {
-						return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+					for _, fj := range cj.fileJobs() {
+						if err := os.Remove(fj.Filename); err != nil && !os.IsNotExist(err) {
+							return nil, fmt.Errorf("job %q: unlink: %w", j.Name, err)
+						}
 					}
 				}
 			}
@@ -136,7 +182,7 @@ type stopper interface{ stop() error }
 
 func (c *threadClone) stop() error { c.close(); return nil }
 
-func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, cpus int, opts RunOptions) (out []*JobResult, err error) {
+func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, cpus int, threads *int, opts RunOptions) (out []*JobResult, err error) {
 	total := 0
 	for _, j := range grp {
 		total += j.NumJobs
@@ -181,18 +227,32 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	cloneIdx := 0
 	for _, j := range grp {
 		if j.Invalidate && j.Filename != "" {
-			invalidate(j.Filename)
+			for _, fj := range j.fileJobs() {
+				invalidate(fj.Filename)
+			}
 		}
 		jr := &JobResult{Job: j, GroupID: gid}
 		out = append(out, jr)
 		reg := regions[j]
-		var rj *ringblkJob
-		if j.IOEngine == "ringblk" {
-			if rj, err = env.openJob(j, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
-				return nil, fmt.Errorf("job %q: %w", j.Name, err)
+		// The ringblk engine: an image node and front end per file.
+		var rjs []*ringblkJob
+		openFiles := func(cj *Job) error {
+			rjs = rjs[:0:0]
+			for _, fj := range cj.fileJobs() {
+				rj, err := env.openJob(fj, fmt.Sprintf("%s#%d", j.Name, len(rjobs)))
+				if err != nil {
+					return fmt.Errorf("job %q: %w", j.Name, err)
+				}
+				rj.res = jr
+				rjobs = append(rjobs, rj)
+				rjs = append(rjs, rj)
 			}
-			rj.res = jr
-			rjobs = append(rjobs, rj)
+			return nil
+		}
+		if j.IOEngine == "ringblk" {
+			if err = openFiles(j); err != nil {
+				return nil, err
+			}
 		}
 		for k := 0; k < j.NumJobs; k++ {
 			cj := j.cloneJob(k)
@@ -201,14 +261,14 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 				// ringblk engine, its own image node and front end.
 				reg = regions[cj]
 				if cj.Invalidate {
-					invalidate(cj.Filename)
-				}
-				if rj != nil {
-					if rj, err = env.openJob(cj, fmt.Sprintf("%s#%d", j.Name, len(rjobs))); err != nil {
-						return nil, fmt.Errorf("job %q: %w", j.Name, err)
+					for _, fj := range cj.fileJobs() {
+						invalidate(fj.Filename)
 					}
-					rj.res = jr
-					rjobs = append(rjobs, rj)
+				}
+				if rjs != nil {
+					if err = openFiles(cj); err != nil {
+						return nil, err
+					}
 				}
 			}
 			w := newWorker(cj, k, reg[0]+int64(k)*j.OffsetIncrement, reg[1])
@@ -216,7 +276,8 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 				w.ver.setThread(cj, cloneIdx+1) // fio's thread number seeds its verify state
 			}
 			jr.Clones = append(jr.Clones, w)
-			if w.logs, err = openLogs(j, k); err != nil {
+			*threads++
+			if w.logs, err = openLogs(j, *threads); err != nil {
 				return nil, fmt.Errorf("job %q: %w", j.Name, err)
 			}
 			if w.logs != nil {
@@ -225,8 +286,8 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			cpu, cpuSet := placement(j, k, cloneIdx, cpus)
 			w.cpuSet = cpuSet
 			cloneIdx++
-			if rj != nil {
-				c, err := newRingblkClone(rj, w, cpu, done)
+			if rjs != nil {
+				c, err := newRingblkClone(rjs, w, cpu, done)
 				if err != nil {
 					return nil, fmt.Errorf("job %q: %w", j.Name, err)
 				}
@@ -399,6 +460,11 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 			return regionOf(j, size)
 		}
 	}
+	if j.SizePct > 0 || j.OffsetPct > 0 {
+		if err := resolvePercent(j); err != nil {
+			return 0, 0, err
+		}
+	}
 	st, err := os.Stat(j.Filename)
 	switch {
 	case err == nil && st.Mode()&os.ModeDevice != 0:
@@ -421,6 +487,18 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 	if err == nil {
 		size = st.Size()
 	}
+	if j.FillDevice && j.Size == 0 {
+		// fill_device without size=: the file may take all the free
+		// space of its file system (ENOSPC then ends the writing).
+		var fs unix.Statfs_t
+		if err := unix.Statfs(filepath.Dir(j.Filename), &fs); err != nil {
+			return 0, 0, fmt.Errorf("job %q: fill_device: %w", j.Name, err)
+		}
+		bs := int64(max(j.MaxBS(DirWrite), 1))
+		free := int64(fs.Bavail) * int64(fs.Bsize)
+		j.Size = max(size-j.Offset, 0) + free
+		j.Size -= j.Size % bs
+	}
 	want := j.Offset + int64(j.NumJobs-1)*j.OffsetIncrement + j.Size
 	if j.Size == 0 {
 		if size == 0 {
@@ -435,6 +513,33 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 		}
 	}
 	return regionOf(j, want)
+}
+
+// resolvePercent turns size=N% and offset=N% into bytes of the file's or
+// device's size, as fio does: the offset aligned down to the smallest
+// block, the size cut at the end of the file. fio needs the file to
+// exist ("you need to specify size=").
+func resolvePercent(j *Job) error {
+	var fsz int64
+	if f, err := os.Open(j.Filename); err == nil {
+		fsz, _ = f.Seek(0, io.SeekEnd)
+		f.Close()
+	}
+	if fsz <= 0 {
+		return fmt.Errorf("job %q: size= or offset= as a percentage needs an existing file or device, and %s is missing or empty (fio: you need to specify size=)", j.Name, j.Filename)
+	}
+	align := int64(max(min(j.MinBS(DirRead), j.MinBS(DirWrite)), 1))
+	if j.OffsetPct > 0 {
+		j.Offset = int64(float64(fsz) * j.OffsetPct / 100)
+		j.Offset -= j.Offset % align
+	}
+	if j.SizePct > 0 {
+		j.Size = min(int64(float64(fsz)*j.SizePct/100), fsz-j.Offset)
+	} else if j.Size == 0 || j.Size > fsz-j.Offset {
+		j.Size = fsz - j.Offset
+	}
+	j.SizePct, j.OffsetPct = 0, 0
+	return nil
 }
 
 func regionOf(j *Job, size int64) (int64, int64, error) {

@@ -42,10 +42,11 @@ const (
 
 // fio's verify type numbers.
 const (
-	fioVerifyMD5    = 2
-	fioVerifyCRC64  = 3
-	fioVerifyCRC32C = 5
-	fioVerifySHA256 = 9
+	fioVerifyMD5     = 2
+	fioVerifyCRC64   = 3
+	fioVerifyCRC32C  = 5
+	fioVerifySHA256  = 9
+	fioVerifyHdrOnly = 1 // verify=meta in fio 3.33
 )
 
 var (
@@ -64,6 +65,8 @@ func verifyHeaderSize(k VerifyKind) int {
 		return fioVerifyHdrSize + 16
 	case VerifySHA256:
 		return fioVerifyHdrSize + 64
+	case VerifyMeta:
+		return fioVerifyHdrSize
 	}
 	return 0
 }
@@ -78,6 +81,8 @@ func fioVerifyType(k VerifyKind) uint16 {
 		return fioVerifyMD5
 	case VerifySHA256:
 		return fioVerifySHA256
+	case VerifyMeta:
+		return fioVerifyHdrOnly
 	}
 	return 0
 }
@@ -165,7 +170,9 @@ func newVerifier(j *Job, maxBS int, regionOff, regionLen, align int64, track boo
 	v := &verifier{kind: j.Verify, rnd: j.RandSeed | 1, align: align, regionOff: regionOff, hdrSize: verifyHeaderSize(j.Verify)}
 	v.interval = verifyInterval(j)
 	v.setThread(j, 1)
-	if j.Verify == VerifyPattern {
+	if len(j.VerifyPattern) > 0 {
+		// verify=pattern compares it whole; with a header (meta, the
+		// checksums) the data after each header is the pattern.
 		v.pattern = make([]byte, maxBS)
 		for i := 0; i < maxBS; i += len(j.VerifyPattern) {
 			copy(v.pattern[i:], j.VerifyPattern)
@@ -185,6 +192,9 @@ func newVerifier(j *Job, maxBS int, regionOff, regionLen, align int64, track boo
 // block, or the gcd of the smallest and largest when one does not divide
 // the other.
 func verifyInterval(j *Job) int {
+	if j.VerifyIntervalSet > 0 {
+		return j.VerifyIntervalSet
+	}
 	d := DirWrite
 	if !j.RW.Writes() {
 		d = DirRead
@@ -223,19 +233,25 @@ func (v *verifier) stamp(buf []byte, off int64, now int64) {
 	if v.kind == VerifyPattern {
 		copy(buf, v.pattern)
 	} else {
-		seed = v.nextSeed()
-		x := v.rnd
-		i := 0
-		for ; i+8 <= len(buf); i += 8 {
-			x ^= x << 13
-			x ^= x >> 7
-			x ^= x << 17
-			binary.LittleEndian.PutUint64(buf[i:], x)
+		if v.pattern != nil {
+			// fio fills the block with the pattern (no random seed) and
+			// writes each header over it.
+			copy(buf, v.pattern)
+		} else {
+			seed = v.nextSeed()
+			x := v.rnd
+			i := 0
+			for ; i+8 <= len(buf); i += 8 {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				binary.LittleEndian.PutUint64(buf[i:], x)
+			}
+			for ; i < len(buf); i++ {
+				buf[i] = byte(x >> (8 * (i & 7)))
+			}
+			v.rnd = x
 		}
-		for ; i < len(buf); i++ {
-			buf[i] = byte(x >> (8 * (i & 7)))
-		}
-		v.rnd = x
 		for p := 0; p < len(buf); p += v.interval {
 			c := buf[p:min(p+v.interval, len(buf))]
 			h := c[:v.hdrSize]
@@ -289,7 +305,20 @@ func (v *verifier) check(buf []byte, off int64) bool {
 		return false
 	}
 	for p := 0; p < len(buf); p += v.interval {
-		if !v.checkChunk(buf[p:min(p+v.interval, len(buf))], off+int64(p)) {
+		c := buf[p:min(p+v.interval, len(buf))]
+		if !v.checkChunk(c, off+int64(p)) {
+			return false
+		}
+		if v.kind == VerifyMeta && v.pattern != nil && !bytes.Equal(c[v.hdrSize:], v.pattern[p+v.hdrSize:p+len(c)]) {
+			// meta with verify_pattern: fio compares the data after the
+			// header with the pattern.
+			i := v.hdrSize
+			for i < len(c) && c[i] == v.pattern[p+i] {
+				i++
+			}
+			v.fail(off+int64(p), len(c), func() string {
+				return fmt.Sprintf("pattern mismatch at byte %d (offset %d): want 0x%02x, got 0x%02x", i, off+int64(p+i), v.pattern[p+i], c[i])
+			})
 			return false
 		}
 	}
@@ -365,6 +394,13 @@ func (v *verifier) verified(off int64, n int) {
 	}
 	if i := (off - v.regionOff) / v.align; v.written[i] == uint32(n) {
 		v.written[i] = 0
+	}
+}
+
+// unwritten forgets the write recorded at off (it failed).
+func (v *verifier) unwritten(off int64) {
+	if v.written != nil {
+		v.written[(off-v.regionOff)/v.align] = 0
 	}
 }
 

@@ -23,6 +23,11 @@ type unit struct {
 	issue  int64
 	submit int64
 	buf    []byte // capacity: the largest block
+	// prio is the I/O's priority (prio.go; 0: the thread's), prioIdx its
+	// index in the clone's per-priority clat series.
+	prio    uint16
+	prioIdx uint8
+	endSync bool // end_fsync's sync: fio neither counts nor times it
 }
 
 // phase of a clone.
@@ -92,14 +97,14 @@ type worker struct {
 	dumps         int          // verify_dump files written
 	exitAll       *atomic.Bool // exitall: set when a clone of an exitall job finished; nil: none in the group
 	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
-	// depthAtEnter: the engine hands several batches to the kernel in one
-	// io_uring_enter (the ringblk engine's refill under one Plug), so the
-	// IO-depths histogram counts them at the depth of that enter
-	// (markDepth), not at each batch's depth while the refill is filling.
-	depthAtEnter bool
-	depthPending int      // units submitted since the last markDepth
-	enterReap    uint64   // io_uring_enter calls that waited for completions
-	payload      *payload // dedupe/compress write contents; nil: the random buffers as they are
+	enterReap     uint64       // io_uring_enter calls that waited for completions
+	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
+	scrambles     uint64       // writes scrambled (scramble_buffers)
+	files         fileMap      // several files: a region offset's file (files.go)
+	lastFile      int          // the file of the last write (fsync=N syncs it)
+	endSyncFile   int          // end_fsync: the next file to sync
+	prio          prioPicker   // each I/O's priority (prio, prioclass, cmdprio)
+	prioClat      [2][]latStat // cmdprio: clat per priority, indexed as prio.levels
 }
 
 // backlog is a fixed ring of completed writes (offset, length) that
@@ -203,6 +208,15 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 	if j.LatencyTarget > 0 {
 		w.lt = latTarget{qd: 1, low: 1, high: depth}
 	}
+	w.files = newFileMap(j)
+	w.prio = newPrioPicker(j, clone)
+	if w.prio.on {
+		for d := range w.prioClat {
+			for range w.prio.levels[d] {
+				w.prioClat[d] = append(w.prioClat[d], newLatStat(true))
+			}
+		}
+	}
 	w.prog.state.Store('P')
 	w.initPacer()
 	return w
@@ -254,6 +268,11 @@ func (w *worker) beginMeasuring(now int64) {
 		w.stats[d].reset()
 	}
 	w.syncLat.reset()
+	for d := range w.prioClat {
+		for i := range w.prioClat[d] {
+			w.prioClat[d][i].reset()
+		}
+	}
 	w.depthLevel, w.submitDist, w.completeDist = [7]uint64{}, [7]uint64{}, [7]uint64{}
 	w.submitCalls, w.completeCalls = 0, 0
 	w.measureStart = now
@@ -339,6 +358,7 @@ func (w *worker) fill(u *unit, now int64) bool {
 			return false
 		}
 		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
+		u.prio, u.prioIdx = w.prio.def, 0
 		return true
 	}
 	if w.job.VerifyOnly && w.phase != phaseVerify {
@@ -364,11 +384,14 @@ func (w *worker) fill(u *unit, now int64) bool {
 		w.draining = w.backlog.size > 1
 		off, n := w.backlog.pop()
 		u.dir, u.off, u.n, u.verify, u.issue = DirRead, off, n, true, now
+		u.prio, u.prioIdx = w.prio.def, 0
 		return true
 	}
 	if n := max(w.job.Fsync, w.job.Fdatasync); n > 0 && w.sinceSync >= n && (w.gen.limit == 0 || w.gen.issued < w.gen.limit) {
 		w.sinceSync = 0
-		u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
+		// A sync unit's off is the index of the file it syncs.
+		u.dir, u.off, u.n, u.verify, u.issue = DirSync, int64(w.lastFile), 0, false, now
+		u.endSync = false
 		return true
 	}
 	var dir int
@@ -390,10 +413,17 @@ func (w *worker) fill(u *unit, now int64) bool {
 	}
 	if dir == DirWrite {
 		w.sinceSync++
+		if w.files.n > 1 {
+			w.lastFile, _ = w.files.locate(off)
+		}
 	}
 	u.dir, u.off, u.n, u.verify, u.issue = uint8(dir), off, n, false, now
+	u.prio, u.prioIdx = w.prio.pick(dir, n)
 	if dir == DirWrite && w.payload != nil {
 		w.payload.fill(u.buf[:n])
+	} else if dir == DirWrite && w.ver == nil && w.job.ScrambleBuffers {
+		w.scrambles++
+		scramble(u.buf[:n], off, w.scrambles)
 	}
 	if dir == DirWrite && w.ver != nil {
 		w.ver.stamp(u.buf[:n], off, now)
@@ -407,8 +437,11 @@ func (w *worker) endSync(u *unit, now int64) bool {
 	if !w.job.EndFsync || w.endSynced || !w.job.RW.Writes() || w.phase == phaseVerify || w.busy > 1 {
 		return false
 	}
-	w.endSynced = true
-	u.dir, u.off, u.n, u.verify, u.issue = DirSync, 0, 0, false, now
+	// Every file once, one after another.
+	u.dir, u.off, u.n, u.verify, u.issue = DirSync, int64(w.endSyncFile), 0, false, now
+	u.endSync = true
+	w.endSyncFile++
+	w.endSynced = w.endSyncFile >= max(int(w.files.n), 1)
 	return true
 }
 
@@ -442,18 +475,18 @@ func (w *worker) submitted(batch []*unit, t int64) {
 		if measuring && !u.verify && !w.noSlat && !w.job.DisableSlat && u.dir != DirSync {
 			w.stats[u.dir].slat.record(t - u.issue)
 			if w.logs != nil {
-				w.logs.slat(t, int(u.dir), u.n, u.off, t-u.issue)
+				w.logs.slat(t, int(u.dir), u.n, u.off, t-u.issue, u.prio)
 			}
 		}
 	}
 	if measuring {
 		w.submitCalls++
 		w.submitDist[batchBucket(len(batch))]++
-		if w.depthAtEnter {
-			w.depthPending += len(batch)
-		} else {
-			w.depthLevel[levelBucket(w.busy)] += uint64(len(batch))
-		}
+		// fio's IO depths: a batch counts at the depth it brings the
+		// clone to (fio marks each commit at its cur_depth; a refill of
+		// one completion goes out at the full depth, the first fill's
+		// batches at 1, 2, ... as fio's).
+		w.depthLevel[levelBucket(w.busy)] += uint64(len(batch))
 		if w.pendingDone > 0 {
 			w.completeCalls++
 			w.completeDist[batchBucket(w.pendingDone)]++
@@ -461,16 +494,6 @@ func (w *worker) submitted(batch []*unit, t int64) {
 	}
 	w.pendingDone = 0
 	w.doneSinceFill = 0
-}
-
-// markDepth counts the units submitted since the last call at the depth
-// they reach the kernel with: every unit in flight now (fio's cur_depth
-// at its commit).
-func (w *worker) markDepth() {
-	if w.depthPending > 0 {
-		w.depthLevel[levelBucket(w.busy)] += uint64(w.depthPending)
-		w.depthPending = 0
-	}
 }
 
 // reapMin is how many completions the clone waits for before issuing
@@ -501,12 +524,21 @@ func (w *worker) completed(u *unit, now int64, err error) {
 				w.err = &ioError{file: w.job.Filename, dir: "sync", err: err}
 			}
 			w.stopIssuing = true
-		} else if w.phase == phaseRun {
+		} else if w.phase == phaseRun && !u.endSync {
 			w.syncLat.record(now - u.issue)
 		}
 		return
 	}
 	if err != nil {
+		if w.job.FillDevice && u.dir == DirWrite && errors.Is(err, syscall.ENOSPC) {
+			// fill_device: a full device ends the writing, not the job;
+			// the block is not verified (it was not written).
+			w.stopIssuing = true
+			if w.ver != nil {
+				w.ver.unwritten(u.off)
+			}
+			return
+		}
 		if w.err == nil {
 			w.err = &ioError{file: w.job.Filename, dir: dirName(int(u.dir)), off: u.off, n: u.n, err: err}
 		}
@@ -555,6 +587,9 @@ func (w *worker) account(s *dirStats, u *unit, now int64) {
 	s.bytes += uint64(u.n)
 	if !w.job.DisableClat {
 		s.clat.record(now - u.submit)
+		if p := w.prioClat[u.dir]; p != nil && !u.verify {
+			p[u.prioIdx].record(now - u.submit)
+		}
 	}
 	if !w.job.DisableLat {
 		s.lat.record(now - u.issue)
@@ -567,7 +602,7 @@ func (w *worker) account(s *dirStats, u *unit, now int64) {
 		if w.job.DisableLat {
 			lat = -1
 		}
-		w.logs.io(now, int(u.dir), u.n, u.off, clat, lat)
+		w.logs.io(now, int(u.dir), u.n, u.off, clat, lat, u.prio)
 	}
 }
 
@@ -612,6 +647,12 @@ func (w *worker) idle(now int64) bool {
 	case phaseRamp, phaseRun:
 		if w.phase == phaseRamp { // the run ended inside the ramp
 			w.beginMeasuring(now)
+		}
+		if w.pendingDone > 0 {
+			// The final drain's completions are one reap, as fio's.
+			w.completeCalls++
+			w.completeDist[batchBucket(w.pendingDone)]++
+			w.pendingDone = 0
 		}
 		w.measureEnd = now
 		if w.logs != nil {

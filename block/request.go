@@ -102,7 +102,11 @@ type Request struct {
 	Status Status   // OpBlockStatus result
 	Pnum   int64    // OpBlockStatus: bytes from Off that Status describes
 	Tag    uint64   // the submitter's
-	Aux    any      // the driver's scratch (store a pointer: no allocation)
+	// Prio is the request's I/O priority for the kernel (ioprio_set's
+	// class<<13 | level; 0: the thread's own). Drivers that issue the
+	// request's data I/O on a file pass it on (raw); others ignore it.
+	Prio uint16
+	Aux  any // the driver's scratch (store a pointer: no allocation)
 
 	// Parent is the request a driver issued this one for, if any.
 	Parent *Request

@@ -12,6 +12,7 @@
 # KEEP=1 keeps it, SIZE (default 16m), RUNTIME (default 1).
 set -u
 bin=${1:-bin/ringblk}
+case "$bin" in /*) ;; *) bin="$(pwd)/$bin" ;; esac
 shift || true
 examples=${EXAMPLES:-/usr/share/doc/fio/examples}
 size=${SIZE:-16m}
@@ -32,7 +33,14 @@ jsonkeys="$work/.bin/jsonkeys"
 # $runtime seconds.
 rewrite() {
 	awk -v eng="$2" -v dir="$3" -v size="$size" -v rt="$runtime" '
-	function cap(v) { return (v ~ /%/) ? v : size }
+	# bytes of a size such as 4k or 16m (base 1024), -1 when not a plain size
+	function bytes(v,   n, u) {
+		if (v !~ /^[0-9]+[kKmMgGtT]?[iI]?[bB]?$/) return -1
+		n = v + 0; u = tolower(substr(v, length(n "") + 1, 1))
+		return n * (u == "k" ? 1024 : u == "m" ? 1048576 : u == "g" ? 1073741824 : u == "t" ? 1099511627776 : 1)
+	}
+	# capped at $size; a percentage, a range or a smaller size stays as it is
+	function cap(v,   b) { if (v ~ /%/ || v ~ /^[0-9]+[kKmMgG]?-[0-9]+[kKmMgG]?$/) return v; b = bytes(v); return (b >= 0 && b <= bytes(size)) ? v : size }
 	function files(v,   n, parts, i, out, p) {
 		gsub(/\\:/, "\001", v) # an escaped colon is part of a name
 		n = split(v, parts, ":")
@@ -88,7 +96,7 @@ for f in "${list[@]}"; do
 		continue
 	fi
 	r="$work/$name.ringblk"
-	(cd "$r" && timeout 120 "$here/$bin" bench --output-format=json --output=out.json job.fio >stdout 2>stderr)
+	(cd "$r" && timeout 120 "$bin" bench --output-format=json --output=out.json job.fio >stdout 2>stderr)
 	rc=$?
 	if grep -q 'not implement\|unknown option\|unknown ioengine\|not supported' "$r/stderr"; then
 		refused=$((refused + 1))

@@ -13,6 +13,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 func main() {
@@ -75,6 +76,11 @@ func keys(path string) (map[string]bool, error) {
 // and histogram bins, which depend on the latencies measured).
 var volatile = map[string]bool{"bins": true}
 
+// countedArrays are arrays whose length is a measured value: "prios" has
+// an element per I/O priority that saw I/O, so its elements are compared
+// as one shape, not position by position.
+var countedArrays = map[string]bool{"prios": true}
+
 func walk(prefix string, v any, out map[string]bool) {
 	switch x := v.(type) {
 	case map[string]any:
@@ -87,9 +93,14 @@ func walk(prefix string, v any, out map[string]bool) {
 			walk(p, e, out)
 		}
 	case []any:
+		counted := countedArrays[prefix[strings.LastIndex(prefix, ".")+1:]]
 		for i, e := range x {
 			if _, ok := e.(map[string]any); ok {
-				walk(prefix+"["+strconv.Itoa(i)+"]", e, out)
+				idx := "[" + strconv.Itoa(i) + "]"
+				if counted {
+					idx = "[]"
+				}
+				walk(prefix+idx, e, out)
 			}
 		}
 	}

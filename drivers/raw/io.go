@@ -68,7 +68,7 @@ func (d *Driver) Read(r *block.Request) {
 	}
 	c := r.Context()
 	if len(r.Iov) == 1 {
-		c.Read(d.file, r.Iov[0], r.Off, (*rawReq)(r), tagDone)
+		c.ReadPrio(d.file, r.Iov[0], r.Off, r.Prio, (*rawReq)(r), tagDone)
 		return
 	}
 	c.Readv(d.file, r.Iov, r.Off, (*rawReq)(r), tagDone)
@@ -95,7 +95,7 @@ func (d *Driver) Write(r *block.Request) {
 	}
 	c := r.Context()
 	if len(r.Iov) == 1 {
-		c.Write(d.file, r.Iov[0], r.Off, (*rawReq)(r), tag)
+		c.WritePrio(d.file, r.Iov[0], r.Off, r.Prio, (*rawReq)(r), tag)
 		return
 	}
 	c.Writev(d.file, r.Iov, r.Off, (*rawReq)(r), tag)
