@@ -526,7 +526,7 @@ type runPlan struct {
 	// reused[i]: hosts[i] is old[i]'s own preallocated zero cluster
 	// (ZERO_ALLOC with COPIED), written in place as planCluster does.
 	reused []bool
-	fl    *inflightAlloc
+	fl     *inflightAlloc
 	// wait, when set, means nothing was planned or held: run it with
 	// metaLock released, then plan again (admit).
 	wait func(*aio.Co)
