@@ -117,10 +117,11 @@
 // writes torn at 512-byte sectors, relying on sector-atomic writes as QEMU
 // does.
 //
+// Compressed writes are deflate with a 4 KiB window (QEMU's inflate
+// window) packed several to a host cluster (compress_pack.go).
+//
 // Not yet: shrinking; amend of refcount_bits; zstd compressed writes
-// (refused); packing several compressed clusters into one host cluster
-// (WriteCompressed gives each its own, Huffman-only deflate so QEMU's
-// 4 KiB window reads it); bitmaps (they are not maintained: before the
+// (refused); bitmaps (they are not maintained: before the
 // first write the driver clears autoclear bit 0, R10, then removes the
 // bitmaps extension and frees the bitmap directory, tables and data
 // clusters after the next flush, R2, so qemu-img check stays clean; when
