@@ -34,9 +34,6 @@ func (p *packState) forget(off, cs int64) {
 // compressor returns the Driver's compressor for its compression type.
 // REQUIRES: metaLock held.
 func (d writer) compressor() (*format.Compressor, error) {
-	if d.mu.hdr.CompressionType != format.CompressionZlib {
-		return nil, format.Unsupported("compression_type", uint64(d.mu.hdr.CompressionType), "compressed writes to a zstd image are not supported")
-	}
 	if d.pack.comp == nil {
 		c, err := format.NewCompressor(d.mu.hdr.CompressionType)
 		if err != nil {

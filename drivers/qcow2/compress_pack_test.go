@@ -38,7 +38,7 @@ func TestQcow2CompressedWritesPackAsQemu(t *testing.T) {
 	needQemu(t)
 	const cs, size = 65536, 4 << 20
 	ref := textLike(size, 1)
-	for _, ct := range []string{"zlib"} {
+	for _, ct := range []string{"zlib", "zstd"} {
 		t.Run(ct, func(t *testing.T) {
 			dir := t.TempDir()
 			raw := filepath.Join(dir, "ref.raw")

@@ -118,10 +118,10 @@
 // does.
 //
 // Compressed writes are deflate with a 4 KiB window (QEMU's inflate
-// window) packed several to a host cluster (compress_pack.go).
+// window), or one zstd frame per cluster on a zstd image, packed several
+// to a host cluster (compress_pack.go).
 //
-// Not yet: shrinking; amend of refcount_bits; zstd compressed writes
-// (refused); bitmaps (they are not maintained: before the
+// Not yet: shrinking; amend of refcount_bits; bitmaps (they are not maintained: before the
 // first write the driver clears autoclear bit 0, R10, then removes the
 // bitmaps extension and frees the bitmap directory, tables and data
 // clusters after the next flush, R2, so qemu-img check stays clean; when
