@@ -185,6 +185,7 @@ type Context struct {
 	report    StopReport
 	stopErr   error
 	arena     *Arena
+	fixed     fixedFiles // registered-file table (fixedfile.go)
 }
 
 // New creates a Context. It does not start the owner goroutine; call Start.
@@ -407,6 +408,7 @@ func (c *Context) setup(pinned *bool) error {
 
 // closeResources releases what New and setup acquired.
 func (c *Context) closeResources() {
+	c.dropFixedFiles()
 	if c.q != nil {
 		if err := c.q.Close(); err != nil && c.stopErr == nil {
 			c.stopErr = &OpError{Op: "ring close", Off: -1, Err: err}

@@ -24,6 +24,8 @@ type File struct {
 	// the closed channel is closed.
 	closeErr error
 	closed   chan struct{}
+	// The Contexts whose registered-file tables hold f (fixedfile.go).
+	fileRegsOf
 }
 
 const fileClosing = int64(1) << 62
@@ -54,6 +56,7 @@ func (f *File) InFlight() int { return int(f.ref.Load() &^ fileClosing) }
 // result of the deferred close is available from Wait. Closing twice
 // returns os.ErrClosed.
 func (f *File) Close() error {
+	f.checkUnregistered()
 	old := f.ref.Load()
 	for {
 		if old&fileClosing != 0 {

@@ -215,9 +215,13 @@ func (c *Context) newOp(op opKind, f *File, d Done, tag uint64) (uint32, *slot) 
 	s.done = d
 	s.tag = tag
 	s.fd = -1
+	s.fixed = false
 	if f != nil {
 		s.file = f
 		s.fd = f.fd
+		if slot := f.slotOn(c); slot >= 0 {
+			s.fd, s.fixed = slot, true
+		}
 	}
 	if !op.internal() {
 		c.ops.user++
@@ -315,6 +319,9 @@ func (c *Context) prep(sqe *uring.SQE, idx uint32) {
 		sqe.PrepEventfdRead(int32(c.efd), c.efdBuf, ud)
 	case opCancel:
 		sqe.PrepCancel(s.target, ud)
+	}
+	if s.fixed {
+		sqe.SetFixedFile()
 	}
 	s.state = slotSubmitted
 	c.ops.inKernel++

@@ -47,6 +47,7 @@ type slot struct {
 	state     slotState
 	op        opKind
 	cancelled bool   // shutdown sent ASYNC_CANCEL for it
+	fixed     bool   // fd is a registered-file slot (IOSQE_FIXED_FILE)
 	retries   uint16 // EAGAIN/EINTR resubmissions
 	next      uint32 // overflow or ready queue link
 	fd        int32

@@ -18,6 +18,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 )
 
 // ringblkEnv is the block layer of one bench run: a main Context and a
@@ -129,6 +130,11 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 			return nil, fmt.Errorf("%s: NBD exports are read as raw, not %s", j.Filename, format)
 		}
 		n, err = nbd.NewNode(e.g, j.Filename, readOnly, block.Options{Name: name})
+	case rbd.IsName(j.Filename) && format == "raw":
+		var s rbd.Spec
+		if s, err = rbd.ParseName(j.Filename); err == nil {
+			n, err = rbd.NewNode(e.g, s, readOnly, block.Options{Name: name})
+		}
 	case format == "raw":
 		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j)}
 		if j.Direct {
@@ -269,7 +275,7 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		// Pinned deliberately: bench's default places one clone per
 		// CPU (placement), and its figures assume it.
 		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), Pin: cpu >= 0, CPU: max(cpu, aio.NoCPU),
-		Entries: min(entries, 4096), ArenaSize: arena,
+		Entries: min(entries, 4096), ArenaSize: arena, PollTime: j.AIOPoll,
 	})
 	if err != nil {
 		return nil, err
@@ -285,6 +291,7 @@ func newRingblkClone(rj *ringblkJob, w *worker, cpu int, done chan<- *worker) (*
 		c.writeFlags = block.FUA
 	}
 	c.refillBH = ctx.NewBH(c.refill)
+	w.depthAtEnter = true // a refill's batches go to the kernel together
 	// Buffers: from the Context's arena (registered: READ_FIXED/WRITE_FIXED),
 	// else one mmap'd region.
 	ctx.Run(func() {
@@ -351,10 +358,25 @@ func (c *ringblkClone) paced() {
 }
 
 // RequestDone completes one unit (block.Done; on the clone's Context).
+// Once iodepth_batch_complete_max units completed since the last issue
+// (fio's default: one) it refills at once, inside the completion: the new
+// requests join the batch the Context submits with its next wait, and the
+// depth never drops below iodepth at an issue. Between the minimum and the
+// maximum, a refill BH runs after the other completions of this round.
 func (c *ringblkClone) RequestDone(r *block.Request, err error) {
 	w := c.w
 	w.completed(&w.units[r.Tag], w.now(), err)
-	if !c.scheduled && (w.refillDue() || w.stopIssuing) {
+	if c.scheduled {
+		return
+	}
+	switch {
+	case w.doneSinceFill >= w.job.IODepthBatchCompleteMax && !w.stopIssuing:
+		// Also with nothing in flight (QD 1): a BH's refill would be
+		// submitted by its own Unplug (aio's U1: an unplugged section
+		// submits at its end), one enter more per round than a refill
+		// the next wait submits.
+		c.refill()
+	case w.refillDue() || w.stopIssuing:
 		c.scheduled = true
 		c.refillBH.Schedule()
 	}
@@ -375,6 +397,7 @@ func (c *ringblkClone) refill() {
 	// filled and timestamped together, as in fio.
 	c.ctx.Plug()
 	defer c.ctx.Unplug()
+	defer w.markDepth()
 	for {
 		c.batch = c.batch[:0]
 		c.q.Plug()

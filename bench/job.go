@@ -123,6 +123,14 @@ type Job struct {
 	// IODepthBatchCompleteMin (iodepth_batch_complete_min): completions a
 	// clone waits for before it issues again (or all in flight, if fewer).
 	IODepthBatchCompleteMin int
+	// IODepthBatchCompleteMax (iodepth_batch_complete_max): completions a
+	// clone takes before it issues again; fio's default, 0 here until
+	// validation, is IODepthBatchCompleteMin. With 1 the clone refills
+	// each completion at once, so every issue happens at the full depth.
+	IODepthBatchCompleteMax int
+	// AIOPoll (aio_poll, ringblk engine): the clone Context's busy-poll
+	// bound before a sleep (aio Options.PollTime).
+	AIOPoll time.Duration
 	// FilenameFormat is filename_format: the name of a clone's file when
 	// no filename= is given ($jobname, $jobnum, $filenum).
 	FilenameFormat string
@@ -465,7 +473,7 @@ func (j *Job) validate() error {
 	switch j.IOEngine {
 	case "ringblk":
 	default:
-		for _, o := range []string{"format", "share_rw", "locking"} {
+		for _, o := range []string{"format", "share_rw", "locking", "aio_poll"} {
 			if _, ok := j.set[o]; ok {
 				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
 			}
@@ -556,6 +564,8 @@ func (j *Job) validate() error {
 	if j.IODepthBatch < 1 || j.IODepthBatch > j.IODepth {
 		j.IODepthBatch = min(max(j.IODepthBatch, 1), j.IODepth)
 	}
+	// fio: the maximum defaults to, and is raised to, the minimum.
+	j.IODepthBatchCompleteMax = max(j.IODepthBatchCompleteMax, j.IODepthBatchCompleteMin)
 	if !j.PerJobLogs && j.NumJobs > 1 && (j.BWLog != nil || j.IOPSLog != nil || j.LatLog != nil) {
 		return bad(at("per_job_logs"), "per_job_logs=0 with numjobs=%d (clones sharing one log file) is not implemented", j.NumJobs)
 	}

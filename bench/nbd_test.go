@@ -6,7 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/ringblk/ringblk/internal/nbdtest"
 )
 
 // TestRingblkEngineOnNBD: ioengine=ringblk takes an nbd+unix:// URI as its
@@ -22,21 +23,7 @@ func TestRingblkEngineOnNBD(t *testing.T) {
 	f, _ := os.Create(file)
 	f.Truncate(8 << 20)
 	f.Close()
-	sock := filepath.Join(dir, "q.sock")
-	q := exec.Command("qemu-nbd", "-t", "-e", "0", "-f", "raw", "-k", sock, file)
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { q.Process.Kill(); q.Wait() }()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i == 200 {
-			t.Fatal("qemu-nbd did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	sock := nbdtest.StartQemuNbd(t, "-t", "-e", "0", "-f", "raw", file)
 	uri := "nbd+unix:///?socket=" + sock
 	code, out, stderr := runMain(t, "--name=w", "--ioengine=ringblk", "--filename="+uri, "--rw=randwrite",
 		"--bs=16k", "--iodepth=16", "--verify=crc32c")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/units"
 	"math"
 	"runtime"
@@ -48,10 +49,10 @@ func init() {
 			j.Description = v
 			return nil
 		}},
-		"filename": {help: "file or block device (image or nbd:// URI for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
+		"filename": {help: "file or block device (image, nbd:// URI or rbd:pool/image for ioengine=ringblk); '\\:' is a colon in the name", set: func(j *Job, v string) error {
 			// fio: unescaped colons separate several files; "\:" is a colon.
 			// An NBD URI (ioengine=ringblk) is one name, colons and all.
-			if nbd.IsURI(v) {
+			if nbd.IsURI(v) || rbd.IsName(v) {
 				j.Filename = v
 				return nil
 			}
@@ -362,6 +363,7 @@ func init() {
 		}},
 		"iodepth":                    {help: "I/Os in flight per job", set: intSetter(1, 4096, func(j *Job, n int) { j.IODepth = n })},
 		"iodepth_batch_submit":       {help: "I/Os submitted per io_uring_enter (iodepth_batch)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatch = max(n, 1) })},
+		"iodepth_batch_complete_max": {help: "completions a clone takes before it issues again (default and at least iodepth_batch_complete_min)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatchCompleteMax = n })},
 		"iodepth_batch_complete_min": {help: "completions a clone waits for before it issues again (iodepth_batch_complete; all in flight if fewer)", set: intSetter(0, 4096, func(j *Job, n int) { j.IODepthBatchCompleteMin = max(n, 1) })},
 		"filename_format": {help: "a clone's file name without filename=: $jobname, $jobnum (the clone), $filenum (0)", set: func(j *Job, v string) error {
 			if v == "" {
@@ -398,6 +400,7 @@ func init() {
 			}
 			return errors.New("want raw, qcow2 or null")
 		}},
+		"aio_poll": {help: "ringblk engine: each clone's Context busy-polls up to this long before it sleeps (aio Options.PollTime, adaptive; bare number: microseconds; default 0)", set: usecSetter(func(j *Job, d time.Duration) { j.AIOPoll = d })},
 		"share_rw": {bool: true, help: "ringblk engine: let other processes write the image during the job (QEMU's share-rw=on; default 0: refuse an image in use, as ringblk io does)", set: boolSetter(func(j *Job, b bool) { j.ShareRW = b })},
 		"locking": {help: "ringblk engine: QEMU-compatible image locks: auto (default), on, off", set: func(j *Job, v string) error {
 			switch v {
@@ -609,7 +612,7 @@ func checkEngine(v string) error {
 var fioOnlyOptions = func() map[string]struct{} {
 	m := map[string]struct{}{}
 	for _, n := range strings.Fields(`fsync fdatasync end_fsync fsync_on_close sync write_barrier
-		iodepth_batch_complete_max iodepth_low
+		iodepth_low
 		write_bw_log write_iops_log write_lat_log write_hist_log log_avg_msec log_hist_msec per_job_logs
 		rate rate_iops rate_min rate_iops_min ratemin rate_process rate_cycle thinktime thinktime_spin
 		thinktime_blocks nrfiles openfiles file_service_type fallocate zero_buffers

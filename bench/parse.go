@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/rbd"
 )
 
 // section is a [name] of a job file or a --name on the command line.
@@ -341,7 +342,7 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 		if len(unsupported) > 0 || firstErr != nil {
 			continue
 		}
-		if j.Directory != "" && j.Filename != "" && !filepath.IsAbs(j.Filename) && !nbd.IsURI(j.Filename) {
+		if j.Directory != "" && j.Filename != "" && !filepath.IsAbs(j.Filename) && !nbd.IsURI(j.Filename) && !rbd.IsName(j.Filename) {
 			j.Filename = filepath.Join(j.Directory, j.Filename)
 		}
 		if err := j.validate(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 
 	"golang.org/x/sys/unix"
 )
@@ -368,6 +369,18 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 			return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
 		}
 		return regionOf(j, size)
+	}
+	if j.IOEngine == "ringblk" && rbd.IsName(j.Filename) && (j.Format == "" || j.Format == "raw") {
+		// An RBD image: its size is the region; nothing is laid out.
+		s, err := rbd.ParseName(j.Filename)
+		if err != nil {
+			return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+		}
+		info, err := rbd.Stat(s)
+		if err != nil {
+			return 0, 0, fmt.Errorf("job %q: %w", j.Name, err)
+		}
+		return regionOf(j, info.Size)
 	}
 	if j.IOEngine == "ringblk" {
 		format := j.Format

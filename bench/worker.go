@@ -92,8 +92,14 @@ type worker struct {
 	dumps         int          // verify_dump files written
 	exitAll       *atomic.Bool // exitall: set when a clone of an exitall job finished; nil: none in the group
 	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
-	enterReap     uint64       // io_uring_enter calls that waited for completions
-	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
+	// depthAtEnter: the engine hands several batches to the kernel in one
+	// io_uring_enter (the ringblk engine's refill under one Plug), so the
+	// IO-depths histogram counts them at the depth of that enter
+	// (markDepth), not at each batch's depth while the refill is filling.
+	depthAtEnter bool
+	depthPending int      // units submitted since the last markDepth
+	enterReap    uint64   // io_uring_enter calls that waited for completions
+	payload      *payload // dedupe/compress write contents; nil: the random buffers as they are
 }
 
 // backlog is a fixed ring of completed writes (offset, length) that
@@ -443,7 +449,11 @@ func (w *worker) submitted(batch []*unit, t int64) {
 	if measuring {
 		w.submitCalls++
 		w.submitDist[batchBucket(len(batch))]++
-		w.depthLevel[levelBucket(w.busy)] += uint64(len(batch))
+		if w.depthAtEnter {
+			w.depthPending += len(batch)
+		} else {
+			w.depthLevel[levelBucket(w.busy)] += uint64(len(batch))
+		}
 		if w.pendingDone > 0 {
 			w.completeCalls++
 			w.completeDist[batchBucket(w.pendingDone)]++
@@ -451,6 +461,16 @@ func (w *worker) submitted(batch []*unit, t int64) {
 	}
 	w.pendingDone = 0
 	w.doneSinceFill = 0
+}
+
+// markDepth counts the units submitted since the last call at the depth
+// they reach the kernel with: every unit in flight now (fio's cur_depth
+// at its commit).
+func (w *worker) markDepth() {
+	if w.depthPending > 0 {
+		w.depthLevel[levelBucket(w.busy)] += uint64(w.depthPending)
+		w.depthPending = 0
+	}
 }
 
 // reapMin is how many completions the clone waits for before issuing

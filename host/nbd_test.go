@@ -1,14 +1,14 @@
 package host_test
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/ringblk/ringblk/host"
+
+	"github.com/ringblk/ringblk/internal/nbdtest"
 )
 
 // TestOpenNBD: host.OpenDevice takes an nbd+unix:// URI (served by
@@ -22,22 +22,7 @@ func TestOpenNBD(t *testing.T) {
 	img := filepath.Join(dir, "a.raw")
 	os.WriteFile(img, nil, 0o644)
 	os.Truncate(img, 4<<20)
-	sock := filepath.Join(dir, "q.sock")
-	q := exec.Command("qemu-nbd", "-t", "-e", "0", "-f", "raw", "-k", sock, img)
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { q.Process.Kill(); q.Wait() }()
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", sock); err == nil { // listening, not just bound
-			c.Close()
-			break
-		}
-		if i == 200 {
-			t.Fatal("qemu-nbd did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	sock := nbdtest.StartQemuNbd(t, "-t", "-e", "0", "-f", "raw", img)
 	h := newHost(t, host.Options{})
 	d, err := h.OpenDevice("nbd+unix:///?socket="+sock, host.OpenOptions{})
 	if err != nil {

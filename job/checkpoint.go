@@ -93,11 +93,17 @@ func (c *Chain) Checkpoint(during func(cp *Checkpoint) error) (*Checkpoint, erro
 			old.SetEnabled(false)
 			old.Rename(cp.Name)
 			cp.Changes = old
+			// Persistence (a qcow2 bitmap stored at close) stays with the
+			// chain's name: the new active bitmap is stored, the frozen
+			// one lives in memory only (its name@seq would clash with a
+			// later session's).
+			next.Persistent, old.Persistent = old.Persistent, false
 		}
 		if err = c.node.AttachBitmap(next); err != nil {
 			if old != nil {
 				old.Rename(c.name)
 				old.SetEnabled(true)
+				old.Persistent = next.Persistent
 			}
 			return
 		}
@@ -107,6 +113,7 @@ func (c *Chain) Checkpoint(during func(cp *Checkpoint) error) (*Checkpoint, erro
 				if old != nil {
 					old.Rename(c.name)
 					old.SetEnabled(true)
+					old.Persistent = next.Persistent
 					_ = old.Merge(next) // nothing was written: drained
 				}
 				return

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestConnectionsRespectAdmission: three clients pipelining 200 writes and
@@ -28,7 +30,7 @@ func TestConnectionsRespectAdmission(t *testing.T) {
 			base := uint64(k * n)
 			var req []byte
 			for i := uint64(0); i < n; i++ {
-				req = append(req, reqBytes(cmdWrite, 0, i, (base+i)*4096, 4096)...)
+				req = append(req, reqBytes(nbdproto.CmdWrite, 0, i, (base+i)*4096, 4096)...)
 				req = append(req, pattern(4096, byte(base+i))...)
 			}
 			go cl.c.Write(req)
@@ -40,13 +42,13 @@ func TestConnectionsRespectAdmission(t *testing.T) {
 			}
 			req = req[:0]
 			for i := uint64(0); i < n; i++ {
-				req = append(req, reqBytes(cmdRead, cmdFlagDF, i, (base+i)*4096, 4096)...)
+				req = append(req, reqBytes(nbdproto.CmdRead, nbdproto.CmdFlagDF, i, (base+i)*4096, 4096)...)
 			}
 			go cl.c.Write(req)
 			for i := 0; i < n; i++ {
 				ch := cl.readChunk()
 				off := binary.BigEndian.Uint64(ch.data)
-				if ch.typ != chunkOffsetData || off != (base+ch.cookie)*4096 || !bytes.Equal(ch.data[8:], pattern(4096, byte(base+ch.cookie))) {
+				if ch.typ != nbdproto.ChunkOffsetData || off != (base+ch.cookie)*4096 || !bytes.Equal(ch.data[8:], pattern(4096, byte(base+ch.cookie))) {
 					errs <- fmt.Errorf("client %d read reply %d: cookie %d type %d", k, i, ch.cookie, ch.typ)
 					return
 				}

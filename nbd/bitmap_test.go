@@ -15,6 +15,8 @@ import (
 	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/raw"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 const testGran = 64 << 10
@@ -49,16 +51,16 @@ func listMeta(t *testing.T, e *env, name string, queries ...string) []string {
 	c := dialRaw(t, e.sock)
 	defer c.Close()
 	greet(t, c)
-	c.Write(optBytes(optStructured, nil))
+	c.Write(optBytes(nbdproto.OptStructured, nil))
 	readOptReply(t, c)
-	c.Write(optBytes(optListMeta, metaData(name, queries...)))
+	c.Write(optBytes(nbdproto.OptListMeta, metaData(name, queries...)))
 	var ctxs []string
 	for {
 		r := readOptReply(t, c)
-		if r.typ == repAck {
+		if r.typ == nbdproto.RepAck {
 			return ctxs
 		}
-		if r.typ != repMetaContext {
+		if r.typ != nbdproto.RepMetaContext {
 			t.Fatalf("LIST_META_CONTEXT %q: reply %#x %q", queries, r.typ, r.data)
 		}
 		ctxs = append(ctxs, string(r.data[4:]))
@@ -77,7 +79,7 @@ func TestDirtyBitmapContext(t *testing.T) {
 	if err := e.node.RemoveBitmap("b0"); !errors.Is(err, bitmap.ErrBusy) {
 		t.Fatalf("removing an exported bitmap: %v", err)
 	}
-	if got := listMeta(t, e, "d"); !slices.Equal(got, []string{ctxAllocation, "qemu:dirty-bitmap:b0"}) {
+	if got := listMeta(t, e, "d"); !slices.Equal(got, []string{nbdproto.CtxAllocation, "qemu:dirty-bitmap:b0"}) {
 		t.Fatalf("LIST all: %q", got)
 	}
 	if got := listMeta(t, e, "d", "qemu:dirty-bitmap:"); !slices.Equal(got, []string{"qemu:dirty-bitmap:b0"}) {
@@ -90,12 +92,12 @@ func TestDirtyBitmapContext(t *testing.T) {
 		t.Fatalf("LIST of bitmaps not exported: %q", got)
 	}
 
-	cl := dial(t, e.sock, "d", true, ctxAllocation, "qemu:dirty-bitmap:b0")
+	cl := dial(t, e.sock, "d", true, nbdproto.CtxAllocation, "qemu:dirty-bitmap:b0")
 	// 4 KiB at 1 MiB, 200 bytes at 3 MiB+100, 128 KiB from 5 MiB-4 KiB
 	// (three chunks).
 	writes := [][2]uint64{{1 << 20, 4096}, {3<<20 + 100, 200}, {5<<20 - 4096, 128 << 10}}
 	for i, w := range writes {
-		cl.send(cmdWrite, 0, uint64(i+1), w[0], uint32(w[1]), pattern(int(w[1]), 3))
+		cl.send(nbdproto.CmdWrite, 0, uint64(i+1), w[0], uint32(w[1]), pattern(int(w[1]), 3))
 		if e := cl.simple(uint64(i + 1)); e != 0 {
 			t.Fatal(e)
 		}
@@ -117,7 +119,7 @@ func TestDirtyBitmapContext(t *testing.T) {
 	if got := res[idBitmap0]; !slices.Equal(got, []extent{{g - 4096, 1}, {1<<20 - g + 4096, 0}}) {
 		t.Fatalf("unaligned: %v", got)
 	}
-	res, _ = cl.blockStatus(12, 0, 8<<20, cmdFlagReqOne)
+	res, _ = cl.blockStatus(12, 0, 8<<20, nbdproto.CmdFlagReqOne)
 	if got := res[idBitmap0]; !slices.Equal(got, []extent{{1 << 20, 0}}) {
 		t.Fatalf("REQ_ONE: %v", got)
 	}
@@ -178,9 +180,9 @@ func TestZeroAllocsDirtyBitmapStatus(t *testing.T) {
 	}
 	e := newBitmapEnv(t, ExportOptions{Name: "", Bitmaps: []string{"b0"}})
 	e.node.Bitmap("b0").SetRange(1<<20, 4096)
-	cl := dial(t, e.sock, "", true, ctxAllocation, "qemu:dirty-bitmap:b0")
+	cl := dial(t, e.sock, "", true, nbdproto.CtxAllocation, "qemu:dirty-bitmap:b0")
 	cl.c.SetDeadline(time.Time{})
-	req := reqBytes(cmdBlockStatus, 0, 7, 0, 4<<20)
+	req := reqBytes(nbdproto.CmdBlockStatus, 0, 7, 0, 4<<20)
 	// Reply: two chunks (20-byte header + 4-byte id + extents); bitmap:
 	// 3 extents; base:allocation: 1 (a sparse raw file reads as a hole).
 	buf := make([]byte, 2*24+4*8)
@@ -197,7 +199,7 @@ func TestZeroAllocsDirtyBitmapStatus(t *testing.T) {
 			if _, err := io.ReadFull(cl.c, buf[:n]); err != nil {
 				panic(err)
 			}
-			done = binary.BigEndian.Uint16(hdr[4:])&chunkDone != 0
+			done = binary.BigEndian.Uint16(hdr[4:])&nbdproto.ChunkDone != 0
 		}
 	}
 	for i := 0; i < 50; i++ {

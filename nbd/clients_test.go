@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,10 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
+
+	"github.com/ringblk/ringblk/internal/nbdtest"
 )
 
 // Tests with real NBD clients (libnbd's nbdinfo and nbdcopy, QEMU's
@@ -126,20 +129,20 @@ func TestQemuClients(t *testing.T) {
 func TestSingleClientExportNoMultiConn(t *testing.T) {
 	e := newEnv(t, ExportOptions{Name: "", MaxConnections: 1})
 	cl := dial(t, e.sock, "", false)
-	if cl.flags&tflagMultiConn != 0 {
+	if cl.flags&nbdproto.TFlagMultiConn != 0 {
 		t.Fatalf("flags %#x: CAN_MULTI_CONN on an export that takes one client", cl.flags)
 	}
 	// The second client's GO is refused with an error reply.
 	second := dialRaw(t, e.sock)
 	greet(t, second)
-	second.Write(optBytes(optGo, infoData("")))
-	if r := readOptReply(t, second); r.typ != repErrPolicy {
+	second.Write(optBytes(nbdproto.OptGo, infoData("")))
+	if r := readOptReply(t, second); r.typ != nbdproto.RepErrPolicy {
 		t.Fatalf("GO on a full export: reply %#x %q", r.typ, r.data)
 	}
 	if _, _, errv := cl.read(2, 0, 4096, 0); errv != 0 {
 		t.Fatalf("first client after the second was refused: %d", errv)
 	}
-	cl.send(cmdDisc, 0, 1, 0, 0, nil)
+	cl.send(nbdproto.CmdDisc, 0, 1, 0, 0, nil)
 	expectClosed(t, cl.c, "after DISC")
 	for e.exp.Connections() != 0 {
 		time.Sleep(5 * time.Millisecond)
@@ -176,22 +179,7 @@ func TestMapMatchesQemuNbd(t *testing.T) {
 		}
 		return img.Node, nil
 	})
-	qsock := filepath.Join(dir, "q.sock")
-	q := exec.Command("qemu-nbd", "-r", "-A", "-t", "-f", "qcow2", "-k", qsock, top)
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { q.Process.Kill(); q.Wait() }()
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", qsock); err == nil { // listening, not just bound
-			c.Close()
-			break
-		}
-		if i == 200 {
-			t.Fatal("qemu-nbd did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	qsock := nbdtest.StartQemuNbd(t, "-r", "-A", "-t", "-f", "qcow2", top)
 	for _, ctx := range []string{"base:allocation", "qemu:allocation-depth"} {
 		ours := runTool(t, "nbdinfo", "--map="+ctx, uri(e, ""))
 		theirs := runTool(t, "nbdinfo", "--map="+ctx, "nbd+unix:///?socket="+qsock)

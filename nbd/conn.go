@@ -15,6 +15,8 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // Per-connection limits. Memory per connection is bounded by
@@ -108,6 +110,8 @@ type conn struct {
 	iov            []unix.Iovec
 
 	pollIn, pollOut bool
+	rdEmpty         bool // the last read was short: the socket is empty, poll instead of reading
+	reads           int  // read system calls (TestShortReadThenPoll)
 	reading         bool
 	disc            bool // read no more requests
 	dead            bool // the socket is unusable: drop replies
@@ -220,6 +224,7 @@ func (c *conn) OpDone(tag uint64, res int, err error) {
 	switch tag {
 	case tagPollIn:
 		c.pollIn = false
+		c.rdEmpty = false
 		c.readLoop()
 	case tagPollOut:
 		c.pollOut = false
@@ -264,14 +269,14 @@ func (c *conn) readLoop() {
 			c.stalled = true
 			break
 		}
-		if c.rend-c.rpos < reqHeaderLen {
+		if c.rend-c.rpos < nbdproto.ReqHeaderLen {
 			if !c.fill() {
 				break
 			}
 			continue
 		}
-		r, err := parseRequest(c.rbuf[c.rpos : c.rpos+reqHeaderLen])
-		c.rpos += reqHeaderLen
+		r, err := parseRequest(c.rbuf[c.rpos : c.rpos+nbdproto.ReqHeaderLen])
+		c.rpos += nbdproto.ReqHeaderLen
 		if err != nil {
 			c.fatal(err)
 			break
@@ -298,8 +303,18 @@ func (c *conn) fill() bool {
 // sockRead reads what the socket has into b. It returns 0 when there is
 // nothing to go on with: the read handler is armed again (EAGAIN), or the
 // connection is ended (an error, or EOF).
+//
+// A read shorter than b emptied the socket, so the next one would only
+// return EAGAIN: it arms the poll instead, which completes at once if
+// data came in between. That saves a system call per wake-up.
 func (c *conn) sockRead(b []byte) int {
+	if c.rdEmpty {
+		c.rdEmpty = false
+		c.armIn()
+		return 0
+	}
 	for {
+		c.reads++
 		n, err := unix.Read(c.fd, b)
 		switch {
 		case err == unix.EINTR:
@@ -314,6 +329,7 @@ func (c *conn) sockRead(b []byte) int {
 			c.eof()
 			return 0
 		}
+		c.rdEmpty = n < len(b)
 		return n
 	}
 }
@@ -342,7 +358,7 @@ func (c *conn) readPayload() bool {
 		return true
 	}
 	var fl block.Flags
-	if sl.req.flags&cmdFlagFUA != 0 {
+	if sl.req.flags&nbdproto.CmdFlagFUA != 0 {
 		fl = block.FUA
 	}
 	c.q.Write(sl.buf[:want], int64(sl.req.off), fl, c, uint64(sl.idx))
@@ -382,7 +398,7 @@ func (c *conn) handle(r request) {
 		c.fatal(fmt.Errorf("request %d of %d bytes exceeds the maximum payload (%d)", r.cmd, r.length, MaxPayload))
 		return
 	}
-	if r.cmd == cmdDisc {
+	if r.cmd == nbdproto.CmdDisc {
 		c.disc = true
 		return
 	}
@@ -393,7 +409,7 @@ func (c *conn) handle(r request) {
 		sl.start = time.Now()
 	}
 	tag := uint64(sl.idx)
-	if r.cmd == cmdWrite {
+	if r.cmd == nbdproto.CmdWrite {
 		c.buffer(sl, int(r.length))
 		sl.step = int(nbdErr) // answered after the payload is read
 		c.cur, c.curGot = sl, 0
@@ -405,28 +421,28 @@ func (c *conn) handle(r request) {
 	}
 	off, n := int64(r.off), int64(r.length)
 	switch r.cmd {
-	case cmdRead:
+	case nbdproto.CmdRead:
 		c.q.Read(c.buffer(sl, int(n)), off, c, tag)
-	case cmdFlush:
+	case nbdproto.CmdFlush:
 		c.q.Flush(c, tag)
-	case cmdTrim:
+	case nbdproto.CmdTrim:
 		c.q.Discard(off, n, c, tag)
-	case cmdWriteZeroes:
+	case nbdproto.CmdWriteZeroes:
 		var fl block.Flags
-		if r.flags&cmdFlagNoHole == 0 {
+		if r.flags&nbdproto.CmdFlagNoHole == 0 {
 			fl = block.MayUnmap
 		}
-		if r.flags&cmdFlagFastZero != 0 {
+		if r.flags&nbdproto.CmdFlagFastZero != 0 {
 			// Zero without falling back to writes, or fail with ENOTSUP
 			// at once (drivers without block.FastZeroer always do); the
 			// client then writes the zeroes itself.
 			fl |= block.NoFallback
 		}
 		c.q.WriteZeroes(off, n, fl, c, tag)
-	case cmdCache:
+	case nbdproto.CmdCache:
 		sl.pos = off
 		c.cacheNext(sl)
-	case cmdBlockStatus:
+	case nbdproto.CmdBlockStatus:
 		sl.bsOff, sl.bsEnd = off, off+n
 		sl.view = c.e.chain.Load()
 		c.bsRun(sl)
@@ -437,9 +453,9 @@ func (c *conn) handle(r request) {
 func (c *conn) RequestDone(r *block.Request, err error) {
 	sl := &c.slots[r.Tag]
 	switch sl.req.cmd {
-	case cmdRead:
+	case nbdproto.CmdRead:
 		c.replyRead(sl, err)
-	case cmdBlockStatus:
+	case nbdproto.CmdBlockStatus:
 		sl.bsSt, sl.bsPnum, sl.bsErr = r.Status, r.Pnum, err
 		if sl.bsSync {
 			sl.bsInline = true
@@ -448,14 +464,14 @@ func (c *conn) RequestDone(r *block.Request, err error) {
 		if c.bsStep(sl) {
 			c.bsRun(sl)
 		}
-	case cmdCache:
+	case nbdproto.CmdCache:
 		if err != nil {
 			c.replySimple(sl, nbdErrno(err))
 			return
 		}
 		c.cacheNext(sl)
-	case cmdTrim, cmdWriteZeroes:
-		if err == nil && sl.req.flags&cmdFlagFUA != 0 && sl.step == 0 {
+	case nbdproto.CmdTrim, nbdproto.CmdWriteZeroes:
+		if err == nil && sl.req.flags&nbdproto.CmdFlagFUA != 0 && sl.step == 0 {
 			sl.step = 1
 			c.q.Flush(c, uint64(sl.idx))
 			return
@@ -492,28 +508,28 @@ func nbdErrno(err error) uint32 {
 	if errors.As(err, &errno) {
 		switch errno {
 		case syscall.EPERM, syscall.EACCES, syscall.EROFS:
-			return errPerm
+			return nbdproto.ErrPerm
 		case syscall.ENOMEM:
-			return errNoMem
+			return nbdproto.ErrNoMem
 		case syscall.EINVAL:
-			return errInval
+			return nbdproto.ErrInval
 		case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
-			return errNoSpc
+			return nbdproto.ErrNoSpc
 		case syscall.EOVERFLOW:
-			return errOverflow
+			return nbdproto.ErrOverflow
 		case syscall.ENOTSUP:
-			return errNotSup
+			return nbdproto.ErrNotSup
 		case syscall.ESHUTDOWN:
-			return errShutdown
+			return nbdproto.ErrShutdown
 		}
 	}
-	return errIO
+	return nbdproto.ErrIO
 }
 
 // ---- replies ----
 
 func putChunkHeader(b []byte, flags, typ uint16, cookie uint64, length int) {
-	binary.BigEndian.PutUint32(b, magicChunk)
+	binary.BigEndian.PutUint32(b, nbdproto.MagicChunk)
 	binary.BigEndian.PutUint16(b[4:], flags)
 	binary.BigEndian.PutUint16(b[6:], typ)
 	binary.BigEndian.PutUint64(b[8:], cookie)
@@ -536,7 +552,7 @@ func (sl *slot) simpleHeader(nbdErr uint32) {
 	sl.nout, sl.replyLen = 0, 0
 	sl.failed = nbdErr != 0
 	h := sl.hdr[:16]
-	binary.BigEndian.PutUint32(h, magicSimple)
+	binary.BigEndian.PutUint32(h, nbdproto.MagicSimple)
 	binary.BigEndian.PutUint32(h[4:], nbdErr)
 	binary.BigEndian.PutUint64(h[8:], sl.req.cookie)
 	sl.add(h)
@@ -547,7 +563,7 @@ func (c *conn) replyError(sl *slot, nbdErr uint32) {
 	sl.nout, sl.replyLen = 0, 0
 	sl.failed = true
 	h := sl.hdr[:26]
-	putChunkHeader(h, chunkDone, chunkError, sl.req.cookie, 6)
+	putChunkHeader(h, nbdproto.ChunkDone, nbdproto.ChunkError, sl.req.cookie, 6)
 	binary.BigEndian.PutUint32(h[20:], nbdErr)
 	binary.BigEndian.PutUint16(h[24:], 0)
 	sl.add(h)
@@ -588,7 +604,7 @@ func (c *conn) replyRead(sl *slot, err error) {
 	sl.nout, sl.replyLen = 0, 0
 	if len(data) == 0 {
 		h := sl.hdr[:20]
-		putChunkHeader(h, chunkDone, chunkNone, sl.req.cookie, 0)
+		putChunkHeader(h, nbdproto.ChunkDone, nbdproto.ChunkNone, sl.req.cookie, 0)
 		sl.add(h)
 		c.queueReply(sl)
 		return
@@ -597,7 +613,7 @@ func (c *conn) replyRead(sl *slot, err error) {
 	for (len(data)+g-1)/g > maxChunks {
 		g <<= 1
 	}
-	if sl.req.flags&cmdFlagDF != 0 || len(data) < 2*4096 {
+	if sl.req.flags&nbdproto.CmdFlagDF != 0 || len(data) < 2*4096 {
 		g = len(data) // one data chunk (short reads are not worth holes)
 	}
 	hp := 0
@@ -614,19 +630,19 @@ func (c *conn) replyRead(sl *slot, err error) {
 		}
 		var fl uint16
 		if end == len(data) {
-			fl = chunkDone
+			fl = nbdproto.ChunkDone
 		}
 		off := sl.req.off + uint64(start)
 		if zero {
 			h := sl.hdr[hp : hp+32]
-			putChunkHeader(h, fl, chunkOffsetHole, sl.req.cookie, 12)
+			putChunkHeader(h, fl, nbdproto.ChunkOffsetHole, sl.req.cookie, 12)
 			binary.BigEndian.PutUint64(h[20:], off)
 			binary.BigEndian.PutUint32(h[28:], uint32(end-start))
 			sl.add(h)
 			hp += 32
 		} else {
 			h := sl.hdr[hp : hp+28]
-			putChunkHeader(h, fl, chunkOffsetData, sl.req.cookie, 8+end-start)
+			putChunkHeader(h, fl, nbdproto.ChunkOffsetData, sl.req.cookie, 8+end-start)
 			binary.BigEndian.PutUint64(h[20:], off)
 			sl.add(h)
 			sl.add(data[start:end])
@@ -644,7 +660,7 @@ func (c *conn) replyRead(sl *slot, err error) {
 func (c *conn) bsRun(sl *slot) {
 	for {
 		if sl.bsOff >= sl.bsEnd || sl.npieces == maxPieces ||
-			(sl.npieces > 0 && sl.req.flags&cmdFlagReqOne != 0) {
+			(sl.npieces > 0 && sl.req.flags&nbdproto.CmdFlagReqOne != 0) {
 			c.replyStatus(sl)
 			return
 		}
@@ -668,7 +684,7 @@ func (c *conn) bsStep(sl *slot) bool {
 	if sl.bsErr != nil || sl.bsPnum <= 0 {
 		e := nbdErrno(sl.bsErr)
 		if sl.bsErr == nil {
-			e = errIO
+			e = nbdproto.ErrIO
 		}
 		if sl.npieces > 0 {
 			c.replyStatus(sl) // what was found so far
@@ -692,13 +708,13 @@ func (c *conn) bsStep(sl *slot) bool {
 		case lv == 0:
 			p = piece{flags: allocFlags(st)} // a chain of one image
 		default:
-			p = piece{flags: stateHole | stateZero} // unallocated everywhere
+			p = piece{flags: nbdproto.StateHole | nbdproto.StateZero} // unallocated everywhere
 		}
 	case block.AbovePastEnd:
 		// Beyond the end of the backing file: reads as zeroes, which
 		// that (short) backing file provides, so QEMU counts the range
 		// as allocated at its depth.
-		p = piece{flags: stateHole | stateZero, depth: uint32(lv + 2)}
+		p = piece{flags: nbdproto.StateHole | nbdproto.StateZero, depth: uint32(lv + 2)}
 	case block.AboveNext:
 		sl.level++
 		sl.bsEnd = sl.bsOff + pnum // ask the backing file about this part only
@@ -719,10 +735,10 @@ func (c *conn) bsStep(sl *slot) bool {
 func allocFlags(st block.Status) uint32 {
 	var f uint32
 	if st&block.StatusData == 0 {
-		f |= stateHole
+		f |= nbdproto.StateHole
 	}
 	if st&block.StatusZero != 0 {
-		f |= stateZero
+		f |= nbdproto.StateZero
 	}
 	return f
 }
@@ -776,10 +792,10 @@ func (c *conn) replyStatus(sl *slot) {
 func (c *conn) statusChunk(sl *slot, i int, id uint32, hp, n int) {
 	var fl uint16
 	if i == len(c.meta)-1 {
-		fl = chunkDone
+		fl = nbdproto.ChunkDone
 	}
 	h := sl.hdr[hp : hp+24]
-	putChunkHeader(h, fl, chunkBlockStatus, sl.req.cookie, 4+n)
+	putChunkHeader(h, fl, nbdproto.ChunkBlockStatus, sl.req.cookie, 4+n)
 	binary.BigEndian.PutUint32(h[20:], id)
 	sl.add(h)
 }
@@ -791,7 +807,7 @@ func (c *conn) statusChunk(sl *slot, i int, id uint32, hp, n int) {
 func (c *conn) bitmapExtents(sl *slot, b *bitmap.Bitmap, buf []byte, bp int) int {
 	off, end := int64(sl.req.off), int64(sl.req.off)+int64(sl.req.length)
 	limit := maxPieces
-	if sl.req.flags&cmdFlagReqOne != 0 {
+	if sl.req.flags&nbdproto.CmdFlagReqOne != 0 {
 		limit = 1
 	}
 	for k := 0; k < limit && off < end; k++ {

@@ -8,6 +8,8 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/null"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestFastZeroFollowsTheDriver: NBD_CMD_FLAG_FAST_ZERO succeeds on a
@@ -29,18 +31,18 @@ func TestFastZeroFollowsTheDriver(t *testing.T) {
 	})
 	cl := dial(t, e.sock, "", true)
 	data := pattern(64<<10, 5)
-	cl.send(cmdWrite, 0, 1, 0, uint32(len(data)), data)
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, uint32(len(data)), data)
 	if v := cl.simple(1); v != 0 {
 		t.Fatalf("write: %d", v)
 	}
-	cl.send(cmdWriteZeroes, cmdFlagFastZero, 2, 0, 64<<10, nil)
-	if v := cl.simple(2); v != errNotSup {
-		t.Fatalf("FAST_ZERO on qcow2: error %d, want ENOTSUP (%d)", v, errNotSup)
+	cl.send(nbdproto.CmdWriteZeroes, nbdproto.CmdFlagFastZero, 2, 0, 64<<10, nil)
+	if v := cl.simple(2); v != nbdproto.ErrNotSup {
+		t.Fatalf("FAST_ZERO on qcow2: error %d, want ENOTSUP (%d)", v, nbdproto.ErrNotSup)
 	}
-	if got, _, _ := cl.read(3, 0, 64<<10, cmdFlagDF); !bytes.Equal(got, data) {
+	if got, _, _ := cl.read(3, 0, 64<<10, nbdproto.CmdFlagDF); !bytes.Equal(got, data) {
 		t.Fatal("a refused FAST_ZERO changed the data")
 	}
-	cl.send(cmdWriteZeroes, 0, 4, 0, 64<<10, nil)
+	cl.send(nbdproto.CmdWriteZeroes, 0, 4, 0, 64<<10, nil)
 	if v := cl.simple(4); v != 0 {
 		t.Fatalf("plain write-zeroes on qcow2: %d", v)
 	}
@@ -49,7 +51,7 @@ func TestFastZeroFollowsTheDriver(t *testing.T) {
 		return g.Open(null.New(1<<30, null.Options{}), block.Options{Name: "null"})
 	})
 	nc := dial(t, n.sock, "null", false)
-	nc.send(cmdWriteZeroes, cmdFlagFastZero|cmdFlagFUA, 1, 0, 1<<30-4096, nil)
+	nc.send(nbdproto.CmdWriteZeroes, nbdproto.CmdFlagFastZero|nbdproto.CmdFlagFUA, 1, 0, 1<<30-4096, nil)
 	if v := nc.simple(1); v != 0 {
 		t.Fatalf("FAST_ZERO on null: error %d", v)
 	}

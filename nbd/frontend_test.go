@@ -11,6 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ringblk/ringblk/aio"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestZeroAllocsPerRequest: once a connection's slot buffers have grown,
@@ -24,8 +26,8 @@ func TestZeroAllocsPerRequest(t *testing.T) {
 	for _, structured := range []bool{false, true} {
 		cl := dial(t, e.sock, "", structured)
 		cl.c.SetDeadline(time.Time{})
-		wreq := append(reqBytes(cmdWrite, 0, 1, 8192, 4096), pattern(4096, 1)...)
-		rreq := reqBytes(cmdRead, cmdFlagDF*boolU16(structured), 2, 8192, 4096)
+		wreq := append(reqBytes(nbdproto.CmdWrite, 0, 1, 8192, 4096), pattern(4096, 1)...)
+		rreq := reqBytes(nbdproto.CmdRead, nbdproto.CmdFlagDF*boolU16(structured), 2, 8192, 4096)
 		rep := make([]byte, 16)
 		rdata := make([]byte, 4096)
 		var chdr [32]byte
@@ -63,6 +65,36 @@ func TestZeroAllocsPerRequest(t *testing.T) {
 		if a := testing.AllocsPerRun(300, op); a != 0 {
 			t.Fatalf("structured=%v: %v allocations per write+read", structured, a)
 		}
+		// A pipelined burst: 16 reads in one send, parsed from one socket
+		// read, submitted in one batch, answered through coalesced writev.
+		const burst = 16
+		var breq []byte
+		for i := 0; i < burst; i++ {
+			breq = append(breq, reqBytes(nbdproto.CmdRead, nbdproto.CmdFlagDF*boolU16(structured), uint64(10+i), uint64(i)*4096, 4096)...)
+		}
+		hdr := rep[:16]
+		if structured {
+			hdr = chdr[:28]
+		}
+		bop := func() {
+			if _, err := cl.c.Write(breq); err != nil {
+				panic(err)
+			}
+			for i := 0; i < burst; i++ {
+				if _, err := io.ReadFull(cl.c, hdr); err != nil {
+					panic(err)
+				}
+				if _, err := io.ReadFull(cl.c, rdata); err != nil {
+					panic(err)
+				}
+			}
+		}
+		for i := 0; i < 20; i++ {
+			bop()
+		}
+		if a := testing.AllocsPerRun(100, bop); a != 0 {
+			t.Fatalf("structured=%v: %v allocations per burst of %d pipelined reads", structured, a, burst)
+		}
 	}
 }
 
@@ -89,7 +121,7 @@ func TestDrainStopsReading(t *testing.T) {
 			e.node.DrainedEnd() // let the cleanup close the export
 		}
 	}()
-	cl.send(cmdRead, 0, 2, 0, 4096, nil)
+	cl.send(nbdproto.CmdRead, 0, 2, 0, 4096, nil)
 	time.Sleep(200 * time.Millisecond)
 	if k := e.exp.FrontEnd().ParkedCount(); k != 0 {
 		t.Fatalf("%d requests parked in the front end: the export kept reading while drained", k)
@@ -131,7 +163,7 @@ func TestMoveNodeWithClients(t *testing.T) {
 			default:
 			}
 			d := pattern(4096, byte(i))
-			cl.send(cmdWrite, cmdFlagFUA, uint64(i), uint64(i%64)*4096, 4096, d)
+			cl.send(nbdproto.CmdWrite, nbdproto.CmdFlagFUA, uint64(i), uint64(i%64)*4096, 4096, d)
 			if ev := cl.simple(uint64(i)); ev != 0 {
 				done <- errf("write %d: %d", i, ev)
 				return
@@ -181,15 +213,15 @@ func TestTCP(t *testing.T) {
 		cls = append(cls, dialConn(t, c, "t", false))
 	}
 	for i, cl := range cls {
-		if cl.flags&tflagMultiConn == 0 {
+		if cl.flags&nbdproto.TFlagMultiConn == 0 {
 			t.Fatal("no CAN_MULTI_CONN")
 		}
-		cl.send(cmdWrite, 0, 1, uint64(i)*4096, 4096, pattern(4096, byte(i)))
+		cl.send(nbdproto.CmdWrite, 0, 1, uint64(i)*4096, 4096, pattern(4096, byte(i)))
 		if ev := cl.simple(1); ev != 0 {
 			t.Fatal(ev)
 		}
 	}
-	cls[0].send(cmdFlush, 0, 2, 0, 0, nil)
+	cls[0].send(nbdproto.CmdFlush, 0, 2, 0, 0, nil)
 	if ev := cls[0].simple(2); ev != 0 {
 		t.Fatal(ev)
 	}
@@ -238,7 +270,7 @@ func TestExportOnIOThread(t *testing.T) {
 	cl := dial(t, e.sock, "", true)
 	var req []byte
 	for i := 0; i < 100; i++ {
-		req = append(req, reqBytes(cmdWrite, 0, uint64(i), uint64(i)*8192, 8192)...)
+		req = append(req, reqBytes(nbdproto.CmdWrite, 0, uint64(i), uint64(i)*8192, 8192)...)
 		req = append(req, pattern(8192, byte(i))...)
 	}
 	go cl.c.Write(req)

@@ -14,6 +14,8 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/raw"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // env is a main Context, a graph, an image file and a server with one
@@ -120,7 +122,7 @@ func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 
 // optBytes encodes one option.
 func optBytes(opt uint32, data []byte) []byte {
-	b := binary.BigEndian.AppendUint64(nil, magicOpt)
+	b := binary.BigEndian.AppendUint64(nil, nbdproto.MagicOpt)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	return append(b, data...)
@@ -137,7 +139,7 @@ func readOptReply(t *testing.T, c net.Conn) optReply {
 	if _, err := io.ReadFull(c, h[:]); err != nil {
 		t.Fatalf("reading option reply: %v", err)
 	}
-	if binary.BigEndian.Uint64(h[:]) != magicRepOpt {
+	if binary.BigEndian.Uint64(h[:]) != nbdproto.MagicRepOpt {
 		t.Fatalf("option reply magic %#x", binary.BigEndian.Uint64(h[:]))
 	}
 	r := optReply{opt: binary.BigEndian.Uint32(h[8:]), typ: binary.BigEndian.Uint32(h[12:])}
@@ -155,10 +157,10 @@ func greet(t *testing.T, c net.Conn) {
 	if _, err := io.ReadFull(c, g[:]); err != nil {
 		t.Fatal(err)
 	}
-	if binary.BigEndian.Uint64(g[:]) != magicNBD || binary.BigEndian.Uint64(g[8:]) != magicOpt {
+	if binary.BigEndian.Uint64(g[:]) != nbdproto.MagicNBD || binary.BigEndian.Uint64(g[8:]) != nbdproto.MagicOpt {
 		t.Fatalf("bad greeting % x", g)
 	}
-	c.Write(be32(cflagFixed | cflagNoZeroes))
+	c.Write(be32(nbdproto.CFlagFixed | nbdproto.CFlagNoZeroes))
 }
 
 func infoData(name string) []byte {
@@ -192,34 +194,34 @@ func dialConn(t *testing.T, c net.Conn, name string, structured bool, meta ...st
 	t.Helper()
 	greet(t, c)
 	if structured {
-		c.Write(optBytes(optStructured, nil))
-		if r := readOptReply(t, c); r.typ != repAck {
+		c.Write(optBytes(nbdproto.OptStructured, nil))
+		if r := readOptReply(t, c); r.typ != nbdproto.RepAck {
 			t.Fatalf("structured reply: %#x", r.typ)
 		}
 		if len(meta) > 0 {
-			c.Write(optBytes(optSetMeta, metaData(name, meta...)))
+			c.Write(optBytes(nbdproto.OptSetMeta, metaData(name, meta...)))
 			for {
 				r := readOptReply(t, c)
-				if r.typ == repAck {
+				if r.typ == nbdproto.RepAck {
 					break
 				}
-				if r.typ != repMetaContext {
+				if r.typ != nbdproto.RepMetaContext {
 					t.Fatalf("set meta context: reply %#x %q", r.typ, r.data)
 				}
 			}
 		}
 	}
-	c.Write(optBytes(optGo, infoData(name)))
+	c.Write(optBytes(nbdproto.OptGo, infoData(name)))
 	cl := &client{t: t, c: c, structured: structured}
 	for {
 		r := readOptReply(t, c)
-		if r.typ == repAck {
+		if r.typ == nbdproto.RepAck {
 			break
 		}
-		if r.typ != repInfo {
+		if r.typ != nbdproto.RepInfo {
 			t.Fatalf("GO: reply %#x %q", r.typ, r.data)
 		}
-		if binary.BigEndian.Uint16(r.data) == infoExport {
+		if binary.BigEndian.Uint16(r.data) == nbdproto.InfoExport {
 			cl.size = binary.BigEndian.Uint64(r.data[2:])
 			cl.flags = binary.BigEndian.Uint16(r.data[10:])
 		}
@@ -228,7 +230,7 @@ func dialConn(t *testing.T, c net.Conn, name string, structured bool, meta ...st
 }
 
 func reqBytes(cmd, flags uint16, cookie, off uint64, length uint32) []byte {
-	b := be32(magicReq)
+	b := be32(nbdproto.MagicReq)
 	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint16(b, cmd)
 	b = binary.BigEndian.AppendUint64(b, cookie)
@@ -260,13 +262,13 @@ func (cl *client) readChunk() chunk {
 		cl.t.Fatalf("reading reply: %v", err)
 	}
 	switch binary.BigEndian.Uint32(m[:]) {
-	case magicSimple:
+	case nbdproto.MagicSimple:
 		var h [12]byte
 		if _, err := io.ReadFull(cl.c, h[:]); err != nil {
 			cl.t.Fatal(err)
 		}
-		return chunk{simple: true, err: binary.BigEndian.Uint32(h[:]), cookie: binary.BigEndian.Uint64(h[4:]), flags: chunkDone}
-	case magicChunk:
+		return chunk{simple: true, err: binary.BigEndian.Uint32(h[:]), cookie: binary.BigEndian.Uint64(h[4:]), flags: nbdproto.ChunkDone}
+	case nbdproto.MagicChunk:
 		var h [16]byte
 		if _, err := io.ReadFull(cl.c, h[:]); err != nil {
 			cl.t.Fatal(err)
@@ -276,7 +278,7 @@ func (cl *client) readChunk() chunk {
 		if _, err := io.ReadFull(cl.c, ch.data); err != nil {
 			cl.t.Fatal(err)
 		}
-		if ch.typ == chunkError {
+		if ch.typ == nbdproto.ChunkError {
 			ch.err = binary.BigEndian.Uint32(ch.data)
 		}
 		return ch
@@ -293,7 +295,7 @@ func (cl *client) simple(cookie uint64) uint32 {
 	if ch.cookie != cookie {
 		cl.t.Fatalf("reply cookie %d, want %d", ch.cookie, cookie)
 	}
-	if !ch.simple && ch.typ != chunkError {
+	if !ch.simple && ch.typ != nbdproto.ChunkError {
 		cl.t.Fatalf("reply type %d to cookie %d, want a simple reply", ch.typ, cookie)
 	}
 	return ch.err
@@ -303,7 +305,7 @@ func (cl *client) simple(cookie uint64) uint32 {
 // types seen.
 func (cl *client) read(cookie, off uint64, n uint32, flags uint16) ([]byte, []uint16, uint32) {
 	cl.t.Helper()
-	cl.send(cmdRead, flags, cookie, off, n, nil)
+	cl.send(nbdproto.CmdRead, flags, cookie, off, n, nil)
 	return cl.readReply(cookie, off, n)
 }
 
@@ -327,17 +329,17 @@ func (cl *client) readReply(cookie, off uint64, n uint32) ([]byte, []uint16, uin
 		}
 		types = append(types, ch.typ)
 		switch ch.typ {
-		case chunkError:
+		case nbdproto.ChunkError:
 			return nil, types, ch.err
-		case chunkOffsetData:
+		case nbdproto.ChunkOffsetData:
 			o := binary.BigEndian.Uint64(ch.data) - off
 			copy(buf[o:], ch.data[8:])
-		case chunkOffsetHole:
+		case nbdproto.ChunkOffsetHole:
 			o := binary.BigEndian.Uint64(ch.data) - off
 			l := binary.BigEndian.Uint32(ch.data[8:])
 			clear(buf[o : o+uint64(l)])
 		}
-		if ch.flags&chunkDone != 0 {
+		if ch.flags&nbdproto.ChunkDone != 0 {
 			return buf, types, 0
 		}
 	}
@@ -348,23 +350,23 @@ type extent struct{ length, flags uint32 }
 // blockStatus returns the extents per context id.
 func (cl *client) blockStatus(cookie, off uint64, n uint32, flags uint16) (map[uint32][]extent, uint32) {
 	cl.t.Helper()
-	cl.send(cmdBlockStatus, flags, cookie, off, n, nil)
+	cl.send(nbdproto.CmdBlockStatus, flags, cookie, off, n, nil)
 	res := map[uint32][]extent{}
 	for {
 		ch := cl.readChunk()
 		if ch.cookie != cookie {
 			cl.t.Fatalf("cookie %d", ch.cookie)
 		}
-		if ch.simple || ch.typ == chunkError {
+		if ch.simple || ch.typ == nbdproto.ChunkError {
 			return nil, ch.err
 		}
-		if ch.typ == chunkBlockStatus {
+		if ch.typ == nbdproto.ChunkBlockStatus {
 			id := binary.BigEndian.Uint32(ch.data)
 			for d := ch.data[4:]; len(d) >= 8; d = d[8:] {
 				res[id] = append(res[id], extent{binary.BigEndian.Uint32(d), binary.BigEndian.Uint32(d[4:])})
 			}
 		}
-		if ch.flags&chunkDone != 0 {
+		if ch.flags&nbdproto.ChunkDone != 0 {
 			return res, 0
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 func TestCommandsSimpleAndStructured(t *testing.T) {
@@ -16,15 +18,15 @@ func TestCommandsSimpleAndStructured(t *testing.T) {
 		if cl.size != testSize {
 			t.Fatalf("size %d", cl.size)
 		}
-		want := tflagHasFlags | tflagFlush | tflagFUA | tflagTrim | tflagZeroes | tflagMultiConn | tflagCache | tflagFastZero
+		want := nbdproto.TFlagHasFlags | nbdproto.TFlagFlush | nbdproto.TFlagFUA | nbdproto.TFlagTrim | nbdproto.TFlagZeroes | nbdproto.TFlagMultiConn | nbdproto.TFlagCache | nbdproto.TFlagFastZero
 		if structured {
-			want |= tflagDF
+			want |= nbdproto.TFlagDF
 		}
 		if cl.flags != want {
 			t.Fatalf("flags %#x, want %#x", cl.flags, want)
 		}
 		data := pattern(64<<10, 3)
-		cl.send(cmdWrite, cmdFlagFUA, 1, 4096, uint32(len(data)), data)
+		cl.send(nbdproto.CmdWrite, nbdproto.CmdFlagFUA, 1, 4096, uint32(len(data)), data)
 		if e := cl.simple(1); e != 0 {
 			t.Fatalf("write: error %d", e)
 		}
@@ -32,28 +34,28 @@ func TestCommandsSimpleAndStructured(t *testing.T) {
 		if errv != 0 || !bytes.Equal(got, data) {
 			t.Fatalf("read back: err %d, equal %v", errv, bytes.Equal(got, data))
 		}
-		cl.send(cmdFlush, 0, 3, 0, 0, nil)
+		cl.send(nbdproto.CmdFlush, 0, 3, 0, 0, nil)
 		if e := cl.simple(3); e != 0 {
 			t.Fatalf("flush: %d", e)
 		}
-		cl.send(cmdWriteZeroes, 0, 4, 8192, 4096, nil)
+		cl.send(nbdproto.CmdWriteZeroes, 0, 4, 8192, 4096, nil)
 		if e := cl.simple(4); e != 0 {
 			t.Fatalf("write zeroes: %d", e)
 		}
-		cl.send(cmdWriteZeroes, cmdFlagNoHole|cmdFlagFUA, 5, 12288, 4096, nil)
+		cl.send(nbdproto.CmdWriteZeroes, nbdproto.CmdFlagNoHole|nbdproto.CmdFlagFUA, 5, 12288, 4096, nil)
 		if e := cl.simple(5); e != 0 {
 			t.Fatalf("write zeroes no-hole: %d", e)
 		}
 		// A raw file zeroes fast (fallocate): FAST_ZERO succeeds.
-		cl.send(cmdWriteZeroes, cmdFlagFastZero|cmdFlagNoHole, 6, 32768, 4096, nil)
+		cl.send(nbdproto.CmdWriteZeroes, nbdproto.CmdFlagFastZero|nbdproto.CmdFlagNoHole, 6, 32768, 4096, nil)
 		if e := cl.simple(6); e != 0 {
 			t.Fatalf("fast zero: error %d", e)
 		}
-		cl.send(cmdTrim, cmdFlagFUA, 7, 16384, 16384, nil)
+		cl.send(nbdproto.CmdTrim, nbdproto.CmdFlagFUA, 7, 16384, 16384, nil)
 		if e := cl.simple(7); e != 0 {
 			t.Fatalf("trim: %d", e)
 		}
-		cl.send(cmdCache, 0, 8, 0, 3<<20, nil)
+		cl.send(nbdproto.CmdCache, 0, 8, 0, 3<<20, nil)
 		if e := cl.simple(8); e != 0 {
 			t.Fatalf("cache: %d", e)
 		}
@@ -63,7 +65,7 @@ func TestCommandsSimpleAndStructured(t *testing.T) {
 		if !bytes.Equal(got, exp) {
 			t.Fatal("zeroed and trimmed ranges do not read as zeroes")
 		}
-		cl.send(cmdDisc, 0, 10, 0, 0, nil)
+		cl.send(nbdproto.CmdDisc, 0, 10, 0, 0, nil)
 		expectClosed(t, cl.c, "after DISC")
 	}
 	// The data is in the file.
@@ -77,7 +79,7 @@ func TestSparseReadHasHoles(t *testing.T) {
 	e := newEnv(t, ExportOptions{Name: ""})
 	cl := dial(t, e.sock, "", true)
 	data := pattern(64<<10, 9)
-	cl.send(cmdWrite, 0, 1, 0, uint32(len(data)), data)
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, uint32(len(data)), data)
 	if e := cl.simple(1); e != 0 {
 		t.Fatal(e)
 	}
@@ -88,21 +90,21 @@ func TestSparseReadHasHoles(t *testing.T) {
 	if !bytes.Equal(got[:len(data)], data) || !isZero(got[len(data):]) {
 		t.Fatal("sparse read content wrong")
 	}
-	if !slices.Contains(types, chunkOffsetHole) || !slices.Contains(types, chunkOffsetData) {
+	if !slices.Contains(types, nbdproto.ChunkOffsetHole) || !slices.Contains(types, nbdproto.ChunkOffsetData) {
 		t.Fatalf("chunk types %v: want data and hole chunks", types)
 	}
 	// DF: one data chunk.
-	got2, types, _ := cl.read(3, 0, 1<<20, cmdFlagDF)
-	if !slices.Equal(types, []uint16{chunkOffsetData}) || !bytes.Equal(got, got2) {
+	got2, types, _ := cl.read(3, 0, 1<<20, nbdproto.CmdFlagDF)
+	if !slices.Equal(types, []uint16{nbdproto.ChunkOffsetData}) || !bytes.Equal(got, got2) {
 		t.Fatalf("DF read: chunk types %v", types)
 	}
 }
 
 func TestBlockStatus(t *testing.T) {
 	e := newEnv(t, ExportOptions{Name: "d", AllocationDepth: true})
-	cl := dial(t, e.sock, "d", true, ctxAllocation, ctxDepth)
+	cl := dial(t, e.sock, "d", true, nbdproto.CtxAllocation, ctxDepth)
 	data := pattern(1<<20, 1)
-	cl.send(cmdWrite, 0, 1, 1<<20, uint32(len(data)), data)
+	cl.send(nbdproto.CmdWrite, 0, 1, 1<<20, uint32(len(data)), data)
 	if e := cl.simple(1); e != 0 {
 		t.Fatal(e)
 	}
@@ -111,20 +113,20 @@ func TestBlockStatus(t *testing.T) {
 		t.Fatal(errv)
 	}
 	alloc := res[idAllocation]
-	want := []extent{{1 << 20, stateHole | stateZero}, {1 << 20, 0}, {2 << 20, stateHole | stateZero}}
+	want := []extent{{1 << 20, nbdproto.StateHole | nbdproto.StateZero}, {1 << 20, 0}, {2 << 20, nbdproto.StateHole | nbdproto.StateZero}}
 	if !slices.Equal(alloc, want) {
 		t.Fatalf("base:allocation %v, want %v", alloc, want)
 	}
 	if d := res[idDepth]; len(d) == 0 || d[0].flags != 1 {
 		t.Fatalf("qemu:allocation-depth %v: a raw file allocates everything at depth 1", d)
 	}
-	res, _ = cl.blockStatus(3, 0, 4<<20, cmdFlagReqOne)
+	res, _ = cl.blockStatus(3, 0, 4<<20, nbdproto.CmdFlagReqOne)
 	if len(res[idAllocation]) != 1 || res[idAllocation][0] != want[0] {
 		t.Fatalf("REQ_ONE: %v", res[idAllocation])
 	}
 	// Without contexts: EINVAL.
 	cl2 := dial(t, e.sock, "d", true)
-	if _, errv := cl2.blockStatus(4, 0, 4096, 0); errv != errInval {
+	if _, errv := cl2.blockStatus(4, 0, 4096, 0); errv != nbdproto.ErrInval {
 		t.Fatalf("block status without contexts: %d", errv)
 	}
 }
@@ -144,11 +146,11 @@ func TestOptions(t *testing.T) {
 	}
 	c := dialRaw(t, e.sock)
 	greet(t, c)
-	c.Write(optBytes(optList, nil))
+	c.Write(optBytes(nbdproto.OptList, nil))
 	var names []string
 	for {
 		r := readOptReply(t, c)
-		if r.typ == repAck {
+		if r.typ == nbdproto.RepAck {
 			break
 		}
 		n := binary.BigEndian.Uint32(r.data)
@@ -157,72 +159,72 @@ func TestOptions(t *testing.T) {
 	if !slices.Equal(names, []string{"a", "b"}) {
 		t.Fatalf("LIST: %q", names)
 	}
-	c.Write(optBytes(optList, []byte{1}))
-	if r := readOptReply(t, c); r.typ != repErrInvalid {
+	c.Write(optBytes(nbdproto.OptList, []byte{1}))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepErrInvalid {
 		t.Fatalf("LIST with data: %#x", r.typ)
 	}
 	c.Write(optBytes(99, []byte("xyz")))
-	if r := readOptReply(t, c); r.typ != repErrUnsup || r.opt != 99 {
+	if r := readOptReply(t, c); r.typ != nbdproto.RepErrUnsup || r.opt != 99 {
 		t.Fatalf("unknown option: %#x", r.typ)
 	}
-	c.Write(optBytes(optInfo, infoData("nope")))
-	if r := readOptReply(t, c); r.typ != repErrUnknown {
+	c.Write(optBytes(nbdproto.OptInfo, infoData("nope")))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepErrUnknown {
 		t.Fatalf("INFO unknown export: %#x", r.typ)
 	}
-	c.Write(optBytes(optInfo, []byte{0, 0, 0, 9, 'a'}))
-	if r := readOptReply(t, c); r.typ != repErrInvalid {
+	c.Write(optBytes(nbdproto.OptInfo, []byte{0, 0, 0, 9, 'a'}))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepErrInvalid {
 		t.Fatalf("malformed INFO: %#x", r.typ)
 	}
-	c.Write(optBytes(optSetMeta, metaData("a", ctxAllocation)))
-	if r := readOptReply(t, c); r.typ != repErrInvalid {
+	c.Write(optBytes(nbdproto.OptSetMeta, metaData("a", nbdproto.CtxAllocation)))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepErrInvalid {
 		t.Fatalf("SET_META_CONTEXT before STRUCTURED_REPLY: %#x", r.typ)
 	}
-	c.Write(optBytes(optStructured, nil))
+	c.Write(optBytes(nbdproto.OptStructured, nil))
 	readOptReply(t, c)
-	c.Write(optBytes(optListMeta, metaData("a")))
+	c.Write(optBytes(nbdproto.OptListMeta, metaData("a")))
 	var ctxs []string
 	for {
 		r := readOptReply(t, c)
-		if r.typ == repAck {
+		if r.typ == nbdproto.RepAck {
 			break
 		}
 		ctxs = append(ctxs, string(r.data[4:]))
 	}
-	if !slices.Equal(ctxs, []string{ctxAllocation}) {
+	if !slices.Equal(ctxs, []string{nbdproto.CtxAllocation}) {
 		t.Fatalf("LIST_META_CONTEXT: %q (allocation depth not enabled on a)", ctxs)
 	}
-	c.Write(optBytes(optInfo, infoData("b")))
+	c.Write(optBytes(nbdproto.OptInfo, infoData("b")))
 	var flags uint16
 	sawBS := false
 	for {
 		r := readOptReply(t, c)
-		if r.typ == repAck {
+		if r.typ == nbdproto.RepAck {
 			break
 		}
 		switch binary.BigEndian.Uint16(r.data) {
-		case infoExport:
+		case nbdproto.InfoExport:
 			flags = binary.BigEndian.Uint16(r.data[10:])
-		case infoBlockSize:
+		case nbdproto.InfoBlockSize:
 			sawBS = binary.BigEndian.Uint32(r.data[10:]) == MaxPayload
 		}
 	}
-	if flags&tflagReadOnly == 0 || flags&tflagTrim != 0 || !sawBS {
+	if flags&nbdproto.TFlagReadOnly == 0 || flags&nbdproto.TFlagTrim != 0 || !sawBS {
 		t.Fatalf("INFO b: flags %#x, block size sent %v", flags, sawBS)
 	}
-	c.Write(optBytes(optAbort, nil))
-	if r := readOptReply(t, c); r.typ != repAck {
+	c.Write(optBytes(nbdproto.OptAbort, nil))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepAck {
 		t.Fatalf("ABORT: %#x", r.typ)
 	}
 	expectClosed(t, c, "after ABORT")
 
 	// Read-only export: writes fail with EPERM, payload consumed.
 	cl := dial(t, e.sock, "b", false)
-	cl.send(cmdWrite, 0, 1, 0, 4096, make([]byte, 4096))
-	if errv := cl.simple(1); errv != errPerm {
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, 4096, make([]byte, 4096))
+	if errv := cl.simple(1); errv != nbdproto.ErrPerm {
 		t.Fatalf("write to read-only export: %d", errv)
 	}
-	cl.send(cmdTrim, 0, 2, 0, 4096, nil)
-	if errv := cl.simple(2); errv != errPerm {
+	cl.send(nbdproto.CmdTrim, 0, 2, 0, 4096, nil)
+	if errv := cl.simple(2); errv != nbdproto.ErrPerm {
 		t.Fatalf("trim on read-only export: %d", errv)
 	}
 	if _, _, errv := cl.read(3, 0, 4096, 0); errv != 0 {
@@ -239,15 +241,15 @@ func TestBadRequests(t *testing.T) {
 		n          uint32
 		want       uint32
 	}{
-		{cmdRead, 0, testSize - 4096, 8192, errInval},
-		{cmdRead, 0, 1 << 62, 1, errInval},
-		{cmdRead, 0, 0, MaxPayload + 1, errOverflow},
-		{cmdTrim, 0, testSize, 1, errNoSpc},
-		{cmdWriteZeroes, 0, 1<<64 - 1, 2, errNoSpc},
-		{99, 0, 0, 0, errInval},
-		{cmdRead, 1 << 9, 0, 1, errInval},
-		{cmdRead, cmdFlagReqOne, 0, 1, errInval},
-		{cmdFlush, 0, 0, 5, errInval},
+		{nbdproto.CmdRead, 0, testSize - 4096, 8192, nbdproto.ErrInval},
+		{nbdproto.CmdRead, 0, 1 << 62, 1, nbdproto.ErrInval},
+		{nbdproto.CmdRead, 0, 0, MaxPayload + 1, nbdproto.ErrOverflow},
+		{nbdproto.CmdTrim, 0, testSize, 1, nbdproto.ErrNoSpc},
+		{nbdproto.CmdWriteZeroes, 0, 1<<64 - 1, 2, nbdproto.ErrNoSpc},
+		{99, 0, 0, 0, nbdproto.ErrInval},
+		{nbdproto.CmdRead, 1 << 9, 0, 1, nbdproto.ErrInval},
+		{nbdproto.CmdRead, nbdproto.CmdFlagReqOne, 0, 1, nbdproto.ErrInval},
+		{nbdproto.CmdFlush, 0, 0, 5, nbdproto.ErrInval},
 	}
 	for i, c := range cases {
 		cl.send(c.cmd, c.flags, uint64(100+i), c.off, c.n, nil)
@@ -257,8 +259,8 @@ func TestBadRequests(t *testing.T) {
 		}
 	}
 	// A write beyond the end: its payload is consumed and the stream stays in sync.
-	cl.send(cmdWrite, 0, 50, testSize-10, 20, make([]byte, 20))
-	if errv := cl.simple(50); errv != errNoSpc {
+	cl.send(nbdproto.CmdWrite, 0, 50, testSize-10, 20, make([]byte, 20))
+	if errv := cl.simple(50); errv != nbdproto.ErrNoSpc {
 		t.Fatalf("write past the end: %d", errv)
 	}
 	if _, _, errv := cl.read(51, 0, 512, 0); errv != 0 {
@@ -266,7 +268,7 @@ func TestBadRequests(t *testing.T) {
 	}
 	// A write too large to skip: the connection is closed, others go on.
 	other := dial(t, e.sock, "", false)
-	cl.send(cmdWrite, 0, 52, 0, MaxPayload+1, nil)
+	cl.send(nbdproto.CmdWrite, 0, 52, 0, MaxPayload+1, nil)
 	expectClosed(t, cl.c, "oversized write")
 	// Bad magic.
 	bad := dial(t, e.sock, "", false)
@@ -282,10 +284,10 @@ func TestBadHandshakes(t *testing.T) {
 	for name, send := range map[string][]byte{
 		"unknown client flags": be32(1 << 7),
 		"no fixed newstyle":    be32(0),
-		"bad option magic":     append(be32(cflagFixed), bytes.Repeat([]byte{1}, 16)...),
-		"export name unknown":  append(be32(cflagFixed), optBytes(optExportName, []byte("zz"))...),
-		"huge option":          append(be32(cflagFixed), optBytes(optGo, nil)[:12]...), // patched below
-		"truncated":            be32(cflagFixed)[:2],
+		"bad option magic":     append(be32(nbdproto.CFlagFixed), bytes.Repeat([]byte{1}, 16)...),
+		"export name unknown":  append(be32(nbdproto.CFlagFixed), optBytes(nbdproto.OptExportName, []byte("zz"))...),
+		"huge option":          append(be32(nbdproto.CFlagFixed), optBytes(nbdproto.OptGo, nil)[:12]...), // patched below
+		"truncated":            be32(nbdproto.CFlagFixed)[:2],
 	} {
 		c := dialRaw(t, e.sock)
 		var g [18]byte
@@ -302,11 +304,11 @@ func TestBadHandshakes(t *testing.T) {
 	// A large option is refused with TOO_BIG and the session goes on.
 	c := dialRaw(t, e.sock)
 	greet(t, c)
-	c.Write(optBytes(optInfo, make([]byte, maxOptionLen+1)))
-	if r := readOptReply(t, c); r.typ != repErrTooBig {
+	c.Write(optBytes(nbdproto.OptInfo, make([]byte, maxOptionLen+1)))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepErrTooBig {
 		t.Fatalf("large option: %#x", r.typ)
 	}
-	c.Write(optBytes(optExportName, nil))
+	c.Write(optBytes(nbdproto.OptExportName, nil))
 	var h [10]byte
 	if _, err := c.Read(h[:]); err != nil || binary.BigEndian.Uint64(h[:]) != testSize {
 		t.Fatalf("EXPORT_NAME after refused option: %v % x", err, h)
@@ -319,7 +321,7 @@ func TestPipelinedRequests(t *testing.T) {
 	const n = 200 // more than the slots: reading pauses and resumes
 	var req []byte
 	for i := 0; i < n; i++ {
-		req = append(req, reqBytes(cmdWrite, 0, uint64(i), uint64(i)*4096, 4096)...)
+		req = append(req, reqBytes(nbdproto.CmdWrite, 0, uint64(i), uint64(i)*4096, 4096)...)
 		req = append(req, pattern(4096, byte(i))...)
 	}
 	go cl.c.Write(req)
@@ -333,13 +335,13 @@ func TestPipelinedRequests(t *testing.T) {
 	}
 	req = req[:0]
 	for i := 0; i < n; i++ {
-		req = append(req, reqBytes(cmdRead, cmdFlagDF, uint64(i), uint64(i)*4096, 4096)...)
+		req = append(req, reqBytes(nbdproto.CmdRead, nbdproto.CmdFlagDF, uint64(i), uint64(i)*4096, 4096)...)
 	}
 	go cl.c.Write(req)
 	for i := 0; i < n; i++ {
 		ch := cl.readChunk()
 		off := binary.BigEndian.Uint64(ch.data)
-		if ch.typ != chunkOffsetData || off != ch.cookie*4096 || !bytes.Equal(ch.data[8:], pattern(4096, byte(ch.cookie))) {
+		if ch.typ != nbdproto.ChunkOffsetData || off != ch.cookie*4096 || !bytes.Equal(ch.data[8:], pattern(4096, byte(ch.cookie))) {
 			t.Fatalf("read reply %d: cookie %d type %d", i, ch.cookie, ch.typ)
 		}
 	}
@@ -348,10 +350,10 @@ func TestPipelinedRequests(t *testing.T) {
 func TestDisconnectMidRequest(t *testing.T) {
 	e := newEnv(t, ExportOptions{Name: ""})
 	cl := dial(t, e.sock, "", false)
-	cl.c.Write(append(reqBytes(cmdWrite, 0, 1, 0, 65536), make([]byte, 1000)...))
+	cl.c.Write(append(reqBytes(nbdproto.CmdWrite, 0, 1, 0, 65536), make([]byte, 1000)...))
 	cl.c.Close()
 	cl2 := dial(t, e.sock, "", false)
-	cl2.c.Write(reqBytes(cmdRead, 0, 1, 0, 10)[:20])
+	cl2.c.Write(reqBytes(nbdproto.CmdRead, 0, 1, 0, 10)[:20])
 	cl2.c.Close()
 	other := dial(t, e.sock, "", false)
 	if _, _, errv := other.read(1, 0, 4096, 0); errv != 0 {

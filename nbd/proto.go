@@ -5,114 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
-// Wire constants of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md),
-// the fixed newstyle handshake and the transmission phase.
-const (
-	magicNBD    uint64 = 0x4e42444d41474943 // "NBDMAGIC"
-	magicOpt    uint64 = 0x49484156454f5054 // "IHAVEOPT"
-	magicRepOpt uint64 = 0x0003e889045565a9 // option reply
-	magicReq    uint32 = 0x25609513
-	magicSimple uint32 = 0x67446698
-	magicChunk  uint32 = 0x668e33ef
-
-	// Handshake flags (server) and client flags.
-	flagFixedNewstyle uint16 = 1 << 0
-	flagNoZeroes      uint16 = 1 << 1
-	cflagFixed        uint32 = 1 << 0
-	cflagNoZeroes     uint32 = 1 << 1
-
-	// Transmission flags.
-	tflagHasFlags   uint16 = 1 << 0
-	tflagReadOnly   uint16 = 1 << 1
-	tflagFlush      uint16 = 1 << 2
-	tflagFUA        uint16 = 1 << 3
-	tflagTrim       uint16 = 1 << 5
-	tflagZeroes     uint16 = 1 << 6
-	tflagDF         uint16 = 1 << 7
-	tflagMultiConn  uint16 = 1 << 8
-	tflagCache      uint16 = 1 << 10
-	tflagFastZero   uint16 = 1 << 11
-	tflagStatusPayl uint16 = 1 << 12
-
-	// Options.
-	optExportName   uint32 = 1
-	optAbort        uint32 = 2
-	optList         uint32 = 3
-	optStartTLS     uint32 = 5
-	optInfo         uint32 = 6
-	optGo           uint32 = 7
-	optStructured   uint32 = 8
-	optListMeta     uint32 = 9
-	optSetMeta      uint32 = 10
-	optExtendedHdrs uint32 = 11
-
-	// Option replies.
-	repAck         uint32 = 1
-	repServer      uint32 = 2
-	repInfo        uint32 = 3
-	repMetaContext uint32 = 4
-	repErrUnsup    uint32 = 1<<31 + 1
-	repErrPolicy   uint32 = 1<<31 + 2
-	repErrInvalid  uint32 = 1<<31 + 3
-	repErrTLSReqd  uint32 = 1<<31 + 5
-	repErrUnknown  uint32 = 1<<31 + 6
-	repErrTooBig   uint32 = 1<<31 + 9
-
-	// NBD_INFO types.
-	infoExport    uint16 = 0
-	infoName      uint16 = 1
-	infoDesc      uint16 = 2
-	infoBlockSize uint16 = 3
-
-	// Commands.
-	cmdRead        uint16 = 0
-	cmdWrite       uint16 = 1
-	cmdDisc        uint16 = 2
-	cmdFlush       uint16 = 3
-	cmdTrim        uint16 = 4
-	cmdCache       uint16 = 5
-	cmdWriteZeroes uint16 = 6
-	cmdBlockStatus uint16 = 7
-
-	// Command flags.
-	cmdFlagFUA      uint16 = 1 << 0
-	cmdFlagNoHole   uint16 = 1 << 1
-	cmdFlagDF       uint16 = 1 << 2
-	cmdFlagReqOne   uint16 = 1 << 3
-	cmdFlagFastZero uint16 = 1 << 4
-	cmdFlagsKnown          = cmdFlagFUA | cmdFlagNoHole | cmdFlagDF | cmdFlagReqOne | cmdFlagFastZero
-
-	// Structured reply chunk flags and types.
-	chunkDone        uint16 = 1 << 0
-	chunkNone        uint16 = 0
-	chunkOffsetData  uint16 = 1
-	chunkOffsetHole  uint16 = 2
-	chunkBlockStatus uint16 = 5
-	chunkError       uint16 = 1<<15 + 1
-
-	// base:allocation flags.
-	stateHole uint32 = 1 << 0
-	stateZero uint32 = 1 << 1
-
-	// Errors (transmission phase).
-	errPerm     uint32 = 1
-	errIO       uint32 = 5
-	errNoMem    uint32 = 12
-	errInval    uint32 = 22
-	errNoSpc    uint32 = 28
-	errOverflow uint32 = 75
-	errNotSup   uint32 = 95
-	errShutdown uint32 = 108
-)
+// The wire constants are in internal/nbdproto, shared with the client
+// driver.
 
 // Metadata contexts this server offers, with the ids it gives them.
 const (
-	ctxAllocation = "base:allocation"
-	ctxDepth      = "qemu:allocation-depth"
-	idAllocation  = 1
-	idDepth       = 2
+	ctxDepth     = "qemu:allocation-depth"
+	idAllocation = 1
+	idDepth      = 2
 	// ctxBitmapPrefix + NAME is an exported dirty bitmap (flag 1: dirty);
 	// bitmap i of the export has id idBitmap0+i.
 	ctxBitmapPrefix = "qemu:dirty-bitmap:"
@@ -122,7 +26,6 @@ const (
 
 // Sizes and limits.
 const (
-	reqHeaderLen = 28
 	// MaxPayload is the largest READ or WRITE the server takes (the maximum
 	// block size it advertises): 32 MiB, the size QEMU and libnbd assume.
 	MaxPayload = 32 << 20
@@ -149,8 +52,8 @@ var errBadMagic = errors.New("nbd: request with a bad magic number")
 // magic number, after which the stream cannot be trusted (the connection
 // is closed); everything else is checked per command (checkRequest).
 func parseRequest(b []byte) (request, error) {
-	_ = b[reqHeaderLen-1]
-	if binary.BigEndian.Uint32(b) != magicReq {
+	_ = b[nbdproto.ReqHeaderLen-1]
+	if binary.BigEndian.Uint32(b) != nbdproto.MagicReq {
 		return request{}, errBadMagic
 	}
 	return request{
@@ -175,52 +78,52 @@ type exportView struct {
 // payload is too large to skip are reported by fatal (close the
 // connection): the stream position is lost otherwise.
 func checkRequest(r request, v exportView) (nbdErr uint32, fatal bool) {
-	if r.cmd == cmdWrite && r.length > MaxPayload {
-		return errOverflow, true
+	if r.cmd == nbdproto.CmdWrite && r.length > MaxPayload {
+		return nbdproto.ErrOverflow, true
 	}
-	if r.flags&^cmdFlagsKnown != 0 {
-		return errInval, false
+	if r.flags&^nbdproto.CmdFlagsKnown != 0 {
+		return nbdproto.ErrInval, false
 	}
 	switch r.cmd {
-	case cmdRead, cmdCache:
-		if r.flags&(cmdFlagNoHole|cmdFlagReqOne|cmdFlagFastZero) != 0 {
-			return errInval, false
+	case nbdproto.CmdRead, nbdproto.CmdCache:
+		if r.flags&(nbdproto.CmdFlagNoHole|nbdproto.CmdFlagReqOne|nbdproto.CmdFlagFastZero) != 0 {
+			return nbdproto.ErrInval, false
 		}
-		if r.flags&cmdFlagDF != 0 && (r.cmd != cmdRead || !v.structured) {
-			return errInval, false
+		if r.flags&nbdproto.CmdFlagDF != 0 && (r.cmd != nbdproto.CmdRead || !v.structured) {
+			return nbdproto.ErrInval, false
 		}
-		if r.cmd == cmdRead && r.length > MaxPayload {
-			return errOverflow, false
+		if r.cmd == nbdproto.CmdRead && r.length > MaxPayload {
+			return nbdproto.ErrOverflow, false
 		}
-	case cmdWrite, cmdTrim, cmdWriteZeroes:
-		if r.flags&(cmdFlagDF|cmdFlagReqOne) != 0 {
-			return errInval, false
+	case nbdproto.CmdWrite, nbdproto.CmdTrim, nbdproto.CmdWriteZeroes:
+		if r.flags&(nbdproto.CmdFlagDF|nbdproto.CmdFlagReqOne) != 0 {
+			return nbdproto.ErrInval, false
 		}
-		if r.cmd != cmdWriteZeroes && r.flags&(cmdFlagNoHole|cmdFlagFastZero) != 0 {
-			return errInval, false
+		if r.cmd != nbdproto.CmdWriteZeroes && r.flags&(nbdproto.CmdFlagNoHole|nbdproto.CmdFlagFastZero) != 0 {
+			return nbdproto.ErrInval, false
 		}
 		if v.readOnly {
-			return errPerm, false
+			return nbdproto.ErrPerm, false
 		}
-	case cmdFlush:
-		if r.flags&^cmdFlagFUA != 0 || r.off != 0 || r.length != 0 {
-			return errInval, false
+	case nbdproto.CmdFlush:
+		if r.flags&^nbdproto.CmdFlagFUA != 0 || r.off != 0 || r.length != 0 {
+			return nbdproto.ErrInval, false
 		}
 		return 0, false
-	case cmdBlockStatus:
-		if r.flags&^(cmdFlagReqOne|cmdFlagFUA) != 0 || !v.structured || v.metaCount == 0 || r.length == 0 {
-			return errInval, false
+	case nbdproto.CmdBlockStatus:
+		if r.flags&^(nbdproto.CmdFlagReqOne|nbdproto.CmdFlagFUA) != 0 || !v.structured || v.metaCount == 0 || r.length == 0 {
+			return nbdproto.ErrInval, false
 		}
-	case cmdDisc:
+	case nbdproto.CmdDisc:
 		return 0, false
 	default:
-		return errInval, false
+		return nbdproto.ErrInval, false
 	}
 	if r.off > uint64(v.size) || uint64(r.length) > uint64(v.size)-r.off {
-		if r.cmd == cmdWrite || r.cmd == cmdWriteZeroes || r.cmd == cmdTrim {
-			return errNoSpc, false
+		if r.cmd == nbdproto.CmdWrite || r.cmd == nbdproto.CmdWriteZeroes || r.cmd == nbdproto.CmdTrim {
+			return nbdproto.ErrNoSpc, false
 		}
-		return errInval, false
+		return nbdproto.ErrInval, false
 	}
 	return 0, false
 }
@@ -310,7 +213,7 @@ func parseMetaRequest(data []byte) (metaRequest, error) {
 // allowed) among those the export offers.
 func (x *Export) matchContexts(q string, list bool) []string {
 	switch q {
-	case ctxAllocation, ctxDepth:
+	case nbdproto.CtxAllocation, ctxDepth:
 		return []string{q}
 	}
 	if strings.HasPrefix(q, ctxBitmapPrefix) && q != ctxBitmapPrefix {
@@ -327,7 +230,7 @@ func (x *Export) matchContexts(q string, list bool) []string {
 	var out []string
 	switch q {
 	case "base:":
-		out = append(out, ctxAllocation)
+		out = append(out, nbdproto.CtxAllocation)
 	case "qemu:":
 		out = append(out, ctxDepth)
 		fallthrough
@@ -342,7 +245,7 @@ func (x *Export) matchContexts(q string, list bool) []string {
 // contextID is the id of a context the export offers.
 func (x *Export) contextID(name string) uint32 {
 	switch name {
-	case ctxAllocation:
+	case nbdproto.CtxAllocation:
 		return idAllocation
 	case ctxDepth:
 		return idDepth

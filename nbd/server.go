@@ -18,6 +18,8 @@ import (
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // ExportOptions configure one export.
@@ -254,20 +256,20 @@ func (e *Export) DrainedEnd() {
 // flags returns the transmission flags for a client; DF only when it
 // negotiated structured replies (the protocol requires it clear otherwise).
 func (e *Export) flags(structured bool) uint16 {
-	f := tflagHasFlags | tflagFlush | tflagFUA | tflagCache
+	f := nbdproto.TFlagHasFlags | nbdproto.TFlagFlush | nbdproto.TFlagFUA | nbdproto.TFlagCache
 	if structured {
-		f |= tflagDF
+		f |= nbdproto.TFlagDF
 	}
 	if e.opts.ReadOnly {
-		f |= tflagReadOnly
+		f |= nbdproto.TFlagReadOnly
 	} else {
-		f |= tflagTrim | tflagZeroes | tflagFastZero
+		f |= nbdproto.TFlagTrim | nbdproto.TFlagZeroes | nbdproto.TFlagFastZero
 	}
 	// Every connection submits to the one front end and node: a flush on
 	// any of them covers the writes completed on all of them. An export
 	// that takes one client does not invite more connections.
 	if !e.opts.NoMultiConn && e.opts.MaxConnections != 1 {
-		f |= tflagMultiConn
+		f |= nbdproto.TFlagMultiConn
 	}
 	return f
 }
@@ -547,7 +549,7 @@ func (n *negotiator) write(b []byte) error {
 
 func (n *negotiator) reply(opt, typ uint32, data []byte) error {
 	b := n.scratch[:0]
-	b = binary.BigEndian.AppendUint64(b, magicRepOpt)
+	b = binary.BigEndian.AppendUint64(b, nbdproto.MagicRepOpt)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, typ)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
@@ -571,9 +573,9 @@ func (n *negotiator) metaIDs() []uint32 {
 // run performs the fixed newstyle handshake and returns the export chosen.
 func (n *negotiator) run() (*Export, error) {
 	var hello [18]byte
-	binary.BigEndian.PutUint64(hello[0:], magicNBD)
-	binary.BigEndian.PutUint64(hello[8:], magicOpt)
-	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
+	binary.BigEndian.PutUint64(hello[0:], nbdproto.MagicNBD)
+	binary.BigEndian.PutUint64(hello[8:], nbdproto.MagicOpt)
+	binary.BigEndian.PutUint16(hello[16:], nbdproto.FlagFixedNewstyle|nbdproto.FlagNoZeroes)
 	if err := n.write(hello[:]); err != nil {
 		return nil, err
 	}
@@ -582,31 +584,31 @@ func (n *negotiator) run() (*Export, error) {
 		return nil, fmt.Errorf("reading client flags: %w", err)
 	}
 	flags := binary.BigEndian.Uint32(cf[:])
-	if flags&^(cflagFixed|cflagNoZeroes) != 0 {
+	if flags&^(nbdproto.CFlagFixed|nbdproto.CFlagNoZeroes) != 0 {
 		return nil, fmt.Errorf("unknown client flags %#x", flags)
 	}
-	if flags&cflagFixed == 0 {
+	if flags&nbdproto.CFlagFixed == 0 {
 		return nil, errors.New("client does not speak fixed newstyle negotiation")
 	}
-	n.noZeroes = flags&cflagNoZeroes != 0
+	n.noZeroes = flags&nbdproto.CFlagNoZeroes != 0
 	for {
 		var hdr [16]byte
 		if _, err := io.ReadFull(n.nc, hdr[:]); err != nil {
 			return nil, fmt.Errorf("reading option: %w", err)
 		}
-		if binary.BigEndian.Uint64(hdr[:]) != magicOpt {
+		if binary.BigEndian.Uint64(hdr[:]) != nbdproto.MagicOpt {
 			return nil, errors.New("option with a bad magic number")
 		}
 		opt := binary.BigEndian.Uint32(hdr[8:])
 		length := binary.BigEndian.Uint32(hdr[12:])
 		if length > maxOptionLen {
-			if length > maxOptionSkip || opt == optExportName {
+			if length > maxOptionSkip || opt == nbdproto.OptExportName {
 				return nil, fmt.Errorf("option %d with %d bytes of data", opt, length)
 			}
 			if _, err := io.CopyN(io.Discard, n.nc, int64(length)); err != nil {
 				return nil, err
 			}
-			if err := n.replyErr(opt, repErrTooBig, "option data too long"); err != nil {
+			if err := n.replyErr(opt, nbdproto.RepErrTooBig, "option data too long"); err != nil {
 				return nil, err
 			}
 			continue
@@ -628,16 +630,16 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 	if n.tls != nil && !n.tlsDone {
 		// TLS is mandatory: only STARTTLS and ABORT are answered.
 		switch opt {
-		case optStartTLS, optAbort:
-		case optExportName:
+		case nbdproto.OptStartTLS, nbdproto.OptAbort:
+		case nbdproto.OptExportName:
 			// No error reply exists for EXPORT_NAME: disconnect.
 			return nil, true, errors.New("client chose an export (NBD_OPT_EXPORT_NAME) before starting TLS")
 		default:
-			return nil, false, n.replyErr(opt, repErrTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first")
+			return nil, false, n.replyErr(opt, nbdproto.RepErrTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first")
 		}
 	}
 	switch opt {
-	case optExportName:
+	case nbdproto.OptExportName:
 		e = n.s.export(string(data))
 		if e == nil {
 			return nil, true, fmt.Errorf("unknown export %q", data)
@@ -658,108 +660,108 @@ func (n *negotiator) option(opt uint32, data []byte) (e *Export, done bool, err 
 			return nil, true, err
 		}
 		return e, true, nil
-	case optAbort:
+	case nbdproto.OptAbort:
 		if len(data) != 0 {
 			// Answer anyway: the client is going away.
-			_ = n.replyErr(opt, repErrInvalid, "NBD_OPT_ABORT carries no data")
+			_ = n.replyErr(opt, nbdproto.RepErrInvalid, "NBD_OPT_ABORT carries no data")
 			return nil, true, errAbort
 		}
-		_ = n.reply(opt, repAck, nil)
+		_ = n.reply(opt, nbdproto.RepAck, nil)
 		return nil, true, errAbort
-	case optList:
+	case nbdproto.OptList:
 		if len(data) != 0 {
-			return nil, false, n.replyErr(opt, repErrInvalid, "NBD_OPT_LIST carries no data")
+			return nil, false, n.replyErr(opt, nbdproto.RepErrInvalid, "NBD_OPT_LIST carries no data")
 		}
 		for _, x := range n.s.exportList() {
 			b := binary.BigEndian.AppendUint32(nil, uint32(len(x.opts.Name)))
 			b = append(b, x.opts.Name...)
 			b = append(b, x.opts.Description...)
-			if err := n.reply(opt, repServer, b); err != nil {
+			if err := n.reply(opt, nbdproto.RepServer, b); err != nil {
 				return nil, false, err
 			}
 		}
-		return nil, false, n.reply(opt, repAck, nil)
-	case optStructured:
+		return nil, false, n.reply(opt, nbdproto.RepAck, nil)
+	case nbdproto.OptStructured:
 		if len(data) != 0 {
-			return nil, false, n.replyErr(opt, repErrInvalid, "NBD_OPT_STRUCTURED_REPLY carries no data")
+			return nil, false, n.replyErr(opt, nbdproto.RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY carries no data")
 		}
 		n.structured = true
-		return nil, false, n.reply(opt, repAck, nil)
-	case optInfo, optGo:
+		return nil, false, n.reply(opt, nbdproto.RepAck, nil)
+	case nbdproto.OptInfo, nbdproto.OptGo:
 		ir, perr := parseInfoRequest(data)
 		if perr != nil {
-			return nil, false, n.replyErr(opt, repErrInvalid, perr.Error())
+			return nil, false, n.replyErr(opt, nbdproto.RepErrInvalid, perr.Error())
 		}
 		x := n.s.export(ir.name)
 		if x == nil {
-			return nil, false, n.replyErr(opt, repErrUnknown, fmt.Sprintf("export %q not present", ir.name))
+			return nil, false, n.replyErr(opt, nbdproto.RepErrUnknown, fmt.Sprintf("export %q not present", ir.name))
 		}
-		if opt == optGo {
+		if opt == nbdproto.OptGo {
 			// Take the client's place before the final ACK: a client
 			// over the limit gets an error reply, not a closed socket.
 			if err := x.reserve(); err != nil {
-				return nil, false, n.replyErr(opt, repErrPolicy, err.Error())
+				return nil, false, n.replyErr(opt, nbdproto.RepErrPolicy, err.Error())
 			}
 		}
 		if err := n.sendInfo(opt, x, ir); err != nil {
-			if opt == optGo {
+			if opt == nbdproto.OptGo {
 				x.release()
 			}
 			return nil, false, err
 		}
-		if err := n.reply(opt, repAck, nil); err != nil {
-			if opt == optGo {
+		if err := n.reply(opt, nbdproto.RepAck, nil); err != nil {
+			if opt == nbdproto.OptGo {
 				x.release()
 			}
 			return nil, false, err
 		}
-		if opt == optGo {
+		if opt == nbdproto.OptGo {
 			if n.metaExport != ir.name || n.metaX != x {
 				n.meta = nil
 			}
 			return x, true, nil
 		}
 		return nil, false, nil
-	case optListMeta, optSetMeta:
+	case nbdproto.OptListMeta, nbdproto.OptSetMeta:
 		return nil, false, n.metaContext(opt, data)
-	case optStartTLS:
+	case nbdproto.OptStartTLS:
 		return nil, false, n.startTLS(data)
 	default:
-		return nil, false, n.replyErr(opt, repErrUnsup, fmt.Sprintf("option %d is not supported", opt))
+		return nil, false, n.replyErr(opt, nbdproto.RepErrUnsup, fmt.Sprintf("option %d is not supported", opt))
 	}
 }
 
 func (n *negotiator) sendInfo(opt uint32, x *Export, ir infoRequest) error {
-	b := binary.BigEndian.AppendUint16(nil, infoExport)
+	b := binary.BigEndian.AppendUint16(nil, nbdproto.InfoExport)
 	b = binary.BigEndian.AppendUint64(b, uint64(x.size))
 	b = binary.BigEndian.AppendUint16(b, x.flags(n.structured))
-	if err := n.reply(opt, repInfo, b); err != nil {
+	if err := n.reply(opt, nbdproto.RepInfo, b); err != nil {
 		return err
 	}
 	// Block sizes are always sent: any alignment works (minimum 1), 4 KiB
 	// is preferred, and 32 MiB is the largest request.
-	b = binary.BigEndian.AppendUint16(nil, infoBlockSize)
+	b = binary.BigEndian.AppendUint16(nil, nbdproto.InfoBlockSize)
 	b = binary.BigEndian.AppendUint32(b, 1)
 	b = binary.BigEndian.AppendUint32(b, 4096)
 	b = binary.BigEndian.AppendUint32(b, MaxPayload)
-	if err := n.reply(opt, repInfo, b); err != nil {
+	if err := n.reply(opt, nbdproto.RepInfo, b); err != nil {
 		return err
 	}
 	for _, want := range ir.infos {
 		switch want {
-		case infoName:
-			b = binary.BigEndian.AppendUint16(nil, infoName)
+		case nbdproto.InfoName:
+			b = binary.BigEndian.AppendUint16(nil, nbdproto.InfoName)
 			b = append(b, x.opts.Name...)
-		case infoDesc:
+		case nbdproto.InfoDesc:
 			if x.opts.Description == "" {
 				continue
 			}
-			b = binary.BigEndian.AppendUint16(nil, infoDesc)
+			b = binary.BigEndian.AppendUint16(nil, nbdproto.InfoDesc)
 			b = append(b, x.opts.Description...)
 		default:
 			continue
 		}
-		if err := n.reply(opt, repInfo, b); err != nil {
+		if err := n.reply(opt, nbdproto.RepInfo, b); err != nil {
 			return err
 		}
 	}
@@ -768,17 +770,17 @@ func (n *negotiator) sendInfo(opt uint32, x *Export, ir infoRequest) error {
 
 func (n *negotiator) metaContext(opt uint32, data []byte) error {
 	if !n.structured {
-		return n.replyErr(opt, repErrInvalid, "negotiate structured replies before meta contexts")
+		return n.replyErr(opt, nbdproto.RepErrInvalid, "negotiate structured replies before meta contexts")
 	}
 	mr, err := parseMetaRequest(data)
 	if err != nil {
-		return n.replyErr(opt, repErrInvalid, err.Error())
+		return n.replyErr(opt, nbdproto.RepErrInvalid, err.Error())
 	}
 	x := n.s.export(mr.name)
 	if x == nil {
-		return n.replyErr(opt, repErrUnknown, fmt.Sprintf("export %q not present", mr.name))
+		return n.replyErr(opt, nbdproto.RepErrUnknown, fmt.Sprintf("export %q not present", mr.name))
 	}
-	list := opt == optListMeta
+	list := opt == nbdproto.OptListMeta
 	var found []string
 	add := func(c string) {
 		if c == ctxDepth && !x.opts.AllocationDepth {
@@ -792,7 +794,7 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 		found = append(found, c)
 	}
 	if list && len(mr.queries) == 0 {
-		add(ctxAllocation)
+		add(nbdproto.CtxAllocation)
 		add(ctxDepth)
 		for _, b := range x.bitmaps {
 			add(ctxBitmapPrefix + b.Name())
@@ -806,14 +808,14 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 	for _, c := range found {
 		b := binary.BigEndian.AppendUint32(nil, x.contextID(c))
 		b = append(b, c...)
-		if err := n.reply(opt, repMetaContext, b); err != nil {
+		if err := n.reply(opt, nbdproto.RepMetaContext, b); err != nil {
 			return err
 		}
 	}
 	if !list {
 		n.meta, n.metaExport, n.metaX = found, mr.name, x
 	}
-	return n.reply(opt, repAck, nil)
+	return n.reply(opt, nbdproto.RepAck, nil)
 }
 
 // rawFD takes the descriptor out of nc: a duplicate, non-blocking, owned by

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"testing"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestSimpleReads drives reads on a connection that did not negotiate
@@ -13,11 +15,11 @@ import (
 func TestSimpleReads(t *testing.T) {
 	e := newEnv(t, ExportOptions{Name: ""})
 	cl := dial(t, e.sock, "", false)
-	if cl.flags&tflagDF != 0 {
+	if cl.flags&nbdproto.TFlagDF != 0 {
 		t.Fatalf("flags %#x advertise DF without structured replies", cl.flags)
 	}
 	img := pattern(4<<20, 5)
-	cl.send(cmdWrite, 0, 1, 0, uint32(len(img)), img)
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, uint32(len(img)), img)
 	if e := cl.simple(1); e != 0 {
 		t.Fatalf("write: %d", e)
 	}
@@ -31,7 +33,7 @@ func TestSimpleReads(t *testing.T) {
 	for i := 0; i < 150; i++ {
 		n := sizes[i%len(sizes)]
 		off := uint64(i*4099) % uint64(len(img)-int(n)+1)
-		req = append(req, reqBytes(cmdRead, 0, uint64(i), off, n)...)
+		req = append(req, reqBytes(nbdproto.CmdRead, 0, uint64(i), off, n)...)
 		want = append(want, rq{off, n})
 	}
 	go cl.c.Write(req)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"testing"
 	"time"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestSlowClientBounded: a client that sends many large reads and never
@@ -16,7 +18,7 @@ func TestSlowClientBounded(t *testing.T) {
 	const n = 200 // 200 MiB of replies asked for
 	var req []byte
 	for i := 0; i < n; i++ {
-		req = append(req, reqBytes(cmdRead, 0, uint64(i), uint64(i%16)<<20, 1<<20)...)
+		req = append(req, reqBytes(nbdproto.CmdRead, 0, uint64(i), uint64(i%16)<<20, 1<<20)...)
 	}
 	if _, err := slow.c.Write(req); err != nil {
 		t.Fatal(err)
@@ -24,7 +26,7 @@ func TestSlowClientBounded(t *testing.T) {
 	other := dial(t, e.sock, "", true)
 	for i := 0; i < 20; i++ {
 		d := pattern(4096, byte(i))
-		other.send(cmdWrite, 0, 1, 0, 4096, d)
+		other.send(nbdproto.CmdWrite, 0, 1, 0, 4096, d)
 		if ev := other.simple(1); ev != 0 {
 			t.Fatal(ev)
 		}
@@ -58,6 +60,18 @@ func TestSlowClientBounded(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("slow client: %d requests in flight holding %d bytes; the test did not stall it on its budget", busy, held)
+		}
+	}
+	// While the slow client is stalled with its replies queued, the
+	// other client is still served, on the same Context.
+	for i := 0; i < 5; i++ {
+		d := pattern(4096, byte(100+i))
+		other.send(nbdproto.CmdWrite, 0, 3, 8192, 4096, d)
+		if ev := other.simple(3); ev != 0 {
+			t.Fatalf("other client while the slow one is stalled: error %d", ev)
+		}
+		if got, _, _ := other.read(4, 8192, 4096, 0); !bytes.Equal(got, d) {
+			t.Fatal("other client while the slow one is stalled: wrong data")
 		}
 	}
 	for i := 0; i < n; i++ {
@@ -103,7 +117,7 @@ func TestCloseWhileClientsLeave(t *testing.T) {
 		e.exp.mu.Lock()
 		defer e.exp.mu.Unlock()
 		for _, cl := range cls {
-			cl.send(cmdDisc, 0, 1, 0, 0, nil)
+			cl.send(nbdproto.CmdDisc, 0, 1, 0, 0, nil)
 		}
 		time.Sleep(200 * time.Millisecond) // the connections reach their end
 		for c := range e.exp.conns {
@@ -144,7 +158,7 @@ func TestDisconnectWithRepliesPending(t *testing.T) {
 		cl := dial(t, e.sock, "", round%2 == 0)
 		var req []byte
 		for i := 0; i < 50; i++ {
-			req = append(req, reqBytes(cmdRead, 0, uint64(i), uint64(i)<<18, 1<<20)...)
+			req = append(req, reqBytes(nbdproto.CmdRead, 0, uint64(i), uint64(i)<<18, 1<<20)...)
 		}
 		cl.c.Write(req)
 		cl.c.Close()

@@ -4,6 +4,8 @@ import (
 	"math/bits"
 	"sync/atomic"
 	"time"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // LatencyBuckets is the number of buckets of a latency histogram: bucket
@@ -37,15 +39,15 @@ type exportStats struct {
 // statIndex maps a command to its counters (-1: not accounted).
 func statIndex(cmd uint16) int {
 	switch cmd {
-	case cmdRead:
+	case nbdproto.CmdRead:
 		return 0
-	case cmdWrite:
+	case nbdproto.CmdWrite:
 		return 1
-	case cmdFlush:
+	case nbdproto.CmdFlush:
 		return 2
-	case cmdTrim:
+	case nbdproto.CmdTrim:
 		return 3
-	case cmdWriteZeroes:
+	case nbdproto.CmdWriteZeroes:
 		return 4
 	}
 	return -1

@@ -2,6 +2,8 @@ package nbd
 
 import (
 	"testing"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TestExportStats: each accounted command counts once with its bytes and
@@ -11,24 +13,24 @@ func TestExportStats(t *testing.T) {
 	e := newEnv(t, ExportOptions{Name: "disk"})
 	cl := dial(t, e.sock, "disk", true)
 	data := pattern(64<<10, 1)
-	cl.send(cmdWrite, cmdFlagFUA, 1, 0, uint32(len(data)), data)
+	cl.send(nbdproto.CmdWrite, nbdproto.CmdFlagFUA, 1, 0, uint32(len(data)), data)
 	if v := cl.simple(1); v != 0 {
 		t.Fatalf("write: %d", v)
 	}
 	if _, _, v := cl.read(2, 0, 4096, 0); v != 0 {
 		t.Fatalf("read: %d", v)
 	}
-	cl.send(cmdFlush, 0, 3, 0, 0, nil)
+	cl.send(nbdproto.CmdFlush, 0, 3, 0, 0, nil)
 	cl.simple(3)
-	cl.send(cmdWriteZeroes, 0, 4, 0, 4096, nil)
+	cl.send(nbdproto.CmdWriteZeroes, 0, 4, 0, 4096, nil)
 	cl.simple(4)
-	plain := dial(t, e.sock, "disk", false)                       // a refusal is a simple reply
-	if _, _, v := plain.read(8, 0, 4096, cmdFlagNoHole); v == 0 { // a write flag on a read: refused
+	plain := dial(t, e.sock, "disk", false)                                // a refusal is a simple reply
+	if _, _, v := plain.read(8, 0, 4096, nbdproto.CmdFlagNoHole); v == 0 { // a write flag on a read: refused
 		t.Fatal("a read with NO_HOLE succeeded")
 	}
-	cl.send(cmdTrim, 0, 5, 0, 8192, nil)
+	cl.send(nbdproto.CmdTrim, 0, 5, 0, 8192, nil)
 	cl.simple(5)
-	cl.send(cmdCache, 0, 6, 0, 4096, nil)
+	cl.send(nbdproto.CmdCache, 0, 6, 0, 4096, nil)
 	cl.simple(6)
 	cl.blockStatus(7, 0, 4096, 0)
 	s := e.exp.Stats()

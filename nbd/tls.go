@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TLS (NBD_OPT_STARTTLS).
@@ -65,13 +67,13 @@ func TLSServerConfig(dir string, verifyPeer bool) (*tls.Config, error) {
 func (n *negotiator) startTLS(data []byte) error {
 	switch {
 	case n.tls == nil:
-		return n.replyErr(optStartTLS, repErrUnsup, "TLS is not configured on this server")
+		return n.replyErr(nbdproto.OptStartTLS, nbdproto.RepErrUnsup, "TLS is not configured on this server")
 	case len(data) != 0:
-		return n.replyErr(optStartTLS, repErrInvalid, "NBD_OPT_STARTTLS carries no data")
+		return n.replyErr(nbdproto.OptStartTLS, nbdproto.RepErrInvalid, "NBD_OPT_STARTTLS carries no data")
 	case n.tlsDone:
-		return n.replyErr(optStartTLS, repErrInvalid, "TLS is already active")
+		return n.replyErr(nbdproto.OptStartTLS, nbdproto.RepErrInvalid, "TLS is already active")
 	}
-	if err := n.reply(optStartTLS, repAck, nil); err != nil {
+	if err := n.reply(nbdproto.OptStartTLS, nbdproto.RepAck, nil); err != nil {
 		return err
 	}
 	tc := tls.Server(n.nc, n.tls)

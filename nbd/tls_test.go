@@ -2,90 +2,27 @@ package nbd
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// writeCerts makes a CA and a server and a client certificate signed by it,
-// in the files QEMU's tls-creds-x509 (and libnbd's tls-certificates) read:
-// ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem,
-// client-key.pem. It returns the CA pool and the client's certificate.
-func writeCerts(t testing.TB, dir string) (*x509.CertPool, tls.Certificate) {
-	t.Helper()
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	write := func(name, typ string, der []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	now := time.Now()
-	caKey := key()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ringblk test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	write("ca-cert.pem", "CERTIFICATE", caDER)
-	var client tls.Certificate
-	for i, who := range []string{"server", "client"} {
-		k := key()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(int64(i + 2)), Subject: pkix.Name{CommonName: "localhost"},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-			KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		write(who+"-cert.pem", "CERTIFICATE", der)
-		write(who+"-key.pem", "PRIVATE KEY", kder)
-		if who == "client" {
-			client = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
-		}
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return pool, client
-}
+	"github.com/ringblk/ringblk/internal/nbdproto"
+
+	"github.com/ringblk/ringblk/internal/nbdtest"
+)
 
 // newTLSEnv is newEnv with TLS required (certificates in the returned dir).
 func newTLSEnv(t *testing.T, verifyPeer bool) (*env, string, *x509.CertPool, tls.Certificate) {
 	t.Helper()
 	dir := t.TempDir()
-	pool, cc := writeCerts(t, dir)
+	pool, cc := nbdtest.WriteCerts(t, dir)
 	cfg, err := TLSServerConfig(dir, verifyPeer)
 	if err != nil {
 		t.Fatal(err)
@@ -99,8 +36,8 @@ func newTLSEnv(t *testing.T, verifyPeer bool) (*env, string, *x509.CertPool, tls
 // handshake as a Go client.
 func startTLSClient(t *testing.T, c net.Conn, cfg *tls.Config) (*tls.Conn, error) {
 	t.Helper()
-	c.Write(optBytes(optStartTLS, nil))
-	if r := readOptReply(t, c); r.typ != repAck {
+	c.Write(optBytes(nbdproto.OptStartTLS, nil))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepAck {
 		t.Fatalf("STARTTLS: reply %#x %q", r.typ, r.data)
 	}
 	tc := tls.Client(c, cfg)
@@ -120,34 +57,34 @@ func TestTLSRequiredPlaintextClient(t *testing.T) {
 		opt  uint32
 		data []byte
 	}{
-		{optList, nil}, {optStructured, nil}, {optInfo, infoData("disk")}, {optGo, infoData("disk")},
-		{optSetMeta, metaData("disk", ctxAllocation)}, {optListMeta, metaData("disk")}, {optExtendedHdrs, nil}, {99, []byte("x")},
+		{nbdproto.OptList, nil}, {nbdproto.OptStructured, nil}, {nbdproto.OptInfo, infoData("disk")}, {nbdproto.OptGo, infoData("disk")},
+		{nbdproto.OptSetMeta, metaData("disk", nbdproto.CtxAllocation)}, {nbdproto.OptListMeta, metaData("disk")}, {nbdproto.OptExtendedHdrs, nil}, {99, []byte("x")},
 	} {
 		c.Write(optBytes(o.opt, o.data))
-		if r := readOptReply(t, c); r.opt != o.opt || r.typ != repErrTLSReqd {
+		if r := readOptReply(t, c); r.opt != o.opt || r.typ != nbdproto.RepErrTLSReqd {
 			t.Fatalf("option %d before TLS: reply %#x %q, want ERR_TLS_REQD", o.opt, r.typ, r.data)
 		}
 	}
-	c.Write(optBytes(optStartTLS, []byte("junk")))
-	if r := readOptReply(t, c); r.typ != repErrInvalid {
+	c.Write(optBytes(nbdproto.OptStartTLS, []byte("junk")))
+	if r := readOptReply(t, c); r.typ != nbdproto.RepErrInvalid {
 		t.Fatalf("STARTTLS with data: reply %#x", r.typ)
 	}
-	c.Write(optBytes(optExportName, []byte("disk")))
+	c.Write(optBytes(nbdproto.OptExportName, []byte("disk")))
 	expectClosed(t, c, "after EXPORT_NAME before TLS")
 
 	g := dialRaw(t, e.sock)
 	greet(t, g)
-	g.Write(optBytes(optStartTLS, nil))
-	if r := readOptReply(t, g); r.typ != repAck {
+	g.Write(optBytes(nbdproto.OptStartTLS, nil))
+	if r := readOptReply(t, g); r.typ != nbdproto.RepAck {
 		t.Fatalf("STARTTLS: %#x", r.typ)
 	}
-	g.Write(optBytes(optGo, infoData("disk"))) // plaintext where TLS records belong
+	g.Write(optBytes(nbdproto.OptGo, infoData("disk"))) // plaintext where TLS records belong
 	expectClosed(t, g, "after plaintext instead of a TLS handshake")
 
 	a := dialRaw(t, e.sock)
 	greet(t, a)
-	a.Write(optBytes(optAbort, nil))
-	if r := readOptReply(t, a); r.typ != repAck {
+	a.Write(optBytes(nbdproto.OptAbort, nil))
+	if r := readOptReply(t, a); r.typ != nbdproto.RepAck {
 		t.Fatalf("ABORT before TLS: %#x", r.typ)
 	}
 
@@ -159,7 +96,7 @@ func TestTLSRequiredPlaintextClient(t *testing.T) {
 		t.Fatalf("TLS client after the hostile ones: %v", err)
 	}
 	cl := dialConnGreeted(t, tc, "disk", false)
-	cl.send(cmdFlush, 0, 1, 0, 0, nil)
+	cl.send(nbdproto.CmdFlush, 0, 1, 0, 0, nil)
 	if v := cl.simple(1); v != 0 {
 		t.Fatalf("flush through TLS: %d", v)
 	}
@@ -188,19 +125,19 @@ func TestTLSTransmission(t *testing.T) {
 	if v := tc.ConnectionState().Version; v < tls.VersionTLS12 {
 		t.Fatalf("TLS version %#x", v)
 	}
-	tc.Write(optBytes(optStartTLS, nil))
-	if r := readOptReply(t, tc); r.typ != repErrInvalid {
+	tc.Write(optBytes(nbdproto.OptStartTLS, nil))
+	if r := readOptReply(t, tc); r.typ != nbdproto.RepErrInvalid {
 		t.Fatalf("second STARTTLS: reply %#x", r.typ)
 	}
-	tc.Write(optBytes(optList, nil))
-	if r := readOptReply(t, tc); r.typ != repServer || !bytes.Contains(r.data, []byte("disk")) {
+	tc.Write(optBytes(nbdproto.OptList, nil))
+	if r := readOptReply(t, tc); r.typ != nbdproto.RepServer || !bytes.Contains(r.data, []byte("disk")) {
 		t.Fatalf("LIST inside TLS: %#x %q", r.typ, r.data)
 	}
 	readOptReply(t, tc) // ACK
 	cl := dialConnGreeted(t, tc, "disk", true)
 	data := pattern(4<<20, 4)
 	for i := 0; i < 4; i++ {
-		cl.send(cmdWrite, cmdFlagFUA, uint64(i), uint64(i)<<20, 1<<20, data[i<<20:(i+1)<<20])
+		cl.send(nbdproto.CmdWrite, nbdproto.CmdFlagFUA, uint64(i), uint64(i)<<20, 1<<20, data[i<<20:(i+1)<<20])
 		if v := cl.simple(uint64(i)); v != 0 {
 			t.Fatalf("write %d through TLS: %d", i, v)
 		}
@@ -209,7 +146,7 @@ func TestTLSTransmission(t *testing.T) {
 	if v != 0 || !bytes.Equal(got, data[:3<<20]) {
 		t.Fatalf("read through TLS: err %d, equal %v", v, bytes.Equal(got, data[:3<<20]))
 	}
-	cl.send(cmdDisc, 0, 10, 0, 0, nil)
+	cl.send(nbdproto.CmdDisc, 0, 10, 0, 0, nil)
 	f, _ := os.ReadFile(e.path)
 	if !bytes.Equal(f[:3<<20], data[:3<<20]) {
 		t.Fatal("the file does not hold what was written through TLS")
@@ -218,7 +155,7 @@ func TestTLSTransmission(t *testing.T) {
 	// With TLS 1.3 the client's handshake ends before the server has
 	// checked its certificate: the refusal shows on the first read.
 	if nc, err := tlsDial(t, e.sock, &tls.Config{RootCAs: pool, ServerName: "localhost"}); err == nil {
-		nc.Write(optBytes(optList, nil))
+		nc.Write(optBytes(nbdproto.OptList, nil))
 		var b [1]byte
 		if _, err := nc.Read(b[:]); err == nil {
 			t.Fatal("verify-peer server accepted a client without a certificate")
@@ -237,22 +174,22 @@ func TestTLSTransmission(t *testing.T) {
 func dialConnGreeted(t *testing.T, c net.Conn, name string, structured bool) *client {
 	t.Helper()
 	if structured {
-		c.Write(optBytes(optStructured, nil))
-		if r := readOptReply(t, c); r.typ != repAck {
+		c.Write(optBytes(nbdproto.OptStructured, nil))
+		if r := readOptReply(t, c); r.typ != nbdproto.RepAck {
 			t.Fatalf("structured reply: %#x", r.typ)
 		}
 	}
-	c.Write(optBytes(optGo, infoData(name)))
+	c.Write(optBytes(nbdproto.OptGo, infoData(name)))
 	cl := &client{t: t, c: c, structured: structured}
 	for {
 		r := readOptReply(t, c)
-		if r.typ == repAck {
+		if r.typ == nbdproto.RepAck {
 			return cl
 		}
-		if r.typ != repInfo {
+		if r.typ != nbdproto.RepInfo {
 			t.Fatalf("GO: reply %#x %q", r.typ, r.data)
 		}
-		if binary.BigEndian.Uint16(r.data) == infoExport {
+		if binary.BigEndian.Uint16(r.data) == nbdproto.InfoExport {
 			cl.size = binary.BigEndian.Uint64(r.data[2:])
 			cl.flags = binary.BigEndian.Uint16(r.data[10:])
 		}
@@ -295,14 +232,14 @@ func TestTLSRealClients(t *testing.T) {
 // an export, and every reply before a STARTTLS acknowledgement is
 // ERR_TLS_REQD, ERR_INVALID, ERR_TOO_BIG, or the ACK of ABORT or STARTTLS.
 func FuzzNegotiationTLS(f *testing.F) {
-	flags := be32(cflagFixed | cflagNoZeroes)
-	f.Add(append(flags, optBytes(optGo, infoData("a"))...))
-	f.Add(append(append(flags, optBytes(optStructured, nil)...), optBytes(optList, nil)...))
-	f.Add(append(flags, optBytes(optExportName, []byte("a"))...))
-	f.Add(append(flags, optBytes(optStartTLS, []byte("x"))...))
-	f.Add(append(append(flags, optBytes(optStartTLS, nil)...), optBytes(optGo, infoData("a"))...))
-	f.Add(append(flags, optBytes(optAbort, nil)...))
-	f.Add(append(flags, optBytes(optInfo, make([]byte, 70000))...))
+	flags := be32(nbdproto.CFlagFixed | nbdproto.CFlagNoZeroes)
+	f.Add(append(flags, optBytes(nbdproto.OptGo, infoData("a"))...))
+	f.Add(append(append(flags, optBytes(nbdproto.OptStructured, nil)...), optBytes(nbdproto.OptList, nil)...))
+	f.Add(append(flags, optBytes(nbdproto.OptExportName, []byte("a"))...))
+	f.Add(append(flags, optBytes(nbdproto.OptStartTLS, []byte("x"))...))
+	f.Add(append(append(flags, optBytes(nbdproto.OptStartTLS, nil)...), optBytes(nbdproto.OptGo, infoData("a"))...))
+	f.Add(append(flags, optBytes(nbdproto.OptAbort, nil)...))
+	f.Add(append(flags, optBytes(nbdproto.OptInfo, make([]byte, 70000))...))
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s := NewServer()
@@ -330,16 +267,16 @@ func FuzzNegotiationTLS(f *testing.F) {
 			t.Fatalf("greeting of %d bytes", len(out))
 		}
 		out = out[18:]
-		for len(out) >= 20 && binary.BigEndian.Uint64(out) == magicRepOpt {
+		for len(out) >= 20 && binary.BigEndian.Uint64(out) == nbdproto.MagicRepOpt {
 			opt, typ, l := binary.BigEndian.Uint32(out[8:]), binary.BigEndian.Uint32(out[12:]), binary.BigEndian.Uint32(out[16:])
 			if uint64(len(out)) < 20+uint64(l) {
 				t.Fatalf("option reply of %d bytes truncated", l)
 			}
 			out = out[20+l:]
 			switch {
-			case typ == repErrTLSReqd, typ == repErrInvalid, typ == repErrTooBig:
-			case typ == repAck && opt == optAbort:
-			case typ == repAck && opt == optStartTLS:
+			case typ == nbdproto.RepErrTLSReqd, typ == nbdproto.RepErrInvalid, typ == nbdproto.RepErrTooBig:
+			case typ == nbdproto.RepAck && opt == nbdproto.OptAbort:
+			case typ == nbdproto.RepAck && opt == nbdproto.OptStartTLS:
 				return // what follows is the (failed) TLS handshake
 			default:
 				t.Fatalf("option %d before TLS answered %#x", opt, typ)

@@ -459,7 +459,7 @@ func nodeInfo(n *block.Node) map[string]any {
 		var list []map[string]any
 		for _, b := range bms {
 			list = append(list, map[string]any{"name": b.Name(), "count": b.Count(), "granularity": b.Granularity(),
-				"recording": b.Enabled(), "busy": b.Busy(), "persistent": false})
+				"recording": b.Enabled(), "busy": b.Busy(), "persistent": b.Persistent})
 		}
 		info["dirty-bitmaps"] = list
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/job"
 	"github.com/ringblk/ringblk/txn"
@@ -600,6 +601,9 @@ type bitmapAction struct {
 	wasOn  bool
 	done   bool // prepare made its change
 	detach bool
+	// stale: the qcow2 driver whose in-use (inconsistent) persistent
+	// bitmap ref.Name a remove drops at commit.
+	stale *qcow2.Driver
 }
 
 func (a *bitmapAction) Prepare() error {
@@ -621,9 +625,6 @@ func (a *bitmapAction) Prepare() error {
 		if a.add.Name == "" {
 			return Errorf("Bitmap name cannot be empty")
 		}
-		if a.add.Persistent {
-			return Errorf("Persistent bitmaps are not supported (they live in memory only)")
-		}
 		g := a.add.Granularity
 		if g != 0 && (g < 512 || g&(g-1) != 0) {
 			return Errorf("Granularity must be power of 2 and at least 512")
@@ -631,10 +632,30 @@ func (a *bitmapAction) Prepare() error {
 		if n.Bitmap(a.add.Name) != nil {
 			return Errorf("Bitmap already exists: %s", a.add.Name)
 		}
+		if a.add.Persistent {
+			// Stored in the image at close (drivers/qcow2/bitmaps.go):
+			// the bitmap lives on the qcow2 node under any filters.
+			qn, d := qcow2Below(n)
+			if d == nil {
+				return Errorf("Can't store persistent bitmaps to %s: Operation not supported", n.Name())
+			}
+			if g == 0 {
+				h := d.Header()
+				g = max(4096, h.ClusterSize())
+			}
+			if err := d.CheckNewPersistentBitmap(a.add.Name, g); err != nil {
+				return Errorf("Can't make bitmap '%s' persistent in '%s': %v", a.add.Name, n.Name(), err)
+			}
+			if qn != n && qn.Bitmap(a.add.Name) != nil {
+				return Errorf("Bitmap already exists: %s", a.add.Name)
+			}
+			n, a.n = qn, qn
+		}
 		b, err := n.AddBitmap(a.add.Name, g)
 		if err != nil {
 			return Errorf("%v", err)
 		}
+		b.Persistent = a.add.Persistent
 		b.SetEnabled(!a.add.Disabled)
 		a.b, a.done = b, true
 		return nil
@@ -672,6 +693,15 @@ func (a *bitmapAction) Prepare() error {
 	}
 	b := n.Bitmap(a.ref.Name)
 	if b == nil {
+		// A persistent bitmap found in use at open is not on the node:
+		// it may only be removed (QEMU's rule).
+		if _, d := qcow2Below(n); d != nil && d.InconsistentBitmap(a.ref.Name) {
+			if a.kind != "block-dirty-bitmap-remove" {
+				return Errorf("Bitmap '%s' is inconsistent and cannot be used", a.ref.Name)
+			}
+			a.stale = d
+			return nil
+		}
 		return Errorf("Dirty bitmap '%s' not found", a.ref.Name)
 	}
 	if b.Busy() {
@@ -694,7 +724,14 @@ func (a *bitmapAction) Prepare() error {
 	return nil
 }
 
-func (a *bitmapAction) Commit() error { return nil }
+func (a *bitmapAction) Commit() error {
+	if a.stale != nil {
+		if err := a.stale.RemovePersistentBitmap(a.ref.Name); err != nil {
+			return Errorf("%v", err)
+		}
+	}
+	return nil
+}
 
 func (a *bitmapAction) Abort() {
 	if !a.done {
@@ -1000,4 +1037,19 @@ func (d *Daemon) refreshAllExports() {
 	for _, e := range exps {
 		_ = e.exp.Refresh()
 	}
+}
+
+// qcow2Below finds the qcow2 node at n or under its filters.
+func qcow2Below(n *block.Node) (*block.Node, *qcow2.Driver) {
+	for x := n; x != nil; {
+		if d, ok := x.Driver().(*qcow2.Driver); ok {
+			return x, d
+		}
+		c := x.Child(block.RoleFiltered)
+		if c == nil {
+			return nil, nil
+		}
+		x = c.Node()
+	}
+	return nil, nil
 }

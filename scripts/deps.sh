@@ -14,6 +14,12 @@ command -v fio >/dev/null 2>&1 || need+=(fio)
 command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
 command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 command -v qemu-storage-daemon >/dev/null 2>&1 || need+=(qemu-system-common)
+command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
+command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
+command -v ceph >/dev/null 2>&1 || need+=(ceph-common)
+[ -f /usr/include/rbd/librbd.h ] || need+=(librbd-dev)
+[ -f /usr/include/rados/librados.h ] || need+=(librados-dev)
+ls /usr/lib/*/qemu/block-rbd.so >/dev/null 2>&1 || need+=(qemu-block-extra)
 
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
@@ -30,6 +36,6 @@ echo "deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-for c in qemu-img fio nbdkit nbdinfo qemu-storage-daemon; do
+for c in qemu-img fio nbdkit nbdinfo qemu-storage-daemon ceph-mon ceph-osd ceph rbd; do
 	command -v "$c" >/dev/null 2>&1 || { echo "deps: $c still missing after apt-get install" >&2; exit 1; }
 done

@@ -1,78 +1,177 @@
 #!/usr/bin/env bash
-# nbd-vs-qemu-nbd.sh — `ringblk nbd` against `qemu-nbd --aio=io_uring`
-# serving the same raw image over a Unix socket, driven by fio's nbd
-# engine (libnbd). Rows: 4 KiB random reads and random writes at queue
-# depth 32 on one connection; 1 MiB sequential reads at queue depth 8; 4
-# KiB random reads at QD32 per connection on 2 and 4 connections (fio
-# numjobs, one connection each: multi-conn scaling). Each server runs with
-# --cache=none (O_DIRECT on the image), -t (persistent), -e 0 and the same
-# export; the two servers take turns on every repeat. Printed per row: the
-# median IOPS per side and their ratio (ringblk/qemu-nbd, higher is
-# better), and the server's CPU time per I/O in microseconds (utime+stime
-# from /proc/PID/stat over the run, divided by the I/Os fio completed)
-# with its ratio (lower is better).
+# nbd-vs-qemu-nbd.sh — `ringblk nbd` against `qemu-nbd --aio=io_uring` and
+# nbdkit's file plugin, serving the same raw image, driven by fio's nbd
+# engine (libnbd), in one run.
+#
+# Rows (fio): 4 KiB random reads and random writes at queue depth 32 on one
+# connection; 1 MiB sequential reads at queue depth 8; 4 KiB random reads
+# at QD32 per connection on 2 and 4 connections (fio numjobs, one
+# connection each: multi-conn scaling). Each row runs per backing (-b) and
+# per transport (-n): a Unix socket and/or TCP on 127.0.0.1.
+#
+# Backings: "file" is a raw file of random data under DIR (the machine's
+# disk, often the noisy part); "zram" is a zram device made by the script
+# (hot_add, filled with random data, removed at the end), so that the
+# servers' own cost dominates, not the disk's. Servers: ringblk nbd and
+# qemu-nbd run with -t -f raw --cache=MODE --aio=io_uring -e 0; nbdkit's
+# file plugin with its default 16 threads. -c none (the default): ringblk
+# and qemu-nbd use O_DIRECT; nbdkit has no O_DIRECT, and its cache=none
+# evicts what it wrote (flushing first) but not what it read, so its READ
+# rows are served from the page cache once warm: not like for like.
+# -c writeback: all three go through the page cache (nbdkit cache=default).
+# The servers take turns on every repeat (the order rotates).
+#
+# Printed per row: the median IOPS of each server (read-1m: MiB/s), the
+# ratios ringblk/qemu-nbd and ringblk/nbdkit (higher is better for
+# ringblk), then each server's CPU time per I/O in microseconds
+# (utime+stime of the server process from /proc/PID/stat over the fio run,
+# all its threads, divided by the I/Os fio completed) and ringblk's CPU
+# ratio to qemu-nbd (lower is better for ringblk). fio's own CPU is not
+# counted. A last line gives the multi-conn scaling (IOPS at 2 and 4
+# connections over 1) per server.
 #
 # usage: scripts/nbd-vs-qemu-nbd.sh [-d DIR] [-t SECONDS] [-r REPEATS] [-s SIZE_MIB]
-#   -d DIR       where the image lives (default /var/tmp; never tmpfs)
+#                                    [-b "file zram"] [-n "unix tcp"] [-S "ringblk qemu-nbd nbdkit"] [-c none|writeback]
+#   -d DIR       where the file image lives (default /var/tmp; never tmpfs)
 #   -t SECONDS   run time of each fio run (default 10)
 #   -r REPEATS   interleaved repetitions (default 3)
-#   -s SIZE_MIB  image size in MiB (default 256)
+#   -s SIZE_MIB  image size in MiB (default 256; the zram device holds it in RAM)
+#   -b BACKINGS  file, zram or both (default "file zram"; zram needs root)
+#   -n NETS      unix, tcp or both (default "unix tcp")
+#   -S SERVERS   which servers (default "ringblk qemu-nbd nbdkit"; ringblk first)
+#   -c CACHE     none (default) or writeback, as above
 #
-# Needs go, fio with the nbd engine (fio 3.33 has it), qemu-nbd and
-# qemu-img. The image is removed at the end.
+# Needs go, fio with the nbd engine (fio 3.33 has it), qemu-nbd, nbdkit
+# with its file plugin, python3. The image and the zram device are removed
+# at the end, also on error or ^C.
 set -euo pipefail
 
 dir=/var/tmp
 secs=10
 reps=3
 size=256
-while getopts "d:t:r:s:h" opt; do
+backings="file zram"
+nets="unix tcp"
+servers="ringblk qemu-nbd nbdkit"
+cache=none
+usage() { sed -n '/^# usage:/,/^#   -c/p' "$0" >&2; exit 2; }
+while getopts "d:t:r:s:b:n:S:c:h" opt; do
 	case $opt in
 	d) dir=$OPTARG ;;
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
 	s) size=$OPTARG ;;
-	h) sed -n '2,22p' "$0"; exit 0 ;;
-	*) sed -n '15,19p' "$0" >&2; exit 2 ;;
+	b) backings=$OPTARG ;;
+	n) nets=$OPTARG ;;
+	S) servers=$OPTARG ;;
+	c) cache=$OPTARG ;;
+	h) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+	*) usage ;;
 	esac
 done
+for b in $backings; do case $b in file | zram) ;; *) usage ;; esac; done
+for n in $nets; do case $n in unix | tcp) ;; *) usage ;; esac; done
+for s in $servers; do case $s in ringblk | qemu-nbd | nbdkit) ;; *) usage ;; esac; done
+case $cache in none) kcache=none ;; writeback) kcache=default ;; *) usage ;; esac
 
 die() { echo "nbd-vs-qemu-nbd: $*" >&2; exit 1; }
-for c in go fio qemu-nbd qemu-img python3; do
+need=(go fio python3)
+for s in $servers; do [ "$s" = ringblk ] || need+=("$s"); done
+for c in "${need[@]}"; do
 	command -v "$c" >/dev/null 2>&1 || die "$c not found (scripts/deps.sh installs the Debian packages)"
 done
 fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine"
+case " $servers " in *" nbdkit "*) nbdkit file --version >/dev/null 2>&1 || die "nbdkit has no file plugin" ;; esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "$dir/nbdbench.XXXXXX")
 server=
+zdev=
 cleanup() {
 	if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+	if [ -n "$zdev" ]; then
+		echo 1 >"/sys/block/zram$zdev/reset" 2>/dev/null || true
+		echo "$zdev" >/sys/class/zram-control/hot_remove 2>/dev/null || true
+	fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 (cd "$root" && go build -o "$work/ringblk" ./cmd/ringblk) || die "build failed"
-img=$work/disk.raw
-# Fully allocated random data, so reads hit the file and no side serves holes.
-head -c "$((size << 20))" /dev/urandom >"$img"
-# Written back and out of the page cache: O_DIRECT reads of a range with
-# dirty pages wait for writeback (io_uring punts them to its workers).
-python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$img"
 sock=$work/nbd.sock
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-start() { # side
-	rm -f "$sock"
+# dropcache FILE: written back and out of the page cache. O_DIRECT reads
+# of a range with dirty pages wait for writeback (io_uring punts them to
+# its workers), and nbdkit would otherwise read cached pages.
+dropcache() {
+	python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
+}
+
+# setup_image BACKING: sets img.
+setup_image() {
 	case $1 in
-	ringblk) "$work/ringblk" nbd -t -f raw --cache=none --aio=io_uring -e 0 -k "$sock" "$img" & ;;
-	qemu-nbd) qemu-nbd -t -f raw --cache=none --aio=io_uring -e 0 -k "$sock" "$img" & ;;
+	file)
+		img=$work/disk.raw
+		# Fully allocated random data, so reads hit the file and no
+		# server serves holes.
+		head -c "$((size << 20))" /dev/urandom >"$img"
+		;;
+	zram)
+		if [ ! -e /sys/class/zram-control/hot_add ]; then
+			command -v modprobe >/dev/null 2>&1 && modprobe zram 2>/dev/null || true
+		fi
+		[ -e /sys/class/zram-control/hot_add ] || die "no zram (modprobe zram, as root)"
+		zdev=$(cat /sys/class/zram-control/hot_add) || die "zram hot_add failed (root?)"
+		echo "$((size << 20))" >"/sys/block/zram$zdev/disksize"
+		img=/dev/zram$zdev
+		# Random data does not compress: zram keeps it as it is, so
+		# reads copy real pages.
+		dd if=/dev/urandom of="$img" bs=1M count="$size" oflag=direct status=none
+		;;
+	esac
+	dropcache "$img"
+}
+
+teardown_image() {
+	if [ -n "$zdev" ]; then
+		echo 1 >"/sys/block/zram$zdev/reset"
+		echo "$zdev" >/sys/class/zram-control/hot_remove
+		zdev=
+	else
+		rm -f "$img"
+	fi
+}
+
+start() { # server net
+	local addr
+	rm -f "$sock"
+	if [ "$2" = unix ]; then
+		addr=(-k "$sock")
+	else
+		addr=(-b 127.0.0.1 -p "$port")
+	fi
+	case $1 in
+	# stderr to a log: the readiness probe below makes them complain.
+	ringblk) "$work/ringblk" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	qemu-nbd) qemu-nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	nbdkit)
+		if [ "$2" = unix ]; then addr=(-U "$sock"); else addr=(-i 127.0.0.1 -p "$port"); fi
+		nbdkit -f "${addr[@]}" file "$img" cache="$kcache" 2>"$work/server.log" &
+		;;
 	esac
 	server=$!
 	for _ in $(seq 200); do
-		[ -S "$sock" ] && return 0
+		if [ "$2" = unix ]; then
+			[ -S "$sock" ] && return 0
+		else
+			python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$port" 2>/dev/null && return 0
+		fi
+		kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; die "$1 exited at start"; }
 		sleep 0.05
 	done
-	die "$1 did not create its socket"
+	die "$1 did not start listening"
 }
 
 stop() {
@@ -81,21 +180,23 @@ stop() {
 	server=
 }
 
-# cpu_ticks PID: the process's utime+stime in clock ticks.
+# cpu_ticks PID: the process's utime+stime (all threads) in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-run() { # side rw bs iodepth jobs -> "IOPS CPU_US_PER_IO"
-	start "$1"
-	local t0 t1
+run() { # server net rw bs iodepth jobs -> "IOPS CPU_US_PER_IO"
+	local srv=$1 net=$2 uri t0 t1
+	shift 2
+	start "$srv" "$net"
+	if [ "$net" = unix ]; then uri="nbd+unix:///?socket=$sock"; else uri="nbd://127.0.0.1:$port/"; fi
 	t0=$(cpu_ticks "$server")
-	fio --name=nbd --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw="$2" --bs="$3" \
-		--iodepth="$4" --numjobs="$5" --group_reporting --size="${size}M" --runtime="$secs" --time_based \
+	fio --name=nbd --ioengine=nbd --uri="$uri" --rw="$1" --bs="$2" \
+		--iodepth="$3" --numjobs="$4" --group_reporting --size="${size}M" --runtime="$secs" --time_based \
 		--randrepeat=0 --output-format=json --output="$work/fio.json" >"$work/fio.err" 2>&1 ||
-		{ cat "$work/fio.err" >&2; stop; die "fio failed against $1"; }
+		{ cat "$work/fio.err" >&2; stop; die "fio failed against $srv ($net)"; }
 	t1=$(cpu_ticks "$server")
 	stop
-	python3 - "$work/fio.json" "$((t1 - t0))" "$hz" <<'PY'
+	python3 - "$work/fio.json" "$((t1 - t0))" "$hz" "$2" <<'PY'
 import json, sys
 t = open(sys.argv[1]).read()
 j = json.loads(t[t.index("{"):])["jobs"][0]
@@ -106,26 +207,71 @@ PY
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ratio() { python3 -c "print('%.2f' % ($1/$2 if $2 else 0))"; }
+ratio() { python3 -c "print('%.2f' % ($1/$2) if $2 else '-')"; }
 
-printf '%-16s %10s %10s %6s %10s %10s %6s\n' row ringblk qemu-nbd ratio "rb us/io" "q us/io" ratio
-# name rw bs iodepth jobs
-for spec in "randread-4k randread 4k 32 1" "randwrite-4k randwrite 4k 32 1" "read-1m read 1m 8 1" \
-	"randread-4k-2c randread 4k 32 2" "randread-4k-4c randread 4k 32 4"; do
-	set -- $spec
-	name=$1
-	shift
-	r=() q=() rc=() qc=()
-	for i in $(seq "$reps"); do
-		if [ $((i % 2)) -eq 1 ]; then
-			read -r a b <<<"$(run ringblk "$@")"; r+=("$a"); rc+=("$b")
-			read -r a b <<<"$(run qemu-nbd "$@")"; q+=("$a"); qc+=("$b")
-		else
-			read -r a b <<<"$(run qemu-nbd "$@")"; q+=("$a"); qc+=("$b")
-			read -r a b <<<"$(run ringblk "$@")"; r+=("$a"); rc+=("$b")
-		fi
+read -r -a srvs <<<"$servers"
+nsrv=${#srvs[@]}
+has() { case " $servers " in *" $1 "*) return 0 ;; esac; return 1; }
+
+echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# ${size} MiB raw image of random data; fio nbd engine; ${secs}s runs, median of ${reps} interleaved repeats"
+echo "# ringblk and qemu-nbd: --cache=$cache --aio=io_uring; nbdkit file plugin: cache=$kcache (no O_DIRECT)"
+echo "# IOPS per server (read-1m: MiB/s); rb/q = ringblk/qemu-nbd, rb/k = ringblk/nbdkit (higher: ringblk faster)"
+echo "# us/io = server CPU (utime+stime, all threads) per I/O; cpu rb/q (lower: ringblk cheaper)"
+declare -A iops
+for backing in $backings; do
+	setup_image "$backing"
+	for net in $nets; do
+		echo
+		echo "## backing=$backing ($img) net=$net"
+		hdr=$(printf '%-16s' row)
+		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "$s"); done
+		hdr+=$(printf ' %6s %6s' rb/q rb/k)
+		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "us/io:${s:0:2}"); done
+		hdr+=$(printf ' %8s' "cpu rb/q")
+		echo "$hdr"
+		# name rw bs iodepth jobs
+		for spec in "randread-4k randread 4k 32 1" "randwrite-4k randwrite 4k 32 1" "read-1m read 1m 8 1" \
+			"randread-4k-2c randread 4k 32 2" "randread-4k-4c randread 4k 32 4"; do
+			set -- $spec
+			name=$1
+			shift
+			declare -A res=() cpu=()
+			for i in $(seq "$reps"); do
+				for k in $(seq 0 $((nsrv - 1))); do
+					s=${srvs[$(((k + i - 1) % nsrv))]}
+					read -r a b <<<"$(run "$s" "$net" "$@")"
+					res[$s]+=" $a"
+					cpu[$s]+=" $b"
+				done
+			done
+			declare -A mi=() mc=()
+			line=$(printf '%-16s' "$name")
+			for s in "${srvs[@]}"; do
+				mi[$s]=$(median ${res[$s]})
+				mc[$s]=$(median ${cpu[$s]})
+				iops[$backing/$net/$name/$s]=${mi[$s]}
+				line+=$(printf ' %9d' "${mi[$s]}")
+			done
+			rq=- rk=- cq=-
+			if has ringblk && has qemu-nbd; then
+				rq=$(ratio "${mi[ringblk]}" "${mi[qemu-nbd]}")
+				cq=$(ratio "${mc[ringblk]}" "${mc[qemu-nbd]}")
+			fi
+			has ringblk && has nbdkit && rk=$(ratio "${mi[ringblk]}" "${mi[nbdkit]}")
+			line+=$(printf ' %6s %6s' "$rq" "$rk")
+			for s in "${srvs[@]}"; do line+=$(printf ' %9s' "${mc[$s]}"); done
+			line+=$(printf ' %8s' "$cq")
+			echo "$line"
+		done
+		line="scaling 1/2/4 conns (randread-4k IOPS at 2 and 4 over 1):"
+		for s in "${srvs[@]}"; do
+			one=${iops[$backing/$net/randread-4k/$s]}
+			line+=" $s $(ratio "${iops[$backing/$net/randread-4k-2c/$s]}" "$one")x/$(ratio "${iops[$backing/$net/randread-4k-4c/$s]}" "$one")x"
+		done
+		echo "$line"
 	done
-	mr=$(median "${r[@]}") mq=$(median "${q[@]}") mrc=$(median "${rc[@]}") mqc=$(median "${qc[@]}")
-	printf '%-16s %10d %10d %6s %10s %10s %6s\n' "$name" "$mr" "$mq" "$(ratio "$mr" "$mq")" "$mrc" "$mqc" "$(ratio "$mrc" "$mqc")"
+	teardown_image
 done
-echo "(IOPS are medians of ${reps} runs of ${secs}s; read-1m IOPS = MiB/s; ${size} MiB raw image, --cache=none, Unix socket; load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo
+echo "# done $(date -u '+%H:%M:%S UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -26,7 +26,7 @@ import (
 // and qemu-io and checks that their exit codes agree with ours, except
 // where a case names the difference and why we differ.
 
-func TestMain(m *testing.M) { clitest.Main(m, run) }
+func TestMain(m *testing.M) { clitest.Main(m, run, stopRBDCluster) }
 
 // mistake is one wrong command line.
 type mistake struct {
@@ -109,6 +109,13 @@ var conventionCommands = []struct {
 		// image, so the same exit code comes from a different check.
 		{kind: "unknown format", args: []string{"-f", "bogus", "-l", "q.qcow2"}, qemu: "qemu-img"},
 		{kind: "format mismatch", args: []string{"-f", "qcow2", "-l", "r.raw"}, qemu: "qemu-img"},
+	}},
+	{"bitmap", []mistake{
+		{kind: "unknown option", args: []string{"--no-such-option", "--add", "q.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "missing file", args: []string{"--add", "missing.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "bad size", args: []string{"--add", "-g", "10X", "q.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "unknown format", args: []string{"--add", "-f", "bogus", "q.qcow2", "b0"}, qemu: "qemu-img"},
+		{kind: "format mismatch", args: []string{"--add", "-f", "qcow2", "r.raw", "b0"}, qemu: "qemu-img"},
 	}},
 	{"measure", []mistake{
 		{kind: "unknown option", args: []string{"--no-such-option", "-O", "qcow2", "q.qcow2"}, qemu: "qemu-img",

@@ -40,6 +40,7 @@ var commands = map[string]command{
 	"info":          {"show an image's format, sizes, backing file and snapshots (qemu-img info)", std(imgcmd.Info)},
 	"check":         {"check a qcow2 image's metadata for leaks and corruptions (qemu-img check)", std(imgcmd.Check)},
 	"map":           {"show the allocation of an image's ranges over its backing chain (qemu-img map)", std(imgcmd.Map)},
+	"bitmap":        {"add, remove, clear, enable, disable or merge a qcow2 image's persistent dirty bitmaps (qemu-img bitmap)", std(imgcmd.Bitmap)},
 	"snapshot":      {"list, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)", std(imgcmd.Snapshot)},
 	"compare":       {"compare the contents of two images (qemu-img compare)", std(imgcmd.Compare)},
 	"commit":        {"write an image's data into its backing file and empty it unless -d (qemu-img commit)", std(imgcmd.Commit)},

@@ -26,6 +26,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 )
 
 // Options say how to open an image.
@@ -55,6 +56,12 @@ type Options struct {
 	NoBacking bool
 	// NullSize is the size of a "null" image.
 	NullSize int64
+	// AllowRBDBacking follows rbd: backing file names recorded in qcow2
+	// images (they reach a Ceph cluster with this host's credentials, so
+	// an image from elsewhere must not get to choose: off by default).
+	// RINGBLK_RBD_BACKING=1 in the environment turns it on for every
+	// open, so that each command need not grow a flag.
+	AllowRBDBacking bool
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
 	// QcowOptions is passed to every qcow2 driver of the chain (its
@@ -78,8 +85,8 @@ type Image struct {
 // files or on images from untrusted sources. An NBD URI is "raw" without
 // looking: the export is the guest's view, whatever serves it.
 func Probe(path string) (string, error) {
-	if nbd.IsURI(path) {
-		return "raw", nil
+	if nbd.IsURI(path) || rbd.IsName(path) {
+		return "raw", nil // an RBD image is probed once opened (Open)
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -114,7 +121,7 @@ func FileID(path string) string {
 // imagePath points: absolute names as they are, relative ones against the
 // image's directory.
 func ResolveBacking(imagePath, name string) string {
-	if name == "" || filepath.IsAbs(name) {
+	if name == "" || filepath.IsAbs(name) || rbd.IsName(name) || nbd.IsURI(name) {
 		return name
 	}
 	return filepath.Join(filepath.Dir(imagePath), name)
@@ -125,6 +132,12 @@ func ResolveBacking(imagePath, name string) string {
 func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	if o.ForceShare {
 		o.ReadOnly = true
+	}
+	if os.Getenv("RINGBLK_RBD_BACKING") == "1" {
+		o.AllowRBDBacking = true
+	}
+	if rbd.IsName(path) {
+		return openRBD(g, path, o)
 	}
 	format := o.Format
 	if format == "" {
@@ -210,19 +223,41 @@ func fileOptions(o Options, top bool) raw.Options {
 
 // openQcow2 opens one qcow2 image of the chain; depth 0 is the top.
 func openQcow2(g *block.Graph, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
-	file, err := raw.NewNode(g, path, fileOptions(o, top), block.Options{Name: name + "-file", ReadOnly: o.ReadOnly || !top})
+	file, err := fileNode(g, path, o, top, name+"-file")
 	if err != nil {
 		return nil, nil, err
 	}
+	return qcow2Over(g, file, path, o, name, depth, chain, top)
+}
+
+// fileNode opens the protocol node of an image: an RBD image for an rbd:
+// name, a local file otherwise.
+func fileNode(g *block.Graph, path string, o Options, top bool, name string) (*block.Node, error) {
+	ro := o.ReadOnly || !top
+	if rbd.IsName(path) {
+		s, err := rbd.ParseName(path)
+		if err != nil {
+			return nil, err
+		}
+		return rbd.NewNode(g, s, ro, block.Options{Name: name})
+	}
+	return raw.NewNode(g, path, fileOptions(o, top), block.Options{Name: name, ReadOnly: ro})
+}
+
+// qcow2Over opens a qcow2 node over file (which it takes over).
+func qcow2Over(g *block.Graph, file *block.Node, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
+		if rbd.IsName(p) && !o.AllowRBDBacking {
+			return nil, &BackingError{Path: p, Err: errors.New("rbd: backing files are followed only when allowed (RINGBLK_RBD_BACKING=1): the image names a Ceph image to read with this host's credentials")}
+		}
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
 		switch req.Format {
 		case "raw":
-			n, err = raw.NewNode(g, p, fileOptions(o, false), block.Options{Name: bname, ReadOnly: true})
+			n, err = fileNode(g, p, o, false, bname)
 		case "qcow2":
 			n, _, err = openQcow2(g, p, o, bname, req.Depth, req.Chain, false)
 		default:
@@ -243,6 +278,56 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 		return nil, nil, err
 	}
 	return n, drv, nil
+}
+
+// openRBD opens an rbd: name: the RBD image as a node, and a qcow2 node
+// over it when the format is (or probes as) qcow2.
+func openRBD(g *block.Graph, path string, o Options) (*Image, error) {
+	switch o.Format {
+	case "", "raw", "qcow2":
+	default:
+		return nil, fmt.Errorf("Could not open '%s': ringblk opens RBD images as raw or qcow2, not %s", path, o.Format)
+	}
+	if o.Name == "" {
+		o.Name = "rbd"
+	}
+	fname := o.Name
+	if o.Format == "qcow2" {
+		fname += "-file"
+	}
+	file, err := fileNode(g, path, o, true, fname)
+	if err != nil {
+		return nil, err
+	}
+	format := o.Format
+	if format == "" {
+		b := make([]byte, 512)
+		format = "raw"
+		if l, _ := file.Length(); l >= 4 {
+			if _, err := file.ReadAt(b[:min(l, 512)], 0); err != nil {
+				file.Unref()
+				return nil, fmt.Errorf("Could not open '%s': probing the format: %w", path, err)
+			}
+			if string(b[:4]) == "QFI\xfb" {
+				format = "qcow2"
+			}
+		}
+	}
+	if format == "raw" {
+		return &Image{Node: file, Path: path, Format: "raw"}, nil
+	}
+	if o.QcowOptions.SharedCache == nil {
+		o.QcowOptions.SharedCache = cache.NewLRU(qcow2.DefaultSharedCacheBytes)
+	}
+	name := o.Name
+	if fname == name {
+		name += "-fmt" // probed: the RBD node already has the name
+	}
+	n, drv, err := qcow2Over(g, file, path, o, name, 0, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Node: n, Path: path, Format: "qcow2", Qcow2: drv}, nil
 }
 
 func unwrapPath(err error) error {

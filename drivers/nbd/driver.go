@@ -16,6 +16,8 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 const (
@@ -122,7 +124,7 @@ func NewNode(g *block.Graph, uri string, readOnly bool, bopts block.Options) (*b
 		nc.Close()
 		return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
 	}
-	if ex.flags&tflagReadOnly != 0 && !readOnly {
+	if ex.flags&nbdproto.TFlagReadOnly != 0 && !readOnly {
 		nc.Close()
 		return nil, fmt.Errorf("Could not open '%s': export %q is read-only", uri, u.Export)
 	}
@@ -236,7 +238,7 @@ func (d *Driver) Close(n *block.Node) error {
 		d.removeHandler()
 		if d.dead == nil {
 			var h [28]byte
-			putRequest(h[:], cmdDisc, 0, 0, 0, 0)
+			putRequest(h[:], nbdproto.CmdDisc, 0, 0, 0, 0)
 			unix.Write(d.fd, h[:]) // best effort: the server copes with EOF too
 		}
 		d.closed = true
@@ -256,12 +258,12 @@ func (d *Driver) Length(*block.Node) (int64, error) { return d.ex.size, nil }
 // FastZeroes: NoFallback write-zeroes become FAST_ZERO, when the server
 // offers it (block.FastZeroer).
 func (d *Driver) FastZeroes() bool {
-	return d.ex.flags&tflagZeroes != 0 && d.ex.flags&tflagFastZero != 0
+	return d.ex.flags&nbdproto.TFlagZeroes != 0 && d.ex.flags&nbdproto.TFlagFastZero != 0
 }
 
 // MultiConn reports whether the server allows several connections to the
 // export with a flush on one covering writes on all.
-func (d *Driver) MultiConn() bool { return d.ex.flags&tflagMultiConn != 0 }
+func (d *Driver) MultiConn() bool { return d.ex.flags&nbdproto.TFlagMultiConn != 0 }
 
 func (d *Driver) Read(r *block.Request)        { d.submit(r) }
 func (d *Driver) Write(r *block.Request)       { d.submit(r) }
@@ -302,17 +304,17 @@ func (d *Driver) enqueue(r *block.Request, inline bool) {
 	}
 	switch r.Op {
 	case block.OpFlush:
-		if d.ex.flags&tflagFlush == 0 {
+		if d.ex.flags&nbdproto.TFlagFlush == 0 {
 			d.finish(r, nil, inline) // no write cache on the server
 			return
 		}
 	case block.OpDiscard:
-		if d.ex.flags&tflagTrim == 0 || r.Len == 0 {
+		if d.ex.flags&nbdproto.TFlagTrim == 0 || r.Len == 0 {
 			d.finish(r, nil, inline) // advisory
 			return
 		}
 	case block.OpWriteZeroes:
-		if d.ex.flags&tflagZeroes == 0 {
+		if d.ex.flags&nbdproto.TFlagZeroes == 0 {
 			d.finish(r, &block.Error{Kind: block.Unsupported, Op: r.Op, Node: d.node.Name(), Offset: r.Off, Err: syscall.ENOTSUP}, inline)
 			return
 		}
@@ -347,23 +349,23 @@ func (d *Driver) start(r *block.Request) {
 	fua := r.Flags&block.FUA != 0
 	switch r.Op {
 	case block.OpRead:
-		cmd = cmdRead
+		cmd = nbdproto.CmdRead
 	case block.OpWrite:
-		cmd = cmdWrite
+		cmd = nbdproto.CmdWrite
 	case block.OpFlush:
-		cmd, off, length, fua = cmdFlush, 0, 0, false
+		cmd, off, length, fua = nbdproto.CmdFlush, 0, 0, false
 	case block.OpDiscard:
-		cmd = cmdTrim
+		cmd = nbdproto.CmdTrim
 	case block.OpWriteZeroes:
-		cmd = cmdWriteZeroes
+		cmd = nbdproto.CmdWriteZeroes
 		if r.Flags&block.MayUnmap == 0 {
-			flags |= cmdFlagNoHole
+			flags |= nbdproto.CmdFlagNoHole
 		}
 		if r.Flags&block.NoFallback != 0 {
-			flags |= cmdFlagFastZero
+			flags |= nbdproto.CmdFlagFastZero
 		}
 	case block.OpBlockStatus:
-		cmd, flags = cmdBlockStatus, cmdFlagReqOne
+		cmd, flags = nbdproto.CmdBlockStatus, nbdproto.CmdFlagReqOne
 		length = min(length, maxStatusLen)
 	default:
 		d.release(sl)
@@ -371,9 +373,9 @@ func (d *Driver) start(r *block.Request) {
 		return
 	}
 	if fua {
-		if d.ex.flags&tflagFUA != 0 {
-			flags |= cmdFlagFUA
-		} else if d.ex.flags&tflagFlush != 0 {
+		if d.ex.flags&nbdproto.TFlagFUA != 0 {
+			flags |= nbdproto.CmdFlagFUA
+		} else if d.ex.flags&nbdproto.TFlagFlush != 0 {
 			sl.fuaFlush = true
 		}
 	}
@@ -388,7 +390,7 @@ func (d *Driver) send(idx int, cmd, flags uint16, off uint64, length uint32) {
 	putRequest(sl.hdr[:], cmd, flags, uint64(idx)|uint64(sl.gen)<<32, off, length)
 	sl.out = append(sl.out[:0], sl.hdr[:])
 	sl.outLen = len(sl.hdr)
-	if cmd == cmdWrite {
+	if cmd == nbdproto.CmdWrite {
 		for _, b := range sl.r.Iov {
 			if len(b) > 0 {
 				sl.out = append(sl.out, b)
@@ -410,7 +412,7 @@ func (d *Driver) send(idx int, cmd, flags uint16, off uint64, length uint32) {
 func (d *Driver) RunDeferred(*aio.Context) { d.flushSend() }
 
 func putRequest(h []byte, cmd, flags uint16, cookie, off uint64, length uint32) {
-	binary.BigEndian.PutUint32(h, magicReq)
+	binary.BigEndian.PutUint32(h, nbdproto.MagicReq)
 	binary.BigEndian.PutUint16(h[4:], flags)
 	binary.BigEndian.PutUint16(h[6:], cmd)
 	binary.BigEndian.PutUint64(h[8:], cookie)
@@ -500,7 +502,7 @@ func (d *Driver) readReplies() {
 				continue
 			}
 			need := 20
-			if binary.BigEndian.Uint32(d.rbuf[d.rpos:]) == magicSimple {
+			if binary.BigEndian.Uint32(d.rbuf[d.rpos:]) == nbdproto.MagicSimple {
 				need = 16
 			}
 			if d.rend-d.rpos < need {
@@ -574,9 +576,9 @@ func (d *Driver) header(h []byte) {
 	rx := &d.rx
 	magic := binary.BigEndian.Uint32(h)
 	var cookie uint64
-	if magic == magicSimple {
+	if magic == nbdproto.MagicSimple {
 		cookie = binary.BigEndian.Uint64(h[8:])
-	} else if magic == magicChunk {
+	} else if magic == nbdproto.MagicChunk {
 		cookie = binary.BigEndian.Uint64(h[8:])
 	} else {
 		d.protocolError("reply magic %#x", magic)
@@ -589,16 +591,16 @@ func (d *Driver) header(h []byte) {
 	}
 	sl := &d.slots[idx]
 	rx.sl = sl
-	if magic == magicSimple {
+	if magic == nbdproto.MagicSimple {
 		if e := binary.BigEndian.Uint32(h[4:]); e != 0 {
 			d.done(sl, d.serverError(sl, e))
 			return
 		}
-		if sl.cmd == cmdBlockStatus || (sl.cmd == cmdRead && d.ex.structured) {
+		if sl.cmd == nbdproto.CmdBlockStatus || (sl.cmd == nbdproto.CmdRead && d.ex.structured) {
 			d.protocolError("simple reply without error to a command that needs a structured one")
 			return
 		}
-		if sl.cmd == cmdRead {
+		if sl.cmd == nbdproto.CmdRead {
 			rx.simple, rx.phase, rx.skip, rx.left = true, rxData, 0, sl.r.Len
 			return
 		}
@@ -610,31 +612,31 @@ func (d *Driver) header(h []byte) {
 	rx.typ = binary.BigEndian.Uint16(h[6:])
 	rx.length = binary.BigEndian.Uint32(h[16:])
 	switch {
-	case rx.typ == chunkNone:
+	case rx.typ == nbdproto.ChunkNone:
 		if rx.length != 0 {
 			d.protocolError("NONE chunk with %d bytes", rx.length)
 			return
 		}
 		d.chunkEnd()
-	case rx.typ == chunkOffsetData:
-		if sl.cmd != cmdRead || rx.length < 8 {
+	case rx.typ == nbdproto.ChunkOffsetData:
+		if sl.cmd != nbdproto.CmdRead || rx.length < 8 {
 			d.protocolError("data chunk of %d bytes for command %d", rx.length, sl.cmd)
 			return
 		}
 		d.wantScratch(8)
-	case rx.typ == chunkOffsetHole:
-		if sl.cmd != cmdRead || rx.length != 12 {
+	case rx.typ == nbdproto.ChunkOffsetHole:
+		if sl.cmd != nbdproto.CmdRead || rx.length != 12 {
 			d.protocolError("hole chunk of %d bytes for command %d", rx.length, sl.cmd)
 			return
 		}
 		d.wantScratch(12)
-	case rx.typ == chunkBlockStatus:
-		if sl.cmd != cmdBlockStatus || rx.length < 12 || (rx.length-4)%8 != 0 || rx.length > maxChunkMeta {
+	case rx.typ == nbdproto.ChunkBlockStatus:
+		if sl.cmd != nbdproto.CmdBlockStatus || rx.length < 12 || (rx.length-4)%8 != 0 || rx.length > maxChunkMeta {
 			d.protocolError("block status chunk of %d bytes for command %d", rx.length, sl.cmd)
 			return
 		}
 		d.wantScratch(int(rx.length))
-	case rx.typ&chunkErrBit != 0:
+	case rx.typ&nbdproto.ChunkErrBit != 0:
 		if rx.length < 6 || rx.length > maxChunkMeta {
 			d.protocolError("error chunk of %d bytes", rx.length)
 			return
@@ -662,7 +664,7 @@ func (d *Driver) scratchDone() {
 	b := rx.scratch[:rx.need]
 	rx.phase = rxHeader
 	switch {
-	case rx.typ == chunkOffsetData:
+	case rx.typ == nbdproto.ChunkOffsetData:
 		off := int64(binary.BigEndian.Uint64(b))
 		n := int64(rx.length) - 8
 		if off < r.Off || off+n > r.Off+r.Len || off+n < off {
@@ -674,7 +676,7 @@ func (d *Driver) scratchDone() {
 			rx.phase = rxHeader
 			d.chunkEnd()
 		}
-	case rx.typ == chunkOffsetHole:
+	case rx.typ == nbdproto.ChunkOffsetHole:
 		off := int64(binary.BigEndian.Uint64(b))
 		n := int64(binary.BigEndian.Uint32(b[8:]))
 		if n == 0 || off < r.Off || off+n > r.Off+r.Len {
@@ -683,7 +685,7 @@ func (d *Driver) scratchDone() {
 		}
 		iovZero(r.Iov, off-r.Off, n)
 		d.chunkEnd()
-	case rx.typ == chunkBlockStatus:
+	case rx.typ == nbdproto.ChunkBlockStatus:
 		if binary.BigEndian.Uint32(b) == d.ex.metaID && !sl.status {
 			length := int64(binary.BigEndian.Uint32(b[4:]))
 			fl := binary.BigEndian.Uint32(b[8:])
@@ -692,10 +694,10 @@ func (d *Driver) scratchDone() {
 				return
 			}
 			st := block.StatusAllocated
-			if fl&stateHole == 0 {
+			if fl&nbdproto.StateHole == 0 {
 				st |= block.StatusData
 			}
-			if fl&stateZero != 0 {
+			if fl&nbdproto.StateZero != 0 {
 				st |= block.StatusZero
 			}
 			r.Status, r.Pnum, sl.status = st, min(length, r.Len), true
@@ -746,12 +748,12 @@ func (d *Driver) readData() bool {
 // chunkEnd finishes a structured reply on its DONE chunk.
 func (d *Driver) chunkEnd() {
 	rx := &d.rx
-	if rx.flags&chunkDone == 0 {
+	if rx.flags&nbdproto.ChunkDone == 0 {
 		return
 	}
 	sl := rx.sl
 	err := sl.err
-	if err == nil && sl.cmd == cmdBlockStatus && !sl.status {
+	if err == nil && sl.cmd == nbdproto.CmdBlockStatus && !sl.status {
 		err = d.ioError(sl.r, errors.New("the server sent no base:allocation extent"))
 	}
 	d.done(sl, err)
@@ -762,7 +764,7 @@ func (d *Driver) done(sl *slot, err error) {
 	d.rx.sl = nil
 	if err == nil && sl.fuaFlush {
 		sl.fuaFlush = false
-		d.send(d.slotIndex(sl), cmdFlush, 0, 0, 0)
+		d.send(d.slotIndex(sl), nbdproto.CmdFlush, 0, 0, 0)
 		return
 	}
 	r := sl.r
@@ -968,7 +970,7 @@ func Size(uri string) (int64, error) {
 		return 0, fmt.Errorf("Could not open '%s': %w", uri, err)
 	}
 	var h [28]byte
-	putRequest(h[:], cmdDisc, 0, 0, 0, 0)
+	putRequest(h[:], nbdproto.CmdDisc, 0, 0, 0, 0)
 	nc.Write(h[:])
 	return ex.size, nil
 }

@@ -23,6 +23,8 @@ import (
 	nbdc "github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/raw"
 	nbdsrv "github.com/ringblk/ringblk/nbd"
+
+	"github.com/ringblk/ringblk/internal/nbdtest"
 )
 
 const size = 16 << 20
@@ -432,22 +434,7 @@ func TestClientAgainstQemuNbd(t *testing.T) {
 	}
 	run("qemu-img", "create", "-q", "-f", "qcow2", img, "16M")
 	run("qemu-io", "-f", "qcow2", "-c", "write -P 0x41 1M 512k", "-c", "write -z 4M 1M", "-c", "write -P 0x42 9M 2M", img)
-	sock := filepath.Join(dir, "q.sock")
-	q := exec.Command("qemu-nbd", "-t", "-e", "4", "-f", "qcow2", "-k", sock, img)
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { q.Process.Kill(); q.Wait() }()
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", sock); err == nil { // listening, not just bound
-			c.Close()
-			break
-		}
-		if i == 200 {
-			t.Fatal("qemu-nbd did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	sock := nbdtest.StartQemuNbd(t, "-t", "-e", "4", "-f", "qcow2", img)
 	uri := "nbd+unix:///?socket=" + sock
 	e := blocktest.NewEnv(t, 0)
 	n := open(t, e, uri, false, block.Options{})

@@ -7,73 +7,13 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
-// Wire constants (NetworkBlockDevice/nbd doc/proto.md). The server
-// package has its own copy: drivers may not import it.
-const (
-	magicNBD    uint64 = 0x4e42444d41474943
-	magicOpt    uint64 = 0x49484156454f5054
-	magicRepOpt uint64 = 0x0003e889045565a9
-	magicReq    uint32 = 0x25609513
-	magicSimple uint32 = 0x67446698
-	magicChunk  uint32 = 0x668e33ef
-
-	hflagFixed    uint16 = 1 << 0
-	hflagNoZeroes uint16 = 1 << 1
-	cflagFixed    uint32 = 1 << 0
-	cflagNoZeroes uint32 = 1 << 1
-
-	tflagReadOnly  uint16 = 1 << 1
-	tflagFlush     uint16 = 1 << 2
-	tflagFUA       uint16 = 1 << 3
-	tflagTrim      uint16 = 1 << 5
-	tflagZeroes    uint16 = 1 << 6
-	tflagMultiConn uint16 = 1 << 8
-	tflagFastZero  uint16 = 1 << 11
-
-	optStartTLS   uint32 = 5
-	optGo         uint32 = 7
-	optStructured uint32 = 8
-	optSetMeta    uint32 = 10
-	optAbort      uint32 = 2
-
-	repAck         uint32 = 1
-	repInfo        uint32 = 3
-	repMetaContext uint32 = 4
-	repErrBit      uint32 = 1 << 31
-
-	infoExport    uint16 = 0
-	infoBlockSize uint16 = 3
-
-	cmdRead        uint16 = 0
-	cmdWrite       uint16 = 1
-	cmdDisc        uint16 = 2
-	cmdFlush       uint16 = 3
-	cmdTrim        uint16 = 4
-	cmdWriteZeroes uint16 = 6
-	cmdBlockStatus uint16 = 7
-
-	cmdFlagFUA      uint16 = 1 << 0
-	cmdFlagNoHole   uint16 = 1 << 1
-	cmdFlagReqOne   uint16 = 1 << 3
-	cmdFlagFastZero uint16 = 1 << 4
-
-	chunkDone        uint16 = 1 << 0
-	chunkNone        uint16 = 0
-	chunkOffsetData  uint16 = 1
-	chunkOffsetHole  uint16 = 2
-	chunkBlockStatus uint16 = 5
-	chunkErrBit      uint16 = 1 << 15
-
-	stateHole uint32 = 1 << 0
-	stateZero uint32 = 1 << 1
-
-	ctxAllocation = "base:allocation"
-
-	// maxOptReply bounds one option reply's data during the handshake.
-	maxOptReply = 1 << 20
-)
+// maxOptReply bounds one option reply's data during the handshake. The
+// wire constants are in internal/nbdproto, shared with the server.
+const maxOptReply = 1 << 20
 
 // export is what the handshake learned.
 type export struct {
@@ -105,19 +45,19 @@ func handshake1(ncp *net.Conn, u URI) (export, error) {
 	if _, err := io.ReadFull(nc, g[:]); err != nil {
 		return ex, fmt.Errorf("reading the server greeting: %w", err)
 	}
-	if binary.BigEndian.Uint64(g[:]) != magicNBD {
+	if binary.BigEndian.Uint64(g[:]) != nbdproto.MagicNBD {
 		return ex, errors.New("not an NBD server (bad greeting magic)")
 	}
-	if binary.BigEndian.Uint64(g[8:]) != magicOpt {
+	if binary.BigEndian.Uint64(g[8:]) != nbdproto.MagicOpt {
 		return ex, errors.New("the server speaks the oldstyle handshake, which is not supported")
 	}
 	hf := binary.BigEndian.Uint16(g[16:])
-	if hf&hflagFixed == 0 {
+	if hf&nbdproto.FlagFixedNewstyle == 0 {
 		return ex, errors.New("the server does not speak fixed newstyle negotiation")
 	}
-	cf := cflagFixed
-	if hf&hflagNoZeroes != 0 {
-		cf |= cflagNoZeroes
+	cf := nbdproto.CFlagFixed
+	if hf&nbdproto.FlagNoZeroes != 0 {
+		cf |= nbdproto.CFlagNoZeroes
 	}
 	if _, err := nc.Write(binary.BigEndian.AppendUint32(nil, cf)); err != nil {
 		return ex, err
@@ -133,76 +73,76 @@ func handshake1(ncp *net.Conn, u URI) (export, error) {
 
 	// Structured replies (sparse reads, block status); servers that refuse
 	// get simple replies and no block status.
-	if err := o.send(optStructured, nil); err != nil {
+	if err := o.send(nbdproto.OptStructured, nil); err != nil {
 		return ex, err
 	}
 	for {
-		typ, _, err := o.reply(optStructured)
+		typ, _, err := o.reply(nbdproto.OptStructured)
 		if err != nil {
 			return ex, err
 		}
-		if typ == repAck {
+		if typ == nbdproto.RepAck {
 			ex.structured = true
 		}
-		if typ == repAck || typ&repErrBit != 0 {
+		if typ == nbdproto.RepAck || typ&nbdproto.RepErrBit != 0 {
 			break
 		}
 	}
 	if ex.structured {
 		d := nameData(u.Export)
 		d = binary.BigEndian.AppendUint32(d, 1)
-		d = binary.BigEndian.AppendUint32(d, uint32(len(ctxAllocation)))
-		d = append(d, ctxAllocation...)
-		if err := o.send(optSetMeta, d); err != nil {
+		d = binary.BigEndian.AppendUint32(d, uint32(len(nbdproto.CtxAllocation)))
+		d = append(d, nbdproto.CtxAllocation...)
+		if err := o.send(nbdproto.OptSetMeta, d); err != nil {
 			return ex, err
 		}
 		for {
-			typ, data, err := o.reply(optSetMeta)
+			typ, data, err := o.reply(nbdproto.OptSetMeta)
 			if err != nil {
 				return ex, err
 			}
-			if typ == repMetaContext && len(data) >= 4 && string(data[4:]) == ctxAllocation {
+			if typ == nbdproto.RepMetaContext && len(data) >= 4 && string(data[4:]) == nbdproto.CtxAllocation {
 				ex.metaID, ex.hasMeta = binary.BigEndian.Uint32(data), true
 			}
-			if typ == repAck || typ&repErrBit != 0 {
+			if typ == nbdproto.RepAck || typ&nbdproto.RepErrBit != 0 {
 				break
 			}
 		}
 	}
 	d := nameData(u.Export)
 	d = binary.BigEndian.AppendUint16(d, 1)
-	d = binary.BigEndian.AppendUint16(d, infoBlockSize)
-	if err := o.send(optGo, d); err != nil {
+	d = binary.BigEndian.AppendUint16(d, nbdproto.InfoBlockSize)
+	if err := o.send(nbdproto.OptGo, d); err != nil {
 		return ex, err
 	}
 	gotExport := false
 	for {
-		typ, data, err := o.reply(optGo)
+		typ, data, err := o.reply(nbdproto.OptGo)
 		if err != nil {
 			return ex, err
 		}
-		if typ&repErrBit != 0 {
+		if typ&nbdproto.RepErrBit != 0 {
 			msg := string(data)
 			if msg == "" {
 				msg = fmt.Sprintf("error %#x", typ)
 			}
 			return ex, fmt.Errorf("the server refused export %q: %s", u.Export, msg)
 		}
-		if typ == repAck {
+		if typ == nbdproto.RepAck {
 			break
 		}
-		if typ != repInfo || len(data) < 2 {
+		if typ != nbdproto.RepInfo || len(data) < 2 {
 			continue
 		}
 		switch binary.BigEndian.Uint16(data) {
-		case infoExport:
+		case nbdproto.InfoExport:
 			if len(data) != 12 {
 				return ex, fmt.Errorf("malformed NBD_INFO_EXPORT of %d bytes", len(data))
 			}
 			ex.size = int64(binary.BigEndian.Uint64(data[2:]))
 			ex.flags = binary.BigEndian.Uint16(data[10:])
 			gotExport = true
-		case infoBlockSize:
+		case nbdproto.InfoBlockSize:
 			if len(data) != 14 {
 				return ex, fmt.Errorf("malformed NBD_INFO_BLOCK_SIZE of %d bytes", len(data))
 			}
@@ -231,7 +171,7 @@ func nameData(name string) []byte {
 type opts struct{ nc net.Conn }
 
 func (o *opts) send(opt uint32, data []byte) error {
-	b := binary.BigEndian.AppendUint64(nil, magicOpt)
+	b := binary.BigEndian.AppendUint64(nil, nbdproto.MagicOpt)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	_, err := o.nc.Write(append(b, data...))
@@ -244,7 +184,7 @@ func (o *opts) reply(opt uint32) (uint32, []byte, error) {
 	if _, err := io.ReadFull(o.nc, h[:]); err != nil {
 		return 0, nil, fmt.Errorf("reading an option reply: %w", err)
 	}
-	if binary.BigEndian.Uint64(h[:]) != magicRepOpt {
+	if binary.BigEndian.Uint64(h[:]) != nbdproto.MagicRepOpt {
 		return 0, nil, errors.New("option reply with a bad magic number")
 	}
 	if got := binary.BigEndian.Uint32(h[8:]); got != opt {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // TLS (nbds URIs): NBD_OPT_STARTTLS right after the greeting, the rest of
@@ -66,14 +68,14 @@ func startTLS(nc net.Conn, u URI) (*tls.Conn, error) {
 		return nil, err
 	}
 	o := &opts{nc: nc}
-	if err := o.send(optStartTLS, nil); err != nil {
+	if err := o.send(nbdproto.OptStartTLS, nil); err != nil {
 		return nil, err
 	}
-	typ, data, err := o.reply(optStartTLS)
+	typ, data, err := o.reply(nbdproto.OptStartTLS)
 	if err != nil {
 		return nil, err
 	}
-	if typ != repAck {
+	if typ != nbdproto.RepAck {
 		return nil, fmt.Errorf("the server refused TLS: %s (%#x)", data, typ)
 	}
 	tc := tls.Client(nc, cfg)

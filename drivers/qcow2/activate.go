@@ -37,7 +37,10 @@ func (d *Driver) Inactivate(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
 		m := metaOf(d)
-		err := m.closeMetadata(co, r)
+		err := maintOf(d).storeBitmaps(co) // bitmaps.go
+		if cerr := m.closeMetadata(co, r); err == nil {
+			err = cerr
+		}
 		if err == nil {
 			// Data written in place since the last flush, and the
 			// metadata above: durable before the image changes hands.
@@ -57,6 +60,9 @@ func (d *Driver) Activate(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
 		err := d.reloadForActivate(co, r)
+		if err == nil {
+			err = maintOf(d).reloadBitmaps(co, r) // bitmaps.go
+		}
 		d.metaLock.unlock()
 		r.CompleteLater(d.formatErr(block.OpActivate, 0, err))
 	})

@@ -200,7 +200,9 @@ func TestQcow2AmendKeepsBitmaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after.Bitmaps == nil || *after.Bitmaps != *before.Bitmaps || after.AutoclearFeatures != before.AutoclearFeatures {
+	// The bitmaps are stored again at close (a new directory): same
+	// count, still trusted.
+	if after.Bitmaps == nil || after.Bitmaps.Count != before.Bitmaps.Count || after.AutoclearFeatures != before.AutoclearFeatures {
 		t.Errorf("bitmaps %+v autoclear %#x, want %+v %#x", after.Bitmaps, after.AutoclearFeatures, before.Bitmaps, before.AutoclearFeatures)
 	}
 	if after.CompatibleFeatures != before.CompatibleFeatures|format.CompatLazyRefcounts {

@@ -121,13 +121,14 @@
 // window), or one zstd frame per cluster on a zstd image, packed several
 // to a host cluster (compress_pack.go).
 //
-// Not yet: shrinking; amend of refcount_bits; bitmaps (they are not maintained: before the
-// first write the driver clears autoclear bit 0, R10, then removes the
-// bitmaps extension and frees the bitmap directory, tables and data
-// clusters after the next flush, R2, so qemu-img check stays clean; when
-// the directory does not parse, overlaps our metadata or the image has a
-// backing file, the extension is kept with the bit clear and the clusters
-// leak until check -r leaks); repair of damaged L1/L2 entries. With cache=none the 8-byte
+// Not yet: shrinking; amend of refcount_bits; resizing an image with
+// persistent bitmaps (refused); repair of damaged L1/L2 entries.
+//
+// Persistent dirty bitmaps (bitmaps.go, docs/design/qcow2-bitmaps.md):
+// loaded at open and attached to the node, in_use on disk before the
+// first write (R13), stored at close and inactivation. A damaged bitmap
+// directory is not used: the first write clears autoclear bit 0 (R10) and
+// drops the extension where that is safe (bitmaps_drop.go). With cache=none the 8-byte
 // pointer writes are padded by the block layer (a read-modify-write of
 // the sector under the file node's request serialisation), not from the
 // in-memory copy as QEMU does.

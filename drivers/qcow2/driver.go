@@ -150,6 +150,8 @@ type Driver struct {
 		// COPIED is cleared), which the tests' after-flush check must not
 		// judge alone.
 		inSnapshotOp bool
+		// pbm is the persistent bitmaps' directory state (bitmaps.go).
+		pbm persistentBitmaps
 	}
 	// l2 is the image's L2 cache (l2cache.go; its own locking rules),
 	// set at Open.
@@ -287,6 +289,14 @@ func (d *Driver) Open(n *block.Node) error {
 	d.resetMetaClusters()
 	d.mu.freeIdx = 0
 	d.publishLocked()
+	// Persistent bitmaps (bitmaps.go): loaded and attached to the node.
+	bms, err := d.loadBitmaps(nodeReader{file})
+	if err != nil {
+		return d.formatErr(block.OpOpen, 0, err)
+	}
+	if err := d.attachBitmaps(bms); err != nil {
+		return err
+	}
 	if err := d.openBacking(); err != nil {
 		return err
 	}
@@ -366,7 +376,10 @@ func (d *Driver) Close(n *block.Node) error {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err = metaOf(d).closeMetadata(co, nil)
+		err = maintOf(d).storeBitmaps(co) // bitmaps.go
+		if cerr := metaOf(d).closeMetadata(co, nil); err == nil {
+			err = cerr
+		}
 		d.metaLock.unlock()
 		done.Store(true)
 		main.Kick()

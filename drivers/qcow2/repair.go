@@ -48,7 +48,8 @@ import (
 // repaired, the damage itself stays (a damaged refcount table entry goes
 // away with the rebuild it forces). Not repaired (the repair refuses and
 // changes nothing): L2 entries the decoder rejects, refcount overflows,
-// and images with persistent bitmaps. The file is never grown to reach a
+// and images whose persistent bitmap directory does not decode (a good
+// one's clusters are counted as references). The file is never grown to reach a
 // bogus offset. Freed clusters are not discarded in the
 // file (QEMU punches them; the difference is only allocated file space).
 
@@ -137,7 +138,12 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	}
 	h, g := im.Header, &im.Geometry
 	if h.BitmapsConsistent() {
-		return nil, 0, false, format.Unsupported("autoclear_features", h.AutoclearFeatures, "repairing images with persistent bitmaps is not supported")
+		// Their clusters count as references (Image.CountReferences)
+		// only if the directory decodes; otherwise a repair would free
+		// clusters the extension still names.
+		if _, err := format.BitmapClusters(r.f, h, size); err != nil {
+			return nil, 0, false, format.Unsupported("autoclear_features", h.AutoclearFeatures, "repairing an image whose bitmap directory is damaged is not supported: "+err.Error())
+		}
 	}
 	cs := g.ClusterSize()
 	nb := (size + cs - 1) / cs

@@ -65,6 +65,9 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 	if hide && !d.mu.geo.ZeroFlag && !d.mu.geo.ExtendedL2 {
 		return format.Unsupported("version", 2, "Failed to zero out new clusters: a version 2 image cannot hide its backing file past the old size (upgrade with amend -o compat=1.1)")
 	}
+	if d.hasPersistentBitmaps() { // bitmaps.go: tables are sized for the disk
+		return format.Unsupported("bitmaps", 0, "Cannot resize an image with persistent bitmaps (remove them first)")
+	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}

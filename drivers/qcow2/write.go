@@ -240,13 +240,14 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 
 // prepareWrite fails writes to a corrupt image and, before the first
 // write of the session, clears the autoclear bits we do not maintain
-// (R10: bitmaps become inconsistent for QEMU instead of stale) with a
-// synced 8-byte header write (R6); when bit 0 was set it then drops the
-// bitmaps extension and frees the bitmaps' clusters (dropBitmaps).
+// (R10: unknown ones, and bitmaps when their directory is damaged) with a
+// synced 8-byte header write (R6); when bit 0 was cleared it then drops
+// the bitmaps extension where that is safe (dropBitmaps). Then it marks
+// the loaded persistent bitmaps in_use on disk (R13, bitmaps.go).
 func (d writer) prepareWrite(co *aio.Co, r *block.Request) error {
 	d.mu.Lock()
 	err, ready := d.mu.corruptErr, d.headerReady.Load()
-	clr := d.mu.hdr.AutoclearToClear(0)
+	clr := d.mu.hdr.AutoclearToClear(d.maintainedAutoclearLocked())
 	if err == nil {
 		err = d.repairPendingLocked() // CheckOpen of a dirty image (lazy.go)
 	}
@@ -275,6 +276,10 @@ func (d writer) prepareWrite(co *aio.Co, r *block.Request) error {
 				return err
 			}
 		}
+	}
+	// Persistent bitmaps: in_use on disk before any write (bitmaps.go).
+	if err := maintOf(d.Driver).markBitmapsInUse(co); err != nil {
+		return err
 	}
 	d.mu.Lock()
 	d.headerReady.Store(true)

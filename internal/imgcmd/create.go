@@ -14,6 +14,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -160,6 +161,9 @@ func createRaw(r *createReq) (string, error) {
 		}
 		return line, createNBD(r.file, r.size)
 	}
+	if rbd.IsName(r.file) {
+		return line, createRBD(r.file, r.size, pre != raw.PreallocOff)
+	}
 	if err := raw.Create(r.file, r.size, pre); err != nil {
 		return line, createErr(r.file, err)
 	}
@@ -204,6 +208,16 @@ func createQcow2(r *createReq) (string, error) {
 		if co.BackingFile == "" {
 			return "", cli.Usagef("%s: Image creation needs a size parameter", r.file)
 		}
+		if rbd.IsName(co.BackingFile) {
+			if co.BackingFormat != "" && co.BackingFormat != "raw" {
+				return "", fmt.Errorf("%s: backing file: ringblk reads RBD backing images as raw only, not %s", r.file, co.BackingFormat)
+			}
+			if r.size, err = rbdSize(co.BackingFile); err != nil {
+				return "", fmt.Errorf("%s: backing file: %v", r.file, err)
+			}
+		}
+	}
+	if !r.hasSize && !rbd.IsName(co.BackingFile) {
 		bimg, berr := openImage(combinePath(r.file, co.BackingFile), co.BackingFormat)
 		if berr != nil {
 			return "", fmt.Errorf("%s: backing file: %v", r.file, berr)
@@ -245,7 +259,11 @@ func createQcow2(r *createReq) (string, error) {
 	}
 	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", given("lazy_refcounts", "off"), rb)
 
-	if err := writeQcow2(r.file, r.size, co); err != nil {
+	write := writeQcow2
+	if rbd.IsName(r.file) {
+		write = writeQcow2RBD
+	}
+	if err := write(r.file, r.size, co); err != nil {
 		return b.String(), createErr(r.file, err)
 	}
 	return b.String(), nil

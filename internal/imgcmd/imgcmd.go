@@ -21,6 +21,7 @@ import (
 
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -65,9 +66,15 @@ type openedImage struct {
 	size   int64 // file size
 	blocks int64 // allocated bytes (st_blocks × 512)
 	qcow   *qcow2fmt.Image
+	// remote: no local file (a qcow2 image in RBD): no disk size.
+	remote bool
 }
 
-func (o *openedImage) Close() { o.f.Close() }
+func (o *openedImage) Close() {
+	if o.f != nil {
+		o.f.Close()
+	}
+}
 
 // openImage opens path read-only. format "" probes: the qcow2 magic means
 // qcow2, anything else raw.
@@ -150,7 +157,7 @@ func sizeToStr(v int64) string {
 // combinePath resolves a backing file name as QEMU does: relative names
 // are relative to the directory of the image that names them.
 func combinePath(image, backing string) string {
-	if backing == "" || filepath.IsAbs(backing) {
+	if backing == "" || filepath.IsAbs(backing) || rbd.IsName(backing) {
 		return backing
 	}
 	i := strings.LastIndexByte(image, '/')
@@ -202,8 +209,29 @@ func writeJSON(w io.Writer, v any) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
+	_, err = fmt.Fprintf(w, "%s\n", qemuEmptyArrays(b))
 	return err
+}
+
+// qemuEmptyArrays spells empty arrays as qemu-img's JSON printer does:
+// the opening bracket, a newline, and the closing one at the line's
+// indentation ("flags": [ / ]).
+func qemuEmptyArrays(b []byte) []byte {
+	if !bytes.Contains(b, []byte("[]")) {
+		return b
+	}
+	lines := strings.Split(string(b), "\n")
+	var out []string
+	for _, l := range lines {
+		t := strings.TrimRight(l, ",")
+		if strings.HasSuffix(t, "[]") {
+			ind := l[:len(l)-len(strings.TrimLeft(l, " "))]
+			out = append(out, strings.TrimSuffix(t, "]"), ind+"]"+l[len(t):])
+			continue
+		}
+		out = append(out, l)
+	}
+	return []byte(strings.Join(out, "\n"))
 }
 
 // checkOutputFormat validates the format of an image a command creates

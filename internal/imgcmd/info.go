@@ -12,6 +12,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -70,6 +71,9 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if nbd.IsURI(files[0]) {
 			return infoNBD(files[0], format, output, stdout)
+		}
+		if rbd.IsName(files[0]) {
+			return infoRBD(files[0], format, output, stdout)
 		}
 		if done, err := infoNull(files[0], format, output, stdout); err != nil {
 			return 1, err
@@ -170,7 +174,9 @@ func imageInfo(img *openedImage) *object {
 		o.set("cluster-size", h.ClusterSize())
 	}
 	o.set("format", img.format)
-	o.set("actual-size", img.blocks)
+	if !img.remote {
+		o.set("actual-size", img.blocks)
+	}
 	if h != nil {
 		compat := "1.1"
 		if h.Version == 2 {
@@ -185,6 +191,9 @@ func imageInfo(img *openedImage) *object {
 		data.set("compression-type", ct)
 		if h.Version >= 3 {
 			data.set("lazy-refcounts", h.CompatibleFeatures&format.CompatLazyRefcounts != 0)
+		}
+		if bms := bitmapsInfo(img); len(bms) > 0 {
+			data.set("bitmaps", bms)
 		}
 		data.set("refcount-bits", 1<<h.RefcountOrder)
 		if h.Version >= 3 {
@@ -227,7 +236,11 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	vs := info.vals["virtual-size"].(int64)
 	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.path, img.format)
 	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", sizeToStr(vs), vs)
-	fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
+	if img.remote {
+		b.WriteString("disk size: unavailable\n")
+	} else {
+		fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
+	}
 	if img.qcow == nil {
 		_, err := io.WriteString(w, b.String())
 		return err
@@ -256,6 +269,10 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	b.WriteString("Format specific information:\n")
 	data := info.vals["format-specific"].(*object).vals["data"].(*object)
 	for _, k := range data.keys {
+		if bms, ok := data.vals[k].([]*object); ok {
+			printObjectList(&b, "    ", k, bms)
+			continue
+		}
 		fmt.Fprintf(&b, "    %s: %v\n", strings.ReplaceAll(k, "-", " "), data.vals[k])
 	}
 	_, err := io.WriteString(w, b.String())
@@ -356,4 +373,49 @@ func qemuJSONName(path string) string {
 	}
 	b.WriteString("}")
 	return b.String()
+}
+
+// bitmapsInfo lists the persistent bitmaps of a qcow2 image as qemu-img
+// info does: only while autoclear bit 0 vouches for the extension, each
+// with its flags ("in-use", "auto"), name and granularity. A directory
+// that does not decode lists nothing (qemu-img would fail the open).
+func bitmapsInfo(img *openedImage) []*object {
+	h := img.qcow.Header
+	if h.Version < 3 || !h.BitmapsConsistent() {
+		return nil
+	}
+	ents, err := format.ReadBitmapDirectory(img.f, h, img.size)
+	if err != nil {
+		return nil
+	}
+	var out []*object
+	for i := range ents {
+		o := newObject()
+		o.set("flags", ents[i].FlagNames())
+		o.set("name", ents[i].Name)
+		o.set("granularity", ents[i].Granularity())
+		out = append(out, o)
+	}
+	return out
+}
+
+// printObjectList prints a list of objects in qemu-img's human layout:
+// "key:", then "[i]:" per element and its fields one level deeper; a list
+// of strings is printed the same way.
+func printObjectList(b *strings.Builder, indent, key string, list []*object) {
+	fmt.Fprintf(b, "%s%s:\n", indent, strings.ReplaceAll(key, "-", " "))
+	for i, o := range list {
+		fmt.Fprintf(b, "%s    [%d]:\n", indent, i)
+		for _, k := range o.keys {
+			in := indent + "        "
+			if ss, ok := o.vals[k].([]string); ok {
+				fmt.Fprintf(b, "%s%s:\n", in, strings.ReplaceAll(k, "-", " "))
+				for j, s := range ss {
+					fmt.Fprintf(b, "%s    [%d]: %s\n", in, j, s)
+				}
+				continue
+			}
+			fmt.Fprintf(b, "%s%s: %v\n", in, strings.ReplaceAll(k, "-", " "), o.vals[k])
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
 )
@@ -126,7 +127,13 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 				h := d.Header()
 				next, nextPath, nextFormat = c.Node(), combinePath(path, h.BackingFile), h.BackingFormat
 			}
-			if withOffsets {
+			if withOffsets && rbd.IsName(path) {
+				// qcow2 in RBD: the mapping tables read through the RBD node.
+				if l.qimg, err = openNodeQcow2(n, path); err != nil {
+					ch.Close()
+					return nil, err
+				}
+			} else if withOffsets {
 				if l.qimg, err = openImage(path, "qcow2"); err != nil {
 					ch.Close()
 					return nil, err

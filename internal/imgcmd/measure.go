@@ -217,9 +217,7 @@ func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*meas
 			h := d.Header()
 			if h.Version >= 3 {
 				info.hasBitmaps = true
-				if h.Bitmaps != nil && h.AutoclearFeatures&format.AutoclearBitmaps != 0 && h.Bitmaps.Count > 0 {
-					return nil, fmt.Errorf("%s: measuring persistent dirty bitmaps is not supported yet (%d bitmaps)", top.path, h.Bitmaps.Count)
-				}
+				info.bitmaps = measureBitmaps(d.PersistentBitmaps(), ssize, cs)
 			}
 		}
 	}
@@ -229,4 +227,19 @@ func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*meas
 	info.fullyAllocated = format.MeasureFullyAllocated(virtual, co)
 	info.required = info.fullyAllocated - virtual + required
 	return info, nil
+}
+
+// measureBitmaps is what the persistent bitmaps of a source of size bytes
+// take in a target with clusters of cs bytes, as QEMU counts it: every
+// bitmap fully allocated (its data clusters and its table, each rounded
+// up to clusters), plus the directory rounded up to clusters.
+func measureBitmaps(list []qcow2.BitmapInfo, size, cs int64) int64 {
+	var total, dir int64
+	for _, b := range list {
+		bits := (size + b.Granularity - 1) / b.Granularity
+		clusters := ((bits+7)/8 + cs - 1) / cs
+		total += clusters*cs + roundUp(clusters*8, cs)
+		dir += (24 + int64(len(b.Name)) + 7) &^ 7
+	}
+	return total + roundUp(dir, cs)
 }

@@ -7,9 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ringblk/ringblk/internal/cli/clitest"
+
+	"github.com/ringblk/ringblk/internal/nbdtest"
 )
 
 // TestImageCommandsOnNBD: info, map, convert (both ways), compare and check
@@ -33,21 +34,7 @@ func TestImageCommandsOnNBD(t *testing.T) {
 	}
 	qrun("qemu-img", "create", "-q", "-f", "qcow2", img, "32M")
 	qrun("qemu-io", "-f", "qcow2", "-c", "write -P 0x61 2M 1M", "-c", "write -P 0x62 17M 3M", img)
-	sock := filepath.Join(dir, "q.sock")
-	q := exec.Command("qemu-nbd", "-t", "-e", "0", "-f", "qcow2", "-x", "vm", "-k", sock, img)
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { q.Process.Kill(); q.Wait() }()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i == 200 {
-			t.Fatal("qemu-nbd did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	sock := nbdtest.StartQemuNbd(t, "-t", "-e", "0", "-f", "qcow2", "-x", "vm", img)
 	uri := "nbd+unix:///vm?socket=" + sock
 	ring := func(args ...string) string {
 		t.Helper()

@@ -15,6 +15,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -101,7 +102,14 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, cli.Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes, optionally after + or -)", sizeArg)
 		}
-		if _, err := os.Stat(path); err != nil {
+		if rbd.IsName(path) {
+			if prealloc != raw.PreallocOff {
+				return 1, fmt.Errorf("Could not resize '%s': preallocation is not supported on RBD images", path)
+			}
+			if format == "" {
+				format = "raw"
+			}
+		} else if _, err := os.Stat(path); err != nil {
 			return 1, cli.FileOpenError(path, err)
 		}
 		if format == "" {
@@ -137,8 +145,8 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 // (the driver's Truncate zeroes it), and the driver needs the backing
 // file's length and content (for a partial last cluster) to do so.
 func openResize(path, format string, prealloc raw.Prealloc) (*cli.BlkImage, error) {
-	if format == "qcow2" {
-		return cli.OpenBlk(path, cli.BlkOptions{Format: "qcow2"})
+	if format == "qcow2" || rbd.IsName(path) {
+		return cli.OpenBlk(path, cli.BlkOptions{Format: format})
 	}
 	c, g, err := cli.NewBlkEnv()
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -79,6 +80,14 @@ func Snapshot(args []string, stdout, stderr io.Writer) int {
 		img, err := cli.OpenBlk(file, cli.BlkOptions{Format: format, ReadOnly: !write, ForceShare: share})
 		if err != nil {
 			return 1, err
+		}
+		if rbd.IsName(file) && img.Format == "raw" {
+			// A raw RBD image: RBD's own snapshots (a qcow2 image stored
+			// in RBD has its internal ones, below).
+			if err := img.Close(); err != nil {
+				return 1, err
+			}
+			return snapshotRBD(file, action, name, stdout)
 		}
 		code, err := snapshotRun(img, action, name, stdout)
 		if cerr := img.Close(); err == nil && cerr != nil {

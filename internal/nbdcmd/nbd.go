@@ -17,8 +17,11 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/nbd"
 )
@@ -46,6 +49,9 @@ status, many requests in flight per connection.
       --discard=MODE       ignore (default, also off) or unmap (also on)
       --detect-zeroes=MODE off (default), on or unmap (needs --discard=unmap)
   -A, --allocation-depth   offer the qemu:allocation-depth meta context
+  -B, --bitmap=NAME        offer persistent bitmap NAME of a qcow2 image as the
+                           qemu:dirty-bitmap:NAME meta context (repeatable); a
+                           bitmap left in use by a crash is refused
       --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]
                            x509 credentials as QEMU lays them out in DIR:
                            ca-cert.pem, server-cert.pem, server-key.pem;
@@ -58,8 +64,7 @@ status, many requests in flight per connection.
   -V, --version            print the version
   -h, --help               this help
 
-Not supported (refused with a message): -B/--bitmap (dirty bitmaps are in
-memory only, qcow2 persistent bitmaps are not loaded yet), -c/--connect
+Not supported (refused with a message): -c/--connect
 and -d/--disconnect (kernel /dev/nbd), -l/-s (snapshots), -o/--offset,
 --tls-authz, --tls-hostname, other --object types, --image-opts.
 Exit status: 0 after a clean shutdown (SIGTERM, SIGINT, or the last
@@ -95,6 +100,7 @@ type nbdConfig struct {
 	objects            map[string]tlsObject
 	tlsCreds           string
 	tls                *tlsObject // the credentials --tls-creds names
+	bitmaps            []string   // -B: persistent bitmaps to export
 }
 
 // tlsObject is a tls-creds-x509 --object.
@@ -272,7 +278,7 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 		case "V", "version":
 			return nil, nil
 		case "B", "bitmap":
-			return nil, cli.Usagef("--bitmap: ringblk cannot export qemu:dirty-bitmap:%s: dirty bitmaps are not persistent in qcow2 images yet (only in memory, exported with block-export-add in ringblk serve)", o.Val)
+			cfg.bitmaps = append(cfg.bitmaps, o.Val)
 		case "c", "connect", "d", "disconnect":
 			return nil, cli.Usagef("-%s: ringblk nbd does not drive the kernel's /dev/nbd devices", o.Name)
 		case "l", "load-snapshot", "s", "snapshot":
@@ -335,7 +341,8 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	if cfg.fork && os.Getenv(forkEnv) == "" {
 		return forkNbd()
 	}
-	if _, err := os.Stat(cfg.file); err != nil {
+	isRBD := rbd.IsName(cfg.file) // a Ceph image: no local file, probed once open
+	if _, err := os.Stat(cfg.file); err != nil && !isRBD {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': Could not open '%s': %v", cfg.file, cfg.file, cli.UnwrapPathErr(err))
 	}
 	ctx, g, err := cli.NewBlkEnv()
@@ -345,7 +352,7 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	defer ctx.Stop()
 	co := cfg.co
 	co.Format, co.ReadOnly, co.Name = cfg.format, cfg.readOnly, "nbd0"
-	if co.Format == "" {
+	if co.Format == "" && !isRBD {
 		if co.Format, err = chain.Probe(cfg.file); err != nil {
 			return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, err)
 		}
@@ -355,9 +362,13 @@ func runNbd(cfg *nbdConfig) (int, error) {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, cli.PlainErr(err))
 	}
 	node := img.Node
+	if err := inconsistentBitmap(node, cfg.bitmaps); err != nil {
+		node.Unref()
+		return 1, err
+	}
 	exp, err := nbd.NewExport(g, node, nbd.ExportOptions{
 		Name: cfg.name, Description: cfg.desc, ReadOnly: cfg.readOnly,
-		MaxConnections: cfg.shared, AllocationDepth: cfg.depth,
+		MaxConnections: cfg.shared, AllocationDepth: cfg.depth, Bitmaps: cfg.bitmaps,
 	})
 	if err != nil {
 		node.Unref()
@@ -473,4 +484,22 @@ func forkNbd() (int, error) {
 	}
 	cmd.Wait()
 	return 1, errors.New("--fork: the server did not start")
+}
+
+// inconsistentBitmap refuses to export a qcow2 persistent bitmap found in
+// use at open (its bits cannot be trusted), with qemu-nbd's message.
+func inconsistentBitmap(n *block.Node, names []string) error {
+	d, ok := n.Driver().(*qcow2.Driver)
+	if !ok {
+		return nil
+	}
+	for _, name := range names {
+		if n.Bitmap(name) != nil {
+			continue
+		}
+		if d.InconsistentBitmap(name) {
+			return fmt.Errorf("Bitmap '%s' is inconsistent and cannot be used", name)
+		}
+	}
+	return nil
 }

@@ -23,7 +23,7 @@ func TestNbdCmdErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"nbd", "--bitmap", "b0", img}, "not persistent in qcow2"},
+		{[]string{"nbd", "-k", filepath.Join(dir, "b"), "--bitmap", "b0", img}, "Bitmap 'b0' is not found"},
 		{[]string{"nbd", filepath.Join(dir, "missing")}, "Could not open"},
 		{[]string{"nbd", "--frobnicate", img}, "unrecognized option"},
 		{[]string{"nbd", "--cache=bogus", img}, "Invalid cache mode"},

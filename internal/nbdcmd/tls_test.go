@@ -1,59 +1,16 @@
 package nbdcmd
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ringblk/ringblk/internal/cli/clitest"
-)
 
-// certDir writes a CA and server and client certificates signed by it in
-// QEMU's tls-creds-x509 file names.
-func certDir(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	now := time.Now()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caT := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caT, caT, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	put := func(name, typ string, der []byte) {
-		os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
-	}
-	put("ca-cert.pem", "CERTIFICATE", caDER)
-	for i, who := range []string{"server", "client"} {
-		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tm := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 2)), Subject: pkix.Name{CommonName: "localhost"},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), DNSNames: []string{"localhost"},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-		der, err := x509.CreateCertificate(rand.Reader, tm, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kd, _ := x509.MarshalPKCS8PrivateKey(k)
-		put(who+"-cert.pem", "CERTIFICATE", der)
-		put(who+"-key.pem", "PRIVATE KEY", kd)
-	}
-	return dir
-}
+	"github.com/ringblk/ringblk/internal/nbdtest"
+)
 
 // TestNbdCmdTLS: qemu-nbd's TLS options. With --object tls-creds-x509 and
 // --tls-creds, qemu-io (QEMU's TLS client) writes and nbdinfo (libnbd's)
@@ -64,7 +21,7 @@ func TestNbdCmdTLS(t *testing.T) {
 	img := filepath.Join(dir, "a.raw")
 	os.WriteFile(img, nil, 0o644)
 	os.Truncate(img, 4<<20) // sparse: the map shows the write
-	certs := certDir(t)
+	certs := nbdtest.CertDir(t)
 	sock := filepath.Join(dir, "s")
 	startNbd(t, sock, "-t", "-e", "0", "--object", "tls-creds-x509,id=tls0,dir="+certs+",endpoint=server", "--tls-creds", "tls0", "-x", "d", img)
 	obj := "tls-creds-x509,id=c0,endpoint=client,dir=" + certs

@@ -16,6 +16,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/raw"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"golang.org/x/sys/unix"
 )
@@ -174,12 +175,12 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if err := cli.ResolveNull(path, &bo); err != nil {
 			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
-		if bo.Format != "null" && !nbd.IsURI(path) {
+		if bo.Format != "null" && !nbd.IsURI(path) && !rbd.IsName(path) {
 			if _, err := os.Stat(path); err != nil {
 				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
 			}
 		}
-		if bo.Format == "" {
+		if bo.Format == "" && !rbd.IsName(path) { // an RBD image is probed once open
 			// The operator named this file: probing it is allowed; the
 			// chain opener never probes its backing files.
 			f, err := chain.Probe(path)

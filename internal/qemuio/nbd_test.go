@@ -1,15 +1,15 @@
 package qemuio
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ringblk/ringblk/internal/cli/clitest"
+
+	"github.com/ringblk/ringblk/internal/nbdtest"
 )
 
 // TestIOOnNBD: `ringblk io` opens an nbd+unix:// URI (served by qemu-nbd)
@@ -24,22 +24,7 @@ func TestIOOnNBD(t *testing.T) {
 	img := filepath.Join(dir, "a.raw")
 	os.WriteFile(img, nil, 0o644)
 	os.Truncate(img, 8<<20)
-	sock := filepath.Join(dir, "q.sock")
-	q := exec.Command("qemu-nbd", "-t", "-e", "0", "-f", "raw", "-k", sock, img)
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { q.Process.Kill(); q.Wait() }()
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", sock); err == nil { // listening, not just bound
-			c.Close()
-			break
-		}
-		if i == 200 {
-			t.Fatal("qemu-nbd did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	sock := nbdtest.StartQemuNbd(t, "-t", "-e", "0", "-f", "raw", img)
 	uri := "nbd+unix:///?socket=" + sock
 	args := []string{"-f", "raw", "-c", "write -P 0x5c 1M 96k", "-c", "write -z 1040k 8k", "-c", "flush",
 		"-c", "read -P 0x5c 1M 16k", "-c", "read -P 0 1040k 8k", "-c", "read -v 1048570 12", uri}

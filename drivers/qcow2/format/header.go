@@ -432,7 +432,9 @@ func (h *Header) validate() error {
 		if strings.IndexByte(name, 0) >= 0 {
 			return Corrupt("backing_file", uint64(len(name)), "NUL byte in backing file name")
 		}
-		if hasProtocol(name) {
+		// rbd: names pass: whether to follow one is the opener's policy
+		// (off unless asked for, design/rbd.md), as it reaches a cluster.
+		if hasProtocol(name) && !strings.HasPrefix(name, "rbd:") {
 			shown := name
 			if len(shown) > 40 {
 				shown = shown[:40] + "..."

@@ -259,6 +259,9 @@ func TestQcow2BackingNamePolicy(t *testing.T) {
 		{"file:/etc/passwd", format.ErrUnsupported},
 		{"a:b", format.ErrUnsupported},
 		{"base\x00.qcow2", format.ErrCorrupt},
+		// rbd: names pass here; following one is chain's opt-in.
+		{"rbd:pool/image:conf=/etc/ceph/ceph.conf", nil},
+		{"rbdx:pool/image", format.ErrUnsupported},
 	}
 	h, err := format.ParseHeader(firstCluster(t, "ovl"))
 	if err != nil {

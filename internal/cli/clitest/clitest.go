@@ -17,13 +17,22 @@ import (
 
 // Main is a command package's TestMain: run as the ringblk program when
 // RunRingblk started this test binary (AsMainEnv set), the tests otherwise.
-// run is the program: a command name and its arguments, the exit status.
-func Main(m *testing.M, run func(args []string) int) {
+// run is the program: a command name and its arguments, the exit status;
+// the after functions run once the tests are done (stopping a test
+// cluster), and an error of theirs fails the run.
+func Main(m *testing.M, run func(args []string) int, after ...func() error) {
 	if os.Getenv(AsMainEnv) == "1" {
 		os.Args = append([]string{"ringblk"}, os.Args[1:]...)
 		os.Exit(run(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	for _, f := range after {
+		if err := f(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // Dispatch is a run for Main over a package's own commands.

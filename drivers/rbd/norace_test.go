@@ -1,0 +1,5 @@
+//go:build rbd && !race
+
+package rbd_test
+
+const raceEnabled = false
