@@ -60,7 +60,12 @@ func (w *statusWait) RequestDone(r *block.Request, err error) {
 func (d writer) backingReadsZero(co *aio.Co, parent *block.Request, off, n int64) (bool, error) {
 	end := min(off+n, d.backingSize)
 	for off < end {
-		r := parent.Sub()
+		var r *block.Request
+		if parent != nil {
+			r = parent.Sub()
+		} else { // amend and resize run without a guest request (as childIO)
+			r = d.node.Graph().Pool(co.Context()).Get()
+		}
 		r.Op, r.Off, r.Len = block.OpBlockStatus, off, end-off
 		w := &statusWait{co: co}
 		d.backing.Submit(r, w)
