@@ -3,6 +3,7 @@ package bitmap
 import (
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 )
 
 // model is a plain []bool per chunk.
@@ -136,5 +137,31 @@ func BenchmarkMark4K(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		bm.Mark(off, 4096)
 		off = (off + 12345*4096) & (1<<30 - 1)
+	}
+}
+
+// TestMarkLineLayout: the fields Mark reads fill the first cache line of
+// a 128-byte struct (so the allocator aligns it and control-path writes
+// to name and busy never share the marking line).
+func TestMarkLineLayout(t *testing.T) {
+	var b Bitmap
+	if sz := unsafe.Sizeof(b); sz != 128 {
+		t.Fatalf("Bitmap is %d bytes, want 128", sz)
+	}
+	for name, off := range map[string]uintptr{"words": unsafe.Offsetof(b.words), "shift": unsafe.Offsetof(b.shift), "nbits": unsafe.Offsetof(b.nbits), "enabled": unsafe.Offsetof(b.enabled)} {
+		if off >= 64 {
+			t.Errorf("%s at offset %d, outside the first cache line", name, off)
+		}
+	}
+	for name, off := range map[string]uintptr{"name": unsafe.Offsetof(b.name), "busy": unsafe.Offsetof(b.busy)} {
+		if off < 64 {
+			t.Errorf("%s at offset %d, on the marking line", name, off)
+		}
+	}
+	for i := 0; i < 100; i++ {
+		p, _ := New("x", 1<<20, 65536)
+		if uintptr(unsafe.Pointer(p))%64 != 0 {
+			t.Fatalf("bitmap at %p is not cache-line aligned", p)
+		}
 	}
 }

@@ -20,24 +20,31 @@ import (
 // bitmapList is the published set (never modified once stored).
 type bitmapList struct{ list []*bitmap.Bitmap }
 
-func dirties(op Op) bool {
-	return op == OpWrite || op == OpWriteZeroes || op == OpDiscard || op == OpWriteCompressed
-}
+// dirtyOps has bit op set for each op that changes data.
+const dirtyOps = 1<<OpWrite | 1<<OpWriteZeroes | 1<<OpDiscard | 1<<OpWriteCompressed
+
+func dirties(op Op) bool { return dirtyOps>>(op&63)&1 != 0 }
 
 // markDirty marks the node's enabled bitmaps for r (any Context). Small
-// enough to inline: a node without bitmaps pays one load.
+// enough to inline: a node without bitmaps pays one load; the op test (one
+// shift of a constant) and the marking are out of line.
 func (n *Node) markDirty(r *Request) {
 	if l := n.bitmaps.Load(); l != nil {
-		markList(l, r)
+		l.mark(r)
 	}
 }
 
-func markList(l *bitmapList, r *Request) {
+// mark is kept out of line so that markDirty stays small enough to
+// inline into Request.Complete.
+//
+//go:noinline
+func (l *bitmapList) mark(r *Request) {
 	if !dirties(r.Op) {
 		return
 	}
+	off, n := r.Off, r.Len
 	for _, b := range l.list {
-		b.Mark(r.Off, r.Len)
+		b.Mark(off, n)
 	}
 }
 

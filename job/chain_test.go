@@ -2,8 +2,10 @@ package job_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,4 +201,72 @@ func TestCommitActive(t *testing.T) {
 		t.Fatalf("B differs at %d", firstDiff(got, want))
 	}
 	ce.finish(t, ce.t, ce.b)
+}
+
+// TestCommitKeepChain: [JOB] KeepChain (ringblk commit's mode) commits the
+// active layer T — no overlay above it — by copying what T and M hold
+// into the base with no pivot and no change of any backing link, and
+// flushes the base in Prepare: a failing flush of the base fails the job,
+// so the command never empties T over data that is not durable.
+func TestCommitKeepChain(t *testing.T) {
+	const size = 1 << 20
+	for _, failFlush := range []bool{false, true} {
+		t.Run(fmt.Sprintf("failFlush=%v", failFlush), func(t *testing.T) {
+			e := blocktest.NewEnv(t, 0)
+			db := newCow(size, nil)
+			fillRandom(db, 1)
+			b := e.Open(db, block.Options{Name: "B"})
+			dbg := &blocktest.Debug{}
+			d := e.Open(dbg, block.Options{Name: "D"}) // the base: a fault filter over B
+			dbg.Edge.Store(e.Attach(d, b, "file", block.RoleFile|block.RolePrimary))
+			b.Unref()
+			dm := newCow(size, db)
+			fillRandom(dm, 2)
+			mid := e.Open(dm, block.Options{Name: "M"})
+			e.Attach(mid, d, "backing", block.RoleBacking)
+			d.Unref()
+			dt := newCow(size, dm)
+			fillRandom(dt, 3)
+			top := e.Open(dt, block.Options{Name: "T"})
+			e.Attach(top, mid, "backing", block.RoleBacking)
+			mid.Unref()
+			want := dt.view()
+			flush := dbg.AddRule(blocktest.Rule{Op: block.OpFlush, Err: syscall.EIO})
+			if !failFlush {
+				dbg.ClearRules()
+				flush = dbg.AddRule(blocktest.Rule{Op: block.OpFlush, Delay: time.Microsecond})
+			}
+			m := job.NewManager(e.G, nil)
+			j, drv, err := job.NewCommit(m, job.CommitOptions{Options: job.Options{ID: "k"}, Top: top, Base: d, KeepChain: true, Chunk: 64 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := drv.(*job.Commit); !ok {
+				t.Fatalf("KeepChain commit of the active layer: driver %T, want *job.Commit", drv)
+			}
+			j.Start()
+			err = waitDone(t, j)
+			if flush.Fired() == 0 {
+				t.Fatal("the base was not flushed")
+			}
+			var ioe *job.IOError
+			if failFlush {
+				if !errors.As(err, &ioe) || ioe.Op != "flush" || !errors.Is(err, syscall.EIO) {
+					t.Fatalf("job result %v, want the base's flush error", err)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if got := db.view(); !bytes.Equal(got, want) {
+				t.Fatalf("B does not hold T's view at %d", firstDiff(got, want))
+			}
+			var tb, mb *block.Child
+			e.OnMain(func() { tb, mb = top.Child(block.RoleBacking), mid.Child(block.RoleBacking) })
+			if tb == nil || tb.Node() != mid || mb == nil || mb.Node() != d || dt.nameChanges+dm.nameChanges != 0 {
+				t.Fatal("KeepChain changed the backing chain")
+			}
+			wantQuiet(t, top, mid, d)
+			top.Unref()
+		})
+	}
 }

@@ -23,6 +23,12 @@ type CommitOptions struct {
 	Chunk int64
 	// PivotHook: see MirrorOptions (active commit only).
 	PivotHook func(source, target *block.Node)
+	// KeepChain makes the job copy only, whether or not Top has an
+	// overlay: no pivot, no DropIntermediate, every backing link and
+	// image header stays as it is. Prepare still flushes Base. This is
+	// qemu-img commit (ringblk commit), which then empties Top itself, or
+	// keeps it (-d, -b).
+	KeepChain bool
 }
 
 // Commit is the driver of an intermediate commit.
@@ -33,6 +39,7 @@ type Commit struct {
 	top    *block.Child
 	base   *block.Child
 	layers []*block.Child
+	sizes  []int64 // of layers
 	size   int64
 	off    int64
 	buf    []byte
@@ -51,8 +58,11 @@ func NewCommit(m *Manager, o CommitOptions) (*Job, Driver, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	active := true
+	active := !o.KeepChain
 	m.g.Control(func() {
+		if !active {
+			return
+		}
 		for _, p := range o.Top.Parents() {
 			if p.Parent() != nil && p.Role()&block.RoleBacking != 0 {
 				active = false
@@ -81,6 +91,14 @@ func NewCommit(m *Manager, o CommitOptions) (*Job, Driver, error) {
 	m.g.Control(func() {
 		if ts, err = o.Top.Length(); err == nil {
 			bs, err = o.Base.Length()
+		}
+		c.sizes = append(c.sizes, ts)
+		for _, n := range layers {
+			if err == nil {
+				var s int64
+				s, err = n.Length()
+				c.sizes = append(c.sizes, s)
+			}
 		}
 	})
 	if err != nil {
@@ -123,20 +141,27 @@ func (c *Commit) Type() string { return "commit" }
 // Iterate copies one chunk of what the layers above Base hold. Nothing
 // but this job writes those layers (the guest writes an overlay above
 // Top), so no lock is needed; Base changes only where an upper layer
-// decides the content, which readers of the chain never see.
+// decides the content, which readers of the chain never see. A range the
+// layers hold as zeroes (or past the end of a shorter layer) is written
+// as zeroes, unmapping where Base can.
 func (c *Commit) Iterate(it *Iteration) (bool, error) {
 	if c.off >= c.size {
 		return true, nil
 	}
 	n := min(c.o.Chunk, c.size-c.off)
-	alloc, pnum, err := allocatedAbove(it, c.layers, c.off, n)
+	st, alloc, pnum, err := statusAbove(it, c.layers, c.sizes, c.off, n)
 	if err != nil {
 		return false, &IOError{Op: "block-status", Off: c.off, Err: err}
 	}
 	if pnum <= 0 || pnum > n {
 		pnum = n
 	}
-	if alloc {
+	switch {
+	case alloc && st&block.StatusZero != 0:
+		if err := it.WriteZeroes(c.base, c.off, pnum, block.MayUnmap); err != nil {
+			return false, &IOError{Target: true, Op: "write", Off: c.off, Err: err}
+		}
+	case alloc:
 		buf := c.buf[:pnum]
 		if err := it.Read(c.top, buf, c.off); err != nil {
 			return false, &IOError{Op: "read", Off: c.off, Err: err}
@@ -155,6 +180,9 @@ func (c *Commit) Iterate(it *Iteration) (bool, error) {
 func (c *Commit) Prepare(j *Job) error {
 	if err := c.base.Node().Flush(); err != nil {
 		return &IOError{Target: true, Op: "flush", Err: err}
+	}
+	if c.o.KeepChain {
+		return nil
 	}
 	return c.g.DropIntermediate(c.top.Node(), c.o.Base, c.o.BackingFile)
 }

@@ -19,10 +19,16 @@ import (
 // backup into a qcow2 image leaves that image consistent for qemu-img
 // check (no errors; clusters leaked by the crash are allowed, as after a
 // QEMU crash), and qemu-img can still read it.
-func TestKill9DuringBackup(t *testing.T) {
+func TestKill9DuringBackup(t *testing.T) { kill9DuringJob(t, "backup") }
+
+// TestKill9DuringMirror: the same for a mirror into a qcow2 target, killed
+// while it copies (before ready).
+func TestKill9DuringMirror(t *testing.T) { kill9DuringJob(t, "mirror") }
+
+func kill9DuringJob(t *testing.T, kind string) {
 	needQemuImg(t)
 	if dir := os.Getenv("RINGBLK_JOB_KILL_DIR"); dir != "" {
-		killChild(t, dir)
+		killChild(t, dir, os.Getenv("RINGBLK_JOB_KILL_KIND"))
 		return
 	}
 	if testing.Short() {
@@ -35,8 +41,8 @@ func TestKill9DuringBackup(t *testing.T) {
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", tgt, fmt.Sprint(size)).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img create: %v %s", err, out)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestKill9DuringBackup$", "-test.v")
-	cmd.Env = append(os.Environ(), "RINGBLK_JOB_KILL_DIR="+dir)
+	cmd := exec.Command(os.Args[0], "-test.run", "^"+t.Name()+"$", "-test.v")
+	cmd.Env = append(os.Environ(), "RINGBLK_JOB_KILL_DIR="+dir, "RINGBLK_JOB_KILL_KIND="+kind)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +54,7 @@ func TestKill9DuringBackup(t *testing.T) {
 	sc := bufio.NewScanner(out)
 	started := false
 	for sc.Scan() {
-		if strings.Contains(sc.Text(), "backup running") {
+		if strings.Contains(sc.Text(), "job running") {
 			started = true
 			break
 		}
@@ -56,7 +62,7 @@ func TestKill9DuringBackup(t *testing.T) {
 	if !started {
 		cmd.Process.Kill()
 		cmd.Wait()
-		t.Fatal("child never started its backup")
+		t.Fatalf("child never started its %s", kind)
 	}
 	time.Sleep(300 * time.Millisecond) // in the middle of the copy
 	if err := cmd.Process.Kill(); err != nil {
@@ -74,13 +80,13 @@ func TestKill9DuringBackup(t *testing.T) {
 		}
 	}
 	if o, err := exec.Command("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", tgt, filepath.Join(dir, "src.raw")).CombinedOutput(); err == nil {
-		t.Logf("the backup had finished before the kill (%s)", o)
+		t.Logf("the %s had finished before the kill (%s)", kind, o)
 	}
 }
 
-// killChild runs a slow backup of dir/src.raw into dir/tgt.qcow2 until it
-// is killed.
-func killChild(t *testing.T, dir string) {
+// killChild runs a slow backup or mirror of dir/src.raw into
+// dir/tgt.qcow2 until it is killed.
+func killChild(t *testing.T, dir, kind string) {
 	e := blocktest.NewEnv(t, 1)
 	src := openRaw(t, e, filepath.Join(dir, "src.raw"), "src")
 	img, err := chain.Open(e.G, filepath.Join(dir, "tgt.qcow2"), chain.Options{Format: "qcow2", Name: "tgt"})
@@ -88,14 +94,20 @@ func killChild(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	m := job.NewManager(e.G, nil)
-	j, _, err := job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 16 << 20}, Source: src, Target: img.Node,
-		MaxRequest: 256 << 10, Parallel: 2})
+	var j *job.Job
+	if kind == "mirror" {
+		j, _, err = job.NewMirror(m, job.MirrorOptions{Options: job.Options{ID: "m", Speed: 16 << 20}, Source: src, Target: img.Node,
+			MaxRequest: 256 << 10, Parallel: 2})
+	} else {
+		j, _, err = job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 16 << 20}, Source: src, Target: img.Node,
+			MaxRequest: 256 << 10, Parallel: 2})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	j.Start()
 	e.WaitFor("copying", func() bool { c, _ := j.Progress(); return c > 0 })
-	fmt.Println("backup running")
+	fmt.Println("job running")
 	waitDone(t, j)
 	time.Sleep(time.Minute) // the parent kills us before or after the end
 }

@@ -346,21 +346,34 @@ func (mi *Mirror) scan(it *Iteration) error {
 // allocatedAbove reports whether [off, off+pnum) is allocated in any of
 // layers (top first); pnum > 0 is how far the answer holds.
 func allocatedAbove(it *Iteration, layers []*block.Child, off, n int64) (bool, int64, error) {
-	pnum := n
-	for _, c := range layers {
-		st, p, err := it.BlockStatus(c, off, pnum)
-		if err != nil {
-			return false, 0, err
+	_, alloc, pnum, err := statusAbove(it, layers, nil, off, n)
+	return alloc, pnum, err
+}
+
+// statusAbove is the status of [off, off+pnum) over layers (top first):
+// that of the first layer allocating it (alloc true), with QEMU's rule
+// for a layer shorter than the one above it when sizes (each layer's
+// length) is given: past its end the range reads as zeroes, allocated
+// (block.StepAbove). pnum > 0 is how far the answer holds.
+func statusAbove(it *Iteration, layers []*block.Child, sizes []int64, off, n int64) (st block.Status, alloc bool, pnum int64, err error) {
+	pnum = n
+	for i, c := range layers {
+		if sizes != nil && i > 0 && off >= sizes[i] {
+			return block.StatusZero | block.StatusAllocated, true, pnum, nil
 		}
-		if p <= 0 {
+		s, p, err := it.BlockStatus(c, off, pnum)
+		if err != nil {
+			return 0, false, 0, err
+		}
+		if p <= 0 || p > pnum {
 			p = pnum // a driver that reports nothing: treat the range alike
 		}
-		if st&block.StatusAllocated != 0 {
-			return true, p, nil
+		if s&block.StatusAllocated != 0 {
+			return s, true, p, nil
 		}
 		pnum = min(pnum, p)
 	}
-	return false, pnum, nil
+	return 0, false, pnum, nil
 }
 
 // pick takes up to Parallel dirty extents from the cursor on (wrapping

@@ -61,9 +61,9 @@ type Stream struct {
 	fn     *block.Node
 	f      *filter
 	locks  ranges
+	d      backingDiff // top, layers, the chunk buffer; no compare
 	size   int64
 	off    int64
-	buf    []byte
 }
 
 // NewStream creates a stream job.
@@ -99,7 +99,11 @@ func (s *Stream) setup(m *Manager) (*Job, error) {
 	if len(layers) == 0 {
 		return nil, fmt.Errorf("job: nothing to stream into %s", o.Top.Name())
 	}
-	m.g.Control(func() { s.size, err = o.Top.Length() })
+	var sizes []int64
+	m.g.Control(func() {
+		s.size, err = o.Top.Length()
+		sizes, err = lengths(layers, err)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -127,13 +131,16 @@ func (s *Stream) setup(m *Manager) (*Job, error) {
 	if s.fn, err = insertFilter(m.g, o.Top, s.f, "#stream-top-"+o.ID); err != nil {
 		return fail(err)
 	}
-	s.buf = make([]byte, o.Chunk)
+	s.d = backingDiff{top: s.top, above: s.layers, aboveSizes: sizes, inChain: true, old: make([]byte, o.Chunk)}
 	j.SetTotal(s.size)
 	return j, nil
 }
 
 func (s *Stream) Type() string { return "stream" }
 
+// Iterate copies one chunk: what the layers down to Base hold where Top
+// does not allocate (backingDiff, without comparing), holding the range
+// against guest writes.
 func (s *Stream) Iterate(it *Iteration) (bool, error) {
 	if s.off >= s.size {
 		return true, nil
@@ -141,31 +148,12 @@ func (s *Stream) Iterate(it *Iteration) (bool, error) {
 	n := min(s.o.Chunk, s.size-s.off)
 	id := s.locks.lock(it.Co, s.off, s.off+n)
 	defer s.locks.unlock(id)
-	st, pnum, err := it.BlockStatus(s.top, s.off, n)
+	done, err := s.d.step(it, s.off, n)
 	if err != nil {
-		return false, &IOError{Op: "block-status", Off: s.off, Err: err}
+		return false, err
 	}
-	if pnum <= 0 || pnum > n {
-		pnum = n
-	}
-	if st&block.StatusAllocated == 0 {
-		alloc, p, err := allocatedAbove(it, s.layers, s.off, pnum)
-		if err != nil {
-			return false, &IOError{Op: "block-status", Off: s.off, Err: err}
-		}
-		pnum = min(p, pnum)
-		if alloc {
-			buf := s.buf[:pnum]
-			if err := it.Read(s.top, buf, s.off); err != nil {
-				return false, &IOError{Op: "read", Off: s.off, Err: err}
-			}
-			if err := it.Write(s.top, buf, s.off, 0); err != nil {
-				return false, &IOError{Target: true, Op: "write", Off: s.off, Err: err}
-			}
-		}
-	}
-	s.off += pnum
-	it.Job.AddProgress(pnum)
+	s.off += done
+	it.Job.AddProgress(done)
 	return s.off >= s.size, nil
 }
 

@@ -93,6 +93,13 @@ var conventionCommands = []struct {
 		{kind: "unknown format", args: []string{"-O", "bogus", "q.qcow2", "out.raw"}, qemu: "qemu-img"},
 		{kind: "format mismatch", args: []string{"-f", "qcow2", "-O", "raw", "r.raw", "out.raw"}, qemu: "qemu-img"},
 	}},
+	{"dd", []mistake{
+		{kind: "unknown option", args: []string{"--no-such-option", "if=q.qcow2", "of=out.raw"}, qemu: "qemu-img"},
+		{kind: "missing file", args: []string{"if=missing.qcow2", "of=out.raw"}, qemu: "qemu-img"},
+		{kind: "bad size", args: []string{"bs=10X", "if=q.qcow2", "of=out.raw"}, qemu: "qemu-img"},
+		{kind: "unknown format", args: []string{"-f", "bogus", "if=q.qcow2", "of=out.raw"}, qemu: "qemu-img"},
+		{kind: "format mismatch", args: []string{"-f", "qcow2", "if=r.raw", "of=out.raw"}, qemu: "qemu-img"},
+	}},
 	{"resize", []mistake{
 		{kind: "unknown option", args: []string{"--no-such-option", "q.qcow2", "2M"}, qemu: "qemu-img"},
 		{kind: "missing file", args: []string{"missing.qcow2", "2M"}, qemu: "qemu-img"},

@@ -17,7 +17,7 @@ import (
 
 // imgSubcommands are the qemu-img subcommands ringblk implements, by
 // qemu-img's name; each is the ringblk command of the same name.
-var imgSubcommands = []string{"amend", "bitmap", "check", "commit", "compare", "convert", "create", "info", "map", "measure", "rebase", "resize", "snapshot"}
+var imgSubcommands = []string{"amend", "bitmap", "check", "commit", "compare", "convert", "create", "dd", "info", "map", "measure", "rebase", "resize", "snapshot"}
 
 // dropinVersion is --version in drop-in mode: QEMU's first-line shape
 // ("<tool> version X.Y.Z (…)") so scripts that parse it find a 7.2

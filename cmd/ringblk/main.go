@@ -33,6 +33,7 @@ func std(f func(args []string, stdout, stderr io.Writer) int) func([]string) int
 var commands = map[string]command{
 	"bench":         {"fio-compatible benchmark through the block layer (fio job files, fio JSON, --compare)", benchcmd.Main},
 	"convert":       {"copy an image into a new raw or qcow2 image, sparse or compressed (qemu-img convert)", std(imgcmd.Convert)},
+	"dd":            {"copy blocks of an image into a new image, dd(1)-style (qemu-img dd)", std(imgcmd.DD)},
 	"create":        {"create a raw or qcow2 image (qemu-img create)", std(imgcmd.Create)},
 	"amend":         {"change a qcow2 image's options: compat, lazy_refcounts, size (qemu-img amend)", std(imgcmd.Amend)},
 	"resize":        {"change an image's virtual size (qemu-img resize)", std(imgcmd.Resize)},

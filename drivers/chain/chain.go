@@ -22,6 +22,9 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/cache"
+	"github.com/ringblk/ringblk/crypto/luks"
+	"github.com/ringblk/ringblk/drivers/blkdebug"
+	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -54,8 +57,24 @@ type Options struct {
 	// NoBacking opens the top image alone: unallocated clusters read as
 	// zeros (qemu-img's backing-less opens, e.g. rebase -u, info).
 	NoBacking bool
+	// KeySecrets are the passwords of encrypted images (format luks, or
+	// qcow2 with LUKS encryption): [0] for the top image, [i] for the
+	// i-th backing file. A missing or nil entry opens an encrypted
+	// image's header only when HeaderOnly is set, and fails otherwise.
+	KeySecrets [][]byte
+	// HeaderOnly opens a luks image without unlocking it (qemu-img info):
+	// its reads and writes fail.
+	HeaderOnly bool
+	// Secret looks up a secret object by id, for the key-secret options
+	// of option trees (OpenSpec); nil: no secrets.
+	Secret func(id string) ([]byte, error)
 	// NullSize is the size of a "null" image.
 	NullSize int64
+	// WritableDepth opens the backing image at this depth (1: the top
+	// image's backing file) read-write, whatever ReadOnly says: the base
+	// that qemu-img commit writes into. 0 (the default) keeps every
+	// backing image read-only.
+	WritableDepth int
 	// AllowRBDBacking follows rbd: backing file names recorded in qcow2
 	// images (they reach a Ceph cluster with this host's credentials, so
 	// an image from elsewhere must not get to choose: off by default).
@@ -64,6 +83,11 @@ type Options struct {
 	AllowRBDBacking bool
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
+	// debugConfig is the blkdebug configuration of a "blkdebug:CFG:IMAGE"
+	// name (set by Open): the top image's file node goes under a
+	// blkdebug filter.
+	debugConfig string
+	debug       bool
 	// QcowOptions is passed to every qcow2 driver of the chain (its
 	// Backing, ID, Chain and Depth fields are set here). A nil SharedCache
 	// becomes one clean L2 cache (qcow2.DefaultSharedCacheBytes) for the
@@ -78,13 +102,25 @@ type Image struct {
 	Format string
 	// Qcow2 is the top node's driver when Format is "qcow2".
 	Qcow2 *qcow2.Driver
+	// Luks is the top node's driver when Format is "luks".
+	Luks *luksdrv.Driver
+}
+
+// secret is the key secret of the image at depth (nil when not given).
+func (o *Options) secret(depth int) []byte {
+	if depth < len(o.KeySecrets) {
+		return o.KeySecrets[depth]
+	}
+	return nil
 }
 
 // Probe decides the format of a local image the user named: "qcow2" when
-// it starts with the qcow2 magic, "raw" otherwise. Never use it on backing
+// it starts with the qcow2 magic, "luks" with the LUKS1 magic and version,
+// "raw" otherwise. Never use it on backing
 // files or on images from untrusted sources. An NBD URI is "raw" without
 // looking: the export is the guest's view, whatever serves it.
 func Probe(path string) (string, error) {
+	path = LocalPath(path)
 	if nbd.IsURI(path) || rbd.IsName(path) {
 		return "raw", nil // an RBD image is probed once opened (Open)
 	}
@@ -93,15 +129,29 @@ func Probe(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	var b [4]byte
+	var b [8]byte
 	n, err := f.ReadAt(b[:], 0)
 	if err != nil && err != io.EOF {
 		return "", err
 	}
-	if n == 4 && string(b[:]) == "QFI\xfb" {
+	if n >= 4 && string(b[:4]) == "QFI\xfb" {
 		return "qcow2", nil
 	}
+	if n == 8 && luks.IsLUKS(b[:]) {
+		return "luks", nil
+	}
 	return "raw", nil
+}
+
+// LocalPath is the file a name opens: IMAGE for "blkdebug:CONFIG:IMAGE",
+// the name itself otherwise.
+func LocalPath(name string) string {
+	if rest, ok := strings.CutPrefix(name, "blkdebug:"); ok {
+		if _, img, ok := strings.Cut(rest, ":"); ok {
+			return img
+		}
+	}
+	return name
 }
 
 // FileID identifies a file for backing-chain cycle detection
@@ -135,6 +185,9 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	}
 	if os.Getenv("RINGBLK_RBD_BACKING") == "1" {
 		o.AllowRBDBacking = true
+	}
+	if rest, ok := strings.CutPrefix(path, "blkdebug:"); ok {
+		return openBlkdebug(g, path, rest, o)
 	}
 	if rbd.IsName(path) {
 		return openRBD(g, path, o)
@@ -181,6 +234,17 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 			return nil, err
 		}
 		img.Node = n
+	case "luks":
+		file, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name + "-file", ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		drv := luksdrv.New(file, luksdrv.Options{Password: o.secret(0), NoIO: o.HeaderOnly})
+		n, err := g.Open(drv, luksdrv.NodeOptions(block.Options{Name: o.Name, ReadOnly: o.ReadOnly}))
+		if err != nil {
+			return nil, err
+		}
+		img.Node, img.Luks = n, drv
 	case "qcow2":
 		if o.QcowOptions.SharedCache == nil {
 			// One clean L2 tier for the whole chain, not one per image.
@@ -227,7 +291,12 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	if err != nil {
 		return nil, nil, err
 	}
-	return qcow2Over(g, file, path, o, name, depth, chain, top)
+	if top && o.debug {
+		if file, err = blkdebug.NewNode(g, file, o.debugConfig, block.Options{Name: name + "-blkdebug", ReadOnly: o.ReadOnly}); err != nil {
+			return nil, nil, err
+		}
+	}
+	return openQcow2On(g, file, path, o, name, depth, chain, top)
 }
 
 // fileNode opens the protocol node of an image: an RBD image for an rbd:
@@ -244,22 +313,28 @@ func fileNode(g *block.Graph, path string, o Options, top bool, name string) (*b
 	return raw.NewNode(g, path, fileOptions(o, top), block.Options{Name: name, ReadOnly: ro})
 }
 
-// qcow2Over opens a qcow2 node over file (which it takes over).
-func qcow2Over(g *block.Graph, file *block.Node, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
+// openQcow2On opens a qcow2 driver over file (whose reference it takes);
+// path is where relative backing names resolve.
+func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
+	dopts.KeySecret, dopts.HeaderOnly = o.secret(depth), o.HeaderOnly
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
 		if rbd.IsName(p) && !o.AllowRBDBacking {
 			return nil, &BackingError{Path: p, Err: errors.New("rbd: backing files are followed only when allowed (RINGBLK_RBD_BACKING=1): the image names a Ceph image to read with this host's credentials")}
 		}
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
+		bo, writable := o, req.Depth == o.WritableDepth
+		if writable {
+			bo.ReadOnly, bo.ForceShare = false, false
+		}
 		switch req.Format {
 		case "raw":
-			n, err = fileNode(g, p, o, false, bname)
+			n, err = fileNode(g, p, bo, writable, bname)
 		case "qcow2":
-			n, _, err = openQcow2(g, p, o, bname, req.Depth, req.Chain, false)
+			n, _, err = openQcow2(g, p, bo, bname, req.Depth, req.Chain, writable)
 		default:
 			return nil, fmt.Errorf("backing file '%s': unsupported format '%s'", p, req.Format)
 		}
@@ -323,7 +398,7 @@ func openRBD(g *block.Graph, path string, o Options) (*Image, error) {
 	if fname == name {
 		name += "-fmt" // probed: the RBD node already has the name
 	}
-	n, drv, err := qcow2Over(g, file, path, o, name, 0, nil, true)
+	n, drv, err := openQcow2On(g, file, path, o, name, 0, nil, true)
 	if err != nil {
 		return nil, err
 	}
@@ -373,4 +448,49 @@ func causeText(err error) string {
 		}
 		err = be.Err
 	}
+}
+
+// openBlkdebug opens "blkdebug:CONFIG:IMAGE" (QEMU's filename form; rest
+// is what follows the prefix): IMAGE with its format, the top image's
+// file node under a blkdebug filter with CONFIG's rules (an empty CONFIG:
+// no rules). A raw image is the filter over the file node.
+func openBlkdebug(g *block.Graph, name, rest string, o Options) (*Image, error) {
+	cfg, path, ok := strings.Cut(rest, ":")
+	if !ok || path == "" {
+		return nil, fmt.Errorf("Could not open '%s': blkdebug requires both config file and image path", name)
+	}
+	format := o.Format
+	if format == "" {
+		var err error
+		if format, err = Probe(path); err != nil {
+			return nil, fmt.Errorf("Could not open '%s': %w", name, unwrapPath(err))
+		}
+	}
+	if o.Name == "" {
+		o.Name = filepath.Base(path)
+	}
+	o.debugConfig, o.debug = cfg, true
+	img := &Image{Path: name, Format: format}
+	switch format {
+	case "raw":
+		file, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name + "-file", ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		if img.Node, err = blkdebug.NewNode(g, file, cfg, block.Options{Name: o.Name, ReadOnly: o.ReadOnly}); err != nil {
+			return nil, err
+		}
+	case "qcow2":
+		if o.QcowOptions.SharedCache == nil {
+			o.QcowOptions.SharedCache = cache.NewLRU(qcow2.DefaultSharedCacheBytes)
+		}
+		n, drv, err := openQcow2(g, path, o, o.Name, 0, nil, true)
+		if err != nil {
+			return nil, err
+		}
+		img.Node, img.Qcow2 = n, drv
+	default:
+		return nil, fmt.Errorf("Could not open '%s': blkdebug over a %s image is not supported", name, format)
+	}
+	return img, nil
 }

@@ -47,6 +47,7 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 	if off == 0 || rb != nil {
 		return rb, ti, bi, nil
 	}
+	d.event(block.DbgRefblockLoad)
 	buf := make([]byte, cs)
 	if err := d.fileRead(co, nil, buf, off); err != nil {
 		return nil, ti, bi, err
@@ -64,6 +65,7 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 // its offset. A missing refcount block is created on the way, describing
 // itself (it covers its own cluster), like QEMU's alloc_refcount_block.
 func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
+	d.event(block.DbgClusterAlloc)
 	cs := d.mu.geo.ClusterSize()
 	order := d.mu.geo.RefcountOrder
 	for {
@@ -83,6 +85,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			continue
 		}
 		if rb == nil {
+			d.event(block.DbgRefblockAlloc)
 			// No refcount block: every cluster it would cover is free.
 			// Put the new block in the first of them, idx itself, so its
 			// own refcount lives in it. Stage A writes the block, stage B
@@ -169,6 +172,7 @@ func (d metaIO) applyFrees(co *aio.Co) error {
 }
 
 func (d metaIO) decref(co *aio.Co, off int64) error {
+	d.event(block.DbgClusterFree)
 	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err != nil {
@@ -328,6 +332,7 @@ func (d metaIO) l2Unpin(t *l2Table) {
 //
 // REQUIRES: metaLock held.
 func (d metaIO) growRefcountTable(co *aio.Co) error {
+	d.event(block.DbgReftableGrow)
 	if err := d.flushMetadata(co, nil); err != nil {
 		return err
 	}

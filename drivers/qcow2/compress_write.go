@@ -22,6 +22,9 @@ import (
 // after the data like any allocation (R1, R4 via the flush stages), the
 // old cluster freed after the flush (R2).
 func (d *Driver) WriteCompressed(r *block.Request) {
+	if d.refuseCompressed(r) {
+		return
+	}
 	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
 	size := d.mu.geo.Size

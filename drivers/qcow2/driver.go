@@ -72,6 +72,11 @@ type DriverOptions struct {
 	// CheckLog receives the messages of checks and repairs, one line each
 	// (qemu-img check prints them on stderr). Nil drops them.
 	CheckLog func(msg string)
+	// KeySecret is the password of a LUKS-encrypted image
+	// (encrypt.key-secret). Without it such an image opens only with
+	// HeaderOnly, and then fails reads and writes of data.
+	KeySecret  []byte
+	HeaderOnly bool
 }
 
 // Driver is the qcow2 block.Driver: one image on a "file" child node.
@@ -91,8 +96,13 @@ type Driver struct {
 	block.DriverBase
 	opts DriverOptions
 
-	node    *block.Node
-	file    *block.Child
+	node *block.Node
+	file *block.Child
+	dbg  block.DebugEventer // the file's, when it is a debug filter (debugevents.go)
+	// data is the child data clusters are read and written through: file,
+	// or for an encrypted image a LUKS payload filter over file (crypto.go).
+	data    *block.Child
+	crypto  cryptoState
 	backing *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64
@@ -249,7 +259,8 @@ func (d *Driver) Open(n *block.Node) error {
 	if err != nil {
 		return err
 	}
-	d.file = c
+	d.file, d.data = c, c
+	d.dbg = block.DebugEventerOf(file)
 	size, err := file.Length()
 	if err != nil {
 		return err
@@ -289,6 +300,9 @@ func (d *Driver) Open(n *block.Node) error {
 	d.resetMetaClusters()
 	d.mu.freeIdx = 0
 	d.publishLocked()
+	if err := d.openCrypto(n, file); err != nil {
+		return err
+	}
 	// Persistent bitmaps (bitmaps.go): loaded and attached to the node.
 	bms, err := d.loadBitmaps(nodeReader{file})
 	if err != nil {

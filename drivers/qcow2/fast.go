@@ -57,7 +57,7 @@ type hostRange struct{ off, n int64 }
 // driver not yet shared (Open).
 func (d *Driver) publishLocked() {
 	v := &fastView{geo: d.mu.geo, l1: d.mu.l1, damage: d.mu.damage}
-	v.fixed = d.fixedRangesLocked(make([]hostRange, 0, 4+len(d.mu.snaps)))
+	v.fixed = d.fixedRangesLocked(make([]hostRange, 0, 5+len(d.mu.snaps)))
 	d.view.Store(v)
 	d.fileEnd.Store(d.mu.geo.FileSize)
 }
@@ -70,7 +70,8 @@ func (d *Driver) fixedRangesLocked(dst []hostRange) []hostRange {
 	dst = append(dst, hostRange{0, cs},
 		hostRange{int64(h.L1Offset), int64(len(d.mu.l1)) * 8},
 		hostRange{int64(h.RefcountTableOffset), int64(h.RefcountTableClusters) * cs},
-		hostRange{int64(h.SnapshotsOffset), d.mu.snapSz})
+		hostRange{int64(h.SnapshotsOffset), d.mu.snapSz},
+		hostRange{int64(h.CryptoOffset), int64(h.CryptoLength)})
 	for i := range d.mu.snaps {
 		dst = append(dst, hostRange{int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries) * 8})
 	}
@@ -232,7 +233,8 @@ func (d reader) readFast(r *block.Request) bool {
 		sub := r.Sub()
 		sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, n, r.Iov
 		sub.Tag = uint64(ep)
-		d.file.Submit(sub, &d.oneDone)
+		d.event(block.DbgReadAIO)
+		d.data.Submit(sub, &d.oneDone)
 		return true
 	}
 	s := d.states.get(d.Driver)
@@ -260,7 +262,8 @@ func (d reader) readFast(r *block.Request) bool {
 		sub := r.Sub()
 		sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
 		sub.Tag = uint64(ep)
-		d.file.Submit(sub, &d.oneDone)
+		d.event(block.DbgReadAIO)
+		d.data.Submit(sub, &d.oneDone)
 		return true
 	}
 	s.epoch, s.held = ep, true
@@ -269,7 +272,8 @@ func (d reader) readFast(r *block.Request) bool {
 	var skip int64
 	for i := range s.ext {
 		x := &s.ext[i]
-		d.subRead(s, r, d.file, x.HostOff, skip, x.Len)
+		d.event(block.DbgReadAIO)
+		d.subRead(s, r, d.data, x.HostOff, skip, x.Len)
 		skip += x.Len
 	}
 	s.release()

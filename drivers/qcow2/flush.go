@@ -89,6 +89,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		d.mu.Lock()
 		b := d.mu.rb[off]
 		d.mu.Unlock()
+		d.event(block.DbgRefblockUpdate)
 		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
 			return err
 		}
@@ -116,6 +117,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		putU64(b[:], d.mu.rt[ti])
 		at := int64(d.mu.hdr.RefcountTableOffset) + ti*8
 		d.mu.Unlock()
+		d.event(block.DbgReftableUpdate)
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
 		}
@@ -148,6 +150,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		putU64(b[:], d.mu.l1[i])
 		at := int64(d.mu.hdr.L1Offset) + i*8
 		d.mu.Unlock()
+		d.event(block.DbgL1Update)
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
 		}
@@ -240,7 +243,7 @@ func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
 	}
 	if off < cs || hit(int64(h.L1Offset), int64(len(d.mu.l1))*8) ||
 		hit(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
-		hit(int64(h.SnapshotsOffset), d.mu.snapSz) {
+		hit(int64(h.SnapshotsOffset), d.mu.snapSz) || hit(int64(h.CryptoOffset), int64(h.CryptoLength)) {
 		return true
 	}
 	for i := range d.mu.snaps {

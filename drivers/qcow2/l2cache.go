@@ -360,6 +360,7 @@ func (d metaIO) l2Fetch(co *aio.Co, parent *block.Request, off int64) (l2Private
 		}
 		sn := c.snap(off)
 		d.mu.Unlock()
+		d.event(block.DbgL2Load)
 		buf := make([]byte, d.mu.geo.ClusterSize())
 		if err := d.fileRead(co, parent, buf, off); err != nil {
 			return l2Private{}, err
@@ -412,6 +413,7 @@ func (d metaIO) l2Acquire(co *aio.Co, parent *block.Request, off int64) (*l2Tabl
 		} else {
 			sn := c.snap(off)
 			d.mu.Unlock()
+			d.event(block.DbgL2Load)
 			buf := make([]byte, d.mu.geo.ClusterSize())
 			if err := d.fileRead(co, parent, buf, off); err != nil {
 				return nil, err
@@ -520,6 +522,7 @@ func (d metaIO) roomWait(co *aio.Co) func(*aio.Co) {
 // REQUIRES: metaLock held (no table changes during the flush).
 func (d metaIO) flushL2(co *aio.Co, parent *block.Request) error {
 	err := d.l2.set.Flush(func(t *cache.Table) error {
+		d.event(block.DbgL2Update)
 		return d.writeMeta(co, parent, t.Data(), t.Key().Off)
 	}, func() error {
 		return d.fileSync(co, parent)

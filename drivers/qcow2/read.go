@@ -165,7 +165,8 @@ func (d reader) readLocked(r *block.Request) {
 		x := &s.ext[i]
 		switch {
 		case x.Kind == format.ExtentData:
-			d.subRead(s, r, d.file, x.HostOff, skip, x.Len)
+			d.event(block.DbgReadAIO)
+			d.subRead(s, r, d.data, x.HostOff, skip, x.Len)
 		case x.Kind == format.ExtentUnallocated && d.backing != nil:
 			// The backing node's guest bytes, zeros past its end.
 			have := min(x.Len, max(d.backingSize-x.GuestOff, 0))
@@ -187,10 +188,11 @@ func (d reader) readLocked(r *block.Request) {
 // child reads straight into r's buffers and its completion (oneDone)
 // completes r, with no per-request state.
 func (d reader) readOne(r *block.Request, host int64, ep epochRef) {
+	d.event(block.DbgReadAIO)
 	sub := r.Sub()
 	sub.Op, sub.Off, sub.Len, sub.Iov = block.OpRead, host, r.Len, r.Iov
 	sub.Tag = uint64(ep)
-	d.file.Submit(sub, &d.oneDone)
+	d.data.Submit(sub, &d.oneDone)
 }
 
 // l2Mapper is the L2Func of a locked mapping (Map under mu), and what it
@@ -352,7 +354,8 @@ func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, 
 			switch x.Kind {
 			case format.ExtentData:
 				win = iovSlice(win[:0], iov, skip, x.Len)
-				if err := d.childIO(co, parent, d.file, block.OpRead, x.HostOff, win, x.Len); err != nil {
+				d.event(block.DbgReadAIO)
+				if err := d.childIO(co, parent, d.data, block.OpRead, x.HostOff, win, x.Len); err != nil {
 					return err
 				}
 			case format.ExtentCompressed:

@@ -529,7 +529,7 @@ func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
 	}
 	if off < cs || in(int64(h.L1Offset), int64(len(d.mu.l1))*8) ||
 		in(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs) ||
-		in(int64(h.SnapshotsOffset), d.mu.snapSz) {
+		in(int64(h.SnapshotsOffset), d.mu.snapSz) || in(int64(h.CryptoOffset), int64(h.CryptoLength)) {
 		return true
 	}
 	for i := range d.mu.snaps {

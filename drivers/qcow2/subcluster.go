@@ -170,7 +170,8 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 func (d writer) subclusterIO(co *aio.Co, r *block.Request, win [][]byte, p *subPlan) error {
 	lo, hi, in, k, start, host := p.lo, p.hi, p.in, p.k, p.start, p.host
 	if lo == in && hi == in+k {
-		return d.childIO(co, r, d.file, block.OpWrite, host+in, win, k)
+		d.event(block.DbgWriteAIO)
+		return d.childIO(co, r, d.data, block.OpWrite, host+in, win, k)
 	}
 	buf := make([]byte, hi-lo)
 	var err error
@@ -243,7 +244,8 @@ func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off
 	case p.wait != nil:
 		return &errWait{p.wait}
 	case p.direct:
-		err = d.childIO(co, r, d.file, block.OpWrite, p.host+p.in, win, k)
+		d.event(block.DbgWriteAIO)
+		err = d.childIO(co, r, d.data, block.OpWrite, p.host+p.in, win, k)
 		d.l2Unpin(p.t)
 		return err
 	}

@@ -13,6 +13,7 @@ require (
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/klauspost/cpuid/v2 v2.4.2 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
 )
 
 tool github.com/ringblk/ringblk/plugin

@@ -6,7 +6,6 @@ package cli
 // from the command's goroutine.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -25,16 +24,25 @@ import (
 type BlkOptions struct {
 	Format     string // "", "raw", "qcow2", "null"
 	ReadOnly   bool
-	ForceShare bool   // -U
-	NoBacking  bool   // open the top image alone
-	Cache      string // "" (writeback), "none", "writeback", "writethrough"
-	NullSize   int64
+	ForceShare bool // -U
+	NoBacking  bool // open the top image alone
+	// WritableDepth opens the backing image at this depth (1: the top's
+	// backing file) read-write (commit's base; chain.Options).
+	WritableDepth int
+	Cache         string // "" (writeback), "none", "writeback", "writethrough"
+	NullSize      int64
 	// QcowOptions is handed to every qcow2 driver of the chain.
 	QcowOptions qcow2.DriverOptions
 
 	// Discard is what the top image's file node does with discards
 	// (qemu-io's -d; the zero value ignores them).
 	Discard raw.Discard
+
+	// KeySecrets are the passwords of encrypted images, [0] the top
+	// image's, [i] the i-th backing file's (chain.Options.KeySecrets).
+	KeySecrets [][]byte
+	// HeaderOnly opens a luks image without its password (info).
+	HeaderOnly bool
 }
 
 // BlkImage is an image opened for a command, with the Context and graph
@@ -90,14 +98,17 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 		return nil, err
 	}
 	co := chain.Options{
-		Format:      o.Format,
-		ReadOnly:    o.ReadOnly,
-		ForceShare:  o.ForceShare,
-		NoBacking:   o.NoBacking,
-		NullSize:    o.NullSize,
-		Discard:     o.Discard,
-		QcowOptions: o.QcowOptions,
-		Name:        NodeNameFor(g, path),
+		Format:        o.Format,
+		ReadOnly:      o.ReadOnly,
+		ForceShare:    o.ForceShare,
+		NoBacking:     o.NoBacking,
+		WritableDepth: o.WritableDepth,
+		NullSize:      o.NullSize,
+		Discard:       o.Discard,
+		QcowOptions:   o.QcowOptions,
+		Name:          NodeNameFor(g, path),
+		KeySecrets:    o.KeySecrets,
+		HeaderOnly:    o.HeaderOnly,
 	}
 	if o.Cache != "" {
 		m, ok := raw.ParseCache(o.Cache)
@@ -126,9 +137,10 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 	if !ok {
 		return 0, false, nil
 	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(rest), &m); err != nil {
-		return 0, true, fmt.Errorf("Could not open '%s': bad JSON: %v", path, err)
+	_ = rest
+	m, err := chain.ParseJSONFilename(path)
+	if err != nil {
+		return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
 	}
 	switch m["driver"] {
 	case "null-co", "null-aio", "null":
@@ -138,17 +150,10 @@ func nullFilename(path string) (size int64, ok bool, err error) {
 	size = defaultNullSize
 	for k, v := range m {
 		switch k {
-		case "driver":
+		case "driver", "read-zeroes":
 		case "size":
-			switch v := v.(type) {
-			case float64:
-				size = int64(v)
-			case string:
-				if size, err = ParseSize(v); err != nil {
-					return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
-				}
-			default:
-				return 0, true, fmt.Errorf("Could not open '%s': size must be a number", path)
+			if size, err = ParseSize(v); err != nil {
+				return 0, true, fmt.Errorf("Could not open '%s': %v", path, err)
 			}
 		default:
 			return 0, true, fmt.Errorf("Could not open '%s': the null driver has no option '%s'", path, k)
@@ -236,6 +241,8 @@ func openCause(err error) string {
 		return le.Error()
 	case errors.Is(err, format.ErrNotQcow2):
 		return "Image is not in qcow2 format"
+	case Prog != "ringblk" && qemuFormatWording(err) != "":
+		return qemuFormatWording(err)
 	case errors.As(err, &pe):
 		// qemu-img nests the file driver's own "Could not open" in the
 		// image's: the same sentence twice for a missing top image.
@@ -263,12 +270,24 @@ func (b *BlkImage) Close() error {
 	return err
 }
 
-// ParseSize reads an image size with an optional suffix (k, M, G, T, P,
-// E); a mistake is qemu-img's "Invalid image size specified" line.
+// ParseSize reads an image size as qemu-img does: a decimal number (a
+// fraction allowed before a suffix), an optional suffix k, M, G, T, P, E
+// (powers of 1024), or a hex number. A mistake is qemu-img's two-line
+// "Invalid image size specified" message in drop-in mode, one line
+// naming the value as ringblk.
 func ParseSize(s string) (int64, error) {
+	if n, err := chain.ParseQemuSize(s); err == nil {
+		return n, nil
+	}
 	n, err := units.ParseSize(s)
-	if err != nil || n < 0 {
-		return 0, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
+	if err != nil || n < 0 || !strings.HasPrefix(strings.ToLower(s), "0x") {
+		if Prog == "ringblk" {
+			return 0, Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", s)
+		}
+		return 0, &HintError{
+			Err:  Usagef("Invalid image size specified. You may use k, M, G, T, P or E suffixes for"),
+			Hint: Prog + ": kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.\n",
+		}
 	}
 	return n, nil
 }
@@ -279,4 +298,19 @@ func ParseSize(s string) (int64, error) {
 // directory").
 func FileOpenError(path string, err error) error {
 	return &wordedError{msg: fmt.Sprintf("Could not open '%s': Could not open '%s': %v", path, path, UnwrapPathErr(err)), err: err}
+}
+
+// qemuFormatWording is, in drop-in mode, QEMU's sentence for a qcow2
+// header QEMU refuses in so few words (scripts match them); ringblk's own
+// message names the field and value. "" for the others.
+func qemuFormatWording(err error) string {
+	var fe *format.FormatError
+	if !errors.As(err, &fe) {
+		return ""
+	}
+	switch {
+	case fe.Field == "l1_size" && strings.HasPrefix(fe.Reason, "L1 table is too small"):
+		return "Image is too big"
+	}
+	return ""
 }

@@ -31,6 +31,18 @@ func getoptf(format string, a ...any) error {
 	return &UsageError{Msg: fmt.Sprintf(format, a...), getopt: true}
 }
 
+// HintError is an error followed by a hint of its own (as qemu-img
+// appends hints): in drop-in mode Run prints Hint as it is (with its own
+// newline, or none, as qemu-img's hints) after the message line; as
+// ringblk, in parentheses on the message's line.
+type HintError struct {
+	Err  error
+	Hint string
+}
+
+func (e *HintError) Error() string { return e.Err.Error() }
+func (e *HintError) Unwrap() error { return e.Err }
+
 // ErrHelp asks the caller to print the command's help and exit 0.
 var ErrHelp = errors.New("help requested")
 
@@ -126,6 +138,9 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 // Run runs one image command body and turns its error into qemu-img's
 // conventions: help on stdout (exit 0), "ringblk: …" (Prog) on stderr (exit 1).
 func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
+	// A command's --object definitions are its own command line's (one
+	// process per command; tests run several in one process).
+	resetObjects()
 	code, err := body()
 	if err == nil {
 		return code
@@ -135,7 +150,17 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 		return 0
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	var he *HintError
+	hint := errors.As(err, &he) && he.Hint != ""
+	if hint && Prog == "ringblk" {
+		// ringblk's own convention: one line per mistake.
+		msg += " (" + strings.TrimSpace(he.Hint) + ")"
+		hint = false
+	}
 	fmt.Fprintf(stderr, "%s: %s\n", Prog, msg)
+	if hint {
+		fmt.Fprint(stderr, he.Hint)
+	}
 	var ue *UsageError
 	if Prog == "qemu-img" && errors.As(err, &ue) && ue.getopt {
 		// qemu-img follows an option its getopt rejects with this hint.

@@ -53,15 +53,19 @@ const amendKeysHelp = `Amend options for 'qcow2':
   size=<size>            - Virtual disk size (growing only)
 `
 
-var amendSpec = cli.OptSpec{
+var amendSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'o': true, 't': true, 'p': false, 'q': false, 'h': false},
 	Long:  map[string]bool{"quiet": false, "force": false, "help": false},
-}
+})
 
 // Amend is "ringblk amend" (qemu-img amend): args are what follows the
 // command name; the result is the exit status.
 func Amend(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(amendHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, amendSpec)
 		if err != nil {
 			return 1, err
@@ -69,8 +73,18 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		format, cache := "", ""
 		progress, quiet := false, false
 		var olist []string
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
+		force := false
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
+			case "force":
+				force = true
 			case "f":
 				format = o.Val
 			case "o":
@@ -82,6 +96,13 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			case "q", "quiet":
 				quiet = true
 			}
+		}
+		if len(operands) == 1 && isLuksAmend(olist) {
+			// LUKS key slots (luks_amend.go).
+			if err := amendLuks(operands[0], format, olist, &ia, force); err != nil {
+				return 1, err
+			}
+			return 0, nil
 		}
 		var ao *qcow2fmt.ImageOptions
 		if len(olist) > 0 {
@@ -98,9 +119,12 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
-		path := operands[0]
-		if err != nil {
+		if err != nil { // of the -o list
 			return 1, cli.Usagef("%v", err)
+		}
+		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
+		if err != nil {
+			return 1, err
 		}
 		if format != "" && format != "qcow2" && format != "raw" {
 			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)

@@ -48,10 +48,10 @@ counts, output and exit codes:
 The problems found are listed on stderr, one per line, in qemu-img's words.
 `
 
-var checkSpec = cli.OptSpec{
+var checkSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'p': false, 'q': false, 'r': true, 'T': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "quiet": false, "repair": true, "force-share": false, "help": false},
-}
+})
 
 // checkReport is what check prints, in qemu-img check's fields.
 type checkReport struct {
@@ -88,13 +88,24 @@ func (r *checkReport) exitCode() int {
 // command name; the result is the exit status.
 func Check(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(checkHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, files, err := cli.ParseOpts(args, checkSpec)
 		if err != nil {
 			return 1, err
 		}
 		format, output, quiet, repair, share, cache := "", "human", false, "", false, ""
 		progress := false
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "p":
 				progress = true
@@ -139,6 +150,14 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(files) != 1 {
 			return 1, cli.Usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
+		}
+		{
+			bo := cli.BlkOptions{Format: format}
+			p, err := ia.Resolve(files[0], &bo)
+			if err != nil {
+				return 1, err
+			}
+			files[0], format = p, bo.Format
 		}
 		if mode != 0 {
 			if share {

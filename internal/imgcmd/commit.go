@@ -1,12 +1,14 @@
 package imgcmd
 
 // ringblk commit: qemu-img commit. The data every layer from FILE down to
-// the base (exclusive) allocates is written into the base; then, unless
-// -d or -b, FILE is emptied. The chain is opened once read-only to find
-// the layers, then each layer above the base alone and read-only (its own
-// allocation is what is copied) and the base read-write with its chain.
+// the base (exclusive) allocates is written into the base by the commit
+// job (job.NewCommit with KeepChain, the code block-commit runs); then,
+// unless -d or -b, FILE is emptied. The chain is opened once read-only to
+// find the layers, then again with the base read-write (the layers above
+// it stay read-only) for the job.
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +17,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
+	"github.com/ringblk/ringblk/job"
 )
 
 const commitHelp = `usage: ringblk commit [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] [-q] FILE
@@ -27,7 +30,8 @@ Write the data of FILE into its backing file, as qemu-img commit does.
                  FILE's backing file (implies -d: the layers between keep
                  their data and FILE keeps its backing file)
   -d             keep FILE's data (by default FILE is emptied afterwards)
-  -r rate_limit  accepted for compatibility; the copy is not throttled
+  -r rate_limit  copy at most rate_limit bytes per second (suffixes k, M,
+                 G…; the job's speed limit)
   -p             show progress
   -q, --quiet    print nothing but errors
   -h, --help     this help
@@ -37,22 +41,34 @@ file; an image with internal snapshots or bitmaps cannot be emptied
 (use -d).
 `
 
-var commitSpec = cli.OptSpec{
+var commitSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 't': true, 'b': true, 'r': true, 'd': false, 'p': false, 'q': false, 'h': false},
 	Long:  map[string]bool{"quiet": false, "help": false},
-}
+})
 
 // Commit is "ringblk commit" (qemu-img commit): args are what follows the
 // command name; the result is the exit status.
 func Commit(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(commitHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, commitSpec)
 		if err != nil {
 			return 1, err
 		}
 		var format, cache, base string
 		var keep, progress, quiet, haveBase bool
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
+		var rate int64
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
@@ -62,9 +78,11 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 				base, haveBase = o.Val, true
 				keep = true
 			case "r":
-				if v, err := cli.ParseSize(o.Val); err != nil || v < 0 {
+				v, err := cli.ParseSize(o.Val)
+				if err != nil || v < 0 {
 					return 1, cli.Usagef("Invalid rate limit specified")
 				}
+				rate = v
 			case "d":
 				keep = true
 			case "p":
@@ -76,10 +94,19 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name")
 		}
+		var keys [][]byte
+		if ia.ImageOpts {
+			bo := cli.BlkOptions{Format: format}
+			p, err := ia.Resolve(operands[0], &bo)
+			if err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", operands[0], err)
+			}
+			operands[0], format, keys = p, bo.Format, bo.KeySecrets
+		}
 		if format != "" && format != "raw" && format != "qcow2" {
 			return 1, fmt.Errorf("Could not open '%s': Unknown driver '%s'", operands[0], format)
 		}
-		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep}
+		c := &committer{path: operands[0], format: format, cache: cache, base: base, haveBase: haveBase, keep: keep, keys: keys, rate: rate}
 		if err := c.plan(); err != nil {
 			return 1, err
 		}
@@ -97,17 +124,21 @@ func Commit(args []string, stdout, stderr io.Writer) int {
 type committer struct {
 	path, format, cache, base string
 	haveBase, keep            bool
+	keys                      [][]byte // key secrets by chain depth (--image-opts)
+	rate                      int64    // -r, bytes per second (0: unlimited)
 
-	// From plan: the layers above the base (top first) and the base.
-	above []chainLevel
-	baseL chainLevel
+	// From plan: the layers above the base (top first), the base and
+	// its depth in FILE's chain (1: FILE's backing file).
+	above     []chainLevel
+	baseL     chainLevel
+	baseDepth int
 	// hdr is FILE's header (for emptying); nil for a raw FILE.
 	hdr *qcow2fmt.Header
 }
 
 // plan opens the chain read-only and finds the layers and the base.
 func (c *committer) plan() error {
-	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache})
+	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache, KeySecrets: c.keys})
 	if err != nil {
 		return err
 	}
@@ -127,18 +158,16 @@ func (c *committer) plan() error {
 	bi := 1
 	if c.haveBase {
 		bi = -1
-		// -b names the file from here, or (as a backing file name) from
-		// the directory of the image above it.
+		// -b names the file as a backing file name does: relative to
+		// the directory of the image above it (not to the working
+		// directory), as qemu-img resolves it.
 		for i := 1; i < len(ch.levels) && bi < 0; i++ {
 			fi, err := os.Stat(ch.levels[i].path)
 			if err != nil {
 				continue
 			}
-			for _, p := range []string{c.base, combinePath(ch.levels[i-1].path, c.base)} {
-				if want, err := os.Stat(p); err == nil && os.SameFile(fi, want) {
-					bi = i
-					break
-				}
+			if want, err := os.Stat(combinePath(ch.levels[i-1].path, c.base)); err == nil && os.SameFile(fi, want) {
+				bi = i
 			}
 		}
 		if bi < 0 {
@@ -147,6 +176,7 @@ func (c *committer) plan() error {
 	}
 	c.above = append([]chainLevel(nil), ch.levels[:bi]...)
 	c.baseL = ch.levels[bi]
+	c.baseDepth = bi
 	for i := range c.above {
 		c.above[i].node = nil
 	}
@@ -179,48 +209,17 @@ func (c *committer) canEmpty() error {
 	return nil
 }
 
+// run opens FILE's chain with the base writable and runs the commit job
+// to completion: its progress drives -p, -r is its speed limit, and its
+// Prepare flushes the base, so the base is durable before FILE is
+// emptied (a crash between the two must not lose what was committed).
 func (c *committer) run(bar *cli.Progress) error {
-	env, g, err := cli.NewBlkEnv()
+	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache, WritableDepth: c.baseDepth, KeySecrets: c.keys})
 	if err != nil {
 		return err
 	}
-	baseImg, err := cli.OpenBlkIn(env, g, c.baseL.path, cli.BlkOptions{Format: c.baseL.format, Cache: c.cache})
-	if err != nil {
-		env.Stop()
-		return err
-	}
-	root := cli.NewBlkImage(env, g, nil, c.path, "")
-	ch := &imageChain{}
-	closeAll := func() error {
-		err := baseImg.Close()
-		for i := range ch.levels {
-			if uerr := ch.levels[i].node.Unref(); err == nil {
-				err = uerr
-			}
-		}
-		if cerr := root.Close(); err == nil {
-			err = cerr
-		}
-		return err
-	}
-	for _, l := range c.above {
-		li, err := cli.OpenBlkIn(env, g, l.path, cli.BlkOptions{Format: l.format, ReadOnly: true, NoBacking: true, Cache: c.cache})
-		if err != nil {
-			closeAll()
-			return err
-		}
-		l.node = li.Node
-		ch.levels = append(ch.levels, l)
-	}
-	err = c.copyDown(ch, baseImg, bar)
-	if err == nil {
-		// The base must be durable before FILE is emptied: a crash
-		// between the two must not lose what was committed.
-		if ferr := baseImg.Node.Flush(); ferr != nil {
-			err = fmt.Errorf("Could not flush '%s': %v", baseImg.Path, cli.PlainErr(ferr))
-		}
-	}
-	if cerr := closeAll(); err == nil && cerr != nil {
+	err = c.commit(img, bar)
+	if cerr := img.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
 	if err != nil {
@@ -232,52 +231,57 @@ func (c *committer) run(bar *cli.Progress) error {
 	return nil
 }
 
-// copyDown writes every range allocated above the base into the base.
-func (c *committer) copyDown(ch *imageChain, base *cli.BlkImage, bar *cli.Progress) error {
-	size := ch.size()
-	bsize, err := base.Node.Length()
+func (c *committer) commit(img *cli.BlkImage, bar *cli.Progress) error {
+	base := img.Node
+	img.Graph.Control(func() {
+		for i := 0; i < c.baseDepth && base != nil; i++ {
+			if ch := base.Child(block.RoleBacking); ch != nil {
+				base = ch.Node()
+			} else {
+				base = nil
+			}
+		}
+	})
+	if base == nil || base == img.Node {
+		return fmt.Errorf("Could not open '%s': the backing chain changed", c.baseL.path)
+	}
+	size, err := img.Node.Length()
 	if err != nil {
-		return fmt.Errorf("Could not get the size of '%s': %v", base.Path, cli.PlainErr(err))
+		return fmt.Errorf("Could not get the size of '%s': %v", c.path, cli.PlainErr(err))
+	}
+	bsize, err := base.Length()
+	if err != nil {
+		return fmt.Errorf("Could not get the size of '%s': %v", c.baseL.path, cli.PlainErr(err))
 	}
 	if size > bsize {
-		if base.Qcow2 == nil {
-			return fmt.Errorf("Top image %s is larger than its base image %s, which cannot grow (raw)", c.path, base.Path)
+		if _, ok := base.Driver().(*qcow2.Driver); !ok {
+			return fmt.Errorf("Top image %s is larger than its base image %s, which cannot grow (raw)", c.path, c.baseL.path)
 		}
-		if err := qcow2.Amend(base.Node, qcow2.AmendOptions{Size: size}); err != nil {
+		if err := qcow2.Amend(base, qcow2.AmendOptions{Size: size}); err != nil {
 			return fmt.Errorf("Top image %s is larger than its base image, and resizing the base image failed: %v", c.path, amendCause(err))
 		}
 	}
-	bar.Set(0)
-	buf := make([]byte, compareBufSize)
-	for off := int64(0); off < size; {
-		st, err := ch.statusAbove(off, size-off, false)
-		if err != nil {
-			return fmt.Errorf("Block status failed: %v", cli.PlainErr(err))
-		}
-		n := min(st.Pnum, compareBufSize)
-		if n <= 0 {
-			return fmt.Errorf("Block status failed at offset %d", off)
-		}
-		if st.Status&block.StatusAllocated != 0 {
-			if st.Status&block.StatusZero != 0 || st.PastEnd {
-				if err := base.Node.WriteZeroes(off, n, block.MayUnmap); err != nil {
-					return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
-				}
-			} else {
-				if _, err := ch.levels[st.Depth].node.ReadAt(buf[:n], off); err != nil {
-					return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
-				}
-				if _, err := base.Node.WriteAt(buf[:n], off); err != nil {
-					return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
-				}
-			}
-		}
-		off += n
-		bar.Add(float64(n) / float64(size) * 100)
+	m := job.NewManager(img.Graph, nil)
+	j, _, err := job.NewCommit(m, job.CommitOptions{
+		Options: job.Options{ID: "commit", Speed: c.rate},
+		Top:     img.Node, Base: base, KeepChain: true,
+	})
+	if err != nil {
+		return fmt.Errorf("Block job failed: %v", err)
 	}
-	bar.Set(100)
-	bar.End()
-	return nil
+	err = runJob(j, bar)
+	var ioe *job.IOError
+	switch {
+	case err == nil:
+		bar.Set(100)
+		bar.End()
+		return nil
+	case errors.As(err, &ioe) && ioe.Op == "flush":
+		return fmt.Errorf("Could not flush '%s': %v", c.baseL.path, cli.PlainErr(ioe.Err))
+	case errors.As(err, &ioe):
+		return fmt.Errorf("Block job failed: %v", cli.PlainErr(ioe.Err))
+	}
+	return fmt.Errorf("Block job failed: %v", cli.PlainErr(err))
 }
 
 // empty re-creates FILE's metadata with its options and backing file, as
@@ -294,8 +298,18 @@ func (c *committer) empty() error {
 		LazyRefcounts:   h.CompatibleFeatures&qcow2fmt.CompatLazyRefcounts != 0,
 		CompressionType: h.CompressionType,
 	}
+	area, err := readCryptoArea(c.path, h)
+	if err != nil {
+		return fmt.Errorf("Could not empty %s: %v", c.path, err)
+	}
 	if err := writeQcow2(c.path, int64(h.Size), co); err != nil {
 		return fmt.Errorf("Could not empty %s: %v", c.path, err)
+	}
+	if area != nil {
+		// The emptied image keeps its LUKS header and key slots.
+		if err := installQcowEncryption(c.path, area); err != nil {
+			return fmt.Errorf("Could not empty %s: %v", c.path, err)
+		}
 	}
 	return nil
 }

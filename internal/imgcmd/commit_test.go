@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
@@ -91,10 +92,42 @@ func TestCommitBaseRelativeToOverlay(t *testing.T) {
 	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "write -P 9 0 64k", "d/t.qcow2"); code != 0 {
 		t.Fatalf("qemu-io: %s", out)
 	}
+	// A name relative to the working directory is not one of the chain
+	// (020): qemu-img resolves -b against the overlay's directory only.
+	want, qcode := qemuImgAll(t, "commit", "-b", "d/m.qcow2", "d/t.qcow2")
+	if _, errs, code := clitest.Ours(Commit, "-b", "d/m.qcow2", "d/t.qcow2"); code != qcode || strings.TrimPrefix(errs, "ringblk: ") != strings.TrimPrefix(want, "qemu-img: ") {
+		t.Errorf("commit -b d/m.qcow2: exit %d %q; qemu-img: exit %d %q", code, errs, qcode, want)
+	}
 	if out, errs, code := clitest.Ours(Commit, "-q", "-b", "b.qcow2", "d/t.qcow2"); code != 0 || out != "" {
 		t.Fatalf("commit -b b.qcow2: exit %d %q %q", code, out, errs)
 	}
 	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "read -P 9 0 64k", "d/b.qcow2"); code != 0 || strings.Contains(out, "Pattern verification failed") {
 		t.Errorf("base after commit: %s", out)
+	}
+}
+
+// TestCommitRateLimit: -r is the commit job's speed limit: 3 MiB committed
+// at 1 MiB/s takes at least two seconds (the job allows one burst of
+// 100 ms), and the data arrives all the same.
+func TestCommitRateLimit(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "b.qcow2", "4M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2")
+	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "write -P 5 0 3M", "t.qcow2"); code != 0 {
+		t.Fatalf("qemu-io: %s", out)
+	}
+	start := time.Now()
+	if out, errs, code := clitest.Ours(Commit, "-q", "-r", "1M", "t.qcow2"); code != 0 {
+		t.Fatalf("commit -r 1M: exit %d %q %q", code, out, errs)
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("commit -r 1M of 3 MiB took %v, want at least 2s", d)
+	}
+	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "read -P 5 0 3M", "b.qcow2"); code != 0 || strings.Contains(out, "Pattern verification failed") {
+		t.Errorf("base after commit: %s", out)
+	}
+	if _, errs, code := clitest.Ours(Commit, "-r", "x", "t.qcow2"); code != 1 || !strings.Contains(errs, "Invalid rate limit specified") {
+		t.Errorf("commit -r x: exit %d %q", code, errs)
 	}
 }

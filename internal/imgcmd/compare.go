@@ -1,13 +1,16 @@
 package imgcmd
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
+	"golang.org/x/sys/unix"
 )
 
 const compareHelp = `usage: ringblk compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] FILE1 FILE2
@@ -31,10 +34,10 @@ Exit status: 0 identical, 1 different, 2 an image could not be opened,
   -h, --help        this help
 `
 
-var compareSpec = cli.OptSpec{
+var compareSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'F': true, 'T': true, 'p': false, 'q': false, 's': false, 'U': false, 'h': false},
 	Long:  map[string]bool{"force-share": false, "help": false},
-}
+})
 
 // compareBufSize is how much of each image one comparison step reads.
 const compareBufSize = 2 << 20
@@ -42,7 +45,20 @@ const compareBufSize = 2 << 20
 // Compare is "ringblk compare" (qemu-img compare): args are what follows the
 // command name; the result is the exit status.
 func Compare(args []string, stdout, stderr io.Writer) int {
+	// qemu-img's stdout is fully buffered when it is not a terminal and
+	// its error line unbuffered: a failure's message comes before what
+	// was printed to stdout (iotest 074). The same here; the buffer is
+	// written after cli.Run printed the error.
+	if f, ok := stdout.(*os.File); !ok || !isTerminal(f) {
+		bw := bufio.NewWriter(stdout)
+		defer bw.Flush()
+		stdout = bw
+	}
 	return cli.Run(compareHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, compareSpec)
 		if err != nil {
 			return 1, err
@@ -50,7 +66,14 @@ func Compare(args []string, stdout, stderr io.Writer) int {
 		c := &comparer{out: stdout}
 		var fmt1, fmt2, cache string
 		var showProgress, forceShare bool
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				fmt1 = o.Val
@@ -90,13 +113,13 @@ func Compare(args []string, stdout, stderr io.Writer) int {
 
 		bo := cli.BlkOptions{ReadOnly: true, ForceShare: forceShare, Cache: cache}
 		bo.Format = fmt1
-		img1, err := cli.OpenBlk(c.name1, bo)
+		img1, err := ia.Open(c.name1, bo)
 		if err != nil {
 			return 2, err
 		}
 		defer img1.Close()
 		bo.Format = fmt2
-		img2, err := cli.OpenBlkIn(img1.Ctx, img1.Graph, c.name2, bo)
+		img2, err := ia.OpenIn(img1.Ctx, img1.Graph, c.name2, bo)
 		if err != nil {
 			return 2, err
 		}
@@ -288,3 +311,9 @@ func isZero(p []byte) bool {
 
 // zeroBuf is compared against (bytes.Equal is vectorised).
 var zeroBuf = make([]byte, 64<<10)
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

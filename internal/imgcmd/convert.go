@@ -50,11 +50,11 @@ Ranges that read as zeroes are not written (sparse output).
   -h, --help      this help
 `
 
-var convertSpec = cli.OptSpec{
+var convertSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
 		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
 	Long: map[string]bool{"force-share": false, "help": false},
-}
+})
 
 const (
 	convertBufSize = 2 << 20  // bytes per request (qemu-img's buffer size)
@@ -64,6 +64,7 @@ const (
 // convertReq is a parsed convert command line.
 type convertReq struct {
 	src, dst            string
+	more                []string // the sources after src (concatenated)
 	srcFmt, dstFmt      string
 	olist               []string
 	backing, backingFmt string
@@ -76,6 +77,8 @@ type convertReq struct {
 	cache, srcCache     string
 	noFlush             bool // -t unsafe
 	inFlight            int
+	args                cli.ImageArgs // --object (secrets of -o)
+	srcKeys             [][]byte      // SRC's key secrets (--image-opts, json:)
 }
 
 // Convert is "ringblk convert" (qemu-img convert): args are what follows the
@@ -91,12 +94,22 @@ func Convert(args []string, stdout, stderr io.Writer) int {
 }
 
 func parseConvert(args []string) (*convertReq, error) {
+	args, imageOpts, err := cli.TakeGlobalOpts(args)
+	if err != nil {
+		return nil, err
+	}
 	opts, operands, err := cli.ParseOpts(args, convertSpec)
 	if err != nil {
 		return nil, err
 	}
 	r := &convertReq{dstFmt: "raw", minSparse: 4096, inFlight: 8}
 	for _, o := range opts {
+		if took, err := r.args.Take(o); took {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
 		switch o.Name {
 		case "f":
 			r.srcFmt = o.Val
@@ -147,24 +160,55 @@ func parseConvert(args []string) (*convertReq, error) {
 	switch {
 	case len(operands) < 2:
 		return nil, cli.Usagef("Expecting a source and a target image file name (see 'ringblk convert --help')")
-	case len(operands) > 2:
-		return nil, cli.Usagef("Unexpected argument '%s': converting several source images into one is not supported", operands[2])
 	}
-	r.src, r.dst = operands[0], operands[1]
+	// Several sources are concatenated into the one target.
+	r.src, r.more, r.dst = operands[0], operands[1:len(operands)-1], operands[len(operands)-1]
+	srcFmt := r.srcFmt
+	if r.srcKeys, err = cli.KeySecretsOf(r.src, imageOpts); err != nil {
+		return nil, err
+	}
+	if r.src, r.srcFmt, err = cli.ImageFile(r.src, srcFmt, imageOpts); err != nil {
+		return nil, err
+	}
+	for i := range r.more {
+		var f string
+		if r.more[i], f, err = cli.ImageFile(r.more[i], srcFmt, imageOpts); err != nil {
+			return nil, err
+		}
+		if f != r.srcFmt {
+			return nil, cli.Usagef("ringblk converts several sources of one format only (-f)")
+		}
+	}
 	if r.compress && r.dstFmt != "qcow2" {
 		return nil, cli.Usagef("Compression not supported for this file format ('%s')", r.dstFmt)
 	}
 	if r.backing != "" && r.dstFmt == "raw" {
 		return nil, cli.Usagef("Backing file not supported for file format 'raw'")
 	}
-	if r.backing != "" && r.backingFmt == "" {
-		return nil, cli.Usagef("Use of backing file requires explicit backing format (-F raw or -F qcow2)")
+	if len(r.olist) > 0 {
+		// -o backing_file= and backing_fmt= are -B and -F's other
+		// spelling (the last one given wins, as in an -o list).
+		if pairs, _, err := format.SplitOptionList(r.olist); err == nil {
+			for _, p := range pairs {
+				switch p.Key {
+				case "backing_file":
+					r.backing = p.Value
+				case "backing_fmt":
+					r.backingFmt = p.Value
+				}
+			}
+		}
 	}
-	if r.backing != "" && r.skipCreate {
-		return nil, cli.Usagef("-B cannot be used with -n: the existing target keeps its own backing file")
+	if r.backing != "" && len(r.more) > 0 {
+		return nil, cli.Usagef("Having a backing file for the target makes no sense when concatenating multiple input images")
 	}
+	if r.backing != "" && r.backingFmt == "" && !r.skipCreate {
+		return nil, cli.Usagef("Use of backing file requires explicit backing format")
+	}
+	// With -n, -B only says that the existing target has a backing file
+	// (so what the source's top image does not allocate is left alone).
 	if r.skipCreate && len(r.olist) > 0 {
-		return nil, cli.Usagef("-o has no effect with -n (the target is not created)")
+		return nil, cli.Usagef("-o has no effect when skipping image creation")
 	}
 	// "unsafe" (qemu-img convert's default) is writeback without the
 	// final flush; ours defaults to writeback with it.
@@ -185,7 +229,7 @@ func parseConvert(args []string) (*convertReq, error) {
 }
 
 func runConvert(r *convertReq, stdout io.Writer) (err error) {
-	src, err := cli.OpenBlk(r.src, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache})
+	src, err := cli.OpenBlk(r.src, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache, KeySecrets: r.srcKeys})
 	if err != nil {
 		return err
 	}
@@ -195,12 +239,31 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return err
 	}
 	defer sch.Close()
-	size := sch.size()
+	chains := []*imageChain{sch}
+	for _, name := range r.more {
+		img, err := cli.OpenBlkIn(src.Ctx, src.Graph, name, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache})
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		ch, err := newImageChain(img, false)
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		chains = append(chains, ch)
+	}
+	var size int64
+	for _, ch := range chains {
+		size += ch.size()
+	}
 	// Creating DST truncates it: never when it is an image SRC reads.
 	dstID := chain.FileID(r.dst)
-	for _, l := range sch.levels {
-		if l.format != "null" && chain.FileID(l.path) == dstID {
-			return fmt.Errorf("%s: is an image of the source chain (%s); refusing to write to it", r.dst, l.path)
+	for _, ch := range chains {
+		for _, l := range ch.levels {
+			if l.format != "null" && chain.FileID(l.path) == dstID {
+				return fmt.Errorf("%s: is an image of the source chain (%s); refusing to write to it", r.dst, l.path)
+			}
 		}
 	}
 
@@ -209,7 +272,12 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 			return err
 		}
 	}
-	dst, err := cli.OpenBlkIn(src.Ctx, src.Graph, r.dst, cli.BlkOptions{Format: r.dstFmt, Cache: r.cache})
+	dbo := cli.BlkOptions{Format: r.dstFmt, Cache: r.cache}
+	encrypted, err := targetSecret(r, &dbo)
+	if err != nil {
+		return err
+	}
+	dst, err := cli.OpenBlkIn(src.Ctx, src.Graph, r.dst, dbo)
 	if err != nil {
 		return err
 	}
@@ -228,22 +296,46 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 	}
 
-	c := &converter{
-		r: r, src: sch, dst: dst.Node, size: size,
-		topOnly: r.backing != "",
-		// A created file reads as zeroes; an NBD export keeps its old data.
-		zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst),
-		progress: cli.NewProgress(stdout, r.showProgress && !r.quiet, 1),
+	if r.compress && len(chains) > 1 {
+		// Each source is copied on its own: compressed clusters must
+		// not straddle two sources.
+		cs := int64(1) << dst.Qcow2.Header().ClusterBits
+		var end int64
+		for _, ch := range chains[:len(chains)-1] {
+			if end += ch.size(); end%cs != 0 {
+				return fmt.Errorf("%s: cannot compress this concatenation: a source ends at byte %d of the target, inside a %d-byte cluster", r.dst, end, cs)
+			}
+		}
 	}
-	if r.compress {
-		c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
+	progress := cli.NewProgress(stdout, r.showProgress && !r.quiet, 1)
+	progress.Set(0)
+	defer progress.End()
+	var base int64
+	for _, ch := range chains {
+		// One copy per source, each at its place in the target.
+		c := &converter{
+			r: r, src: ch, dst: dst.Node, size: ch.size(), dstBase: base,
+			topOnly: r.backing != "",
+			// A created file reads as zeroes; an NBD export keeps its old data.
+			// An encrypted target reads as zeroes only where nothing is
+			// allocated (qcow2 without preallocation).
+			zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst) && encrypted != encryptedNoZeroInit,
+			progress: progress,
+		}
+		if len(chains) > 1 {
+			// Progress over the sources is not proportioned: no per-copy
+			// percentages for a concatenation.
+			c.progress = cli.NewProgress(stdout, false, 1)
+		}
+		if r.compress {
+			c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
+		}
+		if err := c.run(); err != nil {
+			return err
+		}
+		base += ch.size()
 	}
-	c.progress.Set(0)
-	defer c.progress.End()
-	if err := c.run(); err != nil {
-		return err
-	}
-	c.progress.Set(100)
+	progress.Set(100)
 	if r.noFlush {
 		return nil
 	}
@@ -281,10 +373,13 @@ func createTarget(r *convertReq, size int64) error {
 		}
 		cr.size = n
 	}
-	if cr.format == "raw" {
+	switch cr.format {
+	case "raw":
 		_, err = createRaw(cr)
-	} else {
-		_, err = createQcow2(cr)
+	case "luks":
+		_, err = createLuks(cr, &r.args.Objects)
+	default:
+		_, err = createQcow2(cr, &r.args.Objects)
 	}
 	var le *raw.LockError
 	if errors.As(err, &le) {
@@ -307,6 +402,7 @@ type converter struct {
 	src         *imageChain
 	dst         *block.Node
 	size        int64
+	dstBase     int64 // where this source starts in the target (concatenation)
 	topOnly     bool  // -B: copy what the source's top image allocates
 	zeroInit    bool  // the target reads as zeroes already: skip zero ranges
 	clusterSize int64 // -c: the target's cluster size
@@ -560,7 +656,7 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 			}
 			continue
 		}
-		if _, err := c.dst.WriteCompressed(cl, off+p); err != nil {
+		if _, err := c.dst.WriteCompressed(cl, c.dstBase+off+p); err != nil {
 			return fmt.Errorf("error while compressing sector %d: %v", (off+p)/512, err)
 		}
 	}
@@ -568,14 +664,14 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 }
 
 func (c *converter) write(p []byte, off int64) error {
-	if _, err := c.dst.WriteAt(p, off); err != nil {
+	if _, err := c.dst.WriteAt(p, c.dstBase+off); err != nil {
 		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
 	}
 	return nil
 }
 
 func (c *converter) writeZeroes(off, n int64) error {
-	if err := c.dst.WriteZeroes(off, n, block.MayUnmap); err != nil {
+	if err := c.dst.WriteZeroes(c.dstBase+off, n, block.MayUnmap); err != nil {
 		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -24,7 +25,7 @@ Create a new raw or qcow2 image (replacing FILE if it exists), as
 qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
 1024); with -b it defaults to the backing file's virtual size.
 
-  -f fmt           raw (default) or qcow2
+  -f fmt           raw (default), qcow2 or luks
   -o options       comma-separated key=value list:
                      raw:   size, preallocation=off|falloc|full
                      qcow2: size, cluster_size (512..2M, default 64k),
@@ -34,6 +35,12 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
                             lazy_refcounts=off|on, extended_l2=off|on,
                             compression_type=zlib|zstd (zstd: read and
                             uncompressed writes; compressed writes refused)
+                     luks:  key-secret=ID (a --object secret), cipher-alg
+                            (aes-128|aes-192|aes-256), cipher-mode (xts|cbc),
+                            ivgen-alg (plain|plain64|essiv), ivgen-hash-alg,
+                            hash-alg, iter-time (ms)
+  --object secret,id=ID,data=PASS|file=PATH[,format=raw|base64]
+                   a secret that key-secret= names
   -b backing       backing file (qcow2), relative to FILE's directory
   -F backing_fmt   backing file format (raw or qcow2); required with -b
   -q, --quiet      do not print the "Formatting ..." line
@@ -42,7 +49,7 @@ qemu-img create does. SIZE takes k, M, G, T, P, E suffixes (powers of
 
 var createSpec = cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'o': true, 'b': true, 'F': true, 'q': false, 'u': false, 'h': false},
-	Long:  map[string]bool{"quiet": false, "help": false},
+	Long:  map[string]bool{"quiet": false, "help": false, "object": true},
 }
 
 // createReq is a parsed create command line.
@@ -58,14 +65,26 @@ type createReq struct {
 // command name; the result is the exit status.
 func Create(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(createHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's create (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args, createSpec)
 		if err != nil {
 			return 1, err
 		}
 		r := &createReq{format: "raw"}
 		var olist []string
+		var objs cli.Objects
 		for _, o := range opts {
 			switch o.Name {
+			case "object":
+				if err := objs.Add(o.Val); err != nil {
+					return 1, err
+				}
 			case "f":
 				r.format = o.Val
 			case "o":
@@ -115,10 +134,13 @@ func Create(args []string, stdout, stderr io.Writer) int {
 			r.hasSize = true
 		}
 		var line string
-		if r.format == "raw" {
+		switch r.format {
+		case "raw":
 			line, err = createRaw(r)
-		} else {
-			line, err = createQcow2(r)
+		case "luks":
+			line, err = createLuks(r, &objs)
+		default:
+			line, err = createQcow2(r, &objs)
 		}
 		// qemu-img prints the "Formatting" line before it touches the
 		// file, so it is there when the creation then fails.
@@ -133,6 +155,10 @@ func Create(args []string, stdout, stderr io.Writer) int {
 }
 
 func createRaw(r *createReq) (string, error) {
+	hint, err := takeExtentSizeHint(r)
+	if err != nil {
+		return "", err
+	}
 	line := fmt.Sprintf("Formatting '%s', fmt=raw size=%d", r.file, r.size)
 	pre := raw.PreallocOff
 	var preStr string
@@ -155,6 +181,7 @@ func createRaw(r *createReq) (string, error) {
 	if preStr != "" {
 		line += " preallocation=" + preStr
 	}
+	line += hint
 	if nbd.IsURI(r.file) {
 		if pre != raw.PreallocOff {
 			return "", cli.Usagef("%s: preallocation=%s is not supported on an NBD export", r.file, preStr)
@@ -164,8 +191,11 @@ func createRaw(r *createReq) (string, error) {
 	if rbd.IsName(r.file) {
 		return line, createRBD(r.file, r.size, pre != raw.PreallocOff)
 	}
-	if err := raw.Create(r.file, r.size, pre); err != nil {
+	if err := raw.Create(cli.FilePath(r.file), r.size, pre); err != nil {
 		return line, createErr(r.file, err)
+	}
+	if pre == raw.PreallocOff {
+		allocateFirstBlock(cli.FilePath(r.file), r.size)
 	}
 	return line, nil
 }
@@ -195,13 +225,25 @@ func createNBD(uri string, size int64) error {
 	return img.Node.Flush()
 }
 
-func createQcow2(r *createReq) (string, error) {
+func createQcow2(r *createReq, objs *cli.Objects) (string, error) {
 	if nbd.IsURI(r.file) {
 		return "", fmt.Errorf("%s: ringblk creates only raw images on NBD exports (the server applies the format)", r.file)
 	}
+	enc, encErr := takeQcowEncrypt(r)
+	if err := backingWithoutFormat(r); err != nil {
+		return "", err
+	}
+	hint, err := takeExtentSizeHint(r)
+	if err != nil {
+		return "", err
+	}
 	o, err := format.ParseOptionPairs(r.pairs, format.ForCreate)
 	if err != nil {
-		return "", cli.Usagef("%s: %v", r.file, err)
+		line, err := createStageError(r, err)
+		if line != "" {
+			line += hint
+		}
+		return line, err
 	}
 	co := o.Create
 	if !r.hasSize {
@@ -218,7 +260,7 @@ func createQcow2(r *createReq) (string, error) {
 		}
 	}
 	if !r.hasSize && !rbd.IsName(co.BackingFile) {
-		bimg, berr := openImage(combinePath(r.file, co.BackingFile), co.BackingFormat)
+		bimg, berr := openImage(combinePath(cli.FilePath(r.file), co.BackingFile), co.BackingFormat)
 		if berr != nil {
 			return "", fmt.Errorf("%s: backing file: %v", r.file, berr)
 		}
@@ -229,44 +271,39 @@ func createQcow2(r *createReq) (string, error) {
 		}
 		bimg.Close()
 	}
+	line := qcow2FormatLine(r, o, nil) + hint
+	// The encryption options come first, as qemu-img prints them.
+	line = strings.Replace(line, "fmt=qcow2 ", "fmt=qcow2"+enc.formatLine+" ", 1)
 	if _, err = format.Layout(r.size, co); err != nil {
-		return "", fmt.Errorf("%s: %v", r.file, err)
-	}
-
-	rb := co.RefcountBits
-	if rb == 0 {
-		rb = 16
-	}
-	given := func(k, def string) string {
-		if v, ok := o.Given[k]; ok {
-			return v
+		// qemu-img's driver finds this after the "Formatting" line.
+		var fe *format.FormatError
+		if errors.As(err, &fe) && fe.Field == "l1_size" {
+			return line, fmt.Errorf("%s: The image size is too large for file format 'qcow2' (try using a larger cluster size)", r.file)
 		}
-		return def
+		return line, fmt.Errorf("%s: %v", r.file, err)
 	}
-	// The values as the user wrote them, in qemu-img's order.
-	var b strings.Builder
-	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%d extended_l2=%s", r.file, co.EffectiveClusterSize(), given("extended_l2", "off"))
-	if v, ok := o.Given["preallocation"]; ok {
-		b.WriteString(" preallocation=" + v)
+	if encErr == nil {
+		encErr = enc.setup(objs)
 	}
-	fmt.Fprintf(&b, " compression_type=%s size=%d", given("compression_type", "zlib"), r.size)
-	if v, ok := o.Given["compat"]; ok {
-		b.WriteString(" compat=" + v)
+	if encErr != nil {
+		return line, fmt.Errorf("%s: %v", r.file, encErr)
 	}
-	if co.BackingFile != "" {
-		// qemu-img prints option values as an -o list would hold them.
-		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
-	}
-	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%d", given("lazy_refcounts", "off"), rb)
-
-	write := writeQcow2
+	write, target := writeQcow2, cli.FilePath(r.file)
 	if rbd.IsName(r.file) {
-		write = writeQcow2RBD
+		if enc.format != "" {
+			return line, fmt.Errorf("%s: ringblk does not create encrypted qcow2 images in RBD", r.file)
+		}
+		write, target = writeQcow2RBD, r.file
 	}
-	if err := write(r.file, r.size, co); err != nil {
-		return b.String(), createErr(r.file, err)
+	if err := write(target, r.size, co); err != nil {
+		return line, createErr(r.file, err)
 	}
-	return b.String(), nil
+	if enc.format == "luks" {
+		if err := encryptQcow2(cli.FilePath(r.file), enc.lo.co); err != nil {
+			return line, createErr(r.file, err)
+		}
+	}
+	return line, nil
 }
 
 // writeQcow2 runs qcow2.Create on a raw node over a new file: a main
@@ -331,4 +368,207 @@ func takeSize(r *createReq) (size int64, given string, ok bool, err error) {
 	}
 	r.pairs = kept
 	return size, given, ok, nil
+}
+
+// backingWithoutFormat is qemu-img create's answer to a backing file
+// given without its format: the backing file is opened first (a missing
+// one is reported as such), and then the creation is refused, naming the
+// format a probe finds. ringblk never records a probed format (see
+// docs/design/iotests.md, "Backing files without a format").
+func backingWithoutFormat(r *createReq) error {
+	var file, fmtName string
+	for _, p := range r.pairs {
+		switch p.Key {
+		case "backing_file":
+			file = p.Value
+		case "backing_fmt":
+			fmtName = p.Value
+		}
+	}
+	if file == "" || fmtName != "" {
+		return nil
+	}
+	path := combinePath(cli.FilePath(r.file), file)
+	img, err := openImage(path, "")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(pe))
+		}
+		return &cli.HintError{Err: fmt.Errorf("%s: %v", r.file, err), Hint: "Could not open backing image.\n"}
+	}
+	probed := img.format
+	img.Close()
+	return &cli.HintError{Err: fmt.Errorf("%s: Backing file specified without backing format", r.file), Hint: "Detected format of " + probed + "."}
+}
+
+// qcow2FormatLine is qemu-img create's "Formatting" line for a qcow2
+// image: the values as the user wrote them, in qemu-img's order. raw
+// replaces the printed value of keys the options could not hold (a value
+// the driver refuses, printed before its refusal).
+func qcow2FormatLine(r *createReq, o *format.ImageOptions, raw map[string]string) string {
+	co := o.Create
+	given := func(k, def string) string {
+		if v, ok := raw[k]; ok {
+			return v
+		}
+		if v, ok := o.Given[k]; ok {
+			return v
+		}
+		return def
+	}
+	rb := strconv.Itoa(co.RefcountBits)
+	if co.RefcountBits == 0 {
+		rb = "16"
+	}
+	cs := strconv.FormatInt(co.EffectiveClusterSize(), 10)
+	if v, ok := raw["cluster_size"]; ok {
+		cs = v
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%s extended_l2=%s", r.file, cs, given("extended_l2", "off"))
+	if v := given("preallocation", ""); v != "" {
+		b.WriteString(" preallocation=" + v)
+	}
+	fmt.Fprintf(&b, " compression_type=%s size=%d", given("compression_type", "zlib"), r.size)
+	if v := given("compat", ""); v != "" {
+		b.WriteString(" compat=" + v)
+	}
+	if co.BackingFile != "" {
+		// qemu-img prints option values as an -o list would hold them.
+		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
+	}
+	if v, ok := raw["refcount_bits"]; ok {
+		rb = v
+	}
+	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%s", given("lazy_refcounts", "off"), rb)
+	return b.String()
+}
+
+// createStageError reports an option error of qemu-img create. The values
+// qemu-img's qcow2 driver checks itself (a cluster size or refcount width
+// out of range, an unknown compat level or preallocation mode) are
+// refused after the "Formatting" line and in the driver's words; the rest
+// (syntax, unknown keys) before it, as usage errors.
+func createStageError(r *createReq, err error) (string, error) {
+	var oe *format.OptionError
+	if !errors.As(err, &oe) || !r.hasSize {
+		return "", cli.Usagef("%s: %v", r.file, err)
+	}
+	var val string
+	for _, p := range r.pairs {
+		if p.Key == oe.Key {
+			val = p.Value
+		}
+	}
+	var msg string
+	rawVal := val
+	switch {
+	case strings.HasPrefix(oe.Msg, "Cluster size must be"):
+		msg = "Cluster size must be a power of two between 512 and 2048k"
+		n, perr := format.ParseOptionSize(oe.Key, val)
+		if perr != nil {
+			return "", cli.Usagef("%s: %v", r.file, err)
+		}
+		rawVal = strconv.FormatInt(n, 10)
+	case strings.HasPrefix(oe.Msg, "Refcount width must be"):
+		msg = "Refcount width must be a power of two and may not exceed 64 bits"
+	case strings.HasPrefix(oe.Msg, "Different refcount widths"):
+		msg = "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"
+	case strings.HasPrefix(oe.Msg, "Invalid compatibility level"):
+		msg = "Parameter 'version' does not accept value '" + val + "'"
+	case oe.Key == "preallocation" && strings.Contains(oe.Msg, "does not accept value"):
+		msg = "Parameter 'preallocation' does not accept value '" + val + "'"
+	default:
+		return "", cli.Usagef("%s: %v", r.file, err)
+	}
+	// The line needs the other options: parse them without this one.
+	var rest []format.OptionPair
+	for _, p := range r.pairs {
+		if p.Key != oe.Key {
+			rest = append(rest, p)
+		}
+	}
+	o, perr := format.ParseOptionPairs(rest, format.ForCreate)
+	if perr != nil {
+		if oe.Key != "refcount_bits" && oe.Key != "compat" {
+			return "", cli.Usagef("%s: %v", r.file, err)
+		}
+		// A v2 image with refcount_bits: both keys matter; keep both.
+		o = &format.ImageOptions{Given: map[string]string{}}
+		for _, p := range r.pairs {
+			o.Given[p.Key] = p.Value
+		}
+	}
+	if cli.Prog == "ringblk" && (oe.Key == "cluster_size" || oe.Key == "refcount_bits") && !strings.HasPrefix(msg, "Different") {
+		// As ringblk, the message names the value it refuses.
+		msg += " (got '" + val + "')"
+	}
+	rawMap := map[string]string{oe.Key: rawVal}
+	if oe.Key == "refcount_bits" || strings.HasPrefix(msg, "Different refcount") {
+		rawMap["refcount_bits"] = r.givenValue("refcount_bits")
+	}
+	return qcow2FormatLine(r, o, rawMap), fmt.Errorf("%s: %s", r.file, msg)
+}
+
+// givenValue is the last value of key in the -o list.
+func (r *createReq) givenValue(key string) string {
+	v := ""
+	for _, p := range r.pairs {
+		if p.Key == key {
+			v = p.Value
+		}
+	}
+	return v
+}
+
+// takeExtentSizeHint takes extent_size_hint= out of r.pairs (the file
+// protocol's creation option, which qemu-img accepts for raw and qcow2
+// images) and returns its part of the "Formatting" line. The hint asks a
+// file system that has one (XFS) to allocate in extents of that size;
+// ringblk accepts and checks it but sets no hint, which changes only how
+// such a file system groups the file's blocks, never the data. QEMU
+// itself ignores a file system without the hint.
+func takeExtentSizeHint(r *createReq) (string, error) {
+	kept := r.pairs[:0]
+	var hint string
+	for _, p := range r.pairs {
+		if p.Key != "extent_size_hint" {
+			kept = append(kept, p)
+			continue
+		}
+		n, err := format.ParseOptionSize(p.Key, p.Value)
+		if err != nil {
+			return "", cli.Usagef("%s: %v", r.file, err)
+		}
+		if n > 0xffffffff {
+			return "", fmt.Errorf("%s: Extent size hint is too large", r.file)
+		}
+		hint = " extent_size_hint=" + strconv.FormatInt(n, 10)
+	}
+	r.pairs = kept
+	return hint, nil
+}
+
+// allocateFirstBlock writes zeroes over the start of a new sparse raw
+// image, as qemu-img's file driver does so that probing the file's
+// O_DIRECT alignment later finds allocated blocks: 4 KiB (512 bytes for
+// an image smaller than that), never past the end. It changes no data
+// (the range read as zeroes before), only what map reports for it; a
+// failure is ignored, as qemu-img ignores it.
+func allocateFirstBlock(path string, size int64) {
+	n := int64(4096)
+	if size < n {
+		n = 512
+	}
+	n = min(n, size)
+	if n <= 0 {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	f.WriteAt(make([]byte, n), 0)
 }

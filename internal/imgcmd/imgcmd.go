@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ringblk/ringblk/crypto/luks"
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
@@ -38,7 +39,7 @@ func checkOutput(v string) error {
 // The null format has no file: they refuse it in so many words.
 func checkFormat(f string) error {
 	switch f {
-	case "", "raw", "qcow2":
+	case "", "raw", "qcow2", "luks":
 		return nil
 	case "null", "null-co":
 		return cli.Usagef("The null format has no image file to work on; this command takes raw or qcow2")
@@ -51,7 +52,7 @@ func checkFormat(f string) error {
 // those take the null format as well ("null" or qemu's "null-co").
 func checkSourceFormat(f string) error {
 	switch f {
-	case "", "raw", "qcow2", "null", "null-co":
+	case "", "raw", "qcow2", "null", "null-co", "luks":
 		return nil
 	}
 	return cli.Usagef("Unknown file format '%s'", f)
@@ -66,8 +67,18 @@ type openedImage struct {
 	size   int64 // file size
 	blocks int64 // allocated bytes (st_blocks × 512)
 	qcow   *qcow2fmt.Image
+	luks   *luks.Header // format luks, or a qcow2 image's LUKS header
+	// display is the name info shows when not path (--image-opts).
+	display string
 	// remote: no local file (a qcow2 image in RBD): no disk size.
 	remote bool
+}
+
+func (o *openedImage) name() string {
+	if o.display != "" {
+		return o.display
+	}
+	return o.path
 }
 
 func (o *openedImage) Close() {
@@ -104,8 +115,11 @@ func openImage(path, format string) (*openedImage, error) {
 	}
 	if o.format == "" {
 		var magic [4]byte
+		var lm [8]byte
 		if n, _ := f.ReadAt(magic[:], 0); n == 4 && binary.BigEndian.Uint32(magic[:]) == qcow2fmt.Magic {
 			o.format = "qcow2"
+		} else if n, _ := f.ReadAt(lm[:], 0); n == 8 && luks.IsLUKS(lm[:]) {
+			o.format = "luks"
 		} else {
 			o.format = "raw"
 		}
@@ -117,6 +131,20 @@ func openImage(path, format string) (*openedImage, error) {
 			return nil, cli.OpenError(path, err)
 		}
 		o.qcow = im
+		if err := o.readQcowLuks(); err != nil {
+			f.Close()
+			return nil, cli.OpenError(path, err)
+		}
+	} else if o.format == "luks" {
+		hb := make([]byte, luks.HeaderLen)
+		n, _ := f.ReadAt(hb, 0)
+		h, err := luks.Parse(hb[:n])
+		if err != nil {
+			f.Close()
+			return nil, cli.OpenError(path, err)
+		}
+		o.luks = h
+		o.size = max(0, o.size-h.PayloadBytes())
 	} else {
 		// A raw image's size in whole 512-byte sectors, as QEMU (and the
 		// raw driver) count it: the tail of a partial sector reads as
@@ -238,7 +266,7 @@ func qemuEmptyArrays(b []byte) []byte {
 // (create's -f, convert's -O): raw or qcow2.
 func checkOutputFormat(f string) error {
 	switch f {
-	case "raw", "qcow2":
+	case "raw", "qcow2", "luks":
 		return nil
 	case "null", "null-co":
 		return cli.Usagef("The null format stores nothing: it cannot be created (use raw or qcow2)")

@@ -34,21 +34,32 @@ matches qemu-img info (7.2), including --output=json.
   -h, --help       this help
 `
 
-var infoSpec = cli.OptSpec{
+var infoSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "force-share": false, "backing-chain": false, "help": false},
-}
+})
 
 // Info is "ringblk info" (qemu-img info): args are what follows the
 // command name; the result is the exit status.
 func Info(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(infoHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, files, err := cli.ParseOpts(args, infoSpec)
 		if err != nil {
 			return 1, err
 		}
 		format, output, chain, share := "", "human", false, false
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "U", "force-share":
 				share = true
@@ -68,6 +79,14 @@ func Info(args []string, stdout, stderr io.Writer) int {
 		}
 		if len(files) != 1 {
 			return 1, cli.Usagef("info: expecting one image file name (got %d; see 'ringblk info --help')", len(files))
+		}
+		display := ""
+		if ia.ImageOpts {
+			// info reads headers only: key secrets are not looked up.
+			display = imageOptsName(files[0])
+		}
+		if files[0], format, err = cli.ImageFile(files[0], format, ia.ImageOpts); err != nil {
+			return 1, err
 		}
 		if nbd.IsURI(files[0]) {
 			return infoNBD(files[0], format, output, stdout)
@@ -94,12 +113,15 @@ func Info(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			imgs = append(imgs, img)
+			if len(imgs) == 1 {
+				img.display = display
+			}
 			if err := img.lockForRead(share); err != nil {
 				return 1, err
 			}
 			if id, ok := fileID(img.f); ok {
 				if seen[id] {
-					return 1, fmt.Errorf("Backing file '%s' creates a loop in the backing chain", path)
+					return 1, fmt.Errorf("Backing file '%s' creates an infinite loop.", path)
 				}
 				seen[id] = true
 			}
@@ -169,7 +191,7 @@ func imageInfo(img *openedImage) *object {
 	} else {
 		o.set("virtual-size", img.size)
 	}
-	o.set("filename", img.path)
+	o.set("filename", img.name())
 	if h != nil {
 		o.set("cluster-size", h.ClusterSize())
 	}
@@ -196,6 +218,9 @@ func imageInfo(img *openedImage) *object {
 			data.set("bitmaps", bms)
 		}
 		data.set("refcount-bits", 1<<h.RefcountOrder)
+		if img.luks != nil {
+			data.set("encrypt", luksInfo(img.luks, true))
+		}
 		if h.Version >= 3 {
 			data.set("corrupt", h.IncompatibleFeatures&format.IncompatCorrupt != 0)
 			data.set("extended-l2", h.ExtendedL2())
@@ -206,9 +231,21 @@ func imageInfo(img *openedImage) *object {
 		o.set("format-specific", fs)
 		if h.BackingFile != "" {
 			o.set("full-backing-filename", combinePath(img.path, h.BackingFile))
+		}
+		if h.Encrypted() {
+			o.set("encrypted", true)
+		}
+		if h.BackingFile != "" {
 			o.set("backing-filename", h.BackingFile)
 		}
 		o.set("dirty-flag", h.IncompatibleFeatures&format.IncompatDirty != 0)
+	} else if img.luks != nil {
+		fs := newObject()
+		fs.set("type", "luks")
+		fs.set("data", luksInfo(img.luks, false))
+		o.set("format-specific", fs)
+		o.set("encrypted", true)
+		o.set("dirty-flag", false)
 	} else {
 		o.set("dirty-flag", false)
 	}
@@ -234,14 +271,21 @@ func snapshotInfo(s *format.Snapshot) *object {
 func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	var b strings.Builder
 	vs := info.vals["virtual-size"].(int64)
-	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.path, img.format)
+	fmt.Fprintf(&b, "image: %s\nfile format: %s\n", img.name(), img.format)
 	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", sizeToStr(vs), vs)
 	if img.remote {
 		b.WriteString("disk size: unavailable\n")
 	} else {
 		fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
 	}
+	if img.luks != nil {
+		b.WriteString("encrypted: yes\n")
+	}
 	if img.qcow == nil {
+		if img.luks != nil {
+			b.WriteString("Format specific information:\n")
+			dumpObject(&b, info.vals["format-specific"].(*object).vals["data"].(*object), 4)
+		}
 		_, err := io.WriteString(w, b.String())
 		return err
 	}
@@ -267,14 +311,7 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 		return err
 	}
 	b.WriteString("Format specific information:\n")
-	data := info.vals["format-specific"].(*object).vals["data"].(*object)
-	for _, k := range data.keys {
-		if bms, ok := data.vals[k].([]*object); ok {
-			printObjectList(&b, "    ", k, bms)
-			continue
-		}
-		fmt.Fprintf(&b, "    %s: %v\n", strings.ReplaceAll(k, "-", " "), data.vals[k])
-	}
+	dumpObject(&b, info.vals["format-specific"].(*object).vals["data"].(*object), 4)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -397,25 +434,4 @@ func bitmapsInfo(img *openedImage) []*object {
 		out = append(out, o)
 	}
 	return out
-}
-
-// printObjectList prints a list of objects in qemu-img's human layout:
-// "key:", then "[i]:" per element and its fields one level deeper; a list
-// of strings is printed the same way.
-func printObjectList(b *strings.Builder, indent, key string, list []*object) {
-	fmt.Fprintf(b, "%s%s:\n", indent, strings.ReplaceAll(key, "-", " "))
-	for i, o := range list {
-		fmt.Fprintf(b, "%s    [%d]:\n", indent, i)
-		for _, k := range o.keys {
-			in := indent + "        "
-			if ss, ok := o.vals[k].([]string); ok {
-				fmt.Fprintf(b, "%s%s:\n", in, strings.ReplaceAll(k, "-", " "))
-				for j, s := range ss {
-					fmt.Fprintf(b, "%s    [%d]: %s\n", in, j, s)
-				}
-				continue
-			}
-			fmt.Fprintf(b, "%s%s: %v\n", in, strings.ReplaceAll(k, "-", " "), o.vals[k])
-		}
-	}
 }

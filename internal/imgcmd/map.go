@@ -32,15 +32,19 @@ data lives in a file).
   -h, --help           this help
 `
 
-var mapSpec = cli.OptSpec{
+var mapSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "force-share": false, "start-offset": true, "max-length": true, "help": false},
-}
+})
 
 // Map is "ringblk map" (qemu-img map): args are what follows the
 // command name; the result is the exit status.
 func Map(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(mapHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, mapSpec)
 		if err != nil {
 			return 1, err
@@ -48,7 +52,14 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		format, output := "", "human"
 		var forceShare bool
 		start, maxLen := int64(0), int64(-1)
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
@@ -75,7 +86,15 @@ func Map(args []string, stdout, stderr io.Writer) int {
 		if len(operands) != 1 {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk map --help')")
 		}
-		img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare})
+		keys, err := cli.KeySecretsOf(operands[0], imageOpts)
+		if err != nil {
+			return 1, err
+		}
+		var cache string
+		if operands[0], format, cache, err = cli.ImageFileCache(operands[0], format, imageOpts); err != nil {
+			return 1, err
+		}
+		img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: forceShare, Cache: cache, KeySecrets: keys})
 		if err != nil {
 			return 1, err
 		}
@@ -181,6 +200,10 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 		pnum = min(pnum, x.Len)
 		switch x.Kind {
 		case format.ExtentData:
+			if l.qimg.qcow.Header.Encrypted() {
+				// Encrypted clusters have no offset to show (qemu-img).
+				return st, pnum, 0, false, nil
+			}
 			return st, pnum, x.HostOff, true, nil
 		case format.ExtentZero:
 			return st, pnum, x.HostOff, x.HostOff != 0, nil

@@ -32,10 +32,10 @@ is what persistent dirty bitmaps would add.
   -h, --help           this help
 `
 
-var measureSpec = cli.OptSpec{
+var measureSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "size": true, "force-share": false, "help": false},
-}
+})
 
 // measureInfo is qemu-img's BlockMeasureInfo.
 type measureInfo struct {
@@ -48,6 +48,10 @@ type measureInfo struct {
 // command name; the result is the exit status.
 func Measure(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(measureHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args, measureSpec)
 		if err != nil {
 			return 1, err
@@ -56,7 +60,14 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		var olist []string
 		var forceShare, hasSize bool
 		var size int64
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				srcFmt = o.Val
@@ -81,8 +92,8 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		if err := checkSourceFormat(srcFmt); err != nil {
 			return 1, err
 		}
-		if outFmt != "raw" && outFmt != "qcow2" {
-			return 1, cli.Usagef("Unknown file format '%s' (measure supports raw and qcow2)", outFmt)
+		if outFmt != "raw" && outFmt != "qcow2" && outFmt != "luks" {
+			return 1, cli.Usagef("Unknown file format '%s' (measure supports raw, qcow2 and luks)", outFmt)
 		}
 		switch {
 		case len(operands) > 1:
@@ -105,7 +116,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		}
 		var src *imageChain
 		if len(operands) == 1 {
-			img, err := cli.OpenBlk(operands[0], cli.BlkOptions{Format: srcFmt, ReadOnly: true, ForceShare: forceShare})
+			img, err := ia.Open(operands[0], cli.BlkOptions{Format: srcFmt, ReadOnly: true, ForceShare: forceShare})
 			if err != nil {
 				return 1, err
 			}
@@ -116,9 +127,12 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 			defer src.Close()
 		}
 		var info *measureInfo
-		if outFmt == "raw" {
+		switch outFmt {
+		case "raw":
 			info, err = measureRaw(pairs, size, src)
-		} else {
+		case "luks":
+			info, err = measureLuks(pairs, size, src)
+		default:
 			info, err = measureQcow2(pairs, size, src)
 		}
 		if err != nil {
@@ -168,6 +182,22 @@ func measureRaw(pairs []format.OptionPair, size int64, src *imageChain) (*measur
 // the source really uses (all of them with preallocation or a backing
 // file, since then nothing can be left out).
 func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*measureInfo, error) {
+	// The encryption area (QEMU: the LUKS payload offset, in clusters).
+	cr := &createReq{pairs: pairs}
+	enc, err := takeQcowEncrypt(cr)
+	if err != nil {
+		return nil, err
+	}
+	pairs = cr.pairs
+	var luksArea int64
+	switch enc.format {
+	case "aes":
+		return nil, enc.setup(nil)
+	case "luks":
+		if luksArea, err = enc.lo.area("encrypt."); err != nil {
+			return nil, err
+		}
+	}
 	o, err := format.ParseOptionPairs(pairs, format.ForMeasure)
 	if err != nil {
 		return nil, cli.Usagef("%v", err)
@@ -224,7 +254,7 @@ func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*meas
 	if co.Preallocation == format.PreallocFull || co.Preallocation == format.PreallocFalloc {
 		required = virtual
 	}
-	info.fullyAllocated = format.MeasureFullyAllocated(virtual, co)
+	info.fullyAllocated = roundUp(luksArea, cs) + format.MeasureFullyAllocated(virtual, co)
 	info.required = info.fullyAllocated - virtual + required
 	return info, nil
 }

@@ -65,8 +65,10 @@ func TestNullFormatMatchesQemu(t *testing.T) {
 	if len(mine) != 2<<20 || !bytes.Equal(mine, theirs) {
 		t.Errorf("convert of a 2 MiB null image: %d bytes, qemu-img's %d, equal %v", len(mine), len(theirs), bytes.Equal(mine, theirs))
 	}
-	if st := blocksOf(t, "n.raw"); st != 0 {
-		t.Errorf("convert of a null image: %d bytes allocated, want a sparse file", st)
+	// Sparse but for the first block, which qemu-img's file driver
+	// writes when it creates a raw image.
+	if st, qst := blocksOf(t, "n.raw"), blocksOf(t, "q.raw"); st != qst {
+		t.Errorf("convert of a null image: %d bytes allocated, qemu-img's output %d", st, qst)
 	}
 }
 
@@ -107,7 +109,7 @@ func TestNullFormatRefused(t *testing.T) {
 		{"amend", []string{"-f", "null", "-o", "lazy_refcounts=on", "null-co://"}, 1, "amend supports qcow2"},
 		{"check", []string{"-f", "null-co", "null-co://"}, 63, "does not support checks"},
 		{"convert", []string{"-O", "null", "null-co://", "out.img"}, 1, "null format stores nothing"},
-		{"info", []string{`json:{"driver":"qcow2","size":1}`}, 1, "null-co driver only"},
+		{"info", []string{`json:{"driver":"qcow2","size":1}`}, 1, "option 'size'"},
 		{"info", []string{"-f", "raw", `json:{"driver":"null-co"}`}, 1, "null-co filename with -f raw"},
 	} {
 		_, stderr, code := clitest.RunRingblk(t, nil, append([]string{c.cmd}, c.args...)...)

@@ -2,19 +2,22 @@ package imgcmd
 
 // ringblk rebase: qemu-img rebase. With -u only the header's backing file
 // name and format change (qcow2.Amend's backing fields). Without -u the
-// guest content is kept: every range the image does not allocate itself
-// is read through the old chain and through the new backing, and the
-// sectors that differ are written into the image before the header
+// guest content is kept: the rebase job (job.NewRebase, the copy code
+// stream shares) reads every range the image does not allocate itself
+// through the old chain and through the new backing and writes the
+// sectors that differ into the image; it flushes them before the header
 // changes.
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/internal/cli"
+	"github.com/ringblk/ringblk/job"
 )
 
 const rebaseHelp = `usage: ringblk rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-u] [-U] -b backing_file [-F backing_fmt] FILE
@@ -45,14 +48,17 @@ var rebaseSpec = cli.OptSpec{
 	Long:  map[string]bool{"quiet": false, "force-share": false, "help": false},
 }
 
-// rebaseSector is the granularity at which the old and new contents are
-// compared (and differing data written), as qemu-img does.
-const rebaseSector = 512
-
 // Rebase is "ringblk rebase" (qemu-img rebase): args are what follows the
 // command name; the result is the exit status.
 func Rebase(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(rebaseHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
+		if imageOpts {
+			return 1, cli.Usagef("--image-opts is not supported by ringblk's rebase (name the image file)")
+		}
 		opts, operands, err := cli.ParseOpts(args, rebaseSpec)
 		if err != nil {
 			return 1, err
@@ -156,76 +162,61 @@ func rebase(img *cli.BlkImage, name, bfmt string, unsafe bool, srcCache string, 
 
 // rebaseCopy writes into img's top every sector it does not allocate
 // whose content through the old chain differs from newB's (zeroes where
-// newB is nil or shorter).
+// newB is nil or shorter), by running the rebase job to completion. When
+// newB's file is in the old chain (same file, same format), the job skips
+// the ranges no layer above it allocates (qemu-img's prefix chain).
 func rebaseCopy(img *cli.BlkImage, newB *cli.BlkImage, bar *cli.Progress) error {
 	if img.Node.Child(block.RoleBacking) == nil && newB == nil {
 		return nil
 	}
-	ch, err := newImageChain(img, false)
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
-	size := ch.size()
-	var newSize int64
+	o := job.RebaseOptions{Options: job.Options{ID: "rebase"}, Top: img.Node}
 	if newB != nil {
-		if newSize, err = newB.Node.Length(); err != nil {
-			return fmt.Errorf("Could not get the size of '%s': %v", newB.Path, cli.PlainErr(err))
-		}
-	}
-	oldBuf := make([]byte, compareBufSize)
-	newBuf := make([]byte, compareBufSize)
-	for off := int64(0); off < size; {
-		st, err := ch.statusAbove(off, size-off, true)
+		o.NewBacking = newB.Node
+		prefix, err := chainNodeOf(img, newB)
 		if err != nil {
-			return fmt.Errorf("error while reading image metadata: %v", cli.PlainErr(err))
+			return err
 		}
-		n := min(st.Pnum, compareBufSize)
-		if n <= 0 {
-			return fmt.Errorf("error while reading image metadata at offset %d", off)
-		}
-		if st.Status&block.StatusAllocated == 0 {
-			if err := rebaseRange(img, newB, newSize, off, oldBuf[:n], newBuf[:n]); err != nil {
-				return err
-			}
-		}
-		off += n
-		bar.Add(float64(n) / float64(size) * 100)
+		o.Prefix = prefix
 	}
-	return nil
+	j, _, err := job.NewRebase(job.NewManager(img.Graph, nil), o)
+	if err != nil {
+		return fmt.Errorf("Could not rebase '%s': %v", img.Path, err)
+	}
+	err = runJob(j, bar)
+	var ioe *job.IOError
+	switch {
+	case err == nil:
+		return nil
+	case !errors.As(err, &ioe):
+		return fmt.Errorf("Could not rebase '%s': %v", img.Path, cli.PlainErr(err))
+	case ioe.Op == "block-status":
+		return fmt.Errorf("error while reading image metadata: %v", cli.PlainErr(ioe.Err))
+	case ioe.Op == "read":
+		return fmt.Errorf("error while reading image %s: %v", img.Path, cli.PlainErr(ioe.Err))
+	case ioe.Op == "read-new-backing":
+		return fmt.Errorf("error while reading from new backing file: %v", cli.PlainErr(ioe.Err))
+	case ioe.Op == "flush":
+		return fmt.Errorf("Could not flush '%s': %v", img.Path, cli.PlainErr(ioe.Err))
+	}
+	return fmt.Errorf("error while writing to COW image: %v", cli.PlainErr(ioe.Err))
 }
 
-func rebaseRange(img, newB *cli.BlkImage, newSize, off int64, old, cur []byte) error {
-	if _, err := img.Node.ReadAt(old, off); err != nil {
-		return fmt.Errorf("error while reading image %s: %v", img.Path, cli.PlainErr(err))
+// chainNodeOf returns the node of img's backing chain that is newB's file
+// in newB's format, or nil.
+func chainNodeOf(img, newB *cli.BlkImage) (*block.Node, error) {
+	want, err := os.Stat(newB.Path)
+	if err != nil {
+		return nil, nil
 	}
-	clear(cur)
-	if newB != nil && off < newSize {
-		m := min(int64(len(cur)), newSize-off)
-		if _, err := newB.Node.ReadAt(cur[:m], off); err != nil {
-			return fmt.Errorf("error while reading from new backing file: %v", cli.PlainErr(err))
+	ch, err := newImageChain(img, false)
+	if err != nil {
+		return nil, err
+	}
+	defer ch.Close()
+	for _, l := range ch.levels[1:] {
+		if fi, err := os.Stat(l.path); err == nil && os.SameFile(fi, want) && l.format == newB.Format {
+			return l.node, nil
 		}
 	}
-	// Write each run of differing sectors.
-	n := int64(len(old))
-	for i := int64(0); i < n; {
-		e := min(i+rebaseSector, n)
-		if bytes.Equal(old[i:e], cur[i:e]) {
-			i = e
-			continue
-		}
-		j := e
-		for j < n {
-			k := min(j+rebaseSector, n)
-			if bytes.Equal(old[j:k], cur[j:k]) {
-				break
-			}
-			j = k
-		}
-		if _, err := img.Node.WriteAt(old[i:j], off+i); err != nil {
-			return fmt.Errorf("error while writing to COW image: %v", cli.PlainErr(err))
-		}
-		i = j
-	}
-	return nil
+	return nil, nil
 }

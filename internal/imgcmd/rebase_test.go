@@ -136,3 +136,56 @@ func TestRebaseSafeKeepsContent(t *testing.T) {
 		t.Errorf("allocation after rebase:\n%s\nqemu-img's:\n%s", g, w)
 	}
 }
+
+// TestRebaseSafeOutsideChain: a safe rebase onto a file that is not in the
+// old chain (no prefix: every unallocated range is read and compared)
+// keeps the content and writes the same clusters as qemu-img rebase.
+func TestRebaseSafeOutsideChain(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	rebaseChain(t, "")
+	clitest.MustQemu(t, "qemu-img", "convert", "-q", "-O", "raw", "top.qcow2", "orig.raw")
+	clitest.MustQemu(t, "qemu-img", "convert", "-q", "-O", "qcow2", "mid.qcow2", "other.qcow2")
+	if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", "write -P 8 600k 5k", "-c", "write -z 3M 64k", "other.qcow2"); code != 0 {
+		t.Fatalf("qemu-io: %s", out)
+	}
+	for _, p := range []string{"a", "b"} {
+		clitest.MustQemu(t, "qemu-img", "convert", "-q", "-O", "qcow2", "-B", "mid.qcow2", "-F", "qcow2", "top.qcow2", p+".qcow2")
+	}
+	clitest.MustQemu(t, "qemu-img", "rebase", "-b", "other.qcow2", "-F", "qcow2", "a.qcow2")
+	if out, errs, code := clitest.Ours(Rebase, "-b", "other.qcow2", "-F", "qcow2", "b.qcow2"); code != 0 {
+		t.Fatalf("rebase: exit %d %s%s", code, out, errs)
+	}
+	if out, code := clitest.Qemu(t, "qemu-img", "compare", "-F", "raw", "b.qcow2", "orig.raw"); code != 0 {
+		t.Errorf("rebase changed the content: %s", out)
+	}
+	if w, g := clitest.MustQemu(t, "qemu-img", "map", "--output=json", "a.qcow2"), clitest.MustQemu(t, "qemu-img", "map", "--output=json", "b.qcow2"); strings.ReplaceAll(w, "a.qcow2", "b.qcow2") != g {
+		t.Errorf("allocation after rebase:\n%s\nqemu-img's:\n%s", g, w)
+	}
+}
+
+// TestRebaseSafeWithinShorterChain: new_base ← old_base ← overlay where
+// old_base is shorter than the overlay (iotest 024's last case). Rebasing
+// onto new_base (in the old chain: the prefix shortcut) must still copy
+// the zeroes the overlay read past old_base's end, where new_base has
+// data.
+func TestRebaseSafeWithinShorterChain(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "new.qcow2", "320k")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "new.qcow2", "-F", "qcow2", "old.qcow2", "256k")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "old.qcow2", "-F", "qcow2", "ov.qcow2", "320k")
+	for _, c := range [][]string{{"write -P 0x11 0 320k", "new.qcow2"}, {"write -P 0x22 0 256k", "old.qcow2"}} {
+		if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", c[0], c[1]); code != 0 {
+			t.Fatalf("qemu-io: %s", out)
+		}
+	}
+	if out, errs, code := clitest.Ours(Rebase, "-b", "new.qcow2", "-F", "qcow2", "ov.qcow2"); code != 0 {
+		t.Fatalf("rebase: exit %d %s%s", code, out, errs)
+	}
+	for _, c := range []string{"read -P 0x22 0 256k", "read -P 0 256k 64k"} {
+		if out, _, code := clitest.QemuIO(t, "-f", "qcow2", "-c", c, "ov.qcow2"); code != 0 || strings.Contains(out, "Pattern verification failed") {
+			t.Errorf("%s after rebase: %s", c, out)
+		}
+	}
+}

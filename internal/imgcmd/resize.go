@@ -40,10 +40,10 @@ and deletes everything past the new end.
 A qcow2 image's new size must be a multiple of 512 bytes.
 `
 
-var resizeSpec = cli.OptSpec{
+var resizeSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'q': false, 'h': false},
 	Long:  map[string]bool{"shrink": false, "preallocation": true, "quiet": false, "help": false},
-}
+})
 
 // Resize is "ringblk resize" (qemu-img resize): args are what follows the
 // command name; the result is the exit status.
@@ -61,6 +61,10 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("resize: not enough arguments (expecting FILE and SIZE; see 'ringblk resize --help')")
 		}
 		sizeArg := args[len(args)-1]
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, operands, err := cli.ParseOpts(args[:len(args)-1], resizeSpec)
 		if err != nil {
 			return 1, err
@@ -71,7 +75,14 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 		path := operands[0]
 		format, quiet, shrink := "", false, false
 		prealloc := raw.PreallocOff
+		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
@@ -86,6 +97,15 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 				}
 				prealloc = p
 			}
+		}
+		var keys [][]byte
+		if ia.ImageOpts {
+			bo := cli.BlkOptions{Format: format}
+			p, err := ia.Resolve(path, &bo)
+			if err != nil {
+				return 1, fmt.Errorf("Could not open '%s': %v", path, err)
+			}
+			path, format, keys = p, bo.Format, bo.KeySecrets
 		}
 		if err := checkFormat(format); err != nil {
 			return 1, err
@@ -120,7 +140,7 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 		if format == "qcow2" && prealloc != raw.PreallocOff {
 			return 1, fmt.Errorf("Could not resize '%s': preallocation=%s is not supported for qcow2 images (only off)", path, prealloc)
 		}
-		img, err := openResize(path, format, prealloc)
+		img, err := openResize(path, format, prealloc, keys)
 		if err != nil {
 			return 1, err
 		}
@@ -144,9 +164,9 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 // longer than the old size must hide that file's bytes in the new area
 // (the driver's Truncate zeroes it), and the driver needs the backing
 // file's length and content (for a partial last cluster) to do so.
-func openResize(path, format string, prealloc raw.Prealloc) (*cli.BlkImage, error) {
-	if format == "qcow2" || rbd.IsName(path) {
-		return cli.OpenBlk(path, cli.BlkOptions{Format: format})
+func openResize(path, format string, prealloc raw.Prealloc, keys [][]byte) (*cli.BlkImage, error) {
+	if format == "qcow2" || format == "luks" || rbd.IsName(path) {
+		return cli.OpenBlk(path, cli.BlkOptions{Format: format, KeySecrets: keys})
 	}
 	c, g, err := cli.NewBlkEnv()
 	if err != nil {

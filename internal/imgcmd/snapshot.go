@@ -47,6 +47,10 @@ var snapshotSpec = cli.OptSpec{
 // command name; the result is the exit status.
 func Snapshot(args []string, stdout, stderr io.Writer) int {
 	return cli.Run(snapshotHelp, stdout, stderr, func() (int, error) {
+		args, imageOpts, err := cli.TakeGlobalOpts(args)
+		if err != nil {
+			return 1, err
+		}
 		opts, files, err := cli.ParseOpts(args, snapshotSpec)
 		if err != nil {
 			return 1, err
@@ -72,7 +76,10 @@ func Snapshot(args []string, stdout, stderr io.Writer) int {
 		if len(files) != 1 {
 			return 1, cli.Usagef("Expecting one image file name")
 		}
-		file := files[0]
+		file, format, err := cli.ImageFile(files[0], format, imageOpts)
+		if err != nil {
+			return 1, err
+		}
 		write := action == "a" || action == "c" || action == "d"
 		if share && write {
 			return 1, fmt.Errorf("Could not open '%s': force-share=on can only be used with read-only images", file)

@@ -13,8 +13,11 @@ import (
 	"os"
 	"strings"
 
+	"github.com/ringblk/ringblk/crypto/luks"
 	"github.com/ringblk/ringblk/drivers/chain"
+	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -74,9 +77,12 @@ opened.
 `
 
 var ioSpec = cli.OptSpec{
-	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false, 'i': true, 'k': false},
+	Short: map[byte]bool{'c': true, 'f': true, 'r': false, 'n': false, 't': true, 'U': false, 'o': true, 'd': true, 'h': false,
+		'i': true, 'k': false, 's': false, 'C': false, 'm': false, 'T': true, 'V': false},
 	Long: map[string]bool{"cmd": true, "format": true, "read-only": false, "nocache": false, "cache": true,
-		"force-share": false, "discard": true, "help": false, "aio": true, "native-aio": false},
+		"force-share": false, "discard": true, "help": false, "aio": true, "native-aio": false,
+		"snapshot": false, "copy-on-read": false, "misalign": false, "trace": true, "version": false,
+		"object": true, "image-opts": false},
 }
 
 // ioSession is one opened image and the state of its command run.
@@ -90,6 +96,23 @@ type ioSession struct {
 	cur      *ioCommand     // the command running
 	path     string         // the image, as named (reopen)
 	bo       cli.BlkOptions // how it was opened (reopen)
+	dbgMsgs  debugMsgs      // blkdebug's breakpoint messages (io_blkdebug.go)
+	spec     chain.Spec     // the options it was opened with, nil for a path
+	// imageOpts is qemu-io's --image-opts: operands of open are option
+	// strings.
+	imageOpts bool
+	snapshot  bool // -s: writes go to a temporary overlay
+	cor       bool // -C: copy-on-read
+}
+
+// openRequest is what the command line or an open command asks to open.
+type openRequest struct {
+	name      string     // the image name, "" when only options name it
+	spec      chain.Spec // options (open -o, json:, --image-opts), or nil
+	bo        cli.BlkOptions
+	aioNative bool
+	snapshot  bool
+	cor       bool
 }
 
 // Run is "ringblk io" (qemu-io): args are what follows the command name;
@@ -101,115 +124,100 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		var cmds []string
-		nullOpts, aioNative := false, false
+		nullOpts := false
 		// qemu-io passes discards on to the file by default.
-		bo := cli.BlkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}
+		r := openRequest{bo: cli.BlkOptions{NullSize: 1 << 30, Discard: raw.DiscardUnmap}}
+		imageOpts := false
 		for _, o := range opts {
 			switch o.Name {
 			case "c", "cmd":
 				cmds = append(cmds, o.Val)
 			case "f", "format":
-				bo.Format = o.Val
+				r.bo.Format = o.Val
 			case "r", "read-only":
-				bo.ReadOnly = true
+				r.bo.ReadOnly = true
 			case "n", "nocache":
-				bo.Cache = "none"
+				r.bo.Cache = "none"
 			case "t", "cache":
-				bo.Cache = o.Val
+				if !validCache(o.Val) {
+					return 1, fmt.Errorf("Invalid cache option: %s", o.Val)
+				}
+				r.bo.Cache = o.Val
 			case "U", "force-share":
-				bo.ForceShare = true
+				r.bo.ForceShare = true
+			case "s", "snapshot":
+				r.snapshot = true
+			case "C", "copy-on-read":
+				r.cor = true
+			case "m", "misalign", "T", "trace":
+				// Buffer misalignment and tracing: accepted, no effect.
+			case "V", "version":
+				fmt.Fprintf(stdout, "%s version %s\n", cli.Prog, cli.QEMUVersion)
+				return 0, nil
+			case "object":
+				if err := cli.AddObject(o.Val); err != nil {
+					return 1, err
+				}
+			case "image-opts":
+				imageOpts = true
 			case "i", "aio":
 				// qemu-io's AIO back ends; ringblk's I/O always goes
 				// through its own ring, so each names the same path.
 				switch o.Val {
 				case "threads", "io_uring":
-					aioNative = false
+					r.aioNative = false
 				case "native":
-					aioNative = true
+					r.aioNative = true
 				default:
 					return 1, fmt.Errorf("Invalid aio option: %s", o.Val)
 				}
 			case "k", "native-aio":
-				aioNative = true
+				r.aioNative = true
 			case "d", "discard":
 				switch o.Val {
 				case "ignore", "off":
-					bo.Discard = raw.DiscardIgnore
+					r.bo.Discard = raw.DiscardIgnore
 				case "unmap", "on":
-					bo.Discard = raw.DiscardUnmap
+					r.bo.Discard = raw.DiscardUnmap
 				default:
-					return 1, cli.Usagef("Invalid discard option: %s (ignore or unmap)", o.Val)
+					return 1, cli.Usagef("Invalid discard option: %s", o.Val)
 				}
 			case "o":
-				if bo.NullSize, err = parseNullOpts(o.Val); err != nil {
+				if r.bo.NullSize, err = parseNullOpts(o.Val); err != nil {
 					return 1, err
 				}
 				nullOpts = true
 			}
 		}
-		switch bo.Format {
-		case "", "raw", "qcow2", "null":
+		switch r.bo.Format {
+		case "", "raw", "qcow2", "null", "luks":
 		case "null-co":
-			bo.Format = "null"
+			r.bo.Format = "null"
 		default:
-			return 1, cli.Usagef("Unknown file format '%s' (supported: raw, qcow2, null)", bo.Format)
+			return 1, cli.Usagef("Unknown file format '%s' (supported: raw, qcow2, null)", r.bo.Format)
 		}
-		if nullOpts && bo.Format != "null" {
+		if imageOpts && r.bo.Format != "" {
+			return 1, fmt.Errorf("--image-opts and -f are mutually exclusive")
+		}
+		if nullOpts && r.bo.Format != "null" {
 			return 1, cli.Usagef("io: -o size=SIZE applies to the null format only (-f null)")
-		}
-		if len(operands) == 0 {
-			return 1, cli.Usagef("io: expecting an image file name (see 'ringblk io --help')")
 		}
 		if len(operands) > 1 {
 			return 1, cli.Usagef("io: unexpected argument '%s' (see 'ringblk io --help')", operands[1])
 		}
-		path := operands[0]
-		if aioNative && bo.Cache != "none" && bo.Cache != "directsync" {
-			// As qemu-io: Linux AIO only on O_DIRECT files.
-			return 1, fmt.Errorf("can't open device %s: aio=native was specified, but it requires cache.direct=on, which was not specified.", path)
-		}
-		if bo.ForceShare && !bo.ReadOnly {
-			return 1, fmt.Errorf("can't open device %s: force-share=on can only be used with read-only images", path)
-		}
-		// A json: null-co filename or a null-co:// name is a null image.
-		if err := cli.ResolveNull(path, &bo); err != nil {
-			return 1, fmt.Errorf("can't open device %s: %v", path, err)
-		}
-		if bo.Format != "null" && !nbd.IsURI(path) && !rbd.IsName(path) {
-			if _, err := os.Stat(path); err != nil {
-				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
+		s := &ioSession{out: stdout, errw: stderr, imageOpts: imageOpts}
+		if len(operands) == 1 {
+			r.name = operands[0]
+			if imageOpts {
+				if r.spec, err = cli.ImageOptsSpec(r.name); err != nil {
+					return 1, err
+				}
+				r.name = ""
 			}
-		}
-		if bo.Format == "" && !rbd.IsName(path) { // an RBD image is probed once open
-			// The operator named this file: probing it is allowed; the
-			// chain opener never probes its backing files.
-			f, err := chain.Probe(path)
-			if err != nil {
-				return 1, fmt.Errorf("can't open device %s: Could not open '%s': %v", path, path, cli.UnwrapPathErr(err))
-			}
-			if f == "raw" {
-				fmt.Fprintf(stderr, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
-			}
-			bo.Format = f
-		}
-		img, err := cli.OpenBlk(path, bo)
-		if err != nil {
-			var ue *cli.UsageError
-			if errors.As(err, &ue) {
+			if err := s.open(r); err != nil {
 				return 1, err
 			}
-			var le *raw.LockError
-			var be *chain.BackingError
-			switch {
-			case errors.As(err, &be):
-				// qemu-io's words: the cause, no "Could not open".
-				return 1, fmt.Errorf("can't open device %s: %v", path, be)
-			case errors.As(err, &le):
-				return 1, fmt.Errorf("can't open device %s: %v", path, le)
-			}
-			return 1, fmt.Errorf("can't open device %s: %v", path, err)
 		}
-		s := &ioSession{img: img, readOnly: bo.ReadOnly, out: stdout, errw: stderr, path: path, bo: bo}
 		failed := false
 		if len(cmds) > 0 {
 			for _, c := range cmds {
@@ -226,7 +234,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if s.img != nil { // not closed by a close command
 			s.aioFlush()
 			if err := s.img.Close(); err != nil {
-				return 1, fmt.Errorf("closing '%s': %v", path, cli.PlainErr(err))
+				return 1, fmt.Errorf("closing '%s': %v", s.path, cli.PlainErr(err))
 			}
 		}
 		if failed {
@@ -234,6 +242,169 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return 0, nil
 	})
+}
+
+func validCache(m string) bool {
+	switch m {
+	case "none", "writeback", "writethrough", "directsync", "unsafe":
+		return true
+	}
+	return false
+}
+
+// open opens what r names as the session's image (the command line's
+// image or an open command). Its error is qemu-io's "can't open device
+// NAME: cause" ("can't open: cause" without a name).
+func (s *ioSession) open(r openRequest) error {
+	img, err := openImage(&r, s.errw)
+	if err != nil {
+		return err
+	}
+	s.img, s.readOnly, s.path, s.bo, s.spec = img, r.bo.ReadOnly, r.name, r.bo, r.spec
+	if s.path == "" {
+		s.path = img.Path
+	}
+	s.snapshot, s.cor = r.snapshot, r.cor
+	return nil
+}
+
+func openImage(r *openRequest, warn io.Writer) (*cli.BlkImage, error) {
+	path := r.name
+	fail := func(err error) error {
+		var ue *cli.UsageError
+		if errors.As(err, &ue) {
+			return err
+		}
+		return &openError{name: path, err: err}
+	}
+	bo := r.bo
+	if r.aioNative && bo.Cache != "none" && bo.Cache != "directsync" {
+		// As qemu-io: Linux AIO only on O_DIRECT files.
+		return nil, fail(errors.New("aio=native was specified, but it requires cache.direct=on, which was not specified."))
+	}
+	if bo.ForceShare && !bo.ReadOnly {
+		return nil, fail(errors.New("force-share=on can only be used with read-only images"))
+	}
+	if r.cor && bo.ReadOnly {
+		return nil, fail(errors.New("Can't use copy-on-read on read-only device"))
+	}
+	if cli.IsSpecName(path) && (r.spec != nil || !isNullJSON(path)) {
+		spec, err := cli.NameSpec(path, bo.Format)
+		if err != nil {
+			return nil, fail(err)
+		}
+		// open -o's options win over the json: filename's.
+		for k, v := range r.spec {
+			spec[k] = v
+		}
+		r.spec = spec
+	}
+	if p := chain.ProtocolPrefix(path); r.spec == nil && p != "" && p != "file" && p != "null-co" && p != "null-aio" && !rbd.IsName(path) {
+		// A protocol-prefixed name ("blkdebug:…"): opened through the
+		// option tree, where that protocol's driver takes it.
+		r.spec = chain.Spec{}
+	}
+	if r.spec != nil && r.spec["driver"] == "copy-on-read" {
+		// QEMU's copy-on-read filter over the image: the image, with
+		// qemu-io's copy-on-read reads.
+		if bo.ReadOnly {
+			return nil, fail(errors.New("Block node is read-only"))
+		}
+		sub, _ := r.spec.Sub("file")
+		if fn, ok := r.spec["filename"]; ok {
+			sub["filename"] = fn
+		}
+		r.spec, r.cor = sub, true
+	}
+	var img *cli.BlkImage
+	var err error
+	if r.spec != nil {
+		spec := r.spec
+		if path != "" {
+			if _, ok := spec["filename"]; !ok && !cli.IsSpecName(path) {
+				spec["filename"] = path
+			}
+		}
+		if bo.Format != "" {
+			if _, ok := spec["driver"]; !ok {
+				spec["driver"] = bo.Format
+				if bo.Format == "null" {
+					spec["driver"] = "null-co"
+				}
+			}
+		}
+		bo.Format = ""
+		if img, err = cli.OpenBlkSpec(spec, bo); err != nil {
+			return nil, fail(cli.PlainErr(err))
+		}
+	} else {
+		if img, err = openPath(path, bo, warn); err != nil {
+			return nil, fail(err)
+		}
+	}
+	if r.snapshot {
+		if err := img.Snapshot(); err != nil {
+			img.Close()
+			return nil, fail(err)
+		}
+	}
+	return img, nil
+}
+
+// isNullJSON reports a json: filename for the null-co driver, which
+// cli.OpenBlk reads itself (with its size rules).
+func isNullJSON(name string) bool {
+	s, err := cli.NameSpec(name, "")
+	return err == nil && (s["driver"] == "null-co" || s["driver"] == "null-aio") && len(s) <= 2
+}
+
+// openPath opens an image named by its path (or a null-co or NBD name),
+// the format given or probed.
+func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, error) {
+	path = cli.FilePath(path)
+	// A json: null-co filename or a null-co:// name is a null image.
+	if err := cli.ResolveNull(path, &bo); err != nil {
+		return nil, err
+	}
+	if bo.Format != "null" && !nbd.IsURI(path) && !rbd.IsName(path) {
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+		}
+	}
+	if bo.Format == "" && !rbd.IsName(path) { // an RBD image is probed once open
+		// The operator named this file: probing it is allowed; the
+		// chain opener never probes its backing files.
+		f, err := chain.Probe(path)
+		if err != nil {
+			return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
+		}
+		if f == "raw" && !bo.ReadOnly {
+			// As qemu-io: only a writable probed raw image is a risk.
+			fmt.Fprintf(warn, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
+		}
+		bo.Format = f
+	}
+	img, err := cli.OpenBlk(path, bo)
+	if err != nil {
+		var ue *cli.UsageError
+		if errors.As(err, &ue) {
+			return nil, err
+		}
+		var le *raw.LockError
+		var be *chain.BackingError
+		switch {
+		case errors.As(err, &be):
+			// qemu-io's words: the cause, no "Could not open".
+			return nil, be
+		case errors.As(err, &le):
+			return nil, le
+		case errors.Is(err, luks.ErrBadPassword) || errors.Is(err, luksdrv.ErrKeySecretRequired) || errors.Is(err, qcow2.ErrKeySecretRequired):
+			// qemu-io's words for encrypted images: the cause alone.
+			return nil, cli.OpenCause(err)
+		}
+		return nil, err
+	}
+	return img, nil
 }
 
 // parseNullOpts reads -o for the null format: "size=SIZE" only.
@@ -247,9 +418,9 @@ func parseNullOpts(list string) (int64, error) {
 		if !ok || k != "size" {
 			return 0, cli.Usagef("Invalid option '%s' in -o (ringblk io knows size=SIZE, for the null format)", kv)
 		}
-		n, err := cli.ParseSize(v)
+		n, err := chain.ParseQemuSize(v)
 		if err != nil {
-			return 0, err
+			return 0, cli.Usagef("Invalid size '%s' in -o (k, M, G, T, P or E suffixes)", v)
 		}
 		size = n
 	}
@@ -295,6 +466,7 @@ type ioCommand struct {
 	oneline   string
 	help      string // extended help (help CMD)
 	write     bool   // needs a writable image
+	nofile    bool   // runs without an open image (open, sigraise, …)
 	run       func(s *ioSession, argv []string) bool
 }
 
@@ -302,8 +474,8 @@ type ioCommand struct {
 var ioCommands []*ioCommand
 
 func init() {
-	ioCommands = []*ioCommand{aioFlushCmd, aioReadCmd, aioWriteCmd, closeCmd, discardCmd, flushCmd, helpCmd,
-		infoCmdIO, lengthCmd, mapCmd, quitCmd, readCmd, readvCmd, reopenCmd, truncateCmd, writeCmd, writevCmd}
+	ioCommands = []*ioCommand{abortCmd, aioFlushCmd, allocCmd, aioReadCmd, aioWriteCmd, closeCmd, discardCmd, flushCmd, helpCmd,
+		infoCmdIO, lengthCmd, mapCmd, openCmd, quitCmd, readCmd, readvCmd, reopenCmd, sigraiseCmd, truncateCmd, writeCmd, writevCmd}
 }
 
 func findIOCommand(name string) *ioCommand {
@@ -332,6 +504,12 @@ func (s *ioSession) run(line string) bool {
 		fmt.Fprintf(s.errw, "command \"%s\" not found\n", argv[0])
 		return false
 	}
+	if s.img == nil && !c.nofile && c != helpCmd && c != quitCmd {
+		// As qemu-io with no image open (none given, or after close);
+		// checked before the argument count, as qemu-io does.
+		fmt.Fprintln(s.errw, "no file open, try 'help open'")
+		return false
+	}
 	n := len(argv) - 1
 	if n < c.argmin || c.argmax >= 0 && n > c.argmax {
 		switch {
@@ -344,17 +522,14 @@ func (s *ioSession) run(line string) bool {
 		}
 		return false
 	}
-	if s.img == nil && c != helpCmd && c != quitCmd {
-		// After close, as qemu-io with no image open.
-		fmt.Fprintln(s.errw, "no file open, try 'help open'")
-		return false
-	}
 	if c.write && s.readOnly {
 		fmt.Fprintln(s.errw, cli.Prog+": Block node is read-only")
 		return false
 	}
 	s.cur = c
-	return c.run(s, argv)
+	ok := c.run(s, argv)
+	s.dbgMsgs.print(s.out)
+	return ok
 }
 
 // usage prints a command's one-line usage and fails it, as qemu-io does
@@ -450,3 +625,20 @@ func promptText() string {
 	}
 	return "ringblk io> "
 }
+
+// openError is a failed open in qemu-io's words: "can't open device
+// NAME: cause" ("can't open: cause" without a name). reopen prints the
+// cause alone, as qemu-io does.
+type openError struct {
+	name string
+	err  error
+}
+
+func (e *openError) Error() string {
+	if e.name == "" {
+		return fmt.Sprintf("can't open: %v", e.err)
+	}
+	return fmt.Sprintf("can't open device %s: %v", e.name, e.err)
+}
+
+func (e *openError) Unwrap() error { return e.err }

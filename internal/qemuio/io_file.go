@@ -3,8 +3,11 @@ package qemuio
 // close and truncate: the commands that act on the open image as a whole.
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
+	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -70,32 +73,36 @@ var reopenCmd = &ioCommand{
 	help: `
  closes the image and opens it again, read-only (-r), read-write (-w)
  or with another cache mode (-c); outstanding aio requests finish first.
- -o (runtime options of the drivers) is not supported by ringblk
+ -o takes read-only, cache.direct, cache.no-flush and auto-read-only;
+ node-name and driver only with their current values
 
 `,
-	run: func(s *ioSession, argv []string) bool {
-		opts, ops, ok := s.getopt(argv, "rwc:o:")
-		if !ok || len(ops) != 0 {
-			return s.usage()
-		}
-		bo := s.bo
-		rw := 0
-		for _, o := range opts {
-			switch o.Name {
-			case "r":
-				bo.ReadOnly, rw = true, rw+1
-			case "w":
-				bo.ReadOnly, rw = false, rw+1
-			case "c":
-				switch o.Val {
-				case "none", "writeback", "writethrough", "directsync", "unsafe":
-					bo.Cache = o.Val
-				default:
-					fmt.Fprintf(s.errw, "%s: Invalid cache option: %s\n", cli.Prog, o.Val)
-					return false
-				}
-			case "o":
-				fmt.Fprintf(s.errw, "%s: reopen -o is not supported by ringblk\n", cli.Prog)
+	run: reopenRun,
+}
+
+func reopenRun(s *ioSession, argv []string) bool {
+	opts, ops, ok := s.getopt(argv, "rwc:o:")
+	if !ok || len(ops) != 0 {
+		return s.usage()
+	}
+	bo := s.bo
+	rw, hasCache := 0, false
+	given := chain.Spec{}
+	for _, o := range opts {
+		switch o.Name {
+		case "r":
+			bo.ReadOnly, rw = true, rw+1
+		case "w":
+			bo.ReadOnly, rw = false, rw+1
+		case "c":
+			if !validCache(o.Val) {
+				fmt.Fprintf(s.errw, "%s: Invalid cache option: %s\n", cli.Prog, o.Val)
+				return false
+			}
+			bo.Cache, hasCache = o.Val, true
+		case "o":
+			if err := chain.ParseKeyValues(o.Val, "", given); err != nil {
+				fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, err)
 				return false
 			}
 		}
@@ -103,22 +110,135 @@ var reopenCmd = &ioCommand{
 			fmt.Fprintf(s.errw, "%s: Only one -r/-w option may be given\n", cli.Prog)
 			return false
 		}
-		s.aioFlush()
-		if err := s.img.Close(); err != nil {
+	}
+	savedSpec, savedPath := copySpec(s.spec), s.path
+	if err := s.reopenOptions(given, &bo, rw > 0, hasCache); err != nil {
+		s.spec, s.path = savedSpec, savedPath
+		fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, err)
+		return false
+	}
+	newSpec := copySpec(s.spec)
+	s.spec, s.path = savedSpec, savedPath
+	if s.snapshot {
+		fmt.Fprintf(s.errw, "%s: reopen would drop the temporary overlay of snapshot mode (-s); not supported\n", cli.Prog)
+		return false
+	}
+	s.aioFlush()
+	if err := s.img.Close(); err != nil {
+		s.img = nil
+		fmt.Fprintf(s.errw, "%s: closing the image: %v\n", cli.Prog, cli.PlainErr(err))
+		return false
+	}
+	s.img = nil
+	name := s.path
+	if s.spec != nil {
+		name = "" // the options name the image
+	}
+	old := openRequest{name: name, spec: copySpec(s.spec), bo: s.bo, cor: s.cor}
+	r := openRequest{name: name, spec: newSpec, bo: bo, cor: s.cor}
+	if newSpec != nil && s.spec == nil {
+		r.name = "" // options given now: they name the image
+	}
+	if err := s.open(r); err != nil {
+		var oe *openError
+		if errors.As(err, &oe) {
+			err = oe.err
+		}
+		fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, cli.PlainErr(err))
+		// Back to the options it had, as a failed reopen leaves it.
+		if s.open(old) != nil {
 			s.img = nil
-			fmt.Fprintf(s.errw, "%s: closing the image: %v\n", cli.Prog, cli.PlainErr(err))
-			return false
 		}
-		img, err := cli.OpenBlk(s.path, bo)
+		return false
+	}
+	return true
+}
+
+// specPath is the file a spec-opened session's image lives in.
+func (s *ioSession) specPath() string {
+	if s.img != nil {
+		return s.img.Path
+	}
+	return s.path
+}
+
+func copySpec(sp chain.Spec) chain.Spec {
+	if sp == nil {
+		return nil
+	}
+	c := chain.Spec{}
+	for k, v := range sp {
+		c[k] = v
+	}
+	return c
+}
+
+// reopenOptions applies reopen -o's options to bo, in qemu-io's order of
+// checks: -r/-w against read-only, -c against cache.*, the values, and
+// options that cannot change.
+func (s *ioSession) reopenOptions(given chain.Spec, bo *cli.BlkOptions, hasRW, hasCache bool) error {
+	if _, ok := given["read-only"]; ok && hasRW {
+		return errors.New("Cannot set both -r/-w and 'read-only'")
+	}
+	_, d := given["cache.direct"]
+	_, nf := given["cache.no-flush"]
+	if (d || nf) && hasCache {
+		return errors.New("Cannot set both -c and the cache options")
+	}
+	for _, k := range []string{"read-only", "cache.direct", "cache.no-flush", "auto-read-only"} {
+		v, ok, err := given.Bool(k)
 		if err != nil {
-			fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, cli.PlainErr(err))
-			// Back to the options it had, as a failed reopen leaves it.
-			if s.img, err = cli.OpenBlk(s.path, s.bo); err != nil {
-				s.img = nil
-			}
-			return false
+			return err
 		}
-		s.img, s.bo, s.readOnly = img, bo, bo.ReadOnly
-		return true
-	},
+		switch {
+		case !ok:
+		case k == "read-only":
+			bo.ReadOnly = v
+		case k == "cache.direct" && v:
+			bo.Cache = "none"
+		case k == "cache.direct" && bo.Cache == "none":
+			bo.Cache = "writeback"
+		}
+		delete(given, k)
+	}
+	cur := chain.Spec{"driver": s.img.Format, "file.driver": "file"}
+	if s.img.Format == "null" {
+		cur["driver"] = "null-co"
+	}
+	if s.img.Qcow2 != nil {
+		h := s.img.Qcow2.Header()
+		if h.BackingFile != "" {
+			cur["backing.driver"] = h.BackingFormat
+			if cur["backing.driver"] == "" {
+				cur["backing.driver"] = "raw"
+			}
+		}
+	}
+	for _, k := range []string{"node-name", "file.node-name", "backing.node-name"} {
+		if v, ok := s.spec[k]; ok {
+			cur[k] = v
+		}
+	}
+	for k, v := range given {
+		base := k
+		if i := strings.LastIndexByte(k, '.'); i >= 0 {
+			base = k[i+1:]
+		}
+		switch base {
+		case "node-name", "driver":
+			if cv, ok := cur[k]; !ok || cv != v {
+				return fmt.Errorf("Cannot change the option '%s'", base)
+			}
+		default:
+			// A driver option (raw's offset and size, qcow2's cache
+			// sizes, …): the image is opened again with it, and the
+			// opener checks it.
+			if s.spec == nil {
+				s.spec = chain.Spec{"filename": s.specPath(), "driver": cur["driver"]}
+				s.path = ""
+			}
+			s.spec[k] = v
+		}
+	}
+	return nil
 }

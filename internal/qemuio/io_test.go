@@ -321,7 +321,6 @@ func TestIOBadArguments(t *testing.T) {
 		"directory":           {"-f", "raw", "-c", "length", "dir"},
 		"wrong format":        {"-f", "qcow2", "-c", "length", "r.raw"},
 		"unknown format":      {"-f", "vmdk", "-c", "length", "r.raw"},
-		"no file":             {"-c", "length"},
 		"extra operand":       {"-f", "raw", "-c", "length", "r.raw", "more"},
 		"force-share rw":      {"-U", "-f", "raw", "-c", "length", "r.raw"},
 		"bad cache":           {"-f", "raw", "-t", "bogus", "-c", "length", "r.raw"},

@@ -171,6 +171,9 @@ func (c *checker) countReferences() {
 		c.walkL1(snap.L1, false)
 	}
 	c.ref(int64(h.SnapshotsOffset), im.SnapshotTableSize, "snapshot_table")
+	if h.CryptMethod == CryptLUKS {
+		c.ref(int64(h.CryptoOffset), int64(h.CryptoLength), "crypto_header")
+	}
 	c.ref(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)*cs, "refcount_table")
 	c.countBitmaps()
 	c.checkRefblocks()

@@ -86,7 +86,7 @@ type Header struct {
 	BackingFileSize       uint32
 	ClusterBits           uint32
 	Size                  uint64 // virtual disk size, bytes
-	CryptMethod           uint32 // always 0 after ParseHeader
+	CryptMethod           uint32 // CryptNone or CryptLUKS after ParseHeader (crypto.go)
 	L1Entries             uint32 // l1_size: number of L1 entries
 	L1Offset              uint64 // l1_table_offset
 	RefcountTableOffset   uint64
@@ -108,9 +108,13 @@ type Header struct {
 	BackingFile   string // "" when none
 	BackingFormat string // from ExtBackingFormat; "" when absent
 	DataFile      string // from ExtDataFile (ignored unless IncompatDataFile)
-	FeatureNames  []FeatureName
-	Bitmaps       *BitmapsExtension
-	Unknown       []Extension // in image order
+	// CryptoOffset and CryptoLength are the full disk encryption
+	// extension: where the LUKS header area is (crypto.go).
+	CryptoOffset, CryptoLength uint64
+	hasCryptoExt               bool
+	FeatureNames               []FeatureName
+	Bitmaps                    *BitmapsExtension
+	Unknown                    []Extension // in image order
 }
 
 // zbuf reads a byte slice as if it were followed by zeros: the first
@@ -305,7 +309,10 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 				DirectoryOffset: binary.BigEndian.Uint64(data[16:]),
 			}
 		case ExtFullDiskEncryption:
-			return Unsupported("full_disk_encryption_ext", n, "encryption unsupported")
+			bit = 16
+			if err := parseCryptoExt(h, data); err != nil {
+				return err
+			}
 		case ExtDataFile:
 			bit = 8
 			if strings.IndexByte(string(data), 0) >= 0 {
@@ -352,8 +359,8 @@ func (h *Header) validate() error {
 	if h.IncompatibleFeatures&IncompatDataFile != 0 {
 		return Unsupported("incompatible_features", h.IncompatibleFeatures, "external data file unsupported")
 	}
-	if h.CryptMethod != 0 {
-		return Unsupported("crypt_method", uint64(h.CryptMethod), "encryption unsupported")
+	if err := h.validateCrypto(); err != nil {
+		return err
 	}
 	if h.RefcountOrder > MaxRefcountOrder {
 		return Limit("refcount_order", uint64(h.RefcountOrder), "reference count entry width too large (above 64 bits)")
@@ -632,6 +639,9 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 	}
 	if h.DataFile != "" {
 		ext(ExtDataFile, []byte(h.DataFile))
+	}
+	if h.CryptoOffset != 0 || h.CryptoLength != 0 {
+		ext(ExtFullDiskEncryption, h.cryptoExt())
 	}
 	if len(h.FeatureNames) > 0 {
 		if len(h.FeatureNames) > cs/featureNameLen {

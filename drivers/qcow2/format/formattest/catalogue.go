@@ -114,7 +114,8 @@ var HostileImages = []Hostile{
 	{"38 json: backing name", "ovl", SetBacking(`json:{"driver":"raw","file":{"driver":"file","filename":"/etc/hostname"}}`), false, format.ErrUnsupported, "backing_file"},
 	{"38 protocol backing name", "ovl", SetBacking("nbd://evil.example/x"), false, format.ErrUnsupported, "backing_file"},
 	{"39 external data file bit", "base64m", At64(72, format.IncompatDataFile), false, format.ErrUnsupported, "incompatible_features"},
-	{"encryption", "base64m", At32(32, 2), false, format.ErrUnsupported, "crypt_method"},
+	{"LUKS encryption without its header extension", "base64m", At32(32, 2), false, format.ErrCorrupt, "full_disk_encryption_ext"},
+	{"AES encryption", "base64m", At32(32, 1), false, format.ErrUnsupported, "crypt_method"},
 	{"file shorter than a header", "base64m", func(_ *testing.T, b []byte) []byte { return b[:50] }, false, format.ErrCorrupt, "file_size"},
 	{"L1 table cut by EOF", "base64m", func(_ *testing.T, b []byte) []byte { return b[:0x30004] }, false, format.ErrCorrupt, "l1_table_offset"},
 }
