@@ -47,8 +47,8 @@ func (d writer) compressor() (*format.Compressor, error) {
 // allocBytes allocates n bytes (0 < n < cluster size) for one compressed
 // cluster and returns their host offset: after the previous compressed
 // cluster when it fits in its host cluster (or runs on into a newly
-// allocated host cluster right after it) and that cluster's refcount can
-// take one more, else at the start of a new host cluster. Each host
+// allocated host cluster right after it) and that cluster's refcount is
+// below half its maximum, else at the start of a new host cluster. Each host
 // cluster the bytes touch gains one reference (R1: in the cached refcount
 // block, written before the L2 entry). REQUIRES: metaLock held.
 func (d writer) allocBytes(co *aio.Co, n int64) (int64, error) {
@@ -59,7 +59,11 @@ func (d writer) allocBytes(co *aio.Co, n int64) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if rc == 0 || rc >= format.RefcountMax(d.mu.geo.RefcountOrder) {
+		// QEMU packs until the refcount maximum; we stop at half of it,
+		// so that a snapshot (one more reference to every cluster) still
+		// fits with narrow refcounts (refcount_bits 1 and 2: no packing;
+		// 4: seven per cluster; 16: no practical limit).
+		if rc == 0 || rc >= max(format.RefcountMax(d.mu.geo.RefcountOrder)/2, 1) {
 			off = 0
 		}
 	}
