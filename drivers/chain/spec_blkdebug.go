@@ -21,10 +21,13 @@ func init() { SpecDrivers["blkdebug"] = specBlkdebug }
 func specBlkdebug(b *SpecBuilder, s Spec, prefix, name string) (*block.Node, error) {
 	if fn, ok := s["filename"]; ok {
 		delete(s, "filename")
-		rest, ok := strings.CutPrefix(fn, "blkdebug:")
-		cfg, img, ok2 := strings.Cut(rest, ":")
-		if !ok || !ok2 {
-			return nil, fmt.Errorf("Could not open '%s': blkdebug requires both config file and image path", fn)
+		// A name without the prefix is the image (as QEMU takes it).
+		cfg, img := "", fn
+		if rest, ok := strings.CutPrefix(fn, "blkdebug:"); ok {
+			var found bool
+			if cfg, img, found = strings.Cut(rest, ":"); !found {
+				return nil, fmt.Errorf("Could not open '%s': blkdebug requires both config file and image path", fn)
+			}
 		}
 		if _, given := s["config"]; !given && cfg != "" {
 			s["config"] = cfg

@@ -49,6 +49,13 @@ func TestSpecBlkdebug(t *testing.T) {
 	}
 	im.Node.Unref()
 
+	// driver=blkdebug over a plain name: the name is the image.
+	s = Spec{"driver": "blkdebug", "image.driver": "qcow2", "filename": img}
+	if im, err = OpenSpec(g, s, Options{Name: "p", ReadOnly: true}); err != nil {
+		t.Fatalf("open -o driver=blkdebug over a plain name: %v", err)
+	}
+	im.Node.Unref()
+
 	for _, bad := range []Spec{
 		{"driver": "blkdebug", "image.filename": img, "align": "3"},
 		{"driver": "blkdebug", "image.filename": img, "inject-error.0.event": "nosuch"},
