@@ -132,6 +132,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 		d.mu.freeIdx = idx + 1
 		d.growFile(off + cs)
 		d.mu.Unlock()
+		d.pack.forget(off, cs) // compress_pack.go
 		return off, nil
 	}
 }
@@ -201,6 +202,7 @@ func (d metaIO) decref(co *aio.Co, off int64) error {
 		}
 		d.l2.drop(off)
 		d.mu.zcache.buf = nil
+		d.pack.forget(off, cs) // compress_pack.go
 		if off/cs < d.mu.freeIdx {
 			d.mu.freeIdx = off / cs
 		}

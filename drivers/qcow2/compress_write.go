@@ -1,8 +1,6 @@
 package qcow2
 
 import (
-	"bytes"
-	"compress/flate"
 	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
@@ -15,17 +13,14 @@ import (
 // multiple of the cluster size (or reach the end of the disk); anything
 // else is EINVAL, as in QEMU.
 //
-// The encoder is compress/flate with HuffmanOnly: QEMU inflates with a
-// 4 KiB window, and Go's LZ77 matcher may refer up to 32 KiB back, which
-// QEMU rejects ("invalid distance too far back", qcow2.md §0 item 6).
-// Huffman-only streams have no back-references at all, so they are valid
-// for any window; they compress less. A cluster that does not shrink is
-// written as a normal cluster, like QEMU does.
-//
-// Each compressed cluster gets a host cluster of its own (QEMU packs
-// several into one; both are valid, ours wastes the tail): refcount 1,
-// the L2 entry written after the data like any allocation (R1, R4 via the
-// flush stages), the old cluster freed after the flush (R2).
+// The clusters are compressed as QEMU does (format.Compressor: deflate
+// with a 4 KiB window at about zlib's default level, or a zstd frame) and
+// packed into shared host clusters byte by byte (allocBytes,
+// compress_pack.go): every host cluster holds a reference for each
+// compressed cluster that has bytes in it. A cluster that does not shrink
+// is written as a normal cluster, like QEMU does. The L2 entry is written
+// after the data like any allocation (R1, R4 via the flush stages), the
+// old cluster freed after the flush (R2).
 func (d *Driver) WriteCompressed(r *block.Request) {
 	if d.refuseCompressed(r) {
 		return
@@ -59,39 +54,35 @@ func (d *Driver) WriteCompressed(r *block.Request) {
 // *skip past each one written. A busy cluster returns an *errWait with
 // *skip at it. REQUIRES: metaLock held; it never releases it.
 func (d writer) writeCompressedLocked(co *aio.Co, r *block.Request, skip *int64) error {
-	if d.mu.hdr.CompressionType != format.CompressionZlib {
-		// The encoder below writes deflate only (zstd.go reads zstd).
-		return format.Unsupported("compression_type", uint64(d.mu.hdr.CompressionType), "compressed writes to a zstd image are not supported")
+	comp, err := d.compressor()
+	if err != nil {
+		return err
 	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
 	cs := d.mu.geo.ClusterSize()
 	plain := make([]byte, cs)
-	var out bytes.Buffer
 	for ; *skip < r.Len; *skip += cs {
 		skip := *skip
 		off := r.Off + skip
 		k := min(cs, r.Len-skip)
 		clear(plain)
 		block.CopyFromIov(plain[:k], r.Iov, skip)
-		out.Reset()
-		w, err := flate.NewWriter(&out, flate.HuffmanOnly)
+		// A whole cluster, zero-padded: QEMU inflates exactly
+		// cluster_size bytes.
+		out, err := comp.Compress(plain)
 		if err != nil {
 			return err
 		}
-		w.Write(plain) // a whole cluster: QEMU inflates exactly cluster_size bytes
-		if err := w.Close(); err != nil {
-			return err
-		}
-		if int64(out.Len()) >= cs {
+		if out == nil {
 			win := iovSlice(nil, r.Iov, skip, k)
 			if err := d.writeCluster(co, r, win, off, k); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := d.writeCompressedCluster(co, r, off, out.Bytes()); err != nil {
+		if err := d.writeCompressedCluster(co, r, off, out); err != nil {
 			return err
 		}
 	}
@@ -111,16 +102,17 @@ func (d writer) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, 
 		return err
 	}
 	defer d.l2Unpin(t)
-	host, err := d.allocCluster(co)
+	n := int64(len(data))
+	host, err := d.allocBytes(co, n)
 	if err != nil {
 		return err
 	}
-	ne, err := d.mu.geo.EncodeCompressed(host, int64(len(data)))
+	ne, err := d.mu.geo.EncodeCompressed(host, n)
 	if err != nil {
-		return d.abortAlloc(host, err)
+		return d.abortBytes(host, n, err)
 	}
 	if err := d.fileWrite(co, r, data, host); err != nil {
-		return d.abortAlloc(host, err)
+		return d.abortBytes(host, n, err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -181,6 +181,18 @@ func (d writer) zeroPartial(co *aio.Co, r *block.Request, off int64, zeros []byt
 		}
 		return nil
 	}
+	if err == nil && le.Type == format.Unallocated && d.backing != nil && d.mu.geo.ZeroFlag {
+		// The rest of the cluster may read as zero from the backing
+		// node: then the whole cluster becomes a zero cluster (zero_alloc.go).
+		ok, err := d.restReadsZero(co, r, off, int64(len(zeros)))
+		if err != nil {
+			return err
+		}
+		if ok {
+			cs := d.mu.geo.ClusterSize()
+			return d.zeroCluster(co, r, off&^(cs-1), modeZero)
+		}
+	}
 	return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
 }
 

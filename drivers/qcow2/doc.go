@@ -117,11 +117,12 @@
 // writes torn at 512-byte sectors, relying on sector-atomic writes as QEMU
 // does.
 //
-// Not yet: shrinking; amend of refcount_bits; zstd compressed writes
-// (refused); packing several compressed clusters into one host cluster
-// (WriteCompressed gives each its own, Huffman-only deflate so QEMU's
-// 4 KiB window reads it); resizing an image with persistent bitmaps
-// (refused); repair of damaged L1/L2 entries.
+// Compressed writes are deflate with a 4 KiB window (QEMU's inflate
+// window), or one zstd frame per cluster on a zstd image, packed several
+// to a host cluster (compress_pack.go).
+//
+// Not yet: shrinking; amend of refcount_bits; resizing an image with
+// persistent bitmaps (refused); repair of damaged L1/L2 entries.
 //
 // Persistent dirty bitmaps (bitmaps.go, docs/design/qcow2-bitmaps.md):
 // loaded at open and attached to the node, in_use on disk before the

@@ -166,6 +166,9 @@ type Driver struct {
 	// l2 is the image's L2 cache (l2cache.go; its own locking rules),
 	// set at Open.
 	l2 *l2Cache
+	// pack is the compressed-write state (compress_pack.go), guarded by
+	// metaLock.
+	pack packState
 	// meta holds the offsets of every refcount block and active L2 table,
 	// for the overlap check (R5) of data writes (metaset.go): changed
 	// under mu, read without it.

@@ -839,7 +839,7 @@ func (d snapshotOps) decrefRange(co *aio.Co, off, n int64) error {
 
 // incref adds one to the refcount of the cluster at off, which must be in
 // use (refcount ≥ 1) and below the refcount maximum.
-func (d snapshotOps) incref(co *aio.Co, off int64) error {
+func (d metaIO) incref(co *aio.Co, off int64) error {
 	cs := d.mu.geo.ClusterSize()
 	rb, _, bi, err := d.refcountBlock(co, off/cs)
 	if err == errNoSpace {

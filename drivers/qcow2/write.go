@@ -539,7 +539,10 @@ type runPlan struct {
 	gc    int64            // first guest cluster
 	old   []format.L2Entry // the entries replaced, one per cluster
 	hosts []int64          // the new host clusters
-	fl    *inflightAlloc
+	// reused[i]: hosts[i] is old[i]'s own preallocated zero cluster
+	// (ZERO_ALLOC with COPIED), written in place as planCluster does.
+	reused []bool
+	fl     *inflightAlloc
 	// wait, when set, means nothing was planned or held: run it with
 	// metaLock released, then plan again (admit).
 	wait func(*aio.Co)
@@ -592,16 +595,15 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 		return p, false, nil
 	}
 	p.hosts = make([]int64, count)
+	p.reused = make([]bool, count)
 	for i := range p.hosts {
-		h, err := d.allocCluster(co)
+		h, reuse, err := d.runHost(co, p.old[i])
 		if err != nil {
-			for _, a := range p.hosts[:i] {
-				d.abortAlloc(a, nil)
-			}
+			p.abort(d, i)
 			d.l2Unpin(p.t)
 			return p, false, err
 		}
-		p.hosts[i] = h
+		p.hosts[i], p.reused[i] = h, reuse
 	}
 	p.fl = d.markInflight(p.gc, count)
 	return p, true, nil
@@ -638,9 +640,7 @@ func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
 	defer d.l2Unpin(p.t)
 	defer d.finishInflight(p.fl, p.gc, count)
 	if ioErr != nil {
-		for _, a := range p.hosts {
-			d.abortAlloc(a, nil)
-		}
+		p.abort(d, len(p.hosts))
 		return 0, ioErr
 	}
 	d.mu.Lock()
@@ -655,10 +655,11 @@ func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
 		if d.mu.geo.ExtendedL2 { // every subcluster written
 			d.setL2BitmapLocked(p.t, p.l2i+int64(i), format.BitmapAllocMask)
 		}
-		switch le.Type {
-		case format.Normal, format.ZeroAlloc:
+		switch {
+		case p.reused[i]:
+		case le.Type == format.Normal || le.Type == format.ZeroAlloc:
 			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case format.Compressed:
+		case le.Type == format.Compressed:
 			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
 		}
 	}

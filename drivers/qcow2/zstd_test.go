@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
@@ -77,22 +76,35 @@ func TestQcow2ZstdReadInterop(t *testing.T) {
 	}
 }
 
-// TestQcow2ZstdCompressedWriteRefused: a compressed write to a zstd image
-// is refused (the encoder writes deflate only) and changes nothing.
-func TestQcow2ZstdCompressedWriteRefused(t *testing.T) {
+// TestQcow2ZstdCompressedWrites: compressed writes to a zstd image store
+// zstd frames QEMU reads (iotest 287): qemu-img check is clean, qemu-img
+// compare and qemu-io read -P see the data, qemu-img check counts the
+// clusters as compressed, and a cluster that does not compress is stored
+// plain.
+func TestQcow2ZstdCompressedWrites(t *testing.T) {
 	needQemu(t)
 	img := filepath.Join(t.TempDir(), "z.qcow2")
 	qemuCreate(t, img, "compression_type=zstd", 1<<20)
-	before, _ := os.ReadFile(img)
 	e := newTestEnv(t)
 	n := e.mustOpen(img, false)
-	_, err := n.WriteCompressed(bytes.Repeat([]byte{1}, 65536), 0)
-	n.Unref()
-	if !block.IsKind(err, block.Unsupported) {
-		t.Errorf("compressed write to a zstd image: %v, want Unsupported", err)
+	ref := make([]byte, 1<<20)
+	copy(ref[65536:], bytes.Repeat([]byte{0xac}, 65536))
+	copy(ref[2*65536:], textLike(2*65536, 3))
+	x := uint32(5)
+	for i := 4 * 65536; i < 5*65536; i++ { // noise: stored plain
+		x = x*1664525 + 1013904223
+		ref[i] = byte(x >> 24)
 	}
-	after, _ := os.ReadFile(img)
-	if !bytes.Equal(before, after) {
-		t.Error("refused compressed write changed the image")
+	if _, err := n.WriteCompressed(ref[65536:5*65536], 65536); err != nil {
+		t.Fatalf("compressed write to a zstd image: %v", err)
+	}
+	if err := n.Unref(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheck(t, img)
+	qemuCompare(t, img, ref)
+	qemuIO(t, img, "read -P 0xac 64k 64k")
+	if q := qemuCheckResult(t, img); q.CompressedClusters != 3 {
+		t.Errorf("compressed clusters %d, want 3 (the noise cluster is stored plain)", q.CompressedClusters)
 	}
 }

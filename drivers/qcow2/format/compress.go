@@ -3,7 +3,9 @@ package format
 import (
 	"bytes"
 	"compress/flate"
+	"errors"
 	"io"
+	"syscall"
 )
 
 // DecompressCluster inflates one compressed cluster from src into dst
@@ -16,7 +18,21 @@ import (
 // with a 4 KiB window; Go's reader accepts any window, so it reads QEMU's
 // output, but Go's writer must not be used to produce clusters for QEMU
 // (qcow2.md §0 item 6). zstd clusters are zstd frames (zstd.go).
+//
+// A cluster that does not decompress is ErrCorrupt that is also
+// syscall.EIO: QEMU fails such a read with EIO and nothing else (iotest
+// 214: a descriptor whose size field was cut short), so qemu-io and
+// qemu-img word it "Input/output error" as QEMU's do.
 func DecompressCluster(dst, src []byte, compressionType uint8) error {
+	err := decompressCluster(dst, src, compressionType)
+	var fe *FormatError
+	if errors.As(err, &fe) && fe.Err == ErrCorrupt {
+		fe.Err = errors.Join(ErrCorrupt, syscall.EIO)
+	}
+	return err
+}
+
+func decompressCluster(dst, src []byte, compressionType uint8) error {
 	switch compressionType {
 	case CompressionZlib:
 		fr := flate.NewReader(bytes.NewReader(src))
