@@ -263,3 +263,24 @@ func mustSpec(t *testing.T, name string) rbd.Spec {
 	}
 	return s
 }
+
+// TestRBDJSONOptions: qemu-io on a json: option tree with driver=rbd
+// (pool, image, conf, user, key-secret naming a --object secret) writes
+// what the rbd: name then reads; a qcow2 tree over an rbd file child too.
+func TestRBDJSONOptions(t *testing.T) {
+	c := testCluster(t)
+	img := rbdImage(t, c, "json")
+	ringblk(t, "create", "-f", "raw", img, "64M")
+	s, err := rbd.ParseName(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := c.AdminKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := fmt.Sprintf(`json:{"driver":"rbd","pool":%q,"image":%q,"conf":%q,"user":"admin","key-secret":"k0"}`,
+		s.Pool, s.Image, s.Conf)
+	ringblk(t, "io", "--object", "secret,id=k0,data="+key, "-c", "write -P 0x5a 64k 64k", spec)
+	ringblk(t, "io", "-c", "read -P 0x5a 64k 64k", "-c", "read -P 0 0 64k", img)
+}

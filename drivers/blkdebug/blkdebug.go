@@ -79,6 +79,12 @@ func ReadConfig(path string) ([]Rule, error) {
 // configuration file cfg ("" : no rules), taking over the caller's
 // reference on file (dropped on failure).
 func NewNode(g *block.Graph, file *block.Node, cfg string, nopts block.Options) (*block.Node, error) {
+	return NewNodeRules(g, file, cfg, nil, nopts)
+}
+
+// NewNodeRules is NewNode with extra rules after the configuration
+// file's (QEMU's inline inject-error.N / set-state.N options).
+func NewNodeRules(g *block.Graph, file *block.Node, cfg string, extra []Rule, nopts block.Options) (*block.Node, error) {
 	var rules []Rule
 	if cfg != "" {
 		var err error
@@ -87,6 +93,7 @@ func NewNode(g *block.Graph, file *block.Node, cfg string, nopts block.Options) 
 			return nil, err
 		}
 	}
+	rules = append(rules, extra...)
 	d := New(file, rules)
 	d.cfgPath = cfg
 	n, err := g.Open(d, nopts)

@@ -125,6 +125,15 @@ func Parse(r io.Reader) ([]Rule, error) {
 	return rules, nil
 }
 
+// RuleFrom makes the rule of one group ("inject-error" or "set-state")
+// from its options, as a configuration file's group gives them.
+func RuleFrom(group string, kv map[string]string) (Rule, error) {
+	if group != "inject-error" && group != "set-state" {
+		return Rule{}, fmt.Errorf("there is no option group '%s'", group)
+	}
+	return ruleFrom(group, kv)
+}
+
 func ruleFrom(group string, kv map[string]string) (Rule, error) {
 	ru := Rule{Errno: 5, Offset: -1, IOTypes: ioDefault}
 	name, ok := kv["event"]

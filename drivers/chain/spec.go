@@ -30,9 +30,10 @@ import (
 
 // SpecDriver opens the node a Spec names with a driver ringblk's chain
 // does not know itself. s holds that node's own keys (its children's
-// under "image.", "file."…); b opens children (b.Child). The returned
+// under "image.", "file."…); b opens children (b.Child); prefix names the
+// node in messages ("file.") and name is its node name. The returned
 // node's reference passes to the caller.
-type SpecDriver func(b *SpecBuilder, s Spec) (*block.Node, error)
+type SpecDriver func(b *SpecBuilder, s Spec, prefix, name string) (*block.Node, error)
 
 // SpecDrivers are the extra drivers OpenSpec knows, by QEMU driver name.
 // A filter driver package registers itself here from an init function in
@@ -382,7 +383,7 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 		return b.luks(s, prefix, name)
 	}
 	if d, ok := SpecDrivers[driver]; ok {
-		n, err := d(b, s)
+		n, err := d(b, s, prefix, name)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -9,6 +9,7 @@ package cli
 import (
 	"encoding/base64"
 	"fmt"
+	"github.com/ringblk/ringblk/drivers/rbd"
 	"os"
 	"strings"
 
@@ -192,6 +193,9 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 			return name, format, nil
 		}
 	}
+	if s["driver"] == "rbd" {
+		return rbdImageFile(name, format, s)
+	}
 	d := s["driver"]
 	delete(s, "driver")
 	delete(s, "node-name")
@@ -239,6 +243,24 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 		d = format
 	}
 	return file, d, nil
+}
+
+// rbdImageFile is the rbd: name of a driver=rbd option tree (the image
+// commands open rbd: names). A key-secret cannot be carried by the name
+// (names are printed); such trees open in qemu-io, not here.
+func rbdImageFile(name, format string, s chain.Spec) (file, fmtName string, err error) {
+	delete(s, "node-name")
+	if _, ok := s["key-secret"]; ok {
+		return "", "", fmt.Errorf("Could not open '%s': ringblk's image commands do not take key-secret for RBD here (use keyring= or the config file's keyring)", name)
+	}
+	rs, err := rbd.FromOptions(s)
+	if err != nil {
+		return "", "", fmt.Errorf("Could not open '%s': %v", name, err)
+	}
+	if format == "" {
+		format = "raw"
+	}
+	return rs.String(), format, nil
 }
 
 // FilePath is the local file an image name means: the name itself, or

@@ -381,7 +381,9 @@ func withQcow2(path string, fn func(n *block.Node) error) error {
 	return withNewFile(path, func(file *block.Node) error {
 		g := file.Graph()
 		drv := qcow2.New(file, qcow2.DriverOptions{IgnoreBacking: true})
-		file.Ref()
+		// The driver's reference on file: a graph call, so it runs on
+		// the main Context (this goroutine is not its owner).
+		g.Control(file.Ref)
 		n, err := g.Open(drv, block.Options{Name: "encrypt"})
 		if err != nil {
 			drv.Release()

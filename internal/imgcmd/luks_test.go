@@ -301,3 +301,19 @@ func TestLuksMapResize(t *testing.T) {
 		}
 	}
 }
+
+// TestQcow2EncryptCreateOnMain: creating an encrypted qcow2 image takes
+// its graph references on the main Context (with the race or invariants
+// tag a reference taken elsewhere fails the graph's check); no QEMU needed.
+func TestQcow2EncryptCreateOnMain(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "e.qcow2")
+	_, errs, code := clitest.Ours(Create, "--object", sec0, "-f", "qcow2", "-o",
+		"encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", p, "1M")
+	if code != 0 {
+		t.Fatalf("create: exit %d %s", code, errs)
+	}
+	got, errs, code := clitest.Ours(Info, "--output=json", p)
+	if code != 0 || !strings.Contains(got, `"encrypted": true`) {
+		t.Fatalf("info: exit %d %s\n%s", code, errs, got)
+	}
+}

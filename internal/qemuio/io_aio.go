@@ -111,6 +111,19 @@ func (s *ioSession) aioFlush() {
 	}
 }
 
+// aioReportFinished prints the results of the asynchronous requests that
+// have finished, without waiting for the others (qemu-io's main loop
+// runs their completions while sleep waits).
+func (s *ioSession) aioReportFinished() {
+	s.aio.mu.Lock()
+	done := s.aio.done
+	s.aio.done = nil
+	s.aio.mu.Unlock()
+	for _, a := range done {
+		s.aioReport(a)
+	}
+}
+
 func (s *ioSession) aioReport(a *aioReq) {
 	if a.write {
 		if a.err != nil {
