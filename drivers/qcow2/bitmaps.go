@@ -125,7 +125,7 @@ func (d *Driver) CheckNewPersistentBitmap(name string, granularity int64) error 
 		return fmt.Errorf("Granularity exceeds maximum (%d bytes)", int64(1)<<format.MaxBitmapGranularityBits)
 	case bits.TrailingZeros64(uint64(granularity)) < format.MinBitmapGranularityBits:
 		return fmt.Errorf("Granularity is under minimum (%d bytes)", int64(1)<<format.MinBitmapGranularityBits)
-	case (uint64(d.mu.geo.Size)/uint64(granularity)+8)/8 > format.MaxBitmapBytes ||
+	case ((uint64(d.mu.geo.Size)+uint64(granularity)-1)/uint64(granularity)+7)/8 > format.MaxBitmapBytes ||
 		format.BitmapTableEntries(uint64(d.mu.geo.Size), uint32(bits.TrailingZeros64(uint64(granularity))), uint64(d.mu.geo.ClusterSize())) > format.MaxBitmapTableEntries:
 		return errors.New("Too much space will be occupied by the bitmap. Use larger granularity")
 	case d.inconsistentLocked(name) >= 0:

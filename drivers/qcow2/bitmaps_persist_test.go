@@ -298,3 +298,26 @@ func TestQcow2BitmapsInactivateActivate(t *testing.T) {
 		t.Fatalf("QEMU reads %v, want %v", got, want)
 	}
 }
+
+// TestCheckNewPersistentBitmapAtSizeLimit: a bitmap whose bits take
+// exactly the in-memory limit (2 TiB at 512-byte granularity: 2^32 bits,
+// 512 MiB) is allowed, as in QEMU (iotest 190); one more granule of disk
+// is not.
+func TestCheckNewPersistentBitmapAtSizeLimit(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	e := newTestEnv(t)
+	for _, c := range []struct {
+		size string
+		ok   bool
+	}{{"2T", true}, {"2199023256064", false}} { // 2 TiB + 512
+		img := filepath.Join(dir, c.size+".qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", img, c.size)
+		n := e.mustOpen(img, false)
+		err := n.Driver().(*Driver).CheckNewPersistentBitmap("b1", 512)
+		n.Unref()
+		if (err == nil) != c.ok {
+			t.Errorf("%s at granularity 512: %v, want allowed=%v", c.size, err, c.ok)
+		}
+	}
+}
