@@ -9,7 +9,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -308,37 +307,13 @@ func createQcow2(r *createReq, objs *cli.Objects) (string, error) {
 
 // writeQcow2 runs qcow2.Create on a raw node over a new file: a main
 // Context, a graph with the one node, then everything closed again.
-func writeQcow2(path string, size int64, co format.CreateOptions) (err error) {
-	// Make sure the file exists, without O_TRUNC: the raw node below
-	// takes the image locks first, and qcow2.Create truncates only then,
-	// so an image another process holds is refused untouched.
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
-	if err != nil {
-		return err
-	}
-	f.Close()
-	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: 1 << 20})
-	if err != nil {
-		return err
-	}
-	if err := c.Start(); err != nil {
-		return fmt.Errorf("cannot start an io_uring Context: %v", err)
-	}
-	defer func() {
-		if _, serr := c.Stop(); serr != nil && err == nil {
-			err = serr
-		}
-	}()
-	g := block.NewGraph(c)
-	file, err := raw.NewNode(g, path, raw.Options{}, block.Options{})
-	if err != nil {
-		return err
-	}
-	err = qcow2.Create(file, size, co)
-	if cerr := file.Unref(); err == nil {
-		err = cerr
-	}
-	return err
+func writeQcow2(path string, size int64, co format.CreateOptions) error {
+	// withNewFile makes the file without O_TRUNC: the raw node takes the
+	// image locks first, and qcow2.Create truncates only then, so an
+	// image another process holds is refused untouched.
+	return withNewFile(path, func(file *block.Node) error {
+		return qcow2.Create(file, size, co)
+	})
 }
 
 // createErr words a failed creation as qemu-img does: "FILE: cause", and
