@@ -25,7 +25,8 @@
 #   no format: both formats; no TEST: the whole selection.
 # Environment: IOTESTS_CACHE (default /var/tmp/ringblk-iotests),
 #   IOTESTS_PROGS=both|ringblk|qemu, RINGBLK (a built binary; default: go
-#   build), IOTESTS_JOBS (check -j, default 1).
+#   build), IOTESTS_JOBS (check -j, default 1), IOTESTS_RESULTS (where
+#   the check logs go; default $IOTESTS_CACHE/results).
 # Slow (minutes); not part of make test. Heavy: run it under
 # flock /work/wt/bench.lock on a shared machine.
 set -euo pipefail
@@ -109,7 +110,13 @@ select_tests() {
 # TEST_DIR with characters other than letters, digits, -, _ and /.
 work=$(mktemp -d /var/tmp/ringblk-iotests-run-XXXXXX)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/ringblk" "$work/qemu" "$work/test" "$work/sock" "$cache/results"
+results=${IOTESTS_RESULTS:-$cache/results}
+mkdir -p "$work/ringblk" "$work/qemu" "$work/test" "$work/sock" "$results"
+# A private copy of the test tree (13 MB): check writes its .out.bad,
+# .notrun and timing files next to the tests, so two runs at once must
+# not share one tree.
+cp -a "$cache/tree" "$work/tree"
+iotests=$work/tree/tests/qemu-iotests
 
 # The stub qemu-system: check runs "-machine help" once, and
 # _require_drivers asks "-drive format=help", answered with the formats
@@ -148,7 +155,7 @@ run() {
 	else
 		mapfile -t list < <(select_tests "$fmt")
 	fi
-	log=$cache/results/$side-$fmt.log
+	log=$results/$side-$fmt.log
 	rm -rf "$work/test" && mkdir -p "$work/test"
 	echo "iotests: $side -$fmt: ${#list[@]} tests (log $log)" >&2
 	(cd "$iotests" && TEST_DIR=$work/test SOCK_DIR=$work/sock \
