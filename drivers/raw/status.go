@@ -17,7 +17,7 @@ import (
 // or a filesystem that cannot answer, reports data for the whole range.
 func (d *Driver) BlockStatus(r *block.Request) {
 	r.Status, r.Pnum = block.StatusData|block.StatusAllocated, r.Len
-	if !d.blockdev {
+	if !d.blockdev && !d.chardev {
 		r.Status, r.Pnum = d.extent(r.Off, r.Len)
 	}
 	r.CompleteLater(nil)
@@ -40,6 +40,11 @@ func (d *Driver) extent(off, n int64) (block.Status, int64) {
 	if err != nil || hole <= off {
 		return data, n
 	}
+	// A hole that starts inside a sector can only be the end of a file
+	// whose size is not a multiple of 512: the image is rounded up to
+	// whole sectors (length), and that last sector is data, as QEMU
+	// reports it, not a data part and a one-sector-short hole.
+	hole = (hole + sectorSize - 1) &^ (sectorSize - 1)
 	return data, min(hole-off, n)
 }
 
