@@ -475,6 +475,16 @@ func imageOptsName(spec string) string {
 		return plain
 	}
 named:
+	if n := jsonName(kvs); n != "" {
+		return n
+	}
+	return spec
+}
+
+// jsonName renders options given as dotted keys as a json: name, the
+// way qemu-img names an image whose options make no plain filename; ""
+// if they cannot be rendered.
+func jsonName(kvs []cli.KeyValue) string {
 	root := map[string]any{}
 	for _, kv := range kvs {
 		m := root
@@ -500,7 +510,7 @@ named:
 	}
 	b, err := json.Marshal(root)
 	if err != nil {
-		return spec
+		return ""
 	}
 	return "json:" + strings.NewReplacer(`":`, `": `, `,"`, `, "`).Replace(string(b))
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
@@ -124,6 +125,14 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 	ch := &imageChain{}
 	n, path, format := img.Node, img.Path, img.Format
 	for n != nil {
+		if f := skipFilters(n); f != n {
+			// A filter (blkdebug) maps as the node it filters, as
+			// QEMU's block status skips filters.
+			n = f
+			if _, ok := n.Driver().(*raw.Driver); ok {
+				format = "raw"
+			}
+		}
 		size, err := n.Length()
 		if err != nil {
 			ch.Close()
@@ -155,6 +164,19 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 		n, path, format = next, nextPath, nextFormat
 	}
 	return ch, nil
+}
+
+// skipFilters is the first node at or below n that is not a filter
+// (a node whose data is its RoleFiltered child's).
+func skipFilters(n *block.Node) *block.Node {
+	for depth := 0; depth < 64; depth++ {
+		c := n.Child(block.RoleFiltered)
+		if c == nil || c.Node() == nil {
+			break
+		}
+		n = c.Node()
+	}
+	return n
 }
 
 func (ch *imageChain) Close() {

@@ -204,3 +204,44 @@ func TestImageToolsHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestMapThroughFilterTree: an image named by an option tree with a
+// filter (blkdebug over qcow2 over a file) maps as the image below the
+// filter, the same bytes as qemu-img map prints for it (iotest 204).
+func TestMapThroughFilterTree(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	makeMapImages(t)
+	for _, output := range []string{"json", "human"} {
+		opts := "driver=blkdebug,image.driver=qcow2,image.file.driver=file,image.file.filename=top.qcow2,align=4k"
+		args := []string{"--output=" + output, "--image-opts", opts}
+		want, wcode := clitest.Qemu(t, "qemu-img", append([]string{"map"}, args...)...)
+		got, errOut, code := clitest.Ours(Map, args...)
+		if code != wcode || got != want {
+			t.Errorf("map %v: exit %d (qemu-img %d), stderr %q\n got: %s\nwant: %s", args, code, wcode, errOut, got, want)
+		}
+	}
+}
+
+// TestInfoThroughFilterTree: info on a json: name whose qcow2 image sits
+// on a blkdebug filter opens the whole tree and shows what qemu-img info
+// shows (iotest 110): every line but the image's json: name, which both
+// render from the options in their own order.
+func TestInfoThroughFilterTree(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	makeMapImages(t)
+	name := `json:{"driver": "qcow2", "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": "top.qcow2"}, "set-state": [{"event": "read_aio", "new_state": 42}]}}`
+	want, wcode := clitest.Qemu(t, "qemu-img", "info", name)
+	got, errOut, code := clitest.Ours(Info, name)
+	dropName := func(s string) string {
+		if !strings.HasPrefix(s, "image: json:{") {
+			return "(no json: image name) " + s
+		}
+		_, rest, _ := strings.Cut(s, "\n")
+		return rest
+	}
+	if code != wcode || dropName(got) != dropName(want) {
+		t.Errorf("info %s: exit %d (qemu-img %d), stderr %q\n got: %s\nwant: %s", name, code, wcode, errOut, got, want)
+	}
+}
