@@ -126,7 +126,7 @@ func (n *Node) startSlow(r *Request) bool {
 	align := int64(n.opts.Align)
 	rw := r.Op == OpRead || r.Op == OpWrite
 	unaligned := rw && (r.Off|r.Len)&(align-1) != 0
-	splits := splittable(r.Op) && n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer
+	splits := splittable(r.Op) && n.maxLen(r.Op) > 0 && r.Len > n.maxLen(r.Op)
 	// A compressed write is never padded or split (the driver takes whole
 	// clusters), but it is tracked so it waits for overlapping RMW writes.
 	track := align > 1 && (rw || r.Op == OpWriteZeroes || r.Op == OpWriteCompressed)
@@ -163,7 +163,7 @@ func (n *Node) runSlow(r *Request) {
 			s.phase = phaseRMWRead
 		}
 		n.issue(r, OpRead, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
-	case splittable(r.Op) && n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer:
+	case splittable(r.Op) && n.maxLen(r.Op) > 0 && r.Len > n.maxLen(r.Op):
 		s.phase = phaseSplit
 		n.issue(r, r.Op, r.Off, r.Len, r.Iov)
 	default:
@@ -180,7 +180,7 @@ func (n *Node) issue(r *Request, op Op, off, length int64, iov [][]byte) {
 	end := off + length
 	var first, last *Request
 	for pos := off; pos < end || (length == 0 && first == nil); {
-		k := pieceLen(pos, end, n.opts.MaxTransfer)
+		k := pieceLen(pos, end, n.maxLen(op))
 		p := r.pool.Get()
 		p.Op, p.Flags, p.Off, p.Len = op, r.Flags, pos, k
 		if op == OpRead || op == OpWrite {
@@ -209,6 +209,15 @@ func (n *Node) issue(r *Request, op Op, off, length int64, iov [][]byte) {
 	if s.pending == 0 {
 		n.slowPhaseDone(r)
 	}
+}
+
+// maxLen is the longest request of op the driver takes (0: no limit):
+// MaxWriteZeroes for write-zeroes when set, else MaxTransfer.
+func (n *Node) maxLen(op Op) int64 {
+	if op == OpWriteZeroes && n.opts.MaxWriteZeroes > 0 {
+		return n.opts.MaxWriteZeroes
+	}
+	return n.opts.MaxTransfer
 }
 
 // splittable reports whether op goes to the driver in MaxTransfer pieces.

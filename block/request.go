@@ -207,7 +207,7 @@ func (n *Node) Submit(r *Request, done Done) {
 		r.CompleteLater(err)
 		return
 	}
-	if n.opts.Align > 1 || n.opts.MaxTransfer > 0 {
+	if n.opts.Align > 1 || n.opts.MaxTransfer > 0 || n.opts.MaxWriteZeroes > 0 {
 		if n.startSlow(r) {
 			return
 		}

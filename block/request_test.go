@@ -226,3 +226,26 @@ func TestThrottleOffWhileDrained(t *testing.T) {
 		t.Fatalf("drain finished %d requests in %v: throttled requests waited for their timers", done, took)
 	}
 }
+
+// TestMaxWriteZeroes: a node whose MaxWriteZeroes is set hands a
+// write-zeroes request to the driver in pieces of that size, not of
+// MaxTransfer (which still bounds writes): QEMU's max-pwrite-zeroes.
+func TestMaxWriteZeroes(t *testing.T) {
+	e := blocktest.NewEnv(t, 0)
+	mem := blocktest.NewMem(1 << 20)
+	n := e.Open(mem, block.Options{Name: "mem", Align: 512, MaxTransfer: 4096, MaxWriteZeroes: 256 << 10})
+	defer n.Unref()
+	if err := n.WriteZeroes(0, 512<<10, 0); err != nil {
+		t.Fatal(err)
+	}
+	if mem.MaxSeen != 256<<10 || mem.Ops != 2 {
+		t.Errorf("write-zeroes of 512 KiB: %d requests, largest %d; want 2 of 256 KiB", mem.Ops, mem.MaxSeen)
+	}
+	mem.MaxSeen, mem.Ops = 0, 0
+	if _, err := n.WriteAt(make([]byte, 16<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if mem.MaxSeen != 4096 || mem.Ops != 4 {
+		t.Errorf("write of 16 KiB: %d requests, largest %d; want 4 of 4 KiB", mem.Ops, mem.MaxSeen)
+	}
+}
