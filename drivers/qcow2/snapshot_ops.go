@@ -474,7 +474,10 @@ func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) err
 		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{oldOff, oldSz})
 	}
 	d.mu.Unlock()
-	return d.flushAllMetadata(co, nil)
+	if err := d.flushAllMetadata(co, nil); err != nil {
+		return &oldTableFreeError{err} // the new table is in place (snapfree.go)
+	}
+	return nil
 }
 
 // readSnapshotL1 reads and checks snapshot sn's L1 table: every entry
@@ -709,15 +712,15 @@ func (d snapshotOps) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
 	rest := normalizedSnapshots(snaps, size)
 	rest = append(rest[:i], rest[i+1:]...)
 	if err := d.writeSnapshotTable(co, rest); err != nil {
-		return err
+		return asSnapshotFree(err)
 	}
 	// R2: the entry's removal is durable; now its references go.
 	if err := d.decrefAll(co, snapL1); err != nil {
-		return err
+		return &SnapshotFreeError{Err: err}
 	}
 	if len(snapL1) > 0 {
 		if err := d.decrefRange(co, int64(sn.L1Offset), int64(len(snapL1))*8); err != nil {
-			return err
+			return &SnapshotFreeError{Err: err}
 		}
 	}
 	if err := d.fixActiveCopied(co); err != nil {
