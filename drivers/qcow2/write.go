@@ -549,8 +549,9 @@ type runPlan struct {
 }
 
 // planRun plans a run of whole clusters at off (cluster aligned, n ≥ 2
-// clusters) that all need allocation (no COPIED cluster, no COW: every
-// byte is overwritten) inside one L2 table: the table pinned, the host
+// clusters) that need allocation or are COPIED data clusters written in
+// place (no COW: every byte is overwritten; on extended-L2 images the run
+// stops at a COPIED cluster) inside one L2 table: the table pinned, the host
 // clusters allocated, the guest clusters marked in flight (R8). ok false
 // (and nothing held) means the first clusters do not qualify: writeCluster
 // handles them; with p.wait set, the clusters are busy (admit): run the
@@ -583,9 +584,12 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 			d.l2Unpin(p.t)
 			return p, false, err
 		}
-		if le.Type == format.Normal && le.Copied {
+		if le.Type == format.Normal && le.Copied && d.mu.geo.ExtendedL2 {
 			break
 		}
+		// iotfilters: a COPIED data cluster joins the run in place
+		// (runHost), so that a write over data, preallocated zero and
+		// data clusters contiguous on the host is one host write.
 		p.old = append(p.old, le)
 	}
 	d.mu.Unlock()
@@ -645,8 +649,11 @@ func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.mu.cowPending = true
 	for i, le := range p.old {
+		if p.reused[i] && le.Type == format.Normal {
+			continue // written in place: the entry stays as it is
+		}
+		d.mu.cowPending = true
 		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.hosts[i], true)
 		if err != nil {
 			return 0, err

@@ -16,7 +16,9 @@ import (
 // planCluster does for a single cluster and QEMU's handle_copied does;
 // anything else gets a new cluster. REQUIRES: metaLock held.
 func (d writer) runHost(co *aio.Co, le format.L2Entry) (host int64, reused bool, err error) {
-	if le.Type == format.ZeroAlloc && le.Copied {
+	if (le.Type == format.ZeroAlloc || le.Type == format.Normal) && le.Copied {
+		// A preallocated zero cluster, or a data cluster (iotfilters:
+		// planRun's in-place members), is written where it is.
 		if d.overlapsMetadata(le.HostOff, d.mu.geo.ClusterSize()) {
 			return 0, false, d.markCorrupt(co, le.HostOff, "data write")
 		}
