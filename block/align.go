@@ -19,9 +19,12 @@ import (
 //   - RMW writes are serialising: on a node that needs alignment every read
 //     and write is tracked, an RMW write waits for every earlier overlapping
 //     request, and every request waits for earlier overlapping RMW writes.
-//     Waiting only for earlier requests means the waits cannot form a cycle.
-//     Nodes without alignment track nothing (seed 003: serialise only where
-//     RMW needs it).
+//     As in QEMU, a request that is itself waiting is not waited for (a new
+//     request overtakes it), and when it wakes it checks again against
+//     every tracked request that is not waiting, earlier or later. Waits
+//     thus always point at a request that is running, so they cannot form
+//     a cycle. Nodes without alignment track nothing (seed 003: serialise
+//     only where RMW needs it).
 //
 // Each piece is a request of its own on the node and holds the node's
 // in-flight count like any other; the padded or split request holds its own
@@ -110,6 +113,7 @@ type slowState struct {
 	// Serialisation (node.tracked).
 	tracked     bool
 	serialising bool
+	waiting     bool     // queued on another request's waiters
 	waiters     *Request // requests waiting for this one to finish
 	waitNext    *Request
 }
@@ -161,6 +165,7 @@ func (n *Node) runSlow(r *Request) {
 		s.phase = phaseAlignedRead
 		if r.Op == OpWrite {
 			s.phase = phaseRMWRead
+			n.rmwEvents(r, DbgPwritevRmwHead, DbgPwritevRmwTail)
 		}
 		n.issue(r, OpRead, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
 	case splittable(r.Op) && n.maxLen(r.Op) > 0 && r.Len > n.maxLen(r.Op):
@@ -251,6 +256,7 @@ func (n *Node) slowPhaseDone(r *Request) {
 	case phaseRMWRead:
 		if err == nil {
 			iovGather(s.bounce[r.Off-s.aoff:r.Off-s.aoff+r.Len], r.Iov)
+			n.rmwEvents(r, DbgPwritevRmwAfterHead, DbgPwritevRmwAfterTail)
 			s.phase = phaseRMWWrite
 			n.issue(r, OpWrite, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
 			return
@@ -258,6 +264,25 @@ func (n *Node) slowPhaseDone(r *Request) {
 	}
 	releaseBounce(r, s)
 	r.Complete(err)
+}
+
+// rmwEvents raises, on a node whose driver takes debug events
+// (blkdebug), QEMU's read-modify-write events of a padded write: head
+// when the write starts inside an aligned block, tail when it ends inside
+// one (one read covers both here, so the head and tail events come
+// together around it).
+func (n *Node) rmwEvents(r *Request, head, tail DebugEvent) {
+	d, ok := n.drv.(DebugEventer)
+	if !ok {
+		return
+	}
+	s := r.slow
+	if r.Off != s.aoff {
+		d.DebugEvent(head)
+	}
+	if r.Off+r.Len != s.aend {
+		d.DebugEvent(tail)
+	}
 }
 
 // bounceBuf returns size bytes for a padded request: a block of the arena
@@ -302,19 +327,25 @@ func (n *Node) track(r *Request) (wait bool) {
 	defer t.mu.Unlock()
 	r.slow.tracked = true
 	t.list = append(t.list, r)
-	if b := t.conflict(r, len(t.list)-1); b != nil {
+	if b := t.conflict(r); b != nil {
 		r.slow.waitNext = b.slow.waiters
 		b.slow.waiters = r
+		r.slow.waiting = true
 		return true
 	}
 	return false
 }
 
-// conflict returns an earlier request (index < upto) that r must wait for.
-func (t *tracker) conflict(r *Request, upto int) *Request {
+// conflict returns a tracked request that r must wait for: one that
+// overlaps r, is serialising or has r serialising, and is not waiting
+// itself (QEMU's bdrv_find_conflicting_request).
+func (t *tracker) conflict(r *Request) *Request {
 	rs := r.slow
-	for _, o := range t.list[:upto] {
+	for _, o := range t.list {
 		os := o.slow
+		if o == r || os.waiting {
+			continue
+		}
 		if (os.serialising || rs.serialising) && os.aoff < rs.aend && rs.aoff < os.aend {
 			return o
 		}
@@ -341,19 +372,18 @@ func (n *Node) untrack(r *Request) {
 	w := r.slow.waiters
 	r.slow.waiters = nil
 	r.slow.tracked = false
+	// The waiters are running again unless they meet another conflict:
+	// mark them all first, so that they do not skip each other.
+	for w := w; w != nil; w = w.slow.waitNext {
+		w.slow.waiting = false
+	}
 	for w != nil {
 		next := w.slow.waitNext
 		w.slow.waitNext = nil
-		pos := 0
-		for i, o := range t.list {
-			if o == w {
-				pos = i
-				break
-			}
-		}
-		if b := t.conflict(w, pos); b != nil {
+		if b := t.conflict(w); b != nil {
 			w.slow.waitNext = b.slow.waiters
 			b.slow.waiters = w
+			w.slow.waiting = true
 		} else {
 			w.slow.waitNext = ready
 			ready = w

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"math/rand"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -247,5 +249,52 @@ func TestMaxWriteZeroes(t *testing.T) {
 	}
 	if mem.MaxSeen != 4096 || mem.Ops != 4 {
 		t.Errorf("write of 16 KiB: %d requests, largest %d; want 4 of 4 KiB", mem.Ops, mem.MaxSeen)
+	}
+}
+
+// evMem is a Mem that records the debug events raised on its node.
+type evMem struct {
+	*blocktest.Mem
+	mu  sync.Mutex
+	evs []string
+}
+
+func (m *evMem) DebugEvent(ev block.DebugEvent) {
+	m.mu.Lock()
+	m.evs = append(m.evs, ev.String())
+	m.mu.Unlock()
+}
+
+// TestRMWDebugEvents: a write the node read-modify-writes for its
+// alignment raises QEMU's pwritev_rmw_* events on the node (iotest 077
+// breaks on them when blkdebug is the node with the alignment): head
+// and tail events for the ends inside an aligned block, before the read,
+// the after_ events after it; an aligned write raises none.
+func TestRMWDebugEvents(t *testing.T) {
+	e := blocktest.NewEnv(t, 0)
+	mem := &evMem{Mem: blocktest.NewMem(64 << 10)}
+	n := e.Open(mem, block.Options{Name: "mem", Align: 4096})
+	defer n.Unref()
+	for _, c := range []struct {
+		off, len int64
+		want     string
+	}{
+		{0x1200, 0x200, "pwritev_rmw_head pwritev_rmw_tail pwritev_rmw_after_head pwritev_rmw_after_tail"},
+		{0x2000, 0x200, "pwritev_rmw_tail pwritev_rmw_after_tail"},
+		{0x3e00, 0x200, "pwritev_rmw_head pwritev_rmw_after_head"},
+		{0x4000, 0x1000, ""},
+	} {
+		mem.mu.Lock()
+		mem.evs = nil
+		mem.mu.Unlock()
+		if _, err := n.WriteAt(make([]byte, c.len), c.off); err != nil {
+			t.Fatal(err)
+		}
+		mem.mu.Lock()
+		got := strings.Join(mem.evs, " ")
+		mem.mu.Unlock()
+		if got != c.want {
+			t.Errorf("write %#x+%#x: events %q, want %q", c.off, c.len, got, c.want)
+		}
 	}
 }
