@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/blkdebug"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
@@ -474,18 +475,12 @@ func infoTree(ia *cli.ImageArgs, name, fmtName, output string, share bool, w io.
 	// The disk size is the file's when the image sits on a file node;
 	// over a filter or another driver it is unavailable, as qemu-img
 	// reports it (blkdebug counts as a protocol there).
-	oi.remote = true
 	fileNode := img.Node
 	if c := img.Node.Child(block.RoleFile); c != nil && c.Node() != nil {
 		fileNode = c.Node()
 	}
-	if rd, ok := fileNode.Driver().(*raw.Driver); ok {
-		if st, err := os.Stat(rd.Path()); err == nil {
-			if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-				oi.remote, oi.blocks = false, sys.Blocks*512
-			}
-		}
-	}
+	oi.blocks, oi.remote = allocatedSize(fileNode, 0)
+	oi.remote = !oi.remote
 	if ia.ImageOpts {
 		oi.display = imageOptsName(name)
 	} else if s, err := cli.NameSpec(name, ""); err == nil {
@@ -505,4 +500,37 @@ func infoTree(ia *cli.ImageArgs, name, fmtName, output string, share bool, w io.
 		return 0, writeJSON(w, o)
 	}
 	return 0, printInfoHuman(w, oi, o)
+}
+
+// allocatedSize is the disk space below n as qemu-img counts it: a file's
+// allocated bytes, the sum over the children of a node with several (a
+// quorum); none (ok false) for a blkdebug filter, which QEMU counts as a
+// protocol without the figure, or a node without a file below.
+func allocatedSize(n *block.Node, depth int) (size int64, ok bool) {
+	switch d := n.Driver().(type) {
+	case *raw.Driver:
+		st, err := os.Stat(d.Path())
+		if err != nil {
+			return 0, false
+		}
+		sys, isStat := st.Sys().(*syscall.Stat_t)
+		return sys.Blocks * 512, isStat
+	case *blkdebug.Driver:
+		return 0, false
+	}
+	children := n.Children()
+	if len(children) == 0 || depth > 16 {
+		return 0, false
+	}
+	for _, c := range children {
+		if c.Node() == nil {
+			return 0, false
+		}
+		s, ok := allocatedSize(c.Node(), depth+1)
+		if !ok {
+			return 0, false
+		}
+		size += s
+	}
+	return size, true
 }

@@ -231,9 +231,6 @@ func TestInfoThroughFilterTree(t *testing.T) {
 	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	makeMapImages(t)
-	name := `json:{"driver": "qcow2", "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": "top.qcow2"}, "set-state": [{"event": "read_aio", "new_state": 42}]}}`
-	want, wcode := clitest.Qemu(t, "qemu-img", "info", name)
-	got, errOut, code := clitest.Ours(Info, name)
 	dropName := func(s string) string {
 		if !strings.HasPrefix(s, "image: json:{") {
 			return "(no json: image name) " + s
@@ -241,7 +238,16 @@ func TestInfoThroughFilterTree(t *testing.T) {
 		_, rest, _ := strings.Cut(s, "\n")
 		return rest
 	}
-	if code != wcode || dropName(got) != dropName(want) {
-		t.Errorf("info %s: exit %d (qemu-img %d), stderr %q\n got: %s\nwant: %s", name, code, wcode, errOut, got, want)
+	clitest.MustQemu(t, "qemu-img", "convert", "-O", "qcow2", "top.qcow2", "copy.qcow2")
+	for _, name := range []string{
+		`json:{"driver": "qcow2", "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": "top.qcow2"}, "set-state": [{"event": "read_aio", "new_state": 42}]}}`,
+		// A quorum of two files: no directory for the backing name.
+		`json:{"driver": "qcow2", "file": {"driver": "quorum", "vote-threshold": 1, "children": [{"driver": "file", "filename": "top.qcow2"}, {"driver": "file", "filename": "top.qcow2"}]}}`,
+	} {
+		want, wcode := clitest.Qemu(t, "qemu-img", "info", "-U", name)
+		got, errOut, code := clitest.Ours(Info, "-U", name)
+		if code != wcode || dropName(got) != dropName(want) {
+			t.Errorf("info %s: exit %d (qemu-img %d), stderr %q\n got: %s\nwant: %s", name, code, wcode, errOut, got, want)
+		}
 	}
 }
