@@ -10,7 +10,6 @@ import "C"
 import (
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -59,12 +58,7 @@ type Driver struct {
 	rets    *C.int64_t
 	ext     *C.struct_rb_extent // statusExtent entries
 
-	inMu    sync.Mutex
-	inbox   []*block.Request
-	inSpare []*block.Request
-	inBH    *aio.BH
-	outMu   sync.Mutex
-	outs    map[*aio.Context]*outbox
+	inbox block.Inbox
 }
 
 type slot struct {
@@ -101,7 +95,7 @@ func Open(s Spec, readOnly bool) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("Could not open '%s': %w", s, err)
 	}
-	d := &Driver{spec: s, im: im, efd: -1, readOnly: readOnly || s.Snap != "", outs: map[*aio.Context]*outbox{}}
+	d := &Driver{spec: s, im: im, efd: -1, readOnly: readOnly || s.Snap != ""}
 	fail := func(what string, err error) (*Driver, error) {
 		d.release()
 		return nil, fmt.Errorf("Could not open '%s': %s: %w", s, what, err)
@@ -170,7 +164,7 @@ func (d *Driver) Open(n *block.Node) error {
 
 func (d *Driver) attach(ctx *aio.Context) {
 	d.ctx.Store(ctx)
-	d.inBH = ctx.NewBH(d.runInbox)
+	d.inbox.Attach(ctx, d.fromInbox)
 	ctx.Run(func() {
 		// Not external: a drain must see librbd's completions.
 		d.handler = ctx.SetFDHandler(d.efd, unix.POLLIN, d.ready, false)
@@ -181,7 +175,7 @@ func (d *Driver) attach(ctx *aio.Context) {
 // no librbd operation is outstanding.
 func (d *Driver) DetachContext(*block.Node) {
 	d.ctx.Load().Run(d.removeHandler)
-	d.inBH.Delete()
+	d.inbox.Detach()
 }
 
 // AttachContext watches the eventfd on the new Context.
@@ -198,12 +192,7 @@ func (d *Driver) removeHandler() {
 // cluster connection. The node is drained: nothing is outstanding.
 func (d *Driver) Close(*block.Node) error {
 	d.ctx.Load().Run(d.removeHandler)
-	d.inBH.Delete()
-	d.outMu.Lock()
-	for _, o := range d.outs {
-		o.bh.Delete()
-	}
-	d.outMu.Unlock()
+	d.inbox.Detach()
 	if err := d.release(); err != nil {
 		return fmt.Errorf("rbd: closing %s: %w", d.spec, err)
 	}
@@ -223,25 +212,14 @@ func (d *Driver) BlockStatus(r *block.Request) { d.submit(r) }
 // submit runs on r's Context.
 func (d *Driver) submit(r *block.Request) {
 	if r.Context() != d.ctx.Load() {
-		d.inMu.Lock()
-		d.inbox = append(d.inbox, r)
-		d.inMu.Unlock()
-		d.inBH.Schedule()
+		d.inbox.Push(r)
 		return
 	}
 	d.enqueue(r, true)
 }
 
-func (d *Driver) runInbox() {
-	d.inMu.Lock()
-	list := d.inbox
-	d.inbox, d.inSpare = d.inSpare[:0], list
-	d.inMu.Unlock()
-	for i, r := range list {
-		list[i] = nil
-		d.enqueue(r, false)
-	}
-}
+// fromInbox starts a request submitted on another Context.
+func (d *Driver) fromInbox(r *block.Request) { d.enqueue(r, false) }
 
 // enqueue starts r in a free slot or queues it; inline says the caller is
 // the submission itself (a completion then goes through a bottom half).
@@ -421,7 +399,7 @@ func (d *Driver) finish(r *block.Request, err error, inline bool) {
 		}
 		return
 	}
-	d.outbox(r.Context()).push(r, err)
+	r.CompleteRemote(err)
 }
 
 // blockStatus asks librbd which objects of the range hold data
@@ -469,45 +447,3 @@ func (d *Driver) Truncate(r *block.Request) {
 
 // InFlight reports librbd operations outstanding (owner only; tests).
 func (d *Driver) InFlight() int { return d.busy }
-
-type outbox struct {
-	mu    sync.Mutex
-	items []outItem
-	spare []outItem
-	bh    *aio.BH
-}
-
-type outItem struct {
-	r   *block.Request
-	err error
-}
-
-func (d *Driver) outbox(ctx *aio.Context) *outbox {
-	d.outMu.Lock()
-	defer d.outMu.Unlock()
-	o := d.outs[ctx]
-	if o == nil {
-		o = &outbox{}
-		o.bh = ctx.NewBH(o.run)
-		d.outs[ctx] = o
-	}
-	return o
-}
-
-func (o *outbox) push(r *block.Request, err error) {
-	o.mu.Lock()
-	o.items = append(o.items, outItem{r, err})
-	o.mu.Unlock()
-	o.bh.Schedule()
-}
-
-func (o *outbox) run() {
-	o.mu.Lock()
-	list := o.items
-	o.items, o.spare = o.spare[:0], list
-	o.mu.Unlock()
-	for i, it := range list {
-		list[i] = outItem{}
-		it.r.Complete(it.err)
-	}
-}
