@@ -240,6 +240,12 @@ func (d *Driver) Close(n *block.Node) error {
 	return d.f.Close()
 }
 
+// ContextBound reports that the driver's state belongs to its node's
+// Context: requests from other Contexts take a hop through its inbox and
+// back through their outbox, so the node is best placed on the Context
+// that submits to it (bench does so for a clone).
+func (d *Driver) ContextBound() bool { return true }
+
 // Length reports the export size.
 func (d *Driver) Length(*block.Node) (int64, error) { return d.ex.size, nil }
 

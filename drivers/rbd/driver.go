@@ -152,6 +152,12 @@ func (d *Driver) release() error {
 	return err
 }
 
+// ContextBound reports that the driver's state belongs to its node's
+// Context: requests from other Contexts take a hop through its inbox and
+// back through their outbox, so the node is best placed on the Context
+// that submits to it (bench does so for a clone).
+func (d *Driver) ContextBound() bool { return true }
+
 // Spec returns what the node was opened with.
 func (d *Driver) Spec() Spec { return d.spec }
 
