@@ -39,15 +39,20 @@ func (o *outbox) init(p *Pool) { o.bh = p.ctx.NewBH(p.runOutbox) }
 // in place of Complete; r is not used by the caller afterwards.
 func (r *Request) CompleteRemote(err error) {
 	r.err = err
-	o := &r.pool.out
+	if o := &r.pool.out; pushStack(&o.head, r) {
+		o.bh.Schedule()
+	}
+}
+
+// pushStack pushes r on an MPSC stack (Treiber push) and reports whether
+// the stack was empty: the pusher then schedules the consumer, which is
+// already scheduled (or running) for a non-empty one.
+func pushStack(head *atomic.Pointer[Request], r *Request) bool {
 	for {
-		old := o.head.Load()
+		old := head.Load()
 		r.next = old
-		if o.head.CompareAndSwap(old, r) {
-			if old == nil {
-				o.bh.Schedule()
-			}
-			return
+		if head.CompareAndSwap(old, r) {
+			return old == nil
 		}
 	}
 }
@@ -106,15 +111,8 @@ func (b *Inbox) Detach() {
 // Push queues r for the consumer's Context. Any goroutine; no lock, no
 // allocation.
 func (b *Inbox) Push(r *Request) {
-	for {
-		old := b.head.Load()
-		r.next = old
-		if b.head.CompareAndSwap(old, r) {
-			if old == nil {
-				b.bh.Load().Schedule()
-			}
-			return
-		}
+	if pushStack(&b.head, r) {
+		b.bh.Load().Schedule()
 	}
 }
 
