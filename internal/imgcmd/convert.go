@@ -594,7 +594,12 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 			return nil
 		}
 		if c.r.minSparse == 0 {
+			// -S 0: every cluster is written, compressed with -c (as
+			// qemu-img, whose target then maps no zero cluster at all).
 			clear(buf)
+			if c.clusterSize > 0 {
+				return c.writeCompressed(buf, it.off)
+			}
 			return c.write(buf, it.off)
 		}
 		return c.writeZeroes(it.off, it.n)
@@ -642,12 +647,13 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 }
 
 // writeCompressed writes whole clusters: all-zero ones are skipped (or
-// zeroed), the others compressed by the target's driver.
+// zeroed) unless -S 0 keeps the target fully allocated, the others
+// compressed by the target's driver.
 func (c *converter) writeCompressed(buf []byte, off int64) error {
 	cs := c.clusterSize
 	for p := int64(0); p < int64(len(buf)); p += cs {
 		cl := buf[p:min(p+cs, int64(len(buf)))]
-		if isZero(cl) {
+		if c.r.minSparse > 0 && isZero(cl) {
 			if c.zeroInit {
 				continue
 			}
