@@ -9,8 +9,8 @@ import (
 // Discard and write-zeroes (qcow2.md §2.5), in a coroutine under
 // metaLock. Whole clusters change their L2 entry only; the entry reaches
 // the disk in stage C of the next flush and the old host cluster is freed
-// after that (R2). Host ranges are never punched (so R9, "never punch a
-// reused cluster", holds trivially).
+// after that (R2). Host ranges are not punched here (a shrink punches
+// what it frees, shrink.go, keeping R9).
 //
 //	                      v3                           v2, no backing   v2 + backing
 //	discard, whole       ZERO_PLAIN, free old          entry 0, free    nothing (success)
