@@ -50,6 +50,8 @@ func TruncatePrealloc(n *block.Node, size int64, mode format.Prealloc) error {
 			return format.Unsupported("preallocation", uint64(mode), "Preallocation can't be used for shrinking an image")
 		case d.mu.geo.ExtendedL2:
 			return format.Unsupported("extended_l2", 1, "preallocation on resize of an extended-L2 image is not supported")
+		case d.mu.hdr.IncompatibleFeatures&format.IncompatDataFile != 0:
+			return format.Unsupported("data_file", 1, "preallocation on resize of an image with an external data file is not supported")
 		}
 		// truncateLocked is idempotent (a rerun after an *errWait finds
 		// the size done); preallocGrow skips clusters already mapped.
