@@ -121,8 +121,15 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			defer img.Close()
-			if src, err = newImageChain(img, false); err != nil {
-				return 1, err
+			// With the mapping tables (as map): a data cluster over a hole
+			// of the file reads as zero and needs no space, as in QEMU's
+			// measure (a preallocated, never written source). Without
+			// them (a source the tables cannot be read from by name) every
+			// data cluster counts.
+			if src, err = newImageChain(img, true); err != nil {
+				if src, err = newImageChain(img, false); err != nil {
+					return 1, err
+				}
 			}
 			defer src.Close()
 		}
