@@ -36,8 +36,14 @@ func TestRMWBreakpointsAndOvertaking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.Unref()
+	t.Cleanup(func() { n.Unref() })
 	d := n.Driver().(*blkdebug.Driver)
+	// On a failure, let every held request go before the node closes
+	// (cleanups run last first).
+	t.Cleanup(func() {
+		d.RemoveBreak("A")
+		d.RemoveBreak("B")
+	})
 	write := func(p byte, off, l int64) chan error {
 		ch := make(chan error, 1)
 		go func() {
