@@ -52,7 +52,7 @@ Ranges that read as zeroes are not written (sparse output).
 
 var convertSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
-		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
+		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false, 'l': true},
 	Long: map[string]bool{"force-share": false, "help": false},
 })
 
@@ -79,6 +79,7 @@ type convertReq struct {
 	inFlight            int
 	args                cli.ImageArgs // --object (secrets of -o)
 	srcKeys             [][]byte      // SRC's key secrets (--image-opts, json:)
+	snapshot            snapshotParam // -l: read an internal snapshot of SRC (convert_snapshot.go)
 }
 
 // Convert is "ringblk convert" (qemu-img convert): args are what follows the
@@ -149,6 +150,10 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.inFlight = n
 		case "W":
 			r.outOfOrder = true
+		case "l":
+			if r.snapshot, err = parseSnapshotParam(o.Val); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := checkSourceFormat(r.srcFmt); err != nil {
@@ -234,6 +239,9 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return err
 	}
 	defer src.Close()
+	if err := r.snapshot.load(src, len(r.more)); err != nil {
+		return err
+	}
 	sch, err := newImageChain(src, false)
 	if err != nil {
 		return err
