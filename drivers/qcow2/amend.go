@@ -187,8 +187,8 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		if len(bf) > format.MaxBackingNameLen {
 			return format.Limit("backing_file", uint64(len(bf)), "backing file name too long")
 		}
-		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
-			return format.Unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
+		if bfmt != "" && !recordableFormatName(bfmt) { // rebase_fmt.go
+			return format.Unsupported("backing_fmt", 0, "backing format name must be a driver name (letters, digits, '-', '_')")
 		}
 	}
 	if d.mu.lazy.needRepair {
