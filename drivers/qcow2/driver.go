@@ -77,6 +77,12 @@ type DriverOptions struct {
 	// HeaderOnly, and then fails reads and writes of data.
 	KeySecret  []byte
 	HeaderOnly bool
+	// DataFile opens the external data file an image names
+	// (datafile.go); DataFileNode is one the caller gives instead (an
+	// option tree's data-file; its reference passes to the driver, which
+	// drops it if Open fails).
+	DataFile     DataFileOpener
+	DataFileNode *block.Node
 }
 
 // Driver is the qcow2 block.Driver: one image on a "file" child node.
@@ -103,7 +109,12 @@ type Driver struct {
 	// or for an encrypted image a LUKS payload filter over file (crypto.go).
 	data    *block.Child
 	crypto  cryptoState
-	backing *block.Child
+	// dataFile is the external data file's child (also d.data), nil
+	// for an image that keeps its data inside; dataRaw: data_file_raw
+	// (datafile.go). Fixed at Open.
+	dataFile *block.Child
+	dataRaw  bool
+	backing  *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64
 
@@ -219,6 +230,10 @@ func (d *Driver) Release() {
 		d.pendingFile = nil
 		f.Unref()
 	}
+	if f := d.opts.DataFileNode; f != nil {
+		d.opts.DataFileNode = nil
+		f.Unref()
+	}
 }
 
 // NewNode opens a qcow2 node over file in g, taking over the caller's
@@ -244,6 +259,13 @@ func (d *Driver) Open(n *block.Node) error {
 	d.readOnly = n.ReadOnly()
 	file := d.pendingFile
 	d.pendingFile = nil
+	dataNode := d.opts.DataFileNode // datafile.go: attached or dropped below
+	d.opts.DataFileNode = nil
+	defer func() {
+		if dataNode != nil {
+			dataNode.Unref()
+		}
+	}()
 	if file == nil {
 		return d.openErr(block.InvalidFormat, errors.New("qcow2: no file node"))
 	}
@@ -300,6 +322,11 @@ func (d *Driver) Open(n *block.Node) error {
 	d.resetMetaClusters()
 	d.mu.freeIdx = 0
 	d.publishLocked()
+	given := dataNode
+	dataNode = nil
+	if err := d.openDataFile(n, given); err != nil { // datafile.go
+		return err
+	}
 	if err := d.openCrypto(n, file); err != nil {
 		return err
 	}

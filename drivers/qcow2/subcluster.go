@@ -122,7 +122,7 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	if p.inPlace && bm&touched == touched {
 		// R7: in place only into COPIED clusters.
 		p.direct, p.host = true, le.HostOff
-		if d.overlapsMetadata(p.host+in, k) {
+		if d.dataOverlaps(p.host+in, k) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host+in, "data write")
 		}
@@ -151,11 +151,11 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	p.lo, p.hi = lo, hi
 	if p.inPlace {
 		p.host = le.HostOff
-		if d.overlapsMetadata(p.host+lo, hi-lo) {
+		if d.dataOverlaps(p.host+lo, hi-lo) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host+lo, "data write")
 		}
-	} else if p.host, err = d.allocCluster(co); err != nil {
+	} else if p.host, err = d.allocData(co, p.start); err != nil { // datafile.go
 		d.l2Unpin(p.t)
 		return p, err
 	}
@@ -200,7 +200,7 @@ func (d writer) commitSubclusters(p *subPlan, ioErr error) error {
 		if p.inPlace {
 			return ioErr
 		}
-		return d.abortAlloc(p.host, ioErr)
+		return d.abortData(p.host, ioErr) // datafile.go
 	}
 	scs := d.mu.geo.SubclusterSize()
 	le := p.le
@@ -218,12 +218,7 @@ func (d writer) commitSubclusters(p *subPlan, ioErr error) error {
 			return err
 		}
 		d.setL2EntryLocked(p.t, p.l2i, ne)
-		switch le.Type {
-		case format.Normal:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
-		}
+		d.freeDataLocked(le) // datafile.go
 	}
 	d.setL2BitmapLocked(p.t, p.l2i, nbm)
 	return nil
@@ -364,12 +359,7 @@ func (d writer) updateSubclusters(co *aio.Co, r *block.Request, off int64, f fun
 	}
 	d.setL2BitmapLocked(t, l2i, nbm)
 	if free && ne&format.OffsetMask != e&format.OffsetMask || free && le.Type == format.Compressed {
-		switch le.Type {
-		case format.Normal:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
-		}
+		d.freeDataLocked(le) // datafile.go
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
 			return false
 		}
 		host := le.HostOff + in
-		if d.overlapsMetadataLocked(host, k) {
+		if d.dataOverlapsLocked(host, k) { // datafile.go
 			return false
 		}
 		if m := len(s.ext); m > 0 && s.ext[m-1].HostOff+s.ext[m-1].Len == host {
@@ -375,7 +375,7 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	if le.Type == format.Normal && le.Copied {
 		// R7: in place only into COPIED clusters.
 		p.inPlace, p.host = true, le.HostOff+in
-		if d.overlapsMetadata(p.host, k) {
+		if d.dataOverlaps(p.host, k) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host, "data write")
 		}
@@ -388,7 +388,7 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	p.reuse = le.Type == format.ZeroAlloc && le.Copied
 	if p.reuse {
 		p.newOff = le.HostOff
-		if d.overlapsMetadata(p.newOff, cs) {
+		if d.dataOverlaps(p.newOff, cs) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.newOff, "data write")
 		}
@@ -396,14 +396,14 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 		d.mu.Lock()
 		fileEnd := d.mu.geo.FileSize
 		d.mu.Unlock()
-		if p.newOff, err = d.allocCluster(co); err != nil {
+		if p.newOff, err = d.allocData(co, p.start); err != nil { // datafile.go
 			d.l2Unpin(p.t)
 			return p, err
 		}
 		// A cluster at or past FileSize (the file's length at open, grown
 		// by every allocation since) has never been written: it reads as
 		// zeros (holes, or past EOF, which reads zero-fill).
-		p.fresh = p.newOff >= fileEnd
+		p.fresh = p.newOff >= fileEnd && !d.mu.geo.ExternalData
 	}
 	d.mu.Lock()
 	p.valid = min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
@@ -467,7 +467,7 @@ func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
 		if p.reuse {
 			return ioErr
 		}
-		return d.abortAlloc(p.newOff, ioErr)
+		return d.abortData(p.newOff, ioErr) // datafile.go
 	}
 	ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.newOff, true)
 	if err != nil {
@@ -479,10 +479,8 @@ func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
 	d.setL2EntryLocked(p.t, p.l2i, ne)
 	switch {
 	case p.reuse:
-	case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-	case le.Type == format.Compressed:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+	default:
+		d.freeDataLocked(le) // datafile.go
 	}
 	d.mu.Unlock()
 	return nil
@@ -597,7 +595,7 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	p.hosts = make([]int64, count)
 	p.reused = make([]bool, count)
 	for i := range p.hosts {
-		h, reuse, err := d.runHost(co, p.old[i])
+		h, reuse, err := d.runHost(co, p.old[i], (p.gc+int64(i))*cs)
 		if err != nil {
 			p.abort(d, i)
 			d.l2Unpin(p.t)
@@ -657,10 +655,8 @@ func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
 		}
 		switch {
 		case p.reused[i]:
-		case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case le.Type == format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		default:
+			d.freeDataLocked(le) // datafile.go
 		}
 	}
 	return count * d.mu.geo.ClusterSize(), nil

@@ -288,6 +288,11 @@ func createQcow2(r *createReq, objs *cli.Objects) (string, error) {
 		return line, fmt.Errorf("%s: %v", r.file, encErr)
 	}
 	write, target := writeQcow2, cli.FilePath(r.file)
+	if co.DataFile != "" { // datafile.go
+		if write, err = dataFileWriter(r.file, co, enc.format); err != nil {
+			return line, err
+		}
+	}
 	if rbd.IsName(r.file) {
 		if enc.format != "" {
 			return line, fmt.Errorf("%s: ringblk does not create encrypted qcow2 images in RBD", r.file)
@@ -413,6 +418,7 @@ func qcow2FormatLine(r *createReq, o *format.ImageOptions, raw map[string]string
 		// qemu-img prints option values as an -o list would hold them.
 		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
 	}
+	b.WriteString(dataFileFormatItems(o)) // datafile.go
 	if v, ok := raw["refcount_bits"]; ok {
 		rb = v
 	}

@@ -58,6 +58,10 @@ type Geometry struct {
 	// FileSize is the image file size; host offsets at or past it are
 	// corrupt. 0 disables the end-of-file checks.
 	FileSize int64
+	// ExternalData: data clusters live in an external data file
+	// (datafile.go); their host offsets are not checked against FileSize
+	// and compressed clusters are corrupt.
+	ExternalData bool
 }
 
 // Valid reports whether the shift amounts are in range; functions that
@@ -179,7 +183,7 @@ func (g *Geometry) l1Fast(e uint64) (uint64, bool) {
 // entry; with extended L2 the caller still checks the bitmap.
 func (g *Geometry) l2Fast(e uint64) (uint64, bool) {
 	host := e & OffsetMask
-	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
+	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.dataPastEOF(host) {
 		return 0, false
 	}
 	return host, true
@@ -352,6 +356,9 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		if bitmap != 0 {
 			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "nonzero subcluster bitmap on a compressed cluster")
 		}
+		if g.ExternalData {
+			return L2Entry{}, Corrupt("l2_entry", e, "compressed cluster in an image with an external data file")
+		}
 		d, err := g.DecodeCompressed(e)
 		if err != nil {
 			return L2Entry{}, err
@@ -378,7 +385,7 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 	if !g.Aligned(off) {
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset not cluster aligned")
 	}
-	if off != 0 && g.PastEOF(off) {
+	if off != 0 && g.dataPastEOF(off) {
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset past end of file")
 	}
 	le := L2Entry{HostOff: int64(off), Copied: e&EntryCopied != 0, Bitmap: bitmap}

@@ -356,8 +356,8 @@ func (h *Header) validate() error {
 		return Unsupported("incompatible_features", h.IncompatibleFeatures,
 			"unsupported incompatible features: "+h.describeBits(FeatureIncompatible, unknown))
 	}
-	if h.IncompatibleFeatures&IncompatDataFile != 0 {
-		return Unsupported("incompatible_features", h.IncompatibleFeatures, "external data file unsupported")
+	if err := h.validateDataFile(); err != nil { // datafile.go
+		return err
 	}
 	if err := h.validateCrypto(); err != nil {
 		return err
@@ -519,6 +519,7 @@ func (h *Header) Geometry(fileSize int64) Geometry {
 		ZeroFlag:      h.Version >= 3 && !h.ExtendedL2(),
 		Size:          int64(h.Size),
 		FileSize:      fileSize,
+		ExternalData:  h.HasDataFile(),
 	}
 }
 

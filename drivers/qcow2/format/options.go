@@ -241,16 +241,14 @@ func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) 
 			c.BackingFile = v
 		case k == "backing_fmt":
 			c.BackingFormat = v
-		case k == "data_file", k == "data_file_raw":
-			if _, err := parseOptionBool(k, v); k == "data_file_raw" && err != nil {
+		case k == "data_file":
+			c.DataFile = v // amend: the driver decides (datafile.go)
+		case k == "data_file_raw":
+			b, err := parseOptionBool(k, v)
+			if err != nil {
 				return nil, err
 			}
-			switch use {
-			case ForCreate:
-				return nil, optErr(k, "Parameter '"+k+"': external data files are not supported")
-			case ForAmend:
-				return nil, optErr(k, strings.ReplaceAll(k, "_", "-")+" can only be set for images that use an external data file")
-			}
+			c.DataFileRaw = b
 		case k == "encryption", strings.HasPrefix(k, "encrypt."):
 			if k == "encryption" {
 				if _, err := parseOptionBool(k, v); err != nil {
