@@ -321,7 +321,7 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 	dopts.IgnoreBacking = o.NoBacking
 	dopts.KeySecret, dopts.HeaderOnly = o.secret(depth), o.HeaderOnly
 	dopts.DataFile = dataFileOpener(g, path, o, top, name) // datafile.go
-	o.QcowOptions.DataFileNode = nil                          // the top's alone
+	o.QcowOptions.DataFileNode = nil                       // the top's alone
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
 		if rbd.IsName(p) && !o.AllowRBDBacking {

@@ -107,8 +107,8 @@ type Driver struct {
 	dbg  block.DebugEventer // the file's, when it is a debug filter (debugevents.go)
 	// data is the child data clusters are read and written through: file,
 	// or for an encrypted image a LUKS payload filter over file (crypto.go).
-	data    *block.Child
-	crypto  cryptoState
+	data   *block.Child
+	crypto cryptoState
 	// dataFile is the external data file's child (also d.data), nil
 	// for an image that keeps its data inside; dataRaw: data_file_raw
 	// (datafile.go). Fixed at Open.

@@ -467,6 +467,9 @@ func (r *repairer) fixCopied() error {
 				continue
 			}
 			rc, err := r.refcount(host / cs)
+			if g.ExternalData { // datafile.go: data clusters count as referenced once
+				rc, err = 1, nil
+			}
 			if err != nil {
 				continue
 			}

@@ -104,3 +104,17 @@ func withNewFiles(paths []string, fn func(files []*block.Node) error) (err error
 	}
 	return fn(nodes)
 }
+
+// dataFilePath is where the data of the qcow2 image at path lives when it
+// has an external data file: the recorded name resolved as the opener
+// resolves it, or the node given on the command line; "" otherwise.
+func dataFilePath(d *qcow2.Driver, path string) string {
+	n := d.DataFileNode()
+	if n == nil {
+		return ""
+	}
+	if h := d.Header(); h.DataFile != "" {
+		return chain.ResolveDataFile(path, h.DataFile)
+	}
+	return n.Name()
+}

@@ -111,6 +111,9 @@ type chainLevel struct {
 	// qimg reads the qcow2 mapping for host offsets (map only); nil
 	// otherwise. The node's driver does not expose host offsets.
 	qimg *openedImage
+	// dataPath is the external data file holding the level's data
+	// (datafile.go); "" when the data is in the image itself.
+	dataPath string
 }
 
 // imageChain is an image with its backing chain, top first.
@@ -134,6 +137,7 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 		var nextPath, nextFormat string
 		if d, ok := n.Driver().(*qcow2.Driver); ok {
 			l.format = "qcow2"
+			l.dataPath = dataFilePath(d, path) // datafile.go
 			if c := n.Child(block.RoleBacking); c != nil {
 				h := d.Header()
 				next, nextPath, nextFormat = c.Node(), combinePath(path, h.BackingFile), h.BackingFormat
@@ -243,6 +247,9 @@ func (ch *imageChain) mapStatus(off, n int64) (mapEntry, error) {
 			}
 			if hasOff {
 				e.file = ch.levels[i].path
+				if p := ch.levels[i].dataPath; p != "" {
+					e.file = p
+				}
 			}
 			return e, nil
 		}

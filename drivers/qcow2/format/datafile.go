@@ -122,3 +122,12 @@ func layoutDataFile(h *Header, o CreateOptions) error {
 	}
 	return nil
 }
+
+// refData counts the reference of an L2 entry to its data cluster: none
+// in the image file when the data lives in an external data file.
+func (c *checker) refData(off, n int64) {
+	if c.im.Geometry.ExternalData {
+		return
+	}
+	c.ref(off, n, "data cluster")
+}
