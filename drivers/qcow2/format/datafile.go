@@ -131,3 +131,12 @@ func (c *checker) refData(off, n int64) {
 	}
 	c.ref(off, n, "data cluster")
 }
+
+// dataAtZero reports whether L2 entry e (first word, not compressed, zero
+// flag clear) with host offset 0 maps a data cluster at offset 0 of the
+// external data file: only with a data file, and only with COPIED set
+// (every data cluster there has refcount 1, so COPIED tells it from an
+// unallocated entry), as QEMU reads it.
+func (g *Geometry) dataAtZero(e uint64) bool {
+	return g.ExternalData && e&EntryCopied != 0 && e&EntryZero == 0
+}

@@ -394,9 +394,9 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		le.Type = ZeroPlain
 	case zero:
 		le.Type = ZeroAlloc
-	case off == 0:
-		// QEMU reads offset 0 as unallocated whatever COPIED says (it only
-		// means host offset 0 with an external data file, which we refuse).
+	case off == 0 && !g.dataAtZero(e):
+		// QEMU reads offset 0 as unallocated whatever COPIED says, except
+		// with an external data file (datafile.go).
 		le.Type = Unallocated
 		le.Copied = false
 	default:
@@ -406,7 +406,7 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		if (bitmap>>32)&bitmap != 0 {
 			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "subcluster both allocated and zero")
 		}
-		if off == 0 && bitmap&BitmapAllocMask != 0 {
+		if off == 0 && !g.dataAtZero(e) && bitmap&BitmapAllocMask != 0 {
 			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "allocated subclusters in an unallocated cluster")
 		}
 	}
@@ -430,12 +430,12 @@ func (g *Geometry) EncodeL2Entry(t ClusterType, hostOff int64, copied bool) (uin
 		if !g.ZeroFlag {
 			return 0, Unsupported("l2_entry", uint64(t), "zero flag not available in this image")
 		}
-		if (t == ZeroPlain) != (u == 0) {
+		if (t == ZeroPlain) != (u == 0) && !(g.ExternalData && t == ZeroAlloc) {
 			return 0, Corrupt("l2_entry", u, "zero-plain needs offset 0, zero-alloc a nonzero offset")
 		}
 		e = EntryZero
 	case Normal:
-		if u == 0 {
+		if u == 0 && !(g.ExternalData && copied) { // datafile.go: dataAtZero
 			return 0, Corrupt("l2_entry", u, "normal cluster needs a host offset")
 		}
 	default:
