@@ -98,6 +98,9 @@ func (d *Driver) openDataFile(n *block.Node, given *block.Node) error {
 		return err
 	}
 	d.data, d.dataFile, d.dataRaw = c, c, h.DataFileRaw()
+	// A debug filter as the data file sees the data reads and writes, as
+	// under QEMU's raw node over it (raw raises them on its file).
+	d.dataDbg = block.DebugEventerOf(c.Node())
 	return nil
 }
 

@@ -114,6 +114,7 @@ type Driver struct {
 	// (datafile.go). Fixed at Open.
 	dataFile *block.Child
 	dataRaw  bool
+	dataDbg  block.DebugEventer
 	backing  *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64
