@@ -40,7 +40,7 @@ func dataFileOpener(g *block.Graph, path string, o Options, top bool, name strin
 		fo.ReadOnly = fo.ReadOnly || req.ReadOnly
 		n, err := raw.NewNode(g, p, fo, block.Options{Name: name + "-data-file", ReadOnly: req.ReadOnly})
 		if err != nil {
-			return nil, fmt.Errorf("Could not open '%s': %w", req.Name, unwrapPath(err))
+			return nil, fmt.Errorf("Could not open '%s': %s", req.Name, causeText(err))
 		}
 		return n, nil
 	}

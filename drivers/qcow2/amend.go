@@ -28,6 +28,11 @@ type AmendOptions struct {
 	// (or 16 when downgrading) is accepted: changing the width is not
 	// implemented.
 	RefcountBits int
+	// DataFile is data_file= (the recorded external data file name; ""
+	// drops the name, keeping the bit), DataFileRaw data_file_raw=
+	// (only clearing it is allowed); nil keeps them (datafile.go).
+	DataFile    *string
+	DataFileRaw *bool
 }
 
 // Amend applies o to the image of a read-write qcow2 node, with the
@@ -155,6 +160,9 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	if newVer == 2 && lazy && o.LazyRefcounts != nil {
 		return format.Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
 	}
+	if err := checkDataFileAmend(&h, o, newVer); err != nil { // datafile.go
+		return err
+	}
 	if newVer == 2 && ver == 3 {
 		if h.RefcountOrder != 4 {
 			return format.Unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
@@ -250,6 +258,9 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	nh := *d.mu.hdr
 	d.mu.Unlock()
 	nh.BackingFile, nh.BackingFormat = bf, bfmt
+	if err := applyDataFileAmend(&nh, o); err != nil { // datafile.go
+		return err
+	}
 	switch {
 	case newVer == 2 && ver == 3:
 		nh.Version, nh.HeaderLength, nh.HeaderTail = 2, format.HeaderLengthV2, nil

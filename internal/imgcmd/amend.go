@@ -189,6 +189,7 @@ func amendOptions(p *qcow2fmt.ImageOptions, h qcow2fmt.Header) (qcow2.AmendOptio
 	if p.Has("backing_fmt") && p.Create.BackingFormat != h.BackingFormat {
 		return o, cli.Usagef("Cannot amend the backing file format (rebase changes it)")
 	}
+	amendDataFileOptions(p, &o) // datafile.go
 	return o, nil
 }
 

@@ -118,3 +118,16 @@ func dataFilePath(d *qcow2.Driver, path string) string {
 	}
 	return n.Name()
 }
+
+// amendDataFileOptions takes amend's data_file and data_file_raw keys;
+// the driver checks them against the image (qcow2.AmendOptions).
+func amendDataFileOptions(p *format.ImageOptions, o *qcow2.AmendOptions) {
+	if p.Has("data_file") {
+		v := p.Create.DataFile
+		o.DataFile = &v
+	}
+	if p.Has("data_file_raw") {
+		v := p.Create.DataFileRaw
+		o.DataFileRaw = &v
+	}
+}
