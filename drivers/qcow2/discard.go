@@ -106,6 +106,9 @@ func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 // that took metaLock waits with it released and calls again. REQUIRES:
 // metaLock held, prepareWrite done; it never releases metaLock.
 func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, pos *int64, end int64, m zeroMode) error {
+	if d.mu.geo.ExtendedL2 && m != modeDiscard {
+		return d.zeroRangeExtL2(co, r, pos, end, m) // extl2_zero.go
+	}
 	d.mu.Lock()
 	size := d.mu.geo.Size
 	d.mu.Unlock()
