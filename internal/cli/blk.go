@@ -308,6 +308,10 @@ func qemuFormatWording(err error) string {
 	if !errors.As(err, &fe) {
 		return ""
 	}
+	var feat *format.FeatureError
+	if errors.As(err, &feat) {
+		return "Unsupported qcow2 feature(s): " + feat.QEMUText()
+	}
 	switch {
 	case fe.Field == "l1_size" && strings.HasPrefix(fe.Reason, "L1 table is too small"):
 		return "Image is too big"
