@@ -18,6 +18,7 @@ import (
 	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -234,6 +235,11 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if s.img != nil { // not closed by a close command
 			s.aioFlush()
 			if err := s.img.Close(); err != nil {
+				if cli.Prog == "qemu-io" && errors.Is(err, format.ErrCorrupt) {
+					// QEMU drops an image it marked corrupt without a
+					// write-back: nothing to report at exit.
+					return 1, nil
+				}
 				return 1, fmt.Errorf("closing '%s': %v", s.path, cli.PlainErr(err))
 			}
 		}
@@ -565,7 +571,13 @@ func (s *ioSession) num(arg string) (int64, bool) {
 }
 
 // errText words an I/O error as strerror does ("Input/output error").
+// As qemu-io, a request that met damaged qcow2 metadata (or ran on an
+// image marked corrupt) fails with EIO, as in QEMU; the damage itself was
+// reported when the image was marked (qcow2.CorruptionReport).
 func errText(err error) string {
+	if cli.Prog == "qemu-io" && errors.Is(err, format.ErrCorrupt) {
+		return "Input/output error"
+	}
 	var en unix.Errno
 	if errors.As(err, &en) {
 		t := en.Error()
