@@ -398,10 +398,13 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 		}
 		var le *raw.LockError
 		var be *chain.BackingError
+		var bfe *qcow2.BackingFormatError
 		switch {
 		case errors.As(err, &be):
 			// qemu-io's words: the cause, no "Could not open".
 			return nil, be
+		case errors.As(err, &bfe):
+			return nil, cli.BackingFormatErr(bfe)
 		case errors.As(err, &le):
 			return nil, le
 		case errors.Is(err, luks.ErrBadPassword) || errors.Is(err, luksdrv.ErrKeySecretRequired) || errors.Is(err, qcow2.ErrKeySecretRequired):

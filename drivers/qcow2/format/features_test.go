@@ -76,3 +76,31 @@ func TestQcow2UnknownFeaturesQEMUText(t *testing.T) {
 		}
 	}
 }
+
+// TestQcow2SecondBackingFormatWins: a second backing format extension
+// replaces the first, as QEMU reads it (iotest 114); other known
+// extensions twice stay refused.
+func TestQcow2SecondBackingFormatWins(t *testing.T) {
+	ext := func(magic uint32, data string) []byte {
+		b := make([]byte, 8, 8+len(data)+7)
+		put32(b, 0, magic)
+		put32(b, 4, uint32(len(data)))
+		b = append(b, data...)
+		for len(b)%8 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	b := firstCluster(t, "v3")
+	clear(b[112:])
+	copy(b[112:], append(ext(format.ExtBackingFormat, "qcow2"), ext(format.ExtBackingFormat, "foo")...))
+	h, err := format.ParseHeader(b)
+	if err != nil || h.BackingFormat != "foo" {
+		t.Fatalf("got %v, backing format %q; want foo", err, h.BackingFormat)
+	}
+	clear(b[112:])
+	copy(b[112:], append(ext(format.ExtDataFile, "a"), ext(format.ExtDataFile, "b")...))
+	if _, err := format.ParseHeader(b); !errors.Is(err, format.ErrCorrupt) {
+		t.Fatalf("data file extension twice: %v", err)
+	}
+}

@@ -275,7 +275,8 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 		var bit uint8
 		switch magic {
 		case ExtBackingFormat:
-			bit = 1
+			// A second backing format extension replaces the first,
+			// as in QEMU (iotest 114): not a duplicate to refuse.
 			if n > MaxBackingFormatLen {
 				return Limit("backing_format_ext.len", n, "backing format name too long")
 			}
