@@ -93,3 +93,28 @@ func TestCheckRepairClearsUnknownAutoclear(t *testing.T) {
 		t.Errorf("autoclear_features after check -r all: %#x, want 0", got)
 	}
 }
+
+// TestOptionSizeMessagesAsQemu: an option value that is not a size is
+// refused in qemu-img's three lines (iotest 049), for size= and the other
+// size options, in create and amend; lazy_refcounts on a compat=0.10
+// image is refused after the "Formatting" line.
+func TestOptionSizeMessagesAsQemu(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img")
+	t.Chdir(t.TempDir())
+	for _, args := range [][]string{
+		{"create", "-f", "qcow2", "-o", "size=-1024", "a.qcow2"},
+		{"create", "-f", "qcow2", "-o", "size=1kilobyte", "a.qcow2"},
+		{"create", "-f", "qcow2", "-o", "cluster_size=64kB", "a.qcow2", "1M"},
+		{"create", "-f", "qcow2", "-o", "compat=0.10,lazy_refcounts=on", "a.qcow2", "64M"},
+	} {
+		os.Remove("a.qcow2")
+		qemuAndOurs(t, args...)
+	}
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "b.qcow2", "1M")
+	qemuAndOurs(t, "amend", "-o", "size=foo", "b.qcow2")
+	var o, e bytes.Buffer
+	if code := Create([]string{"-f", "qcow2", "-o", "size=foo", "c.qcow2"}, &o, &e); code != 1 || strings.Count(e.String(), "\n") != 1 ||
+		!strings.Contains(e.String(), "'size'") {
+		t.Errorf("as ringblk: exit %d, %q", code, e.String())
+	}
+}

@@ -224,7 +224,7 @@ func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*meas
 	}
 	o, err := format.ParseOptionPairs(pairs, format.ForMeasure)
 	if err != nil {
-		return nil, cli.Usagef("%v", err)
+		return nil, cli.OptionErr("", err)
 	}
 	co := o.Create
 	cs := co.EffectiveClusterSize()
