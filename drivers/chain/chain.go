@@ -329,6 +329,7 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 		}
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
 		bo, writable := o, req.Depth == o.WritableDepth
+		bo.QcowOptions.BackingFormat = "" // an override is for one level
 		if writable {
 			bo.ReadOnly, bo.ForceShare = false, false
 		}

@@ -497,7 +497,12 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 			// The backing node's name and driver as the image records
 			// it are accepted; anything else would name another file.
 			switch rest {
-			case "node-name", "driver":
+			case "driver":
+				// The backing file's format instead of the image's
+				// record (QEMU's override, iotest 114).
+				o.QcowOptions.BackingFormat = s[k]
+				delete(s, k)
+			case "node-name":
 				delete(s, k)
 			default:
 				return nil, nil, fmt.Errorf("ringblk takes the backing file from the image only (option '%s')", k)

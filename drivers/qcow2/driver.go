@@ -40,6 +40,11 @@ type DriverOptions struct {
 	// Backing opens the backing file. Nil: an image with a backing file
 	// fails to open (Unsupported) unless IgnoreBacking is set.
 	Backing BackingOpener
+	// BackingFormat, when set, is the backing file's format instead of
+	// the one the image records (QEMU's backing.driver option): "raw" or
+	// "qcow2"; anything else fails the open (BackingFormatError). It
+	// applies to this image's backing file only.
+	BackingFormat string
 	// IgnoreBacking reads unallocated clusters as zeros even when the
 	// image names a backing file (qemu-img's -U-less "no backing" mode).
 	IgnoreBacking bool
@@ -374,18 +379,22 @@ func (d *Driver) openBacking() error {
 	if d.opts.Backing == nil {
 		return d.openErr(block.Unsupported, errors.New("qcow2: image has a backing file ("+h.BackingFile+") and no backing opener was given"))
 	}
-	switch h.BackingFormat {
+	bf := h.BackingFormat
+	if d.opts.BackingFormat != "" {
+		bf = d.opts.BackingFormat // backing.driver (backingfmt.go)
+	}
+	switch bf {
 	case "raw", "qcow2":
 	case "":
 		return d.openErr(block.Unsupported, errors.New("qcow2: backing file without a backing format; refusing to probe an untrusted image"))
 	default:
-		return d.openErr(block.Unsupported, errors.New("qcow2: unsupported backing format "+h.BackingFormat))
+		return d.openErr(block.Unsupported, &BackingFormatError{Format: bf})
 	}
 	if d.opts.Depth+1 > MaxBackingDepth {
 		return d.openErr(block.Overflow, errors.New("qcow2: backing chain deeper than the limit"))
 	}
 	chain := append(append([]string(nil), d.opts.Chain...), d.opts.ID)
-	bn, err := d.opts.Backing(BackingRequest{Name: h.BackingFile, Format: h.BackingFormat, Depth: d.opts.Depth + 1, Chain: chain})
+	bn, err := d.opts.Backing(BackingRequest{Name: h.BackingFile, Format: bf, Depth: d.opts.Depth + 1, Chain: chain})
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}

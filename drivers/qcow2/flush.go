@@ -275,6 +275,9 @@ func (d metaIO) markCorrupt(co *aio.Co, off int64, what string) error {
 	incompat := d.mu.hdr.IncompatibleFeatures | format.IncompatCorrupt
 	v3 := d.mu.hdr.Version >= 3
 	d.mu.Unlock()
+	if first {
+		reportCorruption(err)
+	}
 	if first && v3 {
 		var b [8]byte
 		putU64(b[:], incompat)

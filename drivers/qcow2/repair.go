@@ -693,6 +693,9 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 		if err := d.flushAllMetadata(co, r); err != nil {
 			return err
 		}
+		if err := d.clearUnknownAutoclear(co, r); err != nil {
+			return err
+		}
 	} else if dirty {
 		return errors.Join(cerr, errors.New("qcow2: cannot repair an image with unwritten metadata after an overlap check fired; close and repair it offline"))
 	}

@@ -120,7 +120,7 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
 		if err != nil { // of the -o list
-			return 1, cli.Usagef("%v", err)
+			return 1, cli.OptionErr("", err)
 		}
 		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
 		if err != nil {

@@ -269,8 +269,8 @@ func (c *checker) refcountErr(err error) string {
 // QemuCorruptEvent is the line QEMU prints when a check runs into an
 // unaligned refcount block.
 func QemuCorruptEvent(ue *RefblockUnalignedError) string {
-	return "qcow2: Image is corrupt: Refblock offset 0x" + strconv.FormatInt(ue.Offset, 16) +
-		" unaligned (reftable index: " + cHex(ue.Index) + "); further non-fatal corruption events will be suppressed"
+	return "qcow2: Image is corrupt: " + refblockUnalignedText(ue.Index, ue.Offset) +
+		"; further non-fatal corruption events will be suppressed"
 }
 
 // cHex formats v as C's %#x does (0 has no prefix).

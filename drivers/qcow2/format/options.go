@@ -33,6 +33,9 @@ const (
 type OptionError struct {
 	Key string // the key refused; "" for the list itself
 	Msg string // what is wrong, one line
+	// SizeSyntax marks a value that is not a size at all (ParseOptionSize),
+	// which qemu-img words in its own three lines.
+	SizeSyntax bool
 }
 
 func (e *OptionError) Error() string { return e.Msg }
@@ -344,7 +347,7 @@ func parseOptionBool(key, v string) (bool, error) {
 // an optional unit B, K, M, G, T, P or E (any case; powers of 1024; a
 // fraction needs a unit other than B), rounded to the nearest byte.
 func ParseOptionSize(key, v string) (int64, error) {
-	bad := optErr(key, "Parameter '"+key+"' expects a non-negative number below 2^63 (optional suffix k, M, G, T, P or E)")
+	bad := &OptionError{Key: key, Msg: "Parameter '" + key + "' expects a non-negative number below 2^63 (optional suffix k, M, G, T, P or E)", SizeSyntax: true}
 	s := strings.TrimLeft(v, " \t\n\v\f\r")
 	i := 0
 	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
