@@ -353,9 +353,9 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		if e&EntryCopied != 0 {
 			return L2Entry{}, Corrupt("l2_entry", e, "COPIED set on a compressed cluster")
 		}
-		if bitmap != 0 {
-			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "nonzero subcluster bitmap on a compressed cluster")
-		}
+		// extl2.go: the bitmap of a compressed cluster is unused and
+		// ignored, as QEMU reads it.
+		bitmap = 0
 		if g.ExternalData {
 			return L2Entry{}, Corrupt("l2_entry", e, "compressed cluster in an image with an external data file")
 		}
@@ -375,10 +375,10 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		return L2Entry{}, Corrupt("l2_entry", e, "reserved bits set")
 	}
 	zero := e&EntryZero != 0
+	if zero && g.ExtendedL2 {
+		zero = false // extl2.go: bit 0 has no meaning with extended L2 and is ignored
+	}
 	if zero && !g.ZeroFlag {
-		if g.ExtendedL2 {
-			return L2Entry{}, Corrupt("l2_entry", e, "bit 0 set in an extended L2 entry")
-		}
 		return L2Entry{}, Corrupt("l2_entry", e, "zero flag in a version 2 image")
 	}
 	off := e & OffsetMask
