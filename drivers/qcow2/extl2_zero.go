@@ -9,7 +9,7 @@ import (
 )
 
 // Write-zeroes on images with extended L2 entries, with the on-disk
-// result QEMU 7.2 leaves (iotest 271), docs/spec/qcow2.md §11.
+// result QEMU 7.2 leaves (iotest 271), docs/spec/qcow2.md §1.10.
 //
 // QEMU's block layer cuts a write-zeroes into pieces at subcluster
 // boundaries: an unaligned head (up to the first subcluster boundary),

@@ -5,7 +5,7 @@ import (
 )
 
 // External data files (incompatible feature bit 2, header extension
-// ExtDataFile, autoclear bit 1), docs/spec/qcow2.md §10.
+// ExtDataFile, autoclear bit 1), docs/spec/qcow2.md §1.9.
 //
 // With the bit set, the qcow2 file holds only metadata: every guest data
 // cluster lives in a second file at the host offset its L2 entry gives,

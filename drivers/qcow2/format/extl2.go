@@ -1,6 +1,6 @@
 package format
 
-// Extended L2 entries (incompatible bit 4), docs/spec/qcow2.md §11: the
+// Extended L2 entries (incompatible bit 4), docs/spec/qcow2.md §1.10: the
 // decoding rules QEMU 7.2 applies that differ from standard entries.
 //
 //   - Bit 0 of the first word (the zero flag of standard entries) has no
