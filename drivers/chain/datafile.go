@@ -10,8 +10,10 @@ package chain
 // the command line (an option tree's data-file, spec.go).
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
+	"syscall"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -40,7 +42,7 @@ func dataFileOpener(g *block.Graph, path string, o Options, top bool, name strin
 		fo.ReadOnly = fo.ReadOnly || req.ReadOnly
 		n, err := raw.NewNode(g, p, fo, block.Options{Name: name + "-data-file", ReadOnly: req.ReadOnly})
 		if err != nil {
-			return nil, fmt.Errorf("Could not open '%s': %s", req.Name, causeText(err))
+			return nil, &DataFileError{Name: req.Name, Err: err}
 		}
 		return n, nil
 	}
@@ -60,6 +62,25 @@ func (b *SpecBuilder) dataFileChild(s Spec, prefix string) (*block.Node, error) 
 		delete(s, "data-file")
 		return nil, nil
 	}
+	fn := specFilename(Spec{"filename": s["data-file.filename"], "file": s["data-file"]})
 	n, _, err := b.Child(s, "data-file", prefix+"data-file.")
+	var errno syscall.Errno
+	if err != nil && fn != "" && errors.As(err, &errno) {
+		err = &DataFileError{Name: fn, Err: errno}
+	}
 	return n, err
 }
+
+// DataFileError is a qcow2 image's data file that could not be opened;
+// it reads as QEMU words it ("Could not open 'NAME': cause", the name as
+// recorded or given).
+type DataFileError struct {
+	Name string
+	Err  error
+}
+
+func (e *DataFileError) Error() string {
+	return fmt.Sprintf("Could not open '%s': %s", e.Name, causeText(e.Err))
+}
+
+func (e *DataFileError) Unwrap() error { return e.Err }

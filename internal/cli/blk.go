@@ -235,9 +235,14 @@ func openCause(err error) string {
 	var le *raw.LockError
 	var be *chain.BackingError
 	var bfe *qcow2.BackingFormatError
+	var dfe *chain.DataFileError
 	switch {
 	case errors.As(err, &be):
 		return be.Error()
+	case errors.As(err, &dfe): // qcow2 data files (drivers/chain/datafile.go)
+		return dfe.Error()
+	case errors.Is(err, qcow2.ErrDataFileRequired) || errors.Is(err, qcow2.ErrDataFileNotExternal):
+		return OpenCause(err).Error()
 	case errors.As(err, &bfe):
 		return BackingFormatErr(bfe).Error()
 	case errors.As(err, &le):

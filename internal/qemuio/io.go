@@ -399,10 +399,15 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 		var le *raw.LockError
 		var be *chain.BackingError
 		var bfe *qcow2.BackingFormatError
+		var dfe *chain.DataFileError
 		switch {
 		case errors.As(err, &be):
 			// qemu-io's words: the cause, no "Could not open".
 			return nil, be
+		case errors.As(err, &dfe): // qcow2 data files (drivers/chain/datafile.go)
+			return nil, dfe
+		case errors.Is(err, qcow2.ErrDataFileRequired) || errors.Is(err, qcow2.ErrDataFileNotExternal):
+			return nil, cli.OpenCause(err)
 		case errors.As(err, &bfe):
 			return nil, cli.BackingFormatErr(bfe)
 		case errors.As(err, &le):
