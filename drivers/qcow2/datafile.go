@@ -26,7 +26,6 @@ package qcow2
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -85,7 +84,7 @@ func (d *Driver) openDataFile(n *block.Node, given *block.Node) error {
 			return d.formatErr(block.OpOpen, 0, err)
 		}
 		if d.opts.DataFile == nil {
-			return d.openErr(block.Unsupported, fmt.Errorf("qcow2: image has an external data file (%s) and no data file opener was given", h.DataFile))
+			return d.formatErr(block.OpOpen, 0, format.Unsupported("data_file_ext", 0, "image has an external data file ("+h.DataFile+") and no data file opener was given"))
 		}
 		var err error
 		if given, err = d.opts.DataFile(DataFileRequest{Name: h.DataFile, ReadOnly: d.readOnly}); err != nil {
