@@ -103,7 +103,8 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
 		return p, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, err
 	}
 	d.mu.Lock()
@@ -113,7 +114,7 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	d.mu.Unlock()
 	if err != nil {
 		d.l2Unpin(p.t)
-		return p, err
+		return p, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	p.le, p.bm = le, bm
 	sc0, sc1 := in/scs, (in+k-1)/scs
@@ -328,7 +329,7 @@ func (d writer) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m ze
 // table (allocating it if needed). REQUIRES: metaLock held.
 func (d writer) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L2Entry, error) {
 	l1i, l2i, _ := d.mu.geo.Split(off)
-	t, _, err := d.l2ForWrite(co, r, l1i)
+	t, l2Off, err := d.l2ForWrite(co, r, l1i)
 	if err != nil {
 		return format.L2Entry{}, err
 	}
@@ -336,7 +337,11 @@ func (d writer) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
-	return d.mu.geo.DecodeL2Entry(e, bm)
+	le, err := d.mu.geo.DecodeL2Entry(e, bm)
+	if err != nil {
+		return le, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
+	}
+	return le, nil
 }
 
 // updateSubclusters replaces the entry and bitmap of the cluster at off

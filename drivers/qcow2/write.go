@@ -360,7 +360,8 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
 		return p, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, err
 	}
 	d.mu.Lock()
@@ -369,7 +370,7 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	d.mu.Unlock()
 	if err != nil {
 		d.l2Unpin(p.t)
-		return p, err
+		return p, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	le := p.le
 	if le.Type == format.Normal && le.Copied {
@@ -568,7 +569,8 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	if p.wait = d.admit(co, p.gc, count); p.wait != nil {
 		return p, false, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, false, err
 	}
 	p.old = make([]format.L2Entry, 0, count)
@@ -579,7 +581,7 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 		if err != nil {
 			d.mu.Unlock()
 			d.l2Unpin(p.t)
-			return p, false, err
+			return p, false, format.L2EntryAt(err, l2Off, l2i+i) // located, as QEMU words it
 		}
 		if le.Type == format.Normal && le.Copied {
 			break

@@ -10,6 +10,9 @@ import (
 // into, the text of its "Marking image as corrupt: …" line, for the
 // causes this package words as QEMU does; "" for the others.
 func QemuCorruptionText(err error) string {
+	if t := l2EntryCorruptionText(err); t != "" { // extl2.go
+		return t
+	}
 	var ue *RefblockUnalignedError
 	if errors.As(err, &ue) {
 		return refblockUnalignedText(ue.Index, ue.Offset)
