@@ -200,6 +200,11 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 				// Encrypted clusters have no offset to show (qemu-img).
 				return st, pnum, 0, false, nil
 			}
+			if l.dataPath != "" {
+				// An external data file: QEMU does not ask it (iotest 244),
+				// and the image file holds no data at these offsets.
+				return st, pnum, x.HostOff, true, nil
+			}
 			if zero, fp := l.fileReadsZero(x.HostOff, pnum); zero {
 				st, pnum = st|block.StatusZero, fp // map_holes.go
 			} else {
