@@ -70,6 +70,11 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 	order := d.mu.geo.RefcountOrder
 	for {
 		idx := max(d.mu.freeIdx, 1) // R5: never cluster 0
+		if reuse, err := d.reuseBeforeGrow(co, idx); err != nil {
+			return 0, err
+		} else if reuse {
+			continue
+		}
 		rb, ti, bi, err := d.refcountBlock(co, idx)
 		if err == errNoSpace {
 			if err := d.growRefcountTable(co); err != nil {
@@ -135,6 +140,27 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 		d.pack.forget(off, cs) // compress_pack.go
 		return off, nil
 	}
+}
+
+// reuseBeforeGrow: when the search for a free cluster reaches the end of
+// the image while freed clusters wait for a flush (R2 defers their
+// decrements), it flushes, so they are reused before the file grows, as
+// QEMU reuses a discarded cluster at once (it orders the writes with
+// cache dependencies instead). Reports whether it applied frees, so the
+// caller searches again from the lowered freeIdx. The cost is one
+// metadata flush per discard-then-grow, not per allocation.
+func (d metaIO) reuseBeforeGrow(co *aio.Co, idx int64) (bool, error) {
+	d.mu.Lock()
+	atEnd := idx*d.mu.geo.ClusterSize() >= d.mu.geo.FileSize
+	pending := len(d.mu.pendingFrees) > 0
+	d.mu.Unlock()
+	if !atEnd || !pending {
+		return false, nil
+	}
+	if err := d.flushMetadata(co, nil); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // growFile records that the image now ends at least at end, so entries
@@ -290,7 +316,8 @@ func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, 
 	if err = d.admitted(co, off/d.mu.geo.ClusterSize(), 1); err != nil {
 		return nil, 0, le, 0, 0, err // an *errWait: nothing held
 	}
-	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return nil, 0, le, 0, 0, err
 	}
 	d.mu.Lock()
@@ -298,7 +325,7 @@ func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, 
 	if le, err = d.mu.geo.DecodeL2Entry(e, bm); err != nil {
 		d.mu.Unlock()
 		d.l2Unpin(t)
-		return nil, 0, le, 0, 0, err
+		return nil, 0, le, 0, 0, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	return t, l2i, le, e, bm, nil
 }

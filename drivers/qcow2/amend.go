@@ -32,6 +32,11 @@ type AmendOptions struct {
 	// each L1 entry (active, then the snapshots'), as qemu-img amend -p
 	// reports it. Called under the driver's lock: it must not block.
 	Progress func(done, total int64)
+	// DataFile is data_file= (the recorded external data file name; ""
+	// drops the name, keeping the bit), DataFileRaw data_file_raw=
+	// (only clearing it is allowed); nil keeps them (datafile.go).
+	DataFile    *string
+	DataFileRaw *bool
 }
 
 // Amend applies o to the image of a read-write qcow2 node, with the
@@ -159,6 +164,9 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	if newVer == 2 && lazy && o.LazyRefcounts != nil {
 		return format.Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
 	}
+	if err := checkDataFileAmend(&h, o, newVer); err != nil { // datafile.go
+		return err
+	}
 	if newVer == 2 && ver == 3 {
 		if h.RefcountOrder != 4 {
 			return format.Unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
@@ -230,7 +238,7 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 				return err
 			}
 		}
-		if err := d.amendHeader(co, bf, bfmt, 2, 3, lazy); err != nil {
+		if err := d.amendHeader(co, o, bf, bfmt, 2, 3, lazy); err != nil {
 			return err
 		}
 		ver = 3
@@ -261,14 +269,14 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 			return err
 		}
 	}
-	return d.amendHeader(co, bf, bfmt, ver, newVer, lazy)
+	return d.amendHeader(co, o, bf, bfmt, ver, newVer, lazy)
 }
 
 // amendHeader writes the amended header: backing file and format, the
-// version step from → to, the lazy refcounts bit. Everything (refcount
+// data file options, the version step from → to, the lazy refcounts bit. Everything (refcount
 // blocks included) is durable before the header stops announcing a dirty
 // image or lazy refcounts. REQUIRES: metaLock held.
-func (d maintOps) amendHeader(co *aio.Co, bf, bfmt string, ver, newVer int, lazy bool) error {
+func (d maintOps) amendHeader(co *aio.Co, o AmendOptions, bf, bfmt string, ver, newVer int, lazy bool) error {
 	if err := d.flushAllMetadata(co, nil); err != nil {
 		return err
 	}
@@ -276,6 +284,9 @@ func (d maintOps) amendHeader(co *aio.Co, bf, bfmt string, ver, newVer int, lazy
 	nh := *d.mu.hdr
 	d.mu.Unlock()
 	nh.BackingFile, nh.BackingFormat = bf, bfmt
+	if err := applyDataFileAmend(&nh, o); err != nil { // datafile.go
+		return err
+	}
 	switch {
 	case newVer == 2 && ver == 3:
 		nh.Version, nh.HeaderLength, nh.HeaderTail = 2, format.HeaderLengthV2, nil

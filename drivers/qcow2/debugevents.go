@@ -21,4 +21,7 @@ func (d *Driver) event(ev block.DebugEvent) {
 	if d.dbg != nil {
 		d.dbg.DebugEvent(ev)
 	}
+	if d.dataDbg != nil && (ev == block.DbgReadAIO || ev == block.DbgWriteAIO) {
+		d.dataDbg.DebugEvent(ev) // datafile.go
+	}
 }

@@ -467,6 +467,9 @@ func (r *repairer) fixCopied() error {
 				continue
 			}
 			rc, err := r.refcount(host / cs)
+			if g.ExternalData { // datafile.go: data clusters count as referenced once
+				rc, err = 1, nil
+			}
 			if err != nil {
 				continue
 			}
@@ -688,6 +691,9 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 	}
 	if cerr == nil {
 		if err := d.flushAllMetadata(co, r); err != nil {
+			return err
+		}
+		if err := d.clearUnknownAutoclear(co, r); err != nil {
 			return err
 		}
 	} else if dirty {

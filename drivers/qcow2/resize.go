@@ -6,10 +6,10 @@ import (
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
-// Truncate grows the virtual disk to r.Off bytes (QEMU's qcow2_co_truncate
-// with preallocation=off). Shrinking is refused (Unsupported): it would
-// have to free clusters past the new end, which is not implemented. The
-// new size must be a multiple of 512, as in QEMU.
+// Truncate sets the virtual disk size to r.Off bytes (QEMU's
+// qcow2_co_truncate with preallocation=off). Shrinking is shrinkLocked
+// (shrink.go); growing is below. The new size must be a multiple of 512,
+// as in QEMU.
 //
 //  1. flushMetadata: nothing dirty is left behind;
 //  2. if the L1 table is too small, growL1 (R3);
@@ -49,7 +49,10 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 	case size > format.MaxImageSize:
 		return format.Limit("size", uint64(size), "virtual size above 2^61")
 	case size < old:
-		return format.Unsupported("size", uint64(size), "shrinking a qcow2 image is not supported")
+		if d.hasPersistentBitmaps() { // as growing, below
+			return format.Unsupported("bitmaps", 0, "Cannot resize an image with persistent bitmaps (remove them first)")
+		}
+		return d.shrinkLocked(co, r, old, size) // shrink.go
 	case size == old:
 		return nil
 	}

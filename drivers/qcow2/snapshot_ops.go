@@ -163,6 +163,9 @@ func nextSnapshotID(snaps []format.Snapshot) string {
 // Not from a coroutine.
 func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error) {
 	var sn format.Snapshot
+	if err := d.refuseDataFile(); err != nil { // datafile.go
+		return sn, err
+	}
 	err := snapOf(d).runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
 		sn, err = snapOf(d).createSnapshotLocked(co, o)
 		return err

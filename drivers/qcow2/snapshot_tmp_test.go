@@ -10,7 +10,8 @@ import (
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
-// TestQcow2LoadSnapshotTmp: a read-only image shows an internal snapshot
+// TestQcow2LoadSnapshotTmp (written on branch iotvmstate beside iotwording's
+// implementation, kept as a second test of it): a read-only image shows an internal snapshot
 // after LoadSnapshotTmp, with the snapshot's L1 size even where the active
 // table is smaller (iotest 029: size and l1_size poked down to one entry
 // after the snapshot), while the virtual size stays the image's. A
@@ -35,7 +36,7 @@ func TestQcow2LoadSnapshotTmp(t *testing.T) {
 	if _, err := n.WriteAt(pattern(512, 0x22), 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.LoadSnapshotTmp("foo"); err == nil {
+	if err := d.LoadSnapshotTmp("", "foo"); err == nil {
 		t.Fatal("LoadSnapshotTmp on a read-write image succeeded")
 	}
 	n.Unref()
@@ -54,14 +55,14 @@ func TestQcow2LoadSnapshotTmp(t *testing.T) {
 	n = e.mustOpen(img, true)
 	defer n.Unref()
 	d = n.Driver().(*Driver)
-	if err := d.LoadSnapshotTmp("bar"); !errors.Is(err, ErrSnapshotNotFound) {
+	if err := d.LoadSnapshotTmp("", "bar"); !errors.Is(err, ErrSnapshotNotFound) {
 		t.Fatalf("unknown snapshot: %v", err)
 	}
 	got := make([]byte, 512)
 	if _, err := n.ReadAt(got, 0); err != nil || !bytes.Equal(got, pattern(512, 0x22)) {
 		t.Fatalf("active disk before the load: %v", err)
 	}
-	if err := d.LoadSnapshotTmp("foo"); err != nil {
+	if err := d.LoadSnapshotTmp("", "foo"); err != nil {
 		t.Fatal(err)
 	}
 	if l, _ := n.Length(); l != 512 {

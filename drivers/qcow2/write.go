@@ -67,7 +67,7 @@ func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
 			return false
 		}
 		host := le.HostOff + in
-		if d.overlapsMetadataLocked(host, k) {
+		if d.dataOverlapsLocked(host, k) { // datafile.go
 			return false
 		}
 		if m := len(s.ext); m > 0 && s.ext[m-1].HostOff+s.ext[m-1].Len == host {
@@ -366,7 +366,8 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
 		return p, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, err
 	}
 	d.mu.Lock()
@@ -375,13 +376,13 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	d.mu.Unlock()
 	if err != nil {
 		d.l2Unpin(p.t)
-		return p, err
+		return p, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	le := p.le
 	if le.Type == format.Normal && le.Copied {
 		// R7: in place only into COPIED clusters.
 		p.inPlace, p.host = true, le.HostOff+in
-		if d.overlapsMetadata(p.host, k) {
+		if d.dataOverlaps(p.host, k) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host, "data write")
 		}
@@ -394,7 +395,7 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	p.reuse = le.Type == format.ZeroAlloc && le.Copied
 	if p.reuse {
 		p.newOff = le.HostOff
-		if d.overlapsMetadata(p.newOff, cs) {
+		if d.dataOverlaps(p.newOff, cs) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.newOff, "data write")
 		}
@@ -402,14 +403,14 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 		d.mu.Lock()
 		fileEnd := d.mu.geo.FileSize
 		d.mu.Unlock()
-		if p.newOff, err = d.allocCluster(co); err != nil {
+		if p.newOff, err = d.allocData(co, p.start); err != nil { // datafile.go
 			d.l2Unpin(p.t)
 			return p, err
 		}
 		// A cluster at or past FileSize (the file's length at open, grown
 		// by every allocation since) has never been written: it reads as
 		// zeros (holes, or past EOF, which reads zero-fill).
-		p.fresh = p.newOff >= fileEnd
+		p.fresh = p.newOff >= fileEnd && !d.mu.geo.ExternalData
 	}
 	d.mu.Lock()
 	p.valid = min(cs, d.mapEndLocked(p.start)-p.start) // the last cluster may be partial
@@ -473,7 +474,7 @@ func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
 		if p.reuse {
 			return ioErr
 		}
-		return d.abortAlloc(p.newOff, ioErr)
+		return d.abortData(p.newOff, ioErr) // datafile.go
 	}
 	ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.newOff, true)
 	if err != nil {
@@ -485,10 +486,8 @@ func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
 	d.setL2EntryLocked(p.t, p.l2i, ne)
 	switch {
 	case p.reuse:
-	case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-	case le.Type == format.Compressed:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+	default:
+		d.freeDataLocked(le) // datafile.go
 	}
 	d.mu.Unlock()
 	return nil
@@ -576,7 +575,8 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	if p.wait = d.admit(co, p.gc, count); p.wait != nil {
 		return p, false, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, false, err
 	}
 	p.old = make([]format.L2Entry, 0, count)
@@ -587,7 +587,7 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 		if err != nil {
 			d.mu.Unlock()
 			d.l2Unpin(p.t)
-			return p, false, err
+			return p, false, format.L2EntryAt(err, l2Off, l2i+i) // located, as QEMU words it
 		}
 		if le.Type == format.Normal && le.Copied {
 			break
@@ -603,7 +603,7 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	p.hosts = make([]int64, count)
 	p.reused = make([]bool, count)
 	for i := range p.hosts {
-		h, reuse, err := d.runHost(co, p.old[i])
+		h, reuse, err := d.runHost(co, p.old[i], (p.gc+int64(i))*cs)
 		if err != nil {
 			p.abort(d, i)
 			d.l2Unpin(p.t)
@@ -663,10 +663,8 @@ func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
 		}
 		switch {
 		case p.reused[i]:
-		case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case le.Type == format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		default:
+			d.freeDataLocked(le) // datafile.go
 		}
 	}
 	return count * d.mu.geo.ClusterSize(), nil

@@ -120,7 +120,7 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
 		if err != nil { // of the -o list
-			return 1, dropInHint(cli.Usagef("%v", err)) // amend_words.go
+			return 1, dropInHint(cli.OptionErr("", err)) // amend_words.go
 		}
 		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
 		if err != nil {
@@ -190,6 +190,7 @@ func amendOptions(p *qcow2fmt.ImageOptions, h qcow2fmt.Header) (qcow2.AmendOptio
 	if p.Has("backing_fmt") && p.Create.BackingFormat != h.BackingFormat {
 		return o, amendBackingErr()
 	}
+	amendDataFileOptions(p, &o) // datafile.go
 	return o, nil
 }
 

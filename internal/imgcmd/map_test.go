@@ -44,7 +44,12 @@ func makeMapImages(t *testing.T) []string {
 	// host ranges are not contiguous stay separate entries.
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "reversed.qcow2", "1M")
 	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 192k 64k", "-c", "write -P 2 128k 64k", "-c", "write -P 3 64k 64k", "reversed.qcow2")
-	return []string{"sparse.raw", "base.qcow2", "top.qcow2", "zalloc.qcow2", "comp.qcow2", "overraw.qcow2", "small.qcow2", "reversed.qcow2"}
+	// Preallocated metadata: data clusters over holes of the file read as
+	// zeros (QEMU asks the file: "zero": true, "data": true), and only the
+	// written cluster is listed by the human output.
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "prealloc.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 64k 64k", "prealloc.qcow2")
+	return []string{"sparse.raw", "base.qcow2", "top.qcow2", "zalloc.qcow2", "comp.qcow2", "overraw.qcow2", "small.qcow2", "reversed.qcow2", "prealloc.qcow2"}
 }
 
 func TestMapMatchesQemu(t *testing.T) {

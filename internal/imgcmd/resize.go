@@ -29,7 +29,7 @@ and deletes everything past the new end.
   -f fmt            raw or qcow2; without it the file is probed (qcow2
                     magic, else raw)
   --shrink          allow the new size to be smaller than the current one
-                    (raw; the qcow2 driver refuses to shrink)
+                    (raw and qcow2)
   --preallocation=MODE
                     how new space is backed when the image grows:
                     off (sparse, default), falloc (reserved with
@@ -166,7 +166,9 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 // file's length and content (for a partial last cluster) to do so.
 func openResize(path, format string, prealloc raw.Prealloc, keys [][]byte) (*cli.BlkImage, error) {
 	if format == "qcow2" || format == "luks" || rbd.IsName(path) {
-		return cli.OpenBlk(path, cli.BlkOptions{Format: format, KeySecrets: keys})
+		// Discards reach the file: a qcow2 shrink punches the clusters it
+		// frees, as QEMU's does (its file child always passes discards on).
+		return cli.OpenBlk(path, cli.BlkOptions{Format: format, KeySecrets: keys, Discard: raw.DiscardUnmap})
 	}
 	c, g, err := cli.NewBlkEnv()
 	if err != nil {
@@ -207,9 +209,6 @@ func resizeImage(img *cli.BlkImage, path, format string, rel int, delta int64, s
 		}
 	}
 	if err := img.Node.Truncate(size); err != nil {
-		if format == "qcow2" && size < cur && block.IsKind(err, block.Unsupported) {
-			return 1, fmt.Errorf("Could not shrink '%s': the qcow2 driver does not support shrinking images", path)
-		}
 		return 1, fmt.Errorf("Could not resize '%s' to %d bytes: %v", path, size, resizeCause(err))
 	}
 	return 0, nil
