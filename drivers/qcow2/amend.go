@@ -15,8 +15,8 @@ type AmendOptions struct {
 	Version int
 	// LazyRefcounts is lazy_refcounts=on|off; nil keeps it.
 	LazyRefcounts *bool
-	// Size is the new virtual size in bytes (size=); 0 keeps it. Growing
-	// only: shrinking is refused.
+	// Size is the new virtual size in bytes (size=); 0 keeps it. Like
+	// qemu-img amend, a smaller size shrinks the disk (shrink.go).
 	Size int64
 	// BackingFile and BackingFormat are backing_file= and backing_fmt=;
 	// nil keeps the current value, a pointer to "" removes it. Only the
@@ -57,8 +57,8 @@ type AmendOptions struct {
 //     lazy_refcounts=off first writes every refcount block and clears a
 //     dirty bit this driver set (an image still needing a repair is
 //     refused: run check -r first).
-//   - size grows the disk through the driver's resize (shrinking is
-//     refused; QEMU 7.2 can shrink).
+//   - size grows or shrinks the disk through the driver's resize, after an
+//     upgrade and before a downgrade, as QEMU orders them.
 //   - backing_file / backing_fmt rewrite the header's backing name and
 //     backing format extension (see AmendOptions.BackingFile).
 //
@@ -178,9 +178,6 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		if h.Bitmaps != nil {
 			return format.Unsupported("bitmaps", 0, "Cannot downgrade an image with persistent bitmaps")
 		}
-	}
-	if o.Size != 0 && o.Size < size {
-		return format.Unsupported("size", uint64(o.Size), "shrinking a qcow2 image is not supported")
 	}
 	bf, bfmt := h.BackingFile, h.BackingFormat
 	if o.BackingFile != nil {

@@ -44,6 +44,21 @@ func TestQcow2AmendOrder(t *testing.T) {
 	if h := d.Header(); h.Version != 3 || h.Size != 256<<20 {
 		t.Fatalf("after the refused downgrade: version %d size %d, want 3 and the new size", h.Version, h.Size)
 	}
+	// Without the snapshot of another size: shrink back to foo's size and
+	// downgrade in one amend (size first, then the downgrade's checks).
+	if err := d.DeleteSnapshot("bar"); err != nil {
+		t.Fatal(err)
+	}
+	if err := Amend(n, AmendOptions{Version: 2, Size: 32 << 20}); err != nil {
+		t.Fatalf("compat=0.10,size=32M: %v", err)
+	}
+	if h := d.Header(); h.Version != 2 || h.Size != 32<<20 {
+		t.Fatalf("after the shrinking downgrade: version %d size %d", h.Version, h.Size)
+	}
+	got := make([]byte, 64<<10)
+	if _, err := n.ReadAt(got, 24<<20); err != nil || got[0] != 0x2a || got[len(got)-1] != 0x2a {
+		t.Fatalf("data after the shrinking downgrade: %v", err)
+	}
 	res, err := n.Check(0)
 	if err != nil || res.Corruptions != 0 || res.Leaks != 0 {
 		t.Fatalf("check: %+v %v", res, err)

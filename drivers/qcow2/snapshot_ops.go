@@ -580,7 +580,7 @@ func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	case v2 && newSize != uint64(oldSize):
 		// QEMU applies by resizing, which it refuses for version 2
 		// images with snapshots (an entry may lack its disk size).
-		return format.Unsupported(field+".disk_size", newSize, "can't resize a version 2 image which has snapshots")
+		return format.Unsupported(field+".disk_size", newSize, "Can't resize a v2 image which has snapshots") // QEMU's words
 	}
 	snapL1, err := d.readSnapshotL1(co, &sn, i)
 	if err != nil {

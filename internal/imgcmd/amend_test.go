@@ -131,7 +131,6 @@ func TestAmendRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	for opts, want := range map[string]string{
-		"size=1M":                      "shrinking",
 		"refcount_bits=8":              "refcount width",
 		"backing_file=x.qcow2":         "backing file",
 		"backing_fmt=raw":              "Cannot amend the backing file",
