@@ -366,12 +366,15 @@ type Pool struct {
 	// pushed and popped count deferred entries in and out; runDeferred
 	// stops at the count it started with.
 	pushed, popped uint64
+
+	out outbox // completions from other Contexts (outbox.go)
 }
 
 func newPool(g *Graph, ctx *aio.Context) *Pool {
 	p := &Pool{g: g, ctx: ctx}
 	p.bh = ctx.NewBH(p.runDeferred)
 	p.capBH = ctx.NewBH(p.runCapacity)
+	p.out.init(p)
 	p.SetMaxRequests(0)
 	return p
 }

@@ -92,15 +92,17 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 		if rb == nil {
 			d.event(block.DbgRefblockAlloc)
 			// No refcount block: every cluster it would cover is free.
-			// Put the new block in the first of them, idx itself, so its
+			// Put the new block where QEMU does (alloc_place.go): past
+			// the caller's run, or idx itself; in its own range, so its
 			// own refcount lives in it. Stage A writes the block, stage B
 			// the table entry (R3: block durable before the pointer).
-			off := idx * cs
+			bidx := d.refblockSlot(idx)
+			off := bidx * cs
 			if d.overlapsMetadata(off, cs) {
 				return 0, d.markCorrupt(co, off, "refcount block allocation")
 			}
 			buf := make([]byte, cs)
-			if err := format.RefcountSet(buf, order, bi, 1); err != nil {
+			if err := format.RefcountSet(buf, order, bi+bidx-idx, 1); err != nil {
 				return 0, err
 			}
 			d.mu.Lock()
@@ -109,7 +111,9 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			d.meta.add(off)
 			d.mu.dirtyRT[ti] = true
 			d.growFile(off + cs)
-			d.mu.freeIdx = idx + 1
+			if bidx == idx {
+				d.mu.freeIdx = idx + 1
+			}
 			d.mu.Unlock()
 			continue
 		}
@@ -136,6 +140,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 		rb.dirty = true
 		d.mu.freeIdx = idx + 1
 		d.growFile(off + cs)
+		d.ranAllocLocked() // alloc_place.go
 		d.mu.Unlock()
 		d.pack.forget(off, cs) // compress_pack.go
 		return off, nil

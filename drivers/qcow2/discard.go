@@ -9,11 +9,11 @@ import (
 // Discard and write-zeroes (qcow2.md §2.5), in a coroutine under
 // metaLock. Whole clusters change their L2 entry only; the entry reaches
 // the disk in stage C of the next flush and the old host cluster is freed
-// after that (R2). Host ranges are never punched (so R9, "never punch a
-// reused cluster", holds trivially).
+// after that (R2). Host ranges are not punched here (a shrink punches
+// what it frees, shrink.go, keeping R9).
 //
 //	                      v3                           v2, no backing   v2 + backing
-//	discard, whole       ZERO_PLAIN, free old          entry 0, free    Unsupported
+//	discard, whole       ZERO_PLAIN, free old          entry 0, free    nothing (success)
 //	zeroes, whole        COPIED normal → ZERO_ALLOC    entry 0, free    real zeros
 //	                     (MayUnmap: ZERO_PLAIN, free)
 //	discard, partial     ignored
@@ -222,7 +222,11 @@ func (d writer) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode)
 	}
 	if !d.mu.geo.ZeroFlag && hasBacking {
 		if m == modeDiscard {
-			return format.Unsupported("version", 2, "discard in a version 2 image with a backing file")
+			// No entry can hide the backing file: the discard does
+			// nothing and succeeds, as in QEMU 7.2 (its driver answers
+			// ENOTSUP and the block layer takes that as done; a discard
+			// is only advice).
+			return nil
 		}
 		zeros := make([]byte, min(d.mu.geo.ClusterSize(), d.mu.geo.Size-off))
 		return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))

@@ -186,6 +186,9 @@ type Driver struct {
 		inSnapshotOp bool
 		// pbm is the persistent bitmaps' directory state (bitmaps.go).
 		pbm persistentBitmaps
+		// allocRun: allocations the current caller makes in a row
+		// (alloc_place.go).
+		allocRun int64
 	}
 	// l2 is the image's L2 cache (l2cache.go; its own locking rules),
 	// set at Open.

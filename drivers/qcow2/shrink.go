@@ -138,6 +138,9 @@ func (d maintOps) dropEntry(co *aio.Co, r *block.Request, off int64, freed *[]in
 		d.setL2BitmapLocked(t, l2i, 0)
 	}
 	switch {
+	case d.mu.hdr.IncompatibleFeatures&format.IncompatDataFile != 0:
+		// Data in an external data file has no refcounts in the image
+		// (its clusters sit at the guest offsets): nothing to free.
 	case le.Type == format.Compressed:
 		c := le.Compressed
 		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{c.HostOff, c.Size()})

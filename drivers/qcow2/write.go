@@ -602,6 +602,8 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	}
 	p.hosts = make([]int64, count)
 	p.reused = make([]bool, count)
+	d.setAllocRun(count) // a new refcount block goes after the run (alloc_place.go)
+	defer d.setAllocRun(0)
 	for i := range p.hosts {
 		h, reuse, err := d.runHost(co, p.old[i], (p.gc+int64(i))*cs)
 		if err != nil {

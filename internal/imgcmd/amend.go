@@ -36,8 +36,9 @@ Change format options of an existing qcow2 image, as qemu-img amend does.
 Keys:
   compat=0.10|1.1     (or v2|v3) downgrade or upgrade the image version
   lazy_refcounts=on|off
-  size=SIZE           grow the virtual disk (k, M, G, T, P, E suffixes);
-                      0 keeps it; shrinking is refused
+  size=SIZE           the new virtual size (k, M, G, T, P, E suffixes);
+                      0 keeps it; smaller shrinks the disk, as resize
+                      --shrink
   refcount_bits=N     accepted only with the current width
   backing_file, backing_fmt
                       accepted only with the current values (as qemu-img:

@@ -117,8 +117,8 @@ func TestAmendMatchesQemuImg(t *testing.T) {
 }
 
 // TestAmendRefusals: what qemu-img amend 7.2 can do and our driver cannot
-// (shrinking, another refcount width) fails in one line and changes
-// nothing; so do backing file changes, as in qemu-img.
+// (another refcount width) fails in one line and changes nothing; so do
+// backing file changes, as in qemu-img.
 func TestAmendRefusals(t *testing.T) {
 	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())

@@ -135,12 +135,23 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 			}
 			defer img.Close()
 			if snap != nil {
+				// A loaded snapshot: the tables read by name would be the
+				// active disk's, so the node's own mapping counts.
 				if err := snap.load(img); err != nil {
 					return 1, err
 				}
-			}
-			if src, err = newImageChain(img, false); err != nil {
-				return 1, err
+				if src, err = newImageChain(img, false); err != nil {
+					return 1, err
+				}
+			} else if src, err = newImageChain(img, true); err != nil {
+				// With the mapping tables (as map): a data cluster over a
+				// hole of the file reads as zero and needs no space, as in
+				// QEMU's measure (a preallocated, never written source).
+				// Without them (a source the tables cannot be read from by
+				// name) every data cluster counts.
+				if src, err = newImageChain(img, false); err != nil {
+					return 1, err
+				}
 			}
 			defer src.Close()
 		}
