@@ -285,6 +285,9 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	if err != nil {
 		return nil, 0, err
 	}
+	if err := d.lazyTableRefcounts(co, parent); err != nil { // lazy.go
+		return nil, 0, d.abortAlloc(newOff, err)
+	}
 	nt, err := d.l2Create(co, parent, newOff, old)
 	if err != nil {
 		return nil, 0, d.abortAlloc(newOff, err)
@@ -318,7 +321,8 @@ func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, 
 	if err = d.admitted(co, off/d.mu.geo.ClusterSize(), 1); err != nil {
 		return nil, 0, le, 0, 0, err // an *errWait: nothing held
 	}
-	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return nil, 0, le, 0, 0, err
 	}
 	d.mu.Lock()
@@ -326,7 +330,7 @@ func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, 
 	if le, err = d.mu.geo.DecodeL2Entry(e, bm); err != nil {
 		d.mu.Unlock()
 		d.l2Unpin(t)
-		return nil, 0, le, 0, 0, err
+		return nil, 0, le, 0, 0, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	return t, l2i, le, e, bm, nil
 }

@@ -73,6 +73,11 @@ func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
 		return err
 	}
+	if m != modeDiscard {
+		if err := d.zeroDataRaw(co, r, r.Off, r.Len); err != nil { // datafile.go
+			return err
+		}
+	}
 	// zeroRange took metaLock, so it is the one that drops it to wait for
 	// a busy cluster (an *errWait), then zeroes on from that cluster.
 	pos := r.Off
@@ -101,6 +106,9 @@ func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 // that took metaLock waits with it released and calls again. REQUIRES:
 // metaLock held, prepareWrite done; it never releases metaLock.
 func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, pos *int64, end int64, m zeroMode) error {
+	if d.mu.geo.ExtendedL2 && m != modeDiscard {
+		return d.zeroRangeExtL2(co, r, pos, end, m) // extl2_zero.go
+	}
 	d.mu.Lock()
 	size := d.mu.geo.Size
 	d.mu.Unlock()
@@ -250,12 +258,7 @@ func (d writer) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode)
 	}
 	d.setL2EntryLocked(t, l2i, ne)
 	if free {
-		switch le.Type {
-		case format.Normal, format.ZeroAlloc:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
-		}
+		d.freeDataLocked(le) // datafile.go
 	}
 	return nil
 }

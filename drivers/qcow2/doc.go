@@ -10,7 +10,8 @@
 //	driver             block.Driver (driver.go, read.go, write.go, alloc.go,
 //	                   flush.go, discard.go, resize.go, create_write.go,
 //	                   subcluster.go, snapshot_ops.go, repair.go, lazy.go,
-//	                   amend.go): requests, allocation, COW, refcount
+//	                   amend.go, amend_zero.go, vmstate.go, make_empty.go):
+//	                   requests, allocation, COW, refcount
 //	                   updates, crash ordering, L2 cache, coroutines for
 //	                   slow paths
 //	       │ uses

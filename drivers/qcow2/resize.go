@@ -43,7 +43,7 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 	switch {
 	case v2Snaps && size != old:
 		// As QEMU: a version 2 snapshot entry may lack its disk size.
-		return format.Unsupported("version", 2, "can't resize a version 2 image which has snapshots")
+		return format.Unsupported("version", 2, "Can't resize a v2 image which has snapshots") // QEMU's words
 	case size%512 != 0:
 		return format.OutOfRange("size", uint64(size), "the new size must be a multiple of 512")
 	case size > format.MaxImageSize:

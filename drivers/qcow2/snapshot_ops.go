@@ -163,6 +163,9 @@ func nextSnapshotID(snaps []format.Snapshot) string {
 // Not from a coroutine.
 func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error) {
 	var sn format.Snapshot
+	if err := d.refuseDataFile(); err != nil { // datafile.go
+		return sn, err
+	}
 	err := snapOf(d).runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
 		sn, err = snapOf(d).createSnapshotLocked(co, o)
 		return err
@@ -580,7 +583,7 @@ func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	case v2 && newSize != uint64(oldSize):
 		// QEMU applies by resizing, which it refuses for version 2
 		// images with snapshots (an entry may lack its disk size).
-		return format.Unsupported(field+".disk_size", newSize, "can't resize a version 2 image which has snapshots")
+		return format.Unsupported(field+".disk_size", newSize, "Can't resize a v2 image which has snapshots") // QEMU's words
 	}
 	snapL1, err := d.readSnapshotL1(co, &sn, i)
 	if err != nil {

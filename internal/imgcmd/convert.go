@@ -28,6 +28,8 @@ Ranges that read as zeroes are not written (sparse output).
   -O fmt          DST's format: raw (default) or qcow2
   -o options      creation options of DST, as for 'ringblk create'
                   (cluster_size, compat, refcount_bits, preallocation…)
+  -l snapshot     copy SRC's internal snapshot (ID or name, or
+                  snapshot.id=ID,snapshot.name=NAME), not its active disk
   -c              write compressed qcow2 clusters (deflate, readable by QEMU)
   -p              show progress
   -q              quiet
@@ -51,7 +53,7 @@ Ranges that read as zeroes are not written (sparse output).
 `
 
 var convertSpec = cli.WithObjects(cli.OptSpec{
-	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'l': true, 'c': false, 'p': false, 'q': false, 'S': true,
 		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
 	Long: map[string]bool{"force-share": false, "help": false},
 })
@@ -64,7 +66,8 @@ const (
 // convertReq is a parsed convert command line.
 type convertReq struct {
 	src, dst            string
-	more                []string // the sources after src (concatenated)
+	more                []string     // the sources after src (concatenated)
+	snap                *snapshotRef // -l: read this internal snapshot of src
 	srcFmt, dstFmt      string
 	olist               []string
 	backing, backingFmt string
@@ -131,6 +134,10 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.minSparse = n
 		case "n":
 			r.skipCreate = true
+		case "l":
+			if r.snap, err = parseSnapshotRef(o.Val); err != nil {
+				return nil, err
+			}
 		case "B":
 			r.backing = o.Val
 		case "F":
@@ -234,6 +241,14 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return err
 	}
 	defer src.Close()
+	if r.snap != nil {
+		if len(r.more) > 0 {
+			return cli.Usagef("No support for concatenating multiple snapshot")
+		}
+		if err := r.snap.load(src); err != nil {
+			return err
+		}
+	}
 	sch, err := newImageChain(src, false)
 	if err != nil {
 		return err

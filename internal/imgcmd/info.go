@@ -228,6 +228,12 @@ func imageInfo(img *openedImage) *object {
 		if img.luks != nil {
 			data.set("encrypt", luksInfo(img.luks, true))
 		}
+		if h.HasDataFile() { // datafile.go
+			if h.DataFile != "" {
+				data.set("data-file", h.DataFile)
+			}
+			data.set("data-file-raw", h.DataFileRaw())
+		}
 		if h.Version >= 3 {
 			data.set("corrupt", h.IncompatibleFeatures&format.IncompatCorrupt != 0)
 			data.set("extended-l2", h.ExtendedL2())

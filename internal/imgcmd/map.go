@@ -112,6 +112,9 @@ type chainLevel struct {
 	// qimg reads the qcow2 mapping for host offsets (map only); nil
 	// otherwise. The node's driver does not expose host offsets.
 	qimg *openedImage
+	// dataPath is the external data file holding the level's data
+	// (datafile.go); "" when the data is in the image itself.
+	dataPath string
 }
 
 // imageChain is an image with its backing chain, top first.
@@ -143,6 +146,7 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 		var nextPath, nextFormat string
 		if d, ok := n.Driver().(*qcow2.Driver); ok {
 			l.format = "qcow2"
+			l.dataPath = dataFilePath(d, path) // datafile.go
 			if c := n.Child(block.RoleBacking); c != nil {
 				h := d.Header()
 				next, nextPath, nextFormat = c.Node(), combinePath(path, h.BackingFile), h.BackingFormat
@@ -218,6 +222,11 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 				// Encrypted clusters have no offset to show (qemu-img).
 				return st, pnum, 0, false, nil
 			}
+			if l.dataPath != "" {
+				// An external data file: QEMU does not ask it (iotest 244),
+				// and the image file holds no data at these offsets.
+				return st, pnum, x.HostOff, true, nil
+			}
 			if zero, fp := l.fileReadsZero(x.HostOff, pnum); zero {
 				st, pnum = st|block.StatusZero, fp // map_holes.go
 			} else {
@@ -270,6 +279,9 @@ func (ch *imageChain) mapStatus(off, n int64) (mapEntry, error) {
 			}
 			if hasOff {
 				e.file = ch.levels[i].path
+				if p := ch.levels[i].dataPath; p != "" {
+					e.file = p
+				}
 			}
 			return e, nil
 		}

@@ -227,6 +227,9 @@ func resizeImage(img *cli.BlkImage, path, format string, rel int, delta int64, s
 		}
 	}
 	if err := truncate(size); err != nil {
+		if w := qemuResizeWords(err); w != nil { // resize_words.go
+			return 1, w
+		}
 		return 1, fmt.Errorf("Could not resize '%s' to %d bytes: %v", path, size, resizeCause(err))
 	}
 	return 0, nil

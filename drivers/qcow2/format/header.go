@@ -275,7 +275,8 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 		var bit uint8
 		switch magic {
 		case ExtBackingFormat:
-			bit = 1
+			// A second backing format extension replaces the first,
+			// as in QEMU (iotest 114): not a duplicate to refuse.
 			if n > MaxBackingFormatLen {
 				return Limit("backing_format_ext.len", n, "backing format name too long")
 			}
@@ -285,17 +286,20 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 			h.BackingFormat = string(data)
 		case ExtFeatureTable:
 			bit = 2
-			// A trailing partial entry is ignored, as QEMU does.
+			// A trailing partial entry reads as if padded with zeros,
+			// as QEMU reads it (its buffer is zeroed past the data).
 			h.FeatureNames = nil
-			if n >= featureNameLen {
-				h.FeatureNames = make([]FeatureName, 0, n/featureNameLen)
+			if n > 0 {
+				h.FeatureNames = make([]FeatureName, 0, (n+featureNameLen-1)/featureNameLen)
 			}
-			for p := uint64(0); p+featureNameLen <= n; p += featureNameLen {
-				name := data[p+2 : p+featureNameLen]
+			for p := uint64(0); p < n; p += featureNameLen {
+				var e [featureNameLen]byte
+				copy(e[:], data[p:])
+				name := e[2:]
 				if i := strings.IndexByte(string(name), 0); i >= 0 {
 					name = name[:i]
 				}
-				h.FeatureNames = append(h.FeatureNames, FeatureName{Type: data[p], Bit: data[p+1], Name: string(name)})
+				h.FeatureNames = append(h.FeatureNames, FeatureName{Type: e[0], Bit: e[1], Name: string(name)})
 			}
 		case ExtBitmaps:
 			bit = 4
@@ -353,11 +357,10 @@ func extName(magic uint32) string {
 func (h *Header) validate() error {
 	cs := uint64(1) << h.ClusterBits
 	if unknown := h.IncompatibleFeatures &^ IncompatKnown; unknown != 0 {
-		return Unsupported("incompatible_features", h.IncompatibleFeatures,
-			"unsupported incompatible features: "+h.describeBits(FeatureIncompatible, unknown))
+		return h.featureError(unknown)
 	}
-	if h.IncompatibleFeatures&IncompatDataFile != 0 {
-		return Unsupported("incompatible_features", h.IncompatibleFeatures, "external data file unsupported")
+	if err := h.validateDataFile(); err != nil { // datafile.go
+		return err
 	}
 	if err := h.validateCrypto(); err != nil {
 		return err
@@ -519,6 +522,7 @@ func (h *Header) Geometry(fileSize int64) Geometry {
 		ZeroFlag:      h.Version >= 3 && !h.ExtendedL2(),
 		Size:          int64(h.Size),
 		FileSize:      fileSize,
+		ExternalData:  h.HasDataFile(),
 	}
 }
 
