@@ -16,7 +16,7 @@ import (
 	"github.com/ringblk/ringblk/internal/units"
 )
 
-const convertHelp = `usage: ringblk convert [-f fmt] [-O fmt] [-o opts] [-c] [-p] [-q] [-S sparse_size] [-n]
+const convertHelp = `usage: ringblk convert [-f fmt] [-O fmt] [-o opts] [-l snapshot] [-c] [-p] [-q] [-S sparse_size] [-n]
                      [-B backing -F backing_fmt] [-U] [-t cache] [-T src_cache] [-m num] [-W]
                      SRC DST
 
