@@ -291,7 +291,7 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	if err != nil {
 		return nil, nil, err
 	}
-	if top && o.debug {
+	if depth == 0 && o.debug { // the top image only (top also means "writable" here)
 		if file, err = blkdebug.NewNode(g, file, o.debugConfig, block.Options{Name: name + "-blkdebug", ReadOnly: o.ReadOnly}); err != nil {
 			return nil, nil, err
 		}

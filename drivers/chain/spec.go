@@ -519,6 +519,14 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 			o.QcowOptions.L2CacheBytes = 1 // the driver's minimum applies
 		}
 	}
+	switch on, given, err := s.Bool("lazy-refcounts"); {
+	case err != nil:
+		return nil, nil, err
+	case given && on:
+		o.QcowOptions.LazyRefcounts = qcow2.LazyOn
+	case given:
+		o.QcowOptions.LazyRefcounts = qcow2.LazyOff
+	}
 	for _, k := range []string{"lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "discard-no-unref"} {
 		if _, _, err := s.Bool(k); err != nil {
 			return nil, nil, err

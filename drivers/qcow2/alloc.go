@@ -254,6 +254,9 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	if err != nil {
 		return nil, 0, err
 	}
+	if err := d.lazyTableRefcounts(co, parent); err != nil { // lazy.go
+		return nil, 0, d.abortAlloc(newOff, err)
+	}
 	nt, err := d.l2Create(co, parent, newOff, old)
 	if err != nil {
 		return nil, 0, d.abortAlloc(newOff, err)

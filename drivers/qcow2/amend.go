@@ -187,8 +187,8 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		if len(bf) > format.MaxBackingNameLen {
 			return format.Limit("backing_file", uint64(len(bf)), "backing file name too long")
 		}
-		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
-			return format.Unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
+		if bfmt != "" && !recordableFormatName(bfmt) { // rebase_fmt.go
+			return format.Unsupported("backing_fmt", 0, "backing format name must be a driver name (letters, digits, '-', '_')")
 		}
 	}
 	if d.mu.lazy.needRepair {
@@ -201,23 +201,9 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		return derr
 	}
 
-	// Checks done; apply. The size first (it rewrites only the size
-	// field), then the data changes a downgrade needs, then one header.
-	if o.Size != 0 && o.Size != size {
-		if err := d.truncateLocked(co, nil, (o.Size+511)&^511); err != nil {
-			return err
-		}
-	}
-	if newVer == 2 && ver == 3 {
-		// Data writes follow: R10 first (a header-only amend keeps the
-		// autoclear bits, and with them any bitmaps, as QEMU does).
-		if err := d.prepareWrite(co, nil); err != nil {
-			return err
-		}
-		if err := d.expandZeroClusters(co); err != nil {
-			return err
-		}
-	}
+	// Checks done; apply in QEMU's order: an upgrade first (a version 2
+	// image with snapshots cannot be resized, a version 3 one can), then
+	// the size, then a downgrade (whose checks see the new size).
 	if newVer == 3 && ver == 2 {
 		// Version 3 requires every snapshot entry to carry the 64-bit VM
 		// state size and the disk size (16 bytes of extra data); version
@@ -240,9 +226,45 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 				return err
 			}
 		}
+		if err := d.amendHeader(co, bf, bfmt, 2, 3, lazy); err != nil {
+			return err
+		}
+		ver = 3
 	}
-	// Everything (refcount blocks included) durable before the header
-	// stops announcing a dirty image or lazy refcounts.
+	if o.Size != 0 && o.Size != size {
+		if err := d.truncateLocked(co, nil, (o.Size+511)&^511); err != nil {
+			return err
+		}
+	}
+	if newVer == 2 && ver == 3 {
+		// A snapshot of another disk size, or a VM state too large for
+		// version 2's 32-bit field, needs version 3's extra data: QEMU
+		// refuses rather than count on version 2 readers honouring it.
+		d.mu.Lock()
+		snaps, cur := d.mu.snaps, uint64(d.mu.geo.Size)
+		d.mu.Unlock()
+		for _, sn := range snaps {
+			if sn.VMStateSize > 0xffffffff || sn.DiskSize != cur {
+				return format.Unsupported("snapshot", 0, "Internal snapshots prevent downgrade of image")
+			}
+		}
+		// Data writes follow: R10 first (a header-only amend keeps the
+		// autoclear bits, and with them any bitmaps, as QEMU does).
+		if err := d.prepareWrite(co, nil); err != nil {
+			return err
+		}
+		if err := d.expandZeroClusters(co); err != nil {
+			return err
+		}
+	}
+	return d.amendHeader(co, bf, bfmt, ver, newVer, lazy)
+}
+
+// amendHeader writes the amended header: backing file and format, the
+// version step from → to, the lazy refcounts bit. Everything (refcount
+// blocks included) is durable before the header stops announcing a dirty
+// image or lazy refcounts. REQUIRES: metaLock held.
+func (d maintOps) amendHeader(co *aio.Co, bf, bfmt string, ver, newVer int, lazy bool) error {
 	if err := d.flushAllMetadata(co, nil); err != nil {
 		return err
 	}

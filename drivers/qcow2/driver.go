@@ -74,6 +74,13 @@ type DriverOptions struct {
 	// dirty or corrupt image opens read-write without the automatic
 	// repair, and refuses writes until a repair (Check) succeeds.
 	CheckOpen bool
+	// LazyRefcounts overrides the image's lazy refcounts bit for this open
+	// (QEMU's lazy-refcounts runtime option; lazy.go): 0 the header's,
+	// LazyOn or LazyOff. Version 3 images only.
+	LazyRefcounts LazyMode
+	// RepairLog receives the messages of the repair a read-write open of
+	// a dirty image runs (QEMU prints them on stderr); nil: CheckLog.
+	RepairLog func(msg string)
 	// CheckLog receives the messages of checks and repairs, one line each
 	// (qemu-img check prints them on stderr). Nil drops them.
 	CheckLog func(msg string)

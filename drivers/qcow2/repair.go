@@ -803,7 +803,11 @@ func (d maintOps) openRepair(file *block.Node) (relaxed bool, err error) {
 	if incompat&format.IncompatCorrupt != 0 || incompat&^format.IncompatKnown != 0 {
 		return false, nil // refused by ReadImage with the right message
 	}
-	rp := newRepairer(nodeFile{file}, block.CheckFixLeaks|block.CheckFixErrors, d.checkLog)
+	logf := d.checkLog
+	if d.opts.RepairLog != nil {
+		logf = d.opts.RepairLog
+	}
+	rp := newRepairer(nodeFile{file}, block.CheckFixLeaks|block.CheckFixErrors, logf)
 	err = rp.run()
 	if err == nil && (rp.res.CheckErrors > 0 || rp.res.Corruptions > 0) {
 		err = format.Corrupt("incompatible_features", incompat, "repair left "+decInt(rp.res.Corruptions)+" corruptions")

@@ -2,95 +2,54 @@ package qcow2
 
 import (
 	"errors"
-	"sync/atomic"
+	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
-// ErrSnapshotNodeWritable is LoadSnapshotTmp's refusal of a read-write
-// node: the view it installs must never be written through.
-var ErrSnapshotNodeWritable = errors.New("qcow2: a snapshot is loaded for reading only; open the image read-only")
-
-// LoadSnapshotTmp makes a read-only node read snapshot id/name instead of
-// the active disk (qemu-img convert/measure -l, QEMU's snapshot_load_tmp):
-// the snapshot's L1 table replaces the active one in memory only; nothing
-// is written and the virtual size stays the active one (an L1 table too
-// short for it reads as unallocated past its end). An empty id or name
-// matches any; both empty is ErrSnapshotNotFound. Not from a coroutine.
-func (d *Driver) LoadSnapshotTmp(id, name string) error {
+// LoadSnapshotTmp makes a read-only image show internal snapshot idOrName
+// (an ID or a name) instead of the active disk, for as long as it stays
+// open: the snapshot's L1 table, with the snapshot's own number of
+// entries, replaces the active one in memory (QEMU's
+// bdrv_snapshot_load_tmp, qemu-img convert -l). Nothing is written, and
+// the virtual size stays the image's, as in QEMU. A read-write image is
+// refused: the loaded table would be written back as the active one.
+// The caller loads before the node serves requests.
+func (d *Driver) LoadSnapshotTmp(idOrName string) error {
 	if d.node == nil || d.mu.hdr == nil {
 		return errors.New("qcow2: image is not open")
 	}
 	if !d.readOnly {
-		return ErrSnapshotNodeWritable
+		return &block.Error{Kind: block.Unsupported, Op: block.OpRead, Node: d.nodeName(),
+			Err: errors.New("Device is not readonly: " + syscall.EROFS.Error())}
 	}
-	n := d.node
-	n.DrainedBegin()
-	defer n.DrainedEnd()
-	ctx, main := n.Context(), n.Graph().Main()
-	var done atomic.Bool
-	var err error
-	ch := make(chan struct{})
-	ctx.Go(func(co *aio.Co) {
-		d.metaLock.lock(co)
-		err = snapOf(d).loadSnapshotTmpLocked(co, id, name)
-		d.metaLock.unlock()
-		done.Store(true)
-		close(ch)
-		main.Kick()
-		ctx.Kick()
-	})
-	notDone := func() bool { return !done.Load() }
-	switch {
-	case ctx.InContext():
-		ctx.WaitWhile(notDone)
-	case main.InContext():
-		main.WaitWhile(notDone)
-	default:
-		<-ch
-	}
-	var fe *format.FormatError
-	if errors.As(err, &fe) {
-		err = d.formatErr(block.OpRead, 0, err)
-	}
-	return err
-}
-
-func (d snapshotOps) loadSnapshotTmpLocked(co *aio.Co, id, name string) error {
-	d.mu.Lock()
-	i := -1
-	if id != "" || name != "" {
-		for j := range d.mu.snaps {
-			if (id == "" || d.mu.snaps[j].ID == id) && (name == "" || d.mu.snaps[j].Name == name) {
-				i = j
-				break
-			}
+	return d.runLocked(d.node, func(co *aio.Co) error {
+		d.mu.Lock()
+		i := findSnapshot(d.mu.snaps, idOrName)
+		var sn format.Snapshot
+		if i >= 0 {
+			sn = d.mu.snaps[i]
 		}
-	}
-	var sn format.Snapshot
-	if i >= 0 {
-		sn = d.mu.snaps[i]
-	}
-	need := format.L1EntriesFor(uint64(d.mu.geo.Size), d.mu.geo.ClusterBits, d.mu.geo.ExtendedL2)
-	d.mu.Unlock()
-	if i < 0 {
-		return ErrSnapshotNotFound
-	}
-	l1, err := d.readSnapshotL1(co, &sn, i)
-	if err != nil {
-		return err
-	}
-	if uint64(len(l1)) < need {
-		l1 = append(l1, make([]uint64, need-uint64(len(l1)))...)
-	}
-	d.mu.Lock()
-	d.mu.l1 = l1
-	d.resetMetaClusters()
-	d.mu.hdr.L1Offset, d.mu.hdr.L1Entries = sn.L1Offset, sn.L1Entries
-	d.mu.zcache.buf = nil
-	d.publishLocked()
-	d.mu.Unlock()
-	return nil
+		d.mu.Unlock()
+		if i < 0 {
+			return ErrSnapshotNotFound
+		}
+		l1, err := snapOf(d).readSnapshotL1(co, &sn, i)
+		if err != nil {
+			return d.formatErr(block.OpRead, 0, err)
+		}
+		if l1 == nil {
+			l1 = []uint64{}
+		}
+		d.mu.Lock()
+		d.mu.l1 = l1
+		d.mu.hdr.L1Offset, d.mu.hdr.L1Entries = sn.L1Offset, sn.L1Entries
+		d.resetMetaClusters()
+		d.mu.zcache.buf = nil
+		d.publishLocked()
+		d.mu.Unlock()
+		return nil
+	})
 }

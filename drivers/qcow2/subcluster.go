@@ -109,7 +109,7 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	d.mu.Lock()
 	e, bm, _ := d.mu.geo.L2EntryAt(p.t.buf, l2i)
 	le, err := d.mu.geo.DecodeL2Entry(e, bm)
-	valid := min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
+	valid := min(cs, d.mapEndLocked(p.start)-p.start) // the last cluster may be partial
 	d.mu.Unlock()
 	if err != nil {
 		d.l2Unpin(p.t)

@@ -135,16 +135,22 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	}
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
+	return d.writeLocked(co, r, r.Off, r.Off+r.Len)
+}
+
+// writeLocked writes r.Iov to [off, end): guest bytes from writeSlow, or
+// the VM state area past the disk for SaveVMState (vmstate.go).
+// REQUIRES: metaLock held (released and taken again around data I/O).
+func (d writer) writeLocked(co *aio.Co, r *block.Request, off, end int64) error {
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
-	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
+	if err := d.refuseDamagedWrite(co, off, end-off); err != nil {
 		return err
 	}
 	cs := d.mu.geo.ClusterSize()
 	var win [][]byte
 	var skip int64
-	off, end := r.Off, r.Off+r.Len
 	for off < end {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
 			// A run of whole clusters that all allocate: plan under
@@ -406,7 +412,7 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 		p.fresh = p.newOff >= fileEnd
 	}
 	d.mu.Lock()
-	p.valid = min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
+	p.valid = min(cs, d.mapEndLocked(p.start)-p.start) // the last cluster may be partial
 	d.mu.Unlock()
 	// The data (and COW) I/O runs without metaLock, so allocating writes
 	// to other clusters proceed meanwhile; the guest cluster is marked in
@@ -560,7 +566,7 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	cs := d.mu.geo.ClusterSize()
 	l1i, l2i, _ := d.mu.geo.Split(off)
 	d.mu.Lock()
-	size := d.mu.geo.Size
+	size := d.mapEndLocked(off)
 	d.mu.Unlock()
 	count := min(n/cs, d.mu.geo.L2Entries()-l2i, maxRunClusters, (size-off)/cs)
 	if count < 2 {

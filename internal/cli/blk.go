@@ -105,7 +105,7 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 		WritableDepth: o.WritableDepth,
 		NullSize:      o.NullSize,
 		Discard:       o.Discard,
-		QcowOptions:   o.QcowOptions,
+		QcowOptions:   withRepairLog(o.QcowOptions),
 		Name:          NodeNameFor(g, path),
 		KeySecrets:    o.KeySecrets,
 		HeaderOnly:    o.HeaderOnly,

@@ -120,7 +120,7 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
 		if err != nil { // of the -o list
-			return 1, cli.OptionErr("", err)
+			return 1, dropInHint(cli.OptionErr("", err)) // amend_words.go
 		}
 		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
 		if err != nil {
@@ -155,7 +155,7 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			bar := cli.NewProgress(stdout, progress && !quiet, 1)
 			bar.Set(0)
 			if err = qcow2.Amend(img.Node, o); err != nil {
-				err = fmt.Errorf("Could not amend '%s': %v", path, amendCause(err))
+				err = amendCause(err) // qemu-img amend prints the driver's error alone
 			} else {
 				bar.Set(100)
 				bar.End()
@@ -184,10 +184,10 @@ func amendOptions(p *qcow2fmt.ImageOptions, h qcow2fmt.Header) (qcow2.AmendOptio
 	o.Size = p.Size
 	o.RefcountBits = p.Create.RefcountBits
 	if p.Has("backing_file") && p.Create.BackingFile != h.BackingFile {
-		return o, cli.Usagef("Cannot amend the backing file (rebase changes it)")
+		return o, amendBackingErr()
 	}
 	if p.Has("backing_fmt") && p.Create.BackingFormat != h.BackingFormat {
-		return o, cli.Usagef("Cannot amend the backing file format (rebase changes it)")
+		return o, amendBackingErr()
 	}
 	return o, nil
 }

@@ -134,7 +134,7 @@ func TestAmendRefusals(t *testing.T) {
 		"size=1M":                      "shrinking",
 		"refcount_bits=8":              "refcount width",
 		"backing_file=x.qcow2":         "backing file",
-		"backing_fmt=raw":              "backing file format",
+		"backing_fmt=raw":              "Cannot amend the backing file",
 		"compat=1.1,refcount_bits=128": "power of two",
 	} {
 		out, errs, code := clitest.Ours(Amend, "-o", opts, "r.qcow2")

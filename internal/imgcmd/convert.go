@@ -53,8 +53,8 @@ Ranges that read as zeroes are not written (sparse output).
 `
 
 var convertSpec = cli.WithObjects(cli.OptSpec{
-	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'l': true, 'c': false, 'p': false, 'q': false, 'S': true,
-		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
+		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false, 'l': true},
 	Long: map[string]bool{"force-share": false, "help": false},
 })
 
@@ -66,8 +66,7 @@ const (
 // convertReq is a parsed convert command line.
 type convertReq struct {
 	src, dst            string
-	more                []string     // the sources after src (concatenated)
-	snap                *snapshotRef // -l: read this internal snapshot of src
+	more                []string // the sources after src (concatenated)
 	srcFmt, dstFmt      string
 	olist               []string
 	backing, backingFmt string
@@ -82,6 +81,7 @@ type convertReq struct {
 	inFlight            int
 	args                cli.ImageArgs // --object (secrets of -o)
 	srcKeys             [][]byte      // SRC's key secrets (--image-opts, json:)
+	snapshot            snapshotParam // -l: read an internal snapshot of SRC (convert_snapshot.go)
 }
 
 // Convert is "ringblk convert" (qemu-img convert): args are what follows the
@@ -134,10 +134,6 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.minSparse = n
 		case "n":
 			r.skipCreate = true
-		case "l":
-			if r.snap, err = parseSnapshotRef(o.Val); err != nil {
-				return nil, err
-			}
 		case "B":
 			r.backing = o.Val
 		case "F":
@@ -156,6 +152,10 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.inFlight = n
 		case "W":
 			r.outOfOrder = true
+		case "l":
+			if r.snapshot, err = parseSnapshotArg(o.Val); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := checkSourceFormat(r.srcFmt); err != nil {
@@ -241,13 +241,8 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return err
 	}
 	defer src.Close()
-	if r.snap != nil {
-		if len(r.more) > 0 {
-			return cli.Usagef("No support for concatenating multiple snapshot")
-		}
-		if err := r.snap.load(src); err != nil {
-			return err
-		}
+	if err := r.snapshot.load(src, len(r.more)); err != nil {
+		return err
 	}
 	sch, err := newImageChain(src, false)
 	if err != nil {

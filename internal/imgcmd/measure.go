@@ -62,7 +62,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		var olist []string
 		var forceShare, hasSize, hasFmt bool
 		var size int64
-		var snap *snapshotRef
+		var snap snapshotParam
 		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		// Each option is checked as it comes, then the operands, in
 		// qemu-img measure's order (iotest 178).
@@ -84,7 +84,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 				}
 				olist = append(olist, o.Val)
 			case "l":
-				if snap, err = parseSnapshotRef(o.Val); err != nil {
+				if snap, err = parseSnapshotArg(o.Val); err != nil {
 					return 1, err
 				}
 			case "U", "force-share":
@@ -109,7 +109,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Unexpected argument '%s' (see 'ringblk measure --help')", operands[1])
 		case len(operands) > 1:
 			return 1, cli.Usagef("At most one filename argument is allowed.")
-		case len(operands) == 0 && (ia.ImageOpts || hasFmt || snap != nil):
+		case len(operands) == 0 && (ia.ImageOpts || hasFmt || snap.set):
 			return 1, cli.Usagef("--image-opts, -f, and -l require a filename argument.")
 		case hasSize && len(operands) == 1:
 			return 1, cli.Usagef("--size N cannot be used together with a filename.")
@@ -134,10 +134,8 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			defer img.Close()
-			if snap != nil {
-				if err := snap.load(img); err != nil {
-					return 1, err
-				}
+			if err := snap.load(img, 0); err != nil {
+				return 1, err
 			}
 			if src, err = newImageChain(img, false); err != nil {
 				return 1, err

@@ -202,6 +202,9 @@ func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) 
 			case "1.1", "v3":
 				c.Version = 3
 			default:
+				if use == ForAmend { // qemu-img amend's own words
+					return nil, optErr(k, "Unknown compatibility level "+v)
+				}
 				return nil, optErr(k, "Invalid compatibility level: '"+v+"' (0.10, 1.1, v2, v3)")
 			}
 		case k == "lazy_refcounts":

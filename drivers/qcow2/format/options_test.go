@@ -55,7 +55,8 @@ func TestQcow2ParseOptions(t *testing.T) {
 		{"compat=1.1", M, want{"", func(o *format.ImageOptions) bool { return o.Create.Version == 3 }}},
 		{"compat=v3", C, want{"", func(o *format.ImageOptions) bool { return o.Create.Version == 3 }}},
 		{"compat=1.0", C, want{"Invalid compatibility level: '1.0' (0.10, 1.1, v2, v3)", nil}},
-		{"compat=", A, want{"Invalid compatibility level: '' (0.10, 1.1, v2, v3)", nil}},
+		{"compat=", C, want{"Invalid compatibility level: '' (0.10, 1.1, v2, v3)", nil}},
+		{"compat=0.42", A, want{"Unknown compatibility level 0.42", nil}}, // amend's words (iotest 061)
 		// lazy_refcounts: QEMU booleans, bare key, noKEY.
 		{"lazy_refcounts=on", C, want{"", lazy(true)}},
 		{"lazy_refcounts=yes", C, want{"", lazy(true)}},
