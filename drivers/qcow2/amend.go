@@ -28,6 +28,10 @@ type AmendOptions struct {
 	// (or 16 when downgrading) is accepted: changing the width is not
 	// implemented.
 	RefcountBits int
+	// Progress, when set, is called as a downgrade's zero expansion visits
+	// each L1 entry (active, then the snapshots'), as qemu-img amend -p
+	// reports it. Called under the driver's lock: it must not block.
+	Progress func(done, total int64)
 }
 
 // Amend applies o to the image of a read-write qcow2 node, with the
@@ -43,7 +47,7 @@ type AmendOptions struct {
 //     autoclear bits are dropped, and zero clusters are expanded: without
 //     a backing file a plain zero cluster becomes unallocated, otherwise
 //     (and for preallocated zero clusters) zeros are written to a data
-//     cluster. Zero clusters in internal snapshots are refused.
+//     cluster. Zero clusters in internal snapshots are expanded too (amend_zero.go).
 //   - lazy_refcounts=on sets compatible bit 0 (version 3 only);
 //     lazy_refcounts=off first writes every refcount block and clears a
 //     dirty bit this driver set (an image still needing a repair is
@@ -253,7 +257,7 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		if err := d.prepareWrite(co, nil); err != nil {
 			return err
 		}
-		if err := d.expandZeroClusters(co); err != nil {
+		if err := d.expandZeroClusters(co, o.Progress); err != nil {
 			return err
 		}
 	}
@@ -339,12 +343,10 @@ func (d maintOps) rewriteHeader(co *aio.Co, nh *format.Header) error {
 // before a downgrade to version 2 (QEMU's qcow2_expand_zero_clusters):
 // without a backing file a plain zero cluster becomes unallocated (which
 // reads as zero too); otherwise zeros are written to a data cluster (the
-// preallocated one when there is one). Snapshot tables with zero
-// clusters are refused. REQUIRES: metaLock held.
-func (d maintOps) expandZeroClusters(co *aio.Co) error {
-	if err := d.refuseSnapshotZeros(co); err != nil {
-		return err
-	}
+// preallocated one when there is one); then the snapshots' tables
+// (amend_zero.go). REQUIRES: metaLock held.
+func (d maintOps) expandZeroClusters(co *aio.Co, progress func(done, total int64)) error {
+	p := d.newExpandProgress(progress) // amend_zero.go
 	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
 	size, l1n := d.mu.geo.Size, int64(len(d.mu.l1))
@@ -355,6 +357,7 @@ func (d maintOps) expandZeroClusters(co *aio.Co) error {
 		mapped := d.mu.l1[l1i]&format.OffsetMask != 0
 		d.mu.Unlock()
 		if !mapped {
+			p.step()
 			continue
 		}
 		first := l1i * d.mu.geo.L1Coverage()
@@ -385,8 +388,9 @@ func (d maintOps) expandZeroClusters(co *aio.Co) error {
 				return err
 			}
 		}
+		p.step()
 	}
-	return nil
+	return d.expandSnapshotZeros(co, p) // amend_zero.go
 }
 
 // updateEntry replaces the standard L2 entry of the cluster at off by f's
@@ -400,54 +404,6 @@ func (d maintOps) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e
 	defer d.mu.Unlock()
 	if ne := f(le, e); ne != e {
 		d.setL2EntryLocked(t, l2i, ne)
-	}
-	return nil
-}
-
-// refuseSnapshotZeros fails when an internal snapshot's L2 tables hold
-// zero clusters (expanding them would mean rewriting shared tables, which
-// is not implemented).
-func (d maintOps) refuseSnapshotZeros(co *aio.Co) error {
-	d.mu.Lock()
-	snaps := d.mu.snaps
-	fileSize := d.mu.geo.FileSize
-	d.mu.Unlock()
-	if len(snaps) == 0 {
-		return nil
-	}
-	g := d.mu.geo
-	g.FileSize = fileSize
-	cs := g.ClusterSize()
-	buf := make([]byte, cs)
-	for _, s := range snaps {
-		l1 := make([]byte, int64(s.L1Entries)*8)
-		if len(l1) > 0 {
-			if err := d.fileRead(co, nil, l1, int64(s.L1Offset)); err != nil {
-				return err
-			}
-		}
-		for i := 0; i+8 <= len(l1); i += 8 {
-			l2Off, _, err := g.DecodeL1Entry(getU64(l1[i:]))
-			if err != nil {
-				return err
-			}
-			if l2Off == 0 {
-				continue
-			}
-			if err := d.fileRead(co, nil, buf, l2Off); err != nil {
-				return err
-			}
-			for j := int64(0); j < g.L2Entries(); j++ {
-				e, bm, _ := g.L2EntryAt(buf, j)
-				le, err := g.DecodeL2Entry(e, bm)
-				if err != nil {
-					return err
-				}
-				if le.Type == format.ZeroPlain || le.Type == format.ZeroAlloc {
-					return format.Unsupported("snapshot", 0, "cannot downgrade: internal snapshot '"+s.Name+"' has zero clusters")
-				}
-			}
-		}
 	}
 	return nil
 }

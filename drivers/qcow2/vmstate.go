@@ -60,6 +60,7 @@ func (d *Driver) vmStateRange(r *block.Request) (off, end int64, err error) {
 // SaveVMState writes r.Iov at VM state position r.Off.
 func (d *Driver) SaveVMState(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {
+		d.event(block.DbgVMStateSave)
 		err := maintOf(d).saveVMState(co, r)
 		r.CompleteLater(d.formatErr(block.OpSaveVMState, r.Off, err))
 	})
@@ -68,6 +69,7 @@ func (d *Driver) SaveVMState(r *block.Request) {
 // LoadVMState reads VM state position r.Off into r.Iov.
 func (d *Driver) LoadVMState(r *block.Request) {
 	r.Context().Go(func(co *aio.Co) {
+		d.event(block.DbgVMStateLoad)
 		ep := d.hold(r.Context())
 		err := readerOf(d).loadVMState(co, r)
 		d.unhold(ep)

@@ -150,10 +150,11 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		}
 		o, err := amendOptions(ao, img.Qcow2.Header())
 		if err == nil {
-			// The same progress line as convert and compare; the driver's
-			// amend reports no steps, so it goes from 0 to 100.
+			// The same progress line as convert and compare: a downgrade's
+			// zero expansion reports each L1 entry it visits, then 100.
 			bar := cli.NewProgress(stdout, progress && !quiet, 1)
 			bar.Set(0)
+			o.Progress = func(done, total int64) { bar.Set(100 * float64(done) / float64(total)) }
 			if err = qcow2.Amend(img.Node, o); err != nil {
 				err = amendCause(err) // qemu-img amend prints the driver's error alone
 			} else {
