@@ -83,28 +83,38 @@ func (d maintOps) saveVMState(co *aio.Co, r *block.Request) error {
 		return err
 	}
 	d.metaLock.lock(co)
-	defer d.metaLock.unlock()
+	err = d.growL1ForVMState(co, r, end)
+	d.metaLock.unlock()
+	if err != nil {
+		return err
+	}
+	// The L1 table only shrinks by a snapshot apply, which drains the
+	// node first: it cannot run while this request is in flight.
+	return d.writeRange(co, r, off, end)
+}
+
+// growL1ForVMState grows the L1 table to map guest offsets below end.
+// REQUIRES: metaLock held.
+func (d maintOps) growL1ForVMState(co *aio.Co, r *block.Request, end int64) error {
 	cov := d.mu.geo.L1Coverage()
 	need := (end + cov - 1) / cov
 	d.mu.Lock()
 	have := int64(len(d.mu.l1))
 	d.mu.Unlock()
-	if need > have {
-		n, err := grownL1Entries(have, need)
-		if err != nil {
-			return err
-		}
-		if err := d.prepareWrite(co, r); err != nil {
-			return err
-		}
-		if err := d.flushMetadata(co, r); err != nil { // growL1 wants nothing dirty
-			return err
-		}
-		if err := d.growL1(co, r, n); err != nil {
-			return err
-		}
+	if need <= have {
+		return nil
 	}
-	return d.writeLocked(co, r, off, end)
+	n, err := grownL1Entries(have, need)
+	if err != nil {
+		return err
+	}
+	if err := d.prepareWrite(co, r); err != nil {
+		return err
+	}
+	if err := d.flushMetadata(co, r); err != nil { // growL1 wants nothing dirty
+		return err
+	}
+	return d.growL1(co, r, n)
 }
 
 // grownL1Entries is the size an L1 table of have entries grows to when it

@@ -133,15 +133,15 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
 		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
 	}
-	d.metaLock.lock(co)
-	defer d.metaLock.unlock()
-	return d.writeLocked(co, r, r.Off, r.Off+r.Len)
+	return d.writeRange(co, r, r.Off, r.Off+r.Len)
 }
 
-// writeLocked writes r.Iov to [off, end): guest bytes from writeSlow, or
-// the VM state area past the disk for SaveVMState (vmstate.go).
-// REQUIRES: metaLock held (released and taken again around data I/O).
-func (d writer) writeLocked(co *aio.Co, r *block.Request, off, end int64) error {
+// writeRange writes r.Iov to [off, end): guest bytes from writeSlow, or
+// the VM state area past the disk for SaveVMState (vmstate.go). It takes
+// metaLock, and lets it go for the data I/O of allocating writes.
+func (d writer) writeRange(co *aio.Co, r *block.Request, off, end int64) error {
+	d.metaLock.lock(co)
+	defer d.metaLock.unlock()
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
