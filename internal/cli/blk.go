@@ -320,12 +320,13 @@ func qemuFormatWording(err error) string {
 	if errors.As(err, &feat) {
 		return "Unsupported qcow2 feature(s): " + feat.QEMUText()
 	}
-	switch {
-	case fe.Field == "l1_size" && strings.HasPrefix(fe.Reason, "L1 table is too small"):
-		return "Image is too big"
-	}
-	return ""
+	return qemuHeaderWording(fe)
 }
+
+// QemuFormatWording is qemuFormatWording for the commands that word an
+// open failure themselves (qemu-io prints the cause without qemu-img's
+// "Could not open" prefix).
+func QemuFormatWording(err error) string { return qemuFormatWording(err) }
 
 // BackingFormatErr words a backing format no driver has: qemu-img's
 // sentence in drop-in mode, the driver's (naming the format) as ringblk.

@@ -118,3 +118,15 @@ func TestOptionSizeMessagesAsQemu(t *testing.T) {
 		t.Errorf("as ringblk: exit %d, %q", code, e.String())
 	}
 }
+
+// TestRefcountBitsNumberAsQemu: refcount_bits is read as strtoull reads
+// it, so "-1" is a number out of range, refused after the Formatting
+// line, and "foo" is not a number (iotest 112).
+func TestRefcountBitsNumberAsQemu(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img")
+	t.Chdir(t.TempDir())
+	for _, v := range []string{"-1", "foo", "0x10", "+16", "1_6"} {
+		os.Remove("a.qcow2")
+		qemuAndOurs(t, "create", "-f", "qcow2", "-o", "refcount_bits="+v, "a.qcow2", "64M")
+	}
+}

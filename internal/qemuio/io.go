@@ -655,10 +655,16 @@ type openError struct {
 }
 
 func (e *openError) Error() string {
-	if e.name == "" {
-		return fmt.Sprintf("can't open: %v", e.err)
+	var cause any = e.err
+	if w := cli.QemuFormatWording(e.err); w != "" && cli.Prog == "qemu-io" {
+		// qemu-io prints the format driver's refusal as it is, without
+		// qemu-img's "Could not open" (iotest 080).
+		cause = w
 	}
-	return fmt.Sprintf("can't open device %s: %v", e.name, e.err)
+	if e.name == "" {
+		return fmt.Sprintf("can't open: %v", cause)
+	}
+	return fmt.Sprintf("can't open device %s: %v", e.name, cause)
 }
 
 func (e *openError) Unwrap() error { return e.err }

@@ -95,8 +95,11 @@ func TestQcow2SecondBackingFormatWins(t *testing.T) {
 	clear(b[112:])
 	copy(b[112:], append(ext(format.ExtBackingFormat, "qcow2"), ext(format.ExtBackingFormat, "foo")...))
 	h, err := format.ParseHeader(b)
-	if err != nil || h.BackingFormat != "foo" {
-		t.Fatalf("got %v, backing format %q; want foo", err, h.BackingFormat)
+	if err != nil {
+		t.Fatalf("two backing format extensions: %v", err)
+	}
+	if h.BackingFormat != "foo" {
+		t.Fatalf("backing format %q; want the second, foo", h.BackingFormat)
 	}
 	clear(b[112:])
 	copy(b[112:], append(ext(format.ExtDataFile, "a"), ext(format.ExtDataFile, "b")...))

@@ -2,6 +2,7 @@ package format
 
 import (
 	"encoding/binary"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -259,13 +260,11 @@ func ParseHeader(b []byte) (*Header, error) {
 func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 	var seen uint8 // bit per known extension, to refuse duplicates
 	for off := start; off < end; {
-		if end-off < 8 {
-			// No room for another extension header: the area ends here.
-			break
-		}
 		magic, n := z.u32(int(off)), uint64(z.u32(int(off)+4))
 		off += 8
-		if n > end-off {
+		// An extension header that does not fit before end is refused
+		// too, even the end marker, as QEMU does (iotest 080).
+		if off > end || n > end-off {
 			return Corrupt(extName(magic), n, "header extension too large")
 		}
 		if magic == ExtEnd {
@@ -395,6 +394,10 @@ func (h *Header) validate() error {
 		return err
 	}
 	if need := L1EntriesFor(h.Size, h.ClusterBits, extL2); uint64(h.L1Entries) < need {
+		if need > math.MaxInt32 {
+			// No L1 table can be that large (QEMU: "Image is too big").
+			return Corrupt("l1_size", uint64(h.L1Entries), "image is too big: size "+strconv.FormatUint(h.Size, 10)+" needs "+strconv.FormatUint(need, 10)+" L1 entries (at most 2^31-1)")
+		}
 		return Corrupt("l1_size", uint64(h.L1Entries), "L1 table is too small for size "+strconv.FormatUint(h.Size, 10))
 	}
 

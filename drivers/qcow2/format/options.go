@@ -220,7 +220,7 @@ func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) 
 			}
 			c.ExtendedL2 = b
 		case k == "refcount_bits":
-			n, err := strconv.ParseUint(strings.TrimLeft(v, " \t\n\v\f\r"), 0, 64)
+			n, err := parseOptionNumber(v)
 			if err != nil {
 				return nil, optErr(k, "Parameter 'refcount_bits' expects a number")
 			}
@@ -277,7 +277,7 @@ func checkOverridden(k, v string) error {
 	case k == "size" || k == "cluster_size":
 		_, err = ParseOptionSize(k, v)
 	case k == "refcount_bits":
-		if _, perr := strconv.ParseUint(strings.TrimLeft(v, " \t\n\v\f\r"), 0, 64); perr != nil {
+		if _, perr := parseOptionNumber(v); perr != nil {
 			err = optErr(k, "Parameter 'refcount_bits' expects a number")
 		}
 	case k == "lazy_refcounts" || k == "extended_l2" || k == "data_file_raw" || k == "encryption":
