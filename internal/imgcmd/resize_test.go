@@ -144,7 +144,11 @@ func TestResizeQcow2Shrink(t *testing.T) {
 	if err := syscall.Stat("o.qcow2", &so); err != nil {
 		t.Fatal(err)
 	}
-	if so.Size != sq.Size || so.Blocks != sq.Blocks {
+	// Blocks: ext4 may spend one block of its own on an extent tree
+	// depending on how the file's extents were split (st_blocks counts
+	// 512-byte units, 8 per 4 KiB block), so one block of slack; what the
+	// test holds is that the shrink gave the freed clusters back.
+	if so.Size != sq.Size || so.Blocks > sq.Blocks+8 {
 		t.Errorf("file size %d, %d blocks; qemu-img's shrink left %d, %d blocks", so.Size, so.Blocks, sq.Size, sq.Blocks)
 	}
 }
