@@ -49,13 +49,29 @@ func TestBlockStatusPartialLastSector(t *testing.T) {
 	}
 	f.Close()
 	e := newEnv(t, nil, 0)
-	n := e.node(path, raw.Options{})
+	// O_DIRECT (iotest 253): the last, partial unit is data to its end.
+	n := e.node(path, raw.Options{Cache: raw.CacheNone})
 	l, err := n.Length()
 	if err != nil || l != 1<<20 {
 		t.Fatalf("Length %d, %v; want %d", l, err, 1<<20)
 	}
 	st, pnum, err := n.BlockStatus(1<<20-65536, 65536)
 	if err != nil || st&block.StatusData == 0 || pnum != 65536 {
-		t.Errorf("block status of the last 64 KiB: status %v, pnum %d, %v; want data for 65536", st, pnum, err)
+		t.Errorf("O_DIRECT: block status of the last 64 KiB: status %v, pnum %d, %v; want data for 65536", st, pnum, err)
+	}
+	// Buffered (iotest 221): data ends at the file's last byte; the rest
+	// of the rounded-up sector is a hole.
+	buffered := path + ".b"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(buffered, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := e.node(buffered, raw.Options{})
+	st, pnum, err = b.BlockStatus(1<<20-65536, 65536)
+	if err != nil || st&block.StatusData == 0 || pnum != 65535 {
+		t.Errorf("buffered: block status of the last 64 KiB: status %v, pnum %d, %v; want data for 65535", st, pnum, err)
 	}
 }

@@ -40,11 +40,13 @@ func (d *Driver) extent(off, n int64) (block.Status, int64) {
 	if err != nil || hole <= off {
 		return data, n
 	}
-	// A hole that starts inside a sector can only be the end of a file
-	// whose size is not a multiple of 512: the image is rounded up to
-	// whole sectors (length), and that last sector is data, as QEMU
-	// reports it, not a data part and a one-sector-short hole.
-	hole = (hole + sectorSize - 1) &^ (sectorSize - 1)
+	// A hole that starts off the request alignment can only be the end
+	// of a file whose size is not a multiple of it. With O_DIRECT nothing
+	// smaller than reqAlign can be read, so the last unit is data
+	// through its end, as QEMU reports it (iotest 253); buffered
+	// (reqAlign 1) the data ends at the file's last byte and the rest of
+	// the rounded-up last sector reads as a hole (iotest 221).
+	hole = (hole + d.reqAlign - 1) &^ (d.reqAlign - 1)
 	return data, min(hole-off, n)
 }
 
