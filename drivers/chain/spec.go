@@ -633,6 +633,10 @@ func qcow2CacheOptions(s Spec) (qcow2Cache, error) {
 	}
 	if hasES {
 		c.entry = es
+		// QEMU counts the cache in entries of this size, at most INT_MAX.
+		if es > 0 && c.l2/es > math.MaxInt32 {
+			return c, errors.New("L2 cache size too big")
+		}
 	}
 	return c, nil
 }
