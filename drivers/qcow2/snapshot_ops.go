@@ -4,7 +4,6 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -210,11 +209,8 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 	n := d.node
 	n.DrainedBegin()
 	defer n.DrainedEnd()
-	ctx, main := n.Context(), n.Graph().Main()
-	var done atomic.Bool
 	var err error
-	ch := make(chan struct{})
-	ctx.Go(func(co *aio.Co) {
+	runCoAndWait(n, func(co *aio.Co) {
 		d.metaLock.lock(co)
 		d.mu.Lock()
 		d.mu.inSnapshotOp = true
@@ -238,20 +234,7 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 			}
 		}
 		d.metaLock.unlock()
-		done.Store(true)
-		close(ch)
-		main.Kick()
-		ctx.Kick()
 	})
-	notDone := func() bool { return !done.Load() }
-	switch {
-	case ctx.InContext():
-		ctx.WaitWhile(notDone)
-	case main.InContext():
-		main.WaitWhile(notDone)
-	default:
-		<-ch
-	}
 	var fe *format.FormatError
 	if errors.As(err, &fe) {
 		err = d.formatErr(block.OpWrite, 0, err)

@@ -29,28 +29,12 @@ func (d *Driver) LoadSnapshotTmp(id, name string) error {
 	n := d.node
 	n.DrainedBegin()
 	defer n.DrainedEnd()
-	ctx, main := n.Context(), n.Graph().Main()
-	var done atomic.Bool
 	var err error
-	ch := make(chan struct{})
-	ctx.Go(func(co *aio.Co) {
+	runCoAndWait(n, func(co *aio.Co) {
 		d.metaLock.lock(co)
 		err = snapOf(d).loadSnapshotTmpLocked(co, id, name)
 		d.metaLock.unlock()
-		done.Store(true)
-		close(ch)
-		main.Kick()
-		ctx.Kick()
 	})
-	notDone := func() bool { return !done.Load() }
-	switch {
-	case ctx.InContext():
-		ctx.WaitWhile(notDone)
-	case main.InContext():
-		main.WaitWhile(notDone)
-	default:
-		<-ch
-	}
 	var fe *format.FormatError
 	if errors.As(err, &fe) {
 		err = d.formatErr(block.OpRead, 0, err)
@@ -93,4 +77,29 @@ func (d snapshotOps) loadSnapshotTmpLocked(co *aio.Co, id, name string) error {
 	d.publishLocked()
 	d.mu.Unlock()
 	return nil
+}
+
+// runCoAndWait runs fn as a coroutine on n's Context and waits for it the
+// way the caller may: a nested wait on that Context's owner or on the main
+// Context's, a channel elsewhere. Not from a coroutine.
+func runCoAndWait(n *block.Node, fn func(co *aio.Co)) {
+	ctx, main := n.Context(), n.Graph().Main()
+	var done atomic.Bool
+	ch := make(chan struct{})
+	ctx.Go(func(co *aio.Co) {
+		fn(co)
+		done.Store(true)
+		close(ch)
+		main.Kick()
+		ctx.Kick()
+	})
+	notDone := func() bool { return !done.Load() }
+	switch {
+	case ctx.InContext():
+		ctx.WaitWhile(notDone)
+	case main.InContext():
+		main.WaitWhile(notDone)
+	default:
+		<-ch
+	}
 }
