@@ -87,6 +87,22 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 			return err
 		}
 	}
+	return d.writeSize(co, r, size)
+}
+
+// hideBacking makes guest bytes [old, size) read as zeros whatever the
+// backing file holds there, as QEMU 7.2's zeroing truncate does: the
+// part of the last old cluster (subcluster with extended L2) past old
+// gets real zeros (a copy-on-write of the rest from the backing file),
+// everything from the next (sub)cluster boundary on gets the zero flag.
+// The entries are durable before the header announces the new size, so
+// a crash leaves the old size with harmless zero entries past it, never
+// the new size with the backing file showing. REQUIRES: metaLock held,
+// L1 large enough for size.
+// writeSize records size in the header (its 8-byte field at offset 24),
+// syncs the file and publishes the new geometry. The last step of a
+// resize, growing or shrinking. REQUIRES: metaLock held.
+func (d maintOps) writeSize(co *aio.Co, r *block.Request, size int64) error {
 	var b [8]byte
 	putU64(b[:], uint64(size))
 	if err := d.fileWrite(co, r, b[:], 24); err != nil {
@@ -103,15 +119,6 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 	return nil
 }
 
-// hideBacking makes guest bytes [old, size) read as zeros whatever the
-// backing file holds there, as QEMU 7.2's zeroing truncate does: the
-// part of the last old cluster (subcluster with extended L2) past old
-// gets real zeros (a copy-on-write of the rest from the backing file),
-// everything from the next (sub)cluster boundary on gets the zero flag.
-// The entries are durable before the header announces the new size, so
-// a crash leaves the old size with harmless zero entries past it, never
-// the new size with the backing file showing. REQUIRES: metaLock held,
-// L1 large enough for size.
 func (d maintOps) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
 	d.mu.Lock()
 	d.mu.geo.Size = size // the zeroing works on the grown disk

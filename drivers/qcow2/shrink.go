@@ -84,19 +84,9 @@ func (d maintOps) shrinkLocked(co *aio.Co, r *block.Request, old, size int64) er
 	}
 
 	// Step 4.
-	var b [8]byte
-	putU64(b[:], uint64(size))
-	if err := d.fileWrite(co, r, b[:], 24); err != nil {
+	if err := d.writeSize(co, r, size); err != nil {
 		return err
 	}
-	if err := d.fileSync(co, r); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	d.mu.geo.Size = size
-	d.mu.hdr.Size = uint64(size)
-	d.publishLocked()
-	d.mu.Unlock()
 
 	// Step 5: like QEMU, a failure to give space back is not the resize's
 	// failure (the image is consistent without it).
