@@ -136,16 +136,14 @@ func (d reader) readLocked(r *block.Request) {
 	if err != nil || !fast {
 		d.mu.Unlock()
 		d.states.put(s)
-		if err != nil && !format.IsL2EntryCorruption(err) {
-			r.Complete(d.formatErr(block.OpRead, r.Off, err))
+		if err != nil {
+			d.failRead(r, err) // read_damage.go
 			return
 		}
 		r.Context().Go(func(co *aio.Co) {
-			if err == nil {
-				ep := d.hold(r.Context())
-				err = d.readGuest(co, r, r.Iov, r.Off, r.Len)
-				d.unhold(ep)
-			}
+			ep := d.hold(r.Context())
+			err := d.readGuest(co, r, r.Iov, r.Off, r.Len)
+			d.unhold(ep)
 			r.CompleteLater(d.formatErr(block.OpRead, r.Off, d.readDamage(co, err))) // read_damage.go
 		})
 		return

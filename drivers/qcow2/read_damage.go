@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
@@ -37,4 +38,18 @@ func (d reader) readDamage(co *aio.Co, err error) error {
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
 	return d.markDamaged(co, cause, true)
+}
+
+// failRead completes r with err, a mapping error met under mu; the
+// corruption event (readDamage) needs a coroutine. A separate function,
+// so that the read path's own closure captures nothing more (the hot
+// path stays allocation-free).
+func (d reader) failRead(r *block.Request, err error) {
+	if !format.IsL2EntryCorruption(err) {
+		r.Complete(d.formatErr(block.OpRead, r.Off, err))
+		return
+	}
+	r.Context().Go(func(co *aio.Co) {
+		r.CompleteLater(d.formatErr(block.OpRead, r.Off, d.readDamage(co, err)))
+	})
 }
