@@ -151,6 +151,7 @@ func (d writer) writeRange(co *aio.Co, r *block.Request, off, end int64) error {
 	cs := d.mu.geo.ClusterSize()
 	var win [][]byte
 	var skip int64
+	var run *hostRun
 	for off < end {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
 			// A run of whole clusters that all allocate: plan under
@@ -182,7 +183,11 @@ func (d writer) writeRange(co *aio.Co, r *block.Request, off, end int64) error {
 		win = iovSlice(win[:0], r.Iov, skip, k)
 		if d.mu.geo.ExtendedL2 {
 			// The same plan → I/O → commit for a cluster with subclusters.
-			p, err := d.planSubclusters(co, r, off, k) // subcluster.go
+			if run == nil {
+				run = newHostRun(end) // alloc_run_extl2.go
+				defer run.release(d.metaIO)
+			}
+			p, err := d.planSubclusters(co, r, off, k, run) // subcluster.go
 			switch {
 			case err != nil:
 			case p.wait != nil:
@@ -312,7 +317,7 @@ func putU64(b []byte, v uint64) {
 // writeSubclusters. REQUIRES: metaLock held; it never releases it.
 func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
 	if d.mu.geo.ExtendedL2 {
-		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
+		return d.writeSubclusters(co, r, win, off, k, nil) // subcluster.go
 	}
 	p, err := d.planCluster(co, r, off, k)
 	switch {
