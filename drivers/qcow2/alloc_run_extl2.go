@@ -176,3 +176,22 @@ func (d writer) clusterFree(co *aio.Co, idx int64) (bool, error) {
 	d.mu.Unlock()
 	return err == nil && rc == 0, err
 }
+
+// newRun returns how many clusters of the run plan, from the i-th on,
+// need a new host cluster in a row (runHost would allocate them); they get
+// the first run of that many free clusters, as QEMU's handle_alloc gives
+// them (standard images too). 0 with an external data file.
+func (p *runPlan) newRun(d writer, i int) int64 {
+	if d.mu.geo.ExternalData {
+		return 0
+	}
+	k := int64(0)
+	for j := i; j < len(p.old); j++ {
+		le := p.old[j]
+		if (le.Type == format.ZeroAlloc || le.Type == format.Normal) && le.Copied {
+			break // runHost reuses it
+		}
+		k++
+	}
+	return min(k, maxHostRun)
+}

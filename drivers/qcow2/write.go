@@ -613,7 +613,18 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	p.reused = make([]bool, count)
 	d.setAllocRun(count) // a new refcount block goes after the run (alloc_place.go)
 	defer d.setAllocRun(0)
-	for i := range p.hosts {
+	for i := 0; i < len(p.hosts); i++ {
+		if k := p.newRun(d, i); k >= 2 { // alloc_run_extl2.go: QEMU's placement
+			hosts, err := d.allocFreeRun(co, k)
+			if err != nil {
+				p.abort(d, i)
+				d.l2Unpin(p.t)
+				return p, false, err
+			}
+			copy(p.hosts[i:], hosts)
+			i += len(hosts) - 1
+			continue
+		}
 		h, reuse, err := d.runHost(co, p.old[i], (p.gc+int64(i))*cs)
 		if err != nil {
 			p.abort(d, i)
