@@ -13,9 +13,10 @@ import (
 // (qcow2_alloc_clusters), not one first-free cluster each. A write
 // falling back from write-zeroes over two compressed clusters therefore
 // skips a single free cluster that lies before two free ones (iotest
-// 271, "Zero + unmap 2"). Not modelled: QEMU's attempt to continue the
-// host range of the clusters written in place just before
-// (qcow2_alloc_clusters_at).
+// 271, "Zero + unmap 2"). A run of whole clusters (planRun, standard
+// images too) is placed the same way (newRun). Not modelled: QEMU's
+// attempt to continue the host range of the clusters written in place
+// just before (qcow2_alloc_clusters_at).
 //
 // hostRun carries the clusters allocated ahead through one write's
 // cluster-by-cluster loop; the write releases what it did not use
