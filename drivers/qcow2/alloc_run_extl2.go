@@ -94,13 +94,13 @@ func (d writer) allocForSub(co *aio.Co, run *hostRun, t *l2Table, l2i, start int
 // allocFreeRun allocates n clusters at the first run of n free clusters
 // from the allocator's search start (QEMU's alloc_clusters_noref). The
 // clusters are those allocCluster hands out from there, so they are the
-// run unless a new refcount block has to go in front of it.
+// run unless a new refcount block has to go in front of it. As in QEMU,
+// the search start moves past the run: free clusters skipped before it
+// are found again after a free lowers it (or at the next open); so no
+// scan goes over the same used clusters twice.
 // REQUIRES: metaLock held.
 func (d writer) allocFreeRun(co *aio.Co, n int64) ([]int64, error) {
 	cs := d.mu.geo.ClusterSize()
-	d.mu.Lock()
-	saved := d.mu.freeIdx
-	d.mu.Unlock()
 	var s int64
 	for try := 0; ; try++ {
 		d.mu.Lock()
@@ -130,7 +130,6 @@ func (d writer) allocFreeRun(co *aio.Co, n int64) ([]int64, error) {
 		}
 	}
 	d.mu.Lock()
-	saved = min(saved, d.mu.freeIdx)
 	d.mu.freeIdx = s
 	d.mu.Unlock()
 	d.setAllocRun(n) // a new refcount block goes after the run (alloc_place.go)
@@ -146,10 +145,6 @@ func (d writer) allocFreeRun(co *aio.Co, n int64) ([]int64, error) {
 		}
 		hosts = append(hosts, h)
 	}
-	// The clusters skipped before the run are still free.
-	d.mu.Lock()
-	d.mu.freeIdx = min(d.mu.freeIdx, saved)
-	d.mu.Unlock()
 	return hosts, nil
 }
 
