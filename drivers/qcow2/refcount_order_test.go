@@ -160,103 +160,119 @@ func TestQcow2AmendRefcountWidthProgress(t *testing.T) {
 }
 
 // TestQcow2AmendRefcountWidthCrashStates: the file writes of a width
-// change (16 → 1 and 1 → 64 bits, 512-byte clusters so the structures
-// span several blocks), recorded; every crash state — the writes up to a
-// flush, plus none, each one alone, or all of the writes issued after it
-// — must be an image both our check and qemu-img check accept with at
-// most leaks, whose guest data is intact, and whose refcount width is the
-// old one or the new one.
+// change (16 → 1 and 1 → 64 bits; 512-byte clusters, so the structures
+// span several blocks, and 4 KiB clusters, so writes span several
+// sectors), recorded; every crash state — the writes up to a flush, plus
+// none, each one alone (also torn: only the first half of its sectors),
+// or all of the writes issued after it — must be an image both our check
+// and qemu-img check accept with at most leaks, whose guest data is
+// intact, and whose refcount width is the old one or the new one.
 func TestQcow2AmendRefcountWidthCrashStates(t *testing.T) {
 	needQemu(t)
-	src := filepath.Join(t.TempDir(), "src.qcow2")
-	qemuCreate(t, src, "cluster_size=512", 2<<20)
-	qemuIO(t, src, "write -P 7 0 300k", "write -P 8 1M 100k")
-	b, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	states := 0
-	for _, step := range []struct{ from, to uint32 }{{4, 0}, {0, 6}} {
-		e := newTestEnv(t)
-		f := &recFile{data: append([]byte(nil), b...)}
-		fn, err := e.g.Open(f, block.Options{})
+	for _, img := range []struct {
+		create string
+		size   int64
+		io     []string
+	}{
+		{"cluster_size=512", 2 << 20, []string{"write -P 7 0 300k", "write -P 8 1M 100k"}},
+		{"cluster_size=4096", 8 << 20, []string{"write -P 7 0 5M", "write -P 8 7M 100k"}},
+	} {
+		src := filepath.Join(dir, "src.qcow2")
+		qemuCreate(t, src, img.create, img.size)
+		qemuIO(t, src, img.io...)
+		b, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)
 		}
-		n, err := NewNode(e.g, fn, DriverOptions{}, block.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		start := len(f.log)
-		if err := Amend(n, AmendOptions{RefcountBits: 1 << step.to}); err != nil {
-			t.Fatal(err)
-		}
-		n.Unref()
-		log := f.log[start:]
-		want, _ := readAllImage(t, b)
-		var bounds []int // flush positions in log
-		for i, op := range log {
-			if op.flush {
-				bounds = append(bounds, i)
-			}
-		}
-		apply := func(img []byte, op recOp) []byte {
-			if end := op.off + int64(len(op.b)); end > int64(len(img)) {
-				img = append(img, make([]byte, end-int64(len(img)))...)
-			}
-			copy(img[op.off:], op.b)
-			return img
-		}
-		check := func(img []byte, what string) {
-			t.Helper()
-			states++
-			got, order := readAllImage(t, img)
-			if order != step.from && order != step.to {
-				t.Fatalf("%d→%d bits, %s: refcount order %d", 1<<step.from, 1<<step.to, what, order)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("%d→%d bits, %s: guest data changed", 1<<step.from, 1<<step.to, what)
-			}
-			im, err := format.ReadImage(bytes.NewReader(img), int64(len(img)), format.Options{})
+		for _, step := range []struct{ from, to uint32 }{{4, 0}, {0, 6}} {
+			e := newTestEnv(t)
+			f := &recFile{data: append([]byte(nil), b...)}
+			fn, err := e.g.Open(f, block.Options{})
 			if err != nil {
-				t.Fatalf("%s: %v", what, err)
-			}
-			res, err := im.Check()
-			if err != nil || res.Corruptions != 0 || res.CheckErrors != 0 {
-				t.Fatalf("%d→%d bits, %s: check %+v %v", 1<<step.from, 1<<step.to, what, res, err)
-			}
-			p := filepath.Join(dir, "s.qcow2")
-			if err := os.WriteFile(p, img, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if q := qemuCheckResult(t, p); q.Corruptions != 0 || q.CheckErrors != 0 {
-				t.Fatalf("%d→%d bits, %s: qemu-img check %+v", 1<<step.from, 1<<step.to, what, q)
+			n, err := NewNode(e.g, fn, DriverOptions{}, block.Options{})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		durable := append([]byte(nil), b...)
-		prev := 0
-		for k := 0; k <= len(bounds); k++ {
-			end := len(log)
-			if k < len(bounds) {
-				end = bounds[k]
+			start := len(f.log)
+			if err := Amend(n, AmendOptions{RefcountBits: 1 << step.to}); err != nil {
+				t.Fatal(err)
 			}
-			epoch := log[prev:end]
-			check(append([]byte(nil), durable...), "flush "+strconv.Itoa(k))
-			if len(epoch) > 1 {
-				for i, op := range epoch {
-					check(apply(append([]byte(nil), durable...), op), "flush "+strconv.Itoa(k)+" + write "+strconv.Itoa(i))
+			n.Unref()
+			log := f.log[start:]
+			want, _ := readAllImage(t, b)
+			var bounds []int // flush positions in log
+			for i, op := range log {
+				if op.flush {
+					bounds = append(bounds, i)
 				}
 			}
-			for _, op := range epoch {
-				durable = apply(durable, op)
+			apply := func(img []byte, op recOp) []byte {
+				if end := op.off + int64(len(op.b)); end > int64(len(img)) {
+					img = append(img, make([]byte, end-int64(len(img)))...)
+				}
+				copy(img[op.off:], op.b)
+				return img
 			}
-			check(append([]byte(nil), durable...), "flush "+strconv.Itoa(k)+" + all")
-			prev = end + 1
-		}
-		b = durable
-		if o := func() uint32 { _, o := readAllImage(t, b); return o }(); o != step.to {
-			t.Fatalf("after the amend: refcount order %d, want %d", o, step.to)
+			check := func(img []byte, what string) {
+				t.Helper()
+				states++
+				got, order := readAllImage(t, img)
+				if order != step.from && order != step.to {
+					t.Fatalf("%d→%d bits, %s: refcount order %d", 1<<step.from, 1<<step.to, what, order)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("%d→%d bits, %s: guest data changed", 1<<step.from, 1<<step.to, what)
+				}
+				im, err := format.ReadImage(bytes.NewReader(img), int64(len(img)), format.Options{})
+				if err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				res, err := im.Check()
+				if err != nil || res.Corruptions != 0 || res.CheckErrors != 0 {
+					t.Fatalf("%d→%d bits, %s: check %+v %v", 1<<step.from, 1<<step.to, what, res, err)
+				}
+				p := filepath.Join(dir, "s.qcow2")
+				if err := os.WriteFile(p, img, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if q := qemuCheckResult(t, p); q.Corruptions != 0 || q.CheckErrors != 0 {
+					t.Fatalf("%d→%d bits, %s: qemu-img check %+v", 1<<step.from, 1<<step.to, what, q)
+				}
+			}
+			durable := append([]byte(nil), b...)
+			prev := 0
+			for k := 0; k <= len(bounds); k++ {
+				end := len(log)
+				if k < len(bounds) {
+					end = bounds[k]
+				}
+				epoch := log[prev:end]
+				check(append([]byte(nil), durable...), "flush "+strconv.Itoa(k))
+				for i, op := range epoch {
+					if len(epoch) > 1 {
+						check(apply(append([]byte(nil), durable...), op), "flush "+strconv.Itoa(k)+" + write "+strconv.Itoa(i))
+					}
+					// Torn: only the first half of its sectors persisted.
+					if first := (op.off/512 + 1) * 512; first < op.off+int64(len(op.b)) {
+						mid := max(first, (op.off+int64(len(op.b))/2)&^511)
+						torn := recOp{off: op.off, b: op.b[:mid-op.off]}
+						check(apply(append([]byte(nil), durable...), torn), "flush "+strconv.Itoa(k)+" + torn write "+strconv.Itoa(i))
+					}
+				}
+				for _, op := range epoch {
+					durable = apply(durable, op)
+				}
+				check(append([]byte(nil), durable...), "flush "+strconv.Itoa(k)+" + all")
+				prev = end + 1
+			}
+			b = durable
+			if o := func() uint32 { _, o := readAllImage(t, b); return o }(); o != step.to {
+				t.Fatalf("after the amend: refcount order %d, want %d", o, step.to)
+			}
 		}
 	}
 	t.Logf("%d crash states checked", states)
