@@ -416,3 +416,33 @@ func TestQcow2SnapshotL1FirstFree(t *testing.T) {
 		t.Errorf("ours: %s\nqemu-img's: %s", a, b)
 	}
 }
+
+// TestAmendProgressTwoSteps: an amend that changes the refcount width and
+// downgrades reports one figure: the first step covers the first half
+// (its total projected once more for the step to come), the second step
+// goes on from where the first ended, up to 100 %.
+func TestAmendProgressTwoSteps(t *testing.T) {
+	var got []float64
+	p := &amendProgress{steps: 2, report: func(done, total int64) {
+		got = append(got, 100*float64(done)/float64(total))
+	}}
+	s1, s2 := p.step(1), p.step(2)
+	for i := int64(0); i <= 30; i += 10 {
+		s1(i, 30)
+	}
+	for i := int64(0); i <= 10; i += 5 {
+		s2(i, 10)
+	}
+	want := []float64{0, 100.0 / 6, 100.0 / 3, 50, 75, 87.5, 100}
+	if len(got) != len(want) {
+		t.Fatalf("reports %v, want %v", got, want)
+	}
+	for i := range want {
+		if d := got[i] - want[i]; d > 1e-9 || d < -1e-9 {
+			t.Fatalf("reports %v, want %v", got, want)
+		}
+	}
+	if (&amendProgress{}).step(1) != nil {
+		t.Error("a step without a listener reports")
+	}
+}
