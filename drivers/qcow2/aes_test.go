@@ -148,8 +148,8 @@ func TestQcow2AESReadsQEMUImage(t *testing.T) {
 	needQemu(t)
 	for _, cs := range []string{"65536", "4096"} {
 		img := filepath.Join(t.TempDir(), "q.qcow2")
-		args := append([]string{"create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=" + aesPW, "-o",
-			"encrypt.format=aes,encrypt.key-secret=s0,cluster_size=" + cs, img, "2M"})
+		args := []string{"create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=" + aesPW, "-o",
+			"encrypt.format=aes,encrypt.key-secret=s0,cluster_size=" + cs, img, "2M"}
 		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 			t.Fatalf("%v %s", err, out)
 		}

@@ -6,8 +6,10 @@ package imgcmd
 // crypt_method 1 (drivers/qcow2/aes.go).
 
 import (
+	"errors"
 	"fmt"
 
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -28,4 +30,27 @@ func (e *qcowEncrypt) setupAES(objs *cli.Objects) error {
 	}
 	_, err := objs.Secret(id)
 	return err
+}
+
+// errCompressEncrypt is qemu-img convert's refusal of -c with an
+// encrypted target (legacy AES or LUKS), before the target is created.
+var errCompressEncrypt = errors.New("Compression and encryption not supported at the same time")
+
+// convertEncrypts reports whether convert's -o options make an encrypted
+// target: encryption=on, or any encrypt.format.
+func convertEncrypts(olist []string) bool {
+	pairs, _, err := format.SplitOptionList(olist)
+	if err != nil {
+		return false // the create reports it
+	}
+	enc := false
+	for _, p := range pairs {
+		switch p.Key {
+		case "encryption":
+			enc = p.Value == "on"
+		case "encrypt.format":
+			enc = true
+		}
+	}
+	return enc
 }
