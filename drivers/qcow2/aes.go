@@ -17,10 +17,12 @@ package qcow2
 //   - reads decrypt in the caller's buffers when their data extents are
 //     in: oneDone (one extent), reqState.release (several), readGuest
 //     (coroutine); unallocated (backing) and zero extents stay as read;
-//   - writes take the coroutine path (no lock-free in-place write), and
-//     every data write of it goes through dataWrite, which encrypts into
-//     a reused bounce buffer; a partial cluster is written whole (COW
-//     with zeroes or the old data), never as a file-level zero range.
+//   - in-place writes (writeFast, startWrite) of up to aesChunk bytes
+//     encrypt into a bounce buffer the request holds until its child
+//     writes complete (aesStage); the coroutine path's data writes go
+//     through dataWrite, which encrypts into a bounce buffer aesChunk
+//     bytes at a time; a partial cluster is written whole (COW with
+//     zeroes or the old data), never as a file-level zero range.
 //
 // Compressed clusters are stored in clear, as QEMU does (it neither
 // encrypts nor decrypts them); ringblk refuses compressed writes to any
@@ -277,4 +279,40 @@ func SetupAES(n *block.Node) error {
 		d.aes = &aesState{} // no key: reopen to write data
 		return nil
 	}))
+}
+
+// aesFastOK reports whether r may take the in-place write paths
+// (writeFast, startWrite): always without AES; with it, when the key is
+// there and r fits one bounce buffer (aesStage).
+func (d *Driver) aesFastOK(r *block.Request) bool {
+	return d.aes == nil || (d.aes.key != nil && r.Len <= aesChunk)
+}
+
+// aesStage encrypts an in-place write into a bounce buffer taken for it
+// (s.aes, given back by reqState.release): r's bytes, each host run of
+// s.ext at its guest sectors. No allocation once the pool is warm.
+func (d *Driver) aesStage(s *reqState, r *block.Request) error {
+	w, err := d.aes.get()
+	if err != nil {
+		return err
+	}
+	s.aes = w
+	if r.Len > aesChunk {
+		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "AES in-place write longer than its bounce buffer")
+	}
+	if err := aesAligned(r.Off, r.Len); err != nil {
+		return err
+	}
+	if w.buf == nil {
+		w.buf = make([]byte, aesChunk)
+	}
+	b := w.buf[:r.Len]
+	block.CopyFromIov(b, r.Iov, 0)
+	for i := range s.ext {
+		x := &s.ext[i]
+		at := x.GuestOff - r.Off
+		w.c.Encrypt(b[at:at+x.Len], uint64(x.GuestOff/aesSector))
+	}
+	w.iov[0] = b
+	return nil
 }

@@ -36,6 +36,7 @@ type reqState struct {
 	held    bool     // holds an I/O epoch (see Driver.ioActive)
 	epoch   epochRef // the epoch held
 	m       l2Mapper
+	aes     *aesWork // an AES in-place write's ciphertext (aes.go)
 }
 
 // stateFreeList recycles reqStates across Contexts: a sync.Pool, whose
@@ -79,6 +80,10 @@ func (s *reqState) release() {
 	r, err, d := s.r, s.err, s.d
 	if d.aes != nil && err == nil && r.Op == block.OpRead {
 		err = d.aesReadDone(r, s.ext) // aes.go
+	}
+	if s.aes != nil {
+		d.aes.put(s.aes)
+		s.aes = nil
 	}
 	if s.held {
 		d.unhold(s.epoch)

@@ -84,12 +84,12 @@ func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
 // (writeFast, fast.go), in place under mu on an extended-L2 image or when a
 // table is only found under the lock, else in a coroutine (writeSlow).
 func (d *Driver) Write(r *block.Request) {
-	if d.aes == nil && writerOf(d).writeFast(r) { // AES: encrypting writes in the coroutine (aes.go)
+	if d.aesFastOK(r) && writerOf(d).writeFast(r) { // aes.go: AES in place up to aesChunk
 		return
 	}
 	s := d.states.get(d)
 	d.mu.Lock()
-	fast := d.aes == nil && d.mu.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
+	fast := d.aesFastOK(r) && d.mu.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
 	if fast {
 		s.epoch, s.held = d.hold(r.Context()), true
 	}
@@ -110,11 +110,19 @@ func (d *Driver) Write(r *block.Request) {
 func (d writer) startWrite(s *reqState, r *block.Request) {
 	s.r = r
 	s.pending = 1
+	src := r.Iov
+	if d.aes != nil { // aes.go: the ciphertext in a bounce buffer held until completion
+		if s.err = d.aesStage(s, r); s.err != nil {
+			s.release()
+			return
+		}
+		src = s.aes.iov[:]
+	}
 	var skip int64
 	for i := range s.ext {
 		x := &s.ext[i]
 		start := len(s.iov)
-		s.iov = iovSlice(s.iov, r.Iov, skip, x.Len)
+		s.iov = iovSlice(s.iov, src, skip, x.Len)
 		sub := r.Sub()
 		sub.Op, sub.Off, sub.Len = block.OpWrite, x.HostOff, x.Len
 		sub.Iov = s.iov[start:len(s.iov):len(s.iov)]
