@@ -141,7 +141,8 @@ func TestAESSectorCipher(t *testing.T) {
 
 // TestQcow2AESReadsQEMUImage: what qemu-io wrote into an AES image
 // qemu-img 7.2 made (a whole cluster, a partial cluster, across clusters)
-// reads back the same through the driver, in aligned and unaligned
+// and a compressed cluster, stored in clear) reads back the same through
+// the driver, in aligned and unaligned
 // chunks; a wrong password reads other bytes (AES has no key check, as in
 // QEMU); no password fails the open with QEMU's message.
 func TestQcow2AESReadsQEMUImage(t *testing.T) {
@@ -153,8 +154,10 @@ func TestQcow2AESReadsQEMUImage(t *testing.T) {
 		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 			t.Fatalf("%v %s", err, out)
 		}
-		qemuAESIO(t, img, "write -P 0x11 0 64k", "write -P 0x22 70000 3000", "write -P 0x33 130560 8192")
+		// A compressed cluster: QEMU stores it in clear, and reads it so.
+		qemuAESIO(t, img, "write -P 0x11 0 64k", "write -P 0x22 70000 3000", "write -P 0x33 130560 8192", "write -c -P 0x44 192k 64k")
 		want := make([]byte, 2<<20)
+		copy(want[192<<10:], bytes.Repeat([]byte{0x44}, 65536))
 		copy(want[0:], bytes.Repeat([]byte{0x11}, 65536))
 		copy(want[70000:], bytes.Repeat([]byte{0x22}, 3000))
 		copy(want[130560:], bytes.Repeat([]byte{0x33}, 8192))

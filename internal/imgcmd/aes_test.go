@@ -55,6 +55,20 @@ func TestAESCreateInfoAsQemuImg(t *testing.T) {
 	}
 }
 
+// TestAESMeasure: measure with legacy AES options prints qemu-img's
+// figures (those of a plain image: AES stores nothing).
+func TestAESMeasure(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img")
+	for _, o := range []string{"encryption=on", "encrypt.format=aes,encrypt.key-secret=s0,cluster_size=4096"} {
+		args := []string{"--object", sec0, "-O", "qcow2", "-o", o, "--size", "1G"}
+		want := clitest.MustQemu(t, "qemu-img", append([]string{"measure"}, args...)...)
+		got, errs, code := clitest.Ours(Measure, args...)
+		if code != 0 || got != want {
+			t.Errorf("measure -o %s: exit %d %s\nwant:\n%s\ngot:\n%s", o, code, errs, want, got)
+		}
+	}
+}
+
 // TestAESRefusals: qemu-img 7.2's words for an AES create without its
 // key secret, for convert -c to an encrypted target (no target made), and
 // for an open for I/O without the key.
