@@ -101,3 +101,36 @@ func TestAESRefusals(t *testing.T) {
 		t.Fatalf("open without the key: exit %d %s %s", code, o, e)
 	}
 }
+
+// TestAESCommitKeepsEncryption: commit re-creates the emptied AES top
+// image; it must stay AES-encrypted (info says so, and a partial write
+// through it with its key reads back in qemu-io next to the committed
+// data from the base).
+func TestAESCommitKeepsEncryption(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "b.qcow2"), filepath.Join(dir, "t.qcow2")
+	if _, e, code := clitest.Ours(Create, "--object", sec0, "-q", "-f", "qcow2", "-o", "encryption=on,encrypt.key-secret=s0", base, "1M"); code != 0 {
+		t.Fatal(e)
+	}
+	if _, e, code := clitest.Ours(Create, "--object", sec0, "-q", "-f", "qcow2", "-o", "encryption=on,encrypt.key-secret=s0", "-b", base, "-F", "qcow2", top); code != 0 {
+		t.Fatalf("create over an encrypted backing file: %s", e)
+	}
+	spec := "driver=qcow2,file.filename=" + top + ",encrypt.key-secret=s0,backing.encrypt.key-secret=s0"
+	if o, e, code := clitest.QemuIO(t, "--object", sec0, "--image-opts", spec, "-c", "write -P 0x9 0 1M"); code != 0 {
+		t.Fatal(o, e)
+	}
+	if o, e, code := clitest.Ours(Commit, "--object", sec0, "--image-opts", spec); code != 0 {
+		t.Fatalf("commit: %s %s", o, e)
+	}
+	info := clitest.MustQemu(t, "qemu-img", "info", top)
+	if !strings.Contains(info, "encrypted: yes") || !strings.Contains(info, "format: aes") {
+		t.Fatalf("the emptied top lost its encryption:\n%s", info)
+	}
+	if o, e, code := clitest.Ours(ioRun, "--object", sec0, "--image-opts", spec, "-c", "write -P 0xa 1024 512"); code != 0 || strings.Contains(o, "failed") {
+		t.Fatalf("write through the emptied top: %s %s", o, e)
+	}
+	if o, e, code := clitest.QemuIO(t, "--object", sec0, "--image-opts", spec, "-c", "read -P 0x9 0 1024", "-c", "read -P 0xa 1024 512", "-c", "read -P 0x9 1536 1047040"); code != 0 || strings.Contains(o, "failed") {
+		t.Fatalf("read through the emptied top: %s %s", o, e)
+	}
+}
