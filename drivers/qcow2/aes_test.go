@@ -334,3 +334,66 @@ func TestQcow2AESHotPathAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestQcow2AESHostile: damaged AES images (the malformed catalogue and
+// damaged L2 entries, each with crypt_method 1) opened with a key, read
+// whole in odd chunks, written (unaligned, across clusters), discarded and
+// flushed: no panic, every error a *block.Error.
+func TestQcow2AESHostile(t *testing.T) {
+	var imgs [][]byte
+	for _, c := range hostileImages {
+		b := c.Patch(t, append([]byte(nil), loadImage(t, c.Image)...))
+		if len(b) >= 36 {
+			binary.BigEndian.PutUint32(b[32:], format.CryptAES)
+		}
+		imgs = append(imgs, b)
+	}
+	for _, p := range []struct {
+		off int
+		v   uint64
+	}{
+		{0x40000, format.EntryCopied | 0x50200}, {0x40008, format.EntryCopied | 0x10000000000},
+		{0x40000, format.EntryCompressed | 0x50000}, {0x40000, format.EntryCopied | 0x20000}, {0x40000, format.EntryCopied},
+	} {
+		b := append([]byte(nil), loadImage(t, "base64m")...)
+		binary.BigEndian.PutUint32(b[32:], format.CryptAES)
+		binary.BigEndian.PutUint64(b[p.off:], p.v)
+		imgs = append(imgs, b)
+	}
+	e := newTestEnv(t)
+	path := filepath.Join(t.TempDir(), "h.qcow2")
+	isBlockErr := func(i int, what string, err error) {
+		t.Helper()
+		var be *block.Error
+		if err != nil && !errors.As(err, &be) {
+			t.Errorf("image %d: %s: %T %v is not a *block.Error", i, what, err, err)
+		}
+	}
+	buf := make([]byte, 100000)
+	for i, b := range imgs {
+		for _, ro := range []bool{true, false} {
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			n, err := e.openAESKey(path, []byte(aesPW), ro)
+			isBlockErr(i, "open", err)
+			if err != nil {
+				continue
+			}
+			size, _ := n.Length()
+			for off := int64(0); off < min(size, 1<<20); off += int64(len(buf)) {
+				_, err := n.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+				isBlockErr(i, "read", err)
+			}
+			if !ro {
+				_, err := n.WriteAt(buf[:5000], 60000)
+				isBlockErr(i, "write", err)
+				_, err = n.WriteAt(buf, 1<<20)
+				isBlockErr(i, "write", err)
+				isBlockErr(i, "discard", n.Discard(0, 1<<20))
+				isBlockErr(i, "flush", n.Flush())
+			}
+			n.Unref()
+		}
+	}
+}
