@@ -5,7 +5,7 @@ package qcow2
 // (docs/design/luks.md §Legacy AES). It is weak: the key is the password's
 // first 16 bytes (zero padded), no key derivation, no check that the
 // password is right (a wrong one reads garbage), and the IV is the plain
-// sector number, the same for every image with that password.
+// guest sector number, the same in every image.
 //
 // Every 512-byte sector of a data cluster is AES-128-CBC encrypted with
 // the plain64 IV of its GUEST sector number (LUKS uses the host offset,
@@ -24,9 +24,9 @@ package qcow2
 //     bytes at a time; a partial cluster is written whole (COW with
 //     zeroes or the old data), never as a file-level zero range.
 //
-// Compressed clusters are stored in clear, as QEMU does (it neither
-// encrypts nor decrypts them); ringblk refuses compressed writes to any
-// encrypted image (refuseCompressed). Extended L2 and external data files
+// Compressed clusters QEMU wrote into an AES image are in clear (it
+// neither encrypts nor decrypts them) and are read so; ringblk refuses
+// compressed writes to any encrypted image (refuseCompressed). Extended L2 and external data files
 // are refused with AES.
 
 import (
