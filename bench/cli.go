@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,11 +28,13 @@ type Config struct {
 	CommandLine  []Option // job options given as flags
 	KeepFiles    bool
 	ShowCommands bool
+	CPUProfile   string // --cpuprofile: write a pprof CPU profile of the run there
 }
 
 var commandFlags = map[string]bool{ // flag → takes a value
 	"output": true, "output-format": true, "eta": true, "compare": false, "repeats": true,
 	"compare-with": true, "help": false, "h": false, "version": false, "show-commands": false,
+	"cpuprofile": true,
 }
 
 // ParseArgs reads ringblk bench's command line: command flags, fio job
@@ -148,6 +151,11 @@ func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 		}
 	case "show-commands":
 		cfg.ShowCommands = true
+	case "cpuprofile":
+		if val == "" {
+			return errors.New("--cpuprofile needs a file name")
+		}
+		cfg.CPUProfile = val
 	}
 	return nil
 }
@@ -178,6 +186,7 @@ Command flags:
   --repeats=N             compare: repeats per row (default 3)
   --compare-with=ROWS     compare: rows to run, comma-separated (default: all)
   --show-commands         compare: print the command line of every run
+  --cpuprofile=FILE       write a Go CPU profile (pprof) of the run to FILE
   --version               print the version
   --help                  this text
 
@@ -284,7 +293,23 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		case <-stopWatch:
 		}
 	}()
+	var prof *os.File
+	if cfg.CPUProfile != "" {
+		if prof, err = os.Create(cfg.CPUProfile); err != nil {
+			return fail(err)
+		}
+		if err = pprof.StartCPUProfile(prof); err != nil {
+			prof.Close()
+			return fail(fmt.Errorf("--cpuprofile: %w", err))
+		}
+	}
 	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: logw})
+	if prof != nil {
+		pprof.StopCPUProfile()
+		if cerr := prof.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("--cpuprofile: %w", cerr)
+		}
+	}
 	signal.Stop(sigs)
 	close(stopWatch)
 	<-watched // a signal taken just before the stop must not set interrupted after the reset

@@ -29,7 +29,7 @@
 #
 # usage: scripts/device-bench.sh [-t SECS] [-r REPEATS] [-q "1 8 32 128"]
 #          [-D "zram loop"] [-w "randread randwrite"] [-s SIZE_MB] [-m TMPFS_DIR]
-#          [-b RINGBLK_BIN] [-Q] [-O] [-k QCOW2_DEPTHS] [-S SIDES] [-T TSV]
+#          [-b RINGBLK_BIN] [-Q] [-O] [-k QCOW2_DEPTHS] [-R QCOW2_ROWS] [-S SIDES] [-T TSV]
 #   -t SECS     run time of each measurement (default 3)
 #   -r REPEATS  interleaved repeats (default 3)
 #   -q DEPTHS   queue depths (default "1 8 32 128")
@@ -41,6 +41,7 @@
 #   -S SIDES    the device sides to run (default "fio fio-best ringblk ring ring-best")
 #   -Q          also run the qcow2 rows; -O runs only them
 #   -k DEPTHS   queue depths of the qcow2 rows (default "1 32")
+#   -R ROWS     which qcow2 rows: randread, strided, alloc (default all three)
 #   -T FILE     also write every run as a TSV line to FILE
 # Run it as root (zram, losetup, mkfs), under the benchmark lock on a shared
 # machine: flock /work/wt/bench.lock scripts/device-bench.sh
@@ -57,9 +58,10 @@ bin=${RINGBLK_BIN:-}
 qcow=0
 only_qcow=0
 qdepths="1 32"
+qrows="randread strided alloc"
 sides="fio fio-best ringblk ring ring-best"
 tsv_out=
-while getopts "t:r:q:D:w:s:m:b:QOk:S:T:h" opt; do
+while getopts "t:r:q:D:w:s:m:b:QOk:R:S:T:h" opt; do
 	case $opt in
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
@@ -72,10 +74,11 @@ while getopts "t:r:q:D:w:s:m:b:QOk:S:T:h" opt; do
 	Q) qcow=1 ;;
 	O) qcow=1 only_qcow=1 ;;
 	k) qdepths=$OPTARG ;;
+	R) qrows=$OPTARG ;;
 	S) sides=$OPTARG ;;
 	T) tsv_out=$OPTARG ;;
-	h) sed -n '2,46p' "$0"; exit 0 ;;
-	*) sed -n '30,46p' "$0" >&2; exit 2 ;;
+	h) sed -n '2,47p' "$0"; exit 0 ;;
+	*) sed -n '30,47p' "$0" >&2; exit 2 ;;
 	esac
 done
 
@@ -84,6 +87,9 @@ die() { echo "device-bench: $*" >&2; exit 1; }
 [[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]] || die "-t wants whole seconds, got '$secs'"
 [[ $reps =~ ^[0-9]+$ && $reps -gt 0 ]] || die "-r wants a positive count, got '$reps'"
 [[ $size_mb =~ ^[0-9]+$ && $size_mb -ge 16 && $size_mb -le 1024 ]] || die "-s wants 16..1024 (MiB), got '$size_mb'"
+for r in $qrows; do
+	case $r in randread | strided | alloc) ;; *) die "-R: unknown qcow2 row '$r' (randread, strided, alloc)" ;; esac
+done
 [ "$(id -u)" -eq 0 ] || die "run as root: zram and loop devices are set up here"
 for tool in fio python3 losetup; do
 	command -v "$tool" >/dev/null || die "$tool is required"
@@ -280,6 +286,7 @@ if [ "$qcow" = 1 ]; then
 				--output-format=json --output="$work/out.json" --ioengine=ringblk)
 			row="qcow2 randread qd$qd"
 			if ((rep % 2)); then order=(qcow2 raw); else order=(raw qcow2); fi
+			[[ " $qrows " == *" randread "* ]] || order=()
 			for side in "${order[@]}"; do
 				f=$img fmt=qcow2
 				[ "$side" = raw ] && f=$rawf fmt=raw
@@ -287,15 +294,19 @@ if [ "$qcow" = 1 ]; then
 					--rw=randread --size="${size_mb}m" --runtime="$secs" --time_based "${common[@]}"
 			done
 			row="qcow2 strided read qd$qd"
-			# ringblk: read:N skips N bytes after every block, so the step is
-			# stride blocks, wrapping at the end like qemu-img bench's modulo.
-			measure "$row" ringblk-qcow2 "$rep" - "$bin" bench --name=q --filename="$img" --format=qcow2 \
-				--rw=read:$(((stride - 1) * 4096)) --size="${size_mb}m" --runtime="$secs" --time_based "${common[@]}"
-			count=$(python3 -c "import json; j=json.load(open('$work/out.json'))['jobs'][0]; print(max(5000, int(j['read']['iops']*$secs)))")
-			measure "$row" qemu-img "$rep" "$count" qemu-img bench -f qcow2 -t none -i io_uring -d "$qd" \
-				-s 4096 -S $((stride * 4096)) -c "$count" "$img"
+			if [[ " $qrows " == *" strided "* ]]; then
+				# ringblk: read:N skips N bytes after every block, so the step is
+				# stride blocks, wrapping at the end like qemu-img bench's modulo.
+				measure "$row" ringblk-qcow2 "$rep" - "$bin" bench --name=q --filename="$img" --format=qcow2 \
+					--rw=read:$(((stride - 1) * 4096)) --size="${size_mb}m" --runtime="$secs" --time_based "${common[@]}"
+				count=$(python3 -c "import json; j=json.load(open('$work/out.json'))['jobs'][0]; print(max(5000, int(j['read']['iops']*$secs)))")
+				measure "$row" qemu-img "$rep" "$count" qemu-img bench -f qcow2 -t none -i io_uring -d "$qd" \
+					-s 4096 -S $((stride * 4096)) -c "$count" "$img"
+			fi
 			row="qcow2 alloc write qd$qd"
-			for side in ringblk qemu-img; do
+			sides_alloc=(ringblk qemu-img)
+			[[ " $qrows " == *" alloc "* ]] || sides_alloc=()
+			for side in "${sides_alloc[@]}"; do
 				rm -f "$fresh"
 				qemu-img create -q -f qcow2 "$fresh" $((nalloc * 65536))
 				if [ "$side" = ringblk ]; then
