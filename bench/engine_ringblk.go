@@ -138,7 +138,8 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 			n, err = rbd.NewNode(e.g, s, readOnly, block.Options{Name: name})
 		}
 	case format == "raw":
-		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j)}
+		// O_NOATIME as fio opens its files (raw.Options.NoAtime).
+		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j), NoAtime: true}
 		if j.Direct {
 			opts.Cache = raw.CacheNone
 		}
@@ -146,7 +147,7 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 	case format == "qcow2":
 		// The image and its backing chain, each backing file opened with
 		// the format its overlay records (never probed), read-only.
-		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: fadviseOf(j)}
+		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: fadviseOf(j), NoAtime: true}
 		if j.Direct {
 			co.Cache = raw.CacheNone
 		}

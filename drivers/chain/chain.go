@@ -52,6 +52,8 @@ type Options struct {
 	ShareRW bool
 	// Fadvise is the access-pattern hint of the top image's file node.
 	Fadvise raw.Fadvise
+	// NoAtime opens every file node with O_NOATIME (raw.Options.NoAtime).
+	NoAtime bool
 	// Locking is the locking mode of every file node (default auto).
 	Locking raw.Locking
 	// NoBacking opens the top image alone: unallocated clusters read as
@@ -273,7 +275,7 @@ func (i *Image) Close() error {
 }
 
 func fileOptions(o Options, top bool) raw.Options {
-	fo := raw.Options{ReadOnly: o.ReadOnly || !top, Locking: o.Locking}
+	fo := raw.Options{ReadOnly: o.ReadOnly || !top, Locking: o.Locking, NoAtime: o.NoAtime}
 	if top {
 		fo.Cache, fo.Discard, fo.DetectZeroes, fo.Fadvise = o.Cache, o.Discard, o.DetectZeroes, o.Fadvise
 	} else if o.Cache == raw.CacheNone {

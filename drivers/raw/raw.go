@@ -75,7 +75,7 @@ func Open(path string, opts Options) (*Driver, error) {
 	default:
 		return nil, openError(path, fmt.Errorf("unknown cache mode %d", opts.Cache))
 	}
-	f, err := os.OpenFile(path, flags, 0)
+	f, err := openFile(path, flags, opts.NoAtime)
 	if err != nil {
 		return nil, openError(path, err)
 	}
@@ -434,7 +434,7 @@ func (d *Driver) reopenSame(mode int, op string) (*os.File, error) {
 	case CacheWritethrough:
 		flags |= unix.O_DSYNC
 	}
-	f, err := os.OpenFile(d.path, flags, 0)
+	f, err := openFile(d.path, flags, d.opts.NoAtime)
 	if err != nil {
 		return nil, &os.PathError{Op: op, Path: d.path, Err: err}
 	}
