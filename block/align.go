@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Alignment, splitting and request serialisation: the slow path of Submit,
@@ -172,6 +173,9 @@ func (n *Node) fastEnter() bool {
 // them.
 func (n *Node) fastLeave() {
 	v := n.inFlight.gate.Add(^uint64(0))
+	if invariants.Enabled && v&gateLow == gateLow {
+		invariants.Failf("block: node %s: serialisation gate left more often than entered (%#x)", n.name, v)
+	}
 	if v&gateLow == 0 && v >= gateHigh {
 		n.wakeFastWaiters()
 	}
