@@ -45,6 +45,7 @@ const (
 	opFsync
 	opFallocate
 	opPollAdd
+	opReadSome
 	// internal ops: their CQEs are handled during reap and never reach a
 	// Done.
 	opEventfd
@@ -55,7 +56,7 @@ const (
 var opNames = [...]string{
 	opNop: "nop", opRead: "read", opWrite: "write", opReadFixed: "read_fixed",
 	opWriteFixed: "write_fixed", opReadv: "readv", opWritev: "writev",
-	opFsync: "fsync", opFallocate: "fallocate", opPollAdd: "poll_add",
+	opFsync: "fsync", opFallocate: "fallocate", opPollAdd: "poll_add", opReadSome: "read_some",
 	opEventfd: "eventfd_read", opFDPoll: "fd_poll", opCancel: "async_cancel",
 }
 
@@ -211,6 +212,20 @@ func (c *Context) Fallocate(f *File, mode uint32, off, length int64, d Done, tag
 	c.start(idx)
 }
 
+// ReadSome reads once from a socket or pipe: it completes when f has data
+// (the kernel waits for readiness itself) with res the bytes read into
+// buf, up to len(buf), or 0 at EOF. A short read is not resubmitted, so
+// it is the ring's form of one read(2) after POLLIN: one op and no system
+// call where PollAdd and then read take a system call more. f's offset is
+// not used (files with one, use Read).
+func (c *Context) ReadSome(f *File, buf []byte, d Done, tag uint64) {
+	c.assertOwner("ReadSome")
+	idx, s := c.newOp(opReadSome, f, d, tag)
+	s.buf = buf
+	s.length = int64(len(buf))
+	c.start(idx)
+}
+
 // PollAdd waits once for events (unix.POLLIN, …) on f; res is the revents
 // mask. For long-lived readiness callbacks use SetFDHandler.
 func (c *Context) PollAdd(f *File, events uint32, d Done, tag uint64) {
@@ -335,6 +350,8 @@ func (c *Context) prep(sqe *uring.SQE, idx uint32) {
 		sqe.PrepFallocate(s.fd, s.flags, uint64(s.off), uint64(s.length), ud)
 	case opPollAdd, opFDPoll:
 		sqe.PrepPollAdd(s.fd, s.flags, ud)
+	case opReadSome:
+		sqe.PrepRead(s.fd, chunk(s.buf), ^uint64(0), ud) // offset -1: the stream's own
 	case opEventfd:
 		sqe.PrepEventfdRead(int32(c.efd), c.efdBuf, ud)
 	case opCancel:

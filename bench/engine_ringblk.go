@@ -35,6 +35,36 @@ type ringblkEnv struct {
 	// writers are the files (chain.FileID) some ringblk job of the run
 	// writes: every job on such a file opens it read-write.
 	writers map[string]bool
+	// homed are the single-Context nodes (contextBound) already moved to
+	// a clone's Context; the first clone on such a node takes it.
+	homed map[*block.Node]bool
+}
+
+// contextBound is a driver whose state belongs to its node's Context
+// (drivers/rbd, drivers/nbd: one librbd image or connection): a request
+// submitted on another Context reaches it through an inbox and its
+// completion comes back through an outbox, a thread hop each way. Such a
+// node belongs on the Context that submits to it, as QEMU puts a node in
+// its iothread's AioContext.
+type contextBound interface{ ContextBound() bool }
+
+// homeNodes moves the front end of each of rjs whose node is context-bound
+// and not yet taken by another clone to ctx (the clone's), and returns
+// the front ends it moved: stop moves them back to the main Context.
+func (e *ringblkEnv) homeNodes(rjs []*ringblkJob, ctx *aio.Context) ([]*block.FrontEnd, error) {
+	var moved []*block.FrontEnd
+	for _, rj := range rjs {
+		cb, ok := rj.node.Driver().(contextBound)
+		if !ok || !cb.ContextBound() || e.homed[rj.node] {
+			continue
+		}
+		if err := rj.fe.SetContext(ctx); err != nil {
+			return moved, fmt.Errorf("moving %s to the clone's Context: %w", rj.node.Name(), err)
+		}
+		e.homed[rj.node] = true
+		moved = append(moved, rj.fe)
+	}
+	return moved, nil
 }
 
 // imageKey is what makes two jobs' opens of an image the same open.
@@ -53,7 +83,8 @@ func newRingblkEnv(jobs []*Job) (*ringblkEnv, error) {
 	if err := m.Start(); err != nil {
 		return nil, fmt.Errorf("ringblk engine: %w", err)
 	}
-	e := &ringblkEnv{main: m, g: block.NewGraph(m), images: map[imageKey]*block.Node{}, writers: map[string]bool{}}
+	e := &ringblkEnv{main: m, g: block.NewGraph(m), images: map[imageKey]*block.Node{}, writers: map[string]bool{},
+		homed: map[*block.Node]bool{}}
 	for _, j := range jobs {
 		if j.IOEngine == "ringblk" && j.Format != "null" && j.RW.Writes() {
 			for k := 0; k < j.NumJobs; k++ {
@@ -237,8 +268,9 @@ func (rj *ringblkJob) close() error {
 type ringblkClone struct {
 	w          *worker
 	ctx        *aio.Context
-	q          *block.Queue   // the first file's queue
-	qs         []*block.Queue // a queue per file (several files: files.go)
+	q          *block.Queue      // the first file's queue
+	qs         []*block.Queue    // a queue per file (several files: files.go)
+	homed      []*block.FrontEnd // moved to ctx for the run (homeNodes)
 	refillBH   *aio.BH
 	scheduled  bool
 	batch      []*unit
@@ -292,6 +324,11 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 		ctx.Run(func() { pinSet(w.cpuSet) })
 	}
 	c := &ringblkClone{w: w, ctx: ctx, q: rj.fe.Queue(ctx), done: done, batch: make([]*unit, 0, len(w.units))}
+	c.homed, err = rj.env.homeNodes(rjs, ctx)
+	if err != nil {
+		c.stop()
+		return nil, err
+	}
 	for _, r := range rjs {
 		c.qs = append(c.qs, r.fe.Queue(ctx))
 	}
@@ -505,7 +542,16 @@ func (c *ringblkClone) refill() {
 // forget it, so a run of many groups does not keep every clone's pool and
 // queue.
 func (c *ringblkClone) stop() error {
-	_, err := c.ctx.Stop()
+	var err error
+	for _, fe := range c.homed {
+		if e := fe.SetContext(fe.Graph().Main()); e != nil && err == nil {
+			err = fmt.Errorf("moving %s back to the main Context: %w", fe.Name(), e)
+		}
+	}
+	c.homed = nil
+	if _, e := c.ctx.Stop(); err == nil {
+		err = e
+	}
 	if ferr := c.q.FrontEnd().Graph().ForgetContext(c.ctx); err == nil {
 		err = ferr
 	}

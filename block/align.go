@@ -17,11 +17,15 @@ import (
 //   - Anything longer than MaxTransfer goes to the driver in pieces of at
 //     most MaxTransfer bytes, issued together; the request completes when the
 //     last piece does, with the first error.
-//   - RMW writes are serialising: an RMW write waits for every earlier
-//     overlapping request, and every request waits for earlier overlapping
-//     RMW writes. Waiting only for earlier requests means the waits cannot
-//     form a cycle. Nodes without alignment track nothing (seed 003:
-//     serialise only where RMW needs it).
+//   - RMW writes are serialising: on a node that needs alignment every read
+//     and write is serialised against them, an RMW write waits for every
+//     earlier overlapping request, and every request waits for earlier
+//     overlapping RMW writes. As in QEMU, a request that is itself waiting
+//     is not waited for (a new request overtakes it), and when it wakes it
+//     checks again against every tracked request that is not waiting,
+//     earlier or later. Waits thus always point at a request that is
+//     running, so they cannot form a cycle. Nodes without alignment track
+//     nothing (seed 003: serialise only where RMW needs it).
 //
 // Serialisation costs an aligned request no lock (the hot path of an
 // O_DIRECT image). The node's gate word (inFlight.gate, on the in-flight
@@ -31,22 +35,24 @@ import (
 //   - An aligned request adds one to the low half. If the high half was
 //     zero it goes to the driver untracked (the fast path: one atomic add
 //     now, one at completion). Otherwise it takes its add back and joins
-//     the tracked list like a padded request (slow path), so it waits for
-//     the serialising requests registered before it.
+//     the tracked list like a padded request (slow path): it waits for an
+//     overlapping serialising request that is running, and overtakes one
+//     that is waiting.
 //   - A serialising request, under the tracker's mutex, joins the list and
 //     adds one to the high half; from then on no aligned request passes
 //     the gate. If aligned requests that passed earlier are still in
 //     flight (low half non-zero) it waits on the tracker's fastWaiters
 //     list for all of them: they are untracked, so their ranges are
-//     unknown. The last of them to leave (low half back to zero while the
-//     high half is not) wakes the waiters, which then check the tracked
-//     list for earlier overlapping requests as usual.
+//     unknown. Meanwhile it is a waiting request like any other (later
+//     requests overtake it). The last fast-path request to leave (low half
+//     back to zero while the high half is not) wakes the waiters, which
+//     then check the tracked list as usual.
 //
-// An aligned request thus waits only behind serialising requests, and a
-// serialising request waits for every aligned one before it, overlapping
-// or not — more than necessary, but unaligned writes are the rare case on
-// a node that needs alignment, and it keeps the common case lock-free (as
-// QEMU's serialising_in_flight counter lets its requests skip the wait).
+// A serialising request thus waits for every aligned one that passed the
+// gate before it, overlapping or not — more than necessary, but unaligned
+// writes are the rare case on a node that needs alignment, and it keeps
+// the common case lock-free (as QEMU's serialising_in_flight counter lets
+// its requests skip the wait).
 //
 // Each piece is a request of its own on the node and holds the node's
 // in-flight count like any other; the padded or split request holds its own
@@ -135,6 +141,7 @@ type slowState struct {
 	// Serialisation (node.tracked).
 	tracked     bool
 	serialising bool
+	waiting     bool     // queued on another request's waiters or on fastWaiters
 	waiters     *Request // requests waiting for this one to finish
 	waitNext    *Request
 }
@@ -192,7 +199,7 @@ func (n *Node) startSlow(r *Request) bool {
 	align := int64(n.opts.Align)
 	rw := r.Op == OpRead || r.Op == OpWrite
 	unaligned := rw && (r.Off|r.Len)&(align-1) != 0
-	splits := splittable(r.Op) && n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer
+	splits := splittable(r.Op) && n.maxLen(r.Op) > 0 && r.Len > n.maxLen(r.Op)
 	// A compressed write is never padded or split (the driver takes whole
 	// clusters), but it is tracked so it waits for overlapping RMW writes.
 	track := align > 1 && (rw || r.Op == OpWriteZeroes || r.Op == OpWriteCompressed)
@@ -233,9 +240,10 @@ func (n *Node) runSlow(r *Request) {
 		s.phase = phaseAlignedRead
 		if r.Op == OpWrite {
 			s.phase = phaseRMWRead
+			n.rmwEvents(r, DbgPwritevRmwHead, DbgPwritevRmwTail)
 		}
 		n.issue(r, OpRead, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
-	case splittable(r.Op) && n.opts.MaxTransfer > 0 && r.Len > n.opts.MaxTransfer:
+	case splittable(r.Op) && n.maxLen(r.Op) > 0 && r.Len > n.maxLen(r.Op):
 		s.phase = phaseSplit
 		n.issue(r, r.Op, r.Off, r.Len, r.Iov)
 	default:
@@ -252,7 +260,7 @@ func (n *Node) issue(r *Request, op Op, off, length int64, iov [][]byte) {
 	end := off + length
 	var first, last *Request
 	for pos := off; pos < end || (length == 0 && first == nil); {
-		k := pieceLen(pos, end, n.opts.MaxTransfer)
+		k := pieceLen(pos, end, n.maxLen(op))
 		p := r.pool.Get()
 		p.Op, p.Flags, p.Off, p.Len = op, r.Flags, pos, k
 		if op == OpRead || op == OpWrite {
@@ -281,6 +289,15 @@ func (n *Node) issue(r *Request, op Op, off, length int64, iov [][]byte) {
 	if s.pending == 0 {
 		n.slowPhaseDone(r)
 	}
+}
+
+// maxLen is the longest request of op the driver takes (0: no limit):
+// MaxWriteZeroes for write-zeroes when set, else MaxTransfer.
+func (n *Node) maxLen(op Op) int64 {
+	if op == OpWriteZeroes && n.opts.MaxWriteZeroes > 0 {
+		return n.opts.MaxWriteZeroes
+	}
+	return n.opts.MaxTransfer
 }
 
 // splittable reports whether op goes to the driver in MaxTransfer pieces.
@@ -314,6 +331,7 @@ func (n *Node) slowPhaseDone(r *Request) {
 	case phaseRMWRead:
 		if err == nil {
 			iovGather(s.bounce[r.Off-s.aoff:r.Off-s.aoff+r.Len], r.Iov)
+			n.rmwEvents(r, DbgPwritevRmwAfterHead, DbgPwritevRmwAfterTail)
 			s.phase = phaseRMWWrite
 			n.issue(r, OpWrite, s.aoff, s.aend-s.aoff, [][]byte{s.bounce})
 			return
@@ -321,6 +339,25 @@ func (n *Node) slowPhaseDone(r *Request) {
 	}
 	releaseBounce(r, s)
 	r.Complete(err)
+}
+
+// rmwEvents raises, on a node whose driver takes debug events
+// (blkdebug), QEMU's read-modify-write events of a padded write: head
+// when the write starts inside an aligned block, tail when it ends inside
+// one (one read covers both here, so the head and tail events come
+// together around it).
+func (n *Node) rmwEvents(r *Request, head, tail DebugEvent) {
+	d, ok := n.drv.(DebugEventer)
+	if !ok {
+		return
+	}
+	s := r.slow
+	if r.Off != s.aoff {
+		d.DebugEvent(head)
+	}
+	if r.Off+r.Len != s.aend {
+		d.DebugEvent(tail)
+	}
 }
 
 // bounceBuf returns size bytes for a padded request: a block of the arena
@@ -371,21 +408,28 @@ func (n *Node) track(r *Request) (wait bool) {
 	if rs.serialising && n.inFlight.gate.Add(gateHigh)&gateLow != 0 {
 		rs.waitNext = t.fastWaiters
 		t.fastWaiters = r
+		rs.waiting = true
 		return true
 	}
-	if b := t.conflict(r, len(t.list)-1); b != nil {
+	if b := t.conflict(r); b != nil {
 		rs.waitNext = b.slow.waiters
 		b.slow.waiters = r
+		rs.waiting = true
 		return true
 	}
 	return false
 }
 
-// conflict returns an earlier request (index < upto) that r must wait for.
-func (t *tracker) conflict(r *Request, upto int) *Request {
+// conflict returns a tracked request that r must wait for: one that
+// overlaps r, is serialising or has r serialising, and is not waiting
+// itself (QEMU's bdrv_find_conflicting_request).
+func (t *tracker) conflict(r *Request) *Request {
 	rs := r.slow
-	for _, o := range t.list[:upto] {
+	for _, o := range t.list {
 		os := o.slow
+		if o == r || os.waiting {
+			continue
+		}
 		if (os.serialising || rs.serialising) && os.aoff < rs.aend && rs.aoff < os.aend {
 			return o
 		}
@@ -393,23 +437,22 @@ func (t *tracker) conflict(r *Request, upto int) *Request {
 	return nil
 }
 
-// requeue puts each request of the waitNext list w either on the earlier
-// tracked request it still conflicts with or on ready, which it returns.
+// requeue puts each request of the waitNext list w either on a tracked
+// request it still conflicts with or on ready, which it returns. The
+// requests of w are running again unless they meet another conflict:
+// they are all marked so first, so that they do not skip each other.
 // REQUIRES: t.mu held.
 func (t *tracker) requeue(w, ready *Request) *Request {
+	for w := w; w != nil; w = w.slow.waitNext {
+		w.slow.waiting = false
+	}
 	for w != nil {
 		next := w.slow.waitNext
 		w.slow.waitNext = nil
-		pos := 0
-		for i, o := range t.list {
-			if o == w {
-				pos = i
-				break
-			}
-		}
-		if b := t.conflict(w, pos); b != nil {
+		if b := t.conflict(w); b != nil {
 			w.slow.waitNext = b.slow.waiters
 			b.slow.waiters = w
+			w.slow.waiting = true
 		} else {
 			w.slow.waitNext = ready
 			ready = w
@@ -447,7 +490,7 @@ func (n *Node) wakeFastWaiters() {
 }
 
 // untrack removes r and restarts the requests that waited for it and no
-// longer conflict with anything earlier, each on its own Context.
+// longer conflict with a running tracked request, each on its own Context.
 func (n *Node) untrack(r *Request) {
 	t := &n.tracked
 	t.lock()

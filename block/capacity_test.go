@@ -3,6 +3,7 @@ package block_test
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -112,6 +113,14 @@ func TestAdmissionBoundsMemory(t *testing.T) {
 			n.DrainedBegin()
 			if k := n.InFlight(); k != 0 {
 				t.Errorf("node has %d requests in flight inside a drained section", k)
+			}
+			// Hold the section open a moment (at most 2 ms) so that
+			// workers running on other threads arrive while it is
+			// drained: a section that opens and closes between two of
+			// their submissions parks nothing (CI at load 2 saw 282
+			// such sections in a row).
+			for until := time.Now().Add(2 * time.Millisecond); fe.ParkedCount() == 0 && time.Now().Before(until); {
+				runtime.Gosched()
 			}
 			if fe.ParkedCount() > 0 {
 				sawParked++

@@ -29,8 +29,21 @@ func (g *Graph) forgetContext(ctx *aio.Context) error {
 	g.pools.Unlock()
 	// The pool's free list and a queue's throttled requests belong to ctx's
 	// owner: look at them there while ctx runs, directly once it stopped.
+	// The list of front ends belongs to main, which keeps running events
+	// (opening and closing front ends) while it waits for ctx: collect
+	// ctx's queues here first, so the look on ctx reads only what it owns.
+	var qs []*Queue
+	for _, fe := range g.frontEnds {
+		fe.mu.Lock()
+		for _, q := range fe.mu.queues {
+			if q.ctx == ctx {
+				qs = append(qs, q)
+			}
+		}
+		fe.mu.Unlock()
+	}
 	var err error
-	check := func() { err = g.idleOn(ctx, p) }
+	check := func() { err = idleOn(ctx, p, qs) }
 	select {
 	case <-ctx.Stopped():
 		check()
@@ -67,23 +80,19 @@ func (g *Graph) forgetContext(ctx *aio.Context) error {
 	return nil
 }
 
-// idleOn reports why ctx is not idle in the graph, or nil. Runs on ctx's
-// owner (or after ctx stopped).
-func (g *Graph) idleOn(ctx *aio.Context, p *Pool) error {
+// idleOn reports why ctx is not idle in the graph, or nil: requests of
+// its pool still out, or throttled requests on one of its queues qs. Runs
+// on ctx's owner (or after ctx stopped).
+func idleOn(ctx *aio.Context, p *Pool, qs []*Queue) error {
 	if p != nil {
 		if out := p.allocated - p.freeCount(); out > 0 {
 			return fmt.Errorf("block: forget context %s: %d request(s) from its pool are still in flight", ctx.Name(), out)
 		}
 	}
-	for _, fe := range g.frontEnds {
-		fe.mu.Lock()
-		for _, q := range fe.mu.queues {
-			if q.ctx == ctx && q.thrHead != nil {
-				fe.mu.Unlock()
-				return fmt.Errorf("block: forget context %s: front end %q still has throttled requests on it", ctx.Name(), fe.name)
-			}
+	for _, q := range qs {
+		if q.thrHead != nil {
+			return fmt.Errorf("block: forget context %s: front end %q still has throttled requests on it", ctx.Name(), q.fe.name)
 		}
-		fe.mu.Unlock()
 	}
 	return nil
 }

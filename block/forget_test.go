@@ -62,3 +62,39 @@ func TestForgetContextDropsPoolAndQueues(t *testing.T) {
 	e.On(io, func() { q2.Read(buf, 4096, &done, 2) })
 	e.WaitFor("read on the fresh queue", func() bool { return done.n.Load() == 2 })
 }
+
+// TestForgetContextWhileFrontEndsChange: ForgetContext looks at the
+// Context's queues on the Context's own thread while the main Context keeps
+// running its events; front ends opened and closed from another goroutine
+// in that time must not race with the look (the graph's list of front ends
+// belongs to main). Run with -race.
+func TestForgetContextWhileFrontEndsChange(t *testing.T) {
+	e := blocktest.NewEnv(t, 1)
+	io := e.IO[0]
+	leaf := e.Open(blocktest.NewMem(1<<20), block.Options{Name: "leaf"})
+	fe := e.FrontEnd("fe", leaf, block.FrontEndOptions{})
+	leaf.Unref()
+	var stop atomic.Bool
+	churned := make(chan int)
+	go func() {
+		n := 0
+		for !stop.Load() {
+			x := e.G.NewFrontEnd(block.FrontEndOptions{Name: "churn"})
+			if err := x.Close(); err != nil {
+				t.Error(err)
+			}
+			n++
+		}
+		churned <- n
+	}()
+	for i := 0; i < 200; i++ {
+		_ = fe.Queue(io)
+		if err := e.G.ForgetContext(io); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop.Store(true)
+	if n := <-churned; n == 0 {
+		t.Fatal("no front end was opened and closed during the ForgetContext calls")
+	}
+}

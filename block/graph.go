@@ -115,6 +115,10 @@ type Options struct {
 	ReadOnly    bool
 	Align       int   // request alignment in bytes, a power of two (RMW below it)
 	MaxTransfer int64 // longest request handed to the driver; a multiple of Align
+	// MaxWriteZeroes, when set, replaces MaxTransfer for write-zeroes
+	// requests (QEMU's max-pwrite-zeroes, which max-transfer does not
+	// bound); a multiple of Align.
+	MaxWriteZeroes int64
 	// IgnoreDiscard completes discards at once without the driver
 	// (QEMU's discard=ignore).
 	IgnoreDiscard bool
@@ -132,6 +136,9 @@ func (g *Graph) Open(drv Driver, opts Options) (n *Node, err error) {
 	}
 	if opts.MaxTransfer < 0 || opts.MaxTransfer%int64(opts.Align) != 0 {
 		return nil, newError(InvalidFormat, OpOpen, nil, 0, fmt.Errorf("max transfer %d is not a multiple of the alignment %d", opts.MaxTransfer, opts.Align))
+	}
+	if opts.MaxWriteZeroes < 0 || opts.MaxWriteZeroes%int64(opts.Align) != 0 {
+		return nil, newError(InvalidFormat, OpOpen, nil, 0, fmt.Errorf("max write-zeroes %d is not a multiple of the alignment %d", opts.MaxWriteZeroes, opts.Align))
 	}
 	g.Control(func() { n, err = g.open(drv, opts) })
 	return n, err

@@ -211,7 +211,7 @@ func (n *Node) Submit(r *Request, done Done) {
 		r.CompleteLater(err)
 		return
 	}
-	if n.opts.Align > 1 || n.opts.MaxTransfer > 0 {
+	if n.opts.Align > 1 || n.opts.MaxTransfer > 0 || n.opts.MaxWriteZeroes > 0 {
 		if n.startSlow(r) {
 			return
 		}
@@ -370,12 +370,15 @@ type Pool struct {
 	// pushed and popped count deferred entries in and out; runDeferred
 	// stops at the count it started with.
 	pushed, popped uint64
+
+	out outbox // completions from other Contexts (outbox.go)
 }
 
 func newPool(g *Graph, ctx *aio.Context) *Pool {
 	p := &Pool{g: g, ctx: ctx}
 	p.bh = ctx.NewBH(p.runDeferred)
 	p.capBH = ctx.NewBH(p.runCapacity)
+	p.out.init(p)
 	p.SetMaxRequests(0)
 	return p
 }

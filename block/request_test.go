@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"math/rand"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -224,5 +226,75 @@ func TestThrottleOffWhileDrained(t *testing.T) {
 	}
 	if done != 4 || took > 500*time.Millisecond {
 		t.Fatalf("drain finished %d requests in %v: throttled requests waited for their timers", done, took)
+	}
+}
+
+// TestMaxWriteZeroes: a node whose MaxWriteZeroes is set hands a
+// write-zeroes request to the driver in pieces of that size, not of
+// MaxTransfer (which still bounds writes): QEMU's max-pwrite-zeroes.
+func TestMaxWriteZeroes(t *testing.T) {
+	e := blocktest.NewEnv(t, 0)
+	mem := blocktest.NewMem(1 << 20)
+	n := e.Open(mem, block.Options{Name: "mem", Align: 512, MaxTransfer: 4096, MaxWriteZeroes: 256 << 10})
+	defer n.Unref()
+	if err := n.WriteZeroes(0, 512<<10, 0); err != nil {
+		t.Fatal(err)
+	}
+	if mem.MaxSeen != 256<<10 || mem.Ops != 2 {
+		t.Errorf("write-zeroes of 512 KiB: %d requests, largest %d; want 2 of 256 KiB", mem.Ops, mem.MaxSeen)
+	}
+	mem.MaxSeen, mem.Ops = 0, 0
+	if _, err := n.WriteAt(make([]byte, 16<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if mem.MaxSeen != 4096 || mem.Ops != 4 {
+		t.Errorf("write of 16 KiB: %d requests, largest %d; want 4 of 4 KiB", mem.Ops, mem.MaxSeen)
+	}
+}
+
+// evMem is a Mem that records the debug events raised on its node.
+type evMem struct {
+	*blocktest.Mem
+	mu  sync.Mutex
+	evs []string
+}
+
+func (m *evMem) DebugEvent(ev block.DebugEvent) {
+	m.mu.Lock()
+	m.evs = append(m.evs, ev.String())
+	m.mu.Unlock()
+}
+
+// TestRMWDebugEvents: a write the node read-modify-writes for its
+// alignment raises QEMU's pwritev_rmw_* events on the node (iotest 077
+// breaks on them when blkdebug is the node with the alignment): head
+// and tail events for the ends inside an aligned block, before the read,
+// the after_ events after it; an aligned write raises none.
+func TestRMWDebugEvents(t *testing.T) {
+	e := blocktest.NewEnv(t, 0)
+	mem := &evMem{Mem: blocktest.NewMem(64 << 10)}
+	n := e.Open(mem, block.Options{Name: "mem", Align: 4096})
+	defer n.Unref()
+	for _, c := range []struct {
+		off, len int64
+		want     string
+	}{
+		{0x1200, 0x200, "pwritev_rmw_head pwritev_rmw_tail pwritev_rmw_after_head pwritev_rmw_after_tail"},
+		{0x2000, 0x200, "pwritev_rmw_tail pwritev_rmw_after_tail"},
+		{0x3e00, 0x200, "pwritev_rmw_head pwritev_rmw_after_head"},
+		{0x4000, 0x1000, ""},
+	} {
+		mem.mu.Lock()
+		mem.evs = nil
+		mem.mu.Unlock()
+		if _, err := n.WriteAt(make([]byte, c.len), c.off); err != nil {
+			t.Fatal(err)
+		}
+		mem.mu.Lock()
+		got := strings.Join(mem.evs, " ")
+		mem.mu.Unlock()
+		if got != c.want {
+			t.Errorf("write %#x+%#x: events %q, want %q", c.off, c.len, got, c.want)
+		}
 	}
 }

@@ -122,7 +122,15 @@ func (d *backingDiff) step(it *Iteration, off, n int64) (int64, error) {
 			}
 			j = k
 		}
-		if err := it.Write(d.top, old[i:j], off+i, 0); err != nil {
+		// A run of zeros is written as zeroes (qemu-img rebase 7.2 does:
+		// a qcow2 v3 top records a zero cluster, not a data cluster).
+		var err error
+		if isZero(old[i:j]) {
+			err = it.WriteZeroes(d.top, off+i, j-i, 0)
+		} else {
+			err = it.Write(d.top, old[i:j], off+i, 0)
+		}
+		if err != nil {
 			return 0, &IOError{Target: true, Op: "write", Off: off + i, Err: err}
 		}
 		i = j
@@ -246,4 +254,20 @@ func (r *Rebase) Prepare(j *Job) error {
 		return &IOError{Target: true, Op: "flush", Err: err}
 	}
 	return nil
+}
+
+// isZero reports whether b holds only zero bytes.
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

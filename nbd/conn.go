@@ -36,6 +36,7 @@ const (
 const (
 	tagPollIn  = 1
 	tagPollOut = 2
+	tagRecv    = 3 // ReadSome into rbuf
 )
 
 // piece is one block-status extent over the chain.
@@ -109,9 +110,12 @@ type conn struct {
 	wqOff          int
 	iov            []unix.Iovec
 
-	pollIn, pollOut bool
+	pollIn, pollOut bool // pollIn: a POLL_ADD or a ReadSome into rbuf is in flight
+	recving         bool // the ReadSome into rbuf is in flight
+	recvLen         int  // bytes it asked for
 	rdEmpty         bool // the last read was short: the socket is empty, poll instead of reading
 	reads           int  // read system calls (TestShortReadThenPoll)
+	ringReads       int  // reads through the ring (TestBurstReadThroughRing)
 	reading         bool
 	disc            bool // read no more requests
 	dead            bool // the socket is unusable: drop replies
@@ -229,6 +233,18 @@ func (c *conn) OpDone(tag uint64, res int, err error) {
 	case tagPollOut:
 		c.pollOut = false
 		c.flush()
+	case tagRecv:
+		c.pollIn, c.recving = false, false
+		switch {
+		case err != nil:
+			c.lost(err)
+		case res == 0:
+			c.eof()
+		default:
+			c.rend += res
+			c.rdEmpty = res < c.recvLen
+			c.readLoop()
+		}
 	}
 	c.maybeFinish()
 }
@@ -288,29 +304,63 @@ func (c *conn) readLoop() {
 	c.maybeFinish()
 }
 
-// fill reads from the socket into rbuf; false: nothing now (a poll is
-// armed) or the connection ended.
+// fill reads from the socket into rbuf; false: nothing now (a read or
+// poll on the ring is in flight) or the connection ended.
+//
+// When the socket is empty (the last read was short, or EAGAIN) the read
+// goes through the ring (ReadSome into rbuf's free part), which completes
+// when requests arrive: that costs no system call, where a POLL_ADD and
+// then read(2) cost one per burst. While it is in flight rbuf's free part
+// belongs to the kernel, so nothing compacts or reads into rbuf.
 func (c *conn) fill() bool {
+	if c.pollIn || c.finished {
+		return false
+	}
 	if c.rpos > 0 {
 		c.rend = copy(c.rbuf, c.rbuf[c.rpos:c.rend])
 		c.rpos = 0
 	}
-	n := c.sockRead(c.rbuf[c.rend:])
+	n := c.sockRead(c.rbuf[c.rend:], true)
 	c.rend += n
 	return n > 0
 }
 
+func (c *conn) arm(ring bool) {
+	if ring {
+		c.armRecv()
+	} else {
+		c.armIn()
+	}
+}
+
+// armRecv starts a ReadSome into rbuf[rend:] (see fill).
+func (c *conn) armRecv() {
+	if c.pollIn || c.finished {
+		return
+	}
+	c.pollIn, c.recving = true, true
+	c.recvLen = len(c.rbuf) - c.rend
+	c.ringReads++
+	c.ctx.ReadSome(c.file, c.rbuf[c.rend:], c, tagRecv)
+}
+
 // sockRead reads what the socket has into b. It returns 0 when there is
 // nothing to go on with: the read handler is armed again (EAGAIN), or the
-// connection is ended (an error, or EOF).
+// connection is ended (an error, or EOF). With ring, b is rbuf's free
+// part and the wait is a ReadSome into it; otherwise a POLL_ADD.
 //
 // A read shorter than b emptied the socket, so the next one would only
-// return EAGAIN: it arms the poll instead, which completes at once if
+// return EAGAIN: it arms the wait instead, which completes at once if
 // data came in between. That saves a system call per wake-up.
-func (c *conn) sockRead(b []byte) int {
+func (c *conn) sockRead(b []byte, ring bool) int {
+	if c.recving {
+		// Bytes taken now would go before those the ReadSome may hold
+		// already: wait for it, its completion reads on.
+		return 0
+	}
 	if c.rdEmpty {
 		c.rdEmpty = false
-		c.armIn()
+		c.arm(ring)
 		return 0
 	}
 	for {
@@ -320,7 +370,7 @@ func (c *conn) sockRead(b []byte) int {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
-			c.armIn()
+			c.arm(ring)
 			return 0
 		case err != nil:
 			c.lost(err)
@@ -345,7 +395,7 @@ func (c *conn) readPayload() bool {
 		c.curGot += n
 	}
 	for c.curGot < want {
-		n := c.sockRead(sl.buf[c.curGot:want])
+		n := c.sockRead(sl.buf[c.curGot:want], false)
 		if n == 0 {
 			return false
 		}

@@ -31,15 +31,21 @@
 # connections over 1) per server.
 #
 # usage: scripts/nbd-vs-qemu-nbd.sh [-d DIR] [-t SECONDS] [-r REPEATS] [-s SIZE_MIB]
-#                                    [-b "file zram"] [-n "unix tcp"] [-S "ringblk qemu-nbd nbdkit"] [-c none|writeback]
+#                                    [-b "file zram"] [-n "unix tcp"] [-S "ringblk qemu-nbd nbdkit"]
+#                                    [-R "randread-4k randwrite-4k read-1m randread-4k-2c randread-4k-4c"] [-c none|writeback]
 #   -d DIR       where the file image lives (default /var/tmp; never tmpfs)
 #   -t SECONDS   run time of each fio run (default 10)
 #   -r REPEATS   interleaved repetitions (default 3)
 #   -s SIZE_MIB  image size in MiB (default 256; the zram device holds it in RAM)
 #   -b BACKINGS  file, zram or both (default "file zram"; zram needs root)
 #   -n NETS      unix, tcp or both (default "unix tcp")
-#   -S SERVERS   which servers (default "ringblk qemu-nbd nbdkit"; ringblk first)
-#   -c CACHE     none (default) or writeback, as above
+#   -S SERVERS   which servers (default "ringblk qemu-nbd nbdkit"; ringblk first);
+#                ringblk-base is a second ringblk, the binary $RINGBLK_BASE (say a
+#                build of main), for before/after figures in the same run
+#   -R ROWS      which rows (default all five, as listed above); the target rows
+#                alone: -R "randread-4k randwrite-4k read-1m randread-4k-4c"
+#   -c CACHE     none (default) or writeback, as above; with writeback the image is
+#                read once after set-up, so that reads are page-cache hits
 #
 # Needs go, fio with the nbd engine (fio 3.33 has it), qemu-nbd, nbdkit
 # with its file plugin, python3. The image and the zram device are removed
@@ -53,9 +59,11 @@ size=256
 backings="file zram"
 nets="unix tcp"
 servers="ringblk qemu-nbd nbdkit"
+allrows="randread-4k randwrite-4k read-1m randread-4k-2c randread-4k-4c"
+rows=$allrows
 cache=none
 usage() { sed -n '/^# usage:/,/^#   -c/p' "$0" >&2; exit 2; }
-while getopts "d:t:r:s:b:n:S:c:h" opt; do
+while getopts "d:t:r:s:b:n:S:R:c:h" opt; do
 	case $opt in
 	d) dir=$OPTARG ;;
 	t) secs=$OPTARG ;;
@@ -64,6 +72,7 @@ while getopts "d:t:r:s:b:n:S:c:h" opt; do
 	b) backings=$OPTARG ;;
 	n) nets=$OPTARG ;;
 	S) servers=$OPTARG ;;
+	R) rows=$OPTARG ;;
 	c) cache=$OPTARG ;;
 	h) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
 	*) usage ;;
@@ -71,12 +80,14 @@ while getopts "d:t:r:s:b:n:S:c:h" opt; do
 done
 for b in $backings; do case $b in file | zram) ;; *) usage ;; esac; done
 for n in $nets; do case $n in unix | tcp) ;; *) usage ;; esac; done
-for s in $servers; do case $s in ringblk | qemu-nbd | nbdkit) ;; *) usage ;; esac; done
+for s in $servers; do case $s in ringblk | ringblk-base | qemu-nbd | nbdkit) ;; *) usage ;; esac; done
+case " $servers " in *" ringblk-base "*) [ -x "${RINGBLK_BASE:-}" ] || { echo "ringblk-base needs RINGBLK_BASE=<ringblk binary>" >&2; exit 2; } ;; esac
+for r in $rows; do case " $allrows " in *" $r "*) ;; *) usage ;; esac; done
 case $cache in none) kcache=none ;; writeback) kcache=default ;; *) usage ;; esac
 
 die() { echo "nbd-vs-qemu-nbd: $*" >&2; exit 1; }
 need=(go fio python3)
-for s in $servers; do [ "$s" = ringblk ] || need+=("$s"); done
+for s in $servers; do case $s in ringblk | ringblk-base) ;; *) need+=("$s") ;; esac; done
 for c in "${need[@]}"; do
 	command -v "$c" >/dev/null 2>&1 || die "$c not found (scripts/deps.sh installs the Debian packages)"
 done
@@ -132,6 +143,8 @@ setup_image() {
 		;;
 	esac
 	dropcache "$img"
+	# Page-cache rows: every block cached before the first run.
+	if [ "$cache" = writeback ]; then cat "$img" >/dev/null; fi
 }
 
 teardown_image() {
@@ -155,6 +168,7 @@ start() { # server net
 	case $1 in
 	# stderr to a log: the readiness probe below makes them complain.
 	ringblk) "$work/ringblk" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	ringblk-base) "$RINGBLK_BASE" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
 	qemu-nbd) qemu-nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
 	nbdkit)
 		if [ "$2" = unix ]; then addr=(-U "$sock"); else addr=(-i 127.0.0.1 -p "$port"); fi
@@ -212,6 +226,7 @@ ratio() { python3 -c "print('%.2f' % ($1/$2) if $2 else '-')"; }
 read -r -a srvs <<<"$servers"
 nsrv=${#srvs[@]}
 has() { case " $servers " in *" $1 "*) return 0 ;; esac; return 1; }
+abbr() { case $1 in ringblk) echo rb ;; ringblk-base) echo rb0 ;; qemu-nbd) echo q ;; nbdkit) echo k ;; esac; }
 
 echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# ${size} MiB raw image of random data; fio nbd engine; ${secs}s runs, median of ${reps} interleaved repeats"
@@ -225,9 +240,9 @@ for backing in $backings; do
 		echo
 		echo "## backing=$backing ($img) net=$net"
 		hdr=$(printf '%-16s' row)
-		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "$s"); done
+		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "${s/ringblk-base/rb-base}"); done
 		hdr+=$(printf ' %6s %6s' rb/q rb/k)
-		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "us/io:${s:0:2}"); done
+		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "us/io:$(abbr "$s")"); done
 		hdr+=$(printf ' %8s' "cpu rb/q")
 		echo "$hdr"
 		# name rw bs iodepth jobs
@@ -236,6 +251,7 @@ for backing in $backings; do
 			set -- $spec
 			name=$1
 			shift
+			case " $rows " in *" $name "*) ;; *) continue ;; esac
 			declare -A res=() cpu=()
 			for i in $(seq "$reps"); do
 				for k in $(seq 0 $((nsrv - 1))); do
@@ -266,8 +282,12 @@ for backing in $backings; do
 		done
 		line="scaling 1/2/4 conns (randread-4k IOPS at 2 and 4 over 1):"
 		for s in "${srvs[@]}"; do
-			one=${iops[$backing/$net/randread-4k/$s]}
-			line+=" $s $(ratio "${iops[$backing/$net/randread-4k-2c/$s]}" "$one")x/$(ratio "${iops[$backing/$net/randread-4k-4c/$s]}" "$one")x"
+			one=${iops[$backing/$net/randread-4k/$s]:-}
+			[ -n "$one" ] || continue
+			two=- four=-
+			[ -z "${iops[$backing/$net/randread-4k-2c/$s]:-}" ] || two=$(ratio "${iops[$backing/$net/randread-4k-2c/$s]}" "$one")x
+			[ -z "${iops[$backing/$net/randread-4k-4c/$s]:-}" ] || four=$(ratio "${iops[$backing/$net/randread-4k-4c/$s]}" "$one")x
+			line+=" $s $two/$four"
 		done
 		echo "$line"
 	done

@@ -43,6 +43,17 @@ type Driver struct {
 	child   *block.Child // the image
 	file    *block.Node  // until Open attaches it
 	cfgPath string       // for the filename
+	lim     Limits
+}
+
+// Limits are blkdebug's block limits options that shape write-zeroes
+// requests (align, max-transfer, opt-write-zero, max-write-zero), as
+// QEMU's block layer and blkdebug together treat them (zeroes.go).
+type Limits struct {
+	Align        int64 // request alignment (1 or 0: none)
+	MaxTransfer  int64 // longest read or write (0: none)
+	OptWriteZero int64 // write-zeroes alignment (0: none); need not be a power of two
+	MaxWriteZero int64 // longest write-zeroes (0: none)
 }
 
 type heldReq struct {
@@ -85,6 +96,13 @@ func NewNode(g *block.Graph, file *block.Node, cfg string, nopts block.Options) 
 // NewNodeRules is NewNode with extra rules after the configuration
 // file's (QEMU's inline inject-error.N / set-state.N options).
 func NewNodeRules(g *block.Graph, file *block.Node, cfg string, extra []Rule, nopts block.Options) (*block.Node, error) {
+	return NewNodeLimits(g, file, cfg, extra, Limits{Align: int64(nopts.Align), MaxTransfer: nopts.MaxTransfer}, nopts)
+}
+
+// NewNodeLimits is NewNodeRules with the block limits options; the node's
+// write-zeroes requests reach the driver whole (nopts.MaxWriteZeroes is
+// set), which splits them as QEMU does.
+func NewNodeLimits(g *block.Graph, file *block.Node, cfg string, extra []Rule, lim Limits, nopts block.Options) (*block.Node, error) {
 	var rules []Rule
 	if cfg != "" {
 		var err error
@@ -96,6 +114,8 @@ func NewNodeRules(g *block.Graph, file *block.Node, cfg string, extra []Rule, no
 	rules = append(rules, extra...)
 	d := New(file, rules)
 	d.cfgPath = cfg
+	d.lim = lim
+	nopts.MaxWriteZeroes = maxZeroesWhole &^ int64(max(nopts.Align, 1)-1)
 	n, err := g.Open(d, nopts)
 	if err != nil {
 		if d.file != nil {
@@ -224,6 +244,15 @@ func (d *Driver) handle(r *block.Request, io int) {
 }
 
 func (d *Driver) forward(r *block.Request) {
+	if r.Op == block.OpWriteZeroes {
+		d.zeroes(r)
+		return
+	}
+	d.forwardAs(r)
+}
+
+// forwardAs sends r to the image unchanged.
+func (d *Driver) forwardAs(r *block.Request) {
 	c := d.child
 	if c == nil || c.Node() == nil {
 		r.CompleteLater(&block.Error{Kind: block.Io, Op: r.Op, Node: r.Node().Name(), Offset: r.Off, Err: syscall.ENOMEDIUM})
@@ -254,6 +283,8 @@ func (d *Driver) Write(r *block.Request) {
 	d.handle(r, IOWrite)
 }
 
+// WriteZeroes raises pwritev_zero, then splits the request as QEMU does
+// for blkdebug's limits (zeroes.go).
 func (d *Driver) WriteZeroes(r *block.Request) {
 	d.DebugEvent(block.DbgPwritevZero)
 	d.handle(r, IOWriteZeroes)

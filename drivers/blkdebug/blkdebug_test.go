@@ -264,3 +264,55 @@ func TestQcow2ReadPathsRaiseReadAIO(t *testing.T) {
 		im.Close()
 	}
 }
+
+// TestQcow2WriteOverReusedClustersIsOneHostWrite: a write over three
+// clusters contiguous on the host — data, preallocated zero, data — is
+// one host write (one write_aio), as in QEMU: a rule that fails every
+// write after the first write_aio does not fail it (iotest 066, last
+// case), and the clusters keep their host offsets.
+func TestQcow2WriteOverReusedClustersIsOneHostWrite(t *testing.T) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Skip("qemu-io not installed (make test installs it via scripts/deps.sh)")
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "t.qcow2")
+	mapOf := func() string {
+		out, err := exec.Command("qemu-img", "map", "--output=json", img).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-img map: %v %s", err, out)
+		}
+		return string(out)
+	}
+	var before string
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=64k", img, "192k"},
+		{"qemu-io", "-f", "qcow2", "-c", "write -P 42 0 192k", img},
+		{"qemu-io", "-f", "qcow2", "-c", "write -z 64k 64k", img},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+		if before == "" && args[0] == "qemu-io" {
+			before = mapOf() // three data clusters, before the middle one becomes zero-alloc
+		}
+	}
+	e := blocktest.NewEnv(t, 0)
+	s, err := chain.ParseJSONFilename(`json:{"driver":"qcow2","file":{"driver":"blkdebug","image.filename":"` + img + `",
+		"set-state":[{"event":"write_aio","new_state":2}],"inject-error":[{"event":"write_aio","state":2}]}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := chain.OpenSpec(e.G, s, chain.Options{Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.Node.WriteAt([]byte(strings.Repeat("*", 192<<10)), 0); err != nil {
+		t.Errorf("write of 192k over data, zero-alloc, data: %v (more than one host write?)", err)
+	}
+	if err := im.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := mapOf(); after != before {
+		t.Errorf("host clusters not reused in place:\nbefore %s\nafter  %s", before, after)
+	}
+}

@@ -293,7 +293,7 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 	if err != nil {
 		return nil, nil, err
 	}
-	if top && o.debug {
+	if depth == 0 && o.debug { // the top image only (top also means "writable" here)
 		if file, err = blkdebug.NewNode(g, file, o.debugConfig, block.Options{Name: name + "-blkdebug", ReadOnly: o.ReadOnly}); err != nil {
 			return nil, nil, err
 		}
@@ -322,6 +322,8 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
 	dopts.KeySecret, dopts.HeaderOnly = o.secret(depth), o.HeaderOnly
+	dopts.DataFile = dataFileOpener(g, path, o, top, name) // datafile.go
+	o.QcowOptions.DataFileNode = nil                       // the top's alone
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
 		p := ResolveBacking(path, req.Name)
 		if rbd.IsName(p) && !o.AllowRBDBacking {
@@ -329,6 +331,7 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 		}
 		bname := fmt.Sprintf("%s-backing-%d", o.Name, req.Depth)
 		bo, writable := o, req.Depth == o.WritableDepth
+		bo.QcowOptions.BackingFormat = "" // an override is for one level
 		if writable {
 			bo.ReadOnly, bo.ForceShare = false, false
 		}

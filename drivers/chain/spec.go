@@ -497,7 +497,12 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 			// The backing node's name and driver as the image records
 			// it are accepted; anything else would name another file.
 			switch rest {
-			case "node-name", "driver":
+			case "driver":
+				// The backing file's format instead of the image's
+				// record (QEMU's override, iotest 114).
+				o.QcowOptions.BackingFormat = s[k]
+				delete(s, k)
+			case "node-name":
 				delete(s, k)
 			default:
 				return nil, nil, fmt.Errorf("ringblk takes the backing file from the image only (option '%s')", k)
@@ -514,6 +519,14 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 			o.QcowOptions.L2CacheBytes = 1 // the driver's minimum applies
 		}
 	}
+	switch on, given, err := s.Bool("lazy-refcounts"); {
+	case err != nil:
+		return nil, nil, err
+	case given && on:
+		o.QcowOptions.LazyRefcounts = qcow2.LazyOn
+	case given:
+		o.QcowOptions.LazyRefcounts = qcow2.LazyOff
+	}
 	for _, k := range []string{"lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other", "discard-no-unref"} {
 		if _, _, err := s.Bool(k); err != nil {
 			return nil, nil, err
@@ -527,17 +540,24 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 			delete(s, k)
 		}
 	}
-	if _, ok := s["data-file"]; ok {
-		return nil, nil, fmt.Errorf("Block format 'qcow2' does not support the option 'data-file' in ringblk (external data files)")
-	}
 	child, cimg, err := b.Child(s, "file", prefix+"file.")
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := leftover(s, "format", "qcow2"); err != nil {
+	// An external data file given by the operator (datafile.go).
+	dataNode, err := b.dataFileChild(s, prefix)
+	if err != nil {
 		child.Unref()
 		return nil, nil, err
 	}
+	if err := leftover(s, "format", "qcow2"); err != nil {
+		child.Unref()
+		if dataNode != nil {
+			dataNode.Unref()
+		}
+		return nil, nil, err
+	}
+	o.QcowOptions.DataFileNode = dataNode
 	if o.QcowOptions.SharedCache == nil {
 		o.QcowOptions.SharedCache = cache.NewLRU(qcow2.DefaultSharedCacheBytes)
 	}
@@ -613,6 +633,10 @@ func qcow2CacheOptions(s Spec) (qcow2Cache, error) {
 	}
 	if hasES {
 		c.entry = es
+		// QEMU counts the cache in entries of this size, at most INT_MAX.
+		if es > 0 && c.l2/es > math.MaxInt32 {
+			return c, errors.New("L2 cache size too big")
+		}
 	}
 	return c, nil
 }

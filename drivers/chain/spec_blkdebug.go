@@ -3,8 +3,9 @@ package chain
 // blkdebug in option trees: driver=blkdebug with config=, image (a child
 // given as options or a filename), the filename form
 // "blkdebug:CONFIG:IMAGE", QEMU's inline rules (inject-error.N.event=…,
-// set-state.N.…) and the block limits options (align, max-transfer; the
-// write-zeroes and discard limits are checked and otherwise ignored).
+// set-state.N.…) and the block limits options (align, max-transfer,
+// opt-write-zero and max-write-zero; the discard limits are checked and
+// otherwise ignored).
 
 import (
 	"fmt"
@@ -69,7 +70,14 @@ func specBlkdebug(b *SpecBuilder, s Spec, prefix, name string) (*block.Node, err
 	if nopts.MaxTransfer, err = limit("max-transfer"); err != nil {
 		return nil, err
 	}
-	for _, k := range []string{"opt-write-zero", "max-write-zero", "opt-discard", "max-discard"} {
+	lim := blkdebug.Limits{Align: align, MaxTransfer: nopts.MaxTransfer}
+	if lim.OptWriteZero, err = limit("opt-write-zero"); err != nil {
+		return nil, err
+	}
+	if lim.MaxWriteZero, err = limit("max-write-zero"); err != nil {
+		return nil, err
+	}
+	for _, k := range []string{"opt-discard", "max-discard"} {
 		if _, err := limit(k); err != nil {
 			return nil, err
 		}
@@ -89,7 +97,7 @@ func specBlkdebug(b *SpecBuilder, s Spec, prefix, name string) (*block.Node, err
 		child.Unref()
 		return nil, err
 	}
-	return blkdebug.NewNodeRules(b.G, child, cfg, rules, nopts)
+	return blkdebug.NewNodeLimits(b.G, child, cfg, rules, lim, nopts)
 }
 
 // inlineRules takes QEMU's inject-error.N.KEY and set-state.N.KEY options

@@ -3,85 +3,43 @@ package nbd_test
 import (
 	"testing"
 
+	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/block/blocktest"
-	"github.com/ringblk/ringblk/internal/invariants"
 	nbdsrv "github.com/ringblk/ringblk/nbd"
 )
 
-// qdLoop keeps qd requests in flight until left runs out.
-type qdLoop struct {
-	q        *block.Queue
-	bufs     [][]byte
-	left     int
-	inflight int
-	write    bool
-	err      error
-	next     int
-}
-
-func (l *qdLoop) issue(i int) {
-	l.left--
-	l.inflight++
-	off := int64((l.next*7919)%(size/4096)) * 4096
-	l.next++
-	if l.write {
-		l.q.Write(l.bufs[i], off, 0, l, uint64(i))
-	} else {
-		l.q.Read(l.bufs[i], off, l, uint64(i))
-	}
-}
-
-func (l *qdLoop) RequestDone(r *block.Request, err error) {
-	l.inflight--
-	if err != nil && l.err == nil {
-		l.err = err
-	}
-	if l.left > 0 {
-		l.issue(int(r.Tag))
-	}
+// servedFrontEnd serves a fresh image with our server and opens a client
+// node with a front end on an Env with iothreads IOThreads.
+func servedFrontEnd(t *testing.T, iothreads int) (*blocktest.Env, *block.FrontEnd) {
+	path, _ := image(t)
+	uri := serve(t, path, nbdsrv.ExportOptions{Name: ""})
+	e := blocktest.NewEnv(t, iothreads)
+	n := open(t, e, uri, false, block.Options{})
+	fe := e.FrontEnd("fe", n, block.FrontEndOptions{})
+	t.Cleanup(func() { fe.Close() })
+	return e, fe
 }
 
 // TestClientZeroAllocs: 4 KiB reads and writes at QD16 through the client
 // (and our server, in the same process) allocate nothing per request in
-// steady state.
+// steady state, from the node's Context and from an IOThread (whose
+// requests go through the driver's inbox and come back through the
+// IOThread's outbox, block.Request.CompleteRemote).
 func TestClientZeroAllocs(t *testing.T) {
-	if raceEnabled || invariants.Enabled {
-		t.Skip("allocation budgets hold for production builds (no -race, no invariants tag)")
-	}
-	path, _ := image(t)
-	uri := serve(t, path, nbdsrv.ExportOptions{Name: ""})
-	e := blocktest.NewEnv(t, 0)
-	n := open(t, e, uri, false, block.Options{})
-	fe := e.FrontEnd("fe", n, block.FrontEndOptions{})
-	defer fe.Close()
-	const qd = 16
-	l := &qdLoop{q: fe.Queue(e.Main)}
-	for range qd {
-		l.bufs = append(l.bufs, make([]byte, 4096))
-	}
-	run := func(count int) {
-		e.OnMain(func() {
-			l.left = count
-			l.q.Plug()
-			for i := 0; i < qd; i++ {
-				l.issue(i)
-			}
-			l.q.Unplug()
-			e.Main.WaitWhile(func() bool { return l.inflight > 0 })
+	e, fe := servedFrontEnd(t, 1)
+	for _, ctx := range []*aio.Context{e.Main, e.IO[0]} {
+		t.Run(ctx.Name(), func(t *testing.T) {
+			blocktest.CheckQDAllocs(t, e, fe, blocktest.AllocCheck{Ctx: ctx, QD: 16, Span: size,
+				Warm: 2000, Count: 4000, Budget: 64, Race: raceEnabled})
 		})
 	}
-	for _, w := range []bool{false, true} {
-		l.write = w
-		run(2000)
-		const count = 4000
-		allocs := testing.AllocsPerRun(3, func() { run(count) })
-		if l.err != nil {
-			t.Fatal(l.err)
-		}
-		t.Logf("write=%v: %.1f allocations per %d requests", w, allocs, count)
-		if allocs > 64 {
-			t.Errorf("write=%v: %.0f allocations for %d requests: the request path allocates", w, allocs, count)
-		}
-	}
+}
+
+// TestForgottenContextsReleased: Contexts that submitted to the node and
+// were then stopped and forgotten are not kept by the driver (its
+// per-Context outboxes were a map keyed by Context, never emptied).
+func TestForgottenContextsReleased(t *testing.T) {
+	e, fe := servedFrontEnd(t, 0)
+	blocktest.CheckContextsReleased(t, e, fe, 4)
 }

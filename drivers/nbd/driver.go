@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -62,12 +61,7 @@ type Driver struct {
 	rx         rxState
 
 	// Requests from other Contexts (slow path, see package comment).
-	inMu    sync.Mutex
-	inbox   []*block.Request
-	inSpare []*block.Request
-	inBH    *aio.BH
-	outMu   sync.Mutex
-	outs    map[*aio.Context]*outbox
+	inbox block.Inbox
 }
 
 type slot struct {
@@ -158,8 +152,7 @@ func NewNode(g *block.Graph, uri string, readOnly bool, bopts block.Options) (*b
 }
 
 func newDriver(u URI, ex export, fd int) *Driver {
-	d := &Driver{uri: u, ex: ex, fd: fd, rbuf: make([]byte, rbufSize), iov: make([]unix.Iovec, 256),
-		outs: map[*aio.Context]*outbox{}}
+	d := &Driver{uri: u, ex: ex, fd: fd, rbuf: make([]byte, rbufSize), iov: make([]unix.Iovec, 256)}
 	d.f = aio.NewFileFd(fd, func() error { return unix.Close(fd) })
 	for i := numSlots - 1; i >= 0; i-- {
 		d.free = append(d.free, i)
@@ -205,7 +198,7 @@ func (d *Driver) Open(n *block.Node) error {
 
 func (d *Driver) attach(ctx *aio.Context) {
 	d.ctx.Store(ctx)
-	d.inBH = ctx.NewBH(d.runInbox)
+	d.inbox.Attach(ctx, d.fromInbox)
 	ctx.Run(func() {
 		if d.dead == nil {
 			d.handler = ctx.SetFDHandler(d.fd, unix.POLLIN|unix.POLLRDHUP, d.readable, false)
@@ -218,7 +211,7 @@ func (d *Driver) attach(ctx *aio.Context) {
 func (d *Driver) DetachContext(n *block.Node) {
 	ctx := d.ctx.Load()
 	ctx.Run(d.removeHandler)
-	d.inBH.Delete()
+	d.inbox.Detach()
 }
 
 // AttachContext watches the socket on the new Context.
@@ -243,14 +236,15 @@ func (d *Driver) Close(n *block.Node) error {
 		}
 		d.closed = true
 	})
-	d.inBH.Delete()
-	d.outMu.Lock()
-	for _, o := range d.outs {
-		o.bh.Delete()
-	}
-	d.outMu.Unlock()
+	d.inbox.Detach()
 	return d.f.Close()
 }
+
+// ContextBound reports that the driver's state belongs to its node's
+// Context: requests from other Contexts take a hop through its inbox and
+// back through their outbox, so the node is best placed on the Context
+// that submits to it (bench does so for a clone).
+func (d *Driver) ContextBound() bool { return true }
 
 // Length reports the export size.
 func (d *Driver) Length(*block.Node) (int64, error) { return d.ex.size, nil }
@@ -275,25 +269,14 @@ func (d *Driver) BlockStatus(r *block.Request) { d.submit(r) }
 // submit runs on r's Context.
 func (d *Driver) submit(r *block.Request) {
 	if ctx := d.ctx.Load(); r.Context() != ctx {
-		d.inMu.Lock()
-		d.inbox = append(d.inbox, r)
-		d.inMu.Unlock()
-		d.inBH.Schedule()
+		d.inbox.Push(r)
 		return
 	}
 	d.enqueue(r, true)
 }
 
-func (d *Driver) runInbox() {
-	d.inMu.Lock()
-	list := d.inbox
-	d.inbox, d.inSpare = d.inSpare[:0], list
-	d.inMu.Unlock()
-	for i, r := range list {
-		list[i] = nil
-		d.enqueue(r, false)
-	}
-}
+// fromInbox starts a request submitted on another Context.
+func (d *Driver) fromInbox(r *block.Request) { d.enqueue(r, false) }
 
 // enqueue starts r or queues it for a free slot; inline says the caller is
 // the submission itself (completions then go through a bottom half).
@@ -806,7 +789,7 @@ func (d *Driver) finish(r *block.Request, err error, inline bool) {
 		}
 		return
 	}
-	d.outbox(r.Context()).push(r, err)
+	r.CompleteRemote(err)
 }
 
 // fail ends the connection: every request in flight or waiting fails with
@@ -905,49 +888,6 @@ func iovZero(iov [][]byte, skip, n int64) {
 		clear(b)
 		skip += int64(len(b))
 		n -= int64(len(b))
-	}
-}
-
-// outbox completes requests of one other Context on that Context.
-type outbox struct {
-	mu    sync.Mutex
-	items []outItem
-	spare []outItem
-	bh    *aio.BH
-}
-
-type outItem struct {
-	r   *block.Request
-	err error
-}
-
-func (d *Driver) outbox(ctx *aio.Context) *outbox {
-	d.outMu.Lock()
-	defer d.outMu.Unlock()
-	o := d.outs[ctx]
-	if o == nil {
-		o = &outbox{}
-		o.bh = ctx.NewBH(o.run)
-		d.outs[ctx] = o
-	}
-	return o
-}
-
-func (o *outbox) push(r *block.Request, err error) {
-	o.mu.Lock()
-	o.items = append(o.items, outItem{r, err})
-	o.mu.Unlock()
-	o.bh.Schedule()
-}
-
-func (o *outbox) run() {
-	o.mu.Lock()
-	list := o.items
-	o.items, o.spare = o.spare[:0], list
-	o.mu.Unlock()
-	for i, it := range list {
-		list[i] = outItem{}
-		it.r.Complete(it.err)
 	}
 }
 

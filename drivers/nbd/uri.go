@@ -9,9 +9,10 @@
 // comes from POLL_ADD on the Context's ring, requests go out with writev,
 // and replies are parsed from reads straight into the requests' buffers.
 // Up to 64 requests are in flight; more wait in order. Nothing is
-// allocated per request on the node's Context. Requests from another
-// Context are handed over through a locked inbox and completed back
-// through a per-Context outbox (docs/design/nbd-client.md).
+// allocated per request. Requests from another Context are handed over
+// through the driver's block.Inbox and completed back through their own
+// Context's outbox (block.Request.CompleteRemote): lock-free, no map
+// (docs/design/nbd-client.md).
 package nbd
 
 import (

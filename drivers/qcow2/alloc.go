@@ -70,6 +70,11 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 	order := d.mu.geo.RefcountOrder
 	for {
 		idx := max(d.mu.freeIdx, 1) // R5: never cluster 0
+		if reuse, err := d.reuseBeforeGrow(co, idx); err != nil {
+			return 0, err
+		} else if reuse {
+			continue
+		}
 		rb, ti, bi, err := d.refcountBlock(co, idx)
 		if err == errNoSpace {
 			if err := d.growRefcountTable(co); err != nil {
@@ -87,15 +92,17 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 		if rb == nil {
 			d.event(block.DbgRefblockAlloc)
 			// No refcount block: every cluster it would cover is free.
-			// Put the new block in the first of them, idx itself, so its
+			// Put the new block where QEMU does (alloc_place.go): past
+			// the caller's run, or idx itself; in its own range, so its
 			// own refcount lives in it. Stage A writes the block, stage B
 			// the table entry (R3: block durable before the pointer).
-			off := idx * cs
+			bidx := d.refblockSlot(idx)
+			off := bidx * cs
 			if d.overlapsMetadata(off, cs) {
 				return 0, d.markCorrupt(co, off, "refcount block allocation")
 			}
 			buf := make([]byte, cs)
-			if err := format.RefcountSet(buf, order, bi, 1); err != nil {
+			if err := format.RefcountSet(buf, order, bi+bidx-idx, 1); err != nil {
 				return 0, err
 			}
 			d.mu.Lock()
@@ -104,7 +111,9 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			d.meta.add(off)
 			d.mu.dirtyRT[ti] = true
 			d.growFile(off + cs)
-			d.mu.freeIdx = idx + 1
+			if bidx == idx {
+				d.mu.freeIdx = idx + 1
+			}
 			d.mu.Unlock()
 			continue
 		}
@@ -131,10 +140,32 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 		rb.dirty = true
 		d.mu.freeIdx = idx + 1
 		d.growFile(off + cs)
+		d.ranAllocLocked() // alloc_place.go
 		d.mu.Unlock()
 		d.pack.forget(off, cs) // compress_pack.go
 		return off, nil
 	}
+}
+
+// reuseBeforeGrow: when the search for a free cluster reaches the end of
+// the image while freed clusters wait for a flush (R2 defers their
+// decrements), it flushes, so they are reused before the file grows, as
+// QEMU reuses a discarded cluster at once (it orders the writes with
+// cache dependencies instead). Reports whether it applied frees, so the
+// caller searches again from the lowered freeIdx. The cost is one
+// metadata flush per discard-then-grow, not per allocation.
+func (d metaIO) reuseBeforeGrow(co *aio.Co, idx int64) (bool, error) {
+	d.mu.Lock()
+	atEnd := idx*d.mu.geo.ClusterSize() >= d.mu.geo.FileSize
+	pending := len(d.mu.pendingFrees) > 0
+	d.mu.Unlock()
+	if !atEnd || !pending {
+		return false, nil
+	}
+	if err := d.flushMetadata(co, nil); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // growFile records that the image now ends at least at end, so entries
@@ -254,6 +285,9 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	if err != nil {
 		return nil, 0, err
 	}
+	if err := d.lazyTableRefcounts(co, parent); err != nil { // lazy.go
+		return nil, 0, d.abortAlloc(newOff, err)
+	}
 	nt, err := d.l2Create(co, parent, newOff, old)
 	if err != nil {
 		return nil, 0, d.abortAlloc(newOff, err)
@@ -287,7 +321,8 @@ func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, 
 	if err = d.admitted(co, off/d.mu.geo.ClusterSize(), 1); err != nil {
 		return nil, 0, le, 0, 0, err // an *errWait: nothing held
 	}
-	if t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return nil, 0, le, 0, 0, err
 	}
 	d.mu.Lock()
@@ -295,7 +330,7 @@ func (d writer) lockEntry(co *aio.Co, r *block.Request, off int64) (t *l2Table, 
 	if le, err = d.mu.geo.DecodeL2Entry(e, bm); err != nil {
 		d.mu.Unlock()
 		d.l2Unpin(t)
-		return nil, 0, le, 0, 0, err
+		return nil, 0, le, 0, 0, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	return t, l2i, le, e, bm, nil
 }

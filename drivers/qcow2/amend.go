@@ -15,8 +15,8 @@ type AmendOptions struct {
 	Version int
 	// LazyRefcounts is lazy_refcounts=on|off; nil keeps it.
 	LazyRefcounts *bool
-	// Size is the new virtual size in bytes (size=); 0 keeps it. Growing
-	// only: shrinking is refused.
+	// Size is the new virtual size in bytes (size=); 0 keeps it. Like
+	// qemu-img amend, a smaller size shrinks the disk (shrink.go).
 	Size int64
 	// BackingFile and BackingFormat are backing_file= and backing_fmt=;
 	// nil keeps the current value, a pointer to "" removes it. Only the
@@ -28,6 +28,15 @@ type AmendOptions struct {
 	// (or 16 when downgrading) is accepted: changing the width is not
 	// implemented.
 	RefcountBits int
+	// Progress, when set, is called as a downgrade's zero expansion visits
+	// each L1 entry (active, then the snapshots'), as qemu-img amend -p
+	// reports it. Called under the driver's lock: it must not block.
+	Progress func(done, total int64)
+	// DataFile is data_file= (the recorded external data file name; ""
+	// drops the name, keeping the bit), DataFileRaw data_file_raw=
+	// (only clearing it is allowed); nil keeps them (datafile.go).
+	DataFile    *string
+	DataFileRaw *bool
 }
 
 // Amend applies o to the image of a read-write qcow2 node, with the
@@ -43,13 +52,13 @@ type AmendOptions struct {
 //     autoclear bits are dropped, and zero clusters are expanded: without
 //     a backing file a plain zero cluster becomes unallocated, otherwise
 //     (and for preallocated zero clusters) zeros are written to a data
-//     cluster. Zero clusters in internal snapshots are refused.
+//     cluster. Zero clusters in internal snapshots are expanded too (amend_zero.go).
 //   - lazy_refcounts=on sets compatible bit 0 (version 3 only);
 //     lazy_refcounts=off first writes every refcount block and clears a
 //     dirty bit this driver set (an image still needing a repair is
 //     refused: run check -r first).
-//   - size grows the disk through the driver's resize (shrinking is
-//     refused; QEMU 7.2 can shrink).
+//   - size grows or shrinks the disk through the driver's resize, after an
+//     upgrade and before a downgrade, as QEMU orders them.
 //   - backing_file / backing_fmt rewrite the header's backing name and
 //     backing format extension (see AmendOptions.BackingFile).
 //
@@ -155,6 +164,9 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	if newVer == 2 && lazy && o.LazyRefcounts != nil {
 		return format.Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
 	}
+	if err := checkDataFileAmend(&h, o, newVer); err != nil { // datafile.go
+		return err
+	}
 	if newVer == 2 && ver == 3 {
 		if h.RefcountOrder != 4 {
 			return format.Unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
@@ -166,9 +178,6 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		if h.Bitmaps != nil {
 			return format.Unsupported("bitmaps", 0, "Cannot downgrade an image with persistent bitmaps")
 		}
-	}
-	if o.Size != 0 && o.Size < size {
-		return format.Unsupported("size", uint64(o.Size), "shrinking a qcow2 image is not supported")
 	}
 	bf, bfmt := h.BackingFile, h.BackingFormat
 	if o.BackingFile != nil {
@@ -187,8 +196,8 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		if len(bf) > format.MaxBackingNameLen {
 			return format.Limit("backing_file", uint64(len(bf)), "backing file name too long")
 		}
-		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
-			return format.Unsupported("backing_fmt", 0, "backing format must be raw or qcow2")
+		if bfmt != "" && !recordableFormatName(bfmt) { // rebase_fmt.go
+			return format.Unsupported("backing_fmt", 0, "backing format name must be a driver name (letters, digits, '-', '_')")
 		}
 	}
 	if d.mu.lazy.needRepair {
@@ -201,23 +210,9 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		return derr
 	}
 
-	// Checks done; apply. The size first (it rewrites only the size
-	// field), then the data changes a downgrade needs, then one header.
-	if o.Size != 0 && o.Size != size {
-		if err := d.truncateLocked(co, nil, (o.Size+511)&^511); err != nil {
-			return err
-		}
-	}
-	if newVer == 2 && ver == 3 {
-		// Data writes follow: R10 first (a header-only amend keeps the
-		// autoclear bits, and with them any bitmaps, as QEMU does).
-		if err := d.prepareWrite(co, nil); err != nil {
-			return err
-		}
-		if err := d.expandZeroClusters(co); err != nil {
-			return err
-		}
-	}
+	// Checks done; apply in QEMU's order: an upgrade first (a version 2
+	// image with snapshots cannot be resized, a version 3 one can), then
+	// the size, then a downgrade (whose checks see the new size).
 	if newVer == 3 && ver == 2 {
 		// Version 3 requires every snapshot entry to carry the 64-bit VM
 		// state size and the disk size (16 bytes of extra data); version
@@ -240,9 +235,45 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 				return err
 			}
 		}
+		if err := d.amendHeader(co, o, bf, bfmt, 2, 3, lazy); err != nil {
+			return err
+		}
+		ver = 3
 	}
-	// Everything (refcount blocks included) durable before the header
-	// stops announcing a dirty image or lazy refcounts.
+	if o.Size != 0 && o.Size != size {
+		if err := d.truncateLocked(co, nil, (o.Size+511)&^511); err != nil {
+			return err
+		}
+	}
+	if newVer == 2 && ver == 3 {
+		// A snapshot of another disk size, or a VM state too large for
+		// version 2's 32-bit field, needs version 3's extra data: QEMU
+		// refuses rather than count on version 2 readers honouring it.
+		d.mu.Lock()
+		snaps, cur := d.mu.snaps, uint64(d.mu.geo.Size)
+		d.mu.Unlock()
+		for _, sn := range snaps {
+			if sn.VMStateSize > 0xffffffff || sn.DiskSize != cur {
+				return format.Unsupported("snapshot", 0, "Internal snapshots prevent downgrade of image")
+			}
+		}
+		// Data writes follow: R10 first (a header-only amend keeps the
+		// autoclear bits, and with them any bitmaps, as QEMU does).
+		if err := d.prepareWrite(co, nil); err != nil {
+			return err
+		}
+		if err := d.expandZeroClusters(co, o.Progress); err != nil {
+			return err
+		}
+	}
+	return d.amendHeader(co, o, bf, bfmt, ver, newVer, lazy)
+}
+
+// amendHeader writes the amended header: backing file and format, the
+// data file options, the version step from → to, the lazy refcounts bit. Everything (refcount
+// blocks included) is durable before the header stops announcing a dirty
+// image or lazy refcounts. REQUIRES: metaLock held.
+func (d maintOps) amendHeader(co *aio.Co, o AmendOptions, bf, bfmt string, ver, newVer int, lazy bool) error {
 	if err := d.flushAllMetadata(co, nil); err != nil {
 		return err
 	}
@@ -250,6 +281,9 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	nh := *d.mu.hdr
 	d.mu.Unlock()
 	nh.BackingFile, nh.BackingFormat = bf, bfmt
+	if err := applyDataFileAmend(&nh, o); err != nil { // datafile.go
+		return err
+	}
 	switch {
 	case newVer == 2 && ver == 3:
 		nh.Version, nh.HeaderLength, nh.HeaderTail = 2, format.HeaderLengthV2, nil
@@ -317,12 +351,10 @@ func (d maintOps) rewriteHeader(co *aio.Co, nh *format.Header) error {
 // before a downgrade to version 2 (QEMU's qcow2_expand_zero_clusters):
 // without a backing file a plain zero cluster becomes unallocated (which
 // reads as zero too); otherwise zeros are written to a data cluster (the
-// preallocated one when there is one). Snapshot tables with zero
-// clusters are refused. REQUIRES: metaLock held.
-func (d maintOps) expandZeroClusters(co *aio.Co) error {
-	if err := d.refuseSnapshotZeros(co); err != nil {
-		return err
-	}
+// preallocated one when there is one); then the snapshots' tables
+// (amend_zero.go). REQUIRES: metaLock held.
+func (d maintOps) expandZeroClusters(co *aio.Co, progress func(done, total int64)) error {
+	p := d.newExpandProgress(progress) // amend_zero.go
 	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
 	size, l1n := d.mu.geo.Size, int64(len(d.mu.l1))
@@ -333,6 +365,7 @@ func (d maintOps) expandZeroClusters(co *aio.Co) error {
 		mapped := d.mu.l1[l1i]&format.OffsetMask != 0
 		d.mu.Unlock()
 		if !mapped {
+			p.step()
 			continue
 		}
 		first := l1i * d.mu.geo.L1Coverage()
@@ -363,8 +396,9 @@ func (d maintOps) expandZeroClusters(co *aio.Co) error {
 				return err
 			}
 		}
+		p.step()
 	}
-	return nil
+	return d.expandSnapshotZeros(co, p) // amend_zero.go
 }
 
 // updateEntry replaces the standard L2 entry of the cluster at off by f's
@@ -378,54 +412,6 @@ func (d maintOps) updateEntry(co *aio.Co, off int64, f func(le format.L2Entry, e
 	defer d.mu.Unlock()
 	if ne := f(le, e); ne != e {
 		d.setL2EntryLocked(t, l2i, ne)
-	}
-	return nil
-}
-
-// refuseSnapshotZeros fails when an internal snapshot's L2 tables hold
-// zero clusters (expanding them would mean rewriting shared tables, which
-// is not implemented).
-func (d maintOps) refuseSnapshotZeros(co *aio.Co) error {
-	d.mu.Lock()
-	snaps := d.mu.snaps
-	fileSize := d.mu.geo.FileSize
-	d.mu.Unlock()
-	if len(snaps) == 0 {
-		return nil
-	}
-	g := d.mu.geo
-	g.FileSize = fileSize
-	cs := g.ClusterSize()
-	buf := make([]byte, cs)
-	for _, s := range snaps {
-		l1 := make([]byte, int64(s.L1Entries)*8)
-		if len(l1) > 0 {
-			if err := d.fileRead(co, nil, l1, int64(s.L1Offset)); err != nil {
-				return err
-			}
-		}
-		for i := 0; i+8 <= len(l1); i += 8 {
-			l2Off, _, err := g.DecodeL1Entry(getU64(l1[i:]))
-			if err != nil {
-				return err
-			}
-			if l2Off == 0 {
-				continue
-			}
-			if err := d.fileRead(co, nil, buf, l2Off); err != nil {
-				return err
-			}
-			for j := int64(0); j < g.L2Entries(); j++ {
-				e, bm, _ := g.L2EntryAt(buf, j)
-				le, err := g.DecodeL2Entry(e, bm)
-				if err != nil {
-					return err
-				}
-				if le.Type == format.ZeroPlain || le.Type == format.ZeroAlloc {
-					return format.Unsupported("snapshot", 0, "cannot downgrade: internal snapshot '"+s.Name+"' has zero clusters")
-				}
-			}
-		}
 	}
 	return nil
 }

@@ -150,7 +150,6 @@ func TestQcow2AmendRefusals(t *testing.T) {
 		{"", AmendOptions{Version: 2, LazyRefcounts: boolPtr(true)}, "Lazy refcounts only supported with compatibility level 1.1 and above"},
 		{"compat=0.10", AmendOptions{LazyRefcounts: boolPtr(true)}, "Lazy refcounts only supported with compatibility level 1.1 and above"},
 		{"", AmendOptions{Version: 4}, "Unknown compatibility level"},
-		{"", AmendOptions{Size: 512 << 10}, "shrinking"},
 		{"", AmendOptions{RefcountBits: 8}, "changing the refcount width is not supported"},
 		{"", AmendOptions{BackingFormat: strPtr("raw")}, "backing format specified without a backing file"},
 		{"compression_type=zstd", AmendOptions{Version: 2}, "Cannot downgrade an image with incompatible features 0x8 set"},

@@ -56,6 +56,9 @@ func (d *Driver) fileWrite(co *aio.Co, parent *block.Request, buf []byte, off in
 
 // fileSync makes every completed write to the image file durable.
 func (d *Driver) fileSync(co *aio.Co, parent *block.Request) error {
+	if err := d.dataSync(co, parent); err != nil { // datafile.go: data before metadata (R4)
+		return err
+	}
 	return d.childIO(co, parent, d.file, block.OpFlush, 0, nil, 0)
 }
 

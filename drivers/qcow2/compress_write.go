@@ -5,7 +5,6 @@ import (
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
-	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // WriteCompressed writes whole clusters compressed (block.CompressedWriter,
@@ -23,6 +22,10 @@ import (
 // old cluster freed after the flush (R2).
 func (d *Driver) WriteCompressed(r *block.Request) {
 	if d.refuseCompressed(r) {
+		return
+	}
+	if err := d.refuseDataFile(); err != nil { // datafile.go
+		r.Complete(err)
 		return
 	}
 	cs := d.mu.geo.ClusterSize()
@@ -126,11 +129,6 @@ func (d writer) writeCompressedCluster(co *aio.Co, r *block.Request, off int64, 
 	if d.mu.geo.ExtendedL2 { // compressed clusters have no subclusters
 		d.setL2BitmapLocked(t, l2i, 0)
 	}
-	switch le.Type {
-	case format.Normal, format.ZeroAlloc:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-	case format.Compressed:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
-	}
+	d.freeDataLocked(le) // datafile.go
 	return nil
 }

@@ -89,6 +89,11 @@ func kindOf(err error) block.Kind {
 func createPrealloc(file *block.Node, h *format.Header, offs []int64, mode format.Prealloc) error {
 	g := h.Geometry(0)
 	cs := g.ClusterSize()
+	if g.ExternalData {
+		// Only the mapping lives here; the data file was preallocated by
+		// CreateWithDataFile (datafile.go).
+		mode = format.PreallocMetadata
+	}
 	var p *format.PreallocPlan
 	if mode == format.PreallocMetadata {
 		var err error
@@ -161,7 +166,11 @@ func createPrealloc(file *block.Node, h *format.Header, offs []int64, mode forma
 		clear(buf)
 		k := min(per, clusters-int64(i)*per)
 		for j := int64(0); j < k; j++ {
-			le, err := g.EncodeL2Entry(format.Normal, (p.Data[i]+j)*cs, true)
+			host := (p.Data[i] + j) * cs
+			if g.ExternalData { // datafile.go: a data cluster sits at its guest offset
+				host = (int64(i)*per + j) * cs
+			}
+			le, err := g.EncodeL2Entry(format.Normal, host, true)
 			if err != nil {
 				return err
 			}

@@ -158,6 +158,9 @@ func (d metaIO) markDamaged(co *aio.Co, cause error, flush bool) error {
 	incompat := d.mu.hdr.IncompatibleFeatures | format.IncompatCorrupt
 	v3 := d.mu.hdr.Version >= 3 && !d.readOnly
 	d.mu.Unlock()
+	if first {
+		reportCorruption(cause)
+	}
 	if first && v3 {
 		var b [8]byte
 		putU64(b[:], incompat)

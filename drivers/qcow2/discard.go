@@ -9,11 +9,11 @@ import (
 // Discard and write-zeroes (qcow2.md §2.5), in a coroutine under
 // metaLock. Whole clusters change their L2 entry only; the entry reaches
 // the disk in stage C of the next flush and the old host cluster is freed
-// after that (R2). Host ranges are never punched (so R9, "never punch a
-// reused cluster", holds trivially).
+// after that (R2). Host ranges are not punched here (a shrink punches
+// what it frees, shrink.go, keeping R9).
 //
 //	                      v3                           v2, no backing   v2 + backing
-//	discard, whole       ZERO_PLAIN, free old          entry 0, free    Unsupported
+//	discard, whole       ZERO_PLAIN, free old          entry 0, free    nothing (success)
 //	zeroes, whole        COPIED normal → ZERO_ALLOC    entry 0, free    real zeros
 //	                     (MayUnmap: ZERO_PLAIN, free)
 //	discard, partial     ignored
@@ -73,6 +73,11 @@ func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
 		return err
 	}
+	if m != modeDiscard {
+		if err := d.zeroDataRaw(co, r, r.Off, r.Len); err != nil { // datafile.go
+			return err
+		}
+	}
 	// zeroRange took metaLock, so it is the one that drops it to wait for
 	// a busy cluster (an *errWait), then zeroes on from that cluster.
 	pos := r.Off
@@ -101,6 +106,9 @@ func (d writer) zeroRange(co *aio.Co, r *block.Request, m zeroMode) error {
 // that took metaLock waits with it released and calls again. REQUIRES:
 // metaLock held, prepareWrite done; it never releases metaLock.
 func (d writer) zeroRangeLocked(co *aio.Co, r *block.Request, pos *int64, end int64, m zeroMode) error {
+	if d.mu.geo.ExtendedL2 && m != modeDiscard {
+		return d.zeroRangeExtL2(co, r, pos, end, m) // extl2_zero.go
+	}
 	d.mu.Lock()
 	size := d.mu.geo.Size
 	d.mu.Unlock()
@@ -214,7 +222,11 @@ func (d writer) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode)
 	}
 	if !d.mu.geo.ZeroFlag && hasBacking {
 		if m == modeDiscard {
-			return format.Unsupported("version", 2, "discard in a version 2 image with a backing file")
+			// No entry can hide the backing file: the discard does
+			// nothing and succeeds, as in QEMU 7.2 (its driver answers
+			// ENOTSUP and the block layer takes that as done; a discard
+			// is only advice).
+			return nil
 		}
 		zeros := make([]byte, min(d.mu.geo.ClusterSize(), d.mu.geo.Size-off))
 		return d.writeCluster(co, r, [][]byte{zeros}, off, int64(len(zeros)))
@@ -246,12 +258,7 @@ func (d writer) zeroCluster(co *aio.Co, r *block.Request, off int64, m zeroMode)
 	}
 	d.setL2EntryLocked(t, l2i, ne)
 	if free {
-		switch le.Type {
-		case format.Normal, format.ZeroAlloc:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
-		}
+		d.freeDataLocked(le) // datafile.go
 	}
 	return nil
 }

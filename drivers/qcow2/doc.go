@@ -10,7 +10,8 @@
 //	driver             block.Driver (driver.go, read.go, write.go, alloc.go,
 //	                   flush.go, discard.go, resize.go, create_write.go,
 //	                   subcluster.go, snapshot_ops.go, repair.go, lazy.go,
-//	                   amend.go): requests, allocation, COW, refcount
+//	                   amend.go, amend_zero.go, vmstate.go, make_empty.go):
+//	                   requests, allocation, COW, refcount
 //	                   updates, crash ordering, L2 cache, coroutines for
 //	                   slow paths
 //	       │ uses
@@ -64,7 +65,7 @@
 // The refcount table grows (a self-describing area at the end of the
 // image, then one header write) when allocation outgrows it; Truncate
 // grows the disk (moving the L1 table to a larger one when needed, then
-// one header write of the size). Whole-cluster allocating writes are
+// one header write of the size) or shrinks it. Whole-cluster allocating writes are
 // batched: the clusters are allocated together and written with one child
 // write per host-contiguous run. Discard and write-zeroes follow QEMU 7.2
 // (zero flag on version 3, deallocation on version 2). Block status
@@ -121,8 +122,15 @@
 // window), or one zstd frame per cluster on a zstd image, packed several
 // to a host cluster (compress_pack.go).
 //
-// Not yet: shrinking; amend of refcount_bits; resizing an image with
-// persistent bitmaps (refused); repair of damaged L1/L2 entries.
+// Truncate also shrinks (shrink.go, QEMU 7.2's shrink: entries past the
+// new end dropped, L2 tables and unused refcount blocks freed, freed
+// clusters punched, the file cut after its last used cluster), and
+// TruncatePrealloc grows with preallocation (prealloc_resize.go). A new
+// refcount block goes where QEMU puts it, after the run that needs it
+// (alloc_place.go); freed clusters are reused before the file grows.
+//
+// Not yet: amend of refcount_bits; resizing an image with persistent
+// bitmaps (refused); repair of damaged L1/L2 entries.
 //
 // Persistent dirty bitmaps (bitmaps.go, docs/design/qcow2-bitmaps.md):
 // loaded at open and attached to the node, in_use on disk before the

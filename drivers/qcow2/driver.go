@@ -40,6 +40,11 @@ type DriverOptions struct {
 	// Backing opens the backing file. Nil: an image with a backing file
 	// fails to open (Unsupported) unless IgnoreBacking is set.
 	Backing BackingOpener
+	// BackingFormat, when set, is the backing file's format instead of
+	// the one the image records (QEMU's backing.driver option): "raw" or
+	// "qcow2"; anything else fails the open (BackingFormatError). It
+	// applies to this image's backing file only.
+	BackingFormat string
 	// IgnoreBacking reads unallocated clusters as zeros even when the
 	// image names a backing file (qemu-img's -U-less "no backing" mode).
 	IgnoreBacking bool
@@ -69,6 +74,13 @@ type DriverOptions struct {
 	// dirty or corrupt image opens read-write without the automatic
 	// repair, and refuses writes until a repair (Check) succeeds.
 	CheckOpen bool
+	// LazyRefcounts overrides the image's lazy refcounts bit for this open
+	// (QEMU's lazy-refcounts runtime option; lazy.go): 0 the header's,
+	// LazyOn or LazyOff. Version 3 images only.
+	LazyRefcounts LazyMode
+	// RepairLog receives the messages of the repair a read-write open of
+	// a dirty image runs (QEMU prints them on stderr); nil: CheckLog.
+	RepairLog func(msg string)
 	// CheckLog receives the messages of checks and repairs, one line each
 	// (qemu-img check prints them on stderr). Nil drops them.
 	CheckLog func(msg string)
@@ -77,6 +89,12 @@ type DriverOptions struct {
 	// HeaderOnly, and then fails reads and writes of data.
 	KeySecret  []byte
 	HeaderOnly bool
+	// DataFile opens the external data file an image names
+	// (datafile.go); DataFileNode is one the caller gives instead (an
+	// option tree's data-file; its reference passes to the driver, which
+	// drops it if Open fails).
+	DataFile     DataFileOpener
+	DataFileNode *block.Node
 }
 
 // Driver is the qcow2 block.Driver: one image on a "file" child node.
@@ -101,9 +119,15 @@ type Driver struct {
 	dbg  block.DebugEventer // the file's, when it is a debug filter (debugevents.go)
 	// data is the child data clusters are read and written through: file,
 	// or for an encrypted image a LUKS payload filter over file (crypto.go).
-	data    *block.Child
-	crypto  cryptoState
-	backing *block.Child
+	data   *block.Child
+	crypto cryptoState
+	// dataFile is the external data file's child (also d.data), nil
+	// for an image that keeps its data inside; dataRaw: data_file_raw
+	// (datafile.go). Fixed at Open.
+	dataFile *block.Child
+	dataRaw  bool
+	dataDbg  block.DebugEventer
+	backing  *block.Child
 	// backingSize is the backing node's length, read at open.
 	backingSize int64
 
@@ -162,6 +186,9 @@ type Driver struct {
 		inSnapshotOp bool
 		// pbm is the persistent bitmaps' directory state (bitmaps.go).
 		pbm persistentBitmaps
+		// allocRun: allocations the current caller makes in a row
+		// (alloc_place.go).
+		allocRun int64
 	}
 	// l2 is the image's L2 cache (l2cache.go; its own locking rules),
 	// set at Open.
@@ -219,6 +246,10 @@ func (d *Driver) Release() {
 		d.pendingFile = nil
 		f.Unref()
 	}
+	if f := d.opts.DataFileNode; f != nil {
+		d.opts.DataFileNode = nil
+		f.Unref()
+	}
 }
 
 // NewNode opens a qcow2 node over file in g, taking over the caller's
@@ -244,6 +275,13 @@ func (d *Driver) Open(n *block.Node) error {
 	d.readOnly = n.ReadOnly()
 	file := d.pendingFile
 	d.pendingFile = nil
+	dataNode := d.opts.DataFileNode // datafile.go: attached or dropped below
+	d.opts.DataFileNode = nil
+	defer func() {
+		if dataNode != nil {
+			dataNode.Unref()
+		}
+	}()
 	if file == nil {
 		return d.openErr(block.InvalidFormat, errors.New("qcow2: no file node"))
 	}
@@ -300,6 +338,11 @@ func (d *Driver) Open(n *block.Node) error {
 	d.resetMetaClusters()
 	d.mu.freeIdx = 0
 	d.publishLocked()
+	given := dataNode
+	dataNode = nil
+	if err := d.openDataFile(n, given); err != nil { // datafile.go
+		return err
+	}
 	if err := d.openCrypto(n, file); err != nil {
 		return err
 	}
@@ -346,18 +389,22 @@ func (d *Driver) openBacking() error {
 	if d.opts.Backing == nil {
 		return d.openErr(block.Unsupported, errors.New("qcow2: image has a backing file ("+h.BackingFile+") and no backing opener was given"))
 	}
-	switch h.BackingFormat {
+	bf := h.BackingFormat
+	if d.opts.BackingFormat != "" {
+		bf = d.opts.BackingFormat // backing.driver (backingfmt.go)
+	}
+	switch bf {
 	case "raw", "qcow2":
 	case "":
 		return d.openErr(block.Unsupported, errors.New("qcow2: backing file without a backing format; refusing to probe an untrusted image"))
 	default:
-		return d.openErr(block.Unsupported, errors.New("qcow2: unsupported backing format "+h.BackingFormat))
+		return d.openErr(block.Unsupported, &BackingFormatError{Format: bf})
 	}
 	if d.opts.Depth+1 > MaxBackingDepth {
 		return d.openErr(block.Overflow, errors.New("qcow2: backing chain deeper than the limit"))
 	}
 	chain := append(append([]string(nil), d.opts.Chain...), d.opts.ID)
-	bn, err := d.opts.Backing(BackingRequest{Name: h.BackingFile, Format: h.BackingFormat, Depth: d.opts.Depth + 1, Chain: chain})
+	bn, err := d.opts.Backing(BackingRequest{Name: h.BackingFile, Format: bf, Depth: d.opts.Depth + 1, Chain: chain})
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}

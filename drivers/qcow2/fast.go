@@ -298,7 +298,7 @@ func (d writer) writeFast(r *block.Request) bool {
 	for off, n := r.Off, r.Len; n > 0; {
 		k := min(n, cs-off&(cs-1))
 		h, copied, ok := d.oneData(v, end, off, k)
-		if !ok || !copied || v.overlaps(&d.meta, h, k) {
+		if !ok || !copied || (!v.geo.ExternalData && v.overlaps(&d.meta, h, k)) {
 			d.states.put(s)
 			d.unhold(ep)
 			return false

@@ -189,7 +189,8 @@ func (d metaIO) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int
 func (d *Driver) Flush(r *block.Request) {
 	d.mu.Lock()
 	clean := d.mu.corruptErr == nil && d.l2.dirty == 0 && len(d.mu.dirtyRT) == 0 && len(d.mu.dirtyL1) == 0 &&
-		len(d.mu.pendingFrees) == 0 && !d.mu.cowPending && (metaOf(d).lazySkipsLocked() || !metaOf(d).anyDirtyRefblockLocked())
+		len(d.mu.pendingFrees) == 0 && !d.mu.cowPending && (metaOf(d).lazySkipsLocked() || !metaOf(d).anyDirtyRefblockLocked()) &&
+		d.dataFile == nil // datafile.go: fileSync flushes the data file too
 	d.mu.Unlock()
 	if clean {
 		s := d.states.get(d)
@@ -274,6 +275,9 @@ func (d metaIO) markCorrupt(co *aio.Co, off int64, what string) error {
 	incompat := d.mu.hdr.IncompatibleFeatures | format.IncompatCorrupt
 	v3 := d.mu.hdr.Version >= 3
 	d.mu.Unlock()
+	if first {
+		reportCorruption(err)
+	}
 	if first && v3 {
 		var b [8]byte
 		putU64(b[:], incompat)

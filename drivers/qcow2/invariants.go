@@ -110,8 +110,13 @@ func (d metaIO) refcountLocked(off int64) (uint64, bool) {
 
 // entryClusters calls fn for every host cluster L2 entry e points at
 // (one for data and preallocated zero entries, the clusters a compressed
-// entry's bytes span).
+// entry's bytes span). With an external data file guest data lives in
+// that file, which has no refcounts: its entries name no cluster of the
+// image file.
 func (d metaIO) entryClusters(e uint64, fn func(off int64) error) error {
+	if d.mu.geo.ExternalData {
+		return nil
+	}
 	cs := d.mu.geo.ClusterSize()
 	if e&format.EntryCompressed != 0 {
 		c, err := d.mu.geo.DecodeCompressed(e)

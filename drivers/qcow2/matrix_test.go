@@ -367,6 +367,8 @@ func TestQcow2MatrixRefusedImages(t *testing.T) {
 		path, word string
 		sentinel   error
 	}
+	// Without a data file opener (this test's open gives none) an image
+	// with an external data file is refused (datafile.go).
 	cases := []refused{{df, "data file", format.ErrUnsupported}}
 	if !mReduced() { // making a LUKS image costs seconds of key derivation
 		createLUKS(t, luks, "64M")

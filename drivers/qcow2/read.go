@@ -320,7 +320,9 @@ func (d reader) mapRange(co *aio.Co, parent *block.Request, dst []format.Extent,
 				return dst[:0], err
 			}
 		}
-		ext, err := format.Map(dst[:0], &d.mu.geo, d.mu.l1, m.fn, off, n)
+		g := d.mu.geo
+		g.Size = d.mapEndLocked(off) // past the disk: the VM state area
+		ext, err := format.Map(dst[:0], &g, d.mu.l1, m.fn, off, n)
 		d.mu.Unlock()
 		if err != errMiss {
 			return ext, err

@@ -467,6 +467,9 @@ func (r *repairer) fixCopied() error {
 				continue
 			}
 			rc, err := r.refcount(host / cs)
+			if g.ExternalData { // datafile.go: data clusters count as referenced once
+				rc, err = 1, nil
+			}
 			if err != nil {
 				continue
 			}
@@ -690,6 +693,9 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 		if err := d.flushAllMetadata(co, r); err != nil {
 			return err
 		}
+		if err := d.clearUnknownAutoclear(co, r); err != nil {
+			return err
+		}
 	} else if dirty {
 		return errors.Join(cerr, errors.New("qcow2: cannot repair an image with unwritten metadata after an overlap check fired; close and repair it offline"))
 	}
@@ -800,7 +806,11 @@ func (d maintOps) openRepair(file *block.Node) (relaxed bool, err error) {
 	if incompat&format.IncompatCorrupt != 0 || incompat&^format.IncompatKnown != 0 {
 		return false, nil // refused by ReadImage with the right message
 	}
-	rp := newRepairer(nodeFile{file}, block.CheckFixLeaks|block.CheckFixErrors, d.checkLog)
+	logf := d.checkLog
+	if d.opts.RepairLog != nil {
+		logf = d.opts.RepairLog
+	}
+	rp := newRepairer(nodeFile{file}, block.CheckFixLeaks|block.CheckFixErrors, logf)
 	err = rp.run()
 	if err == nil && (rp.res.CheckErrors > 0 || rp.res.Corruptions > 0) {
 		err = format.Corrupt("incompatible_features", incompat, "repair left "+decInt(rp.res.Corruptions)+" corruptions")

@@ -6,10 +6,10 @@ import (
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
-// Truncate grows the virtual disk to r.Off bytes (QEMU's qcow2_co_truncate
-// with preallocation=off). Shrinking is refused (Unsupported): it would
-// have to free clusters past the new end, which is not implemented. The
-// new size must be a multiple of 512, as in QEMU.
+// Truncate sets the virtual disk size to r.Off bytes (QEMU's
+// qcow2_co_truncate with preallocation=off). Shrinking is shrinkLocked
+// (shrink.go); growing is below. The new size must be a multiple of 512,
+// as in QEMU.
 //
 //  1. flushMetadata: nothing dirty is left behind;
 //  2. if the L1 table is too small, growL1 (R3);
@@ -43,13 +43,16 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 	switch {
 	case v2Snaps && size != old:
 		// As QEMU: a version 2 snapshot entry may lack its disk size.
-		return format.Unsupported("version", 2, "can't resize a version 2 image which has snapshots")
+		return format.Unsupported("version", 2, "Can't resize a v2 image which has snapshots") // QEMU's words
 	case size%512 != 0:
 		return format.OutOfRange("size", uint64(size), "the new size must be a multiple of 512")
 	case size > format.MaxImageSize:
 		return format.Limit("size", uint64(size), "virtual size above 2^61")
 	case size < old:
-		return format.Unsupported("size", uint64(size), "shrinking a qcow2 image is not supported")
+		if d.hasPersistentBitmaps() { // as growing, below
+			return format.Unsupported("bitmaps", 0, "Cannot resize an image with persistent bitmaps (remove them first)")
+		}
+		return d.shrinkLocked(co, r, old, size) // shrink.go
 	case size == old:
 		return nil
 	}
@@ -84,6 +87,22 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 			return err
 		}
 	}
+	return d.writeSize(co, r, size)
+}
+
+// hideBacking makes guest bytes [old, size) read as zeros whatever the
+// backing file holds there, as QEMU 7.2's zeroing truncate does: the
+// part of the last old cluster (subcluster with extended L2) past old
+// gets real zeros (a copy-on-write of the rest from the backing file),
+// everything from the next (sub)cluster boundary on gets the zero flag.
+// The entries are durable before the header announces the new size, so
+// a crash leaves the old size with harmless zero entries past it, never
+// the new size with the backing file showing. REQUIRES: metaLock held,
+// L1 large enough for size.
+// writeSize records size in the header (its 8-byte field at offset 24),
+// syncs the file and publishes the new geometry. The last step of a
+// resize, growing or shrinking. REQUIRES: metaLock held.
+func (d maintOps) writeSize(co *aio.Co, r *block.Request, size int64) error {
 	var b [8]byte
 	putU64(b[:], uint64(size))
 	if err := d.fileWrite(co, r, b[:], 24); err != nil {
@@ -100,15 +119,6 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 	return nil
 }
 
-// hideBacking makes guest bytes [old, size) read as zeros whatever the
-// backing file holds there, as QEMU 7.2's zeroing truncate does: the
-// part of the last old cluster (subcluster with extended L2) past old
-// gets real zeros (a copy-on-write of the rest from the backing file),
-// everything from the next (sub)cluster boundary on gets the zero flag.
-// The entries are durable before the header announces the new size, so
-// a crash leaves the old size with harmless zero entries past it, never
-// the new size with the backing file showing. REQUIRES: metaLock held,
-// L1 large enough for size.
 func (d maintOps) hideBacking(co *aio.Co, r *block.Request, old, size int64) (err error) {
 	d.mu.Lock()
 	d.mu.geo.Size = size // the zeroing works on the grown disk

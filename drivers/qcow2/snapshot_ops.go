@@ -4,7 +4,6 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -163,6 +162,9 @@ func nextSnapshotID(snaps []format.Snapshot) string {
 // Not from a coroutine.
 func (d *Driver) CreateSnapshot(o SnapshotCreateOptions) (format.Snapshot, error) {
 	var sn format.Snapshot
+	if err := d.refuseDataFile(); err != nil { // datafile.go
+		return sn, err
+	}
 	err := snapOf(d).runSnapshotOp("create", o.Name, func(co *aio.Co) (err error) {
 		sn, err = snapOf(d).createSnapshotLocked(co, o)
 		return err
@@ -207,11 +209,8 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 	n := d.node
 	n.DrainedBegin()
 	defer n.DrainedEnd()
-	ctx, main := n.Context(), n.Graph().Main()
-	var done atomic.Bool
 	var err error
-	ch := make(chan struct{})
-	ctx.Go(func(co *aio.Co) {
+	runCoAndWait(n, func(co *aio.Co) {
 		d.metaLock.lock(co)
 		d.mu.Lock()
 		d.mu.inSnapshotOp = true
@@ -235,20 +234,7 @@ func (d snapshotOps) runSnapshotOp(op, what string, fn func(co *aio.Co) error) e
 			}
 		}
 		d.metaLock.unlock()
-		done.Store(true)
-		close(ch)
-		main.Kick()
-		ctx.Kick()
 	})
-	notDone := func() bool { return !done.Load() }
-	switch {
-	case ctx.InContext():
-		ctx.WaitWhile(notDone)
-	case main.InContext():
-		main.WaitWhile(notDone)
-	default:
-		<-ch
-	}
 	var fe *format.FormatError
 	if errors.As(err, &fe) {
 		err = d.formatErr(block.OpWrite, 0, err)
@@ -474,7 +460,10 @@ func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) err
 		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{oldOff, oldSz})
 	}
 	d.mu.Unlock()
-	return d.flushAllMetadata(co, nil)
+	if err := d.flushAllMetadata(co, nil); err != nil {
+		return &oldTableFreeError{err} // the new table is in place (snapfree.go)
+	}
+	return nil
 }
 
 // readSnapshotL1 reads and checks snapshot sn's L1 table: every entry
@@ -577,7 +566,7 @@ func (d snapshotOps) applySnapshotLocked(co *aio.Co, idOrName string) error {
 	case v2 && newSize != uint64(oldSize):
 		// QEMU applies by resizing, which it refuses for version 2
 		// images with snapshots (an entry may lack its disk size).
-		return format.Unsupported(field+".disk_size", newSize, "can't resize a version 2 image which has snapshots")
+		return format.Unsupported(field+".disk_size", newSize, "Can't resize a v2 image which has snapshots") // QEMU's words
 	}
 	snapL1, err := d.readSnapshotL1(co, &sn, i)
 	if err != nil {
@@ -709,15 +698,15 @@ func (d snapshotOps) deleteSnapshotLocked(co *aio.Co, idOrName string) error {
 	rest := normalizedSnapshots(snaps, size)
 	rest = append(rest[:i], rest[i+1:]...)
 	if err := d.writeSnapshotTable(co, rest); err != nil {
-		return err
+		return asSnapshotFree(err)
 	}
 	// R2: the entry's removal is durable; now its references go.
 	if err := d.decrefAll(co, snapL1); err != nil {
-		return err
+		return &SnapshotFreeError{Err: err}
 	}
 	if len(snapL1) > 0 {
 		if err := d.decrefRange(co, int64(sn.L1Offset), int64(len(snapL1))*8); err != nil {
-			return err
+			return &SnapshotFreeError{Err: err}
 		}
 	}
 	if err := d.fixActiveCopied(co); err != nil {

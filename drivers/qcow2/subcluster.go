@@ -103,17 +103,18 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
 		return p, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, err
 	}
 	d.mu.Lock()
 	e, bm, _ := d.mu.geo.L2EntryAt(p.t.buf, l2i)
 	le, err := d.mu.geo.DecodeL2Entry(e, bm)
-	valid := min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
+	valid := min(cs, d.mapEndLocked(p.start)-p.start) // the last cluster may be partial
 	d.mu.Unlock()
 	if err != nil {
 		d.l2Unpin(p.t)
-		return p, err
+		return p, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	p.le, p.bm = le, bm
 	sc0, sc1 := in/scs, (in+k-1)/scs
@@ -122,7 +123,7 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	if p.inPlace && bm&touched == touched {
 		// R7: in place only into COPIED clusters.
 		p.direct, p.host = true, le.HostOff
-		if d.overlapsMetadata(p.host+in, k) {
+		if d.dataOverlaps(p.host+in, k) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host+in, "data write")
 		}
@@ -151,11 +152,11 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 	p.lo, p.hi = lo, hi
 	if p.inPlace {
 		p.host = le.HostOff
-		if d.overlapsMetadata(p.host+lo, hi-lo) {
+		if d.dataOverlaps(p.host+lo, hi-lo) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host+lo, "data write")
 		}
-	} else if p.host, err = d.allocCluster(co); err != nil {
+	} else if p.host, err = d.allocData(co, p.start); err != nil { // datafile.go
 		d.l2Unpin(p.t)
 		return p, err
 	}
@@ -200,7 +201,7 @@ func (d writer) commitSubclusters(p *subPlan, ioErr error) error {
 		if p.inPlace {
 			return ioErr
 		}
-		return d.abortAlloc(p.host, ioErr)
+		return d.abortData(p.host, ioErr) // datafile.go
 	}
 	scs := d.mu.geo.SubclusterSize()
 	le := p.le
@@ -218,12 +219,7 @@ func (d writer) commitSubclusters(p *subPlan, ioErr error) error {
 			return err
 		}
 		d.setL2EntryLocked(p.t, p.l2i, ne)
-		switch le.Type {
-		case format.Normal:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
-		}
+		d.freeDataLocked(le) // datafile.go
 	}
 	d.setL2BitmapLocked(p.t, p.l2i, nbm)
 	return nil
@@ -333,7 +329,7 @@ func (d writer) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m ze
 // table (allocating it if needed). REQUIRES: metaLock held.
 func (d writer) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L2Entry, error) {
 	l1i, l2i, _ := d.mu.geo.Split(off)
-	t, _, err := d.l2ForWrite(co, r, l1i)
+	t, l2Off, err := d.l2ForWrite(co, r, l1i)
 	if err != nil {
 		return format.L2Entry{}, err
 	}
@@ -341,7 +337,11 @@ func (d writer) entryForWrite(co *aio.Co, r *block.Request, off int64) (format.L
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	e, bm, _ := d.mu.geo.L2EntryAt(t.buf, l2i)
-	return d.mu.geo.DecodeL2Entry(e, bm)
+	le, err := d.mu.geo.DecodeL2Entry(e, bm)
+	if err != nil {
+		return le, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
+	}
+	return le, nil
 }
 
 // updateSubclusters replaces the entry and bitmap of the cluster at off
@@ -364,12 +364,7 @@ func (d writer) updateSubclusters(co *aio.Co, r *block.Request, off int64, f fun
 	}
 	d.setL2BitmapLocked(t, l2i, nbm)
 	if free && ne&format.OffsetMask != e&format.OffsetMask || free && le.Type == format.Compressed {
-		switch le.Type {
-		case format.Normal:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
-		}
+		d.freeDataLocked(le) // datafile.go
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
 			return false
 		}
 		host := le.HostOff + in
-		if d.overlapsMetadataLocked(host, k) {
+		if d.dataOverlapsLocked(host, k) { // datafile.go
 			return false
 		}
 		if m := len(s.ext); m > 0 && s.ext[m-1].HostOff+s.ext[m-1].Len == host {
@@ -133,18 +133,24 @@ func (d writer) writeSlow(co *aio.Co, r *block.Request) error {
 	if r.Off < 0 || r.Len < 0 || r.Off+r.Len > size {
 		return format.OutOfRange("guest_offset", uint64(max(r.Off, 0)), "write outside the virtual disk")
 	}
+	return d.writeRange(co, r, r.Off, r.Off+r.Len)
+}
+
+// writeRange writes r.Iov to [off, end): guest bytes from writeSlow, or
+// the VM state area past the disk for SaveVMState (vmstate.go). It takes
+// metaLock, and lets it go for the data I/O of allocating writes.
+func (d writer) writeRange(co *aio.Co, r *block.Request, off, end int64) error {
 	d.metaLock.lock(co)
 	defer d.metaLock.unlock()
 	if err := d.prepareWrite(co, r); err != nil {
 		return err
 	}
-	if err := d.refuseDamagedWrite(co, r.Off, r.Len); err != nil {
+	if err := d.refuseDamagedWrite(co, off, end-off); err != nil {
 		return err
 	}
 	cs := d.mu.geo.ClusterSize()
 	var win [][]byte
 	var skip int64
-	off, end := r.Off, r.Off+r.Len
 	for off < end {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
 			// A run of whole clusters that all allocate: plan under
@@ -360,7 +366,8 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	if p.wait = d.admit(co, p.gc, 1); p.wait != nil {
 		return p, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, err
 	}
 	d.mu.Lock()
@@ -369,13 +376,13 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	d.mu.Unlock()
 	if err != nil {
 		d.l2Unpin(p.t)
-		return p, err
+		return p, format.L2EntryAt(err, l2Off, l2i) // located, as QEMU words it
 	}
 	le := p.le
 	if le.Type == format.Normal && le.Copied {
 		// R7: in place only into COPIED clusters.
 		p.inPlace, p.host = true, le.HostOff+in
-		if d.overlapsMetadata(p.host, k) {
+		if d.dataOverlaps(p.host, k) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host, "data write")
 		}
@@ -388,7 +395,7 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 	p.reuse = le.Type == format.ZeroAlloc && le.Copied
 	if p.reuse {
 		p.newOff = le.HostOff
-		if d.overlapsMetadata(p.newOff, cs) {
+		if d.dataOverlaps(p.newOff, cs) { // datafile.go
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.newOff, "data write")
 		}
@@ -396,17 +403,17 @@ func (d writer) planCluster(co *aio.Co, r *block.Request, off, k int64) (p clust
 		d.mu.Lock()
 		fileEnd := d.mu.geo.FileSize
 		d.mu.Unlock()
-		if p.newOff, err = d.allocCluster(co); err != nil {
+		if p.newOff, err = d.allocData(co, p.start); err != nil { // datafile.go
 			d.l2Unpin(p.t)
 			return p, err
 		}
 		// A cluster at or past FileSize (the file's length at open, grown
 		// by every allocation since) has never been written: it reads as
 		// zeros (holes, or past EOF, which reads zero-fill).
-		p.fresh = p.newOff >= fileEnd
+		p.fresh = p.newOff >= fileEnd && !d.mu.geo.ExternalData
 	}
 	d.mu.Lock()
-	p.valid = min(cs, d.mu.geo.Size-p.start) // the last cluster may be partial
+	p.valid = min(cs, d.mapEndLocked(p.start)-p.start) // the last cluster may be partial
 	d.mu.Unlock()
 	// The data (and COW) I/O runs without metaLock, so allocating writes
 	// to other clusters proceed meanwhile; the guest cluster is marked in
@@ -467,7 +474,7 @@ func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
 		if p.reuse {
 			return ioErr
 		}
-		return d.abortAlloc(p.newOff, ioErr)
+		return d.abortData(p.newOff, ioErr) // datafile.go
 	}
 	ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.newOff, true)
 	if err != nil {
@@ -479,10 +486,8 @@ func (d writer) commitCluster(p *clusterPlan, ioErr error) error {
 	d.setL2EntryLocked(p.t, p.l2i, ne)
 	switch {
 	case p.reuse:
-	case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-	case le.Type == format.Compressed:
-		d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+	default:
+		d.freeDataLocked(le) // datafile.go
 	}
 	d.mu.Unlock()
 	return nil
@@ -549,8 +554,9 @@ type runPlan struct {
 }
 
 // planRun plans a run of whole clusters at off (cluster aligned, n ≥ 2
-// clusters) that all need allocation (no COPIED cluster, no COW: every
-// byte is overwritten) inside one L2 table: the table pinned, the host
+// clusters) that need allocation or are COPIED data clusters written in
+// place (no COW: every byte is overwritten; on extended-L2 images the run
+// stops at a COPIED cluster) inside one L2 table: the table pinned, the host
 // clusters allocated, the guest clusters marked in flight (R8). ok false
 // (and nothing held) means the first clusters do not qualify: writeCluster
 // handles them; with p.wait set, the clusters are busy (admit): run the
@@ -560,7 +566,7 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	cs := d.mu.geo.ClusterSize()
 	l1i, l2i, _ := d.mu.geo.Split(off)
 	d.mu.Lock()
-	size := d.mu.geo.Size
+	size := d.mapEndLocked(off)
 	d.mu.Unlock()
 	count := min(n/cs, d.mu.geo.L2Entries()-l2i, maxRunClusters, (size-off)/cs)
 	if count < 2 {
@@ -570,7 +576,8 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	if p.wait = d.admit(co, p.gc, count); p.wait != nil {
 		return p, false, nil
 	}
-	if p.t, _, err = d.l2ForWrite(co, r, l1i); err != nil {
+	var l2Off int64
+	if p.t, l2Off, err = d.l2ForWrite(co, r, l1i); err != nil {
 		return p, false, err
 	}
 	p.old = make([]format.L2Entry, 0, count)
@@ -581,11 +588,14 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 		if err != nil {
 			d.mu.Unlock()
 			d.l2Unpin(p.t)
-			return p, false, err
+			return p, false, format.L2EntryAt(err, l2Off, l2i+i) // located, as QEMU words it
 		}
-		if le.Type == format.Normal && le.Copied {
+		if le.Type == format.Normal && le.Copied && d.mu.geo.ExtendedL2 {
 			break
 		}
+		// iotfilters: a COPIED data cluster joins the run in place
+		// (runHost), so that a write over data, preallocated zero and
+		// data clusters contiguous on the host is one host write.
 		p.old = append(p.old, le)
 	}
 	d.mu.Unlock()
@@ -596,8 +606,10 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	}
 	p.hosts = make([]int64, count)
 	p.reused = make([]bool, count)
+	d.setAllocRun(count) // a new refcount block goes after the run (alloc_place.go)
+	defer d.setAllocRun(0)
 	for i := range p.hosts {
-		h, reuse, err := d.runHost(co, p.old[i])
+		h, reuse, err := d.runHost(co, p.old[i], (p.gc+int64(i))*cs)
 		if err != nil {
 			p.abort(d, i)
 			d.l2Unpin(p.t)
@@ -645,8 +657,11 @@ func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.mu.cowPending = true
 	for i, le := range p.old {
+		if p.reused[i] && le.Type == format.Normal {
+			continue // written in place: the entry stays as it is
+		}
+		d.mu.cowPending = true
 		ne, err := d.mu.geo.EncodeL2Entry(format.Normal, p.hosts[i], true)
 		if err != nil {
 			return 0, err
@@ -657,10 +672,8 @@ func (d writer) commitRun(p *runPlan, ioErr error) (int64, error) {
 		}
 		switch {
 		case p.reused[i]:
-		case le.Type == format.Normal || le.Type == format.ZeroAlloc:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.HostOff, 1})
-		case le.Type == format.Compressed:
-			d.mu.pendingFrees = append(d.mu.pendingFrees, hostFree{le.Compressed.HostOff, le.Compressed.Size()})
+		default:
+			d.freeDataLocked(le) // datafile.go
 		}
 	}
 	return count * d.mu.geo.ClusterSize(), nil

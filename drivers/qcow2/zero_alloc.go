@@ -15,14 +15,16 @@ import (
 // (ZERO_ALLOC with COPIED: refcount 1, ours alone) is reused in place, as
 // planCluster does for a single cluster and QEMU's handle_copied does;
 // anything else gets a new cluster. REQUIRES: metaLock held.
-func (d writer) runHost(co *aio.Co, le format.L2Entry) (host int64, reused bool, err error) {
-	if le.Type == format.ZeroAlloc && le.Copied {
-		if d.overlapsMetadata(le.HostOff, d.mu.geo.ClusterSize()) {
+func (d writer) runHost(co *aio.Co, le format.L2Entry, guest int64) (host int64, reused bool, err error) {
+	if (le.Type == format.ZeroAlloc || le.Type == format.Normal) && le.Copied {
+		// A preallocated zero cluster, or a data cluster (iotfilters:
+		// planRun's in-place members), is written where it is.
+		if d.dataOverlaps(le.HostOff, d.mu.geo.ClusterSize()) { // datafile.go
 			return 0, false, d.markCorrupt(co, le.HostOff, "data write")
 		}
 		return le.HostOff, true, nil
 	}
-	host, err = d.allocCluster(co)
+	host, err = d.allocData(co, guest) // datafile.go
 	return host, false, err
 }
 
@@ -31,7 +33,7 @@ func (d writer) runHost(co *aio.Co, le format.L2Entry) (host int64, reused bool,
 func (p *runPlan) abort(d writer, n int) {
 	for i, h := range p.hosts[:n] {
 		if !p.reused[i] {
-			d.abortAlloc(h, nil)
+			d.abortData(h, nil) // datafile.go
 		}
 	}
 }

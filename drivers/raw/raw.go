@@ -14,10 +14,10 @@ import (
 	"github.com/ringblk/ringblk/block"
 )
 
-// Driver serves one raw image — a regular file or a block device — to one
-// node. Its request methods run on whichever Context submitted the request
-// and touch only immutable fields and atomics, so any number of Contexts
-// may use the node at once.
+// Driver serves one raw image — a regular file, a block device or a
+// character device — to one node. Its request methods run on whichever
+// Context submitted the request and touch only immutable fields and
+// atomics, so any number of Contexts may use the node at once.
 type Driver struct {
 	block.DriverBase
 
@@ -26,7 +26,11 @@ type Driver struct {
 	file     *aio.File
 	fd       int
 	blockdev bool
-	direct   bool
+	// chardev: a character device (/dev/null, /dev/zero), which QEMU's
+	// host_device and host_cdrom open; its length is what seeking to its
+	// end says (0 for /dev/null).
+	chardev bool
+	direct  bool
 	// reqAlign is the offset and length alignment every transfer must
 	// meet (1 when buffered); memAlign the buffer address alignment.
 	// INVARIANT: both are powers of two; memAlign <= reqAlign when direct.
@@ -117,8 +121,10 @@ func (d *Driver) probe() error {
 	case unix.S_IFREG:
 	case unix.S_IFBLK:
 		d.blockdev = true
+	case unix.S_IFCHR:
+		d.chardev = true
 	default:
-		return &os.PathError{Op: "open", Path: d.path, Err: errors.New("not a regular file or block device")}
+		return &os.PathError{Op: "open", Path: d.path, Err: errors.New("not a regular file or a device")}
 	}
 	d.logical = 512
 	if d.blockdev {
@@ -297,7 +303,7 @@ func (d *Driver) Length(n *block.Node) (int64, error) {
 }
 
 func (d *Driver) length() (int64, error) {
-	if d.blockdev {
+	if d.blockdev || d.chardev {
 		// The device size; the fd's offset is never used (every transfer
 		// names its offset), so moving it is harmless.
 		return unix.Seek(d.fd, 0, unix.SEEK_END)

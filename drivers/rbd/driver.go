@@ -10,7 +10,6 @@ import "C"
 import (
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -24,15 +23,16 @@ import (
 const (
 	maxSlots     = 1024    // librbd operations in flight per image
 	reapBatch    = 64      // completions taken per rb_reap call
+	subBatch     = 64      // operations started per rb_submit_batch call
 	statusExtent = 64      // extents asked of rbd_diff_iterate2 per block status
 	maxStatusLen = 1 << 30 // longest range one block status looks at
 )
 
 // Driver is one node's open RBD image. Its completions arrive on an
 // eventfd that librbd writes (rbd_set_image_notification), watched by the
-// node's Context; requests from other Contexts reach it through an inbox
-// and get their completions back through a per-Context outbox (the NBD
-// client's pattern), so the slot table is owner-only.
+// node's Context; requests from other Contexts reach it through a
+// block.Inbox and get their completions back through their own Context's
+// outbox (block.Request.CompleteRemote), so the slot table is owner-only.
 type Driver struct {
 	block.DriverBase
 
@@ -58,13 +58,11 @@ type Driver struct {
 	tags    *C.uintptr_t
 	rets    *C.int64_t
 	ext     *C.struct_rb_extent // statusExtent entries
+	subs    *C.struct_rb_sub    // subBatch entries: the plugged section's operations
+	nsub    int
+	calls   int // cgo submission calls (tests)
 
-	inMu    sync.Mutex
-	inbox   []*block.Request
-	inSpare []*block.Request
-	inBH    *aio.BH
-	outMu   sync.Mutex
-	outs    map[*aio.Context]*outbox
+	inbox block.Inbox
 }
 
 type slot struct {
@@ -101,7 +99,7 @@ func Open(s Spec, readOnly bool) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("Could not open '%s': %w", s, err)
 	}
-	d := &Driver{spec: s, im: im, efd: -1, readOnly: readOnly || s.Snap != "", outs: map[*aio.Context]*outbox{}}
+	d := &Driver{spec: s, im: im, efd: -1, readOnly: readOnly || s.Snap != ""}
 	fail := func(what string, err error) (*Driver, error) {
 		d.release()
 		return nil, fmt.Errorf("Could not open '%s': %s: %w", s, what, err)
@@ -129,6 +127,7 @@ func Open(s Spec, readOnly bool) (*Driver, error) {
 	d.tags = (*C.uintptr_t)(C.calloc(reapBatch, C.size_t(unsafe.Sizeof(C.uintptr_t(0)))))
 	d.rets = (*C.int64_t)(C.calloc(reapBatch, C.size_t(unsafe.Sizeof(C.int64_t(0)))))
 	d.ext = (*C.struct_rb_extent)(C.calloc(statusExtent, C.size_t(unsafe.Sizeof(C.struct_rb_extent{}))))
+	d.subs = (*C.struct_rb_sub)(C.calloc(subBatch, C.size_t(unsafe.Sizeof(C.struct_rb_sub{}))))
 	return d, nil
 }
 
@@ -149,14 +148,20 @@ func (d *Driver) release() error {
 			d.slots[i].iov = nil
 		}
 	}
-	for _, p := range []unsafe.Pointer{unsafe.Pointer(d.comps), unsafe.Pointer(d.tags), unsafe.Pointer(d.rets), unsafe.Pointer(d.ext)} {
+	for _, p := range []unsafe.Pointer{unsafe.Pointer(d.comps), unsafe.Pointer(d.tags), unsafe.Pointer(d.rets), unsafe.Pointer(d.ext), unsafe.Pointer(d.subs)} {
 		if p != nil {
 			C.free(p)
 		}
 	}
-	d.comps, d.tags, d.rets, d.ext = nil, nil, nil, nil
+	d.comps, d.tags, d.rets, d.ext, d.subs = nil, nil, nil, nil, nil
 	return err
 }
+
+// ContextBound reports that the driver's state belongs to its node's
+// Context: requests from other Contexts take a hop through its inbox and
+// back through their outbox, so the node is best placed on the Context
+// that submits to it (bench does so for a clone).
+func (d *Driver) ContextBound() bool { return true }
 
 // Spec returns what the node was opened with.
 func (d *Driver) Spec() Spec { return d.spec }
@@ -170,7 +175,7 @@ func (d *Driver) Open(n *block.Node) error {
 
 func (d *Driver) attach(ctx *aio.Context) {
 	d.ctx.Store(ctx)
-	d.inBH = ctx.NewBH(d.runInbox)
+	d.inbox.Attach(ctx, d.fromInbox)
 	ctx.Run(func() {
 		// Not external: a drain must see librbd's completions.
 		d.handler = ctx.SetFDHandler(d.efd, unix.POLLIN, d.ready, false)
@@ -181,7 +186,7 @@ func (d *Driver) attach(ctx *aio.Context) {
 // no librbd operation is outstanding.
 func (d *Driver) DetachContext(*block.Node) {
 	d.ctx.Load().Run(d.removeHandler)
-	d.inBH.Delete()
+	d.inbox.Detach()
 }
 
 // AttachContext watches the eventfd on the new Context.
@@ -198,12 +203,7 @@ func (d *Driver) removeHandler() {
 // cluster connection. The node is drained: nothing is outstanding.
 func (d *Driver) Close(*block.Node) error {
 	d.ctx.Load().Run(d.removeHandler)
-	d.inBH.Delete()
-	d.outMu.Lock()
-	for _, o := range d.outs {
-		o.bh.Delete()
-	}
-	d.outMu.Unlock()
+	d.inbox.Detach()
 	if err := d.release(); err != nil {
 		return fmt.Errorf("rbd: closing %s: %w", d.spec, err)
 	}
@@ -223,25 +223,14 @@ func (d *Driver) BlockStatus(r *block.Request) { d.submit(r) }
 // submit runs on r's Context.
 func (d *Driver) submit(r *block.Request) {
 	if r.Context() != d.ctx.Load() {
-		d.inMu.Lock()
-		d.inbox = append(d.inbox, r)
-		d.inMu.Unlock()
-		d.inBH.Schedule()
+		d.inbox.Push(r)
 		return
 	}
 	d.enqueue(r, true)
 }
 
-func (d *Driver) runInbox() {
-	d.inMu.Lock()
-	list := d.inbox
-	d.inbox, d.inSpare = d.inSpare[:0], list
-	d.inMu.Unlock()
-	for i, r := range list {
-		list[i] = nil
-		d.enqueue(r, false)
-	}
-}
+// fromInbox starts a request submitted on another Context.
+func (d *Driver) fromInbox(r *block.Request) { d.enqueue(r, false) }
 
 // enqueue starts r in a free slot or queues it; inline says the caller is
 // the submission itself (a completion then goes through a bottom half).
@@ -314,7 +303,25 @@ func (d *Driver) start(r *block.Request, inline bool) {
 	d.issue(sl, idx, op, r.Off, r.Len, iov, iovcnt, zflags, inline)
 }
 
+// issue starts the operation of slot idx. Inside a plugged section of the
+// node's Context it joins the section's batch, which RunDeferred starts
+// with one cgo call when the section ends (the Context submits its own
+// ring's batch at the same point); otherwise it starts now.
 func (d *Driver) issue(sl *slot, idx int32, op C.int, off, n int64, iov *C.struct_iovec, iovcnt int, zflags C.int, inline bool) {
+	if d.nsub == subBatch {
+		d.flushSubs()
+	}
+	if d.ctx.Load().Defer(d) {
+		s := &unsafe.Slice(d.subs, subBatch)[d.nsub]
+		d.nsub++
+		s.off, s.len, s.tag = C.uint64_t(off), C.uint64_t(n), C.uintptr_t(idx)
+		s.op, s.iovcnt, s.zflags = op, C.int(iovcnt), zflags
+		// An integer store, as in buildIov: the array is C memory.
+		*(*uintptr)(unsafe.Pointer(&s.iov)) = uintptr(unsafe.Pointer(iov))
+		d.busy++
+		return
+	}
+	d.calls++
 	ret := C.rb_submit(d.im.img, op, C.uint64_t(off), C.uint64_t(n), iov, C.int(iovcnt), C.uintptr_t(idx), zflags)
 	if ret < 0 {
 		r := sl.r
@@ -324,6 +331,36 @@ func (d *Driver) issue(sl *slot, idx int32, op C.int, off, n int64, iov *C.struc
 	}
 	d.busy++
 }
+
+// RunDeferred starts the plugged section's batch (aio.Deferred).
+func (d *Driver) RunDeferred(*aio.Context) { d.flushSubs() }
+
+// flushSubs starts the queued operations with one cgo call; one librbd
+// refused completes with its error (from a bottom half: the caller may be
+// a plugged section's end).
+func (d *Driver) flushSubs() {
+	n := d.nsub
+	if n == 0 {
+		return
+	}
+	d.nsub = 0
+	d.calls++
+	C.rb_submit_batch(d.im.img, d.subs, C.int(n))
+	for _, s := range unsafe.Slice(d.subs, subBatch)[:n] {
+		if s.ret < 0 {
+			idx := int32(s.tag)
+			sl := &d.slots[idx]
+			r := sl.r
+			d.busy--
+			d.release1(sl, idx)
+			d.finish(r, d.ioError(r, syscall.Errno(-s.ret)), true)
+		}
+	}
+}
+
+// SubmitCalls reports the cgo calls that started librbd operations
+// (owner only; tests).
+func (d *Driver) SubmitCalls() int { return d.calls }
 
 // buildIov fills the slot's C iovec array with the request's buffers and
 // pins them (librbd reads or fills them after rb_submit returns).
@@ -421,7 +458,7 @@ func (d *Driver) finish(r *block.Request, err error, inline bool) {
 		}
 		return
 	}
-	d.outbox(r.Context()).push(r, err)
+	r.CompleteRemote(err)
 }
 
 // blockStatus asks librbd which objects of the range hold data
@@ -469,45 +506,3 @@ func (d *Driver) Truncate(r *block.Request) {
 
 // InFlight reports librbd operations outstanding (owner only; tests).
 func (d *Driver) InFlight() int { return d.busy }
-
-type outbox struct {
-	mu    sync.Mutex
-	items []outItem
-	spare []outItem
-	bh    *aio.BH
-}
-
-type outItem struct {
-	r   *block.Request
-	err error
-}
-
-func (d *Driver) outbox(ctx *aio.Context) *outbox {
-	d.outMu.Lock()
-	defer d.outMu.Unlock()
-	o := d.outs[ctx]
-	if o == nil {
-		o = &outbox{}
-		o.bh = ctx.NewBH(o.run)
-		d.outs[ctx] = o
-	}
-	return o
-}
-
-func (o *outbox) push(r *block.Request, err error) {
-	o.mu.Lock()
-	o.items = append(o.items, outItem{r, err})
-	o.mu.Unlock()
-	o.bh.Schedule()
-}
-
-func (o *outbox) run() {
-	o.mu.Lock()
-	list := o.items
-	o.items, o.spare = o.spare[:0], list
-	o.mu.Unlock()
-	for i, it := range list {
-		list[i] = outItem{}
-		it.r.Complete(it.err)
-	}
-}

@@ -41,6 +41,22 @@ static inline int rb_submit(rbd_image_t img, int op, uint64_t off, uint64_t len,
 	return r;
 }
 
+// rb_sub is one operation of a plugged batch (rb_submit_batch).
+struct rb_sub {
+	uint64_t off, len;
+	const struct iovec *iov;
+	uintptr_t tag;
+	int op, iovcnt, zflags, ret;
+};
+
+// rb_submit_batch starts n operations with one call from Go; each entry's
+// ret is rb_submit's result for it.
+static inline void rb_submit_batch(rbd_image_t img, struct rb_sub *s, int n) {
+	for (int i = 0; i < n; i++)
+		s[i].ret = rb_submit(img, s[i].op, s[i].off, s[i].len, s[i].iov, s[i].iovcnt,
+				s[i].tag, s[i].zflags);
+}
+
 static inline int rb_reap(rbd_image_t img, rbd_completion_t *comps, uintptr_t *tags,
 		int64_t *rets, int n) {
 	int got = rbd_poll_io_events(img, comps, n);

@@ -105,7 +105,7 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 		WritableDepth: o.WritableDepth,
 		NullSize:      o.NullSize,
 		Discard:       o.Discard,
-		QcowOptions:   o.QcowOptions,
+		QcowOptions:   withRepairLog(o.QcowOptions),
 		Name:          NodeNameFor(g, path),
 		KeySecrets:    o.KeySecrets,
 		HeaderOnly:    o.HeaderOnly,
@@ -234,9 +234,17 @@ func openCause(err error) string {
 	var pe *os.PathError
 	var le *raw.LockError
 	var be *chain.BackingError
+	var bfe *qcow2.BackingFormatError
+	var dfe *chain.DataFileError
 	switch {
 	case errors.As(err, &be):
 		return be.Error()
+	case errors.As(err, &dfe): // qcow2 data files (drivers/chain/datafile.go)
+		return dfe.Error()
+	case errors.Is(err, qcow2.ErrDataFileRequired) || errors.Is(err, qcow2.ErrDataFileNotExternal):
+		return OpenCause(err).Error()
+	case errors.As(err, &bfe):
+		return BackingFormatErr(bfe).Error()
 	case errors.As(err, &le):
 		return le.Error()
 	case errors.Is(err, format.ErrNotQcow2):
@@ -308,9 +316,23 @@ func qemuFormatWording(err error) string {
 	if !errors.As(err, &fe) {
 		return ""
 	}
-	switch {
-	case fe.Field == "l1_size" && strings.HasPrefix(fe.Reason, "L1 table is too small"):
-		return "Image is too big"
+	var feat *format.FeatureError
+	if errors.As(err, &feat) {
+		return "Unsupported qcow2 feature(s): " + feat.QEMUText()
 	}
-	return ""
+	return qemuHeaderWording(fe)
+}
+
+// QemuFormatWording is qemuFormatWording for the commands that word an
+// open failure themselves (qemu-io prints the cause without qemu-img's
+// "Could not open" prefix).
+func QemuFormatWording(err error) string { return qemuFormatWording(err) }
+
+// BackingFormatErr words a backing format no driver has: qemu-img's
+// sentence in drop-in mode, the driver's (naming the format) as ringblk.
+func BackingFormatErr(e *qcow2.BackingFormatError) error {
+	if Prog == "ringblk" {
+		return e
+	}
+	return &wordedError{msg: "Could not open backing file: Unknown driver '" + e.Format + "'", err: e}
 }

@@ -308,6 +308,9 @@ func OpenCause(err error) error {
 // the user wrote it.
 func (a *ImageArgs) Open(name string, bo BlkOptions) (*BlkImage, error) {
 	path, err := a.Resolve(name, &bo)
+	if IsWholeTree(err) {
+		return a.openTree(nil, nil, name, bo)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("Could not open '%s': %v", name, err)
 	}
@@ -321,6 +324,9 @@ func (a *ImageArgs) Open(name string, bo BlkOptions) (*BlkImage, error) {
 // OpenIn is Open into an existing graph (OpenBlkIn).
 func (a *ImageArgs) OpenIn(c *aio.Context, g *block.Graph, name string, bo BlkOptions) (*BlkImage, error) {
 	path, err := a.Resolve(name, &bo)
+	if IsWholeTree(err) {
+		return a.openTree(c, g, name, bo)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("Could not open '%s': %v", name, err)
 	}
@@ -329,4 +335,30 @@ func (a *ImageArgs) OpenIn(c *aio.Context, g *block.Graph, name string, bo BlkOp
 		return nil, &wordedError{msg: fmt.Sprintf("Could not open '%s': %v", name, OpenCause(err)), err: err}
 	}
 	return img, err
+}
+
+// openTree opens an image named by an option tree that is more than a
+// format over a file (WholeTreeError) as a whole tree of nodes,
+// chain.OpenSpec, into g (nil: a Context and graph of its own). The
+// tree's own keys win over bo's; -f must agree with its top driver.
+func (a *ImageArgs) openTree(c *aio.Context, g *block.Graph, name string, bo BlkOptions) (*BlkImage, error) {
+	s, err := specOf(name, a.ImageOpts)
+	if err != nil {
+		return nil, fmt.Errorf("Could not open '%s': %v", name, err)
+	}
+	if d, ok := s["driver"]; ok && bo.Format != "" && d != bo.Format {
+		return nil, fmt.Errorf("Could not open '%s': the options name driver '%s', -f names '%s'", name, d, bo.Format)
+	} else if !ok && bo.Format != "" {
+		s["driver"] = bo.Format
+	}
+	var img *BlkImage
+	if g == nil {
+		img, err = OpenBlkSpec(s, bo)
+	} else {
+		img, err = OpenBlkSpecIn(c, g, s, bo)
+	}
+	if err != nil {
+		return nil, &wordedError{msg: fmt.Sprintf("Could not open '%s': %v", name, OpenCause(err)), err: err}
+	}
+	return img, nil
 }

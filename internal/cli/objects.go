@@ -8,6 +8,7 @@ package cli
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"os"
@@ -201,7 +202,7 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 	delete(s, "node-name")
 	delete(s, "file.node-name")
 	if fd, ok := s["file.driver"]; ok && fd != "file" {
-		return "", "", fmt.Errorf("Could not open '%s': ringblk's image commands take a format over a plain file here, not the '%s' driver", name, fd)
+		return "", "", &WholeTreeError{fmt.Sprintf("Could not open '%s': ringblk's image commands take a format over a plain file here, not the '%s' driver", name, fd)}
 	}
 	delete(s, "file.driver")
 	for _, k := range []string{"filename", "file.filename", "file"} {
@@ -224,7 +225,7 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 			// no effect on these commands.
 			continue
 		}
-		return "", "", fmt.Errorf("Could not open '%s': ringblk's image commands do not take the option '%s' here", name, k)
+		return "", "", &WholeTreeError{fmt.Sprintf("Could not open '%s': ringblk's image commands do not take the option '%s' here", name, k)}
 	}
 	if file == "" {
 		return "", "", fmt.Errorf("Could not open '%s': A block device must be specified for \"file\"", name)
@@ -234,7 +235,7 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 	case "file":
 		d = "raw"
 	default:
-		return "", "", fmt.Errorf("Could not open '%s': Unknown driver '%s'", name, d)
+		return "", "", &WholeTreeError{fmt.Sprintf("Could not open '%s': ringblk's image commands take a format over a plain file here, not the '%s' driver", name, d)}
 	}
 	if format != "" && d != "" && format != d {
 		return "", "", fmt.Errorf("Could not open '%s': the options name driver '%s', -f names '%s'", name, d, format)
@@ -243,6 +244,21 @@ func imageFile(name, format string, imageOpts bool) (file, fmtName string, err e
 		d = format
 	}
 	return file, d, nil
+}
+
+// WholeTreeError is ImageFile's refusal of an option tree that is more
+// than a format over a plain file (a filter such as blkdebug, a driver's
+// runtime options): the commands that open images as nodes (ImageArgs.Open,
+// info) open such a tree whole with chain.OpenSpec, as qemu-io does; the
+// commands that work on a file path refuse it with this message.
+type WholeTreeError struct{ msg string }
+
+func (e *WholeTreeError) Error() string { return e.msg }
+
+// IsWholeTree reports whether err is a WholeTreeError.
+func IsWholeTree(err error) bool {
+	var w *WholeTreeError
+	return errors.As(err, &w)
 }
 
 // rbdImageFile is the rbd: name of a driver=rbd option tree (the image

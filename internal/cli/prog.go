@@ -1,5 +1,12 @@
 package cli
 
+import (
+	"fmt"
+	"os"
+
+	"github.com/ringblk/ringblk/drivers/qcow2"
+)
+
 // Prog is the program name that starts every message ("qemu-img: …").
 // It is "ringblk" unless the dispatcher was run through a link named as a
 // QEMU tool (qemu-img, qemu-io, qemu-nbd): then it is that tool's name, so
@@ -14,3 +21,14 @@ var Tools = []string{"qemu-img", "qemu-io", "qemu-nbd"}
 // drop-in mode follows; --version in that mode names it first, as QEMU's
 // own tools do, so version-sniffing scripts parse it.
 const QEMUVersion = "7.2.0"
+
+// In drop-in mode the qcow2 driver's corruption events are printed on
+// stderr in QEMU's words, as QEMU prints them (iotests 060, 305); as
+// ringblk the failed request's error names the damage instead.
+func init() {
+	qcow2.CorruptionReport = func(msg string) {
+		if Prog != "ringblk" {
+			fmt.Fprintln(os.Stderr, msg)
+		}
+	}
+}

@@ -87,7 +87,7 @@ func OpenBlkSpecIn(c *aio.Context, g *block.Graph, s chain.Spec, o BlkOptions) (
 		ForceShare:  o.ForceShare,
 		NoBacking:   o.NoBacking,
 		Discard:     o.Discard,
-		QcowOptions: o.QcowOptions,
+		QcowOptions: withRepairLog(o.QcowOptions),
 		Name:        NodeNameFor(g, ""),
 		KeySecrets:  o.KeySecrets,
 		HeaderOnly:  o.HeaderOnly,

@@ -36,8 +36,9 @@ Change format options of an existing qcow2 image, as qemu-img amend does.
 Keys:
   compat=0.10|1.1     (or v2|v3) downgrade or upgrade the image version
   lazy_refcounts=on|off
-  size=SIZE           grow the virtual disk (k, M, G, T, P, E suffixes);
-                      0 keeps it; shrinking is refused
+  size=SIZE           the new virtual size (k, M, G, T, P, E suffixes);
+                      0 keeps it; smaller shrinks the disk, as resize
+                      --shrink
   refcount_bits=N     accepted only with the current width
   backing_file, backing_fmt
                       accepted only with the current values (as qemu-img:
@@ -120,7 +121,7 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Expecting one image file name (see 'ringblk amend --help')")
 		}
 		if err != nil { // of the -o list
-			return 1, cli.Usagef("%v", err)
+			return 1, dropInHint(cli.OptionErr("", err)) // amend_words.go
 		}
 		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
 		if err != nil {
@@ -150,12 +151,13 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		}
 		o, err := amendOptions(ao, img.Qcow2.Header())
 		if err == nil {
-			// The same progress line as convert and compare; the driver's
-			// amend reports no steps, so it goes from 0 to 100.
+			// The same progress line as convert and compare: a downgrade's
+			// zero expansion reports each L1 entry it visits, then 100.
 			bar := cli.NewProgress(stdout, progress && !quiet, 1)
 			bar.Set(0)
+			o.Progress = func(done, total int64) { bar.Set(100 * float64(done) / float64(total)) }
 			if err = qcow2.Amend(img.Node, o); err != nil {
-				err = fmt.Errorf("Could not amend '%s': %v", path, amendCause(err))
+				err = amendCause(err) // qemu-img amend prints the driver's error alone
 			} else {
 				bar.Set(100)
 				bar.End()
@@ -184,11 +186,12 @@ func amendOptions(p *qcow2fmt.ImageOptions, h qcow2fmt.Header) (qcow2.AmendOptio
 	o.Size = p.Size
 	o.RefcountBits = p.Create.RefcountBits
 	if p.Has("backing_file") && p.Create.BackingFile != h.BackingFile {
-		return o, cli.Usagef("Cannot amend the backing file (rebase changes it)")
+		return o, amendBackingErr()
 	}
 	if p.Has("backing_fmt") && p.Create.BackingFormat != h.BackingFormat {
-		return o, cli.Usagef("Cannot amend the backing file format (rebase changes it)")
+		return o, amendBackingErr()
 	}
+	amendDataFileOptions(p, &o) // datafile.go
 	return o, nil
 }
 

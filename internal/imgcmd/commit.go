@@ -226,7 +226,7 @@ func (c *committer) run(bar *cli.Progress) error {
 		return err
 	}
 	if !c.keep {
-		return c.empty()
+		return c.emptyTop() // commit_empty.go
 	}
 	return nil
 }

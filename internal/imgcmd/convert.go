@@ -28,6 +28,8 @@ Ranges that read as zeroes are not written (sparse output).
   -O fmt          DST's format: raw (default) or qcow2
   -o options      creation options of DST, as for 'ringblk create'
                   (cluster_size, compat, refcount_bits, preallocation…)
+  -l snapshot     copy SRC's internal snapshot (ID or name, or
+                  snapshot.id=ID,snapshot.name=NAME), not its active disk
   -c              write compressed qcow2 clusters (deflate, readable by QEMU)
   -p              show progress
   -q              quiet
@@ -51,7 +53,7 @@ Ranges that read as zeroes are not written (sparse output).
 `
 
 var convertSpec = cli.WithObjects(cli.OptSpec{
-	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'c': false, 'p': false, 'q': false, 'S': true,
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'l': true, 'c': false, 'p': false, 'q': false, 'S': true,
 		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
 	Long: map[string]bool{"force-share": false, "help": false},
 })
@@ -64,7 +66,8 @@ const (
 // convertReq is a parsed convert command line.
 type convertReq struct {
 	src, dst            string
-	more                []string // the sources after src (concatenated)
+	more                []string     // the sources after src (concatenated)
+	snap                *snapshotRef // -l: read this internal snapshot of src
 	srcFmt, dstFmt      string
 	olist               []string
 	backing, backingFmt string
@@ -131,6 +134,10 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.minSparse = n
 		case "n":
 			r.skipCreate = true
+		case "l":
+			if r.snap, err = parseSnapshotRef(o.Val); err != nil {
+				return nil, err
+			}
 		case "B":
 			r.backing = o.Val
 		case "F":
@@ -234,6 +241,14 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return err
 	}
 	defer src.Close()
+	if r.snap != nil {
+		if len(r.more) > 0 {
+			return cli.Usagef("No support for concatenating multiple snapshot")
+		}
+		if err := r.snap.load(src); err != nil {
+			return err
+		}
+	}
 	sch, err := newImageChain(src, false)
 	if err != nil {
 		return err
@@ -296,14 +311,18 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 	}
 
+	// Each source is copied on its own, at its place in the target; with
+	// -c, when a source ends inside a target cluster, the sources are
+	// copied as one (convert_concat.go): a compressed cluster may hold
+	// bytes of two of them, as in qemu-img.
+	var concat []*imageChain
 	if r.compress && len(chains) > 1 {
-		// Each source is copied on its own: compressed clusters must
-		// not straddle two sources.
 		cs := int64(1) << dst.Qcow2.Header().ClusterBits
 		var end int64
 		for _, ch := range chains[:len(chains)-1] {
 			if end += ch.size(); end%cs != 0 {
-				return fmt.Errorf("%s: cannot compress this concatenation: a source ends at byte %d of the target, inside a %d-byte cluster", r.dst, end, cs)
+				concat, chains = chains, chains[:1]
+				break
 			}
 		}
 	}
@@ -329,6 +348,9 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 		if r.compress {
 			c.clusterSize = int64(1) << dst.Qcow2.Header().ClusterBits
+		}
+		if concat != nil {
+			c.setConcat(concat)
 		}
 		if err := c.run(); err != nil {
 			return err
@@ -400,6 +422,7 @@ func createTarget(r *convertReq, size int64) error {
 type converter struct {
 	r           *convertReq
 	src         *imageChain
+	parts       []*imageChain // several sources read as one (convert_concat.go)
 	dst         *block.Node
 	size        int64
 	dstBase     int64 // where this source starts in the target (concatenation)
@@ -459,7 +482,7 @@ func (c *converter) counts(k itemKind) bool {
 // zero or unallocated is copied as data.
 func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
 	for off := int64(0); off < c.size; {
-		s, err := c.src.statusAbove(off, c.size-off, c.topOnly)
+		s, err := c.statusAbove(off, c.size-off)
 		if err != nil {
 			return fmt.Errorf("error while reading block status at offset %d: %v", off, cli.PlainErr(err))
 		}
@@ -594,12 +617,17 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 			return nil
 		}
 		if c.r.minSparse == 0 {
+			// -S 0: every cluster is written, compressed with -c (as
+			// qemu-img, whose target then maps no zero cluster at all).
 			clear(buf)
+			if c.clusterSize > 0 {
+				return c.writeCompressed(buf, it.off)
+			}
 			return c.write(buf, it.off)
 		}
 		return c.writeZeroes(it.off, it.n)
 	}
-	if _, err := c.src.levels[0].node.ReadAt(buf, it.off); err != nil {
+	if err := c.readSource(buf, it.off); err != nil {
 		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, cli.PlainErr(err))
 	}
 	if !c.waitTurn(it.seq) {
@@ -642,12 +670,13 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 }
 
 // writeCompressed writes whole clusters: all-zero ones are skipped (or
-// zeroed), the others compressed by the target's driver.
+// zeroed) unless -S 0 keeps the target fully allocated, the others
+// compressed by the target's driver.
 func (c *converter) writeCompressed(buf []byte, off int64) error {
 	cs := c.clusterSize
 	for p := int64(0); p < int64(len(buf)); p += cs {
 		cl := buf[p:min(p+cs, int64(len(buf)))]
-		if isZero(cl) {
+		if c.r.minSparse > 0 && isZero(cl) {
 			if c.zeroInit {
 				continue
 			}

@@ -259,3 +259,62 @@ func clusterAllocation(t *testing.T, img string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestConvertCompressedFullyAllocated: convert -c -S 0 compresses every
+// cluster, zero and unallocated ones included, as qemu-img 7.2 does (its
+// map then shows one compressed data run and no zero cluster); with and
+// without a backing file in the source chain (iotest 122).
+func TestConvertCompressedFullyAllocated(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "8M")
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x22 0 1M", "-c", "write -P 0 1M 1M", "s.qcow2")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "b.qcow2", "8M")
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 4M", "b.qcow2")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "o.qcow2", "8M")
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x22 0 1M", "o.qcow2")
+	for _, src := range []string{"s.qcow2", "o.qcow2"} {
+		clitest.MustQemu(t, "qemu-img", "convert", "-c", "-S", "0", "-O", "qcow2", src, "q.qcow2")
+		if _, stderr, code := clitest.Ours(Convert, "-c", "-S", "0", "-O", "qcow2", src, "r.qcow2"); code != 0 {
+			t.Fatalf("convert %s: exit %d: %s", src, code, stderr)
+		}
+		qm := clitest.MustQemu(t, "qemu-img", "map", "--output=json", "q.qcow2")
+		rm := clitest.MustQemu(t, "qemu-img", "map", "--output=json", "r.qcow2")
+		if qm != rm {
+			t.Errorf("convert -c -S 0 %s: map\n%s\nqemu-img's:\n%s", src, rm, qm)
+		}
+		if out, code := clitest.Qemu(t, "qemu-img", "compare", src, "r.qcow2"); code != 0 {
+			t.Errorf("compare %s: %s", src, out)
+		}
+	}
+}
+
+// TestConvertCompressedMisalignedConcat: convert -c of several sources
+// that end inside a target cluster (1023 KiB images, 64 KiB clusters)
+// works as qemu-img's: one compressed cluster takes the tail of one
+// source and the head of the next, unallocated clusters stay so; same
+// map and content as qemu-img's output (iotest 122).
+func TestConvertCompressedMisalignedConcat(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	for _, img := range []string{"1.qcow2", "2.qcow2"} {
+		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=1024", img, "1023k")
+	}
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 16k 16k", "-c", "write -P 0x22 130k 130k", "-c", "write -P 0x33 1022k 1k", "1.qcow2")
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x44 0 1k", "2.qcow2")
+	clitest.MustQemu(t, "qemu-img", "convert", "-c", "-O", "qcow2", "1.qcow2", "2.qcow2", "q.qcow2")
+	if _, stderr, code := clitest.Ours(Convert, "-c", "-O", "qcow2", "1.qcow2", "2.qcow2", "r.qcow2"); code != 0 {
+		t.Fatalf("convert: exit %d: %s", code, stderr)
+	}
+	qm := clitest.MustQemu(t, "qemu-img", "map", "--output=json", "q.qcow2")
+	rm := clitest.MustQemu(t, "qemu-img", "map", "--output=json", "r.qcow2")
+	if qm != rm {
+		t.Errorf("map\n%s\nqemu-img's:\n%s", rm, qm)
+	}
+	if out, code := clitest.Qemu(t, "qemu-img", "compare", "q.qcow2", "r.qcow2"); code != 0 {
+		t.Errorf("compare with qemu-img's output: %s", out)
+	}
+	if out, code := clitest.Qemu(t, "qemu-img", "check", "r.qcow2"); code != 0 {
+		t.Errorf("check: %s", out)
+	}
+}

@@ -288,6 +288,11 @@ func createQcow2(r *createReq, objs *cli.Objects) (string, error) {
 		return line, fmt.Errorf("%s: %v", r.file, encErr)
 	}
 	write, target := writeQcow2, cli.FilePath(r.file)
+	if co.DataFile != "" { // datafile.go
+		if write, err = dataFileWriter(r.file, co, enc.format); err != nil {
+			return line, err
+		}
+	}
 	if rbd.IsName(r.file) {
 		if enc.format != "" {
 			return line, fmt.Errorf("%s: ringblk does not create encrypted qcow2 images in RBD", r.file)
@@ -337,7 +342,7 @@ func takeSize(r *createReq) (size int64, given string, ok bool, err error) {
 			continue
 		}
 		if size, err = format.ParseOptionSize(p.Key, p.Value); err != nil {
-			return 0, "", false, cli.Usagef("%v", err)
+			return 0, "", false, cli.OptionErr(r.file+": ", err)
 		}
 		given, ok = p.Value, true
 	}
@@ -413,6 +418,7 @@ func qcow2FormatLine(r *createReq, o *format.ImageOptions, raw map[string]string
 		// qemu-img prints option values as an -o list would hold them.
 		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
 	}
+	b.WriteString(dataFileFormatItems(o)) // datafile.go
 	if v, ok := raw["refcount_bits"]; ok {
 		rb = v
 	}
@@ -428,7 +434,7 @@ func qcow2FormatLine(r *createReq, o *format.ImageOptions, raw map[string]string
 func createStageError(r *createReq, err error) (string, error) {
 	var oe *format.OptionError
 	if !errors.As(err, &oe) || !r.hasSize {
-		return "", cli.Usagef("%s: %v", r.file, err)
+		return "", cli.OptionErr(r.file+": ", err)
 	}
 	var val string
 	for _, p := range r.pairs {
@@ -443,7 +449,7 @@ func createStageError(r *createReq, err error) (string, error) {
 		msg = "Cluster size must be a power of two between 512 and 2048k"
 		n, perr := format.ParseOptionSize(oe.Key, val)
 		if perr != nil {
-			return "", cli.Usagef("%s: %v", r.file, err)
+			return "", cli.OptionErr(r.file+": ", err)
 		}
 		rawVal = strconv.FormatInt(n, 10)
 	case strings.HasPrefix(oe.Msg, "Refcount width must be"):
@@ -452,10 +458,13 @@ func createStageError(r *createReq, err error) (string, error) {
 		msg = "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"
 	case strings.HasPrefix(oe.Msg, "Invalid compatibility level"):
 		msg = "Parameter 'version' does not accept value '" + val + "'"
+	case strings.HasPrefix(oe.Msg, "Lazy refcounts only supported"):
+		// The qcow2 driver's own check, after the line (049).
+		msg = oe.Msg
 	case oe.Key == "preallocation" && strings.Contains(oe.Msg, "does not accept value"):
 		msg = "Parameter 'preallocation' does not accept value '" + val + "'"
 	default:
-		return "", cli.Usagef("%s: %v", r.file, err)
+		return "", cli.OptionErr(r.file+": ", err)
 	}
 	// The line needs the other options: parse them without this one.
 	var rest []format.OptionPair
@@ -467,7 +476,7 @@ func createStageError(r *createReq, err error) (string, error) {
 	o, perr := format.ParseOptionPairs(rest, format.ForCreate)
 	if perr != nil {
 		if oe.Key != "refcount_bits" && oe.Key != "compat" {
-			return "", cli.Usagef("%s: %v", r.file, err)
+			return "", cli.OptionErr(r.file+": ", err)
 		}
 		// A v2 image with refcount_bits: both keys matter; keep both.
 		o = &format.ImageOptions{Given: map[string]string{}}
@@ -514,7 +523,7 @@ func takeExtentSizeHint(r *createReq) (string, error) {
 		}
 		n, err := format.ParseOptionSize(p.Key, p.Value)
 		if err != nil {
-			return "", cli.Usagef("%s: %v", r.file, err)
+			return "", cli.OptionErr(r.file+": ", err)
 		}
 		if n > 0xffffffff {
 			return "", fmt.Errorf("%s: Extent size hint is too large", r.file)

@@ -29,6 +29,9 @@ import (
 // checkOutput validates --output.
 func checkOutput(v string) error {
 	if v != "human" && v != "json" {
+		if cli.Prog != "ringblk" {
+			return cli.Usagef("--output must be used with human or json as argument.")
+		}
 		return cli.Usagef("--output must be used with human or json as argument")
 	}
 	return nil

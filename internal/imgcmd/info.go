@@ -9,9 +9,12 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/blkdebug"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
@@ -85,7 +88,11 @@ func Info(args []string, stdout, stderr io.Writer) int {
 			// info reads headers only: key secrets are not looked up.
 			display = imageOptsName(files[0])
 		}
+		given := files[0]
 		if files[0], format, err = cli.ImageFile(files[0], format, ia.ImageOpts); err != nil {
+			if cli.IsWholeTree(err) {
+				return infoTree(&ia, given, format, output, share, stdout)
+			}
 			return 1, err
 		}
 		if nbd.IsURI(files[0]) {
@@ -221,6 +228,12 @@ func imageInfo(img *openedImage) *object {
 		if img.luks != nil {
 			data.set("encrypt", luksInfo(img.luks, true))
 		}
+		if h.HasDataFile() { // datafile.go
+			if h.DataFile != "" {
+				data.set("data-file", h.DataFile)
+			}
+			data.set("data-file-raw", h.DataFileRaw())
+		}
 		if h.Version >= 3 {
 			data.set("corrupt", h.IncompatibleFeatures&format.IncompatCorrupt != 0)
 			data.set("extended-l2", h.ExtendedL2())
@@ -229,7 +242,7 @@ func imageInfo(img *openedImage) *object {
 		fs.set("type", "qcow2")
 		fs.set("data", data)
 		o.set("format-specific", fs)
-		if h.BackingFile != "" {
+		if h.BackingFile != "" && img.path != "" {
 			o.set("full-backing-filename", combinePath(img.path, h.BackingFile))
 		}
 		if h.Encrypted() {
@@ -293,7 +306,11 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	fmt.Fprintf(&b, "cluster_size: %d\n", h.ClusterSize())
 	if h.BackingFile != "" {
 		full := combinePath(img.path, h.BackingFile)
-		if full != h.BackingFile {
+		if img.path == "" {
+			// An option tree with no one file (quorum): no directory
+			// to take a relative name from.
+			fmt.Fprintf(&b, "backing file: %s (cannot determine actual path)\n", h.BackingFile)
+		} else if full != h.BackingFile {
 			fmt.Fprintf(&b, "backing file: %s (actual path: %s)\n", h.BackingFile, full)
 		} else {
 			fmt.Fprintf(&b, "backing file: %s\n", h.BackingFile)
@@ -434,4 +451,92 @@ func bitmapsInfo(img *openedImage) []*object {
 		out = append(out, o)
 	}
 	return out
+}
+
+// infoTree is info for an image named by an option tree that is more
+// than a format over a file (a blkdebug filter, …): the tree is opened
+// whole, without its backing file, and the top node's header read
+// through its own file child. The image is named by its options
+// (json:{…}); a backing file's actual path comes from the one file the
+// tree reads, if it has one.
+func infoTree(ia *cli.ImageArgs, name, fmtName, output string, share bool, w io.Writer) (int, error) {
+	img, err := ia.Open(name, cli.BlkOptions{Format: fmtName, ReadOnly: true, ForceShare: share, NoBacking: true, HeaderOnly: true})
+	if err != nil {
+		return 1, err
+	}
+	defer img.Close()
+	var oi *openedImage
+	if _, ok := img.Node.Driver().(*qcow2.Driver); ok {
+		if oi, err = openNodeQcow2(img.Node, img.Path); err != nil {
+			return 1, err
+		}
+	} else {
+		size, err := img.Node.Length()
+		if err != nil {
+			return 1, cli.OpenError(name, err)
+		}
+		oi = &openedImage{path: img.Path, format: img.Format, size: size}
+	}
+	oi.path = img.Path
+	// The disk size is the file's when the image sits on a file node;
+	// over a filter or another driver it is unavailable, as qemu-img
+	// reports it (blkdebug counts as a protocol there).
+	fileNode := img.Node
+	if c := img.Node.Child(block.RoleFile); c != nil && c.Node() != nil {
+		fileNode = c.Node()
+	}
+	oi.blocks, oi.remote = allocatedSize(fileNode, 0)
+	oi.remote = !oi.remote
+	if ia.ImageOpts {
+		oi.display = imageOptsName(name)
+	} else if s, err := cli.NameSpec(name, ""); err == nil {
+		keys := make([]string, 0, len(s))
+		for k := range s {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		kvs := make([]cli.KeyValue, 0, len(keys))
+		for _, k := range keys {
+			kvs = append(kvs, cli.KeyValue{Key: k, Value: s[k]})
+		}
+		oi.display = jsonName(kvs)
+	}
+	o := imageInfo(oi)
+	if output == "json" {
+		return 0, writeJSON(w, o)
+	}
+	return 0, printInfoHuman(w, oi, o)
+}
+
+// allocatedSize is the disk space below n as qemu-img counts it: a file's
+// allocated bytes, the sum over the children of a node with several (a
+// quorum); none (ok false) for a blkdebug filter, which QEMU counts as a
+// protocol without the figure, or a node without a file below.
+func allocatedSize(n *block.Node, depth int) (size int64, ok bool) {
+	switch d := n.Driver().(type) {
+	case *raw.Driver:
+		st, err := os.Stat(d.Path())
+		if err != nil {
+			return 0, false
+		}
+		sys, isStat := st.Sys().(*syscall.Stat_t)
+		return sys.Blocks * 512, isStat
+	case *blkdebug.Driver:
+		return 0, false
+	}
+	children := n.Children()
+	if len(children) == 0 || depth > 16 {
+		return 0, false
+	}
+	for _, c := range children {
+		if c.Node() == nil {
+			return 0, false
+		}
+		s, ok := allocatedSize(c.Node(), depth+1)
+		if !ok {
+			return 0, false
+		}
+		size += s
+	}
+	return size, true
 }

@@ -10,15 +10,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 
-	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	cl "github.com/ringblk/ringblk/crypto/luks"
 	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
-	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
@@ -153,34 +150,8 @@ func createLuks(r *createReq, objs *cli.Objects) (string, error) {
 
 // withNewFile runs fn on a raw node over path (made if missing, not
 // truncated: fn empties it once the node holds the image locks).
-func withNewFile(path string, fn func(file *block.Node) error) (err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
-	if err != nil {
-		return err
-	}
-	f.Close()
-	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: 1 << 20})
-	if err != nil {
-		return err
-	}
-	if err := c.Start(); err != nil {
-		return fmt.Errorf("cannot start an io_uring Context: %v", err)
-	}
-	defer func() {
-		if _, serr := c.Stop(); serr != nil && err == nil {
-			err = serr
-		}
-	}()
-	g := block.NewGraph(c)
-	file, err := raw.NewNode(g, path, raw.Options{}, block.Options{})
-	if err != nil {
-		return err
-	}
-	err = fn(file)
-	if cerr := file.Unref(); err == nil {
-		err = cerr
-	}
-	return err
+func withNewFile(path string, fn func(file *block.Node) error) error {
+	return withNewFiles([]string{path}, func(files []*block.Node) error { return fn(files[0]) })
 }
 
 // luksInfo is the format-specific data of a LUKS header, in qemu-img's
@@ -475,6 +446,16 @@ func imageOptsName(spec string) string {
 		return plain
 	}
 named:
+	if n := jsonName(kvs); n != "" {
+		return n
+	}
+	return spec
+}
+
+// jsonName renders options given as dotted keys as a json: name, the
+// way qemu-img names an image whose options make no plain filename; ""
+// if they cannot be rendered.
+func jsonName(kvs []cli.KeyValue) string {
 	root := map[string]any{}
 	for _, kv := range kvs {
 		m := root
@@ -500,7 +481,7 @@ named:
 	}
 	b, err := json.Marshal(root)
 	if err != nil {
-		return spec
+		return ""
 	}
 	return "json:" + strings.NewReplacer(`":`, `": `, `,"`, `, "`).Replace(string(b))
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/units"
@@ -111,6 +112,9 @@ type chainLevel struct {
 	// qimg reads the qcow2 mapping for host offsets (map only); nil
 	// otherwise. The node's driver does not expose host offsets.
 	qimg *openedImage
+	// dataPath is the external data file holding the level's data
+	// (datafile.go); "" when the data is in the image itself.
+	dataPath string
 }
 
 // imageChain is an image with its backing chain, top first.
@@ -124,6 +128,14 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 	ch := &imageChain{}
 	n, path, format := img.Node, img.Path, img.Format
 	for n != nil {
+		if f := skipFilters(n); f != n {
+			// A filter (blkdebug) maps as the node it filters, as
+			// QEMU's block status skips filters.
+			n = f
+			if _, ok := n.Driver().(*raw.Driver); ok {
+				format = "raw"
+			}
+		}
 		size, err := n.Length()
 		if err != nil {
 			ch.Close()
@@ -134,6 +146,7 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 		var nextPath, nextFormat string
 		if d, ok := n.Driver().(*qcow2.Driver); ok {
 			l.format = "qcow2"
+			l.dataPath = dataFilePath(d, path) // datafile.go
 			if c := n.Child(block.RoleBacking); c != nil {
 				h := d.Header()
 				next, nextPath, nextFormat = c.Node(), combinePath(path, h.BackingFile), h.BackingFormat
@@ -155,6 +168,19 @@ func newImageChain(img *cli.BlkImage, withOffsets bool) (*imageChain, error) {
 		n, path, format = next, nextPath, nextFormat
 	}
 	return ch, nil
+}
+
+// skipFilters is the first node at or below n that is not a filter
+// (a node whose data is its RoleFiltered child's).
+func skipFilters(n *block.Node) *block.Node {
+	for depth := 0; depth < 64; depth++ {
+		c := n.Child(block.RoleFiltered)
+		if c == nil || c.Node() == nil {
+			break
+		}
+		n = c.Node()
+	}
+	return n
 }
 
 func (ch *imageChain) Close() {
@@ -195,6 +221,16 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 			if l.qimg.qcow.Header.Encrypted() {
 				// Encrypted clusters have no offset to show (qemu-img).
 				return st, pnum, 0, false, nil
+			}
+			if l.dataPath != "" {
+				// An external data file: QEMU does not ask it (iotest 244),
+				// and the image file holds no data at these offsets.
+				return st, pnum, x.HostOff, true, nil
+			}
+			if zero, fp := l.fileReadsZero(x.HostOff, pnum); zero {
+				st, pnum = st|block.StatusZero, fp // map_holes.go
+			} else {
+				pnum = fp
 			}
 			return st, pnum, x.HostOff, true, nil
 		case format.ExtentZero:
@@ -243,6 +279,9 @@ func (ch *imageChain) mapStatus(off, n int64) (mapEntry, error) {
 			}
 			if hasOff {
 				e.file = ch.levels[i].path
+				if p := ch.levels[i].dataPath; p != "" {
+					e.file = p
+				}
 			}
 			return e, nil
 		}

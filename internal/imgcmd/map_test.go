@@ -44,7 +44,12 @@ func makeMapImages(t *testing.T) []string {
 	// host ranges are not contiguous stay separate entries.
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "reversed.qcow2", "1M")
 	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 192k 64k", "-c", "write -P 2 128k 64k", "-c", "write -P 3 64k 64k", "reversed.qcow2")
-	return []string{"sparse.raw", "base.qcow2", "top.qcow2", "zalloc.qcow2", "comp.qcow2", "overraw.qcow2", "small.qcow2", "reversed.qcow2"}
+	// Preallocated metadata: data clusters over holes of the file read as
+	// zeros (QEMU asks the file: "zero": true, "data": true), and only the
+	// written cluster is listed by the human output.
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "prealloc.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 1 64k 64k", "prealloc.qcow2")
+	return []string{"sparse.raw", "base.qcow2", "top.qcow2", "zalloc.qcow2", "comp.qcow2", "overraw.qcow2", "small.qcow2", "reversed.qcow2", "prealloc.qcow2"}
 }
 
 func TestMapMatchesQemu(t *testing.T) {
@@ -201,6 +206,53 @@ func TestImageToolsHelp(t *testing.T) {
 			if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "usage: ringblk "+name+" ") {
 				t.Errorf("%s %s: exit %d, stderr %q, stdout %.40q", name, h, code, stderr, stdout)
 			}
+		}
+	}
+}
+
+// TestMapThroughFilterTree: an image named by an option tree with a
+// filter (blkdebug over qcow2 over a file) maps as the image below the
+// filter, the same bytes as qemu-img map prints for it (iotest 204).
+func TestMapThroughFilterTree(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	makeMapImages(t)
+	for _, output := range []string{"json", "human"} {
+		opts := "driver=blkdebug,image.driver=qcow2,image.file.driver=file,image.file.filename=top.qcow2,align=4k"
+		args := []string{"--output=" + output, "--image-opts", opts}
+		want, wcode := clitest.Qemu(t, "qemu-img", append([]string{"map"}, args...)...)
+		got, errOut, code := clitest.Ours(Map, args...)
+		if code != wcode || got != want {
+			t.Errorf("map %v: exit %d (qemu-img %d), stderr %q\n got: %s\nwant: %s", args, code, wcode, errOut, got, want)
+		}
+	}
+}
+
+// TestInfoThroughFilterTree: info on a json: name whose qcow2 image sits
+// on a blkdebug filter opens the whole tree and shows what qemu-img info
+// shows (iotest 110): every line but the image's json: name, which both
+// render from the options in their own order.
+func TestInfoThroughFilterTree(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	makeMapImages(t)
+	dropName := func(s string) string {
+		if !strings.HasPrefix(s, "image: json:{") {
+			return "(no json: image name) " + s
+		}
+		_, rest, _ := strings.Cut(s, "\n")
+		return rest
+	}
+	clitest.MustQemu(t, "qemu-img", "convert", "-O", "qcow2", "top.qcow2", "copy.qcow2")
+	for _, name := range []string{
+		`json:{"driver": "qcow2", "file": {"driver": "blkdebug", "image": {"driver": "file", "filename": "top.qcow2"}, "set-state": [{"event": "read_aio", "new_state": 42}]}}`,
+		// A quorum of two files: no directory for the backing name.
+		`json:{"driver": "qcow2", "file": {"driver": "quorum", "vote-threshold": 1, "children": [{"driver": "file", "filename": "top.qcow2"}, {"driver": "file", "filename": "top.qcow2"}]}}`,
+	} {
+		want, wcode := clitest.Qemu(t, "qemu-img", "info", "-U", name)
+		got, errOut, code := clitest.Ours(Info, "-U", name)
+		if code != wcode || dropName(got) != dropName(want) {
+			t.Errorf("info %s: exit %d (qemu-img %d), stderr %q\n got: %s\nwant: %s", name, code, wcode, errOut, got, want)
 		}
 	}
 }

@@ -8,10 +8,9 @@ import (
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/internal/cli"
-	"github.com/ringblk/ringblk/internal/units"
 )
 
-const measureHelp = `usage: ringblk measure [--output=human|json] [-O fmt] [-o opts] [--size N | [-f fmt] [-U] FILE]
+const measureHelp = `usage: ringblk measure [--output=human|json] [-O fmt] [-o opts] [--size N | [-f fmt] [-l snapshot] [-U] FILE]
 
 Compute how much space an image of format fmt needs, as qemu-img measure
 does: for a new image of N bytes (--size), or to hold a copy of FILE
@@ -26,6 +25,9 @@ is what persistent dirty bitmaps would add.
                        backing_file… (see 'ringblk create --help')
   --size N             size of a new image (k, M, G… suffixes)
   -f fmt               FILE's format: raw, qcow2 or null (probed when absent)
+  -l snapshot          measure FILE's internal snapshot (ID or name, or
+                       snapshot.id=ID,snapshot.name=NAME) instead of its
+                       active disk
   -U, --force-share    read FILE even if another process has it open for
                        writing (no locks taken)
   --output=human|json  output format (default human)
@@ -33,7 +35,7 @@ is what persistent dirty bitmaps would add.
 `
 
 var measureSpec = cli.WithObjects(cli.OptSpec{
-	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'U': false, 'h': false},
+	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'l': true, 'U': false, 'h': false},
 	Long:  map[string]bool{"output": true, "size": true, "force-share": false, "help": false},
 })
 
@@ -58,9 +60,12 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		}
 		srcFmt, outFmt, output := "", "raw", "human"
 		var olist []string
-		var forceShare, hasSize bool
+		var forceShare, hasSize, hasFmt bool
 		var size int64
+		var snap *snapshotRef
 		ia := cli.ImageArgs{ImageOpts: imageOpts}
+		// Each option is checked as it comes, then the operands, in
+		// qemu-img measure's order (iotest 178).
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
 				if err != nil {
@@ -70,34 +75,42 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 			}
 			switch o.Name {
 			case "f":
-				srcFmt = o.Val
+				srcFmt, hasFmt = o.Val, true
 			case "O":
 				outFmt = o.Val
 			case "o":
+				if _, _, err := format.SplitOptionList([]string{o.Val}); err != nil {
+					return 1, cli.Usagef("%v", err)
+				}
 				olist = append(olist, o.Val)
+			case "l":
+				if snap, err = parseSnapshotRef(o.Val); err != nil {
+					return 1, err
+				}
 			case "U", "force-share":
 				forceShare = true
 			case "output":
+				if err := checkOutput(o.Val); err != nil {
+					return 1, err
+				}
 				output = o.Val
 			case "size":
-				if size, err = units.ParseSize(o.Val); err != nil || size < 0 {
-					return 1, cli.Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes)", o.Val)
+				if size, err = cli.ParseSize(o.Val); err != nil {
+					return 1, err
 				}
 				hasSize = true
 			}
 		}
-		if err := checkOutput(output); err != nil {
-			return 1, err
-		}
 		if err := checkSourceFormat(srcFmt); err != nil {
 			return 1, err
 		}
-		if outFmt != "raw" && outFmt != "qcow2" && outFmt != "luks" {
-			return 1, cli.Usagef("Unknown file format '%s' (measure supports raw, qcow2 and luks)", outFmt)
-		}
 		switch {
-		case len(operands) > 1:
+		case len(operands) > 1 && cli.Prog == "ringblk":
 			return 1, cli.Usagef("Unexpected argument '%s' (see 'ringblk measure --help')", operands[1])
+		case len(operands) > 1:
+			return 1, cli.Usagef("At most one filename argument is allowed.")
+		case len(operands) == 0 && (ia.ImageOpts || hasFmt || snap != nil):
+			return 1, cli.Usagef("--image-opts, -f, and -l require a filename argument.")
 		case hasSize && len(operands) == 1:
 			return 1, cli.Usagef("--size N cannot be used together with a filename.")
 		case !hasSize && len(operands) == 0:
@@ -121,10 +134,32 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 				return 1, err
 			}
 			defer img.Close()
-			if src, err = newImageChain(img, false); err != nil {
-				return 1, err
+			if snap != nil {
+				// A loaded snapshot: the tables read by name would be the
+				// active disk's, so the node's own mapping counts.
+				if err := snap.load(img); err != nil {
+					return 1, err
+				}
+				if src, err = newImageChain(img, false); err != nil {
+					return 1, err
+				}
+			} else if src, err = newImageChain(img, true); err != nil {
+				// With the mapping tables (as map): a data cluster over a
+				// hole of the file reads as zero and needs no space, as in
+				// QEMU's measure (a preallocated, never written source).
+				// Without them (a source the tables cannot be read from by
+				// name) every data cluster counts.
+				if src, err = newImageChain(img, false); err != nil {
+					return 1, err
+				}
 			}
 			defer src.Close()
+		}
+		if outFmt != "raw" && outFmt != "qcow2" && outFmt != "luks" {
+			if cli.Prog != "ringblk" {
+				return 1, cli.Usagef("Unknown file format '%s'", outFmt)
+			}
+			return 1, cli.Usagef("Unknown file format '%s' (measure supports raw, qcow2 and luks)", outFmt)
 		}
 		var info *measureInfo
 		switch outFmt {
@@ -200,7 +235,7 @@ func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*meas
 	}
 	o, err := format.ParseOptionPairs(pairs, format.ForMeasure)
 	if err != nil {
-		return nil, cli.Usagef("%v", err)
+		return nil, cli.OptionErr("", err)
 	}
 	co := o.Create
 	cs := co.EffectiveClusterSize()

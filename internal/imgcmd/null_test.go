@@ -109,7 +109,7 @@ func TestNullFormatRefused(t *testing.T) {
 		{"amend", []string{"-f", "null", "-o", "lazy_refcounts=on", "null-co://"}, 1, "amend supports qcow2"},
 		{"check", []string{"-f", "null-co", "null-co://"}, 63, "does not support checks"},
 		{"convert", []string{"-O", "null", "null-co://", "out.img"}, 1, "null format stores nothing"},
-		{"info", []string{`json:{"driver":"qcow2","size":1}`}, 1, "option 'size'"},
+		{"info", []string{`json:{"driver":"qcow2","size":1}`}, 1, `A block device must be specified for "file"`},
 		{"info", []string{"-f", "raw", `json:{"driver":"null-co"}`}, 1, "null-co filename with -f raw"},
 	} {
 		_, stderr, code := clitest.RunRingblk(t, nil, append([]string{c.cmd}, c.args...)...)

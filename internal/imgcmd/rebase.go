@@ -99,7 +99,7 @@ func Rebase(args []string, stdout, stderr io.Writer) int {
 		if format != "" && format != "raw" && format != "qcow2" {
 			return 1, fmt.Errorf("Could not open '%s': Unknown driver '%s'", path, format)
 		}
-		if bfmt != "" && bfmt != "raw" && bfmt != "qcow2" {
+		if bfmt != "" && !qemuFormatNames[bfmt] { // rebase_fmt.go
 			return 1, fmt.Errorf("Invalid format name: '%s'", bfmt)
 		}
 		name := ""

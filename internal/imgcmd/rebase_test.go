@@ -189,3 +189,31 @@ func TestRebaseSafeWithinShorterChain(t *testing.T) {
 		}
 	}
 }
+
+// TestRebaseSafeWritesZeroClusters: where the old chain reads zeros and
+// the new backing file does not, safe rebase keeps the zeros as a zero
+// write, as qemu-img rebase 7.2 does: the qcow2 v3 top gets zero clusters,
+// not data clusters of zeros, so qemu-img map shows the same for both
+// (QEMU's iotest 252).
+func TestRebaseSafeWritesZeroClusters(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "new.qcow2", "384k")
+	clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x11 128k 64k", "-c", "write -P 0x11 256k 64k", "new.qcow2")
+	for _, img := range []string{"q.qcow2", "o.qcow2"} {
+		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "384k")
+		clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x22 0 128k", "-c", "write -P 0x11 128k 128k", img)
+	}
+	clitest.MustQemu(t, "qemu-img", "rebase", "-b", "new.qcow2", "-F", "qcow2", "q.qcow2")
+	if out, errs, code := clitest.Ours(Rebase, "-b", "new.qcow2", "-F", "qcow2", "o.qcow2"); code != 0 {
+		t.Fatalf("rebase: exit %d %q %q", code, out, errs)
+	}
+	qm, _ := clitest.Qemu(t, "qemu-img", "map", "--output=json", "q.qcow2")
+	om, _ := clitest.Qemu(t, "qemu-img", "map", "--output=json", "o.qcow2")
+	if qm != om {
+		t.Errorf("map after our rebase:\n%s\nqemu-img's:\n%s", om, qm)
+	}
+	if out, code := clitest.Qemu(t, "qemu-img", "compare", "q.qcow2", "o.qcow2"); code != 0 {
+		t.Errorf("compare: %s", out)
+	}
+}

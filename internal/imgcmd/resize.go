@@ -2,8 +2,9 @@ package imgcmd
 
 // ringblk resize: qemu-img resize through the block layer. A raw image is
 // truncated by its raw node (growth backed as --preallocation says); a
-// qcow2 image grows through its driver's Truncate, which writes the new
-// L1 table and header in the order spec/qcow2.md requires.
+// qcow2 image is resized by its driver (Truncate; TruncatePrealloc for
+// --preallocation=metadata|falloc|full), which writes the new L1 table and
+// header in the order spec/qcow2.md requires.
 
 import (
 	"errors"
@@ -14,12 +15,14 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/drivers/qcow2"
+	qfmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
-const resizeHelp = `usage: ringblk resize [-f fmt] [--shrink] [--preallocation=off|falloc|full] [-q] FILE [+|-]SIZE
+const resizeHelp = `usage: ringblk resize [-f fmt] [--shrink] [--preallocation=off|metadata|falloc|full] [-q] FILE [+|-]SIZE
 
 Change the virtual size of an image, as qemu-img resize does. SIZE is the
 new size, or with + or - a change of the current one; it takes k, M, G,
@@ -29,11 +32,13 @@ and deletes everything past the new end.
   -f fmt            raw or qcow2; without it the file is probed (qcow2
                     magic, else raw)
   --shrink          allow the new size to be smaller than the current one
-                    (raw; the qcow2 driver refuses to shrink)
+                    (raw and qcow2)
   --preallocation=MODE
                     how new space is backed when the image grows:
                     off (sparse, default), falloc (reserved with
-                    fallocate) or full (zeroes written); raw only
+                    fallocate) or full (zeroes written); qcow2 also
+                    takes metadata (clusters mapped, file sparse), and
+                    maps every new cluster in the other modes too
   -q, --quiet       do not print "Image resized."
   -h, --help        this help
 
@@ -74,7 +79,7 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 		}
 		path := operands[0]
 		format, quiet, shrink := "", false, false
-		prealloc := raw.PreallocOff
+		preallocName := "off"
 		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		for _, o := range opts {
 			if took, err := ia.Take(o); took {
@@ -91,11 +96,10 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 			case "shrink":
 				shrink = true
 			case "preallocation":
-				p, ok := raw.ParsePrealloc(o.Val)
-				if !ok {
-					return 1, cli.Usagef("Invalid preallocation mode '%s' (off, falloc or full)", o.Val)
+				if _, ok := qfmt.ParsePrealloc(o.Val); !ok {
+					return 1, cli.Usagef("Invalid preallocation mode '%s' (off, metadata, falloc or full)", o.Val)
 				}
-				prealloc = p
+				preallocName = o.Val
 			}
 		}
 		var keys [][]byte
@@ -123,7 +127,7 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("Invalid image size specified: '%s' (use k, M, G, T, P or E suffixes, optionally after + or -)", sizeArg)
 		}
 		if rbd.IsName(path) {
-			if prealloc != raw.PreallocOff {
+			if preallocName != "off" {
 				return 1, fmt.Errorf("Could not resize '%s': preallocation is not supported on RBD images", path)
 			}
 			if format == "" {
@@ -137,14 +141,28 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 				return 1, cli.FileOpenError(path, err)
 			}
 		}
-		if format == "qcow2" && prealloc != raw.PreallocOff {
-			return 1, fmt.Errorf("Could not resize '%s': preallocation=%s is not supported for qcow2 images (only off)", path, prealloc)
+		// qcow2 takes off, metadata, falloc and full (the driver maps the
+		// new clusters); other formats back the file's growth: off,
+		// falloc, full.
+		prealloc := raw.PreallocOff
+		qprealloc := qfmt.PreallocOff
+		if format == "qcow2" {
+			qprealloc, _ = qfmt.ParsePrealloc(preallocName)
+		} else if p, ok := raw.ParsePrealloc(preallocName); ok {
+			prealloc = p
+		} else {
+			return 1, fmt.Errorf("Could not resize '%s': Unsupported preallocation mode: %s", path, preallocName)
 		}
 		img, err := openResize(path, format, prealloc, keys)
 		if err != nil {
 			return 1, err
 		}
-		code, rerr := resizeImage(img, path, format, rel, delta, shrink, prealloc)
+		code, rerr := resizeImage(img, path, format, rel, delta, shrink, preallocName != "off", func(size int64) error {
+			if qprealloc != qfmt.PreallocOff && img.Qcow2 != nil {
+				return qcow2.TruncatePrealloc(img.Node, size, qprealloc) // the driver's growth with mapped clusters
+			}
+			return img.Node.Truncate(size)
+		})
 		if cerr := img.Close(); rerr == nil && cerr != nil {
 			return 1, fmt.Errorf("closing '%s': %v", path, cerr)
 		}
@@ -166,7 +184,9 @@ func Resize(args []string, stdout, stderr io.Writer) int {
 // file's length and content (for a partial last cluster) to do so.
 func openResize(path, format string, prealloc raw.Prealloc, keys [][]byte) (*cli.BlkImage, error) {
 	if format == "qcow2" || format == "luks" || rbd.IsName(path) {
-		return cli.OpenBlk(path, cli.BlkOptions{Format: format, KeySecrets: keys})
+		// Discards reach the file: a qcow2 shrink punches the clusters it
+		// frees, as QEMU's does (its file child always passes discards on).
+		return cli.OpenBlk(path, cli.BlkOptions{Format: format, KeySecrets: keys, Discard: raw.DiscardUnmap})
 	}
 	c, g, err := cli.NewBlkEnv()
 	if err != nil {
@@ -180,7 +200,7 @@ func openResize(path, format string, prealloc raw.Prealloc, keys [][]byte) (*cli
 	return cli.NewBlkImage(c, g, n, path, "raw"), nil
 }
 
-func resizeImage(img *cli.BlkImage, path, format string, rel int, delta int64, shrink bool, prealloc raw.Prealloc) (int, error) {
+func resizeImage(img *cli.BlkImage, path, format string, rel int, delta int64, shrink, prealloc bool, truncate func(size int64) error) (int, error) {
 	cur, err := img.Node.Length()
 	if err != nil {
 		return 1, fmt.Errorf("Could not read the size of '%s': %v", path, err)
@@ -202,13 +222,13 @@ func resizeImage(img *cli.BlkImage, path, format string, rel int, delta int64, s
 		if !shrink {
 			return 1, fmt.Errorf("Use the --shrink option to perform a shrink operation (it deletes all data past the new end of '%s')", path)
 		}
-		if prealloc != raw.PreallocOff {
+		if prealloc {
 			return 1, errors.New("Preallocation can only be used for growing images")
 		}
 	}
-	if err := img.Node.Truncate(size); err != nil {
-		if format == "qcow2" && size < cur && block.IsKind(err, block.Unsupported) {
-			return 1, fmt.Errorf("Could not shrink '%s': the qcow2 driver does not support shrinking images", path)
+	if err := truncate(size); err != nil {
+		if w := qemuResizeWords(err); w != nil { // resize_words.go
+			return 1, w
 		}
 		return 1, fmt.Errorf("Could not resize '%s' to %d bytes: %v", path, size, resizeCause(err))
 	}

@@ -96,7 +96,7 @@ func Snapshot(args []string, stdout, stderr io.Writer) int {
 			}
 			return snapshotRBD(file, action, name, stdout)
 		}
-		code, err := snapshotRun(img, action, name, stdout)
+		code, err := snapshotRun(img, action, name, stdout, stderr)
 		if cerr := img.Close(); err == nil && cerr != nil {
 			code, err = 1, fmt.Errorf("%s: %v", file, cli.PlainErr(cerr))
 		}
@@ -104,7 +104,7 @@ func Snapshot(args []string, stdout, stderr io.Writer) int {
 	})
 }
 
-func snapshotRun(img *cli.BlkImage, action, name string, stdout io.Writer) (int, error) {
+func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Writer) (int, error) {
 	d := img.Qcow2
 	switch action {
 	case "l":
@@ -131,6 +131,14 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout io.Writer) (int,
 			return 1, fmt.Errorf("Could not delete snapshot '%s': snapshot not found", name)
 		}
 		if err := d.DeleteSnapshot(name); err != nil {
+			var fe *qcow2.SnapshotFreeError
+			if errors.As(err, &fe) {
+				// qemu-img's driver reports the failed free on its own
+				// line before the command's message (iotest 217).
+				cause := cli.PlainErr(fe.Err)
+				fmt.Fprintf(stderr, "qcow2_free_clusters failed: %v\n", cause)
+				return 1, fmt.Errorf("Could not delete snapshot '%s': Failed to free the cluster and L1 table: %v", name, cause)
+			}
 			return 1, fmt.Errorf("Could not delete snapshot '%s': %s", name, snapshotCause(err))
 		}
 	}

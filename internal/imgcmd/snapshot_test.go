@@ -231,3 +231,27 @@ func TestSnapshotCommandErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestSnapshotDeleteFreeFailure: when freeing a deleted snapshot's
+// clusters fails (blkdebug fails every request after the first
+// cluster_free), snapshot -d reports it as qemu-img does, the free's own
+// line first, and the image only leaks clusters (iotest 217).
+func TestSnapshotDeleteFreeFailure(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "t.qcow2", "64M")
+	clitest.MustQemu(t, "qemu-io", "-c", "write 0 64k", "t.qcow2")
+	clitest.MustQemu(t, "qemu-img", "snapshot", "-c", "foo", "t.qcow2")
+	if err := os.WriteFile("blkdebug.conf", []byte("[inject-error]\nevent = \"cluster_free\"\nerrno = \"5\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := clitest.Ours(Snapshot, "-d", "foo", "blkdebug:blkdebug.conf:t.qcow2")
+	want := "qcow2_free_clusters failed: Input/output error\nringblk: Could not delete snapshot 'foo': Failed to free the cluster and L1 table: Input/output error\n"
+	if code != 1 || errOut != want {
+		t.Errorf("snapshot -d with a failing free: exit %d, stderr %q; want 1, %q", code, errOut, want)
+	}
+	out, code := clitest.Qemu(t, "qemu-img", "check", "t.qcow2")
+	if code != 3 || !strings.Contains(out, "leaked clusters were found") || strings.Contains(out, "ERROR") {
+		t.Errorf("check after the failed delete: exit %d (want 3, leaks only):\n%s", code, out)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	luksdrv "github.com/ringblk/ringblk/drivers/luks"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
@@ -234,6 +235,11 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if s.img != nil { // not closed by a close command
 			s.aioFlush()
 			if err := s.img.Close(); err != nil {
+				if cli.Prog == "qemu-io" && errors.Is(err, format.ErrCorrupt) {
+					// QEMU drops an image it marked corrupt without a
+					// write-back: nothing to report at exit.
+					return 1, nil
+				}
 				return 1, fmt.Errorf("closing '%s': %v", s.path, cli.PlainErr(err))
 			}
 		}
@@ -392,10 +398,18 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 		}
 		var le *raw.LockError
 		var be *chain.BackingError
+		var bfe *qcow2.BackingFormatError
+		var dfe *chain.DataFileError
 		switch {
 		case errors.As(err, &be):
 			// qemu-io's words: the cause, no "Could not open".
 			return nil, be
+		case errors.As(err, &dfe): // qcow2 data files (drivers/chain/datafile.go)
+			return nil, dfe
+		case errors.Is(err, qcow2.ErrDataFileRequired) || errors.Is(err, qcow2.ErrDataFileNotExternal):
+			return nil, cli.OpenCause(err)
+		case errors.As(err, &bfe):
+			return nil, cli.BackingFormatErr(bfe)
 		case errors.As(err, &le):
 			return nil, le
 		case errors.Is(err, luks.ErrBadPassword) || errors.Is(err, luksdrv.ErrKeySecretRequired) || errors.Is(err, qcow2.ErrKeySecretRequired):
@@ -565,7 +579,13 @@ func (s *ioSession) num(arg string) (int64, bool) {
 }
 
 // errText words an I/O error as strerror does ("Input/output error").
+// As qemu-io, a request that met damaged qcow2 metadata (or ran on an
+// image marked corrupt) fails with EIO, as in QEMU; the damage itself was
+// reported when the image was marked (qcow2.CorruptionReport).
 func errText(err error) string {
+	if cli.Prog == "qemu-io" && errors.Is(err, format.ErrCorrupt) {
+		return "Input/output error"
+	}
 	var en unix.Errno
 	if errors.As(err, &en) {
 		t := en.Error()
@@ -635,10 +655,16 @@ type openError struct {
 }
 
 func (e *openError) Error() string {
-	if e.name == "" {
-		return fmt.Sprintf("can't open: %v", e.err)
+	var cause any = e.err
+	if w := cli.QemuFormatWording(e.err); w != "" && cli.Prog == "qemu-io" {
+		// qemu-io prints the format driver's refusal as it is, without
+		// qemu-img's "Could not open" (iotest 080).
+		cause = w
 	}
-	return fmt.Sprintf("can't open device %s: %v", e.name, e.err)
+	if e.name == "" {
+		return fmt.Sprintf("can't open: %v", cause)
+	}
+	return fmt.Sprintf("can't open device %s: %v", e.name, cause)
 }
 
 func (e *openError) Unwrap() error { return e.err }

@@ -327,7 +327,7 @@ var aioWriteCmd = &ioCommand{
 				flags |= block.MayUnmap
 			}
 			a.size = n
-			s.submit(a, block.OpWriteZeroes, nil, flags)
+			s.submit(a, block.OpWriteZeroes, nil, flags|s.writeThroughFlags())
 			return true
 		}
 		buf, iov, ok := s.ioVector(ops[1:], pattern)
@@ -335,7 +335,7 @@ var aioWriteCmd = &ioCommand{
 			return false
 		}
 		a.buf, a.size = buf, int64(len(buf))
-		s.submit(a, block.OpWrite, iov, flags)
+		s.submit(a, block.OpWrite, iov, flags|s.writeThroughFlags())
 		return true
 	},
 }

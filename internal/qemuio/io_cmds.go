@@ -351,13 +351,15 @@ func writeRun(s *ioSession, argv []string) bool {
 			if uflag {
 				fl |= block.MayUnmap
 			}
-			if fflag {
+			if fflag || s.writeThrough() {
 				fl |= block.FUA
 			}
 			err = n.WriteZeroes(off, count, fl)
 		case cflag:
-			_, err = n.WriteCompressed(buf, off)
-		case fflag:
+			if _, err = n.WriteCompressed(buf, off); err == nil && s.writeThrough() {
+				err = n.Flush()
+			}
+		case fflag || s.writeThrough():
 			err = n.Writev([][]byte{buf}, off, block.FUA)
 		default:
 			_, err = n.WriteAt(buf, off)

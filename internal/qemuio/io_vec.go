@@ -151,6 +151,6 @@ var writevCmd = &ioCommand{
 			return false
 		}
 		a.buf, a.size = buf, int64(len(buf))
-		return s.runVector(a, block.OpWrite, iov, flags)
+		return s.runVector(a, block.OpWrite, iov, flags|s.writeThroughFlags())
 	},
 }

@@ -269,8 +269,8 @@ func (c *checker) refcountErr(err error) string {
 // QemuCorruptEvent is the line QEMU prints when a check runs into an
 // unaligned refcount block.
 func QemuCorruptEvent(ue *RefblockUnalignedError) string {
-	return "qcow2: Image is corrupt: Refblock offset 0x" + strconv.FormatInt(ue.Offset, 16) +
-		" unaligned (reftable index: " + cHex(ue.Index) + "); further non-fatal corruption events will be suppressed"
+	return "qcow2: Image is corrupt: " + refblockUnalignedText(ue.Index, ue.Offset) +
+		"; further non-fatal corruption events will be suppressed"
 }
 
 // cHex formats v as C's %#x does (0 has no prefix).
@@ -375,7 +375,7 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 				c.res.FragmentedClusters++
 			}
 		case Normal, ZeroAlloc:
-			c.ref(le.HostOff, cs, "data cluster")
+			c.refData(le.HostOff, cs) // datafile.go
 			if active {
 				c.res.AllocatedClusters++
 				if c.nextOf != 0 && le.HostOff != c.nextOf {
@@ -385,7 +385,7 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 			}
 		default:
 			if g.ExtendedL2 && le.HostOff != 0 { // unallocated subclusters of a host cluster
-				c.ref(le.HostOff, cs, "data cluster")
+				c.refData(le.HostOff, cs) // datafile.go
 			}
 		}
 	}
@@ -420,7 +420,7 @@ func (c *checker) damagedStandard(e uint64, active bool) {
 		}
 		c.nextOf = off + cs
 	}
-	c.ref(off, cs, "data cluster")
+	c.refData(off, cs) // datafile.go
 }
 
 // CopiedChecked reports whether QEMU's check_oflag_copied looks at L2
@@ -470,6 +470,9 @@ func (c *checker) checkCopied() {
 				continue
 			}
 			rc, err := im.RefcountCached(host, &c.rc)
+			if g.ExternalData { // datafile.go: data clusters count as referenced once
+				rc, err = 1, nil
+			}
 			if err != nil {
 				continue
 			}

@@ -58,6 +58,10 @@ type Geometry struct {
 	// FileSize is the image file size; host offsets at or past it are
 	// corrupt. 0 disables the end-of-file checks.
 	FileSize int64
+	// ExternalData: data clusters live in an external data file
+	// (datafile.go); their host offsets are not checked against FileSize
+	// and compressed clusters are corrupt.
+	ExternalData bool
 }
 
 // Valid reports whether the shift amounts are in range; functions that
@@ -179,7 +183,7 @@ func (g *Geometry) l1Fast(e uint64) (uint64, bool) {
 // entry; with extended L2 the caller still checks the bitmap.
 func (g *Geometry) l2Fast(e uint64) (uint64, bool) {
 	host := e & OffsetMask
-	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.PastEOF(host) {
+	if e&(EntryCompressed|EntryZero|L2Reserved) != 0 || host == 0 || !g.Aligned(host) || g.dataPastEOF(host) {
 		return 0, false
 	}
 	return host, true
@@ -349,8 +353,11 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		if e&EntryCopied != 0 {
 			return L2Entry{}, Corrupt("l2_entry", e, "COPIED set on a compressed cluster")
 		}
-		if bitmap != 0 {
-			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "nonzero subcluster bitmap on a compressed cluster")
+		// extl2.go: the bitmap of a compressed cluster is unused and
+		// ignored, as QEMU reads it.
+		bitmap = 0
+		if g.ExternalData {
+			return L2Entry{}, Corrupt("l2_entry", e, "compressed cluster in an image with an external data file")
 		}
 		d, err := g.DecodeCompressed(e)
 		if err != nil {
@@ -368,17 +375,17 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		return L2Entry{}, Corrupt("l2_entry", e, "reserved bits set")
 	}
 	zero := e&EntryZero != 0
+	if zero && g.ExtendedL2 {
+		zero = false // extl2.go: bit 0 has no meaning with extended L2 and is ignored
+	}
 	if zero && !g.ZeroFlag {
-		if g.ExtendedL2 {
-			return L2Entry{}, Corrupt("l2_entry", e, "bit 0 set in an extended L2 entry")
-		}
 		return L2Entry{}, Corrupt("l2_entry", e, "zero flag in a version 2 image")
 	}
 	off := e & OffsetMask
 	if !g.Aligned(off) {
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset not cluster aligned")
 	}
-	if off != 0 && g.PastEOF(off) {
+	if off != 0 && g.dataPastEOF(off) {
 		return L2Entry{}, Corrupt("l2_entry", e, "host cluster offset past end of file")
 	}
 	le := L2Entry{HostOff: int64(off), Copied: e&EntryCopied != 0, Bitmap: bitmap}
@@ -387,9 +394,9 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		le.Type = ZeroPlain
 	case zero:
 		le.Type = ZeroAlloc
-	case off == 0:
-		// QEMU reads offset 0 as unallocated whatever COPIED says (it only
-		// means host offset 0 with an external data file, which we refuse).
+	case off == 0 && !g.dataAtZero(e):
+		// QEMU reads offset 0 as unallocated whatever COPIED says, except
+		// with an external data file (datafile.go).
 		le.Type = Unallocated
 		le.Copied = false
 	default:
@@ -399,7 +406,7 @@ func (g *Geometry) decodeL2Full(e, bitmap uint64) (L2Entry, error) {
 		if (bitmap>>32)&bitmap != 0 {
 			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "subcluster both allocated and zero")
 		}
-		if off == 0 && bitmap&BitmapAllocMask != 0 {
+		if off == 0 && !g.dataAtZero(e) && bitmap&BitmapAllocMask != 0 {
 			return L2Entry{}, Corrupt("l2_bitmap", bitmap, "allocated subclusters in an unallocated cluster")
 		}
 	}
@@ -423,12 +430,12 @@ func (g *Geometry) EncodeL2Entry(t ClusterType, hostOff int64, copied bool) (uin
 		if !g.ZeroFlag {
 			return 0, Unsupported("l2_entry", uint64(t), "zero flag not available in this image")
 		}
-		if (t == ZeroPlain) != (u == 0) {
+		if (t == ZeroPlain) != (u == 0) && !(g.ExternalData && t == ZeroAlloc) {
 			return 0, Corrupt("l2_entry", u, "zero-plain needs offset 0, zero-alloc a nonzero offset")
 		}
 		e = EntryZero
 	case Normal:
-		if u == 0 {
+		if u == 0 && !(g.ExternalData && copied) { // datafile.go: dataAtZero
 			return 0, Corrupt("l2_entry", u, "normal cluster needs a host offset")
 		}
 	default:

@@ -2,6 +2,7 @@ package format
 
 import (
 	"encoding/binary"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -259,13 +260,11 @@ func ParseHeader(b []byte) (*Header, error) {
 func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 	var seen uint8 // bit per known extension, to refuse duplicates
 	for off := start; off < end; {
-		if end-off < 8 {
-			// No room for another extension header: the area ends here.
-			break
-		}
 		magic, n := z.u32(int(off)), uint64(z.u32(int(off)+4))
 		off += 8
-		if n > end-off {
+		// An extension header that does not fit before end is refused
+		// too, even the end marker, as QEMU does (iotest 080).
+		if off > end || n > end-off {
 			return Corrupt(extName(magic), n, "header extension too large")
 		}
 		if magic == ExtEnd {
@@ -275,7 +274,8 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 		var bit uint8
 		switch magic {
 		case ExtBackingFormat:
-			bit = 1
+			// A second backing format extension replaces the first,
+			// as in QEMU (iotest 114): not a duplicate to refuse.
 			if n > MaxBackingFormatLen {
 				return Limit("backing_format_ext.len", n, "backing format name too long")
 			}
@@ -285,17 +285,20 @@ func (h *Header) parseExtensions(z zbuf, start, end uint64) error {
 			h.BackingFormat = string(data)
 		case ExtFeatureTable:
 			bit = 2
-			// A trailing partial entry is ignored, as QEMU does.
+			// A trailing partial entry reads as if padded with zeros,
+			// as QEMU reads it (its buffer is zeroed past the data).
 			h.FeatureNames = nil
-			if n >= featureNameLen {
-				h.FeatureNames = make([]FeatureName, 0, n/featureNameLen)
+			if n > 0 {
+				h.FeatureNames = make([]FeatureName, 0, (n+featureNameLen-1)/featureNameLen)
 			}
-			for p := uint64(0); p+featureNameLen <= n; p += featureNameLen {
-				name := data[p+2 : p+featureNameLen]
+			for p := uint64(0); p < n; p += featureNameLen {
+				var e [featureNameLen]byte
+				copy(e[:], data[p:])
+				name := e[2:]
 				if i := strings.IndexByte(string(name), 0); i >= 0 {
 					name = name[:i]
 				}
-				h.FeatureNames = append(h.FeatureNames, FeatureName{Type: data[p], Bit: data[p+1], Name: string(name)})
+				h.FeatureNames = append(h.FeatureNames, FeatureName{Type: e[0], Bit: e[1], Name: string(name)})
 			}
 		case ExtBitmaps:
 			bit = 4
@@ -353,11 +356,10 @@ func extName(magic uint32) string {
 func (h *Header) validate() error {
 	cs := uint64(1) << h.ClusterBits
 	if unknown := h.IncompatibleFeatures &^ IncompatKnown; unknown != 0 {
-		return Unsupported("incompatible_features", h.IncompatibleFeatures,
-			"unsupported incompatible features: "+h.describeBits(FeatureIncompatible, unknown))
+		return h.featureError(unknown)
 	}
-	if h.IncompatibleFeatures&IncompatDataFile != 0 {
-		return Unsupported("incompatible_features", h.IncompatibleFeatures, "external data file unsupported")
+	if err := h.validateDataFile(); err != nil { // datafile.go
+		return err
 	}
 	if err := h.validateCrypto(); err != nil {
 		return err
@@ -392,6 +394,10 @@ func (h *Header) validate() error {
 		return err
 	}
 	if need := L1EntriesFor(h.Size, h.ClusterBits, extL2); uint64(h.L1Entries) < need {
+		if need > math.MaxInt32 {
+			// No L1 table can be that large (QEMU: "Image is too big").
+			return Corrupt("l1_size", uint64(h.L1Entries), "image is too big: size "+strconv.FormatUint(h.Size, 10)+" needs "+strconv.FormatUint(need, 10)+" L1 entries (at most 2^31-1)")
+		}
 		return Corrupt("l1_size", uint64(h.L1Entries), "L1 table is too small for size "+strconv.FormatUint(h.Size, 10))
 	}
 
@@ -519,6 +525,7 @@ func (h *Header) Geometry(fileSize int64) Geometry {
 		ZeroFlag:      h.Version >= 3 && !h.ExtendedL2(),
 		Size:          int64(h.Size),
 		FileSize:      fileSize,
+		ExternalData:  h.HasDataFile(),
 	}
 }
 

@@ -27,6 +27,11 @@ type CreateOptions struct {
 	// (version 3 only: header byte 104 and incompatible feature bit 3, as
 	// qemu-img create -o compression_type=zstd writes them).
 	CompressionType uint8
+	// DataFile names an external data file (version 3 only; datafile.go):
+	// incompatible feature bit 2 and the data file extension. DataFileRaw
+	// sets autoclear bit 1 (the data file is a valid raw image).
+	DataFile    string
+	DataFileRaw bool
 }
 
 // Layout computes the metadata of a new image: the header, and where the
@@ -126,6 +131,9 @@ func LayoutRefblocks(size int64, o CreateOptions) (*Header, []int64, error) {
 		h.IncompatibleFeatures |= IncompatCompressionType
 	default:
 		return nil, nil, Unsupported("compression_type", uint64(o.CompressionType), "compression type must be zlib or zstd")
+	}
+	if err := layoutDataFile(h, o); err != nil { // datafile.go
+		return nil, nil, err
 	}
 	if ver == 3 {
 		h.HeaderLength = 112
@@ -295,6 +303,9 @@ func PlanMetadata(h *Header, offs []int64) (*PreallocPlan, error) {
 			return nil, err
 		}
 		k := min(per, clusters-i*per)
+		if g.ExternalData { // datafile.go: no data clusters in this file
+			k = 0
+		}
 		if p.Data[i], err = alloc(k); err != nil {
 			return nil, err
 		}

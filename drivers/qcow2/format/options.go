@@ -33,6 +33,9 @@ const (
 type OptionError struct {
 	Key string // the key refused; "" for the list itself
 	Msg string // what is wrong, one line
+	// SizeSyntax marks a value that is not a size at all (ParseOptionSize),
+	// which qemu-img words in its own three lines.
+	SizeSyntax bool
 }
 
 func (e *OptionError) Error() string { return e.Msg }
@@ -199,6 +202,9 @@ func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) 
 			case "1.1", "v3":
 				c.Version = 3
 			default:
+				if use == ForAmend { // qemu-img amend's own words
+					return nil, optErr(k, "Unknown compatibility level "+v)
+				}
 				return nil, optErr(k, "Invalid compatibility level: '"+v+"' (0.10, 1.1, v2, v3)")
 			}
 		case k == "lazy_refcounts":
@@ -214,7 +220,7 @@ func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) 
 			}
 			c.ExtendedL2 = b
 		case k == "refcount_bits":
-			n, err := strconv.ParseUint(strings.TrimLeft(v, " \t\n\v\f\r"), 0, 64)
+			n, err := parseOptionNumber(v)
 			if err != nil {
 				return nil, optErr(k, "Parameter 'refcount_bits' expects a number")
 			}
@@ -241,16 +247,14 @@ func ParseOptionPairs(pairs []OptionPair, use OptionUse) (*ImageOptions, error) 
 			c.BackingFile = v
 		case k == "backing_fmt":
 			c.BackingFormat = v
-		case k == "data_file", k == "data_file_raw":
-			if _, err := parseOptionBool(k, v); k == "data_file_raw" && err != nil {
+		case k == "data_file":
+			c.DataFile = v // amend: the driver decides (datafile.go)
+		case k == "data_file_raw":
+			b, err := parseOptionBool(k, v)
+			if err != nil {
 				return nil, err
 			}
-			switch use {
-			case ForCreate:
-				return nil, optErr(k, "Parameter '"+k+"': external data files are not supported")
-			case ForAmend:
-				return nil, optErr(k, strings.ReplaceAll(k, "_", "-")+" can only be set for images that use an external data file")
-			}
+			c.DataFileRaw = b
 		case k == "encryption", strings.HasPrefix(k, "encrypt."):
 			if k == "encryption" {
 				if _, err := parseOptionBool(k, v); err != nil {
@@ -273,7 +277,7 @@ func checkOverridden(k, v string) error {
 	case k == "size" || k == "cluster_size":
 		_, err = ParseOptionSize(k, v)
 	case k == "refcount_bits":
-		if _, perr := strconv.ParseUint(strings.TrimLeft(v, " \t\n\v\f\r"), 0, 64); perr != nil {
+		if _, perr := parseOptionNumber(v); perr != nil {
 			err = optErr(k, "Parameter 'refcount_bits' expects a number")
 		}
 	case k == "lazy_refcounts" || k == "extended_l2" || k == "data_file_raw" || k == "encryption":
@@ -346,7 +350,7 @@ func parseOptionBool(key, v string) (bool, error) {
 // an optional unit B, K, M, G, T, P or E (any case; powers of 1024; a
 // fraction needs a unit other than B), rounded to the nearest byte.
 func ParseOptionSize(key, v string) (int64, error) {
-	bad := optErr(key, "Parameter '"+key+"' expects a non-negative number below 2^63 (optional suffix k, M, G, T, P or E)")
+	bad := &OptionError{Key: key, Msg: "Parameter '" + key + "' expects a non-negative number below 2^63 (optional suffix k, M, G, T, P or E)", SizeSyntax: true}
 	s := strings.TrimLeft(v, " \t\n\v\f\r")
 	i := 0
 	for i < len(s) && s[i] >= '0' && s[i] <= '9' {

@@ -55,7 +55,8 @@ func TestQcow2ParseOptions(t *testing.T) {
 		{"compat=1.1", M, want{"", func(o *format.ImageOptions) bool { return o.Create.Version == 3 }}},
 		{"compat=v3", C, want{"", func(o *format.ImageOptions) bool { return o.Create.Version == 3 }}},
 		{"compat=1.0", C, want{"Invalid compatibility level: '1.0' (0.10, 1.1, v2, v3)", nil}},
-		{"compat=", A, want{"Invalid compatibility level: '' (0.10, 1.1, v2, v3)", nil}},
+		{"compat=", C, want{"Invalid compatibility level: '' (0.10, 1.1, v2, v3)", nil}},
+		{"compat=0.42", A, want{"Unknown compatibility level 0.42", nil}}, // amend's words (iotest 061)
 		// lazy_refcounts: QEMU booleans, bare key, noKEY.
 		{"lazy_refcounts=on", C, want{"", lazy(true)}},
 		{"lazy_refcounts=yes", C, want{"", lazy(true)}},
@@ -106,11 +107,13 @@ func TestQcow2ParseOptions(t *testing.T) {
 		{"size=1.5M", A, want{"", func(o *format.ImageOptions) bool { return o.Size == 3<<19 }}},
 		{"size=1x", A, want{"Parameter 'size' expects a non-negative number below 2^63 (optional suffix k, M, G, T, P or E)", nil}},
 		{"size=1M", M, want{"", nil}},
-		// data_file, encryption: refused clearly where they would matter.
-		{"data_file=x.raw", C, want{"Parameter 'data_file': external data files are not supported", nil}},
+		// data_file, data_file_raw: parsed here; the combinations are
+		// Layout's (create) and the driver's (amend) to refuse.
+		{"data_file=x.raw", C, want{"", func(o *format.ImageOptions) bool { return o.Create.DataFile == "x.raw" && !o.Create.DataFileRaw }}},
 		{"data_file=x.raw", M, want{"", nil}},
-		{"data_file=x.raw", A, want{"data-file can only be set for images that use an external data file", nil}},
-		{"data_file_raw=on", C, want{"Parameter 'data_file_raw': external data files are not supported", nil}},
+		{"data_file=x.raw", A, want{"", func(o *format.ImageOptions) bool { return o.Has("data_file") && o.Create.DataFile == "x.raw" }}},
+		{"data_file=x.raw,data_file_raw=on", C, want{"", func(o *format.ImageOptions) bool { return o.Create.DataFileRaw }}},
+		{"data_file_raw=maybe", C, want{"Parameter 'data_file_raw' expects 'on' or 'off'", nil}},
 		{"encrypt.format=luks", C, want{"Parameter 'encrypt.format': encrypted images are not supported", nil}},
 		{"encrypt.format=luks", M, want{"Parameter 'encrypt.format': encrypted images are not supported", nil}},
 		{"encryption=on", C, want{"Parameter 'encryption': encrypted images are not supported", nil}},

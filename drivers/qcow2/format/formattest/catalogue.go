@@ -113,7 +113,10 @@ var HostileImages = []Hostile{
 	// Rows 38, 39: policy.
 	{"38 json: backing name", "ovl", SetBacking(`json:{"driver":"raw","file":{"driver":"file","filename":"/etc/hostname"}}`), false, format.ErrUnsupported, "backing_file"},
 	{"38 protocol backing name", "ovl", SetBacking("nbd://evil.example/x"), false, format.ErrUnsupported, "backing_file"},
-	{"39 external data file bit", "base64m", At64(72, format.IncompatDataFile), false, format.ErrUnsupported, "incompatible_features"},
+	// An external data file is supported; its recorded name gets the
+	// backing name's rule (plain paths only, datafile.go).
+	{"39 json: data file name", "base64m", SetDataFile(`json:{"driver":"file","filename":"/etc/shadow"}`), false, format.ErrUnsupported, "data_file_ext"},
+	{"39 protocol data file name", "base64m", SetDataFile("nbd:evil.example:10809"), false, format.ErrUnsupported, "data_file_ext"},
 	{"LUKS encryption without its header extension", "base64m", At32(32, 2), false, format.ErrCorrupt, "full_disk_encryption_ext"},
 	{"AES encryption", "base64m", At32(32, 1), false, format.ErrUnsupported, "crypt_method"},
 	{"file shorter than a header", "base64m", func(_ *testing.T, b []byte) []byte { return b[:50] }, false, format.ErrCorrupt, "file_size"},
@@ -142,4 +145,26 @@ func SetBacking(name string) func(*testing.T, []byte) []byte {
 // (" l1_entry", ".len", "[3]").
 func FieldIs(got, want string) bool {
 	return got == want || strings.HasPrefix(got, want) && strings.ContainsRune(" .[", rune(got[len(want)]))
+}
+
+// SetDataFile gives a version 3 image the external data file bit and a
+// data file extension naming name, inserted as the first header
+// extension (the others move up; the header cluster has room).
+func SetDataFile(name string) func(*testing.T, []byte) []byte {
+	return func(t *testing.T, b []byte) []byte {
+		if binary.BigEndian.Uint32(b[4:]) < 3 {
+			t.Fatal("not a version 3 image")
+		}
+		hl := int(binary.BigEndian.Uint32(b[100:]))
+		cs := 1 << binary.BigEndian.Uint32(b[20:])
+		ext := make([]byte, 8+(len(name)+7)&^7)
+		binary.BigEndian.PutUint32(ext, format.ExtDataFile)
+		binary.BigEndian.PutUint32(ext[4:], uint32(len(name)))
+		copy(ext[8:], name)
+		rest := append([]byte(nil), b[hl:cs-len(ext)]...)
+		copy(b[hl:], ext)
+		copy(b[hl+len(ext):], rest)
+		binary.BigEndian.PutUint64(b[72:], binary.BigEndian.Uint64(b[72:])|format.IncompatDataFile)
+		return b
+	}
 }
