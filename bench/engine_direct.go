@@ -173,6 +173,9 @@ func (c *threadClone) start() {
 			time.Sleep(d)
 		}
 		c.w.start()
+		if threadStarted != nil {
+			threadStarted(unix.Gettid())
+		}
 		if c.ring != nil {
 			c.runRing()
 			// The ring is bound to this thread: close it here, after every
@@ -186,12 +189,46 @@ func (c *threadClone) start() {
 	}()
 }
 
+// threadStarted, when set (tests), is told each baseline clone's thread
+// id when its loop starts.
+var threadStarted func(tid int)
+
+// yieldEvery bounds how long a baseline clone runs without passing through
+// the Go scheduler; it stays under the runtime's 10 ms hog check (see
+// yieldOften).
+const yieldEvery = int64(8 * time.Millisecond)
+
+// yieldOften calls runtime.Gosched when yieldEvery has passed since last
+// (a reading of the worker clock) and returns the new reference.
+//
+// A clone's loop never blocks in Go: it waits in io_uring_enter (or in
+// pread), so its goroutine is never switched out and its P's schedule tick
+// never moves. The runtime's sysmon reads a tick unchanged for 10 ms as a
+// goroutine hogging its P; catching it inside the system call, it takes
+// the P away and hands it off, and having done work it goes back to
+// waking every 20 µs — for as long as the loop runs. On the bare ring at
+// QD 1 that was about one context switch in other threads per I/O
+// (sysmon and the threads it handed the P to), on a 2-core machine the
+// CPU the io-wq worker or the loop device's worker needs to complete the
+// I/O. A voluntary Gosched moves the tick first: on a locked thread it
+// costs a hand-off through another M, at most 125 times a second. aio's
+// owner loop does the same (aio.Context.yieldOften).
+func yieldOften(now, last int64) int64 {
+	if now-last < yieldEvery {
+		return last
+	}
+	runtime.Gosched()
+	return now
+}
+
 func (c *threadClone) runSync() {
 	w := c.w
 	one := make([]*unit, 1)
+	var yielded int64
 	for {
 		now := w.now()
 		w.tick(now)
+		yielded = yieldOften(now, yielded)
 		u := w.take()
 		if !w.fill(u, now) {
 			w.untake(u)
@@ -241,9 +278,11 @@ func (c *threadClone) runRing() {
 	// sees the full depth; the rest wait in the CQ for the next round, which
 	// then needs no io_uring_enter to find them.
 	reapMax := min(w.job.IODepthBatchCompleteMax, len(cqes))
+	var yielded int64
 	for {
 		now := w.now()
 		w.tick(now)
+		yielded = yieldOften(now, yielded)
 		batch = batch[:0]
 		for {
 			if len(batch) == w.job.IODepthBatch {
