@@ -178,6 +178,7 @@ func (c *threadClone) start() {
 		}
 		if c.ring != nil {
 			c.runRing()
+			c.w.ringEnters = c.ring.Enters()
 			// The ring is bound to this thread: close it here, after every
 			// operation was reaped.
 			c.ring.Close()
@@ -285,7 +286,9 @@ func (c *threadClone) runRing() {
 		yielded = yieldOften(now, yielded)
 		batch = batch[:0]
 		for {
-			if len(batch) == w.job.IODepthBatch {
+			// A full batch goes now only if another follows it; the round's
+			// last batch goes with the wait (submitWait).
+			if len(batch) == w.job.IODepthBatch && w.canTake() {
 				now = c.submit(batch) // the next batch is issued after it
 				batch = batch[:0]
 			}
@@ -330,9 +333,8 @@ func (c *threadClone) runRing() {
 			}
 			batch = append(batch, u)
 		}
-		c.submit(batch)
 		until, paced := w.waitUntil()
-		if w.busy == 0 {
+		if w.busy == 0 { // nothing in flight, so nothing was prepared
 			if paced {
 				sleepUntil(w, until)
 				continue
@@ -346,9 +348,6 @@ func (c *threadClone) runRing() {
 		if paced { // wake for the paced I/O even if nothing completes
 			wait = max(time.Duration(until-w.now()), time.Microsecond)
 		}
-		// Enter only when the CQ holds fewer than the minimum: the submit
-		// above already entered with GETEVENTS (so deferred completions
-		// were posted), and what an earlier round left is still there.
 		// Like fio's loop, a round takes at most iodepth_batch_complete_max
 		// and issues again; once nothing more will be issued the rest
 		// drains in one reap (fio waits for all in flight at the end).
@@ -356,18 +355,22 @@ func (c *threadClone) runRing() {
 		if w.stopIssuing && !paced {
 			reapMin, take = w.busy, len(cqes)
 		}
-		if r.Ready() < reapMin {
-			w.enterReap++
-			if _, err := r.SubmitAndWait(reapMin, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
-				// The ring failed: stop issuing and reap what is still in
-				// flight before its buffers go away.
-				if w.err == nil {
-					w.err = err
-				}
-				w.stopIssuing = true
-				if _, err := r.SubmitAndWait(w.busy, time.Second); err != nil {
-					return
-				}
+		// One enter submits the round's last batch and waits, when the CQ
+		// holds fewer than the minimum, for the rest (liburing's
+		// io_uring_submit_and_wait; fio makes two calls, commit then
+		// getevents). The kernel runs the deferred task work before it
+		// would sleep, so completions that finished meanwhile are posted
+		// and the call returns at once. What an earlier round left in the
+		// CQ is counted first: then the enter only submits.
+		if err := c.submitWait(batch, reapMin, wait); err != nil {
+			// The ring failed: stop issuing and reap what is still in
+			// flight before its buffers go away.
+			if w.err == nil {
+				w.err = err
+			}
+			w.stopIssuing = true
+			if _, err := r.SubmitAndWait(w.busy, time.Second); err != nil {
+				return
 			}
 		}
 		k := r.Reap(cqes[:take])
@@ -389,6 +392,39 @@ func (c *threadClone) runRing() {
 func sleepUntil(w *worker, t int64) {
 	if d := time.Duration(t - w.now()); d > 0 {
 		time.Sleep(d)
+	}
+}
+
+// submitWait hands the prepared SQEs of batch to the kernel and, in the
+// same io_uring_enter, waits until the CQ holds reapMin CQEs or timeout
+// passed (timeout < 0: no limit). The batch's submit time is stamped
+// before the call, since the wait would otherwise count as submission
+// latency. With nothing to submit and enough CQEs it does not enter.
+func (c *threadClone) submitWait(batch []*unit, reapMin int, timeout time.Duration) error {
+	w, r := c.w, c.ring
+	waits := r.Ready() < reapMin
+	if len(batch) == 0 && !waits {
+		return nil
+	}
+	if len(batch) > 0 {
+		w.enterSubmit++
+		w.submitted(batch, w.now())
+	}
+	if waits {
+		w.enterReap++
+	}
+	for {
+		_, err := r.SubmitAndWait(reapMin, timeout)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, uring.ErrBusy) {
+			return err
+		}
+		if r.Pending() == 0 || r.Ready() > 0 {
+			// Submitted, or completions to reap first: the caller reaps.
+			return nil
+		}
 	}
 }
 
