@@ -128,7 +128,9 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		var img *cli.BlkImage
 		if cli.IsWholeTree(err) {
 			// An option tree: a data-file child, a filter (amend_tree.go).
-			img, err = amendOpenTree(&ia, operands[0], format, cache)
+			if img, err = amendOpenTree(&ia, operands[0], format, cache); err == nil {
+				path = img.Path
+			}
 		} else if err == nil {
 			img, err = amendOpenFile(path, format, cache)
 		}
