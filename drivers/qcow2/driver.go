@@ -192,6 +192,10 @@ type Driver struct {
 		// allocRun: allocations the current caller makes in a row
 		// (alloc_place.go).
 		allocRun int64
+
+		// untrusted: the header, L1 or refcount table has refcount 0;
+		// allocations are refused (untrusted.go).
+		untrusted error
 	}
 	// l2 is the image's L2 cache (l2cache.go; its own locking rules),
 	// set at Open.
@@ -308,6 +312,7 @@ func (d *Driver) Open(n *block.Node) error {
 	}
 	iopts := d.opts.Image
 	iopts.ReadWrite = !d.readOnly
+	iopts.DeferMetadataRefcounts = true // untrusted.go
 	if !d.readOnly {
 		// A dirty image is repaired first (lazy.go, repair.go).
 		relaxed, err := maintOf(d).openRepair(file)
@@ -328,6 +333,11 @@ func (d *Driver) Open(n *block.Node) error {
 	d.mu.hdr, d.mu.geo, d.mu.l1, d.mu.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
 	d.mu.snaps, d.mu.snapSz = im.Snapshots, im.SnapshotTableSize
 	d.setDamage(im)
+	if iopts.ReadWrite {
+		if d.mu.untrusted, err = d.untrustedOf(im); err != nil { // untrusted.go
+			return d.formatErr(block.OpOpen, 0, err)
+		}
+	}
 	d.initLazy()
 	// The L1 table may be longer than the disk needs; never map past it.
 	if err := d.initL2(); err != nil {

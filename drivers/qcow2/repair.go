@@ -767,8 +767,13 @@ func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) 
 	if err != nil {
 		return err
 	}
+	untrusted, err := d.untrustedOf(im) // untrusted.go: a rebuild clears it
+	if err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.mu.untrusted = untrusted
 	d.mu.hdr, d.mu.l1, d.mu.rt = im.Header, im.L1, im.RefcountTable
 	fs := max(d.mu.geo.FileSize, im.Geometry.FileSize)
 	d.mu.geo = im.Geometry

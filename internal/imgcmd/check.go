@@ -152,9 +152,14 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		if len(files) != 1 {
 			return 1, cli.Usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
 		}
+		dataTree := false // the data file was given and opened (check_datafile.go)
 		{
 			bo := cli.BlkOptions{Format: format}
 			p, err := ia.Resolve(files[0], &bo)
+			if cli.IsWholeTree(err) && mode == 0 {
+				p, err = checkDataFileTree(&ia, files[0], &bo)
+				dataTree = err == nil
+			}
 			if err != nil {
 				return 1, err
 			}
@@ -180,6 +185,9 @@ func Check(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		defer img.Close()
+		if err := checkDataFilePresent(img, dataTree); err != nil { // check_datafile.go
+			return 1, err
+		}
 		if err := img.lockForRead(share); err != nil {
 			return 1, err
 		}

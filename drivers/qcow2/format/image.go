@@ -16,6 +16,10 @@ type Options struct {
 	// table have a nonzero refcount (qcow2.md §3.2 row 10: otherwise the
 	// first allocation would hand out live metadata).
 	ReadWrite bool
+	// DeferMetadataRefcounts leaves the refcount check of ReadWrite to
+	// the caller (Image.CheckMetadataRefcounts, untrusted.go): the driver
+	// opens such an image and refuses its allocations instead.
+	DeferMetadataRefcounts bool
 	// MaxL1Bytes, MaxRefcountTableBytes and MaxSnapshotTableBytes lower the
 	// package limits for callers that want a tighter memory bound. Zero or
 	// values above the package limit mean the package limit.
@@ -166,7 +170,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	if err := im.checkOverlaps(); err != nil {
 		return nil, err
 	}
-	if opts.ReadWrite {
+	if opts.ReadWrite && !opts.DeferMetadataRefcounts {
 		if err := im.checkMetadataRefcounts(); err != nil {
 			return nil, err
 		}
