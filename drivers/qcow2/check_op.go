@@ -35,9 +35,12 @@ func (d maintOps) checkLocked(co *aio.Co, r *block.Request) error {
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{CheckMode: true})
 	if err != nil {
 		return err
+	}
+	if _, err := im.ReadSnapshotsForCheck(false); err != nil {
+		return err // a *format.SnapshotTableError: the caller words it
 	}
 	res, err := im.Check()
 	if err != nil {

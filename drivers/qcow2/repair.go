@@ -96,6 +96,7 @@ type repairer struct {
 	// QEMU's qcow2_check_fix_snapshot_table does, and settles the counts.
 	checkSnapshots bool
 	snapIncomplete int64
+	snapTruncated  int64 // entries whose extra data was cut (readSnapshots)
 	scanned        bool
 	signalled      bool // the unaligned-refcount-block event was logged
 	pastEOF        int64
@@ -132,9 +133,14 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	if err != nil {
 		return nil, 0, false, err
 	}
-	im, err := format.ReadImage(r.f, size, format.Options{})
+	im, err := format.ReadImage(r.f, size, format.Options{CheckMode: r.checkSnapshots})
 	if err != nil {
 		return nil, 0, false, err
+	}
+	if r.checkSnapshots {
+		if err := r.readSnapshots(im); err != nil {
+			return nil, 0, false, err
+		}
 	}
 	h, g := im.Header, &im.Geometry
 	if h.BitmapsConsistent() {
@@ -403,7 +409,41 @@ func (r *repairer) run() error {
 // snapshotsPending reports whether the snapshot table still needs the
 // rewrite that a repair of all errors does (see checkSnapshots).
 func (r *repairer) snapshotsPending() bool {
-	return r.fixErrors && r.snapIncomplete > 0
+	return r.fixErrors && r.snapIncomplete+r.snapTruncated > 0
+}
+
+// readSnapshots reads the snapshot table of im (read in check mode) as
+// QEMU's check does: in a repair of all errors, overhanging entries are
+// dropped (the header's count is lowered at once, leaking their
+// clusters, which the refcount repair frees) and entries with too much
+// extra data are cut (the table is rewritten after the refcount repair).
+// The first scan reports and counts; later ones read the same form.
+func (r *repairer) readSnapshots(im *format.Image) error {
+	sc, err := im.ReadSnapshotsForCheck(r.fixErrors)
+	if err != nil {
+		return err
+	}
+	if r.scanned {
+		return nil
+	}
+	for _, m := range sc.Messages {
+		r.log(m)
+	}
+	if sc.Overhanging > 0 {
+		var b [4]byte
+		n := uint32(len(im.Snapshots))
+		b[0], b[1], b[2], b[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+		if _, err := r.f.WriteAt(b[:], 60); err != nil {
+			return err
+		}
+		if err := r.f.Sync(); err != nil {
+			return err
+		}
+		r.res.CorruptionsFixed += int64(sc.Overhanging)
+	}
+	r.snapTruncated = sc.Truncated
+	r.res.Corruptions += sc.Truncated
+	return nil
 }
 
 // fixCopied compares COPIED in the active L1 and L2 tables with the
@@ -717,8 +757,8 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 			d.checkLog("ERROR failed to update the snapshot table: " + err.Error())
 			rerr = err
 		} else {
-			res.Corruptions -= rp.snapIncomplete
-			res.CorruptionsFixed += rp.snapIncomplete
+			res.Corruptions -= rp.snapIncomplete + rp.snapTruncated
+			res.CorruptionsFixed += rp.snapIncomplete + rp.snapTruncated
 			if res.CheckErrors == 0 && res.Corruptions == 0 {
 				rerr = rp.markClean()
 			}
@@ -758,10 +798,11 @@ func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) 
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, d.imageOptions(format.Options{}))
 	if err != nil {
 		return err
 	}
+	d.checkModeSnapshots(im) // snapshot_check.go
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.mu.hdr, d.mu.l1, d.mu.rt = im.Header, im.L1, im.RefcountTable

@@ -316,6 +316,13 @@ func qemuFormatWording(err error) string {
 	if !errors.As(err, &fe) {
 		return ""
 	}
+	var ste *format.SnapshotTableError
+	if errors.As(err, &ste) {
+		if ste.Hint != "" {
+			return ste.Text + "\n" + ste.Hint
+		}
+		return ste.Text
+	}
 	var feat *format.FeatureError
 	if errors.As(err, &feat) {
 		return "Unsupported qcow2 feature(s): " + feat.QEMUText()

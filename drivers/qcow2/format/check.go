@@ -162,13 +162,31 @@ func (c *checker) countReferences() {
 	c.walkL1(im.L1, true)
 	for i := range im.Snapshots {
 		s := &im.Snapshots[i]
-		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
-		snap, err := im.Snapshot(i)
-		if err != nil {
-			c.res.AddCorruption("snapshot " + strconv.Itoa(i) + ": " + err.Error())
+		// QEMU's two checks of a snapshot's L1 fields: the entry is
+		// counted as one corruption and its tables are not walked.
+		pre := "snapshot " + s.ID + " (" + s.Name + ") "
+		if s.L1Offset&uint64(cs-1) != 0 {
+			c.res.AddCorruption(pre + "l1_offset=" + hexAlt(s.L1Offset) + ": L1 table is not cluster aligned; snapshot table entry corrupted")
 			continue
 		}
-		c.walkL1(snap.L1, false)
+		if uint64(s.L1Entries) > MaxL1Bytes/8 {
+			c.res.AddCorruption(pre + "l1_size=" + hexAlt(uint64(s.L1Entries)) + ": L1 table is too large; snapshot table entry corrupted")
+			continue
+		}
+		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
+		// The table is walked as QEMU walks it (no check of its size
+		// against the disk size); one past EOF was reported by ref and
+		// reads as zeros.
+		if s.L1Entries == 0 || s.L1Offset >= uint64(im.FileSize) {
+			continue
+		}
+		l1, err := readTable(im.r, s.L1Offset, int(s.L1Entries))
+		if err != nil {
+			c.res.CheckErrors++
+			c.res.note("ERROR snapshot " + strconv.Itoa(i) + ": " + err.Error())
+			continue
+		}
+		c.walkL1(l1, false)
 	}
 	c.ref(int64(h.SnapshotsOffset), im.SnapshotTableSize, "snapshot_table")
 	if h.CryptMethod == CryptLUKS {
@@ -484,3 +502,11 @@ func (c *checker) checkCopied() {
 }
 
 func int64ToU(v int64) uint64 { return uint64(v) }
+
+// hexAlt is C's %#x: 0x and lower-case hex, "0" for zero.
+func hexAlt(v uint64) string {
+	if v == 0 {
+		return "0"
+	}
+	return "0x" + strconv.FormatUint(v, 16)
+}
