@@ -322,7 +322,7 @@ func (d snapshotOps) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (
 	// (the flag means nothing in an inactive table).
 	cs := d.mu.geo.ClusterSize()
 	if len(l1) > 0 {
-		off, err := d.allocContiguous(co, (int64(len(l1))*8+cs-1)/cs)
+		off, err := d.allocFirstFit(co, (int64(len(l1))*8+cs-1)/cs) // snapshot_check.go
 		if err != nil {
 			return format.Snapshot{}, err
 		}
@@ -427,7 +427,7 @@ func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) err
 	cs := d.mu.geo.ClusterSize()
 	var off int64
 	if len(snaps) > 0 {
-		if off, err = d.allocContiguous(co, (int64(len(tb))+cs-1)/cs); err != nil {
+		if off, err = d.allocFirstFit(co, (int64(len(tb))+cs-1)/cs); err != nil {
 			return err
 		}
 		if err := d.fileWrite(co, nil, tb, off); err != nil {
