@@ -34,27 +34,41 @@ func (d *Driver) checkModeSnapshots(im *format.Image) {
 // allocFirstFit allocates n contiguous clusters at the first run of free
 // ones from the allocator's search start, as QEMU's qcow2_alloc_clusters
 // does for snapshot L1 copies and snapshot tables (iotest 261 names the
-// clusters a table lands in). A run broken by a used cluster is given
-// back (freed at the next metadata flush) and the search goes on after
-// it; the file end always ends the search.
+// clusters a table lands in). Clusters of a run broken by a used one stay
+// allocated while the search goes on (so it never sees them again) and
+// are given back at the end (freed at the next metadata flush); the file
+// end always ends the search.
 func (d metaIO) allocFirstFit(co *aio.Co, n int64) (int64, error) {
 	cs := d.mu.geo.ClusterSize()
-	var run []int64
+	var run, skipped []int64
+	defer func() {
+		for _, g := range skipped {
+			d.abortAlloc(g, nil)
+		}
+	}()
 	for int64(len(run)) < n {
 		off, err := d.allocCluster(co)
 		if err != nil {
-			for _, g := range run {
-				d.abortAlloc(g, nil)
-			}
+			skipped = append(skipped, run...)
 			return 0, err
 		}
 		if len(run) > 0 && off != run[len(run)-1]+cs {
-			for _, g := range run {
-				d.abortAlloc(g, nil)
-			}
+			skipped = append(skipped, run...)
 			run = run[:0]
 		}
 		run = append(run, off)
 	}
 	return run[0], nil
+}
+
+// snapL1Range is snapshot i's L1 table as a host range for the overlap
+// checks, or an empty one when its fields fail format.ValidateSnapshot:
+// QEMU opens such images and fails only the operations that need the
+// table (readSnapshotL1); the bogus range is never followed or guarded.
+// REQUIRES: mu held.
+func snapL1Range(s *format.Snapshot, i int, g *format.Geometry) (off, n int64) {
+	if format.ValidateSnapshot(s, i, g, 0) != nil {
+		return 0, 0
+	}
+	return int64(s.L1Offset), int64(s.L1Entries) * 8
 }

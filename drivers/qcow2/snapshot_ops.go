@@ -522,7 +522,7 @@ func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
 		return true
 	}
 	for i := range d.mu.snaps {
-		if in(int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries)*8) {
+		if in(snapL1Range(&d.mu.snaps[i], i, &d.mu.geo)) {
 			return true
 		}
 	}

@@ -117,6 +117,9 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 			return 1, fmt.Errorf("Could not create snapshot '%s': the %s format does not support snapshots", name, img.Format)
 		}
 		if _, err := d.CreateSnapshot(qcow2.SnapshotCreateOptions{Name: name}); err != nil {
+			if e := snapshotCreateErrno(err); e != 0 { // snapshot_words.go
+				return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, qemuErrnoCause(e))
+			}
 			return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, snapshotCause(err))
 		}
 	case "a":
@@ -124,6 +127,11 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 			return 1, fmt.Errorf("Could not apply snapshot '%s': Block driver does not support snapshots", name)
 		}
 		if err := d.ApplySnapshot(name); err != nil {
+			if words, e := snapshotL1Words(err); words != "" {
+				// qemu-img: the table's refusal, then the load's errno.
+				fmt.Fprintf(stderr, "%s: %s\n", cli.Prog, words)
+				return 1, fmt.Errorf("Could not apply snapshot '%s': Failed to load snapshot: %s", name, strerror(e))
+			}
 			return 1, fmt.Errorf("Could not apply snapshot '%s': %s", name, snapshotCause(err))
 		}
 	case "d":
@@ -138,6 +146,9 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 				cause := cli.PlainErr(fe.Err)
 				fmt.Fprintf(stderr, "qcow2_free_clusters failed: %v\n", cause)
 				return 1, fmt.Errorf("Could not delete snapshot '%s': Failed to free the cluster and L1 table: %v", name, cause)
+			}
+			if words, _ := snapshotL1Words(err); words != "" {
+				return 1, fmt.Errorf("Could not delete snapshot '%s': %s", name, words)
 			}
 			return 1, fmt.Errorf("Could not delete snapshot '%s': %s", name, snapshotCause(err))
 		}
