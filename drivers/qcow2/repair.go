@@ -349,7 +349,10 @@ func (r *repairer) run() error {
 			r.res.CheckErrors++
 			return err
 		}
-		r.res.Corruptions, r.res.Leaks = 0, 0
+		// The snapshot table entries are still wrong: the table is
+		// rewritten after the refcount repair (Driver.repair), which
+		// counts them as fixed then.
+		r.res.Corruptions, r.res.Leaks = r.snapIncomplete+r.snapTruncated, 0
 		// References again, through the new table: the old structures
 		// are leaks now.
 		refs, damaged, rebuild, err = r.scan()

@@ -187,7 +187,7 @@ func printSnapshotList(w io.Writer, snaps []format.Snapshot) error {
 		if s.ExtraDataSize >= 24 && s.Icount != ^uint64(0) {
 			icount = fmt.Sprint(int64(s.Icount))
 		}
-		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, sizeToStr(int64(s.VMStateSize)), date, clock, icount)
+		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", cString(s.ID), cString(s.Name), sizeToStr(int64(s.VMStateSize)), date, clock, icount)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -62,3 +62,12 @@ type wordsErr struct {
 
 func (e *wordsErr) Error() string { return e.msg }
 func (e *wordsErr) Unwrap() error { return e.err }
+
+// cString is s as QEMU's C string of it: up to the first NUL byte (an id
+// or name of NUL bytes, as iotest 261 writes them, prints as empty).
+func cString(s string) string {
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
