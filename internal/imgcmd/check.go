@@ -191,6 +191,8 @@ func Check(args []string, stdout, stderr io.Writer) int {
 			img.qcow.Progress = func(done, total int64) { prog.Set(100 * float64(done) / float64(total)) }
 		}
 		var res *qcow2fmt.CheckResult
+		// Every problem on its own line as it is found, as qemu-img.
+		img.qcow.CheckLog = func(m string) { fmt.Fprintf(stderr, "%s\n", m) }
 		if _, err = img.qcow.ReadSnapshotsForCheck(false); err == nil {
 			res, err = img.qcow.Check()
 		}

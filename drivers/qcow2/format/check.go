@@ -23,6 +23,8 @@ type CheckResult struct {
 
 	// Messages describes the first problems found (at most maxCheckMessages).
 	Messages []string
+
+	log func(string) // Image.CheckLog: every message, none kept
 }
 
 const (
@@ -38,6 +40,10 @@ func (c *CheckResult) AddCorruption(msg string) {
 }
 
 func (c *CheckResult) note(msg string) {
+	if c.log != nil {
+		c.log(msg)
+		return
+	}
 	if len(c.Messages) < maxCheckMessages {
 		c.Messages = append(c.Messages, msg)
 	}
@@ -92,7 +98,7 @@ func (im *Image) Check() (*CheckResult, error) {
 	if nb > MaxCheckClusters {
 		return nil, Limit("file_size", uint64(im.FileSize), "image file too large to check in memory")
 	}
-	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
+	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs, log: im.CheckLog}
 	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
 	c.total = int64(len(im.L1)) + nb
 	for i := range im.Snapshots {

@@ -67,6 +67,10 @@ type Image struct {
 	// done and the total (L1 entries walked, then clusters compared), at
 	// most a few hundred times per check.
 	Progress func(done, total int64)
+	// CheckLog, when set, receives every message of Check as it is found
+	// (qemu-img prints them all); CheckResult.Messages then stays empty.
+	// Unset, Check keeps the first few in Messages.
+	CheckLog func(msg string)
 }
 
 // ReadFull fills p from off, reading bytes past the end of the file as zeros
