@@ -194,3 +194,59 @@ func TestSnapshotTableCheckRepair(t *testing.T) {
 		})
 	}
 }
+
+// FuzzQcow2SnapshotCheck: a check-mode open and the check's read of the
+// snapshot table (with and without repair) of a fuzzed image must not
+// panic, must return the package's errors, must stay within the table
+// limit's memory, and a repaired table must encode and parse again.
+func FuzzQcow2SnapshotCheck(f *testing.F) {
+	for _, name := range testImages {
+		b := loadImage(f, name)
+		keep := metadataRanges(f, b)
+		f.Add(encodeSparse(b, keep), uint8(0))
+		f.Add(encodeSparse(b, keep), uint8(1))
+	}
+	for _, c := range append(append([]formattest.Hostile(nil), hostileImages...), formattest.SnapshotDeferred...) {
+		orig := loadImage(f, c.Image)
+		keep := metadataRanges(f, orig)
+		p := c.Patch(&testing.T{}, append([]byte(nil), orig...))
+		f.Add(encodeSparse(p, keep), uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, flags uint8) {
+		file := decodeSparse(data)
+		im, err := format.ReadImage(file, file.Size, format.Options{CheckMode: true, MaxL1Bytes: 1 << 20, MaxRefcountTableBytes: 1 << 20})
+		if err != nil {
+			checkError(t, err)
+			return
+		}
+		var sc *format.SnapshotCheck
+		repair := flags&1 != 0
+		// The kept entries (at most 64 MiB of table) and the read window.
+		n := allocated(func() { sc, err = im.ReadSnapshotsForCheck(repair) })
+		if budget := uint64(96 << 20); n > budget {
+			t.Fatalf("ReadSnapshotsForCheck allocated %d bytes (budget %d)", n, budget)
+		}
+		if err != nil {
+			var ste *format.SnapshotTableError
+			if !errors.As(err, &ste) || ste.Text == "" {
+				t.Fatalf("not a SnapshotTableError: %v", err)
+			}
+			return
+		}
+		if !repair && (sc.Overhanging != 0 || sc.Truncated != 0 || len(sc.Messages) != 0) {
+			t.Fatalf("a read without repair changed the table: %+v", sc)
+		}
+		if len(im.Snapshots) > format.MaxSnapshots || im.SnapshotTableSize < 0 {
+			t.Fatalf("%d entries, extent %d", len(im.Snapshots), im.SnapshotTableSize)
+		}
+		if len(im.Snapshots) > 0 && len(im.Snapshots) <= 4096 {
+			tb, err := format.AppendSnapshotTable(nil, im.Snapshots)
+			if err != nil {
+				t.Fatalf("kept entries do not encode: %v", err)
+			}
+			if _, _, err := format.ParseSnapshotTable(tb, uint32(len(im.Snapshots)), 0); err != nil {
+				t.Fatalf("kept entries do not parse again: %v", err)
+			}
+		}
+	})
+}
