@@ -177,3 +177,34 @@ func TestSnapshotTablePastEOFMatchesQemu(t *testing.T) {
 	sameAsQemu(t, theirs, ours, "snapshot", "-c", "test")
 	sameAsQemu(t, theirs, ours, "check")
 }
+
+// TestSnapshotPlacementMatchesQemu: snapshot L1 copies and snapshot
+// tables go where qemu-img puts them (the first free run of clusters), so
+// after the same snapshot commands the table is at the same offset and
+// the file has the same size (iotest 261 names those clusters).
+func TestSnapshotPlacementMatchesQemu(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "src.qcow2", "64M")
+	clitest.MustQemu(t, "qemu-io", "-c", "write 0 64k", "src.qcow2")
+	copyFile(t, "src.qcow2", "q.qcow2")
+	copyFile(t, "src.qcow2", "o.qcow2")
+	for _, args := range [][]string{
+		{"snapshot", "-c", "sn0"}, {"snapshot", "-c", "sn1"}, {"snapshot", "-c", "sn2"},
+		{"snapshot", "-d", "sn1"}, {"snapshot", "-c", "sn3"},
+	} {
+		sameAsQemu(t, "q.qcow2", "o.qcow2", args...)
+		q, err := os.ReadFile("q.qcow2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := os.ReadFile("o.qcow2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if qt, ot := binary.BigEndian.Uint64(q[64:]), binary.BigEndian.Uint64(o[64:]); qt != ot || len(q) != len(o) {
+			t.Errorf("after %v: table at %#x, file %d bytes; qemu-img: %#x, %d bytes", args, ot, len(o), qt, len(q))
+		}
+	}
+	sameAsQemu(t, "q.qcow2", "o.qcow2", "check")
+}
