@@ -73,7 +73,7 @@ func (d *Driver) fixedRangesLocked(dst []hostRange) []hostRange {
 		hostRange{int64(h.SnapshotsOffset), d.mu.snapSz},
 		hostRange{int64(h.CryptoOffset), int64(h.CryptoLength)})
 	for i := range d.mu.snaps {
-		off, n := snapL1Range(&d.mu.snaps[i], i, &d.mu.geo) // snapshot_check.go
+		off, n := snapL1Range(&d.mu.snaps[i], &d.mu.geo) // snapshot_check.go
 		dst = append(dst, hostRange{off, n})
 	}
 	return dst

@@ -248,7 +248,7 @@ func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
 		return true
 	}
 	for i := range d.mu.snaps {
-		if hit(snapL1Range(&d.mu.snaps[i], i, &d.mu.geo)) { // snapshot_check.go
+		if hit(snapL1Range(&d.mu.snaps[i], &d.mu.geo)) { // snapshot_check.go
 			return true
 		}
 	}

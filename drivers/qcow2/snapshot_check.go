@@ -66,8 +66,8 @@ func (d metaIO) allocFirstFit(co *aio.Co, n int64) (int64, error) {
 // QEMU opens such images and fails only the operations that need the
 // table (readSnapshotL1); the bogus range is never followed or guarded.
 // REQUIRES: mu held.
-func snapL1Range(s *format.Snapshot, i int, g *format.Geometry) (off, n int64) {
-	if format.ValidateSnapshot(s, i, g, 0) != nil {
+func snapL1Range(s *format.Snapshot, g *format.Geometry) (off, n int64) {
+	if !s.L1Valid(g) {
 		return 0, 0
 	}
 	return int64(s.L1Offset), int64(s.L1Entries) * 8

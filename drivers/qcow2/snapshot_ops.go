@@ -522,7 +522,7 @@ func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
 		return true
 	}
 	for i := range d.mu.snaps {
-		if in(snapL1Range(&d.mu.snaps[i], i, &d.mu.geo)) {
+		if in(snapL1Range(&d.mu.snaps[i], &d.mu.geo)) {
 			return true
 		}
 	}

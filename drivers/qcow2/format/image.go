@@ -92,9 +92,10 @@ func ReadFull(r io.ReaderAt, p []byte, off int64) error {
 // table), never O(L2 tables), and everything allocated is bounded by the
 // limits in limits.go (or the lower caps in opts) before it is allocated.
 //
-// Beyond ParseHeader's checks it verifies that the L1, refcount and
-// snapshot tables and every snapshot L1 and bitmap directory lie inside the
-// file; that every L1 and refcount table entry is well formed and points
+// Beyond ParseHeader's checks it verifies that the L1 and refcount
+// tables and the bitmap directory lie inside the file (the snapshot table
+// reads as zeros past EOF, and snapshot L1 fields are checked when a
+// table is used, as in QEMU); that every L1 and refcount table entry is well formed and points
 // inside the file; and that no two metadata structures (header cluster,
 // active L1, refcount table, snapshot table, snapshot L1s, bitmap
 // directory, L2 tables, refcount blocks) share a cluster.

@@ -244,5 +244,17 @@ func (im *Image) ReadSnapshotsForCheck(repair bool) (*SnapshotCheck, error) {
 // images); the operations that need its table fail with the error, and
 // the overlap checks leave its range out.
 func (im *Image) SnapshotL1Valid(i int) bool {
-	return ValidateSnapshot(&im.Snapshots[i], i, &im.Geometry, 0) == nil
+	return im.Snapshots[i].L1Valid(&im.Geometry)
+}
+
+// L1Valid reports whether ValidateSnapshot (with the package limit)
+// accepts s's L1 table fields, without building an error: it runs in
+// the driver's overlap checks.
+func (s *Snapshot) L1Valid(g *Geometry) bool {
+	n := uint64(s.L1Entries) * 8
+	cs := uint64(g.ClusterSize())
+	if n > MaxL1Bytes || s.L1Offset&(cs-1) != 0 || s.L1Offset > 1<<63-1-n {
+		return false
+	}
+	return s.L1Entries == 0 || g.FileSize <= 0 || s.L1Offset+n <= uint64(g.FileSize)
 }

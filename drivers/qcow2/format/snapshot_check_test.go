@@ -250,3 +250,26 @@ func FuzzQcow2SnapshotCheck(f *testing.F) {
 		}
 	})
 }
+
+// TestSnapshotL1ValidAgrees: the allocation-free check the driver's
+// overlap checks use agrees with ValidateSnapshot.
+func TestSnapshotL1ValidAgrees(t *testing.T) {
+	im := openBytes(t, loadImage(t, "snap"), format.Options{})
+	g := im.Geometry
+	base := im.Snapshots[0]
+	for _, s := range []format.Snapshot{
+		base,
+		{L1Offset: base.L1Offset + 512, L1Entries: 1},
+		{L1Offset: base.L1Offset, L1Entries: format.MaxL1Bytes/8 + 1},
+		{L1Offset: 1 << 40, L1Entries: 1},
+		{L1Offset: 1<<63 - 65536, L1Entries: 1 << 20},
+		{L1Offset: 1 << 40, L1Entries: 0},
+	} {
+		if got, want := s.L1Valid(&g), format.ValidateSnapshot(&s, 0, &g, 0) == nil; got != want {
+			t.Errorf("%+v: L1Valid %v, ValidateSnapshot ok %v", s, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { base.L1Valid(&g) }); n != 0 {
+		t.Errorf("L1Valid allocates %v times", n)
+	}
+}
