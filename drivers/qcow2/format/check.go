@@ -109,6 +109,7 @@ func (im *Image) Check() (*CheckResult, error) {
 		res.AddCorruption("snapshot table entry " + strconv.Itoa(i) + " is incomplete")
 	}
 	c.countReferences()
+	im.CapOverflows(res, c.refs)
 
 	// Compare, and find the end of the used part of the file.
 	var highest int64       // QEMU starts at cluster 0 too (an image whose refcounts cannot be read ends at one cluster)
@@ -515,4 +516,22 @@ func hexAlt(v uint64) string {
 		return "0"
 	}
 	return "0x" + strconv.FormatUint(v, 16)
+}
+
+// CapOverflows lowers every reference count in refs that the image's
+// refcount width cannot hold to the largest one it can, and reports each
+// such cluster as a corruption in qemu-img's words (QEMU stops counting
+// there too, so the comparison after it sees the capped value: a repair
+// cannot fix an overflow, only amend to a wider refcount_bits can).
+func (im *Image) CapOverflows(res *CheckResult, refs []uint32) {
+	rmax := RefcountMax(im.Geometry.RefcountOrder)
+	cs := im.Geometry.ClusterSize()
+	for i, n := range refs {
+		if uint64(n) > rmax {
+			refs[i] = uint32(rmax)
+			res.Corruptions++
+			res.note("ERROR: overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
+			res.note("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing")
+		}
+	}
 }
