@@ -177,6 +177,7 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	}
 	r.scanned = true
 	res := &format.CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
+	im.CheckLog = r.log // every message as it is found, as qemu-img
 	c := im.CountReferences(res, nb, r.fixErrors)
 	damaged = c.L2Damaged
 	rebuild = c.Rebuild

@@ -238,6 +238,9 @@ type References struct {
 // to res as Check reports them. fixErrors selects a repair's words
 // ("Repairing" where QEMU says so).
 func (im *Image) CountReferences(res *CheckResult, clusters int64, fixErrors bool) References {
+	if res.log == nil {
+		res.log = im.CheckLog // streamed, as Check does
+	}
 	c := &checker{im: im, res: res, refs: make([]uint32, clusters), fixErrors: fixErrors}
 	c.countReferences()
 	return References{Refs: c.refs, L2Damaged: c.l2Damaged, Rebuild: c.rebuild, PastEOF: c.pastEOF}
