@@ -157,6 +157,8 @@ type Driver struct {
 		cowPending   bool           // data or COW written since the last fsync (R4)
 		freeIdx      int64          // first cluster index that may be free
 		corruptErr   error          // set once an overlap check fired: every request fails (setCorruptLocked)
+		// nonFatalSignaled: a read-only image reported damage once (read_damage.go)
+		nonFatalSignaled bool
 		// damage describes the L1 and refcount table entries found
 		// damaged at open (nil: none); see damage.go.
 		damage *format.Image

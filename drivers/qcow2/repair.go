@@ -51,8 +51,9 @@ import (
 // Damaged L1 and refcount table entries are counted as QEMU counts them
 // (checker.walkL1, checkRefblocks): what qemu-img repairs around them is
 // repaired, the damage itself stays (a damaged refcount table entry goes
-// away with the rebuild it forces). Not repaired (the repair refuses and
-// changes nothing): L2 entries the decoder rejects
+// away with the rebuild it forces); an unaligned preallocated cluster is
+// dropped (repair_l2fix.go). Not repaired (the repair refuses and
+// changes nothing): compressed L2 entries the decoder rejects
 // and images whose persistent bitmap directory does not decode (a good
 // one's clusters are counted as references). The file is never grown to reach a
 // bogus offset. Freed clusters are not discarded in the
@@ -186,6 +187,11 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	for _, m := range res.Messages {
 		r.log(m)
 	}
+	if err := r.applyL2Fixes(c.Fixes); err != nil { // repair_l2fix.go
+		return nil, 0, false, err
+	}
+	res.Corruptions -= int64(len(c.Fixes))
+	r.res.CorruptionsFixed += int64(len(c.Fixes))
 	r.res.Corruptions += res.Corruptions
 	r.res.CheckErrors += res.CheckErrors
 	r.res.TotalClusters = res.TotalClusters

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -242,11 +243,19 @@ func checkRepair(path, format, cache string, mode block.CheckMode, output string
 		return 1, checkFailed(err)
 	}
 	rep := reportOf(first)
+	held := ""
 	if first.LeaksFixed > 0 || first.CorruptionsFixed > 0 {
 		if !quiet && output == "human" {
-			fmt.Fprintf(stdout, "The following inconsistencies were found and repaired:\n\n"+
+			// qemu-img's stdout is a C stream: on a terminal this shows
+			// before the second check's messages (stderr), into a pipe
+			// or file only at exit, after them (iotest 271).
+			held = fmt.Sprintf("The following inconsistencies were found and repaired:\n\n"+
 				"    %d leaked clusters\n    %d corruptions\n\nDouble checking the fixed image now...\n",
 				first.LeaksFixed, first.CorruptionsFixed)
+			if f, ok := stdout.(*os.File); ok && isTerminal(f) {
+				io.WriteString(stdout, held)
+				held = ""
+			}
 		}
 		final, err := img.Node.Check(0)
 		if failed := snapshotTableFailed(stderr, err); failed != nil {
@@ -258,6 +267,7 @@ func checkRepair(path, format, cache string, mode block.CheckMode, output string
 		rep = reportOf(final)
 		rep.LeaksFixed, rep.CorruptionsFixed = int64(first.LeaksFixed), int64(first.CorruptionsFixed)
 	}
+	io.WriteString(stdout, held)
 	code, err := printCheck(stdout, &rep, path, img.Format, output, quiet)
 	if cerr := img.Close(); err == nil && cerr != nil {
 		return 1, cerr

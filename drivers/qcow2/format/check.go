@@ -70,6 +70,9 @@ type checker struct {
 	// file (not counted in refs).
 	pastEOF   int64
 	signalled bool // the unaligned-refcount-block event was reported
+	// fixes are the L2 entries a repair of all errors rewrites
+	// (check_l2fix.go).
+	fixes []L2Fix
 
 	done, total, step, next int64 // progress (Image.Progress)
 }
@@ -231,6 +234,7 @@ type References struct {
 	L2Damaged int64    // L2 entries that could not be decoded (their clusters got no reference)
 	Rebuild   bool     // the refcount structure itself is broken
 	PastEOF   int64    // references a cluster or more past the end of the file (not in Refs)
+	Fixes     []L2Fix  // L2 entries to rewrite (fixErrors only; check_l2fix.go), counted as corruptions
 }
 
 // CountReferences counts every cluster's references for a repair (the
@@ -243,7 +247,7 @@ func (im *Image) CountReferences(res *CheckResult, clusters int64, fixErrors boo
 	}
 	c := &checker{im: im, res: res, refs: make([]uint32, clusters), fixErrors: fixErrors}
 	c.countReferences()
-	return References{Refs: c.refs, L2Damaged: c.l2Damaged, Rebuild: c.rebuild, PastEOF: c.pastEOF}
+	return References{Refs: c.refs, L2Damaged: c.l2Damaged, Rebuild: c.rebuild, PastEOF: c.pastEOF, Fixes: c.fixes}
 }
 
 // checkRefblocks counts the refcount blocks' references and checks the
@@ -386,8 +390,15 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 		e, bm, _ := g.L2EntryAt(table, j)
 		le, err := g.DecodeL2Entry(e, bm)
 		if err != nil {
+			if c.fixErrors && c.fixedAlready(l2Off, j) {
+				continue // check_l2fix.go
+			}
 			if !g.ExtendedL2 && e&EntryCompressed == 0 && (g.ZeroFlag || e&EntryZero == 0) {
-				c.damagedStandard(e, active)
+				c.damagedStandard(e, l2Off, j, active)
+				continue
+			}
+			if g.ExtendedL2 && e&EntryCompressed == 0 {
+				c.damagedExtended(e, bm, l2Off, j, active) // check_l2fix.go
 				continue
 			}
 			c.res.AddCorruption("l2_table@" + HexString(uint64(l2Off)) + Indexed("", uint64(j)) + ": " + err.Error())
@@ -423,9 +434,10 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 // (reserved bits, an unaligned offset, a cluster past the end of the
 // file, as in a truncated copy) the way QEMU's check_refcounts_l2 does: the
 // cluster its offset bits name is referenced (ref reports one past EOF),
-// so a repair around it never frees what it points at. Unlike QEMU, an
-// unaligned preallocated zero cluster is reported but not rewritten.
-func (c *checker) damagedStandard(e uint64, active bool) {
+// so a repair around it never frees what it points at. An unaligned
+// preallocated zero cluster is dropped by a repair of all errors
+// (check_l2fix.go).
+func (c *checker) damagedStandard(e uint64, l2Off, j int64, active bool) {
 	cs := c.im.Geometry.ClusterSize()
 	if e&L2Reserved != 0 {
 		c.res.AddCorruption("found l2 entry with reserved bits set: " + strconv.FormatUint(e, 16))
@@ -435,20 +447,13 @@ func (c *checker) damagedStandard(e uint64, active bool) {
 		return
 	}
 	if off&(cs-1) != 0 {
-		if e&EntryZero != 0 {
-			c.res.AddCorruption("offset=" + strconv.FormatInt(off, 16) + ": Preallocated cluster is not properly aligned; L2 entry corrupted.")
-		} else {
+		if e&EntryZero == 0 {
 			c.res.AddCorruption("offset=" + strconv.FormatInt(off, 16) + ": Data cluster is not properly aligned; L2 entry corrupted.")
+		} else if c.unalignedPrealloc(off, L2Fix{L2Off: l2Off, Index: j, Entry: EntryZero}) {
+			return
 		}
 	}
-	if active {
-		c.res.AllocatedClusters++
-		if c.nextOf != 0 && off != c.nextOf {
-			c.res.FragmentedClusters++
-		}
-		c.nextOf = off + cs
-	}
-	c.refData(off, cs) // datafile.go
+	c.countDamagedData(off, active)
 }
 
 // CopiedChecked reports whether QEMU's check_oflag_copied looks at L2
