@@ -326,10 +326,11 @@ func (d *Driver) Open(n *block.Node) error {
 			return err
 		}
 	}
-	im, err := format.ReadImage(nodeReader{file}, size, iopts)
+	im, err := format.ReadImage(nodeReader{file}, size, d.imageOptions(iopts))
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}
+	d.checkModeSnapshots(im) // snapshot_check.go
 	d.mu.hdr, d.mu.geo, d.mu.l1, d.mu.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
 	d.mu.snaps, d.mu.snapSz = im.Snapshots, im.SnapshotTableSize
 	d.setDamage(im)

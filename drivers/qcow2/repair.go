@@ -102,6 +102,7 @@ type repairer struct {
 	// QEMU's qcow2_check_fix_snapshot_table does, and settles the counts.
 	checkSnapshots bool
 	snapIncomplete int64
+	snapTruncated  int64 // entries whose extra data was cut (readSnapshots)
 	scanned        bool
 	signalled      bool // the unaligned-refcount-block event was logged
 	pastEOF        int64
@@ -138,9 +139,14 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	if err != nil {
 		return nil, 0, false, err
 	}
-	im, err := format.ReadImage(r.f, size, format.Options{})
+	im, err := format.ReadImage(r.f, size, format.Options{CheckMode: r.checkSnapshots})
 	if err != nil {
 		return nil, 0, false, err
+	}
+	if r.checkSnapshots {
+		if err := r.readSnapshots(im); err != nil {
+			return nil, 0, false, err
+		}
 	}
 	h, g := im.Header, &im.Geometry
 	if h.BitmapsConsistent() {
@@ -172,6 +178,7 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	}
 	r.scanned = true
 	res := &format.CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
+	im.CheckLog = r.log // every message as it is found, as qemu-img
 	c := im.CountReferences(res, nb, r.fixErrors)
 	damaged = c.L2Damaged
 	rebuild = c.Rebuild
@@ -348,7 +355,10 @@ func (r *repairer) run() error {
 			r.res.CheckErrors++
 			return err
 		}
-		r.res.Corruptions, r.res.Leaks = 0, 0
+		// The snapshot table entries are still wrong: the table is
+		// rewritten after the refcount repair (Driver.repair), which
+		// counts them as fixed then.
+		r.res.Corruptions, r.res.Leaks = r.snapIncomplete+r.snapTruncated, 0
 		// References again, through the new table: the old structures
 		// are leaks now.
 		refs, damaged, rebuild, err = r.scan()
@@ -408,7 +418,41 @@ func (r *repairer) run() error {
 // snapshotsPending reports whether the snapshot table still needs the
 // rewrite that a repair of all errors does (see checkSnapshots).
 func (r *repairer) snapshotsPending() bool {
-	return r.fixErrors && r.snapIncomplete > 0
+	return r.fixErrors && r.snapIncomplete+r.snapTruncated > 0
+}
+
+// readSnapshots reads the snapshot table of im (read in check mode) as
+// QEMU's check does: in a repair of all errors, overhanging entries are
+// dropped (the header's count is lowered at once, leaking their
+// clusters, which the refcount repair frees) and entries with too much
+// extra data are cut (the table is rewritten after the refcount repair).
+// The first scan reports and counts; later ones read the same form.
+func (r *repairer) readSnapshots(im *format.Image) error {
+	sc, err := im.ReadSnapshotsForCheck(r.fixErrors)
+	if err != nil {
+		return err
+	}
+	if r.scanned {
+		return nil
+	}
+	for _, m := range sc.Messages {
+		r.log(m)
+	}
+	if sc.Overhanging > 0 {
+		var b [4]byte
+		n := uint32(len(im.Snapshots))
+		b[0], b[1], b[2], b[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+		if _, err := r.f.WriteAt(b[:], 60); err != nil {
+			return err
+		}
+		if err := r.f.Sync(); err != nil {
+			return err
+		}
+		r.res.CorruptionsFixed += int64(sc.Overhanging)
+	}
+	r.snapTruncated = sc.Truncated
+	r.res.Corruptions += sc.Truncated
+	return nil
 }
 
 // fixCopied compares COPIED in the active L1 and L2 tables with the
@@ -722,8 +766,8 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 			d.checkLog("ERROR failed to update the snapshot table: " + err.Error())
 			rerr = err
 		} else {
-			res.Corruptions -= rp.snapIncomplete
-			res.CorruptionsFixed += rp.snapIncomplete
+			res.Corruptions -= rp.snapIncomplete + rp.snapTruncated
+			res.CorruptionsFixed += rp.snapIncomplete + rp.snapTruncated
 			if res.CheckErrors == 0 && res.Corruptions == 0 {
 				rerr = rp.markClean()
 			}
@@ -763,7 +807,7 @@ func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) 
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, d.imageOptions(format.Options{}))
 	if err != nil {
 		return err
 	}
@@ -771,6 +815,7 @@ func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) 
 	if err != nil {
 		return err
 	}
+	d.checkModeSnapshots(im) // snapshot_check.go
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.mu.untrusted = untrusted

@@ -145,7 +145,14 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			bar.Set(0)
 			o.Progress = func(done, total int64) { bar.Set(100 * float64(done) / float64(total)) }
 			if err = qcow2.Amend(img.Node, o); err != nil {
-				err = amendCause(err) // qemu-img amend prints the driver's error alone
+				if words, e := snapshotL1Words(err); words != "" { // snapshot_words.go
+					// A downgrade's zero expansion refused a snapshot's
+					// L1 table: QEMU's line for it, then the amend's.
+					fmt.Fprintf(stderr, "%s: %s\n", cli.Prog, words)
+					err = &wordsErr{"Failed to turn zero into data clusters: " + strerror(e), err}
+				} else {
+					err = amendCause(err) // qemu-img amend prints the driver's error alone
+				}
 			} else {
 				bar.Set(100)
 				bar.End()

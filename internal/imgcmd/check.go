@@ -12,6 +12,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 )
@@ -180,7 +181,7 @@ func Check(args []string, stdout, stderr io.Writer) int {
 			img.Close()
 			return 63, fmt.Errorf("This image format does not support checks")
 		}
-		img, err := openImage(files[0], format)
+		img, err := openImageOpts(files[0], format, qcow2fmt.Options{CheckMode: true})
 		if err != nil {
 			return 1, err
 		}
@@ -198,8 +199,16 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		if progress && !quiet {
 			img.qcow.Progress = func(done, total int64) { prog.Set(100 * float64(done) / float64(total)) }
 		}
-		res, err := img.qcow.Check()
+		var res *qcow2fmt.CheckResult
+		// Every problem on its own line as it is found, as qemu-img.
+		img.qcow.CheckLog = func(m string) { fmt.Fprintf(stderr, "%s\n", m) }
+		if _, err = img.qcow.ReadSnapshotsForCheck(false); err == nil {
+			res, err = img.qcow.Check()
+		}
 		prog.End()
+		if failed := snapshotTableFailed(stderr, err); failed != nil {
+			return 1, failed
+		}
 		if err != nil {
 			return 1, fmt.Errorf("%s: check failed: %v", img.path, err)
 		}
@@ -235,6 +244,9 @@ func checkRepair(path, format, cache string, mode block.CheckMode, output string
 		return 63, fmt.Errorf("This image format does not support checks")
 	}
 	first, err := img.Node.Check(mode)
+	if failed := snapshotTableFailed(stderr, err); failed != nil {
+		return 1, failed
+	}
 	if err != nil {
 		return 1, checkFailed(err)
 	}
@@ -254,6 +266,9 @@ func checkRepair(path, format, cache string, mode block.CheckMode, output string
 			}
 		}
 		final, err := img.Node.Check(0)
+		if failed := snapshotTableFailed(stderr, err); failed != nil {
+			return 1, failed
+		}
 		if err != nil {
 			return 1, checkFailed(err)
 		}
@@ -266,6 +281,25 @@ func checkRepair(path, format, cache string, mode block.CheckMode, output string
 		return 1, cerr
 	}
 	return code, err
+}
+
+// snapshotTableFailed reports a snapshot table the check could not read
+// as qemu-img does ("ERROR " and QEMU's sentence, its hint line) and
+// returns the "Check failed" error; nil when err is not one.
+func snapshotTableFailed(stderr io.Writer, err error) error {
+	var ste *qcow2fmt.SnapshotTableError
+	if !errors.As(err, &ste) {
+		return nil
+	}
+	fmt.Fprintf(stderr, "%s: ERROR %s\n", cli.Prog, ste.Text)
+	if ste.Hint != "" {
+		fmt.Fprintf(stderr, "%s\n", ste.Hint)
+	}
+	errno := syscall.EINVAL
+	if errors.Is(err, qcow2fmt.ErrLimit) {
+		errno = syscall.EFBIG
+	}
+	return checkFailed(errno)
 }
 
 // checkFailed words a check that could not run as qemu-img does ("Check

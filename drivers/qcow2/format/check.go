@@ -23,6 +23,8 @@ type CheckResult struct {
 
 	// Messages describes the first problems found (at most maxCheckMessages).
 	Messages []string
+
+	log func(string) // Image.CheckLog: every message, none kept
 }
 
 const (
@@ -38,6 +40,10 @@ func (c *CheckResult) AddCorruption(msg string) {
 }
 
 func (c *CheckResult) note(msg string) {
+	if c.log != nil {
+		c.log(msg)
+		return
+	}
 	if len(c.Messages) < maxCheckMessages {
 		c.Messages = append(c.Messages, msg)
 	}
@@ -95,7 +101,7 @@ func (im *Image) Check() (*CheckResult, error) {
 	if nb > MaxCheckClusters {
 		return nil, Limit("file_size", uint64(im.FileSize), "image file too large to check in memory")
 	}
-	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
+	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs, log: im.CheckLog}
 	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
 	c.total = int64(len(im.L1)) + nb
 	for i := range im.Snapshots {
@@ -166,13 +172,31 @@ func (c *checker) countReferences() {
 	c.walkL1(im.L1, true)
 	for i := range im.Snapshots {
 		s := &im.Snapshots[i]
-		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
-		snap, err := im.Snapshot(i)
-		if err != nil {
-			c.res.AddCorruption("snapshot " + strconv.Itoa(i) + ": " + err.Error())
+		// QEMU's two checks of a snapshot's L1 fields: the entry is
+		// counted as one corruption and its tables are not walked.
+		pre := "snapshot " + s.ID + " (" + s.Name + ") "
+		if s.L1Offset&uint64(cs-1) != 0 {
+			c.res.AddCorruption(pre + "l1_offset=" + hexAlt(s.L1Offset) + ": L1 table is not cluster aligned; snapshot table entry corrupted")
 			continue
 		}
-		c.walkL1(snap.L1, false)
+		if uint64(s.L1Entries) > MaxL1Bytes/8 {
+			c.res.AddCorruption(pre + "l1_size=" + hexAlt(uint64(s.L1Entries)) + ": L1 table is too large; snapshot table entry corrupted")
+			continue
+		}
+		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
+		// The table is walked as QEMU walks it (no check of its size
+		// against the disk size); one past EOF was reported by ref and
+		// reads as zeros.
+		if s.L1Entries == 0 || s.L1Offset >= uint64(im.FileSize) {
+			continue
+		}
+		l1, err := readTable(im.r, s.L1Offset, int(s.L1Entries))
+		if err != nil {
+			c.res.CheckErrors++
+			c.res.note("ERROR snapshot " + strconv.Itoa(i) + ": " + err.Error())
+			continue
+		}
+		c.walkL1(l1, false)
 	}
 	c.ref(int64(h.SnapshotsOffset), im.SnapshotTableSize, "snapshot_table")
 	if h.CryptMethod == CryptLUKS {
@@ -218,6 +242,9 @@ type References struct {
 // to res as Check reports them. fixErrors selects a repair's words
 // ("Repairing" where QEMU says so).
 func (im *Image) CountReferences(res *CheckResult, clusters int64, fixErrors bool) References {
+	if res.log == nil {
+		res.log = im.CheckLog // streamed, as Check does
+	}
 	c := &checker{im: im, res: res, refs: make([]uint32, clusters), fixErrors: fixErrors}
 	c.countReferences()
 	return References{Refs: c.refs, L2Damaged: c.l2Damaged, Rebuild: c.rebuild, PastEOF: c.pastEOF, Fixes: c.fixes}
@@ -490,6 +517,14 @@ func (c *checker) checkCopied() {
 }
 
 func int64ToU(v int64) uint64 { return uint64(v) }
+
+// hexAlt is C's %#x: 0x and lower-case hex, "0" for zero.
+func hexAlt(v uint64) string {
+	if v == 0 {
+		return "0"
+	}
+	return "0x" + strconv.FormatUint(v, 16)
+}
 
 // CapOverflows lowers every reference count in refs that the image's
 // refcount width cannot hold to the largest one it can, and reports each
