@@ -513,6 +513,7 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 	if err != nil {
 		return nil, nil, err
 	}
+	o.QcowOptions.InactiveL2Check = runtimeOpts.inactiveL2Check()
 	cacheOpts, err := qcow2CacheOptions(s)
 	if err != nil {
 		return nil, nil, err

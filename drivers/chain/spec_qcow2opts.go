@@ -14,8 +14,11 @@ package chain
 //     checked. The capped L2 size is what the driver gets, which never
 //     holds more tables than the image can use.
 //   - overlap-check, overlap-check.template and the per-structure
-//     overlap-check.* flags: values checked, the choice has no effect
-//     (ringblk's overlap check (R5) is always on).
+//     overlap-check.* flags: values checked. ringblk's overlap check (R5)
+//     of the cached structures is always on; the one flag with an effect
+//     is inactive-l2 (on with the "all" template unless given), which
+//     turns on the driver's check of metadata writes against every
+//     snapshot's L2 tables (qcow2.DriverOptions.InactiveL2Check).
 //   - cache-clean-interval: a number of seconds up to UINT_MAX; no effect.
 //
 // Syntax errors are reported first (QEMU's option parsing), then the
@@ -51,6 +54,7 @@ type qcow2Runtime struct {
 	hasOverlap, hasTempl bool
 	interval             uint64
 	hasInterval          bool
+	inactiveL2, hasInL2  bool // overlap-check.inactive-l2
 }
 
 // takeQcow2Runtime takes overlap-check* and cache-clean-interval out of s
@@ -63,8 +67,12 @@ func takeQcow2Runtime(s Spec) (qcow2Runtime, error) {
 	delete(s, "overlap-check.template")
 	for _, f := range qcow2OverlapFlags {
 		k := "overlap-check." + f
-		if _, _, err := s.Bool(k); err != nil {
+		on, given, err := s.Bool(k)
+		if err != nil {
 			return r, err
+		}
+		if f == "inactive-l2" {
+			r.inactiveL2, r.hasInL2 = on, given
 		}
 		delete(s, k)
 	}
@@ -91,6 +99,20 @@ func parseQemuNumber(v string) (uint64, error) {
 		n = -n
 	}
 	return n, nil
+}
+
+// inactiveL2Check reports whether metadata writes are checked against
+// the snapshots' L2 tables: the flag when given, else on with the "all"
+// template (QEMU's default template, "cached", leaves it off).
+func (r qcow2Runtime) inactiveL2Check() bool {
+	if r.hasInL2 {
+		return r.inactiveL2
+	}
+	v := r.overlap
+	if !r.hasOverlap {
+		v = r.template
+	}
+	return v == "all"
 }
 
 // check makes the checks QEMU makes after the cache sizes.

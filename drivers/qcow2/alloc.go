@@ -291,6 +291,9 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	if err != nil {
 		return nil, 0, err
 	}
+	if err := d.allocL2Flush(co); err != nil { // overlap_inactive.go
+		return nil, 0, d.abortAlloc(newOff, err)
+	}
 	if err := d.lazyTableRefcounts(co, parent); err != nil { // lazy.go
 		return nil, 0, d.abortAlloc(newOff, err)
 	}

@@ -74,6 +74,12 @@ type DriverOptions struct {
 	// dirty or corrupt image opens read-write without the automatic
 	// repair, and refuses writes until a repair (Check) succeeds.
 	CheckOpen bool
+	// InactiveL2Check checks every metadata write against the L2 tables
+	// of all snapshots, reading their L1 tables each time (QEMU's
+	// overlap-check.inactive-l2; off by default, it is expensive). A
+	// snapshot L1 table that cannot be read fails the write
+	// (overlap_inactive.go).
+	InactiveL2Check bool
 	// LazyRefcounts overrides the image's lazy refcounts bit for this open
 	// (QEMU's lazy-refcounts runtime option; lazy.go): 0 the header's,
 	// LazyOn or LazyOff. Version 3 images only.

@@ -180,7 +180,14 @@ func sortedKeys(m map[int64]bool) []int64 {
 // writeMeta writes one metadata buffer. The targets are our own tables at
 // offsets taken from our own validated structures; they are not run
 // through the data overlap check (QEMU ignores the table's own kind too).
+// With DriverOptions.InactiveL2Check they are checked against the
+// snapshots' L2 tables first (overlap_inactive.go).
 func (d metaIO) writeMeta(co *aio.Co, parent *block.Request, buf []byte, off int64) error {
+	if d.opts.InactiveL2Check {
+		if err := d.checkInactiveL2(co, off, int64(len(buf))); err != nil {
+			return err
+		}
+	}
 	return d.fileWrite(co, parent, buf, off)
 }
 

@@ -240,6 +240,12 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 					// write-back: nothing to report at exit.
 					return 1, nil
 				}
+				var ie *qcow2.InactiveL2Error
+				if errors.As(err, &ie) && (ie.Target == qcow2.TargetRefblock || ie.Target == qcow2.TargetL2) {
+					// QEMU's close reports the cache whose write-back the
+					// overlap check refused (its qcow2 inactivation).
+					return 1, fmt.Errorf("Failed to flush the %s cache: %s", ie.Target, errText(ie.Errno))
+				}
 				return 1, fmt.Errorf("closing '%s': %v", s.path, cli.PlainErr(err))
 			}
 		}
