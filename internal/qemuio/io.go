@@ -119,6 +119,12 @@ type openRequest struct {
 // Run is "ringblk io" (qemu-io): args are what follows the command name;
 // commands come from -c, else from stdin. The result is the exit status.
 func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	var bw *bufio.Writer // see stdoutBuffer
+	defer func() {
+		if bw != nil {
+			bw.Flush()
+		}
+	}()
 	return cli.Run(ioHelp, stdout, stderr, func() (int, error) {
 		opts, operands, err := cli.ParseOpts(args, ioSpec)
 		if err != nil {
@@ -207,6 +213,9 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1, cli.Usagef("io: unexpected argument '%s' (see 'ringblk io --help')", operands[1])
 		}
 		s := &ioSession{out: stdout, errw: stderr, imageOpts: imageOpts}
+		if bw = stdoutBuffer(stdout, len(cmds) > 0); bw != nil {
+			s.out = bw
+		}
 		if len(operands) == 1 {
 			r.name = operands[0]
 			if imageOpts {
@@ -582,6 +591,27 @@ func (s *ioSession) num(arg string) (int64, bool) {
 		return 0, false
 	}
 	return v, true
+}
+
+// stdoutBuffer is qemu-io's stdout for a run of -c commands when it is
+// not a terminal: the C library buffers it fully (a pipe's block, 4 KiB)
+// while error lines on stderr go out at once, so an error printed at
+// exit (a failed write-back when the image is closed, iotest 080)
+// comes before the command output that was still in the buffer. Nil
+// (unbuffered) for ringblk's own io command and for stdin sessions.
+// The buffer is written when Run returns, after cli.Run printed the
+// error, and before sigraise/abort end the process (as qemu-io flushes
+// before raise).
+func stdoutBuffer(stdout io.Writer, cmds bool) *bufio.Writer {
+	if cli.Prog != "qemu-io" || !cmds {
+		return nil
+	}
+	if f, ok := stdout.(*os.File); ok {
+		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
+			return nil
+		}
+	}
+	return bufio.NewWriterSize(stdout, 4096)
 }
 
 // errText words an I/O error as strerror does ("Input/output error").

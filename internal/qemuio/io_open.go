@@ -4,6 +4,7 @@ package qemuio
 // abort (qemu-io's crash simulations).
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"unsafe"
@@ -153,6 +154,7 @@ var sigraiseCmd = &ioCommand{
 			fmt.Fprintf(s.out, "signal argument '%s' is too large to be a valid signal\n", argv[1])
 			return false
 		}
+		s.flushOut()
 		raiseDefault(unix.Signal(sig))
 		return true
 	},
@@ -162,6 +164,7 @@ var abortCmd = &ioCommand{
 	name: "abort", argmin: 0, argmax: 0, nofile: true,
 	oneline: "simulate a program crash using abort(3)",
 	run: func(s *ioSession, argv []string) bool {
+		s.flushOut()
 		raiseDefault(unix.SIGABRT)
 		// abort(3) never returns; neither does this process.
 		os.Exit(134)
@@ -175,6 +178,14 @@ type sigaction struct {
 	flags    uint64
 	restorer uintptr
 	mask     uint64
+}
+
+// flushOut writes out buffered stdout (stdoutBuffer) before the process
+// ends by a signal.
+func (s *ioSession) flushOut() {
+	if bw, ok := s.out.(*bufio.Writer); ok {
+		bw.Flush()
+	}
 }
 
 // raiseDefault delivers sig to this thread with its default action, as
