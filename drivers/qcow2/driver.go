@@ -438,7 +438,7 @@ func (d *Driver) Close(n *block.Node) error {
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
 		err = maintOf(d).storeBitmaps(co) // bitmaps.go
-		if cerr := metaOf(d).closeMetadata(co, nil); err == nil {
+		if cerr := metaOf(d).closeWriteBack(co); err == nil { // close_report.go
 			err = cerr
 		}
 		d.metaLock.unlock()

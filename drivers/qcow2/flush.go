@@ -89,7 +89,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		d.mu.Lock()
 		b := d.mu.rb[off]
 		d.mu.Unlock()
-		d.event(block.DbgRefblockUpdate)
+		d.event(block.DbgRefblockUpdatePart) // QEMU: a refcount block written from its cache
 		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
 			return err
 		}

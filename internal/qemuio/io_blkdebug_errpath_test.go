@@ -124,3 +124,14 @@ func TestIOErrPathVMStateWritethrough(t *testing.T) {
 		{event: "l2_update", errno: 28, once: true, vmstate: true},
 	})
 }
+
+// TestIOErrPathCloseWriteBack: with a rule that fails every request
+// (once=off), the close's metadata write-back fails too; the qemu-io
+// drop-in words it as qemu-io (one line per cache flush that failed).
+func TestIOErrPathCloseWriteBack(t *testing.T) {
+	checkErrPathCases(t, []errPathCase{
+		{event: "l1_update", errno: 5, once: false},
+		{event: "l2_update", errno: 28, once: false, vmstate: true},
+		{event: "write_aio", errno: 5, once: false},
+	})
+}
