@@ -437,7 +437,7 @@ func (d *Driver) Close(n *block.Node) error {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err = maintOf(d).storeBitmaps(co) // bitmaps.go
+		err = maintOf(d).storeBitmaps(co)                     // bitmaps.go
 		if cerr := metaOf(d).closeWriteBack(co); err == nil { // close_report.go
 			err = cerr
 		}
