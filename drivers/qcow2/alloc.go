@@ -47,7 +47,6 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 	if off == 0 || rb != nil {
 		return rb, ti, bi, nil
 	}
-	d.event(block.DbgRefblockLoad)
 	buf := make([]byte, cs)
 	if err := d.fileRead(co, nil, buf, off); err != nil {
 		return nil, ti, bi, err
@@ -106,7 +105,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 				return 0, err
 			}
 			d.mu.Lock()
-			d.mu.rb[off] = &refBlock{buf: buf, dirty: true}
+			d.mu.rb[off] = &refBlock{buf: buf, dirty: true, fresh: true}
 			d.mu.rt[ti] = uint64(off)
 			d.meta.add(off)
 			d.mu.dirtyRT[ti] = true
@@ -133,6 +132,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			d.mu.Unlock()
 			return 0, d.markCorrupt(co, off, "allocation")
 		}
+		d.refcountUpdateEvents() // close_report.go
 		if err := format.RefcountSet(rb.buf, order, bi, 1); err != nil {
 			d.mu.Unlock()
 			return 0, err
@@ -212,6 +212,7 @@ func (d metaIO) decref(co *aio.Co, off int64) error {
 	if rb == nil {
 		return format.Corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
 	}
+	d.refcountUpdateEvents() // close_report.go
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
@@ -301,6 +302,7 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	e, _ := d.mu.geo.EncodeL1Entry(newOff, true)
 	storeL1(d.mu.l1, l1i, e)
 	d.meta.add(newOff)
+	d.mu.newL2 = append(d.mu.newL2, newOff) // l2_alloc_write at its first write (close_report.go)
 	if old != nil {
 		d.meta.del(l2Off) // now only a snapshot's (inactive) table
 	}

@@ -61,7 +61,7 @@ func (d metaIO) retryRefblocks(co *aio.Co) error {
 		d.mu.Lock()
 		b := d.mu.rb[off]
 		d.mu.Unlock()
-		d.event(block.DbgRefblockUpdatePart)
+		d.refblockWriteEvents(b)
 		if err := d.writeMeta(co, nil, b.buf, off); err != nil {
 			return err
 		}
@@ -71,8 +71,49 @@ func (d metaIO) retryRefblocks(co *aio.Co) error {
 	}
 	d.mu.Lock()
 	for _, off := range rbs {
-		d.mu.rb[off].dirty = false
+		d.mu.rb[off].dirty, d.mu.rb[off].fresh = false, false
 	}
 	d.mu.Unlock()
 	return nil
+}
+
+// Debug events of metadata write-back where it differs from QEMU's
+// timing: QEMU writes a new L2 table and a new refcount block inside the
+// request that allocated it; this driver writes them at the next flush
+// (stages A and C), and raises QEMU's events right before those writes,
+// so an error injected on them fails the flush that writes them (in
+// qemu-io's writethrough mode, the write itself).
+
+// refcountUpdateEvents: a refcount changes in an existing block (QEMU's
+// alloc_refcount_block, which finds the block and loads it).
+// Either lock state: it only calls the filter.
+func (d metaIO) refcountUpdateEvents() {
+	d.event(block.DbgRefblockAlloc)
+	d.event(block.DbgRefblockLoad)
+}
+
+// refblockWriteEvents: refcount block b is about to be written; a new one
+// raises refblock_alloc_write first (QEMU writes a new block right after
+// creating it).
+func (d metaIO) refblockWriteEvents(b *refBlock) {
+	d.mu.Lock()
+	fresh := b.fresh
+	d.mu.Unlock()
+	if fresh {
+		d.event(block.DbgRefblockAllocWrite)
+	}
+	d.event(block.DbgRefblockUpdatePart)
+}
+
+// l2WriteEvents: the L2 table at off is about to be written; one
+// allocated since the last stage C raises l2_alloc_write first (QEMU's
+// l2_allocate before it writes the new table). REQUIRES: metaLock held.
+func (d metaIO) l2WriteEvents(off int64) {
+	d.mu.Lock()
+	fresh := slices.Contains(d.mu.newL2, off)
+	d.mu.Unlock()
+	if fresh {
+		d.event(block.DbgL2AllocWrite)
+	}
+	d.event(block.DbgL2Update)
 }

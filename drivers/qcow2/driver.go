@@ -153,6 +153,7 @@ type Driver struct {
 		dirtyRT      map[int64]bool // refcount table indexes to write
 		dirtyL1      map[int64]bool // L1 indexes to write
 		pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
+		newL2        []int64        // L2 tables allocated since the last stage C (debug events only)
 		cowPending   bool           // data or COW written since the last fsync (R4)
 		freeIdx      int64          // first cluster index that may be free
 		corruptErr   error          // set once an overlap check fired: every request fails (setCorruptLocked)
