@@ -445,6 +445,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	if err := d.flushStages(co, nil); err != nil {
 		return err
 	}
+	d.event(block.DbgRefblockAllocWriteBlocks)
 	for off, buf := range blocks {
 		if err := d.fileWrite(co, nil, buf, off); err != nil {
 			return err
@@ -454,6 +455,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	for i, e := range newRT {
 		putU64(tb[i*8:], e)
 	}
+	d.event(block.DbgRefblockAllocWriteTable)
 	if err := d.fileWrite(co, nil, tb, tableOff); err != nil {
 		return err
 	}
@@ -464,6 +466,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	var hb [12]byte
 	putU64(hb[:], uint64(tableOff))
 	hb[8], hb[9], hb[10], hb[11] = byte(t>>24), byte(t>>16), byte(t>>8), byte(t)
+	d.event(block.DbgRefblockAllocSwitchTable)
 	if err := d.fileWrite(co, nil, hb[:], 48); err != nil {
 		return err
 	}

@@ -38,6 +38,16 @@ func (e *CloseWriteBackError) Unwrap() error { return e.WriteBack }
 // REQUIRES: metaLock held.
 func (d metaIO) closeWriteBack(co *aio.Co) error {
 	err := d.closeMetadata(co, nil)
+	d.mu.Lock()
+	resync := err == nil && d.mu.failedWrite && d.mu.corruptErr == nil
+	d.mu.Unlock()
+	if resync {
+		// A write failed since the last sync and nothing synced since:
+		// what reached the file is unknown, so the close syncs it and
+		// reports a failure (QEMU's close flushes the file whenever it
+		// was written since its last flush).
+		err = d.fileSync(co, nil)
+	}
 	var en syscall.Errno
 	if err == nil || !errors.As(err, &en) {
 		return err
@@ -116,4 +126,18 @@ func (d metaIO) l2WriteEvents(off int64) {
 		d.event(block.DbgL2AllocWrite)
 	}
 	d.event(block.DbgL2Update)
+}
+
+// noteFailedWrite records that a write or flush of the file failed (error
+// paths only); noteSynced that a sync of the file succeeded since.
+func (d *Driver) noteFailedWrite() {
+	d.mu.Lock()
+	d.mu.failedWrite = true
+	d.mu.Unlock()
+}
+
+func (d *Driver) noteSynced() {
+	d.mu.Lock()
+	d.mu.failedWrite = false
+	d.mu.Unlock()
 }

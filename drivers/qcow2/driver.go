@@ -154,6 +154,7 @@ type Driver struct {
 		dirtyL1      map[int64]bool // L1 indexes to write
 		pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
 		newL2        []int64        // L2 tables allocated since the last stage C (debug events only)
+		failedWrite  bool           // a write or flush of the file failed since its last sync (close_report.go)
 		cowPending   bool           // data or COW written since the last fsync (R4)
 		freeIdx      int64          // first cluster index that may be free
 		corruptErr   error          // set once an overlap check fired: every request fails (setCorruptLocked)

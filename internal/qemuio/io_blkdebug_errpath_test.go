@@ -111,6 +111,8 @@ func checkErrPathCases(t *testing.T, cases []errPathCase) {
 		if wc != gc {
 			t.Errorf("%v: check after qemu-io\n%s\nafter ours\n%s", c, wc, gc)
 		}
+		os.RemoveAll(dir) // the images of the next case only
+		os.MkdirAll(dir, 0o755)
 	}
 }
 
@@ -148,5 +150,25 @@ func TestIOErrPathMetadataEvents(t *testing.T) {
 		}
 	}
 	cases = append(cases, errPathCase{event: "l2_alloc_write", errno: 28, once: false, vmstate: true})
+	checkErrPathCases(t, cases)
+}
+
+// TestIOErrPathGrowthEvents: the steps of growing the L1 table (a VM
+// state past the disk) and the refcount table (512-byte clusters, more
+// than the first table covers) raise QEMU's events before their writes,
+// and a failed L1 growth gives the new table's clusters back, so a
+// failing close reports them as qemu-io's does.
+func TestIOErrPathGrowthEvents(t *testing.T) {
+	var cases []errPathCase
+	for _, ev := range []string{"l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table"} {
+		for _, once := range []bool{true, false} {
+			cases = append(cases, errPathCase{event: ev, errno: 5, once: once, vmstate: true, length: "64k"})
+		}
+	}
+	for _, ev := range []string{"refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table"} {
+		for _, once := range []bool{true, false} {
+			cases = append(cases, errPathCase{event: ev, errno: 28, once: once, cluster: 512, length: "16M"})
+		}
+	}
 	checkErrPathCases(t, cases)
 }
