@@ -244,5 +244,6 @@ func (d metaIO) allocContiguous(co *aio.Co, n int64) (int64, error) {
 			d.abortAlloc(g, nil)
 		}
 	}
-	return 0, &format.FormatError{Field: "l1_table", Reason: "no contiguous space for the L1 table", Err: format.ErrLimit}
+	// The run needs refcount blocks of its own (alloc_area.go).
+	return d.allocArea(co, n)
 }
