@@ -19,8 +19,8 @@ func closeWriteBackLines(w io.Writer, err error) bool {
 		return false
 	}
 	fmt.Fprintf(w, "qemu-io: Failed to flush the L2 table cache: %s\n", errText(wb.WriteBack))
-	if wb.Refblocks != nil {
-		fmt.Fprintf(w, "qemu-io: Failed to flush the refcount block cache: %s\n", errText(wb.Refblocks))
+	if wb.Retry != nil {
+		fmt.Fprintf(w, "qemu-io: Failed to flush the refcount block cache: %s\n", errText(wb.Retry))
 	}
 	return true
 }
