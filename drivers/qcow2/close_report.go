@@ -10,21 +10,17 @@ import (
 )
 
 // CloseWriteBackError is a close whose metadata write-back failed with an
-// I/O error. It reports the failure in the two steps QEMU's qcow2 close
-// reports it (qemu-io prints one line for each that failed, iotest 026):
-//
-//   - WriteBack: the ordered write-back of everything dirty (refcount
-//     blocks, table entries, L2 tables, L1 entries, each stage synced:
-//     flushMetadata), then a sync of the file — what QEMU's flush of its
-//     L2 table cache does, which writes the refcount blocks the tables
-//     depend on first;
-//   - Retry: a second try of the same write-back and sync, in QEMU's
-//     place of its refcount block cache flush. nil when it succeeded: a
-//     transient error loses nothing (QEMU retries only its refcount
-//     blocks; retrying everything keeps more, and every stage keeps the
-//     crash-ordering rules, so a second try is as safe as the first).
-//
-// The error wraps WriteBack, so errors.Is finds its errno.
+// I/O error and kept failing when tried again. A close makes up to three
+// tries of the ordered write-back (every stage of flushMetadata in order,
+// then a sync of the file), in the three places QEMU's qcow2 close
+// flushes: the block layer's flush before closing (its error is not
+// reported: when a later try succeeds, nothing was lost and the close
+// succeeds), then its L2 table cache flush (WriteBack) and its refcount
+// block cache flush (Retry: nil when that try succeeded). qemu-io prints
+// one line for each of the last two that failed (iotest 026). Every try
+// keeps the crash-ordering rules, so trying again is as safe as the
+// first try, and a transient error loses nothing. The error wraps
+// WriteBack, so errors.Is finds its errno.
 type CloseWriteBackError struct {
 	WriteBack error
 	Retry     error
@@ -33,8 +29,8 @@ type CloseWriteBackError struct {
 func (e *CloseWriteBackError) Error() string { return e.WriteBack.Error() }
 func (e *CloseWriteBackError) Unwrap() error { return e.WriteBack }
 
-// closeWriteBack is closeMetadata, with an I/O failure retried once and
-// reported as a *CloseWriteBackError. Other failures (a corrupt image, a
+// closeWriteBack is closeMetadata, tried again after an I/O failure as
+// CloseWriteBackError describes. Other failures (a corrupt image, a
 // refused write) are returned as they are. REQUIRES: metaLock held.
 func (d metaIO) closeWriteBack(co *aio.Co) error {
 	err := d.closeMetadata(co, nil)
@@ -48,15 +44,25 @@ func (d metaIO) closeWriteBack(co *aio.Co) error {
 		// was written since its last flush).
 		err = d.fileSync(co, nil)
 	}
-	var en syscall.Errno
-	if err == nil || !errors.As(err, &en) {
+	if !isIOErr(err) {
 		return err
 	}
-	rerr := d.closeMetadata(co, nil)
-	if rerr == nil {
-		rerr = d.fileSync(co, nil)
+	try := func() error {
+		if err := d.closeMetadata(co, nil); err != nil {
+			return err
+		}
+		return d.fileSync(co, nil)
 	}
-	return &CloseWriteBackError{WriteBack: err, Retry: rerr}
+	werr := try()
+	if !isIOErr(werr) {
+		return werr // written after all (or a failure of another kind)
+	}
+	return &CloseWriteBackError{WriteBack: werr, Retry: try()}
+}
+
+func isIOErr(err error) bool {
+	var en syscall.Errno
+	return err != nil && errors.As(err, &en)
 }
 
 // Debug events of metadata write-back where it differs from QEMU's
