@@ -65,6 +65,9 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 // itself (it covers its own cluster), like QEMU's alloc_refcount_block.
 func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 	d.event(block.DbgClusterAlloc)
+	if err := d.refuseUntrustedAlloc(co, ""); err != nil { // untrusted.go
+		return 0, err
+	}
 	cs := d.mu.geo.ClusterSize()
 	order := d.mu.geo.RefcountOrder
 	for {
@@ -282,6 +285,9 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 		d.l2Unpin(t)
 	}
 	// New table (zeros), or a copy of a shared one.
+	if err := d.refuseUntrustedAlloc(co, format.AllocL2Table); err != nil { // untrusted.go
+		return nil, 0, err
+	}
 	newOff, err := d.allocCluster(co)
 	if err != nil {
 		return nil, 0, err

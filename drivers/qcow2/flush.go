@@ -253,7 +253,7 @@ func (d metaIO) overlapsMetadataLocked(off, n int64) bool {
 		return true
 	}
 	for i := range d.mu.snaps {
-		if hit(int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries)*8) {
+		if hit(snapL1Range(&d.mu.snaps[i], &d.mu.geo)) { // snapshot_check.go
 			return true
 		}
 	}

@@ -138,6 +138,9 @@ func (d maintOps) hideBacking(co *aio.Co, r *block.Request, old, size int64) (er
 	if err := d.zeroRangeLocked(co, r, &pos, size, modeZero); err != nil {
 		return err
 	}
+	if err := d.zeroLastClusterExtL2(co, r, old, size); err != nil { // resize_extl2.go
+		return err
+	}
 	return d.flushMetadata(co, r)
 }
 

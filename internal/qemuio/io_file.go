@@ -222,6 +222,9 @@ func (s *ioSession) reopenOptions(given chain.Spec, bo *cli.BlkOptions, hasRW, h
 			cur[k] = v
 		}
 	}
+	if s.img.Qcow2 != nil {
+		joinQcow2Reopen(s.spec, given) // io_reopen_qcow2.go
+	}
 	for k, v := range given {
 		base := k
 		if i := strings.LastIndexByte(k, '.'); i >= 0 {
