@@ -202,7 +202,12 @@ func TestW5NestedWaitsOnOneIOThread(t *testing.T) {
 // Lost-wakeup stress for the eventfd protocol itself (complements W1):
 // several goroutines schedule onto a Context that is mostly asleep, with
 // jitter so pushes land at every point of the owner's sleep decision. Each
-// scheduled function must run within a second.
+// scheduled function must run without help. The owner sleeps without a
+// timeout when it has no timers, so a lost wake-up never ends by itself:
+// one that has not run 15 s after its Schedule is lost (the test then
+// nudges the owner so it fails instead of hanging). One that runs after a
+// second but before that was only late — on a loaded machine the owner's
+// thread can wait that long for a CPU — and is logged, not failed.
 func TestScheduleWakeupStress(t *testing.T) {
 	forEachRing(t, func(t *testing.T, e *env) {
 		c := e.start(Options{}, nil)
@@ -211,7 +216,7 @@ func TestScheduleWakeupStress(t *testing.T) {
 			per = 3000
 		}
 		var wg sync.WaitGroup
-		var stalls atomic.Int64
+		var stalls, late atomic.Int64
 		for g := 0; g < 3; g++ {
 			wg.Add(1)
 			go func() {
@@ -228,16 +233,25 @@ func TestScheduleWakeupStress(t *testing.T) {
 					select {
 					case <-ch:
 					case <-timer.C:
-						stalls.Add(1)
-						c.Schedule(func() {}) // nudge the sleeper so the test fails instead of hanging
-						<-ch
+						timer.Reset(14 * time.Second)
+						select {
+						case <-ch:
+							late.Add(1)
+						case <-timer.C:
+							stalls.Add(1)
+							c.Schedule(func() {}) // nudge the sleeper so the test fails instead of hanging
+							<-ch
+						}
 					}
 				}
 			}()
 		}
 		wg.Wait()
+		if n := late.Load(); n != 0 {
+			t.Logf("%d scheduled functions ran 1-15 s after their Schedule (a loaded machine; not lost)", n)
+		}
 		if stalls.Load() != 0 {
-			t.Fatalf("%d scheduled functions waited over a second: lost wake-up", stalls.Load())
+			t.Fatalf("%d scheduled functions had not run 15 s after their Schedule: lost wake-up", stalls.Load())
 		}
 	})
 }

@@ -24,8 +24,10 @@ func TestDepthHistogramKeepsQueueFull(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			// A fixed amount of I/O (two passes over 8 MiB), not a time:
+			// enough I/Os for the histogram however loaded the machine is.
 			args := []string{"--name=d", "--ioengine=" + tc.engine, "--size=8m", "--rw=randread", "--bs=4k",
-				"--iodepth=32", "--runtime=300ms", "--time_based", "--norandommap"}
+				"--iodepth=32", "--loops=2", "--norandommap"}
 			if tc.format == "null" {
 				args = append(args, "--format=null")
 			} else {
@@ -36,8 +38,8 @@ func TestDepthHistogramKeepsQueueFull(t *testing.T) {
 			}
 			res := mustRun(t, mustParse(t, args...))
 			e := entries(res)[0]
-			if e.dirs[DirRead].ios < 1000 {
-				t.Fatalf("only %d reads in 300ms", e.dirs[DirRead].ios)
+			if e.dirs[DirRead].ios != 4096 {
+				t.Fatalf("%d reads, want 4096 (8 MiB of 4 KiB, two loops)", e.dirs[DirRead].ios)
 			}
 			// Bucket 5 is 32..63. Only the first fill (1..31 on the bare
 			// ring, which submits one unit per enter) may be below it,
@@ -63,12 +65,14 @@ func TestBatchCompleteMax(t *testing.T) {
 		t.Errorf("iodepth_batch_complete_max below the minimum = %d, want raised to 4", j.IODepthBatchCompleteMax)
 	}
 	dir := benchDir(t)
+	// A fixed amount of I/O (not a time): enough rounds for a distribution
+	// however loaded the machine is.
 	res := mustRun(t, mustParse(t, "--name=b", "--ioengine=io_uring", "--filename="+filepath.Join(dir, "f"),
 		"--size=8m", "--rw=randread", "--bs=4k", "--iodepth=32", "--iodepth_batch_complete_max=32",
-		"--runtime=300ms", "--time_based", "--norandommap"))
+		"--loops=2", "--norandommap"))
 	e := entries(res)[0]
-	if e.dirs[DirRead].ios < 1000 {
-		t.Fatalf("only %d reads in 300ms", e.dirs[DirRead].ios)
+	if e.dirs[DirRead].ios != 4096 {
+		t.Fatalf("%d reads, want 4096 (8 MiB of 4 KiB, two loops)", e.dirs[DirRead].ios)
 	}
 	if e.complete[1] == 100 {
 		t.Errorf("complete distribution %v: every round took at most 4 CQEs with iodepth_batch_complete_max=32", e.complete)

@@ -84,8 +84,11 @@ func TestEngines(t *testing.T) {
 					t.Errorf("dir %d: slat.n=%d ios=%d", d, ds.slat.n, ds.ios)
 				}
 			}
-			if e.runtimeMs < 190 || e.runtimeMs > 1000 {
-				t.Errorf("runtime %d ms", e.runtimeMs)
+			// At least the runtime asked for; the upper bound only catches
+			// a run that does not stop (a loaded machine stalls it for
+			// seconds).
+			if e.runtimeMs < 190 || e.runtimeMs > 10000 {
+				t.Errorf("runtime %d ms for --runtime=200ms", e.runtimeMs)
 			}
 			var buf bytes.Buffer
 			WriteNormal(&buf, res)

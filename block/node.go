@@ -1,6 +1,7 @@
 package block
 
 import (
+	"fmt"
 	"time"
 
 	"sync/atomic"
@@ -82,6 +83,30 @@ func (n *Node) Driver() Driver { return n.drv }
 
 // Options returns the options the node was opened with.
 func (n *Node) Options() Options { return n.opts }
+
+// RaiseAlign raises the node's request alignment to a (a power of two)
+// when it is lower, rounding MaxTransfer and MaxWriteZeroes down to a
+// multiple of it (at least a): for a driver whose Open learns from the
+// image that it needs whole sectors (QEMU's refresh_limits). Only inside
+// Driver.Open, before the node is visible to anyone else.
+func (n *Node) RaiseAlign(a int) error {
+	if a <= 0 || a&(a-1) != 0 {
+		return newError(InvalidFormat, OpOpen, n, 0, fmt.Errorf("alignment %d is not a power of two", a))
+	}
+	if n.opts.Align >= a {
+		return nil
+	}
+	n.opts.Align = a
+	round := func(v int64) int64 {
+		if v > 0 {
+			v = max(v&^int64(a-1), int64(a))
+		}
+		return v
+	}
+	n.opts.MaxTransfer = round(n.opts.MaxTransfer)
+	n.opts.MaxWriteZeroes = round(n.opts.MaxWriteZeroes)
+	return nil
+}
 
 // ReadOnly reports whether writes are refused.
 func (n *Node) ReadOnly() bool { return n.opts.ReadOnly }

@@ -261,8 +261,10 @@ func TestEventFDCoalesced(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			s := time.Now()
-			ok := q.Wait(5 * time.Second)
-			woke <- ok && time.Since(s) < 2*time.Second
+			// Not woken, it sleeps its whole timeout; woken, it returns
+			// well before (10 s leaves a loaded machine its stalls).
+			ok := q.Wait(30 * time.Second)
+			woke <- ok && time.Since(s) < 10*time.Second
 		}()
 	}
 	time.Sleep(10 * time.Millisecond)

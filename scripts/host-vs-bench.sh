@@ -30,10 +30,10 @@ while getopts "d:t:r:h" opt; do
 	*) sed -n '15,18p' "$0" >&2; exit 2 ;;
 	esac
 done
-die() { echo "host-vs-bench: $*" >&2; exit 1; }
-[[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]] || die "-t wants whole seconds, got '$secs'"
-[[ $reps =~ ^[0-9]+$ && $reps -gt 0 ]] || die "-r wants a positive count, got '$reps'"
-command -v python3 >/dev/null || die "python3 is required"
+prog=host-vs-bench
+. "$(dirname "$0")/benchlib.sh"
+check_runs "$secs" "$reps"
+need python3
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)

@@ -42,19 +42,11 @@ while getopts "d:t:r:R:h" opt; do
 	esac
 done
 
-die() { echo "raw-vs-fio: $*" >&2; exit 1; }
-
-[[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]] || die "-t wants whole seconds, got '$secs'"
-[[ $reps =~ ^[0-9]+$ && $reps -gt 0 ]] || die "-r wants a positive count, got '$reps'"
-[ -d "$dir" ] || die "no directory $dir"
-fstype=$(df --output=fstype "$dir" | tail -n 1)
-case "$fstype" in
-tmpfs | ramfs) die "$dir is $fstype: io_uring punts its reads to workers and O_DIRECT is refused; use a disk filesystem (-d)" ;;
-esac
-for tool in go fio python3; do
-	command -v "$tool" >/dev/null || die "$tool is required"
-done
-[ -x /usr/bin/time ] || die "GNU time (/usr/bin/time) is required"
+prog=raw-vs-fio
+. "$(dirname "$0")/benchlib.sh"
+check_runs "$secs" "$reps"
+check_disk_dir "$dir"
+need go fio python3 gnu-time
 have_qemu=1
 command -v qemu-img >/dev/null || { have_qemu=0; echo "raw-vs-fio: qemu-img missing: its columns stay empty" >&2; }
 

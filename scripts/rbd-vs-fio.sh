@@ -37,9 +37,9 @@ while getopts "t:r:R:h" opt; do
 	*) sed -n '17,20p' "$0" >&2; exit 2 ;;
 	esac
 done
-die() { echo "rbd-vs-fio: $*" >&2; exit 1; }
-[[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]] || die "-t wants whole seconds, got '$secs'"
-[[ $reps =~ ^[0-9]+$ && $reps -gt 0 ]] || die "-r wants a positive count, got '$reps'"
+prog=rbd-vs-fio
+. "$(dirname "$0")/benchlib.sh"
+check_runs "$secs" "$reps"
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 lock=/work/wt/bench.lock
@@ -53,10 +53,7 @@ if [ -z "${RBD_VS_FIO_LOCKED:-}" ] && [ -e "$lock" ]; then
 	exit $rc
 fi
 
-for tool in go fio python3 rbd; do
-	command -v "$tool" >/dev/null || die "$tool is required"
-done
-[ -x /usr/bin/time ] || die "GNU time (/usr/bin/time) is required"
+need go fio python3 rbd gnu-time
 fio --enghelp=rbd >/dev/null 2>&1 || die "this fio has no rbd engine"
 have_qemu=0
 if command -v qemu-img >/dev/null && qemu-img --help | grep -q 'Supported formats:.* rbd' &&

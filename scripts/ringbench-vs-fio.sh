@@ -33,17 +33,11 @@ while getopts "d:t:r:b:h" opt; do
 	esac
 done
 
-die() { echo "ringbench-vs-fio: $*" >&2; exit 1; }
-
-[[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]] || die "-t wants whole seconds, got '$secs'"
-[[ $reps =~ ^[0-9]+$ && $reps -gt 0 ]] || die "-r wants a positive count, got '$reps'"
-[ -d "$dir" ] || die "no directory $dir"
-fstype=$(df --output=fstype "$dir" | tail -n 1)
-case "$fstype" in
-tmpfs | ramfs) die "$dir is $fstype: reads there punt to io-wq and O_DIRECT is unsupported; use a disk filesystem (-d)" ;;
-esac
-command -v python3 >/dev/null || die "python3 is required for the summary"
-[ -x /usr/bin/time ] || die "GNU time (/usr/bin/time) is required to measure fio's CPU"
+prog=ringbench-vs-fio
+. "$(dirname "$0")/benchlib.sh"
+check_runs "$secs" "$reps"
+check_disk_dir "$dir"
+need python3 gnu-time
 
 if ! command -v fio >/dev/null; then
 	if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

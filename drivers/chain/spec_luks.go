@@ -44,8 +44,8 @@ func (b *SpecBuilder) keySecrets(s Spec) (secrets [][]byte, backingFiles map[int
 			secrets[depth] = sec
 			delete(s, k)
 		case rest == "encrypt.format":
-			if v != "luks" {
-				return nil, nil, fmt.Errorf("Parameter 'encrypt.format' does not accept value '%s' (ringblk reads LUKS only)", v)
+			if v != "luks" && v != "aes" {
+				return nil, nil, fmt.Errorf("Parameter 'encrypt.format' does not accept value '%s'", v)
 			}
 			delete(s, k)
 		case depth > 0 && rest == "file.driver":

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"errors"
+	"math/bits"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -24,9 +25,9 @@ type AmendOptions struct {
 	// backing node it opened, and the new chain is used at the next open.
 	BackingFile   *string
 	BackingFormat *string
-	// RefcountBits is refcount_bits=; 0 keeps it. Only the current width
-	// (or 16 when downgrading) is accepted: changing the width is not
-	// implemented.
+	// RefcountBits is refcount_bits=; 0 keeps it. Another width rebuilds
+	// the refcount structures (refcount_order.go); with compat=0.10 only
+	// 16 is allowed.
 	RefcountBits int
 	// Progress, when set, is called as a downgrade's zero expansion visits
 	// each L1 entry (active, then the snapshots'), as qemu-img amend -p
@@ -57,6 +58,9 @@ type AmendOptions struct {
 //     lazy_refcounts=off first writes every refcount block and clears a
 //     dirty bit this driver set (an image still needing a repair is
 //     refused: run check -r first).
+//   - refcount_bits changes the refcount width after an upgrade and
+//     before the size (refcount_order.go): refused when a refcount does
+//     not fit the new width, or for a width other than 16 with compat=0.10.
 //   - size grows or shrinks the disk through the driver's resize, after an
 //     upgrade and before a downgrade, as QEMU orders them.
 //   - backing_file / backing_fmt rewrite the header's backing name and
@@ -153,13 +157,15 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 	if o.LazyRefcounts != nil {
 		lazy = *o.LazyRefcounts
 	}
-	if o.RefcountBits != 0 {
-		if newVer == 2 && o.RefcountBits != 16 {
-			return format.Unsupported("refcount_bits", uint64(o.RefcountBits), "compat=0.10 requires refcount_bits=16")
+	newOrder := h.RefcountOrder // refcount_order.go
+	if o.RefcountBits != 0 && o.RefcountBits != 1<<h.RefcountOrder {
+		if o.RefcountBits < 0 || o.RefcountBits > 64 || o.RefcountBits&(o.RefcountBits-1) != 0 {
+			return format.Unsupported("refcount_bits", uint64(o.RefcountBits), "Refcount width must be a power of two and may not exceed 64 bits")
 		}
-		if o.RefcountBits != 1<<h.RefcountOrder {
-			return format.Unsupported("refcount_bits", uint64(o.RefcountBits), "changing the refcount width is not supported")
+		if newVer < 3 && o.RefcountBits != 16 {
+			return format.Unsupported("refcount_bits", uint64(o.RefcountBits), "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)")
 		}
+		newOrder = uint32(bits.TrailingZeros(uint(o.RefcountBits)))
 	}
 	if newVer == 2 && lazy && o.LazyRefcounts != nil {
 		return format.Unsupported("lazy_refcounts", 1, "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)")
@@ -168,7 +174,7 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		return err
 	}
 	if newVer == 2 && ver == 3 {
-		if h.RefcountOrder != 4 {
+		if newOrder != 4 {
 			return format.Unsupported("refcount_bits", uint64(1)<<h.RefcountOrder, "compat=0.10 requires refcount_bits=16")
 		}
 		// Dirty is cleaned below; corrupt images are not opened read-write.
@@ -240,6 +246,19 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		}
 		ver = 3
 	}
+	// Long steps report to one progress figure (refcount_order.go).
+	prog := &amendProgress{report: o.Progress}
+	if newOrder != h.RefcountOrder {
+		prog.steps++
+	}
+	if newVer == 2 && ver == 3 {
+		prog.steps++
+	}
+	if newOrder != h.RefcountOrder {
+		if err := d.changeRefcountOrder(co, newOrder, prog.step(1)); err != nil {
+			return err
+		}
+	}
 	if o.Size != 0 && o.Size != size {
 		if err := d.truncateLocked(co, nil, (o.Size+511)&^511); err != nil {
 			return err
@@ -262,7 +281,7 @@ func (d maintOps) amendLocked(co *aio.Co, o AmendOptions) error {
 		if err := d.prepareWrite(co, nil); err != nil {
 			return err
 		}
-		if err := d.expandZeroClusters(co, o.Progress); err != nil {
+		if err := d.expandZeroClusters(co, prog.step(prog.steps)); err != nil {
 			return err
 		}
 	}

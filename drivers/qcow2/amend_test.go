@@ -146,11 +146,11 @@ func TestQcow2AmendRefusals(t *testing.T) {
 	}{
 		{"extended_l2=on", AmendOptions{Version: 2}, "Cannot downgrade an image with incompatible features 0x10 set"},
 		{"refcount_bits=8", AmendOptions{Version: 2}, "compat=0.10 requires refcount_bits=16"},
-		{"", AmendOptions{Version: 2, RefcountBits: 8}, "compat=0.10 requires refcount_bits=16"},
+		{"", AmendOptions{Version: 2, RefcountBits: 8}, "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"},
 		{"", AmendOptions{Version: 2, LazyRefcounts: boolPtr(true)}, "Lazy refcounts only supported with compatibility level 1.1 and above"},
 		{"compat=0.10", AmendOptions{LazyRefcounts: boolPtr(true)}, "Lazy refcounts only supported with compatibility level 1.1 and above"},
 		{"", AmendOptions{Version: 4}, "Unknown compatibility level"},
-		{"", AmendOptions{RefcountBits: 8}, "changing the refcount width is not supported"},
+		{"", AmendOptions{RefcountBits: 12}, "Refcount width must be a power of two and may not exceed 64 bits"},
 		{"", AmendOptions{BackingFormat: strPtr("raw")}, "backing format specified without a backing file"},
 		{"compression_type=zstd", AmendOptions{Version: 2}, "Cannot downgrade an image with incompatible features 0x8 set"},
 	}

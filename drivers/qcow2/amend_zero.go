@@ -113,6 +113,9 @@ func (d maintOps) expandTableZeros(co *aio.Co, l2Off int64) error {
 					return err
 				}
 			}
+			if d.aes != nil { // aes.go
+				return errAESZeroExpand
+			}
 			if err := d.childIO(co, nil, d.data, block.OpWriteZeroes, host, nil, cs); err != nil {
 				return err
 			}
@@ -122,6 +125,9 @@ func (d maintOps) expandTableZeros(co *aio.Co, l2Off int64) error {
 		case le.Type == format.ZeroAlloc:
 			if d.overlapsMetadata(le.HostOff, cs) {
 				return d.markCorrupt(co, le.HostOff, "zero cluster expansion")
+			}
+			if d.aes != nil { // aes.go
+				return errAESZeroExpand
 			}
 			if err := d.childIO(co, nil, d.data, block.OpWriteZeroes, le.HostOff, nil, cs); err != nil {
 				return err

@@ -30,7 +30,7 @@ type cryptoState struct {
 	locked bool
 }
 
-func (d *Driver) encrypted() bool { return d.crypto.hdr != nil }
+func (d *Driver) encrypted() bool { return d.crypto.hdr != nil || d.aes != nil }
 
 // CryptoHeader is the image's LUKS header; nil when not encrypted.
 func (d *Driver) CryptoHeader() *luks.Header { return d.crypto.hdr }

@@ -121,6 +121,7 @@ type Driver struct {
 	// or for an encrypted image a LUKS payload filter over file (crypto.go).
 	data   *block.Child
 	crypto cryptoState
+	aes    *aesState // legacy AES (crypt_method 1), nil otherwise (aes.go)
 	// dataFile is the external data file's child (also d.data), nil
 	// for an image that keeps its data inside; dataRaw: data_file_raw
 	// (datafile.go). Fixed at Open.
@@ -344,6 +345,9 @@ func (d *Driver) Open(n *block.Node) error {
 		return err
 	}
 	if err := d.openCrypto(n, file); err != nil {
+		return err
+	}
+	if err := d.openAES(n); err != nil { // aes.go
 		return err
 	}
 	// Persistent bitmaps (bitmaps.go): loaded and attached to the node.

@@ -36,6 +36,7 @@ type reqState struct {
 	held    bool     // holds an I/O epoch (see Driver.ioActive)
 	epoch   epochRef // the epoch held
 	m       l2Mapper
+	aes     *aesWork // an AES in-place write's ciphertext (aes.go)
 }
 
 // stateFreeList recycles reqStates across Contexts: a sync.Pool, whose
@@ -77,6 +78,13 @@ func (s *reqState) release() {
 		return
 	}
 	r, err, d := s.r, s.err, s.d
+	if d.aes != nil && err == nil && r.Op == block.OpRead {
+		err = d.aesReadDone(r, s.ext) // aes.go
+	}
+	if s.aes != nil {
+		d.aes.put(s.aes)
+		s.aes = nil
+	}
 	if s.held {
 		d.unhold(s.epoch)
 	}
@@ -288,6 +296,9 @@ type oneDone struct{ d *Driver }
 func (o *oneDone) RequestDone(sub *block.Request, err error) {
 	r := sub.Parent
 	o.d.unhold(epochRef(sub.Tag))
+	if o.d.aes != nil && err == nil {
+		err = o.d.aesDecrypt(r.Iov, 0, r.Len, r.Off) // aes.go: r is one data extent
+	}
 	r.Complete(err)
 }
 
@@ -359,6 +370,11 @@ func (d reader) readGuest(co *aio.Co, parent *block.Request, iov [][]byte, off, 
 				d.event(block.DbgReadAIO)
 				if err := d.childIO(co, parent, d.data, block.OpRead, x.HostOff, win, x.Len); err != nil {
 					return err
+				}
+				if d.aes != nil { // aes.go
+					if err := d.aesDecrypt(win, 0, x.Len, x.GuestOff); err != nil {
+						return err
+					}
 				}
 			case format.ExtentCompressed:
 				if cbuf == nil {

@@ -43,11 +43,16 @@ import (
 // nothing references. A crash part-way leaves leaks or the old structure,
 // never a referenced cluster with refcount 0 that was not already one.
 //
+// A reference count the refcount width cannot hold is reported as
+// qemu-img reports it and counted at the width's maximum (QEMU stops
+// there), so nothing about that cluster is repaired: amend to a wider
+// refcount_bits first.
+//
 // Damaged L1 and refcount table entries are counted as QEMU counts them
 // (checker.walkL1, checkRefblocks): what qemu-img repairs around them is
 // repaired, the damage itself stays (a damaged refcount table entry goes
 // away with the rebuild it forces). Not repaired (the repair refuses and
-// changes nothing): L2 entries the decoder rejects, refcount overflows,
+// changes nothing): L2 entries the decoder rejects
 // and images whose persistent bitmap directory does not decode (a good
 // one's clusters are counted as references). The file is never grown to reach a
 // bogus offset. Freed clusters are not discarded in the
@@ -170,13 +175,7 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	damaged = c.L2Damaged
 	rebuild = c.Rebuild
 	r.pastEOF = c.PastEOF
-	rmax := format.RefcountMax(g.RefcountOrder)
-	for i, n := range c.Refs {
-		if uint64(n) > rmax {
-			res.AddCorruption("overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
-			damaged++
-		}
-	}
+	im.CapOverflows(res, c.Refs)
 	for _, m := range res.Messages {
 		r.log(m)
 	}
@@ -321,7 +320,7 @@ func (r *repairer) run() error {
 	}
 	if damaged > 0 {
 		r.res.CheckErrors++
-		return format.Corrupt("image", uint64(damaged), "damaged L2 entries or refcount overflows found (see the messages); their clusters cannot be counted, so nothing is repaired")
+		return format.Corrupt("image", uint64(damaged), "damaged L2 entries found (see the messages); their clusters cannot be counted, so nothing is repaired")
 	}
 	cs := r.im.Geometry.ClusterSize()
 	pre := r.res

@@ -192,46 +192,58 @@ func (d maintOps) growL1(co *aio.Co, r *block.Request, n int64) error {
 	return nil
 }
 
-// allocContiguous allocates n contiguous clusters at the end of the image
-// and returns the first one's offset. allocCluster hands out the end of
-// the file in order unless it has to create a refcount block on the way;
-// then the run is given back (a leak at worst, if we crash) and tried
-// again further on.
+// allocContiguous allocates n contiguous clusters and returns the first
+// one's offset. It takes clusters one by one as allocCluster hands them
+// out from the end of the file (clusters freed in this session may come
+// first: reuseBeforeGrow) and keeps every one until the last n form a
+// run: a free cluster that stands alone, or a refcount block created on
+// the way, only starts the run again. Keeping them (instead of giving a failed try back and starting
+// over) matters: given back, the same clusters come out again in the
+// same order. The run is announced, so a new refcount block goes past it
+// where there is room (alloc_place.go). Every cluster outside the run is
+// given back at the end (a leak at worst, if we crash).
 func (d metaIO) allocContiguous(co *aio.Co, n int64) (int64, error) {
 	cs := d.mu.geo.ClusterSize()
 	d.mu.Lock()
 	saved := d.mu.freeIdx
+	// Bound: every cluster below the end of the file, then n at the end,
+	// and one refcount block per block's range among them.
+	limit := (d.mu.geo.FileSize+cs-1)/cs + 2*n + 2*(n/d.mu.geo.RefcountBlockEntries()+1)
+	d.mu.freeIdx = (d.mu.geo.FileSize + cs - 1) / cs // from the end (reuse may still take a freed run first)
 	d.mu.Unlock()
+	d.setAllocRun(n)
 	defer func() {
+		d.setAllocRun(0)
 		d.mu.Lock()
 		d.mu.freeIdx = min(d.mu.freeIdx, saved)
 		d.mu.Unlock()
 	}()
-	for try := 0; try < 4; try++ {
-		d.mu.Lock()
-		d.mu.freeIdx = (d.mu.geo.FileSize + cs - 1) / cs
-		d.mu.Unlock()
-		var got []int64
-		ok := true
-		for i := int64(0); i < n; i++ {
-			off, err := d.allocCluster(co)
-			if err != nil {
-				for _, g := range got {
-					d.abortAlloc(g, nil)
-				}
-				return 0, err
+	var got []int64
+	run := int64(0)
+	for int64(len(got)) < limit {
+		off, err := d.allocCluster(co)
+		if err != nil {
+			for _, g := range got {
+				d.abortAlloc(g, nil)
 			}
-			if i > 0 && off != got[i-1]+cs {
-				ok = false
+			return 0, err
+		}
+		if run > 0 && off == got[len(got)-1]+cs {
+			run++
+		} else {
+			run = 1
+		}
+		got = append(got, off)
+		if run == n {
+			start := off - (n-1)*cs
+			for _, g := range got[:len(got)-int(n)] {
+				d.abortAlloc(g, nil)
 			}
-			got = append(got, off)
+			return start, nil
 		}
-		if ok {
-			return got[0], nil
-		}
-		for _, g := range got {
-			d.abortAlloc(g, nil)
-		}
+	}
+	for _, g := range got {
+		d.abortAlloc(g, nil)
 	}
 	return 0, &format.FormatError{Field: "l1_table", Reason: "no contiguous space for the L1 table", Err: format.ErrLimit}
 }

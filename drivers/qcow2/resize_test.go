@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 )
 
 // TestQcow2TruncateHidesBacking: growing an overlay whose backing file is
@@ -94,4 +95,45 @@ func TestQcow2TruncateHidesBacking(t *testing.T) {
 			t.Errorf("size changed on disk:\n%s", out)
 		}
 	})
+}
+
+// TestQcow2GrowL1AfterShrink: growing an image whose new L1 table needs
+// several clusters, after a shrink dropped the refcount blocks past the new
+// end, finds a contiguous run for the table. It failed with "no contiguous
+// space for the L1 table": every try put the new refcount block right
+// after the run's first cluster and retried the same clusters (found by
+// TestQcow2KillNine with 512-byte clusters and 64-bit refcounts).
+func TestQcow2GrowL1AfterShrink(t *testing.T) {
+	e := newTestEnv(t)
+	path := filepath.Join(t.TempDir(), "regrow.qcow2")
+	if err := e.create(path, 1<<20, format.CreateOptions{ClusterSize: 512, RefcountBits: 64}); err != nil {
+		t.Fatal(err)
+	}
+	n := e.mustOpen(path, false)
+	data := bytes.Repeat([]byte{0x5a}, 1<<20)
+	if _, err := n.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	const keep = 308 << 10
+	if err := n.Truncate(keep); err != nil {
+		t.Fatal(err)
+	}
+	// 6 MiB of 32 KiB L2 ranges: 192 L1 entries, three 512-byte clusters.
+	if err := n.Truncate(6 << 20); err != nil {
+		t.Fatalf("growing to 6 MiB after the shrink: %v", err)
+	}
+	got := make([]byte, 6<<20)
+	if _, err := n.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:keep], data[:keep]) {
+		t.Error("the data kept by the shrink differs after the grow")
+	}
+	if !bytes.Equal(got[keep:], make([]byte, len(got)-keep)) {
+		t.Error("the grown range does not read as zeroes")
+	}
+	n.Unref()
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		qemuCheck(t, path)
+	}
 }

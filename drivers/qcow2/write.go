@@ -84,12 +84,12 @@ func (d writer) inPlaceLocked(s *reqState, off, n int64) bool {
 // (writeFast, fast.go), in place under mu on an extended-L2 image or when a
 // table is only found under the lock, else in a coroutine (writeSlow).
 func (d *Driver) Write(r *block.Request) {
-	if writerOf(d).writeFast(r) {
+	if d.aesFastOK(r) && writerOf(d).writeFast(r) { // aes.go: AES in place up to aesChunk
 		return
 	}
 	s := d.states.get(d)
 	d.mu.Lock()
-	fast := d.mu.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
+	fast := d.aesFastOK(r) && d.mu.corruptErr == nil && d.headerReady.Load() && r.Flags&block.FUA == 0 && writerOf(d).inPlaceLocked(s, r.Off, r.Len)
 	if fast {
 		s.epoch, s.held = d.hold(r.Context()), true
 	}
@@ -110,11 +110,19 @@ func (d *Driver) Write(r *block.Request) {
 func (d writer) startWrite(s *reqState, r *block.Request) {
 	s.r = r
 	s.pending = 1
+	src := r.Iov
+	if d.aes != nil { // aes.go: the ciphertext in a bounce buffer held until completion
+		if s.err = d.aesStage(s, r); s.err != nil {
+			s.release()
+			return
+		}
+		src = s.aes.iov[:]
+	}
 	var skip int64
 	for i := range s.ext {
 		x := &s.ext[i]
 		start := len(s.iov)
-		s.iov = iovSlice(s.iov, r.Iov, skip, x.Len)
+		s.iov = iovSlice(s.iov, src, skip, x.Len)
 		sub := r.Sub()
 		sub.Op, sub.Off, sub.Len = block.OpWrite, x.HostOff, x.Len
 		sub.Iov = s.iov[start:len(s.iov):len(s.iov)]
@@ -219,7 +227,7 @@ func (d writer) writeRange(co *aio.Co, r *block.Request, off, end int64) error {
 			continue
 		case p.inPlace:
 			d.event(block.DbgWriteAIO)
-			err = d.childIO(co, r, d.data, block.OpWrite, p.host, win, k)
+			err = d.dataWrite(co, r, p.host, off, win, k)
 			d.l2Unpin(p.t)
 		default:
 			d.metaLock.unlock()
@@ -322,7 +330,7 @@ func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k 
 		return &errWait{p.wait}
 	case p.inPlace:
 		d.event(block.DbgWriteAIO)
-		err = d.childIO(co, r, d.data, block.OpWrite, p.host, win, k)
+		err = d.dataWrite(co, r, p.host, off, win, k)
 		d.l2Unpin(p.t)
 		return err
 	}
@@ -435,14 +443,14 @@ func (d writer) clusterIO(co *aio.Co, r *block.Request, win [][]byte, p *cluster
 	switch {
 	case in == 0 && k == valid:
 		d.event(block.DbgWriteAIO)
-		return d.childIO(co, r, d.data, block.OpWrite, newOff, win, k)
+		return d.dataWrite(co, r, newOff, start, win, k)
 	case zeroSrc && p.fresh && !d.encrypted():
 		// Nothing to zero: only the guest bytes go out. The cluster
 		// starts inside the file once they are written (R11). (Not when
 		// encrypted: zero ciphertext is not zero plaintext.)
 		d.event(block.DbgWriteAIO)
 		return d.childIO(co, r, d.data, block.OpWrite, newOff+in, win, k)
-	case zeroSrc && !d.noFileZeroes.Load():
+	case zeroSrc && !d.noFileZeroes.Load() && d.aes == nil: // AES: zeroes encrypted by cowWrite
 		// The rest of the cluster reads as zeros: have the file zero the
 		// host cluster (ZERO_RANGE: no data copied) and write only the
 		// guest bytes, as QEMU does, instead of a cluster-sized buffer.
@@ -506,7 +514,7 @@ func (d writer) cowWrite(co *aio.Co, r *block.Request, win [][]byte, le format.L
 	}
 	block.CopyFromIov(buf[in:in+k], win, 0)
 	d.event(block.DbgWriteAIO) // guest data and COW in one write, as QEMU's merged COW
-	return d.childIO(co, r, d.data, block.OpWrite, newOff, [][]byte{buf}, valid)
+	return d.dataWrite(co, r, newOff, start, [][]byte{buf}, valid)
 }
 
 // abortAlloc gives back a cluster that was allocated but never linked
@@ -637,7 +645,7 @@ func (d writer) runIO(co *aio.Co, r *block.Request, skip int64, p *runPlan) erro
 		}
 		win = iovSlice(win[:0], r.Iov, skip+i*cs, (j-i)*cs)
 		d.event(block.DbgWriteAIO)
-		err = d.childIO(co, r, d.data, block.OpWrite, p.hosts[i], win, (j-i)*cs)
+		err = d.dataWrite(co, r, p.hosts[i], (p.gc+i)*cs, win, (j-i)*cs)
 		i = j
 	}
 	return err

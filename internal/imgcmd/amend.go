@@ -39,7 +39,8 @@ Keys:
   size=SIZE           the new virtual size (k, M, G, T, P, E suffixes);
                       0 keeps it; smaller shrinks the disk, as resize
                       --shrink
-  refcount_bits=N     accepted only with the current width
+  refcount_bits=N     change the refcount width (1, 2, 4 ... 64; 16 only
+                      with compat=0.10)
   backing_file, backing_fmt
                       accepted only with the current values (as qemu-img:
                       amend does not change the backing file)
@@ -50,7 +51,7 @@ const amendKeysHelp = `Amend options for 'qcow2':
   backing_fmt=<str>      - Image format of the base image (must stay the same)
   compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
-  refcount_bits=<num>    - Width of a reference count entry in bits (the current one only)
+  refcount_bits=<num>    - Width of a reference count entry in bits
   size=<size>            - Virtual disk size (growing only)
 `
 

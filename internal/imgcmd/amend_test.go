@@ -75,6 +75,11 @@ func TestAmendMatchesQemuImg(t *testing.T) {
 		{plain, []string{"-o", "size=0"}},
 		{plain, []string{"-o", "size=2M,compat=0.10"}},
 		{plain, []string{"-q", "-o", "refcount_bits=16"}},
+		{plain, []string{"-o", "refcount_bits=1"}},
+		{plain, []string{"-o", "refcount_bits=64"}},
+		{overlay, []string{"-o", "refcount_bits=2,lazy_refcounts=on"}},
+		{v2, []string{"-o", "compat=1.1,refcount_bits=8"}},
+		{plain, []string{"-o", "refcount_bits=8,compat=0.10"}},
 		{overlay, []string{"-o", "backing_file=base.qcow2,backing_fmt=qcow2"}},
 		{overlay, []string{"-o", "backing_file=other.qcow2"}},
 		{plain, []string{"-o", "backing_file=base.qcow2"}},
@@ -116,9 +121,9 @@ func TestAmendMatchesQemuImg(t *testing.T) {
 	}
 }
 
-// TestAmendRefusals: what qemu-img amend 7.2 can do and our driver cannot
-// (another refcount width) fails in one line and changes nothing; so do
-// backing file changes, as in qemu-img.
+// TestAmendRefusals: refused amends (a refcount width with compat=0.10,
+// backing file changes, as in qemu-img) fail in one line and change
+// nothing.
 func TestAmendRefusals(t *testing.T) {
 	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
@@ -131,7 +136,7 @@ func TestAmendRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	for opts, want := range map[string]string{
-		"refcount_bits=8":              "refcount width",
+		"compat=0.10,refcount_bits=8":  "Refcount widths other than 16 bits require compatibility level 1.1 or above",
 		"backing_file=x.qcow2":         "backing file",
 		"backing_fmt=raw":              "Cannot amend the backing file",
 		"compat=1.1,refcount_bits=128": "power of two",

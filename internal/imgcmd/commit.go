@@ -311,5 +311,10 @@ func (c *committer) empty() error {
 			return fmt.Errorf("Could not empty %s: %v", c.path, err)
 		}
 	}
+	if h.CryptMethod == qcow2fmt.CryptAES { // and legacy AES its crypt_method (aes.go)
+		if err := withQcow2(c.path, qcow2.SetupAES); err != nil {
+			return fmt.Errorf("Could not empty %s: %v", c.path, err)
+		}
+	}
 	return nil
 }

@@ -282,6 +282,9 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 	}
 
+	if r.compress && !r.skipCreate && convertEncrypts(r.olist) { // aes.go
+		return errCompressEncrypt
+	}
 	if !r.skipCreate {
 		if err := createTarget(r, size); err != nil {
 			return err

@@ -307,6 +307,11 @@ func createQcow2(r *createReq, objs *cli.Objects) (string, error) {
 			return line, createErr(r.file, err)
 		}
 	}
+	if enc.format == "aes" { // aes.go
+		if err := withQcow2(cli.FilePath(r.file), qcow2.SetupAES); err != nil {
+			return line, createErr(r.file, err)
+		}
+	}
 	return line, nil
 }
 

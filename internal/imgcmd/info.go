@@ -227,6 +227,10 @@ func imageInfo(img *openedImage) *object {
 		data.set("refcount-bits", 1<<h.RefcountOrder)
 		if img.luks != nil {
 			data.set("encrypt", luksInfo(img.luks, true))
+		} else if h.CryptMethod == format.CryptAES { // aes.go
+			aes := newObject()
+			aes.set("format", "aes")
+			data.set("encrypt", aes)
 		}
 		if h.HasDataFile() { // datafile.go
 			if h.DataFile != "" {
@@ -291,7 +295,7 @@ func printInfoHuman(w io.Writer, img *openedImage, info *object) error {
 	} else {
 		fmt.Fprintf(&b, "disk size: %s\n", sizeToStr(img.blocks))
 	}
-	if img.luks != nil {
+	if img.luks != nil || (img.qcow != nil && img.qcow.Header.CryptMethod == format.CryptAES) {
 		b.WriteString("encrypted: yes\n")
 	}
 	if img.qcow == nil {

@@ -305,13 +305,14 @@ func onOffValue(v string) (bool, error) {
 	return false, fmt.Errorf("bad value")
 }
 
-// setup resolves the options for a LUKS image; AES is refused.
+// setup resolves the options for a LUKS image, and for a legacy AES one
+// (aes.go: the key secret only).
 func (e *qcowEncrypt) setup(objs *cli.Objects) error {
 	switch e.format {
 	case "":
 		return nil
 	case "aes":
-		return fmt.Errorf("AES-CBC encrypted qcow2 images (encrypt.format=aes, encryption=on) are not supported by ringblk; use encrypt.format=luks")
+		return e.setupAES(objs)
 	}
 	return e.lo.resolve("encrypt.", objs)
 }

@@ -93,10 +93,6 @@ func TestLuksCreateForQemu(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "Parameter 'key-secret' is required for cipher") {
 		t.Fatalf("no key-secret: exit %d %s", code, errs)
 	}
-	_, errs, code = clitest.Ours(Create, "--object", sec0, "-f", "qcow2", "-o", "encrypt.format=aes,encrypt.key-secret=s0", filepath.Join(dir, "a.qcow2"), "1M")
-	if code != 1 || !strings.Contains(errs, "AES-CBC encrypted qcow2 images") {
-		t.Fatalf("encrypt.format=aes: exit %d %s", code, errs)
-	}
 }
 
 // TestLuksCommitKeepsEncryption: commit re-creates the emptied top image;

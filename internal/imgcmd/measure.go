@@ -226,8 +226,10 @@ func measureQcow2(pairs []format.OptionPair, size int64, src *imageChain) (*meas
 	pairs = cr.pairs
 	var luksArea int64
 	switch enc.format {
-	case "aes":
-		return nil, enc.setup(nil)
+	case "aes": // nothing stored: measured as a plain image (aes.go)
+		if err := enc.setup(nil); err != nil {
+			return nil, err
+		}
 	case "luks":
 		if luksArea, err = enc.lo.area("encrypt."); err != nil {
 			return nil, err

@@ -117,6 +117,10 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 			return 1, fmt.Errorf("Could not create snapshot '%s': the %s format does not support snapshots", name, img.Format)
 		}
 		if _, err := d.CreateSnapshot(qcow2.SnapshotCreateOptions{Name: name}); err != nil {
+			if errors.Is(err, qcow2.ErrRefcountOverflow) && cli.Prog != "ringblk" {
+				// qemu-img prints the driver's errno (iotest 112).
+				return 1, fmt.Errorf("Could not create snapshot '%s': -22 (Invalid argument)", name)
+			}
 			return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, snapshotCause(err))
 		}
 	case "a":

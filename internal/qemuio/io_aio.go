@@ -210,37 +210,17 @@ var aioReadCmd = &ioCommand{
 			return s.usage()
 		}
 		a := &aioReq{}
-		for _, o := range opts {
-			switch o.Name {
-			case "C":
-				a.cflag = true
-			case "q":
-				a.qflag = true
-			case "v":
-				a.vflag = true
-			case "i":
-				fmt.Fprintln(s.out, "injecting invalid read request")
-				return true
-			case "P":
-				v, ok := parsePattern(o.Val)
-				if !ok {
-					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
-					return false
-				}
-				a.pflag, a.pattern = true, v
-			}
+		v, ok := s.vecOpts(opts, a)
+		if !ok || v.invalid {
+			return ok
 		}
 		if len(ops) < 2 {
 			return s.usage()
 		}
-		if a.off, ok = s.num(ops[0]); !ok {
-			return false
-		}
-		buf, iov, ok := s.ioVector(ops[1:], 0xab)
+		iov, ok := s.vecOperands(a, ops, 0xab)
 		if !ok {
 			return false
 		}
-		a.buf, a.size = buf, int64(len(buf))
 		s.submit(a, block.OpRead, iov, 0)
 		return true
 	},
@@ -276,65 +256,42 @@ var aioWriteCmd = &ioCommand{
 			return s.usage()
 		}
 		a := &aioReq{write: true}
-		pattern := byte(0xcd)
-		var flags block.Flags
-		var uflag, zflag bool
-		for _, o := range opts {
-			switch o.Name {
-			case "C":
-				a.cflag = true
-			case "f":
-				flags |= block.FUA
-			case "q":
-				a.qflag = true
-			case "u":
-				uflag = true
-			case "z":
-				zflag = true
-			case "i":
-				fmt.Fprintln(s.out, "injecting invalid write request")
-				return true
-			case "P":
-				v, ok := parsePattern(o.Val)
-				if !ok {
-					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
-					return false
-				}
-				pattern = v
-			}
+		v, ok := s.vecOpts(opts, a)
+		if !ok || v.invalid {
+			return ok
 		}
 		if len(ops) < 2 {
 			return s.usage()
 		}
 		// qemu-io 7.2 lets -P pass with -z (and writes zeroes): so do we.
 		switch {
-		case zflag && len(ops) != 2:
+		case v.zero && len(ops) != 2:
 			fmt.Fprintln(s.out, "-z supports only a single length parameter")
 			return false
-		case uflag && !zflag:
+		case v.unmap && !v.zero:
 			fmt.Fprintln(s.out, "-u requires -z to be specified")
 			return false
 		}
-		if a.off, ok = s.num(ops[0]); !ok {
-			return false
-		}
-		if zflag {
+		flags := v.flags
+		if v.zero {
+			if a.off, ok = s.num(ops[0]); !ok {
+				return false
+			}
 			n, ok := s.num(ops[1])
 			if !ok {
 				return false
 			}
-			if uflag {
+			if v.unmap {
 				flags |= block.MayUnmap
 			}
 			a.size = n
 			s.submit(a, block.OpWriteZeroes, nil, flags|s.writeThroughFlags())
 			return true
 		}
-		buf, iov, ok := s.ioVector(ops[1:], pattern)
+		iov, ok := s.vecOperands(a, ops, v.fill)
 		if !ok {
 			return false
 		}
-		a.buf, a.size = buf, int64(len(buf))
 		s.submit(a, block.OpWrite, iov, flags|s.writeThroughFlags())
 		return true
 	},

@@ -143,8 +143,10 @@ func TestIOMatchesQemuIO(t *testing.T) {
 			"aio_read -v 0 20", "aio_flush", "aio_write -z 0 4k", "aio_flush", "read -P 0 0 4k", "aio_read -q 0 1", "aio_flush"}},
 		{name: "aio-fail", fmt: "raw", size: "1M", cmds: []string{"aio_read 0 2M", "length"}},
 		{name: "aio-invalid", fmt: "raw", size: "1M", cmds: []string{"aio_read -i 0 1", "aio_write -i 0 1"}},
-		// sleep (077): waits while aio requests run; bad numbers.
-		{name: "sleep", fmt: "raw", size: "1M", cmds: []string{"aio_write -P 9 0 4k", "sleep 20", "read -P 9 0 4k",
+		// sleep (077): waits while aio requests run; bad numbers. The
+		// aio_write's line prints when it completes: 500 ms lets it on a
+		// loaded machine, on both sides, before the read's line.
+		{name: "sleep", fmt: "raw", size: "1M", cmds: []string{"aio_write -P 9 0 4k", "sleep 500", "read -P 9 0 4k",
 			"sleep 0x1", "sleep x", "sleep -1", "sleep 1k"}},
 	}
 	for _, c := range cases {

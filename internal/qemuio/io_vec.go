@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/internal/cli"
 )
 
 // runVector submits a on its own tracker, waits for it and prints its
@@ -66,34 +67,16 @@ var readvCmd = &ioCommand{
 			return s.usage()
 		}
 		a := &aioReq{name: "readv"}
-		for _, o := range opts {
-			switch o.Name {
-			case "C":
-				a.cflag = true
-			case "q":
-				a.qflag = true
-			case "v":
-				a.vflag = true
-			case "P":
-				v, ok := parsePattern(o.Val)
-				if !ok {
-					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
-					return false
-				}
-				a.pflag, a.pattern = true, v
-			}
+		if _, ok := s.vecOpts(opts, a); !ok {
+			return false
 		}
 		if len(ops) < 2 {
 			return s.usage()
 		}
-		if a.off, ok = s.num(ops[0]); !ok {
-			return false
-		}
-		buf, iov, ok := s.ioVector(ops[1:], 0xab)
+		iov, ok := s.vecOperands(a, ops, 0xab)
 		if !ok {
 			return false
 		}
-		a.buf, a.size = buf, int64(len(buf))
 		return s.runVector(a, block.OpRead, iov, 0)
 	},
 }
@@ -121,36 +104,86 @@ var writevCmd = &ioCommand{
 			return s.usage()
 		}
 		a := &aioReq{name: "writev", write: true}
-		pattern := byte(0xcd)
-		var flags block.Flags
-		for _, o := range opts {
-			switch o.Name {
-			case "C":
-				a.cflag = true
-			case "f":
-				flags |= block.FUA
-			case "q":
-				a.qflag = true
-			case "P":
-				v, ok := parsePattern(o.Val)
-				if !ok {
-					fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
-					return false
-				}
-				pattern = v
-			}
+		v, ok := s.vecOpts(opts, a)
+		if !ok {
+			return false
 		}
 		if len(ops) < 2 {
 			return s.usage()
 		}
-		if a.off, ok = s.num(ops[0]); !ok {
-			return false
-		}
-		buf, iov, ok := s.ioVector(ops[1:], pattern)
+		iov, ok := s.vecOperands(a, ops, v.fill)
 		if !ok {
 			return false
 		}
-		a.buf, a.size = buf, int64(len(buf))
-		return s.runVector(a, block.OpWrite, iov, flags|s.writeThroughFlags())
+		return s.runVector(a, block.OpWrite, iov, v.flags|s.writeThroughFlags())
 	},
+}
+
+// vecFlags is what a vector command's options (readv, writev, aio_read,
+// aio_write) say beyond the request's own report flags.
+type vecFlags struct {
+	fill    byte        // a write's buffer byte: -P, 0xcd by default
+	flags   block.Flags // -f: FUA
+	unmap   bool        // -u
+	zero    bool        // -z
+	invalid bool        // -i: the command printed its line and submits nothing
+}
+
+// vecOpts applies a vector command's options (those its getopt spec
+// allowed) to a and returns the rest; false after a bad -P byte, printed.
+// -P is the byte a read checks, or the byte a write fills with.
+func (s *ioSession) vecOpts(opts []cli.Opt, a *aioReq) (vecFlags, bool) {
+	v := vecFlags{fill: 0xcd}
+	for _, o := range opts {
+		switch o.Name {
+		case "C":
+			a.cflag = true
+		case "q":
+			a.qflag = true
+		case "v":
+			a.vflag = true
+		case "f":
+			v.flags |= block.FUA
+		case "u":
+			v.unmap = true
+		case "z":
+			v.zero = true
+		case "i":
+			verb := "read"
+			if a.write {
+				verb = "write"
+			}
+			fmt.Fprintf(s.out, "injecting invalid %s request\n", verb)
+			v.invalid = true
+			return v, true
+		case "P":
+			p, ok := parsePattern(o.Val)
+			if !ok {
+				fmt.Fprintf(s.out, "%s is not a valid pattern byte\n", o.Val)
+				return v, false
+			}
+			if a.write {
+				v.fill = p
+			} else {
+				a.pflag, a.pattern = true, p
+			}
+		}
+	}
+	return v, true
+}
+
+// vecOperands reads a vector command's "off len [len..]" (at least two
+// operands) into a: its offset, and one buffer of fill split at the
+// lengths, whose pieces it returns.
+func (s *ioSession) vecOperands(a *aioReq, ops []string, fill byte) ([][]byte, bool) {
+	var ok bool
+	if a.off, ok = s.num(ops[0]); !ok {
+		return nil, false
+	}
+	buf, iov, ok := s.ioVector(ops[1:], fill)
+	if !ok {
+		return nil, false
+	}
+	a.buf, a.size = buf, int64(len(buf))
+	return iov, true
 }

@@ -103,6 +103,7 @@ func (im *Image) Check() (*CheckResult, error) {
 		res.AddCorruption("snapshot table entry " + strconv.Itoa(i) + " is incomplete")
 	}
 	c.countReferences()
+	im.CapOverflows(res, c.refs)
 
 	// Compare, and find the end of the used part of the file.
 	var highest int64       // QEMU starts at cluster 0 too (an image whose refcounts cannot be read ends at one cluster)
@@ -484,3 +485,21 @@ func (c *checker) checkCopied() {
 }
 
 func int64ToU(v int64) uint64 { return uint64(v) }
+
+// CapOverflows lowers every reference count in refs that the image's
+// refcount width cannot hold to the largest one it can, and reports each
+// such cluster as a corruption in qemu-img's words (QEMU stops counting
+// there too, so the comparison after it sees the capped value: a repair
+// cannot fix an overflow, only amend to a wider refcount_bits can).
+func (im *Image) CapOverflows(res *CheckResult, refs []uint32) {
+	rmax := RefcountMax(im.Geometry.RefcountOrder)
+	cs := im.Geometry.ClusterSize()
+	for i, n := range refs {
+		if uint64(n) > rmax {
+			refs[i] = uint32(rmax)
+			res.Corruptions++
+			res.note("ERROR: overflow cluster offset=0x" + strconv.FormatInt(int64(i)*cs, 16))
+			res.note("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing")
+		}
+	}
+}

@@ -6,8 +6,10 @@ import "encoding/binary"
 const (
 	CryptNone = 0
 	// CryptAES is the legacy AES-CBC encryption with the password as key
-	// (QEMU reads it in qemu-img only, never creates it for guests); we
-	// refuse such images.
+	// and the guest sector number as IV (QEMU's system emulators refuse
+	// it; qemu-img and qemu-io still read and write it, as the qcow2
+	// driver does: drivers/qcow2/aes.go). Nothing about it is stored
+	// beyond this header field.
 	CryptAES = 1
 	// CryptLUKS is LUKS1 in the image: a LUKS header and its key slots
 	// in clusters the full disk encryption extension points at, data
@@ -48,7 +50,10 @@ func (h *Header) validateCrypto() error {
 		}
 		return nil
 	case CryptAES:
-		return Unsupported("crypt_method", CryptAES, "AES-CBC encrypted qcow2 images (crypt_method=1) are not supported; convert them to LUKS with qemu-img (encrypt.format=luks)")
+		if h.hasCryptoExt {
+			return Corrupt("full_disk_encryption_ext", h.CryptoOffset, "encryption header extension present but the image is AES-encrypted, not LUKS")
+		}
+		return nil
 	case CryptLUKS:
 	default:
 		return Unsupported("crypt_method", uint64(h.CryptMethod), "Unsupported encryption method")

@@ -87,7 +87,7 @@ type Header struct {
 	BackingFileSize       uint32
 	ClusterBits           uint32
 	Size                  uint64 // virtual disk size, bytes
-	CryptMethod           uint32 // CryptNone or CryptLUKS after ParseHeader (crypto.go)
+	CryptMethod           uint32 // CryptNone, CryptAES or CryptLUKS after ParseHeader (crypto.go)
 	L1Entries             uint32 // l1_size: number of L1 entries
 	L1Offset              uint64 // l1_table_offset
 	RefcountTableOffset   uint64

@@ -118,7 +118,8 @@ var HostileImages = []Hostile{
 	{"39 json: data file name", "base64m", SetDataFile(`json:{"driver":"file","filename":"/etc/shadow"}`), false, format.ErrUnsupported, "data_file_ext"},
 	{"39 protocol data file name", "base64m", SetDataFile("nbd:evil.example:10809"), false, format.ErrUnsupported, "data_file_ext"},
 	{"LUKS encryption without its header extension", "base64m", At32(32, 2), false, format.ErrCorrupt, "full_disk_encryption_ext"},
-	{"AES encryption", "base64m", At32(32, 1), false, format.ErrUnsupported, "crypt_method"},
+	// Legacy AES parses (the driver asks for the key: drivers/qcow2/aes.go).
+	{"AES encryption", "base64m", At32(32, 1), false, nil, ""},
 	{"file shorter than a header", "base64m", func(_ *testing.T, b []byte) []byte { return b[:50] }, false, format.ErrCorrupt, "file_size"},
 	{"L1 table cut by EOF", "base64m", func(_ *testing.T, b []byte) []byte { return b[:0x30004] }, false, format.ErrCorrupt, "l1_table_offset"},
 }
