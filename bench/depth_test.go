@@ -97,3 +97,23 @@ func TestRingblkQD1OneEnterPerIO(t *testing.T) {
 		t.Errorf("ringblk engine at QD 1: %.2f I/Os per io_uring_enter, want about 1", s.perSubmit)
 	}
 }
+
+// TestRingQD1OneEnterPerIO: the bare ring at QD 1 (fio's default
+// iodepth_batch of 1) submits each I/O in the io_uring_enter that waits
+// for it, as the ringblk engine does: one enter per I/O, counted by the
+// ring. It made two before (the full batch went out on its own, then the
+// wait), as fio's io_uring engine does (commit, then getevents).
+func TestRingQD1OneEnterPerIO(t *testing.T) {
+	dir := benchDir(t)
+	j := mustParse(t, "--name=e", "--filename="+filepath.Join(dir, "f"), "--size=4m", "--rw=randread",
+		"--iodepth=1", "--direct=1", "--ioengine=io_uring", "--runtime=300ms", "--time_based").Jobs[0]
+	res := mustRun(t, &Spec{Jobs: []*Job{j}})
+	w := res.Jobs[0].Clones[0]
+	ios := w.stats[DirRead].ios
+	if ios < 100 || w.ringEnters == 0 {
+		t.Fatalf("%d reads, %d enters: the job did not run as the test needs", ios, w.ringEnters)
+	}
+	if per := float64(ios) / float64(w.ringEnters); per < 0.9 {
+		t.Errorf("bare ring at QD 1: %.2f I/Os per io_uring_enter (%d reads, %d enters), want about 1", per, ios, w.ringEnters)
+	}
+}

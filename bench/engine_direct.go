@@ -173,8 +173,12 @@ func (c *threadClone) start() {
 			time.Sleep(d)
 		}
 		c.w.start()
+		if threadStarted != nil {
+			threadStarted(unix.Gettid())
+		}
 		if c.ring != nil {
 			c.runRing()
+			c.w.ringEnters = c.ring.Enters()
 			// The ring is bound to this thread: close it here, after every
 			// operation was reaped.
 			c.ring.Close()
@@ -186,12 +190,46 @@ func (c *threadClone) start() {
 	}()
 }
 
+// threadStarted, when set (tests), is told each baseline clone's thread
+// id when its loop starts.
+var threadStarted func(tid int)
+
+// yieldEvery bounds how long a baseline clone runs without passing through
+// the Go scheduler; it stays under the runtime's 10 ms hog check (see
+// yieldOften).
+const yieldEvery = int64(8 * time.Millisecond)
+
+// yieldOften calls runtime.Gosched when yieldEvery has passed since last
+// (a reading of the worker clock) and returns the new reference.
+//
+// A clone's loop never blocks in Go: it waits in io_uring_enter (or in
+// pread), so its goroutine is never switched out and its P's schedule tick
+// never moves. The runtime's sysmon reads a tick unchanged for 10 ms as a
+// goroutine hogging its P; catching it inside the system call, it takes
+// the P away and hands it off, and having done work it goes back to
+// waking every 20 µs — for as long as the loop runs. On the bare ring at
+// QD 1 that was about one context switch in other threads per I/O
+// (sysmon and the threads it handed the P to), on a 2-core machine the
+// CPU the io-wq worker or the loop device's worker needs to complete the
+// I/O. A voluntary Gosched moves the tick first: on a locked thread it
+// costs a hand-off through another M, at most 125 times a second. aio's
+// owner loop does the same (aio.Context.yieldOften).
+func yieldOften(now, last int64) int64 {
+	if now-last < yieldEvery {
+		return last
+	}
+	runtime.Gosched()
+	return now
+}
+
 func (c *threadClone) runSync() {
 	w := c.w
 	one := make([]*unit, 1)
+	var yielded int64
 	for {
 		now := w.now()
 		w.tick(now)
+		yielded = yieldOften(now, yielded)
 		u := w.take()
 		if !w.fill(u, now) {
 			w.untake(u)
@@ -241,12 +279,17 @@ func (c *threadClone) runRing() {
 	// sees the full depth; the rest wait in the CQ for the next round, which
 	// then needs no io_uring_enter to find them.
 	reapMax := min(w.job.IODepthBatchCompleteMax, len(cqes))
+	var yielded int64
 	for {
 		now := w.now()
 		w.tick(now)
+		yielded = yieldOften(now, yielded)
 		batch = batch[:0]
 		for {
-			if len(batch) == w.job.IODepthBatch {
+			// A full batch goes now only if another follows it; the round's
+			// last batch goes at the end of the round, with the wait when
+			// nothing older is in flight.
+			if len(batch) == w.job.IODepthBatch && w.canTake() {
 				now = c.submit(batch) // the next batch is issued after it
 				batch = batch[:0]
 			}
@@ -291,9 +334,8 @@ func (c *threadClone) runRing() {
 			}
 			batch = append(batch, u)
 		}
-		c.submit(batch)
 		until, paced := w.waitUntil()
-		if w.busy == 0 {
+		if w.busy == 0 { // nothing in flight, so nothing was prepared
 			if paced {
 				sleepUntil(w, until)
 				continue
@@ -307,9 +349,6 @@ func (c *threadClone) runRing() {
 		if paced { // wake for the paced I/O even if nothing completes
 			wait = max(time.Duration(until-w.now()), time.Microsecond)
 		}
-		// Enter only when the CQ holds fewer than the minimum: the submit
-		// above already entered with GETEVENTS (so deferred completions
-		// were posted), and what an earlier round left is still there.
 		// Like fio's loop, a round takes at most iodepth_batch_complete_max
 		// and issues again; once nothing more will be issued the rest
 		// drains in one reap (fio waits for all in flight at the end).
@@ -317,18 +356,33 @@ func (c *threadClone) runRing() {
 		if w.stopIssuing && !paced {
 			reapMin, take = w.busy, len(cqes)
 		}
-		if r.Ready() < reapMin {
-			w.enterReap++
-			if _, err := r.SubmitAndWait(reapMin, wait); err != nil && !errors.Is(err, uring.ErrBusy) {
-				// The ring failed: stop issuing and reap what is still in
-				// flight before its buffers go away.
-				if w.err == nil {
-					w.err = err
-				}
-				w.stopIssuing = true
-				if _, err := r.SubmitAndWait(w.busy, time.Second); err != nil {
-					return
-				}
+		// When the round's last batch is all that is in flight (QD 1, or
+		// everything completed), one enter submits it and waits
+		// (liburing's io_uring_submit_and_wait; fio makes two calls,
+		// commit then getevents): that wait would sleep anyway. With
+		// older I/Os in flight the batch goes on its own first, as fio
+		// does: the trip back to user space and the CQ check give their
+		// completions (io-wq's on zram) a moment to arrive, and the owner
+		// sleeps less (merged there too, it slept 0.42 times per I/O
+		// against 0.29 on zram at QD 32, at more CPU per I/O;
+		// docs/design/fast-devices.md §The bare ring against fio-best).
+		if len(batch) > 0 && w.busy > len(batch) {
+			c.submit(batch)
+			batch = batch[:0]
+		}
+		// The kernel runs the deferred task work before it would sleep,
+		// so completions that finished meanwhile are posted and the call
+		// returns at once; what an earlier round left in the CQ is counted
+		// first, and then the enter only submits.
+		if err := c.submitWait(batch, reapMin, wait); err != nil {
+			// The ring failed: stop issuing and reap what is still in
+			// flight before its buffers go away.
+			if w.err == nil {
+				w.err = err
+			}
+			w.stopIssuing = true
+			if _, err := r.SubmitAndWait(w.busy, time.Second); err != nil {
+				return
 			}
 		}
 		k := r.Reap(cqes[:take])
@@ -350,6 +404,39 @@ func (c *threadClone) runRing() {
 func sleepUntil(w *worker, t int64) {
 	if d := time.Duration(t - w.now()); d > 0 {
 		time.Sleep(d)
+	}
+}
+
+// submitWait hands the prepared SQEs of batch to the kernel and, in the
+// same io_uring_enter, waits until the CQ holds reapMin CQEs or timeout
+// passed (timeout < 0: no limit). The batch's submit time is stamped
+// before the call, since the wait would otherwise count as submission
+// latency. With nothing to submit and enough CQEs it does not enter.
+func (c *threadClone) submitWait(batch []*unit, reapMin int, timeout time.Duration) error {
+	w, r := c.w, c.ring
+	waits := r.Ready() < reapMin
+	if len(batch) == 0 && !waits {
+		return nil
+	}
+	if len(batch) > 0 {
+		w.enterSubmit++
+		w.submitted(batch, w.now())
+	}
+	if waits {
+		w.enterReap++
+	}
+	for {
+		_, err := r.SubmitAndWait(reapMin, timeout)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, uring.ErrBusy) {
+			return err
+		}
+		if r.Pending() == 0 || r.Ready() > 0 {
+			// Submitted, or completions to reap first: the caller reaps.
+			return nil
+		}
 	}
 }
 

@@ -98,6 +98,7 @@ type worker struct {
 	exitAll       *atomic.Bool // exitall: set when a clone of an exitall job finished; nil: none in the group
 	enterSubmit   uint64       // io_uring_enter calls that submitted (--compare's I/Os per call)
 	enterReap     uint64       // io_uring_enter calls that waited for completions
+	ringEnters    uint64       // io_uring_enter calls the bare ring made (the kernel's count)
 	payload       *payload     // dedupe/compress write contents; nil: the random buffers as they are
 	scrambles     uint64       // writes scrambled (scramble_buffers)
 	files         fileMap      // several files: a region offset's file (files.go)
@@ -445,12 +446,15 @@ func (w *worker) endSync(u *unit, now int64) bool {
 	return true
 }
 
+// canTake reports whether take would return a unit.
+func (w *worker) canTake() bool { return len(w.free) > 0 && w.busy < w.lt.qd }
+
 // take pops a free unit, or nil.
 func (w *worker) take() *unit {
-	k := len(w.free)
-	if k == 0 || w.busy >= w.lt.qd {
+	if !w.canTake() {
 		return nil
 	}
+	k := len(w.free)
 	u := &w.units[w.free[k-1]]
 	w.free = w.free[:k-1]
 	w.busy++

@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/internal/invariants"
 )
 
 // Alignment, splitting and request serialisation: the slow path of Submit,
@@ -17,14 +18,41 @@ import (
 //     most MaxTransfer bytes, issued together; the request completes when the
 //     last piece does, with the first error.
 //   - RMW writes are serialising: on a node that needs alignment every read
-//     and write is tracked, an RMW write waits for every earlier overlapping
-//     request, and every request waits for earlier overlapping RMW writes.
-//     As in QEMU, a request that is itself waiting is not waited for (a new
-//     request overtakes it), and when it wakes it checks again against
-//     every tracked request that is not waiting, earlier or later. Waits
-//     thus always point at a request that is running, so they cannot form
-//     a cycle. Nodes without alignment track nothing (seed 003: serialise
-//     only where RMW needs it).
+//     and write is serialised against them, an RMW write waits for every
+//     earlier overlapping request, and every request waits for earlier
+//     overlapping RMW writes. As in QEMU, a request that is itself waiting
+//     is not waited for (a new request overtakes it), and when it wakes it
+//     checks again against every tracked request that is not waiting,
+//     earlier or later. Waits thus always point at a request that is
+//     running, so they cannot form a cycle. Nodes without alignment track
+//     nothing (seed 003: serialise only where RMW needs it).
+//
+// Serialisation costs an aligned request no lock (the hot path of an
+// O_DIRECT image). The node's gate word (inFlight.gate, on the in-flight
+// count's cache line) counts serialising requests in its high half and
+// aligned requests that passed the gate in its low half:
+//
+//   - An aligned request adds one to the low half. If the high half was
+//     zero it goes to the driver untracked (the fast path: one atomic add
+//     now, one at completion). Otherwise it takes its add back and joins
+//     the tracked list like a padded request (slow path): it waits for an
+//     overlapping serialising request that is running, and overtakes one
+//     that is waiting.
+//   - A serialising request, under the tracker's mutex, joins the list and
+//     adds one to the high half; from then on no aligned request passes
+//     the gate. If aligned requests that passed earlier are still in
+//     flight (low half non-zero) it waits on the tracker's fastWaiters
+//     list for all of them: they are untracked, so their ranges are
+//     unknown. Meanwhile it is a waiting request like any other (later
+//     requests overtake it). The last fast-path request to leave (low half
+//     back to zero while the high half is not) wakes the waiters, which
+//     then check the tracked list as usual.
+//
+// A serialising request thus waits for every aligned one that passed the
+// gate before it, overlapping or not — more than necessary, but unaligned
+// writes are the rare case on a node that needs alignment, and it keeps
+// the common case lock-free (as QEMU's serialising_in_flight counter lets
+// its requests skip the wait).
 //
 // Each piece is a request of its own on the node and holds the node's
 // in-flight count like any other; the padded or split request holds its own
@@ -113,15 +141,56 @@ type slowState struct {
 	// Serialisation (node.tracked).
 	tracked     bool
 	serialising bool
-	waiting     bool     // queued on another request's waiters
+	waiting     bool     // queued on another request's waiters or on fastWaiters
 	waiters     *Request // requests waiting for this one to finish
 	waitNext    *Request
 }
 
-// tracker holds a node's tracked requests in registration order.
+// tracker holds a node's tracked requests in registration order, and the
+// serialising requests that wait for the fast path to empty.
 type tracker struct {
-	mu   sync.Mutex
-	list []*Request
+	mu          sync.Mutex
+	list        []*Request
+	fastWaiters *Request // linked through slow.waitNext
+
+	// locks counts acquisitions of mu, under mu (tests assert that the
+	// aligned fast path never takes it).
+	locks int64
+}
+
+// gateLow masks the gate's count of aligned requests on the fast path;
+// gateHigh is one serialising request.
+const (
+	gateLow  = 1<<32 - 1
+	gateHigh = 1 << 32
+)
+
+// fastEnter lets an aligned request onto the fast path unless a
+// serialising request is in flight.
+func (n *Node) fastEnter() bool {
+	if n.inFlight.gate.Add(1) < gateHigh {
+		return true
+	}
+	n.fastLeave()
+	return false
+}
+
+// fastLeave ends what a successful or refused fastEnter began; the last
+// aligned request to leave while serialising requests are waiting wakes
+// them.
+func (n *Node) fastLeave() {
+	v := n.inFlight.gate.Add(^uint64(0))
+	if invariants.Enabled && v&gateLow == gateLow {
+		invariants.Failf("block: node %s: serialisation gate left more often than entered (%#x)", n.name, v)
+	}
+	if v&gateLow == 0 && v >= gateHigh {
+		n.wakeFastWaiters()
+	}
+}
+
+func (t *tracker) lock() {
+	t.mu.Lock()
+	t.locks++
 }
 
 // startSlow takes r over if it needs padding, splitting or tracking, and
@@ -135,6 +204,12 @@ func (n *Node) startSlow(r *Request) bool {
 	// clusters), but it is tracked so it waits for overlapping RMW writes.
 	track := align > 1 && (rw || r.Op == OpWriteZeroes || r.Op == OpWriteCompressed)
 	if !unaligned && !splits && !track {
+		return false
+	}
+	if track && !unaligned && !splits && n.fastEnter() {
+		// Aligned and no serialising request in flight: untracked, no
+		// lock (Complete leaves the gate).
+		r.fast = true
 		return false
 	}
 	if r.slow == nil {
@@ -320,17 +395,26 @@ func releaseBounce(r *Request, s *slowState) {
 }
 
 // track registers r and reports whether it must wait for an earlier
-// conflicting request; if so it is queued on that request.
+// conflicting request; if so it is queued on that request (or, for a
+// serialising request while aligned fast-path requests are in flight, on
+// the tracker's fastWaiters).
 func (n *Node) track(r *Request) (wait bool) {
 	t := &n.tracked
-	t.mu.Lock()
+	t.lock()
 	defer t.mu.Unlock()
-	r.slow.tracked = true
+	rs := r.slow
+	rs.tracked = true
 	t.list = append(t.list, r)
+	if rs.serialising && n.inFlight.gate.Add(gateHigh)&gateLow != 0 {
+		rs.waitNext = t.fastWaiters
+		t.fastWaiters = r
+		rs.waiting = true
+		return true
+	}
 	if b := t.conflict(r); b != nil {
-		r.slow.waitNext = b.slow.waiters
+		rs.waitNext = b.slow.waiters
 		b.slow.waiters = r
-		r.slow.waiting = true
+		rs.waiting = true
 		return true
 	}
 	return false
@@ -353,27 +437,12 @@ func (t *tracker) conflict(r *Request) *Request {
 	return nil
 }
 
-// untrack removes r and restarts the requests that waited for it and no
-// longer conflict with anything earlier, each on its own Context.
-func (n *Node) untrack(r *Request) {
-	t := &n.tracked
-	var ready *Request
-	t.mu.Lock()
-	idx := -1
-	for i, o := range t.list {
-		if o == r {
-			idx = i
-			break
-		}
-	}
-	copy(t.list[idx:], t.list[idx+1:])
-	t.list[len(t.list)-1] = nil
-	t.list = t.list[:len(t.list)-1]
-	w := r.slow.waiters
-	r.slow.waiters = nil
-	r.slow.tracked = false
-	// The waiters are running again unless they meet another conflict:
-	// mark them all first, so that they do not skip each other.
+// requeue puts each request of the waitNext list w either on a tracked
+// request it still conflicts with or on ready, which it returns. The
+// requests of w are running again unless they meet another conflict:
+// they are all marked so first, so that they do not skip each other.
+// REQUIRES: t.mu held.
+func (t *tracker) requeue(w, ready *Request) *Request {
 	for w := w; w != nil; w = w.slow.waitNext {
 		w.slow.waiting = false
 	}
@@ -390,11 +459,58 @@ func (n *Node) untrack(r *Request) {
 		}
 		w = next
 	}
-	t.mu.Unlock()
+	return ready
+}
+
+// restart runs each request of the waitNext list ready on its own Context.
+func (n *Node) restart(ready *Request) {
 	for ready != nil {
 		w := ready
 		ready = w.slow.waitNext
 		w.slow.waitNext = nil
 		w.ctx.Schedule(func() { n.runSlow(w) })
 	}
+}
+
+// wakeFastWaiters moves the serialising requests that waited for the fast
+// path to empty on to their tracked conflicts, or restarts them.
+func (n *Node) wakeFastWaiters() {
+	t := &n.tracked
+	t.lock()
+	var ready *Request
+	// An aligned request that raised the low half again is being refused
+	// (the high half is set) and wakes the waiters when it leaves.
+	if n.inFlight.gate.Load()&gateLow == 0 {
+		w := t.fastWaiters
+		t.fastWaiters = nil
+		ready = t.requeue(w, nil)
+	}
+	t.mu.Unlock()
+	n.restart(ready)
+}
+
+// untrack removes r and restarts the requests that waited for it and no
+// longer conflict with a running tracked request, each on its own Context.
+func (n *Node) untrack(r *Request) {
+	t := &n.tracked
+	t.lock()
+	idx := -1
+	for i, o := range t.list {
+		if o == r {
+			idx = i
+			break
+		}
+	}
+	copy(t.list[idx:], t.list[idx+1:])
+	t.list[len(t.list)-1] = nil
+	t.list = t.list[:len(t.list)-1]
+	w := r.slow.waiters
+	r.slow.waiters = nil
+	r.slow.tracked = false
+	if r.slow.serialising {
+		n.inFlight.gate.Add(^uint64(gateHigh - 1)) // minus gateHigh
+	}
+	ready := t.requeue(w, nil)
+	t.mu.Unlock()
+	n.restart(ready)
 }

@@ -20,7 +20,11 @@ const cacheLine = 64
 type inFlight struct {
 	_ [cacheLine]byte
 	v atomic.Int64
-	_ [cacheLine - 8]byte
+	// gate is a node's serialisation gate (align.go), on the same line as
+	// the count because an aligned request on an Align > 1 node writes
+	// both: one line transfer, not two. Front ends leave it zero.
+	gate atomic.Uint64
+	_    [cacheLine - 16]byte
 }
 
 func (c *inFlight) inc() { c.v.Add(1) }

@@ -6,3 +6,14 @@ var (
 	DrainedBeginOnMain = (*Node).drainedBegin
 	DrainedEndOnMain   = (*Node).drainedEnd
 )
+
+// TrackerLocks returns how often n's serialisation tracker took its mutex;
+// SerialGate returns its gate word (serialising requests << 32 | aligned
+// requests on the fast path).
+func TrackerLocks(n *Node) int64 {
+	n.tracked.mu.Lock()
+	defer n.tracked.mu.Unlock()
+	return n.tracked.locks
+}
+
+func SerialGate(n *Node) uint64 { return n.inFlight.gate.Load() }

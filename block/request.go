@@ -127,6 +127,7 @@ type Request struct {
 
 	// Alignment, splitting and serialisation (align.go).
 	slow *slowState
+	fast bool // passed the node's serialisation gate untracked
 
 	// OpCheck's mode and result (ops.go); nil for every other op.
 	check *checkState
@@ -167,7 +168,10 @@ func (r *Request) Sub() *Request {
 // r.Context()'s owner, exactly once per submission.
 func (r *Request) Complete(err error) {
 	n := r.node
-	if r.slow != nil && r.slow.tracked {
+	if r.fast {
+		r.fast = false
+		n.fastLeave()
+	} else if r.slow != nil && r.slow.tracked {
 		n.untrack(r)
 	}
 	done := r.done

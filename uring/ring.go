@@ -63,10 +63,11 @@ type Ring struct {
 	enterFd      uintptr // ring fd, or its registered index with IORING_ENTER_REGISTERED_RING
 	enterFlags   uint32  // IORING_ENTER_REGISTERED_RING or 0
 	closed       bool
-	bound        bool // the first enter has run (see bind)
-	sqpoll       bool // IORING_SETUP_SQPOLL: a kernel thread consumes the SQ
-	deferTaskrun bool // IORING_SETUP_DEFER_TASKRUN: completions post only in our GETEVENTS enters
-	extArg       bool // IORING_FEAT_EXT_ARG: enter takes a timeout
+	bound        bool   // the first enter has run (see bind)
+	sqpoll       bool   // IORING_SETUP_SQPOLL: a kernel thread consumes the SQ
+	deferTaskrun bool   // IORING_SETUP_DEFER_TASKRUN: completions post only in our GETEVENTS enters
+	extArg       bool   // IORING_FEAT_EXT_ARG: enter takes a timeout
+	enters       uint64 // io_uring_enter calls made (Enters)
 
 	// Kernel-visible scratch. The kernel reads (and for some registrations
 	// writes) these words during a system call, or — timeoutTS — when it
@@ -364,6 +365,10 @@ func (r *Ring) getEvents() {
 	_, _ = r.enter(0, 0, IORING_ENTER_GETEVENTS, nil, 0)
 }
 
+// Enters reports how many io_uring_enter calls the ring has made (for
+// benchmarks and tests that count system calls per I/O). Owner only.
+func (r *Ring) Enters() uint64 { return r.enters }
+
 // enter is the one call site of io_uring_enter on the ring's hot path.
 func (r *Ring) enter(toSubmit, minComplete, flags uint32, arg unsafe.Pointer, argSize uintptr) (int, error) {
 	if !r.bound {
@@ -371,6 +376,7 @@ func (r *Ring) enter(toSubmit, minComplete, flags uint32, arg unsafe.Pointer, ar
 			return 0, err
 		}
 	}
+	r.enters++
 	n, errno := sysEnter(r.enterFd, toSubmit, minComplete, flags|r.enterFlags, arg, argSize)
 	if errno == 0 {
 		return int(n), nil

@@ -509,15 +509,13 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 			}
 		}
 	}
-	cacheOpts, err := qcow2CacheOptions(s)
+	runtimeOpts, err := takeQcow2Runtime(s) // spec_qcow2opts.go
 	if err != nil {
 		return nil, nil, err
 	}
-	if cacheOpts.l2 >= 0 {
-		o.QcowOptions.L2CacheBytes = cacheOpts.l2
-		if o.QcowOptions.L2CacheBytes == 0 {
-			o.QcowOptions.L2CacheBytes = 1 // the driver's minimum applies
-		}
+	cacheOpts, err := qcow2CacheOptions(s)
+	if err != nil {
+		return nil, nil, err
 	}
 	switch on, given, err := s.Bool("lazy-refcounts"); {
 	case err != nil:
@@ -533,16 +531,17 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 		}
 		delete(s, k)
 	}
-	for k := range s {
-		// Runtime tuning QEMU offers that does not change what is read
-		// or written: accepted, no effect in ringblk.
-		if k == "overlap-check" || strings.HasPrefix(k, "overlap-check.") || k == "cache-clean-interval" {
-			delete(s, k)
-		}
-	}
 	child, cimg, err := b.Child(s, "file", prefix+"file.")
 	if err != nil {
 		return nil, nil, err
+	}
+	// QEMU's cache size rules on the image's geometry, then its other
+	// runtime option checks (spec_qcow2opts.go).
+	if l2, err := qcow2OpenOptions(child, cacheOpts, runtimeOpts); err != nil {
+		child.Unref()
+		return nil, nil, err
+	} else if l2 >= 0 {
+		o.QcowOptions.L2CacheBytes = max(l2, 1) // 0: the driver's minimum applies
 	}
 	// An external data file given by the operator (datafile.go).
 	dataNode, err := b.dataFileChild(s, prefix)
@@ -574,14 +573,6 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 		n.Unref()
 		return nil, nil, err
 	}
-	if es := cacheOpts.entry; es >= 0 {
-		h := drv.Header()
-		cs := h.ClusterSize()
-		if es < 512 || es > cs || es&(es-1) != 0 {
-			n.Unref()
-			return nil, nil, fmt.Errorf("L2 cache entry size must be a power of two between 512 and the cluster size (%d)", cs)
-		}
-	}
 	img := &Image{Path: cimg.Path, Format: "qcow2"}
 	if top {
 		img.Qcow2 = drv
@@ -589,13 +580,19 @@ func (b *SpecBuilder) qcow2(s Spec, prefix, name string, top bool) (*block.Node,
 	return n, img, nil
 }
 
-type qcow2Cache struct{ l2, entry int64 }
+// qcow2Cache is what qcow2CacheOptions read: the sizes given (hasX
+// says which), the entry size (-1: not given); planCache
+// (spec_qcow2opts.go) turns them into the L2 cache size.
+type qcow2Cache struct {
+	l2Given, rc, total, entry int64
+	hasL2, hasRC, hasTotal    bool
+}
 
 // qcow2CacheOptions checks QEMU's qcow2 cache options (cache-size,
-// l2-cache-size, refcount-cache-size, l2-cache-entry-size) and takes them
-// out of s. l2 is the L2 cache size to use, -1 for the default.
+// l2-cache-size, refcount-cache-size, l2-cache-entry-size) that need no
+// image, and takes them out of s.
 func qcow2CacheOptions(s Spec) (qcow2Cache, error) {
-	c := qcow2Cache{l2: -1, entry: -1}
+	c := qcow2Cache{entry: -1}
 	total, hasTotal, err := s.Size("cache-size")
 	if err != nil {
 		return c, err
@@ -623,20 +620,10 @@ func qcow2CacheOptions(s Spec) (qcow2Cache, error) {
 	case hasTotal && hasRC && rc > total:
 		return c, errors.New("refcount-cache-size may not exceed cache-size")
 	}
-	switch {
-	case hasL2:
-		c.l2 = l2
-	case hasTotal && hasRC:
-		c.l2 = total - rc
-	case hasTotal:
-		c.l2 = total
-	}
+	c.l2Given, c.rc, c.total = l2, rc, total
+	c.hasL2, c.hasRC, c.hasTotal = hasL2, hasRC, hasTotal
 	if hasES {
 		c.entry = es
-		// QEMU counts the cache in entries of this size, at most INT_MAX.
-		if es > 0 && c.l2/es > math.MaxInt32 {
-			return c, errors.New("L2 cache size too big")
-		}
 	}
 	return c, nil
 }

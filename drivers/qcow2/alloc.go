@@ -47,7 +47,6 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 	if off == 0 || rb != nil {
 		return rb, ti, bi, nil
 	}
-	d.event(block.DbgRefblockLoad)
 	buf := make([]byte, cs)
 	if err := d.fileRead(co, nil, buf, off); err != nil {
 		return nil, ti, bi, err
@@ -66,6 +65,9 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 // itself (it covers its own cluster), like QEMU's alloc_refcount_block.
 func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 	d.event(block.DbgClusterAlloc)
+	if err := d.refuseUntrustedAlloc(co, ""); err != nil { // untrusted.go
+		return 0, err
+	}
 	cs := d.mu.geo.ClusterSize()
 	order := d.mu.geo.RefcountOrder
 	for {
@@ -106,7 +108,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 				return 0, err
 			}
 			d.mu.Lock()
-			d.mu.rb[off] = &refBlock{buf: buf, dirty: true}
+			d.mu.rb[off] = &refBlock{buf: buf, dirty: true, fresh: true}
 			d.mu.rt[ti] = uint64(off)
 			d.meta.add(off)
 			d.mu.dirtyRT[ti] = true
@@ -133,6 +135,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			d.mu.Unlock()
 			return 0, d.markCorrupt(co, off, "allocation")
 		}
+		d.refcountUpdateEvents() // close_report.go
 		if err := format.RefcountSet(rb.buf, order, bi, 1); err != nil {
 			d.mu.Unlock()
 			return 0, err
@@ -212,6 +215,7 @@ func (d metaIO) decref(co *aio.Co, off int64) error {
 	if rb == nil {
 		return format.Corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
 	}
+	d.refcountUpdateEvents() // close_report.go
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
@@ -281,6 +285,9 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 		d.l2Unpin(t)
 	}
 	// New table (zeros), or a copy of a shared one.
+	if err := d.refuseUntrustedAlloc(co, format.AllocL2Table); err != nil { // untrusted.go
+		return nil, 0, err
+	}
 	newOff, err := d.allocCluster(co)
 	if err != nil {
 		return nil, 0, err
@@ -301,6 +308,7 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	e, _ := d.mu.geo.EncodeL1Entry(newOff, true)
 	storeL1(d.mu.l1, l1i, e)
 	d.meta.add(newOff)
+	d.mu.newL2 = append(d.mu.newL2, newOff) // l2_alloc_write at its first write (close_report.go)
 	if old != nil {
 		d.meta.del(l2Off) // now only a snapshot's (inactive) table
 	}
@@ -443,6 +451,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	if err := d.flushStages(co, nil); err != nil {
 		return err
 	}
+	d.event(block.DbgRefblockAllocWriteBlocks)
 	for off, buf := range blocks {
 		if err := d.fileWrite(co, nil, buf, off); err != nil {
 			return err
@@ -452,6 +461,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	for i, e := range newRT {
 		putU64(tb[i*8:], e)
 	}
+	d.event(block.DbgRefblockAllocWriteTable)
 	if err := d.fileWrite(co, nil, tb, tableOff); err != nil {
 		return err
 	}
@@ -462,6 +472,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	var hb [12]byte
 	putU64(hb[:], uint64(tableOff))
 	hb[8], hb[9], hb[10], hb[11] = byte(t>>24), byte(t>>16), byte(t>>8), byte(t)
+	d.event(block.DbgRefblockAllocSwitchTable)
 	if err := d.fileWrite(co, nil, hb[:], 48); err != nil {
 		return err
 	}

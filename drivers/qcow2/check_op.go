@@ -35,16 +35,17 @@ func (d maintOps) checkLocked(co *aio.Co, r *block.Request) error {
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{CheckMode: true})
 	if err != nil {
 		return err
 	}
+	if _, err := im.ReadSnapshotsForCheck(false); err != nil {
+		return err // a *format.SnapshotTableError: the caller words it
+	}
+	im.CheckLog = d.checkLog // every message, as qemu-img prints them
 	res, err := im.Check()
 	if err != nil {
 		return err
-	}
-	for _, m := range res.Messages {
-		d.checkLog(m)
 	}
 	out := r.CheckResult()
 	*out = block.CheckResult{

@@ -23,3 +23,16 @@ func reportCorruption(cause error) {
 	}
 	CorruptionReport("qcow2: Marking image as corrupt: " + t + "; further corruption events will be suppressed")
 }
+
+// reportNonFatalCorruption is reportCorruption for an image that is not
+// writable: QEMU reports the damage and leaves the image usable.
+func reportNonFatalCorruption(cause error) {
+	if CorruptionReport == nil {
+		return
+	}
+	t := format.QemuCorruptionText(cause)
+	if t == "" {
+		t = cause.Error()
+	}
+	CorruptionReport("qcow2: Image is corrupt: " + t + "; further non-fatal corruption events will be suppressed")
+}

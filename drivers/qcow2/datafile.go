@@ -232,13 +232,12 @@ func CreateWithDataFile(file, data *block.Node, size int64, o format.CreateOptio
 }
 
 // checkDataFileAmend refuses amend's data file changes qemu-img 7.2
-// refuses, in its words: a downgrade of a data file image, a data file
-// name for an image without one, and setting data_file_raw (only a new
-// image can promise a raw data file).
+// refuses, in its words and its order (the keys first, the downgrade
+// after): a data file name for an image without one, setting
+// data_file_raw (only a new image can promise a raw data file; clearing
+// a flag that is not set changes nothing, with or without a data file),
+// a downgrade of a data file image.
 func checkDataFileAmend(h *format.Header, o AmendOptions, newVer int) error {
-	if newVer == 2 && h.Version >= 3 && h.HasDataFile() {
-		return format.Unsupported("incompatible_features", h.IncompatibleFeatures, "Cannot downgrade an image with a data file")
-	}
 	if o.DataFile != nil {
 		if !h.HasDataFile() {
 			return format.Unsupported("data_file", 0, "data-file can only be set for images that use an external data file")
@@ -249,21 +248,19 @@ func checkDataFileAmend(h *format.Header, o AmendOptions, newVer int) error {
 			}
 		}
 	}
-	if o.DataFileRaw != nil {
-		if !h.HasDataFile() {
-			return format.Unsupported("data_file_raw", 0, "data-file-raw can only be set for images that use an external data file")
-		}
-		if *o.DataFileRaw && !h.DataFileRaw() {
-			return format.Unsupported("data_file_raw", 1, "data-file-raw cannot be set on existing images")
-		}
+	if o.DataFileRaw != nil && *o.DataFileRaw && !h.DataFileRaw() {
+		return format.Unsupported("data_file_raw", 1, "data-file-raw cannot be set on existing images")
+	}
+	if newVer == 2 && h.Version >= 3 && h.HasDataFile() {
+		return format.Unsupported("incompatible_features", h.IncompatibleFeatures, "Cannot downgrade an image with a data file")
 	}
 	return nil
 }
 
 // applyDataFileAmend makes the checked data file changes in nh.
 func applyDataFileAmend(nh *format.Header, o AmendOptions) error {
-	if o.DataFile == nil && o.DataFileRaw == nil {
-		return nil
+	if (o.DataFile == nil && o.DataFileRaw == nil) || !nh.HasDataFile() {
+		return nil // data_file_raw=off on an image without a data file
 	}
 	name, raw := nh.DataFile, nh.DataFileRaw()
 	if o.DataFile != nil {

@@ -154,9 +154,13 @@ type Driver struct {
 		dirtyRT      map[int64]bool // refcount table indexes to write
 		dirtyL1      map[int64]bool // L1 indexes to write
 		pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
+		newL2        []int64        // L2 tables allocated since the last stage C (debug events only)
+		failedWrite  bool           // a write or flush of the file failed since its last sync (close_report.go)
 		cowPending   bool           // data or COW written since the last fsync (R4)
 		freeIdx      int64          // first cluster index that may be free
 		corruptErr   error          // set once an overlap check fired: every request fails (setCorruptLocked)
+		// nonFatalSignaled: a read-only image reported damage once (read_damage.go)
+		nonFatalSignaled bool
 		// damage describes the L1 and refcount table entries found
 		// damaged at open (nil: none); see damage.go.
 		damage *format.Image
@@ -190,6 +194,10 @@ type Driver struct {
 		// allocRun: allocations the current caller makes in a row
 		// (alloc_place.go).
 		allocRun int64
+
+		// untrusted: the header, L1 or refcount table has refcount 0;
+		// allocations are refused (untrusted.go).
+		untrusted error
 	}
 	// l2 is the image's L2 cache (l2cache.go; its own locking rules),
 	// set at Open.
@@ -306,6 +314,7 @@ func (d *Driver) Open(n *block.Node) error {
 	}
 	iopts := d.opts.Image
 	iopts.ReadWrite = !d.readOnly
+	iopts.DeferMetadataRefcounts = true // untrusted.go
 	if !d.readOnly {
 		// A dirty image is repaired first (lazy.go, repair.go).
 		relaxed, err := maintOf(d).openRepair(file)
@@ -319,13 +328,19 @@ func (d *Driver) Open(n *block.Node) error {
 			return err
 		}
 	}
-	im, err := format.ReadImage(nodeReader{file}, size, iopts)
+	im, err := format.ReadImage(nodeReader{file}, size, d.imageOptions(iopts))
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}
+	d.checkModeSnapshots(im) // snapshot_check.go
 	d.mu.hdr, d.mu.geo, d.mu.l1, d.mu.rt = im.Header, im.Geometry, im.L1, im.RefcountTable
 	d.mu.snaps, d.mu.snapSz = im.Snapshots, im.SnapshotTableSize
 	d.setDamage(im)
+	if iopts.ReadWrite {
+		if d.mu.untrusted, err = d.untrustedOf(im); err != nil { // untrusted.go
+			return d.formatErr(block.OpOpen, 0, err)
+		}
+	}
 	d.initLazy()
 	// The L1 table may be longer than the disk needs; never map past it.
 	if err := d.initL2(); err != nil {
@@ -441,8 +456,8 @@ func (d *Driver) Close(n *block.Node) error {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err = maintOf(d).storeBitmaps(co) // bitmaps.go
-		if cerr := metaOf(d).closeMetadata(co, nil); err == nil {
+		err = maintOf(d).storeBitmaps(co)                     // bitmaps.go
+		if cerr := metaOf(d).closeWriteBack(co); err == nil { // close_report.go
 			err = cerr
 		}
 		d.metaLock.unlock()

@@ -140,9 +140,11 @@ func (d writer) zeroClusterExtL2(co *aio.Co, r *block.Request, off, k int64, who
 func (d writer) writeZerosExtL2(co *aio.Co, r *block.Request, off, n int64) error {
 	cs := d.mu.geo.ClusterSize()
 	zeros := make([]byte, min(n, cs))
+	run := newHostRun(off + n) // alloc_run_extl2.go: one write, as QEMU's
+	defer run.release(d.metaIO)
 	for end := off + n; off < end; {
 		k := min(end-off, cs-off&(cs-1))
-		if err := d.writeSubclusters(co, r, [][]byte{zeros[:k]}, off, k); err != nil {
+		if err := d.writeSubclusters(co, r, [][]byte{zeros[:k]}, off, k, run); err != nil {
 			return err
 		}
 		off += k

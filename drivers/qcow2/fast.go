@@ -73,7 +73,8 @@ func (d *Driver) fixedRangesLocked(dst []hostRange) []hostRange {
 		hostRange{int64(h.SnapshotsOffset), d.mu.snapSz},
 		hostRange{int64(h.CryptoOffset), int64(h.CryptoLength)})
 	for i := range d.mu.snaps {
-		dst = append(dst, hostRange{int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries) * 8})
+		off, n := snapL1Range(&d.mu.snaps[i], &d.mu.geo) // snapshot_check.go
+		dst = append(dst, hostRange{off, n})
 	}
 	return dst
 }

@@ -27,7 +27,7 @@ import (
 // A data cluster the allocator finds below the old end of the file (freed
 // space) is zeroed on the file before it is mapped: a preallocated cluster
 // must read as zeros. Shrinking with preallocation is refused, as in
-// QEMU; PreallocOff is Truncate. Extended-L2 images are refused.
+// QEMU; PreallocOff is Truncate. Extended-L2 images: prealloc_extl2.go.
 // Call it like Amend: from a control goroutine or the main Context, with
 // no other requests on the node.
 func TruncatePrealloc(n *block.Node, size int64, mode format.Prealloc) error {
@@ -48,15 +48,17 @@ func TruncatePrealloc(n *block.Node, size int64, mode format.Prealloc) error {
 		switch {
 		case size < old:
 			return format.Unsupported("preallocation", uint64(mode), "Preallocation can't be used for shrinking an image")
-		case d.mu.geo.ExtendedL2:
-			return format.Unsupported("extended_l2", 1, "preallocation on resize of an extended-L2 image is not supported")
 		case d.mu.hdr.IncompatibleFeatures&format.IncompatDataFile != 0:
 			return format.Unsupported("data_file", 1, "preallocation on resize of an image with an external data file is not supported")
 		}
 		// truncateLocked is idempotent (a rerun after an *errWait finds
 		// the size done); preallocGrow skips clusters already mapped.
+		hide := d.backing != nil && d.backingSize > old // truncateLocked zeroes [old, size)
 		if err := maintOf(d).truncateLocked(co, nil, size); err != nil {
 			return err
+		}
+		if d.mu.geo.ExtendedL2 {
+			return maintOf(d).preallocGrowExtL2(co, old, size, mode, hide) // prealloc_extl2.go
 		}
 		return maintOf(d).preallocGrow(co, old, size, mode)
 	}))

@@ -145,14 +145,14 @@ func (d reader) readLocked(r *block.Request) {
 		d.mu.Unlock()
 		d.states.put(s)
 		if err != nil {
-			r.Complete(d.formatErr(block.OpRead, r.Off, err))
+			d.failRead(r, err) // read_damage.go
 			return
 		}
 		r.Context().Go(func(co *aio.Co) {
 			ep := d.hold(r.Context())
 			err := d.readGuest(co, r, r.Iov, r.Off, r.Len)
 			d.unhold(ep)
-			r.CompleteLater(d.formatErr(block.OpRead, r.Off, err))
+			r.CompleteLater(d.formatErr(block.OpRead, r.Off, d.readDamage(co, err))) // read_damage.go
 		})
 		return
 	}

@@ -51,8 +51,9 @@ import (
 // Damaged L1 and refcount table entries are counted as QEMU counts them
 // (checker.walkL1, checkRefblocks): what qemu-img repairs around them is
 // repaired, the damage itself stays (a damaged refcount table entry goes
-// away with the rebuild it forces). Not repaired (the repair refuses and
-// changes nothing): L2 entries the decoder rejects
+// away with the rebuild it forces); an unaligned preallocated cluster is
+// dropped (repair_l2fix.go). Not repaired (the repair refuses and
+// changes nothing): compressed L2 entries the decoder rejects
 // and images whose persistent bitmap directory does not decode (a good
 // one's clusters are counted as references). The file is never grown to reach a
 // bogus offset. Freed clusters are not discarded in the
@@ -101,6 +102,7 @@ type repairer struct {
 	// QEMU's qcow2_check_fix_snapshot_table does, and settles the counts.
 	checkSnapshots bool
 	snapIncomplete int64
+	snapTruncated  int64 // entries whose extra data was cut (readSnapshots)
 	scanned        bool
 	signalled      bool // the unaligned-refcount-block event was logged
 	pastEOF        int64
@@ -137,9 +139,14 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	if err != nil {
 		return nil, 0, false, err
 	}
-	im, err := format.ReadImage(r.f, size, format.Options{})
+	im, err := format.ReadImage(r.f, size, format.Options{CheckMode: r.checkSnapshots})
 	if err != nil {
 		return nil, 0, false, err
+	}
+	if r.checkSnapshots {
+		if err := r.readSnapshots(im); err != nil {
+			return nil, 0, false, err
+		}
 	}
 	h, g := im.Header, &im.Geometry
 	if h.BitmapsConsistent() {
@@ -171,6 +178,7 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	}
 	r.scanned = true
 	res := &format.CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
+	im.CheckLog = r.log // every message as it is found, as qemu-img
 	c := im.CountReferences(res, nb, r.fixErrors)
 	damaged = c.L2Damaged
 	rebuild = c.Rebuild
@@ -179,6 +187,11 @@ func (r *repairer) scan() (refs []uint32, damaged int64, rebuild bool, err error
 	for _, m := range res.Messages {
 		r.log(m)
 	}
+	if err := r.applyL2Fixes(c.Fixes); err != nil { // repair_l2fix.go
+		return nil, 0, false, err
+	}
+	res.Corruptions -= int64(len(c.Fixes))
+	r.res.CorruptionsFixed += int64(len(c.Fixes))
 	r.res.Corruptions += res.Corruptions
 	r.res.CheckErrors += res.CheckErrors
 	r.res.TotalClusters = res.TotalClusters
@@ -342,7 +355,10 @@ func (r *repairer) run() error {
 			r.res.CheckErrors++
 			return err
 		}
-		r.res.Corruptions, r.res.Leaks = 0, 0
+		// The snapshot table entries are still wrong: the table is
+		// rewritten after the refcount repair (Driver.repair), which
+		// counts them as fixed then.
+		r.res.Corruptions, r.res.Leaks = r.snapIncomplete+r.snapTruncated, 0
 		// References again, through the new table: the old structures
 		// are leaks now.
 		refs, damaged, rebuild, err = r.scan()
@@ -402,7 +418,41 @@ func (r *repairer) run() error {
 // snapshotsPending reports whether the snapshot table still needs the
 // rewrite that a repair of all errors does (see checkSnapshots).
 func (r *repairer) snapshotsPending() bool {
-	return r.fixErrors && r.snapIncomplete > 0
+	return r.fixErrors && r.snapIncomplete+r.snapTruncated > 0
+}
+
+// readSnapshots reads the snapshot table of im (read in check mode) as
+// QEMU's check does: in a repair of all errors, overhanging entries are
+// dropped (the header's count is lowered at once, leaking their
+// clusters, which the refcount repair frees) and entries with too much
+// extra data are cut (the table is rewritten after the refcount repair).
+// The first scan reports and counts; later ones read the same form.
+func (r *repairer) readSnapshots(im *format.Image) error {
+	sc, err := im.ReadSnapshotsForCheck(r.fixErrors)
+	if err != nil {
+		return err
+	}
+	if r.scanned {
+		return nil
+	}
+	for _, m := range sc.Messages {
+		r.log(m)
+	}
+	if sc.Overhanging > 0 {
+		var b [4]byte
+		n := uint32(len(im.Snapshots))
+		b[0], b[1], b[2], b[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+		if _, err := r.f.WriteAt(b[:], 60); err != nil {
+			return err
+		}
+		if err := r.f.Sync(); err != nil {
+			return err
+		}
+		r.res.CorruptionsFixed += int64(sc.Overhanging)
+	}
+	r.snapTruncated = sc.Truncated
+	r.res.Corruptions += sc.Truncated
+	return nil
 }
 
 // fixCopied compares COPIED in the active L1 and L2 tables with the
@@ -716,8 +766,8 @@ func (d maintOps) repair(co *aio.Co, r *block.Request) error {
 			d.checkLog("ERROR failed to update the snapshot table: " + err.Error())
 			rerr = err
 		} else {
-			res.Corruptions -= rp.snapIncomplete
-			res.CorruptionsFixed += rp.snapIncomplete
+			res.Corruptions -= rp.snapIncomplete + rp.snapTruncated
+			res.CorruptionsFixed += rp.snapIncomplete + rp.snapTruncated
 			if res.CheckErrors == 0 && res.Corruptions == 0 {
 				rerr = rp.markClean()
 			}
@@ -757,12 +807,18 @@ func (d maintOps) reloadMetadata(co *aio.Co, r *block.Request, l2Fixed []int64) 
 	if err != nil {
 		return err
 	}
-	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, format.Options{})
+	im, err := format.ReadImage(coReader{d.Driver, co, r}, size, d.imageOptions(format.Options{}))
 	if err != nil {
 		return err
 	}
+	untrusted, err := d.untrustedOf(im) // untrusted.go: a rebuild clears it
+	if err != nil {
+		return err
+	}
+	d.checkModeSnapshots(im) // snapshot_check.go
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.mu.untrusted = untrusted
 	d.mu.hdr, d.mu.l1, d.mu.rt = im.Header, im.L1, im.RefcountTable
 	fs := max(d.mu.geo.FileSize, im.Geometry.FileSize)
 	d.mu.geo = im.Geometry

@@ -322,16 +322,9 @@ func (d snapshotOps) createSnapshotLocked(co *aio.Co, o SnapshotCreateOptions) (
 	// (the flag means nothing in an inactive table).
 	cs := d.mu.geo.ClusterSize()
 	if len(l1) > 0 {
-		// One cluster goes to the first free one, as QEMU's allocator
-		// places it (iotest 112 names the cluster); larger tables go
-		// to the end.
-		var off int64
-		var err error
-		if n := (int64(len(l1))*8 + cs - 1) / cs; n == 1 {
-			off, err = d.allocCluster(co)
-		} else {
-			off, err = d.allocContiguous(co, n)
-		}
+		// The first free run of clusters, as QEMU's allocator places it
+		// (iotests 112 and 261 name the clusters).
+		off, err := d.allocFirstFit(co, (int64(len(l1))*8+cs-1)/cs) // snapshot_check.go
 		if err != nil {
 			return format.Snapshot{}, err
 		}
@@ -440,7 +433,7 @@ func (d snapshotOps) writeSnapshotTable(co *aio.Co, snaps []format.Snapshot) err
 	cs := d.mu.geo.ClusterSize()
 	var off int64
 	if len(snaps) > 0 {
-		if off, err = d.allocContiguous(co, (int64(len(tb))+cs-1)/cs); err != nil {
+		if off, err = d.allocFirstFit(co, (int64(len(tb))+cs-1)/cs); err != nil {
 			return err
 		}
 		if err := d.fileWrite(co, nil, tb, off); err != nil {
@@ -535,7 +528,7 @@ func (d snapshotOps) isOtherMetadataLocked(off int64) bool {
 		return true
 	}
 	for i := range d.mu.snaps {
-		if in(int64(d.mu.snaps[i].L1Offset), int64(d.mu.snaps[i].L1Entries)*8) {
+		if in(snapL1Range(&d.mu.snaps[i], &d.mu.geo)) {
 			return true
 		}
 	}

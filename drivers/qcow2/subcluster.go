@@ -93,10 +93,11 @@ type subPlan struct {
 // planSubclusters plans a write of k bytes at guest offset off inside one
 // cluster of an extended-L2 image: the L2 table pinned, the host cluster
 // allocated unless the cluster is COPIED, the guest cluster in flight
-// (R8). It does no data I/O. When the cluster is busy (admit) it plans
+// (R8). It does no data I/O. run, when not nil, carries host clusters
+// allocated together for the write's next clusters (alloc_run_extl2.go). When the cluster is busy (admit) it plans
 // nothing and returns the wait in p.wait. REQUIRES: metaLock held; it
 // never releases it.
-func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p subPlan, err error) {
+func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64, run *hostRun) (p subPlan, err error) {
 	cs, scs := d.mu.geo.ClusterSize(), d.mu.geo.SubclusterSize()
 	l1i, l2i, in := d.mu.geo.Split(off)
 	p.gc, p.l2i, p.in, p.k, p.start = off/cs, l2i, in, k, off-in
@@ -156,7 +157,7 @@ func (d writer) planSubclusters(co *aio.Co, r *block.Request, off, k int64) (p s
 			d.l2Unpin(p.t)
 			return p, d.markCorrupt(co, p.host+lo, "data write")
 		}
-	} else if p.host, err = d.allocData(co, p.start); err != nil { // datafile.go
+	} else if p.host, err = d.allocForSub(co, run, p.t, l2i, p.start); err != nil { // alloc_run_extl2.go
 		d.l2Unpin(p.t)
 		return p, err
 	}
@@ -232,8 +233,8 @@ func (d writer) commitSubclusters(p *subPlan, ioErr error) error {
 // function that took metaLock runs with it released before it plans
 // again. writeSlow drives the three steps itself and drops metaLock for
 // the I/O. REQUIRES: metaLock held; it never releases it.
-func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
-	p, err := d.planSubclusters(co, r, off, k)
+func (d writer) writeSubclusters(co *aio.Co, r *block.Request, win [][]byte, off, k int64, run *hostRun) error {
+	p, err := d.planSubclusters(co, r, off, k, run)
 	switch {
 	case err != nil:
 		return err
@@ -295,7 +296,7 @@ func (d writer) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m ze
 	}
 	if le.Type == format.Compressed {
 		zeros := make([]byte, k)
-		return d.writeSubclusters(co, r, [][]byte{zeros}, off, k)
+		return d.writeSubclusters(co, r, [][]byte{zeros}, off, k, nil)
 	}
 	start := off - in
 	var zm uint64
@@ -310,7 +311,7 @@ func (d writer) zeroSubclusters(co *aio.Co, r *block.Request, off, k int64, m ze
 		if zeros == nil {
 			zeros = make([]byte, scs)
 		}
-		if err := d.writeSubclusters(co, r, [][]byte{zeros[:b-a]}, start+a, b-a); err != nil {
+		if err := d.writeSubclusters(co, r, [][]byte{zeros[:b-a]}, start+a, b-a, nil); err != nil {
 			return err
 		}
 	}

@@ -159,6 +159,7 @@ func (d writer) writeRange(co *aio.Co, r *block.Request, off, end int64) error {
 	cs := d.mu.geo.ClusterSize()
 	var win [][]byte
 	var skip int64
+	var run *hostRun
 	for off < end {
 		if off&(cs-1) == 0 && end-off >= 2*cs {
 			// A run of whole clusters that all allocate: plan under
@@ -190,7 +191,11 @@ func (d writer) writeRange(co *aio.Co, r *block.Request, off, end int64) error {
 		win = iovSlice(win[:0], r.Iov, skip, k)
 		if d.mu.geo.ExtendedL2 {
 			// The same plan → I/O → commit for a cluster with subclusters.
-			p, err := d.planSubclusters(co, r, off, k) // subcluster.go
+			if run == nil {
+				run = newHostRun(end) // alloc_run_extl2.go
+				defer run.release(d.metaIO)
+			}
+			p, err := d.planSubclusters(co, r, off, k, run) // subcluster.go
 			switch {
 			case err != nil:
 			case p.wait != nil:
@@ -320,7 +325,7 @@ func putU64(b []byte, v uint64) {
 // writeSubclusters. REQUIRES: metaLock held; it never releases it.
 func (d writer) writeCluster(co *aio.Co, r *block.Request, win [][]byte, off, k int64) error {
 	if d.mu.geo.ExtendedL2 {
-		return d.writeSubclusters(co, r, win, off, k) // subcluster.go
+		return d.writeSubclusters(co, r, win, off, k, nil) // subcluster.go
 	}
 	p, err := d.planCluster(co, r, off, k)
 	switch {
@@ -616,7 +621,18 @@ func (d writer) planRun(co *aio.Co, r *block.Request, off, n int64) (p runPlan, 
 	p.reused = make([]bool, count)
 	d.setAllocRun(count) // a new refcount block goes after the run (alloc_place.go)
 	defer d.setAllocRun(0)
-	for i := range p.hosts {
+	for i := 0; i < len(p.hosts); i++ {
+		if k := p.newRun(d, i); k >= 2 { // alloc_run_extl2.go: QEMU's placement
+			hosts, err := d.allocFreeRun(co, k)
+			if err != nil {
+				p.abort(d, i)
+				d.l2Unpin(p.t)
+				return p, false, err
+			}
+			copy(p.hosts[i:], hosts)
+			i += len(hosts) - 1
+			continue
+		}
 		h, reuse, err := d.runHost(co, p.old[i], (p.gc+int64(i))*cs)
 		if err != nil {
 			p.abort(d, i)

@@ -220,7 +220,13 @@ var blkSeq int
 // qemu-img's words, without the block layer's context.
 func OpenError(path string, err error) error {
 	if cause := openCause(err); cause != "" {
-		return &wordedError{msg: fmt.Sprintf("Could not open '%s': %s", path, cause), err: err}
+		we := &wordedError{msg: fmt.Sprintf("Could not open '%s': %s", path, cause), err: err}
+		var ste *format.SnapshotTableError
+		if Prog != "ringblk" && errors.As(err, &ste) && ste.Hint != "" {
+			// qemu-img's second line: how check -r all repairs it.
+			return &HintError{Err: we, Hint: ste.Hint + "\n"}
+		}
+		return we
 	}
 	msg := err.Error()
 	if strings.HasPrefix(msg, "Could not open") || strings.HasPrefix(msg, "Unknown file format") {
@@ -328,6 +334,10 @@ func qemuFormatWording(err error) string {
 	var fe *format.FormatError
 	if !errors.As(err, &fe) {
 		return ""
+	}
+	var ste *format.SnapshotTableError
+	if errors.As(err, &ste) {
+		return ste.Text // its hint: OpenError
 	}
 	var feat *format.FeatureError
 	if errors.As(err, &feat) {

@@ -125,28 +125,15 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			return 1, dropInHint(cli.OptionErr("", err)) // amend_words.go
 		}
 		path, format, err := cli.ImageFile(operands[0], format, imageOpts)
-		if err != nil {
-			return 1, err
-		}
-		if format != "" && format != "qcow2" && format != "raw" {
-			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
-		}
-		if _, err := os.Stat(path); err != nil {
-			return 1, cli.FileOpenError(path, err)
-		}
-		if format == "" {
-			if format, err = chain.Probe(path); err != nil {
-				return 1, cli.FileOpenError(path, err)
+		var img *cli.BlkImage
+		if cli.IsWholeTree(err) {
+			// An option tree: a data-file child, a filter (amend_tree.go).
+			if img, err = amendOpenTree(&ia, operands[0], format, cache); err == nil {
+				path = img.Path
 			}
+		} else if err == nil {
+			img, err = amendOpenFile(path, format, cache)
 		}
-		switch format {
-		case "qcow2":
-		case "raw":
-			return 1, cli.Usagef("Format driver 'raw' does not support option amendment")
-		default:
-			return 1, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
-		}
-		img, err := cli.OpenBlk(path, cli.BlkOptions{Format: "qcow2", Cache: cache})
 		if err != nil {
 			return 1, err
 		}
@@ -158,7 +145,14 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 			bar.Set(0)
 			o.Progress = func(done, total int64) { bar.Set(100 * float64(done) / float64(total)) }
 			if err = qcow2.Amend(img.Node, o); err != nil {
-				err = amendCause(err) // qemu-img amend prints the driver's error alone
+				if words, e := snapshotL1Words(err); words != "" { // snapshot_words.go
+					// A downgrade's zero expansion refused a snapshot's
+					// L1 table: QEMU's line for it, then the amend's.
+					fmt.Fprintf(stderr, "%s: %s\n", cli.Prog, words)
+					err = &wordsErr{"Failed to turn zero into data clusters: " + strerror(e), err}
+				} else {
+					err = amendCause(err) // qemu-img amend prints the driver's error alone
+				}
 			} else {
 				bar.Set(100)
 				bar.End()
@@ -172,6 +166,39 @@ func Amend(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0, nil
 	})
+}
+
+// amendOpenFile opens the qcow2 image at path read-write for amend; a
+// format given or probed other than qcow2 is refused in qemu-img's words.
+func amendOpenFile(path, format, cache string) (*cli.BlkImage, error) {
+	if format != "" && format != "qcow2" && format != "raw" {
+		return nil, cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, cli.FileOpenError(path, err)
+	}
+	if format == "" {
+		var err error
+		if format, err = chain.Probe(path); err != nil {
+			return nil, cli.FileOpenError(path, err)
+		}
+	}
+	if err := amendFormatOK(format); err != nil {
+		return nil, err
+	}
+	return cli.OpenBlk(path, cli.BlkOptions{Format: "qcow2", Cache: cache})
+}
+
+// amendFormatOK refuses formats amend has no options for.
+func amendFormatOK(format string) error {
+	switch format {
+	case "qcow2":
+		return nil
+	case "raw":
+		return cli.Usagef("Format driver 'raw' does not support option amendment")
+	default:
+		return cli.Usagef("Unknown file format '%s' (amend supports qcow2)", format)
+	}
 }
 
 // amendOptions turns parsed -o keys into the driver's AmendOptions,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 )
@@ -151,9 +153,14 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		if len(files) != 1 {
 			return 1, cli.Usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
 		}
+		dataTree := false // the data file was given and opened (check_datafile.go)
 		{
 			bo := cli.BlkOptions{Format: format}
 			p, err := ia.Resolve(files[0], &bo)
+			if cli.IsWholeTree(err) && mode == 0 {
+				p, err = checkDataFileTree(&ia, files[0], &bo)
+				dataTree = err == nil
+			}
 			if err != nil {
 				return 1, err
 			}
@@ -174,11 +181,14 @@ func Check(args []string, stdout, stderr io.Writer) int {
 			img.Close()
 			return 63, fmt.Errorf("This image format does not support checks")
 		}
-		img, err := openImage(files[0], format)
+		img, err := openImageOpts(files[0], format, qcow2fmt.Options{CheckMode: true})
 		if err != nil {
 			return 1, err
 		}
 		defer img.Close()
+		if err := checkDataFilePresent(img, dataTree); err != nil { // check_datafile.go
+			return 1, err
+		}
 		if err := img.lockForRead(share); err != nil {
 			return 1, err
 		}
@@ -189,8 +199,16 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		if progress && !quiet {
 			img.qcow.Progress = func(done, total int64) { prog.Set(100 * float64(done) / float64(total)) }
 		}
-		res, err := img.qcow.Check()
+		var res *qcow2fmt.CheckResult
+		// Every problem on its own line as it is found, as qemu-img.
+		img.qcow.CheckLog = func(m string) { fmt.Fprintf(stderr, "%s\n", m) }
+		if _, err = img.qcow.ReadSnapshotsForCheck(false); err == nil {
+			res, err = img.qcow.Check()
+		}
 		prog.End()
+		if failed := snapshotTableFailed(stderr, err); failed != nil {
+			return 1, failed
+		}
 		if err != nil {
 			return 1, fmt.Errorf("%s: check failed: %v", img.path, err)
 		}
@@ -226,28 +244,62 @@ func checkRepair(path, format, cache string, mode block.CheckMode, output string
 		return 63, fmt.Errorf("This image format does not support checks")
 	}
 	first, err := img.Node.Check(mode)
+	if failed := snapshotTableFailed(stderr, err); failed != nil {
+		return 1, failed
+	}
 	if err != nil {
 		return 1, checkFailed(err)
 	}
 	rep := reportOf(first)
+	held := ""
 	if first.LeaksFixed > 0 || first.CorruptionsFixed > 0 {
 		if !quiet && output == "human" {
-			fmt.Fprintf(stdout, "The following inconsistencies were found and repaired:\n\n"+
+			// qemu-img's stdout is a C stream: on a terminal this shows
+			// before the second check's messages (stderr), into a pipe
+			// or file only at exit, after them (iotest 271).
+			held = fmt.Sprintf("The following inconsistencies were found and repaired:\n\n"+
 				"    %d leaked clusters\n    %d corruptions\n\nDouble checking the fixed image now...\n",
 				first.LeaksFixed, first.CorruptionsFixed)
+			if f, ok := stdout.(*os.File); ok && isTerminal(f) {
+				io.WriteString(stdout, held)
+				held = ""
+			}
 		}
 		final, err := img.Node.Check(0)
+		if failed := snapshotTableFailed(stderr, err); failed != nil {
+			return 1, failed
+		}
 		if err != nil {
 			return 1, checkFailed(err)
 		}
 		rep = reportOf(final)
 		rep.LeaksFixed, rep.CorruptionsFixed = int64(first.LeaksFixed), int64(first.CorruptionsFixed)
 	}
+	io.WriteString(stdout, held)
 	code, err := printCheck(stdout, &rep, path, img.Format, output, quiet)
 	if cerr := img.Close(); err == nil && cerr != nil {
 		return 1, cerr
 	}
 	return code, err
+}
+
+// snapshotTableFailed reports a snapshot table the check could not read
+// as qemu-img does ("ERROR " and QEMU's sentence, its hint line) and
+// returns the "Check failed" error; nil when err is not one.
+func snapshotTableFailed(stderr io.Writer, err error) error {
+	var ste *qcow2fmt.SnapshotTableError
+	if !errors.As(err, &ste) {
+		return nil
+	}
+	fmt.Fprintf(stderr, "%s: ERROR %s\n", cli.Prog, ste.Text)
+	if ste.Hint != "" {
+		fmt.Fprintf(stderr, "%s\n", ste.Hint)
+	}
+	errno := syscall.EINVAL
+	if errors.Is(err, qcow2fmt.ErrLimit) {
+		errno = syscall.EFBIG
+	}
+	return checkFailed(errno)
 }
 
 // checkFailed words a check that could not run as qemu-img does ("Check

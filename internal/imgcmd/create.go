@@ -463,8 +463,9 @@ func createStageError(r *createReq, err error) (string, error) {
 		msg = "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"
 	case strings.HasPrefix(oe.Msg, "Invalid compatibility level"):
 		msg = "Parameter 'version' does not accept value '" + val + "'"
-	case strings.HasPrefix(oe.Msg, "Lazy refcounts only supported"):
-		// The qcow2 driver's own check, after the line (049).
+	case strings.HasPrefix(oe.Msg, "Lazy refcounts only supported"),
+		strings.HasPrefix(oe.Msg, "Extended L2 entries are only supported"):
+		// The qcow2 driver's own checks, after the line (049, 271).
 		msg = oe.Msg
 	case oe.Key == "preallocation" && strings.Contains(oe.Msg, "does not accept value"):
 		msg = "Parameter 'preallocation' does not accept value '" + val + "'"

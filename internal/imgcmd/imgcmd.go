@@ -93,6 +93,12 @@ func (o *openedImage) Close() {
 // openImage opens path read-only. format "" probes: the qcow2 magic means
 // qcow2, anything else raw.
 func openImage(path, format string) (*openedImage, error) {
+	return openImageOpts(path, format, qcow2fmt.Options{})
+}
+
+// openImageOpts is openImage with ReadImage's options for a qcow2 image
+// (check opens in CheckMode).
+func openImageOpts(path, format string, qopts qcow2fmt.Options) (*openedImage, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, cli.FileOpenError(path, err)
@@ -128,7 +134,7 @@ func openImage(path, format string) (*openedImage, error) {
 		}
 	}
 	if o.format == "qcow2" {
-		im, err := qcow2fmt.ReadImage(f, o.size, qcow2fmt.Options{})
+		im, err := qcow2fmt.ReadImage(f, o.size, qopts)
 		if err != nil {
 			f.Close()
 			return nil, cli.OpenError(path, err)

@@ -276,11 +276,11 @@ func snapshotInfo(s *format.Snapshot) *object {
 		o.set("icount", s.Icount)
 	}
 	o.set("vm-clock-nsec", s.VMClockNsec%1e9)
-	o.set("name", s.Name)
+	o.set("name", cString(s.Name))
 	o.set("date-sec", s.DateSec)
 	o.set("date-nsec", s.DateNsec)
 	o.set("vm-clock-sec", s.VMClockNsec/1e9)
-	o.set("id", s.ID)
+	o.set("id", cString(s.ID))
 	o.set("vm-state-size", s.VMStateSize)
 	return o
 }

@@ -439,6 +439,9 @@ func imageOptsName(spec string) string {
 		case "file.filename", "filename", "file":
 			plain = kv.Value
 		default:
+			if weakImageOpt(kv.Key) { // amend_tree.go
+				continue
+			}
 			plain = ""
 			goto named
 		}

@@ -64,6 +64,9 @@ func (r *snapshotRef) load(img *cli.BlkImage) error {
 		if errors.Is(err, qcow2.ErrSnapshotNotFound) {
 			return errors.New("Failed to load snapshot: Can't find snapshot")
 		}
+		if words, _ := snapshotL1Words(err); words != "" { // snapshot_words.go
+			return &wordsErr{"Failed to load snapshot: " + words, err}
+		}
 		return fmt.Errorf("Failed to load snapshot: %w", cli.PlainErr(err))
 	}
 	return nil

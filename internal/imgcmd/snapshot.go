@@ -121,6 +121,9 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 				// qemu-img prints the driver's errno (iotest 112).
 				return 1, fmt.Errorf("Could not create snapshot '%s': -22 (Invalid argument)", name)
 			}
+			if e := snapshotCreateErrno(err); e != 0 { // snapshot_words.go
+				return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, qemuErrnoCause(e))
+			}
 			return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, snapshotCause(err))
 		}
 	case "a":
@@ -128,6 +131,11 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 			return 1, fmt.Errorf("Could not apply snapshot '%s': Block driver does not support snapshots", name)
 		}
 		if err := d.ApplySnapshot(name); err != nil {
+			if words, e := snapshotL1Words(err); words != "" {
+				// qemu-img: the table's refusal, then the load's errno.
+				fmt.Fprintf(stderr, "%s: %s\n", cli.Prog, words)
+				return 1, fmt.Errorf("Could not apply snapshot '%s': Failed to load snapshot: %s", name, strerror(e))
+			}
 			return 1, fmt.Errorf("Could not apply snapshot '%s': %s", name, snapshotCause(err))
 		}
 	case "d":
@@ -142,6 +150,9 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 				cause := cli.PlainErr(fe.Err)
 				fmt.Fprintf(stderr, "qcow2_free_clusters failed: %v\n", cause)
 				return 1, fmt.Errorf("Could not delete snapshot '%s': Failed to free the cluster and L1 table: %v", name, cause)
+			}
+			if words, _ := snapshotL1Words(err); words != "" {
+				return 1, fmt.Errorf("Could not delete snapshot '%s': %s", name, words)
 			}
 			return 1, fmt.Errorf("Could not delete snapshot '%s': %s", name, snapshotCause(err))
 		}
@@ -180,7 +191,7 @@ func printSnapshotList(w io.Writer, snaps []format.Snapshot) error {
 		if s.ExtraDataSize >= 24 && s.Icount != ^uint64(0) {
 			icount = fmt.Sprint(int64(s.Icount))
 		}
-		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, sizeToStr(int64(s.VMStateSize)), date, clock, icount)
+		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", cString(s.ID), cString(s.Name), sizeToStr(int64(s.VMStateSize)), date, clock, icount)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

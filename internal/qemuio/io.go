@@ -240,6 +240,9 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 					// write-back: nothing to report at exit.
 					return 1, nil
 				}
+				if closeWriteBackLines(stderr, err) {
+					return 1, nil
+				}
 				return 1, fmt.Errorf("closing '%s': %v", s.path, cli.PlainErr(err))
 			}
 		}

@@ -21,6 +21,9 @@ var closeCmd = &ioCommand{
 		img := s.img
 		s.img = nil
 		if err := img.Close(); err != nil {
+			if closeWriteBackLines(s.errw, err) {
+				return false
+			}
 			fmt.Fprintf(s.errw, "%s: closing the image: %v\n", cli.Prog, cli.PlainErr(err))
 			return false
 		}
@@ -218,6 +221,9 @@ func (s *ioSession) reopenOptions(given chain.Spec, bo *cli.BlkOptions, hasRW, h
 		if v, ok := s.spec[k]; ok {
 			cur[k] = v
 		}
+	}
+	if s.img.Qcow2 != nil {
+		joinQcow2Reopen(s.spec, given) // io_reopen_qcow2.go
 	}
 	for k, v := range given {
 		base := k

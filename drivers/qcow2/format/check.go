@@ -23,6 +23,8 @@ type CheckResult struct {
 
 	// Messages describes the first problems found (at most maxCheckMessages).
 	Messages []string
+
+	log func(string) // Image.CheckLog: every message, none kept
 }
 
 const (
@@ -38,6 +40,10 @@ func (c *CheckResult) AddCorruption(msg string) {
 }
 
 func (c *CheckResult) note(msg string) {
+	if c.log != nil {
+		c.log(msg)
+		return
+	}
 	if len(c.Messages) < maxCheckMessages {
 		c.Messages = append(c.Messages, msg)
 	}
@@ -64,6 +70,9 @@ type checker struct {
 	// file (not counted in refs).
 	pastEOF   int64
 	signalled bool // the unaligned-refcount-block event was reported
+	// fixes are the L2 entries a repair of all errors rewrites
+	// (check_l2fix.go).
+	fixes []L2Fix
 
 	done, total, step, next int64 // progress (Image.Progress)
 }
@@ -92,7 +101,7 @@ func (im *Image) Check() (*CheckResult, error) {
 	if nb > MaxCheckClusters {
 		return nil, Limit("file_size", uint64(im.FileSize), "image file too large to check in memory")
 	}
-	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs}
+	res := &CheckResult{TotalClusters: (g.Size + cs - 1) / cs, log: im.CheckLog}
 	c := &checker{im: im, res: res, refs: make([]uint32, nb)}
 	c.total = int64(len(im.L1)) + nb
 	for i := range im.Snapshots {
@@ -163,13 +172,31 @@ func (c *checker) countReferences() {
 	c.walkL1(im.L1, true)
 	for i := range im.Snapshots {
 		s := &im.Snapshots[i]
-		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
-		snap, err := im.Snapshot(i)
-		if err != nil {
-			c.res.AddCorruption("snapshot " + strconv.Itoa(i) + ": " + err.Error())
+		// QEMU's two checks of a snapshot's L1 fields: the entry is
+		// counted as one corruption and its tables are not walked.
+		pre := "snapshot " + s.ID + " (" + s.Name + ") "
+		if s.L1Offset&uint64(cs-1) != 0 {
+			c.res.AddCorruption(pre + "l1_offset=" + hexAlt(s.L1Offset) + ": L1 table is not cluster aligned; snapshot table entry corrupted")
 			continue
 		}
-		c.walkL1(snap.L1, false)
+		if uint64(s.L1Entries) > MaxL1Bytes/8 {
+			c.res.AddCorruption(pre + "l1_size=" + hexAlt(uint64(s.L1Entries)) + ": L1 table is too large; snapshot table entry corrupted")
+			continue
+		}
+		c.ref(int64(s.L1Offset), int64(s.L1Entries)*8, "snapshot_l1_table")
+		// The table is walked as QEMU walks it (no check of its size
+		// against the disk size); one past EOF was reported by ref and
+		// reads as zeros.
+		if s.L1Entries == 0 || s.L1Offset >= uint64(im.FileSize) {
+			continue
+		}
+		l1, err := readTable(im.r, s.L1Offset, int(s.L1Entries))
+		if err != nil {
+			c.res.CheckErrors++
+			c.res.note("ERROR snapshot " + strconv.Itoa(i) + ": " + err.Error())
+			continue
+		}
+		c.walkL1(l1, false)
 	}
 	c.ref(int64(h.SnapshotsOffset), im.SnapshotTableSize, "snapshot_table")
 	if h.CryptMethod == CryptLUKS {
@@ -207,6 +234,7 @@ type References struct {
 	L2Damaged int64    // L2 entries that could not be decoded (their clusters got no reference)
 	Rebuild   bool     // the refcount structure itself is broken
 	PastEOF   int64    // references a cluster or more past the end of the file (not in Refs)
+	Fixes     []L2Fix  // L2 entries to rewrite (fixErrors only; check_l2fix.go), counted as corruptions
 }
 
 // CountReferences counts every cluster's references for a repair (the
@@ -214,9 +242,12 @@ type References struct {
 // to res as Check reports them. fixErrors selects a repair's words
 // ("Repairing" where QEMU says so).
 func (im *Image) CountReferences(res *CheckResult, clusters int64, fixErrors bool) References {
+	if res.log == nil {
+		res.log = im.CheckLog // streamed, as Check does
+	}
 	c := &checker{im: im, res: res, refs: make([]uint32, clusters), fixErrors: fixErrors}
 	c.countReferences()
-	return References{Refs: c.refs, L2Damaged: c.l2Damaged, Rebuild: c.rebuild, PastEOF: c.pastEOF}
+	return References{Refs: c.refs, L2Damaged: c.l2Damaged, Rebuild: c.rebuild, PastEOF: c.pastEOF, Fixes: c.fixes}
 }
 
 // checkRefblocks counts the refcount blocks' references and checks the
@@ -359,8 +390,15 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 		e, bm, _ := g.L2EntryAt(table, j)
 		le, err := g.DecodeL2Entry(e, bm)
 		if err != nil {
+			if c.fixErrors && c.fixedAlready(l2Off, j) {
+				continue // check_l2fix.go
+			}
 			if !g.ExtendedL2 && e&EntryCompressed == 0 && (g.ZeroFlag || e&EntryZero == 0) {
-				c.damagedStandard(e, active)
+				c.damagedStandard(e, l2Off, j, active)
+				continue
+			}
+			if g.ExtendedL2 && e&EntryCompressed == 0 {
+				c.damagedExtended(e, bm, l2Off, j, active) // check_l2fix.go
 				continue
 			}
 			c.res.AddCorruption("l2_table@" + HexString(uint64(l2Off)) + Indexed("", uint64(j)) + ": " + err.Error())
@@ -396,9 +434,10 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 // (reserved bits, an unaligned offset, a cluster past the end of the
 // file, as in a truncated copy) the way QEMU's check_refcounts_l2 does: the
 // cluster its offset bits name is referenced (ref reports one past EOF),
-// so a repair around it never frees what it points at. Unlike QEMU, an
-// unaligned preallocated zero cluster is reported but not rewritten.
-func (c *checker) damagedStandard(e uint64, active bool) {
+// so a repair around it never frees what it points at. An unaligned
+// preallocated zero cluster is dropped by a repair of all errors
+// (check_l2fix.go).
+func (c *checker) damagedStandard(e uint64, l2Off, j int64, active bool) {
 	cs := c.im.Geometry.ClusterSize()
 	if e&L2Reserved != 0 {
 		c.res.AddCorruption("found l2 entry with reserved bits set: " + strconv.FormatUint(e, 16))
@@ -408,20 +447,13 @@ func (c *checker) damagedStandard(e uint64, active bool) {
 		return
 	}
 	if off&(cs-1) != 0 {
-		if e&EntryZero != 0 {
-			c.res.AddCorruption("offset=" + strconv.FormatInt(off, 16) + ": Preallocated cluster is not properly aligned; L2 entry corrupted.")
-		} else {
+		if e&EntryZero == 0 {
 			c.res.AddCorruption("offset=" + strconv.FormatInt(off, 16) + ": Data cluster is not properly aligned; L2 entry corrupted.")
+		} else if c.unalignedPrealloc(off, L2Fix{L2Off: l2Off, Index: j, Entry: EntryZero}) {
+			return
 		}
 	}
-	if active {
-		c.res.AllocatedClusters++
-		if c.nextOf != 0 && off != c.nextOf {
-			c.res.FragmentedClusters++
-		}
-		c.nextOf = off + cs
-	}
-	c.refData(off, cs) // datafile.go
+	c.countDamagedData(off, active)
 }
 
 // CopiedChecked reports whether QEMU's check_oflag_copied looks at L2
@@ -485,6 +517,14 @@ func (c *checker) checkCopied() {
 }
 
 func int64ToU(v int64) uint64 { return uint64(v) }
+
+// hexAlt is C's %#x: 0x and lower-case hex, "0" for zero.
+func hexAlt(v uint64) string {
+	if v == 0 {
+		return "0"
+	}
+	return "0x" + strconv.FormatUint(v, 16)
+}
 
 // CapOverflows lowers every reference count in refs that the image's
 // refcount width cannot hold to the largest one it can, and reports each

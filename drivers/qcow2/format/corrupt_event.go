@@ -13,6 +13,9 @@ func QemuCorruptionText(err error) string {
 	if t := l2EntryCorruptionText(err); t != "" { // extl2.go
 		return t
 	}
+	if t := untrustedAllocText(err); t != "" { // untrusted.go
+		return t
+	}
 	var ue *RefblockUnalignedError
 	if errors.As(err, &ue) {
 		return refblockUnalignedText(ue.Index, ue.Offset)

@@ -50,9 +50,33 @@ func l2EntryCorruptionText(err error) string {
 	where := "(L2 offset: " + cHex(l2Off) + ", L2 index: " + cHex(l2i) + ")"
 	switch fe.Reason {
 	case "subcluster both allocated and zero", "allocated subclusters in an unallocated cluster":
+		var rd readPathError
+		if errors.As(err, &rd) {
+			// QEMU's read path words it with two spaces (iotest 271).
+			return "Invalid cluster entry found  " + where
+		}
 		return "Invalid cluster entry found " + where
 	case "host cluster offset not cluster aligned":
 		return "Cluster allocation offset " + cHex(int64(fe.Value&OffsetMask)) + " unaligned " + where
 	}
 	return ""
 }
+
+// readPathError marks an L2 entry error met by a read (ReadPath).
+type readPathError struct{ error }
+
+func (e readPathError) Unwrap() error { return e.error }
+
+// ReadPath marks err, met while a read mapped its guest range, for
+// QemuCorruptionText: QEMU's read path (its host offset lookup) words the
+// invalid subcluster bitmap case a little differently from its write
+// path. The error still matches what it wraps (errors.Is/As).
+func ReadPath(err error) error { return readPathError{err} }
+
+// IsL2EntryCorruption reports whether err is a located L2 entry error
+// (L2EntryAt) QEMU treats as corruption when a request meets it at run
+// time: an invalid subcluster bitmap or an unaligned data cluster offset.
+// Other decode errors (reserved bits, an offset past the end of the file)
+// QEMU's I/O paths do not look at; ringblk fails the request without
+// marking the image.
+func IsL2EntryCorruption(err error) bool { return l2EntryCorruptionText(err) != "" }

@@ -182,7 +182,12 @@ func ParsePrefix(b []byte) (clusterSize int64, err error) {
 // external data file, an unknown compression type, and backing names that
 // use json: or a protocol prefix. The dirty and corrupt bits are accepted
 // here; CheckWritable refuses them for read-write use.
-func ParseHeader(b []byte) (*Header, error) {
+func ParseHeader(b []byte) (*Header, error) { return parseHeader(b, false) }
+
+// parseHeader is ParseHeader; checkMode leaves the snapshot table pointer
+// unchecked (QEMU's BDRV_O_CHECK open: Image.ReadSnapshotsForCheck checks
+// and repairs it).
+func parseHeader(b []byte, checkMode bool) (*Header, error) {
 	cs, err := ParsePrefix(b)
 	if err != nil {
 		return nil, err
@@ -250,7 +255,7 @@ func ParseHeader(b []byte) (*Header, error) {
 	} else {
 		h.BackingFileSize = 0
 	}
-	if err := h.validate(); err != nil {
+	if err := h.validate(checkMode); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -353,7 +358,7 @@ func extName(magic uint32) string {
 }
 
 // validate checks the fields that do not depend on the rest of the file.
-func (h *Header) validate() error {
+func (h *Header) validate(checkMode bool) error {
 	cs := uint64(1) << h.ClusterBits
 	if unknown := h.IncompatibleFeatures &^ IncompatKnown; unknown != 0 {
 		return h.featureError(unknown)
@@ -415,11 +420,10 @@ func (h *Header) validate() error {
 	// Snapshot table: the count is checked as QEMU does (fixed part of
 	// every entry within MaxSnapshots entries); the exact size needs the
 	// table itself (ReadImage, ParseSnapshotTable).
-	if h.SnapshotCount > MaxSnapshots {
-		return Limit("nb_snapshots", uint64(h.SnapshotCount), "snapshot table too large")
-	}
-	if err := tableOffset("snapshots_offset", h.SnapshotsOffset, uint64(h.SnapshotCount)*snapshotHeaderLen, cs); err != nil {
-		return err
+	if !checkMode {
+		if err := h.validateSnapshotPointer(); err != nil {
+			return err
+		}
 	}
 
 	// Bitmaps: validated only while the autoclear bit vouches for them;
@@ -461,6 +465,16 @@ func (h *Header) validate() error {
 
 // tableOffset checks a table's offset as QEMU's qcow2_validate_table does:
 // cluster aligned, and offset + size must not pass 2^63.
+// validateSnapshotPointer checks nb_snapshots and snapshots_offset as
+// QEMU's open does (qcow2_validate_table: at most MaxSnapshots entries of
+// the fixed 40 bytes, an aligned offset whose table ends below 2^63).
+func (h *Header) validateSnapshotPointer() error {
+	if h.SnapshotCount > MaxSnapshots {
+		return Limit("nb_snapshots", uint64(h.SnapshotCount), "snapshot table too large")
+	}
+	return tableOffset("snapshots_offset", h.SnapshotsOffset, uint64(h.SnapshotCount)*snapshotHeaderLen, uint64(1)<<h.ClusterBits)
+}
+
 func tableOffset(field string, off, size, cs uint64) error {
 	if off&(cs-1) != 0 {
 		return Corrupt(field, off, "offset invalid (not cluster aligned)")

@@ -16,12 +16,20 @@ type Options struct {
 	// table have a nonzero refcount (qcow2.md §3.2 row 10: otherwise the
 	// first allocation would hand out live metadata).
 	ReadWrite bool
+	// DeferMetadataRefcounts leaves the refcount check of ReadWrite to
+	// the caller (Image.CheckMetadataRefcounts, untrusted.go): the driver
+	// opens such an image and refuses its allocations instead.
+	DeferMetadataRefcounts bool
 	// MaxL1Bytes, MaxRefcountTableBytes and MaxSnapshotTableBytes lower the
 	// package limits for callers that want a tighter memory bound. Zero or
 	// values above the package limit mean the package limit.
 	MaxL1Bytes            int64
 	MaxRefcountTableBytes int64
 	MaxSnapshotTableBytes int64
+	// CheckMode is QEMU's BDRV_O_CHECK open (qemu-img check): the
+	// snapshot table pointer is not checked and the table is not read;
+	// Image.ReadSnapshotsForCheck reads (and can repair) it.
+	CheckMode bool
 }
 
 func capOr(v, pkg int64) int64 {
@@ -63,6 +71,10 @@ type Image struct {
 	// done and the total (L1 entries walked, then clusters compared), at
 	// most a few hundred times per check.
 	Progress func(done, total int64)
+	// CheckLog, when set, receives every message of Check as it is found
+	// (qemu-img prints them all); CheckResult.Messages then stays empty.
+	// Unset, Check keeps the first few in Messages.
+	CheckLog func(msg string)
 }
 
 // ReadFull fills p from off, reading bytes past the end of the file as zeros
@@ -84,9 +96,10 @@ func ReadFull(r io.ReaderAt, p []byte, off int64) error {
 // table), never O(L2 tables), and everything allocated is bounded by the
 // limits in limits.go (or the lower caps in opts) before it is allocated.
 //
-// Beyond ParseHeader's checks it verifies that the L1, refcount and
-// snapshot tables and every snapshot L1 and bitmap directory lie inside the
-// file; that every L1 and refcount table entry is well formed and points
+// Beyond ParseHeader's checks it verifies that the L1 and refcount
+// tables and the bitmap directory lie inside the file (the snapshot table
+// reads as zeros past EOF, and snapshot L1 fields are checked when a
+// table is used, as in QEMU); that every L1 and refcount table entry is well formed and points
 // inside the file; and that no two metadata structures (header cluster,
 // active L1, refcount table, snapshot table, snapshot L1s, bitmap
 // directory, L2 tables, refcount blocks) share a cluster.
@@ -106,7 +119,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	if err := ReadFull(r, first, 0); err != nil {
 		return nil, err
 	}
-	h, err := ParseHeader(first)
+	h, err := parseHeader(first, opts.CheckMode)
 	if err != nil {
 		return nil, err
 	}
@@ -152,9 +165,9 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 		}
 	}
 
-	// Snapshot table.
-	if h.SnapshotCount > 0 {
-		if err := im.readSnapshots(capOr(opts.MaxSnapshotTableBytes, MaxSnapshotTableBytes), opts.MaxL1Bytes); err != nil {
+	// Snapshot table (not read in check mode: ReadSnapshotsForCheck).
+	if h.SnapshotCount > 0 && !opts.CheckMode {
+		if err := im.readSnapshots(capOr(opts.MaxSnapshotTableBytes, MaxSnapshotTableBytes)); err != nil {
 			return nil, err
 		}
 	}
@@ -166,7 +179,7 @@ func ReadImage(r io.ReaderAt, fileSize int64, opts Options) (*Image, error) {
 	if err := im.checkOverlaps(); err != nil {
 		return nil, err
 	}
-	if opts.ReadWrite {
+	if opts.ReadWrite && !opts.DeferMetadataRefcounts {
 		if err := im.checkMetadataRefcounts(); err != nil {
 			return nil, err
 		}
@@ -203,51 +216,19 @@ func readTable(r io.ReaderAt, off uint64, n int) ([]uint64, error) {
 	return t, nil
 }
 
-// readSnapshots sizes the table by walking the fixed parts of its entries
-// (40 bytes each), then reads exactly that many bytes and decodes them, so
-// the allocation is the table's real size and never exceeds maxBytes.
-func (im *Image) readSnapshots(maxBytes, maxL1Bytes int64) error {
-	h, g := im.Header, &im.Geometry
-	base := h.SnapshotsOffset
-	if base >= uint64(im.FileSize) {
-		return Corrupt("snapshots_offset", base, "snapshot table past end of file")
-	}
-	var off uint64
-	var fixed [snapshotHeaderLen]byte
-	for i := uint32(0); i < h.SnapshotCount; i++ {
-		off = (off + 7) &^ 7
-		if base+off+snapshotHeaderLen > uint64(im.FileSize) {
-			return Corrupt(Indexed("snapshot", uint64(i)), base+off, "snapshot table entry past end of file")
-		}
-		if err := ReadFull(im.r, fixed[:], int64(base+off)); err != nil {
-			return err
-		}
-		extra, n := snapshotEntryLen(fixed[:])
-		if extra > MaxSnapshotExtraData {
-			return Limit(Indexed("snapshot", uint64(i))+".extra_data_size", uint64(extra), "too much extra metadata in snapshot table entry")
-		}
-		if off+n > uint64(maxBytes) {
-			return Limit("snapshot_table_size", off+n, "snapshot table too large")
-		}
-		off += n
-	}
-	if base+off > uint64(im.FileSize) {
-		return Corrupt("snapshots_offset", base, "snapshot table extends past end of file")
-	}
-	buf := make([]byte, off)
-	if err := ReadFull(im.r, buf, int64(base)); err != nil {
-		return err
-	}
-	snaps, size, err := ParseSnapshotTable(buf, h.SnapshotCount, maxBytes)
+// readSnapshots reads the snapshot table (snapshot_check.go): entry by
+// entry through a bounded window, bytes past EOF as zeros (QEMU opens such
+// tables), refusing extra data above MaxSnapshotExtraData and a table
+// above maxBytes with QEMU's words. Snapshot L1 tables are not validated
+// here (QEMU does not either): Image.Snapshot and the driver's snapshot
+// operations do, when they need one.
+func (im *Image) readSnapshots(maxBytes int64) error {
+	h := im.Header
+	sc, err := readSnapshotEntries(im.r, im.FileSize, h.SnapshotsOffset, h.SnapshotCount, maxBytes, false)
 	if err != nil {
 		return err
 	}
-	for i := range snaps {
-		if err := ValidateSnapshot(&snaps[i], i, g, maxL1Bytes); err != nil {
-			return err
-		}
-	}
-	im.Snapshots, im.SnapshotTableSize = snaps, size
+	im.Snapshots, im.SnapshotTableSize = sc.snaps, sc.size
 	return nil
 }
 
@@ -287,7 +268,9 @@ func (im *Image) checkOverlaps() error {
 	add(h.RefcountTableOffset, uint64(h.RefcountTableClusters)*cs, "refcount_table", noIndex)
 	add(h.SnapshotsOffset, uint64(im.SnapshotTableSize), "snapshot_table", noIndex)
 	for i, s := range im.Snapshots {
-		add(s.L1Offset, uint64(s.L1Entries)*8, "snapshot_l1_table", uint64(i))
+		if im.SnapshotL1Valid(i) {
+			add(s.L1Offset, uint64(s.L1Entries)*8, "snapshot_l1_table", uint64(i))
+		}
 	}
 	if b := h.Bitmaps; b != nil && h.BitmapsConsistent() {
 		add(b.DirectoryOffset, b.DirectorySize, "bitmap_directory", noIndex)
