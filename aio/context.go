@@ -61,6 +61,16 @@ type Options struct {
 	// and goroutines, a spinning Context steals the CPU that would complete
 	// its own I/O. Set it (e.g. 20–50µs) when a core is dedicated.
 	PollTime time.Duration
+	// Batch runs the owner thread under SCHED_BATCH while the Context
+	// runs (its nice value kept; SCHED_OTHER again before the thread is
+	// given back to Go). The kernel then does not let a wake-up of the
+	// loop preempt the task running on that CPU: a client that wakes the
+	// loop with every request it sends (an NBD client on the same
+	// machine) keeps running and sends more, and the loop takes them in
+	// one batch when it runs, instead of a switch per request. For server
+	// loops fed by local clients; it delays a wake-up behind a CPU-bound
+	// task by up to that task's time slice (docs/design/nbd.md).
+	Batch bool
 	// Queue injects the ring, e.g. a uringtest.Ring; the Context owns it and
 	// closes it at Stop. Nil creates a kernel ring on the owner thread at
 	// Start.
@@ -174,6 +184,11 @@ type Context struct {
 
 	// adaptive polling
 	pollMax, pollWindow time.Duration
+
+	// Options.Batch: the owner thread's policy before setBatch, and
+	// whether restoreSched has to put it back.
+	oldPolicy uint32
+	batchSet  bool
 
 	stopping  bool // set by the stop BH; the top-level loop exits
 	cancelAll bool // shutdown: new ops complete with ECANCELED at once
@@ -293,6 +308,7 @@ func (c *Context) ownerMain(errc chan<- error) {
 		c.state.Store(stateStopped)
 		close(c.exited)
 		if !pinned {
+			c.restoreSched()
 			runtime.UnlockOSThread()
 		}
 		errc <- err
@@ -312,6 +328,7 @@ func (c *Context) ownerMain(errc chan<- error) {
 	// exits takes its thread with it), so its affinity never leaks into
 	// Go's thread pool.
 	if !pinned {
+		c.restoreSched()
 		runtime.UnlockOSThread()
 	}
 }
@@ -383,6 +400,7 @@ func (c *Context) Attach() error {
 		}
 		c.state.Store(stateStopped)
 		close(c.exited)
+		c.restoreSched()
 		runtime.UnlockOSThread()
 		return err
 	}
@@ -407,11 +425,17 @@ func (c *Context) Detach() (StopReport, error) {
 	}
 	c.stopping = true
 	c.finish()
+	c.restoreSched()
 	runtime.UnlockOSThread()
 	return c.report, c.stopErr
 }
 
 func (c *Context) setup(pinned *bool) error {
+	if c.opts.Batch {
+		if err := c.setBatch(); err != nil {
+			return err
+		}
+	}
 	if c.opts.Pin {
 		var set unix.CPUSet
 		set.Set(c.opts.CPU)

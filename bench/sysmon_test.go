@@ -3,42 +3,23 @@ package bench
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/ringblk/ringblk/internal/proctest"
 	"golang.org/x/sys/unix"
 )
 
-// otherSwitches sums the context switches (voluntary and not) of every
-// thread of the process except skip, from /proc/self/task/*/status.
+// otherSwitches sums the context switches of the process's threads except
+// skip; a test skips where /proc/self/task cannot be read.
 func otherSwitches(t *testing.T, skip int) int64 {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/task")
+	n, err := proctest.OtherThreadSwitches(skip)
 	if err != nil {
 		t.Skipf("no /proc/self/task: %v", err)
-	}
-	var n int64
-	for _, e := range ents {
-		if e.Name() == strconv.Itoa(skip) {
-			continue
-		}
-		b, err := os.ReadFile("/proc/self/task/" + e.Name() + "/status")
-		if err != nil {
-			continue // the thread exited
-		}
-		for _, l := range bytes.Split(b, []byte("\n")) {
-			var v int64
-			if _, err := fmt.Sscanf(string(l), "voluntary_ctxt_switches: %d", &v); err == nil {
-				n += v
-			} else if _, err := fmt.Sscanf(string(l), "nonvoluntary_ctxt_switches: %d", &v); err == nil {
-				n += v
-			}
-		}
 	}
 	return n
 }

@@ -73,7 +73,16 @@ func kill9DuringJob(t *testing.T, kind string) {
 		}
 	}()
 	cmd.Wait()
-	res, err := exec.Command("qemu-img", "check", tgt).CombinedOutput()
+	// The killed process's io_uring is torn down by the kernel after the
+	// process is reaped, and the files its ring holds (and their locks)
+	// are released only then: give that a few seconds before checking.
+	var res []byte
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		res, err = exec.Command("qemu-img", "check", tgt).CombinedOutput()
+		if err == nil || !strings.Contains(string(res), "lock") || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 { // 3: leaks only
 			t.Fatalf("qemu-img check after kill -9: %v\n%s", err, res)

@@ -26,13 +26,24 @@
 # ringblk), then each server's CPU time per I/O in microseconds
 # (utime+stime of the server process from /proc/PID/stat over the fio run,
 # all its threads, divided by the I/Os fio completed) and ringblk's CPU
-# ratio to qemu-nbd (lower is better for ringblk). fio's own CPU is not
-# counted. A last line gives the multi-conn scaling (IOPS at 2 and 4
-# connections over 1) per server.
+# ratio to qemu-nbd (lower is better for ringblk); then the client's CPU
+# time per I/O against each server (cli:…: utime+stime of fio and its job
+# processes, from getrusage of its children, over the same I/Os). With
+# fio's nbd engine the client does a fixed amount of socket work per I/O
+# (a send per request, receives per reply chunk, a poll), so when its
+# cli:… × IOPS comes near 1e6 (one core) the row is bound by the client,
+# whatever the server does. A last line gives the multi-conn scaling
+# (IOPS at 2 and 4 connections over 1) per server.
+#
+# -P runs the servers and fio under SCHED_FIFO (chrt -f 10): on a machine
+# busy with other work (compiles, tests) each of them then gets a CPU of
+# its own when it runs, instead of a share of one, which approximates a
+# quiet machine. It is a diagnostic: the scheduler places and preempts
+# FIFO tasks differently from normal ones, so quote such rows as -P rows.
 #
 # usage: scripts/nbd-vs-qemu-nbd.sh [-d DIR] [-t SECONDS] [-r REPEATS] [-s SIZE_MIB]
 #                                    [-b "file zram"] [-n "unix tcp"] [-S "ringblk qemu-nbd nbdkit"]
-#                                    [-R "randread-4k randwrite-4k read-1m randread-4k-2c randread-4k-4c"] [-c none|writeback]
+#                                    [-R "randread-4k randwrite-4k read-1m randread-4k-2c randread-4k-4c"] [-c none|writeback] [-P]
 #   -d DIR       where the file image lives (default /var/tmp; never tmpfs)
 #   -t SECONDS   run time of each fio run (default 10)
 #   -r REPEATS   interleaved repetitions (default 3)
@@ -46,6 +57,7 @@
 #                alone: -R "randread-4k randwrite-4k read-1m randread-4k-4c"
 #   -c CACHE     none (default) or writeback, as above; with writeback the image is
 #                read once after set-up, so that reads are page-cache hits
+#   -P           servers and fio under SCHED_FIFO (needs root; see above)
 #
 # Needs go, fio with the nbd engine (fio 3.33 has it), qemu-nbd, nbdkit
 # with its file plugin, python3. The image and the zram device are removed
@@ -62,8 +74,9 @@ servers="ringblk qemu-nbd nbdkit"
 allrows="randread-4k randwrite-4k read-1m randread-4k-2c randread-4k-4c"
 rows=$allrows
 cache=none
+rt=()
 usage() { sed -n '/^# usage:/,/^#   -c/p' "$0" >&2; exit 2; }
-while getopts "d:t:r:s:b:n:S:R:c:h" opt; do
+while getopts "d:t:r:s:b:n:S:R:c:Ph" opt; do
 	case $opt in
 	d) dir=$OPTARG ;;
 	t) secs=$OPTARG ;;
@@ -74,6 +87,7 @@ while getopts "d:t:r:s:b:n:S:R:c:h" opt; do
 	S) servers=$OPTARG ;;
 	R) rows=$OPTARG ;;
 	c) cache=$OPTARG ;;
+	P) rt=(chrt -f 10) ;;
 	h) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
 	*) usage ;;
 	esac
@@ -167,12 +181,12 @@ start() { # server net
 	fi
 	case $1 in
 	# stderr to a log: the readiness probe below makes them complain.
-	ringblk) "$work/ringblk" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
-	ringblk-base) "$RINGBLK_BASE" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
-	qemu-nbd) qemu-nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	ringblk) "${rt[@]}" "$work/ringblk" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	ringblk-base) "${rt[@]}" "$RINGBLK_BASE" nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
+	qemu-nbd) "${rt[@]}" qemu-nbd -t -f raw --cache="$cache" --aio=io_uring -e 0 "${addr[@]}" "$img" 2>"$work/server.log" & ;;
 	nbdkit)
 		if [ "$2" = unix ]; then addr=(-U "$sock"); else addr=(-i 127.0.0.1 -p "$port"); fi
-		nbdkit -f "${addr[@]}" file "$img" cache="$kcache" 2>"$work/server.log" &
+		"${rt[@]}" nbdkit -f "${addr[@]}" file "$img" cache="$kcache" 2>"$work/server.log" &
 		;;
 	esac
 	server=$!
@@ -198,25 +212,32 @@ stop() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-run() { # server net rw bs iodepth jobs -> "IOPS CPU_US_PER_IO"
+run() { # server net rw bs iodepth jobs -> "IOPS CPU_US_PER_IO CLIENT_CPU_US_PER_IO"
 	local srv=$1 net=$2 uri t0 t1
 	shift 2
 	start "$srv" "$net"
 	if [ "$net" = unix ]; then uri="nbd+unix:///?socket=$sock"; else uri="nbd://127.0.0.1:$port/"; fi
 	t0=$(cpu_ticks "$server")
-	fio --name=nbd --ioengine=nbd --uri="$uri" --rw="$1" --bs="$2" \
+	# The wrapper prints the CPU seconds of fio and of the job processes
+	# it waited for (getrusage of its children).
+	"${rt[@]}" python3 -c 'import resource, subprocess, sys
+r = subprocess.call(sys.argv[2:])
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%f\n" % (u.ru_utime + u.ru_stime))
+sys.exit(r)' "$work/fio.cpu" fio --name=nbd --ioengine=nbd --uri="$uri" --rw="$1" --bs="$2" \
 		--iodepth="$3" --numjobs="$4" --group_reporting --size="${size}M" --runtime="$secs" --time_based \
 		--randrepeat=0 --output-format=json --output="$work/fio.json" >"$work/fio.err" 2>&1 ||
 		{ cat "$work/fio.err" >&2; stop; die "fio failed against $srv ($net)"; }
 	t1=$(cpu_ticks "$server")
 	stop
-	python3 - "$work/fio.json" "$((t1 - t0))" "$hz" "$2" <<'PY'
+	python3 - "$work/fio.json" "$((t1 - t0))" "$hz" "$work/fio.cpu" <<'PY'
 import json, sys
 t = open(sys.argv[1]).read()
 j = json.loads(t[t.index("{"):])["jobs"][0]
 ios = j["read"]["total_ios"] + j["write"]["total_ios"]
 cpu_us = int(sys.argv[2]) * 1e6 / int(sys.argv[3])
-print(int(j["read"]["iops"] + j["write"]["iops"]), "%.2f" % (cpu_us / ios if ios else 0))
+cli_us = float(open(sys.argv[4]).read()) * 1e6
+print(int(j["read"]["iops"] + j["write"]["iops"]), "%.2f" % (cpu_us / ios if ios else 0), "%.2f" % (cli_us / ios if ios else 0))
 PY
 }
 
@@ -233,6 +254,8 @@ echo "# ${size} MiB raw image of random data; fio nbd engine; ${secs}s runs, med
 echo "# ringblk and qemu-nbd: --cache=$cache --aio=io_uring; nbdkit file plugin: cache=$kcache (no O_DIRECT)"
 echo "# IOPS per server (read-1m: MiB/s); rb/q = ringblk/qemu-nbd, rb/k = ringblk/nbdkit (higher: ringblk faster)"
 echo "# us/io = server CPU (utime+stime, all threads) per I/O; cpu rb/q (lower: ringblk cheaper)"
+echo "# cli = fio's CPU per I/O against that server (near 1e6/IOPS: the client is the bound)"
+[ ${#rt[@]} -eq 0 ] || echo "# -P: servers and fio under SCHED_FIFO (${rt[*]})"
 declare -A iops
 for backing in $backings; do
 	setup_image "$backing"
@@ -244,6 +267,7 @@ for backing in $backings; do
 		hdr+=$(printf ' %6s %6s' rb/q rb/k)
 		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "us/io:$(abbr "$s")"); done
 		hdr+=$(printf ' %8s' "cpu rb/q")
+		for s in "${srvs[@]}"; do hdr+=$(printf ' %9s' "cli:$(abbr "$s")"); done
 		echo "$hdr"
 		# name rw bs iodepth jobs
 		for spec in "randread-4k randread 4k 32 1" "randwrite-4k randwrite 4k 32 1" "read-1m read 1m 8 1" \
@@ -252,13 +276,14 @@ for backing in $backings; do
 			name=$1
 			shift
 			case " $rows " in *" $name "*) ;; *) continue ;; esac
-			declare -A res=() cpu=()
+			declare -A res=() cpu=() cli=()
 			for i in $(seq "$reps"); do
 				for k in $(seq 0 $((nsrv - 1))); do
 					s=${srvs[$(((k + i - 1) % nsrv))]}
-					read -r a b <<<"$(run "$s" "$net" "$@")"
+					read -r a b c <<<"$(run "$s" "$net" "$@")"
 					res[$s]+=" $a"
 					cpu[$s]+=" $b"
+					cli[$s]+=" $c"
 				done
 			done
 			declare -A mi=() mc=()
@@ -278,6 +303,7 @@ for backing in $backings; do
 			line+=$(printf ' %6s %6s' "$rq" "$rk")
 			for s in "${srvs[@]}"; do line+=$(printf ' %9s' "${mc[$s]}"); done
 			line+=$(printf ' %8s' "$cq")
+			for s in "${srvs[@]}"; do line+=$(printf ' %9s' "$(median ${cli[$s]})"); done
 			echo "$line"
 		done
 		line="scaling 1/2/4 conns (randread-4k IOPS at 2 and 4 over 1):"

@@ -299,26 +299,7 @@ func TestQcow2AESHotPathAllocs(t *testing.T) {
 		off int64
 	}{{block.OpRead, 4096}, {block.OpRead, 60 << 10}, {block.OpWrite, 8192}, {block.OpWrite, 124 << 10}} {
 		off := tc.off
-		var allocs float64
-		var rerr error
-		e.main.Run(func() {
-			pool := e.g.Pool(e.main)
-			fd := &flagDone{}
-			cond := func() bool { return !fd.done }
-			run := func() {
-				fd.done = false
-				r := pool.Get()
-				r.Op, r.Off = tc.op, off
-				r.SetBuf(buf)
-				n.Submit(r, fd)
-				e.main.WaitWhile(cond)
-				if fd.err != nil && rerr == nil {
-					rerr = fd.err
-				}
-			}
-			run()
-			allocs = testing.AllocsPerRun(200, run)
-		})
+		allocs, rerr := submitAllocs(e, n, tc.op, off, buf)
 		if rerr != nil {
 			t.Fatal(rerr)
 		}

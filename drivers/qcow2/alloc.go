@@ -47,7 +47,6 @@ func (d metaIO) refcountBlock(co *aio.Co, idx int64) (rb *refBlock, ti, bi int64
 	if off == 0 || rb != nil {
 		return rb, ti, bi, nil
 	}
-	d.event(block.DbgRefblockLoad)
 	buf := make([]byte, cs)
 	if err := d.fileRead(co, nil, buf, off); err != nil {
 		return nil, ti, bi, err
@@ -109,7 +108,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 				return 0, err
 			}
 			d.mu.Lock()
-			d.mu.rb[off] = &refBlock{buf: buf, dirty: true}
+			d.mu.rb[off] = &refBlock{buf: buf, dirty: true, fresh: true}
 			d.mu.rt[ti] = uint64(off)
 			d.meta.add(off)
 			d.mu.dirtyRT[ti] = true
@@ -136,6 +135,7 @@ func (d metaIO) allocCluster(co *aio.Co) (int64, error) {
 			d.mu.Unlock()
 			return 0, d.markCorrupt(co, off, "allocation")
 		}
+		d.refcountUpdateEvents() // close_report.go
 		if err := format.RefcountSet(rb.buf, order, bi, 1); err != nil {
 			d.mu.Unlock()
 			return 0, err
@@ -215,6 +215,7 @@ func (d metaIO) decref(co *aio.Co, off int64) error {
 	if rb == nil {
 		return format.Corrupt("refcount", uint64(off), "freeing a cluster without a refcount block")
 	}
+	d.refcountUpdateEvents() // close_report.go
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rc, err := format.RefcountGet(rb.buf, d.mu.geo.RefcountOrder, bi)
@@ -310,6 +311,7 @@ func (d metaIO) l2ForWrite(co *aio.Co, parent *block.Request, l1i int64) (*l2Tab
 	e, _ := d.mu.geo.EncodeL1Entry(newOff, true)
 	storeL1(d.mu.l1, l1i, e)
 	d.meta.add(newOff)
+	d.mu.newL2 = append(d.mu.newL2, newOff) // l2_alloc_write at its first write (close_report.go)
 	if old != nil {
 		d.meta.del(l2Off) // now only a snapshot's (inactive) table
 	}
@@ -452,6 +454,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	if err := d.flushStages(co, nil); err != nil {
 		return err
 	}
+	d.event(block.DbgRefblockAllocWriteBlocks)
 	for off, buf := range blocks {
 		if err := d.fileWrite(co, nil, buf, off); err != nil {
 			return err
@@ -461,6 +464,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	for i, e := range newRT {
 		putU64(tb[i*8:], e)
 	}
+	d.event(block.DbgRefblockAllocWriteTable)
 	if err := d.fileWrite(co, nil, tb, tableOff); err != nil {
 		return err
 	}
@@ -471,6 +475,7 @@ func (d metaIO) growRefcountTable(co *aio.Co) error {
 	var hb [12]byte
 	putU64(hb[:], uint64(tableOff))
 	hb[8], hb[9], hb[10], hb[11] = byte(t>>24), byte(t>>16), byte(t>>8), byte(t)
+	d.event(block.DbgRefblockAllocSwitchTable)
 	if err := d.fileWrite(co, nil, hb[:], 48); err != nil {
 		return err
 	}

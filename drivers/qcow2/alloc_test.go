@@ -15,6 +15,34 @@ type flagDone struct {
 
 func (f *flagDone) RequestDone(_ *block.Request, err error) { f.done, f.err = true, err }
 
+// submitAllocs submits one request of op at off (over buf, unless a
+// flush) on the main Context and waits for it, once to warm up and then
+// under testing.AllocsPerRun: it returns the allocations per request and
+// the first request error.
+func submitAllocs(e *testEnv, n *block.Node, op block.Op, off int64, buf []byte) (allocs float64, err error) {
+	e.main.Run(func() {
+		pool := e.g.Pool(e.main)
+		fd := &flagDone{}
+		cond := func() bool { return !fd.done }
+		run := func() {
+			fd.done = false
+			r := pool.Get()
+			r.Op, r.Off = op, off
+			if op != block.OpFlush {
+				r.SetBuf(buf)
+			}
+			n.Submit(r, fd)
+			e.main.WaitWhile(cond)
+			if fd.err != nil && err == nil {
+				err = fd.err
+			}
+		}
+		run()
+		allocs = testing.AllocsPerRun(200, run)
+	})
+	return allocs, err
+}
+
 // TestQcow2DriverHotPathAllocs: a read of cached data clusters, a read of
 // unallocated clusters (no backing file), an in-place write to a COPIED
 // cluster and a flush with nothing dirty allocate nothing.
@@ -51,28 +79,7 @@ func TestQcow2DriverHotPathAllocs(t *testing.T) {
 		{"flush-clean", block.OpFlush, 0},
 	}
 	for _, tc := range cases {
-		var allocs float64
-		var err error
-		e.main.Run(func() {
-			pool := e.g.Pool(e.main)
-			fd := &flagDone{}
-			cond := func() bool { return !fd.done }
-			run := func() {
-				fd.done = false
-				r := pool.Get()
-				r.Op, r.Off = tc.op, tc.off
-				if tc.op != block.OpFlush {
-					r.SetBuf(buf)
-				}
-				n.Submit(r, fd)
-				e.main.WaitWhile(cond)
-				if fd.err != nil && err == nil {
-					err = fd.err
-				}
-			}
-			run()
-			allocs = testing.AllocsPerRun(200, run)
-		})
+		allocs, err := submitAllocs(e, n, tc.op, tc.off, buf)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}

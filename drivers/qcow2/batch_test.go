@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ringblk/ringblk/block"
@@ -200,12 +201,15 @@ func TestQcow2BatchedReadsIOThreads(t *testing.T) {
 	if testing.Short() {
 		rounds = 15
 	}
-	var wg sync.WaitGroup
+	var wg, readers sync.WaitGroup
+	var readersDone atomic.Bool
 	fail := make(chan error, 3)
 	for ci, c := range ctxs {
 		wg.Add(1)
+		readers.Add(1)
 		go func() {
 			defer wg.Done()
+			defer readers.Done()
 			rng := rand.New(rand.NewSource(int64(ci) + 10))
 			bufs := make([][]byte, 48)
 			offs := make([]int64, len(bufs))
@@ -246,7 +250,10 @@ func TestQcow2BatchedReadsIOThreads(t *testing.T) {
 		defer wg.Done()
 		rng := rand.New(rand.NewSource(3))
 		buf := make([]byte, 8192)
-		for round := 0; round < 4*rounds; round++ {
+		// Until the readers are done as well: on a loaded machine the
+		// readers may not get a CPU until the writer's own rounds are
+		// over, and tables move under them only while both run.
+		for round := 0; round < 4*rounds || !readersDone.Load(); round++ {
 			off := size/2 + rng.Int63n(size/2-8192)&^511
 			var err error
 			switch round % 4 {
@@ -264,6 +271,8 @@ func TestQcow2BatchedReadsIOThreads(t *testing.T) {
 			}
 		}
 	}()
+	readers.Wait()
+	readersDone.Store(true)
 	wg.Wait()
 	close(fail)
 	for err := range fail {

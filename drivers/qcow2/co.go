@@ -41,6 +41,9 @@ func (d *Driver) childIO(co *aio.Co, parent *block.Request, c *block.Child, op b
 	for !w.done {
 		co.Yield()
 	}
+	if w.err != nil && c == d.file && (op == block.OpWrite || op == block.OpWriteZeroes || op == block.OpFlush) {
+		d.noteFailedWrite() // close_report.go
+	}
 	return w.err
 }
 
@@ -59,7 +62,11 @@ func (d *Driver) fileSync(co *aio.Co, parent *block.Request) error {
 	if err := d.dataSync(co, parent); err != nil { // datafile.go: data before metadata (R4)
 		return err
 	}
-	return d.childIO(co, parent, d.file, block.OpFlush, 0, nil, 0)
+	if err := d.childIO(co, parent, d.file, block.OpFlush, 0, nil, 0); err != nil {
+		return err
+	}
+	d.noteSynced() // close_report.go
+	return nil
 }
 
 // coMutex is a mutex for coroutines: a contended lock parks the coroutine

@@ -160,6 +160,8 @@ type Driver struct {
 		dirtyRT      map[int64]bool // refcount table indexes to write
 		dirtyL1      map[int64]bool // L1 indexes to write
 		pendingFrees []hostFree     // host ranges to decrement after the next flush (R2)
+		newL2        []int64        // L2 tables allocated since the last stage C (debug events only)
+		failedWrite  bool           // a write or flush of the file failed since its last sync (close_report.go)
 		cowPending   bool           // data or COW written since the last fsync (R4)
 		freeIdx      int64          // first cluster index that may be free
 		corruptErr   error          // set once an overlap check fired: every request fails (setCorruptLocked)
@@ -460,8 +462,8 @@ func (d *Driver) Close(n *block.Node) error {
 	main := n.Graph().Main()
 	n.Context().Go(func(co *aio.Co) {
 		d.metaLock.lock(co)
-		err = maintOf(d).storeBitmaps(co) // bitmaps.go
-		if cerr := metaOf(d).closeMetadata(co, nil); err == nil {
+		err = maintOf(d).storeBitmaps(co)                     // bitmaps.go
+		if cerr := metaOf(d).closeWriteBack(co); err == nil { // close_report.go
 			err = cerr
 		}
 		d.metaLock.unlock()

@@ -89,7 +89,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		d.mu.Lock()
 		b := d.mu.rb[off]
 		d.mu.Unlock()
-		d.event(block.DbgRefblockUpdate)
+		d.refblockWriteEvents(b) // close_report.go
 		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
 			return err
 		}
@@ -100,7 +100,7 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		}
 		d.mu.Lock()
 		for _, off := range rbs {
-			d.mu.rb[off].dirty = false
+			d.mu.rb[off].dirty, d.mu.rb[off].fresh = false, false
 		}
 		d.mu.cowPending = false
 		d.mu.Unlock()
@@ -116,8 +116,13 @@ func (d metaIO) flushStages(co *aio.Co, parent *block.Request) error {
 		d.mu.Lock()
 		putU64(b[:], d.mu.rt[ti])
 		at := int64(d.mu.hdr.RefcountTableOffset) + ti*8
+		hookup := d.mu.rt[ti] != 0
 		d.mu.Unlock()
-		d.event(block.DbgReftableUpdate)
+		if hookup {
+			d.event(block.DbgRefblockAllocHookup) // QEMU: a new block entered in the table
+		} else {
+			d.event(block.DbgReftableUpdate)
+		}
 		if err := d.writeMeta(co, parent, b[:], at); err != nil {
 			return err
 		}

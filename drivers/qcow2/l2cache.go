@@ -531,13 +531,16 @@ func (d metaIO) roomWait(co *aio.Co) func(*aio.Co) {
 // REQUIRES: metaLock held (no table changes during the flush).
 func (d metaIO) flushL2(co *aio.Co, parent *block.Request) error {
 	err := d.l2.set.Flush(func(t *cache.Table) error {
-		d.event(block.DbgL2Update)
+		d.l2WriteEvents(t.Key().Off) // close_report.go
 		return d.writeMeta(co, parent, t.Data(), t.Key().Off)
 	}, func() error {
 		return d.fileSync(co, parent)
 	})
 	d.mu.Lock()
 	d.l2.dirty = d.l2.dirtyCount()
+	if err == nil {
+		d.mu.newL2 = d.mu.newL2[:0]
+	}
 	d.mu.Unlock()
 	return err
 }
@@ -548,6 +551,7 @@ func (d metaIO) flushL2(co *aio.Co, parent *block.Request) error {
 type refBlock struct {
 	buf   []byte
 	dirty bool
+	fresh bool // created here, never written yet (refblock_alloc_write)
 }
 
 // l2CacheLimit is the most one image's L2 cache may take: half the

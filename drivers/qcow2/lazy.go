@@ -194,7 +194,7 @@ func (d metaIO) lazyTableRefcounts(co *aio.Co, parent *block.Request) error {
 		d.mu.Lock()
 		b := d.mu.rb[off]
 		d.mu.Unlock()
-		d.event(block.DbgRefblockUpdate)
+		d.refblockWriteEvents(b) // close_report.go
 		if err := d.writeMeta(co, parent, b.buf, off); err != nil {
 			return err
 		}
@@ -204,7 +204,7 @@ func (d metaIO) lazyTableRefcounts(co *aio.Co, parent *block.Request) error {
 	}
 	d.mu.Lock()
 	for _, off := range rbs {
-		d.mu.rb[off].dirty = false
+		d.mu.rb[off].dirty, d.mu.rb[off].fresh = false, false
 	}
 	d.mu.Unlock()
 	return nil

@@ -152,8 +152,17 @@ func (d maintOps) hideBacking(co *aio.Co, r *block.Request, old, size int64) (er
 func (d maintOps) growL1(co *aio.Co, r *block.Request, n int64) error {
 	cs := d.mu.geo.ClusterSize()
 	clusters := (n*8 + cs - 1) / cs
+	d.event(block.DbgL1GrowAllocTable)
 	start, err := d.allocContiguous(co, clusters)
 	if err != nil {
+		return err
+	}
+	// Until the header write is issued nothing points at the new table:
+	// a failure gives its clusters back (QEMU frees them too).
+	abort := func(err error) error {
+		for c := int64(0); c < clusters; c++ {
+			d.abortAlloc(start+c*cs, nil)
+		}
 		return err
 	}
 	d.mu.Lock()
@@ -165,17 +174,19 @@ func (d maintOps) growL1(co *aio.Co, r *block.Request, n int64) error {
 	d.mu.Unlock()
 	// The allocation is refcounted in memory only: stage A first (R1).
 	if err := d.flushMetadata(co, r); err != nil {
-		return err
+		return abort(err)
 	}
+	d.event(block.DbgL1GrowWriteTable)
 	if err := d.fileWrite(co, r, tb, start); err != nil {
-		return err
+		return abort(err)
 	}
 	if err := d.fileSync(co, r); err != nil {
-		return err
+		return abort(err)
 	}
 	var hb [12]byte
 	hb[0], hb[1], hb[2], hb[3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
 	putU64(hb[4:], uint64(start))
+	d.event(block.DbgL1GrowActivateTable)
 	if err := d.fileWrite(co, r, hb[:], 36); err != nil {
 		return err
 	}
@@ -248,5 +259,6 @@ func (d metaIO) allocContiguous(co *aio.Co, n int64) (int64, error) {
 	for _, g := range got {
 		d.abortAlloc(g, nil)
 	}
-	return 0, &format.FormatError{Field: "l1_table", Reason: "no contiguous space for the L1 table", Err: format.ErrLimit}
+	// The run needs refcount blocks of its own (alloc_area.go).
+	return d.allocArea(co, n)
 }

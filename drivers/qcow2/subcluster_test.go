@@ -227,26 +227,7 @@ func TestQcow2SubclusterHotPathAllocs(t *testing.T) {
 		op   block.Op
 		off  int64
 	}{{"read", block.OpRead, 62000}, {"write-in-place", block.OpWrite, 66000}} {
-		var allocs float64
-		var err error
-		e.main.Run(func() {
-			pool := e.g.Pool(e.main)
-			fd := &flagDone{}
-			cond := func() bool { return !fd.done }
-			run := func() {
-				fd.done = false
-				r := pool.Get()
-				r.Op, r.Off = tc.op, tc.off
-				r.SetBuf(buf)
-				n.Submit(r, fd)
-				e.main.WaitWhile(cond)
-				if fd.err != nil && err == nil {
-					err = fd.err
-				}
-			}
-			run()
-			allocs = testing.AllocsPerRun(200, run)
-		})
+		allocs, err := submitAllocs(e, n, tc.op, tc.off, buf)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}

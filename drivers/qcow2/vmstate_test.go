@@ -136,3 +136,43 @@ func TestQcow2VMStateLimit(t *testing.T) {
 		t.Fatalf("l1_size %d after refused saves", got)
 	}
 }
+
+// TestQcow2VMStateGrowsL1AcrossRefcountBlocks (iotest 026, 512-byte
+// clusters): 64 MiB of VM state past a 1 GiB disk moves a 768-cluster L1
+// table to the end of the image, a run spanning several refcount blocks'
+// ranges that have no block yet. The blocks go before the run; the save
+// succeeds, reads back before and after a reopen, and both checks accept
+// the image.
+func TestQcow2VMStateGrowsL1AcrossRefcountBlocks(t *testing.T) {
+	e := newTestEnv(t)
+	img := filepath.Join(t.TempDir(), "vm.qcow2")
+	if err := e.create(img, 1<<30, format.CreateOptions{ClusterSize: 512}); err != nil {
+		t.Fatal(err)
+	}
+	n := e.mustOpen(img, false)
+	data := pattern(64<<20, 0x5a)
+	if _, err := n.SaveVMState(data, 0); err != nil {
+		t.Fatalf("save 64 MiB of VM state: %v", err)
+	}
+	buf := make([]byte, len(data))
+	if _, err := n.LoadVMState(buf, 0); err != nil || !bytes.Equal(buf, data) {
+		t.Fatalf("VM state reads back wrong (%v)", err)
+	}
+	res, err := n.Check(0)
+	if err != nil || res.Corruptions != 0 || res.Leaks != 0 {
+		t.Fatalf("check: %+v %v", res, err)
+	}
+	n.Unref()
+	if got := l1SizeOf(t, img); got <= 32768 {
+		t.Fatalf("l1_size %d: the table did not grow", got)
+	}
+	n = e.mustOpen(img, true)
+	clear(buf)
+	if _, err := n.LoadVMState(buf, 0); err != nil || !bytes.Equal(buf, data) {
+		t.Fatalf("after a reopen the VM state reads back wrong (%v)", err)
+	}
+	n.Unref()
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		qemuCheck(t, img)
+	}
+}

@@ -60,7 +60,20 @@ type BlkImage struct {
 
 // NewBlkEnv starts a main Context and a graph for one command.
 func NewBlkEnv() (*aio.Context, *block.Graph, error) {
-	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 256, ArenaSize: 4 << 20})
+	return newBlkEnv(false)
+}
+
+// NewServerEnv is NewBlkEnv for a server whose clients are local
+// processes that wake its loop with every request (ringblk nbd): the
+// main Context's thread runs under SCHED_BATCH (aio Options.Batch), so a
+// client is not preempted by each wake-up it causes and the loop takes
+// its requests in batches (docs/design/nbd.md).
+func NewServerEnv() (*aio.Context, *block.Graph, error) {
+	return newBlkEnv(true)
+}
+
+func newBlkEnv(batch bool) (*aio.Context, *block.Graph, error) {
+	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 256, ArenaSize: 4 << 20, Batch: batch})
 	if err != nil {
 		return nil, nil, fmt.Errorf("cannot create an io_uring Context: %v", err)
 	}

@@ -345,7 +345,7 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	if _, err := os.Stat(cfg.file); err != nil && !isRBD {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': Could not open '%s': %v", cfg.file, cfg.file, cli.UnwrapPathErr(err))
 	}
-	ctx, g, err := cli.NewBlkEnv()
+	ctx, g, err := cli.NewServerEnv()
 	if err != nil {
 		return 1, err
 	}

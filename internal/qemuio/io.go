@@ -251,9 +251,13 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				}
 				var ie *qcow2.InactiveL2Error
 				if errors.As(err, &ie) && (ie.Target == qcow2.TargetRefblock || ie.Target == qcow2.TargetL2) {
-					// QEMU's close reports the cache whose write-back the
-					// overlap check refused (its qcow2 inactivation).
+					// The inactive-L2 overlap check refused the write-back
+					// (overlap_inactive.go): QEMU's close reports the one
+					// cache whose flush it refused.
 					return 1, fmt.Errorf("Failed to flush the %s cache: %s", ie.Target, errText(ie.Errno))
+				}
+				if closeWriteBackLines(stderr, err) {
+					return 1, nil
 				}
 				return 1, fmt.Errorf("closing '%s': %v", s.path, cli.PlainErr(err))
 			}

@@ -345,7 +345,11 @@ func writeRun(s *ioSession, argv []string) bool {
 		n := s.img.Node
 		switch {
 		case bflag:
-			_, err = n.SaveVMState(buf, off)
+			// As qemu-io's blk_save_vmstate: flushed when the device's
+			// write cache is off.
+			if _, err = n.SaveVMState(buf, off); err == nil && s.writeThrough() {
+				err = n.Flush()
+			}
 		case zflag:
 			var fl block.Flags
 			if uflag {

@@ -21,6 +21,9 @@ var closeCmd = &ioCommand{
 		img := s.img
 		s.img = nil
 		if err := img.Close(); err != nil {
+			if closeWriteBackLines(s.errw, err) {
+				return false
+			}
 			fmt.Fprintf(s.errw, "%s: closing the image: %v\n", cli.Prog, cli.PlainErr(err))
 			return false
 		}

@@ -102,25 +102,32 @@ func ParseSnapshotTable(b []byte, count uint32, maxBytes int64) ([]Snapshot, int
 		s.VMStateSize32 = be.Uint32(p[32:])
 		s.VMStateSize = uint64(s.VMStateSize32)
 		s.ExtraDataSize = be.Uint32(p[36:])
-		x := p[snapshotHeaderLen : snapshotHeaderLen+uint64(s.ExtraDataSize)]
-		if len(x) >= 8 {
-			s.VMStateSize = be.Uint64(x[0:])
-		}
-		if len(x) >= 16 {
-			s.DiskSize = be.Uint64(x[8:])
-		}
-		if len(x) >= 24 {
-			s.Icount = be.Uint64(x[16:])
-		}
-		if len(x) > SnapshotKnownExtra {
-			s.ExtraUnknown = append([]byte(nil), x[SnapshotKnownExtra:]...)
-		}
+		s.decodeExtra(p[snapshotHeaderLen : snapshotHeaderLen+uint64(s.ExtraDataSize)])
 		q := snapshotHeaderLen + uint64(s.ExtraDataSize)
 		s.ID = string(p[q : q+idLen])
 		s.Name = string(p[q+idLen : q+idLen+nameLen])
 		off += q + idLen + nameLen
 	}
 	return snaps, size, nil
+}
+
+// decodeExtra reads an entry's extra data x (what the entry's extra data
+// size covers): the fields this version knows (VM state size, disk size,
+// icount, each only when x holds it) and a copy of the rest.
+func (s *Snapshot) decodeExtra(x []byte) {
+	be := binary.BigEndian
+	if len(x) >= 8 {
+		s.VMStateSize = be.Uint64(x[0:])
+	}
+	if len(x) >= 16 {
+		s.DiskSize = be.Uint64(x[8:])
+	}
+	if len(x) >= 24 {
+		s.Icount = be.Uint64(x[16:])
+	}
+	if len(x) > SnapshotKnownExtra {
+		s.ExtraUnknown = append([]byte(nil), x[SnapshotKnownExtra:]...)
+	}
 }
 
 // AppendSnapshotTable encodes snaps as a snapshot table, appending to dst.

@@ -133,18 +133,7 @@ func readSnapshotEntries(r io.ReaderAt, fileSize int64, base uint64, count uint3
 		if err != nil {
 			return nil, err
 		}
-		if len(x) >= 8 {
-			s.VMStateSize = be.Uint64(x[0:])
-		}
-		if len(x) >= 16 {
-			s.DiskSize = be.Uint64(x[8:])
-		}
-		if len(x) >= 24 {
-			s.Icount = be.Uint64(x[16:])
-		}
-		if len(x) > SnapshotKnownExtra {
-			s.ExtraUnknown = append([]byte(nil), x[SnapshotKnownExtra:]...)
-		}
+		s.decodeExtra(x)
 		off += snapshotHeaderLen + uint64(extra)
 		id, err := w.bytes(base+off, idLen)
 		if err != nil {
