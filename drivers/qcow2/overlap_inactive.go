@@ -10,7 +10,7 @@ import (
 )
 
 // The inactive-L2 overlap check (DriverOptions.InactiveL2Check, QEMU's
-// overlap-check.inactive-l2; docs/design/qcow2-write.md, "Overlap check").
+// overlap-check.inactive-l2; docs/spec/qcow2.md §2.6).
 //
 // The driver keeps no record of the snapshots' L2 tables, so the check
 // reads every snapshot's L1 table from the file for each metadata write
