@@ -1,12 +1,15 @@
 package qemuio
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
 
@@ -83,5 +86,45 @@ func TestInactiveL2CheckMatchesQemuIO(t *testing.T) {
 				t.Errorf("qemu-img check differs\nours:\n%s\nqemu-io's:\n%s", g, w)
 			}
 		})
+	}
+}
+
+// TestQemuIODropInStdoutOrder: as the qemu-io drop-in with -c commands,
+// stdout is buffered like qemu-io's (a pipe, not a terminal), so the
+// close's error line comes before the commands' output in one combined
+// stream, as in qemu-io's `2>&1` output (iotest 080).
+func TestQemuIODropInStdoutOrder(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	for _, img := range []string{"a.qcow2", "b.qcow2"} {
+		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
+		if _, _, code := clitest.QemuIO(t, "-c", "write 0 512", img); code != 0 {
+			t.Fatalf("qemu-io write: exit %d", code)
+		}
+		clitest.MustQemu(t, "qemu-img", "snapshot", "-c", "test", img)
+		f, err := os.OpenFile(img, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h [72]byte
+		if _, err := f.ReadAt(h[:], 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(binary.BigEndian.AppendUint64(nil, 0x400200), int64(binary.BigEndian.Uint64(h[64:]))); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	args := func(img string) []string {
+		return []string{"-c", "open -o overlap-check.inactive-l2=on " + img, "-c", "write 0 4k", "-c", "read 0 4k"}
+	}
+	want, _ := exec.Command("qemu-io", args("a.qcow2")...).CombinedOutput()
+	saved := cli.Prog
+	cli.Prog = "qemu-io"
+	defer func() { cli.Prog = saved }()
+	var both bytes.Buffer
+	Run(args("b.qcow2"), strings.NewReader(""), &both, &both)
+	if w, g := normIO(string(want)), normIO(both.String()); !slices.Equal(w, g) {
+		t.Errorf("combined output differs\nours:\n%s\nqemu-io:\n%s", strings.Join(g, "\n"), strings.Join(w, "\n"))
 	}
 }
