@@ -77,3 +77,31 @@ func TestQcow2RuntimeOptionChecks(t *testing.T) {
 		}
 	}
 }
+
+// TestQcow2InactiveL2Option: overlap-check.inactive-l2 turns the
+// driver's inactive-L2 check on or off; without it, only the "all"
+// template turns it on (QEMU's default "cached" leaves it off).
+func TestQcow2InactiveL2Option(t *testing.T) {
+	cases := []struct {
+		opts Spec
+		want bool
+	}{
+		{Spec{}, false},
+		{Spec{"overlap-check.inactive-l2": "on"}, true},
+		{Spec{"overlap-check.inactive-l2": "off"}, false},
+		{Spec{"overlap-check": "all"}, true},
+		{Spec{"overlap-check.template": "all"}, true},
+		{Spec{"overlap-check": "cached"}, false},
+		{Spec{"overlap-check": "all", "overlap-check.inactive-l2": "off"}, false},
+		{Spec{"overlap-check": "none", "overlap-check.inactive-l2": "on"}, true},
+	}
+	for _, c := range cases {
+		r, err := takeQcow2Runtime(c.opts)
+		if err != nil {
+			t.Fatalf("%v: %v", c.opts, err)
+		}
+		if got := r.inactiveL2Check(); got != c.want {
+			t.Errorf("%v: inactive-L2 check %v, want %v", c.opts, got, c.want)
+		}
+	}
+}
