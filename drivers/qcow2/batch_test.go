@@ -213,7 +213,10 @@ func TestQcow2BatchedReadsIOThreads(t *testing.T) {
 			rng := rand.New(rand.NewSource(int64(ci) + 10))
 			bufs := make([][]byte, 48)
 			offs := make([]int64, len(bufs))
-			for round := 0; round < rounds; round++ {
+			// More rounds (up to 20 times as many) while tables have not
+			// moved under the readers often enough yet: how often they do
+			// depends on how the threads interleave (load, -race).
+			for round := 0; round < rounds || round < 20*rounds && d.CacheStats().L2.Evictions < 20; round++ {
 				for i := range bufs {
 					ln := int64(512 << rng.Intn(4))
 					offs[i] = rng.Int63n(size/2-ln) &^ 511
