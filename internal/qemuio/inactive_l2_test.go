@@ -42,24 +42,8 @@ func TestInactiveL2CheckMatchesQemuIO(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := c.name+"-qemu.qcow2", c.name+"-ours.qcow2"
 			for _, img := range []string{a, b} {
-				clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
-				if _, _, code := clitest.QemuIO(t, "-c", "write 0 512", img); code != 0 {
-					t.Fatalf("qemu-io write: exit %d", code)
-				}
-				clitest.MustQemu(t, "qemu-img", "snapshot", "-c", "test", img)
-				f, err := os.OpenFile(img, os.O_RDWR, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var h [72]byte
-				if _, err := f.ReadAt(h[:], 0); err != nil {
-					t.Fatal(err)
-				}
-				off, p := c.poke(int64(binary.BigEndian.Uint64(h[64:])))
-				if _, err := f.WriteAt(p, off); err != nil {
-					t.Fatal(err)
-				}
-				f.Close()
+				off, p := c.poke(snapshottedImage(t, img))
+				pokeFile(t, img, off, p)
 			}
 			open := "open "
 			if c.option {
@@ -97,23 +81,7 @@ func TestQemuIODropInStdoutOrder(t *testing.T) {
 	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	for _, img := range []string{"a.qcow2", "b.qcow2"} {
-		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
-		if _, _, code := clitest.QemuIO(t, "-c", "write 0 512", img); code != 0 {
-			t.Fatalf("qemu-io write: exit %d", code)
-		}
-		clitest.MustQemu(t, "qemu-img", "snapshot", "-c", "test", img)
-		f, err := os.OpenFile(img, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var h [72]byte
-		if _, err := f.ReadAt(h[:], 0); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteAt(binary.BigEndian.AppendUint64(nil, 0x400200), int64(binary.BigEndian.Uint64(h[64:]))); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
+		pokeFile(t, img, snapshottedImage(t, img), binary.BigEndian.AppendUint64(nil, 0x400200))
 	}
 	args := func(img string) []string {
 		return []string{"-c", "open -o overlap-check.inactive-l2=on " + img, "-c", "write 0 4k", "-c", "read 0 4k"}
@@ -126,5 +94,34 @@ func TestQemuIODropInStdoutOrder(t *testing.T) {
 	Run(args("b.qcow2"), strings.NewReader(""), &both, &both)
 	if w, g := normIO(string(want)), normIO(both.String()); !slices.Equal(w, g) {
 		t.Errorf("combined output differs\nours:\n%s\nqemu-io:\n%s", strings.Join(g, "\n"), strings.Join(w, "\n"))
+	}
+}
+
+// snapshottedImage makes img with qemu-img: 64 MiB, 512 bytes written, one
+// snapshot "test"; it returns the header's snapshot table offset.
+func snapshottedImage(t *testing.T, img string) int64 {
+	t.Helper()
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M")
+	if _, _, code := clitest.QemuIO(t, "-c", "write 0 512", img); code != 0 {
+		t.Fatalf("qemu-io write: exit %d", code)
+	}
+	clitest.MustQemu(t, "qemu-img", "snapshot", "-c", "test", img)
+	h, err := os.ReadFile(img)
+	if err != nil || len(h) < 72 {
+		t.Fatalf("reading %s's header: %v", img, err)
+	}
+	return int64(binary.BigEndian.Uint64(h[64:72]))
+}
+
+// pokeFile writes p at off in the file img.
+func pokeFile(t *testing.T, img string, off int64, p []byte) {
+	t.Helper()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(p, off); err != nil {
+		t.Fatal(err)
 	}
 }
