@@ -96,6 +96,9 @@ type Stats struct {
 	// SlotCap unless SlotsOverCap > 0.
 	SlotTable    int
 	SlotsOverCap int64 // ops that found the table full at its cap (grew it anyway)
+	// WorkersPlaced reports that the ring's io-wq workers run on
+	// Options.WorkerCPUs.
+	WorkersPlaced bool
 }
 
 // Stats returns the Context's counters. Owner only.

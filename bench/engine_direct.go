@@ -168,6 +168,11 @@ func (c *threadClone) start() {
 		}
 		if c.ring == nil {
 			setThreadPrio(c.w.prio.def) // psync: the thread's own priority, as fio's ioprio_set
+		} else if len(c.w.workerCPUs) > 0 {
+			if err := c.placeWorkers(); err != nil {
+				c.w.err = err // an explicit iowq_workers=other the kernel refused
+				c.w.stopIssuing = true
+			}
 		}
 		if d := c.w.startDelay(); d > 0 {
 			time.Sleep(d)
@@ -220,6 +225,20 @@ func yieldOften(now, last int64) int64 {
 	}
 	runtime.Gosched()
 	return now
+}
+
+// placeWorkers puts the ring's io-wq workers on the clone's worker CPUs
+// (iowq_workers; see workerCPUs). It runs on the clone's locked thread,
+// which it binds the ring to: the io-wq belongs to that thread.
+func (c *threadClone) placeWorkers() error {
+	var set unix.CPUSet
+	for _, cpu := range c.w.workerCPUs {
+		set.Set(cpu)
+	}
+	if err := c.ring.SetWorkerAffinity(&set); err != nil {
+		return fmt.Errorf("iowq_workers: %w", err)
+	}
+	return nil
 }
 
 func (c *threadClone) runSync() {

@@ -313,6 +313,7 @@ func newRingblkClone(rjs []*ringblkJob, w *worker, cpu int, done chan<- *worker)
 		// CPU (placement), and its figures assume it.
 		Name: fmt.Sprintf("%s.%d", j.Name, w.clone), Pin: cpu >= 0, CPU: max(cpu, aio.NoCPU),
 		Entries: min(entries, 4096), ArenaSize: arena, PollTime: j.AIOPoll,
+		WorkerCPUs: w.workerCPUs,
 	})
 	if err != nil {
 		return nil, err

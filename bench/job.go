@@ -135,6 +135,11 @@ type Job struct {
 	// AIOPoll (aio_poll, ringblk engine): the clone Context's busy-poll
 	// bound before a sleep (aio Options.PollTime).
 	AIOPoll time.Duration
+	// IOWQWorkers (iowq_workers, ringblk and io_uring engines): where a
+	// pinned clone's io-wq workers run: "same" CPU as the clone (the
+	// kernel's default), "other" CPUs, or "auto" ("" here): other when
+	// iodepth > 1, same at iodepth 1. See workerCPUs.
+	IOWQWorkers string
 	// FilenameFormat is filename_format: the name of a clone's file when
 	// no filename= is given ($jobname, $jobnum, $filenum).
 	FilenameFormat string

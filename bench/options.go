@@ -416,6 +416,17 @@ func init() {
 			return errors.New("want raw, qcow2 or null")
 		}},
 		"aio_poll": {help: "ringblk engine: each clone's Context busy-polls up to this long before it sleeps (aio Options.PollTime, adaptive; bare number: microseconds; default 0)", set: usecSetter(func(j *Job, d time.Duration) { j.AIOPoll = d })},
+		"iowq_workers": {help: "ringblk and io_uring engines: where a pinned clone's io-wq workers (the kernel threads that run I/O it cannot issue without blocking, e.g. on zram) run: auto (default: other at iodepth > 1, same at iodepth 1), same (the clone's CPU, the kernel's default), other (the process's other CPUs)", set: func(j *Job, v string) error {
+			switch v {
+			case "auto":
+				j.IOWQWorkers = ""
+			case "same", "other":
+				j.IOWQWorkers = v
+			default:
+				return errors.New("want auto, same or other")
+			}
+			return nil
+		}},
 		"share_rw": {bool: true, help: "ringblk engine: let other processes write the image during the job (QEMU's share-rw=on; default 0: refuse an image in use, as ringblk io does)", set: boolSetter(func(j *Job, b bool) { j.ShareRW = b })},
 		"locking": {help: "ringblk engine: QEMU-compatible image locks: auto (default), on, off", set: func(j *Job, v string) error {
 			switch v {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -279,6 +280,52 @@ func TestFilenameColons(t *testing.T) {
 	}
 	if _, err := ParseArgs([]string{"--name=c", "--filename=/tmp/a:/tmp/b"}); err == nil || !strings.Contains(err.Error(), "several files") {
 		t.Errorf("filename=a:b: %v", err)
+	}
+}
+
+// TestWorkerCPUsPlacement: iowq_workers decides where a pinned clone's
+// io-wq workers run: auto puts them on the other CPUs at depth (issue 20:
+// sharing the clone's CPU held zram QD32 at 0.57x fio) and leaves them on
+// the clone's CPU at iodepth 1; same never moves them; an unpinned clone's
+// workers are left alone; a bad value is refused.
+func TestWorkerCPUsPlacement(t *testing.T) {
+	if !iowqAffinityWorks() {
+		t.Skip("the kernel does not place io-wq workers (IORING_REGISTER_IOWQ_AFF)")
+	}
+	spec, err := ParseJobText("j.fio", "[a]\nfilename=/tmp/x\niodepth=32\n[b]\nfilename=/tmp/x\niodepth=1\n[c]\nfilename=/tmp/x\niodepth=32\niowq_workers=same\n[d]\nfilename=/tmp/x\niodepth=1\niowq_workers=other\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var procs unix.CPUSet
+	for _, c := range []int{0, 1, 2, 3} {
+		procs.Set(c)
+	}
+	a, b, c, d := spec.Jobs[0], spec.Jobs[1], spec.Jobs[2], spec.Jobs[3]
+	if got := workerCPUs(a, 1, nil, &procs); !slices.Equal(got, []int{0, 2, 3}) {
+		t.Errorf("auto, iodepth 32, clone on CPU 1: workers on %v, want [0 2 3]", got)
+	}
+	if got := workerCPUs(a, -1, []int{0, 1}, &procs); !slices.Equal(got, []int{2, 3}) {
+		t.Errorf("auto, iodepth 32, clone on set [0 1]: workers on %v, want [2 3]", got)
+	}
+	if got := workerCPUs(a, -1, nil, &procs); got != nil {
+		t.Errorf("unpinned clone: workers on %v, want the kernel's default", got)
+	}
+	if got := workerCPUs(b, 1, nil, &procs); got != nil {
+		t.Errorf("auto, iodepth 1: workers on %v, want the clone's CPU", got)
+	}
+	if got := workerCPUs(c, 1, nil, &procs); got != nil {
+		t.Errorf("same: workers on %v", got)
+	}
+	if got := workerCPUs(d, 1, nil, &procs); !slices.Equal(got, []int{0, 2, 3}) {
+		t.Errorf("other, iodepth 1: workers on %v", got)
+	}
+	var one unix.CPUSet
+	one.Set(0)
+	if got := workerCPUs(a, 0, nil, &one); got != nil {
+		t.Errorf("one CPU: workers on %v, want the default", got)
+	}
+	if _, err := ParseArgs([]string{"--name=x", "--filename=/tmp/x", "--iowq_workers=elsewhere"}); err == nil || !strings.Contains(err.Error(), "iowq_workers") {
+		t.Errorf("iowq_workers=elsewhere: %v", err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
 
+	"github.com/ringblk/ringblk/uring"
 	"golang.org/x/sys/unix"
 )
 
@@ -188,6 +190,10 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 		total += j.NumJobs
 	}
 	done := make(chan *worker, total)
+	var procCPUs unix.CPUSet // the CPUs this process may use (iowq_workers=other)
+	if unix.SchedGetaffinity(0, &procCPUs) != nil {
+		procCPUs.Zero()
+	}
 	type start struct {
 		job *Job
 		fn  func()
@@ -285,6 +291,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			}
 			cpu, cpuSet := placement(j, k, cloneIdx, cpus)
 			w.cpuSet = cpuSet
+			w.workerCPUs = workerCPUs(j, cpu, cpuSet, &procCPUs)
 			cloneIdx++
 			if rjs != nil {
 				c, err := newRingblkClone(rjs, w, cpu, done)
@@ -373,6 +380,63 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	}
 	return out, nil
 }
+
+// workerCPUs is where the io-wq workers of a clone placed on cpu (or on
+// set, when cpu < 0) run, from iowq_workers; nil keeps the kernel's default,
+// which puts them on the clone's own CPUs. The kernel runs a request in a
+// worker when it cannot issue it without blocking (zram and other bio
+// devices, buffered reads on tmpfs). On the clone's CPU, clone and worker
+// take turns: the fastest at iodepth 1 (a switch on one CPU, no cross-CPU
+// wake-up: 137k IOPS against 22k on zram here), one CPU's worth at depth
+// (zram QD32: 0.4x of other CPUs). "auto" picks by iodepth for that reason.
+// "other" is every CPU in procs (the process's) outside the clone's; none
+// left (one CPU, or the clone already spans them all) keeps the default.
+// See docs/design/fast-devices.md §"Where io-wq workers run".
+func workerCPUs(j *Job, cpu int, set []int, procs *unix.CPUSet) []int {
+	mode := j.IOWQWorkers
+	if mode == "" {
+		mode = "same"
+		if j.IODepth > 1 && iowqAffinityWorks() {
+			mode = "other"
+		}
+	}
+	if mode == "same" || (cpu < 0 && set == nil) {
+		return nil // unpinned clone: its workers are not pinned either
+	}
+	var own unix.CPUSet
+	if cpu >= 0 {
+		own.Set(cpu)
+	}
+	for _, c := range set {
+		own.Set(c)
+	}
+	var out []int
+	for c := 0; c < len(procs)*64; c++ {
+		if procs.IsSet(c) && !own.IsSet(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// iowqAffinityWorks reports whether the kernel places io-wq workers
+// (IORING_REGISTER_IOWQ_AFF, Linux 5.14+), probed once on a scratch ring:
+// iowq_workers=auto falls back to the kernel's default without it, where an
+// explicit "other" fails the job with the kernel's error.
+var iowqAffinityWorks = sync.OnceValue(func() bool {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r, err := uring.New(4)
+	if err != nil {
+		return false
+	}
+	defer r.Close()
+	var set unix.CPUSet
+	if unix.SchedGetaffinity(0, &set) != nil {
+		return false
+	}
+	return r.SetWorkerAffinity(&set) == nil
+})
 
 // placement is where clone k of j runs: one CPU (and no set), or no CPU
 // (-1) and the set its thread may use (nil: anywhere).

@@ -83,6 +83,7 @@ type worker struct {
 	noSlat        bool       // sync engines: submission is the I/O itself
 	logs          *cloneLogs // write_*_log files; nil: none
 	cpuSet        []int      // cpus_allowed with the shared policy
+	workerCPUs    []int      // where the clone's io-wq workers run (nil: the kernel's default)
 	pace          pacer
 	flow          *flowGroup // flow=: the clone's flow_id group
 	flowIOs       int64

@@ -126,7 +126,7 @@ func New(opts Options) (h *Host, err error) {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		ctx, err := aio.New(aio.Options{Name: fmt.Sprintf("ringblk-io%d", i), CPU: aio.NoCPU, Entries: opts.RingEntries, ArenaSize: -1, PollTime: opts.PollTime})
+		ctx, err := aio.New(aio.Options{Name: fmt.Sprintf("ringblk-io%d", i), CPU: aio.NoCPU, Entries: opts.RingEntries, ArenaSize: -1, PollTime: opts.PollTime, WorkerCPUs: opts.WorkerCPUs})
 		if err != nil {
 			return nil, fmt.Errorf("ringblk: Context %d: %w", i, err)
 		}

@@ -163,6 +163,33 @@ func (r *Ring) SetIOWQMaxWorkers(bounded, unbounded int) (prevBounded, prevUnbou
 	return int(r.workers[0]), int(r.workers[1]), nil
 }
 
+// SetWorkerAffinity sets the CPUs on which the calling thread's io-wq
+// workers run (IORING_REGISTER_IOWQ_AFF, Linux 5.14+). Without it a worker
+// inherits the affinity of the thread that made it: an owner pinned to one
+// CPU gets its workers pinned to that CPU too, so on a device whose reads
+// the kernel cannot issue without blocking (zram, and any driver without
+// REQ_NOWAIT) every punted request runs on the owner's own CPU, taking turns
+// with the owner instead of running beside it. The io-wq is per thread and
+// exists once the thread has used the ring (bind registers the ring fd,
+// which creates it); call it from the owner thread. set must be a subset of
+// the CPUs the thread's cpuset allows.
+func (r *Ring) SetWorkerAffinity(set *unix.CPUSet) error {
+	if r.closed {
+		return ErrClosed
+	}
+	if !r.bound {
+		if err := r.bind(); err != nil { // creates the thread's io-wq
+			return err
+		}
+	}
+	r.aff = *set
+	// SAFETY: aff is a field of r; the kernel copies the mask during the call.
+	if _, errno := sysRegister(r.fd, IORING_REGISTER_IOWQ_AFF, unsafe.Pointer(&r.aff), uint32(unsafe.Sizeof(r.aff))); errno != 0 {
+		return r.registerError("SetWorkerAffinity", errno)
+	}
+	return nil
+}
+
 // registerRingFd registers the ring fd in the calling thread's io_uring
 // table (Linux 5.18+) and switches enter to the registered index. Any
 // failure leaves enter on the plain fd.

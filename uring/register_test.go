@@ -3,6 +3,10 @@ package uring_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,6 +117,66 @@ func TestSetIOWQMaxWorkers(t *testing.T) {
 	}
 	if _, _, err := r.SetIOWQMaxWorkers(-1, 0); err == nil {
 		t.Error("negative worker limit accepted")
+	}
+}
+
+// TestSetWorkerAffinity: io-wq workers of a thread pinned to CPU 0 run on
+// the CPUs SetWorkerAffinity names (left alone they inherit CPU 0 and take
+// turns with their owner: issue 20). An ASYNC NOP always goes to a worker.
+func TestSetWorkerAffinity(t *testing.T) {
+	var proc unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &proc); err != nil {
+		t.Fatal(err)
+	}
+	if !proc.IsSet(0) || !proc.IsSet(1) {
+		t.Skip("skipping: needs CPUs 0 and 1")
+	}
+	r := newRing(t, 8) // locks this goroutine to its thread
+	var zero unix.CPUSet
+	zero.Set(0)
+	if err := unix.SchedSetaffinity(0, &zero); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.SchedSetaffinity(0, &proc) })
+	var one unix.CPUSet
+	one.Set(1)
+	if err := r.SetWorkerAffinity(&one); err != nil {
+		if errors.Is(err, unix.EINVAL) && !kernelAtLeast(t, 5, 14) {
+			t.Skip("skipping: IORING_REGISTER_IOWQ_AFF needs Linux 5.14")
+		}
+		t.Fatal(err)
+	}
+	sqe := getSQE(t, r)
+	sqe.PrepNop(1)
+	sqe.Flags |= uring.IOSQE_ASYNC
+	wait1(t, r)
+	name := fmt.Sprintf("iou-wrk-%d", unix.Gettid())
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, e := range ents {
+		comm, _ := os.ReadFile("/proc/self/task/" + e.Name() + "/comm")
+		if strings.TrimSpace(string(comm)) != name {
+			continue
+		}
+		tid, _ := strconv.Atoi(e.Name())
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &set); err != nil {
+			continue // the worker exited meanwhile
+		}
+		found++
+		if set != one {
+			t.Errorf("worker %d may run on %d CPUs, want only CPU 1 (CPU 0: %v)", tid, set.Count(), set.IsSet(0))
+		}
+	}
+	if found == 0 {
+		t.Fatal("no io-wq worker after an IOSQE_ASYNC NOP")
+	}
+	r.Close()
+	if err := r.SetWorkerAffinity(&one); !errors.Is(err, uring.ErrClosed) {
+		t.Errorf("SetWorkerAffinity after Close: %v", err)
 	}
 }
 

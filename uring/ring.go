@@ -79,6 +79,7 @@ type Ring struct {
 	fileFd    int32        // UpdateFile's one-entry fd array
 	update    rsrcUpdate   // UpdateFile, ring fd (un)registration
 	workers   [2]uint32    // SetIOWQMaxWorkers: bounded, unbounded
+	aff       unix.CPUSet  // SetWorkerAffinity's mask, read by the kernel
 
 	// Cold fields.
 	fd         int

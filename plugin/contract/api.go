@@ -16,6 +16,17 @@ type HostOptions struct {
 	// affinity). A missing or empty entry leaves that Context unpinned;
 	// the zero value pins nothing.
 	CPUSets [][]int
+	// WorkerCPUs lists the CPUs on which the kernel's io-wq workers of
+	// every I/O Context run: the threads that carry out a request the
+	// kernel cannot issue without blocking (zram and other devices
+	// without REQ_NOWAIT, buffered reads on tmpfs, some allocating
+	// writes). Empty (the default) leaves them on their Context's CPUs,
+	// as the kernel does: best at queue depth 1, but a pinned Context and
+	// its workers then share one CPU and take turns at depth. A worker
+	// keeps the CPUs of its Context's set when the two lists overlap
+	// (Linux 6.2+), so list CPUs outside the sets (housekeeping CPUs).
+	// Needs Linux 5.14; New fails if the kernel refuses the list.
+	WorkerCPUs []int
 	// RingEntries is each I/O Context's submission queue size (default
 	// 256).
 	RingEntries int
