@@ -65,8 +65,11 @@ type Options struct {
 	// other than the owner's let both run at once. A worker keeps the CPUs
 	// its creator asked for (sched_setaffinity) and intersects this set
 	// with them when they overlap (Linux 6.2+): to move workers off a
-	// pinned owner's CPU, list only other CPUs. Start fails if the kernel
-	// refuses the set (before Linux 5.14, or CPUs outside the cpuset).
+	// pinned owner's CPU, list only other CPUs. The set applies to workers
+	// the kernel creates after Start; a Go thread that already has workers
+	// (it ran another ring and went back to Go's pool) keeps those where
+	// they are. Start fails if the kernel refuses the set (before Linux
+	// 5.14, or CPUs outside the cpuset).
 	WorkerCPUs []int
 	// PollTime bounds the adaptive busy-poll before a blocking wait: the loop
 	// spins on the CQ and the cross-goroutine queue for up to the current
@@ -346,8 +349,9 @@ func (c *Context) ownerMain(errc chan<- error) {
 	c.finish()
 	// A pinned thread ends with this goroutine (a locked goroutine that
 	// exits takes its thread with it), so its affinity never leaks into
-	// Go's thread pool.
-	if !pinned {
+	// Go's thread pool; so does one whose io-wq workers were placed (they
+	// live as long as the thread and keep their CPUs).
+	if !pinned && len(c.opts.WorkerCPUs) == 0 {
 		c.restoreSched()
 		runtime.UnlockOSThread()
 	}

@@ -256,12 +256,28 @@ func TestWorkerCPUs(t *testing.T) {
 		}
 	}
 
-	c, err := New(Options{ArenaSize: 1 << 16, Pin: true, CPU: 0, WorkerCPUs: []int{1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatalf("Start with WorkerCPUs [1]: %v", err)
+	// Placement applies to workers made after Start: the owner must run
+	// on a thread without workers from an earlier ring (Go reuses threads
+	// that other tests' unpinned Contexts gave back). A pinned owner's
+	// thread ends at Stop, so each try gets another thread.
+	var c *Context
+	for try := 0; ; try++ {
+		c, err = New(Options{ArenaSize: 1 << 16, Pin: true, CPU: 0, WorkerCPUs: []int{1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(); err != nil {
+			t.Fatalf("Start with WorkerCPUs [1]: %v", err)
+		}
+		var before []unix.CPUSet
+		c.Run(func() { before = workerCPUsOf(t, unix.Gettid()) })
+		if len(before) == 0 {
+			break
+		}
+		c.Stop()
+		if try == 20 {
+			t.Fatal("20 owner threads in a row already had io-wq workers")
+		}
 	}
 	sets = punt(t, c, f)
 	var st Stats

@@ -158,7 +158,12 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 func (c *threadClone) start() {
 	go func() {
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		// A thread this clone pinned, or whose io-wq workers it placed,
+		// ends with the goroutine (a locked goroutine that exits takes its
+		// thread along), so neither leaks into Go's thread pool.
+		if c.cpu < 0 && c.w.cpuSet == nil && len(c.w.workerCPUs) == 0 {
+			defer runtime.UnlockOSThread()
+		}
 		if c.cpu >= 0 {
 			var set unix.CPUSet
 			set.Set(c.cpu)

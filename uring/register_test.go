@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,6 +124,9 @@ func TestSetIOWQMaxWorkers(t *testing.T) {
 // TestSetWorkerAffinity: io-wq workers of a thread pinned to CPU 0 run on
 // the CPUs SetWorkerAffinity names (left alone they inherit CPU 0 and take
 // turns with their owner: issue 20). An ASYNC NOP always goes to a worker.
+// The mask applies to workers made after the call, so the test runs on a
+// thread without workers from an earlier ring (each try's goroutine keeps
+// its thread locked and so ends it).
 func TestSetWorkerAffinity(t *testing.T) {
 	var proc unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &proc); err != nil {
@@ -131,53 +135,100 @@ func TestSetWorkerAffinity(t *testing.T) {
 	if !proc.IsSet(0) || !proc.IsSet(1) {
 		t.Skip("skipping: needs CPUs 0 and 1")
 	}
-	r := newRing(t, 8) // locks this goroutine to its thread
-	var zero unix.CPUSet
-	zero.Set(0)
-	if err := unix.SchedSetaffinity(0, &zero); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.SchedSetaffinity(0, &proc) })
 	var one unix.CPUSet
 	one.Set(1)
-	if err := r.SetWorkerAffinity(&one); err != nil {
-		if errors.Is(err, unix.EINVAL) && !kernelAtLeast(t, 5, 14) {
-			t.Skip("skipping: IORING_REGISTER_IOWQ_AFF needs Linux 5.14")
-		}
-		t.Fatal(err)
+	type result struct {
+		used    bool // the thread had workers already: try another
+		skip    string
+		err     error
+		workers []unix.CPUSet
 	}
-	sqe := getSQE(t, r)
-	sqe.PrepNop(1)
-	sqe.Flags |= uring.IOSQE_ASYNC
-	wait1(t, r)
-	name := fmt.Sprintf("iou-wrk-%d", unix.Gettid())
+	for try := 0; try < 20; try++ {
+		ch := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+			tid := unix.Gettid()
+			if len(ioWorkers(tid)) > 0 {
+				ch <- result{used: true}
+				return
+			}
+			var zero unix.CPUSet
+			zero.Set(0)
+			if err := unix.SchedSetaffinity(0, &zero); err != nil {
+				ch <- result{err: err}
+				return
+			}
+			r, err := uring.New(8)
+			if err != nil {
+				ch <- result{skip: err.Error()}
+				return
+			}
+			defer r.Close()
+			if err := r.SetWorkerAffinity(&one); err != nil {
+				ch <- result{err: err}
+				return
+			}
+			sqe := r.GetSQE()
+			sqe.PrepNop(1)
+			sqe.Flags |= uring.IOSQE_ASYNC
+			if _, err := r.SubmitAndWait(1, 5*time.Second); err != nil {
+				ch <- result{err: err}
+				return
+			}
+			ch <- result{workers: ioWorkers(tid)}
+		}()
+		res := <-ch
+		switch {
+		case res.used:
+			continue
+		case res.skip != "":
+			t.Skipf("skipping: %s", res.skip)
+		case errors.Is(res.err, unix.EINVAL) && !kernelAtLeast(t, 5, 14):
+			t.Skip("skipping: IORING_REGISTER_IOWQ_AFF needs Linux 5.14")
+		case res.err != nil:
+			t.Fatal(res.err)
+		case len(res.workers) == 0:
+			t.Fatal("no io-wq worker after an IOSQE_ASYNC NOP")
+		}
+		for _, set := range res.workers {
+			if set != one {
+				t.Errorf("a worker may run on %d CPUs, want only CPU 1 (CPU 0: %v)", set.Count(), set.IsSet(0))
+			}
+		}
+		r := newRing(t, 8)
+		r.Close()
+		if err := r.SetWorkerAffinity(&one); !errors.Is(err, uring.ErrClosed) {
+			t.Errorf("SetWorkerAffinity after Close: %v", err)
+		}
+		return
+	}
+	t.Fatal("20 threads in a row already had io-wq workers")
+}
+
+// ioWorkers returns the affinity of each io-wq worker of thread tid (the
+// kernel names them iou-wrk-<tid>).
+func ioWorkers(tid int) []unix.CPUSet {
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
-		t.Fatal(err)
+		return nil
 	}
-	found := 0
+	name := fmt.Sprintf("iou-wrk-%d", tid)
+	var out []unix.CPUSet
 	for _, e := range ents {
 		comm, _ := os.ReadFile("/proc/self/task/" + e.Name() + "/comm")
 		if strings.TrimSpace(string(comm)) != name {
 			continue
 		}
-		tid, _ := strconv.Atoi(e.Name())
+		w, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
 		var set unix.CPUSet
-		if err := unix.SchedGetaffinity(tid, &set); err != nil {
-			continue // the worker exited meanwhile
-		}
-		found++
-		if set != one {
-			t.Errorf("worker %d may run on %d CPUs, want only CPU 1 (CPU 0: %v)", tid, set.Count(), set.IsSet(0))
+		if unix.SchedGetaffinity(w, &set) == nil { // else it exited meanwhile
+			out = append(out, set)
 		}
 	}
-	if found == 0 {
-		t.Fatal("no io-wq worker after an IOSQE_ASYNC NOP")
-	}
-	r.Close()
-	if err := r.SetWorkerAffinity(&one); !errors.Is(err, uring.ErrClosed) {
-		t.Errorf("SetWorkerAffinity after Close: %v", err)
-	}
+	return out
 }
 
 func TestSQPoll(t *testing.T) {
