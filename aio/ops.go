@@ -532,9 +532,11 @@ func (c *Context) runReady() bool {
 		// of its own (the loop device's worker) may have drained its
 		// queue while the loop slept, and the other callbacks would delay
 		// its next request. The rest go with the wait's enter, and a lone
-		// completion's refill too (one enter per I/O at depth 1). See
-		// docs/design/fast-devices.md §"The first refill goes at once".
-		if early && c.prepared > 0 && c.ops.rdHead != noSlot && c.holder.Load() == nil {
+		// completion's refill too (one enter per I/O at depth 1). Only
+		// under the loop's own implicit Plug (poll's): a caller's plugged
+		// section keeps its batch. See docs/design/fast-devices.md §"The
+		// first refill goes at once".
+		if early && c.prepared > 0 && c.ops.rdHead != noSlot && c.plug <= 1 && c.holder.Load() == nil {
 			c.enter(0, 0)
 			c.stats.EarlySubmits++
 			early = false
