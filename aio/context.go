@@ -460,6 +460,20 @@ func (c *Context) setup(pinned *bool) error {
 			return err
 		}
 	}
+	if len(c.opts.WorkerCPUs) > 0 {
+		// The kernel reads only as many mask bits as it has CPUs and takes
+		// an empty mask without complaint: refuse a CPU this thread may
+		// not run on (before the pin narrows its mask) by name.
+		var may unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &may); err != nil {
+			return &OpError{Op: "sched_getaffinity", Off: -1, Err: err}
+		}
+		for _, cpu := range c.opts.WorkerCPUs {
+			if !may.IsSet(cpu) {
+				return &OpError{Op: "io-wq workers on CPUs " + cpuList(c.opts.WorkerCPUs) + ": CPU " + itoa(cpu) + " is not one this process may run on", Off: -1, Err: syscall.EINVAL}
+			}
+		}
+	}
 	if c.opts.Pin {
 		var set unix.CPUSet
 		set.Set(c.opts.CPU)

@@ -297,4 +297,13 @@ func TestWorkerCPUs(t *testing.T) {
 	if _, err := New(Options{WorkerCPUs: []int{-1}}); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("WorkerCPUs [-1]: %v", err)
 	}
+	// In range but not a CPU of this machine: the kernel would read the
+	// mask as empty and accept it; Start refuses it by name.
+	bad, err := New(Options{ArenaSize: -1, WorkerCPUs: []int{1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Start(); !errors.Is(err, syscall.EINVAL) || !strings.Contains(err.Error(), "CPU 1000 is not one this process may run on") {
+		t.Fatalf("WorkerCPUs [1000]: Start: %v", err)
+	}
 }

@@ -120,9 +120,12 @@ func New(opts Options) (h *Host, err error) {
 		return nil, fmt.Errorf("ringblk: main Context: %w", err)
 	}
 	h.g = block.NewGraph(h.main)
+	// The error returns below set the named result h to nil before this
+	// runs: stop what was started through a copy.
+	started := h
 	defer func() {
 		if err != nil {
-			h.stopContexts()
+			started.stopContexts()
 		}
 	}()
 	for i := 0; i < n; i++ {

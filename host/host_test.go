@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -619,6 +620,37 @@ func TestCPUSets(t *testing.T) {
 	}
 	if _, err := host.New(host.Options{CPUSets: [][]int{{5000}}}); err == nil {
 		t.Fatal("CPU 5000 accepted")
+	}
+}
+
+// TestWorkerCPUs: HostOptions.WorkerCPUs reach every I/O Context (its
+// ring's io-wq workers are placed there); a set aio or the kernel refuses
+// fails New with the Context named, after stopping what was started.
+func TestWorkerCPUs(t *testing.T) {
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		t.Fatal(err)
+	}
+	if !all.IsSet(0) || !all.IsSet(1) {
+		t.Skip("needs CPUs 0 and 1")
+	}
+	h := newHost(t, host.Options{Contexts: 2, CPUSets: [][]int{{0}, {0}}, WorkerCPUs: []int{1}})
+	for i := 0; i < h.Contexts(); i++ {
+		c := h.Context(i)
+		var placed bool
+		c.Run(func() { placed = c.Stats().WorkersPlaced })
+		if !placed {
+			t.Fatalf("Context %d: io-wq workers not placed on CPU 1", i)
+		}
+	}
+	// Refused by aio (out of range) and by the kernel (CPU 1000 is not in
+	// this machine's cpuset): a clear error, and the Contexts already
+	// started are stopped (this panicked on the nil Host before).
+	for _, bad := range [][]int{{-1}, {1000}} {
+		_, err := host.New(host.Options{Contexts: 2, WorkerCPUs: bad})
+		if err == nil || !strings.Contains(err.Error(), "Context 0") {
+			t.Fatalf("WorkerCPUs %v: %v", bad, err)
+		}
 	}
 }
 

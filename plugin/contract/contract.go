@@ -20,10 +20,10 @@ const Magic = "ringblk-plugin"
 
 // ABI version of this contract. Minor 2 added NewHost and the host API;
 // minor 3 Host.RunLoop (polled mode), Device.Paused and Stats.Parked (the
-// stop policy pauses the device).
+// stop policy pauses the device); minor 4 HostOptions.WorkerCPUs.
 const (
 	ABIMajor = 0
-	ABIMinor = 3
+	ABIMinor = 4
 )
 
 // SymbolName is the name of the variable a plugin of this ABI major
