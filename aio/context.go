@@ -68,8 +68,8 @@ type Options struct {
 	// pinned owner's CPU, list only other CPUs. The set applies to workers
 	// the kernel creates after Start; a Go thread that already has workers
 	// (it ran another ring and went back to Go's pool) keeps those where
-	// they are. Start fails if the kernel refuses the set (before Linux
-	// 5.14, or CPUs outside the cpuset).
+	// they are. Start fails on a CPU the process may not run on, and when
+	// the kernel refuses the set (before Linux 5.14).
 	WorkerCPUs []int
 	// PollTime bounds the adaptive busy-poll before a blocking wait: the loop
 	// spins on the CQ and the cross-goroutine queue for up to the current

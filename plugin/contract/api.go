@@ -25,7 +25,8 @@ type HostOptions struct {
 	// its workers then share one CPU and take turns at depth. A worker
 	// keeps the CPUs of its Context's set when the two lists overlap
 	// (Linux 6.2+), so list CPUs outside the sets (housekeeping CPUs).
-	// Needs Linux 5.14; New fails if the kernel refuses the list.
+	// Needs Linux 5.14; New fails on a CPU the process may not run on or
+	// when the kernel refuses the list.
 	WorkerCPUs []int
 	// RingEntries is each I/O Context's submission queue size (default
 	// 256).
