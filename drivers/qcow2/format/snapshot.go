@@ -87,21 +87,12 @@ func ParseSnapshotTable(b []byte, count uint32, maxBytes int64) ([]Snapshot, int
 	size := int64(off)
 	snaps := make([]Snapshot, count)
 	off = 0
-	be := binary.BigEndian
 	for i := range snaps {
 		off = (off + 7) &^ 7
 		p := b[off:]
 		s := &snaps[i]
-		s.L1Offset = be.Uint64(p[0:])
-		s.L1Entries = be.Uint32(p[8:])
-		idLen := uint64(be.Uint16(p[12:]))
-		nameLen := uint64(be.Uint16(p[14:]))
-		s.DateSec = be.Uint32(p[16:])
-		s.DateNsec = be.Uint32(p[20:])
-		s.VMClockNsec = be.Uint64(p[24:])
-		s.VMStateSize32 = be.Uint32(p[32:])
-		s.VMStateSize = uint64(s.VMStateSize32)
-		s.ExtraDataSize = be.Uint32(p[36:])
+		idLen16, nameLen16 := s.decodeHeader(p)
+		idLen, nameLen := uint64(idLen16), uint64(nameLen16)
 		s.decodeExtra(p[snapshotHeaderLen : snapshotHeaderLen+uint64(s.ExtraDataSize)])
 		q := snapshotHeaderLen + uint64(s.ExtraDataSize)
 		s.ID = string(p[q : q+idLen])
@@ -109,6 +100,24 @@ func ParseSnapshotTable(b []byte, count uint32, maxBytes int64) ([]Snapshot, int
 		off += q + idLen + nameLen
 	}
 	return snaps, size, nil
+}
+
+// decodeHeader reads an entry's fixed part p (snapshotHeaderLen bytes):
+// every field but the extra data, ID and name, with the extra data size in
+// ExtraDataSize and the ID and name lengths returned. Both parsers use it:
+// ParseSnapshotTable, and the checker that also repairs.
+func (s *Snapshot) decodeHeader(p []byte) (idLen, nameLen uint16) {
+	be := binary.BigEndian
+	s.L1Offset = be.Uint64(p[0:])
+	s.L1Entries = be.Uint32(p[8:])
+	idLen, nameLen = be.Uint16(p[12:]), be.Uint16(p[14:])
+	s.DateSec = be.Uint32(p[16:])
+	s.DateNsec = be.Uint32(p[20:])
+	s.VMClockNsec = be.Uint64(p[24:])
+	s.VMStateSize32 = be.Uint32(p[32:])
+	s.VMStateSize = uint64(s.VMStateSize32)
+	s.ExtraDataSize = be.Uint32(p[36:])
+	return idLen, nameLen
 }
 
 // decodeExtra reads an entry's extra data x (what the entry's extra data

@@ -1,7 +1,6 @@
 package format
 
 import (
-	"encoding/binary"
 	"io"
 	"math"
 	"strconv"
@@ -93,7 +92,6 @@ func readSnapshotEntries(r io.ReaderAt, fileSize int64, base uint64, count uint3
 	}
 	w := &snapReader{r: r, fileSize: uint64(max(fileSize, 0))}
 	sc := &snapshotScan{snaps: make([]Snapshot, 0, min(count, 1024))}
-	be := binary.BigEndian
 	var off, tableLen uint64 // on disk; QEMU's table_length (truncated extra)
 	for i := uint32(0); i < count; i++ {
 		pre := off
@@ -104,16 +102,9 @@ func readSnapshotEntries(r io.ReaderAt, fileSize int64, base uint64, count uint3
 			return nil, err
 		}
 		var s Snapshot
-		s.L1Offset = be.Uint64(p[0:])
-		s.L1Entries = be.Uint32(p[8:])
-		idLen := int(be.Uint16(p[12:]))
-		nameLen := int(be.Uint16(p[14:]))
-		s.DateSec = be.Uint32(p[16:])
-		s.DateNsec = be.Uint32(p[20:])
-		s.VMClockNsec = be.Uint64(p[24:])
-		s.VMStateSize32 = be.Uint32(p[32:])
-		s.VMStateSize = uint64(s.VMStateSize32)
-		extra := be.Uint32(p[36:])
+		idLen16, nameLen16 := s.decodeHeader(p)
+		idLen, nameLen := int(idLen16), int(nameLen16)
+		extra := s.ExtraDataSize
 		keep := extra
 		if extra > MaxSnapshotExtraData {
 			if !repair {
