@@ -162,11 +162,22 @@ func (fe *FrontEnd) Remove() (err error) {
 	return err
 }
 
-// Close removes the root node and unregisters the front end. Requests must
-// have completed (drain first). It returns the errors of the Close calls of
-// the nodes the removal deleted (a failed metadata write-back): the front
-// end is closed either way.
+// Close waits for the front end's requests still in flight, removes the
+// root node and unregisters the front end. It returns the errors of the
+// Close calls of the nodes the removal deleted (a failed metadata
+// write-back): the front end is closed either way. It must not be called
+// from a completion callback of this front end on the main Context (that
+// callback's request is still counted).
+//
+// The wait matters even for a host that saw every callback: a request
+// leaves the front end's count only after its callback returned (so that a
+// drain cannot end while a callback still runs), so "the last callback
+// signalled, now close" races with that count. QEMU's blk_remove_bs drains
+// for the same reason.
 func (fe *FrontEnd) Close() error {
+	if fe.inFlight.load() != 0 {
+		fe.Drain()
+	}
 	err := fe.Remove()
 	fe.g.Control(func() {
 		if n := fe.inFlight.load(); n != 0 {
