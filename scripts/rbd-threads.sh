@@ -71,8 +71,12 @@ def load(f):
     return {k: int(v) for k, v in (l.split() for l in open(f) if l.strip())}
 a, b = load(fa), load(fb)
 print(f"{side}: {iops:.0f} IOPS; CPU per thread name over {window} s:")
+per_io = lambda d: d * 1e6 / hz / (iops * window) if iops else 0.0
+total = 0
 for k in sorted(b, key=lambda k: -(b[k] - a.get(k, 0))):
     d = b[k] - a.get(k, 0)
+    total += d
     if d:
-        print(f"  {k:<22} {d:5d} ticks  {d * 1e6 / hz / (iops * window):7.1f} µs/IO")
+        print(f"  {k:<22} {d:5d} ticks  {per_io(d):7.1f} µs/IO")
+print(f"  {'(all threads)':<22} {total:5d} ticks  {per_io(total):7.1f} µs/IO")
 PY
