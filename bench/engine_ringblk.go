@@ -166,6 +166,13 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 	case rbd.IsName(j.Filename) && format == "raw":
 		var s rbd.Spec
 		if s, err = rbd.ParseName(j.Filename); err == nil {
+			// direct=1 turns librbd's cache off, as for a file it
+			// bypasses the page cache; buffered jobs get librbd's
+			// write-back cache, as fio's rbd engine does.
+			s.Cache = rbd.CacheWriteback
+			if j.Direct {
+				s.Cache = rbd.CacheOff
+			}
 			n, err = rbd.NewNode(e.g, s, readOnly, block.Options{Name: name})
 		}
 	case format == "raw":

@@ -3,7 +3,9 @@
 # bench, ioengine=ringblk, front end → node → drivers/rbd → librbd) against
 # fio's rbd engine and qemu-img bench on an rbd: name, side by side on one
 # RBD image of a one-node Ceph cluster (scripts/ceph-single.sh: monitor and
-# memstore OSD on 127.0.0.1, so the cluster's own CPU is in every row).
+# one OSD on 127.0.0.1, so the cluster's own CPU is in every row). The OSD
+# is bluestore on a tmpfs file (CEPH_OSD_STORE=memstore for the old one,
+# which slows down as it is overwritten).
 #
 # Rows: 4 KiB random read and random write at queue depth 32, 1 MiB
 # sequential read and write at queue depth 32, on a 256 MiB image filled
@@ -33,8 +35,8 @@ while getopts "t:r:R:h" opt; do
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
 	R) only=$OPTARG ;;
-	h) sed -n '2,25p' "$0"; exit 0 ;;
-	*) sed -n '17,20p' "$0" >&2; exit 2 ;;
+	h) sed -n '2,27p' "$0"; exit 0 ;;
+	*) sed -n '19,22p' "$0" >&2; exit 2 ;;
 	esac
 done
 prog=rbd-vs-fio
@@ -71,7 +73,9 @@ if [ -n "${RBD_VS_FIO_BIN:-}" ]; then
 else
 	(cd "$root" && go build -tags rbd -o "$work/ringblk" ./cmd/ringblk) || die "building ringblk with -tags rbd failed (librbd-dev installed?)"
 fi
-conf=$("$root/scripts/ceph-single.sh" start "$cdir")
+# bluestore on tmpfs unless told otherwise: a memstore OSD slows down as
+# it is overwritten, so later sides would see a slower cluster.
+conf=$(CEPH_OSD_STORE=${CEPH_OSD_STORE:-bluestore} "$root/scripts/ceph-single.sh" start "$cdir")
 export CEPH_CONF=$conf # fio's rbd engine and the rbd tool read it
 img=bench
 name="rbd:rbd/$img:conf=$conf"

@@ -305,14 +305,26 @@ func openQcow2(g *block.Graph, path string, o Options, name string, depth int, c
 // name, a local file otherwise.
 func fileNode(g *block.Graph, path string, o Options, top bool, name string) (*block.Node, error) {
 	ro := o.ReadOnly || !top
+	fo := fileOptions(o, top)
 	if rbd.IsName(path) {
 		s, err := rbd.ParseName(path)
 		if err != nil {
 			return nil, err
 		}
+		s.Cache = RBDCache(fo.Cache)
 		return rbd.NewNode(g, s, ro, block.Options{Name: name})
 	}
-	return raw.NewNode(g, path, fileOptions(o, top), block.Options{Name: name, ReadOnly: ro})
+	return raw.NewNode(g, path, fo, block.Options{Name: name, ReadOnly: ro})
+}
+
+// RBDCache is the librbd cache mode for a node opened with cache mode c:
+// write-back stays write-back; none and writethrough turn librbd's cache
+// off, so a completed write is on the OSDs (docs/design/rbd.md §"Cache mode").
+func RBDCache(c raw.Cache) rbd.Cache {
+	if c == raw.CacheWriteback {
+		return rbd.CacheWriteback
+	}
+	return rbd.CacheOff
 }
 
 // openQcow2On opens a qcow2 driver over file (whose reference it takes);

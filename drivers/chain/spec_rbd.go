@@ -45,5 +45,6 @@ func specRBD(b *SpecBuilder, s Spec, _, name string) (*block.Node, error) {
 	if b.Path == "" {
 		b.Path = rs.String()
 	}
+	rs.Cache = RBDCache(b.O.Cache)
 	return rbd.NewNode(b.G, rs, b.O.ReadOnly, block.Options{Name: name})
 }

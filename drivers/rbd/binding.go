@@ -96,6 +96,7 @@ func connect(s Spec) (*conn, error) {
 	if s.Key != "" {
 		set = append(set, Option{"key", s.Key})
 	}
+	set = append(set, s.Cache.settings()...)
 	set = append(set, s.Options...)
 	for _, o := range set {
 		ck, cv := cstr(o.Key), cstr(o.Value)

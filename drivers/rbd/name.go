@@ -26,9 +26,43 @@ type Spec struct {
 	// rados_osd_op_timeout). 0 means DefaultTimeout; a negative value leaves
 	// librados' own defaults (which wait for ever for an OSD).
 	Timeout time.Duration
+	// Cache is the cache mode the host opened the node with; it sets
+	// librbd's cache before Options (which may override it). It is not
+	// part of the name.
+	Cache Cache
 	// Options lists further librados settings (name=value, given to
 	// rados_conf_set in this order).
 	Options []Option
+}
+
+// Cache is a node's cache mode as it reaches librbd (QEMU's cache= for an
+// rbd node, docs/design/rbd.md §"Cache mode").
+type Cache uint8
+
+const (
+	// CacheConfig leaves librbd's cache to the config file and the name
+	// (librbd's defaults: cache on, write-through until the first flush).
+	CacheConfig Cache = iota
+	// CacheWriteback (cache=writeback or unsafe): rbd_cache=true and
+	// rbd_cache_writethrough_until_flush=false. A write completes once
+	// librbd holds it; a flush makes it durable, as the page cache does
+	// for a file. The host flushes, so librbd has no need to guess from
+	// the absence of flushes that it must write through.
+	CacheWriteback
+	// CacheOff (cache=none, writethrough, directsync): rbd_cache=false.
+	// A write completes when the OSDs acknowledged it.
+	CacheOff
+)
+
+// settings returns the librados settings c stands for.
+func (c Cache) settings() []Option {
+	switch c {
+	case CacheWriteback:
+		return []Option{{"rbd_cache", "true"}, {"rbd_cache_writethrough_until_flush", "false"}}
+	case CacheOff:
+		return []Option{{"rbd_cache", "false"}}
+	}
+	return nil
 }
 
 // Option is one librados configuration setting.
