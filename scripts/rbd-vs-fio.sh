@@ -91,7 +91,7 @@ rows=(
 )
 
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r), $(nproc) CPUs, $(fio --version), $(qemu-img --version | head -n 1), ceph $(ceph --version | cut -d' ' -f3), $(go version | cut -d' ' -f3)"
-echo "# one-node cluster (mon + memstore OSD on 127.0.0.1), image $size bytes of random data, ${secs}s per timed run, $reps interleaved repeats, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# one-node cluster (mon + ${CEPH_OSD_STORE:-bluestore} OSD on 127.0.0.1), image $size bytes of random data, ${secs}s per timed run, $reps interleaved repeats, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 raw=$work/raw.tsv
 : >"$raw"
