@@ -6,34 +6,35 @@
 # I/O, sampled from /proc/PID/task/*/stat between second 1 and SECONDS-1.
 #
 # usage: scripts/rbd-threads.sh -c CEPH_CONF [-b RINGBLK] [-p POOL] [-i IMAGE]
-#            [-t SECONDS] [-w RW] [-q QD] ringblk|fio [EXTRA ARGS...]
+#            [-t SECONDS] [-w RW] [-s BS] [-q QD] ringblk|fio [EXTRA ARGS...]
 #   -c CONF   the cluster's ceph.conf (scripts/ceph-single.sh start DIR prints it)
 #   -b BIN    ringblk binary built with -tags rbd (default: ./ringblk)
 #   -p, -i    pool and image (default rbd/bench; the image must exist)
 #   -t SECS   run time (default 6, at least 3)
-#   -w RW     fio rw= (default randwrite); -q QD: iodepth (default 32)
+#   -w RW     fio rw= (default randwrite); -s BS: bs= (default 4096);
+#             -q QD: iodepth (default 32)
 #   EXTRA     appended to the side's command line (e.g. --busy_poll=1 for fio)
 #
 # One side per call: run the two back to back and compare within a pair
-# (a memstore cluster slows down as it is written).
+# (a cluster moves: CEPH_OSD_STORE=bluestore keeps its speed best).
 set -euo pipefail
-conf= bin=./ringblk pool=rbd image=bench secs=6 rw=randwrite qd=32
-while getopts "c:b:p:i:t:w:q:h" opt; do
+conf= bin=./ringblk pool=rbd image=bench secs=6 rw=randwrite bs=4096 qd=32
+while getopts "c:b:p:i:t:w:s:q:h" opt; do
 	case $opt in
 	c) conf=$OPTARG ;; b) bin=$OPTARG ;; p) pool=$OPTARG ;; i) image=$OPTARG ;;
-	t) secs=$OPTARG ;; w) rw=$OPTARG ;; q) qd=$OPTARG ;;
-	h) sed -n '2,19p' "$0"; exit 0 ;;
-	*) sed -n '8,15p' "$0" >&2; exit 2 ;;
+	t) secs=$OPTARG ;; w) rw=$OPTARG ;; s) bs=$OPTARG ;; q) qd=$OPTARG ;;
+	h) sed -n '2,20p' "$0"; exit 0 ;;
+	*) sed -n '8,16p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
 side=${1:-}
-[ -n "$conf" ] && [ -n "$side" ] || { sed -n '8,15p' "$0" >&2; exit 2; }
+[ -n "$conf" ] && [ -n "$side" ] || { sed -n '8,16p' "$0" >&2; exit 2; }
 shift
 [ "$secs" -ge 3 ] || { echo "rbd-threads: -t must be at least 3" >&2; exit 2; }
 export CEPH_CONF=$conf
 out=$(mktemp); trap 'rm -f "$out"' EXIT
-common=(--name=w "--rw=$rw" --bs=4096 "--iodepth=$qd" "--runtime=$secs" --time_based
+common=(--name=w "--rw=$rw" "--bs=$bs" "--iodepth=$qd" "--runtime=$secs" --time_based
 	--norandommap --randrepeat=0 --output-format=json)
 case $side in
 ringblk) "$bin" bench --ioengine=ringblk "--filename=rbd:$pool/$image:conf=$conf" "${common[@]}" "$@" > "$out" 2>&1 & ;;
