@@ -133,7 +133,8 @@ type Job struct {
 	// each completion at once, so every issue happens at the full depth.
 	IODepthBatchCompleteMax int
 	// AIOPoll (aio_poll, ringblk engine): the clone Context's busy-poll
-	// bound before a sleep (aio Options.PollTime).
+	// bound before a sleep (aio Options.PollTime); AIOPollAuto (the
+	// default) picks it from the depth (aioPollTime).
 	AIOPoll time.Duration
 	// IOWQWorkers (iowq_workers, ringblk and io_uring engines): where a
 	// pinned clone's io-wq workers run: "same" CPU as the clone (the
@@ -360,7 +361,7 @@ func newJob(name string, loc Loc) *Job {
 	return &Job{
 		Name: name, Loc: loc,
 		RW: RWRead, RWMixRead: 50, BS: [2]int{4096, 4096},
-		IODepth: 1, IODepthBatch: 1, IODepthBatchCompleteMin: 1, NumJobs: 1, IOEngine: "psync",
+		IODepth: 1, IODepthBatch: 1, IODepthBatchCompleteMin: 1, NumJobs: 1, IOEngine: "psync", AIOPoll: AIOPollAuto,
 		RandRepeat: true, RandSeed: 0x89, DoVerify: true, Invalidate: true, Locking: "auto", FadviseHint: "1",
 		Loops: 1, ClatPercentiles: true, PerJobLogs: true, ThinkBlocks: 1, RateProcess: "linear", RateCycle: time.Second, SQThreadPollCPU: -1, DedupeMode: "repeat", DedupeWorkingSet: 5,
 		LatencyPercentile: 100,

@@ -415,7 +415,13 @@ func init() {
 			}
 			return errors.New("want raw, qcow2 or null")
 		}},
-		"aio_poll": {help: "ringblk engine: each clone's Context busy-polls up to this long before it sleeps (aio Options.PollTime, adaptive; bare number: microseconds; default 0)", set: usecSetter(func(j *Job, d time.Duration) { j.AIOPoll = d })},
+		"aio_poll": {help: "ringblk engine: each clone's Context busy-polls up to this long before it sleeps (aio Options.PollTime, adaptive; bare number: microseconds; 0: never); auto (default): 20us at iodepth 2 to 16, else 0", set: func(j *Job, v string) error {
+			if strings.TrimSpace(v) == "auto" {
+				j.AIOPoll = AIOPollAuto
+				return nil
+			}
+			return usecSetter(func(j *Job, d time.Duration) { j.AIOPoll = d })(j, v)
+		}},
 		"iowq_workers": {help: "ringblk and io_uring engines: where a pinned clone's io-wq workers (the kernel threads that run I/O it cannot issue without blocking, e.g. on zram) run: auto (default: other at iodepth > 1, same at iodepth 1), same (the clone's CPU, the kernel's default), other (the process's other CPUs)", set: func(j *Job, v string) error {
 			switch v {
 			case "auto":

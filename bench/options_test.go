@@ -745,3 +745,28 @@ func TestInterruptReports(t *testing.T) {
 		t.Fatal("run did not stop on SIGINT")
 	}
 }
+
+// TestAIOPollAuto: aio_poll=auto (the default) spins up to 20 µs at
+// iodepth 2 to 16 and never at 1 or past 16 (issue 20: the loop device at
+// depth 8 reached fio only with the spin, depth 1 and 128 lost by it); a
+// number or 0 is taken as given at any depth; a bad value is refused.
+func TestAIOPollAuto(t *testing.T) {
+	spec, err := ParseJobText("j.fio", "[global]\nioengine=ringblk\nfilename=/tmp/x\n"+
+		"[d1]\niodepth=1\n[d2]\niodepth=2\n[d8]\niodepth=8\n[d16]\niodepth=16\n[d17]\niodepth=17\n[d128]\niodepth=128\n"+
+		"[set5]\niodepth=128\naio_poll=5\n[off]\niodepth=8\naio_poll=0\n[auto]\niodepth=8\naio_poll=auto\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]time.Duration{
+		"d1": 0, "d2": 20 * time.Microsecond, "d8": 20 * time.Microsecond, "d16": 20 * time.Microsecond,
+		"d17": 0, "d128": 0, "set5": 5 * time.Microsecond, "off": 0, "auto": 20 * time.Microsecond,
+	}
+	for _, j := range spec.Jobs {
+		if got := aioPollTime(j); got != want[j.Name] {
+			t.Errorf("job %s (iodepth %d): poll time %v, want %v", j.Name, j.IODepth, got, want[j.Name])
+		}
+	}
+	if _, err := ParseArgs([]string{"--name=x", "--ioengine=ringblk", "--filename=/tmp/x", "--aio_poll=sometimes"}); err == nil || !strings.Contains(err.Error(), "aio_poll") {
+		t.Errorf("aio_poll=sometimes: %v", err)
+	}
+}
