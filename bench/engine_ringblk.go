@@ -169,26 +169,17 @@ func (e *ringblkEnv) openImage(j *Job, format, name string) (*block.Node, error)
 			// direct=1 turns librbd's cache off, as for a file it
 			// bypasses the page cache; buffered jobs get librbd's
 			// write-back cache, as fio's rbd engine does.
-			s.Cache = rbd.CacheWriteback
-			if j.Direct {
-				s.Cache = rbd.CacheOff
-			}
+			s.Cache = chain.RBDCache(cacheOf(j))
 			n, err = rbd.NewNode(e.g, s, readOnly, block.Options{Name: name})
 		}
 	case format == "raw":
 		// O_NOATIME as fio opens its files (raw.Options.NoAtime).
-		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j), NoAtime: true}
-		if j.Direct {
-			opts.Cache = raw.CacheNone
-		}
+		opts := raw.Options{ReadOnly: readOnly, Locking: lockingOf(j), ShareRW: j.ShareRW, Fadvise: fadviseOf(j), NoAtime: true, Cache: cacheOf(j)}
 		n, err = raw.NewNode(e.g, j.Filename, opts, block.Options{Name: name})
 	case format == "qcow2":
 		// The image and its backing chain, each backing file opened with
 		// the format its overlay records (never probed), read-only.
-		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: fadviseOf(j), NoAtime: true}
-		if j.Direct {
-			co.Cache = raw.CacheNone
-		}
+		co := chain.Options{Format: "qcow2", ReadOnly: readOnly, Locking: lockingOf(j), Name: name, Fadvise: fadviseOf(j), NoAtime: true, Cache: cacheOf(j)}
 		co.ShareRW = j.ShareRW // the top file only; backing files never share writes
 		var img *chain.Image
 		if img, err = chain.Open(e.g, j.Filename, co); err == nil {
@@ -589,6 +580,16 @@ func (e *closeError) Error() string {
 }
 
 func (e *closeError) Unwrap() error { return e.err }
+
+// cacheOf is the cache mode of j's image: direct=1 is cache=none
+// (O_DIRECT for a file, librbd's cache off for RBD), buffered is
+// writeback.
+func cacheOf(j *Job) raw.Cache {
+	if j.Direct {
+		return raw.CacheNone
+	}
+	return raw.CacheWriteback
+}
 
 // AIOPollAuto is aio_poll=auto, the default: see aioPollTime.
 const AIOPollAuto time.Duration = -1
