@@ -30,6 +30,11 @@ type threadClone struct {
 	cpu    int
 	engine string
 	done   chan<- *worker
+
+	// aio_poll on the bare ring: the bound and the current window of the
+	// busy-poll before a wait, adapted as an aio Context's (aio
+	// Options.PollTime). Zero: the clone never spins.
+	pollMax, pollWindow time.Duration
 }
 
 func openJobFile(j *Job) (*os.File, error) {
@@ -128,6 +133,8 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 	w.setBuffers(bufs)
 	c := &threadClone{w: w, f: f, fs: fs, fds: fds, mem: mem, cpu: cpu, engine: w.job.IOEngine, done: done}
 	if c.engine == "io_uring" {
+		c.pollMax = aioPollTime(w.job)
+		c.pollWindow = c.pollMax
 		entries := 1 << bits.Len(uint(max(w.job.IODepth, 1)-1))
 		if c.ring, err = uring.New(entries, sqPollOptions(w.job)...); err != nil {
 			c.close()
@@ -394,6 +401,23 @@ func (c *threadClone) runRing() {
 			c.submit(batch)
 			batch = batch[:0]
 		}
+		// aio_poll: before a wait, spin on the CQ for the poll window
+		// (the batch goes first, so that the kernel has it), as the
+		// ringblk engine's Context does; a wait that would have ended
+		// inside the bound grows the window, a longer one shrinks it.
+		spun, waitFrom := false, int64(-1)
+		if c.pollMax > 0 && !paced && r.Ready() < reapMin {
+			if c.pollWindow > 0 {
+				if len(batch) > 0 {
+					c.submit(batch)
+					batch = batch[:0]
+				}
+				spun = c.spin(reapMin)
+			}
+			if !spun {
+				waitFrom = w.now()
+			}
+		}
 		// The kernel runs the deferred task work before it would sleep,
 		// so completions that finished meanwhile are posted and the call
 		// returns at once; what an earlier round left in the CQ is counted
@@ -409,6 +433,9 @@ func (c *threadClone) runRing() {
 				return
 			}
 		}
+		if waitFrom >= 0 {
+			c.adaptPoll(time.Duration(w.now() - waitFrom))
+		}
 		k := r.Reap(cqes[:take])
 		t := w.now()
 		for _, cq := range cqes[:k] {
@@ -420,6 +447,38 @@ func (c *threadClone) runRing() {
 				err = fmt.Errorf("short %s: %d of %d bytes", dirName(int(u.dir)), cq.Res, u.n)
 			}
 			w.completed(u, t, err)
+		}
+	}
+}
+
+// spin busy-polls the CQ for the current poll window until it holds n
+// CQEs and reports whether they came. Ready also has the kernel post
+// completions it holds as task work (DEFER_TASKRUN), so a spin sees them.
+func (c *threadClone) spin(n int) bool {
+	deadline := c.w.now() + int64(c.pollWindow)
+	for i := 0; ; i++ {
+		if c.ring.Ready() >= n {
+			return true
+		}
+		if i&63 == 63 && c.w.now() >= deadline {
+			return false
+		}
+	}
+}
+
+// adaptPoll adapts the poll window to a wait that lasted waited, by the
+// rule of aio's Context (QEMU's adaptive polling): a wait shorter than the
+// bound would have been caught by spinning, so the window doubles (from
+// 4 µs); a longer one halves it, and below 4 µs it closes.
+func (c *threadClone) adaptPoll(waited time.Duration) {
+	const minWindow = 4 * time.Microsecond
+	switch {
+	case waited < c.pollMax:
+		c.pollWindow = min(c.pollMax, max(minWindow, 2*c.pollWindow))
+	case c.pollWindow > 0:
+		c.pollWindow /= 2
+		if c.pollWindow < minWindow {
+			c.pollWindow = 0
 		}
 	}
 }

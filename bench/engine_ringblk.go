@@ -598,23 +598,27 @@ const AIOPollAuto time.Duration = -1
 // to 16.
 const autoPollTime = 20 * time.Microsecond
 
-// aioPollTime is the clone Context's busy-poll bound (aio
-// Options.PollTime) for j. aio_poll=auto spins up to autoPollTime at
-// iodepth 2 to 16 and not at all otherwise. At those depths the next
+// aioPollTime is the busy-poll bound before a wait for j: the ringblk
+// engine's clone Context's (aio Options.PollTime) and the io_uring engine's
+// clone loop's (threadClone.spin). aio_poll=auto spins up to autoPollTime
+// at iodepth 2 to 16 and not at all otherwise. At those depths the next
 // completion is often a few microseconds away, and a short spin catches it
 // without the sleep and wake-up (on the loop device at depth 8: 191–205k
 // IOPS at 3.6–3.8 µs of CPU per I/O against 148–155k at 3.4–3.6 without,
-// fio 187–202k at 3.9–4.1). At depth 1 the one I/O may need the clone's
-// own CPU (an io-wq worker placed there by iowq_workers=auto, the loop
-// device's worker woken beside it): spinning delayed it (zram 135k → 76k
-// IOPS). Past 16 the wait gathers a batch of completions worth more than
-// the wake-up it saves (loop device at depth 128: 407k → 335k).
-// docs/design/fast-devices.md §"SQPOLL and busy-polling: decisions".
+// fio 187–202k at 3.9–4.1; the bare ring with fio's best options 202–221k
+// against 120–158k without, fio 152–165k). At depth 1 the one I/O may need
+// the clone's own CPU (an io-wq worker placed there by iowq_workers=auto,
+// the loop device's worker woken beside it): spinning delayed it (zram
+// 135k → 76k IOPS). Past 16 the wait gathers a batch of completions worth
+// more than the wake-up it saves (loop device at depth 128: 407k → 335k).
+// With sqthread_poll a kernel thread already polls the SQ: auto adds no
+// second spinner. docs/design/fast-devices.md §"SQPOLL and busy-polling:
+// decisions".
 func aioPollTime(j *Job) time.Duration {
 	if j.AIOPoll != AIOPollAuto {
 		return j.AIOPoll
 	}
-	if j.IODepth >= 2 && j.IODepth <= 16 {
+	if j.IODepth >= 2 && j.IODepth <= 16 && !j.SQThreadPoll {
 		return autoPollTime
 	}
 	return 0

@@ -132,9 +132,10 @@ type Job struct {
 	// validation, is IODepthBatchCompleteMin. With 1 the clone refills
 	// each completion at once, so every issue happens at the full depth.
 	IODepthBatchCompleteMax int
-	// AIOPoll (aio_poll, ringblk engine): the clone Context's busy-poll
-	// bound before a sleep (aio Options.PollTime); AIOPollAuto (the
-	// default) picks it from the depth (aioPollTime).
+	// AIOPoll (aio_poll, ringblk and io_uring engines): the clone's
+	// busy-poll bound before a sleep (the ringblk engine's Context: aio
+	// Options.PollTime; the io_uring engine's loop: threadClone.spin);
+	// AIOPollAuto (the default) picks it from the depth (aioPollTime).
 	AIOPoll time.Duration
 	// IOWQWorkers (iowq_workers, ringblk and io_uring engines): where a
 	// pinned clone's io-wq workers run: "same" CPU as the clone (the
@@ -515,8 +516,17 @@ func (j *Job) validate() error {
 	}
 	switch j.IOEngine {
 	case "ringblk":
+	case "io_uring":
+		for _, o := range []string{"format", "share_rw", "locking"} {
+			if _, ok := j.set[o]; ok {
+				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
+			}
+		}
 	default:
-		for _, o := range []string{"format", "share_rw", "locking", "aio_poll"} {
+		if _, ok := j.set["aio_poll"]; ok {
+			return bad(at("aio_poll"), "aio_poll= applies to ioengine=ringblk and io_uring only (ioengine=%s)", j.IOEngine)
+		}
+		for _, o := range []string{"format", "share_rw", "locking"} {
 			if _, ok := j.set[o]; ok {
 				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
 			}

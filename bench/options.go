@@ -415,7 +415,7 @@ func init() {
 			}
 			return errors.New("want raw, qcow2 or null")
 		}},
-		"aio_poll": {help: "ringblk engine: each clone's Context busy-polls up to this long before it sleeps (aio Options.PollTime, adaptive; bare number: microseconds; 0: never); auto (default): 20us at iodepth 2 to 16, else 0", set: func(j *Job, v string) error {
+		"aio_poll": {help: "ringblk and io_uring engines: each clone busy-polls its completions up to this long before it sleeps (adaptive, as aio Options.PollTime; bare number: microseconds; 0: never); auto (default): 20us at iodepth 2 to 16 without sqthread_poll, else 0", set: func(j *Job, v string) error {
 			if strings.TrimSpace(v) == "auto" {
 				j.AIOPoll = AIOPollAuto
 				return nil

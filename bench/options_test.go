@@ -769,4 +769,20 @@ func TestAIOPollAuto(t *testing.T) {
 	if _, err := ParseArgs([]string{"--name=x", "--ioengine=ringblk", "--filename=/tmp/x", "--aio_poll=sometimes"}); err == nil || !strings.Contains(err.Error(), "aio_poll") {
 		t.Errorf("aio_poll=sometimes: %v", err)
 	}
+	// The io_uring engine takes the same option and default; with
+	// sqthread_poll auto does not spin (the kernel thread already polls).
+	spec, err = ParseJobText("u.fio", "[global]\nioengine=io_uring\nfilename=/tmp/x\n"+
+		"[u8]\niodepth=8\n[u32]\niodepth=32\n[u8sq]\niodepth=8\nsqthread_poll=1\n[u8sq5]\niodepth=8\nsqthread_poll=1\naio_poll=5\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = map[string]time.Duration{"u8": 20 * time.Microsecond, "u32": 0, "u8sq": 0, "u8sq5": 5 * time.Microsecond}
+	for _, j := range spec.Jobs {
+		if got := aioPollTime(j); got != want[j.Name] {
+			t.Errorf("io_uring job %s: poll time %v, want %v", j.Name, got, want[j.Name])
+		}
+	}
+	if _, err := ParseArgs([]string{"--name=x", "--ioengine=psync", "--filename=/tmp/x", "--aio_poll=5"}); err == nil || !strings.Contains(err.Error(), "aio_poll") {
+		t.Errorf("aio_poll with psync: %v, want refused", err)
+	}
 }
