@@ -196,21 +196,29 @@ func (c *Context) spin(head *BH) bool {
 	}
 }
 
-// adaptPoll adjusts the poll window after a sleep of length slept, as
-// QEMU's adaptive polling does: a sleep shorter than the maximum window
-// would have been caught by spinning, so the window grows; a longer one
-// means spinning would have been wasted, so it shrinks.
+// adaptPoll adjusts the poll window after a sleep of length slept
+// (NextPollWindow).
 func (c *Context) adaptPoll(slept time.Duration) {
+	c.pollWindow = NextPollWindow(c.pollWindow, c.pollMax, slept)
+}
+
+// NextPollWindow is the adaptive busy-poll rule, as QEMU's: after a wait
+// of length waited, a poll window of window bounded by bound grows when
+// the wait was shorter than the bound (spinning would have caught it:
+// doubled, opening at 4 µs) and shrinks when it was longer (spinning would
+// have been wasted: halved, closed below 4 µs). bench's bare ring uses the
+// same rule for its own spin, measuring each wait spin included.
+func NextPollWindow(window, bound, waited time.Duration) time.Duration {
 	const minWindow = 4 * time.Microsecond
 	switch {
-	case slept < c.pollMax:
-		c.pollWindow = min(c.pollMax, max(minWindow, 2*c.pollWindow))
-	case c.pollWindow > 0:
-		c.pollWindow /= 2
-		if c.pollWindow < minWindow {
-			c.pollWindow = 0
+	case waited < bound:
+		return min(bound, max(minWindow, 2*window))
+	case window > 0:
+		if window /= 2; window < minWindow {
+			return 0
 		}
 	}
+	return window
 }
 
 // notify wakes the owner if it is (about to be) asleep. Cheap when it is

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/uring"
 )
@@ -402,20 +403,20 @@ func (c *threadClone) runRing() {
 			batch = batch[:0]
 		}
 		// aio_poll: before a wait, spin on the CQ for the poll window
-		// (the batch goes first, so that the kernel has it), as the
-		// ringblk engine's Context does; a wait that would have ended
-		// inside the bound grows the window, a longer one shrinks it.
-		spun, waitFrom := false, int64(-1)
-		if c.pollMax > 0 && !paced && r.Ready() < reapMin {
-			if c.pollWindow > 0 {
+		// (the batch goes first, so that the kernel has it). The window
+		// adapts to how long each round waited for its completions,
+		// spin included, as QEMU's adaptive polling measures it: a
+		// round whose completions were there, or came within the bound,
+		// widens it; one that waited past the bound narrows it.
+		waitFrom := int64(-1)
+		if c.pollMax > 0 && !paced && reapMin > 0 {
+			waitFrom = w.now()
+			if c.pollWindow > 0 && r.Ready() < reapMin {
 				if len(batch) > 0 {
 					c.submit(batch)
 					batch = batch[:0]
 				}
-				spun = c.spin(reapMin)
-			}
-			if !spun {
-				waitFrom = w.now()
+				c.spin(reapMin)
 			}
 		}
 		// The kernel runs the deferred task work before it would sleep,
@@ -467,20 +468,9 @@ func (c *threadClone) spin(n int) bool {
 }
 
 // adaptPoll adapts the poll window to a wait that lasted waited, by the
-// rule of aio's Context (QEMU's adaptive polling): a wait shorter than the
-// bound would have been caught by spinning, so the window doubles (from
-// 4 µs); a longer one halves it, and below 4 µs it closes.
+// rule of aio's Context (aio.NextPollWindow).
 func (c *threadClone) adaptPoll(waited time.Duration) {
-	const minWindow = 4 * time.Microsecond
-	switch {
-	case waited < c.pollMax:
-		c.pollWindow = min(c.pollMax, max(minWindow, 2*c.pollWindow))
-	case c.pollWindow > 0:
-		c.pollWindow /= 2
-		if c.pollWindow < minWindow {
-			c.pollWindow = 0
-		}
-	}
+	c.pollWindow = aio.NextPollWindow(c.pollWindow, c.pollMax, waited)
 }
 
 // sleepUntil sleeps the clone's thread until t (ns of the worker clock).
