@@ -514,16 +514,8 @@ func (j *Job) validate() error {
 	if err := checkEngine(j.IOEngine); err != nil {
 		return bad(at("ioengine"), "ioengine=%s: %v", j.IOEngine, err)
 	}
-	switch j.IOEngine {
-	case "ringblk":
-	case "io_uring":
-		for _, o := range []string{"format", "share_rw", "locking"} {
-			if _, ok := j.set[o]; ok {
-				return bad(at(o), "%s= applies to ioengine=ringblk only (ioengine=%s)", o, j.IOEngine)
-			}
-		}
-	default:
-		if _, ok := j.set["aio_poll"]; ok {
+	if j.IOEngine != "ringblk" {
+		if _, ok := j.set["aio_poll"]; ok && j.IOEngine != "io_uring" {
 			return bad(at("aio_poll"), "aio_poll= applies to ioengine=ringblk and io_uring only (ioengine=%s)", j.IOEngine)
 		}
 		for _, o := range []string{"format", "share_rw", "locking"} {
