@@ -5,7 +5,18 @@ package block
 var (
 	DrainedBeginOnMain = (*Node).drainedBegin
 	DrainedEndOnMain   = (*Node).drainedEnd
+	CheckDrained       = (*Node).checkDrained
 )
+
+// RaiseFrontEndCount adds d to fe's in-flight count, as Queue.Submit does
+// for an instant before it sees a quiesce and parks the request.
+func RaiseFrontEndCount(fe *FrontEnd, d int) {
+	if d > 0 {
+		fe.inFlight.inc()
+	} else {
+		fe.inFlight.dec()
+	}
+}
 
 // TrackerLocks returns how often n's serialisation tracker took its mutex;
 // SerialGate returns its gate word (serialising requests << 32 | aligned
