@@ -48,6 +48,41 @@ type ringblkEnv struct {
 // its iothread's AioContext.
 type contextBound interface{ ContextBound() bool }
 
+// libraryThreaded is a driver whose I/O is carried by threads of the
+// library it calls rather than by its Context's ring (drivers/rbd:
+// librbd's messenger and completion threads do most of the work; the
+// Context submits and reaps). Pinning the submitting thread to one CPU
+// then only stands in the way of the scheduler placing those threads
+// (on two CPUs the pinned runs were RBD's slow tail: docs/design/rbd.md
+// §"Where the client's threads run").
+type libraryThreaded interface{ LibraryThreads() bool }
+
+// libraryThreads reports whether every leaf of every job's node is a
+// library-threaded driver (a qcow2 image in RBD counts, one with a local
+// backing file does not).
+func libraryThreads(rjs []*ringblkJob) bool {
+	var leaves func(n *block.Node) bool
+	leaves = func(n *block.Node) bool {
+		kids := n.Children()
+		if len(kids) == 0 {
+			lt, ok := n.Driver().(libraryThreaded)
+			return ok && lt.LibraryThreads()
+		}
+		for _, c := range kids {
+			if m := c.Node(); m != nil && !leaves(m) {
+				return false
+			}
+		}
+		return true
+	}
+	for _, rj := range rjs {
+		if rj.node == nil || !leaves(rj.node) {
+			return false
+		}
+	}
+	return len(rjs) > 0
+}
+
 // homeNodes moves the front end of each of rjs whose node is context-bound
 // and not yet taken by another clone to ctx (the clone's), and returns
 // the front ends it moved: stop moves them back to the main Context.

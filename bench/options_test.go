@@ -336,13 +336,13 @@ func TestPlacement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cpu, set := placement(spec.Jobs[0], 3, 7, 2); cpu != 0 || set != nil {
+	if cpu, set := placement(spec.Jobs[0], 3, 7, 2, false); cpu != 0 || set != nil {
 		t.Errorf("split: %d %v", cpu, set)
 	}
-	if cpu, set := placement(spec.Jobs[1], 1, 7, 2); cpu != -1 || len(set) != 1 || set[0] != 0 {
+	if cpu, set := placement(spec.Jobs[1], 1, 7, 2, false); cpu != -1 || len(set) != 1 || set[0] != 0 {
 		t.Errorf("shared set: %d %v", cpu, set)
 	}
-	if cpu, set := placement(spec.Jobs[2], 1, 7, 2); cpu != -1 || set != nil {
+	if cpu, set := placement(spec.Jobs[2], 1, 7, 2, false); cpu != -1 || set != nil {
 		t.Errorf("shared, no set: %d %v", cpu, set)
 	}
 	if _, err := ParseJobText("j.fio", "[j]\nfilename=/tmp/x\ncpus_allowed=0-9999\n"); err == nil || !strings.Contains(err.Error(), "j.fio:3: ") || !strings.Contains(err.Error(), "not present") {

@@ -289,7 +289,7 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 			if w.logs != nil {
 				logged = append(logged, loggedWorker{w, jr})
 			}
-			cpu, cpuSet := placement(j, k, cloneIdx, cpus)
+			cpu, cpuSet := placement(j, k, cloneIdx, cpus, rjs != nil && libraryThreads(rjs))
 			w.cpuSet = cpuSet
 			w.workerCPUs = workerCPUs(j, cpu, cpuSet, &procCPUs)
 			cloneIdx++
@@ -439,9 +439,14 @@ var iowqAffinityWorks = sync.OnceValue(func() bool {
 })
 
 // placement is where clone k of j runs: one CPU (and no set), or no CPU
-// (-1) and the set its thread may use (nil: anywhere).
-func placement(j *Job, k, cloneIdx, cpus int) (int, []int) {
+// (-1) and the set its thread may use (nil: anywhere). unpinned says the
+// clone's I/O is carried by a library's own threads (libraryThreads): with
+// neither cpus_allowed nor a policy the clone is then left to the
+// scheduler, as fio leaves every thread, instead of one clone per CPU.
+func placement(j *Job, k, cloneIdx, cpus int, unpinned bool) (int, []int) {
 	switch {
+	case j.CPUsAllowed == nil && j.CPUsPolicy == "" && unpinned:
+		return -1, nil
 	case j.CPUsAllowed == nil && j.CPUsPolicy == "":
 		return cloneIdx % cpus, nil // ringblk's default: one clone per CPU
 	case j.CPUsAllowed == nil && j.CPUsPolicy == "shared":

@@ -49,6 +49,31 @@ type conn struct {
 
 func cstr(s string) *C.char { return C.CString(s) }
 
+// get returns the connection's current value of a librados setting.
+func (c *conn) get(key string) (string, error) {
+	ck := cstr(key)
+	defer C.free(unsafe.Pointer(ck))
+	buf := make([]byte, 256)
+	if r := C.rados_conf_get(c.cluster, ck, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf))); r < 0 {
+		return "", fmt.Errorf("reading %s: %w", key, errno(r))
+	}
+	return C.GoString((*C.char)(unsafe.Pointer(&buf[0]))), nil
+}
+
+// set applies librados settings in order (rados_conf_set).
+func (c *conn) set(opts []Option) error {
+	for _, o := range opts {
+		ck, cv := cstr(o.Key), cstr(o.Value)
+		r := C.rados_conf_set(c.cluster, ck, cv)
+		C.free(unsafe.Pointer(ck))
+		C.free(unsafe.Pointer(cv))
+		if r < 0 {
+			return fmt.Errorf("setting %s=%s: %w", o.Key, o.Value, errno(r))
+		}
+	}
+	return nil
+}
+
 // connect reaches the cluster of s and opens its pool (and namespace).
 // Errors say which step failed.
 func connect(s Spec) (*conn, error) {
@@ -78,6 +103,17 @@ func connect(s Spec) (*conn, error) {
 	} else {
 		C.rados_conf_read_file(c.cluster, nil) // the default search path; none is fine
 	}
+	// Our defaults where the config file left librados' own (a setting
+	// made with rados_conf_set outranks the file whenever it is made, so
+	// only a value still at librados' default is ours to change); the
+	// name's options come after.
+	for _, o := range confDefaults {
+		if v, err := c.get(o.Key); err == nil && v == o.LibDefault {
+			if err := c.set([]Option{o.Option}); err != nil {
+				return nil, err
+			}
+		}
+	}
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = DefaultTimeout
@@ -98,14 +134,8 @@ func connect(s Spec) (*conn, error) {
 	}
 	set = append(set, s.Cache.settings()...)
 	set = append(set, s.Options...)
-	for _, o := range set {
-		ck, cv := cstr(o.Key), cstr(o.Value)
-		r := C.rados_conf_set(c.cluster, ck, cv)
-		C.free(unsafe.Pointer(ck))
-		C.free(unsafe.Pointer(cv))
-		if r < 0 {
-			return nil, fmt.Errorf("setting %s=%s: %w", o.Key, o.Value, errno(r))
-		}
+	if err := c.set(set); err != nil {
+		return nil, err
 	}
 	if r := C.rados_connect(c.cluster); r < 0 {
 		e := errno(r)

@@ -163,6 +163,11 @@ func (d *Driver) release() error {
 // that submits to it (bench does so for a clone).
 func (d *Driver) ContextBound() bool { return true }
 
+// LibraryThreads reports that librbd's own threads (its messenger and its
+// completion pool) carry the I/O; the Context only submits and reaps, so
+// bench leaves the submitting thread unpinned (bench.libraryThreaded).
+func (d *Driver) LibraryThreads() bool { return true }
+
 // Spec returns what the node was opened with.
 func (d *Driver) Spec() Spec { return d.spec }
 
