@@ -3,31 +3,22 @@ package bench
 import (
 	"testing"
 
-	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
-	"github.com/ringblk/ringblk/drivers/null"
+	"github.com/ringblk/ringblk/block/blocktest"
 )
 
-// threadedNull stands for a driver whose I/O runs on a library's own
-// threads (drivers/rbd).
-type threadedNull struct{ *null.Driver }
+// libMem stands for a driver whose I/O runs on a library's own threads
+// (drivers/rbd).
+type libMem struct{ *blocktest.Mem }
 
-func (threadedNull) LibraryThreads() bool { return true }
+func (libMem) LibraryThreads() bool { return true }
 
 // TestLibraryThreadsUnpinned: a clone whose every leaf is a
 // library-threaded driver is left unpinned by default (placement gives
 // no CPU), as fio leaves its threads; a tree with one other leaf, or a job
 // with cpus_allowed or a policy, keeps bench's usual placement.
 func TestLibraryThreadsUnpinned(t *testing.T) {
-	c, err := aio.New(aio.Options{Name: "main", Main: true, CPU: aio.NoCPU, Entries: 64, ArenaSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	g := block.NewGraph(c)
+	g := blocktest.NewEnv(t, 0).G
 	open := func(name string, d block.Driver) *block.Node {
 		n, err := g.Open(d, block.Options{Name: name})
 		if err != nil {
@@ -35,13 +26,13 @@ func TestLibraryThreadsUnpinned(t *testing.T) {
 		}
 		return n
 	}
-	lib := open("lib", threadedNull{null.New(1<<20, null.Options{})})
-	plain := open("plain", null.New(1<<20, null.Options{}))
-	over := open("over", null.New(1<<20, null.Options{}))
+	lib := open("lib", libMem{blocktest.NewMem(1 << 20)})
+	plain := open("plain", blocktest.NewMem(1<<20))
+	over := open("over", blocktest.NewMem(1<<20))
 	if _, err := g.Attach(over, lib, block.ChildSpec{Name: "file", Role: block.RoleFile}); err != nil {
 		t.Fatal(err)
 	}
-	mixed := open("mixed", null.New(1<<20, null.Options{}))
+	mixed := open("mixed", blocktest.NewMem(1<<20))
 	if _, err := g.Attach(mixed, plain, block.ChildSpec{Name: "file", Role: block.RoleFile}); err != nil {
 		t.Fatal(err)
 	}

@@ -16,10 +16,13 @@
 # qemu-img bench has no random mode: on the random rows it strides by a
 # prime number of blocks (-S bs*4099), marked "stride" in the table.
 #
-# usage: scripts/rbd-vs-fio.sh [-t SECONDS] [-r REPEATS] [-R ROWS]
+# usage: scripts/rbd-vs-fio.sh [-t SECONDS] [-r REPEATS] [-R ROWS] [-n]
 #   -t SECONDS  run time of each timed run (default 5)
 #   -r REPEATS  interleaved repetitions (default 3)
 #   -R ROWS     comma-separated row names to run (default: all)
+#   -n          noise control: fio runs a second time in each repeat and
+#               the table adds fio/fio, the ratio that the cluster's own
+#               run-to-run spread gives two identical clients
 #
 # Runs under flock /work/wt/bench.lock when that file exists (one
 # benchmark at a time on a shared machine). Needs go, fio (with the rbd
@@ -30,13 +33,15 @@ set -euo pipefail
 secs=5
 reps=3
 only=
-while getopts "t:r:R:h" opt; do
+noise=0
+while getopts "t:r:R:nh" opt; do
 	case $opt in
 	t) secs=$OPTARG ;;
 	r) reps=$OPTARG ;;
 	R) only=$OPTARG ;;
-	h) sed -n '2,27p' "$0"; exit 0 ;;
-	*) sed -n '19,22p' "$0" >&2; exit 2 ;;
+	n) noise=1 ;;
+	h) sed -n '2,30p' "$0"; exit 0 ;;
+	*) sed -n '19,25p' "$0" >&2; exit 2 ;;
 	esac
 done
 prog=rbd-vs-fio
@@ -123,7 +128,8 @@ for rep in $(seq 1 "$reps"); do
 		common=(--name="$rname" --rw="$rw" --bs="$bs" --iodepth="$qd" --runtime="$secs" --time_based
 			--norandommap --randrepeat=0 --size="$size" --output-format=json)
 		sides=(ringblk fio)
-		k=$(((rep - 1) % 2))
+		[ "$noise" = 1 ] && sides+=(fio-again)
+		k=$(((rep - 1) % ${#sides[@]}))
 		sides=("${sides[@]:k}" "${sides[@]:0:k}")
 		for side in "${sides[@]}"; do
 			if [ "$side" = ringblk ]; then
@@ -169,15 +175,17 @@ for line in open(sys.argv[1]):
     d[row][side].append((float(iops), float(cpu)))
 def med(v, i):
     return statistics.median(x[i] for x in v) if v else float("nan")
-print("| row | ringblk IOPS | fio rbd IOPS | qemu-img IOPS | ringblk/fio | ringblk/qemu-img | CPU ns/IO ringblk | fio | qemu-img |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+noise = any(d[r]["fio-again"] for r in order)
+ratio = lambda a, b: statistics.median(x[0] / y[0] for x, y in zip(a, b)) if b else float("nan")
+print("| row | ringblk IOPS | fio rbd IOPS | qemu-img IOPS | ringblk/fio | ringblk/qemu-img | CPU ns/IO ringblk | fio | qemu-img |" + (" fio/fio |" if noise else ""))
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if noise else ""))
 for row in order:
     s = d[row]
     o, f, q = (med(s[k], 0) for k in ("ringblk", "fio", "qemu-img"))
     oc, fc, qc = (med(s[k], 1) for k in ("ringblk", "fio", "qemu-img"))
     # Same-run ratios: the median of per-repeat ratios.
-    rf = statistics.median(a[0] / b[0] for a, b in zip(s["ringblk"], s["fio"])) if s["fio"] else float("nan")
-    rq = statistics.median(a[0] / b[0] for a, b in zip(s["ringblk"], s["qemu-img"])) if s["qemu-img"] else float("nan")
+    rf, rq = ratio(s["ringblk"], s["fio"]), ratio(s["ringblk"], s["qemu-img"])
     stride = " (stride)" if row.startswith("rand") and s["qemu-img"] else ""
-    print(f"| {row} | {o:.0f} | {f:.0f} | {q:.0f}{stride} | {rf:.2f} | {rq:.2f} | {oc:.0f} | {fc:.0f} | {qc:.0f} |")
+    extra = f" {ratio(s['fio-again'], s['fio']):.2f} |" if noise else ""
+    print(f"| {row} | {o:.0f} | {f:.0f} | {q:.0f}{stride} | {rf:.2f} | {rq:.2f} | {oc:.0f} | {fc:.0f} | {qc:.0f} |{extra}")
 EOF
