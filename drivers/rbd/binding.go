@@ -106,19 +106,17 @@ func connect(s Spec) (*conn, error) {
 	// Our defaults where the config file left librados' own (a setting
 	// made with rados_conf_set outranks the file whenever it is made, so
 	// only a value still at librados' default is ours to change); the
-	// name's options come after.
+	// name's options come after them in set.
+	var set []Option
 	for _, o := range confDefaults {
 		if v, err := c.get(o.Key); err == nil && v == o.LibDefault {
-			if err := c.set([]Option{o.Option}); err != nil {
-				return nil, err
-			}
+			set = append(set, o.Option)
 		}
 	}
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
-	var set []Option
 	if timeout > 0 {
 		secs := strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64)
 		// Whole seconds for the mount timeout (an integer option).
