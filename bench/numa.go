@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -163,12 +164,16 @@ func bindBuffers(j *Job, mem []byte) error {
 // scramble stamps the write's offset and a running count into the first
 // 16 bytes of every 512 bytes of buf (fio's scramble_buffers: the data of
 // two writes differs, so deduplication cannot fold them).
+//
+// Two 8-byte stores per 512 bytes, not sixteen byte stores: on a large
+// block most of those lines are cold (the buffer went through librbd's or
+// the kernel's copy an iodepth of blocks ago), and byte stores to cold
+// lines fill the store buffer and stall the thread. On 1 MiB writes to an
+// RBD image the byte loop was 10% of the process's CPU samples, twice
+// fio's scramble (docs/performance.md, session 13).
 func scramble(buf []byte, off int64, count uint64) {
 	for k := 0; k+16 <= len(buf); k += 512 {
-		o, c := uint64(off)+uint64(k), count
-		for i := 0; i < 8; i++ {
-			buf[k+i] = byte(o >> (8 * i))
-			buf[k+8+i] = byte(c >> (8 * i))
-		}
+		binary.LittleEndian.PutUint64(buf[k:k+8], uint64(off)+uint64(k))
+		binary.LittleEndian.PutUint64(buf[k+8:k+16], count)
 	}
 }
