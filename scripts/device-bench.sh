@@ -25,7 +25,9 @@
 # has no random mode: a step of 40503 blocks) of ringblk vs qemu-img bench
 # -f qcow2 -t none -i io_uring; allocating writes (a 64 KiB step into a
 # fresh image: one cluster allocation per 4 KiB write on both sides),
-# ringblk vs qemu-img bench -w.
+# ringblk vs qemu-img bench -w. (qemu-img bench reads into and writes from
+# its first buffer for every request, a cache-hot 4 KiB; ringblk gives each
+# request its own, as fio does.)
 #
 # usage: scripts/device-bench.sh [-t SECS] [-r REPEATS] [-q "1 8 32 128"]
 #          [-D "zram loop"] [-w "randread randwrite"] [-s SIZE_MB] [-m TMPFS_DIR]

@@ -14,7 +14,12 @@
 # CPU per I/O is the benchmark process's user+sys (GNU time; librbd's
 # threads included, the cluster's daemons not) divided by its I/Os.
 # qemu-img bench has no random mode: on the random rows it strides by a
-# prime number of blocks (-S bs*4099), marked "stride" in the table.
+# prime number of blocks (-S bs*4099), marked "stride" in the table. It
+# also sends every request to or from its first buffer (its callback
+# passes the first of its I/O vectors each time), which stays in the CPU
+# cache: on the 1 MiB rows its CPU per I/O is not comparable with fio's
+# or ringblk's, whose requests each have their own buffer
+# (docs/performance.md, RBD driver, session 14).
 #
 # usage: scripts/rbd-vs-fio.sh [-t SECONDS] [-r REPEATS] [-R ROWS] [-n]
 #   -t SECONDS  run time of each timed run (default 5)
