@@ -15,7 +15,7 @@ import (
 // it waits for most rounds. Before the io_uring engine had the spin,
 // aio_poll= was refused for it.
 //
-// At iodepth=1, so that the test does not hang on how fast the device is
+// At iodepth=1, so that the test does not depend on how fast the device is
 // against the loop: with one I/O in flight, each round's enter submits it
 // and must wait, unless a spin saw it complete first. At iodepth=4 the
 // clone found its completions already posted whenever its own loop was
