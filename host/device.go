@@ -175,11 +175,17 @@ func findRaw(g *block.Graph, n *block.Node) (rd *raw.Driver) {
 				rd = r
 				return
 			}
+			// The primary child: a job's filter also has the job's
+			// target as a child, which is not its file.
 			var next *block.Node
-			for _, c := range n.Children() {
-				if c.Role() != block.RoleBacking {
-					next = c.Node()
-					break
+			if c := n.Child(block.RolePrimary); c != nil {
+				next = c.Node()
+			} else {
+				for _, c := range n.Children() {
+					if c.Role() != block.RoleBacking {
+						next = c.Node()
+						break
+					}
 				}
 			}
 			n = next

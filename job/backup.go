@@ -65,7 +65,6 @@ type BackupOptions struct {
 // means the point-in-time data is already on the target.
 type blockCopy struct {
 	g       *block.Graph
-	tgt     *block.Child
 	cp      *bitmap.Bitmap
 	locks   ranges
 	size    int64
@@ -85,7 +84,7 @@ func (bc *blockCopy) needsCopy(off, n int64) bool {
 // target, then lets r through. A failed copy fails the guest write (QEMU's
 // on-cbw-error=break-guest-write): the point-in-time image must not lose
 // data silently.
-func (bc *blockCopy) copyBeforeWrite(co *aio.Co, c *block.Child, r *block.Request) error {
+func (bc *blockCopy) copyBeforeWrite(co *aio.Co, c, tgt *block.Child, r *block.Request) error {
 	lo := r.Off &^ (bc.cluster - 1)
 	hi := min((r.Off+r.Len+bc.cluster-1)&^(bc.cluster-1), bc.size)
 	id := bc.locks.lock(co, lo, max(hi, lo+1))
@@ -103,7 +102,7 @@ func (bc *blockCopy) copyBeforeWrite(co *aio.Co, c *block.Child, r *block.Reques
 		if err := coIO(co, bc.g, c, block.OpRead, s, buf[:n], 0); err != nil {
 			return err
 		}
-		if err := coIO(co, bc.g, bc.tgt, block.OpWrite, s, buf[:n], 0); err != nil {
+		if err := coIO(co, bc.g, tgt, block.OpWrite, s, buf[:n], 0); err != nil {
 			return err
 		}
 		bc.cp.ResetRange(s, n)
@@ -200,7 +199,7 @@ func (b *Backup) setup(m *Manager) (*Job, error) {
 	if b.tgt, err = j.AddNode(o.Target, "target"); err != nil {
 		return fail(err)
 	}
-	b.bc = &blockCopy{g: m.g, tgt: b.tgt, size: ss, cluster: o.ClusterSize}
+	b.bc = &blockCopy{g: m.g, size: ss, cluster: o.ClusterSize}
 	if b.bc.cp, err = bitmap.New("#backup-copy-"+o.ID, ss, o.ClusterSize); err != nil {
 		return fail(err)
 	}
@@ -267,7 +266,7 @@ func (b *Backup) freeze(m *Manager) error {
 	}
 	b.f = &filter{cbw: b.bc}
 	var err error
-	if b.fn, err = insertFilter(m.g, o.Source, b.f, "#backup-cbw-"+o.ID); err != nil {
+	if b.fn, err = insertFilter(m.g, o.Source, b.f, "#backup-cbw-"+o.ID, o.Target); err != nil {
 		return err
 	}
 	if o.Sync == BackupNone {

@@ -21,9 +21,17 @@ import (
 //   - active: write-blocking mirror — the write goes to the source and
 //     then to the target before it completes (mirror, copy-mode
 //     write-blocking).
+//
+// A filter that writes the job's target (cbw, active) does so through an
+// edge of its own to the target, not the job's: it is then a parent of the
+// target, so a drained section of the target quiesces the filter and the
+// guest's front ends above it, and waits for their writes (D3). Through
+// the job's edge the guest's writes reached a drained target: draining it
+// pauses the job, which says nothing of requests the guest drives.
 type filter struct {
 	block.DriverBase
 	edge   atomic.Pointer[block.Child]
+	target atomic.Pointer[block.Child] // the job's target, for cbw and active
 	locks  *ranges
 	ud     unlockDone // the Done of lock-holding forwards (no allocation)
 	cbw    *blockCopy
@@ -95,11 +103,13 @@ func (f *filter) modify(r *block.Request) {
 		return
 	}
 	if bc := f.cbw; bc != nil && bc.needsCopy(r.Off, r.Len) {
-		r.Context().Go(func(co *aio.Co) { r.Complete(bc.copyBeforeWrite(co, c, r)) })
+		tc := f.target.Load()
+		r.Context().Go(func(co *aio.Co) { r.Complete(bc.copyBeforeWrite(co, c, tc, r)) })
 		return
 	}
 	if m := f.active.Load(); m != nil && r.Op != block.OpDiscard && r.Op != block.OpWriteCompressed {
-		r.Context().Go(func(co *aio.Co) { r.Complete(m.activeWrite(co, c, r)) })
+		tc := f.target.Load()
+		r.Context().Go(func(co *aio.Co) { r.Complete(m.activeWrite(co, c, tc, r)) })
 		return
 	}
 	if l := f.locks; l != nil {
@@ -163,8 +173,10 @@ func coIO(co *aio.Co, g *block.Graph, c *block.Child, op block.Op, off int64, bu
 }
 
 // insertFilter opens f as a node named name above n and points every
-// parent of n (not jobs) at it. Main Context.
-func insertFilter(g *block.Graph, n *block.Node, f *filter, name string) (*block.Node, error) {
+// parent of n (not jobs) at it. A non-nil target becomes the filter's
+// second child, "target" (the edge its cbw and active writes use). Main
+// Context.
+func insertFilter(g *block.Graph, n *block.Node, f *filter, name string, target *block.Node) (*block.Node, error) {
 	fn, err := g.Open(f, block.Options{Name: name, Context: n.Context()})
 	if err != nil {
 		return nil, err
@@ -175,6 +187,14 @@ func insertFilter(g *block.Graph, n *block.Node, f *filter, name string) (*block
 		return nil, err
 	}
 	f.edge.Store(c)
+	if target != nil {
+		tc, err := g.Attach(fn, target, block.ChildSpec{Name: "target"})
+		if err != nil {
+			fn.Unref()
+			return nil, err
+		}
+		f.target.Store(tc)
+	}
 	if err := g.ReplaceNode(n, fn); err != nil {
 		fn.Unref()
 		return nil, err

@@ -186,7 +186,11 @@ func (mi *Mirror) setup(m *Manager) (*Job, error) {
 	}
 	mi.f = &filter{}
 	o.Source.DrainedBegin()
-	mi.fn, err = insertFilter(m.g, o.Source, mi.f, "#"+mi.typ+"-top-"+o.ID)
+	var ftgt *block.Node // the filter writes the target in write-blocking mode
+	if o.CopyMode == WriteBlocking {
+		ftgt = o.Target
+	}
+	mi.fn, err = insertFilter(m.g, o.Source, mi.f, "#"+mi.typ+"-top-"+o.ID, ftgt)
 	if err == nil {
 		if err = mi.fn.AttachBitmap(mi.bm); err == nil && o.CopyMode == WriteBlocking {
 			mi.f.active.Store(mi)
@@ -424,11 +428,11 @@ func (mi *Mirror) release(failed bool) {
 
 // activeWrite is a guest write in write-blocking mode, in a coroutine of
 // the request's Context: it holds the chunks it touches against the
-// background copy, writes the source, then the target, and clears the
-// chunks it touches. The bitmap does not track in this mode: a failed
-// target write marks the range for the background copy (the guest write
-// still succeeds).
-func (mi *Mirror) activeWrite(co *aio.Co, c *block.Child, r *block.Request) error {
+// background copy, writes the source, then the target (through tgt, the
+// filter's own edge: see filter), and clears the chunks it touches. The
+// bitmap does not track in this mode: a failed target write marks the
+// range for the background copy (the guest write still succeeds).
+func (mi *Mirror) activeWrite(co *aio.Co, c, tgt *block.Child, r *block.Request) error {
 	g := mi.o.Granularity
 	lo, hi := r.Off&^(g-1), min((r.Off+r.Len+g-1)&^(g-1), mi.size)
 	id := mi.locks.lock(co, lo, max(hi, lo+1))
@@ -440,7 +444,7 @@ func (mi *Mirror) activeWrite(co *aio.Co, c *block.Child, r *block.Request) erro
 	w := &coWait{co: co}
 	s := r.Sub()
 	s.Op, s.Flags, s.Off, s.Len, s.Iov = r.Op, r.Flags, r.Off, r.Len, r.Iov
-	mi.tgt.Submit(s, w)
+	tgt.Submit(s, w)
 	if w.wait() != nil {
 		mi.bm.SetRange(r.Off, r.Len)
 	}

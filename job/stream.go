@@ -128,7 +128,7 @@ func (s *Stream) setup(m *Manager) (*Job, error) {
 		s.layers = append(s.layers, c)
 	}
 	s.f = newLockingFilter(&s.locks)
-	if s.fn, err = insertFilter(m.g, o.Top, s.f, "#stream-top-"+o.ID); err != nil {
+	if s.fn, err = insertFilter(m.g, o.Top, s.f, "#stream-top-"+o.ID, nil); err != nil {
 		return fail(err)
 	}
 	s.d = backingDiff{top: s.top, above: s.layers, aboveSizes: sizes, inChain: true, old: make([]byte, o.Chunk)}
