@@ -27,7 +27,8 @@ import (
 // target, so a drained section of the target quiesces the filter and the
 // guest's front ends above it, and waits for their writes (D3). Through
 // the job's edge the guest's writes reached a drained target: draining it
-// pauses the job, which says nothing of requests the guest drives.
+// pauses the job, which says nothing of requests the guest drives
+// (docs/spec/drain.md, bug class 31).
 type filter struct {
 	block.DriverBase
 	edge   atomic.Pointer[block.Child]
