@@ -2,7 +2,6 @@ package job_test
 
 import (
 	"bytes"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,19 +9,6 @@ import (
 	"github.com/ringblk/ringblk/block/blocktest"
 	"github.com/ringblk/ringblk/job"
 )
-
-// oneDone records the completion of one request.
-type oneDone struct {
-	done atomic.Bool
-	err  atomic.Value
-}
-
-func (d *oneDone) RequestDone(_ *block.Request, err error) {
-	if err != nil {
-		d.err.Store(err)
-	}
-	d.done.Store(true)
-}
 
 // TestFilterTargetWriteWaitsForDrainedEnd: [JOB][DRAIN] D3 for a job's
 // target: a guest write that the job's filter passes on to the target (a
@@ -67,12 +53,12 @@ func TestFilterTargetWriteWaitsForDrainedEnd(t *testing.T) {
 
 			const off = size - 64<<10 // the backup copies from the start: this cluster is not copied yet
 			buf := bytes.Repeat([]byte{0xa5}, 4096)
-			var d oneDone
+			d := blocktest.NewResult()
 			tgt.DrainedBegin()
 			before := tgtMem.Snapshot()
-			e.On(e.IO[0], func() { fe.Queue(e.IO[0]).Write(buf, off, 0, &d, 0) })
+			e.On(e.IO[0], func() { fe.Queue(e.IO[0]).Write(buf, off, 0, d, 0) })
 			time.Sleep(50 * time.Millisecond)
-			if d.done.Load() {
+			if d.Finished() {
 				t.Errorf("the guest write completed while the target was drained")
 			}
 			if !bytes.Equal(tgtMem.Snapshot(), before) {
@@ -82,9 +68,9 @@ func TestFilterTargetWriteWaitsForDrainedEnd(t *testing.T) {
 				t.Errorf("%d requests in flight on the drained target", n)
 			}
 			tgt.DrainedEnd()
-			e.WaitFor("guest write", d.done.Load)
-			if err, _ := d.err.Load().(error); err != nil {
-				t.Fatal(err)
+			d.Wait(e)
+			if d.Err != nil {
+				t.Fatal(d.Err)
 			}
 			want := buf
 			if kind == "backup" {
