@@ -580,12 +580,16 @@ func (j *Job) validate() error {
 	if j.Verify != VerifyNone && j.RW.Writes() && j.RW.Reads() {
 		return bad(at("verify"), "verify with a mixed pattern (rw=%s) is not supported: use a write job, then a read job with verify", j.RW)
 	}
+	if j.VerifyOnly && !j.RW.Writes() {
+		// As in fio, only a workload that writes has anything to replay: on
+		// a read pattern verify_only changes nothing, and the job reads (and
+		// checks its blocks where verify= is set) as it would without it.
+		j.VerifyOnly = false
+	}
 	if j.VerifyOnly {
 		switch {
 		case j.Verify == VerifyNone:
 			return bad(at("verify_only"), "verify_only needs verify=")
-		case !j.RW.Writes():
-			return bad(at("verify_only"), "verify_only replays a write workload: rw=%s does not write", j.RW)
 		case j.TimeBased:
 			return bad(at("verify_only"), "verify_only does not support time_based (as in fio)")
 		case !j.DoVerify:

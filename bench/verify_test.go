@@ -260,13 +260,27 @@ func TestVerifyOnlyOptions(t *testing.T) {
 		want string
 	}{
 		{[]string{"--rw=write"}, "verify_only needs verify="},
-		{[]string{"--rw=read", "--verify=md5"}, "rw=read does not write"},
 		{[]string{"--rw=write", "--verify=md5", "--time_based", "--runtime=1"}, "does not support time_based"},
 		{[]string{"--rw=write", "--verify=sha512"}, "verify=sha512 is a fio method that ringblk bench does not implement"},
 	} {
 		_, err := ParseArgs(append([]string{"--name=x", "--filename=/var/tmp/none", "--size=64k", "--verify_only=1"}, c.args...))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: err %v, want %q", c.args, err, c.want)
+		}
+	}
+}
+
+// TestVerifyOnlyOnReads: as in fio, verify_only on a pattern that does
+// not write has nothing to replay and is ignored: the job reads, and
+// checks its blocks where verify= is set.
+func TestVerifyOnlyOnReads(t *testing.T) {
+	for _, args := range [][]string{{"--rw=read", "--verify=md5"}, {"--rw=randread"}} {
+		cfg, err := ParseArgs(append([]string{"--name=x", "--filename=/var/tmp/none", "--size=64k", "--verify_only=1"}, args...))
+		if err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		if jobs := cfg.Spec.Jobs; len(jobs) != 1 || jobs[0].VerifyOnly {
+			t.Errorf("%v: %d jobs, verify_only left set: the read job would generate blocks instead of reading", args, len(jobs))
 		}
 	}
 }
