@@ -34,7 +34,19 @@ type Config struct {
 var commandFlags = map[string]bool{ // flag → takes a value
 	"output": true, "output-format": true, "eta": true, "compare": false, "repeats": true,
 	"compare-with": true, "help": false, "h": false, "version": false, "show-commands": false,
-	"cpuprofile": true,
+	"cpuprofile": true, "minimal": false,
+}
+
+// fioOnlyFlags are fio's command flags (not job options) that bench does
+// not implement: named as such, instead of "unknown option".
+var fioOnlyFlags = map[string]bool{
+	"status-interval": true, "eta-newline": true, "eta-interval": true, "section": true,
+	"readonly": true, "parse-only": true, "warnings-fatal": true, "max-jobs": true,
+	"alloc-size": true, "server": true, "client": true, "daemonize": true, "debug": true,
+	"bandwidth-log": true, "append-terse": true, "terse-version": true, "idle-prof": true,
+	"inflate-log": true, "trigger-file": true, "trigger-timeout": true, "trigger": true,
+	"trigger-remote": true, "aux-path": true, "crctest": true, "cpuclock-test": true,
+	"showcmd": true, "enghelp": true, "cmdhelp": true, "merge-blktrace-only": true,
 }
 
 // ParseArgs reads ringblk bench's command line: command flags, fio job
@@ -52,6 +64,9 @@ func ParseArgs(args []string) (*Config, error) {
 			continue
 		}
 		key, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if fioOnlyFlags[key] {
+			return nil, fmt.Errorf("--%s is a fio command flag that ringblk bench does not implement", key)
+		}
 		if takes, ok := commandFlags[key]; ok {
 			if takes && !hasVal {
 				if i+1 >= len(args) {
@@ -120,6 +135,8 @@ func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 		return errVersion
 	case "output":
 		cfg.Output = val
+	case "minimal":
+		cfg.Format = "terse" // fio's --minimal: the terse format
 	case "output-format":
 		switch val {
 		case "normal", "json", "json+", "terse":
@@ -176,7 +193,9 @@ drives the block layer.
 Command flags:
   --output=FILE           write the report to FILE instead of stdout
   --output-format=FMT     normal (fio's human report), json (fio 3.33's JSON)
-                          or json+ (the JSON with latency histogram bins)
+                          json+ (the JSON with latency histogram bins) or
+                          terse (fio's semicolon-separated version 3 lines)
+  --minimal               --output-format=terse
   --eta=WHEN              live status line: auto (when stdout is a terminal),
                           always (on stderr when stdout is not a terminal), never
   --compare               run the job with ringblk and, where installed, fio

@@ -686,7 +686,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		cgroup cgroup_weight cgroup_nodelete uid gid rate_ignore_thinktime trim_verify_zero
 		continue_on_error pre_read size_increment io_submit_mode verifysort verifysort_nr
 		ioengine_options hugepage-size clat_percentiles
-		bwavgtime exitall_on_error create_serialize kb_base`) {
+		bwavgtime exitall_on_error create_serialize kb_base unified_rw_reporting`) {
 		m[n] = struct{}{}
 	}
 	return m

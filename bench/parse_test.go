@@ -153,11 +153,24 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--name=x", "--filename=/tmp/x", "--size=1z"}, `command line: size=1z: bad size suffix`},
 		{[]string{"--output-format=csv", "--name=x", "--filename=/tmp/x"}, "want normal, json, json+ or terse"},
 		{[]string{"--rw=read"}, "no jobs defined"},
+		{[]string{"--status-interval=1", "--name=x", "--filename=/tmp/x"}, "--status-interval is a fio command flag that ringblk bench does not implement"},
+		{[]string{"--name=x", "--filename=/tmp/x", "--unified_rw_reporting=1"}, `option "unified_rw_reporting" is a fio option that ringblk bench does not implement`},
 	} {
 		_, err := ParseArgs(c.args)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: error %v, want %q", c.args, err, c.want)
 		}
+	}
+}
+
+// TestMinimalIsTerse: fio's --minimal selects the terse format.
+func TestMinimalIsTerse(t *testing.T) {
+	cfg, err := ParseArgs([]string{"--minimal", "--name=x", "--filename=/tmp/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Format != "terse" {
+		t.Fatalf("format %q, want terse", cfg.Format)
 	}
 }
 
