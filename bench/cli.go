@@ -41,7 +41,7 @@ var commandFlags = map[string]bool{ // flag → takes a value
 // not implement: named as such, instead of "unknown option".
 var fioOnlyFlags = map[string]bool{
 	"status-interval": true, "eta-newline": true, "eta-interval": true, "section": true,
-	"readonly": true, "parse-only": true, "warnings-fatal": true, "max-jobs": true,
+	"parse-only": true, "warnings-fatal": true, "max-jobs": true,
 	"alloc-size": true, "server": true, "client": true, "daemonize": true, "debug": true,
 	"bandwidth-log": true, "append-terse": true, "terse-version": true, "idle-prof": true,
 	"inflate-log": true, "trigger-file": true, "trigger-timeout": true, "trigger": true,

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 )
 
@@ -159,5 +160,50 @@ func TestSeveralFilesMatchFio(t *testing.T) {
 				t.Errorf("JSON keys only ours %v, only fio %v", a, b)
 			}
 		})
+	}
+}
+
+// TestReadOnlyGuard: fio's --readonly refuses a job that writes (also
+// from a job file, as an override) and never lays a file out: a missing
+// or short file fails the job and keeps its bytes and size; a read job
+// of a file long enough runs.
+func TestReadOnlyGuard(t *testing.T) {
+	dir := benchDir(t)
+	short := filepath.Join(dir, "short")
+	if err := os.WriteFile(short, bytes.Repeat([]byte{7}, 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	job := filepath.Join(dir, "w.fio")
+	if err := os.WriteFile(job, []byte("[w]\nfilename="+short+"\nsize=64k\nrw=randwrite\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--readonly", "--name=w", "--filename=" + short, "--size=64k", "--rw=write"},
+		{"--readonly", job},
+	} {
+		if _, err := ParseArgs(args); err == nil || !strings.Contains(err.Error(), "writes, but readonly is set") {
+			t.Errorf("%v: err %v, want the write refused", args, err)
+		}
+	}
+	for _, eng := range []string{"psync", "ringblk"} {
+		for _, f := range []string{short, filepath.Join(dir, "missing")} {
+			var out, errb strings.Builder
+			code := Main([]string{"--readonly", "--name=r", "--filename=" + f, "--size=128k", "--rw=read", "--ioengine=" + eng}, &out, &errb)
+			if code != 1 || !strings.Contains(errb.String(), "refusing to extend") {
+				t.Errorf("%s %s: exit %d, stderr %q; want the layout refused", eng, f, code, errb.String())
+			}
+		}
+		if st, err := os.Stat(short); err != nil || st.Size() != 64<<10 {
+			t.Fatalf("%s: the short file changed: %v %v", eng, st, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "missing")); !os.IsNotExist(err) {
+			t.Fatalf("%s: the missing file was created (%v)", eng, err)
+		}
+		res := mustRun(t, mustParse(t, "--readonly", "--name=r", "--filename="+short, "--size=64k", "--rw=randread", "--ioengine="+eng))
+		for _, x := range entries(res) {
+			if x.err != nil || x.dirs[DirRead].bytes != 64<<10 {
+				t.Errorf("%s: read %d bytes, err %v", eng, x.dirs[DirRead].bytes, x.err)
+			}
+		}
 	}
 }

@@ -168,6 +168,10 @@ type Job struct {
 	// (QEMU's share-rw=on), Locking "off" takes no lock at all.
 	ShareRW bool
 	Locking string // "auto" (default), "on", "off"
+	// ReadOnly is fio's readonly guard (--readonly before the first
+	// --name applies it to every job): a job that writes is refused, and
+	// a file shorter than the job's region is not laid out.
+	ReadOnly bool
 	// FadviseHint is fio's fadvise_hint: "1" (default: random for random
 	// patterns, sequential otherwise), "0", "random" or "sequential",
 	// given for each file a job opens.
@@ -579,6 +583,9 @@ func (j *Job) validate() error {
 	}
 	if j.Verify != VerifyNone && j.RW.Writes() && j.RW.Reads() {
 		return bad(at("verify"), "verify with a mixed pattern (rw=%s) is not supported: use a write job, then a read job with verify", j.RW)
+	}
+	if j.ReadOnly && j.RW.Writes() {
+		return bad(at("readonly"), "rw=%s writes, but readonly is set", j.RW)
 	}
 	if j.VerifyOnly && !j.RW.Writes() {
 		// As in fio, only a workload that writes has anything to replay: on

@@ -433,6 +433,7 @@ func init() {
 			}
 			return nil
 		}},
+		"readonly": {bool: true, help: "safety guard: refuse a job that writes and never extend a file (fio's --readonly)", set: boolSetter(func(j *Job, b bool) { j.ReadOnly = b })},
 		"share_rw": {bool: true, help: "ringblk engine: let other processes write the image during the job (QEMU's share-rw=on; default 0: refuse an image in use, as ringblk io does)", set: boolSetter(func(j *Job, b bool) { j.ShareRW = b })},
 		"locking": {help: "ringblk engine: QEMU-compatible image locks: auto (default), on, off", set: func(j *Job, v string) error {
 			switch v {
@@ -677,7 +678,7 @@ var fioOnlyOptions = func() map[string]struct{} {
 		latency_run max_latency
 		serialize_overlap io_submit_mode numa_cpu_nodes numa_mem_policy stats flow flow_id flow_watermark
 		flow_sleep offset_increment offset_align uri allow_file_create allow_mounted_write fill_device
-		fill_fs readonly replay_no_stall replay_redirect replay_align replay_scale read_iolog write_iolog
+		fill_fs replay_no_stall replay_redirect replay_align replay_scale read_iolog write_iolog
 		iolog exec_prerun exec_postrun ioscheduler disk_util bwavgtime iopsavgtime log_offset log_compression
 		log_store_compressed log_unix_epoch log_alternate_epoch log_max_value block_error_percentiles
 		significant_figures thread_cpu per_job_logs skip_bad zone_reset_threshold zone_reset_frequency

@@ -575,6 +575,9 @@ func prepareFile(j *Job, log io.Writer) (off, n int64, err error) {
 		}
 		return regionOf(j, size)
 	}
+	if size < want && j.ReadOnly {
+		return 0, 0, fmt.Errorf("job %q: readonly: %s is %d bytes and the job needs %d; refusing to extend it", j.Name, j.Filename, size, want)
+	}
 	if size < want {
 		fmt.Fprintf(log, "%s: Laying out IO file (1 file / %dMiB)\n", j.Name, want>>20)
 		if err := layOut(j, size, want); err != nil {
