@@ -28,19 +28,20 @@ type Config struct {
 	CommandLine  []Option // job options given as flags
 	KeepFiles    bool
 	ShowCommands bool
-	CPUProfile   string // --cpuprofile: write a pprof CPU profile of the run there
+	CPUProfile   string   // --cpuprofile: write a pprof CPU profile of the run there
+	Sections     []string // --section (repeatable): run only the jobs of these names, as fio
 }
 
 var commandFlags = map[string]bool{ // flag → takes a value
 	"output": true, "output-format": true, "eta": true, "compare": false, "repeats": true,
 	"compare-with": true, "help": false, "h": false, "version": false, "show-commands": false,
-	"cpuprofile": true, "minimal": false,
+	"cpuprofile": true, "minimal": false, "section": true,
 }
 
 // fioOnlyFlags are fio's command flags (not job options) that bench does
 // not implement: named as such, instead of "unknown option".
 var fioOnlyFlags = map[string]bool{
-	"status-interval": true, "eta-newline": true, "eta-interval": true, "section": true,
+	"status-interval": true, "eta-newline": true, "eta-interval": true,
 	"parse-only": true, "warnings-fatal": true, "max-jobs": true,
 	"alloc-size": true, "server": true, "client": true, "daemonize": true, "debug": true,
 	"bandwidth-log": true, "append-terse": true, "terse-version": true, "idle-prof": true,
@@ -99,6 +100,12 @@ func ParseArgs(args []string) (*Config, error) {
 		}
 		cfg.CommandLine = append(cfg.CommandLine, o)
 	}
+	if len(cfg.Sections) > 0 {
+		src.sections = map[string]bool{}
+		for _, n := range cfg.Sections {
+			src.sections[n] = true
+		}
+	}
 	for _, f := range cfg.JobFiles {
 		if err := readJobFile(f, src); err != nil {
 			return nil, err
@@ -135,6 +142,14 @@ func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 		return errVersion
 	case "output":
 		cfg.Output = val
+	case "section":
+		if val == "global" {
+			return errors.New("--section=global: [global] is not a job")
+		}
+		if val == "" {
+			return errors.New("--section needs a job name")
+		}
+		cfg.Sections = append(cfg.Sections, val)
 	case "minimal":
 		cfg.Format = "terse" // fio's --minimal: the terse format
 	case "output-format":
@@ -196,6 +211,7 @@ Command flags:
                           json+ (the JSON with latency histogram bins) or
                           terse (fio's semicolon-separated version 3 lines)
   --minimal               --output-format=terse
+  --section=NAME          run only the job NAME (repeatable), as fio
   --eta=WHEN              live status line: auto (when stdout is a terminal),
                           always (on stderr when stdout is not a terminal), never
   --compare               run the job with ringblk and, where installed, fio

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -27,6 +29,7 @@ type jobSource struct {
 	globals    []Option // [global] options in effect so far
 	allGlobals []Option // every [global] option, for the JSON "global options"
 	jobs       []*pendingJob
+	sections   map[string]bool // fio's --section: only these jobs run (nil: all)
 }
 
 type pendingJob struct {
@@ -326,7 +329,12 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 			firstErr = err
 		}
 	}
+	picked := 0
 	for _, p := range s.jobs {
+		if s.sections != nil && !s.sections[p.sec.name] {
+			continue
+		}
+		picked++
 		j := newJob(p.sec.name, p.sec.loc)
 		for _, o := range p.globals {
 			apply(j, o, false)
@@ -369,6 +377,9 @@ func (s *jobSource) build(overrides []Option) (*Spec, error) {
 	}
 	if firstErr != nil {
 		return nil, firstErr
+	}
+	if picked == 0 {
+		return nil, fmt.Errorf("no jobs defined: no job is named by --section (%s)", strings.Join(slices.Sorted(maps.Keys(s.sections)), ", "))
 	}
 	return spec, nil
 }

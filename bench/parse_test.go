@@ -204,3 +204,38 @@ func TestNum2str(t *testing.T) {
 		}
 	}
 }
+
+// TestSection: fio's --section runs only the named jobs (repeatable), in
+// the file's order; a name that matches no job and [global] are errors.
+func TestSection(t *testing.T) {
+	dir := t.TempDir()
+	job := filepath.Join(dir, "s.fio")
+	if err := os.WriteFile(job, []byte("[global]\nfilename=/tmp/x\nsize=64k\n[a]\nrw=read\n[b]\nrw=randread\nstonewall\n[c]\nrw=write\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string // job names, or the error
+	}{
+		{[]string{"--section=b", job}, "b"},
+		{[]string{"--section=c", "--section", "a", job}, "a c"},
+		{[]string{job}, "a b c"},
+		{[]string{"--section=zz", job}, "no job is named by --section (zz)"},
+		{[]string{"--section=global", job}, "[global] is not a job"},
+	} {
+		cfg, err := ParseArgs(c.args)
+		var got string
+		if err != nil {
+			got = err.Error()
+		} else {
+			var names []string
+			for _, j := range cfg.Spec.Jobs {
+				names = append(names, j.Name)
+			}
+			got = strings.Join(names, " ")
+		}
+		if err != nil && !strings.Contains(got, c.want) || err == nil && got != c.want {
+			t.Errorf("%v: got %q, want %q", c.args[:len(c.args)-1], got, c.want)
+		}
+	}
+}
