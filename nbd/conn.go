@@ -466,7 +466,7 @@ func (c *conn) handle(r request) {
 		return
 	}
 	if nbdErr != 0 {
-		c.replySimple(sl, nbdErr)
+		c.replyRefused(sl, nbdErr)
 		return
 	}
 	off, n := int64(r.off), int64(r.length)
@@ -606,6 +606,19 @@ func (sl *slot) simpleHeader(nbdErr uint32) {
 	binary.BigEndian.PutUint32(h[4:], nbdErr)
 	binary.BigEndian.PutUint64(h[8:], sl.req.cookie)
 	sl.add(h)
+}
+
+// replyRefused answers a request refused before it started. On a
+// structured connection a READ must not get a simple reply, even for an
+// early EINVAL (the protocol forbids it, and QEMU's client drops the
+// connection on one), and BLOCK_STATUS answers its refusals the way it
+// answers its failures: one error chunk. Other commands get a simple reply.
+func (c *conn) replyRefused(sl *slot, nbdErr uint32) {
+	if c.structured && (sl.req.cmd == nbdproto.CmdRead || sl.req.cmd == nbdproto.CmdBlockStatus) {
+		c.replyError(sl, nbdErr)
+		return
+	}
+	c.replySimple(sl, nbdErr)
 }
 
 // replyError answers with one structured error chunk.

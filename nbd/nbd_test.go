@@ -367,3 +367,48 @@ func TestDisconnectMidRequest(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestStructuredReadErrorsAreChunks: once structured replies are
+// negotiated, a READ must never get a simple reply, not even when the
+// request itself is refused (out of range, too long, bad flags): the
+// protocol says so, and QEMU's client takes a simple reply to a read as a
+// protocol error and drops the connection. Each refusal is one error
+// chunk flagged DONE, and the stream stays usable.
+func TestStructuredReadErrorsAreChunks(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	cl := dial(t, e.sock, "", true)
+	cases := []struct {
+		name  string
+		flags uint16
+		off   uint64
+		n     uint32
+		want  uint32
+	}{
+		{"past the end", 0, testSize - 512, 1024, nbdproto.ErrInval},
+		{"offset beyond the end", 0, testSize + 4096, 0, nbdproto.ErrInval},
+		{"longer than the maximum payload", 0, 0, MaxPayload + 1, nbdproto.ErrOverflow},
+		{"NO_HOLE flag", nbdproto.CmdFlagNoHole, 0, 512, nbdproto.ErrInval},
+		{"unknown flag", 1 << 9, 0, 512, nbdproto.ErrInval},
+	}
+	for i, c := range cases {
+		cookie := uint64(10 + i)
+		cl.send(nbdproto.CmdRead, c.flags, cookie, c.off, c.n, nil)
+		ch := cl.readChunk()
+		if ch.simple {
+			t.Fatalf("%s: simple reply (error %d) to a READ on a structured connection", c.name, ch.err)
+		}
+		if ch.cookie != cookie || ch.typ != nbdproto.ChunkError || ch.flags&nbdproto.ChunkDone == 0 || ch.err != c.want {
+			t.Fatalf("%s: chunk cookie %d type %d flags %#x error %d, want an error chunk with DONE and error %d",
+				c.name, ch.cookie, ch.typ, ch.flags, ch.err, c.want)
+		}
+	}
+	if _, types, errv := cl.read(99, 0, 512, 0); errv != 0 || len(types) != 1 || types[0] != nbdproto.ChunkOffsetData {
+		t.Fatalf("read after the refusals: error %d chunks %v", errv, types)
+	}
+	// Without structured replies the same refusal is a simple reply.
+	plain := dial(t, e.sock, "", false)
+	plain.send(nbdproto.CmdRead, 0, 7, testSize, 1, nil)
+	if ch := plain.readChunk(); !ch.simple || ch.err != nbdproto.ErrInval {
+		t.Fatalf("refused read without structured replies: simple %v error %d", ch.simple, ch.err)
+	}
+}
