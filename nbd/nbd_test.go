@@ -412,3 +412,45 @@ func TestStructuredReadErrorsAreChunks(t *testing.T) {
 		t.Fatalf("refused read without structured replies: simple %v error %d", ch.simple, ch.err)
 	}
 }
+
+// TestFailedSetMetaContextClearsSelection: NBD_OPT_SET_META_CONTEXT
+// replaces the contexts selected before it even when it fails, so a
+// client whose last SET failed has none, and BLOCK_STATUS is refused.
+// The server kept the earlier selection.
+func TestFailedSetMetaContextClearsSelection(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "d"})
+	for _, bad := range []struct {
+		name string
+		data []byte
+		want uint32
+	}{
+		{"unknown export", metaData("nope", nbdproto.CtxAllocation), nbdproto.RepErrUnknown},
+		{"malformed", []byte{0, 0, 0, 1, 'd', 0, 0, 0, 9}, nbdproto.RepErrInvalid},
+	} {
+		c := dialRaw(t, e.sock)
+		greet(t, c)
+		c.Write(optBytes(nbdproto.OptStructured, nil))
+		readOptReply(t, c)
+		c.Write(optBytes(nbdproto.OptSetMeta, metaData("d", nbdproto.CtxAllocation)))
+		if r := readOptReply(t, c); r.typ != nbdproto.RepMetaContext {
+			t.Fatalf("%s: first SET_META_CONTEXT: reply %#x", bad.name, r.typ)
+		}
+		if r := readOptReply(t, c); r.typ != nbdproto.RepAck {
+			t.Fatalf("%s: first SET_META_CONTEXT: reply %#x", bad.name, r.typ)
+		}
+		c.Write(optBytes(nbdproto.OptSetMeta, bad.data))
+		if r := readOptReply(t, c); r.typ != bad.want {
+			t.Fatalf("%s: second SET_META_CONTEXT: reply %#x, want %#x", bad.name, r.typ, bad.want)
+		}
+		c.Write(optBytes(nbdproto.OptGo, infoData("d")))
+		for r := readOptReply(t, c); r.typ != nbdproto.RepAck; r = readOptReply(t, c) {
+			if r.typ != nbdproto.RepInfo {
+				t.Fatalf("%s: GO: reply %#x", bad.name, r.typ)
+			}
+		}
+		cl := &client{t: t, c: c, structured: true}
+		if _, errv := cl.blockStatus(1, 0, 4096, 0); errv != nbdproto.ErrInval {
+			t.Fatalf("%s: BLOCK_STATUS after a failed SET_META_CONTEXT: error %d, want EINVAL (no context selected)", bad.name, errv)
+		}
+	}
+}

@@ -769,6 +769,11 @@ func (n *negotiator) sendInfo(opt uint32, x *Export, ir infoRequest) error {
 }
 
 func (n *negotiator) metaContext(opt uint32, data []byte) error {
+	if opt == nbdproto.OptSetMeta {
+		// A SET replaces the earlier selection even when it fails: the
+		// client then believes it has none.
+		n.meta, n.metaExport, n.metaX = nil, "", nil
+	}
 	if !n.structured {
 		return n.replyErr(opt, nbdproto.RepErrInvalid, "negotiate structured replies before meta contexts")
 	}
