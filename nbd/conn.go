@@ -493,7 +493,9 @@ func (c *conn) handle(r request) {
 		sl.pos = off
 		c.cacheNext(sl)
 	case nbdproto.CmdBlockStatus:
-		sl.bsOff, sl.bsEnd = off, off+n
+		// A walk starts at the top, whatever level the slot's last walk
+		// stopped at (a failure below the top leaves it there).
+		sl.bsOff, sl.bsEnd, sl.level = off, off+n, 0
 		sl.view = c.e.chain.Load()
 		c.bsRun(sl)
 	}
