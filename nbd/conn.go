@@ -496,7 +496,7 @@ func (c *conn) handle(r request) {
 		// A walk starts at the top, whatever level the slot's last walk
 		// stopped at (a failure below the top leaves it there).
 		sl.bsOff, sl.bsEnd, sl.level = off, off+n, 0
-		sl.view = c.e.chain.Load()
+		sl.view = nil // loaded with the first answer (RequestDone)
 		c.bsRun(sl)
 	}
 }
@@ -512,6 +512,16 @@ func (c *conn) RequestDone(r *block.Request, err error) {
 		if sl.bsSync {
 			sl.bsInline = true
 			return
+		}
+		if sl.view == nil {
+			// The first answer, from the front end, which still counts
+			// the request: the walk is counted before that count drops,
+			// so a drain never sees the request idle in between. The
+			// chain is the one that answered: one that changed while the
+			// request was parked was refreshed inside that drained
+			// section, and none can change until the walk ends.
+			sl.view = c.e.chain.Load()
+			c.e.walks.Add(1)
 		}
 		if c.bsStep(sl) {
 			c.bsRun(sl)
@@ -722,18 +732,28 @@ func (c *conn) replyRead(sl *slot, err error) {
 
 // bsRun issues block-status queries until the range is described (or the
 // extent limit is reached), then replies.
+//
+// The first query goes through the front end like any request (counted,
+// parked while the export is drained). The rest of the walk goes straight
+// to the chain's nodes, the top one included, and is counted in
+// Export.walks instead: DrainedPoll reports it, so a drain of any node of
+// the chain waits until the walk has ended, as QEMU's export waits for
+// its requests. Parking it in the front end instead would keep its reply
+// until the drained section ends, with a chain that section may have
+// changed (TestDrainWaitsForBlockStatusWalk).
 func (c *conn) bsRun(sl *slot) {
 	for {
 		if sl.bsOff >= sl.bsEnd || sl.npieces == maxPieces ||
 			(sl.npieces > 0 && sl.req.flags&nbdproto.CmdFlagReqOne != 0) {
+			c.bsDone(sl)
 			c.replyStatus(sl)
 			return
 		}
 		sl.bsSync, sl.bsInline = true, false
 		r := c.q.Get()
 		r.Op, r.Off, r.Len, r.Tag = block.OpBlockStatus, sl.bsOff, sl.bsEnd-sl.bsOff, uint64(sl.idx)
-		if sl.level == 0 {
-			c.q.Submit(r, c)
+		if sl.view == nil {
+			c.q.Submit(r, c) // completes from a BH, never inline
 		} else {
 			sl.view.levels[sl.level].Submit(r, c)
 		}
@@ -751,6 +771,7 @@ func (c *conn) bsStep(sl *slot) bool {
 		if sl.bsErr == nil {
 			e = nbdproto.ErrIO
 		}
+		c.bsDone(sl)
 		if sl.npieces > 0 {
 			c.replyStatus(sl) // what was found so far
 		} else {
@@ -795,6 +816,18 @@ func (c *conn) bsStep(sl *slot) bool {
 		sl.bsEnd = int64(sl.req.off) + int64(sl.req.length)
 	}
 	return true
+}
+
+// bsDone ends sl's walk: a drain waiting for it may go on (D10: the
+// change that ends the wait kicks the main Context).
+func (c *conn) bsDone(sl *slot) {
+	if sl.view == nil {
+		return // refused, or failed at its first query
+	}
+	sl.view = nil
+	if c.e.walks.Add(-1) == 0 {
+		c.e.main.Kick()
+	}
 }
 
 func allocFlags(st block.Status) uint32 {

@@ -64,6 +64,11 @@ type Export struct {
 
 	// quiesced is set between DrainedBegin and DrainedEnd.
 	quiesced atomic.Bool
+	// walks counts BLOCK_STATUS walks past their first query, which go
+	// to the chain's nodes directly (conn.bsRun): written on the
+	// export's Context, read by DrainedPoll on the main one.
+	walks atomic.Int64
+	main  *aio.Context // kicked when walks drops to zero
 
 	stats exportStats // per-request accounting (stats.go)
 
@@ -82,7 +87,7 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 	if ctx == nil {
 		ctx = g.Main()
 	}
-	e := &Export{opts: opts, ctx: ctx, conns: map[*conn]struct{}{}}
+	e := &Export{opts: opts, ctx: ctx, main: g.Main(), conns: map[*conn]struct{}{}}
 	if n.ReadOnly() {
 		e.opts.ReadOnly = true
 	}
@@ -238,9 +243,10 @@ func (e *Export) Connections() int {
 // DrainedBegin stops every connection from reading new requests (block.DevOps).
 func (e *Export) DrainedBegin() { e.quiesced.Store(true) }
 
-// DrainedPoll reports no device-side work: requests already read are
-// counted by the front end.
-func (e *Export) DrainedPoll() bool { return false }
+// DrainedPoll reports the device-side work the front end does not count:
+// BLOCK_STATUS walks past their first query (requests already read are
+// otherwise counted by the front end).
+func (e *Export) DrainedPoll() bool { return e.walks.Load() > 0 }
 
 // DrainedEnd lets the connections read again (and process what they had
 // buffered).
