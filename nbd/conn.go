@@ -476,10 +476,14 @@ func (c *conn) handle(r request) {
 	case nbdproto.CmdFlush:
 		c.q.Flush(c, tag)
 	case nbdproto.CmdTrim:
+		if c.e.opts.IgnoreDiscard {
+			c.replySimple(sl, 0) // a hint the export was told to ignore
+			return
+		}
 		c.q.Discard(off, n, c, tag)
 	case nbdproto.CmdWriteZeroes:
 		var fl block.Flags
-		if r.flags&nbdproto.CmdFlagNoHole == 0 {
+		if r.flags&nbdproto.CmdFlagNoHole == 0 && !c.e.opts.IgnoreDiscard {
 			fl = block.MayUnmap
 		}
 		if r.flags&nbdproto.CmdFlagFastZero != 0 {

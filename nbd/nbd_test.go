@@ -454,3 +454,30 @@ func TestFailedSetMetaContextClearsSelection(t *testing.T) {
 		}
 	}
 }
+
+// TestIgnoreDiscard: an export with IgnoreDiscard answers TRIM without
+// touching the node (here a file node that would punch a hole), and
+// WRITE_ZEROES still zeroes.
+func TestIgnoreDiscard(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "", IgnoreDiscard: true})
+	cl := dial(t, e.sock, "", true)
+	d := pattern(64<<10, 3)
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, uint32(len(d)), d)
+	if errv := cl.simple(1); errv != 0 {
+		t.Fatalf("write: %d", errv)
+	}
+	cl.send(nbdproto.CmdTrim, nbdproto.CmdFlagFUA, 2, 0, uint32(len(d)), nil)
+	if errv := cl.simple(2); errv != 0 {
+		t.Fatalf("trim: %d", errv)
+	}
+	if got, _, errv := cl.read(3, 0, uint32(len(d)), 0); errv != 0 || !bytes.Equal(got, d) {
+		t.Fatalf("read after an ignored trim: error %d, data changed %v", errv, !bytes.Equal(got, d))
+	}
+	cl.send(nbdproto.CmdWriteZeroes, 0, 4, 0, 4096, nil)
+	if errv := cl.simple(4); errv != 0 {
+		t.Fatalf("write zeroes: %d", errv)
+	}
+	if got, _, errv := cl.read(5, 0, 8192, 0); errv != 0 || !bytes.Equal(got[:4096], make([]byte, 4096)) || !bytes.Equal(got[4096:], d[4096:8192]) {
+		t.Fatalf("read after write zeroes: error %d", errv)
+	}
+}

@@ -38,6 +38,12 @@ type ExportOptions struct {
 	// NoMultiConn withholds CAN_MULTI_CONN (also withheld when
 	// MaxConnections is 1).
 	NoMultiConn bool
+	// IgnoreDiscard is qemu-nbd's --discard=ignore: TRIM succeeds without
+	// reaching the node, and WRITE_ZEROES never asks to unmap, as QEMU
+	// drops discards at the node a BlockBackend without BDRV_O_UNMAP
+	// writes to. A node's own discard setting is not enough when it is
+	// on the file node under a format, which still discards.
+	IgnoreDiscard bool
 	// Bitmaps names dirty bitmaps to offer as qemu:dirty-bitmap:NAME
 	// (block-export-add's bitmaps). Each is looked up on the export's
 	// node, then down its filtered or backing children; it is held busy

@@ -369,6 +369,9 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	exp, err := nbd.NewExport(g, node, nbd.ExportOptions{
 		Name: cfg.name, Description: cfg.desc, ReadOnly: cfg.readOnly,
 		MaxConnections: cfg.shared, AllocationDepth: cfg.depth, Bitmaps: cfg.bitmaps,
+		// The file node ignores discards already, but a qcow2 node above
+		// it would still discard: qemu-nbd drops them at the top.
+		IgnoreDiscard: cfg.co.Discard == raw.DiscardIgnore,
 	})
 	if err != nil {
 		node.Unref()

@@ -304,3 +304,33 @@ func TestNbdCmdStaleSocket(t *testing.T) {
 		t.Fatal("a regular file at the socket path was replaced")
 	}
 }
+
+// TestNbdCmdDiscardIgnore: with --discard=ignore (the default) a client's
+// TRIM changes nothing in a qcow2 image, as with qemu-nbd, which drops the
+// discard at the image's top node. The setting reached only the file node
+// under the qcow2 layer, so the qcow2 driver still discarded: over a
+// backing file it wrote zero clusters, and the backing file's data read
+// as zeroes afterwards.
+func TestNbdCmdDiscardIgnore(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"},
+		{"qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 4M", base},
+		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, "4M"},
+		{"qemu-io", "-f", "qcow2", "-c", "write -P 0xbb 2M 1M", top},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	sock := filepath.Join(dir, "s")
+	startNbd(t, sock, "-t", "-f", "qcow2", top)
+	u := "nbd+unix:///?socket=" + sock
+	out, err := exec.Command("qemu-io", "-f", "raw", "-c", "discard 0 4M", "-c", "flush",
+		"-c", "read -P 0xaa 0 2M", "-c", "read -P 0xbb 2M 1M", "-c", "read -P 0xaa 3M 1M", u).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "fail") {
+		t.Fatalf("data after a TRIM with --discard=ignore: %v\n%s", err, out)
+	}
+}
