@@ -244,7 +244,7 @@ func TestBadRequests(t *testing.T) {
 		{nbdproto.CmdRead, 0, testSize - 4096, 8192, nbdproto.ErrInval},
 		{nbdproto.CmdRead, 0, 1 << 62, 1, nbdproto.ErrInval},
 		{nbdproto.CmdRead, 0, 0, MaxPayload + 1, nbdproto.ErrOverflow},
-		{nbdproto.CmdTrim, 0, testSize, 1, nbdproto.ErrNoSpc},
+		{nbdproto.CmdTrim, 0, testSize, 1, nbdproto.ErrInval}, // the protocol: EINVAL for reads and trims, as qemu-nbd
 		{nbdproto.CmdWriteZeroes, 0, 1<<64 - 1, 2, nbdproto.ErrNoSpc},
 		{99, 0, 0, 0, nbdproto.ErrInval},
 		{nbdproto.CmdRead, 1 << 9, 0, 1, nbdproto.ErrInval},
