@@ -368,6 +368,7 @@ type Server struct {
 	handshake sync.WaitGroup
 	closed    bool
 	served    chan struct{} // OneShot: closed when the last client left
+	stop      chan struct{} // closed by Close
 	once      sync.Once
 	clients   atomic.Int64
 	active    atomic.Int64          // accepted connections not yet closed
@@ -386,7 +387,7 @@ func (s *Server) SetTLS(cfg *tls.Config) {
 }
 
 // NewServer returns a server with no exports.
-func NewServer() *Server { return &Server{served: make(chan struct{})} }
+func NewServer() *Server { return &Server{served: make(chan struct{}), stop: make(chan struct{})} }
 
 // AddExport makes e available. Names must be unique.
 func (s *Server) AddExport(e *Export) error {
@@ -440,6 +441,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
+	var backoff time.Duration
 	for {
 		nc, err := l.Accept()
 		if err != nil {
@@ -453,8 +455,25 @@ func (s *Server) Serve(l net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return err
+			if !acceptRetryable(err) {
+				return err
+			}
+			// Out of descriptors or memory (a client opening connections
+			// until the process has none left), or a connection that
+			// went away before it was accepted: the listener and the
+			// clients served are fine. Wait, then accept again, as
+			// qemu-nbd keeps listening; returning stopped the server.
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			s.logf("nbd: accepting a client failed; retrying", "err", err, "after", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.stop:
+				t.Stop()
+			}
+			continue
 		}
+		backoff = 0
 		s.active.Add(1)
 		s.handshake.Add(1)
 		s.mu.Lock()
@@ -484,10 +503,32 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
+// acceptRetryable reports an Accept failure that says nothing about
+// the listener: the process or the system is short of descriptors or
+// memory for now, or the connection was aborted in the backlog.
+func acceptRetryable(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// The wait before accepting again after a retryable failure doubles from
+// acceptBackoffMin up to acceptBackoffMax while the failures go on.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
 // Close stops accepting clients and waits for handshakes in progress.
 // Exports are closed separately (Export.Close).
 func (s *Server) Close() {
 	s.mu.Lock()
+	if !s.closed && s.stop != nil {
+		close(s.stop) // ends a Serve waiting to accept again
+	}
 	s.closed = true
 	ls := s.listeners
 	s.listeners = nil
