@@ -56,6 +56,7 @@ type slot struct {
 
 	start  time.Time // request read (accounted commands; stats.go)
 	failed bool      // answered with an error
+	zeroed bool      // a WRITE of zeroes sent as a write-zeroes (DetectZeroes)
 
 	step int   // multi-step commands: FUA flush pending, cache progress
 	pos  int64 // cache: next offset
@@ -189,7 +190,7 @@ func (c *conn) getSlot() *slot {
 	c.free = sl.next
 	sl.next = nil
 	c.busy++
-	sl.step, sl.npieces, sl.held = 0, 0, 0
+	sl.step, sl.npieces, sl.held, sl.zeroed = 0, 0, 0, false
 	return sl
 }
 
@@ -407,6 +408,18 @@ func (c *conn) readPayload() bool {
 		c.replySimple(sl, uint32(sl.step))
 		return true
 	}
+	if dz := c.e.opts.DetectZeroes; dz != DetectZeroesOff && want > 0 && isZero(sl.buf[:want]) {
+		// QEMU detects zeroes at the node the export writes to; below a
+		// format layer it would be too late to store them as zeroes. FUA
+		// is a flush after it, as for WRITE_ZEROES.
+		var zfl block.Flags
+		if dz == DetectZeroesUnmap && !c.e.opts.IgnoreDiscard {
+			zfl = block.MayUnmap
+		}
+		sl.zeroed = true
+		c.q.WriteZeroes(int64(sl.req.off), int64(want), zfl, c, uint64(sl.idx))
+		return true
+	}
 	var fl block.Flags
 	if sl.req.flags&nbdproto.CmdFlagFUA != 0 {
 		fl = block.FUA
@@ -536,8 +549,11 @@ func (c *conn) RequestDone(r *block.Request, err error) {
 			return
 		}
 		c.cacheNext(sl)
-	case nbdproto.CmdTrim, nbdproto.CmdWriteZeroes:
-		if err == nil && sl.req.flags&nbdproto.CmdFlagFUA != 0 && sl.step == 0 {
+	case nbdproto.CmdTrim, nbdproto.CmdWriteZeroes, nbdproto.CmdWrite:
+		// FUA on a write is the write's own flag; on the others (and on
+		// a write sent as a write-zeroes) a flush after them.
+		fuaFlush := sl.req.cmd != nbdproto.CmdWrite || sl.zeroed
+		if err == nil && fuaFlush && sl.req.flags&nbdproto.CmdFlagFUA != 0 && sl.step == 0 {
 			sl.step = 1
 			c.q.Flush(c, uint64(sl.idx))
 			return

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
@@ -479,5 +481,35 @@ func TestIgnoreDiscard(t *testing.T) {
 	}
 	if got, _, errv := cl.read(5, 0, 8192, 0); errv != 0 || !bytes.Equal(got[:4096], make([]byte, 4096)) || !bytes.Equal(got[4096:], d[4096:8192]) {
 		t.Fatalf("read after write zeroes: error %d", errv)
+	}
+}
+
+// TestDetectZeroesUnmap: with DetectZeroesUnmap a WRITE of zero bytes
+// reaches the node as a write-zeroes that may unmap (the file node here
+// punches a hole; it has no detect-zeroes of its own), FUA included, and
+// a WRITE of data stays a write.
+func TestDetectZeroesUnmap(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "", DetectZeroes: DetectZeroesUnmap})
+	cl := dial(t, e.sock, "", true)
+	d := pattern(128<<10, 3)
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, uint32(len(d)), d)
+	if errv := cl.simple(1); errv != 0 {
+		t.Fatalf("write: %d", errv)
+	}
+	cl.send(nbdproto.CmdWrite, nbdproto.CmdFlagFUA, 2, 0, 64<<10, make([]byte, 64<<10))
+	if errv := cl.simple(2); errv != 0 {
+		t.Fatalf("write of zeroes: %d", errv)
+	}
+	if got, _, errv := cl.read(3, 0, uint32(len(d)), 0); errv != 0 || !bytes.Equal(got[:64<<10], make([]byte, 64<<10)) || !bytes.Equal(got[64<<10:], d[64<<10:]) {
+		t.Fatalf("read back: error %d", errv)
+	}
+	f, err := os.Open(e.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_DATA)
+	if err != nil || data < 64<<10 {
+		t.Fatalf("first data at %d (%v): the zeroes were written as data, not punched", data, err)
 	}
 }

@@ -44,12 +44,27 @@ type ExportOptions struct {
 	// writes to. A node's own discard setting is not enough when it is
 	// on the file node under a format, which still discards.
 	IgnoreDiscard bool
+	// DetectZeroes is qemu-nbd's --detect-zeroes: a WRITE of zero bytes
+	// becomes a write-zeroes at the export's node (allowed to unmap with
+	// DetectZeroesUnmap, unless IgnoreDiscard), as QEMU does at the top
+	// node; a format node under the export then stores zero clusters
+	// where the setting on its file node alone stored zero data.
+	DetectZeroes DetectZeroes
 	// Bitmaps names dirty bitmaps to offer as qemu:dirty-bitmap:NAME
 	// (block-export-add's bitmaps). Each is looked up on the export's
 	// node, then down its filtered or backing children; it is held busy
 	// (not removable) while the export exists.
 	Bitmaps []string
 }
+
+// DetectZeroes says what a WRITE of zero bytes becomes (ExportOptions).
+type DetectZeroes uint8
+
+const (
+	DetectZeroesOff   DetectZeroes = iota // a write, as sent
+	DetectZeroesOn                        // a write-zeroes
+	DetectZeroesUnmap                     // a write-zeroes that may deallocate
+)
 
 // Export serves one node as a front end of the block layer: its
 // connections submit through the front end's Queue on their Context, and
