@@ -758,9 +758,9 @@ func (c *conn) replyRead(sl *slot, err error) {
 // to the chain's nodes, the top one included, and is counted in
 // Export.walks instead: DrainedPoll reports it, so a drain of any node of
 // the chain waits until the walk has ended, as QEMU's export waits for
-// its requests. Parking it in the front end instead would keep its reply
-// until the drained section ends, with a chain that section may have
-// changed (TestDrainWaitsForBlockStatusWalk).
+// its requests (drain.md bug class 32). Parking it in the front end
+// instead would keep its reply until the drained section ends, with a
+// chain that section may have changed (TestDrainWaitsForBlockStatusWalk).
 func (c *conn) bsRun(sl *slot) {
 	for {
 		if sl.bsOff >= sl.bsEnd || sl.npieces == maxPieces ||
