@@ -56,6 +56,7 @@ type slot struct {
 
 	start  time.Time // request read (accounted commands; stats.go)
 	failed bool      // answered with an error
+	zeroed bool      // a WRITE of zeroes sent as a write-zeroes (DetectZeroes)
 
 	step int   // multi-step commands: FUA flush pending, cache progress
 	pos  int64 // cache: next offset
@@ -189,7 +190,7 @@ func (c *conn) getSlot() *slot {
 	c.free = sl.next
 	sl.next = nil
 	c.busy++
-	sl.step, sl.npieces, sl.held = 0, 0, 0
+	sl.step, sl.npieces, sl.held, sl.zeroed = 0, 0, 0, false
 	return sl
 }
 
@@ -407,6 +408,18 @@ func (c *conn) readPayload() bool {
 		c.replySimple(sl, uint32(sl.step))
 		return true
 	}
+	if dz := c.e.opts.DetectZeroes; dz != DetectZeroesOff && want > 0 && isZero(sl.buf[:want]) {
+		// QEMU detects zeroes at the node the export writes to; below a
+		// format layer it would be too late to store them as zeroes. FUA
+		// is a flush after it, as for WRITE_ZEROES.
+		var zfl block.Flags
+		if dz == DetectZeroesUnmap && !c.e.opts.IgnoreDiscard {
+			zfl = block.MayUnmap
+		}
+		sl.zeroed = true
+		c.q.WriteZeroes(int64(sl.req.off), int64(want), zfl, c, uint64(sl.idx))
+		return true
+	}
 	var fl block.Flags
 	if sl.req.flags&nbdproto.CmdFlagFUA != 0 {
 		fl = block.FUA
@@ -466,7 +479,7 @@ func (c *conn) handle(r request) {
 		return
 	}
 	if nbdErr != 0 {
-		c.replySimple(sl, nbdErr)
+		c.replyRefused(sl, nbdErr)
 		return
 	}
 	off, n := int64(r.off), int64(r.length)
@@ -476,10 +489,14 @@ func (c *conn) handle(r request) {
 	case nbdproto.CmdFlush:
 		c.q.Flush(c, tag)
 	case nbdproto.CmdTrim:
+		if c.e.opts.IgnoreDiscard {
+			c.replySimple(sl, 0) // a hint the export was told to ignore
+			return
+		}
 		c.q.Discard(off, n, c, tag)
 	case nbdproto.CmdWriteZeroes:
 		var fl block.Flags
-		if r.flags&nbdproto.CmdFlagNoHole == 0 {
+		if r.flags&nbdproto.CmdFlagNoHole == 0 && !c.e.opts.IgnoreDiscard {
 			fl = block.MayUnmap
 		}
 		if r.flags&nbdproto.CmdFlagFastZero != 0 {
@@ -493,8 +510,10 @@ func (c *conn) handle(r request) {
 		sl.pos = off
 		c.cacheNext(sl)
 	case nbdproto.CmdBlockStatus:
-		sl.bsOff, sl.bsEnd = off, off+n
-		sl.view = c.e.chain.Load()
+		// A walk starts at the top, whatever level the slot's last walk
+		// stopped at (a failure below the top leaves it there).
+		sl.bsOff, sl.bsEnd, sl.level = off, off+n, 0
+		sl.view = nil // loaded with the first answer (RequestDone)
 		c.bsRun(sl)
 	}
 }
@@ -511,6 +530,16 @@ func (c *conn) RequestDone(r *block.Request, err error) {
 			sl.bsInline = true
 			return
 		}
+		if sl.view == nil {
+			// The first answer, from the front end, which still counts
+			// the request: the walk is counted before that count drops,
+			// so a drain never sees the request idle in between. The
+			// chain is the one that answered: one that changed while the
+			// request was parked was refreshed inside that drained
+			// section, and none can change until the walk ends.
+			sl.view = c.e.chain.Load()
+			c.e.walks.Add(1)
+		}
 		if c.bsStep(sl) {
 			c.bsRun(sl)
 		}
@@ -520,8 +549,11 @@ func (c *conn) RequestDone(r *block.Request, err error) {
 			return
 		}
 		c.cacheNext(sl)
-	case nbdproto.CmdTrim, nbdproto.CmdWriteZeroes:
-		if err == nil && sl.req.flags&nbdproto.CmdFlagFUA != 0 && sl.step == 0 {
+	case nbdproto.CmdTrim, nbdproto.CmdWriteZeroes, nbdproto.CmdWrite:
+		// FUA on a write is the write's own flag; on the others (and on
+		// a write sent as a write-zeroes) a flush after them.
+		fuaFlush := sl.req.cmd != nbdproto.CmdWrite || sl.zeroed
+		if err == nil && fuaFlush && sl.req.flags&nbdproto.CmdFlagFUA != 0 && sl.step == 0 {
 			sl.step = 1
 			c.q.Flush(c, uint64(sl.idx))
 			return
@@ -606,6 +638,19 @@ func (sl *slot) simpleHeader(nbdErr uint32) {
 	binary.BigEndian.PutUint32(h[4:], nbdErr)
 	binary.BigEndian.PutUint64(h[8:], sl.req.cookie)
 	sl.add(h)
+}
+
+// replyRefused answers a request refused before it started. On a
+// structured connection a READ must not get a simple reply, even for an
+// early EINVAL (the protocol forbids it, and QEMU's client drops the
+// connection on one), and BLOCK_STATUS answers its refusals the way it
+// answers its failures: one error chunk. Other commands get a simple reply.
+func (c *conn) replyRefused(sl *slot, nbdErr uint32) {
+	if c.structured && (sl.req.cmd == nbdproto.CmdRead || sl.req.cmd == nbdproto.CmdBlockStatus) {
+		c.replyError(sl, nbdErr)
+		return
+	}
+	c.replySimple(sl, nbdErr)
 }
 
 // replyError answers with one structured error chunk.
@@ -707,18 +752,28 @@ func (c *conn) replyRead(sl *slot, err error) {
 
 // bsRun issues block-status queries until the range is described (or the
 // extent limit is reached), then replies.
+//
+// The first query goes through the front end like any request (counted,
+// parked while the export is drained). The rest of the walk goes straight
+// to the chain's nodes, the top one included, and is counted in
+// Export.walks instead: DrainedPoll reports it, so a drain of any node of
+// the chain waits until the walk has ended, as QEMU's export waits for
+// its requests (drain.md bug class 32). Parking it in the front end
+// instead would keep its reply until the drained section ends, with a
+// chain that section may have changed (TestDrainWaitsForBlockStatusWalk).
 func (c *conn) bsRun(sl *slot) {
 	for {
 		if sl.bsOff >= sl.bsEnd || sl.npieces == maxPieces ||
 			(sl.npieces > 0 && sl.req.flags&nbdproto.CmdFlagReqOne != 0) {
+			c.bsDone(sl)
 			c.replyStatus(sl)
 			return
 		}
 		sl.bsSync, sl.bsInline = true, false
 		r := c.q.Get()
 		r.Op, r.Off, r.Len, r.Tag = block.OpBlockStatus, sl.bsOff, sl.bsEnd-sl.bsOff, uint64(sl.idx)
-		if sl.level == 0 {
-			c.q.Submit(r, c)
+		if sl.view == nil {
+			c.q.Submit(r, c) // completes from a BH, never inline
 		} else {
 			sl.view.levels[sl.level].Submit(r, c)
 		}
@@ -736,6 +791,7 @@ func (c *conn) bsStep(sl *slot) bool {
 		if sl.bsErr == nil {
 			e = nbdproto.ErrIO
 		}
+		c.bsDone(sl)
 		if sl.npieces > 0 {
 			c.replyStatus(sl) // what was found so far
 		} else {
@@ -780,6 +836,18 @@ func (c *conn) bsStep(sl *slot) bool {
 		sl.bsEnd = int64(sl.req.off) + int64(sl.req.length)
 	}
 	return true
+}
+
+// bsDone ends sl's walk: a drain waiting for it may go on (D10: the
+// change that ends the wait kicks the main Context).
+func (c *conn) bsDone(sl *slot) {
+	if sl.view == nil {
+		return // refused, or failed at its first query
+	}
+	sl.view = nil
+	if c.e.walks.Add(-1) == 0 {
+		c.e.main.Kick()
+	}
 }
 
 func allocFlags(st block.Status) uint32 {

@@ -351,6 +351,12 @@ type extent struct{ length, flags uint32 }
 func (cl *client) blockStatus(cookie, off uint64, n uint32, flags uint16) (map[uint32][]extent, uint32) {
 	cl.t.Helper()
 	cl.send(nbdproto.CmdBlockStatus, flags, cookie, off, n, nil)
+	return cl.blockStatusReply(cookie)
+}
+
+// blockStatusReply reads the reply to a BLOCK_STATUS request sent before.
+func (cl *client) blockStatusReply(cookie uint64) (map[uint32][]extent, uint32) {
+	cl.t.Helper()
 	res := map[uint32][]extent{}
 	for {
 		ch := cl.readChunk()

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
@@ -244,7 +246,7 @@ func TestBadRequests(t *testing.T) {
 		{nbdproto.CmdRead, 0, testSize - 4096, 8192, nbdproto.ErrInval},
 		{nbdproto.CmdRead, 0, 1 << 62, 1, nbdproto.ErrInval},
 		{nbdproto.CmdRead, 0, 0, MaxPayload + 1, nbdproto.ErrOverflow},
-		{nbdproto.CmdTrim, 0, testSize, 1, nbdproto.ErrNoSpc},
+		{nbdproto.CmdTrim, 0, testSize, 1, nbdproto.ErrInval}, // the protocol: EINVAL for reads and trims, as qemu-nbd
 		{nbdproto.CmdWriteZeroes, 0, 1<<64 - 1, 2, nbdproto.ErrNoSpc},
 		{99, 0, 0, 0, nbdproto.ErrInval},
 		{nbdproto.CmdRead, 1 << 9, 0, 1, nbdproto.ErrInval},
@@ -365,5 +367,149 @@ func TestDisconnectMidRequest(t *testing.T) {
 			t.Fatalf("%d connections, want 1 after two clients left", e.exp.Connections())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStructuredReadErrorsAreChunks: once structured replies are
+// negotiated, a READ must never get a simple reply, not even when the
+// request itself is refused (out of range, too long, bad flags): the
+// protocol says so, and QEMU's client takes a simple reply to a read as a
+// protocol error and drops the connection. Each refusal is one error
+// chunk flagged DONE, and the stream stays usable.
+func TestStructuredReadErrorsAreChunks(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: ""})
+	cl := dial(t, e.sock, "", true)
+	cases := []struct {
+		name  string
+		flags uint16
+		off   uint64
+		n     uint32
+		want  uint32
+	}{
+		{"past the end", 0, testSize - 512, 1024, nbdproto.ErrInval},
+		{"offset beyond the end", 0, testSize + 4096, 0, nbdproto.ErrInval},
+		{"longer than the maximum payload", 0, 0, MaxPayload + 1, nbdproto.ErrOverflow},
+		{"NO_HOLE flag", nbdproto.CmdFlagNoHole, 0, 512, nbdproto.ErrInval},
+		{"unknown flag", 1 << 9, 0, 512, nbdproto.ErrInval},
+	}
+	for i, c := range cases {
+		cookie := uint64(10 + i)
+		cl.send(nbdproto.CmdRead, c.flags, cookie, c.off, c.n, nil)
+		ch := cl.readChunk()
+		if ch.simple {
+			t.Fatalf("%s: simple reply (error %d) to a READ on a structured connection", c.name, ch.err)
+		}
+		if ch.cookie != cookie || ch.typ != nbdproto.ChunkError || ch.flags&nbdproto.ChunkDone == 0 || ch.err != c.want {
+			t.Fatalf("%s: chunk cookie %d type %d flags %#x error %d, want an error chunk with DONE and error %d",
+				c.name, ch.cookie, ch.typ, ch.flags, ch.err, c.want)
+		}
+	}
+	if _, types, errv := cl.read(99, 0, 512, 0); errv != 0 || len(types) != 1 || types[0] != nbdproto.ChunkOffsetData {
+		t.Fatalf("read after the refusals: error %d chunks %v", errv, types)
+	}
+	// Without structured replies the same refusal is a simple reply.
+	plain := dial(t, e.sock, "", false)
+	plain.send(nbdproto.CmdRead, 0, 7, testSize, 1, nil)
+	if ch := plain.readChunk(); !ch.simple || ch.err != nbdproto.ErrInval {
+		t.Fatalf("refused read without structured replies: simple %v error %d", ch.simple, ch.err)
+	}
+}
+
+// TestFailedSetMetaContextClearsSelection: NBD_OPT_SET_META_CONTEXT
+// replaces the contexts selected before it even when it fails, so a
+// client whose last SET failed has none, and BLOCK_STATUS is refused.
+// The server kept the earlier selection.
+func TestFailedSetMetaContextClearsSelection(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "d"})
+	for _, bad := range []struct {
+		name string
+		data []byte
+		want uint32
+	}{
+		{"unknown export", metaData("nope", nbdproto.CtxAllocation), nbdproto.RepErrUnknown},
+		{"malformed", []byte{0, 0, 0, 1, 'd', 0, 0, 0, 9}, nbdproto.RepErrInvalid},
+	} {
+		c := dialRaw(t, e.sock)
+		greet(t, c)
+		c.Write(optBytes(nbdproto.OptStructured, nil))
+		readOptReply(t, c)
+		c.Write(optBytes(nbdproto.OptSetMeta, metaData("d", nbdproto.CtxAllocation)))
+		if r := readOptReply(t, c); r.typ != nbdproto.RepMetaContext {
+			t.Fatalf("%s: first SET_META_CONTEXT: reply %#x", bad.name, r.typ)
+		}
+		if r := readOptReply(t, c); r.typ != nbdproto.RepAck {
+			t.Fatalf("%s: first SET_META_CONTEXT: reply %#x", bad.name, r.typ)
+		}
+		c.Write(optBytes(nbdproto.OptSetMeta, bad.data))
+		if r := readOptReply(t, c); r.typ != bad.want {
+			t.Fatalf("%s: second SET_META_CONTEXT: reply %#x, want %#x", bad.name, r.typ, bad.want)
+		}
+		c.Write(optBytes(nbdproto.OptGo, infoData("d")))
+		for r := readOptReply(t, c); r.typ != nbdproto.RepAck; r = readOptReply(t, c) {
+			if r.typ != nbdproto.RepInfo {
+				t.Fatalf("%s: GO: reply %#x", bad.name, r.typ)
+			}
+		}
+		cl := &client{t: t, c: c, structured: true}
+		if _, errv := cl.blockStatus(1, 0, 4096, 0); errv != nbdproto.ErrInval {
+			t.Fatalf("%s: BLOCK_STATUS after a failed SET_META_CONTEXT: error %d, want EINVAL (no context selected)", bad.name, errv)
+		}
+	}
+}
+
+// TestIgnoreDiscard: an export with IgnoreDiscard answers TRIM without
+// touching the node (here a file node that would punch a hole), and
+// WRITE_ZEROES still zeroes.
+func TestIgnoreDiscard(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "", IgnoreDiscard: true})
+	cl := dial(t, e.sock, "", true)
+	d := pattern(64<<10, 3)
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, uint32(len(d)), d)
+	if errv := cl.simple(1); errv != 0 {
+		t.Fatalf("write: %d", errv)
+	}
+	cl.send(nbdproto.CmdTrim, nbdproto.CmdFlagFUA, 2, 0, uint32(len(d)), nil)
+	if errv := cl.simple(2); errv != 0 {
+		t.Fatalf("trim: %d", errv)
+	}
+	if got, _, errv := cl.read(3, 0, uint32(len(d)), 0); errv != 0 || !bytes.Equal(got, d) {
+		t.Fatalf("read after an ignored trim: error %d, data changed %v", errv, !bytes.Equal(got, d))
+	}
+	cl.send(nbdproto.CmdWriteZeroes, 0, 4, 0, 4096, nil)
+	if errv := cl.simple(4); errv != 0 {
+		t.Fatalf("write zeroes: %d", errv)
+	}
+	if got, _, errv := cl.read(5, 0, 8192, 0); errv != 0 || !bytes.Equal(got[:4096], make([]byte, 4096)) || !bytes.Equal(got[4096:], d[4096:8192]) {
+		t.Fatalf("read after write zeroes: error %d", errv)
+	}
+}
+
+// TestDetectZeroesUnmap: with DetectZeroesUnmap a WRITE of zero bytes
+// reaches the node as a write-zeroes that may unmap (the file node here
+// punches a hole; it has no detect-zeroes of its own), FUA included, and
+// a WRITE of data stays a write.
+func TestDetectZeroesUnmap(t *testing.T) {
+	e := newEnv(t, ExportOptions{Name: "", DetectZeroes: DetectZeroesUnmap})
+	cl := dial(t, e.sock, "", true)
+	d := pattern(128<<10, 3)
+	cl.send(nbdproto.CmdWrite, 0, 1, 0, uint32(len(d)), d)
+	if errv := cl.simple(1); errv != 0 {
+		t.Fatalf("write: %d", errv)
+	}
+	cl.send(nbdproto.CmdWrite, nbdproto.CmdFlagFUA, 2, 0, 64<<10, make([]byte, 64<<10))
+	if errv := cl.simple(2); errv != 0 {
+		t.Fatalf("write of zeroes: %d", errv)
+	}
+	if got, _, errv := cl.read(3, 0, uint32(len(d)), 0); errv != 0 || !bytes.Equal(got[:64<<10], make([]byte, 64<<10)) || !bytes.Equal(got[64<<10:], d[64<<10:]) {
+		t.Fatalf("read back: error %d", errv)
+	}
+	f, err := os.Open(e.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_DATA)
+	if err != nil || data < 64<<10 {
+		t.Fatalf("first data at %d (%v): the zeroes were written as data, not punched", data, err)
 	}
 }

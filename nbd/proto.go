@@ -120,7 +120,9 @@ func checkRequest(r request, v exportView) (nbdErr uint32, fatal bool) {
 		return nbdproto.ErrInval, false
 	}
 	if r.off > uint64(v.size) || uint64(r.length) > uint64(v.size)-r.off {
-		if r.cmd == nbdproto.CmdWrite || r.cmd == nbdproto.CmdWriteZeroes || r.cmd == nbdproto.CmdTrim {
+		// The protocol: ENOSPC for writes past the end, EINVAL for reads
+		// and trims (a trim is a hint, not a write), as qemu-nbd answers.
+		if r.cmd == nbdproto.CmdWrite || r.cmd == nbdproto.CmdWriteZeroes {
 			return nbdproto.ErrNoSpc, false
 		}
 		return nbdproto.ErrInval, false

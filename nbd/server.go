@@ -38,12 +38,33 @@ type ExportOptions struct {
 	// NoMultiConn withholds CAN_MULTI_CONN (also withheld when
 	// MaxConnections is 1).
 	NoMultiConn bool
+	// IgnoreDiscard is qemu-nbd's --discard=ignore: TRIM succeeds without
+	// reaching the node, and WRITE_ZEROES never asks to unmap, as QEMU
+	// drops discards at the node a BlockBackend without BDRV_O_UNMAP
+	// writes to. A node's own discard setting is not enough when it is
+	// on the file node under a format, which still discards.
+	IgnoreDiscard bool
+	// DetectZeroes is qemu-nbd's --detect-zeroes: a WRITE of zero bytes
+	// becomes a write-zeroes at the export's node (allowed to unmap with
+	// DetectZeroesUnmap, unless IgnoreDiscard), as QEMU does at the top
+	// node; a format node under the export then stores zero clusters
+	// where the setting on its file node alone stored zero data.
+	DetectZeroes DetectZeroes
 	// Bitmaps names dirty bitmaps to offer as qemu:dirty-bitmap:NAME
 	// (block-export-add's bitmaps). Each is looked up on the export's
 	// node, then down its filtered or backing children; it is held busy
 	// (not removable) while the export exists.
 	Bitmaps []string
 }
+
+// DetectZeroes says what a WRITE of zero bytes becomes (ExportOptions).
+type DetectZeroes uint8
+
+const (
+	DetectZeroesOff   DetectZeroes = iota // a write, as sent
+	DetectZeroesOn                        // a write-zeroes
+	DetectZeroesUnmap                     // a write-zeroes that may deallocate
+)
 
 // Export serves one node as a front end of the block layer: its
 // connections submit through the front end's Queue on their Context, and
@@ -64,6 +85,11 @@ type Export struct {
 
 	// quiesced is set between DrainedBegin and DrainedEnd.
 	quiesced atomic.Bool
+	// walks counts BLOCK_STATUS walks past their first query, which go
+	// to the chain's nodes directly (conn.bsRun): written on the
+	// export's Context, read by DrainedPoll on the main one.
+	walks atomic.Int64
+	main  *aio.Context // kicked when walks drops to zero
 
 	stats exportStats // per-request accounting (stats.go)
 
@@ -82,7 +108,7 @@ func NewExport(g *block.Graph, n *block.Node, opts ExportOptions) (*Export, erro
 	if ctx == nil {
 		ctx = g.Main()
 	}
-	e := &Export{opts: opts, ctx: ctx, conns: map[*conn]struct{}{}}
+	e := &Export{opts: opts, ctx: ctx, main: g.Main(), conns: map[*conn]struct{}{}}
 	if n.ReadOnly() {
 		e.opts.ReadOnly = true
 	}
@@ -238,9 +264,10 @@ func (e *Export) Connections() int {
 // DrainedBegin stops every connection from reading new requests (block.DevOps).
 func (e *Export) DrainedBegin() { e.quiesced.Store(true) }
 
-// DrainedPoll reports no device-side work: requests already read are
-// counted by the front end.
-func (e *Export) DrainedPoll() bool { return false }
+// DrainedPoll reports the device-side work the front end does not count:
+// BLOCK_STATUS walks past their first query (requests already read are
+// otherwise counted by the front end).
+func (e *Export) DrainedPoll() bool { return e.walks.Load() > 0 }
 
 // DrainedEnd lets the connections read again (and process what they had
 // buffered).
@@ -356,6 +383,7 @@ type Server struct {
 	handshake sync.WaitGroup
 	closed    bool
 	served    chan struct{} // OneShot: closed when the last client left
+	stop      chan struct{} // closed by Close
 	once      sync.Once
 	clients   atomic.Int64
 	active    atomic.Int64          // accepted connections not yet closed
@@ -374,7 +402,7 @@ func (s *Server) SetTLS(cfg *tls.Config) {
 }
 
 // NewServer returns a server with no exports.
-func NewServer() *Server { return &Server{served: make(chan struct{})} }
+func NewServer() *Server { return &Server{served: make(chan struct{}), stop: make(chan struct{})} }
 
 // AddExport makes e available. Names must be unique.
 func (s *Server) AddExport(e *Export) error {
@@ -428,6 +456,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
+	var backoff time.Duration
 	for {
 		nc, err := l.Accept()
 		if err != nil {
@@ -441,8 +470,25 @@ func (s *Server) Serve(l net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return err
+			if !acceptRetryable(err) {
+				return err
+			}
+			// Out of descriptors or memory (a client opening connections
+			// until the process has none left), or a connection that
+			// went away before it was accepted: the listener and the
+			// clients served are fine. Wait, then accept again, as
+			// qemu-nbd keeps listening; returning stopped the server.
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			s.logf("nbd: accepting a client failed; retrying", "err", err, "after", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.stop:
+				t.Stop()
+			}
+			continue
 		}
+		backoff = 0
 		s.active.Add(1)
 		s.handshake.Add(1)
 		s.mu.Lock()
@@ -472,10 +518,32 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
+// acceptRetryable reports an Accept failure that says nothing about
+// the listener: the process or the system is short of descriptors or
+// memory for now, or the connection was aborted in the backlog.
+func acceptRetryable(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// The wait before accepting again after a retryable failure doubles from
+// acceptBackoffMin up to acceptBackoffMax while the failures go on.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
 // Close stops accepting clients and waits for handshakes in progress.
 // Exports are closed separately (Export.Close).
 func (s *Server) Close() {
 	s.mu.Lock()
+	if !s.closed && s.stop != nil {
+		close(s.stop) // ends a Serve waiting to accept again
+	}
 	s.closed = true
 	ls := s.listeners
 	s.listeners = nil
@@ -769,6 +837,11 @@ func (n *negotiator) sendInfo(opt uint32, x *Export, ir infoRequest) error {
 }
 
 func (n *negotiator) metaContext(opt uint32, data []byte) error {
+	if opt == nbdproto.OptSetMeta {
+		// A SET replaces the earlier selection even when it fails: the
+		// client then believes it has none.
+		n.meta, n.metaExport, n.metaX = nil, "", nil
+	}
 	if !n.structured {
 		return n.replyErr(opt, nbdproto.RepErrInvalid, "negotiate structured replies before meta contexts")
 	}

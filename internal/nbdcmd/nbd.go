@@ -366,9 +366,22 @@ func runNbd(cfg *nbdConfig) (int, error) {
 		node.Unref()
 		return 1, err
 	}
+	dz := nbd.DetectZeroesOff
+	switch cfg.co.DetectZeroes {
+	case raw.DetectZeroesOn:
+		dz = nbd.DetectZeroesOn
+	case raw.DetectZeroesUnmap:
+		dz = nbd.DetectZeroesUnmap
+	}
 	exp, err := nbd.NewExport(g, node, nbd.ExportOptions{
 		Name: cfg.name, Description: cfg.desc, ReadOnly: cfg.readOnly,
 		MaxConnections: cfg.shared, AllocationDepth: cfg.depth, Bitmaps: cfg.bitmaps,
+		// The file node ignores discards already, but a qcow2 node above
+		// it would still discard: qemu-nbd drops them at the top.
+		IgnoreDiscard: cfg.co.Discard == raw.DiscardIgnore,
+		// Likewise the file node detects zeroes only after a qcow2 node
+		// has allocated clusters for them: the export does it at the top.
+		DetectZeroes: dz,
 	})
 	if err != nil {
 		node.Unref()

@@ -2,6 +2,7 @@ package nbdcmd
 
 import (
 	"bytes"
+	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -302,5 +303,80 @@ func TestNbdCmdStaleSocket(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(reg); string(b) != "keep" {
 		t.Fatal("a regular file at the socket path was replaced")
+	}
+}
+
+// TestNbdCmdDiscardIgnore: with --discard=ignore (the default) a client's
+// TRIM changes nothing in a qcow2 image, as with qemu-nbd, which drops the
+// discard at the image's top node. The setting reached only the file node
+// under the qcow2 layer, so the qcow2 driver still discarded: over a
+// backing file it wrote zero clusters, and the backing file's data read
+// as zeroes afterwards.
+func TestNbdCmdDiscardIgnore(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"},
+		{"qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 4M", base},
+		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, "4M"},
+		{"qemu-io", "-f", "qcow2", "-c", "write -P 0xbb 2M 1M", top},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	sock := filepath.Join(dir, "s")
+	startNbd(t, sock, "-t", "-f", "qcow2", top)
+	u := "nbd+unix:///?socket=" + sock
+	out, err := exec.Command("qemu-io", "-f", "raw", "-c", "discard 0 4M", "-c", "flush",
+		"-c", "read -P 0xaa 0 2M", "-c", "read -P 0xbb 2M 1M", "-c", "read -P 0xaa 3M 1M", u).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "fail") {
+		t.Fatalf("data after a TRIM with --discard=ignore: %v\n%s", err, out)
+	}
+}
+
+// TestNbdCmdDetectZeroesQcow2: --detect-zeroes turns a client's write of
+// zero bytes into a write-zeroes at the image's top node, as qemu-nbd
+// does, so a qcow2 image gets zero clusters and no data. The setting
+// reached only the file node under the qcow2 layer, which then allocated
+// data clusters for the zeroes (qemu-img map: "data": true).
+func TestNbdCmdDetectZeroesQcow2(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	for _, mode := range []string{"on", "unmap"} {
+		dir := t.TempDir()
+		img := filepath.Join(dir, "a.qcow2")
+		if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "8M").CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		sock := filepath.Join(dir, "s")
+		cmd := startNbd(t, sock, "-f", "qcow2", "--discard=unmap", "--detect-zeroes="+mode, img)
+		u := "nbd+unix:///?socket=" + sock
+		if out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0 1M 1M", "-c", "write -P 0 3M 4k",
+			"-c", "write -P 0x11 5M 64k", "-c", "read -P 0 1M 1M", u).CombinedOutput(); err != nil || strings.Contains(string(out), "fail") {
+			t.Fatalf("qemu-io: %v %s", err, out)
+		}
+		if err := cmd.Wait(); err != nil { // the last client left
+			t.Fatalf("exit: %v", err)
+		}
+		out, err := exec.Command("qemu-img", "map", "--output=json", img).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-img map: %v %s", err, out)
+		}
+		var m []struct {
+			Start, Length int64
+			Data          bool
+		}
+		if err := json.Unmarshal(out, &m); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		for _, e := range m {
+			if e.Data && e.Start < 4<<20 {
+				t.Errorf("--detect-zeroes=%s: zero writes stored as data at %d+%d\n%s", mode, e.Start, e.Length, out)
+			}
+		}
+		if data, _ := exec.Command("qemu-io", "-f", "qcow2", "-c", "read -P 0x11 5M 64k", img).CombinedOutput(); strings.Contains(string(data), "fail") {
+			t.Errorf("--detect-zeroes=%s: the data write is lost\n%s", mode, data)
+		}
 	}
 }
