@@ -13,6 +13,10 @@ import (
 type TransactionAction struct {
 	Type string          `json:"type"`
 	Data json.RawMessage `json:"data"`
+	// args, when set, are Data already decoded and checked (a command
+	// that runs as a one-action transaction): a JSON round trip would
+	// turn an absent optional member into null.
+	args any
 }
 
 // TransactionArgs is the transaction command's argument.
@@ -101,6 +105,9 @@ func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Actio
 
 // decodeAs decodes an action's data with the command argument rules.
 func decodeAs[T any](i int, a TransactionAction) (*T, error) {
+	if v, ok := a.args.(*T); ok {
+		return v, nil
+	}
 	reg := NewRegistry()
 	reg.Register(a.Type, new(T), nil)
 	data := a.Data

@@ -192,18 +192,9 @@ func (d *Daemon) register(r *Registry) {
 	r.Register("transaction", &TransactionArgs{}, func(_ *Client, a any) (any, error) {
 		return nil, d.Transaction(a.(*TransactionArgs))
 	})
-	single := func(typ string, v any) Handler {
-		return func(_ *Client, a any) (any, error) {
-			raw, err := jsonMarshal(a)
-			if err != nil {
-				return nil, err
-			}
-			return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, Data: raw}}})
-		}
-	}
-	r.Register("blockdev-snapshot-sync", &SnapshotSyncArgs{}, single("blockdev-snapshot-sync", nil))
-	r.Register("blockdev-snapshot", &SnapshotArgs{}, single("blockdev-snapshot", nil))
-	r.Register("blockdev-snapshot-internal-sync", &InternalSnapshotArgs{}, single("blockdev-snapshot-internal-sync", nil))
+	r.Register("blockdev-snapshot-sync", &SnapshotSyncArgs{}, d.single("blockdev-snapshot-sync"))
+	r.Register("blockdev-snapshot", &SnapshotArgs{}, d.single("blockdev-snapshot"))
+	r.Register("blockdev-snapshot-internal-sync", &InternalSnapshotArgs{}, d.single("blockdev-snapshot-internal-sync"))
 	r.Register("nbd-server-start", &nbdStartArgs{}, func(_ *Client, a any) (any, error) {
 		x := a.(*nbdStartArgs)
 		if x.TLSCreds != "" {
@@ -236,6 +227,14 @@ func (d *Daemon) register(r *Registry) {
 		}
 		return out, nil
 	})
+}
+
+// single runs a command as the one action of a transaction, with the
+// arguments the command decoded.
+func (d *Daemon) single(typ string) Handler {
+	return func(_ *Client, a any) (any, error) {
+		return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, args: a}}})
+	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -954,15 +954,7 @@ func (d *Daemon) registerJobs(r *Registry) {
 	r.Register("block-commit", &CommitArgs{}, func(_ *Client, a any) (any, error) {
 		return nil, d.startJob(d.newCommit(a.(*CommitArgs)))
 	})
-	single := func(typ string) Handler {
-		return func(_ *Client, a any) (any, error) {
-			raw, err := jsonMarshal(a)
-			if err != nil {
-				return nil, err
-			}
-			return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, Data: raw}}})
-		}
-	}
+	single := d.single
 	r.Register("blockdev-backup", &BackupArgs{}, single("blockdev-backup"))
 	r.Register("block-dirty-bitmap-add", &BitmapAddArgs{}, single("block-dirty-bitmap-add"))
 	for _, k := range []string{"remove", "clear", "enable", "disable"} {

@@ -133,11 +133,42 @@ func (c *command) decodeAt(prefix string, raw json.RawMessage) (any, *Error) {
 			continue
 		}
 		f := v.Elem().FieldByIndex(p.field)
+		if bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
+			if err := decodeNull(f); err != nil {
+				return nil, typeError(prefix+p.name, f.Type(), err)
+			}
+			continue
+		}
 		if err := strictUnmarshal(m, f.Addr().Interface()); err != nil {
 			return nil, typeError(prefix+p.name, f.Type(), err)
 		}
 	}
 	return v.Interface(), nil
+}
+
+// decodeNull stores a JSON null in field f. Only a type with an
+// UnmarshalJSON of its own can take one (QAPI's alternates with null,
+// StrOrNull): encoding/json would set a pointer to nil, and leave any
+// other field at its zero value, without a word, so that "backing": null
+// looked absent and "node-name": null read as "". QEMU refuses a null for
+// every other type.
+func decodeNull(f reflect.Value) error {
+	t := f.Type()
+	target := f.Addr()
+	if t.Kind() == reflect.Pointer {
+		target = reflect.New(t.Elem())
+	}
+	u, ok := target.Interface().(json.Unmarshaler)
+	if !ok {
+		return &json.UnmarshalTypeError{Value: "null", Type: t}
+	}
+	if err := u.UnmarshalJSON([]byte("null")); err != nil {
+		return err
+	}
+	if t.Kind() == reflect.Pointer {
+		f.Set(target)
+	}
+	return nil
 }
 
 // strictUnmarshal decodes m into dst refusing unknown members (nested
