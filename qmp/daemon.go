@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/host"
 	"github.com/ringblk/ringblk/job"
 	"github.com/ringblk/ringblk/nbd"
@@ -446,6 +447,9 @@ func (d *Daemon) blockdevDel(name string) error {
 	if id := d.exportOf(name); id != "" {
 		return Errorf("Node '%s' is busy: block device is in use by block export '%s'", name, id)
 	}
+	if typ := d.jobOn(b); typ != "" {
+		return Errorf("Node '%s' is busy: block device is in use by block job: %s", name, typ)
+	}
 	err := b.dev.Close()
 	d.mu.Lock()
 	var drop func(n string)
@@ -465,6 +469,37 @@ func (d *Daemon) blockdevDel(name string) error {
 		return Errorf("Node '%s' closed with an error: %v", name, err)
 	}
 	return nil
+}
+
+// jobOn returns the type of a job that has an edge to a node b's device
+// would close (its root, a job's filter on top and every node under
+// them), or "" if none does. Closing such a device under a running job
+// pulls its source or target away (QEMU's op blocker refuses it).
+func (d *Daemon) jobOn(b *blockdev) string {
+	root := b.dev.Root()
+	if root == nil {
+		return ""
+	}
+	typ := ""
+	seen := map[*block.Node]bool{}
+	var walk func(n *block.Node)
+	walk = func(n *block.Node) {
+		if n == nil || seen[n] || typ != "" {
+			return
+		}
+		seen[n] = true
+		for _, p := range n.Parents() {
+			if j, ok := p.Owner().(*job.Job); ok && p.Class().Kind() == block.JobParent {
+				typ = j.Type()
+				return
+			}
+		}
+		for _, c := range n.Children() {
+			walk(c.Node())
+		}
+	}
+	d.h.Graph().Control(func() { walk(root) })
+	return typ
 }
 
 // lost drops a node whose device could not be reopened (after it was

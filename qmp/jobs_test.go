@@ -498,3 +498,49 @@ func TestIntermediateCommitAndStreamRecordBaseFile(t *testing.T) {
 		})
 	}
 }
+
+// slowMirror starts mirror m0 from a 16 MiB source full of data to tgt
+// at 1 byte/s: the first iteration copies 8 requests of 1 MiB and the
+// speed limit then holds the job in running, never ready.
+func slowMirror(t *testing.T, d *Daemon, dir string, c *rawClient) {
+	t.Helper()
+	const size = 16 << 20
+	for _, n := range []string{"src", "tgt"} {
+		p := filepath.Join(dir, n+".qcow2")
+		if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: size}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.blockdevAdd(&AddOptions{Driver: "qcow2", NodeName: n, File: &FileRef{Driver: "file", Filename: p}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill(t, d, "src", 0x11, 0, size)
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m0","device":"src","target":"tgt","sync":"full","speed":1}}`)
+}
+
+// TestBlockdevDelRefusedUnderJob: blockdev-del of a running mirror's
+// source or target is refused with QEMU's wording and the job goes on;
+// once the job is gone, both nodes can be deleted. Before, blockdev-del
+// closed either device under the running job.
+func TestBlockdevDelRefusedUnderJob(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	for _, n := range []string{"src", "tgt"} {
+		wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"`+n+`"}}`), GenericError,
+			"Node '"+n+"' is busy: block device is in use by block job: mirror")
+	}
+	if j := d.jobs.Get("m0"); j == nil || j.Status() != job.Running {
+		t.Fatalf("job after the refused deletes: %v", j)
+	}
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m0"}}`)
+	for {
+		ev := c.waitEvent("JOB_STATUS_CHANGE", "m0")
+		if ev["data"].(map[string]any)["status"] == "null" {
+			break
+		}
+	}
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"src"}}`)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"tgt"}}`)
+}
