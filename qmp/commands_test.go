@@ -169,3 +169,20 @@ func TestBlockdevCreateJobErrors(t *testing.T) {
 		t.Fatalf("query-jobs after dismiss: %v", q)
 	}
 }
+
+// TestNBDServerStopLeavesJobsRunning: nbd-server-stop ends the NBD server
+// and its exports only; a running block job goes on (before, the daemon
+// cancelled every job, as it does on shutdown).
+func TestNBDServerStopLeavesJobsRunning(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	slowMirror(t, d, dir, c)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"src"}}`)
+	okReply(t, c, `{"execute":"nbd-server-stop"}`)
+	jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any)
+	if len(jobs) != 1 || jobs[0].(map[string]any)["status"] != "running" {
+		t.Fatalf("query-jobs after nbd-server-stop: %v", jobs)
+	}
+}

@@ -598,18 +598,10 @@ func (d *Daemon) nbdServerStop() error {
 	exps := d.exports
 	d.exports = map[string]*export{}
 	d.mu.Unlock()
+	// Only the exports and the server end: the block jobs go on (they
+	// hold nodes, not exports; Close cancels them because it closes the
+	// devices).
 	var errs []error
-	// Jobs end first (cancelled: a mirror does not pivot), so that no job
-	// holds a node the devices below close.
-	if d.jobs != nil {
-		for _, in := range d.jobs.List() {
-			if j := d.jobs.Get(in.ID); j != nil {
-				_ = j.Cancel(true)
-				_ = j.Wait()
-				_ = j.Dismiss()
-			}
-		}
-	}
 	for _, e := range exps {
 		errs = append(errs, e.exp.Close())
 	}
