@@ -398,6 +398,9 @@ type Info struct {
 	Ready    bool
 	IOStatus string // "ok" or "failed"
 	Error    string // the final error, once concluded
+	// AutoFinalize and AutoDismiss are QMP's names for !ManualFinalize
+	// and !ManualDismiss.
+	AutoFinalize, AutoDismiss bool
 }
 
 // Info returns a snapshot of the job's state.
@@ -409,6 +412,7 @@ func (j *Job) Info() Info {
 		Current: j.cur.Load(), Total: j.total.Load(), Speed: j.speed.Load(),
 		Busy: j.busy.Load(), Paused: j.pauseCount > 0 && j.userPaused,
 		Ready: j.status == Ready || j.status == Standby, IOStatus: "ok",
+		AutoFinalize: !j.opts.ManualFinalize, AutoDismiss: !j.opts.ManualDismiss,
 	}
 	if j.ioFailed {
 		in.IOStatus = "failed"
@@ -888,6 +892,11 @@ func (j *Job) exit() {
 	j.setStatus(Waiting)
 	j.setStatus(Pending)
 	manual := j.opts.ManualFinalize
+	if manual {
+		// The job now waits for Finalize: QEMU tells the user so with
+		// BLOCK_JOB_PENDING, after the status change.
+		j.pending = append(j.pending, j.blockEvent(EventPending))
+	}
 	j.mu.Unlock()
 	j.flushEvents()
 	if !manual {

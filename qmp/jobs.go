@@ -23,7 +23,7 @@ func (d *Daemon) jobEvent(ev job.Event) {
 	switch ev.Type {
 	case job.EventStatusChange:
 		d.emit("JOB_STATUS_CHANGE", map[string]any{"id": ev.ID, "status": ev.Status.String()})
-	case job.EventError, job.EventReady, job.EventCompleted, job.EventCancelled:
+	case job.EventError, job.EventReady, job.EventCompleted, job.EventCancelled, job.EventPending:
 		if ev.JobType == "create" {
 			return // not a block job: QEMU sends only JOB_STATUS_CHANGE for it
 		}
@@ -36,6 +36,8 @@ func (d *Daemon) blockJobEvent(ev job.Event) {
 	switch ev.Type {
 	case job.EventError:
 		d.emit("BLOCK_JOB_ERROR", map[string]any{"device": ev.ID, "operation": ev.Operation, "action": ev.Action.String()})
+	case job.EventPending:
+		d.emit("BLOCK_JOB_PENDING", map[string]any{"id": ev.ID, "type": ev.JobType})
 	default:
 		data := map[string]any{"device": ev.ID, "type": ev.JobType, "len": ev.Len, "offset": ev.Offset, "speed": ev.Speed}
 		if ev.Type == job.EventCompleted && ev.Error != "" {
@@ -503,12 +505,18 @@ func (d *Daemon) queryJobs() []map[string]any {
 func (d *Daemon) queryBlockJobs() []map[string]any {
 	out := []map[string]any{}
 	for _, in := range d.jobs.List() {
-		if in.Status == job.Concluded || in.Status == job.Null || in.Type == "create" {
+		// As QEMU, every block job until it is dismissed: a concluded job
+		// of auto-dismiss false is listed with its error.
+		if in.Status == job.Null || in.Type == "create" {
 			continue
 		}
-		out = append(out, map[string]any{"type": in.Type, "device": in.ID, "len": in.Total, "offset": in.Current,
+		m := map[string]any{"type": in.Type, "device": in.ID, "len": in.Total, "offset": in.Current,
 			"busy": in.Busy, "paused": in.Paused, "speed": in.Speed, "io-status": in.IOStatus, "ready": in.Ready,
-			"status": in.Status.String(), "auto-finalize": true, "auto-dismiss": true})
+			"status": in.Status.String(), "auto-finalize": in.AutoFinalize, "auto-dismiss": in.AutoDismiss}
+		if in.Error != "" {
+			m["error"] = in.Error
+		}
+		out = append(out, m)
 	}
 	return out
 }

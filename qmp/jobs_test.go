@@ -544,3 +544,48 @@ func TestBlockdevDelRefusedUnderJob(t *testing.T) {
 	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"src"}}`)
 	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"tgt"}}`)
 }
+
+// TestManualFinalizeDismissOverQMP: a mirror with auto-finalize and
+// auto-dismiss false, as QEMU reports it: query-block-jobs shows both
+// flags as given, BLOCK_JOB_PENDING follows the change to pending, and
+// the concluded job stays in query-block-jobs until job-dismiss. Before,
+// the flags were always true, BLOCK_JOB_PENDING was never sent and a
+// concluded job vanished from query-block-jobs.
+func TestManualFinalizeDismissOverQMP(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	fill(t, d, "src", 0x33, 0, 1<<20)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m0","device":"src","target":"tgt","sync":"full","auto-finalize":false,"auto-dismiss":false}}`)
+	c.waitEvent("BLOCK_JOB_READY", "m0")
+	blockJob := func() map[string]any {
+		t.Helper()
+		bj := okReply(t, c, `{"execute":"query-block-jobs"}`).([]any)
+		if len(bj) != 1 {
+			t.Fatalf("query-block-jobs %v", bj)
+		}
+		return bj[0].(map[string]any)
+	}
+	if j := blockJob(); j["auto-finalize"] != false || j["auto-dismiss"] != false {
+		t.Fatalf("query-block-jobs %v, want auto-finalize and auto-dismiss false", j)
+	}
+	okReply(t, c, `{"execute":"job-complete","arguments":{"id":"m0"}}`)
+	ev := c.waitEvent("BLOCK_JOB_PENDING", "m0")
+	if data := ev["data"].(map[string]any); data["type"] != "mirror" {
+		t.Fatalf("BLOCK_JOB_PENDING %v", ev)
+	}
+	if j := blockJob(); j["status"] != "pending" {
+		t.Fatalf("after BLOCK_JOB_PENDING: %v", j)
+	}
+	okReply(t, c, `{"execute":"job-finalize","arguments":{"id":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "m0")
+	if j := blockJob(); j["status"] != "concluded" {
+		t.Fatalf("after BLOCK_JOB_COMPLETED: %v", j)
+	}
+	okReply(t, c, `{"execute":"job-dismiss","arguments":{"id":"m0"}}`)
+	if bj := okReply(t, c, `{"execute":"query-block-jobs"}`).([]any); len(bj) != 0 {
+		t.Fatalf("query-block-jobs after job-dismiss: %v", bj)
+	}
+}
