@@ -442,33 +442,44 @@ func (j *Job) check(v Verb) error {
 	return nil
 }
 
+// ErrAlreadyPaused and ErrNotPaused refuse a user pause of a job the
+// user (or a stop policy) paused already, and a resume of one nobody
+// paused, as QEMU does: a user pause is one flag, not a count, so the
+// second pause would be undone by the first resume.
+var (
+	ErrAlreadyPaused = errors.New("job is already paused")
+	ErrNotPaused     = errors.New("job was not paused")
+)
+
 // Pause asks the job to pause at its next pause point (user pause).
 func (j *Job) Pause() error {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	if err := j.check(VerbPause); err != nil {
-		j.mu.Unlock()
 		return err
 	}
-	if !j.userPaused {
-		j.userPaused = true
-		j.pauseRequest()
+	if j.userPaused {
+		return fmt.Errorf("job %q: %w", j.opts.ID, ErrAlreadyPaused)
 	}
-	j.mu.Unlock()
+	j.userPaused = true
+	j.pauseRequest()
 	return nil
 }
 
 // Resume undoes a user pause (and clears a stop policy's failed state).
 func (j *Job) Resume() error {
 	j.mu.Lock()
+	if !j.userPaused {
+		j.mu.Unlock()
+		return fmt.Errorf("job %q: %w", j.opts.ID, ErrNotPaused)
+	}
 	if err := j.check(VerbResume); err != nil {
 		j.mu.Unlock()
 		return err
 	}
-	if j.userPaused {
-		j.userPaused = false
-		j.ioFailed = false
-		j.resumeRequest()
-	}
+	j.userPaused = false
+	j.ioFailed = false
+	j.resumeRequest()
 	j.mu.Unlock()
 	j.flushEvents()
 	return nil

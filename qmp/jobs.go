@@ -482,9 +482,27 @@ func (d *Daemon) job(id string) (*job.Job, error) {
 	return nil, &Error{Class: DeviceNotActive, Desc: fmt.Sprintf("Block job '%s' not found", id)}
 }
 
+// findJob is job-*'s lookup: QEMU's job commands say "Job not found"
+// (GenericError), its block-job-* commands DeviceNotActive (d.job).
+func (d *Daemon) findJob(id string) (*job.Job, error) {
+	if j := d.jobs.Get(id); j != nil {
+		return j, nil
+	}
+	return nil, Errorf("Job not found")
+}
+
+// verbErr words a refused verb as QEMU does; clients match these.
 func verbErr(err error) error {
-	if err == nil {
+	var ve *job.VerbError
+	switch {
+	case err == nil:
 		return nil
+	case errors.As(err, &ve):
+		return Errorf("Job '%s' in state '%s' cannot accept command verb '%s'", ve.ID, ve.Status, ve.Verb)
+	case errors.Is(err, job.ErrAlreadyPaused):
+		return Errorf("Job is already paused")
+	case errors.Is(err, job.ErrNotPaused):
+		return Errorf("Can't resume a job that was not paused")
 	}
 	return Errorf("%v", err)
 }
@@ -918,7 +936,7 @@ func (d *Daemon) registerJobs(r *Registry) {
 	r.Register("query-block-jobs", nil, func(*Client, any) (any, error) { return d.queryBlockJobs(), nil })
 	verb := func(f func(j *job.Job) error) Handler {
 		return func(_ *Client, a any) (any, error) {
-			j, err := d.job(a.(*jobIDArg).ID)
+			j, err := d.findJob(a.(*jobIDArg).ID)
 			if err != nil {
 				return nil, err
 			}

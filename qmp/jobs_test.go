@@ -589,3 +589,28 @@ func TestManualFinalizeDismissOverQMP(t *testing.T) {
 		t.Fatalf("query-block-jobs after job-dismiss: %v", bj)
 	}
 }
+
+// TestJobVerbErrorsAsQEMU: refused job verbs get qemu-storage-daemon's
+// classes and messages (compared by hand with 7.2): job-* on an unknown
+// id is a GenericError "Job not found" (block-job-* a DeviceNotActive),
+// a verb the state does not allow names job, state and verb, and a
+// second pause or a resume of a job that is not paused is refused.
+// Before, job-* answered DeviceNotActive, the verb error was Go's
+// wording, and the second pause and the stray resume succeeded.
+func TestJobVerbErrorsAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	wantError(t, c.do(`{"execute":"job-pause","arguments":{"id":"nope"}}`), GenericError, "Job not found")
+	wantError(t, c.do(`{"execute":"block-job-pause","arguments":{"device":"nope"}}`), DeviceNotActive, "Block job 'nope' not found")
+	slowMirror(t, d, dir, c)
+	wantError(t, c.do(`{"execute":"job-complete","arguments":{"id":"m0"}}`), GenericError,
+		"Job 'm0' in state 'running' cannot accept command verb 'complete'")
+	wantError(t, c.do(`{"execute":"job-resume","arguments":{"id":"m0"}}`), GenericError, "Can't resume a job that was not paused")
+	okReply(t, c, `{"execute":"job-pause","arguments":{"id":"m0"}}`)
+	wantError(t, c.do(`{"execute":"block-job-pause","arguments":{"device":"m0"}}`), GenericError, "Job is already paused")
+	okReply(t, c, `{"execute":"job-resume","arguments":{"id":"m0"}}`)
+	wantError(t, c.do(`{"execute":"block-job-resume","arguments":{"device":"m0"}}`), GenericError, "Can't resume a job that was not paused")
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_CANCELLED", "m0")
+}
