@@ -1,6 +1,7 @@
 package qmp
 
 import (
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -185,4 +186,24 @@ func TestNBDServerStopLeavesJobsRunning(t *testing.T) {
 	if len(jobs) != 1 || jobs[0].(map[string]any)["status"] != "running" {
 		t.Fatalf("query-jobs after nbd-server-stop: %v", jobs)
 	}
+}
+
+// TestNBDServerStartLegacyAddress: nbd-server-start takes QEMU's
+// SocketAddressLegacy ({"type":"unix","data":{"path":…}}), the form QEMU
+// 7.2 accepts and libvirt sends; the flat form of the command line still
+// works. Before, the legacy form failed on the unknown member "data".
+func TestNBDServerStartLegacyAddress(t *testing.T) {
+	_, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	nbdSock := filepath.Join(dir, "nbd.sock")
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"`+nbdSock+`"}}}}`)
+	if nc, err := net.Dial("unix", nbdSock); err != nil {
+		t.Fatalf("nobody listens on %s: %v", nbdSock, err)
+	} else {
+		nc.Close()
+	}
+	okReply(t, c, `{"execute":"nbd-server-stop"}`)
+	wantError(t, c.do(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"/x"},"path":"/y"}}}`), GenericError, "Parameter 'addr.path' is unexpected")
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+nbdSock+`"}}}`)
 }

@@ -1,11 +1,13 @@
 package qmp
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -550,6 +552,41 @@ type SocketAddress struct {
 	Path string `json:"path"`
 	Host string `json:"host"`
 	Port string `json:"port"`
+}
+
+// UnmarshalJSON accepts QMP's SocketAddressLegacy, {"type": "unix",
+// "data": {"path": …}}, which QEMU's nbd-server-start takes (and libvirt
+// sends), as well as the flat SocketAddress of the command line
+// (--nbd-server addr.type=unix,addr.path=…).
+func (a *SocketAddress) UnmarshalJSON(b []byte) error {
+	type flat SocketAddress // the same members, without this method
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(b, &members); err != nil || members == nil {
+		return Errorf("Invalid parameter type for 'addr', expected: object")
+	}
+	data, legacy := members["data"]
+	if !legacy {
+		return strictUnmarshal(b, (*flat)(a))
+	}
+	for k := range members {
+		if k != "type" && k != "data" {
+			return Errorf("Parameter 'addr.%s' is unexpected", k)
+		}
+	}
+	var typ string
+	if err := json.Unmarshal(members["type"], &typ); err != nil {
+		return Errorf("Invalid parameter type for 'addr.type', expected: string")
+	}
+	var in struct {
+		Path string `json:"path"`
+		Host string `json:"host"`
+		Port string `json:"port"`
+	}
+	if err := strictUnmarshal(data, &in); err != nil {
+		return Errorf("Invalid parameter 'addr.data': %v", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	*a = SocketAddress{Type: typ, Path: in.Path, Host: in.Host, Port: in.Port}
+	return nil
 }
 
 func (a SocketAddress) listen() (net.Listener, error) {
