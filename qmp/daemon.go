@@ -490,11 +490,8 @@ func (d *Daemon) jobOn(b *blockdev) string {
 			return
 		}
 		seen[n] = true
-		for _, p := range n.Parents() {
-			if j, ok := p.Owner().(*job.Job); ok && p.Class().Kind() == block.JobParent {
-				typ = j.Type()
-				return
-			}
+		if typ = jobOfNode(n, nil); typ != "" {
+			return
 		}
 		for _, c := range n.Children() {
 			walk(c.Node())
@@ -502,6 +499,45 @@ func (d *Daemon) jobOn(b *blockdev) string {
 	}
 	d.h.Graph().Control(func() { walk(root) })
 	return typ
+}
+
+// jobOfNode returns the type of a job with an edge to n, or "" (main
+// Context). Edges that except accepts are not counted.
+func jobOfNode(n *block.Node, except func(j *job.Job, c *block.Child) bool) string {
+	for _, p := range n.Parents() {
+		if j, ok := p.Owner().(*job.Job); ok && p.Class().Kind() == block.JobParent && (except == nil || !except(j, p)) {
+			return j.Type()
+		}
+	}
+	return ""
+}
+
+// backupSource is the one use of a node that a new backup may share: the
+// source of another backup (each inserts its copy-before-write filter
+// above the last; backups of one disk to several targets overlap).
+func backupSource(j *job.Job, c *block.Child) bool {
+	return j.Type() == "backup" && c.Name() == "source"
+}
+
+// checkNoJob refuses a new block job on nodes another job already uses,
+// as QEMU's op blockers do: two jobs writing one target, or a job
+// copying from a node another job writes, interleave their writes (a
+// mirror's target, a stream's top, a commit's base). except (nil: none)
+// names the uses a node may keep.
+func (d *Daemon) checkNoJob(except func(*job.Job, *block.Child) bool, nodes ...*block.Node) error {
+	var err error
+	d.h.Graph().Control(func() {
+		for _, n := range nodes {
+			if n == nil {
+				continue
+			}
+			if typ := jobOfNode(n, except); typ != "" {
+				err = Errorf("Node '%s' is busy: block device is in use by block job: %s", n.Name(), typ)
+				return
+			}
+		}
+	})
+	return err
 }
 
 // lost drops a node whose device could not be reopened (after it was

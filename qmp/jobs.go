@@ -213,6 +213,9 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if a.Replaces != "" || a.FilterNode != "" {
 		return nil, nil, Errorf("Parameters 'replaces' and 'filter-node-name' are not supported")
 	}
+	if err := d.checkNoJob(nil, src, tgt); err != nil {
+		return nil, nil, err
+	}
 	o, err := a.options(a.Device)
 	if err != nil {
 		return nil, nil, err
@@ -256,6 +259,12 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	}
 	if a.Compress || a.FilterNode != "" {
 		return job.BackupOptions{}, Errorf("Parameters 'compress' and 'filter-node-name' are not supported")
+	}
+	if err := d.checkNoJob(backupSource, src); err != nil {
+		return job.BackupOptions{}, err
+	}
+	if err := d.checkNoJob(nil, tgt); err != nil {
+		return job.BackupOptions{}, err
 	}
 	o, err := a.options(a.Device)
 	if err != nil {
@@ -312,6 +321,9 @@ func (d *Daemon) newStream(a *StreamArgs) (*job.Job, error) {
 		if base = d.nodeByFile(top, a.Base); base == nil {
 			return nil, Errorf("Can't find '%s' in the backing chain", a.Base)
 		}
+	}
+	if err := d.checkNoJob(nil, top, base); err != nil {
+		return nil, err
 	}
 	ja := a.JobArgs
 	ja.OnSourceError = a.OnError
@@ -395,6 +407,9 @@ func (d *Daemon) newCommit(a *CommitArgs) (*job.Job, error) {
 		if base == top {
 			return nil, Errorf("Top image '%s' has no backing file to commit into", top.Name())
 		}
+	}
+	if err := d.checkNoJob(nil, root, top, base); err != nil {
+		return nil, err
 	}
 	ja := a.JobArgs
 	ja.OnSourceError = a.OnError

@@ -614,3 +614,31 @@ func TestJobVerbErrorsAsQEMU(t *testing.T) {
 	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m0"}}`)
 	c.waitEvent("BLOCK_JOB_CANCELLED", "m0")
 }
+
+// TestSecondJobOnBusyNodeRefused: a block job cannot start on a node
+// another job uses (QEMU's op blockers): a backup into a running mirror's
+// target, a mirror from it, a backup of the mirror's source or a stream
+// of it is refused with QEMU's message, and no job is created. Before,
+// every one of them started, and two jobs wrote one target at once.
+func TestSecondJobOnBusyNodeRefused(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	p := filepath.Join(dir, "other.qcow2")
+	if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"other","file":{"driver":"file","filename":"`+p+`"}}}`)
+	for cmd, node := range map[string]string{
+		`{"execute":"blockdev-backup","arguments":{"job-id":"x","device":"other","target":"tgt","sync":"full"}}`: "tgt",
+		`{"execute":"blockdev-mirror","arguments":{"job-id":"x","device":"tgt","target":"other","sync":"full"}}`: "tgt",
+		`{"execute":"blockdev-backup","arguments":{"job-id":"x","device":"src","target":"other","sync":"full"}}`: "src",
+		`{"execute":"block-stream","arguments":{"job-id":"x","device":"src"}}`:                                   "src",
+	} {
+		wantError(t, c.do(cmd), GenericError, "Node '"+node+"' is busy: block device is in use by block job: mirror")
+	}
+	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 1 {
+		t.Fatalf("query-jobs after the refused jobs: %v", jobs)
+	}
+}
