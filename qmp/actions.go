@@ -191,8 +191,13 @@ func (s *snapshotSync) Prepare() error {
 	if err := s.st.claim(b.name, s.i); err != nil {
 		return err
 	}
-	if n := s.a.SnapshotNodeName; n != "" && (s.d.nodes[n] != nil || s.d.h.Graph().NodeByName(n) != nil) {
-		return Errorf("Duplicate nodes with node-name='%s'", n)
+	if n := s.a.SnapshotNodeName; n != "" {
+		if err := checkNodeName(n); err != nil {
+			return err
+		}
+		if s.d.nodes[n] != nil || s.d.h.Graph().NodeByName(n) != nil {
+			return Errorf("Duplicate nodes with node-name='%s'", n)
+		}
 	}
 	root := b.dev.Root()
 	if root == nil {

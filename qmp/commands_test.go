@@ -207,3 +207,37 @@ func TestNBDServerStartLegacyAddress(t *testing.T) {
 	wantError(t, c.do(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"/x"},"path":"/y"}}}`), GenericError, "Parameter 'addr.path' is unexpected")
 	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+nbdSock+`"}}}`)
 }
+
+// TestIdentifiersAsQEMU: node names and job IDs follow QEMU's rule (a
+// letter, then letters, digits, '-', '.', '_'; node names up to 31
+// bytes) and bitmap names its 1023-byte limit, with QEMU's messages.
+// Before, any string was taken: a node named "#backup-cbw-j0" or
+// "#node3" collides with the names the daemon gives its own nodes.
+func TestIdentifiersAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	p := filepath.Join(dir, "a.qcow2")
+	if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	add := func(name string) map[string]any {
+		return c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"` + name + `","file":{"driver":"file","filename":"` + p + `"}}}`)
+	}
+	for _, bad := range []string{"1bad", "#backup-cbw-j0", "a b", "-x"} {
+		wantError(t, add(bad), GenericError, "Invalid node-name: '"+bad+"'")
+	}
+	wantError(t, add(strings.Repeat("n", 32)), GenericError, "Node name too long")
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"`+strings.Repeat("n", 31)+`","size":1048576}}`)
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"t.x-1_","size":1048576}}`)
+	wantError(t, c.do(`{"execute":"blockdev-backup","arguments":{"job-id":"1bad","device":"t.x-1_","target":"`+strings.Repeat("n", 31)+`","sync":"full"}}`),
+		GenericError, "Invalid job ID '1bad'")
+	wantError(t, c.do(`{"execute":"blockdev-create","arguments":{"job-id":"a b","options":{"driver":"file","filename":"`+filepath.Join(dir, "c.img")+`","size":0}}}`),
+		GenericError, "Invalid job ID 'a b'")
+	long := strings.Repeat("b", 1024)
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"t.x-1_","name":"`+long+`"}}`), GenericError, "Bitmap name too long: "+long)
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"t.x-1_","name":"`+long[:1023]+`"}}`)
+	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 0 {
+		t.Fatalf("query-jobs: %v", jobs)
+	}
+}

@@ -278,9 +278,46 @@ func (c *CacheOpts) mode() string {
 	return "writeback"
 }
 
+// Limits QEMU puts on names (its node_name buffer, qcow2's bitmap name).
+const (
+	maxNodeName   = 31
+	maxBitmapName = 1023
+)
+
+// idWellFormed is QEMU's rule for node names and job IDs: a letter, then
+// letters, digits, '-', '.' and '_'. Besides matching QEMU, it keeps the
+// user's names apart from those the daemon and the job package make up
+// for their own nodes and bitmaps, which begin with '#' ("#backup-cbw-ID",
+// "#node3"): a user node so named would collide with one of them.
+func idWellFormed(id string) bool {
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if letter || i > 0 && (c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			continue
+		}
+		return false
+	}
+	return id != ""
+}
+
+// checkNodeName applies QEMU's rules to a new node's name.
+func checkNodeName(name string) error {
+	if !idWellFormed(name) {
+		return Errorf("Invalid node-name: '%s'", name)
+	}
+	if len(name) > maxNodeName {
+		return Errorf("Node name too long")
+	}
+	return nil
+}
+
 func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	if o.NodeName == "" {
 		return Errorf("node-name is required for blockdev-add in this daemon")
+	}
+	if err := checkNodeName(o.NodeName); err != nil {
+		return err
 	}
 	if d.nodes[o.NodeName] != nil || d.h.Graph().NodeByName(o.NodeName) != nil {
 		return Errorf("Duplicate nodes with node-name='%s'", o.NodeName)

@@ -140,6 +140,9 @@ func (d *Daemon) checkJobID(id string) error {
 	if id == "" {
 		return Errorf("Parameter 'job-id' is missing")
 	}
+	if !idWellFormed(id) {
+		return Errorf("Invalid job ID '%s'", id)
+	}
 	if d.jobs.Get(id) != nil {
 		return Errorf("Job ID '%s' already in use", id)
 	}
@@ -665,6 +668,9 @@ func (a *bitmapAction) Prepare() error {
 	case "block-dirty-bitmap-add":
 		if a.add.Name == "" {
 			return Errorf("Bitmap name cannot be empty")
+		}
+		if len(a.add.Name) > maxBitmapName {
+			return Errorf("Bitmap name too long: %s", a.add.Name)
 		}
 		g := a.add.Granularity
 		if g != 0 && (g < 512 || g&(g-1) != 0) {
