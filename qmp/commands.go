@@ -181,6 +181,12 @@ func (d *Daemon) register(r *Registry) {
 		if x.Size < 0 {
 			return nil, Errorf("Parameter 'size' expects a >0 size")
 		}
+		if typ := d.jobOn(b); typ != "" {
+			// QEMU's op blockers refuse it too: a mirror's target resized
+			// under the job would give the device another size at the
+			// pivot, a source would outgrow the job's bitmap.
+			return nil, Errorf("Node '%s' is busy: block device is in use by block job: %s", b.name, typ)
+		}
 		if err := b.dev.Resize(x.Size); err != nil {
 			return nil, Errorf("Could not resize: %v", err)
 		}

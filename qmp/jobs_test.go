@@ -642,3 +642,21 @@ func TestSecondJobOnBusyNodeRefused(t *testing.T) {
 		t.Fatalf("query-jobs after the refused jobs: %v", jobs)
 	}
 }
+
+// TestBlockResizeRefusedUnderJob: block_resize of a running mirror's
+// target or source is refused (QEMU refuses both); before, the target was
+// resized under the job (the source failed only because the job's filter
+// cannot truncate).
+func TestBlockResizeRefusedUnderJob(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	for _, n := range []string{"tgt", "src"} {
+		wantError(t, c.do(`{"execute":"block_resize","arguments":{"node-name":"`+n+`","size":33554432}}`), GenericError,
+			"Node '"+n+"' is busy: block device is in use by block job: mirror")
+	}
+	if size, err := d.nodes["tgt"].dev.Root().Length(); err != nil || size != 16<<20 {
+		t.Fatalf("target length %d, %v; want 16 MiB", size, err)
+	}
+}
