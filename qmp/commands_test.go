@@ -1,6 +1,7 @@
 package qmp
 
 import (
+	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -239,5 +240,28 @@ func TestIdentifiersAsQEMU(t *testing.T) {
 	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"t.x-1_","name":"`+long[:1023]+`"}}`)
 	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 0 {
 		t.Fatalf("query-jobs: %v", jobs)
+	}
+}
+
+// TestNBDServerStopAnnouncesExports: nbd-server-stop closes the exports
+// left, each with its BLOCK_EXPORT_DELETED (in id order), as QEMU does;
+// before, they went without an event.
+func TestNBDServerStopAnnouncesExports(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e2","node-name":"disk0","name":"b"}}`)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e1","node-name":"disk0","name":"a"}}`)
+	okReply(t, c, `{"execute":"nbd-server-stop"}`)
+	var got []any
+	for _, ev := range c.events {
+		if ev["event"] == "BLOCK_EXPORT_DELETED" {
+			got = append(got, ev["data"].(map[string]any)["id"])
+		}
+	}
+	if fmt.Sprint(got) != "[e1 e2]" {
+		t.Fatalf("BLOCK_EXPORT_DELETED for %v, want [e1 e2]", got)
 	}
 }

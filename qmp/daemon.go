@@ -712,8 +712,11 @@ func (d *Daemon) nbdServerStop() error {
 	// hold nodes, not exports; Close cancels them because it closes the
 	// devices).
 	var errs []error
-	for _, e := range exps {
-		errs = append(errs, e.exp.Close())
+	for _, id := range sortedKeys(exps) {
+		errs = append(errs, exps[id].exp.Close())
+		// Every export that ends says so, as after block-export-del
+		// (QEMU closes them all the same way).
+		d.emit("BLOCK_EXPORT_DELETED", map[string]any{"id": id})
 	}
 	d.nbdLis.Close()
 	d.nbdSrv.Close()
