@@ -445,6 +445,10 @@ func (f *FileRef) UnmarshalJSON(b []byte) error {
 	type plain FileRef
 	var p plain
 	if err := strictUnmarshal(b, &p); err != nil {
+		var um *unexpectedMember
+		if errors.As(err, &um) {
+			return err // named with its place by typeError
+		}
 		return Errorf("Invalid parameter 'file': %v", err)
 	}
 	*f = FileRef(p)

@@ -80,3 +80,30 @@ func TestNullArgumentOverTheWire(t *testing.T) {
 		}
 	}
 }
+
+// TestNestedMembersMatchExactly: members of nested objects must match
+// their names exactly, as QEMU's are: encoding/json alone took
+// "FILENAME" for "filename" (and with both given, the last one), and
+// reported an unknown member in its own words. Each is now "Parameter
+// 'x.y' is unexpected".
+func TestNestedMembersMatchExactly(t *testing.T) {
+	d, _ := testDaemon(t, 1)
+	reg := NewRegistry()
+	d.register(reg)
+	for _, tc := range []struct{ cmd, args, want string }{
+		{"blockdev-add", `{"driver":"qcow2","node-name":"a","file":{"driver":"file","FILENAME":"/x"}}`, "Parameter 'file.FILENAME' is unexpected"},
+		{"blockdev-add", `{"driver":"qcow2","node-name":"a","file":{"driver":"file","filename":"/x","Filename":"/y"}}`, "Parameter 'file.Filename' is unexpected"},
+		{"blockdev-add", `{"driver":"qcow2","node-name":"a","file":{"driver":"file","filename":"/x","bogus":1}}`, "Parameter 'file.bogus' is unexpected"},
+		{"blockdev-add", `{"driver":"qcow2","node-name":"a","file":{"driver":"file","filename":"/x","Ref":"b"}}`, "Parameter 'file.Ref' is unexpected"},
+		{"blockdev-add", `{"driver":"file","node-name":"a","filename":"/x","cache":{"Direct":true}}`, "Parameter 'cache.Direct' is unexpected"},
+		{"nbd-server-start", `{"addr":{"type":"unix","PATH":"/s"}}`, "Parameter 'addr.PATH' is unexpected"},
+	} {
+		_, qerr := reg.lookup(tc.cmd).decode([]byte(tc.args))
+		if qerr == nil || qerr.Desc != tc.want {
+			t.Errorf("%s %s: %v, want %q", tc.cmd, tc.args, qerr, tc.want)
+		}
+	}
+	if _, qerr := reg.lookup("blockdev-add").decode([]byte(`{"driver":"file","node-name":"a","filename":"/x","cache":{"direct":true,"no-flush":false}}`)); qerr != nil {
+		t.Fatalf("exact members refused: %v", qerr)
+	}
+}
