@@ -107,3 +107,27 @@ func TestNestedMembersMatchExactly(t *testing.T) {
 		t.Fatalf("exact members refused: %v", qerr)
 	}
 }
+
+// TestDuplicateKeysRefused: a message with two members of one name, at
+// any depth, is refused as QEMU's parser refuses it; encoding/json kept
+// the last one, so {"node-name":"a","node-name":"b"} deleted b. Equal
+// names in different objects are fine.
+func TestDuplicateKeysRefused(t *testing.T) {
+	for _, msg := range []string{
+		`{"execute":"blockdev-del","arguments":{"node-name":"a","node-name":"b"}}`,
+		`{"execute":"x","id":1,"id":2}`,
+		`{"execute":"transaction","arguments":{"actions":[{"type":"abort","data":{"a":[1,{"k":1,"k":2}]}}]}}`,
+	} {
+		if _, qerr := parseRequest([]byte(msg)); qerr == nil || qerr.Desc != "JSON parse error, duplicate key" {
+			t.Errorf("%s: %v, want a duplicate key error", msg, qerr)
+		}
+	}
+	for _, msg := range []string{
+		`{"execute":"transaction","arguments":{"actions":[{"type":"abort","data":{}},{"type":"abort","data":{"x":{"type":1}}}]}}`,
+		`{"execute":"x","arguments":{"a":{"k":[{"k":1},{"k":2}]},"b":{"k":{"a":1}}},"id":"k"}`,
+	} {
+		if _, qerr := parseRequest([]byte(msg)); qerr != nil {
+			t.Errorf("%s: %v", msg, qerr)
+		}
+	}
+}
