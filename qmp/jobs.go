@@ -295,11 +295,28 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	default:
 		return bo, Errorf("Invalid parameter 'bitmap-mode': '%s'", a.BitmapMode)
 	}
+	// QEMU's rules for the pair: incremental is bitmap with on-success
+	// and nothing else; any other sync with a bitmap must say what
+	// becomes of it; a mode needs a bitmap, and 'never' only makes sense
+	// when the bitmap chooses what to copy. (Defaulting the mode to
+	// on-success, as before, cleared the user's bitmap after a full
+	// backup that named it, where QEMU refuses the command.)
+	if bo.Sync == job.BackupIncremental && a.BitmapMode != "" && a.BitmapMode != "on-success" {
+		return bo, Errorf("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+	}
 	if (bo.Sync == job.BackupIncremental || bo.Sync == job.BackupBitmap) && a.Bitmap == "" {
 		return bo, Errorf("must provide a valid bitmap name for '%s' sync mode", a.Sync)
 	}
 	if a.Bitmap != "" && src.Bitmap(a.Bitmap) == nil {
 		return bo, Errorf("Bitmap '%s' could not be found", a.Bitmap)
+	}
+	switch {
+	case a.Bitmap != "" && a.BitmapMode == "" && bo.Sync != job.BackupIncremental:
+		return bo, Errorf("Bitmap sync mode must be given when providing a bitmap")
+	case a.Bitmap != "" && bo.BitmapMode == job.Never && bo.Sync != job.BackupBitmap:
+		return bo, Errorf("Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '%s'", a.Sync)
+	case a.Bitmap == "" && a.BitmapMode != "":
+		return bo, Errorf("Cannot specify bitmap sync mode without a bitmap")
 	}
 	return bo, d.checkJobID(o.ID)
 }

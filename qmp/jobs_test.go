@@ -660,3 +660,32 @@ func TestBlockResizeRefusedUnderJob(t *testing.T) {
 		t.Fatalf("target length %d, %v; want 16 MiB", size, err)
 	}
 }
+
+// TestBackupBitmapArgumentsAsQEMU: blockdev-backup's bitmap and
+// bitmap-mode are checked as qemu-storage-daemon 7.2 checks them (its
+// replies, compared by hand). Before, every one of these ran: a full
+// backup naming a bitmap cleared it on success (mode on-success by
+// default), incremental ran with any mode, and a mode without a bitmap
+// was ignored.
+func TestBackupBitmapArgumentsAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "a")
+	addQcow2(t, d, dir, "b")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"a","name":"x"}}`)
+	for _, tc := range []struct{ args, want string }{
+		{`"sync":"full","bitmap":"x"`, "Bitmap sync mode must be given when providing a bitmap"},
+		{`"sync":"bitmap","bitmap":"x"`, "Bitmap sync mode must be given when providing a bitmap"},
+		{`"sync":"incremental","bitmap":"x","bitmap-mode":"always"`, "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'"},
+		{`"sync":"full","bitmap-mode":"always"`, "Cannot specify bitmap sync mode without a bitmap"},
+		{`"sync":"full","bitmap":"x","bitmap-mode":"never"`, "Bitmap sync mode 'never' has no meaningful effect when combined with sync mode 'full'"},
+		{`"sync":"incremental"`, "must provide a valid bitmap name for 'incremental' sync mode"},
+		{`"sync":"bitmap","bitmap":"nope","bitmap-mode":"always"`, "Bitmap 'nope' could not be found"},
+	} {
+		wantError(t, c.do(`{"execute":"blockdev-backup","arguments":{"job-id":"j","device":"a","target":"b",`+tc.args+`}}`), GenericError, tc.want)
+	}
+	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 0 {
+		t.Fatalf("query-jobs: %v", jobs)
+	}
+}
