@@ -542,13 +542,22 @@ func verbErr(err error) error {
 	return Errorf("%v", err)
 }
 
+// jobError is a concluded job's error as QEMU reports it: a cancelled
+// job's is strerror(ECANCELED).
+func jobError(in job.Info) string {
+	if in.Error == job.ErrCancelled.Error() {
+		return "Operation canceled"
+	}
+	return in.Error
+}
+
 func (d *Daemon) queryJobs() []map[string]any {
 	out := []map[string]any{}
 	for _, in := range d.jobs.List() {
 		m := map[string]any{"id": in.ID, "type": in.Type, "status": in.Status.String(),
 			"current-progress": in.Current, "total-progress": in.Total}
-		if in.Error != "" {
-			m["error"] = in.Error
+		if e := jobError(in); e != "" {
+			m["error"] = e
 		}
 		out = append(out, m)
 	}
@@ -566,8 +575,8 @@ func (d *Daemon) queryBlockJobs() []map[string]any {
 		m := map[string]any{"type": in.Type, "device": in.ID, "len": in.Total, "offset": in.Current,
 			"busy": in.Busy, "paused": in.Paused, "speed": in.Speed, "io-status": in.IOStatus, "ready": in.Ready,
 			"status": in.Status.String(), "auto-finalize": in.AutoFinalize, "auto-dismiss": in.AutoDismiss}
-		if in.Error != "" {
-			m["error"] = in.Error
+		if e := jobError(in); e != "" {
+			m["error"] = e
 		}
 		out = append(out, m)
 	}

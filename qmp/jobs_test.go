@@ -689,3 +689,31 @@ func TestBackupBitmapArgumentsAsQEMU(t *testing.T) {
 		t.Fatalf("query-jobs: %v", jobs)
 	}
 }
+
+// TestCancelledJobErrorAsQEMU: a cancelled job kept for job-dismiss
+// reports QEMU's error text, "Operation canceled", in query-jobs and
+// query-block-jobs (it said "job cancelled").
+func TestCancelledJobErrorAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	okReply(t, c, `{"execute":"block-job-cancel","arguments":{"device":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_CANCELLED", "m0")
+	// slowMirror's job dismisses itself; a second one with auto-dismiss
+	// false stays concluded.
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m1","device":"src","target":"tgt","sync":"full","speed":1,"auto-dismiss":false}}`)
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m1"}}`)
+	c.waitEvent("BLOCK_JOB_CANCELLED", "m1")
+	for _, q := range []string{"query-jobs", "query-block-jobs"} {
+		var m1 map[string]any
+		for _, j := range okReply(t, c, `{"execute":"`+q+`"}`).([]any) {
+			if jm := j.(map[string]any); jm["id"] == "m1" || jm["device"] == "m1" {
+				m1 = jm
+			}
+		}
+		if m1 == nil || m1["error"] != "Operation canceled" {
+			t.Fatalf("%s: m1 is %v, want error \"Operation canceled\"", q, m1)
+		}
+	}
+}
