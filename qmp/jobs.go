@@ -939,6 +939,12 @@ func (c *checkpointAction) Prepare() error {
 	c.d.mu.Lock()
 	ch := c.d.chains[key]
 	c.d.mu.Unlock()
+	if ch != nil && ch.Node() != n {
+		// The node of that name was deleted (or lost) and added again:
+		// the chain belongs to the closed node, whose bitmaps went with
+		// it. This node starts a chain of its own.
+		ch = nil
+	}
 	if ch == nil {
 		if n.Bitmap(c.a.Chain) != nil {
 			return Errorf("Bitmap already exists: %s", c.a.Chain)

@@ -717,3 +717,29 @@ func TestCancelledJobErrorAsQEMU(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpointChainOfReaddedNode: after blockdev-del and blockdev-add
+// of a node of the same name, x-ringblk-checkpoint starts a new chain on
+// the new node. Before, it went on with the deleted node's chain: it
+// answered "c@3" and froze the closed node's bitmap; the new node had no
+// bitmap at all, so its writes were never tracked and a backup of the
+// next checkpoint could not find it.
+func TestCheckpointChainOfReaddedNode(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	p := addQcow2(t, d, dir, "a")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`)
+	okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"a"}}`)
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"a","file":{"driver":"file","filename":"`+p+`"}}}`)
+	r := okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`).(map[string]any)
+	root := d.nodes["a"].dev.Root()
+	if r["seq"] != float64(1) || root.Bitmap("c") == nil {
+		t.Fatalf("checkpoint %v on the re-added node: want the first of a new chain, with its active bitmap c on the node", r)
+	}
+	r = okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`).(map[string]any)
+	if name, _ := r["bitmap"].(string); root.Bitmap(name) == nil {
+		t.Fatalf("checkpoint %v: bitmap %q is not on the re-added node", r, name)
+	}
+}
