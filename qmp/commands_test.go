@@ -265,3 +265,21 @@ func TestNBDServerStopAnnouncesExports(t *testing.T) {
 		t.Fatalf("BLOCK_EXPORT_DELETED for %v, want [e1 e2]", got)
 	}
 }
+
+// TestWritableExportOfReadOnlyNodeRefused: block-export-add writable of
+// a read-only node is refused with QEMU's message; before, it succeeded
+// and every client opening the export for writing got EPERM.
+func TestWritableExportOfReadOnlyNodeRefused(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	p := filepath.Join(dir, "ro.qcow2")
+	if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"ro","read-only":true,"file":{"driver":"file","filename":"`+p+`"}}}`)
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"ro","writable":true}}`), GenericError,
+		"Cannot export read-only node as writable")
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"ro"}}`)
+}

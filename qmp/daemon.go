@@ -760,6 +760,11 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	if root == nil {
 		return nodeNotFound(node)
 	}
+	if writable && root.ReadOnly() {
+		// As QEMU: the export would be offered writable, and every client
+		// that opens it for writing would be refused.
+		return Errorf("Cannot export read-only node as writable")
+	}
 	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context(), Bitmaps: bitmaps})
 	if err != nil {
 		return Errorf("%v", err)
