@@ -283,3 +283,33 @@ func TestWritableExportOfReadOnlyNodeRefused(t *testing.T) {
 		"Cannot export read-only node as writable")
 	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"ro"}}`)
 }
+
+// TestJobTargetAndExportExclusive: an NBD export of a running mirror's
+// target is refused (writable or not), and so is a mirror or backup into
+// an exported node; an export of the mirror's source, through which the
+// guest goes on writing, is fine. QEMU's permissions refuse both; before,
+// NBD clients could write the target under the job.
+func TestJobTargetAndExportExclusive(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	slowMirror(t, d, dir, c)
+	for _, w := range []string{"true", "false"} {
+		wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"tgt","writable":`+w+`}}`), GenericError,
+			"Node 'tgt' is busy: block device is in use by block job: mirror")
+	}
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"s","node-name":"src","writable":true}}`)
+	for _, n := range []string{"free", "other"} {
+		p := filepath.Join(dir, n+".qcow2")
+		if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 16 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"`+n+`","file":{"driver":"file","filename":"`+p+`"}}}`)
+	}
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"o","node-name":"other","writable":true}}`)
+	for _, cmd := range []string{"blockdev-backup", "blockdev-mirror"} {
+		wantError(t, c.do(`{"execute":"`+cmd+`","arguments":{"job-id":"b","device":"free","target":"other","sync":"full"}}`), GenericError,
+			"Node 'other' is busy: exported as 'o'")
+	}
+}

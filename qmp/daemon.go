@@ -560,6 +560,21 @@ func backupSource(j *job.Job, c *block.Child) bool {
 	return j.Type() == "backup" && c.Name() == "source"
 }
 
+// notWrittenByJob accepts the job edges to nodes the job only reads (a
+// source, a stream's top that guests keep using): an export may share
+// those.
+func notWrittenByJob(_ *job.Job, c *block.Child) bool {
+	return c.Name() != "target" && c.Name() != "base"
+}
+
+// checkNotExported refuses a job target that an NBD export serves.
+func (d *Daemon) checkNotExported(n *block.Node) error {
+	if id := d.exportOf(n.Name()); id != "" {
+		return Errorf("Node '%s' is busy: exported as '%s'", n.Name(), id)
+	}
+	return nil
+}
+
 // checkNoJob refuses a new block job on nodes another job already uses,
 // as QEMU's op blockers do: two jobs writing one target, or a job
 // copying from a node another job writes, interleave their writes (a
@@ -759,6 +774,13 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	root := b.dev.Root()
 	if root == nil {
 		return nodeNotFound(node)
+	}
+	// A node a job writes (a mirror's or backup's target, a commit's
+	// base) is no export's: clients would read a half-copied image, and
+	// their writes would be lost to or mixed with the job's (QEMU's
+	// permissions refuse it).
+	if err := d.checkNoJob(notWrittenByJob, root); err != nil {
+		return err
 	}
 	if writable && root.ReadOnly() {
 		// As QEMU: the export would be offered writable, and every client

@@ -219,6 +219,9 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if err := d.checkNoJob(nil, src, tgt); err != nil {
 		return nil, nil, err
 	}
+	if err := d.checkNotExported(tgt); err != nil {
+		return nil, nil, err
+	}
 	o, err := a.options(a.Device)
 	if err != nil {
 		return nil, nil, err
@@ -267,6 +270,9 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 		return job.BackupOptions{}, err
 	}
 	if err := d.checkNoJob(nil, tgt); err != nil {
+		return job.BackupOptions{}, err
+	}
+	if err := d.checkNotExported(tgt); err != nil {
 		return job.BackupOptions{}, err
 	}
 	o, err := a.options(a.Device)
