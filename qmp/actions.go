@@ -296,6 +296,10 @@ func (s *snapshotExisting) Prepare() error {
 	if id := s.d.exportOf(ob.name); id != "" {
 		return Errorf("Node '%s' is busy: exported as '%s'", ob.name, id)
 	}
+	if typ := s.d.jobOn(ob); typ != "" {
+		// Its device is closed to be reopened over the node.
+		return Errorf("Node '%s' is busy: block device is in use by block job: %s", ob.name, typ)
+	}
 	if err := s.st.claim(b.name, s.i); err != nil {
 		return err
 	}

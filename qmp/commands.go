@@ -390,6 +390,10 @@ func (d *Daemon) blockdevCreate(x *createArgs) error {
 			if fb.driver != "file" || fb.usedBy != "" || d.exportOf(fb.name) != "" {
 				return Errorf("Node '%s' is not an unused file node", fb.name)
 			}
+			if typ := d.jobOn(fb); typ != "" {
+				// Its device is closed while the image is written.
+				return Errorf("Node '%s' is busy: block device is in use by block job: %s", fb.name, typ)
+			}
 			path = fb.filename
 			if err := fb.dev.Close(); err != nil {
 				return Errorf("%v", err)

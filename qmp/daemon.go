@@ -363,6 +363,10 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 			if d.exportOf(fb.name) != "" {
 				return Errorf("Node '%s' is busy: exported as '%s'", fb.name, d.exportOf(fb.name))
 			}
+			if typ := d.jobOn(fb); typ != "" {
+				// Its device is closed to be reopened under the new node.
+				return Errorf("Node '%s' is busy: block device is in use by block job: %s", fb.name, typ)
+			}
 			fileNode, filename = fb, fb.filename
 			if o.Cache == nil {
 				oo.Cache = fb.opts.Cache

@@ -743,3 +743,50 @@ func TestCheckpointChainOfReaddedNode(t *testing.T) {
 		t.Fatalf("checkpoint %v: bitmap %q is not on the re-added node", r, name)
 	}
 }
+
+// TestReopeningCommandsRefuseJobNodes: the commands that close a node's
+// device to reopen it in another shape refuse a node a job uses:
+// blockdev-add of a format node over a file node by name, blockdev-create
+// on a file node (its job fails), blockdev-snapshot with a job's target
+// as the overlay. Before, each closed the device under the running job.
+func TestReopeningCommandsRefuseJobNodes(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c) // qcow2 src -> tgt, job m0
+	const size = 16 << 20
+	for _, n := range []string{"fs", "ft", "base"} {
+		p := filepath.Join(dir, n+".img")
+		if err := d.h.Create(p, host.CreateOptions{Format: "raw", Size: size}); err != nil {
+			t.Fatal(err)
+		}
+		okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"`+n+`","filename":"`+p+`"}}`)
+	}
+	fill(t, d, "fs", 0x66, 0, size)
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m1","device":"fs","target":"ft","sync":"full","speed":1}}`)
+	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q","file":"ft"}}`), GenericError,
+		"Node 'ft' is busy: block device is in use by block job: mirror")
+	okReply(t, c, `{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"qcow2","file":"ft","size":1048576}}}`)
+	c.waitEvent("JOB_STATUS_CHANGE", "c0")
+	for {
+		if ev := c.waitEvent("JOB_STATUS_CHANGE", "c0"); ev["data"].(map[string]any)["status"] == "concluded" {
+			break
+		}
+	}
+	var cerr any
+	for _, j := range okReply(t, c, `{"execute":"query-jobs"}`).([]any) {
+		if jm := j.(map[string]any); jm["id"] == "c0" {
+			cerr = jm["error"]
+		}
+	}
+	if s, _ := cerr.(string); !strings.Contains(s, "Node 'ft' is busy: block device is in use by block job: mirror") {
+		t.Fatalf("blockdev-create on the mirror's target: job error %v", cerr)
+	}
+	wantError(t, c.do(`{"execute":"blockdev-snapshot","arguments":{"node":"base","overlay":"tgt"}}`), GenericError,
+		"Node 'tgt' is busy: block device is in use by block job: mirror")
+	for _, id := range []string{"m0", "m1"} {
+		if j := d.jobs.Get(id); j == nil || j.Status() != job.Running {
+			t.Fatalf("job %s after the refused commands: %v", id, j)
+		}
+	}
+}
