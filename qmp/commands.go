@@ -436,6 +436,15 @@ func driverName(n *block.Node) (drv, file string) {
 		drv, file = "file", v.Path()
 	case *null.Driver:
 		drv, file = "null-co", "null-co://"
+	case interface{ FilterDriver() string }:
+		// A job's filter: QEMU names its driver, and its file is the
+		// filtered node's.
+		drv = v.FilterDriver()
+		for _, c := range n.Children() {
+			if c.Role()&block.RoleFiltered != 0 && c.Node() != nil {
+				_, file = driverName(c.Node())
+			}
+		}
 	default:
 		drv = fmt.Sprintf("%T", v)
 	}
@@ -499,6 +508,9 @@ func (d *Daemon) queryBlock() []map[string]any {
 		case host.IOStatus(2):
 			io = "nospace"
 		}
+		// A job's filter on top is implicit (no filter-node-name): as in
+		// QEMU, "inserted" describes the node under it.
+		root = belowFilters(root)
 		var info map[string]any
 		d.h.Graph().Control(func() { info = nodeInfo(root) })
 		out = append(out, map[string]any{"device": name, "qdev": name, "locked": false, "removable": false,

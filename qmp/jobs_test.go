@@ -790,3 +790,34 @@ func TestReopeningCommandsRefuseJobNodes(t *testing.T) {
 		}
 	}
 }
+
+// TestQueriesDuringJobAsQEMU: while a mirror runs, query-named-block-nodes
+// names its filter's driver as QEMU does ("mirror_top", with the source's
+// file) and query-block describes the node under that implicit filter.
+// Before, the filter's drv was the Go type "*job.filter" with no file,
+// and query-block showed the filter as the device's inserted node.
+func TestQueriesDuringJobAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	srcFile := filepath.Join(dir, "src.qcow2")
+	var filter map[string]any
+	for _, n := range okReply(t, c, `{"execute":"query-named-block-nodes"}`).([]any) {
+		if nm := n.(map[string]any); nm["node-name"] == "#mirror-top-m0" {
+			filter = nm
+		}
+	}
+	if filter == nil || filter["drv"] != "mirror_top" || filter["file"] != srcFile {
+		t.Fatalf("the mirror's filter in query-named-block-nodes: %v", filter)
+	}
+	for _, b := range okReply(t, c, `{"execute":"query-block"}`).([]any) {
+		bm := b.(map[string]any)
+		if bm["device"] != "src" {
+			continue
+		}
+		if in := bm["inserted"].(map[string]any); in["node-name"] != "src" || in["drv"] != "qcow2" || in["file"] != srcFile {
+			t.Fatalf("query-block src during the mirror: inserted %v", in)
+		}
+	}
+}
