@@ -223,7 +223,8 @@ func (d *Daemon) register(r *Registry) {
 		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable, x.Bitmaps...)
 	})
 	r.Register("block-export-del", &exportDelArgs{}, func(_ *Client, a any) (any, error) {
-		return nil, d.exportDel(a.(*exportDelArgs).ID)
+		x := a.(*exportDelArgs)
+		return nil, d.exportDel(x.ID, x.Mode)
 	})
 	r.Register("query-block-exports", nil, func(*Client, any) (any, error) {
 		out := []map[string]any{}

@@ -804,10 +804,22 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	return nil
 }
 
-func (d *Daemon) exportDel(id string) error {
+// exportDel ends export id. In mode safe (the default) an export with
+// connected clients is refused, as QEMU does: closing it would cut a
+// client (a guest's disk) off mid-use; mode hard disconnects them.
+func (d *Daemon) exportDel(id, mode string) error {
 	e := d.exports[id]
 	if e == nil {
 		return Errorf("Export '%s' is not found", id)
+	}
+	switch mode {
+	case "", "safe":
+		if e.exp.Connections() > 0 {
+			return Errorf("export '%s' still in use", id)
+		}
+	case "hard":
+	default:
+		return Errorf("Parameter 'mode' does not accept value '%s'", mode)
 	}
 	d.mu.Lock()
 	delete(d.exports, id)
