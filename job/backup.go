@@ -264,7 +264,7 @@ func (b *Backup) freeze(m *Manager) error {
 		}
 		b.scanned = true
 	}
-	b.f = &filter{cbw: b.bc}
+	b.f = &filter{cbw: b.bc, drv: "copy-before-write"}
 	var err error
 	if b.fn, err = insertFilter(m.g, o.Source, b.f, "#backup-cbw-"+o.ID, o.Target); err != nil {
 		return err

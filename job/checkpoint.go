@@ -138,6 +138,9 @@ func (c *Chain) Checkpoints() []*Checkpoint {
 // Active returns the bitmap tracking writes since the newest checkpoint.
 func (c *Chain) Active() *bitmap.Bitmap { return c.node.Bitmap(c.name) }
 
+// Node returns the node the chain tracks.
+func (c *Chain) Node() *block.Node { return c.node }
+
 func (c *Chain) index(seq uint64) int {
 	for i, cp := range c.frozen {
 		if cp.Seq == seq {

@@ -9,9 +9,10 @@ const (
 	EventCompleted                         // BLOCK_JOB_COMPLETED (also after a failure: Error is set)
 	EventCancelled                         // BLOCK_JOB_CANCELLED
 	EventError                             // BLOCK_JOB_ERROR
+	EventPending                           // BLOCK_JOB_PENDING (ManualFinalize only, as in QEMU)
 )
 
-var eventNames = [...]string{"", "JOB_STATUS_CHANGE", "BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_ERROR"}
+var eventNames = [...]string{"", "JOB_STATUS_CHANGE", "BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_ERROR", "BLOCK_JOB_PENDING"}
 
 func (t EventType) String() string {
 	if int(t) < len(eventNames) && t > 0 {

@@ -37,10 +37,17 @@ type filter struct {
 	ud     unlockDone // the Done of lock-holding forwards (no allocation)
 	cbw    *blockCopy
 	active atomic.Pointer[Mirror]
+	// drv is QEMU's driver name for this filter ("mirror_top",
+	// "copy-before-write", "copy-on-read"), for queries.
+	drv string
 }
 
+// FilterDriver returns QEMU's name for the filter's driver: what
+// query-named-block-nodes reports as its "drv".
+func (f *filter) FilterDriver() string { return f.drv }
+
 func newLockingFilter(l *ranges) *filter {
-	f := &filter{locks: l}
+	f := &filter{locks: l, drv: "copy-on-read"}
 	f.ud.l = l
 	return f
 }

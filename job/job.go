@@ -398,6 +398,9 @@ type Info struct {
 	Ready    bool
 	IOStatus string // "ok" or "failed"
 	Error    string // the final error, once concluded
+	// AutoFinalize and AutoDismiss are QMP's names for !ManualFinalize
+	// and !ManualDismiss.
+	AutoFinalize, AutoDismiss bool
 }
 
 // Info returns a snapshot of the job's state.
@@ -409,6 +412,7 @@ func (j *Job) Info() Info {
 		Current: j.cur.Load(), Total: j.total.Load(), Speed: j.speed.Load(),
 		Busy: j.busy.Load(), Paused: j.pauseCount > 0 && j.userPaused,
 		Ready: j.status == Ready || j.status == Standby, IOStatus: "ok",
+		AutoFinalize: !j.opts.ManualFinalize, AutoDismiss: !j.opts.ManualDismiss,
 	}
 	if j.ioFailed {
 		in.IOStatus = "failed"
@@ -438,33 +442,44 @@ func (j *Job) check(v Verb) error {
 	return nil
 }
 
+// ErrAlreadyPaused and ErrNotPaused refuse a user pause of a job the
+// user (or a stop policy) paused already, and a resume of one nobody
+// paused, as QEMU does: a user pause is one flag, not a count, so the
+// second pause would be undone by the first resume.
+var (
+	ErrAlreadyPaused = errors.New("job is already paused")
+	ErrNotPaused     = errors.New("job was not paused")
+)
+
 // Pause asks the job to pause at its next pause point (user pause).
 func (j *Job) Pause() error {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	if err := j.check(VerbPause); err != nil {
-		j.mu.Unlock()
 		return err
 	}
-	if !j.userPaused {
-		j.userPaused = true
-		j.pauseRequest()
+	if j.userPaused {
+		return fmt.Errorf("job %q: %w", j.opts.ID, ErrAlreadyPaused)
 	}
-	j.mu.Unlock()
+	j.userPaused = true
+	j.pauseRequest()
 	return nil
 }
 
 // Resume undoes a user pause (and clears a stop policy's failed state).
 func (j *Job) Resume() error {
 	j.mu.Lock()
+	if !j.userPaused {
+		j.mu.Unlock()
+		return fmt.Errorf("job %q: %w", j.opts.ID, ErrNotPaused)
+	}
 	if err := j.check(VerbResume); err != nil {
 		j.mu.Unlock()
 		return err
 	}
-	if j.userPaused {
-		j.userPaused = false
-		j.ioFailed = false
-		j.resumeRequest()
-	}
+	j.userPaused = false
+	j.ioFailed = false
+	j.resumeRequest()
 	j.mu.Unlock()
 	j.flushEvents()
 	return nil
@@ -888,6 +903,11 @@ func (j *Job) exit() {
 	j.setStatus(Waiting)
 	j.setStatus(Pending)
 	manual := j.opts.ManualFinalize
+	if manual {
+		// The job now waits for Finalize: QEMU tells the user so with
+		// BLOCK_JOB_PENDING, after the status change.
+		j.pending = append(j.pending, j.blockEvent(EventPending))
+	}
 	j.mu.Unlock()
 	j.flushEvents()
 	if !manual {

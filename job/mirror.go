@@ -184,7 +184,7 @@ func (mi *Mirror) setup(m *Manager) (*Job, error) {
 	if o.CopyMode == WriteBlocking {
 		mi.bm.SetEnabled(false)
 	}
-	mi.f = &filter{}
+	mi.f = &filter{drv: "mirror_top"} // active commit's too, as in QEMU
 	o.Source.DrainedBegin()
 	var ftgt *block.Node // the filter writes the target in write-blocking mode
 	if o.CopyMode == WriteBlocking {

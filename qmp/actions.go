@@ -13,6 +13,10 @@ import (
 type TransactionAction struct {
 	Type string          `json:"type"`
 	Data json.RawMessage `json:"data"`
+	// args, when set, are Data already decoded and checked (a command
+	// that runs as a one-action transaction): a JSON round trip would
+	// turn an absent optional member into null.
+	args any
 }
 
 // TransactionArgs is the transaction command's argument.
@@ -101,6 +105,9 @@ func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Actio
 
 // decodeAs decodes an action's data with the command argument rules.
 func decodeAs[T any](i int, a TransactionAction) (*T, error) {
+	if v, ok := a.args.(*T); ok {
+		return v, nil
+	}
 	reg := NewRegistry()
 	reg.Register(a.Type, new(T), nil)
 	data := a.Data
@@ -184,8 +191,13 @@ func (s *snapshotSync) Prepare() error {
 	if err := s.st.claim(b.name, s.i); err != nil {
 		return err
 	}
-	if n := s.a.SnapshotNodeName; n != "" && (s.d.nodes[n] != nil || s.d.h.Graph().NodeByName(n) != nil) {
-		return Errorf("Duplicate nodes with node-name='%s'", n)
+	if n := s.a.SnapshotNodeName; n != "" {
+		if err := checkNodeName(n); err != nil {
+			return err
+		}
+		if s.d.nodes[n] != nil || s.d.h.Graph().NodeByName(n) != nil {
+			return Errorf("Duplicate nodes with node-name='%s'", n)
+		}
 	}
 	root := b.dev.Root()
 	if root == nil {
@@ -283,6 +295,10 @@ func (s *snapshotExisting) Prepare() error {
 	}
 	if id := s.d.exportOf(ob.name); id != "" {
 		return Errorf("Node '%s' is busy: exported as '%s'", ob.name, id)
+	}
+	if typ := s.d.jobOn(ob); typ != "" {
+		// Its device is closed to be reopened over the node.
+		return Errorf("Node '%s' is busy: block device is in use by block job: %s", ob.name, typ)
 	}
 	if err := s.st.claim(b.name, s.i); err != nil {
 		return err

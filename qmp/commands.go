@@ -181,6 +181,12 @@ func (d *Daemon) register(r *Registry) {
 		if x.Size < 0 {
 			return nil, Errorf("Parameter 'size' expects a >0 size")
 		}
+		if typ := d.jobOn(b); typ != "" {
+			// QEMU's op blockers refuse it too: a mirror's target resized
+			// under the job would give the device another size at the
+			// pivot, a source would outgrow the job's bitmap.
+			return nil, Errorf("Node '%s' is busy: block device is in use by block job: %s", b.name, typ)
+		}
 		if err := b.dev.Resize(x.Size); err != nil {
 			return nil, Errorf("Could not resize: %v", err)
 		}
@@ -192,18 +198,9 @@ func (d *Daemon) register(r *Registry) {
 	r.Register("transaction", &TransactionArgs{}, func(_ *Client, a any) (any, error) {
 		return nil, d.Transaction(a.(*TransactionArgs))
 	})
-	single := func(typ string, v any) Handler {
-		return func(_ *Client, a any) (any, error) {
-			raw, err := jsonMarshal(a)
-			if err != nil {
-				return nil, err
-			}
-			return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, Data: raw}}})
-		}
-	}
-	r.Register("blockdev-snapshot-sync", &SnapshotSyncArgs{}, single("blockdev-snapshot-sync", nil))
-	r.Register("blockdev-snapshot", &SnapshotArgs{}, single("blockdev-snapshot", nil))
-	r.Register("blockdev-snapshot-internal-sync", &InternalSnapshotArgs{}, single("blockdev-snapshot-internal-sync", nil))
+	r.Register("blockdev-snapshot-sync", &SnapshotSyncArgs{}, d.single("blockdev-snapshot-sync"))
+	r.Register("blockdev-snapshot", &SnapshotArgs{}, d.single("blockdev-snapshot"))
+	r.Register("blockdev-snapshot-internal-sync", &InternalSnapshotArgs{}, d.single("blockdev-snapshot-internal-sync"))
 	r.Register("nbd-server-start", &nbdStartArgs{}, func(_ *Client, a any) (any, error) {
 		x := a.(*nbdStartArgs)
 		if x.TLSCreds != "" {
@@ -226,7 +223,8 @@ func (d *Daemon) register(r *Registry) {
 		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable, x.Bitmaps...)
 	})
 	r.Register("block-export-del", &exportDelArgs{}, func(_ *Client, a any) (any, error) {
-		return nil, d.exportDel(a.(*exportDelArgs).ID)
+		x := a.(*exportDelArgs)
+		return nil, d.exportDel(x.ID, x.Mode)
 	})
 	r.Register("query-block-exports", nil, func(*Client, any) (any, error) {
 		out := []map[string]any{}
@@ -236,6 +234,14 @@ func (d *Daemon) register(r *Registry) {
 		}
 		return out, nil
 	})
+}
+
+// single runs a command as the one action of a transaction, with the
+// arguments the command decoded.
+func (d *Daemon) single(typ string) Handler {
+	return func(_ *Client, a any) (any, error) {
+		return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, args: a}}})
+	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -385,6 +391,10 @@ func (d *Daemon) blockdevCreate(x *createArgs) error {
 			if fb.driver != "file" || fb.usedBy != "" || d.exportOf(fb.name) != "" {
 				return Errorf("Node '%s' is not an unused file node", fb.name)
 			}
+			if typ := d.jobOn(fb); typ != "" {
+				// Its device is closed while the image is written.
+				return Errorf("Node '%s' is busy: block device is in use by block job: %s", fb.name, typ)
+			}
 			path = fb.filename
 			if err := fb.dev.Close(); err != nil {
 				return Errorf("%v", err)
@@ -427,6 +437,15 @@ func driverName(n *block.Node) (drv, file string) {
 		drv, file = "file", v.Path()
 	case *null.Driver:
 		drv, file = "null-co", "null-co://"
+	case interface{ FilterDriver() string }:
+		// A job's filter: QEMU names its driver, and its file is the
+		// filtered node's.
+		drv = v.FilterDriver()
+		for _, c := range n.Children() {
+			if c.Role()&block.RoleFiltered != 0 && c.Node() != nil {
+				_, file = driverName(c.Node())
+			}
+		}
 	default:
 		drv = fmt.Sprintf("%T", v)
 	}
@@ -490,6 +509,9 @@ func (d *Daemon) queryBlock() []map[string]any {
 		case host.IOStatus(2):
 			io = "nospace"
 		}
+		// A job's filter on top is implicit (no filter-node-name): as in
+		// QEMU, "inserted" describes the node under it.
+		root = belowFilters(root)
 		var info map[string]any
 		d.h.Graph().Control(func() { info = nodeInfo(root) })
 		out = append(out, map[string]any{"device": name, "qdev": name, "locked": false, "removable": false,

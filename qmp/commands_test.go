@@ -1,6 +1,8 @@
 package qmp
 
 import (
+	"fmt"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -167,5 +169,147 @@ func TestBlockdevCreateJobErrors(t *testing.T) {
 	}
 	if q := c.do(`{"execute":"query-jobs"}`)["return"].([]any); len(q) != 0 {
 		t.Fatalf("query-jobs after dismiss: %v", q)
+	}
+}
+
+// TestNBDServerStopLeavesJobsRunning: nbd-server-stop ends the NBD server
+// and its exports only; a running block job goes on (before, the daemon
+// cancelled every job, as it does on shutdown).
+func TestNBDServerStopLeavesJobsRunning(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	slowMirror(t, d, dir, c)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"src"}}`)
+	okReply(t, c, `{"execute":"nbd-server-stop"}`)
+	jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any)
+	if len(jobs) != 1 || jobs[0].(map[string]any)["status"] != "running" {
+		t.Fatalf("query-jobs after nbd-server-stop: %v", jobs)
+	}
+}
+
+// TestNBDServerStartLegacyAddress: nbd-server-start takes QEMU's
+// SocketAddressLegacy ({"type":"unix","data":{"path":…}}), the form QEMU
+// 7.2 accepts and libvirt sends; the flat form of the command line still
+// works. Before, the legacy form failed on the unknown member "data".
+func TestNBDServerStartLegacyAddress(t *testing.T) {
+	_, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	nbdSock := filepath.Join(dir, "nbd.sock")
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"`+nbdSock+`"}}}}`)
+	if nc, err := net.Dial("unix", nbdSock); err != nil {
+		t.Fatalf("nobody listens on %s: %v", nbdSock, err)
+	} else {
+		nc.Close()
+	}
+	okReply(t, c, `{"execute":"nbd-server-stop"}`)
+	wantError(t, c.do(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"/x"},"path":"/y"}}}`), GenericError, "Parameter 'addr.path' is unexpected")
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+nbdSock+`"}}}`)
+}
+
+// TestIdentifiersAsQEMU: node names and job IDs follow QEMU's rule (a
+// letter, then letters, digits, '-', '.', '_'; node names up to 31
+// bytes) and bitmap names its 1023-byte limit, with QEMU's messages.
+// Before, any string was taken: a node named "#backup-cbw-j0" or
+// "#node3" collides with the names the daemon gives its own nodes.
+func TestIdentifiersAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	p := filepath.Join(dir, "a.qcow2")
+	if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	add := func(name string) map[string]any {
+		return c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"` + name + `","file":{"driver":"file","filename":"` + p + `"}}}`)
+	}
+	for _, bad := range []string{"1bad", "#backup-cbw-j0", "a b", "-x"} {
+		wantError(t, add(bad), GenericError, "Invalid node-name: '"+bad+"'")
+	}
+	wantError(t, add(strings.Repeat("n", 32)), GenericError, "Node name too long")
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"`+strings.Repeat("n", 31)+`","size":1048576}}`)
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"t.x-1_","size":1048576}}`)
+	wantError(t, c.do(`{"execute":"blockdev-backup","arguments":{"job-id":"1bad","device":"t.x-1_","target":"`+strings.Repeat("n", 31)+`","sync":"full"}}`),
+		GenericError, "Invalid job ID '1bad'")
+	wantError(t, c.do(`{"execute":"blockdev-create","arguments":{"job-id":"a b","options":{"driver":"file","filename":"`+filepath.Join(dir, "c.img")+`","size":0}}}`),
+		GenericError, "Invalid job ID 'a b'")
+	long := strings.Repeat("b", 1024)
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"t.x-1_","name":"`+long+`"}}`), GenericError, "Bitmap name too long: "+long)
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"t.x-1_","name":"`+long[:1023]+`"}}`)
+	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 0 {
+		t.Fatalf("query-jobs: %v", jobs)
+	}
+}
+
+// TestNBDServerStopAnnouncesExports: nbd-server-stop closes the exports
+// left, each with its BLOCK_EXPORT_DELETED (in id order), as QEMU does;
+// before, they went without an event.
+func TestNBDServerStopAnnouncesExports(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e2","node-name":"disk0","name":"b"}}`)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e1","node-name":"disk0","name":"a"}}`)
+	okReply(t, c, `{"execute":"nbd-server-stop"}`)
+	var got []any
+	for _, ev := range c.events {
+		if ev["event"] == "BLOCK_EXPORT_DELETED" {
+			got = append(got, ev["data"].(map[string]any)["id"])
+		}
+	}
+	if fmt.Sprint(got) != "[e1 e2]" {
+		t.Fatalf("BLOCK_EXPORT_DELETED for %v, want [e1 e2]", got)
+	}
+}
+
+// TestWritableExportOfReadOnlyNodeRefused: block-export-add writable of
+// a read-only node is refused with QEMU's message; before, it succeeded
+// and every client opening the export for writing got EPERM.
+func TestWritableExportOfReadOnlyNodeRefused(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	p := filepath.Join(dir, "ro.qcow2")
+	if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"ro","read-only":true,"file":{"driver":"file","filename":"`+p+`"}}}`)
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"ro","writable":true}}`), GenericError,
+		"Cannot export read-only node as writable")
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"ro"}}`)
+}
+
+// TestJobTargetAndExportExclusive: an NBD export of a running mirror's
+// target is refused (writable or not), and so is a mirror or backup into
+// an exported node; an export of the mirror's source, through which the
+// guest goes on writing, is fine. QEMU's permissions refuse both; before,
+// NBD clients could write the target under the job.
+func TestJobTargetAndExportExclusive(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+	slowMirror(t, d, dir, c)
+	for _, w := range []string{"true", "false"} {
+		wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"tgt","writable":`+w+`}}`), GenericError,
+			"Node 'tgt' is busy: block device is in use by block job: mirror")
+	}
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"s","node-name":"src","writable":true}}`)
+	for _, n := range []string{"free", "other"} {
+		p := filepath.Join(dir, n+".qcow2")
+		if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 16 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"`+n+`","file":{"driver":"file","filename":"`+p+`"}}}`)
+	}
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"o","node-name":"other","writable":true}}`)
+	for _, cmd := range []string{"blockdev-backup", "blockdev-mirror"} {
+		wantError(t, c.do(`{"execute":"`+cmd+`","arguments":{"job-id":"b","device":"free","target":"other","sync":"full"}}`), GenericError,
+			"Node 'other' is busy: exported as 'o'")
 	}
 }

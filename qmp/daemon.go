@@ -1,15 +1,18 @@
 package qmp
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/host"
 	"github.com/ringblk/ringblk/job"
 	"github.com/ringblk/ringblk/nbd"
@@ -275,9 +278,46 @@ func (c *CacheOpts) mode() string {
 	return "writeback"
 }
 
+// Limits QEMU puts on names (its node_name buffer, qcow2's bitmap name).
+const (
+	maxNodeName   = 31
+	maxBitmapName = 1023
+)
+
+// idWellFormed is QEMU's rule for node names and job IDs: a letter, then
+// letters, digits, '-', '.' and '_'. Besides matching QEMU, it keeps the
+// user's names apart from those the daemon and the job package make up
+// for their own nodes and bitmaps, which begin with '#' ("#backup-cbw-ID",
+// "#node3"): a user node so named would collide with one of them.
+func idWellFormed(id string) bool {
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if letter || i > 0 && (c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			continue
+		}
+		return false
+	}
+	return id != ""
+}
+
+// checkNodeName applies QEMU's rules to a new node's name.
+func checkNodeName(name string) error {
+	if !idWellFormed(name) {
+		return Errorf("Invalid node-name: '%s'", name)
+	}
+	if len(name) > maxNodeName {
+		return Errorf("Node name too long")
+	}
+	return nil
+}
+
 func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	if o.NodeName == "" {
 		return Errorf("node-name is required for blockdev-add in this daemon")
+	}
+	if err := checkNodeName(o.NodeName); err != nil {
+		return err
 	}
 	if d.nodes[o.NodeName] != nil || d.h.Graph().NodeByName(o.NodeName) != nil {
 		return Errorf("Duplicate nodes with node-name='%s'", o.NodeName)
@@ -322,6 +362,10 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 			}
 			if d.exportOf(fb.name) != "" {
 				return Errorf("Node '%s' is busy: exported as '%s'", fb.name, d.exportOf(fb.name))
+			}
+			if typ := d.jobOn(fb); typ != "" {
+				// Its device is closed to be reopened under the new node.
+				return Errorf("Node '%s' is busy: block device is in use by block job: %s", fb.name, typ)
 			}
 			fileNode, filename = fb, fb.filename
 			if o.Cache == nil {
@@ -405,6 +449,10 @@ func (f *FileRef) UnmarshalJSON(b []byte) error {
 	type plain FileRef
 	var p plain
 	if err := strictUnmarshal(b, &p); err != nil {
+		var um *unexpectedMember
+		if errors.As(err, &um) {
+			return err // named with its place by typeError
+		}
 		return Errorf("Invalid parameter 'file': %v", err)
 	}
 	*f = FileRef(p)
@@ -446,6 +494,9 @@ func (d *Daemon) blockdevDel(name string) error {
 	if id := d.exportOf(name); id != "" {
 		return Errorf("Node '%s' is busy: block device is in use by block export '%s'", name, id)
 	}
+	if typ := d.jobOn(b); typ != "" {
+		return Errorf("Node '%s' is busy: block device is in use by block job: %s", name, typ)
+	}
 	err := b.dev.Close()
 	d.mu.Lock()
 	var drop func(n string)
@@ -465,6 +516,88 @@ func (d *Daemon) blockdevDel(name string) error {
 		return Errorf("Node '%s' closed with an error: %v", name, err)
 	}
 	return nil
+}
+
+// jobOn returns the type of a job that has an edge to a node b's device
+// would close (its root, a job's filter on top and every node under
+// them), or "" if none does. Closing such a device under a running job
+// pulls its source or target away (QEMU's op blocker refuses it).
+func (d *Daemon) jobOn(b *blockdev) string {
+	root := b.dev.Root()
+	if root == nil {
+		return ""
+	}
+	typ := ""
+	seen := map[*block.Node]bool{}
+	var walk func(n *block.Node)
+	walk = func(n *block.Node) {
+		if n == nil || seen[n] || typ != "" {
+			return
+		}
+		seen[n] = true
+		if typ = jobOfNode(n, nil); typ != "" {
+			return
+		}
+		for _, c := range n.Children() {
+			walk(c.Node())
+		}
+	}
+	d.h.Graph().Control(func() { walk(root) })
+	return typ
+}
+
+// jobOfNode returns the type of a job with an edge to n, or "" (main
+// Context). Edges that except accepts are not counted.
+func jobOfNode(n *block.Node, except func(j *job.Job, c *block.Child) bool) string {
+	for _, p := range n.Parents() {
+		if j, ok := p.Owner().(*job.Job); ok && p.Class().Kind() == block.JobParent && (except == nil || !except(j, p)) {
+			return j.Type()
+		}
+	}
+	return ""
+}
+
+// backupSource is the one use of a node that a new backup may share: the
+// source of another backup (each inserts its copy-before-write filter
+// above the last; backups of one disk to several targets overlap).
+func backupSource(j *job.Job, c *block.Child) bool {
+	return j.Type() == "backup" && c.Name() == "source"
+}
+
+// notWrittenByJob accepts the job edges to nodes the job only reads (a
+// source, a stream's top that guests keep using): an export may share
+// those.
+func notWrittenByJob(_ *job.Job, c *block.Child) bool {
+	return c.Name() != "target" && c.Name() != "base"
+}
+
+// checkNotExported refuses a job target that an NBD export serves.
+func (d *Daemon) checkNotExported(n *block.Node) error {
+	if id := d.exportOf(n.Name()); id != "" {
+		return Errorf("Node '%s' is busy: exported as '%s'", n.Name(), id)
+	}
+	return nil
+}
+
+// checkNoJob refuses a new block job on nodes another job already uses,
+// as QEMU's op blockers do: two jobs writing one target, or a job
+// copying from a node another job writes, interleave their writes (a
+// mirror's target, a stream's top, a commit's base). except (nil: none)
+// names the uses a node may keep.
+func (d *Daemon) checkNoJob(except func(*job.Job, *block.Child) bool, nodes ...*block.Node) error {
+	var err error
+	d.h.Graph().Control(func() {
+		for _, n := range nodes {
+			if n == nil {
+				continue
+			}
+			if typ := jobOfNode(n, except); typ != "" {
+				err = Errorf("Node '%s' is busy: block device is in use by block job: %s", n.Name(), typ)
+				return
+			}
+		}
+	})
+	return err
 }
 
 // lost drops a node whose device could not be reopened (after it was
@@ -517,6 +650,41 @@ type SocketAddress struct {
 	Port string `json:"port"`
 }
 
+// UnmarshalJSON accepts QMP's SocketAddressLegacy, {"type": "unix",
+// "data": {"path": …}}, which QEMU's nbd-server-start takes (and libvirt
+// sends), as well as the flat SocketAddress of the command line
+// (--nbd-server addr.type=unix,addr.path=…).
+func (a *SocketAddress) UnmarshalJSON(b []byte) error {
+	type flat SocketAddress // the same members, without this method
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(b, &members); err != nil || members == nil {
+		return Errorf("Invalid parameter type for 'addr', expected: object")
+	}
+	data, legacy := members["data"]
+	if !legacy {
+		return strictUnmarshal(b, (*flat)(a))
+	}
+	for k := range members {
+		if k != "type" && k != "data" {
+			return Errorf("Parameter 'addr.%s' is unexpected", k)
+		}
+	}
+	var typ string
+	if err := json.Unmarshal(members["type"], &typ); err != nil {
+		return Errorf("Invalid parameter type for 'addr.type', expected: string")
+	}
+	var in struct {
+		Path string `json:"path"`
+		Host string `json:"host"`
+		Port string `json:"port"`
+	}
+	if err := strictUnmarshal(data, &in); err != nil {
+		return Errorf("Invalid parameter 'addr.data': %v", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	*a = SocketAddress{Type: typ, Path: in.Path, Host: in.Host, Port: in.Port}
+	return nil
+}
+
 func (a SocketAddress) listen() (net.Listener, error) {
 	switch a.Type {
 	case "unix":
@@ -563,20 +731,15 @@ func (d *Daemon) nbdServerStop() error {
 	exps := d.exports
 	d.exports = map[string]*export{}
 	d.mu.Unlock()
+	// Only the exports and the server end: the block jobs go on (they
+	// hold nodes, not exports; Close cancels them because it closes the
+	// devices).
 	var errs []error
-	// Jobs end first (cancelled: a mirror does not pivot), so that no job
-	// holds a node the devices below close.
-	if d.jobs != nil {
-		for _, in := range d.jobs.List() {
-			if j := d.jobs.Get(in.ID); j != nil {
-				_ = j.Cancel(true)
-				_ = j.Wait()
-				_ = j.Dismiss()
-			}
-		}
-	}
-	for _, e := range exps {
-		errs = append(errs, e.exp.Close())
+	for _, id := range sortedKeys(exps) {
+		errs = append(errs, exps[id].exp.Close())
+		// Every export that ends says so, as after block-export-del
+		// (QEMU closes them all the same way).
+		d.emit("BLOCK_EXPORT_DELETED", map[string]any{"id": id})
 	}
 	d.nbdLis.Close()
 	d.nbdSrv.Close()
@@ -616,6 +779,18 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	if root == nil {
 		return nodeNotFound(node)
 	}
+	// A node a job writes (a mirror's or backup's target, a commit's
+	// base) is no export's: clients would read a half-copied image, and
+	// their writes would be lost to or mixed with the job's (QEMU's
+	// permissions refuse it).
+	if err := d.checkNoJob(notWrittenByJob, root); err != nil {
+		return err
+	}
+	if writable && root.ReadOnly() {
+		// As QEMU: the export would be offered writable, and every client
+		// that opens it for writing would be refused.
+		return Errorf("Cannot export read-only node as writable")
+	}
 	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context(), Bitmaps: bitmaps})
 	if err != nil {
 		return Errorf("%v", err)
@@ -629,10 +804,22 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	return nil
 }
 
-func (d *Daemon) exportDel(id string) error {
+// exportDel ends export id. In mode safe (the default) an export with
+// connected clients is refused, as QEMU does: closing it would cut a
+// client (a guest's disk) off mid-use; mode hard disconnects them.
+func (d *Daemon) exportDel(id, mode string) error {
 	e := d.exports[id]
 	if e == nil {
 		return Errorf("Export '%s' is not found", id)
+	}
+	switch mode {
+	case "", "safe":
+		if e.exp.Connections() > 0 {
+			return Errorf("export '%s' still in use", id)
+		}
+	case "hard":
+	default:
+		return Errorf("Parameter 'mode' does not accept value '%s'", mode)
 	}
 	d.mu.Lock()
 	delete(d.exports, id)

@@ -1,11 +1,15 @@
 package qmp
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"io"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestExportBlockStatusAfterSnapshot: after an external snapshot moves
@@ -116,4 +120,76 @@ func TestExportDirtyBitmap(t *testing.T) {
 	}
 	okReply(t, c, `{"execute":"block-export-del","arguments":{"id":"e"}}`)
 	okReply(t, c, `{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"b0"}}`)
+}
+
+// nbdClient connects to export name on the Unix socket path with the
+// fixed newstyle handshake (NBD_OPT_EXPORT_NAME) and completes one 512
+// byte read, so the connection is in the transmission phase when it
+// returns.
+func nbdClient(t *testing.T, path, name string) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	greet := make([]byte, 18) // NBDMAGIC, IHAVEOPT, handshake flags
+	if _, err := io.ReadFull(nc, greet); err != nil {
+		t.Fatal(err)
+	}
+	var msg []byte
+	msg = binary.BigEndian.AppendUint32(msg, 3) // fixed newstyle, no zeroes
+	msg = binary.BigEndian.AppendUint64(msg, 0x49484156454F5054)
+	msg = binary.BigEndian.AppendUint32(msg, 1) // NBD_OPT_EXPORT_NAME
+	msg = binary.BigEndian.AppendUint32(msg, uint32(len(name)))
+	msg = append(msg, name...)
+	if _, err := nc.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(nc, make([]byte, 10)); err != nil { // size, transmission flags
+		t.Fatal(err)
+	}
+	req := binary.BigEndian.AppendUint32(nil, 0x25609513)
+	req = binary.BigEndian.AppendUint32(req, 0) // flags 0, NBD_CMD_READ
+	req = binary.BigEndian.AppendUint64(req, 7) // handle
+	req = binary.BigEndian.AppendUint64(req, 0) // offset
+	req = binary.BigEndian.AppendUint32(req, 512)
+	if _, err := nc.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 16+512)
+	if _, err := io.ReadFull(nc, reply); err != nil {
+		t.Fatal(err)
+	}
+	if binary.BigEndian.Uint32(reply) != 0x67446698 || binary.BigEndian.Uint32(reply[4:]) != 0 {
+		t.Fatalf("read reply %x", reply[:16])
+	}
+	return nc
+}
+
+// TestBlockExportDelModes: block-export-del of an export with a
+// connected client is refused in the default mode (safe), as QEMU does,
+// and mode hard disconnects the client. Before, the mode was ignored and
+// the client was cut off mid-use.
+func TestBlockExportDelModes(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "disk0")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	nbdSock := filepath.Join(dir, "nbd.sock")
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+nbdSock+`"}}}`)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"disk0"}}`)
+	nc := nbdClient(t, nbdSock, "disk0")
+	wantError(t, c.do(`{"execute":"block-export-del","arguments":{"id":"e"}}`), GenericError, "export 'e' still in use")
+	wantError(t, c.do(`{"execute":"block-export-del","arguments":{"id":"e","mode":"safe"}}`), GenericError, "export 'e' still in use")
+	wantError(t, c.do(`{"execute":"block-export-del","arguments":{"id":"e","mode":"soft"}}`), GenericError, "Parameter 'mode' does not accept value 'soft'")
+	if ex := okReply(t, c, `{"execute":"query-block-exports"}`).([]any); len(ex) != 1 {
+		t.Fatalf("exports after the refused deletes: %v", ex)
+	}
+	okReply(t, c, `{"execute":"block-export-del","arguments":{"id":"e","mode":"hard"}}`)
+	c.waitEvent("BLOCK_EXPORT_DELETED", "e")
+	if _, err := nc.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the client is still connected after block-export-del mode hard")
+	}
 }

@@ -23,7 +23,7 @@ func (d *Daemon) jobEvent(ev job.Event) {
 	switch ev.Type {
 	case job.EventStatusChange:
 		d.emit("JOB_STATUS_CHANGE", map[string]any{"id": ev.ID, "status": ev.Status.String()})
-	case job.EventError, job.EventReady, job.EventCompleted, job.EventCancelled:
+	case job.EventError, job.EventReady, job.EventCompleted, job.EventCancelled, job.EventPending:
 		if ev.JobType == "create" {
 			return // not a block job: QEMU sends only JOB_STATUS_CHANGE for it
 		}
@@ -36,6 +36,8 @@ func (d *Daemon) blockJobEvent(ev job.Event) {
 	switch ev.Type {
 	case job.EventError:
 		d.emit("BLOCK_JOB_ERROR", map[string]any{"device": ev.ID, "operation": ev.Operation, "action": ev.Action.String()})
+	case job.EventPending:
+		d.emit("BLOCK_JOB_PENDING", map[string]any{"id": ev.ID, "type": ev.JobType})
 	default:
 		data := map[string]any{"device": ev.ID, "type": ev.JobType, "len": ev.Len, "offset": ev.Offset, "speed": ev.Speed}
 		if ev.Type == job.EventCompleted && ev.Error != "" {
@@ -138,6 +140,9 @@ func (d *Daemon) checkJobID(id string) error {
 	if id == "" {
 		return Errorf("Parameter 'job-id' is missing")
 	}
+	if !idWellFormed(id) {
+		return Errorf("Invalid job ID '%s'", id)
+	}
 	if d.jobs.Get(id) != nil {
 		return Errorf("Job ID '%s' already in use", id)
 	}
@@ -211,6 +216,12 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if a.Replaces != "" || a.FilterNode != "" {
 		return nil, nil, Errorf("Parameters 'replaces' and 'filter-node-name' are not supported")
 	}
+	if err := d.checkNoJob(nil, src, tgt); err != nil {
+		return nil, nil, err
+	}
+	if err := d.checkNotExported(tgt); err != nil {
+		return nil, nil, err
+	}
 	o, err := a.options(a.Device)
 	if err != nil {
 		return nil, nil, err
@@ -255,6 +266,15 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	if a.Compress || a.FilterNode != "" {
 		return job.BackupOptions{}, Errorf("Parameters 'compress' and 'filter-node-name' are not supported")
 	}
+	if err := d.checkNoJob(backupSource, src); err != nil {
+		return job.BackupOptions{}, err
+	}
+	if err := d.checkNoJob(nil, tgt); err != nil {
+		return job.BackupOptions{}, err
+	}
+	if err := d.checkNotExported(tgt); err != nil {
+		return job.BackupOptions{}, err
+	}
 	o, err := a.options(a.Device)
 	if err != nil {
 		return job.BackupOptions{}, err
@@ -281,11 +301,28 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	default:
 		return bo, Errorf("Invalid parameter 'bitmap-mode': '%s'", a.BitmapMode)
 	}
+	// QEMU's rules for the pair: incremental is bitmap with on-success
+	// and nothing else; any other sync with a bitmap must say what
+	// becomes of it; a mode needs a bitmap, and 'never' only makes sense
+	// when the bitmap chooses what to copy. (Defaulting the mode to
+	// on-success, as before, cleared the user's bitmap after a full
+	// backup that named it, where QEMU refuses the command.)
+	if bo.Sync == job.BackupIncremental && a.BitmapMode != "" && a.BitmapMode != "on-success" {
+		return bo, Errorf("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+	}
 	if (bo.Sync == job.BackupIncremental || bo.Sync == job.BackupBitmap) && a.Bitmap == "" {
 		return bo, Errorf("must provide a valid bitmap name for '%s' sync mode", a.Sync)
 	}
 	if a.Bitmap != "" && src.Bitmap(a.Bitmap) == nil {
 		return bo, Errorf("Bitmap '%s' could not be found", a.Bitmap)
+	}
+	switch {
+	case a.Bitmap != "" && a.BitmapMode == "" && bo.Sync != job.BackupIncremental:
+		return bo, Errorf("Bitmap sync mode must be given when providing a bitmap")
+	case a.Bitmap != "" && bo.BitmapMode == job.Never && bo.Sync != job.BackupBitmap:
+		return bo, Errorf("Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '%s'", a.Sync)
+	case a.Bitmap == "" && a.BitmapMode != "":
+		return bo, Errorf("Cannot specify bitmap sync mode without a bitmap")
 	}
 	return bo, d.checkJobID(o.ID)
 }
@@ -310,6 +347,9 @@ func (d *Daemon) newStream(a *StreamArgs) (*job.Job, error) {
 		if base = d.nodeByFile(top, a.Base); base == nil {
 			return nil, Errorf("Can't find '%s' in the backing chain", a.Base)
 		}
+	}
+	if err := d.checkNoJob(nil, top, base); err != nil {
+		return nil, err
 	}
 	ja := a.JobArgs
 	ja.OnSourceError = a.OnError
@@ -393,6 +433,9 @@ func (d *Daemon) newCommit(a *CommitArgs) (*job.Job, error) {
 		if base == top {
 			return nil, Errorf("Top image '%s' has no backing file to commit into", top.Name())
 		}
+	}
+	if err := d.checkNoJob(nil, root, top, base); err != nil {
+		return nil, err
 	}
 	ja := a.JobArgs
 	ja.OnSourceError = a.OnError
@@ -480,11 +523,38 @@ func (d *Daemon) job(id string) (*job.Job, error) {
 	return nil, &Error{Class: DeviceNotActive, Desc: fmt.Sprintf("Block job '%s' not found", id)}
 }
 
+// findJob is job-*'s lookup: QEMU's job commands say "Job not found"
+// (GenericError), its block-job-* commands DeviceNotActive (d.job).
+func (d *Daemon) findJob(id string) (*job.Job, error) {
+	if j := d.jobs.Get(id); j != nil {
+		return j, nil
+	}
+	return nil, Errorf("Job not found")
+}
+
+// verbErr words a refused verb as QEMU does; clients match these.
 func verbErr(err error) error {
-	if err == nil {
+	var ve *job.VerbError
+	switch {
+	case err == nil:
 		return nil
+	case errors.As(err, &ve):
+		return Errorf("Job '%s' in state '%s' cannot accept command verb '%s'", ve.ID, ve.Status, ve.Verb)
+	case errors.Is(err, job.ErrAlreadyPaused):
+		return Errorf("Job is already paused")
+	case errors.Is(err, job.ErrNotPaused):
+		return Errorf("Can't resume a job that was not paused")
 	}
 	return Errorf("%v", err)
+}
+
+// jobError is a concluded job's error as QEMU reports it: a cancelled
+// job's is strerror(ECANCELED).
+func jobError(in job.Info) string {
+	if in.Error == job.ErrCancelled.Error() {
+		return "Operation canceled"
+	}
+	return in.Error
 }
 
 func (d *Daemon) queryJobs() []map[string]any {
@@ -492,8 +562,8 @@ func (d *Daemon) queryJobs() []map[string]any {
 	for _, in := range d.jobs.List() {
 		m := map[string]any{"id": in.ID, "type": in.Type, "status": in.Status.String(),
 			"current-progress": in.Current, "total-progress": in.Total}
-		if in.Error != "" {
-			m["error"] = in.Error
+		if e := jobError(in); e != "" {
+			m["error"] = e
 		}
 		out = append(out, m)
 	}
@@ -503,12 +573,18 @@ func (d *Daemon) queryJobs() []map[string]any {
 func (d *Daemon) queryBlockJobs() []map[string]any {
 	out := []map[string]any{}
 	for _, in := range d.jobs.List() {
-		if in.Status == job.Concluded || in.Status == job.Null || in.Type == "create" {
+		// As QEMU, every block job until it is dismissed: a concluded job
+		// of auto-dismiss false is listed with its error.
+		if in.Status == job.Null || in.Type == "create" {
 			continue
 		}
-		out = append(out, map[string]any{"type": in.Type, "device": in.ID, "len": in.Total, "offset": in.Current,
+		m := map[string]any{"type": in.Type, "device": in.ID, "len": in.Total, "offset": in.Current,
 			"busy": in.Busy, "paused": in.Paused, "speed": in.Speed, "io-status": in.IOStatus, "ready": in.Ready,
-			"status": in.Status.String(), "auto-finalize": true, "auto-dismiss": true})
+			"status": in.Status.String(), "auto-finalize": in.AutoFinalize, "auto-dismiss": in.AutoDismiss}
+		if e := jobError(in); e != "" {
+			m["error"] = e
+		}
+		out = append(out, m)
 	}
 	return out
 }
@@ -624,6 +700,9 @@ func (a *bitmapAction) Prepare() error {
 	case "block-dirty-bitmap-add":
 		if a.add.Name == "" {
 			return Errorf("Bitmap name cannot be empty")
+		}
+		if len(a.add.Name) > maxBitmapName {
+			return Errorf("Bitmap name too long: %s", a.add.Name)
 		}
 		g := a.add.Granularity
 		if g != 0 && (g < 512 || g&(g-1) != 0) {
@@ -866,6 +945,12 @@ func (c *checkpointAction) Prepare() error {
 	c.d.mu.Lock()
 	ch := c.d.chains[key]
 	c.d.mu.Unlock()
+	if ch != nil && ch.Node() != n {
+		// The node of that name was deleted (or lost) and added again:
+		// the chain belongs to the closed node, whose bitmaps went with
+		// it. This node starts a chain of its own.
+		ch = nil
+	}
 	if ch == nil {
 		if n.Bitmap(c.a.Chain) != nil {
 			return Errorf("Bitmap already exists: %s", c.a.Chain)
@@ -910,7 +995,7 @@ func (d *Daemon) registerJobs(r *Registry) {
 	r.Register("query-block-jobs", nil, func(*Client, any) (any, error) { return d.queryBlockJobs(), nil })
 	verb := func(f func(j *job.Job) error) Handler {
 		return func(_ *Client, a any) (any, error) {
-			j, err := d.job(a.(*jobIDArg).ID)
+			j, err := d.findJob(a.(*jobIDArg).ID)
 			if err != nil {
 				return nil, err
 			}
@@ -954,15 +1039,7 @@ func (d *Daemon) registerJobs(r *Registry) {
 	r.Register("block-commit", &CommitArgs{}, func(_ *Client, a any) (any, error) {
 		return nil, d.startJob(d.newCommit(a.(*CommitArgs)))
 	})
-	single := func(typ string) Handler {
-		return func(_ *Client, a any) (any, error) {
-			raw, err := jsonMarshal(a)
-			if err != nil {
-				return nil, err
-			}
-			return nil, d.Transaction(&TransactionArgs{Actions: []TransactionAction{{Type: typ, Data: raw}}})
-		}
-	}
+	single := d.single
 	r.Register("blockdev-backup", &BackupArgs{}, single("blockdev-backup"))
 	r.Register("block-dirty-bitmap-add", &BitmapAddArgs{}, single("block-dirty-bitmap-add"))
 	for _, k := range []string{"remove", "clear", "enable", "disable"} {

@@ -498,3 +498,326 @@ func TestIntermediateCommitAndStreamRecordBaseFile(t *testing.T) {
 		})
 	}
 }
+
+// slowMirror starts mirror m0 from a 16 MiB source full of data to tgt
+// at 1 byte/s: the first iteration copies 8 requests of 1 MiB and the
+// speed limit then holds the job in running, never ready.
+func slowMirror(t *testing.T, d *Daemon, dir string, c *rawClient) {
+	t.Helper()
+	const size = 16 << 20
+	for _, n := range []string{"src", "tgt"} {
+		p := filepath.Join(dir, n+".qcow2")
+		if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: size}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.blockdevAdd(&AddOptions{Driver: "qcow2", NodeName: n, File: &FileRef{Driver: "file", Filename: p}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill(t, d, "src", 0x11, 0, size)
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m0","device":"src","target":"tgt","sync":"full","speed":1}}`)
+}
+
+// TestBlockdevDelRefusedUnderJob: blockdev-del of a running mirror's
+// source or target is refused with QEMU's wording and the job goes on;
+// once the job is gone, both nodes can be deleted. Before, blockdev-del
+// closed either device under the running job.
+func TestBlockdevDelRefusedUnderJob(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	for _, n := range []string{"src", "tgt"} {
+		wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"`+n+`"}}`), GenericError,
+			"Node '"+n+"' is busy: block device is in use by block job: mirror")
+	}
+	if j := d.jobs.Get("m0"); j == nil || j.Status() != job.Running {
+		t.Fatalf("job after the refused deletes: %v", j)
+	}
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m0"}}`)
+	for {
+		ev := c.waitEvent("JOB_STATUS_CHANGE", "m0")
+		if ev["data"].(map[string]any)["status"] == "null" {
+			break
+		}
+	}
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"src"}}`)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"tgt"}}`)
+}
+
+// TestManualFinalizeDismissOverQMP: a mirror with auto-finalize and
+// auto-dismiss false, as QEMU reports it: query-block-jobs shows both
+// flags as given, BLOCK_JOB_PENDING follows the change to pending, and
+// the concluded job stays in query-block-jobs until job-dismiss. Before,
+// the flags were always true, BLOCK_JOB_PENDING was never sent and a
+// concluded job vanished from query-block-jobs.
+func TestManualFinalizeDismissOverQMP(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	fill(t, d, "src", 0x33, 0, 1<<20)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m0","device":"src","target":"tgt","sync":"full","auto-finalize":false,"auto-dismiss":false}}`)
+	c.waitEvent("BLOCK_JOB_READY", "m0")
+	blockJob := func() map[string]any {
+		t.Helper()
+		bj := okReply(t, c, `{"execute":"query-block-jobs"}`).([]any)
+		if len(bj) != 1 {
+			t.Fatalf("query-block-jobs %v", bj)
+		}
+		return bj[0].(map[string]any)
+	}
+	if j := blockJob(); j["auto-finalize"] != false || j["auto-dismiss"] != false {
+		t.Fatalf("query-block-jobs %v, want auto-finalize and auto-dismiss false", j)
+	}
+	okReply(t, c, `{"execute":"job-complete","arguments":{"id":"m0"}}`)
+	ev := c.waitEvent("BLOCK_JOB_PENDING", "m0")
+	if data := ev["data"].(map[string]any); data["type"] != "mirror" {
+		t.Fatalf("BLOCK_JOB_PENDING %v", ev)
+	}
+	if j := blockJob(); j["status"] != "pending" {
+		t.Fatalf("after BLOCK_JOB_PENDING: %v", j)
+	}
+	okReply(t, c, `{"execute":"job-finalize","arguments":{"id":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "m0")
+	if j := blockJob(); j["status"] != "concluded" {
+		t.Fatalf("after BLOCK_JOB_COMPLETED: %v", j)
+	}
+	okReply(t, c, `{"execute":"job-dismiss","arguments":{"id":"m0"}}`)
+	if bj := okReply(t, c, `{"execute":"query-block-jobs"}`).([]any); len(bj) != 0 {
+		t.Fatalf("query-block-jobs after job-dismiss: %v", bj)
+	}
+}
+
+// TestJobVerbErrorsAsQEMU: refused job verbs get qemu-storage-daemon's
+// classes and messages (compared by hand with 7.2): job-* on an unknown
+// id is a GenericError "Job not found" (block-job-* a DeviceNotActive),
+// a verb the state does not allow names job, state and verb, and a
+// second pause or a resume of a job that is not paused is refused.
+// Before, job-* answered DeviceNotActive, the verb error was Go's
+// wording, and the second pause and the stray resume succeeded.
+func TestJobVerbErrorsAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	wantError(t, c.do(`{"execute":"job-pause","arguments":{"id":"nope"}}`), GenericError, "Job not found")
+	wantError(t, c.do(`{"execute":"block-job-pause","arguments":{"device":"nope"}}`), DeviceNotActive, "Block job 'nope' not found")
+	slowMirror(t, d, dir, c)
+	wantError(t, c.do(`{"execute":"job-complete","arguments":{"id":"m0"}}`), GenericError,
+		"Job 'm0' in state 'running' cannot accept command verb 'complete'")
+	wantError(t, c.do(`{"execute":"job-resume","arguments":{"id":"m0"}}`), GenericError, "Can't resume a job that was not paused")
+	okReply(t, c, `{"execute":"job-pause","arguments":{"id":"m0"}}`)
+	wantError(t, c.do(`{"execute":"block-job-pause","arguments":{"device":"m0"}}`), GenericError, "Job is already paused")
+	okReply(t, c, `{"execute":"job-resume","arguments":{"id":"m0"}}`)
+	wantError(t, c.do(`{"execute":"block-job-resume","arguments":{"device":"m0"}}`), GenericError, "Can't resume a job that was not paused")
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_CANCELLED", "m0")
+}
+
+// TestSecondJobOnBusyNodeRefused: a block job cannot start on a node
+// another job uses (QEMU's op blockers): a backup into a running mirror's
+// target, a mirror from it, a backup of the mirror's source or a stream
+// of it is refused with QEMU's message, and no job is created. Before,
+// every one of them started, and two jobs wrote one target at once.
+func TestSecondJobOnBusyNodeRefused(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	p := filepath.Join(dir, "other.qcow2")
+	if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"other","file":{"driver":"file","filename":"`+p+`"}}}`)
+	for cmd, node := range map[string]string{
+		`{"execute":"blockdev-backup","arguments":{"job-id":"x","device":"other","target":"tgt","sync":"full"}}`: "tgt",
+		`{"execute":"blockdev-mirror","arguments":{"job-id":"x","device":"tgt","target":"other","sync":"full"}}`: "tgt",
+		`{"execute":"blockdev-backup","arguments":{"job-id":"x","device":"src","target":"other","sync":"full"}}`: "src",
+		`{"execute":"block-stream","arguments":{"job-id":"x","device":"src"}}`:                                   "src",
+	} {
+		wantError(t, c.do(cmd), GenericError, "Node '"+node+"' is busy: block device is in use by block job: mirror")
+	}
+	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 1 {
+		t.Fatalf("query-jobs after the refused jobs: %v", jobs)
+	}
+}
+
+// TestBlockResizeRefusedUnderJob: block_resize of a running mirror's
+// target or source is refused (QEMU refuses both); before, the target was
+// resized under the job (the source failed only because the job's filter
+// cannot truncate).
+func TestBlockResizeRefusedUnderJob(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	for _, n := range []string{"tgt", "src"} {
+		wantError(t, c.do(`{"execute":"block_resize","arguments":{"node-name":"`+n+`","size":33554432}}`), GenericError,
+			"Node '"+n+"' is busy: block device is in use by block job: mirror")
+	}
+	if size, err := d.nodes["tgt"].dev.Root().Length(); err != nil || size != 16<<20 {
+		t.Fatalf("target length %d, %v; want 16 MiB", size, err)
+	}
+}
+
+// TestBackupBitmapArgumentsAsQEMU: blockdev-backup's bitmap and
+// bitmap-mode are checked as qemu-storage-daemon 7.2 checks them (its
+// replies, compared by hand). Before, every one of these ran: a full
+// backup naming a bitmap cleared it on success (mode on-success by
+// default), incremental ran with any mode, and a mode without a bitmap
+// was ignored.
+func TestBackupBitmapArgumentsAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "a")
+	addQcow2(t, d, dir, "b")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"a","name":"x"}}`)
+	for _, tc := range []struct{ args, want string }{
+		{`"sync":"full","bitmap":"x"`, "Bitmap sync mode must be given when providing a bitmap"},
+		{`"sync":"bitmap","bitmap":"x"`, "Bitmap sync mode must be given when providing a bitmap"},
+		{`"sync":"incremental","bitmap":"x","bitmap-mode":"always"`, "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'"},
+		{`"sync":"full","bitmap-mode":"always"`, "Cannot specify bitmap sync mode without a bitmap"},
+		{`"sync":"full","bitmap":"x","bitmap-mode":"never"`, "Bitmap sync mode 'never' has no meaningful effect when combined with sync mode 'full'"},
+		{`"sync":"incremental"`, "must provide a valid bitmap name for 'incremental' sync mode"},
+		{`"sync":"bitmap","bitmap":"nope","bitmap-mode":"always"`, "Bitmap 'nope' could not be found"},
+	} {
+		wantError(t, c.do(`{"execute":"blockdev-backup","arguments":{"job-id":"j","device":"a","target":"b",`+tc.args+`}}`), GenericError, tc.want)
+	}
+	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 0 {
+		t.Fatalf("query-jobs: %v", jobs)
+	}
+}
+
+// TestCancelledJobErrorAsQEMU: a cancelled job kept for job-dismiss
+// reports QEMU's error text, "Operation canceled", in query-jobs and
+// query-block-jobs (it said "job cancelled").
+func TestCancelledJobErrorAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	okReply(t, c, `{"execute":"block-job-cancel","arguments":{"device":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_CANCELLED", "m0")
+	// slowMirror's job dismisses itself; a second one with auto-dismiss
+	// false stays concluded.
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m1","device":"src","target":"tgt","sync":"full","speed":1,"auto-dismiss":false}}`)
+	okReply(t, c, `{"execute":"job-cancel","arguments":{"id":"m1"}}`)
+	c.waitEvent("BLOCK_JOB_CANCELLED", "m1")
+	for _, q := range []string{"query-jobs", "query-block-jobs"} {
+		var m1 map[string]any
+		for _, j := range okReply(t, c, `{"execute":"`+q+`"}`).([]any) {
+			if jm := j.(map[string]any); jm["id"] == "m1" || jm["device"] == "m1" {
+				m1 = jm
+			}
+		}
+		if m1 == nil || m1["error"] != "Operation canceled" {
+			t.Fatalf("%s: m1 is %v, want error \"Operation canceled\"", q, m1)
+		}
+	}
+}
+
+// TestCheckpointChainOfReaddedNode: after blockdev-del and blockdev-add
+// of a node of the same name, x-ringblk-checkpoint starts a new chain on
+// the new node. Before, it went on with the deleted node's chain: it
+// answered "c@3" and froze the closed node's bitmap; the new node had no
+// bitmap at all, so its writes were never tracked and a backup of the
+// next checkpoint could not find it.
+func TestCheckpointChainOfReaddedNode(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	p := addQcow2(t, d, dir, "a")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`)
+	okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"a"}}`)
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"a","file":{"driver":"file","filename":"`+p+`"}}}`)
+	r := okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`).(map[string]any)
+	root := d.nodes["a"].dev.Root()
+	if r["seq"] != float64(1) || root.Bitmap("c") == nil {
+		t.Fatalf("checkpoint %v on the re-added node: want the first of a new chain, with its active bitmap c on the node", r)
+	}
+	r = okReply(t, c, `{"execute":"x-ringblk-checkpoint","arguments":{"node":"a","chain":"c"}}`).(map[string]any)
+	if name, _ := r["bitmap"].(string); root.Bitmap(name) == nil {
+		t.Fatalf("checkpoint %v: bitmap %q is not on the re-added node", r, name)
+	}
+}
+
+// TestReopeningCommandsRefuseJobNodes: the commands that close a node's
+// device to reopen it in another shape refuse a node a job uses:
+// blockdev-add of a format node over a file node by name, blockdev-create
+// on a file node (its job fails), blockdev-snapshot with a job's target
+// as the overlay. Before, each closed the device under the running job.
+func TestReopeningCommandsRefuseJobNodes(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c) // qcow2 src -> tgt, job m0
+	const size = 16 << 20
+	for _, n := range []string{"fs", "ft", "base"} {
+		p := filepath.Join(dir, n+".img")
+		if err := d.h.Create(p, host.CreateOptions{Format: "raw", Size: size}); err != nil {
+			t.Fatal(err)
+		}
+		okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"`+n+`","filename":"`+p+`"}}`)
+	}
+	fill(t, d, "fs", 0x66, 0, size)
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m1","device":"fs","target":"ft","sync":"full","speed":1}}`)
+	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q","file":"ft"}}`), GenericError,
+		"Node 'ft' is busy: block device is in use by block job: mirror")
+	okReply(t, c, `{"execute":"blockdev-create","arguments":{"job-id":"c0","options":{"driver":"qcow2","file":"ft","size":1048576}}}`)
+	c.waitEvent("JOB_STATUS_CHANGE", "c0")
+	for {
+		if ev := c.waitEvent("JOB_STATUS_CHANGE", "c0"); ev["data"].(map[string]any)["status"] == "concluded" {
+			break
+		}
+	}
+	var cerr any
+	for _, j := range okReply(t, c, `{"execute":"query-jobs"}`).([]any) {
+		if jm := j.(map[string]any); jm["id"] == "c0" {
+			cerr = jm["error"]
+		}
+	}
+	if s, _ := cerr.(string); !strings.Contains(s, "Node 'ft' is busy: block device is in use by block job: mirror") {
+		t.Fatalf("blockdev-create on the mirror's target: job error %v", cerr)
+	}
+	wantError(t, c.do(`{"execute":"blockdev-snapshot","arguments":{"node":"base","overlay":"tgt"}}`), GenericError,
+		"Node 'tgt' is busy: block device is in use by block job: mirror")
+	for _, id := range []string{"m0", "m1"} {
+		if j := d.jobs.Get(id); j == nil || j.Status() != job.Running {
+			t.Fatalf("job %s after the refused commands: %v", id, j)
+		}
+	}
+}
+
+// TestQueriesDuringJobAsQEMU: while a mirror runs, query-named-block-nodes
+// names its filter's driver as QEMU does ("mirror_top", with the source's
+// file) and query-block describes the node under that implicit filter.
+// Before, the filter's drv was the Go type "*job.filter" with no file,
+// and query-block showed the filter as the device's inserted node.
+func TestQueriesDuringJobAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	slowMirror(t, d, dir, c)
+	srcFile := filepath.Join(dir, "src.qcow2")
+	var filter map[string]any
+	for _, n := range okReply(t, c, `{"execute":"query-named-block-nodes"}`).([]any) {
+		if nm := n.(map[string]any); nm["node-name"] == "#mirror-top-m0" {
+			filter = nm
+		}
+	}
+	if filter == nil || filter["drv"] != "mirror_top" || filter["file"] != srcFile {
+		t.Fatalf("the mirror's filter in query-named-block-nodes: %v", filter)
+	}
+	for _, b := range okReply(t, c, `{"execute":"query-block"}`).([]any) {
+		bm := b.(map[string]any)
+		if bm["device"] != "src" {
+			continue
+		}
+		if in := bm["inserted"].(map[string]any); in["node-name"] != "src" || in["drv"] != "qcow2" || in["file"] != srcFile {
+			t.Fatalf("query-block src during the mirror: inserted %v", in)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package qmp
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,6 +116,11 @@ func parseRequest(msg []byte) (request, *Error) {
 	if top == nil {
 		return r, Errorf("QMP input must be a JSON object")
 	}
+	if duplicateKey(msg) {
+		// encoding/json keeps the last of two equal members; QEMU's
+		// parser refuses the message (and so never sees its id).
+		return request{}, Errorf("JSON parse error, duplicate key")
+	}
 	if id, ok := top["id"]; ok {
 		r.ID = id
 	}
@@ -144,6 +150,48 @@ func parseRequest(msg []byte) (request, *Error) {
 		}
 	}
 	return r, nil
+}
+
+// duplicateKey reports whether an object anywhere in msg (valid JSON)
+// has two members of the same name.
+func duplicateKey(msg []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	type level struct {
+		keys    map[string]bool // nil: an array
+		wantKey bool
+	}
+	var stack []level
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		top := len(stack) - 1
+		if top >= 0 && stack[top].keys != nil && stack[top].wantKey {
+			if k, ok := tok.(string); ok {
+				if stack[top].keys[k] {
+					return true
+				}
+				stack[top].keys[k] = true
+				stack[top].wantKey = false
+				continue
+			}
+		}
+		if top >= 0 && stack[top].keys != nil {
+			stack[top].wantKey = true // a value was read: a key comes next
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, level{keys: map[string]bool{}, wantKey: true})
+		case json.Delim('['):
+			stack = append(stack, level{})
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:top]
+			if top > 0 && stack[top-1].keys != nil {
+				stack[top-1].wantKey = true
+			}
+		}
+	}
 }
 
 func jsonReason(err error) string {

@@ -133,6 +133,12 @@ func (c *command) decodeAt(prefix string, raw json.RawMessage) (any, *Error) {
 			continue
 		}
 		f := v.Elem().FieldByIndex(p.field)
+		if bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
+			if err := decodeNull(f); err != nil {
+				return nil, typeError(prefix+p.name, f.Type(), err)
+			}
+			continue
+		}
 		if err := strictUnmarshal(m, f.Addr().Interface()); err != nil {
 			return nil, typeError(prefix+p.name, f.Type(), err)
 		}
@@ -140,15 +146,110 @@ func (c *command) decodeAt(prefix string, raw json.RawMessage) (any, *Error) {
 	return v.Interface(), nil
 }
 
+// decodeNull stores a JSON null in field f. Only a type with an
+// UnmarshalJSON of its own can take one (QAPI's alternates with null,
+// StrOrNull): encoding/json would set a pointer to nil, and leave any
+// other field at its zero value, without a word, so that "backing": null
+// looked absent and "node-name": null read as "". QEMU refuses a null for
+// every other type.
+func decodeNull(f reflect.Value) error {
+	t := f.Type()
+	target := f.Addr()
+	if t.Kind() == reflect.Pointer {
+		target = reflect.New(t.Elem())
+	}
+	u, ok := target.Interface().(json.Unmarshaler)
+	if !ok {
+		return &json.UnmarshalTypeError{Value: "null", Type: t}
+	}
+	if err := u.UnmarshalJSON([]byte("null")); err != nil {
+		return err
+	}
+	if t.Kind() == reflect.Pointer {
+		f.Set(target)
+	}
+	return nil
+}
+
 // strictUnmarshal decodes m into dst refusing unknown members (nested
-// structs are QAPI structs too).
+// structs are QAPI structs too). Members must match a json tag exactly:
+// encoding/json alone also takes a member whose name differs in case
+// ("FILENAME" for "filename", or both, the last winning) or that names an
+// untagged field, where QEMU refuses the member as unexpected.
 func strictUnmarshal(m json.RawMessage, dst any) error {
+	if err := checkMembers(m, reflect.TypeOf(dst), ""); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(m))
 	dec.DisallowUnknownFields()
 	return dec.Decode(dst)
 }
 
+// unexpectedMember is a member no json tag names; path is its place
+// under the parameter being decoded ("cache.direkt").
+type unexpectedMember struct{ path string }
+
+func (e *unexpectedMember) Error() string { return "unexpected member '" + e.path + "'" }
+
+var unmarshalerType = reflect.TypeOf((*json.Unmarshaler)(nil)).Elem()
+
+// checkMembers walks raw against type t and returns an *unexpectedMember
+// for the first object member that no field's tag names exactly. Types
+// with their own UnmarshalJSON check themselves; anything that is not an
+// object where t wants one is left to the decoder's type error.
+func checkMembers(raw json.RawMessage, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		if reflect.PointerTo(t.Elem()).Implements(unmarshalerType) {
+			return nil
+		}
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(unmarshalerType) {
+		return nil
+	}
+	switch t.Kind() {
+	case reflect.Slice, reflect.Array:
+		var elems []json.RawMessage
+		if json.Unmarshal(raw, &elems) != nil {
+			return nil
+		}
+		for _, e := range elems {
+			if err := checkMembers(e, t.Elem(), path); err != nil {
+				return err
+			}
+		}
+	case reflect.Struct:
+		var members map[string]json.RawMessage
+		if json.Unmarshal(raw, &members) != nil {
+			return nil
+		}
+		fields := map[string]reflect.Type{}
+		for _, p := range params(t, nil) {
+			fields[p.name] = t.FieldByIndex(p.field).Type
+		}
+		keys := make([]string, 0, len(members))
+		for k := range members {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			ft, ok := fields[k]
+			if !ok {
+				return &unexpectedMember{path + k}
+			}
+			if err := checkMembers(members[k], ft, path+k+"."); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 func typeError(name string, t reflect.Type, err error) *Error {
+	var um *unexpectedMember
+	if errors.As(err, &um) {
+		return Errorf("Parameter '%s.%s' is unexpected", name, um.path)
+	}
 	var ute *json.UnmarshalTypeError
 	if errors.As(err, &ute) && ute.Field != "" {
 		return Errorf("Invalid parameter type for '%s.%s', expected: %s", name, ute.Field, qapiType(ute.Type))

@@ -239,6 +239,9 @@ func execOpt(s *qmp.Server, reg *qmp.Registry, opt, cmd, val, implied string, ex
 	return nil
 }
 
+// shutdownHook, when set (tests), runs as the shutdown begins.
+var shutdownHook func()
+
 // run sets everything up and serves until quit or a signal (or until
 // stop is closed: tests).
 func run(cfg *config, stop <-chan struct{}) (err error) {
@@ -265,8 +268,21 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 	srv := qmp.NewServer(reg, qmp.Options{MaxMessage: cfg.maxMessage, Version: "ringblk serve",
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	d.Attach(srv)
+	// Signals are caught from here until run returns, after the shutdown
+	// below: a SIGTERM or SIGINT that arrives while the daemon drains
+	// its nodes and writes back their metadata (after quit, or a second
+	// one) must not kill it half way (the deferred signal.Stop used to
+	// run first, so such a signal killed the process before any image
+	// was closed: persistent bitmaps and cached metadata were lost).
+	signal.Ignore(syscall.SIGHUP)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
 	var cleanup []func()
 	defer func() {
+		if shutdownHook != nil {
+			shutdownHook()
+		}
 		srv.Close()
 		for i := len(cleanup) - 1; i >= 0; i-- {
 			cleanup[i]()
@@ -374,10 +390,6 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 			return err
 		}
 	}
-	signal.Ignore(syscall.SIGHUP)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	ready()
 	reason := "host-qmp-quit"
 	select {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,12 +22,27 @@ import (
 	goqmp "github.com/digitalocean/go-qemu/qmp"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
 )
 
-const asMainEnv = "RINGBLK_SERVE_TEST_AS_MAIN"
+const (
+	asMainEnv = "RINGBLK_SERVE_TEST_AS_MAIN"
+	// sigtermAtShutdownEnv makes the daemon send itself a SIGTERM as its
+	// shutdown begins (TestServeSignalDuringShutdown).
+	sigtermAtShutdownEnv = "RINGBLK_SERVE_TEST_SIGTERM_AT_SHUTDOWN"
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(asMainEnv) == "1" {
+		if os.Getenv(sigtermAtShutdownEnv) == "1" {
+			shutdownHook = func() {
+				// To this thread: the signal is handled before Tgkill
+				// returns, so an uncaught one ends the process here.
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				_ = unix.Tgkill(os.Getpid(), unix.Gettid(), unix.SIGTERM)
+			}
+		}
 		os.Exit(Main(os.Args[1:]))
 	}
 	os.Exit(m.Run())
@@ -919,5 +935,35 @@ func TestServeBlockdevCreateJobAsQemuStorageDaemon(t *testing.T) {
 	})
 	if strings.Join(want, " ") != strings.Join(got, " ") {
 		t.Errorf("blockdev-create differs:\n qemu-storage-daemon %v\n ringblk serve       %v", want, got)
+	}
+}
+
+// TestServeSignalDuringShutdown: a SIGTERM that arrives while the daemon
+// shuts down after quit (a supervisor's follow-up, a second Ctrl-C) does
+// not kill it half way: it still closes every image, so the persistent
+// bitmap added over QMP is in the file and the exit status is 0. Before,
+// signal.Stop ran before the shutdown and the signal killed the process
+// with the bitmap unwritten.
+func TestServeSignalDuringShutdown(t *testing.T) {
+	needCmd(t, "qemu-img")
+	dir := tmpDir(t)
+	img := filepath.Join(dir, "d.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", img, "16M")
+	sock := filepath.Join(dir, "qmp.sock")
+	t.Setenv(sigtermAtShutdownEnv, "1")
+	d := startServe(t, "--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img,
+		"--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+	waitSocket(t, d, sock)
+	c := dialQMP(t, sock)
+	c.ok(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"d","name":"b0","persistent":true}}`)
+	c.ok(`{"execute":"quit"}`)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit %d after a SIGTERM during the shutdown: %s", code, d.stderr)
+	}
+	if out := qemuImg(t, "info", img); !strings.Contains(out, "name: b0") {
+		t.Fatalf("the persistent bitmap is not in the image:\n%s", out)
+	}
+	if out := qemuImg(t, "check", img); !strings.Contains(out, "No errors were found") {
+		t.Fatalf("qemu-img check:\n%s", out)
 	}
 }
