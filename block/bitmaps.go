@@ -1,6 +1,7 @@
 package block
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
 
@@ -181,4 +182,29 @@ func (e *BitmapError) Unwrap() error { return e.Err }
 
 func (n *Node) bitmapErr(name string, err error) error {
 	return &BitmapError{Node: n.name, Bitmap: name, Err: err}
+}
+
+// ErrBitmapTooSmall refuses to grow a node past the end of one of its
+// dirty bitmaps.
+var ErrBitmapTooSmall = errors.New("a dirty bitmap does not cover the new size")
+
+// bitmapsCover refuses a truncate to size when a bitmap of the node
+// covers less: a bitmap keeps the length it was created with (its
+// words are read by every write without a lock), so writes past its end
+// would go unrecorded and an incremental backup taken from it would miss
+// them. QEMU grows its bitmaps with the node; until ringblk does, growing
+// is refused while such a bitmap exists (docs/design/jobs.md). Shrinking
+// is allowed: marks past the end are never read back.
+func (n *Node) bitmapsCover(size int64) error {
+	l := n.bitmaps.Load()
+	if l == nil {
+		return nil
+	}
+	for _, b := range l.list {
+		if size > b.Size() {
+			return fmt.Errorf("%w: bitmap %q covers %d bytes; remove it before growing the node to %d (%w)",
+				ErrBitmapTooSmall, b.Name(), b.Size(), size, syscall.EBUSY)
+		}
+	}
+	return nil
 }

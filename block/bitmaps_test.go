@@ -3,6 +3,7 @@ package block_test
 import (
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -180,4 +181,41 @@ func benchWrite(b *testing.B, withBitmap bool) {
 		w.run(e.Main, b.N, 32)
 		b.StopTimer()
 	})
+}
+
+// TestTruncateRefusedPastBitmap: a node with a dirty bitmap cannot grow
+// past the bitmap's length (writes there would not be recorded, and a
+// backup from the bitmap would miss them); it may shrink, and grows again
+// once the bitmap is removed.
+func TestTruncateRefusedPastBitmap(t *testing.T) {
+	e := blocktest.NewEnv(t, 1)
+	n := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "n"})
+	defer n.Unref()
+	b, err := n.AddBitmap("b0", 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var terr error
+	e.On(e.Main, func() { terr = n.Truncate(128 << 10) })
+	if !errors.Is(terr, block.ErrBitmapTooSmall) || !errors.Is(terr, syscall.EBUSY) || !strings.Contains(terr.Error(), `"b0"`) {
+		t.Fatalf("grow past the bitmap: %v, want it refused naming b0", terr)
+	}
+	if l, _ := n.Length(); l != 64<<10 {
+		t.Fatalf("length %d after a refused grow", l)
+	}
+	e.On(e.Main, func() { terr = n.Truncate(32 << 10) })
+	if terr != nil {
+		t.Fatalf("shrink: %v", terr)
+	}
+	e.On(e.Main, func() { terr = n.Truncate(64 << 10) })
+	if terr != nil {
+		t.Fatalf("grow back within the bitmap: %v", terr)
+	}
+	if err := n.RemoveBitmap(b.Name()); err != nil {
+		t.Fatal(err)
+	}
+	e.On(e.Main, func() { terr = n.Truncate(128 << 10) })
+	if terr != nil {
+		t.Fatalf("grow without a bitmap: %v", terr)
+	}
 }

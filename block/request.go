@@ -270,6 +270,9 @@ func (n *Node) validate(r *Request) error {
 		if n.inactive.Load() {
 			return newError(Io, r.Op, n, r.Off, syscall.EPERM)
 		}
+		if err := n.bitmapsCover(r.Off); err != nil {
+			return newError(Io, r.Op, n, r.Off, err)
+		}
 		return nil
 	case OpFlush:
 		if n.opts.ReadOnly {
