@@ -248,7 +248,8 @@ func (d *Daemon) refreshExports(node string) error {
 func (d *Daemon) swapIn(b *blockdev, overlay, driver, filename string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.nodes[overlay] = &blockdev{name: overlay, driver: driver, filename: filename, dev: b.dev, opts: b.opts, lower: []string{b.name}}
+	d.nodes[overlay] = &blockdev{name: overlay, driver: driver, filename: filename, dev: b.dev, opts: b.opts, lower: []string{b.name},
+		discardUnmap: b.discardUnmap, detectZeroes: b.detectZeroes}
 	b.usedBy, b.role = overlay, "backing"
 	for _, e := range d.exports {
 		if e.node == b.name {

@@ -58,6 +58,12 @@ type blockdev struct {
 	// node); such a node cannot be deleted or snapshotted on its own.
 	usedBy string
 	role   string // "backing" or "file", with usedBy
+	// discardUnmap and detectZeroes are the node's discard and
+	// detect-zeroes options, which its exports apply at the top (a qcow2
+	// node would otherwise discard even with discard=ignore, QEMU's
+	// default, since the chain puts the setting on its file node only).
+	discardUnmap bool
+	detectZeroes nbd.DetectZeroes
 	// top is the node added last over this device's chain; blockdev-del
 	// of it closes the device and every node under it.
 	lower []string
@@ -327,8 +333,24 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	}
 	oo := host.OpenOptions{Name: o.NodeName, ReadOnly: o.ReadOnly, Cache: o.Cache.mode(),
 		Discard: o.Discard, Locking: o.Locking, ForceShare: o.ForceShare, NoBacking: o.Backing != nil}
-	if oo.Discard == "ignore" {
+	switch oo.Discard {
+	case "ignore", "off":
 		oo.Discard = ""
+	case "on":
+		oo.Discard = "unmap"
+	}
+	var dz nbd.DetectZeroes
+	switch o.DetectZeroes {
+	case "", "off":
+	case "on":
+		dz = nbd.DetectZeroesOn
+	case "unmap":
+		if oo.Discard != "unmap" {
+			return Errorf("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+		}
+		dz = nbd.DetectZeroesUnmap
+	default:
+		return Errorf("Parameter 'detect-zeroes' does not accept value '%s'", o.DetectZeroes)
 	}
 	var filename string
 	var fileNode *blockdev
@@ -417,7 +439,8 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 		}
 		return Errorf("Could not open '%s': %v", filename, err)
 	}
-	b := &blockdev{name: o.NodeName, driver: o.Driver, filename: filename, dev: dev, opts: oo}
+	b := &blockdev{name: o.NodeName, driver: o.Driver, filename: filename, dev: dev, opts: oo,
+		discardUnmap: oo.Discard == "unmap", detectZeroes: dz}
 	d.mu.Lock()
 	if fileNode != nil {
 		fileNode.dev, fileNode.usedBy, fileNode.role = dev, b.name, "file"
@@ -791,7 +814,8 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 		// that opens it for writing would be refused.
 		return Errorf("Cannot export read-only node as writable")
 	}
-	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context(), Bitmaps: bitmaps})
+	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context(), Bitmaps: bitmaps,
+		IgnoreDiscard: !b.discardUnmap, DetectZeroes: b.detectZeroes})
 	if err != nil {
 		return Errorf("%v", err)
 	}

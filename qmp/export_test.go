@@ -193,3 +193,66 @@ func TestBlockExportDelModes(t *testing.T) {
 		t.Fatal("the client is still connected after block-export-del mode hard")
 	}
 }
+
+// TestExportDiscardAndDetectZeroesFollowTheNode: an export applies its
+// node's discard and detect-zeroes options at the top, as QEMU does. With
+// discard=ignore (the default) a TRIM through the export leaves a qcow2
+// overlay's backing data visible (the chain put the setting on the file
+// node only, so the qcow2 layer wrote zero clusters over it); with
+// discard=unmap it reads as zeroes; detect-zeroes=on stores a written
+// block of zeroes as zeroes, not data.
+func TestExportDiscardAndDetectZeroesFollowTheNode(t *testing.T) {
+	for _, tool := range []string{"qemu-io", "qemu-img"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
+		}
+	}
+	_, dir, sock := testServer(t, 1, Options{})
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "failed") {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+		return string(out)
+	}
+	base := filepath.Join(dir, "base.qcow2")
+	run("qemu-img", "create", "-q", "-f", "qcow2", base, "4M")
+	run("qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 4M", base)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	nbdSock := filepath.Join(dir, "nbd.sock")
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+nbdSock+`"}}}`)
+	for i, opts := range []string{``, `,"discard":"unmap"`, `,"detect-zeroes":"on"`} {
+		name := []string{"ign", "unmap", "dz"}[i]
+		ov := filepath.Join(dir, name+".qcow2")
+		run("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", ov)
+		okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"`+name+`","file":{"driver":"file","filename":"`+ov+`"}`+opts+`}}`)
+		okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"`+name+`","node-name":"`+name+`","writable":true}}`)
+		url := "nbd+unix:///" + name + "?socket=" + nbdSock
+		switch name {
+		case "ign":
+			run("qemu-io", "-f", "raw", "-c", "discard 0 1M", "-c", "read -P 0xaa 0 1M", url)
+		case "unmap":
+			run("qemu-io", "-f", "raw", "-c", "discard 0 1M", "-c", "read -P 0 0 1M", url)
+		case "dz":
+			run("qemu-io", "-f", "raw", "-c", "write -P 0 1M 1M", "-c", "read -P 0 1M 1M", url)
+			var m []struct {
+				Start, Length int64
+				Data, Zero    bool
+			}
+			if err := json.Unmarshal([]byte(run("qemu-img", "map", "--output=json", "-f", "raw", url)), &m); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range m {
+				if e.Start <= 1<<20 && e.Start+e.Length > 1<<20 && (e.Data || !e.Zero) {
+					t.Errorf("detect-zeroes=on: the zero write at 1M is %+v, want zero and not data", e)
+				}
+			}
+		}
+	}
+	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"x","file":{"driver":"file","filename":"`+base+`"},"detect-zeroes":"unmap"}}`),
+		GenericError, "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"x","file":{"driver":"file","filename":"`+base+`"},"detect-zeroes":"maybe"}}`),
+		GenericError, "Parameter 'detect-zeroes' does not accept value 'maybe'")
+}
