@@ -341,6 +341,13 @@ func (q *Queue) RequestDone(r *block.Request, err error) {
 		case contract.ErrorIgnore:
 			err = nil
 		case contract.ErrorStop:
+			if q.closed.Load() {
+				// Close has completed the held requests already (or
+				// is about to) and waits for this one: nobody can
+				// retry it, so it completes with its error and does
+				// not pause the device.
+				break
+			}
 			s.err = err
 			q.dev.paused.Store(true) // before Stopped is announced
 			q.heldList = append(q.heldList, i)

@@ -1,0 +1,91 @@
+package host_test
+
+import (
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/block/blocktest"
+	"github.com/ringblk/ringblk/host"
+)
+
+// stackedDebugDevice is a device over two fault filters on a memory node
+// (outer over inner over mem): the outer one holds a request, the inner
+// one fails it once it is released.
+func stackedDebugDevice(t *testing.T, h *host.Host, o host.OpenOptions) (*host.Device, *blocktest.Debug, *blocktest.Debug) {
+	t.Helper()
+	g := h.Graph()
+	node, err := g.Open(blocktest.NewMem(1<<20), block.Options{Name: "mem"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var filters [2]*blocktest.Debug
+	for i, name := range []string{"inner", "outer"} {
+		dbg := &blocktest.Debug{}
+		f, err := g.Open(dbg, block.Options{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := g.Attach(f, node, block.ChildSpec{Name: "file", Role: block.RoleFiltered})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dbg.Edge.Store(c)
+		node.Unref()
+		node, filters[i] = f, dbg
+	}
+	d, err := h.NewDevice(node, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, filters[1], filters[0]
+}
+
+// TestCloseQueueWhileRequestFailsUnderStop: a request in flight when its
+// queue starts closing, which then fails under a stop policy, completes
+// with its error instead of being held: nobody can retry it on a closed
+// queue, and Close (of the queue, its device, the host) waited for it
+// forever. Close runs on a Loop here, so the order is fixed: Close has
+// completed what was held before the request fails.
+func TestCloseQueueWhileRequestFailsUnderStop(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d, outer, inner := stackedDebugDevice(t, h, host.OpenOptions{WriteError: host.ErrorStop})
+	outer.AddRule(blocktest.Rule{Op: block.OpWrite, Hold: true, Once: true})
+	inner.AddRule(blocktest.Rule{Op: block.OpWrite, Err: syscall.EIO, Once: true})
+	var got []host.Completion
+	done := make(chan error, 1)
+	go func() {
+		done <- h.Drive(func(l *host.Loop) error {
+			q, err := l.Queue(d, host.QueueOptions{OnComplete: func(c host.Completion) { got = append(got, c) }})
+			if err != nil {
+				return err
+			}
+			if err := q.Write(make([]byte, 4096), 0, 0, 1); err != nil {
+				return err
+			}
+			for outer.Held() == 0 {
+				l.Poll(false)
+			}
+			outer.Release() // runs when Close polls the Loop: the write fails then
+			return q.Close()
+		})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		d.Resume() // retries the held write (the fault fired once), so Close can end
+		<-done
+		t.Fatal("Close of a queue hangs on a request that failed under a stop policy while it closed")
+	}
+	if len(got) != 1 || !errors.Is(got[0].Err, syscall.EIO) {
+		t.Fatalf("completions %+v, want the write with EIO", got)
+	}
+	if d.Paused() {
+		t.Fatal("the device is paused by a request of a closed queue, which nobody can retry")
+	}
+}
