@@ -2,6 +2,7 @@ package host_test
 
 import (
 	"errors"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -87,5 +88,30 @@ func TestCloseQueueWhileRequestFailsUnderStop(t *testing.T) {
 	}
 	if d.Paused() {
 		t.Fatal("the device is paused by a request of a closed queue, which nobody can retry")
+	}
+}
+
+// TestRingEntriesLimit: a ring size above io_uring's limit is refused
+// before anything proportional to it is allocated. The Contexts
+// preallocated four op slots per entry first and only then let the kernel
+// refuse the size, so a large value took the process's memory (1<<30 had
+// it killed).
+func TestRingEntriesLimit(t *testing.T) {
+	for _, n := range []int{-1, host.MaxRingEntries + 1, 1 << 18} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		h, err := host.New(host.Options{RingEntries: n})
+		runtime.ReadMemStats(&after)
+		if err == nil {
+			h.Close()
+			t.Fatalf("RingEntries %d accepted", n)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+			t.Fatalf("RingEntries %d: %d bytes allocated before the refusal (%v)", n, grew, err)
+		}
+	}
+	h := newHost(t, host.Options{RingEntries: host.MaxRingEntries})
+	if h.Contexts() != 1 {
+		t.Fatal("no Context")
 	}
 }

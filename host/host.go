@@ -85,6 +85,10 @@ type Host struct {
 
 var _ contract.Host = (*Host)(nil)
 
+// MaxRingEntries is the largest Options.RingEntries: io_uring's
+// IORING_MAX_ENTRIES.
+const MaxRingEntries = 32768
+
 // New starts a host: the main Context and opts.Contexts I/O Contexts,
 // each pinned to its CPU set if one is given.
 func New(opts Options) (h *Host, err error) {
@@ -106,6 +110,11 @@ func New(opts Options) (h *Host, err error) {
 	}
 	if opts.PollTime < 0 {
 		return nil, fmt.Errorf("ringblk: negative PollTime %v", opts.PollTime)
+	}
+	// Each Context preallocates op slots in proportion to its ring before
+	// the kernel sees the size (style B5: limits are errors).
+	if opts.RingEntries < 0 || opts.RingEntries > MaxRingEntries {
+		return nil, fmt.Errorf("ringblk: RingEntries %d outside 0…%d (io_uring's limit)", opts.RingEntries, MaxRingEntries)
 	}
 	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}, pollTime: opts.PollTime,
 		ringEntries: opts.RingEntries, closing: make(chan struct{})}

@@ -29,7 +29,8 @@ type HostOptions struct {
 	// when the kernel refuses the list.
 	WorkerCPUs []int
 	// RingEntries is each I/O Context's submission queue size (default
-	// 256).
+	// 256); at most 32768 (io_uring's limit), checked before anything in
+	// proportion to it is allocated.
 	RingEntries int
 	// PollTime bounds busy-polling before a sleep: each I/O Context
 	// spins on its ring for up to this long (adaptively, as QEMU's
