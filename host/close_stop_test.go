@@ -2,6 +2,7 @@ package host_test
 
 import (
 	"errors"
+	"math"
 	"runtime"
 	"syscall"
 	"testing"
@@ -113,5 +114,46 @@ func TestRingEntriesLimit(t *testing.T) {
 	h := newHost(t, host.Options{RingEntries: host.MaxRingEntries})
 	if h.Contexts() != 1 {
 		t.Fatal("no Context")
+	}
+}
+
+// TestThrottleLimitsChecked: limits the buckets cannot honour are refused
+// and change nothing. A negative, NaN or tiny rate was taken, and every
+// request of the device then waited forever, re-armed every microsecond.
+// Valid limits still apply, and a closed device refuses with ErrClosed.
+func TestThrottleLimitsChecked(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []host.ThrottleLimits{
+		{IOPSTotal: -1}, {BPSRead: math.NaN()}, {IOPSWrite: math.Inf(1)}, {BPSTotal: 2e15},
+		{IOPSTotal: 1e-300}, {IOPSRead: 0.5}, {IOPSTotal: 10, IOPSTotalBurst: -5}, {BPSWriteBurst: math.NaN()},
+	} {
+		for _, group := range []string{"", "g"} {
+			if err := d.SetThrottle(group, l); err == nil {
+				t.Errorf("SetThrottle(%q, %+v) accepted", group, l)
+			}
+		}
+	}
+	// Nothing was applied: I/O runs unthrottled.
+	buf := make([]byte, 512)
+	for i := 0; i < 100; i++ {
+		if _, err := d.ReadAt(buf, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.SetThrottle("", host.ThrottleLimits{IOPSTotal: 1, BPSTotal: host.MaxThrottleValue}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetThrottle("", host.ThrottleLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetThrottle("", host.ThrottleLimits{IOPSTotal: 5}); !isClosed(err) {
+		t.Fatalf("SetThrottle after Close: %v, want ErrClosed", err)
 	}
 }

@@ -659,6 +659,12 @@ func (d *Device) Resume() {
 // SetThrottle sets the device's limits, alone (group "") or shared with
 // the devices of a named group.
 func (d *Device) SetThrottle(group string, l ThrottleLimits) error {
+	if err := checkThrottle(l); err != nil {
+		return fmt.Errorf("ringblk: %s: throttle: %w", d.name, err)
+	}
+	if d.isClosed() {
+		return ErrClosed
+	}
 	bl := block.ThrottleLimits(l)
 	if group == "" {
 		if l == (ThrottleLimits{}) {
@@ -694,6 +700,38 @@ func (d *Device) SetThrottle(group string, l ThrottleLimits) error {
 	d.throttle = tg
 	d.mu.Unlock()
 	d.fe.SetThrottle(tg)
+	return nil
+}
+
+// MaxThrottleValue is the largest rate or burst SetThrottle takes
+// (QEMU's THROTTLE_VALUE_MAX).
+const MaxThrottleValue = 1e15
+
+// checkThrottle refuses limits the token buckets cannot honour: a
+// negative, NaN or infinite value, or a rate below one per second, left
+// requests waiting forever on timers that fire every microsecond (the
+// wait, in nanoseconds, overflows).
+func checkThrottle(l ThrottleLimits) error {
+	values := [...]struct {
+		name string
+		v    float64
+		rate bool
+	}{
+		{"IOPSTotal", l.IOPSTotal, true}, {"IOPSRead", l.IOPSRead, true}, {"IOPSWrite", l.IOPSWrite, true},
+		{"BPSTotal", l.BPSTotal, true}, {"BPSRead", l.BPSRead, true}, {"BPSWrite", l.BPSWrite, true},
+		{"IOPSTotalBurst", l.IOPSTotalBurst, false}, {"IOPSReadBurst", l.IOPSReadBurst, false},
+		{"IOPSWriteBurst", l.IOPSWriteBurst, false}, {"BPSTotalBurst", l.BPSTotalBurst, false},
+		{"BPSReadBurst", l.BPSReadBurst, false}, {"BPSWriteBurst", l.BPSWriteBurst, false},
+	}
+	for _, x := range values {
+		// Written so that NaN fails it.
+		if !(x.v >= 0 && x.v <= MaxThrottleValue) {
+			return fmt.Errorf("%s %v outside 0…%g", x.name, x.v, MaxThrottleValue)
+		}
+		if x.rate && x.v > 0 && x.v < 1 {
+			return fmt.Errorf("%s %v: a rate is 0 (unlimited) or at least 1 per second", x.name, x.v)
+		}
+	}
 	return nil
 }
 

@@ -418,7 +418,9 @@ type Stats struct {
 }
 
 // ThrottleLimits are per-second rates; zero is unlimited. Bursts are the
-// bucket sizes (zero: a tenth of a second of the rate).
+// bucket sizes (zero: a tenth of a second of the rate). SetThrottle
+// refuses a negative, NaN or infinite value, one above 1e15 (QEMU's
+// limit) and a rate between 0 and 1 per second.
 type ThrottleLimits struct {
 	IOPSTotal, IOPSRead, IOPSWrite float64
 	BPSTotal, BPSRead, BPSWrite    float64
