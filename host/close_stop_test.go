@@ -157,3 +157,57 @@ func TestThrottleLimitsChecked(t *testing.T) {
 		t.Fatalf("SetThrottle after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestStatsInsideDrainedSection: requests submitted inside a drained
+// section wait before the driver until it ends, so Stats counts them as
+// parked, not in flight. They were reported in flight, which contradicts
+// the section's promise (nothing in flight) to a host checking it before,
+// say, a migration's handover.
+func TestStatsInsideDrainedSection(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := d.Queue(host.QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, section := range []struct {
+		name       string
+		begin, end func()
+	}{
+		{"device", d.DrainedBegin, d.DrainedEnd},
+		{"subtree", d.SubtreeDrainedBegin, d.SubtreeDrainedEnd},
+		{"all", h.DrainAllBegin, h.DrainAllEnd},
+	} {
+		section.begin()
+		buf := make([]byte, 512)
+		for i := 0; i < 3; i++ {
+			if err := q.Write(buf, 0, 0, uint64(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for d.FrontEnd().ParkedCount() != 3 {
+			runtime.Gosched()
+		}
+		if st := d.Stats(); st.InFlight != 0 || st.Parked != 3 {
+			t.Errorf("%s section: in flight %d, parked %d; want 0 and 3", section.name, st.InFlight, st.Parked)
+		}
+		section.end()
+		for n := 0; n < 3; {
+			if !q.Wait(10 * time.Second) {
+				t.Fatalf("%s section: no completion after its end", section.name)
+			}
+			for c, ok := q.Next(); ok; c, ok = q.Next() {
+				if c.Err != nil {
+					t.Fatal(c.Err)
+				}
+				n++
+			}
+		}
+		if st := d.Stats(); st.InFlight != 0 || st.Parked != 0 {
+			t.Errorf("%s section ended: in flight %d, parked %d; want 0 and 0", section.name, st.InFlight, st.Parked)
+		}
+	}
+}

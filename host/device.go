@@ -567,6 +567,12 @@ func (d *Device) Stats() Stats {
 		s.Held += q.held.Load()
 		s.Parked += parked
 	}
+	// Requests a drained section holds before the node wait, unissued,
+	// until it ends: parked, not in flight (QEMU's in-flight count drops
+	// them too while they wait).
+	drained := int64(d.fe.ParkedCount())
+	s.InFlight -= drained
+	s.Parked += drained
 	if s.InFlight < 0 {
 		s.InFlight = 0
 	}

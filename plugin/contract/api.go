@@ -414,7 +414,7 @@ type Stats struct {
 	Read, Write, Flush, Discard, WriteZeroes OpStats
 	InFlight                                 int64 // requests issued and not completed
 	Held                                     int64 // requests held by a stop policy
-	Parked                                   int64 // requests submitted while paused, not yet issued
+	Parked                                   int64 // requests submitted and not yet issued: while paused, or held by a drained section
 }
 
 // ThrottleLimits are per-second rates; zero is unlimited. Bursts are the
