@@ -211,3 +211,65 @@ func TestStatsInsideDrainedSection(t *testing.T) {
 		}
 	}
 }
+
+// TestWritePastEndRefused: a write or write-zeroes reaching past the end
+// of the device fails with EIO and leaves the image's size alone, as
+// QEMU's BlockBackend answers it, whatever the format. A raw image grew
+// instead (and its device with it), while qcow2 refused. After Resize
+// the new end is the bound, shrunk or grown.
+func TestWritePastEndRefused(t *testing.T) {
+	h := newHost(t, host.Options{})
+	for _, format := range []string{"raw", "qcow2"} {
+		d, err := h.OpenDevice(image(t, h, format, 1<<20), host.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := d.Queue(host.QueueOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8192)
+		for _, submit := range []func() error{
+			func() error { return q.Write(buf, 1<<20, 0, 1) },
+			func() error { return q.Write(buf, 1<<20-4096, 0, 2) }, // straddles the end
+			func() error { return q.WriteZeroes(1<<20-4096, 1<<20, 0, 3) },
+		} {
+			if err := submit(); err != nil {
+				t.Fatal(err)
+			}
+			if !q.Wait(10 * time.Second) {
+				t.Fatal("no completion")
+			}
+			if c, _ := q.Next(); !errors.Is(c.Err, syscall.EIO) {
+				t.Errorf("%s: %v %d past the end: %v, want EIO", format, c.Op, c.UserData, c.Err)
+			}
+		}
+		if _, err := d.WriteAt(buf, 1<<20); !errors.Is(err, syscall.EIO) {
+			t.Errorf("%s: WriteAt past the end: %v, want EIO", format, err)
+		}
+		if g, err := d.Geometry(); err != nil || g.Size != 1<<20 {
+			t.Fatalf("%s: size %d after writes past the end (%v)", format, g.Size, err)
+		}
+		if _, err := d.WriteAt(buf, 1<<20-8192); err != nil {
+			t.Fatalf("%s: the last bytes: %v", format, err)
+		}
+		if err := d.Resize(2 << 20); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.WriteAt(buf, 1<<20); err != nil {
+			t.Fatalf("%s: write in the grown part: %v", format, err)
+		}
+		if err := d.Resize(1 << 20); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.WriteAt(buf, 1<<20); !errors.Is(err, syscall.EIO) {
+			t.Errorf("%s: write past the end after a shrink: %v, want EIO", format, err)
+		}
+		if st := d.Stats(); st.Write.Errors != 4 || st.WriteZeroes.Errors != 1 {
+			t.Errorf("%s: write errors %d, write-zeroes errors %d; want 4 and 1", format, st.Write.Errors, st.WriteZeroes.Errors)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package host
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -36,7 +37,12 @@ type Device struct {
 	status         atomic.Uint32
 	paused         atomic.Bool  // a stop policy stopped the device; until Resume
 	drains         atomic.Int32 // drained sections begun through the Device
-	unsafe         bool         // cache=unsafe: flushes complete at once
+	// size is the device's size as last read from its node: writes and
+	// write-zeroes past it re-read it, then fail rather than grow the
+	// image (QEMU's BlockBackend bound). Re-read after the device's own
+	// size changes, so that a shrink is seen at once.
+	size   atomic.Int64
+	unsafe bool // cache=unsafe: flushes complete at once
 
 	mu       sync.Mutex
 	queues   []*Queue
@@ -156,6 +162,7 @@ func (h *Host) newDevice(n *block.Node, path, name, format string, qc *qcow2.Dri
 		return nil, errors.Join(err, fe.Close())
 	}
 	d.fe = fe
+	d.refreshSize()
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -438,6 +445,33 @@ func (d *Device) Geometry() (Geometry, error) {
 	return g, nil
 }
 
+// refreshSize reads the device's size from its node again (any
+// goroutine, and its Contexts); math.MaxInt64 when the node cannot say.
+func (d *Device) refreshSize() int64 {
+	n := d.fe.Root()
+	if n == nil {
+		return d.size.Load()
+	}
+	size, err := n.Length()
+	if err != nil {
+		size = math.MaxInt64 // a node that cannot tell its size has no bound here
+	}
+	d.size.Store(size)
+	return size
+}
+
+// beyondEnd reports whether a write or write-zeroes of n bytes at off
+// ends past the device's end, reading the size again before it says so
+// (the image may have grown since). On the queue's Context.
+func (d *Device) beyondEnd(off, n int64) (int64, bool) {
+	size := d.size.Load()
+	if off+n <= size || off+n < off {
+		return size, false // the block layer refuses an overflow
+	}
+	size = d.refreshSize()
+	return size, off+n > size
+}
+
 // Resize sets the image's size; Callbacks.Resized runs afterwards. It may
 // be called inside a drained section of the device.
 func (d *Device) Resize(size int64) error {
@@ -450,7 +484,9 @@ func (d *Device) Resize(size int64) error {
 	}
 	// On the node, not through the front end: a resize inside the
 	// device's own drained section must not wait for that section.
-	if err := n.Truncate(size); err != nil {
+	err := n.Truncate(size)
+	d.refreshSize()
+	if err != nil {
 		return err
 	}
 	if f := d.cbs.Resized; f != nil {
@@ -791,7 +827,9 @@ func (d *Device) ApplySnapshot(name string) error {
 	if err != nil {
 		return err
 	}
-	return q.ApplySnapshot(name)
+	err = q.ApplySnapshot(name)
+	d.refreshSize() // the snapshot's size is the image's now
+	return err
 }
 
 // DeleteSnapshot deletes an internal snapshot.
@@ -827,7 +865,9 @@ func (d *Device) Activate() error {
 	if n == nil {
 		return ErrClosed
 	}
-	return n.Activate()
+	err := n.Activate()
+	d.refreshSize() // the metadata was read again
+	return err
 }
 
 func resolve(image, backing string) string { return chain.ResolveBacking(image, backing) }

@@ -2,6 +2,7 @@ package host
 
 import (
 	"errors"
+	"fmt"
 	"math/bits"
 	"sync/atomic"
 	"syscall"
@@ -312,6 +313,15 @@ func (q *Queue) issue(i uint32, now int64) {
 		q.stats.account(s.op, 0, 0, nil)
 		q.complete(i, nil) // on the Context, outside the host's submit call
 		return
+	}
+	if s.op == contract.OpWrite || s.op == contract.OpWriteZeroes {
+		if size, beyond := q.dev.beyondEnd(s.off, s.n); beyond {
+			s.start = now
+			err := &boundsError{op: s.op, dev: q.dev.name, off: s.off, n: s.n, size: size}
+			q.stats.account(s.op, s.n, 0, err)
+			q.complete(i, err) // never retried: it cannot succeed
+			return
+		}
 	}
 	r := q.bq.Get()
 	q.issueSeq++
@@ -674,6 +684,22 @@ func (st *queueStats) addTo(s *Stats) {
 var epoch = time.Now()
 
 func nanotime() int64 { return int64(time.Since(epoch)) }
+
+// boundsError is a write or write-zeroes past the end of the device:
+// EIO, as QEMU's BlockBackend answers it.
+type boundsError struct {
+	op     Op
+	dev    string
+	off, n int64
+	size   int64
+}
+
+func (e *boundsError) Error() string {
+	return fmt.Sprintf("ringblk: %s on %s at %d: %d bytes reach past the end of the device (%d bytes): %v",
+		e.op, e.dev, e.off, e.n, e.size, syscall.EIO)
+}
+
+func (e *boundsError) Unwrap() error { return syscall.EIO }
 
 type opError struct {
 	op  string
