@@ -273,3 +273,57 @@ func TestWritePastEndRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduleAfterQueueClose: Unplug after Close (a burst that another
+// goroutine's Close ends, or q.Plug with a deferred Unplug) and a Resume
+// that races a queue's Close schedule the queue's bottom halves from a
+// host goroutine after Close has detached it. Close deleted them, and
+// scheduling a deleted bottom half is a programmer error: the assertion
+// failed under -tags invariants (as make test runs), and without it the
+// dead BH went onto the Context's run queue.
+func TestScheduleAfterQueueClose(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := d.Queue(host.QueueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Plug()
+	if err := q.Write(make([]byte, 512), 0, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q.Unplug()
+	if err := q.Write(make([]byte, 512), 0, 0, 2); !isClosed(err) {
+		t.Fatalf("write after Close: %v", err)
+	}
+	// Resume takes the device's queues, then schedules each: close one
+	// in between, from the Stopped callback's point of view a race.
+	var qs []*host.Queue
+	for i := 0; i < 8; i++ {
+		q, err := d.Queue(host.QueueOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		qs = append(qs, q)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, q := range qs {
+			q.Close()
+		}
+	}()
+	for i := 0; i < 100; i++ {
+		d.Resume()
+	}
+	<-done
+	if _, err := d.ReadAt(make([]byte, 512), 0); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -51,9 +51,13 @@ type paddedInt64 struct {
 // submission, completion and free lists are lock-free rings of slot
 // indices. It implements contract.Queue.
 type Queue struct {
-	_         [cacheLine]byte
-	plug      atomic.Int32
-	closed    atomic.Bool
+	_      [cacheLine]byte
+	plug   atomic.Int32
+	closed atomic.Bool
+	// released is set once Close has detached the queue: its bottom
+	// halves, which host goroutines may still schedule (an Unplug or a
+	// Resume racing Close), then return at once.
+	released  atomic.Bool
 	_         [cacheLine - 8]byte
 	submitted paddedInt64 // accepted by submit (host goroutines)
 	completed paddedInt64 // completed (owner)
@@ -273,6 +277,9 @@ func (q *Queue) Unplug() {
 // retried first, in their issue order, then the parked ones follow in
 // theirs.
 func (q *Queue) runSubmit() {
+	if q.released.Load() {
+		return
+	}
 	if q.dev.paused.Load() {
 		if q.closed.Load() {
 			q.failParked()
@@ -409,6 +416,9 @@ func (q *Queue) completion(s *slot) Completion {
 // runNotify signals the eventfd once per batch of completions, and only
 // if the host is still armed.
 func (q *Queue) runNotify() {
+	if q.released.Load() {
+		return // the eventfd is closed, or about to be
+	}
 	q.notifyPending = false
 	if q.armed.Swap(0) == 0 {
 		return
@@ -610,6 +620,13 @@ func (q *Queue) Close() error {
 		time.Sleep(50 * time.Microsecond)
 	}
 	q.release()
+	// A notification of the last completions may be running on the
+	// Context: let it end before the eventfd is closed below (any later
+	// one sees released). Not on a Loop's Context, which may have ended
+	// by now: its fn saw the queue closed.
+	if q.loop == nil {
+		q.ctx.Run(func() {})
+	}
 	// Wake goroutines blocked in Wait, and close the eventfd only once
 	// they have left it.
 	for q.waiters.Load() > 0 {
@@ -622,10 +639,12 @@ func (q *Queue) Close() error {
 // release detaches a closed queue, with nothing in flight, from its
 // device and Context.
 func (q *Queue) release() {
+	// Not BH.Delete: Unplug, a submission that lost the race with Close
+	// and Resume schedule these from host goroutines without a lock, and
+	// scheduling a deleted BH is a programmer error (an assertion under
+	// -tags invariants). They stay valid and find released set.
+	q.released.Store(true)
 	q.dev.removeQueue(q)
-	q.submitBH.Delete()
-	q.notifyBH.Delete()
-	q.resumeBH.Delete()
 	if q.loop != nil {
 		q.loop.forget(q)
 	}
