@@ -327,3 +327,34 @@ func TestScheduleAfterQueueClose(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestContextIndexChecked: -1 is the one negative Context index the API
+// names (round robin for a queue, the main Context for SetContext); other
+// negative ones are refused like indexes past the last Context. They were
+// taken as -1, hiding a host's arithmetic mistake.
+func TestContextIndexChecked(t *testing.T) {
+	h := newHost(t, host.Options{Contexts: 2})
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{-2, -7, 2} {
+		if q, err := d.Queue(host.QueueOptions{Context: i}); err == nil {
+			q.Close()
+			t.Errorf("a queue on Context %d", i)
+		}
+		if err := d.SetContext(i); err == nil {
+			t.Errorf("SetContext(%d) accepted", i)
+		}
+	}
+	for _, i := range []int{-1, 0, 1} {
+		q, err := d.Queue(host.QueueOptions{Context: i})
+		if err != nil {
+			t.Fatalf("queue on Context %d: %v", i, err)
+		}
+		q.Close()
+		if err := d.SetContext(i); err != nil {
+			t.Fatalf("SetContext(%d): %v", i, err)
+		}
+	}
+}

@@ -573,7 +573,7 @@ func (d *Device) SetContext(i int) error {
 		return ErrClosed
 	}
 	ctx := d.h.main
-	if i >= 0 {
+	if i != -1 {
 		if _, err := d.h.ctxIndex(i); err != nil {
 			return err
 		}

@@ -118,7 +118,7 @@ func (d *Device) Queue(o QueueOptions) (*Queue, error) {
 	}
 	h := d.h
 	ci := o.Context
-	if ci < 0 {
+	if ci == -1 {
 		ci = int(h.rr.Add(1)-1) % len(h.ctxs)
 	}
 	ci, err := h.ctxIndex(ci)

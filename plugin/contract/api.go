@@ -257,7 +257,8 @@ type Device interface {
 	SubtreeDrainedBegin()
 	SubtreeDrainedEnd()
 	// SetContext makes I/O Context i the device's home Context (its
-	// node's control and metadata work; -1: the main Context). Requests
+	// node's control and metadata work; -1: the main Context; other
+	// negative values are refused). Requests
 	// run on the submitting queue's Context whatever the home is.
 	SetContext(i int) error
 
@@ -313,7 +314,8 @@ type QueueOptions struct {
 	// yet taken back); default 128.
 	Depth int
 	// Context is the I/O Context whose ring runs the queue's requests;
-	// -1 picks the Contexts round robin.
+	// -1 picks the Contexts round robin (other negative values are
+	// refused).
 	Context int
 	// OnComplete, if set, is called with each completion on the queue's
 	// Context (it must not block or submit synchronously); otherwise
