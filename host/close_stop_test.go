@@ -358,3 +358,44 @@ func TestContextIndexChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseFlushes: Device.Close flushes the image before closing it, as
+// QEMU's bdrv_close does, and returns the flush's error: a raw image's
+// writes in the page cache were never synced at close, so a write-back
+// failure (EIO, ENOSPC on thin storage) went unreported and Close said
+// nil. cache=unsafe skips the flush, as it skips every flush.
+func TestCloseFlushes(t *testing.T) {
+	h := newHost(t, host.Options{})
+	for _, cache := range []string{"", "unsafe"} {
+		fc := &flushCounter{Null: blocktest.Null{Size: 1 << 20}}
+		n, err := h.Graph().Open(fc, block.Options{Name: "fc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := h.NewDevice(n, host.OpenOptions{Cache: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.WriteAt(make([]byte, 512), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		want := int64(1)
+		if cache == "unsafe" {
+			want = 0
+		}
+		if got := fc.n.Load(); got != want {
+			t.Errorf("cache %q: %d flushes at close, want %d", cache, got, want)
+		}
+	}
+	d, dbg, _ := debugDevice(t, h, host.OpenOptions{})
+	if _, err := d.WriteAt(make([]byte, 512), 0); err != nil {
+		t.Fatal(err)
+	}
+	dbg.AddRule(blocktest.Rule{Op: block.OpFlush, Err: syscall.EIO})
+	if err := d.Close(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("close with a failing flush: %v, want EIO", err)
+	}
+}

@@ -291,6 +291,16 @@ func (d *Device) Close() error {
 	// the close's own drain.
 	d.fe.SetDevOps(nil)
 	d.fe.Drain()
+	// As QEMU's bdrv_close, flush before the close: a raw image's writes
+	// may sit in the page cache, and a failed write-back shows only in a
+	// sync (reported once). Unlike QEMU, the error is returned: the host
+	// must not take the data for durable. On the node, not through the
+	// front end: a section still open elsewhere must not hold it.
+	if n := d.fe.Root(); n != nil && !d.unsafe {
+		if err := n.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("ringblk: close %s: flush: %w", d.name, err))
+		}
+	}
 	if err := d.fe.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("ringblk: close %s: %w", d.name, err))
 	}

@@ -303,8 +303,9 @@ type Device interface {
 	Inactivate() error
 	Activate() error
 
-	// Close drains the device, closes its queues and its image, and
-	// returns every close error (a failed metadata write-back included).
+	// Close drains the device, closes its queues, flushes the image
+	// (except under cache=unsafe) and closes it, and returns every error
+	// (a failed flush or metadata write-back included).
 	Close() error
 }
 
