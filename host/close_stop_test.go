@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -397,5 +398,50 @@ func TestCloseFlushes(t *testing.T) {
 	dbg.AddRule(blocktest.Rule{Op: block.OpFlush, Err: syscall.EIO})
 	if err := d.Close(); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("close with a failing flush: %v, want EIO", err)
+	}
+}
+
+// TestCloseThrottledDevice: closing a throttled device does not wait for
+// its limits: the requests waiting for the throttle are sent at once, as
+// a drain sends them. Close closed the queues first, each waiting for its
+// requests at the throttled rate (16 requests at 1 IOPS: 15 s), and only
+// then removed the throttle.
+func TestCloseThrottledDevice(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetThrottle("", host.ThrottleLimits{IOPSTotal: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var completed atomic.Int32
+	q, err := d.Queue(host.QueueOptions{Depth: 16, OnComplete: func(c host.Completion) {
+		if c.Err == nil {
+			completed.Add(1)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 512)
+	for i := 0; i < 16; i++ {
+		if err := q.Read(buf, 0, uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		<-done
+		t.Fatal("Close of a device throttled to 1 IOPS waited for its 16 requests at that rate")
+	}
+	if n := completed.Load(); n != 16 {
+		t.Fatalf("%d of 16 requests completed", n)
 	}
 }

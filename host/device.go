@@ -280,16 +280,21 @@ func (d *Device) Close() error {
 	for d.drains.Load() > 0 {
 		d.endDrain()
 	}
+	// Throttling off before the queues wait for their requests, and a
+	// drain, which sends the requests already waiting for the limits at
+	// once (QEMU's drain disables throttling too): a throttled device
+	// closed in its limits' time, seconds per request at a low IOPS rate.
+	// The device model is going away: its callbacks are not called for
+	// the close's own drains.
+	d.fe.SetThrottle(nil)
+	d.fe.SetDevOps(nil)
+	d.fe.Drain()
 	var errs []error
 	for _, q := range qs {
 		if err := q.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	d.fe.SetThrottle(nil)
-	// The device model is going away: its callbacks are not called for
-	// the close's own drain.
-	d.fe.SetDevOps(nil)
 	d.fe.Drain()
 	// As QEMU's bdrv_close, flush before the close: a raw image's writes
 	// may sit in the page cache, and a failed write-back shows only in a
