@@ -36,7 +36,8 @@ type Device struct {
 	wce            atomic.Bool
 	status         atomic.Uint32
 	paused         atomic.Bool  // a stop policy stopped the device; until Resume
-	drains         atomic.Int32 // drained sections begun through the Device
+	drains         atomic.Int32 // drained sections begun through the Device, in force
+	beginning      atomic.Int32 // DrainedBegin calls still draining
 	// size is the device's size as last read from its node: writes and
 	// write-zeroes past it re-read it, then fail rather than grow the
 	// image (QEMU's BlockBackend bound). Re-read after the device's own
@@ -277,6 +278,11 @@ func (d *Device) Close() error {
 	d.mu.Unlock()
 	defer close(d.closing)
 	// Requests parked by our own drained sections would never complete.
+	// A begin under way drains on its own (it waits for requests in
+	// flight, not for us); its section is ended with the others.
+	for d.beginning.Load() > 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
 	for d.drains.Load() > 0 {
 		d.endDrain()
 	}
@@ -539,35 +545,52 @@ const subtreeDrain = 1 << 16
 // DrainedBegin starts a drained section of the device's node: it returns
 // when nothing is in flight on the node; requests submitted meanwhile
 // wait in their queues until DrainedEnd.
-func (d *Device) DrainedBegin() {
-	if n := d.fe.Root(); n != nil {
-		d.drains.Add(1)
-		n.DrainedBegin()
-	}
-}
+func (d *Device) DrainedBegin() { d.begin(1, (*block.Node).DrainedBegin) }
 
 // DrainedEnd ends a section DrainedBegin started (an unmatched call does
 // nothing).
-func (d *Device) DrainedEnd() {
-	if n := d.fe.Root(); n != nil && d.drains.Load()&(subtreeDrain-1) > 0 {
-		d.drains.Add(-1)
-		n.DrainedEnd()
-	}
-}
+func (d *Device) DrainedEnd() { d.end(1, (*block.Node).DrainedEnd) }
 
 // SubtreeDrainedBegin drains the node and everything below it.
-func (d *Device) SubtreeDrainedBegin() {
-	if n := d.fe.Root(); n != nil {
-		d.drains.Add(subtreeDrain)
-		n.SubtreeDrainedBegin()
-	}
-}
+func (d *Device) SubtreeDrainedBegin() { d.begin(subtreeDrain, (*block.Node).SubtreeDrainedBegin) }
 
 // SubtreeDrainedEnd ends a subtree section.
-func (d *Device) SubtreeDrainedEnd() {
-	if n := d.fe.Root(); n != nil && d.drains.Load() >= subtreeDrain {
-		d.drains.Add(-subtreeDrain)
-		n.SubtreeDrainedEnd()
+func (d *Device) SubtreeDrainedEnd() { d.end(subtreeDrain, (*block.Node).SubtreeDrainedEnd) }
+
+// begin counts a section once it is in force: Close ends the counted
+// ones, and ending one whose begin still drains ended it under the begin
+// (its node not quiesced when it returned). Close waits for the begins
+// under way instead; one that starts after Close does nothing. beginning
+// goes up before closed is read, Close sets closed before it reads
+// beginning: one of them sees the other.
+func (d *Device) begin(unit int32, fn func(*block.Node)) {
+	d.beginning.Add(1)
+	defer d.beginning.Add(-1)
+	n := d.fe.Root()
+	if n == nil || d.isClosed() {
+		return
+	}
+	fn(n)
+	d.drains.Add(unit)
+}
+
+// end ends one counted section of the kind unit, if there is one: the
+// check and the decrement are one step, so concurrent ends (Close's and
+// the host's) end it once.
+func (d *Device) end(unit int32, fn func(*block.Node)) {
+	n := d.fe.Root()
+	if n == nil {
+		return
+	}
+	for {
+		v := d.drains.Load()
+		if (unit == 1 && v&(subtreeDrain-1) == 0) || (unit == subtreeDrain && v < subtreeDrain) {
+			return
+		}
+		if d.drains.CompareAndSwap(v, v-unit) {
+			fn(n)
+			return
+		}
 	}
 }
 

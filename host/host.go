@@ -69,7 +69,8 @@ type Host struct {
 	// it back before they stop, so their threads leave no mask behind.
 	affinity    unix.CPUSet
 	rr          atomic.Uint32
-	drainAll    atomic.Int32 // DrainAllBegin sections open
+	drainAll    atomic.Int32 // DrainAllBegin sections in force
+	beginning   atomic.Int32 // DrainAllBegin calls still draining
 	pollTime    time.Duration
 	ringEntries int
 	drives      sync.WaitGroup // Drive calls running
@@ -204,11 +205,15 @@ func (h *Host) ctxIndex(i int) (int, error) {
 // it returns when no request is in flight on any node; requests submitted
 // meanwhile wait in their queues until DrainAllEnd. Sections nest.
 func (h *Host) DrainAllBegin() {
+	// Counted once in force, as Device.DrainedBegin: Close waits for a
+	// begin under way, then ends its section with the others.
+	h.beginning.Add(1)
+	defer h.beginning.Add(-1)
 	if h.isClosed() {
 		return
 	}
-	h.drainAll.Add(1)
 	h.g.DrainAllBegin()
+	h.drainAll.Add(1)
 }
 
 // DrainAllEnd ends a section DrainAllBegin started (an unmatched call does
@@ -244,6 +249,9 @@ func (h *Host) Close() error {
 	h.mu.Unlock()
 	defer close(h.closing)
 	// Requests parked by an open section would never complete.
+	for h.beginning.Load() > 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
 	for h.drainAll.Load() > 0 {
 		h.DrainAllEnd()
 	}
