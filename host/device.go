@@ -389,7 +389,7 @@ func (q *Queue) submitWait(op Op, flags Flags, off, n int64, buf []byte, w *wait
 		s.iov = s.buf1[:]
 	}
 	q.sub.push(i)
-	q.submitBH.Schedule()
+	q.kick(q.submitBH)
 	return nil
 }
 
@@ -730,7 +730,7 @@ func (d *Device) Resume() {
 	qs := append([]*Queue(nil), d.queues...)
 	d.mu.Unlock()
 	for _, q := range qs {
-		q.resumeBH.Schedule()
+		q.kick(q.resumeBH)
 	}
 }
 

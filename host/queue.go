@@ -253,9 +253,20 @@ func (q *Queue) submit(op Op, flags Flags, off, n int64, iov [][]byte, buf []byt
 	}
 	q.sub.push(i)
 	if q.plug.Load() == 0 {
-		q.submitBH.Schedule()
+		q.kick(q.submitBH)
 	}
 	return nil
+}
+
+// kick schedules one of the queue's bottom halves from a host goroutine,
+// unless Close has released the queue: then its requests are done and
+// the bottom half would only return, but left scheduled on a Context that
+// stops next (Host.Close) it would be reported as never run. A kick that
+// races the release still finds the bottom half valid.
+func (q *Queue) kick(bh *aio.BH) {
+	if !q.released.Load() {
+		bh.Schedule()
+	}
 }
 
 // Plug starts a burst: submissions wait until the outermost Unplug, which
@@ -265,7 +276,7 @@ func (q *Queue) Plug() { q.plug.Add(1) }
 // Unplug ends a burst.
 func (q *Queue) Unplug() {
 	if q.plug.Add(-1) == 0 {
-		q.submitBH.Schedule()
+		q.kick(q.submitBH)
 	}
 }
 
