@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -44,6 +45,10 @@ type Device struct {
 	// size changes, so that a shrink is seen at once.
 	size   atomic.Int64
 	unsafe bool // cache=unsafe: flushes complete at once
+	// repollTimer wakes the drain's Context while the device model
+	// reports work (repoll); that Context only.
+	repollTimer *aio.Timer
+	repollCtx   *aio.Context
 
 	mu       sync.Mutex
 	queues   []*Queue
@@ -212,10 +217,32 @@ func (o devOps) DrainedBegin() {
 }
 
 func (o devOps) DrainedPoll() bool {
-	if f := o.d.cbs.DrainedPoll; f != nil {
-		return f()
+	f := o.d.cbs.DrainedPoll
+	if f == nil || !f() {
+		return false
 	}
-	return false
+	o.d.repoll()
+	return true
+}
+
+// repollInterval is how soon a drain looks at a busy device model again.
+const repollInterval = time.Millisecond
+
+// repoll arms a timer on the Context running the drain (the caller of
+// DrainedPoll), so that it looks again soon: the model's work ends on the
+// host's goroutines, which nothing lets wake that Context, and the drain
+// slept until something else did (forever on an idle host). One timer per
+// device, re-armed; only the drain's Context touches it.
+func (d *Device) repoll() {
+	c := aio.CallerContext()
+	if c == nil {
+		return
+	}
+	if d.repollTimer == nil || d.repollCtx != c {
+		d.repollTimer, d.repollCtx = c.AfterFunc(repollInterval, func() {}), c
+		return
+	}
+	d.repollTimer.Reset(repollInterval)
 }
 
 func (o devOps) DrainedEnd() {

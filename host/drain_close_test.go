@@ -102,3 +102,48 @@ func closeDuringBegin(t *testing.T, all bool) {
 		t.Fatalf("%s: Close ended the drained section while its begin was still draining", what)
 	}
 }
+
+// TestDrainedPollGoesFalse: a drain waiting for the device model's
+// DrainedPoll ends once the callback stops reporting work, although
+// nothing else happens: the model's work ends on its own goroutines,
+// which cannot wake the drain's Context. The drain slept until some other
+// event woke that Context, here forever.
+func TestDrainedPollGoesFalse(t *testing.T) {
+	h := newHost(t, host.Options{})
+	var busy atomic.Bool
+	busy.Store(true)
+	polled := make(chan struct{}, 1)
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20, Callbacks: host.DeviceCallbacks{
+		DrainedPoll: func() bool {
+			select {
+			case polled <- struct{}{}:
+			default:
+			}
+			return busy.Load()
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, section := range []struct {
+		name       string
+		begin, end func()
+	}{
+		{"device", d.DrainedBegin, d.DrainedEnd},
+		{"all", h.DrainAllBegin, h.DrainAllEnd},
+	} {
+		busy.Store(true)
+		done := make(chan struct{})
+		go func() { section.begin(); close(done) }()
+		<-polled
+		busy.Store(false)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			h.Graph().Control(func() {}) // wake it, to end the test
+			<-done
+			t.Fatalf("%s: the drain still waits 10 s after DrainedPoll went false", section.name)
+		}
+		section.end()
+	}
+}

@@ -139,7 +139,9 @@ type CreateOptions struct {
 type DeviceCallbacks struct {
 	// DrainedBegin: a drained section began; stop taking guest requests.
 	DrainedBegin func()
-	// DrainedPoll reports device-side work still running.
+	// DrainedPoll reports device-side work still running. While it
+	// reports some, the drain asks again at least every millisecond, so
+	// work ending on the host's own goroutines ends the drain too.
 	DrainedPoll func() bool
 	// DrainedEnd: the section ended; resume.
 	DrainedEnd func()
