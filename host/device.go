@@ -76,9 +76,10 @@ func (h *Host) Open(path string, o OpenOptions) (contract.Device, error) {
 // (each backing file with the format its overlay records, read-only),
 // QEMU's image locks, the cache mode and the error policies of o.
 func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
-	if h.isClosed() {
+	if !h.enter() {
 		return nil, ErrClosed
 	}
+	defer h.leave()
 	co := chain.Options{Format: o.Format, ReadOnly: o.ReadOnly, ForceShare: o.ForceShare, ShareRW: o.ShareRW,
 		NoBacking: o.NoBacking, NullSize: o.Size}
 	if o.Cache != "" && o.Cache != "unsafe" {
@@ -128,9 +129,10 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 // reference on n. Of o, the error policies, WriteThrough, Callbacks,
 // Name and Cache "unsafe" are used.
 func (h *Host) NewDevice(n *block.Node, o OpenOptions) (*Device, error) {
-	if h.isClosed() {
+	if !h.enter() {
 		return nil, errors.Join(ErrClosed, n.Unref())
 	}
+	defer h.leave()
 	name := o.Name
 	if name == "" {
 		name = n.Name()
@@ -453,6 +455,10 @@ func (d *Device) WriteZeroes(off, length int64, flags Flags) error {
 
 // Geometry reports the device's size and limits.
 func (d *Device) Geometry() (Geometry, error) {
+	if !d.h.enter() {
+		return Geometry{}, ErrClosed
+	}
+	defer d.h.leave()
 	n := d.fe.Root()
 	if n == nil {
 		return Geometry{}, ErrClosed
@@ -523,6 +529,10 @@ func (d *Device) beyondEnd(off, n int64) (int64, bool) {
 // Resize sets the image's size; Callbacks.Resized runs afterwards. It may
 // be called inside a drained section of the device.
 func (d *Device) Resize(size int64) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	if d.inContext() {
 		return ErrInContext
 	}
@@ -545,6 +555,10 @@ func (d *Device) Resize(size int64) error {
 
 // BlockStatus describes the range at off.
 func (d *Device) BlockStatus(off, length int64) (BlockStatus, int64, error) {
+	if !d.h.enter() {
+		return 0, 0, ErrClosed
+	}
+	defer d.h.leave()
 	n := d.fe.Root()
 	if n == nil {
 		return 0, 0, ErrClosed
@@ -634,6 +648,10 @@ func (d *Device) endDrain() {
 
 // SetContext makes I/O Context i the device's home Context (-1: main).
 func (d *Device) SetContext(i int) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	if d.isClosed() {
 		return ErrClosed
 	}
@@ -865,6 +883,10 @@ func (d *Device) qcow2() (*qcow2.Driver, error) {
 
 // Snapshots lists the internal snapshots.
 func (d *Device) Snapshots() ([]Snapshot, error) {
+	if !d.h.enter() {
+		return nil, ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return nil, err
@@ -878,6 +900,10 @@ func (d *Device) Snapshots() ([]Snapshot, error) {
 
 // CreateSnapshot records the current content as an internal snapshot.
 func (d *Device) CreateSnapshot(name string) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return err
@@ -888,6 +914,10 @@ func (d *Device) CreateSnapshot(name string) error {
 
 // ApplySnapshot reverts the content to an internal snapshot.
 func (d *Device) ApplySnapshot(name string) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return err
@@ -899,6 +929,10 @@ func (d *Device) ApplySnapshot(name string) error {
 
 // DeleteSnapshot deletes an internal snapshot.
 func (d *Device) DeleteSnapshot(name string) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return err
@@ -911,6 +945,10 @@ func (d *Device) DeleteSnapshot(name string) error {
 // writes its cached metadata back by itself), then writes fail until
 // Activate, which makes a qcow2 node re-read its metadata.
 func (d *Device) Inactivate() error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	if d.inContext() {
 		return ErrInContext
 	}
@@ -926,6 +964,10 @@ func (d *Device) Inactivate() error {
 
 // Activate takes the image back.
 func (d *Device) Activate() error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	n := d.fe.Root()
 	if n == nil {
 		return ErrClosed

@@ -1,6 +1,8 @@
 package host_test
 
 import (
+	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -145,5 +147,51 @@ func TestDrainedPollGoesFalse(t *testing.T) {
 			t.Fatalf("%s: the drain still waits 10 s after DrainedPoll went false", section.name)
 		}
 		section.end()
+	}
+}
+
+// TestCloseWaitsForOpen: Host.Close waits for calls under way (here an
+// open, held after the host admitted it) before it stops the Contexts;
+// the open then finds the host closed, closes what it opened and returns
+// ErrClosed. Close stopped the Contexts under it, and the open's next
+// control step ran on a stopped main Context: the assertion 'Run on
+// Context ringblk-main that is not running' under -tags invariants, found
+// by opens racing a close.
+func TestCloseWaitsForOpen(t *testing.T) {
+	h, err := host.New(host.Options{})
+	if err != nil {
+		t.Skipf("host: %v", err)
+	}
+	p := image(t, h, "qcow2", 1<<20)
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	host.SetEnterHook(func() { once.Do(func() { close(held); <-release }) })
+	defer host.SetEnterHook(nil)
+	opened := make(chan error, 1)
+	go func() {
+		d, err := h.OpenDevice(p, host.OpenOptions{})
+		if err == nil {
+			err = errors.New("a device opened on a closed host")
+			d.Close()
+		}
+		opened <- err
+	}()
+	<-held
+	closed := make(chan error, 1)
+	go func() { closed <- h.Close() }()
+	// Close must wait for the open; the bound only limits how long the
+	// test gives a wrong Close to finish first.
+	select {
+	case err := <-closed:
+		close(release)
+		t.Fatalf("Close returned (%v) with an open under way", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-opened; !isClosed(err) {
+		t.Fatalf("the open under way: %v, want ErrClosed", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
 	}
 }

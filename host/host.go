@@ -82,6 +82,7 @@ type Host struct {
 	names   map[string]int
 	loops   []*aio.Context // the running Loops' Contexts (Drive)
 	closed  bool
+	calls   int // calls admitted by enter and not yet left
 }
 
 var _ contract.Host = (*Host)(nil)
@@ -173,9 +174,10 @@ func (h *Host) Graph() *block.Graph { return h.g }
 
 // CPUSet returns the CPUs I/O Context i may run on, read from its thread.
 func (h *Host) CPUSet(i int) ([]int, error) {
-	if h.isClosed() {
+	if !h.enter() {
 		return nil, ErrClosed
 	}
+	defer h.leave()
 	if _, err := h.ctxIndex(i); err != nil {
 		return nil, err
 	}
@@ -263,6 +265,17 @@ func (h *Host) Close() error {
 	}
 	// Loops end when their fn returns; their queues are closed now.
 	h.drives.Wait()
+	// Calls under way end on their own now that the devices are closed
+	// (an open finds the host closed and closes what it opened).
+	for {
+		h.mu.Lock()
+		n := h.calls
+		h.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
 	errs = append(errs, h.stopContexts())
 	return errors.Join(errs...)
 }
@@ -291,9 +304,10 @@ func (h *Host) stopContexts() error {
 // image another process holds is refused untouched (the file is locked
 // before it is truncated).
 func (h *Host) Create(path string, o CreateOptions) error {
-	if h.isClosed() {
+	if !h.enter() {
 		return ErrClosed
 	}
+	defer h.leave()
 	switch o.Format {
 	case "raw":
 		if o.BackingFile != "" {
@@ -397,6 +411,37 @@ func (h *Host) removeLoop(c *aio.Context) {
 		}
 	}
 }
+
+// enter admits a call that uses the host's Contexts (an open, a create,
+// a device's control call), or refuses it once Close has begun. Close
+// waits for the admitted ones before it stops the Contexts: a call under
+// way when they stopped ran its next control step on a stopped main
+// Context (an open racing a close: 'Run on Context ringblk-main that is
+// not running').
+func (h *Host) enter() bool {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return false
+	}
+	h.calls++
+	h.mu.Unlock()
+	if f := testHookEnter.Load(); f != nil {
+		(*f)()
+	}
+	return true
+}
+
+// leave ends a call enter admitted.
+func (h *Host) leave() {
+	h.mu.Lock()
+	h.calls--
+	h.mu.Unlock()
+}
+
+// testHookEnter, if set, runs in every call enter admits (tests hold a
+// call there).
+var testHookEnter atomic.Pointer[func()]
 
 func (h *Host) isClosed() bool {
 	h.mu.Lock()
