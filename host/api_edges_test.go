@@ -1,5 +1,8 @@
 package host_test
 
+// Regression tests for edges of the host API found by using it as a VMM
+// host would: closes racing requests, limits, bounds, accounting.
+
 import (
 	"errors"
 	"math"
