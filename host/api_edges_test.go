@@ -4,8 +4,11 @@ package host_test
 // host would: closes racing requests, limits, bounds, accounting.
 
 import (
+	"bytes"
 	"errors"
 	"math"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"syscall"
@@ -447,4 +450,37 @@ func TestCloseThrottledDevice(t *testing.T) {
 	if n := completed.Load(); n != 16 {
 		t.Fatalf("%d of 16 requests completed", n)
 	}
+}
+
+// TestFailedCreateLeavesNoFile: a qcow2 create that fails (an option the
+// format refuses) removes the file it created; an existing file it was
+// asked to overwrite stays as it was. An empty file was left behind.
+func TestFailedCreateLeavesNoFile(t *testing.T) {
+	h := newHost(t, host.Options{})
+	dir := t.TempDir()
+	p := filepath.Join(dir, "new.qcow2")
+	for _, o := range []host.CreateOptions{
+		{Format: "qcow2", Size: 1 << 20, ClusterSize: 1000},
+		{Format: "qcow2", Size: 1 << 62},
+	} {
+		if err := h.Create(p, o); err == nil {
+			t.Fatalf("create %+v succeeded", o)
+		}
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("create %+v failed and left %s behind (%v)", o, p, err)
+		}
+	}
+	old := image(t, h, "raw", 1<<20)
+	want := bytes.Repeat([]byte{9}, 4096)
+	if err := os.WriteFile(old, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Create(old, host.CreateOptions{Format: "qcow2", Size: 1 << 20, ClusterSize: 1000}); err == nil {
+		t.Fatal("create with cluster size 1000 succeeded")
+	}
+	got, err := os.ReadFile(old)
+	if err != nil {
+		t.Fatalf("the existing file: %v", err)
+	}
+	mustEqual(t, "the existing file", got, want)
 }

@@ -352,17 +352,27 @@ func (h *Host) Create(path string, o CreateOptions) error {
 		if size <= 0 {
 			return fmt.Errorf("ringblk: create %s: a qcow2 image needs a size", path)
 		}
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+		// A file this call creates is removed again if the image cannot
+		// be made (an option qcow2.Create refuses, say): a failed create
+		// leaves nothing behind, as qemu-img's. An existing one is kept.
+		created := true
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+		if errors.Is(err, os.ErrExist) {
+			created = false
+			f, err = os.OpenFile(path, os.O_WRONLY|syscall.O_CLOEXEC, 0)
+		}
 		if err != nil {
 			return err
 		}
 		f.Close()
 		file, err := raw.NewNode(h.g, path, raw.Options{}, block.Options{Name: h.uniqueName("create")})
-		if err != nil {
-			return err
+		if err == nil {
+			err = errors.Join(qcow2.Create(file, size, co), file.Unref())
 		}
-		err = qcow2.Create(file, size, co)
-		return errors.Join(err, file.Unref())
+		if err != nil && created {
+			os.Remove(path)
+		}
+		return err
 	case "":
 		return fmt.Errorf("ringblk: create %s: no format (raw or qcow2)", path)
 	default:
