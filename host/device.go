@@ -3,6 +3,7 @@ package host
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -35,8 +37,18 @@ type Device struct {
 	wce            atomic.Bool
 	status         atomic.Uint32
 	paused         atomic.Bool  // a stop policy stopped the device; until Resume
-	drains         atomic.Int32 // drained sections begun through the Device
-	unsafe         bool         // cache=unsafe: flushes complete at once
+	drains         atomic.Int32 // drained sections begun through the Device, in force
+	beginning      atomic.Int32 // DrainedBegin calls still draining
+	// size is the device's size as last read from its node: writes and
+	// write-zeroes past it re-read it, then fail rather than grow the
+	// image (QEMU's BlockBackend bound). Re-read after the device's own
+	// size changes, so that a shrink is seen at once.
+	size   atomic.Int64
+	unsafe bool // cache=unsafe: flushes complete at once
+	// repollTimer wakes the drain's Context while the device model
+	// reports work (repoll); that Context only.
+	repollTimer *aio.Timer
+	repollCtx   *aio.Context
 
 	mu       sync.Mutex
 	queues   []*Queue
@@ -64,9 +76,10 @@ func (h *Host) Open(path string, o OpenOptions) (contract.Device, error) {
 // (each backing file with the format its overlay records, read-only),
 // QEMU's image locks, the cache mode and the error policies of o.
 func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
-	if h.isClosed() {
+	if !h.enter() {
 		return nil, ErrClosed
 	}
+	defer h.leave()
 	co := chain.Options{Format: o.Format, ReadOnly: o.ReadOnly, ForceShare: o.ForceShare, ShareRW: o.ShareRW,
 		NoBacking: o.NoBacking, NullSize: o.Size}
 	if o.Cache != "" && o.Cache != "unsafe" {
@@ -116,9 +129,10 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 // reference on n. Of o, the error policies, WriteThrough, Callbacks,
 // Name and Cache "unsafe" are used.
 func (h *Host) NewDevice(n *block.Node, o OpenOptions) (*Device, error) {
-	if h.isClosed() {
+	if !h.enter() {
 		return nil, errors.Join(ErrClosed, n.Unref())
 	}
+	defer h.leave()
 	name := o.Name
 	if name == "" {
 		name = n.Name()
@@ -156,6 +170,7 @@ func (h *Host) newDevice(n *block.Node, path, name, format string, qc *qcow2.Dri
 		return nil, errors.Join(err, fe.Close())
 	}
 	d.fe = fe
+	d.refreshSize()
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -204,10 +219,32 @@ func (o devOps) DrainedBegin() {
 }
 
 func (o devOps) DrainedPoll() bool {
-	if f := o.d.cbs.DrainedPoll; f != nil {
-		return f()
+	f := o.d.cbs.DrainedPoll
+	if f == nil || !f() {
+		return false
 	}
-	return false
+	o.d.repoll()
+	return true
+}
+
+// repollInterval is how soon a drain looks at a busy device model again.
+const repollInterval = time.Millisecond
+
+// repoll arms a timer on the Context running the drain (the caller of
+// DrainedPoll), so that it looks again soon: the model's work ends on the
+// host's goroutines, which nothing lets wake that Context, and the drain
+// slept until something else did (forever on an idle host). One timer per
+// device, re-armed; only the drain's Context touches it.
+func (d *Device) repoll() {
+	c := aio.CallerContext()
+	if c == nil {
+		return
+	}
+	if d.repollTimer == nil || d.repollCtx != c {
+		d.repollTimer, d.repollCtx = c.AfterFunc(repollInterval, func() {}), c
+		return
+	}
+	d.repollTimer.Reset(repollInterval)
 }
 
 func (o devOps) DrainedEnd() {
@@ -270,20 +307,40 @@ func (d *Device) Close() error {
 	d.mu.Unlock()
 	defer close(d.closing)
 	// Requests parked by our own drained sections would never complete.
+	// A begin under way drains on its own (it waits for requests in
+	// flight, not for us); its section is ended with the others.
+	for d.beginning.Load() > 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
 	for d.drains.Load() > 0 {
 		d.endDrain()
 	}
+	// Throttling off before the queues wait for their requests, and a
+	// drain, which sends the requests already waiting for the limits at
+	// once (QEMU's drain disables throttling too): a throttled device
+	// closed in its limits' time, seconds per request at a low IOPS rate.
+	// The device model is going away: its callbacks are not called for
+	// the close's own drains.
+	d.fe.SetThrottle(nil)
+	d.fe.SetDevOps(nil)
+	d.fe.Drain()
 	var errs []error
 	for _, q := range qs {
 		if err := q.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	d.fe.SetThrottle(nil)
-	// The device model is going away: its callbacks are not called for
-	// the close's own drain.
-	d.fe.SetDevOps(nil)
 	d.fe.Drain()
+	// As QEMU's bdrv_close, flush before the close: a raw image's writes
+	// may sit in the page cache, and a failed write-back shows only in a
+	// sync (reported once). Unlike QEMU, the error is returned: the host
+	// must not take the data for durable. On the node, not through the
+	// front end: a section still open elsewhere must not hold it.
+	if n := d.fe.Root(); n != nil && !d.unsafe {
+		if err := n.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("ringblk: close %s: flush: %w", d.name, err))
+		}
+	}
 	if err := d.fe.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("ringblk: close %s: %w", d.name, err))
 	}
@@ -361,7 +418,7 @@ func (q *Queue) submitWait(op Op, flags Flags, off, n int64, buf []byte, w *wait
 		s.iov = s.buf1[:]
 	}
 	q.sub.push(i)
-	q.submitBH.Schedule()
+	q.kick(q.submitBH)
 	return nil
 }
 
@@ -398,6 +455,10 @@ func (d *Device) WriteZeroes(off, length int64, flags Flags) error {
 
 // Geometry reports the device's size and limits.
 func (d *Device) Geometry() (Geometry, error) {
+	if !d.h.enter() {
+		return Geometry{}, ErrClosed
+	}
+	defer d.h.leave()
 	n := d.fe.Root()
 	if n == nil {
 		return Geometry{}, ErrClosed
@@ -438,9 +499,40 @@ func (d *Device) Geometry() (Geometry, error) {
 	return g, nil
 }
 
+// refreshSize reads the device's size from its node again (any
+// goroutine, and its Contexts); math.MaxInt64 when the node cannot say.
+func (d *Device) refreshSize() int64 {
+	n := d.fe.Root()
+	if n == nil {
+		return d.size.Load()
+	}
+	size, err := n.Length()
+	if err != nil {
+		size = math.MaxInt64 // a node that cannot tell its size has no bound here
+	}
+	d.size.Store(size)
+	return size
+}
+
+// beyondEnd reports whether a write or write-zeroes of n bytes at off
+// ends past the device's end, reading the size again before it says so
+// (the image may have grown since). On the queue's Context.
+func (d *Device) beyondEnd(off, n int64) (int64, bool) {
+	size := d.size.Load()
+	if off+n <= size || off+n < off {
+		return size, false // the block layer refuses an overflow
+	}
+	size = d.refreshSize()
+	return size, off+n > size
+}
+
 // Resize sets the image's size; Callbacks.Resized runs afterwards. It may
 // be called inside a drained section of the device.
 func (d *Device) Resize(size int64) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	if d.inContext() {
 		return ErrInContext
 	}
@@ -450,7 +542,9 @@ func (d *Device) Resize(size int64) error {
 	}
 	// On the node, not through the front end: a resize inside the
 	// device's own drained section must not wait for that section.
-	if err := n.Truncate(size); err != nil {
+	err := n.Truncate(size)
+	d.refreshSize()
+	if err != nil {
 		return err
 	}
 	if f := d.cbs.Resized; f != nil {
@@ -461,6 +555,10 @@ func (d *Device) Resize(size int64) error {
 
 // BlockStatus describes the range at off.
 func (d *Device) BlockStatus(off, length int64) (BlockStatus, int64, error) {
+	if !d.h.enter() {
+		return 0, 0, ErrClosed
+	}
+	defer d.h.leave()
 	n := d.fe.Root()
 	if n == nil {
 		return 0, 0, ErrClosed
@@ -488,35 +586,52 @@ const subtreeDrain = 1 << 16
 // DrainedBegin starts a drained section of the device's node: it returns
 // when nothing is in flight on the node; requests submitted meanwhile
 // wait in their queues until DrainedEnd.
-func (d *Device) DrainedBegin() {
-	if n := d.fe.Root(); n != nil {
-		d.drains.Add(1)
-		n.DrainedBegin()
-	}
-}
+func (d *Device) DrainedBegin() { d.begin(1, (*block.Node).DrainedBegin) }
 
 // DrainedEnd ends a section DrainedBegin started (an unmatched call does
 // nothing).
-func (d *Device) DrainedEnd() {
-	if n := d.fe.Root(); n != nil && d.drains.Load()&(subtreeDrain-1) > 0 {
-		d.drains.Add(-1)
-		n.DrainedEnd()
-	}
-}
+func (d *Device) DrainedEnd() { d.end(1, (*block.Node).DrainedEnd) }
 
 // SubtreeDrainedBegin drains the node and everything below it.
-func (d *Device) SubtreeDrainedBegin() {
-	if n := d.fe.Root(); n != nil {
-		d.drains.Add(subtreeDrain)
-		n.SubtreeDrainedBegin()
-	}
-}
+func (d *Device) SubtreeDrainedBegin() { d.begin(subtreeDrain, (*block.Node).SubtreeDrainedBegin) }
 
 // SubtreeDrainedEnd ends a subtree section.
-func (d *Device) SubtreeDrainedEnd() {
-	if n := d.fe.Root(); n != nil && d.drains.Load() >= subtreeDrain {
-		d.drains.Add(-subtreeDrain)
-		n.SubtreeDrainedEnd()
+func (d *Device) SubtreeDrainedEnd() { d.end(subtreeDrain, (*block.Node).SubtreeDrainedEnd) }
+
+// begin counts a section once it is in force: Close ends the counted
+// ones, and ending one whose begin still drains ended it under the begin
+// (its node not quiesced when it returned). Close waits for the begins
+// under way instead; one that starts after Close does nothing. beginning
+// goes up before closed is read, Close sets closed before it reads
+// beginning: one of them sees the other.
+func (d *Device) begin(unit int32, fn func(*block.Node)) {
+	d.beginning.Add(1)
+	defer d.beginning.Add(-1)
+	n := d.fe.Root()
+	if n == nil || d.isClosed() {
+		return
+	}
+	fn(n)
+	d.drains.Add(unit)
+}
+
+// end ends one counted section of the kind unit, if there is one: the
+// check and the decrement are one step, so concurrent ends (Close's and
+// the host's) end it once.
+func (d *Device) end(unit int32, fn func(*block.Node)) {
+	n := d.fe.Root()
+	if n == nil {
+		return
+	}
+	for {
+		v := d.drains.Load()
+		if (unit == 1 && v&(subtreeDrain-1) == 0) || (unit == subtreeDrain && v < subtreeDrain) {
+			return
+		}
+		if d.drains.CompareAndSwap(v, v-unit) {
+			fn(n)
+			return
+		}
 	}
 }
 
@@ -533,11 +648,15 @@ func (d *Device) endDrain() {
 
 // SetContext makes I/O Context i the device's home Context (-1: main).
 func (d *Device) SetContext(i int) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	if d.isClosed() {
 		return ErrClosed
 	}
 	ctx := d.h.main
-	if i >= 0 {
+	if i != -1 {
 		if _, err := d.h.ctxIndex(i); err != nil {
 			return err
 		}
@@ -567,6 +686,12 @@ func (d *Device) Stats() Stats {
 		s.Held += q.held.Load()
 		s.Parked += parked
 	}
+	// Requests a drained section holds before the node wait, unissued,
+	// until it ends: parked, not in flight (QEMU's in-flight count drops
+	// them too while they wait).
+	drained := int64(d.fe.ParkedCount())
+	s.InFlight -= drained
+	s.Parked += drained
 	if s.InFlight < 0 {
 		s.InFlight = 0
 	}
@@ -650,7 +775,7 @@ func (d *Device) Resume() {
 	qs := append([]*Queue(nil), d.queues...)
 	d.mu.Unlock()
 	for _, q := range qs {
-		q.resumeBH.Schedule()
+		q.kick(q.resumeBH)
 	}
 }
 
@@ -659,6 +784,12 @@ func (d *Device) Resume() {
 // SetThrottle sets the device's limits, alone (group "") or shared with
 // the devices of a named group.
 func (d *Device) SetThrottle(group string, l ThrottleLimits) error {
+	if err := checkThrottle(l); err != nil {
+		return fmt.Errorf("ringblk: %s: throttle: %w", d.name, err)
+	}
+	if d.isClosed() {
+		return ErrClosed
+	}
 	bl := block.ThrottleLimits(l)
 	if group == "" {
 		if l == (ThrottleLimits{}) {
@@ -697,6 +828,38 @@ func (d *Device) SetThrottle(group string, l ThrottleLimits) error {
 	return nil
 }
 
+// MaxThrottleValue is the largest rate or burst SetThrottle takes
+// (QEMU's THROTTLE_VALUE_MAX).
+const MaxThrottleValue = 1e15
+
+// checkThrottle refuses limits the token buckets cannot honour: a
+// negative, NaN or infinite value, or a rate below one per second, left
+// requests waiting forever on timers that fire every microsecond (the
+// wait, in nanoseconds, overflows).
+func checkThrottle(l ThrottleLimits) error {
+	values := [...]struct {
+		name string
+		v    float64
+		rate bool
+	}{
+		{"IOPSTotal", l.IOPSTotal, true}, {"IOPSRead", l.IOPSRead, true}, {"IOPSWrite", l.IOPSWrite, true},
+		{"BPSTotal", l.BPSTotal, true}, {"BPSRead", l.BPSRead, true}, {"BPSWrite", l.BPSWrite, true},
+		{"IOPSTotalBurst", l.IOPSTotalBurst, false}, {"IOPSReadBurst", l.IOPSReadBurst, false},
+		{"IOPSWriteBurst", l.IOPSWriteBurst, false}, {"BPSTotalBurst", l.BPSTotalBurst, false},
+		{"BPSReadBurst", l.BPSReadBurst, false}, {"BPSWriteBurst", l.BPSWriteBurst, false},
+	}
+	for _, x := range values {
+		// Written so that NaN fails it.
+		if !(x.v >= 0 && x.v <= MaxThrottleValue) {
+			return fmt.Errorf("%s %v outside 0…%g", x.name, x.v, MaxThrottleValue)
+		}
+		if x.rate && x.v > 0 && x.v < 1 {
+			return fmt.Errorf("%s %v: a rate is 0 (unlimited) or at least 1 per second", x.name, x.v)
+		}
+	}
+	return nil
+}
+
 // SetWriteCache enables or disables the write cache (disabled: every
 // write and write-zeroes is FUA).
 func (d *Device) SetWriteCache(enabled bool) { d.wce.Store(enabled) }
@@ -720,6 +883,10 @@ func (d *Device) qcow2() (*qcow2.Driver, error) {
 
 // Snapshots lists the internal snapshots.
 func (d *Device) Snapshots() ([]Snapshot, error) {
+	if !d.h.enter() {
+		return nil, ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return nil, err
@@ -733,6 +900,10 @@ func (d *Device) Snapshots() ([]Snapshot, error) {
 
 // CreateSnapshot records the current content as an internal snapshot.
 func (d *Device) CreateSnapshot(name string) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return err
@@ -743,15 +914,25 @@ func (d *Device) CreateSnapshot(name string) error {
 
 // ApplySnapshot reverts the content to an internal snapshot.
 func (d *Device) ApplySnapshot(name string) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return err
 	}
-	return q.ApplySnapshot(name)
+	err = q.ApplySnapshot(name)
+	d.refreshSize() // the snapshot's size is the image's now
+	return err
 }
 
 // DeleteSnapshot deletes an internal snapshot.
 func (d *Device) DeleteSnapshot(name string) error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	q, err := d.qcow2()
 	if err != nil {
 		return err
@@ -764,6 +945,10 @@ func (d *Device) DeleteSnapshot(name string) error {
 // writes its cached metadata back by itself), then writes fail until
 // Activate, which makes a qcow2 node re-read its metadata.
 func (d *Device) Inactivate() error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	if d.inContext() {
 		return ErrInContext
 	}
@@ -779,11 +964,17 @@ func (d *Device) Inactivate() error {
 
 // Activate takes the image back.
 func (d *Device) Activate() error {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	n := d.fe.Root()
 	if n == nil {
 		return ErrClosed
 	}
-	return n.Activate()
+	err := n.Activate()
+	d.refreshSize() // the metadata was read again
+	return err
 }
 
 func resolve(image, backing string) string { return chain.ResolveBacking(image, backing) }

@@ -69,7 +69,8 @@ type Host struct {
 	// it back before they stop, so their threads leave no mask behind.
 	affinity    unix.CPUSet
 	rr          atomic.Uint32
-	drainAll    atomic.Int32 // DrainAllBegin sections open
+	drainAll    atomic.Int32 // DrainAllBegin sections in force
+	beginning   atomic.Int32 // DrainAllBegin calls still draining
 	pollTime    time.Duration
 	ringEntries int
 	drives      sync.WaitGroup // Drive calls running
@@ -81,9 +82,14 @@ type Host struct {
 	names   map[string]int
 	loops   []*aio.Context // the running Loops' Contexts (Drive)
 	closed  bool
+	calls   int // calls admitted by enter and not yet left
 }
 
 var _ contract.Host = (*Host)(nil)
+
+// MaxRingEntries is the largest Options.RingEntries: io_uring's
+// IORING_MAX_ENTRIES.
+const MaxRingEntries = 32768
 
 // New starts a host: the main Context and opts.Contexts I/O Contexts,
 // each pinned to its CPU set if one is given.
@@ -106,6 +112,11 @@ func New(opts Options) (h *Host, err error) {
 	}
 	if opts.PollTime < 0 {
 		return nil, fmt.Errorf("ringblk: negative PollTime %v", opts.PollTime)
+	}
+	// Each Context preallocates op slots in proportion to its ring before
+	// the kernel sees the size (style B5: limits are errors).
+	if opts.RingEntries < 0 || opts.RingEntries > MaxRingEntries {
+		return nil, fmt.Errorf("ringblk: RingEntries %d outside 0…%d (io_uring's limit)", opts.RingEntries, MaxRingEntries)
 	}
 	h = &Host{groups: map[string]*block.ThrottleGroup{}, names: map[string]int{}, pollTime: opts.PollTime,
 		ringEntries: opts.RingEntries, closing: make(chan struct{})}
@@ -163,9 +174,10 @@ func (h *Host) Graph() *block.Graph { return h.g }
 
 // CPUSet returns the CPUs I/O Context i may run on, read from its thread.
 func (h *Host) CPUSet(i int) ([]int, error) {
-	if h.isClosed() {
+	if !h.enter() {
 		return nil, ErrClosed
 	}
+	defer h.leave()
 	if _, err := h.ctxIndex(i); err != nil {
 		return nil, err
 	}
@@ -195,11 +207,15 @@ func (h *Host) ctxIndex(i int) (int, error) {
 // it returns when no request is in flight on any node; requests submitted
 // meanwhile wait in their queues until DrainAllEnd. Sections nest.
 func (h *Host) DrainAllBegin() {
+	// Counted once in force, as Device.DrainedBegin: Close waits for a
+	// begin under way, then ends its section with the others.
+	h.beginning.Add(1)
+	defer h.beginning.Add(-1)
 	if h.isClosed() {
 		return
 	}
-	h.drainAll.Add(1)
 	h.g.DrainAllBegin()
+	h.drainAll.Add(1)
 }
 
 // DrainAllEnd ends a section DrainAllBegin started (an unmatched call does
@@ -235,6 +251,9 @@ func (h *Host) Close() error {
 	h.mu.Unlock()
 	defer close(h.closing)
 	// Requests parked by an open section would never complete.
+	for h.beginning.Load() > 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
 	for h.drainAll.Load() > 0 {
 		h.DrainAllEnd()
 	}
@@ -246,6 +265,17 @@ func (h *Host) Close() error {
 	}
 	// Loops end when their fn returns; their queues are closed now.
 	h.drives.Wait()
+	// Calls under way end on their own now that the devices are closed
+	// (an open finds the host closed and closes what it opened).
+	for {
+		h.mu.Lock()
+		n := h.calls
+		h.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
 	errs = append(errs, h.stopContexts())
 	return errors.Join(errs...)
 }
@@ -274,9 +304,10 @@ func (h *Host) stopContexts() error {
 // image another process holds is refused untouched (the file is locked
 // before it is truncated).
 func (h *Host) Create(path string, o CreateOptions) error {
-	if h.isClosed() {
+	if !h.enter() {
 		return ErrClosed
 	}
+	defer h.leave()
 	switch o.Format {
 	case "raw":
 		if o.BackingFile != "" {
@@ -321,17 +352,27 @@ func (h *Host) Create(path string, o CreateOptions) error {
 		if size <= 0 {
 			return fmt.Errorf("ringblk: create %s: a qcow2 image needs a size", path)
 		}
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+		// A file this call creates is removed again if the image cannot
+		// be made (an option qcow2.Create refuses, say): a failed create
+		// leaves nothing behind, as qemu-img's. An existing one is kept.
+		created := true
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_CLOEXEC, 0o644)
+		if errors.Is(err, os.ErrExist) {
+			created = false
+			f, err = os.OpenFile(path, os.O_WRONLY|syscall.O_CLOEXEC, 0)
+		}
 		if err != nil {
 			return err
 		}
 		f.Close()
 		file, err := raw.NewNode(h.g, path, raw.Options{}, block.Options{Name: h.uniqueName("create")})
-		if err != nil {
-			return err
+		if err == nil {
+			err = errors.Join(qcow2.Create(file, size, co), file.Unref())
 		}
-		err = qcow2.Create(file, size, co)
-		return errors.Join(err, file.Unref())
+		if err != nil && created {
+			os.Remove(path)
+		}
+		return err
 	case "":
 		return fmt.Errorf("ringblk: create %s: no format (raw or qcow2)", path)
 	default:
@@ -380,6 +421,37 @@ func (h *Host) removeLoop(c *aio.Context) {
 		}
 	}
 }
+
+// enter admits a call that uses the host's Contexts (an open, a create,
+// a device's control call), or refuses it once Close has begun. Close
+// waits for the admitted ones before it stops the Contexts: a call under
+// way when they stopped ran its next control step on a stopped main
+// Context (an open racing a close: 'Run on Context ringblk-main that is
+// not running').
+func (h *Host) enter() bool {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return false
+	}
+	h.calls++
+	h.mu.Unlock()
+	if f := testHookEnter.Load(); f != nil {
+		(*f)()
+	}
+	return true
+}
+
+// leave ends a call enter admitted.
+func (h *Host) leave() {
+	h.mu.Lock()
+	h.calls--
+	h.mu.Unlock()
+}
+
+// testHookEnter, if set, runs in every call enter admits (tests hold a
+// call there).
+var testHookEnter atomic.Pointer[func()]
 
 func (h *Host) isClosed() bool {
 	h.mu.Lock()

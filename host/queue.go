@@ -2,6 +2,7 @@ package host
 
 import (
 	"errors"
+	"fmt"
 	"math/bits"
 	"sync/atomic"
 	"syscall"
@@ -50,9 +51,13 @@ type paddedInt64 struct {
 // submission, completion and free lists are lock-free rings of slot
 // indices. It implements contract.Queue.
 type Queue struct {
-	_         [cacheLine]byte
-	plug      atomic.Int32
-	closed    atomic.Bool
+	_      [cacheLine]byte
+	plug   atomic.Int32
+	closed atomic.Bool
+	// released is set once Close has detached the queue: its bottom
+	// halves, which host goroutines may still schedule (an Unplug or a
+	// Resume racing Close), then return at once.
+	released  atomic.Bool
 	_         [cacheLine - 8]byte
 	submitted paddedInt64 // accepted by submit (host goroutines)
 	completed paddedInt64 // completed (owner)
@@ -113,7 +118,7 @@ func (d *Device) Queue(o QueueOptions) (*Queue, error) {
 	}
 	h := d.h
 	ci := o.Context
-	if ci < 0 {
+	if ci == -1 {
 		ci = int(h.rr.Add(1)-1) % len(h.ctxs)
 	}
 	ci, err := h.ctxIndex(ci)
@@ -248,9 +253,20 @@ func (q *Queue) submit(op Op, flags Flags, off, n int64, iov [][]byte, buf []byt
 	}
 	q.sub.push(i)
 	if q.plug.Load() == 0 {
-		q.submitBH.Schedule()
+		q.kick(q.submitBH)
 	}
 	return nil
+}
+
+// kick schedules one of the queue's bottom halves from a host goroutine,
+// unless Close has released the queue: then its requests are done and
+// the bottom half would only return, but left scheduled on a Context that
+// stops next (Host.Close) it would be reported as never run. A kick that
+// races the release still finds the bottom half valid.
+func (q *Queue) kick(bh *aio.BH) {
+	if !q.released.Load() {
+		bh.Schedule()
+	}
 }
 
 // Plug starts a burst: submissions wait until the outermost Unplug, which
@@ -260,7 +276,7 @@ func (q *Queue) Plug() { q.plug.Add(1) }
 // Unplug ends a burst.
 func (q *Queue) Unplug() {
 	if q.plug.Add(-1) == 0 {
-		q.submitBH.Schedule()
+		q.kick(q.submitBH)
 	}
 }
 
@@ -272,6 +288,9 @@ func (q *Queue) Unplug() {
 // retried first, in their issue order, then the parked ones follow in
 // theirs.
 func (q *Queue) runSubmit() {
+	if q.released.Load() {
+		return
+	}
 	if q.dev.paused.Load() {
 		if q.closed.Load() {
 			q.failParked()
@@ -313,6 +332,15 @@ func (q *Queue) issue(i uint32, now int64) {
 		q.complete(i, nil) // on the Context, outside the host's submit call
 		return
 	}
+	if s.op == contract.OpWrite || s.op == contract.OpWriteZeroes {
+		if size, beyond := q.dev.beyondEnd(s.off, s.n); beyond {
+			s.start = now
+			err := &boundsError{op: s.op, dev: q.dev.name, off: s.off, n: s.n, size: size}
+			q.stats.account(s.op, s.n, 0, err)
+			q.complete(i, err) // never retried: it cannot succeed
+			return
+		}
+	}
 	r := q.bq.Get()
 	q.issueSeq++
 	s.seq = q.issueSeq
@@ -341,6 +369,13 @@ func (q *Queue) RequestDone(r *block.Request, err error) {
 		case contract.ErrorIgnore:
 			err = nil
 		case contract.ErrorStop:
+			if q.closed.Load() {
+				// Close has completed the held requests already (or
+				// is about to) and waits for this one: nobody can
+				// retry it, so it completes with its error and does
+				// not pause the device.
+				break
+			}
 			s.err = err
 			q.dev.paused.Store(true) // before Stopped is announced
 			q.heldList = append(q.heldList, i)
@@ -392,6 +427,9 @@ func (q *Queue) completion(s *slot) Completion {
 // runNotify signals the eventfd once per batch of completions, and only
 // if the host is still armed.
 func (q *Queue) runNotify() {
+	if q.released.Load() {
+		return // the eventfd is closed, or about to be
+	}
 	q.notifyPending = false
 	if q.armed.Swap(0) == 0 {
 		return
@@ -593,6 +631,13 @@ func (q *Queue) Close() error {
 		time.Sleep(50 * time.Microsecond)
 	}
 	q.release()
+	// A notification of the last completions may be running on the
+	// Context: let it end before the eventfd is closed below (any later
+	// one sees released). Not on a Loop's Context, which may have ended
+	// by now: its fn saw the queue closed.
+	if q.loop == nil {
+		q.ctx.Run(func() {})
+	}
 	// Wake goroutines blocked in Wait, and close the eventfd only once
 	// they have left it.
 	for q.waiters.Load() > 0 {
@@ -605,10 +650,12 @@ func (q *Queue) Close() error {
 // release detaches a closed queue, with nothing in flight, from its
 // device and Context.
 func (q *Queue) release() {
+	// Not BH.Delete: Unplug, a submission that lost the race with Close
+	// and Resume schedule these from host goroutines without a lock, and
+	// scheduling a deleted BH is a programmer error (an assertion under
+	// -tags invariants). They stay valid and find released set.
+	q.released.Store(true)
 	q.dev.removeQueue(q)
-	q.submitBH.Delete()
-	q.notifyBH.Delete()
-	q.resumeBH.Delete()
 	if q.loop != nil {
 		q.loop.forget(q)
 	}
@@ -667,6 +714,22 @@ func (st *queueStats) addTo(s *Stats) {
 var epoch = time.Now()
 
 func nanotime() int64 { return int64(time.Since(epoch)) }
+
+// boundsError is a write or write-zeroes past the end of the device:
+// EIO, as QEMU's BlockBackend answers it.
+type boundsError struct {
+	op     Op
+	dev    string
+	off, n int64
+	size   int64
+}
+
+func (e *boundsError) Error() string {
+	return fmt.Sprintf("ringblk: %s on %s at %d: %d bytes reach past the end of the device (%d bytes): %v",
+		e.op, e.dev, e.off, e.n, e.size, syscall.EIO)
+}
+
+func (e *boundsError) Unwrap() error { return syscall.EIO }
 
 type opError struct {
 	op  string

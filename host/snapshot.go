@@ -24,6 +24,10 @@ import (
 // refused. If only that step fails, the snapshot stands (the device runs
 // on the overlay), the file stays open read-write, and the error says so.
 func (d *Device) LiveSnapshot(path string) (err error) {
+	if !d.h.enter() {
+		return ErrClosed
+	}
+	defer d.h.leave()
 	if d.inContext() {
 		return ErrInContext
 	}

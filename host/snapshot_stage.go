@@ -47,6 +47,10 @@ type SnapshotStage struct {
 // error everything is undone: the image is active again and a file it
 // created is removed.
 func (d *Device) StageSnapshot(o StageOptions) (s *SnapshotStage, err error) {
+	if !d.h.enter() {
+		return nil, ErrClosed
+	}
+	defer d.h.leave()
 	if d.inContext() {
 		return nil, ErrInContext
 	}

@@ -29,7 +29,8 @@ type HostOptions struct {
 	// when the kernel refuses the list.
 	WorkerCPUs []int
 	// RingEntries is each I/O Context's submission queue size (default
-	// 256).
+	// 256); at most 32768 (io_uring's limit), checked before anything in
+	// proportion to it is allocated.
 	RingEntries int
 	// PollTime bounds busy-polling before a sleep: each I/O Context
 	// spins on its ring for up to this long (adaptively, as QEMU's
@@ -138,7 +139,9 @@ type CreateOptions struct {
 type DeviceCallbacks struct {
 	// DrainedBegin: a drained section began; stop taking guest requests.
 	DrainedBegin func()
-	// DrainedPoll reports device-side work still running.
+	// DrainedPoll reports device-side work still running. While it
+	// reports some, the drain asks again at least every millisecond, so
+	// work ending on the host's own goroutines ends the drain too.
 	DrainedPoll func() bool
 	// DrainedEnd: the section ended; resume.
 	DrainedEnd func()
@@ -256,7 +259,8 @@ type Device interface {
 	SubtreeDrainedBegin()
 	SubtreeDrainedEnd()
 	// SetContext makes I/O Context i the device's home Context (its
-	// node's control and metadata work; -1: the main Context). Requests
+	// node's control and metadata work; -1: the main Context; other
+	// negative values are refused). Requests
 	// run on the submitting queue's Context whatever the home is.
 	SetContext(i int) error
 
@@ -301,8 +305,9 @@ type Device interface {
 	Inactivate() error
 	Activate() error
 
-	// Close drains the device, closes its queues and its image, and
-	// returns every close error (a failed metadata write-back included).
+	// Close drains the device, closes its queues, flushes the image
+	// (except under cache=unsafe) and closes it, and returns every error
+	// (a failed flush or metadata write-back included).
 	Close() error
 }
 
@@ -312,7 +317,8 @@ type QueueOptions struct {
 	// yet taken back); default 128.
 	Depth int
 	// Context is the I/O Context whose ring runs the queue's requests;
-	// -1 picks the Contexts round robin.
+	// -1 picks the Contexts round robin (other negative values are
+	// refused).
 	Context int
 	// OnComplete, if set, is called with each completion on the queue's
 	// Context (it must not block or submit synchronously); otherwise
@@ -413,11 +419,13 @@ type Stats struct {
 	Read, Write, Flush, Discard, WriteZeroes OpStats
 	InFlight                                 int64 // requests issued and not completed
 	Held                                     int64 // requests held by a stop policy
-	Parked                                   int64 // requests submitted while paused, not yet issued
+	Parked                                   int64 // requests submitted and not yet issued: while paused, or held by a drained section
 }
 
 // ThrottleLimits are per-second rates; zero is unlimited. Bursts are the
-// bucket sizes (zero: a tenth of a second of the rate).
+// bucket sizes (zero: a tenth of a second of the rate). SetThrottle
+// refuses a negative, NaN or infinite value, one above 1e15 (QEMU's
+// limit) and a rate between 0 and 1 per second.
 type ThrottleLimits struct {
 	IOPSTotal, IOPSRead, IOPSWrite float64
 	BPSTotal, BPSRead, BPSWrite    float64

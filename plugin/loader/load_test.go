@@ -2,12 +2,14 @@ package loader_test
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ringblk/ringblk/plugin/contract"
@@ -67,15 +69,7 @@ func TestPluginLoads(t *testing.T) {
 	if testing.CoverMode() != "" {
 		t.Skip("coverage instrumentation changes package hashes; plugins cannot load")
 	}
-	gotool := goTool(t)
-	so := filepath.Join(t.TempDir(), "ringblk.so")
-	args := append([]string{"build", "-buildmode=plugin"}, buildFlags(t)...)
-	args = append(args, "-o", so, contract.PluginPath)
-	cmd := exec.Command(gotool, args...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, msg)
-	}
+	so := buildPlugin(t)
 	// A refused file first: the good one must still load afterwards.
 	if _, err := loader.Load(filepath.Join(t.TempDir(), "missing.so")); err == nil {
 		t.Fatal("missing file loaded")
@@ -133,4 +127,66 @@ func TestPluginLoads(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// Go holds a loaded plugin until the process exits: the same file
+	// loads again (the same manifest); a copy elsewhere is refused with
+	// an error naming the loaded file, not Go's bare "already loaded".
+	if again, err := loader.Load(so); err != nil || again != m {
+		t.Fatalf("the same file again: %v (same manifest: %v)", err, again == m)
+	}
+	b, err := os.ReadFile(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(t.TempDir(), "copy.so")
+	if err := os.WriteFile(copyPath, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err = loader.Load(copyPath)
+	if !errors.Is(err, loader.ErrNotLoadable) || !strings.Contains(err.Error(), "already loaded into this process, from "+so) {
+		t.Fatalf("a copy of the loaded plugin: %v", err)
+	}
+}
+
+// built is the plugin TestPluginLoads builds, once per test process: Go
+// cannot load a second file of the same plugin into a process, so a
+// second run of the test (-count) must load the same file again.
+var built struct {
+	sync.Mutex
+	dir, so string
+}
+
+func buildPlugin(t *testing.T) string {
+	built.Lock()
+	defer built.Unlock()
+	if built.so != "" {
+		return built.so
+	}
+	gotool := goTool(t)
+	dir, err := os.MkdirTemp("", "ringblk-loader-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	so := filepath.Join(dir, "ringblk.so")
+	args := append([]string{"build", "-buildmode=plugin"}, buildFlags(t)...)
+	args = append(args, "-o", so, contract.PluginPath)
+	cmd := exec.Command(gotool, args...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, msg)
+	}
+	// EvalSymlinks: the loader names the file as plugin.Open keys it.
+	if r, err := filepath.EvalSymlinks(so); err == nil {
+		so = r
+	}
+	built.dir, built.so = dir, so
+	return so
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
 }

@@ -19,10 +19,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"plugin"
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 
 	"github.com/ringblk/ringblk/plugin/contract"
 )
@@ -228,10 +230,22 @@ func Load(path string) (*contract.Manifest, error) {
 	if _, err := Check(path); err != nil {
 		return nil, err
 	}
+	// Go keeps one plugin per main package path for the life of the
+	// process: a second file (a copy, an upgrade) is refused as "already
+	// loaded" although its build matches, so say which file holds the
+	// place and what to do. The same file again is Go's cached plugin.
+	real := realPath(path)
+	loaded.Lock()
+	defer loaded.Unlock()
+	if loaded.path != "" && loaded.path != real {
+		return nil, &Error{Path: path, Problem: fmt.Sprintf("a ringblk plugin is already loaded into this process, from %s; "+
+			"Go cannot unload a plugin or load a second copy: load that file again, or restart the process to change it", loaded.path)}
+	}
 	p, err := plugin.Open(path)
 	if err != nil {
 		return nil, &Error{Path: path, Problem: "plugin.Open refused it although its build information matches this host's", Err: err}
 	}
+	loaded.path = real
 	sym, err := p.Lookup(contract.SymbolName)
 	if err != nil {
 		return nil, &Error{Path: path, Problem: "no " + contract.SymbolName + " symbol (a plugin of another ABI major?)", Err: err}
@@ -251,4 +265,23 @@ func Load(path string) (*contract.Manifest, error) {
 		return nil, &Error{Path: path, Problem: "manifest lacks NewHost or Probe"}
 	}
 	return m, nil
+}
+
+// loaded is the file Load opened ringblk's plugin from (Go holds it until
+// the process exits).
+var loaded struct {
+	sync.Mutex
+	path string
+}
+
+// realPath is path as plugin.Open keys it: absolute, symbolic links
+// resolved (path itself when that fails).
+func realPath(path string) string {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		path = r
+	}
+	if a, err := filepath.Abs(path); err == nil {
+		path = a
+	}
+	return path
 }
