@@ -130,10 +130,7 @@ func TestRingEntriesLimit(t *testing.T) {
 // Valid limits still apply, and a closed device refuses with ErrClosed.
 func TestThrottleLimitsChecked(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	for _, l := range []host.ThrottleLimits{
 		{IOPSTotal: -1}, {BPSRead: math.NaN()}, {IOPSWrite: math.Inf(1)}, {BPSTotal: 2e15},
 		{IOPSTotal: 1e-300}, {IOPSRead: 0.5}, {IOPSTotal: 10, IOPSTotalBurst: -5}, {BPSWriteBurst: math.NaN()},
@@ -172,10 +169,7 @@ func TestThrottleLimitsChecked(t *testing.T) {
 // say, a migration's handover.
 func TestStatsInsideDrainedSection(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	q, err := d.Queue(host.QueueOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -290,10 +284,7 @@ func TestWritePastEndRefused(t *testing.T) {
 // dead BH went onto the Context's run queue.
 func TestScheduleAfterQueueClose(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	q, err := d.Queue(host.QueueOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -341,10 +332,7 @@ func TestScheduleAfterQueueClose(t *testing.T) {
 // taken as -1, hiding a host's arithmetic mistake.
 func TestContextIndexChecked(t *testing.T) {
 	h := newHost(t, host.Options{Contexts: 2})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	for _, i := range []int{-2, -7, 2} {
 		if q, err := d.Queue(host.QueueOptions{Context: i}); err == nil {
 			q.Close()
@@ -414,10 +402,7 @@ func TestCloseFlushes(t *testing.T) {
 // then removed the throttle.
 func TestCloseThrottledDevice(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	if err := d.SetThrottle("", host.ThrottleLimits{IOPSTotal: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -483,4 +468,14 @@ func TestFailedCreateLeavesNoFile(t *testing.T) {
 		t.Fatalf("the existing file: %v", err)
 	}
 	mustEqual(t, "the existing file", got, want)
+}
+
+// nullDevice opens a 1 MiB null-co device on h.
+func nullDevice(t *testing.T, h *host.Host) *host.Device {
+	t.Helper()
+	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -212,10 +212,7 @@ func TestLoopZeroAllocs(t *testing.T) {
 // return.
 func TestEventFDCoalesced(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	q, _ := d.Queue(host.QueueOptions{Depth: 8})
 	buf := make([]byte, 512)
 	settle := func(n int64) {

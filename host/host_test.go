@@ -212,10 +212,7 @@ func TestCallbackMode(t *testing.T) {
 // Close, with the contract's errors.
 func TestQueueFullAndClosed(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	q, _ := d.Queue(host.QueueOptions{Depth: 2})
 	buf := make([]byte, 512)
 	q.Plug() // nothing reaches the Context: the slots stay taken
@@ -555,10 +552,7 @@ func TestInactivateWritesBack(t *testing.T) {
 // TestThrottle: an IOPS limit slows a burst down to it.
 func TestThrottle(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	if err := d.SetThrottle("", host.ThrottleLimits{IOPSTotal: 200, IOPSTotalBurst: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -982,10 +976,7 @@ func TestUseAfterClose(t *testing.T) {
 // still times out when nothing comes.
 func TestPollTime(t *testing.T) {
 	h := newHost(t, host.Options{PollTime: 50 * time.Microsecond})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	q, _ := d.Queue(host.QueueOptions{})
 	start := time.Now()
 	if q.Wait(2 * time.Millisecond) {
@@ -1015,10 +1006,7 @@ func TestCloseWakesWait(t *testing.T) {
 	if err != nil {
 		t.Skipf("host: %v", err)
 	}
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	q, _ := d.Queue(host.QueueOptions{})
 	woke := make(chan bool)
 	go func() { woke <- q.Wait(-1) }()

@@ -324,10 +324,7 @@ func TestThrottleGroup(t *testing.T) {
 // instead of deadlocking.
 func TestCloseFromCallback(t *testing.T) {
 	h := newHost(t, host.Options{})
-	d, err := h.OpenDevice("null-co://", host.OpenOptions{Format: "null", Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := nullDevice(t, h)
 	errs := make(chan error, 3)
 	var q *host.Queue
 	q, _ = d.Queue(host.QueueOptions{OnComplete: func(host.Completion) {
