@@ -440,6 +440,12 @@ type BackingError struct {
 }
 
 func (e *BackingError) Error() string {
+	var le *raw.LockError
+	if errors.As(e.Err, &le) {
+		// QEMU's file driver words a lock conflict without naming the
+		// file (its hint does).
+		return "Could not open backing file: " + le.Error()
+	}
 	return "Could not open backing file: Could not open '" + e.Path + "': " + causeText(e.Err)
 }
 

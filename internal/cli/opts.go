@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/ringblk/ringblk/drivers/raw"
 )
 
 // UsageError is a command-line mistake: reported in one line, exit 1.
@@ -223,6 +225,12 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
 	var he *HintError
 	hint := errors.As(err, &he) && he.Hint != ""
+	if !hint {
+		var q string
+		if msg, q = SplitLockHint(msg, err); q != "" {
+			he, hint = &HintError{Err: err, Hint: q}, true
+		}
+	}
 	if hint && Prog == "ringblk" {
 		// ringblk's own convention: one line per mistake.
 		msg += " (" + strings.TrimSpace(he.Hint) + ")"
@@ -241,6 +249,19 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 		code = 1
 	}
 	return code
+}
+
+// SplitLockHint words a lock conflict in msg (err's message) as QEMU
+// prints it in drop-in mode: the sentence in the message, and the
+// question "Is another process using the image [PATH]?" as a hint line
+// of its own (with its newline). As ringblk, or without a lock conflict,
+// msg is returned as it is and the hint is "".
+func SplitLockHint(msg string, err error) (string, string) {
+	var le *raw.LockError
+	if Prog == "ringblk" || !errors.As(err, &le) || !strings.Contains(msg, le.Error()) {
+		return msg, ""
+	}
+	return strings.Replace(msg, le.Error(), le.Sentence(), 1), le.Question() + "\n"
 }
 
 // UnwrapPathErr words a path error as qemu-img does: the errno text

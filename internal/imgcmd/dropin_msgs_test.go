@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
 
@@ -130,4 +131,34 @@ func runAsQemuImg(t *testing.T, args ...string) (stdout, stderr string, code int
 		t.Fatal(err)
 	}
 	return o.String(), e.String(), code
+}
+
+// TestLockConflictMessagesMatchQemu: an image another process holds open
+// for writing (a running VM; here a lock taken as QEMU's file driver
+// takes it) is refused in qemu-img's two lines, the sentence and then
+// "Is another process using the image [PATH]?" on a line of its own —
+// also when the locked image is a backing file, which qemu-img words
+// without a "Could not open 'PATH'" of its own.
+func TestLockConflictMessagesMatchQemu(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "l.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "l.qcow2", "-F", "qcow2", "ov.qcow2")
+	f, err := os.OpenFile("l.qcow2", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := raw.LockFile(f, "l.qcow2", raw.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"info", "l.qcow2"},
+		{"check", "l.qcow2"},
+		{"resize", "l.qcow2", "2M"},
+		{"map", "ov.qcow2"},
+		{"convert", "-O", "raw", "ov.qcow2", "x.raw"},
+	} {
+		qemuAndOurs(t, args...)
+	}
 }

@@ -174,7 +174,7 @@ func (o *openedImage) lockForRead(share bool) error {
 		return nil
 	}
 	if err := raw.LockFile(o.f, o.path, raw.Options{ReadOnly: true}); err != nil {
-		return fmt.Errorf("Could not open '%s': %v", o.path, err)
+		return fmt.Errorf("Could not open '%s': %w", o.path, err)
 	}
 	return nil
 }

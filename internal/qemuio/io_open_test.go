@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
@@ -213,5 +214,35 @@ func TestIOSigraiseAbort(t *testing.T) {
 	if o, _, code := ioRun("", "-c", "sigraise 99", "-c", "sigraise x"); code != 1 ||
 		!strings.Contains(o, "signal argument '99' is too large to be a valid signal") {
 		t.Errorf("sigraise 99: exit %d, %q", code, o)
+	}
+}
+
+// TestOpenLockConflictMatchesQemuIO: qemu-io words a lock conflict in two
+// lines, at start-up and in the open command alike (the question on a
+// line of its own).
+func TestOpenLockConflictMatchesQemuIO(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "l.qcow2", "1M")
+	f, err := os.OpenFile("l.qcow2", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := raw.LockFile(f, "l.qcow2", raw.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	saved := cli.Prog
+	cli.Prog = "qemu-io"
+	defer func() { cli.Prog = saved }()
+	for _, args := range [][]string{
+		{"-c", "read 0 512", "l.qcow2"},
+		{"-c", "open -f qcow2 l.qcow2"},
+	} {
+		_, qe, qc := clitest.QemuIO(t, args...)
+		_, oe, oc := ioRun("", args...)
+		if oe != qe || oc != qc {
+			t.Errorf("%q: exit %d, stderr %q; qemu-io exit %d, stderr %q", args, oc, oe, qc, qe)
+		}
 	}
 }
