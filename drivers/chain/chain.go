@@ -198,7 +198,7 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	if format == "" {
 		var err error
 		if format, err = Probe(path); err != nil {
-			return nil, fmt.Errorf("Could not open '%s': %w", path, unwrapPath(err))
+			return nil, &ProbeError{Path: path, Err: err}
 		}
 	}
 	if nbd.IsURI(path) {
@@ -422,6 +422,21 @@ func openRBD(g *block.Graph, path string, o Options) (*Image, error) {
 	return &Image{Node: n, Path: path, Format: "qcow2", Qcow2: drv}, nil
 }
 
+// ProbeError is an image whose format could not be probed because its
+// file could not be opened or read. It keeps the *os.PathError, so a
+// caller can word it as qemu-img does (internal/cli's OpenError: the
+// file driver's "Could not open" nested in the image's).
+type ProbeError struct {
+	Path string // the image as named
+	Err  error
+}
+
+func (e *ProbeError) Error() string {
+	return "Could not open '" + e.Path + "': " + unwrapPath(e.Err).Error()
+}
+
+func (e *ProbeError) Unwrap() error { return e.Err }
+
 func unwrapPath(err error) error {
 	var pe *os.PathError
 	if errors.As(err, &pe) {
@@ -486,7 +501,7 @@ func openBlkdebug(g *block.Graph, name, rest string, o Options) (*Image, error) 
 	if format == "" {
 		var err error
 		if format, err = Probe(path); err != nil {
-			return nil, fmt.Errorf("Could not open '%s': %w", name, unwrapPath(err))
+			return nil, &ProbeError{Path: name, Err: err}
 		}
 	}
 	if o.Name == "" {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -132,6 +133,11 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 	}
 	img, err := chain.Open(g, path, co)
 	if err != nil {
+		if !o.ReadOnly && errors.Is(err, syscall.EISDIR) {
+			// QEMU's read-write open of a directory fails in open(2)
+			// itself (a read-only one reaches its regular-file check).
+			return nil, DirOpenError(path)
+		}
 		return nil, OpenError(path, err)
 	}
 	return &BlkImage{Ctx: c, Graph: g, Node: img.Node, Path: path, Format: img.Format, Qcow2: img.Qcow2}, nil
@@ -270,6 +276,8 @@ func openCause(err error) string {
 		return "Image is not in qcow2 format"
 	case Prog != "ringblk" && qemuFormatWording(err) != "":
 		return qemuFormatWording(err)
+	case errors.As(err, &pe) && errors.Is(pe.Err, syscall.EISDIR):
+		return NotRegularFile(pe.Path)
 	case errors.As(err, &pe):
 		// qemu-img nests the file driver's own "Could not open" in the
 		// image's: the same sentence twice for a missing top image.
@@ -317,6 +325,17 @@ func ParseSize(s string) (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// NotRegularFile is QEMU's file driver refusing a directory as an image.
+func NotRegularFile(path string) string {
+	return "'file' driver requires '" + path + "' to be a regular file"
+}
+
+// DirOpenError is a read-write open of a directory as qemu-img words it:
+// open(2) itself fails, nested as FileOpenError nests it.
+func DirOpenError(path string) error {
+	return FileOpenError(path, &os.PathError{Op: "open", Path: path, Err: syscall.EISDIR})
 }
 
 // FileOpenError words a failure to open an image's file as qemu-img does:

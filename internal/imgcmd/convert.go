@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/ringblk/ringblk/block"
@@ -430,7 +431,30 @@ func createTarget(r *convertReq, size int64) error {
 		// qemu-img's words; the target is untouched (create locks first).
 		return fmt.Errorf("%s: error while converting %s: %v", r.dst, cr.format, le)
 	}
+	if err != nil && cli.Prog != "ringblk" {
+		return convertCreateWords(r.dst, cr.format, err)
+	}
 	return err
+}
+
+// convertCreateWords is a failed creation of convert's target as
+// qemu-img words it: "DST: error while converting FMT: cause" where
+// create says "DST: cause"; an unknown -o parameter alone ("Invalid
+// parameter 'x'"), since qemu-img convert parses the list itself before
+// creating anything.
+func convertCreateWords(dst, fmtName string, err error) error {
+	var ue *cli.UsageError
+	rest, ok := strings.CutPrefix(err.Error(), dst+": ")
+	switch {
+	case !ok:
+		return err
+	case strings.HasPrefix(rest, "Invalid parameter '"):
+		name, _, _ := strings.Cut(strings.TrimPrefix(rest, "Invalid parameter '"), "'")
+		return cli.Usagef("Invalid parameter '%s'", name)
+	case errors.As(err, &ue):
+		return cli.Usagef("%s: error while converting %s: %s", dst, fmtName, rest)
+	}
+	return &wordsErr{msg: dst + ": error while converting " + fmtName + ": " + rest, err: err}
 }
 
 // converter is one copy from a source chain to a target node.

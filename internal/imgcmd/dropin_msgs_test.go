@@ -162,3 +162,36 @@ func TestLockConflictMessagesMatchQemu(t *testing.T) {
 		qemuAndOurs(t, args...)
 	}
 }
+
+// TestOpenFailureMessagesMatchQemu: a missing image whose format is
+// probed is qemu-img's nested "Could not open 'X': Could not open 'X':
+// No such file or directory" in every command (the probe's failure kept
+// its path error, chain.ProbeError); a directory is the file driver's
+// "'file' driver requires 'X' to be a regular file" when opened
+// read-only and open(2)'s "Is a directory" when opened read-write; a
+// target convert cannot create is "DST: error while converting FMT:
+// cause", an unknown -o parameter alone.
+func TestOpenFailureMessagesMatchQemu(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "1M")
+	if err := os.Mkdir("dir", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"compare", "a.qcow2", "missing"},
+		{"map", "missing"},
+		{"convert", "missing", "x.raw"},
+		{"dd", "if=missing", "of=x.raw"},
+		{"map", "dir"},
+		{"compare", "dir", "a.qcow2"},
+		{"snapshot", "-c", "s", "dir"},
+		{"check", "-r", "all", "dir"},
+		{"convert", "-O", "qcow2", "a.qcow2", "missing/x.qcow2"},
+		{"convert", "-O", "raw", "a.qcow2", "dir"},
+		{"convert", "-O", "qcow2", "-o", "cluster_size=3k", "a.qcow2", "x.qcow2"},
+		{"convert", "-O", "raw", "-o", "bogus=1", "a.qcow2", "x.raw"},
+	} {
+		qemuAndOurs(t, args...)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/ringblk/ringblk/crypto/luks"
 	"github.com/ringblk/ringblk/drivers/chain"
@@ -401,6 +402,11 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 		// chain opener never probes its backing files.
 		f, err := chain.Probe(path)
 		if err != nil {
+			if bo.ReadOnly && errors.Is(err, syscall.EISDIR) {
+				// QEMU's read-only open succeeds; its file driver then
+				// refuses what is not a regular file.
+				return nil, errors.New(cli.NotRegularFile(path))
+			}
 			return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
 		}
 		if f == "raw" && !bo.ReadOnly {

@@ -246,3 +246,28 @@ func TestOpenLockConflictMatchesQemuIO(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenDirectoryMatchesQemuIO: a directory opened read-only is refused
+// by QEMU's file driver ("'file' driver requires 'dir' to be a regular
+// file"), read-write by open(2) ("Is a directory").
+func TestOpenDirectoryMatchesQemuIO(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	if err := os.Mkdir("dir", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	saved := cli.Prog
+	cli.Prog = "qemu-io"
+	defer func() { cli.Prog = saved }()
+	for _, args := range [][]string{
+		{"-r", "-c", "read 0 512", "dir"},
+		{"-c", "read 0 512", "dir"},
+		{"-c", "open -r dir"},
+	} {
+		_, qe, qc := clitest.QemuIO(t, args...)
+		_, oe, oc := ioRun("", args...)
+		if oe != qe || oc != qc {
+			t.Errorf("%q: exit %d, stderr %q; qemu-io exit %d, stderr %q", args, oc, oe, qc, qe)
+		}
+	}
+}
