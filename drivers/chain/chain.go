@@ -36,7 +36,11 @@ import (
 type Options struct {
 	// Format is "raw", "qcow2" or "null"; "" probes the top image (the
 	// qcow2 magic means qcow2, anything else raw).
-	Format   string
+	Format string
+	// Probed says Format was guessed by the caller's Probe (as when
+	// Format is ""): a raw image is then guarded against writes that
+	// would make it probe as another format (raw.Options.Probed).
+	Probed   bool
 	ReadOnly bool
 	// Cache, Discard and DetectZeroes apply to the top image's file node.
 	Cache        raw.Cache
@@ -200,6 +204,7 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 		if format, err = Probe(path); err != nil {
 			return nil, &ProbeError{Path: path, Err: err}
 		}
+		o.Probed = true
 	}
 	if nbd.IsURI(path) {
 		// An NBD export (nbd://, nbd+unix://): a client node. The
@@ -231,7 +236,9 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 		}
 		img.Node = n
 	case "raw":
-		n, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name, ReadOnly: o.ReadOnly})
+		fo := fileOptions(o, true)
+		fo.Probed = o.Probed // raw.ProbesAsOtherFormat guards its first sector
+		n, err := raw.NewNode(g, path, fo, block.Options{Name: o.Name, ReadOnly: o.ReadOnly})
 		if err != nil {
 			return nil, err
 		}

@@ -24,6 +24,7 @@ import (
 // BlkOptions say how a command opens an image (qemu-img's -f, -U, -t, …).
 type BlkOptions struct {
 	Format     string // "", "raw", "qcow2", "null"
+	Probed     bool   // Format was probed by the caller (chain.Options.Probed)
 	ReadOnly   bool
 	ForceShare bool // -U
 	NoBacking  bool // open the top image alone
@@ -113,6 +114,7 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 	}
 	co := chain.Options{
 		Format:        o.Format,
+		Probed:        o.Probed,
 		ReadOnly:      o.ReadOnly,
 		ForceShare:    o.ForceShare,
 		NoBacking:     o.NoBacking,

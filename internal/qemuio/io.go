@@ -411,9 +411,16 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 		}
 		if f == "raw" && !bo.ReadOnly {
 			// As qemu-io: only a writable probed raw image is a risk.
-			fmt.Fprintf(warn, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
+			if cli.Prog == "ringblk" {
+				fmt.Fprintf(warn, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
+			} else {
+				// QEMU's raw driver prints these lines as they are.
+				fmt.Fprintf(warn, "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"+
+					"         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n"+
+					"         Specify the 'raw' format explicitly to remove the restrictions.\n", path)
+			}
 		}
-		bo.Format = f
+		bo.Format, bo.Probed = f, true
 	}
 	img, err := cli.OpenBlk(path, bo)
 	if err != nil {

@@ -271,3 +271,34 @@ func TestOpenDirectoryMatchesQemuIO(t *testing.T) {
 		}
 	}
 }
+
+// TestProbedRawFirstSectorGuardMatchesQemuIO: on a raw image opened
+// without a format (probed), qemu-io refuses a write that would make the
+// image probe as qcow2 ("Operation not permitted"), and the image keeps
+// its first sector; QEMU's three warning lines are printed in drop-in
+// mode. Before, the header was written, and the next probing open read
+// the image as qcow2 (whose backing file could be any host file).
+func TestProbedRawFirstSectorGuardMatchesQemuIO(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	hdr := make([]byte, 512)
+	copy(hdr, "QFI\xfb\x00\x00\x00\x03")
+	if err := os.WriteFile("hdr.bin", hdr, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range []string{"q.raw", "o.raw"} {
+		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", img, "1M")
+	}
+	saved := cli.Prog
+	cli.Prog = "qemu-io"
+	defer func() { cli.Prog = saved }()
+	cmds := []string{"-c", "write -s hdr.bin 0 512", "-c", "write -P 0x51 100 10", "-c", "read -P 0x51 100 10"}
+	qo, qe, qc := clitest.QemuIO(t, append(cmds, "q.raw")...)
+	oo, oe, oc := ioRun("", append(cmds, "o.raw")...)
+	if w, g := normIO(qo), normIO(oo); oc != qc || !slices.Equal(w, g) || strings.ReplaceAll(oe, "o.raw", "q.raw") != qe {
+		t.Errorf("exit %d\n%s%s\nqemu-io: exit %d\n%s%s", oc, oo, oe, qc, qo, qe)
+	}
+	if out, code := clitest.Qemu(t, "qemu-img", "info", "o.raw"); code != 0 || !strings.Contains(out, "file format: raw") {
+		t.Errorf("the image no longer probes as raw (exit %d):\n%s", code, out)
+	}
+}
