@@ -142,7 +142,20 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 		}
 		return nil, OpenError(path, err)
 	}
+	if o.Format == "" && img.Format == "raw" && !o.ReadOnly && Prog != "ringblk" {
+		// QEMU's raw driver says so when it opens a probed image for
+		// writing (its writes to block 0 are guarded, raw.Options.Probed).
+		fmt.Fprint(os.Stderr, ProbedRawWarning(path))
+	}
 	return &BlkImage{Ctx: c, Graph: g, Node: img.Node, Path: path, Format: img.Format, Qcow2: img.Qcow2}, nil
+}
+
+// ProbedRawWarning is QEMU's warning for a raw image opened for writing
+// without a format.
+func ProbedRawWarning(path string) string {
+	return "WARNING: Image format was not specified for '" + path + "' and probing guessed raw.\n" +
+		"         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+		"         Specify the 'raw' format explicitly to remove the restrictions.\n"
 }
 
 // defaultNullSize is the size of a null image nobody gave a size: 1 GiB,

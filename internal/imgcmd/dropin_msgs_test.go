@@ -195,3 +195,24 @@ func TestOpenFailureMessagesMatchQemu(t *testing.T) {
 		qemuAndOurs(t, args...)
 	}
 }
+
+// TestSnapshotRefusalsMatchQemu: what qemu-img snapshot prints where the
+// driver refuses: -95 for -c on raw (after QEMU's warning for a probed
+// raw image opened for writing) and on an image with an external data
+// file; "Failed to load snapshot" with the load's errno for -a of a
+// missing snapshot or on a data-file image.
+func TestSnapshotRefusalsMatchQemu(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-img")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "1M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=d.raw", "df.qcow2", "1M")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "1M")
+	for _, args := range [][]string{
+		{"snapshot", "-c", "s", "r.raw"},
+		{"snapshot", "-c", "s", "df.qcow2"},
+		{"snapshot", "-a", "s", "df.qcow2"},
+		{"snapshot", "-a", "nonexist", "s.qcow2"},
+	} {
+		qemuAndOurs(t, args...)
+	}
+}

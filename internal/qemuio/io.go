@@ -415,9 +415,7 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 				fmt.Fprintf(warn, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
 			} else {
 				// QEMU's raw driver prints these lines as they are.
-				fmt.Fprintf(warn, "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"+
-					"         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n"+
-					"         Specify the 'raw' format explicitly to remove the restrictions.\n", path)
+				fmt.Fprint(warn, cli.ProbedRawWarning(path))
 			}
 		}
 		bo.Format, bo.Probed = f, true
