@@ -64,6 +64,7 @@ func qemuImg(args []string) int {
 	if i == len(imgSubcommands) || imgSubcommands[i] != args[0] {
 		return tryHelp("Command not found: %s", args[0])
 	}
+	cli.Command = args[0] // qemu-img's getopt words some mistakes with it
 	return commands[args[0]].run(args[1:])
 }
 

@@ -36,7 +36,11 @@ import (
 type Options struct {
 	// Format is "raw", "qcow2" or "null"; "" probes the top image (the
 	// qcow2 magic means qcow2, anything else raw).
-	Format   string
+	Format string
+	// Probed says Format was guessed by the caller's Probe (as when
+	// Format is ""): a raw image is then guarded against writes that
+	// would make it probe as another format (raw.Options.Probed).
+	Probed   bool
 	ReadOnly bool
 	// Cache, Discard and DetectZeroes apply to the top image's file node.
 	Cache        raw.Cache
@@ -198,8 +202,9 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 	if format == "" {
 		var err error
 		if format, err = Probe(path); err != nil {
-			return nil, fmt.Errorf("Could not open '%s': %w", path, unwrapPath(err))
+			return nil, &ProbeError{Path: path, Err: err}
 		}
+		o.Probed = true
 	}
 	if nbd.IsURI(path) {
 		// An NBD export (nbd://, nbd+unix://): a client node. The
@@ -231,7 +236,9 @@ func Open(g *block.Graph, path string, o Options) (*Image, error) {
 		}
 		img.Node = n
 	case "raw":
-		n, err := raw.NewNode(g, path, fileOptions(o, true), block.Options{Name: o.Name, ReadOnly: o.ReadOnly})
+		fo := fileOptions(o, true)
+		fo.Probed = o.Probed // raw.ProbesAsOtherFormat guards its first sector
+		n, err := raw.NewNode(g, path, fo, block.Options{Name: o.Name, ReadOnly: o.ReadOnly})
 		if err != nil {
 			return nil, err
 		}
@@ -422,6 +429,21 @@ func openRBD(g *block.Graph, path string, o Options) (*Image, error) {
 	return &Image{Node: n, Path: path, Format: "qcow2", Qcow2: drv}, nil
 }
 
+// ProbeError is an image whose format could not be probed because its
+// file could not be opened or read. It keeps the *os.PathError, so a
+// caller can word it as qemu-img does (internal/cli's OpenError: the
+// file driver's "Could not open" nested in the image's).
+type ProbeError struct {
+	Path string // the image as named
+	Err  error
+}
+
+func (e *ProbeError) Error() string {
+	return "Could not open '" + e.Path + "': " + unwrapPath(e.Err).Error()
+}
+
+func (e *ProbeError) Unwrap() error { return e.Err }
+
 func unwrapPath(err error) error {
 	var pe *os.PathError
 	if errors.As(err, &pe) {
@@ -440,6 +462,12 @@ type BackingError struct {
 }
 
 func (e *BackingError) Error() string {
+	var le *raw.LockError
+	if errors.As(e.Err, &le) {
+		// QEMU's file driver words a lock conflict without naming the
+		// file (its hint does).
+		return "Could not open backing file: " + le.Error()
+	}
 	return "Could not open backing file: Could not open '" + e.Path + "': " + causeText(e.Err)
 }
 
@@ -480,7 +508,7 @@ func openBlkdebug(g *block.Graph, name, rest string, o Options) (*Image, error) 
 	if format == "" {
 		var err error
 		if format, err = Probe(path); err != nil {
-			return nil, fmt.Errorf("Could not open '%s': %w", name, unwrapPath(err))
+			return nil, &ProbeError{Path: name, Err: err}
 		}
 	}
 	if o.Name == "" {

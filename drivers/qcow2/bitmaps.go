@@ -200,12 +200,19 @@ func (d *Driver) hasPersistentBitmaps() bool {
 }
 
 // maintainedAutoclear is the autoclear bits this driver keeps valid:
-// bitmaps, unless their directory is damaged. REQUIRES: mu held.
+// bitmaps, unless their directory is damaged, and raw external data of an
+// image opened with its data file (write-zeroes reach the data file,
+// zeroDataRaw, and a resize sets its length, truncateData; datafile.go).
+// REQUIRES: mu held.
 func (d *Driver) maintainedAutoclearLocked() uint64 {
-	if d.mu.pbm.damaged != nil {
-		return 0
+	var m uint64
+	if d.mu.pbm.damaged == nil {
+		m |= format.AutoclearBitmaps
 	}
-	return format.AutoclearBitmaps
+	if d.dataFile != nil && d.dataRaw {
+		m |= format.AutoclearRawExternal
+	}
+	return m
 }
 
 // bitmapReader reads the image file at open (nodeReader) or from a

@@ -180,6 +180,21 @@ func (d writer) zeroDataRaw(co *aio.Co, r *block.Request, off, n int64) error {
 	return d.childIO(co, r, d.dataFile, block.OpWriteZeroes, off, nil, n)
 }
 
+// truncateData sets the external data file's length to the new disk
+// size, as QEMU's resize without preallocation does (its file driver
+// truncates a regular file to exactly that length): a raw data file stays
+// a complete raw image of the disk, and a shrink leaves no guest bytes
+// past the new end. Called before the header's size changes, as QEMU
+// orders it; a crash in between leaves a data file of the new length
+// under the old size, whose clusters past it are unmapped already
+// (shrink) or were never mapped (growth). Other images: nothing.
+func (d maintOps) truncateData(co *aio.Co, r *block.Request, size int64) error {
+	if d.dataFile == nil {
+		return nil
+	}
+	return d.childIO(co, r, d.dataFile, block.OpTruncate, size, nil, 0)
+}
+
 // refuseDataFile is the error of operations an image with an external
 // data file cannot do (compressed clusters, internal snapshots).
 func (d *Driver) refuseDataFile() error {

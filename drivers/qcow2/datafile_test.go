@@ -347,3 +347,57 @@ func newFileNode(t *testing.T, e *testEnv, path string) (*block.Node, error) {
 	}
 	return raw.NewNode(e.g, path, raw.Options{Locking: raw.LockingOff}, block.Options{})
 }
+
+// TestQcow2DataFileRawKeptByWritesAndResize: the driver keeps a raw data
+// file the disk's raw image — write-zeroes reach it, a resize sets its
+// length to the new disk size (QEMU's file driver truncates it exactly,
+// growing and shrinking) — so it keeps autoclear bit 1 as QEMU does.
+// Before, the first write cleared the bit (only the bitmaps bit counted as
+// maintained) and a resize left the data file at its old length.
+func TestQcow2DataFileRawKeptByWritesAndResize(t *testing.T) {
+	for _, rawFlag := range []bool{false, true} {
+		dir := t.TempDir()
+		img, data := filepath.Join(dir, "t.qcow2"), filepath.Join(dir, "t.data")
+		e := newTestEnv(t)
+		f, _ := newFileNode(t, e, img)
+		dn, _ := newFileNode(t, e, data)
+		if err := CreateWithDataFile(f, dn, 1<<20, format.CreateOptions{DataFile: "t.data", DataFileRaw: rawFlag}); err != nil {
+			t.Fatal(err)
+		}
+		f.Unref()
+		dn.Unref()
+		n, err := e.openDataFileImage(img, false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.WriteAt(bytes.Repeat([]byte{0xaa}, 64<<10), 0); err != nil {
+			t.Fatal(err)
+		}
+		for _, size := range []int64{3 << 20, 512 << 10} {
+			if err := n.Truncate(size); err != nil {
+				t.Fatal(err)
+			}
+			st, err := os.Stat(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Size() != size {
+				t.Errorf("raw=%v: data file is %d bytes after a resize to %d", rawFlag, st.Size(), size)
+			}
+		}
+		if err := n.Unref(); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := format.ParseHeader(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.DataFileRaw() != rawFlag {
+			t.Errorf("data_file_raw=%v at create, %v after writes and resizes", rawFlag, h.DataFileRaw())
+		}
+	}
+}

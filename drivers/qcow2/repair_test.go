@@ -416,15 +416,16 @@ func TestRepairRebuildGeometries(t *testing.T) {
 }
 
 // TestRepairRefusesDamagedEntries: an image with an L2 entry the checker
-// cannot count (a compressed descriptor past the end of the file) is not
-// repaired: the repair fails naming the
-// problem and the file is unchanged. A read-only node cannot repair.
+// cannot count (a compressed descriptor with COPIED set; one merely past
+// the end of the file is counted, as QEMU counts it) is not repaired: the
+// repair fails naming the problem and the file is unchanged. A read-only
+// node cannot repair.
 func TestRepairRefusesDamagedEntries(t *testing.T) {
 	needQemu(t)
 	dir := t.TempDir()
 	img := makeRepairBase(t, dir, false)
-	setRefcount16(5, 2)(t, img)                                      // a leak it would fix
-	setU64(0x40000+16*8, format.EntryCompressed|0x100000000)(t, img) // compressed, past EOF
+	setRefcount16(5, 2)(t, img)                                                     // a leak it would fix
+	setU64(0x40000+16*8, format.EntryCompressed|format.EntryCopied|0x50000)(t, img) // compressed with COPIED
 	before, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)

@@ -87,6 +87,9 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 			return err
 		}
 	}
+	if err := d.truncateData(co, r, size); err != nil { // datafile.go
+		return err
+	}
 	return d.writeSize(co, r, size)
 }
 

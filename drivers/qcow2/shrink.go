@@ -83,7 +83,10 @@ func (d maintOps) shrinkLocked(co *aio.Co, r *block.Request, old, size int64) er
 		return err
 	}
 
-	// Step 4.
+	// Step 4 (an external data file is cut first, datafile.go).
+	if err := d.truncateData(co, r, size); err != nil {
+		return err
+	}
 	if err := d.writeSize(co, r, size); err != nil {
 		return err
 	}

@@ -81,6 +81,10 @@ func (d *Driver) Write(r *block.Request) {
 		r.CompleteLater(nil)
 		return
 	}
+	if d.opts.Probed && r.Off < ProbeSize && probeRefused(r) { // probeguard.go
+		r.CompleteLater(d.opError(r.Node(), r.Op, r.Off, errProbeGuard))
+		return
+	}
 	if d.opts.DetectZeroes != DetectZeroesOff && iovZero(r.Iov) {
 		d.writeZeroes(r, d.opts.DetectZeroes == DetectZeroesUnmap)
 		return

@@ -70,11 +70,22 @@ type LockError struct {
 }
 
 func (e *LockError) Error() string {
+	return e.Sentence() + ": is another process using the image [" + e.Path + "]?"
+}
+
+// Sentence is QEMU's error for the conflict without its hint:
+// `Failed to get "write" lock`.
+func (e *LockError) Sentence() string {
 	s := "Failed to get "
 	if e.Shared {
 		s += "shared "
 	}
-	return s + "\"" + e.Perm + "\" lock: is another process using the image [" + e.Path + "]?"
+	return s + "\"" + e.Perm + "\" lock"
+}
+
+// Question is the hint QEMU prints on a line of its own after Sentence.
+func (e *LockError) Question() string {
+	return "Is another process using the image [" + e.Path + "]?"
 }
 
 // Is makes errors.Is(err, ErrLocked) true.

@@ -178,6 +178,10 @@ type Options struct {
 	// nor has CAP_FOWNER) the file is opened without it, as fio does.
 	// Benchmarks set it; QEMU does not, so images opened for VMs do not.
 	NoAtime bool
+	// Probed marks an image whose format was guessed by probing: writes
+	// must not make its first sector probe as another format, and the
+	// node is aligned to ProbeSize for that (probeguard.go).
+	Probed bool
 }
 
 // openFile opens path with flags, plus O_NOATIME when noAtime asks for it

@@ -206,6 +206,9 @@ func NewNode(g *block.Graph, path string, opts Options, nopts block.Options) (*b
 	if int64(nopts.Align) < d.reqAlign {
 		nopts.Align = int(d.reqAlign)
 	}
+	if opts.Probed && nopts.Align < ProbeSize {
+		nopts.Align = ProbeSize // whole first sectors for the probe guard
+	}
 	if nopts.MaxTransfer > 0 && nopts.MaxTransfer%int64(nopts.Align) != 0 {
 		nopts.MaxTransfer -= nopts.MaxTransfer % int64(nopts.Align)
 	}

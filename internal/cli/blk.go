@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
 	"github.com/ringblk/ringblk/block"
@@ -23,6 +24,7 @@ import (
 // BlkOptions say how a command opens an image (qemu-img's -f, -U, -t, …).
 type BlkOptions struct {
 	Format     string // "", "raw", "qcow2", "null"
+	Probed     bool   // Format was probed by the caller (chain.Options.Probed)
 	ReadOnly   bool
 	ForceShare bool // -U
 	NoBacking  bool // open the top image alone
@@ -112,6 +114,7 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 	}
 	co := chain.Options{
 		Format:        o.Format,
+		Probed:        o.Probed,
 		ReadOnly:      o.ReadOnly,
 		ForceShare:    o.ForceShare,
 		NoBacking:     o.NoBacking,
@@ -132,9 +135,27 @@ func OpenBlkIn(c *aio.Context, g *block.Graph, path string, o BlkOptions) (*BlkI
 	}
 	img, err := chain.Open(g, path, co)
 	if err != nil {
+		if !o.ReadOnly && errors.Is(err, syscall.EISDIR) {
+			// QEMU's read-write open of a directory fails in open(2)
+			// itself (a read-only one reaches its regular-file check).
+			return nil, DirOpenError(path)
+		}
 		return nil, OpenError(path, err)
 	}
+	if o.Format == "" && img.Format == "raw" && !o.ReadOnly && Prog != "ringblk" {
+		// QEMU's raw driver says so when it opens a probed image for
+		// writing (its writes to block 0 are guarded, raw.Options.Probed).
+		fmt.Fprint(os.Stderr, ProbedRawWarning(path))
+	}
 	return &BlkImage{Ctx: c, Graph: g, Node: img.Node, Path: path, Format: img.Format, Qcow2: img.Qcow2}, nil
+}
+
+// ProbedRawWarning is QEMU's warning for a raw image opened for writing
+// without a format.
+func ProbedRawWarning(path string) string {
+	return "WARNING: Image format was not specified for '" + path + "' and probing guessed raw.\n" +
+		"         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+		"         Specify the 'raw' format explicitly to remove the restrictions.\n"
 }
 
 // defaultNullSize is the size of a null image nobody gave a size: 1 GiB,
@@ -270,6 +291,8 @@ func openCause(err error) string {
 		return "Image is not in qcow2 format"
 	case Prog != "ringblk" && qemuFormatWording(err) != "":
 		return qemuFormatWording(err)
+	case errors.As(err, &pe) && errors.Is(pe.Err, syscall.EISDIR):
+		return NotRegularFile(pe.Path)
 	case errors.As(err, &pe):
 		// qemu-img nests the file driver's own "Could not open" in the
 		// image's: the same sentence twice for a missing top image.
@@ -317,6 +340,17 @@ func ParseSize(s string) (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// NotRegularFile is QEMU's file driver refusing a directory as an image.
+func NotRegularFile(path string) string {
+	return "'file' driver requires '" + path + "' to be a regular file"
+}
+
+// DirOpenError is a read-write open of a directory as qemu-img words it:
+// open(2) itself fails, nested as FileOpenError nests it.
+func DirOpenError(path string) error {
+	return FileOpenError(path, &os.PathError{Op: "open", Path: path, Err: syscall.EISDIR})
 }
 
 // FileOpenError words a failure to open an image's file as qemu-img does:

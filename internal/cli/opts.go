@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/ringblk/ringblk/drivers/raw"
 )
 
 // UsageError is a command-line mistake: reported in one line, exit 1.
@@ -79,10 +82,16 @@ type Opt struct {
 
 // ParseOpts splits args into options (in order) and operands, the way
 // qemu-img's getopt_long does: "-fqcow2", "-f qcow2", "--output=json",
-// "--output json", grouped flags "-qU", operands before options, and "--"
-// ending the options. A mistake is a *UsageError worded as getopt's.
+// "--output json", a long name shortened to a unique prefix ("--out"),
+// grouped flags "-qU", operands before options, and "--" ending the
+// options. A mistake is a *UsageError worded as getopt's, or, in drop-in
+// mode as qemu-img, in qemu-img's own words (qemuImgGetopt).
 func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err error) {
 	_, help := spec.Short['h']
+	// What qemu-img names in a mistake: the argument getopt stopped in,
+	// or the one before it in getopt's permuted order.
+	qw := qemuImgGetopt()
+	prev, lastOperand := Command, ""
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
@@ -92,17 +101,30 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 			return nil, nil, ErrHelp
 		case spec.Long != nil && strings.HasPrefix(a, "--"):
 			name, val, has := strings.Cut(a[2:], "=")
-			takes, ok := spec.Long[name]
-			if !ok {
+			full, found := longName(spec, name)
+			switch {
+			case qw && len(found) != 1:
 				return nil, nil, getoptf("unrecognized option '%s'", a)
+			case len(found) == 0:
+				return nil, nil, getoptf("unrecognized option '%s'", a)
+			case len(found) > 1:
+				return nil, nil, getoptf("option '%s' is ambiguous; possibilities: '--%s'", a, strings.Join(found, "' '--"))
 			}
+			name = full
+			takes := spec.Long[name]
 			if takes && !has {
 				if i+1 >= len(args) {
+					if qw {
+						return nil, nil, getoptf("missing argument for option '%s'", a)
+					}
 					return nil, nil, getoptf("option '--%s' requires an argument", name)
 				}
 				i++
 				val = args[i]
 			} else if !takes && has {
+				if qw {
+					return nil, nil, getoptf("unrecognized option '%s'", a)
+				}
 				return nil, nil, getoptf("option '--%s' doesn't allow an argument", name)
 			}
 			opts = append(opts, Opt{Name: name, Val: val})
@@ -111,7 +133,20 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 				c := a[j]
 				takes, ok := spec.Short[c]
 				if !ok {
-					return nil, nil, getoptf("invalid option -- '%c'", c)
+					if !qw {
+						return nil, nil, getoptf("invalid option -- '%c'", c)
+					}
+					// getopt has moved past a only when c is its last
+					// letter; otherwise the argument before it, where the
+					// operands seen so far have been moved.
+					at := a
+					if j+1 < len(a) {
+						at = prev
+						if lastOperand != "" {
+							at = lastOperand
+						}
+					}
+					return nil, nil, getoptf("unrecognized option '%s'", at)
 				}
 				if !takes {
 					opts = append(opts, Opt{Name: string(c)})
@@ -120,6 +155,9 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 				val := a[j+1:]
 				if val == "" {
 					if i+1 >= len(args) {
+						if qw {
+							return nil, nil, getoptf("missing argument for option '%s'", a)
+						}
 						return nil, nil, getoptf("option requires an argument -- '%c'", c)
 					}
 					i++
@@ -130,9 +168,44 @@ func ParseOpts(args []string, spec OptSpec) (opts []Opt, operands []string, err 
 			}
 		default:
 			operands = append(operands, a)
+			lastOperand = a
 		}
+		prev = args[i]
 	}
 	return opts, operands, nil
+}
+
+// longName resolves a long option as given to its full name: the name
+// itself, or the only long name it is a prefix of (getopt_long accepts
+// abbreviations). found lists the candidates: none or several is a
+// mistake.
+func longName(spec OptSpec, name string) (full string, found []string) {
+	if _, ok := spec.Long[name]; ok {
+		return name, []string{name}
+	}
+	for l := range spec.Long {
+		if name != "" && strings.HasPrefix(l, name) {
+			found = append(found, l)
+		}
+	}
+	slices.Sort(found)
+	if len(found) == 1 {
+		return found[0], found
+	}
+	return "", found
+}
+
+// Command is the qemu-img subcommand being run in drop-in mode ("info"):
+// qemu-img's getopt sees it as argv[0], and names it in some mistakes.
+var Command string
+
+// qemuImgGetopt tells whether ParseOpts words its mistakes as qemu-img
+// 7.2 does: run as qemu-img, whose commands give getopt an option string
+// starting with ':' and print "unrecognized option 'ARG'" and "missing
+// argument for option 'ARG'" themselves. measure is the exception: its
+// getopt prints its own words.
+func qemuImgGetopt() bool {
+	return Prog == "qemu-img" && Command != "measure"
 }
 
 // Run runs one image command body and turns its error into qemu-img's
@@ -152,6 +225,12 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
 	var he *HintError
 	hint := errors.As(err, &he) && he.Hint != ""
+	if !hint {
+		var q string
+		if msg, q = SplitLockHint(msg, err); q != "" {
+			he, hint = &HintError{Err: err, Hint: q}, true
+		}
+	}
 	if hint && Prog == "ringblk" {
 		// ringblk's own convention: one line per mistake.
 		msg += " (" + strings.TrimSpace(he.Hint) + ")"
@@ -170,6 +249,19 @@ func Run(help string, stdout, stderr io.Writer, body func() (int, error)) int {
 		code = 1
 	}
 	return code
+}
+
+// SplitLockHint words a lock conflict in msg (err's message) as QEMU
+// prints it in drop-in mode: the sentence in the message, and the
+// question "Is another process using the image [PATH]?" as a hint line
+// of its own (with its newline). As ringblk, or without a lock conflict,
+// msg is returned as it is and the hint is "".
+func SplitLockHint(msg string, err error) (string, string) {
+	var le *raw.LockError
+	if Prog == "ringblk" || !errors.As(err, &le) || !strings.Contains(msg, le.Error()) {
+		return msg, ""
+	}
+	return strings.Replace(msg, le.Error(), le.Sentence(), 1), le.Question() + "\n"
 }
 
 // UnwrapPathErr words a path error as qemu-img does: the errno text

@@ -60,3 +60,48 @@ func TestParseOpts(t *testing.T) {
 		}
 	}
 }
+
+// TestParseOptsAsQemuImg: long names shortened to a unique prefix are
+// accepted (getopt_long), and in drop-in mode as qemu-img a mistake is in
+// qemu-img 7.2's own words, naming the argument its getopt stopped in —
+// or, when the bad letter is not the last of its argument, the argument
+// before it in getopt's permuted order (the command name, or the last
+// operand seen). The expected lines are qemu-img 7.2's output for
+// `qemu-img info ARGS`.
+func TestParseOptsAsQemuImg(t *testing.T) {
+	defer func(p, c string) { Prog, Command = p, c }(Prog, Command)
+	spec := OptSpec{
+		Short: map[byte]bool{'f': true, 'U': false, 'h': false},
+		Long:  map[string]bool{"output": true, "object": true, "force-share": false, "backing-chain": false, "help": false},
+	}
+	o, _, err := ParseOpts([]string{"--out=json", "--force", "--back"}, spec)
+	if want := []Opt{{"output", "json"}, {"force-share", ""}, {"backing-chain", ""}}; err != nil || !reflect.DeepEqual(o, want) {
+		t.Errorf("abbreviated long options: %v %v, want %v", o, err, want)
+	}
+	if _, _, err := ParseOpts([]string{"--o=json"}, spec); err == nil || err.Error() != "option '--o=json' is ambiguous; possibilities: '--object' '--output'" {
+		t.Errorf("ambiguous --o as ringblk: %v", err)
+	}
+	Prog, Command = "qemu-img", "info"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-y", "a"}, "unrecognized option '-y'"},
+		{[]string{"-Uy", "a"}, "unrecognized option '-Uy'"},
+		{[]string{"-yU", "a"}, "unrecognized option 'info'"},
+		{[]string{"a", "-f", "qcow2", "-yU"}, "unrecognized option 'a'"},
+		{[]string{"-f", "qcow2", "-yU", "a"}, "unrecognized option 'qcow2'"},
+		{[]string{"-f"}, "missing argument for option '-f'"},
+		{[]string{"-Uf"}, "missing argument for option '-Uf'"},
+		{[]string{"--output"}, "missing argument for option '--output'"},
+		{[]string{"--bogus=1", "a"}, "unrecognized option '--bogus=1'"},
+		{[]string{"--force-share=1", "a"}, "unrecognized option '--force-share=1'"},
+		{[]string{"--o=json", "a"}, "unrecognized option '--o=json'"},
+	} {
+		_, _, err := ParseOpts(c.args, spec)
+		var ue *UsageError
+		if !errors.As(err, &ue) || ue.Msg != c.want || !ue.getopt {
+			t.Errorf("qemu-img info %q: %v, want %q", c.args, err, c.want)
+		}
+	}
+}

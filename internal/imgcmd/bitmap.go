@@ -193,6 +193,14 @@ func bitmapRun(img *cli.BlkImage, src *cli.BlkImage, actions []bitmapAction, nam
 // bitmapAdd is QMP's block-dirty-bitmap-add with persistent=true.
 func bitmapAdd(img *cli.BlkImage, name string, g int64) error {
 	n, d := img.Node, img.Qcow2
+	// QEMU's order: the name, then the granularity, then the bitmaps
+	// already there.
+	if name == "" {
+		return errors.New("Bitmap name cannot be empty")
+	}
+	if g != 0 && (g < bitmap.MinGranularity || g > bitmap.MaxGranularity || g&(g-1) != 0) {
+		return errors.New("Granularity must be power of 2 and at least 512")
+	}
 	if n.Bitmap(name) != nil {
 		return fmt.Errorf("Bitmap already exists: %s", name)
 	}

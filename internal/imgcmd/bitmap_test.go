@@ -64,6 +64,9 @@ func TestBitmapMatchesQemu(t *testing.T) {
 		{"--add", "IMG", "base"},            // exists
 		{"--add", "-g", "1000", "IMG", "x"}, // not a power of two
 		{"--add", "-g", "4G", "IMG", "x"},
+		{"--add", "-g", "1000", "IMG", "base"}, // the granularity first, as QEMU
+		{"--add", "IMG", ""},                   // no name, in QEMU's words
+		{"--add", "-g", "1000", "IMG", ""},
 		{"--merge", "base", "IMG", "new"},
 		{"--merge", "base", "IMG", "coarse"},
 		{"--merge", "ext", "-b", "OTHER", "-F", "qcow2", "IMG", "fine"},

@@ -153,7 +153,8 @@ func Check(args []string, stdout, stderr io.Writer) int {
 		if len(files) != 1 {
 			return 1, cli.Usagef("check: expecting one image file name (got %d; see 'ringblk check --help')", len(files))
 		}
-		dataTree := false // the data file was given and opened (check_datafile.go)
+		dataTree := false                 // the data file was given and opened (check_datafile.go)
+		name, nameFmt := files[0], format // as given: an encrypted image is opened by it
 		{
 			bo := cli.BlkOptions{Format: format}
 			p, err := ia.Resolve(files[0], &bo)
@@ -170,7 +171,7 @@ func Check(args []string, stdout, stderr io.Writer) int {
 			if share {
 				return 1, fmt.Errorf("Could not open '%s': force-share=on can only be used with read-only images", files[0])
 			}
-			return checkRepair(files[0], format, cache, mode, output, quiet, stdout, stderr)
+			return checkRepair(&ia, files[0], name, nameFmt, cache, mode, output, quiet, stdout, stderr)
 		}
 		if nbd.IsURI(files[0]) {
 			// An export is read as raw (the server owns the format).
@@ -190,6 +191,9 @@ func Check(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		if err := img.lockForRead(share); err != nil {
+			return 1, err
+		}
+		if err := checkKey(img, &ia, name, nameFmt, share); err != nil {
 			return 1, err
 		}
 		if img.qcow == nil {
@@ -221,8 +225,25 @@ func Check(args []string, stdout, stderr io.Writer) int {
 			AllocatedClusters: res.AllocatedClusters, FragmentedClusters: res.FragmentedClusters,
 			Compressed: res.CompressedClusters,
 		}
-		return printCheck(stdout, &rep, img.path, img.format, output, quiet)
+		return printCheck(stdout, &rep, name, img.format, output, quiet)
 	})
+}
+
+// checkKey refuses an encrypted image (qcow2 with AES or LUKS, or raw
+// LUKS) whose key was not given or does not open it, as qemu-img check
+// does: it opens the image with its key before checking. The metadata
+// check itself reads no guest data; the open through the block layer
+// (by the name as given, which may carry the key secret) only proves
+// the key.
+func checkKey(img *openedImage, ia *cli.ImageArgs, name, format string, share bool) error {
+	if img.luks == nil && (img.qcow == nil || !img.qcow.Header.Encrypted()) {
+		return nil
+	}
+	v, err := ia.Open(name, cli.BlkOptions{Format: format, ReadOnly: true, ForceShare: share, NoBacking: true})
+	if err != nil {
+		return err
+	}
+	return v.Close()
 }
 
 // checkRepair is check -r: the image is opened read-write for a check
@@ -230,9 +251,10 @@ func Check(args []string, stdout, stderr io.Writer) int {
 // block layer's check operation, and, when something was fixed, checked
 // again; qemu-img reports that second check with the fixed counts of the
 // first.
-func checkRepair(path, format, cache string, mode block.CheckMode, output string, quiet bool, stdout, stderr io.Writer) (int, error) {
+func checkRepair(ia *cli.ImageArgs, path, name, format, cache string, mode block.CheckMode, output string, quiet bool, stdout, stderr io.Writer) (int, error) {
 	logf := func(m string) { fmt.Fprintf(stderr, "%s\n", m) }
-	img, err := cli.OpenBlk(path, cli.BlkOptions{
+	// Opened by its name as given, so an encrypted image gets its key.
+	img, err := ia.Open(name, cli.BlkOptions{
 		Format: format, NoBacking: true, Cache: cache,
 		QcowOptions: qcow2.DriverOptions{CheckOpen: true, CheckLog: logf},
 	})
@@ -276,7 +298,7 @@ func checkRepair(path, format, cache string, mode block.CheckMode, output string
 		rep.LeaksFixed, rep.CorruptionsFixed = int64(first.LeaksFixed), int64(first.CorruptionsFixed)
 	}
 	io.WriteString(stdout, held)
-	code, err := printCheck(stdout, &rep, path, img.Format, output, quiet)
+	code, err := printCheck(stdout, &rep, name, img.Format, output, quiet)
 	if cerr := img.Close(); err == nil && cerr != nil {
 		return 1, cerr
 	}

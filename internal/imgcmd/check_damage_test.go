@@ -100,6 +100,9 @@ var damageCases = []struct {
 	{name: "l2-unaligned", damage: putU64At(0x40008, 1<<63|0x60200)},
 	{name: "l2-past-eof", damage: putU64At(0x40008, 1<<63|0x1000000)},
 	{name: "l2-shared-data", damage: putU64At(0x40010, 1<<63|0x60000)},
+	// A compressed cluster past the end of the file (a truncated copy of
+	// a compressed image): one corruption, its bytes counted as nothing.
+	{name: "l2-compressed-past-eof", damage: putU64At(0x40008, 1<<62|0x1000000)},
 	{name: "l1-reserved-bit", damage: putU64At(0x30010, 1<<63|0x70001)},
 	{name: "reftable-unaligned-unused", damage: putU64At(0x10008, 0x20200)},
 	// QEMU's -r all grows the file to 16 MiB to put a zeroed refcount

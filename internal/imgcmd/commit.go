@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -139,6 +140,9 @@ type committer struct {
 // plan opens the chain read-only and finds the layers and the base.
 func (c *committer) plan() error {
 	img, err := cli.OpenBlk(c.path, cli.BlkOptions{Format: c.format, ReadOnly: true, Cache: c.cache, KeySecrets: c.keys})
+	if errors.Is(err, syscall.EISDIR) {
+		return cli.DirOpenError(c.path) // qemu-img opens FILE read-write
+	}
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/ringblk/ringblk/block"
@@ -18,6 +19,7 @@ import (
 
 const convertHelp = `usage: ringblk convert [-f fmt] [-O fmt] [-o opts] [-c] [-p] [-q] [-S sparse_size] [-n]
                      [-B backing -F backing_fmt] [-U] [-t cache] [-T src_cache] [-m num] [-W]
+                     [--target-is-zero]
                      SRC DST
 
 Copy the guest contents of SRC (with its backing chain) into DST, as
@@ -37,6 +39,9 @@ Ranges that read as zeroes are not written (sparse output).
                   at most 16M); 0 writes every byte (fully allocated output)
   -n              DST exists already: do not create it (it must be at least
                   SRC's size); zero ranges are then written as zeroes
+  --target-is-zero
+                  (with -n) DST reads as zeroes already: zero ranges are
+                  not written (not with a backing file)
   -B backing      DST gets this backing file; only what SRC's top image
                   allocates is copied
   -F backing_fmt  format of the backing file (required with -B)
@@ -55,7 +60,7 @@ Ranges that read as zeroes are not written (sparse output).
 var convertSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'l': true, 'c': false, 'p': false, 'q': false, 'S': true,
 		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
-	Long: map[string]bool{"force-share": false, "help": false},
+	Long: map[string]bool{"force-share": false, "target-is-zero": false, "help": false},
 })
 
 const (
@@ -74,6 +79,7 @@ type convertReq struct {
 	compress, quiet     bool
 	showProgress        bool
 	skipCreate          bool
+	targetIsZero        bool // --target-is-zero: the existing target reads as zeroes
 	forceShare          bool
 	outOfOrder          bool
 	minSparse           int64
@@ -134,6 +140,8 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.minSparse = n
 		case "n":
 			r.skipCreate = true
+		case "target-is-zero":
+			r.targetIsZero = true
 		case "l":
 			if r.snap, err = parseSnapshotRef(o.Val); err != nil {
 				return nil, err
@@ -217,6 +225,11 @@ func parseConvert(args []string) (*convertReq, error) {
 	if r.skipCreate && len(r.olist) > 0 {
 		return nil, cli.Usagef("-o has no effect when skipping image creation")
 	}
+	// A target convert creates is known to read as zeroes; only an
+	// existing one needs the user's word for it (qemu-img's rule).
+	if r.targetIsZero && !r.skipCreate {
+		return nil, cli.Usagef("--target-is-zero requires use of -n flag")
+	}
 	// "unsafe" (qemu-img convert's default) is writeback without the
 	// final flush; ours defaults to writeback with it.
 	if r.cache == "unsafe" {
@@ -282,6 +295,10 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 	}
 
+	if r.targetIsZero && r.backing != "" {
+		// Zero ranges left alone would show the backing file's bytes.
+		return errors.New("Cannot use --target-is-zero when the destination image has a backing file")
+	}
 	if r.compress && !r.skipCreate && convertEncrypts(r.olist) { // aes.go
 		return errCompressEncrypt
 	}
@@ -340,8 +357,11 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 			topOnly: r.backing != "",
 			// A created file reads as zeroes; an NBD export keeps its old data.
 			// An encrypted target reads as zeroes only where nothing is
-			// allocated (qcow2 without preallocation).
-			zeroInit: !r.skipCreate && r.backing == "" && r.minSparse > 0 && !nbd.IsURI(r.dst) && encrypted != encryptedNoZeroInit,
+			// allocated (qcow2 without preallocation). --target-is-zero
+			// is the user's word for an existing target. -S 0 writes
+			// every byte anyway.
+			zeroInit: r.minSparse > 0 && (r.targetIsZero ||
+				!r.skipCreate && r.backing == "" && !nbd.IsURI(r.dst) && encrypted != encryptedNoZeroInit),
 			progress: progress,
 		}
 		if len(chains) > 1 {
@@ -411,7 +431,30 @@ func createTarget(r *convertReq, size int64) error {
 		// qemu-img's words; the target is untouched (create locks first).
 		return fmt.Errorf("%s: error while converting %s: %v", r.dst, cr.format, le)
 	}
+	if err != nil && cli.Prog != "ringblk" {
+		return convertCreateWords(r.dst, cr.format, err)
+	}
 	return err
+}
+
+// convertCreateWords is a failed creation of convert's target as
+// qemu-img words it: "DST: error while converting FMT: cause" where
+// create says "DST: cause"; an unknown -o parameter alone ("Invalid
+// parameter 'x'"), since qemu-img convert parses the list itself before
+// creating anything.
+func convertCreateWords(dst, fmtName string, err error) error {
+	var ue *cli.UsageError
+	rest, ok := strings.CutPrefix(err.Error(), dst+": ")
+	switch {
+	case !ok:
+		return err
+	case strings.HasPrefix(rest, "Invalid parameter '"):
+		name, _, _ := strings.Cut(strings.TrimPrefix(rest, "Invalid parameter '"), "'")
+		return cli.Usagef("Invalid parameter '%s'", name)
+	case errors.As(err, &ue):
+		return cli.Usagef("%s: error while converting %s: %s", dst, fmtName, rest)
+	}
+	return &wordsErr{msg: dst + ": error while converting " + fmtName + ": " + rest, err: err}
 }
 
 // converter is one copy from a source chain to a target node.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -123,4 +124,32 @@ func usedClustersDiffer(t *testing.T, want, got []byte) string {
 		}
 	}
 	return ""
+}
+
+// TestMapUnallocatedSubclustersMatchQemu: with extended L2 an unallocated
+// subcluster of a cluster that has a host offset (QEMU's
+// UNALLOCATED_ALLOC) reads from the backing file or as zeros, yet QEMU's
+// block status gives its host offset, so qemu-img map prints "offset"
+// where its walk ends on it (the bottom image, directly or under an
+// overlay) and does not merge it with plain unallocated clusters.
+// compare -s sees the same status on both sides.
+func TestMapUnallocatedSubclustersMatchQemu(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "b.qcow2", "4M")
+	clitest.MustQemu(t, "qemu-io", "-c", "write -P 1 0 4k", "-c", "write -z 8k 4k", "-c", "write -P 2 70k 2k", "-c", "write -P 3 1M 64k", "b.qcow2")
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2")
+	clitest.MustQemu(t, "qemu-io", "-c", "write -P 4 2k 2k", "-c", "write -z 68k 8k", "t.qcow2")
+	for _, args := range [][]string{
+		{"map", "--output=json", "b.qcow2"},
+		{"map", "--output=json", "t.qcow2"},
+		{"map", "--output=json", "--start-offset=6k", "--max-length=100k", "b.qcow2"},
+		{"compare", "-s", "b.qcow2", "t.qcow2"},
+	} {
+		want, wcode := clitest.Qemu(t, "qemu-img", args...)
+		got, errOut, code := clitest.Ours(map[string]func([]string, io.Writer, io.Writer) int{"map": Map, "compare": Compare}[args[0]], args[1:]...)
+		if code != wcode || got != want {
+			t.Errorf("%v: exit %d (qemu-img %d) %s\n got: %s\nwant: %s", args, code, wcode, errOut, got, want)
+		}
+	}
 }

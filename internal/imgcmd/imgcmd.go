@@ -110,7 +110,7 @@ func openImageOpts(path, format string, qopts qcow2fmt.Options) (*openedImage, e
 	}
 	if st.IsDir() {
 		f.Close()
-		return nil, fmt.Errorf("Could not open '%s': Is a directory", path)
+		return nil, fmt.Errorf("Could not open '%s': %s", path, cli.NotRegularFile(path))
 	}
 	o := &openedImage{path: path, f: f, format: format, size: st.Size()}
 	if st.Mode()&os.ModeDevice != 0 {
@@ -174,7 +174,7 @@ func (o *openedImage) lockForRead(share bool) error {
 		return nil
 	}
 	if err := raw.LockFile(o.f, o.path, raw.Options{ReadOnly: true}); err != nil {
-		return fmt.Errorf("Could not open '%s': %v", o.path, err)
+		return fmt.Errorf("Could not open '%s': %w", o.path, err)
 	}
 	return nil
 }

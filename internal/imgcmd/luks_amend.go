@@ -101,7 +101,7 @@ func amendLuks(name, fmtName string, olist []string, ia *cli.ImageArgs, force bo
 	}
 	defer f.Close()
 	if err := raw.LockFile(f, path, raw.Options{}); err != nil {
-		return fmt.Errorf("Could not open '%s': %v", name, err)
+		return fmt.Errorf("Could not open '%s': %w", name, err)
 	}
 	base, limit := int64(0), int64(-1)
 	if fmtName == "qcow2" {

@@ -20,7 +20,10 @@ func TestMain(m *testing.M) {
 		"amend": Amend, "check": Check, "compare": Compare, "convert": Convert, "create": Create, "dd": DD,
 		"info": Info, "map": Map, "measure": Measure, "resize": Resize, "snapshot": Snapshot,
 	} {
-		cmds[name] = func(args []string) int { return f(args, os.Stdout, os.Stderr) }
+		cmds[name] = func(args []string) int {
+			cli.Command = name // as the drop-in dispatcher sets it
+			return f(args, os.Stdout, os.Stderr)
+		}
 	}
 	if p := os.Getenv(progEnv); p != "" {
 		// Run as a drop-in: messages carry that program name.

@@ -240,6 +240,17 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 			// an offset"; the merge in dumpMap joins them again.
 			return st, pnum, 0, false, nil
 		}
+	case l.qimg != nil && l.qimg.qcow.Geometry.ExtendedL2 && !l.qimg.qcow.Header.Encrypted():
+		// Not allocated here, but an unallocated subcluster of a cluster
+		// with a host offset has one in QEMU's block status.
+		host, cnt, ok, err := l.qimg.qcow.UnallocatedAllocRun(off, min(pnum, l.qimg.qcow.Geometry.Size-off))
+		if err != nil {
+			return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: %v", l.path, off, cli.PlainErr(err))
+		}
+		if cnt > 0 {
+			pnum = min(pnum, cnt)
+		}
+		return st, pnum, host, ok, nil
 	}
 	return st, pnum, 0, false, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ringblk/ringblk/drivers/qcow2"
@@ -114,12 +115,18 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 		return 0, printSnapshotList(stdout, d.Snapshots())
 	case "c":
 		if d == nil {
+			if cli.Prog != "ringblk" {
+				return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, qemuErrnoCause(syscall.ENOTSUP))
+			}
 			return 1, fmt.Errorf("Could not create snapshot '%s': the %s format does not support snapshots", name, img.Format)
 		}
 		if _, err := d.CreateSnapshot(qcow2.SnapshotCreateOptions{Name: name}); err != nil {
 			if errors.Is(err, qcow2.ErrRefcountOverflow) && cli.Prog != "ringblk" {
 				// qemu-img prints the driver's errno (iotest 112).
 				return 1, fmt.Errorf("Could not create snapshot '%s': -22 (Invalid argument)", name)
+			}
+			if cli.Prog != "ringblk" && errors.Is(err, qcow2.ErrDataFileUnsupported) {
+				return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, qemuErrnoCause(syscall.ENOTSUP))
 			}
 			if e := snapshotCreateErrno(err); e != 0 { // snapshot_words.go
 				return 1, fmt.Errorf("Could not create snapshot '%s': %s", name, qemuErrnoCause(e))
@@ -130,11 +137,24 @@ func snapshotRun(img *cli.BlkImage, action, name string, stdout, stderr io.Write
 		if d == nil {
 			return 1, fmt.Errorf("Could not apply snapshot '%s': Block driver does not support snapshots", name)
 		}
+		if h := d.Header(); cli.Prog != "ringblk" && h.HasDataFile() {
+			// qemu-img's driver refuses before looking the snapshot up.
+			return 1, fmt.Errorf("Could not apply snapshot '%s': Failed to load snapshot: %s", name, strerror(syscall.ENOTSUP))
+		}
 		if err := d.ApplySnapshot(name); err != nil {
 			if words, e := snapshotL1Words(err); words != "" {
 				// qemu-img: the table's refusal, then the load's errno.
 				fmt.Fprintf(stderr, "%s: %s\n", cli.Prog, words)
 				return 1, fmt.Errorf("Could not apply snapshot '%s': Failed to load snapshot: %s", name, strerror(e))
+			}
+			if cli.Prog != "ringblk" {
+				// qemu-img: the load's errno.
+				switch {
+				case errors.Is(err, qcow2.ErrDataFileUnsupported):
+					return 1, fmt.Errorf("Could not apply snapshot '%s': Failed to load snapshot: %s", name, strerror(syscall.ENOTSUP))
+				case errors.Is(err, qcow2.ErrSnapshotNotFound):
+					return 1, fmt.Errorf("Could not apply snapshot '%s': Failed to load snapshot: %s", name, strerror(syscall.ENOENT))
+				}
 			}
 			return 1, fmt.Errorf("Could not apply snapshot '%s': %s", name, snapshotCause(err))
 		}

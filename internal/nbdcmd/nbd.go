@@ -356,6 +356,7 @@ func runNbd(cfg *nbdConfig) (int, error) {
 		if co.Format, err = chain.Probe(cfg.file); err != nil {
 			return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, err)
 		}
+		co.Probed = true // a client must not turn the export into another format
 	}
 	img, err := chain.Open(g, cfg.file, co)
 	if err != nil {

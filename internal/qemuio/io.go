@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/ringblk/ringblk/crypto/luks"
 	"github.com/ringblk/ringblk/drivers/chain"
@@ -401,13 +402,23 @@ func openPath(path string, bo cli.BlkOptions, warn io.Writer) (*cli.BlkImage, er
 		// chain opener never probes its backing files.
 		f, err := chain.Probe(path)
 		if err != nil {
+			if bo.ReadOnly && errors.Is(err, syscall.EISDIR) {
+				// QEMU's read-only open succeeds; its file driver then
+				// refuses what is not a regular file.
+				return nil, errors.New(cli.NotRegularFile(path))
+			}
 			return nil, fmt.Errorf("Could not open '%s': %v", path, cli.UnwrapPathErr(err))
 		}
 		if f == "raw" && !bo.ReadOnly {
 			// As qemu-io: only a writable probed raw image is a risk.
-			fmt.Fprintf(warn, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
+			if cli.Prog == "ringblk" {
+				fmt.Fprintf(warn, "%s: warning: image format was not specified for '%s' and probing guessed raw; give -f raw to silence this\n", cli.Prog, path)
+			} else {
+				// QEMU's raw driver prints these lines as they are.
+				fmt.Fprint(warn, cli.ProbedRawWarning(path))
+			}
 		}
-		bo.Format = f
+		bo.Format, bo.Probed = f, true
 	}
 	img, err := cli.OpenBlk(path, bo)
 	if err != nil {

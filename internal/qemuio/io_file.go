@@ -62,7 +62,8 @@ var truncateCmd = &ioCommand{
 			return false
 		}
 		if err := s.img.Node.Truncate(size); err != nil {
-			fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, cli.PlainErr(err))
+			msg, hint := cli.SplitLockHint(cli.PlainErr(err).Error(), err)
+			fmt.Fprintf(s.errw, "%s: %s\n%s", cli.Prog, msg, hint)
 			return false
 		}
 		return true
@@ -147,7 +148,8 @@ func reopenRun(s *ioSession, argv []string) bool {
 		if errors.As(err, &oe) {
 			err = oe.err
 		}
-		fmt.Fprintf(s.errw, "%s: %v\n", cli.Prog, cli.PlainErr(err))
+		msg, hint := cli.SplitLockHint(cli.PlainErr(err).Error(), err)
+		fmt.Fprintf(s.errw, "%s: %s\n%s", cli.Prog, msg, hint)
 		// Back to the options it had, as a failed reopen leaves it.
 		if s.open(old) != nil {
 			s.img = nil

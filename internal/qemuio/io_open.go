@@ -124,7 +124,8 @@ func openRun(s *ioSession, argv []string) bool {
 		r.spec = chain.Spec{}
 	}
 	if err := s.open(r); err != nil {
-		fmt.Fprintf(s.errw, "%s: %s\n", cli.Prog, err)
+		msg, hint := cli.SplitLockHint(err.Error(), err)
+		fmt.Fprintf(s.errw, "%s: %s\n%s", cli.Prog, msg, hint)
 		return false
 	}
 	return true

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
@@ -213,5 +214,91 @@ func TestIOSigraiseAbort(t *testing.T) {
 	if o, _, code := ioRun("", "-c", "sigraise 99", "-c", "sigraise x"); code != 1 ||
 		!strings.Contains(o, "signal argument '99' is too large to be a valid signal") {
 		t.Errorf("sigraise 99: exit %d, %q", code, o)
+	}
+}
+
+// TestOpenLockConflictMatchesQemuIO: qemu-io words a lock conflict in two
+// lines, at start-up and in the open command alike (the question on a
+// line of its own).
+func TestOpenLockConflictMatchesQemuIO(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "l.qcow2", "1M")
+	f, err := os.OpenFile("l.qcow2", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := raw.LockFile(f, "l.qcow2", raw.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	saved := cli.Prog
+	cli.Prog = "qemu-io"
+	defer func() { cli.Prog = saved }()
+	for _, args := range [][]string{
+		{"-c", "read 0 512", "l.qcow2"},
+		{"-c", "open -f qcow2 l.qcow2"},
+	} {
+		_, qe, qc := clitest.QemuIO(t, args...)
+		_, oe, oc := ioRun("", args...)
+		if oe != qe || oc != qc {
+			t.Errorf("%q: exit %d, stderr %q; qemu-io exit %d, stderr %q", args, oc, oe, qc, qe)
+		}
+	}
+}
+
+// TestOpenDirectoryMatchesQemuIO: a directory opened read-only is refused
+// by QEMU's file driver ("'file' driver requires 'dir' to be a regular
+// file"), read-write by open(2) ("Is a directory").
+func TestOpenDirectoryMatchesQemuIO(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	if err := os.Mkdir("dir", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	saved := cli.Prog
+	cli.Prog = "qemu-io"
+	defer func() { cli.Prog = saved }()
+	for _, args := range [][]string{
+		{"-r", "-c", "read 0 512", "dir"},
+		{"-c", "read 0 512", "dir"},
+		{"-c", "open -r dir"},
+	} {
+		_, qe, qc := clitest.QemuIO(t, args...)
+		_, oe, oc := ioRun("", args...)
+		if oe != qe || oc != qc {
+			t.Errorf("%q: exit %d, stderr %q; qemu-io exit %d, stderr %q", args, oc, oe, qc, qe)
+		}
+	}
+}
+
+// TestProbedRawFirstSectorGuardMatchesQemuIO: on a raw image opened
+// without a format (probed), qemu-io refuses a write that would make the
+// image probe as qcow2 ("Operation not permitted"), and the image keeps
+// its first sector; QEMU's three warning lines are printed in drop-in
+// mode. Before, the header was written, and the next probing open read
+// the image as qcow2 (whose backing file could be any host file).
+func TestProbedRawFirstSectorGuardMatchesQemuIO(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	t.Chdir(t.TempDir())
+	hdr := make([]byte, 512)
+	copy(hdr, "QFI\xfb\x00\x00\x00\x03")
+	if err := os.WriteFile("hdr.bin", hdr, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range []string{"q.raw", "o.raw"} {
+		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "raw", img, "1M")
+	}
+	saved := cli.Prog
+	cli.Prog = "qemu-io"
+	defer func() { cli.Prog = saved }()
+	cmds := []string{"-c", "write -s hdr.bin 0 512", "-c", "write -P 0x51 100 10", "-c", "read -P 0x51 100 10"}
+	qo, qe, qc := clitest.QemuIO(t, append(cmds, "q.raw")...)
+	oo, oe, oc := ioRun("", append(cmds, "o.raw")...)
+	if w, g := normIO(qo), normIO(oo); oc != qc || !slices.Equal(w, g) || strings.ReplaceAll(oe, "o.raw", "q.raw") != qe {
+		t.Errorf("exit %d\n%s%s\nqemu-io: exit %d\n%s%s", oc, oo, oe, qc, qo, qe)
+	}
+	if out, code := clitest.Qemu(t, "qemu-img", "info", "o.raw"); code != 0 || !strings.Contains(out, "file format: raw") {
+		t.Errorf("the image no longer probes as raw (exit %d):\n%s", code, out)
 	}
 }

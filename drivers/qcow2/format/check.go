@@ -401,6 +401,9 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 				c.damagedExtended(e, bm, l2Off, j, active) // check_l2fix.go
 				continue
 			}
+			if e&EntryCompressed != 0 && c.compressedPastEOF(e, active) {
+				continue
+			}
 			c.res.AddCorruption("l2_table@" + HexString(uint64(l2Off)) + Indexed("", uint64(j)) + ": " + err.Error())
 			c.l2Damaged++
 			continue
@@ -428,6 +431,31 @@ func (c *checker) walkL2(table []byte, l2Off int64, active bool) {
 			}
 		}
 	}
+}
+
+// compressedPastEOF counts a compressed entry whose bytes start past the
+// end of the file (a truncated copy of a compressed image) as QEMU's
+// check_refcounts_l2 counts it: a compressed cluster like any other, whose
+// reference ref reports as one corruption and counts nothing when it ends
+// a cluster or more past EOF. A repair can go on around it (nothing in the
+// file is referenced), as for a data cluster past EOF. It reports whether
+// e was such an entry; any other damage stays uncountable.
+func (c *checker) compressedPastEOF(e uint64, active bool) bool {
+	g := &c.im.Geometry
+	if e&EntryCopied != 0 || g.ExternalData {
+		return false
+	}
+	d, err := g.DecodeCompressed(e)
+	if err != nil || !g.PastEOF(uint64(d.HostOff)) {
+		return false
+	}
+	c.ref(d.HostOff, d.Size(), "compressed cluster")
+	if active {
+		c.res.AllocatedClusters++
+		c.res.CompressedClusters++
+		c.res.FragmentedClusters++
+	}
+	return true
 }
 
 // damagedStandard counts a standard L2 entry the decoder rejected

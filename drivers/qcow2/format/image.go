@@ -659,3 +659,70 @@ func (im *Image) RTDamage(i int64) error {
 	}
 	return WithField(err, Indexed("refcount_table", uint64(i)))
 }
+
+// UnallocatedAllocRun looks at the start of the guest range [off, off+n)
+// for QEMU's UNALLOCATED_ALLOC subclusters: with extended L2, unallocated
+// subclusters of a cluster that has a host offset. They read from the
+// backing file (or as zeros), but QEMU's block status reports their host
+// offset, so qemu-img map prints it. ok says whether the range starts
+// with such subclusters; cnt is how many bytes from off are of that kind
+// (contiguous in the host, host being the first one's offset) or,
+// without ok, of any other kind. Images without extended L2: (0, n,
+// false). A damaged entry is an error.
+func (im *Image) UnallocatedAllocRun(off, n int64) (host, cnt int64, ok bool, err error) {
+	g := &im.Geometry
+	if !g.ExtendedL2 || n <= 0 {
+		return 0, n, false, nil
+	}
+	end := min(off+n, g.Size)
+	scs := g.SubclusterSize()
+	var table []byte
+	tableOff := int64(-1)
+	first := true
+	pos := off
+	for pos < end {
+		l1i, l2i, in := g.Split(pos)
+		le := L2Entry{Type: Unallocated}
+		if l1i < int64(len(im.L1)) {
+			l2Off, _, err := g.DecodeL1Entry(im.L1[l1i])
+			if err != nil {
+				return 0, 0, false, err
+			}
+			if l2Off == 0 {
+				// A whole table's reach without a host cluster.
+				if !first && ok {
+					break
+				}
+				first = false
+				pos = min(end, (l1i+1)*g.L1Coverage())
+				continue
+			}
+			if l2Off != tableOff {
+				if table, err = im.ReadL2(l2Off); err != nil {
+					return 0, 0, false, err
+				}
+				tableOff = l2Off
+			}
+			e, bm, _ := g.L2EntryAt(table, l2i)
+			if le, err = g.DecodeL2Entry(e, bm); err != nil {
+				return 0, 0, false, err
+			}
+		}
+		sc := in / scs
+		ua := g.SubclusterType(le, int(sc)) == UnallocatedAlloc
+		if first {
+			first, ok = false, ua
+			if ua {
+				host = le.HostOff + in
+			}
+		}
+		if ua != ok || (ua && le.HostOff+in != host+(pos-off)) {
+			break
+		}
+		pos = min(end, pos-in+(sc+1)*scs)
+	}
+	if !ok {
+		host = 0
+	}
+	return host, pos - off, ok, nil
+}
