@@ -191,20 +191,7 @@ func TestQcow2DataFileCreatedHere(t *testing.T) {
 // data file keeps its old bytes under a zero cluster, as in QEMU.
 func TestQcow2DataFileRawZeroes(t *testing.T) {
 	for _, rawFlag := range []bool{false, true} {
-		dir := t.TempDir()
-		img, data := filepath.Join(dir, "t.qcow2"), filepath.Join(dir, "t.data")
-		e := newTestEnv(t)
-		f, _ := newFileNode(t, e, img)
-		dn, _ := newFileNode(t, e, data)
-		if err := CreateWithDataFile(f, dn, 1<<20, format.CreateOptions{DataFile: "t.data", DataFileRaw: rawFlag}); err != nil {
-			t.Fatal(err)
-		}
-		f.Unref()
-		dn.Unref()
-		n, err := e.openDataFileImage(img, false, false)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, data, n := newDataFileImage(t, rawFlag)
 		if _, err := n.WriteAt(bytes.Repeat([]byte{0xaa}, 128<<10), 0); err != nil {
 			t.Fatal(err)
 		}
@@ -356,20 +343,7 @@ func newFileNode(t *testing.T, e *testEnv, path string) (*block.Node, error) {
 // maintained) and a resize left the data file at its old length.
 func TestQcow2DataFileRawKeptByWritesAndResize(t *testing.T) {
 	for _, rawFlag := range []bool{false, true} {
-		dir := t.TempDir()
-		img, data := filepath.Join(dir, "t.qcow2"), filepath.Join(dir, "t.data")
-		e := newTestEnv(t)
-		f, _ := newFileNode(t, e, img)
-		dn, _ := newFileNode(t, e, data)
-		if err := CreateWithDataFile(f, dn, 1<<20, format.CreateOptions{DataFile: "t.data", DataFileRaw: rawFlag}); err != nil {
-			t.Fatal(err)
-		}
-		f.Unref()
-		dn.Unref()
-		n, err := e.openDataFileImage(img, false, false)
-		if err != nil {
-			t.Fatal(err)
-		}
+		img, data, n := newDataFileImage(t, rawFlag)
 		if _, err := n.WriteAt(bytes.Repeat([]byte{0xaa}, 64<<10), 0); err != nil {
 			t.Fatal(err)
 		}
@@ -400,4 +374,25 @@ func TestQcow2DataFileRawKeptByWritesAndResize(t *testing.T) {
 			t.Errorf("data_file_raw=%v at create, %v after writes and resizes", rawFlag, h.DataFileRaw())
 		}
 	}
+}
+
+// newDataFileImage creates a 1 MiB qcow2 image t.qcow2 with the external
+// data file t.data (data_file_raw as raw) in a new directory and opens it.
+func newDataFileImage(t *testing.T, raw bool) (img, data string, n *block.Node) {
+	t.Helper()
+	dir := t.TempDir()
+	img, data = filepath.Join(dir, "t.qcow2"), filepath.Join(dir, "t.data")
+	e := newTestEnv(t)
+	f, _ := newFileNode(t, e, img)
+	dn, _ := newFileNode(t, e, data)
+	if err := CreateWithDataFile(f, dn, 1<<20, format.CreateOptions{DataFile: "t.data", DataFileRaw: raw}); err != nil {
+		t.Fatal(err)
+	}
+	f.Unref()
+	dn.Unref()
+	n, err := e.openDataFileImage(img, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, data, n
 }
