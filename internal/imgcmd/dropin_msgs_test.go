@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
 
@@ -144,14 +143,7 @@ func TestLockConflictMessagesMatchQemu(t *testing.T) {
 	t.Chdir(t.TempDir())
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "l.qcow2", "1M")
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "l.qcow2", "-F", "qcow2", "ov.qcow2")
-	f, err := os.OpenFile("l.qcow2", os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := raw.LockFile(f, "l.qcow2", raw.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	clitest.HoldLock(t, "l.qcow2")
 	for _, args := range [][]string{
 		{"info", "l.qcow2"},
 		{"check", "l.qcow2"},

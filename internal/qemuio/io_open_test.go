@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
@@ -224,21 +223,21 @@ func TestOpenLockConflictMatchesQemuIO(t *testing.T) {
 	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "l.qcow2", "1M")
-	f, err := os.OpenFile("l.qcow2", os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := raw.LockFile(f, "l.qcow2", raw.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	clitest.HoldLock(t, "l.qcow2")
+	sameStderrAsQemuIO(t, [][]string{
+		{"-c", "read 0 512", "l.qcow2"},
+		{"-c", "open -f qcow2 l.qcow2"},
+	})
+}
+
+// sameStderrAsQemuIO runs each argument list through qemu-io and through
+// ours in drop-in mode and wants the same exit status and stderr.
+func sameStderrAsQemuIO(t *testing.T, runs [][]string) {
+	t.Helper()
 	saved := cli.Prog
 	cli.Prog = "qemu-io"
 	defer func() { cli.Prog = saved }()
-	for _, args := range [][]string{
-		{"-c", "read 0 512", "l.qcow2"},
-		{"-c", "open -f qcow2 l.qcow2"},
-	} {
+	for _, args := range runs {
 		_, qe, qc := clitest.QemuIO(t, args...)
 		_, oe, oc := ioRun("", args...)
 		if oe != qe || oc != qc {
@@ -256,20 +255,11 @@ func TestOpenDirectoryMatchesQemuIO(t *testing.T) {
 	if err := os.Mkdir("dir", 0o755); err != nil {
 		t.Fatal(err)
 	}
-	saved := cli.Prog
-	cli.Prog = "qemu-io"
-	defer func() { cli.Prog = saved }()
-	for _, args := range [][]string{
+	sameStderrAsQemuIO(t, [][]string{
 		{"-r", "-c", "read 0 512", "dir"},
 		{"-c", "read 0 512", "dir"},
 		{"-c", "open -r dir"},
-	} {
-		_, qe, qc := clitest.QemuIO(t, args...)
-		_, oe, oc := ioRun("", args...)
-		if oe != qe || oc != qc {
-			t.Errorf("%q: exit %d, stderr %q; qemu-io exit %d, stderr %q", args, oc, oe, qc, qe)
-		}
-	}
+	})
 }
 
 // TestProbedRawFirstSectorGuardMatchesQemuIO: on a raw image opened
