@@ -12,6 +12,7 @@
 package chain
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -140,13 +141,22 @@ func Probe(path string) (string, error) {
 	if err != nil && err != io.EOF {
 		return "", err
 	}
-	if n >= 4 && string(b[:4]) == "QFI\xfb" {
+	if probesQcow2(b[:n]) {
 		return "qcow2", nil
 	}
 	if n == 8 && luks.IsLUKS(b[:]) {
 		return "luks", nil
 	}
 	return "raw", nil
+}
+
+// probesQcow2 is QEMU's probe on an image's first bytes: the qcow2
+// magic and a nonzero version (1 is its qcow driver's, which the qcow2
+// driver here refuses by name). Version 0, or a file too short for one,
+// is raw, which raw.ProbesAsOtherFormat (the probed-raw guard) agrees
+// with.
+func probesQcow2(b []byte) bool {
+	return len(b) >= 8 && string(b[:4]) == "QFI\xfb" && binary.BigEndian.Uint32(b[4:]) != 0
 }
 
 // LocalPath is the file a name opens: IMAGE for "blkdebug:CONFIG:IMAGE",
@@ -407,7 +417,7 @@ func openRBD(g *block.Graph, path string, o Options) (*Image, error) {
 				file.Unref()
 				return nil, fmt.Errorf("Could not open '%s': probing the format: %w", path, err)
 			}
-			if string(b[:4]) == "QFI\xfb" {
+			if probesQcow2(b[:min(l, 512)]) {
 				format = "qcow2"
 			}
 		}

@@ -100,9 +100,15 @@ func TestProbe(t *testing.T) {
 	dir := t.TempDir()
 	q := filepath.Join(dir, "q")
 	r := filepath.Join(dir, "r")
+	v0 := filepath.Join(dir, "v0")
+	short := filepath.Join(dir, "short")
 	os.WriteFile(q, []byte("QFI\xfb\x00\x00\x00\x03"), 0o644)
 	os.WriteFile(r, []byte("QF"), 0o644)
-	for _, c := range []struct{ path, want string }{{q, "qcow2"}, {r, "raw"}} {
+	// The qcow2 magic with version 0, or without a version, is raw, as
+	// QEMU probes it (and as the probed-raw guard lets a guest write it).
+	os.WriteFile(v0, []byte("QFI\xfb\x00\x00\x00\x00"), 0o644)
+	os.WriteFile(short, []byte("QFI\xfb\x00\x00"), 0o644)
+	for _, c := range []struct{ path, want string }{{q, "qcow2"}, {r, "raw"}, {v0, "raw"}, {short, "raw"}} {
 		got, err := Probe(c.path)
 		if err != nil || got != c.want {
 			t.Errorf("Probe(%s) = %q, %v; want %q", filepath.Base(c.path), got, err, c.want)
