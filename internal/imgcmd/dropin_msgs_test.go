@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
 
@@ -143,7 +144,7 @@ func TestLockConflictMessagesMatchQemu(t *testing.T) {
 	t.Chdir(t.TempDir())
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "l.qcow2", "1M")
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "l.qcow2", "-F", "qcow2", "ov.qcow2")
-	clitest.HoldLock(t, "l.qcow2")
+	holdLock(t, "l.qcow2")
 	for _, args := range [][]string{
 		{"info", "l.qcow2"},
 		{"check", "l.qcow2"},
@@ -206,5 +207,19 @@ func TestSnapshotRefusalsMatchQemu(t *testing.T) {
 		{"snapshot", "-a", "nonexist", "s.qcow2"},
 	} {
 		qemuAndOurs(t, args...)
+	}
+}
+
+// holdLock takes QEMU's write locks on path, as a running qemu-io holds
+// them, until the test ends.
+func holdLock(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := raw.LockFile(f, path, raw.Options{}); err != nil {
+		t.Fatal(err)
 	}
 }

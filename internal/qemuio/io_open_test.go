@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
@@ -223,7 +224,7 @@ func TestOpenLockConflictMatchesQemuIO(t *testing.T) {
 	clitest.NeedQemu(t, "qemu-io")
 	t.Chdir(t.TempDir())
 	clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "l.qcow2", "1M")
-	clitest.HoldLock(t, "l.qcow2")
+	holdLock(t, "l.qcow2")
 	sameStderrAsQemuIO(t, [][]string{
 		{"-c", "read 0 512", "l.qcow2"},
 		{"-c", "open -f qcow2 l.qcow2"},
@@ -290,5 +291,19 @@ func TestProbedRawFirstSectorGuardMatchesQemuIO(t *testing.T) {
 	}
 	if out, code := clitest.Qemu(t, "qemu-img", "info", "o.raw"); code != 0 || !strings.Contains(out, "file format: raw") {
 		t.Errorf("the image no longer probes as raw (exit %d):\n%s", code, out)
+	}
+}
+
+// holdLock takes QEMU's write locks on path, as a running qemu-io holds
+// them, until the test ends.
+func holdLock(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := raw.LockFile(f, path, raw.Options{}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -13,8 +13,6 @@ import (
 	"os/exec"
 	"reflect"
 	"testing"
-
-	"github.com/ringblk/ringblk/drivers/raw"
 )
 
 // Main is a command package's TestMain: run as the ringblk program when
@@ -177,18 +175,4 @@ func QemuIO(t *testing.T, args ...string) (stdout, stderr string, code int) {
 		t.Fatalf("qemu-io %v: %v", args, err)
 	}
 	return o.String(), e.String(), code
-}
-
-// HoldLock takes QEMU's write locks on path, as a running qemu-io would
-// hold them, until the test ends.
-func HoldLock(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	if err := raw.LockFile(f, path, raw.Options{}); err != nil {
-		t.Fatal(err)
-	}
 }
