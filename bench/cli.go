@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Config is a parsed command line.
@@ -30,18 +31,21 @@ type Config struct {
 	ShowCommands bool
 	CPUProfile   string   // --cpuprofile: write a pprof CPU profile of the run there
 	Sections     []string // --section (repeatable): run only the jobs of these names, as fio
+	// StatusInterval: --status-interval, the full report of the run so far
+	// every interval (0: none; SIGUSR1 asks for one at any time).
+	StatusInterval time.Duration
 }
 
 var commandFlags = map[string]bool{ // flag → takes a value
 	"output": true, "output-format": true, "eta": true, "compare": false, "repeats": true,
 	"compare-with": true, "help": false, "h": false, "version": false, "show-commands": false,
-	"cpuprofile": true, "minimal": false, "section": true,
+	"cpuprofile": true, "minimal": false, "section": true, "status-interval": true,
 }
 
 // fioOnlyFlags are fio's command flags (not job options) that bench does
 // not implement: named as such, instead of "unknown option".
 var fioOnlyFlags = map[string]bool{
-	"status-interval": true, "eta-newline": true, "eta-interval": true,
+	"eta-newline": true, "eta-interval": true,
 	"parse-only": true, "warnings-fatal": true, "max-jobs": true,
 	"alloc-size": true, "server": true, "client": true, "daemonize": true, "debug": true,
 	"bandwidth-log": true, "append-terse": true, "terse-version": true, "idle-prof": true,
@@ -183,6 +187,15 @@ func (cfg *Config) setFlag(key, val string, hasVal bool) error {
 		}
 	case "show-commands":
 		cfg.ShowCommands = true
+	case "status-interval":
+		d, err := parseTime(val)
+		if err != nil {
+			return fmt.Errorf("--status-interval=%s: %w", val, err)
+		}
+		if d < time.Millisecond {
+			return fmt.Errorf("--status-interval=%s: status interval too small (at least 1ms)", val)
+		}
+		cfg.StatusInterval = d
 	case "cpuprofile":
 		if val == "" {
 			return errors.New("--cpuprofile needs a file name")
@@ -221,6 +234,9 @@ Command flags:
   --repeats=N             compare: repeats per row (default 3)
   --compare-with=ROWS     compare: rows to run, comma-separated (default: all)
   --show-commands         compare: print the command line of every run
+  --status-interval=TIME  print the full report of the run so far every TIME
+                          (bare numbers are seconds; at least 1ms), as fio;
+                          SIGUSR1 prints one at any time
   --cpuprofile=FILE       write a Go CPU profile (pprof) of the run to FILE
   --version               print the version
   --help                  this text
@@ -338,7 +354,46 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return fail(fmt.Errorf("--cpuprofile: %w", err))
 		}
 	}
-	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: logw})
+	// Interim reports (--status-interval, SIGUSR1) go where the report goes.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	statusNow := make(chan struct{}, 1)
+	stopUsr1, usr1Done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(usr1Done)
+		for {
+			select {
+			case <-usr1:
+				select {
+				case statusNow <- struct{}{}:
+				default:
+				}
+			case <-stopUsr1:
+				return
+			}
+		}
+	}()
+	interimReport := func(r *Result) {
+		var err error
+		switch cfg.Format {
+		case "json":
+			err = WriteJSON(out, r)
+		case "json+":
+			err = WriteJSONPlus(out, r)
+		case "terse":
+			WriteTerse(out, r)
+		default:
+			WriteNormal(out, r)
+		}
+		if err != nil {
+			fmt.Fprintf(logw, "ringblk bench: status report: %v\n", err)
+		}
+	}
+	res, err := Run(cfg.Spec, RunOptions{Status: status, Log: logw, Interim: interimReport,
+		StatusInterval: cfg.StatusInterval, StatusNow: statusNow})
+	signal.Stop(usr1)
+	close(stopUsr1)
+	<-usr1Done
 	if prof != nil {
 		pprof.StopCPUProfile()
 		if cerr := prof.Close(); cerr != nil && err == nil {

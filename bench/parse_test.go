@@ -153,7 +153,10 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--name=x", "--filename=/tmp/x", "--size=1z"}, `command line: size=1z: bad size suffix`},
 		{[]string{"--output-format=csv", "--name=x", "--filename=/tmp/x"}, "want normal, json, json+ or terse"},
 		{[]string{"--rw=read"}, "no jobs defined"},
-		{[]string{"--status-interval=1", "--name=x", "--filename=/tmp/x"}, "--status-interval is a fio command flag that ringblk bench does not implement"},
+		{[]string{"--eta-newline=1", "--name=x", "--filename=/tmp/x"}, "--eta-newline is a fio command flag that ringblk bench does not implement"},
+		{[]string{"--status-interval=0", "--name=x", "--filename=/tmp/x"}, "status interval too small"},
+		{[]string{"--status-interval=999us", "--name=x", "--filename=/tmp/x"}, "status interval too small"},
+		{[]string{"--status-interval=abc", "--name=x", "--filename=/tmp/x"}, `--status-interval=abc: bad time "abc"`},
 		{[]string{"--name=x", "--filename=/tmp/x", "--unified_rw_reporting=1"}, `option "unified_rw_reporting" is a fio option that ringblk bench does not implement`},
 	} {
 		_, err := ParseArgs(c.args)

@@ -31,6 +31,15 @@ type RunOptions struct {
 	Log io.Writer
 	// CPUs is how many cores clones are pinned over; 0: runtime.NumCPU().
 	CPUs int
+	// Interim, if set, receives the report of the run so far (fio's
+	// --status-interval and SIGUSR1) every StatusInterval (0: never) and
+	// whenever StatusNow receives. It runs on its own goroutine; Run
+	// returns after its last call.
+	Interim        func(*Result)
+	StatusInterval time.Duration
+	StatusNow      <-chan struct{}
+
+	in *interim // set by Run when Interim is
 }
 
 // Result is a finished run.
@@ -110,6 +119,10 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 		}
 	}
 	res.diskBefore = snapDisks(spec.Jobs)
+	if opts.Interim != nil {
+		opts.in = &interim{grps: groups(spec.Jobs), gid: -1}
+		defer startInterim(opts.in, res, opts.StatusInterval, opts.StatusNow, opts.Interim)()
+	}
 	var env *ringblkEnv
 	threads := 0 // clones started so far: fio's thread numbers run across groups
 	defer func() {
@@ -154,6 +167,9 @@ func Run(spec *Spec, opts RunOptions) (*Result, error) {
 			jr = jr[1:]
 		}
 		jr = all
+		if opts.in != nil {
+			opts.in.endGroup(jr)
+		}
 		for _, j := range grp {
 			if !j.Unlink || j.Filename == "" || (j.IOEngine == "ringblk" && j.Format == "null") {
 				continue
@@ -328,6 +344,9 @@ func runGroup(env *ringblkEnv, grp []*Job, gid int, regions map[*Job][2]int64, c
 	}
 	live.Store(&out)
 	defer live.Store(nil)
+	if opts.in != nil {
+		opts.in.setGroup(out, gid, began)
+	}
 	// wait_for: a job whose named job runs in this group starts when
 	// every clone of that job finished.
 	clonesOf := map[string]int{}

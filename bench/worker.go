@@ -107,6 +107,7 @@ type worker struct {
 	endSyncFile   int          // end_fsync: the next file to sync
 	prio          prioPicker   // each I/O's priority (prio, prioclass, cmdprio)
 	prioClat      [2][]latStat // cmdprio: clat per priority, indexed as prio.levels
+	snapState     snapState    // interim reports (interim.go)
 }
 
 // backlog is a fixed ring of completed writes (offset, length) that
@@ -291,6 +292,9 @@ func (w *worker) beginMeasuring(now int64) {
 // tick advances the phase machine; engines call it once per batch with a
 // fresh clock reading.
 func (w *worker) tick(now int64) {
+	if w.snapState.req != nil {
+		w.snapshotDue(now)
+	}
 	switch w.phase {
 	case phaseRamp:
 		if now >= w.rampEnd {
