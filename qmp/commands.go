@@ -16,8 +16,7 @@ import (
 
 // Missing lists the block-layer commands of QEMU this daemon does not
 // have. They answer CommandNotFound like any unknown command.
-var Missing = []string{"drive-mirror", "drive-backup", "block-job-finalize", "block-job-dismiss",
-	"x-debug-block-dirty-bitmap-sha256"}
+var Missing = []string{"drive-mirror", "drive-backup"}
 
 type nodeNameArg struct {
 	NodeName string `json:"node-name"`
@@ -475,8 +474,10 @@ func nodeInfo(n *block.Node) map[string]any {
 		info["cache"] = map[string]bool{"writeback": r.Options().Cache != raw.CacheWritethrough, "direct": r.Options().Cache == raw.CacheNone, "no-flush": false}
 	}
 	if bms := n.Bitmaps(); len(bms) > 0 {
+		// Newest first, as QEMU lists them (it adds each at the head).
 		var list []map[string]any
-		for _, b := range bms {
+		for i := len(bms) - 1; i >= 0; i-- {
+			b := bms[i]
 			list = append(list, map[string]any{"name": b.Name(), "count": b.Count(), "granularity": b.Granularity(),
 				"recording": b.Enabled(), "busy": b.Busy(), "persistent": b.Persistent})
 		}

@@ -601,7 +601,7 @@ type BitmapArgs struct {
 type BitmapAddArgs struct {
 	Node        string `json:"node"`
 	Name        string `json:"name"`
-	Granularity int64  `json:"granularity" qmp:"optional"`
+	Granularity uint32 `json:"granularity" qmp:"optional"`
 	Persistent  bool   `json:"persistent" qmp:"optional"`
 	Disabled    bool   `json:"disabled" qmp:"optional"`
 }
@@ -633,10 +633,13 @@ func (r *BitmapRef) UnmarshalJSON(b []byte) error {
 }
 
 // bitmapNode resolves a bitmap's node (a device name or node name).
+// bitmapNode finds the node of a bitmap command by device or node name,
+// with QEMU's message for a name that is neither (block-dirty-bitmap-add
+// words it differently: bitmapAction.Prepare).
 func (d *Daemon) bitmapNode(node string) (*block.Node, error) {
 	n, qerr := d.rootOf(node)
 	if qerr != nil {
-		return nil, qerr
+		return nil, Errorf("Node '%s' not found", node)
 	}
 	return n, nil
 }
@@ -692,6 +695,9 @@ func (a *bitmapAction) Prepare() error {
 	}
 	n, err := a.d.bitmapNode(node)
 	if err != nil {
+		if a.kind == "block-dirty-bitmap-add" {
+			return Errorf("Cannot find device='%s' nor node-name='%s'", node, node)
+		}
 		return err
 	}
 	a.n = n
@@ -704,7 +710,7 @@ func (a *bitmapAction) Prepare() error {
 		if len(a.add.Name) > maxBitmapName {
 			return Errorf("Bitmap name too long: %s", a.add.Name)
 		}
-		g := a.add.Granularity
+		g := int64(a.add.Granularity)
 		if g != 0 && (g < 512 || g&(g-1) != 0) {
 			return Errorf("Granularity must be power of 2 and at least 512")
 		}
@@ -1022,6 +1028,19 @@ func (d *Daemon) registerJobs(r *Registry) {
 	r.Register("block-job-resume", &blockJobArg{}, bverb(func(j *job.Job, _ *blockJobArg) error { return j.Resume() }))
 	r.Register("block-job-cancel", &blockJobArg{}, bverb(func(j *job.Job, a *blockJobArg) error { return j.Cancel(a.Force) }))
 	r.Register("block-job-complete", &blockJobArg{}, bverb(func(j *job.Job, _ *blockJobArg) error { return j.Complete() }))
+	// block-job-finalize and block-job-dismiss take the job's id (not a
+	// device) and look it up as the other block-job-* commands do.
+	idverb := func(f func(j *job.Job) error) Handler {
+		return func(_ *Client, a any) (any, error) {
+			j, err := d.job(a.(*jobIDArg).ID)
+			if err != nil {
+				return nil, err
+			}
+			return nil, verbErr(f(j))
+		}
+	}
+	r.Register("block-job-finalize", &jobIDArg{}, idverb((*job.Job).Finalize))
+	r.Register("block-job-dismiss", &jobIDArg{}, idverb((*job.Job).Dismiss))
 	r.Register("block-job-set-speed", &setSpeedArg{}, func(_ *Client, a any) (any, error) {
 		x := a.(*setSpeedArg)
 		j, err := d.job(x.Device)
@@ -1046,6 +1065,14 @@ func (d *Daemon) registerJobs(r *Registry) {
 		r.Register("block-dirty-bitmap-"+k, &BitmapArgs{}, single("block-dirty-bitmap-"+k))
 	}
 	r.Register("block-dirty-bitmap-merge", &BitmapMergeArgs{}, single("block-dirty-bitmap-merge"))
+	r.Register("x-debug-block-dirty-bitmap-sha256", &BitmapArgs{}, func(_ *Client, a any) (any, error) {
+		x := a.(*BitmapArgs)
+		_, b, err := d.findBitmap(x.Node, x.Name)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"sha256": bitmapSHA256(b)}, nil
+	})
 	r.Register("x-ringblk-checkpoint", &CheckpointArgs{}, func(_ *Client, a any) (any, error) {
 		act := &checkpointAction{d: d, a: *a.(*CheckpointArgs)}
 		if err := d.Transaction(&TransactionArgs{}, act); err != nil {

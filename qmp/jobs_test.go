@@ -2,6 +2,8 @@ package qmp
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -819,5 +821,74 @@ func TestQueriesDuringJobAsQEMU(t *testing.T) {
 		if in := bm["inserted"].(map[string]any); in["node-name"] != "src" || in["drv"] != "qcow2" || in["file"] != srcFile {
 			t.Fatalf("query-block src during the mirror: inserted %v", in)
 		}
+	}
+}
+
+// TestBlockJobFinalizeDismiss: block-job-finalize and block-job-dismiss
+// (QEMU's block-job names of job-finalize and job-dismiss, taking the
+// job's id) move a mirror kept pending to concluded and then remove it;
+// an unknown id is a DeviceNotActive "Block job ... not found". Before,
+// both answered CommandNotFound.
+func TestBlockJobFinalizeDismiss(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "src")
+	addQcow2(t, d, dir, "tgt")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	wantError(t, c.do(`{"execute":"block-job-finalize","arguments":{"id":"nope"}}`), DeviceNotActive, "Block job 'nope' not found")
+	wantError(t, c.do(`{"execute":"block-job-dismiss","arguments":{"id":"nope"}}`), DeviceNotActive, "Block job 'nope' not found")
+	okReply(t, c, `{"execute":"blockdev-mirror","arguments":{"job-id":"m0","device":"src","target":"tgt","sync":"full","auto-finalize":false,"auto-dismiss":false}}`)
+	c.waitEvent("BLOCK_JOB_READY", "m0")
+	wantError(t, c.do(`{"execute":"block-job-dismiss","arguments":{"id":"m0"}}`), GenericError,
+		"Job 'm0' in state 'ready' cannot accept command verb 'dismiss'")
+	okReply(t, c, `{"execute":"block-job-complete","arguments":{"device":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_PENDING", "m0")
+	okReply(t, c, `{"execute":"block-job-finalize","arguments":{"id":"m0"}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "m0")
+	okReply(t, c, `{"execute":"block-job-dismiss","arguments":{"id":"m0"}}`)
+	if bj := okReply(t, c, `{"execute":"query-block-jobs"}`).([]any); len(bj) != 0 {
+		t.Fatalf("query-block-jobs after block-job-dismiss: %v", bj)
+	}
+}
+
+// TestBitmapCommandErrorsAsQEMU: the bitmap commands' refusals in
+// qemu-storage-daemon 7.2's words (compared side by side): an unknown node
+// is "Node ... not found" except for block-dirty-bitmap-add, which words it
+// as its node lookup does; a granularity past 32 bits is the visitor's
+// uint32_t error. Before, all said "Cannot find device='' nor
+// node-name=...", and a 2^32 granularity got the power-of-two message.
+func TestBitmapCommandErrorsAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "a")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"nope","name":"x"}}`), GenericError,
+		"Cannot find device='nope' nor node-name='nope'")
+	for _, cmd := range []string{"remove", "clear", "enable", "disable"} {
+		wantError(t, c.do(`{"execute":"block-dirty-bitmap-`+cmd+`","arguments":{"node":"nope","name":"x"}}`), GenericError, "Node 'nope' not found")
+	}
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-merge","arguments":{"node":"nope","target":"x","bitmaps":["y"]}}`), GenericError, "Node 'nope' not found")
+	wantError(t, c.do(`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"nope","name":"x"}}`), GenericError, "Node 'nope' not found")
+	for _, g := range []string{"4294967296", "-1"} {
+		wantError(t, c.do(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"a","name":"g","granularity":`+g+`}}`), GenericError,
+			"Parameter 'granularity' expects uint32_t")
+	}
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"a","name":"old"}}`)
+	okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"a","name":"new"}}`)
+	// An empty bitmap of 4 MiB (imgSize) at 64 KiB: 64 bits, one zero word.
+	want := sha256.Sum256(make([]byte, imgSize/(64<<10)/8))
+	if r := okReply(t, c, `{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"a","name":"new"}}`).(map[string]any); r["sha256"] != hex.EncodeToString(want[:]) {
+		t.Fatalf("sha256 %v, want %x", r, want)
+	}
+	var names []string
+	for _, n := range okReply(t, c, `{"execute":"query-named-block-nodes"}`).([]any) {
+		if bms, ok := n.(map[string]any)["dirty-bitmaps"].([]any); ok {
+			for _, b := range bms {
+				names = append(names, b.(map[string]any)["name"].(string))
+			}
+		}
+	}
+	if strings.Join(names, " ") != "new old" {
+		t.Fatalf("dirty-bitmaps %v, want the newest first as QEMU lists them", names)
 	}
 }

@@ -251,6 +251,16 @@ func typeError(name string, t reflect.Type, err error) *Error {
 		return Errorf("Parameter '%s.%s' is unexpected", name, um.path)
 	}
 	var ute *json.UnmarshalTypeError
+	if errors.As(err, &ute) && strings.HasPrefix(ute.Value, "number") {
+		// A number out of a fixed-width field's range: QEMU's visitor
+		// names the C type.
+		if c := cIntType(ute.Type); c != "" {
+			if ute.Field != "" {
+				name += "." + ute.Field
+			}
+			return Errorf("Parameter '%s' expects %s", name, c)
+		}
+	}
 	if errors.As(err, &ute) && ute.Field != "" {
 		return Errorf("Invalid parameter type for '%s.%s', expected: %s", name, ute.Field, qapiType(ute.Type))
 	}
@@ -262,6 +272,26 @@ func typeError(name string, t reflect.Type, err error) *Error {
 		return qe
 	}
 	return Errorf("Invalid parameter '%s': %v", name, strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// cIntType is the C type QEMU's messages name for a fixed-width integer
+// field ("" for other types).
+func cIntType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Uint8:
+		return "uint8_t"
+	case reflect.Uint16:
+		return "uint16_t"
+	case reflect.Uint32:
+		return "uint32_t"
+	case reflect.Int8:
+		return "int8_t"
+	case reflect.Int16:
+		return "int16_t"
+	case reflect.Int32:
+		return "int32_t"
+	}
+	return ""
 }
 
 // qapiType names a Go type the way QEMU's messages name QAPI types.

@@ -184,6 +184,33 @@ func dialQMP(t *testing.T, path string) *qmpc {
 	return c
 }
 
+// waitQMP connects to a daemon that is starting: it retries until the
+// socket accepts and greets (a monitor socket serves one client at a
+// time, and a daemon may still be dropping a previous one: the new
+// connection then reads EOF).
+func waitQMP(t *testing.T, path string) *qmpc {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nc, err := net.Dial("unix", path)
+		if err == nil {
+			r := bufio.NewReader(nc)
+			nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err = r.ReadBytes('\n'); err == nil {
+				t.Cleanup(func() { nc.Close() })
+				c := &qmpc{t: t, nc: nc, r: r}
+				c.ok(`{"execute":"qmp_capabilities"}`)
+				return c
+			}
+			nc.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no QMP greeting on %s: %v", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (c *qmpc) read() map[string]any {
 	c.t.Helper()
 	c.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
@@ -680,14 +707,7 @@ func TestServeIotest202SameRepliesAsQemuStorageDaemon(t *testing.T) {
 		sock := filepath.Join(dir, "qmp.sock")
 		stop := start(sock)
 		defer stop()
-		for i := 0; i < 500; i++ {
-			if c, err := net.Dial("unix", sock); err == nil {
-				c.Close()
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		c := dialQMP(t, sock)
+		c := waitQMP(t, sock)
 		var out []string
 		for _, cmd := range []string{
 			`{"execute":"object-add","arguments":{"qom-type":"iothread","id":"iothread0"}}`,
@@ -791,14 +811,7 @@ func TestServeMirrorEventsAsQemuStorageDaemon(t *testing.T) {
 		sock := filepath.Join(dir, "qmp.sock")
 		stop := start(sock)
 		defer stop()
-		for i := 0; i < 500; i++ {
-			if c, err := net.Dial("unix", sock); err == nil {
-				c.Close()
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		c := dialQMP(t, sock)
+		c := waitQMP(t, sock)
 		for _, n := range []string{"src", "tgt"} {
 			c.ok(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"` + n + `","file":{"driver":"file","filename":"` + dir + "/" + n + `.img"}}}`)
 		}
@@ -868,14 +881,7 @@ func TestServeBlockdevCreateJobAsQemuStorageDaemon(t *testing.T) {
 		sock := filepath.Join(dir, "qmp.sock")
 		stop := start(sock)
 		defer stop()
-		for i := 0; i < 500; i++ {
-			if c, err := net.Dial("unix", sock); err == nil {
-				c.Close()
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		c := dialQMP(t, sock)
+		c := waitQMP(t, sock)
 		var seq []string
 		create := func(id, options string) {
 			if _, err := c.nc.Write([]byte(`{"execute":"blockdev-create","arguments":{"job-id":"` + id + `","options":` + options + `}}` + "\n")); err != nil {
@@ -965,5 +971,81 @@ func TestServeSignalDuringShutdown(t *testing.T) {
 	}
 	if out := qemuImg(t, "check", img); !strings.Contains(out, "No errors were found") {
 		t.Fatalf("qemu-img check:\n%s", out)
+	}
+}
+
+// TestServeBitmapSHA256SameAsQemuStorageDaemon: x-debug-block-dirty-bitmap-sha256
+// gives qemu-storage-daemon's digest for the same bitmaps: persistent ones
+// qemu-io marked (two granularities, an image size that is no whole number
+// of 64 granules), an empty one added over QMP, and the same errors for a
+// missing bitmap or node. iotests compare bitmaps by this digest.
+func TestServeBitmapSHA256SameAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	run := func(name string, start func(args ...string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		img := filepath.Join(dir, "d.qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", img, fmt.Sprint(10<<20+3*4096))
+		qemuImg(t, "bitmap", "--add", img, "b0")
+		qemuImg(t, "bitmap", "--add", "-g", "4096", img, "b1")
+		qemuIO(t, "-c", "write 0 64k", "-c", "write 5M 100k", "-c", "write 10M 8k", img)
+		sock := filepath.Join(dir, "qmp.sock")
+		stop := start("--blockdev", "driver=qcow2,node-name=d,file.driver=file,file.filename="+img,
+			"--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		defer stop()
+		c := waitQMP(t, sock)
+		var out []string
+		for _, cmd := range []string{
+			`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"d","name":"b0"}}`,
+			`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"d","name":"b1"}}`,
+			`{"execute":"block-dirty-bitmap-add","arguments":{"node":"d","name":"e","granularity":512}}`,
+			`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"d","name":"e"}}`,
+			`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"d","name":"nope"}}`,
+			`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"nope","name":"b0"}}`,
+		} {
+			b, _ := json.Marshal(c.do(cmd))
+			out = append(out, string(b))
+		}
+		// The node lists its bitmaps in QEMU's order (newest first).
+		var names []string
+		for _, n := range c.ok(`{"execute":"query-named-block-nodes"}`).([]any) {
+			if n.(map[string]any)["node-name"] != "d" {
+				continue
+			}
+			for _, b := range n.(map[string]any)["dirty-bitmaps"].([]any) {
+				names = append(names, b.(map[string]any)["name"].(string))
+			}
+		}
+		out = append(out, strings.Join(names, " "))
+		b, _ := json.Marshal(c.do(`{"execute":"quit"}`))
+		return append(out, string(b))
+	}
+	want := run("qsd", func(args ...string) func() {
+		q := exec.Command("qemu-storage-daemon", args...)
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() { q.Wait() }
+	})
+	got := run("ringblk", func(args ...string) func() {
+		d := startServe(t, args...)
+		return func() {
+			if code := d.wait(t); code != 0 {
+				t.Errorf("exit %d: %s", code, d.stderr)
+			}
+		}
+	})
+	if !strings.Contains(want[0], `"sha256"`) {
+		t.Fatalf("qemu-storage-daemon: %s", want[0])
+	}
+	if want[0] == want[1] {
+		t.Fatalf("the two bitmaps give one digest: %s", want[0])
+	}
+	for i := range want {
+		if want[i] != got[i] {
+			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], got[i])
+		}
 	}
 }
