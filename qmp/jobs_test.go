@@ -855,7 +855,7 @@ func TestBlockJobFinalizeDismiss(t *testing.T) {
 // qemu-storage-daemon 7.2's words (compared side by side): an unknown node
 // is "Node ... not found" except for block-dirty-bitmap-add, which words it
 // as its node lookup does; a granularity past 32 bits is the visitor's
-// uint32_t error. Before, all said "Cannot find device=” nor
+// uint32_t error. Before, all said "Cannot find device= nor
 // node-name=...", and a 2^32 granularity got the power-of-two message.
 func TestBitmapCommandErrorsAsQEMU(t *testing.T) {
 	d, dir, sock := testServer(t, 1, Options{})
