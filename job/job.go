@@ -171,6 +171,7 @@ type Job struct {
 	edges      []*block.Child
 	started    bool
 	finalizing bool // Prepare/Commit/Abort under way: a cancel is too late
+	txn        *Txn // the group it completes with (nil: alone)
 
 	busy    atomic.Bool // between pause points (drain waits for it)
 	runDone atomic.Bool // the run loop has returned; exit is on main
@@ -557,11 +558,11 @@ func (j *Job) Cancel(force bool) error {
 		j.mu.Unlock()
 		j.g.Main().Schedule(j.exitFn)
 		return nil
-	case j.status == Pending:
+	case j.status == Pending || j.status == Waiting:
 		if j.finalizing {
 			j.cancelled = false
 			j.mu.Unlock()
-			return &VerbError{ID: j.opts.ID, Verb: VerbCancel, Status: Pending}
+			return &VerbError{ID: j.opts.ID, Verb: VerbCancel, Status: j.status}
 		}
 		j.mu.Unlock()
 		j.g.Main().Schedule(j.exitFn)
@@ -881,16 +882,24 @@ func (j *Job) exit() {
 		return
 	}
 	err := j.runErr
+	txn := j.txn
+	if err == nil && !j.cancelled && txn != nil && txn.isAborting() {
+		// Its group failed after this run ended well: it aborts too.
+		j.cancelled = true
+	}
 	if j.cancelled {
 		err = ErrCancelled
 	}
 	j.restoreRunStatus()
-	if j.status == Pending {
-		// cancelled while waiting for finalize
+	if j.status == Pending || j.status == Waiting {
+		// cancelled while waiting for its group or for finalize
 		j.setStatus(Aborting)
 		j.mu.Unlock()
 		j.flushEvents()
 		j.conclude(err, false)
+		if txn != nil {
+			txn.abortOthers(j)
+		}
 		return
 	}
 	if err != nil {
@@ -898,9 +907,18 @@ func (j *Job) exit() {
 		j.mu.Unlock()
 		j.flushEvents()
 		j.conclude(err, false)
+		if txn != nil {
+			txn.abortOthers(j)
+		}
 		return
 	}
 	j.setStatus(Waiting)
+	if txn != nil {
+		j.mu.Unlock()
+		j.flushEvents()
+		txn.completed()
+		return
+	}
 	j.setStatus(Pending)
 	manual := j.opts.ManualFinalize
 	if manual {
@@ -918,6 +936,11 @@ func (j *Job) exit() {
 // finalize runs Prepare and then Commit or Abort (main Context).
 func (j *Job) finalize() {
 	j.mu.Lock()
+	if t := j.txn; t != nil {
+		j.mu.Unlock()
+		t.finalize()
+		return
+	}
 	if j.status != Pending || j.finalizing {
 		j.mu.Unlock()
 		return

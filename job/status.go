@@ -17,7 +17,7 @@ const (
 	Paused                  // parked at a pause point (drain or user pause) while running
 	Ready                   // source and target in sync; waiting for complete (mirror)
 	Standby                 // parked at a pause point while ready
-	Waiting                 // run finished, waiting for its transaction (always immediate here)
+	Waiting                 // run finished, waiting for its group (Txn); immediate for a job alone
 	Pending                 // waiting for finalize (ManualFinalize)
 	Aborting                // failing or cancelled: abort callbacks run
 	Concluded               // finished; result kept for query until dismissed

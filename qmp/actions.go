@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/job"
 	"github.com/ringblk/ringblk/txn"
 )
 
@@ -53,6 +54,7 @@ type InternalSnapshotArgs struct {
 // already claimed, so two actions never stage changes of one node.
 type txnState struct {
 	claimed map[string]int
+	group   *job.Txn // completion-mode grouped: the jobs complete together; nil: individual
 }
 
 func (s *txnState) claim(node string, action int) error {
@@ -67,6 +69,28 @@ func (s *txnState) claim(node string, action int) error {
 // need the job package (drive-backup, blockdev-backup, dirty bitmaps)
 // are refused by name until it exists.
 func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Action, error) {
+	act, err := d.makeAction1(st, i, a)
+	if err == nil && st.group != nil && !groupable[a.Type] {
+		// QEMU refuses it in the action's prepare: after the actions
+		// before it, and before the ones after it.
+		return refusedAction{Errorf("Action '%s' does not support Transaction property completion-mode = grouped", a.Type)}, nil
+	}
+	return act, err
+}
+
+// groupable are the actions that may join a grouped transaction: the
+// backups (QEMU's drive-backup and blockdev-backup) and abort.
+var groupable = map[string]bool{"blockdev-backup": true, "abort": true}
+
+// refusedAction fails in prepare.
+type refusedAction struct{ err error }
+
+func (r refusedAction) Prepare() error { return r.err }
+func (refusedAction) Commit() error    { return nil }
+func (refusedAction) Abort()           {}
+func (refusedAction) Clean()           {}
+
+func (d *Daemon) makeAction1(st *txnState, i int, a TransactionAction) (txn.Action, error) {
 	switch a.Type {
 	case "blockdev-snapshot-sync":
 		args, err := decodeAs[SnapshotSyncArgs](i, a)
@@ -97,7 +121,7 @@ func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Actio
 	case "drive-backup":
 		return nil, Errorf("Transaction action 'drive-backup' is not supported: add the target with blockdev-add and use blockdev-backup")
 	}
-	if act, ok, err := d.jobAction(i, a); ok {
+	if act, ok, err := d.jobAction(st, i, a); ok {
 		return act, err
 	}
 	return nil, Errorf("Invalid parameter 'type': transaction action '%s' does not exist", a.Type)
@@ -124,10 +148,16 @@ func decodeAs[T any](i int, a TransactionAction) (*T, error) {
 // Transaction runs actions as one QMP transaction; extra actions (built
 // by a command that wants their results) run after them.
 func (d *Daemon) Transaction(args *TransactionArgs, extra ...txn.Action) error {
-	if args.Properties != nil && args.Properties.CompletionMode != "" && args.Properties.CompletionMode != "individual" {
-		return Errorf("Action completion mode '%s' is not supported (individual)", args.Properties.CompletionMode)
-	}
 	st := &txnState{claimed: map[string]int{}}
+	if args.Properties != nil {
+		switch m := args.Properties.CompletionMode; m {
+		case "", "individual":
+		case "grouped":
+			st.group = job.NewTxn()
+		default:
+			return Errorf("Parameter 'completion-mode' does not accept value '%s'", m)
+		}
+	}
 	acts := make([]txn.Action, 0, len(args.Actions))
 	for i, a := range args.Actions {
 		act, err := d.makeAction(st, i, a)

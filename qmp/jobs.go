@@ -842,8 +842,9 @@ func (a *bitmapAction) Clean() { _ = a.dr.End() }
 // in time is the same for every action), started in commit, discarded on
 // abort.
 type backupAction struct {
-	d *Daemon
-	a BackupArgs
+	d     *Daemon
+	a     BackupArgs
+	group *job.Txn // completion-mode grouped: the transaction's jobs complete together
 	jobStart
 }
 
@@ -886,6 +887,9 @@ func (b *backupAction) Prepare() error {
 		return Errorf("%v", err)
 	}
 	b.j, b.drv = j, drv
+	if b.group != nil {
+		b.group.Add(j)
+	}
 	return nil
 }
 
@@ -1083,14 +1087,14 @@ func (d *Daemon) registerJobs(r *Registry) {
 }
 
 // jobAction makes the transaction actions of this file.
-func (d *Daemon) jobAction(i int, a TransactionAction) (txn.Action, bool, error) {
+func (d *Daemon) jobAction(st *txnState, i int, a TransactionAction) (txn.Action, bool, error) {
 	switch a.Type {
 	case "blockdev-backup":
 		args, err := decodeAs[BackupArgs](i, a)
 		if err != nil {
 			return nil, true, err
 		}
-		return &backupAction{d: d, a: *args}, true, nil
+		return &backupAction{d: d, a: *args, group: st.group}, true, nil
 	case "x-ringblk-checkpoint":
 		args, err := decodeAs[CheckpointArgs](i, a)
 		if err != nil {

@@ -400,3 +400,52 @@ func TestBlockIOErrorEvent(t *testing.T) {
 		t.Fatalf("event %v", m)
 	}
 }
+
+// TestGroupedTransaction: completion-mode grouped, as qemu-storage-daemon
+// 7.2 answers it (replies compared side by side): actions other than the
+// backups and abort are refused in their prepare, with QEMU's words, an
+// unknown mode is the enum error, and two incremental backups of a group
+// both complete and both clear their bitmaps. (That a failing member
+// cancels the others and every bitmap keeps its bits is
+// job.TestGroupedBackupsFailTogether.) Before, every grouped transaction
+// was refused.
+func TestGroupedTransaction(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	for _, n := range []string{"a", "b", "ta", "tb"} {
+		addQcow2(t, d, dir, n)
+	}
+	c := dialRaw(t, sock)
+	c.negotiate()
+	wantError(t, c.do(`{"execute":"transaction","arguments":{"actions":[{"type":"block-dirty-bitmap-add","data":{"node":"a","name":"x"}}],"properties":{"completion-mode":"foo"}}}`),
+		GenericError, "Parameter 'completion-mode' does not accept value 'foo'")
+	wantError(t, c.do(`{"execute":"transaction","arguments":{"actions":[
+		{"type":"blockdev-backup","data":{"job-id":"j","device":"a","target":"ta","sync":"full"}},
+		{"type":"block-dirty-bitmap-add","data":{"node":"a","name":"x"}}],"properties":{"completion-mode":"grouped"}}}`),
+		GenericError, "Action 'block-dirty-bitmap-add' does not support Transaction property completion-mode = grouped")
+	if jobs := okReply(t, c, `{"execute":"query-jobs"}`).([]any); len(jobs) != 0 {
+		t.Fatalf("a refused transaction left jobs: %v", jobs)
+	}
+	for _, n := range []string{"a", "b"} {
+		okReply(t, c, `{"execute":"block-dirty-bitmap-add","arguments":{"node":"`+n+`","name":"inc"}}`)
+		fill(t, d, n, 0x5a, 0, 256<<10)
+	}
+	okReply(t, c, `{"execute":"transaction","arguments":{"actions":[
+		{"type":"blockdev-backup","data":{"job-id":"ja","device":"a","target":"ta","sync":"incremental","bitmap":"inc"}},
+		{"type":"blockdev-backup","data":{"job-id":"jb","device":"b","target":"tb","sync":"incremental","bitmap":"inc"}}],
+		"properties":{"completion-mode":"grouped"}}}`)
+	for _, id := range []string{"ja", "jb"} {
+		if ev := c.waitEvent("BLOCK_JOB_COMPLETED", id); ev["data"].(map[string]any)["error"] != nil {
+			t.Fatalf("%s: %v", id, ev)
+		}
+	}
+	for _, n := range okReply(t, c, `{"execute":"query-named-block-nodes"}`).([]any) {
+		if bms, ok := n.(map[string]any)["dirty-bitmaps"].([]any); ok {
+			if cnt := bms[0].(map[string]any)["count"]; cnt != 0.0 {
+				t.Fatalf("%v: bitmap count %v after the group completed", n.(map[string]any)["node-name"], cnt)
+			}
+		}
+	}
+	if !bytes.Equal(readBack(t, d.nodes["ta"].dev, 0, 256<<10), bytes.Repeat([]byte{0x5a}, 256<<10)) {
+		t.Fatal("target ta does not hold the backup")
+	}
+}
