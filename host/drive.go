@@ -198,9 +198,11 @@ func (q *Queue) closeOnLoop() error {
 		}
 	}
 	defer close(q.closing)
-	q.submitBH.Schedule()
 	q.failHeld()
-	for q.submitted.Load() != q.completed.Load() {
+	// runSubmit on a closed queue issues what was submitted and fails
+	// what a drained section parked (Close); once more before each wait,
+	// so a request parked by a section that began meanwhile fails too.
+	for q.runSubmit(); q.submitted.Load() != q.completed.Load(); q.runSubmit() {
 		q.ctx.Poll(true)
 	}
 	q.release()
