@@ -733,11 +733,15 @@ func (d *Device) stop(op Op, err error) {
 
 // SetErrorPolicy changes the read and write error policies; requests that
 // fail from then on follow them (held requests stay held until Resume).
+// A closed device refuses with ErrClosed, as its other setters do.
 func (d *Device) SetErrorPolicy(read, write ErrorPolicy) error {
 	for _, p := range []ErrorPolicy{read, write} {
 		if p > contract.ErrorStopOnNoSpace {
 			return fmt.Errorf("ringblk: %s: unknown error policy %d", d.name, p)
 		}
+	}
+	if d.isClosed() {
+		return ErrClosed
 	}
 	d.rerror.Store(uint32(read))
 	d.werror.Store(uint32(write))
