@@ -834,12 +834,15 @@ func (d *Device) SetThrottle(group string, l ThrottleLimits) error {
 
 // MaxThrottleValue is the largest rate or burst SetThrottle takes
 // (QEMU's THROTTLE_VALUE_MAX).
-const MaxThrottleValue = 1e15
+const MaxThrottleValue = block.MaxThrottleValue
 
-// checkThrottle refuses limits the token buckets cannot honour: a
-// negative, NaN or infinite value, or a rate below one per second, left
-// requests waiting forever on timers that fire every microsecond (the
-// wait, in nanoseconds, overflows).
+// checkThrottle refuses limits outside QEMU's range (a negative, NaN or
+// infinite value, or one above 1e15) and rates below one per second:
+// QEMU's limits are whole numbers, and such a rate is a unit mistake
+// (the buckets would honour it: a wait of any length is clamped and
+// re-checked, block.maxThrottleWait). Before the block layer clamped its
+// waits, such values left requests waiting forever on timers that fired
+// every microsecond.
 func checkThrottle(l ThrottleLimits) error {
 	values := [...]struct {
 		name string
