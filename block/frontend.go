@@ -326,6 +326,66 @@ func (fe *FrontEnd) resumeParked() {
 	fe.mu.Unlock()
 }
 
+// CancelParked completes with err, at once, the requests of q submitted
+// with done that a drained section holds (parked, never sent to the root
+// node), and returns how many it completed. It is for a user closing its
+// request source inside a drained section it cannot end (its own, or one
+// that lasts until the close returns): waiting for the section deadlocks.
+// QEMU fails a detached BlockBackend's queued requests alike (ENOMEDIUM
+// once the drained end resumes them). Requests already in flight are
+// untouched. Owner of q only; done runs inside the call, for each request
+// in the order it was parked.
+func (q *Queue) CancelParked(done Done, err error) int {
+	if invariants.Enabled && !q.ctx.InContext() {
+		invariants.Failf("block: CancelParked off the queue's Context %s", q.ctx.Name())
+	}
+	fe := q.fe
+	var head, tail *Request
+	fe.mu.Lock()
+	var prev *Request
+	for r := fe.mu.parkedHead; r != nil; {
+		next := r.next
+		if r.q != q || r.userDone != done {
+			prev = r
+			r = next
+			continue
+		}
+		if prev == nil {
+			fe.mu.parkedHead = next
+		} else {
+			prev.next = next
+		}
+		if fe.mu.parkedTail == r {
+			fe.mu.parkedTail = prev
+		}
+		r.next = nil
+		if tail == nil {
+			head = r
+		} else {
+			tail.next = r
+		}
+		tail = r
+		r = next
+	}
+	fe.mu.Unlock()
+	k := 0
+	for r := head; r != nil; {
+		next := r.next
+		r.next = nil
+		// park dropped the front end's count, and the request was never
+		// admitted to its pool: only the callback and the release remain.
+		if q.onMain {
+			q.callbackOnMain(r, err)
+		} else {
+			r.userDone.RequestDone(r, err)
+		}
+		q.pool.put(r)
+		k++
+		r = next
+	}
+	return k
+}
+
 // ParkedCount returns the number of queued requests (for tests).
 func (fe *FrontEnd) ParkedCount() int {
 	fe.mu.Lock()

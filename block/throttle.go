@@ -1,6 +1,7 @@
 package block
 
 import (
+	"fmt"
 	"sync"
 	"time"
 )
@@ -43,6 +44,13 @@ func (b *bucket) leak(elapsed time.Duration) {
 	}
 }
 
+// maxThrottleWait bounds one wait for a bucket: a longer one (a huge
+// request at a tiny rate: a TiB at 1 byte/s is 35,000 years) is re-checked
+// after it, and still waits. Computed in float64 and clamped before the
+// conversion, whose overflow gave a negative Duration (a wait of 1µs, for
+// ever).
+const maxThrottleWait = time.Hour
+
 // wait returns how long until cost fits (0: it fits now).
 func (b *bucket) wait(cost float64) time.Duration {
 	if b.rate == 0 || b.level == 0 || b.level+cost <= b.burst {
@@ -52,7 +60,11 @@ func (b *bucket) wait(cost float64) time.Duration {
 	if cost > b.burst {
 		excess = b.level // wait for empty
 	}
-	d := time.Duration(excess / b.rate * float64(time.Second))
+	sec := excess / b.rate
+	if !(sec < maxThrottleWait.Seconds()) { // NaN too
+		return maxThrottleWait
+	}
+	d := time.Duration(sec * float64(time.Second))
 	if d <= 0 {
 		d = time.Microsecond
 	}
@@ -105,7 +117,29 @@ func NewThrottleGroup(name string, l ThrottleLimits, now func() time.Time) *Thro
 // Name returns the group's name.
 func (tg *ThrottleGroup) Name() string { return tg.name }
 
-// SetLimits replaces the limits; accumulated levels are kept.
+// MaxThrottleValue is the largest rate or burst QEMU takes
+// (THROTTLE_VALUE_MAX).
+const MaxThrottleValue = 1e15
+
+// Check refuses limits QEMU refuses for their range (throttle_is_valid):
+// a negative, NaN or infinite value, or one above MaxThrottleValue, in
+// QEMU's words. SetLimits takes them without hanging (see there); callers
+// that take limits from users check first.
+func (l ThrottleLimits) Check() error {
+	for _, v := range [...]float64{l.IOPSTotal, l.IOPSRead, l.IOPSWrite, l.BPSTotal, l.BPSRead, l.BPSWrite,
+		l.IOPSTotalBurst, l.IOPSReadBurst, l.IOPSWriteBurst, l.BPSTotalBurst, l.BPSReadBurst, l.BPSWriteBurst} {
+		if !(v >= 0 && v <= MaxThrottleValue) {
+			return fmt.Errorf("bps/iops/max values must be within [0, %d]", int64(MaxThrottleValue))
+		}
+	}
+	return nil
+}
+
+// SetLimits replaces the limits; accumulated levels are kept. A rate that
+// is not positive (negative, NaN) is no limit, as zero is, and a burst
+// that is not a number or negative is the default: the buckets never
+// compute a wait from them (a NaN rate made every wait NaN, run as 1µs
+// for ever). Check refuses such values first.
 func (tg *ThrottleGroup) SetLimits(l ThrottleLimits) {
 	rates := [bktCount]float64{l.IOPSTotal, l.IOPSRead, l.IOPSWrite, l.BPSTotal, l.BPSRead, l.BPSWrite}
 	bursts := [bktCount]float64{l.IOPSTotalBurst, l.IOPSReadBurst, l.IOPSWriteBurst, l.BPSTotalBurst, l.BPSReadBurst, l.BPSWriteBurst}
@@ -114,7 +148,13 @@ func (tg *ThrottleGroup) SetLimits(l ThrottleLimits) {
 	for i := range tg.mu.b {
 		b := &tg.mu.b[i]
 		b.rate = rates[i]
+		if !(b.rate > 0) {
+			b.rate = 0
+		}
 		b.burst = bursts[i]
+		if !(b.burst > 0) {
+			b.burst = 0
+		}
 		if b.burst == 0 {
 			b.burst = b.rate / 10
 			if b.burst < 1 {

@@ -1,6 +1,7 @@
 package block_test
 
 import (
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -131,5 +132,64 @@ func TestThrottleGroupDrainReleasesMember(t *testing.T) {
 	}
 	for _, fe := range fes {
 		fe.Close()
+	}
+}
+
+// TestThrottleWaitNeverOverflows: a wait longer than an int64 of
+// nanoseconds (a 1 TiB read at 1 byte/s, any request at a rate far below
+// one per second) is a long wait, re-checked at most an hour later, not a
+// tiny one: the conversion of the seconds to a Duration overflowed to a
+// negative number, taken as "1µs", and the queue's timer then fired every
+// microsecond for ever. A NaN rate, which the block API takes, made the
+// bucket's level NaN and every request wait the same way; it is no limit,
+// as a zero or negative rate is.
+func TestThrottleWaitNeverOverflows(t *testing.T) {
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { return now }
+	for _, c := range []struct {
+		name  string
+		l     block.ThrottleLimits
+		write bool
+		n     int64
+	}{
+		{"1 TiB at 1 B/s", block.ThrottleLimits{BPSTotal: 1}, false, 1 << 40},
+		{"QEMU's largest burst at 1 B/s", block.ThrottleLimits{BPSWrite: 1, BPSWriteBurst: 1e15}, true, 1 << 40},
+		{"1e-300 IOPS", block.ThrottleLimits{IOPSTotal: 1e-300}, false, 512},
+		{"1e-12 B/s", block.ThrottleLimits{BPSRead: 1e-12}, false, 512},
+	} {
+		tg := block.NewThrottleGroup("g", c.l, clock)
+		if d := tg.Admit(c.write, c.n); d != 0 {
+			t.Fatalf("%s: the first request waits %v (an empty bucket takes any one)", c.name, d)
+		}
+		admitted := 1
+		for ; admitted < 2000 && tg.Admit(c.write, c.n) == 0; admitted++ {
+		} // the burst's worth
+		if admitted == 2000 {
+			t.Fatalf("%s: 2000 requests admitted without a wait", c.name)
+		}
+		for i := 0; i < 3; i++ {
+			d := tg.Admit(c.write, c.n)
+			if d < time.Hour {
+				t.Fatalf("%s: the next request waits %v, want a long wait (at least the hour before a re-check)", c.name, d)
+			}
+			now = now.Add(d) // the re-check finds it still waiting
+		}
+	}
+	for _, rate := range []float64{math.NaN(), -1, math.Inf(-1)} {
+		tg := block.NewThrottleGroup("g", block.ThrottleLimits{IOPSTotal: rate, BPSTotal: rate}, clock)
+		for i := 0; i < 5; i++ {
+			now = now.Add(time.Second)
+			if d := tg.Admit(false, 4096); d != 0 {
+				t.Fatalf("rate %v: request %d waits %v, want no limit", rate, i, d)
+			}
+		}
+	}
+	for _, l := range []block.ThrottleLimits{{IOPSTotal: math.NaN()}, {BPSRead: -1}, {BPSWriteBurst: 2e15}, {IOPSWrite: math.Inf(1)}} {
+		if err := l.Check(); err == nil || err.Error() != "bps/iops/max values must be within [0, 1000000000000000]" {
+			t.Errorf("Check(%+v): %v, want QEMU's range error", l, err)
+		}
+	}
+	if err := (block.ThrottleLimits{BPSTotal: 1e15, IOPSTotalBurst: 1e15, IOPSRead: 1}).Check(); err != nil {
+		t.Errorf("Check of QEMU's largest values: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -478,4 +479,94 @@ func nullDevice(t *testing.T, h *host.Host) *host.Device {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// TestContextsLimit: a Context count above host.MaxContexts (or
+// negative) is refused before anything proportional to it is allocated,
+// with an error that names the option. Any count was taken: New
+// allocated a CPU set per Context first (128 bytes each) and then started
+// a thread with a ring per Context until the memory or Go's thread limit
+// ran out.
+func TestContextsLimit(t *testing.T) {
+	max := host.MaxContexts()
+	if max < 64 || max < 8*runtime.NumCPU() {
+		t.Fatalf("MaxContexts %d: below 64 or 8 per CPU", max)
+	}
+	for _, n := range []int{-1, max + 1, 1 << 40} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		h, err := host.New(host.Options{Contexts: n})
+		runtime.ReadMemStats(&after)
+		if err == nil {
+			h.Close()
+			t.Fatalf("Contexts %d accepted", n)
+		}
+		if !strings.Contains(err.Error(), "Contexts") {
+			t.Errorf("Contexts %d: the error does not name the option: %v", n, err)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+			t.Fatalf("Contexts %d: %d bytes allocated before the refusal (%v)", n, grew, err)
+		}
+	}
+	h := newHost(t, host.Options{Contexts: 3})
+	if h.Contexts() != 3 {
+		t.Fatalf("%d Contexts, want 3", h.Contexts())
+	}
+}
+
+// TestSetErrorPolicyAfterClose: a closed device refuses a new error
+// policy with ErrClosed, as its other setters (SetThrottle, SetContext)
+// do; an unknown policy is still refused as such. It returned nil and
+// stored the policy on a device that would never run a request again.
+func TestSetErrorPolicyAfterClose(t *testing.T) {
+	h := newHost(t, host.Options{})
+	d := nullDevice(t, h)
+	if err := d.SetErrorPolicy(host.ErrorStop, host.ErrorIgnore); err != nil {
+		t.Fatalf("open device: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetErrorPolicy(host.ErrorReport, host.ErrorReport); !isClosed(err) {
+		t.Fatalf("SetErrorPolicy after Close: %v, want ErrClosed", err)
+	}
+	if err := d.SetErrorPolicy(host.ErrorPolicy(99), host.ErrorReport); err == nil || isClosed(err) {
+		t.Fatalf("unknown policy after Close: %v, want the unknown-policy error", err)
+	}
+	if err := d.SetThrottle("", host.ThrottleLimits{IOPSTotal: 10}); !isClosed(err) {
+		t.Fatalf("SetThrottle after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestRunLoopNil: RunLoop and Drive with a nil function, and a Loop's
+// NewQueue with a nil device, return errors. RunLoop(nil) panicked on the
+// Loop's locked thread with a nil function call; NewQueue with a typed
+// nil *Device dereferenced it.
+func TestRunLoopNil(t *testing.T) {
+	h := newHost(t, host.Options{})
+	if err := h.RunLoop(nil); err == nil || !strings.Contains(err.Error(), "nil") {
+		t.Fatalf("RunLoop(nil): %v", err)
+	}
+	if err := h.Drive(nil); err == nil || !strings.Contains(err.Error(), "nil") {
+		t.Fatalf("Drive(nil): %v", err)
+	}
+	err := h.Drive(func(l *host.Loop) error {
+		var d *host.Device
+		if q, err := l.NewQueue(d, host.QueueOptions{}); err == nil {
+			q.Close()
+			return errors.New("NewQueue with a nil *Device accepted")
+		}
+		if q, err := l.NewQueue(nil, host.QueueOptions{}); err == nil {
+			q.Close()
+			return errors.New("NewQueue with a nil Device accepted")
+		}
+		if q, err := l.Queue(nil, host.QueueOptions{}); err == nil {
+			q.Close()
+			return errors.New("Queue with a nil device accepted")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -733,11 +733,15 @@ func (d *Device) stop(op Op, err error) {
 
 // SetErrorPolicy changes the read and write error policies; requests that
 // fail from then on follow them (held requests stay held until Resume).
+// A closed device refuses with ErrClosed, as its other setters do.
 func (d *Device) SetErrorPolicy(read, write ErrorPolicy) error {
 	for _, p := range []ErrorPolicy{read, write} {
 		if p > contract.ErrorStopOnNoSpace {
 			return fmt.Errorf("ringblk: %s: unknown error policy %d", d.name, p)
 		}
+	}
+	if d.isClosed() {
+		return ErrClosed
 	}
 	d.rerror.Store(uint32(read))
 	d.werror.Store(uint32(write))
@@ -830,12 +834,15 @@ func (d *Device) SetThrottle(group string, l ThrottleLimits) error {
 
 // MaxThrottleValue is the largest rate or burst SetThrottle takes
 // (QEMU's THROTTLE_VALUE_MAX).
-const MaxThrottleValue = 1e15
+const MaxThrottleValue = block.MaxThrottleValue
 
-// checkThrottle refuses limits the token buckets cannot honour: a
-// negative, NaN or infinite value, or a rate below one per second, left
-// requests waiting forever on timers that fire every microsecond (the
-// wait, in nanoseconds, overflows).
+// checkThrottle refuses limits outside QEMU's range (a negative, NaN or
+// infinite value, or one above 1e15) and rates below one per second:
+// QEMU's limits are whole numbers, and such a rate is a unit mistake
+// (the buckets would honour it: a wait of any length is clamped and
+// re-checked, block.maxThrottleWait). Before the block layer clamped its
+// waits, such values left requests waiting forever on timers that fired
+// every microsecond.
 func checkThrottle(l ThrottleLimits) error {
 	values := [...]struct {
 		name string

@@ -42,6 +42,9 @@ type Loop struct {
 // return; fn sees its queues refuse submissions (ErrClosed) and Wait
 // return false once they are closed.
 func (h *Host) Drive(fn func(l *Loop) error) (err error) {
+	if fn == nil {
+		return errors.New("ringblk: Drive: no function to run (nil)")
+	}
 	if h.inContext() {
 		return ErrInContext
 	}
@@ -89,13 +92,16 @@ var _ contract.Loop = (*Loop)(nil)
 
 // RunLoop is Drive for contract.Host.
 func (h *Host) RunLoop(fn func(contract.Loop) error) error {
+	if fn == nil {
+		return errors.New("ringblk: RunLoop: no function to run (nil)")
+	}
 	return h.Drive(func(l *Loop) error { return fn(l) })
 }
 
 // NewQueue creates a queue of d on the Loop (contract.Loop).
 func (l *Loop) NewQueue(d contract.Device, o QueueOptions) (contract.Queue, error) {
 	hd, ok := d.(*Device)
-	if !ok {
+	if !ok || hd == nil {
 		return nil, errors.New("ringblk: Loop.NewQueue: not a device of this host")
 	}
 	q, err := l.Queue(hd, o)
@@ -110,6 +116,9 @@ func (l *Loop) NewQueue(d contract.Device, o QueueOptions) (contract.Queue, erro
 func (l *Loop) Queue(d *Device, o QueueOptions) (*Queue, error) {
 	if !l.ctx.InContext() {
 		return nil, errors.New("ringblk: Loop.Queue from another goroutine than the one Drive runs")
+	}
+	if d == nil {
+		return nil, errors.New("ringblk: Loop.Queue: no device (nil)")
 	}
 	if d.h != l.h {
 		return nil, errors.New("ringblk: Loop.Queue: the device belongs to another host")
@@ -198,9 +207,11 @@ func (q *Queue) closeOnLoop() error {
 		}
 	}
 	defer close(q.closing)
-	q.submitBH.Schedule()
 	q.failHeld()
-	for q.submitted.Load() != q.completed.Load() {
+	// runSubmit on a closed queue issues what was submitted and fails
+	// what a drained section parked (Close); once more before each wait,
+	// so a request parked by a section that began meanwhile fails too.
+	for q.runSubmit(); q.submitted.Load() != q.completed.Load(); q.runSubmit() {
 		q.ctx.Poll(true)
 	}
 	q.release()

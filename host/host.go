@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -91,11 +92,22 @@ var _ contract.Host = (*Host)(nil)
 // IORING_MAX_ENTRIES.
 const MaxRingEntries = 32768
 
+// MaxContexts returns the largest Options.Contexts: 8 per CPU the process
+// may run on, and at least 64. Each Context is a locked OS thread with
+// its own ring and op slots (about 230 KiB at the default ring size,
+// 27 MiB at MaxRingEntries), so more Contexts than that only compete for
+// the CPUs, and a huge count took the machine's memory (and Go's thread
+// limit) before anything refused it.
+func MaxContexts() int { return max(64, 8*runtime.NumCPU()) }
+
 // New starts a host: the main Context and opts.Contexts I/O Contexts,
 // each pinned to its CPU set if one is given.
 func New(opts Options) (h *Host, err error) {
 	n := opts.Contexts
-	if n <= 0 {
+	if n < 0 || n > MaxContexts() {
+		return nil, fmt.Errorf("ringblk: Contexts %d outside 0…%d (8 per CPU, at least 64)", n, MaxContexts())
+	}
+	if n == 0 {
 		n = 1
 	}
 	if len(opts.CPUSets) > n {

@@ -251,11 +251,18 @@ func (q *Queue) submit(op Op, flags Flags, off, n int64, iov [][]byte, buf []byt
 	} else {
 		s.iov = iov
 	}
+	q.publish(i)
+	return nil
+}
+
+// publish hands a filled slot to the Context: now, or at the outermost
+// Unplug while the host holds the queue plugged. A Close that began after
+// the slot was claimed issues it itself (Close's wait).
+func (q *Queue) publish(i uint32) {
 	q.sub.push(i)
 	if q.plug.Load() == 0 {
 		q.kick(q.submitBH)
 	}
-	return nil
 }
 
 // kick schedules one of the queue's bottom halves from a host goroutine,
@@ -295,21 +302,28 @@ func (q *Queue) runSubmit() {
 		if q.closed.Load() {
 			q.failParked()
 		}
-		return
-	}
-	q.bq.Plug()
-	now := nanotime()
-	if len(q.heldList) > 0 {
-		q.retryHeld(now)
-	}
-	for {
-		i, ok := q.sub.pop()
-		if !ok {
-			break
+	} else {
+		q.bq.Plug()
+		now := nanotime()
+		if len(q.heldList) > 0 {
+			q.retryHeld(now)
 		}
-		q.issue(i, now)
+		for {
+			i, ok := q.sub.pop()
+			if !ok {
+				break
+			}
+			q.issue(i, now)
+		}
+		q.bq.Unplug()
 	}
-	q.bq.Unplug()
+	if q.closed.Load() {
+		// Requests a drained section holds before the node would wait
+		// for its end, and the section may be the closing host's own (or
+		// last until the close returns): they complete with ErrClosed,
+		// as QEMU fails a detached BlockBackend's queued requests.
+		q.bq.CancelParked(q, ErrClosed)
+	}
 }
 
 // submit converts the contract's flags to the block layer's by a cast:
@@ -364,7 +378,7 @@ func (q *Queue) RequestDone(r *block.Request, err error) {
 	i := uint32(r.Tag)
 	s := &q.slots[i]
 	q.stats.account(s.op, s.n, nanotime()-s.start, err)
-	if err != nil {
+	if err != nil && err != ErrClosed { // ErrClosed: cancelled by Close, never issued
 		switch q.dev.action(s.op, err) {
 		case contract.ErrorIgnore:
 			err = nil
@@ -609,10 +623,12 @@ func (q *Queue) passOn() {
 }
 
 // Close refuses new submissions, waits until every accepted request has
-// completed (requests held by a stop policy complete with their errors),
-// wakes goroutines blocked in Wait (which return false) and releases the
-// queue, closing its eventfd. Completions not yet taken with Next are
-// dropped.
+// completed (requests held by a stop policy complete with their errors;
+// a plugged burst is issued without Unplug; requests a drained section
+// holds before the node complete with ErrClosed, so a close inside the
+// host's own section returns), wakes goroutines blocked in Wait (which
+// return false) and releases the queue, closing its eventfd. Completions
+// not yet taken with Next are dropped.
 func (q *Queue) Close() error {
 	if q.loop != nil && q.ctx.InContext() {
 		return q.closeOnLoop()
@@ -627,7 +643,16 @@ func (q *Queue) Close() error {
 	defer close(q.closing)
 	q.submitBH.Schedule()
 	q.ctx.Run(q.failHeld)
-	for q.submitted.Load() != q.completed.Load() {
+	for k := 1; q.submitted.Load() != q.completed.Load(); k++ {
+		// The submission step again, while something waits for it: a
+		// submission that claimed its slot before closed was set may
+		// publish after the pass above, into a queue the host holds
+		// plugged (its Unplug may never come: Close issues the batch, as
+		// a drain before QEMU's close runs everything accepted), and a
+		// request a drained section parked since fails (runSubmit).
+		if q.parked() > 0 || k%20 == 0 {
+			q.submitBH.Schedule()
+		}
 		time.Sleep(50 * time.Microsecond)
 	}
 	q.release()

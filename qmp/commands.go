@@ -47,29 +47,32 @@ type resizeArgs struct {
 	Size     int64  `json:"size"`
 }
 
+// throttleArgs are BlockIOThrottle's members: QAPI integers (a fraction
+// or an out-of-range number is a type error, as in QEMU), the optional
+// ones pointers so that an explicit 0 is told from an absent member.
 type throttleArgs struct {
-	Device       string  `json:"device" qmp:"optional"`
-	ID           string  `json:"id" qmp:"optional"`
-	BPS          float64 `json:"bps"`
-	BPSRd        float64 `json:"bps_rd"`
-	BPSWr        float64 `json:"bps_wr"`
-	IOPS         float64 `json:"iops"`
-	IOPSRd       float64 `json:"iops_rd"`
-	IOPSWr       float64 `json:"iops_wr"`
-	BPSMax       float64 `json:"bps_max" qmp:"optional"`
-	BPSRdMax     float64 `json:"bps_rd_max" qmp:"optional"`
-	BPSWrMax     float64 `json:"bps_wr_max" qmp:"optional"`
-	IOPSMax      float64 `json:"iops_max" qmp:"optional"`
-	IOPSRdMax    float64 `json:"iops_rd_max" qmp:"optional"`
-	IOPSWrMax    float64 `json:"iops_wr_max" qmp:"optional"`
-	IOPSSize     int64   `json:"iops_size" qmp:"optional"`
-	Group        string  `json:"group" qmp:"optional"`
-	BPSMaxLen    int64   `json:"bps_max_length" qmp:"optional"`
-	BPSRdMaxLen  int64   `json:"bps_rd_max_length" qmp:"optional"`
-	BPSWrMaxLen  int64   `json:"bps_wr_max_length" qmp:"optional"`
-	IOPSMaxLen   int64   `json:"iops_max_length" qmp:"optional"`
-	IOPSRdMaxLen int64   `json:"iops_rd_max_length" qmp:"optional"`
-	IOPSWrMaxLen int64   `json:"iops_wr_max_length" qmp:"optional"`
+	Device       string `json:"device" qmp:"optional"`
+	ID           string `json:"id" qmp:"optional"`
+	BPS          int64  `json:"bps"`
+	BPSRd        int64  `json:"bps_rd"`
+	BPSWr        int64  `json:"bps_wr"`
+	IOPS         int64  `json:"iops"`
+	IOPSRd       int64  `json:"iops_rd"`
+	IOPSWr       int64  `json:"iops_wr"`
+	BPSMax       *int64 `json:"bps_max" qmp:"optional"`
+	BPSRdMax     *int64 `json:"bps_rd_max" qmp:"optional"`
+	BPSWrMax     *int64 `json:"bps_wr_max" qmp:"optional"`
+	IOPSMax      *int64 `json:"iops_max" qmp:"optional"`
+	IOPSRdMax    *int64 `json:"iops_rd_max" qmp:"optional"`
+	IOPSWrMax    *int64 `json:"iops_wr_max" qmp:"optional"`
+	IOPSSize     *int64 `json:"iops_size" qmp:"optional"`
+	Group        string `json:"group" qmp:"optional"`
+	BPSMaxLen    *int64 `json:"bps_max_length" qmp:"optional"`
+	BPSRdMaxLen  *int64 `json:"bps_rd_max_length" qmp:"optional"`
+	BPSWrMaxLen  *int64 `json:"bps_wr_max_length" qmp:"optional"`
+	IOPSMaxLen   *int64 `json:"iops_max_length" qmp:"optional"`
+	IOPSRdMaxLen *int64 `json:"iops_rd_max_length" qmp:"optional"`
+	IOPSWrMaxLen *int64 `json:"iops_wr_max_length" qmp:"optional"`
 }
 
 type createArgs struct {
@@ -282,22 +285,81 @@ func (d *Daemon) setThrottle(x *throttleArgs) error {
 	if b == nil || b.usedBy != "" {
 		return notFound(name) // QEMU looks the device up by name: DeviceNotFound
 	}
-	for _, v := range []float64{x.BPS, x.BPSRd, x.BPSWr, x.IOPS, x.IOPSRd, x.IOPSWr} {
-		if v < 0 {
-			return Errorf("bps/iops/max values must be within [0, 1000000000000000]")
-		}
+	buckets, err := x.buckets()
+	if err != nil {
+		return err
 	}
-	if (x.BPS != 0 && (x.BPSRd != 0 || x.BPSWr != 0)) || (x.IOPS != 0 && (x.IOPSRd != 0 || x.IOPSWr != 0)) {
-		return Errorf("bps/iops/max total values and read/write values cannot be used at the same time")
+	// A bucket holds a burst's worth: max units per second for
+	// burst_length seconds (QEMU's bucket_size), at most 1e15 by the
+	// check above; without max the block layer's default, a tenth of a
+	// second of the rate, is QEMU's too.
+	var capacity [6]float64
+	for i, b := range buckets {
+		capacity[i] = float64(b.max) * float64(b.length)
 	}
-	l := host.ThrottleLimits{IOPSTotal: x.IOPS, IOPSRead: x.IOPSRd, IOPSWrite: x.IOPSWr,
-		BPSTotal: x.BPS, BPSRead: x.BPSRd, BPSWrite: x.BPSWr,
-		IOPSTotalBurst: x.IOPSMax, IOPSReadBurst: x.IOPSRdMax, IOPSWriteBurst: x.IOPSWrMax,
-		BPSTotalBurst: x.BPSMax, BPSReadBurst: x.BPSRdMax, BPSWriteBurst: x.BPSWrMax}
+	l := host.ThrottleLimits{
+		BPSTotal: float64(buckets[0].avg), BPSRead: float64(buckets[1].avg), BPSWrite: float64(buckets[2].avg),
+		IOPSTotal: float64(buckets[3].avg), IOPSRead: float64(buckets[4].avg), IOPSWrite: float64(buckets[5].avg),
+		BPSTotalBurst: capacity[0], BPSReadBurst: capacity[1], BPSWriteBurst: capacity[2],
+		IOPSTotalBurst: capacity[3], IOPSReadBurst: capacity[4], IOPSWriteBurst: capacity[5]}
 	if err := b.dev.SetThrottle(x.Group, l); err != nil {
 		return Errorf("%v", err)
 	}
 	return nil
+}
+
+// throttleBucket is one of QEMU's leaky buckets as block-set-io-throttle
+// fills it: the QAPI integers converted to unsigned as C converts them,
+// so a negative value is a huge one.
+type throttleBucket struct{ avg, max, length uint64 }
+
+// throttleValueMax is QEMU's THROTTLE_VALUE_MAX.
+const throttleValueMax = 1000000000000000
+
+// buckets checks x as QEMU 7.2's throttle_is_valid does, in its order and
+// words, and returns the buckets in QEMU's order: bps total, read, write,
+// then iops total, read, write.
+func (x *throttleArgs) buckets() ([6]throttleBucket, error) {
+	opt := func(p *int64, def uint64) uint64 {
+		if p == nil {
+			return def
+		}
+		return uint64(*p)
+	}
+	b := [6]throttleBucket{
+		{uint64(x.BPS), opt(x.BPSMax, 0), opt(x.BPSMaxLen, 1)},
+		{uint64(x.BPSRd), opt(x.BPSRdMax, 0), opt(x.BPSRdMaxLen, 1)},
+		{uint64(x.BPSWr), opt(x.BPSWrMax, 0), opt(x.BPSWrMaxLen, 1)},
+		{uint64(x.IOPS), opt(x.IOPSMax, 0), opt(x.IOPSMaxLen, 1)},
+		{uint64(x.IOPSRd), opt(x.IOPSRdMax, 0), opt(x.IOPSRdMaxLen, 1)},
+		{uint64(x.IOPSWr), opt(x.IOPSWrMax, 0), opt(x.IOPSWrMaxLen, 1)},
+	}
+	for _, k := range []int{0, 3} { // total beside read or write: avg, then max
+		if (b[k].avg != 0 && (b[k+1].avg != 0 || b[k+2].avg != 0)) ||
+			(b[k].max != 0 && (b[k+1].max != 0 || b[k+2].max != 0)) {
+			return b, Errorf("bps/iops/max total values and read/write values cannot be used at the same time")
+		}
+	}
+	if opt(x.IOPSSize, 0) != 0 && b[3].avg == 0 && b[4].avg == 0 && b[5].avg == 0 {
+		return b, Errorf("iops size requires an iops value to be set")
+	}
+	for _, k := range b {
+		switch {
+		case k.avg > throttleValueMax || k.max > throttleValueMax:
+			return b, Errorf("bps/iops/max values must be within [0, %d]", throttleValueMax)
+		case k.length == 0:
+			return b, Errorf("the burst length cannot be 0")
+		case k.length > 1 && k.max == 0:
+			return b, Errorf("burst length set without burst rate")
+		case k.max != 0 && k.length > throttleValueMax/k.max:
+			return b, Errorf("burst length too high for this burst rate")
+		case k.max != 0 && k.avg == 0:
+			return b, Errorf("bps_max/iops_max require corresponding bps/iops values")
+		case k.max != 0 && k.max < k.avg:
+			return b, Errorf("bps_max/iops_max cannot be lower than bps/iops")
+		}
+	}
+	return b, nil
 }
 
 // blockdevCreate creates an image synchronously: the command returns when

@@ -5,6 +5,7 @@
 package null
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/ringblk/ringblk/block"
@@ -24,15 +25,22 @@ type Options struct {
 // Driver is the null driver for one node.
 type Driver struct {
 	block.DriverBase
-	size int64
+	// size is read by Length on any Context (and by a host's goroutines
+	// through the host API's bound checks) while a Truncate on another
+	// Context sets it.
+	size atomic.Int64
 	opts Options
 }
 
 // New returns a null driver for a node of size bytes.
-func New(size int64, opts Options) *Driver { return &Driver{size: size, opts: opts} }
+func New(size int64, opts Options) *Driver {
+	d := &Driver{opts: opts}
+	d.size.Store(size)
+	return d
+}
 
 // Length reports the configured size.
-func (d *Driver) Length(*block.Node) (int64, error) { return d.size, nil }
+func (d *Driver) Length(*block.Node) (int64, error) { return d.size.Load(), nil }
 
 func (d *Driver) complete(r *block.Request) {
 	if d.opts.Latency > 0 {
@@ -75,6 +83,6 @@ func (d *Driver) BlockStatus(r *block.Request) {
 
 // Truncate sets the size.
 func (d *Driver) Truncate(r *block.Request) {
-	d.size = r.Off
+	d.size.Store(r.Off)
 	d.complete(r)
 }

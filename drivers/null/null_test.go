@@ -213,3 +213,39 @@ func TestCompareQemuImgBench(t *testing.T) {
 	t.Logf("ringblk front end → null   4k qd32 x%d: median %.0f IOPS (runs %.0f)", count, ours[1], ours)
 	t.Logf("ratio: %.2fx", ours[1]/qemu[1])
 }
+
+// TestLengthWhileTruncating: Length from any goroutine while Truncate
+// runs on a Context sees one of the sizes set, and (under -race) is not a
+// data race. The size was a plain field: the host API's bound check reads
+// it from host goroutines and queue Contexts while a resize writes it on
+// the main Context (found by host's TestAdversarialHost under -race).
+func TestLengthWhileTruncating(t *testing.T) {
+	e := newEnv(t)
+	n, err := e.g.Open(null.New(1<<20, null.Options{}), block.Options{Name: "null"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Unref()
+	done := make(chan struct{})
+	bad := make(chan int64, 1)
+	go func() {
+		defer close(done)
+		for i := 0; i < 2000; i++ {
+			if size, _ := n.Length(); size != 1<<20 && size != 2<<20 {
+				bad <- size
+				return
+			}
+		}
+	}()
+	for i := 0; i < 200; i++ {
+		if err := n.Truncate(int64(1+i%2) << 20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	select {
+	case size := <-bad:
+		t.Fatalf("Length returned %d, a size never set", size)
+	default:
+	}
+}

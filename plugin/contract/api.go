@@ -9,8 +9,10 @@ import (
 // HostOptions configure a Host.
 type HostOptions struct {
 	// Contexts is the number of I/O Contexts (IOThreads: one event loop
-	// and one io_uring ring each); 0 means 1. A main Context for control
-	// work (graph changes, drains) is created beside them.
+	// and one io_uring ring each); 0 means 1. At most 8 per CPU (and at
+	// least 64 are allowed); a negative or larger count is refused. A
+	// main Context for control work (graph changes, drains) is created
+	// beside them.
 	Contexts int
 	// CPUSets[i] lists the CPUs I/O Context i may run on (its thread's
 	// affinity). A missing or empty entry leaves that Context unpinned;
