@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
@@ -17,10 +18,12 @@ import (
 	"github.com/ringblk/ringblk/internal/units"
 )
 
-const convertHelp = `usage: ringblk convert [-f fmt] [-O fmt] [-o opts] [-c] [-p] [-q] [-S sparse_size] [-n]
-                     [-B backing -F backing_fmt] [-U] [-t cache] [-T src_cache] [-m num] [-W]
-                     [--target-is-zero]
-                     SRC DST
+const convertHelp = `usage: ringblk convert [--object objectdef] [--image-opts] [--target-image-opts]
+                     [--target-is-zero] [--bitmaps [--skip-broken-bitmaps]] [-U] [-C] [-c]
+                     [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O fmt]
+                     [-B backing -F backing_fmt] [-o opts] [-l snapshot] [-S sparse_size]
+                     [-r rate_limit] [-m num] [-W] [--salvage]
+                     SRC [SRC2...] DST
 
 Copy the guest contents of SRC (with its backing chain) into DST, as
 qemu-img convert does. DST is created (replaced) with SRC's size unless -n.
@@ -54,13 +57,34 @@ Ranges that read as zeroes are not written (sparse output).
   -m num          requests in flight (1..16, default 8)
   -W              allow out-of-order writes (faster; default keeps the
                   writes in guest order)
+  -C              copy offloading: data ranges between raw files are copied
+                  by the kernel (copy_file_range), not sparsified; other
+                  formats are copied as without -C (not with -c, -S or
+                  --salvage)
+  -r rate_limit   write at most this many bytes per second to DST (k, M,
+                  G… suffixes; 0: no limit); offloaded copies are not limited
+  --salvage       read errors do not stop the copy: unreadable 512-byte
+                  sectors are written as zeroes, with a warning each
+  --bitmaps       also copy the persistent dirty bitmaps of SRC's top image
+                  (qcow2 to qcow2): names, granularity, enabled state, bits
+  --skip-broken-bitmaps
+                  (with --bitmaps) skip inconsistent bitmaps with a warning
+                  instead of refusing them
+  --image-opts    SRC is an option list (driver=qcow2,file.filename=…)
+  --target-image-opts
+                  DST is an option list; requires -n, excludes -O
+  --object def    define a secret (encrypted images)
   -h, --help      this help
 `
 
+// convertSpec is qemu-img 7.2's convert command line: its getopt letters
+// "hf:O:B:Cco:l:S:pt:T:qnm:WUr:" and long options.
 var convertSpec = cli.WithObjects(cli.OptSpec{
 	Short: map[byte]bool{'f': true, 'O': true, 'o': true, 'l': true, 'c': false, 'p': false, 'q': false, 'S': true,
-		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false},
-	Long: map[string]bool{"force-share": false, "target-is-zero": false, "help": false},
+		'n': false, 'B': true, 'F': true, 'U': false, 't': true, 'T': true, 'm': true, 'W': false, 'h': false,
+		'C': false, 'r': true},
+	Long: map[string]bool{"force-share": false, "target-is-zero": false, "help": false, "target-image-opts": false,
+		"salvage": false, "bitmaps": false, "skip-broken-bitmaps": false},
 })
 
 const (
@@ -88,6 +112,14 @@ type convertReq struct {
 	inFlight            int
 	args                cli.ImageArgs // --object (secrets of -o)
 	srcKeys             [][]byte      // SRC's key secrets (--image-opts, json:)
+	copyRange           bool          // -C: offload data copies (copy_file_range)
+	rateLimit           int64         // -r: bytes per second written to DST (0: none)
+	salvage             bool          // --salvage: unreadable source areas read as zeroes
+	bitmaps             bool          // --bitmaps: copy SRC's persistent bitmaps
+	skipBroken          bool          // --skip-broken-bitmaps
+	tgtImageOpts        bool          // --target-image-opts: DST is an option list
+	dstFmtGiven         bool          // -O was given
+	dstOpts             string        // --target-image-opts: DST as given (dst is its file)
 }
 
 // Convert is "ringblk convert" (qemu-img convert): args are what follows the
@@ -98,7 +130,7 @@ func Convert(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return 1, err
 		}
-		return 0, runConvert(r, stdout)
+		return 0, runConvert(r, stdout, stderr)
 	})
 }
 
@@ -112,6 +144,7 @@ func parseConvert(args []string) (*convertReq, error) {
 		return nil, err
 	}
 	r := &convertReq{dstFmt: "raw", minSparse: 4096, inFlight: 8}
+	sparseGiven := false
 	for _, o := range opts {
 		if took, err := r.args.Take(o); took {
 			if err != nil {
@@ -123,7 +156,7 @@ func parseConvert(args []string) (*convertReq, error) {
 		case "f":
 			r.srcFmt = o.Val
 		case "O":
-			r.dstFmt = o.Val
+			r.dstFmt, r.dstFmtGiven = o.Val, true
 		case "o":
 			r.olist = append(r.olist, o.Val)
 		case "c":
@@ -137,7 +170,7 @@ func parseConvert(args []string) (*convertReq, error) {
 			if err != nil || n < 0 || n%512 != 0 || n > maxSparseSize {
 				return nil, cli.Usagef("Invalid buffer size for sparse output specified: '%s' (multiples of 512 up to %d; 0 disables sparse detection)", o.Val, maxSparseSize)
 			}
-			r.minSparse = n
+			r.minSparse, sparseGiven = n, true
 		case "n":
 			r.skipCreate = true
 		case "target-is-zero":
@@ -164,12 +197,42 @@ func parseConvert(args []string) (*convertReq, error) {
 			r.inFlight = n
 		case "W":
 			r.outOfOrder = true
+		case "C":
+			r.copyRange = true
+		case "r":
+			if r.rateLimit, err = parseRateLimit(o.Val); err != nil {
+				return nil, err
+			}
+		case "salvage":
+			r.salvage = true
+		case "bitmaps":
+			r.bitmaps = true
+		case "skip-broken-bitmaps":
+			r.skipBroken = true
+		case "target-image-opts":
+			r.tgtImageOpts = true
 		}
+	}
+	// qemu-img's refusals of option combinations, in its order, before
+	// anything is opened.
+	switch {
+	case r.skipBroken && !r.bitmaps:
+		return nil, cli.Usagef("Use of --skip-broken-bitmaps requires --bitmaps")
+	case r.compress && r.copyRange:
+		return nil, cli.Usagef("Cannot enable copy offloading when -c is used")
+	case sparseGiven && r.copyRange:
+		return nil, cli.Usagef("Cannot enable copy offloading when -S is used")
+	case r.copyRange && r.salvage:
+		return nil, cli.Usagef("Cannot use copy offloading in salvaging mode")
+	case r.tgtImageOpts && !r.skipCreate:
+		return nil, cli.Usagef("--target-image-opts requires use of -n flag")
 	}
 	if err := checkSourceFormat(r.srcFmt); err != nil {
 		return nil, err
 	}
-	if err := checkOutputFormat(r.dstFmt); err != nil {
+	if r.tgtImageOpts && !r.dstFmtGiven {
+		r.dstFmt = "" // the target's options name its driver
+	} else if err := checkOutputFormat(r.dstFmt); err != nil {
 		return nil, err
 	}
 	switch {
@@ -194,8 +257,18 @@ func parseConvert(args []string) (*convertReq, error) {
 			return nil, cli.Usagef("ringblk converts several sources of one format only (-f)")
 		}
 	}
-	if r.compress && r.dstFmt != "qcow2" {
-		return nil, cli.Usagef("Compression not supported for this file format ('%s')", r.dstFmt)
+	if r.tgtImageOpts && !r.dstFmtGiven {
+		// DST is an option list (-n is required): opened by its options
+		// (runConvert), dst is its file for the checks before.
+		r.dstOpts = r.dst
+		if f, _, err := cli.ImageFile(r.dst, "", true); err == nil {
+			r.dst = f
+		} else if !cli.IsWholeTree(err) {
+			return nil, err
+		}
+	}
+	if r.compress && r.dstFmt != "qcow2" && !r.tgtImageOpts {
+		return nil, errNoCompression(r.dstFmt)
 	}
 	if r.backing != "" && r.dstFmt == "raw" {
 		return nil, cli.Usagef("Backing file not supported for file format 'raw'")
@@ -248,7 +321,7 @@ func parseConvert(args []string) (*convertReq, error) {
 	return r, nil
 }
 
-func runConvert(r *convertReq, stdout io.Writer) (err error) {
+func runConvert(r *convertReq, stdout, stderr io.Writer) (err error) {
 	src, err := cli.OpenBlk(r.src, cli.BlkOptions{Format: r.srcFmt, ReadOnly: true, ForceShare: r.forceShare, Cache: r.srcCache, KeySecrets: r.srcKeys})
 	if err != nil {
 		return err
@@ -295,6 +368,14 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 	}
 
+	if r.bitmaps {
+		if len(r.more) > 0 {
+			return errors.New("Copying bitmaps only possible with single source")
+		}
+		if err := checkSourceBitmaps(src, r.skipBroken); err != nil { // convert_bitmaps.go
+			return err
+		}
+	}
 	if r.targetIsZero && r.backing != "" {
 		// Zero ranges left alone would show the backing file's bytes.
 		return errors.New("Cannot use --target-is-zero when the destination image has a backing file")
@@ -312,7 +393,15 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	dst, err := cli.OpenBlkIn(src.Ctx, src.Graph, r.dst, dbo)
+	var dst *cli.BlkImage
+	switch {
+	case r.tgtImageOpts && r.dstFmtGiven:
+		return errors.New("--image-opts and --format are mutually exclusive")
+	case r.tgtImageOpts:
+		dst, err = openTargetOpts(src, r.dstOpts, r.cache)
+	default:
+		dst, err = cli.OpenBlkIn(src.Ctx, src.Graph, r.dst, dbo)
+	}
 	if err != nil {
 		return err
 	}
@@ -321,6 +410,12 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 			err = fmt.Errorf("%s: %v", r.dst, cli.PlainErr(cerr))
 		}
 	}()
+	if r.bitmaps && dst.Qcow2 == nil {
+		return fmt.Errorf("Format driver '%s' does not support bitmaps", dst.Format)
+	}
+	if r.compress && dst.Qcow2 == nil {
+		return errNoCompression(dst.Format)
+	}
 	if r.skipCreate {
 		dsize, err := dst.Node.Length()
 		if err != nil {
@@ -349,6 +444,9 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 	progress := cli.NewProgress(stdout, r.showProgress && !r.quiet, 1)
 	progress.Set(0)
 	defer progress.End()
+	rate := newRateLimit(r.rateLimit) // convert_rate.go
+	warn := &warnings{w: stderr, quiet: r.quiet}
+	offload := r.copyRange && copyRangeFiles(chains, dst.Node) // convert_copy.go
 	var base int64
 	for _, ch := range chains {
 		// One copy per source, each at its place in the target.
@@ -363,7 +461,10 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 			zeroInit: r.minSparse > 0 && (r.targetIsZero ||
 				!r.skipCreate && r.backing == "" && !nbd.IsURI(r.dst) && encrypted != encryptedNoZeroInit),
 			progress: progress,
+			rate:     rate,
+			warn:     warn,
 		}
+		c.offload.Store(offload)
 		if len(chains) > 1 {
 			// Progress over the sources is not proportioned: no per-copy
 			// percentages for a concatenation.
@@ -380,6 +481,11 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		}
 		base += ch.size()
 	}
+	if r.bitmaps {
+		if err := copyBitmaps(src, dst, r.skipBroken, warn); err != nil { // convert_bitmaps.go
+			return err
+		}
+	}
 	progress.Set(100)
 	if r.noFlush {
 		return nil
@@ -388,6 +494,38 @@ func runConvert(r *convertReq, stdout io.Writer) (err error) {
 		return fmt.Errorf("error while flushing '%s': %v", r.dst, cli.PlainErr(err))
 	}
 	return nil
+}
+
+// openTargetOpts opens the target of --target-image-opts: file, driver
+// and key secrets from the options. An open failure names the options
+// as given, and then the file's own failure, as qemu-img words it.
+func openTargetOpts(src *cli.BlkImage, opts, cache string) (*cli.BlkImage, error) {
+	args := &cli.ImageArgs{ImageOpts: true}
+	bo := cli.BlkOptions{Cache: cache}
+	path, err := args.Resolve(opts, &bo)
+	if cli.IsWholeTree(err) {
+		return args.OpenIn(src.Ctx, src.Graph, opts, bo)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("Could not open '%s': %v", opts, err)
+	}
+	img, err := cli.OpenBlkIn(src.Ctx, src.Graph, path, bo)
+	if err != nil {
+		// The options take the place of the file name qemu-img would
+		// have named first.
+		msg := strings.TrimPrefix(err.Error(), "Could not open '"+path+"': ")
+		return nil, &wordsErr{msg: fmt.Sprintf("Could not open '%s': %s", opts, msg), err: err}
+	}
+	return img, nil
+}
+
+// errNoCompression refuses -c for a target of format f: qemu-img's
+// words in drop-in mode, with the format named as ringblk.
+func errNoCompression(f string) error {
+	if cli.Prog != "ringblk" {
+		return cli.Usagef("Compression not supported for this file format")
+	}
+	return cli.Usagef("Compression not supported for this file format ('%s')", f)
 }
 
 // createTarget creates DST with create's code: the same options, checks
@@ -476,6 +614,12 @@ type converter struct {
 	zeroInit    bool  // the target reads as zeroes already: skip zero ranges
 	clusterSize int64 // -c: the target's cluster size
 	progress    *cli.Progress
+	rate        *block.ThrottleGroup // -r (nil: no limit)
+	warn        *warnings            // --salvage's warnings
+	// offload: -C and both ends are raw files, until a copy_file_range
+	// fails (then every later range is read and written, as qemu-img
+	// turns copy offloading off at its first failure).
+	offload atomic.Bool
 
 	// Progress: bytes of work done out of total (qemu-img counts data,
 	// and zeroes when they are written as data).
@@ -529,6 +673,9 @@ func (c *converter) counts(k itemKind) bool {
 func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
 	for off := int64(0); off < c.size; {
 		s, err := c.statusAbove(off, c.size-off)
+		if err != nil && c.r.salvage {
+			s, err = c.statusSalvaging(off, c.size-off, err) // convert_salvage.go
+		}
 		if err != nil {
 			return fmt.Errorf("error while reading block status at offset %d: %v", off, cli.PlainErr(err))
 		}
@@ -551,7 +698,9 @@ func (c *converter) walk(emit func(off, n int64, k itemKind) bool) error {
 
 func (c *converter) run() error {
 	c.turnCond = sync.NewCond(&c.mu)
-	if c.progress.Enabled() {
+	if c.progress.Enabled() || c.r.salvage {
+		// qemu-img always walks the block status twice (to count, then
+		// to copy); with --salvage its warnings show it.
 		err := c.walk(func(off, n int64, k itemKind) bool {
 			if c.counts(k) {
 				c.total += n
@@ -673,7 +822,18 @@ func (c *converter) copyItem(it convItem, buf []byte) error {
 		}
 		return c.writeZeroes(it.off, it.n)
 	}
-	if err := c.readSource(buf, it.off); err != nil {
+	if c.offload.Load() {
+		if !c.waitTurn(it.seq) {
+			return nil
+		}
+		if c.copyRange(it.off, it.n) == nil { // convert_copy.go
+			return nil
+		}
+		// qemu-img's fallback: this range and every later one are read
+		// and written.
+		c.offload.Store(false)
+	}
+	if err := c.readSalvaging(buf, it.off); err != nil { // convert_salvage.go
 		return fmt.Errorf("error while reading at byte %d of '%s': %v", it.off, c.r.src, cli.PlainErr(err))
 	}
 	if !c.waitTurn(it.seq) {
@@ -731,6 +891,7 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 			}
 			continue
 		}
+		c.throttle(int64(len(cl)))
 		if _, err := c.dst.WriteCompressed(cl, c.dstBase+off+p); err != nil {
 			return fmt.Errorf("error while compressing sector %d: %v", (off+p)/512, err)
 		}
@@ -739,6 +900,7 @@ func (c *converter) writeCompressed(buf []byte, off int64) error {
 }
 
 func (c *converter) write(p []byte, off int64) error {
+	c.throttle(int64(len(p)))
 	if _, err := c.dst.WriteAt(p, c.dstBase+off); err != nil {
 		return fmt.Errorf("error while writing at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
 	}
@@ -746,6 +908,7 @@ func (c *converter) write(p []byte, off int64) error {
 }
 
 func (c *converter) writeZeroes(off, n int64) error {
+	c.throttle(n)
 	if err := c.dst.WriteZeroes(c.dstBase+off, n, block.MayUnmap); err != nil {
 		return fmt.Errorf("error while writing zeroes at byte %d of '%s': %v", off, c.r.dst, cli.PlainErr(err))
 	}
