@@ -16,6 +16,11 @@ type ThrottleLimits struct {
 
 	IOPSTotalBurst, IOPSReadBurst, IOPSWriteBurst float64
 	BPSTotalBurst, BPSReadBurst, BPSWriteBurst    float64
+
+	// IOPSSize is QEMU's iops_size: a request of more bytes counts as
+	// bytes/IOPSSize operations in the IOPS buckets (a fraction, as
+	// QEMU's throttle_account counts it); 0: every request is one.
+	IOPSSize float64
 }
 
 const (
@@ -91,8 +96,9 @@ type ThrottleGroup struct {
 
 	mu struct {
 		sync.Mutex
-		b    [bktCount]bucket
-		last time.Time
+		b      [bktCount]bucket
+		last   time.Time
+		opSize float64 // ThrottleLimits.IOPSSize; 0: a request is one op
 		// ring holds the queues with throttled requests, in the order they
 		// started waiting; turn is the one that may take tokens (nil iff
 		// the ring is empty). INVARIANT: turn has a timer armed or its
@@ -127,7 +133,7 @@ const MaxThrottleValue = 1e15
 // that take limits from users check first.
 func (l ThrottleLimits) Check() error {
 	for _, v := range [...]float64{l.IOPSTotal, l.IOPSRead, l.IOPSWrite, l.BPSTotal, l.BPSRead, l.BPSWrite,
-		l.IOPSTotalBurst, l.IOPSReadBurst, l.IOPSWriteBurst, l.BPSTotalBurst, l.BPSReadBurst, l.BPSWriteBurst} {
+		l.IOPSTotalBurst, l.IOPSReadBurst, l.IOPSWriteBurst, l.BPSTotalBurst, l.BPSReadBurst, l.BPSWriteBurst, l.IOPSSize} {
 		if !(v >= 0 && v <= MaxThrottleValue) {
 			return fmt.Errorf("bps/iops/max values must be within [0, %d]", int64(MaxThrottleValue))
 		}
@@ -145,6 +151,10 @@ func (tg *ThrottleGroup) SetLimits(l ThrottleLimits) {
 	bursts := [bktCount]float64{l.IOPSTotalBurst, l.IOPSReadBurst, l.IOPSWriteBurst, l.BPSTotalBurst, l.BPSReadBurst, l.BPSWriteBurst}
 	tg.mu.Lock()
 	defer tg.mu.Unlock()
+	tg.mu.opSize = 0
+	if l.IOPSSize > 0 {
+		tg.mu.opSize = l.IOPSSize
+	}
 	for i := range tg.mu.b {
 		b := &tg.mu.b[i]
 		b.rate = rates[i]
@@ -185,9 +195,13 @@ func (tg *ThrottleGroup) admitLocked(write bool, n int64) time.Duration {
 	if write {
 		ops[1], rw[1] = bktIOPSWrite, bktBPSWrite
 	}
+	opCost := 1.0
+	if sz := tg.mu.opSize; sz > 0 && float64(n) > sz {
+		opCost = float64(n) / sz
+	}
 	var wait time.Duration
 	for _, i := range ops {
-		wait = max(wait, tg.mu.b[i].wait(1))
+		wait = max(wait, tg.mu.b[i].wait(opCost))
 	}
 	for _, i := range rw {
 		wait = max(wait, tg.mu.b[i].wait(float64(n)))
@@ -197,7 +211,7 @@ func (tg *ThrottleGroup) admitLocked(write bool, n int64) time.Duration {
 	}
 	for _, i := range ops {
 		if tg.mu.b[i].rate > 0 {
-			tg.mu.b[i].level++
+			tg.mu.b[i].level += opCost
 		}
 	}
 	for _, i := range rw {

@@ -137,3 +137,37 @@ type testErr struct{}
 func (testErr) Error() string { return "test" }
 
 var errTest = testErr{}
+
+// TestThrottleIOPSSize: with IOPSSize (QEMU's iops_size) a request larger
+// than it counts as its size over IOPSSize operations in the IOPS
+// buckets, a smaller one as one. Before, every request was one operation
+// whatever its size.
+func TestThrottleIOPSSize(t *testing.T) {
+	clk := newFakeClock()
+	tg := NewThrottleGroup("g", ThrottleLimits{IOPSTotal: 100, IOPSTotalBurst: 16, IOPSSize: 4096}, clk.now)
+	// 64 KiB is 16 operations: the first fills the burst.
+	if w := tg.Admit(false, 64<<10); w != 0 {
+		t.Fatalf("first 64 KiB request waits %v", w)
+	}
+	w := tg.Admit(false, 64<<10)
+	if w < 150*time.Millisecond || w > 170*time.Millisecond {
+		t.Fatalf("second 64 KiB request: wait %v, want 160ms (16 ops at 100/s)", w)
+	}
+	// Small requests count one each.
+	clk.add(time.Second)
+	for i := 0; i < 16; i++ {
+		if w := tg.Admit(true, 512); w != 0 {
+			t.Fatalf("512-byte request %d within the burst waits %v", i, w)
+		}
+	}
+	// 6 KiB is 1.5 operations.
+	clk.add(time.Second)
+	for i := 0; i < 10; i++ {
+		if w := tg.Admit(false, 6<<10); w != 0 {
+			t.Fatalf("6 KiB request %d (15 ops so far) waits %v", i, w)
+		}
+	}
+	if w := tg.Admit(false, 6<<10); w == 0 {
+		t.Fatal("a 6 KiB request past 16 ops did not wait")
+	}
+}

@@ -854,6 +854,7 @@ func checkThrottle(l ThrottleLimits) error {
 		{"IOPSTotalBurst", l.IOPSTotalBurst, false}, {"IOPSReadBurst", l.IOPSReadBurst, false},
 		{"IOPSWriteBurst", l.IOPSWriteBurst, false}, {"BPSTotalBurst", l.BPSTotalBurst, false},
 		{"BPSReadBurst", l.BPSReadBurst, false}, {"BPSWriteBurst", l.BPSWriteBurst, false},
+		{"IOPSSize", l.IOPSSize, false},
 	}
 	for _, x := range values {
 		// Written so that NaN fails it.

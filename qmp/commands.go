@@ -302,6 +302,11 @@ func (d *Daemon) setThrottle(x *throttleArgs) error {
 		IOPSTotal: float64(buckets[3].avg), IOPSRead: float64(buckets[4].avg), IOPSWrite: float64(buckets[5].avg),
 		BPSTotalBurst: capacity[0], BPSReadBurst: capacity[1], BPSWriteBurst: capacity[2],
 		IOPSTotalBurst: capacity[3], IOPSReadBurst: capacity[4], IOPSWriteBurst: capacity[5]}
+	if x.IOPSSize != nil && *x.IOPSSize > 0 {
+		// QEMU's op_size (a negative one is a huge unsigned size: no
+		// request is larger, as with none).
+		l.IOPSSize = float64(*x.IOPSSize)
+	}
 	if err := b.dev.SetThrottle(x.Group, l); err != nil {
 		return Errorf("%v", err)
 	}

@@ -434,6 +434,11 @@ type ThrottleLimits struct {
 
 	IOPSTotalBurst, IOPSReadBurst, IOPSWriteBurst float64
 	BPSTotalBurst, BPSReadBurst, BPSWriteBurst    float64
+
+	// IOPSSize (QEMU's iops_size, bytes): a larger request counts as
+	// its size over IOPSSize operations in the IOPS limits; 0: every
+	// request counts as one.
+	IOPSSize float64
 }
 
 // Snapshot is an internal snapshot.
