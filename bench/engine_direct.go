@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -28,6 +29,9 @@ type threadClone struct {
 	fds    []int32
 	mem    []byte
 	ring   *uring.Ring
+	aio    *aioState  // ioengine=libaio
+	iov    unix.Iovec // pvsync, pvsync2: the one I/O vector
+	pos    []int64    // ioengine=sync: each file's position (-1: unknown)
 	cpu    int
 	engine string
 	done   chan<- *worker
@@ -133,6 +137,18 @@ func newThreadClone(w *worker, cpu int, done chan<- *worker) (*threadClone, erro
 	}
 	w.setBuffers(bufs)
 	c := &threadClone{w: w, f: f, fs: fs, fds: fds, mem: mem, cpu: cpu, engine: w.job.IOEngine, done: done}
+	switch c.engine {
+	case "libaio":
+		if c.aio, err = newAIOState(len(w.units)); err != nil {
+			c.close()
+			return nil, err
+		}
+	case "sync":
+		c.pos = make([]int64, len(fds))
+		for i := range c.pos {
+			c.pos[i] = -1
+		}
+	}
 	if c.engine == "io_uring" {
 		c.pollMax = aioPollTime(w.job)
 		c.pollWindow = c.pollMax
@@ -180,7 +196,9 @@ func (c *threadClone) start() {
 			pinSet(c.w.cpuSet)
 		}
 		if c.ring == nil {
-			setThreadPrio(c.w.prio.def) // psync: the thread's own priority, as fio's ioprio_set
+			// psync, libaio: the thread's own priority, as fio's
+			// ioprio_set (native AIO takes the submitter's by default).
+			setThreadPrio(c.w.prio.def)
 		} else if len(c.w.workerCPUs) > 0 {
 			if err := c.placeWorkers(); err != nil {
 				c.w.err = err // an explicit iowq_workers=other the kernel refused
@@ -194,14 +212,17 @@ func (c *threadClone) start() {
 		if threadStarted != nil {
 			threadStarted(unix.Gettid())
 		}
-		if c.ring != nil {
+		switch {
+		case c.ring != nil:
 			c.runRing()
 			c.w.ringEnters = c.ring.Enters()
 			// The ring is bound to this thread: close it here, after every
 			// operation was reaped.
 			c.ring.Close()
 			c.ring = nil
-		} else {
+		case c.aio != nil:
+			c.runAIO()
+		default:
 			c.runSync()
 		}
 		c.done <- c.w
@@ -288,10 +309,8 @@ func (c *threadClone) runSync() {
 			err = unix.Fdatasync(fd)
 		case u.dir == DirSync:
 			err = unix.Fsync(fd)
-		case u.dir == DirRead:
-			n, err = unix.Pread(fd, u.buf[:u.n], off)
 		default:
-			n, err = unix.Pwrite(fd, u.buf[:u.n], off)
+			n, err = c.syncIO(fi, fd, u.dir == DirRead, u.buf[:u.n], off)
 		}
 		if err == nil && n != u.n {
 			err = fmt.Errorf("short %s: %d of %d bytes", dirName(int(u.dir)), n, u.n)
@@ -535,6 +554,9 @@ func (c *threadClone) close() {
 	if c.ring != nil {
 		c.ring.Close()
 	}
+	if c.aio != nil {
+		c.aio.destroy() // waits for what is in flight, before the buffers go
+	}
 	if c.mem != nil {
 		unix.Munmap(c.mem)
 	}
@@ -554,4 +576,66 @@ func sqPollOptions(j *Job) []uring.Option {
 		o = append(o, uring.WithSQPollCPU(j.SQThreadPollCPU))
 	}
 	return o
+}
+
+// syncIO reads or writes buf at off of file fi (descriptor fd) with the
+// system calls of the clone's sync engine: pread/pwrite (psync), lseek as
+// needed and read/write (sync), preadv/pwritev (pvsync), preadv2/pwritev2
+// (pvsync2), as fio's engines of those names.
+func (c *threadClone) syncIO(fi, fd int, read bool, buf []byte, off int64) (int, error) {
+	switch c.engine {
+	case "sync":
+		if c.pos[fi] != off {
+			if _, err := unix.Seek(fd, off, 0); err != nil {
+				c.pos[fi] = -1
+				return 0, err
+			}
+		}
+		var n int
+		var err error
+		if read {
+			n, err = unix.Read(fd, buf)
+		} else {
+			n, err = unix.Write(fd, buf)
+		}
+		c.pos[fi] = -1
+		if err == nil {
+			c.pos[fi] = off + int64(n)
+		}
+		return n, err
+	case "pvsync", "pvsync2":
+		c.iov.Base = &buf[0]
+		c.iov.SetLen(len(buf))
+		nr := uintptr(unix.SYS_PREADV)
+		if !read {
+			nr = unix.SYS_PWRITEV
+		}
+		if c.engine == "pvsync2" {
+			nr = unix.SYS_PREADV2
+			if !read {
+				nr = unix.SYS_PWRITEV2
+			}
+		}
+		// 64-bit: the offset is the low word, the high word 0; flags 0.
+		n, _, e := unix.Syscall6(nr, uintptr(fd), uintptr(unsafe.Pointer(&c.iov)), 1, uintptr(off), 0, 0)
+		c.iov.Base = nil
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), nil
+	}
+	if read {
+		return unix.Pread(fd, buf, off)
+	}
+	return unix.Pwrite(fd, buf, off)
+}
+
+// syncEngine reports whether engine does one I/O per system call, at
+// depth 1 (fio's sync engines).
+func syncEngine(engine string) bool {
+	switch engine {
+	case "psync", "sync", "pvsync", "pvsync2":
+		return true
+	}
+	return false
 }

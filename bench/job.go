@@ -534,10 +534,10 @@ func (j *Job) validate() error {
 	if err := j.validatePrio(bad, at); err != nil {
 		return err
 	}
-	if j.IOEngine == "psync" {
+	if j.IOEngine != "io_uring" && j.IOEngine != "ringblk" && j.IOEngine != "io_uring_cmd" {
 		for _, o := range []string{"sqthread_poll", "sqthread_poll_cpu"} {
 			if _, ok := j.set[o]; ok {
-				return bad(at(o), "%s applies to the ring engines (io_uring, ringblk), not ioengine=psync", o)
+				return bad(at(o), "%s applies to the ring engines (io_uring, ringblk), not ioengine=%s", o, j.IOEngine)
 			}
 		}
 	}

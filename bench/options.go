@@ -640,17 +640,18 @@ func init() {
 // checkEngine says whether bench implements engine.
 func checkEngine(v string) error {
 	switch v {
-	case "ringblk", "io_uring", "psync", "io_uring_cmd": // io_uring_cmd: uringcmd.go
+	case "ringblk", "io_uring", "psync", "io_uring_cmd", // io_uring_cmd: uringcmd.go
+		"libaio", "sync", "pvsync", "pvsync2": // engine_aio.go, engine_direct.go
 		return nil
-	case "sync", "pvsync", "libaio", "posixaio", "mmap", "null", "nbd", "splice", "net", "rbd",
-		"windowsaio", "solarisaio", "vsync", "pvsync2", "xnvme", "dev-dax", "libpmem", "http", "rdma", "e4defrag",
+	case "posixaio", "mmap", "null", "nbd", "splice", "net", "rbd",
+		"windowsaio", "solarisaio", "vsync", "xnvme", "dev-dax", "libpmem", "http", "rdma", "e4defrag",
 		"falloc", "filecreate", "filestat", "ftruncate", "cpuio", "sg", "exec", "netsplice", "rados", "gfapi", "gfapi_async":
-		return fmt.Errorf("ioengine %s is a fio engine that ringblk bench does not implement (use ringblk, io_uring or psync)", v)
+		return fmt.Errorf("ioengine %s is a fio engine that ringblk bench does not implement (use ringblk, io_uring, libaio, psync, sync, pvsync or pvsync2)", v)
 	}
 	if strings.HasPrefix(v, "external:") {
 		return errors.New("external engines are not implemented")
 	}
-	return fmt.Errorf("unknown ioengine %q (ringblk, io_uring, psync)", v)
+	return fmt.Errorf("unknown ioengine %q (ringblk, io_uring, libaio, psync, sync, pvsync, pvsync2)", v)
 }
 
 // fioOnlyOptions are options fio accepts that bench does not implement: a

@@ -107,7 +107,7 @@ func TestBadJobFiles(t *testing.T) {
 	}{
 		{"unknown", "[j]\nfilename=/tmp/x\nfrobnicate=3\n", `unknown option "frobnicate"`, 3},
 		{"fio-only", "[j]\nfilename=/tmp/x\nverify_async=2\n", `option "verify_async" is a fio option that ringblk bench does not implement`, 3},
-		{"fio-engine", "[j]\nfilename=/tmp/x\nioengine=libaio\n", "ioengine libaio is a fio engine that ringblk bench does not implement", 3},
+		{"fio-engine", "[j]\nfilename=/tmp/x\nioengine=posixaio\n", "ioengine posixaio is a fio engine that ringblk bench does not implement", 3},
 		{"size-suffix", "[j]\nfilename=/tmp/x\nsize=10x\n", `bad size suffix in "10x"`, 3},
 		{"bs-suffix", "[global]\nbs=4q\n[j]\nfilename=/tmp/x\n", `bad size suffix in "4q"`, 2},
 		{"bsrange-bssplit", "[j]\nfilename=/tmp/x\nbsrange=4k-16k\nbssplit=4k/50:8k/50\n", "bssplit conflicts with bsrange (set at", 4},

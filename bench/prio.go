@@ -201,10 +201,10 @@ func registerPrioOptions() {
 // are options of fio's io_uring (and libaio) engine, which bench's two
 // ring engines take; fio refuses them on a sync engine.
 func (j *Job) validatePrio(bad func(Loc, string, ...any) error, at func(string) Loc) error {
-	if j.IOEngine == "psync" {
+	if syncEngine(j.IOEngine) {
 		for _, o := range []string{"cmdprio_percentage", "cmdprio_class", "cmdprio", "cmdprio_bssplit"} {
 			if _, ok := j.set[o]; ok {
-				return bad(at(o), "%s is an option of the ring engines (io_uring, ringblk), not ioengine=psync (fio: Bad option)", o)
+				return bad(at(o), "%s is an option of the io_uring and libaio engines (and ringblk), not ioengine=%s (fio: Bad option)", o, j.IOEngine)
 			}
 		}
 	}

@@ -100,7 +100,7 @@ func TestCmdprio(t *testing.T) {
 		})
 	}
 	_, err := ParseArgs([]string{"--name=s", "--filename=" + file, "--size=1m", "--ioengine=psync", "--cmdprio_percentage=10"})
-	if err == nil || !strings.Contains(err.Error(), "cmdprio_percentage is an option of the ring engines") {
+	if err == nil || !strings.Contains(err.Error(), "cmdprio_percentage is an option of the io_uring and libaio engines") {
 		t.Errorf("psync with cmdprio_percentage: %v", err)
 	}
 }

@@ -56,7 +56,7 @@ func mustRun(t *testing.T, spec *Spec) *Result {
 func TestEngines(t *testing.T) {
 	dir := benchDir(t)
 	file := filepath.Join(dir, "f")
-	for _, eng := range []string{"ringblk", "io_uring", "psync", "ringblk-null"} {
+	for _, eng := range []string{"ringblk", "io_uring", "psync", "ringblk-null", "libaio", "sync", "pvsync", "pvsync2"} {
 		t.Run(eng, func(t *testing.T) {
 			args := []string{"--name=" + eng, "--filename=" + file, "--size=4m", "--rw=randrw", "--bs=4k",
 				"--iodepth=8", "--iodepth_batch_submit=4", "--runtime=200ms", "--time_based"}
@@ -80,7 +80,7 @@ func TestEngines(t *testing.T) {
 				if ds.lat.mean < ds.clat.mean {
 					t.Errorf("dir %d: lat mean %.0f < clat mean %.0f", d, ds.lat.mean, ds.clat.mean)
 				}
-				if eng == "psync" && ds.slat.n != 0 || eng != "psync" && ds.slat.n != ds.ios {
+				if syncEngine(eng) && ds.slat.n != 0 || !syncEngine(eng) && ds.slat.n != ds.ios {
 					t.Errorf("dir %d: slat.n=%d ios=%d", d, ds.slat.n, ds.ios)
 				}
 			}

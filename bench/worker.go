@@ -192,7 +192,7 @@ func newWorker(j *Job, clone int, regionOff, regionLen int64) *worker {
 		w.ver = newVerifier(j, max(j.MaxBS(DirRead), j.MaxBS(DirWrite)), regionOff, regionLen, w.gen.align, track)
 	}
 	depth := j.IODepth
-	if j.IOEngine == "psync" {
+	if syncEngine(j.IOEngine) {
 		depth = 1
 		w.noSlat = true
 	}
