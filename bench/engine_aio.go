@@ -216,26 +216,14 @@ func (c *threadClone) runAIO() {
 			batch = append(batch, u)
 		}
 		c.aioSubmit(batch)
-		until, paced := w.waitUntil()
-		if w.busy == 0 {
-			if paced {
-				sleepUntil(w, until)
-				continue
-			}
-			if w.idle(now) {
+		r := w.endRound(now, reapMax, len(a.events))
+		if r.idle {
+			if r.done {
 				return
 			}
 			continue
 		}
-		wait := time.Duration(-1)
-		if paced {
-			wait = max(time.Duration(until-w.now()), time.Microsecond)
-		}
-		reapMin, take := w.reapMin(), reapMax
-		if w.stopIssuing && !paced {
-			reapMin, take = w.busy, len(a.events)
-		}
-		if c.aioReap(reapMin, take, wait) == 0 && w.err != nil && w.stopIssuing && w.busy > 0 {
+		if c.aioReap(r.reapMin, r.take, r.wait) == 0 && w.err != nil && w.stopIssuing && w.busy > 0 {
 			return // the context failed with I/O in flight
 		}
 	}

@@ -385,28 +385,14 @@ func (c *threadClone) runRing() {
 			}
 			batch = append(batch, u)
 		}
-		until, paced := w.waitUntil()
-		if w.busy == 0 { // nothing in flight, so nothing was prepared
-			if paced {
-				sleepUntil(w, until)
-				continue
-			}
-			if w.idle(now) {
+		rd := w.endRound(now, reapMax, len(cqes))
+		if rd.idle {
+			if rd.done {
 				return
 			}
 			continue
 		}
-		wait := time.Duration(-1)
-		if paced { // wake for the paced I/O even if nothing completes
-			wait = max(time.Duration(until-w.now()), time.Microsecond)
-		}
-		// Like fio's loop, a round takes at most iodepth_batch_complete_max
-		// and issues again; once nothing more will be issued the rest
-		// drains in one reap (fio waits for all in flight at the end).
-		reapMin, take := w.reapMin(), reapMax
-		if w.stopIssuing && !paced {
-			reapMin, take = w.busy, len(cqes)
-		}
+		reapMin, take, wait, paced := rd.reapMin, rd.take, rd.wait, rd.paced
 		// When the round's last batch is all that is in flight (QD 1, or
 		// everything completed), one enter submits it and waits
 		// (liburing's io_uring_submit_and_wait; fio makes two calls,
@@ -576,6 +562,40 @@ func sqPollOptions(j *Job) []uring.Option {
 		o = append(o, uring.WithSQPollCPU(j.SQThreadPollCPU))
 	}
 	return o
+}
+
+// round is what a queued engine's round does once filled (endRound).
+type round struct {
+	idle, done    bool          // nothing in flight (done: the clone finished)
+	paced         bool          // a rate or thinktime holds the next I/O
+	wait          time.Duration // the reap's time limit (-1: none)
+	reapMin, take int           // completions to wait for, and to take at most
+}
+
+// endRound is the part of a queued engine's round (io_uring, libaio)
+// after filling: with nothing in flight it sleeps until a paced I/O is due
+// or ends the run; otherwise it says how to reap. Like fio's loop, a round
+// takes at most iodepth_batch_complete_max (reapMax) and issues again;
+// once nothing more will be issued, the rest (up to all, the engine's
+// capacity) drains in one reap, as fio waits for all in flight at the end.
+// A paced round wakes for the paced I/O even if nothing completes.
+func (w *worker) endRound(now int64, reapMax, all int) round {
+	until, paced := w.waitUntil()
+	if w.busy == 0 { // nothing in flight, so nothing was prepared
+		if paced {
+			sleepUntil(w, until)
+			return round{idle: true}
+		}
+		return round{idle: true, done: w.idle(now)}
+	}
+	r := round{paced: paced, wait: -1, reapMin: w.reapMin(), take: reapMax}
+	if paced {
+		r.wait = max(time.Duration(until-w.now()), time.Microsecond)
+	}
+	if w.stopIssuing && !paced {
+		r.reapMin, r.take = w.busy, all
+	}
+	return r
 }
 
 // syncIO reads or writes buf at off of file fi (descriptor fd) with the
