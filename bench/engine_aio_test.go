@@ -54,14 +54,7 @@ func TestLibaioErrors(t *testing.T) {
 	}
 	spec := mustParse(t, "--name=x", "--filename="+f, "--size=1m", "--rw=randread", "--bs=4k",
 		"--iodepth=4", "--ioengine=libaio", "--runtime=20s", "--time_based")
-	done := make(chan *Result, 1)
-	go func() {
-		res, err := Run(spec, RunOptions{})
-		if err != nil {
-			t.Error(err)
-		}
-		done <- res
-	}()
+	done := runAsync(t, spec)
 	time.Sleep(200 * time.Millisecond)
 	if err := os.Truncate(f, 0); err != nil {
 		t.Fatal(err)
@@ -80,39 +73,12 @@ func TestLibaioErrors(t *testing.T) {
 }
 
 // TestLibaioZeroAllocs: the libaio engine's loop allocates nothing per
-// I/O once running (the process's total over a window of page-cache
-// reads, GC and runtime included).
+// I/O once running (page-cache reads).
 func TestLibaioZeroAllocs(t *testing.T) {
 	f := filepath.Join(benchDir(t), "f")
 	if err := os.WriteFile(f, make([]byte, 16<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	spec := mustParse(t, "--name=z", "--filename="+f, "--size=16m", "--rw=randread", "--bs=4k",
-		"--iodepth=16", "--iodepth_batch_submit=8", "--ioengine=libaio", "--runtime=1500ms", "--time_based")
-	done := make(chan *Result, 1)
-	go func() {
-		res, err := Run(spec, RunOptions{})
-		if err != nil {
-			t.Error(err)
-		}
-		done <- res
-	}()
-	time.Sleep(500 * time.Millisecond)
-	var ios0, ios1 uint64
-	perRun := testing.AllocsPerRun(1, func() {
-		ios0 = liveIOs()
-		time.Sleep(500 * time.Millisecond)
-		ios1 = liveIOs()
-	})
-	if res := <-done; res == nil {
-		return
-	}
-	ios := ios1 - ios0
-	if ios < 10_000 {
-		t.Skipf("only %d I/Os in the window: machine too busy to judge", ios)
-	}
-	t.Logf("libaio engine: %v allocations over %d I/Os", perRun, ios)
-	if perRun/float64(ios) > 0.001 {
-		t.Errorf("%v allocations over %d I/Os: the libaio loop allocates", perRun, ios)
-	}
+	checkAllocsPerIO(t, "libaio engine", mustParse(t, "--name=z", "--filename="+f, "--size=16m", "--rw=randread", "--bs=4k",
+		"--iodepth=16", "--iodepth_batch_submit=8", "--ioengine=libaio", "--runtime=1500ms", "--time_based"))
 }

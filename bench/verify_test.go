@@ -158,8 +158,13 @@ func TestHotPathZeroAllocs(t *testing.T) {
 
 	// The engine over the block layer: count every allocation of the
 	// process while one clone runs flat out, per I/O.
-	spec := mustParse(t, "--name=z", "--ioengine=ringblk", "--format=null", "--size=1g", "--rw=randread",
-		"--bs=4k", "--iodepth=32", "--iodepth_batch_submit=8", "--runtime=1500ms", "--time_based")
+	checkAllocsPerIO(t, "ringblk engine, null driver", mustParse(t, "--name=z", "--ioengine=ringblk", "--format=null",
+		"--size=1g", "--rw=randread", "--bs=4k", "--iodepth=32", "--iodepth_batch_submit=8", "--runtime=1500ms", "--time_based"))
+}
+
+// runAsync runs spec on its own goroutine; the channel gets the result
+// (nil after a set-up error, which fails the test).
+func runAsync(t *testing.T, spec *Spec) <-chan *Result {
 	done := make(chan *Result, 1)
 	go func() {
 		res, err := Run(spec, RunOptions{})
@@ -168,25 +173,33 @@ func TestHotPathZeroAllocs(t *testing.T) {
 		}
 		done <- res
 	}()
-	time.Sleep(500 * time.Millisecond) // warm: pools, arena, histograms
+	return done
+}
+
+// checkAllocsPerIO runs spec (a time_based job of 1.5 s or more) and
+// counts every allocation of the process over 500 ms once it is warm
+// (pools, arena, histograms), GC and runtime included: at most one per
+// thousand I/Os passes.
+func checkAllocsPerIO(t *testing.T, what string, spec *Spec) {
+	t.Helper()
+	done := runAsync(t, spec)
+	time.Sleep(500 * time.Millisecond)
 	var ios0, ios1 uint64
-	var perRun float64
-	perRun = testing.AllocsPerRun(1, func() {
+	perRun := testing.AllocsPerRun(1, func() {
 		ios0 = liveIOs()
 		time.Sleep(500 * time.Millisecond)
 		ios1 = liveIOs()
 	})
-	res := <-done
-	if res == nil {
+	if res := <-done; res == nil {
 		return
 	}
 	ios := ios1 - ios0
 	if ios < 10_000 {
 		t.Skipf("only %d I/Os in the window: machine too busy to judge", ios)
 	}
-	t.Logf("ringblk engine, null driver: %v allocations over %d I/Os (the test process's total, GC and runtime included)", perRun, ios)
+	t.Logf("%s: %v allocations over %d I/Os (the test process's total, GC and runtime included)", what, perRun, ios)
 	if perRun/float64(ios) > 0.001 {
-		t.Errorf("%v allocations over %d I/Os: the I/O path allocates", perRun, ios)
+		t.Errorf("%s: %v allocations over %d I/Os: the I/O path allocates", what, perRun, ios)
 	}
 }
 
