@@ -76,12 +76,39 @@ func (h *Host) Open(path string, o OpenOptions) (contract.Device, error) {
 // (each backing file with the format its overlay records, read-only),
 // QEMU's image locks, the cache mode and the error policies of o.
 func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
+	return h.openDevice(path, o, nil)
+}
+
+// OpenDeviceOver opens a qcow2 image as OpenDevice does, with backing as
+// its backing node instead of the file its header names (QMP's
+// blockdev-add with "backing" naming a node): the image takes a
+// reference of its own on backing, which must be a node of the host's
+// graph. The header must name a backing file (any name: it is not
+// followed); one that names none is refused, as is another format.
+func (h *Host) OpenDeviceOver(path string, o OpenOptions, backing *block.Node) (*Device, error) {
+	if backing == nil {
+		return nil, fmt.Errorf("ringblk: open %s: no backing node", path)
+	}
+	if o.Format != "qcow2" {
+		return nil, fmt.Errorf("ringblk: open %s: a backing node needs format qcow2, not %q", path, o.Format)
+	}
+	d, err := h.openDevice(path, o, backing)
+	if err != nil {
+		return nil, err
+	}
+	if c := d.fe.Root().Child(block.RoleBacking); c == nil || c.Node() != backing {
+		return nil, errors.Join(fmt.Errorf("ringblk: open %s: the image names no backing file in its header, so it cannot take node %s as its backing (ringblk attaches a backing node only in the place of a named backing file)", path, backing.Name()), d.Close())
+	}
+	return d, nil
+}
+
+func (h *Host) openDevice(path string, o OpenOptions, backing *block.Node) (*Device, error) {
 	if !h.enter() {
 		return nil, ErrClosed
 	}
 	defer h.leave()
 	co := chain.Options{Format: o.Format, ReadOnly: o.ReadOnly, ForceShare: o.ForceShare, ShareRW: o.ShareRW,
-		NoBacking: o.NoBacking, NullSize: o.Size}
+		NoBacking: o.NoBacking && backing == nil, NullSize: o.Size, BackingNode: backing}
 	if o.Cache != "" && o.Cache != "unsafe" {
 		c, ok := raw.ParseCache(o.Cache)
 		if !ok {

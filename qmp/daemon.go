@@ -58,6 +58,10 @@ type blockdev struct {
 	// node); such a node cannot be deleted or snapshotted on its own.
 	usedBy string
 	role   string // "backing" or "file", with usedBy
+	// byRef: the node is another's backing node because blockdev-add
+	// named it ("backing": "NAME"): it keeps its own device and is free
+	// again when that node is deleted.
+	byRef bool
 	// discardUnmap and detectZeroes are the node's discard and
 	// detect-zeroes options, which its exports apply at the top (a qcow2
 	// node would otherwise discard even with discard=ignore, QEMU's
@@ -186,10 +190,36 @@ func (d *Daemon) lookup(device, nodeName string) (*blockdev, *Error) {
 // top returns b if its device's top node is b itself, else an error
 // saying which node uses it.
 func (b *blockdev) top() *Error {
+	if b.byRef && !b.isBacking() {
+		// A stream or commit took it out of the chain: it is free again,
+		// as QEMU drops its backing blocker.
+		b.usedBy, b.role, b.byRef = "", "", false
+	}
 	if b.usedBy != "" {
-		return Errorf("Node '%s' is busy: node is used as %s of '%s'", b.name, b.role, b.usedBy)
+		role := b.role
+		if role == "backing" {
+			role = "backing hd" // QEMU's op blocker's words
+		}
+		return Errorf("Node '%s' is busy: node is used as %s of '%s'", b.name, role, b.usedBy)
 	}
 	return nil
+}
+
+// isBacking reports whether b's node is still some node's backing child.
+func (b *blockdev) isBacking() bool {
+	n := b.dev.Root()
+	if n == nil {
+		return false
+	}
+	found := false
+	n.Graph().Control(func() {
+		for _, p := range n.Parents() {
+			if p.Role()&block.RoleBacking != 0 {
+				found = true
+			}
+		}
+	})
+	return found
 }
 
 // ---- IOThreads ----
@@ -258,7 +288,7 @@ type AddOptions struct {
 	ReadOnly     bool        `json:"read-only" qmp:"optional"`
 	Cache        *CacheOpts  `json:"cache" qmp:"optional"`
 	Discard      string      `json:"discard" qmp:"optional"`
-	Backing      *NullString `json:"backing" qmp:"optional"` // only null is supported
+	Backing      *NullString `json:"backing" qmp:"optional"` // null, or a node's name (qcow2)
 	Size         int64       `json:"size" qmp:"optional"`    // null-co
 	AutoReadOnly bool        `json:"auto-read-only" qmp:"optional"`
 	DetectZeroes string      `json:"detect-zeroes" qmp:"optional"`
@@ -328,8 +358,23 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	if d.nodes[o.NodeName] != nil || d.h.Graph().NodeByName(o.NodeName) != nil {
 		return Errorf("Duplicate nodes with node-name='%s'", o.NodeName)
 	}
+	var backing *blockdev // "backing": a node's name
 	if o.Backing != nil && !o.Backing.Null {
-		return Errorf("backing: only null is supported (open the chain from the image's header instead)")
+		if o.Driver != "qcow2" {
+			return Errorf("Parameter 'backing' is unexpected")
+		}
+		if backing = d.nodes[o.Backing.S]; backing == nil {
+			return Errorf("Could not open backing file: Cannot find device='%s' nor node-name='%s'", o.Backing.S, o.Backing.S)
+		}
+		if err := backing.top(); err != nil {
+			return err
+		}
+		if id := d.exportOf(backing.name); id != "" {
+			return Errorf("Node '%s' is busy: block device is in use by block export '%s'", backing.name, id)
+		}
+		if typ := d.jobOn(backing); typ != "" {
+			return Errorf("Node '%s' is busy: block device is in use by block job: %s", backing.name, typ)
+		}
 	}
 	oo := host.OpenOptions{Name: o.NodeName, ReadOnly: o.ReadOnly, Cache: o.Cache.mode(),
 		Discard: o.Discard, Locking: o.Locking, ForceShare: o.ForceShare, NoBacking: o.Backing != nil}
@@ -424,7 +469,13 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 			return Errorf("Could not close '%s' to reopen it under '%s': %v", fileNode.name, o.NodeName, err)
 		}
 	}
-	dev, err := d.open(filename, oo)
+	var dev *host.Device
+	var err error
+	if backing != nil {
+		dev, err = d.openOver(filename, oo, backing)
+	} else {
+		dev, err = d.open(filename, oo)
+	}
 	if err != nil {
 		if fileNode != nil {
 			// Give the file node its device back.
@@ -445,6 +496,9 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	if fileNode != nil {
 		fileNode.dev, fileNode.usedBy, fileNode.role = dev, b.name, "file"
 		b.lower = append(b.lower, fileNode.name)
+	}
+	if backing != nil {
+		backing.usedBy, backing.role, backing.byRef = b.name, "backing", true
 	}
 	d.nodes[b.name] = b
 	d.mu.Unlock()
@@ -534,6 +588,13 @@ func (d *Daemon) blockdevDel(name string) error {
 		}
 	}
 	drop(name)
+	// A node blockdev-add named as its backing is free again (it kept
+	// its own device).
+	for _, x := range d.nodes {
+		if x.byRef && x.usedBy == name {
+			x.usedBy, x.role, x.byRef = "", "", false
+		}
+	}
 	d.mu.Unlock()
 	if err != nil {
 		return Errorf("Node '%s' closed with an error: %v", name, err)
@@ -859,6 +920,22 @@ func (d *Daemon) exportDel(id, mode string) error {
 // move the node to another Context (a mirror moves its target to the
 // source's IOThread): in the daemon a device is a node's handle, not a
 // guest's disk pinned to a thread.
+// openOver opens a qcow2 image with backing's node as its backing node
+// (blockdev-add's "backing": a node name). The overlay opens on the
+// backing node's Context, as a node and its children share one.
+func (d *Daemon) openOver(path string, o host.OpenOptions, backing *blockdev) (*host.Device, error) {
+	bn := backing.dev.Root()
+	if bn == nil {
+		return nil, fmt.Errorf("node '%s' has no image", backing.name)
+	}
+	dev, err := d.h.OpenDeviceOver(path, o, bn)
+	if err != nil {
+		return nil, err
+	}
+	dev.FrontEnd().AllowContextChange(true)
+	return dev, nil
+}
+
 func (d *Daemon) open(path string, o host.OpenOptions) (*host.Device, error) {
 	dev, err := d.h.OpenDevice(path, o)
 	if err != nil {

@@ -382,7 +382,7 @@ func TestDeviceNameFollowsSnapshots(t *testing.T) {
 	err := d.Transaction(&TransactionArgs{Actions: []TransactionAction{
 		actionJSON("blockdev-snapshot-sync", SnapshotSyncArgs{NodeName: "s0", SnapshotFile: filepath.Join(dir, "x.qcow2")}),
 	}})
-	if err == nil || !strings.Contains(err.Error(), "Node 's0' is busy: node is used as backing of 's1'") {
+	if err == nil || !strings.Contains(err.Error(), "Node 's0' is busy: node is used as backing hd of 's1'") {
 		t.Fatalf("snapshot of a backing node: %v", err)
 	}
 }

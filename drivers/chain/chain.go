@@ -90,6 +90,13 @@ type Options struct {
 	AllowRBDBacking bool
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
+	// BackingNode, when set, is the top qcow2 image's backing node (QMP's
+	// blockdev-add "backing": a node's name): the image's backing file
+	// name is not followed, this node is attached in its place (with a
+	// reference of the image's own). The image must name a backing file
+	// in its header: a qcow2 node attaches backing nodes only when it
+	// opens one.
+	BackingNode *block.Node
 	// debugConfig is the blkdebug configuration of a "blkdebug:CFG:IMAGE"
 	// name (set by Open): the top image's file node goes under a
 	// blkdebug filter.
@@ -354,6 +361,10 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 	dopts.DataFile = dataFileOpener(g, path, o, top, name) // datafile.go
 	o.QcowOptions.DataFileNode = nil                       // the top's alone
 	dopts.Backing = func(req qcow2.BackingRequest) (n *block.Node, err error) {
+		if depth == 0 && o.BackingNode != nil {
+			o.BackingNode.Ref()
+			return o.BackingNode, nil
+		}
 		p := ResolveBacking(path, req.Name)
 		if rbd.IsName(p) && !o.AllowRBDBacking {
 			return nil, &BackingError{Path: p, Err: errors.New("rbd: backing files are followed only when allowed (RINGBLK_RBD_BACKING=1): the image names a Ceph image to read with this host's credentials")}

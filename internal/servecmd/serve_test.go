@@ -1049,3 +1049,91 @@ func TestServeBitmapSHA256SameAsQemuStorageDaemon(t *testing.T) {
 		}
 	}
 }
+
+// TestServeBackingByNodeNameSameAsQemuStorageDaemon: the chain built the
+// libvirt way, each layer added on its own and the overlay naming its
+// backing node ("backing": "base"), behaves as in qemu-storage-daemon 7.2:
+// the same replies at every step (a raw node refusing backing, an unknown
+// backing node, the base busy while it is a backing node, free again once
+// block-stream took it out of the chain), the overlay's NBD export reads
+// the base's data through it, and the streamed overlay stands alone
+// (qemu-img: no backing file, the same data). Before, any "backing" other
+// than null was refused.
+func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	run := func(name string, start func(args ...string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "4M")
+		qemuIO(t, "-c", "write -P 0x41 0 64k", base)
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+		qemuIO(t, "-c", "write -P 0x42 1M 64k", top)
+		sock, nbdSock := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "nbd.sock")
+		stop := start("--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		defer stop()
+		c := waitQMP(t, sock)
+		var out []string
+		step := func(cmd string) {
+			b, _ := json.Marshal(c.do(cmd))
+			out = append(out, string(b))
+		}
+		for _, cmd := range []string{
+			`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"base-f","filename":"` + base + `","read-only":true}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"base","file":"base-f","read-only":true,"backing":null}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"top-f","filename":"` + top + `"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"bad","file":"top-f","backing":"base"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":"top-f","backing":"nope"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":"top-f","backing":"base"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
+			`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + nbdSock + `"}}}}`,
+			`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"top","writable":false}}`,
+		} {
+			step(cmd)
+		}
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x41 0 64k", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0 2M 64k",
+			"nbd+unix:///top?socket="+nbdSock)
+		step(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		step(`{"execute":"block-stream","arguments":{"job-id":"s","device":"top"}}`)
+		for ev := c.read(); ev["event"] != "BLOCK_JOB_COMPLETED"; ev = c.read() {
+		}
+		for _, cmd := range []string{
+			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"top"}}`,
+			`{"execute":"quit"}`,
+		} {
+			step(cmd)
+		}
+		if info := qemuImg(t, "info", "-U", top); strings.Contains(info, "backing file") {
+			t.Errorf("%s: the streamed overlay still names a backing file:\n%s", name, info)
+		}
+		qemuIO(t, "-r", "-c", "read -P 0x41 0 64k", "-c", "read -P 0x42 1M 64k", top)
+		return out
+	}
+	want := run("qsd", func(args ...string) func() {
+		q := exec.Command("qemu-storage-daemon", args...)
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() { q.Wait() }
+	})
+	got := run("ringblk", func(args ...string) func() {
+		d := startServe(t, args...)
+		return func() {
+			if code := d.wait(t); code != 0 {
+				t.Errorf("exit %d: %s", code, d.stderr)
+			}
+		}
+	})
+	for i := range want {
+		if i >= len(got) || want[i] != got[i] {
+			var g string
+			if i < len(got) {
+				g = got[i]
+			}
+			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], g)
+		}
+	}
+}
