@@ -148,7 +148,7 @@ func TestMarkLineLayout(t *testing.T) {
 	if sz := unsafe.Sizeof(b); sz != 128 {
 		t.Fatalf("Bitmap is %d bytes, want 128", sz)
 	}
-	for name, off := range map[string]uintptr{"words": unsafe.Offsetof(b.words), "shift": unsafe.Offsetof(b.shift), "nbits": unsafe.Offsetof(b.nbits), "enabled": unsafe.Offsetof(b.enabled)} {
+	for name, off := range map[string]uintptr{"g": unsafe.Offsetof(b.g), "shift": unsafe.Offsetof(b.shift), "enabled": unsafe.Offsetof(b.enabled)} {
 		if off >= 64 {
 			t.Errorf("%s at offset %d, outside the first cache line", name, off)
 		}
