@@ -27,11 +27,13 @@ func (m *model) reset(off, n int64) {
 	}
 }
 
+// count is QEMU's: every dirty chunk counts a whole granularity, the
+// partial last one too.
 func (m *model) count() int64 {
 	var n int64
-	for c, b := range m.bits {
+	for _, b := range m.bits {
 		if b {
-			n += min(int64(c+1)*m.gran, m.size) - int64(c)*m.gran
+			n += m.gran
 		}
 	}
 	return n

@@ -54,7 +54,8 @@ func TestResizeShrinkKeepsPartialChunk(t *testing.T) {
 	if err := b.Resize(1000 << 10); err != nil {
 		t.Fatal(err)
 	}
-	if b.Bits() != 16 || !b.Get(960<<10) || b.Count() != 64<<10+(1000-960)<<10 {
+	// QEMU counts the partial last chunk whole.
+	if b.Bits() != 16 || !b.Get(960<<10) || b.Count() != 2*64<<10 {
 		t.Fatalf("after shrink: bits %d, partial chunk %v, count %d", b.Bits(), b.Get(960<<10), b.Count())
 	}
 	if err := b.Resize(512 << 10); err != nil {
