@@ -7,7 +7,9 @@
 // marking a range that is already dirty only loads the word (no store, no
 // cache-line transfer), and marking never allocates. Structural changes —
 // creating, adding to a node, removing, renaming — belong to the main
-// Context of the node's graph (block does them there).
+// Context of the node's graph (block does them there). Resize, which
+// follows the node's length, may run on any Context while others mark:
+// the geometry is published atomically and no mark is lost (Resize).
 package bitmap
 
 import (
