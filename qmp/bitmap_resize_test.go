@@ -2,6 +2,7 @@ package qmp
 
 import (
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -61,6 +62,45 @@ func TestBlockResizeBitmapCount(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "name: p0") || !strings.Contains(string(out), "virtual size: 512 KiB") {
 		t.Fatalf("qemu-img info: %v\n%s", err, out)
 	}
+	if out, err := exec.Command("qemu-img", "check", p).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img check: %v\n%s", err, out)
+	}
+}
+
+// TestBlockResizeInconsistentBitmap: block_resize of a qcow2 node whose
+// image holds a bitmap left in use is refused with qemu-storage-daemon
+// 7.2's desc (compared side by side: the driver's sentence alone, no
+// "Could not resize" prefix, no hint line); once the bitmap is removed
+// the resize goes through. Before, the desc was ringblk's whole chain
+// ("Could not resize: block: truncate on ... unsupported: qcow2: bitmaps
+// 0: ... Try block-dirty-bitmap-remove ...").
+func TestBlockResizeInconsistentBitmap(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
+		}
+	}
+	d, dir, sock := testServer(t, 1, Options{})
+	p := filepath.Join(dir, "stale.qcow2")
+	for _, args := range [][]string{{"create", "-q", "-f", "qcow2", p, "16M"}, {"bitmap", "--add", p, "old"}} {
+		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+		}
+	}
+	exec.Command("qemu-io", "-f", "qcow2", "-c", "write 0 4k", "-c", "abort", p).Run() // leaves "old" in use
+	if err := d.blockdevAdd(&AddOptions{Driver: "qcow2", NodeName: "disk0", File: &FileRef{Driver: "file", Filename: p}}); err != nil {
+		t.Fatal(err)
+	}
+	c := dialRaw(t, sock)
+	c.negotiate()
+	r := c.do(`{"execute":"block_resize","arguments":{"node-name":"disk0","size":33554432}}`)
+	wantError(t, r, GenericError, "Bitmap 'old' is inconsistent and cannot be used")
+	if desc := r["error"].(map[string]any)["desc"]; desc != "Bitmap 'old' is inconsistent and cannot be used" {
+		t.Fatalf("desc %q, want qemu-storage-daemon's sentence alone", desc)
+	}
+	okReply(t, c, `{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"old"}}`)
+	okReply(t, c, `{"execute":"block_resize","arguments":{"node-name":"disk0","size":33554432}}`)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"disk0"}}`)
 	if out, err := exec.Command("qemu-img", "check", p).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img check: %v\n%s", err, out)
 	}
