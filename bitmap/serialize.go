@@ -11,11 +11,12 @@ import "encoding/binary"
 // bits) and reports whether any of them is set. firstBit must be a
 // multiple of 64.
 func (b *Bitmap) SerializePart(dst []byte, firstBit int64) (any bool) {
+	g := b.g.Load()
 	w := firstBit >> 6
 	for i := 0; i < len(dst); i += 8 {
 		var v uint64
-		if w >= 0 && w < int64(len(b.words)) {
-			v = b.words[w].Load()
+		if w >= 0 && w < int64(len(g.words)) {
+			v = g.words[w].Load()
 		}
 		var tmp [8]byte
 		binary.LittleEndian.PutUint64(tmp[:], v)
@@ -29,18 +30,17 @@ func (b *Bitmap) SerializePart(dst []byte, firstBit int64) (any bool) {
 // DeserializePart ORs the bits of src (len(src)*8 bits) into the bitmap
 // from firstBit on (a multiple of 64); bits past the end are dropped.
 func (b *Bitmap) DeserializePart(src []byte, firstBit int64) {
+	g := b.g.Load()
 	w := firstBit >> 6
-	for i := 0; i < len(src) && w < int64(len(b.words)); i += 8 {
+	for i := 0; i < len(src) && w < int64(len(g.words)); i += 8 {
 		var tmp [8]byte
 		copy(tmp[:], src[i:])
 		v := binary.LittleEndian.Uint64(tmp[:])
-		if w == int64(len(b.words))-1 {
-			if r := b.nbits & 63; r != 0 {
-				v &= uint64(1)<<uint(r) - 1
-			}
+		if w == int64(len(g.words))-1 {
+			v &= lastWordMask(g.nbits)
 		}
 		if w >= 0 && v != 0 {
-			b.words[w].Or(v)
+			g.words[w].Or(v)
 		}
 		w++
 	}
@@ -48,11 +48,12 @@ func (b *Bitmap) DeserializePart(src []byte, firstBit int64) {
 
 // SetBits sets n bits from bit first on (clipped to the bitmap).
 func (b *Bitmap) SetBits(first, n int64) {
-	if first < 0 || n <= 0 || first >= b.nbits {
+	nbits := b.Bits()
+	if first < 0 || n <= 0 || first >= nbits {
 		return
 	}
-	b.SetRange(first<<b.shift, min(n, b.nbits-first)<<b.shift)
+	b.SetRange(first<<b.shift, min(n, nbits-first)<<b.shift)
 }
 
 // Bits is the number of bits (granules) of the bitmap.
-func (b *Bitmap) Bits() int64 { return b.nbits }
+func (b *Bitmap) Bits() int64 { return b.g.Load().nbits }

@@ -1,7 +1,6 @@
 package block
 
 import (
-	"errors"
 	"fmt"
 	"syscall"
 
@@ -16,7 +15,10 @@ import (
 // range). Jobs' own writes are requests like any other, so they are
 // tracked on the nodes they write to, as in QEMU. Adding and removing run
 // on the main Context; the marking path loads one atomic pointer and
-// allocates nothing.
+// allocates nothing. A successful truncate resizes every bitmap of the
+// node to its new length before the submitter learns of it (QEMU's
+// bdrv_dirty_bitmap_truncate from bdrv_co_write_req_finish): growing adds
+// clean chunks, which later writes mark.
 
 // bitmapList is the published set (never modified once stored).
 type bitmapList struct{ list []*bitmap.Bitmap }
@@ -26,12 +28,13 @@ const dirtyOps = 1<<OpWrite | 1<<OpWriteZeroes | 1<<OpDiscard | 1<<OpWriteCompre
 
 func dirties(op Op) bool { return dirtyOps>>(op&63)&1 != 0 }
 
-// markDirty marks the node's enabled bitmaps for r (any Context). Small
-// enough to inline: a node without bitmaps pays one load; the op test (one
-// shift of a constant) and the marking are out of line.
-func (n *Node) markDirty(r *Request) {
+// markDirty marks the node's enabled bitmaps for r (any Context), or
+// resizes them after a successful truncate. Small enough to inline: a
+// node without bitmaps pays one load; the op test (one shift of a
+// constant) and the marking are out of line.
+func (n *Node) markDirty(r *Request, err error) {
 	if l := n.bitmaps.Load(); l != nil {
-		l.mark(r)
+		n.mark(l, r, err)
 	}
 }
 
@@ -39,13 +42,16 @@ func (n *Node) markDirty(r *Request) {
 // inline into Request.Complete.
 //
 //go:noinline
-func (l *bitmapList) mark(r *Request) {
+func (n *Node) mark(l *bitmapList, r *Request, err error) {
 	if !dirties(r.Op) {
+		if r.Op == OpTruncate && err == nil {
+			n.ResizeBitmaps()
+		}
 		return
 	}
-	off, n := r.Off, r.Len
+	off, ln := r.Off, r.Len
 	for _, b := range l.list {
-		b.Mark(off, n)
+		b.Mark(off, ln)
 	}
 }
 
@@ -57,6 +63,8 @@ func (n *Node) AddBitmap(name string, granularity int64) (b *bitmap.Bitmap, err 
 		if granularity == 0 {
 			granularity = bitmap.DefaultGranularity
 		}
+		n.bitmapMu.Lock()
+		defer n.bitmapMu.Unlock()
 		var size int64
 		if size, err = n.drv.Length(n); err != nil {
 			return
@@ -73,6 +81,8 @@ func (n *Node) AddBitmap(name string, granularity int64) (b *bitmap.Bitmap, err 
 // bitmap, a successor); its size must be the node's length.
 func (n *Node) AttachBitmap(b *bitmap.Bitmap) (err error) {
 	n.g.Control(func() {
+		n.bitmapMu.Lock()
+		defer n.bitmapMu.Unlock()
 		var size int64
 		if size, err = n.drv.Length(n); err != nil {
 			return
@@ -184,27 +194,29 @@ func (n *Node) bitmapErr(name string, err error) error {
 	return &BitmapError{Node: n.name, Bitmap: name, Err: err}
 }
 
-// ErrBitmapTooSmall refuses to grow a node past the end of one of its
-// dirty bitmaps.
-var ErrBitmapTooSmall = errors.New("a dirty bitmap does not cover the new size")
-
-// bitmapsCover refuses a truncate to size when a bitmap of the node
-// covers less: a bitmap keeps the length it was created with (its
-// words are read by every write without a lock), so writes past its end
-// would go unrecorded and an incremental backup taken from it would miss
-// them. QEMU grows its bitmaps with the node; until ringblk does, growing
-// is refused while such a bitmap exists (docs/design/jobs.md). Shrinking
-// is allowed: marks past the end are never read back.
-func (n *Node) bitmapsCover(size int64) error {
+// ResizeBitmaps makes every bitmap of the node cover its current length
+// (any Context). A successful truncate request calls it; a driver that
+// changes its node's length by other means (qcow2's preallocated resize
+// and amend) calls it after the change. Every bitmap is resized, busy
+// ones included: a backup's frozen bitmap and its successor, a
+// checkpoint's frozen bitmaps and an export's all keep one size with the
+// node, so the merges that end those operations still apply. (QEMU
+// asserts that no bitmap is busy here: its op blockers and permissions
+// keep a resize away from a node a job works on, as ringblk serve's
+// block_resize does; the block layer accepts it and loses no mark.)
+// Marks racing the resize are not lost (bitmap.Bitmap.Resize).
+func (n *Node) ResizeBitmaps() {
+	n.bitmapMu.Lock()
+	defer n.bitmapMu.Unlock()
 	l := n.bitmaps.Load()
 	if l == nil {
-		return nil
+		return
+	}
+	size, err := n.drv.Length(n)
+	if err != nil {
+		return // the length is unknown: the bitmaps keep theirs
 	}
 	for _, b := range l.list {
-		if size > b.Size() {
-			return fmt.Errorf("%w: bitmap %q covers %d bytes; remove it before growing the node to %d (%w)",
-				ErrBitmapTooSmall, b.Name(), b.Size(), size, syscall.EBUSY)
-		}
+		_ = b.Resize(size) // size >= 0: Resize cannot fail
 	}
-	return nil
 }

@@ -3,7 +3,7 @@ package block_test
 import (
 	"errors"
 	"math/rand/v2"
-	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -183,11 +183,14 @@ func benchWrite(b *testing.B, withBitmap bool) {
 	})
 }
 
-// TestTruncateRefusedPastBitmap: a node with a dirty bitmap cannot grow
-// past the bitmap's length (writes there would not be recorded, and a
-// backup from the bitmap would miss them); it may shrink, and grows again
-// once the bitmap is removed.
-func TestTruncateRefusedPastBitmap(t *testing.T) {
+// TestTruncateResizesBitmaps: a truncate resizes every bitmap of the
+// node, enabled, disabled and busy alike (a backup's frozen bitmap and
+// its successor keep one size, so their merge still applies); the grown
+// area is clean and a write past the old end is then recorded, with
+// QEMU's count (qemu-storage-daemon after block_resize and a write past
+// the old end: qmp.TestBlockResizeBitmapCount). A shrink drops the chunks
+// past the new end. Before, the grow was refused (ErrBitmapTooSmall).
+func TestTruncateResizesBitmaps(t *testing.T) {
 	e := blocktest.NewEnv(t, 1)
 	n := e.Open(blocktest.NewDriver(64<<10), block.Options{Name: "n"})
 	defer n.Unref()
@@ -195,27 +198,134 @@ func TestTruncateRefusedPastBitmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var terr error
-	e.On(e.Main, func() { terr = n.Truncate(128 << 10) })
-	if !errors.Is(terr, block.ErrBitmapTooSmall) || !errors.Is(terr, syscall.EBUSY) || !strings.Contains(terr.Error(), `"b0"`) {
-		t.Fatalf("grow past the bitmap: %v, want it refused naming b0", terr)
-	}
-	if l, _ := n.Length(); l != 64<<10 {
-		t.Fatalf("length %d after a refused grow", l)
-	}
-	e.On(e.Main, func() { terr = n.Truncate(32 << 10) })
-	if terr != nil {
-		t.Fatalf("shrink: %v", terr)
-	}
-	e.On(e.Main, func() { terr = n.Truncate(64 << 10) })
-	if terr != nil {
-		t.Fatalf("grow back within the bitmap: %v", terr)
-	}
-	if err := n.RemoveBitmap(b.Name()); err != nil {
+	off, err := n.AddBitmap("off", 4096)
+	if err != nil {
 		t.Fatal(err)
 	}
-	e.On(e.Main, func() { terr = n.Truncate(128 << 10) })
-	if terr != nil {
-		t.Fatalf("grow without a bitmap: %v", terr)
+	off.SetEnabled(false)
+	frozen, err := n.AddBitmap("frozen", 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	succ, _ := bitmap.New("succ", frozen.Size(), frozen.Granularity())
+	if err := n.AttachBitmap(succ); err != nil {
+		t.Fatal(err)
+	}
+	frozen.SetEnabled(false)
+	frozen.SetBusy(true)
+	write := func(o int64) {
+		t.Helper()
+		var werr error
+		e.On(e.Main, func() { werr = n.WriteZeroes(o, 512, 0) })
+		if werr != nil {
+			t.Fatal(werr)
+		}
+	}
+	truncate := func(size int64) {
+		t.Helper()
+		var terr error
+		e.On(e.Main, func() { terr = n.Truncate(size) })
+		if terr != nil {
+			t.Fatalf("truncate to %d: %v", size, terr)
+		}
+	}
+	write(0)
+	frozen.SetRange(60<<10, 1)
+	truncate(128 << 10)
+	for _, x := range []*bitmap.Bitmap{b, off, frozen, succ} {
+		if x.Size() != 128<<10 {
+			t.Fatalf("bitmap %s covers %d bytes after growing to %d", x.Name(), x.Size(), 128<<10)
+		}
+	}
+	if b.Count() != 4096 || b.NextDirty(64<<10) != -1 || succ.Count() != 4096 {
+		t.Fatalf("after growing: count %d, first dirty past the old end %d, successor %d", b.Count(), b.NextDirty(64<<10), succ.Count())
+	}
+	write(96 << 10)
+	if !b.Get(96<<10) || b.Count() != 8192 || !succ.Get(96<<10) || off.Count() != 0 || frozen.Count() != 4096 {
+		t.Fatalf("write past the old end: b0 %v/%d, successor %v, disabled %d, frozen %d",
+			b.Get(96<<10), b.Count(), succ.Get(96<<10), off.Count(), frozen.Count())
+	}
+	if err := frozen.Merge(succ); err != nil {
+		t.Fatalf("merging the successor back: %v", err)
+	}
+	if frozen.Count() != 3*4096 {
+		t.Fatalf("frozen after merge: count %d", frozen.Count())
+	}
+	truncate(32 << 10)
+	if b.Size() != 32<<10 || b.Count() != 4096 || frozen.Count() != 4096 {
+		t.Fatalf("after shrinking: size %d count %d, frozen %d", b.Size(), b.Count(), frozen.Count())
+	}
+	truncate(128 << 10)
+	if b.Count() != 4096 || b.Get(96<<10) {
+		t.Fatalf("a chunk dropped by the shrink came back: count %d", b.Count())
+	}
+	// A bitmap added afterwards covers the new length.
+	c, err := n.AddBitmap("c", 4096)
+	if err != nil || c.Size() != 128<<10 {
+		t.Fatalf("bitmap added after the resize: %v, size %d", err, c.Size())
+	}
+	// A failed truncate changes no bitmap.
+	var terr error
+	e.On(e.Main, func() { terr = n.Truncate(-1) })
+	if terr == nil || b.Size() != 128<<10 {
+		t.Fatalf("truncate to -1: %v, bitmap size %d", terr, b.Size())
+	}
+}
+
+// counter is a Done that counts completions and keeps the first error.
+type counter struct {
+	n   atomic.Int64
+	err atomic.Pointer[error]
+}
+
+func (c *counter) RequestDone(_ *block.Request, err error) {
+	if err != nil {
+		c.err.CompareAndSwap(nil, &err)
+	}
+	c.n.Add(1)
+}
+
+// TestTruncateDuringWritesLosesNoMark: writes completing on an IOThread
+// while the main Context grows and shrinks the node (never below them)
+// are all recorded in the bitmap the node ends with (run with -race).
+func TestTruncateDuringWritesLosesNoMark(t *testing.T) {
+	e := blocktest.NewEnv(t, 1)
+	const gran, chunks = 4096, 2048
+	n := e.Open(blocktest.NewDriver(chunks*gran), block.Options{Name: "n"})
+	fe := e.FrontEnd("fe", n, block.FrontEndOptions{})
+	n.Unref()
+	b, err := n.AddBitmap("b0", gran)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 0))
+	var done counter
+	buf := make([]byte, 512)
+	e.On(e.IO[0], func() {
+		q := fe.Queue(e.IO[0])
+		for c := int64(0); c < chunks; c++ {
+			q.Write(buf, c*gran+int64(c%8)*512, 0, &done, 0)
+		}
+	})
+	for i := 0; done.n.Load() < chunks; i++ {
+		size := int64(chunks+r.IntN(chunks)) * gran
+		var terr error
+		e.On(e.Main, func() { terr = n.Truncate(size) })
+		if terr != nil {
+			t.Fatalf("truncate %d to %d: %v", i, size, terr)
+		}
+	}
+	if p := done.err.Load(); p != nil {
+		t.Fatal(*p)
+	}
+	for c := int64(0); c < chunks; c++ {
+		if !b.Get(c * gran) {
+			t.Fatalf("seed %d: chunk %d written during truncates is clean", seed, c)
+		}
+	}
+	if b.Count() != chunks*gran {
+		t.Fatalf("count %d, want %d", b.Count(), chunks*gran)
 	}
 }

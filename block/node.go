@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"sync"
 	"sync/atomic"
 
 	"github.com/ringblk/ringblk/aio"
@@ -59,6 +60,10 @@ type Node struct {
 	// bitmaps: the dirty bitmaps marked by the write paths (bitmaps.go);
 	// replaced whole on the main Context, loaded by any Context.
 	bitmaps atomic.Pointer[bitmapList]
+	// bitmapMu orders ResizeBitmaps with AddBitmap and AttachBitmap, so a
+	// bitmap attached while a truncate completes gets the new length
+	// (control paths only; marking never takes it).
+	bitmapMu sync.Mutex
 
 	// Aux is the driver's or owner's; block never touches it.
 	Aux any

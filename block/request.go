@@ -180,8 +180,8 @@ func (r *Request) Complete(err error) {
 	recycle := r.q == nil
 	// Dirty tracking before anyone learns of the completion (QEMU marks
 	// in bdrv_co_write_req_finish): a job that reads the bitmap after
-	// this write finished sees it.
-	n.markDirty(r)
+	// this write finished sees it. A truncate resizes the bitmaps here.
+	n.markDirty(r, err)
 	n.inFlight.dec()
 	n.g.main.Kick()
 	done.RequestDone(r, err)
@@ -269,9 +269,6 @@ func (n *Node) validate(r *Request) error {
 		}
 		if n.inactive.Load() {
 			return newError(Io, r.Op, n, r.Off, syscall.EPERM)
-		}
-		if err := n.bitmapsCover(r.Off); err != nil {
-			return newError(Io, r.Op, n, r.Off, err)
 		}
 		return nil
 	case OpFlush:

@@ -431,8 +431,16 @@ func (b *Backup) Clean(j *Job) {
 	case b.success && mode != Never:
 		ub.Clear()
 	case !b.success && mode == Always:
+		// The copy bitmap covers the source as it was at the start; a
+		// source resized since has resized ub (block.Node.ResizeBitmaps),
+		// so cp follows before the merge: the chunks it adds are clean,
+		// writes there are in the successor, merged below.
+		cp := b.bc.cp
+		if cp.Size() != ub.Size() {
+			j.NoteError(cp.Resize(ub.Size()))
+		}
 		ub.Clear()
-		j.NoteError(ub.Merge(b.bc.cp))
+		j.NoteError(ub.Merge(cp))
 	}
 	j.NoteError(ub.Merge(succ))
 	b.g.Control(func() { b.o.Source.DetachBitmap(succ) })

@@ -169,3 +169,53 @@ func TestBackupBitmapModes(t *testing.T) {
 		})
 	}
 }
+
+// TestBackupAlwaysAfterSourceGrew: a bitmap backup with bitmap-mode
+// always that fails after its source grew (a host's Device.Resize; QMP
+// refuses block_resize under a job, as QEMU does) keeps what it did not
+// copy and the writes past the old end. Before, the copy bitmap of the
+// old size could not be merged into the grown user bitmap ("sizes ...
+// differ") after the user bitmap was cleared: the uncopied chunks were
+// lost.
+func TestBackupAlwaysAfterSourceGrew(t *testing.T) {
+	const size = 1 << 20
+	e := blocktest.NewEnv(t, 0)
+	src := e.Open(randomMem(size, 3), block.Options{Name: "src"})
+	tgtRaw := e.Open(blocktest.NewMem(size), block.Options{Name: "tgt-raw"})
+	dbg := &blocktest.Debug{}
+	tgt := e.Open(dbg, block.Options{Name: "tgt"})
+	dbg.Edge.Store(e.Attach(tgt, tgtRaw, "file", block.RoleFile|block.RolePrimary))
+	tgtRaw.Unref()
+	m := job.NewManager(e.G, nil)
+	bm, err := src.AddBitmap("inc", 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{0xab}, 64<<10)
+	for _, off := range []int64{0, 5 << 16, 9 << 16} {
+		src.WriteAt(chunk, off)
+	}
+	dbg.AddRule(blocktest.Rule{Op: block.OpWrite, OffMin: 9 << 16, Err: syscall.EIO})
+	j, _, err := job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 1 << 20}, Source: src, Target: tgt,
+		Sync: job.BackupBitmap, Bitmap: "inc", BitmapMode: job.Always, MaxRequest: 64 << 10, Parallel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var terr error
+	e.OnMain(func() { terr = src.Truncate(2 * size) })
+	if terr != nil {
+		t.Fatal(terr)
+	}
+	src.WriteAt(chunk[:4096], 24<<16)
+	j.Start()
+	if err := waitDone(t, j); err == nil {
+		t.Fatal("backup succeeded past an injected error")
+	}
+	var got []int64
+	bm.Extents(func(o, n int64) bool { got = append(got, o>>16, n>>16); return true })
+	if want := []int64{9, 1, 24, 1}; bm.Size() != 2*size || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("bitmap after the failed backup: size %d, %v (64 KiB chunks: start, count), want %v", bm.Size(), got, want)
+	}
+	src.Unref()
+	tgt.Unref()
+}

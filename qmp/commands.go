@@ -6,10 +6,12 @@ import (
 	"github.com/ringblk/ringblk/job"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
+	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/host"
 )
@@ -190,7 +192,7 @@ func (d *Daemon) register(r *Registry) {
 			return nil, Errorf("Node '%s' is busy: block device is in use by block job: %s", b.name, typ)
 		}
 		if err := b.dev.Resize(x.Size); err != nil {
-			return nil, Errorf("Could not resize: %v", err)
+			return nil, resizeErr(err)
 		}
 		return nil, nil
 	})
@@ -643,4 +645,17 @@ func (d *Daemon) queryIOThreads() []map[string]any {
 			"poll-max-ns": 0, "poll-grow": 0, "poll-shrink": 0, "aio-max-batch": 0})
 	}
 	return out
+}
+
+// resizeErr words a failed block_resize. A qcow2 refusal for its bitmaps
+// is qemu-storage-daemon's desc: the driver's sentence alone, without
+// qemu-img's hint line ("Bitmap 'b0' is inconsistent and cannot be
+// used"); anything else keeps ringblk's prefix and cause.
+func resizeErr(err error) error {
+	var fe *qcow2fmt.FormatError
+	if errors.As(err, &fe) && fe.Field == "bitmaps" && fe.Reason != "" {
+		msg, _, _ := strings.Cut(fe.Reason, "\n")
+		return Errorf("%s", msg)
+	}
+	return Errorf("Could not resize: %v", err)
 }

@@ -76,6 +76,16 @@ func (d *Mem) Write(r *block.Request) {
 	d.done(r)
 }
 
+// Truncate sets the length to r.Off; a growth reads as zeros.
+func (d *Mem) Truncate(r *block.Request) {
+	d.mu.Lock()
+	data := make([]byte, r.Off)
+	copy(data, d.Data)
+	d.Data = data
+	d.mu.Unlock()
+	d.done(r)
+}
+
 func (d *Mem) WriteZeroes(r *block.Request) {
 	d.mu.Lock()
 	d.check(r)

@@ -82,6 +82,9 @@ func Amend(n *block.Node, o AmendOptions) error {
 	if d.readOnly {
 		return &block.Error{Kind: block.Unsupported, Op: block.OpWrite, Node: n.Name(), Err: errors.New("qcow2: amend needs a read-write node")}
 	}
+	// A size change (o.Size) resizes the node's dirty bitmaps too, as
+	// a truncate request does; they are stored with the new size.
+	defer n.ResizeBitmaps()
 	return d.formatErr(block.OpWrite, 0, d.runLocked(n, func(co *aio.Co) error {
 		return maintOf(d).amendLocked(co, o)
 	}))

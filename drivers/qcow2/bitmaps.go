@@ -180,8 +180,46 @@ func (d *Driver) RemovePersistentBitmap(name string) error {
 	return nil
 }
 
+// truncateBitmapsCheck refuses a resize that QEMU 7.2 refuses for its
+// bitmaps (qcow2_truncate_bitmaps_check), in the directory's order and
+// with its words: an inconsistent bitmap (found in use, or with unknown
+// extra data: it cannot be rewritten for the new size, only removed),
+// and a persistent bitmap an operation holds (a backup, an export).
+// Every other bitmap is resized with the node and stored with the new
+// size at close. A damaged directory is not in force (its bit is cleared
+// before the first write) and refuses nothing.
+func (d *Driver) truncateBitmapsCheck() error {
+	d.mu.Lock()
+	if d.mu.pbm.damaged != nil {
+		d.mu.Unlock()
+		return nil
+	}
+	type entry struct {
+		name  string
+		stale bool
+	}
+	var dir []entry
+	for i := range d.mu.pbm.disk {
+		name := d.mu.pbm.disk[i].Name
+		dir = append(dir, entry{name, d.mu.pbm.stale[name]})
+	}
+	d.mu.Unlock()
+	for _, e := range dir {
+		if e.stale {
+			return format.Unsupported("bitmaps", 0, fmt.Sprintf("Bitmap '%s' is inconsistent and cannot be used\nTry block-dirty-bitmap-remove to delete this bitmap from disk", e.name)) // QEMU's words
+		}
+		if d.node == nil {
+			continue
+		}
+		if b := d.node.Bitmap(e.name); b != nil && b.Persistent && b.Busy() {
+			return format.Unsupported("bitmaps", 0, fmt.Sprintf("Bitmap '%s' is currently in use by another operation and cannot be used", e.name)) // QEMU's words
+		}
+	}
+	return nil
+}
+
 // hasPersistentBitmaps reports bitmaps on disk or persistent ones on the
-// node (resize refuses both: the tables are sized for the disk).
+// node (MakeEmpty keeps away from them).
 func (d *Driver) hasPersistentBitmaps() bool {
 	d.mu.Lock()
 	n := len(d.mu.pbm.disk)

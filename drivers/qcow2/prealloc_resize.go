@@ -44,6 +44,9 @@ func TruncatePrealloc(n *block.Node, size int64, mode format.Prealloc) error {
 	d.mu.Lock()
 	old := d.mu.geo.Size
 	d.mu.Unlock()
+	// The node's dirty bitmaps follow the length, as after a truncate
+	// request (block.Node.ResizeBitmaps; a no-op when nothing changed).
+	defer n.ResizeBitmaps()
 	return d.formatErr(block.OpTruncate, size, d.runLocked(n, func(co *aio.Co) error {
 		switch {
 		case size < old:

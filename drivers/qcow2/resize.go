@@ -48,13 +48,17 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 		return format.OutOfRange("size", uint64(size), "the new size must be a multiple of 512")
 	case size > format.MaxImageSize:
 		return format.Limit("size", uint64(size), "virtual size above 2^61")
-	case size < old:
-		if d.hasPersistentBitmaps() { // as growing, below
-			return format.Unsupported("bitmaps", 0, "Cannot resize an image with persistent bitmaps (remove them first)")
-		}
-		return d.shrinkLocked(co, r, old, size) // shrink.go
 	case size == old:
 		return nil
+	}
+	// Persistent bitmaps are resized with the node (block's truncate
+	// completion) and stored with the new size at close; a bitmap that
+	// cannot be resized refuses it (bitmaps.go).
+	if err := d.truncateBitmapsCheck(); err != nil {
+		return err
+	}
+	if size < old {
+		return d.shrinkLocked(co, r, old, size) // shrink.go
 	}
 	need := format.L1EntriesFor(uint64(size), d.mu.geo.ClusterBits, d.mu.geo.ExtendedL2)
 	if need*8 > format.MaxL1Bytes {
@@ -67,9 +71,6 @@ func (d maintOps) truncateLocked(co *aio.Co, r *block.Request, size int64) error
 	hide := d.backing != nil && d.backingSize > old
 	if hide && !d.mu.geo.ZeroFlag && !d.mu.geo.ExtendedL2 {
 		return format.Unsupported("version", 2, "Failed to zero out new clusters: a version 2 image cannot hide its backing file past the old size (upgrade with amend -o compat=1.1)")
-	}
-	if d.hasPersistentBitmaps() { // bitmaps.go: tables are sized for the disk
-		return format.Unsupported("bitmaps", 0, "Cannot resize an image with persistent bitmaps (remove them first)")
 	}
 	if err := d.prepareWrite(co, r); err != nil {
 		return err

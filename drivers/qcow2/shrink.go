@@ -10,7 +10,7 @@ import (
 
 // Shrinking the virtual disk (QEMU 7.2's qcow2 shrink, qemu-img resize
 // --shrink and qemu-io truncate). Under metaLock, after the refusals of
-// truncateLocked (a version 2 image with snapshots, persistent bitmaps):
+// truncateLocked (a version 2 image with snapshots, bitmaps that cannot be resized):
 //
 //  1. every whole cluster from the new size rounded up to a cluster to the
 //     end of what the L1 table reaches loses its entry (entry and subcluster bitmap 0: a full

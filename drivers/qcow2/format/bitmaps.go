@@ -140,7 +140,7 @@ func ReadBitmapDirectory(r io.ReaderAt, h *Header, fileSize int64) ([]BitmapEntr
 // header h (h.Bitmaps gives the entry count and the directory's place)
 // in a file of fileSize bytes, and validates every entry: known flags and
 // type, granularity 2^9..2^31, name 1..1023 bytes and unique, table size
-// exactly what the disk size needs, tables cluster aligned, inside the
+// exactly what the disk size needs (unless in use), tables cluster aligned, inside the
 // file, outside the header cluster and not overlapping each other or the
 // directory, and entries that fill the directory exactly.
 func ParseBitmapDirectory(dir []byte, h *Header, fileSize int64) ([]BitmapEntry, error) {
@@ -194,7 +194,11 @@ func ParseBitmapDirectory(dir []byte, h *Header, fileSize int64) ([]BitmapEntry,
 		if bits := (h.Size + (uint64(1)<<ent.GranularityBits - 1)) >> ent.GranularityBits; (bits+7)/8 > MaxBitmapBytes {
 			return nil, Limit(field+".granularity_bits", uint64(ent.GranularityBits), "bitmap too large for memory at this granularity")
 		}
-		if want := BitmapTableEntries(h.Size, ent.GranularityBits, cs); tableSize != want {
+		// An entry in use may have been sized for another disk size: a
+		// resize and a crash before the close stored it again (QEMU's
+		// check_dir_entry checks only entries not in use). Its bits are
+		// never loaded; it is listed and removable.
+		if want := BitmapTableEntries(h.Size, ent.GranularityBits, cs); tableSize != want && ent.Flags&BitmapInUse == 0 {
 			return nil, Corrupt(field+".bitmap_table_size", tableSize, "bitmap table size does not match the disk size (want "+strconv.FormatUint(want, 10)+")")
 		}
 		tableBytes := tableSize * 8
