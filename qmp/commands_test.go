@@ -58,7 +58,7 @@ func TestBlockdevAddDriversAndDel(t *testing.T) {
 	ok(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q0","file":"qf"}}`)
 	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q0","file":"qf"}}`), GenericError, "Duplicate nodes with node-name='q0'")
 	wantError(t, c.do(`{"execute":"blockdev-add","arguments":{"driver":"vmdk","node-name":"v","file":"qf"}}`), GenericError, "Invalid parameter 'vmdk'")
-	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"qf"}}`), GenericError, "Node 'qf' is busy: node is used as file of 'q0'")
+	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"qf"}}`), GenericError, "Block device qf is in use")
 	r := ok(`{"execute":"query-named-block-nodes"}`).([]any)
 	got := map[string]map[string]any{}
 	for _, n := range r {
@@ -80,6 +80,8 @@ func TestBlockdevAddDriversAndDel(t *testing.T) {
 		t.Fatalf("blockstats %v", st[0])
 	}
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"q0"}}`)
+	// The file node added on its own stays, as in QEMU, and goes next.
+	ok(`{"execute":"blockdev-del","arguments":{"node-name":"qf"}}`)
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"f0"}}`)
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"n0"}}`)
 	if len(d.nodes) != 0 || len(d.h.Graph().Nodes()) != 0 {

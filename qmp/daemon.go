@@ -566,6 +566,10 @@ func (d *Daemon) blockdevDel(name string) error {
 		return Errorf("Failed to find node with node-name='%s'", name)
 	}
 	if err := b.top(); err != nil {
+		if b.role == "file" {
+			// No op blocker in QEMU: its reference count refuses it.
+			return Errorf("Block device %s is in use", name)
+		}
 		return err
 	}
 	if id := d.exportOf(name); id != "" {
@@ -576,11 +580,25 @@ func (d *Daemon) blockdevDel(name string) error {
 	}
 	err := b.dev.Close()
 	d.mu.Lock()
+	// The file node blockdev-add put this one over stays, as in QEMU (it
+	// was added on its own; libvirt deletes it next): it gets a device of
+	// its own again below. Every other node under this one goes with it.
+	var keep []*blockdev
+	for _, l := range b.lower {
+		if x := d.nodes[l]; x != nil && x.role == "file" && x.usedBy == name {
+			keep = append(keep, x)
+		}
+	}
 	var drop func(n string)
 	drop = func(n string) {
 		x := d.nodes[n]
 		if x == nil {
 			return
+		}
+		for _, k := range keep {
+			if k == x {
+				return
+			}
 		}
 		delete(d.nodes, n)
 		for _, l := range x.lower {
@@ -596,6 +614,17 @@ func (d *Daemon) blockdevDel(name string) error {
 		}
 	}
 	d.mu.Unlock()
+	for _, x := range keep {
+		dev, rerr := d.open(x.filename, x.opts)
+		if rerr != nil {
+			d.lost(x.name, rerr)
+			err = errors.Join(err, fmt.Errorf("reopening '%s' failed: %v", x.name, rerr))
+			continue
+		}
+		d.mu.Lock()
+		x.dev, x.usedBy, x.role = dev, "", ""
+		d.mu.Unlock()
+	}
 	if err != nil {
 		return Errorf("Node '%s' closed with an error: %v", name, err)
 	}

@@ -1055,7 +1055,8 @@ func TestServeBitmapSHA256SameAsQemuStorageDaemon(t *testing.T) {
 // backing node ("backing": "base"), behaves as in qemu-storage-daemon 7.2:
 // the same replies at every step (a raw node refusing backing, an unknown
 // backing node, the base busy while it is a backing node, free again once
-// block-stream took it out of the chain), the overlay's NBD export reads
+// block-stream took it out of the chain; file nodes stay until deleted
+// themselves), the overlay's NBD export reads
 // the base's data through it, and the streamed overlay stands alone
 // (qemu-img: no backing file, the same data). Before, any "backing" other
 // than null was refused.
@@ -1088,6 +1089,7 @@ func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
 			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":"top-f","backing":"nope"}}`,
 			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":"top-f","backing":"base"}}`,
 			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"top-f"}}`,
 			`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + nbdSock + `"}}}}`,
 			`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"top","writable":false}}`,
 		} {
@@ -1102,6 +1104,9 @@ func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
 		for _, cmd := range []string{
 			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
 			`{"execute":"blockdev-del","arguments":{"node-name":"top"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"top-f"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"base-f"}}`,
+			`{"execute":"query-named-block-nodes"}`,
 			`{"execute":"quit"}`,
 		} {
 			step(cmd)
