@@ -211,6 +211,31 @@ func waitQMP(t *testing.T, path string) *qmpc {
 	}
 }
 
+// bothDaemons runs a QMP scenario against qemu-storage-daemon and then
+// ringblk serve: run gets a name for its scratch directory and a start
+// function that starts the daemon with the given arguments and returns
+// a wait for its exit (the scenario ends with quit). It returns the
+// scenario's outputs, QEMU's first.
+func bothDaemons(t *testing.T, run func(name string, start func(args ...string) func()) []string) (want, got []string) {
+	t.Helper()
+	want = run("qsd", func(args ...string) func() {
+		q := exec.Command("qemu-storage-daemon", args...)
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() { q.Wait() }
+	})
+	got = run("ringblk", func(args ...string) func() {
+		d := startServe(t, args...)
+		return func() {
+			if code := d.wait(t); code != 0 {
+				t.Errorf("exit %d: %s", code, d.stderr)
+			}
+		}
+	})
+	return want, got
+}
+
 func (c *qmpc) read() map[string]any {
 	c.t.Helper()
 	c.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
@@ -1022,21 +1047,7 @@ func TestServeBitmapSHA256SameAsQemuStorageDaemon(t *testing.T) {
 		b, _ := json.Marshal(c.do(`{"execute":"quit"}`))
 		return append(out, string(b))
 	}
-	want := run("qsd", func(args ...string) func() {
-		q := exec.Command("qemu-storage-daemon", args...)
-		if err := q.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return func() { q.Wait() }
-	})
-	got := run("ringblk", func(args ...string) func() {
-		d := startServe(t, args...)
-		return func() {
-			if code := d.wait(t); code != 0 {
-				t.Errorf("exit %d: %s", code, d.stderr)
-			}
-		}
-	})
+	want, got := bothDaemons(t, run)
 	if !strings.Contains(want[0], `"sha256"`) {
 		t.Fatalf("qemu-storage-daemon: %s", want[0])
 	}
@@ -1117,21 +1128,7 @@ func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
 		qemuIO(t, "-r", "-c", "read -P 0x41 0 64k", "-c", "read -P 0x42 1M 64k", top)
 		return out
 	}
-	want := run("qsd", func(args ...string) func() {
-		q := exec.Command("qemu-storage-daemon", args...)
-		if err := q.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return func() { q.Wait() }
-	})
-	got := run("ringblk", func(args ...string) func() {
-		d := startServe(t, args...)
-		return func() {
-			if code := d.wait(t); code != 0 {
-				t.Errorf("exit %d: %s", code, d.stderr)
-			}
-		}
-	})
+	want, got := bothDaemons(t, run)
 	for i := range want {
 		if i >= len(got) || want[i] != got[i] {
 			var g string
