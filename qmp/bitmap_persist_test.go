@@ -53,6 +53,30 @@ func mustJSON(t *testing.T, v any) string {
 // block-dirty-bitmap-remove: after blockdev-del the image has no bitmaps
 // and is check clean.
 func TestPersistentBitmapInconsistent(t *testing.T) {
+	p, sock := staleBitmapServer(t)
+	c := dialRaw(t, sock)
+	c.negotiate()
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-clear","arguments":{"node":"disk0","name":"old"}}`),
+		GenericError, "Bitmap 'old' is inconsistent and cannot be used")
+	okReply(t, c, `{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"old"}}`)
+	wantError(t, c.do(`{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"old"}}`),
+		GenericError, "Dirty bitmap 'old' not found")
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"disk0"}}`)
+	out, err := exec.Command("qemu-img", "info", p).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "bitmaps") {
+		t.Fatalf("qemu-img info: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("qemu-img", "check", p).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img check: %v\n%s", err, out)
+	}
+}
+
+// staleBitmapServer is a daemon with node disk0 over a 16 MiB qcow2
+// image whose persistent bitmap "old" a killed writer left in use (its
+// in-use flag set: QEMU calls it inconsistent). It skips without
+// qemu-img and qemu-io.
+func staleBitmapServer(t *testing.T) (string, string) {
+	t.Helper()
 	for _, tool := range []string{"qemu-img", "qemu-io"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
@@ -69,19 +93,5 @@ func TestPersistentBitmapInconsistent(t *testing.T) {
 	if err := d.blockdevAdd(&AddOptions{Driver: "qcow2", NodeName: "disk0", File: &FileRef{Driver: "file", Filename: p}}); err != nil {
 		t.Fatal(err)
 	}
-	c := dialRaw(t, sock)
-	c.negotiate()
-	wantError(t, c.do(`{"execute":"block-dirty-bitmap-clear","arguments":{"node":"disk0","name":"old"}}`),
-		GenericError, "Bitmap 'old' is inconsistent and cannot be used")
-	okReply(t, c, `{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"old"}}`)
-	wantError(t, c.do(`{"execute":"block-dirty-bitmap-remove","arguments":{"node":"disk0","name":"old"}}`),
-		GenericError, "Dirty bitmap 'old' not found")
-	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"disk0"}}`)
-	out, err := exec.Command("qemu-img", "info", p).CombinedOutput()
-	if err != nil || strings.Contains(string(out), "bitmaps") {
-		t.Fatalf("qemu-img info: %v\n%s", err, out)
-	}
-	if out, err := exec.Command("qemu-img", "check", p).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img check: %v\n%s", err, out)
-	}
+	return p, sock
 }

@@ -2,7 +2,6 @@ package qmp
 
 import (
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -75,22 +74,7 @@ func TestBlockResizeBitmapCount(t *testing.T) {
 // ("Could not resize: block: truncate on ... unsupported: qcow2: bitmaps
 // 0: ... Try block-dirty-bitmap-remove ...").
 func TestBlockResizeInconsistentBitmap(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-	d, dir, sock := testServer(t, 1, Options{})
-	p := filepath.Join(dir, "stale.qcow2")
-	for _, args := range [][]string{{"create", "-q", "-f", "qcow2", p, "16M"}, {"bitmap", "--add", p, "old"}} {
-		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
-			t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
-		}
-	}
-	exec.Command("qemu-io", "-f", "qcow2", "-c", "write 0 4k", "-c", "abort", p).Run() // leaves "old" in use
-	if err := d.blockdevAdd(&AddOptions{Driver: "qcow2", NodeName: "disk0", File: &FileRef{Driver: "file", Filename: p}}); err != nil {
-		t.Fatal(err)
-	}
+	p, sock := staleBitmapServer(t)
 	c := dialRaw(t, sock)
 	c.negotiate()
 	r := c.do(`{"execute":"block_resize","arguments":{"node-name":"disk0","size":33554432}}`)
