@@ -81,22 +81,11 @@ func TestBackupBitmapModes(t *testing.T) {
 			e := blocktest.NewEnv(t, 0)
 			srcMem := randomMem(size, 3)
 			src := e.Open(srcMem, block.Options{Name: "src"})
-			tgtMem := blocktest.NewMem(size)
-			tgtRaw := e.Open(tgtMem, block.Options{Name: "tgt-raw"})
-			dbg := &blocktest.Debug{}
-			tgt := e.Open(dbg, block.Options{Name: "tgt"})
-			dbg.Edge.Store(e.Attach(tgt, tgtRaw, "file", block.RoleFile|block.RolePrimary))
-			tgtRaw.Unref()
+			tgt, dbg, tgtMem := debugTarget(e, "tgt", size)
 			m := job.NewManager(e.G, nil)
-			bm, err := src.AddBitmap("inc", 64<<10)
-			if err != nil {
-				t.Fatal(err)
-			}
+			bm := markedSource(t, src)
 			chunk := bytes.Repeat([]byte{0xab}, 64<<10)
 			gw := bytes.Repeat([]byte{0xcd}, 4096)
-			for _, off := range []int64{0, 5 << 16, 9 << 16} {
-				src.WriteAt(chunk, off)
-			}
 			if bm.Count() != 3<<16 {
 				t.Fatalf("bitmap count %d", bm.Count())
 			}
@@ -107,7 +96,7 @@ func TestBackupBitmapModes(t *testing.T) {
 			// Writes racing with the backup: one to a cluster in the bitmap
 			// (copied before write), one elsewhere; made from the job's
 			// first iteration via a slow speed limit.
-			j, _, err = job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 1 << 20}, Source: src, Target: tgt,
+			j, _, err := job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 1 << 20}, Source: src, Target: tgt,
 				Sync: tc.sync, Bitmap: "inc", BitmapMode: tc.mode, MaxRequest: 64 << 10, Parallel: 1})
 			if err != nil {
 				t.Fatal(err)
@@ -181,20 +170,9 @@ func TestBackupAlwaysAfterSourceGrew(t *testing.T) {
 	const size = 1 << 20
 	e := blocktest.NewEnv(t, 0)
 	src := e.Open(randomMem(size, 3), block.Options{Name: "src"})
-	tgtRaw := e.Open(blocktest.NewMem(size), block.Options{Name: "tgt-raw"})
-	dbg := &blocktest.Debug{}
-	tgt := e.Open(dbg, block.Options{Name: "tgt"})
-	dbg.Edge.Store(e.Attach(tgt, tgtRaw, "file", block.RoleFile|block.RolePrimary))
-	tgtRaw.Unref()
+	tgt, dbg, _ := debugTarget(e, "tgt", size)
 	m := job.NewManager(e.G, nil)
-	bm, err := src.AddBitmap("inc", 64<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := bytes.Repeat([]byte{0xab}, 64<<10)
-	for _, off := range []int64{0, 5 << 16, 9 << 16} {
-		src.WriteAt(chunk, off)
-	}
+	bm := markedSource(t, src)
 	dbg.AddRule(blocktest.Rule{Op: block.OpWrite, OffMin: 9 << 16, Err: syscall.EIO})
 	j, _, err := job.NewBackup(m, job.BackupOptions{Options: job.Options{ID: "b", Speed: 1 << 20}, Source: src, Target: tgt,
 		Sync: job.BackupBitmap, Bitmap: "inc", BitmapMode: job.Always, MaxRequest: 64 << 10, Parallel: 1})
@@ -206,7 +184,7 @@ func TestBackupAlwaysAfterSourceGrew(t *testing.T) {
 	if terr != nil {
 		t.Fatal(terr)
 	}
-	src.WriteAt(chunk[:4096], 24<<16)
+	src.WriteAt(bytes.Repeat([]byte{0xab}, 4096), 24<<16)
 	j.Start()
 	if err := waitDone(t, j); err == nil {
 		t.Fatal("backup succeeded past an injected error")

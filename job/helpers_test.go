@@ -1,6 +1,7 @@
 package job_test
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ringblk/ringblk/aio"
+	"github.com/ringblk/ringblk/bitmap"
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/block/blocktest"
 )
@@ -123,4 +125,32 @@ func (g *guest) expect(initial []byte) []byte {
 		copy(out[off:], b)
 	}
 	return out
+}
+
+// debugTarget opens a node over fresh memory of size bytes, behind a
+// blocktest.Debug filter whose rules can fail its requests: the target
+// of the backup tests. The caller unrefs the returned node.
+func debugTarget(e *blocktest.Env, name string, size int64) (*block.Node, *blocktest.Debug, *blocktest.Mem) {
+	mem := blocktest.NewMem(size)
+	raw := e.Open(mem, block.Options{Name: name + "-raw"})
+	dbg := &blocktest.Debug{}
+	tgt := e.Open(dbg, block.Options{Name: name})
+	dbg.Edge.Store(e.Attach(tgt, raw, "file", block.RoleFile|block.RolePrimary))
+	raw.Unref()
+	return tgt, dbg, mem
+}
+
+// markedSource gives src a 64 KiB-granular bitmap "inc" and writes 0xab
+// over chunks 0, 5 and 9, which it marks.
+func markedSource(t *testing.T, src *block.Node) *bitmap.Bitmap {
+	t.Helper()
+	bm, err := src.AddBitmap("inc", 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte{0xab}, 64<<10)
+	for _, off := range []int64{0, 5 << 16, 9 << 16} {
+		src.WriteAt(chunk, off)
+	}
+	return bm
 }

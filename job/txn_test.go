@@ -1,7 +1,6 @@
 package job_test
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"sync"
@@ -40,20 +39,9 @@ func newTxnPair(t *testing.T, fail bool, group *job.Txn, opts [2]job.Options) *t
 	})
 	for i := range p.srcs {
 		p.srcs[i] = e.Open(randomMem(size, uint64(i+1)), block.Options{Name: fmt.Sprintf("src%d", i)})
-		raw := e.Open(blocktest.NewMem(size), block.Options{Name: fmt.Sprintf("tgt%d-raw", i)})
-		dbg := &blocktest.Debug{}
-		p.tgts[i] = e.Open(dbg, block.Options{Name: fmt.Sprintf("tgt%d", i)})
-		dbg.Edge.Store(e.Attach(p.tgts[i], raw, "file", block.RoleFile|block.RolePrimary))
-		raw.Unref()
-		bm, err := p.srcs[i].AddBitmap("inc", 64<<10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.bms[i] = bm
-		chunk := bytes.Repeat([]byte{0xab}, 64<<10)
-		for _, off := range []int64{0, 5 << 16, 9 << 16} {
-			p.srcs[i].WriteAt(chunk, off)
-		}
+		var dbg *blocktest.Debug
+		p.tgts[i], dbg, _ = debugTarget(e, fmt.Sprintf("tgt%d", i), size)
+		p.bms[i] = markedSource(t, p.srcs[i])
 		if fail && i == 1 {
 			dbg.AddRule(blocktest.Rule{Op: block.OpWrite, OffMin: 9 << 16, Err: syscall.EIO})
 		}
