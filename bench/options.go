@@ -396,7 +396,7 @@ func init() {
 		"ramp_time":  {help: "run this long before measuring", set: timeSetter(func(j *Job, d time.Duration) { j.RampTime = d })},
 		"direct":     {bool: true, help: "O_DIRECT", set: boolSetter(func(j *Job, b bool) { j.Direct = b })},
 		"buffered":   {bool: true, help: "the opposite of direct", set: boolSetter(func(j *Job, b bool) { j.Direct = !b })},
-		"ioengine": {help: "ringblk (block layer), io_uring (direct ring, no block layer), psync", set: func(j *Job, v string) error {
+		"ioengine": {help: "ringblk (block layer), io_uring (direct ring, no block layer), libaio (Linux native AIO), psync, sync, pvsync, pvsync2 (one system call per I/O)", set: func(j *Job, v string) error {
 			// Checked in validate, so that an override can replace an
 			// engine bench does not have.
 			if v == "" {
