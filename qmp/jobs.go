@@ -247,6 +247,11 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	default:
 		return nil, nil, Errorf("Invalid parameter 'copy-mode': '%s'", a.CopyMode)
 	}
+	if tgt.ReadOnly() {
+		// QEMU reopens nothing for a mirror: its permission check refuses
+		// a read-only target.
+		return nil, nil, Errorf("Block node is read-only")
+	}
 	j, drv, err := job.NewMirror(d.jobs, mo)
 	if err != nil {
 		return nil, nil, Errorf("%v", err)
@@ -323,6 +328,11 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 		return bo, Errorf("Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '%s'", a.Sync)
 	case a.Bitmap == "" && a.BitmapMode != "":
 		return bo, Errorf("Cannot specify bitmap sync mode without a bitmap")
+	}
+	if tgt.ReadOnly() {
+		// QEMU reopens nothing for a backup: its copy-before-write
+		// filter cannot take a read-only target.
+		return bo, Errorf("Could not create node: Block node is read-only")
 	}
 	return bo, d.checkJobID(o.ID)
 }
