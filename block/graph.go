@@ -148,6 +148,7 @@ func (g *Graph) open(drv Driver, opts Options) (*Node, error) {
 	g.assertMain()
 	g.checkNotQuiescing("opening a node")
 	n := &Node{g: g, drv: drv, name: opts.Name, opts: opts, refs: 1}
+	n.readOnly.Store(opts.ReadOnly)
 	if n.name == "" {
 		n.name = fmt.Sprintf("#node%d", g.nodeCount)
 	}

@@ -44,6 +44,10 @@ type Node struct {
 	// with EPERM until Activate (ops.go). Written on the node's Context by
 	// the activation requests, read by validation on any Context.
 	inactive atomic.Bool
+	// readOnly: writes are refused with EACCES. Set from Options.ReadOnly
+	// at open; SetReadOnly (reopen.go) changes it on the main Context
+	// inside a subtree drained section; read by validation on any Context.
+	readOnly atomic.Bool
 
 	allPrev, allNext *Node // registry list, creation order
 
@@ -86,8 +90,13 @@ func (n *Node) Graph() *Graph { return n.g }
 // Driver returns the node's driver.
 func (n *Node) Driver() Driver { return n.drv }
 
-// Options returns the options the node was opened with.
-func (n *Node) Options() Options { return n.opts }
+// Options returns the options the node was opened with, ReadOnly as it
+// is now (SetReadOnly may have changed it).
+func (n *Node) Options() Options {
+	o := n.opts
+	o.ReadOnly = n.readOnly.Load()
+	return o
+}
 
 // RaiseAlign raises the node's request alignment to a (a power of two)
 // when it is lower, rounding MaxTransfer and MaxWriteZeroes down to a
@@ -114,7 +123,7 @@ func (n *Node) RaiseAlign(a int) error {
 }
 
 // ReadOnly reports whether writes are refused.
-func (n *Node) ReadOnly() bool { return n.opts.ReadOnly }
+func (n *Node) ReadOnly() bool { return n.readOnly.Load() }
 
 // Context returns the node's home Context: where its timers, BHs and
 // driver-internal work run. Requests run on the Context that submitted them.

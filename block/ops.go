@@ -183,7 +183,7 @@ func (n *Node) validateControl(r *Request) error {
 
 // validateCompressed runs after the common range checks (EIO).
 func (n *Node) validateCompressed(r *Request) error {
-	if n.opts.ReadOnly {
+	if n.readOnly.Load() {
 		return newError(Io, r.Op, n, r.Off, syscall.EACCES)
 	}
 	if n.inactive.Load() {

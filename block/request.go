@@ -264,7 +264,7 @@ func (n *Node) validate(r *Request) error {
 		if r.Off < 0 {
 			return newError(OutOfBounds, r.Op, n, r.Off, syscall.EINVAL)
 		}
-		if n.opts.ReadOnly {
+		if n.readOnly.Load() {
 			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
 		}
 		if n.inactive.Load() {
@@ -272,7 +272,7 @@ func (n *Node) validate(r *Request) error {
 		}
 		return nil
 	case OpFlush:
-		if n.opts.ReadOnly {
+		if n.readOnly.Load() {
 			return errEarlySuccess
 		}
 		return nil
@@ -287,7 +287,7 @@ func (n *Node) validate(r *Request) error {
 	}
 	switch r.Op {
 	case OpWrite, OpWriteZeroes, OpSaveVMState:
-		if n.opts.ReadOnly {
+		if n.readOnly.Load() {
 			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
 		}
 		if n.inactive.Load() {
@@ -300,7 +300,7 @@ func (n *Node) validate(r *Request) error {
 	case OpWriteCompressed:
 		return n.validateCompressed(r)
 	case OpDiscard:
-		if n.opts.ReadOnly {
+		if n.readOnly.Load() {
 			return newError(Io, r.Op, n, r.Off, syscall.EACCES)
 		}
 		if n.inactive.Load() {

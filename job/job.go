@@ -63,6 +63,13 @@ type Options struct {
 	ManualDismiss  bool         // auto-dismiss=off: stay concluded until Dismiss
 	OnSourceError  ErrorPolicy
 	OnTargetError  ErrorPolicy
+	// AfterEnd, when set, runs once on the main Context when the job
+	// ends, whatever its outcome: after the driver's Commit or Abort and
+	// Clean and after its edges are dropped, before the completion event
+	// (QEMU's job clean, where commit and stream reopen a node read-only
+	// again); and from Discard. Its error becomes the job's error when the
+	// job had none: it may have written data back.
+	AfterEnd func() error
 }
 
 // Manager holds the jobs of one graph by ID (QMP's job list) and delivers
@@ -297,7 +304,7 @@ func (j *Job) Edges() []*block.Child {
 // go, it leaves the manager.
 func (j *Job) Discard() error {
 	var err error
-	j.g.Control(func() { err = j.dropEdges() })
+	j.g.Control(func() { err = errors.Join(j.dropEdges(), j.afterEnd()) })
 	j.mu.Lock()
 	if j.status == Created {
 		j.setStatus(Null)
@@ -307,6 +314,18 @@ func (j *Job) Discard() error {
 	j.remove()
 	j.closeDone()
 	return err
+}
+
+// afterEnd runs Options.AfterEnd once (main Context).
+func (j *Job) afterEnd() error {
+	j.mu.Lock()
+	fn := j.opts.AfterEnd
+	j.opts.AfterEnd = nil
+	j.mu.Unlock()
+	if fn == nil {
+		return nil
+	}
+	return fn()
 }
 
 func (j *Job) dropEdges() error {
@@ -974,6 +993,9 @@ func (j *Job) conclude(err error, commit bool) {
 	}
 	if derr := j.dropEdges(); derr != nil && err == nil {
 		err = derr
+	}
+	if aerr := j.afterEnd(); aerr != nil && err == nil {
+		err = aerr
 	}
 	j.mu.Lock()
 	j.result = err

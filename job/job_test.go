@@ -566,3 +566,58 @@ func TestBadOptions(t *testing.T) {
 	b.Unref()
 	small.Unref()
 }
+
+// TestAfterEndRunsOnceAtEveryEnd: Options.AfterEnd (where commit and
+// stream put their node back to read-only) runs exactly once, on the main
+// Context, after the job's edges are gone and before its completion or
+// cancel event, whether the job completed, failed, was cancelled or was
+// discarded before it started; an error it returns becomes the error of a
+// job that had none (its write-back failed), and never hides the job's
+// own error.
+func TestAfterEndRunsOnceAtEveryEnd(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		end     func(t *testing.T, j *job.Job, c *countJob)
+		hookErr error
+		wantErr error
+	}{
+		{"completed", func(t *testing.T, j *job.Job, c *countJob) { j.Start() }, nil, nil},
+		{"completed, hook fails", func(t *testing.T, j *job.Job, c *countJob) { j.Start() }, syscall.ENOSPC, syscall.ENOSPC},
+		{"prepare fails", func(t *testing.T, j *job.Job, c *countJob) { c.prepareErr = syscall.EIO; j.Start() }, syscall.ENOSPC, syscall.EIO},
+		{"cancelled", func(t *testing.T, j *job.Job, c *countJob) {
+			c.N = 1 << 30
+			j.Start()
+			if err := j.Cancel(true); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, job.ErrCancelled},
+		{"discarded", func(t *testing.T, j *job.Job, c *countJob) {
+			if err := j.Discard(); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, 1)
+			c := &countJob{N: 2}
+			var calls, eventsBefore, edgesLeft int
+			var onMain bool
+			j := f.newJob(t, "a", c, job.Options{AfterEnd: func() error {
+				calls++
+				onMain = f.e.G.Main().InContext()
+				eventsBefore = f.rec.count(job.EventCompleted) + f.rec.count(job.EventCancelled)
+				f.e.G.Control(func() { edgesLeft = len(f.n.Parents()) })
+				return tc.hookErr
+			}})
+			tc.end(t, j, c)
+			if tc.name != "discarded" { // Discard returns after the hook
+				if err := waitDone(t, j); !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
+					t.Fatalf("job result %v, want %v", err, tc.wantErr)
+				}
+			}
+			if calls != 1 || !onMain || eventsBefore != 0 || edgesLeft != 0 {
+				t.Fatalf("AfterEnd: %d calls, on main %v, %d end events before it, %d edges left on the node; want 1, true, 0, 0", calls, onMain, eventsBefore, edgesLeft)
+			}
+		})
+	}
+}

@@ -247,6 +247,11 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	default:
 		return nil, nil, Errorf("Invalid parameter 'copy-mode': '%s'", a.CopyMode)
 	}
+	if tgt.ReadOnly() {
+		// QEMU reopens nothing for a mirror: its permission check refuses
+		// a read-only target.
+		return nil, nil, Errorf("Block node is read-only")
+	}
 	j, drv, err := job.NewMirror(d.jobs, mo)
 	if err != nil {
 		return nil, nil, Errorf("%v", err)
@@ -324,6 +329,11 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	case a.Bitmap == "" && a.BitmapMode != "":
 		return bo, Errorf("Cannot specify bitmap sync mode without a bitmap")
 	}
+	if tgt.ReadOnly() {
+		// QEMU reopens nothing for a backup: its copy-before-write
+		// filter cannot take a read-only target.
+		return bo, Errorf("Could not create node: Block node is read-only")
+	}
 	return bo, d.checkJobID(o.ID)
 }
 
@@ -360,9 +370,17 @@ func (d *Daemon) newStream(a *StreamArgs) (*job.Job, error) {
 	if err := d.checkJobID(o.ID); err != nil {
 		return nil, err
 	}
-	j, _, err := job.NewStream(d.jobs, job.StreamOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile})
+	// Streaming into a read-only node (an intermediate one of a chain
+	// opened from the headers) reopens it read-write for the job, and
+	// read-only after (QEMU's stream_start and stream_clean).
+	restore, err := makeWritable(top)
 	if err != nil {
 		return nil, Errorf("%v", err)
+	}
+	o.AfterEnd = restore
+	j, _, err := job.NewStream(d.jobs, job.StreamOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile})
+	if err != nil {
+		return nil, errors.Join(Errorf("%v", err), runRestore(restore))
 	}
 	return j, nil
 }
@@ -446,27 +464,83 @@ func (d *Daemon) newCommit(a *CommitArgs) (*job.Job, error) {
 	if err := d.checkJobID(o.ID); err != nil {
 		return nil, err
 	}
-	// An external snapshot left the base inactive (read-only in the
-	// block layer); the commit writes into it, as QEMU reopens it
-	// read-write. It stays active afterwards: only jobs write to a
-	// backing node.
-	if err := makeWritable(base); err != nil {
-		return nil, Errorf("Could not make '%s' writable for the commit: %v", base.Name(), err)
-	}
-	j, _, err := job.NewCommit(d.jobs, job.CommitOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile})
+	// The base may be read-only (opened from the overlay's header) or
+	// inactive (an external snapshot's old top): it is made writable for
+	// the commit, as QEMU's commit_start reopens it, and read-only again
+	// when the job ends (QEMU's commit_clean).
+	restore, err := makeWritable(base)
 	if err != nil {
 		return nil, Errorf("%v", err)
 	}
+	// An intermediate commit rewrites the backing file name in the
+	// header of top's overlay, which may be read-only too (a chain of
+	// four opened from the headers): it is writable for the job as well,
+	// as qemu-storage-daemon rewrites it and leaves it read-only.
+	var overlay *block.Node
+	d.h.Graph().Control(func() {
+		for _, p := range top.Parents() {
+			if p.Parent() != nil && p.Role()&block.RoleBacking != 0 {
+				overlay = p.Parent()
+			}
+		}
+	})
+	var restoreOverlay func() error
+	if overlay != nil && overlay.ReadOnly() {
+		if restoreOverlay, err = makeWritable(overlay); err != nil {
+			return nil, errors.Join(Errorf("%v", err), runRestore(restore))
+		}
+	}
+	var active *job.Mirror
+	if restore != nil || restoreOverlay != nil {
+		o.AfterEnd = func() error {
+			err := runRestore(restoreOverlay)
+			if active != nil && active.Pivoted() {
+				// The base took the top's place: it is written as the
+				// top was (QEMU's mirror gives the target the read-only
+				// state of the node it replaces).
+				return err
+			}
+			return errors.Join(err, runRestore(restore))
+		}
+	}
+	j, drv, err := job.NewCommit(d.jobs, job.CommitOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile})
+	if err != nil {
+		return nil, errors.Join(Errorf("%v", err), runRestore(restoreOverlay), runRestore(restore))
+	}
+	active, _ = drv.(*job.Mirror)
 	return j, nil
 }
 
-// makeWritable undoes what an external snapshot did to its old top, for a
-// commit into it: the node is activated and its file, reopened read-only
-// by the snapshot, is reopened read-write (raw.Driver.ReopenReadWrite;
-// another process reading it without sharing writes makes this fail).
-func makeWritable(n *block.Node) error {
+// runRestore runs a makeWritable restore of a job that was never created.
+func runRestore(restore func() error) error {
+	if restore == nil {
+		return nil
+	}
+	return restore()
+}
+
+// makeWritable makes n writable for a job that writes into it, and
+// returns what puts it back when the job ends (nil: nothing to put back).
+//
+// A node opened read-only — a backing node opened from its overlay's
+// header — is reopened read-write (block.Node.SetReadOnly, QEMU's
+// bdrv_reopen_set_read_only): its file takes a writer's locks, which
+// another process reading the image without sharing writes refuses
+// (QEMU's `Failed to get "write" lock`), and a qcow2 node brings up its
+// metadata write paths. The restore reopens it read-only, so other
+// readers may open it again. A node an external snapshot demoted is
+// activated and its file, reopened read-only by the snapshot, reopened
+// read-write; it stays so (nothing to restore: QEMU never made it
+// read-only either).
+func makeWritable(n *block.Node) (restore func() error, err error) {
 	if err := n.Activate(); err != nil {
-		return err
+		return nil, err
+	}
+	if n.ReadOnly() {
+		if err := n.SetReadOnly(false); err != nil {
+			return nil, reopenErr(err)
+		}
+		return func() error { return n.SetReadOnly(true) }, nil
 	}
 	var file *raw.Driver
 	n.Graph().Control(func() {
@@ -482,13 +556,23 @@ func makeWritable(n *block.Node) error {
 			}
 		}
 	})
-	if file == nil {
-		return nil
+	if file == nil || !file.Options().ReadOnly {
+		return nil, nil
 	}
 	n.DrainedBegin()
 	defer n.DrainedEnd()
-	var err error
 	n.Graph().Control(func() { err = file.ReopenReadWrite() })
+	return nil, reopenErr(err)
+}
+
+// reopenErr words a refused reopen as QEMU does: a lock conflict is its
+// `Failed to get "write" lock`, without the hint its command-line tools
+// add.
+func reopenErr(err error) error {
+	var le *raw.LockError
+	if errors.As(err, &le) {
+		return errors.New(le.Sentence())
+	}
 	return err
 }
 

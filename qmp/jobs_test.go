@@ -892,3 +892,28 @@ func TestBitmapCommandErrorsAsQEMU(t *testing.T) {
 		t.Fatalf("dirty-bitmaps %v, want the newest first as QEMU lists them", names)
 	}
 }
+
+// TestMirrorBackupIntoReadOnlyNodeAsQEMU: QEMU reopens nothing for a
+// mirror or a backup (only commit and stream make their node writable):
+// blockdev-mirror and blockdev-backup into a node added read-only are
+// refused with qemu-storage-daemon 7.2's words, and the node stays
+// read-only. Before, the job package's "job: mirror target … is
+// read-only" reached the client.
+func TestMirrorBackupIntoReadOnlyNodeAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "src")
+	p := filepath.Join(dir, "ro.qcow2")
+	if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"ro","read-only":true,"file":{"driver":"file","filename":"`+p+`"}}}`)
+	wantError(t, c.do(`{"execute":"blockdev-mirror","arguments":{"job-id":"m","device":"src","target":"ro","sync":"full"}}`), GenericError,
+		"Block node is read-only")
+	wantError(t, c.do(`{"execute":"blockdev-backup","arguments":{"job-id":"b","device":"src","target":"ro","sync":"full"}}`), GenericError,
+		"Could not create node: Block node is read-only")
+	if n := d.h.Graph().NodeByName("ro"); n == nil || !n.ReadOnly() {
+		t.Fatal("the refused jobs left node ro writable")
+	}
+}

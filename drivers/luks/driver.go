@@ -357,3 +357,9 @@ func (z *zeroer) RequestDone(s *block.Request, err error) {
 	}
 	z.next()
 }
+
+// Reopen changes nothing of the driver (block.Reopener): it keeps no state
+// that depends on the read-only flag, and block reopens the file below.
+func (d *Driver) Reopen(*block.Node, bool) error { return nil }
+
+var _ block.Reopener = (*Driver)(nil)

@@ -93,17 +93,35 @@ func (d *Driver) reloadForActivate(co *aio.Co, r *block.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := sameShape(old, d.mu.geo.ExtendedL2, im, "inactive"); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.installImageLocked(im)
+	return nil
+}
+
+// sameShape refuses a re-read image whose format parameters or backing
+// file differ from the ones the node was opened with (while, a word for
+// the message, the node was inactive or read-only).
+func sameShape(old *format.Header, extL2 bool, im *format.Image, while string) error {
 	h := im.Header
 	switch {
 	case h.Version != old.Version || h.ClusterBits != old.ClusterBits || h.RefcountOrder != old.RefcountOrder ||
-		h.CompressionType != old.CompressionType || im.Geometry.ExtendedL2 != d.mu.geo.ExtendedL2:
-		return &format.FormatError{Field: "header", Reason: "image format parameters changed while the node was inactive (version, cluster size, refcount width, compression or extended L2); reopen it", Err: format.ErrUnsupported}
+		h.CompressionType != old.CompressionType || im.Geometry.ExtendedL2 != extL2:
+		return &format.FormatError{Field: "header", Reason: "image format parameters changed while the node was " + while + " (version, cluster size, refcount width, compression or extended L2); reopen it", Err: format.ErrUnsupported}
 	case h.BackingFile != old.BackingFile || h.BackingFormat != old.BackingFormat:
-		return &format.FormatError{Field: "backing_file", Reason: "backing file changed while the node was inactive; reopen it", Err: format.ErrUnsupported}
+		return &format.FormatError{Field: "backing_file", Reason: "backing file changed while the node was " + while + "; reopen it", Err: format.ErrUnsupported}
 	}
+	return nil
+}
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
+// installImageLocked replaces the in-memory metadata with im, read again
+// from the file (activation, a read-write reopen): every cached L2 table
+// and refcount block is forgotten and the fast paths' view republished.
+// REQUIRES: mu held, nothing dirty in memory, no request in flight.
+func (d *Driver) installImageLocked(im *format.Image) {
 	// Every L2 table of this image, resident or only known by its
 	// generation: drop moves the generation on (tier-2 copies become
 	// unreachable) and the free epoch (loads in flight throw their bytes
@@ -132,5 +150,4 @@ func (d *Driver) reloadForActivate(co *aio.Co, r *block.Request) error {
 	// write clears them as after an open (prepareWrite).
 	d.headerReady.Store(false)
 	d.publishLocked()
-	return nil
 }

@@ -41,9 +41,6 @@ type Driver struct {
 	// built on the node should advertise.
 	logical int64
 	locked  bool // QEMU-compatible locks are held on fd
-	// demoted: ReopenReadOnly made a read-write file read-only;
-	// ReopenReadWrite may undo it (and nothing else).
-	demoted bool
 
 	// Capabilities learnt from the kernel, shared by all Contexts. Each
 	// flips once, from false to true, when an operation reports
@@ -422,7 +419,6 @@ func (d *Driver) ReopenReadOnly() error {
 	old := d.file
 	d.file, d.fd = aio.NewFile(f), nfd
 	d.opts.ReadOnly = true
-	d.demoted = true
 	if err := old.Close(); err != nil {
 		return err
 	}
@@ -431,6 +427,18 @@ func (d *Driver) ReopenReadOnly() error {
 	}
 	return nil
 }
+
+// Reopen changes the file between read-only and read-write for
+// block.Node.SetReadOnly (block.Reopener): ReopenReadOnly or
+// ReopenReadWrite.
+func (d *Driver) Reopen(_ *block.Node, readOnly bool) error {
+	if readOnly {
+		return d.ReopenReadOnly()
+	}
+	return d.ReopenReadWrite()
+}
+
+var _ block.Reopener = (*Driver)(nil)
 
 // reopenSame opens the image's path again with mode and the cache flags it
 // was opened with, and checks that the path still names the open file (a
@@ -462,24 +470,22 @@ func (d *Driver) reopenSame(mode int, op string) (*os.File, error) {
 	return f, nil
 }
 
-// ReopenReadWrite undoes ReopenReadOnly, as QEMU reopens a backing file
-// read-write for a commit into it: the file is reopened O_RDWR with the
-// same cache flags and takes a writer's QEMU-compatible locks again,
-// checked against every other process (a reader that does not share
-// writes refuses it, with a LockError). The caller guarantees nothing is
-// in flight on the node (a drained section). A file that ReopenReadOnly
-// did not demote (one opened read-only) is refused; one that is
-// read-write already is left alone. On error the file stays open
-// read-only with a reader's locks.
+// ReopenReadWrite makes a read-only image file read-write, as QEMU
+// reopens a backing file read-write for a commit into it: the file is
+// reopened O_RDWR with the same cache flags and takes a writer's
+// QEMU-compatible locks, checked against every other process (a reader
+// that does not share writes refuses it, with a LockError naming the
+// "write" permission). It undoes ReopenReadOnly, and promotes a file
+// opened read-only alike (block.Node.SetReadOnly, through Reopen). The
+// caller guarantees nothing is in flight on the node (a drained section).
+// A file that is read-write already is left alone. On error the file
+// stays open read-only with a reader's locks.
 func (d *Driver) ReopenReadWrite() error {
 	if d.closed {
 		return &os.PathError{Op: "reopen", Path: d.path, Err: os.ErrClosed}
 	}
 	if !d.opts.ReadOnly {
 		return nil
-	}
-	if !d.demoted {
-		return &os.PathError{Op: "reopen read-write", Path: d.path, Err: errors.New("the file was opened read-only")}
 	}
 	f, err := d.reopenSame(os.O_RDWR, "reopen read-write")
 	if err != nil {
@@ -504,7 +510,6 @@ func (d *Driver) ReopenReadWrite() error {
 	old := d.file
 	d.file, d.fd = aio.NewFile(f), nfd
 	d.opts.ReadOnly = false
-	d.demoted = false
 	if err := old.Close(); err != nil {
 		return err
 	}

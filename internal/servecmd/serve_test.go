@@ -169,6 +169,8 @@ type qmpc struct {
 	t  *testing.T
 	nc net.Conn
 	r  *bufio.Reader
+	// events: the events do read while it waited for a reply.
+	events []map[string]any
 }
 
 func dialQMP(t *testing.T, path string) *qmpc {
@@ -260,6 +262,7 @@ func (c *qmpc) do(cmd string) map[string]any {
 		if _, ev := m["event"]; !ev {
 			return m
 		}
+		c.events = append(c.events, m)
 	}
 }
 
