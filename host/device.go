@@ -108,7 +108,7 @@ func (h *Host) openDevice(path string, o OpenOptions, backing *block.Node) (*Dev
 	}
 	defer h.leave()
 	co := chain.Options{Format: o.Format, ReadOnly: o.ReadOnly, ForceShare: o.ForceShare, ShareRW: o.ShareRW,
-		NoBacking: o.NoBacking && backing == nil, NullSize: o.Size, BackingNode: backing}
+		NoBacking: o.NoBacking && backing == nil, NullSize: o.Size, BackingNode: backing, FileName: o.FileNodeName}
 	if o.Cache != "" && o.Cache != "unsafe" {
 		c, ok := raw.ParseCache(o.Cache)
 		if !ok {

@@ -151,6 +151,9 @@ func (d *Daemon) register(r *Registry) {
 	r.Register("blockdev-del", &nodeNameArg{}, func(_ *Client, a any) (any, error) {
 		return nil, d.blockdevDel(a.(*nodeNameArg).NodeName)
 	})
+	r.Register("blockdev-reopen", &reopenArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.blockdevReopen(a.(*reopenArgs))
+	})
 	r.Register("blockdev-create", &createArgs{}, func(_ *Client, a any) (any, error) {
 		return nil, d.blockdevCreateJob(a.(*createArgs))
 	})

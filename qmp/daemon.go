@@ -435,6 +435,7 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 				return Errorf("Node '%s' is busy: block device is in use by block job: %s", fb.name, typ)
 			}
 			fileNode, filename = fb, fb.filename
+			oo.FileNodeName = fb.name // the graph's file node keeps the user's name
 			if o.Cache == nil {
 				oo.Cache = fb.opts.Cache
 			}
@@ -578,14 +579,22 @@ func (d *Daemon) blockdevDel(name string) error {
 	if typ := d.jobOn(b); typ != "" {
 		return Errorf("Node '%s' is busy: block device is in use by block job: %s", name, typ)
 	}
+	root := b.dev.Root()
 	err := b.dev.Close()
+	// Still open when another user holds the node (a commit that pivoted
+	// moved the overlay's device onto it): its file is in use then.
+	stillOpen := false
+	if root != nil {
+		d.h.Graph().Control(func() { stillOpen = !root.Closed() })
+	}
 	d.mu.Lock()
 	// The file node blockdev-add put this one over stays, as in QEMU (it
 	// was added on its own; libvirt deletes it next): it gets a device of
-	// its own again below. Every other node under this one goes with it.
+	// its own again below, unless its file is still in use. Every other
+	// node under this one goes with it.
 	var keep []*blockdev
 	for _, l := range b.lower {
-		if x := d.nodes[l]; x != nil && x.role == "file" && x.usedBy == name {
+		if x := d.nodes[l]; x != nil && x.role == "file" && x.usedBy == name && !stillOpen {
 			keep = append(keep, x)
 		}
 	}

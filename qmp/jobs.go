@@ -373,6 +373,9 @@ func (d *Daemon) newStream(a *StreamArgs) (*job.Job, error) {
 	// Streaming into a read-only node (an intermediate one of a chain
 	// opened from the headers) reopens it read-write for the job, and
 	// read-only after (QEMU's stream_start and stream_clean).
+	if d.userReadOnly(top) {
+		return nil, Errorf("Block node is read-only")
+	}
 	restore, err := makeWritable(top)
 	if err != nil {
 		return nil, Errorf("%v", err)
@@ -468,6 +471,9 @@ func (d *Daemon) newCommit(a *CommitArgs) (*job.Job, error) {
 	// inactive (an external snapshot's old top): it is made writable for
 	// the commit, as QEMU's commit_start reopens it, and read-only again
 	// when the job ends (QEMU's commit_clean).
+	if d.userReadOnly(base) {
+		return nil, Errorf("Block node is read-only")
+	}
 	restore, err := makeWritable(base)
 	if err != nil {
 		return nil, Errorf("%v", err)

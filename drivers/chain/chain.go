@@ -90,6 +90,9 @@ type Options struct {
 	AllowRBDBacking bool
 	// Name is the top node's name; backing nodes get Name+"-backing-N".
 	Name string
+	// FileName names the top qcow2 image's file node ("": Name+"-file"),
+	// e.g. after the file node a QMP client added and named.
+	FileName string
 	// BackingNode, when set, is the top qcow2 image's backing node (QMP's
 	// blockdev-add "backing": a node's name): the image's backing file
 	// name is not followed, this node is attached in its place (with a
@@ -313,7 +316,11 @@ func fileOptions(o Options, top bool) raw.Options {
 
 // openQcow2 opens one qcow2 image of the chain; depth 0 is the top.
 func openQcow2(g *block.Graph, path string, o Options, name string, depth int, chain []string, top bool) (*block.Node, *qcow2.Driver, error) {
-	file, err := fileNode(g, path, o, top, name+"-file")
+	fname := name + "-file"
+	if depth == 0 && o.FileName != "" {
+		fname = o.FileName
+	}
+	file, err := fileNode(g, path, o, top, fname)
 	if err != nil {
 		return nil, nil, err
 	}

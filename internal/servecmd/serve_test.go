@@ -1142,3 +1142,90 @@ func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
 		}
 	}
 }
+
+// TestServeBlockdevReopenSameAsQemuStorageDaemon: libvirt's commit of a
+// chain it built node by node, read-only backing layers included:
+// block-commit into a base the user added read-only is refused, as in
+// QEMU ("Block node is read-only"); blockdev-reopen of the base and its
+// file node to read-write (read-only absent means false, the file node
+// must come along, other options cannot change) lets the commit run, and
+// the base holds the overlay's data after it. Every reply and the nodes'
+// read-only flags are compared with qemu-storage-daemon 7.2. Before,
+// blockdev-reopen was an unknown command and the commit wrote into the
+// read-only base.
+func TestServeBlockdevReopenSameAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	run := func(name string, start func(args ...string) func()) []string {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "4M")
+		qemuIO(t, "-c", "write -P 0x41 0 64k", base)
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+		qemuIO(t, "-c", "write -P 0x42 1M 64k", top)
+		sock := filepath.Join(dir, "qmp.sock")
+		stop := start("--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
+		c := waitQMP(t, sock)
+		var out []string
+		step := func(cmd string) {
+			b, _ := json.Marshal(c.do(cmd))
+			out = append(out, string(b))
+		}
+		roFlags := func() {
+			var fl []string
+			for _, n := range c.ok(`{"execute":"query-named-block-nodes"}`).([]any) {
+				m := n.(map[string]any)
+				fl = append(fl, fmt.Sprintf("%s=%v", m["node-name"], m["ro"]))
+			}
+			sort.Strings(fl)
+			out = append(out, strings.Join(fl, " "))
+		}
+		const b0 = `{"driver":"qcow2","node-name":"base","file":"base-f","backing":null`
+		for _, cmd := range []string{
+			`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"base-f","filename":"` + base + `","read-only":true}}`,
+			`{"execute":"blockdev-add","arguments":` + b0 + `,"read-only":true}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"top-f","filename":"` + top + `"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":"top-f","backing":"base"}}`,
+			`{"execute":"block-commit","arguments":{"job-id":"c0","device":"top"}}`,
+			`{"execute":"blockdev-reopen","arguments":{"options":[` + b0 + `,"read-only":false}]}}`,
+			`{"execute":"blockdev-reopen","arguments":{"options":[{"node-name":"base","file":"base-f"}]}}`,
+			`{"execute":"blockdev-reopen","arguments":{"options":[{"driver":"qcow2","node-name":"nope","file":"base-f"}]}}`,
+			`{"execute":"blockdev-reopen","arguments":{"options":[{"driver":"raw","node-name":"base","file":"base-f"}]}}`,
+			`{"execute":"blockdev-reopen","arguments":{"options":[` + b0 + `}]}}`,
+		} {
+			step(cmd)
+		}
+		roFlags()
+		step(`{"execute":"blockdev-reopen","arguments":{"options":[` + b0 + `,"read-only":false},` +
+			`{"driver":"file","node-name":"base-f","filename":"` + base + `","read-only":false}]}}`)
+		roFlags()
+		step(`{"execute":"block-commit","arguments":{"job-id":"c","device":"top"}}`)
+		for ev := c.read(); ev["event"] != "BLOCK_JOB_READY"; ev = c.read() {
+		}
+		step(`{"execute":"job-complete","arguments":{"id":"c"}}`)
+		for ev := c.read(); ev["event"] != "BLOCK_JOB_COMPLETED"; ev = c.read() {
+			if ev["event"] == "BLOCK_JOB_CANCELLED" {
+				t.Fatalf("%s: %v", name, ev)
+			}
+		}
+		step(`{"execute":"quit"}`)
+		stop() // the images are free once the daemon is gone
+		qemuIO(t, "-r", "-c", "read -P 0x41 0 64k", "-c", "read -P 0x42 1M 64k", base)
+		if out := qemuImg(t, "check", base); !strings.Contains(out, "No errors") {
+			t.Errorf("%s: qemu-img check of the base:\n%s", name, out)
+		}
+		return out
+	}
+	want, got := bothDaemons(t, run)
+	for i := range want {
+		if i >= len(got) || want[i] != got[i] {
+			var g string
+			if i < len(got) {
+				g = got[i]
+			}
+			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], g)
+		}
+	}
+}

@@ -105,6 +105,9 @@ type OpenOptions struct {
 	ForceShare bool
 	// NoBacking opens a qcow2 image without its backing chain.
 	NoBacking bool
+	// FileNodeName names the top qcow2 image's file node in the graph
+	// ("": the device's name + "-file").
+	FileNodeName string
 	// Discard is "ignore" (default) or "unmap".
 	Discard string
 	// Size is the size of a "null" image.

@@ -1,0 +1,172 @@
+package qmp
+
+import (
+	"github.com/ringblk/ringblk/block"
+)
+
+// blockdev-reopen (QEMU 6.1+): each member of options describes a node as
+// blockdev-add does; what differs from the node as it is changes. ringblk
+// changes read-only only (absent, as in QEMU, means false); any other
+// option that differs is refused ("Cannot change the option 'X'"). A
+// format node made read-write needs its file node writable too: a file
+// node the user added read-only must be reopened read-write in the same
+// command (QEMU's rule, "Block node is read-only"). Every member is
+// checked before anything changes; a reopen that fails half-way puts back
+// the ones it changed.
+
+type reopenArgs struct {
+	Options []AddOptions `json:"options"`
+}
+
+type reopenStep struct {
+	b    *blockdev
+	node *block.Node // what SetReadOnly applies to; nil: a file node its format node's step covers
+	ro   bool
+}
+
+func (d *Daemon) blockdevReopen(a *reopenArgs) error {
+	byName := map[string]*AddOptions{}
+	for i := range a.Options {
+		o := &a.Options[i]
+		if o.Driver == "" {
+			return Errorf("Parameter 'options[%d].driver' is missing", i)
+		}
+		if o.NodeName == "" {
+			return Errorf("Parameter 'options[%d].node-name' is missing", i)
+		}
+		byName[o.NodeName] = o
+	}
+	var steps []reopenStep
+	for i := range a.Options {
+		o := &a.Options[i]
+		b := d.nodes[o.NodeName]
+		if b == nil {
+			return Errorf("Failed to find node with node-name='%s'", o.NodeName)
+		}
+		if o.Driver != b.driver {
+			return Errorf("Cannot change the option 'driver'")
+		}
+		st := reopenStep{b: b, ro: o.ReadOnly}
+		switch {
+		case b.role == "file" && b.usedBy != "":
+			// A file node under a format node: the format node's step
+			// covers it when it is listed too; alone, its graph node.
+			if _, ok := byName[b.usedBy]; !ok {
+				st.node = d.fileGraphNode(d.nodes[b.usedBy])
+				if st.node == nil {
+					return Errorf("Cannot reopen '%s' on its own", b.name)
+				}
+				if o.ReadOnly && !d.nodes[b.usedBy].opts.ReadOnly {
+					return Errorf("Block node '%s' is used for writing by '%s'", b.name, b.usedBy)
+				}
+			}
+		default:
+			st.node = b.dev.Root()
+			if !o.ReadOnly {
+				for _, l := range b.lower {
+					f := d.nodes[l]
+					if f == nil || f.role != "file" || !f.opts.ReadOnly {
+						continue
+					}
+					if fo, ok := byName[f.name]; !ok || fo.ReadOnly {
+						return Errorf("Block node is read-only")
+					}
+				}
+			}
+		}
+		// QEMU checks the read-only change before the driver's options.
+		if err := d.reopenUnchanged(b, o); err != nil {
+			return err
+		}
+		steps = append(steps, st)
+	}
+	var done []reopenStep
+	for _, st := range steps {
+		if st.node != nil && st.node.ReadOnly() != st.ro {
+			if err := st.node.SetReadOnly(st.ro); err != nil {
+				for k := len(done) - 1; k >= 0; k-- {
+					_ = done[k].node.SetReadOnly(!done[k].ro)
+				}
+				return Errorf("%v", reopenErr(err))
+			}
+			done = append(done, st)
+		}
+	}
+	d.mu.Lock()
+	for _, st := range steps {
+		st.b.opts.ReadOnly = st.ro
+	}
+	d.mu.Unlock()
+	return nil
+}
+
+// reopenUnchanged refuses a member that would change what ringblk cannot
+// change on an open node: everything but read-only.
+func (d *Daemon) reopenUnchanged(b *blockdev, o *AddOptions) error {
+	if o.Filename != "" && o.Filename != b.filename {
+		return Errorf("Cannot change the option 'filename'")
+	}
+	if o.File != nil {
+		name := o.File.Ref
+		var cur string
+		for _, l := range b.lower {
+			if f := d.nodes[l]; f != nil && f.role == "file" {
+				cur = f.name
+			}
+		}
+		if name == "" && o.File.Filename != b.filename || name != "" && name != cur {
+			return Errorf("Cannot change the option 'file'")
+		}
+	}
+	if o.Backing != nil {
+		var cur string
+		for _, x := range d.nodes {
+			if x.byRef && x.usedBy == b.name {
+				cur = x.name
+			}
+		}
+		if o.Backing.Null && cur != "" || !o.Backing.Null && o.Backing.S != cur {
+			return Errorf("Cannot change the option 'backing'")
+		}
+	}
+	if o.Cache != nil && o.Cache.mode() != b.opts.Cache && !(b.opts.Cache == "" && o.Cache.mode() == "writeback") {
+		return Errorf("Cannot change the option 'cache'")
+	}
+	return nil
+}
+
+// fileGraphNode is the file node under format blockdev f's node.
+func (d *Daemon) fileGraphNode(f *blockdev) *block.Node {
+	if f == nil {
+		return nil
+	}
+	root := f.dev.Root()
+	if root == nil {
+		return nil
+	}
+	var n *block.Node
+	root.Graph().Control(func() {
+		if c := root.Child(block.RoleFile); c != nil {
+			n = c.Node()
+		}
+	})
+	return n
+}
+
+// userReadOnly reports whether n is the node of a blockdev the user added
+// (or reopened) read-only: QEMU refuses to reopen such a node read-write
+// for a job ("Block node is read-only"); one the chain opened read-only
+// from a header is reopened.
+func (d *Daemon) userReadOnly(n *block.Node) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, b := range d.nodes {
+		if b.role == "" && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
+			return true
+		}
+		if b.byRef && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
+			return true
+		}
+	}
+	return false
+}
