@@ -315,3 +315,27 @@ func TestJobTargetAndExportExclusive(t *testing.T) {
 			"Node 'other' is busy: exported as 'o'")
 	}
 }
+
+// TestBlockdevReopenRefusesBusyWriters: a node with an export or a job on
+// it is not made read-only under them (their writes would fail from then
+// on; QEMU's permissions refuse the reopen too), and the flag is kept.
+func TestBlockdevReopenRefusesBusyWriters(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	addQcow2(t, d, dir, "a")
+	c := dialRaw(t, sock)
+	c.negotiate()
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"`+filepath.Join(dir, "nbd.sock")+`"}}}}`)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"a","writable":true}}`)
+	wantError(t, c.do(`{"execute":"blockdev-reopen","arguments":{"options":[{"driver":"qcow2","node-name":"a","read-only":true}]}}`),
+		GenericError, "Node 'a' is busy: block device is in use by block export 'e'")
+	okReply(t, c, `{"execute":"block-export-del","arguments":{"id":"e"}}`)
+	okReply(t, c, `{"execute":"blockdev-reopen","arguments":{"options":[{"driver":"qcow2","node-name":"a","read-only":true}]}}`)
+	if n := d.h.Graph().NodeByName("a"); n == nil || !n.ReadOnly() {
+		t.Fatal("node a is not read-only after the reopen")
+	}
+	okReply(t, c, `{"execute":"blockdev-reopen","arguments":{"options":[{"driver":"qcow2","node-name":"a"}]}}`)
+	if n := d.h.Graph().NodeByName("a"); n == nil || n.ReadOnly() {
+		t.Fatal("node a is still read-only after the reopen to read-write")
+	}
+	fill(t, d, "a", 0x11, 0, 4096)
+}

@@ -47,6 +47,16 @@ func (d *Daemon) blockdevReopen(a *reopenArgs) error {
 			return Errorf("Cannot change the option 'driver'")
 		}
 		st := reopenStep{b: b, ro: o.ReadOnly}
+		if o.ReadOnly && !b.opts.ReadOnly {
+			// Its writers would fail from now on: QEMU's permission
+			// system refuses the reopen instead.
+			if id := d.exportOf(b.name); id != "" {
+				return Errorf("Node '%s' is busy: block device is in use by block export '%s'", b.name, id)
+			}
+			if typ := d.jobOn(b); typ != "" {
+				return Errorf("Node '%s' is busy: block device is in use by block job: %s", b.name, typ)
+			}
+		}
 		switch {
 		case b.role == "file" && b.usedBy != "":
 			// A file node under a format node: the format node's step
