@@ -43,6 +43,10 @@ type Options struct {
 	// would make it probe as another format (raw.Options.Probed).
 	Probed   bool
 	ReadOnly bool
+	// AutoReadOnly opens read-only what can only be opened so (an NBD
+	// export the server offers read-only) instead of failing: QEMU's
+	// auto-read-only, for option trees.
+	AutoReadOnly bool
 	// Cache, Discard and DetectZeroes apply to the top image's file node.
 	Cache        raw.Cache
 	Discard      raw.Discard

@@ -177,8 +177,10 @@ func applyGeneric(s Spec, o *Options) error {
 		o.ReadOnly = v
 	}
 	delete(s, "read-only")
-	if _, _, err := s.Bool("auto-read-only"); err != nil {
+	if v, _, err := s.Bool("auto-read-only"); err != nil {
 		return err
+	} else if v {
+		o.AutoReadOnly = true
 	}
 	delete(s, "auto-read-only")
 	if v, ok, err := s.Bool("force-share"); err != nil {

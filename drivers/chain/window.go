@@ -12,6 +12,7 @@ import (
 	"fmt"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/nbd"
 )
 
 // window serves [off, off+size) of its file child as a whole image
@@ -110,11 +111,14 @@ func openWindow(b *SpecBuilder, file *block.Node, name string, off, size int64) 
 	return openWindowIn(b.G, file, name, b.O.ReadOnly, off, size)
 }
 
-// rawOver is the raw format over a node that takes debug events (a
-// blkdebug filter), which raises them as QEMU's raw format does; over
-// any other node ringblk's raw format is that node itself.
+// rawOver is the raw format over file. Over a node that takes debug
+// events (a blkdebug filter) it is a node of its own, which raises them
+// as QEMU's raw format does, and over an NBD client node too, so that a
+// daemon's raw node over an nbd node is a node of its own as in QEMU
+// (libvirt adds the two and names both); over any other node ringblk's
+// raw format is that node itself.
 func rawOver(g *block.Graph, file *block.Node, name string, readOnly bool) (*block.Node, error) {
-	if block.DebugEventerOf(file) == nil {
+	if _, isNBD := file.Driver().(*nbd.Driver); block.DebugEventerOf(file) == nil && !isNBD {
 		return file, nil
 	}
 	return openWindowIn(g, file, name, readOnly, 0, -1)
@@ -133,3 +137,6 @@ func openWindowIn(g *block.Graph, file *block.Node, name string, readOnly bool, 
 	}
 	return n, nil
 }
+
+// FormatDriver names the node's driver as QEMU does: it is the raw format.
+func (w *window) FormatDriver() string { return "raw" }
