@@ -76,6 +76,18 @@ func (h *Host) Open(path string, o OpenOptions) (contract.Device, error) {
 // (each backing file with the format its overlay records, read-only),
 // QEMU's image locks, the cache mode and the error policies of o.
 func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
+	return h.openDevice(path, nil, o)
+}
+
+// OpenDeviceSpec opens the image a block option tree describes (QEMU's
+// blockdev-add options, flattened: chain.OpenSpec) as a device; o's
+// options apply as in OpenDevice, except Format (the tree names its
+// drivers) and Size.
+func (h *Host) OpenDeviceSpec(s chain.Spec, o OpenOptions) (*Device, error) {
+	return h.openDevice("", s, o)
+}
+
+func (h *Host) openDevice(path string, spec chain.Spec, o OpenOptions) (*Device, error) {
 	if !h.enter() {
 		return nil, ErrClosed
 	}
@@ -117,6 +129,14 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 	}
 	name = h.uniqueName(name)
 	co.Name = name
+	if spec != nil {
+		co.Format = ""
+		img, err := chain.OpenSpec(h.g, spec, co)
+		if err != nil {
+			return nil, err
+		}
+		return h.newDevice(img.Node, img.Path, name, img.Format, img.Qcow2, o)
+	}
 	img, err := chain.Open(h.g, path, co)
 	if err != nil {
 		return nil, err

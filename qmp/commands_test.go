@@ -80,6 +80,9 @@ func TestBlockdevAddDriversAndDel(t *testing.T) {
 		t.Fatalf("blockstats %v", st[0])
 	}
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"q0"}}`)
+	// As in QEMU, the file node named by q0 stays (with a device of its
+	// own again) and is deleted in turn.
+	ok(`{"execute":"blockdev-del","arguments":{"node-name":"qf"}}`)
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"f0"}}`)
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"n0"}}`)
 	if len(d.nodes) != 0 || len(d.h.Graph().Nodes()) != 0 {
