@@ -146,17 +146,21 @@ func TestServeLiveStorageMigrationOverNBD(t *testing.T) {
 					}
 				}
 				// Raw: the job's first events may come before the reply
-				// (which until skips).
-				if _, err := s.c.nc.Write([]byte(`{"execute":"blockdev-mirror","arguments":{"job-id":"mig","device":"vda","target":"mig-format","sync":"full"}}` + "\n")); err != nil {
+				// (which until skips; its id makes do skip it later).
+				if _, err := s.c.nc.Write([]byte(`{"execute":"blockdev-mirror","id":"raw","arguments":{"job-id":"mig","device":"vda","target":"mig-format","sync":"full"}}` + "\n")); err != nil {
 					t.Fatal(err)
 				}
 				var seq []string
 				s.c.until("BLOCK_JOB_READY", &seq)
 				ev := "BLOCK_JOB_COMPLETED"
-				if end == "complete" {
-					s.c.ok(`{"execute":"job-complete","arguments":{"id":"mig"}}`)
-				} else {
-					s.c.ok(`{"execute":"block-job-cancel","arguments":{"device":"mig"}}`)
+				// Raw as well: the events that follow may come before
+				// the reply (QMP orders events and replies freely).
+				cmd := `{"execute":"job-complete","id":"raw","arguments":{"id":"mig"}}`
+				if end == "cancel" {
+					cmd = `{"execute":"block-job-cancel","id":"raw","arguments":{"device":"mig"}}`
+				}
+				if _, err := s.c.nc.Write([]byte(cmd + "\n")); err != nil {
+					t.Fatal(err)
 				}
 				done := s.c.until(ev, &seq)
 				if done["error"] != nil {
@@ -245,8 +249,9 @@ func TestServeNBDServerDiesMidMirror(t *testing.T) {
 				if policy == "stop" {
 					s.c.until("JOB_STATUS_CHANGE", &seq) // paused
 					got = append(got, seq[len(seq)-1])
-					s.c.ok(`{"execute":"block-job-cancel","arguments":{"device":"mig","force":true}}`)
-					s.c.until("JOB_STATUS_CHANGE", nil)
+					if _, err := s.c.nc.Write([]byte(`{"execute":"block-job-cancel","id":"raw","arguments":{"device":"mig","force":true}}` + "\n")); err != nil {
+						t.Fatal(err)
+					}
 					s.c.until("BLOCK_JOB_CANCELLED", nil)
 				}
 				if time.Since(start) > 30*time.Second {
@@ -327,8 +332,8 @@ func TestServeBlkdebugBackupErrorsAsQemuStorageDaemon(t *testing.T) {
 			out = append(out, js(p.c.do(cmd)))
 		}
 		// The job's first events may come before the reply, which
-		// until skips.
-		backup := `{"execute":"blockdev-backup","arguments":{"job-id":"b","device":"src","target":"tgt","sync":"full","on-source-error":"` + policy + `"}}`
+		// until skips; its id makes do skip it if it comes later.
+		backup := `{"execute":"blockdev-backup","id":"raw","arguments":{"job-id":"b","device":"src","target":"tgt","sync":"full","on-source-error":"` + policy + `"}}`
 		if _, err := p.c.nc.Write([]byte(backup + "\n")); err != nil {
 			t.Fatal(err)
 		}
@@ -338,7 +343,9 @@ func TestServeBlkdebugBackupErrorsAsQemuStorageDaemon(t *testing.T) {
 			data = p.c.until("BLOCK_JOB_ERROR", &seq)
 			out = append(out, js(data["operation"])+" "+js(data["action"]))
 			p.c.until("JOB_STATUS_CHANGE", &seq) // paused
-			p.c.ok(`{"execute":"job-resume","arguments":{"id":"b"}}`)
+			if _, err := p.c.nc.Write([]byte(`{"execute":"job-resume","id":"raw","arguments":{"id":"b"}}` + "\n")); err != nil {
+				t.Fatal(err)
+			}
 		}
 		data = p.c.until("BLOCK_JOB_COMPLETED", &seq)
 		out = append(out, "error="+js(data["error"]))

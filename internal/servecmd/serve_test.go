@@ -232,7 +232,7 @@ func (c *qmpc) do(cmd string) map[string]any {
 	}
 	for {
 		m := c.read()
-		if _, ev := m["event"]; !ev {
+		if _, ev := m["event"]; !ev && m["id"] != "raw" {
 			return m
 		}
 	}
