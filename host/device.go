@@ -76,7 +76,7 @@ func (h *Host) Open(path string, o OpenOptions) (contract.Device, error) {
 // (each backing file with the format its overlay records, read-only),
 // QEMU's image locks, the cache mode and the error policies of o.
 func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
-	return h.openDevice(path, o, nil)
+	return h.openDevice(path, nil, o, nil)
 }
 
 // OpenDeviceOver opens a qcow2 image as OpenDevice does, with backing as
@@ -92,7 +92,7 @@ func (h *Host) OpenDeviceOver(path string, o OpenOptions, backing *block.Node) (
 	if o.Format != "qcow2" {
 		return nil, fmt.Errorf("ringblk: open %s: a backing node needs format qcow2, not %q", path, o.Format)
 	}
-	d, err := h.openDevice(path, o, backing)
+	d, err := h.openDevice(path, nil, o, backing)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +102,15 @@ func (h *Host) OpenDeviceOver(path string, o OpenOptions, backing *block.Node) (
 	return d, nil
 }
 
-func (h *Host) openDevice(path string, o OpenOptions, backing *block.Node) (*Device, error) {
+// OpenDeviceSpec opens the image a block option tree describes (QEMU's
+// blockdev-add options, flattened: chain.OpenSpec) as a device; o's
+// options apply as in OpenDevice, except Format (the tree names its
+// drivers) and Size.
+func (h *Host) OpenDeviceSpec(s chain.Spec, o OpenOptions) (*Device, error) {
+	return h.openDevice("", s, o, nil)
+}
+
+func (h *Host) openDevice(path string, spec chain.Spec, o OpenOptions, backing *block.Node) (*Device, error) {
 	if !h.enter() {
 		return nil, ErrClosed
 	}
@@ -144,6 +152,14 @@ func (h *Host) openDevice(path string, o OpenOptions, backing *block.Node) (*Dev
 	}
 	name = h.uniqueName(name)
 	co.Name = name
+	if spec != nil {
+		co.Format = ""
+		img, err := chain.OpenSpec(h.g, spec, co)
+		if err != nil {
+			return nil, err
+		}
+		return h.newDevice(img.Node, img.Path, name, img.Format, img.Qcow2, o)
+	}
 	img, err := chain.Open(h.g, path, co)
 	if err != nil {
 		return nil, err

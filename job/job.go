@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ringblk/ringblk/aio"
@@ -438,9 +440,23 @@ func (j *Job) Info() Info {
 		in.IOStatus = "failed"
 	}
 	if j.result != nil {
-		in.Error = j.result.Error()
+		in.Error = ErrorText(j.result)
 	}
 	return in
+}
+
+// ErrorText is a job's error as QEMU reports it (BLOCK_JOB_COMPLETED,
+// query-jobs): an I/O error is its errno's strerror ("Input/output
+// error"), whatever the layers that failed added; any other error is its
+// own text.
+func ErrorText(err error) string {
+	var ioe *IOError
+	var errno syscall.Errno
+	if errors.As(err, &ioe) && errors.As(err, &errno) && errno != 0 {
+		msg := errno.Error()
+		return strings.ToUpper(msg[:1]) + msg[1:]
+	}
+	return err.Error()
 }
 
 // setStatus changes the status (j.mu held) and queues the event.
@@ -1005,7 +1021,7 @@ func (j *Job) conclude(err error, commit bool) {
 	}
 	ev := j.blockEvent(typ)
 	if err != nil && !errors.Is(err, ErrCancelled) {
-		ev.Error = err.Error()
+		ev.Error = ErrorText(err)
 	}
 	// BLOCK_JOB_COMPLETED (or _CANCELLED) comes before the status change
 	// to concluded, as in QEMU, whose clients wait for the former and

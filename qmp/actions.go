@@ -392,7 +392,7 @@ func (s *snapshotExisting) Clean() {
 	if !s.closed || (s.stage != nil && s.committed) {
 		return
 	}
-	dev, err := s.d.open(s.ob.filename, s.ob.opts)
+	dev, err := s.d.reopen(s.ob)
 	if err != nil {
 		s.d.lost(s.ob.name, err)
 		return

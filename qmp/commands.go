@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/blkdebug"
+	nbdclient "github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/null"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
@@ -493,21 +495,34 @@ func (d *Daemon) blockdevCreate(x *createArgs) error {
 
 // ---- queries ----
 
+// primaryFile is the filename of n's file (or filtered) child, "" when
+// it has none.
+func primaryFile(n *block.Node) string {
+	for _, c := range n.Children() {
+		if c.Role()&(block.RoleFile|block.RoleFiltered) != 0 && c.Node() != nil {
+			_, f := driverName(c.Node())
+			return f
+		}
+	}
+	return ""
+}
+
 func driverName(n *block.Node) (drv, file string) {
 	switch v := n.Driver().(type) {
 	case *qcow2.Driver:
-		drv = "qcow2"
-		for _, c := range n.Children() {
-			if c.Role() != block.RoleBacking && c.Node() != nil {
-				if r, ok := c.Node().Driver().(*raw.Driver); ok {
-					file = r.Path()
-				}
-			}
-		}
+		drv, file = "qcow2", primaryFile(n)
 	case *raw.Driver:
 		drv, file = "file", v.Path()
 	case *null.Driver:
 		drv, file = "null-co", "null-co://"
+	case *nbdclient.Driver:
+		drv, file = "nbd", v.Filename()
+	case *blkdebug.Driver:
+		drv, file = "blkdebug", v.Filename(primaryFile(n))
+	case interface{ FormatDriver() string }:
+		// The raw format as a node of its own (over blkdebug): its
+		// file's name, as QEMU's raw format shows.
+		drv, file = v.FormatDriver(), primaryFile(n)
 	case interface{ FilterDriver() string }:
 		// A job's filter: QEMU names its driver, and its file is the
 		// filtered node's.

@@ -80,7 +80,8 @@ func TestBlockdevAddDriversAndDel(t *testing.T) {
 		t.Fatalf("blockstats %v", st[0])
 	}
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"q0"}}`)
-	// The file node added on its own stays, as in QEMU, and goes next.
+	// As in QEMU, the file node named by q0 stays (with a device of its
+	// own again) and is deleted in turn.
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"qf"}}`)
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"f0"}}`)
 	ok(`{"execute":"blockdev-del","arguments":{"node-name":"n0"}}`)

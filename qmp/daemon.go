@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/host"
 	"github.com/ringblk/ringblk/job"
 	"github.com/ringblk/ringblk/nbd"
@@ -40,6 +41,8 @@ type Daemon struct {
 	nbdDone   chan struct{}
 	exports   map[string]*export
 
+	anon int // the last "#blockNNN" name given to an inline child
+
 	quit     chan struct{}
 	quitOnce sync.Once
 	closed   bool // Close began (metrics stop reading)
@@ -53,6 +56,10 @@ type blockdev struct {
 	filename string
 	dev      *host.Device
 	opts     host.OpenOptions
+	// spec is the option tree a node of a tree driver (nbd, blkdebug,
+	// or a format over one) was opened from, to reopen it by; nil for
+	// a node opened by filename.
+	spec chain.Spec
 	// usedBy names the node that took this one as its backing (after an
 	// external snapshot) or file (blockdev-add of a format over a file
 	// node); such a node cannot be deleted or snapshotted on its own.
@@ -294,6 +301,7 @@ type AddOptions struct {
 	DetectZeroes string      `json:"detect-zeroes" qmp:"optional"`
 	Locking      string      `json:"locking" qmp:"optional"`
 	ForceShare   bool        `json:"force-share" qmp:"optional"`
+	TreeOptions
 }
 
 // CacheOpts is QAPI's BlockdevCacheOptions.
@@ -397,6 +405,17 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	default:
 		return Errorf("Parameter 'detect-zeroes' does not accept value '%s'", o.DetectZeroes)
 	}
+	if d.needsTree(o) {
+		return d.blockdevAddTree(o, oo, dz)
+	}
+	if m := o.TreeOptions.unexpected(o.Driver); m != "" {
+		return Errorf("Parameter '%s' is unexpected", m)
+	}
+	if o.File != nil && o.File.Ref == "" {
+		if m := o.File.TreeOptions.unexpected(o.File.Driver); m != "" {
+			return Errorf("Parameter 'file.%s' is unexpected", m)
+		}
+	}
 	var filename string
 	var fileNode *blockdev
 	switch o.Driver {
@@ -461,7 +480,7 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 		}
 		oo.Format, oo.Size, filename = "null", o.Size, "null-co://"
 	default:
-		return Errorf("Invalid parameter '%s' (drivers: file, host_device, raw, qcow2, null-co, null-aio)", o.Driver)
+		return Errorf("Invalid parameter '%s' (drivers: file, host_device, raw, qcow2, null-co, null-aio, nbd, blkdebug)", o.Driver)
 	}
 	oo.Callbacks = d.callbacks(o.NodeName)
 	if fileNode != nil {
@@ -480,7 +499,7 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	if err != nil {
 		if fileNode != nil {
 			// Give the file node its device back.
-			if nd, rerr := d.open(fileNode.filename, fileNode.opts); rerr == nil {
+			if nd, rerr := d.reopen(fileNode); rerr == nil {
 				d.mu.Lock()
 				fileNode.dev = nd
 				d.mu.Unlock()
@@ -510,10 +529,13 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 type FileRef struct {
 	Ref      string
 	Driver   string     `json:"driver"`
+	NodeName string     `json:"node-name"`
 	Filename string     `json:"filename"`
+	File     *FileRef   `json:"file"` // raw, qcow2 (in a tree)
 	Cache    *CacheOpts `json:"cache"`
 	Locking  string     `json:"locking"`
 	AIO      string     `json:"aio"`
+	TreeOptions
 }
 
 // UnmarshalJSON accepts a string (a node's name) or an object.
@@ -588,14 +610,15 @@ func (d *Daemon) blockdevDel(name string) error {
 		d.h.Graph().Control(func() { stillOpen = !root.Closed() })
 	}
 	d.mu.Lock()
-	// The file node blockdev-add put this one over stays, as in QEMU (it
-	// was added on its own; libvirt deletes it next): it gets a device of
-	// its own again below, unless its file is still in use. Every other
-	// node under this one goes with it.
-	var keep []*blockdev
+	// The nodes the user added and then named as this one's file or
+	// image stay, as in QEMU (libvirt deletes its format node, then its
+	// storage node): they get devices of their own again, unless the
+	// node is still open under another user. Every other node under
+	// this one goes with it.
+	var revive []*blockdev
 	for _, l := range b.lower {
-		if x := d.nodes[l]; x != nil && x.role == "file" && x.usedBy == name && !stillOpen {
-			keep = append(keep, x)
+		if x := d.nodes[l]; x != nil && (x.role == "file" || x.role == "image") && x.usedBy == name && !stillOpen {
+			revive = append(revive, x)
 		}
 	}
 	var drop func(n string)
@@ -604,8 +627,8 @@ func (d *Daemon) blockdevDel(name string) error {
 		if x == nil {
 			return
 		}
-		for _, k := range keep {
-			if k == x {
+		for _, r := range revive {
+			if r == x {
 				return
 			}
 		}
@@ -615,6 +638,9 @@ func (d *Daemon) blockdevDel(name string) error {
 		}
 	}
 	drop(name)
+	for _, x := range revive {
+		x.usedBy, x.role = "", ""
+	}
 	// A node blockdev-add named as its backing is free again (it kept
 	// its own device).
 	for _, x := range d.nodes {
@@ -623,21 +649,39 @@ func (d *Daemon) blockdevDel(name string) error {
 		}
 	}
 	d.mu.Unlock()
-	for _, x := range keep {
-		dev, rerr := d.open(x.filename, x.opts)
+	var errs []error
+	if err != nil {
+		errs = append(errs, Errorf("Node '%s' closed with an error: %v", name, err))
+	}
+	for _, x := range revive {
+		nd, rerr := d.reopen(x)
 		if rerr != nil {
 			d.lost(x.name, rerr)
-			err = errors.Join(err, fmt.Errorf("reopening '%s' failed: %v", x.name, rerr))
+			errs = append(errs, Errorf("Node '%s' could not be reopened on its own: %v", x.name, rerr))
 			continue
 		}
-		d.mu.Lock()
-		x.dev, x.usedBy, x.role = dev, "", ""
-		d.mu.Unlock()
+		d.setDev(x, nd)
 	}
-	if err != nil {
-		return Errorf("Node '%s' closed with an error: %v", name, err)
+	if len(errs) > 0 {
+		return errs[0]
 	}
 	return nil
+}
+
+// setDev makes dev the device of b and of every node under it.
+func (d *Daemon) setDev(b *blockdev, dev *host.Device) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var set func(x *blockdev)
+	set = func(x *blockdev) {
+		x.dev = dev
+		for _, l := range x.lower {
+			if y := d.nodes[l]; y != nil {
+				set(y)
+			}
+		}
+	}
+	set(b)
 }
 
 // jobOn returns the type of a job that has an edge to a node b's device

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -76,7 +77,11 @@ func New(file *block.Node, rules []Rule) *Driver {
 func ReadConfig(path string) ([]Rule, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("Could not read blkdebug config file: %w", err)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is not part of the message
+		}
+		return nil, &configError{err}
 	}
 	defer f.Close()
 	rules, err := Parse(f)
@@ -85,6 +90,21 @@ func ReadConfig(path string) ([]Rule, error) {
 	}
 	return rules, nil
 }
+
+// configError is a configuration file that could not be opened, worded
+// as QEMU words it: the cause (strerror) without the path.
+type configError struct{ err error }
+
+func (e *configError) Error() string {
+	var errno syscall.Errno
+	if errors.As(e.err, &errno) {
+		msg := errno.Error()
+		return "Could not read blkdebug config file: " + strings.ToUpper(msg[:1]) + msg[1:]
+	}
+	return "Could not read blkdebug config file: " + e.err.Error()
+}
+
+func (e *configError) Unwrap() error { return e.err }
 
 // NewNode opens a blkdebug node over file in g with the rules of the
 // configuration file cfg ("" : no rules), taking over the caller's
@@ -403,3 +423,8 @@ func Find(n *block.Node) *Driver {
 	})
 	return found
 }
+
+// Filename is the node's filename as QEMU shows a blkdebug node's over a
+// child whose filename is image: "blkdebug:CONFIG:IMAGE", CONFIG empty
+// without a configuration file.
+func (d *Driver) Filename(image string) string { return "blkdebug:" + d.cfgPath + ":" + image }

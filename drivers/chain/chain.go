@@ -43,6 +43,10 @@ type Options struct {
 	// would make it probe as another format (raw.Options.Probed).
 	Probed   bool
 	ReadOnly bool
+	// AutoReadOnly opens read-only what can only be opened so (an NBD
+	// export the server offers read-only) instead of failing: QEMU's
+	// auto-read-only, for option trees.
+	AutoReadOnly bool
 	// Cache, Discard and DetectZeroes apply to the top image's file node.
 	Cache        raw.Cache
 	Discard      raw.Discard
@@ -526,7 +530,8 @@ func causeText(err error) string {
 // openBlkdebug opens "blkdebug:CONFIG:IMAGE" (QEMU's filename form; rest
 // is what follows the prefix): IMAGE with its format, the top image's
 // file node under a blkdebug filter with CONFIG's rules (an empty CONFIG:
-// no rules). A raw image is the filter over the file node.
+// no rules). A raw image is QEMU's shape: the raw format over the filter
+// over the file node, the format raising read_aio and write_aio.
 func openBlkdebug(g *block.Graph, name, rest string, o Options) (*Image, error) {
 	cfg, path, ok := strings.Cut(rest, ":")
 	if !ok || path == "" {
@@ -550,7 +555,11 @@ func openBlkdebug(g *block.Graph, name, rest string, o Options) (*Image, error) 
 		if err != nil {
 			return nil, err
 		}
-		if img.Node, err = blkdebug.NewNode(g, file, cfg, block.Options{Name: o.Name, ReadOnly: o.ReadOnly}); err != nil {
+		dbg, err := blkdebug.NewNode(g, file, cfg, block.Options{Name: o.Name + "-blkdebug", ReadOnly: o.ReadOnly})
+		if err != nil {
+			return nil, err
+		}
+		if img.Node, err = rawOver(g, dbg, o.Name, o.ReadOnly); err != nil {
 			return nil, err
 		}
 	case "qcow2":

@@ -177,8 +177,10 @@ func applyGeneric(s Spec, o *Options) error {
 		o.ReadOnly = v
 	}
 	delete(s, "read-only")
-	if _, _, err := s.Bool("auto-read-only"); err != nil {
+	if v, _, err := s.Bool("auto-read-only"); err != nil {
 		return err
+	} else if v {
+		o.AutoReadOnly = true
 	}
 	delete(s, "auto-read-only")
 	if v, ok, err := s.Bool("force-share"); err != nil {
@@ -250,6 +252,22 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 			name = v
 		}
 		delete(s, "node-name")
+	}
+	if fn := s["filename"]; driver == "" && top && ProtocolPrefix(fn) == "blkdebug" {
+		// The image a user names as "blkdebug:CONFIG:IMAGE" gets a
+		// format over the filter, probed from IMAGE, as QEMU probes a
+		// protocol node's format: a raw image's format then raises
+		// read_aio and write_aio, a qcow2 image's its own events.
+		format, err := Probe(LocalPath(fn))
+		if err != nil {
+			return nil, nil, fmt.Errorf("Could not open '%s': %w", fn, unwrapPath(err))
+		}
+		under := Spec{"file.driver": "blkdebug"}
+		for k, v := range s {
+			under["file."+k] = v
+		}
+		s = under
+		driver = format
 	}
 	if fn := s["filename"]; driver == "" && ProtocolPrefix(fn) != "" {
 		// "blkdebug:…": the protocol driver the name starts with.
@@ -375,8 +393,13 @@ func (b *SpecBuilder) node(s Spec, prefix string, top bool) (*block.Node, *Image
 			return n, &Image{Path: cimg.Path, Format: "raw"}, nil
 		}
 		// ringblk's raw format is its file: the child node serves
-		// the guest's view directly.
-		return child, &Image{Path: cimg.Path, Format: "raw"}, nil
+		// the guest's view directly, except over a blkdebug filter,
+		// which needs the raw format's debug events.
+		n, err := rawOver(b.G, child, name, b.O.ReadOnly)
+		if err != nil {
+			return nil, nil, err
+		}
+		return n, &Image{Path: cimg.Path, Format: "raw"}, nil
 	case driver == "qcow2":
 		return b.qcow2(s, prefix, name, top)
 	case driver == "luks":

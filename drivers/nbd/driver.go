@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -104,34 +106,101 @@ type rxState struct {
 // NewNode connects to the export named by uri, negotiates, and opens a node
 // on g for it. A read-only export can only be opened read-only.
 func NewNode(g *block.Graph, uri string, readOnly bool, bopts block.Options) (*block.Node, error) {
+	n, err := Open(g, uri, Options{ReadOnly: readOnly}, bopts)
+	if err != nil {
+		var re *ReadOnlyError
+		if errors.As(err, &re) {
+			return nil, fmt.Errorf("Could not open '%s': export %q is read-only", uri, re.Export)
+		}
+		if _, isURI := err.(*URIError); isURI {
+			return nil, err
+		}
+		return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
+	}
+	return n, nil
+}
+
+// Options say how Open connects (QEMU's BlockdevOptionsNbd beyond the
+// address).
+type Options struct {
+	ReadOnly bool
+	// AutoReadOnly opens a read-only export read-only instead of
+	// failing (QEMU's auto-read-only).
+	AutoReadOnly bool
+	// OpenTimeout keeps retrying a connection the server refuses, or a
+	// socket not there yet, for this long (QEMU's open-timeout; 0: one
+	// attempt).
+	OpenTimeout time.Duration
+}
+
+// URIError is a URI Open could not parse.
+type URIError struct{ Err error }
+
+func (e *URIError) Error() string { return e.Err.Error() }
+func (e *URIError) Unwrap() error { return e.Err }
+
+// ConnectError is a connection the server did not accept, worded as
+// QEMU words it: "Failed to connect to 'ADDR': Strerror".
+type ConnectError struct {
+	Addr string // the socket path, or host:port
+	Err  error
+}
+
+func (e *ConnectError) Error() string {
+	var errno syscall.Errno
+	if errors.As(e.Err, &errno) {
+		s := errno.Error()
+		return "Failed to connect to '" + e.Addr + "': " + strings.ToUpper(s[:1]) + s[1:]
+	}
+	return "Failed to connect to '" + e.Addr + "': " + e.Err.Error()
+}
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// ReadOnlyError is a writable open of an export the server offers
+// read-only.
+type ReadOnlyError struct{ Export string }
+
+// Error is QEMU's wording: its open fails with EACCES.
+func (e *ReadOnlyError) Error() string { return "Could not open image: Permission denied" }
+
+// Open connects to the export named by uri, negotiates, and opens a node
+// on g for it, as o says. Its errors are QEMU's blockdev-add wording
+// (ConnectError, "Requested export not available", ReadOnlyError)
+// without the URI in front.
+func Open(g *block.Graph, uri string, o Options, bopts block.Options) (*block.Node, error) {
+	readOnly := o.ReadOnly
 	u, err := ParseURI(uri)
 	if err != nil {
-		return nil, err
+		return nil, &URIError{err}
 	}
-	nc, err := net.DialTimeout(u.Network, u.Addr, HandshakeTimeout)
+	nc, err := dial(u, o.OpenTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
+		return nil, err
 	}
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
 	ex, nc, err := handshake(nc, u)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
+		return nil, err
 	}
 	if ex.flags&nbdproto.TFlagReadOnly != 0 && !readOnly {
-		nc.Close()
-		return nil, fmt.Errorf("Could not open '%s': export %q is read-only", uri, u.Export)
+		if !o.AutoReadOnly {
+			nc.Close()
+			return nil, &ReadOnlyError{Export: u.Export}
+		}
+		readOnly = true
 	}
 	nc.SetDeadline(time.Time{})
 	if tc, ok := nc.(*tls.Conn); ok {
 		if nc, err = tlsPipe(tc); err != nil {
 			tc.Close()
-			return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
+			return nil, err
 		}
 	}
 	fd, err := rawFD(nc)
 	if err != nil {
-		return nil, fmt.Errorf("Could not open '%s': %w", uri, err)
+		return nil, err
 	}
 	d := newDriver(u, ex, fd)
 	bopts.ReadOnly = bopts.ReadOnly || readOnly
@@ -150,6 +219,30 @@ func NewNode(g *block.Graph, uri string, readOnly bool, bopts block.Options) (*b
 	}
 	return n, nil
 }
+
+// dial connects to u's server, retrying a refused or missing socket
+// until timeout has passed (open-timeout).
+func dial(u URI, timeout time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		nc, err := net.DialTimeout(u.Network, u.Addr, HandshakeTimeout)
+		if err == nil {
+			return nc, nil
+		}
+		if time.Now().Add(dialRetry).After(deadline) {
+			var sc *os.SyscallError
+			if errors.As(err, &sc) {
+				err = sc.Err
+			}
+			return nil, &ConnectError{Addr: u.Addr, Err: err}
+		}
+		time.Sleep(dialRetry)
+	}
+}
+
+// dialRetry is the pause between connection attempts within an
+// open-timeout.
+const dialRetry = 100 * time.Millisecond
 
 func newDriver(u URI, ex export, fd int) *Driver {
 	d := &Driver{uri: u, ex: ex, fd: fd, rbuf: make([]byte, rbufSize), iov: make([]unix.Iovec, 256)}
@@ -899,7 +992,7 @@ func Size(uri string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	nc, err := net.DialTimeout(u.Network, u.Addr, HandshakeTimeout)
+	nc, err := dial(u, 0)
 	if err != nil {
 		return 0, fmt.Errorf("Could not open '%s': %w", uri, err)
 	}

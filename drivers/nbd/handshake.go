@@ -122,6 +122,16 @@ func handshake1(ncp *net.Conn, u URI) (export, error) {
 			return ex, err
 		}
 		if typ&nbdproto.RepErrBit != 0 {
+			// Say goodbye before hanging up, so the server does not
+			// log a broken negotiation (best effort).
+			_ = o.send(nbdproto.OptAbort, nil)
+		}
+		if typ == nbdproto.RepErrUnknown {
+			// QEMU's client words it so (its server's message says the
+			// same in other words).
+			return ex, errors.New("Requested export not available")
+		}
+		if typ&nbdproto.RepErrBit != 0 {
 			msg := string(data)
 			if msg == "" {
 				msg = fmt.Sprintf("error %#x", typ)

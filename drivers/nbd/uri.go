@@ -121,3 +121,7 @@ func (u URI) Canonical() string {
 	}
 	return scheme + "://" + u.Addr + exp
 }
+
+// Filename is the node's filename as QEMU shows an NBD node's
+// (query-named-block-nodes' "file"): the canonical URI.
+func (d *Driver) Filename() string { return d.uri.Canonical() }

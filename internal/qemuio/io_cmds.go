@@ -555,6 +555,14 @@ var infoCmdIO = &ioCommand{
 			fmt.Fprintln(s.out, "vm state offset: 0 bytes")
 			return true
 		}
+		if img.Qcow2 == nil {
+			// A filter on top (blkdebug): QEMU names it twice and has
+			// no cluster size.
+			fmt.Fprintf(s.out, "format name: %s\nformat name: %s\n", img.Format, img.Format)
+			fmt.Fprintln(s.out, "cluster size: 0 bytes")
+			fmt.Fprintln(s.out, "vm state offset: 0 bytes")
+			return true
+		}
 		h := img.Qcow2.Header()
 		fmt.Fprintln(s.out, "format name: qcow2")
 		fmt.Fprintf(s.out, "cluster size: %s\n", cvtstr(float64(h.ClusterSize())))

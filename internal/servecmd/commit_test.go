@@ -147,18 +147,12 @@ func sideBySide(t *testing.T, setup func(dir string), body func(s *qmpSession), 
 		return a
 	}
 	want := run("qsd", func(sock string) func() {
-		q := exec.Command("qemu-storage-daemon", args(sock)...)
-		if err := q.Start(); err != nil {
-			t.Fatal(err)
-		}
+		wait := startQSD(t, args(sock)...)
 		waited := false
 		return func() {
 			if !waited {
 				waited = true
-				if t.Failed() {
-					q.Process.Kill() // quit was not sent
-				}
-				q.Wait()
+				wait() // kills it first if the test failed (quit was not sent)
 			}
 		}
 	})

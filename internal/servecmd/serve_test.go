@@ -213,6 +213,34 @@ func waitQMP(t *testing.T, path string) *qmpc {
 	}
 }
 
+// startQSD starts qemu-storage-daemon with args and returns a wait for its
+// exit: at most a minute (a daemon that does not exit is killed and the
+// test fails, instead of hanging the suite); a failed test kills it first.
+func startQSD(t *testing.T, args ...string) (wait func()) {
+	t.Helper()
+	q := exec.Command("qemu-storage-daemon", args...)
+	var stderr bytes.Buffer
+	q.Stderr = &stderr
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { q.Wait(); close(done) }()
+	t.Cleanup(func() { q.Process.Kill(); <-done })
+	return func() {
+		if t.Failed() {
+			q.Process.Kill()
+		}
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			q.Process.Kill()
+			<-done
+			t.Errorf("qemu-storage-daemon did not exit within a minute; stderr:\n%s", stderr.String())
+		}
+	}
+}
+
 // bothDaemons runs a QMP scenario against qemu-storage-daemon and then
 // ringblk serve: run gets a name for its scratch directory and a start
 // function that starts the daemon with the given arguments and returns
@@ -220,13 +248,7 @@ func waitQMP(t *testing.T, path string) *qmpc {
 // scenario's outputs, QEMU's first.
 func bothDaemons(t *testing.T, run func(name string, start func(args ...string) func()) []string) (want, got []string) {
 	t.Helper()
-	want = run("qsd", func(args ...string) func() {
-		q := exec.Command("qemu-storage-daemon", args...)
-		if err := q.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return func() { q.Wait() }
-	})
+	want = run("qsd", func(args ...string) func() { return startQSD(t, args...) })
 	got = run("ringblk", func(args ...string) func() {
 		d := startServe(t, args...)
 		return func() {
@@ -259,7 +281,7 @@ func (c *qmpc) do(cmd string) map[string]any {
 	}
 	for {
 		m := c.read()
-		if _, ev := m["event"]; !ev {
+		if _, ev := m["event"]; !ev && m["id"] != "raw" {
 			return m
 		}
 		c.events = append(c.events, m)
@@ -760,11 +782,7 @@ func TestServeIotest202SameRepliesAsQemuStorageDaemon(t *testing.T) {
 		return out
 	}
 	want := run("qsd", func(sock string) func() {
-		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
-		if err := q.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return func() { q.Wait() }
+		return startQSD(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
 	})
 	got := run("ringblk", func(sock string) func() {
 		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
@@ -880,11 +898,7 @@ func TestServeMirrorEventsAsQemuStorageDaemon(t *testing.T) {
 		}
 	}
 	want := run("qsd", func(sock string) func() {
-		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
-		if err := q.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return func() { q.Wait() }
+		return startQSD(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
 	})
 	got := run("ringblk", func(sock string) func() {
 		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
@@ -952,16 +966,7 @@ func TestServeBlockdevCreateJobAsQemuStorageDaemon(t *testing.T) {
 		return seq
 	}
 	want := run("qsd", func(sock string) func() {
-		q := exec.Command("qemu-storage-daemon", "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
-		if err := q.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return func() {
-			if t.Failed() {
-				q.Process.Kill()
-			}
-			q.Wait()
-		}
+		return startQSD(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
 	})
 	got := run("ringblk", func(sock string) func() {
 		d := startServe(t, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
