@@ -68,7 +68,33 @@ func keyval(s, implied string) (map[string]any, error) {
 		}
 		m[last] = v
 	}
-	return out, nil
+	return crumple(out).(map[string]any), nil
+}
+
+// crumple turns every group whose keys are exactly 0, 1, ... n-1 into a
+// list, as QEMU's keyval parser does ("inject-error.0.event=read_aio":
+// a list of one object); a group that mixes indexes and names, or skips
+// an index, stays an object (the decoder then names what is wrong).
+func crumple(v any) any {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return v
+	}
+	for k, x := range m {
+		m[k] = crumple(x)
+	}
+	if len(m) == 0 {
+		return m
+	}
+	list := make([]any, len(m))
+	for k, x := range m {
+		i, err := strconv.Atoi(k)
+		if err != nil || i < 0 || i >= len(m) || strconv.Itoa(i) != k {
+			return m
+		}
+		list[i] = x
+	}
+	return list
 }
 
 // coerce turns keyval's strings into the JSON types the fields of t want
@@ -136,6 +162,19 @@ func coerce(m map[string]any, t reflect.Type) (map[string]any, error) {
 				return nil, err
 			}
 			m[k] = sub
+		case []any:
+			if ft.Kind() != reflect.Slice {
+				continue
+			}
+			for i, e := range x {
+				if em, ok := e.(map[string]any); ok {
+					sub, err := coerce(em, ft.Elem())
+					if err != nil {
+						return nil, err
+					}
+					x[i] = sub
+				}
+			}
 		}
 	}
 	return m, nil

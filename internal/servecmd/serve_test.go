@@ -1234,3 +1234,89 @@ func TestServeBlockdevReopenSameAsQemuStorageDaemon(t *testing.T) {
 		}
 	}
 }
+
+// TestServeGroupedBackupFailureSameAsQemuStorageDaemon: two incremental
+// backups in one transaction, the second's source failing a read (blkdebug
+// on its file, given on the command line with a numbered inject-error
+// list). Alone (completion-mode individual) the healthy backup completes
+// and clears its bitmap; grouped, it is cancelled and both bitmaps keep
+// every bit, so the next incremental backup of both disks starts from
+// the same point. The final event of each job and the bitmap counts are
+// compared with qemu-storage-daemon 7.2. Before, grouped was refused and
+// the command line's inject-error list did not decode.
+func TestServeGroupedBackupFailureSameAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	for _, mode := range []string{"individual", "grouped"} {
+		run := func(name string, start func(args ...string) func()) []string {
+			dir := filepath.Join(tmpDir(t), name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var args []string
+			for i := 0; i < 2; i++ {
+				src, tgt := filepath.Join(dir, fmt.Sprintf("d%d.qcow2", i)), filepath.Join(dir, fmt.Sprintf("t%d.qcow2", i))
+				qemuImg(t, "create", "-q", "-f", "qcow2", src, "4M")
+				qemuImg(t, "bitmap", "--add", src, "b0")
+				qemuIO(t, "-c", fmt.Sprintf("write -P 0x5%d 0 128k", i), "-c", "write 1M 64k", src)
+				qemuImg(t, "create", "-q", "-f", "qcow2", tgt, "4M")
+				file := "file.driver=file,file.filename=" + src
+				if i == 1 {
+					// Fail the read of the guest's 1 MiB cluster, wherever
+					// qemu-io put it in the file.
+					sector := -1
+					var m []map[string]any
+					if err := json.Unmarshal([]byte(qemuImg(t, "map", "--output=json", src)), &m); err != nil {
+						t.Fatal(err)
+					}
+					for _, e := range m {
+						if e["start"] == float64(1<<20) {
+							sector = int(e["offset"].(float64)) / 512
+						}
+					}
+					file = fmt.Sprintf("file.driver=blkdebug,file.image.driver=file,file.image.filename=%s,"+
+						"file.inject-error.0.event=read_aio,file.inject-error.0.errno=5,file.inject-error.0.sector=%d", src, sector)
+				}
+				args = append(args, "--blockdev", fmt.Sprintf("driver=qcow2,node-name=d%d,%s", i, file),
+					"--blockdev", fmt.Sprintf("driver=qcow2,node-name=t%d,file.driver=file,file.filename=%s", i, tgt))
+			}
+			sock := filepath.Join(dir, "qmp.sock")
+			stop := start(append(args, "--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")...)
+			defer stop()
+			c := waitQMP(t, sock)
+			c.ok(`{"execute":"transaction","arguments":{"actions":[
+				{"type":"blockdev-backup","data":{"job-id":"j0","device":"d0","target":"t0","sync":"incremental","bitmap":"b0"}},
+				{"type":"blockdev-backup","data":{"job-id":"j1","device":"d1","target":"t1","sync":"incremental","bitmap":"b0"}}],
+				"properties":{"completion-mode":"` + mode + `"}}}`)
+			ends := map[string]string{}
+			for len(ends) < 2 {
+				ev := c.read()
+				if e, _ := ev["event"].(string); e == "BLOCK_JOB_COMPLETED" || e == "BLOCK_JOB_CANCELLED" {
+					data := ev["data"].(map[string]any)
+					ends[data["device"].(string)] = fmt.Sprintf("%s %v", e, data["error"])
+				}
+			}
+			out := []string{"j0: " + ends["j0"], "j1: " + ends["j1"]}
+			var counts []string
+			for _, n := range c.ok(`{"execute":"query-named-block-nodes"}`).([]any) {
+				m := n.(map[string]any)
+				if bms, ok := m["dirty-bitmaps"].([]any); ok {
+					counts = append(counts, fmt.Sprintf("%s=%v", m["node-name"], bms[0].(map[string]any)["count"]))
+				}
+			}
+			sort.Strings(counts)
+			out = append(out, strings.Join(counts, " "))
+			c.ok(`{"execute":"quit"}`)
+			return out
+		}
+		want, got := bothDaemons(t, run)
+		if mode == "grouped" && !strings.Contains(want[0], "CANCELLED") {
+			t.Fatalf("qemu-storage-daemon did not cancel the healthy job of the group: %v", want)
+		}
+		for i := range want {
+			if i >= len(got) || want[i] != got[i] {
+				t.Errorf("%s: %v\n qemu-storage-daemon %v\n ringblk serve       %v", mode, i, want, got)
+				break
+			}
+		}
+	}
+}
