@@ -288,6 +288,25 @@ func (c *qmpc) do(cmd string) map[string]any {
 	}
 }
 
+// nextEvent returns the next event: one do set aside while it waited for
+// a reply (QMP orders events and replies freely), or the next one read.
+func (c *qmpc) nextEvent() map[string]any {
+	c.t.Helper()
+	for {
+		if len(c.events) > 0 {
+			m := c.events[0]
+			c.events = c.events[1:]
+			if _, ev := m["event"]; ev {
+				return m
+			}
+			continue
+		}
+		if m := c.read(); m["event"] != nil {
+			return m
+		}
+	}
+}
+
 func (c *qmpc) ok(cmd string) any {
 	c.t.Helper()
 	r := c.do(cmd)
@@ -1118,8 +1137,7 @@ func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
 			"nbd+unix:///top?socket="+nbdSock)
 		step(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
 		step(`{"execute":"block-stream","arguments":{"job-id":"s","device":"top"}}`)
-		for ev := c.read(); ev["event"] != "BLOCK_JOB_COMPLETED"; ev = c.read() {
-		}
+		c.waitEvent("BLOCK_JOB_COMPLETED")
 		for _, cmd := range []string{
 			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
 			`{"execute":"blockdev-del","arguments":{"node-name":"top"}}`,
@@ -1207,10 +1225,9 @@ func TestServeBlockdevReopenSameAsQemuStorageDaemon(t *testing.T) {
 			`{"driver":"file","node-name":"base-f","filename":"` + base + `","read-only":false}]}}`)
 		roFlags()
 		step(`{"execute":"block-commit","arguments":{"job-id":"c","device":"top"}}`)
-		for ev := c.read(); ev["event"] != "BLOCK_JOB_READY"; ev = c.read() {
-		}
+		c.waitEvent("BLOCK_JOB_READY")
 		step(`{"execute":"job-complete","arguments":{"id":"c"}}`)
-		for ev := c.read(); ev["event"] != "BLOCK_JOB_COMPLETED"; ev = c.read() {
+		for ev := c.nextEvent(); ev["event"] != "BLOCK_JOB_COMPLETED"; ev = c.nextEvent() {
 			if ev["event"] == "BLOCK_JOB_CANCELLED" {
 				t.Fatalf("%s: %v", name, ev)
 			}
@@ -1289,7 +1306,7 @@ func TestServeGroupedBackupFailureSameAsQemuStorageDaemon(t *testing.T) {
 				"properties":{"completion-mode":"` + mode + `"}}}`)
 			ends := map[string]string{}
 			for len(ends) < 2 {
-				ev := c.read()
+				ev := c.nextEvent()
 				if e, _ := ev["event"].(string); e == "BLOCK_JOB_COMPLETED" || e == "BLOCK_JOB_CANCELLED" {
 					data := ev["data"].(map[string]any)
 					ends[data["device"].(string)] = fmt.Sprintf("%s %v", e, data["error"])
