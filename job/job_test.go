@@ -239,9 +239,11 @@ func TestManualFinalizeDismissAndReady(t *testing.T) {
 	c := &countJob{N: 3, Forever: true}
 	j := f.newJob(t, "m", c, job.Options{ManualFinalize: true, ManualDismiss: true})
 	j.Start()
-	f.e.WaitFor("ready", func() bool { return j.Status() == job.Ready })
-	if f.rec.count(job.EventReady) != 1 {
-		t.Fatal("no BLOCK_JOB_READY")
+	// The status changes under the job's lock and the event is delivered
+	// right after it is released: wait for the event, then look.
+	f.e.WaitFor("BLOCK_JOB_READY", func() bool { return f.rec.count(job.EventReady) == 1 })
+	if st := j.Status(); st != job.Ready {
+		t.Fatalf("status %s after BLOCK_JOB_READY", st)
 	}
 	if err := j.Finalize(); err == nil {
 		t.Fatal("finalize of a ready job allowed")
