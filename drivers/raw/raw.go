@@ -21,10 +21,14 @@ import (
 type Driver struct {
 	block.DriverBase
 
-	path     string
-	opts     Options
-	file     *aio.File
-	fd       int
+	path string
+	opts Options
+	file *aio.File
+	fd   int
+	// fdMu orders Length (any goroutine) against a reopen's swap of fd
+	// (main Context, nothing in flight); the I/O paths, on the node's
+	// Context, never take it.
+	fdMu     sync.RWMutex
 	blockdev bool
 	// chardev: a character device (/dev/null, /dev/zero), which QEMU's
 	// host_device and host_cdrom open; its length is what seeking to its
@@ -255,7 +259,11 @@ func (d *Driver) BlockDevice() bool { return d.blockdev }
 func (d *Driver) Locked() bool { return d.locked }
 
 // Options returns the options the driver was opened with.
-func (d *Driver) Options() Options { return d.opts }
+func (d *Driver) Options() Options {
+	d.fdMu.RLock() // a reopen changes ReadOnly on the main Context
+	defer d.fdMu.RUnlock()
+	return d.opts
+}
 
 // Open checks that the node suits the file: its alignment covers the DIO
 // alignment (so no unaligned transfer reaches the driver), and a read-only
@@ -303,6 +311,10 @@ func (d *Driver) Length(n *block.Node) (int64, error) {
 }
 
 func (d *Driver) length() (int64, error) {
+	// Length may run on any goroutine (an export's refresh) while a
+	// reopen swaps the descriptor on the main Context.
+	d.fdMu.RLock()
+	defer d.fdMu.RUnlock()
 	if d.blockdev || d.chardev {
 		// The device size; the fd's offset is never used (every transfer
 		// names its offset), so moving it is harmless.
@@ -417,8 +429,10 @@ func (d *Driver) ReopenReadOnly() error {
 		}
 	}
 	old := d.file
+	d.fdMu.Lock() // a Length on another goroutine is done with the old fd
 	d.file, d.fd = aio.NewFile(f), nfd
 	d.opts.ReadOnly = true
+	d.fdMu.Unlock()
 	if err := old.Close(); err != nil {
 		return err
 	}
@@ -508,8 +522,10 @@ func (d *Driver) ReopenReadWrite() error {
 		}
 	}
 	old := d.file
+	d.fdMu.Lock() // a Length on another goroutine is done with the old fd
 	d.file, d.fd = aio.NewFile(f), nfd
 	d.opts.ReadOnly = false
+	d.fdMu.Unlock()
 	if err := old.Close(); err != nil {
 		return err
 	}
