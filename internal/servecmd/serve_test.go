@@ -241,6 +241,33 @@ func startQSD(t *testing.T, args ...string) (wait func()) {
 	}
 }
 
+// compareSteps fails the test at every step where the two daemons'
+// outputs (bothDaemons) differ.
+func compareSteps(t *testing.T, want, got []string) {
+	t.Helper()
+	for i := range want {
+		if i >= len(got) || want[i] != got[i] {
+			var g string
+			if i < len(got) {
+				g = got[i]
+			}
+			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], g)
+		}
+	}
+}
+
+// twoLayerChain makes dir/base.qcow2 (0x41 over its first 64 KiB) and
+// dir/top.qcow2 over it (0x42 over 64 KiB at 1 MiB), 4 MiB each.
+func twoLayerChain(t *testing.T, dir string) (base, top string) {
+	t.Helper()
+	base, top = filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", base, "4M")
+	qemuIO(t, "-c", "write -P 0x41 0 64k", base)
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+	qemuIO(t, "-c", "write -P 0x42 1M 64k", top)
+	return base, top
+}
+
 // bothDaemons runs a QMP scenario against qemu-storage-daemon and then
 // ringblk serve: run gets a name for its scratch directory and a start
 // function that starts the daemon with the given arguments and returns
@@ -1105,11 +1132,7 @@ func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
-		qemuImg(t, "create", "-q", "-f", "qcow2", base, "4M")
-		qemuIO(t, "-c", "write -P 0x41 0 64k", base)
-		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
-		qemuIO(t, "-c", "write -P 0x42 1M 64k", top)
+		base, top := twoLayerChain(t, dir)
 		sock, nbdSock := filepath.Join(dir, "qmp.sock"), filepath.Join(dir, "nbd.sock")
 		stop := start("--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
 		defer stop()
@@ -1155,15 +1178,7 @@ func TestServeBackingByNodeNameSameAsQemuStorageDaemon(t *testing.T) {
 		return out
 	}
 	want, got := bothDaemons(t, run)
-	for i := range want {
-		if i >= len(got) || want[i] != got[i] {
-			var g string
-			if i < len(got) {
-				g = got[i]
-			}
-			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], g)
-		}
-	}
+	compareSteps(t, want, got)
 }
 
 // TestServeBlockdevReopenSameAsQemuStorageDaemon: libvirt's commit of a
@@ -1183,11 +1198,7 @@ func TestServeBlockdevReopenSameAsQemuStorageDaemon(t *testing.T) {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
-		qemuImg(t, "create", "-q", "-f", "qcow2", base, "4M")
-		qemuIO(t, "-c", "write -P 0x41 0 64k", base)
-		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
-		qemuIO(t, "-c", "write -P 0x42 1M 64k", top)
+		base, top := twoLayerChain(t, dir)
 		sock := filepath.Join(dir, "qmp.sock")
 		stop := start("--chardev", "socket,id=m,path="+sock+",server=on,wait=off", "--monitor", "chardev=m")
 		c := waitQMP(t, sock)
@@ -1241,15 +1252,7 @@ func TestServeBlockdevReopenSameAsQemuStorageDaemon(t *testing.T) {
 		return out
 	}
 	want, got := bothDaemons(t, run)
-	for i := range want {
-		if i >= len(got) || want[i] != got[i] {
-			var g string
-			if i < len(got) {
-				g = got[i]
-			}
-			t.Errorf("step %d: qemu-storage-daemon %s, ringblk serve %s", i, want[i], g)
-		}
-	}
+	compareSteps(t, want, got)
 }
 
 // TestServeGroupedBackupFailureSameAsQemuStorageDaemon: two incremental
