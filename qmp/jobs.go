@@ -160,6 +160,9 @@ type MirrorArgs struct {
 	BufSize     int64  `json:"buf-size" qmp:"optional"`
 	FilterNode  string `json:"filter-node-name" qmp:"optional"`
 	CopyMode    string `json:"copy-mode" qmp:"optional"`
+	// release, when set, runs when the job ends: drive-mirror's hold on
+	// the target it opened.
+	release func() error
 }
 
 // BackupArgs is blockdev-backup's argument.
@@ -172,6 +175,9 @@ type BackupArgs struct {
 	BitmapMode string `json:"bitmap-mode" qmp:"optional"`
 	Compress   bool   `json:"compress" qmp:"optional"`
 	FilterNode string `json:"filter-node-name" qmp:"optional"`
+	// release, when set, runs when the job ends: drive-backup's hold on
+	// the target it opened.
+	release func() error
 }
 
 // StreamArgs is block-stream's argument.
@@ -229,6 +235,13 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if err := d.checkJobID(o.ID); err != nil {
 		return nil, nil, err
 	}
+	if g := a.Granularity; g != 0 && (g < 512 || g > 64<<20) {
+		return nil, nil, Errorf("Parameter 'granularity' expects a value in range [512B, 64MB]")
+	}
+	if g := a.Granularity; g&(g-1) != 0 {
+		return nil, nil, Errorf("Parameter 'granularity' expects a power of 2")
+	}
+	o.AfterEnd = a.release
 	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity}
 	switch a.Sync {
 	case "full":
@@ -284,6 +297,7 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	if err != nil {
 		return job.BackupOptions{}, err
 	}
+	o.AfterEnd = a.release
 	bo := job.BackupOptions{Options: o, Source: src, Target: tgt, Bitmap: a.Bitmap}
 	switch a.Sync {
 	case "full":
@@ -1154,6 +1168,10 @@ func (d *Daemon) registerJobs(r *Registry) {
 	})
 	single := d.single
 	r.Register("blockdev-backup", &BackupArgs{}, single("blockdev-backup"))
+	r.Register("drive-backup", &DriveBackupArgs{}, single("drive-backup"))
+	r.Register("drive-mirror", &DriveMirrorArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.startJob(d.newDriveMirror(a.(*DriveMirrorArgs)))
+	})
 	r.Register("block-dirty-bitmap-add", &BitmapAddArgs{}, single("block-dirty-bitmap-add"))
 	for _, k := range []string{"remove", "clear", "enable", "disable"} {
 		r.Register("block-dirty-bitmap-"+k, &BitmapArgs{}, single("block-dirty-bitmap-"+k))
@@ -1185,6 +1203,12 @@ func (d *Daemon) jobAction(st *txnState, i int, a TransactionAction) (txn.Action
 			return nil, true, err
 		}
 		return &backupAction{d: d, a: *args, group: st.group}, true, nil
+	case "drive-backup":
+		args, err := decodeAs[DriveBackupArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &driveBackupAction{d: d, a: *args, group: st.group}, true, nil
 	case "x-ringblk-checkpoint":
 		args, err := decodeAs[CheckpointArgs](i, a)
 		if err != nil {
