@@ -297,11 +297,10 @@ func (d *Daemon) newDriveMirror(a *DriveMirrorArgs) (*job.Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.noDefaultID = true
 	ma := &MirrorArgs{JobArgs: a.JobArgs, Device: a.Device, Target: tgt.node, Sync: sync,
-		Granularity: a.Granularity, BufSize: a.BufSize, CopyMode: a.CopyMode, release: tgt.release}
-	if ma.JobID == "" {
-		ma.JobID = a.Device
-	}
+		Granularity: a.Granularity, BufSize: a.BufSize, CopyMode: a.CopyMode, release: tgt.release,
+		targetZeroed: mode != "existing"}
 	j, _, err := d.newMirrorDriver(ma)
 	if err != nil {
 		return nil, errors.Join(err, tgt.release())
@@ -366,11 +365,9 @@ func (d *Daemon) driveBackupTarget(a *DriveBackupArgs) (*BackupArgs, *driveTarge
 	if err != nil {
 		return nil, nil, err
 	}
+	a.noDefaultID = true
 	ba := &BackupArgs{JobArgs: a.JobArgs, Device: a.Device, Target: tgt.node, Sync: sync,
 		Bitmap: a.Bitmap, BitmapMode: a.BitmapMode, release: tgt.release}
-	if ba.JobID == "" {
-		ba.JobID = a.Device
-	}
 	return ba, tgt, nil
 }
 

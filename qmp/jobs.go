@@ -103,11 +103,15 @@ type JobArgs struct {
 	AutoDismiss   *bool  `json:"auto-dismiss" qmp:"optional"`
 	OnSourceError string `json:"on-source-error" qmp:"optional"`
 	OnTargetError string `json:"on-target-error" qmp:"optional"`
+	// noDefaultID: without a job-id the job has none (drive-mirror and
+	// drive-backup: QEMU names a job after its device's BlockBackend,
+	// and in the storage daemon a node has none).
+	noDefaultID bool
 }
 
 func (a JobArgs) options(device string) (job.Options, error) {
 	o := job.Options{ID: a.JobID, Speed: a.Speed}
-	if o.ID == "" {
+	if o.ID == "" && !a.noDefaultID {
 		o.ID = device
 	}
 	if a.AutoFinalize != nil && !*a.AutoFinalize {
@@ -137,9 +141,6 @@ func (a JobArgs) options(device string) (job.Options, error) {
 }
 
 func (d *Daemon) checkJobID(id string) error {
-	if id == "" {
-		return Errorf("Parameter 'job-id' is missing")
-	}
 	if !idWellFormed(id) {
 		return Errorf("Invalid job ID '%s'", id)
 	}
@@ -163,6 +164,8 @@ type MirrorArgs struct {
 	// release, when set, runs when the job ends: drive-mirror's hold on
 	// the target it opened.
 	release func() error
+	// targetZeroed: drive-mirror created the target (job.MirrorOptions).
+	targetZeroed bool
 }
 
 // BackupArgs is blockdev-backup's argument.
@@ -222,6 +225,12 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if a.Replaces != "" || a.FilterNode != "" {
 		return nil, nil, Errorf("Parameters 'replaces' and 'filter-node-name' are not supported")
 	}
+	if g := a.Granularity; g != 0 && (g < 512 || g > 64<<20) {
+		return nil, nil, Errorf("Parameter 'granularity' expects a value in range [512B, 64MB]")
+	}
+	if g := a.Granularity; g&(g-1) != 0 {
+		return nil, nil, Errorf("Parameter 'granularity' expects a power of 2")
+	}
 	if err := d.checkNoJob(nil, src, tgt); err != nil {
 		return nil, nil, err
 	}
@@ -235,14 +244,8 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if err := d.checkJobID(o.ID); err != nil {
 		return nil, nil, err
 	}
-	if g := a.Granularity; g != 0 && (g < 512 || g > 64<<20) {
-		return nil, nil, Errorf("Parameter 'granularity' expects a value in range [512B, 64MB]")
-	}
-	if g := a.Granularity; g&(g-1) != 0 {
-		return nil, nil, Errorf("Parameter 'granularity' expects a power of 2")
-	}
 	o.AfterEnd = a.release
-	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity}
+	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity, TargetZeroed: a.targetZeroed}
 	switch a.Sync {
 	case "full":
 		mo.Sync = job.MirrorFull
