@@ -60,7 +60,8 @@ var backingLine = regexp.MustCompile(`(?m)^backing file.*$`)
 // error paths (unknown device, missing target, mode=existing with no
 // file, an unknown format, a raw target with a backing file,
 // sync=incremental without a bitmap, an unknown bitmap, replaces without
-// node-name, no job-id, a member drive-backup does not have). Replies and job
+// node-name, no job-id, the source's own file as the target, a member
+// drive-backup does not have). Replies and job
 // events are compared, then the images: each target equals its source
 // (qemu-img compare), the sync=top target's backing file is the base,
 // the incremental target holds only the clusters written after the full
@@ -94,6 +95,8 @@ func TestServeDriveMirrorAndBackupSameAsQemuStorageDaemon(t *testing.T) {
 			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/e.raw","sync":"top","format":"raw"}}`,
 			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/e.qcow2","sync":"full","replaces":"top"}}`,
 			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/e.qcow2","sync":"full","mode":"relative"}}`,
+			// The source's own file: refused by its lock, left whole.
+			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/top.qcow2","sync":"full","job-id":"self"}}`,
 			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/e2.qcow2","sync":"full","granularity":1000}}`,
 			// A node has no BlockBackend to name the job after.
 			`{"execute":"drive-mirror","arguments":{"device":"one","target":"` + d + `/e6.qcow2","sync":"full"}}`,
@@ -133,6 +136,7 @@ func TestServeDriveMirrorAndBackupSameAsQemuStorageDaemon(t *testing.T) {
 	}
 	after := func(s *qmpSession) {
 		d := s.dir
+		qemuIO(t, "-r", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0x41 0 64k", d+"/top.qcow2")
 		info := qemuImg(t, "info", "-U", d+"/mtop.qcow2")
 		s.note("mtop: %s", strings.ReplaceAll(strings.Join(backingLine.FindAllString(info, -1), "; "), d, "DIR"))
 		s.note("mtop vs top: %s", strings.TrimSpace(qemuImg(t, "compare", "-U", d+"/mtop.qcow2", d+"/top.qcow2")))
