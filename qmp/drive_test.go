@@ -54,6 +54,8 @@ func TestDriveArgumentsRefused(t *testing.T) {
 		{"drive-mirror", `"device":"a","sync":"full","mode":"existing","job-id":"j"`, "Could not open '" + tgt + "': No such file or directory", false},
 		{"drive-mirror", `"device":"a","sync":"full","granularity":1000,"job-id":"j"`, "Parameter 'granularity' expects a power of 2", true},
 		{"drive-mirror", `"device":"a","sync":"full","granularity":256,"job-id":"j"`, "Parameter 'granularity' expects a value in range [512B, 64MB]", true},
+		{"drive-mirror", `"device":"a","sync":"full","buf-size":-1,"job-id":"j"`, "Invalid parameter 'buf-size'", true},
+		{"drive-mirror", `"device":"a","sync":"full","speed":-1,"job-id":"j"`, "Parameter 'speed' expects a non-negative value", true},
 		{"drive-mirror", `"device":"a","sync":"full"`, "Invalid job ID ''", true},
 		{"drive-backup", `"device":"nope","sync":"full"`, "Cannot find device='nope' nor node-name='nope'", false},
 		{"drive-backup", `"device":"a","sync":"full","node-name":"n"`, "Parameter 'node-name' is unexpected", false},
@@ -168,7 +170,8 @@ func TestDriveMirrorCancelAndComplete(t *testing.T) {
 	if err := d.h.Create(ex, host.CreateOptions{Format: "qcow2", Size: imgSize}); err != nil {
 		t.Fatal(err)
 	}
-	okReply(t, c, `{"execute":"drive-mirror","arguments":{"device":"a","target":"`+ex+`","sync":"full","mode":"existing","job-id":"m2","node-name":"exn"}}`)
+	// A small buf-size: one request of 64 KiB at a time.
+	okReply(t, c, `{"execute":"drive-mirror","arguments":{"device":"a","target":"`+ex+`","sync":"full","mode":"existing","job-id":"m2","node-name":"exn","buf-size":65536}}`)
 	c.waitEvent("BLOCK_JOB_READY", "m2")
 	okReply(t, c, `{"execute":"block-job-complete","arguments":{"device":"m2"}}`)
 	ev := c.waitEvent("BLOCK_JOB_COMPLETED", "m2")

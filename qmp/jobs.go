@@ -231,6 +231,9 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if g := a.Granularity; g&(g-1) != 0 {
 		return nil, nil, Errorf("Parameter 'granularity' expects a power of 2")
 	}
+	if a.BufSize < 0 {
+		return nil, nil, Errorf("Invalid parameter 'buf-size'")
+	}
 	if err := d.checkNoJob(nil, src, tgt); err != nil {
 		return nil, nil, err
 	}
@@ -246,6 +249,13 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	}
 	o.AfterEnd = a.release
 	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity, TargetZeroed: a.targetZeroed}
+	if a.BufSize > 0 {
+		// buf-size bounds the bytes the copy has in flight (QEMU's
+		// buf_size): requests of at most 1 MiB, as many as fit, at
+		// least one (job.NewMirror rounds a request to the granularity).
+		mo.MaxRequest = min(a.BufSize, 1<<20)
+		mo.Parallel = int(min(max(a.BufSize/mo.MaxRequest, 1), 64))
+	}
 	switch a.Sync {
 	case "full":
 		mo.Sync = job.MirrorFull
