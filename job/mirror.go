@@ -43,6 +43,11 @@ type MirrorOptions struct {
 	// Base: with MirrorTop, copy what any layer above Base holds (active
 	// commit); nil: the source's own layer.
 	Base *block.Node
+	// TargetZeroed: the target reads as zeros throughout (an image just
+	// created). A MirrorFull then copies only what some layer of the
+	// source's chain holds, as QEMU's mirror without zero_target (its
+	// drive-mirror into a new image): the rest reads as zeros on both.
+	TargetZeroed bool
 	// PivotHook, if set, runs on the main Context inside the drained
 	// section of the completion, after the last copy and the target's
 	// flush, just before the pivot: source and target are equal and
@@ -133,10 +138,13 @@ func (mi *Mirror) setup(m *Manager) (*Job, error) {
 	}
 	mi.size = ss
 	var layers []*block.Node
-	if o.Sync == MirrorTop {
+	switch {
+	case o.Sync == MirrorTop:
 		if layers, err = chainAbove(m.g, o.Source, o.Base); err != nil {
 			return nil, err
 		}
+	case o.Sync == MirrorFull && o.TargetZeroed:
+		layers = wholeChain(m.g, o.Source)
 	}
 	j, err := m.New(o.Options, mi)
 	if err != nil {
@@ -176,8 +184,10 @@ func (mi *Mirror) setup(m *Manager) (*Job, error) {
 	mi.bm.SetBusy(true)
 	switch o.Sync {
 	case MirrorFull:
-		mi.bm.Fill()
-		mi.scanned = true
+		if !o.TargetZeroed {
+			mi.bm.Fill()
+			mi.scanned = true
+		}
 	case MirrorNone:
 		mi.scanned = true
 	}
@@ -260,6 +270,26 @@ func chainAbove(g *block.Graph, top, base *block.Node) ([]*block.Node, error) {
 		}
 	})
 	return out, err
+}
+
+// wholeChain is top and every node of its backing chain (filters
+// followed), top first.
+func wholeChain(g *block.Graph, top *block.Node) []*block.Node {
+	var out []*block.Node
+	g.Control(func() {
+		for n := top; n != nil; {
+			out = append(out, n)
+			c := n.Child(block.RoleBacking)
+			if c == nil {
+				c = n.Child(block.RoleFiltered)
+			}
+			if c == nil {
+				return
+			}
+			n = c.Node()
+		}
+	})
+	return out
 }
 
 func (mi *Mirror) Type() string { return mi.typ }

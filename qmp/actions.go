@@ -65,9 +65,8 @@ func (s *txnState) claim(node string, action int) error {
 	return nil
 }
 
-// actionMakers turns a transaction member into an Action. Actions that
-// need the job package (drive-backup, blockdev-backup, dirty bitmaps)
-// are refused by name until it exists.
+// makeAction turns a transaction member into an Action (the job and
+// bitmap actions are jobs.go's jobAction).
 func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Action, error) {
 	act, err := d.makeAction1(st, i, a)
 	if err == nil && st.group != nil && !groupable[a.Type] {
@@ -80,7 +79,7 @@ func (d *Daemon) makeAction(st *txnState, i int, a TransactionAction) (txn.Actio
 
 // groupable are the actions that may join a grouped transaction: the
 // backups (QEMU's drive-backup and blockdev-backup) and abort.
-var groupable = map[string]bool{"blockdev-backup": true, "abort": true}
+var groupable = map[string]bool{"blockdev-backup": true, "drive-backup": true, "abort": true}
 
 // refusedAction fails in prepare.
 type refusedAction struct{ err error }
@@ -118,8 +117,6 @@ func (d *Daemon) makeAction1(st *txnState, i int, a TransactionAction) (txn.Acti
 			}
 		}
 		return abortAction{}, nil
-	case "drive-backup":
-		return nil, Errorf("Transaction action 'drive-backup' is not supported: add the target with blockdev-add and use blockdev-backup")
 	}
 	if act, ok, err := d.jobAction(st, i, a); ok {
 		return act, err

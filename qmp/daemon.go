@@ -43,6 +43,9 @@ type Daemon struct {
 
 	anon int // the last "#blockNNN" name given to an inline child
 
+	// bg counts the closes of drive-* targets under way (driveTarget.release).
+	bg sync.WaitGroup
+
 	quit     chan struct{}
 	quitOnce sync.Once
 	closed   bool // Close began (metrics stop reading)
@@ -137,6 +140,7 @@ func (d *Daemon) Close() error {
 			}
 		}
 	}
+	d.bg.Wait()
 	for _, e := range exps {
 		errs = append(errs, e.exp.Close())
 	}

@@ -103,11 +103,15 @@ type JobArgs struct {
 	AutoDismiss   *bool  `json:"auto-dismiss" qmp:"optional"`
 	OnSourceError string `json:"on-source-error" qmp:"optional"`
 	OnTargetError string `json:"on-target-error" qmp:"optional"`
+	// noDefaultID: without a job-id the job has none (drive-mirror and
+	// drive-backup: QEMU names a job after its device's BlockBackend,
+	// and in the storage daemon a node has none).
+	noDefaultID bool
 }
 
 func (a JobArgs) options(device string) (job.Options, error) {
 	o := job.Options{ID: a.JobID, Speed: a.Speed}
-	if o.ID == "" {
+	if o.ID == "" && !a.noDefaultID {
 		o.ID = device
 	}
 	if a.AutoFinalize != nil && !*a.AutoFinalize {
@@ -137,9 +141,6 @@ func (a JobArgs) options(device string) (job.Options, error) {
 }
 
 func (d *Daemon) checkJobID(id string) error {
-	if id == "" {
-		return Errorf("Parameter 'job-id' is missing")
-	}
 	if !idWellFormed(id) {
 		return Errorf("Invalid job ID '%s'", id)
 	}
@@ -160,6 +161,11 @@ type MirrorArgs struct {
 	BufSize     int64  `json:"buf-size" qmp:"optional"`
 	FilterNode  string `json:"filter-node-name" qmp:"optional"`
 	CopyMode    string `json:"copy-mode" qmp:"optional"`
+	// release, when set, runs when the job ends: drive-mirror's hold on
+	// the target it opened.
+	release func() error
+	// targetZeroed: drive-mirror created the target (job.MirrorOptions).
+	targetZeroed bool
 }
 
 // BackupArgs is blockdev-backup's argument.
@@ -172,6 +178,9 @@ type BackupArgs struct {
 	BitmapMode string `json:"bitmap-mode" qmp:"optional"`
 	Compress   bool   `json:"compress" qmp:"optional"`
 	FilterNode string `json:"filter-node-name" qmp:"optional"`
+	// release, when set, runs when the job ends: drive-backup's hold on
+	// the target it opened.
+	release func() error
 }
 
 // StreamArgs is block-stream's argument.
@@ -216,6 +225,15 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if a.Replaces != "" || a.FilterNode != "" {
 		return nil, nil, Errorf("Parameters 'replaces' and 'filter-node-name' are not supported")
 	}
+	if g := a.Granularity; g != 0 && (g < 512 || g > 64<<20) {
+		return nil, nil, Errorf("Parameter 'granularity' expects a value in range [512B, 64MB]")
+	}
+	if g := a.Granularity; g&(g-1) != 0 {
+		return nil, nil, Errorf("Parameter 'granularity' expects a power of 2")
+	}
+	if a.BufSize < 0 {
+		return nil, nil, Errorf("Invalid parameter 'buf-size'")
+	}
 	if err := d.checkNoJob(nil, src, tgt); err != nil {
 		return nil, nil, err
 	}
@@ -229,7 +247,15 @@ func (d *Daemon) newMirrorDriver(a *MirrorArgs) (*job.Job, *job.Mirror, error) {
 	if err := d.checkJobID(o.ID); err != nil {
 		return nil, nil, err
 	}
-	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity}
+	o.AfterEnd = a.release
+	mo := job.MirrorOptions{Options: o, Source: src, Target: tgt, Granularity: a.Granularity, TargetZeroed: a.targetZeroed}
+	if a.BufSize > 0 {
+		// buf-size bounds the bytes the copy has in flight (QEMU's
+		// buf_size): requests of at most 1 MiB, as many as fit, at
+		// least one (job.NewMirror rounds a request to the granularity).
+		mo.MaxRequest = min(a.BufSize, 1<<20)
+		mo.Parallel = int(min(max(a.BufSize/mo.MaxRequest, 1), 64))
+	}
 	switch a.Sync {
 	case "full":
 		mo.Sync = job.MirrorFull
@@ -284,6 +310,7 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	if err != nil {
 		return job.BackupOptions{}, err
 	}
+	o.AfterEnd = a.release
 	bo := job.BackupOptions{Options: o, Source: src, Target: tgt, Bitmap: a.Bitmap}
 	switch a.Sync {
 	case "full":
@@ -1154,6 +1181,10 @@ func (d *Daemon) registerJobs(r *Registry) {
 	})
 	single := d.single
 	r.Register("blockdev-backup", &BackupArgs{}, single("blockdev-backup"))
+	r.Register("drive-backup", &DriveBackupArgs{}, single("drive-backup"))
+	r.Register("drive-mirror", &DriveMirrorArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.startJob(d.newDriveMirror(a.(*DriveMirrorArgs)))
+	})
 	r.Register("block-dirty-bitmap-add", &BitmapAddArgs{}, single("block-dirty-bitmap-add"))
 	for _, k := range []string{"remove", "clear", "enable", "disable"} {
 		r.Register("block-dirty-bitmap-"+k, &BitmapArgs{}, single("block-dirty-bitmap-"+k))
@@ -1185,6 +1216,12 @@ func (d *Daemon) jobAction(st *txnState, i int, a TransactionAction) (txn.Action
 			return nil, true, err
 		}
 		return &backupAction{d: d, a: *args, group: st.group}, true, nil
+	case "drive-backup":
+		args, err := decodeAs[DriveBackupArgs](i, a)
+		if err != nil {
+			return nil, true, err
+		}
+		return &driveBackupAction{d: d, a: *args, group: st.group}, true, nil
 	case "x-ringblk-checkpoint":
 		args, err := decodeAs[CheckpointArgs](i, a)
 		if err != nil {

@@ -180,7 +180,8 @@ func TestBadInputGetsQMPErrorsAndTheStreamGoesOn(t *testing.T) {
 		{`{"execute":"quit","arguments":[]}`, GenericError, "QMP input member 'arguments' must be an object"},
 		{`{"execute":"quit","extra":1}`, GenericError, "QMP input member 'extra' is unexpected"},
 		{`{"execute":"no-such-command"}`, CommandNotFound, "The command no-such-command has not been found"},
-		{`{"execute":"drive-mirror","arguments":{"device":"x"}}`, CommandNotFound, "The command drive-mirror has not been found"},
+		{`{"execute":"drive-mirror","arguments":{"device":"x"}}`, GenericError, "Parameter 'target' is missing"},
+		{`{"execute":"x-drive-mirror"}`, CommandNotFound, "The command x-drive-mirror has not been found"},
 		{`{"execute":"blockdev-del"}`, GenericError, "Parameter 'node-name' is missing"},
 		{`{"execute":"blockdev-del","arguments":{"node-name":5}}`, GenericError, "Invalid parameter type for 'node-name', expected: string"},
 		{`{"execute":"blockdev-del","arguments":{"node-name":"x","bogus":true}}`, GenericError, "Parameter 'bogus' is unexpected"},
@@ -191,7 +192,7 @@ func TestBadInputGetsQMPErrorsAndTheStreamGoesOn(t *testing.T) {
 		{`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"n","file":{"driver":"file","filename":"/x","bad":1}}}`, GenericError, "bad"},
 		{`{"execute":"transaction","arguments":{"actions":[{"type":"blockdev-snapshot-sync","data":{"snapshot-file":7}}]}}`, GenericError, "Invalid parameter type for 'actions[0].data.snapshot-file', expected: string"},
 		{`{"execute":"transaction","arguments":{"actions":[{"type":"blockdev-snapshot-sync","data":{"device":"x"}}]}}`, GenericError, "Parameter 'actions[0].data.snapshot-file' is missing"},
-		{`{"execute":"transaction","arguments":{"actions":[{"type":"drive-backup","data":{}}]}}`, GenericError, "use blockdev-backup"},
+		{`{"execute":"transaction","arguments":{"actions":[{"type":"drive-backup","data":{}}]}}`, GenericError, "Parameter 'actions[0].data.device' is missing"},
 		{`{"execute":"query-block","pad":"` + strings.Repeat("x", 5000) + `"}`, GenericError, "exceeds the limit of 4096 bytes"},
 		{strings.Repeat("[", 1100) + strings.Repeat("]", 1100), GenericError, "nesting depth limit"},
 	}
