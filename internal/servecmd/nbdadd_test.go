@@ -3,6 +3,7 @@ package servecmd
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -407,6 +408,19 @@ func TestServeBlockdevAddNBDAsQemuStorageDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { q.Process.Kill(); q.Wait() }()
+	// The steps connect to its NBD server: wait until it listens (under
+	// load the first step could otherwise find no socket yet).
+	for i := 0; ; i++ {
+		c, err := net.Dial("unix", srv)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i == 500 {
+			t.Fatalf("qemu-storage-daemon's NBD server %s does not listen: %v", srv, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	addr := `{"type":"unix","path":"` + srv + `"}`
 	cmds := []string{
 		`{"execute":"blockdev-add","arguments":{"driver":"nbd","node-name":"n1","server":{"type":"unix","path":"` + dir + `/nosuch.sock"},"export":"x"}}`,
