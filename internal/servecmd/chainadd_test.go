@@ -1,0 +1,73 @@
+package servecmd
+
+import (
+	"path/filepath"
+	"testing"
+)
+
+// TestServeActiveCommitLeavesBaseWritableAsQemuStorageDaemon: an active
+// commit (block-commit of the top itself) into a base the chain opened
+// read-only from the top's header reopens the base read-write, and
+// QEMU 7.2 never puts it back, however the job ends: cancelled while it
+// runs, cancelled after BLOCK_JOB_READY with block-job-cancel (a
+// completion without pivot: BLOCK_JOB_COMPLETED) or with job-cancel
+// (BLOCK_JOB_CANCELLED), or completed. Each ending is its own session,
+// compared with qemu-storage-daemon: the replies, the event and the
+// base's ro flags and write lock after it. Before the fix ringblk put the
+// base back read-only in the three cancelled cases.
+func TestServeActiveCommitLeavesBaseWritableAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	paths := func(dir string) (base, top string) {
+		return filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	}
+	setup := func(dir string) {
+		base, top := paths(dir)
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "64M")
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x11 0 1M", base)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x22 1M 40M", top)
+	}
+	for _, end := range []string{"cancel-running", "block-job-cancel-ready", "job-cancel-ready", "complete"} {
+		t.Run(end, func(t *testing.T) {
+			body := func(s *qmpSession) {
+				base, _ := paths(s.dir)
+				s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"` + filepath.Join(s.dir, "top.qcow2") + `"}}}`)
+				s.roOf("opened", base)
+				var ev string
+				switch end {
+				case "cancel-running":
+					// 40 MiB at 1 byte/s: still running at the cancel.
+					s.mustReply(`{"execute":"block-commit","arguments":{"job-id":"c","device":"top","speed":1}}`)
+					s.mustReply(`{"execute":"job-cancel","arguments":{"id":"c"}}`)
+					ev = "BLOCK_JOB_CANCELLED"
+				case "block-job-cancel-ready":
+					s.mustReply(`{"execute":"block-commit","arguments":{"job-id":"c","device":"top"}}`)
+					s.c.waitEvent("BLOCK_JOB_READY")
+					s.roOf("ready", base)
+					s.mustReply(`{"execute":"block-job-cancel","arguments":{"device":"c"}}`)
+					ev = "BLOCK_JOB_COMPLETED"
+				case "job-cancel-ready":
+					s.mustReply(`{"execute":"block-commit","arguments":{"job-id":"c","device":"top"}}`)
+					s.c.waitEvent("BLOCK_JOB_READY")
+					s.mustReply(`{"execute":"job-cancel","arguments":{"id":"c"}}`)
+					ev = "BLOCK_JOB_CANCELLED"
+				case "complete":
+					s.mustReply(`{"execute":"block-commit","arguments":{"job-id":"c","device":"top"}}`)
+					s.c.waitEvent("BLOCK_JOB_READY")
+					s.mustReply(`{"execute":"job-complete","arguments":{"id":"c"}}`)
+					ev = "BLOCK_JOB_COMPLETED"
+				}
+				d := s.c.waitEvent(ev)
+				s.note("%s: device %v error %v", ev, d["device"], d["error"])
+				s.roOf(end, base)
+				s.reply(`{"execute":"query-jobs"}`)
+			}
+			after := func(s *qmpSession) {
+				base, top := paths(s.dir)
+				checkClean(t, s.name, base, top)
+				qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x22 1M 40M", top)
+			}
+			sideBySide(t, setup, body, after)
+		})
+	}
+}
