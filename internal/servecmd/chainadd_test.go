@@ -2,6 +2,7 @@ package servecmd
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -70,4 +71,51 @@ func TestServeActiveCommitLeavesBaseWritableAsQemuStorageDaemon(t *testing.T) {
 			sideBySide(t, setup, body, after)
 		})
 	}
+}
+
+// TestServeSnapshotSyncOfReadOnlyNodeAsQemuStorageDaemon:
+// blockdev-snapshot-sync of a node added read-only (exported read-only
+// over NBD, so that QEMU's overlay has a parent and stays) is taken, as
+// QEMU takes it: the overlay is created naming the node's image as its
+// backing file, opened read-only as the node is, and the export moves
+// onto it (a writable export of it is refused); the old image stays
+// read-only without a write lock. Replies, ro flags and locks compared
+// with qemu-storage-daemon; the export reads the image's data through the
+// overlay, and after quit the overlay's header names the image and both
+// check clean. Before, ringblk refused the snapshot ("the image is
+// read-only: a snapshot would not protect anything").
+func TestServeSnapshotSyncOfReadOnlyNodeAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	paths := func(dir string) (base, snap string) {
+		return filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "snap.qcow2")
+	}
+	setup := func(dir string) {
+		base, _ := paths(dir)
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "8M")
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x41 0 64k", base)
+	}
+	body := func(s *qmpSession) {
+		base, snap := paths(s.dir)
+		nbdSock := filepath.Join(s.dir, "nbd.sock")
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"base","read-only":true,"file":{"driver":"file","filename":"` + base + `"}}}`)
+		s.mustReply(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + nbdSock + `"}}}}`)
+		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"base","writable":false}}`)
+		s.reply(`{"execute":"blockdev-snapshot-sync","arguments":{"node-name":"base","snapshot-file":"` + snap + `","snapshot-node-name":"snap","format":"qcow2"}}`)
+		s.roOf("snapshot", snap)
+		s.roOf("snapshot", base)
+		s.reply(`{"execute":"query-block-exports"}`)
+		s.reply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"w","node-name":"snap","writable":true}}`)
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x41 0 64k", "-c", "read -P 0 64k 64k", "nbd+unix:///base?socket="+nbdSock)
+		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.c.waitEvent("BLOCK_EXPORT_DELETED")
+	}
+	after := func(s *qmpSession) {
+		base, snap := paths(s.dir)
+		checkClean(t, s.name, base, snap)
+		if o := qemuImg(t, "info", snap); !strings.Contains(o, "backing file: "+base) {
+			t.Errorf("%s: the overlay does not name the image as its backing file:\n%s", s.name, o)
+		}
+		qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0x41 0 64k", snap)
+	}
+	sideBySide(t, setup, body, after)
 }
