@@ -1,6 +1,7 @@
 package servecmd
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -116,6 +117,74 @@ func TestServeSnapshotSyncOfReadOnlyNodeAsQemuStorageDaemon(t *testing.T) {
 			t.Errorf("%s: the overlay does not name the image as its backing file:\n%s", s.name, o)
 		}
 		qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0x41 0 64k", snap)
+	}
+	sideBySide(t, setup, body, after)
+}
+
+// nodeField records member key of the node named node in
+// query-named-block-nodes.
+func (s *qmpSession) nodeField(node string, keys ...string) {
+	for _, n := range s.c.ok(`{"execute":"query-named-block-nodes"}`).([]any) {
+		if n := n.(map[string]any); n["node-name"] == node {
+			for _, k := range keys {
+				s.note("%s %s: %v", node, k, strings.ReplaceAll(fmt.Sprint(n[k]), s.dir, "DIR"))
+			}
+			return
+		}
+	}
+	s.note("%s: no such node", node)
+}
+
+// TestServeBackingNodeUnderHeaderlessOverlayAsQemuStorageDaemon:
+// blockdev-add of a qcow2 overlay whose header names no backing file,
+// with "backing" naming a node, is taken as QEMU takes it: the overlay
+// reads through to that node where it has no data (over NBD: the base's
+// data, the overlay's own, zeros past both), a write of part of a
+// cluster copies the rest of the cluster from the backing node, and the
+// header is not rewritten (qemu-img info after quit names no backing
+// file). Replies, the overlay's backing_file, backing_file_depth and ro
+// compared with qemu-storage-daemon. Before, ringblk refused it ("the
+// image names no backing file in its header, so it cannot take node base
+// as its backing").
+func TestServeBackingNodeUnderHeaderlessOverlayAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	paths := func(dir string) (base, top string) {
+		return filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	}
+	setup := func(dir string) {
+		base, top := paths(dir)
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "8M")
+		qemuImg(t, "create", "-q", "-f", "qcow2", top, "8M")
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x41 0 64k", base)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x42 1M 64k", top)
+	}
+	body := func(s *qmpSession) {
+		base, top := paths(s.dir)
+		nbdSock := filepath.Join(s.dir, "nbd.sock")
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"base","read-only":true,"file":{"driver":"file","filename":"` + base + `"}}}`)
+		s.reply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"` + top + `"},"backing":"base"}}`)
+		s.nodeField("top", "backing_file", "backing_file_depth", "ro")
+		s.reply(`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`)
+		s.mustReply(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + nbdSock + `"}}}}`)
+		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"top","writable":true}}`)
+		uri := "nbd+unix:///top?socket=" + nbdSock
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x41 0 64k", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0 2M 64k", uri)
+		qemuIO(t, "-f", "raw", "-c", "write -P 0x43 0 4k", uri)
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x43 0 4k", "-c", "read -P 0x41 4k 60k", uri)
+		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.c.waitEvent("BLOCK_EXPORT_DELETED")
+		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"top"}}`)
+		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`)
+	}
+	after := func(s *qmpSession) {
+		base, top := paths(s.dir)
+		checkClean(t, s.name, base, top)
+		if o := qemuImg(t, "info", top); strings.Contains(o, "backing file") {
+			t.Errorf("%s: the overlay's header was given a backing file:\n%s", s.name, o)
+		}
+		// The cluster the partial write allocated holds the base's data
+		// around it; the rest of the base is not in the overlay.
+		qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0x43 0 4k", "-c", "read -P 0x41 4k 60k", "-c", "read -P 0x42 1M 64k", top)
 	}
 	sideBySide(t, setup, body, after)
 }
