@@ -135,7 +135,7 @@ func (d *Daemon) reopenUnchanged(b *blockdev, o *AddOptions) error {
 				cur = x.name
 			}
 		}
-		if o.Backing.Null && cur != "" || !o.Backing.Null && o.Backing.S != cur {
+		if o.Backing.Null && cur != "" || !o.Backing.Null && (o.Backing.Opts != nil || o.Backing.S != cur) {
 			return Errorf("Cannot change the option 'backing'")
 		}
 	}

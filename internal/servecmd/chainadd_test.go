@@ -1,8 +1,11 @@
 package servecmd
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -185,6 +188,141 @@ func TestServeBackingNodeUnderHeaderlessOverlayAsQemuStorageDaemon(t *testing.T)
 		// The cluster the partial write allocated holds the base's data
 		// around it; the rest of the base is not in the overlay.
 		qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0x43 0 4k", "-c", "read -P 0x41 4k 60k", "-c", "read -P 0x42 1M 64k", top)
+	}
+	sideBySide(t, setup, body, after)
+}
+
+// qcow2Nodes records the qcow2 nodes of query-named-block-nodes, sorted:
+// the name (an implicit node's "#blockNNN" as "#block": the numbers are
+// QEMU's random ones), ro, backing_file and backing_file_depth. File
+// nodes and the "file" member are left out, and a backing_file that is
+// a json: pseudo-filename is reduced to its image's filename (its
+// file.filename): QEMU names a node whose backing was given inline that
+// way, ringblk by its image (docs/design/qmp.md).
+func (s *qmpSession) qcow2Nodes(step string) {
+	var out []string
+	for _, n := range s.c.ok(`{"execute":"query-named-block-nodes"}`).([]any) {
+		if n := n.(map[string]any); n["drv"] == "qcow2" {
+			bf := fmt.Sprint(n["backing_file"])
+			if j, ok := strings.CutPrefix(bf, "json:"); ok {
+				var o struct {
+					File struct {
+						Filename string `json:"filename"`
+					} `json:"file"`
+				}
+				if err := json.Unmarshal([]byte(j), &o); err != nil || o.File.Filename == "" {
+					s.t.Fatalf("%s: backing_file %s: %v", s.name, bf, err)
+				}
+				bf = o.File.Filename
+			}
+			out = append(out, fmt.Sprintf("%s ro=%v backing=%v depth=%v", implicitName.ReplaceAllString(n["node-name"].(string), "#block"),
+				n["ro"], strings.ReplaceAll(bf, s.dir, "DIR"), n["backing_file_depth"]))
+		}
+	}
+	sort.Strings(out)
+	s.note("%s: %q", step, out)
+}
+
+var implicitName = regexp.MustCompile(`^#block\d+$`)
+
+// implicitOn returns the name of the qcow2 node on image path.
+func (s *qmpSession) implicitOn(path string) string {
+	for _, n := range s.c.ok(`{"execute":"query-named-block-nodes"}`).([]any) {
+		if n := n.(map[string]any); n["drv"] == "qcow2" && n["file"] == path {
+			return n["node-name"].(string)
+		}
+	}
+	s.t.Fatalf("%s: no qcow2 node on %s", s.name, path)
+	return ""
+}
+
+// TestServeBlockdevAddInlineBackingAsQemuStorageDaemon: blockdev-add
+// with "backing" given as inline options (QAPI's BlockdevRefOrNull as an
+// object), nested three levels (top over mid, named m, over a headerless
+// image named by no one, in the place of the base mid's header names),
+// side by side with qemu-storage-daemon: the error replies to bad inline
+// options (a missing or unexpected member by its place, also two levels
+// down; a bad or duplicate node-name; an object on a raw node), the
+// qcow2 nodes listed by query-named-block-nodes (an implicit "#blockNNN"
+// node, read-only, each layer's backing), blockdev-del of an inline node
+// refused while it is a backing node, reads over NBD (the inline chain,
+// not the headers'), a stream after which the inline nodes are gone, and
+// an inline node that goes away with its parent's blockdev-del. Before,
+// ringblk refused every inline object ("Invalid parameter type for
+// 'backing', expected: object").
+func TestServeBlockdevAddInlineBackingAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	paths := func(dir string) (base, mid, top, other string) {
+		return filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "mid.qcow2"), filepath.Join(dir, "top.qcow2"), filepath.Join(dir, "other.qcow2")
+	}
+	setup := func(dir string) {
+		base, mid, top, other := paths(dir)
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "8M")
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid)
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
+		qemuImg(t, "create", "-q", "-f", "qcow2", other, "8M")
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x41 0 64k", base)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x42 1M 64k", mid)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x43 2M 64k", top)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x44 3M 64k", other)
+	}
+	body := func(s *qmpSession) {
+		base, mid, top, other := paths(s.dir)
+		file := func(p string) string { return `{"driver":"file","filename":"` + p + `"}` }
+		add := func(name, path, backing string) string {
+			return `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"` + name + `","file":` + file(path) + `,"backing":` + backing + `}}`
+		}
+		for _, bad := range []string{
+			add("t1", top, `{"driver":"qcow2"}`),
+			add("t1", top, `{"driver":"qcow2","file":`+file(mid)+`,"bogus":1}`),
+			add("t1", top, `{"driver":"qcow2","file":`+file(mid)+`,"backing":{"driver":"qcow2","file":`+file(base)+`,"cache":{"direkt":true}}}`),
+			add("t1", top, `{"driver":"qcow2","file":`+file(mid)+`,"backing":{"file":`+file(base)+`}}`),
+			add("t1", top, `{"driver":"qcow2","node-name":"#x","file":`+file(mid)+`}`),
+			add("t1", top, `{"driver":"qcow2","node-name":"t1","file":`+file(mid)+`}`),
+			add("t1", top, `{"driver":"qcow2","file":`+file(mid)+`,"backing":{"driver":"qcow2","node-name":"t1","file":`+file(base)+`}}`),
+			`{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r","file":` + file(top) + `,"backing":{"driver":"qcow2","file":` + file(mid) + `}}}`,
+		} {
+			s.reply(bad)
+		}
+		s.qcow2Nodes("after the errors")
+		s.mustReply(add("t1", top, `{"driver":"qcow2","node-name":"m","file":`+file(mid)+`,"backing":{"driver":"qcow2","file":`+file(other)+`}}`))
+		s.qcow2Nodes("added")
+		s.reply(`{"execute":"blockdev-del","arguments":{"node-name":"m"}}`)
+		if r := s.c.do(`{"execute":"blockdev-del","arguments":{"node-name":"` + s.implicitOn(other) + `"}}`); r["error"] != nil {
+			s.note("del implicit: %v", strings.ReplaceAll(r["error"].(map[string]any)["desc"].(string), s.implicitOn(other), "#block"))
+		} else {
+			s.note("del implicit: %v", r)
+		}
+		nbdSock := filepath.Join(s.dir, "nbd.sock")
+		s.mustReply(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + nbdSock + `"}}}}`)
+		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"t1"}}`)
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0 0 64k", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0x43 2M 64k", "-c", "read -P 0x44 3M 64k",
+			"nbd+unix:///t1?socket="+nbdSock)
+		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.c.waitEvent("BLOCK_EXPORT_DELETED")
+		s.mustReply(`{"execute":"block-stream","arguments":{"job-id":"s","device":"t1"}}`)
+		d := s.c.waitEvent("BLOCK_JOB_COMPLETED")
+		s.note("stream: error %v", d["error"])
+		s.qcow2Nodes("streamed")
+		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"t1"}}`)
+		// An implicit node goes with its parent.
+		s.mustReply(add("t2", mid, `{"driver":"qcow2","file":`+file(other)+`}`))
+		s.qcow2Nodes("t2 added")
+		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"t2"}}`)
+		s.reply(`{"execute":"query-named-block-nodes"}`)
+	}
+	after := func(s *qmpSession) {
+		base, mid, top, other := paths(s.dir)
+		checkClean(t, s.name, base, mid, top, other)
+		for _, p := range []string{top, other} {
+			if o := qemuImg(t, "info", p); strings.Contains(o, "backing file") {
+				t.Errorf("%s: %s names a backing file:\n%s", s.name, filepath.Base(p), o)
+			}
+		}
+		if o := qemuImg(t, "info", mid); !strings.Contains(o, "backing file: "+base) {
+			t.Errorf("%s: mid's header was rewritten:\n%s", s.name, o)
+		}
+		qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0 0 64k", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0x43 2M 64k", "-c", "read -P 0x44 3M 64k", top)
 	}
 	sideBySide(t, setup, body, after)
 }
