@@ -624,13 +624,19 @@ func (d *Daemon) dropImplicit(b *blockdev) {
 
 // reapImplicit drops the implicit backing nodes that are nobody's
 // backing any more (a stream or commit took them out of their owner's
-// chain): QEMU frees such a node with its last reference. It runs at the
+// chain) and not their owner's top either (an active commit's pivot):
+// QEMU frees such a node with its last reference. It runs at the
 // start of the commands that add, delete or list nodes.
 func (d *Daemon) reapImplicit() {
 	for {
 		var gone *blockdev
 		for _, x := range d.nodes {
-			if x.owner != "" && (d.nodes[x.owner] == nil || !x.isBacking()) {
+			if x.owner == "" {
+				continue
+			}
+			// An active commit that pivoted made it its owner's top.
+			o := d.nodes[x.owner]
+			if o == nil || !x.isBacking() && (o.dev.Root() == nil || o.dev.Root() != x.dev.Root()) {
 				gone = x
 				break
 			}

@@ -174,7 +174,10 @@ func (d *Daemon) userReadOnly(n *block.Node) bool {
 		if b.role == "" && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
 			return true
 		}
-		if b.byRef && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
+		// An implicit node (an inline backing object) is read-only as
+		// a backing child is, even when its options say so: QEMU lets a
+		// job reopen it read-write, as its parent allows writes.
+		if b.byRef && b.owner == "" && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
 			return true
 		}
 	}

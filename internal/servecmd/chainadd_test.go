@@ -247,7 +247,10 @@ func (s *qmpSession) implicitOn(path string) string {
 // node, read-only, each layer's backing), blockdev-del of an inline node
 // refused while it is a backing node, reads over NBD (the inline chain,
 // not the headers'), a stream after which the inline nodes are gone, and
-// an inline node that goes away with its parent's blockdev-del. Before,
+// an inline node that goes away with its parent's blockdev-del, and an
+// intermediate commit into an implicit node (reopened read-write for the
+// job although read-only: QEMU refuses only nodes the user added
+// read-only; cbase holds cmid's data after it). Before,
 // ringblk refused every inline object ("Invalid parameter type for
 // 'backing', expected: object").
 func TestServeBlockdevAddInlineBackingAsQemuStorageDaemon(t *testing.T) {
@@ -265,6 +268,13 @@ func TestServeBlockdevAddInlineBackingAsQemuStorageDaemon(t *testing.T) {
 		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x42 1M 64k", mid)
 		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x43 2M 64k", top)
 		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x44 3M 64k", other)
+		// A second chain for the commit.
+		cbase, cmid, ctop := filepath.Join(dir, "cbase.qcow2"), filepath.Join(dir, "cmid.qcow2"), filepath.Join(dir, "ctop.qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", cbase, "8M")
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", cbase, "-F", "qcow2", cmid)
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", cmid, "-F", "qcow2", ctop)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x51 0 64k", cbase)
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x52 1M 64k", cmid)
 	}
 	body := func(s *qmpSession) {
 		base, mid, top, other := paths(s.dir)
@@ -310,6 +320,17 @@ func TestServeBlockdevAddInlineBackingAsQemuStorageDaemon(t *testing.T) {
 		s.qcow2Nodes("t2 added")
 		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"t2"}}`)
 		s.reply(`{"execute":"query-named-block-nodes"}`)
+		// A commit into an implicit node (read-only by default): it is
+		// reopened read-write for the job and read-only after; the
+		// inline node taken out of the chain is gone.
+		cbase, cmid, ctop := filepath.Join(s.dir, "cbase.qcow2"), filepath.Join(s.dir, "cmid.qcow2"), filepath.Join(s.dir, "ctop.qcow2")
+		s.mustReply(add("t3", ctop, `{"driver":"qcow2","node-name":"cm","file":`+file(cmid)+`,"backing":{"driver":"qcow2","file":`+file(cbase)+`}}`))
+		s.mustReply(`{"execute":"block-commit","arguments":{"job-id":"c","device":"t3","top-node":"cm","base-node":"` + s.implicitOn(cbase) + `"}}`)
+		d = s.c.waitEvent("BLOCK_JOB_COMPLETED")
+		s.note("commit: error %v", d["error"])
+		s.qcow2Nodes("committed")
+		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"t3"}}`)
+		s.reply(`{"execute":"query-named-block-nodes"}`)
 	}
 	after := func(s *qmpSession) {
 		base, mid, top, other := paths(s.dir)
@@ -323,6 +344,12 @@ func TestServeBlockdevAddInlineBackingAsQemuStorageDaemon(t *testing.T) {
 			t.Errorf("%s: mid's header was rewritten:\n%s", s.name, o)
 		}
 		qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0 0 64k", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0x43 2M 64k", "-c", "read -P 0x44 3M 64k", top)
+		cbase, ctop := filepath.Join(s.dir, "cbase.qcow2"), filepath.Join(s.dir, "ctop.qcow2")
+		checkClean(t, s.name, cbase, ctop)
+		qemuIO(t, "-r", "-f", "qcow2", "-c", "read -P 0x51 0 64k", "-c", "read -P 0x52 1M 64k", cbase)
+		if o := qemuImg(t, "info", ctop); !strings.Contains(o, "backing file: "+cbase) {
+			t.Errorf("%s: ctop's header does not name cbase after the commit:\n%s", s.name, o)
+		}
 	}
 	sideBySide(t, setup, body, after)
 }
