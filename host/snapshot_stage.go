@@ -133,7 +133,10 @@ func (d *Device) StageSnapshot(o StageOptions) (s *SnapshotStage, err error) {
 	if err != nil {
 		return s, fmt.Errorf("ringblk: %s: snapshot: %w", d.name, err)
 	}
-	drv := qcow2.New(file, qcow2.DriverOptions{ID: chain.FileID(o.Path),
+	// AttachBacking: an existing overlay whose header names no backing
+	// file takes the image all the same, as in QEMU (its header is not
+	// rewritten).
+	drv := qcow2.New(file, qcow2.DriverOptions{ID: chain.FileID(o.Path), AttachBacking: true,
 		Backing: func(qcow2.BackingRequest) (*block.Node, error) {
 			old.Ref() // on the main Context: the driver opens there
 			return old, nil

@@ -353,3 +353,45 @@ func TestServeBlockdevAddInlineBackingAsQemuStorageDaemon(t *testing.T) {
 	}
 	sideBySide(t, setup, body, after)
 }
+
+// TestServeSnapshotOntoHeaderlessOverlayAsQemuStorageDaemon:
+// blockdev-snapshot with an overlay node (added with "backing": null)
+// whose header names no backing file is taken, as QEMU takes it: the
+// snapshotted node becomes its backing node and reads fall through to
+// it over NBD, the overlay's header is left without a backing file.
+// Replies and the overlay's backing_file compared with
+// qemu-storage-daemon. Before, ringblk refused it ("overlay ... did not
+// take the image as its backing").
+func TestServeSnapshotOntoHeaderlessOverlayAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	paths := func(dir string) (base, ov string) {
+		return filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "ov.qcow2")
+	}
+	setup := func(dir string) {
+		base, ov := paths(dir)
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "8M")
+		qemuImg(t, "create", "-q", "-f", "qcow2", ov, "8M")
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x41 0 64k", base)
+	}
+	body := func(s *qmpSession) {
+		base, ov := paths(s.dir)
+		nbdSock := filepath.Join(s.dir, "nbd.sock")
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"base","file":{"driver":"file","filename":"` + base + `"}}}`)
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"ov","backing":null,"file":{"driver":"file","filename":"` + ov + `"}}}`)
+		s.reply(`{"execute":"blockdev-snapshot","arguments":{"node":"base","overlay":"ov"}}`)
+		s.nodeField("ov", "backing_file", "backing_file_depth")
+		s.mustReply(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + nbdSock + `"}}}}`)
+		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"ov"}}`)
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x41 0 64k", "-c", "read -P 0 64k 64k", "nbd+unix:///ov?socket="+nbdSock)
+		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.c.waitEvent("BLOCK_EXPORT_DELETED")
+	}
+	after := func(s *qmpSession) {
+		base, ov := paths(s.dir)
+		checkClean(t, s.name, base, ov)
+		if o := qemuImg(t, "info", ov); strings.Contains(o, "backing file") {
+			t.Errorf("%s: the overlay's header was given a backing file:\n%s", s.name, o)
+		}
+	}
+	sideBySide(t, setup, body, after)
+}
