@@ -83,8 +83,10 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 // its backing node instead of the file its header names (QMP's
 // blockdev-add with "backing" naming a node): the image takes a
 // reference of its own on backing, which must be a node of the host's
-// graph. The header must name a backing file (any name: it is not
-// followed); one that names none is refused, as is another format.
+// graph. The backing file name the header gives (if any) is not
+// followed; an image whose header names none takes backing all the same,
+// as QEMU does, and the header is not rewritten. Another format than
+// qcow2 is refused.
 func (h *Host) OpenDeviceOver(path string, o OpenOptions, backing *block.Node) (*Device, error) {
 	if backing == nil {
 		return nil, fmt.Errorf("ringblk: open %s: no backing node", path)
@@ -97,7 +99,7 @@ func (h *Host) OpenDeviceOver(path string, o OpenOptions, backing *block.Node) (
 		return nil, err
 	}
 	if c := d.fe.Root().Child(block.RoleBacking); c == nil || c.Node() != backing {
-		return nil, errors.Join(fmt.Errorf("ringblk: open %s: the image names no backing file in its header, so it cannot take node %s as its backing (ringblk attaches a backing node only in the place of a named backing file)", path, backing.Name()), d.Close())
+		return nil, errors.Join(fmt.Errorf("ringblk: open %s: the image did not take node %s as its backing", path, backing.Name()), d.Close())
 	}
 	return d, nil
 }

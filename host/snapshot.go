@@ -35,6 +35,11 @@ func (d *Device) LiveSnapshot(path string) (err error) {
 	if old == nil || d.isClosed() {
 		return ErrClosed
 	}
+	if old.ReadOnly() {
+		// QMP's blockdev-snapshot-sync takes one (StageSnapshot): this
+		// call, for a guest's running disk, refuses it.
+		return fmt.Errorf("ringblk: %s: the image is read-only: a snapshot would not protect anything", d.name)
+	}
 	d.h.g.Control(old.Ref) // the section must end on the node it began on
 	old.DrainedBegin()
 	defer func() {

@@ -22,6 +22,10 @@ type StageOptions struct {
 	Existing bool
 	// NodeName names the overlay node ("" picks one).
 	NodeName string
+	// ReadOnly opens the overlay read-only (QMP's blockdev-snapshot-sync
+	// of a read-only node: QEMU opens the overlay with the flags of the
+	// node it covers).
+	ReadOnly bool
 }
 
 // SnapshotStage is an external snapshot taken in the steps of a
@@ -39,6 +43,9 @@ type SnapshotStage struct {
 	path    string
 	created bool
 	done    bool
+	// oldRO: the image was read-only already; it was neither inactivated
+	// nor is its file reopened, and nothing is undone on abort.
+	oldRO bool
 }
 
 // StageSnapshot flushes the device's image and makes it read-only
@@ -68,13 +75,13 @@ func (d *Device) StageSnapshot(o StageOptions) (s *SnapshotStage, err error) {
 	if curPath == "" || (curFormat != "raw" && curFormat != "qcow2") {
 		return nil, fmt.Errorf("ringblk: %s: a live snapshot needs a raw or qcow2 image file (this is %s): %w", d.name, curFormat, ErrUnsupported)
 	}
-	if old.ReadOnly() {
-		return nil, fmt.Errorf("ringblk: %s: the image is read-only: a snapshot would not protect anything", d.name)
-	}
+	// A read-only image is taken as QEMU takes it: nothing to flush or
+	// freeze, the overlay goes on top (read-only too when o.ReadOnly).
+	oldRO := old.ReadOnly()
 	if o.NodeName != "" && h.g.NodeByName(o.NodeName) != nil {
 		return nil, fmt.Errorf("ringblk: %s: snapshot: a node named %q exists already", d.name, o.NodeName)
 	}
-	s = &SnapshotStage{d: d, old: old, oldFile: curFile, path: o.Path}
+	s = &SnapshotStage{d: d, old: old, oldFile: curFile, path: o.Path, oldRO: oldRO}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.Abort())
@@ -105,13 +112,15 @@ func (d *Device) StageSnapshot(o StageOptions) (s *SnapshotStage, err error) {
 	// Flush first so a write-back error is reported as such; Inactivate
 	// then makes the node refuse writes (a qcow2 node writes back its
 	// metadata again there, finding nothing left).
-	if err := old.Flush(); err != nil {
-		return s, fmt.Errorf("ringblk: %s: snapshot: flush the image: %w", d.name, err)
+	if !oldRO {
+		if err := old.Flush(); err != nil {
+			return s, fmt.Errorf("ringblk: %s: snapshot: flush the image: %w", d.name, err)
+		}
+		if err := old.Inactivate(); err != nil {
+			return s, fmt.Errorf("ringblk: %s: snapshot: flush and freeze the image: %w", d.name, err)
+		}
 	}
-	if err := old.Inactivate(); err != nil {
-		return s, fmt.Errorf("ringblk: %s: snapshot: flush and freeze the image: %w", d.name, err)
-	}
-	fopts := raw.Options{}
+	fopts := raw.Options{ReadOnly: o.ReadOnly}
 	if curFile != nil {
 		fo := curFile.Options()
 		fopts.Cache, fopts.Discard, fopts.Locking = fo.Cache, fo.Discard, fo.Locking
@@ -120,17 +129,20 @@ func (d *Device) StageSnapshot(o StageOptions) (s *SnapshotStage, err error) {
 	if name == "" {
 		name = h.uniqueName(d.name + "-overlay")
 	}
-	file, err := raw.NewNode(h.g, o.Path, fopts, block.Options{Name: h.uniqueName(name + "-file"), Context: old.Context()})
+	file, err := raw.NewNode(h.g, o.Path, fopts, block.Options{Name: h.uniqueName(name + "-file"), Context: old.Context(), ReadOnly: o.ReadOnly})
 	if err != nil {
 		return s, fmt.Errorf("ringblk: %s: snapshot: %w", d.name, err)
 	}
-	drv := qcow2.New(file, qcow2.DriverOptions{ID: chain.FileID(o.Path),
+	// AttachBacking: an existing overlay whose header names no backing
+	// file takes the image all the same, as in QEMU (its header is not
+	// rewritten).
+	drv := qcow2.New(file, qcow2.DriverOptions{ID: chain.FileID(o.Path), AttachBacking: true,
 		Backing: func(qcow2.BackingRequest) (*block.Node, error) {
 			old.Ref() // on the main Context: the driver opens there
 			return old, nil
 		}})
 	// The overlay lives where the image does (an IOThread's Context).
-	n, err := h.g.Open(drv, block.Options{Name: name, Context: old.Context()})
+	n, err := h.g.Open(drv, block.Options{Name: name, Context: old.Context(), ReadOnly: o.ReadOnly})
 	if err != nil {
 		drv.Release()
 		return s, fmt.Errorf("ringblk: %s: snapshot: open the overlay: %w", d.name, err)
@@ -166,7 +178,7 @@ func (s *SnapshotStage) Commit() error {
 	// the whole chain, the old image's file gets a read-only descriptor
 	// and a reader's locks. Failing that, the snapshot stands.
 	var rerr error
-	if s.oldFile != nil {
+	if s.oldFile != nil && !s.oldRO {
 		s.overlay.SubtreeDrainedBegin()
 		h.g.Control(func() { rerr = s.oldFile.ReopenReadOnly() })
 		s.overlay.SubtreeDrainedEnd()
@@ -194,7 +206,9 @@ func (s *SnapshotStage) Abort() error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, s.old.Activate())
+	if !s.oldRO {
+		errs = append(errs, s.old.Activate())
+	}
 	return errors.Join(errs...)
 }
 

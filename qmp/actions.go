@@ -232,7 +232,10 @@ func (s *snapshotSync) Prepare() error {
 	}
 	s.b = b
 	s.dr.Begin(root) // seed 001: held until Clean
-	st, err := b.dev.StageSnapshot(host.StageOptions{Path: s.a.SnapshotFile, Existing: existing, NodeName: s.a.SnapshotNodeName})
+	// The overlay takes the image's read-only state, as QEMU opens it
+	// with the flags of the node it covers.
+	st, err := b.dev.StageSnapshot(host.StageOptions{Path: s.a.SnapshotFile, Existing: existing,
+		NodeName: s.a.SnapshotNodeName, ReadOnly: root.ReadOnly()})
 	if err != nil {
 		return Errorf("%v", err)
 	}
@@ -345,7 +348,7 @@ func (s *snapshotExisting) Prepare() error {
 		return Errorf("Could not reopen overlay '%s': %v", ob.name, err)
 	}
 	s.closed = true
-	st, err := b.dev.StageSnapshot(host.StageOptions{Path: ob.filename, Existing: true, NodeName: ob.name})
+	st, err := b.dev.StageSnapshot(host.StageOptions{Path: ob.filename, Existing: true, NodeName: ob.name, ReadOnly: ob.opts.ReadOnly})
 	if err != nil {
 		return Errorf("%v", err)
 	}

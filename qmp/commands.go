@@ -161,7 +161,10 @@ func (d *Daemon) register(r *Registry) {
 		return nil, d.blockdevCreateJob(a.(*createArgs))
 	})
 	r.Register("query-block", nil, func(*Client, any) (any, error) { return d.queryBlock(), nil })
-	r.Register("query-named-block-nodes", &flatArg{}, func(*Client, any) (any, error) { return d.queryNodes(), nil })
+	r.Register("query-named-block-nodes", &flatArg{}, func(*Client, any) (any, error) {
+		d.reapImplicit()
+		return d.queryNodes(), nil
+	})
 	r.Register("query-blockstats", &struct {
 		QueryNodes bool `json:"query-nodes" qmp:"optional"`
 	}{}, func(*Client, any) (any, error) { return d.queryBlockstats(), nil })

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -72,6 +74,11 @@ type blockdev struct {
 	// named it ("backing": "NAME"): it keeps its own device and is free
 	// again when that node is deleted.
 	byRef bool
+	// owner: the node was opened for owner's inline "backing" object
+	// (QEMU's implicit node, "#blockNNN" unless the object named it). It
+	// is byRef too, and goes away with owner or when a job takes it out
+	// of owner's chain (reapImplicit).
+	owner string
 	// discardUnmap and detectZeroes are the node's discard and
 	// detect-zeroes options, which its exports apply at the top (a qcow2
 	// node would otherwise discard even with discard=ignore, QEMU's
@@ -299,7 +306,7 @@ type AddOptions struct {
 	ReadOnly     bool        `json:"read-only" qmp:"optional"`
 	Cache        *CacheOpts  `json:"cache" qmp:"optional"`
 	Discard      string      `json:"discard" qmp:"optional"`
-	Backing      *NullString `json:"backing" qmp:"optional"` // null, or a node's name (qcow2)
+	Backing      *BackingRef `json:"backing" qmp:"optional"` // null, a node's name or inline options (qcow2)
 	Size         int64       `json:"size" qmp:"optional"`    // null-co
 	AutoReadOnly bool        `json:"auto-read-only" qmp:"optional"`
 	DetectZeroes string      `json:"detect-zeroes" qmp:"optional"`
@@ -361,17 +368,43 @@ func checkNodeName(name string) error {
 }
 
 func (d *Daemon) blockdevAdd(o *AddOptions) error {
+	d.reapImplicit()
 	if o.NodeName == "" {
 		return Errorf("node-name is required for blockdev-add in this daemon")
 	}
 	if err := checkNodeName(o.NodeName); err != nil {
 		return err
 	}
-	if d.nodes[o.NodeName] != nil || d.h.Graph().NodeByName(o.NodeName) != nil {
+	return d.addNode(o, nil)
+}
+
+// addNode opens the node o describes, named o.NodeName (checked);
+// outer lists the nodes whose inline "backing" objects o is nested in,
+// outermost first.
+func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
+	if o.Driver == "" {
+		return Errorf("Parameter 'driver' is missing")
+	}
+	if d.nodes[o.NodeName] != nil || d.h.Graph().NodeByName(o.NodeName) != nil || slices.Contains(outer, o.NodeName) {
 		return Errorf("Duplicate nodes with node-name='%s'", o.NodeName)
 	}
-	var backing *blockdev // "backing": a node's name
-	if o.Backing != nil && !o.Backing.Null {
+	var backing *blockdev // "backing": a node's name or inline options
+	if o.Backing != nil && o.Backing.Opts != nil {
+		if o.Driver != "qcow2" {
+			return Errorf("Parameter 'backing' is unexpected")
+		}
+		if d.needsTree(o) {
+			return Errorf("A backing node for '%s' is not supported with a file given as an option tree (nbd, blkdebug, or an inline file with a node-name)", o.NodeName)
+		}
+		if backing, err = d.addImplicitBacking(o, outer); err != nil {
+			return err
+		}
+		defer func() {
+			if err != nil {
+				d.dropImplicit(backing)
+			}
+		}()
+	} else if o.Backing != nil && !o.Backing.Null {
 		if o.Driver != "qcow2" {
 			return Errorf("Parameter 'backing' is unexpected")
 		}
@@ -494,7 +527,6 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 		}
 	}
 	var dev *host.Device
-	var err error
 	if backing != nil {
 		dev, err = d.openOver(filename, oo, backing)
 	} else {
@@ -523,10 +555,104 @@ func (d *Daemon) blockdevAdd(o *AddOptions) error {
 	}
 	if backing != nil {
 		backing.usedBy, backing.role, backing.byRef = b.name, "backing", true
+		if o.Backing.Opts != nil {
+			backing.owner = b.name
+		}
 	}
 	d.nodes[b.name] = b
 	d.mu.Unlock()
 	return nil
+}
+
+// addImplicitBacking opens o's inline "backing" object as a node of its
+// own (QEMU's implicit node), as blockdev-add opens one: named
+// "#blockNNN" unless the object names it, read-only unless it says
+// "read-only": false (QEMU's default for a backing child) or o is
+// read-only, its own "backing" opened the same way. The caller attaches
+// it and marks it owned. Errors are worded as QEMU's: a member by its
+// place ("Parameter 'backing.file' is missing"), anything else after
+// "Could not open backing file: ".
+func (d *Daemon) addImplicitBacking(o *AddOptions, outer []string) (*blockdev, error) {
+	bo := o.Backing.Opts
+	if o.ReadOnly {
+		bo.ReadOnly = true
+	}
+	wrap := func(err error) error {
+		msg := err.Error()
+		var qe *Error
+		if errors.As(err, &qe) {
+			msg = qe.Desc
+		}
+		if rest, ok := strings.CutPrefix(msg, "Parameter '"); ok {
+			return Errorf("Parameter 'backing.%s", rest)
+		}
+		return Errorf("Could not open backing file: %s", msg)
+	}
+	if bo.NodeName == "" {
+		d.anon++
+		bo.NodeName = fmt.Sprintf("#block%03d", d.anon)
+	} else if err := checkNodeName(bo.NodeName); err != nil {
+		return nil, wrap(err)
+	}
+	if err := d.addNode(bo, append(slices.Clip(outer), o.NodeName)); err != nil {
+		return nil, wrap(err)
+	}
+	return d.nodes[bo.NodeName], nil
+}
+
+// dropImplicit closes an implicit backing node and the implicit nodes
+// under it, and forgets them (their owner is gone, or was never opened).
+func (d *Daemon) dropImplicit(b *blockdev) {
+	if b == nil {
+		return
+	}
+	var under *blockdev
+	d.mu.Lock()
+	for _, x := range d.nodes {
+		if x.owner == b.name {
+			under = x
+		}
+	}
+	delete(d.nodes, b.name)
+	for _, l := range b.lower {
+		if x := d.nodes[l]; x != nil && x.usedBy == b.name {
+			delete(d.nodes, l)
+		}
+	}
+	d.mu.Unlock()
+	if err := b.dev.Close(); err != nil {
+		d.lost(b.name, err)
+	}
+	d.dropImplicit(under)
+}
+
+// reapImplicit drops the implicit backing nodes that are nobody's
+// backing any more (a stream or commit took them out of their owner's
+// chain) and not their owner's top either (an active commit's pivot):
+// QEMU frees such a node with its last reference. It runs at the
+// start of the commands that add, delete or list nodes.
+func (d *Daemon) reapImplicit() {
+	for {
+		var gone *blockdev
+		for _, x := range d.nodes {
+			if x.owner == "" {
+				continue
+			}
+			// An active commit that pivoted made it its owner's top.
+			o := d.nodes[x.owner]
+			if o == nil || !x.isBacking() && (o.dev.Root() == nil || o.dev.Root() != x.dev.Root()) {
+				gone = x
+				break
+			}
+		}
+		if gone == nil {
+			return
+		}
+		d.mu.Lock()
+		gone.owner = "" // dropImplicit closes what is under it
+		d.mu.Unlock()
+		d.dropImplicit(gone)
+	}
 }
 
 // FileRef is a BlockdevRef: a node name or inline options.
@@ -563,6 +689,52 @@ func (f *FileRef) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// BackingRef is QAPI's BlockdevRefOrNull: null, a node's name, or the
+// inline options of a node to open (QEMU's implicit node).
+type BackingRef struct {
+	Null bool
+	S    string
+	Opts *AddOptions
+}
+
+// UnmarshalJSON accepts null, a string or an object.
+func (r *BackingRef) UnmarshalJSON(b []byte) error {
+	switch {
+	case string(b) == "null":
+		r.Null = true
+		return nil
+	case len(b) > 0 && b[0] == '"':
+		return jsonUnmarshal(b, &r.S)
+	case len(b) == 0 || b[0] != '{':
+		return Errorf("Invalid parameter type for 'backing', expected: BlockdevRefOrNull")
+	}
+	// Decoded as blockdev-add's arguments are, each message naming the
+	// member's place under "backing." (one more at each level).
+	v, qe := addOptionsCmd.decodeAt("", b)
+	if qe != nil {
+		for _, p := range []string{"Parameter '", "Invalid parameter type for '"} {
+			if rest, ok := strings.CutPrefix(qe.Desc, p); ok {
+				return Errorf("%sbacking.%s", p, rest)
+			}
+		}
+		return qe
+	}
+	o := *v.(*AddOptions)
+	// A backing child is read-only unless its options say otherwise.
+	var members map[string]json.RawMessage
+	if json.Unmarshal(b, &members) == nil {
+		if _, ok := members["read-only"]; !ok {
+			o.ReadOnly = true
+		}
+	}
+	r.Opts = &o
+	return nil
+}
+
+// addOptionsCmd decodes an inline backing object as blockdev-add's
+// arguments.
+var addOptionsCmd = &command{name: "blockdev-add", argType: reflect.TypeOf(AddOptions{}), params: params(reflect.TypeOf(AddOptions{}), nil)}
+
 // NullString is a StrOrNull.
 type NullString struct {
 	Null bool
@@ -588,6 +760,7 @@ func (d *Daemon) exportOf(node string) string {
 }
 
 func (d *Daemon) blockdevDel(name string) error {
+	d.reapImplicit()
 	b := d.nodes[name]
 	if b == nil {
 		return Errorf("Failed to find node with node-name='%s'", name)
@@ -646,13 +819,19 @@ func (d *Daemon) blockdevDel(name string) error {
 		x.usedBy, x.role = "", ""
 	}
 	// A node blockdev-add named as its backing is free again (it kept
-	// its own device).
+	// its own device); one opened for its inline backing object goes
+	// with it.
+	var implicit *blockdev
 	for _, x := range d.nodes {
 		if x.byRef && x.usedBy == name {
 			x.usedBy, x.role, x.byRef = "", "", false
+			if x.owner == name {
+				implicit = x
+			}
 		}
 	}
 	d.mu.Unlock()
+	d.dropImplicit(implicit)
 	var errs []error
 	if err != nil {
 		errs = append(errs, Errorf("Node '%s' closed with an error: %v", name, err))

@@ -527,10 +527,14 @@ func (d *Daemon) newCommit(a *CommitArgs) (*job.Job, error) {
 	if restore != nil || restoreOverlay != nil {
 		o.AfterEnd = func() error {
 			err := runRestore(restoreOverlay)
-			if active != nil && active.Pivoted() {
-				// The base took the top's place: it is written as the
-				// top was (QEMU's mirror gives the target the read-only
-				// state of the node it replaces).
+			if active != nil {
+				// An active commit leaves the base read-write however
+				// it ends, as QEMU 7.2 does: its mirror-based job has no
+				// step that reopens the base read-only (commit_clean is
+				// the intermediate commit's). Pivoted, the base took
+				// the top's place; cancelled before or after
+				// BLOCK_JOB_READY, or completed without a pivot, it
+				// stays as the job left it.
 				return err
 			}
 			return errors.Join(err, runRestore(restore))

@@ -135,7 +135,7 @@ func (d *Daemon) reopenUnchanged(b *blockdev, o *AddOptions) error {
 				cur = x.name
 			}
 		}
-		if o.Backing.Null && cur != "" || !o.Backing.Null && o.Backing.S != cur {
+		if o.Backing.Null && cur != "" || !o.Backing.Null && (o.Backing.Opts != nil || o.Backing.S != cur) {
 			return Errorf("Cannot change the option 'backing'")
 		}
 	}
@@ -174,7 +174,10 @@ func (d *Daemon) userReadOnly(n *block.Node) bool {
 		if b.role == "" && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
 			return true
 		}
-		if b.byRef && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
+		// An implicit node (an inline backing object) is read-only as
+		// a backing child is, even when its options say so: QEMU lets a
+		// job reopen it read-write, as its parent allows writes.
+		if b.byRef && b.owner == "" && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
 			return true
 		}
 	}

@@ -327,7 +327,7 @@ func TestEveryActionAbortLeavesImagesAndGraph(t *testing.T) {
 				if err := d.h.Create(ov, host.CreateOptions{Format: "qcow2", Size: imgSize, BackingFile: p0, BackingFormat: "qcow2"}); err != nil {
 					t.Fatal(err)
 				}
-				if err := d.blockdevAdd(&AddOptions{Driver: "qcow2", NodeName: "ov", File: &FileRef{Driver: "file", Filename: ov}, Backing: &NullString{Null: true}}); err != nil {
+				if err := d.blockdevAdd(&AddOptions{Driver: "qcow2", NodeName: "ov", File: &FileRef{Driver: "file", Filename: ov}, Backing: &BackingRef{Null: true}}); err != nil {
 					t.Fatal(err)
 				}
 				act = actionJSON(typ, SnapshotArgs{Node: "disk0", Overlay: "ov"})

@@ -100,9 +100,9 @@ type Options struct {
 	// BackingNode, when set, is the top qcow2 image's backing node (QMP's
 	// blockdev-add "backing": a node's name): the image's backing file
 	// name is not followed, this node is attached in its place (with a
-	// reference of the image's own). The image must name a backing file
-	// in its header: a qcow2 node attaches backing nodes only when it
-	// opens one.
+	// reference of the image's own). An image whose header names no
+	// backing file takes it too (qcow2.DriverOptions.AttachBacking): its
+	// unallocated clusters read through to it, the header stays as it is.
 	BackingNode *block.Node
 	// debugConfig is the blkdebug configuration of a "blkdebug:CFG:IMAGE"
 	// name (set by Open): the top image's file node goes under a
@@ -368,6 +368,9 @@ func openQcow2On(g *block.Graph, file *block.Node, path string, o Options, name 
 	dopts := o.QcowOptions
 	dopts.ID, dopts.Depth, dopts.Chain = FileID(path), depth, chain
 	dopts.IgnoreBacking = o.NoBacking
+	// A backing node given by the caller is attached even where the
+	// header names no backing file.
+	dopts.AttachBacking = depth == 0 && o.BackingNode != nil
 	dopts.KeySecret, dopts.HeaderOnly = o.secret(depth), o.HeaderOnly
 	dopts.DataFile = dataFileOpener(g, path, o, top, name) // datafile.go
 	o.QcowOptions.DataFileNode = nil                       // the top's alone

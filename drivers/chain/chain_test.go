@@ -121,3 +121,50 @@ func TestProbe(t *testing.T) {
 		t.Errorf("Open of a missing file: %v", err)
 	}
 }
+
+// TestBackingNodeUnderHeaderlessImage: Options.BackingNode on a qcow2
+// image whose header names no backing file attaches the node all the
+// same (qcow2.DriverOptions.AttachBacking): unallocated clusters read
+// from it, the image's own ones from the image, and the header still
+// names no backing file afterwards. Before, the node was not attached
+// and the base's range read as zeros.
+func TestBackingNodeUnderHeaderlessImage(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	top := filepath.Join(dir, "top.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "raw", base, "4M")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", base)
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", top, "4M")
+	run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x33 512K 64K", top)
+	g := newGraph(t)
+	bimg, err := Open(g, base, Options{Format: "raw", ReadOnly: true, Name: "base"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bimg.Close()
+	img, err := Open(g, top, Options{Format: "qcow2", ReadOnly: true, Name: "top", BackingNode: bimg.Node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := img.Node.Child(block.RoleBacking)
+	if c == nil || c.Node() != bimg.Node {
+		img.Close()
+		t.Fatalf("backing child %v, want node %s", c, bimg.Node.Name())
+	}
+	got := make([]byte, 4<<20)
+	if _, err := img.Node.ReadAt(got, 0); err != nil {
+		img.Close()
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != 0x11 || got[(512<<10)-1] != 0x11 || got[512<<10] != 0x33 || got[(576<<10)-1] != 0x33 || got[576<<10] != 0x11 || got[1<<20] != 0 {
+		t.Fatalf("bytes at 0, 512K-1, 512K, 576K-1, 576K, 1M: %x %x %x %x %x %x",
+			got[0], got[(512<<10)-1], got[512<<10], got[(576<<10)-1], got[576<<10], got[1<<20])
+	}
+	if out, err := exec.Command("qemu-img", "info", top).CombinedOutput(); err != nil || strings.Contains(string(out), "backing file") {
+		t.Fatalf("qemu-img info after: %v\n%s", err, out)
+	}
+}

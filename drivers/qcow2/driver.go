@@ -48,6 +48,12 @@ type DriverOptions struct {
 	// IgnoreBacking reads unallocated clusters as zeros even when the
 	// image names a backing file (qemu-img's -U-less "no backing" mode).
 	IgnoreBacking bool
+	// AttachBacking asks Backing for a backing node even when the header
+	// names no backing file (QMP's blockdev-add with "backing" naming a
+	// node, on an image without one: unallocated clusters read through
+	// to that node, and the header is not rewritten). The request then
+	// has an empty Name and Format.
+	AttachBacking bool
 	// ID identifies the image file for cycle detection (for example
 	// "dev:inode"); Chain and Depth are where the image sits in a backing
 	// chain (see BackingRequest). An image whose ID is in Chain is refused.
@@ -408,8 +414,11 @@ func (d *Driver) resetMetaClusters() {
 
 func (d *Driver) openBacking() error {
 	h := d.mu.hdr
-	if h.BackingFile == "" || d.opts.IgnoreBacking {
+	if d.opts.IgnoreBacking || h.BackingFile == "" && !d.opts.AttachBacking {
 		return nil
+	}
+	if h.BackingFile == "" {
+		return d.attachBacking(BackingRequest{Depth: d.opts.Depth + 1})
 	}
 	if d.opts.Backing == nil {
 		return d.openErr(block.Unsupported, errors.New("qcow2: image has a backing file ("+h.BackingFile+") and no backing opener was given"))
@@ -429,7 +438,16 @@ func (d *Driver) openBacking() error {
 		return d.openErr(block.Overflow, errors.New("qcow2: backing chain deeper than the limit"))
 	}
 	chain := append(append([]string(nil), d.opts.Chain...), d.opts.ID)
-	bn, err := d.opts.Backing(BackingRequest{Name: h.BackingFile, Format: bf, Depth: d.opts.Depth + 1, Chain: chain})
+	return d.attachBacking(BackingRequest{Name: h.BackingFile, Format: bf, Depth: d.opts.Depth + 1, Chain: chain})
+}
+
+// attachBacking opens the backing node req asks for and attaches it as
+// the image's backing child.
+func (d *Driver) attachBacking(req BackingRequest) error {
+	if d.opts.Backing == nil {
+		return d.openErr(block.Unsupported, errors.New("qcow2: a backing node was asked for and no backing opener was given"))
+	}
+	bn, err := d.opts.Backing(req)
 	if err != nil {
 		return d.formatErr(block.OpOpen, 0, err)
 	}
