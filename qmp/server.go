@@ -273,6 +273,10 @@ type greeting struct {
 	} `json:"QMP"`
 }
 
+// endOfInputGrace bounds the writing of the replies a client is owed
+// once its input has ended.
+const endOfInputGrace = 5 * time.Second
+
 func (c *Client) readLoop() {
 	defer c.s.wg.Done()
 	defer func() {
@@ -295,7 +299,15 @@ func (c *Client) readLoop() {
 				c.send(response{Error: Errorf("%s", se.desc)})
 				continue
 			}
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				// The client's input ended (it shut down its writing
+				// side, or the pipe of a stdio monitor closed): it still
+				// gets the replies queued for what it sent, within a
+				// bound, and then the end of the stream.
+				c.nc.SetWriteDeadline(time.Now().Add(endOfInputGrace))
+				c.flushOnce.Do(func() { close(c.flush) })
+				<-c.gone
+			} else if !errors.Is(err, net.ErrClosed) {
 				c.s.logf("qmp: read: %v", err)
 			}
 			return

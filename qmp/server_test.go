@@ -3,6 +3,7 @@ package qmp
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -313,4 +314,50 @@ func TestIOThreadCommands(t *testing.T) {
 		t.Fatalf("nodes left: %v", d.nodes)
 	}
 	_ = host.ErrClosed
+}
+
+// TestRepliesSentAfterClientHalfCloses: a client that sends its commands
+// and then shuts down its writing side (`socat -`, a pipe into
+// `--chardev stdio`) gets every reply, with ids in order, and then the
+// end of the stream. Before, the end of its input closed the connection
+// and dropped the replies still queued for the writer.
+func TestRepliesSentAfterClientHalfCloses(t *testing.T) {
+	_, _, sock := testServer(t, 1, Options{})
+	for round := 0; round < 20; round++ {
+		nc, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 200
+		var b strings.Builder
+		b.WriteString(`{"execute":"qmp_capabilities"}` + "\n")
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(&b, `{"execute":"query-block","id":%d}`+"\n", i)
+		}
+		if _, err := nc.Write([]byte(b.String())); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.(*net.UnixConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+		sc := bufio.NewScanner(nc)
+		var lines []string
+		for sc.Scan() {
+			lines = append(lines, sc.Text())
+		}
+		nc.Close()
+		if err := sc.Err(); err != nil {
+			t.Fatalf("round %d: %v after %d lines", round, err, len(lines))
+		}
+		if len(lines) != n+2 {
+			t.Fatalf("round %d: %d lines, want the greeting and %d replies", round, len(lines), n+1)
+		}
+		for i := 0; i < n; i++ {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(lines[i+2]), &m); err != nil || m["id"] != float64(i) {
+				t.Fatalf("round %d: line %d %q, want the reply with id %d", round, i+2, lines[i+2], i)
+			}
+		}
+	}
 }
