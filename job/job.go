@@ -303,12 +303,31 @@ func (j *Job) Edges() []*block.Child {
 }
 
 // Discard drops a job that was never started (setup failed): its edges
-// go, it leaves the manager.
+// go, it leaves the manager. Its status goes from created straight to
+// null, as QEMU's early failure of a job.
 func (j *Job) Discard() error {
+	return j.discard()
+}
+
+// Abandon drops a job that was created but never started because the
+// transaction that made it was rolled back. QEMU cancels such a job, so
+// a client sees its status go through aborting and concluded to null
+// (whatever its auto-dismiss), where Discard goes straight to null.
+func (j *Job) Abandon() error {
+	j.mu.Lock()
+	if j.status == Created {
+		j.setStatus(Aborting)
+		j.setStatus(Concluded)
+	}
+	j.mu.Unlock()
+	return j.discard()
+}
+
+func (j *Job) discard() error {
 	var err error
 	j.g.Control(func() { err = errors.Join(j.dropEdges(), j.afterEnd()) })
 	j.mu.Lock()
-	if j.status == Created {
+	if j.status == Created || j.status == Concluded {
 		j.setStatus(Null)
 	}
 	j.mu.Unlock()

@@ -972,8 +972,9 @@ type backupAction struct {
 // jobStart is the part the job-starting actions share: the job is made in
 // prepare inside the source's drained section (dr), started in commit; an
 // abort drops the job that never ran: the driver's Clean first (it removes
-// the job's filter and gives a bitmap back; Discard alone leaves them),
-// then Discard.
+// the job's filter and gives a bitmap back; Abandon alone leaves them),
+// then Abandon (QEMU's cancel of a job not started: aborting, concluded,
+// null).
 type jobStart struct {
 	dr  txn.Drained
 	j   *job.Job
@@ -990,7 +991,7 @@ func (s *jobStart) Commit() error {
 func (s *jobStart) Abort() {
 	if s.j != nil {
 		s.drv.Clean(s.j)
-		_ = s.j.Discard()
+		_ = s.j.Abandon()
 	}
 }
 
