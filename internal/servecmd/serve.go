@@ -37,6 +37,7 @@ A storage daemon speaking QMP (qemu-storage-daemon's options):
                          add an IOThread (an I/O Context with its own io_uring ring)
   --chardev socket,id=ID,path=PATH,server=on,wait=off
                          a Unix socket (created 0600) for a monitor; host=,port= for TCP needs --allow-tcp
+  --chardev stdio,id=ID  the daemon's standard input and output (one client; not with --daemonize)
   --monitor chardev=ID   serve QMP on that chardev
   --nbd-server addr.type=unix,addr.path=PATH | addr.type=inet,addr.host=H,addr.port=P
   --export type=nbd,id=ID,node-name=NODE[,name=NAME][,writable=on]
@@ -160,6 +161,7 @@ func Main(args []string) int {
 // monitorSpec is a chardev with a monitor on it.
 type chardev struct {
 	id, path, host, port string
+	stdio                bool // backend stdio: the daemon's standard input and output
 	used                 bool
 }
 
@@ -176,9 +178,10 @@ func parseChardev(s string, allowTCP bool) (*chardev, error) {
 		}
 		switch k {
 		case "backend":
-			if sv != "socket" {
-				return nil, fmt.Errorf("--chardev: backend '%s' is not supported (socket)", sv)
+			if sv != "socket" && sv != "stdio" {
+				return nil, fmt.Errorf("--chardev: backend '%s' is not supported (socket, stdio)", sv)
 			}
+			c.stdio = sv == "stdio"
 		case "id":
 			c.id = sv
 		case "path":
@@ -200,7 +203,18 @@ func parseChardev(s string, allowTCP bool) (*chardev, error) {
 		}
 	}
 	if kv["backend"] == nil {
-		return nil, errors.New("--chardev: no backend (socket)")
+		return nil, errors.New("--chardev: no backend (socket, stdio)")
+	}
+	if c.stdio {
+		for k := range kv {
+			if k != "backend" && k != "id" {
+				return nil, fmt.Errorf("--chardev: parameter '%s' is unexpected (stdio takes only id)", k)
+			}
+		}
+		if c.id == "" {
+			return nil, errors.New("--chardev: parameter 'id' is missing")
+		}
+		return c, nil
 	}
 	switch {
 	case c.id == "":
@@ -300,6 +314,7 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 		}
 	}
 	chardevs := map[string]*chardev{}
+	stdioUsed := false
 	for _, c := range cfg.chardevs {
 		cd, err := parseChardev(c, cfg.allowTCP)
 		if err != nil {
@@ -307,6 +322,16 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 		}
 		if chardevs[cd.id] != nil {
 			return fmt.Errorf("--chardev: duplicate id '%s'", cd.id)
+		}
+		if cd.stdio {
+			// qemu-storage-daemon's words for both.
+			if cfg.daemonize {
+				return fmt.Errorf("--chardev %s: cannot use stdio with -daemonize", c)
+			}
+			if stdioUsed {
+				return fmt.Errorf("--chardev %s: cannot use stdio by multiple character devices", c)
+			}
+			stdioUsed = true
 		}
 		chardevs[cd.id] = cd
 	}
@@ -336,6 +361,13 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 			return fmt.Errorf("--monitor: chardev '%s' is already in use", id)
 		}
 		cd.used = true
+		if cd.stdio {
+			// One client, for the daemon's life: at the end of its input
+			// the daemon goes on serving its other monitors and exports,
+			// as qemu-storage-daemon does.
+			srv.ServeConn(stdioConn{in: os.Stdin, out: os.Stdout})
+			continue
+		}
 		var l net.Listener
 		if cd.path != "" {
 			l, err = qmp.ListenUnix(cd.path)
