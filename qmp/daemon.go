@@ -122,6 +122,37 @@ func (d *Daemon) emit(name string, data any) {
 	}
 }
 
+// cancelJobs cancels every job (a mirror does not pivot) and waits for
+// each to end and be dismissed.
+func (d *Daemon) cancelJobs() {
+	if d.jobs == nil {
+		return
+	}
+	for _, in := range d.jobs.List() {
+		if j := d.jobs.Get(in.ID); j != nil {
+			_ = j.Cancel(true)
+			_ = j.Wait()
+			_ = j.Dismiss()
+		}
+	}
+}
+
+// Shutdown ends, while the clients are still connected, what they may be
+// waiting on, in qemu-storage-daemon's order when it quits: the NBD
+// server stops, each export announced by BLOCK_EXPORT_DELETED, and every
+// job is cancelled (its events go out: aborting, BLOCK_JOB_CANCELLED, or
+// BLOCK_JOB_COMPLETED for a mirror that was ready, concluded, null).
+// Run it under the server's command lock (Server.Locked); Close does the
+// rest and finds no job or export left.
+func (d *Daemon) Shutdown() error {
+	var err error
+	if d.nbdSrv != nil {
+		err = d.nbdServerStop()
+	}
+	d.cancelJobs()
+	return err
+}
+
 // Close ends the exports and the NBD server, then closes every device
 // (draining each) and returns their errors (a failed metadata write-back
 // on close). The host stays for the caller to close.
@@ -138,15 +169,7 @@ func (d *Daemon) Close() error {
 	var errs []error
 	// Jobs end first (cancelled: a mirror does not pivot), so that no job
 	// holds a node the devices below close.
-	if d.jobs != nil {
-		for _, in := range d.jobs.List() {
-			if j := d.jobs.Get(in.ID); j != nil {
-				_ = j.Cancel(true)
-				_ = j.Wait()
-				_ = j.Dismiss()
-			}
-		}
-	}
+	d.cancelJobs()
 	d.bg.Wait()
 	for _, e := range exps {
 		errs = append(errs, e.exp.Close())

@@ -273,6 +273,12 @@ type greeting struct {
 	} `json:"QMP"`
 }
 
+// OutputOutlivesInput is implemented by a connection whose output stays
+// open after its input ends, until the server closes: the standard input
+// and output of a daemon whose monitor is "--chardev stdio" (QEMU goes on
+// writing replies and events there when its input reaches its end).
+type OutputOutlivesInput interface{ OutputOutlivesInput() bool }
+
 // endOfInputGrace bounds the writing of the replies a client is owed
 // once its input has ended.
 const endOfInputGrace = 5 * time.Second
@@ -299,11 +305,14 @@ func (c *Client) readLoop() {
 				c.send(response{Error: Errorf("%s", se.desc)})
 				continue
 			}
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			if o, ok := c.nc.(OutputOutlivesInput); ok && o.OutputOutlivesInput() && errors.Is(err, io.EOF) {
+				// A stdio monitor: its output stays open for the replies
+				// and the events until the server closes.
+				<-c.gone
+			} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				// The client's input ended (it shut down its writing
-				// side, or the pipe of a stdio monitor closed): it still
-				// gets the replies queued for what it sent, within a
-				// bound, and then the end of the stream.
+				// side): it still gets the replies queued for what it
+				// sent, within a bound, and then the end of the stream.
 				c.nc.SetWriteDeadline(time.Now().Add(endOfInputGrace))
 				c.flushOnce.Do(func() { close(c.flush) })
 				<-c.gone
@@ -396,6 +405,14 @@ func checkCapabilities(raw json.RawMessage) *Error {
 		}
 	}
 	return nil
+}
+
+// Locked runs fn under the lock commands run under: no client's command
+// runs alongside it.
+func (s *Server) Locked(fn func()) {
+	s.cmdMu.Lock()
+	defer s.cmdMu.Unlock()
+	fn()
 }
 
 // Execute runs a command in-process (the daemon's command-line options)

@@ -431,8 +431,14 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 	case <-stop:
 		reason = "host-signal"
 	}
+	// Jobs and exports end while the clients are still connected, so
+	// their events reach them (qemu-storage-daemon's order); then
+	// SHUTDOWN, then the server closes and the devices (the deferred
+	// function above).
+	var shutErr error
+	srv.Locked(func() { shutErr = d.Shutdown() })
 	srv.Emit("SHUTDOWN", map[string]any{"guest": false, "reason": reason})
-	return nil
+	return shutErr
 }
 
 // lockPidfile opens and locks the pid file: a second daemon naming the

@@ -22,6 +22,10 @@ func (c stdioConn) Close() error {
 	return err
 }
 
+// OutputOutlivesInput: at the end of its input the daemon goes on writing
+// replies and events until it exits (qmp.OutputOutlivesInput).
+func (stdioConn) OutputOutlivesInput() bool { return true }
+
 type stdioAddr struct{}
 
 func (stdioAddr) Network() string { return "stdio" }

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +17,9 @@ import (
 // runOnStdio runs a daemon (exe with args; ringblk serve when exe is the
 // test binary) with its monitor on standard input and output, writes
 // cmds, and returns what it printed after the greeting: the replies in
-// order, re-encoded, and each job's JOB_STATUS_CHANGE statuses (jobs in
-// the order their first event came); other events are left out.
+// order, re-encoded, then each job's JOB_STATUS_CHANGE statuses (jobs in
+// the order their first event came) and the other events in order with
+// their data (timestamps left out).
 func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string) (replies, events []string) {
 	t.Helper()
 	cmd := exec.Command(exe, "--chardev", "stdio,id=m", "--monitor", "m")
@@ -49,7 +52,7 @@ func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string) (rep
 	if !sc.Scan() || !strings.HasPrefix(sc.Text(), `{"QMP"`) {
 		t.Fatalf("%s: no greeting on standard output, got %q; stderr:\n%s", filepath.Base(exe), sc.Text(), stderr.String())
 	}
-	var order []string
+	var order, others []string
 	statuses := map[string][]string{}
 	for sc.Scan() {
 		var m map[string]any
@@ -65,16 +68,30 @@ func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string) (rep
 			statuses[id] = append(statuses[id], d["status"].(string))
 			continue
 		}
-		if _, ok := m["event"]; ok {
-			continue // SHUTDOWN: ringblk serve sends it at quit (qmp.md), qemu-storage-daemon does not
+		if ev, ok := m["event"]; ok {
+			// SHUTDOWN: ringblk serve sends it at quit (qmp.md),
+			// qemu-storage-daemon does not.
+			if ev != "SHUTDOWN" {
+				b, _ := json.Marshal(m["data"])
+				others = append(others, fmt.Sprintf("%v %s", ev, b))
+			}
+			continue
 		}
 		b, _ := json.Marshal(m)
 		replies = append(replies, string(b))
 	}
 	for _, id := range order {
-		events = append(events, id+": "+strings.Join(statuses[id], " "))
+		// A job paused and resumed by drained sections, which come at
+		// different moments in the two daemons, is one "running".
+		var st []string
+		for _, x := range statuses[id] {
+			if x != "paused" && (len(st) == 0 || st[len(st)-1] != x) {
+				st = append(st, x)
+			}
+		}
+		events = append(events, id+": "+strings.Join(st, " "))
 	}
-	return replies, events
+	return replies, append(events, others...)
 }
 
 // TestServeStdioMonitorAsQemuStorageDaemon: "--chardev stdio" puts the
@@ -153,4 +170,52 @@ func TestServeStdioChardevRefusals(t *testing.T) {
 			t.Errorf("%q:\n qemu-storage-daemon %s\n ringblk serve       %s", args, msgs[0], msgs[1])
 		}
 	}
+}
+
+// TestServeQuitEndsJobsAndExportsAsQemuStorageDaemon: quit with a job
+// running and an export open cancels the job and closes the export while
+// the monitor is still connected, so its client sees the job's aborting,
+// BLOCK_JOB_CANCELLED, concluded and null and the export's
+// BLOCK_EXPORT_DELETED, as from qemu-storage-daemon. Before, the server
+// closed first and none of these went out.
+func TestServeQuitEndsJobsAndExportsAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(name, bin string, env []string) ([]string, []string) {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "8M")
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x5a 0 8M", filepath.Join(dir, "base.qcow2"))
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", filepath.Join(dir, "top.qcow2"))
+		return runOnStdio(t, dir, bin, env, []string{
+			`{"execute":"qmp_capabilities"}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"top.qcow2"}}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"other","file":{"driver":"file","filename":"base.qcow2"},"read-only":true}}`,
+			`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"nbd.sock"}}}}`,
+			`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e1","node-name":"other"}}`,
+			`{"execute":"block-stream","arguments":{"job-id":"s1","device":"top","speed":1}}`,
+			`{"execute":"quit"}`,
+		})
+	}
+	// The offset a rate-limited job is cancelled at differs: QEMU's
+	// limit starts after the first chunk (jobs.md).
+	offset := regexp.MustCompile(`"offset":[0-9]+`)
+	wantR, wantE := run("qsd", "qemu-storage-daemon", nil)
+	gotR, gotE := run("ringblk", exe, []string{asMainEnv + "=1"})
+	for _, e := range [][]string{wantE, gotE} {
+		for i := range e {
+			e[i] = offset.ReplaceAllString(e[i], `"offset":N`)
+		}
+	}
+	all := strings.Join(wantE, "\n")
+	if !strings.Contains(all, "s1: created running aborting concluded null") || !strings.Contains(all, "BLOCK_EXPORT_DELETED") {
+		t.Fatalf("qemu-storage-daemon's events are not what this test compares: %q", wantE)
+	}
+	compareSteps(t, wantR, gotR)
+	compareSteps(t, wantE, gotE)
 }
