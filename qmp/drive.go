@@ -93,6 +93,19 @@ func checkFormat(f string) error {
 	return Errorf("Unknown file format '%s'", f)
 }
 
+// targetModeFormat is a drive-* command's mode (absolute-paths when
+// absent) and target format (the source's when absent and the image is
+// to be created; probed from an existing one), checked.
+func targetModeFormat(mode, format string, src *block.Node) (string, string, error) {
+	if mode == "" {
+		mode = "absolute-paths"
+	}
+	if format == "" && mode != "existing" {
+		format = sourceFormat(src)
+	}
+	return mode, format, checkFormat(format)
+}
+
 // sourceFormat is the format QEMU would name for n: its driver's
 // format name (a file node is the raw format here).
 func sourceFormat(n *block.Node) string {
@@ -269,15 +282,8 @@ func (d *Daemon) newDriveMirror(a *DriveMirrorArgs) (*job.Job, error) {
 	if a.Unmap != nil && !*a.Unmap {
 		return nil, Errorf("Parameter 'unmap': false is not supported by this daemon")
 	}
-	mode := a.Mode
-	if mode == "" {
-		mode = "absolute-paths"
-	}
-	format := a.Format
-	if format == "" && mode != "existing" {
-		format = sourceFormat(src)
-	}
-	if err := checkFormat(format); err != nil {
+	mode, format, err := targetModeFormat(a.Mode, a.Format, src)
+	if err != nil {
 		return nil, err
 	}
 	sync := a.Sync
@@ -339,15 +345,8 @@ func (d *Daemon) driveBackupTarget(a *DriveBackupArgs) (*BackupArgs, *driveTarge
 	if a.Compress || a.FilterNode != "" {
 		return nil, nil, Errorf("Parameters 'compress' and 'filter-node-name' are not supported")
 	}
-	mode := a.Mode
-	if mode == "" {
-		mode = "absolute-paths"
-	}
-	format := a.Format
-	if format == "" && mode != "existing" {
-		format = sourceFormat(src)
-	}
-	if err := checkFormat(format); err != nil {
+	mode, format, err := targetModeFormat(a.Mode, a.Format, src)
+	if err != nil {
 		return nil, nil, err
 	}
 	sync := a.Sync

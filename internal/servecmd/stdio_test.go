@@ -103,32 +103,20 @@ func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string) (rep
 // the jobs went from created straight to null.
 func TestServeStdioMonitorAsQemuStorageDaemon(t *testing.T) {
 	needCmd(t, "qemu-storage-daemon", "qemu-img")
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := func(name, bin string, env []string) ([]string, []string) {
-		dir := filepath.Join(tmpDir(t), name)
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		var cmds []string
-		cmds = append(cmds, `{"execute":"qmp_capabilities"}`)
+	wantR, wantE, gotR, gotE := stdioBoth(t, func(dir string) []string {
+		cmds := []string{`{"execute":"qmp_capabilities"}`}
 		for _, n := range []string{"a", "b", "c", "d"} {
 			qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, n+".qcow2"), "4M")
 			cmds = append(cmds, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"`+n+`","file":{"driver":"file","filename":"`+n+`.qcow2"}}}`)
 		}
-		cmds = append(cmds,
+		return append(cmds,
 			`{"execute":"transaction","arguments":{"actions":[`+
 				`{"type":"blockdev-backup","data":{"job-id":"j1","device":"a","target":"b","sync":"full"}},`+
 				`{"type":"blockdev-backup","data":{"job-id":"j2","device":"c","target":"d","sync":"full","auto-dismiss":false}},`+
 				`{"type":"abort","data":{}}]}}`,
 			`{"execute":"query-jobs"}`,
 			`{"execute":"quit"}`)
-		return runOnStdio(t, dir, bin, env, cmds)
-	}
-	wantR, wantE := run("qsd", "qemu-storage-daemon", nil)
-	gotR, gotE := run("ringblk", exe, []string{asMainEnv + "=1"})
+	})
 	if len(wantE) != 2 || !strings.Contains(strings.Join(wantE, "\n"), "j2: created aborting concluded null") {
 		t.Fatalf("qemu-storage-daemon's events are not what this test compares: %q", wantE)
 	}
@@ -180,19 +168,11 @@ func TestServeStdioChardevRefusals(t *testing.T) {
 // closed first and none of these went out.
 func TestServeQuitEndsJobsAndExportsAsQemuStorageDaemon(t *testing.T) {
 	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := func(name, bin string, env []string) ([]string, []string) {
-		dir := filepath.Join(tmpDir(t), name)
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	wantR, wantE, gotR, gotE := stdioBoth(t, func(dir string) []string {
 		qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "8M")
 		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x5a 0 8M", filepath.Join(dir, "base.qcow2"))
 		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", filepath.Join(dir, "top.qcow2"))
-		return runOnStdio(t, dir, bin, env, []string{
+		return []string{
 			`{"execute":"qmp_capabilities"}`,
 			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"top.qcow2"}}}`,
 			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"other","file":{"driver":"file","filename":"base.qcow2"},"read-only":true}}`,
@@ -200,13 +180,11 @@ func TestServeQuitEndsJobsAndExportsAsQemuStorageDaemon(t *testing.T) {
 			`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e1","node-name":"other"}}`,
 			`{"execute":"block-stream","arguments":{"job-id":"s1","device":"top","speed":1}}`,
 			`{"execute":"quit"}`,
-		})
-	}
+		}
+	})
 	// The offset a rate-limited job is cancelled at differs: QEMU's
 	// limit starts after the first chunk (jobs.md).
 	offset := regexp.MustCompile(`"offset":[0-9]+`)
-	wantR, wantE := run("qsd", "qemu-storage-daemon", nil)
-	gotR, gotE := run("ringblk", exe, []string{asMainEnv + "=1"})
 	for _, e := range [][]string{wantE, gotE} {
 		for i := range e {
 			e[i] = offset.ReplaceAllString(e[i], `"offset":N`)
@@ -218,4 +196,26 @@ func TestServeQuitEndsJobsAndExportsAsQemuStorageDaemon(t *testing.T) {
 	}
 	compareSteps(t, wantR, gotR)
 	compareSteps(t, wantE, gotE)
+}
+
+// stdioBoth runs the session prepare makes (in a fresh directory it
+// fills, returning the commands) on qemu-storage-daemon and on ringblk
+// serve, each with its monitor on standard input and output, and returns
+// both transcripts (runOnStdio's replies and events).
+func stdioBoth(t *testing.T, prepare func(dir string) []string) (wantR, wantE, gotR, gotE []string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(name, bin string, env []string) ([]string, []string) {
+		dir := filepath.Join(tmpDir(t), name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return runOnStdio(t, dir, bin, env, prepare(dir))
+	}
+	wantR, wantE = run("qsd", "qemu-storage-daemon", nil)
+	gotR, gotE = run("ringblk", exe, []string{asMainEnv + "=1"})
+	return wantR, wantE, gotR, gotE
 }
