@@ -110,7 +110,7 @@ func TestServeSnapshotSyncOfReadOnlyNodeAsQemuStorageDaemon(t *testing.T) {
 		s.reply(`{"execute":"query-block-exports"}`)
 		s.reply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"w","node-name":"snap","writable":true}}`)
 		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x41 0 64k", "-c", "read -P 0 64k 64k", "nbd+unix:///base?socket="+nbdSock)
-		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.exportDel("e")
 		s.c.waitEvent("BLOCK_EXPORT_DELETED")
 	}
 	after := func(s *qmpSession) {
@@ -174,7 +174,7 @@ func TestServeBackingNodeUnderHeaderlessOverlayAsQemuStorageDaemon(t *testing.T)
 		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x41 0 64k", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0 2M 64k", uri)
 		qemuIO(t, "-f", "raw", "-c", "write -P 0x43 0 4k", uri)
 		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x43 0 4k", "-c", "read -P 0x41 4k 60k", uri)
-		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.exportDel("e")
 		s.c.waitEvent("BLOCK_EXPORT_DELETED")
 		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"top"}}`)
 		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`)
@@ -308,7 +308,7 @@ func TestServeBlockdevAddInlineBackingAsQemuStorageDaemon(t *testing.T) {
 		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"t1"}}`)
 		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0 0 64k", "-c", "read -P 0x42 1M 64k", "-c", "read -P 0x43 2M 64k", "-c", "read -P 0x44 3M 64k",
 			"nbd+unix:///t1?socket="+nbdSock)
-		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.exportDel("e")
 		s.c.waitEvent("BLOCK_EXPORT_DELETED")
 		s.mustReply(`{"execute":"block-stream","arguments":{"job-id":"s","device":"t1"}}`)
 		d := s.c.waitEvent("BLOCK_JOB_COMPLETED")
@@ -383,7 +383,7 @@ func TestServeSnapshotOntoHeaderlessOverlayAsQemuStorageDaemon(t *testing.T) {
 		s.mustReply(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + nbdSock + `"}}}}`)
 		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"ov"}}`)
 		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x41 0 64k", "-c", "read -P 0 64k 64k", "nbd+unix:///ov?socket="+nbdSock)
-		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.exportDel("e")
 		s.c.waitEvent("BLOCK_EXPORT_DELETED")
 	}
 	after := func(s *qmpSession) {

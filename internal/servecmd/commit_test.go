@@ -290,7 +290,7 @@ func TestServeCommitIntoHeaderOpenedBaseAsQemuStorageDaemon(t *testing.T) {
 				s.mustReply(`{"execute":"job-complete","arguments":{"id":"c2"}}`)
 				s.note("c2 completed: error %v", s.c.waitEvent("BLOCK_JOB_COMPLETED")["error"])
 				s.roOf("active", base)
-				s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+				s.exportDel("e")
 				time.Sleep(100 * time.Millisecond) // the export goes away asynchronously
 			}
 			after := func(s *qmpSession) {

@@ -132,7 +132,7 @@ func TestServeDriveMirrorAndBackupSameAsQemuStorageDaemon(t *testing.T) {
 		s.mustReply(`{"execute":"drive-backup","arguments":{"device":"disk","target":"` + d + `/binc.qcow2","sync":"incremental","bitmap":"bm","job-id":"b2"}}`)
 		s.jobEvent("BLOCK_JOB_COMPLETED")
 		s.reply(`{"execute":"query-block-jobs"}`)
-		s.mustReply(`{"execute":"block-export-del","arguments":{"id":"e"}}`)
+		s.exportDel("e")
 	}
 	after := func(s *qmpSession) {
 		d := s.dir

@@ -180,7 +180,7 @@ func TestServeLiveStorageMigrationOverNBD(t *testing.T) {
 					// connected) goes through once the server sees it.
 					s.c.ok(`{"execute":"blockdev-del","arguments":{"node-name":"mig-format"}}`)
 					s.c.ok(`{"execute":"blockdev-del","arguments":{"node-name":"mig-storage"}}`)
-					exportDel(t, d.c)
+					exportDel(t, d.c, "mig")
 					d.c.ok(`{"execute":"nbd-server-stop"}`)
 				}
 				for _, p := range []*proc{s, d} {
@@ -290,21 +290,31 @@ func TestServeNBDServerDiesMidMirror(t *testing.T) {
 	}
 }
 
-// exportDel removes export mig in mode safe, which is refused while a
+// exportDel removes export id in mode safe, which is refused while a
 // client is connected: it retries for up to ten seconds while the server
-// notices a client that hung up.
-func exportDel(t *testing.T, c *qmpc) {
+// notices a client that hung up (qemu-io has exited, but the server's
+// reader may not have seen the end of its connection yet), and returns
+// the reply that ended it.
+func exportDel(t *testing.T, c *qmpc, id string) map[string]any {
 	t.Helper()
 	for i := 0; ; i++ {
-		r := c.do(`{"execute":"block-export-del","arguments":{"id":"mig"}}`)
+		r := c.do(`{"execute":"block-export-del","arguments":{"id":"` + id + `"}}`)
 		if _, ok := r["return"]; ok {
-			return
+			return r
 		}
 		if i == 200 {
 			t.Fatalf("block-export-del: %v (the client never hung up)", r)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// exportDel is exportDel in a side-by-side session: the reply that
+// removed the export goes into the transcript.
+func (s *qmpSession) exportDel(id string) {
+	s.t.Helper()
+	b, _ := json.Marshal(exportDel(s.t, s.c, id))
+	s.note("%s", b)
 }
 
 // TestServeBlkdebugBackupErrorsAsQemuStorageDaemon is an iotest-style
