@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
+	"syscall"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/raw"
@@ -177,7 +179,7 @@ func createErr(path string, err error) error {
 	if errors.As(err, &le) {
 		return Errorf("%s", le.Sentence())
 	}
-	return Errorf("Could not create '%s': %v", path, err)
+	return Errorf("Could not create '%s': %s", path, openErrText(err))
 }
 
 // openDriveTarget makes (mode absolute-paths) or finds (existing) the
@@ -243,6 +245,13 @@ func openErrText(err error) string {
 		return le.Sentence()
 	case errors.Is(err, fs.ErrNotExist):
 		return "No such file or directory"
+	}
+	// The C library's text of the errno, as QEMU words it ("Permission
+	// denied", "Is a directory"), where the error carries one.
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		t := en.Error()
+		return strings.ToUpper(t[:1]) + t[1:]
 	}
 	return err.Error()
 }

@@ -98,6 +98,10 @@ func TestServeDriveMirrorAndBackupSameAsQemuStorageDaemon(t *testing.T) {
 			// The source's own file: refused by its lock, left whole.
 			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/top.qcow2","sync":"full","job-id":"self"}}`,
 			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/e2.qcow2","sync":"full","granularity":1000}}`,
+			// Creation and opening failures in strerror's words.
+			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `/nodir/m.raw","sync":"full","format":"raw","job-id":"nd"}}`,
+			`{"execute":"drive-mirror","arguments":{"device":"top","target":"` + d + `","sync":"full","format":"raw","job-id":"dir"}}`,
+			`{"execute":"drive-backup","arguments":{"device":"disk","target":"` + d + `","sync":"full","mode":"existing","job-id":"dir"}}`,
 			// A node has no BlockBackend to name the job after.
 			`{"execute":"drive-mirror","arguments":{"device":"one","target":"` + d + `/e6.qcow2","sync":"full"}}`,
 			`{"execute":"drive-backup","arguments":{"device":"disk","target":"` + d + `/e7.qcow2","sync":"full"}}`,
