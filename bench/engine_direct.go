@@ -348,15 +348,29 @@ func (c *threadClone) runRing() {
 			if u == nil {
 				break
 			}
+			// The SQ holds iodepth entries, but an SQPOLL thread moves its
+			// head only after a whole batch: the SQ can look full just
+			// after that batch's CQEs were reaped. Make room (the enter
+			// waits for the SQ thread) before fill takes the unit's offset
+			// from the generator; an offset taken and then not issued was
+			// an I/O lost (TestSQThreadPoll saw 253 of 256 under load).
+			if r.Pending() >= r.SQEntries() {
+				if len(batch) > 0 {
+					now = c.submit(batch)
+					batch = batch[:0]
+				} else {
+					c.makeRoom()
+				}
+				if r.Pending() >= r.SQEntries() {
+					w.untake(u)
+					break
+				}
+			}
 			if !w.fill(u, now) {
 				w.untake(u)
 				break
 			}
-			sqe := r.GetSQE()
-			if sqe == nil { // cannot happen: the SQ holds iodepth entries
-				w.untake(u)
-				break
-			}
+			sqe := r.GetSQE() // not nil: there is room, and only this thread takes SQEs
 			fi, off := w.files.locate(u.off)
 			if u.dir == DirSync {
 				fi = int(u.off) // a sync unit's off is its file
@@ -514,6 +528,17 @@ func (c *threadClone) submitWait(batch []*unit, reapMin int, timeout time.Durati
 		if r.Pending() == 0 || r.Ready() > 0 {
 			// Submitted, or completions to reap first: the caller reaps.
 			return nil
+		}
+	}
+}
+
+// makeRoom waits until an SQPOLL thread has consumed the SQ it left
+// looking full (SubmitAndWait enters with IORING_ENTER_SQ_WAIT then).
+func (c *threadClone) makeRoom() {
+	for {
+		_, err := c.ring.SubmitAndWait(0, 0)
+		if err == nil || !errors.Is(err, uring.ErrBusy) {
+			return
 		}
 	}
 }
