@@ -3,7 +3,6 @@ package servecmd
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,14 +125,7 @@ func sideBySide(t *testing.T, setup func(dir string), body func(s *qmpSession), 
 		sock := filepath.Join(dir, "qmp.sock")
 		stop := start(sock)
 		defer stop()
-		for i := 0; i < 500; i++ {
-			if c, err := net.Dial("unix", sock); err == nil {
-				c.Close()
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		s := &qmpSession{t: t, name: name, dir: dir, c: dialQMP(t, sock)}
+		s := &qmpSession{t: t, name: name, dir: dir, c: waitQMP(t, sock)}
 		body(s)
 		s.reply(`{"execute":"quit"}`)
 		stop()
