@@ -8,9 +8,10 @@
 #   scripts/ceph-single.sh stop  [DIR]   stop it and remove DIR
 #   scripts/ceph-single.sh status [DIR]  exit 0 when it answers
 #   scripts/ceph-single.sh stop-osd|start-osd [DIR]   fault tests
+#   scripts/ceph-single.sh port          the monitor port start would take
 #
 # DIR defaults to $CEPH_DIR or /var/tmp/ringblk-ceph. The monitor listens
-# on $CEPH_MON_PORT, or the first free port from 46789. Start prints the
+# on $CEPH_MON_PORT, or the first free port from 16789 (see freeport). Start prints the
 # config file path (DIR/ceph.conf); the admin keyring is DIR/keyring, the
 # client.ringblk keyring DIR/ringblk.keyring. Every daemon writes its pid
 # file under DIR/run, and stop kills only those pids (and only when they
@@ -110,6 +111,36 @@ start_osd() {
 	ceph-osd -c "$CONF" -i 0 >>"$DIR/log/start.log" 2>&1
 }
 
+# The monitor's default port: the first of PORT_FIRST..+99 that no TCP
+# socket on this machine holds and that lies outside the kernel's
+# ephemeral range. "Nothing listens on it" is not enough: an outgoing
+# connection (another cluster's OSD talking to its monitor) holds an
+# ephemeral local port without listening, and the monitor's bind then
+# fails with EADDRINUSE (CI on 1f91558: 46790, next to the shared
+# cluster's 46789, was such a port). Outside the ephemeral range no
+# connection can take the port between this check and the bind.
+PORT_FIRST=16789
+
+# portused P: some TCP socket (any state, IPv4 or IPv6) has local port P.
+portused() {
+	local hex
+	hex=$(printf '%04X' "$1")
+	awk -v want=":$hex" 'FNR > 1 && substr($2, length($2) - 4) == want { found = 1 } END { exit !found }' \
+		/proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+freeport() {
+	local lo hi p
+	read -r lo hi </proc/sys/net/ipv4/ip_local_port_range || { lo=32768; hi=60999; }
+	for ((p = PORT_FIRST; p < PORT_FIRST + 100; p++)); do
+		if [ "$p" -ge "$lo" ] && [ "$p" -le "$hi" ]; then
+			continue
+		fi
+		portused "$p" || { echo "$p"; return 0; }
+	done
+	return 1
+}
+
 start() {
 	for b in ceph-mon ceph-osd ceph ceph-authtool monmaptool rbd uuidgen; do
 		command -v "$b" >/dev/null 2>&1 || die "$b is missing (scripts/deps.sh installs ceph-mon ceph-osd ceph-common)"
@@ -120,13 +151,7 @@ start() {
 	fi
 	stop
 	if [ -z "$PORT" ]; then
-		# The first port from 46789 nothing listens on (another cluster
-		# of this script may hold the default).
-		PORT=46789
-		while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
-			PORT=$((PORT + 1))
-			[ "$PORT" -lt 46889 ] || die "no free monitor port in 46789-46888"
-		done
+		PORT=$(freeport) || die "no free monitor port in $PORT_FIRST-$((PORT_FIRST + 99)) (outside the ephemeral range)"
 	fi
 	mkdir -p "$DIR"/{run,log,mon,osd/ceph-0}
 	trap 'echo "ceph-single: start failed; logs were in $DIR/log" >&2; tail -n 20 "$DIR"/log/*.log >&2 2>/dev/null || true; stop' ERR
@@ -224,5 +249,6 @@ stop) stop ;;
 status) status ;;
 stop-osd) killpid "$DIR/run/osd.0.pid" ceph-osd ;;
 start-osd) start_osd ;;
-*) echo "usage: $0 start|stop|status|stop-osd|start-osd [DIR]" >&2; exit 2 ;;
+port) freeport || die "no free monitor port in $PORT_FIRST-$((PORT_FIRST + 99))" ;;
+*) echo "usage: $0 start|stop|status|stop-osd|start-osd|port [DIR]" >&2; exit 2 ;;
 esac
