@@ -46,6 +46,13 @@ type StreamOptions struct {
 	BackingFile string
 	// Chunk is the copy unit (default 512 KiB).
 	Chunk int64
+	// Admit (nil: none) sees the nodes between Top and Base that the job
+	// keeps unchanged while it runs (the chain it copies from), once the
+	// job exists and before it attaches to any node; an error discards
+	// the job (its status goes from created to null) and is NewStream's.
+	// The daemon refuses there a node that a writable export serves, as
+	// QEMU's stream job unshares write on its intermediate nodes.
+	Admit func(layers []*block.Node) error
 }
 
 // Stream is the stream job's driver. A filter above Top makes guest
@@ -116,6 +123,11 @@ func (s *Stream) setup(m *Manager) (*Job, error) {
 		s.Clean(j)
 		j.Discard()
 		return nil, err
+	}
+	if o.Admit != nil {
+		if err := o.Admit(layers); err != nil {
+			return fail(err)
+		}
 	}
 	if s.top, err = j.AddNode(o.Top, "top"); err != nil {
 		return fail(err)

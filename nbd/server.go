@@ -417,6 +417,21 @@ func (s *Server) AddExport(e *Export) error {
 	return nil
 }
 
+// RemoveExport withdraws e: new clients no longer find it, and its name
+// may be given to another export. Clients already connected keep it until
+// e.Close. Before, a deleted export's name stayed taken for the server's
+// life (block-export-del, then block-export-add of the same name, failed).
+func (s *Server) RemoveExport(e *Export) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, x := range s.exports {
+		if x == e {
+			s.exports = append(s.exports[:i], s.exports[i+1:]...)
+			return
+		}
+	}
+}
+
 func (s *Server) export(name string) *Export {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -91,9 +91,11 @@ type blockdev struct {
 }
 
 type export struct {
-	id   string
-	node string
-	exp  *nbd.Export
+	id       string
+	node     string
+	name     string // the NBD export name
+	writable bool
+	exp      *nbd.Export
 }
 
 // NewDaemon registers the block commands on reg and returns the daemon.
@@ -1128,9 +1130,6 @@ func (d *Daemon) nbdServerStop() error {
 // ExportAdd adds an NBD export of node (block-export-add, type nbd),
 // offering the named dirty bitmaps.
 func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...string) error {
-	if d.nbdSrv == nil {
-		return Errorf("NBD server not running")
-	}
 	if id == "" {
 		return Errorf("Parameter 'id' is missing")
 	}
@@ -1141,15 +1140,15 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	if qerr != nil {
 		return qerr
 	}
-	if err := b.top(); err != nil {
-		return err
-	}
 	if name == "" {
 		name = node
 	}
 	root := b.dev.Root()
 	if root == nil {
 		return nodeNotFound(node)
+	}
+	if err := d.exportPerm(b, root, writable); err != nil {
+		return err
 	}
 	// A node a job writes (a mirror's or backup's target, a commit's
 	// base) is no export's: clients would read a half-copied image, and
@@ -1163,6 +1162,16 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 		// that opens it for writing would be refused.
 		return Errorf("Cannot export read-only node as writable")
 	}
+	// After the node's checks, as QEMU attaches the export to its node
+	// before the NBD driver looks for its server.
+	if d.nbdSrv == nil {
+		return Errorf("NBD server not running")
+	}
+	for _, e := range d.exports {
+		if e.name == name {
+			return Errorf("NBD server already has export named '%s'", name)
+		}
+	}
 	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context(), Bitmaps: bitmaps,
 		IgnoreDiscard: !b.discardUnmap, DetectZeroes: b.detectZeroes})
 	if err != nil {
@@ -1172,9 +1181,80 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 		return errors.Join(Errorf("%v", err), exp.Close())
 	}
 	d.mu.Lock()
-	d.exports[id] = &export{id: id, node: node, exp: exp}
+	d.exports[id] = &export{id: id, node: node, name: name, writable: writable, exp: exp}
 	d.mu.Unlock()
 	return nil
+}
+
+// permConflict is QEMU's message when a new user of node needs a
+// permission (perm: "write", "resize") that an existing one does not
+// share, or the reverse. Each user is worded as QEMU names a parent ("an
+// unnamed block device" for an export, "node 'X'", "stream job 'J'") with
+// the role of its edge to node ("root", "file", "intermediate node").
+func permConflict(node, perm, needs, needsRole, unshares, unsharesRole string) *Error {
+	return Errorf("Permission conflict on node '%s': permissions '%s' are both required by %s (uses node '%s' as '%s' child) and unshared by %s (uses node '%s' as '%s' child).",
+		node, perm, needs, node, needsRole, unshares, node, unsharesRole)
+}
+
+// exportBlk is how QEMU names an export among a node's users.
+const exportBlk = "an unnamed block device"
+
+// exportPerm checks an NBD export of b (its node root) against b's other
+// users, as QEMU's permissions do:
+//
+//   - an overlay's backing node may be exported, read-only or writable
+//     (the overlay's backing edge shares write and resize), unless a
+//     stream job copies from it and the export would write;
+//   - a format node's file node may not be exported writable (the format
+//     node unshares write), nor at all while the format node is writable
+//     (an NBD export unshares resize, which a writable format node needs
+//     to grow its file);
+//   - other uses (a blkdebug image) keep the op blocker's refusal.
+func (d *Daemon) exportPerm(b *blockdev, root *block.Node, writable bool) *Error {
+	busy := b.top()
+	if busy != nil {
+		switch b.role {
+		case "backing":
+			busy = nil
+		case "file":
+			if writable {
+				return permConflict(b.name, "write", exportBlk, "root", fmt.Sprintf("node '%s'", b.usedBy), "file")
+			}
+			if p := d.nodes[b.usedBy]; p != nil {
+				if pn := p.dev.Root(); pn != nil && !pn.ReadOnly() {
+					return permConflict(b.name, "resize", fmt.Sprintf("node '%s'", b.usedBy), "file", exportBlk, "root")
+				}
+			}
+			busy = nil
+		}
+	}
+	if busy != nil {
+		return busy
+	}
+	if !writable {
+		return nil
+	}
+	var conflict *Error
+	d.h.Graph().Control(func() {
+		for _, p := range root.Parents() {
+			j, ok := p.Owner().(*job.Job)
+			if ok && p.Class().Kind() == block.JobParent && j.Type() == "stream" && strings.HasPrefix(p.Name(), "layer") {
+				conflict = permConflict(b.name, "write", exportBlk, "root", fmt.Sprintf("stream job '%s'", j.ID()), "intermediate node")
+				return
+			}
+		}
+	})
+	return conflict
+}
+
+// writableExport returns the id of a writable export of n ("" if none).
+func (d *Daemon) writableExport(n *block.Node) string {
+	for id, e := range d.exports {
+		if e.writable && e.node == n.Name() {
+			return id
+		}
+	}
+	return ""
 }
 
 // exportDel ends export id. In mode safe (the default) an export with
@@ -1197,6 +1277,9 @@ func (d *Daemon) exportDel(id, mode string) error {
 	d.mu.Lock()
 	delete(d.exports, id)
 	d.mu.Unlock()
+	if d.nbdSrv != nil {
+		d.nbdSrv.RemoveExport(e.exp)
+	}
 	if err := e.exp.Close(); err != nil {
 		return Errorf("%v", err)
 	}

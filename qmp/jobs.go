@@ -408,9 +408,24 @@ func (d *Daemon) newStream(a *StreamArgs) (*job.Job, error) {
 		return nil, Errorf("%v", err)
 	}
 	o.AfterEnd = restore
-	j, _, err := job.NewStream(d.jobs, job.StreamOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile})
+	// The job keeps the nodes it copies from unchanged: a writable
+	// export of one of them is refused once the job exists (QEMU reports
+	// created, then null, then this error).
+	admit := func(layers []*block.Node) error {
+		for _, n := range layers {
+			if d.writableExport(n) != "" {
+				return permConflict(n.Name(), "write", exportBlk, "root", fmt.Sprintf("stream job '%s'", o.ID), "intermediate node")
+			}
+		}
+		return nil
+	}
+	j, _, err := job.NewStream(d.jobs, job.StreamOptions{Options: o, Top: top, Base: base, BackingFile: a.BackingFile, Admit: admit})
 	if err != nil {
-		return nil, errors.Join(Errorf("%v", err), runRestore(restore))
+		var qe *Error
+		if !errors.As(err, &qe) {
+			qe = Errorf("%v", err)
+		}
+		return nil, errors.Join(qe, runRestore(restore))
 	}
 	return j, nil
 }

@@ -231,6 +231,12 @@ func parseChardev(s string, allowTCP bool) (*chardev, error) {
 
 // exec runs an option as the QMP command it stands for.
 func execOpt(s *qmp.Server, reg *qmp.Registry, opt, cmd, val, implied string, extra map[string]any) error {
+	// qemu-storage-daemon's form: the option and its value, then the
+	// error ("--export type=nbd,id=e,node-name=n: Cannot find ...").
+	// Not for --object: a secret's data would reach the log.
+	if opt != "object" {
+		opt = opt + " " + val
+	}
 	kv, err := keyval(val, implied)
 	if err != nil {
 		return fmt.Errorf("--%s: %v", opt, err)
@@ -314,6 +320,13 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 		}
 	}
 	chardevs := map[string]*chardev{}
+	// The monitors start serving once every option has been carried out,
+	// as qemu-storage-daemon runs no command before its main loop: a
+	// client that connects early (or a stdio monitor's input) waits, and
+	// when a later option fails, no command has run. Before, a command
+	// could run while the exports were still being added, and then the
+	// daemon exited 1 with a job already started.
+	var serve []func()
 	stdioUsed := false
 	for _, c := range cfg.chardevs {
 		cd, err := parseChardev(c, cfg.allowTCP)
@@ -365,7 +378,7 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 			// One client, for the daemon's life: at the end of its input
 			// the daemon goes on serving its other monitors and exports,
 			// as qemu-storage-daemon does.
-			srv.ServeConn(stdioConn{in: os.Stdin, out: os.Stdout})
+			serve = append(serve, func() { srv.ServeConn(stdioConn{in: os.Stdin, out: os.Stdout}) })
 			continue
 		}
 		var l net.Listener
@@ -379,7 +392,10 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 		if err != nil {
 			return fmt.Errorf("--chardev %s: %v", id, err)
 		}
-		go srv.Serve(l)
+		// Closed by srv.Close once served; before that (a later option
+		// fails), here.
+		cleanup = append(cleanup, func() { l.Close() })
+		serve = append(serve, func() { go srv.Serve(l) })
 	}
 	if cfg.nbdServer != "" {
 		if err := execOpt(srv, reg, "nbd-server", "nbd-server-start", cfg.nbdServer, "", nil); err != nil {
@@ -422,22 +438,23 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 			return err
 		}
 	}
+	for _, f := range serve {
+		f()
+	}
 	ready()
-	reason := "host-qmp-quit"
 	select {
 	case <-d.Quit():
 	case <-sigs:
-		reason = "host-signal"
 	case <-stop:
-		reason = "host-signal"
 	}
 	// Jobs and exports end while the clients are still connected, so
-	// their events reach them (qemu-storage-daemon's order); then
-	// SHUTDOWN, then the server closes and the devices (the deferred
-	// function above).
+	// their events reach them (qemu-storage-daemon's order); then the
+	// server closes and the devices (the deferred function above). No
+	// SHUTDOWN event: that is the system emulator's, and
+	// qemu-storage-daemon sends none (qemu-iotests qsd-jobs expects the
+	// output to end with the last export's BLOCK_EXPORT_DELETED).
 	var shutErr error
 	srv.Locked(func() { shutErr = d.Shutdown() })
-	srv.Emit("SHUTDOWN", map[string]any{"guest": false, "reason": reason})
 	return shutErr
 }
 

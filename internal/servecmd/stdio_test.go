@@ -20,9 +20,9 @@ import (
 // order, re-encoded, then each job's JOB_STATUS_CHANGE statuses (jobs in
 // the order their first event came) and the other events in order with
 // their data (timestamps left out).
-func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string) (replies, events []string) {
+func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string, args ...string) (replies, events []string) {
 	t.Helper()
-	cmd := exec.Command(exe, "--chardev", "stdio,id=m", "--monitor", "m")
+	cmd := exec.Command(exe, append([]string{"--chardev", "stdio,id=m", "--monitor", "m"}, args...)...)
 	cmd.Dir, cmd.Env = dir, append(os.Environ(), env...)
 	cmd.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
 	var stderr bytes.Buffer
@@ -69,12 +69,8 @@ func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string) (rep
 			continue
 		}
 		if ev, ok := m["event"]; ok {
-			// SHUTDOWN: ringblk serve sends it at quit (qmp.md),
-			// qemu-storage-daemon does not.
-			if ev != "SHUTDOWN" {
-				b, _ := json.Marshal(m["data"])
-				others = append(others, fmt.Sprintf("%v %s", ev, b))
-			}
+			b, _ := json.Marshal(m["data"])
+			others = append(others, fmt.Sprintf("%v %s", ev, b))
 			continue
 		}
 		b, _ := json.Marshal(m)
@@ -204,6 +200,14 @@ func TestServeQuitEndsJobsAndExportsAsQemuStorageDaemon(t *testing.T) {
 // both transcripts (runOnStdio's replies and events).
 func stdioBoth(t *testing.T, prepare func(dir string) []string) (wantR, wantE, gotR, gotE []string) {
 	t.Helper()
+	return stdioBothArgs(t, func(dir string) ([]string, []string) { return nil, prepare(dir) })
+}
+
+// stdioBothArgs is stdioBoth for sessions that also need options on the
+// command line (after the monitor's): prepare returns them and the
+// commands.
+func stdioBothArgs(t *testing.T, prepare func(dir string) (args, cmds []string)) (wantR, wantE, gotR, gotE []string) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -213,9 +217,84 @@ func stdioBoth(t *testing.T, prepare func(dir string) []string) (wantR, wantE, g
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		return runOnStdio(t, dir, bin, env, prepare(dir))
+		args, cmds := prepare(dir)
+		return runOnStdio(t, dir, bin, env, cmds, args...)
 	}
 	wantR, wantE = run("qsd", "qemu-storage-daemon", nil)
 	gotR, gotE = run("ringblk", exe, []string{asMainEnv + "=1"})
 	return wantR, wantE, gotR, gotE
+}
+
+// TestServeQsdJobsStreamPermission is qemu-iotests' qsd-jobs, second case:
+// a writable NBD export of an overlay's backing node, given on the
+// command line, then block-stream into the overlay. qemu-storage-daemon
+// takes the export and refuses the stream with a permission conflict
+// (the job is created, then null); quit then deletes the export, and no
+// SHUTDOWN event follows. Before, ringblk serve refused the export ("node
+// is used as backing hd"), ran the monitor's commands while the startup
+// was failing, and sent SHUTDOWN at quit.
+func TestServeQsdJobsStreamPermission(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	wantR, wantE, gotR, gotE := stdioBothArgs(t, func(dir string) ([]string, []string) {
+		qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, "t.qcow2.base"), "128M")
+		qemuImg(t, "create", "-q", "-f", "qcow2", "-b", filepath.Join(dir, "t.qcow2.base"), "-F", "qcow2", filepath.Join(dir, "t.qcow2"))
+		return []string{
+				"--blockdev", "node-name=file_base,driver=file,filename=t.qcow2.base",
+				"--blockdev", "node-name=fmt_base,driver=qcow2,file=file_base",
+				"--blockdev", "node-name=file_overlay,driver=file,filename=t.qcow2",
+				"--blockdev", "node-name=fmt_overlay,driver=qcow2,file=file_overlay,backing=fmt_base",
+				"--nbd-server", "addr.type=unix,addr.path=nbd.sock",
+				"--export", "type=nbd,id=export1,node-name=fmt_base,writable=on,name=export1",
+			}, []string{
+				`{"execute": "qmp_capabilities"}`,
+				`{"execute": "block-stream", "arguments": {"device": "fmt_overlay", "job-id": "job0"}}`,
+				`{"execute": "quit"}`,
+			}
+	})
+	if !strings.Contains(strings.Join(wantR, "\n"), "Permission conflict on node 'fmt_base'") {
+		t.Fatalf("qemu-storage-daemon's replies are not what this test compares: %q", wantR)
+	}
+	compareSteps(t, wantR, gotR)
+	compareSteps(t, wantE, gotE)
+}
+
+// TestServeNoCommandBeforeStartupEnds: a stdio monitor's commands wait
+// until every option has been carried out, so when a later option fails
+// none of them runs (qemu-storage-daemon runs no command before its main
+// loop). Before, the monitor served at once: here the blockdev-create job
+// created its image while the daemon was failing on its --export.
+func TestServeNoCommandBeforeStartupEnds(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := tmpDir(t)
+	img := filepath.Join(dir, "made.img")
+	cmd := exec.Command(exe, "--chardev", "stdio,id=m", "--monitor", "m",
+		"--nbd-server", "addr.type=unix,addr.path="+filepath.Join(dir, "nbd.sock"),
+		// Many exports, each refused only at its end: the last one's
+		// node does not exist. The startup takes a while after the
+		// monitor's option.
+		"--blockdev", "driver=null-co,node-name=n,size=1048576",
+		"--export", "type=nbd,id=e0,node-name=n,name=x0",
+		"--export", "type=nbd,id=e1,node-name=n,name=x1",
+		"--export", "type=nbd,id=e2,node-name=nosuch")
+	cmd.Env = append(os.Environ(), asMainEnv+"=1")
+	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" +
+		`{"execute":"blockdev-create","arguments":{"job-id":"c","options":{"driver":"file","filename":"` + img + `","size":0}}}` + "\n")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want status 1; stderr %q", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "node-name='nosuch'") {
+		t.Errorf("stderr %q does not name the missing node", stderr.String())
+	}
+	if strings.Contains(stdout.String(), `"return"`) {
+		t.Errorf("a command ran before the startup failed: %q", stdout.String())
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Errorf("blockdev-create made %s while the startup was failing", img)
+	}
 }

@@ -1,0 +1,83 @@
+package qmp
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/ringblk/ringblk/host"
+)
+
+// TestExportPermissionsAsQEMU: NBD exports of nodes other nodes use
+// follow QEMU's permissions, with its messages (checked against
+// qemu-storage-daemon 7.2, and qemu-iotests qsd-jobs):
+//
+//   - an overlay's backing node may be exported read-only and writable;
+//     before, both were refused ("node is used as backing hd"), so a base
+//     image under a running overlay could not be served at all;
+//   - a stream job refuses a writable export of a node it copies from,
+//     after the job was created (created, then null, then the error), and
+//     such an export is refused while the job runs;
+//   - a format node's file node: no writable export, and no export at all
+//     while the format node is writable (resize);
+//   - block-export-add looks at the node before it asks for the NBD
+//     server, as QEMU does;
+//   - a deleted export's name can be used again (before, the NBD server
+//     kept the closed export and refused the name for its whole life).
+func TestExportPermissionsAsQEMU(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	if err := d.h.Create(base, host.CreateOptions{Format: "qcow2", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.h.Create(top, host.CreateOptions{Format: "qcow2", Size: 4 << 20, BackingFile: base, BackingFormat: "qcow2"}); err != nil {
+		t.Fatal(err)
+	}
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"x","node-name":"nosuch"}}`),
+		GenericError, "Cannot find device='' nor node-name='nosuch'")
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"file_base","filename":"`+base+`"}}`)
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"fmt_base","file":"file_base"}}`)
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"file_top","filename":"`+top+`"}}`)
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"fmt_top","file":"file_top","backing":"fmt_base"}}`)
+	okReply(t, c, `{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","path":"`+filepath.Join(dir, "nbd.sock")+`"}}}`)
+
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"ro","node-name":"fmt_base"}}`)
+	okReply(t, c, `{"execute":"block-export-del","arguments":{"id":"ro"}}`)
+	c.waitEvent("BLOCK_EXPORT_DELETED", "")
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"rw","node-name":"fmt_base","writable":true}}`)
+
+	const streamConflict = "Permission conflict on node 'fmt_base': permissions 'write' are both required by an unnamed block device (uses node 'fmt_base' as 'root' child) and unshared by stream job 'job0' (uses node 'fmt_base' as 'intermediate node' child)."
+	c.send(`{"execute":"block-stream","arguments":{"job-id":"job0","device":"fmt_top"}}`)
+	var statuses []string
+	for {
+		m := c.recvAny()
+		if m["event"] == "JOB_STATUS_CHANGE" {
+			statuses = append(statuses, m["data"].(map[string]any)["status"].(string))
+			continue
+		}
+		if _, ok := m["event"]; ok {
+			continue
+		}
+		wantError(t, m, GenericError, streamConflict)
+		break
+	}
+	if len(statuses) != 2 || statuses[0] != "created" || statuses[1] != "null" {
+		t.Fatalf("job0 went through %v, want [created null]", statuses)
+	}
+	okReply(t, c, `{"execute":"block-export-del","arguments":{"id":"rw"}}`)
+	c.waitEvent("BLOCK_EXPORT_DELETED", "")
+
+	// The other order: the job first (slowed down so that it runs).
+	okReply(t, c, `{"execute":"block-stream","arguments":{"job-id":"job0","device":"fmt_top","speed":1024}}`)
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"rw","node-name":"fmt_base","writable":true}}`),
+		GenericError, streamConflict)
+	okReply(t, c, `{"execute":"block-export-add","arguments":{"type":"nbd","id":"ro","node-name":"fmt_base"}}`)
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"ro2","node-name":"fmt_base"}}`),
+		GenericError, "NBD server already has export named 'fmt_base'")
+
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"f","node-name":"file_top"}}`), GenericError,
+		"Permission conflict on node 'file_top': permissions 'resize' are both required by node 'fmt_top' (uses node 'file_top' as 'file' child) and unshared by an unnamed block device (uses node 'file_top' as 'root' child).")
+	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"f","node-name":"file_base","writable":true}}`), GenericError,
+		"Permission conflict on node 'file_base': permissions 'write' are both required by an unnamed block device (uses node 'file_base' as 'root' child) and unshared by node 'fmt_base' (uses node 'file_base' as 'file' child).")
+}
