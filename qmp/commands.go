@@ -145,6 +145,12 @@ func (d *Daemon) register(r *Registry) {
 		return map[string]any{"running": true, "status": "running", "singlestep": false}, nil
 	})
 	r.Register("quit", nil, func(*Client, any) (any, error) {
+		// The jobs and exports end before the reply, so their events
+		// come first, as from qemu-storage-daemon 7.2 (qemu-iotests
+		// qsd-jobs: BLOCK_JOB_CANCELLED and BLOCK_EXPORT_DELETED, then
+		// quit's return). Shutdown's error is the host's (Quit's
+		// receiver calls Shutdown again and gets it).
+		_ = d.Shutdown()
 		d.quitOnce.Do(func() { close(d.quit) })
 		return nil, nil
 	})

@@ -50,6 +50,9 @@ type Daemon struct {
 
 	quit     chan struct{}
 	quitOnce sync.Once
+	// Shutdown's, run once: by quit, or by the host on a signal.
+	shutdownOnce sync.Once
+	shutdownErr  error
 	closed   bool // Close began (metrics stop reading)
 }
 
@@ -145,14 +148,17 @@ func (d *Daemon) cancelJobs() {
 // job is cancelled (its events go out: aborting, BLOCK_JOB_CANCELLED, or
 // BLOCK_JOB_COMPLETED for a mirror that was ready, concluded, null).
 // Run it under the server's command lock (Server.Locked); Close does the
-// rest and finds no job or export left.
+// rest and finds no job or export left. It runs once: quit runs it before
+// its reply, a host calls it on a signal, and a later call returns the
+// first one's error.
 func (d *Daemon) Shutdown() error {
-	var err error
-	if d.nbdSrv != nil {
-		err = d.nbdServerStop()
-	}
-	d.cancelJobs()
-	return err
+	d.shutdownOnce.Do(func() {
+		if d.nbdSrv != nil {
+			d.shutdownErr = d.nbdServerStop()
+		}
+		d.cancelJobs()
+	})
+	return d.shutdownErr
 }
 
 // Close ends the exports and the NBD server, then closes every device
@@ -569,7 +575,7 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 				err = errors.Join(err, rerr)
 			}
 		}
-		return Errorf("Could not open '%s': %v", filename, err)
+		return openFailure(filename, err)
 	}
 	b := &blockdev{name: o.NodeName, driver: o.Driver, filename: filename, dev: dev, opts: oo,
 		discardUnmap: oo.Discard == "unmap", detectZeroes: dz}

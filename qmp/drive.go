@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/host"
 	"github.com/ringblk/ringblk/job"
@@ -235,6 +236,18 @@ func (d *Daemon) openDriveTarget(path, format, mode, nodeName string, size int64
 		return nil, Errorf("Could not open '%s': %v", path, openErrText(err))
 	}
 	return &driveTarget{d: d, dev: dev, node: nodeName}, nil
+}
+
+// openFailure is QEMU's message for an image blockdev-add could not open:
+// "Could not open 'PATH': REASON" in the C library's words where the
+// system refused (before, ringblk's chain of causes: "block: open on PATH
+// at 0: io: open PATH: no such file or directory"), and QEMU's own
+// sentence for a file that is not qcow2.
+func openFailure(path string, err error) *Error {
+	if errors.Is(err, format.ErrNotQcow2) {
+		return Errorf("Image is not in qcow2 format")
+	}
+	return Errorf("Could not open '%s': %v", path, openErrText(err))
 }
 
 // openErrText is the reason part of QEMU's "Could not open" message.

@@ -1,6 +1,7 @@
 package qmp
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -80,4 +81,30 @@ func TestExportPermissionsAsQEMU(t *testing.T) {
 		"Permission conflict on node 'file_top': permissions 'resize' are both required by node 'fmt_top' (uses node 'file_top' as 'file' child) and unshared by an unnamed block device (uses node 'file_top' as 'root' child).")
 	wantError(t, c.do(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"f","node-name":"file_base","writable":true}}`), GenericError,
 		"Permission conflict on node 'file_base': permissions 'write' are both required by an unnamed block device (uses node 'file_base' as 'root' child) and unshared by node 'fmt_base' (uses node 'file_base' as 'file' child).")
+}
+
+// TestBlockdevAddOpenErrorsAsQEMU: an image blockdev-add cannot open is
+// reported in qemu-storage-daemon's words (checked against 7.2). Before,
+// the reply carried ringblk's chain of causes ("block: open on /x at 0:
+// io: open /x: no such file or directory").
+func TestBlockdevAddOpenErrorsAsQEMU(t *testing.T) {
+	_, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	junk := filepath.Join(dir, "junk.qcow2")
+	if err := os.WriteFile(junk, []byte("junk\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ args, want string }{
+		{`{"driver":"file","node-name":"a","filename":"/nonexist"}`, "Could not open '/nonexist': No such file or directory"},
+		{`{"driver":"qcow2","node-name":"b","file":{"driver":"file","filename":"/nonexist"}}`, "Could not open '/nonexist': No such file or directory"},
+		{`{"driver":"file","node-name":"c","filename":"` + dir + `"}`, "Could not open '" + dir + "': Is a directory"},
+		{`{"driver":"qcow2","node-name":"d","file":{"driver":"file","filename":"` + junk + `"}}`, "Image is not in qcow2 format"},
+	} {
+		r := c.do(`{"execute":"blockdev-add","arguments":` + tc.args + `}`)
+		e, _ := r["error"].(map[string]any)
+		if e == nil || e["desc"] != tc.want {
+			t.Errorf("blockdev-add %s: %v, want %q", tc.args, r, tc.want)
+		}
+	}
 }

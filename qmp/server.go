@@ -160,7 +160,7 @@ func (s *Server) Close() {
 // client that lets eventQueueLength messages pile up is disconnected
 // rather than let memory grow.
 func (s *Server) Emit(name string, data any) {
-	b, err := json.Marshal(Event{Event: name, Data: data, Timestamp: stamp(time.Now())})
+	b, err := marshalQEMU(Event{Event: name, Data: data, Timestamp: stamp(time.Now())})
 	if err != nil {
 		s.logf("qmp: event %s: %v", name, err)
 		return
@@ -213,9 +213,9 @@ func (c *Client) close() {
 // pile up is not reading: it is disconnected rather than let a command
 // (which sends under the command lock) wait for it.
 func (c *Client) send(v any) {
-	b, err := json.Marshal(v)
+	b, err := marshalQEMU(v)
 	if err != nil {
-		b, _ = json.Marshal(response{Error: Errorf("internal error: cannot encode the reply: %v", err)})
+		b, _ = marshalQEMU(response{Error: Errorf("internal error: cannot encode the reply: %v", err)})
 	}
 	select {
 	case c.out <- b:

@@ -11,11 +11,15 @@
 #    _supported_fmt names the format (or generic), its _supported_proto
 #    names file (or generic), and it neither sources common.qemu,
 #    common.nbd or common.tls nor uses $QEMU_PROG, $QEMU_NBD, the storage
-#    daemon or NBD. Python tests are not taken.
+#    daemon or NBD; and the storage daemon's and qemu-nbd's own tests
+#    ($QSD, common.nbd; no qemu-system, no TLS: qsd-jobs, 058,
+#    nbd-qemu-allocation, qemu-img-bitmaps, 241). Python tests are not
+#    taken.
 # 3. Runs QEMU's check on that selection with ringblk's drop-in links
 #    (ringblk install-links) as QEMU_IMG_PROG, QEMU_IO_PROG, QEMU_NBD_PROG,
-#    and (IOTESTS_PROGS=both, the default) once more with the real
-#    qemu-img/qemu-io, QEMU's own baseline on this machine. QEMU_PROG is a
+#    QSD_PROG, and (IOTESTS_PROGS=both, the default) once more with the
+#    real qemu-img/qemu-io/qemu-storage-daemon, QEMU's own baseline on
+#    this machine. QEMU_PROG is a
 #    stub (check insists on a qemu-system binary; the selection never runs
 #    it).
 # 4. Prints pass/fail/not-run totals per side and the failing tests; the
@@ -101,6 +105,13 @@ select_tests() {
 		[ -f "$f" ] && head -1 "$f" | grep -q bash || continue
 		grep -Eq "^_supported_fmt.*\\b($fmt|generic)\\b" "$f" || continue
 		grep -Eq '^_supported_proto.*\b(file|generic)\b' "$f" || continue
+		# The storage daemon's own tests (qsd-jobs: $QSD with its
+		# monitor on stdio) and qemu-nbd's (common.nbd, $QEMU_NBD), when
+		# they need no qemu-system and no TLS.
+		if grep -Eq '\$QSD |common\.nbd|\$QEMU_NBD' "$f"; then
+			grep -Eq 'common\.(qemu|tls)|\$QEMU_PROG|\$\{?QEMU\}? |_launch_qemu|qemu_comm_method' "$f" || echo "$f"
+			continue
+		fi
 		grep -Eq 'common\.(qemu|nbd|tls)|\$QEMU_NBD|_launch_qsd|\$QSD_PROG|\$QEMU_PROG|\$\{?QEMU\}? |_launch_qemu|qemu_comm_method|nbd' "$f" && continue
 		echo "$f"
 	done
@@ -141,11 +152,12 @@ if [ "$progs" != qemu ]; then
 	fi
 	"$bin" install-links "$work/ringblk"
 fi
-for t in qemu-img qemu-io qemu-nbd; do
+for t in qemu-img qemu-io qemu-nbd qemu-storage-daemon; do
 	p=$(command -v "$t" || true)
 	[ -n "$p" ] && ln -s "$p" "$work/qemu/$t"
 done
-qsd=$(command -v qemu-storage-daemon || echo "$work/qemu-system-stub")
+# check wants a QSD_PROG that exists; the stub fails any real use.
+[ -e "$work/qemu/qemu-storage-daemon" ] || ln -s "$work/qemu-system-stub" "$work/qemu/qemu-storage-daemon"
 
 # run SIDE FMT: check on the selection; the log goes to results/.
 run() {
@@ -159,7 +171,7 @@ run() {
 	rm -rf "$work/test" && mkdir -p "$work/test"
 	echo "iotests: $side -$fmt: ${#list[@]} tests (log $log)" >&2
 	(cd "$iotests" && TEST_DIR=$work/test SOCK_DIR=$work/sock \
-		QEMU_PROG=$work/qemu-system-stub QSD_PROG=$qsd \
+		QEMU_PROG=$work/qemu-system-stub QSD_PROG=$work/$side/qemu-storage-daemon \
 		QEMU_IMG_PROG=$work/$side/qemu-img QEMU_IO_PROG=$work/$side/qemu-io \
 		QEMU_NBD_PROG=$work/$side/qemu-nbd \
 		./check --color off -j "$jobs" "-$fmt" "${list[@]}" >"$log" 2>&1) || true

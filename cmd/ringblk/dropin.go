@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/ringblk/ringblk/internal/cli"
+	"github.com/ringblk/ringblk/internal/servecmd"
 )
 
 // Drop-in mode (issue #22, docs/design/iotests.md): run through a link
@@ -101,14 +102,31 @@ func qemuNBD(args []string) int {
 	return commands["nbd"].run(args)
 }
 
-// installLinksMain is "ringblk install-links DIR": DIR/qemu-img, qemu-io
-// and qemu-nbd become symbolic links to this binary.
+// qemuStorageDaemon is ringblk serve under qemu-storage-daemon's name:
+// its messages start "qemu-storage-daemon: ", and -V prints the version
+// line scripts parse.
+func qemuStorageDaemon(args []string) int {
+	cli.Commit = commit
+	cli.Prog = "qemu-storage-daemon"
+	servecmd.Prefix = "qemu-storage-daemon"
+	for _, a := range args {
+		if a == "-V" || a == "--version" {
+			fmt.Println(dropinVersion("qemu-storage-daemon"))
+			return 0
+		}
+	}
+	return servecmd.Main(args)
+}
+
+// installLinksMain is "ringblk install-links DIR": DIR/qemu-img, qemu-io,
+// qemu-nbd and qemu-storage-daemon become symbolic links to this binary.
 func installLinksMain(args []string) int {
 	if len(args) != 1 || args[0] == "" || args[0][0] == '-' {
 		if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
 			fmt.Println("usage: ringblk install-links DIR\n\n" +
-				"Creates DIR/qemu-img, DIR/qemu-io and DIR/qemu-nbd as symbolic links to this\n" +
-				"binary; run through them, ringblk takes that tool's command line and messages.\n" +
+				"Creates DIR/qemu-img, DIR/qemu-io, DIR/qemu-nbd and DIR/qemu-storage-daemon as\n" +
+				"symbolic links to this binary; run through them, ringblk takes that tool's\n" +
+				"command line and messages.\n" +
 				"An existing link is replaced; any other file is left alone and is an error.")
 			return 0
 		}

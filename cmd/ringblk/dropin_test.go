@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -73,7 +76,7 @@ func TestDropinMatchesQemu(t *testing.T) {
 		}
 	}
 	// --version: the first line has QEMU's shape, for scripts that parse it.
-	for _, tool := range []string{"qemu-img", "qemu-io", "qemu-nbd"} {
+	for _, tool := range []string{"qemu-img", "qemu-io", "qemu-nbd", "qemu-storage-daemon"} {
 		out, _, code := runTool(t, filepath.Join(dir, tool), "--version")
 		if code != 0 || !strings.HasPrefix(out, tool+" version 7.2.") {
 			t.Errorf("%s --version: exit %d, %q", tool, code, out)
@@ -112,7 +115,7 @@ func TestInstallLinksRefusesFile(t *testing.T) {
 	if err := installLinks(dir, target); err != nil {
 		t.Fatalf("over an old link: %v", err)
 	}
-	for _, tool := range []string{"qemu-img", "qemu-io", "qemu-nbd"} {
+	for _, tool := range []string{"qemu-img", "qemu-io", "qemu-nbd", "qemu-storage-daemon"} {
 		if l, err := os.Readlink(filepath.Join(dir, tool)); err != nil || l != target {
 			t.Errorf("%s -> %q, %v; want %s", tool, l, err, target)
 		}
@@ -130,5 +133,54 @@ func TestInstallLinksRefusesFile(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(other, "qemu-img")); err == nil {
 		t.Error("a link was made despite the refusal")
+	}
+}
+
+// TestDropinBackgroundCopies: the daemons that put themselves in the
+// background (qemu-nbd --fork, qemu-storage-daemon --daemonize) run their
+// background copy as the same drop-in. Before, the copy ran as ringblk,
+// took the tool's first option for a ringblk command and failed, so
+// qemu-nbd --fork through a link never started a server (qemu-iotests
+// 058, nbd-qemu-allocation).
+func TestDropinBackgroundCopies(t *testing.T) {
+	dir := buildLinks(t)
+	img := filepath.Join(dir, "a.raw")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		tool string
+		args []string
+	}{
+		{"qemu-nbd", []string{"--fork", "--persistent", "-f", "raw", "-k", "SOCK", "--pid-file=PID", img}},
+		{"qemu-storage-daemon", []string{"--daemonize", "--pidfile", "PID", "--blockdev", "driver=file,node-name=f,filename=" + img,
+			"--nbd-server", "addr.type=unix,addr.path=SOCK", "--export", "type=nbd,id=e,node-name=f"}},
+	} {
+		sock, pid := filepath.Join(dir, tc.tool+".sock"), filepath.Join(dir, tc.tool+".pid")
+		args := make([]string, len(tc.args))
+		for i, a := range tc.args {
+			a = strings.ReplaceAll(a, "SOCK", sock)
+			args[i] = strings.ReplaceAll(a, "PID", pid)
+		}
+		_, stderr, code := runTool(t, filepath.Join(dir, tc.tool), args...)
+		if code != 0 {
+			t.Errorf("%s %q: exit %d, stderr %q", tc.tool, args, code, stderr)
+			continue
+		}
+		b, err := os.ReadFile(pid)
+		if err != nil {
+			t.Errorf("%s: no pid file: %v", tc.tool, err)
+			continue
+		}
+		p, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatalf("%s: pid file %q", tc.tool, b)
+		}
+		if nc, err := net.Dial("unix", sock); err != nil {
+			t.Errorf("%s: nothing listens on %s: %v", tc.tool, sock, err)
+		} else {
+			nc.Close()
+		}
+		syscall.Kill(p, syscall.SIGTERM)
 	}
 }

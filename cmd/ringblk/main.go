@@ -49,7 +49,7 @@ var commands = map[string]command{
 	"nbd":           {"serve an image over NBD (qemu-nbd)", nbdcmd.Main},
 	"measure":       {"compute the file size an image needs, new or converted (qemu-img measure)", std(imgcmd.Measure)},
 	"serve":         {"a storage daemon speaking QMP: block nodes, IOThreads, transactions, NBD exports (qemu-storage-daemon)", servecmd.Main},
-	"install-links": {"create qemu-img, qemu-io and qemu-nbd links to this binary in a directory (drop-in mode)", installLinksMain},
+	"install-links": {"create qemu-img, qemu-io, qemu-nbd and qemu-storage-daemon links to this binary in a directory (drop-in mode)", installLinksMain},
 }
 
 func ioMain(args []string) int { return qemuio.Run(args, os.Stdin, os.Stdout, os.Stderr) }
@@ -76,7 +76,7 @@ var commit string
 func main() { os.Exit(runAs(os.Args[0], os.Args[1:])) }
 
 // runAs runs the program under the name it was started as: through a link
-// named qemu-img, qemu-io or qemu-nbd it is that tool (dropin.go), else it
+// named qemu-img, qemu-io, qemu-nbd or qemu-storage-daemon it is that tool (dropin.go), else it
 // is ringblk's own command line.
 func runAs(argv0 string, args []string) int {
 	switch filepath.Base(argv0) {
@@ -86,6 +86,8 @@ func runAs(argv0 string, args []string) int {
 		return qemuIO(args)
 	case "qemu-nbd":
 		return qemuNBD(args)
+	case "qemu-storage-daemon":
+		return qemuStorageDaemon(args)
 	}
 	return run(args)
 }

@@ -78,8 +78,21 @@ func NBDURI(s Spec) (string, error) {
 var queryEscaper = strings.NewReplacer("%", "%25", "&", "%26", "#", "%23", "+", "%2B", " ", "%20", ";", "%3B")
 
 func specNBD(b *SpecBuilder, s Spec, prefix, name string) (*block.Node, error) {
+	// A filename is an NBD URI or QEMU's older nbd:unix:PATH /
+	// nbd:HOST:PORT form (qemu-io -f raw nbd:unix:SOCK, qemu-iotests 058),
+	// given instead of the server and export options, as in QEMU.
+	fromName := ""
 	if fn, ok := s["filename"]; ok && fn != Null {
-		return nil, fmt.Errorf("nbd: give the server and export as options, not a filename (or open the URI '%s' by name)", fn)
+		if !nbd.IsURI(fn) {
+			return nil, fmt.Errorf("nbd: give the server and export as options, not a filename (or open the URI '%s' by name)", fn)
+		}
+		if _, srv := s.Sub("server"); srv || s["export"] != "" {
+			return nil, fmt.Errorf("host/port/path and a file name may not be specified at the same time")
+		}
+		if _, err := nbd.ParseURI(fn); err != nil {
+			return nil, err
+		}
+		fromName = fn
 	}
 	delete(s, "filename")
 	if id, ok := s["tls-creds"]; ok && id != Null && id != "" {
@@ -87,17 +100,20 @@ func specNBD(b *SpecBuilder, s Spec, prefix, name string) (*block.Node, error) {
 		// --object tls-creds-x509 exists to name.
 		return nil, fmt.Errorf("No TLS credentials with id '%s'", id)
 	}
-	if v, ok := s["x-dirty-bitmap"]; ok && v != Null {
-		return nil, fmt.Errorf("nbd: x-dirty-bitmap is not supported by ringblk's NBD client")
-	}
 	if v, ok := s["reconnect-delay"]; ok && v != "0" {
 		return nil, fmt.Errorf("nbd: reconnect-delay %s is not supported: ringblk's NBD client does not reconnect (0 only)", v)
 	}
-	uri, err := NBDURI(s)
-	if err != nil {
-		return nil, err
+	uri := fromName
+	if uri == "" {
+		var err error
+		if uri, err = NBDURI(s); err != nil {
+			return nil, err
+		}
 	}
 	var o nbd.Options
+	if v, ok := s["x-dirty-bitmap"]; ok && v != Null {
+		o.MetaContext = v
+	}
 	if v, ok := s["open-timeout"]; ok {
 		secs, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || secs > maxOpenTimeout {

@@ -131,6 +131,11 @@ type Options struct {
 	// socket not there yet, for this long (QEMU's open-timeout; 0: one
 	// attempt).
 	OpenTimeout time.Duration
+	// MetaContext is the metadata context block status reports instead
+	// of base:allocation, its flags read as base:allocation's (QEMU's
+	// x-dirty-bitmap: "qemu:dirty-bitmap:NAME", "qemu:allocation-depth").
+	// The open fails when the server does not offer it.
+	MetaContext string
 }
 
 // URIError is a URI Open could not parse.
@@ -179,7 +184,7 @@ func Open(g *block.Graph, uri string, o Options, bopts block.Options) (*block.No
 		return nil, err
 	}
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
-	ex, nc, err := handshake(nc, u)
+	ex, nc, err := handshake(nc, u, o.MetaContext)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -769,12 +774,15 @@ func (d *Driver) scratchDone() {
 				d.protocolError("block status extent of length 0")
 				return
 			}
-			st := block.StatusAllocated
+			// As QEMU's client: what is not a hole is data, and data or
+			// zeroes are allocated; a hole that does not read as zeroes
+			// is not (present: false in qemu-img map).
+			var st block.Status
 			if fl&nbdproto.StateHole == 0 {
-				st |= block.StatusData
+				st |= block.StatusData | block.StatusAllocated
 			}
 			if fl&nbdproto.StateZero != 0 {
-				st |= block.StatusZero
+				st |= block.StatusZero | block.StatusAllocated
 			}
 			r.Status, r.Pnum, sl.status = st, min(length, r.Len), true
 		}
@@ -998,7 +1006,7 @@ func Size(uri string) (int64, error) {
 	}
 	defer nc.Close()
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
-	ex, nc, err := handshake(nc, u)
+	ex, nc, err := handshake(nc, u, "")
 	if err != nil {
 		return 0, fmt.Errorf("Could not open '%s': %w", uri, err)
 	}

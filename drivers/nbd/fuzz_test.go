@@ -11,6 +11,7 @@ import (
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/block/blocktest"
 	nbdc "github.com/ringblk/ringblk/drivers/nbd"
+	"github.com/ringblk/ringblk/internal/nbdproto"
 )
 
 // FuzzClientReplies: whatever a server sends after the handshake, the
@@ -99,4 +100,69 @@ func FuzzClientReplies(f *testing.F) {
 
 func nbdOpen(e *blocktest.Env, uri string) (*block.Node, error) {
 	return nbdc.NewNode(e.G, uri, false, block.Options{Name: "fz"})
+}
+
+// FuzzList: whatever a server sends while the client lists its exports
+// (qemu-nbd --list), List neither panics nor hangs: it returns what it
+// understood or an error once the server has sent its bytes and closed.
+func FuzzList(f *testing.F) {
+	rep := func(opt, typ uint32, data []byte) []byte {
+		b := binary.BigEndian.AppendUint64(nil, nbdproto.MagicRepOpt)
+		b = binary.BigEndian.AppendUint32(b, opt)
+		b = binary.BigEndian.AppendUint32(b, typ)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		return append(b, data...)
+	}
+	greeting := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, nbdproto.MagicNBD), nbdproto.MagicOpt), 3)
+	name := append(binary.BigEndian.AppendUint32(nil, 2), "vmdesc"...)
+	export := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint16(nil, nbdproto.InfoExport), 1<<20), 0x48f)
+	sizes := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(nil, nbdproto.InfoBlockSize), 1), 4096), 1<<25)
+	ctx := append(binary.BigEndian.AppendUint32(nil, 0), "base:allocation"...)
+	var full []byte
+	for _, p := range [][]byte{greeting, rep(nbdproto.OptStructured, nbdproto.RepAck, nil),
+		rep(nbdproto.OptList, nbdproto.RepServer, name), rep(nbdproto.OptList, nbdproto.RepAck, nil),
+		rep(nbdproto.OptInfo, nbdproto.RepInfo, export), rep(nbdproto.OptInfo, nbdproto.RepInfo, sizes), rep(nbdproto.OptInfo, nbdproto.RepAck, nil),
+		rep(nbdproto.OptListMeta, nbdproto.RepMetaContext, ctx), rep(nbdproto.OptListMeta, nbdproto.RepAck, nil)} {
+		full = append(full, p...)
+	}
+	f.Add(full)
+	f.Add(append(append([]byte(nil), greeting...), rep(nbdproto.OptStructured, nbdproto.RepErrUnsup, nil)...))
+	f.Add(append(append([]byte(nil), full[:len(greeting)+20]...), rep(nbdproto.OptList, nbdproto.RepErrPolicy, []byte("no"))...))
+	f.Add(append(append([]byte(nil), full[:len(greeting)+20]...), rep(nbdproto.OptList, nbdproto.RepServer, []byte{0xff, 0, 0, 0})...))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > 1<<16 {
+			return
+		}
+		sock := filepath.Join(dir, "l.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			go io.Copy(io.Discard, c)
+			c.Write(in)
+		}()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			list, err := nbdc.List(nbdc.URI{Network: "unix", Addr: sock})
+			if err == nil {
+				for _, e := range list {
+					_ = e.Name + e.Description
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("List did not return after the server closed")
+		}
+	})
 }

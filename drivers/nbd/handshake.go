@@ -33,66 +33,89 @@ const HandshakeTimeout = 30 * time.Second
 // handshake negotiates export u.Export on nc (fixed newstyle, STARTTLS
 // for nbds URIs, then GO). It returns the connection to go on with: nc, or
 // the TLS connection over it.
-func handshake(nc net.Conn, u URI) (export, net.Conn, error) {
-	ex, err := handshake1(&nc, u)
+func handshake(nc net.Conn, u URI, ctx string) (export, net.Conn, error) {
+	ex, err := handshake1(&nc, u, ctx)
 	return ex, nc, err
 }
 
-func handshake1(ncp *net.Conn, u URI) (export, error) {
+// greet reads the server's greeting, sends the client flags and, for nbds
+// URIs, starts TLS (*ncp becomes the TLS connection): the options phase
+// can begin.
+func greet(ncp *net.Conn, u URI) (*opts, error) {
 	nc := *ncp
-	var ex export
 	var g [18]byte
 	if _, err := io.ReadFull(nc, g[:]); err != nil {
-		return ex, fmt.Errorf("reading the server greeting: %w", err)
+		return nil, fmt.Errorf("reading the server greeting: %w", err)
 	}
 	if binary.BigEndian.Uint64(g[:]) != nbdproto.MagicNBD {
-		return ex, errors.New("not an NBD server (bad greeting magic)")
+		return nil, errors.New("not an NBD server (bad greeting magic)")
 	}
 	if binary.BigEndian.Uint64(g[8:]) != nbdproto.MagicOpt {
-		return ex, errors.New("the server speaks the oldstyle handshake, which is not supported")
+		return nil, errors.New("the server speaks the oldstyle handshake, which is not supported")
 	}
 	hf := binary.BigEndian.Uint16(g[16:])
 	if hf&nbdproto.FlagFixedNewstyle == 0 {
-		return ex, errors.New("the server does not speak fixed newstyle negotiation")
+		return nil, errors.New("the server does not speak fixed newstyle negotiation")
 	}
 	cf := nbdproto.CFlagFixed
 	if hf&nbdproto.FlagNoZeroes != 0 {
 		cf |= nbdproto.CFlagNoZeroes
 	}
 	if _, err := nc.Write(binary.BigEndian.AppendUint32(nil, cf)); err != nil {
-		return ex, err
+		return nil, err
 	}
 	if u.TLS {
 		tc, err := startTLS(nc, u)
 		if err != nil {
-			return ex, err
+			return nil, err
 		}
 		nc, *ncp = tc, tc
 	}
-	o := &opts{nc: nc}
+	return &opts{nc: nc}, nil
+}
 
-	// Structured replies (sparse reads, block status); servers that refuse
-	// get simple replies and no block status.
+// structured asks for structured replies (sparse reads, block status);
+// false: the server refused, and the connection gets simple replies.
+func (o *opts) structured() (bool, error) {
 	if err := o.send(nbdproto.OptStructured, nil); err != nil {
-		return ex, err
+		return false, err
 	}
 	for {
 		typ, _, err := o.reply(nbdproto.OptStructured)
 		if err != nil {
-			return ex, err
+			return false, err
 		}
 		if typ == nbdproto.RepAck {
-			ex.structured = true
+			return true, nil
 		}
-		if typ == nbdproto.RepAck || typ&nbdproto.RepErrBit != 0 {
-			break
+		if typ&nbdproto.RepErrBit != 0 {
+			return false, nil
 		}
+	}
+}
+
+// handshake1 negotiates export u.Export. ctx is the metadata context
+// whose extents block status reports ("": base:allocation). Another one
+// is QEMU's x-dirty-bitmap: its flags are read as base:allocation's (bit
+// 0 "hole", bit 1 "zero"), which is how qemu-img map shows a dirty
+// bitmap or qemu:allocation-depth of an export.
+func handshake1(ncp *net.Conn, u URI, ctx string) (export, error) {
+	var ex export
+	o, err := greet(ncp, u)
+	if err != nil {
+		return ex, err
+	}
+	if ctx == "" {
+		ctx = nbdproto.CtxAllocation
+	}
+	if ex.structured, err = o.structured(); err != nil {
+		return ex, err
 	}
 	if ex.structured {
 		d := nameData(u.Export)
 		d = binary.BigEndian.AppendUint32(d, 1)
-		d = binary.BigEndian.AppendUint32(d, uint32(len(nbdproto.CtxAllocation)))
-		d = append(d, nbdproto.CtxAllocation...)
+		d = binary.BigEndian.AppendUint32(d, uint32(len(ctx)))
+		d = append(d, ctx...)
 		if err := o.send(nbdproto.OptSetMeta, d); err != nil {
 			return ex, err
 		}
@@ -101,13 +124,18 @@ func handshake1(ncp *net.Conn, u URI) (export, error) {
 			if err != nil {
 				return ex, err
 			}
-			if typ == nbdproto.RepMetaContext && len(data) >= 4 && string(data[4:]) == nbdproto.CtxAllocation {
+			if typ == nbdproto.RepMetaContext && len(data) >= 4 && string(data[4:]) == ctx {
 				ex.metaID, ex.hasMeta = binary.BigEndian.Uint32(data), true
 			}
 			if typ == nbdproto.RepAck || typ&nbdproto.RepErrBit != 0 {
 				break
 			}
 		}
+	}
+	if ctx != nbdproto.CtxAllocation && !ex.hasMeta {
+		_ = o.send(nbdproto.OptAbort, nil)
+		// QEMU's client: the server does not offer the context.
+		return ex, fmt.Errorf("requested x-dirty-bitmap %s not found", ctx)
 	}
 	d := nameData(u.Export)
 	d = binary.BigEndian.AppendUint16(d, 1)

@@ -39,9 +39,11 @@ type URI struct {
 	TLSHostname string
 }
 
-// IsURI reports whether name is an NBD URI (rather than a file name).
+// IsURI reports whether name is an NBD URI (rather than a file name), or
+// QEMU's older pseudo-protocol form nbd:unix:PATH / nbd:HOST:PORT, with
+// an optional :exportname=NAME.
 func IsURI(name string) bool {
-	for _, p := range []string{"nbd://", "nbd+tcp://", "nbd+unix://", "nbds://", "nbds+tcp://", "nbds+unix://"} {
+	for _, p := range []string{"nbd://", "nbd+tcp://", "nbd+unix://", "nbds://", "nbds+tcp://", "nbds+unix://", "nbd:"} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
@@ -49,11 +51,47 @@ func IsURI(name string) bool {
 	return false
 }
 
+// legacyExport separates the export name in QEMU's older NBD filenames.
+const legacyExport = ":exportname="
+
+// parseLegacy parses QEMU's pseudo-protocol NBD filenames, which scripts
+// and qemu-iotests (058) still use: nbd:unix:PATH[:exportname=NAME] and
+// nbd:HOST:PORT[:exportname=NAME] (an IPv6 host in brackets). As in QEMU,
+// the export name is everything after the first ":exportname=", and a
+// TCP address needs its port.
+func parseLegacy(s, rest string) (URI, error) {
+	out := URI{Text: s}
+	if i := strings.Index(rest, legacyExport); i >= 0 {
+		out.Export = rest[i+len(legacyExport):]
+		rest = rest[:i]
+	}
+	if path, ok := strings.CutPrefix(rest, "unix:"); ok {
+		if path == "" {
+			return URI{}, fmt.Errorf("NBD filename %q: no socket path (nbd:unix:PATH[:exportname=NAME])", s)
+		}
+		out.Network, out.Addr = "unix", path
+		return out, nil
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil || host == "" || port == "" {
+		return URI{}, fmt.Errorf("NBD filename %q: want nbd:HOST:PORT[:exportname=NAME] or nbd:unix:PATH[:exportname=NAME]", s)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return URI{}, fmt.Errorf("NBD filename %q: bad port %q", s, port)
+	}
+	out.Network, out.Addr = "tcp", net.JoinHostPort(host, port)
+	return out, nil
+}
+
 // ParseURI parses QEMU's NBD URI forms: nbd[+tcp]://host[:port]/export
-// (port 10809 by default) and nbd+unix:///export?socket=PATH; the nbds
+// (port 10809 by default) and nbd+unix:///export?socket=PATH, and the
+// older nbd:unix:PATH and nbd:HOST:PORT (parseLegacy); the nbds
 // forms add TLS and take libnbd's query parameters tls-certificates=DIR
 // (required) and tls-hostname=NAME.
 func ParseURI(s string) (URI, error) {
+	if rest, ok := strings.CutPrefix(s, "nbd:"); ok && !strings.HasPrefix(rest, "//") {
+		return parseLegacy(s, rest)
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return URI{}, fmt.Errorf("invalid NBD URI %q: %w", s, err)

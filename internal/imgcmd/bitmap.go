@@ -56,7 +56,14 @@ func Bitmap(args []string, stdout, stderr io.Writer) int {
 		var actions []bitmapAction
 		format, srcFile, srcFmt, gran := "", "", "", ""
 		add, merge := false, false
+		var ia cli.ImageArgs
 		for _, o := range opts {
+			if took, err := ia.Take(o); took {
+				if err != nil {
+					return 1, err
+				}
+				continue
+			}
 			switch o.Name {
 			case "f":
 				format = o.Val
@@ -100,13 +107,18 @@ func Bitmap(args []string, stdout, stderr io.Writer) int {
 			return 1, err
 		}
 		file, name := files[0], files[1]
-		img, err := cli.OpenBlk(file, cli.BlkOptions{Format: format})
+		img, err := ia.Open(file, cli.BlkOptions{Format: format})
 		if err != nil {
 			return 1, err
 		}
 		var src *cli.BlkImage
 		if srcFile != "" {
-			if src, err = cli.OpenBlkIn(img.Ctx, img.Graph, srcFile, cli.BlkOptions{Format: srcFmt, ReadOnly: true}); err != nil {
+			// As qemu-img: the source is opened sharing writes (-U), so
+			// that it may be the overlay of the image being changed, or
+			// its backing file (qemu-iotests qemu-img-bitmaps merges from
+			// the top layer into the backing image). A plain file name,
+			// whatever --image-opts says of the image.
+			if src, err = cli.OpenBlkIn(img.Ctx, img.Graph, srcFile, cli.BlkOptions{Format: srcFmt, ReadOnly: true, ForceShare: true}); err != nil {
 				img.Close()
 				return 1, err
 			}

@@ -1,6 +1,7 @@
 package imgcmd
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -175,4 +176,59 @@ func TestInfoBitmapsMatchQemu(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestBitmapMergeFromOverlayAndImageOpts: as qemu-img bitmap (the
+// sequence of qemu-iotests qemu-img-bitmaps): a merge whose source (-b)
+// is the overlay of the image being changed opens that source sharing
+// writes, so its backing chain does not collide with the target's lock;
+// and --image-opts names the image by options. Before, the first failed
+// with 'Failed to get shared "write" lock' and the second took the
+// options for a file name.
+func TestBitmapMergeFromOverlayAndImageOpts(t *testing.T) {
+	clitest.NeedQemu(t, "qemu-io")
+	for _, side := range []string{"ours", "qemu-img"} {
+		dir := t.TempDir()
+		base, top := filepath.Join(dir, "t.qcow2.base"), filepath.Join(dir, "t.qcow2")
+		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "10M")
+		clitest.MustQemu(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+		clitest.MustQemu(t, "qemu-img", "bitmap", "--add", top, "b2")
+		clitest.MustQemu(t, "qemu-io", "-f", "qcow2", "-c", "write 2M 1M", top)
+		run := func(args ...string) {
+			t.Helper()
+			if side == "ours" {
+				if _, errs, code := clitest.Ours(Bitmap, args...); code != 0 {
+					t.Fatalf("ours: bitmap %q: exit %d %s", args, code, errs)
+				}
+			} else if out, code := qemuOutErr(append([]string{"bitmap"}, args...)...); code != 0 {
+				t.Fatalf("qemu-img bitmap %q: exit %d %s", args, code, out)
+			}
+		}
+		run("--add", "--merge", "b2", "-b", top, "-F", "qcow2", "-f", "qcow2", base, "b3")
+		run("--add", "-f", "qcow2", top, "tmp")
+		run("--remove", "--image-opts", "driver=qcow2,file.driver=file,file.filename="+top, "tmp")
+		if b, tp := bitmapNames(t, base), bitmapNames(t, top); b != "b3" || tp != "b2" {
+			t.Errorf("%s: bitmaps afterwards: base %q, top %q; want b3 and b2", side, b, tp)
+		}
+	}
+}
+
+// bitmapNames lists img's bitmaps by name, as qemu-img info reports them.
+func bitmapNames(t *testing.T, img string) string {
+	t.Helper()
+	var info struct {
+		FormatSpecific struct {
+			Data struct {
+				Bitmaps []struct{ Name string }
+			}
+		} `json:"format-specific"`
+	}
+	if err := json.Unmarshal([]byte(clitest.MustQemu(t, "qemu-img", "info", "-U", "--output=json", img)), &info); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, b := range info.FormatSpecific.Data.Bitmaps {
+		names = append(names, b.Name)
+	}
+	return strings.Join(names, " ")
 }

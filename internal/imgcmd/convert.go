@@ -95,8 +95,8 @@ const (
 // convertReq is a parsed convert command line.
 type convertReq struct {
 	src, dst            string
-	more                []string     // the sources after src (concatenated)
-	snap                *snapshotRef // -l: read this internal snapshot of src
+	more                []string         // the sources after src (concatenated)
+	snap                *cli.SnapshotRef // -l: read this internal snapshot of src
 	srcFmt, dstFmt      string
 	olist               []string
 	backing, backingFmt string
@@ -176,7 +176,7 @@ func parseConvert(args []string) (*convertReq, error) {
 		case "target-is-zero":
 			r.targetIsZero = true
 		case "l":
-			if r.snap, err = parseSnapshotRef(o.Val); err != nil {
+			if r.snap, err = cli.ParseSnapshotRef(o.Val); err != nil {
 				return nil, err
 			}
 		case "B":
@@ -331,7 +331,7 @@ func runConvert(r *convertReq, stdout, stderr io.Writer) (err error) {
 		if len(r.more) > 0 {
 			return cli.Usagef("No support for concatenating multiple snapshot")
 		}
-		if err := r.snap.load(src); err != nil {
+		if err := r.snap.Load(src.Qcow2, src.Format); err != nil {
 			return err
 		}
 	}

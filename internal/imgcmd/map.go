@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
@@ -206,9 +207,16 @@ func (ch *imageChain) levelStatus(i int, off, n int64) (st block.Status, pnum, h
 	if pnum <= 0 || pnum > n {
 		return 0, 0, 0, false, fmt.Errorf("Could not read file metadata of '%s' at offset %d: block status covered %d of %d bytes", l.path, off, pnum, n)
 	}
+	_, isNBD := l.node.Driver().(*nbd.Driver)
 	switch {
 	case l.format == "raw":
 		return st, pnum, off, true, nil
+	case isNBD:
+		// An NBD node opened as the image itself (--image-opts
+		// driver=nbd): QEMU's client gives every extent its own offset,
+		// and qemu-img prints it for what is present (qemu-iotests
+		// nbd-qemu-allocation). Before, no offset was printed.
+		return st, pnum, off, st&block.StatusAllocated != 0, nil
 	case l.qimg != nil && st&block.StatusAllocated != 0:
 		ext, err := l.qimg.qcow.Map(nil, off, min(pnum, l.qimg.qcow.Geometry.Size-off))
 		if err != nil || len(ext) == 0 {

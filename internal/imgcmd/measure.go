@@ -62,7 +62,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 		var olist []string
 		var forceShare, hasSize, hasFmt bool
 		var size int64
-		var snap *snapshotRef
+		var snap *cli.SnapshotRef
 		ia := cli.ImageArgs{ImageOpts: imageOpts}
 		// Each option is checked as it comes, then the operands, in
 		// qemu-img measure's order (iotest 178).
@@ -84,7 +84,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 				}
 				olist = append(olist, o.Val)
 			case "l":
-				if snap, err = parseSnapshotRef(o.Val); err != nil {
+				if snap, err = cli.ParseSnapshotRef(o.Val); err != nil {
 					return 1, err
 				}
 			case "U", "force-share":
@@ -137,7 +137,7 @@ func Measure(args []string, stdout, stderr io.Writer) int {
 			if snap != nil {
 				// A loaded snapshot: the tables read by name would be the
 				// active disk's, so the node's own mapping counts.
-				if err := snap.load(img); err != nil {
+				if err := snap.Load(img.Qcow2, img.Format); err != nil {
 					return 1, err
 				}
 				if src, err = newImageChain(img, false); err != nil {

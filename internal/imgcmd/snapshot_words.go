@@ -10,28 +10,9 @@ import (
 	"github.com/ringblk/ringblk/internal/cli"
 )
 
-// QEMU 7.2 opens an image whose snapshot table has an entry with invalid
-// L1 table fields and refuses only the operations that need that table
-// (qcow2_validate_table in snapshot apply, delete, load and the zero
-// expansion of a downgrade; iotest 080). These are its words for them, in
-// drop-in mode; ringblk's own message names the field and value.
-
-// snapshotL1Words returns QEMU's sentence for a refused snapshot L1 table
-// and the errno QEMU's callers report it with; "" when err is not one or
-// ringblk runs under its own name.
-func snapshotL1Words(err error) (string, syscall.Errno) {
-	var fe *qcow2fmt.FormatError
-	if cli.Prog == "ringblk" || !errors.As(err, &fe) || !strings.HasPrefix(fe.Field, "snapshot[") {
-		return "", 0
-	}
-	switch {
-	case strings.HasSuffix(fe.Field, ".l1_table_offset") && strings.HasPrefix(fe.Reason, "offset invalid"):
-		return "Snapshot L1 table offset invalid", syscall.EINVAL
-	case strings.HasSuffix(fe.Field, ".l1_size") && fe.Reason == "snapshot L1 table too large":
-		return "Snapshot L1 table too large", syscall.EFBIG
-	}
-	return "", 0
-}
+// snapshotL1Words is cli.SnapshotL1Words (snapshot apply and delete
+// here, -l loads in cli.SnapshotRef).
+func snapshotL1Words(err error) (string, syscall.Errno) { return cli.SnapshotL1Words(err) }
 
 // strerror is the C library's text of an errno ("Invalid argument").
 func strerror(e syscall.Errno) string {

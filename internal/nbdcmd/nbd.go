@@ -19,6 +19,7 @@ import (
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
+	nbdc "github.com/ringblk/ringblk/drivers/nbd"
 	"github.com/ringblk/ringblk/drivers/qcow2"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/drivers/rbd"
@@ -41,6 +42,9 @@ status, many requests in flight per connection.
   -x, --export-name=NAME   the export's name (default "")
   -D, --description=TEXT   the export's description
   -r, --read-only          export read-only
+  -l, --load-snapshot=SNAP export internal snapshot SNAP of a qcow2 image
+                           (ID or name, or snapshot.id=ID,snapshot.name=NAME),
+                           read-only
   -f, --format=FORMAT      raw or qcow2 (default: probe FILE)
   -n, --nocache            same as --cache=none
       --cache=MODE         writeback (default), writethrough or none
@@ -60,12 +64,15 @@ status, many requests in flight per connection.
       --tls-creds=ID       require TLS (NBD_OPT_STARTTLS) with object ID
       --fork               return once the server listens; serve in the background
       --pid-file=PATH      write the server's process id to PATH
+  -L, --list               list the exports of the server at -k PATH (or -b
+                           HOST -p PORT) with their size, flags, block sizes
+                           and metadata contexts, as qemu-nbd --list does
   -v, --verbose            log refused clients and broken connections
   -V, --version            print the version
   -h, --help               this help
 
 Not supported (refused with a message): -c/--connect
-and -d/--disconnect (kernel /dev/nbd), -l/-s (snapshots), -o/--offset,
+and -d/--disconnect (kernel /dev/nbd), -s/--snapshot, -o/--offset,
 --tls-authz, --tls-hostname, other --object types, --image-opts.
 Exit status: 0 after a clean shutdown (SIGTERM, SIGINT, or the last
 client leaving without -t), 1 on any error.
@@ -74,13 +81,14 @@ client leaving without -t), 1 on any error.
 var nbdSpec = cli.OptSpec{
 	Short: map[byte]bool{'p': true, 'b': true, 'k': true, 'e': true, 't': false, 'x': true, 'D': true, 'r': false,
 		'f': true, 'n': false, 'A': false, 'v': false, 'V': false, 'h': false, 'B': true, 'c': true, 'd': true,
-		'l': true, 's': false, 'o': true, 'T': true},
+		'l': true, 's': false, 'o': true, 'T': true, 'L': false},
 	Long: map[string]bool{"port": true, "bind": true, "socket": true, "shared": true, "persistent": false,
 		"export-name": true, "description": true, "read-only": false, "format": true, "nocache": false,
 		"cache": true, "aio": true, "discard": true, "detect-zeroes": true, "allocation-depth": false,
 		"fork": false, "pid-file": true, "verbose": false, "version": false, "help": false, "bitmap": true,
 		"connect": true, "disconnect": true, "load-snapshot": true, "snapshot": false, "offset": true,
-		"object": true, "tls-creds": true, "tls-authz": true, "tls-hostname": true, "image-opts": false, "trace": true},
+		"object": true, "tls-creds": true, "tls-authz": true, "tls-hostname": true, "image-opts": false, "trace": true,
+		"list": false},
 }
 
 // nbdConfig is the parsed command line.
@@ -99,8 +107,10 @@ type nbdConfig struct {
 	file               string
 	objects            map[string]tlsObject
 	tlsCreds           string
-	tls                *tlsObject // the credentials --tls-creds names
-	bitmaps            []string   // -B: persistent bitmaps to export
+	tls                *tlsObject       // the credentials --tls-creds names
+	bitmaps            []string         // -B: persistent bitmaps to export
+	snapshot           *cli.SnapshotRef // -l: export this internal snapshot (read-only)
+	list               bool             // -L: list a server's exports, serve nothing
 }
 
 // tlsObject is a tls-creds-x509 --object.
@@ -208,6 +218,8 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 			cfg.shared = n
 		case "t", "persistent":
 			cfg.persistent = true
+		case "L", "list":
+			cfg.list = true
 		case "x", "export-name":
 			if len(o.Val) > 4096 {
 				return nil, cli.Usagef("export name too long (the protocol allows 4096 bytes)")
@@ -281,8 +293,15 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 			cfg.bitmaps = append(cfg.bitmaps, o.Val)
 		case "c", "connect", "d", "disconnect":
 			return nil, cli.Usagef("-%s: ringblk nbd does not drive the kernel's /dev/nbd devices", o.Name)
-		case "l", "load-snapshot", "s", "snapshot":
-			return nil, cli.Usagef("-%s: snapshots are not supported by ringblk nbd", o.Name)
+		case "l", "load-snapshot":
+			// As qemu-nbd: the snapshot is exported read-only.
+			ref, err := cli.ParseSnapshotRef(o.Val)
+			if err != nil {
+				return nil, err
+			}
+			cfg.snapshot, cfg.readOnly = ref, true
+		case "s", "snapshot":
+			return nil, cli.Usagef("-%s: temporary snapshots are not supported by ringblk nbd", o.Name)
 		case "o", "offset":
 			return nil, cli.Usagef("--offset is not supported (use a raw image of its own)")
 		case "object":
@@ -322,6 +341,16 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 	if cfg.socket != "" && (portSet || bindSet) {
 		return nil, cli.Usagef("-k and -p/-b cannot be used together")
 	}
+	if cfg.list {
+		// A client of a server: no image, and nothing of a server's.
+		if len(operands) > 0 {
+			return nil, cli.Usagef("List mode is incompatible with a file name")
+		}
+		if cfg.tlsCreds != "" {
+			return nil, cli.Usagef("--list with --tls-creds is not supported (ringblk's client takes TLS from nbds:// URIs)")
+		}
+		return cfg, nil
+	}
 	switch len(operands) {
 	case 0:
 		return nil, cli.Usagef("Expected exactly one image file name (see 'ringblk nbd --help')")
@@ -338,6 +367,9 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 const forkEnv = "RINGBLK_NBD_FORKED"
 
 func runNbd(cfg *nbdConfig) (int, error) {
+	if cfg.list {
+		return listExports(cfg)
+	}
 	if cfg.fork && os.Getenv(forkEnv) == "" {
 		return forkNbd()
 	}
@@ -363,6 +395,13 @@ func runNbd(cfg *nbdConfig) (int, error) {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, cli.PlainErr(err))
 	}
 	node := img.Node
+	if cfg.snapshot != nil {
+		q, _ := node.Driver().(*qcow2.Driver)
+		if err := cfg.snapshot.Load(q, co.Format); err != nil {
+			node.Unref()
+			return 1, err
+		}
+	}
 	if err := inconsistentBitmap(node, cfg.bitmaps); err != nil {
 		node.Unref()
 		return 1, err
@@ -481,6 +520,10 @@ func forkNbd() (int, error) {
 		return 1, err
 	}
 	cmd := exec.Command(exe, os.Args[1:]...)
+	// The same argv[0]: run through a link named qemu-nbd, the copy must
+	// be that drop-in too (its arguments have no "nbd"). Before, it ran
+	// as ringblk and refused its first option as an unknown command.
+	cmd.Args[0] = os.Args[0]
 	cmd.Env = append(os.Environ(), forkEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stderr = os.Stderr
@@ -516,4 +559,56 @@ func inconsistentBitmap(n *block.Node, names []string) error {
 		}
 	}
 	return nil
+}
+
+// nbdFlagNames are qemu-nbd --list's names of the transmission flags, by
+// bit (bit 0, "has flags", is not shown).
+var nbdFlagNames = [...]string{1: "readonly", 2: "flush", 3: "fua", 4: "rotational", 5: "trim", 6: "zeroes",
+	7: "df", 8: "multi", 9: "resize", 10: "cache", 11: "fast-zero"}
+
+// listExports is -L: the server's exports in qemu-nbd --list's layout.
+func listExports(cfg *nbdConfig) (int, error) {
+	u := nbdc.URI{Network: "tcp", Addr: net.JoinHostPort(cfg.bind, cfg.port)}
+	if cfg.socket != "" {
+		u = nbdc.URI{Network: "unix", Addr: cfg.socket}
+	}
+	list, err := nbdc.List(u)
+	if err != nil {
+		var ce *nbdc.ConnectError
+		if errors.As(err, &ce) {
+			return 1, err
+		}
+		return 1, fmt.Errorf("Failed to list exports: %v", err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "exports available: %d\n", len(list))
+	for _, e := range list {
+		fmt.Fprintf(&b, " export: '%s'\n", e.Name)
+		if e.Description != "" {
+			fmt.Fprintf(&b, "  description: %s\n", e.Description)
+		}
+		if e.HasInfo {
+			fmt.Fprintf(&b, "  size:  %d\n", e.Size)
+			fmt.Fprintf(&b, "  flags: 0x%x (", e.Flags)
+			for bit, name := range nbdFlagNames {
+				if name != "" && e.Flags&(1<<bit) != 0 {
+					b.WriteString(" " + name)
+				}
+			}
+			b.WriteString(" )\n")
+		}
+		if e.MinBlock != 0 {
+			fmt.Fprintf(&b, "  min block: %d\n  opt block: %d\n  max block: %d\n", e.MinBlock, e.PrefBlock, e.MaxBlock)
+		}
+		if len(e.Contexts) > 0 {
+			fmt.Fprintf(&b, "  available meta contexts: %d\n", len(e.Contexts))
+			for _, c := range e.Contexts {
+				fmt.Fprintf(&b, "   %s\n", c)
+			}
+		}
+	}
+	if _, err := os.Stdout.WriteString(b.String()); err != nil {
+		return 1, err
+	}
+	return 0, nil
 }

@@ -3,6 +3,7 @@ package nbdcmd
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/internal/cli"
 	"github.com/ringblk/ringblk/internal/cli/clitest"
 )
 
@@ -378,5 +382,170 @@ func TestNbdCmdDetectZeroesQcow2(t *testing.T) {
 		if data, _ := exec.Command("qemu-io", "-f", "qcow2", "-c", "read -P 0x11 5M 64k", img).CombinedOutput(); strings.Contains(string(data), "fail") {
 			t.Errorf("--detect-zeroes=%s: the data write is lost\n%s", mode, data)
 		}
+	}
+}
+
+// TestNbdCmdLoadSnapshot: -l exports an internal snapshot of a qcow2 image,
+// read-only, named either way qemu-nbd takes it (qemu-iotests 058), and
+// refuses a snapshot that is not there. Before, -l was refused.
+func TestNbdCmdLoadSnapshot(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", img, "8M"},
+		{"qemu-io", "-c", "write -P 0xa 4k 4k", img},
+		{"qemu-img", "snapshot", "-c", "sn1", img},
+		{"qemu-io", "-c", "write -P 0xc 4k 4k", img},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	for i, ref := range []string{"sn1", "snapshot.name=sn1", "snapshot.id=1"} {
+		sock := filepath.Join(dir, fmt.Sprintf("s%d", i))
+		startNbd(t, sock, "-t", "-l", ref, img)
+		u := "nbd+unix:///?socket=" + sock
+		out, err := exec.Command("qemu-io", "-r", "-f", "raw", "-c", "read -P 0xa 4k 4k", u).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "fail") || strings.Contains(string(out), "Pattern verification failed") {
+			t.Errorf("-l %s: the snapshot's data: %v %s", ref, err, out)
+		}
+		// QEMU's older filename form, through ringblk's own client.
+		readLegacy(t, "nbd:unix:"+sock, 4096, 0xa)
+		out, _ = exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0xd 4k 4k", u).CombinedOutput()
+		if !strings.Contains(string(out), "Permission denied") && !strings.Contains(string(out), "Operation not permitted") {
+			t.Errorf("-l %s: a write was not refused: %s", ref, out)
+		}
+	}
+	_, stderr, code := clitest.RunRingblk(t, nil, "nbd", "-k", filepath.Join(dir, "x"), "-l", "nosuch", img)
+	if code != 1 || !strings.Contains(stderr, "Failed to load snapshot: Can't find snapshot") {
+		t.Errorf("-l nosuch: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// readLegacy opens name (an NBD filename) with ringblk's client as a raw
+// image and checks that the 4 KiB at off are all b.
+func readLegacy(t *testing.T, name string, off int64, b byte) {
+	t.Helper()
+	ctx, g, err := cli.NewServerEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Stop()
+	img, err := chain.Open(g, name, chain.Options{Format: "raw", ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	defer img.Node.Unref()
+	buf := make([]byte, 4096)
+	if _, err := img.Node.ReadAt(buf, off); err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	if !bytes.Equal(buf, bytes.Repeat([]byte{b}, len(buf))) {
+		t.Fatalf("%s at %d: not all 0x%x", name, off, b)
+	}
+}
+
+// TestNbdCmdListSameAsQemuNbd: -L/--list prints a server's exports as
+// qemu-nbd --list does, line for line, whichever of the two serves
+// (qemu-iotests nbd-qemu-allocation). Before, --list was refused.
+func TestNbdCmdListSameAsQemuNbd(t *testing.T) {
+	needCmd(t, "qemu-nbd", "qemu-img")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "4M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	list := func(sock string) (string, string) {
+		t.Helper()
+		want, err := exec.Command("qemu-nbd", "--list", "-k", sock).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-nbd --list: %v %s", err, want)
+		}
+		got, stderr, code := clitest.RunRingblk(t, nil, "nbd", "-L", "-k", sock)
+		if code != 0 {
+			t.Fatalf("ringblk nbd -L: exit %d %s", code, stderr)
+		}
+		return string(want), got
+	}
+	// qemu-nbd serving.
+	qs := filepath.Join(dir, "q.sock")
+	q := exec.Command("qemu-nbd", "-r", "-t", "-A", "-f", "qcow2", "-x", "vm", "-D", "a disk", "-k", qs, img)
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Process.Kill(); q.Wait() })
+	for i := 0; i < 200; i++ {
+		if _, err := os.Stat(qs); err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	want, got := list(qs)
+	if got != want || !strings.Contains(want, "qemu:allocation-depth") {
+		t.Errorf("listing qemu-nbd's export:\nqemu-nbd --list:\n%s\nringblk nbd -L:\n%s", want, got)
+	}
+	// ringblk serving.
+	rs := filepath.Join(dir, "r.sock")
+	startNbd(t, rs, "-t", "-r", "-A", "-f", "qcow2", "-D", "a disk", img)
+	want, got = list(rs)
+	if got != want || !strings.Contains(want, "description: a disk") {
+		t.Errorf("listing ringblk's export:\nqemu-nbd --list:\n%s\nringblk nbd -L:\n%s", want, got)
+	}
+	if _, stderr, code := clitest.RunRingblk(t, nil, "nbd", "-L", "-k", filepath.Join(dir, "none.sock")); code != 1 || !strings.Contains(stderr, "Failed to connect to") {
+		t.Errorf("-L without a server: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestNbdCmdXDirtyBitmap: an NBD node opened with x-dirty-bitmap reports
+// the named metadata context's extents as its block status, read as
+// base:allocation's flags, as QEMU's client does (qemu-iotests
+// nbd-qemu-allocation: qemu:allocation-depth, 0 unallocated, 1 local, 2
+// backing); a context the server does not offer fails the open. Before,
+// x-dirty-bitmap was refused.
+func TestNbdCmdXDirtyBitmap(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"},
+		{"qemu-io", "-c", "write 0 2M", base},
+		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top},
+		{"qemu-io", "-c", "write 1M 2M", top},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	sock := filepath.Join(dir, "s")
+	startNbd(t, sock, "-t", "-r", "-A", "-f", "qcow2", top)
+	ctx, g, err := cli.NewServerEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Stop()
+	spec := chain.Spec{"driver": "nbd", "server.type": "unix", "server.path": sock, "x-dirty-bitmap": "qemu:allocation-depth"}
+	img, err := chain.OpenSpec(g, spec, chain.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Node.Unref()
+	// Depth 2 (backing) has the "zero" bit, 1 (top) the "hole" bit, 0
+	// (nowhere) neither.
+	for _, w := range []struct {
+		off            int64
+		data, zero, al bool
+	}{{0, true, true, true}, {1 << 20, false, false, false}, {3 << 20, true, false, true}} {
+		st, _, err := img.Node.BlockStatus(w.off, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st&block.StatusData != 0 != w.data || st&block.StatusZero != 0 != w.zero || st&block.StatusAllocated != 0 != w.al {
+			t.Errorf("at %d: status %v, want data %v zero %v allocated %v", w.off, st, w.data, w.zero, w.al)
+		}
+	}
+	spec = chain.Spec{"driver": "nbd", "server.type": "unix", "server.path": sock, "x-dirty-bitmap": "qemu:dirty-bitmap:nope"}
+	if _, err := chain.OpenSpec(g, spec, chain.Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "requested x-dirty-bitmap qemu:dirty-bitmap:nope not found") {
+		t.Errorf("a context the server lacks: %v", err)
 	}
 }

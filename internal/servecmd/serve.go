@@ -137,6 +137,11 @@ var errHelp = errors.New("help")
 // descriptor on which it reports that it is ready.
 const daemonEnv = "RINGBLK_SERVE_DAEMONIZED"
 
+// Prefix starts every message: "ringblk: serve", or "qemu-storage-daemon"
+// when the binary runs as that drop-in (cmd/ringblk's dropin.go), so
+// scripts matching qemu-storage-daemon's messages see its prefix.
+var Prefix = "ringblk: serve"
+
 // Main runs `ringblk serve args…` and returns the exit status.
 func Main(args []string) int {
 	cfg, err := parseArgs(args)
@@ -145,14 +150,14 @@ func Main(args []string) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ringblk: serve: %v\n", err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", Prefix, err)
 		return 1
 	}
 	if cfg.daemonize && os.Getenv(daemonEnv) == "" {
 		return daemonize()
 	}
 	if err := run(cfg, nil); err != nil {
-		fmt.Fprintf(os.Stderr, "ringblk: serve: %v\n", err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", Prefix, err)
 		return 1
 	}
 	return 0
@@ -430,7 +435,7 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 			}
 		})
 		if strings.HasSuffix(cfg.metrics, ":0") {
-			fmt.Fprintf(os.Stderr, "ringblk: serve: metrics on %s\n", l.Addr())
+			fmt.Fprintf(os.Stderr, "%s: metrics on %s\n", Prefix, l.Addr())
 		}
 	}
 	if pidf != nil {
@@ -505,21 +510,24 @@ func ready() {
 func daemonize() int {
 	r, w, err := os.Pipe()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ringblk: serve: --daemonize: %v\n", err)
+		fmt.Fprintf(os.Stderr, "%s: --daemonize: %v\n", Prefix, err)
 		return 1
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "ringblk: serve: --daemonize: %v\n", err)
+		fmt.Fprintf(os.Stderr, "%s: --daemonize: %v\n", Prefix, err)
 		return 1
 	}
 	cmd := exec.Command(exe, os.Args[1:]...)
+	// The same argv[0]: run through a link named qemu-storage-daemon,
+	// the copy must be that drop-in too (its arguments have no "serve").
+	cmd.Args[0] = os.Args[0]
 	cmd.Env = append(os.Environ(), daemonEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(os.Stderr, "ringblk: serve: --daemonize: %v\n", err)
+		fmt.Fprintf(os.Stderr, "%s: --daemonize: %v\n", Prefix, err)
 		return 1
 	}
 	w.Close()
