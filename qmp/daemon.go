@@ -53,7 +53,7 @@ type Daemon struct {
 	// Shutdown's, run once: by quit, or by the host on a signal.
 	shutdownOnce sync.Once
 	shutdownErr  error
-	closed   bool // Close began (metrics stop reading)
+	closed       bool // Close began (metrics stop reading)
 }
 
 // blockdev is one node added with blockdev-add (or by a snapshot), and the

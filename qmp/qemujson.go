@@ -169,4 +169,3 @@ func writeQEMUString(out *bytes.Buffer, s string) {
 	}
 	out.WriteByte('"')
 }
-
