@@ -325,7 +325,6 @@ func (d *Daemon) newDriveMirror(a *DriveMirrorArgs) (*job.Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.noDefaultID = true
 	ma := &MirrorArgs{JobArgs: a.JobArgs, Device: a.Device, Target: tgt.node, Sync: sync,
 		Granularity: a.Granularity, BufSize: a.BufSize, CopyMode: a.CopyMode, release: tgt.release,
 		targetZeroed: mode != "existing"}
@@ -386,7 +385,6 @@ func (d *Daemon) driveBackupTarget(a *DriveBackupArgs) (*BackupArgs, *driveTarge
 	if err != nil {
 		return nil, nil, err
 	}
-	a.noDefaultID = true
 	ba := &BackupArgs{JobArgs: a.JobArgs, Device: a.Device, Target: tgt.node, Sync: sync,
 		Bitmap: a.Bitmap, BitmapMode: a.BitmapMode, release: tgt.release}
 	return ba, tgt, nil

@@ -103,17 +103,15 @@ type JobArgs struct {
 	AutoDismiss   *bool  `json:"auto-dismiss" qmp:"optional"`
 	OnSourceError string `json:"on-source-error" qmp:"optional"`
 	OnTargetError string `json:"on-target-error" qmp:"optional"`
-	// noDefaultID: without a job-id the job has none (drive-mirror and
-	// drive-backup: QEMU names a job after its device's BlockBackend,
-	// and in the storage daemon a node has none).
-	noDefaultID bool
 }
 
 func (a JobArgs) options(device string) (job.Options, error) {
+	// Without a job-id QEMU names a block job after its device's
+	// BlockBackend; a node of the storage daemon has none, so the name
+	// is empty and refused ("Invalid job ID ''", as qemu-storage-daemon
+	// answers). device is kept for the day the daemon has devices.
 	o := job.Options{ID: a.JobID, Speed: a.Speed}
-	if o.ID == "" && !a.noDefaultID {
-		o.ID = device
-	}
+	_ = device
 	if a.AutoFinalize != nil && !*a.AutoFinalize {
 		o.ManualFinalize = true
 	}
@@ -494,7 +492,8 @@ func (d *Daemon) newCommit(a *CommitArgs) (*job.Job, error) {
 			}
 		})
 		if base == top {
-			return nil, Errorf("Top image '%s' has no backing file to commit into", top.Name())
+			// QEMU's words: with no backing file the base is the top.
+			return nil, Errorf("cannot commit an image into itself")
 		}
 	}
 	if err := d.checkNoJob(nil, root, top, base); err != nil {

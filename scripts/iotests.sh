@@ -109,11 +109,12 @@ select_tests() {
 		# monitor on stdio) and qemu-nbd's (common.nbd, $QEMU_NBD), when
 		# they need no qemu-system and no TLS.
 		if grep -Eq '\$QSD |common\.nbd|\$QEMU_NBD' "$f"; then
-			grep -Eq 'common\.(qemu|tls)|\$QEMU_PROG|\$\{?QEMU\}? |_launch_qemu|qemu_comm_method' "$f" || echo "$f"
+			# check takes a test of tests/ by its name alone.
+			grep -Eq 'common\.(qemu|tls)|\$QEMU_PROG|\$\{?QEMU\}? |_launch_qemu|qemu_comm_method' "$f" || echo "${f#tests/}"
 			continue
 		fi
 		grep -Eq 'common\.(qemu|nbd|tls)|\$QEMU_NBD|_launch_qsd|\$QSD_PROG|\$QEMU_PROG|\$\{?QEMU\}? |_launch_qemu|qemu_comm_method|nbd' "$f" && continue
-		echo "$f"
+		echo "${f#tests/}"
 	done
 }
 

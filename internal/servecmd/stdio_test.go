@@ -298,3 +298,33 @@ func TestServeNoCommandBeforeStartupEnds(t *testing.T) {
 		t.Errorf("blockdev-create made %s while the startup was failing", img)
 	}
 }
+
+// TestServeJobsWithoutIDAsQemuStorageDaemon: a block job command without
+// job-id is refused as qemu-storage-daemon refuses it ("Invalid job ID
+// ''": QEMU names such a job after its device, and the daemon's nodes
+// have none), and a commit of an image with no backing file in QEMU's
+// words. Before, ringblk serve started the jobs named after the node.
+func TestServeJobsWithoutIDAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	wantR, wantE, gotR, gotE := stdioBoth(t, func(dir string) []string {
+		for _, n := range []string{"a", "b"} {
+			qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, n+".qcow2"), "4M")
+		}
+		return []string{
+			`{"execute":"qmp_capabilities"}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"a","file":{"driver":"file","filename":"a.qcow2"}}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"b","file":{"driver":"file","filename":"b.qcow2"}}}`,
+			`{"execute":"blockdev-backup","arguments":{"device":"a","target":"b","sync":"full"}}`,
+			`{"execute":"blockdev-mirror","arguments":{"device":"a","target":"b","sync":"full"}}`,
+			`{"execute":"block-stream","arguments":{"device":"a"}}`,
+			`{"execute":"block-commit","arguments":{"device":"a"}}`,
+			`{"execute":"query-jobs"}`,
+			`{"execute":"quit"}`,
+		}
+	})
+	if !strings.Contains(strings.Join(wantR, "\n"), "Invalid job ID ''") {
+		t.Fatalf("qemu-storage-daemon's replies are not what this test compares: %q", wantR)
+	}
+	compareSteps(t, wantR, gotR)
+	compareSteps(t, wantE, gotE)
+}
