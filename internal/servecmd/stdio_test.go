@@ -301,7 +301,7 @@ func TestServeNoCommandBeforeStartupEnds(t *testing.T) {
 
 // TestServeJobsWithoutIDAsQemuStorageDaemon: a block job command without
 // job-id is refused as qemu-storage-daemon refuses it ("Invalid job ID
-// ''": QEMU names such a job after its device, and the daemon's nodes
+// ”": QEMU names such a job after its device, and the daemon's nodes
 // have none), and a commit of an image with no backing file in QEMU's
 // words. Before, ringblk serve started the jobs named after the node.
 func TestServeJobsWithoutIDAsQemuStorageDaemon(t *testing.T) {
