@@ -118,6 +118,17 @@ type exportAddArgs struct {
 	// Bitmaps are dirty bitmaps offered as qemu:dirty-bitmap:NAME, found
 	// on the node or below it.
 	Bitmaps []string `json:"bitmaps" qmp:"optional"`
+	// QEMU's other export types' members (fuse, vhost-user-blk,
+	// vduse-blk), taken so that such an export is refused for its type,
+	// not for a member ("Parameter 'mountpoint' is unexpected").
+	Mountpoint       string `json:"mountpoint" qmp:"optional"`
+	Growable         *bool  `json:"growable" qmp:"optional"`
+	AllowOther       string `json:"allow-other" qmp:"optional"`
+	Addr             any    `json:"addr" qmp:"optional"`
+	LogicalBlockSize *int64 `json:"logical-block-size" qmp:"optional"`
+	NumQueues        *int64 `json:"num-queues" qmp:"optional"`
+	QueueSize        *int64 `json:"queue-size" qmp:"optional"`
+	Serial           string `json:"serial" qmp:"optional"`
 }
 
 type exportDelArgs struct {
@@ -230,8 +241,23 @@ func (d *Daemon) register(r *Registry) {
 	r.Register("nbd-server-stop", nil, func(*Client, any) (any, error) { return nil, d.nbdServerStop() })
 	r.Register("block-export-add", &exportAddArgs{}, func(_ *Client, a any) (any, error) {
 		x := a.(*exportAddArgs)
-		if x.Type != "nbd" {
-			return nil, Errorf("Invalid parameter 'type': export type '%s' is not supported (nbd)", x.Type)
+		switch x.Type {
+		case "nbd":
+		case "fuse", "vhost-user-blk", "vduse-blk":
+			return nil, Errorf("Export type '%s' is not supported by ringblk (nbd only)", x.Type)
+		default:
+			return nil, Errorf("Parameter 'type' does not accept value '%s'", x.Type)
+		}
+		for _, m := range []struct {
+			name  string
+			given bool
+		}{{"mountpoint", x.Mountpoint != ""}, {"growable", x.Growable != nil}, {"allow-other", x.AllowOther != ""},
+			{"addr", x.Addr != nil}, {"logical-block-size", x.LogicalBlockSize != nil}, {"num-queues", x.NumQueues != nil},
+			{"queue-size", x.QueueSize != nil}, {"serial", x.Serial != ""}} {
+			if m.given {
+				// Another type's member, as QEMU words it for nbd.
+				return nil, Errorf("Parameter '%s' is unexpected", m.name)
+			}
 		}
 		if x.IOThread != "" {
 			// As QEMU does: the node moves to the export's IOThread.

@@ -184,3 +184,34 @@ func TestDropinBackgroundCopies(t *testing.T) {
 		syscall.Kill(p, syscall.SIGTERM)
 	}
 }
+
+// TestDropinStorageDaemonMessages: through a qemu-storage-daemon link the
+// command-line mistakes read as qemu-storage-daemon's own, word for word,
+// with its exit status. Before, an unknown option was ringblk's sentence,
+// and another export type's member was refused for the member.
+func TestDropinStorageDaemonMessages(t *testing.T) {
+	if _, err := exec.LookPath("qemu-storage-daemon"); err != nil {
+		t.Skip("qemu-storage-daemon not installed")
+	}
+	dir := buildLinks(t)
+	img := filepath.Join(dir, "a.raw")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "x.sock")
+	for _, args := range [][]string{
+		{"--bogus"},
+		{"--blockdev", "driver=file,node-name=f,filename=" + img + ",bogus=1"},
+		{"--blockdev", "driver=file,node-name=f,filename=" + img, "--export", "type=bogus,id=e,node-name=f"},
+		{"--blockdev", "driver=file,node-name=f,filename=" + img, "--nbd-server", "addr.type=unix,addr.path=" + sock,
+			"--export", "type=nbd,id=e,node-name=f,mountpoint=/x"},
+		{"--blockdev", "driver=file,node-name=f,filename=" + img, "--export", "type=nbd,id=e,node-name=nosuch"},
+		{"--blockdev", `{"driver":"file","node-name":"f","filename":"` + filepath.Join(dir, "none") + `"}`},
+	} {
+		_, want, wcode := runTool(t, "qemu-storage-daemon", args...)
+		_, got, gcode := runTool(t, filepath.Join(dir, "qemu-storage-daemon"), args...)
+		if got != want || gcode != wcode {
+			t.Errorf("%q:\n qemu-storage-daemon exit %d %q\n ringblk's drop-in   exit %d %q", args, wcode, want, gcode, got)
+		}
+	}
+}

@@ -79,6 +79,9 @@ func parseArgs(args []string) (*config, error) {
 		name, val, hasVal := strings.Cut(a[2:], "=")
 		needs, known := takesValue[name]
 		if !known {
+			if Prefix != "ringblk: serve" {
+				return nil, fmt.Errorf("unrecognized option '--%s'", name) // qemu-storage-daemon's words
+			}
 			return nil, fmt.Errorf("unknown option '--%s' (see 'ringblk serve --help')", name)
 		}
 		if needs && !hasVal {
