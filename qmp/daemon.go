@@ -254,6 +254,65 @@ func (b *blockdev) top() *Error {
 	return nil
 }
 
+// fileBase applies an inline file's BlockdevOptionsBase members, as QEMU
+// does for the file node of a raw or qcow2 node: a read-only file under a
+// writable format node is refused ("Block node is read-only"); a writable
+// one under a read-only format node is taken and opened read-only (nothing
+// writes it); discard and force-share act on the file node, which is where
+// ringblk applies them; detect-zeroes works at the format node only here.
+// Before, every one of them was "Parameter 'file.read-only' is unexpected".
+func fileBase(o *AddOptions, oo *host.OpenOptions) *Error {
+	f := o.File
+	if f.ReadOnly != nil && *f.ReadOnly && !o.ReadOnly {
+		return Errorf("Block node is read-only")
+	}
+	if f.ForceShare != nil && *f.ForceShare {
+		if !o.ReadOnly && (f.ReadOnly == nil || !*f.ReadOnly) {
+			return Errorf("force-share=on can only be used with read-only images")
+		}
+		oo.ForceShare = true
+	}
+	switch f.Discard {
+	case "":
+	case "ignore", "off":
+	case "unmap", "on":
+		if o.Discard == "" {
+			oo.Discard = "unmap"
+		}
+	default:
+		return Errorf("Parameter 'file.discard' does not accept value '%s'", f.Discard)
+	}
+	switch f.DetectZeroes {
+	case "", "off":
+	case "on", "unmap":
+		return Errorf("Parameter 'file.detect-zeroes': detect-zeroes acts on the format node here; set it on '%s'", o.NodeName)
+	default:
+		return Errorf("Parameter 'file.detect-zeroes' does not accept value '%s'", f.DetectZeroes)
+	}
+	return nil
+}
+
+// backingUser names a node that still has b's node as its backing child
+// ("" if none), for a backing node shared by several overlays.
+func (d *Daemon) backingUser(b *blockdev) string {
+	n := b.dev.Root()
+	if n == nil {
+		return ""
+	}
+	name := ""
+	n.Graph().Control(func() {
+		for _, p := range n.Parents() {
+			if p.Role()&block.RoleBacking != 0 && p.Parent() != nil {
+				if _, ok := d.nodes[p.Parent().Name()]; ok {
+					name = p.Parent().Name()
+					return
+				}
+			}
+		}
+	})
+	return name
+}
+
 // isBacking reports whether b's node is still some node's backing child.
 func (b *blockdev) isBacking() bool {
 	n := b.dev.Root()
@@ -442,7 +501,10 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 		if backing = d.nodes[o.Backing.S]; backing == nil {
 			return Errorf("Could not open backing file: Cannot find device='%s' nor node-name='%s'", o.Backing.S, o.Backing.S)
 		}
-		if err := backing.top(); err != nil {
+		// A node may be the backing of several overlays (a base image
+		// under many VMs' overlays), as in QEMU: only its other uses
+		// (a file, an image under a filter) refuse it.
+		if err := backing.top(); err != nil && backing.role != "backing" {
 			return err
 		}
 		if id := d.exportOf(backing.name); id != "" {
@@ -541,6 +603,9 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 			if o.File.Locking != "" {
 				oo.Locking = o.File.Locking
 			}
+			if err := fileBase(o, &oo); err != nil {
+				return err
+			}
 		}
 	case "null-co", "null-aio":
 		if o.Size <= 0 {
@@ -585,6 +650,9 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 		b.lower = append(b.lower, fileNode.name)
 	}
 	if backing != nil {
+		// Shared by several overlays, it names the newest, as QEMU's op
+		// blocker does; when that one goes, blockdevDel names another
+		// (backingUser).
 		backing.usedBy, backing.role, backing.byRef = b.name, "backing", true
 		if o.Backing.Opts != nil {
 			backing.owner = b.name
@@ -696,6 +764,13 @@ type FileRef struct {
 	Cache    *CacheOpts `json:"cache"`
 	Locking  string     `json:"locking"`
 	AIO      string     `json:"aio"`
+	// BlockdevOptionsBase's members, which every node takes (libvirt
+	// sends read-only on the file of a read-only image).
+	ReadOnly     *bool  `json:"read-only"`
+	AutoReadOnly *bool  `json:"auto-read-only"`
+	Discard      string `json:"discard"`
+	DetectZeroes string `json:"detect-zeroes"`
+	ForceShare   *bool  `json:"force-share"`
 	TreeOptions
 }
 
@@ -811,6 +886,16 @@ func (d *Daemon) blockdevDel(name string) error {
 	}
 	root := b.dev.Root()
 	err := b.dev.Close()
+	// The nodes this one had as its backing by name that other overlays
+	// still have: they stay in use, now by one of those.
+	still := map[*blockdev]string{}
+	for _, x := range d.nodes {
+		if x.byRef && x.usedBy == name && x.owner != name {
+			if p := d.backingUser(x); p != "" {
+				still[x] = p
+			}
+		}
+	}
 	// Still open when another user holds the node (a commit that pivoted
 	// moved the overlay's device onto it): its file is in use then.
 	stillOpen := false
@@ -854,6 +939,10 @@ func (d *Daemon) blockdevDel(name string) error {
 	// with it.
 	var implicit *blockdev
 	for _, x := range d.nodes {
+		if p := still[x]; p != "" {
+			x.usedBy = p
+			continue
+		}
 		if x.byRef && x.usedBy == name {
 			x.usedBy, x.role, x.byRef = "", "", false
 			if x.owner == name {

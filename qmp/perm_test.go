@@ -1,6 +1,7 @@
 package qmp
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -107,4 +108,52 @@ func TestBlockdevAddOpenErrorsAsQEMU(t *testing.T) {
 			t.Errorf("blockdev-add %s: %v, want %q", tc.args, r, tc.want)
 		}
 	}
+}
+
+// TestSharedBackingNodeData: two overlays over one backing node read its
+// data, keep their own writes apart, and the backing node stays in use
+// until the last of them is deleted.
+func TestSharedBackingNodeData(t *testing.T) {
+	d, dir, sock := testServer(t, 1, Options{})
+	c := dialRaw(t, sock)
+	c.negotiate()
+	base := filepath.Join(dir, "base.qcow2")
+	if err := d.h.Create(base, host.CreateOptions{Format: "qcow2", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"base","file":{"driver":"file","filename":"`+base+`"}}}`)
+	fill := func(name string, b byte, off int64) {
+		t.Helper()
+		if _, err := d.nodes[name].dev.Root().WriteAt(bytes.Repeat([]byte{b}, 4096), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(name string, b byte, off int64) {
+		t.Helper()
+		got := make([]byte, 4096)
+		if _, err := d.nodes[name].dev.Root().ReadAt(got, off); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{b}, 4096)) {
+			t.Errorf("%s at %d: %v, want all 0x%x (got 0x%x)", name, off, err, b, got[0])
+		}
+	}
+	fill("base", 0x11, 0)
+	fill("base", 0x11, 16384)
+	for _, o := range []string{"o1", "o2"} {
+		p := filepath.Join(dir, o+".qcow2")
+		if err := d.h.Create(p, host.CreateOptions{Format: "qcow2", Size: 4 << 20, BackingFile: base, BackingFormat: "qcow2"}); err != nil {
+			t.Fatal(err)
+		}
+		okReply(t, c, `{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"`+o+`","backing":"base","file":{"driver":"file","filename":"`+p+`"}}}`)
+	}
+	fill("o1", 0x22, 0)
+	fill("o2", 0x33, 8192)
+	check("o1", 0x22, 0)
+	check("o2", 0x11, 0)
+	check("o2", 0x33, 8192)
+	check("o1", 0, 8192)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"o2"}}`)
+	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`), GenericError, "node is used as backing hd of 'o1'")
+	check("o1", 0x11, 16384)
+	check("o1", 0x22, 0)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"o1"}}`)
+	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"base"}}`)
 }

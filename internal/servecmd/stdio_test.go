@@ -328,3 +328,42 @@ func TestServeJobsWithoutIDAsQemuStorageDaemon(t *testing.T) {
 	compareSteps(t, wantR, gotR)
 	compareSteps(t, wantE, gotE)
 }
+
+// TestServeSharedBackingAsQemuStorageDaemon: one backing node under two
+// overlays (a base image under several VMs' overlays), and an inline
+// file with BlockdevOptionsBase members (read-only, force-share, …), as
+// qemu-storage-daemon takes them: same replies step by step, the base
+// busy until its last overlay is deleted (named after the newest one),
+// and both overlays reading the base's data. Before, the second overlay
+// was refused ("node is used as backing hd of 'o1'") and so was the
+// file's read-only member ("Parameter 'file.read-only' is unexpected").
+func TestServeSharedBackingAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	wantR, wantE, gotR, gotE := stdioBothArgs(t, func(dir string) ([]string, []string) {
+		base := filepath.Join(dir, "base.qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", base, "4M")
+		qemuIO(t, "-f", "qcow2", "-c", "write -P 0x11 0 1M", base)
+		for _, n := range []string{"o1", "o2"} {
+			qemuImg(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", filepath.Join(dir, n+".qcow2"))
+		}
+		return nil, []string{
+			`{"execute":"qmp_capabilities"}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"rw","file":{"driver":"file","filename":"base.qcow2","read-only":true}}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"base","read-only":true,"file":{"driver":"file","filename":"base.qcow2","read-only":true,"auto-read-only":true,"discard":"unmap","force-share":true}}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"o1","backing":"base","file":{"driver":"file","filename":"o1.qcow2"}}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"o2","backing":"base","file":{"driver":"file","filename":"o2.qcow2"}}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"o2"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"o1"}}`,
+			`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`,
+			`{"execute":"quit"}`,
+		}
+	})
+	all := strings.Join(wantR, "\n")
+	if !strings.Contains(all, "Block node is read-only") || !strings.Contains(all, "node is used as backing hd of 'o2'") {
+		t.Fatalf("qemu-storage-daemon's replies are not what this test compares: %q", wantR)
+	}
+	compareSteps(t, wantR, gotR)
+	compareSteps(t, wantE, gotE)
+}
