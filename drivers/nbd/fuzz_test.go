@@ -46,17 +46,7 @@ func FuzzClientReplies(f *testing.F) {
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, in []byte) {
 		sock := filepath.Join(dir, "f.sock")
-		l, err := net.Listen("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		go func() {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
+		serveOnce(t, sock, func(c net.Conn) {
 			fakeHandshakeOpts(c, 1<<20, true, 1|1<<6)
 			var h [28]byte
 			io.ReadFull(c, h[:]) // read
@@ -64,7 +54,7 @@ func FuzzClientReplies(f *testing.F) {
 			io.CopyN(io.Discard, c, 4096)
 			io.ReadFull(c, h[:]) // block status
 			c.Write(in)
-		}()
+		})
 		n, err := nbdOpen(e, "nbd+unix:///?socket="+sock)
 		if err != nil {
 			t.Fatal(err)
@@ -135,20 +125,10 @@ func FuzzList(f *testing.F) {
 			return
 		}
 		sock := filepath.Join(dir, "l.sock")
-		l, err := net.Listen("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		go func() {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
+		serveOnce(t, sock, func(c net.Conn) {
 			go io.Copy(io.Discard, c)
 			c.Write(in)
-		}()
+		})
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -165,4 +145,24 @@ func FuzzList(f *testing.F) {
 			t.Fatal("List did not return after the server closed")
 		}
 	})
+}
+
+// serveOnce listens on sock and hands the first connection to serve,
+// closing it afterwards: a fake server for one client. The listener is
+// closed when the test ends.
+func serveOnce(t testing.TB, sock string, serve func(c net.Conn)) {
+	t.Helper()
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		serve(c)
+	}()
 }
