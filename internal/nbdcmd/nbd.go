@@ -42,6 +42,8 @@ status, many requests in flight per connection.
   -x, --export-name=NAME   the export's name (default "")
   -D, --description=TEXT   the export's description
   -r, --read-only          export read-only
+  -s, --snapshot           writes go to a temporary qcow2 overlay in $TMPDIR
+                           (default /var/tmp), removed at exit; FILE is only read
   -l, --load-snapshot=SNAP export internal snapshot SNAP of a qcow2 image
                            (ID or name, or snapshot.id=ID,snapshot.name=NAME),
                            read-only
@@ -72,7 +74,7 @@ status, many requests in flight per connection.
   -h, --help               this help
 
 Not supported (refused with a message): -c/--connect
-and -d/--disconnect (kernel /dev/nbd), -s/--snapshot, -o/--offset,
+and -d/--disconnect (kernel /dev/nbd), -o/--offset,
 --tls-authz, --tls-hostname, other --object types, --image-opts.
 Exit status: 0 after a clean shutdown (SIGTERM, SIGINT, or the last
 client leaving without -t), 1 on any error.
@@ -111,6 +113,7 @@ type nbdConfig struct {
 	bitmaps            []string         // -B: persistent bitmaps to export
 	snapshot           *cli.SnapshotRef // -l: export this internal snapshot (read-only)
 	list               bool             // -L: list a server's exports, serve nothing
+	tempSnapshot       bool             // -s: writes go to a temporary overlay
 }
 
 // tlsObject is a tls-creds-x509 --object.
@@ -301,7 +304,7 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 			}
 			cfg.snapshot, cfg.readOnly = ref, true
 		case "s", "snapshot":
-			return nil, cli.Usagef("-%s: temporary snapshots are not supported by ringblk nbd", o.Name)
+			cfg.tempSnapshot = true
 		case "o", "offset":
 			return nil, cli.Usagef("--offset is not supported (use a raw image of its own)")
 		case "object":
@@ -383,7 +386,8 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	}
 	defer ctx.Stop()
 	co := cfg.co
-	co.Format, co.ReadOnly, co.Name = cfg.format, cfg.readOnly, "nbd0"
+	// -s: the image is only read; a temporary overlay takes the writes.
+	co.Format, co.ReadOnly, co.Name = cfg.format, cfg.readOnly || cfg.tempSnapshot, "nbd0"
 	if co.Format == "" && !isRBD {
 		if co.Format, err = chain.Probe(cfg.file); err != nil {
 			return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, err)
@@ -395,6 +399,17 @@ func runNbd(cfg *nbdConfig) (int, error) {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, cli.PlainErr(err))
 	}
 	node := img.Node
+	if cfg.tempSnapshot {
+		// As qemu-nbd -s: a qcow2 overlay in $TMPDIR (default /var/tmp),
+		// unlinked at once, over the image opened read-only; the client
+		// writes into it and the image stays as it was.
+		bi := &cli.BlkImage{Ctx: ctx, Graph: g, Node: node}
+		if err := bi.Snapshot(); err != nil {
+			node.Unref()
+			return 1, err
+		}
+		node = bi.Node
+	}
 	if cfg.snapshot != nil {
 		q, _ := node.Driver().(*qcow2.Driver)
 		if err := cfg.snapshot.Load(q, co.Format); err != nil {

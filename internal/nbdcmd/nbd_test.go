@@ -549,3 +549,57 @@ func TestNbdCmdXDirtyBitmap(t *testing.T) {
 		t.Errorf("a context the server lacks: %v", err)
 	}
 }
+
+// TestNbdCmdTempSnapshot: -s serves the image writable through a
+// temporary overlay in $TMPDIR: the client reads its own writes over the
+// image's data, the image file is not changed, and no temporary file is
+// left. Before, -s was refused.
+func TestNbdCmdTempSnapshot(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", img, "4M"},
+		{"qemu-io", "-c", "write -P 0x11 0 1M", img},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	before, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", tmp)
+	sock := filepath.Join(dir, "s")
+	cmd := startNbd(t, sock, "-s", "-f", "qcow2", img)
+	out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x77 0 64k", "-c", "read -P 0x77 0 64k", "-c", "read -P 0x11 512k 64k",
+		"nbd+unix:///?socket="+sock).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "fail") {
+		t.Fatalf("qemu-io through -s: %v %s", err, out)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server did not exit after its client left")
+	}
+	after, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Error("the image file changed under -s")
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary files left in TMPDIR: %v", left)
+	}
+}
