@@ -479,13 +479,33 @@ func (e *ProbeError) Error() string {
 
 func (e *ProbeError) Unwrap() error { return e.Err }
 
+// unwrapPath returns the cause of a failed system call (the errno of an
+// *os.PathError), worded as QEMU prints strerror: capitalised ("No such
+// file or directory"; Go's text is lower case). errors.Is still finds the
+// errno.
 func unwrapPath(err error) error {
 	var pe *os.PathError
 	if errors.As(err, &pe) {
-		return pe.Err
+		err = pe.Err
+	}
+	if en, ok := err.(syscall.Errno); ok {
+		return strerrorErr{en}
 	}
 	return err
 }
+
+// strerrorErr is an errno with QEMU's capitalised text.
+type strerrorErr struct{ syscall.Errno }
+
+func (e strerrorErr) Error() string {
+	s := e.Errno.Error()
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func (e strerrorErr) Unwrap() error { return e.Errno }
 
 // BackingError is a backing file of the chain that could not be opened:
 // the overlay is unopenable because of it. Its message is QEMU's: "Could

@@ -48,6 +48,8 @@ status, many requests in flight per connection.
                            (ID or name, or snapshot.id=ID,snapshot.name=NAME),
                            read-only
   -f, --format=FORMAT      raw or qcow2 (default: probe FILE)
+      --image-opts         FILE is an option string, as QEMU's
+                           (driver=qcow2,file.driver=file,file.filename=PATH)
   -n, --nocache            same as --cache=none
       --cache=MODE         writeback (default), writethrough or none
       --aio=MODE           threads, native or io_uring: accepted; ringblk
@@ -75,7 +77,7 @@ status, many requests in flight per connection.
 
 Not supported (refused with a message): -c/--connect
 and -d/--disconnect (kernel /dev/nbd), -o/--offset,
---tls-authz, --tls-hostname, other --object types, --image-opts.
+--tls-authz, --tls-hostname, other --object types.
 Exit status: 0 after a clean shutdown (SIGTERM, SIGINT, or the last
 client leaving without -t), 1 on any error.
 `
@@ -114,6 +116,7 @@ type nbdConfig struct {
 	snapshot           *cli.SnapshotRef // -l: export this internal snapshot (read-only)
 	list               bool             // -L: list a server's exports, serve nothing
 	tempSnapshot       bool             // -s: writes go to a temporary overlay
+	imageOpts          bool             // --image-opts: FILE is an option string
 }
 
 // tlsObject is a tls-creds-x509 --object.
@@ -326,7 +329,7 @@ func parseNbdArgs(args []string) (*nbdConfig, error) {
 		case "tls-hostname":
 			return nil, cli.Usagef("--tls-hostname applies to -c/--connect, which ringblk nbd does not support")
 		case "image-opts":
-			return nil, cli.Usagef("--image-opts is not supported; name the image file and use -f")
+			cfg.imageOpts = true
 		case "T", "trace":
 			return nil, cli.Usagef("--trace is not supported")
 		}
@@ -377,7 +380,18 @@ func runNbd(cfg *nbdConfig) (int, error) {
 		return forkNbd()
 	}
 	isRBD := rbd.IsName(cfg.file) // a Ceph image: no local file, probed once open
-	if _, err := os.Stat(cfg.file); err != nil && !isRBD {
+	var spec chain.Spec
+	if cfg.imageOpts {
+		// --image-opts: FILE is QEMU's option string
+		// (driver=qcow2,file.driver=file,file.filename=PATH).
+		var err error
+		if spec, err = cli.ImageOptsSpec(cfg.file); err != nil {
+			return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, err)
+		}
+		if cfg.format != "" {
+			return 1, cli.Usagef("--image-opts and --format are mutually exclusive")
+		}
+	} else if _, err := os.Stat(cfg.file); err != nil && !isRBD {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': Could not open '%s': %v", cfg.file, cfg.file, cli.UnwrapPathErr(err))
 	}
 	ctx, g, err := cli.NewServerEnv()
@@ -388,13 +402,19 @@ func runNbd(cfg *nbdConfig) (int, error) {
 	co := cfg.co
 	// -s: the image is only read; a temporary overlay takes the writes.
 	co.Format, co.ReadOnly, co.Name = cfg.format, cfg.readOnly || cfg.tempSnapshot, "nbd0"
-	if co.Format == "" && !isRBD {
+	if co.Format == "" && !isRBD && spec == nil {
 		if co.Format, err = chain.Probe(cfg.file); err != nil {
 			return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, err)
 		}
 		co.Probed = true // a client must not turn the export into another format
 	}
-	img, err := chain.Open(g, cfg.file, co)
+	var img *chain.Image
+	if spec != nil {
+		img, err = chain.OpenSpec(g, spec, co)
+		co.Format = img0Format(img)
+	} else {
+		img, err = chain.Open(g, cfg.file, co)
+	}
 	if err != nil {
 		return 1, fmt.Errorf("Failed to blk_new_open '%s': %v", cfg.file, cli.PlainErr(err))
 	}
@@ -626,4 +646,13 @@ func listExports(cfg *nbdConfig) (int, error) {
 		return 1, err
 	}
 	return 0, nil
+}
+
+// img0Format is the format of an image opened from options ("" when the
+// open failed).
+func img0Format(img *chain.Image) string {
+	if img == nil {
+		return ""
+	}
+	return img.Format
 }

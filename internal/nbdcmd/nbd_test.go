@@ -37,6 +37,9 @@ func TestNbdCmdErrors(t *testing.T) {
 		{[]string{"nbd", "-k", filepath.Join(dir, "s"), "-p", "1", img}, "cannot be used together"},
 		{[]string{"nbd"}, "Expected exactly one image"},
 		{[]string{"nbd", "-c", "/dev/nbd0", img}, "/dev/nbd"},
+		// qemu-nbd's words, the errno capitalised as QEMU's strerror.
+		{[]string{"nbd", "--image-opts", "driver=raw,file.driver=file,file.filename=" + filepath.Join(dir, "missing")},
+			"Failed to blk_new_open 'driver=raw,file.driver=file,file.filename=" + filepath.Join(dir, "missing") + "': Could not open '" + filepath.Join(dir, "missing") + "': No such file or directory"},
 	} {
 		_, stderr, code := clitest.RunRingblk(t, nil, c.args...)
 		if code != 1 || !strings.Contains(stderr, c.want) || strings.Count(stderr, "\n") != 1 {
@@ -602,4 +605,23 @@ func TestNbdCmdTempSnapshot(t *testing.T) {
 	if left, _ := os.ReadDir(tmp); len(left) != 0 {
 		t.Errorf("temporary files left in TMPDIR: %v", left)
 	}
+}
+
+// TestNbdCmdImageOpts: --image-opts takes QEMU's option string for the
+// image, as qemu-nbd does. Before, it was refused.
+func TestNbdCmdImageOpts(t *testing.T) {
+	needCmd(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", img, "4M"},
+		{"qemu-io", "-c", "write -P 0x5a 1M 64k", img},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	sock := filepath.Join(dir, "s")
+	startNbd(t, sock, "-t", "--image-opts", "driver=qcow2,file.driver=file,file.filename="+img)
+	readLegacy(t, "nbd:unix:"+sock, 1<<20, 0x5a)
 }
