@@ -239,10 +239,18 @@ func (d *Daemon) lookup(device, nodeName string) (*blockdev, *Error) {
 // top returns b if its device's top node is b itself, else an error
 // saying which node uses it.
 func (b *blockdev) top() *Error {
-	if b.byRef && !b.isBacking() {
-		// A stream or commit took it out of the chain: it is free again,
-		// as QEMU drops its backing blocker.
-		b.usedBy, b.role, b.byRef = "", "", false
+	if b.byRef {
+		users := b.backingParents()
+		switch {
+		case len(users) == 0:
+			// A stream or commit took it out of the chain: it is free
+			// again, as QEMU drops its backing blocker.
+			b.usedBy, b.role, b.byRef = "", "", false
+		case !slices.Contains(users, b.usedBy):
+			// Taken out of the chain of the overlay it named, it is
+			// still another's backing (a shared base).
+			b.usedBy = users[0]
+		}
 	}
 	if b.usedBy != "" {
 		role := b.role
@@ -311,6 +319,24 @@ func (d *Daemon) backingUser(b *blockdev) string {
 		}
 	})
 	return name
+}
+
+// backingParents names the nodes that have b's node as their backing
+// child.
+func (b *blockdev) backingParents() []string {
+	n := b.dev.Root()
+	if n == nil {
+		return nil
+	}
+	var out []string
+	n.Graph().Control(func() {
+		for _, p := range n.Parents() {
+			if p.Role()&block.RoleBacking != 0 && p.Parent() != nil {
+				out = append(out, p.Parent().Name())
+			}
+		}
+	})
+	return out
 }
 
 // isBacking reports whether b's node is still some node's backing child.

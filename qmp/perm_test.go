@@ -150,6 +150,11 @@ func TestSharedBackingNodeData(t *testing.T) {
 	check("o2", 0x11, 0)
 	check("o2", 0x33, 8192)
 	check("o1", 0, 8192)
+	// A stream into o2 takes base out of o2's chain; base stays o1's.
+	okReply(t, c, `{"execute":"block-stream","arguments":{"job-id":"s2","device":"o2"}}`)
+	c.waitEvent("BLOCK_JOB_COMPLETED", "s2")
+	check("o2", 0x11, 16384)
+	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`), GenericError, "node is used as backing hd of 'o1'")
 	okReply(t, c, `{"execute":"blockdev-del","arguments":{"node-name":"o2"}}`)
 	wantError(t, c.do(`{"execute":"blockdev-del","arguments":{"node-name":"base"}}`), GenericError, "node is used as backing hd of 'o1'")
 	check("o1", 0x11, 16384)
