@@ -459,8 +459,9 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 	// their events reach them (qemu-storage-daemon's order); then the
 	// server closes and the devices (the deferred function above). No
 	// SHUTDOWN event: that is the system emulator's, and
-	// qemu-storage-daemon sends none (qemu-iotests qsd-jobs expects the
-	// output to end with the last export's BLOCK_EXPORT_DELETED).
+	// qemu-storage-daemon sends none (qemu-iotests qsd-jobs' expected
+	// output has none). quit itself already ran Shutdown, before its
+	// reply; a signal runs it here.
 	var shutErr error
 	srv.Locked(func() { shutErr = d.Shutdown() })
 	return shutErr
