@@ -489,15 +489,17 @@ func unwrapPath(err error) error {
 		err = pe.Err
 	}
 	if en, ok := err.(syscall.Errno); ok {
-		return strerrorErr{en}
+		return Strerror{en}
 	}
 	return err
 }
 
-// strerrorErr is an errno with QEMU's capitalised text.
-type strerrorErr struct{ syscall.Errno }
+// Strerror is an errno worded as glibc's strerror, which QEMU prints
+// ("Input/output error"; Go's text starts lower-case). errors.Is and
+// errors.As still find the errno.
+type Strerror struct{ syscall.Errno }
 
-func (e strerrorErr) Error() string {
+func (e Strerror) Error() string {
 	s := e.Errno.Error()
 	if s == "" {
 		return s
@@ -505,7 +507,7 @@ func (e strerrorErr) Error() string {
 	return strings.ToUpper(s[:1]) + s[1:]
 }
 
-func (e strerrorErr) Unwrap() error { return e.Errno }
+func (e Strerror) Unwrap() error { return e.Errno }
 
 // BackingError is a backing file of the chain that could not be opened:
 // the overlay is unopenable because of it. Its message is QEMU's: "Could
@@ -538,8 +540,7 @@ func causeText(err error) string {
 	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
-		s := errno.Error()
-		return strings.ToUpper(s[:1]) + s[1:]
+		return Strerror{errno}.Error()
 	}
 	for {
 		be, ok := err.(*block.Error)

@@ -3,10 +3,10 @@ package cli
 import (
 	"errors"
 	"os"
-	"strings"
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/raw"
 )
 
@@ -35,21 +35,7 @@ func PlainErr(err error) error {
 		err = be.Err
 	}
 	if en, ok := err.(syscall.Errno); ok {
-		return errnoText{en}
+		return chain.Strerror{Errno: en}
 	}
 	return err
 }
-
-// errnoText is an errno worded as glibc's strerror, which QEMU prints
-// ("Input/output error"; Go's text starts lower-case).
-type errnoText struct{ syscall.Errno }
-
-func (e errnoText) Error() string {
-	t := e.Errno.Error()
-	if t == "" {
-		return t
-	}
-	return strings.ToUpper(t[:1]) + t[1:]
-}
-
-func (e errnoText) Unwrap() error { return e.Errno }

@@ -323,16 +323,12 @@ func TestNbdCmdDiscardIgnore(t *testing.T) {
 	needCmd(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
-	for _, args := range [][]string{
+	mustRun(t, [][]string{
 		{"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"},
 		{"qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 4M", base},
 		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, "4M"},
 		{"qemu-io", "-f", "qcow2", "-c", "write -P 0xbb 2M 1M", top},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
+	})
 	sock := filepath.Join(dir, "s")
 	startNbd(t, sock, "-t", "-f", "qcow2", top)
 	u := "nbd+unix:///?socket=" + sock
@@ -395,16 +391,12 @@ func TestNbdCmdLoadSnapshot(t *testing.T) {
 	needCmd(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "a.qcow2")
-	for _, args := range [][]string{
+	mustRun(t, [][]string{
 		{"qemu-img", "create", "-q", "-f", "qcow2", img, "8M"},
 		{"qemu-io", "-c", "write -P 0xa 4k 4k", img},
 		{"qemu-img", "snapshot", "-c", "sn1", img},
 		{"qemu-io", "-c", "write -P 0xc 4k 4k", img},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
+	})
 	for i, ref := range []string{"sn1", "snapshot.name=sn1", "snapshot.id=1"} {
 		sock := filepath.Join(dir, fmt.Sprintf("s%d", i))
 		startNbd(t, sock, "-t", "-l", ref, img)
@@ -510,16 +502,12 @@ func TestNbdCmdXDirtyBitmap(t *testing.T) {
 	needCmd(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
-	for _, args := range [][]string{
+	mustRun(t, [][]string{
 		{"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"},
 		{"qemu-io", "-c", "write 0 2M", base},
 		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top},
 		{"qemu-io", "-c", "write 1M 2M", top},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
+	})
 	sock := filepath.Join(dir, "s")
 	startNbd(t, sock, "-t", "-r", "-A", "-f", "qcow2", top)
 	ctx, g, err := cli.NewServerEnv()
@@ -561,14 +549,10 @@ func TestNbdCmdTempSnapshot(t *testing.T) {
 	needCmd(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "a.qcow2")
-	for _, args := range [][]string{
+	mustRun(t, [][]string{
 		{"qemu-img", "create", "-q", "-f", "qcow2", img, "4M"},
 		{"qemu-io", "-c", "write -P 0x11 0 1M", img},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
+	})
 	before, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)
@@ -613,15 +597,22 @@ func TestNbdCmdImageOpts(t *testing.T) {
 	needCmd(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "a.qcow2")
-	for _, args := range [][]string{
+	mustRun(t, [][]string{
 		{"qemu-img", "create", "-q", "-f", "qcow2", img, "4M"},
 		{"qemu-io", "-c", "write -P 0x5a 1M 64k", img},
-	} {
+	})
+	sock := filepath.Join(dir, "s")
+	startNbd(t, sock, "-t", "--image-opts", "driver=qcow2,file.driver=file,file.filename="+img)
+	readLegacy(t, "nbd:unix:"+sock, 1<<20, 0x5a)
+}
+
+// mustRun runs each command line (tools the test needs) and fails the
+// test on the first that fails.
+func mustRun(t *testing.T, cmds [][]string) {
+	t.Helper()
+	for _, args := range cmds {
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%v: %v %s", args, err, out)
 		}
 	}
-	sock := filepath.Join(dir, "s")
-	startNbd(t, sock, "-t", "--image-opts", "driver=qcow2,file.driver=file,file.filename="+img)
-	readLegacy(t, "nbd:unix:"+sock, 1<<20, 0x5a)
 }
