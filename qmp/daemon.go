@@ -303,22 +303,12 @@ func fileBase(o *AddOptions, oo *host.OpenOptions) *Error {
 // backingUser names a node that still has b's node as its backing child
 // ("" if none), for a backing node shared by several overlays.
 func (d *Daemon) backingUser(b *blockdev) string {
-	n := b.dev.Root()
-	if n == nil {
-		return ""
-	}
-	name := ""
-	n.Graph().Control(func() {
-		for _, p := range n.Parents() {
-			if p.Role()&block.RoleBacking != 0 && p.Parent() != nil {
-				if _, ok := d.nodes[p.Parent().Name()]; ok {
-					name = p.Parent().Name()
-					return
-				}
-			}
+	for _, name := range b.backingParents() {
+		if _, ok := d.nodes[name]; ok {
+			return name
 		}
-	})
-	return name
+	}
+	return ""
 }
 
 // backingParents names the nodes that have b's node as their backing

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"strings"
 	"syscall"
 
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
 	"github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/host"
@@ -263,8 +263,7 @@ func openErrText(err error) string {
 	// denied", "Is a directory"), where the error carries one.
 	var en syscall.Errno
 	if errors.As(err, &en) {
-		t := en.Error()
-		return strings.ToUpper(t[:1]) + t[1:]
+		return chain.Strerror{Errno: en}.Error()
 	}
 	return err.Error()
 }

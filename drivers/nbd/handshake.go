@@ -174,19 +174,13 @@ func handshake1(ncp *net.Conn, u URI, ctx string) (export, error) {
 		}
 		switch binary.BigEndian.Uint16(data) {
 		case nbdproto.InfoExport:
-			if len(data) != 12 {
-				return ex, fmt.Errorf("malformed NBD_INFO_EXPORT of %d bytes", len(data))
-			}
-			ex.size = int64(binary.BigEndian.Uint64(data[2:]))
-			ex.flags = binary.BigEndian.Uint16(data[10:])
+			ex.size, ex.flags, err = infoExport(data)
 			gotExport = true
 		case nbdproto.InfoBlockSize:
-			if len(data) != 14 {
-				return ex, fmt.Errorf("malformed NBD_INFO_BLOCK_SIZE of %d bytes", len(data))
-			}
-			ex.minBlock = binary.BigEndian.Uint32(data[2:])
-			ex.prefBlock = binary.BigEndian.Uint32(data[6:])
-			ex.maxBlock = binary.BigEndian.Uint32(data[10:])
+			ex.minBlock, ex.prefBlock, ex.maxBlock, err = infoBlockSize(data)
+		}
+		if err != nil {
+			return ex, err
 		}
 	}
 	if !gotExport {
@@ -237,4 +231,21 @@ func (o *opts) reply(opt uint32) (uint32, []byte, error) {
 		return 0, nil, fmt.Errorf("reading an option reply: %w", err)
 	}
 	return typ, data, nil
+}
+
+// infoExport reads an NBD_INFO_EXPORT reply: size and transmission flags.
+func infoExport(data []byte) (int64, uint16, error) {
+	if len(data) != 12 {
+		return 0, 0, fmt.Errorf("malformed NBD_INFO_EXPORT of %d bytes", len(data))
+	}
+	return int64(binary.BigEndian.Uint64(data[2:])), binary.BigEndian.Uint16(data[10:]), nil
+}
+
+// infoBlockSize reads an NBD_INFO_BLOCK_SIZE reply: minimum, preferred
+// and maximum block sizes.
+func infoBlockSize(data []byte) (minB, pref, maxB uint32, err error) {
+	if len(data) != 14 {
+		return 0, 0, 0, fmt.Errorf("malformed NBD_INFO_BLOCK_SIZE of %d bytes", len(data))
+	}
+	return binary.BigEndian.Uint32(data[2:]), binary.BigEndian.Uint32(data[6:]), binary.BigEndian.Uint32(data[10:]), nil
 }

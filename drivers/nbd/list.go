@@ -108,21 +108,15 @@ func (o *opts) info(e *ExportInfo) error {
 		}
 		switch binary.BigEndian.Uint16(data) {
 		case nbdproto.InfoExport:
-			if len(data) != 12 {
-				return fmt.Errorf("malformed NBD_INFO_EXPORT of %d bytes", len(data))
-			}
 			e.HasInfo = true
-			e.Size = int64(binary.BigEndian.Uint64(data[2:]))
-			e.Flags = binary.BigEndian.Uint16(data[10:])
+			e.Size, e.Flags, err = infoExport(data)
 		case nbdproto.InfoDesc:
 			e.Description = string(data[2:])
 		case nbdproto.InfoBlockSize:
-			if len(data) != 14 {
-				return fmt.Errorf("malformed NBD_INFO_BLOCK_SIZE of %d bytes", len(data))
-			}
-			e.MinBlock = binary.BigEndian.Uint32(data[2:])
-			e.PrefBlock = binary.BigEndian.Uint32(data[6:])
-			e.MaxBlock = binary.BigEndian.Uint32(data[10:])
+			e.MinBlock, e.PrefBlock, e.MaxBlock, err = infoBlockSize(data)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
