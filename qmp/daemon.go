@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"reflect"
@@ -44,6 +45,10 @@ type Daemon struct {
 	exports   map[string]*export
 
 	anon int // the last "#blockNNN" name given to an inline child
+
+	// out prints a line on the daemon's standard output (SetOutput); nil:
+	// the daemon prints nothing.
+	out func(line string)
 
 	// bg counts the closes of drive-* targets under way (driveTarget.release).
 	bg sync.WaitGroup
@@ -110,6 +115,24 @@ func NewDaemon(h *host.Host, reg *Registry) *Daemon {
 	d.chains = map[string]*job.Chain{}
 	d.register(reg)
 	return d
+}
+
+// SetOutput gives the daemon its standard output, where it prints what
+// qemu-storage-daemon prints there besides a stdio monitor's messages
+// (the "Formatting" line of an image drive-backup or drive-mirror makes):
+// through a stdio monitor's queue when there is one (Server.Print), so
+// that it comes after the replies before it; otherwise whole, in one
+// write.
+func (d *Daemon) SetOutput(w io.Writer) {
+	var mu sync.Mutex
+	d.out = func(line string) {
+		if d.srv != nil && d.srv.Print(line) {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		_, _ = io.WriteString(w, line+"\n")
+	}
 }
 
 // Attach tells the daemon the server its events go to.

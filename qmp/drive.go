@@ -183,6 +183,26 @@ func createErr(path string, err error) error {
 	return Errorf("Could not create '%s': %s", path, openErrText(err))
 }
 
+// formatting prints QEMU's "Formatting" line for an image the daemon is
+// about to make (qemu-storage-daemon prints it on its standard output,
+// where a stdio monitor's replies go too), if the daemon has an output.
+func (d *Daemon) formatting(path string, co host.CreateOptions) {
+	if d.out == nil {
+		return
+	}
+	var line string
+	switch co.Format {
+	case "raw":
+		line = fmt.Sprintf("Formatting '%s', fmt=raw size=%d", path, co.Size)
+	case "qcow2":
+		line = format.FormattingLine(path, co.Size, &format.ImageOptions{Create: format.CreateOptions{
+			ClusterSize: co.ClusterSize, BackingFile: co.BackingFile, BackingFormat: co.BackingFormat}}, nil)
+	default:
+		return
+	}
+	d.out(line)
+}
+
 // openDriveTarget makes (mode absolute-paths) or finds (existing) the
 // target image and opens it as a node. backing, with absolute-paths, is
 // the node whose file the new image names as its backing file; over
@@ -209,6 +229,7 @@ func (d *Daemon) openDriveTarget(path, format, mode, nodeName string, size int64
 				return nil, Errorf("Error: Trying to create an image with the same filename as the backing file")
 			}
 		}
+		d.formatting(path, co)
 		if err := d.h.Create(path, co); err != nil {
 			return nil, createErr(path, err)
 		}

@@ -229,7 +229,10 @@ func (c *Client) send(v any) {
 func (c *Client) writeLoop() {
 	defer c.s.wg.Done()
 	write := func(b []byte) bool {
-		if _, err := c.nc.Write(append(b, '\r', '\n')); err != nil {
+		if len(b) == 0 || b[len(b)-1] != '\n' { // a Print line ends in its own '\n'
+			b = append(b, '\r', '\n')
+		}
+		if _, err := c.nc.Write(b); err != nil {
 			c.close()
 			return false
 		}
@@ -278,6 +281,31 @@ type greeting struct {
 // and output of a daemon whose monitor is "--chardev stdio" (QEMU goes on
 // writing replies and events there when its input reaches its end).
 type OutputOutlivesInput interface{ OutputOutlivesInput() bool }
+
+// StandardOutput is implemented by a connection that writes to the
+// daemon's standard output ("--chardev stdio"), where Print puts lines.
+type StandardOutput interface{ StandardOutput() bool }
+
+// Print puts line on the daemon's standard output in order with the
+// messages queued for the client connected there (a stdio monitor), as
+// QEMU prints there between its replies. It reports false when no such
+// client is connected, or its queue is full; the caller then writes the
+// line itself.
+func (s *Server) Print(line string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.clients {
+		if o, ok := c.nc.(StandardOutput); ok && o.StandardOutput() {
+			select {
+			case c.out <- []byte(line + "\n"):
+				return true
+			default:
+				return false
+			}
+		}
+	}
+	return false
+}
 
 // endOfInputGrace bounds the writing of the replies a client is owed
 // once its input has ended.

@@ -388,47 +388,9 @@ func backingWithoutFormat(r *createReq) error {
 }
 
 // qcow2FormatLine is qemu-img create's "Formatting" line for a qcow2
-// image: the values as the user wrote them, in qemu-img's order. raw
-// replaces the printed value of keys the options could not hold (a value
-// the driver refuses, printed before its refusal).
+// image (format.FormattingLine).
 func qcow2FormatLine(r *createReq, o *format.ImageOptions, raw map[string]string) string {
-	co := o.Create
-	given := func(k, def string) string {
-		if v, ok := raw[k]; ok {
-			return v
-		}
-		if v, ok := o.Given[k]; ok {
-			return v
-		}
-		return def
-	}
-	rb := strconv.Itoa(co.RefcountBits)
-	if co.RefcountBits == 0 {
-		rb = "16"
-	}
-	cs := strconv.FormatInt(co.EffectiveClusterSize(), 10)
-	if v, ok := raw["cluster_size"]; ok {
-		cs = v
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "Formatting '%s', fmt=qcow2 cluster_size=%s extended_l2=%s", r.file, cs, given("extended_l2", "off"))
-	if v := given("preallocation", ""); v != "" {
-		b.WriteString(" preallocation=" + v)
-	}
-	fmt.Fprintf(&b, " compression_type=%s size=%d", given("compression_type", "zlib"), r.size)
-	if v := given("compat", ""); v != "" {
-		b.WriteString(" compat=" + v)
-	}
-	if co.BackingFile != "" {
-		// qemu-img prints option values as an -o list would hold them.
-		fmt.Fprintf(&b, " backing_file=%s backing_fmt=%s", format.EscapeOptionValue(co.BackingFile), format.EscapeOptionValue(co.BackingFormat))
-	}
-	b.WriteString(dataFileFormatItems(o)) // datafile.go
-	if v, ok := raw["refcount_bits"]; ok {
-		rb = v
-	}
-	fmt.Fprintf(&b, " lazy_refcounts=%s refcount_bits=%s", given("lazy_refcounts", "off"), rb)
-	return b.String()
+	return format.FormattingLine(r.file, r.size, o, raw)
 }
 
 // createStageError reports an option error of qemu-img create. The values

@@ -7,7 +7,6 @@ package imgcmd
 import (
 	"fmt"
 	"os"
-	"strings"
 	"syscall"
 
 	"github.com/ringblk/ringblk/aio"
@@ -20,19 +19,6 @@ import (
 	"github.com/ringblk/ringblk/drivers/rbd"
 	"github.com/ringblk/ringblk/internal/cli"
 )
-
-// dataFileFormatItems is the data file part of qemu-img's "Formatting"
-// line: the keys as given, after the backing file.
-func dataFileFormatItems(o *format.ImageOptions) string {
-	var b strings.Builder
-	if v, ok := o.Given["data_file"]; ok {
-		b.WriteString(" data_file=" + format.EscapeOptionValue(v))
-	}
-	if v, ok := o.Given["data_file_raw"]; ok {
-		b.WriteString(" data_file_raw=" + v)
-	}
-	return b.String()
-}
 
 // dataFileWriter returns the writer of a new qcow2 image whose data goes
 // to co.DataFile: that file is made (or emptied) and sized first, where

@@ -293,6 +293,7 @@ func run(cfg *config, stop <-chan struct{}) (err error) {
 	}
 	reg := qmp.NewRegistry()
 	d := qmp.NewDaemon(h, reg)
+	d.SetOutput(os.Stdout)
 	srv := qmp.NewServer(reg, qmp.Options{MaxMessage: cfg.maxMessage, Version: "ringblk serve",
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	d.Attach(srv)

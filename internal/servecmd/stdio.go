@@ -26,6 +26,10 @@ func (c stdioConn) Close() error {
 // replies and events until it exits (qmp.OutputOutlivesInput).
 func (stdioConn) OutputOutlivesInput() bool { return true }
 
+// StandardOutput: the daemon's own lines go through this connection's
+// queue (qmp.Server.Print).
+func (stdioConn) StandardOutput() bool { return true }
+
 type stdioAddr struct{}
 
 func (stdioAddr) Network() string { return "stdio" }

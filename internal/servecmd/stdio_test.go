@@ -17,7 +17,8 @@ import (
 // runOnStdio runs a daemon (exe with args; ringblk serve when exe is the
 // test binary) with its monitor on standard input and output, writes
 // cmds, and returns what it printed after the greeting: the replies in
-// order, re-encoded, then each job's JOB_STATUS_CHANGE statuses (jobs in
+// order, re-encoded (a line that is not a QMP message as "stdout:
+// LINE"), then each job's JOB_STATUS_CHANGE statuses (jobs in
 // the order their first event came) and the other events in order with
 // their data (timestamps left out).
 func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string, args ...string) (replies, events []string) {
@@ -56,6 +57,12 @@ func runOnStdio(t *testing.T, dir, exe string, env []string, cmds []string, args
 	statuses := map[string][]string{}
 	for sc.Scan() {
 		var m map[string]any
+		if !strings.HasPrefix(sc.Text(), "{") {
+			// What the daemon prints besides the monitor's messages
+			// (a "Formatting" line), in its place among the replies.
+			replies = append(replies, "stdout: "+sc.Text())
+			continue
+		}
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			t.Fatalf("%s printed %q: %v", filepath.Base(exe), sc.Text(), err)
 		}

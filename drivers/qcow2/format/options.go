@@ -122,6 +122,60 @@ func SplitOptionList(lists []string) (pairs []OptionPair, help bool, err error) 
 // callers that add an item such as backing_file from a -b argument.
 func EscapeOptionValue(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
+// FormattingLine is the line qemu-img create (and QEMU's own image
+// creation, e.g. drive-backup's target) prints before it makes a qcow2
+// image: the options as the user wrote them, in qemu-img's order, and the
+// defaults for the rest. o may be nil (every default); raw replaces the
+// printed value of keys the options could not hold (a value the driver
+// refuses, printed before its refusal).
+func FormattingLine(file string, size int64, o *ImageOptions, raw map[string]string) string {
+	if o == nil {
+		o = &ImageOptions{}
+	}
+	co := o.Create
+	given := func(k, def string) string {
+		if v, ok := raw[k]; ok {
+			return v
+		}
+		if v, ok := o.Given[k]; ok {
+			return v
+		}
+		return def
+	}
+	rb := strconv.Itoa(co.RefcountBits)
+	if co.RefcountBits == 0 {
+		rb = "16"
+	}
+	if v, ok := raw["refcount_bits"]; ok {
+		rb = v
+	}
+	cs := strconv.FormatInt(co.EffectiveClusterSize(), 10)
+	if v, ok := raw["cluster_size"]; ok {
+		cs = v
+	}
+	var b strings.Builder
+	b.WriteString("Formatting '" + file + "', fmt=qcow2 cluster_size=" + cs + " extended_l2=" + given("extended_l2", "off"))
+	if v := given("preallocation", ""); v != "" {
+		b.WriteString(" preallocation=" + v)
+	}
+	b.WriteString(" compression_type=" + given("compression_type", "zlib") + " size=" + strconv.FormatInt(size, 10))
+	if v := given("compat", ""); v != "" {
+		b.WriteString(" compat=" + v)
+	}
+	if co.BackingFile != "" {
+		// Option values as an -o list would hold them.
+		b.WriteString(" backing_file=" + EscapeOptionValue(co.BackingFile) + " backing_fmt=" + EscapeOptionValue(co.BackingFormat))
+	}
+	if v, ok := o.Given["data_file"]; ok {
+		b.WriteString(" data_file=" + EscapeOptionValue(v))
+	}
+	if v, ok := o.Given["data_file_raw"]; ok {
+		b.WriteString(" data_file_raw=" + v)
+	}
+	b.WriteString(" lazy_refcounts=" + given("lazy_refcounts", "off") + " refcount_bits=" + rb)
+	return b.String()
+}
+
 // ParseOptions parses qcow2 -o lists for use. With "help" or "?" in the
 // lists it returns help true and nothing else.
 func ParseOptions(lists []string, use OptionUse) (o *ImageOptions, help bool, err error) {
