@@ -112,6 +112,26 @@ func (h *Host) OpenDeviceSpec(s chain.Spec, o OpenOptions) (*Device, error) {
 	return h.openDevice("", s, o, nil)
 }
 
+// OpenDeviceSpecOver is OpenDeviceSpec with backing as the backing node of
+// the tree's top qcow2 image, as OpenDeviceOver gives it to an image
+// opened by path.
+func (h *Host) OpenDeviceSpecOver(s chain.Spec, o OpenOptions, backing *block.Node) (*Device, error) {
+	if backing == nil {
+		return nil, errors.New("ringblk: open: no backing node")
+	}
+	if s["driver"] != "qcow2" {
+		return nil, fmt.Errorf("ringblk: open: a backing node needs format qcow2, not %q", s["driver"])
+	}
+	d, err := h.openDevice("", s, o, backing)
+	if err != nil {
+		return nil, err
+	}
+	if c := d.fe.Root().Child(block.RoleBacking); c == nil || c.Node() != backing {
+		return nil, errors.Join(fmt.Errorf("ringblk: open %s: the image did not take node %s as its backing", d.Path(), backing.Name()), d.Close())
+	}
+	return d, nil
+}
+
 func (h *Host) openDevice(path string, spec chain.Spec, o OpenOptions, backing *block.Node) (*Device, error) {
 	if !h.enter() {
 		return nil, ErrClosed

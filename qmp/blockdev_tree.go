@@ -40,6 +40,130 @@ type TreeOptions struct {
 	MaxDiscard   *int32             `json:"max-discard" qmp:"optional"`
 	InjectError  []BlkdebugInject   `json:"inject-error" qmp:"optional"`
 	SetState     []BlkdebugSetState `json:"set-state" qmp:"optional"`
+	FileOptions
+	Qcow2Options
+}
+
+// FileOptions are QAPI's BlockdevOptionsFile members besides filename and
+// locking, which libvirt sends (aio=native with cache.direct, aio=io_uring).
+// They are checked as QEMU checks them and change nothing: ringblk's file
+// I/O is io_uring's, batched by its own rules, and it keeps no page-cache
+// state to drop. pr-manager names an object ringblk cannot have.
+type FileOptions struct {
+	AIO                string `json:"aio" qmp:"optional"`
+	AIOMaxBatch        *int64 `json:"aio-max-batch" qmp:"optional"`
+	DropCache          *bool  `json:"drop-cache" qmp:"optional"`
+	XCheckCacheDropped *bool  `json:"x-check-cache-dropped" qmp:"optional"`
+	PRManager          string `json:"pr-manager" qmp:"optional"`
+}
+
+// Qcow2Options are QAPI's BlockdevOptionsQcow2 runtime members. A qcow2
+// node that sets any opens from an option tree, where drivers/chain
+// applies them as qemu-io --image-opts does (cache sizes, lazy refcounts,
+// discard passing) and checks the rest in QEMU's words.
+type Qcow2Options struct {
+	LazyRefcounts       *bool  `json:"lazy-refcounts" qmp:"optional"`
+	PassDiscardRequest  *bool  `json:"pass-discard-request" qmp:"optional"`
+	PassDiscardSnapshot *bool  `json:"pass-discard-snapshot" qmp:"optional"`
+	PassDiscardOther    *bool  `json:"pass-discard-other" qmp:"optional"`
+	DiscardNoUnref      *bool  `json:"discard-no-unref" qmp:"optional"`
+	OverlapCheck        any    `json:"overlap-check" qmp:"optional"` // an enum value or Qcow2OverlapCheckFlags
+	CacheSize           *int64 `json:"cache-size" qmp:"optional"`
+	L2CacheSize         *int64 `json:"l2-cache-size" qmp:"optional"`
+	L2CacheEntrySize    *int64 `json:"l2-cache-entry-size" qmp:"optional"`
+	RefcountCacheSize   *int64 `json:"refcount-cache-size" qmp:"optional"`
+	CacheCleanInterval  *int64 `json:"cache-clean-interval" qmp:"optional"`
+}
+
+// set reports whether any member is given.
+func (q *Qcow2Options) set() bool { return !reflect.ValueOf(q).Elem().IsZero() }
+
+// put adds the given members to s under prefix, as option-tree keys.
+func (q *Qcow2Options) put(s chain.Spec, prefix string) *Error {
+	for _, b := range []struct {
+		k string
+		v *bool
+	}{{"lazy-refcounts", q.LazyRefcounts}, {"pass-discard-request", q.PassDiscardRequest},
+		{"pass-discard-snapshot", q.PassDiscardSnapshot}, {"pass-discard-other", q.PassDiscardOther},
+		{"discard-no-unref", q.DiscardNoUnref}} {
+		if b.v != nil {
+			s[prefix+b.k] = onOff(*b.v)
+		}
+	}
+	for _, n := range []struct {
+		k string
+		v *int64
+	}{{"cache-size", q.CacheSize}, {"l2-cache-size", q.L2CacheSize}, {"l2-cache-entry-size", q.L2CacheEntrySize},
+		{"refcount-cache-size", q.RefcountCacheSize}, {"cache-clean-interval", q.CacheCleanInterval}} {
+		if n.v != nil {
+			if *n.v < 0 {
+				return Errorf("Parameter '%s%s' expects uint64", prefix, n.k)
+			}
+			s[prefix+n.k] = strconv.FormatInt(*n.v, 10)
+		}
+	}
+	mode := func(key, v string) *Error {
+		switch v {
+		case "none", "constant", "cached", "all":
+			s[prefix+key] = v
+			return nil
+		}
+		return Errorf("Parameter '%s%s' does not accept value '%s'", prefix, key, v)
+	}
+	switch v := q.OverlapCheck.(type) {
+	case nil:
+	case string:
+		return mode("overlap-check", v)
+	case map[string]any:
+		// Qcow2OverlapCheckFlags: a template and per-structure flags.
+		for k, x := range v {
+			if !overlapFlags[k] {
+				return Errorf("Parameter '%soverlap-check.%s' is unexpected", prefix, k)
+			}
+			switch x := x.(type) {
+			case string:
+				if k != "template" {
+					return Errorf("Invalid parameter type for '%soverlap-check.%s', expected: boolean", prefix, k)
+				}
+				if err := mode("overlap-check.template", x); err != nil {
+					return err
+				}
+			case bool:
+				if k == "template" {
+					return Errorf("Invalid parameter type for '%soverlap-check.template', expected: string", prefix)
+				}
+				s[prefix+"overlap-check."+k] = onOff(x)
+			default:
+				return Errorf("Invalid parameter type for '%soverlap-check.%s', expected: boolean", prefix, k)
+			}
+		}
+	default:
+		return Errorf("Invalid parameter type for '%soverlap-check', expected: Qcow2OverlapChecks", prefix)
+	}
+	return nil
+}
+
+// overlapFlags are Qcow2OverlapCheckFlags' members.
+var overlapFlags = map[string]bool{"template": true, "main-header": true, "active-l1": true, "active-l2": true,
+	"refcount-table": true, "refcount-block": true, "snapshot-table": true, "inactive-l1": true,
+	"inactive-l2": true, "bitmap-directory": true}
+
+// check applies QEMU's rules to the file members (direct is the node's
+// cache.direct).
+func (f *FileOptions) check(prefix string, direct bool) *Error {
+	switch f.AIO {
+	case "", "threads", "io_uring":
+	case "native":
+		if !direct {
+			return Errorf("aio=native was specified, but it requires cache.direct=on, which was not specified.")
+		}
+	default:
+		return Errorf("Parameter '%saio' does not accept value '%s'", prefix, f.AIO)
+	}
+	if f.PRManager != "" {
+		return Errorf("No persistent reservation manager with id '%s'", f.PRManager)
+	}
+	return nil
 }
 
 // BlkdebugInject is QAPI's BlkdebugInjectErrorOptions.
@@ -68,14 +192,35 @@ var nbdMembers = map[string]bool{"server": true, "export": true, "tls-creds": tr
 // unexpected returns the first member t sets that driver does not take
 // (QEMU's union refuses them: "Parameter 'x' is unexpected"), or "".
 func (t *TreeOptions) unexpected(driver string) string {
-	v := reflect.ValueOf(t).Elem()
+	return unexpectedIn(reflect.ValueOf(t).Elem(), driver)
+}
+
+func unexpectedIn(v reflect.Value, driver string) string {
 	for i := 0; i < v.NumField(); i++ {
-		name := strings.Split(v.Type().Field(i).Tag.Get("json"), ",")[0]
+		f := v.Type().Field(i)
+		if f.Anonymous {
+			if m := unexpectedIn(v.Field(i), driver); m != "" {
+				return m
+			}
+			continue
+		}
 		if v.Field(i).IsZero() {
 			continue
 		}
-		if driver == "nbd" && nbdMembers[name] || driver == "blkdebug" && !nbdMembers[name] {
-			continue
+		name := strings.Split(f.Tag.Get("json"), ",")[0]
+		switch v.Type() {
+		case reflect.TypeFor[FileOptions]():
+			if driver == "file" || driver == "host_device" {
+				continue
+			}
+		case reflect.TypeFor[Qcow2Options]():
+			if driver == "qcow2" {
+				continue
+			}
+		default:
+			if driver == "nbd" && nbdMembers[name] || driver == "blkdebug" && !nbdMembers[name] {
+				continue
+			}
 		}
 		return name
 	}
@@ -91,12 +236,15 @@ func (d *Daemon) needsTree(o *AddOptions) bool {
 	if treeDriver(o.Driver) {
 		return true
 	}
+	if o.Driver == "qcow2" && o.Qcow2Options.set() {
+		return true
+	}
 	if (o.Driver == "raw" || o.Driver == "qcow2") && o.File != nil {
 		if o.File.Ref != "" {
 			fb := d.nodes[o.File.Ref]
 			return fb != nil && fb.spec != nil
 		}
-		return treeDriver(o.File.Driver) || o.File.NodeName != "" || o.File.File != nil
+		return treeDriver(o.File.Driver) || o.File.NodeName != "" || o.File.File != nil || o.File.Qcow2Options.set()
 	}
 	return false
 }
@@ -241,6 +389,9 @@ func (d *Daemon) putTree(s chain.Spec, prefix, driver, filename string, file *Fi
 		if file == nil {
 			return Errorf("Parameter '%sfile' is missing", prefix)
 		}
+		if err := t.Qcow2Options.put(s, prefix); err != nil {
+			return err
+		}
 		return d.putChild(s, prefix+"file.", file, refs)
 	}
 	return Errorf("Invalid parameter '%s' (drivers: file, host_device, raw, qcow2, null-co, null-aio, nbd, blkdebug)", driver)
@@ -254,6 +405,9 @@ func (d *Daemon) putChild(s chain.Spec, prefix string, f *FileRef, refs *[]*bloc
 		}
 		if f.Locking != "" {
 			s[prefix+"locking"] = f.Locking
+		}
+		if f.AIO != "" {
+			s[prefix+"aio"] = f.AIO // checked by blockdevAdd; kept for blockdev-reopen
 		}
 		if f.Cache != nil {
 			s[prefix+"cache.direct"] = onOff(f.Cache.Direct)
@@ -312,8 +466,9 @@ func (d *Daemon) putChild(s chain.Spec, prefix string, f *FileRef, refs *[]*bloc
 }
 
 // blockdevAddTree is blockdev-add of a node that opens from an option
-// tree; oo and dz are the generic options blockdevAdd has checked.
-func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.DetectZeroes) error {
+// tree; oo and dz are the generic options blockdevAdd has checked, and
+// backing the node "backing" named (nil: none, or the header's).
+func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.DetectZeroes, backing *blockdev) error {
 	s := chain.Spec{}
 	var refs []*blockdev
 	if err := d.putTree(s, "", o.Driver, o.Filename, o.File, &o.TreeOptions, &refs); err != nil {
@@ -342,7 +497,13 @@ func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.Dete
 		closed = append(closed, fb)
 	}
 	oo.Callbacks = d.callbacks(o.NodeName)
-	dev, err := d.openSpec(s, oo)
+	var dev *host.Device
+	var err error
+	if backing != nil {
+		dev, err = d.openSpecOver(s, oo, backing)
+	} else {
+		dev, err = d.openSpec(s, oo)
+	}
 	if err != nil {
 		if rerr := d.reopenAll(closed); rerr != nil {
 			err = errors.Join(err, rerr)
@@ -350,7 +511,8 @@ func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.Dete
 		return Errorf("%v", err)
 	}
 	b := &blockdev{name: o.NodeName, driver: o.Driver, filename: dev.Path(), dev: dev, opts: oo, spec: s,
-		discardUnmap: oo.Discard == "unmap", detectZeroes: dz}
+		discardUnmap: oo.Discard == "unmap", detectZeroes: dz, fileOpts: o.FileOptions, qcow2Opts: o.Qcow2Options,
+		locking: o.Locking, forceShare: o.ForceShare}
 	d.mu.Lock()
 	for _, fb := range refs {
 		role := "file"
@@ -359,6 +521,10 @@ func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.Dete
 		}
 		fb.usedBy, fb.role = b.name, role
 		b.lower = append(b.lower, fb.name)
+	}
+	if backing != nil {
+		// As addNode's: the newest overlay is the one named.
+		backing.usedBy, backing.role, backing.byRef = b.name, "backing", true
 	}
 	d.nodes[b.name] = b
 	d.mu.Unlock()
@@ -369,6 +535,20 @@ func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.Dete
 // openSpec opens a device from an option tree (see open).
 func (d *Daemon) openSpec(s chain.Spec, o host.OpenOptions) (*host.Device, error) {
 	dev, err := d.h.OpenDeviceSpec(s, o)
+	if err != nil {
+		return nil, err
+	}
+	dev.FrontEnd().AllowContextChange(true)
+	return dev, nil
+}
+
+// openSpecOver opens a device from an option tree over backing's node.
+func (d *Daemon) openSpecOver(s chain.Spec, o host.OpenOptions, backing *blockdev) (*host.Device, error) {
+	bn := backing.dev.Root()
+	if bn == nil {
+		return nil, fmt.Errorf("node '%s' has no image", backing.name)
+	}
+	dev, err := d.h.OpenDeviceSpecOver(s, o, bn)
 	if err != nil {
 		return nil, err
 	}

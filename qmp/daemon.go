@@ -93,6 +93,14 @@ type blockdev struct {
 	// default, since the chain puts the setting on its file node only).
 	discardUnmap bool
 	detectZeroes nbd.DetectZeroes
+	// fileOpts and qcow2Opts are the node's file and qcow2 members as
+	// blockdev-add gave them, which blockdev-reopen must not change.
+	fileOpts  FileOptions
+	qcow2Opts Qcow2Options
+	// locking and forceShare are the node's own members as given (an
+	// inline file's go to its file, not here).
+	locking    string
+	forceShare bool
 	// top is the node added last over this device's chain; blockdev-del
 	// of it closes the device and every node under it.
 	lower []string
@@ -574,8 +582,22 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 	default:
 		return Errorf("Parameter 'detect-zeroes' does not accept value '%s'", o.DetectZeroes)
 	}
+	direct := o.Cache != nil && o.Cache.Direct
+	if o.Driver == "file" || o.Driver == "host_device" {
+		if err := o.FileOptions.check("", direct); err != nil {
+			return err
+		}
+	}
+	if f := o.File; f != nil && f.Ref == "" && (f.Driver == "file" || f.Driver == "host_device") {
+		if f.Cache != nil {
+			direct = f.Cache.Direct
+		}
+		if err := f.FileOptions.check("file.", direct); err != nil {
+			return err
+		}
+	}
 	if d.needsTree(o) {
-		return d.blockdevAddTree(o, oo, dz)
+		return d.blockdevAddTree(o, oo, dz, backing)
 	}
 	if m := o.TreeOptions.unexpected(o.Driver); m != "" {
 		return Errorf("Parameter '%s' is unexpected", m)
@@ -682,7 +704,8 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 		return openFailure(filename, err)
 	}
 	b := &blockdev{name: o.NodeName, driver: o.Driver, filename: filename, dev: dev, opts: oo,
-		discardUnmap: oo.Discard == "unmap", detectZeroes: dz}
+		discardUnmap: oo.Discard == "unmap", detectZeroes: dz, fileOpts: o.FileOptions, qcow2Opts: o.Qcow2Options,
+		locking: o.Locking, forceShare: o.ForceShare}
 	d.mu.Lock()
 	if fileNode != nil {
 		fileNode.dev, fileNode.usedBy, fileNode.role = dev, b.name, "file"
@@ -802,7 +825,6 @@ type FileRef struct {
 	File     *FileRef   `json:"file"` // raw, qcow2 (in a tree)
 	Cache    *CacheOpts `json:"cache"`
 	Locking  string     `json:"locking"`
-	AIO      string     `json:"aio"`
 	// BlockdevOptionsBase's members, which every node takes (libvirt
 	// sends read-only on the file of a read-only image).
 	ReadOnly     *bool  `json:"read-only"`

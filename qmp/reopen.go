@@ -1,13 +1,18 @@
 package qmp
 
 import (
+	"sort"
+
 	"github.com/ringblk/ringblk/block"
+	"github.com/ringblk/ringblk/drivers/chain"
+	"github.com/ringblk/ringblk/nbd"
 )
 
 // blockdev-reopen (QEMU 6.1+): each member of options describes a node as
 // blockdev-add does; what differs from the node as it is changes. ringblk
 // changes read-only only (absent, as in QEMU, means false); any other
-// option that differs is refused ("Cannot change the option 'X'"). A
+// option that differs from the node's, an absent one read as its default,
+// is refused ("Cannot change the option 'X'"). A
 // format node made read-write needs its file node writable too: a file
 // node the user added read-only must be reopened read-write in the same
 // command (QEMU's rule, "Block node is read-only"). Every member is
@@ -41,7 +46,12 @@ func (d *Daemon) blockdevReopen(a *reopenArgs) error {
 		o := &a.Options[i]
 		b := d.nodes[o.NodeName]
 		if b == nil {
-			return Errorf("Failed to find node with node-name='%s'", o.NodeName)
+			// A file given inline with a node-name: nothing of it can
+			// change here, and it follows its format node's read-only.
+			if err := d.reopenInlineFile(o, byName); err != nil {
+				return err
+			}
+			continue
 		}
 		if o.Driver != b.driver {
 			return Errorf("Cannot change the option 'driver'")
@@ -110,8 +120,51 @@ func (d *Daemon) blockdevReopen(a *reopenArgs) error {
 	return nil
 }
 
+// reopenInlineFile checks a reopen of a file node that a format node's
+// blockdev-add named inline ("file": {"node-name": …}): only the options
+// it was opened with are taken, and read-only only as its format node
+// has it (or gets it in the same reopen).
+func (d *Daemon) reopenInlineFile(o *AddOptions, byName map[string]*AddOptions) error {
+	var owner *blockdev
+	for _, x := range d.nodes {
+		if x.spec != nil && x.spec["file.node-name"] == o.NodeName {
+			owner = x
+		}
+	}
+	if owner == nil {
+		return Errorf("Failed to find node with node-name='%s'", o.NodeName)
+	}
+	sp := owner.spec
+	switch {
+	case o.Driver != sp["file.driver"]:
+		return Errorf("Cannot change the option 'driver'")
+	case o.Filename != "" && o.Filename != sp["file.filename"]:
+		return Errorf("Cannot change the option 'filename'")
+	case sameOption("locking", o.Locking, sp["file.locking"], lockingMode) != nil:
+		return sameOption("locking", o.Locking, sp["file.locking"], lockingMode)
+	case sameOption("aio", o.AIO, sp["file.aio"], aioMode) != nil:
+		return sameOption("aio", o.AIO, sp["file.aio"], aioMode)
+	case o.ForceShare:
+		return Errorf("Cannot change the option 'force-share'")
+	case o.DetectZeroes != "" && o.DetectZeroes != "off":
+		return Errorf("Cannot change the option 'detect-zeroes'")
+	case o.File != nil || o.Backing != nil || o.Qcow2Options.set():
+		return Errorf("Parameter 'file' is unexpected")
+	}
+	if o.ReadOnly && !owner.opts.ReadOnly {
+		if fo, ok := byName[owner.name]; !ok || !fo.ReadOnly {
+			return Errorf("Block node '%s' is used for writing by '%s'", o.NodeName, owner.name)
+		}
+	}
+	return nil // read-write with its format node: that node's step reopens it
+}
+
 // reopenUnchanged refuses a member that would change what ringblk cannot
-// change on an open node: everything but read-only.
+// change on an open node: everything but read-only (and auto-read-only,
+// which acts at open only). QEMU also changes detect-zeroes, discard and
+// the qcow2 cache and discard members on reopen; ringblk refuses them in
+// QEMU's words for an option that cannot change, rather than take and
+// ignore them.
 func (d *Daemon) reopenUnchanged(b *blockdev, o *AddOptions) error {
 	if o.Filename != "" && o.Filename != b.filename {
 		return Errorf("Cannot change the option 'filename'")
@@ -123,6 +176,9 @@ func (d *Daemon) reopenUnchanged(b *blockdev, o *AddOptions) error {
 			if f := d.nodes[l]; f != nil && f.role == "file" {
 				cur = f.name
 			}
+		}
+		if cur == "" && b.spec != nil {
+			cur = b.spec["file.node-name"] // an inline file named in the tree
 		}
 		if name == "" && o.File.Filename != b.filename || name != "" && name != cur {
 			return Errorf("Cannot change the option 'file'")
@@ -142,7 +198,78 @@ func (d *Daemon) reopenUnchanged(b *blockdev, o *AddOptions) error {
 	if o.Cache != nil && o.Cache.mode() != b.opts.Cache && !(b.opts.Cache == "" && o.Cache.mode() == "writeback") {
 		return Errorf("Cannot change the option 'cache'")
 	}
+	// QEMU's own fixed options, then those QEMU changes and ringblk
+	// cannot on an open node: refused by name rather than taken and
+	// ignored.
+	if o.ForceShare != b.forceShare {
+		return Errorf("Cannot change the option 'force-share'")
+	}
+	if err := sameOption("locking", o.Locking, b.locking, lockingMode); err != nil {
+		return err
+	}
+	if err := sameOption("aio", o.AIO, b.fileOpts.AIO, aioMode); err != nil {
+		return err
+	}
+	var dz nbd.DetectZeroes
+	switch o.DetectZeroes {
+	case "on":
+		dz = nbd.DetectZeroesOn
+	case "unmap":
+		dz = nbd.DetectZeroesUnmap
+	}
+	if dz != b.detectZeroes {
+		return Errorf("Cannot change the option 'detect-zeroes'")
+	}
+	if (o.Discard == "unmap" || o.Discard == "on") != b.discardUnmap {
+		return Errorf("Cannot change the option 'discard'")
+	}
+	was, now := chain.Spec{}, chain.Spec{}
+	if err := o.Qcow2Options.put(now, ""); err != nil {
+		return err
+	}
+	_ = b.qcow2Opts.put(was, "")
+	keys := make([]string, 0, len(was)+len(now))
+	for k := range was {
+		keys = append(keys, k)
+	}
+	for k := range now {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if was[k] != now[k] {
+			return Errorf("Cannot change the option '%s'", k)
+		}
+	}
 	return nil
+}
+
+// sameOption refuses a reopen that changes an option QEMU keeps fixed:
+// left out when the node was opened with it, or given another value (mode
+// reads an absent value as the default).
+func sameOption(key, now, was string, mode func(string) string) *Error {
+	switch {
+	case now == "" && was != "":
+		return Errorf("Option '%s' cannot be reset to its default value", key)
+	case mode(now) != mode(was):
+		return Errorf("Cannot change the option '%s'", key)
+	}
+	return nil
+}
+
+// lockingMode and aioMode read an absent value as QEMU's default.
+func lockingMode(v string) string {
+	if v == "" {
+		return "auto"
+	}
+	return v
+}
+
+func aioMode(v string) string {
+	if v == "" {
+		return "threads"
+	}
+	return v
 }
 
 // fileGraphNode is the file node under format blockdev f's node.
