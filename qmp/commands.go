@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ringblk/ringblk/job"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	qcow2fmt "github.com/ringblk/ringblk/drivers/qcow2/format"
 	"github.com/ringblk/ringblk/drivers/raw"
 	"github.com/ringblk/ringblk/host"
+	"github.com/ringblk/ringblk/nbd"
 )
 
 // Missing lists the block-layer commands of QEMU this daemon does not
@@ -638,6 +640,7 @@ func (d *Daemon) queryBlock() []map[string]any {
 		root = belowFilters(root)
 		var info map[string]any
 		d.h.Graph().Control(func() { info = nodeInfo(root) })
+		d.asQEMU(info)
 		out = append(out, map[string]any{"device": name, "qdev": name, "locked": false, "removable": false,
 			"io-status": io, "inserted": info, "type": "unknown"})
 	}
@@ -656,9 +659,65 @@ func (d *Daemon) queryNodes() []map[string]any {
 		})
 		if info != nil {
 			out = append(out, info)
+			if f := d.asQEMU(info); f != nil {
+				out = append(out, f)
+			}
 		}
 	}
 	return out
+}
+
+// asQEMU corrects a node's entry where ringblk's graph differs from
+// QEMU's: the node's detect-zeroes, and a raw format node, which is one
+// graph node with its file here (the raw driver reads the file itself)
+// and two in QEMU. Its entry then says raw, and the file node's entry,
+// which it returns, is made from it under the file node's name, so that
+// a client that added "libvirt-1-storage" and "libvirt-1-format" finds
+// both. Called with the entry of a graph node.
+func (d *Daemon) asQEMU(info map[string]any) map[string]any {
+	name, _ := info["node-name"].(string)
+	b := d.nodes[name]
+	if b == nil {
+		// The graph node of a raw node over an inline file with a
+		// node-name carries the file's name: the raw node's entry is
+		// the one to add.
+		for _, x := range d.nodes {
+			if x.driver == "raw" && x.spec != nil && x.spec["file.node-name"] == name && info["drv"] == "file" {
+				r := maps.Clone(info)
+				r["image"] = maps.Clone(info["image"].(map[string]any))
+				r["node-name"] = x.name
+				d.asQEMU(r)
+				return r
+			}
+		}
+		return nil
+	}
+	info["detect_zeroes"] = [...]string{nbd.DetectZeroesOff: "off", nbd.DetectZeroesOn: "on", nbd.DetectZeroesUnmap: "unmap"}[b.detectZeroes]
+	if b.driver != "raw" || info["drv"] != "file" {
+		return nil
+	}
+	var fileName string
+	for _, l := range b.lower {
+		if f := d.nodes[l]; f != nil && f.role == "file" {
+			fileName = f.name
+		}
+	}
+	if b.spec != nil && b.spec["file.node-name"] != "" {
+		fileName = "" // the graph node's own entry is the file's
+	}
+	img, _ := info["image"].(map[string]any)
+	file := maps.Clone(info)
+	file["image"] = maps.Clone(img)
+	file["node-name"], file["detect_zeroes"] = fileName, "off"
+	delete(file, "dirty-bitmaps")
+	info["drv"] = "raw"
+	if img != nil {
+		img["format"] = "raw"
+	}
+	if fileName == "" {
+		return nil // an anonymous file: QEMU's "#blockNNN" has no name here
+	}
+	return file
 }
 
 func opStats(s host.Stats) map[string]any {

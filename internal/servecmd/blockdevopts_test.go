@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -182,5 +183,61 @@ func TestServeTreeNodeTakesBackingByName(t *testing.T) {
 	}
 	if !strings.Contains(got[5], "in use") && !strings.Contains(got[5], "busy") {
 		t.Errorf("blockdev-del of the shared backing node: %s, want it refused", got[5])
+	}
+}
+
+// TestServeRawNodesListedAsQemuStorageDaemon: query-named-block-nodes
+// lists a raw format node and its file node as QEMU does (libvirt's
+// "libvirt-1-format" over "libvirt-1-storage"), by reference and inline
+// with a node-name, and each node's detect-zeroes. Before, ringblk listed
+// one node, drv "file", under the format node's name (or only the file's),
+// and detect_zeroes "off" whatever the node said.
+func TestServeRawNodesListedAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	wantR, _, gotR, _ := stdioBoth(t, func(dir string) []string {
+		for _, n := range []string{"a", "b", "c"} {
+			qemuImg(t, "create", "-q", "-f", "raw", filepath.Join(dir, n+".raw"), "1M")
+		}
+		return []string{
+			`{"execute":"qmp_capabilities"}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"libvirt-1-storage","filename":"a.raw","discard":"unmap"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"libvirt-1-format","file":"libvirt-1-storage","discard":"unmap","detect-zeroes":"unmap"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r2","file":{"driver":"file","node-name":"f2","filename":"b.raw"},"detect-zeroes":"on"}}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"q3","file":{"driver":"file","filename":"c.raw"}}}`,
+			`{"execute":"query-named-block-nodes","arguments":{"flat":true}}`,
+			`{"execute":"quit"}`,
+		}
+	})
+	list := func(replies []string) []string {
+		var out []string
+		for _, r := range replies {
+			var m struct {
+				Return []struct {
+					Name         string `json:"node-name"`
+					Drv          string `json:"drv"`
+					DetectZeroes string `json:"detect_zeroes"`
+					Image        struct {
+						Format string `json:"format"`
+					} `json:"image"`
+				} `json:"return"`
+			}
+			if json.Unmarshal([]byte(r), &m) != nil {
+				continue
+			}
+			for _, n := range m.Return {
+				if !strings.HasPrefix(n.Name, "#") {
+					out = append(out, n.Name+" "+n.Drv+" "+n.Image.Format+" "+n.DetectZeroes)
+				}
+			}
+		}
+		sort.Strings(out)
+		return out
+	}
+	want, got := list(wantR), list(gotR)
+	if len(want) != 4 {
+		t.Fatalf("qemu-storage-daemon's nodes are not what this test compares: %q (replies %q)", want, wantR)
+	}
+	if strings.Join(want, "; ") != strings.Join(got, "; ") {
+		t.Errorf("nodes:\nqemu-storage-daemon %q\nringblk serve       %q", want, got)
 	}
 }
