@@ -163,6 +163,7 @@ func (d *Daemon) Transaction(args *TransactionArgs, extra ...txn.Action) error {
 		}
 		acts = append(acts, act)
 	}
+	acts = overlayBitmapsAfterSnapshot(acts)
 	acts = append(acts, extra...)
 	err := txn.Run(acts)
 	var te *txn.Error
@@ -173,6 +174,38 @@ func (d *Daemon) Transaction(args *TransactionArgs, extra ...txn.Action) error {
 		return Errorf("%v", err)
 	}
 	return nil
+}
+
+// overlayBitmapsAfterSnapshot moves a bitmap action on the overlay of a
+// later blockdev-snapshot to just after that snapshot. libvirt adds (and
+// merges into) the new overlay's bitmaps before the snapshot that puts it
+// on top, in one transaction. In QEMU the overlay stays the same node; in
+// ringblk the snapshot opens the overlay's image again under its name
+// (host.Device.StageSnapshot), so the bitmap action must find that node,
+// and must not hold the old one, whose lock and name the snapshot needs.
+// Before, that transaction failed and the overlay node was lost.
+func overlayBitmapsAfterSnapshot(acts []txn.Action) []txn.Action {
+	for k := 0; k < len(acts); k++ {
+		snap, ok := acts[k].(*snapshotExisting)
+		if !ok {
+			continue
+		}
+		var moved, kept []txn.Action
+		for _, a := range acts[:k] {
+			if b, ok := a.(*bitmapAction); ok && b.nodeArg() == snap.a.Overlay {
+				moved = append(moved, a)
+				continue
+			}
+			kept = append(kept, a)
+		}
+		if len(moved) == 0 {
+			continue
+		}
+		out := append(append(append(kept, acts[k]), moved...), acts[k+1:]...)
+		acts = out
+		k = len(kept) + len(moved)
+	}
+	return acts
 }
 
 // abortAction is QMP's 'abort' action: its prepare always fails (tests).

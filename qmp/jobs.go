@@ -767,11 +767,18 @@ func (r *BitmapRef) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// bitmapNode resolves a bitmap's node (a device name or node name).
 // bitmapNode finds the node of a bitmap command by device or node name,
 // with QEMU's message for a name that is neither (block-dirty-bitmap-add
 // words it differently: bitmapAction.Prepare).
 func (d *Daemon) bitmapNode(node string) (*block.Node, error) {
+	// A node name names that node, as in qemu-storage-daemon (which has
+	// no devices): a backing node's bitmaps are its own, not its
+	// overlay's. Before, the name was taken as a device's and a
+	// persistent bitmap added to libvirt's "libvirt-2-format" was stored
+	// in the overlay's image.
+	if n := d.h.Graph().NodeByName(node); n != nil {
+		return n, nil
+	}
 	n, qerr := d.rootOf(node)
 	if qerr != nil {
 		return nil, Errorf("Node '%s' not found", node)
@@ -820,14 +827,19 @@ type bitmapAction struct {
 	stale *qcow2.Driver
 }
 
-func (a *bitmapAction) Prepare() error {
-	node := a.ref.Node
+// nodeArg is the node the action changes a bitmap of.
+func (a *bitmapAction) nodeArg() string {
 	switch a.kind {
 	case "block-dirty-bitmap-add":
-		node = a.add.Node
+		return a.add.Node
 	case "block-dirty-bitmap-merge":
-		node = a.mrg.Node
+		return a.mrg.Node
 	}
+	return a.ref.Node
+}
+
+func (a *bitmapAction) Prepare() error {
+	node := a.nodeArg()
 	n, err := a.d.bitmapNode(node)
 	if err != nil {
 		if a.kind == "block-dirty-bitmap-add" {

@@ -290,23 +290,43 @@ func (d *Daemon) fileGraphNode(f *blockdev) *block.Node {
 	return n
 }
 
-// userReadOnly reports whether n is the node of a blockdev the user added
-// (or reopened) read-only: QEMU refuses to reopen such a node read-write
-// for a job ("Block node is read-only"); one the chain opened read-only
-// from a header is reopened.
+// userReadOnly reports whether n is the node of a read-only blockdev
+// that QEMU refuses to reopen read-write for a job ("Block node is
+// read-only"): one whose protocol (file) node the user added read-only,
+// or a protocol node so added. A read-only format node over a file node
+// the user left writable or auto-read-only (libvirt's backing layers) is
+// reopened, as is one the chain opened read-only from a header.
 func (d *Daemon) userReadOnly(n *block.Node) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, b := range d.nodes {
-		if b.role == "" && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
-			return true
+		if b.dev == nil || b.dev.Root() != n || !b.opts.ReadOnly {
+			continue
 		}
 		// An implicit node (an inline backing object) is read-only as
 		// a backing child is, even when its options say so: QEMU lets a
 		// job reopen it read-write, as its parent allows writes.
-		if b.byRef && b.owner == "" && b.opts.ReadOnly && b.dev != nil && b.dev.Root() == n {
+		if b.role == "" || b.byRef && b.owner == "" {
+			if d.protocolReadOnly(b) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// protocolReadOnly reports whether read-only blockdev b cannot be made
+// writable because of its protocol node: b is one, or its file node was
+// added read-only (d.mu held).
+func (d *Daemon) protocolReadOnly(b *blockdev) bool {
+	if b.driver == "file" || b.driver == "host_device" {
+		return true
+	}
+	for _, l := range b.lower {
+		if f := d.nodes[l]; f != nil && f.role == "file" && f.opts.ReadOnly {
 			return true
 		}
 	}
+	// An inline file, or a tree: its read-only follows the format node's.
 	return false
 }
