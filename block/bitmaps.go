@@ -2,6 +2,7 @@ package block
 
 import (
 	"fmt"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/ringblk/ringblk/bitmap"
@@ -20,8 +21,23 @@ import (
 // bdrv_dirty_bitmap_truncate from bdrv_co_write_req_finish): growing adds
 // clean chunks, which later writes mark.
 
-// bitmapList is the published set (never modified once stored).
-type bitmapList struct{ list []*bitmap.Bitmap }
+// bitmapList is the published set (never modified once stored), and the
+// node's write threshold, which the same load finds.
+type bitmapList struct {
+	list []*bitmap.Bitmap
+	thr  *writeThreshold
+}
+
+// writeThreshold is QEMU's write threshold of a node
+// (block-set-write-threshold): the first data-changing write that ends
+// past limit calls fire once, with the bytes past it, and turns it off.
+// Checked where the bitmaps are marked, when the write completes (QEMU
+// checks before the write starts: the event comes a write later, never
+// before the bytes are there).
+type writeThreshold struct {
+	limit atomic.Int64 // 0: off
+	fire  func(exceeded, limit int64)
+}
 
 // dirtyOps has bit op set for each op that changes data.
 const dirtyOps = 1<<OpWrite | 1<<OpWriteZeroes | 1<<OpDiscard | 1<<OpWriteCompressed
@@ -53,6 +69,59 @@ func (n *Node) mark(l *bitmapList, r *Request, err error) {
 	for _, b := range l.list {
 		b.Mark(off, ln)
 	}
+	if t := l.thr; t != nil && r.Op != OpDiscard {
+		if lim := t.limit.Load(); lim > 0 && off+ln > lim && t.limit.CompareAndSwap(lim, 0) {
+			t.fire(off+ln-lim, lim)
+		}
+	}
+}
+
+// SetWriteThreshold arms the node's write threshold at limit bytes (0:
+// off); the first write, write-zeroes or compressed write that ends past
+// it calls fire (on the Context it completed on) and disarms it. Any
+// Context.
+func (n *Node) SetWriteThreshold(limit int64, fire func(exceeded, limit int64)) {
+	n.g.Control(func() {
+		n.bitmapMu.Lock()
+		defer n.bitmapMu.Unlock()
+		old := n.bitmaps.Load()
+		var list []*bitmap.Bitmap
+		if old != nil {
+			list = old.list
+		}
+		var t *writeThreshold
+		if limit > 0 {
+			t = &writeThreshold{fire: fire}
+			t.limit.Store(limit)
+		}
+		n.publishBitmaps(list, t)
+	})
+}
+
+// WriteThreshold returns the armed write threshold (0: none). Any Context.
+func (n *Node) WriteThreshold() int64 {
+	if l := n.bitmaps.Load(); l != nil && l.thr != nil {
+		return l.thr.limit.Load()
+	}
+	return 0
+}
+
+// publishBitmaps stores a new list and threshold (nil when both are
+// empty, so that a node with neither pays one load per write).
+func (n *Node) publishBitmaps(list []*bitmap.Bitmap, t *writeThreshold) {
+	if len(list) == 0 && t == nil {
+		n.bitmaps.Store(nil)
+		return
+	}
+	n.bitmaps.Store(&bitmapList{list: list, thr: t})
+}
+
+// threshold is the published write threshold (nil: none).
+func (n *Node) threshold() *writeThreshold {
+	if l := n.bitmaps.Load(); l != nil {
+		return l.thr
+	}
+	return nil
 }
 
 // AddBitmap creates an enabled dirty bitmap on the node covering its
@@ -114,7 +183,7 @@ func (n *Node) attachBitmap(b *bitmap.Bitmap) error {
 		}
 		list = append(list, old.list...)
 	}
-	n.bitmaps.Store(&bitmapList{list: append(list, b)})
+	n.publishBitmaps(append(list, b), n.threshold())
 	return nil
 }
 
@@ -149,11 +218,7 @@ func (n *Node) DetachBitmap(b *bitmap.Bitmap) {
 			list = append(list, x)
 		}
 	}
-	if len(list) == 0 {
-		n.bitmaps.Store(nil)
-		return
-	}
-	n.bitmaps.Store(&bitmapList{list: list})
+	n.publishBitmaps(list, n.threshold())
 }
 
 // Bitmap returns the named bitmap, or nil. Any Context.

@@ -329,3 +329,60 @@ func TestTruncateDuringWritesLosesNoMark(t *testing.T) {
 		t.Fatalf("count %d, want %d", b.Count(), chunks*gran)
 	}
 }
+
+// TestWriteThreshold: a node's write threshold fires once, for the first
+// write or write-zeroes that ends past it (discards, reads and writes
+// below it do not), with the bytes past it, and is off afterwards; arming
+// and disarming it keeps the node's bitmaps, and adding or removing a
+// bitmap keeps the threshold.
+func TestWriteThreshold(t *testing.T) {
+	e := blocktest.NewEnv(t, 1)
+	n := e.Open(blocktest.NewMem(1<<20), block.Options{Name: "n"})
+	fe := e.FrontEnd("fe", n, block.FrontEndOptions{AllowContextChange: true})
+	n.Unref()
+	if err := fe.SetContext(e.IO[0]); err != nil {
+		t.Fatal(err)
+	}
+	b0, err := n.AddBitmap("b0", 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fired atomic.Int64
+	var exceeded, limit int64
+	n.SetWriteThreshold(65536, func(x, l int64) { exceeded, limit = x, l; fired.Add(1) })
+	if n.WriteThreshold() != 65536 || n.Bitmap("b0") != b0 {
+		t.Fatalf("threshold %d, bitmap %v", n.WriteThreshold(), n.Bitmap("b0"))
+	}
+	if _, err := n.AddBitmap("b1", 4096); err != nil || n.WriteThreshold() != 65536 {
+		t.Fatalf("a bitmap added: %v, threshold %d", err, n.WriteThreshold())
+	}
+	if err := n.RemoveBitmap("b1"); err != nil || n.WriteThreshold() != 65536 {
+		t.Fatalf("a bitmap removed: %v, threshold %d", err, n.WriteThreshold())
+	}
+	q := func(fn func(q *block.Queue, r *blocktest.Result)) {
+		res := blocktest.NewResult()
+		e.On(e.IO[0], func() { fn(fe.Queue(e.IO[0]), res) })
+		res.Wait(e)
+		if res.Err != nil {
+			t.Fatal(res.Err)
+		}
+	}
+	buf := make([]byte, 4096)
+	q(func(q *block.Queue, r *blocktest.Result) { q.Write(buf, 61440, 0, r, 0) })        // ends at the threshold
+	q(func(q *block.Queue, r *blocktest.Result) { q.Discard(131072, 4096, r, 0) })       // not a write
+	q(func(q *block.Queue, r *blocktest.Result) { q.Read(buf, 200000, r, 0) })           // not a write
+	q(func(q *block.Queue, r *blocktest.Result) { q.WriteZeroes(98304, 8192, 0, r, 0) }) // past it
+	q(func(q *block.Queue, r *blocktest.Result) { q.Write(buf, 500000, 0, r, 0) })       // off now
+	if fired.Load() != 1 || exceeded != 98304+8192-65536 || limit != 65536 {
+		t.Fatalf("fired %d times, exceeded %d, limit %d", fired.Load(), exceeded, limit)
+	}
+	if n.WriteThreshold() != 0 || n.Bitmap("b0") != b0 {
+		t.Fatalf("after: threshold %d, bitmap %v", n.WriteThreshold(), n.Bitmap("b0"))
+	}
+	n.SetWriteThreshold(1, func(int64, int64) { fired.Add(1) })
+	n.SetWriteThreshold(0, nil)
+	q(func(q *block.Queue, r *blocktest.Result) { q.Write(buf, 0, 0, r, 0) })
+	if fired.Load() != 1 || n.Bitmap("b0") != b0 {
+		t.Fatalf("disarmed: fired %d, bitmap %v", fired.Load(), n.Bitmap("b0"))
+	}
+}

@@ -168,9 +168,9 @@ func holdBitmaps(g *block.Graph, n *block.Node, names []string) (held []*bitmap.
 			}
 			switch {
 			case b == nil:
-				err = fmt.Errorf("Bitmap '%s' is not found", name)
+				err = &BitmapError{fmt.Sprintf("Bitmap '%s' is not found", name)}
 			case b.Busy():
-				err = fmt.Errorf("Bitmap '%s' is currently in use by another operation and cannot be used", name)
+				err = &BitmapError{fmt.Sprintf("Bitmap '%s' is currently in use by another operation and cannot be used", name)}
 			}
 			if err != nil {
 				releaseBitmaps(held)
@@ -933,3 +933,10 @@ func rawFD(nc net.Conn) (int, error) {
 	}
 	return fd, nil
 }
+
+// BitmapError is why an export cannot offer a bitmap it was asked for, in
+// QEMU's words (a QMP daemon reports it as such, without the export's
+// name in front).
+type BitmapError struct{ Msg string }
+
+func (e *BitmapError) Error() string { return e.Msg }

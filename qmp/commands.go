@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"github.com/ringblk/ringblk/job"
 	"maps"
+	"math"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -20,10 +22,11 @@ import (
 	"github.com/ringblk/ringblk/nbd"
 )
 
-// Missing lists the block-layer commands of QEMU this daemon does not
-// have (none now: drive-mirror and drive-backup are drive.go's). They
-// would answer CommandNotFound like any unknown command.
-var Missing []string
+// Missing lists the block-layer commands of qemu-storage-daemon 7.2 this
+// daemon does not have (its query-commands compared with ours); they
+// answer CommandNotFound like any unknown command.
+var Missing = []string{"blockdev-snapshot-delete-internal-sync", "change-backing-file",
+	"x-blockdev-amend", "x-blockdev-change", "x-debug-query-block-graph"}
 
 type nodeNameArg struct {
 	NodeName string `json:"node-name"`
@@ -133,6 +136,19 @@ type exportAddArgs struct {
 	Serial           string `json:"serial" qmp:"optional"`
 }
 
+type nbdServerAddArgs struct {
+	Device      string `json:"device"`
+	Name        string `json:"name" qmp:"optional"`
+	Description string `json:"description" qmp:"optional"`
+	Writable    bool   `json:"writable" qmp:"optional"`
+	Bitmap      string `json:"bitmap" qmp:"optional"`
+}
+
+type nbdServerRemoveArgs struct {
+	Name string `json:"name"`
+	Mode string `json:"mode" qmp:"optional"`
+}
+
 type exportDelArgs struct {
 	ID   string `json:"id"`
 	Mode string `json:"mode" qmp:"optional"`
@@ -200,6 +216,9 @@ func (d *Daemon) register(r *Registry) {
 	})
 	r.Register("x-blockdev-set-iothread", &setIOThreadArgs{}, func(_ *Client, a any) (any, error) {
 		return nil, d.setIOThread(a.(*setIOThreadArgs))
+	})
+	r.Register("block-set-write-threshold", &writeThresholdArgs{}, func(_ *Client, a any) (any, error) {
+		return nil, d.setWriteThreshold(a.(*writeThresholdArgs))
 	})
 	r.Register("block_resize", &resizeArgs{}, func(_ *Client, a any) (any, error) {
 		x := a.(*resizeArgs)
@@ -269,15 +288,40 @@ func (d *Daemon) register(r *Registry) {
 		}
 		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable, x.Bitmaps...)
 	})
+	// QEMU's older pair (deprecated there, kept by qemu-storage-daemon
+	// 7.2, used by older libvirt): an NBD export whose id is its name.
+	r.Register("nbd-server-add", &nbdServerAddArgs{}, func(_ *Client, a any) (any, error) {
+		x := a.(*nbdServerAddArgs)
+		if d.nbdSrv == nil {
+			return nil, Errorf("NBD server not running") // checked first here, unlike block-export-add
+		}
+		if _, qerr := d.rootOf(x.Device); qerr != nil {
+			return nil, Errorf("Cannot find device='%s' nor node-name='%s'", x.Device, x.Device)
+		}
+		name := x.Name
+		if name == "" {
+			name = x.Device
+		}
+		var bitmaps []string
+		if x.Bitmap != "" {
+			bitmaps = []string{x.Bitmap}
+		}
+		return nil, d.ExportAdd(name, x.Device, name, x.Writable, bitmaps...)
+	})
+	r.Register("nbd-server-remove", &nbdServerRemoveArgs{}, func(_ *Client, a any) (any, error) {
+		x := a.(*nbdServerRemoveArgs)
+		return nil, d.exportDel(x.Name, x.Mode)
+	})
 	r.Register("block-export-del", &exportDelArgs{}, func(_ *Client, a any) (any, error) {
 		x := a.(*exportDelArgs)
 		return nil, d.exportDel(x.ID, x.Mode)
 	})
 	r.Register("query-block-exports", nil, func(*Client, any) (any, error) {
 		out := []map[string]any{}
-		for _, id := range sortedKeys(d.exports) {
-			e := d.exports[id]
-			out = append(out, map[string]any{"id": id, "type": "nbd", "node-name": e.node, "shutting-down": false})
+		list := slices.Collect(maps.Values(d.exports))
+		slices.SortFunc(list, func(a, b *export) int { return b.seq - a.seq })
+		for _, e := range list {
+			out = append(out, map[string]any{"id": e.id, "type": "nbd", "node-name": e.node, "shutting-down": false})
 		}
 		return out, nil
 	})
@@ -592,7 +636,7 @@ func nodeInfo(n *block.Node) map[string]any {
 		"node-name": n.Name(), "drv": drv, "file": file, "ro": n.ReadOnly(),
 		"backing_file_depth": depth(n), "encrypted": false, "detect_zeroes": "off",
 		"bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
-		"write_threshold": 0, "image": img,
+		"write_threshold": n.WriteThreshold(), "image": img,
 		"cache": map[string]bool{"writeback": true, "direct": false, "no-flush": false},
 	}
 	if r, ok := n.Driver().(*raw.Driver); ok {
@@ -771,4 +815,36 @@ func resizeErr(err error) error {
 		return Errorf("%s", msg)
 	}
 	return Errorf("Could not resize: %v", err)
+}
+
+type writeThresholdArgs struct {
+	NodeName       string `json:"node-name"`
+	WriteThreshold int64  `json:"write-threshold"` // QAPI uint64: a negative value is read as one past 2^63
+}
+
+// setWriteThreshold is block-set-write-threshold: the node named (a file
+// node that a raw node reads through is that raw node's graph node here)
+// sends BLOCK_WRITE_THRESHOLD once, when a write first ends past the
+// threshold, and the threshold is off again, as in QEMU (libvirt's
+// virDomainSetBlockThreshold on a thin-provisioned storage node). 0
+// turns it off.
+func (d *Daemon) setWriteThreshold(a *writeThresholdArgs) error {
+	n := d.h.Graph().NodeByName(a.NodeName)
+	if n == nil {
+		if b := d.nodes[a.NodeName]; b != nil && b.dev != nil {
+			n = b.dev.Root()
+		}
+	}
+	if n == nil {
+		return Errorf("Device '%s' not found", a.NodeName)
+	}
+	limit := a.WriteThreshold
+	if limit < 0 {
+		limit = math.MaxInt64 // beyond any write
+	}
+	name := a.NodeName
+	n.SetWriteThreshold(limit, func(exceeded, limit int64) {
+		d.emit("BLOCK_WRITE_THRESHOLD", map[string]any{"node-name": name, "amount-exceeded": exceeded, "write-threshold": limit})
+	})
+	return nil
 }

@@ -44,7 +44,8 @@ type Daemon struct {
 	nbdDone   chan struct{}
 	exports   map[string]*export
 
-	anon int // the last "#blockNNN" name given to an inline child
+	anon      int // the last "#blockNNN" name given to an inline child
+	exportSeq int // the last export's creation number
 
 	// out prints a line on the daemon's standard output (SetOutput); nil:
 	// the daemon prints nothing.
@@ -107,6 +108,7 @@ type blockdev struct {
 }
 
 type export struct {
+	seq      int // creation order: query-block-exports lists the newest first, as QEMU does
 	id       string
 	node     string
 	name     string // the NBD export name
@@ -1330,6 +1332,10 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	}
 	exp, err := nbd.NewExport(d.h.Graph(), root, nbd.ExportOptions{Name: name, ReadOnly: !writable, Context: root.Context(), Bitmaps: bitmaps,
 		IgnoreDiscard: !b.discardUnmap, DetectZeroes: b.detectZeroes})
+	var be *nbd.BitmapError
+	if errors.As(err, &be) {
+		return Errorf("%s", be.Msg) // QEMU's sentence alone
+	}
 	if err != nil {
 		return Errorf("%v", err)
 	}
@@ -1337,7 +1343,8 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 		return errors.Join(Errorf("%v", err), exp.Close())
 	}
 	d.mu.Lock()
-	d.exports[id] = &export{id: id, node: node, name: name, writable: writable, exp: exp}
+	d.exportSeq++
+	d.exports[id] = &export{id: id, node: node, name: name, writable: writable, exp: exp, seq: d.exportSeq}
 	d.mu.Unlock()
 	return nil
 }

@@ -85,3 +85,71 @@ func TestServeLibvirtChainAsQemuStorageDaemon(t *testing.T) {
 		t.Errorf("bitmaps held:\nqemu-storage-daemon %s\nringblk serve       %s", bitmaps["qsd"], bitmaps["ringblk"])
 	}
 }
+
+// TestServeWriteThresholdAsQemuStorageDaemon: block-set-write-threshold
+// on a format node and on its storage node (libvirt's
+// virDomainSetBlockThreshold), query-named-block-nodes' write_threshold,
+// a guest write through an NBD export past the format node's threshold:
+// BLOCK_WRITE_THRESHOLD with the bytes past it, once, and the threshold
+// off again; an unknown node. Before, the command did not exist.
+func TestServeWriteThresholdAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	setup := func(dir string) {
+		qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, "w.qcow2"), "4M")
+	}
+	body := func(s *qmpSession) {
+		sock := filepath.Join(s.dir, "nbd.sock")
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"ws","filename":"` + filepath.Join(s.dir, "w.qcow2") + `"}}`)
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"wf","file":"ws"}}`)
+		s.reply(`{"execute":"block-set-write-threshold","arguments":{"node-name":"nope","write-threshold":1}}`)
+		s.mustReply(`{"execute":"block-set-write-threshold","arguments":{"node-name":"ws","write-threshold":1073741824}}`)
+		s.mustReply(`{"execute":"block-set-write-threshold","arguments":{"node-name":"wf","write-threshold":2097152}}`)
+		s.nodeField("wf", "write_threshold")
+		s.nodeField("ws", "write_threshold")
+		s.mustReply(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + sock + `"}}}}`)
+		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"wf","writable":true}}`)
+		qemuIO(t, "-f", "raw", "-c", "write 1M 64k", "nbd+unix:///wf?socket="+sock) // below: no event
+		qemuIO(t, "-f", "raw", "-c", "write 3M 64k", "nbd+unix:///wf?socket="+sock)
+		s.jobEvent("BLOCK_WRITE_THRESHOLD")
+		s.nodeField("wf", "write_threshold")
+		qemuIO(t, "-f", "raw", "-c", "write 3M 64k", "nbd+unix:///wf?socket="+sock) // off now: no second event
+		s.exportDel("e")
+	}
+	sideBySide(t, setup, body, func(*qmpSession) {})
+}
+
+// TestServeNBDServerAddAsQemuStorageDaemon: QEMU's older export commands,
+// nbd-server-add and nbd-server-remove (kept by qemu-storage-daemon 7.2,
+// used by older libvirt), and query-block-exports' order (newest first),
+// with their errors: no server yet, an unknown node, an id in use, a
+// missing bitmap, an unknown export, a bad mode. Before, both commands
+// were CommandNotFound, a missing bitmap carried ringblk's prefix and the
+// exports were listed by id.
+func TestServeNBDServerAddAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	wantR, _, gotR, _ := stdioBoth(t, func(dir string) []string {
+		qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, "w.qcow2"), "4M")
+		return []string{
+			`{"execute":"qmp_capabilities"}`,
+			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"wf","file":{"driver":"file","filename":"w.qcow2"}}}`,
+			`{"execute":"nbd-server-add","arguments":{"device":"wf"}}`,
+			`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"n.sock"}}}}`,
+			`{"execute":"nbd-server-add","arguments":{"device":"nope"}}`,
+			`{"execute":"nbd-server-add","arguments":{"device":"wf"}}`,
+			`{"execute":"nbd-server-add","arguments":{"device":"wf","name":"x2","writable":true,"description":"d"}}`,
+			`{"execute":"nbd-server-add","arguments":{"device":"wf"}}`,
+			`{"execute":"query-block-exports"}`,
+			`{"execute":"nbd-server-add","arguments":{"device":"wf","name":"x3","bitmap":"nob"}}`,
+			`{"execute":"nbd-server-remove","arguments":{"name":"nope"}}`,
+			`{"execute":"nbd-server-remove","arguments":{"name":"wf","mode":"bogus"}}`,
+			`{"execute":"nbd-server-remove","arguments":{"name":"wf"}}`,
+			`{"execute":"nbd-server-remove","arguments":{"name":"x2","mode":"hard"}}`,
+			`{"execute":"query-block-exports"}`,
+			`{"execute":"quit"}`,
+		}
+	})
+	if !strings.Contains(strings.Join(wantR, "\n"), "Block export id 'wf' is already in use") {
+		t.Fatalf("qemu-storage-daemon's replies are not what this test compares: %q", wantR)
+	}
+	compareSteps(t, wantR, gotR)
+}
