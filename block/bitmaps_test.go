@@ -47,14 +47,7 @@ func TestBitmapTracksWritePaths(t *testing.T) {
 		t.Fatalf("duplicate name: %v", err)
 	}
 
-	q := func(fn func(q *block.Queue, r *blocktest.Result)) {
-		res := blocktest.NewResult()
-		e.On(e.IO[0], func() { fn(fe.Queue(e.IO[0]), res) })
-		res.Wait(e)
-		if res.Err != nil {
-			t.Fatal(res.Err)
-		}
-	}
+	q := oneAtATime(t, e, fe)
 	buf := make([]byte, 4096)
 	q(func(q *block.Queue, r *blocktest.Result) { q.Write(buf, 8192, 0, r, 0) })
 	q(func(q *block.Queue, r *blocktest.Result) { q.WriteZeroes(65536, 8192, 0, r, 0) })
@@ -359,14 +352,7 @@ func TestWriteThreshold(t *testing.T) {
 	if err := n.RemoveBitmap("b1"); err != nil || n.WriteThreshold() != 65536 {
 		t.Fatalf("a bitmap removed: %v, threshold %d", err, n.WriteThreshold())
 	}
-	q := func(fn func(q *block.Queue, r *blocktest.Result)) {
-		res := blocktest.NewResult()
-		e.On(e.IO[0], func() { fn(fe.Queue(e.IO[0]), res) })
-		res.Wait(e)
-		if res.Err != nil {
-			t.Fatal(res.Err)
-		}
-	}
+	q := oneAtATime(t, e, fe)
 	buf := make([]byte, 4096)
 	q(func(q *block.Queue, r *blocktest.Result) { q.Write(buf, 61440, 0, r, 0) })        // ends at the threshold
 	q(func(q *block.Queue, r *blocktest.Result) { q.Discard(131072, 4096, r, 0) })       // not a write
@@ -384,5 +370,19 @@ func TestWriteThreshold(t *testing.T) {
 	q(func(q *block.Queue, r *blocktest.Result) { q.Write(buf, 0, 0, r, 0) })
 	if fired.Load() != 1 || n.Bitmap("b0") != b0 {
 		t.Fatalf("disarmed: fired %d, bitmap %v", fired.Load(), n.Bitmap("b0"))
+	}
+}
+
+// oneAtATime returns a function that runs one request on fe's queue of
+// e.IO[0] and waits for it, failing the test on an error.
+func oneAtATime(t *testing.T, e *blocktest.Env, fe *block.FrontEnd) func(func(*block.Queue, *blocktest.Result)) {
+	return func(fn func(q *block.Queue, r *blocktest.Result)) {
+		t.Helper()
+		res := blocktest.NewResult()
+		e.On(e.IO[0], func() { fn(fe.Queue(e.IO[0]), res) })
+		res.Wait(e)
+		if res.Err != nil {
+			t.Fatal(res.Err)
+		}
 	}
 }
