@@ -120,6 +120,15 @@ func (q *Qcow2Options) put(s chain.Spec, prefix string) *Error {
 			if !overlapFlags[k] {
 				return Errorf("Parameter '%soverlap-check.%s' is unexpected", prefix, k)
 			}
+			if v, ok := x.(string); ok && k != "template" {
+				// A command line's keyval gives every value as a string.
+				switch v {
+				case "on", "yes", "true":
+					x = true
+				case "off", "no", "false":
+					x = false
+				}
+			}
 			switch x := x.(type) {
 			case string:
 				if k != "template" {

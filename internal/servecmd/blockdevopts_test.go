@@ -241,3 +241,28 @@ func TestServeRawNodesListedAsQemuStorageDaemon(t *testing.T) {
 		t.Errorf("nodes:\nqemu-storage-daemon %q\nringblk serve       %q", want, got)
 	}
 }
+
+// TestServeFileAndQcow2OptionsOnCommandLine: the same members given with
+// --blockdev (keyval: every value a string, overlap-check's flags
+// dotted) open the nodes as qemu-storage-daemon does; deleting them then
+// succeeds. Before, overlap-check.inactive-l2=off was "Invalid parameter
+// type ... expected: boolean".
+func TestServeFileAndQcow2OptionsOnCommandLine(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img")
+	wantR, _, gotR, _ := stdioBothArgs(t, func(dir string) ([]string, []string) {
+		qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, "k.qcow2"), "4M")
+		return []string{
+				"--blockdev", "driver=file,node-name=f,filename=k.qcow2,aio=native,cache.direct=on,aio-max-batch=8",
+				"--blockdev", "driver=qcow2,node-name=q,file=f,l2-cache-size=1048576,overlap-check.template=all,overlap-check.inactive-l2=off,lazy-refcounts=on,pass-discard-other=on",
+			}, []string{
+				`{"execute":"qmp_capabilities"}`,
+				`{"execute":"blockdev-del","arguments":{"node-name":"q"}}`,
+				`{"execute":"blockdev-del","arguments":{"node-name":"f"}}`,
+				`{"execute":"quit"}`,
+			}
+	})
+	if len(wantR) != 4 {
+		t.Fatalf("qemu-storage-daemon's replies are not what this test compares: %q", wantR)
+	}
+	compareSteps(t, wantR, gotR)
+}
