@@ -216,6 +216,20 @@ func (g *Graph) detach(c *Child) {
 // moved edges held the last references to old, old is deleted after the
 // drained sections end.
 func (g *Graph) ReplaceNode(old, new *Node) (err error) {
+	return g.replaceNode(old, new, false)
+}
+
+// InsertAbove is ReplaceNode for a filter new put above old: an edge whose
+// parent new reaches through its other children stays on old instead of
+// making a loop (QEMU's should_update_child). A fleecing backup's target
+// is an overlay of its source; the copy-before-write filter inserted
+// above the source writes into that target, whose backing edge must keep
+// pointing at the source itself.
+func (g *Graph) InsertAbove(old, new *Node) error {
+	return g.replaceNode(old, new, true)
+}
+
+func (g *Graph) replaceNode(old, new *Node, skipLoops bool) (err error) {
 	g.Control(func() {
 		g.checkNotQuiescing("replacing a node")
 		cerr := g.collectClose(func() {
@@ -227,7 +241,7 @@ func (g *Graph) ReplaceNode(old, new *Node) (err error) {
 			new.Ref()
 			old.drainedBegin()
 			new.drainedBegin()
-			err = g.replaceNoDrain(old, new)
+			err = g.replaceNoDrain(old, new, skipLoops)
 			new.drainedEnd()
 			old.drainedEnd()
 			new.unref()
@@ -238,7 +252,7 @@ func (g *Graph) ReplaceNode(old, new *Node) (err error) {
 	return err
 }
 
-func (g *Graph) replaceNoDrain(old, new *Node) error {
+func (g *Graph) replaceNoDrain(old, new *Node, skipLoops bool) error {
 	g.assertMain()
 	var edges []*Child
 	for _, c := range old.parents {
@@ -249,6 +263,9 @@ func (g *Graph) replaceNoDrain(old, new *Node) error {
 			continue // new's own edge to old stays (appending an overlay)
 		}
 		if c.parentNode != nil && isAncestor(new, c.parentNode) {
+			if skipLoops {
+				continue
+			}
 			return newError(InvalidFormat, OpAttach, new, 0, errCycle)
 		}
 		edges = append(edges, c)

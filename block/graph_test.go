@@ -520,3 +520,34 @@ func TestT36GraphChangeDrainSubtree(t *testing.T) {
 	fa.Close()
 	fb.Close()
 }
+
+// TestInsertAboveKeepsLoopingEdges: a filter put above a source whose
+// other child is an overlay of that source (a fleecing backup's
+// copy-before-write filter and its scratch target) takes the source's
+// other parents, while the overlay's backing edge stays on the source;
+// ReplaceNode refuses the same move as a cycle.
+func TestInsertAboveKeepsLoopingEdges(t *testing.T) {
+	e := blocktest.NewEnv(t, 1)
+	src := e.Open(blocktest.NewMem(1<<20), block.Options{Name: "src"})
+	user := e.Open(&blocktest.Forward{}, block.Options{Name: "user"})
+	uc := e.Attach(user, src, "file", block.RoleFile|block.RolePrimary)
+	ov := e.Open(&blocktest.Forward{}, block.Options{Name: "scratch"})
+	bc := e.Attach(ov, src, "backing", block.RoleBacking)
+	f := e.Open(&blocktest.Forward{}, block.Options{Name: "filter"})
+	e.Attach(f, src, "file", block.RoleFiltered|block.RolePrimary)
+	e.Attach(f, ov, "target", 0)
+	if err := e.G.ReplaceNode(src, f); err == nil {
+		t.Fatal("ReplaceNode made a loop through the scratch's backing edge")
+	}
+	if err := e.G.InsertAbove(src, f); err != nil {
+		t.Fatal(err)
+	}
+	e.G.Control(func() {
+		if uc.Node() != f {
+			t.Errorf("the user's edge points at %s, want the filter", uc.Node().Name())
+		}
+		if bc.Node() != src {
+			t.Errorf("the scratch's backing edge points at %s, want the source", bc.Node().Name())
+		}
+	})
+}

@@ -56,6 +56,11 @@ type BackupOptions struct {
 	// Drained: the caller holds a drained section of Source already (a
 	// checkpoint): setup opens none.
 	Drained bool
+	// UntilCancelled, with sync=none, is QEMU's own sync=none (image
+	// fleecing through QMP): no snapshot node (the target, an overlay of
+	// Source, is what a client reads), never ready, and the job ends only
+	// when cancelled.
+	UntilCancelled bool
 }
 
 // blockCopy is what the backup job and its copy-before-write filter share
@@ -71,6 +76,9 @@ type blockCopy struct {
 	cluster int64
 	cbw     atomic.Int64 // bytes copied before guest writes
 	ended   atomic.Bool  // the job is over: snapshot reads fail
+	// progress, when set, is told of each copy before a guest write
+	// (a fleecing backup's progress is those copies, as in QEMU).
+	progress func(n int64)
 }
 
 // needsCopy reports whether a write to [off, off+n) touches a cluster not
@@ -107,6 +115,9 @@ func (bc *blockCopy) copyBeforeWrite(co *aio.Co, c, tgt *block.Child, r *block.R
 		}
 		bc.cp.ResetRange(s, n)
 		bc.cbw.Add(n)
+		if bc.progress != nil {
+			bc.progress(n)
+		}
 		off = s + n
 	}
 	return coForward(co, c, r)
@@ -200,6 +211,9 @@ func (b *Backup) setup(m *Manager) (*Job, error) {
 		return fail(err)
 	}
 	b.bc = &blockCopy{g: m.g, size: ss, cluster: o.ClusterSize}
+	if o.Sync == BackupNone && o.UntilCancelled {
+		b.bc.progress = func(n int64) { j.cur.Add(n) }
+	}
 	if b.bc.cp, err = bitmap.New("#backup-copy-"+o.ID, ss, o.ClusterSize); err != nil {
 		return fail(err)
 	}
@@ -269,13 +283,17 @@ func (b *Backup) freeze(m *Manager) error {
 	if b.fn, err = insertFilter(m.g, o.Source, b.f, "#backup-cbw-"+o.ID, o.Target); err != nil {
 		return err
 	}
-	if o.Sync == BackupNone {
+	if o.Sync == BackupNone && !o.UntilCancelled {
 		err = b.openSnapshot(m)
 	}
 	return err
 }
 
 func (b *Backup) Type() string { return "backup" }
+
+// Fleecing reports whether b is a QMP sync=none backup, whose target a
+// client may read while it runs (BackupOptions.UntilCancelled).
+func (b *Backup) Fleecing() bool { return b.o.Sync == BackupNone && b.o.UntilCancelled }
 
 // CopiedBeforeWrite returns how many bytes the filter copied to the
 // target ahead of guest writes.
@@ -285,7 +303,7 @@ func (b *Backup) Iterate(it *Iteration) (bool, error) {
 	j := it.Job
 	cp := b.bc.cp
 	if b.o.Sync == BackupNone {
-		if !j.IsReady() {
+		if !j.IsReady() && !b.o.UntilCancelled {
 			j.SetReady()
 		}
 		if b.complete.Load() {
@@ -392,7 +410,7 @@ func (b *Backup) Commit(*Job) { b.success = true }
 
 // Complete ends a sync=none backup (the export of its snapshot is done).
 func (b *Backup) Complete(*Job) error {
-	if b.o.Sync != BackupNone {
+	if b.o.Sync != BackupNone || b.o.UntilCancelled {
 		return fmt.Errorf("job %q: only a sync=none backup is completed by hand", b.o.ID)
 	}
 	b.complete.Store(true)

@@ -203,7 +203,13 @@ func insertFilter(g *block.Graph, n *block.Node, f *filter, name string, target 
 		}
 		f.target.Store(tc)
 	}
-	if err := g.ReplaceNode(n, fn); err != nil {
+	replace := g.ReplaceNode
+	if f.drv == "copy-before-write" {
+		// A fleecing target is an overlay of the source: its backing
+		// edge stays on the source (block.Graph.InsertAbove).
+		replace = g.InsertAbove
+	}
+	if err := replace(n, fn); err != nil {
 		fn.Unref()
 		return nil, err
 	}

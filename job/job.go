@@ -615,8 +615,9 @@ func (j *Job) Cancel(force bool) error {
 	case j.status == Pending || j.status == Waiting:
 		if j.finalizing {
 			j.cancelled = false
+			st := j.status // read under the lock: the finalize changes it
 			j.mu.Unlock()
-			return &VerbError{ID: j.opts.ID, Verb: VerbCancel, Status: j.status}
+			return &VerbError{ID: j.opts.ID, Verb: VerbCancel, Status: st}
 		}
 		j.mu.Unlock()
 		j.g.Main().Schedule(j.exitFn)

@@ -122,7 +122,7 @@ type exportAddArgs struct {
 	FixedIOThread bool   `json:"fixed-iothread" qmp:"optional"`
 	// Bitmaps are dirty bitmaps offered as qemu:dirty-bitmap:NAME, found
 	// on the node or below it.
-	Bitmaps []string `json:"bitmaps" qmp:"optional"`
+	Bitmaps []BitmapOrStr `json:"bitmaps" qmp:"optional"`
 	// QEMU's other export types' members (fuse, vhost-user-blk,
 	// vduse-blk), taken so that such an export is refused for its type,
 	// not for a member ("Parameter 'mountpoint' is unexpected").
@@ -286,7 +286,23 @@ func (d *Daemon) register(r *Registry) {
 				return nil, err
 			}
 		}
-		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable, x.Bitmaps...)
+		var names []string
+		for _, b := range x.Bitmaps {
+			if b.Node != "" {
+				// BlockDirtyBitmap: the bitmap of that node, which the
+				// export finds below its own node (a fleecing target's
+				// backing is the source that holds it).
+				n := d.h.Graph().NodeByName(b.Node)
+				if n == nil {
+					return nil, Errorf("Node '%s' not found", b.Node)
+				}
+				if n.Bitmap(b.Name) == nil {
+					return nil, Errorf("Bitmap '%s' is not found", b.Name)
+				}
+			}
+			names = append(names, b.Name)
+		}
+		return nil, d.ExportAdd(x.ID, x.NodeName, x.Name, x.Writable, names...)
 	})
 	// QEMU's older pair (deprecated there, kept by qemu-storage-daemon
 	// 7.2, used by older libvirt): an NBD export whose id is its name.
@@ -846,5 +862,27 @@ func (d *Daemon) setWriteThreshold(a *writeThresholdArgs) error {
 	n.SetWriteThreshold(limit, func(exceeded, limit int64) {
 		d.emit("BLOCK_WRITE_THRESHOLD", map[string]any{"node-name": name, "amount-exceeded": exceeded, "write-threshold": limit})
 	})
+	return nil
+}
+
+// BitmapOrStr is QAPI's BlockDirtyBitmapOrStr: a bitmap's name, or the
+// node and name of a bitmap ({"node": …, "name": …}).
+type BitmapOrStr struct {
+	Node, Name string
+}
+
+// UnmarshalJSON accepts a string or an object of node and name.
+func (b *BitmapOrStr) UnmarshalJSON(p []byte) error {
+	if len(p) > 0 && p[0] == '"' {
+		return jsonUnmarshal(p, &b.Name)
+	}
+	var o struct {
+		Node string `json:"node"`
+		Name string `json:"name"`
+	}
+	if len(p) == 0 || p[0] != '{' || strictUnmarshal(p, &o) != nil || o.Node == "" || o.Name == "" {
+		return Errorf("Invalid parameter type for 'bitmaps', expected: BlockDirtyBitmapOrStr")
+	}
+	b.Node, b.Name = o.Node, o.Name
 	return nil
 }

@@ -556,9 +556,9 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 		if err := backing.top(); err != nil && backing.role != "backing" {
 			return err
 		}
-		if id := d.exportOf(backing.name); id != "" {
-			return Errorf("Node '%s' is busy: block device is in use by block export '%s'", backing.name, id)
-		}
+		// An exported node may become a backing node, as in
+		// qemu-storage-daemon: a VM's disk under a fleecing scratch
+		// overlay (whose backup job then keeps the point in time).
 		if typ := d.jobOn(backing); typ != "" {
 			return Errorf("Node '%s' is busy: block device is in use by block job: %s", backing.name, typ)
 		}
@@ -1312,7 +1312,18 @@ func (d *Daemon) ExportAdd(id, node, name string, writable bool, bitmaps ...stri
 	// base) is no export's: clients would read a half-copied image, and
 	// their writes would be lost to or mixed with the job's (QEMU's
 	// permissions refuse it).
-	if err := d.checkNoJob(notWrittenByJob, root); err != nil {
+	except := notWrittenByJob
+	if !writable {
+		// A sync=none backup's target is there to be read while the
+		// job runs (image fleecing, libvirt's pull-mode backup).
+		except = func(j *job.Job, c *block.Child) bool {
+			if b, ok := j.Driver().(*job.Backup); ok && b.Fleecing() && c.Name() == "target" {
+				return true
+			}
+			return notWrittenByJob(j, c)
+		}
+	}
+	if err := d.checkNoJob(except, root); err != nil {
 		return err
 	}
 	if writable && root.ReadOnly() {

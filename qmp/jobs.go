@@ -288,6 +288,12 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 	if qerr != nil {
 		return job.BackupOptions{}, qerr
 	}
+	if n := d.h.Graph().NodeByName(a.Device); n != nil && a.Sync == "none" {
+		// Image fleecing: the target took the source as its backing
+		// node, so the device name would lead to the target; the node
+		// named is the source, as in qemu-storage-daemon.
+		src = n
+	}
 	tgt, qerr := d.graphNode(a.Target)
 	if qerr != nil {
 		return job.BackupOptions{}, qerr
@@ -319,8 +325,12 @@ func backupOptions(d *Daemon, a *BackupArgs) (job.BackupOptions, error) {
 		bo.Sync = job.BackupIncremental
 	case "bitmap":
 		bo.Sync = job.BackupBitmap
+	case "none":
+		// Image fleecing: the target, an overlay of the source, is read
+		// (exported) while guest writes copy the old data into it.
+		bo.Sync, bo.UntilCancelled = job.BackupNone, true
 	default:
-		return bo, Errorf("Invalid parameter 'sync': '%s' (full, top, incremental, bitmap)", a.Sync)
+		return bo, Errorf("Invalid parameter 'sync': '%s' (full, top, incremental, bitmap, none)", a.Sync)
 	}
 	switch a.BitmapMode {
 	case "", "on-success":

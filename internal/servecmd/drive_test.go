@@ -158,8 +158,9 @@ func TestServeDriveMirrorAndBackupSameAsQemuStorageDaemon(t *testing.T) {
 	}
 }
 
-// TestServeDriveFormattingLineAsQemuStorageDaemon: drive-backup and
-// drive-mirror that make their target print QEMU's "Formatting" line on
+// TestServeDriveFormattingLineAsQemuStorageDaemon: drive-backup (and
+// drive-mirror, the same code) that make their target print QEMU's
+// "Formatting" line on
 // the daemon's standard output before the reply, as qemu-storage-daemon
 // does: qcow2 and raw targets, a sync=top target naming the source's
 // backing file, and a target in a missing directory (the line, then the
@@ -172,8 +173,7 @@ func TestServeDriveFormattingLineAsQemuStorageDaemon(t *testing.T) {
 		return []string{
 			`{"execute":"qmp_capabilities"}`,
 			`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"top","file":{"driver":"file","filename":"top.qcow2"}}}`,
-			`{"execute":"drive-mirror","arguments":{"device":"top","job-id":"m1","target":"m1.qcow2","sync":"top"}}`,
-			`{"execute":"block-job-cancel","arguments":{"device":"m1","force":true}}`,
+			`{"execute":"drive-backup","arguments":{"device":"top","job-id":"m1","target":"m1.qcow2","sync":"top"}}`,
 			`{"execute":"drive-backup","arguments":{"device":"top","job-id":"b1","target":"b1.qcow2","sync":"full"}}`,
 			`{"execute":"drive-backup","arguments":{"device":"top","job-id":"b2","target":"b2.raw","format":"raw","sync":"full"}}`,
 			`{"execute":"drive-backup","arguments":{"device":"top","job-id":"b3","target":"nodir/b3.qcow2","sync":"full"}}`,

@@ -153,3 +153,54 @@ func TestServeNBDServerAddAsQemuStorageDaemon(t *testing.T) {
 	}
 	compareSteps(t, wantR, gotR)
 }
+
+// TestServeFleecingBackupAsQemuStorageDaemon: libvirt's pull-mode backup
+// (image fleecing). A scratch overlay takes the disk as its backing node,
+// blockdev-backup sync=none copies the disk's old data into it before
+// each guest write, and a read-only NBD export of the scratch node
+// (with the disk's bitmap given as node and name) serves the disk as it
+// was when the backup started, while a guest writes through another
+// export. The job is never ready and ends when cancelled. Replies,
+// events and what the backup client reads are compared with
+// qemu-storage-daemon 7.2. Before, sync=none was refused, the device
+// name led to the scratch node, the filter made a loop with the
+// scratch's backing edge, and such exports were refused.
+func TestServeFleecingBackupAsQemuStorageDaemon(t *testing.T) {
+	needCmd(t, "qemu-storage-daemon", "qemu-img", "qemu-io")
+	setup := func(dir string) {
+		disk := filepath.Join(dir, "disk.qcow2")
+		qemuImg(t, "create", "-q", "-f", "qcow2", disk, "4M")
+		qemuIO(t, "-c", "write -P 0x22 0 2M", disk)
+		qemuImg(t, "create", "-q", "-f", "qcow2", filepath.Join(dir, "scratch.qcow2"), "4M")
+	}
+	body := func(s *qmpSession) {
+		sock := filepath.Join(s.dir, "nbd.sock")
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"disk","file":{"driver":"file","filename":"` + filepath.Join(s.dir, "disk.qcow2") + `"}}}`)
+		s.mustReply(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"disk","name":"c1","disabled":true}}`)
+		s.mustReply(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + sock + `"}}}}`)
+		// The guest's export exists before the backup, as a VM's disk
+		// does: the filter goes in between.
+		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"guest","node-name":"disk","name":"guest","writable":true}}`)
+		s.mustReply(`{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"scratch","file":{"driver":"file","filename":"` + filepath.Join(s.dir, "scratch.qcow2") + `"},"backing":"disk"}}`)
+		s.reply(`{"execute":"blockdev-backup","arguments":{"device":"disk","job-id":"j0","target":"scratch","sync":"none","bitmap":"c1"}}`)
+		s.mustReply(`{"execute":"transaction","arguments":{"actions":[{"type":"blockdev-backup","data":{"device":"disk","job-id":"b","target":"scratch","sync":"none","auto-dismiss":false}}]}}`)
+		s.mustReply(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"fleece","node-name":"scratch","name":"backup","bitmaps":[{"node":"disk","name":"c1"}]}}`)
+		// The guest overwrites half of the old data and writes past it.
+		qemuIO(t, "-f", "raw", "-c", "write -P 0x33 1M 2M", "nbd+unix:///guest?socket="+sock)
+		// The backup reads the point in time; the guest its new data.
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x22 0 2M", "-c", "read -P 0 2M 2M", "nbd+unix:///backup?socket="+sock)
+		qemuIO(t, "-r", "-f", "raw", "-c", "read -P 0x22 0 1M", "-c", "read -P 0x33 1M 2M", "nbd+unix:///guest?socket="+sock)
+		s.reply(`{"execute":"query-block-jobs"}`)
+		s.reply(`{"execute":"block-job-complete","arguments":{"device":"b"}}`)
+		s.exportDel("fleece")
+		s.exportDel("guest")
+		s.mustReply(`{"execute":"job-cancel","arguments":{"id":"b"}}`)
+		s.jobEvent("BLOCK_JOB_CANCELLED")
+		s.mustReply(`{"execute":"job-dismiss","arguments":{"id":"b"}}`)
+		s.mustReply(`{"execute":"blockdev-del","arguments":{"node-name":"scratch"}}`)
+	}
+	sideBySide(t, setup, body, func(s *qmpSession) {
+		checkClean(t, s.name, filepath.Join(s.dir, "disk.qcow2"), filepath.Join(s.dir, "scratch.qcow2"))
+		qemuIO(t, "-r", "-c", "read -P 0x22 0 1M", "-c", "read -P 0x33 1M 2M", filepath.Join(s.dir, "disk.qcow2"))
+	})
+}
