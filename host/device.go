@@ -88,20 +88,7 @@ func (h *Host) OpenDevice(path string, o OpenOptions) (*Device, error) {
 // as QEMU does, and the header is not rewritten. Another format than
 // qcow2 is refused.
 func (h *Host) OpenDeviceOver(path string, o OpenOptions, backing *block.Node) (*Device, error) {
-	if backing == nil {
-		return nil, fmt.Errorf("ringblk: open %s: no backing node", path)
-	}
-	if o.Format != "qcow2" {
-		return nil, fmt.Errorf("ringblk: open %s: a backing node needs format qcow2, not %q", path, o.Format)
-	}
-	d, err := h.openDevice(path, nil, o, backing)
-	if err != nil {
-		return nil, err
-	}
-	if c := d.fe.Root().Child(block.RoleBacking); c == nil || c.Node() != backing {
-		return nil, errors.Join(fmt.Errorf("ringblk: open %s: the image did not take node %s as its backing", path, backing.Name()), d.Close())
-	}
-	return d, nil
+	return h.openOver(path, nil, o, backing)
 }
 
 // OpenDeviceSpec opens the image a block option tree describes (QEMU's
@@ -116,13 +103,20 @@ func (h *Host) OpenDeviceSpec(s chain.Spec, o OpenOptions) (*Device, error) {
 // the tree's top qcow2 image, as OpenDeviceOver gives it to an image
 // opened by path.
 func (h *Host) OpenDeviceSpecOver(s chain.Spec, o OpenOptions, backing *block.Node) (*Device, error) {
+	o.Format = s["driver"]
+	return h.openOver("", s, o, backing)
+}
+
+// openOver is OpenDeviceOver and OpenDeviceSpecOver: the image (a file,
+// or the tree spec when not nil) must be qcow2 and take backing.
+func (h *Host) openOver(path string, spec chain.Spec, o OpenOptions, backing *block.Node) (*Device, error) {
 	if backing == nil {
-		return nil, errors.New("ringblk: open: no backing node")
+		return nil, fmt.Errorf("ringblk: open %s: no backing node", path)
 	}
-	if s["driver"] != "qcow2" {
-		return nil, fmt.Errorf("ringblk: open: a backing node needs format qcow2, not %q", s["driver"])
+	if o.Format != "qcow2" {
+		return nil, fmt.Errorf("ringblk: open %s: a backing node needs format qcow2, not %q", path, o.Format)
 	}
-	d, err := h.openDevice("", s, o, backing)
+	d, err := h.openDevice(path, spec, o, backing)
 	if err != nil {
 		return nil, err
 	}

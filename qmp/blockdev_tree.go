@@ -509,7 +509,7 @@ func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.Dete
 	var dev *host.Device
 	var err error
 	if backing != nil {
-		dev, err = d.openSpecOver(s, oo, backing)
+		dev, err = d.openOver("", s, oo, backing)
 	} else {
 		dev, err = d.openSpec(s, oo)
 	}
@@ -544,20 +544,6 @@ func (d *Daemon) blockdevAddTree(o *AddOptions, oo host.OpenOptions, dz nbd.Dete
 // openSpec opens a device from an option tree (see open).
 func (d *Daemon) openSpec(s chain.Spec, o host.OpenOptions) (*host.Device, error) {
 	dev, err := d.h.OpenDeviceSpec(s, o)
-	if err != nil {
-		return nil, err
-	}
-	dev.FrontEnd().AllowContextChange(true)
-	return dev, nil
-}
-
-// openSpecOver opens a device from an option tree over backing's node.
-func (d *Daemon) openSpecOver(s chain.Spec, o host.OpenOptions, backing *blockdev) (*host.Device, error) {
-	bn := backing.dev.Root()
-	if bn == nil {
-		return nil, fmt.Errorf("node '%s' has no image", backing.name)
-	}
-	dev, err := d.h.OpenDeviceSpecOver(s, o, bn)
 	if err != nil {
 		return nil, err
 	}

@@ -687,7 +687,7 @@ func (d *Daemon) addNode(o *AddOptions, outer []string) (err error) {
 	}
 	var dev *host.Device
 	if backing != nil {
-		dev, err = d.openOver(filename, oo, backing)
+		dev, err = d.openOver(filename, nil, oo, backing)
 	} else {
 		dev, err = d.open(filename, oo)
 	}
@@ -1465,15 +1465,22 @@ func (d *Daemon) exportDel(id, mode string) error {
 // move the node to another Context (a mirror moves its target to the
 // source's IOThread): in the daemon a device is a node's handle, not a
 // guest's disk pinned to a thread.
-// openOver opens a qcow2 image with backing's node as its backing node
-// (blockdev-add's "backing": a node name). The overlay opens on the
-// backing node's Context, as a node and its children share one.
-func (d *Daemon) openOver(path string, o host.OpenOptions, backing *blockdev) (*host.Device, error) {
+// openOver opens a qcow2 image (by path, or from option tree spec when
+// not nil) with backing's node as its backing node (blockdev-add's
+// "backing": a node name). The overlay opens on the backing node's
+// Context, as a node and its children share one.
+func (d *Daemon) openOver(path string, spec chain.Spec, o host.OpenOptions, backing *blockdev) (*host.Device, error) {
 	bn := backing.dev.Root()
 	if bn == nil {
 		return nil, fmt.Errorf("node '%s' has no image", backing.name)
 	}
-	dev, err := d.h.OpenDeviceOver(path, o, bn)
+	var dev *host.Device
+	var err error
+	if spec != nil {
+		dev, err = d.h.OpenDeviceSpecOver(spec, o, bn)
+	} else {
+		dev, err = d.h.OpenDeviceOver(path, o, bn)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,8 @@
 package qmp
 
 import (
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/ringblk/ringblk/block"
 	"github.com/ringblk/ringblk/drivers/chain"
@@ -135,15 +136,19 @@ func (d *Daemon) reopenInlineFile(o *AddOptions, byName map[string]*AddOptions) 
 		return Errorf("Failed to find node with node-name='%s'", o.NodeName)
 	}
 	sp := owner.spec
-	switch {
-	case o.Driver != sp["file.driver"]:
+	if o.Driver != sp["file.driver"] {
 		return Errorf("Cannot change the option 'driver'")
-	case o.Filename != "" && o.Filename != sp["file.filename"]:
+	}
+	if o.Filename != "" && o.Filename != sp["file.filename"] {
 		return Errorf("Cannot change the option 'filename'")
-	case sameOption("locking", o.Locking, sp["file.locking"], lockingMode) != nil:
-		return sameOption("locking", o.Locking, sp["file.locking"], lockingMode)
-	case sameOption("aio", o.AIO, sp["file.aio"], aioMode) != nil:
-		return sameOption("aio", o.AIO, sp["file.aio"], aioMode)
+	}
+	if err := sameOption("locking", o.Locking, sp["file.locking"], lockingMode); err != nil {
+		return err
+	}
+	if err := sameOption("aio", o.AIO, sp["file.aio"], aioMode); err != nil {
+		return err
+	}
+	switch {
 	case o.ForceShare:
 		return Errorf("Cannot change the option 'force-share'")
 	case o.DetectZeroes != "" && o.DetectZeroes != "off":
@@ -228,14 +233,8 @@ func (d *Daemon) reopenUnchanged(b *blockdev, o *AddOptions) error {
 		return err
 	}
 	_ = b.qcow2Opts.put(was, "")
-	keys := make([]string, 0, len(was)+len(now))
-	for k := range was {
-		keys = append(keys, k)
-	}
-	for k := range now {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.AppendSeq(slices.Collect(maps.Keys(was)), maps.Keys(now))
+	slices.Sort(keys)
 	for _, k := range keys {
 		if was[k] != now[k] {
 			return Errorf("Cannot change the option '%s'", k)
